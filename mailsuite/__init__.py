@@ -1,0 +1,1 @@
+"""mailsuite: Postfix + Dovecot in one Twisted program."""

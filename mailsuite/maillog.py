@@ -1,0 +1,75 @@
+"""Postfix-shaped lines in ``maillog_file``, so fail2ban, pflogsumm and grep keep working.
+
+    Nov 28 06:01:02 mail mailsuite/smtpd[4242]: 3F2A1B9C: client=localhost[127.0.0.1]
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import IO, Callable
+
+from twisted.logger import Logger
+
+log = Logger()
+
+_MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+
+
+def new_queue_id() -> str:
+    """A queue id like Postfix's short ones: 10 upper-case hex digits, unique enough per host."""
+    return secrets.token_hex(5).upper()
+
+
+class MailLog:
+    """Appends one line per event. Lines are short appends to a local file, written unbuffered.
+
+    ``now`` returns seconds since the epoch (inject a Clock's ``seconds`` in tests).
+    """
+
+    def __init__(
+        self, path: str | None, hostname: str, now: Callable[[], float] = time.time
+    ) -> None:
+        self.path = path
+        self.hostname = hostname.split(".")[0] or hostname
+        self._now = now
+        self._file: IO[bytes] | None = None
+        self.pid = os.getpid()
+        self.lines: list[str] = []  # kept when path is None (tests)
+
+    def open(self) -> None:
+        if self.path:
+            directory = os.path.dirname(self.path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._file = os.fdopen(fd, "ab", buffering=0)
+
+    def reopen(self) -> None:
+        """After logrotate moved the file away (SIGHUP)."""
+        self.close()
+        self.open()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def stamp(self) -> str:
+        t = time.localtime(self._now())
+        return "%s %2d %02d:%02d:%02d" % (_MONTHS[t.tm_mon - 1], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
+
+    def write(self, program: str, text: str) -> None:
+        """One event of ``program`` (smtpd, local, cleanup, pop3-login, imap-login, pop3, imap)."""
+        line = f"{self.stamp()} {self.hostname} mailsuite/{program}[{self.pid}]: {text}"
+        if self._file is None and not self.path:
+            self.lines.append(line)
+            return
+        if self._file is None:
+            self.open()
+        try:
+            assert self._file is not None
+            self._file.write(line.encode("utf-8", "replace") + b"\n")
+        except OSError:
+            log.failure("cannot write to maillog {path}", path=self.path)

@@ -1,0 +1,127 @@
+"""What the rest of mailsuite may ask of a mail store.
+
+The store is the only code that touches mailbox files. Protocol code (SMTP, POP3, IMAP) talks to
+these interfaces and never opens a file. Two implementations: ``mailsuite.store.mbox.MboxStore``
+(the real one, the storage contract of DESIGN.md) and ``mailsuite.store.memory.MemoryStore`` (the
+test double). ``tests/store_conformance.py`` runs the same tests against both.
+
+Conventions
+- Message bytes cross this interface in their on-disk form: LF line ends, no mbox ``From `` line,
+  no trailing separator line. Protocol code converts to CRLF on the wire.
+- ``MessageInfo.size`` is the size a client is told: the CRLF size (bytes + number of LFs).
+- Flags are IMAP names as ``str``: ``\\Seen \\Answered \\Flagged \\Deleted \\Draft`` and keywords.
+  ``\\Recent`` is a per-session notion and never stored.
+- Everything that may touch the disk returns a Deferred and runs its I/O off the reactor thread.
+  All state visible to callers (``messages``, ``uid_next``...) changes only on the reactor thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+from zope.interface import Attribute, Interface
+
+SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
+
+
+class StoreError(Exception):
+    """A mailbox operation failed (I/O error, lock timeout, corrupt mailbox)."""
+
+
+class MailboxNotFound(StoreError):
+    """The named mailbox does not exist."""
+
+
+class UnknownUID(StoreError):
+    """A UID that is not (or no longer) in the mailbox."""
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    """What is known about one message without reading it."""
+
+    uid: int
+    flags: frozenset[str]
+    internal_date: datetime  # timezone-aware
+    size: int  # CRLF size, as RETR / BODY[] send it
+
+
+@dataclass
+class Changes:
+    """What a refresh found: given to every listener of the mailbox, in this order of events."""
+
+    expunged: list[int] = field(default_factory=list)  # UIDs gone
+    added: list[MessageInfo] = field(default_factory=list)  # new messages, ascending UID
+    flags: dict[int, frozenset[str]] = field(default_factory=dict)  # UID -> new flags
+
+    def __bool__(self) -> bool:
+        return bool(self.expunged or self.added or self.flags)
+
+
+Listener = Callable[[Changes], None]
+
+
+class IMailbox(Interface):
+    """One open mailbox (shared by every session that has it open)."""
+
+    name = Attribute("The mailbox name, e.g. 'INBOX'.")
+    uid_validity = Attribute("int: never changes for the life of the mailbox")
+    uid_next = Attribute("int: the UID the next new message will get")
+    messages = Attribute("list[MessageInfo], ascending UID: the state after the last refresh")
+
+    def refresh():
+        """Bring ``messages`` up to date with the disk (mail appended by others, external changes).
+
+        New UIDs are made durable before they are shown. Listeners are told of any change.
+        Returns Deferred[Changes].
+        """
+
+    def read(uid):
+        """Deferred[bytes]: the whole message (LF line ends, as stored). UnknownUID if gone."""
+
+    def read_headers(uids):
+        """Deferred[dict[int, bytes]]: the header block (up to and including the blank line) of
+        each UID still present; UIDs that are gone are left out."""
+
+    def set_flags(changes):
+        """Persist flags: ``changes`` maps UID -> the complete new frozenset of flags.
+
+        Unknown UIDs are ignored. Listeners are told. Deferred[None].
+        """
+
+    def expunge(uids):
+        """Remove these messages for good. Mail that arrived meanwhile is kept.
+
+        Returns Deferred[list[int]] of the UIDs actually removed. Listeners are told.
+        """
+
+    def append(data, flags=frozenset(), internal_date=None):
+        """Add a message (bytes, LF or CRLF line ends) with flags and date; durable before the
+        Deferred fires. Deferred[int]: the new UID."""
+
+    def add_listener(listener):
+        """Call ``listener(changes)`` after every change, made here or found on disk."""
+
+    def remove_listener(listener):
+        """Stop calling ``listener``."""
+
+    def close():
+        """This user of the mailbox is done with it (the store may free it when none are left)."""
+
+
+class IMailStore(Interface):
+    """All mailboxes of all accounts."""
+
+    def open(account, name="INBOX"):
+        """Deferred[IMailbox]: open (creating INBOX on first use). MailboxNotFound otherwise.
+        Each ``open`` must be matched by one ``close()`` of the returned mailbox."""
+
+    def deliver(account, data, sender):
+        """Append a message arriving by mail (SMTP, LMTP, sendmail) to the account's INBOX.
+
+        ``data`` is the complete message (headers and body, LF or CRLF line ends) as it should be
+        stored; ``sender`` the envelope sender (``''`` for the null sender). The Deferred fires only
+        once the message is on disk (fsync'ed); an open mailbox's listeners then hear of it.
+        """

@@ -1,0 +1,178 @@
+"""One set of behaviour tests that every IMailStore must pass (memory and mbox alike).
+
+A test case mixes in ``StoreConformanceMixin`` and provides:
+- ``make_store()`` -> the store under test (fresh, empty);
+- ``account`` -> an Account the store can serve;
+- ``external_append(data)`` -> append to the account's INBOX the way another program would
+  (Postfix local, mutt), behind the store's back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from twisted.internet import defer
+from zope.interface.verify import verifyObject
+
+from mailsuite.store.interfaces import IMailbox, IMailStore, MailboxNotFound, UnknownUID
+
+MSG1 = b"From: a@example.test\nTo: boss@example.test\nSubject: one\n\nbody one\n"
+MSG2 = b"From: b@example.test\nTo: boss@example.test\nSubject: two\n\nbody two\nFrom here\n"
+
+
+class StoreConformanceMixin:
+    @defer.inlineCallbacks
+    def test_interfaces(self):
+        """The store and its mailboxes provide the interfaces the protocols are written to."""
+        store = self.make_store()
+        verifyObject(IMailStore, store)
+        box = yield store.open(self.account)
+        verifyObject(IMailbox, box)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_inbox_created_empty(self):
+        """Opening INBOX the first time gives an empty mailbox with UIDs starting at 1."""
+        box = yield self.make_store().open(self.account, "INBOX")
+        self.assertEqual(box.messages, [])
+        self.assertGreaterEqual(box.uid_next, 1)
+        self.assertGreater(box.uid_validity, 0)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_open_unknown(self):
+        """Opening a mailbox that does not exist fails with MailboxNotFound."""
+        store = self.make_store()
+        with self.assertRaises(MailboxNotFound):
+            yield store.open(self.account, "NoSuchFolder")
+
+    @defer.inlineCallbacks
+    def test_deliver_then_read(self):
+        """A delivered message reads back byte for byte; its size is the CRLF size."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        self.assertEqual(len(box.messages), 1)
+        info = box.messages[0]
+        data = yield box.read(info.uid)
+        self.assertEqual(data, MSG1)
+        self.assertEqual(info.size, len(MSG1) + MSG1.count(b"\n"))
+        self.assertEqual(info.flags, frozenset())
+        self.assertIsNotNone(info.internal_date.tzinfo)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_from_line_in_body_survives(self):
+        """A body line starting with 'From ' does not split the message."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG2, "b@example.test")
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        self.assertEqual(len(box.messages), 2)
+        first = yield box.read(box.messages[0].uid)
+        self.assertTrue(first.startswith(MSG2[:40]))
+        self.assertIn(b"From here\n", first.replace(b">From here", b"From here"))
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_crlf_input_stored_as_lf(self):
+        """CRLF input is stored with LF line ends."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1.replace(b"\n", b"\r\n"), "")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        data = yield box.read(box.messages[0].uid)
+        self.assertEqual(data, MSG1)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_delivery_reaches_open_listeners(self):
+        """A delivery while the mailbox is open is told to its listeners as added."""
+        store = self.make_store()
+        box = yield store.open(self.account)
+        seen = []
+        box.add_listener(seen.append)
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield box.refresh()
+        added = [m.uid for c in seen for m in c.added]
+        self.assertEqual(added, [box.messages[0].uid])
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_external_append_gets_new_uid(self):
+        """Mail written by another program gets a new, higher UID; UIDVALIDITY stays."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        validity, first = box.uid_validity, box.messages[0].uid
+        yield self.external_append(MSG2)
+        changes = yield box.refresh()
+        self.assertEqual(len(changes.added), 1)
+        self.assertGreater(changes.added[0].uid, first)
+        self.assertEqual(box.uid_validity, validity)
+        self.assertEqual([m.uid for m in box.messages], [first, changes.added[0].uid])
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_flags_persist(self):
+        """Flags set on a message are there when the mailbox is opened again."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        uid = box.messages[0].uid
+        yield box.set_flags({uid: frozenset({"\\Seen", "\\Flagged", "Work"})})
+        self.assertEqual(box.messages[0].flags, {"\\Seen", "\\Flagged", "Work"})
+        box.close()
+        box = yield store.open(self.account)
+        yield box.refresh()
+        self.assertEqual(box.messages[0].flags, {"\\Seen", "\\Flagged", "Work"})
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_expunge_keeps_others_and_uids(self):
+        """Expunge removes exactly the UIDs named; the rest keep their UIDs; UIDs are not reused."""
+        store = self.make_store()
+        for i in range(3):
+            yield store.deliver(self.account, MSG1 + b"%d\n" % i, "a@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        uids = [m.uid for m in box.messages]
+        removed = yield box.expunge([uids[1]])
+        self.assertEqual(removed, [uids[1]])
+        self.assertEqual([m.uid for m in box.messages], [uids[0], uids[2]])
+        with self.assertRaises(UnknownUID):
+            yield box.read(uids[1])
+        third = yield box.read(uids[2])
+        self.assertTrue(third.endswith(b"2\n"))
+        yield store.deliver(self.account, MSG2, "b@example.test")
+        yield box.refresh()
+        self.assertGreater(box.messages[-1].uid, uids[2])
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_append_with_flags_and_date(self):
+        """append stores flags and the given internal date and returns the new UID."""
+        store = self.make_store()
+        box = yield store.open(self.account)
+        when = datetime(2026, 9, 14, 17, 7, 10, tzinfo=timezone.utc)
+        uid = yield box.append(MSG1, frozenset({"\\Seen"}), when)
+        self.assertEqual(box.messages[-1].uid, uid)
+        self.assertEqual(box.messages[-1].flags, {"\\Seen"})
+        self.assertEqual(box.messages[-1].internal_date, when)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_read_headers(self):
+        """read_headers gives each header block through the blank line, skipping gone UIDs."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        uid = box.messages[0].uid
+        headers = yield box.read_headers([uid, uid + 100])
+        self.assertEqual(headers, {uid: MSG1[: MSG1.index(b"\n\n") + 2]})
+        box.close()
