@@ -1,0 +1,128 @@
+"""``twistd mailsuite``: the one place where the parts are assembled into services."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from typing import Any
+
+from twisted.application import service, strports
+from twisted.cred import checkers, portal
+from twisted.logger import Logger
+from twisted.python import usage
+
+log = Logger()
+
+DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
+
+# service name in [listen] -> (protocol, implicit TLS)
+SERVICES = ("smtp", "pop3", "imap")
+
+
+def config_path(explicit: str | None) -> str:
+    """Where a command finds mail.ini: --config, else $MAILSUITE_CONFIG, else /etc/mailsuite."""
+    return explicit or os.environ.get("MAILSUITE_CONFIG") or DEFAULT_CONFIG
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = (
+        "Run the mailsuite SMTP, POP3 and IMAP services described by a mail.ini file "
+        "(default: $MAILSUITE_CONFIG, else " + DEFAULT_CONFIG + ")."
+    )
+    optParameters = [["config", "C", None, "Path to mail.ini"]]
+
+    def postOptions(self) -> None:
+        from mailsuite.config import ConfigError, load_config
+
+        path = config_path(self["config"])
+        try:
+            self["cfg"] = load_config(path)
+        except ConfigError as e:
+            raise usage.UsageError("configuration refused:\n" + str(e))
+
+
+def _can_bind(family: int, address: str) -> bool:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
+
+
+def listen_addresses(inet_interfaces: list[str]) -> list[str]:
+    """Addresses to bind for Postfix's inet_interfaces (all, loopback-only, or a list)."""
+    if inet_interfaces == ["all"]:
+        # An IPv6 wildcard socket on Linux also takes IPv4 (bindv6only=0 is the default).
+        return ["::"] if _can_bind(socket.AF_INET6, "::") else ["0.0.0.0"]
+    if inet_interfaces == ["loopback-only"]:
+        out = ["127.0.0.1"]
+        if _can_bind(socket.AF_INET6, "::1"):
+            out.append("::1")
+        return out
+    return list(inet_interfaces)
+
+
+def _endpoint(port: int, address: str) -> str:
+    escaped = address.replace(":", r"\:")
+    return f"tcp:{port}:interface={escaped}"
+
+
+def build(cfg: Any) -> service.MultiService:
+    """All services of one mail.ini, not yet started."""
+    from mailsuite.checker import AccountDB, UnixChecker
+    from mailsuite.imap.server import IMAPFactory
+    from mailsuite.maillog import MailLog
+    from mailsuite.pop3 import POP3Factory
+    from mailsuite.realm import MailRealm
+    from mailsuite.smtp.delivery import LocalDelivery
+    from mailsuite.smtp.server import SMTPFactory
+    from mailsuite.store.mbox import MboxStore
+
+    top = service.MultiService()
+    maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname)
+    maillog.open()
+    accounts = AccountDB(cfg.auth.passwd_file, cfg.auth.shadow_file, cfg.auth.first_valid_uid)
+    store = MboxStore(cfg.mailbox)
+    delivery = LocalDelivery(cfg, accounts, store, maillog)
+    realm = MailRealm(store, accounts, delivery)
+    the_portal = portal.Portal(realm, [UnixChecker(accounts), checkers.AllowAnonymousAccess()])
+    factories = {
+        "smtp": lambda: SMTPFactory(cfg, the_portal, delivery, maillog),
+        "pop3": lambda: POP3Factory(cfg, the_portal, maillog),
+        "imap": lambda: IMAPFactory(cfg, the_portal, maillog),
+    }
+    for name in SERVICES:
+        port = getattr(cfg.listen, name)
+        if port is None:
+            continue
+        factory = factories[name]()
+        for address in listen_addresses(cfg.mail.inet_interfaces):
+            svc = strports.service(_endpoint(port, address), factory)
+            svc.setName(f"{name}@{address}")
+            svc.setServiceParent(top)
+    top.maillog = maillog  # type: ignore[attr-defined]
+    _reopen_log_on_hup(maillog)
+    return top
+
+
+def _reopen_log_on_hup(maillog: Any) -> None:
+    """``kill -HUP`` reopens maillog_file (after logrotate moved it)."""
+    from twisted.internet import reactor
+
+    def on_hup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(maillog.reopen)  # type: ignore[attr-defined]
+
+    try:
+        signal.signal(signal.SIGHUP, on_hup)
+    except ValueError:  # not the main thread (tests)
+        pass
+
+
+def makeService(options: Options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    reactor.suggestThreadPoolSize(16)  # type: ignore[attr-defined]
+    return build(options["cfg"])

@@ -1,0 +1,160 @@
+"""Start the real service (``python -m twisted mailsuite``) on loopback for integration tests.
+
+A ``Site`` is a temp directory holding everything one server needs: passwd and shadow files,
+home directories, a spool for INBOXes, an aliases file, the maillog and mail.ini with free ports
+on 127.0.0.1. ``site.start()`` runs twistd in a subprocess and waits until every port answers;
+``site.stop()`` ends it (SIGTERM, then SIGKILL) and is registered as a cleanup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Made with `openssl passwd -6 -salt integration secret` and `... -salt carolsalt hunter2`.
+USERS = {
+    "boss": ("secret", "$6$integration$KTYGW6YkAKEMydmj3vjf8vVSZGUwHtkliosY8RrXepPmSAwzRS6CFVj/1TrbQilE5D7VJBcdSeZ2hNCX8muCr0"),
+    "carol": ("hunter2", "$6$carolsalt$4dT9RzezhJWk0wVCzqUj2SNwvTrut39/L/xBM9cMrqgnx0ZWw6.pFRY5Ou1j9HFQTHc3PqFbXoEU8mctHHEiW."),
+}
+SERVICES = ("smtp", "pop3", "imap")
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Site:
+    def __init__(self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n") -> None:
+        self.dir = os.path.abspath(testcase.mktemp())
+        os.makedirs(self.dir)
+        self.spool = os.path.join(self.dir, "spool")
+        os.makedirs(self.spool)
+        self.ports = {name: free_port() for name in SERVICES}
+        self.maillog = os.path.join(self.dir, "maillog")
+        self.process: subprocess.Popen | None = None
+        self.uids = {}
+        passwd, shadow = [], []
+        for i, (user, (_, hashed)) in enumerate(sorted(USERS.items())):
+            uid = 2000 + i
+            home = os.path.join(self.dir, "home", user)
+            os.makedirs(home)
+            if os.geteuid() == 0:
+                os.chown(home, uid, uid)
+            self.uids[user] = uid
+            passwd.append(f"{user}:x:{uid}:{uid}:{user.title()}:{home}:/bin/sh")
+            shadow.append(f"{user}:{hashed}:20000:0:99999:7:::")
+        passwd.insert(0, "root:x:0:0:root:/root:/bin/bash")
+        shadow.insert(0, "root:$6$integration$KTYGW6YkAKEMydmj3vjf8vVSZGUwHtkliosY8RrXepPmSAwzRS6CFVj/1TrbQilE5D7VJBcdSeZ2hNCX8muCr0:20000:0:99999:7:::")
+        self._write("passwd", "\n".join(passwd) + "\n")
+        self._write("shadow", "\n".join(shadow) + "\n")
+        self._write("aliases", aliases)
+        self.config = self._write("mail.ini", self.ini())
+        testcase.addCleanup(self.stop)
+
+    def _write(self, name: str, text: str) -> str:
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def home(self, user: str) -> str:
+        return os.path.join(self.dir, "home", user)
+
+    def inbox(self, user: str) -> str:
+        return os.path.join(self.spool, user)
+
+    def ini(self) -> str:
+        d = self.dir
+        return f"""\
+[mail]
+myhostname = mail.example.test
+mydomain = example.test
+mydestination = $myhostname, example.test, localhost
+inet_interfaces = 127.0.0.1
+alias_maps = {d}/aliases
+queue_directory = {d}/queue
+maillog_file = {self.maillog}
+
+[listen]
+smtp = {self.ports['smtp']}
+submission = no
+smtps = no
+pop3 = {self.ports['pop3']}
+pop3s = no
+imap = {self.ports['imap']}
+imaps = no
+
+[auth]
+passwd_file = {d}/passwd
+shadow_file = {d}/shadow
+first_valid_uid = 1000
+disable_plaintext_auth = no
+
+[mailbox]
+mail_location = mbox:~/mail:INBOX={self.spool}/%u
+
+[tls]
+ssl = no
+"""
+
+    def start(self) -> None:
+        """Run the server and wait (bounded) until each port accepts connections."""
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        self.output = open(os.path.join(self.dir, "twistd.out"), "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "mailsuite",
+             "--config", self.config],
+            cwd=self.dir, env=env, stdout=self.output, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        pending = set(SERVICES)
+        while pending and time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"mailsuite exited {self.process.returncode}:\n{self.log()}")
+            for name in list(pending):
+                try:
+                    socket.create_connection(("127.0.0.1", self.ports[name]), timeout=1).close()
+                    pending.discard(name)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        if pending:
+            raise AssertionError(f"{sorted(pending)} did not start:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+        self.output.close()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        with open(os.path.join(self.dir, "twistd.out"), "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def maillog_text(self) -> str:
+        try:
+            with open(self.maillog) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
