@@ -1,0 +1,292 @@
+"""The alias_maps files (``/etc/aliases``): parsing, recursive expansion, re-reading on change.
+
+The syntax is aliases(5) as Postfix reads it::
+
+    # comment
+    postmaster: root
+    team:   boss, alice,
+            bob                      # a line starting with whitespace continues the entry
+    "sales dept": \\boss             # quoted name; \\user stops expansion
+    prog:   "|/usr/bin/procmail -a x", /var/log/mail.copy, :include:/etc/mail/list
+
+Names are case-insensitive. Program (``|cmd``), file (``/path``), ``:include:`` and remote-address
+(``user@elsewhere``) targets are parsed and kept, but delivery to them is not implemented yet:
+they are reported as unsupported, so the recipient can be refused instead of mail being dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Collection, Iterator
+
+from twisted.logger import Logger
+
+log = Logger()
+
+#: Postfix's expansion_size_limit: more final recipients than this is a configuration error.
+EXPANSION_SIZE_LIMIT = 1000
+#: How deep aliases may refer to aliases.
+MAX_DEPTH = 100
+
+
+class AliasError(Exception):
+    """Base of the errors of this module."""
+
+
+class AliasParseError(AliasError):
+    """One or more syntax errors in alias files; each message names the file and the line."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class AliasLookupError(AliasError):
+    """The alias table cannot be used right now (unreadable or broken file, expansion too big)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One right-hand-side item of an alias, as written, with where it came from."""
+
+    text: str
+    filename: str
+    lineno: int
+
+    @property
+    def kind(self) -> str:
+        """``user`` (``\\name``), ``name`` (maybe another alias), ``address`` (has ``@``),
+        ``program`` (``|cmd``), ``file`` (``/path``) or ``include`` (``:include:/path``)."""
+        t = self.text
+        if t.startswith("|"):
+            return "program"
+        if t.lower().startswith(":include:"):
+            return "include"
+        if t.startswith("/"):
+            return "file"
+        if t.startswith("\\"):
+            return "user"
+        if "@" in t:
+            return "address"
+        return "name"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
+class Expansion:
+    """What an address expands to.
+
+    ``users``: final local user names (lower case, each once, in order of appearance).
+    ``unsupported``: targets that cannot be delivered to yet (program, file, include, remote).
+    ``looped``: names met again inside their own expansion (kept as user names, as sendmail and
+    Postfix do for ``boss: boss, ...``; if no such account exists, that is a mail loop).
+    ``aliased``: True if the name was an alias at all.
+    """
+
+    users: list[str] = field(default_factory=list)
+    unsupported: list[Target] = field(default_factory=list)
+    looped: set[str] = field(default_factory=set)
+    aliased: bool = False
+
+    def add_user(self, name: str) -> None:
+        if name not in self.users:
+            if len(self.users) >= EXPANSION_SIZE_LIMIT:
+                raise AliasLookupError(f"alias expansion exceeds {EXPANSION_SIZE_LIMIT} recipients")
+            self.users.append(name)
+
+
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    parts, current, quoted, escaped = [], [], False, False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\" and quoted:
+            current.append(ch)
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+            current.append(ch)
+        elif ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        return text[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return text
+
+
+def _logical_lines(text: str, filename: str, errors: list[str]) -> Iterator[tuple[int, str]]:
+    """(first line number, joined text) of each entry; comments and blank lines dropped."""
+    start, parts = 0, []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if line[0] in " \t":
+            if not parts:
+                errors.append(f"{filename}, line {lineno}: continuation line without an entry")
+                continue
+            parts.append(stripped)
+            continue
+        if parts:
+            yield start, " ".join(parts)
+        start, parts = lineno, [stripped]
+    if parts:
+        yield start, " ".join(parts)
+
+
+def parse_aliases(text: str, filename: str) -> dict[str, list[Target]]:
+    """Parse one aliases file. Raises AliasParseError listing every bad line (file, line N).
+
+    A name given twice keeps its first entry (with a warning), as postalias does.
+    """
+    errors: list[str] = []
+    table: dict[str, list[Target]] = {}
+    for lineno, entry in _logical_lines(text, filename, errors):
+        where = f"{filename}, line {lineno}"
+        pieces = _split_outside_quotes(entry, ":")
+        # The name ends at the first colon outside quotes; ':include:' lives on the right side.
+        name, value = _unquote(pieces[0]).lower(), ":".join(pieces[1:])
+        if len(pieces) < 2:
+            errors.append(f"{where}: need name: value, got {entry!r}")
+            continue
+        quoted_name = pieces[0].strip().startswith('"')
+        if not name or (not quoted_name and any(c in name for c in " \t")):
+            errors.append(f"{where}: bad alias name {pieces[0].strip()!r}")
+            continue
+        targets = []
+        for item in _split_outside_quotes(value, ","):
+            item = _unquote(item)
+            if item:
+                targets.append(Target(item, filename, lineno))
+        if not targets:
+            errors.append(f"{where}: alias {name!r} has no targets")
+            continue
+        if name in table:
+            log.warn("{where}: duplicate entry {name!r} ignored", where=where, name=name)
+            continue
+        table[name] = targets
+        for target in targets:
+            if target.kind in ("program", "file", "include"):
+                log.warn(
+                    "{where}: {kind} target {target!r} of {name!r} is not supported yet;"
+                    " mail to {name!r} will be refused",
+                    where=where, kind=target.kind, target=target.text, name=name,
+                )
+    if errors:
+        raise AliasParseError(errors)
+    return table
+
+
+Stamp = tuple[int, int, int] | None
+
+
+class AliasMap:
+    """The merged tables of all ``alias_maps`` files, re-read when a file's mtime or size changes.
+
+    Blocking (it stats and reads files): call ``expand``/``check`` through ``threads.blocking``.
+    Thread-safe. A missing file counts as empty (with a warning), as Postfix does for an unbuilt
+    map; an unreadable or broken file makes every lookup fail with AliasLookupError (the SMTP
+    server then answers 451 4.3.0, so no mail is lost) until the file is fixed.
+    """
+
+    def __init__(self, paths: list[str], local_domains: Collection[str] = ()) -> None:
+        self.paths = list(paths)
+        self.local_domains = {d.lower().rstrip(".") for d in local_domains}
+        self._lock = threading.Lock()
+        self._stamps: list[Stamp] | None = None
+        self._table: dict[str, list[Target]] = {}
+        self._error: AliasError | None = None
+
+    @staticmethod
+    def _stamp(path: str) -> Stamp:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _load(self) -> None:
+        table: dict[str, list[Target]] = {}
+        errors: list[str] = []
+        for path in self.paths:
+            try:
+                with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                    text = f.read()
+            except FileNotFoundError:
+                log.warn("alias map {path} does not exist; treated as empty", path=path)
+                continue
+            except OSError as e:
+                errors.append(f"{path}: cannot read: {e.strerror}")
+                continue
+            try:
+                for name, targets in parse_aliases(text, path).items():
+                    table.setdefault(name, targets)
+            except AliasParseError as e:
+                errors.extend(e.errors)
+        if errors:
+            for message in errors:
+                log.error("alias map error: {message}", message=message)
+            self._error = AliasParseError(errors)
+        else:
+            self._error = None
+            self._table = table
+
+    def _refresh(self) -> None:
+        stamps = [self._stamp(p) for p in self.paths]
+        if stamps != self._stamps:
+            self._stamps = stamps
+            self._load()
+
+    def check(self) -> None:
+        """Read the files now; raise AliasParseError if any is broken (for start-up checks)."""
+        with self._lock:
+            self._refresh()
+            if self._error is not None:
+                raise self._error
+
+    def expand(self, name: str) -> Expansion:
+        """Expand a local part (case-insensitive) recursively into final user names."""
+        with self._lock:
+            self._refresh()
+            if self._error is not None:
+                raise AliasLookupError(str(self._error))
+            out = Expansion(aliased=name.lower() in self._table)
+            self._expand(name.lower(), (), out)
+            return out
+
+    def _expand(self, name: str, chain: tuple[str, ...], out: Expansion) -> None:
+        targets = self._table.get(name)
+        if targets is None or name in chain:
+            if name in chain:
+                out.looped.add(name)
+            out.add_user(name)
+            return
+        if len(chain) >= MAX_DEPTH:
+            raise AliasLookupError(f"alias nesting deeper than {MAX_DEPTH} at {name!r}")
+        for target in targets:
+            kind = target.kind
+            if kind == "user":
+                out.add_user(target.text[1:].lower())
+            elif kind == "name":
+                self._expand(target.text.lower(), chain + (name,), out)
+            elif kind == "address":
+                local, _, domain = target.text.rpartition("@")
+                if domain.lower().rstrip(".") in self.local_domains and local:
+                    self._expand(_unquote(local).lower(), chain + (name,), out)
+                else:
+                    out.unsupported.append(target)
+            else:
+                out.unsupported.append(target)
