@@ -1,0 +1,609 @@
+"""Reading and checking ``mail.ini``, the one configuration file of mailsuite.
+
+The file is INI with the knob names of Postfix's main.cf and Dovecot's dovecot.conf (see the
+contract in DESIGN.md and the shipped ``etc/mail.ini``). Syntax:
+
+- ``[section]`` headers, ``key = value`` lines; a line starting with whitespace continues the
+  value of the line before it (as in main.cf).
+- ``#`` and ``;`` start a comment at the beginning of a line, and also after whitespace inside a
+  line (``smtps = no   # until TLS lands``); main.cf has no inline comments, we do.
+- ``$name`` and ``${name}`` expand to the value of key ``name`` of ``[mail]`` (recursively, in
+  every section); ``$$`` is a literal ``$``.
+
+Every problem (syntax, unknown section or key, bad value, expansion loop) is collected and raised
+at once as one :class:`ConfigError`, each line shaped ``FILE: [section] key: message``.
+:func:`parse_config` is pure (it asks ``hostname()`` only when ``myhostname`` is not set);
+:func:`load_config` reads the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import posixpath
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mailsuite.accounts import Account
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """Everything wrong with one configuration file; ``str()`` gives one error per line."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(errors)
+        self.errors = list(errors)
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Converters: text (already $-expanded) -> value, or ValueError with a message for the user.
+
+def _words(value: str) -> list[str]:
+    """Postfix list syntax: items separated by commas and/or whitespace."""
+    return [word for word in re.split(r"[\s,]+", value) if word]
+
+
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\Z")
+
+
+def _domain(value: str) -> str:
+    name = value.strip().lower().rstrip(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+        raise ValueError(f"{value.strip()!r} is not a valid domain name")
+    return name
+
+
+def _domains(value: str) -> list[str]:
+    return list(dict.fromkeys(_domain(word) for word in _words(value)))
+
+
+def _unbracket(word: str) -> str:
+    """``[::1]/128`` -> ``::1/128`` (Postfix writes IPv6 in brackets, Dovecot does not)."""
+    return re.sub(r"^\[([^\]]*)\]", r"\1", word)
+
+
+def _network(word: str) -> Network:
+    text = _unbracket(word)
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{word!r} is not an IP network (like 127.0.0.0/8 or [::1]/128)"
+            ) from None
+        raise ValueError(f"{word!r} has host bits set; did you mean {loose}?") from None
+
+
+def _networks(value: str) -> list[Network]:
+    return [_network(word) for word in _words(value)]
+
+
+def _interfaces(value: str) -> list[str]:
+    words = [word.lower() for word in _words(value)]
+    if words in (["all"], ["loopback-only"]):
+        return words
+    if not words or {"all", "loopback-only"} & set(words):
+        raise ValueError("expected all, loopback-only, or a list of IP addresses")
+    try:
+        return [str(ipaddress.ip_address(_unbracket(word))) for word in words]
+    except ValueError as e:
+        raise ValueError(f"{e}; expected all, loopback-only, or a list of IP addresses") from None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _port_number(text: str, lowest: int = 0) -> int:
+    if not text.isdigit() or not lowest <= int(text) <= 65535:
+        raise ValueError(f"port {text!r} is not a number from {lowest} to 65535")
+    return int(text)
+
+
+def _relayhost(value: str) -> str:
+    """Postfix's ``[host]:port``, ``host:port``, ``[host]`` or ``host``; empty = direct MX."""
+    text = value.strip()
+    match = re.fullmatch(r"(?:\[(?:ipv6:)?([^\]]+)\]|([^\[\]:\s]+))(?::(\S*))?", text)
+    if text and not match:
+        raise ValueError(f"{text!r} is not [host]:port")
+    if match:
+        host = match.group(1) or match.group(2)
+        if not _is_ip(host):
+            _domain(host)
+        if match.group(3) is not None:
+            _port_number(match.group(3), lowest=1)
+    return text
+
+
+def _dns_resolver(value: str) -> str:
+    """``IP:port`` of a DNS server (IPv6 in brackets); empty = /etc/resolv.conf."""
+    text = value.strip()
+    match = re.fullmatch(r"(?:\[([^\]]+)\]|([^\[\]:\s]+)):(\S+)", text)
+    if text and not (match and _is_ip(match.group(1) or match.group(2))):
+        raise ValueError(f"{text!r} is not IP:port (like 127.0.0.1:53 or [::1]:53)")
+    if match:
+        _port_number(match.group(3), lowest=1)
+    return text
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _size(value: str) -> int:
+    """Bytes; a ``k``, ``M`` or ``G`` suffix (as Dovecot sizes) multiplies by 1024^n."""
+    match = re.fullmatch(r"(\d+)\s*([kKmMgG]?)", value.strip())
+    if not match:
+        raise ValueError(f"{value.strip()!r} is not a size in bytes (like 10240000 or 10M)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _time_days(value: str) -> float:
+    """Postfix time: a number with unit s, m, h, d or w; a bare number counts days."""
+    match = re.fullmatch(r"(\d+)([smhdw]?)", value.strip())
+    if not match:
+        raise ValueError(
+            f"{value.strip()!r} is not a time (a number with unit s, m, h, d or w, like 5d)"
+        )
+    return float(int(match.group(1)) * _TIME_UNITS[match.group(2) or "d"])
+
+
+_BOOLEANS = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
+
+
+def _bool(value: str) -> bool:
+    try:
+        return _BOOLEANS[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{value.strip()!r} is not yes or no") from None
+
+
+def _uint(value: str) -> int:
+    if not value.strip().isdigit():
+        raise ValueError(f"{value.strip()!r} is not a whole number")
+    return int(value.strip())
+
+
+def _path(value: str) -> str:
+    text = value.strip()
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} is not an absolute path")
+    return text
+
+
+def _pem_path(value: str) -> str:
+    """A path; Dovecot's ``ssl_cert = </etc/...`` spelling is accepted too."""
+    return _path(value.strip().removeprefix("<"))
+
+
+_ALIAS_MAP_TYPES = ("hash", "lmdb", "texthash")
+
+
+def _alias_maps(value: str) -> list[str]:
+    """``/etc/aliases`` or ``hash:/etc/aliases``: the file path; the map type is dropped."""
+    paths = []
+    for word in _words(value):
+        kind, colon, path = word.partition(":")
+        if not colon:
+            path = word
+        elif kind not in _ALIAS_MAP_TYPES:
+            raise ValueError(
+                f"{word!r}: map type {kind}: is not supported (use a file path, hash:, lmdb:"
+                " or texthash:)"
+            )
+        paths.append(_path(path))
+    return paths
+
+
+def _port(value: str) -> int | None:
+    text = value.strip().lower()
+    if text in ("", "no"):
+        return None
+    try:
+        return _port_number(text)
+    except ValueError as e:
+        raise ValueError(f"{e}; write no or leave it empty to turn the service off") from None
+
+
+def _port_or_socket(value: str) -> int | str | None:
+    """LMTP may also listen on a unix socket, given by its absolute path."""
+    text = value.strip()
+    return text if text.startswith("/") else _port(text)
+
+
+def _choice(allowed: tuple[str, ...], refused: dict[str, str]) -> Callable[[str], str]:
+    """One of ``allowed`` (case-insensitive); values in ``refused`` are known but not usable yet."""
+
+    def convert(value: str) -> str:
+        text = value.strip().lower()
+        if text not in allowed:
+            raise ValueError(f"{value.strip()!r} is not one of: {', '.join(allowed)}")
+        if text in refused:
+            raise ValueError(refused[text])
+        return text
+
+    return convert
+
+
+_passdb = _choice(("shadow", "pam"), {"pam": "passdb = pam is not supported yet; use shadow"})
+_NO_TLS = "TLS is not implemented yet; set ssl = no"
+_ssl = _choice(("no", "yes", "required"), {v: f"ssl = {v}: {_NO_TLS}" for v in ("yes", "required")})
+
+
+# ---------------------------------------------------------------------------------------------
+# mail_location: Dovecot's "mbox:ROOT[:INBOX=PATH]" with %u, %n, %d, %h and a leading ~.
+
+_LOCATION_HELP = "like mbox:~/mail:INBOX=/var/mail/%u"
+_PROBE = Account("probe", 1000, 1000, "/home/probe")
+
+
+def _split_location(text: str) -> tuple[str, str]:
+    """The (folder root, INBOX) templates of a mail_location; ValueError if unusable."""
+    kind, colon, rest = text.strip().partition(":")
+    if not colon:
+        raise ValueError(f"{text.strip()!r} is not FORMAT:ROOT, {_LOCATION_HELP}")
+    if kind != "mbox":
+        raise ValueError(f"mailbox format {kind!r} is not supported, only mbox: ({_LOCATION_HELP})")
+    root, *params = rest.split(":")
+    if not root:
+        raise ValueError(f"mbox: needs a folder root directory, {_LOCATION_HELP}")
+    inbox = posixpath.join(root, "inbox")  # Dovecot's default when INBOX= is not given
+    for param in params:
+        name, _, path = param.partition("=")
+        if name != "INBOX" or not path:
+            raise ValueError(f"{param!r}: only INBOX=PATH is supported after the root")
+        inbox = path
+    for template in (root, inbox):
+        if not _expand_location(template, _PROBE).startswith("/"):
+            raise ValueError(f"{template!r} must start with /, ~ or %h")
+    return root, inbox
+
+
+def _expand_location(template: str, account: Account) -> str:
+    name = account.name
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"unsafe account name {name!r} in a mailbox path")
+    values = {"u": name, "n": name.partition("@")[0], "d": name.partition("@")[2],
+              "h": account.home, "%": "%"}
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "~":
+            return account.home
+        if match.group(1) not in values:
+            raise ValueError(f"unknown variable %{match.group(1)} (known: %u %n %d %h %%)")
+        return values[match.group(1)]
+
+    return posixpath.normpath(re.sub(r"^~(?=/|$)|%(.?)", substitute, template))
+
+
+def _mail_location(value: str) -> str:
+    _split_location(value)
+    return value.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# The parsed configuration.
+
+@dataclass(frozen=True)
+class MailConfig:
+    """``[mail]``: Postfix main.cf knobs."""
+
+    myhostname: str
+    mydomain: str
+    myorigin: str
+    mydestination: list[str]
+    inet_interfaces: list[str]
+    mynetworks: list[Network]
+    relay_domains: list[str]
+    relayhost: str
+    message_size_limit: int
+    alias_maps: list[str]
+    queue_directory: str
+    maillog_file: str
+    maximal_queue_lifetime: float
+    dns_resolver: str
+
+
+SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """``[listen]``: a port per service, None when off (lmtp: also a unix socket path)."""
+
+    smtp: int | None
+    submission: int | None
+    smtps: int | None
+    pop3: int | None
+    pop3s: int | None
+    imap: int | None
+    imaps: int | None
+    lmtp: int | str | None
+
+    def enabled(self) -> dict[str, int | str]:
+        """The services that are on, in SERVICES order: ``{"smtp": 25, ...}``."""
+        ports = {name: getattr(self, name) for name in SERVICES}
+        return {name: port for name, port in ports.items() if port is not None}
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: where accounts come from and when plaintext passwords may be sent."""
+
+    passdb: str
+    passwd_file: str
+    shadow_file: str
+    first_valid_uid: int
+    disable_plaintext_auth: bool
+    login_trusted_networks: list[Network]
+
+    def plaintext_allowed(self, peer_ip: str, tls: bool) -> bool:
+        """Dovecot's rule: plaintext auth is fine unless disabled, except over TLS, from
+        login_trusted_networks, or from loopback (Dovecot counts localhost as secure)."""
+        if not self.disable_plaintext_auth or tls:
+            return True
+        try:
+            address = ipaddress.ip_address(peer_ip.split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return address.is_loopback or any(address in net for net in self.login_trusted_networks)
+
+
+@dataclass(frozen=True)
+class MailboxConfig:
+    """``[mailbox]``: where an account's mbox files live (Dovecot's mail_location)."""
+
+    mail_location: str
+
+    def inbox_path(self, account: Account) -> str:
+        """The INBOX mbox file of ``account``, e.g. ``/var/mail/boss``."""
+        return _expand_location(_split_location(self.mail_location)[1], account)
+
+    def folder_root(self, account: Account) -> str:
+        """The directory holding the account's other folders, e.g. ``/home/boss/mail``."""
+        return _expand_location(_split_location(self.mail_location)[0], account)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """``[tls]``: Dovecot's ssl knobs."""
+
+    ssl: str
+    ssl_cert: str
+    ssl_key: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    mail: MailConfig
+    listen: ListenConfig
+    auth: AuthConfig
+    mailbox: MailboxConfig
+    tls: TLSConfig
+
+
+# A default is text (expanded like a value from the file) or a function of a lookup of [mail].
+Default = str | Callable[[Callable[[str], str]], str] | None
+
+
+@dataclass(frozen=True)
+class _Key:
+    name: str
+    default: Default
+    convert: Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class _Section:
+    build: Callable[..., Any]
+    keys: list[_Key]
+
+
+def _parent_domain(get: Callable[[str], str]) -> str:
+    host = get("myhostname")
+    return host.partition(".")[2] or host
+
+
+_SECTIONS: dict[str, _Section] = {
+    "mail": _Section(MailConfig, [
+        _Key("myhostname", None, _domain),  # None: the hostname() given to parse_config
+        _Key("mydomain", _parent_domain, _domain),
+        _Key("myorigin", "$mydomain", _domain),
+        _Key("mydestination", "$myhostname, localhost.$mydomain, localhost", _domains),
+        _Key("inet_interfaces", "all", _interfaces),
+        _Key("mynetworks", "127.0.0.0/8, [::1]/128", _networks),
+        _Key("relay_domains", "", _domains),
+        _Key("relayhost", "", _relayhost),
+        _Key("message_size_limit", "10240000", _size),
+        _Key("alias_maps", "/etc/aliases", _alias_maps),
+        _Key("queue_directory", "/var/spool/mailsuite", _path),
+        _Key("maillog_file", "/var/log/maillog", _path),
+        _Key("maximal_queue_lifetime", "5d", _time_days),
+        _Key("dns_resolver", "", _dns_resolver),
+    ]),
+    "listen": _Section(ListenConfig, [
+        _Key("smtp", "25", _port),
+        _Key("submission", "587", _port),
+        _Key("smtps", "465", _port),
+        _Key("pop3", "110", _port),
+        _Key("pop3s", "995", _port),
+        _Key("imap", "143", _port),
+        _Key("imaps", "993", _port),
+        _Key("lmtp", "no", _port_or_socket),
+    ]),
+    "auth": _Section(AuthConfig, [
+        _Key("passdb", "shadow", _passdb),
+        _Key("passwd_file", "/etc/passwd", _path),
+        _Key("shadow_file", "/etc/shadow", _path),
+        _Key("first_valid_uid", "1000", _uint),
+        _Key("disable_plaintext_auth", "yes", _bool),
+        _Key("login_trusted_networks", "", _networks),
+    ]),
+    "mailbox": _Section(MailboxConfig, [
+        _Key("mail_location", "mbox:~/mail:INBOX=/var/mail/%u", _mail_location),
+    ]),
+    "tls": _Section(TLSConfig, [
+        _Key("ssl", "yes", _ssl),
+        _Key("ssl_cert", "/etc/mailsuite/tls/cert.pem", _pem_path),
+        _Key("ssl_key", "/etc/mailsuite/tls/key.pem", _pem_path),
+    ]),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading: text -> {section: {key: _Setting}}, then $-expansion, conversion and checks.
+
+@dataclass
+class _Setting:
+    value: str
+    line: int
+
+
+def _read_ini(text: str, filename: str, errors: list[str]) -> dict[str, dict[str, _Setting]]:
+    sections: dict[str, dict[str, _Setting]] = {}
+    current: dict[str, _Setting] | None = None
+    where = ""
+    last: _Setting | None = None  # the setting an indented line continues
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = re.sub(r"(^|\s)[#;].*", "", raw).strip()
+        if not line:
+            continue
+        if raw[0].isspace():
+            if last is None:
+                errors.append(f"{filename}: {where}line {number}: indented line continues"
+                              " nothing (lines starting with whitespace continue a value)")
+            else:
+                last.value = f"{last.value} {line}"
+            continue
+        last = None
+        header = re.fullmatch(r"\[\s*([^\]\s]+)\s*\]", line)
+        if header:
+            where = f"[{header.group(1)}] "
+            current = sections.setdefault(header.group(1), {})
+            continue
+        key, equals, value = (part.strip() for part in line.partition("="))
+        if not equals or not key or current is None:
+            problem = "is outside any [section]" if equals and key else (
+                "is not 'key = value', '[section]' or a comment")
+            errors.append(f"{filename}: {where}line {number}: {line!r} {problem}")
+        elif key in current:
+            errors.append(f"{filename}: {where}{key}: set twice (lines {current[key].line}"
+                          f" and {number})")
+        else:
+            last = current[key] = _Setting(value, number)
+    return sections
+
+
+_DOLLAR = re.compile(r"\$(?:\{(\w+)\}|(\w+)|(\$)|)")
+
+
+class _Expander:
+    """``$name`` / ``${name}`` -> the (expanded) value of ``name`` in [mail]."""
+
+    def __init__(self, mail: dict[str, Default]) -> None:
+        self.mail = mail
+
+    def value(self, name: str, stack: tuple[str, ...] = ()) -> str:
+        if name in stack:
+            raise ValueError("expansion loop: " + " -> ".join(f"${n}" for n in stack + (name,)))
+        if name not in self.mail:
+            raise ValueError(f"${name}: no such key in [mail]")
+        raw = self.mail[name]
+        stack += (name,)
+        if callable(raw):
+            raw = raw(lambda other: self.value(other, stack))
+        return self.expand(raw or "", stack)
+
+    def expand(self, text: str, stack: tuple[str, ...] = ()) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(3):
+                return "$"
+            name = match.group(1) or match.group(2)
+            if not name:
+                raise ValueError("a $ must be followed by a key of [mail] ($$ is a literal $)")
+            return self.value(name, stack)
+
+        return _DOLLAR.sub(substitute, text)
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"unknown {kind}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def parse_config(
+    text: str, filename: str, *, hostname: Callable[[], str] = socket.getfqdn
+) -> Config:
+    """Parse and check the text of a mail.ini; raise ConfigError listing every problem.
+
+    ``hostname()`` gives myhostname's default (the host's FQDN) when the file does not set it.
+    """
+    errors: list[str] = []
+    given = _read_ini(text, filename, errors)
+    for name in given:
+        if name not in _SECTIONS:
+            errors.append(f"{filename}: [{name}]: {_unknown('section', name, list(_SECTIONS))}")
+
+    mail_keys = _SECTIONS["mail"].keys
+    mail: dict[str, Default] = {key.name: key.default for key in mail_keys}
+    mail["myhostname"] = lambda get: hostname()
+    mail.update({k: s.value for k, s in given.get("mail", {}).items() if k in mail})
+    expander = _Expander(mail)
+
+    built: dict[str, Any] = {}
+    for section_name, section in _SECTIONS.items():
+        settings = given.get(section_name, {})
+        names = [key.name for key in section.keys]
+        for name in settings:
+            if name not in names:
+                errors.append(f"{filename}: [{section_name}] {name}: "
+                              + _unknown("key", name, names))
+        values: dict[str, Any] = {}
+        for key in section.keys:
+            setting = settings.get(key.name)
+            try:
+                if section_name == "mail":
+                    expanded = expander.value(key.name)
+                else:
+                    raw = setting.value if setting else key.default
+                    assert isinstance(raw, str)
+                    expanded = expander.expand(raw)
+                values[key.name] = key.convert(expanded)
+            except ValueError as e:
+                origin = "" if setting else " (this is the default; set the key to change it)"
+                errors.append(f"{filename}: [{section_name}] {key.name}: {e}{origin}")
+        if len(values) == len(section.keys):
+            built[section_name] = section.build(**values)
+    if errors:
+        raise ConfigError(errors)
+    return Config(path=filename, **built)
+
+
+def load_config(path: str) -> Config:
+    """Read and parse the file at ``path``; an unreadable file is a ConfigError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError([f"{path}: cannot read the configuration file: {reason}"]) from None
+    return parse_config(text, path)
