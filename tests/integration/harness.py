@@ -25,6 +25,9 @@ USERS = {
 SERVICES = ("smtp", "pop3", "imap")
 START_TIMEOUT = 30.0
 
+#: twistd from this Python, finding the plugin in the checkout through PYTHONPATH.
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -111,7 +114,7 @@ ssl = no
         env = dict(os.environ, PYTHONPATH=ROOT)
         self.output = open(os.path.join(self.dir, "twistd.out"), "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "mailsuite",
+            [*TWISTD, "--nodaemon", "--pidfile=", "mailsuite",
              "--config", self.config],
             cwd=self.dir, env=env, stdout=self.output, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -15,7 +15,7 @@ from email.message import EmailMessage
 
 from twisted.trial import unittest
 
-from tests.integration.harness import ROOT, Site
+from tests.integration.harness import ROOT, TWISTD, Site
 
 TIMEOUT = 15
 
@@ -217,7 +217,7 @@ class ConfigRefusedTests(unittest.TestCase):
         with open(site.config, "w") as f:
             f.write(text)
         proc = subprocess.run(
-            [sys.executable, "-m", "twisted", "--nodaemon", "--pidfile=", "mailsuite", "--config", site.config],
+            [*TWISTD, "--nodaemon", "--pidfile=", "mailsuite", "--config", site.config],
             env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60,
         )
         self.assertNotEqual(proc.returncode, 0)
