@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from typing import Collection, Iterator
 
 from twisted.logger import Logger
 

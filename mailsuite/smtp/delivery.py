@@ -1,0 +1,329 @@
+"""Local delivery, the part of Postfix's trivial-rewrite + local(8) that SMTP in needs.
+
+``resolve`` decides whether an address is ours (``mydestination`` + ``alias_maps`` + Unix
+accounts) and to which accounts it goes; ``deliver`` writes one copy per account through the
+store (Return-Path, X-Original-To and Delivered-To prepended as Postfix local does) and logs one
+Postfix-shaped ``status=sent`` line per recipient; ``avatar`` is what the realm hands the SMTP
+server: an ``smtp.IMessageDelivery``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailsuite import threads
+from mailsuite.accounts import Account
+from mailsuite.maillog import new_queue_id
+from mailsuite.smtp.aliases import AliasLookupError, AliasMap
+
+log = Logger()
+
+
+class RecipientRejected(smtp.SMTPServerError):
+    """A recipient the server must refuse; ``code`` and ``resp`` are the SMTP reply."""
+
+    code = 550
+    template = "<{address}>: Recipient address rejected"
+
+    def __init__(self, address: str, **details: str) -> None:
+        self.address = address
+        super().__init__(self.code, self.template.format(address=address, **details))
+
+
+class UnknownRecipient(RecipientRejected):
+    code = 550
+    template = (
+        "5.1.1 <{address}>: Recipient address rejected: User unknown in local recipient table"
+    )
+
+
+class RelayDenied(RecipientRejected):
+    code = 554
+    template = "5.7.1 <{address}>: Relay access denied"
+
+
+class UnsupportedRecipient(RecipientRejected):
+    """An alias expands to a program, file, :include: or remote address: not deliverable yet.
+
+    4xx: the sending server keeps the mail and retries, so nothing is lost while the alias is
+    fixed or the feature lands.
+    """
+
+    code = 451
+    template = (
+        "4.3.0 <{address}>: Recipient address rejected: alias target {target} "
+        "is not supported yet"
+    )
+
+
+class AliasLoop(RecipientRejected):
+    code = 554
+    template = "5.4.6 <{address}>: Recipient address rejected: mail forwarding loop"
+
+
+class LookupFailed(RecipientRejected):
+    code = 451
+    template = "4.3.0 <{address}>: Temporary lookup failure"
+
+
+class DeliveryFailed(Exception):
+    """At least one copy could not be written; the message must not be acknowledged."""
+
+
+def split_address(address: str) -> tuple[str, str | None]:
+    """``local@domain`` -> (local, domain); a bare local part -> (local, None). Quotes removed."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = address, ""
+    if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
+        local = local[1:-1]
+    return local, (domain if at else None)
+
+
+def format_delay(seconds: float) -> str:
+    """Postfix's delay notation: two significant digits, ``0`` for less than 10 ms."""
+    if seconds < 0.01:
+        return "0"
+    if seconds >= 10:
+        return str(round(seconds))
+    return f"{seconds:.2g}"
+
+
+def received_header(
+    helo: str | None,
+    client_name: str,
+    client_ip: str,
+    hostname: str,
+    protocol: str,
+    queue_id: str | None,
+    recipients: Sequence[str],
+    when: float,
+) -> bytes:
+    """The Received: line Postfix writes (folded, LF ends, no trailing newline)::
+
+        Received: from helo (rdns [ip])
+        \tby myhostname (mailsuite) with ESMTP id QUEUEID
+        \tfor <rcpt>; Tue, 28 Nov 2023 06:01:02 +0100
+    """
+    by = f"by {hostname} (mailsuite) with {protocol}"
+    if queue_id:
+        by += f" id {queue_id}"
+    date = email.utils.formatdate(when, localtime=True)
+    tail = f"for <{recipients[0]}>; {date}" if len(recipients) == 1 else date
+    text = f"Received: from {helo or 'unknown'} ({client_name} [{client_ip}])\n\t{by}\n\t{tail}"
+    return text.encode("utf-8", "replace")
+
+
+@dataclass
+class LocalRecipient:
+    """An accepted recipient: the address as given and the accounts it goes to.
+
+    Calling it gives an ``smtp.IMessage`` (the stock Twisted path: one message per recipient).
+    """
+
+    address: str
+    accounts: list[Account]
+    delivery: LocalDelivery
+    sender: str
+
+    def __call__(self) -> _LocalMessage:
+        return _LocalMessage(self)
+
+
+@implementer(smtp.IMessage)
+class _LocalMessage:
+    def __init__(self, recipient: LocalRecipient) -> None:
+        self.recipient = recipient
+        self.lines: list[bytes] = []
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+
+    def eomReceived(self) -> defer.Deferred[None]:
+        r = self.recipient
+        data, self.lines = b"\n".join(self.lines) + b"\n", []
+        pairs = [(r.address, account) for account in r.accounts]
+        return r.delivery.deliver(data, r.sender, pairs, new_queue_id())
+
+    def connectionLost(self) -> None:
+        self.lines = []
+
+
+@implementer(smtp.IMessageDelivery)
+class DeliveryAvatar:
+    """What one SMTP session may do: for now local recipients only, for everyone.
+
+    ``user`` is the authenticated login name or None (anonymous MX traffic). Relaying for
+    authenticated users and mynetworks comes with the queue.
+    """
+
+    def __init__(self, delivery: LocalDelivery, user: str | None) -> None:
+        self.delivery = delivery
+        self.user = user
+
+    def receivedHeader(self, helo: tuple[bytes, bytes], origin: Any, recipients: list[Any]) -> bytes:
+        name = helo[0].decode("ascii", "replace") if helo[0] else None
+        ip = helo[1].decode("ascii", "replace") if isinstance(helo[1], bytes) else str(helo[1])
+        return received_header(
+            name, "unknown", ip, self.delivery.myhostname, "ESMTP", None,
+            [str(r) for r in recipients], self.delivery.now(),
+        )
+
+    def validateFrom(self, helo: Any, origin: Any) -> Any:
+        return origin
+
+    def validateTo(self, user: Any) -> defer.Deferred[LocalRecipient]:
+        address = str(user.dest)
+        sender = str(user.orig) if user.orig is not None else ""
+        d = self.delivery.resolve(address)
+        d.addCallback(lambda accounts: LocalRecipient(address, accounts, self.delivery, sender))
+        return d
+
+
+class LocalDelivery:
+    """Resolves local recipients and writes messages into their INBOX through the store.
+
+    ``accounts.lookup(name) -> Account | None`` is blocking (it reads passwd/shadow): it runs in
+    the thread pool, together with the alias expansion (which may re-read alias files).
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        accounts: Any,
+        store: Any,
+        maillog: Any,
+        now: Callable[[], float] = time.time,
+        aliases: AliasMap | None = None,
+    ) -> None:
+        mail = config.mail
+        self.myhostname: str = mail.myhostname
+        self.myorigin: str = mail.myorigin
+        self.local_domains = {d.lower().rstrip(".") for d in mail.mydestination}
+        self.accounts = accounts
+        self.store = store
+        self.maillog = maillog
+        self.now = now
+        self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains)
+
+    def avatar(self, user: str | None) -> DeliveryAvatar:
+        return DeliveryAvatar(self, user)
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.local_domains
+
+    def resolve(self, address: str) -> defer.Deferred[list[Account]]:
+        """The accounts ``address`` delivers to; errback with a RecipientRejected subclass."""
+        local, domain = split_address(address)
+        if domain is not None and not self.is_local_domain(domain):
+            return defer.fail(RelayDenied(address))
+        if not local:
+            return defer.fail(UnknownRecipient(address))
+        return threads.blocking(self._resolve_blocking, address, local)
+
+    def _resolve_blocking(self, address: str, local: str) -> list[Account]:
+        try:
+            expansion = self.aliases.expand(local)
+        except AliasLookupError as e:
+            log.error("alias lookup for {address} failed: {error}", address=address, error=e)
+            raise LookupFailed(address) from e
+        if expansion.unsupported:
+            target = expansion.unsupported[0]
+            log.warn(
+                "{address}: alias target {target!r} ({where}, line {line}) is not supported yet;"
+                " recipient refused",
+                address=address, target=target.text, where=target.filename, line=target.lineno,
+            )
+            raise UnsupportedRecipient(address, target=f'"{target.text}"')
+        found: list[Account] = []
+        for name in expansion.users:
+            account = self.accounts.lookup(name)
+            if account is None:
+                if name in expansion.looped:
+                    raise AliasLoop(address)
+                raise UnknownRecipient(address)
+            if account not in found:
+                found.append(account)
+        return found
+
+    def final_address(self, address: str, account: Account) -> str:
+        """The address local(8) delivers to: the original one unless an alias changed it."""
+        local, domain = split_address(address)
+        if domain is not None and local.lower() == account.name.lower():
+            return f"{account.name}@{domain.lower()}"
+        return f"{account.name}@{self.myorigin}"
+
+    def deliver(
+        self,
+        data: bytes,
+        sender: str,
+        recipients: list[tuple[str, Account]],
+        queue_id: str,
+        arrival: float | None = None,
+    ) -> defer.Deferred[None]:
+        """Write one copy per distinct account; fire once every copy is on disk.
+
+        ``data`` is the message as stored (LF line ends, Received: already on top). Any failed
+        copy makes the Deferred fail with DeliveryFailed, after all copies have finished.
+        """
+        start = self.now()
+        arrival = start if arrival is None else arrival
+        groups: dict[str, tuple[Account, list[str]]] = {}
+        for address, account in recipients:
+            groups.setdefault(account.name, (account, []))[1].append(address)
+        self.maillog.write(
+            "qmgr",
+            f"{queue_id}: from=<{sender}>, size={len(data)}, nrcpt={len(recipients)}"
+            " (queue active)",
+        )
+        copies = []
+        for account, addresses in groups.values():
+            final = self.final_address(addresses[0], account)
+            top = f"Return-Path: <{sender}>\nX-Original-To: {addresses[0]}\nDelivered-To: {final}\n"
+            d = defer.maybeDeferred(
+                self.store.deliver, account, top.encode("utf-8", "replace") + data, sender
+            )
+            d.addBoth(self._log_copy, queue_id, account, addresses, arrival, start)
+            copies.append(d)
+        done = defer.DeferredList(copies, consumeErrors=True)
+        done.addCallback(self._all_written, queue_id)
+        return done
+
+    def _log_copy(
+        self, result: Any, queue_id: str, account: Account, addresses: list[str],
+        arrival: float, start: float,
+    ) -> Any:
+        end = self.now()
+        delays = "/".join(format_delay(x) for x in (start - arrival, 0, 0, end - start))
+        if isinstance(result, Failure):
+            log.failure("delivery of {queue_id} to {user} failed", result,
+                        queue_id=queue_id, user=account.name)
+            dsn, status = "4.3.0", f"deferred (cannot append message to mailbox: {result.value})"
+        else:
+            dsn, status = "2.0.0", "sent (delivered to mailbox)"
+        for address in addresses:
+            final = self.final_address(address, account)
+            orig = "" if final.lower() == address.lower() else f", orig_to=<{address}>"
+            self.maillog.write(
+                "local",
+                f"{queue_id}: to=<{final}>{orig}, relay=local, delay={format_delay(end - arrival)},"
+                f" delays={delays}, dsn={dsn}, status={status}",
+            )
+        return result
+
+    def _all_written(self, results: list[tuple[bool, Any]], queue_id: str) -> None:
+        failures = [r for ok, r in results if not ok]
+        if failures:
+            raise DeliveryFailed(f"{len(failures)} of {len(results)} copies not written: "
+                                 f"{failures[0].value}")
+        self.maillog.write("qmgr", f"{queue_id}: removed")

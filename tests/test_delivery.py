@@ -1,0 +1,269 @@
+"""Tests for mailsuite.smtp.delivery: recipient resolution, local delivery, the SMTP avatar.
+
+Also home of the small fakes the SMTP server tests share (config, accounts, controllable store).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet import defer
+from twisted.mail import smtp
+from twisted.trial import unittest
+
+from mailsuite import threads
+from mailsuite.accounts import Account
+from mailsuite.maillog import MailLog
+from mailsuite.smtp.delivery import (
+    AliasLoop,
+    DeliveryFailed,
+    LocalDelivery,
+    LocalRecipient,
+    RelayDenied,
+    UnknownRecipient,
+    UnsupportedRecipient,
+    format_delay,
+    received_header,
+)
+from mailsuite.store.memory import MemoryStore
+
+BOSS = Account("boss", 1000, 1000, "/home/boss")
+ALICE = Account("alice", 1001, 1001, "/home/alice")
+
+
+class FakeAccounts:
+    """AccountDB stand-in: ``lookup(name)`` from a dict; records the names asked for."""
+
+    def __init__(self, *accounts: Account) -> None:
+        self.by_name = {a.name: a for a in accounts}
+        self.asked: list[str] = []
+
+    def lookup(self, name: str) -> Account | None:
+        self.asked.append(name)
+        return self.by_name.get(name)
+
+
+class HeldStore:
+    """A store whose deliver() returns Deferreds the test fires (or fails) by hand."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Account, bytes, str, defer.Deferred[None]]] = []
+
+    def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        self.pending.append((account, data, sender, d))
+        return d
+
+
+def make_config(alias_path: str, size_limit: int = 10240000) -> Any:
+    mail = SimpleNamespace(
+        myhostname="mail.example.com",
+        mydomain="example.com",
+        myorigin="example.com",
+        mydestination=["mail.example.com", "localhost.example.com", "localhost"],
+        message_size_limit=size_limit,
+        alias_maps=[alias_path],
+    )
+    return SimpleNamespace(mail=mail)
+
+
+def write_aliases(case: unittest.TestCase, text: str) -> str:
+    path = case.mktemp()
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+ALIASES = """\
+team: boss, alice
+Sales: boss
+loop1: loop2
+loop2: loop1
+piped: "|/usr/bin/procmail"
+"""
+
+
+def inbox(store: MemoryStore, account: Account) -> list[bytes]:
+    box = store._box(account, "INBOX", create=True)
+    return [box._bodies[m.uid] for m in box.messages]
+
+
+class DeliveryCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.patch(threads, "run_inline", True)
+        self.store = MemoryStore()
+        self.accounts = FakeAccounts(BOSS, ALICE)
+        self.maillog = MailLog(None, "mail.example.com", now=lambda: 0.0)
+        self.clock = [1000.0]
+        self.delivery = LocalDelivery(
+            make_config(write_aliases(self, ALIASES)), self.accounts, self.store, self.maillog,
+            now=lambda: self.clock[0],
+        )
+
+    def resolved(self, address: str) -> list[Account]:
+        return self.successResultOf(self.delivery.resolve(address))
+
+    def rejected(self, address: str, kind: type) -> Any:
+        return self.failureResultOf(self.delivery.resolve(address), kind).value
+
+
+class ResolveTests(DeliveryCase):
+    def test_local_user(self) -> None:
+        """user@mydestination that is an account resolves to that account."""
+        self.assertEqual(self.resolved("boss@mail.example.com"), [BOSS])
+
+    def test_case_insensitive(self) -> None:
+        """Domain and local part are case-insensitive (alias and account look-ups)."""
+        self.assertEqual(self.resolved("BOSS@Mail.Example.COM"), [BOSS])
+        self.assertEqual(self.resolved("SALES@localhost"), [BOSS])
+
+    def test_bare_local_part(self) -> None:
+        """A bare local part (no domain) is local."""
+        self.assertEqual(self.resolved("boss"), [BOSS])
+
+    def test_unknown_user(self) -> None:
+        """Unknown local users: 550 5.1.1 with Postfix's text."""
+        e = self.rejected("nobody@mail.example.com", UnknownRecipient)
+        self.assertEqual(e.code, 550)
+        self.assertEqual(
+            e.resp,
+            "5.1.1 <nobody@mail.example.com>: Recipient address rejected: "
+            "User unknown in local recipient table",
+        )
+
+    def test_extension_not_stripped(self) -> None:
+        """recipient_delimiter is empty by default: boss+ext is not boss."""
+        self.rejected("boss+ext@mail.example.com", UnknownRecipient)
+
+    def test_other_domain(self) -> None:
+        """Domains outside mydestination: 554 5.7.1 Relay access denied, no account look-up."""
+        e = self.rejected("boss@elsewhere.example", RelayDenied)
+        self.assertEqual((e.code, e.resp), (554, "5.7.1 <boss@elsewhere.example>: Relay access denied"))
+        self.assertEqual(self.accounts.asked, [])
+
+    def test_alias_fan_out(self) -> None:
+        """An alias naming two users resolves to both accounts."""
+        self.assertEqual(self.resolved("team@localhost"), [BOSS, ALICE])
+
+    def test_alias_loop(self) -> None:
+        """An alias loop with no account behind it is refused as a loop (5.4.6)."""
+        e = self.rejected("loop1@localhost", AliasLoop)
+        self.assertEqual(e.code, 554)
+        self.assertIn("5.4.6", e.resp)
+
+    def test_unsupported_alias_target(self) -> None:
+        """An alias to |cmd is refused with 451 naming the target, not silently dropped."""
+        e = self.rejected("piped@localhost", UnsupportedRecipient)
+        self.assertEqual(e.code, 451)
+        self.assertIn('"|/usr/bin/procmail" is not supported yet', e.resp)
+        self.flushLoggedErrors()
+
+
+class DeliverTests(DeliveryCase):
+    def test_copies_with_postfix_headers(self) -> None:
+        """Each account gets one copy with Return-Path, X-Original-To and Delivered-To on top."""
+        d = self.delivery.deliver(
+            b"Subject: hi\n\nbody\n", "a@b.example",
+            [("team@mail.example.com", BOSS), ("team@mail.example.com", ALICE),
+             ("boss@mail.example.com", BOSS)],
+            "ABCDEF0123",
+        )
+        self.assertIsNone(self.successResultOf(d))
+        (boss_copy,) = inbox(self.store, BOSS)
+        self.assertEqual(
+            boss_copy,
+            b"Return-Path: <a@b.example>\nX-Original-To: team@mail.example.com\n"
+            b"Delivered-To: boss@example.com\nSubject: hi\n\nbody\n",
+        )
+        self.assertEqual(len(inbox(self.store, ALICE)), 1)
+
+    def test_maillog_lines(self) -> None:
+        """One Postfix-shaped local line per recipient, with orig_to for aliases, and qmgr lines."""
+        self.clock[0] = 1000.5
+        d = self.delivery.deliver(
+            b"\n", "", [("team@localhost", BOSS), ("Boss@Localhost", BOSS)], "Q1", arrival=1000.0
+        )
+        self.successResultOf(d)
+        text = [line.split(": ", 1)[1] for line in self.maillog.lines]
+        self.assertEqual(
+            text,
+            [
+                "Q1: from=<>, size=1, nrcpt=2 (queue active)",
+                "Q1: to=<boss@example.com>, orig_to=<team@localhost>, relay=local, delay=0.5,"
+                " delays=0.5/0/0/0, dsn=2.0.0, status=sent (delivered to mailbox)",
+                "Q1: to=<boss@localhost>, relay=local, delay=0.5,"
+                " delays=0.5/0/0/0, dsn=2.0.0, status=sent (delivered to mailbox)",
+                "Q1: removed",
+            ],
+        )
+        self.assertIn("mailsuite/local[", self.maillog.lines[1])
+
+    def test_fires_only_when_all_written(self) -> None:
+        """deliver() fires only after every copy's store Deferred fired (fsync done)."""
+        held = HeldStore()
+        self.delivery.store = held
+        d = self.delivery.deliver(b"x\n", "", [("team@localhost", BOSS),
+                                               ("team@localhost", ALICE)], "Q2")
+        self.assertNoResult(d)
+        held.pending[0][3].callback(None)
+        self.assertNoResult(d)
+        held.pending[1][3].callback(None)
+        self.successResultOf(d)
+
+    def test_store_failure(self) -> None:
+        """A failed copy fails the whole delivery (no ack) and logs status=deferred."""
+        held = HeldStore()
+        self.delivery.store = held
+        d = self.delivery.deliver(b"x\n", "", [("team@localhost", BOSS),
+                                               ("team@localhost", ALICE)], "Q3")
+        held.pending[0][3].errback(OSError(28, "No space left on device"))
+        self.assertNoResult(d)
+        held.pending[1][3].callback(None)
+        self.failureResultOf(d, DeliveryFailed)
+        self.assertTrue(any("status=deferred" in line and "dsn=4.3.0" in line
+                            for line in self.maillog.lines))
+        self.assertFalse(any("removed" in line for line in self.maillog.lines))
+        self.flushLoggedErrors(OSError)
+
+
+class AvatarTests(DeliveryCase):
+    def test_avatar_validates_through_resolve(self) -> None:
+        """The IMessageDelivery avatar accepts local recipients and refuses others."""
+        avatar = self.delivery.avatar(None)
+        self.assertTrue(smtp.IMessageDelivery.providedBy(avatar))
+        origin = smtp.Address(b"a@b.example")
+        self.assertIs(avatar.validateFrom((b"helo", b"1.2.3.4"), origin), origin)
+        user = smtp.User(b"team@localhost", (b"helo", b"1.2.3.4"), None, origin)
+        recipient = self.successResultOf(avatar.validateTo(user))
+        self.assertIsInstance(recipient, LocalRecipient)
+        self.assertEqual(recipient.accounts, [BOSS, ALICE])
+        far = smtp.User(b"x@far.example", (b"helo", b"1.2.3.4"), None, origin)
+        self.failureResultOf(avatar.validateTo(far), RelayDenied)
+
+    def test_stock_imessage_path(self) -> None:
+        """The IMessage the recipient builds (stock Twisted path) delivers on eomReceived."""
+        recipient = LocalRecipient("boss@localhost", [BOSS], self.delivery, "a@b.example")
+        message = recipient()
+        message.lineReceived(b"Subject: x")
+        message.lineReceived(b"")
+        message.lineReceived(b"hello")
+        self.successResultOf(message.eomReceived())
+        self.assertTrue(inbox(self.store, BOSS)[0].endswith(b"Subject: x\n\nhello\n"))
+
+
+class HelperTests(unittest.TestCase):
+    def test_format_delay(self) -> None:
+        """Delays print like Postfix: 0 under 10 ms, two significant digits, whole seconds >= 10."""
+        self.assertEqual([format_delay(x) for x in (0, 0.004, 0.02, 1.34, 42.4)],
+                         ["0", "0", "0.02", "1.3", "42"])
+
+    def test_received_header(self) -> None:
+        """Received: has from helo (rdns [ip]), by host (mailsuite) with ESMTP id Q, for <r>; date."""
+        header = received_header("client.example", "localhost", "127.0.0.1", "mail.example.com",
+                                 "ESMTP", "Q1", ["boss@localhost"], 0.0)
+        lines = header.split(b"\n")
+        self.assertEqual(lines[0], b"Received: from client.example (localhost [127.0.0.1])")
+        self.assertEqual(lines[1], b"\tby mail.example.com (mailsuite) with ESMTP id Q1")
+        self.assertRegex(lines[2], rb"^\tfor <boss@localhost>; \w{3}, \d\d \w{3} \d{4} "
+                                   rb"\d\d:\d\d:\d\d [+-]\d{4}$")
