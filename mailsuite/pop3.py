@@ -1,0 +1,632 @@
+"""POP3 (port 110): Dovecot's behaviour on top of ``twisted.mail.pop3.POP3``.
+
+A session works on a snapshot of INBOX taken at login (``open_pop3_mailbox``). Deletions are only
+marks until QUIT, which expunges exactly the marked UIDs; a dropped connection deletes nothing,
+and mail that arrives during a session is not part of it and survives its QUIT.
+
+Wire form of a message (what RETR sends, before dot-stuffing): the stored bytes with NUL bytes
+removed (they hang Outlook), every line ending made CRLF (CRLF already in the store stays CRLF) and
+a final line end added when missing. STAT/LIST sizes are exactly the length of that wire form. Because
+NULs and stored CRLFs change the length, the sizes are measured from the message bytes once and
+kept per store for the life of the process (keyed by UIDVALIDITY, UID and stored size).
+
+The stock protocol's defects (TWISTED.md) are fixed by replacing its command handlers: the stock
+class only contributes its line handling and timeout mixin.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred import credentials
+from twisted.cred import error as cred_error
+from twisted.internet import defer, interfaces, protocol, task
+from twisted.logger import Logger
+from twisted.mail import pop3
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailsuite.accounts import Account
+from mailsuite.store.interfaces import MessageInfo, UnknownUID
+
+log = Logger()
+
+IDLE_TIMEOUT = 600.0  # Dovecot's: 10 minutes without a command or output progress
+AUTH_FAILURE_DELAY = 2.0  # Dovecot's auth_failure_delay
+MAX_AUTH_ATTEMPTS = 3  # then the connection is closed
+CHUNK_SIZE = 65536
+
+
+# -- the wire form -------------------------------------------------------------------------------
+
+
+def to_wire(stored: bytes) -> bytes:
+    """Stored bytes -> what RETR sends before dot-stuffing: no NULs, CRLF line ends, final CRLF."""
+    data = stored.replace(b"\0", b"").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if data and not data.endswith(b"\n"):
+        data += b"\n" if data.endswith(b"\r") else b"\r\n"
+    return data
+
+
+def wire_size(stored: bytes) -> int:
+    """``len(to_wire(stored))`` without building the wire form."""
+    data = stored.replace(b"\0", b"")
+    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
+    if data and not data.endswith(b"\n"):
+        size += 1 if data.endswith(b"\r") else 2
+    return size
+
+
+def dot_stuff(wire: bytes) -> bytes:
+    """Double a ``.`` at the start of every line, the first one included (RFC 1939 3)."""
+    wire = wire.replace(b"\r\n.", b"\r\n..")
+    return b"." + wire if wire.startswith(b".") else wire
+
+
+def top_of(wire: bytes, lines: int) -> bytes:
+    """The header block, the blank line and the first ``lines`` body lines of a wire message."""
+    if wire.startswith(b"\r\n"):
+        end = 2  # no header lines at all
+    else:
+        blank = wire.find(b"\r\n\r\n")
+        if blank < 0:
+            return wire  # headers only
+        end = blank + 4
+    for _ in range(lines):
+        if end >= len(wire):
+            break
+        end = wire.find(b"\r\n", end) + 2
+    return wire[:end]
+
+
+# -- the maildrop of one session -----------------------------------------------------------------
+
+# store -> {(account name, UIDVALIDITY): {(uid, stored size): wire size}}
+_size_cache: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], dict[tuple[int, int], int]]]
+_size_cache = weakref.WeakKeyDictionary()
+
+
+def _sizes_for(store: Any, account: Account, uid_validity: int) -> dict[tuple[int, int], int]:
+    try:
+        per_store = _size_cache.setdefault(store, {})
+    except TypeError:  # a store that cannot be weakly referenced: no cache
+        return {}
+    return per_store.setdefault((account.name, uid_validity), {})
+
+
+@implementer(pop3.IMailbox)
+class Pop3Mailbox:
+    """The maildrop of one POP3 session: a snapshot of INBOX, deletion marks, the commit at QUIT.
+
+    Indexes are 0-based (message number - 1), as ``twisted.mail.pop3.IMailbox`` wants.
+    """
+
+    def __init__(self, mailbox: Any, account: Account, snapshot: list[MessageInfo],
+                 size_cache: dict[tuple[int, int], int]) -> None:
+        self.mailbox = mailbox
+        self.account = account
+        self.messages = list(snapshot)
+        self.deleted: set[int] = set()
+        self._size_cache = size_cache
+        self._sizes: list[int] | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def check_index(self, index: int) -> None:
+        """ValueError unless ``index`` names a message of the snapshot that is not deleted."""
+        if not 0 <= index < len(self.messages):
+            raise ValueError(f"There's no message {index + 1}.")
+        if index in self.deleted:
+            raise ValueError("Message is deleted.")
+
+    @defer.inlineCallbacks
+    def wire_sizes(self) -> Any:
+        """Deferred[list[int]]: the wire size of every message (deleted ones too)."""
+        if self._sizes is None:
+            sizes = []
+            for info in self.messages:
+                key = (info.uid, info.size)
+                if key not in self._size_cache:
+                    try:
+                        stored = yield self.mailbox.read(info.uid)
+                    except UnknownUID:  # expunged by another session meanwhile
+                        self._size_cache[key] = info.size
+                    else:
+                        self._size_cache[key] = wire_size(stored)
+                sizes.append(self._size_cache[key])
+            live = {(m.uid, m.size) for m in self.messages}
+            for key in [k for k in self._size_cache if k not in live]:
+                del self._size_cache[key]
+            self._sizes = sizes
+        return self._sizes
+
+    def read_wire(self, index: int) -> defer.Deferred[bytes]:
+        """Deferred[bytes]: the wire form of a message (ValueError if deleted or unknown)."""
+        try:
+            self.check_index(index)
+        except ValueError as e:
+            return defer.fail(e)
+        return self.mailbox.read(self.messages[index].uid).addCallback(to_wire)
+
+    def uidl(self, index: int) -> str:
+        """Dovecot's default ``%08Xv%08Xu``: stable for as long as UIDVALIDITY and the UID are."""
+        return f"{self.mailbox.uid_validity:08X}{self.messages[index].uid:08X}"
+
+    def commit(self) -> defer.Deferred[list[int]]:
+        """Expunge the messages marked deleted; fires with the UIDs removed."""
+        uids = sorted(self.messages[i].uid for i in self.deleted)
+        if not uids:
+            return defer.succeed([])
+        return self.mailbox.expunge(uids)
+
+    def logout(self) -> None:
+        """The session is over: close the mailbox (once)."""
+        if not self._closed:
+            self._closed = True
+            self.mailbox.close()
+
+    # twisted.mail.pop3.IMailbox
+    def listMessages(self, i: int | None = None) -> Any:
+        def pick(sizes: list[int]) -> Any:
+            shown = [0 if n in self.deleted else s for n, s in enumerate(sizes)]
+            if i is None:
+                return shown
+            self.check_index(i)
+            return shown[i]
+
+        return self.wire_sizes().addCallback(pick)
+
+    def getMessage(self, i: int) -> defer.Deferred[io.BytesIO]:
+        return self.read_wire(i).addCallback(io.BytesIO)
+
+    def getUidl(self, i: int) -> bytes:
+        self.check_index(i)
+        return self.uidl(i).encode("ascii")
+
+    def deleteMessage(self, i: int) -> None:
+        self.check_index(i)
+        self.deleted.add(i)
+
+    def undeleteMessages(self) -> None:
+        self.deleted.clear()
+
+    def sync(self) -> defer.Deferred[list[int]]:
+        return self.commit()
+
+
+@defer.inlineCallbacks
+def open_pop3_mailbox(store: Any, account: Account) -> Any:
+    """Deferred[Pop3Mailbox]: INBOX of ``account``, refreshed, as this session's maildrop."""
+    mailbox = yield store.open(account, "INBOX")
+    try:
+        yield mailbox.refresh()
+    except BaseException:
+        mailbox.close()
+        raise
+    sizes = _sizes_for(store, account, mailbox.uid_validity)
+    return Pop3Mailbox(mailbox, account, list(mailbox.messages), sizes)
+
+
+# -- the protocol --------------------------------------------------------------------------------
+
+
+@implementer(interfaces.IPullProducer)
+class _MessageProducer:
+    """Writes a dot-stuffed message in chunks as the transport asks, then the terminating dot."""
+
+    def __init__(self, session: POP3Server, stuffed: bytes) -> None:
+        self.session = session
+        self.data = stuffed
+        self.pos = 0
+        self.done: defer.Deferred[bool] = defer.Deferred()
+
+    def resumeProducing(self) -> None:
+        if self.done.called:
+            return
+        transport = self.session.transport
+        chunk = self.data[self.pos:self.pos + CHUNK_SIZE]
+        self.pos += len(chunk)
+        if chunk:
+            transport.write(chunk)
+            self.session.resetTimeout()
+        if self.pos >= len(self.data):
+            transport.unregisterProducer()
+            transport.write(b".\r\n")
+            self.done.callback(True)
+
+    def stopProducing(self) -> None:
+        if not self.done.called:
+            self.done.callback(False)
+
+
+AUTH_COMMANDS = {b"CAPA", b"USER", b"PASS", b"QUIT"}
+MAIL_COMMANDS = {b"CAPA", b"STAT", b"LIST", b"UIDL", b"TOP", b"RETR", b"DELE", b"RSET", b"NOOP",
+                 b"QUIT"}
+
+
+class POP3Server(pop3.POP3):
+    """One POP3 connection. ``portal``, ``maillog``, ``clock`` and ``plaintext_ok`` are set by the
+    factory (``plaintext_ok(rip, lip, transport) -> bool`` decides whether USER/PASS is allowed)."""
+
+    timeOut = IDLE_TIMEOUT
+    portal: Any = None
+    maillog: Any = None
+    clock: Any = None
+    plaintext_ok: Callable[[str, str, Any], bool] = staticmethod(lambda rip, lip, t: True)
+
+    def connectionMade(self) -> None:
+        self.callLater = self.clock.callLater
+        self._started = self.clock.seconds()
+        self._queue: list[bytes] = []
+        self._busy: defer.Deferred[Any] | None = None
+        self._lost = False
+        self._user = b""
+        self._login_user = ""
+        self._failures = 0
+        self._logout: Callable[[], None] | None = None
+        self._delay: defer.Deferred[None] | None = None
+        self._producer: _MessageProducer | None = None
+        self._end = "Connection closed"
+        self._quit = False
+        self._paused = False
+        self._stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0, "del": 0}
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.rip, self.lip = getattr(peer, "host", "?"), getattr(host, "host", "?")
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, NotImplementedError):
+            pass
+        self.reply(b"+OK mailsuite ready.")
+        self.setTimeout(self.timeOut)
+
+    def reply(self, line: bytes | str) -> None:
+        if isinstance(line, str):
+            line = line.encode("utf-8", "replace")
+        self.transport.write(line + b"\r\n")
+
+    # -- command pipeline: one command at a time, later ones wait in order --
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        if self._quit:
+            return
+        if self._busy is not None:
+            self._queue.append(line)
+            if len(self._queue) > 100 and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        self._run(line)
+
+    def _run(self, line: bytes) -> None:
+        try:
+            result = self.dispatch(line)
+        except Exception:  # noqa: BLE001 - one bad command must not end the session
+            log.failure("POP3 command failed")
+            result = None
+            self.reply(b"-ERR [SYS/TEMP] Internal error occurred.")
+        if isinstance(result, defer.Deferred):
+            self._busy = result
+            result.addErrback(self._internal_error)
+            result.addBoth(self._next)
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.failure("POP3 command failed", failure)
+        if not self._lost:
+            self.reply(b"-ERR [SYS/TEMP] Internal error occurred.")
+
+    def _next(self, _: Any) -> None:
+        self._busy = None
+        if self._lost:
+            self._finish()
+            return
+        while self._queue and self._busy is None and not self._quit:
+            self._run(self._queue.pop(0))
+        if not self._queue and self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def dispatch(self, line: bytes) -> Any:
+        command, _, rest = line.partition(b" ")
+        command = command.upper()
+        allowed = MAIL_COMMANDS if self.mbox is not None else AUTH_COMMANDS
+        if command not in allowed:
+            if self.mbox is None and command in MAIL_COMMANDS:
+                return self.reply(b"-ERR Unknown command: not logged in.")
+            return self.reply(b"-ERR Unknown command.")
+        handler = getattr(self, "do_" + command.decode("ascii"))
+        if command == b"PASS":
+            return handler(rest)
+        return handler(*rest.split())
+
+    # -- AUTHORIZATION state --
+
+    def listCapabilities(self) -> list[bytes]:
+        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING", b"AUTH-RESP-CODE"]
+        if self.plaintext_ok(self.rip, self.lip, self.transport):
+            caps.append(b"USER")
+        return caps + [b"IMPLEMENTATION mailsuite"]
+
+    def do_CAPA(self, *_: bytes) -> None:
+        self.transport.write(b"".join(c + b"\r\n" for c in [b"+OK", *self.listCapabilities(), b"."]))
+
+    def _plaintext_refused(self) -> bool:
+        if self.plaintext_ok(self.rip, self.lip, self.transport):
+            return False
+        self.reply(b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
+                   b"connections.")
+        return True
+
+    def do_USER(self, *args: bytes) -> None:
+        if self._plaintext_refused():
+            return
+        if len(args) != 1:
+            return self.reply(b"-ERR No username given.")
+        self._user = args[0]
+        self.reply(b"+OK")
+
+    def do_PASS(self, password: bytes) -> Any:
+        if self._plaintext_refused():
+            return None
+        if not self._user:
+            return self.reply(b"-ERR No username given.")
+        user, self._user = self._user, b""
+        self._login_user = _printable(user)
+        creds = credentials.UsernamePassword(user, password)
+        d = self.portal.login(creds, None, pop3.IMailbox)
+        d.addCallbacks(self._logged_in, self._login_failed)
+        return d
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> None:
+        _iface, avatar, logout = result
+        self.mbox, self._logout = avatar, logout
+        self.maillog.write("pop3-login", f"Login: user=<{self._login_user}>, method=PLAIN, "
+                                         f"rip={self.rip}, lip={self.lip}")
+        self.reply(b"+OK Logged in.")
+
+    def _login_failed(self, failure: Failure) -> Any:
+        if not failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
+            log.failure("POP3 login of {user} failed", failure, user=self._login_user)
+            return self.reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
+        self._failures += 1
+        self._delay = task.deferLater(self.clock, AUTH_FAILURE_DELAY, self._refuse)
+        self._delay.addErrback(lambda f: f.trap(defer.CancelledError))
+        return self._delay
+
+    def _refuse(self) -> None:
+        self.reply(b"-ERR [AUTH] Authentication failed.")
+        if self._failures >= MAX_AUTH_ATTEMPTS:
+            self.transport.loseConnection()
+
+    # -- TRANSACTION state --
+
+    def _index(self, arg: bytes) -> int | None:
+        """The 0-based index of a live message, or None after sending -ERR."""
+        if not arg.isdigit():
+            self.reply(b"-ERR Invalid message number: " + arg[:40])
+            return None
+        index = int(arg) - 1
+        try:
+            self.mbox.check_index(index)
+        except ValueError as e:
+            self.reply("-ERR " + str(e))
+            return None
+        return index
+
+    def _arity(self, args: tuple[bytes, ...], low: int, high: int) -> bool:
+        if low <= len(args) <= high:
+            return True
+        self.reply(b"-ERR Wrong number of arguments.")
+        return False
+
+    def _live(self, sizes: list[int]) -> list[tuple[int, int]]:
+        return [(n, s) for n, s in enumerate(sizes) if n not in self.mbox.deleted]
+
+    def do_STAT(self, *args: bytes) -> Any:
+        if not self._arity(args, 0, 0):
+            return None
+
+        def stat(sizes: list[int]) -> None:
+            live = self._live(sizes)
+            self.reply(b"+OK %d %d" % (len(live), sum(s for _, s in live)))
+
+        return self.mbox.wire_sizes().addCallback(stat)
+
+    def do_LIST(self, *args: bytes) -> Any:
+        if not self._arity(args, 0, 1):
+            return None
+        index = self._index(args[0]) if args else -1
+        if index is None:
+            return None
+
+        def listing(sizes: list[int]) -> None:
+            if index >= 0:
+                return self.reply(b"+OK %d %d" % (index + 1, sizes[index]))
+            lines = [b"+OK %d messages:" % len(self._live(sizes))]
+            lines += [b"%d %d" % (n + 1, s) for n, s in self._live(sizes)]
+            self.transport.write(b"".join(x + b"\r\n" for x in lines + [b"."]))
+
+        return self.mbox.wire_sizes().addCallback(listing)
+
+    def do_UIDL(self, *args: bytes) -> None:
+        if not self._arity(args, 0, 1):
+            return
+        if args:
+            index = self._index(args[0])
+            if index is not None:
+                self.reply(f"+OK {index + 1} {self.mbox.uidl(index)}")
+            return
+        live = [n for n in range(len(self.mbox)) if n not in self.mbox.deleted]
+        lines = ["+OK"] + [f"{n + 1} {self.mbox.uidl(n)}" for n in live] + ["."]
+        self.transport.write("".join(x + "\r\n" for x in lines).encode("ascii"))
+
+    def do_RETR(self, *args: bytes) -> Any:
+        if not self._arity(args, 1, 1):
+            return None
+        index = self._index(args[0])
+        if index is None:
+            return None
+
+        def send(wire: bytes) -> Any:
+            self._stats["retr"] += 1
+            self._stats["retr_bytes"] += len(wire)
+            self.reply(b"+OK %d octets" % len(wire))
+            return self._stream(wire)
+
+        return self.mbox.read_wire(index).addCallbacks(send, self._read_failed)
+
+    def do_TOP(self, *args: bytes) -> Any:
+        if not self._arity(args, 2, 2):
+            return None
+        index = self._index(args[0])
+        if index is None:
+            return None
+        if not args[1].isdigit():
+            return self.reply(b"-ERR Invalid number of lines: " + args[1][:40])
+        lines = int(args[1])
+
+        def send(wire: bytes) -> Any:
+            top = top_of(wire, lines)
+            self._stats["top"] += 1
+            self._stats["top_bytes"] += len(top)
+            self.reply(b"+OK")
+            return self._stream(top)
+
+        return self.mbox.read_wire(index).addCallbacks(send, self._read_failed)
+
+    def _read_failed(self, failure: Failure) -> None:
+        if failure.check(UnknownUID):
+            return self.reply(b"-ERR Message is no longer available (deleted by another client).")
+        log.failure("POP3 read failed for {user}", failure, user=self._login_user)
+        self.reply(b"-ERR [SYS/TEMP] Couldn't read the message.")
+
+    def _stream(self, wire: bytes) -> defer.Deferred[bool]:
+        producer = self._producer = _MessageProducer(self, dot_stuff(wire))
+        self.transport.registerProducer(producer, False)
+        return producer.done
+
+    def do_DELE(self, *args: bytes) -> None:
+        if self._arity(args, 1, 1):
+            index = self._index(args[0])
+            if index is not None:
+                self.mbox.deleted.add(index)
+                self.reply(b"+OK Marked to be deleted.")
+
+    def do_RSET(self, *args: bytes) -> None:
+        if self._arity(args, 0, 0):
+            self.mbox.deleted.clear()
+            self.reply(b"+OK")
+
+    def do_NOOP(self, *args: bytes) -> None:
+        if self._arity(args, 0, 0):
+            self.reply(b"+OK")
+
+    def do_QUIT(self, *_: bytes) -> Any:
+        self._quit = True
+        self._end = "Logged out"
+        if self.mbox is None:
+            self.reply(b"+OK Logging out.")
+            self.transport.loseConnection()
+            return None
+
+        def done(removed: list[int]) -> None:
+            self._stats["del"] = len(removed)
+            self.reply(b"+OK Logging out, messages deleted." if removed else b"+OK Logging out.")
+
+        def failed(failure: Failure) -> None:
+            log.failure("POP3 QUIT could not expunge for {user}", failure, user=self._login_user)
+            self._end = "Logged out (expunge failed)"
+            self.reply(b"-ERR [SYS/TEMP] Couldn't delete the messages; none were deleted.")
+
+        d = self.mbox.commit().addCallbacks(done, failed)
+        d.addBoth(lambda _: self.transport.loseConnection())
+        return d
+
+    # -- end of the connection --
+
+    def timeoutConnection(self) -> None:
+        self._end = "Disconnected for inactivity"
+        self.reply(b"-ERR Disconnected for inactivity.")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost = True
+        self.setTimeout(None)
+        self._queue.clear()
+        # Work in flight (a login, a store read or QUIT's expunge) runs to its end before the
+        # mailbox is closed; only the failed-login delay and a message being sent stop at once.
+        if self._delay is not None:
+            self._delay.cancel()
+        if self._producer is not None:
+            self._producer.stopProducing()
+        if self._busy is None:
+            self._finish()
+
+    def _finish(self) -> None:
+        secs = int(self.clock.seconds() - self._started)
+        if self.mbox is None:
+            if self._failures:
+                what = (f"auth failed, {self._failures} attempts in {secs} secs): "
+                        f"user=<{self._login_user}>, method=PLAIN")
+            else:
+                what = f"no auth attempts in {secs} secs): user=<>"
+            self.maillog.write("pop3-login", f"Disconnected ({what}, rip={self.rip}, lip={self.lip}")
+            return
+        s, mbox = self._stats, self.mbox
+        size = sum(m.size for m in mbox.messages)
+        if mbox._sizes is not None:
+            size = sum(mbox._sizes)
+        end = self._end if self._end.startswith("Disconnected") else "Disconnected: " + self._end
+        self.maillog.write("pop3", f"{end} top={s['top']}/{s['top_bytes']}, "
+                                   f"retr={s['retr']}/{s['retr_bytes']}, "
+                                   f"del={s['del']}/{len(mbox)}, size={size}, "
+                                   f"user=<{self._login_user}>, rip={self.rip}")
+        self.mbox = None
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
+
+
+def _printable(name: bytes) -> str:
+    text = name.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() and c not in "<>" else "?" for c in text)[:100]
+
+
+class POP3Factory(protocol.ServerFactory):
+    """Builds POP3 sessions: ``POP3Factory(config, portal, maillog, clock=None)``.
+
+    Plaintext USER/PASS follows Dovecot's ``disable_plaintext_auth``: allowed on TLS, from the
+    machine itself (loopback or rip == lip) or from ``login_trusted_networks``, else refused and
+    left out of CAPA.
+    """
+
+    protocol = POP3Server
+    noisy = False
+
+    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.config, self.portal, self.maillog, self.clock = config, portal, maillog, clock
+
+    def plaintext_ok(self, rip: str, lip: str, transport: Any) -> bool:
+        auth = self.config.auth
+        if not auth.disable_plaintext_auth or interfaces.ISSLTransport.providedBy(transport):
+            return True
+        try:
+            address = ipaddress.ip_address(rip)
+        except ValueError:
+            return False
+        return (rip == lip or address.is_loopback
+                or any(address in net for net in auth.login_trusted_networks))
+
+    def buildProtocol(self, addr: Any) -> POP3Server:
+        p = self.protocol()
+        p.factory, p.portal, p.maillog, p.clock = self, self.portal, self.maillog, self.clock
+        p.plaintext_ok = self.plaintext_ok
+        return p
