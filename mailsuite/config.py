@@ -117,7 +117,7 @@ def _port_number(text: str, lowest: int = 0) -> int:
 def _relayhost(value: str) -> str:
     """Postfix's ``[host]:port``, ``host:port``, ``[host]`` or ``host``; empty = direct MX."""
     text = value.strip()
-    match = re.fullmatch(r"(?:\[(?:ipv6:)?([^\]]+)\]|([^\[\]:\s]+))(?::(\S*))?", text)
+    match = re.fullmatch(r"(?:\[(?:ipv6:)?([^\]]+)\]|([^\[\]:\s]+))(?::([^:]*))?", text)
     if text and not match:
         raise ValueError(f"{text!r} is not [host]:port")
     if match:

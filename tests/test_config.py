@@ -1,0 +1,522 @@
+"""mail.ini: every key's default and conversion, every kind of error (all reported at once),
+$name expansion, mail_location expansion, and the shipped etc/mail.ini."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+
+from twisted.trial import unittest
+
+from mailsuite.accounts import Account
+from mailsuite.config import ConfigError, load_config, parse_config
+
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "etc", "mail.ini")
+FILE = "/etc/mailsuite/mail.ini"
+NO_TLS = "[tls]\nssl = no\n"
+BOSS = Account("boss", 1000, 1000, "/home/boss")
+
+# The contract table of DESIGN.md, section by section.
+CONTRACT_KEYS = {
+    "mail": [
+        "myhostname", "mydomain", "myorigin", "mydestination", "inet_interfaces", "mynetworks",
+        "relay_domains", "relayhost", "message_size_limit", "alias_maps", "queue_directory",
+        "maillog_file", "maximal_queue_lifetime", "dns_resolver",
+    ],
+    "listen": ["smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp"],
+    "auth": [
+        "passdb", "passwd_file", "shadow_file", "first_valid_uid", "disable_plaintext_auth",
+        "login_trusted_networks",
+    ],
+    "mailbox": ["mail_location"],
+    "tls": ["ssl", "ssl_cert", "ssl_key"],
+}
+
+
+def parse(text: str = "", hostname: str = "mail.example.com"):
+    """Parse ``text`` plus ``[tls] ssl = no`` (which every valid file needs until TLS lands)."""
+    if "[tls]" not in text:
+        text += "\n" + NO_TLS
+    return parse_config(text, FILE, hostname=lambda: hostname)
+
+
+def section(name: str, **keys: str) -> str:
+    return f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+
+
+class ConfigTestCase(unittest.TestCase):
+    def errors(self, text: str) -> list[str]:
+        """The error lines of a file that must be refused."""
+        return self.assertRaises(ConfigError, parse, text).errors
+
+    def assert_refused(self, text: str, line: str) -> None:
+        """Exactly one error, and it is ``line`` (a regex, matched in full)."""
+        errors = self.errors(text)
+        self.assertEqual(len(errors), 1, errors)
+        self.assertRegex(errors[0], "^" + line + "$")
+
+
+class DefaultTests(ConfigTestCase):
+    def test_mail_defaults(self):
+        """An empty [mail] gives the contract's defaults, derived from the host name."""
+        cfg = parse("")
+        m = cfg.mail
+        self.assertEqual(m.myhostname, "mail.example.com")
+        self.assertEqual(m.mydomain, "example.com")
+        self.assertEqual(m.myorigin, "example.com")
+        self.assertEqual(m.mydestination, ["mail.example.com", "localhost.example.com", "localhost"])
+        self.assertEqual(m.inet_interfaces, ["all"])
+        self.assertEqual(
+            m.mynetworks, [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
+        )
+        self.assertEqual(m.relay_domains, [])
+        self.assertEqual(m.relayhost, "")
+        self.assertEqual(m.message_size_limit, 10240000)
+        self.assertEqual(m.alias_maps, ["/etc/aliases"])
+        self.assertEqual(m.queue_directory, "/var/spool/mailsuite")
+        self.assertEqual(m.maillog_file, "/var/log/maillog")
+        self.assertEqual(m.maximal_queue_lifetime, 5 * 86400.0)
+        self.assertEqual(m.dns_resolver, "")
+        self.assertEqual(cfg.path, FILE)
+
+    def test_single_label_hostname(self):
+        """mydomain of a one-label host name is the host name itself."""
+        self.assertEqual(parse("", hostname="Mailhost").mail.mydomain, "mailhost")
+
+    def test_hostname_default_is_fqdn(self):
+        """Without myhostname and without a hostname function, the host's FQDN is used."""
+        cfg = parse_config(NO_TLS, FILE)
+        self.assertEqual(cfg.mail.myhostname, socket.getfqdn().lower().rstrip("."))
+
+    def test_hostname_not_asked_when_set(self):
+        """A myhostname in the file means the host name is never looked up."""
+
+        def fail() -> str:
+            raise AssertionError("looked up")
+
+        cfg = parse_config("[mail]\nmyhostname = a.b.example\n" + NO_TLS, FILE, hostname=fail)
+        self.assertEqual((cfg.mail.myhostname, cfg.mail.mydomain), ("a.b.example", "b.example"))
+
+    def test_listen_defaults(self):
+        """Ports 25/587/465/110/995/143/993, LMTP off."""
+        listen = parse("").listen
+        self.assertEqual(
+            [listen.smtp, listen.submission, listen.smtps, listen.pop3, listen.pop3s,
+             listen.imap, listen.imaps, listen.lmtp],
+            [25, 587, 465, 110, 995, 143, 993, None],
+        )
+        self.assertEqual(list(listen.enabled()), CONTRACT_KEYS["listen"][:-1])
+
+    def test_auth_defaults(self):
+        """shadow over /etc/passwd + /etc/shadow, uid 1000 up, plaintext disabled."""
+        auth = parse("").auth
+        self.assertEqual(
+            (auth.passdb, auth.passwd_file, auth.shadow_file, auth.first_valid_uid),
+            ("shadow", "/etc/passwd", "/etc/shadow", 1000),
+        )
+        self.assertIs(auth.disable_plaintext_auth, True)
+        self.assertEqual(auth.login_trusted_networks, [])
+
+    def test_mailbox_default(self):
+        """Folders in ~/mail, INBOX in /var/mail/USER."""
+        mailbox = parse("").mailbox
+        self.assertEqual(mailbox.mail_location, "mbox:~/mail:INBOX=/var/mail/%u")
+        self.assertEqual(mailbox.inbox_path(BOSS), "/var/mail/boss")
+        self.assertEqual(mailbox.folder_root(BOSS), "/home/boss/mail")
+
+    def test_tls_defaults(self):
+        """Certificate and key under /etc/mailsuite/tls."""
+        tls = parse("").tls
+        self.assertEqual((tls.ssl, tls.ssl_cert, tls.ssl_key),
+                         ("no", "/etc/mailsuite/tls/cert.pem", "/etc/mailsuite/tls/key.pem"))
+
+    def test_ssl_default_is_refused(self):
+        """The contract default ssl = yes is refused until TLS lands, and says it is the default."""
+        errors = self.assertRaises(ConfigError, parse_config, "", FILE, hostname=lambda: "h").errors
+        self.assertEqual(errors, [(f"{FILE}: [tls] ssl: ssl = yes: TLS is not implemented yet;"
+                                  " set ssl = no (this is the default; set the key to change it)")])
+
+
+class MailConversionTests(ConfigTestCase):
+    def test_domain_lists(self):
+        """mydestination and relay_domains: comma and/or space separated, lower case, no dups."""
+        cfg = parse(section("mail", mydestination="Example.COM,  mail.example.com\tlocalhost, "
+                            "example.com", relay_domains="b.example c.example."))
+        self.assertEqual(cfg.mail.mydestination, ["example.com", "mail.example.com", "localhost"])
+        self.assertEqual(cfg.mail.relay_domains, ["b.example", "c.example"])
+
+    def test_empty_mydestination(self):
+        """An empty mydestination is allowed (no local delivery), as in Postfix."""
+        self.assertEqual(parse(section("mail", mydestination="")).mail.mydestination, [])
+
+    def test_bad_domain(self):
+        """A name that is not a domain is refused."""
+        self.assert_refused(section("mail", myorigin="exa mple..com"),
+                            re.escape(f"{FILE}: [mail] myorigin: 'exa mple..com' is not a valid"
+                                      " domain name"))
+
+    def test_inet_interfaces(self):
+        """all, loopback-only, or addresses (IPv6 with or without brackets)."""
+        for text, want in [("loopback-only", ["loopback-only"]), ("ALL", ["all"]),
+                           ("127.0.0.1, [::1] 192.0.2.1", ["127.0.0.1", "::1", "192.0.2.1"])]:
+            self.assertEqual(parse(section("mail", inet_interfaces=text)).mail.inet_interfaces,
+                             want, text)
+        for bad in ["all, 127.0.0.1", "localhost", ""]:
+            self.assert_refused(section("mail", inet_interfaces=bad),
+                                ".* inet_interfaces: .*expected all, loopback-only, or a list .*")
+
+    def test_mynetworks(self):
+        """Postfix syntax: [::1]/128 with brackets, commas and/or spaces; a bare address is /32."""
+        nets = parse(section("mail", mynetworks="127.0.0.0/8, [::1]/128 10.0.0.0/8,192.0.2.7"
+                             " 2001:db8::/32")).mail.mynetworks
+        self.assertEqual([str(n) for n in nets],
+                         ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"])
+
+    def test_bad_networks(self):
+        """Garbage and host bits set are refused, the latter with the network meant."""
+        self.assert_refused(section("mail", mynetworks="127.0.0.0/8 hash:/etc/postfix/network"),
+                            r".*\[mail\] mynetworks: 'hash:/etc/postfix/network' is not an IP "
+                            r"network \(like 127.0.0.0/8 or \[::1\]/128\)")
+        self.assert_refused(section("auth", login_trusted_networks="192.168.1.1/24"),
+                            r".*\[auth\] login_trusted_networks: '192.168.1.1/24' has host bits"
+                            r" set; did you mean 192.168.1.0/24\?")
+
+    def test_relayhost(self):
+        """[host]:port, host:port, [host], host and IPs are kept as written; bad ones refused."""
+        for text in ["[smtp.example.com]:587", "smtp.example.com", "[192.0.2.1]", "relay:25",
+                     "[ipv6:2001:db8::1]:25", ""]:
+            self.assertEqual(parse(section("mail", relayhost=text)).mail.relayhost, text)
+        self.assert_refused(section("mail", relayhost="[smtp.example.com]:99999"),
+                            ".* relayhost: port '99999' is not a number from 1 to 65535")
+        self.assert_refused(section("mail", relayhost="[bad host]"),
+                            ".* relayhost: 'bad host' is not a valid domain name")
+        self.assert_refused(section("mail", relayhost="a:b:c"),
+                            ".* relayhost: 'a:b:c' is not \\[host\\]:port")
+
+    def test_message_size_limit(self):
+        """Bytes, with optional k/M/G (1024-based); 0 means no limit."""
+        for text, want in [("0", 0), ("51200000", 51200000), ("10M", 10 * 1024**2),
+                           ("512k", 512 * 1024), ("1 G", 1024**3)]:
+            self.assertEqual(
+                parse(section("mail", message_size_limit=text)).mail.message_size_limit, want)
+        for bad in ["ten", "-1", "10MB", "1.5M"]:
+            self.assert_refused(section("mail", message_size_limit=bad),
+                                ".* message_size_limit: .* is not a size in bytes .*")
+
+    def test_alias_maps(self):
+        """Plain paths and hash:/lmdb:/texthash: maps give file paths; other types are refused."""
+        cfg = parse(section("mail", alias_maps="hash:/etc/aliases, lmdb:/a texthash:/b,/c"))
+        self.assertEqual(cfg.mail.alias_maps, ["/etc/aliases", "/a", "/b", "/c"])
+        self.assertEqual(parse(section("mail", alias_maps="")).mail.alias_maps, [])
+        self.assert_refused(section("mail", alias_maps="hash:/etc/aliases, nis:mail.aliases"),
+                            ".* alias_maps: 'nis:mail.aliases': map type nis: is not supported.*")
+        self.assert_refused(section("mail", alias_maps="hash:aliases"),
+                            ".* alias_maps: 'aliases' is not an absolute path")
+
+    def test_paths_must_be_absolute(self):
+        """Relative or empty paths are refused, each under its own key."""
+        errors = self.errors(section("mail", queue_directory="spool", maillog_file="") +
+                             section("auth", passwd_file="passwd", shadow_file="./shadow"))
+        self.assertEqual([e.split(": ")[1] for e in errors],
+                         ["[mail] queue_directory", "[mail] maillog_file",
+                          "[auth] passwd_file", "[auth] shadow_file"])
+
+    def test_queue_lifetime_units(self):
+        """Postfix time units s m h d w; a bare number counts days."""
+        for text, seconds in [("30s", 30), ("10m", 600), ("2h", 7200), ("5d", 432000),
+                              ("1w", 604800), ("3", 3 * 86400), ("0", 0)]:
+            lifetime = parse(section("mail", maximal_queue_lifetime=text)).mail
+            self.assertEqual(lifetime.maximal_queue_lifetime, float(seconds), text)
+        for bad in ["5x", "-1d", "1.5d", "d", "5 d"]:
+            self.assert_refused(section("mail", maximal_queue_lifetime=bad),
+                                ".* maximal_queue_lifetime: .* is not a time .*")
+
+    def test_dns_resolver(self):
+        """Empty, IP:port or [IPv6]:port; a name or a missing port is refused."""
+        for text in ["", "127.0.0.1:5353", "[::1]:53"]:
+            self.assertEqual(parse(section("mail", dns_resolver=text)).mail.dns_resolver, text)
+        for bad in ["127.0.0.1", "dns.example:53"]:
+            self.assert_refused(section("mail", dns_resolver=bad),
+                                ".* dns_resolver: .* is not IP:port .*")
+        self.assert_refused(section("mail", dns_resolver="127.0.0.1:0"),
+                            ".* dns_resolver: port '0' is not a number from 1 to 65535")
+
+
+class ListenAuthTlsTests(ConfigTestCase):
+    def test_ports(self):
+        """A port number, or no / empty for off; 0 is allowed (any free port)."""
+        listen = parse(section("listen", smtp="2525", submission="no", smtps="", pop3="NO",
+                               imap="0", lmtp="24")).listen
+        self.assertEqual((listen.smtp, listen.submission, listen.smtps, listen.pop3, listen.imap,
+                          listen.lmtp), (2525, None, None, None, 0, 24))
+        self.assertEqual(listen.enabled(), {"smtp": 2525, "pop3s": 995, "imap": 0,
+                                            "imaps": 993, "lmtp": 24})
+
+    def test_bad_ports(self):
+        """Out-of-range and non-numeric ports are refused; only lmtp takes a socket path."""
+        errors = self.errors(section("listen", smtp="65536", pop3="pop3", imap="-1",
+                                     imaps="/run/imap"))
+        self.assertEqual(len(errors), 4, errors)
+        for error, key in zip(errors, ["smtp", "pop3", "imap", "imaps"]):
+            self.assertRegex(error, f"^{FILE}: \\[listen\\] {key}: port .* is not a number from 0"
+                             " to 65535; write no or leave it empty to turn the service off$")
+
+    def test_lmtp_socket(self):
+        """lmtp may be an absolute unix socket path, kept as a string."""
+        cfg = parse(section("listen", lmtp="/run/mailsuite/lmtp"))
+        self.assertEqual(cfg.listen.lmtp, "/run/mailsuite/lmtp")
+
+    def test_passdb(self):
+        """shadow is accepted; pam is known but not supported yet; others are refused."""
+        self.assertEqual(parse(section("auth", passdb="Shadow")).auth.passdb, "shadow")
+        self.assert_refused(section("auth", passdb="pam"),
+                            ".* passdb: passdb = pam is not supported yet; use shadow")
+        self.assert_refused(section("auth", passdb="ldap"),
+                            ".* passdb: 'ldap' is not one of: shadow, pam")
+
+    def test_booleans(self):
+        """yes/no/true/false/1/0 in any case; anything else is refused."""
+        for text, want in [("yes", True), ("No", False), ("TRUE", True), ("false", False),
+                           ("1", True), ("0", False)]:
+            auth = parse(section("auth", disable_plaintext_auth=text)).auth
+            self.assertIs(auth.disable_plaintext_auth, want, text)
+        self.assert_refused(section("auth", disable_plaintext_auth="maybe"),
+                            ".* disable_plaintext_auth: 'maybe' is not yes or no")
+
+    def test_first_valid_uid(self):
+        """A whole number; negative or text is refused."""
+        self.assertEqual(parse(section("auth", first_valid_uid="500")).auth.first_valid_uid, 500)
+        for bad in ["-1", "many", ""]:
+            self.assert_refused(section("auth", first_valid_uid=bad),
+                                ".* first_valid_uid: .* is not a whole number")
+
+    def test_plaintext_allowed(self):
+        """Dovecot's rule: allowed when not disabled, over TLS, from loopback or trusted nets."""
+        auth = parse(section("auth", login_trusted_networks="10.0.0.0/8 [2001:db8::]/32")).auth
+        allowed = ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1", "10.1.2.3", "2001:db8::5"]
+        for peer in allowed:
+            self.assertTrue(auth.plaintext_allowed(peer, tls=False), peer)
+        for peer in ["192.0.2.1", "::ffff:192.0.2.1", "2001:db9::1", "", "not-an-ip"]:
+            self.assertFalse(auth.plaintext_allowed(peer, tls=False), peer)
+            self.assertTrue(auth.plaintext_allowed(peer, tls=True), peer)
+        open_auth = parse(section("auth", disable_plaintext_auth="no")).auth
+        self.assertTrue(open_auth.plaintext_allowed("192.0.2.1", tls=False))
+
+    def test_ssl_values(self):
+        """Only ssl = no is accepted until TLS lands; yes/required say why; others are refused."""
+        for value in ["yes", "required"]:
+            self.assert_refused(section("tls", ssl=value), re.escape(
+                f"{FILE}: [tls] ssl: ssl = {value}: TLS is not implemented yet; set ssl = no"))
+        self.assert_refused(section("tls", ssl="maybe"),
+                            ".* ssl: 'maybe' is not one of: no, yes, required")
+
+    def test_tls_files(self):
+        """ssl_cert/ssl_key: absolute paths, Dovecot's '</path' spelling accepted."""
+        tls = parse(section("tls", ssl="no", ssl_cert="</etc/ssl/c.pem", ssl_key="/k.pem")).tls
+        self.assertEqual((tls.ssl_cert, tls.ssl_key), ("/etc/ssl/c.pem", "/k.pem"))
+        self.assert_refused(section("tls", ssl="no", ssl_key="key.pem"),
+                            ".* ssl_key: 'key.pem' is not an absolute path")
+
+
+class MailLocationTests(ConfigTestCase):
+    def location(self, text: str):
+        return parse(section("mailbox", mail_location=text)).mailbox
+
+    def test_variables(self):
+        """~ and %h are the home, %u the user, %n/%d its parts, %% a percent sign."""
+        box = self.location("mbox:%h/Mail%%:INBOX=/var/spool/%n/%d/%u")
+        user = Account("ann@example.org", 1001, 1001, "/home/ann/")
+        self.assertEqual(box.folder_root(user), "/home/ann/Mail%")
+        self.assertEqual(box.inbox_path(user), "/var/spool/ann/example.org/ann@example.org")
+        self.assertEqual(self.location("mbox:~:INBOX=~/inbox.mbox").inbox_path(BOSS),
+                         "/home/boss/inbox.mbox")
+
+    def test_inbox_defaults_to_root(self):
+        """Without INBOX=, the INBOX is ROOT/inbox (Dovecot's rule)."""
+        box = self.location("mbox:/srv/mail/%u")
+        self.assertEqual(box.inbox_path(BOSS), "/srv/mail/boss/inbox")
+        self.assertEqual(box.folder_root(BOSS), "/srv/mail/boss")
+
+    def test_only_mbox(self):
+        """maildir:, sdbox: and missing formats are refused, naming the key."""
+        self.assert_refused(section("mailbox", mail_location="maildir:~/Maildir"),
+                            f"{FILE}: \\[mailbox\\] mail_location: mailbox format 'maildir' is not "
+                            "supported, only mbox: .*")
+        self.assert_refused(section("mailbox", mail_location="/var/mail/%u"),
+                            ".* mail_location: '/var/mail/%u' is not FORMAT:ROOT, like .*")
+
+    def test_bad_locations(self):
+        """Empty root, relative paths, unknown parameters and variables are refused."""
+        for bad, message in [("mbox:", "mbox: needs a folder root"),
+                             ("mbox:mail", "'mail' must start with /, ~ or %h"),
+                             ("mbox:~/mail:INBOX=inbox", "'inbox' must start with /, ~ or %h"),
+                             ("mbox:~/mail:INDEX=MEMORY", "'INDEX=MEMORY': only INBOX=PATH"),
+                             ("mbox:~/mail:INBOX=", "'INBOX=': only INBOX=PATH"),
+                             ("mbox:~/%x", "unknown variable %x"),
+                             ("mbox:~/mail%", "unknown variable %")]:
+            self.assert_refused(section("mailbox", mail_location=bad),
+                                ".* mail_location: " + re.escape(message) + ".*")
+
+    def test_unsafe_account_names(self):
+        """An account name that would leave the mail directory is refused at expansion."""
+        box = self.location("mbox:~/mail:INBOX=/var/mail/%u")
+        for name in ["../root", "..", "", "a/b"]:
+            self.assertRaises(ValueError, box.inbox_path, Account(name, 1000, 1000, "/home/x"))
+
+
+class SyntaxTests(ConfigTestCase):
+    def test_comments(self):
+        """# and ; start comments at line start and after whitespace; not inside a word."""
+        cfg = parse("# top\n; top\n[mail]  # section\nmyhostname = a.example ; inline\n"
+                    "  # indented comment\nmaillog_file = /var/log/mail#log;x\n"
+                    "relayhost = #\n")
+        self.assertEqual(cfg.mail.myhostname, "a.example")
+        self.assertEqual(cfg.mail.maillog_file, "/var/log/mail#log;x")
+        self.assertEqual(cfg.mail.relayhost, "")
+
+    def test_continuation_lines(self):
+        """An indented line continues the value above it, even after blank lines."""
+        cfg = parse("[mail]\nmydestination = a.example,\n    b.example\n\n\tc.example\n")
+        self.assertEqual(cfg.mail.mydestination, ["a.example", "b.example", "c.example"])
+
+    def test_section_header_spaces_and_repeats(self):
+        """[ mail ] is [mail]; a section may appear twice, its keys add up."""
+        cfg = parse("[ mail ]\nmyhostname = a.example\n[mail]\nmydomain = b.example\n")
+        self.assertEqual((cfg.mail.myhostname, cfg.mail.mydomain), ("a.example", "b.example"))
+
+    def test_syntax_errors(self):
+        """Bad lines, keys outside a section, stray indentation and duplicates are errors."""
+        errors = self.errors("  indented = 1\nkey = 1\n[mail]\njust words\n[bad header\n"
+                             "myorigin = a.example\nmyorigin = b.example\n")
+        self.assertEqual(errors, [
+            (f"{FILE}: line 1: indented line continues nothing (lines starting with whitespace"
+            " continue a value)"),
+            f"{FILE}: line 2: 'key = 1' is outside any [section]",
+            f"{FILE}: [mail] line 4: 'just words' is not 'key = value', '[section]' or a comment",
+            f"{FILE}: [mail] line 5: '[bad header' is not 'key = value', '[section]' or a comment",
+            f"{FILE}: [mail] myorigin: set twice (lines 6 and 7)",
+        ])
+
+    def test_unknown_sections_and_keys(self):
+        """Unknown sections and keys are errors, with the likely name when there is one."""
+        errors = self.errors("[mial]\nmyhostname = x\n[mail]\nmyhostnme = x\nfoo = 1\n"
+                             "[listen]\nhttp = 80\n[zzz]\n")
+        self.assertEqual(errors, [
+            f"{FILE}: [mial]: unknown section (did you mean mail?)",
+            f"{FILE}: [zzz]: unknown section",
+            f"{FILE}: [mail] myhostnme: unknown key (did you mean myhostname?)",
+            f"{FILE}: [mail] foo: unknown key",
+            f"{FILE}: [listen] http: unknown key",
+        ])
+
+
+class ExpansionTests(ConfigTestCase):
+    def test_forms_and_recursion(self):
+        """$name and ${name} expand recursively, from [mail], also in other sections."""
+        cfg = parse(section("mail", myhostname="mx.${mydomain}", mydomain="example.org",
+                            mydestination="$myhostname, ${myorigin}, $mydomain.test",
+                            queue_directory="/srv/$mydomain/queue") +
+                    section("auth", passwd_file="${queue_directory}/passwd"))
+        self.assertEqual(cfg.mail.myhostname, "mx.example.org")
+        self.assertEqual(cfg.mail.mydestination, ["mx.example.org", "example.org",
+                                                  "example.org.test"])
+        self.assertEqual(cfg.auth.passwd_file, "/srv/example.org/queue/passwd")
+
+    def test_defaults_follow_the_file(self):
+        """Defaults that refer to other keys use the values set in the file."""
+        cfg = parse(section("mail", myhostname="smtp.corp.example"), hostname="ignored.example")
+        self.assertEqual((cfg.mail.mydomain, cfg.mail.myorigin),
+                         ("corp.example", "corp.example"))
+        self.assertEqual(cfg.mail.mydestination,
+                         ["smtp.corp.example", "localhost.corp.example", "localhost"])
+
+    def test_dollar_literal(self):
+        """$$ is a literal $."""
+        self.assertEqual(parse(section("mail", maillog_file="/var/log/$$x")).mail.maillog_file,
+                         "/var/log/$x")
+
+    def test_loops(self):
+        """A loop is reported on each key in it, with the path it took."""
+        errors = self.errors(section("mail", mydomain="$myorigin", myorigin="${mydomain}",
+                                     relay_domains="$relay_domains"))
+        self.assertEqual(errors, [
+            f"{FILE}: [mail] mydomain: expansion loop: $mydomain -> $myorigin -> $mydomain",
+            f"{FILE}: [mail] myorigin: expansion loop: $myorigin -> $mydomain -> $myorigin",
+            (f"{FILE}: [mail] mydestination: expansion loop: $mydestination -> $mydomain ->"
+            " $myorigin -> $mydomain (this is the default; set the key to change it)"),
+            f"{FILE}: [mail] relay_domains: expansion loop: $relay_domains -> $relay_domains",
+        ])
+
+    def test_unknown_names(self):
+        """$ of a name that is not a [mail] key (even one of another section), or a lone $."""
+        errors = self.errors(section("mail", relayhost="$smtp", myorigin="$nosuch") +
+                             section("auth", shadow_file="/etc/$"))
+        self.assertEqual(errors, [
+            f"{FILE}: [mail] myorigin: $nosuch: no such key in [mail]",
+            f"{FILE}: [mail] relayhost: $smtp: no such key in [mail]",
+            (f"{FILE}: [auth] shadow_file: a $ must be followed by a key of [mail] ($$ is a"
+            " literal $)"),
+        ])
+
+
+class ErrorReportTests(ConfigTestCase):
+    def test_all_errors_at_once(self):
+        """One bad file gives every error, one per line, each as FILE: [section] key: message."""
+        text = (section("mail", message_size_limit="big", maximal_queue_lifetime="5y") +
+                section("listen", smtp="99999") + section("auth", passdb="pam") +
+                section("mailbox", mail_location="maildir:~/Maildir") +
+                section("tls", ssl="yes"))
+        error = self.assertRaises(ConfigError, parse, text)
+        self.assertEqual(len(error.errors), 6, error.errors)
+        keys = ["[mail] message_size_limit", "[mail] maximal_queue_lifetime", "[listen] smtp",
+                "[auth] passdb", "[mailbox] mail_location", "[tls] ssl"]
+        for line, key in zip(error.errors, keys):
+            self.assertTrue(line.startswith(f"{FILE}: {key}: "), line)
+        self.assertEqual(str(error), "\n".join(error.errors))
+
+    def test_every_contract_key_is_known(self):
+        """Every key of DESIGN.md's table can be set (none is an unknown key)."""
+        text = "".join(f"[{name}]\n" + "".join(f"{k} = $$bad\n" for k in keys)
+                       for name, keys in CONTRACT_KEYS.items())
+        self.assertFalse([e for e in self.errors(text) if "unknown" in e])
+
+
+class LoadTests(ConfigTestCase):
+    def test_load(self):
+        """load_config reads the file and remembers its path."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[mail]\nmyhostname = m.example\n" + NO_TLS)
+        cfg = load_config(path)
+        self.assertEqual((cfg.path, cfg.mail.myhostname), (path, "m.example"))
+
+    def test_unreadable(self):
+        """A missing file, a directory or undecodable bytes is a ConfigError naming the file."""
+        bad = self.mktemp()
+        with open(bad, "wb") as f:
+            f.write(b"[mail]\nmyhostname = \xff\n")
+        missing, directory = self.mktemp(), self.mktemp()
+        os.mkdir(directory)
+        for path in [missing, directory, bad]:
+            errors = self.assertRaises(ConfigError, load_config, path).errors
+            self.assertEqual(len(errors), 1)
+            self.assertTrue(errors[0].startswith(f"{path}: cannot read the configuration file:"))
+
+    def test_shipped_file(self):
+        """etc/mail.ini parses cleanly, shows every key, and is the tutorial's site."""
+        with open(SHIPPED) as f:
+            text = f.read()
+        for keys in CONTRACT_KEYS.values():
+            for key in keys:
+                self.assertRegex(text, f"(?m)^#?{key} =", key)
+        cfg = load_config(SHIPPED)
+        self.assertEqual(cfg.listen.enabled(), {"smtp": 25, "pop3": 110, "imap": 143})
+        self.assertEqual(cfg.tls.ssl, "no")
+        self.assertIs(cfg.auth.disable_plaintext_auth, False)
+        self.assertEqual(cfg.mailbox.inbox_path(BOSS), "/var/mail/boss")
+        self.assertEqual((cfg.mail.alias_maps, cfg.mail.maillog_file, cfg.mail.queue_directory),
+                         (["/etc/aliases"], "/var/log/maillog", "/var/spool/mailsuite"))
+        self.assertEqual((cfg.auth.passwd_file, cfg.auth.shadow_file),
+                         ("/etc/passwd", "/etc/shadow"))
