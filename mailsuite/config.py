@@ -521,12 +521,14 @@ class _Expander:
 
     def __init__(self, mail: dict[str, Default]) -> None:
         self.mail = mail
+        self.used: set[str] = set()  # the [mail] keys looked up since the caller last cleared it
 
     def value(self, name: str, stack: tuple[str, ...] = ()) -> str:
         if name in stack:
             raise ValueError("expansion loop: " + " -> ".join(f"${n}" for n in stack + (name,)))
         if name not in self.mail:
             raise ValueError(f"${name}: no such key in [mail]")
+        self.used.add(name)
         raw = self.mail[name]
         stack += (name,)
         if callable(raw):
@@ -570,6 +572,7 @@ def parse_config(
     expander = _Expander(mail)
 
     built: dict[str, Any] = {}
+    failed: set[str] = set()  # [mail] keys already reported
     for section_name, section in _SECTIONS.items():
         settings = given.get(section_name, {})
         names = [key.name for key in section.keys]
@@ -580,6 +583,7 @@ def parse_config(
         values: dict[str, Any] = {}
         for key in section.keys:
             setting = settings.get(key.name)
+            expander.used = set()
             try:
                 if section_name == "mail":
                     expanded = expander.value(key.name)
@@ -589,6 +593,10 @@ def parse_config(
                     expanded = expander.expand(raw)
                 values[key.name] = key.convert(expanded)
             except ValueError as e:
+                if section_name == "mail":
+                    failed.add(key.name)
+                if setting is None and expander.used & failed - {key.name}:
+                    continue  # a default built from a bad key: that key's error says it all
                 origin = "" if setting else " (this is the default; set the key to change it)"
                 errors.append(f"{filename}: [{section_name}] {key.name}: {e}{origin}")
         if len(values) == len(section.keys):
@@ -601,7 +609,7 @@ def parse_config(
 def load_config(path: str) -> Config:
     """Read and parse the file at ``path``; an unreadable file is a ConfigError naming it."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
