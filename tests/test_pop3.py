@@ -215,8 +215,8 @@ class AuthorizationTests(Pop3TestCase):
         """A login writes Dovecot's pop3-login line."""
         self.login()
         self.assertTrue(self.maillog.lines[-1].endswith(
-            "mailsuite/pop3-login[%d]: Login: user=<boss>, method=PLAIN, rip=127.0.0.1, "
-            "lip=127.0.0.1" % self.maillog.pid), self.maillog.lines)
+            f"mailsuite/pop3-login[{self.maillog.pid}]: Login: user=<boss>, method=PLAIN, "
+            "rip=127.0.0.1, lip=127.0.0.1"), self.maillog.lines)
 
     def test_wrong_password(self):
         """A wrong password is answered with Dovecot's words after a 2 s delay; the session goes
@@ -239,8 +239,8 @@ class AuthorizationTests(Pop3TestCase):
         self.clock.advance(2)
         proto.connectionLost(None)
         self.assertTrue(self.maillog.lines[-1].endswith(
-            "mailsuite/pop3-login[%d]: Disconnected (auth failed, 1 attempts in 2 secs): "
-            "user=<boss>, method=PLAIN, rip=127.0.0.1, lip=127.0.0.1" % self.maillog.pid))
+            f"mailsuite/pop3-login[{self.maillog.pid}]: Disconnected (auth failed, 1 attempts in "
+            "2 secs): user=<boss>, method=PLAIN, rip=127.0.0.1, lip=127.0.0.1"))
 
     def test_three_failures_disconnect(self):
         """After three failed logins the connection is closed."""
@@ -288,3 +288,261 @@ class AuthorizationTests(Pop3TestCase):
         proto.connectionLost(None)
         self.assertIn("mailsuite/pop3[", self.maillog.lines[-1])
         self.assertIn(": Disconnected for inactivity top=0/0", self.maillog.lines[-1])
+
+
+class TransactionTests(Pop3TestCase):
+    def test_sizes_equal_retr_bytes(self):
+        """STAT, LIST and LIST n give exactly the bytes RETR sends: CRLF line ends, NULs
+        stripped (Outlook hangs on them), CRLF stored by another program, no final newline."""
+        self.deliver(b"Subject: lf\n\nline\n")
+        self.deliver(b"Subject: nul\n\na\0b\0\n\0")
+        self.deliver(b"Subject: plain\n\n.dot\n")
+        box = self.inbox()
+        box._bodies[3] = b"Subject: crlf\r\n\r\nbody\r\n"  # written with CRLF by another program
+        self.deliver(b"Subject: no end\n\nlast line")
+        session = self.login()
+        sizes = self.list_sizes(session)
+        total = 0
+        for number in range(1, 5):
+            announced, data = self.retr(session, number)
+            self.assertEqual((announced, sizes[number]), (len(data), len(data)))
+            self.assertEqual(self.send(session, b"LIST %d" % number),
+                             b"+OK %d %d\r\n" % (number, len(data)))
+            self.assertNotIn(b"\0", data)
+            self.assertNotIn(b"\r\r\n", data)
+            self.assertTrue(data.endswith(b"\r\n"))
+            total += len(data)
+        self.assertEqual(self.send(session, b"STAT"), b"+OK 4 %d\r\n" % total)
+        self.assertEqual(self.retr(session, 2)[1], b"Subject: nul\r\n\r\nab\r\n\r\n")
+        self.assertEqual(self.retr(session, 3)[1], b"Subject: crlf\r\n\r\nbody\r\n")
+
+    def test_dot_stuffing_first_line_and_chunk_boundaries(self):
+        """A dot at the start of the first line, of a line at the 16 KiB boundary of the stock
+        FileSender and at our 64 KiB chunk boundary is doubled on the wire and comes back intact."""
+        body = b"Subject: x\n\n"
+        body += b"a" * (16384 - len(body) - 1) + b"\n.at 16k\n"
+        self.assertEqual(body.index(b".at 16k"), 16384)  # the stock FileSender's chunk boundary
+        wire = pop3.dot_stuff(pop3.to_wire(body))
+        body += b"b" * (pop3.CHUNK_SIZE - len(wire) - 2) + b"\n.at 64k\n.\n"
+        stuffed = pop3.dot_stuff(pop3.to_wire(body))
+        self.assertEqual(stuffed.index(b"..at 64k"), pop3.CHUNK_SIZE)  # our chunk boundary
+        self.deliver(body)
+        self.deliver(b".first: line\n\n.\n")
+        session = self.login()
+        out = self.send(session, b"RETR 1")
+        self.assertTrue(out.startswith(b"+OK %d octets\r\n" % len(pop3.to_wire(body))))
+        wire = out[out.index(b"\r\n") + 2:]
+        self.assertTrue(wire.endswith(b"\r\n..at 64k\r\n..\r\n.\r\n"), wire[-40:])
+        self.assertIn(b"\r\n..at 16k\r\n", wire)
+        self.assertEqual(wire, stuffed + b".\r\n")
+        self.assertEqual(self.retr(session, 1)[1], pop3.to_wire(body))
+        self.assertEqual(self.send(session, b"RETR 2"), b"+OK 19 octets\r\n"
+                         b"..first: line\r\n\r\n..\r\n.\r\n")
+
+    def test_top(self):
+        """TOP n 0 sends the headers and the blank line; TOP n k adds k body lines; bad
+        arguments get -ERR and the session goes on."""
+        self.deliver(b"From: a@b\nSubject: t\n\n.one\ntwo\nthree\n")
+        session = self.login()
+        self.assertEqual(self.send(session, b"TOP 1 0"),
+                         b"+OK\r\nFrom: a@b\r\nSubject: t\r\n\r\n.\r\n")
+        self.assertEqual(self.send(session, b"TOP 1 2"),
+                         b"+OK\r\nFrom: a@b\r\nSubject: t\r\n\r\n..one\r\ntwo\r\n.\r\n")
+        self.assertEqual(self.send(session, b"TOP 1 -1", b"TOP 1 x", b"TOP 1", b"TOP 2 0",
+                                   b"TOP x 0", b"NOOP"),
+                         b"-ERR Invalid number of lines: -1\r\n-ERR Invalid number of lines: x\r\n"
+                         b"-ERR Wrong number of arguments.\r\n-ERR There's no message 2.\r\n"
+                         b"-ERR Invalid message number: x\r\n+OK\r\n")
+
+    def test_bad_message_numbers(self):
+        """LIST, UIDL, RETR, DELE with bad numbers answer -ERR; the session goes on (the stock
+        DELE crashed the connection)."""
+        self.deliver(b"Subject: a\n\nA\n")
+        session = self.login()
+        for command in [b"LIST", b"UIDL", b"RETR", b"DELE"]:
+            out = self.send(session, command + b" 0", command + b" 2", command + b" x",
+                            command + b" -1", command + b" 1 2", b"NOOP")
+            self.assertEqual(out, b"-ERR There's no message 0.\r\n-ERR There's no message 2.\r\n"
+                             b"-ERR Invalid message number: x\r\n"
+                             b"-ERR Invalid message number: -1\r\n"
+                             b"-ERR Wrong number of arguments.\r\n+OK\r\n", command)
+        self.assertEqual(self.send(session, b"RETR", b"DELE", b"STAT 1", b"FOO"),
+                         b"-ERR Wrong number of arguments.\r\n" * 3 + b"-ERR Unknown command.\r\n")
+
+    def test_deleted_messages_not_counted(self):
+        """After DELE 2, STAT/LIST/UIDL leave message 2 out and keep the other numbers; LIST,
+        UIDL, RETR, TOP and DELE of it answer -ERR; RSET brings it back."""
+        for n in range(3):
+            self.deliver(b"Subject: %d\n\nbody\n" % n)
+        validity = self.inbox().uid_validity
+        session = self.login()
+        self.assertEqual(self.send(session, b"DELE 2"), b"+OK Marked to be deleted.\r\n")
+        self.assertEqual(self.send(session, b"STAT"), b"+OK 2 40\r\n")
+        self.assertEqual(self.send(session, b"LIST"), b"+OK 2 messages:\r\n1 20\r\n3 20\r\n.\r\n")
+        self.assertEqual(self.send(session, b"UIDL"), b"+OK\r\n1 %08X00000001\r\n"
+                         b"3 %08X00000003\r\n.\r\n" % (validity, validity))
+        for command in [b"LIST 2", b"UIDL 2", b"RETR 2", b"TOP 2 0", b"DELE 2"]:
+            self.assertEqual(self.send(session, command), b"-ERR Message is deleted.\r\n")
+        self.assertEqual(self.send(session, b"RSET", b"STAT"), b"+OK\r\n+OK 3 60\r\n")
+        self.assertEqual(self.send(session, b"LIST 2", b"NOOP"), b"+OK 2 20\r\n+OK\r\n")
+
+    def test_uidl_stable(self):
+        """UIDL is Dovecot's %08Xv%08Xu and gives the same IDs in every session, also after
+        another message was deleted and new mail came (leave a copy on server)."""
+        self.deliver(b"Subject: 1\n\n1\n")
+        self.deliver(b"Subject: 2\n\n2\n")
+        validity = self.inbox().uid_validity
+        session = self.login()
+        first = self.send(session, b"UIDL")
+        self.assertEqual(first, b"+OK\r\n1 %08X00000001\r\n2 %08X00000002\r\n.\r\n"
+                         % (validity, validity))
+        self.send(session, b"DELE 1", b"QUIT")
+        self.deliver(b"Subject: 3\n\n3\n")
+        session = self.login()
+        self.assertEqual(self.send(session, b"UIDL"), b"+OK\r\n1 %08X00000002\r\n"
+                         b"2 %08X00000003\r\n.\r\n" % (validity, validity))
+        self.assertEqual(self.send(session, b"UIDL 1"), b"+OK 1 %08X00000002\r\n" % validity)
+
+    def test_quit_commits(self):
+        """QUIT expunges the DELE'd messages and answers +OK only afterwards; the mailbox is
+        closed; the disconnect is logged like Dovecot's."""
+        self.deliver(b"Subject: 1\n\n1\n")
+        self.deliver(b"Subject: 2\n\n2\n")
+        proto, transport = session = self.login()
+        self.retr(session, 2)
+        self.assertEqual(self.send(session, b"DELE 1", b"QUIT", b"NOOP"),
+                         b"+OK Marked to be deleted.\r\n+OK Logging out, messages deleted.\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual([m.uid for m in self.inbox().messages], [2])
+        proto.connectionLost(None)
+        self.assertEqual(self.inbox().users, 0)
+        self.assertTrue(self.maillog.lines[-1].endswith(
+            f"mailsuite/pop3[{self.maillog.pid}]: Disconnected: Logged out top=0/0, retr=1/17, "
+            "del=1/2, size=34, user=<boss>, rip=127.0.0.1"), self.maillog.lines[-1])
+
+    def test_quit_waits_for_expunge(self):
+        """+OK comes only when the expunge fired; a failed expunge gives -ERR and deletes nothing."""
+        self.deliver(b"Subject: 1\n\n1\n")
+        box = self.inbox()
+        pending = defer.Deferred()
+        self.patch(box, "expunge", lambda uids: pending)
+        _proto, transport = session = self.login()
+        self.assertEqual(self.send(session, b"DELE 1", b"QUIT"), b"+OK Marked to be deleted.\r\n")
+        self.assertFalse(transport.disconnecting)
+        pending.errback(OSError("disk full"))
+        self.assertEqual(transport.value(),
+                         b"-ERR [SYS/TEMP] Couldn't delete the messages; none were deleted.\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(len(box.messages), 1)
+
+    def test_dropped_connection_commits_nothing(self):
+        """DELE followed by a lost connection deletes nothing; the mailbox is closed."""
+        self.deliver(b"Subject: 1\n\n1\n")
+        proto, _transport = session = self.login()
+        self.send(session, b"DELE 1")
+        proto.connectionLost(None)
+        self.assertEqual(len(self.inbox().messages), 1)
+        self.assertEqual(self.inbox().users, 0)
+        self.assertIn("Disconnected: Connection closed top=0/0, retr=0/0, del=0/1",
+                      self.maillog.lines[-1])
+
+    def test_new_mail_survives_quit(self):
+        """Mail that arrives during a session is not part of it and is kept by its QUIT."""
+        self.deliver(b"Subject: old\n\nold\n")
+        session = self.login()
+        self.deliver(b"Subject: new\n\nnew\n")
+        self.inbox().external_append(b"Subject: mutt\n\nmutt\n")
+        self.assertEqual(self.send(session, b"STAT"), b"+OK 1 21\r\n")
+        self.send(session, b"DELE 1", b"QUIT")
+        self.assertEqual([m.uid for m in self.inbox().messages], [2, 3])
+
+    def test_message_expunged_by_another_client(self):
+        """A message IMAP expunged during the session: RETR answers -ERR, the session goes on."""
+        self.deliver(b"Subject: 1\n\n1\n")
+        session = self.login()
+        self.successResultOf(self.inbox().expunge([1]))
+        self.assertEqual(self.send(session, b"RETR 1", b"NOOP"), b"-ERR Message is no longer "
+                         b"available (deleted by another client).\r\n+OK\r\n")
+
+    def test_pipelined_commands_answered_in_order(self):
+        """Commands sent while a store read is in flight wait and are answered in order."""
+        self.deliver(b"Subject: 1\n\n1\n")
+        box = self.inbox()
+        pending = defer.Deferred()
+        self.patch(box, "read", lambda uid: pending)
+        _proto, transport = session = self.login()
+        self.assertEqual(self.send(session, b"RETR 1", b"NOOP", b"UIDL 1"), b"")
+        pending.callback(b"Subject: 1\n\n1\n")
+        while transport.producer is not None:
+            transport.producer.resumeProducing()
+        self.assertEqual(transport.value(), b"+OK 17 octets\r\nSubject: 1\r\n\r\n1\r\n.\r\n"
+                         b"+OK\r\n+OK 1 %08X00000001\r\n" % box.uid_validity)
+
+    def test_noop_and_timeout_during_transaction(self):
+        """NOOP answers +OK and keeps the session alive past the idle timeout."""
+        _proto, transport = session = self.login()
+        self.clock.advance(500)
+        self.assertEqual(self.send(session, b"NOOP"), b"+OK\r\n")
+        self.clock.advance(500)
+        self.assertFalse(transport.disconnecting)
+
+
+class ListeningServerTests(unittest.TestCase):
+    """The real reactor, a real socket on 127.0.0.1 and the stdlib poplib client."""
+
+    def setUp(self):
+        self.store = MemoryStore()
+        self.maillog = MailLog(None, "mail.example.test")
+        checker = checkers.InMemoryUsernamePasswordDatabaseDontUse(boss=b"secret")
+        self.lost = defer.Deferred()
+        lost = self.lost
+
+        class Server(pop3.POP3Server):
+            def connectionLost(self, reason=None):
+                super().connectionLost(reason)
+                lost.callback(None)
+
+        factory = pop3.POP3Factory(make_config(), portal.Portal(Realm(self.store), [checker]),
+                                   self.maillog)
+        factory.protocol = Server
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    @defer.inlineCallbacks
+    def test_poplib_session(self):
+        """poplib logs in, lists, retrieves (with a dot-stuffed line and a NUL), deletes and
+        quits; the sizes it is told equal the bytes it gets; the deletion is committed."""
+        self.store.deliver(BOSS, b"Subject: one\n\n.dot\nnul\0here\n", "a@b")
+        self.store.deliver(BOSS, b"Subject: two\n\nbody\n", "a@b")
+        port = self.port.getHost().port
+
+        def client():
+            box = poplib.POP3("127.0.0.1", port, timeout=10)
+            welcome = box.getwelcome()
+            caps = box.capa()
+            box.user("boss")
+            box.pass_("secret")
+            stat = box.stat()
+            listing = box.list()[1]
+            uidl = box.uidl()[1]
+            _resp, lines, _octets = box.retr(1)
+            top = box.top(2, 0)[1]
+            box.dele(1)
+            box.quit()
+            return welcome, caps, stat, listing, uidl, lines, top
+
+        welcome, caps, stat, listing, uidl, lines, top = yield threads.deferToThread(client)
+        yield self.lost
+        self.assertEqual(welcome, b"+OK mailsuite ready.")
+        self.assertEqual(sorted(caps), ["AUTH-RESP-CODE", "IMPLEMENTATION", "PIPELINING",
+                                        "RESP-CODES", "TOP", "UIDL", "USER"])
+        self.assertEqual(lines, [b"Subject: one", b"", b".dot", b"nulhere"])
+        size = len(b"\r\n".join(lines) + b"\r\n")
+        self.assertEqual(listing[0], b"1 %d" % size)
+        self.assertEqual(stat, (2, size + 22))
+        self.assertEqual(top, [b"Subject: two", b""])
+        validity = self.store._box(BOSS, "INBOX", False).uid_validity
+        self.assertEqual(uidl, [b"1 %08X00000001" % validity, b"2 %08X00000002" % validity])
+        self.assertEqual([m.uid for m in self.store._box(BOSS, "INBOX", False).messages], [2])
+        self.assertIn("Disconnected: Logged out top=1/16, retr=1/", self.maillog.lines[-1])
