@@ -1,0 +1,399 @@
+"""FETCH: parsing the attribute list, and rendering items from the raw stored bytes.
+
+Message bytes are served exactly as stored (LF on disk becomes CRLF on the wire): no header is
+rebuilt, so duplicate ``Received:`` lines and raw 8-bit headers reach the client unchanged. The
+``email`` package is used only to read a ``Content-Type`` boundary for part numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from typing import Any
+
+from mailsuite.imap.mailbox import format_flags
+from mailsuite.store.interfaces import UnknownUID
+
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+class FetchSyntaxError(ValueError):
+    """The FETCH attribute list cannot be parsed (the client gets BAD)."""
+
+
+@dataclass
+class Section:
+    """``BODY[part.TEXT]``: ``part`` is a list of numbers, ``spec`` '', HEADER, TEXT, MIME,
+    HEADER.FIELDS or HEADER.FIELDS.NOT, ``fields`` the upper-cased field names."""
+
+    part: list[int] = field(default_factory=list)
+    spec: str = ""
+    fields: list[bytes] = field(default_factory=list)
+
+    def label(self) -> bytes:
+        text = ".".join(str(n) for n in self.part)
+        if self.spec:
+            text = f"{text}.{self.spec}" if text else self.spec
+        out = text.encode("ascii")
+        if self.fields:
+            out += b" (" + b" ".join(self.fields) + b")"
+        return out
+
+    def needs_body(self) -> bool:
+        return bool(self.part) or self.spec in ("", "TEXT")
+
+
+@dataclass
+class FetchItem:
+    """One requested item. ``name`` is UID, FLAGS, INTERNALDATE, RFC822.SIZE, ENVELOPE,
+    BODY[] (``section`` set), RFC822, RFC822.HEADER or RFC822.TEXT."""
+
+    name: str
+    section: Section | None = None
+    partial: tuple[int, int] | None = None
+    peek: bool = False
+
+    def sets_seen(self) -> bool:
+        return (self.name in ("BODY[]", "RFC822", "RFC822.TEXT")) and not self.peek
+
+    def needs_body(self) -> bool:
+        if self.name == "BODY[]":
+            assert self.section is not None
+            return self.section.needs_body()
+        return self.name in ("RFC822", "RFC822.TEXT")
+
+    def needs_header(self) -> bool:
+        return self.name in ("ENVELOPE", "RFC822.HEADER", "BODY[]")
+
+
+_MACROS = {
+    "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+}
+_SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
+_BODY_RE = re.compile(rb"(BODY\.PEEK|BODY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", re.IGNORECASE)
+_ATOM_RE = re.compile(rb"[A-Za-z0-9.]+")
+_SECTION_RE = re.compile(
+    rb"((?:\d+\.)*\d+)?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?\s*(?:\((.*)\))?\Z",
+    re.IGNORECASE | re.DOTALL,
+)
+_FIELD_RE = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s()"]+)')
+
+
+def _parse_section(text: bytes) -> Section:
+    m = _SECTION_RE.match(text.strip())
+    if not m:
+        raise FetchSyntaxError(f"bad section {text!r}")
+    part = [int(n) for n in m.group(1).split(b".")] if m.group(1) else []
+    if any(n < 1 for n in part):
+        raise FetchSyntaxError("part numbers start at 1")
+    spec = (m.group(2) or b"").decode("ascii").upper()
+    if spec == "MIME" and not part:
+        raise FetchSyntaxError("MIME needs a part number")
+    fields: list[bytes] = []
+    if spec.startswith("HEADER.FIELDS"):
+        if m.group(3) is None:
+            raise FetchSyntaxError("HEADER.FIELDS needs a list")
+        fields = [(q or a).upper() for q, a in _FIELD_RE.findall(m.group(3))]
+        if not fields:
+            raise FetchSyntaxError("empty field list")
+    elif m.group(3) is not None:
+        raise FetchSyntaxError(f"bad section {text!r}")
+    return Section(part, spec, fields)
+
+
+def parse_fetch_items(text: bytes) -> list[FetchItem]:
+    """Parse ``(UID BODY.PEEK[HEADER.FIELDS (From)]<0.100>)``, a macro, or a single item.
+
+    RFC822.PEEK (Outlook, any case) is read as ``BODY.PEEK[]`` answered with the RFC822 label.
+    """
+    text = text.strip()
+    if text.upper() in (b"ALL", b"FAST"):
+        return [FetchItem(n) for n in _MACROS[text.upper().decode()]]
+    if text.upper() == b"FULL" or not text:
+        raise FetchSyntaxError("FULL and BODY/BODYSTRUCTURE are not supported yet" if text else "missing items")
+    if text.startswith(b"("):
+        if not text.endswith(b")"):
+            raise FetchSyntaxError("unbalanced parenthesis")
+        text = text[1:-1].strip()
+    items: list[FetchItem] = []
+    pos = 0
+    while pos < len(text):
+        m = _BODY_RE.match(text, pos)
+        if m:
+            peek = m.group(1).upper() == b"BODY.PEEK"
+            partial = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
+            if partial is not None and partial[1] == 0:
+                raise FetchSyntaxError("partial length must be positive")
+            items.append(FetchItem("BODY[]", _parse_section(m.group(2)), partial, peek))
+        else:
+            m = _ATOM_RE.match(text, pos)
+            if not m:
+                raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
+            name = m.group(0).decode("ascii").upper()
+            if name == "RFC822.PEEK":
+                items.append(FetchItem("RFC822", peek=True))
+            elif name in _SIMPLE:
+                items.append(FetchItem(name))
+            else:
+                raise FetchSyntaxError(f"{name} is not supported")
+        pos = m.end()
+        if pos < len(text) and text[pos : pos + 1] != b" ":
+            raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
+        while text[pos : pos + 1] == b" ":
+            pos += 1
+    return items
+
+
+# -- raw message anatomy (LF line ends, as stored) ----------------------------------------------
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """(header block including the blank line, body)."""
+    if raw.startswith(b"\n"):
+        return b"\n", raw[1:]
+    end = raw.find(b"\n\n")
+    if end < 0:
+        return raw, b""
+    return raw[: end + 2], raw[end + 2 :]
+
+
+def header_fields(header: bytes) -> list[tuple[bytes, bytes]]:
+    """``[(NAME, raw lines incl. continuations and LF)]`` in order, duplicates kept."""
+    out: list[tuple[bytes, bytes]] = []
+    for line in header.splitlines(keepends=True):
+        if line in (b"\n", b"\r\n"):
+            break
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1] = (out[-1][0], out[-1][1] + line)
+        else:
+            out.append((line.split(b":", 1)[0].strip().upper(), line))
+    return out
+
+
+def header_value(header: bytes, name: bytes) -> bytes | None:
+    """The unfolded value of the first field ``name``, raw bytes; None when absent."""
+    for field_name, raw in header_fields(header):
+        if field_name == name.upper():
+            value = raw.split(b":", 1)[1] if b":" in raw else b""
+            return re.sub(rb"\r?\n(?=[ \t])", b"", value).strip()
+    return None
+
+
+def _content_type(header: bytes) -> tuple[str, str | None]:
+    msg = BytesHeaderParser(policy=compat32).parsebytes(header)
+    return msg.get_content_type(), msg.get_boundary()
+
+
+def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
+    delim = re.compile(rb"(?:^|\n)--" + re.escape(boundary.encode("latin-1")) + rb"(--)?[ \t]*(?:\n|\Z)")
+    parts: list[bytes] = []
+    start: int | None = None
+    for m in delim.finditer(body):
+        if start is not None:
+            parts.append(body[start : m.start()])
+        if m.group(1):
+            break
+        start = m.end()
+    return parts
+
+
+def _locate(raw: bytes, path: list[int]) -> tuple[bytes, bytes] | None:
+    """(MIME header, body) of the entity at ``path``; None if there is no such part."""
+    header, body = split_message(raw)
+    top = True
+    for number in path:
+        ctype, boundary = _content_type(header)
+        if ctype == "message/rfc822" and not top:
+            header, body = split_message(body)
+            ctype, boundary = _content_type(header)
+        top = False
+        if ctype.startswith("multipart/") and boundary:
+            parts = _split_multipart(body, boundary)
+            if number > len(parts):
+                return None
+            header, body = split_message(parts[number - 1])
+        elif number != 1:
+            return None
+    return header, body
+
+
+def section_bytes(raw: bytes, section: Section) -> bytes:
+    """The bytes (LF form) of ``section`` of the message ``raw``."""
+    if not section.part:
+        header, body = split_message(raw)
+        entity_header, inner = header, raw
+    else:
+        located = _locate(raw, section.part)
+        if located is None:
+            return b""
+        entity_header, inner = located
+        if section.spec == "MIME":
+            return entity_header
+        if section.spec == "":
+            return inner
+        header, body = split_message(inner)
+    if section.spec == "":
+        return raw
+    if section.spec == "TEXT":
+        return body
+    if section.spec == "HEADER":
+        return header
+    wanted = set(section.fields)
+    keep = section.spec == "HEADER.FIELDS"
+    chosen = [raw_field for name, raw_field in header_fields(header) if (name in wanted) == keep]
+    return b"".join(chosen) + b"\n"
+
+
+def to_wire(data: bytes) -> bytes:
+    """LF (as stored) to CRLF (as sent): exactly the store's CRLF size (bytes + LFs)."""
+    return data.replace(b"\n", b"\r\n")
+
+
+# -- IMAP data formatting -------------------------------------------------------------------------
+def literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+def nstring(value: bytes | None) -> bytes:
+    """NIL, a quoted string, or a literal when the value has 8-bit or line-break bytes."""
+    if value is None:
+        return b"NIL"
+    if any(b > 0x7E or b < 0x20 for b in value):
+        return literal(value)
+    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+def internal_date(when: datetime) -> bytes:
+    offset = when.utcoffset()
+    minutes = int(offset.total_seconds() // 60) if offset is not None else 0
+    sign = "-" if minutes < 0 else "+"
+    text = (
+        f"{when.day:2d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+    )
+    return b'"' + text.encode("ascii") + b'"'
+
+
+def _addresses(value: bytes | None) -> bytes:
+    if value is None:
+        return b"NIL"
+    out = []
+    for name, addr in getaddresses([value.decode("latin-1")]):
+        if not addr and not name:
+            continue
+        mailbox, _, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
+        parts = [
+            nstring(name.encode("latin-1")) if name else b"NIL",
+            b"NIL",
+            nstring(mailbox.encode("latin-1")),
+            nstring(host.encode("latin-1")) if host else b"NIL",
+        ]
+        out.append(b"(" + b" ".join(parts) + b")")
+    return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+
+def envelope(header: bytes) -> bytes:
+    """The ENVELOPE structure of a header block, raw (RFC 2047 words are left encoded)."""
+
+    def get(name: bytes) -> bytes | None:
+        return header_value(header, name)
+
+    sender = get(b"Sender") or get(b"From")
+    reply_to = get(b"Reply-To") or get(b"From")
+    parts = [
+        nstring(get(b"Date")),
+        nstring(get(b"Subject")),
+        _addresses(get(b"From")),
+        _addresses(sender),
+        _addresses(reply_to),
+        _addresses(get(b"To")),
+        _addresses(get(b"Cc")),
+        _addresses(get(b"Bcc")),
+        nstring(get(b"In-Reply-To")),
+        nstring(get(b"Message-ID")),
+    ]
+    return b"(" + b" ".join(parts) + b")"
+
+
+def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> bytes:
+    """``BODY[...]<o> {n}\\r\\n...`` or ``RFC822... {n}...`` for one message."""
+    if item.name == "RFC822":
+        assert raw is not None
+        return b"RFC822 " + literal(to_wire(raw))
+    if item.name == "RFC822.HEADER":
+        return b"RFC822.HEADER " + literal(to_wire(header))
+    if item.name == "RFC822.TEXT":
+        assert raw is not None
+        return b"RFC822.TEXT " + literal(to_wire(split_message(raw)[1]))
+    assert item.section is not None
+    data = to_wire(section_bytes(raw if raw is not None else header, item.section))
+    label = b"BODY[" + item.section.label() + b"]"
+    if item.partial is not None:
+        start, length = item.partial
+        data = data[start : start + length]
+        label += b"<%d>" % start
+    return label + b" " + literal(data)
+
+
+# -- one FETCH over a session's view --------------------------------------------------------------
+_CHUNK = 256  # messages whose headers are read in one store call
+
+
+def _fetch_item(view: Any, uid: int, item: FetchItem, raw: bytes | None, header: bytes) -> bytes:
+    info = view.info(uid)
+    if item.name == "UID":
+        return b"UID %d" % uid
+    if item.name == "FLAGS":
+        return b"FLAGS " + format_flags(view.flags(uid))
+    if item.name == "INTERNALDATE":
+        return b"INTERNALDATE " + internal_date(info.internal_date)
+    if item.name == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % info.size
+    if item.name == "ENVELOPE":
+        return b"ENVELOPE " + envelope(header)
+    return render_section(item, raw, header)
+
+
+async def fetch_responses(
+    view: Any,
+    targets: list[tuple[int, int]],
+    items: list[FetchItem],
+    seen_now: set[int],
+    write: Callable[[bytes], None],
+    lost: Callable[[], bool],
+) -> bool:
+    """Write one ``* n FETCH (...)`` per target as it is read; True if some message was gone.
+
+    Messages whose \\Seen this FETCH set (``seen_now``) get FLAGS even when not asked for.
+    """
+    need_body = any(i.needs_body() for i in items)
+    need_header = any(i.needs_header() for i in items)
+    missing = False
+    for start in range(0, len(targets), _CHUNK):
+        chunk = targets[start : start + _CHUNK]
+        headers: dict[int, bytes] = {}
+        if need_header and not need_body:
+            headers = await view.mailbox.read_headers([u for _, u in chunk if not view.is_expunged(u)])
+        for seq, uid in chunk:
+            raw = None
+            if need_body:
+                try:
+                    raw = await view.mailbox.read(uid)
+                except UnknownUID:
+                    missing = True
+                    continue
+            elif need_header and uid not in headers:
+                missing = True
+                continue
+            header = split_message(raw)[0] if raw is not None else headers.get(uid, b"")
+            if lost():
+                return missing
+            parts = [_fetch_item(view, uid, item, raw, header) for item in items]
+            if uid in seen_now and not any(i.name == "FLAGS" for i in items):
+                parts.append(b"FLAGS " + format_flags(view.flags(uid)))
+            write(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+    return missing

@@ -1,0 +1,305 @@
+"""The IMAP avatar (``ImapAccount``) and one session's view of a selected mailbox.
+
+Many sessions may have the same mailbox open: they share the store's ``IMailbox``. Each session
+gets its own ``ImapMailboxView``: its own sequence-number -> UID map, its own idea of the flags
+it has told its client about, and a queue of changes (from other sessions, SMTP delivery, POP3
+or the disk) that the server turns into ``EXISTS`` / ``EXPUNGE`` / ``FETCH (FLAGS ...)`` at the
+points RFC 3501 allows (``take_updates``).
+
+``\\Recent`` is per session and deliberately simple: a message is recent for a session if it
+arrived while that session had the mailbox selected. At SELECT no message is recent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from twisted.internet import defer
+from twisted.mail import imap4
+from zope.interface import implementer
+
+from mailsuite.accounts import Account
+from mailsuite.store.interfaces import (
+    SYSTEM_FLAGS,
+    Changes,
+    IMailbox,
+    IMailStore,
+    MailboxNotFound,
+    MessageInfo,
+)
+
+DELIMITER = "/"
+SYSTEM_FLAG_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def format_flags(flags: Iterable[str]) -> bytes:
+    """``(\\Seen foo)``: system flags first in their usual order, then keywords sorted."""
+    flags = set(flags)
+    ordered = [f for f in SYSTEM_FLAG_ORDER if f in flags]
+    ordered += [f for f in ("\\Recent",) if f in flags]
+    ordered += sorted(f for f in flags if f not in SYSTEM_FLAGS and f != "\\Recent")
+    return b"(" + " ".join(ordered).encode("utf-8") + b")"
+
+
+class ImapMailboxView:
+    """One session's view of one open store mailbox.
+
+    ``readonly`` is True after EXAMINE. ``on_change`` (optional) is called after each change is
+    queued, so that a session in IDLE can flush at once.
+    """
+
+    def __init__(self, mailbox: IMailbox, readonly: bool) -> None:
+        self.mailbox = mailbox
+        self.readonly = readonly
+        self.name: str = mailbox.name
+        self.on_change: Callable[[], None] | None = None
+        self._infos: dict[int, MessageInfo] = {m.uid: m for m in mailbox.messages}
+        self._uids: list[int] = [m.uid for m in mailbox.messages]
+        self._recent: set[int] = set()
+        self._expunged: set[int] = set()  # gone from the store, not yet told to the client
+        self._added: list[MessageInfo] = []
+        self._flag_changes: dict[int, frozenset[str]] = {}
+        self._closed = False
+        mailbox.add_listener(self._changed)
+
+    # -- the store listener ----------------------------------------------------------------
+    def _changed(self, changes: Changes) -> None:
+        self._expunged.update(changes.expunged)
+        known = set(self._uids) | {m.uid for m in self._added}
+        for info in changes.added:
+            if info.uid not in known:
+                self._added.append(info)
+        for uid, flags in changes.flags.items():
+            self._flag_changes[uid] = frozenset(flags)
+        if self.on_change is not None and changes:
+            self.on_change()
+
+    # -- what the session sees -------------------------------------------------------------
+    @property
+    def uid_validity(self) -> int:
+        return int(self.mailbox.uid_validity)
+
+    @property
+    def uid_next(self) -> int:
+        return int(self.mailbox.uid_next)
+
+    def count(self) -> int:
+        return len(self._uids)
+
+    def uids(self) -> list[int]:
+        """UIDs in sequence order (index 0 is sequence number 1)."""
+        return list(self._uids)
+
+    def info(self, uid: int) -> MessageInfo:
+        return self._infos[uid]
+
+    def is_expunged(self, uid: int) -> bool:
+        """Gone from the store but still shown to this client (its EXPUNGE is pending)."""
+        return uid in self._expunged
+
+    def flags(self, uid: int) -> frozenset[str]:
+        """The flags as this session knows them, with ``\\Recent`` when it is recent here."""
+        flags = self._infos[uid].flags
+        return flags | {"\\Recent"} if uid in self._recent else flags
+
+    def recent_count(self) -> int:
+        return len(self._recent)
+
+    def is_recent(self, uid: int) -> bool:
+        return uid in self._recent
+
+    def first_unseen(self) -> int | None:
+        for seq, uid in enumerate(self._uids, 1):
+            if "\\Seen" not in self._infos[uid].flags:
+                return seq
+        return None
+
+    def keywords(self) -> list[str]:
+        found: set[str] = set()
+        for info in self._infos.values():
+            found.update(f for f in info.flags if f not in SYSTEM_FLAGS)
+        return sorted(found)
+
+    # -- sequence sets -----------------------------------------------------------------------
+    def resolve(self, ranges: list[tuple[int | None, int | None]], uid: bool) -> list[tuple[int, int]]:
+        """``[(seq, uid)]`` in ascending order for a parsed sequence set (``None`` is ``*``).
+
+        For sequence numbers a number outside 1..count raises ``ValueError`` (the client gets
+        BAD); for UIDs, numbers that match nothing are simply left out (RFC 3501 6.4.8).
+        """
+        count = len(self._uids)
+        wanted: set[int] = set()
+        if uid:
+            top = self._uids[-1] if self._uids else 0
+            for lo, hi in ranges:
+                a, b = top if lo is None else lo, top if hi is None else hi
+                a, b = min(a, b), max(a, b)
+                wanted.update(u for u in self._uids if a <= u <= b)
+            return [(seq, u) for seq, u in enumerate(self._uids, 1) if u in wanted]
+        for lo, hi in ranges:
+            a, b = count if lo is None else lo, count if hi is None else hi
+            a, b = min(a, b), max(a, b)
+            if a < 1 or b > count:
+                raise ValueError("invalid message sequence number")
+            wanted.update(range(a, b + 1))
+        return [(seq, self._uids[seq - 1]) for seq in sorted(wanted)]
+
+    # -- changes made by this session --------------------------------------------------------
+    def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
+        """Persist new flags (``\\Recent`` is stripped) and remember them as told to the client."""
+        clean = {uid: frozenset(f for f in flags if f != "\\Recent") for uid, flags in changes.items()}
+        clean = {uid: flags for uid, flags in clean.items() if uid not in self._expunged}
+        for uid, flags in clean.items():
+            old = self._infos[uid]
+            self._infos[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+            self._flag_changes.pop(uid, None)
+        if not clean:
+            return defer.succeed(None)
+        return self.mailbox.set_flags(clean)
+
+    def expunge_deleted(self) -> defer.Deferred[list[int]]:
+        """Remove every message marked ``\\Deleted``; the EXPUNGEs come from ``take_updates``."""
+        doomed = [u for u in self._uids if "\\Deleted" in self._infos[u].flags and u not in self._expunged]
+        if not doomed:
+            return defer.succeed([])
+        d = self.mailbox.expunge(doomed)
+
+        def removed(uids: list[int]) -> list[int]:
+            self._expunged.update(uids)
+            return uids
+
+        return d.addCallback(removed)
+
+    # -- turning queued changes into untagged responses -------------------------------------
+    def take_updates(self, allow_expunge: bool = True) -> list[bytes]:
+        """The untagged responses owed to the client, applying them to this view.
+
+        With ``allow_expunge`` False (after FETCH, STORE, SEARCH) expunges stay queued, so the
+        sequence numbers the client knows stay valid.
+        """
+        lines: list[bytes] = []
+        if allow_expunge and self._expunged:
+            for uid in sorted(self._expunged & set(self._uids)):
+                seq = self._uids.index(uid) + 1
+                del self._uids[seq - 1]
+                self._infos.pop(uid, None)
+                self._recent.discard(uid)
+                self._flag_changes.pop(uid, None)
+                lines.append(b"%d EXPUNGE" % seq)
+            self._expunged.clear()
+            self._added = [m for m in self._added if m.uid not in set(self._infos)]
+        if self._added:
+            for info in self._added:
+                if info.uid not in self._infos and info.uid not in self._expunged:
+                    self._uids.append(info.uid)
+                    self._infos[info.uid] = info
+                    self._recent.add(info.uid)
+            self._added = []
+            lines.append(b"%d EXISTS" % len(self._uids))
+            lines.append(b"%d RECENT" % len(self._recent))
+        for uid, flags in sorted(self._flag_changes.items()):
+            if uid in self._infos and uid not in self._expunged and self._infos[uid].flags != flags:
+                old = self._infos[uid]
+                self._infos[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+                seq = self._uids.index(uid) + 1
+                lines.append(b"%d FETCH (FLAGS %s)" % (seq, format_flags(self.flags(uid))))
+        self._flag_changes = {}
+        return lines
+
+    def close(self) -> None:
+        """Unregister from the store mailbox and release it (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self.mailbox.remove_listener(self._changed)
+            self.mailbox.close()
+
+
+def _pattern_regex(ref: str, pattern: str) -> re.Pattern[str]:
+    full = ref + pattern if ref and not pattern.startswith(DELIMITER) else pattern
+    out = ""
+    for ch in full:
+        out += ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch)
+    return re.compile(out + r"\Z", re.IGNORECASE if full.upper().startswith("INBOX") else 0)
+
+
+class _InboxInfo:
+    """What stock LIST code wants of a listed mailbox (``getFlags``, the delimiter)."""
+
+    def getFlags(self) -> list[str]:
+        return ["\\HasNoChildren"]
+
+    def getHierarchicalDelimiter(self) -> str:
+        return DELIMITER
+
+
+@implementer(imap4.IAccount)
+class ImapAccount:
+    """The IMAP avatar of one logged-in account. Only INBOX exists until folders (issue 3)."""
+
+    def __init__(self, store: IMailStore, account: Account) -> None:
+        self.store = store
+        self.account = account
+        self._views: list[ImapMailboxView] = []
+
+    # -- what our server uses ----------------------------------------------------------------
+    def list_mailboxes(self, ref: str, pattern: str) -> list[tuple[str, list[str]]]:
+        """``[(name, attributes)]`` matching a LIST reference and pattern."""
+        if _pattern_regex(ref, pattern).match("INBOX"):
+            return [("INBOX", ["\\HasNoChildren"])]
+        return []
+
+    @defer.inlineCallbacks
+    def open_view(self, name: str, readonly: bool):  # type: ignore[no-untyped-def]
+        """Deferred[ImapMailboxView]; fails with MailboxNotFound for anything but INBOX."""
+        if name.upper() != "INBOX":
+            raise MailboxNotFound(name)
+        mailbox = yield self.store.open(self.account, "INBOX")
+        try:
+            yield mailbox.refresh()
+        except BaseException:
+            mailbox.close()
+            raise
+        view = ImapMailboxView(mailbox, readonly)
+        self._views.append(view)
+        return view
+
+    def close_view(self, view: ImapMailboxView) -> None:
+        view.close()
+        if view in self._views:
+            self._views.remove(view)
+
+    def logout(self) -> None:
+        """Close every mailbox this avatar opened."""
+        for view in list(self._views):
+            self.close_view(view)
+
+    # -- imap4.IAccount ----------------------------------------------------------------------
+    def addMailbox(self, name: str, mbox: object = None) -> None:
+        raise imap4.MailboxException("Folders are not supported yet")
+
+    def create(self, pathspec: str) -> None:
+        raise imap4.MailboxException("Folders are not supported yet")
+
+    def select(self, name: str, rw: bool = True):  # type: ignore[no-untyped-def]
+        d = self.open_view(name, not rw)
+        return d.addErrback(lambda f: f.trap(MailboxNotFound) and None)
+
+    def delete(self, name: str) -> None:
+        raise imap4.MailboxException("Folders are not supported yet")
+
+    def rename(self, oldname: str, newname: str) -> None:
+        raise imap4.MailboxException("Folders are not supported yet")
+
+    def isSubscribed(self, name: str) -> bool:
+        return name.upper() == "INBOX"
+
+    def subscribe(self, name: str) -> None:
+        if name.upper() != "INBOX":
+            raise imap4.MailboxException("Folders are not supported yet")
+
+    def unsubscribe(self, name: str) -> None:
+        raise imap4.MailboxException("INBOX stays subscribed")
+
+    def listMailboxes(self, ref: str, wildcard: str) -> list[tuple[str, _InboxInfo]]:
+        return [(name, _InboxInfo()) for name, _ in self.list_mailboxes(ref, wildcard)]

@@ -1,0 +1,334 @@
+"""SEARCH: tokenising, sequence sets, parsing the search keys into a tree, evaluating it.
+
+A parsed key is a tuple ``(NAME, *args)``; ``("AND", [keys])``, ``("NOT", key)``,
+``("OR", a, b)``, ``("SEQ", ranges)``, ``("UID", ranges)``. ``needs(key)`` tells the server
+whether headers or whole messages must be read before ``matches`` can answer.
+"""
+
+from __future__ import annotations
+
+import email
+import email.errors
+import re
+from dataclasses import dataclass
+from datetime import date, datetime
+from email import policy
+from email.header import decode_header, make_header
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from mailsuite.imap.fetch import header_fields, split_message
+from mailsuite.store.interfaces import UnknownUID
+
+Range = tuple[int | None, int | None]
+_MONTHS = {m: i for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
+
+
+class SearchSyntaxError(ValueError):
+    """The search program cannot be parsed (the client gets BAD)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    value: bytes
+    quoted: bool = False
+
+
+_TOKEN_RE = re.compile(rb'\s*(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|([^\s()"]+))')
+
+
+def tokenize(text: bytes) -> list[Token]:
+    """Atoms, quoted strings (unescaped) and parentheses."""
+    tokens: list[Token] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN_RE.match(text, pos)
+        if not m or m.end() == pos:
+            raise SearchSyntaxError(f"cannot parse {text[pos:pos + 20]!r}")
+        pos = m.end()
+        if m.group(1) or m.group(2):
+            tokens.append(Token(m.group(1) or m.group(2)))
+        elif m.group(3) is not None:
+            tokens.append(Token(re.sub(rb"\\(.)", rb"\1", m.group(3)), quoted=True))
+        else:
+            tokens.append(Token(m.group(4)))
+    return tokens
+
+
+def parse_sequence_set(text: bytes) -> list[Range]:
+    """``1:3,5,7:*`` -> ``[(1, 3), (5, 5), (7, None)]``; ``None`` stands for ``*``."""
+    out: list[Range] = []
+
+    def number(part: bytes) -> int | None:
+        if part == b"*":
+            return None
+        if not part.isdigit() or int(part) == 0:
+            raise ValueError(f"bad message number {part!r}")
+        return int(part)
+
+    for item in text.split(b","):
+        lo, sep, hi = item.partition(b":")
+        first = number(lo)
+        out.append((first, number(hi) if sep else first))
+    return out
+
+
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "UNANSWERED": ("\\Answered", False),
+    "DELETED": ("\\Deleted", True), "UNDELETED": ("\\Deleted", False),
+    "DRAFT": ("\\Draft", True), "UNDRAFT": ("\\Draft", False),
+    "FLAGGED": ("\\Flagged", True), "UNFLAGGED": ("\\Flagged", False),
+    "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
+}
+_NO_ARG = {"ALL", "NEW", "OLD", "RECENT"} | set(_FLAG_KEYS)
+_STRING_ARG = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "KEYWORD", "UNKEYWORD"}
+_DATE_ARG = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+
+
+def _parse_date(token: Token) -> date:
+    m = re.fullmatch(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})", token.value)
+    if not m or m.group(2).upper().decode() not in _MONTHS:
+        raise SearchSyntaxError(f"bad date {token.value!r}")
+    try:
+        return date(int(m.group(3)), _MONTHS[m.group(2).upper().decode()], int(m.group(1)))
+    except ValueError as e:
+        raise SearchSyntaxError(str(e)) from e
+
+
+class _Parser:
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        self.pos = 0
+
+    def next(self) -> Token:
+        if self.pos >= len(self.tokens):
+            raise SearchSyntaxError("missing search key or argument")
+        token = self.tokens[self.pos]
+        self.pos += 1
+        return token
+
+    def key(self) -> tuple[Any, ...]:
+        token = self.next()
+        if token.value == b"(" and not token.quoted:
+            keys = []
+            while self.pos < len(self.tokens) and self.tokens[self.pos].value != b")":
+                keys.append(self.key())
+            if self.pos >= len(self.tokens) or not keys:
+                raise SearchSyntaxError("unbalanced or empty parenthesis")
+            self.pos += 1
+            return ("AND", keys)
+        name = token.value.decode("ascii", "replace").upper()
+        if token.quoted:
+            raise SearchSyntaxError(f"unexpected string {token.value!r}")
+        if name in _NO_ARG:
+            return (name,)
+        if name in _STRING_ARG:
+            return (name, self.next().value)
+        if name in _DATE_ARG:
+            return (name, _parse_date(self.next()))
+        if name == "HEADER":
+            return (name, self.next().value.upper(), self.next().value)
+        if name in ("LARGER", "SMALLER"):
+            arg = self.next().value
+            if not arg.isdigit():
+                raise SearchSyntaxError(f"{name} needs a number")
+            return (name, int(arg))
+        if name == "NOT":
+            return ("NOT", self.key())
+        if name == "OR":
+            return ("OR", self.key(), self.key())
+        try:
+            if name == "UID":
+                return ("UID", parse_sequence_set(self.next().value))
+            return ("SEQ", parse_sequence_set(token.value))
+        except ValueError:
+            raise SearchSyntaxError(f"unknown search key {name}") from None
+
+
+def parse_search(text: bytes) -> tuple[str | None, tuple[Any, ...]]:
+    """``(charset or None, key tree)`` for the arguments of SEARCH."""
+    tokens = tokenize(text)
+    charset = None
+    if len(tokens) >= 2 and tokens[0].value.upper() == b"CHARSET" and not tokens[0].quoted:
+        charset = tokens[1].value.decode("ascii", "replace").upper()
+        tokens = tokens[2:]
+    parser = _Parser(tokens)
+    keys = []
+    while parser.pos < len(tokens):
+        keys.append(parser.key())
+    if not keys:
+        raise SearchSyntaxError("missing search key")
+    return charset, ("AND", keys)
+
+
+def needs(key: tuple[Any, ...]) -> str:
+    """'' (flags and sizes are enough), 'header' or 'body'."""
+    name = key[0]
+    if name in ("BODY", "TEXT"):
+        return "body"
+    if name in ("BCC", "CC", "FROM", "SUBJECT", "TO", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"):
+        return "header"
+    subkeys: list[tuple[Any, ...]] = []
+    if name == "AND":
+        subkeys = key[1]
+    elif name == "NOT":
+        subkeys = [key[1]]
+    elif name == "OR":
+        subkeys = [key[1], key[2]]
+    found = {needs(k) for k in subkeys}
+    return "body" if "body" in found else "header" if "header" in found else ""
+
+
+@dataclass
+class Candidate:
+    """What ``matches`` knows of one message."""
+
+    seq: int
+    uid: int
+    flags: frozenset[str]  # including \\Recent when recent in this session
+    internal_date: datetime
+    size: int
+    max_seq: int
+    max_uid: int
+    header: bytes = b""
+    raw: bytes = b""
+
+
+def _decoded_values(header: bytes, name: bytes) -> list[str]:
+    values = []
+    for field_name, raw in header_fields(header):
+        if field_name == name:
+            value = raw.split(b":", 1)[1] if b":" in raw else b""
+            text = re.sub(r"\r?\n(?=[ \t])", "", value.decode("utf-8", "replace")).strip()
+            try:
+                text = str(make_header(decode_header(text)))
+            except (ValueError, LookupError, email.errors.HeaderParseError):
+                pass  # undecodable encoded-words: match the raw text
+            values.append(text)
+    return values
+
+
+def _contains(haystack: str, needle: bytes) -> bool:
+    return needle.decode("utf-8", "replace").casefold() in haystack.casefold()
+
+
+def _body_text(raw: bytes) -> str:
+    _, body = split_message(raw)
+    texts = [body.decode("utf-8", "replace")]
+    try:
+        msg = email.message_from_bytes(raw, policy=policy.default)
+        for part in msg.walk():
+            if part.get_content_maintype() == "text":
+                texts.append(str(part.get_content()))
+    except (ValueError, LookupError, TypeError, AttributeError):
+        pass  # a broken MIME structure or charset: the raw body is still searched
+    return "\n".join(texts)
+
+
+def _in_ranges(value: int, ranges: list[Range], top: int) -> bool:
+    for lo, hi in ranges:
+        a, b = top if lo is None else lo, top if hi is None else hi
+        if min(a, b) <= value <= max(a, b):
+            return True
+    return False
+
+
+def _sent_date(c: Candidate) -> date | None:
+    values = _decoded_values(c.header, b"DATE")
+    try:
+        return parsedate_to_datetime(values[0]).date() if values else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _compare_date(name: str, day: date | None, wanted: date) -> bool:
+    if day is None:
+        return False
+    if name.endswith("BEFORE"):
+        return day < wanted
+    if name.endswith("ON"):
+        return day == wanted
+    return day >= wanted
+
+
+def matches(key: tuple[Any, ...], c: Candidate) -> bool:
+    name = key[0]
+    if name == "AND":
+        return all(matches(k, c) for k in key[1])
+    if name == "NOT":
+        return not matches(key[1], c)
+    if name == "OR":
+        return matches(key[1], c) or matches(key[2], c)
+    if name == "ALL":
+        return True
+    if name in _FLAG_KEYS:
+        flag, wanted = _FLAG_KEYS[name]
+        return (flag in c.flags) == wanted
+    if name == "RECENT":
+        return "\\Recent" in c.flags
+    if name == "NEW":
+        return "\\Recent" in c.flags and "\\Seen" not in c.flags
+    if name == "OLD":
+        return "\\Recent" not in c.flags
+    if name in ("KEYWORD", "UNKEYWORD"):
+        present = key[1].decode("utf-8", "replace").casefold() in {f.casefold() for f in c.flags}
+        return present == (name == "KEYWORD")
+    if name in ("BCC", "CC", "FROM", "SUBJECT", "TO"):
+        return any(_contains(v, key[1]) for v in _decoded_values(c.header, name.encode()))
+    if name == "HEADER":
+        return any(_contains(v, key[2]) for v in _decoded_values(c.header, key[1]))
+    if name == "BODY":
+        return _contains(_body_text(c.raw), key[1])
+    if name == "TEXT":
+        return _contains(split_message(c.raw)[0].decode("utf-8", "replace"), key[1]) or _contains(
+            _body_text(c.raw), key[1]
+        )
+    if name in ("BEFORE", "ON", "SINCE"):
+        return _compare_date(name, c.internal_date.date(), key[1])
+    if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        return _compare_date(name, _sent_date(c), key[1])
+    if name == "LARGER":
+        return c.size > key[1]
+    if name == "SMALLER":
+        return c.size < key[1]
+    if name == "UID":
+        return _in_ranges(c.uid, key[1], c.max_uid)
+    if name == "SEQ":
+        return _in_ranges(c.seq, key[1], c.max_seq)
+    raise SearchSyntaxError(f"unknown search key {name}")
+
+
+_CHUNK = 256  # messages whose headers are read in one store call
+
+
+async def run_search(view: Any, key: tuple[Any, ...], uid: bool) -> list[int]:
+    """Sequence numbers (or UIDs when ``uid``) of the view's messages that match ``key``.
+
+    Only what the key needs is read: nothing, the headers (in batches) or whole messages.
+    Messages already expunged by someone else (EXPUNGE still pending here) never match.
+    """
+    need = needs(key)
+    uids = view.uids()
+    max_uid = uids[-1] if uids else 0
+    found: list[int] = []
+    numbered = list(enumerate(uids, 1))
+    for start in range(0, len(numbered), _CHUNK):
+        chunk = [(s, u) for s, u in numbered[start : start + _CHUNK] if not view.is_expunged(u)]
+        headers = await view.mailbox.read_headers([u for _, u in chunk]) if need == "header" else {}
+        for seq, u in chunk:
+            info = view.info(u)
+            candidate = Candidate(seq, u, view.flags(u), info.internal_date, info.size, len(uids), max_uid)
+            if need == "body":
+                try:
+                    candidate.raw = await view.mailbox.read(u)
+                except UnknownUID:
+                    continue
+                candidate.header = split_message(candidate.raw)[0]
+            elif need == "header":
+                if u not in headers:
+                    continue
+                candidate.header = headers[u]
+            if matches(key, candidate):
+                found.append(u if uid else seq)
+    return found
