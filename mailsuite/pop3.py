@@ -35,7 +35,7 @@ from mailsuite.store.interfaces import MessageInfo, UnknownUID
 
 log = Logger()
 
-IDLE_TIMEOUT = 600.0  # Dovecot's: 10 minutes without a command or output progress
+IDLE_TIMEOUT = 600  # Dovecot's: 10 minutes without a command or output progress
 AUTH_FAILURE_DELAY = 2.0  # Dovecot's auth_failure_delay
 MAX_AUTH_ATTEMPTS = 3  # then the connection is closed
 CHUNK_SIZE = 65536
@@ -255,13 +255,15 @@ class POP3Server(pop3.POP3):
     factory (``plaintext_ok(rip, lip, transport) -> bool`` decides whether USER/PASS is allowed)."""
 
     timeOut = IDLE_TIMEOUT
+    transport: Any
+    mbox: Any = None  # the Pop3Mailbox once logged in
     portal: Any = None
     maillog: Any = None
     clock: Any = None
     plaintext_ok: Callable[[str, str, Any], bool] = staticmethod(lambda rip, lip, t: True)
 
     def connectionMade(self) -> None:
-        self.callLater = self.clock.callLater
+        self.callLater = self.clock.callLater  # type: ignore[method-assign]
         self._started = self.clock.seconds()
         self._queue: list[bytes] = []
         self._busy: defer.Deferred[Any] | None = None
@@ -274,7 +276,7 @@ class POP3Server(pop3.POP3):
         self._producer: _MessageProducer | None = None
         self._end = "Connection closed"
         self._quit = False
-        self._paused = False
+        self._paused = self._draining = False
         self._stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0, "del": 0}
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.rip, self.lip = getattr(peer, "host", "?"), getattr(host, "host", "?")
@@ -296,13 +298,26 @@ class POP3Server(pop3.POP3):
         self.resetTimeout()
         if self._quit:
             return
-        if self._busy is not None:
-            self._queue.append(line)
-            if len(self._queue) > 100 and not self._paused:
-                self._paused = True
-                self.transport.pauseProducing()
+        self._queue.append(line)
+        if len(self._queue) > 100 and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Run queued commands in order, each after the previous one's reply (a loop, not a
+        recursion: a pipelined burst of commands answered at once must not grow the stack)."""
+        if self._draining:
             return
-        self._run(line)
+        self._draining = True
+        try:
+            while self._queue and self._busy is None and not (self._quit or self._lost):
+                self._run(self._queue.pop(0))
+        finally:
+            self._draining = False
+        if not self._queue and self._paused and not self._lost:
+            self._paused = False
+            self.transport.resumeProducing()
 
     def _run(self, line: bytes) -> None:
         try:
@@ -314,23 +329,19 @@ class POP3Server(pop3.POP3):
         if isinstance(result, defer.Deferred):
             self._busy = result
             result.addErrback(self._internal_error)
-            result.addBoth(self._next)
+            result.addBoth(self._done)
 
     def _internal_error(self, failure: Failure) -> None:
         log.failure("POP3 command failed", failure)
         if not self._lost:
             self.reply(b"-ERR [SYS/TEMP] Internal error occurred.")
 
-    def _next(self, _: Any) -> None:
+    def _done(self, _: Any) -> None:
         self._busy = None
         if self._lost:
             self._finish()
-            return
-        while self._queue and self._busy is None and not self._quit:
-            self._run(self._queue.pop(0))
-        if not self._queue and self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
+        else:
+            self._drain()
 
     def dispatch(self, line: bytes) -> Any:
         command, _, rest = line.partition(b" ")
@@ -395,6 +406,8 @@ class POP3Server(pop3.POP3):
             log.failure("POP3 login of {user} failed", failure, user=self._login_user)
             return self.reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
         self._failures += 1
+        if self._lost:
+            return None
         self._delay = task.deferLater(self.clock, AUTH_FAILURE_DELAY, self._refuse)
         self._delay.addErrback(lambda f: f.trap(defer.CancelledError))
         return self._delay
@@ -467,36 +480,33 @@ class POP3Server(pop3.POP3):
         self.transport.write("".join(x + "\r\n" for x in lines).encode("ascii"))
 
     def do_RETR(self, *args: bytes) -> Any:
-        if not self._arity(args, 1, 1):
-            return None
-        index = self._index(args[0])
-        if index is None:
-            return None
-
-        def send(wire: bytes) -> Any:
-            self._stats["retr"] += 1
-            self._stats["retr_bytes"] += len(wire)
-            self.reply(b"+OK %d octets" % len(wire))
-            return self._stream(wire)
-
-        return self.mbox.read_wire(index).addCallbacks(send, self._read_failed)
+        if self._arity(args, 1, 1):
+            return self._send_message(args[0], None)
+        return None
 
     def do_TOP(self, *args: bytes) -> Any:
         if not self._arity(args, 2, 2):
             return None
-        index = self._index(args[0])
-        if index is None:
-            return None
         if not args[1].isdigit():
             return self.reply(b"-ERR Invalid number of lines: " + args[1][:40])
-        lines = int(args[1])
+        return self._send_message(args[0], int(args[1]))
+
+    def _send_message(self, number: bytes, top_lines: int | None) -> Any:
+        """RETR (``top_lines`` None) or TOP: the +OK line, the dot-stuffed text, the final dot."""
+        index = self._index(number)
+        if index is None:
+            return None
 
         def send(wire: bytes) -> Any:
-            top = top_of(wire, lines)
-            self._stats["top"] += 1
-            self._stats["top_bytes"] += len(top)
-            self.reply(b"+OK")
-            return self._stream(top)
+            kind = "retr" if top_lines is None else "top"
+            if top_lines is not None:
+                wire = top_of(wire, top_lines)
+            self._stats[kind] += 1
+            self._stats[kind + "_bytes"] += len(wire)
+            self.reply(b"+OK %d octets" % len(wire) if top_lines is None else b"+OK")
+            producer = self._producer = _MessageProducer(self, dot_stuff(wire))
+            self.transport.registerProducer(producer, False)
+            return producer.done
 
         return self.mbox.read_wire(index).addCallbacks(send, self._read_failed)
 
@@ -505,11 +515,6 @@ class POP3Server(pop3.POP3):
             return self.reply(b"-ERR Message is no longer available (deleted by another client).")
         log.failure("POP3 read failed for {user}", failure, user=self._login_user)
         self.reply(b"-ERR [SYS/TEMP] Couldn't read the message.")
-
-    def _stream(self, wire: bytes) -> defer.Deferred[bool]:
-        producer = self._producer = _MessageProducer(self, dot_stuff(wire))
-        self.transport.registerProducer(producer, False)
-        return producer.done
 
     def do_DELE(self, *args: bytes) -> None:
         if self._arity(args, 1, 1):
@@ -606,10 +611,11 @@ class POP3Factory(protocol.ServerFactory):
     left out of CAPA.
     """
 
-    protocol = POP3Server
+    protocol = POP3Server  # type: ignore[assignment]
     noisy = False
 
     def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None) -> None:
+        """``clock``: an IReactorTime for timeouts and the failed-login delay (default reactor)."""
         if clock is None:
             from twisted.internet import reactor as clock
         self.config, self.portal, self.maillog, self.clock = config, portal, maillog, clock
@@ -625,8 +631,9 @@ class POP3Factory(protocol.ServerFactory):
         return (rip == lip or address.is_loopback
                 or any(address in net for net in auth.login_trusted_networks))
 
-    def buildProtocol(self, addr: Any) -> POP3Server:
+    def buildProtocol(self, addr: Any) -> POP3Server:  # type: ignore[override]
         p = self.protocol()
-        p.factory, p.portal, p.maillog, p.clock = self, self.portal, self.maillog, self.clock
+        p.factory = self  # type: ignore[assignment]
+        p.portal, p.maillog, p.clock = self.portal, self.maillog, self.clock
         p.plaintext_ok = self.plaintext_ok
         return p

@@ -479,6 +479,21 @@ class TransactionTests(Pop3TestCase):
         self.assertEqual(transport.value(), b"+OK 17 octets\r\nSubject: 1\r\n\r\n1\r\n.\r\n"
                          b"+OK\r\n+OK 1 %08X00000001\r\n" % box.uid_validity)
 
+    def test_long_pipelined_burst(self):
+        """Thousands of commands pipelined behind a slow one are answered in order without
+        recursion; reading from the client is paused while the backlog is long."""
+        self.deliver(b"Subject: 1\n\n1\n")
+        box = self.inbox()
+        pending, original = defer.Deferred(), box.read
+        reads = [pending]
+        self.patch(box, "read", lambda uid: reads.pop() if reads else original(uid))
+        _proto, transport = session = self.login()
+        self.assertEqual(self.send(session, *[b"STAT"] * 3000), b"")
+        self.assertEqual(transport.producerState, "paused")
+        pending.callback(b"Subject: 1\n\n1\n")
+        self.assertEqual(transport.value(), b"+OK 1 17\r\n" * 3000)
+        self.assertEqual(transport.producerState, "producing")
+
     def test_noop_and_timeout_during_transaction(self):
         """NOOP answers +OK and keeps the session alive past the idle timeout."""
         _proto, transport = session = self.login()
