@@ -294,8 +294,11 @@ class POP3Server(pop3.POP3):
 
     # -- command pipeline: one command at a time, later ones wait in order --
 
+    delimiter = b"\n"  # lines end in CRLF, but a bare LF (telnet, nc) is accepted like Dovecot
+
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
+        line = line[:-1] if line.endswith(b"\r") else line
         if self._quit:
             return
         self._queue.append(line)
@@ -557,6 +560,10 @@ class POP3Server(pop3.POP3):
 
     def timeoutConnection(self) -> None:
         self._end = "Disconnected for inactivity"
+        if self._producer is not None and not self._producer.done.called:
+            # A client that stopped reading a message: a clean close would wait for it forever.
+            self.transport.abortConnection()
+            return
         self.reply(b"-ERR Disconnected for inactivity.")
         self.transport.loseConnection()
 

@@ -494,6 +494,40 @@ class TransactionTests(Pop3TestCase):
         self.assertEqual(transport.value(), b"+OK 1 17\r\n" * 3000)
         self.assertEqual(transport.producerState, "producing")
 
+    def test_connection_lost_during_retr(self):
+        """A connection lost while a message is being sent stops the sending, commits nothing
+        and closes the mailbox."""
+        self.deliver(b"Subject: big\n\n" + b"x" * 200000 + b"\n")
+        proto, transport = session = self.login()
+        self.send(session, b"DELE 1", b"RSET")
+        proto.dataReceived(b"RETR 1\r\nDELE 1\r\n")
+        self.assertIsNotNone(transport.producer)
+        transport.producer.resumeProducing()
+        proto.connectionLost(None)
+        self.assertTrue(len(transport.value()) < 100000)
+        self.assertEqual(len(self.inbox().messages), 1)
+        self.assertEqual(self.inbox().users, 0)
+
+    def test_stalled_reader_is_aborted(self):
+        """A client that stops reading in the middle of a message is cut off after the idle
+        timeout (abort: a clean close would wait for the unread data forever)."""
+        self.deliver(b"Subject: big\n\n" + b"x" * 200000 + b"\n")
+        _proto, transport = session = self.login()
+        session[0].dataReceived(b"RETR 1\r\n")
+        transport.producer.resumeProducing()
+        self.clock.advance(599)
+        transport.producer.resumeProducing()
+        self.clock.advance(599)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+
+    def test_bare_lf_commands(self):
+        """Commands ending in a bare LF (telnet, nc) work too."""
+        _proto, transport = self.connect()
+        _proto.dataReceived(b"USER boss\nPASS secret\nNOOP\n")
+        self.assertEqual(transport.value(), b"+OK\r\n+OK Logged in.\r\n+OK\r\n")
+
     def test_noop_and_timeout_during_transaction(self):
         """NOOP answers +OK and keeps the session alive past the idle timeout."""
         _proto, transport = session = self.login()
