@@ -97,7 +97,10 @@ class DeliveryCase(unittest.TestCase):
         self.maillog = MailLog(None, "mail.example.com", now=lambda: 0.0)
         self.clock = [1000.0]
         self.delivery = LocalDelivery(
-            make_config(write_aliases(self, ALIASES)), self.accounts, self.store, self.maillog,
+            make_config(write_aliases(self, ALIASES)),
+            self.accounts,
+            self.store,
+            self.maillog,
             now=lambda: self.clock[0],
         )
 
@@ -139,7 +142,9 @@ class ResolveTests(DeliveryCase):
     def test_other_domain(self) -> None:
         """Domains outside mydestination: 554 5.7.1 Relay access denied, no account look-up."""
         e = self.rejected("boss@elsewhere.example", RelayDenied)
-        self.assertEqual((e.code, e.resp), (554, "5.7.1 <boss@elsewhere.example>: Relay access denied"))
+        self.assertEqual(
+            (e.code, e.resp), (554, "5.7.1 <boss@elsewhere.example>: Relay access denied")
+        )
         self.assertEqual(self.accounts.asked, [])
 
     def test_alias_fan_out(self) -> None:
@@ -164,9 +169,13 @@ class DeliverTests(DeliveryCase):
     def test_copies_with_postfix_headers(self) -> None:
         """Each account gets one copy with Return-Path, X-Original-To and Delivered-To on top."""
         d = self.delivery.deliver(
-            b"Subject: hi\n\nbody\n", "a@b.example",
-            [("team@mail.example.com", BOSS), ("team@mail.example.com", ALICE),
-             ("boss@mail.example.com", BOSS)],
+            b"Subject: hi\n\nbody\n",
+            "a@b.example",
+            [
+                ("team@mail.example.com", BOSS),
+                ("team@mail.example.com", ALICE),
+                ("boss@mail.example.com", BOSS),
+            ],
             "ABCDEF0123",
         )
         self.assertIsNone(self.successResultOf(d))
@@ -190,10 +199,14 @@ class DeliverTests(DeliveryCase):
             text,
             [
                 "Q1: from=<>, size=1, nrcpt=2 (queue active)",
-                "Q1: to=<boss@example.com>, orig_to=<team@localhost>, relay=local, delay=0.5,"
-                " delays=0.5/0/0/0, dsn=2.0.0, status=sent (delivered to mailbox)",
-                "Q1: to=<boss@localhost>, relay=local, delay=0.5,"
-                " delays=0.5/0/0/0, dsn=2.0.0, status=sent (delivered to mailbox)",
+                (
+                    "Q1: to=<boss@example.com>, orig_to=<team@localhost>, relay=local, delay=0.5,"
+                    " delays=0.5/0/0/0, dsn=2.0.0, status=sent (delivered to mailbox)"
+                ),
+                (
+                    "Q1: to=<boss@localhost>, relay=local, delay=0.5,"
+                    " delays=0.5/0/0/0, dsn=2.0.0, status=sent (delivered to mailbox)"
+                ),
                 "Q1: removed",
             ],
         )
@@ -203,8 +216,9 @@ class DeliverTests(DeliveryCase):
         """deliver() fires only after every copy's store Deferred fired (fsync done)."""
         held = HeldStore()
         self.delivery.store = held
-        d = self.delivery.deliver(b"x\n", "", [("team@localhost", BOSS),
-                                               ("team@localhost", ALICE)], "Q2")
+        d = self.delivery.deliver(
+            b"x\n", "", [("team@localhost", BOSS), ("team@localhost", ALICE)], "Q2"
+        )
         self.assertNoResult(d)
         held.pending[0][3].callback(None)
         self.assertNoResult(d)
@@ -215,14 +229,16 @@ class DeliverTests(DeliveryCase):
         """A failed copy fails the whole delivery (no ack) and logs status=deferred."""
         held = HeldStore()
         self.delivery.store = held
-        d = self.delivery.deliver(b"x\n", "", [("team@localhost", BOSS),
-                                               ("team@localhost", ALICE)], "Q3")
+        d = self.delivery.deliver(
+            b"x\n", "", [("team@localhost", BOSS), ("team@localhost", ALICE)], "Q3"
+        )
         held.pending[0][3].errback(OSError(28, "No space left on device"))
         self.assertNoResult(d)
         held.pending[1][3].callback(None)
         self.failureResultOf(d, DeliveryFailed)
-        self.assertTrue(any("status=deferred" in line and "dsn=4.3.0" in line
-                            for line in self.maillog.lines))
+        self.assertTrue(
+            any("status=deferred" in line and "dsn=4.3.0" in line for line in self.maillog.lines)
+        )
         self.assertFalse(any("removed" in line for line in self.maillog.lines))
         self.flushLoggedErrors(OSError)
 
@@ -255,15 +271,27 @@ class AvatarTests(DeliveryCase):
 class HelperTests(unittest.TestCase):
     def test_format_delay(self) -> None:
         """Delays print like Postfix: 0 under 10 ms, two significant digits, whole seconds >= 10."""
-        self.assertEqual([format_delay(x) for x in (0, 0.004, 0.02, 1.34, 42.4)],
-                         ["0", "0", "0.02", "1.3", "42"])
+        self.assertEqual(
+            [format_delay(x) for x in (0, 0.004, 0.02, 1.34, 42.4)], ["0", "0", "0.02", "1.3", "42"]
+        )
 
     def test_received_header(self) -> None:
         """Received: has from helo (rdns [ip]), by host (mailsuite) with ESMTP id Q, for <r>; date."""
-        header = received_header("client.example", "localhost", "127.0.0.1", "mail.example.com",
-                                 "ESMTP", "Q1", ["boss@localhost"], 0.0)
+        header = received_header(
+            "client.example",
+            "localhost",
+            "127.0.0.1",
+            "mail.example.com",
+            "ESMTP",
+            "Q1",
+            ["boss@localhost"],
+            0.0,
+        )
         lines = header.split(b"\n")
         self.assertEqual(lines[0], b"Received: from client.example (localhost [127.0.0.1])")
         self.assertEqual(lines[1], b"\tby mail.example.com (mailsuite) with ESMTP id Q1")
-        self.assertRegex(lines[2], rb"^\tfor <boss@localhost>; \w{3}, \d\d \w{3} \d{4} "
-                                   rb"\d\d:\d\d:\d\d [+-]\d{4}$")
+        self.assertRegex(
+            lines[2],
+            rb"^\tfor <boss@localhost>; \w{3}, \d\d \w{3} \d{4} "
+            rb"\d\d:\d\d:\d\d [+-]\d{4}$",
+        )

@@ -183,7 +183,10 @@ def parse_aliases(text: str, filename: str) -> dict[str, list[Target]]:
                 log.warn(
                     "{where}: {kind} target {target!r} of {name!r} is not supported yet;"
                     " mail to {name!r} will be refused",
-                    where=where, kind=target.kind, target=target.text, name=name,
+                    where=where,
+                    kind=target.kind,
+                    target=target.text,
+                    name=name,
                 )
     if errors:
         raise AliasParseError(errors)

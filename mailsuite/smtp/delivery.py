@@ -61,8 +61,7 @@ class UnsupportedRecipient(RecipientRejected):
 
     code = 451
     template = (
-        "4.3.0 <{address}>: Recipient address rejected: alias target {target} "
-        "is not supported yet"
+        "4.3.0 <{address}>: Recipient address rejected: alias target {target} is not supported yet"
     )
 
 
@@ -111,9 +110,9 @@ def received_header(
 ) -> bytes:
     """The Received: line Postfix writes (folded, LF ends, no trailing newline)::
 
-        Received: from helo (rdns [ip])
-        \tby myhostname (mailsuite) with ESMTP id QUEUEID
-        \tfor <rcpt>; Tue, 28 Nov 2023 06:01:02 +0100
+    Received: from helo (rdns [ip])
+    \tby myhostname (mailsuite) with ESMTP id QUEUEID
+    \tfor <rcpt>; Tue, 28 Nov 2023 06:01:02 +0100
     """
     by = f"by {hostname} (mailsuite) with {protocol}"
     if queue_id:
@@ -171,12 +170,20 @@ class DeliveryAvatar:
         self.delivery = delivery
         self.user = user
 
-    def receivedHeader(self, helo: tuple[bytes, bytes], origin: Any, recipients: list[Any]) -> bytes:
+    def receivedHeader(
+        self, helo: tuple[bytes, bytes], origin: Any, recipients: list[Any]
+    ) -> bytes:
         name = helo[0].decode("ascii", "replace") if helo[0] else None
         ip = helo[1].decode("ascii", "replace") if isinstance(helo[1], bytes) else str(helo[1])
         return received_header(
-            name, "unknown", ip, self.delivery.myhostname, "ESMTP", None,
-            [str(r) for r in recipients], self.delivery.now(),
+            name,
+            "unknown",
+            ip,
+            self.delivery.myhostname,
+            "ESMTP",
+            None,
+            [str(r) for r in recipients],
+            self.delivery.now(),
         )
 
     def validateFrom(self, helo: Any, origin: Any) -> Any:
@@ -242,7 +249,10 @@ class LocalDelivery:
             log.warn(
                 "{address}: alias target {target!r} ({where}, line {line}) is not supported yet;"
                 " recipient refused",
-                address=address, target=target.text, where=target.filename, line=target.lineno,
+                address=address,
+                target=target.text,
+                where=target.filename,
+                line=target.lineno,
             )
             raise UnsupportedRecipient(address, target=f'"{target.text}"')
         found: list[Account] = []
@@ -300,14 +310,23 @@ class LocalDelivery:
         return done
 
     def _log_copy(
-        self, result: Any, queue_id: str, account: Account, addresses: list[str],
-        arrival: float, start: float,
+        self,
+        result: Any,
+        queue_id: str,
+        account: Account,
+        addresses: list[str],
+        arrival: float,
+        start: float,
     ) -> Any:
         end = self.now()
         delays = "/".join(format_delay(x) for x in (start - arrival, 0, 0, end - start))
         if isinstance(result, Failure):
-            log.failure("delivery of {queue_id} to {user} failed", result,
-                        queue_id=queue_id, user=account.name)
+            log.failure(
+                "delivery of {queue_id} to {user} failed",
+                result,
+                queue_id=queue_id,
+                user=account.name,
+            )
             dsn, status = "4.3.0", f"deferred (cannot append message to mailbox: {result.value})"
         else:
             dsn, status = "2.0.0", "sent (delivered to mailbox)"
@@ -324,6 +343,7 @@ class LocalDelivery:
     def _all_written(self, results: list[tuple[bool, Any]], queue_id: str) -> None:
         failures = [r for ok, r in results if not ok]
         if failures:
-            raise DeliveryFailed(f"{len(failures)} of {len(results)} copies not written: "
-                                 f"{failures[0].value}")
+            raise DeliveryFailed(
+                f"{len(failures)} of {len(results)} copies not written: {failures[0].value}"
+            )
         self.maillog.write("qmgr", f"{queue_id}: removed")

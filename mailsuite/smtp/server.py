@@ -1,0 +1,619 @@
+"""SMTP in (port 25): the ESMTP server with local delivery, shaped like Postfix smtpd.
+
+A subclass of Twisted's ``smtp.ESMTP`` that keeps its reply formatting, timeout mixin and the
+IMessageDelivery avatar contract, but does its own input handling to fix the defects listed in
+TWISTED.md:
+
+- pipelined commands are run strictly one after another: while a command waits on an async
+  answer (portal login, recipient look-up, delivery) later input stays buffered, so replies come
+  in order and MAIL+RCPT+DATA in one packet never race into 503s;
+- DATA is read as a byte stream with a line parser of its own: long lines are kept (Postfix
+  accepts them), the body never falls back into command mode, dot-unstuffing is done per line,
+  CRLF becomes LF, the size is counted and data beyond ``message_size_limit`` discarded (552
+  after the final dot); only ``<CR><LF>.<CR><LF>`` ends the data (no SMTP smuggling);
+- ``AUTH`` (any form) gets ``503 5.5.1``: no AUTH is offered yet;
+- our own Received: header; ``250 ... queued as`` only once every copy is fsync'ed.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred import credentials
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.python.failure import Failure
+
+from mailsuite import threads
+from mailsuite.maillog import new_queue_id
+from mailsuite.smtp.delivery import LocalRecipient, received_header
+
+log = Logger()
+
+IDLE_TIMEOUT = 300  # Postfix smtpd_timeout
+COMMAND_LINE_LIMIT = 2048  # Postfix line_length_limit
+DATA_CHUNK = 65536  # a body line longer than this is passed on in pieces
+PAUSE_BUFFER = 262144  # stop reading while this much input waits behind a slow command
+RECIPIENT_LIMIT = 1000  # Postfix smtpd_recipient_limit
+HARD_ERROR_LIMIT = 20  # Postfix smtpd_hard_error_limit
+
+COMMAND, DATA = "COMMAND", "DATA"
+
+_MAIL_RE = re.compile(rb"^FROM:[ \t]*(<[^<>]*>|[^ \t<>]+)(?:[ \t]+(.*))?$", re.IGNORECASE)
+_RCPT_RE = re.compile(rb"^TO:[ \t]*(<[^<>]*>|[^ \t<>]+)(?:[ \t]+(.*))?$", re.IGNORECASE)
+_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} ")
+_HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+COMMANDS = {
+    b"HELO": "_cmd_helo",
+    b"EHLO": "_cmd_ehlo",
+    b"MAIL": "_cmd_mail",
+    b"RCPT": "_cmd_rcpt",
+    b"DATA": "_cmd_data",
+    b"RSET": "_cmd_rset",
+    b"NOOP": "_cmd_noop",
+    b"QUIT": "_cmd_quit",
+    b"VRFY": "_cmd_vrfy",
+    b"HELP": "_cmd_help",
+    b"AUTH": "_cmd_auth",
+}
+
+
+def reverse_lookup(ip: str) -> defer.Deferred[str]:
+    """The client's forward-confirmed reverse DNS name, or ``unknown`` (Postfix's rule)."""
+
+    def look() -> str:
+        try:
+            name = socket.gethostbyaddr(ip)[0]
+            forward = {info[4][0] for info in socket.getaddrinfo(name, None)}
+        except OSError:
+            return "unknown"
+        return name if ip in forward else "unknown"
+
+    d = threads.blocking(look)
+    d.addErrback(lambda _: "unknown")
+    return d
+
+
+def message_id(body: bytes) -> str:
+    """The Message-ID header of a message (LF line ends), or '' if there is none."""
+    end = body.find(b"\n\n")
+    head = body if end < 0 else body[: end + 1]
+    m = _MESSAGE_ID.search(head)
+    if not m:
+        return ""
+    return b" ".join(m.group(1).split()).decode("ascii", "replace").strip("<>")
+
+
+def _printable(raw: bytes, limit: int = 255) -> str:
+    return "".join(c if c.isprintable() else "?" for c in raw.decode("ascii", "replace"))[:limit]
+
+
+class SMTPServer(smtp.ESMTP):
+    """One SMTP session. ``factory`` gives config, portal, delivery, maillog, clock."""
+
+    timeout = IDLE_TIMEOUT
+
+    def __init__(self, factory: SMTPFactory) -> None:
+        super().__init__()
+        self.factory = factory
+        self.host = factory.config.mail.myhostname
+        self.size_limit: int = factory.config.mail.message_size_limit
+        self._buffer = b""
+        self._mode = COMMAND
+        self._busy = False
+        self._in_run = False
+        self._paused = False
+        self._connected = False
+        self._discarding = False
+        self._greeted = False
+        self.client_ip = "unknown"
+        self.client_name = "unknown"
+        self._helo_name: str | None = None
+        self._proto = "SMTP"
+        self._avatar: Any = None
+        self._logout: Callable[[], None] | None = None
+        self._errors = 0
+        self._counts: dict[str, list[int]] = {}  # command -> [ok, total]
+        self._command_name = ""
+        self._quit = False
+        self._reset_transaction()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def callLater(self, period: float, func: Callable[[], None]) -> Any:  # TimeoutMixin hook
+        return self.factory.clock.callLater(period, func)
+
+    def _reset_transaction(self) -> None:
+        self._sender: str | None = None
+        self._sender_address: smtp.Address | None = None
+        self._recipients: list[tuple[str, Any]] = []
+        self._rcpt_attempts = 0
+        self._queue_id: str | None = None
+        self._arrival = 0.0
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._too_big = False
+
+    def _log(self, text: str) -> None:
+        self.factory.maillog.write("smtpd", text)
+
+    @property
+    def client(self) -> str:
+        return f"{self.client_name}[{self.client_ip}]"
+
+    def _reply(self, code: int, text: str) -> None:
+        if not _ENHANCED.match(text) and code != 354:
+            text = f"{code // 100}.0.0 {text}"
+        self.transport.write(f"{code} {text}\r\n".encode("utf-8", "replace"))
+        if self._command_name and code < 400 and code != 354:
+            self._counts[self._command_name][0] += 1
+        if code >= 400:
+            self._errors += 1
+            if self._errors >= HARD_ERROR_LIMIT and not self.transport.disconnecting:
+                self.transport.write(
+                    f"421 4.7.0 {self.factory.hostname} Error: too many errors\r\n".encode()
+                )
+                self._log(f"too many errors after {self._command_name.upper()} from {self.client}")
+                self.transport.loseConnection()
+
+    def _reply_lines(self, code: int, lines: list[str]) -> None:
+        out = [f"{code}-{line}\r\n" for line in lines[:-1]] + [f"{code} {lines[-1]}\r\n"]
+        self.transport.write("".join(out).encode("ascii", "replace"))
+        if self._command_name:
+            self._counts[self._command_name][0] += 1
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
+        peer = self.transport.getPeer()
+        self.client_ip = str(getattr(peer, "host", peer))
+        self.setTimeout(self.timeout)
+        self._busy = True  # input before the greeting waits, as Postfix's pre-greet buffer
+        d = defer.maybeDeferred(self.factory.reverse_lookup, self.client_ip)
+        d.addErrback(lambda _: "unknown")
+        d.addCallback(self._greet)
+        d.addBoth(self._finished)
+
+    def _greet(self, name: str) -> None:
+        if not self._connected:
+            return
+        self.client_name = name
+        self._greeted = True
+        self._log(f"connect from {self.client}")
+        self.transport.write(f"220 {self.factory.hostname} ESMTP mailsuite\r\n".encode())
+
+    def timeoutConnection(self) -> None:
+        self.transport.write(
+            f"421 4.4.2 {self.factory.hostname} Error: timeout exceeded\r\n".encode()
+        )
+        after = f" after {self._command_name.upper()}" if self._command_name else ""
+        self._log(f"timeout{after} from {self.client}")
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._connected = False
+        self.setTimeout(None)
+        if self._greeted:
+            if not self._quit and (self._mode is DATA or self._busy):
+                self._log(f"lost connection after {self._command_name.upper()} from {self.client}")
+            stats = []
+            for name, (ok, total) in self._counts.items():
+                stats.append(f"{name}={ok}" if ok == total else f"{name}={ok}/{total}")
+            ok = sum(c[0] for c in self._counts.values())
+            total = sum(c[1] for c in self._counts.values())
+            stats.append(f"commands={ok}" if ok == total else f"commands={ok}/{total}")
+            self._log(f"disconnect from {self.client} {' '.join(stats)}")
+        self._reset_transaction()
+        self._buffer = b""
+        if self._logout is not None:
+            logout, self._logout = self._logout, None
+            logout()
+
+    # --- input ----------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        self._buffer += data
+        self._run()
+
+    def _run(self) -> None:
+        """Handle buffered input until it runs out or a command waits on a Deferred."""
+        if self._in_run:
+            return
+        self._in_run = True
+        try:
+            while not self._busy and self._connected and not self.transport.disconnecting:
+                step = self._data_step() if self._mode is DATA else self._command_step()
+                if step is None:
+                    break
+                if isinstance(step, defer.Deferred):
+                    self._busy = True
+                    self.setTimeout(None)
+                    step.addBoth(self._finished)
+        finally:
+            self._in_run = False
+        if self._busy and not self._paused and len(self._buffer) > PAUSE_BUFFER:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _finished(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            log.failure("SMTP command failed", result)
+        self._busy = False
+        if not self._connected:
+            return
+        self.setTimeout(self.timeout)
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        self._run()
+
+    def _command_step(self) -> Any:
+        i = self._buffer.find(b"\n")
+        if i < 0:
+            if len(self._buffer) > COMMAND_LINE_LIMIT:
+                self._buffer = b""
+                if not self._discarding:
+                    self._discarding = True
+                    self._reply(500, "5.5.0 Error: line too long")
+                return True
+            return None
+        line, self._buffer = self._buffer[:i], self._buffer[i + 1 :]
+        if self._discarding:  # the tail of an over-long command line
+            self._discarding = False
+            return True
+        if len(line) > COMMAND_LINE_LIMIT:
+            self._reply(500, "5.5.0 Error: line too long")
+            return True
+        return self._command(line.rstrip(b"\r"))
+
+    def _command(self, line: bytes) -> Any:
+        verb, _, arg = line.strip().partition(b" ")
+        verb = verb.upper()
+        handler = COMMANDS.get(verb)
+        self._command_name = verb.decode("ascii", "replace").lower() if handler else "unknown"
+        self._counts.setdefault(self._command_name, [0, 0])[1] += 1
+        if not verb:
+            self._reply(500, "5.5.2 Error: bad syntax")
+            return True
+        if handler is None:
+            self._reply(502, "5.5.2 Error: command not recognized")
+            return True
+        return getattr(self, handler)(arg.strip()) or True
+
+    # --- session commands -----------------------------------------------------------------------
+
+    def _cmd_helo(self, arg: bytes) -> None:
+        if not arg:
+            self._reply(501, "5.5.4 Syntax: HELO hostname")
+            return
+        self._helo_name, self._proto = _printable(arg.split()[0]), "SMTP"
+        self._reset_transaction()
+        self._reply(250, f"2.0.0 {self.factory.hostname}")
+
+    def _cmd_ehlo(self, arg: bytes) -> None:
+        if not arg:
+            self._reply(501, "5.5.4 Syntax: EHLO hostname")
+            return
+        self._helo_name, self._proto = _printable(arg.split()[0]), "ESMTP"
+        self._reset_transaction()
+        size = f"SIZE {self.size_limit}" if self.size_limit else "SIZE"
+        self._reply_lines(
+            250,
+            [self.factory.hostname, "PIPELINING", size, "VRFY", "ENHANCEDSTATUSCODES", "8BITMIME"],
+        )
+
+    def _cmd_rset(self, arg: bytes) -> None:
+        if arg:
+            self._reply(501, "5.5.4 Syntax: RSET")
+            return
+        self._reset_transaction()
+        self._reply(250, "2.0.0 Ok")
+
+    def _cmd_noop(self, arg: bytes) -> None:
+        self._reply(250, "2.0.0 Ok")
+
+    def _cmd_quit(self, arg: bytes) -> None:
+        self._quit = True
+        self._reply(221, "2.0.0 Bye")
+        self.transport.loseConnection()
+
+    def _cmd_vrfy(self, arg: bytes) -> None:
+        if not arg:
+            self._reply(501, "5.5.4 Syntax: VRFY address")
+            return
+        self._reply(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
+
+    def _cmd_help(self, arg: bytes) -> None:
+        self._reply(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+
+    def _cmd_auth(self, arg: bytes) -> None:
+        self._reply(503, "5.5.1 Error: authentication not enabled")
+
+    # --- the mail transaction -------------------------------------------------------------------
+
+    def _get_avatar(self) -> defer.Deferred[Any]:
+        if self._avatar is not None:
+            return defer.succeed(self._avatar)
+        if self.factory.portal is None:
+            self._avatar = self.factory.delivery.avatar(None)
+            return defer.succeed(self._avatar)
+        d = self.factory.portal.login(credentials.Anonymous(), None, smtp.IMessageDelivery)
+
+        def got(result: tuple[Any, Any, Callable[[], None]]) -> Any:
+            _, self._avatar, self._logout = result
+            return self._avatar
+
+        return d.addCallback(got)
+
+    def _helo_tuple(self) -> tuple[bytes, bytes]:
+        return ((self._helo_name or "").encode("ascii", "replace"), self.client_ip.encode("ascii"))
+
+    def _server_error(self, failure: Failure, what: str) -> None:
+        if failure.check(smtp.SMTPServerError):
+            self._reply(failure.value.code, str(failure.value.resp))
+        else:
+            log.failure("SMTP {what} failed", failure, what=what)
+            self._reply(451, "4.3.0 Error: internal error")
+
+    def _cmd_mail(self, arg: bytes) -> Any:
+        if self._sender is not None:
+            self._reply(503, "5.5.1 Error: nested MAIL command")
+            return None
+        m = _MAIL_RE.match(arg)
+        if not m:
+            self._reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
+            return None
+        for param in (m.group(2) or b"").split():
+            key, _, value = param.partition(b"=")
+            key = key.upper()
+            if key == b"SIZE":
+                if not value.isdigit():
+                    self._reply(501, "5.5.4 Bad message size syntax")
+                    return None
+                if self.size_limit and int(value) > self.size_limit:
+                    self._reply(552, "5.3.4 Message size exceeds fixed limit")
+                    return None
+            elif key == b"BODY":
+                if value.upper() not in (b"7BIT", b"8BITMIME"):
+                    self._reply(501, "5.5.4 Bad BODY keyword syntax")
+                    return None
+            else:
+                self._reply(555, f"5.5.4 Unsupported option: {_printable(param)}")
+                return None
+        try:
+            path = m.group(1).decode("ascii")
+            address = smtp.Address(path.encode("ascii"), self.host)
+        except (UnicodeDecodeError, smtp.AddressError):
+            self._reply(501, "5.1.7 Bad sender address syntax")
+            return None
+        d = self._get_avatar()
+        d.addCallback(lambda avatar: avatar.validateFrom(self._helo_tuple(), address))
+        d.addCallbacks(self._mail_ok, self._server_error, errbackArgs=("MAIL",))
+        return d
+
+    def _mail_ok(self, address: Any) -> None:
+        self._sender_address = address
+        self._sender = str(address)
+        self._arrival = self.factory.clock.seconds()
+        self._reply(250, "2.1.0 Ok")
+
+    def _cmd_rcpt(self, arg: bytes) -> Any:
+        if self._sender is None:
+            self._reply(503, "5.5.1 Error: need MAIL command")
+            return None
+        m = _RCPT_RE.match(arg)
+        if not m:
+            self._reply(501, "5.5.4 Syntax: RCPT TO:<address>")
+            return None
+        if m.group(2):
+            self._reply(555, f"5.5.4 Unsupported option: {_printable(m.group(2))}")
+            return None
+        if len(self._recipients) >= RECIPIENT_LIMIT:
+            self._reply(452, "4.5.3 Error: too many recipients")
+            return None
+        try:
+            m.group(1).decode("ascii")
+            user = smtp.User(m.group(1), self._helo_tuple(), self, self._sender_address)
+        except (UnicodeDecodeError, smtp.AddressError):
+            user = None
+        if user is None or not user.dest.local:
+            self._reply(501, "5.1.3 Bad recipient address syntax")
+            return None
+        self._rcpt_attempts += 1
+        address = str(user.dest)
+        d = defer.maybeDeferred(self._avatar.validateTo, user)
+        d.addCallbacks(self._rcpt_ok, self._rcpt_refused, (address,), None, (address,))
+        return d
+
+    def _rcpt_ok(self, recipient: Any, address: str) -> None:
+        if self._queue_id is None:
+            self._queue_id = new_queue_id()
+            self._log(f"{self._queue_id}: client={self.client}")
+        self._recipients.append((address, recipient))
+        self._reply(250, "2.1.5 Ok")
+
+    def _rcpt_refused(self, failure: Failure, address: str) -> None:
+        self._server_error(failure, "RCPT")
+        if failure.check(smtp.SMTPServerError):
+            self._log(
+                f"{self._queue_id or 'NOQUEUE'}: reject: RCPT from {self.client}: "
+                f"{failure.value.code} {failure.value.resp}; from=<{self._sender}> "
+                f"to=<{address}> proto={self._proto} helo=<{self._helo_name or ''}>"
+            )
+
+    def _cmd_data(self, arg: bytes) -> None:
+        if arg:
+            self._reply(501, "5.5.4 Syntax: DATA")
+        elif self._sender is None:
+            self._reply(503, "5.5.1 Error: need MAIL command")
+        elif not self._recipients:
+            if self._rcpt_attempts:
+                self._reply(554, "5.5.1 Error: no valid recipients")
+            else:
+                self._reply(503, "5.5.1 Error: need RCPT command")
+        else:
+            self._mode = DATA
+            self._mid_line = False
+            self._prev_crlf = True
+            self._reply(354, "End data with <CR><LF>.<CR><LF>")
+
+    def _store(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if self._too_big:
+            return
+        if self.size_limit and self._size > self.size_limit:
+            self._too_big = True
+            self._parts = []  # counted from now on, not kept
+            return
+        self._parts.append(piece)
+
+    def _data_step(self) -> Any:
+        """Take the complete body lines in the buffer; the end-of-data line ends DATA."""
+        buf, pos = self._buffer, 0
+        while True:
+            i = buf.find(b"\n", pos)
+            if i < 0:
+                break
+            crlf = i > pos and buf[i - 1] == 13
+            line = buf[pos : i - 1] if crlf else buf[pos:i]
+            pos = i + 1
+            if not self._mid_line:
+                if line == b"." and crlf and self._prev_crlf:
+                    self._buffer = buf[pos:]
+                    return self._end_of_data()
+                if line[:1] == b"." and line != b".":
+                    line = line[1:]  # dot-unstuffing
+            self._mid_line = False
+            self._prev_crlf = crlf
+            self._store(line + b"\n")
+        rest = buf[pos:]
+        if len(rest) >= DATA_CHUNK:  # an over-long line: keep reading it, never as commands
+            keep = 1 if rest.endswith(b"\r") else 0
+            piece, rest = rest[: len(rest) - keep], rest[len(rest) - keep :]
+            if not self._mid_line and piece[:1] == b".":
+                piece = piece[1:]
+            self._mid_line = True
+            self._store(piece)
+        self._buffer = rest
+        return None
+
+    def _end_of_data(self) -> Any:
+        self._mode = COMMAND
+        queue_id = self._queue_id or new_queue_id()
+        if self._too_big:
+            self._log(
+                f"{queue_id}: reject: message size {self._size} exceeds limit"
+                f" {self.size_limit} from {self.client}"
+            )
+            self._reset_transaction()
+            self._reply(552, "5.3.4 Error: message file too big")
+            return True
+        body = b"".join(self._parts)
+        self._parts = []
+        first_line = body.split(b"\n", 1)[0]
+        if first_line and not _HEADER_LINE.match(first_line):
+            body = b"\n" + body  # no header block: keep the body out of our Received: header
+        header = received_header(
+            self._helo_name,
+            self.client_name,
+            f"IPv6:{self.client_ip}" if ":" in self.client_ip else self.client_ip,
+            self.factory.hostname,
+            self._proto,
+            queue_id,
+            [address for address, _ in self._recipients],
+            self.factory.clock.seconds(),
+        )
+        self._log(f"{queue_id}: message-id=<{message_id(body)}>")
+        d = self._deliver(header + b"\n" + body, queue_id)
+        d.addCallbacks(self._delivered, self._not_delivered, (queue_id,), None, (queue_id,))
+        return d
+
+    def _deliver(self, data: bytes, queue_id: str) -> defer.Deferred[Any]:
+        local = [
+            (address, account)
+            for address, recipient in self._recipients
+            if isinstance(recipient, LocalRecipient)
+            for account in recipient.accounts
+        ]
+        copies = []
+        if local:
+            copies.append(
+                defer.maybeDeferred(
+                    self.factory.delivery.deliver,
+                    data,
+                    self._sender or "",
+                    local,
+                    queue_id,
+                    arrival=self._arrival,
+                )
+            )
+        for _, recipient in self._recipients:
+            if not isinstance(recipient, LocalRecipient):  # another avatar's IMessage
+                copies.append(self._deliver_imessage(recipient, data))
+        done = defer.DeferredList(copies, consumeErrors=True)
+
+        def check(results: list[tuple[bool, Any]]) -> None:
+            for ok, result in results:
+                if not ok:
+                    result.raiseException()
+
+        return done.addCallback(check)
+
+    @staticmethod
+    def _deliver_imessage(recipient: Callable[[], Any], data: bytes) -> defer.Deferred[Any]:
+        message = recipient()
+        for line in data.split(b"\n")[:-1]:
+            message.lineReceived(line)
+        return defer.maybeDeferred(message.eomReceived)
+
+    def _delivered(self, _: Any, queue_id: str) -> None:
+        self._reset_transaction()
+        if self._connected:
+            self._reply(250, f"2.0.0 Ok: queued as {queue_id}")
+
+    def _not_delivered(self, failure: Failure, queue_id: str) -> None:
+        log.failure("delivery of {queue_id} failed", failure, queue_id=queue_id)
+        self._reset_transaction()
+        if self._connected:
+            self._reply(451, "4.3.0 Error: queue file write error")
+
+
+class SMTPFactory(protocol.ServerFactory):
+    """Builds SMTPServer sessions for port 25.
+
+    ``portal`` gives anonymous clients their ``smtp.IMessageDelivery`` avatar (``None``: use
+    ``delivery.avatar(None)`` directly). ``clock`` (a reactor) drives timeouts and dates;
+    ``reverse_lookup(ip) -> Deferred[str]`` names the client (``unknown`` if it has no name).
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        portal: Any,
+        delivery: Any,
+        maillog: Any,
+        clock: Any = None,
+        reverse_lookup: Callable[[str], defer.Deferred[str]] = reverse_lookup,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.config = config
+        self.hostname: str = config.mail.myhostname
+        self.portal = portal
+        self.delivery = delivery
+        self.maillog = maillog
+        self.clock = clock
+        self.reverse_lookup = reverse_lookup
+
+    def buildProtocol(self, addr: Any) -> SMTPServer:
+        return SMTPServer(self)

@@ -1,0 +1,463 @@
+"""Tests for mailsuite.smtp.server: the port-25 ESMTP session, driven through StringTransport."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from typing import Any
+
+from twisted.cred import checkers, portal
+from twisted.internet import defer
+from twisted.internet import threads as twisted_threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.mail import smtp
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from mailsuite import threads
+from mailsuite.maillog import MailLog
+from mailsuite.smtp.delivery import LocalDelivery
+from mailsuite.smtp.server import DATA_CHUNK, SMTPFactory, message_id
+from mailsuite.store.memory import MemoryStore
+from tests.test_delivery import ALIASES, ALICE, BOSS, FakeAccounts, HeldStore, inbox, make_config
+
+HOST = "mail.example.com"
+
+
+@implementer(portal.IRealm)
+class TinyRealm:
+    """Anonymous -> delivery.avatar(None), as MailRealm does; counts logouts."""
+
+    def __init__(self, delivery: LocalDelivery) -> None:
+        self.delivery = delivery
+        self.logouts = 0
+
+    def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
+        assert avatar_id is checkers.ANONYMOUS and smtp.IMessageDelivery in interfaces
+
+        def logout() -> None:
+            self.logouts += 1
+
+        return smtp.IMessageDelivery, self.delivery.avatar(None), logout
+
+
+class NoDelayTransport(StringTransport):
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+
+def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None) -> Any:
+    """(factory, store, maillog) wired like tap.py, with fakes."""
+    clock = clock or Clock()
+    store = MemoryStore()
+    maillog = MailLog(None, HOST, now=clock.seconds)
+    path = case.mktemp()
+    with open(path, "w") as f:
+        f.write(ALIASES)
+    config = make_config(path, size_limit)
+    delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), store, maillog, now=clock.seconds)
+    realm = TinyRealm(delivery)
+    the_portal = portal.Portal(realm, [checkers.AllowAnonymousAccess()])
+    factory = SMTPFactory(
+        config,
+        the_portal,
+        delivery,
+        maillog,
+        clock=clock,
+        reverse_lookup=lambda ip: defer.succeed("client.example"),
+    )
+    return factory, store, maillog, realm
+
+
+class SessionCase(unittest.TestCase):
+    size_limit = 10240000
+
+    def setUp(self) -> None:
+        self.patch(threads, "run_inline", True)
+        self.clock = Clock()
+        self.clock.advance(1700000000)
+        self.factory, self.store, self.maillog, self.realm = build(
+            self, self.size_limit, self.clock
+        )
+        self.delivery = self.factory.delivery
+        self.proto = self.factory.buildProtocol(None)
+        self.transport = NoDelayTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4321))
+        self.proto.makeConnection(self.transport)
+
+    def send(self, data: bytes) -> list[str]:
+        """Feed data in one dataReceived; return the reply lines it produced."""
+        self.transport.clear()
+        self.proto.dataReceived(data)
+        return self.transport.value().decode().split("\r\n")[:-1]
+
+    def codes(self, data: bytes) -> list[str]:
+        return [line[:3] for line in self.send(data)]
+
+    def log_text(self) -> list[str]:
+        return [line.split("]: ", 1)[1] for line in self.maillog.lines]
+
+    def transaction(self, rcpt: bytes = b"boss@mail.example.com") -> None:
+        self.send(b"EHLO client.example\r\nMAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(self.send(b"RCPT TO:<" + rcpt + b">\r\n"), ["250 2.1.5 Ok"])
+        self.assertEqual(self.codes(b"DATA\r\n"), ["354"])
+
+
+class CommandTests(SessionCase):
+    def test_greeting_and_nodelay(self) -> None:
+        """220 myhostname ESMTP mailsuite, TCP_NODELAY set, `connect from` logged."""
+        self.assertEqual(self.transport.value(), b"220 mail.example.com ESMTP mailsuite\r\n")
+        self.assertTrue(self.transport.no_delay)
+        self.assertEqual(self.log_text(), ["connect from client.example[192.0.2.7]"])
+
+    def test_ehlo_lists_what_we_honour(self) -> None:
+        """EHLO: hostname, PIPELINING, SIZE limit, VRFY, ENHANCEDSTATUSCODES, 8BITMIME; no AUTH."""
+        self.assertEqual(
+            self.send(b"EHLO client.example\r\n"),
+            [
+                "250-mail.example.com",
+                "250-PIPELINING",
+                "250-SIZE 10240000",
+                "250-VRFY",
+                "250-ENHANCEDSTATUSCODES",
+                "250 8BITMIME",
+            ],
+        )
+
+    def test_helo(self) -> None:
+        """HELO answers 250 with our name; without an argument 501."""
+        self.assertEqual(self.send(b"HELO x\r\n"), ["250 2.0.0 mail.example.com"])
+        self.assertEqual(self.send(b"HELO\r\n"), ["501 5.5.4 Syntax: HELO hostname"])
+
+    def test_simple_commands(self) -> None:
+        """NOOP, RSET, VRFY (252, no user probing), HELP, in any case."""
+        self.assertEqual(self.send(b"noop\r\n"), ["250 2.0.0 Ok"])
+        self.assertEqual(self.send(b"RSET\r\n"), ["250 2.0.0 Ok"])
+        self.assertEqual(self.codes(b"VRFY boss\r\n"), ["252"])
+        self.assertTrue(self.send(b"VRFY boss\r\n")[0].startswith("252 2.0.0 "))
+        self.assertEqual(self.codes(b"VRFY\r\n"), ["501"])
+        self.assertTrue(self.send(b"HELP\r\n")[0].startswith("214 2.0.0 "))
+
+    def test_bad_commands_keep_session(self) -> None:
+        """Unknown command 502, empty line 500, over-long line 500: the session goes on."""
+        self.assertEqual(self.send(b"FOO bar\r\n"), ["502 5.5.2 Error: command not recognized"])
+        self.assertEqual(self.send(b"\r\n"), ["500 5.5.2 Error: bad syntax"])
+        self.assertEqual(self.codes(b"X" * 5000 + b"\r\nNOOP\r\n"), ["500", "250"])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_bare_auth(self) -> None:
+        """Bare AUTH (and AUTH PLAIN ...) gets 503 5.5.1, no crash, the session goes on."""
+        self.assertEqual(self.send(b"AUTH\r\n"), ["503 5.5.1 Error: authentication not enabled"])
+        self.assertEqual(self.codes(b"AUTH PLAIN AGJvc3MAc2VjcmV0\r\nNOOP\r\n"), ["503", "250"])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_quit(self) -> None:
+        """QUIT: 221 2.0.0, connection closed, `disconnect from` with command counts."""
+        self.send(b"EHLO x\r\nFOO\r\n")
+        self.assertEqual(self.send(b"QUIT\r\n"), ["221 2.0.0 Bye"])
+        self.assertTrue(self.transport.disconnecting)
+        self.proto.connectionLost(None)
+        self.assertEqual(
+            self.log_text()[-1],
+            "disconnect from client.example[192.0.2.7] ehlo=1 unknown=0/1 quit=1 commands=2/3",
+        )
+        self.assertEqual(self.realm.logouts, 0)
+
+    def test_sequence_errors(self) -> None:
+        """RCPT before MAIL, nested MAIL, DATA before RCPT: 503 5.5.1."""
+        self.assertEqual(
+            self.send(b"RCPT TO:<boss@localhost>\r\n"), ["503 5.5.1 Error: need MAIL command"]
+        )
+        self.send(b"MAIL FROM:<>\r\n")
+        self.assertEqual(self.send(b"MAIL FROM:<>\r\n"), ["503 5.5.1 Error: nested MAIL command"])
+        self.assertEqual(self.send(b"DATA\r\n"), ["503 5.5.1 Error: need RCPT command"])
+        self.assertEqual(self.realm.logouts, 0)
+        self.proto.connectionLost(None)
+        self.assertEqual(self.realm.logouts, 1)
+
+    def test_mail_parameters(self) -> None:
+        """MAIL: SIZE and BODY accepted, unknown parameters 555 5.5.4, bad syntax 501."""
+        self.assertEqual(
+            self.send(b"MAIL FROM: <a@b.example> SIZE=1234 BODY=8BITMIME\r\n"), ["250 2.1.0 Ok"]
+        )
+        self.send(b"RSET\r\n")
+        self.assertEqual(
+            self.send(b"MAIL FROM:<a@b.example> RET=HDRS\r\n"),
+            ["555 5.5.4 Unsupported option: RET=HDRS"],
+        )
+        self.assertEqual(self.codes(b"MAIL FROM:<a@b.example> SIZE=abc\r\n"), ["501"])
+        self.assertEqual(self.codes(b"MAIL TO:<a@b.example>\r\n"), ["501"])
+
+    def test_size_at_mail(self) -> None:
+        """SIZE= above message_size_limit: 552 5.3.4."""
+        self.assertEqual(
+            self.send(b"MAIL FROM:<a@b.example> SIZE=10240001\r\n"),
+            ["552 5.3.4 Message size exceeds fixed limit"],
+        )
+
+    def test_unknown_user(self) -> None:
+        """Unknown local user: 550 5.1.1 (Postfix text) and a NOQUEUE reject log line."""
+        self.send(b"MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(
+            self.send(b"RCPT TO:<nobody@mail.example.com>\r\n"),
+            [
+                (
+                    "550 5.1.1 <nobody@mail.example.com>: Recipient address rejected: "
+                    "User unknown in local recipient table"
+                )
+            ],
+        )
+        self.assertIn(
+            "NOQUEUE: reject: RCPT from client.example[192.0.2.7]: 550 5.1.1", self.log_text()[-1]
+        )
+        self.assertEqual(self.send(b"DATA\r\n"), ["554 5.5.1 Error: no valid recipients"])
+
+    def test_other_domain(self) -> None:
+        """Other domains: 554 5.7.1 Relay access denied."""
+        self.send(b"MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(
+            self.send(b"RCPT TO:<x@elsewhere.example>\r\n"),
+            ["554 5.7.1 <x@elsewhere.example>: Relay access denied"],
+        )
+
+    def test_alias_loop(self) -> None:
+        """An alias loop is refused with 554 5.4.6."""
+        self.send(b"MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(self.codes(b"RCPT TO:<loop1@localhost>\r\n"), ["554"])
+
+    def test_idle_timeout(self) -> None:
+        """300 s of silence: 421 4.4.2 and the connection closes (Clock-driven)."""
+        self.send(b"EHLO x\r\n")
+        self.clock.advance(299)
+        self.assertFalse(self.transport.disconnecting)
+        self.transport.clear()
+        self.clock.advance(1)
+        self.assertEqual(
+            self.transport.value(), b"421 4.4.2 mail.example.com Error: timeout exceeded\r\n"
+        )
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_too_many_errors(self) -> None:
+        """20 errors: 421 4.7.0 and disconnect (smtpd_hard_error_limit)."""
+        replies = self.send(b"FOO\r\n" * 25)
+        self.assertEqual(len(replies), 21)
+        self.assertTrue(replies[-1].startswith("421 4.7.0"))
+        self.assertTrue(self.transport.disconnecting)
+
+
+class DataTests(SessionCase):
+    def test_delivery_and_headers(self) -> None:
+        """A message lands with Return-Path, Delivered-To and a well-formed Received: on top;
+        CRLF becomes LF, dots are unstuffed; 250 names the queue id logged at client=."""
+        self.transaction()
+        replies = self.send(
+            b"Subject: hi\r\nMessage-ID: <m1@b.example>\r\n\r\n..dot\r\nend\r\n.\r\n"
+        )
+        (reply,) = replies
+        queue_id = re.fullmatch(r"250 2\.0\.0 Ok: queued as ([0-9A-F]{10})", reply).group(1)
+        (stored,) = inbox(self.store, BOSS)
+        lines = stored.split(b"\n")
+        self.assertEqual(
+            lines[:3],
+            [
+                b"Return-Path: <a@b.example>",
+                b"X-Original-To: boss@mail.example.com",
+                b"Delivered-To: boss@mail.example.com",
+            ],
+        )
+        self.assertEqual(lines[3], b"Received: from client.example (client.example [192.0.2.7])")
+        self.assertEqual(
+            lines[4], b"\tby mail.example.com (mailsuite) with ESMTP id " + queue_id.encode()
+        )
+        self.assertRegex(lines[5], rb"^\tfor <boss@mail.example.com>; \w{3}, \d\d \w{3} 2023 ")
+        self.assertTrue(stored.endswith(b"\n\n.dot\nend\n"))
+        self.assertNotIn(b"\r", stored)
+        log = self.log_text()
+        self.assertIn(f"{queue_id}: client=client.example[192.0.2.7]", log)
+        self.assertIn(f"{queue_id}: message-id=<m1@b.example>", log)
+        self.assertTrue(
+            any(
+                line.startswith(f"{queue_id}: to=<boss@mail.example.com>, relay=local")
+                and "status=sent (delivered to mailbox)" in line
+                for line in log
+            )
+        )
+
+    def test_pipelining_in_one_packet(self) -> None:
+        """MAIL+RCPT+RCPT+DATA in one packet with slow (async) look-ups: answered in order."""
+        held: list[defer.Deferred[Any]] = []
+        real_resolve = self.delivery.resolve
+
+        def slow_resolve(address: str) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            held.append(d)
+            d.addCallback(lambda _: real_resolve(address))
+            return d
+
+        self.delivery.resolve = slow_resolve
+        self.send(b"EHLO x\r\n")
+        replies = self.send(
+            b"MAIL FROM:<a@b.example>\r\nRCPT TO:<nobody@localhost>\r\n"
+            b"RCPT TO:<boss@localhost>\r\nDATA\r\n"
+        )
+        self.assertEqual(replies, ["250 2.1.0 Ok"])
+        self.transport.clear()
+        held[0].callback(None)
+        self.assertEqual(self.transport.value()[:3], b"550")
+        held[1].callback(None)
+        self.assertEqual(
+            self.transport.value().decode().split("\r\n")[1:3],
+            ["250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"],
+        )
+        self.assertEqual(self.codes(b"x\r\n.\r\nQUIT\r\n"), ["250", "221"])
+
+    def test_long_line_in_data(self) -> None:
+        """An over-long line in DATA is kept and the body is never run as commands."""
+        self.transaction()
+        long_line = b"A" * (3 * DATA_CHUNK + 17)
+        replies = self.send(b"Subject: x\r\n\r\n" + long_line + b"\r\nQUIT\r\nRSET\r\n.\r\n")
+        self.assertEqual([r[:3] for r in replies], ["250"])
+        self.assertFalse(self.transport.disconnecting)
+        (stored,) = inbox(self.store, BOSS)
+        self.assertTrue(stored.endswith(b"\n\n" + long_line + b"\nQUIT\nRSET\n"))
+
+    def test_long_line_split_across_packets(self) -> None:
+        """A long line arriving in pieces, with a leading dot and CR/LF split, is kept whole."""
+        self.transaction()
+        for piece in (b"." + b"B" * DATA_CHUNK, b"C" * DATA_CHUNK + b"\r", b"\n.\r", b"\n"):
+            self.proto.dataReceived(piece)
+        (stored,) = inbox(self.store, BOSS)
+        self.assertTrue(stored.endswith(b"\n" + b"B" * DATA_CHUNK + b"C" * DATA_CHUNK + b"\n"))
+
+    def test_bare_lf_dot_does_not_end_data(self) -> None:
+        """Only CRLF.CRLF ends DATA (no SMTP smuggling); a bare-LF line end becomes LF."""
+        self.transaction()
+        self.assertEqual(self.send(b"Subject: x\r\n\r\nhello\n.\nMAIL FROM:<evil>\r\n"), [])
+        self.assertEqual(self.codes(b".\r\n"), ["250"])
+        (stored,) = inbox(self.store, BOSS)
+        self.assertTrue(stored.endswith(b"\n\nhello\n.\nMAIL FROM:<evil>\n"))
+
+    def test_size_limit_in_data(self) -> None:
+        """A message over message_size_limit: counted, not kept, 552 5.3.4 after the dot."""
+        self.delivery.store = self.store
+        self.proto.size_limit = 1000
+        self.transaction()
+        for _ in range(20):
+            self.proto.dataReceived(b"x" * 500 + b"\r\n")
+        self.assertEqual(self.proto._parts, [])
+        self.assertEqual(self.send(b".\r\n"), ["552 5.3.4 Error: message file too big"])
+        self.assertEqual(inbox(self.store, BOSS), [])
+        self.assertEqual(self.codes(b"MAIL FROM:<>\r\n"), ["250"])
+
+    def test_alias_fan_out(self) -> None:
+        """An alias of two users: one copy each, two maillog lines with orig_to."""
+        self.transaction(b"team@mail.example.com")
+        self.assertEqual(self.codes(b"Subject: x\r\n\r\nhi\r\n.\r\n"), ["250"])
+        self.assertEqual(len(inbox(self.store, BOSS)), 1)
+        self.assertEqual(len(inbox(self.store, ALICE)), 1)
+        sent = [line for line in self.log_text() if "status=sent" in line]
+        self.assertEqual(len(sent), 2)
+        self.assertIn("to=<alice@example.com>, orig_to=<team@mail.example.com>", sent[1])
+
+    def test_case_insensitive(self) -> None:
+        """Commands, FROM:/TO: and addresses are case-insensitive."""
+        self.send(b"ehlo x\r\nmail from:<a@b.example>\r\n")
+        self.assertEqual(self.send(b"rcpt to:<BOSS@MAIL.Example.COM>\r\n"), ["250 2.1.5 Ok"])
+        self.assertEqual(self.codes(b"data\r\nhi\r\n.\r\n"), ["354", "250"])
+        self.assertEqual(len(inbox(self.store, BOSS)), 1)
+
+    def test_250_only_after_fsync(self) -> None:
+        """No 250 until the store's Deferred fired; then 250 queued as."""
+        held = HeldStore()
+        self.delivery.store = held
+        self.transaction()
+        self.assertEqual(self.send(b"hi\r\n.\r\nNOOP\r\n"), [])
+        self.transport.clear()
+        held.pending[0][3].callback(None)
+        self.assertEqual(
+            [r[:3] for r in self.transport.value().decode().split("\r\n")[:-1]], ["250", "250"]
+        )
+
+    def test_store_failure_451(self) -> None:
+        """A failed store write: 451 4.3.0, nothing acknowledged; the session goes on."""
+        held = HeldStore()
+        self.delivery.store = held
+        self.transaction()
+        self.send(b"hi\r\n.\r\n")
+        self.transport.clear()
+        held.pending[0][3].errback(OSError(28, "No space left on device"))
+        self.assertEqual(self.transport.value(), b"451 4.3.0 Error: queue file write error\r\n")
+        self.assertEqual(self.codes(b"MAIL FROM:<>\r\n"), ["250"])
+        self.flushLoggedErrors()
+
+    def test_message_without_headers(self) -> None:
+        """A body with no header block gets a blank line after our Received: header."""
+        self.transaction()
+        self.send(b"just text\r\n.\r\n")
+        (stored,) = inbox(self.store, BOSS)
+        self.assertIn(b"\n\njust text\n", stored)
+        self.assertTrue(any(line.endswith(": message-id=<>") for line in self.log_text()))
+
+    def test_message_id_helper(self) -> None:
+        """message_id finds a folded Message-ID in the header block only."""
+        self.assertEqual(message_id(b"A: b\nMessage-Id:\n <x@y>\n\nMessage-ID: <no>\n"), "x@y")
+        self.assertEqual(message_id(b"A: b\n\nMessage-ID: <no>\n"), "")
+
+
+class RealSocketTests(unittest.TestCase):
+    """smtplib against a real listening port on 127.0.0.1."""
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.factory, self.store, self.maillog, _ = build(self, clock=reactor)
+        self.factory.reverse_lookup = lambda ip: defer.succeed("localhost")
+        self.lost: list[defer.Deferred[None]] = []
+        build_protocol = self.factory.buildProtocol
+
+        def tracked(addr: Any) -> Any:
+            proto = build_protocol(addr)
+            done: defer.Deferred[None] = defer.Deferred()
+            lost = proto.connectionLost
+
+            def connection_lost(reason: Any) -> None:
+                lost(reason)
+                done.callback(None)
+
+            proto.connectionLost = connection_lost
+            self.lost.append(done)
+            return proto
+
+        self.factory.buildProtocol = tracked
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    def _send(self, recipients: list[str]) -> Any:
+        with smtplib.SMTP("127.0.0.1", self.port.getHost().port, timeout=10) as client:
+            return client.sendmail(
+                "a@b.example", recipients, b"Subject: hi\r\n\r\n.leading dot\r\nbye\r\n"
+            )
+
+    @defer.inlineCallbacks
+    def test_smtplib_sends(self) -> Any:
+        """smtplib (EHLO, PIPELINING-less client) delivers to a local account over TCP."""
+        refused = yield twisted_threads.deferToThread(self._send, ["boss@mail.example.com"])
+        yield defer.gatherResults(self.lost)
+        self.assertEqual(refused, {})
+        (stored,) = inbox(self.store, BOSS)
+        self.assertTrue(stored.endswith(b"Subject: hi\n\n.leading dot\nbye\n"))
+        self.assertIn("disconnect from localhost[127.0.0.1]", self.maillog.lines[-1])
+
+    @defer.inlineCallbacks
+    def test_smtplib_refused(self) -> Any:
+        """smtplib sees 550 for an unknown user and still delivers to the good one."""
+        refused = yield twisted_threads.deferToThread(
+            self._send, ["nobody@localhost", "boss@localhost"]
+        )
+        yield defer.gatherResults(self.lost)
+        self.assertEqual(list(refused), ["nobody@localhost"])
+        self.assertEqual(refused["nobody@localhost"][0], 550)
+        self.assertEqual(len(inbox(self.store, BOSS)), 1)
