@@ -100,7 +100,9 @@ class Expansion:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts, current, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
     for ch in text:
         if escaped:
             current.append(ch)
@@ -129,7 +131,7 @@ def _unquote(text: str) -> str:
 
 def _logical_lines(text: str, filename: str, errors: list[str]) -> Iterator[tuple[int, str]]:
     """(first line number, joined text) of each entry; comments and blank lines dropped."""
-    start, parts = 0, []
+    start, parts = 0, list[str]()
     for lineno, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):

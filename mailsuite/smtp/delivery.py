@@ -192,9 +192,9 @@ class DeliveryAvatar:
     def validateTo(self, user: Any) -> defer.Deferred[LocalRecipient]:
         address = str(user.dest)
         sender = str(user.orig) if user.orig is not None else ""
-        d = self.delivery.resolve(address)
-        d.addCallback(lambda accounts: LocalRecipient(address, accounts, self.delivery, sender))
-        return d
+        return self.delivery.resolve(address).addCallback(
+            lambda accounts: LocalRecipient(address, accounts, self.delivery, sender)
+        )
 
 
 class LocalDelivery:
@@ -306,8 +306,7 @@ class LocalDelivery:
             d.addBoth(self._log_copy, queue_id, account, addresses, arrival, start)
             copies.append(d)
         done = defer.DeferredList(copies, consumeErrors=True)
-        done.addCallback(self._all_written, queue_id)
-        return done
+        return done.addCallback(self._all_written, queue_id)
 
     def _log_copy(
         self,

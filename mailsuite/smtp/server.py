@@ -98,6 +98,7 @@ class SMTPServer(smtp.ESMTP):
     """One SMTP session. ``factory`` gives config, portal, delivery, maillog, clock."""
 
     timeout = IDLE_TIMEOUT
+    transport: Any
 
     def __init__(self, factory: SMTPFactory) -> None:
         super().__init__()
@@ -432,7 +433,9 @@ class SMTPServer(smtp.ESMTP):
         self._rcpt_attempts += 1
         address = str(user.dest)
         d = defer.maybeDeferred(self._avatar.validateTo, user)
-        d.addCallbacks(self._rcpt_ok, self._rcpt_refused, (address,), None, (address,))
+        d.addCallbacks(
+            self._rcpt_ok, self._rcpt_refused, callbackArgs=(address,), errbackArgs=(address,)
+        )
         return d
 
     def _rcpt_ok(self, recipient: Any, address: str) -> None:
@@ -535,7 +538,12 @@ class SMTPServer(smtp.ESMTP):
         )
         self._log(f"{queue_id}: message-id=<{message_id(body)}>")
         d = self._deliver(header + b"\n" + body, queue_id)
-        d.addCallbacks(self._delivered, self._not_delivered, (queue_id,), None, (queue_id,))
+        d.addCallbacks(
+            self._delivered,
+            self._not_delivered,
+            callbackArgs=(queue_id,),
+            errbackArgs=(queue_id,),
+        )
         return d
 
     def _deliver(self, data: bytes, queue_id: str) -> defer.Deferred[Any]:
