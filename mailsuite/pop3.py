@@ -177,7 +177,8 @@ class Pop3Mailbox:
             shown = [0 if n in self.deleted else s for n, s in enumerate(sizes)]
             if i is None:
                 return shown
-            self.check_index(i)
+            if not 0 <= i < len(shown):
+                raise ValueError(f"There's no message {i + 1}.")
             return shown[i]
 
         return self.wire_sizes().addCallback(pick)
@@ -418,6 +419,7 @@ class POP3Server(pop3.POP3):
     def _refuse(self) -> None:
         self.reply(b"-ERR [AUTH] Authentication failed.")
         if self._failures >= MAX_AUTH_ATTEMPTS:
+            self._quit = True
             self.transport.loseConnection()
 
     # -- TRANSACTION state --

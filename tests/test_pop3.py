@@ -153,7 +153,8 @@ class MailboxTests(Pop3TestCase):
         self.assertEqual(box.getUidl(1), b"%08X%08X" % (self.inbox().uid_validity, 2))
         box.deleteMessage(0)
         self.assertEqual(self.successResultOf(box.listMessages()), [0, 17])
-        self.failureResultOf(box.listMessages(0), ValueError)
+        self.assertEqual(self.successResultOf(box.listMessages(0)), 0)
+        self.failureResultOf(box.listMessages(2), ValueError)
         self.failureResultOf(box.getMessage(0), ValueError)
         self.assertRaises(ValueError, box.getUidl, 0)
         self.assertRaises(ValueError, box.deleteMessage, 5)
@@ -246,10 +247,11 @@ class AuthorizationTests(Pop3TestCase):
         """After three failed logins the connection is closed."""
         _proto, transport = session = self.connect()
         for _ in range(3):
-            self.send(session, b"USER boss", b"PASS wrong")
             self.assertFalse(transport.disconnecting)
+            self.send(session, b"USER boss", b"PASS wrong", b"CAPA")
             self.clock.advance(2)
         self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.value().endswith(b"-ERR [AUTH] Authentication failed.\r\n"))
 
     def test_drop_during_failure_delay(self):
         """A connection dropped during the failure delay leaves no pending call behind."""
