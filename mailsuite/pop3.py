@@ -5,10 +5,11 @@ marks until QUIT, which expunges exactly the marked UIDs; a dropped connection d
 and mail that arrives during a session is not part of it and survives its QUIT.
 
 Wire form of a message (what RETR sends, before dot-stuffing): the stored bytes with NUL bytes
-removed (they hang Outlook), every line ending made CRLF (CRLF already in the store stays CRLF) and
-a final line end added when missing. STAT/LIST sizes are exactly the length of that wire form. Because
-NULs and stored CRLFs change the length, the sizes are measured from the message bytes once and
-kept per store for the life of the process (keyed by UIDVALIDITY, UID and stored size).
+removed (they hang Outlook), every line ending made CRLF (CRLF already in the store stays CRLF)
+and a final line end added when missing. STAT/LIST sizes are exactly the length of that wire form.
+Because NULs and stored CRLFs change the length, the sizes are measured from the message bytes
+(the first STAT/LIST of a process reads each message once) and kept per store for the life of the
+process, keyed by UIDVALIDITY, UID and stored size.
 
 The stock protocol's defects (TWISTED.md) are fixed by replacing its command handlers: the stock
 class only contributes its line handling and timeout mixin.
