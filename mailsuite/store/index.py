@@ -1,0 +1,271 @@
+"""The per-mailbox index: UIDs, flags and the parse of the mbox, kept beside the mailboxes.
+
+Location (Dovecot-like): ``folder_root/.imap/INBOX/mailsuite.index``. Text, one line per message,
+written atomically (temp file, fsync, rename, fsync of the directory)::
+
+    mailsuite-mbox-index 1
+    <uid_validity> <uid_next> <mbox size> <mbox mtime_ns> <mbox inode>
+    <uid> <offset> <body_off> <hdr_end> <end> <size> <date> <fingerprint> <header_sig> [flag ...]
+
+``offset`` is the From line, ``body_off`` the first byte of the message, ``hdr_end`` the byte after
+its header block, ``end`` the byte after the message (before the blank separator line); ``size``
+the CRLF size served to clients; ``date`` the internal date (epoch seconds); ``fingerprint``
+identifies the message across rewrites by other programs (see ``mboxformat.fingerprint``);
+``header_sig`` the state of its Status/X-Status/X-Keywords headers when last seen, so a change
+made by mutt is noticed and wins. Flags are IMAP atoms (never contain spaces).
+
+``reconcile`` matches a fresh parse of the file against the old index; ``extend`` adds messages
+parsed from the tail of a file that only grew.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict, deque
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+from mailsuite.store.interfaces import Changes, MessageInfo, StoreError
+from mailsuite.store.mboxformat import Parsed
+
+MAGIC = b"mailsuite-mbox-index 1"
+SYSTEM = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
+
+
+class CorruptIndex(StoreError):
+    """The index file cannot be read back: it is rebuilt (with a new UIDVALIDITY)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    uid: int
+    offset: int
+    body_off: int
+    hdr_end: int
+    end: int
+    size: int
+    date: int
+    fingerprint: str
+    header_sig: str
+    flags: frozenset[str]
+
+    def info(self) -> MessageInfo:
+        return MessageInfo(
+            self.uid, self.flags, datetime.fromtimestamp(self.date, timezone.utc), self.size
+        )
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What the mbox looked like when the index was made: unchanged stamp = nothing to parse."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+
+    @classmethod
+    def of(cls, st: os.stat_result | None) -> "Stamp":
+        return cls(0, 0, 0) if st is None else cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@dataclass
+class Index:
+    uid_validity: int
+    uid_next: int = 1
+    stamp: Stamp = Stamp(0, 0, 0)
+    entries: list[Entry] = field(default_factory=list)
+
+    def copy(self, **changes: object) -> "Index":
+        new = replace(self, **changes)  # type: ignore[arg-type]
+        if "entries" not in changes:
+            new.entries = list(self.entries)
+        return new
+
+
+def clean_flags(flags: frozenset[str] | set[str]) -> frozenset[str]:
+    """Flags that can be stored: system flags and keyword atoms (no space, no control char)."""
+    return frozenset(
+        f
+        for f in flags
+        if f in SYSTEM or (f and not f.startswith("\\") and f.isprintable() and " " not in f)
+    )
+
+
+def entry_from(p: Parsed, uid: int, flags: frozenset[str], date: int) -> Entry:
+    return Entry(
+        uid,
+        p.offset,
+        p.body_off,
+        p.hdr_end,
+        p.end,
+        p.size,
+        date,
+        p.fingerprint,
+        p.header_sig,
+        flags,
+    )
+
+
+def _new_entry(p: Parsed, uid: int, fallback_date: int) -> Entry:
+    date = p.date if p.date is not None else fallback_date
+    return entry_from(p, uid, clean_flags(p.header_flags), date)
+
+
+def extend(
+    old: Index, parsed: list[Parsed], stamp: Stamp, fallback_date: int
+) -> tuple[Index, Changes]:
+    """The index after new messages were appended to the file (old ones untouched)."""
+    new = old.copy(stamp=stamp)
+    changes = Changes()
+    for p in parsed:
+        e = _new_entry(p, new.uid_next, fallback_date)
+        new.uid_next += 1
+        new.entries.append(e)
+        changes.added.append(e.info())
+    return new, changes
+
+
+def reconcile(
+    old: Index, parsed: list[Parsed], stamp: Stamp, fallback_date: int
+) -> tuple[Index, Changes]:
+    """Match a full parse against the old index, in file order, by fingerprint.
+
+    A message keeps its UID if an old entry with its fingerprint comes after the previous match;
+    otherwise it gets a new UID, and so does every later message (UIDs must ascend in file
+    order). Flags come from the old entry, unless another program changed the message's status
+    headers since: then those headers win for the flags they express.
+    """
+    candidates: dict[str, deque[Entry]] = defaultdict(deque)
+    for e in old.entries:
+        candidates[e.fingerprint].append(e)
+    new = old.copy(stamp=stamp, entries=[])
+    changes = Changes()
+    last_uid = 0
+    kept: set[int] = set()
+    for p in parsed:
+        queue = candidates.get(p.fingerprint)
+        while queue and queue[0].uid <= last_uid:
+            queue.popleft()
+        if queue:
+            was = queue.popleft()
+            flags = was.flags
+            if p.header_sig != was.header_sig:
+                theirs = clean_flags(p.header_flags)
+                keywords = theirs - SYSTEM or flags - SYSTEM
+                flags = (theirs & SYSTEM) | keywords
+            e = entry_from(p, was.uid, flags, was.date)
+            kept.add(was.uid)
+            if flags != was.flags:
+                changes.flags[was.uid] = flags
+        else:
+            e = _new_entry(p, new.uid_next, fallback_date)
+            new.uid_next += 1
+            changes.added.append(e.info())
+        last_uid = e.uid
+        new.entries.append(e)
+    changes.expunged = [e.uid for e in old.entries if e.uid not in kept]
+    return new, changes
+
+
+def dump(index: Index) -> bytes:
+    s = index.stamp
+    lines = [
+        MAGIC,
+        b"%d %d %d %d %d" % (index.uid_validity, index.uid_next, s.size, s.mtime_ns, s.ino),
+    ]
+    for e in index.entries:
+        flags = " ".join(sorted(e.flags)).encode()
+        lines.append(
+            b"%d %d %d %d %d %d %d %s %s %s"
+            % (
+                e.uid,
+                e.offset,
+                e.body_off,
+                e.hdr_end,
+                e.end,
+                e.size,
+                e.date,
+                e.fingerprint.encode(),
+                e.header_sig.encode(),
+                flags,
+            )
+        )
+    return b"\n".join(lines) + b"\n"
+
+
+def load(data: bytes) -> Index:
+    """Parse an index file; CorruptIndex if it is not one we wrote."""
+    lines = data.split(b"\n")
+    if lines[0] != MAGIC or not data.endswith(b"\n"):
+        raise CorruptIndex("not a mailsuite index (or cut short)")
+    try:
+        validity, uid_next, size, mtime_ns, ino = map(int, lines[1].split())
+        entries = []
+        last = 0
+        for line in lines[2:-1]:
+            w = line.split(b" ")
+            uid = int(w[0])
+            if uid <= last or uid >= uid_next:
+                raise ValueError("UIDs out of order")
+            last = uid
+            entries.append(
+                Entry(
+                    uid,
+                    int(w[1]),
+                    int(w[2]),
+                    int(w[3]),
+                    int(w[4]),
+                    int(w[5]),
+                    int(w[6]),
+                    w[7].decode(),
+                    w[8].decode(),
+                    frozenset(f.decode() for f in w[9:] if f),
+                )
+            )
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        raise CorruptIndex(str(e)) from e
+    return Index(validity, uid_next, Stamp(size, mtime_ns, ino), entries)
+
+
+def read_index(path: str) -> Index | None:
+    """The index at ``path``; None if there is none yet. CorruptIndex if damaged."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CorruptIndex(f"{path}: {e.strerror}") from e
+    with os.fdopen(fd, "rb") as f:
+        return load(f.read())
+
+
+def write_index(path: str, index: Index, owner: tuple[int, int] | None) -> None:
+    """Replace the index atomically and durably; ``owner`` (uid, gid) when running as root."""
+    directory = os.path.dirname(path)
+    tmp = path + ".tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(dump(index))
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

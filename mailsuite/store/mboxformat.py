@@ -1,0 +1,250 @@
+"""The mbox file format, pure functions on bytes (no I/O): parse, From lines, status headers.
+
+What Postfix local(8) writes, and what mutt, s-nail and Dovecot write too:
+
+    From sender  Tue Nov 28 06:01:02 2026\\n      <- separator: at file start or after a blank line
+    Header: value\\n ... \\n body\\n          <- the message; body lines "From " quoted ">From "
+    \\n                                          <- one blank line after each message
+
+- A separator is a line ``From `` that carries an asctime date, at the start of the file or
+  after a blank line. ``Content-Length:`` is ignored (mutt and Dovecot do not trust it either).
+- The last message may lack its blank line or even its final newline (a writer that crashed).
+- Anything before the first separator (a damaged file) is kept byte for byte and not shown.
+- Clients are served the stored bytes minus the headers mbox programs use for their own state
+  (``Status``, ``X-Status``, ``X-Keywords``, ``X-UID``, ``X-IMAP``, ``X-IMAPbase``,
+  ``Content-Length``), as Dovecot does, so a rewrite that updates ``Status:`` never changes the
+  bytes or the size of a message a client has cached.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import re
+import time
+import zlib
+from dataclasses import dataclass
+
+Buffer = bytes
+
+_MONTHS = {
+    m: i + 1 for i, m in enumerate(b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
+}
+_TIME = re.compile(rb"(\d{1,2}):(\d\d)(?::(\d\d))?$")
+_ZONE = re.compile(rb"[+-]\d{4}$")
+
+_STATE_HEADERS = rb"status|x-status|x-keywords|x-uid|x-imap|x-imapbase|content-length"
+#: Headers hidden from clients (Dovecot's mbox_hide_headers).
+_HIDDEN = re.compile(rb"^(?:" + _STATE_HEADERS + rb")[ \t]*:.*\n(?:[ \t].*\n)*", re.I | re.M)
+#: Headers that mbox programs change on rewrite: left out of the fingerprint.
+_VOLATILE = re.compile(
+    rb"^(?:" + _STATE_HEADERS + rb"|lines)[ \t]*:.*\n(?:[ \t].*\n)*", re.I | re.M
+)
+_FLAG_HEADERS = re.compile(rb"^(status|x-status|x-keywords)[ \t]*:(.*(?:\n[ \t].*)*)", re.I | re.M)
+_REWRITTEN = re.compile(rb"^(?:status|x-status|x-keywords)[ \t]*:.*\n(?:[ \t].*\n)*", re.I | re.M)
+
+_X_STATUS = (("A", "\\Answered"), ("F", "\\Flagged"), ("T", "\\Draft"), ("D", "\\Deleted"))
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """One message found in the file. Offsets are absolute file offsets; ``end`` excludes the
+    blank separator line."""
+
+    offset: int  # the From line
+    body_off: int  # first byte after the From line: the message starts here
+    hdr_end: int  # first byte after the header block (after its blank line)
+    end: int
+    date: int | None  # epoch seconds from the From line
+    fingerprint: str
+    size: int  # CRLF size of what clients are served
+    header_flags: frozenset[str]  # from Status / X-Status / X-Keywords
+    header_sig: str  # changes when another program changes those headers
+
+
+def from_line_date(line: bytes) -> int | None:
+    """The epoch of the asctime date in a ``From sender date`` line, or None if it has none.
+
+    Accepts ``Tue Nov 28 06:01:02 2026``, with or without seconds, with an optional numeric zone
+    before or after the year. Without a zone the date is local time (what Postfix and mutt write).
+    """
+    words = line.split()
+    for i in range(len(words) - 3, 0, -1):
+        month = _MONTHS.get(words[i][:3].capitalize())
+        if month is None or not words[i + 1].isdigit():
+            continue
+        m = _TIME.match(words[i + 2])
+        rest = words[i + 3 :]
+        if m is None or not rest:
+            continue
+        zone = None
+        if _ZONE.match(rest[0]) and len(rest) > 1:
+            zone, rest = rest[0], rest[1:]
+        if not (rest[0].isdigit() and len(rest[0]) in (2, 4)):
+            continue
+        if zone is None and len(rest) > 1 and _ZONE.match(rest[1]):
+            zone = rest[1]
+        year = int(rest[0])
+        year += 1900 if year >= 70 and year < 100 else 2000 if year < 70 else 0
+        fields = (year, month, int(words[i + 1]), int(m[1]), int(m[2]), int(m[3] or 0))
+        try:
+            if zone is None:
+                return int(time.mktime(fields + (0, 0, -1)))
+            off = (int(zone[1:3]) * 60 + int(zone[3:5])) * 60
+            return calendar.timegm(fields + (0, 0, 0)) - (off if zone[:1] == b"+" else -off)
+        except (OverflowError, ValueError):
+            return None
+    return None
+
+
+def make_from_line(sender: str, when: int) -> bytes:
+    """``From sender  asctime`` as Postfix writes it (two spaces; MAILER-DAEMON for <>)."""
+    clean = "".join(c if c.isprintable() and not c.isspace() else "_" for c in sender)
+    return b"From %s  %s\n" % (
+        (clean or "MAILER-DAEMON").encode(),
+        time.asctime(time.localtime(when)).encode(),
+    )
+
+
+def to_stored(data: bytes) -> bytes:
+    """Message bytes as they go into the file: LF line ends, final newline, ``>From `` quoted."""
+    data = data.replace(b"\r\n", b"\n")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    if data.startswith(b"From "):
+        data = b">" + data
+    return data.replace(b"\nFrom ", b"\n>From ")
+
+
+def header_end(buf: Buffer, start: int, end: int) -> int:
+    """End of the header block (just after its blank line) of the message at [start, end)."""
+    if start < end and buf[start : start + 1] == b"\n":
+        return start + 1
+    i = buf.find(b"\n\n", start, end)
+    return end if i < 0 else i + 2
+
+
+def fingerprint(header: bytes, body_len: int) -> str:
+    """Identifies a message across rewrites by other programs (mutt changes Status: headers)."""
+    h = hashlib.sha1(_VOLATILE.sub(b"", header))
+    h.update(b"\0%d" % body_len)
+    return h.hexdigest()[:24]
+
+
+def served_header(header: bytes) -> bytes:
+    return _HIDDEN.sub(b"", header)
+
+
+def header_flags(header: bytes) -> tuple[frozenset[str], str]:
+    """Flags mutt/mailx/Dovecot recorded in the headers, and a signature of those headers."""
+    flags: set[str] = set()
+    raw = []
+    for name, value in _FLAG_HEADERS.findall(header):
+        name = name.lower()
+        text = value.decode("ascii", "replace")
+        raw.append(b"%s:%s" % (name, value.strip()))
+        if name == b"status":
+            if "R" in text:
+                flags.add("\\Seen")
+        elif name == b"x-status":
+            flags.update(flag for letter, flag in _X_STATUS if letter in text)
+        else:
+            flags.update(k for k in re.split(r"[\s,]+", text) if k and not k.startswith("\\"))
+    return frozenset(flags), "%08x" % zlib.crc32(b"\n".join(sorted(raw)))
+
+
+def status_headers(flags: frozenset[str]) -> bytes:
+    """Status / X-Status / X-Keywords lines for these flags, as Dovecot writes them."""
+    out = b"Status: RO\n" if "\\Seen" in flags else b"Status: O\n"
+    x = "".join(letter for letter, flag in _X_STATUS if flag in flags)
+    if x:
+        out += b"X-Status: %s\n" % x.encode()
+    keywords = sorted(f for f in flags if not f.startswith("\\"))
+    if keywords:
+        out += b"X-Keywords: %s\n" % " ".join(keywords).encode()
+    return out
+
+
+def with_status(header: bytes, flags: frozenset[str]) -> bytes:
+    """The header block with its Status / X-Status / X-Keywords replaced; the rest byte for byte."""
+    kept = _REWRITTEN.sub(b"", header)
+    if kept.endswith(b"\n\n"):
+        return kept[:-1] + status_headers(flags) + b"\n"
+    if kept == b"\n":
+        return status_headers(flags) + b"\n"
+    if kept and not kept.endswith(b"\n"):
+        kept += b"\n"
+    return kept + status_headers(flags)
+
+
+def _next_separator(buf: Buffer, pos: int, stop: int) -> tuple[int, int, int | None] | None:
+    """The first separator starting at or after ``pos`` (``pos`` is a line start)."""
+    if pos == 0 and buf[0:5] == b"From ":
+        found = separator_at(buf, 0, stop)
+        if found:
+            return (0,) + found
+    search = max(pos - 2, 0)
+    while True:
+        i = buf.find(b"\n\nFrom ", search, stop)
+        if i < 0:
+            return None
+        found = separator_at(buf, i + 2, stop)
+        if found:
+            return (i + 2,) + found
+        search = i + 1
+
+
+def separator_at(buf: Buffer, pos: int, stop: int) -> tuple[int, int | None] | None:
+    """(end of the From line, date) if a valid separator line starts at ``pos``."""
+    eol = buf.find(b"\n", pos, stop)
+    if eol < 0:
+        return None
+    date = from_line_date(buf[pos:eol])
+    return None if date is None else (eol + 1, date)
+
+
+def parse(
+    buf: bytes, start: int, stop: int, first_is_separator: bool = False, base: int = 0
+) -> list[Parsed]:
+    """The messages in ``buf[start:stop]``; offsets in the result are ``base`` + position.
+
+    ``start`` is 0 (the start of the file: anything before the first separator is not a
+    message) or the position of a From line (``first_is_separator``).
+    """
+    if first_is_separator:
+        line = separator_at(buf, start, stop)
+        sep = (start,) + line if line else None
+    else:
+        sep = _next_separator(buf, start, stop)
+    out = []
+    while sep is not None:
+        offset, body_off, date = sep
+        sep = _next_separator(buf, body_off, stop)
+        if sep is not None:
+            end = sep[0] - 1  # the blank line before the next From belongs to the separator
+        else:
+            end = stop - 1 if buf[max(stop - 2, body_off) : stop] == b"\n\n" else stop
+        out.append(describe(buf, offset, body_off, end, date, base))
+    return out
+
+
+def describe(
+    buf: bytes, offset: int, body_off: int, end: int, date: int | None, base: int = 0
+) -> Parsed:
+    """The Parsed record of the message whose From line is at ``offset`` (positions in ``buf``)."""
+    hdr_end = header_end(buf, body_off, end)
+    header = buf[body_off:hdr_end]
+    shown = served_header(header)
+    body_len = end - hdr_end
+    flags, sig = header_flags(header)
+    return Parsed(
+        base + offset,
+        base + body_off,
+        base + hdr_end,
+        base + end,
+        date,
+        fingerprint(header, body_len),
+        len(shown) + shown.count(b"\n") + body_len + buf.count(b"\n", hdr_end, end),
+        flags,
+        sig,
+    )
