@@ -79,3 +79,433 @@ class MboxTestCase(unittest.TestCase):
 
 class MboxConformanceTests(MboxTestCase, StoreConformanceMixin):
     """The mbox store passes the store conformance tests."""
+
+
+POSTFIX = (
+    b"From alice@example.test  Tue Nov 28 06:01:02 2026\n"
+    b"Return-Path: <alice@example.test>\nSubject: one\n\nbody one\n>From the start\n\n"
+    b"From MAILER-DAEMON  Tue Nov 28 06:02:02 2026\n"
+    b"Subject: bounce\n\nbody two\n\n"
+)
+MUTT = (
+    b"From bob@example.test Wed Nov 29 07:00:00 2026\n"
+    b"Subject: read and flagged\nStatus: RO\nX-Status: AF\nContent-Length: 5\nLines: 1\n\n"
+    b"abcd\n\n"
+    b"From carol@example.test Wed Nov 29 08:00:00 2026\n"
+    b"Subject: unseen\nStatus: O\nX-Keywords: Work $Label1\n\nshort\n"  # no final blank line
+)
+
+
+class MboxFileFormatTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_postfix_written_file(self):
+        """A file as Postfix local(8) writes it: two messages, >From kept as stored, sizes CRLF."""
+        self.write(POSTFIX)
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(len(box.messages), 2)
+        first = yield box.read(box.messages[0].uid)
+        self.assertEqual(first, b"Return-Path: <alice@example.test>\nSubject: one\n\nbody one\n>From the start\n")
+        self.assertEqual(box.messages[0].size, len(first) + first.count(b"\n"))
+        second = yield box.read(box.messages[1].uid)
+        self.assertEqual(second, b"Subject: bounce\n\nbody two\n")
+        self.assertEqual(box.messages[0].flags, frozenset())
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_mutt_written_file(self):
+        """Status/X-Status/X-Keywords give the flags; those headers and Content-Length are hidden
+        from clients (as Dovecot does); a last message without its blank line is read whole."""
+        self.write(MUTT)
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(
+            [m.flags for m in box.messages],
+            [{"\\Seen", "\\Answered", "\\Flagged"}, {"Work", "$Label1"}],
+        )
+        first = yield box.read(box.messages[0].uid)
+        self.assertEqual(first, b"Subject: read and flagged\nLines: 1\n\nabcd\n")
+        self.assertEqual(box.messages[0].size, len(first) + first.count(b"\n"))
+        last = yield box.read(box.messages[1].uid)
+        self.assertEqual(last, b"Subject: unseen\n\nshort\n")
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_from_line_without_date_is_body(self):
+        """After a blank line, a 'From ' line without a date is body text, not a new message."""
+        self.write(b"From a@b Tue Nov 28 06:01:02 2026\nSubject: x\n\nhi\n\nFrom me to you\nbye\n")
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(len(box.messages), 1)
+        data = yield box.read(box.messages[0].uid)
+        self.assertTrue(data.endswith(b"\nFrom me to you\nbye\n"))
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_internal_date_from_the_from_line(self):
+        """INTERNALDATE of a message written by another program is its From line date."""
+        self.external_append(MSG1)
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(box.messages[0].internal_date, self.now())
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_delivery_format(self):
+        """deliver writes 'From sender  asctime', the quoted message, then a blank line."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG2, "b@example.test")
+        yield store.deliver(self.account, MSG1, "")
+        expected = (
+            f"From b@example.test  {asctime(self.clock[0])}\n".encode()
+            + MSG2.replace(b"\nFrom here", b"\n>From here")
+            + b"\n"
+            + f"From MAILER-DAEMON  {asctime(self.clock[0])}\n".encode()
+            + MSG1
+            + b"\n"
+        )
+        self.assertEqual(self.read_file(), expected)
+
+    @defer.inlineCallbacks
+    def test_delivery_fixes_missing_final_newline(self):
+        """A previous writer that left no final newline/blank line does not swallow our message."""
+        self.write(b"From a@b Tue Nov 28 06:01:02 2026\nSubject: x\n\ncut")
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        self.assertEqual(len(box.messages), 2)
+        data = yield box.read(box.messages[1].uid)
+        self.assertEqual(data, MSG1)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_parse_in_windows(self):
+        """Parsing a window at a time (messages larger than the window, cut at any byte) finds
+        the same messages as parsing the file at once."""
+        for i in range(5):
+            self.external_append(MSG1 + b"x" * (i * 97) + b"\n")
+        whole = yield self.make_store().open(self.account)
+        expected = [(m.size, m.internal_date) for m in whole.messages]
+        whole.close()
+        os.unlink(self.index_path)
+        self.patch(mboxfile, "WINDOW", 61)
+        box = yield self.make_store().open(self.account)
+        self.assertEqual([(m.size, m.internal_date) for m in box.messages], expected)
+        box.close()
+
+
+class MboxOtherProgramsTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def open_with(self, *messages):
+        store = self.make_store()
+        for m in messages:
+            yield store.deliver(self.account, m, "a@example.test")
+        box = yield store.open(self.account)
+        return box
+
+    @defer.inlineCallbacks
+    def test_uids_survive_restart_and_external_append(self):
+        """A new store (restart) sees the same UIDVALIDITY and UIDs; mail appended meanwhile by
+        another program gets new, higher UIDs."""
+        box = yield self.open_with(MSG1, MSG2)
+        before = (box.uid_validity, [m.uid for m in box.messages])
+        yield box.set_flags({box.messages[0].uid: frozenset({"\\Seen"})})
+        box.close()
+        self.external_append(MSG1 + b"third\n")
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(box.uid_validity, before[0])
+        self.assertEqual([m.uid for m in box.messages][:2], before[1])
+        self.assertGreater(box.messages[2].uid, before[1][1])
+        self.assertEqual(box.messages[0].flags, {"\\Seen"})
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_external_rewrite_of_status_keeps_uids(self):
+        """mutt rewrites the file adding Status headers (new inode, offsets shift): UIDs stay and
+        the flags mutt set win."""
+        box = yield self.open_with(MSG1, MSG2)
+        uids = [m.uid for m in box.messages]
+        data = self.read_file().replace(b"Subject: one\n", b"Subject: one\nStatus: RO\nX-Status: F\n")
+        os.unlink(self.path)
+        self.write(data)
+        changes = yield box.refresh()
+        self.assertEqual([m.uid for m in box.messages], uids)
+        self.assertEqual(changes.flags, {uids[0]: {"\\Seen", "\\Flagged"}})
+        self.assertEqual((changes.added, changes.expunged), ([], []))
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_external_deletion(self):
+        """A message deleted by another program is reported expunged; the others keep UIDs."""
+        box = yield self.open_with(MSG1, MSG2, MSG1 + b"3\n")
+        uids = [m.uid for m in box.messages]
+        data = self.read_file()
+        second = data.index(b"From a@example.test", 10)
+        third = data.index(b"From a@example.test", second + 10)
+        self.write(data[:second] + data[third:], "wb")
+        changes = yield box.refresh()
+        self.assertEqual(changes.expunged, [uids[1]])
+        self.assertEqual([m.uid for m in box.messages], [uids[0], uids[2]])
+        data = yield box.read(uids[2])
+        self.assertEqual(data, MSG1 + b"3\n")
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_read_after_external_change(self):
+        """read() finds a message again when another program moved it in the file."""
+        box = yield self.open_with(MSG1, MSG2)
+        uid = box.messages[1].uid
+        self.write(self.read_file().replace(b"Subject: one\n", b"Subject: one\nStatus: RO\n"), "wb")
+        data = yield box.read(uid)
+        self.assertEqual(data, MSG2.replace(b"\nFrom here", b"\n>From here"))
+        headers = yield box.read_headers([uid])
+        self.assertEqual(list(headers), [uid])
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_index_lost_gives_new_uidvalidity(self):
+        """Without its index the mailbox gets a new UIDVALIDITY (clients must resync)."""
+        box = yield self.open_with(MSG1)
+        validity = box.uid_validity
+        box.close()
+        os.unlink(self.index_path)
+        self.clock[0] += 10
+        box = yield self.make_store().open(self.account)
+        self.assertNotEqual(box.uid_validity, validity)
+        self.assertEqual(len(box.messages), 1)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_corrupt_index_is_rebuilt(self):
+        """A damaged index (cut short) is rebuilt from the file, with a new UIDVALIDITY."""
+        box = yield self.open_with(MSG1)
+        validity = box.uid_validity
+        box.close()
+        with open(self.index_path, "r+b") as f:
+            f.truncate(30)
+        self.clock[0] += 10
+        box = yield self.make_store().open(self.account)
+        self.assertNotEqual(box.uid_validity, validity)
+        self.assertEqual(len(box.messages), 1)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_index_format_one_line_per_message(self):
+        """The index is compact text: magic, a header line, then one line per message."""
+        box = yield self.open_with(MSG1, MSG2)
+        yield box.set_flags({box.messages[0].uid: frozenset({"\\Seen", "Work"})})
+        with open(self.index_path, "rb") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(lines[0], b"mailsuite-mbox-index 1")
+        self.assertEqual(len(lines), 4)
+        self.assertTrue(lines[2].endswith(b" Work \\Seen"))
+        mode = stat.S_IMODE(os.stat(os.path.dirname(self.index_path)).st_mode)
+        self.assertEqual(mode, 0o700)
+        box.close()
+
+
+class MboxRewriteTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_expunge_keeps_mail_appended_meanwhile(self):
+        """Mail another program appended after our last look survives an expunge and gets a UID."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield store.deliver(self.account, MSG2, "b@example.test")
+        box = yield store.open(self.account)
+        seen = []
+        box.add_listener(seen.append)
+        first, second = [m.uid for m in box.messages]
+        self.external_append(MSG1 + b"late\n")
+        removed = yield box.expunge([first])
+        self.assertEqual(removed, [first])
+        self.assertEqual(len(box.messages), 2)
+        self.assertEqual(box.messages[0].uid, second)
+        late = box.messages[1].uid
+        self.assertGreater(late, second)
+        data = yield box.read(late)
+        self.assertEqual(data, MSG1 + b"late\n")
+        self.assertEqual([m.uid for c in seen for m in c.added], [late])
+        self.assertEqual([u for c in seen for u in c.expunged], [first])
+        self.assertNotIn(b"Subject: one\n\nbody one\n\n", self.read_file())
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_rewrite_writes_status_headers(self):
+        """A rewrite records flags in Status/X-Status/X-Keywords for mutt; clients still get the
+        bytes and size they had before."""
+        store = self.make_store()
+        for m in (MSG1, MSG2, MSG1):
+            yield store.deliver(self.account, m, "a@example.test")
+        box = yield store.open(self.account)
+        uids = [m.uid for m in box.messages]
+        size = box.messages[0].size
+        yield box.set_flags({uids[0]: frozenset({"\\Seen", "\\Flagged", "Work"})})
+        yield box.expunge([uids[1]])
+        data = self.read_file()
+        self.assertIn(b"Subject: one\nStatus: RO\nX-Status: F\nX-Keywords: Work\n\n", data)
+        self.assertIn(b"Subject: one\nStatus: O\n\n", data)
+        self.assertEqual((yield box.read(uids[0])), MSG1)
+        self.assertEqual(box.messages[0].size, size)
+        box.close()
+        box = yield self.make_store().open(self.account)  # a restart reparses nothing new
+        self.assertEqual([m.uid for m in box.messages], [uids[0], uids[2]])
+        self.assertEqual(box.messages[0].flags, {"\\Seen", "\\Flagged", "Work"})
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_rewrite_keeps_mode_and_owner(self):
+        """The rewritten file keeps the original's mode (and owner, when we can chown)."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield store.deliver(self.account, MSG2, "a@example.test")
+        os.chmod(self.path, 0o660)
+        owner = (4321, 8765) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        if os.geteuid() == 0:
+            os.chown(self.path, *owner)
+        box = yield store.open(self.account)
+        yield box.expunge([box.messages[0].uid])
+        st = os.stat(self.path)
+        self.assertEqual((stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid), (0o660, *owner))
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_crash_before_rename_leaves_file_untouched(self):
+        """An error while rewriting (before the rename) leaves the original file as it was, no
+        temp file behind, and the mailbox usable."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield store.deliver(self.account, MSG2, "a@example.test")
+        box = yield store.open(self.account)
+        before = self.read_file()
+        uids = [m.uid for m in box.messages]
+
+        def crash(src, dst):
+            raise OSError(5, "simulated crash")
+
+        self.patch(mboxfile.os, "rename", crash)
+        with self.assertRaises(OSError):
+            yield box.expunge([uids[0]])
+        self.assertEqual(self.read_file(), before)
+        self.assertEqual(sorted(os.listdir(self.spool)), ["boss"])
+        self.assertEqual([m.uid for m in box.messages], uids)
+        self.assertEqual((yield box.read(uids[0])), MSG1)
+        box.close()
+
+
+class MboxSafetyTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_new_file_mode_and_owner(self):
+        """A new mbox is mode 0600, owned by the account (group mail if it exists, as root)."""
+        yield self.make_store().deliver(self.account, MSG1, "")
+        st = os.lstat(self.path)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        self.assertEqual(st.st_uid, self.account.uid)
+
+    @defer.inlineCallbacks
+    def test_symlinked_mailbox_refused(self):
+        """A mailbox that is a symlink is neither read nor written through."""
+        target = os.path.join(self.spool, "..", "target")
+        with open(target, "wb") as f:
+            f.write(b"")
+        os.symlink(target, self.path)
+        store = self.make_store()
+        with self.assertRaises(StoreError):
+            yield store.deliver(self.account, MSG1, "")
+        with self.assertRaises(StoreError):
+            yield store.open(self.account)
+        self.assertEqual(os.path.getsize(target), 0)
+
+    @defer.inlineCallbacks
+    def test_index_outside_home_refused(self):
+        """~/mail pointing outside the home: no index (nor directory) is written there."""
+        outside = os.path.abspath(os.path.join(self.spool, "..", "elsewhere"))
+        os.mkdir(outside)
+        os.symlink(outside, os.path.join(self.account.home, "mail"))
+        with self.assertRaises(StoreError):
+            yield self.make_store().open(self.account)
+        self.assertEqual(os.listdir(outside), [])
+
+    @defer.inlineCallbacks
+    def test_dotlock_held_times_out(self):
+        """A fresh dotlock held by someone else: delivery waits, then fails with StoreError,
+        and leaves the other program's lock alone."""
+        with open(self.path + ".lock", "wb"):
+            pass
+        with self.assertRaises(LockTimeout):
+            yield self.make_store(lock_timeout=0.05).deliver(self.account, MSG1, "")
+        self.assertTrue(os.path.exists(self.path + ".lock"))
+
+    @defer.inlineCallbacks
+    def test_fcntl_lock_held_times_out(self):
+        """An fcntl lock held by someone else: delivery times out and releases its dotlock."""
+        self.write(b"")
+        fd = os.open(self.path, os.O_RDWR)
+        self.addCleanup(os.close, fd)
+        self.assertTrue(try_fcntl_lock(fd))
+        with self.assertRaises(StoreError):
+            yield self.make_store(lock_timeout=0.05).deliver(self.account, MSG1, "")
+        self.assertFalse(os.path.exists(self.path + ".lock"))
+        self.assertEqual(self.read_file(), b"")
+
+    @defer.inlineCallbacks
+    def test_stale_dotlock_broken(self):
+        """A dotlock older than stale_after (left by a crash) is removed and delivery proceeds."""
+        with open(self.path + ".lock", "wb"):
+            pass
+        old = time.time() - 600
+        os.utime(self.path + ".lock", (old, old))
+        yield self.make_store().deliver(self.account, MSG1, "")
+        self.assertFalse(os.path.exists(self.path + ".lock"))
+        self.assertIn(MSG1, self.read_file())
+
+
+class ManualThreads:
+    """Stands in for threads.blocking: work runs only when the test says so."""
+
+    def __init__(self):
+        self.pending = []
+
+    def __call__(self, f, *args, **kw):
+        d = defer.Deferred()
+        self.pending.append((d, f, args, kw))
+        return d
+
+    def run_all(self):
+        while self.pending:
+            d, f, args, kw = self.pending.pop(0)
+            d.callback(f(*args, **kw))
+
+
+class MboxDurabilityTests(MboxTestCase):
+    def test_delivery_fsyncs_before_firing(self):
+        """deliver's Deferred fires only after the mbox was fsync'ed with the message in it."""
+        manual = ManualThreads()
+        self.patch(mbox_module, "blocking", manual)
+        synced = []
+        real_fsync = os.fsync
+
+        def fsync(fd):
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_ino == os.stat(self.path).st_ino:
+                synced.append(st.st_size)
+            real_fsync(fd)
+
+        self.patch(mboxfile.os, "fsync", fsync)
+        d = self.make_store().deliver(self.account, MSG1, "a@example.test")
+        self.assertNoResult(d)
+        self.assertEqual(synced, [])
+        manual.run_all()
+        self.successResultOf(d)
+        self.assertEqual(synced, [len(self.read_file())])
+
+    def test_append_uid_durable_before_firing(self):
+        """append's UID is in the saved index before the Deferred fires."""
+        manual = ManualThreads()
+        self.patch(mbox_module, "blocking", manual)
+        store = self.make_store()
+        d = store.open(self.account)
+        manual.run_all()
+        box = self.successResultOf(d)
+        d = box.append(MSG1, frozenset({"\\Seen"}))
+        self.assertNoResult(d)
+        manual.run_all()
+        uid = self.successResultOf(d)
+        with open(self.index_path, "rb") as f:
+            self.assertTrue(f.read().splitlines()[-1].startswith(b"%d " % uid))
+        box.close()
