@@ -47,7 +47,9 @@ class LockingTests(unittest.TestCase):
 
     def lock(self, **kw):
         kw.setdefault("timeout", 1.0)
-        return locked_mailbox(self.path, self.opener, clock=self.time.clock, sleep=self.time.sleep, **kw)
+        return locked_mailbox(
+            self.path, self.opener, clock=self.time.clock, sleep=self.time.sleep, **kw
+        )
 
     def test_both_locks_taken_and_released(self):
         """Inside the block the dotlock exists and the fcntl lock is held; after it, neither."""
@@ -63,9 +65,9 @@ class LockingTests(unittest.TestCase):
 
     def test_released_on_error(self):
         """An exception inside the block still releases both locks."""
-        with self.assertRaises(ZeroDivisionError):
+        with self.assertRaises(RuntimeError):
             with self.lock():
-                1 / 0
+                raise RuntimeError("boom")
         self.assertFalse(os.path.exists(self.path + ".lock"))
         fd = self.opener()
         self.addCleanup(os.close, fd)
@@ -137,7 +139,9 @@ class LockingTests(unittest.TestCase):
             calls.append(fd)
             return fd
 
-        with locked_mailbox(self.path, opener, clock=self.time.clock, sleep=self.time.sleep) as held:
+        with locked_mailbox(
+            self.path, opener, clock=self.time.clock, sleep=self.time.sleep
+        ) as held:
             self.assertEqual(os.pread(held.fd, 3, 0), b"new")
         self.assertEqual(len(calls), 2)
 

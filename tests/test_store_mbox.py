@@ -104,7 +104,9 @@ class MboxFileFormatTests(MboxTestCase):
         box = yield self.make_store().open(self.account)
         self.assertEqual(len(box.messages), 2)
         first = yield box.read(box.messages[0].uid)
-        self.assertEqual(first, b"Return-Path: <alice@example.test>\nSubject: one\n\nbody one\n>From the start\n")
+        self.assertEqual(
+            first, b"Return-Path: <alice@example.test>\nSubject: one\n\nbody one\n>From the start\n"
+        )
         self.assertEqual(box.messages[0].size, len(first) + first.count(b"\n"))
         second = yield box.read(box.messages[1].uid)
         self.assertEqual(second, b"Subject: bounce\n\nbody two\n")
@@ -221,7 +223,9 @@ class MboxOtherProgramsTests(MboxTestCase):
         the flags mutt set win."""
         box = yield self.open_with(MSG1, MSG2)
         uids = [m.uid for m in box.messages]
-        data = self.read_file().replace(b"Subject: one\n", b"Subject: one\nStatus: RO\nX-Status: F\n")
+        data = self.read_file().replace(
+            b"Subject: one\n", b"Subject: one\nStatus: RO\nX-Status: F\n"
+        )
         os.unlink(self.path)
         self.write(data)
         changes = yield box.refresh()

@@ -51,16 +51,16 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
+def _pread_all(fd: int, length: int, offset: int, chunk: int = COPY) -> bytes:
     parts = []
     while length > 0:
-        chunk = os.pread(fd, min(length, COPY), offset)
-        if not chunk:
+        data = os.pread(fd, min(length, chunk), offset)
+        if not data:
             break
-        parts.append(chunk)
-        length -= len(chunk)
-        offset += len(chunk)
-    return b"".join(parts)
+        parts.append(data)
+        length -= len(data)
+        offset += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -75,7 +75,7 @@ def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list
     window = WINDOW
     while start < stop:
         length = min(window, stop - start)
-        buf = _pread_all(fd, length, start)
+        buf = _pread_all(fd, length, start, chunk=length)
         if len(buf) < length:
             raise StoreError("mailbox shrank while it was locked")
         found = parse(buf, 0, len(buf), first_is_separator, base=start)

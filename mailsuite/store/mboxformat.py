@@ -19,6 +19,7 @@ What Postfix local(8) writes, and what mutt, s-nail and Dovecot write too:
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import re
 import time
@@ -34,14 +35,18 @@ _TIME = re.compile(rb"(\d{1,2}):(\d\d)(?::(\d\d))?$")
 _ZONE = re.compile(rb"[+-]\d{4}$")
 
 _STATE_HEADERS = rb"status|x-status|x-keywords|x-uid|x-imap|x-imapbase|content-length"
+# Patterns start with a literal newline (applied to b"\n" + header) so the regex engine can jump
+# from line to line instead of trying every position: parsing a big mailbox runs them 100,000s
+# of times. Each matches a header line without its final newline, with continuation lines.
+_LINE = rb"[ \t]*:[^\n]*(?:\n[ \t][^\n]*)*"
 #: Headers hidden from clients (Dovecot's mbox_hide_headers).
-_HIDDEN = re.compile(rb"^(?:" + _STATE_HEADERS + rb")[ \t]*:.*\n(?:[ \t].*\n)*", re.I | re.M)
-#: Headers that mbox programs change on rewrite: left out of the fingerprint.
-_VOLATILE = re.compile(
-    rb"^(?:" + _STATE_HEADERS + rb"|lines)[ \t]*:.*\n(?:[ \t].*\n)*", re.I | re.M
+_HIDDEN = re.compile(rb"\n(?:" + _STATE_HEADERS + rb")" + _LINE, re.IGNORECASE)
+#: Also changed by mutt on rewrite: left out of the fingerprint too.
+_LINES = re.compile(rb"\nlines" + _LINE, re.IGNORECASE)
+_FLAG_HEADERS = re.compile(
+    rb"\n(status|x-status|x-keywords)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.I
 )
-_FLAG_HEADERS = re.compile(rb"^(status|x-status|x-keywords)[ \t]*:(.*(?:\n[ \t].*)*)", re.I | re.M)
-_REWRITTEN = re.compile(rb"^(?:status|x-status|x-keywords)[ \t]*:.*\n(?:[ \t].*\n)*", re.I | re.M)
+_REWRITTEN = re.compile(rb"\n(?:status|x-status|x-keywords)" + _LINE, re.IGNORECASE)
 
 _X_STATUS = (("A", "\\Answered"), ("F", "\\Flagged"), ("T", "\\Draft"), ("D", "\\Deleted"))
 
@@ -60,6 +65,12 @@ class Parsed:
     size: int  # CRLF size of what clients are served
     header_flags: frozenset[str]  # from Status / X-Status / X-Keywords
     header_sig: str  # changes when another program changes those headers
+
+
+@functools.lru_cache(maxsize=4096)
+def _local_hour(ymdh: tuple[int, int, int, int]) -> int:
+    """Epoch of the start of a local hour (mktime is slow; mail comes in bursts)."""
+    return int(time.mktime(ymdh + (0, 0, 0, 0, -1)))
 
 
 def from_line_date(line: bytes) -> int | None:
@@ -89,7 +100,7 @@ def from_line_date(line: bytes) -> int | None:
         fields = (year, month, int(words[i + 1]), int(m[1]), int(m[2]), int(m[3] or 0))
         try:
             if zone is None:
-                return int(time.mktime(fields + (0, 0, -1)))
+                return _local_hour(fields[:4]) + fields[4] * 60 + fields[5]
             off = (int(zone[1:3]) * 60 + int(zone[3:5])) * 60
             return calendar.timegm(fields + (0, 0, 0)) - (off if zone[:1] == b"+" else -off)
         except (OverflowError, ValueError):
@@ -126,20 +137,27 @@ def header_end(buf: Buffer, start: int, end: int) -> int:
 
 def fingerprint(header: bytes, body_len: int) -> str:
     """Identifies a message across rewrites by other programs (mutt changes Status: headers)."""
-    h = hashlib.sha1(_VOLATILE.sub(b"", header))
+    return _fingerprint(served_header(header), body_len)
+
+
+def _fingerprint(shown: bytes, body_len: int) -> str:
+    if b"ines" in shown or b"INES" in shown:
+        shown = _LINES.sub(b"", b"\n" + shown)[1:]
+    h = hashlib.sha1(shown)
     h.update(b"\0%d" % body_len)
     return h.hexdigest()[:24]
 
 
 def served_header(header: bytes) -> bytes:
-    return _HIDDEN.sub(b"", header)
+    """The header block without the mbox state headers (what clients are shown)."""
+    return _HIDDEN.sub(b"", b"\n" + header)[1:]
 
 
 def header_flags(header: bytes) -> tuple[frozenset[str], str]:
     """Flags mutt/mailx/Dovecot recorded in the headers, and a signature of those headers."""
     flags: set[str] = set()
     raw = []
-    for name, value in _FLAG_HEADERS.findall(header):
+    for name, value in _FLAG_HEADERS.findall(b"\n" + header):
         name = name.lower()
         text = value.decode("ascii", "replace")
         raw.append(b"%s:%s" % (name, value.strip()))
@@ -150,6 +168,8 @@ def header_flags(header: bytes) -> tuple[frozenset[str], str]:
             flags.update(flag for letter, flag in _X_STATUS if letter in text)
         else:
             flags.update(k for k in re.split(r"[\s,]+", text) if k and not k.startswith("\\"))
+    if not raw:
+        return frozenset(), "00000000"
     return frozenset(flags), "%08x" % zlib.crc32(b"\n".join(sorted(raw)))
 
 
@@ -167,7 +187,7 @@ def status_headers(flags: frozenset[str]) -> bytes:
 
 def with_status(header: bytes, flags: frozenset[str]) -> bytes:
     """The header block with its Status / X-Status / X-Keywords replaced; the rest byte for byte."""
-    kept = _REWRITTEN.sub(b"", header)
+    kept = _REWRITTEN.sub(b"", b"\n" + header)[1:]
     if kept.endswith(b"\n\n"):
         return kept[:-1] + status_headers(flags) + b"\n"
     if kept == b"\n":
@@ -243,7 +263,7 @@ def describe(
         base + hdr_end,
         base + end,
         date,
-        fingerprint(header, body_len),
+        _fingerprint(shown, body_len),
         len(shown) + shown.count(b"\n") + body_len + buf.count(b"\n", hdr_end, end),
         flags,
         sig,
