@@ -176,3 +176,47 @@ class StoreConformanceMixin:
         headers = yield box.read_headers([uid, uid + 100])
         self.assertEqual(headers, {uid: MSG1[: MSG1.index(b"\n\n") + 2]})
         box.close()
+
+    @defer.inlineCallbacks
+    def test_listeners_hear_flags_and_expunge(self):
+        """set_flags and expunge made through the mailbox are told to its listeners; a removed
+        listener hears nothing more."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        uid = box.messages[0].uid
+        seen = []
+        box.add_listener(seen.append)
+        yield box.set_flags({uid: frozenset({"\\Deleted"})})
+        yield box.expunge([uid])
+        self.assertEqual(
+            [(c.flags, c.expunged) for c in seen], [({uid: {"\\Deleted"}}, []), ({}, [uid])]
+        )
+        box.remove_listener(seen.append)
+        yield box.append(MSG2)
+        self.assertEqual(len(seen), 2)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_append_advances_uid_next(self):
+        """After append, uid_next is above the new UID; UIDs of later appends keep increasing."""
+        box = yield self.make_store().open(self.account)
+        first = yield box.append(MSG1)
+        self.assertGreater(box.uid_next, first)
+        second = yield box.append(MSG2)
+        self.assertGreater(second, first)
+        self.assertEqual([m.uid for m in box.messages], [first, second])
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_set_flags_ignores_unknown_uids(self):
+        """set_flags with a UID that is not in the mailbox changes nothing and does not fail."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        uid = box.messages[0].uid
+        yield box.set_flags({uid + 100: frozenset({"\\Seen"})})
+        self.assertEqual(box.messages[0].flags, frozenset())
+        box.close()
