@@ -177,6 +177,14 @@ class AccountDB:
             return None
         return account
 
+    def recipient(self, name: str) -> Account | None:
+        """The account mail for ``name`` is delivered to: any passwd entry, system accounts too.
+
+        As Postfix's local_recipient_maps (``unix:passwd.byname``): mail for ``root`` or
+        ``postmaster: root`` lands in /var/mail/root even though root cannot log in here.
+        """
+        return self._passwd.entries().get(name)
+
     def verify(self, name: str, password: bytes) -> Account | None:
         """The account if ``password`` opens it and it may log in now; otherwise None."""
         account, reason = self._check(name, password)

@@ -390,6 +390,14 @@ class LookupAndReloadTests(AccountFilesMixin, unittest.SynchronousTestCase):
         self.assertIsNone(self.db.lookup("nobody"))
         self.assertIsNone(self.db.lookup("BOSS"))
 
+    def test_recipient_includes_system_accounts(self):
+        """recipient() finds every passwd entry, root too (mail to root is delivered, as Postfix
+        does), while lookup() - the login side - refuses uid < first_valid_uid."""
+        self.assertEqual(self.db.recipient("root"), Account("root", 0, 0, "/root"))
+        self.assertEqual(self.db.recipient("boss"), Account("boss", 1000, 1000, "/home/boss"))
+        self.assertIsNone(self.db.recipient("nobody"))
+        self.assertIsNone(self.db.lookup("root"))
+
     def test_passwd_parsing_tolerates_junk(self):
         """Malformed lines, NIS +/- lines and comments are skipped; the first duplicate wins."""
         self.write_files(passwd=(

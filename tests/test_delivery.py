@@ -33,13 +33,13 @@ ALICE = Account("alice", 1001, 1001, "/home/alice")
 
 
 class FakeAccounts:
-    """AccountDB stand-in: ``lookup(name)`` from a dict; records the names asked for."""
+    """AccountDB stand-in: ``recipient(name)`` from a dict; records the names asked for."""
 
     def __init__(self, *accounts: Account) -> None:
         self.by_name = {a.name: a for a in accounts}
         self.asked: list[str] = []
 
-    def lookup(self, name: str) -> Account | None:
+    def recipient(self, name: str) -> Account | None:
         self.asked.append(name)
         return self.by_name.get(name)
 

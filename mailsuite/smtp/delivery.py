@@ -200,7 +200,7 @@ class DeliveryAvatar:
 class LocalDelivery:
     """Resolves local recipients and writes messages into their INBOX through the store.
 
-    ``accounts.lookup(name) -> Account | None`` is blocking (it reads passwd/shadow): it runs in
+    ``accounts.recipient(name) -> Account | None`` is blocking (it reads passwd): it runs in
     the thread pool, together with the alias expansion (which may re-read alias files).
     """
 
@@ -257,7 +257,7 @@ class LocalDelivery:
             raise UnsupportedRecipient(address, target=f'"{target.text}"')
         found: list[Account] = []
         for name in expansion.users:
-            account = self.accounts.lookup(name)
+            account = self.accounts.recipient(name)
             if account is None:
                 if name in expansion.looped:
                     raise AliasLoop(address)

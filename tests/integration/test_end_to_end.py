@@ -159,8 +159,8 @@ class EndToEndTests(unittest.TestCase):
         m.logout()
 
     def test_recipients(self) -> None:
-        """Local accounts and aliases are accepted; unknown users get 550 5.1.1, other domains
-        554 5.7.1; an alias with two members delivers to both."""
+        """Local accounts (system ones too, as Postfix) and aliases are accepted; unknown users get
+        550 5.1.1, other domains 554 5.7.1; an alias with two members delivers to both."""
         with self.c.smtp() as s:
             s.ehlo("client.remote.test")
             self.assertEqual(s.mail("alice@remote.test")[0], 250)
@@ -171,6 +171,7 @@ class EndToEndTests(unittest.TestCase):
             self.assertEqual(code, 554)
             self.assertIn(b"5.7.1", text)
             self.assertEqual(s.rcpt("team@example.test")[0], 250)
+            self.assertEqual(s.rcpt("root@example.test")[0], 250)  # system accounts get mail
             code, text = s.data(message("to the team", "hi", to="team@example.test"))
             self.assertEqual(code, 250)
             self.assertEqual(s.verify("boss")[0], 252)
@@ -178,6 +179,8 @@ class EndToEndTests(unittest.TestCase):
             p = self.c.pop3(user, password)
             self.assertEqual(p.stat()[0], 1)
             p.quit()
+        with open(self.site.inbox("root"), "rb") as f:
+            self.assertIn(b"Subject: to the team", f.read())
         log = self.site.maillog_text()
         self.assertRegex(log, r"mailsuite/local\[\d+\]: \w+: to=<boss@example.test>, orig_to=<team@example.test>.*status=sent")
         self.assertIn("client=localhost[127.0.0.1]", log)
