@@ -10,6 +10,8 @@ from twisted.mail import imap4, pop3, smtp
 from zope.interface import implementer
 
 from mailsuite import threads
+from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.pop3 import open_pop3_mailbox
 from mailsuite.store.interfaces import IMailStore
 
 
@@ -42,13 +44,9 @@ class MailRealm:
             raise error.UnauthorizedLogin("no such account")
         for iface in interfaces:
             if iface is imap4.IAccount:
-                from mailsuite.imap.mailbox import ImapAccount
-
                 avatar = ImapAccount(self.store, account)
                 return (iface, avatar, avatar.logout)
             if iface is pop3.IMailbox:
-                from mailsuite.pop3 import open_pop3_mailbox
-
                 box = yield open_pop3_mailbox(self.store, account)
                 return (iface, box, box.logout)
             if iface is smtp.IMessageDelivery:

@@ -12,11 +12,21 @@ from twisted.cred import checkers, portal
 from twisted.logger import Logger
 from twisted.python import usage
 
+from mailsuite.checker import AccountDB, UnixChecker
+from mailsuite.config import ConfigError, load_config
+from mailsuite.imap.server import IMAPFactory
+from mailsuite.maillog import MailLog
+from mailsuite.pop3 import POP3Factory
+from mailsuite.realm import MailRealm
+from mailsuite.smtp.delivery import LocalDelivery
+from mailsuite.smtp.server import SMTPFactory
+from mailsuite.store.mbox import MboxStore
+
 log = Logger()
 
 DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
-# service name in [listen] -> (protocol, implicit TLS)
+#: The [listen] services this version serves (the others arrive with TLS, submission and LMTP).
 SERVICES = ("smtp", "pop3", "imap")
 
 
@@ -34,13 +44,17 @@ class Options(usage.Options):
     optParameters = [["config", "C", None, "Path to mail.ini"]]
 
     def postOptions(self) -> None:
-        from mailsuite.config import ConfigError, load_config
-
         path = config_path(self["config"])
         try:
-            self["cfg"] = load_config(path)
+            cfg = load_config(path)
         except ConfigError as e:
             raise usage.UsageError("configuration refused:\n" + str(e))
+        unserved = [name for name in cfg.listen.enabled() if name not in SERVICES]
+        if unserved:
+            raise usage.UsageError("configuration refused:\n" + "\n".join(
+                f"{cfg.path}: [listen] {name}: this version does not serve {name} yet;"
+                " set it to no" for name in unserved))
+        self["cfg"] = cfg
 
 
 def _can_bind(family: int, address: str) -> bool:
@@ -72,15 +86,6 @@ def _endpoint(port: int, address: str) -> str:
 
 def build(cfg: Any) -> service.MultiService:
     """All services of one mail.ini, not yet started."""
-    from mailsuite.checker import AccountDB, UnixChecker
-    from mailsuite.imap.server import IMAPFactory
-    from mailsuite.maillog import MailLog
-    from mailsuite.pop3 import POP3Factory
-    from mailsuite.realm import MailRealm
-    from mailsuite.smtp.delivery import LocalDelivery
-    from mailsuite.smtp.server import SMTPFactory
-    from mailsuite.store.mbox import MboxStore
-
     top = service.MultiService()
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname)
     maillog.open()
