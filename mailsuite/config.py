@@ -22,12 +22,12 @@ import difflib
 import ipaddress
 import posixpath
 import re
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mailsuite.accounts import Account
+from mailsuite.net import default_hostname
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -419,8 +419,8 @@ class _Section:
 
 
 def _parent_domain(get: Callable[[str], str]) -> str:
-    host = get("myhostname")
-    return host.partition(".")[2] or host
+    """myhostname minus its first label; ``localdomain`` for a one-label name, as Postfix."""
+    return get("myhostname").partition(".")[2] or "localdomain"
 
 
 _SECTIONS: dict[str, _Section] = {
@@ -553,7 +553,7 @@ def _unknown(kind: str, name: str, known: list[str]) -> str:
 
 
 def parse_config(
-    text: str, filename: str, *, hostname: Callable[[], str] = socket.getfqdn
+    text: str, filename: str, *, hostname: Callable[[], str] = default_hostname
 ) -> Config:
     """Parse and check the text of a mail.ini; raise ConfigError listing every problem.
 

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
+from mailsuite.net import host_of
 from mailsuite.store.interfaces import MessageInfo, UnknownUID
 
 log = Logger()
@@ -280,8 +281,8 @@ class POP3Server(pop3.POP3):
         self._quit = False
         self._paused = self._draining = False
         self._stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0, "del": 0}
-        peer, host = self.transport.getPeer(), self.transport.getHost()
-        self.rip, self.lip = getattr(peer, "host", "?"), getattr(host, "host", "?")
+        self.rip = host_of(self.transport.getPeer())
+        self.lip = host_of(self.transport.getHost())
         try:
             self.transport.setTcpNoDelay(True)
         except (AttributeError, NotImplementedError):

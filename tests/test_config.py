@@ -6,12 +6,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import socket
 
 from twisted.trial import unittest
 
 from mailsuite.accounts import Account
 from mailsuite.config import ConfigError, load_config, parse_config
+from mailsuite.net import default_hostname
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "etc", "mail.ini")
 FILE = "/etc/mailsuite/mail.ini"
@@ -82,13 +82,13 @@ class DefaultTests(ConfigTestCase):
         self.assertEqual(cfg.path, FILE)
 
     def test_single_label_hostname(self):
-        """mydomain of a one-label host name is the host name itself."""
-        self.assertEqual(parse("", hostname="Mailhost").mail.mydomain, "mailhost")
+        """mydomain of a one-label host name is 'localdomain', as Postfix makes it."""
+        self.assertEqual(parse("", hostname="Mailhost").mail.mydomain, "localdomain")
 
     def test_hostname_default_is_fqdn(self):
-        """Without myhostname and without a hostname function, the host's FQDN is used."""
+        """Without myhostname and without a hostname function, the host's name is used."""
         cfg = parse_config(NO_TLS, FILE)
-        self.assertEqual(cfg.mail.myhostname, socket.getfqdn().lower().rstrip("."))
+        self.assertEqual(cfg.mail.myhostname, default_hostname().lower().rstrip("."))
 
     def test_hostname_not_asked_when_set(self):
         """A myhostname in the file means the host name is never looked up."""
@@ -451,9 +451,9 @@ class ExpansionTests(ConfigTestCase):
     def test_bad_value_reported_once(self):
         """A bad myhostname is one error, not one more per default derived from it; a key set
         in the file from it is still reported."""
-        errors = self.errors(section("mail", myhostname="bad host!", relay_domains="$mydomain"))
+        errors = self.errors(section("mail", myhostname="mail.bad host!", relay_domains="$mydomain"))
         self.assertEqual(errors, [
-            f"{FILE}: [mail] myhostname: 'bad host!' is not a valid domain name",
+            f"{FILE}: [mail] myhostname: 'mail.bad host!' is not a valid domain name",
             f"{FILE}: [mail] relay_domains: 'host!' is not a valid domain name",
         ])
 

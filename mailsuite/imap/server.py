@@ -29,6 +29,7 @@ from mailsuite.imap.search import (
     run_search,
     tokenize,
 )
+from mailsuite.net import host_of
 from mailsuite.store.interfaces import SYSTEM_FLAGS, MailboxNotFound
 
 log = Logger()
@@ -103,10 +104,10 @@ class IMAPServer(imap4.IMAP4Server):
         self.transport.write(data)
 
     def _rip(self) -> str:
-        return str(getattr(self.transport.getPeer(), "host", ""))
+        return host_of(self.transport.getPeer())
 
     def _lip(self) -> str:
-        return str(getattr(self.transport.getHost(), "host", ""))
+        return host_of(self.transport.getHost())
 
     # -- one command at a time, answered in order ---------------------------------------------
     def lineReceived(self, line: bytes) -> None:

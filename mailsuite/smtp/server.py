@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from mailsuite import threads
 from mailsuite.maillog import new_queue_id
+from mailsuite.net import host_of
 from mailsuite.smtp.delivery import LocalRecipient, received_header
 
 log = Logger()
@@ -175,8 +176,7 @@ class SMTPServer(smtp.ESMTP):
             self.transport.setTcpNoDelay(True)
         except (AttributeError, OSError):
             pass
-        peer = self.transport.getPeer()
-        self.client_ip = str(getattr(peer, "host", peer))
+        self.client_ip = host_of(self.transport.getPeer())
         self.setTimeout(self.timeout)
         self._busy = True  # input before the greeting waits, as Postfix's pre-greet buffer
         d = defer.maybeDeferred(self.factory.reverse_lookup, self.client_ip)
