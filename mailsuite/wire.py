@@ -9,8 +9,8 @@ sizes POP3 STAT/LIST and IMAP RFC822.SIZE announce and the bytes RETR / FETCH se
 - every NUL byte is replaced by 0x80, Dovecot's ``outlook-no-nuls`` workaround (NULs hang
   Outlook, OUTLOOK.md item 21). Replacing keeps the length, so the size is known without reading.
 
-``wire_size`` computes ``len(to_wire(data))`` from counts alone, also on a slice of a larger
-buffer (the mbox parser), without copying.
+``wire_size`` computes ``len(to_wire(data))`` (and ``crlf_size`` ``len(crlf(data))``) from counts
+alone, also on a slice of a larger buffer (the mbox parser), without copying.
 """
 
 from __future__ import annotations
@@ -35,13 +35,18 @@ def to_wire(stored: bytes) -> bytes:
     return crlf(complete(stored))
 
 
+def crlf_size(buf: bytes, start: int = 0, end: int | None = None) -> int:
+    """``len(crlf(buf[start:end]))``, counted in place (no final line end added)."""
+    end = len(buf) if end is None else min(end, len(buf))
+    if end <= start:
+        return 0
+    return end - start + buf.count(b"\n", start, end) - buf.count(b"\r\n", start, end)
+
+
 def wire_size(buf: bytes, start: int = 0, end: int | None = None) -> int:
     """``len(to_wire(buf[start:end]))``, counted in place."""
     end = len(buf) if end is None else min(end, len(buf))
     if end <= start:
         return 0
-    size = end - start + buf.count(b"\n", start, end) - buf.count(b"\r\n", start, end)
     last = buf[end - 1]
-    if last != 0x0A:
-        size += 1 if last == 0x0D else 2
-    return size
+    return crlf_size(buf, start, end) + (0 if last == 0x0A else 1 if last == 0x0D else 2)

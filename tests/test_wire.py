@@ -6,7 +6,7 @@ import random
 
 from twisted.trial import unittest
 
-from mailsuite.wire import complete, crlf, to_wire, wire_size
+from mailsuite.wire import complete, crlf, crlf_size, to_wire, wire_size
 
 ALPHABET = [b"\r", b"\n", b"\r\n", b"\0", b"a", b".", b" ", b"\x80", b"\xff"]
 
@@ -45,7 +45,8 @@ class WireFormTests(unittest.TestCase):
     def test_random_sizes_match(self):
         """For many random byte strings made of CR, LF, CRLF, NUL and other bytes, with and
         without a final newline: to_wire matches the reference, wire_size == len(to_wire), and
-        the slice form counts a slice of a larger buffer exactly like the copied slice."""
+        the slice forms (``wire_size``, ``crlf_size``) count a slice of a larger buffer exactly like
+        the copied slice."""
         rng = random.Random(20261128)
         for _ in range(3000):
             stored = b"".join(rng.choice(ALPHABET) for _ in range(rng.randrange(0, 30)))
@@ -58,6 +59,8 @@ class WireFormTests(unittest.TestCase):
             start = rng.randrange(0, len(stored) + 1)
             end = rng.randrange(start, len(stored) + 1)
             self.assertEqual(wire_size(stored, start, end), len(to_wire(stored[start:end])),
+                             (stored, start, end))
+            self.assertEqual(crlf_size(stored, start, end), len(crlf(stored[start:end])),
                              (stored, start, end))
 
     def test_to_wire_is_crlf_of_complete(self):
