@@ -15,6 +15,7 @@ from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
 from mailsuite.store.interfaces import IMailbox, IMailStore, MailboxNotFound, UnknownUID
+from mailsuite.wire import to_wire
 
 MSG1 = b"From: a@example.test\nTo: boss@example.test\nSubject: one\n\nbody one\n"
 MSG2 = b"From: b@example.test\nTo: boss@example.test\nSubject: two\n\nbody two\nFrom here\n"
@@ -48,7 +49,7 @@ class StoreConformanceMixin:
 
     @defer.inlineCallbacks
     def test_deliver_then_read(self):
-        """A delivered message reads back byte for byte; its size is the CRLF size."""
+        """A delivered message reads back byte for byte; its size is the wire size."""
         store = self.make_store()
         yield store.deliver(self.account, MSG1, "a@example.test")
         box = yield store.open(self.account)
@@ -58,6 +59,7 @@ class StoreConformanceMixin:
         data = yield box.read(info.uid)
         self.assertEqual(data, MSG1)
         self.assertEqual(info.size, len(MSG1) + MSG1.count(b"\n"))
+        self.assertEqual(info.size, len(to_wire(data)))
         self.assertEqual(info.flags, frozenset())
         self.assertIsNotNone(info.internal_date.tzinfo)
         box.close()
@@ -219,4 +221,36 @@ class StoreConformanceMixin:
         uid = box.messages[0].uid
         yield box.set_flags({uid + 100: frozenset({"\\Seen"})})
         self.assertEqual(box.messages[0].flags, frozenset())
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_size_is_wire_size_of_what_is_read(self):
+        """For messages with CRLF and bare LF line ends, NUL bytes, a lone CR and no final
+        newline, delivered, appended or written by another program: size == len(to_wire(read)),
+        before and after a flag change and an expunge rewrote the mailbox."""
+        odd = [
+            b"Subject: crlf\r\nX: \0\r\n\r\nbody\0one\r\nbare\nlast\r\n",
+            b"Subject: cr\r\n\r\nends in a lone CR\r",
+            b"Subject: short\n\nno final newline\0",
+        ]
+        store = self.make_store()
+        yield store.deliver(self.account, odd[0], "a@example.test")
+        yield self.external_append(odd[1])
+        box = yield store.open(self.account)
+        yield box.refresh()
+        yield box.append(odd[2])
+        yield box.append(MSG1)
+
+        @defer.inlineCallbacks
+        def check(count):
+            self.assertEqual(len(box.messages), count)
+            for info in box.messages:
+                data = yield box.read(info.uid)
+                self.assertEqual(info.size, len(to_wire(data)), data)
+
+        yield check(4)
+        yield box.set_flags({m.uid: frozenset({"\\Seen"}) for m in box.messages})
+        yield box.expunge([box.messages[-1].uid])
+        yield box.refresh()
+        yield check(3)
         box.close()

@@ -18,6 +18,7 @@ from mailsuite.store.interfaces import StoreError
 from mailsuite.store.locking import LockTimeout, try_fcntl_lock
 from mailsuite.store.mbox import MboxStore
 from mailsuite.store.mboxformat import to_stored
+from mailsuite.wire import to_wire
 from tests.store_conformance import MSG1, MSG2, StoreConformanceMixin
 
 
@@ -301,6 +302,47 @@ class MboxOtherProgramsTests(MboxTestCase):
         self.assertTrue(lines[2].endswith(b" Work \\Seen"))
         mode = stat.S_IMODE(os.stat(os.path.dirname(self.index_path)).st_mode)
         self.assertEqual(mode, 0o700)
+        box.close()
+
+
+CRLF_FILE = (
+    b"From a@example.test  Tue Nov 28 06:01:02 2026\n"
+    b"Subject: crlf\r\nStatus: RO\r\nX-Status: F\r\n\r\nbody\0one\r\nbare lf\nlast\r\n\n"
+    b"From a@example.test  Tue Nov 28 06:02:02 2026\n"
+    b"Subject: mixed\nStatus: O\nContent-Length: 3\n\n\0\r\r\nno blank line\r\n\n"
+    b"From a@example.test  Tue Nov 28 06:03:02 2026\n"
+    b"Subject: cut short\r\nX-Keywords: Work\r\n\r\nline\nends in a lone CR\r"
+)
+
+
+class MboxWireSizeTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def check(self, box, count):
+        self.assertEqual(len(box.messages), count)
+        for info in box.messages:
+            data = yield box.read(info.uid)
+            self.assertNotIn(b"Status:", data.split(b"\r\n\r\n")[0])
+            self.assertEqual(info.size, len(to_wire(data)), data)
+
+    @defer.inlineCallbacks
+    def test_crlf_file_sizes(self):
+        """A file another program wrote with CRLF line ends, NULs, a lone CR and a last message
+        without final newline: every size is len(to_wire(read(uid))) (state headers hidden),
+        after the parse, a restart, and an expunge that rewrites the file a few bytes at a time
+        (so CRLFs straddle the copy chunks)."""
+        self.write(CRLF_FILE)
+        box = yield self.make_store().open(self.account)
+        yield self.check(box, 3)
+        box.close()
+        box = yield self.make_store().open(self.account)
+        yield self.check(box, 3)
+        self.patch(mboxfile, "COPY", 3)
+        yield box.set_flags({box.messages[2].uid: frozenset({"\\Seen"})})
+        yield box.expunge([box.messages[0].uid])
+        yield self.check(box, 2)
+        box.close()
+        box = yield self.make_store().open(self.account)
+        yield self.check(box, 2)
         box.close()
 
 

@@ -9,7 +9,7 @@ written atomically (temp file, fsync, rename, fsync of the directory)::
 
 ``offset`` is the From line, ``body_off`` the first byte of the message, ``hdr_end`` the byte after
 its header block, ``end`` the byte after the message (before the blank separator line); ``size``
-the CRLF size served to clients; ``date`` the internal date (epoch seconds); ``fingerprint``
+the wire size (``mailsuite.wire``) of what clients are served; ``date`` the internal date (epoch seconds); ``fingerprint``
 identifies the message across rewrites by other programs (see ``mboxformat.fingerprint``);
 ``header_sig`` the state of its Status/X-Status/X-Keywords headers when last seen, so a change
 made by mutt is noticed and wins. Flags are IMAP atoms (never contain spaces).

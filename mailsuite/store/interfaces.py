@@ -6,9 +6,11 @@ these interfaces and never opens a file. Two implementations: ``mailsuite.store.
 test double). ``tests/store_conformance.py`` runs the same tests against both.
 
 Conventions
-- Message bytes cross this interface in their on-disk form: LF line ends, no mbox ``From `` line,
-  no trailing separator line. Protocol code converts to CRLF on the wire.
-- ``MessageInfo.size`` is the size a client is told: the CRLF size (bytes + number of LFs).
+- Message bytes cross this interface in their on-disk form: LF line ends (CRLF where another
+  program stored them so), no mbox ``From `` line, no trailing separator line. Protocol code
+  sends ``mailsuite.wire.to_wire`` of them.
+- ``MessageInfo.size`` is the size a client is told: ``len(to_wire(read(uid)))``, known without
+  reading the message (``mailsuite.wire.wire_size``).
 - Flags are IMAP names as ``str``: ``\\Seen \\Answered \\Flagged \\Deleted \\Draft`` and keywords.
   ``\\Recent`` is a per-session notion and never stored.
 - Everything that may touch the disk returns a Deferred and runs its I/O off the reactor thread.
@@ -45,7 +47,7 @@ class MessageInfo:
     uid: int
     flags: frozenset[str]
     internal_date: datetime  # timezone-aware
-    size: int  # CRLF size, as RETR / BODY[] send it
+    size: int  # len(mailsuite.wire.to_wire(message)), as RETR / BODY[] send it
 
 
 @dataclass
@@ -79,7 +81,8 @@ class IMailbox(Interface):
         """
 
     def read(uid):
-        """Deferred[bytes]: the whole message (LF line ends, as stored). UnknownUID if gone."""
+        """Deferred[bytes]: the whole message (as stored, state headers hidden). UnknownUID if
+        gone."""
 
     def read_headers(uids):
         """Deferred[dict[int, bytes]]: the header block (up to and including the blank line) of

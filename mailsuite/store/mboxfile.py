@@ -38,6 +38,7 @@ from mailsuite.store.mboxformat import (
     to_stored,
     with_status,
 )
+from mailsuite.wire import crlf_size, wire_size
 
 log = Logger()
 
@@ -371,17 +372,20 @@ class MboxFile:
                 f.write(new_header)
                 body_len = e.end - e.hdr_end
                 offset = e.hdr_end
-                last = b"\n"
+                last = b"\n"  # the header block ends in one
+                body_wire = 0  # wire size of the body as written (it ends in a line end)
                 while offset < e.end:
                     chunk = _pread_all(src, min(COPY, e.end - offset), offset)
                     if not chunk:
                         raise StoreError(f"{self.path} shrank while locked")
                     f.write(chunk)
                     offset += len(chunk)
+                    body_wire += crlf_size(chunk) - (last == b"\r" and chunk[:1] == b"\n")
                     last = chunk[-1:]
                 fix = b"" if last == b"\n" else b"\n"  # a last message cut short
                 f.write(fix + b"\n")
-                old_shown, new_shown = served_header(header), served_header(new_header)
+                if fix:
+                    body_wire += 2 - (last == b"\r")
                 body_off = pos + len(line)
                 hdr_end = body_off + len(new_header)
                 entries.append(
@@ -391,12 +395,7 @@ class MboxFile:
                         body_off=body_off,
                         hdr_end=hdr_end,
                         end=hdr_end + body_len + len(fix),
-                        size=e.size
-                        + 2 * len(fix)
-                        + len(new_shown)
-                        + new_shown.count(b"\n")
-                        - len(old_shown)
-                        - old_shown.count(b"\n"),
+                        size=wire_size(served_header(new_header)) + body_wire,
                         fingerprint=fingerprint(new_header, body_len + len(fix)),
                         header_sig=header_flags(new_header)[1],
                     )

@@ -26,6 +26,8 @@ import time
 import zlib
 from dataclasses import dataclass
 
+from mailsuite.wire import wire_size
+
 Buffer = bytes
 
 _MONTHS = {
@@ -62,7 +64,7 @@ class Parsed:
     end: int
     date: int | None  # epoch seconds from the From line
     fingerprint: str
-    size: int  # CRLF size of what clients are served
+    size: int  # wire size of what clients are served (mailsuite.wire)
     header_flags: frozenset[str]  # from Status / X-Status / X-Keywords
     header_sig: str  # changes when another program changes those headers
 
@@ -248,6 +250,16 @@ def parse(
     return out
 
 
+def served_size(shown: bytes, buf: Buffer, hdr_end: int, end: int) -> int:
+    """``wire_size(shown + buf[hdr_end:end])`` without the copy: the wire size of a message
+    served as its shown header block followed by its body.
+
+    A non-empty body follows a header block that ends in a line end, so no CRLF straddles the
+    two and the header needs no final line end of its own.
+    """
+    return wire_size(shown) + wire_size(buf, hdr_end, end)
+
+
 def describe(
     buf: bytes, offset: int, body_off: int, end: int, date: int | None, base: int = 0
 ) -> Parsed:
@@ -264,7 +276,7 @@ def describe(
         base + end,
         date,
         _fingerprint(shown, body_len),
-        len(shown) + shown.count(b"\n") + body_len + buf.count(b"\n", hdr_end, end),
+        served_size(shown, buf, hdr_end, end),
         flags,
         sig,
     )

@@ -18,14 +18,11 @@ from mailsuite.store.interfaces import (
     MessageInfo,
     UnknownUID,
 )
+from mailsuite.wire import wire_size
 
 
 def _lf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
-
-
-def _crlf_size(data: bytes) -> int:
-    return len(data) + data.count(b"\n")
 
 
 @implementer(IMailbox)
@@ -100,7 +97,7 @@ class MemoryMailbox:
         data = _lf(data)
         if not data.endswith(b"\n"):
             data += b"\n"
-        info = MessageInfo(self.uid_next, frozenset(flags), date or self._now(), _crlf_size(data))
+        info = MessageInfo(self.uid_next, frozenset(flags), date or self._now(), wire_size(data))
         self.uid_next += 1
         self.messages.append(info)
         self._bodies[info.uid] = data
