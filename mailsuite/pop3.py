@@ -4,12 +4,10 @@ A session works on a snapshot of INBOX taken at login (``open_pop3_mailbox``). D
 marks until QUIT, which expunges exactly the marked UIDs; a dropped connection deletes nothing,
 and mail that arrives during a session is not part of it and survives its QUIT.
 
-Wire form of a message (what RETR sends, before dot-stuffing): the stored bytes with NUL bytes
-removed (they hang Outlook), every line ending made CRLF (CRLF already in the store stays CRLF)
-and a final line end added when missing. STAT/LIST sizes are exactly the length of that wire form.
-Because NULs and stored CRLFs change the length, the sizes are measured from the message bytes
-(the first STAT/LIST of a process reads each message once) and kept per store for the life of the
-process, keyed by UIDVALIDITY, UID and stored size.
+RETR and TOP send a message's wire form (``mailsuite.wire.to_wire``: CRLF line ends, a final
+line end, NUL bytes replaced by 0x80 as Dovecot's ``outlook-no-nuls`` does), dot-stuffed.
+STAT and LIST announce the store's ``MessageInfo.size``, which is exactly the length of that
+wire form, so they read no message: a 100,000-message INBOX is listed from the index alone.
 
 The stock protocol's defects (TWISTED.md) are fixed by replacing its command handlers: the stock
 class only contributes its line handling and timeout mixin.
@@ -19,7 +17,6 @@ from __future__ import annotations
 
 import io
 import ipaddress
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +31,7 @@ from zope.interface import implementer
 from mailsuite.accounts import Account
 from mailsuite.net import host_of
 from mailsuite.store.interfaces import MessageInfo, UnknownUID
+from mailsuite.wire import to_wire
 
 log = Logger()
 
@@ -44,23 +42,6 @@ CHUNK_SIZE = 65536
 
 
 # -- the wire form -------------------------------------------------------------------------------
-
-
-def to_wire(stored: bytes) -> bytes:
-    """Stored bytes -> what RETR sends before dot-stuffing: no NULs, CRLF line ends, final CRLF."""
-    data = stored.replace(b"\0", b"").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if data and not data.endswith(b"\n"):
-        data += b"\n" if data.endswith(b"\r") else b"\r\n"
-    return data
-
-
-def wire_size(stored: bytes) -> int:
-    """``len(to_wire(stored))`` without building the wire form."""
-    data = stored.replace(b"\0", b"")
-    size = len(data) + data.count(b"\n") - data.count(b"\r\n")
-    if data and not data.endswith(b"\n"):
-        size += 1 if data.endswith(b"\r") else 2
-    return size
 
 
 def dot_stuff(wire: bytes) -> bytes:
@@ -87,34 +68,20 @@ def top_of(wire: bytes, lines: int) -> bytes:
 
 # -- the maildrop of one session -----------------------------------------------------------------
 
-# store -> {(account name, UIDVALIDITY): {(uid, stored size): wire size}}
-_size_cache: weakref.WeakKeyDictionary[Any, dict[tuple[str, int], dict[tuple[int, int], int]]]
-_size_cache = weakref.WeakKeyDictionary()
-
-
-def _sizes_for(store: Any, account: Account, uid_validity: int) -> dict[tuple[int, int], int]:
-    try:
-        per_store = _size_cache.setdefault(store, {})
-    except TypeError:  # a store that cannot be weakly referenced: no cache
-        return {}
-    return per_store.setdefault((account.name, uid_validity), {})
-
-
 @implementer(pop3.IMailbox)
 class Pop3Mailbox:
     """The maildrop of one POP3 session: a snapshot of INBOX, deletion marks, the commit at QUIT.
 
     Indexes are 0-based (message number - 1), as ``twisted.mail.pop3.IMailbox`` wants.
+    ``sizes`` are the wire sizes of the snapshot's messages (deleted ones too), from the store.
     """
 
-    def __init__(self, mailbox: Any, account: Account, snapshot: list[MessageInfo],
-                 size_cache: dict[tuple[int, int], int]) -> None:
+    def __init__(self, mailbox: Any, account: Account, snapshot: list[MessageInfo]) -> None:
         self.mailbox = mailbox
         self.account = account
         self.messages = list(snapshot)
+        self.sizes = [info.size for info in self.messages]
         self.deleted: set[int] = set()
-        self._size_cache = size_cache
-        self._sizes: list[int] | None = None
         self._closed = False
 
     def __len__(self) -> int:
@@ -126,27 +93,6 @@ class Pop3Mailbox:
             raise ValueError(f"There's no message {index + 1}.")
         if index in self.deleted:
             raise ValueError("Message is deleted.")
-
-    @defer.inlineCallbacks
-    def wire_sizes(self) -> Any:
-        """Deferred[list[int]]: the wire size of every message (deleted ones too)."""
-        if self._sizes is None:
-            sizes = []
-            for info in self.messages:
-                key = (info.uid, info.size)
-                if key not in self._size_cache:
-                    try:
-                        stored = yield self.mailbox.read(info.uid)
-                    except UnknownUID:  # expunged by another session meanwhile
-                        self._size_cache[key] = info.size
-                    else:
-                        self._size_cache[key] = wire_size(stored)
-                sizes.append(self._size_cache[key])
-            live = {(m.uid, m.size) for m in self.messages}
-            for key in [k for k in self._size_cache if k not in live]:
-                del self._size_cache[key]
-            self._sizes = sizes
-        return self._sizes
 
     def read_wire(self, index: int) -> defer.Deferred[bytes]:
         """Deferred[bytes]: the wire form of a message (ValueError if deleted or unknown)."""
@@ -175,15 +121,12 @@ class Pop3Mailbox:
 
     # twisted.mail.pop3.IMailbox
     def listMessages(self, i: int | None = None) -> Any:
-        def pick(sizes: list[int]) -> Any:
-            shown = [0 if n in self.deleted else s for n, s in enumerate(sizes)]
-            if i is None:
-                return shown
-            if not 0 <= i < len(shown):
-                raise ValueError(f"There's no message {i + 1}.")
-            return shown[i]
-
-        return self.wire_sizes().addCallback(pick)
+        shown = [0 if n in self.deleted else s for n, s in enumerate(self.sizes)]
+        if i is None:
+            return shown
+        if not 0 <= i < len(shown):
+            raise ValueError(f"There's no message {i + 1}.")
+        return shown[i]
 
     def getMessage(self, i: int) -> defer.Deferred[io.BytesIO]:
         return self.read_wire(i).addCallback(io.BytesIO)
@@ -212,8 +155,7 @@ def open_pop3_mailbox(store: Any, account: Account) -> Any:
     except BaseException:
         mailbox.close()
         raise
-    sizes = _sizes_for(store, account, mailbox.uid_validity)
-    return Pop3Mailbox(mailbox, account, list(mailbox.messages), sizes)
+    return Pop3Mailbox(mailbox, account, list(mailbox.messages))
 
 
 # -- the protocol --------------------------------------------------------------------------------
@@ -445,34 +387,25 @@ class POP3Server(pop3.POP3):
         self.reply(b"-ERR Wrong number of arguments.")
         return False
 
-    def _live(self, sizes: list[int]) -> list[tuple[int, int]]:
-        return [(n, s) for n, s in enumerate(sizes) if n not in self.mbox.deleted]
+    def _live(self) -> list[tuple[int, int]]:
+        return [(n, s) for n, s in enumerate(self.mbox.sizes) if n not in self.mbox.deleted]
 
-    def do_STAT(self, *args: bytes) -> Any:
-        if not self._arity(args, 0, 0):
-            return None
-
-        def stat(sizes: list[int]) -> None:
-            live = self._live(sizes)
+    def do_STAT(self, *args: bytes) -> None:
+        if self._arity(args, 0, 0):
+            live = self._live()
             self.reply(b"+OK %d %d" % (len(live), sum(s for _, s in live)))
 
-        return self.mbox.wire_sizes().addCallback(stat)
-
-    def do_LIST(self, *args: bytes) -> Any:
+    def do_LIST(self, *args: bytes) -> None:
         if not self._arity(args, 0, 1):
-            return None
-        index = self._index(args[0]) if args else -1
-        if index is None:
-            return None
-
-        def listing(sizes: list[int]) -> None:
-            if index >= 0:
-                return self.reply(b"+OK %d %d" % (index + 1, sizes[index]))
-            lines = [b"+OK %d messages:" % len(self._live(sizes))]
-            lines += [b"%d %d" % (n + 1, s) for n, s in self._live(sizes)]
-            self.transport.write(b"".join(x + b"\r\n" for x in lines + [b"."]))
-
-        return self.mbox.wire_sizes().addCallback(listing)
+            return
+        if args:
+            index = self._index(args[0])
+            if index is not None:
+                self.reply(b"+OK %d %d" % (index + 1, self.mbox.sizes[index]))
+            return
+        live = self._live()
+        lines = [b"+OK %d messages:" % len(live)] + [b"%d %d" % (n + 1, s) for n, s in live]
+        self.transport.write(b"".join(x + b"\r\n" for x in lines + [b"."]))
 
     def do_UIDL(self, *args: bytes) -> None:
         if not self._arity(args, 0, 1):
@@ -595,9 +528,7 @@ class POP3Server(pop3.POP3):
             self.maillog.write("pop3-login", f"Disconnected ({what}, rip={self.rip}, lip={self.lip}")
             return
         s, mbox = self._stats, self.mbox
-        size = sum(m.size for m in mbox.messages)
-        if mbox._sizes is not None:
-            size = sum(mbox._sizes)
+        size = sum(mbox.sizes)
         end = self._end if self._end.startswith("Disconnected") else "Disconnected: " + self._end
         self.maillog.write("pop3", f"{end} top={s['top']}/{s['top_bytes']}, "
                                    f"retr={s['retr']}/{s['retr_bytes']}, "

@@ -20,6 +20,7 @@ from mailsuite import pop3
 from mailsuite.accounts import Account
 from mailsuite.maillog import MailLog
 from mailsuite.store.memory import MemoryStore
+from mailsuite.wire import to_wire
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -113,18 +114,6 @@ class Pop3TestCase(unittest.TestCase):
 
 
 class WireFormTests(unittest.TestCase):
-    def test_wire_size_is_length_of_wire_form(self):
-        """wire_size counts exactly what to_wire builds: NULs gone, LF and CRLF both -> CRLF,
-        a final CRLF added when missing."""
-        for stored in [b"", b"a\n", b"a", b"a\r\nb\n", b"a\0b\n", b"\r\0\n", b"x\r", b"\n\n.\n",
-                       b"a\r\r\nb\n", b"\0"]:
-            wire = pop3.to_wire(stored)
-            self.assertEqual(pop3.wire_size(stored), len(wire), stored)
-            self.assertNotIn(b"\0", wire)
-            self.assertTrue(wire == b"" or wire.endswith(b"\r\n"), stored)
-            if b"\r\r" not in stored:
-                self.assertNotIn(b"\r\r\n", wire, stored)
-
     def test_dot_stuff(self):
         """Every line starting with a dot gets one more, the first line too."""
         self.assertEqual(pop3.dot_stuff(b".a\r\nb\r\n..c\r\n.\r\n"), b"..a\r\nb\r\n...c\r\n..\r\n")
@@ -147,14 +136,14 @@ class MailboxTests(Pop3TestCase):
         self.deliver(b"Subject: b\n\nB\n")
         box = self.successResultOf(pop3.open_pop3_mailbox(self.store, BOSS))
         verifyObject(twisted_pop3.IMailbox, box)
-        self.assertEqual(self.successResultOf(box.listMessages()), [17, 17])
+        self.assertEqual(box.listMessages(), [18, 17])
         self.assertEqual(self.successResultOf(box.getMessage(0)).read(),
-                         b"Subject: a\r\n\r\nA\r\n")
+                         b"Subject: a\r\n\r\nA\x80\r\n")
         self.assertEqual(box.getUidl(1), b"%08X%08X" % (self.inbox().uid_validity, 2))
         box.deleteMessage(0)
-        self.assertEqual(self.successResultOf(box.listMessages()), [0, 17])
-        self.assertEqual(self.successResultOf(box.listMessages(0)), 0)
-        self.failureResultOf(box.listMessages(2), ValueError)
+        self.assertEqual(box.listMessages(), [0, 17])
+        self.assertEqual(box.listMessages(0), 0)
+        self.assertRaises(ValueError, box.listMessages, 2)
         self.failureResultOf(box.getMessage(0), ValueError)
         self.assertRaises(ValueError, box.getUidl, 0)
         self.assertRaises(ValueError, box.deleteMessage, 5)
@@ -166,17 +155,16 @@ class MailboxTests(Pop3TestCase):
         box.logout()
         self.assertEqual(self.inbox().users, 0)
 
-    def test_sizes_measured_once_per_store(self):
-        """A second session does not read the messages again to know their sizes."""
+    def test_sizes_are_the_store_sizes(self):
+        """The maildrop's sizes are the store's MessageInfo.size: no message is read for them."""
         self.deliver(b"Subject: a\n\nA\n")
-        box = self.successResultOf(pop3.open_pop3_mailbox(self.store, BOSS))
-        self.successResultOf(box.wire_sizes())
-        box.logout()
+        self.inbox().external_append(b"Subject: b\r\n\r\nB\0\r\nno end", verbatim=True)
+        self.inbox().refresh()
         reads = []
-        original = self.inbox().read
-        self.patch(self.inbox(), "read", lambda uid: reads.append(uid) or original(uid))
+        self.patch(self.inbox(), "read", lambda uid: reads.append(uid))
         box = self.successResultOf(pop3.open_pop3_mailbox(self.store, BOSS))
-        self.assertEqual(self.successResultOf(box.wire_sizes()), [17])
+        self.assertEqual(box.sizes, [m.size for m in self.inbox().messages])
+        self.assertEqual(box.listMessages(), [17, 26])
         self.assertEqual(reads, [])
         box.logout()
 
@@ -295,17 +283,24 @@ class AuthorizationTests(Pop3TestCase):
 class TransactionTests(Pop3TestCase):
     def test_sizes_equal_retr_bytes(self):
         """STAT, LIST and LIST n give exactly the bytes RETR sends: CRLF line ends, NULs
-        stripped (Outlook hangs on them), CRLF stored by another program, no final newline."""
+        replaced by 0x80 (Outlook hangs on them), CRLF stored by another program, no final
+        newline, a lone final CR; and STAT and LIST read no message to know that."""
         self.deliver(b"Subject: lf\n\nline\n")
         self.deliver(b"Subject: nul\n\na\0b\0\n\0")
-        self.deliver(b"Subject: plain\n\n.dot\n")
         box = self.inbox()
-        box._bodies[3] = b"Subject: crlf\r\n\r\nbody\r\n"  # written with CRLF by another program
+        for raw in [b"Subject: crlf\r\n\r\nbody\0\r\nbare\n\0",  # written by another program
+                    b"Subject: cr\r\n\r\n.dot\r\nlone CR\r"]:
+            box.external_append(raw, verbatim=True)
+        box.refresh()
         self.deliver(b"Subject: no end\n\nlast line")
         session = self.login()
+        original, reads = box.read, []
+        self.patch(box, "read", lambda uid: reads.append(uid) or original(uid))
         sizes = self.list_sizes(session)
+        stat = self.send(session, b"STAT")
+        self.assertEqual(reads, [])
         total = 0
-        for number in range(1, 5):
+        for number in range(1, 6):
             announced, data = self.retr(session, number)
             self.assertEqual((announced, sizes[number]), (len(data), len(data)))
             self.assertEqual(self.send(session, b"LIST %d" % number),
@@ -314,9 +309,12 @@ class TransactionTests(Pop3TestCase):
             self.assertNotIn(b"\r\r\n", data)
             self.assertTrue(data.endswith(b"\r\n"))
             total += len(data)
-        self.assertEqual(self.send(session, b"STAT"), b"+OK 4 %d\r\n" % total)
-        self.assertEqual(self.retr(session, 2)[1], b"Subject: nul\r\n\r\nab\r\n\r\n")
-        self.assertEqual(self.retr(session, 3)[1], b"Subject: crlf\r\n\r\nbody\r\n")
+        self.assertEqual(stat, b"+OK 5 %d\r\n" % total)
+        self.assertEqual(self.retr(session, 2)[1],
+                         b"Subject: nul\r\n\r\na\x80b\x80\r\n\x80\r\n")
+        self.assertEqual(self.retr(session, 3)[1],
+                         b"Subject: crlf\r\n\r\nbody\x80\r\nbare\r\n\x80\r\n")
+        self.assertEqual(self.retr(session, 4)[1], b"Subject: cr\r\n\r\n.dot\r\nlone CR\r\n")
 
     def test_dot_stuffing_first_line_and_chunk_boundaries(self):
         """A dot at the start of the first line, of a line at the 16 KiB boundary of the stock
@@ -324,20 +322,20 @@ class TransactionTests(Pop3TestCase):
         body = b"Subject: x\n\n"
         body += b"a" * (16384 - len(body) - 1) + b"\n.at 16k\n"
         self.assertEqual(body.index(b".at 16k"), 16384)  # the stock FileSender's chunk boundary
-        wire = pop3.dot_stuff(pop3.to_wire(body))
+        wire = pop3.dot_stuff(to_wire(body))
         body += b"b" * (pop3.CHUNK_SIZE - len(wire) - 2) + b"\n.at 64k\n.\n"
-        stuffed = pop3.dot_stuff(pop3.to_wire(body))
+        stuffed = pop3.dot_stuff(to_wire(body))
         self.assertEqual(stuffed.index(b"..at 64k"), pop3.CHUNK_SIZE)  # our chunk boundary
         self.deliver(body)
         self.deliver(b".first: line\n\n.\n")
         session = self.login()
         out = self.send(session, b"RETR 1")
-        self.assertTrue(out.startswith(b"+OK %d octets\r\n" % len(pop3.to_wire(body))))
+        self.assertTrue(out.startswith(b"+OK %d octets\r\n" % len(to_wire(body))))
         wire = out[out.index(b"\r\n") + 2:]
         self.assertTrue(wire.endswith(b"\r\n..at 64k\r\n..\r\n.\r\n"), wire[-40:])
         self.assertIn(b"\r\n..at 16k\r\n", wire)
         self.assertEqual(wire, stuffed + b".\r\n")
-        self.assertEqual(self.retr(session, 1)[1], pop3.to_wire(body))
+        self.assertEqual(self.retr(session, 1)[1], to_wire(body))
         self.assertEqual(self.send(session, b"RETR 2"), b"+OK 19 octets\r\n"
                          b"..first: line\r\n\r\n..\r\n.\r\n")
 
@@ -490,10 +488,13 @@ class TransactionTests(Pop3TestCase):
         reads = [pending]
         self.patch(box, "read", lambda uid: reads.pop() if reads else original(uid))
         _proto, transport = session = self.login()
-        self.assertEqual(self.send(session, *[b"STAT"] * 3000), b"")
+        self.assertEqual(self.send(session, b"RETR 1", *[b"STAT"] * 3000), b"")
         self.assertEqual(transport.producerState, "paused")
         pending.callback(b"Subject: 1\n\n1\n")
-        self.assertEqual(transport.value(), b"+OK 1 17\r\n" * 3000)
+        while transport.producer is not None:
+            transport.producer.resumeProducing()
+        self.assertEqual(transport.value(), b"+OK 17 octets\r\nSubject: 1\r\n\r\n1\r\n.\r\n"
+                         + b"+OK 1 17\r\n" * 3000)
         self.assertEqual(transport.producerState, "producing")
 
     def test_connection_lost_during_retr(self):
@@ -562,7 +563,8 @@ class ListeningServerTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_poplib_session(self):
-        """poplib logs in, lists, retrieves (with a dot-stuffed line and a NUL), deletes and
+        """poplib logs in, lists, retrieves (with a dot-stuffed line and a NUL, sent as 0x80),
+        deletes and
         quits; the sizes it is told equal the bytes it gets; the deletion is committed."""
         self.store.deliver(BOSS, b"Subject: one\n\n.dot\nnul\0here\n", "a@b")
         self.store.deliver(BOSS, b"Subject: two\n\nbody\n", "a@b")
@@ -588,7 +590,7 @@ class ListeningServerTests(unittest.TestCase):
         self.assertEqual(welcome, b"+OK mailsuite ready.")
         self.assertEqual(sorted(caps), ["AUTH-RESP-CODE", "IMPLEMENTATION", "PIPELINING",
                                         "RESP-CODES", "TOP", "UIDL", "USER"])
-        self.assertEqual(lines, [b"Subject: one", b"", b".dot", b"nulhere"])
+        self.assertEqual(lines, [b"Subject: one", b"", b".dot", b"nul\x80here"])
         size = len(b"\r\n".join(lines) + b"\r\n")
         self.assertEqual(listing[0], b"1 %d" % size)
         self.assertEqual(stat, (2, size + 22))

@@ -93,10 +93,13 @@ class MemoryMailbox:
         self._tell(Changes(expunged=gone))
         return defer.succeed(gone)
 
-    def _add(self, data: bytes, flags: frozenset[str], date: datetime | None) -> MessageInfo:
-        data = _lf(data)
-        if not data.endswith(b"\n"):
-            data += b"\n"
+    def _add(
+        self, data: bytes, flags: frozenset[str], date: datetime | None, verbatim: bool = False
+    ) -> MessageInfo:
+        if not verbatim:
+            data = _lf(data)
+            if not data.endswith(b"\n"):
+                data += b"\n"
         info = MessageInfo(self.uid_next, frozenset(flags), date or self._now(), wire_size(data))
         self.uid_next += 1
         self.messages.append(info)
@@ -120,9 +123,10 @@ class MemoryMailbox:
     def close(self) -> None:
         self.users -= 1
 
-    # Test hook: what another program (Postfix local, mutt) writing to the file would do.
-    def external_append(self, data: bytes) -> None:
-        self._pending.added.append(self._add(data, frozenset(), None))
+    # Test hook: what another program (Postfix local, mutt) writing to the file would do;
+    # ``verbatim``: one that keeps the bytes as they are (CRLF line ends, no final newline).
+    def external_append(self, data: bytes, verbatim: bool = False) -> None:
+        self._pending.added.append(self._add(data, frozenset(), None, verbatim))
 
 
 @implementer(IMailStore)
