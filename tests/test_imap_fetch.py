@@ -70,6 +70,16 @@ class SectionTests(unittest.TestCase):
         self.assertEqual(self.section(b"2.TEXT"), b"inner body")
         self.assertEqual(self.section(b"3"), b"")
 
+    def test_crlf_message_sections(self) -> None:
+        """A message stored with CRLF line ends has the same sections as its LF form: the
+        header ends at the CRLF blank line and CRLF boundary lines delimit the parts."""
+        crlf_message = MULTIPART.replace(b"\n", b"\r\n")
+        for text in (b"HEADER", b"TEXT", b"1", b"1.MIME", b"2", b"2.HEADER", b"2.TEXT", b"3"):
+            item = parse_fetch_items(b"BODY.PEEK[" + text + b"]")[0]
+            assert item.section is not None
+            self.assertEqual(section_bytes(crlf_message, item.section),
+                             self.section(text).replace(b"\n", b"\r\n"), text)
+
     def test_single_part_body_is_part_one(self) -> None:
         """In a non-multipart message BODY[1] is the body."""
         item = parse_fetch_items(b"BODY[1]")[0]

@@ -22,6 +22,7 @@ from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.memory import MemoryStore
+from mailsuite.wire import to_wire
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 WHEN = datetime(2026, 9, 14, 17, 7, 10, tzinfo=UTC)
@@ -288,6 +289,30 @@ class FetchTests(ImapTestCase):
         out = self.s.cmd(b"a FETCH 1 (RFC822.SIZE BODY.PEEK[])")
         wire = MESSAGE.replace(b"\n", b"\r\n")
         self.assertIn(b"RFC822.SIZE %d BODY[] {%d}\r\n" % (len(wire), len(wire)) + wire + b")", out)
+
+    def test_size_is_body_length_for_crlf_nul_message(self) -> None:
+        """A message another program stored with CRLF line ends, bare LFs, NUL bytes and no final
+        newline: RFC822.SIZE equals the BODY[] literal length, BODY[] and RFC822 are its wire
+        form (NUL sent as 0x80), BODY[HEADER] + BODY[TEXT] == BODY[], and RFC822.HEADER (read
+        with the store's read_headers) is BODY[HEADER]."""
+        raw = b"Subject: crlf\r\nX-Nul: a\0b\r\n\r\nbody\0\r\nbare lf\nno end"
+        self.box().external_append(raw, verbatim=True)
+        self.s.cmd(b"n NOOP")
+        out = self.s.cmd(b"a FETCH 2 (RFC822.SIZE BODY.PEEK[] BODY.PEEK[HEADER] BODY.PEEK[TEXT])")
+        literals = {}
+        for name, length in re.findall(rb"(BODY\[[A-Z]*\]) \{(\d+)\}\r\n", out):
+            start = out.index(name + b" {%s}\r\n" % length) + len(name) + len(length) + 5
+            literals[name] = out[start : start + int(length)]
+        size = int(re.search(rb"RFC822.SIZE (\d+)", out).group(1))  # type: ignore[union-attr]
+        wire = to_wire(raw)
+        self.assertEqual(literals[b"BODY[]"], wire)
+        self.assertEqual(size, len(wire))
+        self.assertEqual(literals[b"BODY[HEADER]"], b"Subject: crlf\r\nX-Nul: a\x80b\r\n\r\n")
+        self.assertEqual(literals[b"BODY[HEADER]"] + literals[b"BODY[TEXT]"], wire)
+        self.assertIn(b"RFC822 {%d}\r\n" % len(wire) + wire, self.s.cmd(b"b FETCH 2 RFC822.PEEK"))
+        header = literals[b"BODY[HEADER]"]
+        self.assertIn(b"RFC822.HEADER {%d}\r\n" % len(header) + header + b")",
+                      self.s.cmd(b"c FETCH 2 RFC822.HEADER"))
 
     def test_body_sets_seen_and_reports_flags(self) -> None:
         """BODY[] (no PEEK) sets \\Seen in the store and reports FLAGS in the same response."""

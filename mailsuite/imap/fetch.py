@@ -1,8 +1,12 @@
 """FETCH: parsing the attribute list, and rendering items from the raw stored bytes.
 
-Message bytes are served exactly as stored (LF on disk becomes CRLF on the wire): no header is
-rebuilt, so duplicate ``Received:`` lines and raw 8-bit headers reach the client unchanged. The
-``email`` package is used only to read a ``Content-Type`` boundary for part numbers.
+Message bytes are served exactly as stored, in their wire form (``mailsuite.wire``: CRLF line
+ends, a final line end, NUL bytes sent as 0x80): no header is rebuilt, so duplicate ``Received:``
+lines and raw 8-bit headers reach the client unchanged. Sections are cut from the message with
+its final line end (``wire.complete``) and converted with ``wire.crlf``, so BODY[] and RFC822 are
+exactly ``to_wire`` of the message, RFC822.SIZE (the store's size) is always their length, and
+BODY[HEADER] + BODY[TEXT] == BODY[]. The ``email`` package is used only to read a
+``Content-Type`` boundary for part numbers.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from mailsuite.imap.mailbox import format_flags
 from mailsuite.store.interfaces import UnknownUID
+from mailsuite.wire import complete, crlf
 
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
@@ -150,12 +155,16 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
     return items
 
 
-# -- raw message anatomy (LF line ends, as stored) ----------------------------------------------
+# -- raw message anatomy (as stored: LF line ends, or CRLF where another program wrote them) -----
 def split_message(raw: bytes) -> tuple[bytes, bytes]:
     """(header block including the blank line, body)."""
-    if raw.startswith(b"\n"):
-        return b"\n", raw[1:]
+    for blank in (b"\n", b"\r\n"):
+        if raw.startswith(blank):
+            return blank, raw[len(blank) :]
     end = raw.find(b"\n\n")
+    cr_end = raw.find(b"\n\r\n", 0, len(raw) if end < 0 else end)
+    if cr_end >= 0:
+        return raw[: cr_end + 3], raw[cr_end + 3 :]
     if end < 0:
         return raw, b""
     return raw[: end + 2], raw[end + 2 :]
@@ -189,7 +198,9 @@ def _content_type(header: bytes) -> tuple[str, str | None]:
 
 
 def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
-    delim = re.compile(rb"(?:^|\n)--" + re.escape(boundary.encode("latin-1")) + rb"(--)?[ \t]*(?:\n|\Z)")
+    delim = re.compile(
+        rb"(?:^|\r?\n)--" + re.escape(boundary.encode("latin-1")) + rb"(--)?[ \t]*(?:\r?\n|\Z)"
+    )
     parts: list[bytes] = []
     start: int | None = None
     for m in delim.finditer(body):
@@ -246,11 +257,6 @@ def section_bytes(raw: bytes, section: Section) -> bytes:
     keep = section.spec == "HEADER.FIELDS"
     chosen = [raw_field for name, raw_field in header_fields(header) if (name in wanted) == keep]
     return b"".join(chosen) + b"\n"
-
-
-def to_wire(data: bytes) -> bytes:
-    """LF (as stored) to CRLF (as sent): exactly the store's CRLF size (bytes + LFs)."""
-    return data.replace(b"\n", b"\r\n")
 
 
 # -- IMAP data formatting -------------------------------------------------------------------------
@@ -320,17 +326,20 @@ def envelope(header: bytes) -> bytes:
 
 
 def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> bytes:
-    """``BODY[...]<o> {n}\\r\\n...`` or ``RFC822... {n}...`` for one message."""
+    """``BODY[...]<o> {n}\\r\\n...`` or ``RFC822... {n}...`` for one message (``raw`` and
+    ``header`` as stored; the whole message's ``RFC822`` / ``BODY[]`` is ``wire.to_wire(raw)``)."""
+    raw = complete(raw) if raw is not None else None
+    header = split_message(complete(header))[0]  # a store may not know CRLF blank lines
     if item.name == "RFC822":
         assert raw is not None
-        return b"RFC822 " + literal(to_wire(raw))
+        return b"RFC822 " + literal(crlf(raw))
     if item.name == "RFC822.HEADER":
-        return b"RFC822.HEADER " + literal(to_wire(header))
+        return b"RFC822.HEADER " + literal(crlf(header))
     if item.name == "RFC822.TEXT":
         assert raw is not None
-        return b"RFC822.TEXT " + literal(to_wire(split_message(raw)[1]))
+        return b"RFC822.TEXT " + literal(crlf(split_message(raw)[1]))
     assert item.section is not None
-    data = to_wire(section_bytes(raw if raw is not None else header, item.section))
+    data = crlf(section_bytes(raw if raw is not None else header, item.section))
     label = b"BODY[" + item.section.label() + b"]"
     if item.partial is not None:
         start, length = item.partial
