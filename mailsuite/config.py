@@ -242,8 +242,7 @@ def _choice(allowed: tuple[str, ...], refused: dict[str, str]) -> Callable[[str]
 
 
 _passdb = _choice(("shadow", "pam"), {"pam": "passdb = pam is not supported yet; use shadow"})
-_NO_TLS = "TLS is not implemented yet; set ssl = no"
-_ssl = _choice(("no", "yes", "required"), {v: f"ssl = {v}: {_NO_TLS}" for v in ("yes", "required")})
+_ssl = _choice(("no", "yes", "required"), {})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -353,10 +352,14 @@ class AuthConfig:
     disable_plaintext_auth: bool
     login_trusted_networks: list[Network]
 
-    def plaintext_allowed(self, peer_ip: str, tls: bool) -> bool:
-        """Dovecot's rule: plaintext auth is fine unless disabled, except over TLS, from
-        login_trusted_networks, or from loopback (Dovecot counts localhost as secure)."""
-        if not self.disable_plaintext_auth or tls:
+    def plaintext_allowed(
+        self, peer_ip: str, tls: bool, local_ip: str = "", ssl_required: bool = False
+    ) -> bool:
+        """Dovecot's rule for LOGIN/USER/PASS and the PLAIN/LOGIN mechanisms: fine unless
+        disabled (``ssl = required`` disables them too, as in Dovecot), except over TLS, from
+        login_trusted_networks, or from the machine itself (loopback, or ``peer_ip ==
+        local_ip``: Dovecot counts such a connection as secured)."""
+        if tls or not (self.disable_plaintext_auth or ssl_required):
             return True
         try:
             address = ipaddress.ip_address(peer_ip.split("%")[0])
@@ -364,7 +367,9 @@ class AuthConfig:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
-        return address.is_loopback or any(address in net for net in self.login_trusted_networks)
+        if address.is_loopback or (local_ip and peer_ip == local_ip):
+            return True
+        return any(address in net for net in self.login_trusted_networks)
 
 
 @dataclass(frozen=True)
@@ -601,9 +606,20 @@ def parse_config(
                 errors.append(f"{filename}: [{section_name}] {key.name}: {e}{origin}")
         if len(values) == len(section.keys):
             built[section_name] = section.build(**values)
+    if "listen" in built and "tls" in built:
+        errors.extend(_tls_listener_errors(filename, built["listen"], built["tls"]))
     if errors:
         raise ConfigError(errors)
     return Config(path=filename, **built)
+
+
+def _tls_listener_errors(filename: str, listen: ListenConfig, tls: TLSConfig) -> list[str]:
+    """The implicit-TLS ports cannot run with ``ssl = no``."""
+    if tls.ssl != "no":
+        return []
+    return [f"{filename}: [listen] {name}: is TLS from the first byte but [tls] ssl = no;"
+            f" set ssl = yes, or {name} = no"
+            for name in ("smtps", "pop3s", "imaps") if getattr(listen, name) is not None]
 
 
 def load_config(path: str) -> Config:

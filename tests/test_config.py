@@ -15,7 +15,7 @@ from mailsuite.net import default_hostname
 
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "etc", "mail.ini")
 FILE = "/etc/mailsuite/mail.ini"
-NO_TLS = "[tls]\nssl = no\n"
+NO_TLS = ""  # the default ssl = yes is valid: nothing to add
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 
 # The contract table of DESIGN.md, section by section.
@@ -36,9 +36,7 @@ CONTRACT_KEYS = {
 
 
 def parse(text: str = "", hostname: str = "mail.example.com"):
-    """Parse ``text`` plus ``[tls] ssl = no`` (which every valid file needs until TLS lands)."""
-    if "[tls]" not in text:
-        text += "\n" + NO_TLS
+    """Parse ``text`` as the file at FILE."""
     return parse_config(text, FILE, hostname=lambda: hostname)
 
 
@@ -127,25 +125,10 @@ class DefaultTests(ConfigTestCase):
         self.assertEqual(mailbox.folder_root(BOSS), "/home/boss/mail")
 
     def test_tls_defaults(self):
-        """Certificate and key under /etc/mailsuite/tls."""
+        """ssl = yes; certificate and key under /etc/mailsuite/tls."""
         tls = parse("").tls
         self.assertEqual((tls.ssl, tls.ssl_cert, tls.ssl_key),
-                         ("no", "/etc/mailsuite/tls/cert.pem", "/etc/mailsuite/tls/key.pem"))
-
-    def test_ssl_default_is_refused(self):
-        """The contract default ssl = yes is refused until TLS lands, and says it is the default."""
-        errors = self.assertRaises(ConfigError, parse_config, "", FILE, hostname=lambda: "h").errors
-        self.assertEqual(errors, [(f"{FILE}: [tls] ssl: ssl = yes: TLS is not implemented yet;"
-                                  " set ssl = no (this is the default; set the key to change it)")])
-
-
-class MailConversionTests(ConfigTestCase):
-    def test_domain_lists(self):
-        """mydestination and relay_domains: comma and/or space separated, lower case, no dups."""
-        cfg = parse(section("mail", mydestination="Example.COM,  mail.example.com\tlocalhost, "
-                            "example.com", relay_domains="b.example c.example."))
-        self.assertEqual(cfg.mail.mydestination, ["example.com", "mail.example.com", "localhost"])
-        self.assertEqual(cfg.mail.relay_domains, ["b.example", "c.example"])
+                         ("yes", "/etc/mailsuite/tls/cert.pem", "/etc/mailsuite/tls/key.pem"))
 
     def test_empty_mydestination(self):
         """An empty mydestination is allowed (no local delivery), as in Postfix."""
@@ -304,19 +287,38 @@ class ListenAuthTlsTests(ConfigTestCase):
         open_auth = parse(section("auth", disable_plaintext_auth="no")).auth
         self.assertTrue(open_auth.plaintext_allowed("192.0.2.1", tls=False))
 
+    def test_plaintext_allowed_same_host_and_required(self):
+        """A client on the server's own address counts as secured (Dovecot: rip == lip);
+        ssl = required disables plaintext even when disable_plaintext_auth = no."""
+        auth = parse(section("auth", disable_plaintext_auth="yes")).auth
+        self.assertTrue(auth.plaintext_allowed("192.0.2.7", tls=False, local_ip="192.0.2.7"))
+        self.assertFalse(auth.plaintext_allowed("192.0.2.8", tls=False, local_ip="192.0.2.7"))
+        open_auth = parse(section("auth", disable_plaintext_auth="no")).auth
+        self.assertFalse(open_auth.plaintext_allowed("192.0.2.1", tls=False, ssl_required=True))
+        self.assertTrue(open_auth.plaintext_allowed("192.0.2.1", tls=True, ssl_required=True))
+        self.assertTrue(open_auth.plaintext_allowed("127.0.0.1", tls=False, ssl_required=True))
+
     def test_ssl_values(self):
-        """Only ssl = no is accepted until TLS lands; yes/required say why; others are refused."""
-        for value in ["yes", "required"]:
-            self.assert_refused(section("tls", ssl=value), re.escape(
-                f"{FILE}: [tls] ssl: ssl = {value}: TLS is not implemented yet; set ssl = no"))
+        """no, yes and required in any case; anything else is refused."""
+        for value in ["yes", "Required"]:
+            self.assertEqual(parse(section("tls", ssl=value)).tls.ssl, value.lower())
+        self.assertEqual(parse(section("tls", ssl="no") + section(
+            "listen", smtps="no", pop3s="no", imaps="no")).tls.ssl, "no")
         self.assert_refused(section("tls", ssl="maybe"),
                             ".* ssl: 'maybe' is not one of: no, yes, required")
 
+    def test_implicit_tls_ports_need_ssl(self):
+        """smtps, pop3s and imaps on with ssl = no: each refused, saying what to change."""
+        errors = self.errors(section("tls", ssl="no"))
+        self.assertEqual(errors, [
+            f"{FILE}: [listen] {name}: is TLS from the first byte but [tls] ssl = no;"
+            f" set ssl = yes, or {name} = no" for name in ("smtps", "pop3s", "imaps")])
+
     def test_tls_files(self):
         """ssl_cert/ssl_key: absolute paths, Dovecot's '</path' spelling accepted."""
-        tls = parse(section("tls", ssl="no", ssl_cert="</etc/ssl/c.pem", ssl_key="/k.pem")).tls
+        tls = parse(section("tls", ssl="yes", ssl_cert="</etc/ssl/c.pem", ssl_key="/k.pem")).tls
         self.assertEqual((tls.ssl_cert, tls.ssl_key), ("/etc/ssl/c.pem", "/k.pem"))
-        self.assert_refused(section("tls", ssl="no", ssl_key="key.pem"),
+        self.assert_refused(section("tls", ssl="yes", ssl_key="key.pem"),
                             ".* ssl_key: 'key.pem' is not an absolute path")
 
 
@@ -475,7 +477,7 @@ class ErrorReportTests(ConfigTestCase):
         text = (section("mail", message_size_limit="big", maximal_queue_lifetime="5y") +
                 section("listen", smtp="99999") + section("auth", passdb="pam") +
                 section("mailbox", mail_location="maildir:~/Maildir") +
-                section("tls", ssl="yes"))
+                section("tls", ssl="maybe"))
         error = self.assertRaises(ConfigError, parse, text)
         self.assertEqual(len(error.errors), 6, error.errors)
         keys = ["[mail] message_size_limit", "[mail] maximal_queue_lifetime", "[listen] smtp",
