@@ -1,0 +1,142 @@
+"""SASL PLAIN and LOGIN for IMAP AUTHENTICATE, POP3 AUTH and SMTP AUTH, and the one plaintext rule.
+
+The three protocols differ only in how a challenge is written (``+ x``, ``+ x``, ``334 x``) and how
+the result is answered; the exchange itself is here, once:
+
+    exchange = Exchange.start(b"LOGIN", initial)   # UnknownMechanism for anything else
+    step = exchange.step()                         # Challenge(b"Username:") or an Attempt
+    step = exchange.respond(client_line)           # base64 text, "*" = cancel
+
+``initial`` is the initial response (SASL-IR, RFC 4959 / RFC 5034 / RFC 4954) as sent: base64,
+``=`` for an empty one, None when absent. Bad base64 and malformed PLAIN messages raise
+``Malformed``; ``*`` raises ``Cancelled``. The outcome is an ``Attempt`` (mechanism, user, password,
+authzid) that the protocol hands to its single login method, where the portal (and any login
+policy) is consulted. A PLAIN authorization identity other than the user itself is refused there,
+as Dovecot refuses it without master users.
+
+``plaintext_ok(config, transport, secure)`` is the rule every protocol uses to decide whether
+LOGIN/USER/PASS and the PLAIN/LOGIN mechanisms are offered and accepted (Dovecot's
+``disable_plaintext_auth`` / ``ssl = required``, see ``AuthConfig.plaintext_allowed``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+from mailsuite.net import host_of
+
+MECHANISMS = (b"PLAIN", b"LOGIN")
+
+
+class SaslError(Exception):
+    """The exchange ended without an attempt."""
+
+
+class Cancelled(SaslError):
+    """The client sent ``*``."""
+
+
+class Malformed(SaslError):
+    """Not base64, or not a PLAIN message; ``str()`` says which."""
+
+
+class UnknownMechanism(SaslError):
+    """A mechanism other than PLAIN and LOGIN."""
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """Send ``data`` (raw, the protocol base64-encodes it) and wait for the client's line."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Credentials to check. ``authzid`` is PLAIN's authorization identity (b"" if none)."""
+
+    mechanism: str
+    username: bytes
+    password: bytes
+    authzid: bytes = b""
+
+    @property
+    def proxy(self) -> bool:
+        """Asks to act as someone else: refused (no master users)."""
+        return bool(self.authzid) and self.authzid != self.username
+
+
+def decode(text: bytes) -> bytes:
+    """A client's base64 response; ``=`` is empty (SASL-IR); Malformed on bad base64."""
+    text = text.strip()
+    if text == b"=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Malformed("Invalid base64 data") from None
+
+
+def encode(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+class Exchange:
+    """One PLAIN or LOGIN exchange; see the module docstring."""
+
+    def __init__(self, mechanism: bytes, initial: bytes | None) -> None:
+        self.mechanism = mechanism.decode("ascii")
+        self._initial = initial
+        self._username: bytes | None = None
+
+    @classmethod
+    def start(cls, mechanism: bytes, initial: bytes | None = None) -> Exchange:
+        name = mechanism.upper()
+        if name not in MECHANISMS:
+            raise UnknownMechanism(mechanism.decode("ascii", "replace"))
+        return cls(name, initial)
+
+    def step(self) -> Challenge | Attempt:
+        """The first step: uses the initial response if there was one."""
+        if self._initial is not None:
+            if self._initial.strip() == b"*":
+                raise Cancelled()
+            return self._take(decode(self._initial))
+        return Challenge(b"" if self.mechanism == "PLAIN" else b"Username:")
+
+    def respond(self, line: bytes) -> Challenge | Attempt:
+        """The client's answer to the last challenge."""
+        if line.strip() == b"*":
+            raise Cancelled()
+        return self._take(decode(line))
+
+    def _take(self, data: bytes) -> Challenge | Attempt:
+        if self.mechanism == "PLAIN":
+            parts = data.split(b"\0")
+            if len(parts) != 3 or not parts[1]:
+                raise Malformed("Invalid PLAIN message")
+            return Attempt("PLAIN", parts[1], parts[2], parts[0])
+        if self._username is None:
+            self._username = data
+            return Challenge(b"Password:")
+        return Attempt("LOGIN", self._username, data)
+
+
+def plaintext_ok(config: Any, transport: Any, secure: bool) -> bool:
+    """Whether plaintext logins are offered and accepted on this connection.
+
+    ``secure``: the session runs over TLS (STARTTLS done, or an implicit-TLS port).
+    """
+    return bool(config.auth.plaintext_allowed(
+        host_of(transport.getPeer()), secure, local_ip=host_of(transport.getHost()),
+        ssl_required=config.tls.ssl == "required",
+    ))
+
+
+def printable(name: bytes, limit: int = 100) -> str:
+    """A login name as logs may show it (no control characters, no ``<>``)."""
+    text = name.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() and c not in "<>" else "?" for c in text)[:limit]
