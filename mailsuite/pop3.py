@@ -16,13 +16,9 @@ class only contributes its line handling and timeout mixin.
 from __future__ import annotations
 
 import io
-import ipaddress
-from collections.abc import Callable
 from typing import Any
 
-from twisted.cred import credentials
-from twisted.cred import error as cred_error
-from twisted.internet import defer, interfaces, protocol, task
+from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
@@ -30,14 +26,13 @@ from zope.interface import implementer
 
 from mailsuite.accounts import Account
 from mailsuite.net import host_of
+from mailsuite.pop3auth import Pop3Login
 from mailsuite.store.interfaces import MessageInfo, UnknownUID
 from mailsuite.wire import to_wire
 
 log = Logger()
 
 IDLE_TIMEOUT = 600  # Dovecot's: 10 minutes without a command or output progress
-AUTH_FAILURE_DELAY = 2.0  # Dovecot's auth_failure_delay
-MAX_AUTH_ATTEMPTS = 3  # then the connection is closed
 CHUNK_SIZE = 65536
 
 
@@ -190,14 +185,14 @@ class _MessageProducer:
             self.done.callback(False)
 
 
-AUTH_COMMANDS = {b"CAPA", b"USER", b"PASS", b"QUIT"}
+AUTH_COMMANDS = {b"CAPA", b"USER", b"PASS", b"AUTH", b"STLS", b"QUIT"}
 MAIL_COMMANDS = {b"CAPA", b"STAT", b"LIST", b"UIDL", b"TOP", b"RETR", b"DELE", b"RSET", b"NOOP",
                  b"QUIT"}
 
 
-class POP3Server(pop3.POP3):
-    """One POP3 connection. ``portal``, ``maillog``, ``clock`` and ``plaintext_ok`` are set by the
-    factory (``plaintext_ok(rip, lip, transport) -> bool`` decides whether USER/PASS is allowed)."""
+class POP3Server(Pop3Login, pop3.POP3):
+    """One POP3 connection. ``config``, ``portal``, ``maillog``, ``clock``, ``server_tls`` and
+    ``secure`` are set by the factory; login (CAPA, STLS, USER/PASS, AUTH) is ``Pop3Login``."""
 
     timeOut = IDLE_TIMEOUT
     transport: Any
@@ -205,22 +200,16 @@ class POP3Server(pop3.POP3):
     portal: Any = None
     maillog: Any = None
     clock: Any = None
-    plaintext_ok: Callable[[str, str, Any], bool] = staticmethod(lambda rip, lip, t: True)
+    config: Any = None
 
     def connectionMade(self) -> None:
         self.callLater = self.clock.callLater  # type: ignore[method-assign]
         self._started = self.clock.seconds()
-        self._queue: list[bytes] = []
+        self._init_login()
         self._busy: defer.Deferred[Any] | None = None
         self._lost = False
-        self._user = b""
-        self._login_user = ""
-        self._failures = 0
-        self._logout: Callable[[], None] | None = None
-        self._delay: defer.Deferred[None] | None = None
         self._producer: _MessageProducer | None = None
         self._end = "Connection closed"
-        self._quit = False
         self._paused = self._draining = False
         self._stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0, "del": 0}
         self.rip = host_of(self.transport.getPeer())
@@ -241,10 +230,16 @@ class POP3Server(pop3.POP3):
 
     delimiter = b"\n"  # lines end in CRLF, but a bare LF (telnet, nc) is accepted like Dovecot
 
+    def dataReceived(self, data: bytes) -> None:
+        self._tls_cut = False  # a new read: after STLS, this is decrypted input
+        super().dataReceived(data)
+        if self._tls_cut:
+            self._buffer = b""  # plaintext that followed STLS in the same read
+
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
         line = line[:-1] if line.endswith(b"\r") else line
-        if self._quit:
+        if self._quit or self._tls_cut:
             return
         self._queue.append(line)
         if len(self._queue) > 100 and not self._paused:
@@ -292,6 +287,8 @@ class POP3Server(pop3.POP3):
             self._drain()
 
     def dispatch(self, line: bytes) -> Any:
+        if self._sasl is not None:
+            return self.sasl_response(line)
         command, _, rest = line.partition(b" ")
         command = command.upper()
         allowed = MAIL_COMMANDS if self.mbox is not None else AUTH_COMMANDS
@@ -303,68 +300,6 @@ class POP3Server(pop3.POP3):
         if command == b"PASS":
             return handler(rest)
         return handler(*rest.split())
-
-    # -- AUTHORIZATION state --
-
-    def listCapabilities(self) -> list[bytes]:
-        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING", b"AUTH-RESP-CODE"]
-        if self.plaintext_ok(self.rip, self.lip, self.transport):
-            caps.append(b"USER")
-        return caps + [b"IMPLEMENTATION mailsuite"]
-
-    def do_CAPA(self, *_: bytes) -> None:
-        self.transport.write(b"".join(c + b"\r\n" for c in [b"+OK", *self.listCapabilities(), b"."]))
-
-    def _plaintext_refused(self) -> bool:
-        if self.plaintext_ok(self.rip, self.lip, self.transport):
-            return False
-        self.reply(b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
-                   b"connections.")
-        return True
-
-    def do_USER(self, *args: bytes) -> None:
-        if self._plaintext_refused():
-            return
-        if len(args) != 1:
-            return self.reply(b"-ERR No username given.")
-        self._user = args[0]
-        self.reply(b"+OK")
-
-    def do_PASS(self, password: bytes) -> Any:
-        if self._plaintext_refused():
-            return None
-        if not self._user:
-            return self.reply(b"-ERR No username given.")
-        user, self._user = self._user, b""
-        self._login_user = _printable(user)
-        creds = credentials.UsernamePassword(user, password)
-        d = self.portal.login(creds, None, pop3.IMailbox)
-        d.addCallbacks(self._logged_in, self._login_failed)
-        return d
-
-    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> None:
-        _iface, avatar, logout = result
-        self.mbox, self._logout = avatar, logout
-        self.maillog.write("pop3-login", f"Login: user=<{self._login_user}>, method=PLAIN, "
-                                         f"rip={self.rip}, lip={self.lip}")
-        self.reply(b"+OK Logged in.")
-
-    def _login_failed(self, failure: Failure) -> Any:
-        if not failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
-            log.failure("POP3 login of {user} failed", failure, user=self._login_user)
-            return self.reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
-        self._failures += 1
-        if self._lost:
-            return None
-        self._delay = task.deferLater(self.clock, AUTH_FAILURE_DELAY, self._refuse)
-        self._delay.addErrback(lambda f: f.trap(defer.CancelledError))
-        return self._delay
-
-    def _refuse(self) -> None:
-        self.reply(b"-ERR [AUTH] Authentication failed.")
-        if self._failures >= MAX_AUTH_ATTEMPTS:
-            self._quit = True
-            self.transport.loseConnection()
 
     # -- TRANSACTION state --
 
@@ -522,7 +457,7 @@ class POP3Server(pop3.POP3):
         if self.mbox is None:
             if self._failures:
                 what = (f"auth failed, {self._failures} attempts in {secs} secs): "
-                        f"user=<{self._login_user}>, method=PLAIN")
+                        f"user=<{self._login_user}>, method={self._login_method}")
             else:
                 what = f"no auth attempts in {secs} secs): user=<>"
             self.maillog.write("pop3-login", f"Disconnected ({what}, rip={self.rip}, lip={self.lip}")
@@ -540,42 +475,29 @@ class POP3Server(pop3.POP3):
             logout()
 
 
-def _printable(name: bytes) -> str:
-    text = name.decode("utf-8", "replace")
-    return "".join(c if c.isprintable() and c not in "<>" else "?" for c in text)[:100]
-
-
 class POP3Factory(protocol.ServerFactory):
-    """Builds POP3 sessions: ``POP3Factory(config, portal, maillog, clock=None)``.
+    """Builds POP3 sessions: ``POP3Factory(config, portal, maillog, clock=None, server_tls=None,
+    implicit_tls=False)``.
 
-    Plaintext USER/PASS follows Dovecot's ``disable_plaintext_auth``: allowed on TLS, from the
-    machine itself (loopback or rip == lip) or from ``login_trusted_networks``, else refused and
-    left out of CAPA.
+    ``server_tls`` (a ``mailsuite.tls.ServerTLS``) enables STLS; ``implicit_tls`` marks the
+    sessions of port 995, which tap.py wraps in TLS from the first byte. Plaintext USER/PASS
+    and AUTH PLAIN/LOGIN follow Dovecot's ``disable_plaintext_auth`` (``sasl.plaintext_ok``).
     """
 
     protocol = POP3Server  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None) -> None:
+    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
+                 server_tls: Any = None, implicit_tls: bool = False) -> None:
         """``clock``: an IReactorTime for timeouts and the failed-login delay (default reactor)."""
         if clock is None:
             from twisted.internet import reactor as clock
         self.config, self.portal, self.maillog, self.clock = config, portal, maillog, clock
-
-    def plaintext_ok(self, rip: str, lip: str, transport: Any) -> bool:
-        auth = self.config.auth
-        if not auth.disable_plaintext_auth or interfaces.ISSLTransport.providedBy(transport):
-            return True
-        try:
-            address = ipaddress.ip_address(rip)
-        except ValueError:
-            return False
-        return (rip == lip or address.is_loopback
-                or any(address in net for net in auth.login_trusted_networks))
+        self.server_tls, self.implicit_tls = server_tls, implicit_tls
 
     def buildProtocol(self, addr: Any) -> POP3Server:  # type: ignore[override]
         p = self.protocol()
         p.factory = self  # type: ignore[assignment]
-        p.portal, p.maillog, p.clock = self.portal, self.maillog, self.clock
-        p.plaintext_ok = self.plaintext_ok
+        p.portal, p.maillog, p.clock, p.config = self.portal, self.maillog, self.clock, self.config
+        p.server_tls, p.secure = self.server_tls, self.implicit_tls
         return p

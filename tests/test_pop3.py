@@ -18,6 +18,7 @@ from zope.interface.verify import verifyObject
 
 from mailsuite import pop3
 from mailsuite.accounts import Account
+from mailsuite.config import AuthConfig
 from mailsuite.maillog import MailLog
 from mailsuite.store.memory import MemoryStore
 from mailsuite.wire import to_wire
@@ -42,10 +43,11 @@ class Realm:
         return d.addCallback(lambda box: (twisted_pop3.IMailbox, box, box.logout))
 
 
-def make_config(disable_plaintext_auth=True, trusted=()):
-    return SimpleNamespace(auth=SimpleNamespace(
-        disable_plaintext_auth=disable_plaintext_auth,
-        login_trusted_networks=[ipaddress.ip_network(n) for n in trusted]))
+def make_config(disable_plaintext_auth=True, trusted=(), ssl="yes"):
+    return SimpleNamespace(
+        auth=AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable_plaintext_auth,
+                        [ipaddress.ip_network(n) for n in trusted]),
+        tls=SimpleNamespace(ssl=ssl))
 
 
 class NoDelayTransport(StringTransport):
@@ -176,10 +178,10 @@ class AuthorizationTests(Pop3TestCase):
         self.assertTrue(transport.nodelay)
 
     def test_capa(self):
-        """CAPA lists exactly what is accepted: no SASL, STLS or APOP until TLS lands."""
+        """CAPA lists exactly what is accepted (no STLS without a certificate, no APOP)."""
         out = self.send(self.connect(), b"CAPA")
         self.assertEqual(out, b"+OK\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\n"
-                              b"USER\r\nIMPLEMENTATION mailsuite\r\n.\r\n")
+                              b"USER\r\nSASL PLAIN LOGIN\r\nIMPLEMENTATION mailsuite\r\n.\r\n")
         session = self.login()
         self.assertIn(b"\r\nUSER\r\n", self.send(session, b"CAPA"))
 
@@ -250,12 +252,13 @@ class AuthorizationTests(Pop3TestCase):
         self.assertIn("auth failed, 1 attempts in 0 secs", self.maillog.lines[-1])
 
     def test_commands_before_login(self):
-        """Transaction commands, APOP, AUTH and junk before login get -ERR; the session goes on;
-        PASS without USER is refused."""
-        out = self.send(self.connect(), b"STAT", b"APOP boss x", b"AUTH PLAIN", b"", b"PASS x",
+        """Transaction commands, APOP, unknown SASL mechanisms and junk before login get -ERR;
+        the session goes on; PASS without USER is refused."""
+        out = self.send(self.connect(), b"STAT", b"APOP boss x", b"AUTH CRAM-MD5", b"", b"PASS x",
                         b"USER", b"NOOP")
         self.assertEqual(out, b"-ERR Unknown command: not logged in.\r\n" + b"-ERR Unknown command.\r\n"
-                         * 3 + b"-ERR No username given.\r\n" * 2
+                         + b"-ERR [AUTH] Unsupported authentication mechanism.\r\n"
+                         + b"-ERR Unknown command.\r\n" + b"-ERR No username given.\r\n" * 2
                          + b"-ERR Unknown command: not logged in.\r\n")
 
     def test_quit_before_login(self):
@@ -589,7 +592,7 @@ class ListeningServerTests(unittest.TestCase):
         yield self.lost
         self.assertEqual(welcome, b"+OK mailsuite ready.")
         self.assertEqual(sorted(caps), ["AUTH-RESP-CODE", "IMPLEMENTATION", "PIPELINING",
-                                        "RESP-CODES", "TOP", "UIDL", "USER"])
+                                        "RESP-CODES", "SASL", "TOP", "UIDL", "USER"])
         self.assertEqual(lines, [b"Subject: one", b"", b".dot", b"nul\x80here"])
         size = len(b"\r\n".join(lines) + b"\r\n")
         self.assertEqual(listing[0], b"1 %d" % size)

@@ -1,0 +1,189 @@
+"""POP3's AUTHORIZATION state: CAPA, STLS, USER/PASS and AUTH (SASL PLAIN and LOGIN).
+
+A mixin of ``mailsuite.pop3.POP3Server``; the replies are Dovecot's. What is offered follows one
+rule (``sasl.plaintext_ok``): USER and ``SASL PLAIN LOGIN`` appear in CAPA exactly when they are
+accepted, ``STLS`` while the session is not yet encrypted and a certificate is configured.
+
+Every login, whatever the command, goes through ``_login(attempt)`` and ends in ``_logged_in`` or
+``_login_failed``: the one place where a login policy (brute-force defence) hooks in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred import credentials
+from twisted.cred import error as cred_error
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.mail import pop3
+from twisted.python.failure import Failure
+
+from mailsuite import sasl
+
+log = Logger()
+
+AUTH_FAILURE_DELAY = 2.0  # Dovecot's auth_failure_delay
+MAX_AUTH_ATTEMPTS = 3  # then the connection is closed
+
+PLAINTEXT_REFUSED = (b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
+                     b"connections.")
+
+
+class Pop3Login:
+    """CAPA, STLS, USER, PASS, AUTH for ``POP3Server`` (which sets the attributes used here)."""
+
+    transport: Any
+    mbox: Any
+    portal: Any
+    maillog: Any
+    clock: Any
+    config: Any
+    server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
+    secure = False  # TLS is on (implicit port, or after STLS)
+    rip = lip = ""
+    reply: Callable[[bytes | str], None]
+
+    def _init_login(self) -> None:
+        self._user = b""
+        self._login_user = ""
+        self._login_method = "PLAIN"
+        self._failures = 0
+        self._logout: Callable[[], None] | None = None
+        self._delay: defer.Deferred[None] | None = None
+        self._sasl: sasl.Exchange | None = None
+        self._tls_cut = False  # input after STLS in the same read is discarded (no injection)
+        self._quit = False
+        self._queue: list[bytes] = []
+
+    def plaintext_ok(self) -> bool:
+        return sasl.plaintext_ok(self.config, self.transport, self.secure)
+
+    def listCapabilities(self) -> list[bytes]:
+        caps = [b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING", b"AUTH-RESP-CODE"]
+        if self.mbox is None and self.server_tls is not None and not self.secure:
+            caps.append(b"STLS")
+        if self.plaintext_ok():
+            caps += [b"USER", b"SASL " + b" ".join(sasl.MECHANISMS)]
+        return caps + [b"IMPLEMENTATION mailsuite"]
+
+    def do_CAPA(self, *_: bytes) -> None:
+        self.transport.write(b"".join(c + b"\r\n" for c in [b"+OK", *self.listCapabilities(), b"."]))
+
+    # -- STLS --
+
+    def do_STLS(self, *args: bytes) -> None:
+        if self.server_tls is None:
+            return self.reply(b"-ERR TLS support isn't enabled.")
+        if self.secure:
+            return self.reply(b"-ERR [IN-USE] TLS is already active.")
+        if args:
+            return self.reply(b"-ERR Wrong number of arguments.")
+        self.reply(b"+OK Begin TLS negotiation now.")
+        self._queue.clear()
+        self._tls_cut = True
+        self._user = b""
+        self.transport.startTLS(self.server_tls)
+        self.secure = True
+
+    # -- USER / PASS --
+
+    def _plaintext_refused(self) -> bool:
+        if self.plaintext_ok():
+            return False
+        self.reply(PLAINTEXT_REFUSED)
+        return True
+
+    def do_USER(self, *args: bytes) -> None:
+        if self._plaintext_refused():
+            return
+        if len(args) != 1:
+            return self.reply(b"-ERR No username given.")
+        self._user = args[0]
+        self.reply(b"+OK")
+
+    def do_PASS(self, password: bytes) -> Any:
+        if self._plaintext_refused():
+            return None
+        if not self._user:
+            return self.reply(b"-ERR No username given.")
+        user, self._user = self._user, b""
+        return self._login(sasl.Attempt("PLAIN", user, password))
+
+    # -- AUTH --
+
+    def do_AUTH(self, *args: bytes) -> Any:
+        if not args:  # the mechanism list of the SASL draft Outlook Express used
+            mechanisms = list(sasl.MECHANISMS) if self.plaintext_ok() else []
+            self.transport.write(b"".join(x + b"\r\n" for x in [b"+OK", *mechanisms, b"."]))
+            return None
+        if len(args) > 2:
+            return self.reply(b"-ERR Wrong number of arguments.")
+        try:
+            exchange = sasl.Exchange.start(args[0], args[1] if len(args) == 2 else None)
+        except sasl.UnknownMechanism:
+            return self.reply(b"-ERR [AUTH] Unsupported authentication mechanism.")
+        if self._plaintext_refused():
+            return None
+        return self._sasl_step(exchange, exchange.step)
+
+    def sasl_response(self, line: bytes) -> Any:
+        """The client's line while an AUTH exchange waits for one."""
+        exchange, self._sasl = self._sasl, None
+        assert exchange is not None
+        return self._sasl_step(exchange, lambda: exchange.respond(line))
+
+    def _sasl_step(self, exchange: sasl.Exchange, step: Callable[[], Any]) -> Any:
+        try:
+            result = step()
+        except sasl.Cancelled:
+            return self.reply(b"-ERR Authentication aborted by client.")
+        except sasl.Malformed as e:
+            return self.reply(f"-ERR {e}.")
+        if isinstance(result, sasl.Challenge):
+            self._sasl = exchange
+            return self.reply(b"+ " + sasl.encode(result.data))
+        return self._login(result)
+
+    # -- the one login path --
+
+    def _login(self, attempt: sasl.Attempt) -> defer.Deferred[Any]:
+        """Check ``attempt`` through the portal; every login of every command comes here."""
+        self._login_user = sasl.printable(attempt.username)
+        self._login_method = attempt.mechanism
+        if attempt.proxy:
+            d: defer.Deferred[Any] = defer.fail(cred_error.UnauthorizedLogin("no master users"))
+        else:
+            creds = credentials.UsernamePassword(attempt.username, attempt.password)
+            d = self.portal.login(creds, None, pop3.IMailbox)
+        d.addCallbacks(self._logged_in, self._login_failed)
+        return d
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> None:
+        _iface, avatar, logout = result
+        self.mbox, self._logout = avatar, logout
+        self.maillog.write("pop3-login", f"Login: user=<{self._login_user}>, "
+                                         f"method={self._login_method}, "
+                                         f"rip={self.rip}, lip={self.lip}{self._tls_note()}")
+        self.reply(b"+OK Logged in.")
+
+    def _tls_note(self) -> str:
+        return ", TLS" if self.secure else ""
+
+    def _login_failed(self, failure: Failure) -> Any:
+        if not failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
+            log.failure("POP3 login of {user} failed", failure, user=self._login_user)
+            return self.reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
+        self._failures += 1
+        if self._lost:  # type: ignore[attr-defined]
+            return None
+        self._delay = task.deferLater(self.clock, AUTH_FAILURE_DELAY, self._refuse)
+        self._delay.addErrback(lambda f: f.trap(defer.CancelledError))
+        return self._delay
+
+    def _refuse(self) -> None:
+        self.reply(b"-ERR [AUTH] Authentication failed.")
+        if self._failures >= MAX_AUTH_ATTEMPTS:
+            self._quit = True
+            self.transport.loseConnection()
