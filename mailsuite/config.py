@@ -241,7 +241,25 @@ def _choice(allowed: tuple[str, ...], refused: dict[str, str]) -> Callable[[str]
     return convert
 
 
-_passdb = _choice(("shadow", "pam"), {"pam": "passdb = pam is not supported yet; use shadow"})
+_passdb = _choice(("shadow", "pam"), {})
+
+
+def _seconds(value: str) -> float:
+    """Dovecot time: a number with unit s, m, h or d (also secs, mins, hours, days); a bare
+    number counts seconds."""
+    match = re.fullmatch(r"(\d+)\s*(s|secs?|seconds?|m|mins?|minutes?|h|hours?|d|days?)?",
+                         value.strip().lower())
+    if not match:
+        raise ValueError(f"{value.strip()!r} is not a time (a number with unit s, m, h or d,"
+                         " like 15m)")
+    return float(int(match.group(1)) * _TIME_UNITS[(match.group(2) or "s")[0]])
+
+
+def _pam_service(value: str) -> str:
+    text = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise ValueError(f"{text!r} is not a PAM service name (a file name in /etc/pam.d)")
+    return text
 _ssl = _choice(("no", "yes", "required"), {})
 
 
@@ -351,6 +369,11 @@ class AuthConfig:
     first_valid_uid: int
     disable_plaintext_auth: bool
     login_trusted_networks: list[Network]
+    # Defaults here too, so code building an AuthConfig by hand need not name them.
+    pam_service: str = "mailsuite"
+    auth_failure_delay: float = 2.0
+    login_max_failures: int = 10
+    login_block_time: float = 900.0
 
     def plaintext_allowed(
         self, peer_ip: str, tls: bool, local_ip: str = "", ssl_required: bool = False
@@ -462,6 +485,10 @@ _SECTIONS: dict[str, _Section] = {
         _Key("first_valid_uid", "1000", _uint),
         _Key("disable_plaintext_auth", "yes", _bool),
         _Key("login_trusted_networks", "", _networks),
+        _Key("pam_service", "mailsuite", _pam_service),
+        _Key("auth_failure_delay", "2s", _seconds),
+        _Key("login_max_failures", "10", _uint),
+        _Key("login_block_time", "15m", _seconds),
     ]),
     "mailbox": _Section(MailboxConfig, [
         _Key("mail_location", "mbox:~/mail:INBOX=/var/mail/%u", _mail_location),

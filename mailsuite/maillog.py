@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from typing import IO, Callable
@@ -14,6 +15,7 @@ from twisted.logger import Logger
 
 log = Logger()
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 
 
@@ -62,7 +64,14 @@ class MailLog:
 
     def write(self, program: str, text: str) -> None:
         """One event of ``program`` (smtpd, local, cleanup, pop3-login, imap-login, pop3, imap)."""
-        line = f"{self.stamp()} {self.hostname} mailsuite/{program}[{self.pid}]: {text}"
+        self.emit(f"mailsuite/{program}", text)
+
+    def emit(self, ident: str, text: str) -> None:
+        """One line under syslog tag ``ident`` (``IDENT[pid]: text``). Control characters in
+        ``text`` (a client's CR/LF in a user name) are escaped: one event stays one line, so a
+        client cannot forge a line that log watchers such as fail2ban would act on."""
+        text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+        line = f"{self.stamp()} {self.hostname} {ident}[{self.pid}]: {text}"
         if self._file is None and not self.path:
             self.lines.append(line)
             return

@@ -252,10 +252,9 @@ class ListenAuthTlsTests(ConfigTestCase):
         self.assertEqual(cfg.listen.lmtp, "/run/mailsuite/lmtp")
 
     def test_passdb(self):
-        """shadow is accepted; pam is known but not supported yet; others are refused."""
+        """shadow and pam are accepted; others are refused."""
         self.assertEqual(parse(section("auth", passdb="Shadow")).auth.passdb, "shadow")
-        self.assert_refused(section("auth", passdb="pam"),
-                            ".* passdb: passdb = pam is not supported yet; use shadow")
+        self.assertEqual(parse(section("auth", passdb="pam")).auth.passdb, "pam")
         self.assert_refused(section("auth", passdb="ldap"),
                             ".* passdb: 'ldap' is not one of: shadow, pam")
 
@@ -475,7 +474,7 @@ class ErrorReportTests(ConfigTestCase):
     def test_all_errors_at_once(self):
         """One bad file gives every error, one per line, each as FILE: [section] key: message."""
         text = (section("mail", message_size_limit="big", maximal_queue_lifetime="5y") +
-                section("listen", smtp="99999") + section("auth", passdb="pam") +
+                section("listen", smtp="99999") + section("auth", passdb="ldap") +
                 section("mailbox", mail_location="maildir:~/Maildir") +
                 section("tls", ssl="maybe"))
         error = self.assertRaises(ConfigError, parse, text)
