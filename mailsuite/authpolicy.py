@@ -232,7 +232,8 @@ class AuthPolicy:
             self._forget_oldest()
         self._records.move_to_end(key)
         record.score += 1
-        if self.max_failures and record.score >= self.max_failures and record.blocked_until <= now:
+        count = math.ceil(record.score - 1e-9)  # a failure counts until wholly forgotten
+        if self.max_failures and count >= self.max_failures and record.blocked_until <= now:
             record.blocked_until = now + self.block_time
             self.maillog.write(
                 "auth", f"rip={ip}: {self.max_failures} failed logins from {key}, "

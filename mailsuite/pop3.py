@@ -488,16 +488,20 @@ class POP3Factory(protocol.ServerFactory):
     noisy = False
 
     def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
-                 server_tls: Any = None, implicit_tls: bool = False) -> None:
-        """``clock``: an IReactorTime for timeouts and the failed-login delay (default reactor)."""
+                 server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
+        """``clock``: an IReactorTime for timeouts and the failed-login delay (default reactor).
+        ``policy``: a ``mailsuite.authpolicy.AuthPolicy`` applied to every login, or None."""
         if clock is None:
             from twisted.internet import reactor as clock
         self.config, self.portal, self.maillog, self.clock = config, portal, maillog, clock
         self.server_tls, self.implicit_tls = server_tls, implicit_tls
+        self.policy = policy
 
     def buildProtocol(self, addr: Any) -> POP3Server:  # type: ignore[override]
         p = self.protocol()
         p.factory = self  # type: ignore[assignment]
         p.portal, p.maillog, p.clock, p.config = self.portal, self.maillog, self.clock, self.config
+        if self.policy is not None:
+            p.portal = self.policy.guard(self.portal, host_of(addr), "pop3")
         p.server_tls, p.secure = self.server_tls, self.implicit_tls
         return p

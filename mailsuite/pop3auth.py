@@ -21,6 +21,7 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 
 from mailsuite import sasl
+from mailsuite.authpolicy import LoginBlocked
 
 log = Logger()
 
@@ -156,6 +157,7 @@ class Pop3Login:
             d: defer.Deferred[Any] = defer.fail(cred_error.UnauthorizedLogin("no master users"))
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
+            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # authpolicy logs it
             d = self.portal.login(creds, None, pop3.IMailbox)
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
@@ -172,6 +174,8 @@ class Pop3Login:
         return ", TLS" if self.secure else ""
 
     def _login_failed(self, failure: Failure) -> Any:
+        if failure.check(LoginBlocked):  # too many failures from this address (authpolicy)
+            return self.reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
         if not failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
             log.failure("POP3 login of {user} failed", failure, user=self._login_user)
             return self.reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")

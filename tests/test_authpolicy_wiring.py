@@ -1,0 +1,76 @@
+"""The brute-force policy as the login doors apply it: POP3, IMAP and SMTP AUTH factories take
+``policy=`` and every login of their sessions goes through it."""
+
+from __future__ import annotations
+
+from twisted.cred import checkers, portal
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from mailsuite import pop3
+from mailsuite.authpolicy import AuthPolicy
+from mailsuite.maillog import MailLog
+from mailsuite.store.memory import MemoryStore
+from tests.test_pop3 import SERVER, NoDelayTransport, Realm, make_config
+
+ATTACKER = IPv4Address("TCP", "203.0.113.9", 40000)
+NEIGHBOUR = IPv4Address("TCP", "203.0.113.10", 40000)
+
+
+class Pop3PolicyTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.maillog = MailLog(None, "mail.example.test", now=self.clock.seconds)
+        checker = checkers.InMemoryUsernamePasswordDatabaseDontUse(boss=b"secret")
+        self.portal = portal.Portal(Realm(MemoryStore()), [checker])
+        self.policy = AuthPolicy(clock=self.clock, maillog=self.maillog, failure_delay=2.0,
+                                 max_failures=3, block_time=600.0)
+        self.factory = pop3.POP3Factory(make_config(disable_plaintext_auth=False), self.portal,
+                                        self.maillog, clock=self.clock, policy=self.policy)
+
+    def session(self, peer=ATTACKER):
+        proto = self.factory.buildProtocol(peer)
+        transport = NoDelayTransport(hostAddress=SERVER, peerAddress=peer)
+        proto.makeConnection(transport)
+        transport.clear()
+        return proto, transport
+
+    def login(self, password, peer=ATTACKER):
+        """USER/PASS on a new connection; the clock runs through every delay."""
+        proto, transport = self.session(peer)
+        proto.dataReceived(b"USER boss\r\nPASS " + password + b"\r\n")
+        self.clock.advance(60)
+        return transport.value().decode().splitlines()[-1]
+
+    def test_failure_is_counted_and_logged(self):
+        """A wrong POP3 password counts against the address and writes the fail2ban line."""
+        self.assertEqual(self.login(b"wrong"), "-ERR [AUTH] Authentication failed.")
+        self.assertEqual(self.policy.failures("203.0.113.9"), 1)
+        self.assertTrue(any("dovecot[" in line and "(boss,203.0.113.9,<pop3>)" in line
+                            for line in self.maillog.lines))
+
+    def test_next_attempt_waits_for_the_penalty(self):
+        """After a failure the password of the next PASS is checked only after the delay."""
+        self.login(b"wrong")
+        proto, transport = self.session()
+        proto.dataReceived(b"USER boss\r\nPASS secret\r\n")
+        self.assertEqual(transport.value(), b"+OK\r\n")
+        self.clock.advance(2)
+        self.assertEqual(transport.value(), b"+OK\r\n+OK Logged in.\r\n")
+        self.assertEqual(self.policy.failures("203.0.113.9"), 0)
+
+    def test_blocked_address_gets_a_temporary_error(self):
+        """At login_max_failures the address is refused with -ERR [SYS/TEMP], even with the
+        right password; a neighbour address still logs in."""
+        for _ in range(3):
+            self.login(b"wrong")
+        self.assertEqual(self.login(b"secret"), "-ERR [SYS/TEMP] Temporary authentication failure.")
+        self.assertEqual(self.login(b"secret", NEIGHBOUR), "+OK Logged in.")
+
+    def test_without_policy_nothing_changes(self):
+        """policy=None (the default) leaves the factory as it was: no counting, no guard."""
+        factory = pop3.POP3Factory(make_config(disable_plaintext_auth=False), self.portal,
+                                   self.maillog, clock=self.clock)
+        self.assertIs(factory.buildProtocol(ATTACKER).portal, self.portal)
