@@ -18,6 +18,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
+from mailsuite.config import AuthConfig
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
@@ -43,7 +44,8 @@ MESSAGE = (
 def make_config(disable_plaintext_auth: bool = True, trusted: list[Any] | None = None) -> Any:
     """The part of Config the IMAP server reads."""
     return SimpleNamespace(
-        auth=SimpleNamespace(disable_plaintext_auth=disable_plaintext_auth, login_trusted_networks=trusted or [])
+        auth=AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable_plaintext_auth, trusted or []),
+        tls=SimpleNamespace(ssl="yes"),
     )
 
 
@@ -117,12 +119,14 @@ class ImapTestCase(unittest.TestCase):
 
 class GreetingLoginTests(ImapTestCase):
     def test_capability_lists_only_what_is_implemented(self) -> None:
-        """CAPABILITY: IMAP4rev1 and our extensions; no AUTH=, STARTTLS, IDLE, LITERAL+ yet."""
+        """CAPABILITY: IMAP4rev1, SASL-IR and AUTH= (loopback may log in), our extensions; no
+        STARTTLS without a certificate; no IDLE, LITERAL+ yet."""
         s = self.session()
         caps = s.cmd(b"a CAPABILITY")
-        self.assertIn(b"* CAPABILITY IMAP4rev1 ID NAMESPACE UNSELECT CHILDREN\r\n", caps)
+        self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN ID NAMESPACE UNSELECT"
+                      b" CHILDREN\r\n", caps)
         self.assertIn(b"a OK", caps)
-        for absent in (b"AUTH=", b"STARTTLS", b"IDLE", b"LITERAL+", b"UIDPLUS"):
+        for absent in (b"STARTTLS", b"IDLE", b"LITERAL+", b"UIDPLUS"):
             self.assertNotIn(absent, caps + s.greeting)
 
     def test_login_quoted_and_logged(self) -> None:

@@ -1,7 +1,8 @@
 """The IMAP4rev1 server: Twisted's ``IMAP4Server`` with our own handlers for the selected state.
 
 What is reused from Twisted: line/literal parsing, the dispatch tables, CAPABILITY, LOGOUT.
-What is ours (and why, see ../shared/TWISTED.md): LOGIN (logging, LOGINDISABLED), SELECT/EXAMINE
+What is ours (and why, see ../shared/TWISTED.md): STARTTLS, LOGIN and AUTHENTICATE (login.py:
+SASL-IR, LOGINDISABLED, logging), SELECT/EXAMINE
 (response codes), FETCH (raw bytes, partials, \\Seen, RFC822.PEEK), STORE, SEARCH, EXPUNGE,
 CLOSE, UNSELECT, LIST/LSUB, NOOP/CHECK (updates from other sessions), strict command ordering
 (pipelined commands are answered in order: reading pauses while a command is running), and
@@ -10,17 +11,15 @@ clean-up on connectionLost.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.cred import credentials
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.mail import imap4
 
 from mailsuite.imap.fetch import FetchItem, FetchSyntaxError, fetch_responses, parse_fetch_items
+from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView, format_flags
 from mailsuite.imap.search import (
     SearchSyntaxError,
@@ -45,8 +44,9 @@ def _mailbox_name(raw: bytes) -> str:
         return raw.decode("utf-8", "replace")
 
 
-class IMAPServer(imap4.IMAP4Server):
-    """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout timer."""
+class IMAPServer(ImapLogin, imap4.IMAP4Server):
+    """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout timer; STARTTLS,
+    LOGIN and AUTHENTICATE are ``ImapLogin``'s."""
 
     IDENT = b"mailsuite ready."
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
@@ -153,68 +153,10 @@ class IMAPServer(imap4.IMAP4Server):
 
     # -- capabilities, greeting ----------------------------------------------------------------
     def capabilities(self) -> dict[bytes, Any]:
-        caps: dict[bytes, Any] = {}
-        if self.state == "unauth" and not self._plaintext_allowed():
-            caps[b"LOGINDISABLED"] = None
+        caps: dict[bytes, Any] = self.login_capabilities()
         for name in (b"ID", b"NAMESPACE", b"UNSELECT", b"CHILDREN"):
             caps[name] = None
         return caps
-
-    def _plaintext_allowed(self) -> bool:
-        """Dovecot's rule: plaintext is fine over TLS, from loopback or a trusted network."""
-        auth = self.config.auth
-        if not auth.disable_plaintext_auth or interfaces.ISSLTransport(self.transport, None):
-            return True
-        try:
-            peer = ipaddress.ip_address(self._rip())
-        except ValueError:
-            return False
-        if peer.is_loopback or self._rip() == self._lip():
-            return True
-        return any(peer in net for net in auth.login_trusted_networks)
-
-    # -- not authenticated ---------------------------------------------------------------------
-    def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
-        if not self._plaintext_allowed():
-            self.sendNegativeResponse(
-                tag, b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure connections."
-            )
-            return
-        name = user.decode("utf-8", "replace")
-        d = defer.maybeDeferred(
-            self.portal.login, credentials.UsernamePassword(user, passwd), None, imap4.IAccount
-        )
-        d.addCallbacks(self._logged_in, self._login_failed, (tag, name), None, (tag, name), None)
-
-    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
-
-    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]], tag: bytes, name: str) -> None:
-        _, avatar, logout = result
-        if self._lost:
-            logout()
-            return
-        self.account, self._onLogout, self.user = avatar, logout, name
-        self.state = "auth"
-        self.setTimeout(self.POSTAUTH_TIMEOUT)
-        self.maillog.write(
-            "imap-login", f"Login: user=<{name}>, method=PLAIN, rip={self._rip()}, lip={self._lip()}"
-        )
-        caps = b" ".join(self.listCapabilities())
-        self.sendPositiveResponse(tag, b"[CAPABILITY " + caps + b"] Logged in")
-
-    def _login_failed(self, failure: Any, tag: bytes, name: str) -> None:
-        if failure.check(UnauthorizedLogin):
-            # fail2ban's dovecot filter matches "(auth failed, N attempts...): user=<>, ... rip=".
-            self._auth_failures += 1
-            self.maillog.write(
-                "imap-login",
-                f"Aborted login (auth failed, {self._auth_failures} attempts): user=<{name}>, "
-                f"method=PLAIN, rip={self._rip()}, lip={self._lip()}",
-            )
-            self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed.")
-        else:
-            log.failure("login of {user} failed", failure, user=name)
-            self.sendNegativeResponse(tag, b"[UNAVAILABLE] Temporary authentication failure.")
 
     # -- any state -----------------------------------------------------------------------------
     def do_LOGOUT(self, tag: bytes) -> None:
@@ -490,13 +432,19 @@ class IMAPFactory(protocol.ServerFactory):
 
     protocol = IMAPServer
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None) -> None:
+    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
+                 server_tls: Any = None, implicit_tls: bool = False) -> None:
+        """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks
+        the sessions of port 993, which tap.py wraps in TLS from the first byte."""
         self.config = config
         self.portal = portal
         self.maillog = maillog
         self.clock = clock
+        self.server_tls = server_tls
+        self.implicit_tls = implicit_tls
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         proto = IMAPServer(self.config, self.portal, self.maillog, self.clock)
         proto.factory = self
+        proto.server_tls, proto.secure = self.server_tls, self.implicit_tls
         return proto

@@ -1,0 +1,172 @@
+"""IMAP's not-authenticated state: STARTTLS, LOGIN, AUTHENTICATE (SASL-IR), the login capabilities.
+
+A mixin of ``mailsuite.imap.server.IMAPServer``; the replies are Dovecot's. One rule
+(``sasl.plaintext_ok``) decides both what CAPABILITY says (``LOGINDISABLED`` and no ``AUTH=``, or
+``AUTH=PLAIN AUTH=LOGIN``) and what LOGIN / AUTHENTICATE accept, so the two always agree.
+
+STARTTLS drops whatever the client pipelined behind it in clear (no command injection); the
+implicit-TLS port (993) marks its sessions ``secure`` from the start.
+
+Every login goes through ``_login(tag, attempt)`` and ends in ``_logged_in`` or
+``_login_failed``: the one place where a login policy (brute-force defence) hooks in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.cred import credentials
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.mail import imap4
+
+from mailsuite import sasl
+
+log = Logger()
+
+PRIVACY_REQUIRED = (b"[PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure "
+                    b"(SSL/TLS) connections.")
+
+
+class ImapLogin:
+    """STARTTLS, LOGIN, AUTHENTICATE for ``IMAPServer`` (which provides what is declared here)."""
+
+    transport: Any
+    config: Any
+    portal: Any
+    maillog: Any
+    state: str
+    parseState: str
+    server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
+    secure = False  # TLS is on (implicit port, or after STARTTLS)
+    _auth_failures = 0
+    sendPositiveResponse: Callable[..., None]
+    sendNegativeResponse: Callable[..., None]
+    sendBadResponse: Callable[..., None]
+    sendLine: Callable[[bytes], None]
+    _rip: Callable[[], str]
+    _lip: Callable[[], str]
+
+    def plaintext_ok(self) -> bool:
+        return sasl.plaintext_ok(self.config, self.transport, self.secure)
+
+    def login_capabilities(self) -> dict[bytes, Any]:
+        """The capabilities of the not-authenticated state (none after login)."""
+        if self.state != "unauth":
+            return {}
+        caps: dict[bytes, Any] = {b"SASL-IR": None}
+        if self.server_tls is not None and not self.secure:
+            caps[b"STARTTLS"] = None
+        if self.plaintext_ok():
+            caps[b"AUTH"] = list(sasl.MECHANISMS)
+        else:
+            caps[b"LOGINDISABLED"] = None
+        return caps
+
+    # -- STARTTLS ------------------------------------------------------------------------------
+    def do_STARTTLS(self, tag: bytes) -> None:
+        if self.secure:
+            self.sendBadResponse(tag, b"TLS is already active.")
+            return
+        if self.server_tls is None:
+            self.sendBadResponse(tag, b"TLS support isn't enabled.")
+            return
+        self.sendPositiveResponse(tag, b"Begin TLS negotiation now.")
+        self._buffer = b""  # lines pipelined behind STARTTLS were sent in clear: dropped
+        self.transport.startTLS(self.server_tls)
+        self.secure = True
+
+    unauth_STARTTLS = (do_STARTTLS,)
+
+    # -- LOGIN ---------------------------------------------------------------------------------
+    def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
+        if not self.plaintext_ok():
+            self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
+            return
+        self._login(tag, sasl.Attempt("PLAIN", user, passwd))
+
+    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+
+    # -- AUTHENTICATE --------------------------------------------------------------------------
+    def do_AUTHENTICATE(self, tag: bytes, line: bytes | None) -> None:
+        words = (line or b"").split()
+        if not 1 <= len(words) <= 2:
+            self.sendBadResponse(tag, b"Invalid arguments.")
+            return
+        try:
+            exchange = sasl.Exchange.start(words[0], words[1] if len(words) == 2 else None)
+        except sasl.UnknownMechanism:
+            self.sendNegativeResponse(tag, b"Unsupported authentication mechanism.")
+            return
+        if not self.plaintext_ok():
+            self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
+            return
+        self._sasl_step(tag, exchange, exchange.step)
+
+    unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_line)
+
+    def _sasl_step(self, tag: bytes, exchange: sasl.Exchange, step: Callable[[], Any]) -> None:
+        try:
+            result = step()
+        except sasl.Cancelled:
+            self.sendBadResponse(tag, b"Authentication aborted by client.")
+            return
+        except sasl.Malformed as e:
+            self.sendBadResponse(tag, str(e).encode("ascii") + b".")
+            return
+        if isinstance(result, sasl.Challenge):
+            # Twisted's continuation mechanism: the next line goes to parse_pending.
+            pending: defer.Deferred[bytes] = defer.Deferred()
+            pending.addCallback(lambda answer: self._sasl_step(
+                tag, exchange, lambda: exchange.respond(answer.rstrip(b"\r"))))
+            self._pendingLiteral = pending
+            self.parseState = "pending"
+            self.sendLine(b"+ " + sasl.encode(result.data))
+            return
+        self._login(tag, result)
+
+    # -- the one login path --------------------------------------------------------------------
+    def _login(self, tag: bytes, attempt: sasl.Attempt) -> None:
+        """Check ``attempt`` through the portal; LOGIN and AUTHENTICATE both come here."""
+        name = attempt.username.decode("utf-8", "replace")
+        if attempt.proxy:
+            d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("no master users"))
+        else:
+            creds = credentials.UsernamePassword(attempt.username, attempt.password)
+            d = defer.maybeDeferred(self.portal.login, creds, None, imap4.IAccount)
+        d.addCallbacks(self._logged_in, self._login_failed, (tag, name, attempt.mechanism), None,
+                       (tag, name, attempt.mechanism), None)
+
+    def _login_line(self, name: str, method: str) -> str:
+        tls = ", TLS" if self.secure else ""
+        return (f"user=<{sasl.printable(name.encode())}>, method={method}, rip={self._rip()}, "
+                f"lip={self._lip()}{tls}")
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]], tag: bytes, name: str,
+                   method: str) -> None:
+        _, avatar, logout = result
+        if self._lost:  # type: ignore[attr-defined]
+            logout()
+            return
+        self.account, self._onLogout, self.user = avatar, logout, name
+        self.state = "auth"
+        self.setTimeout(self.POSTAUTH_TIMEOUT)  # type: ignore[attr-defined]
+        self.maillog.write("imap-login", "Login: " + self._login_line(name, method))
+        caps = b" ".join(self.listCapabilities())  # type: ignore[attr-defined]
+        self.sendPositiveResponse(tag, b"[CAPABILITY " + caps + b"] Logged in")
+
+    def _login_failed(self, failure: Any, tag: bytes, name: str, method: str) -> None:
+        if failure.check(UnauthorizedLogin, LoginFailed):
+            # fail2ban's dovecot filter matches "(auth failed, N attempts...): user=<>, ... rip=".
+            self._auth_failures += 1
+            self.maillog.write(
+                "imap-login",
+                f"Aborted login (auth failed, {self._auth_failures} attempts): "
+                + self._login_line(name, method),
+            )
+            self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed.")
+        else:
+            log.failure("login of {user} failed", failure, user=name)
+            self.sendNegativeResponse(tag, b"[UNAVAILABLE] Temporary authentication failure.")
