@@ -136,8 +136,8 @@ class ImapLogin:
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
             d = defer.maybeDeferred(self.portal.login, creds, None, imap4.IAccount)
-        d.addCallbacks(self._logged_in, self._login_failed, (tag, name, attempt.mechanism), None,
-                       (tag, name, attempt.mechanism), None)
+        args = (tag, name, attempt.mechanism)
+        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=args, errbackArgs=args)
 
     def _login_line(self, name: str, method: str) -> str:
         tls = ", TLS" if self.secure else ""
