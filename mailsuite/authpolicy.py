@@ -302,6 +302,10 @@ class GuardedPortal:
         if creds is checkers.ANONYMOUS or credentials.IAnonymous.providedBy(creds):
             return defer.maybeDeferred(self.portal.login, creds, mind, *interfaces)
         user = getattr(creds, "username", b"") or b""
+        try:
+            creds.client_ip = self.ip  # PAM_RHOST for the pam checker
+        except AttributeError:
+            pass
 
         def proceed(_: None) -> defer.Deferred[Any]:
             return defer.maybeDeferred(self.portal.login, creds, mind, *interfaces)

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import base64
+
 from twisted.cred import checkers, portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from mailsuite import pop3
 from mailsuite.authpolicy import AuthPolicy
+from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.memory import MemoryStore
+from tests import test_imap_server as imap_test
 from tests.test_pop3 import SERVER, NoDelayTransport, Realm, make_config
 
 ATTACKER = IPv4Address("TCP", "203.0.113.9", 40000)
@@ -74,3 +79,47 @@ class Pop3PolicyTests(unittest.TestCase):
         factory = pop3.POP3Factory(make_config(disable_plaintext_auth=False), self.portal,
                                    self.maillog, clock=self.clock)
         self.assertIs(factory.buildProtocol(ATTACKER).portal, self.portal)
+
+
+class ImapPolicyTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.maillog = MailLog(None, "mail.example.test", now=self.clock.seconds)
+        self.portal, _ = imap_test.make_portal(MemoryStore())
+        self.policy = AuthPolicy(clock=self.clock, maillog=self.maillog, failure_delay=2.0,
+                                 max_failures=3, block_time=600.0)
+        self.factory = IMAPFactory(imap_test.make_config(disable_plaintext_auth=False),
+                                   self.portal, self.maillog, self.clock, policy=self.policy)
+
+    def login(self, password, peer=ATTACKER, command=b"a LOGIN boss "):
+        proto = self.factory.buildProtocol(peer)
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "192.0.2.1", 143),
+                                    peerAddress=peer)
+        proto.makeConnection(transport)
+        transport.clear()
+        proto.dataReceived(command + password + b"\r\n")
+        self.clock.advance(60)
+        return transport.value().decode().splitlines()[-1]
+
+    def test_failure_is_counted_and_logged(self):
+        """A wrong IMAP password counts against the address and writes the fail2ban line."""
+        self.assertEqual(self.login(b"wrong"), "a NO [AUTHENTICATIONFAILED] Authentication failed.")
+        self.assertEqual(self.policy.failures("203.0.113.9"), 1)
+        self.assertTrue(any("(boss,203.0.113.9,<imap>)" in line for line in self.maillog.lines))
+
+    def test_authenticate_plain_is_guarded_too(self):
+        """AUTHENTICATE PLAIN goes through the same guard as LOGIN."""
+        initial = base64.b64encode(b"\0boss\0wrong")
+        line = self.login(initial, command=b"a AUTHENTICATE PLAIN ")
+        self.assertIn("AUTHENTICATIONFAILED", line)
+        self.assertEqual(self.policy.failures("203.0.113.9"), 1)
+
+    def test_blocked_address_gets_unavailable(self):
+        """At login_max_failures: NO [UNAVAILABLE] even with the right password, no traceback
+        logged; another address still logs in."""
+        for _ in range(3):
+            self.login(b"wrong")
+        self.assertEqual(self.login(b"secret"), "a NO [UNAVAILABLE] Temporary authentication failure.")
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertIn("a OK", self.login(b"secret", NEIGHBOUR))

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 
 from mailsuite import sasl
+from mailsuite.authpolicy import LoginBlocked
 
 log = Logger()
 
@@ -135,6 +136,7 @@ class ImapLogin:
             d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("no master users"))
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
+            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # authpolicy logs it
             d = defer.maybeDeferred(self.portal.login, creds, None, imap4.IAccount)
         args = (tag, name, attempt.mechanism)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=args, errbackArgs=args)
@@ -168,5 +170,6 @@ class ImapLogin:
             )
             self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed.")
         else:
-            log.failure("login of {user} failed", failure, user=name)
+            if not failure.check(LoginBlocked):  # LoginBlocked: too many failures (authpolicy)
+                log.failure("login of {user} failed", failure, user=name)
             self.sendNegativeResponse(tag, b"[UNAVAILABLE] Temporary authentication failure.")

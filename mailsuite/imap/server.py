@@ -433,18 +433,23 @@ class IMAPFactory(protocol.ServerFactory):
     protocol = IMAPServer
 
     def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
-                 server_tls: Any = None, implicit_tls: bool = False) -> None:
+                 server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
         """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks
-        the sessions of port 993, which tap.py wraps in TLS from the first byte."""
+        the sessions of port 993, which tap.py wraps in TLS from the first byte; ``policy`` (a
+        mailsuite.authpolicy.AuthPolicy) guards every login of the sessions."""
         self.config = config
         self.portal = portal
         self.maillog = maillog
         self.clock = clock
         self.server_tls = server_tls
         self.implicit_tls = implicit_tls
+        self.policy = policy
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
-        proto = IMAPServer(self.config, self.portal, self.maillog, self.clock)
+        portal = self.portal
+        if self.policy is not None:
+            portal = self.policy.guard(portal, host_of(addr), "imap")
+        proto = IMAPServer(self.config, portal, self.maillog, self.clock)
         proto.factory = self
         proto.server_tls, proto.secure = self.server_tls, self.implicit_tls
         return proto
