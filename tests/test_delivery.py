@@ -5,6 +5,7 @@ Also home of the small fakes the SMTP server tests share (config, accounts, cont
 
 from __future__ import annotations
 
+import ipaddress
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +15,7 @@ from twisted.trial import unittest
 
 from mailsuite import threads
 from mailsuite.accounts import Account
+from mailsuite.config import AuthConfig
 from mailsuite.maillog import MailLog
 from mailsuite.smtp.delivery import (
     AliasLoop,
@@ -64,8 +66,10 @@ def make_config(alias_path: str, size_limit: int = 10240000) -> Any:
         mydestination=["mail.example.com", "localhost.example.com", "localhost"],
         message_size_limit=size_limit,
         alias_maps=[alias_path],
+        mynetworks=[ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")],
     )
-    return SimpleNamespace(mail=mail)
+    auth = AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, True, [])
+    return SimpleNamespace(mail=mail, auth=auth, tls=SimpleNamespace(ssl="yes"))
 
 
 def write_aliases(case: unittest.TestCase, text: str) -> str:

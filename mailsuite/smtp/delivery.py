@@ -65,6 +65,27 @@ class UnsupportedRecipient(RecipientRejected):
     )
 
 
+class RemoteNotAvailable(RecipientRejected):
+    """A remote recipient from a client that may relay: there is no outbound queue yet, so the
+    client is told to keep the message and retry (4xx), never silently dropped."""
+
+    code = 451
+    template = (
+        "4.3.0 <{address}>: Recipient address rejected: remote delivery is not available yet"
+    )
+
+
+class SenderNotOwned(smtp.SMTPServerError):
+    """An authenticated user gave an envelope sender that is not theirs (Postfix's
+    reject_sender_login_mismatch)."""
+
+    def __init__(self, address: str, user: str) -> None:
+        self.address = address
+        super().__init__(
+            553, f"5.7.1 <{address}>: Sender address rejected: not owned by user {user}"
+        )
+
+
 class AliasLoop(RecipientRejected):
     code = 554
     template = "5.4.6 <{address}>: Recipient address rejected: mail forwarding loop"
@@ -160,11 +181,15 @@ class _LocalMessage:
 
 @implementer(smtp.IMessageDelivery)
 class DeliveryAvatar:
-    """What one SMTP session may do: for now local recipients only, for everyone.
+    """What one SMTP session may do.
 
-    ``user`` is the authenticated login name or None (anonymous MX traffic). Relaying for
-    authenticated users and mynetworks comes with the queue.
+    ``user`` is the authenticated login name or None (anonymous MX traffic). An authenticated
+    user may only use their own envelope senders (``validateFrom``). ``relay_allowed`` (set by
+    the SMTP server: authenticated, or a client in mynetworks) turns "Relay access denied" for
+    remote recipients into a temporary 451 until the outbound queue exists.
     """
+
+    relay_allowed = False
 
     def __init__(self, delivery: LocalDelivery, user: str | None) -> None:
         self.delivery = delivery
@@ -187,14 +212,32 @@ class DeliveryAvatar:
         )
 
     def validateFrom(self, helo: Any, origin: Any) -> Any:
-        return origin
+        if self.user is None:
+            return origin
+        address = str(origin)
+        d = self.delivery.sender_owned(address, self.user)
+
+        def check(owned: bool) -> Any:
+            if not owned:
+                raise SenderNotOwned(address, self.user or "")
+            return origin
+
+        return d.addCallback(check)
 
     def validateTo(self, user: Any) -> defer.Deferred[LocalRecipient]:
         address = str(user.dest)
         sender = str(user.orig) if user.orig is not None else ""
-        return self.delivery.resolve(address).addCallback(
+        d = self.delivery.resolve(address)
+        if self.relay_allowed:
+            d.addErrback(self._remote, address)
+        return d.addCallback(
             lambda accounts: LocalRecipient(address, accounts, self.delivery, sender)
         )
+
+    @staticmethod
+    def _remote(failure: Failure, address: str) -> Any:
+        failure.trap(RelayDenied)
+        raise RemoteNotAvailable(address)
 
 
 class LocalDelivery:
@@ -228,6 +271,26 @@ class LocalDelivery:
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.local_domains
+
+    def sender_owned(self, address: str, user: str) -> defer.Deferred[bool]:
+        """Whether ``user`` may send as ``address``: the null sender, ``user@`` a local domain
+        (a bare ``user`` too), or a local alias whose expansion includes ``user``."""
+        if address == "":
+            return defer.succeed(True)
+        local, domain = split_address(address)
+        if domain is not None and not self.is_local_domain(domain):
+            return defer.succeed(False)
+        if local.lower() == user.lower():
+            return defer.succeed(True)
+
+        def expands_to_user() -> bool:
+            try:
+                expansion = self.aliases.expand(local)
+            except AliasLookupError:
+                return False
+            return user.lower() in (name.lower() for name in expansion.users)
+
+        return threads.blocking(expands_to_user)
 
     def resolve(self, address: str) -> defer.Deferred[list[Account]]:
         """The accounts ``address`` delivers to; errback with a RecipientRejected subclass."""

@@ -11,7 +11,7 @@ TWISTED.md:
   accepts them), the body never falls back into command mode, dot-unstuffing is done per line,
   CRLF becomes LF, the size is counted and data beyond ``message_size_limit`` discarded (552
   after the final dot); only ``<CR><LF>.<CR><LF>`` ends the data (no SMTP smuggling);
-- ``AUTH`` (any form) gets ``503 5.5.1``: no AUTH is offered yet;
+- STARTTLS, AUTH PLAIN/LOGIN and the submission rules (587/465) are ``smtp/auth.py``'s;
 - our own Received: header; ``250 ... queued as`` only once every copy is fsync'ed.
 """
 
@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from mailsuite import threads
 from mailsuite.maillog import new_queue_id
 from mailsuite.net import host_of
+from mailsuite.smtp.auth import SmtpAuth
 from mailsuite.smtp.delivery import LocalRecipient, received_header
 
 log = Logger()
@@ -62,6 +63,7 @@ COMMANDS = {
     b"VRFY": "_cmd_vrfy",
     b"HELP": "_cmd_help",
     b"AUTH": "_cmd_auth",
+    b"STARTTLS": "_cmd_starttls",
 }
 
 
@@ -95,8 +97,9 @@ def _printable(raw: bytes, limit: int = 255) -> str:
     return "".join(c if c.isprintable() else "?" for c in raw.decode("ascii", "replace"))[:limit]
 
 
-class SMTPServer(smtp.ESMTP):
-    """One SMTP session. ``factory`` gives config, portal, delivery, maillog, clock."""
+class SMTPServer(SmtpAuth, smtp.ESMTP):
+    """One SMTP session. ``factory`` gives config, portal, delivery, maillog, clock, and the
+    service (smtp, submission, smtps) with its TLS; STARTTLS and AUTH are ``SmtpAuth``'s."""
 
     timeout = IDLE_TIMEOUT
     transport: Any
@@ -124,6 +127,7 @@ class SMTPServer(smtp.ESMTP):
         self._counts: dict[str, list[int]] = {}  # command -> [ok, total]
         self._command_name = ""
         self._quit = False
+        self.secure = factory.implicit_tls
         self._reset_transaction()
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -278,6 +282,8 @@ class SMTPServer(smtp.ESMTP):
         return self._command(line.rstrip(b"\r"))
 
     def _command(self, line: bytes) -> Any:
+        if self._sasl is not None:
+            return self.sasl_response(line) or True
         verb, _, arg = line.strip().partition(b" ")
         verb = verb.upper()
         handler = COMMANDS.get(verb)
@@ -288,6 +294,8 @@ class SMTPServer(smtp.ESMTP):
             return True
         if handler is None:
             self._reply(502, "5.5.2 Error: command not recognized")
+            return True
+        if not self.gate(verb):
             return True
         return getattr(self, handler)(arg.strip()) or True
 
@@ -310,7 +318,8 @@ class SMTPServer(smtp.ESMTP):
         size = f"SIZE {self.size_limit}" if self.size_limit else "SIZE"
         self._reply_lines(
             250,
-            [self.factory.hostname, "PIPELINING", size, "VRFY", "ENHANCEDSTATUSCODES", "8BITMIME"],
+            [self.factory.hostname, "PIPELINING", size, "VRFY", *self.ehlo_extensions(),
+             "ENHANCEDSTATUSCODES", "8BITMIME"],
         )
 
     def _cmd_rset(self, arg: bytes) -> None:
@@ -335,10 +344,8 @@ class SMTPServer(smtp.ESMTP):
         self._reply(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
 
     def _cmd_help(self, arg: bytes) -> None:
-        self._reply(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
-
-    def _cmd_auth(self, arg: bytes) -> None:
-        self._reply(503, "5.5.1 Error: authentication not enabled")
+        self._reply(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+                         " STARTTLS AUTH")
 
     # --- the mail transaction -------------------------------------------------------------------
 
@@ -347,11 +354,13 @@ class SMTPServer(smtp.ESMTP):
             return defer.succeed(self._avatar)
         if self.factory.portal is None:
             self._avatar = self.factory.delivery.avatar(None)
+            self._avatar.relay_allowed = self.in_mynetworks()
             return defer.succeed(self._avatar)
         d = self.factory.portal.login(credentials.Anonymous(), None, smtp.IMessageDelivery)
 
         def got(result: tuple[Any, Any, Callable[[], None]]) -> Any:
             _, self._avatar, self._logout = result
+            self._avatar.relay_allowed = self.in_mynetworks()
             return self._avatar
 
         return d.addCallback(got)
@@ -441,7 +450,7 @@ class SMTPServer(smtp.ESMTP):
     def _rcpt_ok(self, recipient: Any, address: str) -> None:
         if self._queue_id is None:
             self._queue_id = new_queue_id()
-            self._log(f"{self._queue_id}: client={self.client}")
+            self._log(f"{self._queue_id}: client={self.client}{self.sasl_log()}")
         self._recipients.append((address, recipient))
         self._reply(250, "2.1.5 Ok")
 
@@ -531,7 +540,7 @@ class SMTPServer(smtp.ESMTP):
             self.client_name,
             f"IPv6:{self.client_ip}" if ":" in self.client_ip else self.client_ip,
             self.factory.hostname,
-            self._proto,
+            self.with_protocol(self._proto),
             queue_id,
             [address for address, _ in self._recipients],
             self.factory.clock.seconds(),
@@ -597,11 +606,14 @@ class SMTPServer(smtp.ESMTP):
 
 
 class SMTPFactory(protocol.ServerFactory):
-    """Builds SMTPServer sessions for port 25.
+    """Builds SMTPServer sessions for port 25, 587 or 465.
 
     ``portal`` gives anonymous clients their ``smtp.IMessageDelivery`` avatar (``None``: use
-    ``delivery.avatar(None)`` directly). ``clock`` (a reactor) drives timeouts and dates;
-    ``reverse_lookup(ip) -> Deferred[str]`` names the client (``unknown`` if it has no name).
+    ``delivery.avatar(None)`` directly, and no AUTH) and checks AUTH. ``clock`` (a reactor)
+    drives timeouts and dates; ``reverse_lookup(ip) -> Deferred[str]`` names the client
+    (``unknown`` if it has no name). ``service`` is ``smtp``, ``submission`` or ``smtps`` (see
+    smtp/auth.py); ``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls``
+    marks sessions that tap.py wraps in TLS from the first byte (465).
     """
 
     def __init__(
@@ -612,6 +624,9 @@ class SMTPFactory(protocol.ServerFactory):
         maillog: Any,
         clock: Any = None,
         reverse_lookup: Callable[[str], defer.Deferred[str]] = reverse_lookup,
+        service: str = "smtp",
+        server_tls: Any = None,
+        implicit_tls: bool = False,
     ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
@@ -622,6 +637,9 @@ class SMTPFactory(protocol.ServerFactory):
         self.maillog = maillog
         self.clock = clock
         self.reverse_lookup = reverse_lookup
+        self.service = service
+        self.server_tls = server_tls
+        self.implicit_tls = implicit_tls
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         return SMTPServer(self)
