@@ -21,13 +21,16 @@ from mailsuite.realm import MailRealm
 from mailsuite.smtp.delivery import LocalDelivery
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.store.mbox import MboxStore
+from mailsuite.tls import ServerTLS, TLSSetupError, server_tls
 
 log = Logger()
 
 DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
-#: The [listen] services this version serves (the others arrive with TLS, submission and LMTP).
-SERVICES = ("smtp", "pop3", "imap")
+#: The [listen] services this version serves (LMTP arrives with the MTA work).
+SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+#: The services that are TLS from the first byte (the others offer STARTTLS).
+IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
 
 
 def config_path(explicit: str | None) -> str:
@@ -55,6 +58,20 @@ class Options(usage.Options):
                 f"{cfg.path}: [listen] {name}: this version does not serve {name} yet;"
                 " set it to no" for name in unserved))
         self["cfg"] = cfg
+        self["tls"] = tls_of(cfg)
+
+
+def tls_of(cfg: Any) -> ServerTLS | None:
+    """The TLS of a configuration (None for ssl = no); a first start makes a self-signed
+    certificate. Problems with the files are a UsageError naming them, before anything binds."""
+    try:
+        return server_tls(cfg)
+    except TLSSetupError as e:
+        raise usage.UsageError(f"TLS refused ({cfg.path}: [tls]):\n{e}") from None
+    except OSError as e:
+        raise usage.UsageError(
+            f"TLS refused ({cfg.path}: [tls]): cannot make the self-signed certificate:"
+            f" {e.filename}: {e.strerror}") from None
 
 
 def _can_bind(family: int, address: str) -> bool:
@@ -84,8 +101,14 @@ def _endpoint(port: int, address: str) -> str:
     return f"tcp:{port}:interface={escaped}"
 
 
-def build(cfg: Any) -> service.MultiService:
-    """All services of one mail.ini, not yet started."""
+_MAKE_TLS = object()
+
+
+def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
+    """All services of one mail.ini, not yet started. ``tls``: a ServerTLS, or None for no TLS
+    (default: made from the configuration by ``tls_of``)."""
+    if tls is _MAKE_TLS:
+        tls = tls_of(cfg)
     top = service.MultiService()
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname)
     maillog.open()
@@ -94,31 +117,42 @@ def build(cfg: Any) -> service.MultiService:
     delivery = LocalDelivery(cfg, accounts, store, maillog)
     realm = MailRealm(store, accounts, delivery)
     the_portal = portal.Portal(realm, [UnixChecker(accounts), checkers.AllowAnonymousAccess()])
-    factories = {
-        "smtp": lambda: SMTPFactory(cfg, the_portal, delivery, maillog),
-        "pop3": lambda: POP3Factory(cfg, the_portal, maillog),
-        "imap": lambda: IMAPFactory(cfg, the_portal, maillog),
-    }
+
+    def make(name: str) -> Any:
+        implicit = name in IMPLICIT_TLS
+        if name in ("smtp", "submission", "smtps"):
+            return SMTPFactory(cfg, the_portal, delivery, maillog, service=name,
+                               server_tls=tls, implicit_tls=implicit)
+        if name in ("pop3", "pop3s"):
+            return POP3Factory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit)
+        return IMAPFactory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit)
+
     for name in SERVICES:
         port = getattr(cfg.listen, name)
         if port is None:
             continue
-        factory = factories[name]()
+        factory = make(name)
+        if name in IMPLICIT_TLS:
+            factory = tls.implicit(factory)
         for address in listen_addresses(cfg.mail.inet_interfaces):
             svc = strports.service(_endpoint(port, address), factory)
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
     top.maillog = maillog  # type: ignore[attr-defined]
-    _reopen_log_on_hup(maillog)
+    top.tls = tls  # type: ignore[attr-defined]
+    _on_hup(maillog, tls)
     return top
 
 
-def _reopen_log_on_hup(maillog: Any) -> None:
-    """``kill -HUP`` reopens maillog_file (after logrotate moved it)."""
+def _on_hup(maillog: Any, tls: ServerTLS | None) -> None:
+    """``kill -HUP`` reopens maillog_file (after logrotate moved it) and reloads the TLS
+    certificate and key (after a renewal); open connections are not touched."""
     from twisted.internet import reactor
 
     def on_hup(signum: int, frame: Any) -> None:
         reactor.callFromThread(maillog.reopen)  # type: ignore[attr-defined]
+        if tls is not None:
+            reactor.callFromThread(tls.reload)  # type: ignore[attr-defined]
 
     try:
         signal.signal(signal.SIGHUP, on_hup)
@@ -130,4 +164,4 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     reactor.suggestThreadPoolSize(16)  # type: ignore[attr-defined]
-    return build(options["cfg"])
+    return build(options["cfg"], options["tls"])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.trial import unittest
 
-from mailsuite import tap
+from mailsuite import tap, tls
 
 
-def write_config(case: unittest.TestCase, listen: str, extra: str = "") -> str:
+def write_config(case: unittest.TestCase, listen: str, extra: str = "", tls: str = "ssl = no\n") -> str:
     d = os.path.abspath(case.mktemp())
     os.makedirs(d)
     for name in ("passwd", "shadow", "aliases"):
@@ -32,8 +33,7 @@ shadow_file = {d}/shadow
 [mailbox]
 mail_location = mbox:~/mail:INBOX={d}/spool/%u
 [tls]
-ssl = no
-""")
+{tls.format(d=d)}""")
     return path
 
 
@@ -60,10 +60,19 @@ class OptionsTests(unittest.TestCase):
 
     def test_unserved_listener_refused(self) -> None:
         """A listener this version cannot serve yet is refused, not silently ignored."""
-        path = write_config(self, "smtp = 25\nsubmission = 587\nsmtps = no\npop3s = no\nimaps = no\n")
+        path = write_config(self, "smtp = 25\nlmtp = 24\n" + NONE_ELSE)
         with self.assertRaises(usage.UsageError) as caught:
             tap.Options().parseOptions(["--config", path])
-        self.assertIn("[listen] submission", str(caught.exception))
+        self.assertIn("[listen] lmtp", str(caught.exception))
+
+    def test_tls_problem_is_a_usage_error(self) -> None:
+        """A certificate without its key stops twistd before binding, naming both files."""
+        path = write_config(self, "smtp = 2525\n" + NONE_ELSE,
+                            tls="ssl = yes\nssl_cert = {d}/cert.pem\nssl_key = {d}/key.pem\n")
+        open(os.path.join(os.path.dirname(path), "cert.pem"), "w").close()
+        with self.assertRaises(usage.UsageError) as caught:
+            tap.Options().parseOptions(["--config", path])
+        self.assertIn("key.pem: missing while", str(caught.exception))
 
 
 class BuildTests(unittest.TestCase):
@@ -77,6 +86,33 @@ class BuildTests(unittest.TestCase):
         names = sorted(s.name for s in top)
         self.assertEqual(names, ["imap@127.0.0.1", "smtp@127.0.0.1"])
         self.assertEqual(top.getServiceNamed("smtp@127.0.0.1").endpoint._port, 2525)
+
+    def test_tls_services(self) -> None:
+        """ssl = yes: a first start makes the certificate; every service is served, the
+        implicit-TLS ones wrapped in TLS, the others offering STARTTLS with the same ServerTLS."""
+        listen = ("smtp = 2525\nsubmission = 2587\nsmtps = 2465\npop3 = 2110\npop3s = 2995\n"
+                  "imap = 2143\nimaps = 2993\n")
+        path = write_config(self, listen,
+                            tls="ssl = yes\nssl_cert = {d}/tls/cert.pem\nssl_key = {d}/tls/key.pem\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        self.assertTrue(os.path.exists(os.path.join(os.path.dirname(path), "tls", "key.pem")))
+        top = tap.build(options["cfg"], options["tls"])
+        self.addCleanup(top.maillog.close)
+        self.assertIsInstance(top.tls, tls.ServerTLS)
+        by_name = {s.name.split("@")[0]: s.factory for s in top}
+        self.assertEqual(sorted(by_name), sorted(
+            ["smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps"]))
+        for name, factory in by_name.items():
+            if name in ("smtps", "pop3s", "imaps"):
+                self.assertIsInstance(factory, TLSMemoryBIOFactory, name)
+                factory = factory.wrappedFactory
+                self.assertTrue(factory.implicit_tls, name)
+            else:
+                self.assertFalse(factory.implicit_tls, name)
+            self.assertIs(factory.server_tls, top.tls, name)
+        self.assertEqual(by_name["submission"].service, "submission")
+        self.assertEqual(by_name["smtps"].wrappedFactory.service, "smtps")
 
     def test_listen_addresses(self) -> None:
         """inet_interfaces: a list is used as is; loopback-only always includes 127.0.0.1;
