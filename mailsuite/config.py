@@ -352,6 +352,9 @@ class ListenConfig:
     imap: int | None
     imaps: int | None
     lmtp: int | str | None
+    # Not mail services (not in SERVICES): account set-up for mail clients (autoconfig.py).
+    autoconfig: int | None = None  # HTTP
+    autoconfigs: int | None = None  # HTTPS with the [tls] certificate
 
     def enabled(self) -> dict[str, int | str]:
         """The services that are on, in SERVICES order: ``{"smtp": 25, ...}``."""
@@ -477,6 +480,8 @@ _SECTIONS: dict[str, _Section] = {
         _Key("imap", "143", _port),
         _Key("imaps", "993", _port),
         _Key("lmtp", "no", _port_or_socket),
+        _Key("autoconfig", "no", _port),
+        _Key("autoconfigs", "no", _port),
     ]),
     "auth": _Section(AuthConfig, [
         _Key("passdb", "shadow", _passdb),
@@ -646,7 +651,8 @@ def _tls_listener_errors(filename: str, listen: ListenConfig, tls: TLSConfig) ->
         return []
     return [f"{filename}: [listen] {name}: is TLS from the first byte but [tls] ssl = no;"
             f" set ssl = yes, or {name} = no"
-            for name in ("smtps", "pop3s", "imaps") if getattr(listen, name) is not None]
+            for name in ("smtps", "pop3s", "imaps", "autoconfigs")
+            if getattr(listen, name) is not None]
 
 
 def load_config(path: str) -> Config:
