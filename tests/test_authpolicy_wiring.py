@@ -17,6 +17,7 @@ from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.memory import MemoryStore
 from tests import test_imap_server as imap_test
+from tests import test_sasl_smtp
 from tests.test_pop3 import SERVER, NoDelayTransport, Realm, make_config
 
 ATTACKER = IPv4Address("TCP", "203.0.113.9", 40000)
@@ -123,3 +124,44 @@ class ImapPolicyTests(unittest.TestCase):
         self.assertEqual(self.login(b"secret"), "a NO [UNAVAILABLE] Temporary authentication failure.")
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertIn("a OK", self.login(b"secret", NEIGHBOUR))
+
+
+class SmtpPolicyTests(test_sasl_smtp.SmtpAuthCase):
+    """SMTP AUTH on 465 (TLS from the first byte) with a policy on the factory."""
+
+    service = "smtps"
+    implicit = True
+
+    def setUp(self):
+        super().setUp()
+        self.policy = AuthPolicy(clock=self.clock, maillog=self.maillog, failure_delay=2.0,
+                                 max_failures=3, block_time=600.0)
+        self.factory.policy = self.policy
+
+    def attempt(self, plain, peer=None):
+        self.connect(peer)
+        self.ehlo()
+        self.transport.clear()
+        self.proto.dataReceived(b"AUTH PLAIN " + plain + b"\r\n")
+        self.clock.advance(60)
+        return self.transport.value().decode().splitlines()[-1]
+
+    def test_failure_logged_for_postfix_filter(self):
+        """A failed AUTH counts and writes Postfix's SASL warning under a postfix-* tag, with
+        the client's name, the mechanism and the user."""
+        self.assertEqual(self.attempt(test_sasl_smtp.PLAIN_BAD), "535 5.7.8 Error: authentication failed")
+        self.assertEqual(self.policy.failures(test_sasl_smtp.REMOTE), 1)
+        self.assertIn(f"postfix-mailsuite/smtps/smtpd[{self.maillog.pid}]: warning: "
+                      f"client.example[{test_sasl_smtp.REMOTE}]: SASL PLAIN authentication failed: "
+                      "authentication failure, sasl_username=boss", self.log_text())
+
+    def test_blocked_address_gets_454(self):
+        """At login_max_failures AUTH answers 454 4.7.0 (Postfix's temporary failure), even
+        with the right password, and logs no traceback."""
+        for _ in range(3):
+            self.attempt(test_sasl_smtp.PLAIN_BAD)
+        self.assertEqual(self.attempt(test_sasl_smtp.PLAIN_OK),
+                         "454 4.7.0 Temporary authentication failure")
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.attempt(test_sasl_smtp.PLAIN_OK, "192.0.2.99"),
+                         "235 2.7.0 Authentication successful")

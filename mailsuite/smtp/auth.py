@@ -36,6 +36,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from mailsuite import sasl
+from mailsuite.authpolicy import LoginBlocked
 
 log = Logger()
 
@@ -177,7 +178,12 @@ class SmtpAuth:
             d: defer.Deferred[Any] = defer.fail(cred_error.UnauthorizedLogin("no master users"))
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            d = self.factory.portal.login(creds, None, smtp.IMessageDelivery)
+            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # authpolicy logs it
+            portal = self.factory.portal
+            if self.factory.policy is not None:  # brute-force defence (mailsuite.authpolicy)
+                portal = self.factory.policy.guard(portal, self.client_ip, self.factory.service,
+                                                   self.client_name)
+            d = portal.login(creds, None, smtp.IMessageDelivery)
         return d.addCallbacks(self._auth_ok, self._auth_failed,
                               callbackArgs=(attempt,), errbackArgs=(attempt,))
 
@@ -193,7 +199,8 @@ class SmtpAuth:
 
     def _auth_failed(self, failure: Failure, attempt: sasl.Attempt) -> None:
         if not failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
-            log.failure("SMTP AUTH of {user} failed", failure, user=attempt.username)
+            if not failure.check(LoginBlocked):  # too many failures from this address
+                log.failure("SMTP AUTH of {user} failed", failure, user=attempt.username)
             self._reply(454, "4.7.0 Temporary authentication failure")
             return
         self._log(f"warning: {self.client_name}[{self.client_ip}]: SASL {attempt.mechanism} authentication failed:"

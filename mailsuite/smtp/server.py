@@ -627,7 +627,9 @@ class SMTPFactory(protocol.ServerFactory):
         service: str = "smtp",
         server_tls: Any = None,
         implicit_tls: bool = False,
+        policy: Any = None,
     ) -> None:
+        """``policy``: a mailsuite.authpolicy.AuthPolicy applied to every AUTH, or None."""
         if clock is None:
             from twisted.internet import reactor as clock
         self.config = config
@@ -640,6 +642,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.service = service
         self.server_tls = server_tls
         self.implicit_tls = implicit_tls
+        self.policy = policy
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         return SMTPServer(self)
