@@ -23,6 +23,8 @@ USERS = {
     "carol": ("hunter2", "$6$carolsalt$4dT9RzezhJWk0wVCzqUj2SNwvTrut39/L/xBM9cMrqgnx0ZWw6.pFRY5Ou1j9HFQTHc3PqFbXoEU8mctHHEiW."),
 }
 SERVICES = ("smtp", "pop3", "imap")
+#: The extra listeners of a TLS site (``Site(..., tls=True)``).
+TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps")
 START_TIMEOUT = 30.0
 
 #: twistd from this Python, finding the plugin in the checkout through PYTHONPATH.
@@ -36,12 +38,21 @@ def free_port() -> int:
 
 
 class Site:
-    def __init__(self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n") -> None:
+    def __init__(self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n",
+                 tls: bool = False, ssl: str = "yes", disable_plaintext_auth: bool = False,
+                 mail_extra: str = "") -> None:
+        """``tls``: ssl = ``ssl`` with a self-signed certificate made by the first start at
+        ``self.cert``/``self.key``, and the submission, smtps, pop3s and imaps ports too."""
         self.dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.dir)
         self.spool = os.path.join(self.dir, "spool")
         os.makedirs(self.spool)
-        self.ports = {name: free_port() for name in SERVICES}
+        self.tls, self.ssl = tls, ssl
+        self.disable_plaintext_auth = disable_plaintext_auth
+        self.mail_extra = mail_extra  # more [mail] lines, e.g. "mynetworks = 192.0.2.0/24"
+        self.ports = {name: free_port() for name in SERVICES + (TLS_SERVICES if tls else ())}
+        self.cert = os.path.join(self.dir, "tls", "cert.pem")
+        self.key = os.path.join(self.dir, "tls", "key.pem")
         self.maillog = os.path.join(self.dir, "maillog")
         self.process: subprocess.Popen | None = None
         self.uids = {}
@@ -86,27 +97,30 @@ inet_interfaces = 127.0.0.1
 alias_maps = {d}/aliases
 queue_directory = {d}/queue
 maillog_file = {self.maillog}
+{self.mail_extra}
 
 [listen]
 smtp = {self.ports['smtp']}
-submission = no
-smtps = no
+submission = {self.ports.get('submission', 'no')}
+smtps = {self.ports.get('smtps', 'no')}
 pop3 = {self.ports['pop3']}
-pop3s = no
+pop3s = {self.ports.get('pop3s', 'no')}
 imap = {self.ports['imap']}
-imaps = no
+imaps = {self.ports.get('imaps', 'no')}
 
 [auth]
 passwd_file = {d}/passwd
 shadow_file = {d}/shadow
 first_valid_uid = 1000
-disable_plaintext_auth = no
+disable_plaintext_auth = {'yes' if self.disable_plaintext_auth else 'no'}
 
 [mailbox]
 mail_location = mbox:~/mail:INBOX={self.spool}/%u
 
 [tls]
-ssl = no
+ssl = {self.ssl if self.tls else 'no'}
+ssl_cert = {self.cert}
+ssl_key = {self.key}
 """
 
     def start(self) -> None:
@@ -120,7 +134,7 @@ ssl = no
             stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT
-        pending = set(SERVICES)
+        pending = set(self.ports)
         while pending and time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"mailsuite exited {self.process.returncode}:\n{self.log()}")
