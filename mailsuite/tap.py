@@ -12,10 +12,13 @@ from twisted.cred import checkers, portal
 from twisted.logger import Logger
 from twisted.python import usage
 
+from mailsuite.authpolicy import AuthPolicy
+from mailsuite.autoconfig import build_site
 from mailsuite.checker import AccountDB, UnixChecker
 from mailsuite.config import ConfigError, load_config
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
+from mailsuite.pam import NssAccounts, PamChecker
 from mailsuite.pop3 import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.delivery import LocalDelivery
@@ -104,6 +107,16 @@ def _endpoint(port: int, address: str) -> str:
 _MAKE_TLS = object()
 
 
+def accounts_and_checker(cfg: Any) -> tuple[Any, Any]:
+    """The account database and password checker of ``[auth] passdb``: shadow (passwd_file and
+    shadow_file read directly) or pam (PAM service pam_service, accounts from NSS)."""
+    if cfg.auth.passdb == "pam":
+        nss = NssAccounts(cfg.auth.first_valid_uid)
+        return nss, PamChecker(cfg.auth.pam_service, nss)
+    accounts = AccountDB(cfg.auth.passwd_file, cfg.auth.shadow_file, cfg.auth.first_valid_uid)
+    return accounts, UnixChecker(accounts)
+
+
 def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
     """All services of one mail.ini, not yet started. ``tls``: a ServerTLS, or None for no TLS
     (default: made from the configuration by ``tls_of``)."""
@@ -112,20 +125,23 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
     top = service.MultiService()
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname)
     maillog.open()
-    accounts = AccountDB(cfg.auth.passwd_file, cfg.auth.shadow_file, cfg.auth.first_valid_uid)
+    accounts, checker = accounts_and_checker(cfg)
     store = MboxStore(cfg.mailbox)
     delivery = LocalDelivery(cfg, accounts, store, maillog)
     realm = MailRealm(store, accounts, delivery)
-    the_portal = portal.Portal(realm, [UnixChecker(accounts), checkers.AllowAnonymousAccess()])
+    the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
+    policy = AuthPolicy.from_config(cfg, maillog)  # one for all doors: counts across protocols
 
     def make(name: str) -> Any:
         implicit = name in IMPLICIT_TLS
         if name in ("smtp", "submission", "smtps"):
             return SMTPFactory(cfg, the_portal, delivery, maillog, service=name,
-                               server_tls=tls, implicit_tls=implicit)
+                               server_tls=tls, implicit_tls=implicit, policy=policy)
         if name in ("pop3", "pop3s"):
-            return POP3Factory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit)
-        return IMAPFactory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit)
+            return POP3Factory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
+                               policy=policy)
+        return IMAPFactory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
+                           policy=policy)
 
     for name in SERVICES:
         port = getattr(cfg.listen, name)
@@ -136,6 +152,17 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
             factory = tls.implicit(factory)
         for address in listen_addresses(cfg.mail.inet_interfaces):
             svc = strports.service(_endpoint(port, address), factory)
+            svc.setName(f"{name}@{address}")
+            svc.setServiceParent(top)
+    for name in ("autoconfig", "autoconfigs"):  # account set-up for mail clients (HTTP/HTTPS)
+        port = getattr(cfg.listen, name)
+        if port is None:
+            continue
+        site: Any = build_site(cfg)
+        if name == "autoconfigs":
+            site = tls.implicit(site)
+        for address in listen_addresses(cfg.mail.inet_interfaces):
+            svc = strports.service(_endpoint(port, address), site)
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
     top.maillog = maillog  # type: ignore[attr-defined]
