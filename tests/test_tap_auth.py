@@ -33,7 +33,7 @@ class PolicyAssemblyTests(unittest.TestCase):
     def test_one_policy_for_all_doors(self):
         """SMTP, POP3 and IMAP factories share one AuthPolicy built from [auth], so failures
         count across protocols."""
-        top, factories = build(self, "smtp = 2525\npop3 = 2110\nimap = 2143\n" + NONE_ELSE,
+        _, factories = build(self, "smtp = 2525\npop3 = 2110\nimap = 2143\n" + NONE_ELSE,
                                auth="login_max_failures = 7\n")
         policies = {id(f.policy) for f in factories.values()}
         self.assertEqual(len(policies), 1)
@@ -48,7 +48,7 @@ class PamAssemblyTests(unittest.TestCase):
     def test_passdb_pam(self):
         """passdb = pam: the portal checks passwords with PamChecker (service pam_service) and
         the realm and delivery look accounts up through NSS."""
-        top, factories = build(self, "imap = 2143\nsmtp = no\npop3 = no\n" + NONE_ELSE,
+        _, factories = build(self, "imap = 2143\nsmtp = no\npop3 = no\n" + NONE_ELSE,
                                auth="passdb = pam\npam_service = mail-test\n")
         the_portal = factories["imap"].portal
         checker = [c for c in the_portal.checkers.values() if isinstance(c, PamChecker)]
@@ -60,7 +60,7 @@ class PamAssemblyTests(unittest.TestCase):
 class AutoconfigAssemblyTests(unittest.TestCase):
     def test_off_by_default(self):
         """No autoconfig listener unless [listen] asks for one."""
-        top, factories = build(self, "imap = 2143\nsmtp = no\npop3 = no\n" + NONE_ELSE)
+        _, factories = build(self, "imap = 2143\nsmtp = no\npop3 = no\n" + NONE_ELSE)
         self.assertEqual(sorted(factories), ["imap"])
 
     def test_http_and_https(self):
