@@ -15,6 +15,7 @@ import ssl
 import stat
 import subprocess
 import time
+from typing import ClassVar
 
 from cryptography import x509
 from twisted.trial import unittest
@@ -28,7 +29,7 @@ TIMEOUT = 20
 def run(args: list[str], data: bytes = b"") -> tuple[int, str]:
     """Run a client program; (exit code, stdout + stderr as text)."""
     proc = subprocess.run(args, input=data, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=TIMEOUT)
+                          timeout=TIMEOUT, check=False)
     return proc.returncode, proc.stdout.decode("utf-8", "replace")
 
 
@@ -45,7 +46,7 @@ def message(sender: str, to: str, subject: str) -> bytes:
 
 
 class TLSSiteCase(unittest.TestCase):
-    site_options: dict = {}
+    site_options: ClassVar[dict[str, str]] = {}
 
     def setUp(self) -> None:
         self.site = Site(self, tls=True, **self.site_options)
@@ -96,10 +97,10 @@ class CertificateTests(TLSSiteCase):
         """A client that trusts the certificate and checks the name mail.example.test succeeds;
         the session is TLS 1.3."""
         ctx = ssl.create_default_context(cafile=self.site.cert)
-        with socket.create_connection(("127.0.0.1", self.port("imaps")), timeout=TIMEOUT) as raw:
-            with ctx.wrap_socket(raw, server_hostname="mail.example.test") as s:
-                self.assertEqual(s.version(), "TLSv1.3")
-                self.assertTrue(s.recv(100).startswith(b"* OK [CAPABILITY IMAP4rev1"))
+        raw = socket.create_connection(("127.0.0.1", self.port("imaps")), timeout=TIMEOUT)
+        with ctx.wrap_socket(raw, server_hostname="mail.example.test") as s:
+            self.assertEqual(s.version(), "TLSv1.3")
+            self.assertTrue(s.recv(100).startswith(b"* OK [CAPABILITY IMAP4rev1"))
 
     def test_sni_trailing_dot(self) -> None:
         """SNI "mail.example.test." (trailing dot, as some clients send it) is accepted by the
@@ -107,9 +108,9 @@ class CertificateTests(TLSSiteCase):
         out = s_client(self.port("imaps"), "-servername", "mail.example.test.", "-brief",
                        data=b"a LOGOUT\n")
         self.assertIn("a OK Logout completed.", out)
-        with socket.create_connection(("127.0.0.1", self.port("pop3s")), timeout=TIMEOUT) as raw:
-            with self.context().wrap_socket(raw, server_hostname="mail.example.test.") as s:
-                self.assertEqual(s.recv(100), b"+OK mailsuite ready.\r\n")
+        raw = socket.create_connection(("127.0.0.1", self.port("pop3s")), timeout=TIMEOUT)
+        with self.context().wrap_socket(raw, server_hostname="mail.example.test.") as s:
+            self.assertEqual(s.recv(100), b"+OK mailsuite ready.\r\n")
 
     def test_tls_versions(self) -> None:
         """TLS 1.2 and 1.3 are accepted; TLS 1.1 and 1.0 are refused with a protocol_version
@@ -299,7 +300,7 @@ class PythonClientTests(TLSSiteCase):
 
 
 class RequiredTests(TLSSiteCase):
-    site_options = {"ssl": "required"}
+    site_options: ClassVar[dict[str, str]] = {"ssl": "required"}
 
     def test_submission_requires_starttls(self) -> None:
         """ssl = required: 587 refuses MAIL and AUTH before STARTTLS (even from loopback) and
