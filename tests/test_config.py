@@ -521,9 +521,13 @@ class LoadTests(ConfigTestCase):
             for key in keys:
                 self.assertRegex(text, f"(?m)^#?{key} =", key)
         cfg = load_config(SHIPPED)
-        self.assertEqual(cfg.listen.enabled(), {"smtp": 25, "pop3": 110, "imap": 143})
-        self.assertEqual(cfg.tls.ssl, "no")
-        self.assertIs(cfg.auth.disable_plaintext_auth, False)
+        self.assertEqual(cfg.listen.enabled(), {"smtp": 25, "submission": 587, "smtps": 465,
+                                                "pop3": 110, "pop3s": 995, "imap": 143,
+                                                "imaps": 993})
+        self.assertEqual(cfg.tls.ssl, "yes")
+        self.assertEqual((cfg.tls.ssl_cert, cfg.tls.ssl_key),
+                         ("/etc/mailsuite/tls/cert.pem", "/etc/mailsuite/tls/key.pem"))
+        self.assertIs(cfg.auth.disable_plaintext_auth, True)
         self.assertEqual(cfg.mailbox.inbox_path(BOSS), "/var/mail/boss")
         self.assertEqual((cfg.mail.alias_maps, cfg.mail.maillog_file, cfg.mail.queue_directory),
                          (["/etc/aliases"], "/var/log/maillog", "/var/spool/mailsuite"))
