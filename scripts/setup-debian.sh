@@ -43,8 +43,9 @@ run)
     ;;
 test)
     # s-nail and bsd-mailx: mbox compatibility; swaks, curl, fetchmail: real clients;
-    # whois: mkpasswd for yescrypt/bcrypt test hashes; openssl: SHA-crypt test hashes.
-    apt_install s-nail swaks curl fetchmail whois openssl
+    # whois: mkpasswd for yescrypt/bcrypt test hashes; openssl: SHA-crypt test hashes;
+    # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines.
+    apt_install s-nail swaks curl fetchmail whois openssl fail2ban
     install_suite
     shift
     exec "$VENV/bin/python" scripts/run_tests.py "$@"
