@@ -203,8 +203,9 @@ class SmtpAuth:
                 log.failure("SMTP AUTH of {user} failed", failure, user=attempt.username)
             self._reply(454, "4.7.0 Temporary authentication failure")
             return
-        self._log(f"warning: {self.client_name}[{self.client_ip}]: SASL {attempt.mechanism} authentication failed:"
-                  " authentication failure")
+        if self.factory.policy is None:  # else the policy writes Postfix's warning (authpolicy)
+            self._log(f"warning: {self.client_name}[{self.client_ip}]: SASL {attempt.mechanism}"
+                      " authentication failed: authentication failure")
         self._reply(535, "5.7.8 Error: authentication failed")
 
     def sasl_log(self) -> str:
