@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -27,8 +28,12 @@ def main(argv: list[str]) -> int:
     os.chdir(root)
     env = dict(os.environ, PYTHONPATH=root)
     tests = argv or ["tests"]
-    cmd = [sys.executable, "-m", "twisted.trial", "--temp-directory=/tmp/mailsuite-trial", *tests]
+    # A directory of this run's own: two runs at once (two checkouts) must not collide.
+    temp = f"/tmp/mailsuite-trial-{os.getpid()}"
+    cmd = [sys.executable, "-m", "twisted.trial", f"--temp-directory={temp}", *tests]
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode == 0:
+        shutil.rmtree(temp, ignore_errors=True)
     sys.stdout.write(proc.stdout)
     passed, failed, skipped = summary(proc.stdout)
     if proc.returncode != 0 and failed == 0:
