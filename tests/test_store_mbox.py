@@ -555,3 +555,57 @@ class MboxDurabilityTests(MboxTestCase):
         with open(self.index_path, "rb") as f:
             self.assertTrue(f.read().splitlines()[-1].startswith(b"%d " % uid))
         box.close()
+
+
+CRLF_STATUS_MSG = (
+    b"From: a@example.test\r\nSubject: crlf\r\n\r\n"
+    b"Status: this line is body text\r\nX-Status: so is this\r\nbody\r\n"
+)
+
+
+class MboxCRLFHeaderTests(MboxTestCase):
+    def test_header_end(self):
+        """The header block ends at the first blank line, LF or CRLF, whichever comes first;
+        an empty header block is just its blank line; no blank line: all header."""
+        from mailsuite.store.mboxformat import header_end
+
+        cases = [
+            (b"A: 1\nB: 2\n\nbody\r\n\r\nmore\n", 11),
+            (b"A: 1\r\nB: 2\r\n\r\nbody\n\nmore\n", 14),
+            (b"A: 1\r\n\r\nbody\r\n", 8),
+            (b"A: 1\n\r\nbody\n\nx\n", 7),
+            (b"\nbody\n", 1),
+            (b"\r\nbody\r\n", 2),
+            (b"A: 1\r\nB: 2\r\n", 12),
+        ]
+        for data, end in cases:
+            self.assertEqual(header_end(b"xx" + data, 2, len(data) + 2), end + 2, data)
+
+    @defer.inlineCallbacks
+    def test_crlf_message_body_status_lines_survive_rewrite(self):
+        """A message another program stored with CRLF line ends: body lines that look like
+        Status:/X-Status: headers are served, and survive a flag change and an expunge
+        rewrite byte for byte (they used to be taken for header and deleted)."""
+        self.write(b"From x@example.test  " + asctime(self.clock[0]).encode() + b"\n")
+        self.write(CRLF_STATUS_MSG + b"\n")
+        self.external_append(MSG1)
+        store = self.make_store()
+        box = yield store.open(self.account)
+        uid = box.messages[0].uid
+        self.assertEqual((yield box.read(uid)), CRLF_STATUS_MSG)
+        headers = yield box.read_headers([uid])
+        self.assertEqual(headers[uid], b"From: a@example.test\r\nSubject: crlf\r\n\r\n")
+        yield box.set_flags({uid: frozenset({"\\Seen", "\\Flagged"})})
+        yield box.expunge([box.messages[1].uid])
+        self.assertEqual((yield box.read(uid)), CRLF_STATUS_MSG)
+        self.assertEqual(box.messages[0].flags, {"\\Seen", "\\Flagged"})
+        self.assertEqual(box.messages[0].size, len(to_wire(CRLF_STATUS_MSG)))
+        data = self.read_file()
+        self.assertIn(b"Status: this line is body text\r\nX-Status: so is this\r\nbody\r\n", data)
+        self.assertIn(b"Subject: crlf\r\nStatus: RO\nX-Status: F\n\r\n", data)
+        box.close()
+        box = yield self.make_store().open(self.account)
+        self.assertEqual([m.uid for m in box.messages], [uid])
+        self.assertEqual(box.messages[0].flags, {"\\Seen", "\\Flagged"})
+        self.assertEqual((yield box.read(uid)), CRLF_STATUS_MSG)
+        box.close()

@@ -25,6 +25,7 @@ from mailsuite.store.interfaces import (
     StoreError,
     UnknownUID,
 )
+from mailsuite.store.mboxformat import header_end
 from mailsuite.wire import wire_size
 
 
@@ -74,8 +75,7 @@ class MemoryMailbox:
         for uid in uids:
             body = self._bodies.get(uid)
             if body is not None:
-                end = body.find(b"\n\n")
-                out[uid] = body if end < 0 else body[: end + 2]
+                out[uid] = body[: header_end(body, 0, len(body))]
         return defer.succeed(out)
 
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
