@@ -117,13 +117,19 @@ class ImapTestCase(unittest.TestCase):
 
 class GreetingLoginTests(ImapTestCase):
     def test_capability_lists_only_what_is_implemented(self) -> None:
-        """CAPABILITY: IMAP4rev1 and our extensions; no AUTH=, STARTTLS, IDLE, LITERAL+ yet."""
+        """CAPABILITY before and after login: IMAP4rev1 and every extension that works (OUTLOOK.md
+        item 1); never UIDONLY; no AUTH= or STARTTLS (issue 4 adds those)."""
         s = self.session()
         caps = s.cmd(b"a CAPABILITY")
-        self.assertIn(b"* CAPABILITY IMAP4rev1 ID NAMESPACE UNSELECT CHILDREN\r\n", caps)
+        expected = (b"* CAPABILITY IMAP4rev1 LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT "
+                    b"CHILDREN SPECIAL-USE XLIST\r\n")
+        self.assertIn(expected, caps)
         self.assertIn(b"a OK", caps)
-        for absent in (b"AUTH=", b"STARTTLS", b"IDLE", b"LITERAL+", b"UIDPLUS"):
-            self.assertNotIn(absent, caps + s.greeting)
+        s.login()
+        after = s.cmd(b"b CAPABILITY")
+        self.assertIn(expected, after)
+        for absent in (b"AUTH=", b"STARTTLS", b"UIDONLY"):
+            self.assertNotIn(absent, caps + s.greeting + after)
 
     def test_login_quoted_and_logged(self) -> None:
         """LOGIN with quoted strings succeeds; imap-login logs the Dovecot Login line."""
@@ -197,7 +203,8 @@ class GreetingLoginTests(ImapTestCase):
     def test_id_and_namespace(self) -> None:
         """ID answers * ID; NAMESPACE gives the personal namespace with separator /."""
         s = self.session()
-        self.assertIn(b'* ID ("name" "mailsuite")', s.cmd(b'a ID ("name" "Microsoft Office 365")'))
+        self.assertIn(b'* ID ("name" "mailsuite"', s.cmd(b'a ID ("name" "Microsoft Office 365")'))
+        self.assertIn(b'* ID ("name" "mailsuite"', s.cmd(b"a2 ID NIL"))
         s.login()
         self.assertIn(b'* NAMESPACE (("" "/")) NIL NIL', s.cmd(b"b NAMESPACE"))
 
@@ -211,13 +218,14 @@ class ListSelectTests(ImapTestCase):
         self.assertIn(b'* LSUB (\\HasNoChildren) "/" INBOX\r\n', s.cmd(b'b LSUB "" *'))
         self.assertIn(b'* LIST (\\Noselect) "/" ""\r\n', s.cmd(b'c LIST "" ""'))
         self.assertIn(b'* LIST (\\HasNoChildren) "/" INBOX\r\n', s.cmd(b'd LIST "" inbox'))
-        self.assertEqual(s.cmd(b'e LIST "" Work*'), b"e OK LIST completed.\r\n")
+        self.assertEqual(s.cmd(b'e LIST "" Work*'), b"e OK List completed.\r\n")
 
-    def test_create_answers_no(self) -> None:
-        """CREATE is not supported until folders land (issue 3): NO, not BAD."""
+    def test_create_existing_answers_no(self) -> None:
+        """CREATE of a mailbox that exists: NO [ALREADYEXISTS], not BAD."""
         s = self.session()
         s.login()
-        self.assertIn(b"a NO", s.cmd(b"a CREATE Work"))
+        self.assertIn(b"a OK", s.cmd(b"a CREATE Work"))
+        self.assertIn(b"b NO [ALREADYEXISTS]", s.cmd(b"b CREATE Work"))
 
     def test_select_response_codes(self) -> None:
         """SELECT: FLAGS, PERMANENTFLAGS, EXISTS, RECENT, UNSEEN, UIDVALIDITY, UIDNEXT, READ-WRITE."""
