@@ -19,7 +19,7 @@ from mailsuite.store.locking import LockTimeout, try_fcntl_lock
 from mailsuite.store.mbox import MboxStore
 from mailsuite.store.mboxformat import to_stored
 from mailsuite.wire import to_wire
-from tests.store_conformance import MSG1, MSG2, StoreConformanceMixin
+from tests.store_conformance import MSG1, MSG2, FolderConformanceMixin, StoreConformanceMixin
 
 
 class FakeMailboxConfig:
@@ -78,7 +78,7 @@ class MboxTestCase(unittest.TestCase):
             return f.read()
 
 
-class MboxConformanceTests(MboxTestCase, StoreConformanceMixin):
+class MboxConformanceTests(MboxTestCase, StoreConformanceMixin, FolderConformanceMixin):
     """The mbox store passes the store conformance tests."""
 
 

@@ -9,7 +9,8 @@ non-ASCII folder names is read as it is.
 A name is refused (``InvalidMailboxName``) when it has an empty level (leading, trailing or
 doubled '/'), a level starting with '.' (this also covers '.' and '..', and keeps clear of
 dotfiles such as ``.imap`` and ``.subscriptions``), a level ending in ``.lock`` (the dotlock of a
-sibling), the level ``mBoX-MeSsAgEs`` (where the mbox store keeps a parent folder's own mail), a
+sibling), the level ``mBoX-MeSsAgEs`` (where the mbox store keeps a parent folder's own mail) or
+one starting with ``dovecot.`` or ``dovecot-uidvalidity`` (Dovecot's files in ``~/mail``), a
 control character, a level longer than ``MAX_LEVEL`` bytes on disk, more than ``MAX_DEPTH``
 levels, or more than ``MAX_NAME`` bytes in all.
 """
@@ -17,6 +18,7 @@ levels, or more than ``MAX_NAME`` bytes in all.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 from mailsuite.store.interfaces import InvalidMailboxName
 
@@ -68,8 +70,8 @@ def check_level(level: str, name: str) -> None:
         raise _bad(name, "a level may not start with '.'")
     if level.endswith(".lock"):
         raise _bad(name, "a level may not end in '.lock'")
-    if level == MESSAGES_FILE:
-        raise _bad(name, f"{MESSAGES_FILE} is reserved")
+    if level == MESSAGES_FILE or level.startswith(("dovecot.", "dovecot-uidvalidity")):
+        raise _bad(name, "reserved name (mbox store and Dovecot files)")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in level):
         raise _bad(name, "control character")
     if len(disk_level(level)) > MAX_LEVEL:
@@ -112,7 +114,7 @@ def renamed(name: str, old: str, new: str) -> str:
     return new + name[len(old) :]
 
 
-def list_order(names: set[str] | list[str]) -> list[str]:
+def list_order(names: Iterable[str]) -> list[str]:
     """INBOX first, then sorted (what list_mailboxes returns)."""
     return sorted(names, key=lambda n: (n != INBOX, n))
 

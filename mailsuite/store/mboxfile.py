@@ -101,11 +101,11 @@ class MboxFile:
         now: Callable[[], float],
         lock_timeout: float = 30.0,
         stale_after: float = DEFAULT_STALE_AFTER,
+        index_dir: str | None = None,
     ) -> None:
         self.account = account
-        self.path = os.path.abspath(path)
-        self.index_dir = os.path.join(os.path.abspath(folder_root), ".imap", "INBOX")
-        self.index_path = os.path.join(self.index_dir, "mailsuite.index")
+        self.folder_root = os.path.abspath(folder_root)
+        self.move(path, index_dir or os.path.join(self.folder_root, ".imap", "INBOX"))
         self._now = now
         self._lock_timeout = lock_timeout
         self._stale_after = stale_after
@@ -116,6 +116,12 @@ class MboxFile:
             if not _under(p, home)
         ]
         self._root = os.geteuid() == 0
+
+    def move(self, path: str, index_dir: str) -> None:
+        """The mailbox is now at ``path`` with its index in ``index_dir`` (folder renamed)."""
+        self.path = os.path.abspath(path)
+        self.index_dir = os.path.abspath(index_dir)
+        self.index_path = os.path.join(self.index_dir, "mailsuite.index")
 
     # -- safety and ownership -------------------------------------------------------------------
 
@@ -134,8 +140,10 @@ class MboxFile:
         return self.account.uid, gid
 
     def _ensure_index_dir(self) -> None:
-        parts = [os.path.dirname(os.path.dirname(self.index_dir)), os.path.dirname(self.index_dir)]
-        for d in parts + [self.index_dir]:
+        parts = [self.folder_root]
+        for part in os.path.relpath(self.index_dir, self.folder_root).split(os.sep):
+            parts.append(os.path.join(parts[-1], part))
+        for d in parts:
             self._check_inside(os.path.dirname(d))
             try:
                 os.mkdir(d, 0o700)
@@ -286,6 +294,42 @@ class MboxFile:
             self._save(new)
         changes.added.append(entry.info())
         return new, changes, entry.uid
+
+    def move_all(self, state: ix.Index | None, target: MboxFile) -> Result:
+        """RENAME INBOX: copy this file (messages, flags, UIDs) into ``target``, a new mailbox,
+        then empty this one. A crash in between leaves the messages in both, never in neither."""
+        with self._locked(exclusive=True) as (held, _):
+            if state is None:
+                state, _ = self._load_index()
+            known = [e.uid for e in state.entries]  # what the sessions were shown
+            state, _ = self._refresh_locked(state, held.fd)
+            with target._locked(exclusive=True, create=True) as (out, _):
+                assert out.fd is not None
+                if os.fstat(out.fd).st_size:
+                    raise StoreError(f"{target.path} is not empty")
+                size = state.stamp.size if held.fd is not None else 0
+                offset = 0
+                while offset < size:
+                    chunk = _pread_all(held.fd, min(COPY, size - offset), offset)  # type: ignore[arg-type]
+                    if not chunk:
+                        raise StoreError(f"{self.path} shrank while locked")
+                    _write_all(out.fd, chunk)
+                    offset += len(chunk)
+                os.fsync(out.fd)
+                ix.fsync_dir(os.path.dirname(target.path))
+                validity = max(int(self._now()), state.uid_validity + 1)
+                copied = ix.Index(validity, state.uid_next, ix.Stamp.of(os.fstat(out.fd)))
+                copied.entries = list(state.entries)
+                target._save(copied)
+            if held.fd is not None:
+                os.ftruncate(held.fd, 0)
+                os.fsync(held.fd)
+            new = state.copy(
+                stamp=ix.Stamp.of(os.fstat(held.fd)) if held.fd is not None else state.stamp,
+                entries=[],
+            )
+            self._save(new)
+        return new, Changes(expunged=known)
 
     # -- flags and expunge ----------------------------------------------------------------------
 
