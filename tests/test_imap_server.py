@@ -442,7 +442,7 @@ class StoreSearchExpungeTests(ImapTestCase):
         """EXPUNGE removes \\Deleted messages and reports each as the sequence number at that time."""
         self.s.cmd(b"a STORE 1:2 +FLAGS.SILENT (\\Deleted)")
         out = self.s.cmd(b"b EXPUNGE")
-        self.assertEqual(out, b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nb OK Expunge completed.\r\n")
+        self.assertEqual(out, b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nb OK EXPUNGE completed.\r\n")
         self.assertEqual([m.uid for m in self.box().messages], [3])
 
     def test_close_expunges_silently(self) -> None:

@@ -291,7 +291,7 @@ class SelectedCommands(_Base):
             self.sendNegativeResponse(tag, b"Mailbox is read-only.")
             return
         await self.view.expunge_deleted(within)
-        self.sendPositiveResponse(tag, self._command.capitalize() + b" completed.")
+        self.sendPositiveResponse(tag, self._command + b" completed.")
 
     def _uid_expunge(self, tag: bytes, args: Cursor, uid: bool) -> Any:
         return self.cmd_EXPUNGE(tag, args, True)
