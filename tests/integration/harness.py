@@ -36,7 +36,10 @@ def free_port() -> int:
 
 
 class Site:
-    def __init__(self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n") -> None:
+    def __init__(
+        self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n", mailbox_options: str = ""
+    ) -> None:
+        self.mailbox_options = mailbox_options  # extra lines for [mailbox] (e.g. Outlook's folder names)
         self.dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.dir)
         self.spool = os.path.join(self.dir, "spool")
@@ -104,6 +107,7 @@ disable_plaintext_auth = no
 
 [mailbox]
 mail_location = mbox:~/mail:INBOX={self.spool}/%u
+{self.mailbox_options}
 
 [tls]
 ssl = no
