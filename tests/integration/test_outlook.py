@@ -10,7 +10,7 @@ import re
 import smtplib
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.trial import unittest
 
@@ -72,7 +72,7 @@ class Imap:
         raw = command.encode() if isinstance(command, str) else command
         self.send(tag + b" " + raw + b"\r\n")
         out = self.until(tag)
-        if ok and not re.search(rb"^" + tag + rb" OK", out, re.M):
+        if ok and not re.search(rb"^" + tag + rb" OK", out, re.MULTILINE):
             raise AssertionError(f"{raw!r} -> {out!r}")
         return out
 
@@ -216,7 +216,7 @@ class OutlookSessionTests(unittest.TestCase):
         date = re.search(rb'INTERNALDATE "([^"]+)"', c.cmd("UID FETCH 1 (INTERNALDATE)")).group(1)  # type: ignore[union-attr]
         self.assertEqual(  # the same instant (the mbox store keeps the time, not the zone)
             datetime.strptime(date.decode().strip(), "%d-%b-%Y %H:%M:%S %z"),
-            datetime(2026, 9, 14, 17, 7, 10, tzinfo=timezone.utc),
+            datetime(2026, 9, 14, 17, 7, 10, tzinfo=UTC),
         )
         c.cmd("UNSELECT")
         # 15. delete = UID COPY to Deleted Items + \Deleted + UID EXPUNGE n; UID MOVE; EXPUNGE.
