@@ -13,6 +13,7 @@ points RFC 3501 allows (``take_updates``).
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -74,10 +75,11 @@ class ImapMailboxView:
     # -- the store listener ----------------------------------------------------------------
     def _changed(self, changes: Changes) -> None:
         self._expunged.update(changes.expunged)
-        known = set(self._uids) | {m.uid for m in self._added}
-        for info in changes.added:
-            if info.uid not in known:
+        top = max(self._uids[-1] if self._uids else 0, self._added[-1].uid if self._added else 0)
+        for info in changes.added:  # new UIDs are always above the ones already known
+            if info.uid > top:
                 self._added.append(info)
+                top = info.uid
         for uid, flags in changes.flags.items():
             self._flag_changes[uid] = frozenset(flags)
         if self.on_change is not None and changes:
@@ -138,13 +140,14 @@ class ImapMailboxView:
         """
         count = len(self._uids)
         wanted: set[int] = set()
-        if uid:
+        if uid:  # UIDs ascend with sequence numbers: each range is a slice found by bisection
             top = self._uids[-1] if self._uids else 0
+            seqs: set[int] = set()
             for lo, hi in ranges:
                 a, b = top if lo is None else lo, top if hi is None else hi
                 a, b = min(a, b), max(a, b)
-                wanted.update(u for u in self._uids if a <= u <= b)
-            return [(seq, u) for seq, u in enumerate(self._uids, 1) if u in wanted]
+                seqs.update(range(bisect_left(self._uids, a), bisect_right(self._uids, b)))
+            return [(i + 1, self._uids[i]) for i in sorted(seqs)]
         for lo, hi in ranges:
             a, b = count if lo is None else lo, count if hi is None else hi
             a, b = min(a, b), max(a, b)
@@ -198,14 +201,14 @@ class ImapMailboxView:
         lines: list[bytes] = []
         if allow_expunge and self._expunged:
             for uid in sorted(self._expunged & set(self._uids)):
-                seq = self._uids.index(uid) + 1
+                seq = bisect_left(self._uids, uid) + 1
                 del self._uids[seq - 1]
                 self._infos.pop(uid, None)
                 self._recent.discard(uid)
                 self._flag_changes.pop(uid, None)
                 lines.append(b"%d EXPUNGE" % seq)
             self._expunged.clear()
-            self._added = [m for m in self._added if m.uid not in set(self._infos)]
+            self._added = [m for m in self._added if m.uid not in self._infos]
         if self._added:
             new = []
             for info in self._added:
@@ -224,7 +227,7 @@ class ImapMailboxView:
             if uid in self._infos and uid not in self._expunged and self._infos[uid].flags != flags:
                 old = self._infos[uid]
                 self._infos[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
-                seq = self._uids.index(uid) + 1
+                seq = bisect_left(self._uids, uid) + 1
                 lines.append(b"%d FETCH (FLAGS %s)" % (seq, format_flags(self.flags(uid))))
         self._flag_changes = {}
         return lines
