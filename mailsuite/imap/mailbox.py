@@ -13,8 +13,8 @@ points RFC 3501 allows (``take_updates``).
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
 import weakref
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any
 
