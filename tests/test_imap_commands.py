@@ -324,3 +324,20 @@ class MiscTests(ImapTestCase):
         self.assertIn(b"* SEARCH 2\r\n", s.cmd(b"b SEARCH KEYWORD $Label1"))
         self.assertIn(b"* SEARCH 1\r\n", s.cmd(b"c SEARCH UNKEYWORD $Label1"))
         self.assertIn(b"d BAD", s.cmd(b"d FROBNICATE"))
+
+
+class RecentTests(ImapTestCase):
+    def test_recent_goes_to_the_first_session_only(self) -> None:
+        """\\Recent (RFC 3501 2.3.2): APPENDed mail counts in STATUS RECENT, is recent in the first
+        SELECT and not in a later one; EXAMINE sees it without taking it."""
+        s = self.session()
+        s.login()
+        s.cmd(b"a STATUS INBOX (RECENT)")
+        s.send(b"b APPEND INBOX {12+}\r\nSubject: s\r\n")
+        self.assertIn(b"* STATUS INBOX (RECENT 1)", s.cmd(b"c STATUS INBOX (RECENT)"))
+        self.assertIn(b"* 1 RECENT", s.cmd(b"d EXAMINE INBOX"))
+        self.assertIn(b"* 1 RECENT", s.cmd(b"e SELECT INBOX"))
+        self.assertIn(b"* SEARCH 1", s.cmd(b"f SEARCH RECENT"))
+        other = self.session()
+        self.assertIn(b"* 0 RECENT", other.select())
+        self.assertIn(b"* SEARCH\r\n", other.cmd(b"g SEARCH RECENT"))

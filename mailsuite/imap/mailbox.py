@@ -65,7 +65,7 @@ class ImapMailboxView:
         self._uids: list[int] = [m.uid for m in mailbox.messages]
         self._recent: set[int] = set()
         if account is not None:
-            self._recent = RECENT.claim(store, account, mailbox, self._uids)
+            self._recent = RECENT.claim(store, account, mailbox, self._uids, peek=readonly)
         self._expunged: set[int] = set()  # gone from the store, not yet told to the client
         self._added: list[MessageInfo] = []
         self._flag_changes: dict[int, frozenset[str]] = {}
@@ -218,7 +218,7 @@ class ImapMailboxView:
                     new.append(info.uid)
             self._added = []
             if self.account is not None:
-                self._recent |= RECENT.claim(self.store, self.account, self.mailbox, new)
+                self._recent |= RECENT.claim(self.store, self.account, self.mailbox, new, peek=self.readonly)
             else:
                 self._recent.update(new)
             lines.append(b"%d EXISTS" % len(self._uids))
@@ -263,11 +263,13 @@ class RecentTracker:
         marks, key = self._for(store, account, mailbox)
         marks.setdefault(key, int(mailbox.uid_next))
 
-    def claim(self, store: IMailStore, account: Account, mailbox: IMailbox, uids: Iterable[int]) -> set[int]:
+    def claim(
+        self, store: IMailStore, account: Account, mailbox: IMailbox, uids: Iterable[int], peek: bool = False
+    ) -> set[int]:
         marks, key = self._for(store, account, mailbox)
         mark = marks.setdefault(key, int(mailbox.uid_next))
         mine = {u for u in uids if u >= mark}
-        if mine:
+        if mine and not peek:  # EXAMINE shows \\Recent without taking it (RFC 3501 6.3.2)
             marks[key] = max(mine) + 1
         return mine
 
