@@ -333,7 +333,7 @@ class RecentTests(ImapTestCase):
         s = self.session()
         s.login()
         s.cmd(b"a STATUS INBOX (RECENT)")
-        s.send(b"b APPEND INBOX {12+}\r\nSubject: s\r\n")
+        s.cmd(b"b APPEND INBOX {12+}\r\nSubject: s\r\n")
         self.assertIn(b"* STATUS INBOX (RECENT 1)", s.cmd(b"c STATUS INBOX (RECENT)"))
         self.assertIn(b"* 1 RECENT", s.cmd(b"d EXAMINE INBOX"))
         self.assertIn(b"* 1 RECENT", s.cmd(b"e SELECT INBOX"))
