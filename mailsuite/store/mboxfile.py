@@ -30,7 +30,6 @@ from mailsuite.store.mboxformat import (
     describe,
     fingerprint,
     header_end,
-    header_flags,
     make_from_line,
     parse,
     separator_at,
@@ -38,7 +37,7 @@ from mailsuite.store.mboxformat import (
     to_stored,
     with_status,
 )
-from mailsuite.wire import crlf_size, wire_size
+from mailsuite.store.mboxrewrite import copy_kept
 
 log = Logger()
 
@@ -362,7 +361,7 @@ class MboxFile:
         return new, changes, gone
 
     def _rewrite(self, held: HeldLock, state: ix.Index, gone: set[int]) -> ix.Index:
-        """Write the kept messages (Status headers updated) to a temp file and rename it over."""
+        """Write the kept messages (stale Status headers updated) to a temp file, rename it over."""
         src = held.fd
         assert src is not None
         st = os.fstat(src)
@@ -398,58 +397,8 @@ class MboxFile:
     def _copy_kept(
         self, held: HeldLock, state: ix.Index, gone: set[int], out: int
     ) -> list[ix.Entry]:
-        src = held.fd
-        assert src is not None
-        pos = 0
-        entries = []
-        touched = 0
-        with os.fdopen(out, "wb", buffering=COPY, closefd=False) as f:
-            if state.entries:
-                pos += f.write(_pread_all(src, state.entries[0].offset, 0))
-            for e in state.entries:
-                if e.uid in gone:
-                    continue
-                line = _pread_all(src, e.body_off - e.offset, e.offset)
-                header = _pread_all(src, e.hdr_end - e.body_off, e.body_off)
-                new_header = with_status(header, e.flags)
-                f.write(line)
-                f.write(new_header)
-                body_len = e.end - e.hdr_end
-                offset = e.hdr_end
-                last = b"\n"  # the header block ends in one
-                body_wire = 0  # wire size of the body as written (it ends in a line end)
-                while offset < e.end:
-                    chunk = _pread_all(src, min(COPY, e.end - offset), offset)
-                    if not chunk:
-                        raise StoreError(f"{self.path} shrank while locked")
-                    f.write(chunk)
-                    offset += len(chunk)
-                    body_wire += crlf_size(chunk) - (last == b"\r" and chunk[:1] == b"\n")
-                    last = chunk[-1:]
-                fix = b"" if last == b"\n" else b"\n"  # a last message cut short
-                f.write(fix + b"\n")
-                if fix:
-                    body_wire += 2 - (last == b"\r")
-                body_off = pos + len(line)
-                hdr_end = body_off + len(new_header)
-                entries.append(
-                    replace(
-                        e,
-                        offset=pos,
-                        body_off=body_off,
-                        hdr_end=hdr_end,
-                        end=hdr_end + body_len + len(fix),
-                        size=wire_size(served_header(new_header)) + body_wire,
-                        fingerprint=fingerprint(new_header, body_len + len(fix)),
-                        header_sig=header_flags(new_header)[1],
-                    )
-                )
-                pos = hdr_end + body_len + len(fix) + 1
-                touched += e.end - e.offset
-                if touched > 64 << 20:
-                    held.touch()
-                    touched = 0
-        return entries
+        assert held.fd is not None
+        return copy_kept(held.fd, out, state, gone, with_status, held.touch)
 
     # -- reading --------------------------------------------------------------------------------
 
