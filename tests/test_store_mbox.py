@@ -292,14 +292,22 @@ class MboxOtherProgramsTests(MboxTestCase):
 
     @defer.inlineCallbacks
     def test_index_format_one_line_per_message(self):
-        """The index is compact text: magic, a header line, then one line per message."""
+        """The index is compact text: magic, a header line, then one line per message; a flag
+        change is one line appended to the journal beside it, not a new index."""
         box = yield self.open_with(MSG1, MSG2)
-        yield box.set_flags({box.messages[0].uid: frozenset({"\\Seen", "Work"})})
+        with open(self.index_path, "rb") as f:
+            before = f.read()
+        uid = box.messages[0].uid
+        yield box.set_flags({uid: frozenset({"\\Seen", "Work"})})
         with open(self.index_path, "rb") as f:
             lines = f.read().splitlines()
+        self.assertEqual(lines, before.splitlines())
         self.assertEqual(lines[0], b"mailsuite-mbox-index 1")
         self.assertEqual(len(lines), 4)
-        self.assertTrue(lines[2].endswith(b" Work \\Seen"))
+        with open(self.index_path + ".log", "rb") as f:
+            log = f.read().splitlines()
+        generation = lines[1].split()[-1]
+        self.assertEqual(log, [b"mailsuite-index-log 1 " + generation, b"F %d Work \\Seen" % uid])
         mode = stat.S_IMODE(os.stat(os.path.dirname(self.index_path)).st_mode)
         self.assertEqual(mode, 0o700)
         box.close()
@@ -552,8 +560,11 @@ class MboxDurabilityTests(MboxTestCase):
         self.assertNoResult(d)
         manual.run_all()
         uid = self.successResultOf(d)
-        with open(self.index_path, "rb") as f:
-            self.assertTrue(f.read().splitlines()[-1].startswith(b"%d " % uid))
+        with open(self.index_path + ".log", "rb") as f:
+            records = f.read().splitlines()
+        self.assertTrue(records[-2].startswith(b"A %d " % uid))
+        self.assertTrue(records[-2].endswith(b" \\Seen"))
+        self.assertTrue(records[-1].startswith(b"S %d " % (uid + 1)))
         box.close()
 
 
@@ -663,4 +674,53 @@ class MboxPartialRewriteTests(MboxTestCase):
             again.append((yield box.read(m.uid)))
         self.assertEqual(again, order)
         self.assertEqual([m.flags for m in box.messages], list(flags.values()))
+        box.close()
+
+
+class MboxJournalTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_journal_survives_restart_and_compacts(self):
+        """Flags and appends recorded in the journal are there after a restart; once the
+        journal outgrows its limit it is folded into a new index and removed."""
+        self.patch(mboxfile, "LOG_LIMIT", 300)
+        store = self.make_store()
+        box = yield store.open(self.account)
+        uids = []
+        for _ in range(3):
+            uids.append((yield box.append(MSG1)))
+        yield box.set_flags({uids[1]: frozenset({"\\Flagged", "Kw"})})
+        self.assertTrue(os.path.exists(self.index_path + ".log"))
+        box.close()
+        box = yield self.make_store().open(self.account)
+        self.assertEqual([m.uid for m in box.messages], uids)
+        self.assertEqual([m.flags for m in box.messages], [set(), {"\\Flagged", "Kw"}, set()])
+        for i in range(20):
+            yield box.set_flags({uids[0]: frozenset({"K%d" % i})})
+        self.assertLess(os.path.getsize(self.index_path + ".log"), 300 + 16 * 3 + 100)
+        box.close()
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(box.messages[0].flags, {"K19"})
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_stale_or_cut_journal_ignored(self):
+        """A journal of another index generation (left by a crash after a new index was
+        written) is ignored, and so is a last record cut short."""
+        store = self.make_store()
+        box = yield store.open(self.account)
+        uid = yield box.append(MSG1)
+        yield box.set_flags({uid: frozenset({"\\Seen"})})
+        box.close()
+        with open(self.index_path + ".log", "ab") as f:
+            f.write(b"F %d \\Deleted" % uid)  # no newline: the writer crashed
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(box.messages[0].flags, {"\\Seen"})
+        box.close()
+        with open(self.index_path + ".log", "rb") as f:
+            log = f.read()
+        with open(self.index_path + ".log", "wb") as f:
+            f.write(log.replace(b"log 1 ", b"log 1 9", 1))
+        box = yield self.make_store().open(self.account)
+        # the append was journaled too: the message is found again by a parse, flags lost
+        self.assertEqual([(m.uid, m.flags) for m in box.messages], [(uid, set())])
         box.close()

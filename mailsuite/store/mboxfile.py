@@ -16,6 +16,7 @@ import errno
 import grp
 import os
 import stat
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -43,6 +44,7 @@ log = Logger()
 
 WINDOW = 64 << 20  # bytes read at a time when parsing
 COPY = 4 << 20  # bytes copied at a time when rewriting
+LOG_LIMIT = 1 << 20  # the index journal is folded into the index beyond this (+16 B a message)
 
 Result = tuple[ix.Index, Changes]
 
@@ -210,6 +212,25 @@ class MboxFile:
         owner = (self.account.uid, self.account.gid) if self._root else None
         ix.write_index(self.index_path, index, owner)
 
+    def _persist(self, old: ix.Index, new: ix.Index, flags: dict[int, frozenset[str]]) -> None:
+        """Make ``new`` durable: a few records in the journal when it is ``old`` (as saved)
+        plus appended messages and ``flags``; the whole index otherwise, or when the journal
+        has grown big (compaction)."""
+        n = len(old.entries)
+        if (
+            old.generation
+            and len(new.entries) >= n
+            and (n == 0 or new.entries[n - 1].uid == old.entries[n - 1].uid)
+            and all(a is b or a.uid in flags for a, b in zip(old.entries, new.entries))
+        ):
+            owner = (self.account.uid, self.account.gid) if self._root else None
+            moved = (new.stamp, new.uid_next) != (old.stamp, old.uid_next)
+            records = ix.log_records(flags, new.entries[n:], new if moved else None)
+            size = ix.append_log(self.index_path, new, records, owner)
+            if size <= LOG_LIMIT + 16 * len(new.entries):
+                return
+        self._save(new)
+
     # -- refresh --------------------------------------------------------------------------------
 
     def refresh(self, state: ix.Index | None) -> Result:
@@ -227,8 +248,10 @@ class MboxFile:
             if state is None:
                 state, dirty = self._load_index()
             new, changes = self._refresh_locked(state, held.fd)
-            if dirty or new is not state:
+            if dirty:
                 self._save(new)
+            elif new is not state:
+                self._persist(state, new, {})
         return new, changes
 
     def _intact(self, fd: int, e: ix.Entry, size: int) -> bool:
@@ -270,6 +293,7 @@ class MboxFile:
             fd = held.fd
             assert fd is not None
             changes = Changes()
+            before = state
             if state is not None:
                 state, changes = self._refresh_locked(state, fd)
             size = os.fstat(fd).st_size
@@ -290,7 +314,10 @@ class MboxFile:
             entry = ix.entry_from(p, state.uid_next, ix.clean_flags(flags), date)
             new = state.copy(uid_next=state.uid_next + 1, stamp=ix.Stamp.of(os.fstat(fd)))
             new.entries.append(entry)
-            self._save(new)
+            if changes.expunged or changes.flags:
+                self._save(new)
+            else:
+                self._persist(before, new, {})
         changes.added.append(entry.info())
         return new, changes, entry.uid
 
@@ -333,19 +360,25 @@ class MboxFile:
     # -- flags and expunge ----------------------------------------------------------------------
 
     def set_flags(self, state: ix.Index, wanted: dict[int, frozenset[str]]) -> Result:
-        """Record flags in the index (the file's Status headers follow at the next rewrite)."""
+        """Record flags in the index journal (the file's Status headers follow at the next
+        rewrite)."""
         changes = Changes()
-        entries = []
-        for e in state.entries:
-            flags = wanted.get(e.uid)
-            if flags is not None and ix.clean_flags(flags) != e.flags:
-                e = replace(e, flags=ix.clean_flags(flags))
-                changes.flags[e.uid] = e.flags
-            entries.append(e)
+        entries = state.entries
+        copied = False
+        for uid in sorted(wanted):
+            i = bisect_left(entries, uid, key=lambda e: e.uid)
+            if i == len(entries) or entries[i].uid != uid:
+                continue
+            flags = ix.clean_flags(wanted[uid])
+            if flags != entries[i].flags:
+                if not copied:
+                    entries, copied = list(entries), True
+                entries[i] = replace(entries[i], flags=flags)
+                changes.flags[uid] = flags
         if not changes:
             return state, changes
         new = state.copy(entries=entries)
-        self._save(new)
+        self._persist(state, new, changes.flags)
         return new, changes
 
     def expunge(self, state: ix.Index, uids: list[int]) -> tuple[ix.Index, Changes, list[int]]:
