@@ -652,9 +652,13 @@ class MboxPartialRewriteTests(MboxTestCase):
         box = yield store.open(self.account)
         expected = {}
         for info in box.messages:
-            expected[info.uid] = (yield box.read(info.uid))
-        choices = [frozenset(), frozenset({"\\Seen"}), frozenset({"\\Flagged", "Kw"}),
-                   frozenset({"\\Answered", "\\Seen", "\\Deleted"})]
+            expected[info.uid] = yield box.read(info.uid)
+        choices = [
+            frozenset(),
+            frozenset({"\\Seen"}),
+            frozenset({"\\Flagged", "Kw"}),
+            frozenset({"\\Answered", "\\Seen", "\\Deleted"}),
+        ]
         for _ in range(4):
             uids = [m.uid for m in box.messages]
             yield box.set_flags({u: rnd.choice(choices) for u in rnd.sample(uids, 12)})
@@ -723,4 +727,31 @@ class MboxJournalTests(MboxTestCase):
         box = yield self.make_store().open(self.account)
         # the append was journaled too: the message is found again by a parse, flags lost
         self.assertEqual([(m.uid, m.flags) for m in box.messages], [(uid, set())])
+        box.close()
+
+
+class MboxIdleCacheTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_reopen_uses_kept_state(self):
+        """A mailbox opened again after its last close is not read from the index again (a
+        stat tells it is unchanged); beyond the idle budget the least recently used goes."""
+        from mailsuite.store import index as ix
+
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield store.create(self.account, "Other")
+        box = yield store.open(self.account)
+        box.close()
+        reads = []
+        real = ix.read_index
+        self.patch(ix, "read_index", lambda path: reads.append(path) or real(path))
+        box = yield store.open(self.account)
+        self.assertEqual((len(box.messages), reads), (1, []))
+        box.close()
+        store.idle_budget = 1
+        other = yield store.open(self.account, "Other")
+        yield other.append(MSG2)
+        other.close()  # 2 idle messages > 1: INBOX, the older, goes
+        box = yield store.open(self.account)
+        self.assertEqual(len(reads), 2)  # Other's first open, then INBOX again
         box.close()

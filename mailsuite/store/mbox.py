@@ -1,17 +1,21 @@
 """The mbox mail store: IMailStore on the files Postfix local(8), mutt and Dovecot share.
 
-INBOX is ``mailbox_config.inbox_path(account)`` (e.g. ``/var/mail/boss``); its index lives in
-``folder_root(account)/.imap/INBOX/mailsuite.index`` (see ``index``). Only INBOX exists for now:
-folders come with the IMAP folder work.
+INBOX is ``mailbox_config.inbox_path(account)`` (e.g. ``/var/mail/boss``); the other folders are
+under ``folder_root(account)`` as ``mboxtree`` lays them out; the index of each folder lives in
+``folder_root/.imap/<name>/mailsuite.index`` (see ``index``).
 
-One ``MboxMailbox`` per file is shared by every session that has it open (counted by open and
-close). A per-mailbox DeferredLock runs its operations one at a time; each runs its file work in
-a thread (``mboxfile``) and the new state is published, and listeners told, on the reactor thread.
+One ``MboxMailbox`` per folder is shared by every session that has it open (counted by open and
+close), and kept a while after the last close (``idle_budget`` messages in all), so opening it
+again costs a stat. A per-mailbox DeferredLock runs its operations one at a time; each runs its
+file work in a thread (``mboxfile``) and the new state is published, and listeners told, on the
+reactor thread. Folder operations (create, rename, delete) run one at a time per account and
+wait for the open mailboxes they move.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -190,6 +194,9 @@ class MboxMailbox:
             self._lock.run(lambda: self._store._forget(self._key, self))
 
 
+IDLE_BUDGET = 300_000  # messages of mailboxes nobody has open that stay in memory
+
+
 @implementer(IMailStore)
 class MboxStore:
     """All mailboxes of all accounts, as mbox files; see the module docstring.
@@ -215,6 +222,8 @@ class MboxStore:
             specials = get() if get is not None else folders.DEFAULT_SPECIALS
         self.specials = folders.check_specials(specials)
         self._boxes: dict[tuple[str, str], MboxMailbox] = {}
+        self._idle: OrderedDict[tuple[str, str], MboxMailbox] = OrderedDict()
+        self.idle_budget = IDLE_BUDGET
         self._folder_locks: dict[str, defer.DeferredLock] = {}
 
     def _tree(self, account: Account) -> FolderTree:
@@ -239,8 +248,26 @@ class MboxStore:
         )
 
     def _forget(self, key: tuple[str, str], box: MboxMailbox) -> None:
+        """Nobody has ``box`` open any more: keep it a while (a later open costs a stat, not
+        an index read), the least recently used going first beyond ``idle_budget`` messages."""
+        if box.users > 0 or self._boxes.get(key) is not box:
+            return
+        self._idle[key] = box
+        self._idle.move_to_end(key)
+        total = sum(len(b.messages) for b in self._idle.values())
+        while self._idle and total > self.idle_budget:
+            old_key, old = self._idle.popitem(last=False)
+            total -= len(old.messages)
+            self._drop(old_key, old)
+
+    def _drop(self, key: tuple[str, str], box: MboxMailbox) -> None:
         if box.users <= 0 and self._boxes.get(key) is box:
             del self._boxes[key]
+
+    def _drop_idle(self, account: Account) -> None:
+        """Forget the idle mailboxes of ``account`` (before its folders move)."""
+        for key in [k for k in self._idle if k[0] == account.name]:
+            self._drop(key, self._idle.pop(key))
 
     def _folder_lock(self, account: Account) -> defer.DeferredLock:
         return self._folder_locks.setdefault(account.name, defer.DeferredLock())
@@ -252,6 +279,7 @@ class MboxStore:
         except InvalidMailboxName as e:
             raise MailboxNotFound(str(e)) from e
         key = (account.name, name)
+        self._idle.pop(key, None)
         box = self._boxes.get(key)
         if box is None:
             tree = self._tree(account)
@@ -293,6 +321,7 @@ class MboxStore:
         thread before those mailboxes are let go."""
         lock = self._folder_lock(account)
         yield lock.acquire()
+        self._drop_idle(account)
         held: list[MboxMailbox] = []
         try:
             for (user, name), box in sorted(self._boxes.items()):
@@ -441,6 +470,7 @@ class MboxStore:
 
         lock = self._folder_lock(account)
         yield lock.acquire()
+        self._drop_idle(account)
         try:
             yield self._folder_op_locked(account, parents, prepare, tree)
             target = self._file(account, new, tree.folder_path(new))
