@@ -14,9 +14,12 @@ wait for the open mailboxes they move.
 
 from __future__ import annotations
 
+import gc
+import threading
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -44,6 +47,32 @@ from mailsuite.store.locking import DEFAULT_STALE_AFTER
 from mailsuite.store.mboxfile import MboxFile
 from mailsuite.store.mboxtree import FolderTree
 from mailsuite.threads import blocking
+
+FREEZE_AT = 20_000  # entries in a new state that make it worth gc.freeze()
+_gc_lock = threading.Lock()
+_gc_quiet = 0
+
+
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a thread builds a big mailbox state.
+
+    A full collection walks every object of the process while holding the GIL; with 100,000s
+    of index entries being made it runs again and again and stops the reactor thread for
+    100 ms and more each time. Nested and concurrent uses count: the last one out re-enables.
+    """
+    global _gc_quiet
+    with _gc_lock:
+        _gc_quiet += 1
+        if _gc_quiet == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_quiet -= 1
+            if _gc_quiet == 0:
+                gc.enable()
 
 
 class MailboxConfig(Protocol):
@@ -78,9 +107,17 @@ class MboxMailbox:
             first = self._state is None
 
             def work() -> tuple[Any, ...]:
-                result = operation(self._state, *args)
-                state = result[0]
-                infos = [e.info() for e in state.entries] if first and state is not None else None
+                with quiet_gc():
+                    result = operation(self._state, *args)
+                    state = result[0]
+                    infos = None
+                    if first and state is not None:
+                        infos = [e.info() for e in state.entries]
+                    if state is not None and len(state.entries) >= FREEZE_AT:
+                        # A big new state: out of the collector's way before it runs again.
+                        # Entries hold no cycles (refcounting frees them): nothing is kept
+                        # alive by this.
+                        gc.freeze()
                 return result, infos
 
             return blocking(work).addCallback(self._publish)
