@@ -91,6 +91,8 @@ def run(reactor, args):
     box2 = yield timed("later open, same process", lambda: store.open(account))
     box2.close()
     box.close()
+    box = yield timed("open after every close, same process", lambda: store.open(account))
+    box.close()
     box = yield timed("open after restart (index read)", lambda: MboxStore(config).open(account))
     uids = [m.uid for m in box.messages]
     yield timed("set_flags 1 message", lambda: box.set_flags({uids[5]: frozenset({"\\Seen"})}))

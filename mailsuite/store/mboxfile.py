@@ -16,6 +16,7 @@ import errno
 import grp
 import os
 import stat
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -415,11 +416,20 @@ class MboxFile:
             if self._root:
                 os.fchown(out, st.st_uid, st.st_gid)
             os.fsync(out)
-            os.rename(tmp, self.path)
+            old = os.dup(src)
+            try:
+                os.rename(tmp, self.path)
+            except BaseException:
+                os.close(old)
+                raise
         except BaseException:
             os.close(out)
             os.unlink(tmp)
             raise
+        # The replaced file's blocks are freed when its last descriptor closes, which takes a
+        # while for a big file: let a helper thread do that after we answer (the lock itself
+        # is released explicitly, not by the close).
+        threading.Thread(target=os.close, args=(old,), daemon=True).start()
         try:
             ix.fsync_dir(directory)
             stamp = ix.Stamp.of(os.fstat(out))
