@@ -70,6 +70,7 @@ def run(reactor, args):
              "--path-template", os.path.join(spool, "{user}"), "--no-chown", "--seed", "1"],
             check=True, stdout=subprocess.DEVNULL,
         )
+    os.sync()  # let the copy reach the disk first: a real mailbox was not written just now
     report(mailbox=inbox, bytes=os.path.getsize(inbox))
     config = Config(spool)
 
