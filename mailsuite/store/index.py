@@ -276,14 +276,14 @@ def apply_log(index: Index, data: bytes) -> Index:
             elif w[0] == b"S":
                 uid_next = int(w[1])
                 stamp = Stamp(int(w[2]), int(w[3]), int(w[4]))
-    except (ValueError, IndexError, UnicodeDecodeError) as e:
-        raise CorruptIndex(f"journal: {e}") from e
+    except (ValueError, IndexError, UnicodeDecodeError) as err:
+        raise CorruptIndex(f"journal: {err}") from err
     entries = index.entries + added
     if flags:
-        for i, e in enumerate(entries):
-            f = flags.get(e.uid)
+        for i, entry in enumerate(entries):
+            f = flags.get(entry.uid)
             if f is not None:
-                entries[i] = replace(e, flags=f)
+                entries[i] = replace(entry, flags=f)
     return replace(index, entries=entries, stamp=stamp, uid_next=uid_next)
 
 

@@ -315,7 +315,7 @@ class MboxFile:
             entry = ix.entry_from(p, state.uid_next, ix.clean_flags(flags), date)
             new = state.copy(uid_next=state.uid_next + 1, stamp=ix.Stamp.of(os.fstat(fd)))
             new.entries.append(entry)
-            if changes.expunged or changes.flags:
+            if before is None or changes.expunged or changes.flags:
                 self._save(new)
             else:
                 self._persist(before, new, {})

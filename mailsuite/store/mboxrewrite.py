@@ -43,7 +43,7 @@ class _Copier:
         self.buf = bytearray(CHUNK)
         self.since_touch = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self.out, view) :]
