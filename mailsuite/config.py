@@ -314,6 +314,20 @@ def _mail_location(value: str) -> str:
     return value.strip()
 
 
+def _folder_name(value: str) -> str:
+    """A special-use folder name ('/' separates levels); empty: no such folder."""
+    from mailsuite.store import folders
+    from mailsuite.store.interfaces import InvalidMailboxName
+
+    value = value.strip()
+    if not value:
+        return ""
+    try:
+        return next(iter(folders.check_specials({value: ""})))
+    except InvalidMailboxName as e:
+        raise ValueError(f"not a usable folder name: {e}") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # The parsed configuration.
 
@@ -403,6 +417,16 @@ class MailboxConfig:
     """``[mailbox]``: where an account's mbox files live (Dovecot's mail_location)."""
 
     mail_location: str
+    sent: str
+    drafts: str
+    trash: str
+    junk: str
+
+    def special_folders(self) -> dict[str, str]:
+        """{folder name: special-use flag} of the sent/drafts/trash/junk keys that are set."""
+        pairs = ((self.sent, "\\Sent"), (self.drafts, "\\Drafts"), (self.trash, "\\Trash"),
+                 (self.junk, "\\Junk"))
+        return {name: flag for name, flag in pairs if name}
 
     def inbox_path(self, account: Account) -> str:
         """The INBOX mbox file of ``account``, e.g. ``/var/mail/boss``."""
@@ -497,6 +521,10 @@ _SECTIONS: dict[str, _Section] = {
     ]),
     "mailbox": _Section(MailboxConfig, [
         _Key("mail_location", "mbox:~/mail:INBOX=/var/mail/%u", _mail_location),
+        _Key("sent", "Sent", _folder_name),
+        _Key("drafts", "Drafts", _folder_name),
+        _Key("trash", "Trash", _folder_name),
+        _Key("junk", "Junk", _folder_name),
     ]),
     "tls": _Section(TLSConfig, [
         _Key("ssl", "yes", _ssl),

@@ -9,12 +9,20 @@ A test case mixes in ``StoreConformanceMixin`` and provides:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
-from mailsuite.store.interfaces import IMailbox, IMailStore, MailboxNotFound, UnknownUID
+from mailsuite.store.interfaces import (
+    IMailbox,
+    IMailStore,
+    InvalidMailboxName,
+    MailboxExists,
+    MailboxHasChildren,
+    MailboxNotFound,
+    UnknownUID,
+)
 from mailsuite.wire import to_wire
 
 MSG1 = b"From: a@example.test\nTo: boss@example.test\nSubject: one\n\nbody one\n"
@@ -160,7 +168,7 @@ class StoreConformanceMixin:
         """append stores flags and the given internal date and returns the new UID."""
         store = self.make_store()
         box = yield store.open(self.account)
-        when = datetime(2026, 9, 14, 17, 7, 10, tzinfo=timezone.utc)
+        when = datetime(2026, 9, 14, 17, 7, 10, tzinfo=UTC)
         uid = yield box.append(MSG1, frozenset({"\\Seen"}), when)
         self.assertEqual(box.messages[-1].uid, uid)
         self.assertEqual(box.messages[-1].flags, {"\\Seen"})
@@ -254,3 +262,323 @@ class StoreConformanceMixin:
         yield box.refresh()
         yield check(3)
         box.close()
+
+
+class FolderConformanceMixin:
+    """Folder behaviour of IMailStore. The test case provides ``make_store(specials=None)``
+    (``specials``: {name: special-use flag}, None for the default Sent/Drafts/Trash/Junk) and
+    ``account``."""
+
+    @defer.inlineCallbacks
+    def names(self, store):
+        entries = yield store.list_mailboxes(self.account)
+        return [e.name for e in entries]
+
+    @defer.inlineCallbacks
+    def test_first_list_makes_special_folders(self):
+        """The first LIST of an account shows INBOX first, then Drafts, Junk, Sent, Trash with
+        their special-use flags, all subscribed."""
+        store = self.make_store()
+        entries = yield store.list_mailboxes(self.account)
+        self.assertEqual(
+            [(e.name, e.special_use, e.has_children) for e in entries],
+            [
+                ("INBOX", None, False),
+                ("Drafts", "\\Drafts", False),
+                ("Junk", "\\Junk", False),
+                ("Sent", "\\Sent", False),
+                ("Trash", "\\Trash", False),
+            ],
+        )
+        subs = yield store.subscriptions(self.account)
+        self.assertEqual(subs, {"Sent", "Drafts", "Trash", "Junk"})
+        for name in ("Sent", "Drafts", "Trash", "Junk"):
+            box = yield store.open(self.account, name)
+            self.assertEqual(box.messages, [])
+            box.close()
+
+    @defer.inlineCallbacks
+    def test_special_folder_names_configurable(self):
+        """Special-use names come from the configuration (Outlook's names here)."""
+        store = self.make_store(
+            specials={"Sent Items": "\\Sent", "Deleted Items": "\\Trash", "Junk E-mail": "\\Junk"}
+        )
+        entries = yield store.list_mailboxes(self.account)
+        self.assertEqual(
+            [(e.name, e.special_use) for e in entries],
+            [
+                ("INBOX", None),
+                ("Deleted Items", "\\Trash"),
+                ("Junk E-mail", "\\Junk"),
+                ("Sent Items", "\\Sent"),
+            ],
+        )
+
+    @defer.inlineCallbacks
+    def test_special_folders_made_once(self):
+        """A special-use folder the user deleted is not made again by a later LIST."""
+        store = self.make_store()
+        yield store.list_mailboxes(self.account)
+        yield store.delete(self.account, "Junk")
+        names = yield self.names(store)
+        self.assertNotIn("Junk", names)
+
+    @defer.inlineCallbacks
+    def test_create_open_append_every_folder(self):
+        """A created folder opens empty, takes appends, and keeps them across opens."""
+        store = self.make_store()
+        yield store.create(self.account, "Work")
+        box = yield store.open(self.account, "Work")
+        self.assertEqual(box.name, "Work")
+        self.assertEqual(box.messages, [])
+        uid = yield box.append(MSG1, frozenset({"\\Seen"}))
+        box.close()
+        box = yield store.open(self.account, "Work")
+        yield box.refresh()
+        self.assertEqual([(m.uid, m.flags) for m in box.messages], [(uid, {"\\Seen"})])
+        data = yield box.read(uid)
+        self.assertEqual(data, MSG1)
+        box.close()
+        inbox = yield store.open(self.account, "INBOX")
+        self.assertEqual(inbox.messages, [])
+        inbox.close()
+
+    @defer.inlineCallbacks
+    def test_create_makes_parents_all_selectable(self):
+        """CREATE a/b/c makes a and a/b too; each is selectable and takes mail; LIST shows
+        which have children."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "a/b/c")
+        entries = yield store.list_mailboxes(self.account)
+        self.assertEqual(
+            [(e.name, e.has_children) for e in entries],
+            [("INBOX", False), ("a", True), ("a/b", True), ("a/b/c", False)],
+        )
+        for name in ("a", "a/b", "a/b/c"):
+            box = yield store.open(self.account, name)
+            uid = yield box.append(MSG1 + name.encode() + b"\n")
+            data = yield box.read(uid)
+            self.assertTrue(data.endswith(name.encode() + b"\n"))
+            box.close()
+
+    @defer.inlineCallbacks
+    def test_children_under_folder_with_mail(self):
+        """A folder that already holds mail (and INBOX) can get children and keeps its mail,
+        UIDs and flags, and stays selectable."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "Work")
+        box = yield store.open(self.account, "Work")
+        uid = yield box.append(MSG1, frozenset({"\\Flagged"}))
+        validity = box.uid_validity
+        box.close()
+        yield store.deliver(self.account, MSG2, "b@example.test")
+        yield store.create(self.account, "Work/2024")
+        yield store.create(self.account, "INBOX/Sub")
+        box = yield store.open(self.account, "Work")
+        yield box.refresh()
+        self.assertEqual([(m.uid, m.flags) for m in box.messages], [(uid, {"\\Flagged"})])
+        self.assertEqual(box.uid_validity, validity)
+        yield box.append(MSG2)
+        box.close()
+        inbox = yield store.open(self.account, "inbox")
+        yield inbox.refresh()
+        self.assertEqual(len(inbox.messages), 1)
+        inbox.close()
+        sub = yield store.open(self.account, "INBOX/Sub")
+        yield sub.append(MSG1)
+        sub.close()
+        entries = yield store.list_mailboxes(self.account)
+        self.assertEqual(
+            [(e.name, e.has_children) for e in entries],
+            [("INBOX", True), ("INBOX/Sub", False), ("Work", True), ("Work/2024", False)],
+        )
+
+    @defer.inlineCallbacks
+    def test_create_existing(self):
+        """CREATE of an existing name (INBOX in any case too) fails with MailboxExists."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "Work")
+        for name in ("Work", "INBOX", "inbox"):
+            with self.assertRaises(MailboxExists):
+                yield store.create(self.account, name)
+
+    @defer.inlineCallbacks
+    def test_invalid_names(self):
+        """Names with empty levels, '.'-levels, '..', control characters, reserved levels or
+        that are too long are refused by every folder operation."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "Ok")
+        bad = [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "..",
+            "a/../b",
+            ".hidden",
+            "Ok/.imap",
+            "a\x01b",
+            "a\nb",
+            "a\x7fb",
+            "x" * 300,
+            "/".join(["d"] * 60),
+            "Ok/mBoX-MeSsAgEs",
+            "Ok.lock",
+        ]
+        for name in bad:
+            with self.assertRaises(InvalidMailboxName, msg=repr(name)):
+                yield store.create(self.account, name)
+            with self.assertRaises(InvalidMailboxName, msg=repr(name)):
+                yield store.rename(self.account, "Ok", name)
+            with self.assertRaises(InvalidMailboxName, msg=repr(name)):
+                yield store.subscribe(self.account, name)
+        names = yield self.names(store)
+        self.assertEqual(names, ["INBOX", "Ok"])
+
+    @defer.inlineCallbacks
+    def test_non_ascii_names(self):
+        """Non-ASCII names (and '&') round-trip through create, list, open and rename."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "Entwürfe")
+        yield store.create(self.account, "R&D/日本")
+        box = yield store.open(self.account, "R&D/日本")
+        yield box.append(MSG1)
+        box.close()
+        yield store.rename(self.account, "Entwürfe", "Brouillons é")
+        names = yield self.names(store)
+        self.assertEqual(names, ["INBOX", "Brouillons é", "R&D", "R&D/日本"])
+
+    @defer.inlineCallbacks
+    def test_delete(self):
+        """DELETE removes the folder and its mail; open sessions see every message expunged;
+        the name can be made again, empty."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "Old")
+        box = yield store.open(self.account, "Old")
+        uid = yield box.append(MSG1)
+        seen = []
+        box.add_listener(seen.append)
+        yield store.delete(self.account, "Old")
+        self.assertEqual([u for c in seen for u in c.expunged], [uid])
+        box.close()
+        with self.assertRaises(MailboxNotFound):
+            yield store.open(self.account, "Old")
+        names = yield self.names(store)
+        self.assertEqual(names, ["INBOX"])
+        yield store.create(self.account, "Old")
+        box = yield store.open(self.account, "Old")
+        yield box.refresh()
+        self.assertEqual(box.messages, [])
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_delete_refused(self):
+        """DELETE of INBOX, of a folder with children, or of a missing one fails."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "a/b")
+        with self.assertRaises(InvalidMailboxName):
+            yield store.delete(self.account, "inbox")
+        with self.assertRaises(MailboxHasChildren):
+            yield store.delete(self.account, "a")
+        with self.assertRaises(MailboxNotFound):
+            yield store.delete(self.account, "nope")
+        yield store.delete(self.account, "a/b")
+        yield store.delete(self.account, "a")
+        names = yield self.names(store)
+        self.assertEqual(names, ["INBOX"])
+
+    @defer.inlineCallbacks
+    def test_rename_with_children(self):
+        """RENAME moves a folder with its mail, flags and children (and their subscriptions);
+        missing parents of the new name are made."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "Work/2024")
+        for name in ("Work", "Work/2024"):
+            box = yield store.open(self.account, name)
+            yield box.append(MSG1 + name.encode() + b"\n", frozenset({"\\Seen", "Kw"}))
+            box.close()
+        yield store.subscribe(self.account, "Work/2024")
+        yield store.rename(self.account, "Work", "Archive/Job")
+        names = yield self.names(store)
+        self.assertEqual(names, ["INBOX", "Archive", "Archive/Job", "Archive/Job/2024"])
+        for name in ("Job", "Job/2024"):
+            box = yield store.open(self.account, "Archive/" + name)
+            yield box.refresh()
+            self.assertEqual([m.flags for m in box.messages], [{"\\Seen", "Kw"}])
+            data = yield box.read(box.messages[0].uid)
+            self.assertTrue(data.endswith(b"Work" + name[3:].encode() + b"\n"))
+            box.close()
+        with self.assertRaises(MailboxNotFound):
+            yield store.open(self.account, "Work")
+        subs = yield store.subscriptions(self.account)
+        self.assertEqual(subs, {"Archive/Job/2024"})
+
+    @defer.inlineCallbacks
+    def test_rename_refused(self):
+        """RENAME from a missing name, onto an existing one, to INBOX or into its own child
+        fails and changes nothing."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "a")
+        yield store.create(self.account, "b")
+        with self.assertRaises(MailboxNotFound):
+            yield store.rename(self.account, "nope", "c")
+        with self.assertRaises(MailboxExists):
+            yield store.rename(self.account, "a", "b")
+        with self.assertRaises((InvalidMailboxName, MailboxExists)):
+            yield store.rename(self.account, "a", "INBOX")
+        with self.assertRaises(InvalidMailboxName):
+            yield store.rename(self.account, "a", "a/sub")
+        names = yield self.names(store)
+        self.assertEqual(names, ["INBOX", "a", "b"])
+
+    @defer.inlineCallbacks
+    def test_rename_inbox(self):
+        """RENAME INBOX moves its messages (flags, dates) into the new folder and leaves INBOX
+        empty; INBOX's children stay where they are; new mail still reaches INBOX."""
+        store = self.make_store(specials={})
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield store.deliver(self.account, MSG2, "b@example.test")
+        yield store.create(self.account, "INBOX/Sub")
+        inbox = yield store.open(self.account)
+        yield inbox.refresh()
+        yield inbox.set_flags({inbox.messages[0].uid: frozenset({"\\Seen"})})
+        dates = [m.internal_date for m in inbox.messages]
+        seen = []
+        inbox.add_listener(seen.append)
+        yield store.rename(self.account, "INBOX", "Old Inbox")
+        yield inbox.refresh()
+        self.assertEqual(inbox.messages, [])
+        self.assertEqual(len([u for c in seen for u in c.expunged]), 2)
+        inbox.close()
+        box = yield store.open(self.account, "Old Inbox")
+        yield box.refresh()
+        self.assertEqual([m.flags for m in box.messages], [{"\\Seen"}, set()])
+        self.assertEqual([m.internal_date for m in box.messages], dates)
+        data = yield box.read(box.messages[1].uid)
+        self.assertEqual(data.replace(b">From here", b"From here"), MSG2)
+        box.close()
+        names = yield self.names(store)
+        self.assertEqual(names, ["INBOX", "INBOX/Sub", "Old Inbox"])
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        inbox = yield store.open(self.account)
+        yield inbox.refresh()
+        self.assertEqual(len(inbox.messages), 1)
+        inbox.close()
+
+    @defer.inlineCallbacks
+    def test_subscriptions(self):
+        """SUBSCRIBE/UNSUBSCRIBE keep a set of names that need not exist; INBOX in any case is
+        INBOX; DELETE leaves subscriptions alone (RFC 3501 6.3.6)."""
+        store = self.make_store(specials={})
+        yield store.create(self.account, "Work")
+        yield store.subscribe(self.account, "Work")
+        yield store.subscribe(self.account, "inbox")
+        yield store.subscribe(self.account, "Not/There")
+        yield store.subscribe(self.account, "Work")
+        subs = yield store.subscriptions(self.account)
+        self.assertEqual(subs, {"INBOX", "Work", "Not/There"})
+        yield store.unsubscribe(self.account, "Not/There")
+        yield store.unsubscribe(self.account, "never")
+        yield store.delete(self.account, "Work")
+        subs = yield store.subscriptions(self.account)
+        self.assertEqual(subs, {"INBOX", "Work"})

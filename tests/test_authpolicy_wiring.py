@@ -116,6 +116,26 @@ class ImapPolicyTests(unittest.TestCase):
         self.assertIn("AUTHENTICATIONFAILED", line)
         self.assertEqual(self.policy.failures("203.0.113.9"), 1)
 
+    def test_commands_behind_a_delayed_sasl_login_wait(self):
+        """A login the policy delays (after a failure) holds back what was pipelined behind the
+        last AUTHENTICATE answer: CAPABILITY is read only after the login's tagged reply, and
+        so lists the post-login capabilities."""
+        self.login(b"wrong")
+        proto = self.factory.buildProtocol(ATTACKER)
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "192.0.2.1", 143),
+                                    peerAddress=ATTACKER)
+        proto.makeConnection(transport)
+        transport.clear()
+        proto.dataReceived(b"a AUTHENTICATE LOGIN\r\n" + base64.b64encode(b"boss") + b"\r\n"
+                           + base64.b64encode(b"secret") + b"\r\nb CAPABILITY\r\n")
+        self.assertNotIn(b"a OK", transport.value())
+        self.assertNotIn(b"CAPABILITY", transport.value())
+        self.clock.advance(60)
+        out = transport.value().decode()
+        self.assertLess(out.index("a OK [CAPABILITY"), out.index("* CAPABILITY"))
+        self.assertNotIn("AUTH=", out[out.index("* CAPABILITY"):])
+        self.assertTrue(out.endswith("b OK Capability completed.\r\n"), out)
+
     def test_blocked_address_gets_unavailable(self):
         """At login_max_failures: NO [UNAVAILABLE] even with the right password, no traceback
         logged; another address still logs in."""

@@ -30,7 +30,7 @@ CONTRACT_KEYS = {
         "passdb", "passwd_file", "shadow_file", "first_valid_uid", "disable_plaintext_auth",
         "login_trusted_networks",
     ],
-    "mailbox": ["mail_location"],
+    "mailbox": ["mail_location", "sent", "drafts", "trash", "junk"],
     "tls": ["ssl", "ssl_cert", "ssl_key"],
 }
 
@@ -123,6 +123,23 @@ class DefaultTests(ConfigTestCase):
         self.assertEqual(mailbox.mail_location, "mbox:~/mail:INBOX=/var/mail/%u")
         self.assertEqual(mailbox.inbox_path(BOSS), "/var/mail/boss")
         self.assertEqual(mailbox.folder_root(BOSS), "/home/boss/mail")
+        self.assertEqual(
+            mailbox.special_folders(),
+            {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk"},
+        )
+
+    def test_special_folder_names(self):
+        """Special-use folder names are configurable (Outlook's), may be switched off with an
+        empty value, and unusable names are refused."""
+        mailbox = parse(section("mailbox", sent="Sent Items", trash="Deleted Items",
+                                junk="", drafts="Entwürfe")).mailbox
+        self.assertEqual(
+            mailbox.special_folders(),
+            {"Sent Items": "\\Sent", "Entwürfe": "\\Drafts", "Deleted Items": "\\Trash"},
+        )
+        for bad in ("a//b", "../etc", ".imap", "INBOX"):
+            self.assert_refused(section("mailbox", trash=bad),
+                                ".* \\[mailbox\\] trash: not a usable folder name.*")
 
     def test_tls_defaults(self):
         """ssl = yes; certificate and key under /etc/mailsuite/tls."""

@@ -119,15 +119,22 @@ class ImapTestCase(unittest.TestCase):
 
 class GreetingLoginTests(ImapTestCase):
     def test_capability_lists_only_what_is_implemented(self) -> None:
-        """CAPABILITY: IMAP4rev1, SASL-IR and AUTH= (loopback may log in), our extensions; no
-        STARTTLS without a certificate; no IDLE, LITERAL+ yet."""
+        """CAPABILITY before and after login: IMAP4rev1 and every extension that works (OUTLOOK.md
+        item 1); before login also SASL-IR and AUTH= (loopback may log in in clear); after login
+        none of the login capabilities; never UIDONLY; no STARTTLS without a certificate."""
         s = self.session()
         caps = s.cmd(b"a CAPABILITY")
-        self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN ID NAMESPACE UNSELECT"
-                      b" CHILDREN\r\n", caps)
+        extensions = (b"LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE "
+                      b"XLIST\r\n")
+        self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN " + extensions, caps)
         self.assertIn(b"a OK", caps)
-        for absent in (b"STARTTLS", b"IDLE", b"LITERAL+", b"UIDPLUS"):
-            self.assertNotIn(absent, caps + s.greeting)
+        s.login()
+        after = s.cmd(b"b CAPABILITY")
+        self.assertIn(b"* CAPABILITY IMAP4rev1 " + extensions, after)
+        for absent in (b"STARTTLS", b"UIDONLY", b"LOGINDISABLED"):
+            self.assertNotIn(absent, caps + s.greeting + after)
+        for absent in (b"AUTH=", b"SASL-IR"):
+            self.assertNotIn(absent, after)
 
     def test_login_quoted_and_logged(self) -> None:
         """LOGIN with quoted strings succeeds; imap-login logs the Dovecot Login line."""
@@ -201,7 +208,8 @@ class GreetingLoginTests(ImapTestCase):
     def test_id_and_namespace(self) -> None:
         """ID answers * ID; NAMESPACE gives the personal namespace with separator /."""
         s = self.session()
-        self.assertIn(b'* ID ("name" "mailsuite")', s.cmd(b'a ID ("name" "Microsoft Office 365")'))
+        self.assertIn(b'* ID ("name" "mailsuite"', s.cmd(b'a ID ("name" "Microsoft Office 365")'))
+        self.assertIn(b'* ID ("name" "mailsuite"', s.cmd(b"a2 ID NIL"))
         s.login()
         self.assertIn(b'* NAMESPACE (("" "/")) NIL NIL', s.cmd(b"b NAMESPACE"))
 
@@ -215,13 +223,14 @@ class ListSelectTests(ImapTestCase):
         self.assertIn(b'* LSUB (\\HasNoChildren) "/" INBOX\r\n', s.cmd(b'b LSUB "" *'))
         self.assertIn(b'* LIST (\\Noselect) "/" ""\r\n', s.cmd(b'c LIST "" ""'))
         self.assertIn(b'* LIST (\\HasNoChildren) "/" INBOX\r\n', s.cmd(b'd LIST "" inbox'))
-        self.assertEqual(s.cmd(b'e LIST "" Work*'), b"e OK LIST completed.\r\n")
+        self.assertEqual(s.cmd(b'e LIST "" Work*'), b"e OK List completed.\r\n")
 
-    def test_create_answers_no(self) -> None:
-        """CREATE is not supported until folders land (issue 3): NO, not BAD."""
+    def test_create_existing_answers_no(self) -> None:
+        """CREATE of a mailbox that exists: NO [ALREADYEXISTS], not BAD."""
         s = self.session()
         s.login()
-        self.assertIn(b"a NO", s.cmd(b"a CREATE Work"))
+        self.assertIn(b"a OK", s.cmd(b"a CREATE Work"))
+        self.assertIn(b"b NO [ALREADYEXISTS]", s.cmd(b"b CREATE Work"))
 
     def test_select_response_codes(self) -> None:
         """SELECT: FLAGS, PERMANENTFLAGS, EXISTS, RECENT, UNSEEN, UIDVALIDITY, UIDNEXT, READ-WRITE."""
@@ -438,7 +447,7 @@ class StoreSearchExpungeTests(ImapTestCase):
         """EXPUNGE removes \\Deleted messages and reports each as the sequence number at that time."""
         self.s.cmd(b"a STORE 1:2 +FLAGS.SILENT (\\Deleted)")
         out = self.s.cmd(b"b EXPUNGE")
-        self.assertEqual(out, b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nb OK Expunge completed.\r\n")
+        self.assertEqual(out, b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nb OK EXPUNGE completed.\r\n")
         self.assertEqual([m.uid for m in self.box().messages], [3])
 
     def test_close_expunges_silently(self) -> None:

@@ -50,7 +50,9 @@ class ImapAuthCase(ImapTestCase):
 
     def caps(self, s: Session) -> list[bytes]:
         out = s.cmd(b"c CAPABILITY")
-        self.assertTrue(out.startswith(b"* CAPABILITY ") and out.endswith(b"c OK CAPABILITY completed\r\n"), out)
+        lines = out.split(b"\r\n")
+        self.assertTrue(lines[0].startswith(b"* CAPABILITY ") and lines[1].startswith(b"c OK ")
+                        and lines[2:] == [b""], out)
         return out.split(b"\r\n")[0].split()[2:]
 
 
@@ -152,6 +154,15 @@ class AuthenticateTests(ImapAuthCase):
         s = self.session()
         self.assertEqual(s.cmd(b"a AUTHENTICATE LOGIN Ym9zcw=="), b"+ UGFzc3dvcmQ6\r\n")
         self.assertIn(b"a OK", s.cmd(b"c2VjcmV0"))
+
+    def test_initial_response_as_literal(self) -> None:
+        """The initial response may also come as a literal or a quoted string (the command
+        reader assembles it like any other argument)."""
+        s = self.session()
+        self.assertEqual(s.cmd(b"a AUTHENTICATE PLAIN {%d}" % len(PLAIN_OK)), b"+ Ready for literal data\r\n")
+        self.assertIn(b"a OK [CAPABILITY", s.cmd(PLAIN_OK))
+        s = self.session()
+        self.assertIn(b"b OK [CAPABILITY", s.cmd(b'b AUTHENTICATE PLAIN "' + PLAIN_OK + b'"'))
 
     def test_failure(self) -> None:
         """Wrong password: NO [AUTHENTICATIONFAILED] Authentication failed.; logged for fail2ban

@@ -19,7 +19,7 @@ from mailsuite.store.locking import LockTimeout, try_fcntl_lock
 from mailsuite.store.mbox import MboxStore
 from mailsuite.store.mboxformat import to_stored
 from mailsuite.wire import to_wire
-from tests.store_conformance import MSG1, MSG2, StoreConformanceMixin
+from tests.store_conformance import MSG1, MSG2, FolderConformanceMixin, StoreConformanceMixin
 
 
 class FakeMailboxConfig:
@@ -78,7 +78,7 @@ class MboxTestCase(unittest.TestCase):
             return f.read()
 
 
-class MboxConformanceTests(MboxTestCase, StoreConformanceMixin):
+class MboxConformanceTests(MboxTestCase, StoreConformanceMixin, FolderConformanceMixin):
     """The mbox store passes the store conformance tests."""
 
 
@@ -292,14 +292,22 @@ class MboxOtherProgramsTests(MboxTestCase):
 
     @defer.inlineCallbacks
     def test_index_format_one_line_per_message(self):
-        """The index is compact text: magic, a header line, then one line per message."""
+        """The index is compact text: magic, a header line, then one line per message; a flag
+        change is one line appended to the journal beside it, not a new index."""
         box = yield self.open_with(MSG1, MSG2)
-        yield box.set_flags({box.messages[0].uid: frozenset({"\\Seen", "Work"})})
+        with open(self.index_path, "rb") as f:
+            before = f.read()
+        uid = box.messages[0].uid
+        yield box.set_flags({uid: frozenset({"\\Seen", "Work"})})
         with open(self.index_path, "rb") as f:
             lines = f.read().splitlines()
+        self.assertEqual(lines, before.splitlines())
         self.assertEqual(lines[0], b"mailsuite-mbox-index 1")
         self.assertEqual(len(lines), 4)
-        self.assertTrue(lines[2].endswith(b" Work \\Seen"))
+        with open(self.index_path + ".log", "rb") as f:
+            log = f.read().splitlines()
+        generation = lines[1].split()[-1]
+        self.assertEqual(log, [b"mailsuite-index-log 1 " + generation, b"F %d Work \\Seen" % uid])
         mode = stat.S_IMODE(os.stat(os.path.dirname(self.index_path)).st_mode)
         self.assertEqual(mode, 0o700)
         box.close()
@@ -385,7 +393,7 @@ class MboxRewriteTests(MboxTestCase):
         yield box.expunge([uids[1]])
         data = self.read_file()
         self.assertIn(b"Subject: one\nStatus: RO\nX-Status: F\nX-Keywords: Work\n\n", data)
-        self.assertIn(b"Subject: one\nStatus: O\n\n", data)
+        self.assertTrue(data.endswith(b"Subject: one\n\nbody one\n\n"))  # nothing to say: as it was
         self.assertEqual((yield box.read(uids[0])), MSG1)
         self.assertEqual(box.messages[0].size, size)
         box.close()
@@ -552,6 +560,198 @@ class MboxDurabilityTests(MboxTestCase):
         self.assertNoResult(d)
         manual.run_all()
         uid = self.successResultOf(d)
-        with open(self.index_path, "rb") as f:
-            self.assertTrue(f.read().splitlines()[-1].startswith(b"%d " % uid))
+        with open(self.index_path + ".log", "rb") as f:
+            records = f.read().splitlines()
+        self.assertTrue(records[-2].startswith(b"A %d " % uid))
+        self.assertTrue(records[-2].endswith(b" \\Seen"))
+        self.assertTrue(records[-1].startswith(b"S %d " % (uid + 1)))
+        box.close()
+
+
+CRLF_STATUS_MSG = (
+    b"From: a@example.test\r\nSubject: crlf\r\n\r\n"
+    b"Status: this line is body text\r\nX-Status: so is this\r\nbody\r\n"
+)
+
+
+class MboxCRLFHeaderTests(MboxTestCase):
+    def test_header_end(self):
+        """The header block ends at the first blank line, LF or CRLF, whichever comes first;
+        an empty header block is just its blank line; no blank line: all header."""
+        from mailsuite.store.mboxformat import header_end
+
+        cases = [
+            (b"A: 1\nB: 2\n\nbody\r\n\r\nmore\n", 11),
+            (b"A: 1\r\nB: 2\r\n\r\nbody\n\nmore\n", 14),
+            (b"A: 1\r\n\r\nbody\r\n", 8),
+            (b"A: 1\n\r\nbody\n\nx\n", 7),
+            (b"\nbody\n", 1),
+            (b"\r\nbody\r\n", 2),
+            (b"A: 1\r\nB: 2\r\n", 12),
+        ]
+        for data, end in cases:
+            self.assertEqual(header_end(b"xx" + data, 2, len(data) + 2), end + 2, data)
+
+    @defer.inlineCallbacks
+    def test_crlf_message_body_status_lines_survive_rewrite(self):
+        """A message another program stored with CRLF line ends: body lines that look like
+        Status:/X-Status: headers are served, and survive a flag change and an expunge
+        rewrite byte for byte (they used to be taken for header and deleted)."""
+        self.write(b"From x@example.test  " + asctime(self.clock[0]).encode() + b"\n")
+        self.write(CRLF_STATUS_MSG + b"\n")
+        self.external_append(MSG1)
+        store = self.make_store()
+        box = yield store.open(self.account)
+        uid = box.messages[0].uid
+        self.assertEqual((yield box.read(uid)), CRLF_STATUS_MSG)
+        headers = yield box.read_headers([uid])
+        self.assertEqual(headers[uid], b"From: a@example.test\r\nSubject: crlf\r\n\r\n")
+        yield box.set_flags({uid: frozenset({"\\Seen", "\\Flagged"})})
+        yield box.expunge([box.messages[1].uid])
+        self.assertEqual((yield box.read(uid)), CRLF_STATUS_MSG)
+        self.assertEqual(box.messages[0].flags, {"\\Seen", "\\Flagged"})
+        self.assertEqual(box.messages[0].size, len(to_wire(CRLF_STATUS_MSG)))
+        data = self.read_file()
+        self.assertIn(b"Status: this line is body text\r\nX-Status: so is this\r\nbody\r\n", data)
+        self.assertIn(b"Subject: crlf\r\nStatus: RO\nX-Status: F\n\r\n", data)
+        box.close()
+        box = yield self.make_store().open(self.account)
+        self.assertEqual([m.uid for m in box.messages], [uid])
+        self.assertEqual(box.messages[0].flags, {"\\Seen", "\\Flagged"})
+        self.assertEqual((yield box.read(uid)), CRLF_STATUS_MSG)
+        box.close()
+
+
+class MboxPartialRewriteTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_random_expunges_and_flags(self):
+        """Expunge rewrites copy clean runs verbatim and touch only dirty or removed messages:
+        after rounds of random flag changes and expunges over odd messages (junk before the
+        first, CRLF, mutt status headers, no final newline), every kept message reads back as
+        before, and a parse from scratch (index deleted) finds the same messages and flags."""
+        import random
+
+        rnd = random.Random(7)
+        self.write(b"junk before the first message\n\n")
+        bodies = []
+        for i in range(60):
+            kind = i % 4
+            if kind == 0:
+                data = b"Subject: m%d\n\nbody %d\n" % (i, i)
+            elif kind == 1:
+                data = b"Subject: m%d\r\n\r\nStatus: RO\r\nbody %d\r\n" % (i, i)
+            elif kind == 2:
+                data = b"Subject: m%d\nStatus: RO\nX-Status: A\n\nbody %d\n" % (i, i)
+            else:
+                data = b"Subject: m%d\nX-Keywords: Old\n\n" % i + b"x" * (i * 97) + b"\n"
+            self.external_append(data)
+            bodies.append(data)
+        self.write(b"From x@example.test  " + asctime(self.clock[0]).encode() + b"\n")
+        self.write(b"Subject: last\n\nno final newline")
+        store = self.make_store()
+        box = yield store.open(self.account)
+        expected = {}
+        for info in box.messages:
+            expected[info.uid] = yield box.read(info.uid)
+        choices = [
+            frozenset(),
+            frozenset({"\\Seen"}),
+            frozenset({"\\Flagged", "Kw"}),
+            frozenset({"\\Answered", "\\Seen", "\\Deleted"}),
+        ]
+        for _ in range(4):
+            uids = [m.uid for m in box.messages]
+            yield box.set_flags({u: rnd.choice(choices) for u in rnd.sample(uids, 12)})
+            yield box.expunge(rnd.sample(uids, 5))
+            for info in box.messages:
+                data = yield box.read(info.uid)
+                self.assertEqual(data, expected[info.uid])
+                self.assertEqual(info.size, len(to_wire(data)))
+        flags = {m.uid: m.flags for m in box.messages}
+        order = [expected[m.uid] for m in box.messages]
+        box.close()
+        self.assertTrue(self.read_file().startswith(b"junk before the first message\n\n"))
+        os.unlink(self.index_path)
+        box = yield self.make_store().open(self.account)
+        again = []
+        for m in box.messages:
+            again.append((yield box.read(m.uid)))
+        self.assertEqual(again, order)
+        self.assertEqual([m.flags for m in box.messages], list(flags.values()))
+        box.close()
+
+
+class MboxJournalTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_journal_survives_restart_and_compacts(self):
+        """Flags and appends recorded in the journal are there after a restart; once the
+        journal outgrows its limit it is folded into a new index and removed."""
+        self.patch(mboxfile, "LOG_LIMIT", 300)
+        store = self.make_store()
+        box = yield store.open(self.account)
+        uids = []
+        for _ in range(3):
+            uids.append((yield box.append(MSG1)))
+        yield box.set_flags({uids[1]: frozenset({"\\Flagged", "Kw"})})
+        self.assertTrue(os.path.exists(self.index_path + ".log"))
+        box.close()
+        box = yield self.make_store().open(self.account)
+        self.assertEqual([m.uid for m in box.messages], uids)
+        self.assertEqual([m.flags for m in box.messages], [set(), {"\\Flagged", "Kw"}, set()])
+        for i in range(20):
+            yield box.set_flags({uids[0]: frozenset({"K%d" % i})})
+        self.assertLess(os.path.getsize(self.index_path + ".log"), 300 + 16 * 3 + 100)
+        box.close()
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(box.messages[0].flags, {"K19"})
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_stale_or_cut_journal_ignored(self):
+        """A journal of another index generation (left by a crash after a new index was
+        written) is ignored, and so is a last record cut short."""
+        store = self.make_store()
+        box = yield store.open(self.account)
+        uid = yield box.append(MSG1)
+        yield box.set_flags({uid: frozenset({"\\Seen"})})
+        box.close()
+        with open(self.index_path + ".log", "ab") as f:
+            f.write(b"F %d \\Deleted" % uid)  # no newline: the writer crashed
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(box.messages[0].flags, {"\\Seen"})
+        box.close()
+        with open(self.index_path + ".log", "rb") as f:
+            log = f.read()
+        with open(self.index_path + ".log", "wb") as f:
+            f.write(log.replace(b"log 1 ", b"log 1 9", 1))
+        box = yield self.make_store().open(self.account)
+        # the append was journaled too: the message is found again by a parse, flags lost
+        self.assertEqual([(m.uid, m.flags) for m in box.messages], [(uid, set())])
+        box.close()
+
+
+class MboxIdleCacheTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_reopen_uses_kept_state(self):
+        """A mailbox opened again after its last close is not read from the index again (a
+        stat tells it is unchanged); beyond the idle budget the least recently used goes."""
+        from mailsuite.store import index as ix
+
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield store.create(self.account, "Other")
+        box = yield store.open(self.account)
+        box.close()
+        reads = []
+        real = ix.read_index
+        self.patch(ix, "read_index", lambda path: reads.append(path) or real(path))
+        box = yield store.open(self.account)
+        self.assertEqual((len(box.messages), reads), (1, []))
+        box.close()
+        store.idle_budget = 1
+        other = yield store.open(self.account, "Other")
+        yield other.append(MSG2)
+        other.close()  # 2 idle messages > 1: INBOX, the older, goes
+        box = yield store.open(self.account)
+        self.assertEqual(len(reads), 2)  # Other's first open, then INBOX again
         box.close()

@@ -12,7 +12,7 @@ BODY[HEADER] + BODY[TEXT] == BODY[]. The ``email`` package is used only to read 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.parser import BytesHeaderParser
@@ -22,7 +22,7 @@ from typing import Any
 
 from mailsuite.imap.mailbox import format_flags
 from mailsuite.store.interfaces import UnknownUID
-from mailsuite.wire import complete, crlf
+from mailsuite.wire import complete, crlf, crlf_size
 
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
@@ -70,7 +70,7 @@ class FetchItem:
         if self.name == "BODY[]":
             assert self.section is not None
             return self.section.needs_body()
-        return self.name in ("RFC822", "RFC822.TEXT")
+        return self.name in ("RFC822", "RFC822.TEXT", "BODY", "BODYSTRUCTURE")
 
     def needs_header(self) -> bool:
         return self.name in ("ENVELOPE", "RFC822.HEADER", "BODY[]")
@@ -79,8 +79,12 @@ class FetchItem:
 _MACROS = {
     "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
     "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+    "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
 }
-_SIMPLE = {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "RFC822", "RFC822.HEADER", "RFC822.TEXT"}
+_SIMPLE = {
+    "UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "RFC822", "RFC822.HEADER",
+    "RFC822.TEXT", "BODY", "BODYSTRUCTURE",
+}
 _BODY_RE = re.compile(rb"(BODY\.PEEK|BODY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", re.IGNORECASE)
 _ATOM_RE = re.compile(rb"[A-Za-z0-9.]+")
 _SECTION_RE = re.compile(
@@ -88,6 +92,11 @@ _SECTION_RE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _FIELD_RE = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s()"]+)')
+
+
+def _unliteral(text: bytes) -> bytes:
+    """Field names sent as literals (``{4}From``, assembled by the server) as plain atoms."""
+    return re.sub(rb"\{(\d{1,6})\+?\}", lambda m: b"", text) if b"{" in text else text
 
 
 def _parse_section(text: bytes) -> Section:
@@ -104,7 +113,7 @@ def _parse_section(text: bytes) -> Section:
     if spec.startswith("HEADER.FIELDS"):
         if m.group(3) is None:
             raise FetchSyntaxError("HEADER.FIELDS needs a list")
-        fields = [(q or a).upper() for q, a in _FIELD_RE.findall(m.group(3))]
+        fields = [(q or a).upper() for q, a in _FIELD_RE.findall(_unliteral(m.group(3)))]
         if not fields:
             raise FetchSyntaxError("empty field list")
     elif m.group(3) is not None:
@@ -118,10 +127,10 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
     RFC822.PEEK (Outlook, any case) is read as ``BODY.PEEK[]`` answered with the RFC822 label.
     """
     text = text.strip()
-    if text.upper() in (b"ALL", b"FAST"):
+    if text.upper() in (b"ALL", b"FAST", b"FULL"):
         return [FetchItem(n) for n in _MACROS[text.upper().decode()]]
-    if text.upper() == b"FULL" or not text:
-        raise FetchSyntaxError("FULL and BODY/BODYSTRUCTURE are not supported yet" if text else "missing items")
+    if not text:
+        raise FetchSyntaxError("missing items")
     if text.startswith(b"("):
         if not text.endswith(b")"):
             raise FetchSyntaxError("unbalanced parenthesis")
@@ -325,45 +334,84 @@ def envelope(header: bytes) -> bytes:
     return b"(" + b" ".join(parts) + b")"
 
 
-def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> bytes:
+class WireSlice:
+    """``crlf(data[start:end])`` without making it: a body literal written in chunks."""
+
+    __slots__ = ("data", "end", "size", "start")
+
+    def __init__(self, data: bytes, start: int, end: int) -> None:
+        self.data, self.start, self.end = data, start, end
+        self.size = crlf_size(data, start, end)
+
+    def chunks(self, chunk: int = 65536) -> Iterator[bytes]:
+        pos = self.start
+        while pos < self.end:
+            stop = min(pos + chunk, self.end)
+            if self.data[stop - 1 : stop] == b"\r" and stop < self.end:
+                stop += 1  # never split a stored CRLF: each chunk is converted on its own
+            yield crlf(self.data[pos:stop])
+            pos = stop
+
+
+Piece = bytes | WireSlice
+
+
+def _literal_pieces(label: bytes, data: bytes | WireSlice) -> list[Piece]:
+    size = data.size if isinstance(data, WireSlice) else len(data)
+    return [label + b" {%d}\r\n" % size, data]
+
+
+def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> list[Piece]:
     """``BODY[...]<o> {n}\\r\\n...`` or ``RFC822... {n}...`` for one message (``raw`` and
-    ``header`` as stored; the whole message's ``RFC822`` / ``BODY[]`` is ``wire.to_wire(raw)``)."""
+    ``header`` as stored; the whole message's ``RFC822`` / ``BODY[]`` is ``wire.to_wire(raw)``).
+    Whole-message and TEXT literals come as a ``WireSlice`` (streamed, not copied)."""
     raw = complete(raw) if raw is not None else None
     header = split_message(complete(header))[0]  # a store may not know CRLF blank lines
     if item.name == "RFC822":
         assert raw is not None
-        return b"RFC822 " + literal(crlf(raw))
+        return _literal_pieces(b"RFC822", WireSlice(raw, 0, len(raw)))
     if item.name == "RFC822.HEADER":
-        return b"RFC822.HEADER " + literal(crlf(header))
+        return _literal_pieces(b"RFC822.HEADER", crlf(header))
     if item.name == "RFC822.TEXT":
         assert raw is not None
-        return b"RFC822.TEXT " + literal(crlf(split_message(raw)[1]))
+        start = len(split_message(raw)[0])
+        return _literal_pieces(b"RFC822.TEXT", WireSlice(raw, start, len(raw)))
     assert item.section is not None
-    data = crlf(section_bytes(raw if raw is not None else header, item.section))
     label = b"BODY[" + item.section.label() + b"]"
+    section = item.section
+    if item.partial is None and raw is not None and not section.part and section.spec in ("", "TEXT"):
+        start = 0 if section.spec == "" else len(split_message(raw)[0])
+        return _literal_pieces(label, WireSlice(raw, start, len(raw)))
+    data = crlf(section_bytes(raw if raw is not None else header, section))
     if item.partial is not None:
         start, length = item.partial
         data = data[start : start + length]
         label += b"<%d>" % start
-    return label + b" " + literal(data)
+    return _literal_pieces(label, data)
 
 
 # -- one FETCH over a session's view --------------------------------------------------------------
 _CHUNK = 256  # messages whose headers are read in one store call
+STREAM_MIN = 256 * 1024  # responses at least this big are streamed through a producer
 
 
-def _fetch_item(view: Any, uid: int, item: FetchItem, raw: bytes | None, header: bytes) -> bytes:
+def _fetch_item(view: Any, uid: int, item: FetchItem, raw: bytes | None, header: bytes) -> list[Piece]:
     info = view.info(uid)
     if item.name == "UID":
-        return b"UID %d" % uid
+        return [b"UID %d" % uid]
     if item.name == "FLAGS":
-        return b"FLAGS " + format_flags(view.flags(uid))
+        return [b"FLAGS " + format_flags(view.flags(uid))]
     if item.name == "INTERNALDATE":
-        return b"INTERNALDATE " + internal_date(info.internal_date)
+        return [b"INTERNALDATE " + internal_date(info.internal_date)]
     if item.name == "RFC822.SIZE":
-        return b"RFC822.SIZE %d" % info.size
+        return [b"RFC822.SIZE %d" % info.size]
     if item.name == "ENVELOPE":
-        return b"ENVELOPE " + envelope(header)
+        return [b"ENVELOPE " + envelope(header)]
+    if item.name in ("BODY", "BODYSTRUCTURE"):
+        from mailsuite.imap.bodystructure import body_structure
+
+        assert raw is not None
+        return [item.name.encode() + b" " + body_structure(raw, item.name == "BODYSTRUCTURE")]
     return render_section(item, raw, header)
 
 
@@ -374,10 +422,13 @@ async def fetch_responses(
     seen_now: set[int],
     write: Callable[[bytes], None],
     lost: Callable[[], bool],
+    stream: Callable[[list[Piece]], Awaitable[None]] | None = None,
 ) -> bool:
     """Write one ``* n FETCH (...)`` per target as it is read; True if some message was gone.
 
     Messages whose \\Seen this FETCH set (``seen_now``) get FLAGS even when not asked for.
+    A response of ``STREAM_MIN`` bytes or more goes to ``stream`` (a producer writing it as the
+    connection drains), so a big BODY[] is never one string in memory nor one transport write.
     """
     need_body = any(i.needs_body() for i in items)
     need_header = any(i.needs_header() for i in items)
@@ -389,6 +440,9 @@ async def fetch_responses(
             headers = await view.mailbox.read_headers([u for _, u in chunk if not view.is_expunged(u)])
         for seq, uid in chunk:
             raw = None
+            if view.is_expunged(uid):
+                missing = True
+                continue
             if need_body:
                 try:
                     raw = await view.mailbox.read(uid)
@@ -401,8 +455,18 @@ async def fetch_responses(
             header = split_message(raw)[0] if raw is not None else headers.get(uid, b"")
             if lost():
                 return missing
-            parts = [_fetch_item(view, uid, item, raw, header) for item in items]
+            pieces: list[Piece] = [b"* %d FETCH (" % seq]
+            wanted = list(items)
             if uid in seen_now and not any(i.name == "FLAGS" for i in items):
-                parts.append(b"FLAGS " + format_flags(view.flags(uid)))
-            write(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+                wanted.append(FetchItem("FLAGS"))
+            for n, item in enumerate(wanted):
+                if n:
+                    pieces.append(b" ")
+                pieces += _fetch_item(view, uid, item, raw, header)
+            pieces.append(b")\r\n")
+            size = sum(p.size if isinstance(p, WireSlice) else len(p) for p in pieces)
+            if stream is not None and size >= STREAM_MIN:
+                await stream(pieces)
+            else:
+                write(b"".join(p if isinstance(p, bytes) else crlf(p.data[p.start : p.end]) for p in pieces))
     return missing

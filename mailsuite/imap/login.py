@@ -1,6 +1,8 @@
 """IMAP's not-authenticated state: STARTTLS, LOGIN, AUTHENTICATE (SASL-IR), the login capabilities.
 
-A mixin of ``mailsuite.imap.server.IMAPServer``; the replies are Dovecot's. One rule
+A mixin of ``mailsuite.imap.server.IMAPServer``: ``cmd_*`` handlers for its command reader (so a
+LOGIN argument or an AUTHENTICATE initial response may be a literal), and AUTHENTICATE's
+continuation lines come back through that reader (``sasl_line``). The replies are Dovecot's. One rule
 (``sasl.plaintext_ok``) decides both what CAPABILITY says (``LOGINDISABLED`` and no ``AUTH=``, or
 ``AUTH=PLAIN AUTH=LOGIN``) and what LOGIN / AUTHENTICATE accept, so the two always agree.
 
@@ -24,6 +26,7 @@ from twisted.mail import imap4
 
 from mailsuite import sasl
 from mailsuite.authpolicy import LoginBlocked
+from mailsuite.imap.parser import Cursor, ParseError
 
 log = Logger()
 
@@ -40,15 +43,19 @@ class ImapLogin:
     maillog: Any
     state: str
     parseState: str
+    _buffer: bytes
+    _lost: bool
     server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
     secure = False  # TLS is on (implicit port, or after STARTTLS)
     _auth_failures = 0
+    _sasl_pending: Callable[[bytes], None] | None = None
     sendPositiveResponse: Callable[..., None]
     sendNegativeResponse: Callable[..., None]
     sendBadResponse: Callable[..., None]
     sendLine: Callable[[bytes], None]
     _rip: Callable[[], str]
     _lip: Callable[[], str]
+    _failed: Callable[[Any, bytes], None]
 
     def plaintext_ok(self) -> bool:
         return sasl.plaintext_ok(self.config, self.transport, self.secure)
@@ -67,7 +74,8 @@ class ImapLogin:
         return caps
 
     # -- STARTTLS ------------------------------------------------------------------------------
-    def do_STARTTLS(self, tag: bytes) -> None:
+    def cmd_STARTTLS(self, tag: bytes, args: Cursor) -> None:
+        args.end()
         if self.secure:
             self.sendBadResponse(tag, b"TLS is already active.")
             return
@@ -79,25 +87,41 @@ class ImapLogin:
         self.transport.startTLS(self.server_tls)
         self.secure = True
 
-    unauth_STARTTLS = (do_STARTTLS,)
+    cmd_STARTTLS.imap_states = ("unauth",)  # type: ignore[attr-defined]
 
     # -- LOGIN ---------------------------------------------------------------------------------
-    def do_LOGIN(self, tag: bytes, user: bytes, passwd: bytes) -> None:
+    def cmd_LOGIN(self, tag: bytes, args: Cursor) -> None:
+        args.sp()
+        user = args.astring()
+        args.sp()
+        passwd = args.astring()
+        args.end()
         if not self.plaintext_ok():
             self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
             return
-        self._login(tag, sasl.Attempt("PLAIN", user, passwd))
+        self._login(tag, sasl.Attempt("PLAIN", bytes(user), bytes(passwd)))
 
-    unauth_LOGIN = (do_LOGIN, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_finalastring)
+    cmd_LOGIN.imap_states = ("unauth",)  # type: ignore[attr-defined]
 
     # -- AUTHENTICATE --------------------------------------------------------------------------
-    def do_AUTHENTICATE(self, tag: bytes, line: bytes | None) -> None:
-        words = (line or b"").split()
-        if not 1 <= len(words) <= 2:
+    def cmd_AUTHENTICATE(self, tag: bytes, args: Cursor) -> None:
+        """``AUTHENTICATE mech [initial-response]``; the initial response may also be a quoted
+        string or a literal (the reader has assembled it)."""
+        try:
+            args.sp()
+            mechanism = args.atom()
+            initial: bytes | None = None
+            if args.maybe_sp() and not args.at_end():
+                if args.peek() in (b'"', b"{"):
+                    initial = bytes(args.astring())
+                else:
+                    initial = args.token()
+            args.end()
+        except ParseError:
             self.sendBadResponse(tag, b"Invalid arguments.")
             return
         try:
-            exchange = sasl.Exchange.start(words[0], words[1] if len(words) == 2 else None)
+            exchange = sasl.Exchange.start(mechanism, initial)
         except sasl.UnknownMechanism:
             self.sendNegativeResponse(tag, b"Unsupported authentication mechanism.")
             return
@@ -106,7 +130,7 @@ class ImapLogin:
             return
         self._sasl_step(tag, exchange, exchange.step)
 
-    unauth_AUTHENTICATE = (do_AUTHENTICATE, imap4.IMAP4Server.arg_line)
+    cmd_AUTHENTICATE.imap_states = ("unauth",)  # type: ignore[attr-defined]
 
     def _sasl_step(self, tag: bytes, exchange: sasl.Exchange, step: Callable[[], Any]) -> None:
         try:
@@ -118,15 +142,20 @@ class ImapLogin:
             self.sendBadResponse(tag, str(e).encode("ascii") + b".")
             return
         if isinstance(result, sasl.Challenge):
-            # Twisted's continuation mechanism: the next line goes to parse_pending.
-            pending: defer.Deferred[bytes] = defer.Deferred()
-            pending.addCallback(lambda answer: self._sasl_step(
-                tag, exchange, lambda: exchange.respond(answer.rstrip(b"\r"))))
-            self._pendingLiteral = pending
-            self.parseState = "pending"
+            # the reader hands the client's next line to sasl_line, not to the command parser
+            self._sasl_pending = lambda answer: self._sasl_step(
+                tag, exchange, lambda: exchange.respond(answer))
+            self.parseState = "sasl"
             self.sendLine(b"+ " + sasl.encode(result.data))
             return
         self._login(tag, result)
+
+    def sasl_line(self, line: bytes) -> None:
+        """A line the client sent in answer to an AUTHENTICATE challenge."""
+        pending, self._sasl_pending = self._sasl_pending, None
+        self.parseState = "command"
+        if pending is not None:
+            pending(line.rstrip(b"\r"))
 
     # -- the one login path --------------------------------------------------------------------
     def _login(self, tag: bytes, attempt: sasl.Attempt) -> None:
@@ -140,24 +169,33 @@ class ImapLogin:
             d = defer.maybeDeferred(self.portal.login, creds, None, imap4.IAccount)
         args = (tag, name, attempt.mechanism)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=args, errbackArgs=args)
+        d.addErrback(self._failed, tag)
 
     def _login_line(self, name: str, method: str) -> str:
         tls = ", TLS" if self.secure else ""
         return (f"user=<{sasl.printable(name.encode())}>, method={method}, rip={self._rip()}, "
                 f"lip={self._lip()}{tls}")
 
+    async def prepare_session(self, avatar: Any) -> None:
+        """Work to finish before the tagged OK of a login (the server lists the folders)."""
+
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]], tag: bytes, name: str,
-                   method: str) -> None:
+                   method: str) -> defer.Deferred[None] | None:
         _, avatar, logout = result
-        if self._lost:  # type: ignore[attr-defined]
+        if self._lost:
             logout()
-            return
+            return None
         self.account, self._onLogout, self.user = avatar, logout, name
         self.state = "auth"
         self.setTimeout(self.POSTAUTH_TIMEOUT)  # type: ignore[attr-defined]
         self.maillog.write("imap-login", "Login: " + self._login_line(name, method))
-        caps = b" ".join(self.listCapabilities())  # type: ignore[attr-defined]
-        self.sendPositiveResponse(tag, b"[CAPABILITY " + caps + b"] Logged in")
+        return defer.ensureDeferred(self._welcome(tag, avatar))
+
+    async def _welcome(self, tag: bytes, avatar: Any) -> None:
+        await self.prepare_session(avatar)
+        if not self._lost:
+            caps = b" ".join(self.listCapabilities())  # type: ignore[attr-defined]
+            self.sendPositiveResponse(tag, b"[CAPABILITY " + caps + b"] Logged in")
 
     def _login_failed(self, failure: Any, tag: bytes, name: str, method: str) -> None:
         if failure.check(UnauthorizedLogin, LoginFailed):

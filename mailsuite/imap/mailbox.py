@@ -6,14 +6,17 @@ it has told its client about, and a queue of changes (from other sessions, SMTP 
 or the disk) that the server turns into ``EXISTS`` / ``EXPUNGE`` / ``FETCH (FLAGS ...)`` at the
 points RFC 3501 allows (``take_updates``).
 
-``\\Recent`` is per session and deliberately simple: a message is recent for a session if it
-arrived while that session had the mailbox selected. At SELECT no message is recent.
+``\\Recent`` follows RFC 3501: a message is recent in the first session told of it
+(``RecentTracker``).
 """
 
 from __future__ import annotations
 
 import re
+import weakref
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.mail import imap4
@@ -25,7 +28,7 @@ from mailsuite.store.interfaces import (
     Changes,
     IMailbox,
     IMailStore,
-    MailboxNotFound,
+    MailboxEntry,
     MessageInfo,
 )
 
@@ -49,14 +52,20 @@ class ImapMailboxView:
     queued, so that a session in IDLE can flush at once.
     """
 
-    def __init__(self, mailbox: IMailbox, readonly: bool) -> None:
+    def __init__(
+        self, mailbox: IMailbox, readonly: bool, account: Account | None = None, store: Any = None
+    ) -> None:
         self.mailbox = mailbox
+        self.account = account
+        self.store = store
         self.readonly = readonly
         self.name: str = mailbox.name
         self.on_change: Callable[[], None] | None = None
         self._infos: dict[int, MessageInfo] = {m.uid: m for m in mailbox.messages}
         self._uids: list[int] = [m.uid for m in mailbox.messages]
         self._recent: set[int] = set()
+        if account is not None:
+            self._recent = RECENT.claim(store, account, mailbox, self._uids, peek=readonly)
         self._expunged: set[int] = set()  # gone from the store, not yet told to the client
         self._added: list[MessageInfo] = []
         self._flag_changes: dict[int, frozenset[str]] = {}
@@ -66,10 +75,11 @@ class ImapMailboxView:
     # -- the store listener ----------------------------------------------------------------
     def _changed(self, changes: Changes) -> None:
         self._expunged.update(changes.expunged)
-        known = set(self._uids) | {m.uid for m in self._added}
-        for info in changes.added:
-            if info.uid not in known:
+        top = max(self._uids[-1] if self._uids else 0, self._added[-1].uid if self._added else 0)
+        for info in changes.added:  # new UIDs are always above the ones already known
+            if info.uid > top:
                 self._added.append(info)
+                top = info.uid
         for uid, flags in changes.flags.items():
             self._flag_changes[uid] = frozenset(flags)
         if self.on_change is not None and changes:
@@ -130,13 +140,14 @@ class ImapMailboxView:
         """
         count = len(self._uids)
         wanted: set[int] = set()
-        if uid:
+        if uid:  # UIDs ascend with sequence numbers: each range is a slice found by bisection
             top = self._uids[-1] if self._uids else 0
+            seqs: set[int] = set()
             for lo, hi in ranges:
                 a, b = top if lo is None else lo, top if hi is None else hi
                 a, b = min(a, b), max(a, b)
-                wanted.update(u for u in self._uids if a <= u <= b)
-            return [(seq, u) for seq, u in enumerate(self._uids, 1) if u in wanted]
+                seqs.update(range(bisect_left(self._uids, a), bisect_right(self._uids, b)))
+            return [(i + 1, self._uids[i]) for i in sorted(seqs)]
         for lo, hi in ranges:
             a, b = count if lo is None else lo, count if hi is None else hi
             a, b = min(a, b), max(a, b)
@@ -158,9 +169,18 @@ class ImapMailboxView:
             return defer.succeed(None)
         return self.mailbox.set_flags(clean)
 
-    def expunge_deleted(self) -> defer.Deferred[list[int]]:
-        """Remove every message marked ``\\Deleted``; the EXPUNGEs come from ``take_updates``."""
-        doomed = [u for u in self._uids if "\\Deleted" in self._infos[u].flags and u not in self._expunged]
+    def expunge_deleted(self, within: set[int] | None = None) -> defer.Deferred[list[int]]:
+        """Remove every message marked ``\\Deleted`` (only UIDs ``within``, for UID EXPUNGE);
+        the EXPUNGEs come from ``take_updates``."""
+        doomed = [
+            u for u in self._uids
+            if "\\Deleted" in self._infos[u].flags and u not in self._expunged
+            and (within is None or u in within)
+        ]
+        return self.expunge(doomed)
+
+    def expunge(self, doomed: list[int]) -> defer.Deferred[list[int]]:
+        """Remove these messages (MOVE); the EXPUNGEs come from ``take_updates``."""
         if not doomed:
             return defer.succeed([])
         d = self.mailbox.expunge(doomed)
@@ -181,28 +201,33 @@ class ImapMailboxView:
         lines: list[bytes] = []
         if allow_expunge and self._expunged:
             for uid in sorted(self._expunged & set(self._uids)):
-                seq = self._uids.index(uid) + 1
+                seq = bisect_left(self._uids, uid) + 1
                 del self._uids[seq - 1]
                 self._infos.pop(uid, None)
                 self._recent.discard(uid)
                 self._flag_changes.pop(uid, None)
                 lines.append(b"%d EXPUNGE" % seq)
             self._expunged.clear()
-            self._added = [m for m in self._added if m.uid not in set(self._infos)]
+            self._added = [m for m in self._added if m.uid not in self._infos]
         if self._added:
+            new = []
             for info in self._added:
                 if info.uid not in self._infos and info.uid not in self._expunged:
                     self._uids.append(info.uid)
                     self._infos[info.uid] = info
-                    self._recent.add(info.uid)
+                    new.append(info.uid)
             self._added = []
+            if self.account is not None:
+                self._recent |= RECENT.claim(self.store, self.account, self.mailbox, new, peek=self.readonly)
+            else:
+                self._recent.update(new)
             lines.append(b"%d EXISTS" % len(self._uids))
             lines.append(b"%d RECENT" % len(self._recent))
         for uid, flags in sorted(self._flag_changes.items()):
             if uid in self._infos and uid not in self._expunged and self._infos[uid].flags != flags:
                 old = self._infos[uid]
                 self._infos[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
-                seq = self._uids.index(uid) + 1
+                seq = bisect_left(self._uids, uid) + 1
                 lines.append(b"%d FETCH (FLAGS %s)" % (seq, format_flags(self.flags(uid))))
         self._flag_changes = {}
         return lines
@@ -215,52 +240,138 @@ class ImapMailboxView:
             self.mailbox.close()
 
 
-def _pattern_regex(ref: str, pattern: str) -> re.Pattern[str]:
+class RecentTracker:
+    """``\\Recent`` as RFC 3501 defines it: a message is recent in the first session told of it.
+
+    Per mailbox (account, name, UIDVALIDITY) the first UID no session has claimed yet is kept in
+    memory (lost at a restart, when nothing is recent). ``touch`` starts tracking a mailbox, as
+    APPEND, COPY, STATUS and SELECT do before they act, so mail they add is recent for the next
+    session to see it; STATUS RECENT counts the unclaimed messages.
+    """
+
+    def __init__(self) -> None:
+        self._marks: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _for(self, store: IMailStore, account: Account, mailbox: IMailbox) -> tuple[dict[tuple[str, str, int], int], Any]:
+        """The marks of one store (one tracker serves every store)."""
+        marks = self._marks.setdefault(store, {})
+        return marks, (account.name, mailbox.name, int(mailbox.uid_validity))
+
+    def touch(self, store: IMailStore, account: Account, mailbox: IMailbox) -> None:
+        marks, key = self._for(store, account, mailbox)
+        marks.setdefault(key, int(mailbox.uid_next))
+
+    def claim(
+        self, store: IMailStore, account: Account, mailbox: IMailbox, uids: Iterable[int], peek: bool = False
+    ) -> set[int]:
+        marks, key = self._for(store, account, mailbox)
+        mark = marks.setdefault(key, int(mailbox.uid_next))
+        mine = {u for u in uids if u >= mark}
+        if mine and not peek:  # EXAMINE shows \\Recent without taking it (RFC 3501 6.3.2)
+            marks[key] = max(mine) + 1
+        return mine
+
+    def unclaimed(self, store: IMailStore, account: Account, mailbox: IMailbox) -> int:
+        marks, key = self._for(store, account, mailbox)
+        mark = marks.get(key)
+        if mark is None:
+            return 0
+        return sum(1 for m in mailbox.messages if m.uid >= mark)
+
+
+RECENT = RecentTracker()
+
+
+def pattern_regex(ref: str, pattern: str) -> re.Pattern[str]:
+    """A LIST reference + pattern as a regex: ``*`` any characters, ``%`` any but '/'."""
     full = ref + pattern if ref and not pattern.startswith(DELIMITER) else pattern
     out = ""
     for ch in full:
         out += ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch)
-    return re.compile(out + r"\Z", re.IGNORECASE if full.upper().startswith("INBOX") else 0)
-
-
-class _InboxInfo:
-    """What stock LIST code wants of a listed mailbox (``getFlags``, the delimiter)."""
-
-    def getFlags(self) -> list[str]:
-        return ["\\HasNoChildren"]
-
-    def getHierarchicalDelimiter(self) -> str:
-        return DELIMITER
+    if full.upper().startswith("INBOX"):
+        out = "(?i:" + out[: len(re.escape("INBOX"))] + ")" + out[len(re.escape("INBOX")) :]
+    return re.compile(out + r"\Z")
 
 
 @implementer(imap4.IAccount)
 class ImapAccount:
-    """The IMAP avatar of one logged-in account. Only INBOX exists until folders (issue 3)."""
+    """The IMAP avatar of one logged-in account: its store, its open views.
+
+    Names are IMAP names decoded to ``str`` ('/' separator, INBOX upper case)."""
 
     def __init__(self, store: IMailStore, account: Account) -> None:
         self.store = store
         self.account = account
         self._views: list[ImapMailboxView] = []
 
-    # -- what our server uses ----------------------------------------------------------------
-    def list_mailboxes(self, ref: str, pattern: str) -> list[tuple[str, list[str]]]:
-        """``[(name, attributes)]`` matching a LIST reference and pattern."""
-        if _pattern_regex(ref, pattern).match("INBOX"):
-            return [("INBOX", ["\\HasNoChildren"])]
-        return []
+    # -- folders -----------------------------------------------------------------------------
+    def list_mailboxes(self) -> defer.Deferred[list[MailboxEntry]]:
+        """Every mailbox (the store creates the special-use folders on first use)."""
+        return self.store.list_mailboxes(self.account)
+
+    def create(self, name: str) -> defer.Deferred[None]:
+        return self.store.create(self.account, name)
+
+    def delete(self, name: str) -> defer.Deferred[None]:
+        return self.store.delete(self.account, name)
+
+    def rename(self, old: str, new: str) -> defer.Deferred[None]:
+        return self.store.rename(self.account, old, new)
+
+    def subscriptions(self) -> defer.Deferred[set[str]]:
+        return self.store.subscriptions(self.account)
+
+    def subscribe(self, name: str) -> defer.Deferred[None]:
+        return self.store.subscribe(self.account, name)
+
+    def unsubscribe(self, name: str) -> defer.Deferred[None]:
+        return self.store.unsubscribe(self.account, name)
 
     @defer.inlineCallbacks
+    def status(self, name: str):  # type: ignore[no-untyped-def]
+        """Deferred[dict]: MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN of a mailbox."""
+        mailbox = yield self.store.open(self.account, name)
+        try:
+            yield mailbox.refresh()
+            RECENT.touch(self.store, self.account, mailbox)
+            messages = mailbox.messages
+            return {
+                "MESSAGES": len(messages),
+                "RECENT": RECENT.unclaimed(self.store, self.account, mailbox),
+                "UIDNEXT": int(mailbox.uid_next),
+                "UIDVALIDITY": int(mailbox.uid_validity),
+                "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
+            }
+        finally:
+            mailbox.close()
+
+    @defer.inlineCallbacks
+    def append(self, name: str, messages: list[tuple[bytes, frozenset[str], Any]]):  # type: ignore[no-untyped-def]
+        """Deferred[(uid_validity, [uids])]: append (data, flags, internal date or None) each."""
+        mailbox = yield self.store.open(self.account, name)
+        try:
+            RECENT.touch(self.store, self.account, mailbox)
+            uids = []
+            for data, flags, when in messages:
+                uid = yield mailbox.append(data, flags, when)
+                uids.append(uid)
+            return int(mailbox.uid_validity), uids
+        finally:
+            mailbox.close()
+
+    # -- selecting ---------------------------------------------------------------------------
+    @defer.inlineCallbacks
     def open_view(self, name: str, readonly: bool):  # type: ignore[no-untyped-def]
-        """Deferred[ImapMailboxView]; fails with MailboxNotFound for anything but INBOX."""
-        if name.upper() != "INBOX":
-            raise MailboxNotFound(name)
-        mailbox = yield self.store.open(self.account, "INBOX")
+        """Deferred[ImapMailboxView]; MailboxNotFound (or another StoreError) if it cannot."""
+        mailbox = yield self.store.open(self.account, name)
         try:
             yield mailbox.refresh()
         except BaseException:
             mailbox.close()
             raise
-        view = ImapMailboxView(mailbox, readonly)
+        view = ImapMailboxView(mailbox, readonly, self.account, self.store)
         self._views.append(view)
         return view
 
@@ -273,33 +384,3 @@ class ImapAccount:
         """Close every mailbox this avatar opened."""
         for view in list(self._views):
             self.close_view(view)
-
-    # -- imap4.IAccount ----------------------------------------------------------------------
-    def addMailbox(self, name: str, mbox: object = None) -> None:
-        raise imap4.MailboxException("Folders are not supported yet")
-
-    def create(self, pathspec: str) -> None:
-        raise imap4.MailboxException("Folders are not supported yet")
-
-    def select(self, name: str, rw: bool = True):  # type: ignore[no-untyped-def]
-        d = self.open_view(name, not rw)
-        return d.addErrback(lambda f: f.trap(MailboxNotFound) and None)
-
-    def delete(self, name: str) -> None:
-        raise imap4.MailboxException("Folders are not supported yet")
-
-    def rename(self, oldname: str, newname: str) -> None:
-        raise imap4.MailboxException("Folders are not supported yet")
-
-    def isSubscribed(self, name: str) -> bool:
-        return name.upper() == "INBOX"
-
-    def subscribe(self, name: str) -> None:
-        if name.upper() != "INBOX":
-            raise imap4.MailboxException("Folders are not supported yet")
-
-    def unsubscribe(self, name: str) -> None:
-        raise imap4.MailboxException("INBOX stays subscribed")
-
-    def listMailboxes(self, ref: str, wildcard: str) -> list[tuple[str, _InboxInfo]]:
-        return [(name, _InboxInfo()) for name, _ in self.list_mailboxes(ref, wildcard)]

@@ -34,25 +34,32 @@ class Token:
     quoted: bool = False
 
 
-_TOKEN_RE = re.compile(rb'\s*(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|([^\s()"]+))')
+_TOKEN_RE = re.compile(rb'\s*(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|\{(\d{1,12})\+?\}|([^\s()"]+))')
 
 
 def tokenize(text: bytes) -> list[Token]:
-    """Atoms, quoted strings (unescaped) and parentheses."""
+    """Atoms, quoted strings (unescaped), literals (``{N}`` followed by N bytes, as the server
+    assembles them: see ``mailsuite.imap.parser``) and parentheses."""
     tokens: list[Token] = []
     pos = 0
-    text = text.strip()
+    text = text.strip(b" ")
     while pos < len(text):
         m = _TOKEN_RE.match(text, pos)
         if not m or m.end() == pos:
             raise SearchSyntaxError(f"cannot parse {text[pos:pos + 20]!r}")
         pos = m.end()
-        if m.group(1) or m.group(2):
+        if m.group(4) is not None:
+            end = pos + int(m.group(4))
+            if end > len(text):
+                raise SearchSyntaxError("literal cut short")
+            tokens.append(Token(text[pos:end], quoted=True))
+            pos = end
+        elif m.group(1) or m.group(2):
             tokens.append(Token(m.group(1) or m.group(2)))
         elif m.group(3) is not None:
             tokens.append(Token(re.sub(rb"\\(.)", rb"\1", m.group(3)), quoted=True))
         else:
-            tokens.append(Token(m.group(4)))
+            tokens.append(Token(m.group(5)))
     return tokens
 
 

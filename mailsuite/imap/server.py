@@ -1,64 +1,123 @@
-"""The IMAP4rev1 server: Twisted's ``IMAP4Server`` with our own handlers for the selected state.
+"""The IMAP4rev1 server: Twisted's ``IMAP4Server`` with our own command reader and handlers.
 
-What is reused from Twisted: line/literal parsing, the dispatch tables, CAPABILITY, LOGOUT.
-What is ours (and why, see ../shared/TWISTED.md): STARTTLS, LOGIN and AUTHENTICATE (login.py:
-SASL-IR, LOGINDISABLED, logging), SELECT/EXAMINE
-(response codes), FETCH (raw bytes, partials, \\Seen, RFC822.PEEK), STORE, SEARCH, EXPUNGE,
-CLOSE, UNSELECT, LIST/LSUB, NOOP/CHECK (updates from other sessions), strict command ordering
-(pipelined commands are answered in order: reading pauses while a command is running), and
-clean-up on connectionLost.
+What is reused from Twisted: LineReceiver, the timeout mixin, response helpers, CAPABILITY
+formatting; none of its command dispatch.
+What is ours (and why, see ../shared/TWISTED.md):
+- STARTTLS, LOGIN and AUTHENTICATE (``login.ImapLogin``: SASL-IR, LOGINDISABLED, the plaintext
+  rule, the login policy, the imap-login log lines); AUTHENTICATE's continuation lines come
+  through the reader below;
+- the command reader (``parser``): a command is assembled with its literals ({N} and LITERAL+
+  {N+}) before it is parsed, so any argument may be a literal (SEARCH, APPEND, LOGIN, CREATE);
+- strict command ordering: reading pauses while a command runs, so pipelined commands are
+  answered in order (upstream #9282);
+- every command handler (``folders.FolderCommands``, ``selected.SelectedCommands`` and below);
+- updates from other sessions, SMTP and POP3 (EXISTS / EXPUNGE / FETCH FLAGS) sent only where
+  RFC 3501 7.4.1 allows: before the tagged reply of any command but FETCH, STORE and SEARCH
+  (which get no EXPUNGE), and at once during IDLE;
+- IDLE that only DONE ends, with ``* OK Still here`` every ``IDLE_KEEPALIVE`` seconds and no
+  autologout while idling; new mail pushed by the store listener, and mail written by other
+  programs noticed by a shared once-a-second refresh (``IdlePoller``);
+- clean-up on connectionLost (listeners removed, mailboxes closed).
+
+When the store is refreshed: SELECT/EXAMINE, NOOP, CHECK and (every second) during IDLE; before
+every other command in the selected state too, which costs a ``stat`` of the mailbox when
+nothing changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from twisted.internet import defer, interfaces, protocol
+from twisted.internet import defer, interfaces, protocol, task
 from twisted.logger import Logger
 from twisted.mail import imap4
+from twisted.python.failure import Failure
 
-from mailsuite.imap.fetch import FetchItem, FetchSyntaxError, fetch_responses, parse_fetch_items
+from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.login import ImapLogin
-from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView, format_flags
-from mailsuite.imap.search import (
-    SearchSyntaxError,
-    parse_search,
-    parse_sequence_set,
-    run_search,
-    tokenize,
-)
+from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
+from mailsuite.imap.parser import LITERAL_AT_END, Cursor, ParseError
+from mailsuite.imap.selected import SelectedCommands
 from mailsuite.net import host_of
-from mailsuite.store.interfaces import SYSTEM_FLAGS, MailboxNotFound
+from mailsuite.store.interfaces import (
+    InvalidMailboxName,
+    MailboxExists,
+    MailboxHasChildren,
+    MailboxNotFound,
+    StoreError,
+)
 
 log = Logger()
 
-_NO_EXPUNGE = {b"FETCH", b"STORE", b"SEARCH"}  # RFC 3501 7.4.1: no EXPUNGE while answering these
-_SYSTEM = {f.upper(): f for f in SYSTEM_FLAGS}
+_NO_EXPUNGE = {b"FETCH", b"STORE", b"SEARCH", b"UID FETCH", b"UID STORE", b"UID SEARCH"}
+_NO_REFRESH = {b"LOGOUT", b"CAPABILITY", b"NOOP", b"CHECK", b"IDLE", b"SELECT", b"EXAMINE"}
+MAX_LITERAL = 64 * 1024 * 1024  # APPEND of a bigger message: NO [TOOBIG]
+MAX_COMMAND_LITERAL = 1024 * 1024  # other literals (names, search strings)
+IDLE_KEEPALIVE = 120.0  # OUTLOOK.md 17: at least every 2 minutes
+IDLE_POLL = 1.0  # mail written by other programs reaches IDLE sessions within this
 
 
-def _mailbox_name(raw: bytes) -> str:
-    try:
-        return raw.decode("imap4-utf-7")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "replace")
+def states(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a ``cmd_*`` handler with the states it is allowed in."""
+
+    def mark(f: Callable[..., Any]) -> Callable[..., Any]:
+        f.imap_states = names  # type: ignore[attr-defined]
+        return f
+
+    return mark
 
 
-class IMAPServer(ImapLogin, imap4.IMAP4Server):
-    """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout timer; STARTTLS,
-    LOGIN and AUTHENTICATE are ``ImapLogin``'s."""
+class IdlePoller:
+    """One ``refresh`` a second per mailbox that has IDLE sessions (shared by them all)."""
+
+    def __init__(self) -> None:
+        self._polls: dict[int, tuple[Any, task.LoopingCall, set[int]]] = {}
+
+    def add(self, mailbox: Any, session: object, clock: Any) -> None:
+        key = id(mailbox)
+        if key not in self._polls:
+            loop = task.LoopingCall(self._poll, key)
+            loop.clock = clock
+            self._polls[key] = (mailbox, loop, set())
+            loop.start(IDLE_POLL, now=False)
+        self._polls[key][2].add(id(session))
+
+    def remove(self, mailbox: Any, session: object) -> None:
+        entry = self._polls.get(id(mailbox))
+        if entry is None:
+            return
+        entry[2].discard(id(session))
+        if not entry[2]:
+            entry[1].stop()
+            del self._polls[id(mailbox)]
+
+    def _poll(self, key: int) -> None:
+        mailbox = self._polls[key][0]
+        mailbox.refresh().addErrback(lambda f: log.failure("IDLE refresh failed", f))
+
+
+IDLE_POLLER = IdlePoller()
+
+
+class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server):
+    """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers;
+    STARTTLS, LOGIN and AUTHENTICATE are ``ImapLogin``'s."""
 
     IDENT = b"mailsuite ready."
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
+    MAX_LENGTH = 65536  # one command line (long UID sets); Dovecot's imap_max_line_length
 
     def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None) -> None:
         super().__init__()
         self.config = config
         self.portal = portal
         self.maillog = maillog
-        if clock is not None:
-            self.callLater = clock.callLater
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.callLater = clock.callLater
         self.view: ImapMailboxView | None = None
         self.user: str | None = None
         self._in_flight = False
@@ -68,6 +127,12 @@ class IMAPServer(ImapLogin, imap4.IMAP4Server):
         self._auth_failures = 0
         self._bytes_in = 0
         self._bytes_out = 0
+        self._parts: list[bytes] = []  # the command being assembled (lines and literals)
+        self._literal_left = 0
+        self._literal_discard = False
+        self._too_big_tag: bytes | None = None
+        self._idle_tag: bytes | None = None
+        self._keepalive: Any = None
 
     # -- connection ----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -78,6 +143,7 @@ class IMAPServer(ImapLogin, imap4.IMAP4Server):
     def connectionLost(self, reason: Any) -> None:
         self._lost = True
         self.setTimeout(None)
+        self._stop_idle()
         self._close_view()
         if self._onLogout:
             self._onLogout()
@@ -89,7 +155,13 @@ class IMAPServer(ImapLogin, imap4.IMAP4Server):
             )
 
     def timeoutConnection(self) -> None:
+        if self._idle_tag is not None:
+            return  # an IDLEing client is never timed out (Outlook does not recover)
         self.sendLine(b"* BYE Disconnected for inactivity.")
+        self.transport.loseConnection()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.sendLine(b"* BYE Command line too long.")
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -109,57 +181,173 @@ class IMAPServer(ImapLogin, imap4.IMAP4Server):
     def _lip(self) -> str:
         return host_of(self.transport.getHost())
 
-    # -- one command at a time, answered in order ---------------------------------------------
+    # -- reading commands: lines and literals, one command at a time --------------------------
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
-        if self.parseState == "command":
-            parts = line.split(None, 2)
-            self._command = parts[1].upper() if len(parts) > 1 else b""
-            if self._command == b"UID" and len(parts) > 2:
-                self._command = b"UID " + parts[2].split(None, 1)[0].upper()
-            if not line.strip():
-                self.sendBadResponse(None, b"Empty command line")
+        if self.parseState == "idle":
+            self._idle_line(line)
+            return
+        if self.parseState == "sasl":  # an answer to an AUTHENTICATE challenge
+            self.sasl_line(line)
+            self._pause_while_busy()
+            return
+        m = LITERAL_AT_END.search(line)
+        if m is None:
+            self._parts.append(line)
+            command, self._parts = b"".join(self._parts), []
+            self._dispatch(command)
+            return
+        size, plus = int(m.group(1)), bool(m.group(2))
+        first = b"".join(self._parts + [line])
+        limit = MAX_LITERAL if b" APPEND " in first[:64].upper() else MAX_COMMAND_LITERAL
+        if size > limit:
+            self._parts = []
+            tag = first.split(b" ", 1)[0] or b"*"
+            if not plus:  # the client sends nothing more of this command
+                self.sendLine(tag + b" NO [TOOBIG] Literal too big.")
                 return
-            self._in_flight = True
+            # LITERAL+: the data comes anyway; drop it and the rest of the command, then answer
+            self._literal_left, self._literal_discard, self._too_big_tag = size, True, tag
+            self.setRawMode()
+            return
+        self._parts.append(line[: m.start()] + b"{%d}" % size)
+        self._literal_left = size
+        if not plus:
+            self.sendContinuationRequest(b"Ready for literal data")
+        if size:
+            self.setRawMode()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        take, rest = data[: self._literal_left], data[self._literal_left :]
+        self._literal_left -= len(take)
+        if not self._literal_discard:
+            self._parts.append(take)
+        if self._literal_left == 0:
+            self._literal_discard = False
+            self.setLineMode(rest)
+
+    def _dispatch(self, command: bytes) -> None:
+        if self._too_big_tag is not None:
+            tag, self._too_big_tag = self._too_big_tag, None
+            self.sendLine(tag + b" NO [TOOBIG] Literal too big.")
+            return
+        tag, _, rest = command.partition(b" ")
+        name, sep, rest = rest.partition(b" ")
+        rest = sep + rest  # handlers read the space before each argument
+        name = name.upper()
+        if not tag or not name or tag == b"*" or tag == b"+":
+            self.sendLine(b"* BAD Missing tag or command.")
+            return
+        self._command = name
+        if name == b"UID":
+            self._command = b"UID " + rest[1:].partition(b" ")[0].upper()
+        self._in_flight = True
         try:
-            getattr(self, "parse_" + self.parseState)(line)
+            self._run_command(tag, name, rest)
         except Exception:  # noqa: BLE001 - a bug answers BAD and the session goes on
             log.failure("IMAP command failed")
             self.parseState = "command"
-            self._respond(b"BAD", line.split(b" ", 1)[0] or b"*", b"Internal server error")
+            self.sendBadResponse(tag, b"Internal server error")
+        self._pause_while_busy()
+
+    def _pause_while_busy(self) -> None:
+        """Read nothing more until the running command has its tagged reply (see _respond)."""
         if self._in_flight and self.parseState == "command" and not self.paused and not self._lost:
             self.pauseProducing()
 
+    def _run_command(self, tag: bytes, name: bytes, rest: bytes) -> None:
+        handler = getattr(self, "cmd_" + name.decode("ascii", "replace").replace(".", "_"), None)
+        allowed = getattr(handler, "imap_states", ())
+        if handler is None:
+            self.sendBadResponse(tag, b"Unknown command.")
+            return
+        if self.state not in allowed:
+            why = b"No mailbox selected." if "select" in allowed and self.state == "auth" else (
+                b"Log in first." if self.state == "unauth" else b"Command not allowed now.")
+            self.sendBadResponse(tag, why)
+            return
+        cursor = Cursor(rest)
+
+        async def run() -> None:
+            if self.view is not None and name not in _NO_REFRESH and self._command not in _NO_REFRESH:
+                try:
+                    await self.view.mailbox.refresh()
+                except StoreError:
+                    log.failure("refresh before {command} failed", command=name)
+            result = handler(tag, cursor)
+            if isinstance(result, Coroutine):
+                await result
+
+        if self.view is None or name in _NO_REFRESH:
+            try:
+                result = handler(tag, cursor)
+            except Exception:  # noqa: BLE001 - ParseError, store errors: a tagged reply
+                self._failed(Failure(), tag)
+                return
+            if not isinstance(result, Coroutine):
+                return
+            coroutine = result
+        else:
+            coroutine = run()
+        defer.ensureDeferred(coroutine).addErrback(self._failed, tag)
+
+    def _failed(self, failure: Any, tag: bytes) -> None:
+        if self._lost:
+            return
+        if failure.check(ParseError):
+            self.sendBadResponse(tag, b"Error in arguments: " + str(failure.value).encode("utf-8", "replace"))
+        elif failure.check(MailboxNotFound):
+            self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist.")
+        elif failure.check(MailboxExists):
+            self.sendNegativeResponse(tag, b"[ALREADYEXISTS] Mailbox already exists.")
+        elif failure.check(InvalidMailboxName):
+            self.sendNegativeResponse(tag, b"[CANNOT] " + str(failure.value).encode("utf-8", "replace"))
+        elif failure.check(MailboxHasChildren):
+            self.sendNegativeResponse(tag, b"[CANNOT] Mailbox has children, delete them first.")
+        elif failure.check(StoreError):
+            log.failure("IMAP {command} failed", failure, command=self._command)
+            self.sendNegativeResponse(tag, b"[UNAVAILABLE] " + str(failure.value).encode("utf-8", "replace"))
+        else:
+            log.failure("IMAP {command} failed", failure, command=self._command)
+            self.sendNegativeResponse(tag, b"[SERVERBUG] Internal error")
+
     def _respond(self, state: bytes, tag: bytes | None, message: bytes | None) -> None:
         final = tag not in (None, b"*") and state in (b"OK", b"NO", b"BAD")
-        if final and self.view is not None:
-            for update in self.view.take_updates(allow_expunge=self._command not in _NO_EXPUNGE):
-                self.sendLine(b"* " + update)
+        if final:
+            self.flush_updates(allow_expunge=self._command not in _NO_EXPUNGE)
         super()._respond(state, tag, message)
         if final:
             self._in_flight = False
             if self.paused and not self._lost:
                 self.resumeProducing()
 
-    def _run(self, tag: bytes, work: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run an async handler; an unexpected failure becomes a tagged NO, never a hang."""
+    def flush_updates(self, allow_expunge: bool = True) -> None:
+        """Send the EXISTS / EXPUNGE / FETCH FLAGS owed to the client."""
+        if self.view is not None and not self._lost:
+            for update in self.view.take_updates(allow_expunge=allow_expunge):
+                self.sendLine(b"* " + update)
 
-        def failed(failure: Any) -> None:
-            log.failure("IMAP {command} failed", failure, command=self._command)
-            if not self._lost:
-                self.sendNegativeResponse(tag, b"[SERVERBUG] Internal error")
-
-        defer.ensureDeferred(work(tag, *args)).addErrback(failed)
-
-    # -- capabilities, greeting ----------------------------------------------------------------
+    # -- capabilities ---------------------------------------------------------------------------
     def capabilities(self) -> dict[bytes, Any]:
+        """The login capabilities (``ImapLogin``: SASL-IR, STARTTLS, AUTH= or LOGINDISABLED, only
+        before login) and every extension the command handlers implement."""
         caps: dict[bytes, Any] = self.login_capabilities()
-        for name in (b"ID", b"NAMESPACE", b"UNSELECT", b"CHILDREN"):
+        for name in (b"LITERAL+", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
+                     b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"XLIST"):
             caps[name] = None
         return caps
 
     # -- any state -----------------------------------------------------------------------------
-    def do_LOGOUT(self, tag: bytes) -> None:
+    @states("unauth", "auth", "select")
+    def cmd_CAPABILITY(self, tag: bytes, args: Cursor) -> None:
+        args.end()
+        self.sendUntaggedResponse(b"CAPABILITY " + b" ".join(self.listCapabilities()))
+        self.sendPositiveResponse(tag, b"Pre-login capabilities listed, post-login capabilities have more."
+                                  if self.state == "unauth" else b"Capability completed.")
+
+    @states("unauth", "auth", "select")
+    def cmd_LOGOUT(self, tag: bytes, args: Cursor) -> None:
         self.sendUntaggedResponse(b"BYE Logging out")
         self.sendPositiveResponse(tag, b"Logout completed.")
         if self.user is not None and not self._logged_out:
@@ -169,80 +357,105 @@ class IMAPServer(ImapLogin, imap4.IMAP4Server):
             )
         self.transport.loseConnection()
 
-    unauth_LOGOUT = auth_LOGOUT = select_LOGOUT = (do_LOGOUT,)
-
-    def do_NOOP(self, tag: bytes) -> None:
-        self._run(tag, self._noop)
-
-    async def _noop(self, tag: bytes) -> None:
+    @states("unauth", "auth", "select")
+    async def cmd_NOOP(self, tag: bytes, args: Cursor) -> None:
+        args.end()
         if self.view is not None:
             await self.view.mailbox.refresh()
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
-    unauth_NOOP = auth_NOOP = select_NOOP = select_CHECK = (do_NOOP,)
+    @states("select")
+    async def cmd_CHECK(self, tag: bytes, args: Cursor) -> None:
+        await self.cmd_NOOP(tag, args)
 
-    def do_ID(self, tag: bytes, args: bytes) -> None:
-        self.sendUntaggedResponse(b'ID ("name" "mailsuite")')
+    @states("unauth", "auth", "select")
+    def cmd_ID(self, tag: bytes, args: Cursor) -> None:
+        args.sp()
+        if args.peek() == b"(":
+            args.paren_list()
+        else:
+            args.nstring()
+        args.end()
+        self.sendUntaggedResponse(b'ID ("name" "mailsuite" "vendor" "mailsuite")')
         self.sendPositiveResponse(tag, b"ID completed.")
 
-    unauth_ID = auth_ID = select_ID = (do_ID, imap4.IMAP4Server.arg_line)
+    @states("auth", "select")
+    def cmd_ENABLE(self, tag: bytes, args: Cursor) -> None:
+        """RFC 5161. None of the extensions that can be enabled is offered (never UIDONLY)."""
+        args.sp()
+        while not args.at_end():
+            args.atom()
+            args.maybe_sp()
+        self.sendUntaggedResponse(b"ENABLED")
+        self.sendPositiveResponse(tag, b"Enabled.")
 
-    # -- authenticated -------------------------------------------------------------------------
-    def do_NAMESPACE(self, tag: bytes) -> None:
+    @states("auth", "select")
+    def cmd_NAMESPACE(self, tag: bytes, args: Cursor) -> None:
+        args.end()
         self.sendUntaggedResponse(b'NAMESPACE (("" "/")) NIL NIL')
-        self.sendPositiveResponse(tag, b"NAMESPACE completed.")
+        self.sendPositiveResponse(tag, b"Namespace completed.")
 
-    auth_NAMESPACE = select_NAMESPACE = (do_NAMESPACE,)
+    # -- not authenticated (the commands are ImapLogin's) ----------------------------------------
+    async def prepare_session(self, avatar: Any) -> None:
+        """Before a login's OK: the special-use folders exist from the first login (issue 3
+        item 3). Best effort: a login that succeeded stays logged in when they cannot be made
+        (an NSS account without a home, say); the next LIST tries again."""
+        if isinstance(avatar, ImapAccount):
+            try:
+                await avatar.list_mailboxes()
+            except Exception:  # noqa: BLE001 - StoreError, or OSError from the folder tree
+                log.failure("listing the mailboxes of {user} failed", user=self.user)
 
-    def do_LIST(self, tag: bytes, ref: bytes, pattern: bytes, command: bytes) -> None:
-        account: ImapAccount = self.account
-        if command == b"LIST" and pattern == b"":
-            self.sendUntaggedResponse(b'LIST (\\Noselect) "/" ""')
-        else:
-            for name, attributes in account.list_mailboxes(_mailbox_name(ref), _mailbox_name(pattern)):
-                attrs = " ".join(attributes).encode("ascii")
-                self.sendUntaggedResponse(b'%s (%s) "/" %s' % (command, attrs, name.encode("imap4-utf-7")))
-        self.sendPositiveResponse(tag, command + b" completed.")
+    # -- IDLE (RFC 2177) ---------------------------------------------------------------------------
+    @states("auth", "select")
+    def cmd_IDLE(self, tag: bytes, args: Cursor) -> None:
+        args.end()
+        self._idle_tag = tag
+        self.parseState = "idle"
+        self.setTimeout(None)
+        self.sendContinuationRequest(b"idling")
+        self.flush_updates()
+        if self.view is not None:
+            self.view.on_change = self.flush_updates
+            IDLE_POLLER.add(self.view.mailbox, self, self.clock)
+            self.view.mailbox.refresh().addErrback(lambda f: log.failure("IDLE refresh failed", f))
+        self._keepalive = self.callLater(IDLE_KEEPALIVE, self._still_here)
+        if self.paused and not self._lost:
+            self.resumeProducing()
 
-    _astring = imap4.IMAP4Server.arg_astring
-    auth_LIST = select_LIST = (do_LIST, _astring, imap4.IMAP4Server.arg_finalastring, b"LIST")
-    auth_LSUB = select_LSUB = (do_LIST, _astring, imap4.IMAP4Server.arg_finalastring, b"LSUB")
+    def _still_here(self) -> None:
+        self._keepalive = None
+        if self._idle_tag is not None and not self._lost:
+            self.sendLine(b"* OK Still here")
+            self._keepalive = self.callLater(IDLE_KEEPALIVE, self._still_here)
 
-    def do_SELECT(self, tag: bytes, name: bytes, readonly: bool) -> None:
-        self._run(tag, self._select, _mailbox_name(name), readonly)
-
-    auth_SELECT = select_SELECT = (do_SELECT, imap4.IMAP4Server.arg_finalastring, False)
-    auth_EXAMINE = select_EXAMINE = (do_SELECT, imap4.IMAP4Server.arg_finalastring, True)
-
-    async def _select(self, tag: bytes, name: str, readonly: bool) -> None:
-        self._close_view()
-        account: ImapAccount = self.account
-        try:
-            view = await account.open_view(name, readonly)
-        except MailboxNotFound:
-            self.sendNegativeResponse(tag, b"Mailbox doesn't exist: " + name.encode("imap4-utf-7"))
+    def _idle_line(self, line: bytes) -> None:
+        if line.strip().upper() != b"DONE":
+            self.sendLine(b"* BAD Expected DONE.")
             return
-        if self._lost:
-            account.close_view(view)
+        tag = self._idle_tag
+        self._stop_idle()
+        self.parseState = "command"
+        self.setTimeout(self.POSTAUTH_TIMEOUT)
+        self.sendPositiveResponse(tag, b"Idle completed.")
+
+    def _stop_idle(self) -> None:
+        if self._idle_tag is None:
             return
-        flags = format_flags(list(SYSTEM_FLAGS) + view.keywords())
-        permanent = b"()" if readonly else flags[:-1] + b" \\*)"
-        self.sendUntaggedResponse(b"FLAGS " + flags)
-        self.sendUntaggedResponse(b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted.")
-        self.sendUntaggedResponse(b"%d EXISTS" % view.count())
-        self.sendUntaggedResponse(b"%d RECENT" % view.recent_count())
-        unseen = view.first_unseen()
-        if unseen is not None:
-            self.sendUntaggedResponse(b"OK [UNSEEN %d] First unseen." % unseen)
-        self.sendUntaggedResponse(b"OK [UIDVALIDITY %d] UIDs valid" % view.uid_validity)
-        self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % view.uid_next)
-        self.view, self.state = view, "select"
-        mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
-        self.sendPositiveResponse(tag, mode + (b" Examine" if readonly else b" Select") + b" completed.")
+        self._idle_tag = None
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        self._keepalive = None
+        if self.view is not None:
+            self.view.on_change = None
+            IDLE_POLLER.remove(self.view.mailbox, self)
 
     def _close_view(self) -> None:
         if self.view is not None:
             view, self.view = self.view, None
+            if self._idle_tag is not None:
+                view.on_change = None
+                IDLE_POLLER.remove(view.mailbox, self)
             if isinstance(self.account, ImapAccount):
                 self.account.close_view(view)
             else:
@@ -250,185 +463,13 @@ class IMAPServer(ImapLogin, imap4.IMAP4Server):
         if self.state == "select":
             self.state = "auth"
 
-    # Commands not implemented yet answer "BAD Unsupported command" instead of half-working.
-    auth_STATUS = select_STATUS = auth_APPEND = select_APPEND = select_COPY = None
-    select_IDLE = None
-
-    # -- selected ------------------------------------------------------------------------------
-    def arg_seqset(self, line: bytes) -> tuple[Any, bytes]:
-        text, _, rest = line.partition(b" ")
-        try:
-            return parse_sequence_set(text), rest
-        except ValueError as e:
-            raise imap4.IllegalClientResponse(str(e)) from None
-
-    def do_UID(self, tag: bytes, command: bytes, line: bytes) -> None:
-        command = command.upper()
-        if command not in (b"FETCH", b"STORE", b"SEARCH"):
-            self.sendBadResponse(tag, b"Unsupported UID command")
-            return
-        self.dispatchCommand(tag, command, line, uid=1)
-
-    select_UID = (do_UID, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
-
-    def do_FETCH(self, tag: bytes, ranges: Any, text: bytes, uid: int = 0) -> None:
-        self._run(tag, self._fetch, ranges, text, bool(uid))
-
-    select_FETCH = (do_FETCH, arg_seqset, imap4.IMAP4Server.arg_line)
-
-    def _targets(self, tag: bytes, ranges: Any, uid: bool) -> list[tuple[int, int]] | None:
-        assert self.view is not None
-        try:
-            return self.view.resolve(ranges, uid)
-        except ValueError:
-            self.sendBadResponse(tag, b"Invalid messageset")
-            return None
-
-    async def _fetch(self, tag: bytes, ranges: Any, text: bytes, uid: bool) -> None:
-        view = self.view
-        assert view is not None
-        try:
-            items = parse_fetch_items(text)
-        except FetchSyntaxError as e:
-            self.sendBadResponse(tag, b"Error in FETCH: " + str(e).encode("ascii", "replace"))
-            return
-        targets = self._targets(tag, ranges, uid)
-        if targets is None:
-            return
-        if uid and not any(i.name == "UID" for i in items):
-            items.insert(0, FetchItem("UID"))
-        seen_now: set[int] = set()
-        if not view.readonly and any(i.sets_seen() for i in items):
-            changes = {
-                u: view.info(u).flags | {"\\Seen"}
-                for _, u in targets
-                if not view.is_expunged(u) and "\\Seen" not in view.info(u).flags
-            }
-            await view.set_flags(changes)
-            seen_now = set(changes)
-        missing = await fetch_responses(view, targets, items, seen_now, self._write, lambda: self._lost)
-        label = b"UID FETCH" if uid else b"FETCH"
-        if missing:
-            self.sendNegativeResponse(tag, b"Some of the requested messages no longer exist.")
-        else:
-            self.sendPositiveResponse(tag, label + b" completed.")
-
-    def do_STORE(self, tag: bytes, ranges: Any, mode: bytes, flags: bytes, uid: int = 0) -> None:
-        self._run(tag, self._store, ranges, mode.upper(), flags, bool(uid))
-
-    select_STORE = (do_STORE, arg_seqset, imap4.IMAP4Server.arg_atom, imap4.IMAP4Server.arg_line)
-
-    def _parse_flags(self, text: bytes) -> set[str]:
-        text = text.strip()
-        if text.startswith(b"(") and text.endswith(b")"):
-            text = text[1:-1]
-        flags: set[str] = set()
-        for token in tokenize(text):
-            value = token.value.decode("utf-8", "replace")
-            if token.quoted or value in ("(", ")"):
-                raise SearchSyntaxError(f"bad flag {value}")
-            if value.startswith("\\"):
-                if value.upper() == "\\RECENT":
-                    continue  # \Recent cannot be set or cleared by a client
-                if value.upper() not in _SYSTEM:
-                    raise SearchSyntaxError(f"invalid system flag {value}")
-                value = _SYSTEM[value.upper()]
-            flags.add(value)
-        return flags
-
-    async def _store(self, tag: bytes, ranges: Any, mode: bytes, text: bytes, uid: bool) -> None:
-        view = self.view
-        assert view is not None
-        silent = mode.endswith(b".SILENT")
-        op = mode[: -len(b".SILENT")] if silent else mode
-        if op not in (b"FLAGS", b"+FLAGS", b"-FLAGS"):
-            self.sendBadResponse(tag, b"Invalid STORE item")
-            return
-        try:
-            flags = self._parse_flags(text)
-        except SearchSyntaxError as e:
-            self.sendBadResponse(tag, str(e).encode("utf-8", "replace"))
-            return
-        if view.readonly:
-            self.sendNegativeResponse(tag, b"Mailbox is read-only.")
-            return
-        targets = self._targets(tag, ranges, uid)
-        if targets is None:
-            return
-        changes: dict[int, frozenset[str]] = {}
-        for _, u in targets:
-            if view.is_expunged(u):
-                continue
-            old = view.info(u).flags
-            new = flags if op == b"FLAGS" else old | flags if op == b"+FLAGS" else old - flags
-            if frozenset(new) != old:
-                changes[u] = frozenset(new)
-        await view.set_flags(changes)
-        missing = False
-        for seq, u in targets:
-            if view.is_expunged(u):
-                missing = True
-            elif not silent:
-                uid_part = b"UID %d " % u if uid else b""
-                self._write(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, format_flags(view.flags(u))))
-        if missing:
-            self.sendNegativeResponse(tag, b"Some of the requested messages no longer exist.")
-        else:
-            self.sendPositiveResponse(tag, (b"UID STORE" if uid else b"STORE") + b" completed.")
-
-    def do_SEARCH(self, tag: bytes, text: bytes, uid: int = 0) -> None:
-        self._run(tag, self._search, text, bool(uid))
-
-    select_SEARCH = (do_SEARCH, imap4.IMAP4Server.arg_line)
-
-    async def _search(self, tag: bytes, text: bytes, uid: bool) -> None:
-        view = self.view
-        assert view is not None
-        try:
-            charset, key = parse_search(text)
-        except SearchSyntaxError as e:
-            self.sendBadResponse(tag, b"Error in SEARCH: " + str(e).encode("utf-8", "replace"))
-            return
-        if charset not in (None, "UTF-8", "US-ASCII"):
-            self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
-            return
-        found = await run_search(view, key, uid)
-        self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found))
-        self.sendPositiveResponse(tag, (b"UID SEARCH" if uid else b"SEARCH") + b" completed.")
-
-    def do_EXPUNGE(self, tag: bytes) -> None:
-        self._run(tag, self._expunge)
-
-    select_EXPUNGE = (do_EXPUNGE,)
-
-    async def _expunge(self, tag: bytes) -> None:
-        assert self.view is not None
-        if self.view.readonly:
-            self.sendNegativeResponse(tag, b"Mailbox is read-only.")
-            return
-        await self.view.expunge_deleted()
-        self.sendPositiveResponse(tag, b"Expunge completed.")
-
-    def do_CLOSE(self, tag: bytes) -> None:
-        self._run(tag, self._close, True)
-
-    def do_UNSELECT(self, tag: bytes) -> None:
-        self._run(tag, self._close, False)
-
-    select_CLOSE = (do_CLOSE,)
-    select_UNSELECT = (do_UNSELECT,)
-
-    async def _close(self, tag: bytes, expunge: bool) -> None:
-        view = self.view
-        assert view is not None
-        if expunge and not view.readonly:
-            await view.expunge_deleted()  # CLOSE sends no EXPUNGE responses
-        self._close_view()
-        self.sendPositiveResponse(tag, (b"Close" if expunge else b"Unselect") + b" completed.")
+    def run_async(self, tag: bytes, work: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine as part of the current command; a failure gets a tagged reply."""
+        defer.ensureDeferred(work).addErrback(self._failed, tag)
 
 
 class IMAPFactory(protocol.ServerFactory):
-    """Builds ``IMAPServer`` connections (port 143). ``clock`` defaults to the reactor."""
+    """Builds ``IMAPServer`` connections (ports 143 and 993). ``clock`` defaults to the reactor."""
 
     protocol = IMAPServer
 

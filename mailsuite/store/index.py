@@ -74,6 +74,7 @@ class Index:
     uid_next: int = 1
     stamp: Stamp = Stamp(0, 0, 0)
     entries: list[Entry] = field(default_factory=list)
+    generation: int = 0  # which journal belongs to this index file (see Journal)
 
     def copy(self, **changes: object) -> "Index":
         new = replace(self, **changes)  # type: ignore[arg-type]
@@ -167,29 +168,55 @@ def reconcile(
     return new, changes
 
 
+def entry_line(e: Entry) -> bytes:
+    return b"%d %d %d %d %d %d %d %s %s %s" % (
+        e.uid,
+        e.offset,
+        e.body_off,
+        e.hdr_end,
+        e.end,
+        e.size,
+        e.date,
+        e.fingerprint.encode(),
+        e.header_sig.encode(),
+        " ".join(sorted(e.flags)).encode(),
+    )
+
+
+def _entry(w: list[bytes]) -> Entry:
+    return Entry(
+        int(w[0]),
+        int(w[1]),
+        int(w[2]),
+        int(w[3]),
+        int(w[4]),
+        int(w[5]),
+        int(w[6]),
+        w[7].decode(),
+        w[8].decode(),
+        _flags(w[9:]),
+    )
+
+
+_FLAG_SETS: dict[tuple[bytes, ...], frozenset[str]] = {}
+
+
+def _flags(words: list[bytes]) -> frozenset[str]:
+    """One shared frozenset per distinct flag combination (few in a mailbox: saves memory)."""
+    key = tuple(words)
+    found = _FLAG_SETS.get(key)
+    if found is None:
+        found = frozenset(f.decode() for f in words if f)
+        if len(_FLAG_SETS) < 4096:
+            _FLAG_SETS[key] = found
+    return found
+
+
 def dump(index: Index) -> bytes:
     s = index.stamp
-    lines = [
-        MAGIC,
-        b"%d %d %d %d %d" % (index.uid_validity, index.uid_next, s.size, s.mtime_ns, s.ino),
-    ]
-    for e in index.entries:
-        flags = " ".join(sorted(e.flags)).encode()
-        lines.append(
-            b"%d %d %d %d %d %d %d %s %s %s"
-            % (
-                e.uid,
-                e.offset,
-                e.body_off,
-                e.hdr_end,
-                e.end,
-                e.size,
-                e.date,
-                e.fingerprint.encode(),
-                e.header_sig.encode(),
-                flags,
-            )
-        )
+    head = (index.uid_validity, index.uid_next, s.size, s.mtime_ns, s.ino, index.generation)
+    lines = [MAGIC, b"%d %d %d %d %d %d" % head]
+    lines.extend(map(entry_line, index.entries))
     return b"\n".join(lines) + b"\n"
 
 
@@ -199,32 +226,98 @@ def load(data: bytes) -> Index:
     if lines[0] != MAGIC or not data.endswith(b"\n"):
         raise CorruptIndex("not a mailsuite index (or cut short)")
     try:
-        validity, uid_next, size, mtime_ns, ino = map(int, lines[1].split())
-        entries = []
+        head = list(map(int, lines[1].split()))
+        if len(head) == 5:
+            head.append(0)  # written before journals existed
+        validity, uid_next, size, mtime_ns, ino, generation = head
+        entries = [_entry(line.split(b" ")) for line in lines[2:-1]]
         last = 0
-        for line in lines[2:-1]:
-            w = line.split(b" ")
-            uid = int(w[0])
-            if uid <= last or uid >= uid_next:
+        for e in entries:
+            if e.uid <= last or e.uid >= uid_next:
                 raise ValueError("UIDs out of order")
-            last = uid
-            entries.append(
-                Entry(
-                    uid,
-                    int(w[1]),
-                    int(w[2]),
-                    int(w[3]),
-                    int(w[4]),
-                    int(w[5]),
-                    int(w[6]),
-                    w[7].decode(),
-                    w[8].decode(),
-                    frozenset(f.decode() for f in w[9:] if f),
-                )
-            )
+            last = e.uid
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise CorruptIndex(str(e)) from e
-    return Index(validity, uid_next, Stamp(size, mtime_ns, ino), entries)
+    return Index(validity, uid_next, Stamp(size, mtime_ns, ino), entries, generation)
+
+
+# -- the journal: small changes appended beside the index instead of rewriting it ----------------
+#
+# ``mailsuite.index.log`` starts with ``mailsuite-index-log 1 <generation>`` and holds records:
+#   F <uid> [flag ...]                          flags of a message changed
+#   A <entry as in the index>                   a message added
+#   S <uid_next> <size> <mtime_ns> <ino>        the file's new stamp and uid_next
+# It belongs to the index whose generation it names; a new index (a new generation) makes it
+# stale and it is removed. A record cut short by a crash (no final newline) is ignored: the
+# operation that wrote it had not returned.
+
+LOG_MAGIC = b"mailsuite-index-log 1"
+
+
+def log_path(index_path: str) -> str:
+    return index_path + ".log"
+
+
+def apply_log(index: Index, data: bytes) -> Index:
+    """``index`` with the records of its journal applied (stale journals are ignored)."""
+    lines = data.split(b"\n")
+    if lines[0] != LOG_MAGIC + b" %d" % index.generation:
+        return index
+    flags: dict[int, frozenset[str]] = {}
+    added: list[Entry] = []
+    stamp, uid_next = index.stamp, index.uid_next
+    try:
+        for line in lines[1:-1]:  # the last piece has no newline: cut short or empty
+            w = line.split(b" ")
+            if w[0] == b"F":
+                flags[int(w[1])] = _flags(w[2:])
+            elif w[0] == b"A":
+                added.append(_entry(w[1:]))
+            elif w[0] == b"S":
+                uid_next = int(w[1])
+                stamp = Stamp(int(w[2]), int(w[3]), int(w[4]))
+    except (ValueError, IndexError, UnicodeDecodeError) as err:
+        raise CorruptIndex(f"journal: {err}") from err
+    entries = index.entries + added
+    if flags:
+        for i, entry in enumerate(entries):
+            f = flags.get(entry.uid)
+            if f is not None:
+                entries[i] = replace(entry, flags=f)
+    return replace(index, entries=entries, stamp=stamp, uid_next=uid_next)
+
+
+def log_records(
+    flags: dict[int, frozenset[str]] | None = None,
+    added: list[Entry] | None = None,
+    index: Index | None = None,
+) -> bytes:
+    out = [b"F %d %s" % (uid, " ".join(sorted(f)).encode()) for uid, f in (flags or {}).items()]
+    out.extend(b"A " + entry_line(e) for e in added or [])
+    if index is not None:
+        s = index.stamp
+        out.append(b"S %d %d %d %d" % (index.uid_next, s.size, s.mtime_ns, s.ino))
+    return b"".join(line + b"\n" for line in out)
+
+
+def append_log(path: str, index: Index, records: bytes, owner: tuple[int, int] | None) -> int:
+    """Append ``records`` to the journal of ``index`` (made if missing), durably; its new size."""
+    fd = os.open(
+        log_path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        st = os.fstat(fd)
+        if st.st_size == 0:
+            records = LOG_MAGIC + b" %d\n" % index.generation + records
+            if owner is not None:
+                os.fchown(fd, *owner)
+        view = memoryview(records)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fdatasync(fd)
+        return st.st_size + len(records)
+    finally:
+        os.close(fd)
 
 
 def read_index(path: str) -> Index | None:
@@ -236,12 +329,21 @@ def read_index(path: str) -> Index | None:
     except OSError as e:
         raise CorruptIndex(f"{path}: {e.strerror}") from e
     with os.fdopen(fd, "rb") as f:
-        return load(f.read())
+        index = load(f.read())
+    try:
+        fd = os.open(log_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return index
+    except OSError as e:
+        raise CorruptIndex(f"{log_path(path)}: {e.strerror}") from e
+    with os.fdopen(fd, "rb") as f:
+        return apply_log(index, f.read())
 
 
 def write_index(path: str, index: Index, owner: tuple[int, int] | None) -> None:
     """Replace the index atomically and durably; ``owner`` (uid, gid) when running as root."""
     directory = os.path.dirname(path)
+    index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
     tmp = path + ".tmp"
     try:
         os.unlink(tmp)
@@ -260,6 +362,10 @@ def write_index(path: str, index: Index, owner: tuple[int, int] | None) -> None:
         raise
     os.close(fd)
     os.rename(tmp, path)
+    try:
+        os.unlink(log_path(path))  # its records are in the new index (and it is stale now)
+    except FileNotFoundError:
+        pass
     fsync_dir(directory)
 
 

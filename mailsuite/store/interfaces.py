@@ -36,6 +36,18 @@ class MailboxNotFound(StoreError):
     """The named mailbox does not exist."""
 
 
+class MailboxExists(StoreError):
+    """CREATE or RENAME to a name that is already a mailbox."""
+
+
+class InvalidMailboxName(StoreError):
+    """A name the store cannot hold (empty level, '..', a control character, too long...)."""
+
+
+class MailboxHasChildren(StoreError):
+    """DELETE of a mailbox that still has children (Dovecot refuses it the same way)."""
+
+
 class UnknownUID(StoreError):
     """A UID that is not (or no longer) in the mailbox."""
 
@@ -63,6 +75,15 @@ class Changes:
 
 
 Listener = Callable[[Changes], None]
+
+
+@dataclass(frozen=True)
+class MailboxEntry:
+    """One mailbox as LIST shows it. ``name`` uses '/' as the hierarchy separator."""
+
+    name: str
+    has_children: bool = False
+    special_use: str | None = None  # "\\Sent", "\\Drafts", "\\Trash", "\\Junk", "\\Archive"
 
 
 class IMailbox(Interface):
@@ -128,3 +149,33 @@ class IMailStore(Interface):
         stored; ``sender`` the envelope sender (``''`` for the null sender). The Deferred fires only
         once the message is on disk (fsync'ed); an open mailbox's listeners then hear of it.
         """
+
+    # Folders. Names are IMAP names with '/' as separator; "INBOX" (any case) is the INBOX.
+    # Every mailbox is selectable, also one with children (Outlook users rely on that).
+
+    def list_mailboxes(account):
+        """Deferred[list[MailboxEntry]]: every mailbox of the account, INBOX first, then sorted.
+        On first use the special-use folders of the configuration are created and subscribed."""
+
+    def create(account, name):
+        """Deferred[None]: make an empty mailbox, and any missing parents.
+        MailboxExists, InvalidMailboxName."""
+
+    def delete(account, name):
+        """Deferred[None]: remove a mailbox and its messages. INBOX cannot be deleted
+        (InvalidMailboxName); a mailbox with children -> MailboxHasChildren. Open sessions on it
+        see every message expunged."""
+
+    def rename(account, old, new):
+        """Deferred[None]: rename a mailbox with its children. Renaming INBOX moves its messages
+        into the new mailbox and leaves INBOX empty (RFC 3501). UIDVALIDITY of renamed mailboxes
+        may change. MailboxNotFound, MailboxExists, InvalidMailboxName."""
+
+    def subscriptions(account):
+        """Deferred[set[str]]: subscribed names (which need not exist), persistent."""
+
+    def subscribe(account, name):
+        """Deferred[None]"""
+
+    def unsubscribe(account, name):
+        """Deferred[None]"""

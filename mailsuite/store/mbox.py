@@ -1,18 +1,25 @@
 """The mbox mail store: IMailStore on the files Postfix local(8), mutt and Dovecot share.
 
-INBOX is ``mailbox_config.inbox_path(account)`` (e.g. ``/var/mail/boss``); its index lives in
-``folder_root(account)/.imap/INBOX/mailsuite.index`` (see ``index``). Only INBOX exists for now:
-folders come with the IMAP folder work.
+INBOX is ``mailbox_config.inbox_path(account)`` (e.g. ``/var/mail/boss``); the other folders are
+under ``folder_root(account)`` as ``mboxtree`` lays them out; the index of each folder lives in
+``folder_root/.imap/<name>/mailsuite.index`` (see ``index``).
 
-One ``MboxMailbox`` per file is shared by every session that has it open (counted by open and
-close). A per-mailbox DeferredLock runs its operations one at a time; each runs its file work in
-a thread (``mboxfile``) and the new state is published, and listeners told, on the reactor thread.
+One ``MboxMailbox`` per folder is shared by every session that has it open (counted by open and
+close), and kept a while after the last close (``idle_budget`` messages in all), so opening it
+again costs a stat. A per-mailbox DeferredLock runs its operations one at a time; each runs its
+file work in a thread (``mboxfile``) and the new state is published, and listeners told, on the
+reactor thread. Folder operations (create, rename, delete) run one at a time per account and
+wait for the open mailboxes they move.
 """
 
 from __future__ import annotations
 
+import gc
+import threading
 from bisect import bisect_left
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -20,12 +27,17 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
+from mailsuite.store import folders
 from mailsuite.store import index as ix
+from mailsuite.store.folders import INBOX
 from mailsuite.store.interfaces import (
     Changes,
     IMailbox,
     IMailStore,
+    InvalidMailboxName,
     Listener,
+    MailboxEntry,
+    MailboxExists,
     MailboxNotFound,
     MessageInfo,
     StoreError,
@@ -33,7 +45,34 @@ from mailsuite.store.interfaces import (
 )
 from mailsuite.store.locking import DEFAULT_STALE_AFTER
 from mailsuite.store.mboxfile import MboxFile
+from mailsuite.store.mboxtree import FolderTree
 from mailsuite.threads import blocking
+
+FREEZE_AT = 20_000  # entries in a new state that make it worth gc.freeze()
+_gc_lock = threading.Lock()
+_gc_quiet = 0
+
+
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a thread builds a big mailbox state.
+
+    A full collection walks every object of the process while holding the GIL; with 100,000s
+    of index entries being made it runs again and again and stops the reactor thread for
+    100 ms and more each time. Nested and concurrent uses count: the last one out re-enables.
+    """
+    global _gc_quiet
+    with _gc_lock:
+        _gc_quiet += 1
+        if _gc_quiet == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_quiet -= 1
+            if _gc_quiet == 0:
+                gc.enable()
 
 
 class MailboxConfig(Protocol):
@@ -46,8 +85,8 @@ class MailboxConfig(Protocol):
 class MboxMailbox:
     """One open mbox file (INBOX) with its index."""
 
-    def __init__(self, store: MboxStore, key: str, mfile: MboxFile) -> None:
-        self.name = "INBOX"
+    def __init__(self, store: MboxStore, key: tuple[str, str], mfile: MboxFile) -> None:
+        self.name = key[1]
         self.uid_validity = 0
         self.uid_next = 1
         self.messages: list[MessageInfo] = []
@@ -68,9 +107,17 @@ class MboxMailbox:
             first = self._state is None
 
             def work() -> tuple[Any, ...]:
-                result = operation(self._state, *args)
-                state = result[0]
-                infos = [e.info() for e in state.entries] if first and state is not None else None
+                with quiet_gc():
+                    result = operation(self._state, *args)
+                    state = result[0]
+                    infos = None
+                    if first and state is not None:
+                        infos = [e.info() for e in state.entries]
+                    if state is not None and len(state.entries) >= FREEZE_AT:
+                        # A big new state: out of the collector's way before it runs again.
+                        # Entries hold no cycles (refcounting frees them): nothing is kept
+                        # alive by this.
+                        gc.freeze()
                 return result, infos
 
             return blocking(work).addCallback(self._publish)
@@ -167,6 +214,16 @@ class MboxMailbox:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
+    def _gone(self) -> None:
+        """The folder was deleted: every message is expunged; the (empty) state stays."""
+        gone = [m.uid for m in self.messages]
+        if self._state is not None:
+            self._state = self._state.copy(stamp=ix.Stamp(0, 0, 0), entries=[])
+        self.messages = []
+        changes = Changes(expunged=gone)
+        for listener in list(self._listeners) if changes else ():
+            listener(changes)
+
     def close(self) -> None:
         self.users -= 1
         if self.users <= 0:
@@ -174,9 +231,16 @@ class MboxMailbox:
             self._lock.run(lambda: self._store._forget(self._key, self))
 
 
+IDLE_BUDGET = 300_000  # messages of mailboxes nobody has open that stay in memory
+
+
 @implementer(IMailStore)
 class MboxStore:
-    """All INBOXes, as mbox files; see the module docstring."""
+    """All mailboxes of all accounts, as mbox files; see the module docstring.
+
+    ``specials`` ({folder name: special-use flag}) defaults to
+    ``mailbox_config.special_folders()`` (the ``[mailbox]`` keys) when the config has it.
+    """
 
     def __init__(
         self,
@@ -184,48 +248,320 @@ class MboxStore:
         now: Callable[[], datetime] | None = None,
         lock_timeout: float = 30.0,
         stale_after: float = DEFAULT_STALE_AFTER,
+        specials: dict[str, str] | None = None,
     ) -> None:
         self._config = mailbox_config
         self.now = now or (lambda: datetime.now(UTC))
         self._lock_timeout = lock_timeout
         self._stale_after = stale_after
-        self._boxes: dict[str, MboxMailbox] = {}
+        if specials is None:
+            get = getattr(mailbox_config, "special_folders", None)
+            specials = get() if get is not None else folders.DEFAULT_SPECIALS
+        self.specials = folders.check_specials(specials)
+        self._boxes: dict[tuple[str, str], MboxMailbox] = {}
+        self._idle: OrderedDict[tuple[str, str], MboxMailbox] = OrderedDict()
+        self.idle_budget = IDLE_BUDGET
+        self._folder_locks: dict[str, defer.DeferredLock] = {}
 
-    def _file(self, account: Account) -> MboxFile:
+    def _tree(self, account: Account) -> FolderTree:
+        return FolderTree(
+            account,
+            self._config.folder_root(account),
+            self._config.inbox_path(account),
+            self._lock_timeout,
+            self._stale_after,
+        )
+
+    def _file(self, account: Account, name: str = INBOX, path: str | None = None) -> MboxFile:
+        tree = self._tree(account)
         return MboxFile(
             account,
-            self._config.inbox_path(account),
-            self._config.folder_root(account),
+            path or tree.inbox_path,
+            tree.root,
             now=lambda: self.now().timestamp(),
             lock_timeout=self._lock_timeout,
             stale_after=self._stale_after,
+            index_dir=tree.index_dir(name),
         )
 
-    def _forget(self, key: str, box: MboxMailbox) -> None:
+    def _forget(self, key: tuple[str, str], box: MboxMailbox) -> None:
+        """Nobody has ``box`` open any more: keep it a while (a later open costs a stat, not
+        an index read), the least recently used going first beyond ``idle_budget`` messages."""
+        if box.users > 0 or self._boxes.get(key) is not box:
+            return
+        self._idle[key] = box
+        self._idle.move_to_end(key)
+        total = sum(len(b.messages) for b in self._idle.values())
+        while self._idle and total > self.idle_budget:
+            old_key, old = self._idle.popitem(last=False)
+            total -= len(old.messages)
+            self._drop(old_key, old)
+
+    def _drop(self, key: tuple[str, str], box: MboxMailbox) -> None:
         if box.users <= 0 and self._boxes.get(key) is box:
             del self._boxes[key]
 
-    def open(self, account: Account, name: str = "INBOX") -> defer.Deferred[MboxMailbox]:
-        if name.upper() != "INBOX":
-            return defer.fail(MailboxNotFound(name))
-        mfile = self._file(account)
-        box = self._boxes.get(mfile.path)
+    def _drop_idle(self, account: Account) -> None:
+        """Forget the idle mailboxes of ``account`` (before its folders move)."""
+        for key in [k for k in self._idle if k[0] == account.name]:
+            self._drop(key, self._idle.pop(key))
+
+    def _folder_lock(self, account: Account) -> defer.DeferredLock:
+        return self._folder_locks.setdefault(account.name, defer.DeferredLock())
+
+    @defer.inlineCallbacks
+    def open(self, account: Account, name: str = INBOX) -> Any:
+        try:
+            name = folders.normalize(name)
+        except InvalidMailboxName as e:
+            raise MailboxNotFound(str(e)) from e
+        key = (account.name, name)
+        self._idle.pop(key, None)
+        box = self._boxes.get(key)
         if box is None:
-            box = self._boxes[mfile.path] = MboxMailbox(self, mfile.path, mfile)
+            tree = self._tree(account)
+            path = yield self._folder_lock(account).run(blocking, tree.mbox_path, name)
+            if path is None:
+                raise MailboxNotFound(name)
+            box = self._boxes.get(key)
+            if box is None:
+                box = self._boxes[key] = MboxMailbox(self, key, self._file(account, name, path))
         box.users += 1
-
-        def failed(f: Any) -> Any:
+        try:
+            yield box.refresh()
+        except BaseException:
             box.close()
-            return f
-
-        return box.refresh().addCallbacks(lambda _: box, failed)
+            raise
+        return box
 
     def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
-        mfile = self._file(account)
-        box = self._boxes.get(mfile.path)
+        box = self._boxes.get((account.name, INBOX))
         if box is not None:
             d = box._append(data, sender, frozenset(), None)
         else:
             date = int(self.now().timestamp())
-            d = blocking(mfile.append, None, data, sender, frozenset(), date)
+            d = blocking(self._file(account).append, None, data, sender, frozenset(), date)
         return d.addCallback(lambda _: None)
+
+    # -- folders --------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _folder_op(
+        self,
+        account: Account,
+        affected: Callable[[str], bool],
+        work: Callable[[], Any],
+        then: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Run ``work`` in a thread, alone among the account's folder operations and while no
+        operation runs on an open mailbox ``affected`` names; ``then(result)`` on the reactor
+        thread before those mailboxes are let go."""
+        lock = self._folder_lock(account)
+        yield lock.acquire()
+        self._drop_idle(account)
+        held: list[MboxMailbox] = []
+        try:
+            for (user, name), box in sorted(self._boxes.items()):
+                if user == account.name and affected(name):
+                    yield box._lock.acquire()
+                    held.append(box)
+            result = yield blocking(work)
+            if then is not None:
+                then(result)
+            return result
+        finally:
+            for box in held:
+                box._lock.release()
+            lock.release()
+
+    def _moved(self, account: Account, moves: dict[str, tuple[str, str, str]]) -> None:
+        """Open mailboxes that moved on disk: {old name: (new name, mbox path, index dir)}."""
+        for old, (new, path, index_dir) in moves.items():
+            box = self._boxes.pop((account.name, old), None)
+            if box is None:
+                continue
+            box.name = new
+            box._key = (account.name, new)
+            box._file.move(path, index_dir)
+            self._boxes[box._key] = box
+
+    def list_mailboxes(self, account: Account) -> defer.Deferred[list[MailboxEntry]]:
+        tree = self._tree(account)
+
+        def work() -> tuple[dict[str, bool], dict[str, str]]:
+            moved: dict[str, str] = {}
+            made = tree.specials_made()
+            todo = [name for name in self.specials if name not in made]
+            if todo:
+                v2, subscribed = tree.read_subscriptions()
+                for name in todo:
+                    if not tree.exists(name):
+                        moved.update(tree.create(name))
+                    if name not in subscribed:
+                        subscribed.append(name)
+                tree.write_subscriptions(v2, subscribed)
+                tree.record_specials(made | set(todo))
+            return tree.list_folders(), moved
+
+        def entries(result: tuple[dict[str, bool], dict[str, str]]) -> list[MailboxEntry]:
+            found, _ = result
+            return [
+                MailboxEntry(name, found[name], self.specials.get(name))
+                for name in folders.list_order(found)
+            ]
+
+        specials_parents = {p for name in self.specials for p in folders.parents(name)}
+        d = self._folder_op(
+            account,
+            specials_parents.__contains__,
+            work,
+            lambda result: self._converted(account, tree, result[1]),
+        )
+        return d.addCallback(entries)
+
+    def _converted(self, account: Account, tree: FolderTree, moved: dict[str, str]) -> None:
+        self._moved(account, {n: (n, path, tree.index_dir(n)) for n, path in moved.items()})
+
+    def create(self, account: Account, name: str) -> defer.Deferred[None]:
+        try:
+            name = folders.normalize(name)
+        except InvalidMailboxName as e:
+            return defer.fail(e)
+        tree = self._tree(account)
+        parents = set(folders.parents(name))
+        d = self._folder_op(
+            account,
+            parents.__contains__,
+            lambda: tree.create(name),
+            lambda moved: self._converted(account, tree, moved),
+        )
+        return d.addCallback(lambda _: None)
+
+    def delete(self, account: Account, name: str) -> defer.Deferred[None]:
+        try:
+            name = folders.normalize(name)
+        except InvalidMailboxName as e:
+            return defer.fail(e)
+        if name == INBOX:
+            return defer.fail(InvalidMailboxName("INBOX cannot be deleted"))
+        tree = self._tree(account)
+
+        def then(_: None) -> None:
+            box = self._boxes.pop((account.name, name), None)
+            if box is not None:
+                box._gone()
+
+        d = self._folder_op(account, name.__eq__, lambda: tree.delete(name), then)
+        return d.addCallback(lambda _: None)
+
+    def rename(self, account: Account, old: str, new: str) -> defer.Deferred[None]:
+        try:
+            old, new = folders.normalize(old), folders.normalize(new)
+        except InvalidMailboxName as e:
+            return defer.fail(e)
+        if new == INBOX:
+            return defer.fail(MailboxExists(INBOX))
+        if folders.is_under(new, old) or new == old:
+            return defer.fail(InvalidMailboxName(f"cannot rename {old!r} to {new!r}"))
+        tree = self._tree(account)
+        if old == INBOX:
+            return self._rename_inbox(account, tree, new)
+        parents = set(folders.parents(new))
+
+        def affected(name: str) -> bool:
+            return name == old or folders.is_under(name, old) or name in parents
+
+        def work() -> dict[str, tuple[str, str, str]]:
+            if not tree.exists(old):
+                raise MailboxNotFound(old)
+            moving = [n for n in self._open_names(account) if n == old or folders.is_under(n, old)]
+            converted = tree.rename(old, new)
+            moves = {n: (n, path, tree.index_dir(n)) for n, path in converted.items()}
+            for name in moving:
+                to = folders.renamed(name, old, new)
+                moves[name] = (to, tree.mbox_path(to) or tree.folder_path(to), tree.index_dir(to))
+            v2, subscribed = tree.read_subscriptions()
+            renamed = [
+                folders.renamed(s, old, new) if s == old or folders.is_under(s, old) else s
+                for s in subscribed
+            ]
+            if renamed != subscribed:
+                tree.write_subscriptions(v2, renamed)
+            return moves
+
+        d = self._folder_op(account, affected, work, lambda moves: self._moved(account, moves))
+        return d.addCallback(lambda _: None)
+
+    def _open_names(self, account: Account) -> list[str]:
+        return [name for (user, name) in list(self._boxes) if user == account.name]
+
+    @defer.inlineCallbacks
+    def _rename_inbox(self, account: Account, tree: FolderTree, new: str) -> Any:
+        """RFC 3501: INBOX's messages move into ``new``; INBOX stays, empty."""
+        parents = set(folders.parents(new))
+
+        def prepare() -> dict[str, str]:
+            if tree.exists(new):
+                raise MailboxExists(new)
+            return tree.make_parents(new)
+
+        lock = self._folder_lock(account)
+        yield lock.acquire()
+        self._drop_idle(account)
+        try:
+            yield self._folder_op_locked(account, parents, prepare, tree)
+            target = self._file(account, new, tree.folder_path(new))
+            box = self._boxes.get((account.name, INBOX))
+            if box is not None:
+                yield box._run(box._file.move_all, target)
+            else:
+                yield blocking(self._file(account).move_all, None, target)
+        finally:
+            lock.release()
+
+    @defer.inlineCallbacks
+    def _folder_op_locked(
+        self,
+        account: Account,
+        names: set[str],
+        work: Callable[[], dict[str, str]],
+        tree: FolderTree,
+    ) -> Any:
+        held = []
+        try:
+            for (user, name), box in sorted(self._boxes.items()):
+                if user == account.name and name in names:
+                    yield box._lock.acquire()
+                    held.append(box)
+            moved = yield blocking(work)
+            self._converted(account, tree, moved)
+        finally:
+            for box in held:
+                box._lock.release()
+
+    def subscriptions(self, account: Account) -> defer.Deferred[set[str]]:
+        tree = self._tree(account)
+        d = self._folder_lock(account).run(blocking, tree.read_subscriptions)
+        return d.addCallback(lambda result: set(result[1]))
+
+    def _subscription(self, account: Account, name: str, on: bool) -> defer.Deferred[None]:
+        try:
+            name = folders.normalize(name)
+        except InvalidMailboxName as e:
+            return defer.fail(e)
+        tree = self._tree(account)
+
+        def work() -> None:
+            v2, subscribed = tree.read_subscriptions()
+            if on and name not in subscribed:
+                tree.write_subscriptions(v2, subscribed + [name])
+            elif not on and name in subscribed:
+                tree.write_subscriptions(v2, [s for s in subscribed if s != name])
+
+        return self._folder_lock(account).run(blocking, work)
+
+    def subscribe(self, account: Account, name: str) -> defer.Deferred[None]:
+        return self._subscription(account, name, True)
+
+    def unsubscribe(self, account: Account, name: str) -> defer.Deferred[None]:
+        return self._subscription(account, name, False)

@@ -16,6 +16,8 @@ import errno
 import grp
 import os
 import stat
+import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -30,7 +32,6 @@ from mailsuite.store.mboxformat import (
     describe,
     fingerprint,
     header_end,
-    header_flags,
     make_from_line,
     parse,
     separator_at,
@@ -38,12 +39,13 @@ from mailsuite.store.mboxformat import (
     to_stored,
     with_status,
 )
-from mailsuite.wire import crlf_size, wire_size
+from mailsuite.store.mboxrewrite import copy_kept
 
 log = Logger()
 
 WINDOW = 64 << 20  # bytes read at a time when parsing
 COPY = 4 << 20  # bytes copied at a time when rewriting
+LOG_LIMIT = 1 << 20  # the index journal is folded into the index beyond this (+16 B a message)
 
 Result = tuple[ix.Index, Changes]
 
@@ -101,11 +103,11 @@ class MboxFile:
         now: Callable[[], float],
         lock_timeout: float = 30.0,
         stale_after: float = DEFAULT_STALE_AFTER,
+        index_dir: str | None = None,
     ) -> None:
         self.account = account
-        self.path = os.path.abspath(path)
-        self.index_dir = os.path.join(os.path.abspath(folder_root), ".imap", "INBOX")
-        self.index_path = os.path.join(self.index_dir, "mailsuite.index")
+        self.folder_root = os.path.abspath(folder_root)
+        self.move(path, index_dir or os.path.join(self.folder_root, ".imap", "INBOX"))
         self._now = now
         self._lock_timeout = lock_timeout
         self._stale_after = stale_after
@@ -116,6 +118,12 @@ class MboxFile:
             if not _under(p, home)
         ]
         self._root = os.geteuid() == 0
+
+    def move(self, path: str, index_dir: str) -> None:
+        """The mailbox is now at ``path`` with its index in ``index_dir`` (folder renamed)."""
+        self.path = os.path.abspath(path)
+        self.index_dir = os.path.abspath(index_dir)
+        self.index_path = os.path.join(self.index_dir, "mailsuite.index")
 
     # -- safety and ownership -------------------------------------------------------------------
 
@@ -134,8 +142,10 @@ class MboxFile:
         return self.account.uid, gid
 
     def _ensure_index_dir(self) -> None:
-        parts = [os.path.dirname(os.path.dirname(self.index_dir)), os.path.dirname(self.index_dir)]
-        for d in parts + [self.index_dir]:
+        parts = [self.folder_root]
+        for part in os.path.relpath(self.index_dir, self.folder_root).split(os.sep):
+            parts.append(os.path.join(parts[-1], part))
+        for d in parts:
             self._check_inside(os.path.dirname(d))
             try:
                 os.mkdir(d, 0o700)
@@ -203,6 +213,25 @@ class MboxFile:
         owner = (self.account.uid, self.account.gid) if self._root else None
         ix.write_index(self.index_path, index, owner)
 
+    def _persist(self, old: ix.Index, new: ix.Index, flags: dict[int, frozenset[str]]) -> None:
+        """Make ``new`` durable: a few records in the journal when it is ``old`` (as saved)
+        plus appended messages and ``flags``; the whole index otherwise, or when the journal
+        has grown big (compaction)."""
+        n = len(old.entries)
+        if (
+            old.generation
+            and len(new.entries) >= n
+            and (n == 0 or new.entries[n - 1].uid == old.entries[n - 1].uid)
+            and all(a is b or a.uid in flags for a, b in zip(old.entries, new.entries))
+        ):
+            owner = (self.account.uid, self.account.gid) if self._root else None
+            moved = (new.stamp, new.uid_next) != (old.stamp, old.uid_next)
+            records = ix.log_records(flags, new.entries[n:], new if moved else None)
+            size = ix.append_log(self.index_path, new, records, owner)
+            if size <= LOG_LIMIT + 16 * len(new.entries):
+                return
+        self._save(new)
+
     # -- refresh --------------------------------------------------------------------------------
 
     def refresh(self, state: ix.Index | None) -> Result:
@@ -220,8 +249,10 @@ class MboxFile:
             if state is None:
                 state, dirty = self._load_index()
             new, changes = self._refresh_locked(state, held.fd)
-            if dirty or new is not state:
+            if dirty:
                 self._save(new)
+            elif new is not state:
+                self._persist(state, new, {})
         return new, changes
 
     def _intact(self, fd: int, e: ix.Entry, size: int) -> bool:
@@ -263,6 +294,7 @@ class MboxFile:
             fd = held.fd
             assert fd is not None
             changes = Changes()
+            before = state
             if state is not None:
                 state, changes = self._refresh_locked(state, fd)
             size = os.fstat(fd).st_size
@@ -283,26 +315,71 @@ class MboxFile:
             entry = ix.entry_from(p, state.uid_next, ix.clean_flags(flags), date)
             new = state.copy(uid_next=state.uid_next + 1, stamp=ix.Stamp.of(os.fstat(fd)))
             new.entries.append(entry)
-            self._save(new)
+            if before is None or changes.expunged or changes.flags:
+                self._save(new)
+            else:
+                self._persist(before, new, {})
         changes.added.append(entry.info())
         return new, changes, entry.uid
+
+    def move_all(self, state: ix.Index | None, target: MboxFile) -> Result:
+        """RENAME INBOX: copy this file (messages, flags, UIDs) into ``target``, a new mailbox,
+        then empty this one. A crash in between leaves the messages in both, never in neither."""
+        with self._locked(exclusive=True) as (held, _):
+            if state is None:
+                state, _ = self._load_index()
+            known = [e.uid for e in state.entries]  # what the sessions were shown
+            state, _ = self._refresh_locked(state, held.fd)
+            with target._locked(exclusive=True, create=True) as (out, _):
+                assert out.fd is not None
+                if os.fstat(out.fd).st_size:
+                    raise StoreError(f"{target.path} is not empty")
+                size = state.stamp.size if held.fd is not None else 0
+                offset = 0
+                while offset < size:
+                    chunk = _pread_all(held.fd, min(COPY, size - offset), offset)  # type: ignore[arg-type]
+                    if not chunk:
+                        raise StoreError(f"{self.path} shrank while locked")
+                    _write_all(out.fd, chunk)
+                    offset += len(chunk)
+                os.fsync(out.fd)
+                ix.fsync_dir(os.path.dirname(target.path))
+                validity = max(int(self._now()), state.uid_validity + 1)
+                copied = ix.Index(validity, state.uid_next, ix.Stamp.of(os.fstat(out.fd)))
+                copied.entries = list(state.entries)
+                target._save(copied)
+            if held.fd is not None:
+                os.ftruncate(held.fd, 0)
+                os.fsync(held.fd)
+            new = state.copy(
+                stamp=ix.Stamp.of(os.fstat(held.fd)) if held.fd is not None else state.stamp,
+                entries=[],
+            )
+            self._save(new)
+        return new, Changes(expunged=known)
 
     # -- flags and expunge ----------------------------------------------------------------------
 
     def set_flags(self, state: ix.Index, wanted: dict[int, frozenset[str]]) -> Result:
-        """Record flags in the index (the file's Status headers follow at the next rewrite)."""
+        """Record flags in the index journal (the file's Status headers follow at the next
+        rewrite)."""
         changes = Changes()
-        entries = []
-        for e in state.entries:
-            flags = wanted.get(e.uid)
-            if flags is not None and ix.clean_flags(flags) != e.flags:
-                e = replace(e, flags=ix.clean_flags(flags))
-                changes.flags[e.uid] = e.flags
-            entries.append(e)
+        entries = state.entries
+        copied = False
+        for uid in sorted(wanted):
+            i = bisect_left(entries, uid, key=lambda e: e.uid)
+            if i == len(entries) or entries[i].uid != uid:
+                continue
+            flags = ix.clean_flags(wanted[uid])
+            if flags != entries[i].flags:
+                if not copied:
+                    entries, copied = list(entries), True
+                entries[i] = replace(entries[i], flags=flags)
+                changes.flags[uid] = flags
         if not changes:
             return state, changes
         new = state.copy(entries=entries)
-        self._save(new)
+        self._persist(state, new, changes.flags)
         return new, changes
 
     def expunge(self, state: ix.Index, uids: list[int]) -> tuple[ix.Index, Changes, list[int]]:
@@ -318,7 +395,7 @@ class MboxFile:
         return new, changes, gone
 
     def _rewrite(self, held: HeldLock, state: ix.Index, gone: set[int]) -> ix.Index:
-        """Write the kept messages (Status headers updated) to a temp file and rename it over."""
+        """Write the kept messages (stale Status headers updated) to a temp file, rename it over."""
         src = held.fd
         assert src is not None
         st = os.fstat(src)
@@ -339,11 +416,20 @@ class MboxFile:
             if self._root:
                 os.fchown(out, st.st_uid, st.st_gid)
             os.fsync(out)
-            os.rename(tmp, self.path)
+            old = os.dup(src)
+            try:
+                os.rename(tmp, self.path)
+            except BaseException:
+                os.close(old)
+                raise
         except BaseException:
             os.close(out)
             os.unlink(tmp)
             raise
+        # The replaced file's blocks are freed when its last descriptor closes, which takes a
+        # while for a big file: let a helper thread do that after we answer (the lock itself
+        # is released explicitly, not by the close).
+        threading.Thread(target=os.close, args=(old,), daemon=True).start()
         try:
             ix.fsync_dir(directory)
             stamp = ix.Stamp.of(os.fstat(out))
@@ -354,58 +440,8 @@ class MboxFile:
     def _copy_kept(
         self, held: HeldLock, state: ix.Index, gone: set[int], out: int
     ) -> list[ix.Entry]:
-        src = held.fd
-        assert src is not None
-        pos = 0
-        entries = []
-        touched = 0
-        with os.fdopen(out, "wb", buffering=COPY, closefd=False) as f:
-            if state.entries:
-                pos += f.write(_pread_all(src, state.entries[0].offset, 0))
-            for e in state.entries:
-                if e.uid in gone:
-                    continue
-                line = _pread_all(src, e.body_off - e.offset, e.offset)
-                header = _pread_all(src, e.hdr_end - e.body_off, e.body_off)
-                new_header = with_status(header, e.flags)
-                f.write(line)
-                f.write(new_header)
-                body_len = e.end - e.hdr_end
-                offset = e.hdr_end
-                last = b"\n"  # the header block ends in one
-                body_wire = 0  # wire size of the body as written (it ends in a line end)
-                while offset < e.end:
-                    chunk = _pread_all(src, min(COPY, e.end - offset), offset)
-                    if not chunk:
-                        raise StoreError(f"{self.path} shrank while locked")
-                    f.write(chunk)
-                    offset += len(chunk)
-                    body_wire += crlf_size(chunk) - (last == b"\r" and chunk[:1] == b"\n")
-                    last = chunk[-1:]
-                fix = b"" if last == b"\n" else b"\n"  # a last message cut short
-                f.write(fix + b"\n")
-                if fix:
-                    body_wire += 2 - (last == b"\r")
-                body_off = pos + len(line)
-                hdr_end = body_off + len(new_header)
-                entries.append(
-                    replace(
-                        e,
-                        offset=pos,
-                        body_off=body_off,
-                        hdr_end=hdr_end,
-                        end=hdr_end + body_len + len(fix),
-                        size=wire_size(served_header(new_header)) + body_wire,
-                        fingerprint=fingerprint(new_header, body_len + len(fix)),
-                        header_sig=header_flags(new_header)[1],
-                    )
-                )
-                pos = hdr_end + body_len + len(fix) + 1
-                touched += e.end - e.offset
-                if touched > 64 << 20:
-                    held.touch()
-                    touched = 0
-        return entries
+        assert held.fd is not None
+        return copy_kept(held.fd, out, state, gone, with_status, held.touch)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -130,10 +130,21 @@ def to_stored(data: bytes) -> bytes:
 
 
 def header_end(buf: Buffer, start: int, end: int) -> int:
-    """End of the header block (just after its blank line) of the message at [start, end)."""
-    if start < end and buf[start : start + 1] == b"\n":
+    """End of the header block (just after its blank line) of the message at [start, end).
+
+    The blank line is ``\n`` or, in a message another program stored with CRLF line ends,
+    ``\r\n``: whichever comes first. The CRLF search is bounded by the LF one, so an LF
+    message costs one short extra scan of its header.
+    """
+    first = buf[start : start + 2]
+    if first[:1] == b"\n":
         return start + 1
+    if first == b"\r\n":
+        return start + 2
     i = buf.find(b"\n\n", start, end)
+    j = buf.find(b"\n\r\n", start, end if i < 0 else i)
+    if j >= 0:
+        return j + 3
     return end if i < 0 else i + 2
 
 
@@ -192,8 +203,10 @@ def with_status(header: bytes, flags: frozenset[str]) -> bytes:
     kept = _REWRITTEN.sub(b"", b"\n" + header)[1:]
     if kept.endswith(b"\n\n"):
         return kept[:-1] + status_headers(flags) + b"\n"
-    if kept == b"\n":
-        return status_headers(flags) + b"\n"
+    if kept.endswith(b"\n\r\n"):  # a CRLF message: its blank line stays as it was
+        return kept[:-2] + status_headers(flags) + b"\r\n"
+    if kept in (b"\n", b"\r\n"):
+        return status_headers(flags) + kept
     if kept and not kept.endswith(b"\n"):
         kept += b"\n"
     return kept + status_headers(flags)

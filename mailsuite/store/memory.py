@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from twisted.internet import defer
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
+from mailsuite.store import folders
 from mailsuite.store.interfaces import (
     Changes,
     IMailbox,
     IMailStore,
+    InvalidMailboxName,
     Listener,
+    MailboxEntry,
+    MailboxExists,
+    MailboxHasChildren,
     MailboxNotFound,
     MessageInfo,
+    StoreError,
     UnknownUID,
 )
+from mailsuite.store.mboxformat import header_end
 from mailsuite.wire import wire_size
 
 
@@ -41,7 +49,7 @@ class MemoryMailbox:
     # Changes are recorded as they happen and told to listeners on the next refresh, as the mbox
     # store sees them only when it looks at the disk; changes made through this object are told
     # at once.
-    def refresh(self) -> "defer.Deferred[Changes]":
+    def refresh(self) -> defer.Deferred[Changes]:
         changes, self._pending = self._pending, Changes()
         self._tell(changes)
         return defer.succeed(changes)
@@ -57,21 +65,20 @@ class MemoryMailbox:
                 return info
         raise UnknownUID(uid)
 
-    def read(self, uid: int) -> "defer.Deferred[bytes]":
+    def read(self, uid: int) -> defer.Deferred[bytes]:
         if uid not in self._bodies:
             return defer.fail(UnknownUID(uid))
         return defer.succeed(self._bodies[uid])
 
-    def read_headers(self, uids: list[int]) -> "defer.Deferred[dict[int, bytes]]":
+    def read_headers(self, uids: list[int]) -> defer.Deferred[dict[int, bytes]]:
         out = {}
         for uid in uids:
             body = self._bodies.get(uid)
             if body is not None:
-                end = body.find(b"\n\n")
-                out[uid] = body if end < 0 else body[: end + 2]
+                out[uid] = body[: header_end(body, 0, len(body))]
         return defer.succeed(out)
 
-    def set_flags(self, changes: dict[int, frozenset[str]]) -> "defer.Deferred[None]":
+    def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         told = Changes()
         self.messages = [
             MessageInfo(m.uid, frozenset(changes[m.uid]), m.internal_date, m.size)
@@ -85,7 +92,7 @@ class MemoryMailbox:
         self._tell(told)
         return defer.succeed(None)
 
-    def expunge(self, uids: list[int]) -> "defer.Deferred[list[int]]":
+    def expunge(self, uids: list[int]) -> defer.Deferred[list[int]]:
         gone = [m.uid for m in self.messages if m.uid in set(uids)]
         self.messages = [m for m in self.messages if m.uid not in set(gone)]
         for uid in gone:
@@ -107,8 +114,11 @@ class MemoryMailbox:
         return info
 
     def append(
-        self, data: bytes, flags: frozenset[str] = frozenset(), internal_date: datetime | None = None
-    ) -> "defer.Deferred[int]":
+        self,
+        data: bytes,
+        flags: frozenset[str] = frozenset(),
+        internal_date: datetime | None = None,
+    ) -> defer.Deferred[int]:
         info = self._add(data, flags, internal_date)
         self._tell(Changes(added=[info]))
         return defer.succeed(info.uid)
@@ -129,33 +139,166 @@ class MemoryMailbox:
         self._pending.added.append(self._add(data, frozenset(), None, verbatim))
 
 
+def _deferred(f: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
+    """Run ``f`` now; its result or StoreError as a Deferred (the interface is asynchronous)."""
+
+    def wrapper(*args: Any) -> defer.Deferred[Any]:
+        try:
+            return defer.succeed(f(*args))
+        except StoreError as e:
+            return defer.fail(e)
+
+    wrapper.__name__ = f.__name__
+    wrapper.__doc__ = f.__doc__
+    return wrapper
+
+
 @implementer(IMailStore)
 class MemoryStore:
-    def __init__(self, now: Callable[[], datetime] | None = None) -> None:
-        self._now = now or (lambda: datetime.now(timezone.utc))
+    """Every mailbox in a dict; folders behave as in the mbox store (see IMailStore).
+
+    ``specials`` maps folder names to special-use flags (default: Sent, Drafts, Trash, Junk, as
+    the ``[mailbox]`` defaults); they are created and subscribed on an account's first
+    list_mailboxes.
+    """
+
+    def __init__(
+        self,
+        now: Callable[[], datetime] | None = None,
+        specials: dict[str, str] | None = None,
+    ) -> None:
+        self._now = now or (lambda: datetime.now(UTC))
         self._boxes: dict[tuple[str, str], MemoryMailbox] = {}
         self._next_validity = 1700000000
+        self.specials = folders.check_specials(
+            folders.DEFAULT_SPECIALS if specials is None else specials
+        )
+        self._subscribed: dict[str, set[str]] = {}
+        self._specials_made: set[str] = set()
+
+    def _new_box(self, account: Account, name: str) -> MemoryMailbox:
+        self._next_validity += 1
+        box = self._boxes[(account.name, name)] = MemoryMailbox(
+            name, self._next_validity, self._now
+        )
+        return box
 
     def _box(self, account: Account, name: str, create: bool) -> MemoryMailbox:
-        name = "INBOX" if name.upper() == "INBOX" else name
+        name = folders.normalize(name)
         key = (account.name, name)
         if key not in self._boxes:
-            if not create:
+            if not (create or name == folders.INBOX):
                 raise MailboxNotFound(name)
-            self._next_validity += 1
-            self._boxes[key] = MemoryMailbox(name, self._next_validity, self._now)
+            return self._new_box(account, name)
         return self._boxes[key]
 
-    def open(self, account: Account, name: str = "INBOX") -> "defer.Deferred[MemoryMailbox]":
+    def _names(self, account: Account) -> set[str]:
+        return {name for (user, name) in self._boxes if user == account.name} | {folders.INBOX}
+
+    def open(self, account: Account, name: str = "INBOX") -> defer.Deferred[MemoryMailbox]:
         try:
-            box = self._box(account, name, create=name.upper() == "INBOX")
-        except MailboxNotFound as e:
+            box = self._box(account, name, create=False)
+        except StoreError as e:
             return defer.fail(e)
         box.users += 1
         return defer.succeed(box)
 
-    def deliver(self, account: Account, data: bytes, sender: str) -> "defer.Deferred[None]":
+    def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         box = self._box(account, "INBOX", create=True)
         info = box._add(data, frozenset(), None)
         box._tell(Changes(added=[info]))
         return defer.succeed(None)
+
+    # -- folders --------------------------------------------------------------------------------
+
+    @_deferred
+    def list_mailboxes(self, account: Account) -> list[MailboxEntry]:
+        if account.name not in self._specials_made:
+            self._specials_made.add(account.name)
+            subs = self._subscribed.setdefault(account.name, set())
+            for name in self.specials:
+                if (account.name, name) not in self._boxes:
+                    self._create(account, name)
+                    subs.add(name)
+        names = self._names(account)
+        return [
+            MailboxEntry(
+                name,
+                any(folders.is_under(other, name) for other in names),
+                self.specials.get(name),
+            )
+            for name in folders.list_order(names)
+        ]
+
+    def _create(self, account: Account, name: str) -> None:
+        name = folders.normalize(name)
+        names = self._names(account)
+        if name in names:
+            raise MailboxExists(name)
+        for parent in folders.parents(name):
+            if parent not in names:
+                self._new_box(account, parent)
+        self._new_box(account, name)
+
+    @_deferred
+    def create(self, account: Account, name: str) -> None:
+        self._create(account, name)
+
+    @_deferred
+    def delete(self, account: Account, name: str) -> None:
+        name = folders.normalize(name)
+        if name == folders.INBOX:
+            raise InvalidMailboxName("INBOX cannot be deleted")
+        names = self._names(account)
+        if name not in names:
+            raise MailboxNotFound(name)
+        if any(folders.is_under(other, name) for other in names):
+            raise MailboxHasChildren(name)
+        box = self._boxes.pop((account.name, name))
+        gone = [m.uid for m in box.messages]
+        box.messages, box._bodies = [], {}
+        box._tell(Changes(expunged=gone))
+
+    @_deferred
+    def rename(self, account: Account, old: str, new: str) -> None:
+        old, new = folders.normalize(old), folders.normalize(new)
+        names = self._names(account)
+        if old not in names:
+            raise MailboxNotFound(old)
+        if new in names:
+            raise MailboxExists(new)
+        if new == folders.INBOX or folders.is_under(new, old):
+            raise InvalidMailboxName(f"cannot rename {old!r} to {new!r}")
+        for parent in folders.parents(new):
+            if parent not in names:
+                self._new_box(account, parent)
+        if old == folders.INBOX:
+            inbox = self._box(account, old, create=True)
+            target = self._new_box(account, new)
+            for info in inbox.messages:
+                target._add(inbox._bodies[info.uid], info.flags, info.internal_date, True)
+            gone = [m.uid for m in inbox.messages]
+            inbox.messages, inbox._bodies = [], {}
+            inbox._tell(Changes(expunged=gone))
+            return
+        moving = [n for n in names if n == old or folders.is_under(n, old)]
+        for name in moving:
+            box = self._boxes.pop((account.name, name))
+            box.name = folders.renamed(name, old, new)
+            self._boxes[(account.name, box.name)] = box
+        subs = self._subscribed.get(account.name, set())
+        for name in [s for s in subs if s == old or folders.is_under(s, old)]:
+            subs.discard(name)
+            subs.add(folders.renamed(name, old, new))
+
+    @_deferred
+    def subscriptions(self, account: Account) -> set[str]:
+        return set(self._subscribed.get(account.name, set()))
+
+    @_deferred
+    def subscribe(self, account: Account, name: str) -> None:
+        self._subscribed.setdefault(account.name, set()).add(folders.normalize(name))
+
+    @_deferred
+    def unsubscribe(self, account: Account, name: str) -> None:
+        self._subscribed.setdefault(account.name, set()).discard(folders.normalize(name))

@@ -40,9 +40,10 @@ def free_port() -> int:
 class Site:
     def __init__(self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n",
                  tls: bool = False, ssl: str = "yes", disable_plaintext_auth: bool = False,
-                 mail_extra: str = "") -> None:
+                 mail_extra: str = "", mailbox_options: str = "") -> None:
         """``tls``: ssl = ``ssl`` with a self-signed certificate made by the first start at
         ``self.cert``/``self.key``, and the submission, smtps, pop3s and imaps ports too."""
+        self.mailbox_options = mailbox_options  # extra lines for [mailbox] (e.g. Outlook's folder names)
         self.dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.dir)
         self.spool = os.path.join(self.dir, "spool")
@@ -116,6 +117,7 @@ disable_plaintext_auth = {'yes' if self.disable_plaintext_auth else 'no'}
 
 [mailbox]
 mail_location = mbox:~/mail:INBOX={self.spool}/%u
+{self.mailbox_options}
 
 [tls]
 ssl = {self.ssl if self.tls else 'no'}

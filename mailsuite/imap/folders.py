@@ -1,0 +1,280 @@
+"""Mailbox-level IMAP commands: SELECT/EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE,
+LIST/LSUB/XLIST (with RFC 5258 selection and RETURN options for SPECIAL-USE, CHILDREN,
+SUBSCRIBED), STATUS and APPEND (UIDPLUS APPENDUID).
+
+A mixin of ``IMAPServer``: ``self.account`` is the ``ImapAccount``; store errors become tagged
+NO replies in ``IMAPServer._failed`` (APPEND's missing mailbox: ``NO [TRYCREATE]``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from mailsuite.imap.mailbox import DELIMITER, SYSTEM_FLAG_ORDER, format_flags, pattern_regex
+from mailsuite.imap.parser import (
+    Cursor,
+    ParseError,
+    String,
+    encode_mailbox,
+    mailbox_name,
+    parse_date_time,
+)
+from mailsuite.store.interfaces import SYSTEM_FLAGS, MailboxEntry, MailboxNotFound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mailsuite.imap.server import IMAPServer as _Base
+else:
+    _Base = object
+
+_SYSTEM = {f.upper(): f for f in SYSTEM_FLAGS}
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+_KEYWORD_RE = re.compile(rb"[^\x00-\x20()\{%*\"\\\]\x7f-\xff]+")
+
+
+def parse_flag_list(items: list[Any]) -> frozenset[str]:
+    """Flags from a parsed ``(\\Seen $Label)`` list: system flags in their canonical case,
+    keywords as atoms; ``\\Recent`` is dropped (it cannot be set); anything else is BAD."""
+    flags: set[str] = set()
+    for item in items:
+        if isinstance(item, (list, String)):
+            raise ParseError("a flag must be an atom")
+        text = item.decode("ascii", "replace")
+        if text.startswith("\\"):
+            if text.upper() == "\\RECENT":
+                continue
+            if text.upper() not in _SYSTEM:
+                raise ParseError(f"invalid system flag {text}")
+            flags.add(_SYSTEM[text.upper()])
+        elif _KEYWORD_RE.fullmatch(item):
+            flags.add(text)
+        else:
+            raise ParseError(f"invalid keyword {text}")
+    return frozenset(flags)
+
+
+class FolderCommands(_Base):
+    # -- SELECT / EXAMINE --------------------------------------------------------------------
+    async def cmd_SELECT(self, tag: bytes, args: Cursor, readonly: bool = False) -> None:
+        args.sp()
+        name = args.mailbox()
+        if args.maybe_sp() and args.peek() == b"(":
+            args.paren_list()  # select parameters (CONDSTORE...) are not offered: ignored
+        args.end()
+        self._close_view()
+        try:
+            view = await self.account.open_view(name, readonly)
+        except MailboxNotFound:
+            self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist: " + encode_mailbox(name))
+            return
+        if self._lost:
+            self.account.close_view(view)
+            return
+        flags = format_flags(list(SYSTEM_FLAGS) + view.keywords())
+        permanent = b"()" if readonly else flags[:-1] + b" \\*)"
+        self.sendUntaggedResponse(b"FLAGS " + flags)
+        self.sendUntaggedResponse(b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted.")
+        self.sendUntaggedResponse(b"%d EXISTS" % view.count())
+        self.sendUntaggedResponse(b"%d RECENT" % view.recent_count())
+        unseen = view.first_unseen()
+        if unseen is not None:
+            self.sendUntaggedResponse(b"OK [UNSEEN %d] First unseen." % unseen)
+        self.sendUntaggedResponse(b"OK [UIDVALIDITY %d] UIDs valid" % view.uid_validity)
+        self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % view.uid_next)
+        self.view, self.state = view, "select"
+        mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
+        self.sendPositiveResponse(tag, mode + (b" Examine" if readonly else b" Select") + b" completed.")
+
+    cmd_SELECT.imap_states = ("auth", "select")  # type: ignore[attr-defined]
+
+    async def cmd_EXAMINE(self, tag: bytes, args: Cursor) -> None:
+        await self.cmd_SELECT(tag, args, readonly=True)
+
+    cmd_EXAMINE.imap_states = ("auth", "select")  # type: ignore[attr-defined]
+
+    # -- CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE ----------------------------------------
+    def _one_name(self, args: Cursor) -> str:
+        args.sp()
+        name = args.mailbox()
+        args.end()
+        return name
+
+    async def cmd_CREATE(self, tag: bytes, args: Cursor) -> None:
+        name = self._one_name(args).rstrip(DELIMITER)  # "a/" means "a, to hold children"
+        await self.account.create(name)
+        self.sendPositiveResponse(tag, b"Create completed.")
+
+    async def cmd_DELETE(self, tag: bytes, args: Cursor) -> None:
+        await self.account.delete(self._one_name(args))
+        self.sendPositiveResponse(tag, b"Delete completed.")
+
+    async def cmd_RENAME(self, tag: bytes, args: Cursor) -> None:
+        args.sp()
+        old = args.mailbox()
+        args.sp()
+        new = args.mailbox().rstrip(DELIMITER)
+        args.end()
+        await self.account.rename(old, new)
+        self.sendPositiveResponse(tag, b"Rename completed.")
+
+    async def cmd_SUBSCRIBE(self, tag: bytes, args: Cursor) -> None:
+        await self.account.subscribe(self._one_name(args))
+        self.sendPositiveResponse(tag, b"Subscribe completed.")
+
+    async def cmd_UNSUBSCRIBE(self, tag: bytes, args: Cursor) -> None:
+        await self.account.unsubscribe(self._one_name(args))
+        self.sendPositiveResponse(tag, b"Unsubscribe completed.")
+
+    for _f in (cmd_CREATE, cmd_DELETE, cmd_RENAME, cmd_SUBSCRIBE, cmd_UNSUBSCRIBE):
+        _f.imap_states = ("auth", "select")  # type: ignore[attr-defined]
+
+    # -- LIST LSUB XLIST ----------------------------------------------------------------------
+    async def cmd_LIST(self, tag: bytes, args: Cursor, command: bytes = b"LIST") -> None:
+        args.sp()
+        selection: set[str] = set()
+        if command == b"LIST" and args.peek() == b"(":
+            selection = {bytes(o).decode("ascii", "replace").upper() for o in args.paren_list()
+                         if not isinstance(o, list)}
+            args.sp()
+        ref = mailbox_name(args.astring())
+        args.sp()
+        if args.peek() == b"(" and command == b"LIST":
+            patterns = [bytes(p) for p in args.paren_list() if not isinstance(p, list)]
+        else:
+            patterns = [args.list_mailbox()]
+        returns: set[str] = set()
+        if command == b"LIST" and args.maybe_sp():
+            if args.atom().upper() != b"RETURN":
+                raise ParseError("expected RETURN")
+            args.sp()
+            returns = {bytes(o).decode("ascii", "replace").upper() for o in args.paren_list()
+                       if not isinstance(o, list)}
+        args.end()
+        unknown = selection - {"SUBSCRIBED", "SPECIAL-USE", "REMOTE", "RECURSIVEMATCH"}
+        if unknown or ("RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}):
+            raise ParseError("unsupported LIST selection option")
+        if command == b"LIST" and patterns == [b""]:
+            self.sendUntaggedResponse(b'LIST (\\Noselect) "/" ""')
+            self.sendPositiveResponse(tag, b"List completed.")
+            return
+        regexes = [pattern_regex(ref, mailbox_name(p) if p else "") for p in patterns]
+        entries = await self.account.list_mailboxes()
+        subscribed: set[str] = set()
+        if command == b"LSUB" or "SUBSCRIBED" in selection or "SUBSCRIBED" in returns:
+            subscribed = {mailbox_name(n.encode("imap4-utf-7")) for n in await self.account.subscriptions()}
+            subscribed.add("INBOX")  # always subscribed, as Outlook expects it in LSUB
+        if command == b"LSUB":
+            self._lsub(entries, subscribed, regexes, patterns)
+        else:
+            self._list(command, entries, subscribed, regexes, selection, returns)
+        self.sendPositiveResponse(tag, command.capitalize() + b" completed.")
+
+    def _list(self, command: bytes, entries: list[MailboxEntry], subscribed: set[str],
+              regexes: list[re.Pattern[str]], selection: set[str], returns: set[str]) -> None:
+        existing = {e.name for e in entries}
+        shown: list[tuple[str, list[str]]] = []
+        for entry in entries:
+            if not any(r.match(entry.name) for r in regexes):
+                continue
+            if "SPECIAL-USE" in selection and not entry.special_use:
+                continue
+            if "SUBSCRIBED" in selection and entry.name not in subscribed:
+                continue
+            attrs = ["\\HasChildren" if entry.has_children else "\\HasNoChildren"]
+            if entry.name in subscribed and ("SUBSCRIBED" in selection or "SUBSCRIBED" in returns):
+                attrs.append("\\Subscribed")
+            if entry.special_use:
+                attrs.append(entry.special_use)
+                if command == b"XLIST" and entry.special_use == "\\Junk":
+                    attrs.append("\\Spam")
+            if command == b"XLIST" and entry.name == "INBOX":
+                attrs.append("\\Inbox")
+            shown.append((entry.name, attrs))
+        if "SUBSCRIBED" in selection:
+            for name in sorted(subscribed - existing):
+                if any(r.match(name) for r in regexes):
+                    shown.append((name, ["\\NonExistent", "\\Subscribed"]))
+        for name, attrs in shown:
+            self.sendUntaggedResponse(
+                command + b" (" + " ".join(attrs).encode("ascii") + b') "/" ' + encode_mailbox(name)
+            )
+
+    def _lsub(self, entries: list[MailboxEntry], subscribed: set[str],
+              regexes: list[re.Pattern[str]], patterns: list[bytes]) -> None:
+        existing = {e.name: e for e in entries}
+        shown: dict[str, list[str]] = {}
+        for name in sorted(subscribed, key=lambda n: (n != "INBOX", n)):
+            if any(r.match(name) for r in regexes):
+                entry = existing.get(name)
+                shown[name] = ["\\Noselect"] if entry is None else [
+                    "\\HasChildren" if entry.has_children else "\\HasNoChildren"]
+                if entry is not None and entry.special_use:
+                    shown[name].append(entry.special_use)
+                continue
+            if any(b"%" in p for p in patterns):  # RFC 3501 6.3.9: an unsubscribed parent
+                levels = name.split(DELIMITER)
+                for depth in range(len(levels) - 1, 0, -1):
+                    parent = DELIMITER.join(levels[:depth])
+                    if any(r.match(parent) for r in regexes) and parent not in subscribed:
+                        shown.setdefault(parent, ["\\Noselect"])
+                        break
+        for name, attrs in shown.items():
+            self.sendUntaggedResponse(b"LSUB (" + " ".join(attrs).encode("ascii") + b') "/" ' + encode_mailbox(name))
+
+    async def cmd_LSUB(self, tag: bytes, args: Cursor) -> None:
+        await self.cmd_LIST(tag, args, b"LSUB")
+
+    async def cmd_XLIST(self, tag: bytes, args: Cursor) -> None:
+        await self.cmd_LIST(tag, args, b"XLIST")
+
+    for _f in (cmd_LIST, cmd_LSUB, cmd_XLIST):
+        _f.imap_states = ("auth", "select")  # type: ignore[attr-defined]
+    del _f
+
+    # -- STATUS ------------------------------------------------------------------------------
+    async def cmd_STATUS(self, tag: bytes, args: Cursor) -> None:
+        args.sp()
+        name = args.mailbox()
+        args.sp()
+        items = [bytes(i).upper().decode("ascii", "replace") for i in args.paren_list() if not isinstance(i, list)]
+        args.end()
+        if not items or any(i not in _STATUS_ITEMS for i in items):
+            raise ParseError("unknown or missing STATUS item")
+        status = await self.account.status(name)
+        values = b" ".join(b"%s %d" % (i.encode(), status[i]) for i in items)
+        self.sendUntaggedResponse(b"STATUS " + encode_mailbox(name) + b" (" + values + b")")
+        self.sendPositiveResponse(tag, b"Status completed.")
+
+    cmd_STATUS.imap_states = ("auth", "select")  # type: ignore[attr-defined]
+
+    # -- APPEND ------------------------------------------------------------------------------
+    async def cmd_APPEND(self, tag: bytes, args: Cursor) -> None:
+        args.sp()
+        name = args.mailbox()
+        args.sp()
+        flags: frozenset[str] = frozenset()
+        when = None
+        if args.peek() == b"(":
+            flags = parse_flag_list(args.paren_list())
+            args.sp()
+        if args.peek() == b'"':
+            when = parse_date_time(args.string())
+            args.sp()
+        if args.peek() != b"{":
+            raise ParseError("the message must be a literal")
+        data = args.string()
+        args.end()
+        if not data:
+            self.sendNegativeResponse(tag, b"Can't save a zero byte message.")
+            return
+        try:
+            validity, uids = await self.account.append(name, [(bytes(data), flags, when)])
+        except MailboxNotFound:
+            self.sendNegativeResponse(tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name))
+            return
+        self.sendPositiveResponse(tag, b"[APPENDUID %d %d] Append completed." % (validity, uids[0]))
+
+    cmd_APPEND.imap_states = ("auth", "select")  # type: ignore[attr-defined]
+
+
+__all__ = ["SYSTEM_FLAG_ORDER", "FolderCommands", "parse_flag_list"]

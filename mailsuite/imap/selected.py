@@ -1,0 +1,317 @@
+"""Commands of the selected state: FETCH, STORE, SEARCH, COPY, MOVE (RFC 6851), EXPUNGE,
+UID EXPUNGE (RFC 4315), CLOSE, UNSELECT, and the UID forms of them all.
+
+A mixin of ``IMAPServer``. Updates from other sessions are sent by ``IMAPServer._respond``
+before each tagged reply, never an EXPUNGE after FETCH, STORE or SEARCH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer, interfaces
+from zope.interface import implementer
+
+from mailsuite.imap.fetch import (
+    FetchItem,
+    FetchSyntaxError,
+    Piece,
+    WireSlice,
+    fetch_responses,
+    parse_fetch_items,
+)
+from mailsuite.imap.folders import parse_flag_list
+from mailsuite.imap.mailbox import RECENT, format_flags
+from mailsuite.imap.parser import Cursor, ParseError, encode_mailbox
+from mailsuite.imap.search import SearchSyntaxError, parse_search, parse_sequence_set, run_search
+from mailsuite.store.interfaces import MailboxNotFound, UnknownUID
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mailsuite.imap.server import IMAPServer as _Base
+else:
+    _Base = object
+
+_SELECTED = ("select",)
+
+
+def uid_set(uids: list[int]) -> bytes:
+    """``[1, 2, 3, 5]`` -> ``1:3,5`` (order kept: COPYUID pairs source and destination UIDs)."""
+    out: list[bytes] = []
+    start = prev = None
+    for uid in uids:
+        if prev is not None and uid == prev + 1:
+            prev = uid
+            continue
+        if start is not None:
+            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+        start = prev = uid
+    if start is not None:
+        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
+    return b",".join(out)
+
+
+@implementer(interfaces.IPullProducer)
+class _Streamer:
+    """Writes a big FETCH response in 64 KiB chunks as the connection drains."""
+
+    CHUNK = 65536
+
+    def __init__(self, proto: Any, pieces: list[Piece]) -> None:
+        self.proto = proto
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self._chunks = self._generate(pieces)
+
+    def _generate(self, pieces: list[Piece]) -> Any:
+        small = b""
+        for piece in pieces:
+            if isinstance(piece, WireSlice):
+                for chunk in piece.chunks(self.CHUNK):
+                    yield small + chunk
+                    small = b""
+            else:
+                small += piece
+        if small:
+            yield small
+
+    def resumeProducing(self) -> None:
+        if self.proto._lost:
+            self.stopProducing()
+            return
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self.stopProducing()
+            return
+        self.proto._write(chunk)
+
+    def stopProducing(self) -> None:
+        if not self.done.called:
+            with contextlib.suppress(RuntimeError):  # StringTransport: none registered any more
+                self.proto.transport.unregisterProducer()
+            self.done.callback(None)
+
+
+class SelectedCommands(_Base):
+    def _seqset(self, args: Cursor) -> list[tuple[int | None, int | None]]:
+        try:
+            return parse_sequence_set(args.seqset_text())
+        except ValueError as e:
+            raise ParseError(str(e)) from None
+
+    def _targets(self, ranges: Any, uid: bool) -> list[tuple[int, int]]:
+        assert self.view is not None
+        try:
+            return self.view.resolve(ranges, uid)
+        except ValueError:
+            raise ParseError("Invalid messageset") from None
+
+    async def _stream(self, pieces: list[Piece]) -> None:
+        streamer = _Streamer(self, pieces)
+        self.transport.registerProducer(streamer, False)
+        await streamer.done
+
+    def cmd_UID(self, tag: bytes, args: Cursor) -> Any:
+        args.sp()
+        sub = args.atom().upper()
+        handler = {
+            b"FETCH": self.cmd_FETCH, b"STORE": self.cmd_STORE, b"SEARCH": self.cmd_SEARCH,
+            b"COPY": self.cmd_COPY, b"MOVE": self.cmd_MOVE, b"EXPUNGE": self._uid_expunge,
+        }.get(sub)
+        if handler is None:
+            raise ParseError("unknown UID command")
+        return handler(tag, args, True)
+
+    # -- FETCH -------------------------------------------------------------------------------
+    async def cmd_FETCH(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
+        view = self.view
+        assert view is not None
+        args.sp()
+        ranges = self._seqset(args)
+        args.sp()
+        try:
+            items = parse_fetch_items(args.rest())
+        except FetchSyntaxError as e:
+            raise ParseError(str(e)) from None
+        targets = self._targets(ranges, uid)
+        if uid and not any(i.name == "UID" for i in items):
+            items.insert(0, FetchItem("UID"))
+        seen_now: set[int] = set()
+        if not view.readonly and any(i.sets_seen() for i in items):
+            changes = {
+                u: view.info(u).flags | {"\\Seen"}
+                for _, u in targets
+                if not view.is_expunged(u) and "\\Seen" not in view.info(u).flags
+            }
+            await view.set_flags(changes)
+            seen_now = set(changes)
+        missing = await fetch_responses(
+            view, targets, items, seen_now, self._write, lambda: self._lost, self._stream
+        )
+        if missing:
+            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
+        else:
+            self.sendPositiveResponse(tag, self._command + b" completed.")
+
+    # -- STORE -------------------------------------------------------------------------------
+    async def cmd_STORE(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
+        view = self.view
+        assert view is not None
+        args.sp()
+        ranges = self._seqset(args)
+        args.sp()
+        mode = args.atom().upper()
+        args.sp()
+        if args.peek() == b"(":
+            flags = parse_flag_list(args.paren_list())
+        else:
+            words = []
+            while not args.at_end():
+                words.append(args.flag())
+                args.maybe_sp()
+            flags = parse_flag_list(words)
+        args.end()
+        silent = mode.endswith(b".SILENT")
+        op = mode[: -len(b".SILENT")] if silent else mode
+        if op not in (b"FLAGS", b"+FLAGS", b"-FLAGS"):
+            raise ParseError("Invalid STORE item")
+        targets = self._targets(ranges, uid)
+        if view.readonly:
+            self.sendNegativeResponse(tag, b"Mailbox is read-only.")
+            return
+        changes: dict[int, frozenset[str]] = {}
+        for _, u in targets:
+            if view.is_expunged(u):
+                continue
+            old = view.info(u).flags
+            new = flags if op == b"FLAGS" else old | flags if op == b"+FLAGS" else old - flags
+            if frozenset(new) != old:
+                changes[u] = frozenset(new)
+        await view.set_flags(changes)
+        missing = False
+        for seq, u in targets:
+            if view.is_expunged(u):
+                missing = True
+            elif not silent:
+                uid_part = b"UID %d " % u if uid else b""
+                self._write(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, format_flags(view.flags(u))))
+        if missing:
+            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
+        else:
+            self.sendPositiveResponse(tag, self._command + b" completed.")
+
+    # -- SEARCH ------------------------------------------------------------------------------
+    async def cmd_SEARCH(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
+        view = self.view
+        assert view is not None
+        args.sp()
+        try:
+            charset, key = parse_search(args.rest())
+        except SearchSyntaxError as e:
+            raise ParseError(str(e)) from None
+        if charset not in (None, "UTF-8", "US-ASCII"):
+            self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+            return
+        found = await run_search(view, key, uid)
+        self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found))
+        self.sendPositiveResponse(tag, self._command + b" completed.")
+
+    # -- COPY / MOVE -------------------------------------------------------------------------
+    async def _copy(self, tag: bytes, args: Cursor, uid: bool) -> tuple[list[int], bytes] | None:
+        """Copy the messages; (source UIDs copied, COPYUID code) or None after a NO."""
+        view = self.view
+        assert view is not None
+        args.sp()
+        ranges = self._seqset(args)
+        args.sp()
+        name = args.mailbox()
+        args.end()
+        targets = self._targets(ranges, uid)
+        try:
+            dest = await self.account.store.open(self.account.account, name)
+        except MailboxNotFound:
+            self.sendNegativeResponse(tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name))
+            return None
+        copied: list[int] = []
+        new_uids: list[int] = []
+        missing = False
+        try:
+            RECENT.touch(self.account.store, self.account.account, dest)
+            for _, u in targets:
+                if view.is_expunged(u):
+                    missing = True
+                    continue
+                try:
+                    data = await view.mailbox.read(u)
+                except UnknownUID:
+                    missing = True
+                    continue
+                info = view.info(u)
+                new_uids.append(await dest.append(data, info.flags, info.internal_date))
+                copied.append(u)
+            validity = int(dest.uid_validity)
+        finally:
+            dest.close()
+        if missing and not uid:
+            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
+            return None
+        code = b"[COPYUID %d %s %s]" % (validity, uid_set(copied), uid_set(new_uids)) if copied else b""
+        return copied, code
+
+    async def cmd_COPY(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
+        result = await self._copy(tag, args, uid)
+        if result is not None:
+            code = result[1]
+            self.sendPositiveResponse(tag, (code + b" " if code else b"") + b"Copy completed.")
+
+    async def cmd_MOVE(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
+        view = self.view
+        assert view is not None
+        if view.readonly:
+            self.sendNegativeResponse(tag, b"Mailbox is read-only.")
+            return
+        result = await self._copy(tag, args, uid)
+        if result is None:
+            return
+        copied, code = result
+        if code:
+            self.sendUntaggedResponse(b"OK " + code + b" Moved UIDs.")
+        await view.expunge(copied)
+        self.sendPositiveResponse(tag, b"Move completed.")
+
+    # -- EXPUNGE, CLOSE, UNSELECT ------------------------------------------------------------
+    async def cmd_EXPUNGE(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
+        assert self.view is not None
+        within = None
+        if uid:
+            args.sp()
+            within = {u for _, u in self._targets(self._seqset(args), True)}
+        args.end()
+        if self.view.readonly:
+            self.sendNegativeResponse(tag, b"Mailbox is read-only.")
+            return
+        await self.view.expunge_deleted(within)
+        self.sendPositiveResponse(tag, self._command + b" completed.")
+
+    def _uid_expunge(self, tag: bytes, args: Cursor, uid: bool) -> Any:
+        return self.cmd_EXPUNGE(tag, args, True)
+
+    async def cmd_CLOSE(self, tag: bytes, args: Cursor) -> None:
+        await self._close(tag, args, True)
+
+    async def cmd_UNSELECT(self, tag: bytes, args: Cursor) -> None:
+        await self._close(tag, args, False)
+
+    async def _close(self, tag: bytes, args: Cursor, expunge: bool) -> None:
+        args.end()
+        view = self.view
+        assert view is not None
+        if expunge and not view.readonly:
+            await view.expunge_deleted()  # CLOSE sends no EXPUNGE responses
+        self._close_view()
+        self.sendPositiveResponse(tag, (b"Close" if expunge else b"Unselect") + b" completed.")
+
+    for _f in (cmd_UID, cmd_FETCH, cmd_STORE, cmd_SEARCH, cmd_COPY, cmd_MOVE, cmd_EXPUNGE,
+               cmd_CLOSE, cmd_UNSELECT):
+        _f.imap_states = _SELECTED  # type: ignore[attr-defined]
+    del _f

@@ -1,0 +1,129 @@
+"""Writing the kept part of an mbox into a new file (expunge): blocking, run it in a thread.
+
+Most of a big mailbox is copied as it is, in big chunks: only the messages that go and the
+messages whose ``Status:``/``X-Status:``/``X-Keywords:`` headers no longer say what their flags
+are ("dirty") are touched one by one. The bytes between them (junk before the first message,
+the separator lines, the bodies of dirty messages, whole runs of clean messages) are copied
+verbatim, and the index entries of copied messages only shift.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import replace
+
+from mailsuite.store import index as ix
+from mailsuite.store.interfaces import StoreError
+from mailsuite.store.mboxformat import fingerprint, header_flags, served_header, status_headers
+from mailsuite.wire import wire_size
+
+CHUNK = 16 << 20  # bytes per read/write when copying (big: page cache to page cache is cheap)
+NO_STATUS = "00000000"  # header_sig of a message without any status header
+
+
+@functools.lru_cache(maxsize=1024)
+def _status_sig(flags: frozenset[str]) -> str:
+    return header_flags(status_headers(flags))[1]
+
+
+def needs_status(e: ix.Entry) -> bool:
+    """The message's status headers do not say what its flags are (a message without status
+    headers and without flags is fine: mutt reads that as new and unread)."""
+    if e.header_sig == NO_STATUS and not e.flags:
+        return False
+    return _status_sig(e.flags) != e.header_sig
+
+
+class _Copier:
+    def __init__(self, src: int, out: int, touch: Callable[[], None]) -> None:
+        self.src, self.out, self.touch = src, out, touch
+        self.pos = 0  # bytes written to out
+        self.buf = bytearray(CHUNK)
+        self.since_touch = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.out, view) :]
+        self.pos += len(data)
+
+    def copy(self, start: int, stop: int) -> None:
+        """Copy src[start:stop] to the end of out."""
+        mv = memoryview(self.buf)
+        while start < stop:
+            n = os.preadv(self.src, [mv[: min(CHUNK, stop - start)]], start)
+            if n <= 0:
+                raise StoreError("mailbox shrank while it was locked")
+            self.write(mv[:n])
+            start += n
+            self.since_touch += n
+            if self.since_touch > 64 << 20:
+                self.touch()  # keep our dotlock from looking stale
+                self.since_touch = 0
+
+
+def copy_kept(
+    src: int,
+    out: int,
+    state: ix.Index,
+    gone: set[int],
+    new_header: Callable[[bytes, frozenset[str]], bytes],
+    touch: Callable[[], None] = lambda: None,
+) -> list[ix.Entry]:
+    """Write ``state``'s file (open as ``src``) without the ``gone`` UIDs to ``out``, the status
+    headers of dirty messages rewritten by ``new_header(header, flags)``; the new entries."""
+    c = _Copier(src, out, touch)
+    entries: list[ix.Entry] = []
+    run = 0  # src offset where the verbatim run being built starts
+    delta = 0  # out offset - src offset inside that run
+    items = state.entries
+    for i, e in enumerate(items):
+        if e.uid in gone:
+            c.copy(run, e.offset)
+            run = items[i + 1].offset if i + 1 < len(items) else state.stamp.size
+            delta = c.pos - run
+        elif needs_status(e):
+            c.copy(run, e.offset)
+            offset = c.pos
+            c.copy(e.offset, e.body_off)  # the From line
+            old = os.pread(src, e.hdr_end - e.body_off, e.body_off)
+            if len(old) != e.hdr_end - e.body_off:
+                raise StoreError("mailbox shrank while it was locked")
+            header = new_header(old, e.flags)
+            c.write(header)
+            run, delta = e.hdr_end, c.pos - e.hdr_end
+            body_len = e.end - e.hdr_end
+            size = e.size - wire_size(served_header(old)) + wire_size(served_header(header))
+            entries.append(
+                replace(
+                    e,
+                    offset=offset,
+                    body_off=offset + (e.body_off - e.offset),
+                    hdr_end=c.pos,
+                    end=c.pos + body_len,
+                    size=size,
+                    fingerprint=fingerprint(header, body_len),
+                    header_sig=header_flags(header)[1],
+                )
+            )
+        elif delta:
+            entries.append(
+                ix.Entry(
+                    e.uid,
+                    e.offset + delta,
+                    e.body_off + delta,
+                    e.hdr_end + delta,
+                    e.end + delta,
+                    e.size,
+                    e.date,
+                    e.fingerprint,
+                    e.header_sig,
+                    e.flags,
+                )
+            )
+        else:
+            entries.append(e)
+    c.copy(run, state.stamp.size)
+    return entries
