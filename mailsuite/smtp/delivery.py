@@ -24,6 +24,7 @@ from zope.interface import implementer
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.maillog import new_queue_id
+from mailsuite.smtp import forward
 from mailsuite.smtp.aliases import AliasLookupError, AliasMap
 
 log = Logger()
@@ -222,6 +223,7 @@ class LocalDelivery:
         self.maillog = maillog
         self.now = now
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains)
+        self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
 
     def avatar(self, user: str | None) -> DeliveryAvatar:
         return DeliveryAvatar(self, user)
@@ -238,32 +240,23 @@ class LocalDelivery:
             return defer.fail(UnknownRecipient(address))
         return threads.blocking(self._resolve_blocking, address, local)
 
-    def _resolve_blocking(self, address: str, local: str) -> list[Account]:
+    def _resolve_blocking(self, address: str, local: str) -> list[Any]:
+        """Accounts, plus forward.Program/File for |command and /file targets (aliases.py,
+        forward.py); a remote alias target is refused until the queue can forward it."""
         try:
-            expansion = self.aliases.expand(local)
+            found = self.expander.expand(local, address)
         except AliasLookupError as e:
             log.error("alias lookup for {address} failed: {error}", address=address, error=e)
             raise LookupFailed(address) from e
-        if expansion.unsupported:
-            target = expansion.unsupported[0]
-            log.warn(
-                "{address}: alias target {target!r} ({where}, line {line}) is not supported yet;"
-                " recipient refused",
-                address=address,
-                target=target.text,
-                where=target.filename,
-                line=target.lineno,
-            )
-            raise UnsupportedRecipient(address, target=f'"{target.text}"')
-        found: list[Account] = []
-        for name in expansion.users:
-            account = self.accounts.recipient(name)
-            if account is None:
-                if name in expansion.looped:
-                    raise AliasLoop(address)
-                raise UnknownRecipient(address)
-            if account not in found:
-                found.append(account)
+        except forward.Refused as e:
+            if e.kind == "unknown":
+                raise UnknownRecipient(address) from e
+            if e.kind == "loop":
+                raise AliasLoop(address) from e
+            raise
+        for dest in found:
+            if isinstance(dest, forward.Remote):
+                raise UnsupportedRecipient(address, target=f'"{dest.address}" (remote)')
         return found
 
     def final_address(self, address: str, account: Account) -> str:
@@ -298,6 +291,10 @@ class LocalDelivery:
         )
         copies = []
         for account, addresses in groups.values():
+            if not isinstance(account, Account):  # |command or /file (mailsuite.smtp.forward)
+                copies.extend(self._deliver_special(account, data, sender, addresses, queue_id,
+                                                    arrival, start))
+                continue
             final = self.final_address(addresses[0], account)
             top = f"Return-Path: <{sender}>\nX-Original-To: {addresses[0]}\nDelivered-To: {final}\n"
             d = defer.maybeDeferred(
@@ -307,6 +304,37 @@ class LocalDelivery:
             copies.append(d)
         done = defer.DeferredList(copies, consumeErrors=True)
         return done.addCallback(self._all_written, queue_id)
+
+    def _deliver_special(self, dest: Any, data: bytes, sender: str, addresses: list[str],
+                         queue_id: str, arrival: float, start: float) -> list[Any]:
+        """One run of the command / append to the file per original address; logged as local(8)."""
+        copies = []
+        for address in addresses:
+            d = threads.blocking(forward.deliver_special, dest, data, sender, address,
+                                 address, self.now())
+            d.addBoth(self._log_special, queue_id, address, arrival, start)
+            copies.append(d)
+        return copies
+
+    def _log_special(self, result: Any, queue_id: str, address: str, arrival: float,
+                     start: float) -> Any:
+        end = self.now()
+        delays = "/".join(format_delay(x) for x in (start - arrival, 0, 0, end - start))
+        if isinstance(result, Failure) and result.check(forward.TargetFailed):
+            failed = result.value
+            dsn = failed.dsn
+            status = f"{'bounced' if failed.permanent else 'deferred'} ({failed.text})"
+        elif isinstance(result, Failure):
+            log.failure("delivery of {queue_id} failed", result, queue_id=queue_id)
+            dsn, status = "4.3.0", f"deferred ({result.value})"
+        else:
+            dsn, status = "2.0.0", f"sent ({result})"
+        self.maillog.write(
+            "local",
+            f"{queue_id}: to=<{address}>, relay=local, delay={format_delay(end - arrival)},"
+            f" delays={delays}, dsn={dsn}, status={status}",
+        )
+        return result
 
     def _log_copy(
         self,
@@ -342,7 +370,9 @@ class LocalDelivery:
     def _all_written(self, results: list[tuple[bool, Any]], queue_id: str) -> None:
         failures = [r for ok, r in results if not ok]
         if failures:
-            raise DeliveryFailed(
+            error = DeliveryFailed(
                 f"{len(failures)} of {len(results)} copies not written: {failures[0].value}"
             )
+            error.failures = failures  # type: ignore[attr-defined]
+            raise error
         self.maillog.write("qmgr", f"{queue_id}: removed")
