@@ -10,6 +10,7 @@ server: an ``smtp.IMessageDelivery``.
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,10 @@ from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.maillog import new_queue_id
 from mailsuite.smtp import forward
+from mailsuite.smtp.address import has_routing
 from mailsuite.smtp.aliases import AliasLookupError, AliasMap
+from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
+from mailsuite.smtp.relay import Outcome
 
 log = Logger()
 
@@ -159,12 +163,22 @@ class _LocalMessage:
         self.lines = []
 
 
+@dataclass
+class RemoteRecipient:
+    """An accepted recipient in another domain: the message goes to the queue for it."""
+
+    address: str
+
+
 @implementer(smtp.IMessageDelivery)
 class DeliveryAvatar:
-    """What one SMTP session may do: for now local recipients only, for everyone.
+    """What one SMTP session may do, by Postfix's default relay rules.
 
-    ``user`` is the authenticated login name or None (anonymous MX traffic). Relaying for
-    authenticated users and mynetworks comes with the queue.
+    ``user`` is the authenticated login name or None (anonymous MX traffic). Anyone may send to
+    the local domains; other domains are accepted (and queued) for authenticated users, clients
+    in ``mynetworks``, and for ``relay_domains``; everything else is ``554 5.7.1 Relay access
+    denied``. Sender-specified routing (``user%host@``, ``"user@host"@``, ``user!host@``) from
+    an untrusted client is refused the same way, wherever it points.
     """
 
     def __init__(self, delivery: LocalDelivery, user: str | None) -> None:
@@ -190,9 +204,21 @@ class DeliveryAvatar:
     def validateFrom(self, helo: Any, origin: Any) -> Any:
         return origin
 
-    def validateTo(self, user: Any) -> defer.Deferred[LocalRecipient]:
+    def validateTo(self, user: Any) -> defer.Deferred[Any]:
         address = str(user.dest)
         sender = str(user.orig) if user.orig is not None else ""
+        helo = getattr(user, "helo", None) or (b"", b"")
+        ip = helo[1].decode("ascii", "replace") if isinstance(helo[1], bytes) else str(helo[1])
+        trusted = self.user is not None or self.delivery.in_mynetworks(ip)
+        _, domain = split_address(address)
+        if not trusted and has_routing(address):
+            return defer.fail(RelayDenied(address))
+        if domain is not None and not self.delivery.is_local_domain(domain):
+            if self.delivery.queue is not None and (
+                trusted or self.delivery.is_relay_domain(domain)
+            ):
+                return defer.succeed(RemoteRecipient(address))
+            return defer.fail(RelayDenied(address))
         return self.delivery.resolve(address).addCallback(
             lambda accounts: LocalRecipient(address, accounts, self.delivery, sender)
         )
@@ -224,12 +250,76 @@ class LocalDelivery:
         self.now = now
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains)
         self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
+        self.mynetworks = list(getattr(mail, "mynetworks", []))
+        self.relay_domains = [d.lower().rstrip(".") for d in getattr(mail, "relay_domains", [])]
+        #: the mailsuite.smtp.queue.Queue for remote recipients (None: local delivery only)
+        self.queue: Any = None
 
     def avatar(self, user: str | None) -> DeliveryAvatar:
         return DeliveryAvatar(self, user)
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.local_domains
+
+    def is_relay_domain(self, domain: str) -> bool:
+        """In relay_domains, or a subdomain of one (Postfix parent_domain_matches_subdomains)."""
+        name = domain.lower().rstrip(".")
+        return any(name == d or name.endswith("." + d) for d in self.relay_domains)
+
+    def in_mynetworks(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.mynetworks)
+
+    # --- the queue's local transport (mailsuite.smtp.queue.LocalTransport) ---------------------
+
+    def classify(self, address: str) -> defer.Deferred[list[QueuedRecipient]]:
+        """Queue recipients for a new message to ``address`` (a notification): one per local
+        account it resolves to, or the address itself when it is remote."""
+        _, domain = split_address(address)
+        if domain is not None and not self.is_local_domain(domain):
+            return defer.succeed([QueuedRecipient(address)])
+        d = self.resolve(address)
+        return d.addCallback(
+            lambda found: [
+                QueuedRecipient(address, user=a.name) for a in found if isinstance(a, Account)
+            ]
+        )
+
+    @defer.inlineCallbacks
+    def deliver_users(
+        self, data: bytes, envelope: Envelope, recipients: list[QueuedRecipient]
+    ) -> Any:
+        """Deliver a queued message to local accounts; one Outcome per recipient, in order
+        (5.1.1 when the account is gone, 4.3.0 when its mailbox cannot be written)."""
+        names = [r.user or "" for r in recipients]
+        accounts = yield threads.blocking(lambda: [self.accounts.recipient(n) for n in names])
+        copies = []
+        for r, account in zip(recipients, accounts):
+            if account is None:
+                copies.append(defer.succeed(None))
+            else:
+                copies.append(self.deliver(data, envelope.sender, [(r.address, account)],
+                                           envelope.queue_id, arrival=envelope.arrival,
+                                           standalone=False))
+        results = yield defer.DeferredList(copies, consumeErrors=True)
+        outcomes = []
+        for r, account, (ok, result) in zip(recipients, accounts, results):
+            if account is None:
+                text = f"unknown user: \"{r.user}\""
+                self.maillog.write("local", f"{envelope.queue_id}: to=<{r.address}>, relay=local,"
+                                   f" dsn=5.1.1, status=bounced ({text})")
+                outcomes.append(Outcome(550, "5.1.1", text, "local"))
+            elif ok:
+                outcomes.append(Outcome(250, "2.0.0", "delivered to mailbox", "local"))
+            else:
+                outcomes.append(Outcome(451, "4.3.0", f"cannot append message to mailbox: "
+                                        f"{result.value}", "local"))
+        return outcomes
 
     def resolve(self, address: str) -> defer.Deferred[list[Account]]:
         """The accounts ``address`` delivers to; errback with a RecipientRejected subclass."""
@@ -273,22 +363,25 @@ class LocalDelivery:
         recipients: list[tuple[str, Account]],
         queue_id: str,
         arrival: float | None = None,
+        standalone: bool = True,
     ) -> defer.Deferred[None]:
         """Write one copy per distinct account; fire once every copy is on disk.
 
         ``data`` is the message as stored (LF line ends, Received: already on top). Any failed
         copy makes the Deferred fail with DeliveryFailed, after all copies have finished.
+        ``standalone`` False: the caller (SMTP server, queue) logs the qmgr lines itself.
         """
         start = self.now()
         arrival = start if arrival is None else arrival
         groups: dict[str, tuple[Account, list[str]]] = {}
         for address, account in recipients:
             groups.setdefault(account.name, (account, []))[1].append(address)
-        self.maillog.write(
-            "qmgr",
-            f"{queue_id}: from=<{sender}>, size={len(data)}, nrcpt={len(recipients)}"
-            " (queue active)",
-        )
+        if standalone:
+            self.maillog.write(
+                "qmgr",
+                f"{queue_id}: from=<{sender}>, size={len(data)}, nrcpt={len(recipients)}"
+                " (queue active)",
+            )
         copies = []
         for account, addresses in groups.values():
             if not isinstance(account, Account):  # |command or /file (mailsuite.smtp.forward)
@@ -303,7 +396,7 @@ class LocalDelivery:
             d.addBoth(self._log_copy, queue_id, account, addresses, arrival, start)
             copies.append(d)
         done = defer.DeferredList(copies, consumeErrors=True)
-        return done.addCallback(self._all_written, queue_id)
+        return done.addCallback(self._all_written, queue_id, standalone)
 
     def _deliver_special(self, dest: Any, data: bytes, sender: str, addresses: list[str],
                          queue_id: str, arrival: float, start: float) -> list[Any]:
@@ -367,7 +460,9 @@ class LocalDelivery:
             )
         return result
 
-    def _all_written(self, results: list[tuple[bool, Any]], queue_id: str) -> None:
+    def _all_written(
+        self, results: list[tuple[bool, Any]], queue_id: str, standalone: bool = True
+    ) -> None:
         failures = [r for ok, r in results if not ok]
         if failures:
             error = DeliveryFailed(
@@ -375,4 +470,5 @@ class LocalDelivery:
             )
             error.failures = failures  # type: ignore[attr-defined]
             raise error
-        self.maillog.write("qmgr", f"{queue_id}: removed")
+        if standalone:
+            self.maillog.write("qmgr", f"{queue_id}: removed")
