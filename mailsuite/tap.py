@@ -14,11 +14,15 @@ from twisted.python import usage
 
 from mailsuite.checker import AccountDB, UnixChecker
 from mailsuite.config import ConfigError, load_config
+from mailsuite.control import ControlFactory, control_path, ensure_public
 from mailsuite.imap.server import IMAPFactory
+from mailsuite.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
 from mailsuite.maillog import MailLog
 from mailsuite.pop3 import POP3Factory
 from mailsuite.realm import MailRealm
+from mailsuite.smtp.aliases import validate as validate_aliases
 from mailsuite.smtp.delivery import LocalDelivery
+from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.store.mbox import MboxStore
 
@@ -26,8 +30,8 @@ log = Logger()
 
 DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
-#: The [listen] services this version serves (the others arrive with TLS, submission and LMTP).
-SERVICES = ("smtp", "pop3", "imap")
+#: The [listen] services this version serves (the others arrive with TLS and submission).
+SERVICES = ("smtp", "pop3", "imap", "lmtp")
 
 
 def config_path(explicit: str | None) -> str:
@@ -98,19 +102,52 @@ def build(cfg: Any) -> service.MultiService:
         "smtp": lambda: SMTPFactory(cfg, the_portal, delivery, maillog),
         "pop3": lambda: POP3Factory(cfg, the_portal, maillog),
         "imap": lambda: IMAPFactory(cfg, the_portal, maillog),
+        "lmtp": lambda: LMTPFactory(cfg, delivery, maillog),
     }
     for name in SERVICES:
         port = getattr(cfg.listen, name)
         if port is None:
             continue
         factory = factories[name]()
+        if isinstance(port, str):  # lmtp on a unix socket path
+            svc = strports.service(_unix_endpoint(port), factory)
+            svc.setName(f"{name}@{port}")
+            svc.setServiceParent(top)
+            continue
         for address in listen_addresses(cfg.mail.inet_interfaces):
             svc = strports.service(_endpoint(port, address), factory)
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
+    _local_submission(top, cfg, delivery, maillog)
     top.maillog = maillog  # type: ignore[attr-defined]
     _reopen_log_on_hup(maillog)
     return top
+
+
+def _unix_endpoint(path: str) -> str:
+    """A unix socket any local MTA may reach (mode 0666; a stale socket is replaced)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return f"unix:{path.replace(':', chr(92) + ':')}:mode=666:lockfile=1"
+
+
+def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillog: Any) -> None:
+    """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start."""
+    queue_directory = cfg.mail.queue_directory
+    ensure_maildrop(queue_directory)
+    ensure_public(queue_directory)
+    pickup = Pickup(queue_directory, local_submitter(
+        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin), maillog)
+    scanner = pickup_service(pickup)
+    scanner.setName("pickup")
+    scanner.setServiceParent(top)
+    commands = {"pickup": pickup.scan, "flush": pickup.scan}
+    control = strports.service(_unix_endpoint(control_path(queue_directory)),
+                               ControlFactory(commands))
+    control.setName("control")
+    control.setServiceParent(top)
+    _, errors, warnings = validate_aliases(cfg.mail.alias_maps)
+    for text in errors + warnings:
+        log.warn("alias_maps: {text}", text=text)
 
 
 def _reopen_log_on_hup(maillog: Any) -> None:
