@@ -22,6 +22,10 @@ from mailsuite.pop3 import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.aliases import validate as validate_aliases
 from mailsuite.smtp.delivery import LocalDelivery
+from mailsuite.smtp.dns import MXResolver
+from mailsuite.smtp.queue import Queue, QueueSettings
+from mailsuite.smtp.queuefile import QueueDirectory
+from mailsuite.smtp.relay import Relay, parse_password_map
 from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.store.mbox import MboxStore
@@ -96,6 +100,10 @@ def build(cfg: Any) -> service.MultiService:
     accounts = AccountDB(cfg.auth.passwd_file, cfg.auth.shadow_file, cfg.auth.first_valid_uid)
     store = MboxStore(cfg.mailbox)
     delivery = LocalDelivery(cfg, accounts, store, maillog)
+    delivery.queue = build_queue(cfg, delivery, maillog)
+    qmgr = QueueService(delivery.queue)
+    qmgr.setName("qmgr")
+    qmgr.setServiceParent(top)
     realm = MailRealm(store, accounts, delivery)
     the_portal = portal.Portal(realm, [UnixChecker(accounts), checkers.AllowAnonymousAccess()])
     factories = {
@@ -148,6 +156,44 @@ def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillo
     _, errors, warnings = validate_aliases(cfg.mail.alias_maps)
     for text in errors + warnings:
         log.warn("alias_maps: {text}", text=text)
+
+
+def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
+    """The outbound queue of queue_directory with its SMTP client (MX or relayhost)."""
+    from twisted.internet import reactor
+
+    mail = cfg.mail
+    credentials = {}
+    if mail.smtp_sasl_password_maps:
+        with open(mail.smtp_sasl_password_maps) as f:
+            credentials = parse_password_map(f.read())
+    relay = Relay(
+        MXResolver(mail.dns_resolver, reactor=reactor),
+        mail.myhostname,
+        reactor,
+        port=mail.smtp_port,
+        relayhost=mail.relayhost,
+        credentials=credentials,
+        tls_level=mail.smtp_tls_security_level,
+    )
+    return Queue(QueueDirectory(mail.queue_directory), delivery, relay, maillog, reactor,
+                 QueueSettings.from_config(mail))
+
+
+class QueueService(service.Service):
+    """Starts the queue manager with the other services (loads what an earlier run left)."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.queue.start()
+        d.addErrback(lambda f: log.failure("cannot start the queue", f))
+
+    def stopService(self) -> Any:
+        self.queue.stop()
+        return super().stopService()
 
 
 def _reopen_log_on_hup(maillog: Any) -> None:

@@ -75,7 +75,7 @@ class BuildTests(unittest.TestCase):
         top = tap.build(options["cfg"])
         self.addCleanup(top.maillog.close)
         names = sorted(s.name for s in top)
-        self.assertEqual(names, ["control", "imap@127.0.0.1", "pickup", "smtp@127.0.0.1"])
+        self.assertEqual(names, ["control", "imap@127.0.0.1", "pickup", "qmgr", "smtp@127.0.0.1"])
         self.assertEqual(top.getServiceNamed("smtp@127.0.0.1").endpoint._port, 2525)
 
     def test_listen_addresses(self) -> None:

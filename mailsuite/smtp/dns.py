@@ -80,14 +80,21 @@ class MXResolver:
     """MX and address look-ups. ``resolver`` (an IResolver) may be given directly in tests."""
 
     def __init__(self, dns_resolver: str = "", reactor: Any = None, resolver: Any = None) -> None:
-        if resolver is None:
-            server = parse_resolver(dns_resolver)
-            if server is not None:
-                resolver = client.Resolver(servers=[server], reactor=reactor, timeout=(1, 3, 11))
-            else:
-                resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
-        self.resolver = resolver
+        self._server = parse_resolver(dns_resolver)
+        self._reactor = reactor
+        self._resolver = resolver
         self.shuffle = random.shuffle
+
+    @property
+    def resolver(self) -> Any:
+        """Made at the first look-up (a resolv.conf resolver starts a re-read timer)."""
+        if self._resolver is None:
+            if self._server is not None:
+                self._resolver = client.Resolver(
+                    servers=[self._server], reactor=self._reactor, timeout=(1, 3, 11))
+            else:
+                self._resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=self._reactor)
+        return self._resolver
 
     @defer.inlineCallbacks
     def hosts(self, domain: str) -> Any:
