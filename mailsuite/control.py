@@ -5,6 +5,7 @@ the running daemon here: one line in, one line out (``ok ...`` or ``error ...``)
 
     pickup     scan maildrop/ now
     flush      scan maildrop/ and retry every deferred message now (postqueue -f)
+    delete ID  forget and remove one queued message (postsuper -d): "ok removed" / "ok not found"
 
 The socket is mode 0666 (any local user may ask for a flush, as with Postfix). When the daemon
 is not running, ``ask`` raises ``MailSystemDown``.
@@ -39,12 +40,12 @@ class _ControlProtocol(LineOnlyReceiver):
     MAX_LENGTH = 1024
 
     def lineReceived(self, line: bytes) -> None:
-        command = line.decode("ascii", "replace").strip().lower()
-        handler = self.factory.commands.get(command)
+        command, *args = line.decode("ascii", "replace").split()  or [""]
+        handler = self.factory.commands.get(command.lower())
         if handler is None:
             self._answer(f"error unknown command {command!r}")
             return
-        d = defer.maybeDeferred(handler)
+        d = defer.maybeDeferred(handler, *args)
         d.addCallbacks(lambda result: self._answer(f"ok {result or ''}".rstrip()),
                        self._failed)
 

@@ -9,24 +9,27 @@ from typing import Any
 
 from twisted.application import service, strports
 from twisted.cred import checkers, portal
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
+from mailsuite import threads
 from mailsuite.checker import AccountDB, UnixChecker
 from mailsuite.config import ConfigError, load_config
 from mailsuite.control import ControlFactory, control_path, ensure_public
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
+from mailsuite.maildrop import remove as remove_dropped
 from mailsuite.maillog import MailLog
 from mailsuite.pop3 import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.aliases import validate as validate_aliases
 from mailsuite.smtp.delivery import LocalDelivery
 from mailsuite.smtp.dns import MXResolver
+from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.queue import Queue, QueueSettings
 from mailsuite.smtp.queuefile import QueueDirectory
 from mailsuite.smtp.relay import Relay, parse_password_map
-from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.store.mbox import MboxStore
 
@@ -148,7 +151,8 @@ def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillo
     scanner = pickup_service(pickup)
     scanner.setName("pickup")
     scanner.setServiceParent(top)
-    commands = {"pickup": pickup.scan, "flush": pickup.scan}
+    commands = {"pickup": pickup.scan, "flush": lambda: _flush(pickup, delivery),
+                "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id)}
     control = strports.service(_unix_endpoint(control_path(queue_directory)),
                                ControlFactory(commands))
     control.setName("control")
@@ -194,6 +198,24 @@ class QueueService(service.Service):
     def stopService(self) -> Any:
         self.queue.stop()
         return super().stopService()
+
+
+def _flush(pickup: Pickup, delivery: Any) -> Any:
+    """postqueue -f: pick up maildrop/ and retry every deferred message now."""
+    if getattr(delivery, "queue", None) is not None:
+        delivery.queue.flush()
+    return pickup.scan()
+
+
+@defer.inlineCallbacks
+def _delete(queue_directory: str, delivery: Any, queue_id: str) -> Any:
+    """postsuper -d ID, for the control socket."""
+    if (yield threads.blocking(remove_dropped, queue_directory, queue_id)):
+        return "removed"
+    queue = getattr(delivery, "queue", None)
+    if queue is not None and (yield queue.delete(queue_id)):
+        return "removed"
+    return "not found"
 
 
 def _reopen_log_on_hup(maillog: Any) -> None:
