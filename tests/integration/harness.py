@@ -9,10 +9,12 @@ on 127.0.0.1. ``site.start()`` runs twistd in a subprocess and waits until every
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,9 +38,13 @@ def free_port() -> int:
 
 
 class Site:
-    def __init__(self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n") -> None:
-        self.dir = os.path.abspath(testcase.mktemp())
-        os.makedirs(self.dir)
+    def __init__(self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n",
+                 mail_extra: str = "") -> None:
+        """``mail_extra``: more ``[mail]`` lines (they win over the defaults below)."""
+        self.mail_extra = mail_extra
+        # short, so unix sockets under it (queue_directory/public/control) fit in sun_path
+        self.dir = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
+        testcase.addCleanup(shutil.rmtree, self.dir, True)
         self.spool = os.path.join(self.dir, "spool")
         os.makedirs(self.spool)
         self.ports = {name: free_port() for name in SERVICES}
@@ -86,6 +92,7 @@ inet_interfaces = 127.0.0.1
 alias_maps = {d}/aliases
 queue_directory = {d}/queue
 maillog_file = {self.maillog}
+{self.mail_defaults()}
 
 [listen]
 smtp = {self.ports['smtp']}
@@ -108,6 +115,12 @@ mail_location = mbox:~/mail:INBOX={self.spool}/%u
 [tls]
 ssl = no
 """
+
+    def mail_defaults(self) -> str:
+        """Loopback clients are strangers (not in mynetworks) unless a test says otherwise."""
+        given = {line.split("=")[0].strip() for line in self.mail_extra.splitlines() if "=" in line}
+        lines = [] if "mynetworks" in given else ["mynetworks = 192.0.2.0/24"]
+        return "\n".join(lines + [self.mail_extra])
 
     def start(self) -> None:
         """Run the server and wait (bounded) until each port accepts connections."""
