@@ -509,6 +509,8 @@ def main() -> None:
         sys.exit(mailq_main())
     if name == "newaliases":
         sys.exit(newaliases_main())
+    if name == "mailsuite-queue":
+        sys.exit(queue_main())
     sys.exit(sendmail_main())
 
 
