@@ -215,9 +215,12 @@ class Queue:
 
     def _attempt_over(self, _: Any, queue_id: str) -> None:
         self._running.discard(queue_id)
-        if queue_id in self._again and queue_id in self.envelopes:
-            self._again.discard(queue_id)
-            self._schedule(queue_id, 0)
+        again = queue_id in self._again
+        self._again.discard(queue_id)
+        env = self.envelopes.get(queue_id)
+        if env is not None:
+            delay = 0.0 if again else max(0.0, env.next_attempt - self.clock.seconds())
+            self._schedule(queue_id, delay)
         if not self._running:
             waiting, self.idle = self.idle, []
             for d in waiting:
@@ -272,6 +275,7 @@ class Queue:
         failed: list[Entry] = []
         succeeded: list[tuple[str, Entry]] = []
         deferred: list[Entry] = []
+        gave_up = False
         for i, outcome in sorted(outcomes.items()):
             r = env.recipients[i]
             if i in remote:
@@ -285,11 +289,12 @@ class Queue:
                         succeeded.append((kind, entry))
             elif outcome.code >= 500 or expired:
                 finished.append(i)
+                gave_up = gave_up or outcome.code < 500
                 if r.wants("FAILURE"):
                     failed.append(entry)
             else:
                 deferred.append(entry)
-        if expired and deferred:
+        if gave_up:
             self.maillog.write("qmgr", f"{env.queue_id}: from=<{env.sender}>, status=expired, returned to sender")
         yield self._notify(env, data, "failed", failed, now)
         for kind in ("delivered", "relayed"):
@@ -314,8 +319,7 @@ class Queue:
         if warn:
             record["warned"] = True
         yield self.blocking(self.directory.mark, env.queue_id, record, warn)
-        self._bodies.pop(env.queue_id, None)
-        self._schedule(env.queue_id, env.next_attempt - now)
+        self._bodies.pop(env.queue_id, None)  # read again at the next attempt
 
     def _forget(self, queue_id: str) -> None:
         self.envelopes.pop(queue_id, None)
