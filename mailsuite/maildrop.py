@@ -184,9 +184,9 @@ class Pickup:
         if self._running is not None:
             self._again = True
             return self._running
-        self._running = self._scan()
-        self._running.addBoth(self._done)
-        return self._running
+        running = self._running = self._scan()
+        running.addBoth(self._done)
+        return running
 
     def _done(self, result: Any) -> None:
         self._running = None
