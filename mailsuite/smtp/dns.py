@@ -105,14 +105,13 @@ class MXResolver:
         name = domain.rstrip(".").encode("idna") if not domain.isascii() else domain.rstrip(".").encode()
         try:
             answers, _, _ = yield self.resolver.lookupMailExchange(name)
-        except error.DNSNameError:
+        except error.DomainError:  # NXDOMAIN (authorities raise its base class, DomainError)
             raise PermanentDNSError(
                 "5.1.2", f"Host or domain name not found. Name service error for name={domain}"
                 " type=MX: Host not found"
             ) from None
         except (error.DNSServerError, error.DNSQueryTimeoutError, defer.TimeoutError,
-                error.DNSUnknownError, error.DNSQueryRefusedError, error.DomainError,
-                error.ResolverError) as e:
+                error.DNSUnknownError, error.DNSQueryRefusedError, error.ResolverError) as e:
             raise TemporaryDNSError(
                 "4.4.3", f"Host or domain name not found. Name service error for name={domain}"
                 f" type=MX: Host not found, try again ({type(e).__name__})"
@@ -166,7 +165,7 @@ class MXResolver:
         failures = []
         for ok, result in results:
             if not ok:
-                if not result.check(error.DNSNameError):
+                if not result.check(error.DomainError):
                     failures.append(result)
                 continue
             for record in result[0]:

@@ -173,6 +173,7 @@ class Transaction:
     recipients: list[QueuedRecipient]
     data: bytes
     results: dict[int, Outcome] = field(default_factory=dict)
+    started: bool = False  # MAIL FROM was sent: never retry this attempt at another host
 
 
 def _ehlo_keywords(text: str) -> dict[str, str]:
@@ -237,6 +238,7 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
     if dsn and env.envid:
         mail += f" ENVID={xtext_encode(env.envid)}"
     client.send(mail)
+    tx.started = True
     code, text = yield client.reply()
     if code >= 400:
         for i, _ in enumerate(tx.recipients):
@@ -417,7 +419,7 @@ class Relay:
                         return [tx.results[i] for i in range(len(recipients))]
                     last = Outcome(451, "4.4.2", f"lost connection with {relay}: {_reason(e)}", relay)
                     _quit(client)
-                    if tx.results:  # the transaction had begun: never resend to another host now
+                    if tx.started:  # the transaction had begun: never resend to another host now
                         return [tx.results.get(i, last) for i in range(len(recipients))]
                     continue
                 client.transport.loseConnection()
