@@ -81,8 +81,8 @@ class DialogueTests(LMTPCase):
         self.assertEqual(self.send("MAIL FROM:<joe@x>", "RCPT TO:<a@x>", "RCPT TO:<ghost@x>",
                                    "RCPT TO:<b@x>", "RCPT TO:<c@x>", "DATA"),
                          ["250 2.1.0 Ok", "250 2.1.5 Ok",
-                          "550 5.1.1 <ghost@x>: Recipient address rejected: User unknown in"
-                          " local recipient table", "250 2.1.5 Ok", "250 2.1.5 Ok",
+                          ("550 5.1.1 <ghost@x>: Recipient address rejected: User unknown in"
+                          " local recipient table"), "250 2.1.5 Ok", "250 2.1.5 Ok",
                           "354 End data with <CR><LF>.<CR><LF>"])
         self.assertEqual(self.send("Subject: s", "", "..dot", "."), [])
         self.assertEqual(len(self.delivery.held), 3)
