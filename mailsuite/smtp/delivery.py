@@ -33,6 +33,10 @@ from mailsuite.smtp.relay import Outcome
 
 log = Logger()
 
+#: How long a successful recipient look-up is reused, and how many are kept.
+RESOLVE_CACHE_TTL = 2.0
+RESOLVE_CACHE_SIZE = 10000
+
 
 class RecipientRejected(smtp.SMTPServerError):
     """A recipient the server must refuse; ``code`` and ``resp`` are the SMTP reply."""
@@ -254,6 +258,7 @@ class LocalDelivery:
         self.relay_domains = [d.lower().rstrip(".") for d in getattr(mail, "relay_domains", [])]
         #: the mailsuite.smtp.queue.Queue for remote recipients (None: local delivery only)
         self.queue: Any = None
+        self._resolved: dict[str, tuple[float, list[Any]]] = {}
 
     def avatar(self, user: str | None) -> DeliveryAvatar:
         return DeliveryAvatar(self, user)
@@ -328,7 +333,25 @@ class LocalDelivery:
             return defer.fail(RelayDenied(address))
         if not local:
             return defer.fail(UnknownRecipient(address))
-        return threads.blocking(self._resolve_blocking, address, local)
+        key = address.lower()
+        now = self.now()
+        cached = self._resolved.get(key)
+        if cached is not None and cached[0] > now:
+            return defer.succeed(list(cached[1]))
+        d = threads.blocking(self._resolve_blocking, address, local)
+        return d.addCallback(self._remember, key, now)
+
+    def _remember(self, found: list[Any], key: str, now: float) -> list[Any]:
+        """Keep a successful look-up for RESOLVE_CACHE_TTL seconds (Postfix caches too):
+        a busy MX then resolves each recipient without a thread hop."""
+        if len(self._resolved) >= RESOLVE_CACHE_SIZE:
+            self._resolved.clear()
+        self._resolved[key] = (now + RESOLVE_CACHE_TTL, list(found))
+        return found
+
+    def forget_lookups(self) -> None:
+        """Drop cached recipient look-ups (after newaliases, for instance)."""
+        self._resolved.clear()
 
     def _resolve_blocking(self, address: str, local: str) -> list[Any]:
         """Accounts, plus forward.Program/File for |command and /file targets (aliases.py,
