@@ -37,6 +37,7 @@ class MailLog:
         self._file: IO[bytes] | None = None
         self.pid = os.getpid()
         self.lines: list[str] = []  # kept when path is None (tests)
+        self._stamp: tuple[int, str] = (-1, "")
 
     def open(self) -> None:
         if self.path:
@@ -57,8 +58,12 @@ class MailLog:
             self._file = None
 
     def stamp(self) -> str:
-        t = time.localtime(self._now())
-        return "%s %2d %02d:%02d:%02d" % (_MONTHS[t.tm_mon - 1], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
+        second = int(self._now())
+        if second != self._stamp[0]:  # one localtime() per second, not per line
+            t = time.localtime(second)
+            self._stamp = (second, "%s %2d %02d:%02d:%02d" % (
+                _MONTHS[t.tm_mon - 1], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec))
+        return self._stamp[1]
 
     def write(self, program: str, text: str) -> None:
         """One event of ``program`` (smtpd, local, cleanup, pop3-login, imap-login, pop3, imap)."""

@@ -36,6 +36,9 @@ log = Logger()
 #: How long a successful recipient look-up is reused, and how many are kept.
 RESOLVE_CACHE_TTL = 2.0
 RESOLVE_CACHE_SIZE = 10000
+#: Group commit: at most this many messages / bytes in one write to one mailbox.
+BATCH_MESSAGES = 200
+BATCH_BYTES = 32 * 1024 * 1024
 
 
 class RecipientRejected(smtp.SMTPServerError):
@@ -259,6 +262,8 @@ class LocalDelivery:
         #: the mailsuite.smtp.queue.Queue for remote recipients (None: local delivery only)
         self.queue: Any = None
         self._resolved: dict[str, tuple[float, list[Any]]] = {}
+        self._pending: dict[str, list[tuple[bytes, str, defer.Deferred[None]]]] = {}
+        self._writing: set[str] = set()
 
     def avatar(self, user: str | None) -> DeliveryAvatar:
         return DeliveryAvatar(self, user)
@@ -413,13 +418,46 @@ class LocalDelivery:
                 continue
             final = self.final_address(addresses[0], account)
             top = f"Return-Path: <{sender}>\nX-Original-To: {addresses[0]}\nDelivered-To: {final}\n"
-            d = defer.maybeDeferred(
-                self.store.deliver, account, top.encode("utf-8", "replace") + data, sender
-            )
+            d = self._commit(account, top.encode("utf-8", "replace") + data, sender)
             d.addBoth(self._log_copy, queue_id, account, addresses, arrival, start)
             copies.append(d)
         done = defer.DeferredList(copies, consumeErrors=True)
         return done.addCallback(self._all_written, queue_id, standalone)
+
+    def _commit(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
+        """Group commit: copies for one INBOX that arrive while a write to it is under way are
+        written together by the next write (one lock, one fsync); each fires after its fsync."""
+        if not hasattr(self.store, "deliver_many"):
+            return defer.maybeDeferred(self.store.deliver, account, data, sender)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._pending.setdefault(account.name, []).append((data, sender, waiter))
+        if account.name not in self._writing:
+            self._write_batch(account)
+        return waiter
+
+    def _write_batch(self, account: Account) -> None:
+        pending = self._pending.get(account.name, [])
+        batch, size = [], 0
+        while pending and len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
+            batch.append(pending.pop(0))
+            size += len(batch[-1][0])
+        if not pending:
+            self._pending.pop(account.name, None)
+        if not batch:
+            self._writing.discard(account.name)
+            return
+        self._writing.add(account.name)
+        d = defer.maybeDeferred(self.store.deliver_many, account, [(m, s) for m, s, _ in batch])
+
+        def written(result: Any) -> None:
+            for _, _, waiter in batch:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+            self._write_batch(account)
+
+        d.addBoth(written)
 
     def _deliver_special(self, dest: Any, data: bytes, sender: str, addresses: list[str],
                          queue_id: str, arrival: float, start: float) -> list[Any]:

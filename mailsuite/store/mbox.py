@@ -190,6 +190,7 @@ class MboxStore:
         self._lock_timeout = lock_timeout
         self._stale_after = stale_after
         self._boxes: dict[str, MboxMailbox] = {}
+        self._delivery_files: dict[Account, MboxFile] = {}
 
     def _file(self, account: Account) -> MboxFile:
         return MboxFile(
@@ -219,6 +220,21 @@ class MboxStore:
             return f
 
         return box.refresh().addCallbacks(lambda _: box, failed)
+
+    def deliver_many(self, account: Account, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
+        """Deliver several ``(data, sender)`` to one INBOX with one lock and one fsync."""
+        mfile = self._delivery_files.get(account)
+        if mfile is None:  # MboxFile() resolves real paths: once per account, not per message
+            if len(self._delivery_files) > 10000:
+                self._delivery_files.clear()
+            mfile = self._delivery_files[account] = self._file(account)
+        box = self._boxes.get(mfile.path)
+        date = int(self.now().timestamp())
+        if box is not None:
+            d = box._run(box._file.append_many, list(items), date)
+        else:
+            d = blocking(mfile.append_many, None, list(items), date)
+        return d.addCallback(lambda _: None)
 
     def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         mfile = self._file(account)
