@@ -160,6 +160,14 @@ ssl = no
         self.process = None
         self.output.close()
 
+    def kill9(self) -> None:
+        """SIGKILL, as a crash or power cut would end it (no clean-up of any kind)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+            self.output.close()
+
     def restart(self) -> None:
         self.stop()
         self.start()
