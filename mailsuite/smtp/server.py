@@ -167,7 +167,7 @@ class SMTPServer(smtp.ESMTP):
     def _reply(self, code: int, text: str) -> None:
         if not _ENHANCED.match(text) and code != 354:
             text = f"{code // 100}.0.0 {text}"
-        self.transport.write(f"{code} {text}\r\n".encode("utf-8", "replace"))
+        self._send(f"{code} {text}\r\n".encode("utf-8", "replace"))
         if self._command_name and code < 400 and code != 354:
             self._counts[self._command_name][0] += 1
         if code >= 400:
@@ -179,9 +179,30 @@ class SMTPServer(smtp.ESMTP):
                 self._log(f"too many errors after {self._command_name.upper()} from {self.client}")
                 self.transport.loseConnection()
 
+    def _send(self, data: bytes) -> None:
+        """Write a reply. On a plain TCP connection with nothing queued, hand it to the socket
+        at once: Twisted's write() costs two epoll_ctl calls and a reactor turn per reply,
+        about a sixth of the CPU of a small message on a busy MX. Whatever the kernel does not
+        take (and every TLS or test transport) goes through transport.write() as usual."""
+        t = self.transport
+        sock = getattr(t, "socket", None)
+        if (sock is not None and not getattr(t, "TLS", True) and not t.disconnecting
+                and not t.dataBuffer and not getattr(t, "_tempDataBuffer", True)
+                and t.producer is None):
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = 0  # transport.write() below reports the error the usual way
+            data = data[sent:]
+            if not data:
+                return
+        t.write(data)
+
     def _reply_lines(self, code: int, lines: list[str]) -> None:
         out = [f"{code}-{line}\r\n" for line in lines[:-1]] + [f"{code} {lines[-1]}\r\n"]
-        self.transport.write("".join(out).encode("ascii", "replace"))
+        self._send("".join(out).encode("ascii", "replace"))
         if self._command_name:
             self._counts[self._command_name][0] += 1
 
