@@ -38,6 +38,10 @@ class MailLog:
         self.pid = os.getpid()
         self.lines: list[str] = []  # kept when path is None (tests)
         self._stamp: tuple[int, str] = (-1, "")
+        #: The daemon sets this to ``lambda f: reactor.callLater(0, f)``: the lines of one
+        #: reactor turn then go out in one write (a busy MX logs ~5 lines per message).
+        self.coalesce: Callable[[Callable[[], None]], object] | None = None
+        self._pending: list[str] = []
 
     def open(self) -> None:
         if self.path:
@@ -53,6 +57,7 @@ class MailLog:
         self.open()
 
     def close(self) -> None:
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -71,10 +76,24 @@ class MailLog:
         if self._file is None and not self.path:
             self.lines.append(line)
             return
+        if self.coalesce is not None:
+            self._pending.append(line)
+            if len(self._pending) == 1:
+                self.coalesce(self.flush)
+            return
+        self._write(line + "\n")
+
+    def flush(self) -> None:
+        """Write the lines held back by ``coalesce`` (one write for all of them)."""
+        lines, self._pending = self._pending, []
+        if lines:
+            self._write("\n".join(lines) + "\n")
+
+    def _write(self, text: str) -> None:
         if self._file is None:
             self.open()
         try:
             assert self._file is not None
-            self._file.write(line.encode("utf-8", "replace") + b"\n")
+            self._file.write(text.encode("utf-8", "replace"))
         except OSError:
             log.failure("cannot write to maillog {path}", path=self.path)

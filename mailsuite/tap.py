@@ -100,6 +100,7 @@ def build(cfg: Any) -> service.MultiService:
     top = service.MultiService()
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname)
     maillog.open()
+    maillog.coalesce = _next_turn
     accounts = AccountDB(cfg.auth.passwd_file, cfg.auth.shadow_file, cfg.auth.first_valid_uid)
     store = MboxStore(cfg.mailbox)
     delivery = LocalDelivery(cfg, accounts, store, maillog)
@@ -160,6 +161,12 @@ def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillo
     _, errors, warnings = validate_aliases(cfg.mail.alias_maps)
     for text in errors + warnings:
         log.warn("alias_maps: {text}", text=text)
+
+
+def _next_turn(f: Any) -> Any:
+    from twisted.internet import reactor
+
+    return reactor.callLater(0, f)  # type: ignore[attr-defined]
 
 
 def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
