@@ -118,3 +118,27 @@ class SMTPUTF8Tests(SessionCase):
         self.assertEqual(self.codes("RCPT TO:<bößé@mail.example.com>\r\n".encode()), ["550"])
         self.assertEqual(self.codes(b"RCPT TO:<boss@mail.example.com>\r\nDATA\r\n"), ["250", "354"])
         self.assertEqual(self.codes("Subject: grüße\r\n\r\nü\r\n.\r\n".encode()), ["250"])
+
+
+class LimitTests(SessionCase):
+    def test_recipient_limit(self) -> None:
+        """After 1000 accepted recipients (smtpd_recipient_limit) RCPT gets 452 4.5.3."""
+        self.send(b"EHLO client.example\r\nMAIL FROM:<a@b.example>\r\n")
+        replies = self.codes(b"RCPT TO:<boss@mail.example.com>\r\n" * 1001)
+        self.assertEqual(replies[:1000], ["250"] * 1000)
+        self.assertEqual(self.send(b"RCPT TO:<boss@mail.example.com>\r\n"),
+                         ["452 4.5.3 Error: too many recipients"])
+
+    def test_error_limit(self) -> None:
+        """The 20th error reply of a session (smtpd_hard_error_limit) ends it with 421 4.7.0."""
+        replies = self.send(b"BOGUS\r\n" * 25)
+        self.assertEqual(len([r for r in replies if r.startswith("502")]), 20)
+        self.assertEqual(replies[-1], "421 4.7.0 mail.example.com Error: too many errors")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_every_reply_has_an_enhanced_code(self) -> None:
+        """ENHANCEDSTATUSCODES: each reply but the greeting, EHLO lines and 354 carries X.Y.Z."""
+        replies = self.send(b"HELO x\r\nNOOP\r\nVRFY boss\r\nHELP\r\nMAIL FROM:<>\r\nRSET\r\n"
+                            b"RCPT TO:<boss@mail.example.com>\r\nFOO\r\nQUIT\r\n")
+        for reply in replies:
+            self.assertRegex(reply, r"^\d{3} [245]\.\d{1,3}\.\d{1,3} ")
