@@ -166,7 +166,7 @@ def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillo
 def _next_turn(f: Any) -> Any:
     from twisted.internet import reactor
 
-    return reactor.callLater(0, f)  # type: ignore[attr-defined]
+    return reactor.callLater(0, f)  # type: ignore[attr-defined,arg-type]
 
 
 def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:

@@ -437,7 +437,8 @@ class LocalDelivery:
 
     def _write_batch(self, account: Account) -> None:
         pending = self._pending.get(account.name, [])
-        batch, size = [], 0
+        batch: list[tuple[bytes, str, defer.Deferred[None]]] = []
+        size = 0
         while pending and len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
             batch.append(pending.pop(0))
             size += len(batch[-1][0])

@@ -83,6 +83,8 @@ class SessionFailed(Exception):
 class ClientProtocol(protocol.Protocol):
     """Reads SMTP replies (multi-line aware); the session logic is in :func:`run_session`."""
 
+    transport: Any
+
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self._buffer = b""
@@ -342,7 +344,7 @@ class Relay:
         kind = endpoints.TCP6ClientEndpoint if ":" in ip else endpoints.TCP4ClientEndpoint
         endpoint = kind(self.clock, ip, port, timeout=CONNECT_TIMEOUT)
         factory = protocol.Factory.forProtocol(lambda: ClientProtocol(self.clock))
-        return endpoint.connect(factory)
+        return endpoint.connect(factory)  # type: ignore[arg-type,return-value]
 
     def _destination(self, hop: str) -> tuple[str, int, bool]:
         """(host, port, look up MX?) for a next hop in Postfix syntax."""
