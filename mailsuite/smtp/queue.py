@@ -16,6 +16,7 @@ Every event is a maillog line in Postfix's shape under the message's one queue i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -153,7 +154,7 @@ class Queue:
         if not recipients:
             return None
         env = Envelope(new_queue_id(), sender, recipients, self.clock.seconds(), **fields)
-        self.maillog.write("cleanup", f"{env.queue_id}: message-id=<{env.queue_id}@{self.settings.hostname}>")
+        self.maillog.write("cleanup", f"{env.queue_id}: message-id=<{_message_id(data)}>")
         return (yield self.enqueue(env, data))
 
     def flush(self) -> None:
@@ -355,6 +356,15 @@ class Queue:
             f"delay={format_delay(now - env.arrival)}, delays={delays}, dsn={o.dsn}, "
             f"status={status} ({o.text})",
         )
+
+
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*<?([^\s>]*)", re.IGNORECASE | re.MULTILINE)
+
+
+def _message_id(data: bytes) -> str:
+    end = data.find(b"\n\n")
+    m = _MESSAGE_ID.search(data if end < 0 else data[:end])
+    return m.group(1).decode("ascii", "replace") if m else ""
 
 
 def _host_of(relay: str) -> str:
