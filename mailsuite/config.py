@@ -129,6 +129,22 @@ def _relayhost(value: str) -> str:
     return text
 
 
+def _tls_level(value: str) -> str:
+    """Postfix smtp_tls_security_level: none, may (opportunistic STARTTLS) or encrypt."""
+    text = value.strip().lower()
+    if text not in ("none", "may", "encrypt"):
+        raise ValueError(f"{value.strip()!r} is not none, may or encrypt")
+    return text
+
+
+def _optional_path(value: str) -> str:
+    return _path(value) if value.strip() else ""
+
+
+def _smtp_port(value: str) -> int:
+    return _port_number(value.strip(), lowest=1)
+
+
 def _dns_resolver(value: str) -> str:
     """``IP:port`` of a DNS server (IPv6 in brackets); empty = /etc/resolv.conf."""
     text = value.strip()
@@ -349,6 +365,12 @@ class MailConfig:
     maillog_file: str
     maximal_queue_lifetime: float
     dns_resolver: str
+    minimal_backoff_time: float
+    maximal_backoff_time: float
+    delay_warning_time: float
+    smtp_tls_security_level: str
+    smtp_sasl_password_maps: str
+    smtp_port: int
 
 
 SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
@@ -494,6 +516,12 @@ _SECTIONS: dict[str, _Section] = {
         _Key("maillog_file", "/var/log/maillog", _path),
         _Key("maximal_queue_lifetime", "5d", _time_days),
         _Key("dns_resolver", "", _dns_resolver),
+        _Key("minimal_backoff_time", "300s", _time_days),
+        _Key("maximal_backoff_time", "4000s", _time_days),
+        _Key("delay_warning_time", "0s", _time_days),
+        _Key("smtp_tls_security_level", "may", _tls_level),
+        _Key("smtp_sasl_password_maps", "", _optional_path),
+        _Key("smtp_port", "25", _smtp_port),
     ]),
     "listen": _Section(ListenConfig, [
         _Key("smtp", "25", _port),

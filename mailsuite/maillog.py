@@ -39,6 +39,11 @@ class MailLog:
         self._file: IO[bytes] | None = None
         self.pid = os.getpid()
         self.lines: list[str] = []  # kept when path is None (tests)
+        self._stamp: tuple[int, str] = (-1, "")
+        #: The daemon sets this to ``lambda f: reactor.callLater(0, f)``: the lines of one
+        #: reactor turn then go out in one write (a busy MX logs ~5 lines per message).
+        self.coalesce: Callable[[Callable[[], None]], object] | None = None
+        self._pending: list[str] = []
 
     def open(self) -> None:
         if self.path:
@@ -54,13 +59,18 @@ class MailLog:
         self.open()
 
     def close(self) -> None:
+        self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None
 
     def stamp(self) -> str:
-        t = time.localtime(self._now())
-        return "%s %2d %02d:%02d:%02d" % (_MONTHS[t.tm_mon - 1], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
+        second = int(self._now())
+        if second != self._stamp[0]:  # one localtime() per second, not per line
+            t = time.localtime(second)
+            self._stamp = (second, "%s %2d %02d:%02d:%02d" % (
+                _MONTHS[t.tm_mon - 1], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec))
+        return self._stamp[1]
 
     def write(self, program: str, text: str) -> None:
         """One event of ``program`` (smtpd, local, cleanup, pop3-login, imap-login, pop3, imap)."""
@@ -75,10 +85,24 @@ class MailLog:
         if self._file is None and not self.path:
             self.lines.append(line)
             return
+        if self.coalesce is not None:
+            self._pending.append(line)
+            if len(self._pending) == 1:
+                self.coalesce(self.flush)
+            return
+        self._write(line + "\n")
+
+    def flush(self) -> None:
+        """Write the lines held back by ``coalesce`` (one write for all of them)."""
+        lines, self._pending = self._pending, []
+        if lines:
+            self._write("\n".join(lines) + "\n")
+
+    def _write(self, text: str) -> None:
         if self._file is None:
             self.open()
         try:
             assert self._file is not None
-            self._file.write(line.encode("utf-8", "replace") + b"\n")
+            self._file.write(text.encode("utf-8", "replace"))
         except OSError:
             log.failure("cannot write to maillog {path}", path=self.path)

@@ -9,19 +9,30 @@ from typing import Any
 
 from twisted.application import service, strports
 from twisted.cred import checkers, portal
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
+from mailsuite import threads
 from mailsuite.authpolicy import AuthPolicy
 from mailsuite.autoconfig import build_site
 from mailsuite.checker import AccountDB, UnixChecker
 from mailsuite.config import ConfigError, load_config
+from mailsuite.control import ControlFactory, control_path, ensure_public
 from mailsuite.imap.server import IMAPFactory
+from mailsuite.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
+from mailsuite.maildrop import remove as remove_dropped
 from mailsuite.maillog import MailLog
 from mailsuite.pam import NssAccounts, PamChecker
 from mailsuite.pop3 import POP3Factory
 from mailsuite.realm import MailRealm
+from mailsuite.smtp.aliases import validate as validate_aliases
 from mailsuite.smtp.delivery import LocalDelivery
+from mailsuite.smtp.dns import MXResolver
+from mailsuite.smtp.lmtp import LMTPFactory
+from mailsuite.smtp.queue import Queue, QueueSettings
+from mailsuite.smtp.queuefile import QueueDirectory
+from mailsuite.smtp.relay import Relay, parse_password_map
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.store.mbox import MboxStore
 from mailsuite.tls import ServerTLS, TLSSetupError, server_tls
@@ -30,8 +41,8 @@ log = Logger()
 
 DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
-#: The [listen] services this version serves (LMTP arrives with the MTA work).
-SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps")
+#: The [listen] services this version serves.
+SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
 #: The services that are TLS from the first byte (the others offer STARTTLS).
 IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
 
@@ -125,9 +136,14 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
     top = service.MultiService()
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname)
     maillog.open()
+    maillog.coalesce = _next_turn
     accounts, checker = accounts_and_checker(cfg)
     store = MboxStore(cfg.mailbox)
     delivery = LocalDelivery(cfg, accounts, store, maillog)
+    delivery.queue = build_queue(cfg, delivery, maillog)
+    qmgr = QueueService(delivery.queue)
+    qmgr.setName("qmgr")
+    qmgr.setServiceParent(top)
     realm = MailRealm(store, accounts, delivery)
     the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog)  # one for all doors: counts across protocols
@@ -140,6 +156,8 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
         if name in ("pop3", "pop3s"):
             return POP3Factory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
                                policy=policy)
+        if name == "lmtp":
+            return LMTPFactory(cfg, delivery, maillog)
         return IMAPFactory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
                            policy=policy)
 
@@ -148,6 +166,11 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
         if port is None:
             continue
         factory = make(name)
+        if isinstance(port, str):  # lmtp on a unix socket path
+            svc = strports.service(_unix_endpoint(port), factory)
+            svc.setName(f"{name}@{port}")
+            svc.setServiceParent(top)
+            continue
         if name in IMPLICIT_TLS:
             factory = tls.implicit(factory)
         for address in listen_addresses(cfg.mail.inet_interfaces):
@@ -165,10 +188,100 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
             svc = strports.service(_endpoint(port, address), site)
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
+    _local_submission(top, cfg, delivery, maillog)
     top.maillog = maillog  # type: ignore[attr-defined]
     top.tls = tls  # type: ignore[attr-defined]
     _on_hup(maillog, tls)
     return top
+
+
+def _unix_endpoint(path: str) -> str:
+    """A unix socket any local MTA may reach (mode 0666; a stale socket is replaced)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return f"unix:{path.replace(':', chr(92) + ':')}:mode=666:lockfile=1"
+
+
+def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillog: Any) -> None:
+    """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start."""
+    queue_directory = cfg.mail.queue_directory
+    ensure_maildrop(queue_directory)
+    ensure_public(queue_directory)
+    pickup = Pickup(queue_directory, local_submitter(
+        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin), maillog)
+    scanner = pickup_service(pickup)
+    scanner.setName("pickup")
+    scanner.setServiceParent(top)
+    commands = {"pickup": pickup.scan, "flush": lambda: _flush(pickup, delivery),
+                "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id)}
+    control = strports.service(_unix_endpoint(control_path(queue_directory)),
+                               ControlFactory(commands))
+    control.setName("control")
+    control.setServiceParent(top)
+    _, errors, warnings = validate_aliases(cfg.mail.alias_maps)
+    for text in errors + warnings:
+        log.warn("alias_maps: {text}", text=text)
+
+
+def _next_turn(f: Any) -> Any:
+    from twisted.internet import reactor
+
+    return reactor.callLater(0, f)  # type: ignore[attr-defined,arg-type]
+
+
+def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
+    """The outbound queue of queue_directory with its SMTP client (MX or relayhost)."""
+    from twisted.internet import reactor
+
+    mail = cfg.mail
+    credentials = {}
+    if mail.smtp_sasl_password_maps:
+        with open(mail.smtp_sasl_password_maps) as f:
+            credentials = parse_password_map(f.read())
+    relay = Relay(
+        MXResolver(mail.dns_resolver, reactor=reactor),
+        mail.myhostname,
+        reactor,
+        port=mail.smtp_port,
+        relayhost=mail.relayhost,
+        credentials=credentials,
+        tls_level=mail.smtp_tls_security_level,
+    )
+    return Queue(QueueDirectory(mail.queue_directory), delivery, relay, maillog, reactor,
+                 QueueSettings.from_config(mail))
+
+
+class QueueService(service.Service):
+    """Starts the queue manager with the other services (loads what an earlier run left)."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def startService(self) -> None:
+        super().startService()
+        d = self.queue.start()
+        d.addErrback(lambda f: log.failure("cannot start the queue", f))
+
+    def stopService(self) -> Any:
+        self.queue.stop()
+        return super().stopService()
+
+
+def _flush(pickup: Pickup, delivery: Any) -> Any:
+    """postqueue -f: pick up maildrop/ and retry every deferred message now."""
+    if getattr(delivery, "queue", None) is not None:
+        delivery.queue.flush()
+    return pickup.scan()
+
+
+@defer.inlineCallbacks
+def _delete(queue_directory: str, delivery: Any, queue_id: str) -> Any:
+    """postsuper -d ID, for the control socket."""
+    if (yield threads.blocking(remove_dropped, queue_directory, queue_id)):
+        return "removed"
+    queue = getattr(delivery, "queue", None)
+    if queue is not None and (yield queue.delete(queue_id)):
+        return "removed"
+    return "not found"
 
 
 def _on_hup(maillog: Any, tls: ServerTLS | None) -> None:

@@ -85,6 +85,7 @@ Sales: boss
 loop1: loop2
 loop2: loop1
 piped: "|/usr/bin/procmail"
+faraway: friend@elsewhere.example
 """
 
 
@@ -162,10 +163,11 @@ class ResolveTests(DeliveryCase):
         self.assertIn("5.4.6", e.resp)
 
     def test_unsupported_alias_target(self) -> None:
-        """An alias to |cmd is refused with 451 naming the target, not silently dropped."""
-        e = self.rejected("piped@localhost", UnsupportedRecipient)
+        """An alias to a remote address is refused with 451 naming the target, not silently
+        dropped (until the queue forwards it)."""
+        e = self.rejected("faraway@localhost", UnsupportedRecipient)
         self.assertEqual(e.code, 451)
-        self.assertIn('"|/usr/bin/procmail" is not supported yet', e.resp)
+        self.assertIn('"friend@elsewhere.example" (remote) is not supported yet', e.resp)
         self.flushLoggedErrors()
 
 

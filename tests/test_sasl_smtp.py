@@ -21,6 +21,7 @@ from mailsuite.smtp.delivery import LocalDelivery
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.store.memory import MemoryStore
 from tests.test_delivery import ALIASES, ALICE, BOSS, FakeAccounts, inbox, make_config
+from tests.test_smtp_mta import FakeQueue
 from tests.test_smtp_server import NoDelayTransport
 
 HOST = "mail.example.com"
@@ -78,6 +79,8 @@ class SmtpAuthCase(unittest.TestCase):
         config.tls = SimpleNamespace(ssl=self.ssl)
         self.delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), self.store, self.maillog,
                                       now=self.clock.seconds)
+        self.queue = FakeQueue()  # the outbound queue of mailsuite.smtp.queue
+        self.delivery.queue = self.queue
         self.realm = Realm(self.delivery)
         the_portal = portal.Portal(self.realm, [
             checkers.AllowAnonymousAccess(),
@@ -122,10 +125,12 @@ class StartTLSTests(SmtpAuthCase):
         """Port 25, remote client, plaintext disabled: STARTTLS but no AUTH; after STARTTLS and
         a new EHLO: AUTH PLAIN LOGIN, no STARTTLS (Postfix's order of keywords)."""
         self.assertEqual(self.ehlo(), ["mail.example.com", "PIPELINING", "SIZE 10240000", "VRFY",
-                                       "STARTTLS", "ENHANCEDSTATUSCODES", "8BITMIME"])
+                                       "STARTTLS", "ENHANCEDSTATUSCODES", "8BITMIME", "DSN",
+                                       "SMTPUTF8"])
         self.starttls()
         self.assertEqual(self.ehlo(), ["mail.example.com", "PIPELINING", "SIZE 10240000", "VRFY",
-                                       "AUTH PLAIN LOGIN", "ENHANCEDSTATUSCODES", "8BITMIME"])
+                                       "AUTH PLAIN LOGIN", "ENHANCEDSTATUSCODES", "8BITMIME",
+                                       "DSN", "SMTPUTF8"])
         self.assertEqual(self.send(b"STARTTLS\r\n"), ["554 5.5.1 Error: TLS already active"])
 
     def test_auth_refused_before_tls(self) -> None:
@@ -267,19 +272,24 @@ class AuthTests(SmtpAuthCase):
         self.assertEqual(self.send(b"AUTH PLAIN " + PLAIN_OK + b"\r\n"),
                          ["503 5.5.1 Error: MAIL transaction in progress"])
 
-    def test_mynetworks_remote_recipient_451(self) -> None:
-        """Port 25 from mynetworks (127.0.0.1): remote recipients get a temporary 451 until the
-        outbound queue exists; from elsewhere 554 Relay access denied (OUTLOOK.md 25)."""
+    def test_mynetworks_remote_recipient_relayed(self) -> None:
+        """Port 25 from mynetworks (127.0.0.1) without AUTH: a remote recipient is accepted for
+        the outbound queue; from elsewhere 554 Relay access denied, until the client
+        authenticates (OUTLOOK.md 25, issue 4 item 4)."""
         self.ehlo()
         self.send(b"MAIL FROM:<a@b.example>\r\n")
-        self.assertEqual(self.send(b"RCPT TO:<x@remote.example>\r\n"), [(
-            "451 4.3.0 <x@remote.example>: Recipient address rejected: remote delivery is not"
-            " available yet")])
+        self.assertEqual(self.send(b"RCPT TO:<x@remote.example>\r\n"), ["250 2.1.5 Ok"])
         self.connect(REMOTE)
         self.ehlo()
         self.send(b"MAIL FROM:<a@b.example>\r\n")
         self.assertEqual(self.send(b"RCPT TO:<x@remote.example>\r\n"),
                          ["554 5.7.1 <x@remote.example>: Relay access denied"])
+        self.send(b"RSET\r\n")
+        self.starttls()  # no plaintext AUTH from a remote client
+        self.ehlo()
+        self.auth()
+        self.send(b"MAIL FROM:<boss@localhost>\r\n")
+        self.assertEqual(self.send(b"RCPT TO:<x@remote.example>\r\n"), ["250 2.1.5 Ok"])
 
     def test_authenticated_on_25_sender_checked(self) -> None:
         """An authenticated session on 25 may only use its own senders too."""
@@ -322,19 +332,21 @@ class SubmissionTests(SmtpAuthCase):
             self.assertEqual(self.send(b"MAIL FROM:<" + sender + b">\r\n"), [
                 f"553 5.7.1 <{sender.decode()}>: Sender address rejected: not owned by user boss"])
 
-    def test_remote_recipient_451_local_delivered(self) -> None:
-        """Authenticated: a remote recipient gets 451 4.3.0 (never dropped), a local one is
-        delivered in the same transaction."""
+    def test_remote_recipient_queued_local_delivered(self) -> None:
+        """Authenticated: a remote recipient goes into the outbound queue (with the envelope
+        sender), a local one is delivered in the same transaction; one 250 for both."""
         self.ready()
         out = self.send(b"MAIL FROM:<boss@mail.example.com>\r\nRCPT TO:<friend@remote.example>\r\n"
                         b"RCPT TO:<alice@localhost>\r\nDATA\r\n")
         self.assertEqual(out, [
-            "250 2.1.0 Ok",
-            ("451 4.3.0 <friend@remote.example>: Recipient address rejected: remote delivery is"
-             " not available yet"),
-            "250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"])
+            "250 2.1.0 Ok", "250 2.1.5 Ok", "250 2.1.5 Ok",
+            "354 End data with <CR><LF>.<CR><LF>"])
         self.assertEqual(self.send(b"Subject: x\r\n\r\nhi\r\n.\r\n")[0][:3], "250")
         self.assertEqual(len(inbox(self.store, ALICE)), 1)
+        [(env, data)] = self.queue.enqueued
+        self.assertEqual(env.sender, "boss@mail.example.com")
+        self.assertEqual([r.address for r in env.recipients], ["friend@remote.example"])
+        self.assertIn(b"Subject: x", data)
 
     def test_ssl_required_before_tls(self) -> None:
         """587 with ssl = required: before STARTTLS only EHLO/HELO/STARTTLS/NOOP/RSET/HELP/QUIT,

@@ -114,7 +114,8 @@ class CommandTests(SessionCase):
         self.assertEqual(self.log_text(), ["connect from client.example[192.0.2.7]"])
 
     def test_ehlo_lists_what_we_honour(self) -> None:
-        """EHLO: hostname, PIPELINING, SIZE limit, VRFY, ENHANCEDSTATUSCODES, 8BITMIME; no AUTH."""
+        """EHLO: hostname, PIPELINING, SIZE limit, VRFY, ENHANCEDSTATUSCODES, 8BITMIME, DSN,
+        SMTPUTF8; no AUTH."""
         self.assertEqual(
             self.send(b"EHLO client.example\r\n"),
             [
@@ -123,7 +124,9 @@ class CommandTests(SessionCase):
                 "250-SIZE 10240000",
                 "250-VRFY",
                 "250-ENHANCEDSTATUSCODES",
-                "250 8BITMIME",
+                "250-8BITMIME",
+                "250-DSN",
+                "250 SMTPUTF8",
             ],
         )
 
@@ -179,15 +182,24 @@ class CommandTests(SessionCase):
         self.assertEqual(self.realm.logouts, 1)
 
     def test_mail_parameters(self) -> None:
-        """MAIL: SIZE and BODY accepted, unknown parameters 555 5.5.4, bad syntax 501."""
+        """MAIL: SIZE, BODY, SMTPUTF8 and DSN's RET/ENVID accepted; unknown parameters
+        555 5.5.4, bad syntax 501."""
         self.assertEqual(
             self.send(b"MAIL FROM: <a@b.example> SIZE=1234 BODY=8BITMIME\r\n"), ["250 2.1.0 Ok"]
         )
         self.send(b"RSET\r\n")
         self.assertEqual(
-            self.send(b"MAIL FROM:<a@b.example> RET=HDRS\r\n"),
-            ["555 5.5.4 Unsupported option: RET=HDRS"],
+            self.send(b"MAIL FROM:<a@b.example> RET=HDRS ENVID=x+2By SMTPUTF8\r\n"),
+            ["250 2.1.0 Ok"],
         )
+        self.assertEqual(self.proto._mail_params.envid, "x+y")
+        self.assertEqual(self.proto._mail_params.ret, "HDRS")
+        self.send(b"RSET\r\n")
+        self.assertEqual(
+            self.send(b"MAIL FROM:<a@b.example> XYZZY=1\r\n"),
+            ["555 5.5.4 Unsupported option: XYZZY=1"],
+        )
+        self.assertEqual(self.codes(b"MAIL FROM:<a@b.example> RET=ALL\r\n"), ["555"])
         self.assertEqual(self.codes(b"MAIL FROM:<a@b.example> SIZE=abc\r\n"), ["501"])
         self.assertEqual(self.codes(b"MAIL TO:<a@b.example>\r\n"), ["501"])
 

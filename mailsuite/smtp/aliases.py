@@ -1,4 +1,4 @@
-"""The alias_maps files (``/etc/aliases``): parsing, recursive expansion, re-reading on change.
+"""The alias_maps files (``/etc/aliases``): parsing, re-reading on change, validation.
 
 The syntax is aliases(5) as Postfix reads it::
 
@@ -8,10 +8,10 @@ The syntax is aliases(5) as Postfix reads it::
             bob                      # a line starting with whitespace continues the entry
     "sales dept": \\boss             # quoted name; \\user stops expansion
     prog:   "|/usr/bin/procmail -a x", /var/log/mail.copy, :include:/etc/mail/list
+    owner-team: boss                 # delivery errors of "team" go to owner-team
 
-Names are case-insensitive. Program (``|cmd``), file (``/path``), ``:include:`` and remote-address
-(``user@elsewhere``) targets are parsed and kept, but delivery to them is not implemented yet:
-they are reported as unsupported, so the recipient can be refused instead of mail being dropped.
+Names are case-insensitive. This module only reads and checks the tables; what a name expands
+to (recursion, ``:include:``, ``~/.forward``, privileges) is ``mailsuite.smtp.forward``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.logger import Logger
 
@@ -74,29 +74,6 @@ class Target:
 
     def __str__(self) -> str:
         return self.text
-
-
-@dataclass
-class Expansion:
-    """What an address expands to.
-
-    ``users``: final local user names (lower case, each once, in order of appearance).
-    ``unsupported``: targets that cannot be delivered to yet (program, file, include, remote).
-    ``looped``: names met again inside their own expansion (kept as user names, as sendmail and
-    Postfix do for ``boss: boss, ...``; if no such account exists, that is a mail loop).
-    ``aliased``: True if the name was an alias at all.
-    """
-
-    users: list[str] = field(default_factory=list)
-    unsupported: list[Target] = field(default_factory=list)
-    looped: set[str] = field(default_factory=set)
-    aliased: bool = False
-
-    def add_user(self, name: str) -> None:
-        if name not in self.users:
-            if len(self.users) >= EXPANSION_SIZE_LIMIT:
-                raise AliasLookupError(f"alias expansion exceeds {EXPANSION_SIZE_LIMIT} recipients")
-            self.users.append(name)
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
@@ -180,19 +157,28 @@ def parse_aliases(text: str, filename: str) -> dict[str, list[Target]]:
             log.warn("{where}: duplicate entry {name!r} ignored", where=where, name=name)
             continue
         table[name] = targets
-        for target in targets:
-            if target.kind in ("program", "file", "include"):
-                log.warn(
-                    "{where}: {kind} target {target!r} of {name!r} is not supported yet;"
-                    " mail to {name!r} will be refused",
-                    where=where,
-                    kind=target.kind,
-                    target=target.text,
-                    name=name,
-                )
     if errors:
         raise AliasParseError(errors)
     return table
+
+
+def parse_list(text: str, filename: str) -> list[Target]:
+    """The items of a ``~/.forward`` or ``:include:`` file: comma- or newline-separated targets,
+    ``#`` comment lines skipped, quotes as in aliases (``"|cmd with spaces"``)."""
+    targets = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith("#"):
+            continue
+        for item in _split_outside_quotes(line, ","):
+            item = _unquote(item)
+            if item:
+                targets.append(Target(item, filename, lineno))
+    return targets
+
+
+def classify(text: str) -> str:
+    """The kind of a target text; see ``Target.kind``."""
+    return Target(text, "", 0).kind
 
 
 Stamp = tuple[int, int, int] | None
@@ -213,6 +199,7 @@ class AliasMap:
         self._lock = threading.Lock()
         self._stamps: list[Stamp] | None = None
         self._table: dict[str, list[Target]] = {}
+        self._owners: dict[str, int] = {}
         self._error: AliasError | None = None
 
     @staticmethod
@@ -225,10 +212,12 @@ class AliasMap:
 
     def _load(self) -> None:
         table: dict[str, list[Target]] = {}
+        owners: dict[str, int] = {}
         errors: list[str] = []
         for path in self.paths:
             try:
                 with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                    owners[path] = os.fstat(f.fileno()).st_uid
                     text = f.read()
             except FileNotFoundError:
                 log.warn("alias map {path} does not exist; treated as empty", path=path)
@@ -248,6 +237,9 @@ class AliasMap:
         else:
             self._error = None
             self._table = table
+            self._owners = owners
+            if "postmaster" not in table:
+                log.warn("{text}", text=postmaster_warning(self.paths))
 
     def _refresh(self) -> None:
         stamps = [self._stamp(p) for p in self.paths]
@@ -262,36 +254,49 @@ class AliasMap:
             if self._error is not None:
                 raise self._error
 
-    def expand(self, name: str) -> Expansion:
-        """Expand a local part (case-insensitive) recursively into final user names."""
+    def snapshot(self) -> tuple[dict[str, list[Target]], dict[str, int]]:
+        """The current table and the owner uid of each file read, re-read if a file changed.
+
+        Raises AliasLookupError while a file is broken or unreadable.
+        """
         with self._lock:
             self._refresh()
             if self._error is not None:
                 raise AliasLookupError(str(self._error))
-            out = Expansion(aliased=name.lower() in self._table)
-            self._expand(name.lower(), (), out)
-            return out
+            return self._table, self._owners
 
-    def _expand(self, name: str, chain: tuple[str, ...], out: Expansion) -> None:
-        targets = self._table.get(name)
-        if targets is None or name in chain:
-            if name in chain:
-                out.looped.add(name)
-            out.add_user(name)
-            return
-        if len(chain) >= MAX_DEPTH:
-            raise AliasLookupError(f"alias nesting deeper than {MAX_DEPTH} at {name!r}")
-        for target in targets:
-            kind = target.kind
-            if kind == "user":
-                out.add_user(target.text[1:].lower())
-            elif kind == "name":
-                self._expand(target.text.lower(), chain + (name,), out)
-            elif kind == "address":
-                local, _, domain = target.text.rpartition("@")
-                if domain.lower().rstrip(".") in self.local_domains and local:
-                    self._expand(_unquote(local).lower(), chain + (name,), out)
-                else:
-                    out.unsupported.append(target)
-            else:
-                out.unsupported.append(target)
+
+def postmaster_warning(paths: list[str]) -> str:
+    return (
+        f"{', '.join(paths)}: no postmaster alias; RFC 5321 requires postmaster to reach a"
+        " person: add a line like \"postmaster: root\""
+    )
+
+
+def validate(paths: list[str]) -> tuple[dict[str, list[Target]], list[str], list[str]]:
+    """Read every alias file as newaliases does: (merged table, errors, warnings).
+
+    Errors carry the file and line; a missing file is a warning (an empty map), as is a table
+    without ``postmaster``.
+    """
+    table: dict[str, list[Target]] = {}
+    errors: list[str] = []
+    warnings: list[str] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        except FileNotFoundError:
+            warnings.append(f"{path}: does not exist; treated as empty")
+            continue
+        except OSError as e:
+            errors.append(f"{path}: cannot read: {e.strerror}")
+            continue
+        try:
+            for name, targets in parse_aliases(text, path).items():
+                table.setdefault(name, targets)
+        except AliasParseError as e:
+            errors.extend(e.errors)
+    if not errors and "postmaster" not in table:
+        warnings.append(postmaster_warning(paths))
+    return table, errors, warnings

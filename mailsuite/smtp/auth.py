@@ -12,9 +12,11 @@ A mixin of ``mailsuite.smtp.server.SMTPServer``. The factory says which service 
   (``530 5.7.0 Authentication required``); with ``ssl = required`` nothing but EHLO/HELO,
   STARTTLS, NOOP, RSET, HELP and QUIT is accepted before TLS (Postfix's ``encrypt`` level).
 
-An authenticated session's sender must be the user's (checked by the delivery avatar); clients
-that may relay (authenticated, or in ``mynetworks``) get a temporary ``451 4.3.0`` for remote
-recipients until the outbound queue exists, everybody else ``554 5.7.1 Relay access denied``.
+An authenticated session's sender must be the user's (checked by the delivery avatar, which
+AUTH replaces with ``delivery.avatar(user)``). Relay control is that avatar's too
+(smtp/delivery.py): authenticated users and clients in ``mynetworks`` may send to any domain
+(the message goes into the outbound queue), everybody else gets ``554 5.7.1 Relay access
+denied`` for domains that are neither local nor in ``relay_domains``.
 
 Every AUTH ends in ``_auth_login(attempt)`` then ``_auth_ok`` / ``_auth_failed``: the one place
 where a login policy (brute-force defence) hooks in. Failures are logged as Postfix does
@@ -24,7 +26,6 @@ matches).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -91,13 +92,6 @@ class SmtpAuth:
         if self.auth_offered() and self.auth_user is None:
             out.append("AUTH " + " ".join(m.decode() for m in sasl.MECHANISMS))
         return out
-
-    def in_mynetworks(self) -> bool:
-        try:
-            address = ipaddress.ip_address(self.client_ip)
-        except ValueError:
-            return False
-        return any(address in net for net in self.factory.config.mail.mynetworks)
 
     def gate(self, verb: bytes) -> bool:
         """False (after replying) when ``verb`` must wait for TLS or AUTH on this port."""
@@ -192,7 +186,6 @@ class SmtpAuth:
         if self._logout is not None:
             self._logout()
         self._avatar, self._logout = avatar, logout
-        avatar.relay_allowed = True
         self.auth_user = attempt.username.decode("utf-8", "replace")
         self.auth_method = attempt.mechanism
         self._reply(235, "2.7.0 Authentication successful")

@@ -10,6 +10,7 @@ server: an ``smtp.IMessageDelivery``.
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,9 +25,20 @@ from zope.interface import implementer
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.maillog import new_queue_id
+from mailsuite.smtp import forward
+from mailsuite.smtp.address import has_routing
 from mailsuite.smtp.aliases import AliasLookupError, AliasMap
+from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
+from mailsuite.smtp.relay import Outcome
 
 log = Logger()
+
+#: How long a successful recipient look-up is reused, and how many are kept.
+RESOLVE_CACHE_TTL = 2.0
+RESOLVE_CACHE_SIZE = 10000
+#: Group commit: at most this many messages / bytes in one write to one mailbox.
+BATCH_MESSAGES = 200
+BATCH_BYTES = 32 * 1024 * 1024
 
 
 class RecipientRejected(smtp.SMTPServerError):
@@ -62,16 +74,6 @@ class UnsupportedRecipient(RecipientRejected):
     code = 451
     template = (
         "4.3.0 <{address}>: Recipient address rejected: alias target {target} is not supported yet"
-    )
-
-
-class RemoteNotAvailable(RecipientRejected):
-    """A remote recipient from a client that may relay: there is no outbound queue yet, so the
-    client is told to keep the message and retry (4xx), never silently dropped."""
-
-    code = 451
-    template = (
-        "4.3.0 <{address}>: Recipient address rejected: remote delivery is not available yet"
     )
 
 
@@ -179,17 +181,25 @@ class _LocalMessage:
         self.lines = []
 
 
+@dataclass
+class RemoteRecipient:
+    """An accepted recipient in another domain: the message goes to the queue for it."""
+
+    address: str
+
+
 @implementer(smtp.IMessageDelivery)
 class DeliveryAvatar:
-    """What one SMTP session may do.
+    """What one SMTP session may do, by Postfix's default relay rules.
 
-    ``user`` is the authenticated login name or None (anonymous MX traffic). An authenticated
-    user may only use their own envelope senders (``validateFrom``). ``relay_allowed`` (set by
-    the SMTP server: authenticated, or a client in mynetworks) turns "Relay access denied" for
-    remote recipients into a temporary 451 until the outbound queue exists.
+    ``user`` is the authenticated login name or None (anonymous MX traffic). Anyone may send to
+    the local domains; other domains are accepted (and queued) for authenticated users, clients
+    in ``mynetworks``, and for ``relay_domains``; everything else is ``554 5.7.1 Relay access
+    denied``. Sender-specified routing (``user%host@``, ``"user@host"@``, ``user!host@``) from
+    an untrusted client is refused the same way, wherever it points. An authenticated user may
+    only use their own envelope senders (``validateFrom``, Postfix's
+    reject_sender_login_mismatch).
     """
-
-    relay_allowed = False
 
     def __init__(self, delivery: LocalDelivery, user: str | None) -> None:
         self.delivery = delivery
@@ -224,20 +234,24 @@ class DeliveryAvatar:
 
         return d.addCallback(check)
 
-    def validateTo(self, user: Any) -> defer.Deferred[LocalRecipient]:
+    def validateTo(self, user: Any) -> defer.Deferred[Any]:
         address = str(user.dest)
         sender = str(user.orig) if user.orig is not None else ""
-        d = self.delivery.resolve(address)
-        if self.relay_allowed:
-            d.addErrback(self._remote, address)
-        return d.addCallback(
+        helo = getattr(user, "helo", None) or (b"", b"")
+        ip = helo[1].decode("ascii", "replace") if isinstance(helo[1], bytes) else str(helo[1])
+        trusted = self.user is not None or self.delivery.in_mynetworks(ip)
+        _, domain = split_address(address)
+        if not trusted and has_routing(address):
+            return defer.fail(RelayDenied(address))
+        if domain is not None and not self.delivery.is_local_domain(domain):
+            if self.delivery.queue is not None and (
+                trusted or self.delivery.is_relay_domain(domain)
+            ):
+                return defer.succeed(RemoteRecipient(address))
+            return defer.fail(RelayDenied(address))
+        return self.delivery.resolve(address).addCallback(
             lambda accounts: LocalRecipient(address, accounts, self.delivery, sender)
         )
-
-    @staticmethod
-    def _remote(failure: Failure, address: str) -> Any:
-        failure.trap(RelayDenied)
-        raise RemoteNotAvailable(address)
 
 
 class LocalDelivery:
@@ -265,6 +279,14 @@ class LocalDelivery:
         self.maillog = maillog
         self.now = now
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains)
+        self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
+        self.mynetworks = list(getattr(mail, "mynetworks", []))
+        self.relay_domains = [d.lower().rstrip(".") for d in getattr(mail, "relay_domains", [])]
+        #: the mailsuite.smtp.queue.Queue for remote recipients (None: local delivery only)
+        self.queue: Any = None
+        self._resolved: dict[str, tuple[float, list[Any]]] = {}
+        self._pending: dict[str, list[tuple[bytes, str, defer.Deferred[None]]]] = {}
+        self._writing: set[str] = set()
 
     def avatar(self, user: str | None) -> DeliveryAvatar:
         return DeliveryAvatar(self, user)
@@ -274,7 +296,8 @@ class LocalDelivery:
 
     def sender_owned(self, address: str, user: str) -> defer.Deferred[bool]:
         """Whether ``user`` may send as ``address``: the null sender, ``user@`` a local domain
-        (a bare ``user`` too), or a local alias whose expansion includes ``user``."""
+        (a bare ``user`` too), or a local alias whose expansion (through other aliases and
+        local addresses, not ~/.forward) includes ``user``."""
         if address == "":
             return defer.succeed(True)
         local, domain = split_address(address)
@@ -282,15 +305,93 @@ class LocalDelivery:
             return defer.succeed(False)
         if local.lower() == user.lower():
             return defer.succeed(True)
+        return threads.blocking(self._alias_reaches, local.lower(), user.lower())
 
-        def expands_to_user() -> bool:
-            try:
-                expansion = self.aliases.expand(local)
-            except AliasLookupError:
-                return False
-            return user.lower() in (name.lower() for name in expansion.users)
+    def _alias_reaches(self, name: str, user: str) -> bool:
+        try:
+            table, _ = self.aliases.snapshot()
+        except AliasLookupError:
+            return False
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            name = todo.pop()
+            if name == user:
+                return True
+            if name in seen:
+                continue
+            seen.add(name)
+            for target in table.get(name, ()):
+                kind, text = target.kind, target.text
+                if kind == "user":
+                    todo.append(text[1:].lower())
+                elif kind == "name":
+                    todo.append(text.lower())
+                elif kind == "address":
+                    there, _, where = text.rpartition("@")
+                    if self.is_local_domain(where):
+                        todo.append(there.strip('"').lower())
+        return False
 
-        return threads.blocking(expands_to_user)
+    def is_relay_domain(self, domain: str) -> bool:
+        """In relay_domains, or a subdomain of one (Postfix parent_domain_matches_subdomains)."""
+        name = domain.lower().rstrip(".")
+        return any(name == d or name.endswith("." + d) for d in self.relay_domains)
+
+    def in_mynetworks(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.mynetworks)
+
+    # --- the queue's local transport (mailsuite.smtp.queue.LocalTransport) ---------------------
+
+    def classify(self, address: str) -> defer.Deferred[list[QueuedRecipient]]:
+        """Queue recipients for a new message to ``address`` (a notification): one per local
+        account it resolves to, or the address itself when it is remote."""
+        _, domain = split_address(address)
+        if domain is not None and not self.is_local_domain(domain):
+            return defer.succeed([QueuedRecipient(address)])
+        d = self.resolve(address)
+        return d.addCallback(
+            lambda found: [
+                QueuedRecipient(address, user=a.name) for a in found if isinstance(a, Account)
+            ]
+        )
+
+    @defer.inlineCallbacks
+    def deliver_users(
+        self, data: bytes, envelope: Envelope, recipients: list[QueuedRecipient]
+    ) -> Any:
+        """Deliver a queued message to local accounts; one Outcome per recipient, in order
+        (5.1.1 when the account is gone, 4.3.0 when its mailbox cannot be written)."""
+        names = [r.user or "" for r in recipients]
+        accounts = yield threads.blocking(lambda: [self.accounts.recipient(n) for n in names])
+        copies = []
+        for r, account in zip(recipients, accounts):
+            if account is None:
+                copies.append(defer.succeed(None))
+            else:
+                copies.append(self.deliver(data, envelope.sender, [(r.address, account)],
+                                           envelope.queue_id, arrival=envelope.arrival,
+                                           standalone=False))
+        results = yield defer.DeferredList(copies, consumeErrors=True)
+        outcomes = []
+        for r, account, (ok, result) in zip(recipients, accounts, results):
+            if account is None:
+                text = f"unknown user: \"{r.user}\""
+                self.maillog.write("local", f"{envelope.queue_id}: to=<{r.address}>, relay=local,"
+                                   f" dsn=5.1.1, status=bounced ({text})")
+                outcomes.append(Outcome(550, "5.1.1", text, "local"))
+            elif ok:
+                outcomes.append(Outcome(250, "2.0.0", "delivered to mailbox", "local"))
+            else:
+                outcomes.append(Outcome(451, "4.3.0", f"cannot append message to mailbox: "
+                                        f"{result.value}", "local"))
+        return outcomes
 
     def resolve(self, address: str) -> defer.Deferred[list[Account]]:
         """The accounts ``address`` delivers to; errback with a RecipientRejected subclass."""
@@ -299,34 +400,43 @@ class LocalDelivery:
             return defer.fail(RelayDenied(address))
         if not local:
             return defer.fail(UnknownRecipient(address))
-        return threads.blocking(self._resolve_blocking, address, local)
+        key = address.lower()
+        now = self.now()
+        cached = self._resolved.get(key)
+        if cached is not None and cached[0] > now:
+            return defer.succeed(list(cached[1]))
+        d = threads.blocking(self._resolve_blocking, address, local)
+        return d.addCallback(self._remember, key, now)
 
-    def _resolve_blocking(self, address: str, local: str) -> list[Account]:
+    def _remember(self, found: list[Any], key: str, now: float) -> list[Any]:
+        """Keep a successful look-up for RESOLVE_CACHE_TTL seconds (Postfix caches too):
+        a busy MX then resolves each recipient without a thread hop."""
+        if len(self._resolved) >= RESOLVE_CACHE_SIZE:
+            self._resolved.clear()
+        self._resolved[key] = (now + RESOLVE_CACHE_TTL, list(found))
+        return found
+
+    def forget_lookups(self) -> None:
+        """Drop cached recipient look-ups (after newaliases, for instance)."""
+        self._resolved.clear()
+
+    def _resolve_blocking(self, address: str, local: str) -> list[Any]:
+        """Accounts, plus forward.Program/File for |command and /file targets (aliases.py,
+        forward.py); a remote alias target is refused until the queue can forward it."""
         try:
-            expansion = self.aliases.expand(local)
+            found = self.expander.expand(local, address)
         except AliasLookupError as e:
             log.error("alias lookup for {address} failed: {error}", address=address, error=e)
             raise LookupFailed(address) from e
-        if expansion.unsupported:
-            target = expansion.unsupported[0]
-            log.warn(
-                "{address}: alias target {target!r} ({where}, line {line}) is not supported yet;"
-                " recipient refused",
-                address=address,
-                target=target.text,
-                where=target.filename,
-                line=target.lineno,
-            )
-            raise UnsupportedRecipient(address, target=f'"{target.text}"')
-        found: list[Account] = []
-        for name in expansion.users:
-            account = self.accounts.recipient(name)
-            if account is None:
-                if name in expansion.looped:
-                    raise AliasLoop(address)
-                raise UnknownRecipient(address)
-            if account not in found:
-                found.append(account)
+        except forward.Refused as e:
+            if e.kind == "unknown":
+                raise UnknownRecipient(address) from e
+            if e.kind == "loop":
+                raise AliasLoop(address) from e
+            raise
+        for dest in found:
+            if isinstance(dest, forward.Remote):
+                raise UnsupportedRecipient(address, target=f'"{dest.address}" (remote)')
         return found
 
     def final_address(self, address: str, account: Account) -> str:
@@ -343,33 +453,105 @@ class LocalDelivery:
         recipients: list[tuple[str, Account]],
         queue_id: str,
         arrival: float | None = None,
+        standalone: bool = True,
     ) -> defer.Deferred[None]:
         """Write one copy per distinct account; fire once every copy is on disk.
 
         ``data`` is the message as stored (LF line ends, Received: already on top). Any failed
         copy makes the Deferred fail with DeliveryFailed, after all copies have finished.
+        ``standalone`` False: the caller (SMTP server, queue) logs the qmgr lines itself.
         """
         start = self.now()
         arrival = start if arrival is None else arrival
         groups: dict[str, tuple[Account, list[str]]] = {}
         for address, account in recipients:
             groups.setdefault(account.name, (account, []))[1].append(address)
-        self.maillog.write(
-            "qmgr",
-            f"{queue_id}: from=<{sender}>, size={len(data)}, nrcpt={len(recipients)}"
-            " (queue active)",
-        )
+        if standalone:
+            self.maillog.write(
+                "qmgr",
+                f"{queue_id}: from=<{sender}>, size={len(data)}, nrcpt={len(recipients)}"
+                " (queue active)",
+            )
         copies = []
         for account, addresses in groups.values():
+            if not isinstance(account, Account):  # |command or /file (mailsuite.smtp.forward)
+                copies.extend(self._deliver_special(account, data, sender, addresses, queue_id,
+                                                    arrival, start))
+                continue
             final = self.final_address(addresses[0], account)
             top = f"Return-Path: <{sender}>\nX-Original-To: {addresses[0]}\nDelivered-To: {final}\n"
-            d = defer.maybeDeferred(
-                self.store.deliver, account, top.encode("utf-8", "replace") + data, sender
-            )
+            d = self._commit(account, top.encode("utf-8", "replace") + data, sender)
             d.addBoth(self._log_copy, queue_id, account, addresses, arrival, start)
             copies.append(d)
         done = defer.DeferredList(copies, consumeErrors=True)
-        return done.addCallback(self._all_written, queue_id)
+        return done.addCallback(self._all_written, queue_id, standalone)
+
+    def _commit(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
+        """Group commit: copies for one INBOX that arrive while a write to it is under way are
+        written together by the next write (one lock, one fsync); each fires after its fsync."""
+        if not hasattr(self.store, "deliver_many"):
+            return defer.maybeDeferred(self.store.deliver, account, data, sender)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._pending.setdefault(account.name, []).append((data, sender, waiter))
+        if account.name not in self._writing:
+            self._write_batch(account)
+        return waiter
+
+    def _write_batch(self, account: Account) -> None:
+        pending = self._pending.get(account.name, [])
+        batch: list[tuple[bytes, str, defer.Deferred[None]]] = []
+        size = 0
+        while pending and len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
+            batch.append(pending.pop(0))
+            size += len(batch[-1][0])
+        if not pending:
+            self._pending.pop(account.name, None)
+        if not batch:
+            self._writing.discard(account.name)
+            return
+        self._writing.add(account.name)
+        d = defer.maybeDeferred(self.store.deliver_many, account, [(m, s) for m, s, _ in batch])
+
+        def written(result: Any) -> None:
+            for _, _, waiter in batch:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+            self._write_batch(account)
+
+        d.addBoth(written)
+
+    def _deliver_special(self, dest: Any, data: bytes, sender: str, addresses: list[str],
+                         queue_id: str, arrival: float, start: float) -> list[Any]:
+        """One run of the command / append to the file per original address; logged as local(8)."""
+        copies = []
+        for address in addresses:
+            d = threads.blocking(forward.deliver_special, dest, data, sender, address,
+                                 address, self.now())
+            d.addBoth(self._log_special, queue_id, address, arrival, start)
+            copies.append(d)
+        return copies
+
+    def _log_special(self, result: Any, queue_id: str, address: str, arrival: float,
+                     start: float) -> Any:
+        end = self.now()
+        delays = "/".join(format_delay(x) for x in (start - arrival, 0, 0, end - start))
+        if isinstance(result, Failure) and result.check(forward.TargetFailed):
+            failed = result.value
+            dsn = failed.dsn
+            status = f"{'bounced' if failed.permanent else 'deferred'} ({failed.text})"
+        elif isinstance(result, Failure):
+            log.failure("delivery of {queue_id} failed", result, queue_id=queue_id)
+            dsn, status = "4.3.0", f"deferred ({result.value})"
+        else:
+            dsn, status = "2.0.0", f"sent ({result})"
+        self.maillog.write(
+            "local",
+            f"{queue_id}: to=<{address}>, relay=local, delay={format_delay(end - arrival)},"
+            f" delays={delays}, dsn={dsn}, status={status}",
+        )
+        return result
 
     def _log_copy(
         self,
@@ -402,10 +584,15 @@ class LocalDelivery:
             )
         return result
 
-    def _all_written(self, results: list[tuple[bool, Any]], queue_id: str) -> None:
+    def _all_written(
+        self, results: list[tuple[bool, Any]], queue_id: str, standalone: bool = True
+    ) -> None:
         failures = [r for ok, r in results if not ok]
         if failures:
-            raise DeliveryFailed(
+            error = DeliveryFailed(
                 f"{len(failures)} of {len(results)} copies not written: {failures[0].value}"
             )
-        self.maillog.write("qmgr", f"{queue_id}: removed")
+            error.failures = failures  # type: ignore[attr-defined]
+            raise error
+        if standalone:
+            self.maillog.write("qmgr", f"{queue_id}: removed")

@@ -262,6 +262,7 @@ class MboxStore:
         self._idle: OrderedDict[tuple[str, str], MboxMailbox] = OrderedDict()
         self.idle_budget = IDLE_BUDGET
         self._folder_locks: dict[str, defer.DeferredLock] = {}
+        self._delivery_files: dict[Account, MboxFile] = {}
 
     def _tree(self, account: Account) -> FolderTree:
         return FolderTree(
@@ -333,6 +334,22 @@ class MboxStore:
             box.close()
             raise
         return box
+
+    def deliver_many(self, account: Account, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
+        """Deliver several ``(data, sender)`` to one INBOX with one lock and one fsync (group
+        commit, smtp/delivery.py); through the open INBOX when a session has it."""
+        box = self._boxes.get((account.name, INBOX))
+        date = int(self.now().timestamp())
+        if box is not None:
+            d = box._run(box._file.append_many, list(items), date)
+        else:
+            mfile = self._delivery_files.get(account)
+            if mfile is None:  # MboxFile() resolves real paths: once per account, not per message
+                if len(self._delivery_files) > 10000:
+                    self._delivery_files.clear()
+                mfile = self._delivery_files[account] = self._file(account)
+            d = blocking(mfile.append_many, None, list(items), date)
+        return d.addCallback(lambda _: None)
 
     def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         box = self._boxes.get((account.name, INBOX))

@@ -9,10 +9,12 @@ on 127.0.0.1. ``site.start()`` runs twistd in a subprocess and waits until every
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,15 +44,18 @@ class Site:
                  tls: bool = False, ssl: str = "yes", disable_plaintext_auth: bool = False,
                  mail_extra: str = "", mailbox_options: str = "") -> None:
         """``tls``: ssl = ``ssl`` with a self-signed certificate made by the first start at
-        ``self.cert``/``self.key``, and the submission, smtps, pop3s and imaps ports too."""
+        ``self.cert``/``self.key``, and the submission, smtps, pop3s and imaps ports too.
+        ``mail_extra``: more ``[mail]`` lines (they win over the defaults, see mail_defaults:
+        loopback clients are outside mynetworks unless a test says ``mynetworks = ...``)."""
         self.mailbox_options = mailbox_options  # extra lines for [mailbox] (e.g. Outlook's folder names)
-        self.dir = os.path.abspath(testcase.mktemp())
-        os.makedirs(self.dir)
+        # short, so unix sockets under it (queue_directory/public/control) fit in sun_path
+        self.dir = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
+        testcase.addCleanup(shutil.rmtree, self.dir, True)
         self.spool = os.path.join(self.dir, "spool")
         os.makedirs(self.spool)
         self.tls, self.ssl = tls, ssl
         self.disable_plaintext_auth = disable_plaintext_auth
-        self.mail_extra = mail_extra  # more [mail] lines, e.g. "mynetworks = 192.0.2.0/24"
+        self.mail_extra = mail_extra  # more [mail] lines, e.g. "mynetworks = 127.0.0.0/8"
         self.ports = {name: free_port() for name in SERVICES + (TLS_SERVICES if tls else ())}
         self.cert = os.path.join(self.dir, "tls", "cert.pem")
         self.key = os.path.join(self.dir, "tls", "key.pem")
@@ -98,7 +103,7 @@ inet_interfaces = 127.0.0.1
 alias_maps = {d}/aliases
 queue_directory = {d}/queue
 maillog_file = {self.maillog}
-{self.mail_extra}
+{self.mail_defaults()}
 
 [listen]
 smtp = {self.ports['smtp']}
@@ -124,6 +129,12 @@ ssl = {self.ssl if self.tls else 'no'}
 ssl_cert = {self.cert}
 ssl_key = {self.key}
 """
+
+    def mail_defaults(self) -> str:
+        """Loopback clients are strangers (not in mynetworks) unless a test says otherwise."""
+        given = {line.split("=")[0].strip() for line in self.mail_extra.splitlines() if "=" in line}
+        lines = [] if "mynetworks" in given else ["mynetworks = 192.0.2.0/24"]
+        return "\n".join(lines + [self.mail_extra])
 
     def start(self) -> None:
         """Run the server and wait (bounded) until each port accepts connections."""
@@ -162,6 +173,14 @@ ssl_key = {self.key}
                 self.process.wait(10)
         self.process = None
         self.output.close()
+
+    def kill9(self) -> None:
+        """SIGKILL, as a crash or power cut would end it (no clean-up of any kind)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+            self.output.close()
 
     def restart(self) -> None:
         self.stop()

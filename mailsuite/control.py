@@ -1,0 +1,91 @@
+"""The daemon's control socket, ``queue_directory/public/control`` (Postfix's ``public/``).
+
+Commands (``sendmail -q``, ``postqueue -f``, and ``sendmail`` after dropping a message) talk to
+the running daemon here: one line in, one line out (``ok ...`` or ``error ...``)::
+
+    pickup     scan maildrop/ now
+    flush      scan maildrop/ and retry every deferred message now (postqueue -f)
+    delete ID  forget and remove one queued message (postsuper -d): "ok removed" / "ok not found"
+
+The socket is mode 0666 (any local user may ask for a flush, as with Postfix). When the daemon
+is not running, ``ask`` raises ``MailSystemDown``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+
+log = Logger()
+
+Handler = Callable[[], Any]
+
+
+def control_path(queue_directory: str) -> str:
+    return os.path.join(queue_directory, "public", "control")
+
+
+class MailSystemDown(Exception):
+    """No daemon answers on the control socket."""
+
+
+class _ControlProtocol(LineOnlyReceiver):
+    factory: ControlFactory
+    MAX_LENGTH = 1024
+
+    def lineReceived(self, line: bytes) -> None:
+        command, *args = line.decode("ascii", "replace").split()  or [""]
+        handler = self.factory.commands.get(command.lower())
+        if handler is None:
+            self._answer(f"error unknown command {command!r}")
+            return
+        d = defer.maybeDeferred(handler, *args)
+        d.addCallbacks(lambda result: self._answer(f"ok {result or ''}".rstrip()),
+                       self._failed)
+
+    def _failed(self, failure: Any) -> None:
+        log.failure("control command failed", failure)
+        self._answer(f"error {failure.getErrorMessage()}")
+
+    def _answer(self, text: str) -> None:
+        self.sendLine(text.encode("utf-8", "replace"))
+        self.transport.loseConnection()
+
+
+class ControlFactory(protocol.ServerFactory):
+    protocol = _ControlProtocol
+
+    def __init__(self, commands: dict[str, Handler]) -> None:
+        self.commands = commands
+
+
+def ensure_public(queue_directory: str) -> str:
+    """Create ``public/`` (0755) so the socket can be reached by every user."""
+    path = os.path.dirname(control_path(queue_directory))
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    return path
+
+
+def ask(queue_directory: str, command: str, timeout: float = 60.0) -> str:
+    """Send one command to the running daemon (blocking, for the commands); its answer line."""
+    path = control_path(queue_directory)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise MailSystemDown(f"{path}: {e.strerror}") from e
+        s.sendall(command.encode("ascii") + b"\r\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.decode("utf-8", "replace").strip()

@@ -1,0 +1,262 @@
+"""LMTP (RFC 2033) into local delivery, so another MTA (Postfix's ``mailbox_transport =
+lmtp:unix:/run/mailsuite/lmtp``) can hand mail to mailsuite.
+
+LHLO instead of EHLO; after the final ``.`` one reply per accepted recipient, in RCPT order,
+each telling whether that recipient's copy is on disk (``250 2.0.0``), must be retried
+(``451 4.x``) or failed for good (``550 5.x``). Recipients are resolved exactly as SMTP RCPT
+resolves them (``LocalDelivery.resolve``: aliases, ~/.forward, |command, /file) and written by
+``LocalDelivery.deliver``, one call per recipient so each reply is that recipient's own result.
+Commands are handled strictly in order (PIPELINING); lines that arrive while a look-up is
+running wait for it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.protocols.basic import LineOnlyReceiver
+
+from mailsuite.maillog import new_queue_id
+from mailsuite.smtp import forward
+from mailsuite.smtp.delivery import DeliveryFailed, received_header
+
+log = Logger()
+
+_PATH = re.compile(r"^(?:FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$", re.IGNORECASE)
+
+
+class LMTPServer(LineOnlyReceiver):
+    delimiter = b"\r\n"
+    MAX_LENGTH = 65536
+
+    def __init__(self, factory: LMTPFactory) -> None:
+        self.factory = factory
+        self.delivery = factory.delivery
+        self.hostname = factory.hostname
+        self.helo: str | None = None
+        self._pending: deque[bytes] = deque()
+        self._busy = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sender: str | None = None
+        self.recipients: list[tuple[str, list[Any]]] = []
+        self._data: list[bytes] | None = None
+        self._size = 0
+        self._too_big = False
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.client_ip = getattr(self.transport.getPeer(), "host", None) or "127.0.0.1"
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+        self.reply(220, f"{self.hostname} LMTP mailsuite")
+
+    def reply(self, code: int, text: str) -> None:
+        lines = text.split("\n")
+        for line in lines[:-1]:
+            self.sendLine(f"{code}-{line}".encode("utf-8", "replace"))
+        self.sendLine(f"{code} {lines[-1]}".encode("utf-8", "replace"))
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.reply(500, "5.5.2 Error: line too long")
+        self.transport.loseConnection()
+
+    def lineReceived(self, line: bytes) -> None:
+        self._pending.append(line)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._pending and not self._busy:
+            line = self._pending.popleft()
+            if self._data is not None:
+                self._data_line(line)
+                continue
+            result = self._command(line)
+            if isinstance(result, defer.Deferred):
+                self._busy = True
+                result.addErrback(lambda f: log.failure("LMTP command failed", f))
+                result.addBoth(self._resume)
+
+    def _resume(self, _: Any) -> None:
+        self._busy = False
+        self._drain()
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _command(self, line: bytes) -> defer.Deferred[None] | None:
+        text = line.decode("utf-8", "surrogateescape").strip()
+        verb, _, arg = text.partition(" ")
+        handler = getattr(self, f"do_{verb.upper()}", None) if verb.isalpha() else None
+        if handler is None:
+            self.reply(500, "5.5.2 Error: command not recognized")
+            return None
+        result: defer.Deferred[None] | None = handler(arg.strip())
+        return result
+
+    def do_LHLO(self, arg: str) -> None:
+        if not arg:
+            self.reply(501, "5.5.4 Syntax: LHLO hostname")
+            return
+        self.helo = arg
+        self._reset()
+        limit = self.factory.size_limit
+        self.reply(250, "\n".join([self.hostname, "PIPELINING", f"SIZE {limit}" if limit else
+                                   "SIZE", "ENHANCEDSTATUSCODES", "8BITMIME"]))
+
+    def do_HELO(self, arg: str) -> None:
+        self.reply(500, "5.5.1 Error: this is LMTP: use LHLO")
+
+    do_EHLO = do_HELO
+
+    def do_MAIL(self, arg: str) -> None:
+        if self.helo is None:
+            self.reply(503, "5.5.1 Error: send LHLO first")
+            return
+        if self.sender is not None:
+            self.reply(503, "5.5.1 Error: nested MAIL command")
+            return
+        m = _PATH.match(arg)
+        if not m or not arg.upper().startswith("FROM"):
+            self.reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
+            return
+        for param in (m.group(2) or "").split():
+            key, _, value = param.partition("=")
+            if key.upper() == "SIZE" and value.isdigit() and self.factory.size_limit and \
+                    int(value) > self.factory.size_limit:
+                self.reply(552, "5.3.4 Message size exceeds fixed limit")
+                return
+        self.sender = m.group(1)
+        self.reply(250, "2.1.0 Ok")
+
+    def do_RCPT(self, arg: str) -> defer.Deferred[None] | None:
+        if self.sender is None:
+            self.reply(503, "5.5.1 Error: need MAIL command")
+            return None
+        m = _PATH.match(arg)
+        if not m or not arg.upper().startswith("TO") or not m.group(1):
+            self.reply(501, "5.5.4 Syntax: RCPT TO:<address>")
+            return None
+        address = m.group(1)
+        d = self.delivery.resolve(address)
+
+        def accepted(found: list[Any]) -> None:
+            self.recipients.append((address, found))
+            self.reply(250, "2.1.5 Ok")
+
+        def refused(failure: Any) -> None:
+            if failure.check(smtp.SMTPServerError):
+                e = failure.value
+                self.reply(e.code, e.resp if isinstance(e.resp, str) else e.resp.decode())
+            else:
+                log.failure("LMTP recipient look-up for {address}", failure, address=address)
+                self.reply(451, f"4.3.0 <{address}>: Temporary lookup failure")
+
+        d.addCallbacks(accepted, refused)
+        return d
+
+    def do_DATA(self, arg: str) -> None:
+        if self.sender is None:
+            self.reply(503, "5.5.1 Error: need MAIL command")
+        elif not self.recipients:
+            self.reply(503, "5.5.1 Error: no valid recipients")
+        else:
+            self._data = []
+            self.reply(354, "End data with <CR><LF>.<CR><LF>")
+
+    def do_RSET(self, arg: str) -> None:
+        self._reset()
+        self.reply(250, "2.0.0 Ok")
+
+    def do_NOOP(self, arg: str) -> None:
+        self.reply(250, "2.0.0 Ok")
+
+    def do_VRFY(self, arg: str) -> None:
+        self.reply(252, "2.0.0 Send some mail, I'll try my best")
+
+    def do_QUIT(self, arg: str) -> None:
+        self.reply(221, "2.0.0 Bye")
+        self.transport.loseConnection()
+
+    # -- DATA -----------------------------------------------------------------------------
+
+    def _data_line(self, line: bytes) -> None:
+        assert self._data is not None
+        if line == b".":
+            data, self._data = self._data, None
+            if self._too_big:
+                for _ in self.recipients:
+                    self.reply(552, "5.3.4 Message size exceeds fixed limit")
+                self._reset()
+                return
+            self._busy = True
+            self._deliver(data).addBoth(self._resume)
+            return
+        if line.startswith(b"."):
+            line = line[1:]
+        self._size += len(line) + 2
+        limit = self.factory.size_limit
+        if limit and self._size > limit:
+            self._too_big = True
+            self._data.clear()
+        if not self._too_big:
+            self._data.append(line)
+
+    @defer.inlineCallbacks
+    def _deliver(self, lines: list[bytes]) -> Any:
+        queue_id = new_queue_id()
+        sender = self.sender or ""
+        recipients, self.recipients = self.recipients, []
+        self.factory.maillog.write(
+            "lmtp", f"{queue_id}: client={self.factory.client_name(self.client_ip)}")
+        body = b"\n".join(lines) + b"\n"
+        results = []
+        for address, found in recipients:
+            top = received_header(self.helo, "localhost", self.client_ip, self.hostname,
+                                  "LMTP", queue_id, [address], self.delivery.now())
+            d = self.delivery.deliver(top + b"\n" + body, sender,
+                                      [(address, dest) for dest in found], queue_id)
+            results.append(d)
+        outcomes = yield defer.DeferredList(results, consumeErrors=True)
+        for (address, _), (ok, result) in zip(recipients, outcomes):
+            if ok:
+                self.reply(250, f"2.0.0 <{address}> Ok: delivered as {queue_id}")
+            else:
+                self.reply(*_failure_reply(address, result))
+        self._reset()
+
+
+def _failure_reply(address: str, failure: Any) -> tuple[int, str]:
+    """550 when every failed copy failed for good (a command's exit status), else 451."""
+    causes = getattr(failure.value, "failures", None) if failure.check(DeliveryFailed) else None
+    if causes and all(c.check(forward.TargetFailed) and c.value.permanent for c in causes):
+        first = causes[0].value
+        return 550, f"{first.dsn} <{address}>: {first.text}"
+    if causes and causes[0].check(forward.TargetFailed):
+        first = causes[0].value
+        return 451, f"{first.dsn} <{address}>: {first.text}"
+    log.failure("LMTP delivery to {address}", failure, address=address)
+    return 451, f"4.3.0 <{address}>: Error: cannot write the message"
+
+
+class LMTPFactory(protocol.ServerFactory):
+    """Builds LMTP sessions over ``delivery`` (a LocalDelivery); TCP or unix socket."""
+
+    def __init__(self, config: Any, delivery: Any, maillog: Any) -> None:
+        self.hostname: str = config.mail.myhostname
+        self.size_limit: int = config.mail.message_size_limit
+        self.delivery = delivery
+        self.maillog = maillog
+
+    @staticmethod
+    def client_name(ip: str) -> str:
+        return f"localhost[{ip}]"
+
+    def buildProtocol(self, addr: Any) -> LMTPServer:
+        return LMTPServer(self)

@@ -1,0 +1,256 @@
+"""Queue files in ``queue_directory``: one file per message, durable before ``250``.
+
+Layout::
+
+    queue_directory/tmp/ID       being written (removed at start-up: never acknowledged)
+    queue_directory/active/ID    committed messages
+
+A queue file is text-framed, never pickled::
+
+    {"v": 1, "id": "3F2A1B9C0D", "sender": "...", "rcpts": [...], "size": N, ...}\\n   (JSON)
+    <N bytes: the message, LF line ends, our Received: on top>
+    {"done": [0, 2]}\\n                                              (progress records)
+    {"attempts": 3, "next": 1764300000.0}\\n
+
+A message is written to ``tmp/``, fsync'ed, renamed into ``active/`` and the directory is
+fsync'ed: only then is it acknowledged. Progress is appended to the same file and fsync'ed
+after each delivery, so a crash re-delivers at most the recipients whose record was not yet on
+disk (SMTP's own window). A torn last record (crash mid-append) is ignored. Removal needs no
+fsync: a file that comes back after a crash has every recipient marked done and is removed again.
+
+These functions block; the daemon calls them through :func:`mailsuite.threads.blocking`, and
+commands (``sendmail``) may call them directly, with or without a running daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mailsuite.maillog import new_queue_id
+
+VERSION = 1
+
+
+@dataclass
+class QueuedRecipient:
+    """One recipient of a queued message.
+
+    ``user`` names the local account for local delivery; None means delivery over SMTP.
+    ``notify``/``orcpt`` are the DSN parameters given at RCPT (None = not given).
+    """
+
+    address: str
+    user: str | None = None
+    notify: list[str] | None = None
+    orcpt: str | None = None
+    done: bool = False
+
+    def wants(self, what: str) -> bool:
+        """Does the sender want a DSN of kind SUCCESS/FAILURE/DELAY for this recipient?"""
+        if self.notify is None:
+            return what in ("FAILURE", "DELAY")
+        return what in self.notify
+
+
+@dataclass
+class Envelope:
+    """Everything about a queued message but its content."""
+
+    queue_id: str
+    sender: str
+    recipients: list[QueuedRecipient]
+    arrival: float
+    size: int = 0
+    ret: str | None = None
+    envid: str | None = None
+    smtputf8: bool = False
+    body: str | None = None
+    attempts: int = 0
+    next_attempt: float = 0.0
+    warned: bool = False
+    client: str = ""  # "name[ip]" of the client that gave it to us (bounces report it)
+
+    def pending(self) -> list[tuple[int, QueuedRecipient]]:
+        return [(i, r) for i, r in enumerate(self.recipients) if not r.done]
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["v"] = VERSION
+        for key in ("attempts", "next_attempt", "warned"):
+            d.pop(key)
+        for r in d["recipients"]:
+            r.pop("done")
+        return json.dumps(d, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Envelope:
+        d = json.loads(raw)
+        if d.pop("v", None) != VERSION:
+            raise ValueError("unknown queue file version")
+        d["recipients"] = [QueuedRecipient(**r) for r in d["recipients"]]
+        return cls(**d)
+
+    def apply(self, record: dict[str, Any]) -> None:
+        """Replay one progress record."""
+        for i in record.get("done", ()):
+            self.recipients[int(i)].done = True
+        if "attempts" in record:
+            self.attempts = int(record["attempts"])
+            self.next_attempt = float(record.get("next", 0.0))
+        if record.get("warned"):
+            self.warned = True
+
+
+class CorruptQueueFile(Exception):
+    pass
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class QueueDirectory:
+    """The queue files under one ``queue_directory`` (blocking calls)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.abspath(directory)
+        self.tmp = os.path.join(self.directory, "tmp")
+        self.active = os.path.join(self.directory, "active")
+
+    def setup(self) -> None:
+        """Create the directories and drop half-written files of an earlier crash."""
+        for d in (self.directory, self.tmp, self.active):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        for name in os.listdir(self.tmp):
+            try:
+                os.unlink(os.path.join(self.tmp, name))
+            except FileNotFoundError:
+                pass
+
+    def path(self, queue_id: str) -> str:
+        if not queue_id.isalnum():
+            raise ValueError(f"bad queue id {queue_id!r}")
+        return os.path.join(self.active, queue_id)
+
+    def write(self, envelope: Envelope, data: bytes) -> None:
+        """Commit a new message durably (file and directory fsync'ed) under its queue id."""
+        envelope.size = len(data)
+        target = self.path(envelope.queue_id)
+        if os.path.exists(target):
+            raise FileExistsError(target)
+        tmp = os.path.join(self.tmp, envelope.queue_id)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, envelope.to_json() + b"\n" + data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+        _fsync_dir(self.active)
+
+    def mark(self, queue_id: str, record: dict[str, Any], sync: bool = True) -> None:
+        """Append one progress record (fsync'ed unless ``sync`` is False)."""
+        line = json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
+        fd = os.open(self.path(queue_id), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            _write_all(fd, line)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def remove(self, queue_id: str) -> None:
+        try:
+            os.unlink(self.path(queue_id))
+        except FileNotFoundError:
+            pass
+
+    def ids(self) -> list[str]:
+        """The committed queue ids, oldest file first."""
+        names = []
+        for name in os.listdir(self.active):
+            try:
+                names.append((os.stat(os.path.join(self.active, name)).st_mtime, name))
+            except FileNotFoundError:
+                continue
+        return [name for _, name in sorted(names)]
+
+    def load(self, queue_id: str, with_body: bool = False) -> tuple[Envelope, bytes | None]:
+        """The envelope with its progress replayed, and the message if asked for."""
+        with open(self.path(queue_id), "rb") as f:
+            head = f.readline()
+            try:
+                envelope = Envelope.from_json(head)
+            except (ValueError, TypeError, KeyError) as e:
+                raise CorruptQueueFile(f"{queue_id}: bad envelope: {e}") from e
+            body = f.read(envelope.size) if with_body else None
+            if body is not None and len(body) != envelope.size:
+                raise CorruptQueueFile(f"{queue_id}: message cut short")
+            f.seek(len(head) + envelope.size)
+            for line in f.read().split(b"\n"):
+                try:
+                    envelope.apply(json.loads(line))
+                except (ValueError, TypeError, KeyError, IndexError):
+                    continue  # a torn last record: never acknowledged as done
+        return envelope, body
+
+    def read_body(self, envelope: Envelope) -> bytes:
+        with open(self.path(envelope.queue_id), "rb") as f:
+            f.readline()
+            body = f.read(envelope.size)
+        if len(body) != envelope.size:
+            raise CorruptQueueFile(f"{envelope.queue_id}: message cut short")
+        return body
+
+    def quarantine(self, queue_id: str) -> str:
+        """Move a file that cannot be read aside (``corrupt/ID``) rather than lose it."""
+        corrupt = os.path.join(self.directory, "corrupt")
+        os.makedirs(corrupt, mode=0o700, exist_ok=True)
+        target = os.path.join(corrupt, queue_id)
+        os.rename(self.path(queue_id), target)
+        return target
+
+
+def submit(
+    directory: str,
+    sender: str,
+    recipients: list[QueuedRecipient],
+    data: bytes,
+    queue_id: str | None = None,
+    now: float | None = None,
+    **envelope: Any,
+) -> Envelope:
+    """Write a new message into ``directory``'s queue (blocking) and return its envelope.
+
+    For commands such as ``sendmail`` that queue mail with or without a running daemon; the
+    daemon picks the file up at its next queue scan (or at once after ``Queue.scan()``).
+    """
+    queue = QueueDirectory(directory)
+    os.makedirs(queue.tmp, mode=0o700, exist_ok=True)
+    os.makedirs(queue.active, mode=0o700, exist_ok=True)
+    env = Envelope(
+        queue_id=queue_id or new_queue_id(),
+        sender=sender,
+        recipients=recipients,
+        arrival=time.time() if now is None else now,
+        **envelope,
+    )
+    queue.write(env, data)
+    return env
+
+
+__all__ = ["CorruptQueueFile", "Envelope", "QueueDirectory", "QueuedRecipient", "submit"]

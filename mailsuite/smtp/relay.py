@@ -1,0 +1,447 @@
+"""Mail out: the SMTP client of the queue, Postfix's smtp(8).
+
+:class:`Relay` ``.deliver(destination, envelope, recipients, data)`` delivers one message to the
+recipients of one next hop (a domain's MX hosts, or ``relayhost``) and reports one
+:class:`Outcome` per recipient. It tries the hosts in order until one takes the transaction:
+connection failures, 4xx greetings and 4xx/5xx at HELO move on to the next host; once MAIL FROM
+is answered the results are final for this attempt.
+
+The session: EHLO (HELO if refused), STARTTLS whenever offered (opportunistic, no certificate
+verification, as Postfix ``smtp_tls_security_level = may``; ``encrypt`` insists on it), AUTH
+PLAIN with the credentials of ``smtp_sasl_password_maps`` (only inside TLS), MAIL FROM with
+SIZE, BODY, SMTPUTF8, RET and ENVID as the server supports them, RCPT TO with NOTIFY and ORCPT
+when it speaks DSN, DATA with our own CRLF conversion and dot-stuffing (Twisted's client misses a
+dot at a chunk boundary, TWISTED.md), QUIT.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, endpoints, error, protocol, ssl
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailsuite.smtp.address import xtext_encode
+from mailsuite.smtp.dns import MX_ADDRESS_LIMIT, DNSLookupError, MailHost
+from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
+
+log = Logger()
+
+CONNECT_TIMEOUT = 30  # Postfix smtp_connect_timeout
+REPLY_TIMEOUT = 300  # smtp_helo_timeout, smtp_mail_timeout, ...
+DATA_DONE_TIMEOUT = 600  # smtp_data_done_timeout
+
+
+@dataclass
+class Outcome:
+    """What happened to one recipient: ``code`` 2xx sent, 4xx deferred, 5xx bounced."""
+
+    code: int
+    dsn: str
+    text: str
+    relay: str = "none"
+    remote_dsn: bool = False  # the receiving server took DSN NOTIFY/ORCPT (no "relayed" notice)
+
+    @property
+    def status(self) -> str:
+        return "sent" if self.code < 400 else "deferred" if self.code < 500 else "bounced"
+
+
+def to_wire(data: bytes) -> bytes:
+    """LF-ended message -> CRLF with every line that starts with '.' dot-stuffed, plus '.'."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = [b"." + line if line[:1] == b"." else line for line in lines]
+    return b"\r\n".join(out) + (b"\r\n" if out else b"") + b".\r\n"
+
+
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\s")
+
+
+def reply_dsn(code: int, text: str) -> str:
+    """The enhanced status code of a reply, or one made up from the basic code."""
+    m = _ENHANCED.match(text)
+    if m:
+        return m.group(1)
+    return f"{code // 100}.0.0"
+
+
+class SessionFailed(Exception):
+    """The session ended before MAIL FROM was answered: try the next host (or give up)."""
+
+    def __init__(self, code: int, dsn: str, text: str, next_host: bool = True) -> None:
+        super().__init__(text)
+        self.code, self.dsn, self.text, self.next_host = code, dsn, text, next_host
+
+
+class ClientProtocol(protocol.Protocol):
+    """Reads SMTP replies (multi-line aware); the session logic is in :func:`run_session`."""
+
+    transport: Any
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self._buffer = b""
+        self._lines: list[str] = []
+        self._waiting: defer.Deferred[tuple[int, str]] | None = None
+        self._replies: list[tuple[int, str]] = []
+        self._lost: Failure | None = None
+        self.connected_d: defer.Deferred[None] = defer.Deferred()
+        self._timer: Any = None
+
+    def connectionMade(self) -> None:
+        try:
+            self.transport.setTcpNoDelay(True)
+        except (AttributeError, OSError):
+            pass
+        self.connected_d.callback(None)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while b"\n" in self._buffer:
+            raw, self._buffer = self._buffer.split(b"\n", 1)
+            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            if len(line) < 3 or not line[:3].isdigit():
+                self._lines.append(line)
+                continue
+            self._lines.append(line[4:])
+            if line[3:4] != "-":
+                reply = (int(line[:3]), "\n".join(self._lines))
+                self._lines = []
+                self._deliver(reply)
+        if len(self._buffer) > 65536:
+            self.transport.loseConnection()
+
+    def _deliver(self, reply: tuple[int, str]) -> None:
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            self._cancel_timer()
+            d.callback(reply)
+        else:
+            self._replies.append(reply)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def reply(self, timeout: float = REPLY_TIMEOUT) -> defer.Deferred[tuple[int, str]]:
+        if self._replies:
+            return defer.succeed(self._replies.pop(0))
+        if self._lost is not None:
+            return defer.fail(self._lost)
+        d: defer.Deferred[tuple[int, str]] = defer.Deferred()
+        self._waiting = d
+        self._timer = self.clock.callLater(timeout, self._timed_out)
+        return d
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            d.errback(error.TimeoutError("timeout waiting for the server's reply"))
+        self.transport.abortConnection()
+
+    def send(self, line: str) -> None:
+        self.transport.write(line.encode("utf-8") + b"\r\n")
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost = reason
+        self._cancel_timer()
+        if self._waiting is not None:
+            d, self._waiting = self._waiting, None
+            d.errback(reason)
+
+
+@dataclass
+class SessionParams:
+    """What one connection needs to know."""
+
+    helo_name: str
+    tls_level: str = "may"  # none | may | encrypt
+    credentials: tuple[str, str] | None = None
+    tls_options: Any = None
+
+
+@dataclass
+class Transaction:
+    envelope: Envelope
+    recipients: list[QueuedRecipient]
+    data: bytes
+    results: dict[int, Outcome] = field(default_factory=dict)
+    started: bool = False  # MAIL FROM was sent: never retry this attempt at another host
+
+
+def _ehlo_keywords(text: str) -> dict[str, str]:
+    keywords = {}
+    for line in text.split("\n")[1:]:
+        word, _, arg = line.strip().partition(" ")
+        keywords[word.upper()] = arg
+    return keywords
+
+
+@defer.inlineCallbacks
+def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, relay: str) -> Any:
+    """One SMTP session on a connected ``client``; fills ``tx.results`` or raises SessionFailed."""
+    code, text = yield client.reply()
+    if code != 220:
+        raise SessionFailed(code, reply_dsn(code, text), f"host {relay} refused to talk to me: {code} {text}")
+    keywords = yield _hello(client, params)
+    tls = False
+    if "STARTTLS" in keywords and params.tls_level != "none":
+        client.send("STARTTLS")
+        code, text = yield client.reply()
+        if code == 220:
+            client.transport.startTLS(params.tls_options or ssl.CertificateOptions())
+            tls = True
+            keywords = yield _hello(client, params)
+        elif params.tls_level == "encrypt":
+            raise SessionFailed(code, "4.7.5", f"TLS is required, but host {relay} refused STARTTLS: {code} {text}")
+    elif params.tls_level == "encrypt":
+        raise SessionFailed(450, "4.7.4", f"TLS is required, but was not offered by host {relay}")
+    if params.credentials is not None and "AUTH" in keywords:
+        if not tls:
+            raise SessionFailed(450, "4.7.0", f"not sending the password to {relay} without TLS")
+        user, password = params.credentials
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
+        client.send(f"AUTH PLAIN {token}")
+        code, text = yield client.reply()
+        if code != 235:
+            raise SessionFailed(code, reply_dsn(code, text), f"SASL authentication failed; server {relay} said: {code} {text}", next_host=code < 500)
+    env, data = tx.envelope, tx.data
+    if "SIZE" in keywords and keywords["SIZE"].isdigit() and int(keywords["SIZE"]) and len(data) > int(keywords["SIZE"]):
+        for i, _ in enumerate(tx.recipients):
+            tx.results[i] = Outcome(552, "5.3.4", f"message size {len(data)} exceeds size limit {keywords['SIZE']} of server {relay}", relay)
+        client.send("QUIT")
+        return tx
+    needs_utf8 = env.smtputf8 and not all(
+        x.isascii() for x in [env.sender, *[r.address for r in tx.recipients]])
+    if needs_utf8 and "SMTPUTF8" not in keywords:
+        for i, _ in enumerate(tx.recipients):
+            tx.results[i] = Outcome(550, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {relay}", relay)
+        client.send("QUIT")
+        return tx
+    dsn = "DSN" in keywords
+    mail = f"MAIL FROM:<{env.sender}>"
+    if "SIZE" in keywords:
+        mail += f" SIZE={len(data)}"
+    if env.body and "8BITMIME" in keywords:
+        mail += f" BODY={env.body}"
+    if env.smtputf8 and "SMTPUTF8" in keywords:
+        mail += " SMTPUTF8"
+    if dsn and env.ret:
+        mail += f" RET={env.ret}"
+    if dsn and env.envid:
+        mail += f" ENVID={xtext_encode(env.envid)}"
+    client.send(mail)
+    tx.started = True
+    code, text = yield client.reply()
+    if code >= 400:
+        for i, _ in enumerate(tx.recipients):
+            tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to MAIL FROM command)", relay)
+        client.send("QUIT")
+        return tx
+    accepted = []
+    for i, r in enumerate(tx.recipients):
+        rcpt = f"RCPT TO:<{r.address}>"
+        if dsn and r.notify:
+            rcpt += f" NOTIFY={','.join(r.notify)}"
+        if dsn and r.orcpt:
+            kind, _, addr = r.orcpt.partition(";")
+            rcpt += f" ORCPT={kind};{xtext_encode(addr)}"
+        client.send(rcpt)
+        code, text = yield client.reply()
+        if code >= 400:
+            tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to RCPT TO command)", relay)
+        else:
+            accepted.append(i)
+    if not accepted:
+        client.send("QUIT")
+        return tx
+    client.send("DATA")
+    code, text = yield client.reply()
+    if code != 354:
+        for i in accepted:
+            tx.results[i] = Outcome(code if code >= 400 else 451, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to DATA command)", relay)
+        client.send("QUIT")
+        return tx
+    client.transport.write(to_wire(data))
+    code, text = yield client.reply(DATA_DONE_TIMEOUT)
+    for i in accepted:
+        detail = f"{code} {text}".replace("\n", " ")
+        if code < 400:
+            tx.results[i] = Outcome(code, reply_dsn(code, text), detail, relay, remote_dsn=dsn)
+        else:
+            tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {detail} (in reply to end of DATA command)", relay)
+    client.send("QUIT")
+    return tx
+
+
+@defer.inlineCallbacks
+def _hello(client: ClientProtocol, params: SessionParams) -> Any:
+    client.send(f"EHLO {params.helo_name}")
+    code, text = yield client.reply()
+    if code == 250:
+        return _ehlo_keywords(text)
+    client.send(f"HELO {params.helo_name}")
+    code, text = yield client.reply()
+    if code != 250:
+        raise SessionFailed(code, reply_dsn(code, text), f"host refused HELO: {code} {text}")
+    return {}
+
+
+def parse_password_map(text: str) -> dict[str, tuple[str, str]]:
+    """``smtp_sasl_password_maps`` lines ``[relay.example]:587  user:password`` -> dict."""
+    table = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        user, sep, password = value.strip().partition(":")
+        if sep:
+            table[key.strip().lower()] = (user, password)
+    return table
+
+
+class Relay:
+    """Delivers to one next hop. ``connect(ip, port) -> Deferred[ClientProtocol]`` and
+    ``resolver.hosts(domain)`` are injectable; ``port`` is 25 except in tests (``smtp_port``)."""
+
+    def __init__(
+        self,
+        resolver: Any,
+        helo_name: str,
+        clock: Any,
+        port: int = 25,
+        relayhost: str = "",
+        credentials: dict[str, tuple[str, str]] | None = None,
+        tls_level: str = "may",
+        connect: Callable[[str, int], defer.Deferred[ClientProtocol]] | None = None,
+        tls_options: Any = None,
+    ) -> None:
+        self.resolver = resolver
+        self.helo_name = helo_name
+        self.clock = clock
+        self.port = port
+        self.relayhost = relayhost
+        self.credentials = credentials or {}
+        self.tls_level = tls_level
+        self.tls_options = tls_options
+        self.connect = connect or self._tcp_connect
+
+    def next_hop(self, address: str) -> str:
+        """The destination a recipient's mail goes to: relayhost, else the domain."""
+        return self.relayhost or address.rpartition("@")[2].lower()
+
+    def _tcp_connect(self, ip: str, port: int) -> defer.Deferred[ClientProtocol]:
+        kind = endpoints.TCP6ClientEndpoint if ":" in ip else endpoints.TCP4ClientEndpoint
+        endpoint = kind(self.clock, ip, port, timeout=CONNECT_TIMEOUT)
+        factory = protocol.Factory.forProtocol(lambda: ClientProtocol(self.clock))
+        return endpoint.connect(factory)  # type: ignore[arg-type,return-value]
+
+    def _destination(self, hop: str) -> tuple[str, int, bool]:
+        """(host, port, look up MX?) for a next hop in Postfix syntax."""
+        m = re.fullmatch(r"(\[[^\]]+\]|[^:\[\]]+)(?::(\d+))?", hop)
+        if not m:
+            return hop, self.port, True
+        host, port = m.group(1), int(m.group(2)) if m.group(2) else self.port
+        if host.startswith("["):
+            return host[1:-1], port, False
+        return host, port, True
+
+    @defer.inlineCallbacks
+    def hosts(self, hop: str) -> Any:
+        host, port, mx = self._destination(hop)
+        if mx:
+            found = yield self.resolver.hosts(host)
+        else:
+            addresses = yield self.resolver.addresses(host)
+            if not addresses:
+                raise DNSLookupError("4.4.3", f"no address for relayhost {host}")
+            found = [MailHost(host, tuple(addresses))]
+        return found, port
+
+    def _credentials(self, hop: str, host: str, port: int) -> tuple[str, str] | None:
+        for key in (hop.lower(), f"[{host}]:{port}".lower(), host.lower(), f"[{host}]".lower()):
+            if key in self.credentials:
+                return self.credentials[key]
+        return None
+
+    @defer.inlineCallbacks
+    def deliver(self, hop: str, envelope: Envelope, recipients: list[QueuedRecipient], data: bytes) -> Any:
+        """Deferred list of Outcome, one per recipient, in order. Never errbacks."""
+        try:
+            hosts, port = yield self.hosts(hop)
+        except DNSLookupError as e:
+            code = 550 if e.dsn.startswith("5") else 450
+            return [Outcome(code, e.dsn, e.text) for _ in recipients]
+        except defer.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a resolver failure we did not foresee: retry later
+            log.failure("MX lookup for {hop} failed", Failure(), hop=hop)
+            return [Outcome(451, "4.4.3", f"MX lookup for {hop} failed: {e}") for _ in recipients]
+        tried = 0
+        last = Outcome(451, "4.4.1", f"connect to {hop}: no host to try")
+        for mail_host in hosts:
+            for ip in mail_host.addresses:
+                if tried >= MX_ADDRESS_LIMIT:
+                    break
+                tried += 1
+                relay = f"{mail_host.name}[{ip}]:{port}"
+                try:
+                    client = yield self.connect(ip, port)
+                except defer.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - any failure is reported as a result
+                    last = Outcome(451, "4.4.1", f"connect to {relay}: {_reason(e)}", relay)
+                    continue
+                params = SessionParams(self.helo_name, self.tls_level,
+                                       self._credentials(hop, mail_host.name, port), self.tls_options)
+                tx = Transaction(envelope, recipients, data)
+                try:
+                    yield run_session(client, params, tx, relay)
+                except SessionFailed as e:
+                    code = e.code if e.code >= 400 else 451
+                    last = Outcome(code, e.dsn, e.text, relay)
+                    _quit(client)
+                    if e.next_host:
+                        continue
+                    return [last for _ in recipients]
+                except defer.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - any failure is reported as a result
+                    if tx.results and len(tx.results) == len(recipients):
+                        return [tx.results[i] for i in range(len(recipients))]
+                    last = Outcome(451, "4.4.2", f"lost connection with {relay}: {_reason(e)}", relay)
+                    _quit(client)
+                    if tx.started:  # the transaction had begun: never resend to another host now
+                        return [tx.results.get(i, last) for i in range(len(recipients))]
+                    continue
+                client.transport.loseConnection()
+                return [tx.results[i] for i in range(len(recipients))]
+        if last.code >= 500 and last.dsn.startswith("5"):
+            return [last for _ in recipients]
+        return [Outcome(min(last.code, 499) if last.code >= 400 else 451, "4" + last.dsn[1:], last.text, last.relay)
+                for _ in recipients]
+
+
+def _quit(client: ClientProtocol) -> None:
+    if client.transport is not None and client._lost is None:
+        client.transport.loseConnection()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, error.ConnectionRefusedError):
+        return "Connection refused"
+    if isinstance(e, (error.TimeoutError, defer.TimeoutError)):
+        return "Connection timed out"
+    if isinstance(e, error.ConnectionDone):
+        return "Connection closed"
+    return str(e) or type(e).__name__

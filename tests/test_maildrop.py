@@ -1,0 +1,107 @@
+"""Tests for mailsuite.maildrop: the sendmail drop files and the daemon's pickup."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from mailsuite import maildrop, threads
+from mailsuite.maillog import MailLog
+from mailsuite.smtp.delivery import LookupFailed, UnknownRecipient
+
+
+class DropTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.queue = os.path.abspath(self.mktemp())
+        os.makedirs(self.queue)
+        maildrop.ensure_maildrop(self.queue)
+
+    def test_directory_mode(self) -> None:
+        """maildrop/ is 1733: anyone may drop, nobody but root may list (as Postfix's)."""
+        mode = os.stat(maildrop.maildrop_dir(self.queue)).st_mode & 0o7777
+        self.assertEqual(mode, 0o1733)
+
+    def test_round_trip(self) -> None:
+        """drop() then read() gives sender, recipients, uid and the exact bytes; ids() lists it;
+        no temporary file is left behind."""
+        queue_id = maildrop.drop(self.queue, "joe", ["a", "b@x"], b"Subject: s\n\nbody\n")
+        d = maildrop.read(self.queue, queue_id)
+        self.assertEqual((d.sender, d.recipients, d.data), ("joe", ["a", "b@x"],
+                                                            b"Subject: s\n\nbody\n"))
+        self.assertEqual(d.uid, os.getuid())
+        self.assertEqual(maildrop.ids(self.queue), [queue_id])
+        self.assertEqual(os.listdir(maildrop.maildrop_dir(self.queue)), [queue_id])
+
+    def test_stale_tmp_removed(self) -> None:
+        """A half-written .tmp file of a killed sendmail is skipped, and removed when old."""
+        path = os.path.join(maildrop.maildrop_dir(self.queue), ".tmp.X")
+        open(path, "w").close()
+        self.assertEqual(maildrop.ids(self.queue), [])
+        self.assertTrue(os.path.exists(path))
+        maildrop.ids(self.queue, now=lambda: os.stat(path).st_mtime + maildrop.STALE_TMP + 1)
+        self.assertFalse(os.path.exists(path))
+
+    def test_qualify(self) -> None:
+        """Bare names get @myorigin (append_at_myorigin); the null sender stays null."""
+        self.assertEqual(maildrop.qualify("joe", "ex.test"), "joe@ex.test")
+        self.assertEqual(maildrop.qualify("a@b", "ex.test"), "a@b")
+        self.assertEqual(maildrop.qualify("", "ex.test"), "")
+
+
+class FakeDelivery:
+    queue = None
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[bytes, str, list[Any]]] = []
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain == "ex.test"
+
+    def resolve(self, address: str) -> defer.Deferred[list[str]]:
+        if address.startswith("ghost"):
+            return defer.fail(UnknownRecipient(address))
+        if address.startswith("later"):
+            return defer.fail(LookupFailed(address))
+        return defer.succeed([address.split("@")[0]])
+
+    def deliver(self, data: bytes, sender: str, pairs: list[Any], queue_id: str,
+                arrival: float) -> defer.Deferred[None]:
+        self.delivered.append((data, sender, pairs))
+        return defer.succeed(None)
+
+
+class PickupTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.patch(threads, "run_inline", True)
+        self.queue = os.path.abspath(self.mktemp())
+        os.makedirs(self.queue)
+        maildrop.ensure_maildrop(self.queue)
+        self.delivery = FakeDelivery()
+        self.maillog = MailLog(None, "mail.ex.test", now=lambda: 0.0)
+        submit = maildrop.local_submitter(self.delivery, self.maillog, "mail.ex.test", "ex.test",
+                                          now=lambda: 0.0)
+        self.pickup = maildrop.Pickup(self.queue, submit, self.maillog)
+
+    def test_delivers_bounces_and_keeps_temporary(self) -> None:
+        """Each recipient is resolved like SMTP RCPT: delivered (with a pickup Received: line and
+        @myorigin added), 5xx logged as bounced and dropped, 4xx kept in the file for later."""
+        queue_id = maildrop.drop(self.queue, "joe", ["boss", "ghost", "later"], b"S: x\n\nb\n")
+        self.successResultOf(self.pickup.scan())
+        [(data, sender, pairs)] = self.delivery.delivered
+        self.assertEqual((sender, pairs), ("joe@ex.test", [("boss@ex.test", "boss")]))
+        self.assertTrue(data.startswith(b"Received: by mail.ex.test (mailsuite, from userid "))
+        log = "\n".join(self.maillog.lines)
+        self.assertIn(f"{queue_id}: uid={os.getuid()} from=<joe>", log)
+        self.assertIn("to=<ghost@ex.test>, relay=none", log)
+        self.assertIn("status=bounced", log)
+        self.assertEqual(maildrop.read(self.queue, queue_id).recipients, ["later"])
+        self.assertEqual(maildrop.ids(self.queue), [queue_id])
+
+    def test_done_file_removed(self) -> None:
+        """A message whose recipients are all handled leaves maildrop/."""
+        maildrop.drop(self.queue, "joe", ["boss"], b"x\n")
+        self.successResultOf(self.pickup.scan())
+        self.assertEqual(maildrop.ids(self.queue), [])
