@@ -99,7 +99,33 @@ class LookupFailed(RecipientRejected):
 
 
 class DeliveryFailed(Exception):
-    """At least one copy could not be written; the message must not be acknowledged."""
+    """At least one copy could not be written; the message must not be acknowledged.
+    ``failures``: the Failure of each copy that failed."""
+
+    failures: list[Failure]
+
+
+def is_special(user: str | None) -> bool:
+    """A queued local recipient's ``user`` naming a |command or /file target, not an account."""
+    return bool(user) and user[0] in "|/"  # type: ignore[index]
+
+
+def target_failure(failure: Failure) -> forward.TargetFailed | None:
+    """The forward.TargetFailed behind a failed deliver() of one command/file copy, if any."""
+    if failure.check(forward.TargetFailed):
+        return failure.value  # type: ignore[no-any-return]
+    for inner in getattr(failure.value, "failures", None) or ():
+        if inner.check(forward.TargetFailed):
+            return inner.value  # type: ignore[no-any-return]
+    return None
+
+
+def failure_outcome(failure: Failure) -> Outcome:
+    """A failed command/file delivery as the queue's Outcome: 5xx bounces, the rest retried."""
+    error = target_failure(failure)
+    if error is None:
+        return Outcome(451, "4.3.0", f"cannot deliver: {failure.value}", "local")
+    return Outcome(550 if error.permanent else 451, error.dsn, error.text, "local")
 
 
 def split_address(address: str) -> tuple[str, str | None]:
@@ -350,29 +376,44 @@ class LocalDelivery:
     # --- the queue's local transport (mailsuite.smtp.queue.LocalTransport) ---------------------
 
     def classify(self, address: str) -> defer.Deferred[list[QueuedRecipient]]:
-        """Queue recipients for a new message to ``address`` (a notification): one per local
-        account it resolves to, or the address itself when it is remote."""
+        """Queue recipients for a new message to ``address`` (a notification): one per
+        destination it resolves to (aliases, ~/.forward): an account's mailbox (``user`` its
+        name), a |command or /file (``user`` the target's name: ``deliver_users`` resolves the
+        address again and runs that target), a remote alias target (delivered over SMTP), or
+        the address itself when it is remote."""
         _, domain = split_address(address)
         if domain is not None and not self.is_local_domain(domain):
             return defer.succeed([QueuedRecipient(address)])
-        d = self.resolve(address)
-        return d.addCallback(
-            lambda found: [
-                QueuedRecipient(address, user=a.name) for a in found if isinstance(a, Account)
-            ]
-        )
+        return self.resolve(address).addCallback(self._queued_for, address)
+
+    @staticmethod
+    def _queued_for(found: list[Any], address: str) -> list[QueuedRecipient]:
+        out = []
+        for dest in found:
+            if isinstance(dest, forward.Remote):
+                out.append(QueuedRecipient(dest.address, orcpt=f"rfc822;{address}"))
+            else:
+                out.append(QueuedRecipient(address, user=dest.name))
+        return out
 
     @defer.inlineCallbacks
     def deliver_users(
         self, data: bytes, envelope: Envelope, recipients: list[QueuedRecipient]
     ) -> Any:
-        """Deliver a queued message to local accounts; one Outcome per recipient, in order
-        (5.1.1 when the account is gone, 4.3.0 when its mailbox cannot be written)."""
+        """Deliver a queued message to local destinations; one Outcome per recipient, in order.
+
+        ``user`` is an account (its mailbox: 5.1.1 when the account is gone, 4.3.0 when the
+        mailbox cannot be written) or a |command or /file target: the address is resolved again
+        (as local(8) expands at delivery) and that target alone is run; its failure is 5.x.x
+        (bounce) or 4.x.x (retry) as forward.TargetFailed says."""
         names = [r.user or "" for r in recipients]
-        accounts = yield threads.blocking(lambda: [self.accounts.recipient(n) for n in names])
+        accounts = yield threads.blocking(
+            lambda: [None if is_special(n) else self.accounts.recipient(n) for n in names])
         copies = []
         for r, account in zip(recipients, accounts):
-            if account is None:
+            if is_special(r.user):
+                copies.append(self._deliver_target(data, envelope, r))
+            elif account is None:
                 copies.append(defer.succeed(None))
             else:
                 copies.append(self.deliver(data, envelope.sender, [(r.address, account)],
@@ -381,7 +422,9 @@ class LocalDelivery:
         results = yield defer.DeferredList(copies, consumeErrors=True)
         outcomes = []
         for r, account, (ok, result) in zip(recipients, accounts, results):
-            if account is None:
+            if is_special(r.user):
+                outcomes.append(result if ok else failure_outcome(result))
+            elif account is None:
                 text = f"unknown user: \"{r.user}\""
                 self.maillog.write("local", f"{envelope.queue_id}: to=<{r.address}>, relay=local,"
                                    f" dsn=5.1.1, status=bounced ({text})")
@@ -392,6 +435,25 @@ class LocalDelivery:
                 outcomes.append(Outcome(451, "4.3.0", f"cannot append message to mailbox: "
                                         f"{result.value}", "local"))
         return outcomes
+
+    @defer.inlineCallbacks
+    def _deliver_target(self, data: bytes, envelope: Envelope, r: QueuedRecipient) -> Any:
+        """Resolve ``r.address`` again and run its |command or /file ``r.user`` once more."""
+        try:
+            found = yield self.resolve(r.address)
+        except smtp.SMTPServerError as e:
+            resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
+            dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
+            return Outcome(550 if e.code >= 500 else 451, dsn, resp, "local")
+        wanted = [dest for dest in found if dest.name == r.user]
+        if not wanted:
+            text = f"{r.user} is no longer a destination of {r.address}"
+            self.maillog.write("local", f"{envelope.queue_id}: to=<{r.address}>, relay=local,"
+                               f" dsn=5.1.1, status=bounced ({text})")
+            return Outcome(550, "5.1.1", text, "local")
+        yield self.deliver(data, envelope.sender, [(r.address, wanted[0])], envelope.queue_id,
+                           arrival=envelope.arrival, standalone=False)
+        return Outcome(250, "2.0.0", f"delivered to {r.user}", "local")
 
     def resolve(self, address: str) -> defer.Deferred[list[Account]]:
         """The accounts ``address`` delivers to; errback with a RecipientRejected subclass."""
@@ -421,8 +483,9 @@ class LocalDelivery:
         self._resolved.clear()
 
     def _resolve_blocking(self, address: str, local: str) -> list[Any]:
-        """Accounts, plus forward.Program/File for |command and /file targets (aliases.py,
-        forward.py); a remote alias target is refused until the queue can forward it."""
+        """Accounts, plus forward.Program/File for |command and /file targets and
+        forward.Remote for addresses in other domains (aliases.py, forward.py); a remote alias
+        target is refused (451) only when there is no queue to forward it."""
         try:
             found = self.expander.expand(local, address)
         except AliasLookupError as e:
@@ -434,9 +497,10 @@ class LocalDelivery:
             if e.kind == "loop":
                 raise AliasLoop(address) from e
             raise
-        for dest in found:
-            if isinstance(dest, forward.Remote):
-                raise UnsupportedRecipient(address, target=f'"{dest.address}" (remote)')
+        if self.queue is None:
+            for dest in found:
+                if isinstance(dest, forward.Remote):
+                    raise UnsupportedRecipient(address, target=f'"{dest.address}" (remote)')
         return found
 
     def final_address(self, address: str, account: Account) -> str:
@@ -460,6 +524,9 @@ class LocalDelivery:
         ``data`` is the message as stored (LF line ends, Received: already on top). Any failed
         copy makes the Deferred fail with DeliveryFailed, after all copies have finished.
         ``standalone`` False: the caller (SMTP server, queue) logs the qmgr lines itself.
+        Besides accounts, ``recipients`` may name forward.Program/File (run or appended) and
+        forward.Remote (a new queue file, with the owner- sender if the alias has one, as
+        local(8) forwards: fires once that file is on disk).
         """
         start = self.now()
         arrival = start if arrival is None else arrival
@@ -474,6 +541,10 @@ class LocalDelivery:
             )
         copies = []
         for account, addresses in groups.values():
+            if isinstance(account, forward.Remote):
+                copies.extend(self._forward(account, data, sender, addresses, queue_id,
+                                            arrival, start))
+                continue
             if not isinstance(account, Account):  # |command or /file (mailsuite.smtp.forward)
                 copies.extend(self._deliver_special(account, data, sender, addresses, queue_id,
                                                     arrival, start))
@@ -533,8 +604,28 @@ class LocalDelivery:
             copies.append(d)
         return copies
 
+    def _forward(self, dest: forward.Remote, data: bytes, sender: str, addresses: list[str],
+                  queue_id: str, arrival: float, start: float) -> list[Any]:
+        """A remote alias target: one new queue file per original address (logged as
+        local(8)'s ``status=sent (forwarded as ID)``)."""
+        if dest.sender and sender:  # owner-NAME; a null sender stays null (no bounce loops)
+            sender = dest.sender
+        copies = []
+        for address in addresses:
+            if self.queue is None:
+                d: defer.Deferred[Any] = defer.fail(forward.TargetFailed(
+                    False, "4.3.0", f"no queue to forward to {dest.address}"))
+            else:
+                env = Envelope(new_queue_id(), sender, [QueuedRecipient(
+                    dest.address, orcpt=f"rfc822;{address}")], self.now())
+                d = self.queue.enqueue(env, data)
+                d.addCallback(lambda env: f"forwarded as {env.queue_id}")
+            d.addBoth(self._log_special, queue_id, address, arrival, start, dest.address)
+            copies.append(d)
+        return copies
+
     def _log_special(self, result: Any, queue_id: str, address: str, arrival: float,
-                     start: float) -> Any:
+                     start: float, forwarded_to: str | None = None) -> Any:
         end = self.now()
         delays = "/".join(format_delay(x) for x in (start - arrival, 0, 0, end - start))
         if isinstance(result, Failure) and result.check(forward.TargetFailed):
@@ -546,9 +637,10 @@ class LocalDelivery:
             dsn, status = "4.3.0", f"deferred ({result.value})"
         else:
             dsn, status = "2.0.0", f"sent ({result})"
+        to = f"<{forwarded_to}>, orig_to=<{address}>" if forwarded_to else f"<{address}>"
         self.maillog.write(
             "local",
-            f"{queue_id}: to=<{address}>, relay=local, delay={format_delay(end - arrival)},"
+            f"{queue_id}: to={to}, relay=local, delay={format_delay(end - arrival)},"
             f" delays={delays}, dsn={dsn}, status={status}",
         )
         return result
@@ -592,7 +684,7 @@ class LocalDelivery:
             error = DeliveryFailed(
                 f"{len(failures)} of {len(results)} copies not written: {failures[0].value}"
             )
-            error.failures = failures  # type: ignore[attr-defined]
+            error.failures = failures
             raise error
         if standalone:
             self.maillog.write("qmgr", f"{queue_id}: removed")

@@ -36,7 +36,12 @@ from mailsuite.smtp import address as addr
 from mailsuite.smtp import forward
 from mailsuite.smtp.auth import SmtpAuth
 from mailsuite.smtp.bounce import Entry, make_dsn
-from mailsuite.smtp.delivery import LocalRecipient, RemoteRecipient, received_header
+from mailsuite.smtp.delivery import (
+    LocalRecipient,
+    RemoteRecipient,
+    received_header,
+    target_failure,
+)
 from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
 
 log = Logger()
@@ -694,6 +699,8 @@ class _Transaction:
         self.recipients = list(server._recipients)
         self.queued: list[QueuedRecipient] = []
         self.delivered: list[tuple[str, addr.RcptParams]] = []
+        self.bounced: list[tuple[str, addr.RcptParams, Any, forward.TargetFailed]] = []
+        self.forwarded = False
 
     def run(self) -> defer.Deferred[Any]:
         groups: dict[Any, tuple[Any, list[tuple[str, addr.RcptParams]]]] = {}
@@ -703,10 +710,14 @@ class _Transaction:
                 self.queued.append(_queued(address, None, params))
             elif isinstance(recipient, LocalRecipient):
                 for dest in recipient.accounts:
-                    if isinstance(dest, forward.Remote):
+                    if isinstance(dest, forward.Remote) and (
+                            not dest.sender or not self.sender):
                         self.queued.append(_queued(dest.address, None, params, address))
                         continue
-                    key = getattr(dest, "name", None) or repr(dest)
+                    # a mailbox takes all its addresses in one copy; a command, file or a
+                    # forward with an owner- sender runs once per address, so that each
+                    # outcome is that address's own
+                    key = dest.name if isinstance(dest, Account) else (repr(dest), address)
                     groups.setdefault(key, (dest, []))[1].append((address, params))
             else:  # another avatar's IMessage
                 others.append(self.server._deliver_imessage(recipient, self.data))
@@ -723,28 +734,44 @@ class _Transaction:
                 self.data, self.sender, [(a, dest) for a, _ in pairs], self.queue_id,
                 arrival=self.arrival, standalone=False)
             d.addCallbacks(self._copy_written, self._copy_failed,
-                           callbackArgs=(pairs,), errbackArgs=(dest, pairs))
+                           callbackArgs=(dest, pairs), errbackArgs=(dest, pairs))
             copies.append(d)
         done = defer.gatherResults(copies + others, consumeErrors=True)
         done.addCallback(self._queue_rest)
         done.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
         return done
 
-    def _copy_written(self, _: Any, pairs: list[tuple[str, addr.RcptParams]]) -> None:
-        self.delivered.extend(pairs)
+    def _copy_written(self, _: Any, dest: Any, pairs: list[tuple[str, addr.RcptParams]]) -> None:
+        if isinstance(dest, forward.Remote):  # forwarded under a queue id of its own
+            self.forwarded = True
+        else:
+            self.delivered.extend(pairs)
 
     def _copy_failed(self, failure: Failure, dest: Any,
                      pairs: list[tuple[str, addr.RcptParams]]) -> None:
-        """A mailbox that cannot be written now: the queue retries it (Postfix defers it)."""
-        if not isinstance(dest, Account) or self.factory.delivery.queue is None:
+        """A copy that failed is not the whole message's failure once there is a queue: a
+        mailbox that cannot be written now, or a |command or /file that failed temporarily, is
+        queued and retried (Postfix defers it); a command or file that failed for good bounces
+        to the sender (or the alias's owner-). Other copies are not written twice by a client
+        resending the whole message."""
+        if self.factory.delivery.queue is None or isinstance(dest, forward.Remote):
             failure.raiseException()
+        if isinstance(dest, Account):
+            for address, params in pairs:
+                self.queued.append(_queued(address, dest.name, params))
+            return
+        error = target_failure(failure)
         for address, params in pairs:
-            self.queued.append(_queued(address, dest.name, params))
+            if error is not None and error.permanent:
+                self.bounced.append((address, params, dest, error))
+            else:
+                self.queued.append(_queued(address, dest.name, params))
 
     def _queue_rest(self, _: Any) -> Any:
         self._success_notices()
+        self._failure_notices()
         if not self.queued:
-            if self.delivered:
+            if self.delivered or self.bounced or self.forwarded:
                 self.factory.maillog.write("qmgr", f"{self.queue_id}: removed")
             return None
         p = self.params
@@ -752,6 +779,31 @@ class _Transaction:
             self.queue_id, self.sender, self.queued, self.arrival, ret=p.ret, envid=p.envid,
             smtputf8=p.smtputf8, body=p.body, client=self.server.client)
         return self.factory.delivery.queue.enqueue(env, self.data)
+
+    def _failure_notices(self) -> None:
+        """Commands and files that failed for good: an RFC 3464 bounce to the sender (the
+        alias's owner- when it has one); none for the null sender or NOTIFY without FAILURE."""
+        queue = self.factory.delivery.queue
+        to: dict[str, list[Entry]] = {}
+        for address, params, dest, error in self.bounced:
+            sender = (dest.sender or self.sender) if self.sender else ""
+            if not sender or (params.notify and "FAILURE" not in params.notify):
+                continue
+            to.setdefault(sender, []).append(
+                Entry(_queued(address, None, params), error.dsn, error.text))
+        p = self.params
+        now = self.factory.clock.seconds()
+        for sender, entries in to.items():
+            env = Envelope(self.queue_id, sender, [], self.arrival, ret=p.ret, envid=p.envid,
+                           smtputf8=p.smtputf8)
+            message = make_dsn("failed", env, entries, self.data, self.factory.hostname, now)
+            d = queue.submit("", [sender], message, smtputf8=p.smtputf8)
+            d.addCallbacks(self._notice_logged, lambda f: log.failure("bounce failed", f),
+                           callbackArgs=("sender non-delivery notification",))
+
+    def _notice_logged(self, notice: Any, what: str) -> None:
+        if notice is not None:
+            self.factory.maillog.write("bounce", f"{self.queue_id}: {what}: {notice.queue_id}")
 
     def _success_notices(self) -> None:
         """NOTIFY=SUCCESS for mailbox deliveries: a "delivered" DSN to the sender."""
