@@ -317,10 +317,12 @@ class SubmissionTests(SmtpAuthCase):
                          ["530 5.7.0 Authentication required"])
 
     def test_own_senders(self) -> None:
-        """Own address in any local domain, a bare local part, an alias that includes the user,
-        and the null sender are accepted; with SIZE after a space (OUTLOOK.md 25)."""
+        """Own address in any local domain or in myorigin/mydomain (boss@example.com while
+        mydestination names mail.example.com), a bare local part, an alias that includes the
+        user, and the null sender are accepted; with SIZE after a space (OUTLOOK.md 25)."""
         self.ready()
         for sender in [b"<boss@mail.example.com> SIZE=1234", b"<BOSS@localhost>", b"<boss>",
+                       b"<boss@example.com>",
                        b"<sales@localhost>", b"<team@mail.example.com>", b"<>"]:
             self.assertEqual(self.send(b"MAIL FROM: " + sender + b"\r\n"), ["250 2.1.0 Ok"], sender)
             self.send(b"RSET\r\n")

@@ -74,6 +74,15 @@ class RelayControlTests(SessionCase):
         self.assertEqual(env.queue_id, reply[0].rsplit(" ", 1)[1])
         self.assertIn(b"Subject: hi", data)
 
+    def test_bare_sender_gets_myorigin(self) -> None:
+        """MAIL FROM:<user> without a domain becomes user@$myorigin, as Postfix's
+        append_at_myorigin (not @myhostname)."""
+        self.trust_client()
+        self.send(b"RSET\r\nMAIL FROM:<alice>\r\nRCPT TO:<x@elsewhere.test>\r\nDATA\r\n")
+        self.send(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+        env, _ = self.queue.enqueued[0]
+        self.assertEqual(env.sender, "alice@example.com")
+
     def test_relay_domains(self) -> None:
         """relay_domains (and their subdomains) are accepted from anyone."""
         self.delivery.relay_domains = ["partner.test"]

@@ -300,6 +300,11 @@ class LocalDelivery:
         self.myhostname: str = mail.myhostname
         self.myorigin: str = mail.myorigin
         self.local_domains = {d.lower().rstrip(".") for d in mail.mydestination}
+        # A user's own sender addresses: user@ any local domain, @$myorigin and @$mydomain too
+        # (the tutorial's boss@linuxprobe.com when mydestination names only mail.linuxprobe.com).
+        self.own_domains = self.local_domains | {
+            d.lower().rstrip(".") for d in (mail.myorigin, mail.mydomain)
+        }
         self.accounts = accounts
         self.store = store
         self.maillog = maillog
@@ -321,13 +326,13 @@ class LocalDelivery:
         return domain.lower().rstrip(".") in self.local_domains
 
     def sender_owned(self, address: str, user: str) -> defer.Deferred[bool]:
-        """Whether ``user`` may send as ``address``: the null sender, ``user@`` a local domain
-        (a bare ``user`` too), or a local alias whose expansion (through other aliases and
-        local addresses, not ~/.forward) includes ``user``."""
+        """Whether ``user`` may send as ``address``: the null sender, ``user@`` a local domain,
+        myorigin or mydomain (a bare ``user`` too), or an alias there whose expansion (through
+        other aliases and local addresses, not ~/.forward) includes ``user``."""
         if address == "":
             return defer.succeed(True)
         local, domain = split_address(address)
-        if domain is not None and not self.is_local_domain(domain):
+        if domain is not None and domain.lower().rstrip(".") not in self.own_domains:
             return defer.succeed(False)
         if local.lower() == user.lower():
             return defer.succeed(True)

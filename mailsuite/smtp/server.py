@@ -465,7 +465,7 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
                 self._reply(501, "5.1.7 Bad sender address syntax")
             return None
         if path and "@" not in path:
-            path = f"{path}@{self.factory.hostname}"  # (self.host is bytes: smtp.SMTP)
+            path = f"{path}@{self.factory.config.mail.myorigin}"  # Postfix append_at_myorigin
         d = self._get_avatar()
         d.addCallback(lambda avatar: avatar.validateFrom(self._helo_tuple(), _Path(path)))
         d.addCallbacks(self._mail_ok, self._server_error, callbackArgs=(params,),
