@@ -75,6 +75,16 @@ def quiet_gc() -> Iterator[None]:
                 gc.enable()
 
 
+def store_errors(work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)`` with an OSError from the folder tree (a missing or unwritable home, a
+    full disk) raised as StoreError: a clean NO for the client, not an internal error."""
+    try:
+        return work(*args)
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        raise StoreError(f"{e.strerror or e}{where}") from e
+
+
 class MailboxConfig(Protocol):
     def inbox_path(self, account: Account) -> str: ...
 
@@ -302,9 +312,11 @@ class MboxStore:
         if box.users <= 0 and self._boxes.get(key) is box:
             del self._boxes[key]
 
-    def _drop_idle(self, account: Account) -> None:
-        """Forget the idle mailboxes of ``account`` (before its folders move)."""
-        for key in [k for k in self._idle if k[0] == account.name]:
+    def _drop_idle(self, account: Account, affected: Callable[[str], bool]) -> None:
+        """Forget the idle mailboxes of ``account`` that a folder operation may move or remove
+        (``affected`` names them); every other kept mailbox stays (a LIST at each login must
+        not cost the next SELECT an index read)."""
+        for key in [k for k in self._idle if k[0] == account.name and affected(k[1])]:
             self._drop(key, self._idle.pop(key))
 
     def _folder_lock(self, account: Account) -> defer.DeferredLock:
@@ -321,7 +333,9 @@ class MboxStore:
         box = self._boxes.get(key)
         if box is None:
             tree = self._tree(account)
-            path = yield self._folder_lock(account).run(blocking, tree.mbox_path, name)
+            path = yield self._folder_lock(account).run(
+                blocking, store_errors, tree.mbox_path, name
+            )
             if path is None:
                 raise MailboxNotFound(name)
             box = self._boxes.get(key)
@@ -375,14 +389,14 @@ class MboxStore:
         thread before those mailboxes are let go."""
         lock = self._folder_lock(account)
         yield lock.acquire()
-        self._drop_idle(account)
+        self._drop_idle(account, affected)
         held: list[MboxMailbox] = []
         try:
             for (user, name), box in sorted(self._boxes.items()):
                 if user == account.name and affected(name):
                     yield box._lock.acquire()
                     held.append(box)
-            result = yield blocking(work)
+            result = yield blocking(store_errors, work)
             if then is not None:
                 then(result)
             return result
@@ -524,7 +538,7 @@ class MboxStore:
 
         lock = self._folder_lock(account)
         yield lock.acquire()
-        self._drop_idle(account)
+        self._drop_idle(account, lambda name: name in parents or name == new)
         try:
             yield self._folder_op_locked(account, parents, prepare, tree)
             target = self._file(account, new, tree.folder_path(new))
@@ -550,7 +564,7 @@ class MboxStore:
                 if user == account.name and name in names:
                     yield box._lock.acquire()
                     held.append(box)
-            moved = yield blocking(work)
+            moved = yield blocking(store_errors, work)
             self._converted(account, tree, moved)
         finally:
             for box in held:
@@ -558,7 +572,7 @@ class MboxStore:
 
     def subscriptions(self, account: Account) -> defer.Deferred[set[str]]:
         tree = self._tree(account)
-        d = self._folder_lock(account).run(blocking, tree.read_subscriptions)
+        d = self._folder_lock(account).run(blocking, store_errors, tree.read_subscriptions)
         return d.addCallback(lambda result: set(result[1]))
 
     def _subscription(self, account: Account, name: str, on: bool) -> defer.Deferred[None]:
@@ -575,7 +589,7 @@ class MboxStore:
             elif not on and name in subscribed:
                 tree.write_subscriptions(v2, [s for s in subscribed if s != name])
 
-        return self._folder_lock(account).run(blocking, work)
+        return self._folder_lock(account).run(blocking, store_errors, work)
 
     def subscribe(self, account: Account, name: str) -> defer.Deferred[None]:
         return self._subscription(account, name, True)

@@ -227,10 +227,23 @@ class MboxFile:
             owner = (self.account.uid, self.account.gid) if self._root else None
             moved = (new.stamp, new.uid_next) != (old.stamp, old.uid_next)
             records = ix.log_records(flags, new.entries[n:], new if moved else None)
-            size = ix.append_log(self.index_path, new, records, owner)
-            if size <= LOG_LIMIT + 16 * len(new.entries):
+            size = self._append_log(new, records, owner)
+            if size is not None and size <= LOG_LIMIT + 16 * len(new.entries):
                 return
         self._save(new)
+
+    def _append_log(
+        self, index: ix.Index, records: bytes, owner: tuple[int, int] | None
+    ) -> int | None:
+        """Journal ``records``; None when the index they belong to is no longer on disk (its
+        directory or file removed from outside): then the caller writes the whole index again
+        from the state in memory, which keeps UIDVALIDITY and the UIDs."""
+        if not os.path.exists(self.index_path):
+            return None
+        try:
+            return ix.append_log(self.index_path, index, records, owner)
+        except FileNotFoundError:
+            return None
 
     # -- refresh --------------------------------------------------------------------------------
 
