@@ -20,6 +20,13 @@ Refusal rules follow what Dovecot with PAM (pam_unix) does on Debian:
 Every check costs exactly one hash computation: the account's own hash when it has a usable one,
 otherwise a fixed dummy yescrypt hash, so unknown, locked and system users answer as slowly as a
 wrong password does.
+
+Unless the checker is given an ``AuthCache`` (``mailsuite.authcache``, Dovecot's auth_cache;
+``UnixChecker`` has one by default): then a password already checked against the same passwd and
+shadow entries is answered from the cache, without a hash, while the rules above that do not
+need the hash (aging) are applied to the current entries on every login. A cached answer is fast
+for a repeated correct password and for a repeated refused one alike (unknown users included), so
+timing still does not tell a known name from an unknown one.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from zope.interface import implementer
 
 from mailsuite import _libcrypt, threads
 from mailsuite.accounts import Account
+from mailsuite.authcache import AuthCache
 
 log = Logger()
 
@@ -131,8 +139,9 @@ class _ParsedFile(Generic[T]):
         self.path = path
         self._parse = parse
         self._lock = threading.Lock()
-        self._identity: tuple[int, ...] | None = None
-        self._entries: dict[str, T] = {}
+        # (identity, entries) of the last read, replaced as one object so that ``current``
+        # needs no lock.
+        self._snapshot: tuple[tuple[int, ...], dict[str, T]] | None = None
 
     @staticmethod
     def _identity_of(st: os.stat_result) -> tuple[int, ...]:
@@ -142,14 +151,29 @@ class _ParsedFile(Generic[T]):
         """The parsed contents; raises OSError when the file cannot be read."""
         identity = self._identity_of(os.stat(self.path))
         with self._lock:
-            if identity != self._identity:
+            snapshot = self._snapshot
+            if snapshot is None or identity != snapshot[0]:
                 with open(self.path, "rb") as f:
                     # The identity of what was actually read, in case of a rename meanwhile.
                     identity = self._identity_of(os.fstat(f.fileno()))
                     data = f.read()
-                self._entries = self._parse(data.decode("utf-8", "surrogateescape"))
-                self._identity = identity
-            return self._entries
+                snapshot = (identity, self._parse(data.decode("utf-8", "surrogateescape")))
+                self._snapshot = snapshot
+            return snapshot[1]
+
+    def current(self) -> dict[str, T] | None:
+        """The parsed contents if the file is unchanged since it was last read, else None.
+
+        One stat(2) and no lock, no read: cheap enough for the reactor thread.
+        """
+        snapshot = self._snapshot
+        if snapshot is None:
+            return None
+        try:
+            identity = self._identity_of(os.stat(self.path))
+        except OSError:
+            return None
+        return snapshot[1] if identity == snapshot[0] else None
 
 
 class AccountDB:
@@ -185,20 +209,65 @@ class AccountDB:
         """
         return self._passwd.entries().get(name)
 
-    def verify(self, name: str, password: bytes) -> Account | None:
-        """The account if ``password`` opens it and it may log in now; otherwise None."""
-        account, reason = self._check(name, password)
+    def verify(
+        self, name: str, password: bytes, cache: AuthCache | None = None
+    ) -> Account | None:
+        """The account if ``password`` opens it and it may log in now; otherwise None.
+
+        With a ``cache``, a password already checked against the same account state is not
+        hashed again (see ``mailsuite.authcache``); the outcome of a new check is stored there.
+        """
+        account, reason = self._check(name, password, cache)
         if account is None:
             log.debug("password check for {name!r} refused: {reason}", name=name, reason=reason)
         return account
 
-    def _check(self, name: str, password: bytes) -> tuple[Account | None, str]:
+    def verify_cached(
+        self, name: str, password: bytes, cache: AuthCache
+    ) -> Account | None | _Miss:
+        """``verify`` answered from ``cache`` alone, or ``MISS``. Does not block: two stat(2)
+        calls, an HMAC and dictionary look-ups; no file read, no hash. ``MISS`` when either file
+        changed since it was last read (or was never read), or the cache does not know this
+        password in the current state: then call ``verify`` in a thread."""
+        passwd = self._passwd.current()
+        shadow = self._shadow.current()
+        if passwd is None or shadow is None:
+            return MISS
+        account, entry = passwd.get(name), shadow.get(name)
+        known = cache.get(name, cache.digest(name, password), _state(account, entry))
+        if known is None:
+            return MISS
+        result, reason = self._after_hash(known, account, entry, _CACHED_REFUSAL)
+        if result is None:
+            log.debug("password check for {name!r} refused: {reason}", name=name, reason=reason)
+        return result
+
+    def _check(
+        self, name: str, password: bytes, cache: AuthCache | None
+    ) -> tuple[Account | None, str]:
         account = self._passwd.entries().get(name)
+        entry = self._shadow.entries().get(name)
+        if cache is None:
+            matched, reason = self._hash_check(account, entry, password)
+            return self._after_hash(matched, account, entry, reason)
+        digest = cache.digest(name, password)
+        state = _state(account, entry)
+        known = cache.get(name, digest, state)
+        if known is not None:
+            return self._after_hash(known, account, entry, _CACHED_REFUSAL)
+        matched, reason = self._hash_check(account, entry, password)
+        cache.put(name, digest, state, matched)
+        return self._after_hash(matched, account, entry, reason)
+
+    def _hash_check(
+        self, account: Account | None, entry: ShadowEntry | None, password: bytes
+    ) -> tuple[bool, str]:
+        """The expensive step, exactly one hash computation: does ``password`` match the
+        account's hash? Without a usable hash, a dummy one is computed and the answer is no."""
         if account is None:
             return _refuse_after_dummy(password, "unknown user")
         if account.uid < self.first_valid_uid:
             return _refuse_after_dummy(password, "uid below first_valid_uid")
-        entry = self._shadow.entries().get(name)
         if entry is None:
             return _refuse_after_dummy(password, "no shadow entry")
         if entry.hash == "":
@@ -210,17 +279,48 @@ class AccountDB:
         if computed is None:
             return _refuse_after_dummy(password, "hash not computable by libcrypt")
         if not hmac.compare_digest(computed, stored):
-            return None, "password mismatch"
+            return False, "password mismatch"
+        return True, "ok"
+
+    def _after_hash(
+        self, matched: bool, account: Account | None, entry: ShadowEntry | None, reason: str
+    ) -> tuple[Account | None, str]:
+        """The rules applied after the hash, to the current entries: shadow aging."""
+        if not matched:
+            return None, reason
+        if account is None or entry is None:  # cannot be: a match needs both (cache included)
+            return None, "no account"
         problem = _aging_problem(entry, int(self._now() // _SECONDS_PER_DAY))
         if problem is not None:
             return None, problem
         return account, "ok"
 
 
-def _refuse_after_dummy(password: bytes, reason: str) -> tuple[None, str]:
+_CACHED_REFUSAL = "refused before in this account state (auth cache)"
+
+
+class _Miss:
+    """The type of ``MISS``."""
+
+    def __repr__(self) -> str:
+        return "MISS"
+
+
+#: ``verify_cached``'s answer when the cache cannot decide.
+MISS = _Miss()
+
+
+def _state(account: Account | None, entry: ShadowEntry | None) -> tuple[object, ...]:
+    """What a hash check's outcome depends on besides the password, for ``AuthCache``: the
+    passwd entry (existence, uid) and the shadow hash string. Aging fields are left out: they
+    are applied to the current entry after every check, cached or not."""
+    return (account, None if entry is None else entry.hash)
+
+
+def _refuse_after_dummy(password: bytes, reason: str) -> tuple[bool, str]:
     """Spend one hash computation on nothing, then refuse."""
     _libcrypt.crypt(password.replace(b"\0", b""), DUMMY_HASH)
-    return None, reason
+    return False, reason
 
 
 def _aging_problem(entry: ShadowEntry, today: int) -> str | None:
@@ -252,6 +352,9 @@ def hash_password(password: bytes | str, prefix: str = "$y$") -> str:
     return result.decode("ascii")
 
 
+_DEFAULT_CACHE = object()
+
+
 @implementer(ICredentialsChecker)
 class UnixChecker:
     """Username/password logins against an ``AccountDB``; the hash runs in the thread pool.
@@ -259,13 +362,22 @@ class UnixChecker:
     The avatarId is the login name as bytes. Every refusal, whatever its reason, is the same
     ``UnauthorizedLogin(LOGIN_FAILED)``; unexpected errors (an unreadable shadow file) are
     logged and refused the same way.
+
+    ``cache``: an ``AuthCache`` (default: one with Dovecot-like settings, 10 MB, 1 hour for
+    successes and refusals; ``AuthCache.from_config(cfg.auth)`` for mail.ini's), or None for
+    none. A login the cache can answer while both files are unchanged is answered on the
+    calling (reactor) thread: two stat(2) calls and an HMAC, no thread hop, no file read.
+    Anything else - a cache miss, a changed file - goes to the thread pool as before.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, accountdb: AccountDB) -> None:
+    def __init__(
+        self, accountdb: AccountDB, cache: AuthCache | None | object = _DEFAULT_CACHE
+    ) -> None:
         _libcrypt.library()  # fail at start-up, not at the first login, when libcrypt is missing
         self.accountdb = accountdb
+        self.cache = cache if cache is None or isinstance(cache, AuthCache) else AuthCache()
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred[bytes]:
         username = credentials.username
@@ -276,7 +388,14 @@ class UnixChecker:
                 password = password.encode("utf-8")
         except UnicodeError:
             return defer.fail(UnauthorizedLogin(LOGIN_FAILED))
-        d = threads.blocking(self.accountdb.verify, name, password)
+        if self.cache is None:
+            d = threads.blocking(self.accountdb.verify, name, password)
+        else:
+            known = self.accountdb.verify_cached(name, password, self.cache)
+            if isinstance(known, _Miss):
+                d = threads.blocking(self.accountdb.verify, name, password, self.cache)
+            else:
+                d = defer.succeed(known)
         return d.addCallbacks(self._verified, self._failed, callbackArgs=(name,))
 
     @staticmethod

@@ -271,6 +271,15 @@ def _seconds(value: str) -> float:
     return float(int(match.group(1)) * _TIME_UNITS[(match.group(2) or "s")[0]])
 
 
+def _cache_size(value: str) -> int:
+    """auth_cache_size: bytes as ``_size``; 0 turns the cache off, else room for an entry."""
+    size = _size(value)
+    if 0 < size < 1024:
+        raise ValueError(f"{value.strip()!r} is too small to hold an entry (at least 1k;"
+                         " 0 turns the cache off)")
+    return size
+
+
 def _pam_service(value: str) -> str:
     text = value.strip()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
@@ -413,6 +422,9 @@ class AuthConfig:
     auth_failure_delay: float = 2.0
     login_max_failures: int = 10
     login_block_time: float = 900.0
+    auth_cache_size: int = 10 * 1024 * 1024
+    auth_cache_ttl: float = 3600.0
+    auth_cache_negative_ttl: float = 3600.0
 
     def plaintext_allowed(
         self, peer_ip: str, tls: bool, local_ip: str = "", ssl_required: bool = False
@@ -546,6 +558,9 @@ _SECTIONS: dict[str, _Section] = {
         _Key("auth_failure_delay", "2s", _seconds),
         _Key("login_max_failures", "10", _uint),
         _Key("login_block_time", "15m", _seconds),
+        _Key("auth_cache_size", "10M", _cache_size),
+        _Key("auth_cache_ttl", "1h", _seconds),
+        _Key("auth_cache_negative_ttl", "1h", _seconds),
     ]),
     "mailbox": _Section(MailboxConfig, [
         _Key("mail_location", "mbox:~/mail:INBOX=/var/mail/%u", _mail_location),

@@ -525,7 +525,8 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_goes_through_blocking(self):
-        """requestAvatarId hands verify to threads.blocking and does not call it itself."""
+        """requestAvatarId hands verify (with its auth cache) to threads.blocking and does not
+        call it itself when the cache cannot answer."""
         calls = []
         pending = defer.Deferred()
 
@@ -536,9 +537,19 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
         self.patch(threads, "blocking", fake_blocking)
         d = self.login(b"boss", b"pw")
         self.assertNoResult(d)
-        self.assertEqual(calls, [(self.db.verify, ("boss", b"pw"))])
+        self.assertEqual(calls, [(self.db.verify, ("boss", b"pw", self.checker.cache))])
         pending.callback(Account("boss", 1000, 1000, "/home/boss"))
         self.assertEqual(self.successResultOf(d), b"boss")
+
+    def test_without_cache_goes_through_blocking(self):
+        """With cache=None every login is a plain verify in the thread pool."""
+        checker = UnixChecker(self.db, cache=None)
+        self.assertIsNone(checker.cache)
+        calls = []
+        self.patch(threads, "blocking", lambda f, *a: calls.append((f, a)) or defer.Deferred())
+        for _ in range(2):
+            checker.requestAvatarId(UsernamePassword(b"boss", BOSS_PASSWORD.encode()))
+        self.assertEqual(calls, [(self.db.verify, ("boss", BOSS_PASSWORD.encode()))] * 2)
 
     def test_cancel_propagates(self):
         """Cancelling the login cancels; it is not turned into UnauthorizedLogin."""
@@ -553,9 +564,9 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
         seen = []
         real_verify = self.db.verify
 
-        def recording_verify(name, password):
+        def recording_verify(name, password, *cache):
             seen.append(threading.get_ident())
-            return real_verify(name, password)
+            return real_verify(name, password, *cache)
 
         self.patch(self.db, "verify", recording_verify)
         d = self.login(b"boss", BOSS_PASSWORD.encode())
