@@ -8,11 +8,15 @@ form (CRLF line ends), lines counted as the body's line ends.
 from __future__ import annotations
 
 from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import collapse_rfc2231_value
 
-from mailsuite.imap.fetch import _split_multipart, envelope, nstring, split_message
+from mailsuite.imap.fetch import (
+    _split_multipart,
+    envelope,
+    nstring,
+    parse_mime_header,
+    split_message,
+)
 from mailsuite.wire import complete, crlf_size
 
 _MAX_DEPTH = 20  # deeper nesting is shown as an opaque part (a message bomb stays cheap)
@@ -62,7 +66,7 @@ def _lines(body: bytes) -> int:
 
 
 def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int) -> bytes:
-    msg = BytesHeaderParser(policy=compat32).parsebytes(header)
+    msg = parse_mime_header(header)
     if msg.get("Content-Type") is None or "/" not in msg.get_content_type():
         ctype = default
     else:

@@ -15,11 +15,12 @@ import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from email.utils import getaddresses
 from typing import Any
 
+from mailsuite.imap.addresses import parse_address_list
 from mailsuite.imap.mailbox import format_flags
 from mailsuite.store.interfaces import UnknownUID
 from mailsuite.wire import complete, crlf, crlf_size
@@ -201,8 +202,15 @@ def header_value(header: bytes, name: bytes) -> bytes | None:
     return None
 
 
+def parse_mime_header(header: bytes) -> Message:
+    """The header block parsed with folded lines joined first (RFC 5322 2.2.3: unfolding removes
+    the line break only), so a folded quoted parameter such as ``boundary="foo<CRLF> bar"`` is
+    ``foo bar``, not a value with a line break in it."""
+    return BytesHeaderParser(policy=compat32).parsebytes(re.sub(rb"\r?\n(?=[ \t])", b"", header))
+
+
 def _content_type(header: bytes) -> tuple[str, str | None]:
-    msg = BytesHeaderParser(policy=compat32).parsebytes(header)
+    msg = parse_mime_header(header)
     return msg.get_content_type(), msg.get_boundary()
 
 
@@ -294,20 +302,17 @@ def internal_date(when: datetime) -> bytes:
 
 
 def _addresses(value: bytes | None) -> bytes:
+    """An ENVELOPE address list: groups with their start/end markers, routes as the adl."""
     if value is None:
         return b"NIL"
-    out = []
-    for name, addr in getaddresses([value.decode("latin-1")]):
-        if not addr and not name:
-            continue
-        mailbox, _, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
-        parts = [
-            nstring(name.encode("latin-1")) if name else b"NIL",
-            b"NIL",
-            nstring(mailbox.encode("latin-1")),
-            nstring(host.encode("latin-1")) if host else b"NIL",
-        ]
-        out.append(b"(" + b" ".join(parts) + b")")
+
+    def item(text: str | None) -> bytes:
+        return nstring(text.encode("latin-1")) if text is not None else b"NIL"
+
+    out = [
+        b"(" + b" ".join((item(a.name), item(a.route), item(a.mailbox), item(a.host))) + b")"
+        for a in parse_address_list(value.decode("latin-1"))
+    ]
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
 
@@ -440,7 +445,10 @@ async def fetch_responses(
             headers = await view.mailbox.read_headers([u for _, u in chunk if not view.is_expunged(u)])
         for seq, uid in chunk:
             raw = None
-            if view.is_expunged(uid):
+            if view.is_expunged(uid) and (need_body or need_header):
+                # gone from the store, its EXPUNGE not yet sent here: the content cannot be read
+                # any more, but what the session holds (UID, FLAGS, INTERNALDATE, RFC822.SIZE)
+                # is still answered, as RFC 3501 lets a server do until the EXPUNGE is reported
                 missing = True
                 continue
             if need_body:

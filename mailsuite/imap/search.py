@@ -17,6 +17,7 @@ from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from mailsuite.imap.addresses import parse_address_list
 from mailsuite.imap.fetch import header_fields, split_message
 from mailsuite.store.interfaces import UnknownUID
 
@@ -216,6 +217,13 @@ def _decoded_values(header: bytes, name: bytes) -> list[str]:
     return values
 
 
+def _address_texts(header: bytes, name: bytes) -> list[str]:
+    """The decoded field values, and each address in them as ``Name <mailbox@host>`` with
+    comments removed, so ``<user (c)@ (c) example.org>`` is found by ``user@example.org``."""
+    values = _decoded_values(header, name)
+    return values + [a.search_text() for v in values for a in parse_address_list(v)]
+
+
 def _contains(haystack: str, needle: bytes) -> bool:
     return needle.decode("utf-8", "replace").casefold() in haystack.casefold()
 
@@ -281,8 +289,10 @@ def matches(key: tuple[Any, ...], c: Candidate) -> bool:
     if name in ("KEYWORD", "UNKEYWORD"):
         present = key[1].decode("utf-8", "replace").casefold() in {f.casefold() for f in c.flags}
         return present == (name == "KEYWORD")
-    if name in ("BCC", "CC", "FROM", "SUBJECT", "TO"):
-        return any(_contains(v, key[1]) for v in _decoded_values(c.header, name.encode()))
+    if name == "SUBJECT":
+        return any(_contains(v, key[1]) for v in _decoded_values(c.header, b"SUBJECT"))
+    if name in ("BCC", "CC", "FROM", "TO"):
+        return any(_contains(v, key[1]) for v in _address_texts(c.header, name.encode()))
     if name == "HEADER":
         return any(_contains(v, key[2]) for v in _decoded_values(c.header, key[1]))
     if name == "BODY":
