@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 import weakref
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from twisted.internet import defer
@@ -45,11 +46,20 @@ def format_flags(flags: Iterable[str]) -> bytes:
     return b"(" + " ".join(ordered).encode("utf-8") + b")"
 
 
+_UID = attrgetter("uid")
+
+
 class ImapMailboxView:
     """One session's view of one open store mailbox.
 
     ``readonly`` is True after EXAMINE. ``on_change`` (optional) is called after each change is
     queued, so that a session in IDLE can flush at once.
+
+    The view shares the store's list of messages instead of copying it (2,000 sessions on a
+    100,000-message INBOX): its messages are the first ``_n`` of ``_base`` (the store only ever
+    appends to a list it published), then ``_tail`` (new messages told to this client while it
+    still owes EXPUNGEs), with ``_over`` holding the flags told to this client where they differ.
+    Once every change is told the view takes the store's current list again (``_rebase``).
     """
 
     def __init__(
@@ -61,21 +71,68 @@ class ImapMailboxView:
         self.readonly = readonly
         self.name: str = mailbox.name
         self.on_change: Callable[[], None] | None = None
-        self._infos: dict[int, MessageInfo] = {m.uid: m for m in mailbox.messages}
-        self._uids: list[int] = [m.uid for m in mailbox.messages]
+        self._base: Sequence[Any] = mailbox.messages
+        self._n = len(self._base)
+        self._tail: list[Any] = []
+        self._over: dict[int, MessageInfo] = {}
+        self._hint = (0, -1)  # (uid, position) of the last lookup
         self._recent: set[int] = set()
         if account is not None:
-            self._recent = RECENT.claim(store, account, mailbox, self._uids, peek=readonly)
+            mark = RECENT.mark(store, account, mailbox)
+            start = bisect_left(self._base, mark, 0, self._n, key=_UID)
+            new = [m.uid for m in self._base[start : self._n]] if start < self._n else []
+            self._recent = RECENT.claim(store, account, mailbox, new, peek=readonly)
         self._expunged: set[int] = set()  # gone from the store, not yet told to the client
         self._added: list[MessageInfo] = []
         self._flag_changes: dict[int, frozenset[str]] = {}
         self._closed = False
         mailbox.add_listener(self._changed)
 
+    # -- the rows of this view ---------------------------------------------------------------
+    def _at(self, pos: int) -> Any:
+        return self._base[pos] if pos < self._n else self._tail[pos - self._n]
+
+    def _last_uid(self) -> int:
+        if self._tail:
+            return int(self._tail[-1].uid)
+        return int(self._base[self._n - 1].uid) if self._n else 0
+
+    def _lower(self, uid: int) -> int:
+        """The position of the first message with a UID >= ``uid``."""
+        i = bisect_left(self._base, uid, 0, self._n, key=_UID)
+        if i < self._n or not self._tail:
+            return i
+        return self._n + bisect_left(self._tail, uid, key=_UID)
+
+    def _find(self, uid: int) -> int:
+        """The position of ``uid`` in this view, -1 if it has none."""
+        if self._hint[0] == uid:
+            return self._hint[1]
+        i = self._lower(uid)
+        if i >= self.count() or self._at(i).uid != uid:
+            return -1
+        self._hint = (uid, i)
+        return i
+
+    def _uids_between(self, lo: int, hi: int) -> list[int]:
+        """UIDs at positions lo..hi-1."""
+        out = [m.uid for m in self._base[lo : min(hi, self._n)]] if lo < self._n else []
+        if hi > self._n:
+            out += [m.uid for m in self._tail[max(lo - self._n, 0) : hi - self._n]]
+        return out
+
+    def _rebase(self) -> None:
+        """Everything is told: the view is the store's current list again, if it agrees."""
+        messages = self.mailbox.messages
+        count = self.count()
+        if len(messages) == count and (not count or messages[-1].uid == self._last_uid()):
+            self._base, self._n, self._tail, self._over = messages, count, [], {}
+            self._hint = (0, -1)
+
     # -- the store listener ----------------------------------------------------------------
     def _changed(self, changes: Changes) -> None:
         self._expunged.update(changes.expunged)
-        top = max(self._uids[-1] if self._uids else 0, self._added[-1].uid if self._added else 0)
+        top = max(self._last_uid(), self._added[-1].uid if self._added else 0)
         for info in changes.added:  # new UIDs are always above the ones already known
             if info.uid > top:
                 self._added.append(info)
@@ -95,14 +152,20 @@ class ImapMailboxView:
         return int(self.mailbox.uid_next)
 
     def count(self) -> int:
-        return len(self._uids)
+        return self._n + len(self._tail)
 
     def uids(self) -> list[int]:
         """UIDs in sequence order (index 0 is sequence number 1)."""
-        return list(self._uids)
+        return self._uids_between(0, self.count())
 
     def info(self, uid: int) -> MessageInfo:
-        return self._infos[uid]
+        over = self._over.get(uid)
+        if over is not None:
+            return over
+        pos = self._find(uid)
+        if pos < 0:
+            raise KeyError(uid)
+        return self._at(pos)  # type: ignore[no-any-return]
 
     def is_expunged(self, uid: int) -> bool:
         """Gone from the store but still shown to this client (its EXPUNGE is pending)."""
@@ -110,7 +173,7 @@ class ImapMailboxView:
 
     def flags(self, uid: int) -> frozenset[str]:
         """The flags as this session knows them, with ``\\Recent`` when it is recent here."""
-        flags = self._infos[uid].flags
+        flags = self.info(uid).flags
         return flags | {"\\Recent"} if uid in self._recent else flags
 
     def recent_count(self) -> int:
@@ -119,16 +182,30 @@ class ImapMailboxView:
     def is_recent(self, uid: int) -> bool:
         return uid in self._recent
 
+    def _as_store(self) -> bool:
+        """This view shows exactly the store's current state (as right after SELECT)."""
+        return self._base is self.mailbox.messages and self._n == len(self._base) and not (
+            self._tail or self._over
+        )
+
     def first_unseen(self) -> int | None:
-        for seq, uid in enumerate(self._uids, 1):
-            if "\\Seen" not in self._infos[uid].flags:
-                return seq
+        summary = getattr(self.mailbox, "first_unseen", None)
+        if summary is not None and self._as_store():
+            uid = summary()
+            return None if uid is None else self._find(uid) + 1
+        for pos in range(self.count()):
+            m = self._at(pos)
+            if "\\Seen" not in self.info(m.uid).flags:
+                return pos + 1
         return None
 
     def keywords(self) -> list[str]:
+        summary = getattr(self.mailbox, "keywords", None)
+        if summary is not None and self._as_store():
+            return sorted(summary())
         found: set[str] = set()
-        for info in self._infos.values():
-            found.update(f for f in info.flags if f not in SYSTEM_FLAGS)
+        for pos in range(self.count()):
+            found.update(f for f in self.info(self._at(pos).uid).flags if f not in SYSTEM_FLAGS)
         return sorted(found)
 
     # -- sequence sets -----------------------------------------------------------------------
@@ -138,23 +215,29 @@ class ImapMailboxView:
         For sequence numbers a number outside 1..count raises ``ValueError`` (the client gets
         BAD); for UIDs, numbers that match nothing are simply left out (RFC 3501 6.4.8).
         """
-        count = len(self._uids)
-        wanted: set[int] = set()
+        count = self.count()
+        spans: list[tuple[int, int]] = []  # positions [lo, hi)
         if uid:  # UIDs ascend with sequence numbers: each range is a slice found by bisection
-            top = self._uids[-1] if self._uids else 0
-            seqs: set[int] = set()
+            top = self._last_uid()
             for lo, hi in ranges:
                 a, b = top if lo is None else lo, top if hi is None else hi
                 a, b = min(a, b), max(a, b)
-                seqs.update(range(bisect_left(self._uids, a), bisect_right(self._uids, b)))
-            return [(i + 1, self._uids[i]) for i in sorted(seqs)]
-        for lo, hi in ranges:
-            a, b = count if lo is None else lo, count if hi is None else hi
-            a, b = min(a, b), max(a, b)
-            if a < 1 or b > count:
-                raise ValueError("invalid message sequence number")
-            wanted.update(range(a, b + 1))
-        return [(seq, self._uids[seq - 1]) for seq in sorted(wanted)]
+                spans.append((self._lower(a), self._lower(b + 1)))
+        else:
+            for lo, hi in ranges:
+                a, b = count if lo is None else lo, count if hi is None else hi
+                a, b = min(a, b), max(a, b)
+                if a < 1 or b > count:
+                    raise ValueError("invalid message sequence number")
+                spans.append((a - 1, b))
+        out: list[tuple[int, int]] = []
+        end = 0
+        for lo, hi in sorted(spans):
+            lo = max(lo, end)
+            if lo < hi:
+                out.extend(zip(range(lo + 1, hi + 1), self._uids_between(lo, hi)))
+                end = hi
+        return out
 
     # -- changes made by this session --------------------------------------------------------
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
@@ -162,8 +245,8 @@ class ImapMailboxView:
         clean = {uid: frozenset(f for f in flags if f != "\\Recent") for uid, flags in changes.items()}
         clean = {uid: flags for uid, flags in clean.items() if uid not in self._expunged}
         for uid, flags in clean.items():
-            old = self._infos[uid]
-            self._infos[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+            old = self.info(uid)
+            self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
             self._flag_changes.pop(uid, None)
         if not clean:
             return defer.succeed(None)
@@ -173,9 +256,9 @@ class ImapMailboxView:
         """Remove every message marked ``\\Deleted`` (only UIDs ``within``, for UID EXPUNGE);
         the EXPUNGEs come from ``take_updates``."""
         doomed = [
-            u for u in self._uids
-            if "\\Deleted" in self._infos[u].flags and u not in self._expunged
-            and (within is None or u in within)
+            u for u in self.uids()
+            if u not in self._expunged and (within is None or u in within)
+            and "\\Deleted" in self.info(u).flags
         ]
         return self.expunge(doomed)
 
@@ -198,39 +281,80 @@ class ImapMailboxView:
         With ``allow_expunge`` False (after FETCH, STORE, SEARCH) expunges stay queued, so the
         sequence numbers the client knows stay valid.
         """
+        if not (self._expunged or self._added or self._flag_changes):
+            return []
         lines: list[bytes] = []
+        told = {u: self.info(u).flags for u in self._flag_changes if self._find(u) >= 0}
+        new: list[int] = []
+        adopted = False
         if allow_expunge and self._expunged:
-            for uid in sorted(self._expunged & set(self._uids)):
-                seq = bisect_left(self._uids, uid) + 1
-                del self._uids[seq - 1]
-                self._infos.pop(uid, None)
+            gone = sorted(p for p in map(self._find, self._expunged) if p >= 0)
+            lines.extend(b"%d EXPUNGE" % (p - k + 1) for k, p in enumerate(gone))
+            for uid in [self._at(p).uid for p in gone]:
+                self._over.pop(uid, None)
                 self._recent.discard(uid)
                 self._flag_changes.pop(uid, None)
-                lines.append(b"%d EXPUNGE" % seq)
-            self._expunged.clear()
-            self._added = [m for m in self._added if m.uid not in self._infos]
+            expunged, self._expunged = self._expunged, set()
+            self._added = [m for m in self._added if m.uid not in expunged]
+            if gone:
+                adopted = self._adopt(gone)
+                if adopted:
+                    new = [m.uid for m in self._added]
+                    self._added = []
+                else:
+                    doomed = set(gone)
+                    rows = [self._at(p) for p in range(self.count()) if p not in doomed]
+                    self._base, self._n, self._tail = rows, len(rows), []
+                self._hint = (0, -1)
         if self._added:
-            new = []
+            top = self._last_uid()
             for info in self._added:
-                if info.uid not in self._infos and info.uid not in self._expunged:
-                    self._uids.append(info.uid)
-                    self._infos[info.uid] = info
+                if info.uid > top and info.uid not in self._expunged:
+                    self._tail.append(info)
+                    top = info.uid
                     new.append(info.uid)
             self._added = []
+        if new:
             if self.account is not None:
                 self._recent |= RECENT.claim(self.store, self.account, self.mailbox, new, peek=self.readonly)
             else:
                 self._recent.update(new)
-            lines.append(b"%d EXISTS" % len(self._uids))
+            lines.append(b"%d EXISTS" % self.count())
             lines.append(b"%d RECENT" % len(self._recent))
         for uid, flags in sorted(self._flag_changes.items()):
-            if uid in self._infos and uid not in self._expunged and self._infos[uid].flags != flags:
-                old = self._infos[uid]
-                self._infos[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
-                seq = bisect_left(self._uids, uid) + 1
-                lines.append(b"%d FETCH (FLAGS %s)" % (seq, format_flags(self.flags(uid))))
+            if uid in self._expunged:
+                continue
+            pos = self._find(uid)
+            if pos < 0:
+                continue
+            if not adopted and self.info(uid).flags != flags:
+                old = self.info(uid)
+                self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+            if uid in told and told[uid] != flags:
+                lines.append(b"%d FETCH (FLAGS %s)" % (pos + 1, format_flags(self.flags(uid))))
         self._flag_changes = {}
+        if not self._expunged:
+            self._rebase()
         return lines
+
+    def _adopt(self, gone: list[int]) -> bool:
+        """After the EXPUNGEs of positions ``gone``, with every change told: take the store's
+        current list as it is (no copy of this view) when it holds what this view now shows."""
+        messages = self.mailbox.messages
+        count = self.count() - len(gone) + len(self._added)
+        if len(messages) != count:
+            return False
+        if self._added:
+            last = self._added[-1].uid
+        else:
+            doomed, pos = set(gone), self.count() - 1
+            while pos in doomed:
+                pos -= 1
+            last = self._at(pos).uid if pos >= 0 else 0
+        if count and messages[-1].uid != last:
+            return False
+        self._base, self._n, self._tail, self._over = messages, count, [], {}
+        return True
 
     def close(self) -> None:
         """Unregister from the store mailbox and release it (idempotent)."""
@@ -263,6 +387,11 @@ class RecentTracker:
         marks, key = self._for(store, account, mailbox)
         marks.setdefault(key, int(mailbox.uid_next))
 
+    def mark(self, store: IMailStore, account: Account, mailbox: IMailbox) -> int:
+        """The first UID no session has claimed yet (tracking starts now if it had not)."""
+        marks, key = self._for(store, account, mailbox)
+        return marks.setdefault(key, int(mailbox.uid_next))
+
     def claim(
         self, store: IMailStore, account: Account, mailbox: IMailbox, uids: Iterable[int], peek: bool = False
     ) -> set[int]:
@@ -278,7 +407,8 @@ class RecentTracker:
         mark = marks.get(key)
         if mark is None:
             return 0
-        return sum(1 for m in mailbox.messages if m.uid >= mark)
+        messages = mailbox.messages
+        return len(messages) - bisect_left(messages, mark, key=_UID)
 
 
 RECENT = RecentTracker()

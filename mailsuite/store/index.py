@@ -23,9 +23,10 @@ from __future__ import annotations
 import os
 from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import NamedTuple
 
-from mailsuite.store.interfaces import Changes, MessageInfo, StoreError
+from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.mboxformat import Parsed
 
 MAGIC = b"mailsuite-mbox-index 1"
@@ -36,8 +37,11 @@ class CorruptIndex(StoreError):
     """The index file cannot be read back: it is rebuilt (with a new UIDVALIDITY)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One message of the index. A tuple (cheap to make by the 100,000 when an index is read)
+    that is also the store's ``MessageInfo`` (``uid``, ``flags``, ``size``, ``internal_date``):
+    a mailbox publishes its entries as ``messages`` without building anything per message."""
+
     uid: int
     offset: int
     body_off: int
@@ -49,10 +53,15 @@ class Entry:
     header_sig: str
     flags: frozenset[str]
 
-    def info(self) -> MessageInfo:
-        return MessageInfo(
-            self.uid, self.flags, datetime.fromtimestamp(self.date, timezone.utc), self.size
-        )
+    @property
+    def internal_date(self) -> datetime:
+        return datetime.fromtimestamp(self.date, UTC)
+
+    def info(self) -> Entry:
+        return self
+
+
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ class Stamp:
     ino: int
 
     @classmethod
-    def of(cls, st: os.stat_result | None) -> "Stamp":
+    def of(cls, st: os.stat_result | None) -> Stamp:
         return cls(0, 0, 0) if st is None else cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
 
@@ -76,10 +85,23 @@ class Index:
     entries: list[Entry] = field(default_factory=list)
     generation: int = 0  # which journal belongs to this index file (see Journal)
 
-    def copy(self, **changes: object) -> "Index":
+    def copy(self, **changes: object) -> Index:
         new = replace(self, **changes)  # type: ignore[arg-type]
         if "entries" not in changes:
             new.entries = list(self.entries)
+        return new
+
+    def grown(self, added: list[Entry], stamp: Stamp) -> Index:
+        """The index with ``added`` (UIDs from ``uid_next`` on) appended, in O(len(added)).
+
+        The list of entries is extended in place and shared with the new index: a published
+        list only ever grows at its end (holders of it keep their own length, see
+        ``MboxMailbox.messages``). Call it last, once nothing can fail any more: ``self`` must
+        not be used after it.
+        """
+        uid_next = added[-1].uid + 1 if added else self.uid_next
+        new = Index(self.uid_validity, uid_next, stamp, self.entries, self.generation)
+        self.entries.extend(added)
         return new
 
 
@@ -114,16 +136,16 @@ def _new_entry(p: Parsed, uid: int, fallback_date: int) -> Entry:
 
 def extend(
     old: Index, parsed: list[Parsed], stamp: Stamp, fallback_date: int
-) -> tuple[Index, Changes]:
-    """The index after new messages were appended to the file (old ones untouched)."""
-    new = old.copy(stamp=stamp)
+) -> tuple[list[Entry], Changes]:
+    """The entries of messages appended to the file (old ones untouched), not yet added to
+    ``old``: see ``Index.grown``."""
     changes = Changes()
+    uid = old.uid_next
     for p in parsed:
-        e = _new_entry(p, new.uid_next, fallback_date)
-        new.uid_next += 1
-        new.entries.append(e)
-        changes.added.append(e.info())
-    return new, changes
+        e = _new_entry(p, uid, fallback_date)
+        uid += 1
+        changes.added.append(e)
+    return list(changes.added), changes
 
 
 def reconcile(
@@ -161,7 +183,7 @@ def reconcile(
         else:
             e = _new_entry(p, new.uid_next, fallback_date)
             new.uid_next += 1
-            changes.added.append(e.info())
+            changes.added.append(e)
         last_uid = e.uid
         new.entries.append(e)
     changes.expunged = [e.uid for e in old.entries if e.uid not in kept]
@@ -183,18 +205,29 @@ def entry_line(e: Entry) -> bytes:
     )
 
 
+_SIGS: dict[bytes, str] = {}
+
+
 def _entry(w: list[bytes]) -> Entry:
-    return Entry(
-        int(w[0]),
-        int(w[1]),
-        int(w[2]),
-        int(w[3]),
-        int(w[4]),
-        int(w[5]),
-        int(w[6]),
-        w[7].decode(),
-        w[8].decode(),
-        _flags(w[9:]),
+    sig = _SIGS.get(w[8])
+    if sig is None:
+        sig = w[8].decode()
+        if len(_SIGS) < 4096:
+            _SIGS[w[8]] = sig  # few distinct status-header states: one str each
+    return _new_tuple(
+        Entry,
+        (
+            int(w[0]),
+            int(w[1]),
+            int(w[2]),
+            int(w[3]),
+            int(w[4]),
+            int(w[5]),
+            int(w[6]),
+            w[7].decode(),
+            sig,
+            _flags(w[9:]),
+        ),
     )
 
 
@@ -283,7 +316,7 @@ def apply_log(index: Index, data: bytes) -> Index:
         for i, entry in enumerate(entries):
             f = flags.get(entry.uid)
             if f is not None:
-                entries[i] = replace(entry, flags=f)
+                entries[i] = entry._replace(flags=f)
     return replace(index, entries=entries, stamp=stamp, uid_next=uid_next)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Any, Callable
 
 from zope.interface import Attribute, Interface
 
@@ -67,7 +67,7 @@ class Changes:
     """What a refresh found: given to every listener of the mailbox, in this order of events."""
 
     expunged: list[int] = field(default_factory=list)  # UIDs gone
-    added: list[MessageInfo] = field(default_factory=list)  # new messages, ascending UID
+    added: list[Any] = field(default_factory=list)  # new messages (MessageInfo-like), ascending UID
     flags: dict[int, frozenset[str]] = field(default_factory=dict)  # UID -> new flags
 
     def __bool__(self) -> bool:
@@ -92,7 +92,12 @@ class IMailbox(Interface):
     name = Attribute("The mailbox name, e.g. 'INBOX'.")
     uid_validity = Attribute("int: never changes for the life of the mailbox")
     uid_next = Attribute("int: the UID the next new message will get")
-    messages = Attribute("list[MessageInfo], ascending UID: the state after the last refresh")
+    messages = Attribute(
+        "list of MessageInfo-like objects (uid, flags, internal_date, size), ascending UID: the "
+        "state after the last refresh. Shared, never copied: treat it as read-only. A change "
+        "publishes a new list, except that new messages may be appended to the current one in "
+        "place: who keeps a reference as a snapshot keeps its length too (``ImapMailboxView``)."
+    )
 
     def refresh():
         """Bring ``messages`` up to date with the disk (mail appended by others, external changes).

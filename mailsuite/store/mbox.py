@@ -15,12 +15,15 @@ wait for the open mailboxes they move.
 from __future__ import annotations
 
 import gc
+import os
+import stat
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -31,6 +34,7 @@ from mailsuite.store import folders
 from mailsuite.store import index as ix
 from mailsuite.store.folders import INBOX
 from mailsuite.store.interfaces import (
+    SYSTEM_FLAGS,
     Changes,
     IMailbox,
     IMailStore,
@@ -91,6 +95,44 @@ class MailboxConfig(Protocol):
     def folder_root(self, account: Account) -> str: ...
 
 
+_UID = attrgetter("uid")
+
+
+class Summary:
+    """What SELECT shows of a whole mailbox without a pass over its messages each time: the
+    keywords in use and the first unseen message, kept up to date from each Changes."""
+
+    def __init__(self) -> None:
+        self.keywords: set[str] = set()
+        self._seen_below = 0  # every message with a lower UID has \\Seen
+
+    def update(self, messages: list[Any], changes: Changes, fresh: bool) -> None:
+        if fresh:  # a new or reloaded state: one pass over the distinct flag sets
+            self.keywords = set()
+            self._seen_below = 0
+            for flags in {id(m.flags): m.flags for m in messages}.values():
+                self.keywords.update(f for f in flags if f not in SYSTEM_FLAGS)
+            return
+        for m in changes.added:
+            if m.flags:
+                self.keywords.update(f for f in m.flags if f not in SYSTEM_FLAGS)
+        for uid, flags in changes.flags.items():
+            self.keywords.update(f for f in flags if f not in SYSTEM_FLAGS)
+            if "\\Seen" not in flags and uid < self._seen_below:
+                self._seen_below = uid
+
+    def first_unseen(self, messages: list[Any]) -> int | None:
+        """Scans only from the last answer on: messages seen since are passed once."""
+        start = bisect_left(messages, self._seen_below, key=_UID)
+        for i in range(start, len(messages)):
+            m = messages[i]
+            if "\\Seen" not in m.flags:
+                self._seen_below = m.uid
+                return int(m.uid)
+        self._seen_below = messages[-1].uid + 1 if messages else 0
+        return None
+
+
 @implementer(IMailbox)
 class MboxMailbox:
     """One open mbox file (INBOX) with its index."""
@@ -107,6 +149,7 @@ class MboxMailbox:
         self._state: ix.Index | None = None
         self._lock = defer.DeferredLock()
         self._listeners: list[Listener] = []
+        self._summary = Summary()
 
     # -- running operations ---------------------------------------------------------------------
 
@@ -114,60 +157,69 @@ class MboxMailbox:
         """Run ``operation(state, *args)`` in a thread, alone; publish its (state, changes, ...)."""
 
         def start() -> defer.Deferred[Any]:
-            first = self._state is None
-
             def work() -> tuple[Any, ...]:
                 with quiet_gc():
                     result = operation(self._state, *args)
                     state = result[0]
-                    infos = None
-                    if first and state is not None:
-                        infos = [e.info() for e in state.entries]
                     if state is not None and len(state.entries) >= FREEZE_AT:
                         # A big new state: out of the collector's way before it runs again.
                         # Entries hold no cycles (refcounting frees them): nothing is kept
                         # alive by this.
                         gc.freeze()
-                return result, infos
+                return result
 
             return blocking(work).addCallback(self._publish)
 
         return self._lock.run(start)
 
-    def _publish(self, outcome: tuple[tuple[Any, ...], list[MessageInfo] | None]) -> Any:
-        (state, changes, *extra), infos = outcome
+    def _publish(self, outcome: tuple[Any, ...]) -> Any:
+        """The new state becomes visible, in O(1): ``messages`` is the state's own list of
+        entries (they are MessageInfos), never copied."""
+        state, changes, *extra = outcome
         if state is not None:
+            fresh = self._state is None or state.uid_validity != self._state.uid_validity
             self._state = state
             self.uid_validity = state.uid_validity
             self.uid_next = state.uid_next
-            if infos is not None:
-                self.messages = infos
-            else:
-                self._apply(changes)
+            self.messages = state.entries
+            self._summary.update(state.entries, changes, fresh)
         for listener in list(self._listeners) if changes else ():
             listener(changes)
         return extra[0] if extra else changes
 
-    def _apply(self, changes: Changes) -> None:
-        messages = self.messages
-        if changes.expunged:
-            gone = set(changes.expunged)
-            messages = [m for m in messages if m.uid not in gone]
-        for uid, flags in changes.flags.items():
-            i = bisect_left(messages, uid, key=lambda m: m.uid)
-            if i < len(messages) and messages[i].uid == uid:
-                m = messages[i]
-                messages[i] = MessageInfo(uid, flags, m.internal_date, m.size)
-        self.messages = messages + changes.added
-
     def _entry(self, uid: int) -> ix.Entry | None:
         entries = self._state.entries if self._state is not None else []
-        i = bisect_left(entries, uid, key=lambda e: e.uid)
+        i = bisect_left(entries, uid, key=_UID)
         return entries[i] if i < len(entries) and entries[i].uid == uid else None
+
+    def keywords(self) -> set[str]:
+        """Every keyword a message of the mailbox has had since it was loaded (FLAGS)."""
+        return self._summary.keywords
+
+    def first_unseen(self) -> int | None:
+        """The UID of the first message without ``\\Seen`` (SELECT's UNSEEN), or None."""
+        return self._summary.first_unseen(self.messages)
+
+    def _unchanged(self) -> bool:
+        """A stat, on the reactor thread (metadata: microseconds), says the file is as the
+        state knows it and no operation is running: a refresh has nothing to do."""
+        if self._state is None or self._lock.locked:
+            return False
+        try:
+            st = os.lstat(self._file.path)
+        except FileNotFoundError:
+            st = None
+        except OSError:
+            return False
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            return False
+        return ix.Stamp.of(st) == self._state.stamp
 
     # -- IMailbox -------------------------------------------------------------------------------
 
     def refresh(self) -> defer.Deferred[Changes]:
+        if self._unchanged():
+            return defer.succeed(Changes())  # no thread, no copy (every selected command)
         return self._run(self._file.refresh)
 
     @defer.inlineCallbacks
@@ -231,6 +283,7 @@ class MboxMailbox:
             self._state = self._state.copy(stamp=ix.Stamp(0, 0, 0), entries=[])
         self.messages = []
         changes = Changes(expunged=gone)
+        self._summary.update(self.messages, changes, False)
         for listener in list(self._listeners) if changes else ():
             listener(changes)
 

@@ -213,24 +213,31 @@ class MboxFile:
         owner = (self.account.uid, self.account.gid) if self._root else None
         ix.write_index(self.index_path, index, owner)
 
-    def _persist(self, old: ix.Index, new: ix.Index, flags: dict[int, frozenset[str]]) -> None:
-        """Make ``new`` durable: a few records in the journal when it is ``old`` (as saved)
-        plus appended messages and ``flags``; the whole index otherwise, or when the journal
-        has grown big (compaction)."""
-        n = len(old.entries)
-        if (
-            old.generation
-            and len(new.entries) >= n
-            and (n == 0 or new.entries[n - 1].uid == old.entries[n - 1].uid)
-            and all(a is b or a.uid in flags for a, b in zip(old.entries, new.entries))
-        ):
-            owner = (self.account.uid, self.account.gid) if self._root else None
-            moved = (new.stamp, new.uid_next) != (old.stamp, old.uid_next)
-            records = ix.log_records(flags, new.entries[n:], new if moved else None)
-            size = self._append_log(new, records, owner)
-            if size is not None and size <= LOG_LIMIT + 16 * len(new.entries):
-                return
-        self._save(new)
+    def _owner(self) -> tuple[int, int] | None:
+        return (self.account.uid, self.account.gid) if self._root else None
+
+    def _journal(self, index: ix.Index, records: bytes, count: int) -> bool:
+        """Append ``records`` (changes that turn the saved index into ``index``, of ``count``
+        messages) to the journal; False when the whole index must be written instead: it has
+        none on disk yet, or its journal has grown big (compaction)."""
+        if not index.generation:
+            return False
+        size = self._append_log(index, records, self._owner())
+        return size is not None and size <= LOG_LIMIT + 16 * count
+
+    def _grow(
+        self, state: ix.Index, added: list[ix.Entry], stamp: ix.Stamp, save: bool = False
+    ) -> ix.Index:
+        """``state`` with ``added`` appended, made durable in O(len(added)) (journal records;
+        the whole index when ``save`` or when the journal says so)."""
+        uid_next = added[-1].uid + 1 if added else state.uid_next
+        head = ix.Index(state.uid_validity, uid_next, stamp, [], state.generation)
+        count = len(state.entries) + len(added)
+        if save or not self._journal(head, ix.log_records(None, added, head), count):
+            full = ix.Index(state.uid_validity, uid_next, stamp, state.entries + added)
+            self._save(full)
+            state.generation = full.generation
+        return state.grown(added, stamp)
 
     def _append_log(
         self, index: ix.Index, records: bytes, owner: tuple[int, int] | None
@@ -261,11 +268,11 @@ class MboxFile:
             dirty = False
             if state is None:
                 state, dirty = self._load_index()
-            new, changes = self._refresh_locked(state, held.fd)
-            if dirty:
+            new, changes, added = self._refresh_locked(state, held.fd)
+            if added is not None:
+                new = self._grow(state, added, new.stamp, save=dirty)
+            elif dirty or new is not state:
                 self._save(new)
-            elif new is not state:
-                self._persist(state, new, {})
         return new, changes
 
     def _intact(self, fd: int, e: ix.Entry, size: int) -> bool:
@@ -278,23 +285,39 @@ class MboxFile:
         hdr_end = header_end(buf, sep[0], len(buf))
         return fingerprint(buf[sep[0] : hdr_end], len(buf) - hdr_end) == e.fingerprint
 
-    def _refresh_locked(self, state: ix.Index, fd: int | None) -> Result:
-        """The new state (``state`` itself if nothing changed); not saved."""
+    def _refresh_locked(
+        self, state: ix.Index, fd: int | None
+    ) -> tuple[ix.Index, Changes, list[ix.Entry] | None]:
+        """(new state, changes, appended), nothing saved. When the file only grew, ``appended``
+        holds the new entries and ``new`` is ``state`` with only its stamp changed: the caller
+        adds them (``_grow``, O(new messages)). Otherwise ``appended`` is None and ``new`` is
+        complete (``state`` itself if nothing changed)."""
         st = os.fstat(fd) if fd is not None else None
         stamp = ix.Stamp.of(st)
         if stamp == state.stamp:
-            return state, Changes()
+            return state, Changes(), None
         fallback = int(st.st_mtime) if st is not None else int(self._now())
         if fd is None or stamp.size == 0:
-            return ix.reconcile(state, [], stamp, fallback)
+            return (*ix.reconcile(state, [], stamp, fallback), None)
         old = state.stamp
         if state.entries and stamp.ino == old.ino and stamp.size >= old.size:
             last = state.entries[-1]
             if self._intact(fd, state.entries[0], stamp.size):
                 tail = parse_file(fd, last.offset, stamp.size, True)
                 if tail and (tail[0].fingerprint, tail[0].end) == (last.fingerprint, last.end):
-                    return ix.extend(state, tail[1:], stamp, fallback)
-        return ix.reconcile(state, parse_file(fd, 0, stamp.size, False), stamp, fallback)
+                    added, changes = ix.extend(state, tail[1:], stamp, fallback)
+                    return replace(state, stamp=stamp), changes, added
+        parsed = parse_file(fd, 0, stamp.size, False)
+        return (*ix.reconcile(state, parsed, stamp, fallback), None)
+
+    def _refreshed(self, state: ix.Index, fd: int | None) -> Result:
+        """``_refresh_locked`` as one complete new state (a copy: for operations that rewrite
+        the index anyway)."""
+        new, changes, added = self._refresh_locked(state, fd)
+        if added is not None:
+            new = new.copy(uid_next=added[-1].uid + 1 if added else new.uid_next)
+            new.entries.extend(added)
+        return new, changes
 
     # -- delivery -------------------------------------------------------------------------------
 
@@ -306,10 +329,9 @@ class MboxFile:
         with self._locked(exclusive=True, create=True) as (held, created):
             fd = held.fd
             assert fd is not None
-            changes = Changes()
-            before = state
+            changes, added, before = Changes(), None, state
             if state is not None:
-                state, changes = self._refresh_locked(state, fd)
+                state, changes, added = self._refresh_locked(state, fd)
             size = os.fstat(fd).st_size
             tail = os.pread(fd, 2, size - 2) if size >= 2 else os.pread(fd, size, 0)
             # a previous writer may have left no final newline or blank line: fix it first
@@ -325,15 +347,32 @@ class MboxFile:
             if state is None:
                 return None, changes, None
             p = describe(blob, len(prefix), len(prefix) + len(line), len(blob) - 1, date, base=size)
-            entry = ix.entry_from(p, state.uid_next, ix.clean_flags(flags), date)
-            new = state.copy(uid_next=state.uid_next + 1, stamp=ix.Stamp.of(os.fstat(fd)))
-            new.entries.append(entry)
-            if before is None or changes.expunged or changes.flags:
-                self._save(new)
-            else:
-                self._persist(before, new, {})
-        changes.added.append(entry.info())
+            uid = added[-1].uid + 1 if added else state.uid_next
+            entry = ix.entry_from(p, uid, ix.clean_flags(flags), date)
+            whole = added is None and before is not None and state.entries != before.entries
+            new = self._added(state, changes, added, [entry], ix.Stamp.of(os.fstat(fd)), whole)
         return new, changes, entry.uid
+
+    def _added(
+        self,
+        state: ix.Index,
+        changes: Changes,
+        found: list[ix.Entry] | None,
+        mine: list[ix.Entry],
+        stamp: ix.Stamp,
+        whole: bool,
+    ) -> ix.Index:
+        """The state after appending ``mine`` to ``state`` as ``_refresh_locked`` left it (with
+        ``found``, messages other programs appended, when not None): durable, in O(new
+        messages) unless the refresh rebuilt the state (``whole``: the index is written)."""
+        if whole:
+            full = state.copy(uid_next=mine[-1].uid + 1, stamp=stamp)
+            full.entries.extend(mine)
+            self._save(full)
+        else:
+            full = self._grow(state, (found or []) + mine, stamp)
+        changes.added.extend(mine)
+        return full
 
     def append_many(
         self, state: ix.Index | None, items: list[tuple[bytes, str]], date: int
@@ -343,10 +382,9 @@ class MboxFile:
         with self._locked(exclusive=True, create=True) as (held, created):
             fd = held.fd
             assert fd is not None
-            changes = Changes()
-            before = state
+            changes, added, before = Changes(), None, state
             if state is not None:
-                state, changes = self._refresh_locked(state, fd)
+                state, changes, added = self._refresh_locked(state, fd)
             size = os.fstat(fd).st_size
             tail = os.pread(fd, 2, size - 2) if size >= 2 else os.pread(fd, size, 0)
             prefix = (
@@ -366,18 +404,14 @@ class MboxFile:
                 ix.fsync_dir(os.path.dirname(self.path))
             if state is None:
                 return None, changes, None
-            first = state.uid_next
-            new = state.copy(uid_next=first + len(spans), stamp=ix.Stamp.of(os.fstat(fd)))
+            first = added[-1].uid + 1 if added else state.uid_next
             uids = list(range(first, first + len(spans)))
+            mine = []
             for uid, (base, start, body, blob) in zip(uids, spans):
                 p = describe(blob, start, body, len(blob) - 1, date, base=base)
-                entry = ix.entry_from(p, uid, frozenset(), date)
-                new.entries.append(entry)
-                changes.added.append(entry.info())
-            if before is None or changes.expunged or changes.flags:
-                self._save(new)
-            else:
-                self._persist(before, new, {})
+                mine.append(ix.entry_from(p, uid, frozenset(), date))
+            whole = added is None and before is not None and state.entries != before.entries
+            new = self._added(state, changes, added, mine, ix.Stamp.of(os.fstat(fd)), whole)
         return new, changes, uids
 
     def move_all(self, state: ix.Index | None, target: MboxFile) -> Result:
@@ -387,7 +421,7 @@ class MboxFile:
             if state is None:
                 state, _ = self._load_index()
             known = [e.uid for e in state.entries]  # what the sessions were shown
-            state, _ = self._refresh_locked(state, held.fd)
+            state, _ = self._refreshed(state, held.fd)
             with target._locked(exclusive=True, create=True) as (out, _):
                 assert out.fd is not None
                 if os.fstat(out.fd).st_size:
@@ -432,18 +466,19 @@ class MboxFile:
             if flags != entries[i].flags:
                 if not copied:
                     entries, copied = list(entries), True
-                entries[i] = replace(entries[i], flags=flags)
+                entries[i] = entries[i]._replace(flags=flags)
                 changes.flags[uid] = flags
         if not changes:
             return state, changes
         new = state.copy(entries=entries)
-        self._persist(state, new, changes.flags)
+        if not self._journal(new, ix.log_records(changes.flags), len(entries)):
+            self._save(new)
         return new, changes
 
     def expunge(self, state: ix.Index, uids: list[int]) -> tuple[ix.Index, Changes, list[int]]:
         """Remove these messages by rewriting the file; mail that arrived meanwhile is kept."""
         with self._locked(exclusive=True) as (held, _):
-            new, changes = self._refresh_locked(state, held.fd)
+            new, changes = self._refreshed(state, held.fd)
             gone = sorted(set(uids) & {e.uid for e in new.entries})
             if gone and held.fd is not None:
                 new = self._rewrite(held, new, set(gone))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import replace
 
 from mailsuite.store import index as ix
 from mailsuite.store.interfaces import StoreError
@@ -97,8 +96,7 @@ def copy_kept(
             body_len = e.end - e.hdr_end
             size = e.size - wire_size(served_header(old)) + wire_size(served_header(header))
             entries.append(
-                replace(
-                    e,
+                e._replace(
                     offset=offset,
                     body_off=offset + (e.body_off - e.offset),
                     hdr_end=c.pos,
