@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
+import threading
 import time
 from typing import IO, Callable
 
@@ -19,9 +19,32 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 
 
+_ID_BYTES = 5
+_random = b""  # os.urandom bytes, read 4 KB at a time; _taken of them handed out
+_taken = 0
+_random_lock = threading.Lock()
+
+
 def new_queue_id() -> str:
-    """A queue id like Postfix's short ones: 10 upper-case hex digits, unique enough per host."""
-    return secrets.token_hex(5).upper()
+    """A queue id like Postfix's short ones: 10 upper-case hex digits, unique enough per host.
+
+    From os.urandom, 4 KB at a time (not one getrandom call per message); a child process
+    after fork() starts with none, so parent and child never hand out the same ids."""
+    global _random, _taken
+    with _random_lock:
+        if _taken + _ID_BYTES > len(_random):
+            _random, _taken = os.urandom(4095), 0
+        chunk = _random[_taken : _taken + _ID_BYTES]
+        _taken += _ID_BYTES
+    return chunk.hex().upper()
+
+
+def _forget_random() -> None:
+    global _random, _taken, _random_lock
+    _random, _taken, _random_lock = b"", 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 class MailLog:
@@ -44,6 +67,7 @@ class MailLog:
         #: reactor turn then go out in one write (a busy MX logs ~5 lines per message).
         self.coalesce: Callable[[Callable[[], None]], object] | None = None
         self._pending: list[str] = []
+        self._tags: dict[str, str] = {}  # ident -> " host ident[pid]: "
 
     def open(self) -> None:
         if self.path:
@@ -74,14 +98,20 @@ class MailLog:
 
     def write(self, program: str, text: str) -> None:
         """One event of ``program`` (smtpd, local, cleanup, pop3-login, imap-login, pop3, imap)."""
-        self.emit(f"mailsuite/{program}", text)
+        self.emit("mailsuite/" + program, text)
 
     def emit(self, ident: str, text: str) -> None:
         """One line under syslog tag ``ident`` (``IDENT[pid]: text``). Control characters in
         ``text`` (a client's CR/LF in a user name) are escaped: one event stays one line, so a
         client cannot forge a line that log watchers such as fail2ban would act on."""
-        text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-        line = f"{self.stamp()} {self.hostname} {ident}[{self.pid}]: {text}"
+        if not text.isprintable():  # (isprintable: no control characters, and more)
+            text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+        tag = self._tags.get(ident)
+        if tag is None:
+            if len(self._tags) > 100:
+                self._tags.clear()
+            tag = self._tags[ident] = f" {self.hostname} {ident}[{self.pid}]: "
+        line = self.stamp() + tag + text
         if self._file is None and not self.path:
             self.lines.append(line)
             return

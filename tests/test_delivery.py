@@ -263,6 +263,28 @@ class AvatarTests(DeliveryCase):
         far = smtp.User(b"x@far.example", (b"helo", b"1.2.3.4"), None, origin)
         self.failureResultOf(avatar.validateTo(far), RelayDenied)
 
+    def test_recipient_now(self) -> None:
+        """recipient_now answers from the look-up cache without a thread hop: None before the
+        first look-up, the LocalRecipient after it (until the cache entry expires); remote and
+        routed addresses are decided at once (RelayDenied raised)."""
+        avatar = self.delivery.avatar(None)
+        origin = smtp.Address(b"a@b.example")
+        user = smtp.User(b"team@localhost", (b"helo", b"1.2.3.4"), None, origin)
+        self.assertIsNone(avatar.recipient_now(user))
+        self.successResultOf(avatar.validateTo(user))
+        asked = len(self.accounts.asked)
+        recipient = avatar.recipient_now(user)
+        self.assertIsInstance(recipient, LocalRecipient)
+        self.assertEqual(recipient.accounts, [BOSS, ALICE])
+        self.assertEqual(recipient.sender, "a@b.example")
+        self.assertEqual(len(self.accounts.asked), asked)
+        self.clock[0] += 60
+        self.assertIsNone(avatar.recipient_now(user))
+        for address in (b"x@far.example", b"boss%far.example@localhost"):
+            far = smtp.User(address, (b"helo", b"1.2.3.4"), None, origin)
+            self.assertRaises(RelayDenied, avatar.recipient_now, far)
+            self.failureResultOf(avatar.validateTo(far), RelayDenied)
+
     def test_stock_imessage_path(self) -> None:
         """The IMessage the recipient builds (stock Twisted path) delivers on eomReceived."""
         recipient = LocalRecipient("boss@localhost", [BOSS], self.delivery, "a@b.example")
@@ -280,6 +302,21 @@ class HelperTests(unittest.TestCase):
         self.assertEqual(
             [format_delay(x) for x in (0, 0.004, 0.02, 1.34, 42.4)], ["0", "0", "0.02", "1.3", "42"]
         )
+
+    def test_received_date_per_second(self) -> None:
+        """The Received: date is formatdate(when, localtime=True) of that second, also when
+        it comes from the per-second cache (same second, later fraction; then a new second)."""
+        import email.utils
+
+        for when in (1700000000.25, 1700000000.75, 1700000001.5, 1700000000.0):
+            header = received_header("h", "n", "192.0.2.1", "mx", "ESMTP", "Q", ["a@b"], when)
+            self.assertTrue(header.endswith(
+                b"; " + email.utils.formatdate(int(when), localtime=True).encode()))
+        header = received_header(None, "n", "192.0.2.1", "mx", "SMTP", None, ["a@b", "c@d"], 5.0)
+        self.assertEqual(header.split(b"\n")[:2], [b"Received: from unknown (n [192.0.2.1])",
+                                                    b"\tby mx (mailsuite) with SMTP"])
+        self.assertEqual(header.split(b"\n")[2],
+                         b"\t" + email.utils.formatdate(5, localtime=True).encode())
 
     def test_received_header(self) -> None:
         """Received: has from helo (rdns [ip]), by host (mailsuite) with ESMTP id Q, for <r>; date."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import smtplib
 from typing import Any
@@ -18,6 +19,7 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.maillog import MailLog
+from mailsuite.smtp import server as server_module
 from mailsuite.smtp.delivery import LocalDelivery
 from mailsuite.smtp.server import DATA_CHUNK, SMTPFactory, message_id
 from mailsuite.store.memory import MemoryStore
@@ -71,6 +73,27 @@ def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None
         reverse_lookup=lambda ip: defer.succeed("client.example"),
     )
     return factory, store, maillog, realm
+
+
+def _reference_data(wire: bytes) -> tuple[bytes, bytes]:
+    """RFC 5321 DATA read one line at a time (the test oracle): (the stored body, the bytes
+    after the terminating CRLF . CRLF)."""
+    out = []
+    prev_crlf = True
+    pos = 0
+    while True:
+        end = wire.find(b"\n", pos)
+        if end < 0:
+            raise ValueError("no terminator")
+        line, pos = wire[pos : end + 1], end + 1
+        if line == b".\r\n" and prev_crlf:
+            return b"".join(out), wire[pos:]
+        prev_crlf = line.endswith(b"\r\n")
+        if prev_crlf:
+            line = line[:-2] + b"\n"
+        if line.startswith(b".") and line != b".\n":
+            line = line[1:]
+        out.append(line)
 
 
 class SessionCase(unittest.TestCase):
@@ -210,6 +233,21 @@ class CommandTests(SessionCase):
             ["552 5.3.4 Message size exceeds fixed limit"],
         )
 
+    def test_cached_recipient_needs_no_lookup(self) -> None:
+        """A recipient looked up a moment ago is accepted from the cache: no resolve() call
+        (no thread hop, no Deferred), same 250 and the same delivery."""
+        self.transaction()
+        self.send(b"hi\r\n.\r\n")
+
+        def no_lookup(address: str) -> Any:
+            raise AssertionError(f"looked up {address} again")
+
+        self.patch(self.delivery, "resolve", no_lookup)
+        self.send(b"MAIL FROM:<a@b.example>\r\n")
+        self.assertEqual(self.send(b"RCPT TO:<boss@mail.example.com>\r\n"), ["250 2.1.5 Ok"])
+        self.assertEqual(self.codes(b"DATA\r\nagain\r\n.\r\n"), ["354", "250"])
+        self.assertEqual(len(inbox(self.store, BOSS)), 2)
+
     def test_unknown_user(self) -> None:
         """Unknown local user: 550 5.1.1 (Postfix text) and a NOQUEUE reject log line."""
         self.send(b"MAIL FROM:<a@b.example>\r\n")
@@ -250,6 +288,22 @@ class CommandTests(SessionCase):
         self.assertEqual(
             self.transport.value(), b"421 4.4.2 mail.example.com Error: timeout exceeded\r\n"
         )
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_idle_timeout_around_delivery(self) -> None:
+        """Commands answered at once (MAIL, RCPT from the cache) keep the idle timer running;
+        while the store writes there is none (400 s pass); after the 250 it is 300 s again."""
+        held = HeldStore()
+        self.delivery.store = held
+        self.transaction()
+        self.send(b"hi\r\n.\r\n")
+        self.clock.advance(400)
+        self.assertFalse(self.transport.disconnecting)
+        held.pending[0][3].callback(None)
+        self.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<boss@mail.example.com>\r\n")
+        self.clock.advance(299)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
 
     def test_too_many_errors(self) -> None:
@@ -412,6 +466,49 @@ class DataTests(SessionCase):
         (stored,) = inbox(self.store, BOSS)
         self.assertIn(b"\n\njust text\n", stored)
         self.assertTrue(any(line.endswith(": message-id=<>") for line in self.log_text()))
+
+    def test_data_conversion_fuzz(self) -> None:
+        """DATA read in random packet sizes (and with a small DATA_CHUNK, so that long lines
+        come in pieces) stores exactly what a line-by-line reading of RFC 5321 gives: CRLF ->
+        LF, a bare LF kept as a line end, one leading dot removed from each line except a line
+        that is only ".", data ended only by CRLF . CRLF; a body without a header line gets a
+        blank line under our Received:. Pins the bytes-level fast paths of _unstuff/_data_step."""
+        self.patch(server_module, "DATA_CHUNK", 16)
+        rng = random.Random(20261128)
+        atoms = [b"a", b"bc", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b".\r\n", b"\n.\n",
+                 b"\n.", b"x: y", b"Subject: s", b"d" * 40, b"\x00", b"\xff", b" "]
+        captured: list[bytes] = []
+
+        def deliver(data: bytes, queue_id: str) -> Any:
+            captured.append(data)
+            return defer.succeed(None)
+
+        self.proto._deliver = deliver
+        checked = 0
+        for _ in range(1500):
+            body = b"".join(rng.choice(atoms) for _ in range(rng.randrange(0, 40)))
+            expected, rest = _reference_data(body + b"\r\n.\r\n")
+            if rest:  # the random body holds a terminator of its own
+                continue
+            self.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<boss@mail.example.com>\r\nDATA\r\n")
+            wire = body + b"\r\n.\r\n"
+            captured.clear()
+            self.transport.clear()
+            i = 0
+            while i < len(wire):
+                n = rng.choice((1, 2, 3, 5, 17, 64, 1000))
+                self.proto.dataReceived(wire[i : i + n])
+                i += n
+            self.assertEqual(self.transport.value()[:4], b"250 ", body)
+            (data,) = captured
+            received, stored = data.split(b"\n", 3)[:3], data.split(b"\n", 3)[3]
+            self.assertTrue(received[0].startswith(b"Received: "))
+            first = expected.split(b"\n", 1)[0]
+            if first and not re.match(rb"^[!-9;-~]+:", first):
+                expected = b"\n" + expected
+            self.assertEqual(stored, expected, body)
+            checked += 1
+        self.assertGreater(checked, 500)
 
     def test_message_id_helper(self) -> None:
         """message_id finds a folded Message-ID in the header block only."""

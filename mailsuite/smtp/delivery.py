@@ -163,13 +163,26 @@ def received_header(
     \tby myhostname (mailsuite) with ESMTP id QUEUEID
     \tfor <rcpt>; Tue, 28 Nov 2023 06:01:02 +0100
     """
-    by = f"by {hostname} (mailsuite) with {protocol}"
-    if queue_id:
-        by += f" id {queue_id}"
-    date = email.utils.formatdate(when, localtime=True)
+    date = _received_date(when)
     tail = f"for <{recipients[0]}>; {date}" if len(recipients) == 1 else date
-    text = f"Received: from {helo or 'unknown'} ({client_name} [{client_ip}])\n\t{by}\n\t{tail}"
+    text = (f"Received: from {helo or 'unknown'} ({client_name} [{client_ip}])\n"
+            f"\tby {hostname} (mailsuite) with {protocol}{f' id {queue_id}' if queue_id else ''}"
+            f"\n\t{tail}")
     return text.encode("utf-8", "replace")
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _received_date(when: float) -> str:
+    """``formatdate(when, localtime=True)``, computed once per second (a busy MX stamps
+    hundreds of messages a second; formatdate costs as much as the rest of the header)."""
+    global _date_cache
+    second = int(when)
+    cached = _date_cache
+    if cached[0] != second or when < 0:
+        cached = _date_cache = (second, email.utils.formatdate(when, localtime=True))
+    return cached[1]
 
 
 @dataclass
@@ -261,23 +274,41 @@ class DeliveryAvatar:
         return d.addCallback(check)
 
     def validateTo(self, user: Any) -> defer.Deferred[Any]:
+        try:
+            found = self.recipient_now(user)
+        except Exception:  # noqa: BLE001 - validateTo reports every error as its Deferred's
+            return defer.fail()
+        if found is not None:
+            return defer.succeed(found)
         address = str(user.dest)
         sender = str(user.orig) if user.orig is not None else ""
+        return self.delivery.resolve(address).addCallback(
+            lambda accounts: LocalRecipient(address, accounts, self.delivery, sender)
+        )
+
+    def recipient_now(self, user: Any) -> Any:
+        """``validateTo``'s answer when it needs no look-up in the thread pool: the recipient
+        (a RemoteRecipient, or a LocalRecipient from the look-up cache), or a RecipientRejected
+        raised; None when the address must be looked up (``validateTo`` does that). The SMTP
+        server calls this first, so that a busy MX answers most RCPTs without a Deferred."""
+        address = str(user.dest)
         helo = getattr(user, "helo", None) or (b"", b"")
         ip = helo[1].decode("ascii", "replace") if isinstance(helo[1], bytes) else str(helo[1])
         trusted = self.user is not None or self.delivery.in_mynetworks(ip)
         _, domain = split_address(address)
         if not trusted and has_routing(address):
-            return defer.fail(RelayDenied(address))
+            raise RelayDenied(address)
         if domain is not None and not self.delivery.is_local_domain(domain):
             if self.delivery.queue is not None and (
                 trusted or self.delivery.is_relay_domain(domain)
             ):
-                return defer.succeed(RemoteRecipient(address))
-            return defer.fail(RelayDenied(address))
-        return self.delivery.resolve(address).addCallback(
-            lambda accounts: LocalRecipient(address, accounts, self.delivery, sender)
-        )
+                return RemoteRecipient(address)
+            raise RelayDenied(address)
+        accounts = self.delivery.resolve_cached(address)
+        if accounts is None:
+            return None
+        sender = str(user.orig) if user.orig is not None else ""
+        return LocalRecipient(address, accounts, self.delivery, sender)
 
 
 class LocalDelivery:
@@ -313,6 +344,9 @@ class LocalDelivery:
         self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
         self.mynetworks = list(getattr(mail, "mynetworks", []))
         self.relay_domains = [d.lower().rstrip(".") for d in getattr(mail, "relay_domains", [])]
+        #: in_mynetworks answers per client IP, for this very ``mynetworks`` list
+        self._trusted_ips: dict[str, bool] = {}
+        self._trusted_nets: list[Any] = self.mynetworks
         #: the mailsuite.smtp.queue.Queue for remote recipients (None: local delivery only)
         self.queue: Any = None
         self._resolved: dict[str, tuple[float, list[Any]]] = {}
@@ -370,13 +404,20 @@ class LocalDelivery:
         return any(name == d or name.endswith("." + d) for d in self.relay_domains)
 
     def in_mynetworks(self, ip: str) -> bool:
+        known = self._trusted_ips.get(ip)
+        if known is not None and self._trusted_nets is self.mynetworks:
+            return known
         try:
             address = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        return any(address in net for net in self.mynetworks)
+        trusted = any(address in net for net in self.mynetworks)
+        if self._trusted_nets is not self.mynetworks or len(self._trusted_ips) >= 10000:
+            self._trusted_ips, self._trusted_nets = {}, self.mynetworks
+        self._trusted_ips[ip] = trusted
+        return trusted
 
     # --- the queue's local transport (mailsuite.smtp.queue.LocalTransport) ---------------------
 
@@ -462,18 +503,28 @@ class LocalDelivery:
 
     def resolve(self, address: str) -> defer.Deferred[list[Account]]:
         """The accounts ``address`` delivers to; errback with a RecipientRejected subclass."""
+        try:
+            cached = self.resolve_cached(address)
+        except RecipientRejected:
+            return defer.fail()
+        if cached is not None:
+            return defer.succeed(cached)
+        key = address.lower()
+        d = threads.blocking(self._resolve_blocking, address, split_address(address)[0])
+        return d.addCallback(self._remember, key, self.now())
+
+    def resolve_cached(self, address: str) -> list[Any] | None:
+        """What ``resolve`` gives without a look-up: the cached accounts (a new list), None
+        when the address must be looked up; raises RelayDenied / UnknownRecipient at once."""
         local, domain = split_address(address)
         if domain is not None and not self.is_local_domain(domain):
-            return defer.fail(RelayDenied(address))
+            raise RelayDenied(address)
         if not local:
-            return defer.fail(UnknownRecipient(address))
-        key = address.lower()
-        now = self.now()
-        cached = self._resolved.get(key)
-        if cached is not None and cached[0] > now:
-            return defer.succeed(list(cached[1]))
-        d = threads.blocking(self._resolve_blocking, address, local)
-        return d.addCallback(self._remember, key, now)
+            raise UnknownRecipient(address)
+        cached = self._resolved.get(address.lower())
+        if cached is not None and cached[0] > self.now():
+            return list(cached[1])
+        return None
 
     def _remember(self, found: list[Any], key: str, now: float) -> list[Any]:
         """Keep a successful look-up for RESOLVE_CACHE_TTL seconds (Postfix caches too):
@@ -559,6 +610,8 @@ class LocalDelivery:
             d = self._commit(account, top.encode("utf-8", "replace") + data, sender)
             d.addBoth(self._log_copy, queue_id, account, addresses, arrival, start)
             copies.append(d)
+        if len(copies) == 1:  # the usual case: no DeferredList around one copy
+            return copies[0].addBoth(self._one_written, queue_id, standalone)
         done = defer.DeferredList(copies, consumeErrors=True)
         return done.addCallback(self._all_written, queue_id, standalone)
 
@@ -680,6 +733,10 @@ class LocalDelivery:
                 f" delays={delays}, dsn={dsn}, status={status}",
             )
         return result
+
+    def _one_written(self, result: Any, queue_id: str, standalone: bool) -> None:
+        """``_all_written`` for a single copy."""
+        self._all_written([(not isinstance(result, Failure), result)], queue_id, standalone)
 
     def _all_written(
         self, results: list[tuple[bool, Any]], queue_id: str, standalone: bool = True

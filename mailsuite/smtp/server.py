@@ -109,8 +109,18 @@ _DOT_START = re.compile(rb"^\.(?!\n)", re.MULTILINE)
 
 def _unstuff(lines: bytes) -> bytes:
     """Complete DATA lines -> stored form: CRLF -> LF, the stuffed dot of each line removed
-    (a line that is only "." and is not the terminator stays as it is)."""
-    return _DOT_START.sub(b"", lines.replace(b"\r\n", b"\n"))
+    (a line that is only "." and is not the terminator stays as it is).
+
+    ``lines`` starts at the start of a line and ends with a line end. Bytes replaces, not a
+    regular expression scanning every position: most messages have no line that starts with
+    a dot, and the others rarely a line that is only one."""
+    data = lines.replace(b"\r\n", b"\n")
+    if b"\n." not in data and data[:1] != b".":
+        return data
+    if b"\n.\n" in data or data[:2] == b".\n":
+        return _DOT_START.sub(b"", data)
+    data = data.replace(b"\n.", b"\n")
+    return data[1:] if data[:1] == b"." else data
 
 
 def _printable(raw: bytes, limit: int = 255) -> str:
@@ -285,8 +295,9 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
                     break
                 if isinstance(step, defer.Deferred):
                     self._busy = True
-                    self.setTimeout(None)
-                    step.addBoth(self._finished)
+                    step.addBoth(self._finished)  # clears _busy at once if step has fired
+                    if self._busy:
+                        self.setTimeout(None)  # no idle timeout while we work
         finally:
             self._in_run = False
         if self._busy and not self._paused and len(self._buffer) > PAUSE_BUFFER:
@@ -297,7 +308,7 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
         if isinstance(result, Failure):
             log.failure("SMTP command failed", result)
         self._busy = False
-        if not self._connected:
+        if not self._connected or self._in_run:  # fired at once: _run goes on by itself
             return
         self.setTimeout(self.timeout)
         if self._paused:
@@ -466,6 +477,18 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
             return None
         if path and "@" not in path:
             path = f"{path}@{self.factory.config.mail.myorigin}"  # Postfix append_at_myorigin
+        if self._avatar is not None:  # no Deferred when the avatar answers at once
+            try:
+                origin = self._avatar.validateFrom(self._helo_tuple(), _Path(path))
+            except Exception:  # noqa: BLE001 - as an errback of the Deferred path would
+                self._server_error(Failure(), "MAIL")
+                return None
+            if not isinstance(origin, defer.Deferred):
+                self._mail_ok(origin, params)
+                return None
+            origin.addCallbacks(self._mail_ok, self._server_error, callbackArgs=(params,),
+                                errbackArgs=("MAIL",))
+            return origin
         d = self._get_avatar()
         d.addCallback(lambda avatar: avatar.validateFrom(self._helo_tuple(), _Path(path)))
         d.addCallbacks(self._mail_ok, self._server_error, callbackArgs=(params,),
@@ -517,6 +540,16 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
             return None
         self._rcpt_attempts += 1
         user = _Rcpt(_Path(path), self._helo_tuple(), self, _Path(self._sender or ""))
+        now = getattr(self._avatar, "recipient_now", None)
+        if now is not None:  # a busy MX: cached look-ups answer without a Deferred
+            try:
+                recipient = now(user)
+            except Exception:  # noqa: BLE001 - as an errback of the Deferred path would
+                self._rcpt_refused(Failure(), path)
+                return None
+            if recipient is not None:
+                self._rcpt_ok(recipient, path, params)
+                return None
         d = defer.maybeDeferred(self._avatar.validateTo, user)
         d.addCallbacks(
             self._rcpt_ok, self._rcpt_refused, callbackArgs=(path, params), errbackArgs=(path,)
@@ -616,8 +649,7 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
             return True
         body = b"".join(self._parts)
         self._parts = []
-        first_line = body.split(b"\n", 1)[0]
-        if first_line and not _HEADER_LINE.match(first_line):
+        if body[:1] not in (b"", b"\n") and not _HEADER_LINE.match(body):
             body = b"\n" + body  # no header block: keep the body out of our Received: header
         header = received_header(
             self._helo_name,
@@ -630,7 +662,7 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
             self.factory.clock.seconds(),
         )
         self._log(f"{queue_id}: message-id=<{message_id(body)}>")
-        d = self._deliver(header + b"\n" + body, queue_id)
+        d = self._deliver(b"".join((header, b"\n", body)), queue_id)
         d.addCallbacks(
             self._delivered,
             self._not_delivered,
@@ -736,6 +768,8 @@ class _Transaction:
             d.addCallbacks(self._copy_written, self._copy_failed,
                            callbackArgs=(dest, pairs), errbackArgs=(dest, pairs))
             copies.append(d)
+        if len(copies) + len(others) == 1:  # the usual case: one mailbox, no list around it
+            return (copies or others)[0].addCallback(self._queue_rest)
         done = defer.gatherResults(copies + others, consumeErrors=True)
         done.addCallback(self._queue_rest)
         done.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)

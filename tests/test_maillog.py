@@ -1,0 +1,54 @@
+"""mailsuite.maillog: queue ids and the shape of one line."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from twisted.trial import unittest
+
+from mailsuite import maillog
+from mailsuite.maillog import MailLog, new_queue_id
+
+
+class QueueIdTests(unittest.TestCase):
+    def test_shape_and_unique(self) -> None:
+        """10 upper-case hex digits each; 5,000 in a row (several 4 KB refills) all differ."""
+        ids = [new_queue_id() for _ in range(5000)]
+        self.assertTrue(all(re.fullmatch(r"[0-9A-F]{10}", i) for i in ids))
+        self.assertEqual(len(set(ids)), len(ids))
+
+    def test_fork_does_not_repeat(self) -> None:
+        """A child process after fork() does not hand out the ids its parent holds buffered."""
+        new_queue_id()  # the parent now has random bytes buffered
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                os.write(write, "".join(new_queue_id() for _ in range(20)).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as f:
+            child = f.read().decode()
+        os.waitpid(pid, 0)
+        parent = "".join(new_queue_id() for _ in range(20))
+        self.assertEqual(len(child), 200)
+        self.assertNotEqual(child, parent)
+        self.assertEqual(maillog._ID_BYTES, 5)
+
+
+class LineTests(unittest.TestCase):
+    def test_line_shape_and_control_characters(self) -> None:
+        """``Mon dd hh:mm:ss host ident[pid]: text``; control characters are escaped, other
+        text (UTF-8 names included) kept as it is."""
+        log = MailLog(None, "mail.example.com", now=lambda: 0.0)
+        log.write("smtpd", "connect from x[192.0.2.1]")
+        log.write("imap-login", "auth failed: user=<a\r\nb\x7f>, ünïcode\u00a0ok")
+        first, second = log.lines
+        self.assertRegex(
+            first, r"^\w{3} [ \d]\d \d\d:\d\d:\d\d mail mailsuite/smtpd\[\d+\]: connect from x"
+        )
+        self.assertTrue(
+            second.endswith(f"mailsuite/imap-login[{os.getpid()}]: auth failed:"
+                            " user=<a\\x0d\\x0ab\\x7f>, ünïcode\u00a0ok"))
