@@ -16,6 +16,7 @@ from twisted.python import usage
 from mailsuite import threads
 from mailsuite.authpolicy import AuthPolicy
 from mailsuite.autoconfig import build_site
+from mailsuite.authcache import AuthCache
 from mailsuite.checker import AccountDB, UnixChecker
 from mailsuite.config import ConfigError, load_config
 from mailsuite.control import ControlFactory, control_path, ensure_public
@@ -125,7 +126,7 @@ def accounts_and_checker(cfg: Any) -> tuple[Any, Any]:
         nss = NssAccounts(cfg.auth.first_valid_uid)
         return nss, PamChecker(cfg.auth.pam_service, nss)
     accounts = AccountDB(cfg.auth.passwd_file, cfg.auth.shadow_file, cfg.auth.first_valid_uid)
-    return accounts, UnixChecker(accounts)
+    return accounts, UnixChecker(accounts, cache=AuthCache.from_config(cfg.auth))
 
 
 def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:

@@ -44,6 +44,19 @@ class PolicyAssemblyTests(unittest.TestCase):
             next(iter(factories["imap"].portal.checkers))], UnixChecker)
 
 
+class AuthCacheAssemblyTests(unittest.TestCase):
+    def checker(self, auth: str) -> UnixChecker:
+        _, factories = build(self, "imap = 2143\nsmtp = no\npop3 = no\n" + NONE_ELSE, auth=auth)
+        checkers = factories["imap"].portal.checkers
+        return [c for c in checkers.values() if isinstance(c, UnixChecker)][0]
+
+    def test_cache_from_config(self):
+        """[auth] auth_cache_size/auth_cache_ttl reach the checker; size 0 turns the cache off."""
+        checker = self.checker("auth_cache_size = 1M\nauth_cache_ttl = 10m\n")
+        self.assertEqual(checker.cache.ttl, 600)
+        self.assertIsNone(self.checker("auth_cache_size = 0\n").cache)
+
+
 class PamAssemblyTests(unittest.TestCase):
     def test_passdb_pam(self):
         """passdb = pam: the portal checks passwords with PamChecker (service pam_service) and
