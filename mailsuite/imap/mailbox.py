@@ -106,8 +106,13 @@ class ImapMailboxView:
 
     def _find(self, uid: int) -> int:
         """The position of ``uid`` in this view, -1 if it has none."""
-        if self._hint[0] == uid:
-            return self._hint[1]
+        last, i = self._hint
+        if last == uid:
+            return i
+        i += 1  # FETCH, SEARCH and STORE go through the messages in order: try the next one
+        if 0 < i < self._n and self._base[i].uid == uid:
+            self._hint = (uid, i)
+            return i
         i = self._lower(uid)
         if i >= self.count() or self._at(i).uid != uid:
             return -1
