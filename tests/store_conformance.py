@@ -143,6 +143,40 @@ class StoreConformanceMixin:
         box.close()
 
     @defer.inlineCallbacks
+    def test_change_flags_applies_to_current_flags(self):
+        """change_flags adds/removes relative to the flags stored now, so two callers working
+        from the same stale copy both take effect (RFC 3501 STORE +FLAGS/-FLAGS); it returns
+        the resulting flags of every UID present, leaves unknown UIDs out, tells listeners,
+        and the result persists."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield store.deliver(self.account, MSG2, "b@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        one, two = [m.uid for m in box.messages]
+        yield box.set_flags({one: frozenset({"\\Seen"})})
+        heard = []
+        box.add_listener(heard.append)
+        got = yield box.change_flags([one], add=frozenset({"\\Draft"}))
+        self.assertEqual(got, {one: {"\\Seen", "\\Draft"}})
+        got = yield box.change_flags([one, two + 100], remove=frozenset({"\\Seen"}))
+        self.assertEqual(got, {one: {"\\Draft"}})
+        got = yield box.change_flags([one, two], replace=frozenset({"Work", "\\Flagged"}))
+        self.assertEqual(got, {one: {"Work", "\\Flagged"}, two: {"Work", "\\Flagged"}})
+        got = yield box.change_flags([two], add=frozenset({"Work"}))  # no change: not told
+        self.assertEqual(got, {two: {"Work", "\\Flagged"}})
+        told = {}
+        for c in heard:
+            told.update(c.flags)
+        self.assertEqual(told, {one: {"Work", "\\Flagged"}, two: {"Work", "\\Flagged"}})
+        self.assertEqual(len(heard), 3)
+        box.close()
+        box = yield store.open(self.account)
+        yield box.refresh()
+        self.assertEqual([m.flags for m in box.messages], [{"Work", "\\Flagged"}] * 2)
+        box.close()
+
+    @defer.inlineCallbacks
     def test_expunge_keeps_others_and_uids(self):
         """Expunge removes exactly the UIDs named; the rest keep their UIDs; UIDs are not reused."""
         store = self.make_store()

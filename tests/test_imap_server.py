@@ -525,6 +525,41 @@ class TwoSessionTests(ImapTestCase):
         self.assertEqual(self.box().users, 0)
 
 
+class ConcurrentStoreTests(ImapTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.deliver()
+        self.successResultOf(self.box().set_flags({1: frozenset({"\\Seen"})}))
+        self.one, self.two = self.session(), self.session()
+        self.one.select()
+        self.two.select()
+
+    def test_add_and_remove_from_two_sessions_both_apply(self) -> None:
+        """imaptest `store`: session 1 `+FLAGS (\\Draft)`, session 2 `-FLAGS (\\Seen)` on the
+        same message, each from its own copy of the flags: both changes are kept (the store
+        applies them to the current flags), and each session ends up seeing `(\\Draft)`."""
+        out = self.one.cmd(b"a STORE 1 +FLAGS (\\Draft)")
+        self.assertIn(b"* 1 FETCH (FLAGS (\\Seen \\Draft))", out)
+        out = self.two.cmd(b"b STORE 1 -FLAGS (\\Seen)")
+        self.assertIn(b"* 1 FETCH (FLAGS (\\Draft))", out)
+        self.one.cmd(b"c CHECK")
+        self.two.cmd(b"d CHECK")
+        self.assertIn(b"* 1 FETCH (FLAGS (\\Draft))", self.one.cmd(b"e FETCH 1 FLAGS"))
+        self.assertIn(b"* 1 FETCH (FLAGS (\\Draft))", self.two.cmd(b"f FETCH 1 FLAGS"))
+        self.assertEqual(self.box().messages[0].flags, {"\\Draft"})
+
+    def test_implicit_seen_keeps_other_sessions_flags(self) -> None:
+        """A non-PEEK FETCH adds \\Seen to the stored flags: a flag another session set
+        meanwhile (not yet known here) is not undone."""
+        self.successResultOf(self.box().set_flags({1: frozenset()}))
+        self.one.cmd(b"a NOOP")
+        self.two.cmd(b"b NOOP")
+        self.one.cmd(b"c STORE 1 +FLAGS.SILENT (\\Flagged)")
+        out = self.two.cmd(b"d FETCH 1 BODY[TEXT]")
+        self.assertIn(b"FLAGS (\\Flagged \\Seen)", out)
+        self.assertEqual(self.box().messages[0].flags, {"\\Flagged", "\\Seen"})
+
+
 class PipeliningTests(ImapTestCase):
     def test_pipelined_commands_answered_in_order(self) -> None:
         """SELECT, UID FETCH, NOOP sent in one packet while the login is still pending: answered

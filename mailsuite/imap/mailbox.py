@@ -257,6 +257,37 @@ class ImapMailboxView:
             return defer.succeed(None)
         return self.mailbox.set_flags(clean)
 
+    def change_flags(
+        self,
+        uids: list[int],
+        add: frozenset[str] = frozenset(),
+        remove: frozenset[str] = frozenset(),
+        replace: frozenset[str] | None = None,
+    ) -> defer.Deferred[dict[int, frozenset[str]]]:
+        """STORE / implicit ``\\Seen``: the store applies the change to the flags stored now
+        (not to this session's possibly stale copy); the resulting flags become what this
+        session has been told. Fires with {uid: new flags} of the messages still present."""
+        strip = frozenset({"\\Recent"})
+        uids = [u for u in uids if u not in self._expunged]
+        if not uids:
+            return defer.succeed({})
+        d = self.mailbox.change_flags(
+            uids, frozenset(add) - strip, frozenset(remove) - strip,
+            None if replace is None else frozenset(replace) - strip,
+        )
+
+        def told(result: dict[int, frozenset[str]]) -> dict[int, frozenset[str]]:
+            for uid, flags in result.items():
+                if uid in self._expunged or self._find(uid) < 0:
+                    continue
+                self._flag_changes.pop(uid, None)
+                old = self.info(uid)
+                if old.flags != flags:
+                    self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+            return result
+
+        return d.addCallback(told)
+
     def expunge_deleted(self, within: set[int] | None = None) -> defer.Deferred[list[int]]:
         """Remove every message marked ``\\Deleted`` (only UIDs ``within``, for UID EXPUNGE);
         the EXPUNGEs come from ``take_updates``."""

@@ -138,13 +138,11 @@ class SelectedCommands(_Base):
             items.insert(0, FetchItem("UID"))
         seen_now: set[int] = set()
         if not view.readonly and any(i.sets_seen() for i in items):
-            changes = {
-                u: view.info(u).flags | {"\\Seen"}
-                for _, u in targets
-                if not view.is_expunged(u) and "\\Seen" not in view.info(u).flags
-            }
-            await view.set_flags(changes)
-            seen_now = set(changes)
+            live = [u for _, u in targets if not view.is_expunged(u)]
+            unseen = {u for u in live if "\\Seen" not in view.info(u).flags}
+            # added to the flags stored now: another session's change is not undone
+            result = await view.change_flags(live, add=frozenset({"\\Seen"}))
+            seen_now = {u for u in unseen if u in result}
         missing = await fetch_responses(
             view, targets, items, seen_now, self._write, lambda: self._lost, self._stream
         )
@@ -179,15 +177,14 @@ class SelectedCommands(_Base):
         if view.readonly:
             self.sendNegativeResponse(tag, b"Mailbox is read-only.")
             return
-        changes: dict[int, frozenset[str]] = {}
-        for _, u in targets:
-            if view.is_expunged(u):
-                continue
-            old = view.info(u).flags
-            new = flags if op == b"FLAGS" else old | flags if op == b"+FLAGS" else old - flags
-            if frozenset(new) != old:
-                changes[u] = frozenset(new)
-        await view.set_flags(changes)
+        live = [u for _, u in targets if not view.is_expunged(u)]
+        wanted = frozenset(flags)
+        if op == b"FLAGS":
+            await view.change_flags(live, replace=wanted)
+        elif op == b"+FLAGS":
+            await view.change_flags(live, add=wanted)
+        else:
+            await view.change_flags(live, remove=wanted)
         missing = False
         for seq, u in targets:
             if view.is_expunged(u):

@@ -120,6 +120,16 @@ class IMailbox(Interface):
         Unknown UIDs are ignored. Listeners are told. Deferred[None].
         """
 
+    def change_flags(uids, add=frozenset(), remove=frozenset(), replace=None):
+        """Change the flags of these messages relative to what is stored NOW (not to what a
+        caller last saw): each message's new flags are ``replace`` when given, else its
+        current stored flags ``| add - remove``. Two sessions adding and removing different
+        flags of one message both take effect (RFC 3501 STORE +FLAGS / -FLAGS).
+
+        Unknown UIDs are left out. Listeners are told of the messages that changed.
+        Deferred[dict[int, frozenset[str]]]: the resulting flags of every UID still present.
+        """
+
     def expunge(uids):
         """Remove these messages for good. Mail that arrived meanwhile is kept.
 

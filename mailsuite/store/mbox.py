@@ -252,6 +252,20 @@ class MboxMailbox:
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         return self._run(self._file.set_flags, dict(changes)).addCallback(lambda _: None)
 
+    def change_flags(
+        self,
+        uids: list[int],
+        add: frozenset[str] = frozenset(),
+        remove: frozenset[str] = frozenset(),
+        replace: frozenset[str] | None = None,
+    ) -> defer.Deferred[dict[int, frozenset[str]]]:
+        # applied in the mailbox's turn to the state of that moment: another session's change
+        # made meanwhile is kept (its +FLAGS and our -FLAGS both take effect)
+        fixed = None if replace is None else frozenset(replace)
+        return self._run(
+            self._file.change_flags, list(uids), frozenset(add), frozenset(remove), fixed
+        )
+
     def expunge(self, uids: list[int]) -> defer.Deferred[list[int]]:
         return self._run(self._file.expunge, list(uids))
 

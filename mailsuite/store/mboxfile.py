@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from operator import attrgetter
 
 from twisted.logger import Logger
 
@@ -48,6 +49,8 @@ COPY = 4 << 20  # bytes copied at a time when rewriting
 LOG_LIMIT = 1 << 20  # the index journal is folded into the index beyond this (+16 B a message)
 
 Result = tuple[ix.Index, Changes]
+
+_UID = attrgetter("uid")
 
 
 def _under(path: str, root: str) -> bool:
@@ -455,25 +458,51 @@ class MboxFile:
     def set_flags(self, state: ix.Index, wanted: dict[int, frozenset[str]]) -> Result:
         """Record flags in the index journal (the file's Status headers follow at the next
         rewrite)."""
+        new, changes, _ = self._store_flags(state, sorted(wanted), lambda e: wanted[e.uid])
+        return new, changes
+
+    def change_flags(
+        self,
+        state: ix.Index,
+        uids: list[int],
+        add: frozenset[str],
+        remove: frozenset[str],
+        replace: frozenset[str] | None,
+    ) -> tuple[ix.Index, Changes, dict[int, frozenset[str]]]:
+        """Flags changed relative to the current state (``replace``, else ``| add - remove``);
+        the resulting flags of every UID present."""
+        if replace is not None:
+            return self._store_flags(state, sorted(set(uids)), lambda e: replace)
+        return self._store_flags(state, sorted(set(uids)), lambda e: (e.flags | add) - remove)
+
+    def _store_flags(
+        self, state: ix.Index, uids: list[int], wanted: Callable[[ix.Entry], frozenset[str]]
+    ) -> tuple[ix.Index, Changes, dict[int, frozenset[str]]]:
         changes = Changes()
+        result: dict[int, frozenset[str]] = {}
         entries = state.entries
         copied = False
-        for uid in sorted(wanted):
-            i = bisect_left(entries, uid, key=lambda e: e.uid)
-            if i == len(entries) or entries[i].uid != uid:
+        i = 0
+        for uid in uids:  # ascending: each search starts where the last one ended
+            i = bisect_left(entries, uid, i, key=_UID)
+            if i == len(entries):
+                break
+            e = entries[i]
+            if e.uid != uid:
                 continue
-            flags = ix.clean_flags(wanted[uid])
-            if flags != entries[i].flags:
+            flags = ix.clean_flags(wanted(e))
+            if flags != e.flags:
                 if not copied:
                     entries, copied = list(entries), True
-                entries[i] = entries[i]._replace(flags=flags)
+                entries[i] = e._replace(flags=flags)
                 changes.flags[uid] = flags
+            result[uid] = flags
         if not changes:
-            return state, changes
+            return state, changes, result
         new = state.copy(entries=entries)
         if not self._journal(new, ix.log_records(changes.flags), len(entries)):
             self._save(new)
-        return new, changes
+        return new, changes, result
 
     def expunge(self, state: ix.Index, uids: list[int]) -> tuple[ix.Index, Changes, list[int]]:
         """Remove these messages by rewriting the file; mail that arrived meanwhile is kept."""

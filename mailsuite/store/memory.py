@@ -92,6 +92,26 @@ class MemoryMailbox:
         self._tell(told)
         return defer.succeed(None)
 
+    def change_flags(
+        self,
+        uids: list[int],
+        add: frozenset[str] = frozenset(),
+        remove: frozenset[str] = frozenset(),
+        replace: frozenset[str] | None = None,
+    ) -> defer.Deferred[dict[int, frozenset[str]]]:
+        wanted = set(uids)
+        result: dict[int, frozenset[str]] = {}
+        changed: dict[int, frozenset[str]] = {}
+        for m in self.messages:
+            if m.uid in wanted:
+                new = frozenset(replace) if replace is not None else (m.flags | add) - remove
+                result[m.uid] = new
+                if new != m.flags:
+                    changed[m.uid] = new
+        if changed:
+            self.set_flags(changed)
+        return defer.succeed(result)
+
     def expunge(self, uids: list[int]) -> defer.Deferred[list[int]]:
         gone = [m.uid for m in self.messages if m.uid in set(uids)]
         self.messages = [m for m in self.messages if m.uid not in set(gone)]
