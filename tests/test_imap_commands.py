@@ -109,6 +109,23 @@ class FolderTests(ImapTestCase):
         self.assertIn(b"e NO", self.s.send(b"e APPEND Sent {0}\r\n\r\n"))
         self.assertIn(b"f BAD", self.s.cmd(b"f APPEND Sent (\\Bogus) {1+}\r\nx"))
 
+    def test_internal_date_zone_and_date_searches(self) -> None:
+        """APPEND "24-Mar-2007 23:00:00 +0200": FETCH INTERNALDATE gives it back in that zone
+        (not 21:00 +0000) and SEARCH ON/BEFORE/SINCE compare the date in its own zone
+        (RFC 3501: time and zone disregarded), not the UTC day."""
+        self.s.cmd(b'a APPEND INBOX "24-Mar-2007 23:00:00 +0200" {12+}\r\nSubject: s\r\n')
+        self.s.cmd(b'b APPEND INBOX "25-Mar-2007 01:30:00 +0200" {12+}\r\nSubject: t\r\n')
+        self.s.cmd(b'c APPEND INBOX "24-Mar-2007 23:30:00 -0500" {12+}\r\nSubject: u\r\n')
+        self.s.cmd(b"d SELECT INBOX")
+        out = self.s.cmd(b"e FETCH 1:3 INTERNALDATE")
+        self.assertIn(b'* 1 FETCH (INTERNALDATE "24-Mar-2007 23:00:00 +0200")', out)
+        self.assertIn(b'* 2 FETCH (INTERNALDATE "25-Mar-2007 01:30:00 +0200")', out)
+        self.assertIn(b'* 3 FETCH (INTERNALDATE "24-Mar-2007 23:30:00 -0500")', out)
+        self.assertIn(b"* SEARCH 1 3\r\n", self.s.cmd(b"f SEARCH ON 24-Mar-2007"))
+        self.assertIn(b"* SEARCH 2\r\n", self.s.cmd(b"g SEARCH SINCE 25-Mar-2007"))
+        self.assertIn(b"* SEARCH 1 3\r\n", self.s.cmd(b"h SEARCH BEFORE 25-Mar-2007"))
+        self.assertIn(b"* SEARCH 2\r\n", self.s.cmd(b"i UID SEARCH ON 25-Mar-2007"))
+
     def test_append_to_selected_mailbox_shows_exists(self) -> None:
         """APPEND to the selected mailbox: * EXISTS before the tagged OK, the message \\Recent."""
         self.s.cmd(b"a SELECT INBOX")

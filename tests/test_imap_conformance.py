@@ -77,6 +77,21 @@ class EnvelopeAddressTests(unittest.TestCase):
             parse_address_list(junk)
 
 
+class SearchInternalDateTests(unittest.TestCase):
+    def test_index_entry_day_in_its_own_zone(self) -> None:
+        """SEARCH ON/SINCE/BEFORE on a store index entry use its epoch and zone as integers
+        (no datetime per message) and agree with the date in its own zone."""
+        from mailsuite.store.index import Entry
+
+        epoch = int(datetime(2007, 3, 24, 21, 0, tzinfo=UTC).timestamp())  # 23:00 +0200
+        for tz, day in ((7200, b"24-Mar-2007"), (-3 * 3600, b"24-Mar-2007"), (4 * 3600, b"25-Mar-2007")):
+            e = Entry(1, 0, 0, 0, 0, 10, epoch, "f", "s", frozenset(), tz)
+            self.assertEqual(e.internal_date.utcoffset().total_seconds(), tz)
+            for program, want in ((b"ON " + day, True), (b"SINCE " + day, True), (b"BEFORE " + day, False)):
+                _, key = parse_search(program)
+                self.assertEqual(matches(key, Candidate(1, 1, frozenset(), e, 10, 1, 1)), want, (tz, program))
+
+
 class SearchAddressTests(unittest.TestCase):
     def hits(self, program: bytes, header: bytes) -> bool:
         _, key = parse_search(program)

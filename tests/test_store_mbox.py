@@ -12,6 +12,7 @@ from twisted.trial import unittest
 
 from mailsuite import threads
 from mailsuite.accounts import Account
+from mailsuite.store import index as ix
 from mailsuite.store import mbox as mbox_module
 from mailsuite.store import mboxfile
 from mailsuite.store.interfaces import StoreError
@@ -302,7 +303,7 @@ class MboxOtherProgramsTests(MboxTestCase):
         with open(self.index_path, "rb") as f:
             lines = f.read().splitlines()
         self.assertEqual(lines, before.splitlines())
-        self.assertEqual(lines[0], b"mailsuite-mbox-index 1")
+        self.assertEqual(lines[0], b"mailsuite-mbox-index 2")
         self.assertEqual(len(lines), 4)
         with open(self.index_path + ".log", "rb") as f:
             log = f.read().splitlines()
@@ -868,3 +869,77 @@ class MboxLostIndexTests(MboxTestCase):
         self.assertEqual((again.uid_validity, [(m.uid, m.flags) for m in again.messages]),
                          (validity, [(uid, {"\\Flagged"})]))
         again.close()
+
+
+class MboxInternalDateZoneTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_append_zone_kept_in_index(self):
+        """An APPEND date keeps its zone (+0200, -0330) through the index and its journal, and a
+        version-1 index (no zones) still loads with the same UIDVALIDITY, its dates in UTC."""
+        from datetime import datetime, timedelta, timezone
+
+        store = self.make_store()
+        box = yield store.open(self.account)
+        plus2 = datetime(2007, 3, 24, 23, 0, 0, tzinfo=timezone(timedelta(hours=2)))
+        minus = datetime(2007, 3, 24, 1, 0, 0, tzinfo=timezone(-timedelta(hours=3, minutes=30)))
+        yield box.append(MSG1, frozenset(), plus2)
+        yield box.append(MSG2, frozenset(), minus)
+        validity = box.uid_validity
+        box.close()
+        for again in range(2):  # journal, then a fresh index read
+            store = self.make_store()
+            box = yield store.open(self.account)
+            got = [m.internal_date for m in box.messages]
+            self.assertEqual(got, [plus2, minus])
+            self.assertEqual([d.utcoffset() for d in got], [plus2.utcoffset(), minus.utcoffset()])
+            self.assertEqual(box.uid_validity, validity)
+            box.close()
+            if not again:
+                state = ix.read_index(self.index_path)  # index + journal
+                ix.write_index(self.index_path, state, None)
+                with open(self.index_path, "rb") as f:
+                    text = f.read()
+                self.assertIn(b" %d+0200 " % int(plus2.timestamp()), text)
+                self.assertIn(b" %d-0330 " % int(minus.timestamp()), text)
+        old = text.replace(b"mailsuite-mbox-index 2", b"mailsuite-mbox-index 1")
+        old = old.replace(b"+0200 ", b" ").replace(b"-0330 ", b" ")
+        with open(self.index_path, "wb") as f:
+            f.write(old)
+        if os.path.exists(self.index_path + ".log"):
+            os.unlink(self.index_path + ".log")
+        store = self.make_store()
+        box = yield store.open(self.account)
+        self.assertEqual(box.uid_validity, validity)
+        self.assertEqual([m.internal_date for m in box.messages], [plus2, minus])
+        self.assertEqual({m.internal_date.utcoffset() for m in box.messages}, {timedelta(0)})
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_delivered_mail_in_local_zone(self):
+        """Mail delivered here (open INBOX or parsed from the From line later) gets the server's
+        local zone, as Dovecot shows it."""
+        from datetime import timedelta
+
+        old_tz = os.environ.get("TZ")
+
+        def restore():
+            if old_tz is None:
+                os.environ.pop("TZ", None)
+            else:
+                os.environ["TZ"] = old_tz
+            time.tzset()
+            ix._LOCAL.clear()
+
+        self.addCleanup(restore)
+        os.environ["TZ"] = "XST-3"  # POSIX: three hours east of UTC, no tzdata needed
+        time.tzset()
+        ix._LOCAL.clear()
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")  # not open: From line
+        box = yield store.open(self.account)
+        yield store.deliver(self.account, MSG2, "b@example.test")  # open: entry made at once
+        yield box.refresh()
+        dates = [m.internal_date for m in box.messages]
+        self.assertEqual([d.utcoffset() for d in dates], [timedelta(hours=3)] * 2)
+        self.assertEqual(dates, [self.now(), self.now()])
+        box.close()

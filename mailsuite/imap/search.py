@@ -195,7 +195,7 @@ class Candidate:
     seq: int
     uid: int
     flags: frozenset[str]  # including \\Recent when recent in this session
-    internal_date: datetime
+    when: Any  # the message's info (``date``/``tz`` or ``internal_date``), or a datetime
     size: int
     max_seq: int
     max_uid: int
@@ -257,7 +257,21 @@ def _sent_date(c: Candidate) -> date | None:
         return None
 
 
-def _compare_date(name: str, day: date | None, wanted: date) -> bool:
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
+def _internal_day(when: Any) -> int:
+    """The day (since 1970-01-01) of the internal date in its own zone (RFC 3501: time and zone
+    disregarded). A store index entry has it as integers: no datetime per message."""
+    epoch = getattr(when, "date", None)
+    if type(epoch) is int:
+        return (epoch + when.tz) // 86400  # type: ignore[no-any-return]
+    if not isinstance(when, datetime):
+        when = when.internal_date
+    return when.toordinal() - _EPOCH_DAY
+
+
+def _compare_date(name: str, day: Any, wanted: Any) -> bool:
     if day is None:
         return False
     if name.endswith("BEFORE"):
@@ -302,7 +316,7 @@ def matches(key: tuple[Any, ...], c: Candidate) -> bool:
             _body_text(c.raw), key[1]
         )
     if name in ("BEFORE", "ON", "SINCE"):
-        return _compare_date(name, c.internal_date.date(), key[1])
+        return _compare_date(name, _internal_day(c.when), key[1].toordinal() - _EPOCH_DAY)
     if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         return _compare_date(name, _sent_date(c), key[1])
     if name == "LARGER":
@@ -335,7 +349,7 @@ async def run_search(view: Any, key: tuple[Any, ...], uid: bool) -> list[int]:
         headers = await view.mailbox.read_headers([u for _, u in chunk]) if need == "header" else {}
         for seq, u in chunk:
             info = view.info(u)
-            candidate = Candidate(seq, u, view.flags(u), info.internal_date, info.size, len(uids), max_uid)
+            candidate = Candidate(seq, u, view.flags(u), info, info.size, len(uids), max_uid)
             if need == "body":
                 try:
                     candidate.raw = await view.mailbox.read(u)

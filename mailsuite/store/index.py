@@ -9,7 +9,9 @@ written atomically (temp file, fsync, rename, fsync of the directory)::
 
 ``offset`` is the From line, ``body_off`` the first byte of the message, ``hdr_end`` the byte after
 its header block, ``end`` the byte after the message (before the blank separator line); ``size``
-the wire size (``mailsuite.wire``) of what clients are served; ``date`` the internal date (epoch seconds); ``fingerprint``
+the wire size (``mailsuite.wire``) of what clients are served; ``date`` the internal date (epoch
+seconds), followed by its zone as ``+HHMM`` / ``-HHMM`` unless that is UTC (version 2; a
+version 1 index has no zones: its dates stay in UTC, as they were shown); ``fingerprint``
 identifies the message across rewrites by other programs (see ``mboxformat.fingerprint``);
 ``header_sig`` the state of its Status/X-Status/X-Keywords headers when last seen, so a change
 made by mutt is noticed and wins. Flags are IMAP atoms (never contain spaces).
@@ -21,15 +23,17 @@ parsed from the tail of a file that only grew.
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
 
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.mboxformat import Parsed
 
-MAGIC = b"mailsuite-mbox-index 1"
+MAGIC = b"mailsuite-mbox-index 2"
+_READABLE = (MAGIC, b"mailsuite-mbox-index 1")
 SYSTEM = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
 
 
@@ -52,16 +56,51 @@ class Entry(NamedTuple):
     fingerprint: str
     header_sig: str
     flags: frozenset[str]
+    tz: int = 0  # the internal date's zone: seconds east of UTC
 
     @property
     def internal_date(self) -> datetime:
-        return datetime.fromtimestamp(self.date, UTC)
+        return datetime.fromtimestamp(self.date, zone(self.tz))
 
     def info(self) -> Entry:
         return self
 
 
 _new_tuple = tuple.__new__
+_ZONES: dict[int, timezone] = {0: UTC}
+
+
+def zone(offset: int) -> timezone:
+    """One shared tzinfo per offset (seconds east of UTC)."""
+    found = _ZONES.get(offset)
+    if found is None:
+        found = timezone(timedelta(seconds=offset))
+        if len(_ZONES) < 256:
+            _ZONES[offset] = found
+    return found
+
+
+_LOCAL: dict[int, int] = {}
+
+
+def local_offset(epoch: int) -> int:
+    """The server's local UTC offset at ``epoch`` (seconds east): the zone of mail delivered
+    here (as Dovecot) and of dates read from ``From `` lines. Zone changes fall on quarter
+    hours: one ``localtime`` per quarter hour of dates, not per message."""
+    key = epoch // 900
+    found = _LOCAL.get(key)
+    if found is None:
+        found = time.localtime(epoch).tm_gmtoff
+        if len(_LOCAL) > 65536:
+            _LOCAL.clear()
+        _LOCAL[key] = found
+    return found
+
+
+def offset_of(when: datetime) -> int:
+    """The UTC offset of an aware datetime in whole seconds (0 for a naive one)."""
+    off = when.utcoffset()
+    return int(off.total_seconds()) if off is not None else 0
 
 
 @dataclass(frozen=True)
@@ -114,7 +153,10 @@ def clean_flags(flags: frozenset[str] | set[str]) -> frozenset[str]:
     )
 
 
-def entry_from(p: Parsed, uid: int, flags: frozenset[str], date: int) -> Entry:
+def entry_from(
+    p: Parsed, uid: int, flags: frozenset[str], date: int, tz: int | None = None
+) -> Entry:
+    """``tz`` None: the server's local zone at ``date``."""
     return Entry(
         uid,
         p.offset,
@@ -126,6 +168,7 @@ def entry_from(p: Parsed, uid: int, flags: frozenset[str], date: int) -> Entry:
         p.fingerprint,
         p.header_sig,
         flags,
+        local_offset(date) if tz is None else tz,
     )
 
 
@@ -176,7 +219,7 @@ def reconcile(
                 theirs = clean_flags(p.header_flags)
                 keywords = theirs - SYSTEM or flags - SYSTEM
                 flags = (theirs & SYSTEM) | keywords
-            e = entry_from(p, was.uid, flags, was.date)
+            e = entry_from(p, was.uid, flags, was.date, was.tz)
             kept.add(was.uid)
             if flags != was.flags:
                 changes.flags[was.uid] = flags
@@ -190,19 +233,29 @@ def reconcile(
     return new, changes
 
 
+def _date_field(e: Entry) -> bytes:
+    if not e.tz:
+        return b"%d" % e.date
+    minutes = abs(e.tz) // 60
+    return b"%d%s%02d%02d" % (e.date, b"-" if e.tz < 0 else b"+", minutes // 60, minutes % 60)
+
+
 def entry_line(e: Entry) -> bytes:
-    return b"%d %d %d %d %d %d %d %s %s %s" % (
+    return b"%d %d %d %d %d %d %s %s %s %s" % (
         e.uid,
         e.offset,
         e.body_off,
         e.hdr_end,
         e.end,
         e.size,
-        e.date,
+        _date_field(e),
         e.fingerprint.encode(),
         e.header_sig.encode(),
         " ".join(sorted(e.flags)).encode(),
     )
+
+
+_SIGNS = (ord("+"), ord("-"))
 
 
 _SIGS: dict[bytes, str] = {}
@@ -214,6 +267,13 @@ def _entry(w: list[bytes]) -> Entry:
         sig = w[8].decode()
         if len(_SIGS) < 4096:
             _SIGS[w[8]] = sig  # few distinct status-header states: one str each
+    d = w[6]
+    tz = 0
+    if len(d) > 5 and d[-5] in _SIGNS:  # epoch+HHMM (a bare epoch is UTC)
+        tz = int(d[-4:-2]) * 3600 + int(d[-2:]) * 60
+        if d[-5] == _SIGNS[1]:
+            tz = -tz
+        d = d[:-5]
     return _new_tuple(
         Entry,
         (
@@ -223,10 +283,11 @@ def _entry(w: list[bytes]) -> Entry:
             int(w[3]),
             int(w[4]),
             int(w[5]),
-            int(w[6]),
+            int(d),
             w[7].decode(),
             sig,
             _flags(w[9:]),
+            tz,
         ),
     )
 
@@ -256,7 +317,7 @@ def dump(index: Index) -> bytes:
 def load(data: bytes) -> Index:
     """Parse an index file; CorruptIndex if it is not one we wrote."""
     lines = data.split(b"\n")
-    if lines[0] != MAGIC or not data.endswith(b"\n"):
+    if lines[0] not in _READABLE or not data.endswith(b"\n"):
         raise CorruptIndex("not a mailsuite index (or cut short)")
     try:
         head = list(map(int, lines[1].split()))

@@ -280,8 +280,10 @@ class MboxMailbox:
     def _append(
         self, data: bytes, sender: str, flags: frozenset[str], when: datetime | None
     ) -> defer.Deferred[Any]:
+        # APPEND's date keeps its zone; mail delivered here gets the local zone (as Dovecot)
         date = int((when or self._store.now()).timestamp())
-        return self._run(self._file.append, data, sender, frozenset(flags), date)
+        tz = None if when is None else ix.offset_of(when)
+        return self._run(self._file.append, data, sender, frozenset(flags), date, tz)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)

@@ -325,10 +325,17 @@ class MboxFile:
     # -- delivery -------------------------------------------------------------------------------
 
     def append(
-        self, state: ix.Index | None, data: bytes, sender: str, flags: frozenset[str], date: int
+        self,
+        state: ix.Index | None,
+        data: bytes,
+        sender: str,
+        flags: frozenset[str],
+        date: int,
+        tz: int | None = None,
     ) -> tuple[ix.Index | None, Changes, int | None]:
         """Append one message, durably. With ``state`` None (mailbox not open) the index is left
-        alone (the next refresh finds the message); else the new state and UID are returned."""
+        alone (the next refresh finds the message); else the new state and UID are returned.
+        ``tz``: the zone of the internal date (seconds east of UTC; None: the local zone)."""
         with self._locked(exclusive=True, create=True) as (held, created):
             fd = held.fd
             assert fd is not None
@@ -351,7 +358,7 @@ class MboxFile:
                 return None, changes, None
             p = describe(blob, len(prefix), len(prefix) + len(line), len(blob) - 1, date, base=size)
             uid = added[-1].uid + 1 if added else state.uid_next
-            entry = ix.entry_from(p, uid, ix.clean_flags(flags), date)
+            entry = ix.entry_from(p, uid, ix.clean_flags(flags), date, tz)
             whole = added is None and before is not None and state.entries != before.entries
             new = self._added(state, changes, added, [entry], ix.Stamp.of(os.fstat(fd)), whole)
         return new, changes, entry.uid

@@ -119,6 +119,7 @@ def copy_kept(
                     e.fingerprint,
                     e.header_sig,
                     e.flags,
+                    e.tz,
                 )
             )
         else:

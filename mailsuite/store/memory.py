@@ -127,7 +127,9 @@ class MemoryMailbox:
             data = _lf(data)
             if not data.endswith(b"\n"):
                 data += b"\n"
-        info = MessageInfo(self.uid_next, frozenset(flags), date or self._now(), wire_size(data))
+        # a date given keeps its zone; mail delivered here gets the local zone (as Dovecot)
+        when = date or self._now().astimezone()
+        info = MessageInfo(self.uid_next, frozenset(flags), when, wire_size(data))
         self.uid_next += 1
         self.messages.append(info)
         self._bodies[info.uid] = data
