@@ -250,6 +250,9 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
         self.transport.write(f"220 {self.factory.hostname} ESMTP mailsuite\r\n".encode())
 
     def timeoutConnection(self) -> None:
+        if self._busy:  # no idle timeout while we work (the timer stays armed: a busy MX
+            self.setTimeout(self.timeout)  # would otherwise cancel and make one per message)
+            return
         self.transport.write(
             f"421 4.4.2 {self.factory.hostname} Error: timeout exceeded\r\n".encode()
         )
@@ -296,8 +299,6 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
                 if isinstance(step, defer.Deferred):
                     self._busy = True
                     step.addBoth(self._finished)  # clears _busy at once if step has fired
-                    if self._busy:
-                        self.setTimeout(None)  # no idle timeout while we work
         finally:
             self._in_run = False
         if self._busy and not self._paused and len(self._buffer) > PAUSE_BUFFER:
