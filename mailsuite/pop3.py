@@ -16,6 +16,8 @@ class only contributes its line handling and timeout mixin.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 from twisted.internet import defer, interfaces, protocol
@@ -63,6 +65,49 @@ def top_of(wire: bytes, lines: int) -> bytes:
 
 # -- the maildrop of one session -----------------------------------------------------------------
 
+class Snapshot(Sequence[Any]):
+    """The first ``count`` entries of a store's ``messages`` list, taken in O(1): a published
+    list only ever grows at its end (``IMailbox.messages``), so its head stays as it was. A
+    copy would cost O(n) per login (100,000 messages)."""
+
+    def __init__(self, messages: Sequence[Any], count: int | None = None) -> None:
+        self._messages = messages
+        self._count = len(messages) if count is None else count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        return self._messages[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return islice(self._messages, self._count)
+
+
+class _Sizes(Sequence[int]):
+    """The wire sizes of a snapshot's messages, read from it when asked."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def __len__(self) -> int:
+        return len(self._snapshot)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [m.size for m in self._snapshot[index]]
+        return self._snapshot[index].size
+
+    def __iter__(self) -> Iterator[int]:
+        return (m.size for m in self._snapshot)
+
+
 @implementer(pop3.IMailbox)
 class Pop3Mailbox:
     """The maildrop of one POP3 session: a snapshot of INBOX, deletion marks, the commit at QUIT.
@@ -71,11 +116,11 @@ class Pop3Mailbox:
     ``sizes`` are the wire sizes of the snapshot's messages (deleted ones too), from the store.
     """
 
-    def __init__(self, mailbox: Any, account: Account, snapshot: list[MessageInfo]) -> None:
+    def __init__(self, mailbox: Any, account: Account, snapshot: Sequence[MessageInfo]) -> None:
         self.mailbox = mailbox
         self.account = account
-        self.messages = list(snapshot)
-        self.sizes = [info.size for info in self.messages]
+        self.messages = snapshot if isinstance(snapshot, Snapshot) else Snapshot(list(snapshot))
+        self.sizes: Sequence[int] = _Sizes(self.messages)
         self.deleted: set[int] = set()
         self._closed = False
 
@@ -150,7 +195,7 @@ def open_pop3_mailbox(store: Any, account: Account) -> Any:
     except BaseException:
         mailbox.close()
         raise
-    return Pop3Mailbox(mailbox, account, list(mailbox.messages))
+    return Pop3Mailbox(mailbox, account, Snapshot(mailbox.messages))
 
 
 # -- the protocol --------------------------------------------------------------------------------

@@ -157,6 +157,18 @@ class MailboxTests(Pop3TestCase):
         box.logout()
         self.assertEqual(self.inbox().users, 0)
 
+    def test_snapshot_is_not_a_copy_and_keeps_its_length(self):
+        """The maildrop is the store's list and a count (O(1) per login, no copy of 100,000
+        entries); mail delivered after login, appended to that list in place, is not in it."""
+        self.deliver(b"Subject: a\n\nA\n")
+        box = self.successResultOf(pop3.open_pop3_mailbox(self.store, BOSS))
+        self.assertIs(box.messages._messages, self.inbox().messages)
+        self.deliver(b"Subject: b\n\nB\n")
+        self.assertEqual(len(self.inbox().messages), 2)
+        self.assertEqual((len(box), len(box.listMessages()), list(box.sizes)), (1, 1, [17]))
+        self.assertEqual([m.uid for m in box.messages], [1])
+        self.assertRaises(ValueError, box.check_index, 1)
+
     def test_sizes_are_the_store_sizes(self):
         """The maildrop's sizes are the store's MessageInfo.size: no message is read for them."""
         self.deliver(b"Subject: a\n\nA\n")
@@ -165,7 +177,7 @@ class MailboxTests(Pop3TestCase):
         reads = []
         self.patch(self.inbox(), "read", lambda uid: reads.append(uid))
         box = self.successResultOf(pop3.open_pop3_mailbox(self.store, BOSS))
-        self.assertEqual(box.sizes, [m.size for m in self.inbox().messages])
+        self.assertEqual(list(box.sizes), [m.size for m in self.inbox().messages])
         self.assertEqual(box.listMessages(), [17, 26])
         self.assertEqual(reads, [])
         box.logout()

@@ -943,3 +943,92 @@ class MboxInternalDateZoneTests(MboxTestCase):
         self.assertEqual([d.utcoffset() for d in dates], [timedelta(hours=3)] * 2)
         self.assertEqual(dates, [self.now(), self.now()])
         box.close()
+
+
+STORED2 = MSG2.replace(b"\nFrom here", b"\n>From here")  # served as stored (quoted)
+
+
+class MboxReactorReadTests(MboxTestCase):
+    """Reads served on the reactor thread with ``preadv(RWF_NOWAIT)`` when the bytes are in the
+    page cache, else in a thread (``blocking``)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.threaded = 0
+        real = mbox_module.blocking
+
+        def counting(f, *args, **kw):
+            if getattr(f, "__name__", "") == "read_keeping":
+                self.threaded += 1
+            return real(f, *args, **kw)
+
+        self.patch(mbox_module, "blocking", counting)
+
+    @defer.inlineCallbacks
+    def open_with(self, *messages):
+        store = self.make_store()
+        for m in messages:
+            yield store.deliver(self.account, m, "a@example.test")
+        box = yield store.open(self.account)
+        return box
+
+    @defer.inlineCallbacks
+    def test_cached_read_on_reactor(self):
+        """The first read goes to a thread and keeps the file open; later reads of cached
+        messages are served without a thread, the same bytes; close() closes the descriptor."""
+        box = yield self.open_with(MSG1, MSG2)
+        one, two = [m.uid for m in box.messages]
+        first = yield box.read(one)
+        self.assertEqual(self.threaded, 1)
+        self.assertIsNotNone(box._reader)
+        again = yield box.read(one)
+        other = yield box.read(two)
+        self.assertEqual(self.threaded, 1)
+        self.assertEqual((first, again, other), (MSG1, MSG1, STORED2))
+        fd = box._reader[0]
+        box.close()
+        self.assertIsNone(box._reader)
+        self.assertRaises(OSError, os.fstat, fd)
+
+    @defer.inlineCallbacks
+    def test_not_cached_falls_back_to_thread(self):
+        """preadv failing with EAGAIN (BlockingIOError: not in the page cache) or giving a
+        short read: the thread reads it, the same bytes."""
+        box = yield self.open_with(MSG1, MSG2)
+        uid = box.messages[1].uid
+        yield box.read(uid)
+
+        def not_cached(fd, buffers, offset, flags):
+            self.assertEqual(flags, os.RWF_NOWAIT)
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+        self.patch(os, "preadv", not_cached)
+        data = yield box.read(uid)
+        self.assertEqual((data, self.threaded), (STORED2, 2))
+        self.patch(os, "preadv", lambda fd, buffers, offset, flags: 3)
+        data = yield box.read(uid)
+        self.assertEqual((data, self.threaded), (STORED2, 3))
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_rewrite_reopens_and_changed_file_is_checked(self):
+        """After an expunge renames a new file over the mailbox the kept descriptor (old inode)
+        is not used: a thread reads and keeps the new file. A message another program moved in
+        place fails the check on the reactor and is found again through a refresh."""
+        box = yield self.open_with(MSG1, MSG2, MSG1)
+        uids = [m.uid for m in box.messages]
+        yield box.read(uids[2])
+        yield box.expunge([uids[0]])
+        data = yield box.read(uids[2])
+        self.assertEqual((data, self.threaded), (MSG1, 2))
+        data = yield box.read(uids[1])
+        self.assertEqual((data, self.threaded), (STORED2, 2))
+        # another program (mutt) rewrites in place, same inode: a Status header moves the rest
+        content = self.read_file()
+        self.assertIn(b"Subject: two\n", content)
+        with open(self.path, "r+b") as f:
+            f.write(content.replace(b"Subject: two\n", b"Subject: two\nStatus: RO\n", 1))
+        data = yield box.read(uids[2])
+        self.assertEqual(data, MSG1)
+        self.assertEqual(self.threaded, 4)  # checked on the reactor: moved; thread, refresh, thread
+        box.close()

@@ -48,11 +48,13 @@ from mailsuite.store.interfaces import (
     UnknownUID,
 )
 from mailsuite.store.locking import DEFAULT_STALE_AFTER
-from mailsuite.store.mboxfile import MboxFile
+from mailsuite.store.mboxfile import MboxFile, verified
 from mailsuite.store.mboxtree import FolderTree
 from mailsuite.threads import blocking
 
 FREEZE_AT = 20_000  # entries in a new state that make it worth gc.freeze()
+FAST_READ_MAX = 256 * 1024  # bigger messages are always read in a thread
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _gc_lock = threading.Lock()
 _gc_quiet = 0
 
@@ -150,6 +152,7 @@ class MboxMailbox:
         self._lock = defer.DeferredLock()
         self._listeners: list[Listener] = []
         self._summary = Summary()
+        self._reader: tuple[int, int] | None = None  # (fd, inode) for reads on the reactor
 
     # -- running operations ---------------------------------------------------------------------
 
@@ -222,18 +225,62 @@ class MboxMailbox:
             return defer.succeed(Changes())  # no thread, no copy (every selected command)
         return self._run(self._file.refresh)
 
+    def read(self, uid: int) -> defer.Deferred[bytes]:
+        entry = self._entry(uid)
+        if entry is None:
+            return defer.fail(UnknownUID(uid))
+        data = self._read_now(entry)
+        if data is not None:
+            return defer.succeed(data)
+        return self._read_in_thread(uid)
+
+    def _read_now(self, entry: ix.Entry) -> bytes | None:
+        """The message read on the reactor thread if that cannot block: a small message whose
+        bytes are all in the page cache (``preadv`` with ``RWF_NOWAIT`` fails with EAGAIN
+        rather than wait for the disk), from the descriptor kept open on the file the state
+        describes (same inode), checked as the threaded read checks it. None: use the thread."""
+        reader, state = self._reader, self._state
+        length = entry.end - entry.offset
+        if reader is None or state is None or reader[1] != state.stamp.ino or length > FAST_READ_MAX:
+            return None
+        if not _RWF_NOWAIT:  # no way to read without blocking
+            return None
+        buf = bytearray(length)
+        try:
+            got = os.preadv(reader[0], [buf], entry.offset, _RWF_NOWAIT)
+        except OSError:  # BlockingIOError (not cached), EOPNOTSUPP (no RWF_NOWAIT here)...
+            return None
+        if got != length:
+            return None
+        return verified(entry, bytes(buf))
+
     @defer.inlineCallbacks
-    def read(self, uid: int) -> Any:
+    def _read_in_thread(self, uid: int) -> Any:
         for attempt in range(2):
             entry = self._entry(uid)
             if entry is None:
                 raise UnknownUID(uid)
-            data = yield blocking(self._file.read, entry)
+            state, reader = self._state, self._reader
+            keep = state is not None and (reader is None or reader[1] != state.stamp.ino)
+            data, kept = yield blocking(self._file.read_keeping, entry, keep)
+            if kept is not None:
+                self._keep_reader(kept)
             if data is not None:
                 return data
             if attempt == 0:
                 yield self.refresh()  # another program changed the file: look again
         raise StoreError(f"message {uid} keeps moving in {self._file.path}")
+
+    def _keep_reader(self, reader: tuple[int, int] | None) -> None:
+        """Keep ``reader`` (fd, inode) for ``_read_now``, closing the one it replaces; only
+        while the mailbox is open (a rewrite renames a new file over: a later threaded read
+        opens the new one)."""
+        old, self._reader = self._reader, reader
+        if old is not None:
+            os.close(old[0])
+        if self.users <= 0 and self._reader is not None:
+            old, self._reader = self._reader, None
+            os.close(old[0])
 
     @defer.inlineCallbacks
     def read_headers(self, uids: list[int]) -> Any:
@@ -298,6 +345,7 @@ class MboxMailbox:
         if self._state is not None:
             self._state = self._state.copy(stamp=ix.Stamp(0, 0, 0), entries=[])
         self.messages = []
+        self._keep_reader(None)
         changes = Changes(expunged=gone)
         self._summary.update(self.messages, changes, False)
         for listener in list(self._listeners) if changes else ():
@@ -306,6 +354,7 @@ class MboxMailbox:
     def close(self) -> None:
         self.users -= 1
         if self.users <= 0:
+            self._keep_reader(None)
             # forget it once its pending operations are done (a new open reads the saved index)
             self._lock.run(lambda: self._store._forget(self._key, self))
 

@@ -576,16 +576,30 @@ class MboxFile:
 
     def read(self, e: ix.Entry, headers_only: bool = False) -> bytes | None:
         """The message as served (state headers hidden); None if the file no longer has it there."""
+        data, _ = self.read_keeping(e, False, headers_only)
+        return data
+
+    def read_keeping(
+        self, e: ix.Entry, keep: bool, headers_only: bool = False
+    ) -> tuple[bytes | None, tuple[int, int] | None]:
+        """As :meth:`read`; with ``keep`` the file descriptor it read with stays open and is
+        returned with its inode, ``(fd, ino)``, for reads on the reactor thread (the caller
+        owns it then: ``MboxMailbox`` reads with ``os.preadv(..., RWF_NOWAIT)``)."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            return None
+            return None, None
         except OSError as err:
             raise StoreError(f"cannot read {self.path}: {err.strerror}") from err
         try:
-            return self._read_at(fd, e, headers_only)
+            data = self._read_at(fd, e, headers_only)
+            if keep:
+                kept, fd = (fd, os.fstat(fd).st_ino), -1
+                return data, kept
+            return data, None
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     def read_many(self, entries: list[ix.Entry], headers_only: bool) -> dict[int, bytes | None]:
         try:
@@ -599,11 +613,18 @@ class MboxFile:
 
     def _read_at(self, fd: int, e: ix.Entry, headers_only: bool) -> bytes | None:
         stop = e.hdr_end if headers_only else e.end
-        buf = _pread_all(fd, stop - e.offset, e.offset)
-        sep = separator_at(buf, 0, len(buf))
-        if len(buf) != stop - e.offset or sep is None or sep[0] != e.body_off - e.offset:
-            return None
-        header = buf[sep[0] : e.hdr_end - e.offset]
-        if fingerprint(header, e.end - e.hdr_end) != e.fingerprint:
-            return None
-        return served_header(header) + buf[e.hdr_end - e.offset :]
+        return verified(e, _pread_all(fd, stop - e.offset, e.offset), headers_only)
+
+
+def verified(e: ix.Entry, buf: bytes, headers_only: bool = False) -> bytes | None:
+    """``buf``, read from the file at ``e.offset`` (through ``e.hdr_end`` or ``e.end``), as
+    served -- or None unless it is still that message there (separator where the index says,
+    same fingerprint): another program rewrote the file."""
+    stop = e.hdr_end if headers_only else e.end
+    sep = separator_at(buf, 0, len(buf))
+    if len(buf) != stop - e.offset or sep is None or sep[0] != e.body_off - e.offset:
+        return None
+    header = buf[sep[0] : e.hdr_end - e.offset]
+    if fingerprint(header, e.end - e.hdr_end) != e.fingerprint:
+        return None
+    return served_header(header) + buf[e.hdr_end - e.offset :]
