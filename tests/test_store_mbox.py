@@ -1032,3 +1032,41 @@ class MboxReactorReadTests(MboxTestCase):
         self.assertEqual(data, MSG1)
         self.assertEqual(self.threaded, 4)  # checked on the reactor: moved; thread, refresh, thread
         box.close()
+
+
+class MboxUnseenCountTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_unseen_count_follows_every_change(self):
+        """unseen_count (STATUS UNSEEN, O(1)) equals a count over the messages after flag
+        changes, appends with and without \\Seen, deliveries, external appends, a mutt Status
+        header, expunges and a reopen."""
+        import random
+
+        rnd = random.Random(7)
+        store = self.make_store()
+        box = yield store.open(self.account)
+
+        def check():
+            self.assertEqual(box.unseen_count(), sum("\\Seen" not in m.flags for m in box.messages))
+
+        for step in range(60):
+            uids = [m.uid for m in box.messages]
+            what = rnd.randrange(6)
+            if what == 0 or not uids:
+                yield box.append(MSG1, frozenset(rnd.choice([(), ("\\Seen",)])))
+            elif what == 1:
+                yield store.deliver(self.account, MSG2, "b@example.test")
+            elif what == 2:
+                yield box.change_flags(rnd.sample(uids, min(3, len(uids))), add=frozenset({"\\Seen"}))
+            elif what == 3:
+                yield box.change_flags(rnd.sample(uids, min(2, len(uids))), remove=frozenset({"\\Seen"}))
+            elif what == 4:
+                yield box.expunge(rnd.sample(uids, 1))
+            else:
+                self.external_append(b"Subject: ext\nStatus: RO\n\nx\n")
+                yield box.refresh()
+            check()
+        box.close()
+        box = yield self.make_store().open(self.account)
+        check()
+        box.close()

@@ -450,6 +450,14 @@ class RecentTracker:
 RECENT = RecentTracker()
 
 
+def _unseen(mailbox: IMailbox) -> int:
+    """STATUS UNSEEN: the store's running count when it keeps one (mbox), else a pass."""
+    count = getattr(mailbox, "unseen_count", None)
+    if count is not None:
+        return int(count())
+    return sum(1 for m in mailbox.messages if "\\Seen" not in m.flags)
+
+
 def pattern_regex(ref: str, pattern: str) -> re.Pattern[str]:
     """A LIST reference + pattern as a regex: ``*`` any characters, ``%`` any but '/'."""
     full = ref + pattern if ref and not pattern.startswith(DELIMITER) else pattern
@@ -508,7 +516,7 @@ class ImapAccount:
                 "RECENT": RECENT.unclaimed(self.store, self.account, mailbox),
                 "UIDNEXT": int(mailbox.uid_next),
                 "UIDVALIDITY": int(mailbox.uid_validity),
-                "UNSEEN": sum(1 for m in messages if "\\Seen" not in m.flags),
+                "UNSEEN": _unseen(mailbox),
             }
         finally:
             mailbox.close()

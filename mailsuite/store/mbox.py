@@ -107,6 +107,24 @@ class Summary:
     def __init__(self) -> None:
         self.keywords: set[str] = set()
         self._seen_below = 0  # every message with a lower UID has \\Seen
+        self.unseen = 0  # messages without \\Seen (STATUS UNSEEN)
+
+    def count(self, old: list[Any], messages: list[Any], changes: Changes) -> None:
+        """Keep ``unseen`` from the entries before (``old``) and the changes, in O(changes),
+        or one pass when the change is about as big as the mailbox (a rebuild)."""
+        if 4 * (len(changes.expunged) + len(changes.flags)) > len(messages) + 16:
+            self.unseen = sum(1 for m in messages if "\\Seen" not in m.flags)
+            return
+        delta = sum(1 for m in changes.added if "\\Seen" not in m.flags)
+        for uid in changes.expunged:
+            i = bisect_left(old, uid, key=_UID)
+            if i < len(old) and old[i].uid == uid and "\\Seen" not in old[i].flags:
+                delta -= 1
+        for uid, flags in changes.flags.items():
+            i = bisect_left(old, uid, key=_UID)
+            was = "\\Seen" not in old[i].flags if i < len(old) and old[i].uid == uid else False
+            delta += ("\\Seen" not in flags) - was
+        self.unseen = max(0, self.unseen + delta)
 
     def update(self, messages: list[Any], changes: Changes, fresh: bool) -> None:
         if fresh:  # a new or reloaded state: one pass over the distinct flag sets
@@ -114,6 +132,7 @@ class Summary:
             self._seen_below = 0
             for flags in {id(m.flags): m.flags for m in messages}.values():
                 self.keywords.update(f for f in flags if f not in SYSTEM_FLAGS)
+            self.unseen = sum(1 for m in messages if "\\Seen" not in m.flags)
             return
         for m in changes.added:
             if m.flags:
@@ -181,6 +200,9 @@ class MboxMailbox:
         state, changes, *extra = outcome
         if state is not None:
             fresh = self._state is None or state.uid_validity != self._state.uid_validity
+            if not fresh and changes:
+                assert self._state is not None
+                self._summary.count(self._state.entries, state.entries, changes)
             self._state = state
             self.uid_validity = state.uid_validity
             self.uid_next = state.uid_next
@@ -198,6 +220,10 @@ class MboxMailbox:
     def keywords(self) -> set[str]:
         """Every keyword a message of the mailbox has had since it was loaded (FLAGS)."""
         return self._summary.keywords
+
+    def unseen_count(self) -> int:
+        """How many messages have no ``\\Seen`` (STATUS UNSEEN), kept up to date: O(1)."""
+        return self._summary.unseen
 
     def first_unseen(self) -> int | None:
         """The UID of the first message without ``\\Seen`` (SELECT's UNSEEN), or None."""
@@ -346,6 +372,7 @@ class MboxMailbox:
             self._state = self._state.copy(stamp=ix.Stamp(0, 0, 0), entries=[])
         self.messages = []
         self._keep_reader(None)
+        self._summary.unseen = 0
         changes = Changes(expunged=gone)
         self._summary.update(self.messages, changes, False)
         for listener in list(self._listeners) if changes else ():
