@@ -137,3 +137,31 @@ class SharedViewTests(MboxTestCase):
         self.assertEqual(view.uids(), [uids[0], uids[2], uids[4], box.messages[-1].uid])
         view.close()
         box.close()
+
+
+class ViewRowsTests(MboxTestCase):
+    open_with = SharedViewTests.open_with
+
+    @defer.inlineCallbacks
+    def test_rows_are_what_the_session_knows(self):
+        """rows() (SEARCH's one pass) gives, in sequence order, the messages of this view as it
+        knows them: flags told to it, a message expunged elsewhere still there until its
+        EXPUNGE is sent, new mail only once told (EXISTS) -- the same as info() per UID."""
+        store, box = yield self.open_with(4)
+        mine = ImapMailboxView(box, False, self.account, store)
+        other = ImapMailboxView(box, False, self.account, store)
+        uids = mine.uids()
+        yield mine.set_flags({uids[0]: frozenset({"\\Flagged"})})
+        yield other.set_flags({uids[2]: frozenset({"\\Deleted"})})
+        yield other.expunge_deleted()
+        yield store.deliver(self.account, MSG2, "b@example.test")
+        self.assertEqual([m.uid for m in mine.rows()], uids)
+        mine.take_updates(allow_expunge=False)  # EXISTS, FETCH FLAGS; the EXPUNGE waits
+        rows = mine.rows()
+        self.assertEqual(len(rows), 5)
+        self.assertEqual(rows, [mine.info(u) for u in mine.uids()])
+        self.assertEqual(rows[0].flags, {"\\Flagged"})
+        self.assertEqual(rows[2].uid, uids[2])
+        self.assertTrue(mine.is_expunged(uids[2]))
+        mine.close()
+        other.close()

@@ -16,6 +16,7 @@ import re
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 from operator import attrgetter
 from typing import Any
 
@@ -162,6 +163,16 @@ class ImapMailboxView:
     def uids(self) -> list[int]:
         """UIDs in sequence order (index 0 is sequence number 1)."""
         return self._uids_between(0, self.count())
+
+    def rows(self) -> list[Any]:
+        """Every message as this session knows it (its flags, ``info``), in sequence order:
+        one pass, no look-up per UID (SEARCH over 100,000 messages)."""
+        rows = list(islice(self._base, self._n)) if self._n < len(self._base) else list(self._base)
+        rows += self._tail
+        if self._over:
+            over = self._over
+            rows = [over.get(m.uid, m) for m in rows]
+        return rows
 
     def info(self, uid: int) -> MessageInfo:
         over = self._over.get(uid)

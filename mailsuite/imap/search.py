@@ -330,6 +330,7 @@ def matches(key: tuple[Any, ...], c: Candidate) -> bool:
     raise SearchSyntaxError(f"unknown search key {name}")
 
 
+_RECENT = frozenset({"\\Recent"})
 _CHUNK = 256  # messages whose headers are read in one store call
 
 
@@ -340,16 +341,25 @@ async def run_search(view: Any, key: tuple[Any, ...], uid: bool) -> list[int]:
     Messages already expunged by someone else (EXPUNGE still pending here) never match.
     """
     need = needs(key)
-    uids = view.uids()
-    max_uid = uids[-1] if uids else 0
+    rows = view.rows()
+    max_uid = rows[-1].uid if rows else 0
+    count = len(rows)
     found: list[int] = []
-    numbered = list(enumerate(uids, 1))
-    for start in range(0, len(numbered), _CHUNK):
-        chunk = [(s, u) for s, u in numbered[start : start + _CHUNK] if not view.is_expunged(u)]
-        headers = await view.mailbox.read_headers([u for _, u in chunk]) if need == "header" else {}
-        for seq, u in chunk:
-            info = view.info(u)
-            candidate = Candidate(seq, u, view.flags(u), info, info.size, len(uids), max_uid)
+    for start in range(0, count, _CHUNK):
+        chunk = [
+            (seq, info)
+            for seq, info in enumerate(rows[start : start + _CHUNK], start + 1)
+            if not view.is_expunged(info.uid)
+        ]
+        headers = (
+            await view.mailbox.read_headers([info.uid for _, info in chunk])
+            if need == "header"
+            else {}
+        )
+        for seq, info in chunk:
+            u = info.uid
+            flags = info.flags | _RECENT if view.is_recent(u) else info.flags
+            candidate = Candidate(seq, u, flags, info, info.size, count, max_uid)
             if need == "body":
                 try:
                     candidate.raw = await view.mailbox.read(u)
