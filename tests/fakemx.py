@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor, ssl
+from twisted.internet.error import CannotListenError
 from twisted.names import common, dns, error, server
 from twisted.protocols.basic import LineReceiver
 
@@ -52,10 +53,20 @@ def start_dns(records: dict[tuple[str, int], list[Any]]) -> tuple[Any, ZoneResol
     """(port number, resolver, listening ports) of a DNS server on 127.0.0.1 (UDP and TCP)."""
     resolver = ZoneResolver(records)
     factory = server.DNSServerFactory(authorities=[resolver])
-    udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-    port = udp.getHost().port
-    tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
-    return port, resolver, [udp, tcp]
+    # The UDP port the kernel picks may be taken for TCP by another test process: try again
+    # with a new UDP port a bounded number of times.
+    for attempt in range(20):
+        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        port = udp.getHost().port
+        try:
+            tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+        except CannotListenError:
+            udp.stopListening()
+            if attempt == 19:
+                raise
+            continue
+        return port, resolver, [udp, tcp]
+    raise AssertionError("no free DNS port")
 
 
 @dataclass
