@@ -18,7 +18,7 @@ from mailsuite.authpolicy import AuthPolicy
 from mailsuite.autoconfig import build_site
 from mailsuite.authcache import AuthCache
 from mailsuite.checker import AccountDB, UnixChecker
-from mailsuite.config import ConfigError, load_config
+from mailsuite.config import SERVICES, ConfigError, load_config
 from mailsuite.control import ControlFactory, control_path, ensure_public
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
@@ -42,8 +42,6 @@ log = Logger()
 
 DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
-#: The [listen] services this version serves.
-SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
 #: The services that are TLS from the first byte (the others offer STARTTLS).
 IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
 
@@ -67,11 +65,7 @@ class Options(usage.Options):
             cfg = load_config(path)
         except ConfigError as e:
             raise usage.UsageError("configuration refused:\n" + str(e))
-        unserved = [name for name in cfg.listen.enabled() if name not in SERVICES]
-        if unserved:
-            raise usage.UsageError("configuration refused:\n" + "\n".join(
-                f"{cfg.path}: [listen] {name}: this version does not serve {name} yet;"
-                " set it to no" for name in unserved))
+        relay_credentials(cfg)  # refused here, before binding, if unreadable
         self["cfg"] = cfg
         self["tls"] = tls_of(cfg)
 
@@ -229,15 +223,26 @@ def _next_turn(f: Any) -> Any:
     return reactor.callLater(0, f)  # type: ignore[attr-defined,arg-type]
 
 
+def relay_credentials(cfg: Any) -> dict[str, tuple[str, str]]:
+    """smtp_sasl_password_maps read at start: a missing or unreadable file is a configuration
+    error naming file, section and key, before anything is bound."""
+    path = cfg.mail.smtp_sasl_password_maps
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            return parse_password_map(f.read())
+    except (OSError, UnicodeDecodeError) as e:
+        raise usage.UsageError(
+            f"configuration refused:\n{cfg.path}: [mail] smtp_sasl_password_maps: {e}")
+
+
 def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
     """The outbound queue of queue_directory with its SMTP client (MX or relayhost)."""
     from twisted.internet import reactor
 
     mail = cfg.mail
-    credentials = {}
-    if mail.smtp_sasl_password_maps:
-        with open(mail.smtp_sasl_password_maps) as f:
-            credentials = parse_password_map(f.read())
+    credentials = relay_credentials(cfg)
     relay = Relay(
         MXResolver(mail.dns_resolver, reactor=reactor),
         mail.myhostname,
