@@ -274,7 +274,9 @@ class PamChecker:
         if failure.check(defer.CancelledError):
             return failure
         if not failure.check(PamUnavailable):
+            # An unexpected error (ctypes, OSError) is a refusal like UnixChecker's, so the
+            # protocols answer as for a wrong password and the AuthPolicy counts it.
             log.failure("PAM check failed", failure)
-        else:
-            log.warn("PAM could not check a password: {error}", error=failure.value)  # noqa: G010
+            return Failure(UnauthorizedLogin(LOGIN_FAILED))
+        log.warn("PAM could not check a password: {error}", error=failure.value)  # noqa: G010
         return failure

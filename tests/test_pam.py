@@ -143,6 +143,20 @@ class PamStackTests(unittest.TestCase):
         self.failureResultOf(d, pam.PamUnavailable)
         self.flushLoggedErrors()
 
+    def test_unexpected_error_is_a_refusal(self):
+        """An unexpected error inside the check (ctypes, OSError) is logged and refused like a
+        wrong password (UnauthorizedLogin), as UnixChecker does: no SERVERBUG for the client,
+        and the brute-force policy counts it."""
+        checker = pam.PamChecker("always-no", self.accounts, confdir=self.dir)
+
+        def broken(*args):
+            raise OSError("libpam went away")
+
+        checker.verify = broken
+        d = checker.requestAvatarId(credentials.UsernamePassword(b"boss", b"x"))
+        self.failureResultOf(d, UnauthorizedLogin)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_no_sleep_on_failure(self):
         """A module's fail delay (pam_unix asks 2 s; pam_faildelay.so 30 s here) goes to our
         no-op PAM_FAIL_DELAY hook instead of libpam's sleep, so no pool thread sleeps (without

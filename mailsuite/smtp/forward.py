@@ -439,7 +439,9 @@ try:
         print("file is locked (fcntl)"); sys.exit(75)
     end = os.lseek(fd, 0, os.SEEK_END)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a short write is continued, never reported as delivered
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     except OSError as e:
         os.ftruncate(fd, end)
