@@ -463,10 +463,6 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if self.state == "select":
             self.state = "auth"
 
-    def run_async(self, tag: bytes, work: Coroutine[Any, Any, None]) -> None:
-        """Run a coroutine as part of the current command; a failure gets a tagged reply."""
-        defer.ensureDeferred(work).addErrback(self._failed, tag)
-
 
 class IMAPFactory(protocol.ServerFactory):
     """Builds ``IMAPServer`` connections (ports 143 and 993). ``clock`` defaults to the reactor."""

@@ -96,7 +96,6 @@ class Queue:
         self._running: set[str] = set()
         self._again: set[str] = set()
         self._slots = defer.DeferredSemaphore(settings.concurrency)
-        self.idle: list[defer.Deferred[None]] = []
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -176,14 +175,6 @@ class Queue:
         for queue_id in list(self._timers):
             self._cancel(queue_id)
 
-    def when_idle(self) -> defer.Deferred[None]:
-        """Fires when nothing is being delivered (tests)."""
-        if not self._running:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self.idle.append(d)
-        return d
-
     # --- scheduling ---------------------------------------------------------------------------
 
     def _active_line(self, env: Envelope) -> None:
@@ -222,10 +213,6 @@ class Queue:
         if env is not None:
             delay = 0.0 if again else max(0.0, env.next_attempt - self.clock.seconds())
             self._schedule(queue_id, delay)
-        if not self._running:
-            waiting, self.idle = self.idle, []
-            for d in waiting:
-                d.callback(None)
 
     def backoff(self, attempts: int) -> float:
         delay = self.settings.min_backoff * (2 ** max(0, attempts - 1))

@@ -94,10 +94,6 @@ def normalize(name: str) -> str:
     return SEP.join(levels)
 
 
-def is_inbox(name: str) -> bool:
-    return name == INBOX
-
-
 def parents(name: str) -> list[str]:
     """The ancestors of a (normalised) name, outermost first: "a/b/c" -> ["a", "a/b"]."""
     levels = name.split(SEP)

@@ -59,12 +59,6 @@ class MemoryMailbox:
             for listener in list(self._listeners):
                 listener(changes)
 
-    def _info(self, uid: int) -> MessageInfo:
-        for info in self.messages:
-            if info.uid == uid:
-                return info
-        raise UnknownUID(uid)
-
     def read(self, uid: int) -> defer.Deferred[bytes]:
         if uid not in self._bodies:
             return defer.fail(UnknownUID(uid))
