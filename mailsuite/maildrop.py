@@ -33,6 +33,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from mailsuite import threads
+from mailsuite.fsutil import fsync_dir
 from mailsuite.maillog import new_queue_id
 
 log = Logger()
@@ -69,14 +70,6 @@ class Dropped:
     arrival: float
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_file(directory: str, name: str, head: dict[str, Any], data: bytes) -> None:
     tmp = os.path.join(directory, f".tmp.{name}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -92,7 +85,7 @@ def _write_file(directory: str, name: str, head: dict[str, Any], data: bytes) ->
         raise
     os.close(fd)
     os.rename(tmp, os.path.join(directory, name))
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def drop(queue_directory: str, sender: str, recipients: list[str], data: bytes,

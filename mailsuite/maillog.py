@@ -25,6 +25,15 @@ _taken = 0
 _random_lock = threading.Lock()
 
 
+def format_delay(seconds: float) -> str:
+    """Postfix's delay notation: two significant digits, ``0`` for less than 10 ms."""
+    if seconds < 0.01:
+        return "0"
+    if seconds >= 10:
+        return str(round(seconds))
+    return f"{seconds:.2g}"
+
+
 def new_queue_id() -> str:
     """A queue id like Postfix's short ones: 10 upper-case hex digits, unique enough per host.
 

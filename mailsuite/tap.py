@@ -14,9 +14,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mailsuite import threads
+from mailsuite.authcache import AuthCache
 from mailsuite.authpolicy import AuthPolicy
 from mailsuite.autoconfig import build_site
-from mailsuite.authcache import AuthCache
 from mailsuite.checker import AccountDB, UnixChecker
 from mailsuite.config import SERVICES, ConfigError, load_config
 from mailsuite.control import ControlFactory, control_path, ensure_public

@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.maillog import new_queue_id
+from mailsuite.maillog import format_delay, new_queue_id
 from mailsuite.smtp import forward
 from mailsuite.smtp.address import has_routing
 from mailsuite.smtp.aliases import AliasLookupError, AliasMap
@@ -136,15 +136,6 @@ def split_address(address: str) -> tuple[str, str | None]:
     if len(local) >= 2 and local[0] == '"' and local[-1] == '"':
         local = local[1:-1]
     return local, (domain if at else None)
-
-
-def format_delay(seconds: float) -> str:
-    """Postfix's delay notation: two significant digits, ``0`` for less than 10 ms."""
-    if seconds < 0.01:
-        return "0"
-    if seconds >= 10:
-        return str(round(seconds))
-    return f"{seconds:.2g}"
 
 
 def received_header(

@@ -25,7 +25,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsuite import threads
-from mailsuite.maillog import new_queue_id
+from mailsuite.maillog import format_delay, new_queue_id
 from mailsuite.smtp.bounce import Entry, make_dsn
 from mailsuite.smtp.queuefile import CorruptQueueFile, Envelope, QueueDirectory, QueuedRecipient
 from mailsuite.smtp.relay import Outcome
@@ -39,15 +39,6 @@ class LocalTransport(Protocol):
     ) -> defer.Deferred[list[Outcome]]: ...
 
     def classify(self, address: str) -> defer.Deferred[list[QueuedRecipient]]: ...
-
-
-def format_delay(seconds: float) -> str:
-    """Postfix's delay notation: two significant digits, ``0`` for less than 10 ms."""
-    if seconds < 0.01:
-        return "0"
-    if seconds >= 10:
-        return str(round(seconds))
-    return f"{seconds:.2g}"
 
 
 @dataclass

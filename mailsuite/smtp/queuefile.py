@@ -30,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mailsuite.fsutil import fsync_dir
 from mailsuite.maillog import new_queue_id
 
 VERSION = 1
@@ -109,14 +110,6 @@ class CorruptQueueFile(Exception):
     pass
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -160,7 +153,7 @@ class QueueDirectory:
         finally:
             os.close(fd)
         os.rename(tmp, target)
-        _fsync_dir(self.active)
+        fsync_dir(self.active)
 
     def mark(self, queue_id: str, record: dict[str, Any], sync: bool = True) -> None:
         """Append one progress record (fsync'ed unless ``sync`` is False)."""

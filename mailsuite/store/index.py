@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
 
+from mailsuite.fsutil import fsync_dir
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.mboxformat import Parsed
 
@@ -461,11 +462,3 @@ def write_index(path: str, index: Index, owner: tuple[int, int] | None) -> None:
     except FileNotFoundError:
         pass
     fsync_dir(directory)
-
-
-def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
