@@ -14,7 +14,10 @@ Conventions
 - Flags are IMAP names as ``str``: ``\\Seen \\Answered \\Flagged \\Deleted \\Draft`` and keywords.
   ``\\Recent`` is a per-session notion and never stored.
 - Everything that may touch the disk returns a Deferred and runs its I/O off the reactor thread.
-  All state visible to callers (``messages``, ``uid_next``...) changes only on the reactor thread.
+  All state visible to callers (``messages``, ``uid_next``...) changes only on the reactor thread,
+  with one exception: a delivery thread may append new, already durable entries to the end of the
+  published ``messages`` list before the reactor publishes them (see ``messages``), so a holder
+  must keep the length it took, never re-read ``len(messages)`` as "the mailbox now".
 """
 
 from __future__ import annotations
