@@ -3,6 +3,7 @@ writing the same mailbox, locks, crashes, ownership)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -680,6 +681,22 @@ class MboxPartialRewriteTests(MboxTestCase):
         self.assertEqual(again, order)
         self.assertEqual([m.flags for m in box.messages], list(flags.values()))
         box.close()
+
+
+class MboxPartialRewriteFallbackTests(MboxPartialRewriteTests):
+    """The same rounds where the kernel cannot copy between the files (copy_file_range fails,
+    as across file systems or on old kernels): the rewrite copies through its buffer."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        calls = []
+
+        def refuse(*args: object) -> int:
+            calls.append(args)
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        self.patch(os, "copy_file_range", refuse)
+        self.addCleanup(lambda: self.assertTrue(calls, "copy_file_range was never tried"))
 
 
 class MboxJournalTests(MboxTestCase):

@@ -40,6 +40,7 @@ class _Copier:
         self.src, self.out, self.touch = src, out, touch
         self.pos = 0  # bytes written to out
         self.buf = bytearray(CHUNK)
+        self.in_kernel = hasattr(os, "copy_file_range")
         self.since_touch = 0
 
     def write(self, data: bytes | memoryview) -> None:
@@ -49,7 +50,28 @@ class _Copier:
         self.pos += len(data)
 
     def copy(self, start: int, stop: int) -> None:
-        """Copy src[start:stop] to the end of out."""
+        """Copy src[start:stop] to the end of out: in the kernel (``copy_file_range``, no
+        trip through user space) when the file system can, else through our buffer."""
+        while self.in_kernel and start < stop:
+            try:
+                n = os.copy_file_range(self.src, self.out, min(CHUNK, stop - start), start)
+            except OSError:
+                self.in_kernel = False  # not here (EXDEV, EINVAL, ENOSYS ...): read and write
+                break
+            if n <= 0:
+                raise StoreError("mailbox shrank while it was locked")
+            self.pos += n
+            start += n
+            self._touched(n)
+        self._copy_buffered(start, stop)
+
+    def _touched(self, n: int) -> None:
+        self.since_touch += n
+        if self.since_touch > 64 << 20:
+            self.touch()  # keep our dotlock from looking stale
+            self.since_touch = 0
+
+    def _copy_buffered(self, start: int, stop: int) -> None:
         mv = memoryview(self.buf)
         while start < stop:
             n = os.preadv(self.src, [mv[: min(CHUNK, stop - start)]], start)
@@ -57,10 +79,7 @@ class _Copier:
                 raise StoreError("mailbox shrank while it was locked")
             self.write(mv[:n])
             start += n
-            self.since_touch += n
-            if self.since_touch > 64 << 20:
-                self.touch()  # keep our dotlock from looking stale
-                self.since_touch = 0
+            self._touched(n)
 
 
 def copy_kept(
