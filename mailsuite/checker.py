@@ -355,6 +355,26 @@ def hash_password(password: bytes | str, prefix: str = "$y$") -> str:
 _DEFAULT_CACHE = object()
 
 
+def login_of(credentials: IUsernamePassword) -> tuple[str, bytes]:
+    """(name, password bytes) of username/password credentials; UnauthorizedLogin if the name
+    is not UTF-8. Shared by every password checker (UnixChecker, PamChecker)."""
+    username, password = credentials.username, credentials.password
+    try:
+        name = username.decode("utf-8") if isinstance(username, bytes) else username
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+    except UnicodeError:
+        raise UnauthorizedLogin(LOGIN_FAILED) from None
+    return name, password
+
+
+def avatar_id(account: Account | None, name: str) -> bytes:
+    """The avatarId of a verified login (the name as bytes); None -> UnauthorizedLogin."""
+    if account is None:
+        raise UnauthorizedLogin(LOGIN_FAILED)
+    return name.encode("utf-8")
+
+
 @implementer(ICredentialsChecker)
 class UnixChecker:
     """Username/password logins against an ``AccountDB``; the hash runs in the thread pool.
@@ -380,14 +400,10 @@ class UnixChecker:
         self.cache = cache if cache is None or isinstance(cache, AuthCache) else AuthCache()
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred[bytes]:
-        username = credentials.username
-        password = credentials.password
         try:
-            name = username.decode("utf-8") if isinstance(username, bytes) else username
-            if isinstance(password, str):
-                password = password.encode("utf-8")
-        except UnicodeError:
-            return defer.fail(UnauthorizedLogin(LOGIN_FAILED))
+            name, password = login_of(credentials)
+        except UnauthorizedLogin as e:
+            return defer.fail(e)
         if self.cache is None:
             d = threads.blocking(self.accountdb.verify, name, password)
         else:
@@ -396,13 +412,7 @@ class UnixChecker:
                 d = threads.blocking(self.accountdb.verify, name, password, self.cache)
             else:
                 d = defer.succeed(known)
-        return d.addCallbacks(self._verified, self._failed, callbackArgs=(name,))
-
-    @staticmethod
-    def _verified(account: Account | None, name: str) -> bytes:
-        if account is None:
-            raise UnauthorizedLogin(LOGIN_FAILED)
-        return name.encode("utf-8")
+        return d.addCallbacks(avatar_id, self._failed, callbackArgs=(name,))
 
     @staticmethod
     def _failed(failure: Failure) -> Failure:

@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.checker import LOGIN_FAILED
+from mailsuite.checker import LOGIN_FAILED, avatar_id, login_of
 
 log = Logger()
 
@@ -252,22 +252,13 @@ class PamChecker:
         return self.accounts.lookup(name)
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
-        username, password = credentials.username, credentials.password
         try:
-            name = username.decode("utf-8") if isinstance(username, bytes) else username
-            if isinstance(password, str):
-                password = password.encode("utf-8")
-        except UnicodeError:
-            return defer.fail(UnauthorizedLogin(LOGIN_FAILED))
+            name, password = login_of(credentials)
+        except UnauthorizedLogin as e:
+            return defer.fail(e)
         rhost = getattr(credentials, "client_ip", None)
         d = threads.blocking(self.verify, name, password, rhost)
-        return d.addCallbacks(self._verified, self._failed, callbackArgs=(name,))
-
-    @staticmethod
-    def _verified(account: Account | None, name: str) -> bytes:
-        if account is None:
-            raise UnauthorizedLogin(LOGIN_FAILED)
-        return name.encode("utf-8")
+        return d.addCallbacks(avatar_id, self._failed, callbackArgs=(name,))
 
     @staticmethod
     def _failed(failure: Failure) -> Failure:
