@@ -9,6 +9,7 @@ on 127.0.0.1. ``site.start()`` runs twistd in a subprocess and waits until every
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,10 +34,31 @@ START_TIMEOUT = 30.0
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, below the kernel's ephemeral range (a port the kernel picked
+    for ``bind(0)`` may meanwhile become some client's source port: twistd then fails to bind),
+    picked at random so parallel trial workers rarely try the same one."""
+    low, high = 20000, 32767
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            high = min(high, int(f.read().split()[0]) - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise AssertionError(f"no free port in {low}-{high}")
 
 
 class Site:
