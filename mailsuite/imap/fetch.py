@@ -366,6 +366,14 @@ def _literal_pieces(label: bytes, data: bytes | WireSlice) -> list[Piece]:
     return [label + b" {%d}\r\n" % size, data]
 
 
+def _whole_literal(label: bytes, raw: bytes, start: int) -> list[Piece]:
+    """``raw[start:]`` as a literal: converted now when small (one pass; its length is the
+    size), else a ``WireSlice`` streamed later."""
+    if len(raw) - start < STREAM_MIN // 2:
+        return _literal_pieces(label, crlf(raw[start:] if start else raw))
+    return _literal_pieces(label, WireSlice(raw, start, len(raw)))
+
+
 def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> list[Piece]:
     """``BODY[...]<o> {n}\\r\\n...`` or ``RFC822... {n}...`` for one message (``raw`` and
     ``header`` as stored; the whole message's ``RFC822`` / ``BODY[]`` is ``wire.to_wire(raw)``).
@@ -374,19 +382,19 @@ def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> list[Pi
     header = split_message(complete(header))[0]  # a store may not know CRLF blank lines
     if item.name == "RFC822":
         assert raw is not None
-        return _literal_pieces(b"RFC822", WireSlice(raw, 0, len(raw)))
+        return _whole_literal(b"RFC822", raw, 0)
     if item.name == "RFC822.HEADER":
         return _literal_pieces(b"RFC822.HEADER", crlf(header))
     if item.name == "RFC822.TEXT":
         assert raw is not None
         start = len(split_message(raw)[0])
-        return _literal_pieces(b"RFC822.TEXT", WireSlice(raw, start, len(raw)))
+        return _whole_literal(b"RFC822.TEXT", raw, start)
     assert item.section is not None
     label = b"BODY[" + item.section.label() + b"]"
     section = item.section
     if item.partial is None and raw is not None and not section.part and section.spec in ("", "TEXT"):
         start = 0 if section.spec == "" else len(split_message(raw)[0])
-        return _literal_pieces(label, WireSlice(raw, start, len(raw)))
+        return _whole_literal(label, raw, start)
     data = crlf(section_bytes(raw if raw is not None else header, section))
     if item.partial is not None:
         start, length = item.partial

@@ -621,10 +621,12 @@ def verified(e: ix.Entry, buf: bytes, headers_only: bool = False) -> bytes | Non
     served -- or None unless it is still that message there (separator where the index says,
     same fingerprint): another program rewrote the file."""
     stop = e.hdr_end if headers_only else e.end
-    sep = separator_at(buf, 0, len(buf))
-    if len(buf) != stop - e.offset or sep is None or sep[0] != e.body_off - e.offset:
+    body_off = e.body_off - e.offset  # the From line's length, as the index knows it
+    # a From line as long as the index says (its date is not parsed again: the fingerprint
+    # of the header below would not match another message's)
+    if len(buf) != stop - e.offset or not buf.startswith(b"From ") or buf.find(b"\n", 0, body_off) != body_off - 1:
         return None
-    header = buf[sep[0] : e.hdr_end - e.offset]
+    header = buf[body_off : e.hdr_end - e.offset]
     if fingerprint(header, e.end - e.hdr_end) != e.fingerprint:
         return None
     return served_header(header) + buf[e.hdr_end - e.offset :]
