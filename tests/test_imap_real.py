@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import imaplib
+import re
+import socket
 from typing import Any
 
 from twisted.internet import defer, reactor, threads
@@ -18,6 +20,14 @@ class _TrackedServer(IMAPServer):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.factory.nodelay = self.transport.getTcpNoDelay()
+        self.factory.queued = []  # what went through the transport's buffer, not to the socket
+        write = self.transport.write
+
+        def queued(data: bytes) -> None:
+            self.factory.queued.append(data)
+            write(data)
+
+        self.transport.write = queued
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
@@ -72,3 +82,57 @@ class ImaplibTests(unittest.TestCase):
         self.assertEqual(out["unseen"], ("OK", [b"2"]))
         self.assertEqual(out["logout"], "BYE")
         self.assertTrue(self.factory.nodelay)
+
+
+def _read_until_tagged(sock: socket.socket, tag: bytes, limit: float = 10.0) -> bytes:
+    """Everything up to and including the line that starts with ``tag``."""
+    sock.settimeout(limit)
+    data = b""
+    while not re.search(rb"(^|\r\n)" + tag + rb" [^\r\n]*\r\n$", data):
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class PipelinedAnswersTests(ImaplibTests):
+    """Answers made while received bytes are handled go to the socket at once, after them
+    (not through the reactor's write buffer), and keep their order with the ones that do not:
+    a big literal streamed through a producer, the answers pipelined behind it."""
+
+    def _pipelined(self, port: int) -> dict[str, bytes]:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            out = {"greeting": _read_until_tagged(sock, rb"\*")}
+            sock.sendall(b"a LOGIN boss secret\r\nb SELECT INBOX\r\n")
+            out["login"] = _read_until_tagged(sock, b"b")
+            sock.sendall(b"c NOOP\r\n")
+            out["noop"] = _read_until_tagged(sock, b"c")
+            sock.sendall(b"x NOOP\r\nd UID FETCH 2 (BODY.PEEK[])\r\ne UID FETCH 1 (BODY.PEEK[])\r\n"
+                         b"f UID FETCH 2 (RFC822.SIZE)\r\ng LOGOUT\r\n")
+            out["rest"] = _read_until_tagged(sock, b"g")
+        return out
+
+    @defer.inlineCallbacks
+    def test_pipelined_answers_in_order(self):  # type: ignore[no-untyped-def]
+        big = b"Subject: big\n\n" + b"".join(b"line %06d of a big message\n" % i for i in range(12000))
+        yield self.store.deliver(BOSS, MESSAGE, "bob@example.org")
+        yield self.store.deliver(BOSS, big, "bob@example.org")
+        out = yield threads.deferToThread(self._pipelined, self.port.getHost().port)
+        yield self.factory.lost
+        self.assertIn(b"a OK", out["login"])
+        self.assertEqual(out["noop"], b"c OK NOOP completed.\r\n")
+        rest = out["rest"]
+        wire = big.replace(b"\n", b"\r\n")
+        self.assertGreater(len(wire), 256 * 1024)  # streamed by a producer
+        head = b"* 2 FETCH (UID 2 BODY[] {%d}\r\n" % len(wire)
+        small = MESSAGE.replace(b"\n", b"\r\n")
+        expected = (b"x OK NOOP completed.\r\n" + head + wire + b")\r\nd OK UID FETCH completed.\r\n"
+                    + b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % len(small) + small
+                    + b")\r\ne OK UID FETCH completed.\r\n"
+                    + b"* 2 FETCH (UID 2 RFC822.SIZE %d)\r\nf OK UID FETCH completed.\r\n" % len(wire))
+        self.assertEqual(rest[: len(expected)], expected)
+        self.assertTrue(re.fullmatch(rb"\* BYE [^\r]*\r\ng OK [^\r]*\r\n", rest[len(expected):]), rest[len(expected):])
+        # the NOOP's answer went straight to the socket; the big literal through the transport
+        self.assertNotIn(b"c OK NOOP completed.\r\n", b"".join(self.factory.queued))
+        self.assertIn(wire[:1000], b"".join(self.factory.queued))

@@ -56,6 +56,7 @@ class ImapLogin:
     _rip: Callable[[], str]
     _lip: Callable[[], str]
     _failed: Callable[[Any, bytes], None]
+    uncork: Callable[[], None]
 
     def plaintext_ok(self) -> bool:
         return sasl.plaintext_ok(self.config, self.transport, self.secure)
@@ -84,6 +85,7 @@ class ImapLogin:
             return
         self.sendPositiveResponse(tag, b"Begin TLS negotiation now.")
         self._buffer = b""  # lines pipelined behind STARTTLS were sent in clear: dropped
+        self.uncork()
         self.transport.startTLS(self.server_tls)
         self.secure = True
 
