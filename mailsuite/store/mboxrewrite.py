@@ -13,6 +13,7 @@ import functools
 import os
 from collections.abc import Callable
 
+from mailsuite.fsutil import WriteBehind
 from mailsuite.store import index as ix
 from mailsuite.store.interfaces import StoreError
 from mailsuite.store.mboxformat import fingerprint, header_flags, served_header, status_headers
@@ -42,6 +43,7 @@ class _Copier:
         self.buf = bytearray(CHUNK)
         self.in_kernel = hasattr(os, "copy_file_range")
         self.since_touch = 0
+        self.behind = WriteBehind(out)
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -66,6 +68,7 @@ class _Copier:
         self._copy_buffered(start, stop)
 
     def _touched(self, n: int) -> None:
+        self.behind.wrote(self.pos)
         self.since_touch += n
         if self.since_touch > 64 << 20:
             self.touch()  # keep our dotlock from looking stale
