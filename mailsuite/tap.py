@@ -134,6 +134,7 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
     maillog.coalesce = _next_turn
     accounts, checker = accounts_and_checker(cfg)
     store = MboxStore(cfg.mailbox)
+    StoreService(store).setServiceParent(top)  # first: stopped last, after the listeners
     delivery = LocalDelivery(cfg, accounts, store, maillog)
     delivery.queue = build_queue(cfg, delivery, maillog)
     qmgr = QueueService(delivery.queue)
@@ -254,6 +255,19 @@ def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
     )
     return Queue(QueueDirectory(mail.queue_directory), delivery, relay, maillog, reactor,
                  QueueSettings.from_config(mail))
+
+
+class StoreService(service.Service):
+    """On stop, waits for the mailboxes' pending work: the compaction of what was expunged
+    (answered before the file is rewritten) is finished, not left for the next start."""
+
+    def __init__(self, store: MboxStore) -> None:
+        self.store = store
+        self.setName("store")
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.store.settle()
 
 
 class QueueService(service.Service):

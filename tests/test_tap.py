@@ -94,7 +94,7 @@ class BuildTests(unittest.TestCase):
         top = tap.build(options["cfg"])
         self.addCleanup(top.maillog.close)
         names = sorted(s.name for s in top)
-        self.assertEqual(names, ["control", "imap@127.0.0.1", "pickup", "qmgr", "smtp@127.0.0.1"])
+        self.assertEqual(names, ["control", "imap@127.0.0.1", "pickup", "qmgr", "smtp@127.0.0.1", "store"])
         self.assertEqual(top.getServiceNamed("smtp@127.0.0.1").endpoint._port, 2525)
 
     def test_tls_services(self) -> None:
@@ -112,7 +112,7 @@ class BuildTests(unittest.TestCase):
         self.assertIsInstance(top.tls, tls.ServerTLS)
         by_name = {s.name.split("@")[0]: s.factory for s in top if "@" in s.name}
         self.assertEqual(sorted(s.name for s in top if "@" not in s.name),
-                         ["control", "pickup", "qmgr"])
+                         ["control", "pickup", "qmgr", "store"])
         self.assertEqual(sorted(by_name), sorted(
             ["smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps"]))
         for name, factory in by_name.items():

@@ -10,6 +10,15 @@ again costs a stat. A per-mailbox DeferredLock runs its operations one at a time
 file work in a thread (``mboxfile``) and the new state is published, and listeners told, on the
 reactor thread. Folder operations (create, rename, delete) run one at a time per account and
 wait for the open mailboxes they move.
+
+EXPUNGE (IMAP, and POP3's QUIT) is answered as soon as it is decided: the messages leave
+``messages`` and every session is told at once, and the file is compacted (rewritten without
+them, ``MboxFile.expunge``) right after, as the mailbox's next operation. Until that is done
+another program (mutt) still sees them in the file, and a crash brings them back with their UIDs
+(nothing is lost; the client may expunge them again). Readers and new sessions do not wait for
+the compaction (the file they read is unchanged until its end); writers (flags, appends,
+deliveries) run after it. ``MboxStore.settle()`` waits for every pending compaction (the server
+calls it on stop).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from operator import attrgetter
 from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
@@ -57,6 +67,7 @@ FAST_READ_MAX = 256 * 1024  # bigger messages are always read in a thread
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _gc_lock = threading.Lock()
 _gc_quiet = 0
+log = Logger()
 
 
 @contextmanager
@@ -172,6 +183,9 @@ class MboxMailbox:
         self._listeners: list[Listener] = []
         self._summary = Summary()
         self._reader: tuple[int, int] | None = None  # (fd, inode) for reads on the reactor
+        self._hidden: set[int] = set()  # expunged: gone from ``messages``, still in the file
+        self._compaction_queued = False
+        self._compacting = False  # the running operation is a compaction
 
     # -- running operations ---------------------------------------------------------------------
 
@@ -179,43 +193,63 @@ class MboxMailbox:
         """Run ``operation(state, *args)`` in a thread, alone; publish its (state, changes, ...)."""
 
         def start() -> defer.Deferred[Any]:
-            def work() -> tuple[Any, ...]:
-                with quiet_gc():
-                    result = operation(self._state, *args)
-                    state = result[0]
-                    if state is not None and len(state.entries) >= FREEZE_AT:
-                        # A big new state: out of the collector's way before it runs again.
-                        # Entries hold no cycles (refcounting frees them): nothing is kept
-                        # alive by this.
-                        gc.freeze()
-                return result
-
-            return blocking(work).addCallback(self._publish)
+            return blocking(self._work, operation, self._state, args).addCallback(self._publish)
 
         return self._lock.run(start)
 
+    @staticmethod
+    def _work(operation: Callable[..., Any], state: ix.Index | None, args: tuple[Any, ...]) -> Any:
+        with quiet_gc():
+            result = operation(state, *args)
+            new = result[0]
+            if new is not None and len(new.entries) >= FREEZE_AT:
+                # A big new state: out of the collector's way before it runs again. Entries
+                # hold no cycles (refcounting frees them): nothing is kept alive by this.
+                gc.freeze()
+        return result
+
     def _publish(self, outcome: tuple[Any, ...]) -> Any:
         """The new state becomes visible, in O(1): ``messages`` is the state's own list of
-        entries (they are MessageInfos), never copied."""
+        entries (they are MessageInfos), never copied -- unless expunged messages wait for
+        their compaction (then a copy without them)."""
         state, changes, *extra = outcome
         if state is not None:
+            if self._hidden and changes:
+                changes = self._untold(changes, self._hidden)
             fresh = self._state is None or state.uid_validity != self._state.uid_validity
+            visible = self._visible(state.entries)
             if not fresh and changes:
-                assert self._state is not None
-                self._summary.count(self._state.entries, state.entries, changes)
+                self._summary.count(self.messages, visible, changes)
             self._state = state
             self.uid_validity = state.uid_validity
             self.uid_next = state.uid_next
-            self.messages = state.entries
-            self._summary.update(state.entries, changes, fresh)
+            self.messages = visible
+            self._summary.update(visible, changes, fresh)
         for listener in list(self._listeners) if changes else ():
             listener(changes)
         return extra[0] if extra else changes
 
+    def _visible(self, entries: list[Any]) -> list[Any]:
+        if not self._hidden:
+            return entries
+        hidden = self._hidden
+        return [e for e in entries if e.uid not in hidden]
+
+    @staticmethod
+    def _untold(changes: Changes, told: set[int]) -> Changes:
+        """``changes`` without what concerns messages whose EXPUNGE was already told."""
+        return Changes(
+            expunged=[u for u in changes.expunged if u not in told],
+            added=[m for m in changes.added if m.uid not in told],
+            flags={u: f for u, f in changes.flags.items() if u not in told},
+        )
+
     def _entry(self, uid: int) -> ix.Entry | None:
         entries = self._state.entries if self._state is not None else []
         i = bisect_left(entries, uid, key=_UID)
-        return entries[i] if i < len(entries) and entries[i].uid == uid else None
+        if i < len(entries) and entries[i].uid == uid and uid not in self._hidden:
+            return entries[i]
+        return None
 
     def keywords(self) -> set[str]:
         """Every keyword a message of the mailbox has had since it was loaded (FLAGS)."""
@@ -231,8 +265,9 @@ class MboxMailbox:
 
     def _unchanged(self) -> bool:
         """A stat, on the reactor thread (metadata: microseconds), says the file is as the
-        state knows it and no operation is running: a refresh has nothing to do."""
-        if self._state is None or self._lock.locked:
+        state knows it and no operation is running (a compaction may: it leaves the file as
+        it is until its rename): a refresh has nothing to do."""
+        if self._state is None or (self._lock.locked and not self._compacting):
             return False
         try:
             st = os.lstat(self._file.path)
@@ -340,7 +375,65 @@ class MboxMailbox:
         )
 
     def expunge(self, uids: list[int]) -> defer.Deferred[list[int]]:
-        return self._run(self._file.expunge, list(uids))
+        """Decided now (see the module docstring): the UIDs that were here, in order."""
+        state = self._state
+        if state is None:  # never loaded (not opened): the file right away
+            return self._run(self._file.expunge, list(uids))
+        gone = sorted(u for u in set(uids) if self._entry(u) is not None)
+        if gone:
+            changes = Changes(expunged=gone)
+            old = self.messages
+            self._hidden.update(gone)
+            self.messages = self._visible(state.entries)
+            self._summary.count(old, self.messages, changes)
+            self._summary.update(self.messages, changes, False)
+            for listener in list(self._listeners):
+                listener(changes)
+            self._compact()
+        return defer.succeed(gone)
+
+    def _compact(self) -> None:
+        """Rewrite the file without the hidden messages, as the mailbox's next operation
+        (once: messages hidden before it starts are all in it)."""
+        if self._compaction_queued:
+            return
+        self._compaction_queued = True
+
+        def start() -> defer.Deferred[Any] | None:
+            self._compaction_queued = False
+            todo = sorted(self._hidden)
+            if not todo:
+                return None
+            self._compacting = True
+
+            def done(result: Any) -> Any:
+                self._compacting = False
+                return result
+
+            d = blocking(self._work, self._file.expunge, self._state, (todo,))
+            d.addBoth(done)
+            d.addCallback(self._compacted, set(todo))
+            d.addErrback(self._compaction_failed, todo)
+            return d
+
+        self._lock.run(start)
+
+    def _compacted(self, outcome: tuple[Any, ...], todo: set[int]) -> None:
+        state, changes, _ = outcome
+        changes = self._untold(changes, todo)  # their EXPUNGE was told when they were hidden
+        self._hidden.difference_update(todo)
+        self._publish((state, changes))
+
+    def _compaction_failed(self, failure: Any, todo: list[int]) -> None:
+        # they stay hidden (told expunged); the next expunge or close tries again
+        log.failure(
+            "compacting {path} without {n} expunged messages failed; they stay hidden",
+            failure, path=self._file.path, n=len(todo),
+        )
+
+    def settled(self) -> defer.Deferred[None]:
+        """Fires when the operations queued so far (a compaction among them) are done."""
+        return self._lock.run(lambda: None)
 
     def append(
         self,
@@ -368,6 +461,7 @@ class MboxMailbox:
     def _gone(self) -> None:
         """The folder was deleted: every message is expunged; the (empty) state stays."""
         gone = [m.uid for m in self.messages]
+        self._hidden.clear()
         if self._state is not None:
             self._state = self._state.copy(stamp=ix.Stamp(0, 0, 0), entries=[])
         self.messages = []
@@ -382,6 +476,8 @@ class MboxMailbox:
         self.users -= 1
         if self.users <= 0:
             self._keep_reader(None)
+            if self._hidden:
+                self._compact()  # an earlier one failed: try again before it is let go
             # forget it once its pending operations are done (a new open reads the saved index)
             self._lock.run(lambda: self._store._forget(self._key, self))
 
@@ -418,6 +514,13 @@ class MboxStore:
         self.idle_budget = IDLE_BUDGET
         self._folder_locks: dict[str, defer.DeferredLock] = {}
         self._delivery_files: dict[Account, MboxFile] = {}
+
+    def settle(self) -> defer.Deferred[None]:
+        """Fires when every operation queued on a mailbox so far is done (the compactions of
+        what was expunged among them): the server waits for this before it stops."""
+        boxes = list(self._boxes.values())
+        d = defer.DeferredList([box.settled() for box in boxes], consumeErrors=True)
+        return d.addCallback(lambda _: None)
 
     def _tree(self, account: Account) -> FolderTree:
         return FolderTree(
@@ -689,6 +792,8 @@ class MboxStore:
             target = self._file(account, new, tree.folder_path(new))
             box = self._boxes.get((account.name, INBOX))
             if box is not None:
+                if box._hidden:
+                    box._compact()  # what was expunged does not move (an earlier try failed)
                 yield box._run(box._file.move_all, target)
             else:
                 yield blocking(self._file(account).move_all, None, target)
