@@ -9,6 +9,7 @@ import stat
 import time
 
 from twisted.internet import defer
+from twisted.internet import threads as twisted_threads
 from twisted.trial import unittest
 
 from mailsuite import threads
@@ -475,18 +476,21 @@ class MboxDeferredCompactionTests(MboxTestCase):
         box = yield store.open(self.account)
         return store, box, [m.uid for m in box.messages]
 
-    def hold_compaction(self) -> defer.Deferred:
-        """The next compaction waits in its thread until the returned Deferred's callback."""
+    def hold_compaction(self, where: str = "expunge") -> defer.Deferred:
+        """The next compaction waits in its thread until the returned Deferred's callback:
+        before it starts, or (``_copy_kept``) once it holds the locks and the file open."""
         import threading
 
         gate = threading.Event()
-        real = mboxfile.MboxFile.expunge
+        self.entered = threading.Event()
+        real = getattr(mboxfile.MboxFile, where)
 
-        def slow(mfile, state, uids):
+        def slow(mfile, *args):
+            self.entered.set()
             gate.wait(10)
-            return real(mfile, state, uids)
+            return real(mfile, *args)
 
-        self.patch(mboxfile.MboxFile, "expunge", slow)
+        self.patch(mboxfile.MboxFile, where, slow)
         release = defer.Deferred()
         release.addCallback(lambda _: gate.set())
         self.addCleanup(gate.set)
@@ -561,6 +565,33 @@ class MboxDeferredCompactionTests(MboxTestCase):
         box = yield self.make_store().open(self.account)  # another process after the crash
         self.assertEqual([m.uid for m in box.messages], uids)
         self.assertEqual((yield box.read(uids[0])), MSG1)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_file_replaced_during_compaction(self):
+        """Another program puts a new file in place during the compaction (cp, install: no
+        locks): the compaction leaves it; the expunged message it still holds comes back as a
+        new message (new UID), the message before it keeps its UID."""
+        _, box, uids = yield self.open_three()
+        release = self.hold_compaction("_copy_kept")
+        yield box.expunge([uids[1]])
+        yield twisted_threads.deferToThread(self.entered.wait, 10)  # it has the file open
+        content = self.read_file()
+        os.unlink(self.path)
+        self.write(content)
+        release.callback(None)
+        yield box.settled()
+        yield box.settled()  # the refresh it queued
+        self.assertEqual(self.read_file(), content)
+        self.assertEqual(len(box.messages), 3)
+        first, back, last = [m.uid for m in box.messages]
+        # UIDs ascend in file order: what follows the returned message is renumbered too
+        self.assertEqual(first, uids[0])
+        self.assertGreater(back, uids[2])
+        self.assertGreater(last, back)
+        self.assertEqual((yield box.read(back)), STORED2)
+        self.assertEqual((yield box.read(last)), MSG1 + b"3\n")
+        self.assertEqual(sorted(os.listdir(self.spool)), ["boss"])
         box.close()
 
     @defer.inlineCallbacks

@@ -58,7 +58,7 @@ from mailsuite.store.interfaces import (
     UnknownUID,
 )
 from mailsuite.store.locking import DEFAULT_STALE_AFTER
-from mailsuite.store.mboxfile import MboxFile, verified
+from mailsuite.store.mboxfile import FileReplaced, MboxFile, verified
 from mailsuite.store.mboxtree import FolderTree
 from mailsuite.threads import blocking
 
@@ -425,6 +425,21 @@ class MboxMailbox:
         self._publish((state, changes))
 
     def _compaction_failed(self, failure: Any, todo: list[int]) -> None:
+        if failure.check(FileReplaced) and self._state is not None:
+            # Another program put a new file in its place: the expunge is done as far as this
+            # state goes (they leave it); what the new file has is found by the refresh, and a
+            # message it still holds comes back as a new message, with a new UID.
+            log.warn("{path} was replaced during its compaction: reading it again",
+                     path=self._file.path)
+            gone = set(todo)
+            self._state = self._state.copy(
+                entries=[e for e in self._state.entries if e.uid not in gone]
+            )
+            self._hidden.difference_update(gone)
+            self._publish((self._state, Changes()))
+            self._run(self._file.refresh).addErrback(
+                lambda f: log.failure("refresh of {path} failed", f, path=self._file.path))
+            return
         # they stay hidden (told expunged); the next expunge or close tries again
         log.failure(
             "compacting {path} without {n} expunged messages failed; they stay hidden",

@@ -545,6 +545,11 @@ class MboxFile:
             if self._root:
                 os.fchown(out, st.st_uid, st.st_gid)
             os.fsync(out)
+            now = os.lstat(self.path)
+            if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+                # another program put a new file there without taking the locks (cp, install):
+                # renaming over it would throw its mail away
+                raise FileReplaced(f"{self.path} was replaced while it was being rewritten")
             old = os.dup(src)
             try:
                 os.rename(tmp, self.path)
@@ -614,6 +619,10 @@ class MboxFile:
     def _read_at(self, fd: int, e: ix.Entry, headers_only: bool) -> bytes | None:
         stop = e.hdr_end if headers_only else e.end
         return verified(e, _pread_all(fd, stop - e.offset, e.offset), headers_only)
+
+
+class FileReplaced(StoreError):
+    """The mailbox file was replaced by another program during a rewrite (left as it is)."""
 
 
 def verified(e: ix.Entry, buf: bytes, headers_only: bool = False) -> bytes | None:
