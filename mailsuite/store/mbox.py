@@ -27,6 +27,7 @@ import gc
 import os
 import stat
 import threading
+import time
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -405,6 +406,7 @@ class MboxMailbox:
             if not todo:
                 return None
             self._compacting = True
+            started = time.monotonic()
 
             def done(result: Any) -> Any:
                 self._compacting = False
@@ -412,14 +414,19 @@ class MboxMailbox:
 
             d = blocking(self._work, self._file.expunge, self._state, (todo,))
             d.addBoth(done)
-            d.addCallback(self._compacted, set(todo))
+            d.addCallback(self._compacted, set(todo), started)
             d.addErrback(self._compaction_failed, todo)
             return d
 
         self._lock.run(start)
 
-    def _compacted(self, outcome: tuple[Any, ...], todo: set[int]) -> None:
-        state, changes, _ = outcome
+    def _compacted(self, outcome: tuple[Any, ...], todo: set[int], started: float) -> None:
+        state, changes, gone = outcome
+        log.info(
+            "compacted {path}: {n} expunged messages removed in {seconds:.2f} s ({size} bytes)",
+            path=self._file.path, n=len(gone), seconds=time.monotonic() - started,
+            size=state.stamp.size,
+        )
         changes = self._untold(changes, todo)  # their EXPUNGE was told when they were hidden
         self._hidden.difference_update(todo)
         self._publish((state, changes))
