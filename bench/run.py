@@ -115,6 +115,8 @@ class Server:
     name: str
     ports: dict[str, int]
     mbox_template: str
+    #: shell command that waits until the server's last work on the mailboxes is done
+    settle = "true"
     reset_index: str
 
     def accounting(self, workload: str) -> list[str]:
@@ -136,6 +138,13 @@ class Mailsuite(Server):
         self.users_dir = os.path.join(workdir, "users")
         self.mbox_template = os.path.join(self.users_dir, "{user}", "INBOX")
         self.reset_index = f"rm -rf {shlex.quote(self.users_dir)}/*/mail/.imap"
+        # mailsuite answers EXPUNGE (and POP3 QUIT) before it rewrites the mbox: the next run's
+        # mailbox is put in place once that rewrite (its temp file and dotlock) is over, or the
+        # rewrite finds a replaced file and reads it again in the background (a "cold" SELECT
+        # would find it parsed). At most 60 s.
+        d = shlex.quote(self.users_dir)
+        self.settle = (f"for i in $(seq 600); do ls {d}/*/.*.mailsuite-rewrite {d}/*/*.lock "
+                       f"2>/dev/null | grep -q . || break; sleep 0.1; done")
         self.config = os.path.join(workdir, "mail.ini")
         self.log_path = os.path.join(workdir, "twistd.log")
         self.process: subprocess.Popen | None = None
@@ -334,13 +343,13 @@ class Bench:
     # mailbox preparation commands (run by mailbench's --before-each, so before every repetition)
 
     def gen(self, server: Server, k: int, users: str = f"--nusers {NUSERS}") -> str:
-        return (f"{self.mb} gen-mailbox --format mbox --path-template "
+        return (f"{server.settle} && {self.mb} gen-mailbox --format mbox --path-template "
                 f"{shlex.quote(server.mbox_template)} -k {k} {users} >/dev/null")
 
     def truncate(self, server: Server) -> str:
         paths = " ".join(shlex.quote(server.mbox_template.format(user=f"bench{i}"))
                          for i in range(1, NUSERS + 1))
-        return f"for f in {paths}; do [ -e \"$f\" ] && : > \"$f\"; done; true"
+        return f"{server.settle}; for f in {paths}; do [ -e \"$f\" ] && : > \"$f\"; done; true"
 
     def big_cache(self, k: int) -> str:
         """A K-message mbox for bench1, generated once (fixed seed) and copied for every run."""
@@ -357,8 +366,8 @@ class Bench:
 
     def install_big(self, server: Server, k: int) -> str:
         dest = server.mbox_template.format(user="bench1")
-        return (f"install -o bench1 -g mail -m 600 {shlex.quote(self.big_cache(k))} "
-                f"{shlex.quote(dest)}")
+        return (f"{server.settle} && install -o bench1 -g mail -m 600 "
+                f"{shlex.quote(self.big_cache(k))} {shlex.quote(dest)}")
 
     # one workload against one server
 
