@@ -11,6 +11,7 @@ BODY[HEADER] + BODY[TEXT] == BODY[]. The ``email`` package is used only to read 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -163,6 +164,33 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
         while text[pos : pos + 1] == b" ":
             pos += 1
     return items
+
+
+@dataclass(frozen=True)
+class FetchPlan:
+    """A parsed FETCH item list with what it asks of the store, worked out once per distinct
+    list (clients send the same list over and over): shared, never changed."""
+
+    items: tuple[FetchItem, ...]
+    need_body: bool
+    need_header: bool
+    has_flags: bool
+    sets_seen: bool
+
+
+@functools.lru_cache(maxsize=256)
+def fetch_plan(text: bytes, uid: bool) -> FetchPlan:
+    """``parse_fetch_items(text)``, with UID first for ``UID FETCH`` when not asked for."""
+    items = parse_fetch_items(text)
+    if uid and not any(i.name == "UID" for i in items):
+        items.insert(0, FetchItem("UID"))
+    return FetchPlan(
+        tuple(items),
+        any(i.needs_body() for i in items),
+        any(i.needs_header() for i in items),
+        any(i.name == "FLAGS" for i in items),
+        any(i.sets_seen() for i in items),
+    )
 
 
 # -- raw message anatomy (as stored: LF line ends, or CRLF where another program wrote them) -----
@@ -379,10 +407,10 @@ def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> list[Pi
     ``header`` as stored; the whole message's ``RFC822`` / ``BODY[]`` is ``wire.to_wire(raw)``).
     Whole-message and TEXT literals come as a ``WireSlice`` (streamed, not copied)."""
     raw = complete(raw) if raw is not None else None
-    header = split_message(complete(header))[0]  # a store may not know CRLF blank lines
     if item.name == "RFC822":
         assert raw is not None
         return _whole_literal(b"RFC822", raw, 0)
+    header = split_message(complete(header))[0]  # a store may not know CRLF blank lines
     if item.name == "RFC822.HEADER":
         return _literal_pieces(b"RFC822.HEADER", crlf(header))
     if item.name == "RFC822.TEXT":
@@ -431,7 +459,7 @@ def _fetch_item(view: Any, uid: int, item: FetchItem, raw: bytes | None, header:
 async def fetch_responses(
     view: Any,
     targets: list[tuple[int, int]],
-    items: list[FetchItem],
+    plan: FetchPlan,
     seen_now: set[int],
     write: Callable[[bytes], None],
     lost: Callable[[], bool],
@@ -443,8 +471,8 @@ async def fetch_responses(
     A response of ``STREAM_MIN`` bytes or more goes to ``stream`` (a producer writing it as the
     connection drains), so a big BODY[] is never one string in memory nor one transport write.
     """
-    need_body = any(i.needs_body() for i in items)
-    need_header = any(i.needs_header() for i in items)
+    items, need_body, need_header = plan.items, plan.need_body, plan.need_header
+    with_flags = items + (FetchItem("FLAGS"),)  # for messages this FETCH set \Seen on
     missing = False
     for start in range(0, len(targets), _CHUNK):
         chunk = targets[start : start + _CHUNK]
@@ -472,9 +500,7 @@ async def fetch_responses(
             if lost():
                 return missing
             pieces: list[Piece] = [b"* %d FETCH (" % seq]
-            wanted = list(items)
-            if uid in seen_now and not any(i.name == "FLAGS" for i in items):
-                wanted.append(FetchItem("FLAGS"))
+            wanted = with_flags if uid in seen_now and not plan.has_flags else items
             for n, item in enumerate(wanted):
                 if n:
                     pieces.append(b" ")

@@ -238,7 +238,11 @@ class ImapMailboxView:
             for lo, hi in ranges:
                 a, b = top if lo is None else lo, top if hi is None else hi
                 a, b = min(a, b), max(a, b)
-                spans.append((self._lower(a), self._lower(b + 1)))
+                i = self._lower(a)
+                if a == b:  # one UID (a client fetching one message): one bisection
+                    spans.append((i, i + 1 if i < count and self._at(i).uid == a else i))
+                else:
+                    spans.append((i, self._lower(b + 1)))
         else:
             for lo, hi in ranges:
                 a, b = count if lo is None else lo, count if hi is None else hi
@@ -253,6 +257,8 @@ class ImapMailboxView:
             if lo < hi:
                 out.extend(zip(range(lo + 1, hi + 1), self._uids_between(lo, hi)))
                 end = hi
+        if out:  # the FETCH/STORE that asked looks them up next, from the first
+            self._hint = (out[0][1], out[0][0] - 1)
         return out
 
     # -- changes made by this session --------------------------------------------------------

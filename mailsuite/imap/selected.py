@@ -14,12 +14,11 @@ from twisted.internet import defer, interfaces
 from zope.interface import implementer
 
 from mailsuite.imap.fetch import (
-    FetchItem,
     FetchSyntaxError,
     Piece,
     WireSlice,
+    fetch_plan,
     fetch_responses,
-    parse_fetch_items,
 )
 from mailsuite.imap.folders import parse_flag_list
 from mailsuite.imap.mailbox import RECENT, format_flags
@@ -111,16 +110,17 @@ class SelectedCommands(_Base):
         self.transport.registerProducer(streamer, False)
         await streamer.done
 
+    _UID_COMMANDS = {
+        b"FETCH": "cmd_FETCH", b"STORE": "cmd_STORE", b"SEARCH": "cmd_SEARCH",
+        b"COPY": "cmd_COPY", b"MOVE": "cmd_MOVE", b"EXPUNGE": "_uid_expunge",
+    }
+
     def cmd_UID(self, tag: bytes, args: Cursor) -> Any:
         args.sp()
-        sub = args.atom().upper()
-        handler = {
-            b"FETCH": self.cmd_FETCH, b"STORE": self.cmd_STORE, b"SEARCH": self.cmd_SEARCH,
-            b"COPY": self.cmd_COPY, b"MOVE": self.cmd_MOVE, b"EXPUNGE": self._uid_expunge,
-        }.get(sub)
-        if handler is None:
+        name = self._UID_COMMANDS.get(args.atom().upper())
+        if name is None:
             raise ParseError("unknown UID command")
-        return handler(tag, args, True)
+        return getattr(self, name)(tag, args, True)
 
     # -- FETCH -------------------------------------------------------------------------------
     async def cmd_FETCH(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
@@ -130,21 +130,19 @@ class SelectedCommands(_Base):
         ranges = self._seqset(args)
         args.sp()
         try:
-            items = parse_fetch_items(args.rest())
+            plan = fetch_plan(args.rest(), uid)
         except FetchSyntaxError as e:
             raise ParseError(str(e)) from None
         targets = self._targets(ranges, uid)
-        if uid and not any(i.name == "UID" for i in items):
-            items.insert(0, FetchItem("UID"))
         seen_now: set[int] = set()
-        if not view.readonly and any(i.sets_seen() for i in items):
+        if not view.readonly and plan.sets_seen:
             live = [u for _, u in targets if not view.is_expunged(u)]
             unseen = {u for u in live if "\\Seen" not in view.info(u).flags}
             # added to the flags stored now: another session's change is not undone
             result = await view.change_flags(live, add=frozenset({"\\Seen"}))
             seen_now = {u for u in unseen if u in result}
         missing = await fetch_responses(
-            view, targets, items, seen_now, self._write, lambda: self._lost, self._stream
+            view, targets, plan, seen_now, self._write, lambda: self._lost, self._stream
         )
         if missing:
             self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")

@@ -314,7 +314,7 @@ class MboxMailbox:
             return None
         if got != length:
             return None
-        return verified(entry, bytes(buf))
+        return verified(entry, buf)
 
     @defer.inlineCallbacks
     def _read_in_thread(self, uid: int) -> Any:

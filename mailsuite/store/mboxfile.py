@@ -625,7 +625,7 @@ class FileReplaced(StoreError):
     """The mailbox file was replaced by another program during a rewrite (left as it is)."""
 
 
-def verified(e: ix.Entry, buf: bytes, headers_only: bool = False) -> bytes | None:
+def verified(e: ix.Entry, buf: bytes | bytearray, headers_only: bool = False) -> bytes | None:
     """``buf``, read from the file at ``e.offset`` (through ``e.hdr_end`` or ``e.end``), as
     served -- or None unless it is still that message there (separator where the index says,
     same fingerprint): another program rewrote the file."""
@@ -635,7 +635,7 @@ def verified(e: ix.Entry, buf: bytes, headers_only: bool = False) -> bytes | Non
     # of the header below would not match another message's)
     if len(buf) != stop - e.offset or not buf.startswith(b"From ") or buf.find(b"\n", 0, body_off) != body_off - 1:
         return None
-    header = buf[body_off : e.hdr_end - e.offset]
+    header = bytes(buf[body_off : e.hdr_end - e.offset])
     if fingerprint(header, e.end - e.hdr_end) != e.fingerprint:
         return None
-    return served_header(header) + buf[e.hdr_end - e.offset :]
+    return b"".join((served_header(header), memoryview(buf)[e.hdr_end - e.offset :]))
