@@ -8,7 +8,7 @@ before each tagged reply, never an EXPUNGE after FETCH, STORE or SEARCH.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet import defer, interfaces
 from zope.interface import implementer
@@ -110,7 +110,7 @@ class SelectedCommands(_Base):
         self.transport.registerProducer(streamer, False)
         await streamer.done
 
-    _UID_COMMANDS = {
+    _UID_COMMANDS: ClassVar[dict[bytes, str]] = {
         b"FETCH": "cmd_FETCH", b"STORE": "cmd_STORE", b"SEARCH": "cmd_SEARCH",
         b"COPY": "cmd_COPY", b"MOVE": "cmd_MOVE", b"EXPUNGE": "_uid_expunge",
     }
