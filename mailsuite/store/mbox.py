@@ -438,7 +438,8 @@ class MboxMailbox:
             # message it still holds comes back as a new message, with a new UID.
             log.warn(  # noqa: G010 - twisted.logger.Logger has warn, not warning
                 "{path} was replaced during its compaction: reading it again",
-                     path=self._file.path)
+                path=self._file.path,
+            )
             gone = set(todo)
             self._state = self._state.copy(
                 entries=[e for e in self._state.entries if e.uid not in gone]
