@@ -405,7 +405,8 @@ def _whole_literal(label: bytes, raw: bytes, start: int) -> list[Piece]:
 def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> list[Piece]:
     """``BODY[...]<o> {n}\\r\\n...`` or ``RFC822... {n}...`` for one message (``raw`` and
     ``header`` as stored; the whole message's ``RFC822`` / ``BODY[]`` is ``wire.to_wire(raw)``).
-    Whole-message and TEXT literals come as a ``WireSlice`` (streamed, not copied)."""
+    Whole-message and TEXT literals are converted at once when small, else come as a
+    ``WireSlice`` (streamed, not copied)."""
     raw = complete(raw) if raw is not None else None
     if item.name == "RFC822":
         assert raw is not None

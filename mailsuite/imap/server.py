@@ -174,7 +174,6 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if self._idle_tag is not None:
             return  # an IDLEing client is never timed out (Outlook does not recover)
         self.sendLine(b"* BYE Disconnected for inactivity.")
-        self.uncork()
         self.transport.loseConnection()
 
     def lineLengthExceeded(self, line: bytes) -> None:
