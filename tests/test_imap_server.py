@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -19,9 +20,11 @@ from zope.interface import implementer
 
 from mailsuite.accounts import Account
 from mailsuite.config import AuthConfig
+from mailsuite.imap import server as server_module
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
+from mailsuite.store.interfaces import Changes
 from mailsuite.store.memory import MemoryStore
 from mailsuite.wire import to_wire
 
@@ -582,3 +585,50 @@ class PipeliningTests(ImapTestCase):
         tags = [line.split(b" ")[0] for line in out.split(b"\r\n") if line and not line.startswith(b"*")]
         self.assertEqual(tags, [b"a", b"b", b"c", b"d"])
         self.assertLess(out.index(b"b OK"), out.index(b"* 1 FETCH (UID 1 FLAGS ())"))
+
+
+class RefreshBeforeCommandTests(ImapTestCase):
+    """Before a command on the selected mailbox the store is asked for changes other programs
+    made, but not again within REFRESH_REUSE of an answer that found none (a burst of FETCHes
+    costs one stat); NOOP always asks, and a refresh that found something is not reused."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.now = 100.0
+        self.patch(server_module, "monotonic", lambda: self.now)
+        self.deliver()
+        self.s = Session(self.factory)
+        self.s.select()
+        self.calls = 0
+        self.found = Changes()  # what the next refresh finds
+
+        def counting():
+            self.calls += 1
+            found, self.found = self.found, Changes()
+            return defer.succeed(found)
+
+        self.s.proto.view.mailbox.refresh = counting
+
+    def test_burst_reuses_a_quiet_refresh(self) -> None:
+        fetch = b"F UID FETCH 1 (FLAGS)"
+        self.assertIn(b"F OK", self.s.cmd(fetch))
+        self.assertEqual(self.calls, 1)
+        self.now += server_module.REFRESH_REUSE / 2
+        self.assertIn(b"F OK", self.s.cmd(fetch))
+        self.assertIn(b"F OK", self.s.cmd(fetch))
+        self.assertEqual(self.calls, 1)
+        self.now += server_module.REFRESH_REUSE
+        self.assertIn(b"F OK", self.s.cmd(fetch))
+        self.assertEqual(self.calls, 2)
+        self.assertIn(b"N OK", self.s.cmd(b"N NOOP"))  # NOOP looks itself, every time
+        self.assertIn(b"N OK", self.s.cmd(b"N NOOP"))
+        self.assertEqual(self.calls, 4)
+
+    def test_changes_found_are_not_reused(self) -> None:
+        fetch = b"F UID FETCH 1:* (FLAGS)"
+        self.found = Changes(flags={1: frozenset({"\\Seen"})})  # another program changed it
+        self.s.cmd(fetch)
+        self.s.cmd(fetch)  # the last refresh found something: this one looks again
+        self.assertEqual(self.calls, 2)
+        self.s.cmd(fetch)  # that one found nothing: reused
+        self.assertEqual(self.calls, 2)

@@ -27,6 +27,7 @@ nothing changed.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from time import monotonic
 from typing import Any
 
 from twisted.internet import defer, interfaces, protocol, task, tcp
@@ -56,6 +57,10 @@ MAX_LITERAL = 64 * 1024 * 1024  # APPEND of a bigger message: NO [TOOBIG]
 MAX_COMMAND_LITERAL = 1024 * 1024  # other literals (names, search strings)
 IDLE_KEEPALIVE = 120.0  # OUTLOOK.md 17: at least every 2 minutes
 IDLE_POLL = 1.0  # mail written by other programs reaches IDLE sessions within this
+#: a command within this many seconds of a refresh that found the file unchanged skips its own
+#: (a burst of FETCHes costs one stat, not one each): mail other programs write shows within
+#: this, and at once at NOOP, CHECK, IDLE and SELECT, which always look
+REFRESH_REUSE = 0.05
 
 
 def states(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -135,6 +140,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self.callLater = clock.callLater
         self.view: ImapMailboxView | None = None
         self._corked: list[bytes] | None = None
+        self._quiet_since = -REFRESH_REUSE  # when a refresh before a command last found nothing
         self.user: str | None = None
         self._in_flight = False
         self._command = b""
@@ -310,18 +316,25 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self.sendBadResponse(tag, why)
             return
         cursor = Cursor(rest)
+        refresh = (
+            self.view is not None
+            and name not in _NO_REFRESH
+            and self._command not in _NO_REFRESH
+            and monotonic() - self._quiet_since >= REFRESH_REUSE
+        )
 
         async def run() -> None:
-            if self.view is not None and name not in _NO_REFRESH and self._command not in _NO_REFRESH:
-                try:
-                    await self.view.mailbox.refresh()
-                except StoreError:
-                    log.failure("refresh before {command} failed", command=name)
+            assert self.view is not None
+            try:
+                changes = await self.view.mailbox.refresh()
+                self._quiet_since = -REFRESH_REUSE if changes else monotonic()
+            except StoreError:
+                log.failure("refresh before {command} failed", command=name)
             result = handler(tag, cursor)
             if isinstance(result, Coroutine):
                 await result
 
-        if self.view is None or name in _NO_REFRESH:
+        if not refresh:
             try:
                 result = handler(tag, cursor)
             except Exception:  # noqa: BLE001 - ParseError, store errors: a tagged reply
