@@ -67,6 +67,15 @@ class MboxTestCase(unittest.TestCase):
         self.store = MboxStore(FakeMailboxConfig(self.spool), now=self.now, **kw)
         return self.store
 
+    @defer.inlineCallbacks
+    def open_with(self, *messages):
+        """A new store (``self.store``) with ``messages`` delivered; its INBOX, open."""
+        store = self.make_store()
+        for m in messages:
+            yield store.deliver(self.account, m, "a@example.test")
+        box = yield store.open(self.account)
+        return box
+
     def write(self, data: bytes, mode: str = "ab") -> None:
         with open(self.path, mode) as f:
             f.write(data)
@@ -197,14 +206,6 @@ class MboxFileFormatTests(MboxTestCase):
 
 
 class MboxOtherProgramsTests(MboxTestCase):
-    @defer.inlineCallbacks
-    def open_with(self, *messages):
-        store = self.make_store()
-        for m in messages:
-            yield store.deliver(self.account, m, "a@example.test")
-        box = yield store.open(self.account)
-        return box
-
     @defer.inlineCallbacks
     def test_uids_survive_restart_and_external_append(self):
         """A new store (restart) sees the same UIDVALIDITY and UIDs; mail appended meanwhile by
@@ -470,11 +471,8 @@ class MboxDeferredCompactionTests(MboxTestCase):
 
     @defer.inlineCallbacks
     def open_three(self):
-        store = self.make_store()
-        for m in (MSG1, MSG2, MSG1 + b"3\n"):
-            yield store.deliver(self.account, m, "a@example.test")
-        box = yield store.open(self.account)
-        return store, box, [m.uid for m in box.messages]
+        box = yield self.open_with(MSG1, MSG2, MSG1 + b"3\n")
+        return self.store, box, [m.uid for m in box.messages]
 
     def hold_compaction(self, where: str = "expunge") -> defer.Deferred:
         """The next compaction waits in its thread until the returned Deferred's callback:
@@ -537,7 +535,7 @@ class MboxDeferredCompactionTests(MboxTestCase):
     def test_expunges_while_compacting(self):
         """An expunge while a compaction runs is compacted by the next one; appends wait their
         turn and keep their UIDs; every EXPUNGE is told once."""
-        store, box, uids = yield self.open_three()
+        _, box, uids = yield self.open_three()
         seen = []
         box.add_listener(seen.append)
         release = self.hold_compaction()
@@ -1166,14 +1164,6 @@ class MboxReactorReadTests(MboxTestCase):
             return real(f, *args, **kw)
 
         self.patch(mbox_module, "blocking", counting)
-
-    @defer.inlineCallbacks
-    def open_with(self, *messages):
-        store = self.make_store()
-        for m in messages:
-            yield store.deliver(self.account, m, "a@example.test")
-        box = yield store.open(self.account)
-        return box
 
     @defer.inlineCallbacks
     def test_cached_read_on_reactor(self):

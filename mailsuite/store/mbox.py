@@ -214,21 +214,31 @@ class MboxMailbox:
         entries (they are MessageInfos), never copied -- unless expunged messages wait for
         their compaction (then a copy without them)."""
         state, changes, *extra = outcome
-        if state is not None:
+        if state is None:
+            self._tell(None, changes)
+        else:
             if self._hidden and changes:
                 changes = self._untold(changes, self._hidden)
             fresh = self._state is None or state.uid_validity != self._state.uid_validity
-            visible = self._visible(state.entries)
-            if not fresh and changes:
-                self._summary.count(self.messages, visible, changes)
+            old = self.messages
             self._state = state
             self.uid_validity = state.uid_validity
             self.uid_next = state.uid_next
-            self.messages = visible
-            self._summary.update(visible, changes, fresh)
+            self.messages = self._visible(state.entries)
+            self._tell(old, changes, fresh)
+        return extra[0] if extra else changes
+
+    def _tell(self, old: list[Any] | None, changes: Changes, fresh: bool = False) -> None:
+        """``messages`` is new (``fresh``: a new or reloaded state) or changed from ``old`` by
+        ``changes`` (``old`` None: nothing changed here): keep the summary, tell the listeners."""
+        if fresh:
+            self._summary.update(self.messages, changes, True)
+        elif old is not None:
+            if changes:
+                self._summary.count(old, self.messages, changes)
+            self._summary.update(self.messages, changes, False)
         for listener in list(self._listeners) if changes else ():
             listener(changes)
-        return extra[0] if extra else changes
 
     def _visible(self, entries: list[Any]) -> list[Any]:
         if not self._hidden:
@@ -382,14 +392,10 @@ class MboxMailbox:
             return self._run(self._file.expunge, list(uids))
         gone = sorted(u for u in set(uids) if self._entry(u) is not None)
         if gone:
-            changes = Changes(expunged=gone)
             old = self.messages
             self._hidden.update(gone)
             self.messages = self._visible(state.entries)
-            self._summary.count(old, self.messages, changes)
-            self._summary.update(self.messages, changes, False)
-            for listener in list(self._listeners):
-                listener(changes)
+            self._tell(old, Changes(expunged=gone))
             self._compact()
         return defer.succeed(gone)
 
@@ -484,17 +490,13 @@ class MboxMailbox:
 
     def _gone(self) -> None:
         """The folder was deleted: every message is expunged; the (empty) state stays."""
-        gone = [m.uid for m in self.messages]
+        old = self.messages
         self._hidden.clear()
         if self._state is not None:
             self._state = self._state.copy(stamp=ix.Stamp(0, 0, 0), entries=[])
         self.messages = []
         self._keep_reader(None)
-        self._summary.unseen = 0
-        changes = Changes(expunged=gone)
-        self._summary.update(self.messages, changes, False)
-        for listener in list(self._listeners) if changes else ():
-            listener(changes)
+        self._tell(old, Changes(expunged=[m.uid for m in old]))
 
     def close(self) -> None:
         self.users -= 1
