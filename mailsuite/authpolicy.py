@@ -64,6 +64,9 @@ log = Logger()
 MAX_PENALTY = 15.0
 #: Addresses remembered at most; beyond that the least recently seen are forgotten first.
 MAX_TRACKED = 100_000
+#: Login names whose attempts one address keeps apart; attempts for further names are counted
+#: together, and no success takes those back.
+MAX_USERS_PER_ADDRESS = 64
 
 #: Postfix's syslog tag for SMTP AUTH warnings, per listener (master.cf service names).
 POSTFIX_IDENTS = {
@@ -120,7 +123,7 @@ class _Record:
     score: float  # attempts not yet forgotten (counted when they start), as of ``when``
     when: float
     blocked_until: float = 0.0
-    users: dict[str, float] = field(default_factory=dict)  # each login name's part of score
+    users: dict[str | None, float] = field(default_factory=dict)  # each name's part of score
     queue: deque[Attempt] = field(default_factory=deque)  # waiting for their turn
     active: Attempt | None = None  # waiting out its penalty, or its password being checked
 
@@ -130,7 +133,7 @@ class _Record:
     def count(self) -> int:
         return math.ceil(self.score - 1e-9)  # an attempt counts until wholly forgotten
 
-    def take_back(self, user: str, amount: float) -> None:
+    def take_back(self, user: str | None, amount: float) -> None:
         """Remove up to ``amount`` of ``user``'s part (all of it: ``math.inf``)."""
         part = self.users.pop(user, 0.0)
         taken = min(part, amount)
@@ -304,7 +307,9 @@ class AuthPolicy:
         record.active = attempt
         wait = self._penalty(record.count())
         record.score += 1  # counted as it starts: a failure until it is known to succeed
-        record.users[attempt.user] = record.users.get(attempt.user, 0.0) + 1
+        if attempt.user not in record.users and len(record.users) >= MAX_USERS_PER_ADDRESS:
+            attempt.counted_as = None
+        record.users[attempt.counted_as] = record.users.get(attempt.counted_as, 0.0) + 1
         if self.max_failures and record.count() >= self.max_failures:
             self._block(key, record, attempt)
         attempt.start(wait)
@@ -315,7 +320,7 @@ class AuthPolicy:
         record.blocked_until = self.clock.seconds() + self.block_time
         by.started_block = True
         self.maillog.write(
-            "auth", f"rip={by.ip}: {self.max_failures} failed logins from {key}, "
+            "auth", f"rip={by.ip}: {self.max_failures} login attempts from {key}, "
             f"logins refused for {math.ceil(self.block_time)} secs")
         waiting, record.queue = record.queue, deque()
         for attempt in waiting:
@@ -335,11 +340,13 @@ class AuthPolicy:
             return
         record.active = None
         if take_back:
-            record.take_back(attempt.user, take_back)
+            if attempt.counted_as is None:  # counted with others: take back its own only
+                take_back = min(take_back, 1.0)
+            record.take_back(attempt.counted_as, take_back)
             if attempt.started_block and record.count() < self.max_failures:
                 record.blocked_until = 0.0  # the limit was reached only by presuming a failure
-                self.maillog.write("auth", f"rip={attempt.ip}: login as <{safe_name(attempt.user)}>"
-                                           f" succeeded, logins from {attempt.key} accepted again")
+                self.maillog.write("auth", f"rip={attempt.ip}: the attempt that reached the limit "
+                                           f"did not fail, logins from {attempt.key} accepted again")
         self._next_turn(attempt.key)
 
     def _forget_oldest(self) -> None:
@@ -375,6 +382,7 @@ class Attempt:
     def __init__(self, policy: AuthPolicy, ip: str, user: str, proto: str) -> None:
         self.policy, self.ip, self.user, self.proto = policy, ip, user, proto
         self.key: str | None = None  # the address it is counted under; None when exempt
+        self.counted_as: str | None = user  # its part of the count (None: the shared part)
         self.started_block = False
         self.ended = False
         self._wait: Any = None  # the IDelayedCall of the penalty

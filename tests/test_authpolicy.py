@@ -14,6 +14,7 @@ from zope.interface import directlyProvides
 
 from mailsuite.authpolicy import (
     MAX_PENALTY,
+    MAX_USERS_PER_ADDRESS,
     AuthPolicy,
     LoginBlocked,
     address_key,
@@ -504,7 +505,7 @@ class ConcurrentAttemptTests(unittest.TestCase):
             waits.append(self.next_call())
         self.assertEqual(waits, [2, 4, 8])
         self.assertEqual(self.checker.asked, 4)
-        self.assertIn("4 failed logins from 192.0.2.7", self.maillog.lines[-1])
+        self.assertIn("4 login attempts from 192.0.2.7", self.maillog.lines[-1])
         self.assertEqual(self.results[4:], ["LoginBlocked"] * 96)
         self.checker.answer()
         self.assertEqual(self.results[:4], ["UnauthorizedLogin"] * 4)
@@ -561,6 +562,19 @@ class ConcurrentAttemptTests(unittest.TestCase):
         self.assertEqual(self.results[-1], "ok")
         self.assertEqual(self.policy.blocked_for("192.0.2.7"), 0)
         self.assertIn("accepted again", self.maillog.lines[-1])
+
+    def test_names_kept_apart_are_bounded(self):
+        """An address trying ever new names keeps at most MAX_USERS_PER_ADDRESS of them apart;
+        the rest share one part, and a success among them takes back only its own attempt."""
+        policy, _, _ = make_policy(max_failures=1000, block_time=10**9, failure_delay=0)
+        for i in range(MAX_USERS_PER_ADDRESS + 10):
+            fail(policy, "192.0.2.7", f"user{i}")
+        record = policy._records["192.0.2.7"]
+        self.assertEqual(len(record.users), MAX_USERS_PER_ADDRESS + 1)
+        succeed(policy, "192.0.2.7", "user70")
+        self.assertEqual(policy.failures("192.0.2.7"), MAX_USERS_PER_ADDRESS + 10)
+        succeed(policy, "192.0.2.7", "user0")
+        self.assertEqual(policy.failures("192.0.2.7"), MAX_USERS_PER_ADDRESS + 9)
 
     def test_cancelled_while_waiting_is_not_counted(self):
         """A client gone before its password was checked leaves no count and lets the next

@@ -118,7 +118,7 @@ class BruteForceTests(unittest.TestCase):
         self.assertEqual(len(self.failure_lines(source)), LIMIT, log)
         self.assertNotIn("Login: user=<boss>", log)  # IMAP and POP3 successes
         self.assertNotIn("sasl_method=", log)  # an SMTP AUTH success (Postfix's client= line)
-        block = re.search(rf"rip={re.escape(source)}: {LIMIT} failed logins", log)
+        block = re.search(rf"rip={re.escape(source)}: {LIMIT} login attempts", log)
         self.assertIsNotNone(block, log)
         assert block is not None
         self.assertLess(block.start(), log.index(self.failure_lines(source)[-1]))
