@@ -489,9 +489,7 @@ class POP3Server(Pop3Login, pop3.POP3):
         self.setTimeout(None)
         self._queue.clear()
         # Work in flight (a login, a store read or QUIT's expunge) runs to its end before the
-        # mailbox is closed; only the failed-login delay and a message being sent stop at once.
-        if self._delay is not None:
-            self._delay.cancel()
+        # mailbox is closed; only a message being sent stops at once.
         if self._producer is not None:
             self._producer.stopProducing()
         if self._busy is None:

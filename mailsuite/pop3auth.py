@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.cred import credentials
 from twisted.cred import error as cred_error
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
@@ -25,7 +25,6 @@ from mailsuite.authpolicy import LoginBlocked
 
 log = Logger()
 
-AUTH_FAILURE_DELAY = 2.0  # Dovecot's auth_failure_delay
 MAX_AUTH_ATTEMPTS = 3  # then the connection is closed
 
 PLAINTEXT_REFUSED = (b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
@@ -52,7 +51,6 @@ class Pop3Login:
         self._login_method = "PLAIN"
         self._failures = 0
         self._logout: Callable[[], None] | None = None
-        self._delay: defer.Deferred[None] | None = None
         self._sasl: sasl.Exchange | None = None
         self._tls_cut = False  # input after STLS in the same read is discarded (no injection)
         self._quit = False
@@ -182,12 +180,10 @@ class Pop3Login:
         self._failures += 1
         if self._lost:  # type: ignore[attr-defined]
             return None
-        self._delay = task.deferLater(self.clock, AUTH_FAILURE_DELAY, self._refuse)
-        self._delay.addErrback(lambda f: f.trap(defer.CancelledError))
-        return self._delay
-
-    def _refuse(self) -> None:
+        # No delay of its own: the next attempt from a non-exempt address waits its turn and
+        # auth_failure_delay (authpolicy), as over IMAP and SMTP.
         self.reply(b"-ERR [AUTH] Authentication failed.")
         if self._failures >= MAX_AUTH_ATTEMPTS:
             self._quit = True
             self.transport.loseConnection()
+        return None

@@ -44,8 +44,9 @@ run)
 test)
     # s-nail and bsd-mailx: mbox compatibility; swaks, curl, fetchmail: real clients;
     # whois: mkpasswd for yescrypt/bcrypt test hashes; openssl: SHA-crypt test hashes;
-    # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines.
-    apt_install s-nail swaks curl fetchmail whois openssl fail2ban
+    # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines;
+    # iproute2: ip netns, so brute-force tests attack from a non-loopback address.
+    apt_install s-nail swaks curl fetchmail whois openssl fail2ban iproute2
     install_suite
     shift
     exec "$VENV/bin/python" scripts/run_tests.py "$@"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 
-from twisted.cred import checkers, portal
+from twisted.cred import checkers, credentials, portal
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -22,9 +23,75 @@ from tests.test_pop3 import SERVER, NoDelayTransport, Realm, make_config
 
 ATTACKER = IPv4Address("TCP", "203.0.113.9", 40000)
 NEIGHBOUR = IPv4Address("TCP", "203.0.113.10", 40000)
+LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
+HASH_TIME = 0.5
 
 
-class Pop3PolicyTests(unittest.TestCase):
+class SlowChecker:
+    """Gives ``inner``'s verdict HASH_TIME seconds later on ``clock``, as a password hash in a
+    thread does; counts the passwords it was asked about."""
+
+    credentialInterfaces = (credentials.IUsernamePassword,)
+
+    def __init__(self, inner, clock):
+        self.inner, self.clock, self.asked = inner, clock, 0
+
+    def requestAvatarId(self, creds):
+        self.asked += 1
+        d = defer.Deferred()
+        self.clock.callLater(HASH_TIME, lambda: defer.maybeDeferred(
+            self.inner.requestAvatarId, creds).chainDeferred(d))
+        return d
+
+
+def slow_down(the_portal, clock):
+    """Make ``the_portal``'s password checks take HASH_TIME; the SlowChecker."""
+    slow = SlowChecker(the_portal.checkers[credentials.IUsernamePassword], clock)
+    the_portal.registerChecker(slow)
+    return slow
+
+
+class BurstMixin:
+    """S6 and 12 of issue 9, alike for the three protocols: ``start(password, peer)`` begins a
+    login on a new connection and returns a function giving its last reply line (or None)."""
+
+    ok = wrong = blocked = ""
+
+    def test_parallel_burst_stops_at_the_limit(self):
+        """20 wrong passwords at once over 20 connections, the right one last: the passwords
+        are checked one after another with the penalty between them, only login_max_failures
+        of them; the rest, the right one included, get the temporary error."""
+        slow = slow_down(self.portal, self.clock)
+        replies = [self.start(b"wrong%d" % i) for i in range(20)] + [self.start(b"secret")]
+        self.clock.advance(HASH_TIME)
+        self.assertEqual(slow.asked, 1)
+        for _ in range(100):
+            self.clock.advance(0.5)
+        self.assertEqual(slow.asked, 3)
+        self.assertEqual([r() for r in replies[:3]], [self.wrong] * 3)
+        self.assertEqual([r() for r in replies[3:]], [self.blocked] * 18)
+
+    def test_loopback_is_never_delayed(self):
+        """From loopback a wrong password is answered at once, and so is the next attempt."""
+        for _ in range(2):
+            self.assertEqual(self.start(b"wrong", LOOPBACK)(), self.wrong)
+        self.assertEqual(self.start(b"secret", LOOPBACK)(), self.ok)
+
+    def test_failure_delay_follows_auth_failure_delay(self):
+        """From elsewhere a failure is answered at once; the next attempt's password waits
+        auth_failure_delay (3 s here), not a fixed 2 s."""
+        self.policy.failure_delay = 3.0
+        self.assertEqual(self.start(b"wrong")(), self.wrong)
+        reply = self.start(b"secret")
+        self.clock.advance(2.9)
+        self.assertIsNone(reply())
+        self.clock.advance(0.1)
+        self.assertEqual(reply(), self.ok)
+
+
+class Pop3PolicyTests(BurstMixin, unittest.TestCase):
+    ok, wrong = "+OK Logged in.", "-ERR [AUTH] Authentication failed."
+    blocked = "-ERR [SYS/TEMP] Temporary authentication failure."
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(1_000_000)
@@ -42,6 +109,11 @@ class Pop3PolicyTests(unittest.TestCase):
         proto.makeConnection(transport)
         transport.clear()
         return proto, transport
+
+    def start(self, password, peer=ATTACKER):
+        proto, transport = self.session(peer)
+        proto.dataReceived(b"USER boss\r\nPASS " + password + b"\r\n")
+        return lambda: (transport.value().decode().splitlines()[1:] or [None])[-1]
 
     def login(self, password, peer=ATTACKER):
         """USER/PASS on a new connection; the clock runs through every delay."""
@@ -82,7 +154,9 @@ class Pop3PolicyTests(unittest.TestCase):
         self.assertIs(factory.buildProtocol(ATTACKER).portal, self.portal)
 
 
-class ImapPolicyTests(unittest.TestCase):
+class ImapPolicyTests(BurstMixin, unittest.TestCase):
+    ok, wrong = "a OK", "a NO [AUTHENTICATIONFAILED] Authentication failed."
+    blocked = "a NO [UNAVAILABLE] Temporary authentication failure."
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(1_000_000)
@@ -92,6 +166,19 @@ class ImapPolicyTests(unittest.TestCase):
                                  max_failures=3, block_time=600.0)
         self.factory = IMAPFactory(imap_test.make_config(disable_plaintext_auth=False),
                                    self.portal, self.maillog, self.clock, policy=self.policy)
+
+    def start(self, password, peer=ATTACKER):
+        proto = self.factory.buildProtocol(peer)
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "192.0.2.1", 143),
+                                    peerAddress=peer)
+        proto.makeConnection(transport)
+        transport.clear()
+        proto.dataReceived(b"a LOGIN boss " + password + b"\r\n")
+
+        def reply():
+            lines = transport.value().decode().splitlines()
+            return lines[-1][:4] if lines and lines[-1].startswith("a OK") else (lines or [None])[-1]
+        return reply
 
     def login(self, password, peer=ATTACKER, command=b"a LOGIN boss "):
         proto = self.factory.buildProtocol(peer)
@@ -146,7 +233,7 @@ class ImapPolicyTests(unittest.TestCase):
         self.assertIn("a OK", self.login(b"secret", NEIGHBOUR))
 
 
-class SmtpPolicyTests(test_sasl_smtp.SmtpAuthCase):
+class SmtpPolicyTests(BurstMixin, test_sasl_smtp.SmtpAuthCase):
     """SMTP AUTH on 465 (TLS from the first byte) with a policy on the factory."""
 
     service = "smtps"
@@ -157,6 +244,18 @@ class SmtpPolicyTests(test_sasl_smtp.SmtpAuthCase):
         self.policy = AuthPolicy(clock=self.clock, maillog=self.maillog, failure_delay=2.0,
                                  max_failures=3, block_time=600.0)
         self.factory.policy = self.policy
+        self.portal = self.factory.portal
+
+    ok, wrong = "235 2.7.0 Authentication successful", "535 5.7.8 Error: authentication failed"
+    blocked = "454 4.7.0 Temporary authentication failure"
+
+    def start(self, password, peer=ATTACKER):
+        self.connect(peer.host)
+        self.ehlo()
+        transport = self.transport
+        transport.clear()
+        self.proto.dataReceived(b"AUTH PLAIN " + base64.b64encode(b"\0boss\0" + password) + b"\r\n")
+        return lambda: (transport.value().decode().splitlines() or [None])[-1]
 
     def attempt(self, plain, peer=None):
         self.connect(peer)
