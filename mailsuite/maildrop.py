@@ -33,7 +33,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from mailsuite import threads
-from mailsuite.fsutil import fsync_dir
+from mailsuite.fsutil import fsync_entry
 from mailsuite.maillog import new_queue_id
 
 log = Logger()
@@ -71,21 +71,28 @@ class Dropped:
 
 
 def _write_file(directory: str, name: str, head: dict[str, Any], data: bytes) -> None:
-    tmp = os.path.join(directory, f".tmp.{name}")
+    """Write ``.tmp.NAME``, fsync it, rename it to NAME and make the rename durable; on any
+    error nothing is left under either name (so a reported failure never delivers)."""
+    tmp, final = os.path.join(directory, f".tmp.{name}"), os.path.join(directory, name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    current = tmp
     try:
         payload = json.dumps(head, separators=(",", ":")).encode("utf-8") + b"\n" + data
         view = memoryview(payload)
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
+        os.rename(tmp, final)
+        current = final
+        fsync_entry(directory, fd)
     except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
+        try:
+            os.unlink(current)
+        except OSError:
+            pass
         raise
-    os.close(fd)
-    os.rename(tmp, os.path.join(directory, name))
-    fsync_dir(directory)
+    finally:
+        os.close(fd)
 
 
 def drop(queue_directory: str, sender: str, recipients: list[str], data: bytes,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from typing import Any
 
 from twisted.internet import defer
@@ -105,3 +109,47 @@ class PickupTests(unittest.TestCase):
         maildrop.drop(self.queue, "joe", ["boss"], b"x\n")
         self.successResultOf(self.pickup.scan())
         self.assertEqual(maildrop.ids(self.queue), [])
+
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class UnprivilegedDropTests(unittest.TestCase):
+    """drop() as a normal user, who may create files in the 1733 maildrop/ but not read it."""
+
+    if os.geteuid() != 0:
+        skip = "needs root to run the dropping child as nobody"
+
+    def setUp(self) -> None:
+        self.top = tempfile.mkdtemp(prefix="ms-drop-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.top, True)
+        os.chmod(self.top, 0o755)
+        self.queue = os.path.join(self.top, "queue")
+        maildrop.ensure_maildrop(self.queue)
+
+    def drop_as_nobody(self, data: bytes) -> subprocess.CompletedProcess[bytes]:
+        code = ("import sys; from mailsuite import maildrop;"
+                " print(maildrop.drop(sys.argv[1], 'nobody', ['boss'], sys.stdin.buffer.read()))")
+        return subprocess.run(
+            [sys.executable, "-c", code, self.queue], input=data, capture_output=True,
+            timeout=60, check=False, user=65534, group=65534, extra_groups=[],
+            env={"PYTHONPATH": ROOT_DIR, "PATH": "/usr/bin:/bin"}, cwd="/")
+
+    def test_drop_succeeds_and_is_the_users(self) -> None:
+        """The message is written, made durable and reported as queued (the fsync of maildrop/
+        itself is refused to a user who may not read it: EACCES), with the user's uid."""
+        p = self.drop_as_nobody(b"Subject: s\n\nfrom nobody\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        queue_id = p.stdout.decode().strip()
+        self.assertEqual(maildrop.ids(self.queue), [queue_id])
+        dropped = maildrop.read(self.queue, queue_id)
+        self.assertEqual((dropped.uid, dropped.data), (65534, b"Subject: s\n\nfrom nobody\n"))
+
+    def test_failure_leaves_nothing(self) -> None:
+        """Where the user may not write maildrop/, drop() fails and leaves no file behind (the
+        command then exits non-zero: never a message both refused and delivered)."""
+        os.chmod(maildrop.maildrop_dir(self.queue), 0o1730)
+        p = self.drop_as_nobody(b"x\n")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"PermissionError", p.stderr)
+        self.assertEqual(os.listdir(maildrop.maildrop_dir(self.queue)), [])
