@@ -249,6 +249,25 @@ class UnprivilegedSendTests(unittest.TestCase):
         wait_for("delivery", lambda: "hello from the user" in read(self.site.inbox("carol")))
         self.assertEqual(read(self.site.inbox("carol")).count("hello from the user"), 1)
 
+    def test_unknown_recipient_bounces_to_the_user(self) -> None:
+        """sendmail to an unknown local user: exit 0 (the message is queued), then an RFC 3464
+        bounce from MAILER-DAEMON with the null sender reaches the sending user's mailbox;
+        the other recipient still gets the message."""
+        p = self.as_user([self.site.command("sendmail"), "-i", "ghost", "carol"],
+                         b"Subject: to a ghost\n\nanyone there?\n")
+        self.assertEqual((p.returncode, p.stderr), (0, b""))
+        mine = self.site.inbox(self.name)
+        wait_for("bounce", lambda: "Undelivered Mail Returned to Sender" in read(mine))
+        box = read(mine)
+        self.assertTrue(box.startswith("From MAILER-DAEMON "), box[:200])
+        self.assertIn("Return-Path: <>", box)
+        self.assertIn("Content-Type: multipart/report; report-type=delivery-status", box)
+        self.assertIn("Final-Recipient: rfc822; ghost@example.test", box)
+        self.assertIn("Action: failed\nStatus: 5.1.1", box)
+        self.assertIn("anyone there?", box)  # the message is attached
+        self.assertIn("anyone there?", read(self.site.inbox("carol")))
+        wait_for("log", lambda: "sender non-delivery notification" in self.site.maillog_text())
+
     def test_sendmail_as_user_without_maildrop_fails(self) -> None:
         """Where the message cannot be queued (maildrop/ not writable by users), exit 75 and
         nothing is delivered."""
