@@ -14,6 +14,7 @@ import time
 
 from twisted.trial import unittest
 
+from tests.integration import harness
 from tests.integration.harness import ROOT, Site, free_port
 
 SNAIL = shutil.which("s-nail")
@@ -308,6 +309,45 @@ class SpecialTargetTests(unittest.TestCase):
         wait_for("log", lambda: "delivered to command: cat >" in site.maillog_text())
         self.assertIn(f"status=sent (delivered to file: {out}/file.mbox)", site.maillog_text())
 
+
+    def test_file_targets_need_no_interpreter_access(self) -> None:
+        """With the server's Python under a directory nobody and boss cannot enter (a venv
+        made from a Python under /root), an alias /file (as nobody) and a ~/.forward /file (as
+        boss) are still delivered, at once, by the running server."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root to switch users")
+        self.patch(harness, "TWISTD", [private_python(self), *harness.TWISTD[1:]])
+        out = outdir(self)
+        site = make_site(self, f"postmaster: boss\nfiled: {out}/alias.mbox\n")
+        forward = os.path.join(site.home("boss"), ".forward")
+        with open(forward, "w") as f:
+            f.write(f"{out}/boss.mbox\n")
+        os.chown(forward, site.uids["boss"], site.uids["boss"])
+        site.start()
+        with smtplib.SMTP("127.0.0.1", site.ports["smtp"]) as s:
+            s.sendmail("joe@example.test", ["filed@example.test", "boss@example.test"],
+                       b"Subject: filed\n\nfiled body\n")
+        wait_for("alias file", lambda: "filed body" in read(f"{out}/alias.mbox"))
+        wait_for("forward file", lambda: "filed body" in read(f"{out}/boss.mbox"))
+        self.assertEqual(os.stat(f"{out}/alias.mbox").st_uid, 65534)
+        self.assertEqual(os.stat(f"{out}/boss.mbox").st_uid, site.uids["boss"])
+        self.assertNotIn("Permission denied", site.maillog_text())
+
+
+def private_python(case: unittest.TestCase) -> str:
+    """This venv's Python, reached through a root-only (0700) directory: a venv whose
+    interpreter no other user can run."""
+    top = tempfile.mkdtemp(prefix="ms-venv-", dir="/tmp")
+    case.addCleanup(shutil.rmtree, top, True)
+    os.chmod(top, 0o700)
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    os.makedirs(os.path.join(top, "bin"))
+    os.symlink(os.path.realpath(sys.executable), os.path.join(top, "bin", "python3"))
+    shutil.copy(os.path.join(venv, "pyvenv.cfg"), top)
+    for name in ("lib", "lib64"):
+        if os.path.exists(os.path.join(venv, name)):
+            os.symlink(os.path.join(venv, name), os.path.join(top, name))
+    return os.path.join(top, "bin", "python3")
 
 class LMTPTests(unittest.TestCase):
     ALIASES = 'postmaster: boss\nlater: "|exit 75"\nbroken: "|exit 1"\n'
