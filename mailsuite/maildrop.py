@@ -279,7 +279,8 @@ def local_submitter(delivery: Any, maillog: Any, hostname: str, myorigin: str,
             maillog.write("local", f"{dropped.queue_id}: to=<{address}>, relay=none,"
                           f" delay={now() - dropped.arrival:.2g}, dsn={dsn},"
                           f" status={status} ({resp})")
-            return e.code >= 500, dsn, resp
+            reason = resp.removeprefix(dsn).strip().removeprefix(f"<{address}>: ")
+            return e.code >= 500, dsn, reason  # the bounce says "<address>: reason"
         except DeliveryFailed as e:  # logged by deliver(); a failed |command or /file
             error = next((f.value for f in e.failures if f.check(TargetFailed)), None)
             if error is None:

@@ -265,6 +265,7 @@ class UnprivilegedSendTests(unittest.TestCase):
         self.assertIn("Content-Type: multipart/report; report-type=delivery-status", box)
         self.assertIn("Final-Recipient: rfc822; ghost@example.test", box)
         self.assertIn("Action: failed\nStatus: 5.1.1", box)
+        self.assertIn("<ghost@example.test>: Recipient address rejected: User unknown", box)
         self.assertIn("anyone there?", box)  # the message is attached
         self.assertIn("anyone there?", read(self.site.inbox("carol")))
         wait_for("log", lambda: "sender non-delivery notification" in self.site.maillog_text())
