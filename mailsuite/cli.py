@@ -36,6 +36,40 @@ class Fatal(Exception):
         self.code = code
 
 
+class Help(Exception):
+    """``--help``: the program's usage goes to stdout, exit 0."""
+
+
+_CONFIG = ("  -C PATH, --config PATH  mail.ini (else $MAILSUITE_CONFIG, else"
+           " /etc/mailsuite/mail.ini)\n")
+USAGE = {
+    "sendmail": (
+        "usage: sendmail [options] [--] [recipient ...]\n"
+        "Queue the message on stdin for the recipients (Postfix-compatible options).\n"
+        "  -t            also take recipients from To:, Cc:, Bcc: (Bcc: is removed)\n"
+        "  -i, -oi       a line with a single dot does not end the message\n"
+        "  -f SENDER     envelope sender (-r the same; -f '<>' the null sender)\n"
+        "  -F NAME       full name for the From: line added when there is none\n"
+        + _CONFIG +
+        "  -bm           queue the message on stdin (the default)\n"
+        "  -bs           speak SMTP on stdin and stdout\n"
+        "  -bp           list the queue (as mailq)\n"
+        "  -bi           check the alias files (as newaliases)\n"
+        "  -q            deliver the queue now\n"
+        "Exit status: 0 queued, 64 usage, 75 temporary failure (try again later),"
+        " 78 configuration error."),
+    "mailq": "usage: mailq [-C|--config mail.ini]\nList the mail queue and maildrop/.\n"
+             + _CONFIG.rstrip("\n"),
+    "newaliases": ("usage: newaliases [-C|--config mail.ini]\nCheck every alias_maps file;"
+                   " errors name file and line, exit 1 on error.\n" + _CONFIG.rstrip("\n")),
+    "mailsuite-queue": (
+        "usage: mailsuite-queue [-C mail.ini] -p | -f | -d ID|ALL\n"
+        "  -p          list the queue (mailq; the default)\n"
+        "  -f          deliver the queue now (postqueue -f)\n"
+        "  -d ID|ALL   delete one message, or all (postsuper -d)\n" + _CONFIG.rstrip("\n")),
+}
+
+
 def config_path(explicit: str | None) -> str:
     return explicit or os.environ.get("MAILSUITE_CONFIG") or DEFAULT_CONFIG
 
@@ -53,6 +87,9 @@ def _run(program: str, main: Callable[[], int]) -> int:
     except Fatal as e:
         print(f"{program}: fatal: {e}", file=sys.stderr)
         return e.code
+    except Help:
+        print(USAGE[program])
+        return EX_OK
     except BrokenPipeError:
         return EX_OK
 
@@ -153,6 +190,8 @@ def parse_sendmail_args(argv: list[str]) -> SendmailArgs:
         if arg == "--":
             a.recipients.extend(argv[i + 1:])
             break
+        if arg == "--help":
+            raise Help()
         if arg == "--config":
             if i + 1 >= len(argv):
                 raise Fatal(EX_USAGE, "--config needs a path")
@@ -365,6 +404,8 @@ def _config_only(program: str, argv: list[str] | None) -> str | None:
         elif argv[i].startswith("-C") and len(argv[i]) > 2:
             path = argv[i][2:]
             i += 1
+        elif argv[i] in ("-h", "--help"):
+            raise Help()
         else:
             raise Fatal(EX_USAGE, f"usage: {program} [-C|--config mail.ini]")
     return path
@@ -478,6 +519,8 @@ def queue_main(argv: list[str] | None = None) -> int:
             if arg in ("-C", "--config") and i + 1 < len(argv):
                 config, i = argv[i + 1], i + 2
                 continue
+            if arg in ("-h", "--help"):
+                raise Help()
             if arg in ("-p", "-f"):
                 action = arg
             elif arg == "-d" and i + 1 < len(argv):

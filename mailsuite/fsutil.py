@@ -16,6 +16,39 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):  # not Linux
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_syncfs = _load_syncfs()
+
+
+def fsync_entry(directory: str, fd: int) -> None:
+    """Make the entry just renamed into ``directory`` for the open file ``fd`` durable.
+
+    The fsync of the directory needs read permission on it, which a user dropping into a
+    1733 directory (``maildrop/``) lacks (EACCES); then ``syncfs(2)`` of the file system that
+    holds ``fd`` commits it (it reports write-back errors since Linux 5.8; ``sync()`` where
+    there is no syncfs). Raises OSError when the entry may not be on disk."""
+    try:
+        fsync_dir(directory)
+        return
+    except PermissionError:
+        pass
+    if _syncfs is None:
+        os.fsync(fd)
+        os.sync()
+    elif _syncfs(fd) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno), directory)
+
+
 # sync_file_range(2) flags (linux/fs.h)
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 

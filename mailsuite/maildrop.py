@@ -33,8 +33,12 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from mailsuite import threads
-from mailsuite.fsutil import fsync_dir
+from mailsuite.fsutil import fsync_entry
 from mailsuite.maillog import new_queue_id
+from mailsuite.smtp.bounce import Entry
+from mailsuite.smtp.delivery import DeliveryFailed
+from mailsuite.smtp.forward import TargetFailed
+from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
 
 log = Logger()
 
@@ -71,21 +75,28 @@ class Dropped:
 
 
 def _write_file(directory: str, name: str, head: dict[str, Any], data: bytes) -> None:
-    tmp = os.path.join(directory, f".tmp.{name}")
+    """Write ``.tmp.NAME``, fsync it, rename it to NAME and make the rename durable; on any
+    error nothing is left under either name (so a reported failure never delivers)."""
+    tmp, final = os.path.join(directory, f".tmp.{name}"), os.path.join(directory, name)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    current = tmp
     try:
         payload = json.dumps(head, separators=(",", ":")).encode("utf-8") + b"\n" + data
         view = memoryview(payload)
         while view:
             view = view[os.write(fd, view):]
         os.fsync(fd)
+        os.rename(tmp, final)
+        current = final
+        fsync_entry(directory, fd)
     except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
+        try:
+            os.unlink(current)
+        except OSError:
+            pass
         raise
-    os.close(fd)
-    os.rename(tmp, os.path.join(directory, name))
-    fsync_dir(directory)
+    finally:
+        os.close(fd)
 
 
 def drop(queue_directory: str, sender: str, recipients: list[str], data: bytes,
@@ -241,44 +252,86 @@ def local_submitter(delivery: Any, maillog: Any, hostname: str, myorigin: str,
     """``submit`` for Pickup that delivers through LocalDelivery (the same resolve() as SMTP
     RCPT, one deliver() per recipient so a retry never repeats a delivered copy).
 
-    Permanent refusals (5xx) are logged ``status=bounced``; temporary ones are kept for the
-    next scan. Remote recipients go to ``delivery.queue.submit`` (the outbound queue) when there
-    is one, else they wait (temporary failure).
+    Permanent refusals (5xx: an unknown user, a |command that failed) are logged
+    ``status=bounced`` and, as Postfix's bounce(8), reported to the sender in one RFC 3464
+    bounce through ``delivery.queue`` (a local sender finds it in the mailbox); the recipient
+    is dropped once the bounce is on disk. Temporary ones are kept for the next scan. Remote
+    recipients go to ``delivery.queue.submit`` (the outbound queue) when there is one, else
+    they wait (temporary failure).
     """
+
+    @defer.inlineCallbacks
+    def deliver_one(dropped: Dropped, sender: str, address: str, data: bytes) -> Any:
+        """None when delivered (or queued), else (permanent, dsn, text), logged."""
+        _, _, domain = address.rpartition("@")
+        queue = getattr(delivery, "queue", None)
+        try:
+            if queue is not None and not delivery.is_local_domain(domain):
+                yield queue.submit(sender, [address], data)  # durable in the queue
+                return None
+            found = yield delivery.resolve(address)
+            yield delivery.deliver(data, sender, [(address, d) for d in found],
+                                   dropped.queue_id, arrival=dropped.arrival)
+        except smtp.SMTPServerError as e:
+            resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
+            dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
+            status = "deferred" if e.code < 500 else "bounced"
+            maillog.write("local", f"{dropped.queue_id}: to=<{address}>, relay=none,"
+                          f" delay={now() - dropped.arrival:.2g}, dsn={dsn},"
+                          f" status={status} ({resp})")
+            reason = resp.removeprefix(dsn).strip().removeprefix(f"<{address}>: ")
+            return e.code >= 500, dsn, reason  # the bounce says "<address>: reason"
+        except DeliveryFailed as e:  # logged by deliver(); a failed |command or /file
+            error = next((f.value for f in e.failures if f.check(TargetFailed)), None)
+            if error is None:
+                return False, "4.3.0", str(e)
+            return error.permanent, error.dsn, error.text
+        return None
 
     @defer.inlineCallbacks
     def submit(dropped: Dropped) -> Any:
         sender = qualify(dropped.sender, myorigin)
         data = received_by(hostname, dropped.uid, dropped.queue_id, now()) + dropped.data
-        retry = []
+        retry: list[str] = []
+        bounced: list[tuple[str, Entry]] = []
         for rcpt in dropped.recipients:
             address = qualify(rcpt, myorigin)
-            _, _, domain = address.rpartition("@")
-            queue = getattr(delivery, "queue", None)
             try:
-                if queue is not None and not delivery.is_local_domain(domain):
-                    yield queue.submit(sender, [address], data)  # durable in the queue
-                    continue
-                found = yield delivery.resolve(address)
-                yield delivery.deliver(data, sender, [(address, d) for d in found],
-                                       dropped.queue_id, arrival=dropped.arrival)
-            except smtp.SMTPServerError as e:
-                if e.code < 500:
-                    retry.append(rcpt)
-                    status = "deferred"
-                else:
-                    status = "bounced"
-                resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
-                dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
-                maillog.write("local", f"{dropped.queue_id}: to=<{address}>, relay=none,"
-                              f" delay={now() - dropped.arrival:.2g}, dsn={dsn},"
-                              f" status={status} ({resp})")
+                result = yield deliver_one(dropped, sender, address, data)
             except defer.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 -- logged and retried at the next scan
                 log.failure("maildrop {id}: delivery to {rcpt} failed", id=dropped.queue_id,
                             rcpt=address)
+                result = (False, "4.3.0", "internal error")
+            if result is None:
+                continue
+            permanent, dsn, text = result
+            if permanent:
+                bounced.append((rcpt, Entry(QueuedRecipient(address), dsn, text)))
+            else:
                 retry.append(rcpt)
+        if bounced and not (yield bounce(dropped, sender, data, [e for _, e in bounced])):
+            retry.extend(rcpt for rcpt, _ in bounced)  # refused again, and bounced, next time
         return retry
+
+    @defer.inlineCallbacks
+    def bounce(dropped: Dropped, sender: str, data: bytes, entries: list[Entry]) -> Any:
+        """Queue one bounce for ``entries``; False when it could not be written."""
+        queue = getattr(delivery, "queue", None)
+        if queue is None:
+            log.warn("maildrop {id}: no queue to return the message to <{sender}>",
+                     id=dropped.queue_id, sender=sender)
+            return True
+        env = Envelope(dropped.queue_id, sender, [e.recipient for e in entries], dropped.arrival,
+                       size=len(data))
+        try:
+            yield queue.notify(env, data, "failed", entries, now())
+        except defer.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 -- the recipients stay, and are tried again
+            log.failure("maildrop {id}: cannot queue the bounce", id=dropped.queue_id)
+            return False
+        return True
 
     return submit

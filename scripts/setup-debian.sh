@@ -1,15 +1,39 @@
 #!/bin/sh
 # Set-up on a fresh Debian 12 machine, as root, from a checkout of mailsuite.
 #
-#   sh scripts/setup-debian.sh run    install into /opt/mailsuite and start on etc/mail.ini
-#   sh scripts/setup-debian.sh test   install what the tests need and run the whole suite
+#   sh scripts/setup-debian.sh install    install into /opt/mailsuite and set the machine up
+#   sh scripts/setup-debian.sh run        the same, then start in the foreground
+#                                         (twistd -n mailsuite --config /etc/mailsuite/mail.ini)
+#   sh scripts/setup-debian.sh uninstall  undo the machine set-up (mail.ini, mail and the venv stay)
+#   sh scripts/setup-debian.sh test       install what the tests need and run the whole suite
+#
+# The machine set-up (also on its own: `configure`), each step kept when done already:
+# - /etc/mailsuite/mail.ini copied from etc/mail.ini when there is none (never overwritten),
+#   /etc/aliases when there is none, /var/mail, and queue_directory/maildrop/ (so sendmail
+#   works for every user before the first start);
+# - /usr/sbin/sendmail, /usr/lib/sendmail, /usr/bin/mailq, /usr/bin/newaliases become links to
+#   the venv's commands, so mail(1), cron and every other program send through mailsuite. Debian
+#   has no alternative for them: a file an installed MTA package (postfix, exim4) owns is first
+#   moved aside with `dpkg-divert --package mailsuite --rename` to NAME.mailsuite-orig (the
+#   package's upgrades then go there too); where no package owns it, it is just a link.
+#   Any other file there stops the set-up, untouched;
+# - /usr/local/bin/twistd and /usr/local/bin/mailsuite-queue: links to the venv's.
+# `uninstall` removes those links and diversions (the MTA's files come back); by hand:
+#   rm /usr/sbin/sendmail && dpkg-divert --package mailsuite --rename --remove /usr/sbin/sendmail
 #
 # Debian's Python refuses `pip install` outside a virtual environment (PEP 668), so everything
-# goes into a venv made with Debian's own /usr/bin/python3.
+# goes into a venv made with Debian's own /usr/bin/python3. MAILSUITE_VENV: another venv;
+# MAILSUITE_ROOT: a directory to set up instead of / (for tests).
 set -eu
 
 cd "$(dirname "$0")/.."
 VENV=${MAILSUITE_VENV:-/opt/mailsuite}
+R=${MAILSUITE_ROOT:-}
+CONFIG=/etc/mailsuite/mail.ini
+# system path=command in the venv's bin/
+LINKS="/usr/sbin/sendmail=sendmail /usr/lib/sendmail=sendmail /usr/bin/mailq=mailq
+/usr/bin/newaliases=newaliases /usr/local/bin/twistd=twistd
+/usr/local/bin/mailsuite-queue=mailsuite-queue"
 export DEBIAN_FRONTEND=noninteractive
 
 apt_install() {
@@ -33,13 +57,81 @@ install_suite() {
     "$VENV/bin/python" -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 }
 
+dpkg_() {  # dpkg-query / dpkg-divert on $R
+    cmd=$1
+    shift
+    if [ -n "$R" ]; then "$cmd" --root="$R" "$@"; else "$cmd" "$@"; fi
+}
+
+diverted() {  # is $1 diverted by us?
+    [ "$(dpkg_ dpkg-divert --listpackage "$1" 2>/dev/null)" = mailsuite ]
+}
+
+link_command() {  # make system path $1 a link to the venv's command $2
+    path=$R$1
+    if [ "$(readlink "$path" || true)" != "$VENV/bin/$2" ] && { [ -e "$path" ] || [ -L "$path" ]; }; then
+        if ! diverted "$1" && dpkg_ dpkg-query -S "$1" >/dev/null 2>&1; then
+            dpkg_ dpkg-divert --package mailsuite --divert "$1.mailsuite-orig" --rename --add "$1"
+        else
+            echo "setup-debian.sh: $path exists and is not mailsuite's; move it away first" >&2
+            exit 1
+        fi
+    fi
+    mkdir -p "$(dirname "$path")"
+    ln -sfn "$VENV/bin/$2" "$path"
+}
+
+unlink_command() {
+    path=$R$1
+    if [ "$(readlink "$path" || true)" = "$VENV/bin/$2" ]; then
+        rm "$path"
+    fi
+    if diverted "$1"; then
+        dpkg_ dpkg-divert --package mailsuite --rename --remove "$1"
+    fi
+}
+
+make_maildrop() {  # queue_directory/maildrop/ of the installed mail.ini
+    "$VENV/bin/python" - "$R" "$R$CONFIG" <<'EOF'
+import sys
+from mailsuite.config import ConfigError, load_config
+from mailsuite.maildrop import ensure_maildrop
+try:
+    cfg = load_config(sys.argv[2])
+except ConfigError as e:
+    sys.exit(f"setup-debian.sh: configuration refused:\n{e}")
+ensure_maildrop(sys.argv[1] + cfg.mail.queue_directory)
+EOF
+}
+
+configure() {
+    [ -e "$R$CONFIG" ] || install -D -m 0644 etc/mail.ini "$R$CONFIG"
+    # What Debian's postfix package would have made: the aliases file and the mail spool.
+    [ -e "$R/etc/aliases" ] || printf 'postmaster: root\n' >"$R/etc/aliases"
+    install -d -m 2775 -g mail "$R/var/mail"
+    make_maildrop
+    for link in $LINKS; do
+        link_command "${link%%=*}" "${link#*=}"
+    done
+}
+
 case "${1:-}" in
+install)
+    install_suite
+    configure
+    ;;
+configure)
+    configure
+    ;;
 run)
     install_suite
-    # What Debian's postfix package would have made: the aliases file and the mail spool.
-    [ -e /etc/aliases ] || printf 'postmaster: root\n' >/etc/aliases
-    install -d -m 2775 -g mail /var/mail
-    exec "$VENV/bin/twistd" -n --pidfile= mailsuite --config etc/mail.ini
+    configure
+    exec "$VENV/bin/twistd" -n --pidfile= mailsuite --config "$R$CONFIG"
+    ;;
+uninstall)
+    for link in $LINKS; do
+        unlink_command "${link%%=*}" "${link#*=}"
+    done
     ;;
 test)
     # s-nail and bsd-mailx: mbox compatibility; swaks, curl, fetchmail: real clients;
@@ -52,7 +144,7 @@ test)
     exec "$VENV/bin/python" scripts/run_tests.py "$@"
     ;;
 *)
-    echo "usage: sh scripts/setup-debian.sh run|test" >&2
+    echo "usage: sh scripts/setup-debian.sh install|run|uninstall|configure|test" >&2
     exit 64
     ;;
 esac

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import configparser
 import io
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 from twisted.trial import unittest
@@ -101,3 +104,29 @@ class ReportTests(unittest.TestCase):
         self.assertTrue(lines[1].endswith("  joe"))
         self.assertEqual(lines[2].strip(), "a@x")
         self.assertEqual(lines[-1], "-- 2 Kbytes in 1 Request.")
+
+
+class HelpTests(unittest.TestCase):
+    def test_every_console_command_answers_help(self) -> None:
+        """Every console_scripts entry point of setup.cfg, and ``twistd mailsuite``, prints its
+        usage on stdout for --help and exits 0, without reading any mail.ini."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        setup = configparser.ConfigParser()
+        setup.read(os.path.join(root, "setup.cfg"))
+        lines = setup["options.entry_points"]["console_scripts"].strip().splitlines()
+        commands = {}
+        for line in lines:
+            name, _, target = (part.strip() for part in line.partition("="))
+            module, _, function = target.partition(":")
+            commands[name] = (f"import sys; sys.argv[0] = {name!r};"
+                              f" from {module} import {function}; {function}()")
+        self.assertGreaterEqual(set(commands), {"sendmail", "mailq", "newaliases"})
+        commands["twistd mailsuite"] = ("import sys; sys.argv[1:1] = ['mailsuite'];"
+                                        " from twisted.scripts.twistd import run; run()")
+        env = dict(os.environ, PYTHONPATH=root, MAILSUITE_CONFIG="/nonexistent/mail.ini")
+        for name, code in commands.items():
+            p = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True,
+                               timeout=60, check=False, env=env, cwd="/")
+            self.assertEqual((p.returncode, p.stderr), (0, b""), name)
+            self.assertTrue(p.stdout.lower().startswith(b"usage:"), (name, p.stdout))
+            self.assertIn(b"--config", p.stdout, name)

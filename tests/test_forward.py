@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import sys
+import tempfile
 
 from twisted.trial import unittest
 
@@ -287,3 +290,33 @@ class FileTests(unittest.TestCase):
         self.assertTrue(e.permanent)
         self.assertIn("Permission denied", e.text)
         self.assertFalse(os.path.exists(os.path.join(d, "f")))
+
+    def test_no_interpreter_needed(self) -> None:
+        """As nobody, where the server's Python is not reachable by nobody (a venv under a 0700
+        directory, as one made from a Python under /root): the file is still appended, owned by
+        nobody, and nobody keeps none of root's groups."""
+        if not ROOT:
+            raise unittest.SkipTest("needs root to switch users")
+        private = tempfile.mkdtemp(prefix="ms-py-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, private, True)
+        os.chmod(private, 0o700)
+        python = os.path.join(private, "python3")
+        os.symlink(os.path.realpath(sys.executable), python)
+        self.patch(sys, "executable", python)
+        out = tempfile.mkdtemp(prefix="ms-out-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, out, True)
+        os.chmod(out, 0o777)
+        path = os.path.join(out, "file.mbox")
+        entry = forward.mbox_entry(b"Subject: s\n\nfiled\n", "a@b", "t", "t", 0)
+        self.assertEqual(forward.deliver_file(self.target(path, 65534), entry),
+                         f"delivered to file: {path}")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), entry)
+        self.assertEqual(os.stat(path).st_uid, 65534)
+        group_only = os.path.join(out, "group-only")
+        os.makedirs(group_only)
+        os.chown(group_only, 0, 0)
+        os.chmod(group_only, 0o770)  # root's group may write here; nobody may not
+        e = self.assertRaises(TargetFailed, forward.deliver_file,
+                              self.target(os.path.join(group_only, "f"), 65534), b"x\n")
+        self.assertIn("Permission denied", e.text)

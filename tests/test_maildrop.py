@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailsuite import maildrop, threads
 from mailsuite.maillog import MailLog
-from mailsuite.smtp.delivery import LookupFailed, UnknownRecipient
+from mailsuite.smtp.delivery import DeliveryFailed, LookupFailed, UnknownRecipient
+from mailsuite.smtp.forward import TargetFailed
 
 
 class DropTests(unittest.TestCase):
@@ -73,18 +79,22 @@ class FakeDelivery:
         return defer.succeed(None)
 
 
-class PickupTests(unittest.TestCase):
+class PickupTestCase(unittest.TestCase):
+    delivery_class: type[FakeDelivery] = FakeDelivery
+
     def setUp(self) -> None:
         self.patch(threads, "run_inline", True)
         self.queue = os.path.abspath(self.mktemp())
         os.makedirs(self.queue)
         maildrop.ensure_maildrop(self.queue)
-        self.delivery = FakeDelivery()
+        self.delivery = self.delivery_class()
         self.maillog = MailLog(None, "mail.ex.test", now=lambda: 0.0)
         submit = maildrop.local_submitter(self.delivery, self.maillog, "mail.ex.test", "ex.test",
                                           now=lambda: 0.0)
         self.pickup = maildrop.Pickup(self.queue, submit, self.maillog)
 
+
+class PickupTests(PickupTestCase):
     def test_delivers_bounces_and_keeps_temporary(self) -> None:
         """Each recipient is resolved like SMTP RCPT: delivered (with a pickup Received: line and
         @myorigin added), 5xx logged as bounced and dropped, 4xx kept in the file for later."""
@@ -105,3 +115,98 @@ class PickupTests(unittest.TestCase):
         maildrop.drop(self.queue, "joe", ["boss"], b"x\n")
         self.successResultOf(self.pickup.scan())
         self.assertEqual(maildrop.ids(self.queue), [])
+
+
+
+class FakeQueue:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.notices: list[tuple[Any, str, list[Any]]] = []
+
+    def notify(self, env: Any, data: bytes, kind: str, entries: list[Any],
+               now: float) -> defer.Deferred[None]:
+        if self.fail:
+            return defer.fail(OSError(28, "No space left on device"))
+        self.notices.append((env, kind, entries))
+        return defer.succeed(None)
+
+
+class BouncingDelivery(FakeDelivery):
+    """Local delivery where ``prog`` is a |command that exits 1 (a permanent failure)."""
+
+    def deliver(self, data: bytes, sender: str, pairs: list[Any], queue_id: str,
+                arrival: float) -> defer.Deferred[None]:
+        if pairs[0][1] == "prog":
+            error = DeliveryFailed("1 of 1 copies not written")
+            error.failures = [Failure(TargetFailed(True, "5.3.0", "Command died with status 1"))]
+            return defer.fail(error)
+        return super().deliver(data, sender, pairs, queue_id, arrival)
+
+
+class PickupBounceTests(PickupTestCase):
+    delivery_class = BouncingDelivery
+
+    def test_one_bounce_to_the_sender(self) -> None:
+        """An unknown user and a failing |command are reported in one bounce to the qualified
+        sender (bounce(8)), and leave the maildrop; the good recipient is delivered."""
+        self.delivery.queue = FakeQueue()
+        queue_id = maildrop.drop(self.queue, "joe", ["ghost", "boss", "prog"], b"S: x\n\nb\n")
+        self.successResultOf(self.pickup.scan())
+        [(env, kind, entries)] = self.delivery.queue.notices
+        self.assertEqual((env.queue_id, env.sender, kind), (queue_id, "joe@ex.test", "failed"))
+        self.assertEqual([(e.recipient.address, e.dsn) for e in entries],
+                         [("ghost@ex.test", "5.1.1"), ("prog@ex.test", "5.3.0")])
+        self.assertEqual(len(self.delivery.delivered), 1)
+        self.assertEqual(maildrop.ids(self.queue), [])
+
+    def test_unwritten_bounce_keeps_the_recipient(self) -> None:
+        """A bounce that cannot be queued keeps its recipients in maildrop/ for the next scan."""
+        self.delivery.queue = FakeQueue(fail=True)
+        queue_id = maildrop.drop(self.queue, "joe", ["ghost", "boss"], b"S: x\n\nb\n")
+        self.successResultOf(self.pickup.scan())
+        self.assertEqual(maildrop.read(self.queue, queue_id).recipients, ["ghost"])
+        self.flushLoggedErrors(OSError)
+
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class UnprivilegedDropTests(unittest.TestCase):
+    """drop() as a normal user, who may create files in the 1733 maildrop/ but not read it."""
+
+    if os.geteuid() != 0:
+        skip = "needs root to run the dropping child as nobody"
+
+    def setUp(self) -> None:
+        self.top = tempfile.mkdtemp(prefix="ms-drop-", dir="/tmp")
+        self.addCleanup(shutil.rmtree, self.top, True)
+        os.chmod(self.top, 0o755)
+        self.queue = os.path.join(self.top, "queue")
+        maildrop.ensure_maildrop(self.queue)
+
+    def drop_as_nobody(self, data: bytes) -> subprocess.CompletedProcess[bytes]:
+        code = ("import sys; from mailsuite import maildrop;"
+                " print(maildrop.drop(sys.argv[1], 'nobody', ['boss'], sys.stdin.buffer.read()))")
+        return subprocess.run(
+            [sys.executable, "-c", code, self.queue], input=data, capture_output=True,
+            timeout=60, check=False, user=65534, group=65534, extra_groups=[],
+            env={"PYTHONPATH": ROOT_DIR, "PATH": "/usr/bin:/bin"}, cwd="/")
+
+    def test_drop_succeeds_and_is_the_users(self) -> None:
+        """The message is written, made durable and reported as queued (the fsync of maildrop/
+        itself is refused to a user who may not read it: EACCES), with the user's uid."""
+        p = self.drop_as_nobody(b"Subject: s\n\nfrom nobody\n")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        queue_id = p.stdout.decode().strip()
+        self.assertEqual(maildrop.ids(self.queue), [queue_id])
+        dropped = maildrop.read(self.queue, queue_id)
+        self.assertEqual((dropped.uid, dropped.data), (65534, b"Subject: s\n\nfrom nobody\n"))
+
+    def test_failure_leaves_nothing(self) -> None:
+        """Where the user may not write maildrop/, drop() fails and leaves no file behind (the
+        command then exits non-zero: never a message both refused and delivered)."""
+        os.chmod(maildrop.maildrop_dir(self.queue), 0o1730)
+        p = self.drop_as_nobody(b"x\n")
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"PermissionError", p.stderr)
+        self.assertEqual(os.listdir(maildrop.maildrop_dir(self.queue)), [])

@@ -18,18 +18,22 @@
 A recipient whose expansion has a target that cannot work (unknown user, refused command, loop)
 is refused at RCPT with the reason, so no mail is silently dropped.
 
-``deliver_program`` and ``deliver_file`` are blocking and run as the target's privileges, in
-a child process (the server's own privileges never change; it is threaded).
+``deliver_program`` and ``deliver_file`` are blocking (call them from a thread) and run as the
+target's privileges, in a child process (the server's own privileges never change; it is
+threaded): /bin/sh for a command; for a file a forked child that drops every id and group and
+appends without exec, so the target user needs no access to the server's Python.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import pwd
+import select
 import signal
 import stat
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -401,56 +405,84 @@ def deliver_program(program: Program, message: bytes, env: dict[str, str],
                        f" {program.command!r}{said}")
 
 
-#: The child that appends to a /file target as the target's privileges: O_NOFOLLOW, a regular
-#: file with one link, fcntl lock (plus a dotlock where the directory allows one), fsync.
-_APPEND = r"""
-import errno, fcntl, os, stat, sys, time
-path = sys.argv[1]
-data = sys.stdin.buffer.read()
-try:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-except OSError as e:
-    print("cannot open file: %s" % e.strerror)
-    sys.exit(75 if e.errno in (errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EIO) else 73)
-st = os.fstat(fd)
-if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-    print("cannot append: not a regular file with one link")
-    sys.exit(73)
-lock, dot = path + ".lock", False
-for _ in range(300):
+#: How long a /file delivery may take (locks included) before its child is killed.
+FILE_TIME_LIMIT = 120.0
+#: A dotlock older than this is stale (Postfix: stale_lock_time = 500s; ours 300s).
+STALE_DOTLOCK = 300.0
+_TRANSIENT = (errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EINTR)
+
+
+def _append(path: str, entry: bytes) -> tuple[int, str]:
+    """Append ``entry`` to the mbox ``path`` with this process's privileges: O_NOFOLLOW, a
+    regular file with one link, a dotlock where the directory allows one, fcntl lock, fsync.
+    Returns (exit code: 0, EX_TEMPFAIL or EX_CANTCREAT; reason)."""
     try:
-        os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)); dot = True; break
-    except FileExistsError:
-        if time.time() - os.stat(lock).st_mtime > 300:
-            try: os.unlink(lock)
-            except OSError: pass
-        time.sleep(0.1)
-    except OSError:
-        break  # no dotlock where the directory is not writable (Postfix: "may fail")
-else:
-    print("file is locked (dotlock)"); sys.exit(75)
-try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK, 0o600)  # a FIFO without reader: ENXIO, not a hang
+    except OSError as e:
+        return (EX_TEMPFAIL if e.errno in _TRANSIENT else EX_CANTCREAT,
+                f"cannot open file: {e.strerror}")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return EX_CANTCREAT, "cannot append: not a regular file with one link"
+    lock, dot = path + ".lock", False
     for _ in range(300):
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); break
-        except OSError:
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            dot = True
+            break
+        except FileExistsError:
+            try:
+                if time.time() - os.stat(lock).st_mtime > STALE_DOTLOCK:
+                    os.unlink(lock)
+            except OSError:
+                pass
             time.sleep(0.1)
+        except OSError:
+            break  # no dotlock where the directory is not writable (Postfix: "may fail")
     else:
-        print("file is locked (fcntl)"); sys.exit(75)
-    end = os.lseek(fd, 0, os.SEEK_END)
+        return EX_TEMPFAIL, "file is locked (dotlock)"
     try:
-        view = memoryview(data)
-        while view:  # a short write is continued, never reported as delivered
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except OSError as e:
-        os.ftruncate(fd, end)
-        print("cannot append message to file: %s" % e.strerror); sys.exit(75)
-finally:
-    if dot:
-        os.unlink(lock)
-sys.exit(0)
-"""
+        for _ in range(300):
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            return EX_TEMPFAIL, "file is locked (fcntl)"
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(entry)
+            while view:  # a short write is continued, never reported as delivered
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, end)
+            return EX_TEMPFAIL, f"cannot append message to file: {e.strerror}"
+    finally:
+        if dot:
+            os.unlink(lock)
+    return 0, ""
+
+
+def _child(privs: Privileges, path: str, entry: bytes, report: int) -> None:
+    """In the forked child: signals blocked (no handler of the server may run here), every
+    group and id of the server dropped, the file appended without exec (so the target user
+    needs no access to our interpreter); the reason goes to ``report``. Never returns."""
+    code = EX_TEMPFAIL
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(privs.gid)
+            os.setuid(privs.uid)
+        code, reason = _append(path, entry)
+        os.write(report, reason.encode("utf-8", "replace")[:500])
+    except BaseException:  # noqa: BLE001 -- any failure is a temporary one; nothing to log to
+        pass
+    finally:
+        os._exit(code)
 
 
 def mbox_entry(data: bytes, sender: str, original: str, final: str, when: float) -> bytes:
@@ -460,26 +492,50 @@ def mbox_entry(data: bytes, sender: str, original: str, final: str, when: float)
     return make_from_line(sender, int(when)) + to_stored(top.encode("utf-8", "replace") + data) + b"\n"
 
 
-def deliver_file(target: File, entry: bytes) -> str:
-    """Append ``entry`` (see mbox_entry) as the target's privileges. Raises TargetFailed."""
-    cwd = "/"
+def deliver_file(target: File, entry: bytes, time_limit: float = FILE_TIME_LIMIT) -> str:
+    """Append ``entry`` (see mbox_entry) as the target's privileges, in a forked child that
+    never execs. Blocking (call it from a thread): the reactor is not held. Raises
+    TargetFailed."""
+    read_end, write_end = os.pipe()
     try:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", _APPEND, target.path], input=entry, check=False,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, close_fds=True,
-            env={"PATH": "/usr/bin:/bin"}, timeout=120, **_as_user(target.privs),
-        )
-    except subprocess.TimeoutExpired as e:
-        raise TargetFailed(False, "4.2.0", f"cannot append message to file {target.path}:"
-                           " time limit exceeded") from e
+        pid = os.fork()
     except OSError as e:
+        os.close(read_end)
+        os.close(write_end)
         raise TargetFailed(False, "4.3.0", f"cannot append to {target.path}: {e.strerror}") from e
-    if proc.returncode == 0:
+    if pid == 0:
+        _child(target.privs, target.path, entry, write_end)
+    os.close(write_end)
+    said, timed_out = _read_report(read_end, time_limit)
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if timed_out:
+        raise TargetFailed(False, "4.2.0", f"cannot append message to file {target.path}:"
+                           " time limit exceeded")
+    if code == 0:
         return f"delivered to file: {target.path}"
-    said = _short(proc.stdout) or f"status {proc.returncode}"
-    permanent = proc.returncode == EX_CANTCREAT
+    permanent = code == EX_CANTCREAT
     raise TargetFailed(permanent, "5.2.0" if permanent else "4.2.0",
-                       f"{said} ({target.path}, as {target.privs.user})")
+                       f"{said or f'status {code}'} ({target.path}, as {target.privs.user})")
+
+
+def _read_report(fd: int, time_limit: float) -> tuple[str, bool]:
+    """What the child wrote until it closed the pipe (by exiting); True when it took longer
+    than ``time_limit``."""
+    deadline = time.monotonic() + time_limit
+    chunks = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return _short(b"".join(chunks)), True
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return _short(b"".join(chunks)), False
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 def deliver_special(dest: Program | File, data: bytes, sender: str, original: str,

@@ -275,9 +275,9 @@ class Queue:
                 deferred.append(entry)
         if gave_up:
             self.maillog.write("qmgr", f"{env.queue_id}: from=<{env.sender}>, status=expired, returned to sender")
-        yield self._notify(env, data, "failed", failed, now)
+        yield self.notify(env, data, "failed", failed, now)
         for kind in ("delivered", "relayed"):
-            yield self._notify(env, data, kind, [e for k, e in succeeded if k == kind], now)
+            yield self.notify(env, data, kind, [e for k, e in succeeded if k == kind], now)
         if finished:
             yield self.blocking(self.directory.mark, env.queue_id, {"done": finished})
             for i in finished:
@@ -290,7 +290,7 @@ class Queue:
         warn = (self.settings.delay_warning and not env.warned
                 and now - env.arrival >= self.settings.delay_warning)
         if warn:
-            yield self._notify(env, data, "delayed", [e for e in deferred if e.recipient.wants("DELAY")], now)
+            yield self.notify(env, data, "delayed", [e for e in deferred if e.recipient.wants("DELAY")], now)
             env.warned = True
         env.attempts += 1
         env.next_attempt = now + self.backoff(env.attempts)
@@ -306,7 +306,9 @@ class Queue:
         self._cancel(queue_id)
 
     @defer.inlineCallbacks
-    def _notify(self, env: Envelope, data: bytes, kind: str, entries: list[Entry], now: float) -> Any:
+    def notify(self, env: Envelope, data: bytes, kind: str, entries: list[Entry], now: float) -> Any:
+        """Queue a notification of ``kind`` (bounce.make_dsn) about ``entries`` to the sender;
+        none for the null sender. Fires once it is on disk."""
         if not entries:
             return
         if env.sender == "":

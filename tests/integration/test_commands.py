@@ -4,6 +4,7 @@ LMTP with smtplib.LMTP (TCP and unix socket), |command, /file and ~/.forward del
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import smtplib
 import subprocess
@@ -13,6 +14,7 @@ import time
 
 from twisted.trial import unittest
 
+from tests.integration import harness
 from tests.integration.harness import ROOT, Site, free_port
 
 SNAIL = shutil.which("s-nail")
@@ -180,6 +182,105 @@ class SendmailTests(unittest.TestCase):
         self.assertIn("Subject: from s-nail", read(site.inbox("carol")))
 
 
+def local_user(case: unittest.TestCase, site: MTASite) -> tuple[str, int, str]:
+    """A real Unix account (useradd; removed at clean-up), also known to ``site``'s passwd
+    file, with a home in the site directory; the site directory becomes traversable so the user
+    reaches mail.ini, the command wrappers and maildrop/. Returns (name, uid, home)."""
+    name = f"ms{os.getpid()}u{len(case._cleanups)}"
+    home = os.path.join(site.dir, "home", name)
+    for _ in range(50):  # another test's useradd may hold /etc/passwd's lock for a moment
+        p = subprocess.run(["useradd", "-M", "-N", "-s", "/bin/sh", "-d", home, name],
+                           capture_output=True, timeout=60, check=False)
+        if p.returncode == 0:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"useradd failed: {p.stderr!r}")
+    case.addCleanup(subprocess.run, ["userdel", name], capture_output=True, check=False)
+    pw = pwd.getpwnam(name)
+    os.makedirs(home)
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    os.chmod(site.dir, 0o711)
+    with open(os.path.join(site.dir, "passwd"), "a") as f:
+        f.write(f"{name}:x:{pw.pw_uid}:{pw.pw_gid}:Test User:{home}:/bin/sh\n")
+    with open(os.path.join(site.dir, "shadow"), "a") as f:
+        f.write(f"{name}:!:20000:0:99999:7:::\n")
+    return name, pw.pw_uid, home
+
+
+class UnprivilegedSendTests(unittest.TestCase):
+    """sendmail and s-nail run by a normal user (not root), as cron and people run them."""
+
+    if os.geteuid() != 0:
+        skip = "needs root (useradd, and running the commands as that user)"
+
+    def setUp(self) -> None:
+        self.site = make_site(self, "postmaster: boss\n")
+        self.name, self.uid, self.home = local_user(self, self.site)
+        self.gid = pwd.getpwnam(self.name).pw_gid
+        self.site.start()
+
+    def as_user(self, argv: list[str], stdin: bytes) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            argv, input=stdin, capture_output=True, timeout=60, check=False, cwd=self.home,
+            user=self.uid, group=self.gid, extra_groups=[],
+            env={"PATH": "/usr/bin:/bin", "HOME": self.home, "USER": self.name,
+                 "LOGNAME": self.name, "LC_ALL": "C.UTF-8"})
+
+    def test_sendmail_as_user_exits_0_and_delivers_once(self) -> None:
+        """Exit 0, nothing on stderr, and exactly one copy delivered, from the user."""
+        p = self.as_user([self.site.command("sendmail"), "-i", "carol"],
+                         b"Subject: user mail\n\nsent by a user\n")
+        self.assertEqual((p.returncode, p.stderr), (0, b""))
+        wait_for("delivery", lambda: "sent by a user" in read(self.site.inbox("carol")))
+        box = read(self.site.inbox("carol"))
+        self.assertEqual(box.count("sent by a user"), 1)
+        self.assertIn(f"Return-Path: <{self.name}@example.test>", box)
+        self.assertIn(f"(mailsuite, from userid {self.uid})", box)
+
+    def test_snail_as_user(self) -> None:
+        """The stock mail command (s-nail) run by the user reports success: no error, no
+        dead.letter, and the message arrives once."""
+        if SNAIL is None:
+            raise unittest.SkipTest("s-nail is not installed")
+        p = self.as_user([SNAIL, "-:/", "-Smta=" + self.site.command("sendmail"), "-s",
+                          "from a user", "carol@example.test"], b"hello from the user\n")
+        self.assertEqual((p.returncode, p.stderr), (0, b""))
+        self.assertFalse(os.path.exists(os.path.join(self.home, "dead.letter")))
+        wait_for("delivery", lambda: "hello from the user" in read(self.site.inbox("carol")))
+        self.assertEqual(read(self.site.inbox("carol")).count("hello from the user"), 1)
+
+    def test_unknown_recipient_bounces_to_the_user(self) -> None:
+        """sendmail to an unknown local user: exit 0 (the message is queued), then an RFC 3464
+        bounce from MAILER-DAEMON with the null sender reaches the sending user's mailbox;
+        the other recipient still gets the message."""
+        p = self.as_user([self.site.command("sendmail"), "-i", "ghost", "carol"],
+                         b"Subject: to a ghost\n\nanyone there?\n")
+        self.assertEqual((p.returncode, p.stderr), (0, b""))
+        mine = self.site.inbox(self.name)
+        wait_for("bounce", lambda: "Undelivered Mail Returned to Sender" in read(mine))
+        box = read(mine)
+        self.assertTrue(box.startswith("From MAILER-DAEMON "), box[:200])
+        self.assertIn("Return-Path: <>", box)
+        self.assertIn("Content-Type: multipart/report; report-type=delivery-status", box)
+        self.assertIn("Final-Recipient: rfc822; ghost@example.test", box)
+        self.assertIn("Action: failed\nStatus: 5.1.1", box)
+        self.assertIn("<ghost@example.test>: Recipient address rejected: User unknown", box)
+        self.assertIn("anyone there?", box)  # the message is attached
+        self.assertIn("anyone there?", read(self.site.inbox("carol")))
+        wait_for("log", lambda: "sender non-delivery notification" in self.site.maillog_text())
+
+    def test_sendmail_as_user_without_maildrop_fails(self) -> None:
+        """Where the message cannot be queued (maildrop/ not writable by users), exit 75 and
+        nothing is delivered."""
+        maildrop_dir = os.path.join(self.site.dir, "queue", "maildrop")
+        os.chmod(maildrop_dir, 0o1730)
+        p = self.as_user([self.site.command("sendmail"), "-i", "carol"], b"Subject: no\n\nno\n")
+        self.assertEqual(p.returncode, 75, p.stderr)
+        self.assertIn(b"Permission denied", p.stderr)
+        self.assertEqual(os.listdir(maildrop_dir), [])
+
+
 class SpecialTargetTests(unittest.TestCase):
     def test_command_file_and_forward(self) -> None:
         """Alias |command and /file targets and boss's ~/.forward (a command as boss plus a copy
@@ -209,6 +310,45 @@ class SpecialTargetTests(unittest.TestCase):
         wait_for("log", lambda: "delivered to command: cat >" in site.maillog_text())
         self.assertIn(f"status=sent (delivered to file: {out}/file.mbox)", site.maillog_text())
 
+
+    def test_file_targets_need_no_interpreter_access(self) -> None:
+        """With the server's Python under a directory nobody and boss cannot enter (a venv
+        made from a Python under /root), an alias /file (as nobody) and a ~/.forward /file (as
+        boss) are still delivered, at once, by the running server."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root to switch users")
+        self.patch(harness, "TWISTD", [private_python(self), *harness.TWISTD[1:]])
+        out = outdir(self)
+        site = make_site(self, f"postmaster: boss\nfiled: {out}/alias.mbox\n")
+        forward = os.path.join(site.home("boss"), ".forward")
+        with open(forward, "w") as f:
+            f.write(f"{out}/boss.mbox\n")
+        os.chown(forward, site.uids["boss"], site.uids["boss"])
+        site.start()
+        with smtplib.SMTP("127.0.0.1", site.ports["smtp"]) as s:
+            s.sendmail("joe@example.test", ["filed@example.test", "boss@example.test"],
+                       b"Subject: filed\n\nfiled body\n")
+        wait_for("alias file", lambda: "filed body" in read(f"{out}/alias.mbox"))
+        wait_for("forward file", lambda: "filed body" in read(f"{out}/boss.mbox"))
+        self.assertEqual(os.stat(f"{out}/alias.mbox").st_uid, 65534)
+        self.assertEqual(os.stat(f"{out}/boss.mbox").st_uid, site.uids["boss"])
+        self.assertNotIn("Permission denied", site.maillog_text())
+
+
+def private_python(case: unittest.TestCase) -> str:
+    """This venv's Python, reached through a root-only (0700) directory: a venv whose
+    interpreter no other user can run."""
+    top = tempfile.mkdtemp(prefix="ms-venv-", dir="/tmp")
+    case.addCleanup(shutil.rmtree, top, True)
+    os.chmod(top, 0o700)
+    venv = os.path.dirname(os.path.dirname(sys.executable))
+    os.makedirs(os.path.join(top, "bin"))
+    os.symlink(os.path.realpath(sys.executable), os.path.join(top, "bin", "python3"))
+    shutil.copy(os.path.join(venv, "pyvenv.cfg"), top)
+    for name in ("lib", "lib64"):
+        if os.path.exists(os.path.join(venv, name)):
+            os.symlink(os.path.join(venv, name), os.path.join(top, name))
+    return os.path.join(top, "bin", "python3")
 
 class LMTPTests(unittest.TestCase):
     ALIASES = 'postmaster: boss\nlater: "|exit 75"\nbroken: "|exit 1"\n'
