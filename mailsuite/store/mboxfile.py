@@ -160,8 +160,6 @@ class MboxFile:
             )
         except FileNotFoundError:
             return None
-        except StoreError:
-            raise
         except OSError as e:
             raise StoreError(f"cannot open {self.path}: {e.strerror}") from e
         if made:
@@ -624,8 +622,6 @@ class MboxFile:
                 fd, _ = d.open_file(self.place.name, os.O_RDONLY)
         except FileNotFoundError:
             return None
-        except StoreError:
-            raise
         except OSError as err:
             raise StoreError(f"cannot read {self.path}: {err.strerror}") from err
         return fd

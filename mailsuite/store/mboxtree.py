@@ -60,8 +60,6 @@ def _lock_opener(d: Dir, name: str) -> int | None:
         return d.open_file(name, os.O_RDWR)[0]
     except FileNotFoundError:
         return None
-    except StoreError:
-        raise
     except OSError as e:
         raise StoreError(f"cannot open {d.at(name)}: {e.strerror}") from e
 
