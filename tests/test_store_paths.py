@@ -321,11 +321,35 @@ class NoHomeTests(MboxTestCase):
         yield box.expunge([first])
         yield box.settled()
         box.close()
-        again = yield store.open(self.account)  # kept in memory: same UIDs and flags
+        validity = box.uid_validity
+        self.clock[0] += 10
+        again = yield self.make_store().open(self.account)  # not cached: the index in memory
         self.assertEqual([(m.uid, m.flags) for m in again.messages], [(second, {"\\Seen"})])
+        self.assertEqual(again.uid_validity, validity)
         again.close()
         self.assertNotIn(b"Subject: one", self.read_file())
         self.assertFalse(os.path.lexists(self.account.home))
+
+    @defer.inlineCallbacks
+    def test_home_made_later(self):
+        """When the administrator makes the home later, the index kept in memory goes to
+        ~/mail/.imap with the UIDs and UIDVALIDITY the clients know."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        known = (box.uid_validity, [m.uid for m in box.messages])
+        box.close()
+        os.mkdir(self.account.home)
+        self.clock[0] += 10
+        store = self.make_store()  # (not the one holding INBOX's state)
+        yield store.deliver(self.account, MSG2, "a@example.test")
+        box = yield store.open(self.account)
+        self.assertEqual((box.uid_validity, [m.uid for m in box.messages][:1]), known)
+        box.close()
+        self.assertTrue(os.path.isfile(self.index_path))
+        box = yield self.make_store().open(self.account)  # from disk now
+        self.assertEqual(box.uid_validity, known[0])
+        box.close()
 
     @defer.inlineCallbacks
     def test_folders_without_home(self):

@@ -52,6 +52,12 @@ LOG_LIMIT = 1 << 20  # the index journal is folded into the index beyond this (+
 Result = tuple[ix.Index, Changes]
 INDEX_NAME = "mailsuite.index"
 
+#: The indexes of accounts without a home directory, by index directory: kept for the life of
+#: the process (Dovecot's INDEX=MEMORY), so UIDs and UIDVALIDITY (POP3 UIDLs) stay as they are
+#: while the server runs, also when the mailbox leaves the store's cache.
+_IN_MEMORY: dict[str, ix.Index] = {}
+_IN_MEMORY_LOCK = threading.Lock()
+
 _UID = attrgetter("uid")
 
 
@@ -215,16 +221,23 @@ class MboxFile:
     def _read_index(self) -> ix.Index | None:
         d = self._index_dir(create=False)
         if d is None:
-            return None
+            with _IN_MEMORY_LOCK:
+                kept = _IN_MEMORY.get(self.index_dir)
+            return kept.copy() if kept is not None else None  # (a home made meanwhile: kept)
         with d:
             return ix.read_index(INDEX_NAME, d.fd)
 
     def _save(self, index: ix.Index) -> None:
         d = self._index_dir(create=True)
-        if d is None:
-            return  # no home: the index lives in memory only
+        if d is None:  # no home: the index lives in memory only
+            with _IN_MEMORY_LOCK:
+                _IN_MEMORY[self.index_dir] = index.copy()
+            return
         with d:
             ix.write_index(INDEX_NAME, index, self._owner(), d.fd)
+        if _IN_MEMORY:
+            with _IN_MEMORY_LOCK:
+                _IN_MEMORY.pop(self.index_dir, None)  # the home exists now: on disk from here on
 
     def _owner(self) -> tuple[int, int] | None:
         return (self.account.uid, self.account.gid) if self._root else None
