@@ -8,12 +8,12 @@ non-ASCII folder names is read as it is.
 
 A name is refused (``InvalidMailboxName``) when it begins with '~' or '/' (as Dovecot refuses
 them), has an empty level (trailing or doubled '/'), a level starting with '.' (this also
-covers '.' and '..', and keeps clear of
-dotfiles such as ``.imap`` and ``.subscriptions``), a level ending in ``.lock`` (the dotlock of a
-sibling), the level ``mBoX-MeSsAgEs`` (where the mbox store keeps a parent folder's own mail) or
-one starting with ``dovecot.`` or ``dovecot-uidvalidity`` (Dovecot's files in ``~/mail``), a
-control character, a level longer than ``MAX_LEVEL`` bytes on disk, more than ``MAX_DEPTH``
-levels, or more than ``MAX_NAME`` bytes in all.
+covers '.' and '..', and keeps clear of dotfiles such as ``.imap`` and ``.subscriptions``), a
+level ending in ``.lock`` (the dotlock of a sibling), the level ``mBoX-MeSsAgEs`` (where the
+mbox store keeps a parent folder's own mail) or one starting with ``dovecot.`` or
+``dovecot-uidvalidity`` (Dovecot's files in ``~/mail``), a control character, a level longer
+than ``MAX_LEVEL`` bytes on disk, more than ``MAX_DEPTH`` levels, or more than ``MAX_NAME``
+bytes in all.
 """
 
 from __future__ import annotations
