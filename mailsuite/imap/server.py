@@ -47,6 +47,7 @@ from mailsuite.store.interfaces import (
     MailboxHasChildren,
     MailboxNotFound,
     StoreError,
+    StoreRefused,
 )
 
 log = Logger()
@@ -328,6 +329,8 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             try:
                 changes = await self.view.mailbox.refresh()
                 self._quiet_since = -REFRESH_REUSE if changes else monotonic()
+            except StoreRefused as e:
+                log.warn("refresh before {command} refused: {why}", command=name, why=e)
             except StoreError:
                 log.failure("refresh before {command} failed", command=name)
             result = handler(tag, cursor)
@@ -360,6 +363,10 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self.sendNegativeResponse(tag, b"[CANNOT] " + str(failure.value).encode("utf-8", "replace"))
         elif failure.check(MailboxHasChildren):
             self.sendNegativeResponse(tag, b"[CANNOT] Mailbox has children, delete them first.")
+        elif failure.check(StoreRefused):  # one line: a symlinked folder, no home...
+            log.warn("IMAP {command} refused: {why}", command=self._command, why=failure.value)
+            code = failure.value.code.encode("ascii")
+            self.sendNegativeResponse(tag, b"[%s] " % code + str(failure.value).encode("utf-8", "replace"))
         elif failure.check(StoreError):
             log.failure("IMAP {command} failed", failure, command=self._command)
             self.sendNegativeResponse(tag, b"[UNAVAILABLE] " + str(failure.value).encode("utf-8", "replace"))

@@ -30,6 +30,7 @@ from mailsuite.smtp.address import has_routing
 from mailsuite.smtp.aliases import AliasLookupError, AliasMap
 from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
 from mailsuite.smtp.relay import Outcome
+from mailsuite.store.interfaces import StoreRefused
 
 log = Logger()
 
@@ -705,7 +706,13 @@ class LocalDelivery:
     ) -> Any:
         end = self.now()
         delays = "/".join(format_delay(x) for x in (start - arrival, 0, 0, end - start))
-        if isinstance(result, Failure):
+        if isinstance(result, Failure) and result.check(StoreRefused):
+            # a mailbox not owned by the recipient, hard-linked, not a regular file, behind a
+            # symlink: deferred as Postfix local(8) defers it, until the administrator looks
+            log.warn("delivery of {queue_id} to {user} refused: {why}",
+                     queue_id=queue_id, user=account.name, why=result.value)
+            dsn, status = "4.2.0", f"deferred (cannot append message to mailbox: {result.value})"
+        elif isinstance(result, Failure):
             log.failure(
                 "delivery of {queue_id} to {user} failed",
                 result,

@@ -6,13 +6,14 @@ the first level of a longer name ("inbox/Sub" is "INBOX/Sub"). On disk the mbox 
 level in modified UTF-7 (``disk_level``), as Dovecot does, so an existing Dovecot tree with
 non-ASCII folder names is read as it is.
 
-A name is refused (``InvalidMailboxName``) when it has an empty level (leading, trailing or
-doubled '/'), a level starting with '.' (this also covers '.' and '..', and keeps clear of
-dotfiles such as ``.imap`` and ``.subscriptions``), a level ending in ``.lock`` (the dotlock of a
-sibling), the level ``mBoX-MeSsAgEs`` (where the mbox store keeps a parent folder's own mail) or
-one starting with ``dovecot.`` or ``dovecot-uidvalidity`` (Dovecot's files in ``~/mail``), a
-control character, a level longer than ``MAX_LEVEL`` bytes on disk, more than ``MAX_DEPTH``
-levels, or more than ``MAX_NAME`` bytes in all.
+A name is refused (``InvalidMailboxName``) when it begins with '~' or '/' (as Dovecot refuses
+them), has an empty level (trailing or doubled '/'), a level starting with '.' (this also
+covers '.' and '..', and keeps clear of dotfiles such as ``.imap`` and ``.subscriptions``), a
+level ending in ``.lock`` (the dotlock of a sibling), the level ``mBoX-MeSsAgEs`` (where the
+mbox store keeps a parent folder's own mail) or one starting with ``dovecot.`` or
+``dovecot-uidvalidity`` (Dovecot's files in ``~/mail``), a control character, a level longer
+than ``MAX_LEVEL`` bytes on disk, more than ``MAX_DEPTH`` levels, or more than ``MAX_NAME``
+bytes in all.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def _bad(name: str, why: str) -> InvalidMailboxName:
 def check_level(level: str, name: str) -> None:
     if not level:
         raise _bad(name, "empty hierarchy level")
+    if level in (".", ".."):
+        raise _bad(name, f"Contains '{level}' part")
     if level.startswith("."):
         raise _bad(name, "a level may not start with '.'")
     if level.endswith(".lock"):
@@ -82,6 +85,8 @@ def normalize(name: str) -> str:
     """The canonical form of a mailbox name (INBOX upper case); InvalidMailboxName if unusable."""
     if not isinstance(name, str):
         raise _bad(repr(name), "not a str")
+    if name.startswith(("~", "/")):  # as Dovecot: never a path of its own
+        raise _bad(name, f"Begins with '{name[0]}'")
     levels = name.split(SEP)
     if levels[0].upper() == INBOX:
         levels[0] = INBOX

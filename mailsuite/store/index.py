@@ -23,6 +23,7 @@ parsed from the tail of a file that only grew.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field, replace
@@ -395,13 +396,25 @@ def log_records(
     return b"".join(line + b"\n" for line in out)
 
 
-def append_log(path: str, index: Index, records: bytes, owner: tuple[int, int] | None) -> int:
-    """Append ``records`` to the journal of ``index`` (made if missing), durably; its new size."""
+def append_log(
+    path: str,
+    index: Index,
+    records: bytes,
+    owner: tuple[int, int] | None,
+    dir_fd: int | None = None,
+) -> int:
+    """Append ``records`` to the journal of ``index`` (made if missing), durably; its new size.
+    With ``dir_fd`` (the index directory, walked by ``safepath``) ``path`` is a name in it."""
     fd = os.open(
-        log_path(path), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        log_path(path),
+        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+        dir_fd=dir_fd,
     )
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link to another's file
+            raise StoreError(f"{log_path(path)}: not a regular file with one link: refused")
         if st.st_size == 0:
             records = LOG_MAGIC + b" %d\n" % index.generation + records
             if owner is not None:
@@ -415,10 +428,11 @@ def append_log(path: str, index: Index, records: bytes, owner: tuple[int, int] |
         os.close(fd)
 
 
-def read_index(path: str) -> Index | None:
-    """The index at ``path``; None if there is none yet. CorruptIndex if damaged."""
+def read_index(path: str, dir_fd: int | None = None) -> Index | None:
+    """The index at ``path`` (a name in ``dir_fd`` if given); None if there is none yet.
+    CorruptIndex if damaged."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -426,7 +440,7 @@ def read_index(path: str) -> Index | None:
     with os.fdopen(fd, "rb") as f:
         index = load(f.read())
     try:
-        fd = os.open(log_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(log_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return index
     except OSError as e:
@@ -435,16 +449,20 @@ def read_index(path: str) -> Index | None:
         return apply_log(index, f.read())
 
 
-def write_index(path: str, index: Index, owner: tuple[int, int] | None) -> None:
-    """Replace the index atomically and durably; ``owner`` (uid, gid) when running as root."""
-    directory = os.path.dirname(path)
+def write_index(
+    path: str, index: Index, owner: tuple[int, int] | None, dir_fd: int | None = None
+) -> None:
+    """Replace the index atomically and durably; ``owner`` (uid, gid) when running as root.
+    With ``dir_fd`` (the index directory, walked by ``safepath``) ``path`` is a name in it."""
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
     tmp = path + ".tmp"
     try:
-        os.unlink(tmp)
+        os.unlink(tmp, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
+    )
     try:
         with os.fdopen(fd, "wb", closefd=False) as f:
             f.write(dump(index))
@@ -453,12 +471,15 @@ def write_index(path: str, index: Index, owner: tuple[int, int] | None) -> None:
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        os.unlink(tmp)
+        os.unlink(tmp, dir_fd=dir_fd)
         raise
     os.close(fd)
-    os.rename(tmp, path)
+    os.rename(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     try:
-        os.unlink(log_path(path))  # its records are in the new index (and it is stale now)
+        os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
     except FileNotFoundError:
         pass
-    fsync_dir(directory)
+    if dir_fd is None:
+        fsync_dir(os.path.dirname(path))
+    else:
+        os.fsync(dir_fd)

@@ -35,6 +35,14 @@ class StoreError(Exception):
     """A mailbox operation failed (I/O error, lock timeout, corrupt mailbox)."""
 
 
+class StoreRefused(StoreError):
+    """Refused for a reason the user or the administrator must fix (a symlinked folder, a
+    mailbox owned by someone else, no home directory): logged as one line, no traceback.
+    ``code``: the IMAP response code (RFC 5530) it is answered with."""
+
+    code = "CANNOT"
+
+
 class MailboxNotFound(StoreError):
     """The named mailbox does not exist."""
 

@@ -67,25 +67,36 @@ def fcntl_unlock(fd: int) -> None:
     _set_lock(fd, fcntl.F_UNLCK)
 
 
-def try_dotlock(lock_path: str, stale_after: float, now: Callable[[], float] = time.time) -> bool:
+def try_dotlock(
+    lock_path: str,
+    stale_after: float,
+    now: Callable[[], float] = time.time,
+    dir_fd: int | None = None,
+) -> bool:
     """Create ``lock_path`` with O_CREAT|O_EXCL (no link(2): works on every local file system).
 
     Returns False if someone else holds it; breaks it first if it is stale. Errors other than
     "exists" (no permission on the spool directory, read-only file system) raise StoreError:
-    without the dotlock a rewrite would not be safe against Postfix.
+    without the dotlock a rewrite would not be safe against Postfix. With ``dir_fd`` (the
+    mailbox's directory, held open: ``safepath``) ``lock_path`` is a name in it.
     """
     for _ in range(2):
         try:
-            fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(
+                lock_path,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
         except FileExistsError:
             try:
-                st = os.lstat(lock_path)
+                st = os.lstat(lock_path, dir_fd=dir_fd)
             except FileNotFoundError:
                 continue  # released meanwhile: try again at once
             if now() - st.st_mtime <= stale_after:
                 return False
             try:
-                os.unlink(lock_path)
+                os.unlink(lock_path, dir_fd=dir_fd)
             except FileNotFoundError:
                 pass
             continue
@@ -99,9 +110,9 @@ def try_dotlock(lock_path: str, stale_after: float, now: Callable[[], float] = t
     return False
 
 
-def release_dotlock(lock_path: str) -> None:
+def release_dotlock(lock_path: str, dir_fd: int | None = None) -> None:
     try:
-        os.unlink(lock_path)
+        os.unlink(lock_path, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
 
@@ -112,6 +123,7 @@ class HeldLock:
 
     path: str
     fd: int | None
+    dir_fd: int | None = None  # ``path`` is a name in this directory
 
     @property
     def lock_path(self) -> str:
@@ -120,14 +132,14 @@ class HeldLock:
     def touch(self) -> None:
         """Keep the dotlock from looking stale during a long rewrite."""
         try:
-            os.utime(self.lock_path, follow_symlinks=False)
+            os.utime(self.lock_path, dir_fd=self.dir_fd, follow_symlinks=False)
         except OSError:
             pass
 
 
-def _same_file(fd: int, path: str) -> bool:
+def _same_file(fd: int, path: str, dir_fd: int | None = None) -> bool:
     try:
-        st = os.lstat(path)
+        st = os.lstat(path, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     fst = os.fstat(fd)
@@ -144,24 +156,28 @@ def locked_mailbox(
     stale_after: float = DEFAULT_STALE_AFTER,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    dir_fd: int | None = None,
 ) -> Iterator[HeldLock]:
     """Lock the mailbox at ``path``: dotlock, then ``opener()`` opens it, then the fcntl lock.
 
     ``opener`` returns a descriptor (closed here when done) or None when the file does not exist
     (then only the dotlock is held). After locking, the descriptor must still be the file at
     ``path`` (another program may have replaced it meanwhile): if not, open again.
-    Both locks are always released, the fcntl lock first, as Postfix does.
+    Both locks are always released, the fcntl lock first, as Postfix does. With ``dir_fd``
+    (the mailbox's directory, held open) ``path`` is the mailbox's name in it.
     """
     deadline = clock() + timeout
     delay = 0.01
     lock_path = path + ".lock"
     while True:
-        if try_dotlock(lock_path, stale_after):
+        if try_dotlock(lock_path, stale_after, dir_fd=dir_fd):
             fd = None
             try:
                 fd = opener()
-                if fd is None or (try_fcntl_lock(fd, exclusive) and _same_file(fd, path)):
-                    held = HeldLock(path, fd)
+                if fd is None or (
+                    try_fcntl_lock(fd, exclusive) and _same_file(fd, path, dir_fd)
+                ):
+                    held = HeldLock(path, fd, dir_fd)
                     try:
                         yield held
                     finally:
@@ -171,7 +187,7 @@ def locked_mailbox(
             finally:
                 if fd is not None:
                     os.close(fd)
-                release_dotlock(lock_path)
+                release_dotlock(lock_path, dir_fd)
         if clock() >= deadline:
             raise LockTimeout(f"{path} is locked by another program (waited {timeout:g}s)")
         sleep(delay)

@@ -56,6 +56,7 @@ from mailsuite.store.interfaces import (
     MailboxNotFound,
     MessageInfo,
     StoreError,
+    StoreRefused,
     UnknownUID,
 )
 from mailsuite.store.locking import DEFAULT_STALE_AFTER
@@ -286,8 +287,8 @@ class MboxMailbox:
             st = None
         except OSError:
             return False
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            return False
+        if st is not None and (stat.S_ISLNK(st.st_mode) or st.st_uid != self._file.account.uid):
+            return False  # the refresh, walking the path safely, says what is wrong
         return ix.Stamp.of(st) == self._state.stamp
 
     # -- IMailbox -------------------------------------------------------------------------------
@@ -539,7 +540,6 @@ class MboxStore:
         self._idle: OrderedDict[tuple[str, str], MboxMailbox] = OrderedDict()
         self.idle_budget = IDLE_BUDGET
         self._folder_locks: dict[str, defer.DeferredLock] = {}
-        self._delivery_files: dict[Account, MboxFile] = {}
 
     def settle(self) -> defer.Deferred[None]:
         """Fires when every operation queued on a mailbox so far is done (the compactions of
@@ -567,6 +567,7 @@ class MboxStore:
             lock_timeout=self._lock_timeout,
             stale_after=self._stale_after,
             index_dir=tree.index_dir(name),
+            anchors=tree.anchors,
         )
 
     def _forget(self, key: tuple[str, str], box: MboxMailbox) -> None:
@@ -631,12 +632,7 @@ class MboxStore:
         if box is not None:
             d = box._run(box._file.append_many, list(items), date)
         else:
-            mfile = self._delivery_files.get(account)
-            if mfile is None:  # MboxFile() resolves real paths: once per account, not per message
-                if len(self._delivery_files) > 10000:
-                    self._delivery_files.clear()
-                mfile = self._delivery_files[account] = self._file(account)
-            d = blocking(mfile.append_many, None, list(items), date)
+            d = blocking(self._file(account).append_many, None, list(items), date)
         return d.addCallback(lambda _: None)
 
     def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
@@ -694,6 +690,13 @@ class MboxStore:
         tree = self._tree(account)
 
         def work() -> tuple[dict[str, bool], dict[str, str]]:
+            try:
+                return folders_and_specials()
+            except StoreRefused as e:  # no home, a symlinked ~/mail: INBOX still works
+                log.warn("{user}: only INBOX listed: {why}", user=account.name, why=e)
+                return {INBOX: False}, {}
+
+        def folders_and_specials() -> tuple[dict[str, bool], dict[str, str]]:
             moved: dict[str, str] = {}
             made = tree.specials_made()
             todo = [name for name in self.specials if name not in made]

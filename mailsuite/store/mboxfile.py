@@ -5,14 +5,14 @@ the index state it starts from and returns the new state with the Changes it fou
 caller (``mbox.MboxMailbox``) publishes them on the reactor thread. The index is written (fsync'ed)
 before a new UID is returned.
 
-Files are opened with O_NOFOLLOW (a symlinked mailbox is refused), a mailbox must be a regular
-file with one link, and files and directories are created only inside the account's home or the
-spool directory that holds the INBOX.
+Every file is reached through ``safepath``, walked again at each operation from the account's
+home or the spool directory: no symbolic link is followed below them, and a mailbox must be a
+regular file of the user with one link (else the operation, a delivery too, is refused). Without
+a home directory the index is kept in memory only (the INBOX in the spool still works).
 """
 
 from __future__ import annotations
 
-import errno
 import grp
 import os
 import stat
@@ -41,6 +41,7 @@ from mailsuite.store.mboxformat import (
     with_status,
 )
 from mailsuite.store.mboxrewrite import copy_kept
+from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, open_dir, refuse
 
 log = Logger()
 
@@ -49,12 +50,15 @@ COPY = 4 << 20  # bytes copied at a time when rewriting
 LOG_LIMIT = 1 << 20  # the index journal is folded into the index beyond this (+16 B a message)
 
 Result = tuple[ix.Index, Changes]
+INDEX_NAME = "mailsuite.index"
+
+#: The indexes of accounts without a home directory, by index directory: kept for the life of
+#: the process (Dovecot's INDEX=MEMORY), so UIDs and UIDVALIDITY (POP3 UIDLs) stay as they are
+#: while the server runs, also when the mailbox leaves the store's cache.
+_IN_MEMORY: dict[str, ix.Index] = {}
+_IN_MEMORY_LOCK = threading.Lock()
 
 _UID = attrgetter("uid")
-
-
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _pread_all(fd: int, length: int, offset: int, chunk: int = COPY) -> bytes:
@@ -107,33 +111,30 @@ class MboxFile:
         lock_timeout: float = 30.0,
         stale_after: float = DEFAULT_STALE_AFTER,
         index_dir: str | None = None,
+        anchors: Anchors | None = None,
     ) -> None:
+        """``anchors``: the account's trusted directories (``safepath``); by default its home
+        and the directories holding ``path`` (the INBOX) and ``folder_root``."""
         self.account = account
         self.folder_root = os.path.abspath(folder_root)
+        self._anchors = anchors or Anchors(
+            account.uid, account.gid, account.home, path, self.folder_root
+        )
         self.move(path, index_dir or os.path.join(self.folder_root, ".imap", "INBOX"))
         self._now = now
         self._lock_timeout = lock_timeout
         self._stale_after = stale_after
-        home = os.path.abspath(account.home)
-        self._roots = [os.path.realpath(home)] + [
-            os.path.realpath(p)
-            for p in (os.path.dirname(self.path), os.path.abspath(folder_root))
-            if not _under(p, home)
-        ]
         self._root = os.geteuid() == 0
 
     def move(self, path: str, index_dir: str) -> None:
         """The mailbox is now at ``path`` with its index in ``index_dir`` (folder renamed)."""
         self.path = os.path.abspath(path)
         self.index_dir = os.path.abspath(index_dir)
-        self.index_path = os.path.join(self.index_dir, "mailsuite.index")
+        self.index_path = os.path.join(self.index_dir, INDEX_NAME)
+        self.place = self._anchors.place(self.path)
+        self.index_place = self._anchors.place(self.index_dir)
 
     # -- safety and ownership -------------------------------------------------------------------
-
-    def _check_inside(self, directory: str) -> None:
-        real = os.path.realpath(directory)
-        if not any(_under(real, root) for root in self._roots):
-            raise StoreError(f"{directory} leads outside the home and spool directories")
 
     def _mbox_owner(self) -> tuple[int, int] | None:
         if not self._root:
@@ -144,66 +145,72 @@ class MboxFile:
             gid = self.account.gid
         return self.account.uid, gid
 
-    def _ensure_index_dir(self) -> None:
-        parts = [self.folder_root]
-        for part in os.path.relpath(self.index_dir, self.folder_root).split(os.sep):
-            parts.append(os.path.join(parts[-1], part))
-        for d in parts:
-            self._check_inside(os.path.dirname(d))
-            try:
-                os.mkdir(d, 0o700)
-            except FileExistsError:
-                continue
-            if self._root:
-                os.lchown(d, self.account.uid, self.account.gid)
-        self._check_inside(self.index_dir)
+    def _index_dir(self, create: bool) -> Dir | None:
+        """The index directory, walked (and made, with ``create``) from its anchor; None when
+        it is missing, or when the home it lives in is: then the index is kept in memory."""
+        try:
+            return open_dir(self.index_place, create)
+        except MissingAnchor:
+            if self.index_place.anchor == self._anchors.home:
+                return None
+            raise
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
 
-    def _open(self, create: bool, created: list[bool]) -> int | None:
-        flags = os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-        while True:
-            try:
-                fd = os.open(self.path, flags)
-            except FileNotFoundError:
-                if not create:
-                    return None
-                self._check_inside(os.path.dirname(self.path))
-                try:
-                    fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
-                except FileExistsError:
-                    continue
-                owner = self._mbox_owner()
-                if owner:
-                    os.fchown(fd, *owner)
-                os.fchmod(fd, 0o600)
-                created.append(True)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise StoreError(f"{self.path} is a symbolic link: refused") from e
-                raise StoreError(f"cannot open {self.path}: {e.strerror}") from e
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-                os.close(fd)
-                raise StoreError(f"{self.path} is not a regular file with one link: refused")
-            return fd
+    def _open(self, d: Dir, create: bool, created: list[bool]) -> int | None:
+        try:
+            fd, made = d.open_file(
+                self.place.name, os.O_RDWR | os.O_APPEND, create, owner=self._mbox_owner()
+            )
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"cannot open {self.path}: {e.strerror}") from e
+        if made:
+            created.append(True)
+        return fd
 
     @contextmanager
     def _locked(self, exclusive: bool, create: bool = False) -> Iterator[tuple[HeldLock, bool]]:
+        """Both locks, taken in the mailbox's directory walked again now (``safepath``)."""
         created: list[bool] = []
-        with locked_mailbox(
-            self.path,
-            lambda: self._open(create, created),
+        try:
+            d: Dir | None = open_dir(self.place.parent)
+        except FileNotFoundError:  # its folder was removed from outside
+            d = None
+        if d is None:
+            if create:
+                raise StoreError(f"cannot create {self.path}: its directory is gone")
+            yield HeldLock(self.place.name, None), False
+            return
+        with d, locked_mailbox(
+            self.place.name,
+            lambda: self._open(d, create, created),
             exclusive=exclusive,
             timeout=self._lock_timeout,
             stale_after=self._stale_after,
+            dir_fd=d.fd,
         ) as held:
             yield held, bool(created)
+
+    def _lstat(self) -> os.stat_result | None:
+        try:
+            with open_dir(self.place.parent) as d:
+                st = d.lstat(self.place.name)
+        except FileNotFoundError:
+            return None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise refuse(self.path, "a symbolic link")
+        return st
 
     # -- index ----------------------------------------------------------------------------------
 
     def _load_index(self) -> tuple[ix.Index, bool]:
         """The saved index, or a new one (a new UIDVALIDITY) if there is none: (index, is_new)."""
         try:
-            index = ix.read_index(self.index_path)
+            index = self._read_index()
         except ix.CorruptIndex as e:
             log.warn("rebuilding index {path}: {why}", path=self.index_path, why=e)
             index = None
@@ -211,10 +218,26 @@ class MboxFile:
             return ix.Index(uid_validity=int(self._now())), True
         return index, False
 
+    def _read_index(self) -> ix.Index | None:
+        d = self._index_dir(create=False)
+        if d is None:
+            with _IN_MEMORY_LOCK:
+                kept = _IN_MEMORY.get(self.index_dir)
+            return kept.copy() if kept is not None else None  # (a home made meanwhile: kept)
+        with d:
+            return ix.read_index(INDEX_NAME, d.fd)
+
     def _save(self, index: ix.Index) -> None:
-        self._ensure_index_dir()
-        owner = (self.account.uid, self.account.gid) if self._root else None
-        ix.write_index(self.index_path, index, owner)
+        d = self._index_dir(create=True)
+        if d is None:  # no home: the index lives in memory only
+            with _IN_MEMORY_LOCK:
+                _IN_MEMORY[self.index_dir] = index.copy()
+            return
+        with d:
+            ix.write_index(INDEX_NAME, index, self._owner(), d.fd)
+        if _IN_MEMORY:
+            with _IN_MEMORY_LOCK:
+                _IN_MEMORY.pop(self.index_dir, None)  # the home exists now: on disk from here on
 
     def _owner(self) -> tuple[int, int] | None:
         return (self.account.uid, self.account.gid) if self._root else None
@@ -248,23 +271,22 @@ class MboxFile:
         """Journal ``records``; None when the index they belong to is no longer on disk (its
         directory or file removed from outside): then the caller writes the whole index again
         from the state in memory, which keeps UIDVALIDITY and the UIDs."""
-        if not os.path.exists(self.index_path):
+        d = self._index_dir(create=False)
+        if d is None:
             return None
-        try:
-            return ix.append_log(self.index_path, index, records, owner)
-        except FileNotFoundError:
-            return None
+        with d:
+            if not d.exists(INDEX_NAME):
+                return None
+            try:
+                return ix.append_log(INDEX_NAME, index, records, owner, d.fd)
+            except FileNotFoundError:
+                return None
 
     # -- refresh --------------------------------------------------------------------------------
 
     def refresh(self, state: ix.Index | None) -> Result:
         """Bring ``state`` (None: not loaded yet) up to date with the file; save if it changed."""
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            raise StoreError(f"{self.path} is a symbolic link: refused")
+        st = self._lstat()
         if state is not None and ix.Stamp.of(st) == state.stamp:
             return state, Changes()
         with self._locked(exclusive=False) as (held, _):
@@ -353,7 +375,7 @@ class MboxFile:
             _write_all(fd, blob)
             os.fsync(fd)
             if created:
-                ix.fsync_dir(os.path.dirname(self.path))
+                os.fsync(held.dir_fd)  # type: ignore[arg-type]
             if state is None:
                 return None, changes, None
             p = describe(blob, len(prefix), len(prefix) + len(line), len(blob) - 1, date, base=size)
@@ -411,7 +433,7 @@ class MboxFile:
             _write_all(fd, b"".join(blobs))
             os.fsync(fd)
             if created:
-                ix.fsync_dir(os.path.dirname(self.path))
+                os.fsync(held.dir_fd)  # type: ignore[arg-type]
             if state is None:
                 return None, changes, None
             first = added[-1].uid + 1 if added else state.uid_next
@@ -445,7 +467,7 @@ class MboxFile:
                     _write_all(out.fd, chunk)
                     offset += len(chunk)
                 os.fsync(out.fd)
-                ix.fsync_dir(os.path.dirname(target.path))
+                os.fsync(out.dir_fd)  # type: ignore[arg-type]
                 validity = max(int(self._now()), state.uid_validity + 1)
                 copied = ix.Index(validity, state.uid_next, ix.Stamp.of(os.fstat(out.fd)))
                 copied.entries = list(state.entries)
@@ -525,19 +547,22 @@ class MboxFile:
 
     def _rewrite(self, held: HeldLock, state: ix.Index, gone: set[int]) -> ix.Index:
         """Write the kept messages (stale Status headers updated) to a temp file, rename it over."""
-        src = held.fd
-        assert src is not None
+        src, dir_fd = held.fd, held.dir_fd
+        assert src is not None and dir_fd is not None
         st = os.fstat(src)
         if st.st_size != state.stamp.size:
             raise StoreError(f"{self.path} changed while locked")
-        directory, name = os.path.split(self.path)
-        tmp = os.path.join(directory, f".{name}.mailsuite-rewrite")
+        name = self.place.name
+        tmp = f".{name}.mailsuite-rewrite"
         try:
-            os.unlink(tmp)  # left by a crash
+            os.unlink(tmp, dir_fd=dir_fd)  # left by a crash
         except FileNotFoundError:
             pass
         out = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
         )
         try:
             entries = self._copy_kept(held, state, gone, out)
@@ -545,27 +570,27 @@ class MboxFile:
             if self._root:
                 os.fchown(out, st.st_uid, st.st_gid)
             os.fsync(out)
-            now = os.lstat(self.path)
+            now = os.lstat(name, dir_fd=dir_fd)
             if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
                 # another program put a new file there without taking the locks (cp, install):
                 # renaming over it would throw its mail away
                 raise FileReplaced(f"{self.path} was replaced while it was being rewritten")
             old = os.dup(src)
             try:
-                os.rename(tmp, self.path)
+                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except BaseException:
                 os.close(old)
                 raise
         except BaseException:
             os.close(out)
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dir_fd)
             raise
         # The replaced file's blocks are freed when its last descriptor closes, which takes a
         # while for a big file: let a helper thread do that after we answer (the lock itself
         # is released explicitly, not by the close).
         threading.Thread(target=os.close, args=(old,), daemon=True).start()
         try:
-            ix.fsync_dir(directory)
+            os.fsync(dir_fd)
             stamp = ix.Stamp.of(os.fstat(out))
         finally:
             os.close(out)
@@ -590,12 +615,9 @@ class MboxFile:
         """As :meth:`read`; with ``keep`` the file descriptor it read with stays open and is
         returned with its inode, ``(fd, ino)``, for reads on the reactor thread (the caller
         owns it then: ``MboxMailbox`` reads with ``os.preadv(..., RWF_NOWAIT)``)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = self._open_read()
+        if fd is None:
             return None, None
-        except OSError as err:
-            raise StoreError(f"cannot read {self.path}: {err.strerror}") from err
         try:
             data = self._read_at(fd, e, headers_only)
             if keep:
@@ -606,10 +628,20 @@ class MboxFile:
             if fd >= 0:
                 os.close(fd)
 
-    def read_many(self, entries: list[ix.Entry], headers_only: bool) -> dict[int, bytes | None]:
+    def _open_read(self) -> int | None:
+        """The mailbox opened for reading, walked again now; None if it is missing."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open_dir(self.place.parent) as d:
+                fd, _ = d.open_file(self.place.name, os.O_RDONLY)
         except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StoreError(f"cannot read {self.path}: {err.strerror}") from err
+        return fd
+
+    def read_many(self, entries: list[ix.Entry], headers_only: bool) -> dict[int, bytes | None]:
+        fd = self._open_read()
+        if fd is None:
             return {e.uid: None for e in entries}
         try:
             return {e.uid: self._read_at(fd, e, headers_only) for e in entries}

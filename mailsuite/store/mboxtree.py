@@ -14,9 +14,12 @@ Layout (README.rst, "Folders on disk"), with ``~/mail`` the folder root of mail_
 - Indexes: ``~/mail/.imap/<name>/``; subscriptions: ``~/mail/.subscriptions`` (Dovecot's file,
   version 1 or 2 as found); levels on disk in modified UTF-7.
 
-Nothing here follows a symbolic link below the folder root: a symlinked folder is not listed,
-opened, renamed or deleted, and new files and directories are made only under the home or the
-spool directory.
+Every path is walked from the account's home by ``safepath`` at each operation (relative to
+directories held open, O_NOFOLLOW, each directory and file owned by the user): a symlinked
+``~/mail``, folder or parent directory is never followed, a file or directory of someone else
+is neither listed nor opened, and a directory swapped for a symlink mid-session is found at the
+next operation. Without a home directory only INBOX exists (folder operations are refused with
+``NoHome``).
 """
 
 from __future__ import annotations
@@ -24,59 +27,41 @@ from __future__ import annotations
 import errno
 import grp
 import os
-import shutil
-import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from mailsuite.accounts import Account
 from mailsuite.store import folders
 from mailsuite.store.folders import INBOX, MESSAGES_FILE, SEP
-from mailsuite.store.index import fsync_dir
 from mailsuite.store.interfaces import (
     InvalidMailboxName,
     MailboxExists,
     MailboxHasChildren,
     MailboxNotFound,
     StoreError,
+    StoreRefused,
 )
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, locked_mailbox
+from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, open_dir
 
 CONVERTING = ".mailsuite-dir"  # suffix of the hidden directory a file folder becomes
 SPECIALS_MADE = "mailsuite-specials"  # in ~/mail/.imap: special-use folders made once
+SUBSCRIPTIONS = ".subscriptions"
 _V2 = b"V\t2\n\n"
 _V2_ESCAPES = {b"1": b"\x01", b"t": b"\t", b"r": b"\r", b"n": b"\n", b"0": b"\0"}
 
 
-def under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
+class NoHome(StoreRefused):
+    """The account's home directory does not exist: only INBOX (in the spool) is there."""
 
 
-def _kind(path: str) -> str | None:
-    """ "file", "dir" or None (missing, a symlink, or anything else)."""
+def _lock_opener(d: Dir, name: str) -> int | None:
     try:
-        st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    if stat.S_ISREG(st.st_mode):
-        return "file"
-    if stat.S_ISDIR(st.st_mode):
-        return "dir"
-    return None
-
-
-def _converting(path: str) -> str:
-    head, tail = os.path.split(path)
-    return os.path.join(head, "." + tail + CONVERTING)
-
-
-def _open_for_lock(path: str) -> int | None:
-    try:
-        return os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return d.open_file(name, os.O_RDWR)[0]
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise StoreError(f"cannot open {path}: {e.strerror}") from e
+        raise StoreError(f"cannot open {d.at(name)}: {e.strerror}") from e
 
 
 class FolderTree:
@@ -94,41 +79,66 @@ class FolderTree:
         self.root = os.path.abspath(root)
         self.inbox_path = os.path.abspath(inbox_path)
         self.control = os.path.join(self.root, ".imap")
-        self.subscriptions_path = os.path.join(self.root, ".subscriptions")
+        self.subscriptions_path = os.path.join(self.root, SUBSCRIPTIONS)
         self._lock_timeout = lock_timeout
         self._stale_after = stale_after
         self._as_root = os.geteuid() == 0
-        home = os.path.abspath(account.home)
-        self._roots = [os.path.realpath(home)] + [
-            os.path.realpath(p)
-            for p in (os.path.dirname(self.inbox_path), self.root)
-            if not under(p, home)
-        ]
+        self.anchors = Anchors(account.uid, account.gid, account.home, self.inbox_path, self.root)
+        self._root_place = self.anchors.place(self.root)
 
     # -- paths ----------------------------------------------------------------------------------
 
     def folder_path(self, name: str) -> str:
         """Where folder ``name`` (not INBOX) is: its file, or its directory."""
-        return os.path.join(self.root, *map(folders.disk_level, name.split(SEP)))
+        return os.path.join(self.root, *self._levels(name))
 
     def index_dir(self, name: str) -> str:
-        return os.path.join(self.control, *map(folders.disk_level, name.split(SEP)))
+        return os.path.join(self.control, *self._levels(name))
 
-    def _parents_real(self, name: str) -> bool:
-        """Every directory on the way to ``name`` is a real directory (no symlink)."""
-        if _kind(self.root) != "dir" and not os.path.isdir(self.root):
-            return False
-        return all(_kind(self.folder_path(p)) == "dir" for p in folders.parents(name))
+    @staticmethod
+    def _levels(name: str) -> list[str]:
+        return [folders.disk_level(level) for level in name.split(SEP)]
+
+    def _open_root(self, create: bool = False) -> Dir:
+        """``~/mail`` walked from the home (made if missing with ``create``). NoHome if the
+        home is missing, FileNotFoundError if ``~/mail`` is, UnsafePath if it is a symlink."""
+        try:
+            return open_dir(self._root_place, create)
+        except MissingAnchor as e:
+            if self._root_place.anchor == self.anchors.home:
+                raise NoHome(
+                    f"{self.account.name} has no home directory ({self.anchors.home}):"
+                    " only INBOX is available"
+                ) from e
+            raise
+
+    @contextmanager
+    def _holder(self, levels: list[str]) -> Iterator[Dir | None]:
+        """The directory holding the last of ``levels`` (disk names below ``~/mail``), every
+        one on the way a real directory of the user; None if one is missing or is not."""
+        with ExitStack() as stack:
+            try:
+                d = stack.enter_context(self._open_root())
+            except FileNotFoundError:
+                yield None
+                return
+            for level in levels[:-1]:
+                if d.kind(level) != "dir":
+                    yield None
+                    return
+                d = stack.enter_context(d.sub(level))
+            yield d
 
     def kind(self, name: str) -> str | None:
         """ "file" or "dir" if ``name`` (not INBOX) is a folder, else None."""
-        if not self._parents_real(name):
-            return None
-        path = self.folder_path(name)
-        found = _kind(path)
-        if found is None and self.recover(path):
-            found = _kind(path)
-        return found
+        levels = self._levels(name)
+        with self._holder(levels) as d:
+            if d is None:
+                return None
+            found = d.kind(levels[-1])
+            if found is None and self._recover(d, levels[-1]):
+                found = d.kind(levels[-1])
+            return found
 
     def mbox_path(self, name: str) -> str | None:
         """The mbox file holding ``name``'s own mail (it may not exist yet); None: no folder."""
@@ -144,54 +154,25 @@ class FolderTree:
     def exists(self, name: str) -> bool:
         return name == INBOX or self.kind(name) is not None
 
-    def recover(self, path: str) -> bool:
-        """Finish a file-to-directory change that a crash cut short; True if one was found."""
-        hidden = _converting(path)
-        if _kind(hidden) != "dir" or os.path.lexists(path):
+    def _recover(self, d: Dir, level: str) -> bool:
+        """Finish a file-to-directory change of ``level`` in ``d`` that a crash cut short;
+        True if one was found."""
+        hidden = "." + level + CONVERTING
+        if d.kind(hidden) != "dir" or d.exists(level):
             return False
-        if os.listdir(hidden) == [MESSAGES_FILE]:
-            os.rename(hidden, path)
-        elif not os.listdir(hidden):
-            os.rmdir(hidden)  # crashed before the file moved: the folder was never moved
+        with d.sub(hidden) as h:
+            names = h.names()
+        if names == [MESSAGES_FILE]:
+            d.rename(hidden, d, level)
+        elif not names:
+            d.rmdir(hidden)  # crashed before the file moved: the folder was never moved
             return False
         else:
-            raise StoreError(f"{hidden}: unexpected files; move them back by hand")
-        fsync_dir(os.path.dirname(path))
+            raise StoreError(f"{d.at(hidden)}: unexpected files; move them back by hand")
+        d.fsync()
         return True
 
-    # -- safety and ownership -------------------------------------------------------------------
-
-    def check_inside(self, directory: str) -> None:
-        real = os.path.realpath(directory)
-        if not any(under(real, root) for root in self._roots):
-            raise StoreError(f"{directory} leads outside the home and spool directories")
-
-    def make_dir(self, path: str) -> bool:
-        """mkdir 0700 owned by the account (inside the allowed places); False if it existed."""
-        self.check_inside(os.path.dirname(path))
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            if _kind(path) != "dir":
-                raise StoreError(f"{path} is not a directory") from None
-            return False
-        if self._as_root:
-            os.lchown(path, self.account.uid, self.account.gid)
-        return True
-
-    def make_dirs(self, path: str) -> None:
-        """Make ``path`` and its missing parents (from the folder root down)."""
-        if not under(path, self.root):
-            raise StoreError(f"{path} is outside {self.root}")
-        if _kind(self.root) is None and not os.path.isdir(self.root):
-            self.make_dir(self.root)
-        parts = os.path.relpath(path, self.root).split(os.sep)
-        current = self.root
-        for part in parts if path != self.root else []:
-            current = os.path.join(current, part)
-            if _kind(current) != "dir":
-                self.make_dir(current)
-        self.check_inside(path)
+    # -- ownership ------------------------------------------------------------------------------
 
     def mbox_owner(self) -> tuple[int, int] | None:
         if not self._as_root:
@@ -201,14 +182,18 @@ class FolderTree:
         except KeyError:
             return self.account.uid, self.account.gid
 
+    def _owner(self) -> tuple[int, int]:
+        return self.account.uid, self.account.gid
+
     @contextmanager
-    def _locked(self, path: str) -> Iterator[None]:
+    def _locked(self, d: Dir, name: str) -> Iterator[None]:
         with locked_mailbox(
-            path,
-            lambda: _open_for_lock(path),
+            name,
+            lambda: _lock_opener(d, name),
             exclusive=True,
             timeout=self._lock_timeout,
             stale_after=self._stale_after,
+            dir_fd=d.fd,
         ):
             yield
 
@@ -217,25 +202,26 @@ class FolderTree:
     def list_folders(self) -> dict[str, bool]:
         """{name: has_children} of every folder, INBOX included."""
         out: dict[str, bool] = {INBOX: False}
-        if _kind(self.root) == "dir" or os.path.isdir(self.root):
-            self._walk(self.root, "", 1, out)
+        try:
+            root = self._open_root()
+        except FileNotFoundError:
+            return out
+        with root:
+            self._walk(root, "", 1, out)
         return out
 
-    def _walk(self, directory: str, prefix: str, depth: int, out: dict[str, bool]) -> bool:
+    def _walk(self, d: Dir, prefix: str, depth: int, out: dict[str, bool]) -> bool:
         found = False
-        try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            return False
+        entries = d.names()
         recovered = [
-            self.recover(os.path.join(directory, e.name[1 : -len(CONVERTING)]))
+            self._recover(d, e[1 : -len(CONVERTING)])
             for e in entries
-            if e.name.startswith(".") and e.name.endswith(CONVERTING)
+            if e.startswith(".") and e.endswith(CONVERTING)
         ]
         if any(recovered):
-            entries = list(os.scandir(directory))
+            entries = d.names()
         for entry in entries:
-            level = folders.from_disk_level(entry.name)
+            level = folders.from_disk_level(entry)
             if level is None:
                 continue
             try:
@@ -243,30 +229,31 @@ class FolderTree:
             except InvalidMailboxName:
                 continue
             name = prefix + level
+            kind = d.kind(entry)
             if prefix == "" and level.upper() == INBOX:
-                if entry.is_dir(follow_symlinks=False):
-                    out[INBOX] = self._walk(entry.path, INBOX + SEP, depth + 1, out)
+                if kind == "dir":
+                    with d.sub(entry) as sub:
+                        out[INBOX] = self._walk(sub, INBOX + SEP, depth + 1, out)
                 continue
-            if entry.is_file(follow_symlinks=False):
+            if kind == "file":
                 out[name] = False
-            elif entry.is_dir(follow_symlinks=False):
-                deeper = depth < folders.MAX_DEPTH
-                out[name] = deeper and self._walk(entry.path, name + SEP, depth + 1, out)
+            elif kind == "dir":
+                out[name] = False
+                if depth < folders.MAX_DEPTH:
+                    with d.sub(entry) as sub:
+                        out[name] = self._walk(sub, name + SEP, depth + 1, out)
             else:
                 continue
             found = True
         return found
 
     def has_children(self, name: str) -> bool:
-        if name == INBOX:
-            path = os.path.join(self.root, INBOX)
-        elif self.kind(name) == "dir":
-            path = self.folder_path(name)
-        else:
-            return False
-        out: dict[str, bool] = {}
-        self._walk(path, name + SEP, len(name.split(SEP)), out)
-        return bool(out)
+        levels = self._levels(name)
+        with self._holder(levels) as d:
+            if d is None or d.kind(levels[-1]) != "dir":
+                return False
+            with d.sub(levels[-1]) as sub:
+                return self._walk(sub, name + SEP, len(levels), {})
 
     # -- create, rename, delete -----------------------------------------------------------------
 
@@ -276,57 +263,54 @@ class FolderTree:
         if self.exists(name):
             raise MailboxExists(name)
         moved = self.make_parents(name)
-        path = self.folder_path(name)
-        self.check_inside(os.path.dirname(path))
-        try:
-            fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-        except FileExistsError:
-            raise MailboxExists(name) from None
-        try:
-            owner = self.mbox_owner()
-            if owner:
-                os.fchown(fd, *owner)
-            os.fchmod(fd, 0o600)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(os.path.dirname(path))
+        levels = self._levels(name)
+        with self._holder(levels) as d:
+            if d is None:
+                raise StoreError(f"{self.folder_path(name)}: a parent changed meanwhile")
+            try:
+                fd = d.create_file(levels[-1], os.O_WRONLY, self.mbox_owner())
+            except FileExistsError:
+                raise MailboxExists(name) from None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            d.fsync()
         return moved
 
     def make_parents(self, name: str) -> dict[str, str]:
         """Every parent of ``name`` a directory (file folders converted, missing ones made)."""
         moved = {}
-        self.make_dirs(self.root)
-        for parent in folders.parents(name):
-            path = self.folder_path(parent)
-            found = _kind(path)
-            if found is None and self.recover(path):
-                found = _kind(path)
-            if found == "file" and parent != INBOX:
-                self.to_directory(path)
-                moved[parent] = os.path.join(path, MESSAGES_FILE)
-            elif found is None and not os.path.lexists(path):
-                self.make_dir(path)
-                fsync_dir(os.path.dirname(path))
-            elif found != "dir":
-                raise StoreError(f"{path} is in the way of folder {name!r}")
+        with ExitStack() as stack:
+            d = stack.enter_context(self._open_root(create=True))
+            for parent, level in zip(folders.parents(name), self._levels(name)):
+                found = d.kind(level)
+                if found is None and self._recover(d, level):
+                    found = d.kind(level)
+                if found == "file" and parent != INBOX:
+                    self._to_directory(d, level)
+                    moved[parent] = os.path.join(self.folder_path(parent), MESSAGES_FILE)
+                elif found is None and not d.exists(level):
+                    d.sub(level, create=True).close()
+                    d.fsync()
+                elif found != "dir":
+                    raise StoreError(f"{d.at(level)} is in the way of folder {name!r}")
+                d = stack.enter_context(d.sub(level))
         return moved
 
-    def to_directory(self, path: str) -> None:
-        """Turn the mbox file at ``path`` into a directory holding it as MESSAGES_FILE."""
-        hidden = _converting(path)
-        with self._locked(path):
-            if _kind(path) != "file":
-                raise StoreError(f"{path} changed while it was being converted")
-            if os.path.lexists(hidden):
-                os.rmdir(hidden)  # an empty one left by a crash (rmdir fails otherwise)
-            self.make_dir(hidden)
-            os.rename(path, os.path.join(hidden, MESSAGES_FILE))
-            os.rename(hidden, path)
-        fsync_dir(path)
-        fsync_dir(os.path.dirname(path))
+    def _to_directory(self, d: Dir, level: str) -> None:
+        """Turn the mbox file ``level`` in ``d`` into a directory holding it as MESSAGES_FILE."""
+        hidden = "." + level + CONVERTING
+        with self._locked(d, level):
+            if d.kind(level) != "file":
+                raise StoreError(f"{d.at(level)} changed while it was being converted")
+            if d.exists(hidden):
+                d.rmdir(hidden)  # an empty one left by a crash (rmdir fails otherwise)
+            with d.sub(hidden, create=True) as h:
+                d.rename(level, h, MESSAGES_FILE)
+                h.fsync()
+            d.rename(hidden, d, level)
+        d.fsync()
 
     def rename(self, old: str, new: str) -> dict[str, str]:
         """Move folder ``old`` (not INBOX) with its children and indexes to ``new``. Returns the
@@ -337,28 +321,43 @@ class FolderTree:
         if self.exists(new):
             raise MailboxExists(new)
         moved = self.make_parents(new)
-        src, dst = self.folder_path(old), self.folder_path(new)
-        if os.path.lexists(dst):
-            raise MailboxExists(new)
-        self.check_inside(os.path.dirname(dst))
-        lock = src if found == "file" else os.path.join(src, MESSAGES_FILE)
-        with self._locked(lock):
-            os.rename(src, dst)
-        if found == "dir":  # our dotlock went along with the directory
-            try:
-                os.unlink(os.path.join(dst, MESSAGES_FILE + ".lock"))
-            except FileNotFoundError:
-                pass
-        fsync_dir(os.path.dirname(dst))
-        fsync_dir(os.path.dirname(src))
-        src_ix, dst_ix = self.index_dir(old), self.index_dir(new)
-        if _kind(dst_ix) == "dir":
-            shutil.rmtree(dst_ix)  # left by a mailbox of that name deleted behind our back
-        if _kind(src_ix) == "dir":
-            self.make_dirs(os.path.dirname(dst_ix))
-            os.rename(src_ix, dst_ix)
-            fsync_dir(os.path.dirname(dst_ix))
+        src, dst = self._levels(old), self._levels(new)
+        with self._holder(src) as sd, self._holder(dst) as dd:
+            if sd is None or dd is None or sd.kind(src[-1]) != found:
+                raise StoreError(f"{self.folder_path(old)}: changed meanwhile")
+            if dd.exists(dst[-1]):
+                raise MailboxExists(new)
+            if found == "file":
+                with self._locked(sd, src[-1]):
+                    sd.rename(src[-1], dd, dst[-1])
+            else:
+                with sd.sub(src[-1]) as folder, self._locked(folder, MESSAGES_FILE):
+                    sd.rename(src[-1], dd, dst[-1])  # the dotlock goes along (held by fd)
+            dd.fsync()
+            sd.fsync()
+        self._rename_index([".imap"] + src, [".imap"] + dst)
         return moved
+
+    def _rename_index(self, src: list[str], dst: list[str]) -> None:
+        with self._holder(dst) as dd:
+            if dd is not None and dd.kind(dst[-1]) == "dir":
+                dd.rmtree(dst[-1])  # left by a mailbox of that name deleted behind our back
+        with self._holder(src) as sd:
+            if sd is None or sd.kind(src[-1]) != "dir":
+                return
+            self._make_dirs(dst[:-1])
+            with self._holder(dst) as dd:
+                if dd is None:
+                    raise StoreError(f"{os.path.join(self.root, *dst)}: changed meanwhile")
+                sd.rename(src[-1], dd, dst[-1])
+                dd.fsync()
+
+    def _make_dirs(self, levels: list[str]) -> None:
+        """``~/mail/LEVEL/LEVEL...`` made where missing (directories of the user, 0700)."""
+        with ExitStack() as stack:
+            d = stack.enter_context(self._open_root(create=True))
+            for level in levels:
+                d = stack.enter_context(d.sub(level, create=True))
 
     def delete(self, name: str) -> None:
         """Remove folder ``name`` (not INBOX, no children), its mail and its index."""
@@ -367,35 +366,49 @@ class FolderTree:
             raise MailboxNotFound(name)
         if self.has_children(name):
             raise MailboxHasChildren(name)
-        path = self.folder_path(name)
-        mbox = path if found == "file" else os.path.join(path, MESSAGES_FILE)
-        with self._locked(mbox):
-            if os.path.lexists(mbox):
-                os.unlink(mbox)
-        if found == "dir":
-            try:
-                os.rmdir(path)
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                raise StoreError(f"{path} holds files that are not folders") from e
-        fsync_dir(os.path.dirname(path))
-        index = self.index_dir(name)
-        if _kind(index) == "dir":
-            shutil.rmtree(index)
+        levels = self._levels(name)
+        with self._holder(levels) as d:
+            if d is None or d.kind(levels[-1]) != found:
+                raise StoreError(f"{self.folder_path(name)}: changed meanwhile")
+            if found == "file":
+                with self._locked(d, levels[-1]):
+                    d.unlink(levels[-1])
+            else:
+                with d.sub(levels[-1]) as folder:
+                    with self._locked(folder, MESSAGES_FILE):
+                        folder.unlink(MESSAGES_FILE)
+                try:
+                    d.rmdir(levels[-1])
+                except OSError as e:
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                    path = self.folder_path(name)
+                    raise StoreError(f"{path} holds files that are not folders") from e
+            d.fsync()
+        index = [".imap"] + levels
+        with self._holder(index) as d:
+            if d is not None and d.kind(index[-1]) == "dir":
+                d.rmtree(index[-1])
 
-    # -- subscriptions (Dovecot's ~/mail/.subscriptions) ----------------------------------------
+    # -- small files: subscriptions (Dovecot's ~/mail/.subscriptions), specials made ------------
+
+    def _read_small(self, levels: list[str]) -> bytes | None:
+        try:
+            with self._holder(levels) as d:
+                return None if d is None else d.read_file(levels[-1])
+        except NoHome:
+            return None
+
+    def _write_small(self, levels: list[str], data: bytes) -> None:
+        self._make_dirs(levels[:-1])
+        with self._holder(levels) as d:
+            if d is None:
+                raise StoreError(f"{os.path.join(self.root, *levels[:-1])}: changed meanwhile")
+            d.write_file(levels[-1], data, self._owner() if self._as_root else None)
 
     def read_subscriptions(self) -> tuple[bool, list[str]]:
         """(version 2 file?, names in file order)."""
-        try:
-            fd = os.open(self.subscriptions_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False, []
-        except OSError as e:
-            raise StoreError(f"cannot read {self.subscriptions_path}: {e.strerror}") from e
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
+        data = self._read_small([SUBSCRIPTIONS]) or b""
         v2 = data.startswith(_V2)
         names = []
         for line in (data[len(_V2) :] if v2 else data).split(b"\n"):
@@ -426,47 +439,19 @@ class FolderTree:
     def write_subscriptions(self, v2: bool, names: list[str]) -> None:
         lines = []
         for name in names:
-            levels = [folders.disk_level(level) for level in name.split(SEP)]
+            levels = self._levels(name)
             if v2:
                 lines.append("\t".join(levels).encode())
             else:
                 lines.append(SEP.join(levels).encode())
         data = (_V2 if v2 else b"") + b"".join(line + b"\n" for line in lines)
-        self.write_file(self.subscriptions_path, data)
-
-    def write_file(self, path: str, data: bytes) -> None:
-        """Replace a small file atomically and durably, mode 0600, owned by the account."""
-        self.make_dirs(os.path.dirname(path))
-        tmp = path + ".mailsuite-tmp"
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self._as_root:
-                os.fchown(fd, self.account.uid, self.account.gid)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        fsync_dir(os.path.dirname(path))
+        self._write_small([SUBSCRIPTIONS], data)
 
     def specials_made(self) -> set[str]:
         """Special-use folders made for this account before (so a deleted one stays deleted)."""
-        path = os.path.join(self.control, SPECIALS_MADE)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return set()
-        with os.fdopen(fd, "rb") as f:
-            return {line for line in f.read().decode("utf-8", "replace").split("\n") if line}
+        data = self._read_small([".imap", SPECIALS_MADE]) or b""
+        return {line for line in data.decode("utf-8", "replace").split("\n") if line}
 
     def record_specials(self, names: set[str]) -> None:
         data = "".join(n + "\n" for n in sorted(names)).encode()
-        self.write_file(os.path.join(self.control, SPECIALS_MADE), data)
+        self._write_small([".imap", SPECIALS_MADE], data)

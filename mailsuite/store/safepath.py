@@ -1,0 +1,322 @@
+"""Mailbox paths walked safely: the one way the mbox store reaches a file. Blocking (threads).
+
+The daemon runs as root (and, once privileges are separated, as the user: this stays the right
+tool then). A user owns everything under their home and can put a symbolic link anywhere there,
+or swap a directory for one at any moment, so a path string is never handed to the kernel below
+a trusted directory. Instead:
+
+- An *anchor* is a directory the administrator named: the passwd home, or the directory holding
+  the INBOX (``/var/mail``, from ``mail_location``). It is opened by its path (the links the
+  administrator made, such as Debian's ``/var/spool/mail``, are followed) and must be owned by
+  the user or root (the spool directory is typically root:mail 2775 or 1777).
+- Below it, every component is opened relative to the directory opened before it
+  (``openat``/``mkdirat``/``unlinkat``/``renameat`` through ``dir_fd``) with ``O_NOFOLLOW``,
+  and must be owned by the user: a directory or file of anyone else is refused, a file must
+  also be a regular file with one link (as Postfix's local(8) wants its mailbox).
+- This happens again at every operation: a ``Place`` names a file, it never holds it open,
+  so a directory swapped after SELECT is found at the next command.
+
+Everything refused raises ``UnsafePath`` (a ``StoreRefused``: one line in the log, no
+traceback), naming the path and the reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+
+from mailsuite.store.interfaces import StoreRefused
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafePath(StoreRefused):
+    """A path that leads through a symbolic link, or to something the user does not own."""
+
+    code = "NOPERM"
+
+
+class MissingAnchor(StoreRefused):
+    """The home (or spool) directory a path starts from does not exist."""
+
+
+def under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class Place:
+    """A file or directory: ``anchor`` (trusted, opened by path) and ``parts`` below it (each
+    walked with O_NOFOLLOW, owned by ``uid``). New directories get ``uid``:``gid``."""
+
+    anchor: str
+    parts: tuple[str, ...]
+    uid: int
+    gid: int
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.anchor, *self.parts)
+
+    @property
+    def name(self) -> str:
+        return self.parts[-1]
+
+    @property
+    def parent(self) -> Place:
+        if not self.parts:
+            raise UnsafePath(f"{self.anchor}: no parent below the trusted directory")
+        return Place(self.anchor, self.parts[:-1], self.uid, self.gid)
+
+    def child(self, *names: str) -> Place:
+        for name in names:
+            if not name or name in (".", "..") or "/" in name or "\0" in name:
+                raise UnsafePath(f"{self.path}: bad path component {name!r}")
+        return Place(self.anchor, self.parts + names, self.uid, self.gid)
+
+
+class Anchors:
+    """The trusted directories of one account: its home, and the directories holding its INBOX
+    and its folder root when those are outside the home."""
+
+    def __init__(self, uid: int, gid: int, home: str, inbox_path: str, folder_root: str) -> None:
+        self.uid, self.gid = uid, gid
+        self.home = os.path.abspath(home)
+        found = [self.home]
+        for path in (inbox_path, folder_root):
+            path = os.path.abspath(path)
+            if not under(path, self.home):
+                found.append(os.path.dirname(path))
+        self.dirs = sorted(set(found), key=len, reverse=True)
+
+    def place(self, path: str) -> Place:
+        """``path`` as a Place below the deepest anchor holding it; UnsafePath if none does."""
+        path = os.path.abspath(path)
+        for anchor in self.dirs:
+            if under(path, anchor):
+                rel = os.path.relpath(path, anchor)
+                parts = () if rel == "." else tuple(rel.split(os.sep))
+                return Place(anchor, parts, self.uid, self.gid)
+        raise UnsafePath(f"{path} is outside the home and spool directories")
+
+
+def refuse(path: str, why: str) -> UnsafePath:
+    return UnsafePath(f"{path}: {why}: refused")
+
+
+def check_owner(st: os.stat_result, uid: int, path: str) -> None:
+    if st.st_uid != uid:
+        raise refuse(path, f"owned by uid {st.st_uid}, not by uid {uid}")
+
+
+def check_file(st: os.stat_result, uid: int, path: str) -> None:
+    """A mailbox (or index) file must be a regular file of the user with one link."""
+    if not stat.S_ISREG(st.st_mode):
+        raise refuse(path, "not a regular file")
+    if st.st_nlink != 1:
+        raise refuse(path, f"{st.st_nlink} hard links")
+    check_owner(st, uid, path)
+
+
+class Dir:
+    """One directory, held open; names given to its methods are single components."""
+
+    def __init__(self, fd: int, place: Place) -> None:
+        self.fd, self.place = fd, place
+
+    @property
+    def path(self) -> str:
+        return self.place.path
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Dir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def at(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    # -- looking -------------------------------------------------------------------------------
+
+    def lstat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.lstat(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+
+    def kind(self, name: str) -> str | None:
+        """ "file" or "dir" for a regular file or directory of the user; None for anything
+        else (missing, a symlink, someone else's)."""
+        st = self.lstat(name)
+        if st is None or st.st_uid != self.place.uid:
+            return None
+        if stat.S_ISREG(st.st_mode):
+            return "file"
+        if stat.S_ISDIR(st.st_mode):
+            return "dir"
+        return None
+
+    def exists(self, name: str) -> bool:
+        return self.lstat(name) is not None
+
+    def names(self) -> list[str]:
+        return os.listdir(self.fd)
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def sub(self, name: str, create: bool = False) -> Dir:
+        """The directory ``name`` in this one (made 0700 for the user if ``create``)."""
+        place = self.place.child(name)
+        made = False
+        if create:
+            try:
+                os.mkdir(name, 0o700, dir_fd=self.fd)
+                made = True
+            except FileExistsError:
+                pass
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self.fd)
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            st = self.lstat(name)  # O_DIRECTORY|O_NOFOLLOW on a symlink: ENOTDIR (Linux)
+            link = e.errno == errno.ELOOP or (st is not None and stat.S_ISLNK(st.st_mode))
+            raise refuse(place.path, "a symbolic link" if link else "not a directory") from e
+        sub = Dir(fd, place)
+        try:
+            st = os.fstat(fd)
+            if made and st.st_uid != place.uid and st.st_uid == os.geteuid() and not sub.names():
+                os.fchown(fd, place.uid, place.gid)  # ours, just made, still empty
+                st = os.fstat(fd)
+            check_owner(st, place.uid, place.path)
+        except BaseException:
+            sub.close()
+            raise
+        return sub
+
+    def create_file(self, name: str, flags: int, owner: tuple[int, int] | None,
+                    mode: int = 0o600) -> int:
+        """A new file ``name`` (FileExistsError if there is one), ``mode``, owned by ``owner``
+        (uid, gid) when running as root."""
+        fd = os.open(name, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                     dir_fd=self.fd)
+        try:
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def open_file(self, name: str, flags: int, create: bool = False,
+                  owner: tuple[int, int] | None = None) -> tuple[int, bool]:
+        """(fd, made): the user's regular file ``name`` with one link, opened with ``flags``
+        (O_NOFOLLOW added; UnsafePath for anything else); with ``create`` a missing one is made
+        (``create_file``). FileNotFoundError if missing."""
+        path = self.at(name)
+        while True:
+            try:  # O_NONBLOCK: a FIFO put there must not hang the open
+                fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                             dir_fd=self.fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    return self.create_file(name, flags, owner), True
+                except FileExistsError:
+                    continue
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise refuse(path, "a symbolic link") from e
+                raise
+            try:
+                check_file(os.fstat(fd), self.place.uid, path)
+                os.set_blocking(fd, True)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, False
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def unlink(self, name: str, missing_ok: bool = True) -> None:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def rmdir(self, name: str) -> None:
+        os.rmdir(name, dir_fd=self.fd)
+
+    def rmtree(self, name: str) -> None:
+        """Remove the directory ``name`` and everything in it (symlinks removed, not followed)."""
+        shutil.rmtree(name, dir_fd=self.fd)
+
+    def rename(self, name: str, to: Dir, to_name: str) -> None:
+        os.rename(name, to_name, src_dir_fd=self.fd, dst_dir_fd=to.fd)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def write_file(self, name: str, data: bytes, owner: tuple[int, int] | None) -> None:
+        """Replace ``name`` atomically and durably (temp file, fsync, rename), mode 0600."""
+        tmp = name + ".mailsuite-tmp"
+        self.unlink(tmp)
+        fd = self.create_file(tmp, os.O_WRONLY, owner)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        self.fsync()
+
+    def read_file(self, name: str) -> bytes | None:
+        """The content of the user's regular file ``name``; None if it is missing."""
+        try:
+            fd, _ = self.open_file(name, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+
+def open_anchor(place: Place) -> Dir:
+    """The anchor of ``place``, opened by its path; MissingAnchor if it does not exist."""
+    try:
+        fd = os.open(place.anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise MissingAnchor(f"{place.anchor} does not exist") from e
+    d = Dir(fd, Place(place.anchor, (), place.uid, place.gid))
+    st = os.fstat(fd)
+    if st.st_uid not in (0, place.uid):
+        d.close()
+        raise refuse(place.anchor, f"owned by uid {st.st_uid}, not by uid {place.uid} or root")
+    return d
+
+
+def open_dir(place: Place, create: bool = False) -> Dir:
+    """The directory ``place``, walked from its anchor (missing ones made with ``create``)."""
+    d = open_anchor(place)
+    try:
+        for name in place.parts:
+            sub = d.sub(name, create)
+            d.close()
+            d = sub
+    except BaseException:
+        d.close()
+        raise
+    return d
