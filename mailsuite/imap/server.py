@@ -188,7 +188,14 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        """Handle the bytes of one read; what the commands answer is sent at once when the
+        outermost call returns. Twisted calls this again from inside (``resumeProducing``,
+        when a command finishes while the read is handled): the inner call only queues, so no
+        reply of a pipelined command is dropped or reordered (issue 9, IMAP 1)."""
         self._bytes_in += len(data)
+        if self._corked is not None:
+            super().dataReceived(data)
+            return
         self._corked = []
         try:
             super().dataReceived(data)
@@ -273,7 +280,10 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self._parts.append(take)
         if self._literal_left == 0:
             self._literal_discard = False
-            self.setLineMode(rest)
+            # back to lines; LineReceiver's loop reads ``rest`` (setLineMode(rest) would
+            # re-enter dataReceived and count the bytes twice)
+            self.line_mode = 1
+            self._buffer = rest + self._buffer
 
     def _dispatch(self, command: bytes) -> None:
         if self._too_big_tag is not None:

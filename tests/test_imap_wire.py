@@ -1,0 +1,230 @@
+"""The IMAP command reader under pipelining and hostile input (issue 9): every command of a
+session is answered once and in order however its bytes are cut into reads (IMAP 1); a command
+cannot grow without bound, literals included (S5); nothing follows ``* BYE`` but the tagged OK
+(IMAP 4); deep nesting is BAD, never a traceback (IMAP 5)."""
+
+from __future__ import annotations
+
+import base64
+import functools
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.mail import imap4
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from mailsuite.accounts import Account
+from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.server import IMAPFactory
+from mailsuite.maillog import MailLog
+from mailsuite.store.memory import MemoryStore
+from tests.test_imap_server import MESSAGE, WHEN, ImapTestCase, Session, make_config
+from tests.test_sasl_imap import TLSTransport
+
+
+# -- a store and a login that answer on a later reactor turn, as the mbox store and PAM do -------
+def _later(clock: Clock, result: Any) -> Any:
+    """``result``, or when it is a Deferred, one that fires on the clock's next turn."""
+    if not isinstance(result, defer.Deferred):
+        return result
+    later: defer.Deferred[Any] = defer.Deferred()
+
+    def fire(value: Any) -> None:
+        call = later.errback if isinstance(value, Failure) else later.callback
+        clock.callLater(0, call, value)
+
+    result.addBoth(fire)
+    return later
+
+
+class _Slow:
+    """Every method of ``target`` that returns a Deferred answers a reactor turn later; a
+    mailbox that ``open`` gives is wrapped the same way."""
+
+    def __init__(self, target: Any, clock: Clock) -> None:
+        self._target, self._clock = target, clock
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = value(*args, **kwargs)
+            if name == "open" and isinstance(result, defer.Deferred):
+                result.addCallback(_Slow, self._clock)
+            return _later(self._clock, result)
+
+        return call
+
+
+class _SlowRealm:
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def requestAvatar(self, avatar_id: bytes, mind: object, *interfaces: object) -> Any:
+        avatar = ImapAccount(self.store, Account(avatar_id.decode(), 1000, 1000, "/home/x"))
+        return imap4.IAccount, avatar, avatar.logout
+
+
+PLAIN_OK = base64.b64encode(b"\0boss\0secret")
+PLAIN_BAD = base64.b64encode(b"\0boss\0wrong")
+
+#: A recorded session: the client's writes, one command (or literal, or continuation) each.
+#: Segments end where a real client must wait: after STARTTLS (what follows in the same read
+#: is dropped: no injection). Every kind of input the reader handles is in it: literals,
+#: LITERAL+, AUTHENTICATE continuations, IDLE/DONE, STARTTLS, updates owed to the client.
+SESSION: list[list[bytes]] = [
+    [
+        b"c1 CAPABILITY\r\n",
+        b'i1 ID ("name" {4+}\r\n', b"test)\r\n",
+        b"n1 NOOP\r\n",
+        b"t1 STARTTLS\r\n",
+    ],
+    [
+        b"a1 AUTHENTICATE PLAIN\r\n", PLAIN_BAD + b"\r\n",
+        b"a2 AUTHENTICATE PLAIN\r\n", b"*\r\n",
+        b"l1 LOGIN {4+}\r\n", b"boss {6}\r\n", b"secret\r\n",
+        b"s1 SELECT INBOX\r\n",
+        b"p1 APPEND INBOX (\\Seen) {12+}\r\n", b"Subject: a\r\n\r\n",
+        b"p2 APPEND {5}\r\n", b"INBOX {12}\r\n", b"Subject: b\r\n\r\n",
+        b"n2 NOOP\r\n",
+        b"f1 FETCH 1:* (UID FLAGS)\r\n",
+        b"x1 IDLE\r\n", b"DONE\r\n",
+        b"st UID STORE 1:2 +FLAGS (\\Deleted $Work)\r\n",
+        b"se UID SEARCH OR SUBJECT {1+}\r\n", b"b DELETED\r\n",
+        b"e1 EXPUNGE\r\n",
+        b"x2 IDLE\r\n", b"DONE\r\n",
+        b"c2 CHECK\r\n",
+        b"lo LOGOUT\r\n",
+    ],
+]
+TAGS = [b"c1", b"i1", b"n1", b"t1", b"a1", b"a2", b"l1", b"s1", b"p1", b"p2", b"n2", b"f1", b"x1",
+        b"st", b"se", b"e1", b"x2", b"c2", b"lo"]
+
+
+class _Run:
+    """One connection, new store and clock, fed chosen reads; ``output`` is all it answered."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        store = MemoryStore(now=lambda: WHEN)
+        account = Account("boss", 1000, 1000, "/home/boss")
+        store.deliver(account, MESSAGE, "bob@example.org")
+        portal = Portal(_SlowRealm(_Slow(store, self.clock)),
+                        [InMemoryUsernamePasswordDatabaseDontUse(boss=b"secret")])
+        real_login = portal.login
+        portal.login = lambda *a: _later(self.clock, real_login(*a))  # type: ignore[method-assign]
+        factory = IMAPFactory(make_config(), portal, MailLog(None, "mail.example.com", now=lambda: 0.0),
+                              clock=self.clock, server_tls=object())
+        self.proto = factory.buildProtocol(None)
+        self.transport = TLSTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 143),
+                                      peerAddress=IPv4Address("TCP", "192.0.2.7", 40000))
+        self.proto.makeConnection(self.transport)
+
+    def settle(self) -> None:
+        """Let every pending store call and login answer (bounded: the session is short)."""
+        for _ in range(1000):
+            if not self.clock.getDelayedCalls() or all(
+                c.getTime() > self.clock.seconds() for c in self.clock.getDelayedCalls()
+            ):
+                return
+            self.clock.advance(0)
+
+    def feed(self, data: bytes, settle: bool) -> None:
+        self.proto.dataReceived(data)
+        if settle:
+            self.settle()
+
+    @property
+    def output(self) -> bytes:
+        return self.transport.value()
+
+
+@functools.cache
+def one_write_per_command() -> bytes:
+    """The replies when the client writes each piece and waits for the answers."""
+    run = _Run()
+    for segment in SESSION:
+        for piece in segment:
+            run.feed(piece, settle=True)
+    return run.output
+
+
+def cut(data: bytes, offsets: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(set(o for o in offsets if 0 < o < len(data))), len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+class PipelineSplitTests(unittest.TestCase):
+    """However the session's bytes are cut into reads, and whether or not the store answers
+    between them, the server answers exactly as to one command per write (IMAP 1)."""
+
+    def setUp(self) -> None:
+        self.expected = one_write_per_command()
+
+    def replay(self, reads: list[list[bytes]], settle_after: list[bool] | None = None) -> bytes:
+        run = _Run()
+        n = 0
+        for segment in reads:
+            for data in segment:
+                run.feed(data, settle=settle_after[n] if settle_after else False)
+                n += 1
+            run.settle()  # a client waits for the STARTTLS answer before the handshake
+        run.settle()
+        return run.output
+
+    def test_baseline_answers_every_command_once_in_order(self) -> None:
+        """The reference itself: each tag gets one tagged reply, in the order sent; nothing
+        after BYE but LOGOUT's OK."""
+        lines = self.expected.split(b"\r\n")
+        tagged = [line.split(b" ")[0] for line in lines if line[:1] not in (b"*", b"+", b"")
+                  and b" " in line and line.split(b" ")[1] in (b"OK", b"NO", b"BAD")]
+        self.assertEqual(tagged, TAGS, self.expected)
+        self.assertTrue(self.expected.endswith(b"* BYE Logging out\r\nlo OK Logout completed.\r\n"))
+        self.assertIn(b"l1 OK [CAPABILITY", self.expected)
+        self.assertIn(b"* SEARCH 1 2 3\r\nse OK", self.expected)
+
+    def test_the_reported_write(self) -> None:
+        """The issue's example: NOOP, APPEND with LITERAL+, NOOP in one write: three answers."""
+        run = _Run()
+        run.feed(b"l LOGIN boss secret\r\n", settle=True)
+        run.transport.clear()
+        run.feed(b"a NOOP\r\nb APPEND INBOX {5+}\r\nhello\r\nc NOOP\r\n", settle=True)
+        tags = [line.split(b" ")[0] for line in run.output.split(b"\r\n") if line[:1] not in (b"*", b"")]
+        self.assertEqual(tags, [b"a", b"b", b"c"], run.output)
+
+    def test_every_byte_offset(self) -> None:
+        """The session in one read per segment, and cut in two at every byte offset."""
+        self.assertEqual(self.replay([[b"".join(seg)] for seg in SESSION]), self.expected)
+        for index, segment in enumerate(SESSION):
+            data = b"".join(segment)
+            for offset in range(1, len(data)):
+                reads = [[b"".join(seg)] for seg in SESSION]
+                reads[index] = cut(data, [offset])
+                out = self.replay(reads)
+                self.assertEqual(out, self.expected, f"segment {index} cut at {offset}: {data[:offset]!r}")
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+    @given(st.data())
+    def test_random_reads(self, data: st.DataObject) -> None:
+        """Random cuts, the store answering between some reads and not others."""
+        reads = []
+        for segment in SESSION:
+            joined = b"".join(segment)
+            offsets = data.draw(st.lists(st.integers(1, len(joined) - 1), max_size=40))
+            reads.append(cut(joined, offsets))
+        settle = data.draw(st.lists(st.booleans(), min_size=sum(map(len, reads)),
+                                    max_size=sum(map(len, reads))))
+        self.assertEqual(self.replay(reads, settle), self.expected)
+
+    def test_one_byte_per_read(self) -> None:
+        reads = [[bytes([b]) for b in b"".join(seg)] for seg in SESSION]
+        self.assertEqual(self.replay(reads), self.expected)
