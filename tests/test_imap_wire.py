@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailsuite.accounts import Account
+from mailsuite.config import ConfigError, ImapConfig, parse_config
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
@@ -228,3 +229,79 @@ class PipelineSplitTests(unittest.TestCase):
     def test_one_byte_per_read(self) -> None:
         reads = [[bytes([b]) for b in b"".join(seg)] for seg in SESSION]
         self.assertEqual(self.replay(reads), self.expected)
+
+
+class CommandLimitTests(ImapTestCase):
+    """S5: a command, literals included, is at most 8 KB before login and imap_max_line_length
+    (64k) after it, plus the message of an APPEND; an oversized LITERAL+ is BAD [TOOBIG] and
+    the connection is closed (RFC 7888 4: the data follows anyway), a synchronizing one NO."""
+
+    def assertClosedWith(self, s: Session, tag: bytes, out: bytes) -> None:
+        self.assertEqual(out, tag + b" BAD [TOOBIG] Literal too big.\r\n* BYE Literal too big.\r\n")
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(s.proto._parts, [])
+
+    def test_literals_before_login_cannot_grow_one_command(self) -> None:
+        """The report's LOGIN {N+} chain: each literal is small, the command is not."""
+        s = self.session()
+        out = s.send(b"a LOGIN {3000+}\r\n" + b"u" * 3000 + b" {3000+}\r\n" + b"p" * 3000)
+        self.assertEqual(out, b"")
+        self.assertLess(sum(map(len, s.proto._parts)), 8192)
+        self.assertClosedWith(s, b"a", s.send(b" {3000+}\r\n" + b"x" * 3000))
+
+    def test_big_literal_before_login_refused_at_once(self) -> None:
+        s = self.session()
+        self.assertClosedWith(s, b"a", s.send(b"a LOGIN {1048576+}\r\n" + b"x" * 65536))
+
+    def test_append_gets_no_allowance_before_login(self) -> None:
+        s = self.session()
+        self.assertClosedWith(s, b"a", s.send(b"a APPEND INBOX {100000+}\r\n"))
+
+    def test_long_line_before_login(self) -> None:
+        """A line alone over 8 KB before login ends the session (it was 64 KB)."""
+        s = self.session()
+        out = s.send(b"a LOGIN " + b"x" * 9000)
+        self.assertEqual(out, b"* BYE Command line too long.\r\n")
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_whole_command_capped_after_login(self) -> None:
+        s = self.session()
+        s.select()
+        part = b"x" * 30000
+        self.assertEqual(s.send(b"a SEARCH OR SUBJECT {30000+}\r\n" + part + b" SUBJECT {30000+}\r\n" + part), b"")
+        self.assertClosedWith(s, b"a", s.send(b" BODY {30000+}\r\n"))
+
+    def test_append_message_may_pass_the_line_limit(self) -> None:
+        """The message of an APPEND may be bigger than imap_max_line_length; its other
+        literals (the mailbox name here) count against it."""
+        s = self.session()
+        s.login()
+        message = b"Subject: big\r\n\r\n" + b"x" * 200000
+        out = s.send(b"a APPEND {5+}\r\nINBOX {%d+}\r\n" % len(message) + message + b"\r\n")
+        self.assertIn(b"a OK [APPENDUID", out)
+        self.assertEqual(len(self.box().messages), 1)
+
+    def test_synchronizing_literal_too_big_is_no(self) -> None:
+        """No continuation, so no data: NO [TOOBIG], the session goes on."""
+        s = self.session()
+        self.assertEqual(s.cmd(b"a LOGIN {9000}"), b"a NO [TOOBIG] Literal too big.\r\n")
+        self.assertIn(b"b OK", s.cmd(b"b LOGIN boss secret"))
+        self.assertEqual(s.cmd(b"c SEARCH SUBJECT {70000}"), b"c NO [TOOBIG] Literal too big.\r\n")
+        self.assertFalse(s.transport.disconnecting)
+
+    def test_imap_max_line_length_is_configurable(self) -> None:
+        config = make_config()
+        config.imap = ImapConfig(imap_max_line_length=1024 * 1024)
+        self.factory = IMAPFactory(config, self.portal, self.maillog, clock=self.clock)
+        s = self.session()
+        s.select()
+        out = s.send(b"a SEARCH SUBJECT {200000+}\r\n" + b"x" * 200000 + b"\r\n")
+        self.assertIn(b"* SEARCH\r\na OK", out)
+        parsed = parse_config("[imap]\nimap_max_line_length = 1M\n", "mail.ini", hostname=lambda: "mx.example.com")
+        self.assertEqual(parsed.imap.imap_max_line_length, 1024 * 1024)
+        self.assertEqual(parse_config("", "mail.ini", hostname=lambda: "mx.example.com").imap,
+                         ImapConfig(65536))
+        with self.assertRaises(ConfigError) as e:
+            parse_config("[imap]\nimap_max_line_length = 100\n", "mail.ini", hostname=lambda: "mx.example.com")
+        self.assertIn("[imap] imap_max_line_length: '100' is too small: at least 1k", str(e.exception))
+
