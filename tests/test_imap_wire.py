@@ -305,3 +305,17 @@ class CommandLimitTests(ImapTestCase):
             parse_config("[imap]\nimap_max_line_length = 100\n", "mail.ini", hostname=lambda: "mx.example.com")
         self.assertIn("[imap] imap_max_line_length: '100' is too small: at least 1k", str(e.exception))
 
+
+class LogoutTests(ImapTestCase):
+    def test_nothing_but_the_tagged_ok_after_bye(self) -> None:
+        """Updates owed to a session (another session's STORE, new mail) are not sent after
+        * BYE (IMAP 4): LOGOUT answers exactly BYE and OK."""
+        self.deliver()
+        one, two = self.session(), self.session()
+        one.select()
+        two.select()
+        two.cmd(b"s STORE 1 +FLAGS (\\Flagged)")
+        self.deliver()
+        self.assertEqual(one.cmd(b"L LOGOUT"), b"* BYE Logging out\r\nL OK Logout completed.\r\n")
+        self.assertTrue(one.transport.disconnecting)
+

@@ -438,6 +438,10 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
 
     @states("unauth", "auth", "select")
     def cmd_LOGOUT(self, tag: bytes, args: Cursor) -> None:
+        # nothing but the tagged OK may follow BYE: the mailbox is let go first, so no update
+        # owed to the client (EXISTS, FETCH FLAGS) and no autologout comes after it
+        self.setTimeout(None)
+        self._close_view()
         self.sendUntaggedResponse(b"BYE Logging out")
         self.sendPositiveResponse(tag, b"Logout completed.")
         if self.user is not None and not self._logged_out:
