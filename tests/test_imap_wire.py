@@ -319,3 +319,117 @@ class LogoutTests(ImapTestCase):
         self.assertEqual(one.cmd(b"L LOGOUT"), b"* BYE Logging out\r\nL OK Logout completed.\r\n")
         self.assertTrue(one.transport.disconnecting)
 
+
+DEEP = 3000
+
+
+class NestingTests(ImapTestCase):
+    """IMAP 5: nesting past MAX_NESTING is BAD, with no traceback in the log; nesting that
+    clients use still works."""
+
+    def assertBad(self, out: bytes, tag: bytes = b"a") -> None:
+        self.assertTrue(out.startswith(tag + b" BAD "), out[:200])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_id_before_login(self) -> None:
+        s = self.session()
+        self.assertBad(s.cmd(b"a ID " + b"(" * DEEP + b")" * DEEP))
+        self.assertIn(b"b OK", s.cmd(b"b ID ((\"a\" \"b\"))"))
+
+    def test_search(self) -> None:
+        self.deliver()
+        s = self.session()
+        s.select()
+        self.assertBad(s.cmd(b"a SEARCH " + b"NOT " * DEEP + b"ALL"))
+        self.assertBad(s.cmd(b"a SEARCH " + b"(" * DEEP + b"ALL" + b")" * DEEP))
+        self.assertBad(s.cmd(b"a SEARCH " + b"OR ALL " * DEEP + b"ALL"))
+        self.assertBad(s.cmd(b"a UID SEARCH " + b"OR " * DEEP + b"ALL " * (DEEP + 1)))
+        self.assertIn(b"* SEARCH 1\r\nb OK", s.cmd(b"b SEARCH " + b"NOT NOT " * 40 + b"ALL"))
+        self.assertIn(b"* SEARCH 1\r\nc OK", s.cmd(b"c SEARCH " + b"(" * 90 + b"ALL" + b")" * 90))
+
+    def test_parenthesised_arguments(self) -> None:
+        """SELECT parameters, STORE and APPEND flags, STATUS items, LIST options."""
+        self.deliver()
+        s = self.session()
+        s.select()
+        deep = b"(" * DEEP + b")" * DEEP
+        self.assertBad(s.cmd(b"a SELECT INBOX " + deep))
+        s.cmd(b"s SELECT INBOX")
+        self.assertBad(s.cmd(b"a STORE 1 FLAGS " + deep))
+        self.assertBad(s.send(b"a APPEND INBOX " + deep + b" {5+}\r\nhello\r\n"))
+        self.assertBad(s.cmd(b"a STATUS INBOX " + deep))
+        self.assertBad(s.cmd(b"a LIST " + deep + b' "" *'))
+        self.assertBad(s.cmd(b"a FETCH 1 " + deep))
+        self.assertBad(s.cmd(b"a FETCH 1 (BODY[HEADER.FIELDS " + deep + b"])"))
+        self.assertIn(b"b OK", s.cmd(b"b STATUS INBOX (MESSAGES)"))
+
+    def test_message_nested_deep(self) -> None:
+        """Anyone can mail a message with MIME parts nested thousands deep: SEARCH BODY/TEXT
+        (the email package's walk recursed per level), BODYSTRUCTURE and sections answer."""
+        body = b"".join(b"--b%d\nContent-Type: multipart/mixed; boundary=b%d\n\n" % (i, i + 1)
+                        for i in range(DEEP))
+        self.deliver(b"Subject: deep\nContent-Type: multipart/mixed; boundary=b0\n\n" + body
+                     + b"--b%d\n\nhello\n" % DEEP)
+        self.deliver(b"Subject: q\nContent-Type: multipart/mixed; boundary=x\n\n--x\n"
+                     b"Content-Type: message/rfc822\n\nSubject: in\nContent-Type: text/plain; "
+                     b"charset=utf-8\nContent-Transfer-Encoding: base64\n\nQ2Fmw6kK\n--x--\n")
+        s = self.session()
+        s.select()
+        self.assertIn(b"* SEARCH 1\r\na OK", s.cmd(b"a SEARCH BODY hello"))
+        self.assertIn(b"* SEARCH 1\r\nb OK", s.cmd(b"b SEARCH TEXT hello"))
+        self.assertIn(b"* SEARCH 2\r\nq OK", s.cmd(b"q SEARCH CHARSET UTF-8 BODY {5+}\r\nCaf\xc3\xa9"))
+        self.assertIn(b"c OK", s.cmd(b"c FETCH 1 (BODYSTRUCTURE BODY[" + b".".join([b"1"] * 500) + b"])"))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+_WORDS = [
+    b"INBOX", b"Sent", b"a/b", b"&Jjo-", b"&", b"~x", b"/etc", b"..", b"1", b"2", b"*", b"1:*",
+    b"2:4,7", b"0", b"4294967296", b"NIL", b"ALL", b"FAST", b"FULL", b"FLAGS", b"UID", b"BODY[]",
+    b"BODY.PEEK[HEADER.FIELDS (From To)]", b"BODY[1.2.MIME]<0.10>", b"BODY[TEXT]<5.0>",
+    b"BODY[HEADER.FIELDS.NOT ({4}\r\nFrom)]", b"RFC822", b"RFC822.PEEK", b"ENVELOPE",
+    b"BODYSTRUCTURE", b"INTERNALDATE", b"\\Seen", b"\\Deleted", b"\\Recent", b"\\Bogus", b"$Label",
+    b"+FLAGS", b"-FLAGS.SILENT", b"FLAGS.SILENT", b"OR", b"NOT", b"SUBJECT", b"HEADER", b"BODY",
+    b"TEXT", b"FROM", b"BEFORE", b"SINCE", b"1-Jan-2020", b"31-Feb-2020", b"LARGER", b"KEYWORD",
+    b"CHARSET", b"UTF-8", b"KOI8-R", b"MESSAGES", b"UIDNEXT", b"UNSEEN", b"RECENT", b"(", b")",
+    b"((", b"))", b'""', b"%", b"*%", b'"14-Sep-2026 19:07:10 +0200"', b'"99-Xyz-2026 99:99:99 +9999"',
+    b"RETURN", b"(SUBSCRIBED)", b"(SPECIAL-USE)", b"(CHILDREN)", b"UIDONLY", b"\x00", b"\xff\xfe",
+    b"{0}", b"{99999999999}",
+]
+_COMMANDS = [
+    b"CAPABILITY", b"NOOP", b"ID", b"ENABLE", b"NAMESPACE", b"SELECT", b"EXAMINE", b"CREATE",
+    b"DELETE", b"RENAME", b"SUBSCRIBE", b"UNSUBSCRIBE", b"LIST", b"LSUB", b"XLIST", b"STATUS",
+    b"APPEND", b"CHECK", b"UNSELECT", b"EXPUNGE", b"SEARCH", b"FETCH", b"STORE", b"COPY", b"MOVE",
+    b"UID FETCH", b"UID STORE", b"UID SEARCH", b"UID COPY", b"UID MOVE", b"UID EXPUNGE", b"UID",
+    b"BOGUS", b"LOGIN",
+]
+_quoted = st.binary(max_size=12).map(
+    lambda b: b'"' + b.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\r", b"").replace(b"\n", b"") + b'"')
+_literal = st.binary(max_size=20).map(lambda b: b"{%d+}\r\n" % len(b) + b)
+_junk = st.binary(min_size=1, max_size=6).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"") or b"x")
+_token = st.one_of(st.sampled_from(_WORDS), _quoted, _literal, _junk)
+_arguments = st.lists(st.tuples(_token, st.sampled_from([b" ", b" ", b""])), max_size=8).map(
+    lambda pairs: b"".join(sep + token for token, sep in pairs))
+
+
+class NoTracebackTests(ImapTestCase):
+    """IMAP 5: no input produces a traceback in the log, and every command gets exactly one
+    tagged reply; random commands from the grammar's pieces, after login with a message."""
+
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True)
+    @given(st.lists(st.tuples(st.sampled_from(_COMMANDS), _arguments), min_size=1, max_size=6))
+    def test_random_commands(self, commands: list[tuple[bytes, bytes]]) -> None:
+        self.setUp()  # a new store and session for each example
+        self.deliver()
+        s = self.session()
+        s.select()
+        for n, (name, arguments) in enumerate(commands):
+            tag = b"T%d" % n
+            out = s.send(tag + b" " + name + arguments + b"\r\n")
+            if out.endswith(b"+ Ready for literal data\r\n"):  # it ended in {0}
+                out += s.send(b"\r\n")
+            if s.transport.disconnecting:  # an oversized literal closes: nothing more to say
+                return
+            replies = [line for line in out.split(b"\r\n") if line.startswith(tag + b" ")]
+            self.assertEqual(len(replies), 1, out)
+            self.assertNotIn(b"[SERVERBUG]", out)
+            self.assertEqual(self.flushLoggedErrors(), [])
