@@ -402,6 +402,7 @@ _COMMANDS = [
     b"UID FETCH", b"UID STORE", b"UID SEARCH", b"UID COPY", b"UID MOVE", b"UID EXPUNGE", b"UID",
     b"BOGUS", b"LOGIN",
 ]
+_LOGIN_COMMANDS = [b"AUTHENTICATE", b"AUTHENTICATE PLAIN", b"AUTHENTICATE LOGIN", b"STARTTLS"]
 _quoted = st.binary(max_size=12).map(
     lambda b: b'"' + b.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\r", b"").replace(b"\n", b"") + b'"')
 _literal = st.binary(max_size=20).map(lambda b: b"{%d+}\r\n" % len(b) + b)
@@ -413,23 +414,36 @@ _arguments = st.lists(st.tuples(_token, st.sampled_from([b" ", b" ", b""])), max
 
 class NoTracebackTests(ImapTestCase):
     """IMAP 5: no input produces a traceback in the log, and every command gets exactly one
-    tagged reply; random commands from the grammar's pieces, after login with a message."""
+    tagged reply; random commands from the grammar's pieces, before login and after it."""
 
-    @settings(max_examples=400, deadline=None, database=None, derandomize=True)
-    @given(st.lists(st.tuples(st.sampled_from(_COMMANDS), _arguments), min_size=1, max_size=6))
-    def test_random_commands(self, commands: list[tuple[bytes, bytes]]) -> None:
+    def run_commands(self, commands: list[tuple[bytes, bytes]], select: bool) -> None:
         self.setUp()  # a new store and session for each example
         self.deliver()
         s = self.session()
-        s.select()
+        if select:
+            s.select()
         for n, (name, arguments) in enumerate(commands):
             tag = b"T%d" % n
             out = s.send(tag + b" " + name + arguments + b"\r\n")
             if out.endswith(b"+ Ready for literal data\r\n"):  # it ended in {0}
                 out += s.send(b"\r\n")
+            if out.endswith((b"\r\n+ \r\n", b"\r\n+ VXNlcm5hbWU6\r\n", b"\r\n+ UGFzc3dvcmQ6\r\n")) \
+                    or out.startswith(b"+ "):  # an AUTHENTICATE challenge
+                out += s.send(b"*\r\n")
             if s.transport.disconnecting:  # an oversized literal closes: nothing more to say
                 return
             replies = [line for line in out.split(b"\r\n") if line.startswith(tag + b" ")]
             self.assertEqual(len(replies), 1, out)
             self.assertNotIn(b"[SERVERBUG]", out)
             self.assertEqual(self.flushLoggedErrors(), [])
+
+    @settings(max_examples=400, deadline=None, database=None, derandomize=True)
+    @given(st.lists(st.tuples(st.sampled_from(_COMMANDS), _arguments), min_size=1, max_size=6))
+    def test_random_commands_selected(self, commands: list[tuple[bytes, bytes]]) -> None:
+        self.run_commands(commands, select=True)
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+    @given(st.lists(st.tuples(st.sampled_from(_COMMANDS + _LOGIN_COMMANDS), _arguments),
+                    min_size=1, max_size=6))
+    def test_random_commands_before_login(self, commands: list[tuple[bytes, bytes]]) -> None:
+        self.run_commands(commands, select=False)
