@@ -21,7 +21,6 @@ from mailsuite.imap.fetch import (
 from mailsuite.wire import complete, crlf_size
 
 
-
 def _q(value: str | None) -> bytes:
     return nstring(value.encode("utf-8", "surrogateescape")) if value is not None else b"NIL"
 
