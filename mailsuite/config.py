@@ -170,6 +170,13 @@ def _size(value: str) -> int:
 _TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+def _line_length(value: str) -> int:
+    length = _size(value)
+    if length < 1024:
+        raise ValueError(f"{value.strip()!r} is too small: at least 1k")
+    return length
+
+
 def _time_days(value: str) -> float:
     """Postfix time: a number with unit s, m, h, d or w; a bare number counts days."""
     match = re.fullmatch(r"(\d+)([smhdw]?)", value.strip())
@@ -472,6 +479,13 @@ class MailboxConfig:
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    """``[imap]``: Dovecot's imap settings."""
+
+    imap_max_line_length: int = 64 * 1024
+
+
+@dataclass(frozen=True)
 class TLSConfig:
     """``[tls]``: Dovecot's ssl knobs."""
 
@@ -488,6 +502,7 @@ class Config:
     auth: AuthConfig
     mailbox: MailboxConfig
     tls: TLSConfig
+    imap: ImapConfig = ImapConfig()
 
 
 # A default is text (expanded like a value from the file) or a function of a lookup of [mail].
@@ -568,6 +583,9 @@ _SECTIONS: dict[str, _Section] = {
         _Key("drafts", "Drafts", _folder_name),
         _Key("trash", "Trash", _folder_name),
         _Key("junk", "Junk", _folder_name),
+    ]),
+    "imap": _Section(ImapConfig, [
+        _Key("imap_max_line_length", "64k", _line_length),
     ]),
     "tls": _Section(TLSConfig, [
         _Key("ssl", "yes", _ssl),

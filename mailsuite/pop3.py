@@ -278,8 +278,6 @@ class POP3Server(Pop3Login, pop3.POP3):
     def dataReceived(self, data: bytes) -> None:
         self._tls_cut = False  # a new read: after STLS, this is decrypted input
         super().dataReceived(data)
-        if self._tls_cut:
-            self._buffer = b""  # plaintext that followed STLS in the same read
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()

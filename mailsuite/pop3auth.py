@@ -81,6 +81,7 @@ class Pop3Login:
             return self.reply(b"-ERR Wrong number of arguments.")
         self.reply(b"+OK Begin TLS negotiation now.")
         self._queue.clear()
+        self._buffer = b""  # and a partial line, also when STLS waited behind a slow command
         self._tls_cut = True
         self._user = b""
         self.transport.startTLS(self.server_tls)

@@ -52,7 +52,8 @@ install_suite() {
     apt_install python3 python3-venv
     [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q --disable-pip-version-check .
+    # EXTRAS: e.g. "[test]", setup.cfg's extras_require to install as well
+    "$VENV/bin/pip" install -q --disable-pip-version-check ".${EXTRAS:-}"
     # Regenerate Twisted's plugin cache now, so a daemon that cannot write it does not warn.
     "$VENV/bin/python" -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 }
@@ -134,6 +135,7 @@ uninstall)
     done
     ;;
 test)
+    EXTRAS="[test]"  # what the tests import besides the package (hypothesis)
     # s-nail and bsd-mailx: mbox compatibility; swaks, curl, fetchmail: real clients;
     # whois: mkpasswd for yescrypt/bcrypt test hashes; openssl: SHA-crypt test hashes;
     # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines;

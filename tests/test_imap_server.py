@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
-from mailsuite.config import AuthConfig
+from mailsuite.config import AuthConfig, ImapConfig
 from mailsuite.imap import server as server_module
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
@@ -49,6 +49,7 @@ def make_config(disable_plaintext_auth: bool = True, trusted: list[Any] | None =
     return SimpleNamespace(
         auth=AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable_plaintext_auth, trusted or []),
         tls=SimpleNamespace(ssl="yes"),
+        imap=ImapConfig(),
     )
 
 

@@ -11,6 +11,7 @@ from email.message import Message
 from email.utils import collapse_rfc2231_value
 
 from mailsuite.imap.fetch import (
+    MAX_MIME_DEPTH,
     _split_multipart,
     envelope,
     nstring,
@@ -18,8 +19,6 @@ from mailsuite.imap.fetch import (
     split_message,
 )
 from mailsuite.wire import complete, crlf_size
-
-_MAX_DEPTH = 20  # deeper nesting is shown as an opaque part (a message bomb stays cheap)
 
 
 def _q(value: str | None) -> bytes:
@@ -73,7 +72,7 @@ def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int
         ctype = msg.get_content_type()
     main, _, sub = ctype.partition("/")
     boundary = msg.get_boundary()
-    if main == "multipart" and boundary and depth < _MAX_DEPTH:
+    if main == "multipart" and boundary and depth < MAX_MIME_DEPTH:
         parts = _split_multipart(body, boundary) or [b"\n"]
         child_default = "message/rfc822" if sub == "digest" else "text/plain"
         children = [
@@ -97,7 +96,7 @@ def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int
         _q(_header_str(msg, "Content-ID")), _q(_header_str(msg, "Content-Description")),
         _q(encoding), b"%d" % crlf_size(body),
     ]
-    if main == "message" and sub == "rfc822" and depth < _MAX_DEPTH:
+    if main == "message" and sub == "rfc822" and depth < MAX_MIME_DEPTH:
         inner_header, inner_body = split_message(body)
         fields.append(envelope(inner_header))
         fields.append(_entity(inner_header, inner_body, extended, "text/plain", depth + 1))

@@ -26,6 +26,9 @@ from mailsuite.imap.mailbox import format_flags
 from mailsuite.store.interfaces import UnknownUID
 from mailsuite.wire import complete, crlf, crlf_size
 
+#: MIME nesting that BODYSTRUCTURE and SEARCH BODY/TEXT open; deeper parts are opaque (a message
+#: bomb stays cheap, and nothing recurses once per level of a hostile message)
+MAX_MIME_DEPTH = 20
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 

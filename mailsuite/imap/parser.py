@@ -23,6 +23,9 @@ _ASTRING_RE = re.compile(b"[" + re.escape(_ATOM_CHARS + b"]") + b"]+")
 _LIST_CHARS_RE = re.compile(b"[" + re.escape(_ATOM_CHARS + b"]%*") + b"]+")
 _LITERAL_RE = re.compile(rb"\{(\d{1,12})\+?\}")
 _QUOTED_RE = re.compile(rb'"((?:[^"\\\r\n]|\\["\\])*)"')
+#: how deeply parenthesised lists and search keys (``NOT``, ``OR``, ``(...)``) may nest: deeper
+#: input is BAD, never a RecursionError (no client needs more than a few levels)
+MAX_NESTING = 100
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 _DATE_TIME_RE = re.compile(
     r"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z"
@@ -148,10 +151,13 @@ class Cursor:
     def mailbox(self) -> str:
         return mailbox_name(self.astring())
 
-    def paren_list(self) -> list[Item]:
-        """``(a "b" (c))`` -> ``[b"a", String(b"b"), [b"c"]]``; flags like ``\\Seen`` are atoms."""
+    def paren_list(self, depth: int = 1) -> list[Item]:
+        """``(a "b" (c))`` -> ``[b"a", String(b"b"), [b"c"]]``; flags like ``\\Seen`` are atoms.
+        Lists nested deeper than MAX_NESTING are a ParseError."""
         if self.peek() != b"(":
             raise ParseError("expected (")
+        if depth > MAX_NESTING:
+            raise ParseError("parentheses nested too deeply")
         self.pos += 1
         out: list[Item] = []
         while True:
@@ -163,7 +169,7 @@ class Cursor:
                 self.pos += 1
                 return out
             if self.peek() == b"(":
-                out.append(self.paren_list())
+                out.append(self.paren_list(depth + 1))
                 continue
             value = self._string()
             if value is None:

@@ -18,7 +18,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from mailsuite.imap.addresses import parse_address_list
-from mailsuite.imap.fetch import header_fields, split_message
+from mailsuite.imap.fetch import (
+    MAX_MIME_DEPTH,
+    _content_type,
+    _split_multipart,
+    header_fields,
+    split_message,
+)
+from mailsuite.imap.parser import MAX_NESTING
 from mailsuite.store.interfaces import UnknownUID
 
 Range = tuple[int | None, int | None]
@@ -116,12 +123,16 @@ class _Parser:
         self.pos += 1
         return token
 
-    def key(self) -> tuple[Any, ...]:
+    def key(self, depth: int = 1) -> tuple[Any, ...]:
+        """One search key; ``(...)``, NOT and OR each nest one level deeper, at most
+        MAX_NESTING (so ``needs`` and ``matches``, which recurse too, stay within the stack)."""
+        if depth > MAX_NESTING:
+            raise SearchSyntaxError("search keys nested too deeply")
         token = self.next()
         if token.value == b"(" and not token.quoted:
             keys = []
             while self.pos < len(self.tokens) and self.tokens[self.pos].value != b")":
-                keys.append(self.key())
+                keys.append(self.key(depth + 1))
             if self.pos >= len(self.tokens) or not keys:
                 raise SearchSyntaxError("unbalanced or empty parenthesis")
             self.pos += 1
@@ -143,9 +154,9 @@ class _Parser:
                 raise SearchSyntaxError(f"{name} needs a number")
             return (name, int(arg))
         if name == "NOT":
-            return ("NOT", self.key())
+            return ("NOT", self.key(depth + 1))
         if name == "OR":
-            return ("OR", self.key(), self.key())
+            return ("OR", self.key(depth + 1), self.key(depth + 1))
         try:
             if name == "UID":
                 return ("UID", parse_sequence_set(self.next().value))
@@ -228,16 +239,36 @@ def _contains(haystack: str, needle: bytes) -> bool:
     return needle.decode("utf-8", "replace").casefold() in haystack.casefold()
 
 
+def _text_parts(raw: bytes) -> list[bytes]:
+    """The text/* entities of a message, found as BODYSTRUCTURE finds parts: multiparts and
+    message/rfc822 opened, at most MAX_MIME_DEPTH deep, without recursion (the email package's
+    own walk recurses once per level, and anyone can mail a message nested a thousand deep)."""
+    found: list[bytes] = []
+    stack = [(raw, 0)]
+    while stack:
+        entity, depth = stack.pop()
+        header, body = split_message(entity)
+        ctype, boundary = _content_type(header)
+        if ctype.startswith("multipart/") and boundary:
+            if depth < MAX_MIME_DEPTH:
+                stack.extend((p, depth + 1) for p in reversed(_split_multipart(body, boundary)))
+        elif ctype == "message/rfc822":
+            if depth < MAX_MIME_DEPTH:
+                stack.append((body, depth + 1))
+        elif ctype.startswith("text/"):
+            found.append(entity)
+    return found
+
+
 def _body_text(raw: bytes) -> str:
     _, body = split_message(raw)
     texts = [body.decode("utf-8", "replace")]
-    try:
-        msg = email.message_from_bytes(raw, policy=policy.default)
-        for part in msg.walk():
-            if part.get_content_maintype() == "text":
-                texts.append(str(part.get_content()))
-    except (ValueError, LookupError, TypeError, AttributeError):
-        pass  # a broken MIME structure or charset: the raw body is still searched
+    for entity in _text_parts(raw):
+        try:  # one part, not a multipart: the email package does not recurse here
+            part = email.message_from_bytes(entity, policy=policy.default)
+            texts.append(str(part.get_content()))
+        except (ValueError, LookupError, TypeError, AttributeError, KeyError):
+            pass  # a broken part or charset: the raw body is still searched
     return "\n".join(texts)
 
 

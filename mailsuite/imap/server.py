@@ -55,7 +55,9 @@ log = Logger()
 _NO_EXPUNGE = {b"FETCH", b"STORE", b"SEARCH", b"UID FETCH", b"UID STORE", b"UID SEARCH"}
 _NO_REFRESH = {b"LOGOUT", b"CAPABILITY", b"NOOP", b"CHECK", b"IDLE", b"SELECT", b"EXAMINE"}
 MAX_LITERAL = 64 * 1024 * 1024  # APPEND of a bigger message: NO [TOOBIG]
-MAX_COMMAND_LITERAL = 1024 * 1024  # other literals (names, search strings)
+#: a whole command before login, literals included (Dovecot's IMAP_LOGIN_MAX_LINE_LENGTH);
+#: after login it is [imap] imap_max_line_length, plus the message of an APPEND
+LOGIN_MAX_COMMAND = 8192
 IDLE_KEEPALIVE = 120.0  # OUTLOOK.md 17: at least every 2 minutes
 IDLE_POLL = 1.0  # mail written by other programs reaches IDLE sessions within this
 #: a command within this many seconds of a refresh that found the file unchanged skips its own
@@ -128,7 +130,6 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     IDENT = b"mailsuite ready."
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
-    MAX_LENGTH = 65536  # one command line (long UID sets); Dovecot's imap_max_line_length
 
     def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None) -> None:
         super().__init__()
@@ -151,9 +152,9 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self._bytes_in = 0
         self._bytes_out = 0
         self._parts: list[bytes] = []  # the command being assembled (lines and literals)
+        self._assembled = 0  # its bytes that count against _command_limit()
+        self._message_allowed = False  # its APPEND message literal was let past the limit
         self._literal_left = 0
-        self._literal_discard = False
-        self._too_big_tag: bytes | None = None
         self._idle_tag: bytes | None = None
         self._keepalive: Any = None
 
@@ -189,7 +190,14 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        """Handle the bytes of one read; what the commands answer is sent at once when the
+        outermost call returns. Twisted calls this again from inside (``resumeProducing``,
+        when a command finishes while the read is handled): the inner call only queues, so no
+        reply of a pipelined command is dropped or reordered (issue 9, IMAP 1)."""
         self._bytes_in += len(data)
+        if self._corked is not None:
+            super().dataReceived(data)
+            return
         self._corked = []
         try:
             super().dataReceived(data)
@@ -231,6 +239,17 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         return host_of(self.transport.getHost())
 
     # -- reading commands: lines and literals, one command at a time --------------------------
+    def _command_limit(self) -> int:
+        """The most bytes one command may have, literals included (S5: no unbounded memory)."""
+        limit: int = self.config.imap.imap_max_line_length
+        return min(limit, LOGIN_MAX_COMMAND) if self.state == "unauth" else limit
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]  # read by LineReceiver per line
+        """The longest line LineReceiver passes on: what the command being assembled has left;
+        a longer line is ``lineLengthExceeded``."""
+        return max(0, self._command_limit() - self._assembled)
+
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
         if self.parseState == "idle":
@@ -243,21 +262,15 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         m = LITERAL_AT_END.search(line)
         if m is None:
             self._parts.append(line)
-            command, self._parts = b"".join(self._parts), []
+            command = b"".join(self._parts)
+            self._parts, self._assembled, self._message_allowed = [], 0, False
             self._dispatch(command)
             return
         size, plus = int(m.group(1)), bool(m.group(2))
-        first = b"".join(self._parts + [line])
-        limit = MAX_LITERAL if b" APPEND " in first[:64].upper() else MAX_COMMAND_LITERAL
-        if size > limit:
-            self._parts = []
-            tag = first.split(b" ", 1)[0] or b"*"
-            if not plus:  # the client sends nothing more of this command
-                self.sendLine(tag + b" NO [TOOBIG] Literal too big.")
-                return
-            # LITERAL+: the data comes anyway; drop it and the rest of the command, then answer
-            self._literal_left, self._literal_discard, self._too_big_tag = size, True, tag
-            self.setRawMode()
+        first = self._parts[0] if self._parts else line
+        self._assembled += len(line) + len(self.delimiter)
+        if not self._literal_fits(first, size):
+            self._refuse_literal(first.split(b" ", 1)[0] or b"*", plus)
             return
         self._parts.append(line[: m.start()] + b"{%d}" % size)
         self._literal_left = size
@@ -266,21 +279,43 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if size:
             self.setRawMode()
 
+    def _literal_fits(self, first: bytes, size: int) -> bool:
+        """A literal must fit in what the command has left, except the message of an APPEND
+        after login (one per command, at most MAX_LITERAL)."""
+        if size <= self._command_limit() - self._assembled:
+            self._assembled += size
+            return True
+        name = first.split(b" ", 2)[1:2]
+        if (self.state != "unauth" and not self._message_allowed and size <= MAX_LITERAL
+                and name and name[0].upper() == b"APPEND"):
+            self._message_allowed = True
+            return True
+        return False
+
+    def _refuse_literal(self, tag: bytes, plus: bool) -> None:
+        self._parts, self._assembled, self._message_allowed = [], 0, False
+        if not plus:  # no continuation: the client sends nothing more of this command
+            self.sendLine(tag + b" NO [TOOBIG] Literal too big.")
+            return
+        # RFC 7888 4: the data of a non-synchronizing literal follows anyway; the command is
+        # BAD and, rather than read data it will not keep, the server closes (as Dovecot)
+        self.sendLine(tag + b" BAD [TOOBIG] Literal too big.")
+        self.sendLine(b"* BYE Literal too big.")
+        self.uncork()
+        self.transport.loseConnection()
+
     def rawDataReceived(self, data: bytes) -> None:
         self.resetTimeout()
         take, rest = data[: self._literal_left], data[self._literal_left :]
         self._literal_left -= len(take)
-        if not self._literal_discard:
-            self._parts.append(take)
+        self._parts.append(take)
         if self._literal_left == 0:
-            self._literal_discard = False
-            self.setLineMode(rest)
+            # back to lines; LineReceiver's loop reads ``rest`` (setLineMode(rest) would
+            # re-enter dataReceived and count the bytes twice)
+            self.line_mode = 1
+            self._buffer = rest + self._buffer
 
     def _dispatch(self, command: bytes) -> None:
-        if self._too_big_tag is not None:
-            tag, self._too_big_tag = self._too_big_tag, None
-            self.sendLine(tag + b" NO [TOOBIG] Literal too big.")
-            return
         tag, _, rest = command.partition(b" ")
         name, sep, rest = rest.partition(b" ")
         rest = sep + rest  # handlers read the space before each argument
@@ -410,6 +445,10 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
 
     @states("unauth", "auth", "select")
     def cmd_LOGOUT(self, tag: bytes, args: Cursor) -> None:
+        # nothing but the tagged OK may follow BYE: the mailbox is let go first, so no update
+        # owed to the client (EXISTS, FETCH FLAGS) and no autologout comes after it
+        self.setTimeout(None)
+        self._close_view()
         self.sendUntaggedResponse(b"BYE Logging out")
         self.sendPositiveResponse(tag, b"Logout completed.")
         if self.user is not None and not self._logged_out:
