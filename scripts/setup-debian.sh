@@ -28,7 +28,7 @@ install_suite() {
     apt_install python3 python3-venv
     [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q --disable-pip-version-check .
+    "$VENV/bin/pip" install -q --disable-pip-version-check ".${1:-}"  # ".[test]": test extras
     # Regenerate Twisted's plugin cache now, so a daemon that cannot write it does not warn.
     "$VENV/bin/python" -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 }
@@ -46,7 +46,7 @@ test)
     # whois: mkpasswd for yescrypt/bcrypt test hashes; openssl: SHA-crypt test hashes;
     # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines.
     apt_install s-nail swaks curl fetchmail whois openssl fail2ban
-    install_suite
+    install_suite "[test]"  # hypothesis: property tests
     shift
     exec "$VENV/bin/python" scripts/run_tests.py "$@"
     ;;

@@ -12,7 +12,6 @@ points RFC 3501 allows (``take_updates``).
 
 from __future__ import annotations
 
-import re
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
@@ -473,17 +472,6 @@ def _unseen(mailbox: IMailbox) -> int:
     if count is not None:
         return int(count())
     return sum(1 for m in mailbox.messages if "\\Seen" not in m.flags)
-
-
-def pattern_regex(ref: str, pattern: str) -> re.Pattern[str]:
-    """A LIST reference + pattern as a regex: ``*`` any characters, ``%`` any but '/'."""
-    full = ref + pattern if ref and not pattern.startswith(DELIMITER) else pattern
-    out = ""
-    for ch in full:
-        out += ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch)
-    if full.upper().startswith("INBOX"):
-        out = "(?i:" + out[: len(re.escape("INBOX"))] + ")" + out[len(re.escape("INBOX")) :]
-    return re.compile(out + r"\Z")
 
 
 @implementer(imap4.IAccount)
