@@ -12,7 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from mailsuite.imap.listmatch import ListMatcher, PatternTooLong, full_pattern
-from mailsuite.imap.mailbox import DELIMITER, SYSTEM_FLAG_ORDER, format_flags
+from mailsuite.imap.mailbox import DELIMITER, SYSTEM_FLAG_ORDER
 from mailsuite.imap.parser import (
     Cursor,
     ParseError,
@@ -71,10 +71,8 @@ class FolderCommands(_Base):
         if self._lost:
             self.account.close_view(view)
             return
-        flags = format_flags(list(SYSTEM_FLAGS) + view.keywords())
-        permanent = b"()" if readonly else flags[:-1] + b" \\*)"
-        self.sendUntaggedResponse(b"FLAGS " + flags)
-        self.sendUntaggedResponse(b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted.")
+        for line in view.flags_responses():
+            self.sendUntaggedResponse(line)
         self.sendUntaggedResponse(b"%d EXISTS" % view.count())
         self.sendUntaggedResponse(b"%d RECENT" % view.recent_count())
         unseen = view.first_unseen()
