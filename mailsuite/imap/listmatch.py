@@ -19,8 +19,9 @@ from collections.abc import Iterable
 from mailsuite.imap.mailbox import DELIMITER
 
 #: Tokens (after collapsing) over all patterns of one command: a match costs at most
-#: len(name) operations on integers of this many bits. A mailbox name is at most a few
-#: thousand characters, so a longer pattern could not match more.
+#: len(name) operations on integers of this many bits. A mailbox name has at most 1000 bytes
+#: (``store.folders.MAX_NAME``): one pattern of over 2001 tokens (1000 letters, a wildcard
+#: around each) cannot match anything.
 MAX_PATTERN_TOKENS = 8192
 
 
