@@ -96,7 +96,9 @@ _SECTION_RE = re.compile(
     rb"((?:\d+\.)*\d+)?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?\s*(?:\((.*)\))?\Z",
     re.IGNORECASE | re.DOTALL,
 )
-_FIELD_RE = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s()"]+)')
+# A quoted name runs to its closing quote or the end (group 2 tells which): an unclosed quote is
+# read once, not again from every quote inside it (quadratic: 13 s for a 64 KB command line).
+_FIELD_RE = re.compile(rb'"((?:[^"\\]|\\.)*)("?)|([^\s()"]+)')
 
 
 def _unliteral(text: bytes) -> bytes:
@@ -118,7 +120,10 @@ def _parse_section(text: bytes) -> Section:
     if spec.startswith("HEADER.FIELDS"):
         if m.group(3) is None:
             raise FetchSyntaxError("HEADER.FIELDS needs a list")
-        fields = [(q or a).upper() for q, a in _FIELD_RE.findall(_unliteral(m.group(3)))]
+        found = _FIELD_RE.findall(_unliteral(m.group(3)))
+        if any(not (closed or a) for _, closed, a in found):
+            raise FetchSyntaxError("unclosed quote in a field list")
+        fields = [(q or a).upper() for q, _, a in found]
         if not fields:
             raise FetchSyntaxError("empty field list")
     elif m.group(3) is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from mailsuite.imap.mailbox import DELIMITER, SYSTEM_FLAG_ORDER, format_flags, pattern_regex
+from mailsuite.imap.listmatch import ListMatcher, PatternTooLong, full_pattern
+from mailsuite.imap.mailbox import DELIMITER, SYSTEM_FLAG_ORDER
 from mailsuite.imap.parser import (
     Cursor,
     ParseError,
@@ -70,10 +71,8 @@ class FolderCommands(_Base):
         if self._lost:
             self.account.close_view(view)
             return
-        flags = format_flags(list(SYSTEM_FLAGS) + view.keywords())
-        permanent = b"()" if readonly else flags[:-1] + b" \\*)"
-        self.sendUntaggedResponse(b"FLAGS " + flags)
-        self.sendUntaggedResponse(b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted.")
+        for line in view.flags_responses():
+            self.sendUntaggedResponse(line)
         self.sendUntaggedResponse(b"%d EXISTS" % view.count())
         self.sendUntaggedResponse(b"%d RECENT" % view.recent_count())
         unseen = view.first_unseen()
@@ -157,24 +156,28 @@ class FolderCommands(_Base):
             self.sendUntaggedResponse(b'LIST (\\Noselect) "/" ""')
             self.sendPositiveResponse(tag, b"List completed.")
             return
-        regexes = [pattern_regex(ref, mailbox_name(p) if p else "") for p in patterns]
+        try:
+            matcher = ListMatcher(full_pattern(ref, mailbox_name(p) if p else "") for p in patterns)
+        except PatternTooLong as e:
+            self.sendNegativeResponse(tag, b"[LIMIT] " + str(e).encode("ascii"))
+            return
         entries = await self.account.list_mailboxes()
         subscribed: set[str] = set()
         if command == b"LSUB" or "SUBSCRIBED" in selection or "SUBSCRIBED" in returns:
             subscribed = {mailbox_name(n.encode("imap4-utf-7")) for n in await self.account.subscriptions()}
             subscribed.add("INBOX")  # always subscribed, as Outlook expects it in LSUB
         if command == b"LSUB":
-            self._lsub(entries, subscribed, regexes, patterns)
+            self._lsub(entries, subscribed, matcher, patterns)
         else:
-            self._list(command, entries, subscribed, regexes, selection, returns)
+            self._list(command, entries, subscribed, matcher, selection, returns)
         self.sendPositiveResponse(tag, command.capitalize() + b" completed.")
 
     def _list(self, command: bytes, entries: list[MailboxEntry], subscribed: set[str],
-              regexes: list[re.Pattern[str]], selection: set[str], returns: set[str]) -> None:
+              matcher: ListMatcher, selection: set[str], returns: set[str]) -> None:
         existing = {e.name for e in entries}
         shown: list[tuple[str, list[str]]] = []
         for entry in entries:
-            if not any(r.match(entry.name) for r in regexes):
+            if not matcher.match(entry.name):
                 continue
             if "SPECIAL-USE" in selection and not entry.special_use:
                 continue
@@ -192,7 +195,7 @@ class FolderCommands(_Base):
             shown.append((entry.name, attrs))
         if "SUBSCRIBED" in selection:
             for name in sorted(subscribed - existing):
-                if any(r.match(name) for r in regexes):
+                if matcher.match(name):
                     shown.append((name, ["\\NonExistent", "\\Subscribed"]))
         for name, attrs in shown:
             self.sendUntaggedResponse(
@@ -200,11 +203,11 @@ class FolderCommands(_Base):
             )
 
     def _lsub(self, entries: list[MailboxEntry], subscribed: set[str],
-              regexes: list[re.Pattern[str]], patterns: list[bytes]) -> None:
+              matcher: ListMatcher, patterns: list[bytes]) -> None:
         existing = {e.name: e for e in entries}
         shown: dict[str, list[str]] = {}
         for name in sorted(subscribed, key=lambda n: (n != "INBOX", n)):
-            if any(r.match(name) for r in regexes):
+            if matcher.match(name):
                 entry = existing.get(name)
                 shown[name] = ["\\Noselect"] if entry is None else [
                     "\\HasChildren" if entry.has_children else "\\HasNoChildren"]
@@ -215,7 +218,7 @@ class FolderCommands(_Base):
                 levels = name.split(DELIMITER)
                 for depth in range(len(levels) - 1, 0, -1):
                     parent = DELIMITER.join(levels[:depth])
-                    if any(r.match(parent) for r in regexes) and parent not in subscribed:
+                    if matcher.match(parent) and parent not in subscribed:
                         shown.setdefault(parent, ["\\Noselect"])
                         break
         for name, attrs in shown.items():

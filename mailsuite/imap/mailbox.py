@@ -12,7 +12,6 @@ points RFC 3501 allows (``take_updates``).
 
 from __future__ import annotations
 
-import re
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
@@ -86,6 +85,8 @@ class ImapMailboxView:
         self._expunged: set[int] = set()  # gone from the store, not yet told to the client
         self._added: list[MessageInfo] = []
         self._flag_changes: dict[int, frozenset[str]] = {}
+        self._keywords = set(self.keywords())  # the keywords FLAGS has named to the client
+        self._keywords_grew = False  # since FLAGS was last sent
         self._closed = False
         mailbox.add_listener(self._changed)
 
@@ -224,6 +225,27 @@ class ImapMailboxView:
             found.update(f for f in self.info(self._at(pos).uid).flags if f not in SYSTEM_FLAGS)
         return sorted(found)
 
+    # -- FLAGS: the keywords the client has been told of --------------------------------------
+    def flags_responses(self) -> list[bytes]:
+        """``FLAGS (...)`` and ``OK [PERMANENTFLAGS (...)]`` (``()`` when read-only) for the
+        system flags and every keyword told so far, as SELECT sends them."""
+        flags = format_flags(SYSTEM_FLAGS | self._keywords)
+        permanent = b"()" if self.readonly else flags[:-1] + b" \\*)"
+        self._keywords_grew = False
+        return [b"FLAGS " + flags, b"OK [PERMANENTFLAGS " + permanent + b"] Flags permitted."]
+
+    def take_flags_update(self) -> list[bytes]:
+        """The FLAGS responses when a keyword has come to this view since they were last sent
+        (RFC 3501 7.2.6): to be sent before any FETCH that shows it."""
+        return self.flags_responses() if self._keywords_grew else []
+
+    def _learn(self, flags: Iterable[str]) -> None:
+        """These flags are about to be shown to the client: note the keywords FLAGS lacks."""
+        for flag in flags:
+            if flag not in self._keywords and flag not in SYSTEM_FLAGS and flag != "\\Recent":
+                self._keywords.add(flag)
+                self._keywords_grew = True
+
     # -- sequence sets -----------------------------------------------------------------------
     def resolve(self, ranges: list[tuple[int | None, int | None]], uid: bool) -> list[tuple[int, int]]:
         """``[(seq, uid)]`` in ascending order for a parsed sequence set (``None`` is ``*``).
@@ -268,6 +290,7 @@ class ImapMailboxView:
         clean = {uid: flags for uid, flags in clean.items() if uid not in self._expunged}
         for uid, flags in clean.items():
             old = self.info(uid)
+            self._learn(flags)
             self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
             self._flag_changes.pop(uid, None)
         if not clean:
@@ -298,6 +321,7 @@ class ImapMailboxView:
                 if uid in self._expunged or self._find(uid) < 0:
                     continue
                 self._flag_changes.pop(uid, None)
+                self._learn(flags)
                 old = self.info(uid)
                 if old.flags != flags:
                     self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
@@ -332,10 +356,10 @@ class ImapMailboxView:
         """The untagged responses owed to the client, applying them to this view.
 
         With ``allow_expunge`` False (after FETCH, STORE, SEARCH) expunges stay queued, so the
-        sequence numbers the client knows stay valid.
+        sequence numbers the client knows stay valid. FLAGS comes first when a keyword is new.
         """
         if not (self._expunged or self._added or self._flag_changes):
-            return []
+            return self.take_flags_update()
         lines: list[bytes] = []
         told = {u: self.info(u).flags for u in self._flag_changes if self._find(u) >= 0}
         new: list[int] = []
@@ -352,6 +376,8 @@ class ImapMailboxView:
             if gone:
                 adopted = self._adopt(gone)
                 if adopted:
+                    for info in self._added:
+                        self._learn(info.flags)
                     new = [m.uid for m in self._added]
                     self._added = []
                 else:
@@ -363,6 +389,7 @@ class ImapMailboxView:
             top = self._last_uid()
             for info in self._added:
                 if info.uid > top and info.uid not in self._expunged:
+                    self._learn(info.flags)
                     self._tail.append(info)
                     top = info.uid
                     new.append(info.uid)
@@ -380,6 +407,7 @@ class ImapMailboxView:
             pos = self._find(uid)
             if pos < 0:
                 continue
+            self._learn(flags)
             if not adopted and self.info(uid).flags != flags:
                 old = self.info(uid)
                 self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
@@ -388,7 +416,7 @@ class ImapMailboxView:
         self._flag_changes = {}
         if not self._expunged:
             self._rebase()
-        return lines
+        return self.take_flags_update() + lines
 
     def _adopt(self, gone: list[int]) -> bool:
         """After the EXPUNGEs of positions ``gone``, with every change told: take the store's
@@ -473,17 +501,6 @@ def _unseen(mailbox: IMailbox) -> int:
     if count is not None:
         return int(count())
     return sum(1 for m in mailbox.messages if "\\Seen" not in m.flags)
-
-
-def pattern_regex(ref: str, pattern: str) -> re.Pattern[str]:
-    """A LIST reference + pattern as a regex: ``*`` any characters, ``%`` any but '/'."""
-    full = ref + pattern if ref and not pattern.startswith(DELIMITER) else pattern
-    out = ""
-    for ch in full:
-        out += ".*" if ch == "*" else "[^/]*" if ch == "%" else re.escape(ch)
-    if full.upper().startswith("INBOX"):
-        out = "(?i:" + out[: len(re.escape("INBOX"))] + ")" + out[len(re.escape("INBOX")) :]
-    return re.compile(out + r"\Z")
 
 
 @implementer(imap4.IAccount)

@@ -141,6 +141,7 @@ class SelectedCommands(_Base):
             # added to the flags stored now: another session's change is not undone
             result = await view.change_flags(live, add=frozenset({"\\Seen"}))
             seen_now = {u for u in unseen if u in result}
+            self._send_flags_update()
         missing = await fetch_responses(
             view, targets, plan, seen_now, self._write, lambda: self._lost, self._stream
         )
@@ -148,6 +149,13 @@ class SelectedCommands(_Base):
             self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
         else:
             self.sendPositiveResponse(tag, self._command + b" completed.")
+
+    def _send_flags_update(self) -> None:
+        """FLAGS and PERMANENTFLAGS, if a keyword the client has not been told of is about to
+        show in a FETCH (stored by this command, or found by it in the stored flags)."""
+        assert self.view is not None
+        for line in self.view.take_flags_update():
+            self.sendUntaggedResponse(line)
 
     # -- STORE -------------------------------------------------------------------------------
     async def cmd_STORE(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
@@ -183,6 +191,7 @@ class SelectedCommands(_Base):
             await view.change_flags(live, add=wanted)
         else:
             await view.change_flags(live, remove=wanted)
+        self._send_flags_update()  # also for .SILENT: the defined flags changed
         missing = False
         for seq, u in targets:
             if view.is_expunged(u):
