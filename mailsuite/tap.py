@@ -29,7 +29,7 @@ from mailsuite.maillog import MailLog
 from mailsuite.pam import NssAccounts, PamChecker
 from mailsuite.pop3 import POP3Factory
 from mailsuite.realm import MailRealm
-from mailsuite.smtp.aliases import validate as validate_aliases
+from mailsuite.smtp.aliases import AliasLookupError
 from mailsuite.smtp.delivery import LocalDelivery
 from mailsuite.smtp.dns import MXResolver
 from mailsuite.smtp.lmtp import LMTPFactory
@@ -248,9 +248,10 @@ def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillo
                                ControlFactory(commands))
     control.setName("control")
     control.setServiceParent(top)
-    _, errors, warnings = validate_aliases(cfg.mail.alias_maps)
-    for text in errors + warnings:
-        log.warn("alias_maps: {text}", text=text)
+    try:
+        delivery.aliases.snapshot()  # read now: a problem is in the maillog from the start
+    except AliasLookupError:
+        pass  # warned; local mail is deferred until the file can be read
 
 
 def _next_turn(f: Any) -> Any:
