@@ -17,7 +17,7 @@ import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from twisted.internet.error import CannotListenError
 
@@ -49,6 +49,22 @@ def step(what: str) -> Iterator[None]:
 def describe_os_error(e: OSError) -> str:
     reason = e.strerror or str(e)
     return f"{e.filename}: {reason}" if e.filename else reason
+
+
+def check_twistd_files(twistd_options: Any) -> None:
+    """twistd's --pidfile and --logfile are written after makeService, where a failure is a
+    traceback: try them here (a pidfile made by the try is removed, twistd writes it)."""
+    if twistd_options is None:
+        return
+    for option in ("pidfile", "logfile"):
+        path = twistd_options.get(option)
+        if not path or path == "-":
+            continue
+        existed = os.path.exists(path)
+        with step(f"twistd --{option}"):
+            open(path, "ab").close()
+            if not existed and option == "pidfile":
+                os.unlink(path)
 
 
 # -- listening sockets -------------------------------------------------------------------------

@@ -68,6 +68,7 @@ class Options(usage.Options):
         try:
             cfg = load_config(config_path(self["config"]))
             relay_credentials(cfg)  # refused here, before binding, if unreadable
+            check_account_files(cfg)
             self["tls"] = tls_of(cfg)
         except ConfigError as e:
             startup.fatal(e.errors, startup.EX_CONFIG)
@@ -274,6 +275,21 @@ def relay_credentials(cfg: Any) -> dict[str, tuple[str, str]]:
         raise ConfigError([f"{cfg.path}: [mail] smtp_sasl_password_maps: {reason}"]) from None
 
 
+def check_account_files(cfg: Any) -> None:
+    """passdb = shadow: passwd_file and shadow_file must be readable at start (a typo or a
+    server without root would otherwise refuse every login); a ConfigError names them."""
+    if cfg.auth.passdb != "shadow":
+        return
+    errors = []
+    for key in ("passwd_file", "shadow_file"):
+        try:
+            open(getattr(cfg.auth, key), "rb").close()
+        except OSError as e:
+            errors.append(f"{cfg.path}: [auth] {key}: {describe_os_error(e)}")
+    if errors:
+        raise ConfigError(errors)
+
+
 def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
     """The outbound queue of queue_directory with its SMTP client (MX or relayhost)."""
     from twisted.internet import reactor
@@ -390,6 +406,7 @@ def makeService(options: Options) -> service.MultiService:
     cfg = options["cfg"]
     lock = startup.InstanceLock(cfg.mail.queue_directory)
     try:
+        startup.check_twistd_files(options.parent)
         lock.acquire()  # first: a second instance must not touch the first one's files
         top = build(cfg, options["tls"])
     except ConfigError as e:

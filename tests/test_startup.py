@@ -11,6 +11,8 @@ import socket
 import sys
 import tempfile
 
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
@@ -85,6 +87,21 @@ class StaleSocketTests(unittest.TestCase):
         self.assertTrue(os.path.exists(path))
 
 
+class TwistdFilesTests(unittest.TestCase):
+    def test_unwritable_pidfile_or_logfile(self) -> None:
+        """twistd's --pidfile and --logfile are tried before twistd writes them (a traceback
+        from twistd then); a pidfile made by the try is removed again (twistd refuses an
+        empty one)."""
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        startup.check_twistd_files({"pidfile": f"{d}/twistd.pid", "logfile": "-"})
+        self.assertEqual(os.listdir(d), [])
+        for option in ("pidfile", "logfile"):
+            e = self.assertRaises(StartupError, startup.check_twistd_files,
+                                  {option: f"{d}/none/x"})
+            self.assertEqual(str(e), f"twistd --{option}: {d}/none/x: No such file or directory")
+
+
 class InstanceLockTests(unittest.TestCase):
     def test_second_instance_refused(self) -> None:
         """queue_directory/pid/master.pid holds the first instance's pid; a second lock of the
@@ -152,7 +169,7 @@ class MakeServiceTests(unittest.TestCase):
 
     def test_binds_once(self) -> None:
         """The listeners bound by makeService are not bound again by twistd's own
-        privilegedStartService, and stop as usual."""
+        privilegedStartService."""
         options = self.options("smtp = 0\npop3 = no\nimap = no\n")
         top = tap.makeService(options)
         self.addCleanup(os.close, top.instance_lock.fd)
@@ -160,8 +177,9 @@ class MakeServiceTests(unittest.TestCase):
         port = smtp._waitingForPort.result
         top.privilegedStartService()
         self.assertIs(smtp._waitingForPort.result, port)
-        top.startService()
-        return top.stopService()
+        self.addCleanup(top.maillog.close)
+        return defer.gatherResults([svc.stopService() for svc in top
+                                    if isinstance(svc, StreamServerEndpointService)])
 
     def test_unwritable_maillog_is_one_line(self) -> None:
         """A maillog_file that cannot be opened is one line naming key, file and reason."""

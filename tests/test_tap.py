@@ -101,6 +101,28 @@ class OptionsTests(unittest.TestCase):
         self.assertRegex(lines[0], f"^mailsuite: {path}: \\[tls\\]: .*key.pem: missing while")
 
 
+    def test_unreadable_tls_file_is_refused(self) -> None:
+        """A certificate that cannot be read names the file and the reason (OpenSSL's own
+        message for it was '; system lib; system lib')."""
+        path = write_config(self, "smtp = 2525\n" + NONE_ELSE,
+                            tls="ssl = yes\nssl_cert = {d}/cert.pem\nssl_key = {d}/key.pem\n")
+        d = os.path.dirname(path)
+        os.mkdir(os.path.join(d, "cert.pem"))  # unreadable as a file, even for root
+        open(os.path.join(d, "key.pem"), "w").close()
+        self.assertEqual(self.refused(path), (78, [
+            f"mailsuite: {path}: [tls]: {d}/cert.pem: cannot read the TLS certificate file:"
+            " Is a directory"]))
+
+    def test_unreadable_account_files_are_refused(self) -> None:
+        """passdb = shadow with a passwd_file or shadow_file that cannot be read (a typo, or
+        no root) is refused at start, not at every login."""
+        path = write_config(self, "smtp = 2525\n" + NONE_ELSE)
+        d = os.path.dirname(path)
+        os.unlink(os.path.join(d, "shadow"))
+        self.assertEqual(self.refused(path), (78, [
+            f"mailsuite: {path}: [auth] shadow_file: {d}/shadow: No such file or directory"]))
+
+
 class BuildTests(unittest.TestCase):
     def test_one_service_per_listener(self) -> None:
         """Each enabled [listen] service becomes one named listening service; 'no' makes none."""
