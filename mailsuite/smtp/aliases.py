@@ -210,11 +210,12 @@ class AliasMap:
     Thread-safe. As Postfix with newaliases, where the running server uses the last table
     built: an edit that breaks a file (bad lines, or unreadable) leaves the file's last good
     table in force until the file is fixed, and each problem (file, line) goes to ``warn``
-    (the maillog), once per edit. A file that is broken at the first read (no table built yet) gives its good
-    lines, the bad ones are left out with a warning, as postalias builds a table. A missing
-    file counts as empty (with a warning), as Postfix does for an unbuilt map; a file that
-    cannot be read at the first read makes every lookup fail with AliasLookupError (the SMTP
-    server then answers 451 4.3.0, so no mail is lost) until it can be read.
+    (the maillog), once per edit. A file that is broken at the first read (no table built
+    yet) gives its good lines, the bad ones are left out with a warning, as postalias builds
+    a table. A missing file counts as empty (with a warning), as Postfix does for an unbuilt
+    map; a file that cannot be read at the first read makes every lookup fail with
+    AliasLookupError (the SMTP server then answers 451 4.3.0, so no mail is lost) until it
+    can be read.
     """
 
     def __init__(self, paths: list[str], local_domains: Collection[str] = (),
