@@ -117,8 +117,8 @@ _INTERFACES_HELP = "expected all, loopback-only, or a list of IP addresses or ho
 
 
 def _interface(word: str) -> str:
-    """An IP address (IPv6 with or without brackets) or a host name, resolved at start as
-    Postfix does (``localhost`` is 127.0.0.1 and ::1)."""
+    """An IP address (IPv6 with or without brackets) or a host name, which tap.py resolves
+    at start as Postfix does (``localhost``: its addresses in /etc/hosts)."""
     text = _unbracket(word)
     if _is_ip(text):
         return str(ipaddress.ip_address(text))

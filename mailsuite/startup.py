@@ -152,9 +152,9 @@ class InstanceLock:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise StartupError(f"cannot lock {self.path}: {describe_os_error(e)}") from None
             running = f" (pid {holder})" if holder.isdigit() else ""
-            raise StartupError(f"the mail system is already running{running} on the queue directory"
-                               f" {os.path.dirname(os.path.dirname(self.path))}"
-                               f" ({self.path} is locked)") from None
+            queue_directory = os.path.dirname(os.path.dirname(self.path))
+            raise StartupError(f"the mail system is already running{running} on the queue"
+                               f" directory {queue_directory} ({self.path} is locked)") from None
         self.fd = fd
         self.write_pid()
 

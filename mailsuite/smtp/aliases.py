@@ -228,7 +228,7 @@ class AliasMap:
         self._files: dict[str, _FileTable] = {}  # the last good table of each file
         self._table: dict[str, list[Target]] = {}
         self._owners: dict[str, int] = {}
-        self._error: AliasError | None = None
+        self._error: AliasLookupError | None = None
 
     @staticmethod
     def _stamp(path: str) -> Stamp:
