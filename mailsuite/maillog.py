@@ -109,8 +109,8 @@ class MailLog:
     def write_from_any_thread(self, program: str, text: str) -> None:
         """``write`` for code that may run in the thread pool (alias files are read there):
         the line is written by the reactor thread."""
-        if threadable.isInIOThread():
-            self.write(program, text)
+        if threadable.ioThread is None or threadable.isInIOThread():  # (None: no reactor yet,
+            self.write(program, text)                                 # so no pool threads)
         else:
             from twisted.internet import reactor
 
