@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 
@@ -13,6 +14,7 @@ from twisted.trial import unittest
 from mailsuite import control
 from tests.integration import harness
 from tests.integration.harness import ROOT, TWISTD, Site, free_port
+from tests.integration.test_commands import read, wait_for
 
 
 def run_to_exit(config: str, cwd: str) -> tuple[int, str, str]:
@@ -93,3 +95,42 @@ class StartupFailureTests(unittest.TestCase):
         site.start()
         with socket.create_connection(("127.0.0.1", site.ports["smtp"]), timeout=10) as s:
             self.assertTrue(s.recv(100).startswith(b"220 "))
+
+
+class DaemonModeTests(unittest.TestCase):
+    def test_daemon_start_and_stop(self) -> None:
+        """twistd without -n forks after makeService bound the ports: the lock file holds the
+        daemon's pid (not the parent's), the control socket answers, and a SIGTERM stop leaves
+        no lock of twistd's behind (its pid was the parent's, so it failed to unlock)."""
+        site = Site(self)
+        pidfile = os.path.join(site.dir, "twistd.pid")
+        proc = subprocess.run(
+            [*TWISTD, f"--pidfile={pidfile}", f"--logfile={site.dir}/twistd.log", "mailsuite",
+             "--config", site.config],
+            cwd=site.dir, env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=harness.START_TIMEOUT)
+        self.assertEqual((proc.returncode, proc.stderr), (0, ""))
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.addCleanup(kill, pid, signal.SIGKILL)
+        queue = os.path.join(site.dir, "queue")
+        master = os.path.join(queue, "pid", "master.pid")
+        wait_for("the daemon's pid in master.pid", lambda: read(master) == f"{pid}\n")
+        self.assertEqual(control.ask(queue, "pickup", timeout=10), "ok")
+        kill(pid, signal.SIGTERM)
+        wait_for("the daemon to stop", lambda: not running(pid))
+        self.assertEqual(os.listdir(os.path.join(queue, "public")), [])
+        self.assertNotIn("Traceback", read(os.path.join(site.dir, "twistd.log")))
+
+
+def kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` lives (a zombie left for a PID 1 that does not reap counts as ended)."""
+    stat = read(f"/proc/{pid}/stat")
+    return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
