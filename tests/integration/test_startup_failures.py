@@ -4,10 +4,12 @@ text, a non-zero exit status, and nothing of a running instance disturbed."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
 import socket
 import subprocess
+import sys
 
 from twisted.trial import unittest
 
@@ -17,14 +19,22 @@ from tests.integration.harness import ROOT, TWISTD, Site, free_port
 from tests.integration.test_commands import read, wait_for
 
 
-def run_to_exit(config: str, cwd: str) -> tuple[int, str, str]:
+def run_to_exit(config: str, cwd: str, user: pwd.struct_passwd | None = None
+                ) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of ``twistd -n mailsuite --config CONFIG`` that must end
-    by itself (bounded)."""
+    by itself (bounded); as ``user`` when given."""
     proc = subprocess.run(
         [*TWISTD, "--nodaemon", "--pidfile=", "mailsuite", "--config", config],
         cwd=cwd, env=dict(os.environ, PYTHONPATH=ROOT), stdin=subprocess.DEVNULL,
-        capture_output=True, text=True, timeout=harness.START_TIMEOUT)
+        capture_output=True, text=True, timeout=harness.START_TIMEOUT,
+        preexec_fn=None if user is None else lambda: become(user))
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def become(user: pwd.struct_passwd) -> None:
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
 
 
 class StartupFailureTests(unittest.TestCase):
@@ -49,6 +59,30 @@ class StartupFailureTests(unittest.TestCase):
             f"cannot listen on 127.0.0.1:{site.ports['smtp']} (smtp): address in use (is"
             " Postfix or exim running?)"))
         self.assertIn("fatal: cannot listen on", site.maillog_text())
+
+    def test_low_port_without_root(self) -> None:
+        """Started by a user without root on port 25: one line saying what is needed."""
+        nobody = pwd.getpwnam("nobody")
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root to run the server as nobody")
+        probe = subprocess.run([sys.executable, "-c", "import mailsuite.tap"], cwd="/",
+                               env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                               preexec_fn=lambda: become(nobody))
+        if probe.returncode != 0:
+            raise unittest.SkipTest("nobody cannot run this checkout's Python")
+        site = Site(self)
+        with open(site.config) as f:
+            text = f.read().replace(f"smtp = {site.ports['smtp']}\n", "smtp = 25\n")
+        with open(site.config, "w") as f:
+            f.write(text)
+        for directory, _, files in os.walk(site.dir):
+            for name in [directory, *(os.path.join(directory, f) for f in files)]:
+                os.chown(name, nobody.pw_uid, nobody.pw_gid)
+        os.chmod(site.dir, 0o755)
+        status, out, err = run_to_exit(site.config, site.dir, user=nobody)
+        self.assert_one_line(status, out, err, re.escape(
+            "cannot listen on 127.0.0.1:25 (smtp): permission denied (ports below 1024 need"
+            " root or CAP_NET_BIND_SERVICE)"))
 
     def test_second_instance_on_the_same_queue(self) -> None:
         """A second server on the same queue directory (other ports) refuses before touching
