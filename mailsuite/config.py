@@ -24,7 +24,7 @@ import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mailsuite.accounts import Account
 from mailsuite.net import default_hostname
@@ -51,6 +51,31 @@ def _words(value: str) -> list[str]:
     return [word for word in re.split(r"[\s,]+", value) if word]
 
 
+class _Problems(ValueError):
+    """Several bad items of one list value: each becomes its own error line."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+T = TypeVar("T")
+
+
+def _each(convert: Callable[[str], T], words: list[str]) -> list[T]:
+    """``convert`` applied to every word; every bad word is reported, not only the first."""
+    out: list[T] = []
+    problems: list[str] = []
+    for word in words:
+        try:
+            out.append(convert(word))
+        except ValueError as e:
+            problems.append(str(e))
+    if problems:
+        raise _Problems(problems)
+    return out
+
+
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 
 
@@ -62,7 +87,7 @@ def _domain(value: str) -> str:
 
 
 def _domains(value: str) -> list[str]:
-    return list(dict.fromkeys(_domain(word) for word in _words(value)))
+    return list(dict.fromkeys(_each(_domain, _words(value))))
 
 
 def _unbracket(word: str) -> str:
@@ -85,7 +110,25 @@ def _network(word: str) -> Network:
 
 
 def _networks(value: str) -> list[Network]:
-    return [_network(word) for word in _words(value)]
+    return _each(_network, _words(value))
+
+
+_INTERFACES_HELP = "expected all, loopback-only, or a list of IP addresses or host names"
+
+
+def _interface(word: str) -> str:
+    """An IP address (IPv6 with or without brackets) or a host name, which tap.py resolves
+    at start as Postfix does (``localhost``: its addresses in /etc/hosts)."""
+    text = _unbracket(word)
+    if _is_ip(text):
+        return str(ipaddress.ip_address(text))
+    try:
+        name = _domain(text)
+        if name.rpartition(".")[2].isdigit():  # 300.1.1.1: a bad address, not a name
+            raise ValueError(name)
+        return name
+    except ValueError:
+        raise ValueError(f"{word!r} is not an IP address or a host name") from None
 
 
 def _interfaces(value: str) -> list[str]:
@@ -93,11 +136,11 @@ def _interfaces(value: str) -> list[str]:
     if words in (["all"], ["loopback-only"]):
         return words
     if not words or {"all", "loopback-only"} & set(words):
-        raise ValueError("expected all, loopback-only, or a list of IP addresses")
+        raise ValueError(_INTERFACES_HELP)
     try:
-        return [str(ipaddress.ip_address(_unbracket(word))) for word in words]
-    except ValueError as e:
-        raise ValueError(f"{e}; expected all, loopback-only, or a list of IP addresses") from None
+        return list(dict.fromkeys(_each(_interface, words)))
+    except _Problems as e:
+        raise _Problems([f"{m}; {_INTERFACES_HELP}" for m in e.messages]) from None
 
 
 def _is_ip(text: str) -> bool:
@@ -218,20 +261,21 @@ def _pem_path(value: str) -> str:
 _ALIAS_MAP_TYPES = ("hash", "lmdb", "texthash")
 
 
+def _alias_map(word: str) -> str:
+    kind, colon, path = word.partition(":")
+    if not colon:
+        path = word
+    elif kind not in _ALIAS_MAP_TYPES:
+        raise ValueError(
+            f"{word!r}: map type {kind}: is not supported (use a file path, hash:, lmdb:"
+            " or texthash:)"
+        )
+    return _path(path)
+
+
 def _alias_maps(value: str) -> list[str]:
     """``/etc/aliases`` or ``hash:/etc/aliases``: the file path; the map type is dropped."""
-    paths = []
-    for word in _words(value):
-        kind, colon, path = word.partition(":")
-        if not colon:
-            path = word
-        elif kind not in _ALIAS_MAP_TYPES:
-            raise ValueError(
-                f"{word!r}: map type {kind}: is not supported (use a file path, hash:, lmdb:"
-                " or texthash:)"
-            )
-        paths.append(_path(path))
-    return paths
+    return _each(_alias_map, _words(value))
 
 
 def _port(value: str) -> int | None:
@@ -678,6 +722,14 @@ def _unknown(kind: str, name: str, known: list[str]) -> str:
     return f"unknown {kind}" + (f" (did you mean {close[0]}?)" if close else "")
 
 
+def _misplaced(name: str, section_name: str, names: list[str]) -> str:
+    """For a key not in its section: the section it belongs in, else a close match."""
+    for other, section in _SECTIONS.items():
+        if other != section_name and any(key.name == name for key in section.keys):
+            return f"belongs in [{other}]"
+    return _unknown("key", name, names)
+
+
 def parse_config(
     text: str, filename: str, *, hostname: Callable[[], str] = default_hostname
 ) -> Config:
@@ -705,7 +757,7 @@ def parse_config(
         for name in settings:
             if name not in names:
                 errors.append(f"{filename}: [{section_name}] {name}: "
-                              + _unknown("key", name, names))
+                              + _misplaced(name, section_name, names))
         values: dict[str, Any] = {}
         for key in section.keys:
             setting = settings.get(key.name)
@@ -724,7 +776,9 @@ def parse_config(
                 if setting is None and expander.used & failed - {key.name}:
                     continue  # a default built from a bad key: that key's error says it all
                 origin = "" if setting else " (this is the default; set the key to change it)"
-                errors.append(f"{filename}: [{section_name}] {key.name}: {e}{origin}")
+                messages = e.messages if isinstance(e, _Problems) else [str(e)]
+                errors.extend(f"{filename}: [{section_name}] {key.name}: {message}{origin}"
+                              for message in messages)
         if len(values) == len(section.keys):
             built[section_name] = section.build(**values)
     if "listen" in built and "tls" in built:

@@ -12,6 +12,7 @@ import time
 from typing import IO, Callable
 
 from twisted.logger import Logger
+from twisted.python import threadable
 
 log = Logger()
 
@@ -104,6 +105,16 @@ class MailLog:
             self._stamp = (second, "%s %2d %02d:%02d:%02d" % (
                 _MONTHS[t.tm_mon - 1], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec))
         return self._stamp[1]
+
+    def write_from_any_thread(self, program: str, text: str) -> None:
+        """``write`` for code that may run in the thread pool (alias files are read there):
+        the line is written by the reactor thread."""
+        if threadable.ioThread is None or threadable.isInIOThread():  # (None: no reactor yet,
+            self.write(program, text)                                 # so no pool threads)
+        else:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(self.write, program, text)  # type: ignore[attr-defined]
 
     def write(self, program: str, text: str) -> None:
         """One event of ``program`` (smtpd, local, cleanup, pop3-login, imap-login, pop3, imap)."""

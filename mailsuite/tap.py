@@ -8,12 +8,14 @@ import socket
 from typing import Any
 
 from twisted.application import service, strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.cred import checkers, portal
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mailsuite import threads
+from mailsuite import startup, threads
 from mailsuite.authcache import AuthCache
 from mailsuite.authpolicy import AuthPolicy
 from mailsuite.autoconfig import build_site
@@ -27,7 +29,7 @@ from mailsuite.maillog import MailLog
 from mailsuite.pam import NssAccounts, PamChecker
 from mailsuite.pop3 import POP3Factory
 from mailsuite.realm import MailRealm
-from mailsuite.smtp.aliases import validate as validate_aliases
+from mailsuite.smtp.aliases import AliasLookupError
 from mailsuite.smtp.delivery import LocalDelivery
 from mailsuite.smtp.dns import MXResolver
 from mailsuite.smtp.lmtp import LMTPFactory
@@ -35,6 +37,7 @@ from mailsuite.smtp.queue import Queue, QueueSettings
 from mailsuite.smtp.queuefile import QueueDirectory
 from mailsuite.smtp.relay import Relay, parse_password_map
 from mailsuite.smtp.server import SMTPFactory
+from mailsuite.startup import StartupError, describe_os_error, step
 from mailsuite.store.mbox import MboxStore
 from mailsuite.tls import ServerTLS, TLSSetupError, server_tls
 
@@ -60,27 +63,28 @@ class Options(usage.Options):
     optParameters = [["config", "C", None, "Path to mail.ini"]]
 
     def postOptions(self) -> None:
-        path = config_path(self["config"])
+        """Read and check mail.ini, the relay password map and the TLS files; a problem ends
+        twistd here with one line per error (no usage text) and exit status 78."""
         try:
-            cfg = load_config(path)
+            cfg = load_config(config_path(self["config"]))
+            relay_credentials(cfg)  # refused here, before binding, if unreadable
+            check_account_files(cfg)
+            self["tls"] = tls_of(cfg)
         except ConfigError as e:
-            raise usage.UsageError("configuration refused:\n" + str(e))
-        relay_credentials(cfg)  # refused here, before binding, if unreadable
+            startup.fatal(e.errors, startup.EX_CONFIG)
         self["cfg"] = cfg
-        self["tls"] = tls_of(cfg)
 
 
 def tls_of(cfg: Any) -> ServerTLS | None:
     """The TLS of a configuration (None for ssl = no); a first start makes a self-signed
-    certificate. Problems with the files are a UsageError naming them, before anything binds."""
+    certificate. Problems with the files are a ConfigError naming them, before anything binds."""
     try:
         return server_tls(cfg)
     except TLSSetupError as e:
-        raise usage.UsageError(f"TLS refused ({cfg.path}: [tls]):\n{e}") from None
+        raise ConfigError([f"{cfg.path}: [tls]: {e}"]) from None
     except OSError as e:
-        raise usage.UsageError(
-            f"TLS refused ({cfg.path}: [tls]): cannot make the self-signed certificate:"
-            f" {e.filename}: {e.strerror}") from None
+        raise ConfigError([f"{cfg.path}: [tls]: cannot make the self-signed certificate:"
+                           f" {describe_os_error(e)}"]) from None
 
 
 def _can_bind(family: int, address: str) -> bool:
@@ -93,7 +97,8 @@ def _can_bind(family: int, address: str) -> bool:
 
 
 def listen_addresses(inet_interfaces: list[str]) -> list[str]:
-    """Addresses to bind for Postfix's inet_interfaces (all, loopback-only, or a list)."""
+    """Addresses to bind for Postfix's inet_interfaces (all, loopback-only, or a list of
+    addresses and host names: a name stands for all its addresses, as in Postfix)."""
     if inet_interfaces == ["all"]:
         # An IPv6 wildcard socket on Linux also takes IPv4 (bindv6only=0 is the default).
         return ["::"] if _can_bind(socket.AF_INET6, "::") else ["0.0.0.0"]
@@ -102,7 +107,31 @@ def listen_addresses(inet_interfaces: list[str]) -> list[str]:
         if _can_bind(socket.AF_INET6, "::1"):
             out.append("::1")
         return out
-    return list(inet_interfaces)
+    out = []
+    for word in inet_interfaces:
+        out.extend([word] if _is_address(word) else _resolve(word))
+    return list(dict.fromkeys(out))
+
+
+def _is_address(word: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in word else socket.AF_INET, word)
+    except OSError:
+        return False
+    return True
+
+
+def _resolve(name: str) -> list[str]:
+    """The addresses of a host name of inet_interfaces (IPv6 ones only where IPv6 works)."""
+    try:
+        found = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise StartupError(f"[mail] inet_interfaces: cannot resolve host name {name}:"
+                           f" {reason}") from None
+    ipv6 = _can_bind(socket.AF_INET6, "::1")
+    return [str(info[4][0]) for info in found if info[0] == socket.AF_INET
+            or (info[0] == socket.AF_INET6 and ipv6)]
 
 
 def _endpoint(port: int, address: str) -> str:
@@ -128,15 +157,17 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
     (default: made from the configuration by ``tls_of``)."""
     if tls is _MAKE_TLS:
         tls = tls_of(cfg)
-    top = service.MultiService()
+    top = MailService()
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname)
-    maillog.open()
+    with step("[mail] maillog_file"):
+        maillog.open()
     maillog.coalesce = _next_turn
     accounts, checker = accounts_and_checker(cfg)
     store = MboxStore(cfg.mailbox)
     StoreService(store).setServiceParent(top)  # first: stopped last, after the listeners
     delivery = LocalDelivery(cfg, accounts, store, maillog)
-    delivery.queue = build_queue(cfg, delivery, maillog)
+    with step("[mail] queue_directory"):
+        delivery.queue = build_queue(cfg, delivery, maillog)
     qmgr = QueueService(delivery.queue)
     qmgr.setName("qmgr")
     qmgr.setServiceParent(top)
@@ -163,7 +194,7 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
             continue
         factory = make(name)
         if isinstance(port, str):  # lmtp on a unix socket path
-            svc = strports.service(_unix_endpoint(port), factory)
+            svc = strports.service(_unix_endpoint(port, name), factory)
             svc.setName(f"{name}@{port}")
             svc.setServiceParent(top)
             continue
@@ -184,17 +215,22 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
             svc = strports.service(_endpoint(port, address), site)
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
-    _local_submission(top, cfg, delivery, maillog)
+    with step("[mail] queue_directory"):
+        _local_submission(top, cfg, delivery, maillog)
     top.maillog = maillog  # type: ignore[attr-defined]
     top.tls = tls  # type: ignore[attr-defined]
     _on_hup(maillog, tls)
     return top
 
 
-def _unix_endpoint(path: str) -> str:
-    """A unix socket any local MTA may reach (mode 0666; a stale socket is replaced)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    return f"unix:{path.replace(':', chr(92) + ':')}:mode=666:lockfile=1"
+def _unix_endpoint(path: str, name: str) -> str:
+    """A unix socket any local MTA may reach (mode 0666; a stale socket is replaced). No
+    twistd lockfile: its pid would be the one before twistd's fork; the queue directory's
+    InstanceLock and the stale-socket check keep two servers apart instead."""
+    with step(f"cannot listen on unix socket {path} ({name})"):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    startup.remove_stale_socket(path, name)
+    return f"unix:{path.replace(':', chr(92) + ':')}:mode=666:lockfile=0"
 
 
 def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillog: Any) -> None:
@@ -209,13 +245,14 @@ def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillo
     scanner.setServiceParent(top)
     commands = {"pickup": pickup.scan, "flush": lambda: _flush(pickup, delivery),
                 "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id)}
-    control = strports.service(_unix_endpoint(control_path(queue_directory)),
+    control = strports.service(_unix_endpoint(control_path(queue_directory), "control"),
                                ControlFactory(commands))
     control.setName("control")
     control.setServiceParent(top)
-    _, errors, warnings = validate_aliases(cfg.mail.alias_maps)
-    for text in errors + warnings:
-        log.warn("alias_maps: {text}", text=text)
+    try:
+        delivery.aliases.snapshot()  # read now: a problem is in the maillog from the start
+    except AliasLookupError:
+        pass  # warned; local mail is deferred until the file can be read
 
 
 def _next_turn(f: Any) -> Any:
@@ -234,8 +271,23 @@ def relay_credentials(cfg: Any) -> dict[str, tuple[str, str]]:
         with open(path) as f:
             return parse_password_map(f.read())
     except (OSError, UnicodeDecodeError) as e:
-        raise usage.UsageError(
-            f"configuration refused:\n{cfg.path}: [mail] smtp_sasl_password_maps: {e}")
+        reason = describe_os_error(e) if isinstance(e, OSError) else f"{path}: {e}"
+        raise ConfigError([f"{cfg.path}: [mail] smtp_sasl_password_maps: {reason}"]) from None
+
+
+def check_account_files(cfg: Any) -> None:
+    """passdb = shadow: passwd_file and shadow_file must be readable at start (a typo or a
+    server without root would otherwise refuse every login); a ConfigError names them."""
+    if cfg.auth.passdb != "shadow":
+        return
+    errors = []
+    for key in ("passwd_file", "shadow_file"):
+        try:
+            open(getattr(cfg.auth, key), "rb").close()
+        except OSError as e:
+            errors.append(f"{cfg.path}: [auth] {key}: {describe_os_error(e)}")
+    if errors:
+        raise ConfigError(errors)
 
 
 def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
@@ -255,6 +307,31 @@ def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
     )
     return Queue(QueueDirectory(mail.queue_directory), delivery, relay, maillog, reactor,
                  QueueSettings.from_config(mail))
+
+
+class MailService(service.MultiService):
+    """All services of one mail.ini. ``makeService`` binds the listeners itself, before twistd
+    logs or daemonizes, so that a port in use is one line on the terminal; twistd's own
+    ``privilegedStartService`` later finds them bound."""
+
+    listening = False
+
+    def privilegedStartService(self) -> None:
+        """Bind every listener; a failure is a StartupError naming address, port and service."""
+        if self.listening:
+            return
+        self.listening = True
+        service.Service.privilegedStartService(self)
+        bound = []
+        for svc in self:
+            try:
+                svc.privilegedStartService()
+            except CannotListenError as e:
+                for done in bound:  # close what was bound (for a caller that carries on)
+                    done.stopService()
+                raise StartupError(startup.listen_failure(svc.name or "", e)) from None
+            if isinstance(svc, StreamServerEndpointService):
+                bound.append(svc)
 
 
 class StoreService(service.Service):
@@ -321,7 +398,31 @@ def _on_hup(maillog: Any, tls: ServerTLS | None) -> None:
 
 
 def makeService(options: Options) -> service.MultiService:
+    """The services, with the queue directory locked and the listeners bound; a start-up
+    failure ends twistd with one line on stderr (see mailsuite.startup)."""
     from twisted.internet import reactor
 
     reactor.suggestThreadPoolSize(16)  # type: ignore[attr-defined]
-    return build(options["cfg"], options["tls"])
+    cfg = options["cfg"]
+    lock = startup.InstanceLock(cfg.mail.queue_directory)
+    try:
+        startup.check_twistd_files(options.parent)
+        lock.acquire()  # first: a second instance must not touch the first one's files
+        top = build(cfg, options["tls"])
+    except ConfigError as e:
+        startup.fatal(e.errors, startup.EX_CONFIG)
+    except (StartupError, OSError) as e:
+        startup.fatal([_failure_text(e)], startup.EX_FAILURE)
+    try:
+        top.privilegedStartService()
+    except StartupError as e:
+        top.maillog.write("master", f"fatal: {e}")  # as Postfix: the maillog says it too
+        top.maillog.close()
+        startup.fatal([str(e)], startup.EX_FAILURE)
+    top.instance_lock = lock  # type: ignore[attr-defined]
+    reactor.callWhenRunning(lock.write_pid)  # type: ignore[attr-defined]  # after the fork
+    return top
+
+
+def _failure_text(e: Exception) -> str:
+    return str(e) if isinstance(e, StartupError) else f"cannot start: {describe_os_error(e)}"

@@ -82,8 +82,13 @@ def build_context(cert_path: str, key_path: str) -> SSL.Context:
     ctx.set_session_id(b"mailsuite")
     ctx.set_tlsext_servername_callback(_servername)
     for what, path in (("certificate", cert_path), ("key", key_path)):
-        if not os.path.exists(path):
-            raise TLSSetupError(f"{path}: TLS {what} file does not exist")
+        try:
+            open(path, "rb").close()  # OpenSSL's own reason for an unreadable file is empty
+        except FileNotFoundError:
+            raise TLSSetupError(f"{path}: TLS {what} file does not exist") from None
+        except OSError as e:
+            raise TLSSetupError(f"{path}: cannot read the TLS {what} file: {e.strerror}") \
+                from None
     try:
         ctx.use_certificate_chain_file(cert_path.encode())
     except (SSL.Error, OSError) as e:

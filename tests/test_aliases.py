@@ -96,17 +96,62 @@ class MapTests(unittest.TestCase):
         """A missing alias file counts as empty (fresh system without /etc/aliases)."""
         self.assertEqual(AliasMap([self.mktemp()]).snapshot()[0], {})
 
-    def test_broken_file_fails_lookups(self) -> None:
-        """A broken file makes lookups fail (-> 451) until fixed; check() names file and line."""
-        path = self.write("a b c\n")
-        amap = AliasMap([path])
-        self.assertRaises(AliasLookupError, amap.snapshot)
-        e = self.assertRaises(AliasParseError, amap.check)
-        self.assertIn(f"{path}, line 1", str(e))
+    def rewrite(self, path: str, text: str) -> None:
         with open(path, "w") as f:
-            f.write("a: boss\n")
-        os.utime(path, ns=(0, 0))
-        self.assertIn("a", amap.snapshot()[0])
+            f.write(text)
+        os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 1))  # seen as changed even within a tick
+
+    def test_broken_edit_keeps_the_last_good_table(self) -> None:
+        """As Postfix with newaliases: an edit that breaks the file leaves the table read
+        before in force (it made every local recipient 451); each bad line (file, line) and
+        what happens is warned once, not at every lookup; the fixed file takes effect."""
+        warnings: list[str] = []
+        path = self.write("postmaster: root\na: boss\n")
+        amap = AliasMap([path], warn=warnings.append)
+        self.assertEqual([t.text for t in amap.snapshot()[0]["a"]], ["boss"])
+        self.rewrite(path, "postmaster: root\na: carol\nbroken line\nb:\n")
+        self.assertEqual([t.text for t in amap.snapshot()[0]["a"]], ["boss"])
+        self.assertEqual(warnings, [
+            f"{path}, line 3: need name: value, got 'broken line'",
+            f"{path}, line 4: alias 'b' has no targets",
+            f"{path}: 2 bad lines; the table read before stays in force until the file is"
+            " fixed (newaliases lists the problems)",
+        ])
+        amap.snapshot()
+        self.assertEqual(len(warnings), 3)
+        self.rewrite(path, "postmaster: root\na: carol\n")
+        self.assertEqual([t.text for t in amap.snapshot()[0]["a"]], ["carol"])
+        self.assertEqual(len(warnings), 3)
+
+    def test_broken_at_first_read_keeps_the_good_lines(self) -> None:
+        """With no table read before (a start on a broken file), the good lines are in force
+        and the bad ones are left out with a warning, as postalias builds a table."""
+        warnings: list[str] = []
+        path = self.write("postmaster: root\nbroken\nteam: boss, carol\n")
+        table, _ = AliasMap([path], warn=warnings.append).snapshot()
+        self.assertEqual(sorted(table), ["postmaster", "team"])
+        self.assertEqual(warnings, [
+            f"{path}, line 2: need name: value, got 'broken'",
+            f"{path}: 1 bad line left out, the other entries are in force (newaliases lists"
+            " the problems)",
+        ])
+
+    def test_unreadable_file(self) -> None:
+        """A file never read that cannot be read fails lookups (-> 451, nothing is lost) and
+        is tried again at each lookup; once a table was read, it stays in force instead."""
+        warnings: list[str] = []
+        path = self.mktemp()
+        os.mkdir(path)  # unreadable as a file, even for root
+        amap = AliasMap([path], warn=warnings.append)
+        self.assertRaises(AliasLookupError, amap.snapshot)
+        self.assertIn(f"{path}: cannot read: Is a directory; local mail is deferred", warnings[0])
+        os.rmdir(path)
+        self.rewrite(path, "postmaster: root\n")
+        self.assertIn("postmaster", amap.snapshot()[0])
+        os.unlink(path)
+        os.mkdir(path)
+        self.assertIn("postmaster", amap.snapshot()[0])
+        self.assertIn("the table read before stays in force", warnings[-1])
 
     def test_first_file_wins(self) -> None:
         """With several alias_maps, the first file that names an alias wins."""
@@ -144,3 +189,19 @@ class ListAndValidateTests(unittest.TestCase):
         self.assertEqual(errors, [f"{bad}, line 2: need name: value, got 'broken line'"])
         _, _, warnings = validate([self.mktemp()])
         self.assertIn("does not exist", warnings[0])
+
+    def test_validate_lists_every_bad_line_and_duplicates(self) -> None:
+        """newaliases names every bad line of every file, not only the first, and warns
+        about a name given twice (postalias: duplicate entry)."""
+        first, second = self.mktemp(), self.mktemp()
+        with open(first, "w") as f:
+            f.write("postmaster: root\nbad one\na: b\na: c\n")
+        with open(second, "w") as f:
+            f.write("x:\nbad two\n")
+        _, errors, warnings = validate([first, second])
+        self.assertEqual(errors, [
+            f"{first}, line 2: need name: value, got 'bad one'",
+            f"{second}, line 1: alias 'x' has no targets",
+            f"{second}, line 2: need name: value, got 'bad two'",
+        ])
+        self.assertEqual(warnings, [f"{first}, line 4: duplicate entry 'a' ignored"])

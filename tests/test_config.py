@@ -163,9 +163,51 @@ class DefaultTests(ConfigTestCase):
                            ("127.0.0.1, [::1] 192.0.2.1", ["127.0.0.1", "::1", "192.0.2.1"])]:
             self.assertEqual(parse(section("mail", inet_interfaces=text)).mail.inet_interfaces,
                              want, text)
-        for bad in ["all, 127.0.0.1", "localhost", ""]:
+        for bad in ["all, 127.0.0.1", "a..b", ""]:
             self.assert_refused(section("mail", inet_interfaces=bad),
                                 ".* inet_interfaces: .*expected all, loopback-only, or a list .*")
+
+    def test_inet_interfaces_host_names(self):
+        """Host names are accepted as Postfix accepts them (resolved at start): localhost,
+        a name among addresses; a name twice is listed once."""
+        for text, want in [("localhost", ["localhost"]),
+                           ("Mail.Example.COM, 127.0.0.1 localhost localhost",
+                            ["mail.example.com", "127.0.0.1", "localhost"])]:
+            self.assertEqual(parse(section("mail", inet_interfaces=text)).mail.inet_interfaces,
+                             want, text)
+
+    def test_every_bad_list_item_named(self):
+        """A list value with several bad items gets one error line per item, not only the
+        first one's."""
+        errors = self.errors(section("mail", mydestination="a..b, example.com, -c-",
+                                     mynetworks="10.0.0.1/8 127.0.0.0/8 nonsense",
+                                     inet_interfaces="127.0.0.1 x..y 300.1.1.1",
+                                     alias_maps="nis:a /etc/aliases relative"))
+        self.assertEqual(errors, [
+            f"{FILE}: [mail] mydestination: 'a..b' is not a valid domain name",
+            f"{FILE}: [mail] mydestination: '-c-' is not a valid domain name",
+            f"{FILE}: [mail] inet_interfaces: 'x..y' is not an IP address or a host name;"
+            " expected all, loopback-only, or a list of IP addresses or host names",
+            f"{FILE}: [mail] inet_interfaces: '300.1.1.1' is not an IP address or a host name;"
+            " expected all, loopback-only, or a list of IP addresses or host names",
+            f"{FILE}: [mail] mynetworks: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?",
+            f"{FILE}: [mail] mynetworks: 'nonsense' is not an IP network (like 127.0.0.0/8 or"
+            " [::1]/128)",
+            f"{FILE}: [mail] alias_maps: 'nis:a': map type nis: is not supported (use a file"
+            " path, hash:, lmdb: or texthash:)",
+            f"{FILE}: [mail] alias_maps: 'relative' is not an absolute path",
+        ])
+
+    def test_key_in_wrong_section(self):
+        """A key of another section says where it belongs; a typo still gets a suggestion."""
+        errors = self.errors(section("mail", disable_plaintext_auth="no", ssl_cert="/c") +
+                             section("auth", myhostname="x.example", passdbb="pam"))
+        self.assertEqual(errors, [
+            f"{FILE}: [mail] disable_plaintext_auth: belongs in [auth]",
+            f"{FILE}: [mail] ssl_cert: belongs in [tls]",
+            f"{FILE}: [auth] myhostname: belongs in [mail]",
+            f"{FILE}: [auth] passdbb: unknown key (did you mean passdb?)",
+        ])
 
     def test_mynetworks(self):
         """Postfix syntax: [::1]/128 with brackets, commas and/or spaces; a bare address is /32."""

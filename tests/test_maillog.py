@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 
+from twisted.internet import threads
 from twisted.trial import unittest
 
 from mailsuite import maillog
@@ -52,3 +54,29 @@ class LineTests(unittest.TestCase):
         self.assertTrue(
             second.endswith(f"mailsuite/imap-login[{os.getpid()}]: auth failed:"
                             " user=<a\\x0d\\x0ab\\x7f>, ünïcode\u00a0ok"))
+
+
+class ThreadTests(unittest.TestCase):
+    def test_write_from_a_pool_thread(self) -> None:
+        """A line from a pool thread (alias files are read there) is written by the reactor
+        thread, before the thread's result arrives; on the reactor thread it is written at
+        once."""
+        log = MailLog(None, "mail.example.com")
+        writers: list[bool] = []  # for each write: was it on the reactor (main) thread?
+        real_write = log.write
+
+        def write(program: str, text: str) -> None:
+            writers.append(threading.current_thread() is threading.main_thread())
+            real_write(program, text)
+
+        self.patch(log, "write", write)
+        log.write_from_any_thread("local", "warning: here")
+        self.assertEqual(writers, [True])
+
+        def check(_: object) -> None:
+            self.assertEqual(writers, [True, True])
+            self.assertTrue(log.lines[-1].endswith("mailsuite/local[%d]: warning: there"
+                                                   % os.getpid()))
+
+        d = threads.deferToThread(log.write_from_any_thread, "local", "warning: there")
+        return d.addCallback(check)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python import usage
 from twisted.trial import unittest
 
 from mailsuite import tap, tls
@@ -49,14 +50,29 @@ class OptionsTests(unittest.TestCase):
         self.patch(os, "environ", {})
         self.assertEqual(tap.config_path(None), "/etc/mailsuite/mail.ini")
 
-    def test_broken_config_is_a_usage_error(self) -> None:
-        """A bad key stops twistd before anything is bound, naming file, section and key."""
-        path = write_config(self, "smtp = 99999\n" + NONE_ELSE)
-        options = tap.Options()
-        with self.assertRaises(usage.UsageError) as caught:
-            options.parseOptions(["--config", path])
-        self.assertIn(path, str(caught.exception))
-        self.assertIn("[listen] smtp", str(caught.exception))
+    def refused(self, path: str) -> tuple[int, list[str]]:
+        """(exit status, stderr lines) of Options refusing the mail.ini at ``path``."""
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        with self.assertRaises(SystemExit) as caught:
+            tap.Options().parseOptions(["--config", path])
+        return caught.exception.code, err.getvalue().splitlines()
+
+    def test_broken_config_is_refused(self) -> None:
+        """A bad key stops twistd before anything is bound: exit 78 and one line per error
+        naming file, section and key, without twistd's usage text (it was a UsageError, which
+        twistd prints after its whole --help)."""
+        path = write_config(self, "smtp = 99999\nimap = x\n" + NONE_ELSE,
+                            extra="disable_plaintext_auth = no\n")
+        code, lines = self.refused(path)
+        self.assertEqual(code, 78)
+        self.assertEqual(lines, [
+            f"mailsuite: {path}: [mail] disable_plaintext_auth: belongs in [auth]",
+            f"mailsuite: {path}: [listen] smtp: port '99999' is not a number from 0 to 65535;"
+            " write no or leave it empty to turn the service off",
+            f"mailsuite: {path}: [listen] imap: port 'x' is not a number from 0 to 65535;"
+            " write no or leave it empty to turn the service off",
+        ])
 
     def test_lmtp_listener_accepted(self) -> None:
         """LMTP, the last [listen] service to arrive, is accepted and served."""
@@ -65,24 +81,46 @@ class OptionsTests(unittest.TestCase):
         options.parseOptions(["--config", path])
         self.assertEqual(options["cfg"].listen.lmtp, 2024)
 
-    def test_unreadable_password_map_is_a_usage_error(self) -> None:
-        """A missing smtp_sasl_password_maps stops twistd before binding, naming file, section
-        and key (it was a traceback from makeService)."""
+    def test_unreadable_password_map_is_refused(self) -> None:
+        """A missing smtp_sasl_password_maps stops twistd before binding with one line naming
+        file, section, key and the map (it was a traceback from makeService)."""
         path = write_config(self, "smtp = 2525\n" + NONE_ELSE,
                             extra="smtp_sasl_password_maps = /nonexistent/sasl_passwd\n")
-        with self.assertRaises(usage.UsageError) as caught:
-            tap.Options().parseOptions(["--config", path])
-        self.assertIn(f"{path}: [mail] smtp_sasl_password_maps:", str(caught.exception))
-        self.assertIn("/nonexistent/sasl_passwd", str(caught.exception))
+        self.assertEqual(self.refused(path), (78, [
+            f"mailsuite: {path}: [mail] smtp_sasl_password_maps: /nonexistent/sasl_passwd:"
+            " No such file or directory"]))
 
-    def test_tls_problem_is_a_usage_error(self) -> None:
-        """A certificate without its key stops twistd before binding, naming both files."""
+    def test_tls_problem_is_refused(self) -> None:
+        """A certificate without its key stops twistd before binding, one line naming both."""
         path = write_config(self, "smtp = 2525\n" + NONE_ELSE,
                             tls="ssl = yes\nssl_cert = {d}/cert.pem\nssl_key = {d}/key.pem\n")
         open(os.path.join(os.path.dirname(path), "cert.pem"), "w").close()
-        with self.assertRaises(usage.UsageError) as caught:
-            tap.Options().parseOptions(["--config", path])
-        self.assertIn("key.pem: missing while", str(caught.exception))
+        code, lines = self.refused(path)
+        self.assertEqual(code, 78)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], f"^mailsuite: {path}: \\[tls\\]: .*key.pem: missing while")
+
+
+    def test_unreadable_tls_file_is_refused(self) -> None:
+        """A certificate that cannot be read names the file and the reason (OpenSSL's own
+        message for it was '; system lib; system lib')."""
+        path = write_config(self, "smtp = 2525\n" + NONE_ELSE,
+                            tls="ssl = yes\nssl_cert = {d}/cert.pem\nssl_key = {d}/key.pem\n")
+        d = os.path.dirname(path)
+        os.mkdir(os.path.join(d, "cert.pem"))  # unreadable as a file, even for root
+        open(os.path.join(d, "key.pem"), "w").close()
+        self.assertEqual(self.refused(path), (78, [
+            f"mailsuite: {path}: [tls]: {d}/cert.pem: cannot read the TLS certificate file:"
+            " Is a directory"]))
+
+    def test_unreadable_account_files_are_refused(self) -> None:
+        """passdb = shadow with a passwd_file or shadow_file that cannot be read (a typo, or
+        no root) is refused at start, not at every login."""
+        path = write_config(self, "smtp = 2525\n" + NONE_ELSE)
+        d = os.path.dirname(path)
+        os.unlink(os.path.join(d, "shadow"))
+        self.assertEqual(self.refused(path), (78, [
+            f"mailsuite: {path}: [auth] shadow_file: {d}/shadow: No such file or directory"]))
 
 
 class BuildTests(unittest.TestCase):

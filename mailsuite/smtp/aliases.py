@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from twisted.logger import Logger
@@ -131,7 +131,19 @@ def parse_aliases(text: str, filename: str) -> dict[str, list[Target]]:
 
     A name given twice keeps its first entry (with a warning), as postalias does.
     """
+    table, errors, warnings = parse_partly(text, filename)
+    for warning in warnings:
+        log.warn("{text}", text=warning)
+    if errors:
+        raise AliasParseError(errors)
+    return table
+
+
+def parse_partly(text: str, filename: str) -> tuple[dict[str, list[Target]], list[str], list[str]]:
+    """(table of the good entries, errors, warnings) of one aliases file: a bad line is left
+    out of the table (as postalias skips it) and named in the errors (file, line N)."""
     errors: list[str] = []
+    warnings: list[str] = []
     table: dict[str, list[Target]] = {}
     for lineno, entry in _logical_lines(text, filename, errors):
         where = f"{filename}, line {lineno}"
@@ -154,12 +166,10 @@ def parse_aliases(text: str, filename: str) -> dict[str, list[Target]]:
             errors.append(f"{where}: alias {name!r} has no targets")
             continue
         if name in table:
-            log.warn("{where}: duplicate entry {name!r} ignored", where=where, name=name)
+            warnings.append(f"{where}: duplicate entry {name!r} ignored")
             continue
         table[name] = targets
-    if errors:
-        raise AliasParseError(errors)
-    return table
+    return table, errors, warnings
 
 
 def parse_list(text: str, filename: str) -> list[Target]:
@@ -181,26 +191,44 @@ def classify(text: str) -> str:
     return Target(text, "", 0).kind
 
 
-Stamp = tuple[int, int, int] | None
+Stamp = tuple[int, int, int, int] | None
+
+
+@dataclass
+class _FileTable:
+    """What one alias file last gave: its stamp, its entries and its owner (None: missing)."""
+
+    stamp: Stamp
+    table: dict[str, list[Target]]
+    owner: int | None
 
 
 class AliasMap:
     """The merged tables of all ``alias_maps`` files, re-read when a file's mtime or size changes.
 
-    Blocking (it stats and reads files): call ``expand``/``check`` through ``threads.blocking``.
-    Thread-safe. A missing file counts as empty (with a warning), as Postfix does for an unbuilt
-    map; an unreadable or broken file makes every lookup fail with AliasLookupError (the SMTP
-    server then answers 451 4.3.0, so no mail is lost) until the file is fixed.
+    Blocking (it stats and reads files): call ``snapshot`` through ``threads.blocking``.
+    Thread-safe. As Postfix with newaliases, where the running server uses the last table
+    built: an edit that breaks a file (bad lines, or unreadable) leaves the file's last good
+    table in force until the file is fixed, and each problem (file, line) goes to ``warn``
+    (the maillog), once per edit. A file that is broken at the first read (no table built
+    yet) gives its good lines, the bad ones are left out with a warning, as postalias builds
+    a table. A missing file counts as empty (with a warning), as Postfix does for an unbuilt
+    map; a file that cannot be read at the first read makes every lookup fail with
+    AliasLookupError (the SMTP server then answers 451 4.3.0, so no mail is lost) until it
+    can be read.
     """
 
-    def __init__(self, paths: list[str], local_domains: Collection[str] = ()) -> None:
+    def __init__(self, paths: list[str], local_domains: Collection[str] = (),
+                 warn: Callable[[str], None] | None = None) -> None:
         self.paths = list(paths)
         self.local_domains = {d.lower().rstrip(".") for d in local_domains}
+        self._warn = warn or (lambda text: log.warn("{text}", text=text))
         self._lock = threading.Lock()
         self._stamps: list[Stamp] | None = None
+        self._files: dict[str, _FileTable] = {}  # the last good table of each file
         self._table: dict[str, list[Target]] = {}
         self._owners: dict[str, int] = {}
-        self._error: AliasError | None = None
+        self._error: AliasLookupError | None = None
 
     @staticmethod
     def _stamp(path: str) -> Stamp:
@@ -208,62 +236,82 @@ class AliasMap:
             st = os.stat(path)
         except FileNotFoundError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)  # ctime: a chmod too
 
-    def _load(self) -> None:
+    def _load(self, stamps: list[Stamp]) -> None:
+        unusable: list[str] = []
+        for path, stamp in zip(self.paths, stamps):
+            known = self._files.get(path)
+            if known is None or known.stamp != stamp:
+                self._read(path, stamp, known, unusable)
         table: dict[str, list[Target]] = {}
         owners: dict[str, int] = {}
-        errors: list[str] = []
         for path in self.paths:
-            try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                    owners[path] = os.fstat(f.fileno()).st_uid
-                    text = f.read()
-            except FileNotFoundError:
-                log.warn("alias map {path} does not exist; treated as empty", path=path)
-                continue
-            except OSError as e:
-                errors.append(f"{path}: cannot read: {e.strerror}")
-                continue
-            try:
-                for name, targets in parse_aliases(text, path).items():
+            known = self._files.get(path)
+            if known is not None:
+                for name, targets in known.table.items():
                     table.setdefault(name, targets)
-            except AliasParseError as e:
-                errors.extend(e.errors)
+                if known.owner is not None:
+                    owners[path] = known.owner
+        self._table, self._owners = table, owners
+        self._error = AliasLookupError("; ".join(unusable)) if unusable else None
+        if not unusable and "postmaster" not in table:
+            self._warn(postmaster_warning(self.paths))
+
+    def _read(self, path: str, stamp: Stamp, known: _FileTable | None,
+              unusable: list[str]) -> None:
+        """Read one file into ``_files`` (or keep what it gave before); its problems go to
+        ``warn``, and into ``unusable`` when lookups cannot go on without it."""
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                owner = os.fstat(f.fileno()).st_uid
+                text = f.read()
+        except FileNotFoundError:
+            self._warn(f"{path}: does not exist; treated as empty")
+            self._files[path] = _FileTable(stamp, {}, None)
+            return
+        except OSError as e:
+            if known is not None:
+                self._warn(f"{path}: cannot read: {e.strerror}; the table read before stays in"
+                           " force until it can be read")
+            else:
+                self._warn(f"{path}: cannot read: {e.strerror}; local mail is deferred until"
+                           " it can be read")
+                unusable.append(f"{path}: cannot read: {e.strerror}")
+            return
+        table, errors, warnings = parse_partly(text, path)
+        for message in warnings + errors:
+            self._warn(message)
+        if errors and known is not None:
+            self._warn(f"{path}: {_lines(errors)}; the table read before stays in force until"
+                       " the file is fixed (newaliases lists the problems)")
+            known.stamp = stamp  # warn once per edit, not at every lookup
+            return
         if errors:
-            for message in errors:
-                log.error("alias map error: {message}", message=message)
-            self._error = AliasParseError(errors)
-        else:
-            self._error = None
-            self._table = table
-            self._owners = owners
-            if "postmaster" not in table:
-                log.warn("{text}", text=postmaster_warning(self.paths))
+            self._warn(f"{path}: {_lines(errors)} left out, the other entries are in force"
+                       " (newaliases lists the problems)")
+        self._files[path] = _FileTable(stamp, table, owner)
 
     def _refresh(self) -> None:
         stamps = [self._stamp(p) for p in self.paths]
-        if stamps != self._stamps:
+        if stamps != self._stamps or self._error is not None:  # unreadable: try each time
             self._stamps = stamps
-            self._load()
-
-    def check(self) -> None:
-        """Read the files now; raise AliasParseError if any is broken (for start-up checks)."""
-        with self._lock:
-            self._refresh()
-            if self._error is not None:
-                raise self._error
+            self._load(stamps)
 
     def snapshot(self) -> tuple[dict[str, list[Target]], dict[str, int]]:
         """The current table and the owner uid of each file read, re-read if a file changed.
 
-        Raises AliasLookupError while a file is broken or unreadable.
+        Raises AliasLookupError while a file that was never read cannot be read.
         """
         with self._lock:
             self._refresh()
             if self._error is not None:
-                raise AliasLookupError(str(self._error))
+                raise self._error
             return self._table, self._owners
+
+
+def _lines(errors: list[str]) -> str:
+    return "1 bad line" if len(errors) == 1 else f"{len(errors)} bad lines"
 
 
 def postmaster_warning(paths: list[str]) -> str:
@@ -292,11 +340,11 @@ def validate(paths: list[str]) -> tuple[dict[str, list[Target]], list[str], list
         except OSError as e:
             errors.append(f"{path}: cannot read: {e.strerror}")
             continue
-        try:
-            for name, targets in parse_aliases(text, path).items():
-                table.setdefault(name, targets)
-        except AliasParseError as e:
-            errors.extend(e.errors)
+        file_table, file_errors, file_warnings = parse_partly(text, path)
+        for name, targets in file_table.items():
+            table.setdefault(name, targets)
+        errors.extend(file_errors)
+        warnings.extend(file_warnings)
     if not errors and "postmaster" not in table:
         warnings.append(postmaster_warning(paths))
     return table, errors, warnings

@@ -332,7 +332,8 @@ class LocalDelivery:
         self.store = store
         self.maillog = maillog
         self.now = now
-        self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains)
+        self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains,
+                                           warn=self._alias_warning)
         self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
         self.mynetworks = list(getattr(mail, "mynetworks", []))
         self.relay_domains = [d.lower().rstrip(".") for d in getattr(mail, "relay_domains", [])]
@@ -344,6 +345,10 @@ class LocalDelivery:
         self._resolved: dict[str, tuple[float, list[Any]]] = {}
         self._pending: dict[str, list[tuple[bytes, str, defer.Deferred[None]]]] = {}
         self._writing: set[str] = set()
+
+    def _alias_warning(self, text: str) -> None:
+        """A problem of an alias file, for the maillog (from the thread that read the file)."""
+        self.maillog.write_from_any_thread("local", f"warning: {text}")
 
     def avatar(self, user: str | None) -> DeliveryAvatar:
         return DeliveryAvatar(self, user)
