@@ -114,13 +114,16 @@ def drop(queue_directory: str, sender: str, recipients: list[str], data: bytes,
 
 def read(queue_directory: str, queue_id: str) -> Dropped:
     """One dropped message. The uid is the file owner's when that is not root (a user cannot
-    claim to be someone else)."""
+    claim to be someone else), so a hard link (anyone may make one in the 1733 directory, to a
+    file of someone else's where protected_hardlinks is off) is refused, as a symlink is."""
     path = os.path.join(maildrop_dir(queue_directory), queue_id)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise ValueError(f"{path}: not a regular file")
+        if st.st_nlink != 1:
+            raise ValueError(f"{path}: {st.st_nlink} hard links")
         head = json.loads(f.readline())
         data = f.read()
     if head.get("v") != VERSION:

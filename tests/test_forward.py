@@ -3,6 +3,7 @@ and delivery to |command and /file targets with their privileges and exit codes.
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import shutil
@@ -185,10 +186,140 @@ class DotForwardTests(ExpandCase):
         os.symlink("/etc/hostname", os.path.join(self.home("boss"), ".forward"))
         self.assertEqual(self.expand("", "boss"), [self.boss])
 
+    def test_symlink_to_own_file_ignored(self) -> None:
+        """As Postfix (lstat, then "not a regular file"), a symlinked .forward is ignored even
+        when it points to a file of the user: it is opened with O_NOFOLLOW."""
+        self.write("home/boss/mine", "alice\n")
+        os.symlink("mine", os.path.join(self.home("boss"), ".forward"))
+        self.assertEqual(self.expand("", "boss"), [self.boss])
+
     def test_empty_forward(self) -> None:
         """An empty or comment-only .forward is as none."""
         self.write("home/boss/.forward", "# nothing\n")
         self.assertEqual(self.expand("", "boss"), [self.boss])
+
+
+class RightsCase(ExpandCase):
+    """boss (uid 4242) and alice (4243) own their homes; files of root are mode 0600, as a
+    user could not read them. Everything lives in a directory the users may search."""
+
+    def setUp(self) -> None:
+        if not ROOT:
+            raise unittest.SkipTest("needs root to chown and to open as another user")
+        super().setUp()
+        os.chmod(self.dir, 0o755)
+        for parent in (os.path.dirname(self.dir), os.path.join(self.dir, "home")):
+            os.chmod(parent, 0o755)
+        self.boss = Account("boss", 4242, 4242, self.home("boss"))
+        self.alice = Account("alice", 4243, 4243, self.home("alice"))
+        self.accounts = FakeAccounts(self.boss, self.alice, self.nobody)
+        for account in (self.boss, self.alice):
+            os.chown(account.home, account.uid, account.gid)
+        self.secret = self.write("secret", "topsecret\n", 0o600)
+
+    def write_as(self, account: Account, name: str, text: str, mode: int = 0o644) -> str:
+        path = self.write(name, text, mode)
+        os.chown(path, account.uid, account.gid)
+        return path
+
+    def forward(self) -> str:
+        return os.path.join(self.boss.home, ".forward")
+
+
+class ForwardRightsTests(RightsCase):
+    def test_swapped_for_symlink(self) -> None:
+        """A .forward replaced by a symlink to a root-only file between any check and the
+        open is not read through the link."""
+        self.write_as(self.boss, "home/boss/.forward", "alice\n")
+        root_list = self.write("root-list", "x@remote.test\n", 0o600)
+        real_open, swapped = os.open, []
+
+        def racing_open(path: str, *args: object, **kwargs: object) -> int:
+            if str(path).endswith(".forward") and not swapped:
+                swapped.append(path)
+                os.unlink(self.forward())
+                os.symlink(root_list, self.forward())
+            return real_open(path, *args, **kwargs)
+
+        self.patch(os, "open", racing_open)
+        self.assertEqual(self.expand("", "boss"), [self.boss])
+        self.assertTrue(swapped)
+
+    def test_hard_link_to_root_file(self) -> None:
+        """A hard link to a file of root's (where protected_hardlinks is off) is not read."""
+        root_list = self.write("root-list", "x@remote.test\n", 0o644)
+        os.link(root_list, self.forward())
+        self.assertEqual(self.expand("", "boss"), [self.boss])
+
+    def test_root_owned_must_be_readable_by_user(self) -> None:
+        """A root-owned .forward is read only if boss could read it (0644), not when 0600."""
+        self.write("home/boss/.forward", "alice\n", 0o600)
+        self.assertEqual(self.expand("", "boss"), [self.boss])
+        os.chmod(self.forward(), 0o644)
+        self.assertEqual(self.expand("", "boss"), [self.alice])
+
+    def test_owned_by_another_user(self) -> None:
+        """A .forward of alice's in boss's home is ignored."""
+        self.write_as(self.alice, "home/boss/.forward", "x@remote.test\n")
+        self.assertEqual(self.expand("", "boss"), [self.boss])
+
+    def test_fifo_does_not_hang(self) -> None:
+        """A FIFO as .forward is ignored at once."""
+        os.mkfifo(self.forward())
+        self.assertEqual(self.expand("", "boss"), [self.boss])
+
+
+class IncludeRightsTests(RightsCase):
+    def test_forward_include_read_as_user(self) -> None:
+        """:include: in boss's .forward is opened as boss: a root-only file is refused and its
+        content shown nowhere; a readable list (even through a symlink) works."""
+        self.write_as(self.boss, "home/boss/.forward", f":include:{self.secret}\n")
+        e = self.assertRaises(Refused, self.expand, "", "boss")
+        self.assertEqual(e.code, 550)
+        self.assertIn("Permission denied", e.resp)
+        self.assertNotIn("topsecret", e.resp)
+        listing = self.write("list", "alice\n", 0o644)
+        os.symlink(listing, os.path.join(self.dir, "list-link"))
+        self.write_as(self.boss, "home/boss/.forward", f":include:{self.dir}/list-link\n")
+        self.assertEqual(self.expand("", "boss"), [self.alice])
+
+    def test_root_alias_include_takes_owner_rights(self) -> None:
+        """Named in a root-owned alias file, an include is read as root; what it includes
+        is read with its owner's rights (alice cannot make root read root's files for her)."""
+        staff = self.write("staff", "alice\n", 0o600)
+        self.assertEqual(self.expand(f"l: :include:{staff}\n", "l"), [self.alice])
+        pub = self.write_as(self.alice, "pub", f":include:{self.secret}\n")
+        e = self.assertRaises(Refused, self.expand, f"l: :include:{pub}\n", "l")
+        self.assertIn("Permission denied", e.resp)
+        self.assertNotIn("topsecret", e.resp)
+
+    def test_forward_include_keeps_user_rights(self) -> None:
+        """An include of alice's named in boss's .forward does not give boss alice's rights
+        for what it includes in turn."""
+        private = self.write_as(self.alice, "private", "topsecret\n", 0o600)
+        pub = self.write_as(self.alice, "pub", f":include:{private}\n")
+        self.write_as(self.boss, "home/boss/.forward", f":include:{pub}\n")
+        e = self.assertRaises(Refused, self.expand, "", "boss")
+        self.assertIn("Permission denied", e.resp)
+        self.assertNotIn("topsecret", e.resp)
+
+    def test_open_as_time_limit(self) -> None:
+        """An open that hangs as the user (a FIFO without writer, opened blocking; a dead NFS
+        server) ends at the time limit with ETIMEDOUT, the child killed."""
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo, 0o644)
+        privs = Privileges("boss", self.boss.uid, self.boss.gid, self.boss.home)
+        e = self.assertRaises(OSError, forward.open_as, fifo, os.O_RDONLY, privs, 0.3)
+        self.assertEqual(e.errno, errno.ETIMEDOUT)
+        fd = forward.open_as(fifo, os.O_RDONLY | os.O_NONBLOCK, privs)
+        os.close(fd)
+
+    def test_world_writable_refused(self) -> None:
+        """As Postfix: a world-writable :include: file is refused (5.3.5)."""
+        listing = self.write("list", "alice\n", 0o666)
+        e = self.assertRaises(Refused, self.expand, f"l: :include:{listing}\n", "l")
+        self.assertIn("5.3.5", e.resp)
+        self.assertIn("world writable", e.resp)
 
 
 class ProgramTests(unittest.TestCase):

@@ -41,6 +41,18 @@ class DropTests(unittest.TestCase):
         self.assertEqual(maildrop.ids(self.queue), [queue_id])
         self.assertEqual(os.listdir(maildrop.maildrop_dir(self.queue)), [queue_id])
 
+    def test_hard_link_refused(self) -> None:
+        """A dropped file with a second link (a user's hard link to a file of someone else's,
+        which would pass as that owner's submission) is not read; nor is a symlink."""
+        queue_id = maildrop.drop(self.queue, "joe", ["a"], b"x\n")
+        path = os.path.join(maildrop.maildrop_dir(self.queue), queue_id)
+        os.link(path, os.path.join(self.queue, "elsewhere"))
+        e = self.assertRaises(ValueError, maildrop.read, self.queue, queue_id)
+        self.assertIn("2 hard links", str(e))
+        os.symlink(os.path.join(self.queue, "elsewhere"),
+                   os.path.join(maildrop.maildrop_dir(self.queue), "LINK"))
+        self.assertRaises(OSError, maildrop.read, self.queue, "LINK")
+
     def test_stale_tmp_removed(self) -> None:
         """A half-written .tmp file of a killed sendmail is skipped, and removed when old."""
         path = os.path.join(maildrop.maildrop_dir(self.queue), ".tmp.X")

@@ -4,15 +4,19 @@
 
 - an alias (``alias_maps``) expands to its targets, recursively; ``owner-NAME`` (if it is an
   alias) becomes the envelope sender of NAME's expansion, so delivery errors go there;
-- a name that is no alias is a Unix account; its ``~/.forward`` (owned by the user or root, not
-  group/world-writable; a symlink must belong to the user) replaces the mailbox, else the mailbox;
+- a name that is no alias is a Unix account; its ``~/.forward`` (read as with the user's rights:
+  opened from the home directory with O_NOFOLLOW, so never a symlink; a regular file of the user
+  or of root that the user may read, not group/world-writable) replaces the mailbox, else the
+  mailbox;
 - ``\\user`` is the mailbox of user, without aliases or .forward;
 - ``user@local-domain`` is ``user``; another domain is a ``Remote`` address (the queue's job);
 - ``|command`` and ``/file`` run/append with the privileges of the alias file's owner
-  (``default_privs``, ``nobody``, when that is root), of the user for ``~/.forward``, of the
-  file's owner for ``:include:``. As Postfix's allow_mail_to_commands/files = alias, forward:
-  commands and files listed in ``:include:`` files are refused;
-- ``:include:/path`` reads more targets from a file; a name met again inside its own expansion
+  (``default_privs``, ``nobody``, when that is root), of the user for ``~/.forward``. As
+  Postfix's allow_mail_to_commands/files = alias, forward: commands and files listed in
+  ``:include:`` files are refused;
+- ``:include:/path`` reads more targets from a file, opened with the rights of where it is named
+  (the user of a ``~/.forward``, the owner of the alias file, root for a root-owned one; then its
+  own owner's); a name met again inside its own expansion
   is its mailbox (``boss: boss, alice``), a loop with no account behind it is refused.
 
 A recipient whose expansion has a target that cannot work (unknown user, refused command, loop)
@@ -32,6 +36,7 @@ import os
 import pwd
 import select
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -52,6 +57,7 @@ from mailsuite.smtp.aliases import (
     parse_list,
 )
 from mailsuite.store.mboxformat import make_from_line, to_stored
+from mailsuite.store.safepath import MissingAnchor, Place, UnsafePath, open_anchor
 
 log = Logger()
 
@@ -63,6 +69,8 @@ EX_CANTCREAT = 73
 COMMAND_TIME_LIMIT = 1000.0
 #: Largest ~/.forward or :include: file read.
 LIST_FILE_LIMIT = 1 << 20
+#: How long opening an :include: file as its reader may take (a hung NFS server).
+OPEN_TIME_LIMIT = 30.0
 #: What Postfix's export_environment keeps of the server's environment.
 EXPORTED = ("TZ", "LANG", "LC_ALL")
 
@@ -258,6 +266,11 @@ class Expander:
 
     def _include(self, path: str, chain: tuple[str, ...], ctx: _Context, out: _Out,
                  table: dict[str, list[Target]], owners: dict[str, int]) -> None:
+        """As Postfix's local(8): the file is opened with the rights of where it is named (the
+        owner of a user's alias file, the user of a ~/.forward; root for a root-owned alias
+        file), so nobody reads through it what they could not read themselves. It may be a
+        symlink, not a special or a world-writable file. Named in a root-owned alias file, its
+        own owner's rights apply to what it includes; named by a user, the user's stay."""
         key = f":include:{path}"
         if key in chain:
             return  # an include file including itself adds nothing new
@@ -265,47 +278,53 @@ class Expander:
             raise Refused(550, out.address, f"5.3.5 :include: {path!r} ({ctx.origin}) is not an"
                           " absolute path")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = open_as(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, ctx.privs)
         except OSError as e:
-            raise Refused(451, out.address, f"4.3.0 cannot open :include: file {path}"
+            code, dsn = (550, "5.3.5") if e.errno == errno.EACCES else (451, "4.3.0")
+            who = f" as {ctx.privs.user}" if ctx.privs is not None else ""
+            raise Refused(code, out.address, f"{dsn} cannot open :include: file {path}{who}"
                           f" ({ctx.origin}): {e.strerror}") from e
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise Refused(550, out.address, f"5.3.5 :include: {path} is not a regular file")
+            if st.st_mode & stat.S_IWOTH:
+                raise Refused(550, out.address, f"5.3.5 :include: {path} is world writable")
             text = f.read(LIST_FILE_LIMIT).decode("utf-8", "surrogateescape")
-        inner = _Context(self._owner_privs(st.st_uid), path, False, ctx.sender)
+        privs = ctx.privs if ctx.privs is not None else self._owner_privs(st.st_uid)
+        inner = _Context(privs, path, False, ctx.sender)
         for item in parse_list(text, path):
             self._target(item.text, chain + (key,), inner, out, table, owners)
 
     # -- ~/.forward ----------------------------------------------------------------------
 
     def read_forward(self, account: Account) -> list[Target]:
-        """The targets of ``~/.forward``, or [] (no file, empty, or ignored as unsafe)."""
+        """The targets of ``~/.forward``, or [] (no file, empty, or ignored as unsafe).
+
+        The daemon is root, so the file is opened as the store opens a mailbox: from the home
+        directory (owned by the user or root) with O_NOFOLLOW, and what was opened is checked
+        (``forward_problem``), so a file swapped in at any moment is never read through a link.
+        """
         path = os.path.join(account.home, ".forward")
         try:
-            is_link = stat.S_ISLNK(os.lstat(path).st_mode)
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+            with open_anchor(Place(account.home, (), account.uid, account.gid)) as home:
+                fd = home.open_nofollow(".forward", os.O_RDONLY)
+        except (FileNotFoundError, MissingAnchor):
+            return []
+        except UnsafePath as e:
+            log.warn("{error}; delivering to the mailbox", error=str(e))
             return []
         except OSError as e:
             log.warn("{path}: cannot open: {error}; delivering to the mailbox",
                      path=path, error=e.strerror)
             return []
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            owners = (account.uid,) if is_link else (account.uid, 0)
-            problem = None
-            if not stat.S_ISREG(st.st_mode):
-                problem = "not a regular file"
-            elif st.st_uid not in owners:
-                problem = f"owned by uid {st.st_uid}, not by {account.name}"
-            elif st.st_mode & 0o022:
-                problem = "group or world writable"
+            problem = forward_problem(os.fstat(f.fileno()), account)
             if problem:
                 log.warn("{path}: {problem}; ignored, delivering to the mailbox",
                          path=path, problem=problem)
                 return []
+            os.set_blocking(f.fileno(), True)
             text = f.read(LIST_FILE_LIMIT).decode("utf-8", "surrogateescape")
         return parse_list(text, path)
 
@@ -321,10 +340,11 @@ class Expander:
         except KeyError:
             return Privileges(self.default_privs, 65534, 65534, "/nonexistent")
 
-    def _owner_privs(self, uid: int) -> Privileges:
-        """default_privs for root-owned files, else the file owner's account."""
+    def _owner_privs(self, uid: int) -> Privileges | None:
+        """The rights of a file's owner; None for root (a |command or /file then runs as
+        default_privs, an :include: is opened as root)."""
         if uid == 0:
-            return self._default_privs()
+            return None
         try:
             pw = pwd.getpwuid(uid)
             return Privileges(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir, pw.pw_shell)
@@ -334,6 +354,93 @@ class Expander:
     @staticmethod
     def _account_privs(account: Account) -> Privileges:
         return Privileges(account.name, account.uid, account.gid, account.home)
+
+
+# -- reading list files with their reader's rights -------------------------------------
+
+
+def forward_problem(st: os.stat_result, account: Account) -> str | None:
+    """Why the opened ~/.forward ``st`` must be ignored, or None. As Postfix's local(8), it is
+    read with the user's rights: a regular file of the user or of root, not group or world
+    writable, that the user could read (mode bits, primary group, as Postfix's open_as);
+    a root-owned one with more than one link may be a hard link to any file of root's."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_uid not in (account.uid, 0):
+        return f"owned by uid {st.st_uid}, not by {account.name}"
+    if st.st_mode & 0o022:
+        return "group or world writable"
+    if st.st_uid != account.uid and st.st_nlink != 1:
+        return f"owned by root with {st.st_nlink} hard links"
+    if not _readable_by(st, account.uid, account.gid):
+        return f"not readable by {account.name}"
+    return None
+
+
+def _readable_by(st: os.stat_result, uid: int, gid: int) -> bool:
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IRUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IRGRP)
+    return bool(st.st_mode & stat.S_IROTH)
+
+
+def _become(privs: Privileges) -> None:
+    """In a forked child: signals blocked (no handler of the server may run here), every
+    group and id of the server dropped for ``privs`` (only the primary group, as Postfix)."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
+    if os.geteuid() == 0:
+        os.setgroups([privs.gid])
+        os.setgid(privs.gid)
+        os.setuid(privs.uid)
+
+
+def open_as(path: str, flags: int, privs: Privileges | None,
+            time_limit: float = OPEN_TIME_LIMIT) -> int:
+    """``path`` opened with the rights of ``privs`` (Postfix's open_as): by a forked child
+    that drops to them, opens, and hands the descriptor back. ``None`` (or a root ``privs``,
+    or a server that is not root) opens it here. Blocking. Raises OSError as open(2) does."""
+    if privs is None or privs.uid == 0 or os.geteuid() != 0:
+        return os.open(path, flags)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _open_child(path, flags, privs, theirs)
+        theirs.close()
+        ours.settimeout(time_limit)
+        try:
+            said, fds, _, _ = socket.recv_fds(ours, 16, 1, socket.MSG_CMSG_CLOEXEC)
+        except OSError as e:  # the time limit (errno None), or the socket failed
+            os.kill(pid, signal.SIGKILL)
+            said, fds = b"%d" % (e.errno or errno.ETIMEDOUT), []
+        os.waitpid(pid, 0)
+    finally:
+        ours.close()
+        theirs.close()
+    if fds:
+        return fds[0]
+    code = int(said) if said.isdigit() else errno.EIO
+    raise OSError(code, os.strerror(code), path)
+
+
+def _open_child(path: str, flags: int, privs: Privileges, sock: socket.socket) -> None:
+    """In the forked child of open_as: the descriptor, or the errno as digits, to ``sock``.
+    Never returns."""
+    try:
+        _become(privs)
+        try:
+            fd = os.open(path, flags)
+        except OSError as e:
+            sock.sendall(b"%d" % (e.errno or errno.EIO))
+        else:
+            socket.send_fds(sock, [b"fd"], [fd])
+    except BaseException:  # noqa: BLE001 -- the parent sees no descriptor: EIO
+        pass
+    finally:
+        os._exit(0)
 
 
 # -- delivery to commands and files (blocking: run through threads.blocking) -------------
@@ -472,11 +579,7 @@ def _child(privs: Privileges, path: str, entry: bytes, report: int) -> None:
     needs no access to our interpreter); the reason goes to ``report``. Never returns."""
     code = EX_TEMPFAIL
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
-        if os.geteuid() == 0:
-            os.setgroups([])
-            os.setgid(privs.gid)
-            os.setuid(privs.uid)
+        _become(privs)
         code, reason = _append(path, entry)
         os.write(report, reason.encode("utf-8", "replace")[:500])
     except BaseException:  # noqa: BLE001 -- any failure is a temporary one; nothing to log to

@@ -218,6 +218,18 @@ class Dir:
             raise
         return fd
 
+    def open_nofollow(self, name: str, flags: int) -> int:
+        """``name`` opened with ``flags``, O_NOFOLLOW and O_NONBLOCK (a FIFO put there must
+        not hang the open; the caller checks what it got with fstat, and clears O_NONBLOCK
+        if it needs to). UnsafePath for a symbolic link; FileNotFoundError if missing."""
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                           dir_fd=self.fd)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise refuse(self.at(name), "a symbolic link") from e
+            raise
+
     def open_file(self, name: str, flags: int, create: bool = False,
                   owner: tuple[int, int] | None = None) -> tuple[int, bool]:
         """(fd, made): the user's regular file ``name`` with one link, opened with ``flags``
@@ -225,9 +237,8 @@ class Dir:
         (``create_file``). FileNotFoundError if missing."""
         path = self.at(name)
         while True:
-            try:  # O_NONBLOCK: a FIFO put there must not hang the open
-                fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                             dir_fd=self.fd)
+            try:
+                fd = self.open_nofollow(name, flags)
             except FileNotFoundError:
                 if not create:
                     raise
@@ -235,10 +246,6 @@ class Dir:
                     return self.create_file(name, flags, owner), True
                 except FileExistsError:
                     continue
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise refuse(path, "a symbolic link") from e
-                raise
             try:
                 check_file(os.fstat(fd), self.place.uid, path)
                 os.set_blocking(fd, True)
