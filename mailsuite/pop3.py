@@ -531,7 +531,7 @@ class POP3Factory(protocol.ServerFactory):
     def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
         """``clock``: an IReactorTime for timeouts and the failed-login delay (default reactor).
-        ``policy``: a ``mailsuite.authpolicy.AuthPolicy`` applied to every login, or None."""
+        ``policy``: a ``mailsuite.auth.policy.AuthPolicy`` applied to every login, or None."""
         if clock is None:
             from twisted.internet import reactor as clock
         self.config, self.portal, self.maillog, self.clock = config, portal, maillog, clock

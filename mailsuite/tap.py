@@ -16,10 +16,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mailsuite import startup, threads
-from mailsuite.authcache import AuthCache
-from mailsuite.authpolicy import AuthPolicy
+from mailsuite.auth.cache import AuthCache
+from mailsuite.auth.checker import AccountDB, UnixChecker
+from mailsuite.auth.pam import NssAccounts, PamChecker
+from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
-from mailsuite.checker import AccountDB, UnixChecker
 from mailsuite.config import SERVICES, ConfigError, load_config
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
@@ -32,7 +33,6 @@ from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
 from mailsuite.mta.relay import Relay, parse_password_map
-from mailsuite.pam import NssAccounts, PamChecker
 from mailsuite.pop3 import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory

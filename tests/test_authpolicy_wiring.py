@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from mailsuite import pop3
-from mailsuite.authpolicy import AuthPolicy
+from mailsuite.auth.policy import AuthPolicy
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.memory import MemoryStore

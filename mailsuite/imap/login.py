@@ -24,8 +24,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from mailsuite import sasl
-from mailsuite.authpolicy import LoginBlocked
+from mailsuite.auth import sasl
+from mailsuite.auth.policy import LoginBlocked
 from mailsuite.imap.parser import Cursor, ParseError
 
 log = Logger()

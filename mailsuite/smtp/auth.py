@@ -36,8 +36,8 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from mailsuite import sasl
-from mailsuite.authpolicy import LoginBlocked
+from mailsuite.auth import sasl
+from mailsuite.auth.policy import LoginBlocked
 
 log = Logger()
 
@@ -174,7 +174,7 @@ class SmtpAuth:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
             creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # authpolicy logs it
             portal = self.factory.portal
-            if self.factory.policy is not None:  # brute-force defence (mailsuite.authpolicy)
+            if self.factory.policy is not None:  # brute-force defence (mailsuite.auth.policy)
                 portal = self.factory.policy.guard(portal, self.client_ip, self.factory.service,
                                                    self.client_name)
             d = portal.login(creds, None, smtp.IMessageDelivery)

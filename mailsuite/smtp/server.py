@@ -895,7 +895,7 @@ class SMTPFactory(protocol.ServerFactory):
         implicit_tls: bool = False,
         policy: Any = None,
     ) -> None:
-        """``policy``: a mailsuite.authpolicy.AuthPolicy applied to every AUTH, or None."""
+        """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None."""
         if clock is None:
             from twisted.internet import reactor as clock
         self.config = config
