@@ -33,7 +33,7 @@ from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
 from mailsuite.mta.relay import Relay, parse_password_map
-from mailsuite.pop3 import POP3Factory
+from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.server import SMTPFactory

@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from mailsuite import pop3
+from mailsuite.pop3 import server as pop3
 from mailsuite.accounts import Account
 from mailsuite.config import AuthConfig
 from mailsuite.maillog import MailLog

@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from mailsuite.accounts import Account
 from mailsuite.net import host_of
-from mailsuite.pop3auth import Pop3Login
+from mailsuite.pop3.login import Pop3Login
 from mailsuite.store.interfaces import MessageInfo, UnknownUID
 from mailsuite.wire import to_wire
 

@@ -1,7 +1,7 @@
 """POP3's AUTHORIZATION state: CAPA, STLS, USER/PASS and AUTH (SASL PLAIN and LOGIN).
 
-A mixin of ``mailsuite.pop3.POP3Server``; the replies are Dovecot's. What is offered follows one
-rule (``sasl.plaintext_ok``): USER and ``SASL PLAIN LOGIN`` appear in CAPA exactly when they are
+A mixin of ``mailsuite.pop3.server.POP3Server``; the replies are Dovecot's. What is offered follows
+one rule (``sasl.plaintext_ok``): USER and ``SASL PLAIN LOGIN`` appear in CAPA exactly when they are
 accepted, ``STLS`` while the session is not yet encrypted and a certificate is configured.
 
 Every login, whatever the command, goes through ``_login(attempt)`` and ends in ``_logged_in`` or
