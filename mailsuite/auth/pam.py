@@ -232,7 +232,7 @@ class PamChecker:
     (an ``NssAccounts``, or any object with a blocking ``lookup(name)``).
 
     ``confdir``: a directory of PAM service files to use instead of /etc/pam.d (tests).
-    A credentials object may carry ``client_ip`` (``authpolicy.GuardedPortal`` sets it); it
+    A credentials object may carry ``client_ip`` (``auth.policy.GuardedPortal`` sets it); it
     becomes ``PAM_RHOST`` for modules such as pam_access.
     """
 

@@ -156,7 +156,7 @@ class Pop3Login:
             d: defer.Deferred[Any] = defer.fail(cred_error.UnauthorizedLogin("no master users"))
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # authpolicy logs it
+            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
             d = self.portal.login(creds, None, pop3.IMailbox)
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
@@ -173,7 +173,7 @@ class Pop3Login:
         return ", TLS" if self.secure else ""
 
     def _login_failed(self, failure: Failure) -> Any:
-        if failure.check(LoginBlocked):  # too many failures from this address (authpolicy)
+        if failure.check(LoginBlocked):  # too many failures from this address (auth.policy)
             return self.reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
         if not failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
             log.failure("POP3 login of {user} failed", failure, user=self._login_user)
@@ -182,7 +182,7 @@ class Pop3Login:
         if self._lost:  # type: ignore[attr-defined]
             return None
         # No delay of its own: the next attempt from a non-exempt address waits its turn and
-        # auth_failure_delay (authpolicy), as over IMAP and SMTP.
+        # auth_failure_delay (auth.policy), as over IMAP and SMTP.
         self.reply(b"-ERR [AUTH] Authentication failed.")
         if self._failures >= MAX_AUTH_ATTEMPTS:
             self._quit = True

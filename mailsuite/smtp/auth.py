@@ -172,7 +172,7 @@ class SmtpAuth:
             d: defer.Deferred[Any] = defer.fail(cred_error.UnauthorizedLogin("no master users"))
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # authpolicy logs it
+            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
             portal = self.factory.portal
             if self.factory.policy is not None:  # brute-force defence (mailsuite.auth.policy)
                 portal = self.factory.policy.guard(portal, self.client_ip, self.factory.service,
@@ -196,7 +196,7 @@ class SmtpAuth:
                 log.failure("SMTP AUTH of {user} failed", failure, user=attempt.username)
             self._reply(454, "4.7.0 Temporary authentication failure")
             return
-        if self.factory.policy is None:  # else the policy writes Postfix's warning (authpolicy)
+        if self.factory.policy is None:  # else the policy writes Postfix's warning (auth.policy)
             self._log(f"warning: {self.client_name}[{self.client_ip}]: SASL {attempt.mechanism}"
                       " authentication failed: authentication failure")
         self._reply(535, "5.7.8 Error: authentication failed")
