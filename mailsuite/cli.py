@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, TextIO
 
-from mailsuite import control, maildrop
 from mailsuite.config import ConfigError, load_config
 from mailsuite.maillog import new_queue_id
-from mailsuite.smtp.aliases import validate
+from mailsuite.mta import control, maildrop
+from mailsuite.mta.aliases import validate
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 0, 64, 65, 70, 75, 77, 78
 DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
@@ -423,7 +423,7 @@ def queue_entries(queue_directory: str) -> list[tuple[str, str, int, float, str,
     """(queue id, flag, size, arrival, sender, pending recipients): the queue, then maildrop/."""
     out = []
     try:
-        from mailsuite.smtp.queuefile import QueueDirectory
+        from mailsuite.mta.queuefile import QueueDirectory
     except ImportError:  # pragma: no cover - the queue module is part of the package
         QueueDirectory = None  # type: ignore[assignment,misc]
     if QueueDirectory is not None and os.path.isdir(os.path.join(queue_directory, "active")):

@@ -11,7 +11,7 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.imap.mailbox import ImapAccount
-from mailsuite.pop3 import open_pop3_mailbox
+from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.store.interfaces import IMailStore
 
 

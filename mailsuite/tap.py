@@ -16,26 +16,26 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mailsuite import startup, threads
-from mailsuite.authcache import AuthCache
-from mailsuite.authpolicy import AuthPolicy
+from mailsuite.auth.cache import AuthCache
+from mailsuite.auth.checker import AccountDB, UnixChecker
+from mailsuite.auth.pam import NssAccounts, PamChecker
+from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
-from mailsuite.checker import AccountDB, UnixChecker
 from mailsuite.config import SERVICES, ConfigError, load_config
-from mailsuite.control import ControlFactory, control_path, ensure_public
 from mailsuite.imap.server import IMAPFactory
-from mailsuite.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
-from mailsuite.maildrop import remove as remove_dropped
 from mailsuite.maillog import MailLog
-from mailsuite.pam import NssAccounts, PamChecker
-from mailsuite.pop3 import POP3Factory
+from mailsuite.mta.aliases import AliasLookupError
+from mailsuite.mta.control import ControlFactory, control_path, ensure_public
+from mailsuite.mta.delivery import LocalDelivery
+from mailsuite.mta.dns import MXResolver
+from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
+from mailsuite.mta.maildrop import remove as remove_dropped
+from mailsuite.mta.queue import Queue, QueueSettings
+from mailsuite.mta.queuefile import QueueDirectory
+from mailsuite.mta.relay import Relay, parse_password_map
+from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
-from mailsuite.smtp.aliases import AliasLookupError
-from mailsuite.smtp.delivery import LocalDelivery
-from mailsuite.smtp.dns import MXResolver
 from mailsuite.smtp.lmtp import LMTPFactory
-from mailsuite.smtp.queue import Queue, QueueSettings
-from mailsuite.smtp.queuefile import QueueDirectory
-from mailsuite.smtp.relay import Relay, parse_password_map
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.startup import StartupError, describe_os_error, step
 from mailsuite.store.mbox import MboxStore

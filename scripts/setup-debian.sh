@@ -96,7 +96,7 @@ make_maildrop() {  # queue_directory/maildrop/ of the installed mail.ini
     "$VENV/bin/python" - "$R" "$R$CONFIG" <<'EOF'
 import sys
 from mailsuite.config import ConfigError, load_config
-from mailsuite.maildrop import ensure_maildrop
+from mailsuite.mta.maildrop import ensure_maildrop
 try:
     cfg = load_config(sys.argv[2])
 except ConfigError as e:

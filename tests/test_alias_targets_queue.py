@@ -10,8 +10,8 @@ import shutil
 import tempfile
 from typing import Any
 
-from mailsuite.smtp import forward
-from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta import forward
+from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from tests.test_delivery import BOSS, inbox
 from tests.test_smtp_mta import FakeQueue
 from tests.test_smtp_server import SessionCase

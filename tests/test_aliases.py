@@ -1,4 +1,4 @@
-"""Tests for mailsuite.smtp.aliases: aliases(5) parsing, expansion, re-reading."""
+"""Tests for mailsuite.mta.aliases: aliases(5) parsing, expansion, re-reading."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 from twisted.trial import unittest
 
-from mailsuite.smtp.aliases import (
+from mailsuite.mta.aliases import (
     AliasLookupError,
     AliasMap,
     AliasParseError,

@@ -14,10 +14,11 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from mailsuite import _libcrypt, threads
+from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.authcache import ENTRY_OVERHEAD, MAX_ENTRIES_PER_USER, AuthCache
-from mailsuite.checker import DUMMY_HASH, MISS, AccountDB, UnixChecker
+from mailsuite.auth import libcrypt
+from mailsuite.auth.cache import ENTRY_OVERHEAD, MAX_ENTRIES_PER_USER, AuthCache
+from mailsuite.auth.checker import DUMMY_HASH, MISS, AccountDB, UnixChecker
 from mailsuite.config import AuthConfig, ConfigError, parse_config
 from tests.test_checker import (
     BOSS_HASH,
@@ -186,13 +187,13 @@ class CountingMixin(AccountFilesMixin):
     def setUp(self):
         super().setUp()
         self.settings = []
-        real = _libcrypt.crypt
+        real = libcrypt.crypt
 
         def counting(phrase, setting):
             self.settings.append(setting)
             return real(phrase, setting)
 
-        self.patch(_libcrypt, "crypt", counting)
+        self.patch(libcrypt, "crypt", counting)
         self.clock = FakeClock()
         self.cache = AuthCache(ttl=3600, negative_ttl=600, clock=self.clock)
         self.mtime = 1_700_000_000

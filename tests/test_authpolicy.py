@@ -1,4 +1,4 @@
-"""Brute-force defence (mailsuite.authpolicy): delays, blocks, decay, exemptions, log lines."""
+"""Brute-force defence (mailsuite.auth.policy): delays, blocks, decay, exemptions, log lines."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from twisted.mail import smtp
 from twisted.trial import unittest
 from zope.interface import directlyProvides
 
-from mailsuite.authpolicy import (
+from mailsuite.auth.policy import (
     MAX_PENALTY,
     MAX_USERS_PER_ADDRESS,
     AuthPolicy,

@@ -12,10 +12,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from mailsuite import pop3
-from mailsuite.authpolicy import AuthPolicy
+from mailsuite.auth.policy import AuthPolicy
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
+from mailsuite.pop3 import server as pop3
 from mailsuite.store.memory import MemoryStore
 from tests import test_imap_server as imap_test
 from tests import test_sasl_smtp

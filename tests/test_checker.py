@@ -18,9 +18,10 @@ from twisted.internet import defer
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from mailsuite import _libcrypt, checker, threads
+from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.checker import DUMMY_HASH, LOGIN_FAILED, AccountDB, UnixChecker, hash_password
+from mailsuite.auth import checker, libcrypt
+from mailsuite.auth.checker import DUMMY_HASH, LOGIN_FAILED, AccountDB, UnixChecker, hash_password
 
 #: algorithm -> (password, hash made by the named tool)
 KNOWN_HASHES = {
@@ -340,18 +341,18 @@ class TimingTests(AccountFilesMixin, unittest.SynchronousTestCase):
     def setUp(self):
         super().setUp()
         self.settings = []
-        real = _libcrypt.crypt
+        real = libcrypt.crypt
 
         def counting(phrase, setting):
             self.settings.append(setting)
             return real(phrase, setting)
 
-        self.patch(_libcrypt, "crypt", counting)
+        self.patch(libcrypt, "crypt", counting)
 
     def test_dummy_hash_is_usable(self):
         """The dummy is a yescrypt hash libcrypt really computes (so it really costs time)."""
         self.assertTrue(DUMMY_HASH.startswith(b"$y$"))
-        self.assertIsNotNone(_libcrypt.crypt(b"anything", DUMMY_HASH))
+        self.assertIsNotNone(libcrypt.crypt(b"anything", DUMMY_HASH))
 
     def test_unknown_user_runs_dummy_hash(self):
         """An unknown user costs exactly one hash, of the dummy."""

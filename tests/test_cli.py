@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 from twisted.trial import unittest
 
-from mailsuite import cli, maildrop, tap
+from mailsuite import cli, tap
+from mailsuite.mta import maildrop
 
 
 class ArgsTests(unittest.TestCase):

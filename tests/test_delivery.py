@@ -1,4 +1,4 @@
-"""Tests for mailsuite.smtp.delivery: recipient resolution, local delivery, the SMTP avatar.
+"""Tests for mailsuite.mta.delivery: recipient resolution, local delivery, the SMTP avatar.
 
 Also home of the small fakes the SMTP server tests share (config, accounts, controllable store).
 """
@@ -17,7 +17,7 @@ from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.config import AuthConfig
 from mailsuite.maillog import MailLog
-from mailsuite.smtp.delivery import (
+from mailsuite.mta.delivery import (
     AliasLoop,
     DeliveryFailed,
     LocalDelivery,

@@ -1,4 +1,4 @@
-"""Tests for mailsuite.smtp.forward: local(8) expansion (aliases, :include:, ~/.forward, owner-)
+"""Tests for mailsuite.mta.forward: local(8) expansion (aliases, :include:, ~/.forward, owner-)
 and delivery to |command and /file targets with their privileges and exit codes."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import tempfile
 from twisted.trial import unittest
 
 from mailsuite.accounts import Account
-from mailsuite.smtp import forward
-from mailsuite.smtp.aliases import AliasMap
-from mailsuite.smtp.forward import (
+from mailsuite.mta import forward
+from mailsuite.mta.aliases import AliasMap
+from mailsuite.mta.forward import (
     Expander,
     File,
     Privileges,

@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsuite.maillog import MailLog
-from mailsuite.smtp.delivery import DeliveryFailed, LocalDelivery
+from mailsuite.mta.delivery import DeliveryFailed, LocalDelivery
 from tests.store_conformance import MSG1, MSG2
 from tests.test_delivery import ALIASES, ALICE, BOSS, FakeAccounts, make_config, write_aliases
 from tests.test_store_mbox import MboxTestCase

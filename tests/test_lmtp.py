@@ -11,8 +11,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailsuite.maillog import MailLog
-from mailsuite.smtp import forward
-from mailsuite.smtp.delivery import DeliveryFailed, UnknownRecipient
+from mailsuite.mta import forward
+from mailsuite.mta.delivery import DeliveryFailed, UnknownRecipient
 from mailsuite.smtp.lmtp import LMTPFactory
 
 

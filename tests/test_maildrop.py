@@ -1,4 +1,4 @@
-"""Tests for mailsuite.maildrop: the sendmail drop files and the daemon's pickup."""
+"""Tests for mailsuite.mta.maildrop: the sendmail drop files and the daemon's pickup."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from mailsuite import maildrop, threads
+from mailsuite import threads
 from mailsuite.maillog import MailLog
-from mailsuite.smtp.delivery import DeliveryFailed, LookupFailed, UnknownRecipient
-from mailsuite.smtp.forward import TargetFailed
+from mailsuite.mta import maildrop
+from mailsuite.mta.delivery import DeliveryFailed, LookupFailed, UnknownRecipient
+from mailsuite.mta.forward import TargetFailed
 
 
 class DropTests(unittest.TestCase):
@@ -197,7 +198,7 @@ class UnprivilegedDropTests(unittest.TestCase):
         maildrop.ensure_maildrop(self.queue)
 
     def drop_as_nobody(self, data: bytes) -> subprocess.CompletedProcess[bytes]:
-        code = ("import sys; from mailsuite import maildrop;"
+        code = ("import sys; from mailsuite.mta import maildrop;"
                 " print(maildrop.drop(sys.argv[1], 'nobody', ['boss'], sys.stdin.buffer.read()))")
         return subprocess.run(
             [sys.executable, "-c", code, self.queue], input=data, capture_output=True,

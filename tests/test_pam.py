@@ -1,4 +1,4 @@
-"""passdb = pam (mailsuite.pam) against a real libpam with real PAM modules.
+"""passdb = pam (mailsuite.auth.pam) against a real libpam with real PAM modules.
 
 The stacks live in a temporary directory handed to ``pam_start_confdir``, so nothing under
 /etc is touched. ``pam_exec`` with ``expose_authtok`` runs a small script that receives the
@@ -17,8 +17,9 @@ from twisted.cred import credentials
 from twisted.cred.error import UnauthorizedLogin
 from twisted.trial import unittest
 
-from mailsuite import pam, threads
+from mailsuite import threads
 from mailsuite.accounts import Account
+from mailsuite.auth import pam
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = "/lib/x86_64-linux-gnu/security"

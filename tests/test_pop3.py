@@ -16,10 +16,11 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from mailsuite import pop3
 from mailsuite.accounts import Account
 from mailsuite.config import AuthConfig
 from mailsuite.maillog import MailLog
+from mailsuite.pop3 import server as pop3
+from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.store.memory import MemoryStore
 from mailsuite.wire import to_wire
 
@@ -39,7 +40,7 @@ class Realm:
 
     def requestAvatar(self, avatar_id, mind, *interfaces):
         assert twisted_pop3.IMailbox in interfaces
-        d = pop3.open_pop3_mailbox(self.store, Account(avatar_id.decode(), 1000, 1000, "/home"))
+        d = open_pop3_mailbox(self.store, Account(avatar_id.decode(), 1000, 1000, "/home"))
         return d.addCallback(lambda box: (twisted_pop3.IMailbox, box, box.logout))
 
 
@@ -136,7 +137,7 @@ class MailboxTests(Pop3TestCase):
         getMessage gives the wire form, sync expunges, undeleteMessages undoes."""
         self.deliver(b"Subject: a\n\nA\0\n")
         self.deliver(b"Subject: b\n\nB\n")
-        box = self.successResultOf(pop3.open_pop3_mailbox(self.store, BOSS))
+        box = self.successResultOf(open_pop3_mailbox(self.store, BOSS))
         verifyObject(twisted_pop3.IMailbox, box)
         self.assertEqual(box.listMessages(), [18, 17])
         self.assertEqual(self.successResultOf(box.getMessage(0)).read(),
@@ -161,7 +162,7 @@ class MailboxTests(Pop3TestCase):
         """The maildrop is the store's list and a count (O(1) per login, no copy of 100,000
         entries); mail delivered after login, appended to that list in place, is not in it."""
         self.deliver(b"Subject: a\n\nA\n")
-        box = self.successResultOf(pop3.open_pop3_mailbox(self.store, BOSS))
+        box = self.successResultOf(open_pop3_mailbox(self.store, BOSS))
         self.assertIs(box.messages._messages, self.inbox().messages)
         self.deliver(b"Subject: b\n\nB\n")
         self.assertEqual(len(self.inbox().messages), 2)
@@ -176,7 +177,7 @@ class MailboxTests(Pop3TestCase):
         self.inbox().refresh()
         reads = []
         self.patch(self.inbox(), "read", lambda uid: reads.append(uid))
-        box = self.successResultOf(pop3.open_pop3_mailbox(self.store, BOSS))
+        box = self.successResultOf(open_pop3_mailbox(self.store, BOSS))
         self.assertEqual(list(box.sizes), [m.size for m in self.inbox().messages])
         self.assertEqual(box.listMessages(), [17, 26])
         self.assertEqual(reads, [])

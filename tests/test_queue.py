@@ -1,4 +1,4 @@
-"""Tests for mailsuite.smtp.queuefile (durable queue files) and mailsuite.smtp.queue (qmgr)."""
+"""Tests for mailsuite.mta.queuefile (durable queue files) and mailsuite.mta.queue (qmgr)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from mailsuite.maillog import MailLog
-from mailsuite.smtp.queue import Queue, QueueSettings
-from mailsuite.smtp.queuefile import Envelope, QueueDirectory, QueuedRecipient, submit
-from mailsuite.smtp.relay import Outcome
+from mailsuite.mta.queue import Queue, QueueSettings
+from mailsuite.mta.queuefile import Envelope, QueueDirectory, QueuedRecipient, submit
+from mailsuite.mta.relay import Outcome
 
 MESSAGE = b"Subject: hello\nMessage-ID: <m1@remote.test>\n\nbody\n"
 

@@ -1,4 +1,4 @@
-"""Tests for mailsuite.smtp.relay (SMTP client) and mailsuite.smtp.dns (MX look-ups), against a
+"""Tests for mailsuite.mta.relay (SMTP client) and mailsuite.mta.dns (MX look-ups), against a
 twisted.names server and receiving SMTP servers on 127.0.0.x (tests/fakemx.py)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from twisted.internet import defer, reactor
 from twisted.names import dns
 from twisted.trial import unittest
 
-from mailsuite.smtp.dns import MXResolver, PermanentDNSError
-from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
-from mailsuite.smtp.relay import Relay, to_wire
+from mailsuite.mta.dns import MXResolver, PermanentDNSError
+from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.relay import Relay, to_wire
 from tests import fakemx
 
 MESSAGE = b"Subject: relay test\n\nline one\n.leading dot\n..two dots\n.\nend\n"

@@ -1,4 +1,5 @@
-"""mailsuite.sasl: the PLAIN and LOGIN exchanges every protocol shares, and the plaintext rule."""
+"""mailsuite.auth.sasl: the PLAIN and LOGIN exchanges every protocol shares, and the plaintext
+rule."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from mailsuite import sasl
+from mailsuite.auth import sasl
 from mailsuite.config import AuthConfig
 
 

@@ -6,7 +6,7 @@ import base64
 
 from twisted.internet.address import IPv4Address
 
-from mailsuite import pop3
+from mailsuite.pop3 import server as pop3
 from tests.test_pop3 import LOOPBACK, PUBLIC, REMOTE, SERVER, NoDelayTransport, Pop3TestCase
 
 PLAIN_OK = base64.b64encode(b"\0boss\0secret")

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.maillog import MailLog
-from mailsuite.smtp.delivery import LocalDelivery
+from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.store.memory import MemoryStore
 from tests.test_delivery import ALIASES, ALICE, BOSS, FakeAccounts, inbox, make_config
@@ -79,7 +79,7 @@ class SmtpAuthCase(unittest.TestCase):
         config.tls = SimpleNamespace(ssl=self.ssl)
         self.delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), self.store, self.maillog,
                                       now=self.clock.seconds)
-        self.queue = FakeQueue()  # the outbound queue of mailsuite.smtp.queue
+        self.queue = FakeQueue()  # the outbound queue of mailsuite.mta.queue
         self.delivery.queue = self.queue
         self.realm = Realm(self.delivery)
         the_portal = portal.Portal(self.realm, [

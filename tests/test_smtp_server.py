@@ -19,8 +19,8 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.maillog import MailLog
+from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.smtp import server as server_module
-from mailsuite.smtp.delivery import LocalDelivery
 from mailsuite.smtp.server import DATA_CHUNK, SMTPFactory, message_id
 from mailsuite.store.memory import MemoryStore
 from tests.test_delivery import ALIASES, ALICE, BOSS, FakeAccounts, HeldStore, inbox, make_config

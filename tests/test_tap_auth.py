@@ -7,9 +7,9 @@ from twisted.trial import unittest
 from twisted.web.server import Site
 
 from mailsuite import tap
-from mailsuite.authpolicy import AuthPolicy
-from mailsuite.checker import UnixChecker
-from mailsuite.pam import NssAccounts, PamChecker
+from mailsuite.auth.checker import UnixChecker
+from mailsuite.auth.pam import NssAccounts, PamChecker
+from mailsuite.auth.policy import AuthPolicy
 from tests.test_tap import NONE_ELSE, write_config
 
 TLS = "ssl = yes\nssl_cert = {d}/tls/cert.pem\nssl_key = {d}/tls/key.pem\n"

@@ -24,8 +24,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.mail import imap4
 
-from mailsuite import sasl
-from mailsuite.authpolicy import LoginBlocked
+from mailsuite.auth import sasl
+from mailsuite.auth.policy import LoginBlocked
 from mailsuite.imap.parser import Cursor, ParseError
 
 log = Logger()
@@ -167,7 +167,7 @@ class ImapLogin:
             d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("no master users"))
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # authpolicy logs it
+            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
             d = defer.maybeDeferred(self.portal.login, creds, None, imap4.IAccount)
         args = (tag, name, attempt.mechanism)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=args, errbackArgs=args)
@@ -210,6 +210,6 @@ class ImapLogin:
             )
             self.sendNegativeResponse(tag, b"[AUTHENTICATIONFAILED] Authentication failed.")
         else:
-            if not failure.check(LoginBlocked):  # LoginBlocked: too many failures (authpolicy)
+            if not failure.check(LoginBlocked):  # LoginBlocked: too many failures (auth.policy)
                 log.failure("login of {user} failed", failure, user=name)
             self.sendNegativeResponse(tag, b"[UNAVAILABLE] Temporary authentication failure.")

@@ -575,7 +575,7 @@ class IMAPFactory(protocol.ServerFactory):
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
         """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks
         the sessions of port 993, which tap.py wraps in TLS from the first byte; ``policy`` (a
-        mailsuite.authpolicy.AuthPolicy) guards every login of the sessions."""
+        mailsuite.auth.policy.AuthPolicy) guards every login of the sessions."""
         self.config = config
         self.portal = portal
         self.maillog = maillog

@@ -14,7 +14,7 @@ A mixin of ``mailsuite.smtp.server.SMTPServer``. The factory says which service 
 
 An authenticated session's sender must be the user's (checked by the delivery avatar, which
 AUTH replaces with ``delivery.avatar(user)``). Relay control is that avatar's too
-(smtp/delivery.py): authenticated users and clients in ``mynetworks`` may send to any domain
+(mta/delivery.py): authenticated users and clients in ``mynetworks`` may send to any domain
 (the message goes into the outbound queue), everybody else gets ``554 5.7.1 Relay access
 denied`` for domains that are neither local nor in ``relay_domains``.
 
@@ -36,8 +36,8 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from mailsuite import sasl
-from mailsuite.authpolicy import LoginBlocked
+from mailsuite.auth import sasl
+from mailsuite.auth.policy import LoginBlocked
 
 log = Logger()
 
@@ -172,9 +172,9 @@ class SmtpAuth:
             d: defer.Deferred[Any] = defer.fail(cred_error.UnauthorizedLogin("no master users"))
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # authpolicy logs it
+            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
             portal = self.factory.portal
-            if self.factory.policy is not None:  # brute-force defence (mailsuite.authpolicy)
+            if self.factory.policy is not None:  # brute-force defence (mailsuite.auth.policy)
                 portal = self.factory.policy.guard(portal, self.client_ip, self.factory.service,
                                                    self.client_name)
             d = portal.login(creds, None, smtp.IMessageDelivery)
@@ -196,7 +196,7 @@ class SmtpAuth:
                 log.failure("SMTP AUTH of {user} failed", failure, user=attempt.username)
             self._reply(454, "4.7.0 Temporary authentication failure")
             return
-        if self.factory.policy is None:  # else the policy writes Postfix's warning (authpolicy)
+        if self.factory.policy is None:  # else the policy writes Postfix's warning (auth.policy)
             self._log(f"warning: {self.client_name}[{self.client_ip}]: SASL {attempt.mechanism}"
                       " authentication failed: authentication failure")
         self._reply(535, "5.7.8 Error: authentication failed")

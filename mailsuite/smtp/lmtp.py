@@ -22,8 +22,8 @@ from twisted.mail import smtp
 from twisted.protocols.basic import LineOnlyReceiver
 
 from mailsuite.maillog import new_queue_id
-from mailsuite.smtp import forward
-from mailsuite.smtp.delivery import DeliveryFailed, received_header
+from mailsuite.mta import forward
+from mailsuite.mta.delivery import DeliveryFailed, received_header
 
 log = Logger()
 

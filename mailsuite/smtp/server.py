@@ -31,18 +31,18 @@ from twisted.python.failure import Failure
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.maillog import new_queue_id
-from mailsuite.net import host_of
-from mailsuite.smtp import address as addr
-from mailsuite.smtp import forward
-from mailsuite.smtp.auth import SmtpAuth
-from mailsuite.smtp.bounce import Entry, make_dsn
-from mailsuite.smtp.delivery import (
+from mailsuite.mta import address as addr
+from mailsuite.mta import forward
+from mailsuite.mta.bounce import Entry, make_dsn
+from mailsuite.mta.delivery import (
     LocalRecipient,
     RemoteRecipient,
     received_header,
     target_failure,
 )
-from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from mailsuite.net import host_of
+from mailsuite.smtp.auth import SmtpAuth
 
 log = Logger()
 
@@ -895,7 +895,7 @@ class SMTPFactory(protocol.ServerFactory):
         implicit_tls: bool = False,
         policy: Any = None,
     ) -> None:
-        """``policy``: a mailsuite.authpolicy.AuthPolicy applied to every AUTH, or None."""
+        """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None."""
         if clock is None:
             from twisted.internet import reactor as clock
         self.config = config

@@ -626,7 +626,7 @@ class MboxStore:
 
     def deliver_many(self, account: Account, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
         """Deliver several ``(data, sender)`` to one INBOX with one lock and one fsync (group
-        commit, smtp/delivery.py); through the open INBOX when a session has it."""
+        commit, mta/delivery.py); through the open INBOX when a session has it."""
         box = self._boxes.get((account.name, INBOX))
         date = int(self.now().timestamp())
         if box is not None:

@@ -13,7 +13,7 @@ import sys
 
 from twisted.trial import unittest
 
-from mailsuite import control
+from mailsuite.mta import control
 from tests.integration import harness
 from tests.integration.harness import ROOT, TWISTD, Site, free_port
 from tests.integration.test_commands import read, wait_for

@@ -1,7 +1,7 @@
 """Unix accounts: passwd + shadow look-ups, password checks, and the twisted.cred checker.
 
 ``AccountDB`` reads the two files itself (no NSS, no ``spwd``, no stdlib ``crypt``) and hashes
-through the system's libxcrypt (``mailsuite._libcrypt``), so it works on Python 3.13+ and tests
+through the system's libxcrypt (``mailsuite.auth.libcrypt``), so it works on Python 3.13+ and tests
 point it at temporary files. Its methods block (file reads, deliberately slow hashes): run them
 through ``mailsuite.threads.blocking``. ``UnixChecker`` does that for logins.
 
@@ -21,7 +21,7 @@ Every check costs exactly one hash computation: the account's own hash when it h
 otherwise a fixed dummy yescrypt hash, so unknown, locked and system users answer as slowly as a
 wrong password does.
 
-Unless the checker is given an ``AuthCache`` (``mailsuite.authcache``, Dovecot's auth_cache;
+Unless the checker is given an ``AuthCache`` (``mailsuite.auth.cache``, Dovecot's auth_cache;
 ``UnixChecker`` has one by default): then a password already checked against the same passwd and
 shadow entries is answered from the cache, without a hash, while the rules above that do not
 need the hash (aging) are applied to the current entries on every login. A cached answer is fast
@@ -48,9 +48,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailsuite import _libcrypt, threads
+from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.authcache import AuthCache
+from mailsuite.auth import libcrypt
+from mailsuite.auth.cache import AuthCache
 
 log = Logger()
 
@@ -215,7 +216,7 @@ class AccountDB:
         """The account if ``password`` opens it and it may log in now; otherwise None.
 
         With a ``cache``, a password already checked against the same account state is not
-        hashed again (see ``mailsuite.authcache``); the outcome of a new check is stored there.
+        hashed again (see ``mailsuite.auth.cache``); the outcome of a new check is stored there.
         """
         account, reason = self._check(name, password, cache)
         if account is None:
@@ -275,7 +276,7 @@ class AccountDB:
         if entry.hash[0] in "!*":
             return _refuse_after_dummy(password, "account locked")
         stored = entry.hash.encode("utf-8", "surrogateescape")
-        computed = _libcrypt.crypt(password, stored)
+        computed = libcrypt.crypt(password, stored)
         if computed is None:
             return _refuse_after_dummy(password, "hash not computable by libcrypt")
         if not hmac.compare_digest(computed, stored):
@@ -319,7 +320,7 @@ def _state(account: Account | None, entry: ShadowEntry | None) -> tuple[object, 
 
 def _refuse_after_dummy(password: bytes, reason: str) -> tuple[bool, str]:
     """Spend one hash computation on nothing, then refuse."""
-    _libcrypt.crypt(password.replace(b"\0", b""), DUMMY_HASH)
+    libcrypt.crypt(password.replace(b"\0", b""), DUMMY_HASH)
     return False, reason
 
 
@@ -345,8 +346,8 @@ def hash_password(password: bytes | str, prefix: str = "$y$") -> str:
     libcrypt does not offer the method or cannot hash this password (NUL byte, too long).
     """
     phrase = password.encode("utf-8") if isinstance(password, str) else password
-    setting = _libcrypt.gensalt(prefix.encode("ascii"))
-    result = _libcrypt.crypt(phrase, setting)
+    setting = libcrypt.gensalt(prefix.encode("ascii"))
+    result = libcrypt.crypt(phrase, setting)
     if result is None:
         raise ValueError(f"libcrypt cannot hash this password with {prefix!r}")
     return result.decode("ascii")
@@ -395,7 +396,7 @@ class UnixChecker:
     def __init__(
         self, accountdb: AccountDB, cache: AuthCache | None | object = _DEFAULT_CACHE
     ) -> None:
-        _libcrypt.library()  # fail at start-up, not at the first login, when libcrypt is missing
+        libcrypt.library()  # fail at start-up, not at the first login, when libcrypt is missing
         self.accountdb = accountdb
         self.cache = cache if cache is None or isinstance(cache, AuthCache) else AuthCache()
 

@@ -1,7 +1,7 @@
 """POP3's AUTHORIZATION state: CAPA, STLS, USER/PASS and AUTH (SASL PLAIN and LOGIN).
 
-A mixin of ``mailsuite.pop3.POP3Server``; the replies are Dovecot's. What is offered follows one
-rule (``sasl.plaintext_ok``): USER and ``SASL PLAIN LOGIN`` appear in CAPA exactly when they are
+A mixin of ``mailsuite.pop3.server.POP3Server``; the replies are Dovecot's. What is offered follows
+one rule (``sasl.plaintext_ok``): USER and ``SASL PLAIN LOGIN`` appear in CAPA exactly when they are
 accepted, ``STLS`` while the session is not yet encrypted and a certificate is configured.
 
 Every login, whatever the command, goes through ``_login(attempt)`` and ends in ``_logged_in`` or
@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from twisted.mail import pop3
 from twisted.python.failure import Failure
 
-from mailsuite import sasl
-from mailsuite.authpolicy import LoginBlocked
+from mailsuite.auth import sasl
+from mailsuite.auth.policy import LoginBlocked
 
 log = Logger()
 
@@ -156,7 +156,7 @@ class Pop3Login:
             d: defer.Deferred[Any] = defer.fail(cred_error.UnauthorizedLogin("no master users"))
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # authpolicy logs it
+            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
             d = self.portal.login(creds, None, pop3.IMailbox)
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
@@ -173,7 +173,7 @@ class Pop3Login:
         return ", TLS" if self.secure else ""
 
     def _login_failed(self, failure: Failure) -> Any:
-        if failure.check(LoginBlocked):  # too many failures from this address (authpolicy)
+        if failure.check(LoginBlocked):  # too many failures from this address (auth.policy)
             return self.reply(b"-ERR [SYS/TEMP] Temporary authentication failure.")
         if not failure.check(cred_error.UnauthorizedLogin, cred_error.LoginFailed):
             log.failure("POP3 login of {user} failed", failure, user=self._login_user)
@@ -182,7 +182,7 @@ class Pop3Login:
         if self._lost:  # type: ignore[attr-defined]
             return None
         # No delay of its own: the next attempt from a non-exempt address waits its turn and
-        # auth_failure_delay (authpolicy), as over IMAP and SMTP.
+        # auth_failure_delay (auth.policy), as over IMAP and SMTP.
         self.reply(b"-ERR [AUTH] Authentication failed.")
         if self._failures >= MAX_AUTH_ATTEMPTS:
             self._quit = True

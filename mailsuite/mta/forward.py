@@ -47,7 +47,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 
 from mailsuite.accounts import Account
-from mailsuite.smtp.aliases import (
+from mailsuite.mta.aliases import (
     EXPANSION_SIZE_LIMIT,
     MAX_DEPTH,
     AliasLookupError,

@@ -25,11 +25,11 @@ from zope.interface import implementer
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.maillog import format_delay, new_queue_id
-from mailsuite.smtp import forward
-from mailsuite.smtp.address import has_routing
-from mailsuite.smtp.aliases import AliasLookupError, AliasMap
-from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
-from mailsuite.smtp.relay import Outcome
+from mailsuite.mta import forward
+from mailsuite.mta.address import has_routing
+from mailsuite.mta.aliases import AliasLookupError, AliasMap
+from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.relay import Outcome
 from mailsuite.store.interfaces import StoreRefused
 
 log = Logger()
@@ -340,7 +340,7 @@ class LocalDelivery:
         #: in_mynetworks answers per client IP, for this very ``mynetworks`` list
         self._trusted_ips: dict[str, bool] = {}
         self._trusted_nets: list[Any] = self.mynetworks
-        #: the mailsuite.smtp.queue.Queue for remote recipients (None: local delivery only)
+        #: the mailsuite.mta.queue.Queue for remote recipients (None: local delivery only)
         self.queue: Any = None
         self._resolved: dict[str, tuple[float, list[Any]]] = {}
         self._pending: dict[str, list[tuple[bytes, str, defer.Deferred[None]]]] = {}
@@ -416,7 +416,7 @@ class LocalDelivery:
         self._trusted_ips[ip] = trusted
         return trusted
 
-    # --- the queue's local transport (mailsuite.smtp.queue.LocalTransport) ---------------------
+    # --- the queue's local transport (mailsuite.mta.queue.LocalTransport) ---------------------
 
     def classify(self, address: str) -> defer.Deferred[list[QueuedRecipient]]:
         """Queue recipients for a new message to ``address`` (a notification): one per
@@ -598,7 +598,7 @@ class LocalDelivery:
                 copies.extend(self._forward(account, data, sender, addresses, queue_id,
                                             arrival, start))
                 continue
-            if not isinstance(account, Account):  # |command or /file (mailsuite.smtp.forward)
+            if not isinstance(account, Account):  # |command or /file (mailsuite.mta.forward)
                 copies.extend(self._deliver_special(account, data, sender, addresses, queue_id,
                                                     arrival, start))
                 continue

@@ -3,7 +3,7 @@
 Postfix's design: any local user may drop a message (the directory is mode 1733: everyone may
 create files, nobody but root may list them); the message is fsync'ed and renamed into place
 before ``sendmail`` exits 0, so it survives a stopped or crashing daemon. The daemon picks the
-directory up at start, every ``SCAN_INTERVAL`` seconds and when poked (``mailsuite.control``),
+directory up at start, every ``SCAN_INTERVAL`` seconds and when poked (``mailsuite.mta.control``),
 logs ``ID: uid=N from=<sender>`` as Postfix's pickup does, and hands each message to
 ``submit(queue_id, sender, recipients, data) -> Deferred[list[str]]`` (the recipients still to be
 tried later; [] when done). The file is removed once every recipient is handled, or rewritten
@@ -35,10 +35,10 @@ from twisted.python.failure import Failure
 from mailsuite import threads
 from mailsuite.fsutil import fsync_entry
 from mailsuite.maillog import new_queue_id
-from mailsuite.smtp.bounce import Entry
-from mailsuite.smtp.delivery import DeliveryFailed
-from mailsuite.smtp.forward import TargetFailed
-from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.bounce import Entry
+from mailsuite.mta.delivery import DeliveryFailed
+from mailsuite.mta.forward import TargetFailed
+from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 
 log = Logger()
 

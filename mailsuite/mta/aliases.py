@@ -11,7 +11,7 @@ The syntax is aliases(5) as Postfix reads it::
     owner-team: boss                 # delivery errors of "team" go to owner-team
 
 Names are case-insensitive. This module only reads and checks the tables; what a name expands
-to (recursion, ``:include:``, ``~/.forward``, privileges) is ``mailsuite.smtp.forward``.
+to (recursion, ``:include:``, ``~/.forward``, privileges) is ``mailsuite.mta.forward``.
 """
 
 from __future__ import annotations

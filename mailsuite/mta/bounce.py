@@ -14,7 +14,7 @@ import email.utils
 import secrets
 from dataclasses import dataclass
 
-from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 
 SUBJECTS = {
     "failed": "Undelivered Mail Returned to Sender",

@@ -1,6 +1,6 @@
 """The queue manager (Postfix's qmgr + bounce): delivers queued mail, retries, bounces.
 
-Messages live in :class:`mailsuite.smtp.queuefile.QueueDirectory` (durable before ``250``).
+Messages live in :class:`mailsuite.mta.queuefile.QueueDirectory` (durable before ``250``).
 Each attempt hands the pending recipients to their transport: ``local`` for recipients with an
 account (``user``), ``relay`` (SMTP, one call per next hop) for the others. Then, per recipient:
 
@@ -26,9 +26,9 @@ from twisted.logger import Logger
 
 from mailsuite import threads
 from mailsuite.maillog import format_delay, new_queue_id
-from mailsuite.smtp.bounce import Entry, make_dsn
-from mailsuite.smtp.queuefile import CorruptQueueFile, Envelope, QueueDirectory, QueuedRecipient
-from mailsuite.smtp.relay import Outcome
+from mailsuite.mta.bounce import Entry, make_dsn
+from mailsuite.mta.queuefile import CorruptQueueFile, Envelope, QueueDirectory, QueuedRecipient
+from mailsuite.mta.relay import Outcome
 
 log = Logger()
 

@@ -26,9 +26,9 @@ from twisted.internet import defer, endpoints, error, protocol, ssl
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailsuite.smtp.address import xtext_encode
-from mailsuite.smtp.dns import MX_ADDRESS_LIMIT, DNSLookupError, MailHost
-from mailsuite.smtp.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.address import xtext_encode
+from mailsuite.mta.dns import MX_ADDRESS_LIMIT, DNSLookupError, MailHost
+from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 
 log = Logger()
 

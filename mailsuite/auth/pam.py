@@ -7,7 +7,7 @@ a directory of service files is given: the tests' stacks), ``pam_set_item(PAM_RH
 pool thread (``mailsuite.threads.blocking``). The conversation answers the password to hidden
 prompts and the user name to visible ones, as Dovecot's passdb pam does. The application's own
 ``PAM_FAIL_DELAY`` hook is installed, so pam_unix's 2-second sleep after a failure does not
-hold a pool thread: the protocols and ``mailsuite.authpolicy`` delay failures on the reactor.
+hold a pool thread: the protocols and ``mailsuite.auth.policy`` delay failures on the reactor.
 
 After PAM says yes, the account (uid, gid, home) comes from NSS (``pwd.getpwnam``: files, LDAP,
 SSSD, whatever nsswitch.conf says) and the same refusal rule as the shadow passdb applies:
@@ -38,7 +38,7 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.checker import LOGIN_FAILED, avatar_id, login_of
+from mailsuite.auth.checker import LOGIN_FAILED, avatar_id, login_of
 
 log = Logger()
 
@@ -232,7 +232,7 @@ class PamChecker:
     (an ``NssAccounts``, or any object with a blocking ``lookup(name)``).
 
     ``confdir``: a directory of PAM service files to use instead of /etc/pam.d (tests).
-    A credentials object may carry ``client_ip`` (``authpolicy.GuardedPortal`` sets it); it
+    A credentials object may carry ``client_ip`` (``auth.policy.GuardedPortal`` sets it); it
     becomes ``PAM_RHOST`` for modules such as pam_access.
     """
 
