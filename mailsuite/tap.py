@@ -21,7 +21,7 @@ from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
 from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
-from mailsuite.config import SERVICES, ConfigError, load_config
+from mailsuite.config import DEFAULT_CONFIG, SERVICES, ConfigError, config_path, load_config
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.mta.aliases import AliasLookupError
@@ -32,7 +32,7 @@ from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pic
 from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
-from mailsuite.mta.relay import Relay, parse_password_map
+from mailsuite.mta.relay import Relay, load_password_map
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
@@ -43,15 +43,8 @@ from mailsuite.tls import ServerTLS, TLSSetupError, server_tls
 
 log = Logger()
 
-DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
-
 #: The services that are TLS from the first byte (the others offer STARTTLS).
 IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
-
-
-def config_path(explicit: str | None) -> str:
-    """Where a command finds mail.ini: --config, else $MAILSUITE_CONFIG, else /etc/mailsuite."""
-    return explicit or os.environ.get("MAILSUITE_CONFIG") or DEFAULT_CONFIG
 
 
 class Options(usage.Options):
@@ -67,7 +60,7 @@ class Options(usage.Options):
         twistd here with one line per error (no usage text) and exit status 78."""
         try:
             cfg = load_config(config_path(self["config"]))
-            relay_credentials(cfg)  # refused here, before binding, if unreadable
+            load_password_map(cfg)  # refused here, before binding, if unreadable
             check_account_files(cfg)
             self["tls"] = tls_of(cfg)
         except ConfigError as e:
@@ -261,20 +254,6 @@ def _next_turn(f: Any) -> Any:
     return reactor.callLater(0, f)  # type: ignore[attr-defined,arg-type]
 
 
-def relay_credentials(cfg: Any) -> dict[str, tuple[str, str]]:
-    """smtp_sasl_password_maps read at start: a missing or unreadable file is a configuration
-    error naming file, section and key, before anything is bound."""
-    path = cfg.mail.smtp_sasl_password_maps
-    if not path:
-        return {}
-    try:
-        with open(path) as f:
-            return parse_password_map(f.read())
-    except (OSError, UnicodeDecodeError) as e:
-        reason = describe_os_error(e) if isinstance(e, OSError) else f"{path}: {e}"
-        raise ConfigError([f"{cfg.path}: [mail] smtp_sasl_password_maps: {reason}"]) from None
-
-
 def check_account_files(cfg: Any) -> None:
     """passdb = shadow: passwd_file and shadow_file must be readable at start (a typo or a
     server without root would otherwise refuse every login); a ConfigError names them."""
@@ -295,7 +274,7 @@ def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
     from twisted.internet import reactor
 
     mail = cfg.mail
-    credentials = relay_credentials(cfg)
+    credentials = load_password_map(cfg)
     relay = Relay(
         MXResolver(mail.dns_resolver, reactor=reactor),
         mail.myhostname,

@@ -9,7 +9,7 @@ import sys
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
-from mailsuite import tap, tls
+from mailsuite import config, tap, tls
 
 
 def write_config(case: unittest.TestCase, listen: str, extra: str = "", tls: str = "ssl = no\n") -> str:
@@ -45,10 +45,10 @@ class OptionsTests(unittest.TestCase):
     def test_config_path_order(self) -> None:
         """--config wins, then $MAILSUITE_CONFIG, then /etc/mailsuite/mail.ini."""
         self.patch(os, "environ", {"MAILSUITE_CONFIG": "/env/mail.ini"})
-        self.assertEqual(tap.config_path("/x/mail.ini"), "/x/mail.ini")
-        self.assertEqual(tap.config_path(None), "/env/mail.ini")
+        self.assertEqual(config.config_path("/x/mail.ini"), "/x/mail.ini")
+        self.assertEqual(config.config_path(None), "/env/mail.ini")
         self.patch(os, "environ", {})
-        self.assertEqual(tap.config_path(None), "/etc/mailsuite/mail.ini")
+        self.assertEqual(config.config_path(None), "/etc/mailsuite/mail.ini")
 
     def refused(self, path: str) -> tuple[int, list[str]]:
         """(exit status, stderr lines) of Options refusing the mail.ini at ``path``."""
