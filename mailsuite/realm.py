@@ -9,10 +9,10 @@ from twisted.internet import defer
 from twisted.mail import imap4, pop3, smtp
 from zope.interface import implementer
 
-from mailsuite import threads
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.store.interfaces import IMailStore
+from mailsuite.threads import Blocking
 
 
 def _noop() -> None:
@@ -24,13 +24,15 @@ class MailRealm:
     """Maps an avatarId (login name as bytes, or ANONYMOUS for MX traffic) to a protocol avatar.
 
     ``accounts`` is an AccountDB (``lookup(name) -> Account | None``, blocking);
-    ``delivery`` a LocalDelivery (``avatar(user_or_None)`` -> smtp.IMessageDelivery).
+    ``delivery`` a LocalDelivery (``avatar(user_or_None)`` -> smtp.IMessageDelivery);
+    ``blocking`` (mailsuite.threads) runs the lookups.
     """
 
-    def __init__(self, store: IMailStore, accounts: Any, delivery: Any) -> None:
+    def __init__(self, store: IMailStore, accounts: Any, delivery: Any, blocking: Blocking) -> None:
         self.store = store
         self.accounts = accounts
         self.delivery = delivery
+        self.blocking = blocking
 
     @defer.inlineCallbacks
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
@@ -39,7 +41,7 @@ class MailRealm:
                 return (smtp.IMessageDelivery, self.delivery.avatar(None), _noop)
             raise error.UnauthorizedLogin("anonymous login is only for SMTP")
         name = avatarId.decode("utf-8") if isinstance(avatarId, bytes) else avatarId
-        account = yield threads.blocking(self.accounts.lookup, name)
+        account = yield self.blocking(self.accounts.lookup, name)
         if account is None:
             raise error.UnauthorizedLogin("no such account")
         for iface in interfaces:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from mailsuite import threads
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import DeliveryFailed, LocalDelivery
 from tests.store_conformance import MSG1, MSG2
@@ -57,7 +58,8 @@ class DeliveryBatchingTests(unittest.TestCase):
         self.store = BatchingStore()
         self.maillog = MailLog(None, "mail.example.com")
         self.delivery = LocalDelivery(make_config(write_aliases(self, ALIASES)),
-                                      FakeAccounts(BOSS, ALICE), self.store, self.maillog)
+                                      FakeAccounts(BOSS, ALICE), self.store, self.maillog,
+                                      threads.InPool(reactor))
 
     def deliver(self, n: int, account: Any = BOSS) -> defer.Deferred[None]:
         return self.delivery.deliver(b"Subject: %d\n\nx\n" % n, "s@x.test",

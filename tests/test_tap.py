@@ -6,6 +6,7 @@ import io
 import os
 import sys
 
+from twisted.internet import reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
@@ -129,7 +130,7 @@ class BuildTests(unittest.TestCase):
         path = write_config(self, "smtp = 2525\npop3 = no\nimap = 1143\n" + NONE_ELSE)
         options = tap.Options()
         options.parseOptions(["--config", path])
-        top = tap.build(options["cfg"])
+        top = tap.build(options["cfg"], reactor)
         self.addCleanup(top.maillog.close)
         names = sorted(s.name for s in top)
         self.assertEqual(names, ["control", "imap@127.0.0.1", "pickup", "qmgr", "smtp@127.0.0.1", "store"])
@@ -145,7 +146,7 @@ class BuildTests(unittest.TestCase):
         options = tap.Options()
         options.parseOptions(["--config", path])
         self.assertTrue(os.path.exists(os.path.join(os.path.dirname(path), "tls", "key.pem")))
-        top = tap.build(options["cfg"], options["tls"])
+        top = tap.build(options["cfg"], reactor, options["tls"])
         self.addCleanup(top.maillog.close)
         self.assertIsInstance(top.tls, tls.ServerTLS)
         by_name = {s.name.split("@")[0]: s.factory for s in top if "@" in s.name}

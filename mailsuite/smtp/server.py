@@ -28,7 +28,6 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
@@ -43,6 +42,7 @@ from mailsuite.mta.delivery import (
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.net import host_of
 from mailsuite.smtp.auth import SmtpAuth
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -78,8 +78,9 @@ COMMANDS = {
 }
 
 
-def reverse_lookup(ip: str) -> defer.Deferred[str]:
-    """The client's forward-confirmed reverse DNS name, or ``unknown`` (Postfix's rule)."""
+def reverse_lookup(ip: str, blocking: Blocking) -> defer.Deferred[str]:
+    """The client's forward-confirmed reverse DNS name, or ``unknown`` (Postfix's rule); the
+    resolver's calls block: they run through ``blocking`` (mailsuite.threads)."""
 
     def look() -> str:
         try:
@@ -89,7 +90,7 @@ def reverse_lookup(ip: str) -> defer.Deferred[str]:
             return "unknown"
         return name if ip in forward else "unknown"
 
-    d = threads.blocking(look)
+    d = blocking(look)
     d.addErrback(lambda _: "unknown")
     return d
 
@@ -877,9 +878,10 @@ class SMTPFactory(protocol.ServerFactory):
     ``portal`` gives anonymous clients their ``smtp.IMessageDelivery`` avatar (``None``: use
     ``delivery.avatar(None)`` directly, and no AUTH) and checks AUTH. ``clock`` (a reactor)
     drives timeouts and dates; ``reverse_lookup(ip) -> Deferred[str]`` names the client
-    (``unknown`` if it has no name). ``service`` is ``smtp``, ``submission`` or ``smtps`` (see
-    smtp/auth.py); ``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls``
-    marks sessions that tap.py wraps in TLS from the first byte (465).
+    (``unknown`` if it has no name; tap.py binds ``reverse_lookup`` to its thread pool).
+    ``service`` is ``smtp``, ``submission`` or ``smtps`` (see smtp/auth.py); ``server_tls`` (a
+    mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks sessions that tap.py
+    wraps in TLS from the first byte (465).
     """
 
     def __init__(
@@ -888,16 +890,14 @@ class SMTPFactory(protocol.ServerFactory):
         portal: Any,
         delivery: Any,
         maillog: Any,
-        clock: Any = None,
-        reverse_lookup: Callable[[str], defer.Deferred[str]] = reverse_lookup,
+        clock: Any,
+        reverse_lookup: Callable[[str], defer.Deferred[str]],
         service: str = "smtp",
         server_tls: Any = None,
         implicit_tls: bool = False,
         policy: Any = None,
     ) -> None:
         """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None."""
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.config = config
         self.hostname: str = config.mail.myhostname
         self.portal = portal
