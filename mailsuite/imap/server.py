@@ -131,13 +131,11 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None) -> None:
+    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any) -> None:
         super().__init__()
         self.config = config
         self.portal = portal
         self.maillog = maillog
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.clock = clock
         self.callLater = clock.callLater
         self.view: ImapMailboxView | None = None
@@ -567,11 +565,11 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
 
 
 class IMAPFactory(protocol.ServerFactory):
-    """Builds ``IMAPServer`` connections (ports 143 and 993). ``clock`` defaults to the reactor."""
+    """Builds ``IMAPServer`` connections (ports 143 and 993); ``clock``: tap.py's reactor."""
 
     protocol = IMAPServer
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
+    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any,
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
         """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks
         the sessions of port 993, which tap.py wraps in TLS from the first byte; ``policy`` (a
