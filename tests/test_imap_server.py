@@ -597,8 +597,7 @@ class RefreshBeforeCommandTests(ImapTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.now = 100.0
-        self.patch(server_module, "monotonic", lambda: self.now)
+        self.clock.advance(100.0)
         self.deliver()
         self.s = Session(self.factory)
         self.s.select()
@@ -616,16 +615,26 @@ class RefreshBeforeCommandTests(ImapTestCase):
         fetch = b"F UID FETCH 1 (FLAGS)"
         self.assertIn(b"F OK", self.s.cmd(fetch))
         self.assertEqual(self.calls, 1)
-        self.now += server_module.REFRESH_REUSE / 2
+        self.clock.advance(server_module.REFRESH_REUSE / 2)
         self.assertIn(b"F OK", self.s.cmd(fetch))
         self.assertIn(b"F OK", self.s.cmd(fetch))
         self.assertEqual(self.calls, 1)
-        self.now += server_module.REFRESH_REUSE
+        self.clock.advance(server_module.REFRESH_REUSE)
         self.assertIn(b"F OK", self.s.cmd(fetch))
         self.assertEqual(self.calls, 2)
         self.assertIn(b"N OK", self.s.cmd(b"N NOOP"))  # NOOP looks itself, every time
         self.assertIn(b"N OK", self.s.cmd(b"N NOOP"))
         self.assertEqual(self.calls, 4)
+
+    def test_clock_set_back_does_not_stop_refreshes(self) -> None:
+        """The session reads time from its reactor (the wall clock): set back after a quiet
+        refresh, the next command still asks the store (it is not "within" REFRESH_REUSE)."""
+        fetch = b"F UID FETCH 1 (FLAGS)"
+        self.s.cmd(fetch)
+        self.assertEqual(self.calls, 1)
+        self.clock.rightNow -= 3600  # e.g. NTP stepped the clock back an hour
+        self.s.cmd(fetch)
+        self.assertEqual(self.calls, 2)
 
     def test_changes_found_are_not_reused(self) -> None:
         fetch = b"F UID FETCH 1:* (FLAGS)"

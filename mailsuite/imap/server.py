@@ -27,7 +27,6 @@ nothing changed.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from time import monotonic
 from typing import Any
 
 from twisted.internet import defer, interfaces, protocol, task, tcp
@@ -350,18 +349,19 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self.sendBadResponse(tag, why)
             return
         cursor = Cursor(rest)
+        quiet_for = self.clock.seconds() - self._quiet_since  # < 0: the clock was set back
         refresh = (
             self.view is not None
             and name not in _NO_REFRESH
             and self._command not in _NO_REFRESH
-            and monotonic() - self._quiet_since >= REFRESH_REUSE
+            and not 0 <= quiet_for < REFRESH_REUSE
         )
 
         async def run() -> None:
             assert self.view is not None
             try:
                 changes = await self.view.mailbox.refresh()
-                self._quiet_since = -REFRESH_REUSE if changes else monotonic()
+                self._quiet_since = -REFRESH_REUSE if changes else self.clock.seconds()
             except StoreRefused as e:
                 log.warn("refresh before {command} refused: {why}", command=name, why=e)
             except StoreError:
