@@ -16,6 +16,29 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def write_synced(path: str, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    """Write ``data`` to a new file ``path`` (one left by a crash is replaced; never through a
+    symlink), mode 0600, owned by ``owner`` (uid, gid) if given, fsync'ed: ready to be renamed
+    over the file it replaces. Nothing is left at ``path`` if it fails."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+
+
 # sync_file_range(2) flags (linux/fs.h)
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 

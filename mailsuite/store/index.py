@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
 
-from mailsuite.fsutil import fsync_dir
+from mailsuite.fsutil import fsync_dir, write_synced
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.mboxformat import Parsed
 
@@ -440,22 +440,7 @@ def write_index(path: str, index: Index, owner: tuple[int, int] | None) -> None:
     directory = os.path.dirname(path)
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
     tmp = path + ".tmp"
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(dump(index))
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
+    write_synced(tmp, dump(index), owner)
     os.rename(tmp, path)
     try:
         os.unlink(log_path(path))  # its records are in the new index (and it is stale now)

