@@ -15,6 +15,7 @@ class only contributes its line handling and timeout mixin.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator, Sequence
 from itertools import islice
@@ -26,6 +27,7 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailsuite import uidlformat
 from mailsuite.accounts import Account
 from mailsuite.net import host_of
 from mailsuite.pop3auth import Pop3Login
@@ -142,9 +144,10 @@ class Pop3Mailbox:
             return defer.fail(e)
         return self.mailbox.read(self.messages[index].uid).addCallback(to_wire)
 
-    def uidl(self, index: int) -> str:
-        """Dovecot's default ``%08Xv%08Xu``: stable for as long as UIDVALIDITY and the UID are."""
-        return f"{self.mailbox.uid_validity:08X}{self.messages[index].uid:08X}"
+    def uidl(self, index: int, template: str = uidlformat.DEFAULT) -> str:
+        """The UIDL in Dovecot's ``pop3_uidl_format`` (default ``%08Xu%08Xv``): stable for as
+        long as UIDVALIDITY and the UID are."""
+        return compiled(template).format(self.messages[index].uid, int(self.mailbox.uid_validity))
 
     def commit(self) -> defer.Deferred[list[int]]:
         """Expunge the messages marked deleted; fires with the UIDs removed."""
@@ -184,6 +187,11 @@ class Pop3Mailbox:
 
     def sync(self) -> defer.Deferred[list[int]]:
         return self.commit()
+
+
+@functools.lru_cache(maxsize=16)
+def compiled(template: str) -> uidlformat.UidlFormat:
+    return uidlformat.UidlFormat(template)
 
 
 @defer.inlineCallbacks
@@ -393,11 +401,17 @@ class POP3Server(Pop3Login, pop3.POP3):
         if args:
             index = self._index(args[0])
             if index is not None:
-                self.reply(f"+OK {index + 1} {self.mbox.uidl(index)}")
+                self.reply(f"+OK {index + 1} {self.mbox.uidl(index, self._uidl_format())}")
             return
         live = [n for n in range(len(self.mbox)) if n not in self.mbox.deleted]
-        lines = ["+OK"] + [f"{n + 1} {self.mbox.uidl(n)}" for n in live] + ["."]
+        template = self._uidl_format()
+        lines = ["+OK"] + [f"{n + 1} {self.mbox.uidl(n, template)}" for n in live] + ["."]
         self.transport.write("".join(x + "\r\n" for x in lines).encode("ascii"))
+
+    def _uidl_format(self) -> str:
+        """``[mailbox] pop3_uidl_format`` (checked when the configuration was read)."""
+        mailbox = getattr(self.config, "mailbox", None)
+        return getattr(mailbox, "pop3_uidl_format", uidlformat.DEFAULT)
 
     def do_RETR(self, *args: bytes) -> Any:
         if self._arity(args, 1, 1):
