@@ -110,3 +110,97 @@ class RecentAfterRecreateTests(ImapTestCase):
         other = Session(self.factory)
         other.login()
         self.assertIn(b"* 1 RECENT", other.cmd(b"h SELECT Work"))
+
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+#: What Dovecot answered for tests/data/dovecot-2.3.19-inbox.mbox (see tests/data/README).
+DOVECOT_VALIDITY = 1796155194
+DOVECOT_FLAGS = {
+    1: {"\\Seen", "$Work", "Project"},
+    3: {"\\Answered", "\\Flagged"},
+    4: set(),
+    5: {"\\Seen", "Later"},
+}
+DOVECOT_UIDLS = ["000000016b0f273a", "000000036b0f273a", "000000046b0f273a", "000000056b0f273a"]
+
+
+def dovecot_headers(base: bytes, *uids: bytes | None) -> bytes:
+    """An mbox with ``X-IMAPbase: base`` in the first message and these X-UIDs."""
+    out = []
+    for i, uid in enumerate(uids):
+        header = b"Subject: %d\n" % i
+        if i == 0:
+            header += b"X-IMAPbase: " + base + b"\n"
+        if uid is not None:
+            header += b"X-UID: " + uid + b"\n"
+        out.append(b"From a@example.test  Tue Nov 28 06:01:02 2026\n" + header + b"\nbody\n\n")
+    return b"".join(out)
+
+
+class DovecotStateTests(MboxTestCase):
+    """With no mailsuite index yet, the state Dovecot keeps in the mbox is taken over:
+    UIDVALIDITY and UIDNEXT from X-IMAPbase, UIDs from X-UID, flags and keywords from Status,
+    X-Status and X-Keywords (item 17)."""
+
+    @defer.inlineCallbacks
+    def test_file_written_by_dovecot(self):
+        """The file Dovecot 2.3.19 left: the same UIDVALIDITY, UIDNEXT, UIDs, flags, and the same
+        POP3 UIDLs, byte for byte; a later mailbox of the account gets a higher UIDVALIDITY
+        even with the clock far back."""
+        from mailsuite.pop3 import Pop3Mailbox
+
+        with open(os.path.join(DATA, "dovecot-2.3.19-inbox.mbox"), "rb") as f:
+            self.write(f.read(), "wb")
+        box = yield self.make_store().open(self.account)
+        self.assertEqual((box.uid_validity, box.uid_next), (DOVECOT_VALIDITY, 6))
+        self.assertEqual({m.uid: set(m.flags) for m in box.messages}, DOVECOT_FLAGS)
+        pop = Pop3Mailbox(box, self.account, box.messages)
+        self.assertEqual([pop.uidl(i) for i in range(4)], DOVECOT_UIDLS)
+        self.external_append(MSG)
+        yield box.refresh()
+        self.assertEqual([m.uid for m in box.messages], [1, 3, 4, 5, 6])
+        box.close()
+        yield self.store.settle()
+        box = yield self.make_store().open(self.account)  # from our own index now
+        self.assertEqual((box.uid_validity, box.uid_next), (DOVECOT_VALIDITY, 7))
+        box.close()
+        self.clock[0] = 1_000_000_000
+        yield self.store.create(self.account, "New")
+        new = yield self.store.open(self.account, "New")
+        self.assertGreater(new.uid_validity, DOVECOT_VALIDITY)
+        new.close()
+
+    @defer.inlineCallbacks
+    def test_uids_out_of_order_or_missing(self):
+        """A UID kept only while they ascend within X-IMAPbase's last UID; from the first one
+        that does not, each message gets a new UID above all (UIDs ascend in file order)."""
+        self.write(dovecot_headers(b"100 0000000010 Work", b"5", b"3", None, b"7"), "wb")
+        box = yield self.make_store().open(self.account)
+        self.assertEqual(box.uid_validity, 100)
+        self.assertEqual([m.uid for m in box.messages], [5, 11, 12, 13])
+        self.assertEqual(box.uid_next, 14)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_no_imapbase_is_a_new_mailbox(self):
+        """X-UID without X-IMAPbase (or a zero UIDVALIDITY) is no Dovecot state: new UIDs."""
+        self.write(dovecot_headers(b"0 10", b"5", b"6"), "wb")
+        box = yield self.make_store().open(self.account)
+        self.assertEqual([m.uid for m in box.messages], [1, 2])
+        self.assertNotEqual(box.uid_validity, 0)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_taken_over_once(self):
+        """If the index made from Dovecot's headers is lost, the headers are not trusted again
+        (the UIDs given since are not in them): a new UIDVALIDITY, above Dovecot's."""
+        with open(os.path.join(DATA, "dovecot-2.3.19-inbox.mbox"), "rb") as f:
+            self.write(f.read(), "wb")
+        box = yield self.make_store().open(self.account)
+        box.close()
+        yield self.store.settle()
+        os.unlink(self.index_path)
+        box = yield self.make_store().open(self.account)
+        self.assertGreater(box.uid_validity, DOVECOT_VALIDITY)
+        self.assertEqual([m.uid for m in box.messages], [1, 2, 3, 4])
+        box.close()

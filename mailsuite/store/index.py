@@ -234,6 +234,33 @@ def reconcile(
     return new, changes
 
 
+def from_dovecot(
+    parsed: list[Parsed],
+    x_uids: list[int | None],
+    validity: int,
+    last_uid: int,
+    stamp: Stamp,
+    fallback_date: int,
+) -> tuple[Index, Changes]:
+    """The first index of an mbox Dovecot kept its state in (``X-IMAPbase`` gave ``validity``
+    and ``last_uid``; ``x_uids`` the ``X-UID`` of each message): each message keeps its UID
+    while they ascend and stay within ``last_uid``, as Dovecot reads them; one that has none, or
+    one out of order, gets a new UID above every other, and so does each after it. Flags and
+    keywords come from the Status / X-Status / X-Keywords headers."""
+    entries: list[Entry] = []
+    uid_next, last = last_uid + 1, 0
+    for p, given in zip(parsed, x_uids):
+        if given is not None and last < given <= last_uid:
+            uid = given
+        else:
+            uid = max(uid_next, last + 1)
+            uid_next = uid + 1
+        entries.append(_new_entry(p, uid, fallback_date))
+        last = uid
+    index = Index(validity, max(uid_next, last + 1), stamp, entries)
+    return index, Changes(added=list(entries))
+
+
 def _date_field(e: Entry) -> bytes:
     if not e.tz:
         return b"%d" % e.date

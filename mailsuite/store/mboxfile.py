@@ -34,12 +34,14 @@ from mailsuite.store.mboxformat import (
     describe,
     fingerprint,
     header_end,
+    imap_base,
     make_from_line,
     parse,
     separator_at,
     served_header,
     to_stored,
     with_status,
+    x_uid,
 )
 from mailsuite.store.mboxrewrite import copy_kept
 
@@ -201,16 +203,50 @@ class MboxFile:
 
     # -- index ----------------------------------------------------------------------------------
 
-    def _load_index(self) -> tuple[ix.Index, bool]:
-        """The saved index, or a new one (a new UIDVALIDITY) if there is none: (index, is_new)."""
+    def _saved_index(self) -> ix.Index | None:
+        """The saved index; None if there is none (or it is damaged: it is made again)."""
         try:
-            index = ix.read_index(self.index_path)
+            return ix.read_index(self.index_path)
         except ix.CorruptIndex as e:
             log.warn("rebuilding index {path}: {why}", path=self.index_path, why=e)
-            index = None
+            return None
+
+    def _load_index(self) -> tuple[ix.Index, bool]:
+        """The saved index, or a new one (a new UIDVALIDITY) if there is none: (index, is_new)."""
+        index = self._saved_index()
         if index is None:
             return ix.Index(uid_validity=self._new_validity()), True
         return index, False
+
+    def _from_dovecot(self, fd: int) -> Result | None:
+        """The first index of a mailbox whose file holds Dovecot's state (``X-IMAPbase`` in the
+        first message, ``X-UID`` in each): its UIDVALIDITY, UIDs and flags kept, so clients
+        do not resync after a switch from Dovecot. None if the file has no such state."""
+        st = os.fstat(fd)
+        parsed = parse_file(fd, 0, st.st_size, False) if st.st_size else []
+        if not parsed:
+            return None
+
+        def header(p: ix.Parsed) -> bytes:
+            return _pread_all(fd, p.hdr_end - p.body_off, p.body_off)
+
+        base = imap_base(header(parsed[0]))
+        if base is None:
+            return None
+        validity, last_uid, _ = base
+        self._ensure_index_dir()
+        if not uidvalidity.adopt(self._control_dir(), validity, self._owner()):
+            log.warn("{path}: X-IMAPbase {validity} was taken over before and its index is"
+                     " gone: a new UIDVALIDITY", path=self.path, validity=validity)
+            return None
+        x_uids = [x_uid(header(p)) for p in parsed]
+        state, changes = ix.from_dovecot(
+            parsed, x_uids, validity, last_uid, ix.Stamp.of(st), int(st.st_mtime)
+        )
+        self._save(state)
+        log.info("{path}: UIDVALIDITY {validity} and {n} UIDs taken from Dovecot's headers",
+                 path=self.path, validity=validity, n=len(state.entries))
+        return state, changes
 
     def _control_dir(self) -> str:
         return os.path.join(self.folder_root, ".imap")
@@ -279,7 +315,13 @@ class MboxFile:
         with self._locked(exclusive=False) as (held, _):
             dirty = False
             if state is None:
-                state, dirty = self._load_index()
+                state = self._saved_index()
+                if state is None and held.fd is not None:
+                    adopted = self._from_dovecot(held.fd)
+                    if adopted is not None:
+                        return adopted
+                if state is None:
+                    state, dirty = ix.Index(uid_validity=self._new_validity()), True
             new, changes, added = self._refresh_locked(state, held.fd)
             if added is not None:
                 new = self._grow(state, added, new.stamp, save=dirty)

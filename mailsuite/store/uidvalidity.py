@@ -4,10 +4,11 @@ A mailbox gets its UIDVALIDITY when its index is made. The clock alone is not en
 mailboxes made in the same second (DELETE + CREATE of one name, two CREATEs) would get the same
 value, and so would one made after the clock was set back. As Dovecot keeps the last value it
 gave per account (``dovecot-uidvalidity``), the account keeps its last one in
-``~/mail/.imap/.uidvalidity`` (one decimal number and a newline; no folder name starts with
-'.'): a new value is ``max(now, last + 1)``, written durably (temp file, fsync, rename, fsync
-of the directory) before it is used. Values adopted from elsewhere (a Dovecot ``X-IMAPbase:``
-header) are recorded the same way, so later ones stay above them.
+``~/mail/.imap/.uidvalidity`` (no folder name starts with '.'): a new value is
+``max(now, last + 1)``, written durably (temp file, fsync, rename, fsync of the directory)
+before it is used. Values taken over from a Dovecot ``X-IMAPbase:`` header raise the last
+value too, and are listed (``adopted N`` lines after the first), so one is never taken over
+twice: if that index is lost, the headers no longer tell the UIDs given since.
 
 Blocking (file I/O): call from a thread. One process-wide lock per file plus an ``flock`` on
 the directory keep concurrent allocations apart.
@@ -44,25 +45,31 @@ def _exclusive(directory: str) -> Iterator[None]:
             os.close(fd)  # releases the flock
 
 
-def last_given(path: str) -> int:
-    """The last value recorded in ``path`` (0: none, or unreadable as a number)."""
+def _read(path: str) -> tuple[int, list[int]]:
+    """(the last value given, the values adopted) recorded in ``path``; (0, []) if none."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return 0
+        return 0, []
     except OSError as e:
         raise StoreError(f"cannot read {path}: {e.strerror}") from e
     with os.fdopen(fd, "rb") as f:
-        text = f.read(64)
-    try:
-        value = int(text.strip() or b"0")
-    except ValueError:
-        return 0
-    return value if 0 < value <= MAX else 0
+        lines = f.read(1 << 20).split(b"\n")
+    numbers = []
+    for line in lines:
+        word = line.split()[-1] if line.split() else b""
+        numbers.append(int(word) if word.isdigit() and 0 < int(word) <= MAX else 0)
+    return numbers[0], [n for n in numbers[1:] if n]
 
 
-def _record(path: str, value: int, owner: tuple[int, int] | None) -> None:
-    write_synced(path + ".tmp", b"%d\n" % value, owner)
+def last_given(path: str) -> int:
+    """The last value recorded in ``path`` (0: none, or unreadable as a number)."""
+    return _read(path)[0]
+
+
+def _record(path: str, last: int, adopted: list[int], owner: tuple[int, int] | None) -> None:
+    text = b"%d\n" % last + b"".join(b"adopted %d\n" % n for n in adopted)
+    write_synced(path + ".tmp", text, owner)
     os.rename(path + ".tmp", path)
     fsync_dir(os.path.dirname(path))
 
@@ -72,16 +79,22 @@ def allocate(directory: str, now: float, owner: tuple[int, int] | None = None) -
     ``directory`` (it must exist): above every value given before, durably recorded."""
     path = os.path.join(directory, FILENAME)
     with _exclusive(directory):
-        value = max(int(now), last_given(path) + 1, 1)
+        last, adopted = _read(path)
+        value = max(int(now), last + 1, 1)
         if value > MAX:
             raise StoreError(f"{path}: no UIDVALIDITY left above {value - 1}")
-        _record(path, value, owner)
+        _record(path, value, adopted, owner)
     return value
 
 
-def adopt(directory: str, value: int, owner: tuple[int, int] | None = None) -> None:
-    """``value`` (taken from another program's state) is in use: later allocations stay above."""
+def adopt(directory: str, value: int, owner: tuple[int, int] | None = None) -> bool:
+    """Take ``value`` (from another program's state, Dovecot's ``X-IMAPbase``) into use: later
+    allocations stay above it. False if it was taken over before: the index made then is
+    gone, and the UIDs given since are not in the file, so the mailbox needs a new value."""
     path = os.path.join(directory, FILENAME)
     with _exclusive(directory):
-        if last_given(path) < value:
-            _record(path, value, owner)
+        last, adopted = _read(path)
+        if value in adopted:
+            return False
+        _record(path, max(last, value), adopted + [value], owner)
+    return True
