@@ -94,7 +94,8 @@ class RecentAfterRecreateTests(ImapTestCase):
         self.factory = IMAPFactory(make_config(), self.portal, self.maillog, clock=self.clock)
 
     def avatar(self, avatar_id: bytes, home: str) -> Any:
-        account = ImapAccount(self.store, Account(avatar_id.decode(), os.getuid(), os.getgid(), home))
+        user = Account(avatar_id.decode(), os.getuid(), os.getgid(), home)
+        account = ImapAccount(self.store, user)
         return imap4.IAccount, account, account.logout
 
     def test_new_mailbox_of_an_old_name_has_recent_mail(self) -> None:

@@ -11,9 +11,13 @@ The fcntl lock is an open-file-description lock (``F_OFD_SETLK``) where the kern
 conflicts with the classic POSIX locks of Postfix and mutt, and unlike those it is not dropped
 when another thread of this process closes some other descriptor of the same file.
 
-A dotlock older than ``stale_after`` seconds (mtime) is taken to be left by a crashed program
-and removed, as Postfix and mutt do. Holders of long locks call ``HeldLock.touch()`` to keep
-their dotlock fresh.
+A dotlock left by a crashed program is broken (``stale_dotlock``): at once when it names a
+process of this host that is gone (``PID`` as liblockfile and we write it, or Dovecot's
+``PID:HOST``) or this process without it holding that lock (a previous life of the server with
+the same pid, in a container), as Dovecot and liblockfile do; after ``NO_PID_STALE_AFTER``
+seconds when it names no process (an empty file, as Postfix's local(8) makes them, or ours cut
+short by a kill); else when older than ``stale_after`` seconds (mtime), as Postfix and mutt
+do. Holders of long locks call ``HeldLock.touch()`` to keep their dotlock fresh.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 from mailsuite.store.interfaces import StoreError
 
 DEFAULT_STALE_AFTER = 300.0
+NO_PID_STALE_AFTER = 30.0
 
 _BUSY = (errno.EAGAIN, errno.EACCES)
 _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
@@ -38,7 +45,71 @@ _FLOCK = "hhqqi4x"
 
 
 class LockTimeout(StoreError):
-    """The mailbox stayed locked by someone else for longer than the lock timeout."""
+    """The mailbox stayed locked by someone else for longer than the lock timeout;
+    ``lock_path`` is its dotlock (waiters may retry when it goes)."""
+
+    def __init__(self, message: str, lock_path: str = "") -> None:
+        super().__init__(message)
+        self.lock_path = lock_path
+
+
+#: The dotlocks this process holds now (a lock naming our pid and not in here is stale).
+_held: set[str] = set()
+_held_guard = threading.Lock()
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        return True
+    return True
+
+
+def lock_owner(lock_path: str) -> int | None:
+    """The pid of this host a dotlock names (``PID`` or Dovecot's ``PID:HOST``), else None
+    (empty, unreadable, or another host's)."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 256).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    pid, _, host = text.partition(":")
+    if not pid.isdigit() or int(pid) <= 0 or (host and host != _hostname()):
+        return None
+    return int(pid)
+
+
+def stale_dotlock(
+    lock_path: str, stale_after: float, now: Callable[[], float] = time.time
+) -> bool:
+    """Whether the dotlock at ``lock_path`` was left by a program that is gone (see the module
+    docstring); False if there is none."""
+    try:
+        st = os.lstat(lock_path)
+    except FileNotFoundError:
+        return False
+    age = now() - st.st_mtime
+    if age > stale_after:
+        return True
+    pid = lock_owner(lock_path)
+    if pid is None:
+        return st.st_size == 0 and age > min(NO_PID_STALE_AFTER, stale_after)
+    if pid == os.getpid():
+        with _held_guard:
+            return lock_path not in _held
+    return not _pid_alive(pid)
 
 
 def _set_lock(fd: int, kind: int) -> bool:
@@ -78,11 +149,9 @@ def try_dotlock(lock_path: str, stale_after: float, now: Callable[[], float] = t
         try:
             fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
-            try:
-                st = os.lstat(lock_path)
-            except FileNotFoundError:
+            if not os.path.lexists(lock_path):
                 continue  # released meanwhile: try again at once
-            if now() - st.st_mtime <= stale_after:
+            if not stale_dotlock(lock_path, stale_after, now):
                 return False
             try:
                 os.unlink(lock_path)
@@ -91,6 +160,8 @@ def try_dotlock(lock_path: str, stale_after: float, now: Callable[[], float] = t
             continue
         except OSError as e:
             raise StoreError(f"cannot create dotlock {lock_path}: {e.strerror}") from e
+        with _held_guard:
+            _held.add(lock_path)  # before our pid is in it: never taken for a stale one
         try:
             os.write(fd, b"%d\n" % os.getpid())
         finally:
@@ -104,6 +175,8 @@ def release_dotlock(lock_path: str) -> None:
         os.unlink(lock_path)
     except FileNotFoundError:
         pass
+    with _held_guard:
+        _held.discard(lock_path)  # after the unlink: see stale_dotlock
 
 
 @dataclass
@@ -173,6 +246,8 @@ def locked_mailbox(
                     os.close(fd)
                 release_dotlock(lock_path)
         if clock() >= deadline:
-            raise LockTimeout(f"{path} is locked by another program (waited {timeout:g}s)")
+            raise LockTimeout(
+                f"{path} is locked by another program (waited {timeout:g}s)", lock_path
+            )
         sleep(delay)
         delay = min(delay * 2, 0.5)

@@ -26,6 +26,7 @@ from operator import attrgetter
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
+from mailsuite.store import cleanup
 from mailsuite.store import index as ix
 from mailsuite.store import uidvalidity
 from mailsuite.store.interfaces import Changes, StoreError
@@ -315,6 +316,7 @@ class MboxFile:
         with self._locked(exclusive=False) as (held, _):
             dirty = False
             if state is None:
+                cleanup.remove_rewrite_leftover(self.path)  # of a rewrite that was killed
                 state = self._saved_index()
                 if state is None and held.fd is not None:
                     adopted = self._from_dovecot(held.fd)
@@ -580,12 +582,9 @@ class MboxFile:
         st = os.fstat(src)
         if st.st_size != state.stamp.size:
             raise StoreError(f"{self.path} changed while locked")
-        directory, name = os.path.split(self.path)
-        tmp = os.path.join(directory, f".{name}.mailsuite-rewrite")
-        try:
-            os.unlink(tmp)  # left by a crash
-        except FileNotFoundError:
-            pass
+        directory = os.path.dirname(self.path)
+        tmp = cleanup.rewrite_path(self.path)
+        cleanup.remove_rewrite_leftover(self.path)  # left by a crash
         out = os.open(
             tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
         )
