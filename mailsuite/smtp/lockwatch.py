@@ -59,9 +59,6 @@ class LockWatch:
                 del self._watched[path]
         self._stop_if_idle()
 
-    def watching(self) -> dict[str, set[str]]:
-        return {path: set(keys) for path, keys in self._watched.items()}
-
     def stop(self) -> None:
         self._watched.clear()
         self._stop_if_idle()

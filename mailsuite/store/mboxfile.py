@@ -499,7 +499,8 @@ class MboxFile:
                     offset += len(chunk)
                 os.fsync(out.fd)
                 ix.fsync_dir(os.path.dirname(target.path))
-                copied = ix.Index(target._new_validity(), state.uid_next, ix.Stamp.of(os.fstat(out.fd)))
+                stamp = ix.Stamp.of(os.fstat(out.fd))
+                copied = ix.Index(target._new_validity(), state.uid_next, stamp)
                 copied.entries = list(state.entries)
                 target._save(copied)
             if held.fd is not None:
