@@ -38,6 +38,7 @@ from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.startup import StartupError, describe_os_error, step
+from mailsuite.store.cleanup import clean_spool, spool_directory
 from mailsuite.store.mbox import MboxStore
 from mailsuite.tls import ServerTLS, TLSSetupError, server_tls
 
@@ -164,11 +165,12 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
     maillog.coalesce = _next_turn
     accounts, checker = accounts_and_checker(cfg)
     store = MboxStore(cfg.mailbox)
-    StoreService(store).setServiceParent(top)  # first: stopped last, after the listeners
+    store_service = StoreService(store, spool_directory(cfg.mailbox))
+    store_service.setServiceParent(top)  # first: stopped last, after the listeners
     delivery = LocalDelivery(cfg, accounts, store, maillog)
     with step("[mail] queue_directory"):
         delivery.queue = build_queue(cfg, delivery, maillog)
-    qmgr = QueueService(delivery.queue)
+    qmgr = QueueService(delivery.queue, after=store_service.cleaned)
     qmgr.setName("qmgr")
     qmgr.setServiceParent(top)
     realm = MailRealm(store, accounts, delivery)
@@ -335,12 +337,34 @@ class MailService(service.MultiService):
 
 
 class StoreService(service.Service):
-    """On stop, waits for the mailboxes' pending work: the compaction of what was expunged
-    (answered before the file is rewritten) is finished, not left for the next start."""
+    """On start, removes what a killed server left in the spool directory (stale dotlocks,
+    rewrite files: ``store.cleanup``). On stop, waits for the mailboxes' pending work: the
+    compaction of what was expunged (answered before the file is rewritten) is finished, not
+    left for the next start."""
 
-    def __init__(self, store: MboxStore) -> None:
+    def __init__(self, store: MboxStore, spool: str | None = None) -> None:
         self.store = store
+        self.spool = spool
+        self._cleaning: defer.Deferred[Any] = defer.succeed(None)
         self.setName("store")
+
+    def startService(self) -> None:
+        super().startService()
+        if self.spool is not None:
+            self._cleaning = threads.blocking(clean_spool, self.spool)
+            self._cleaning.addErrback(lambda f: log.failure("cleaning {dir} failed", f,
+                                                            dir=self.spool))
+
+    def cleaned(self) -> defer.Deferred[None]:
+        """Fires once the start-up clean-up is done."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def done(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self._cleaning.addBoth(done)
+        return d
 
     def stopService(self) -> Any:
         super().stopService()
@@ -350,12 +374,15 @@ class StoreService(service.Service):
 class QueueService(service.Service):
     """Starts the queue manager with the other services (loads what an earlier run left)."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, after: Any = None) -> None:
+        """``after()``: a Deferred to wait for first (the spool's stale locks removed)."""
         self.queue = queue
+        self.after = after
 
     def startService(self) -> None:
         super().startService()
-        d = self.queue.start()
+        d = self.after() if self.after is not None else defer.succeed(None)
+        d.addCallback(lambda _: self.queue.start())
         d.addErrback(lambda f: log.failure("cannot start the queue", f))
 
     def stopService(self) -> Any:

@@ -31,6 +31,7 @@ from mailsuite.mta.aliases import AliasLookupError, AliasMap
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Outcome
 from mailsuite.store.interfaces import StoreRefused
+from mailsuite.store.locking import LockTimeout
 
 log = Logger()
 
@@ -127,6 +128,14 @@ def failure_outcome(failure: Failure) -> Outcome:
     if error is None:
         return Outcome(451, "4.3.0", f"cannot deliver: {failure.value}", "local")
     return Outcome(550 if error.permanent else 451, error.dsn, error.text, "local")
+
+
+def _lock_of(failure: Failure) -> str:
+    """The dotlock that made a mailbox copy time out (``LockTimeout``), else ''."""
+    for inner in [failure, *(getattr(failure.value, "failures", None) or ())]:
+        if inner.check(LockTimeout):
+            return str(inner.value.lock_path)
+    return ""
 
 
 def split_address(address: str) -> tuple[str, str | None]:
@@ -476,7 +485,7 @@ class LocalDelivery:
                 outcomes.append(Outcome(250, "2.0.0", "delivered to mailbox", "local"))
             else:
                 outcomes.append(Outcome(451, "4.3.0", f"cannot append message to mailbox: "
-                                        f"{result.value}", "local"))
+                                        f"{result.value}", "local", lock=_lock_of(result)))
         return outcomes
 
     @defer.inlineCallbacks

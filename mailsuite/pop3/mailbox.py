@@ -4,6 +4,7 @@ expunge of exactly the marked UIDs at QUIT (``open_pop3_mailbox``; the realm han
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator, Sequence
 from itertools import islice
@@ -13,6 +14,7 @@ from twisted.internet import defer
 from twisted.mail import pop3
 from zope.interface import implementer
 
+from mailsuite import uidlformat
 from mailsuite.accounts import Account
 from mailsuite.store.interfaces import MessageInfo
 from mailsuite.wire import to_wire
@@ -95,9 +97,10 @@ class Pop3Mailbox:
             return defer.fail(e)
         return self.mailbox.read(self.messages[index].uid).addCallback(to_wire)
 
-    def uidl(self, index: int) -> str:
-        """Dovecot's default ``%08Xv%08Xu``: stable for as long as UIDVALIDITY and the UID are."""
-        return f"{self.mailbox.uid_validity:08X}{self.messages[index].uid:08X}"
+    def uidl(self, index: int, template: str = uidlformat.DEFAULT) -> str:
+        """The UIDL in Dovecot's ``pop3_uidl_format`` (default ``%08Xu%08Xv``): stable for as
+        long as UIDVALIDITY and the UID are."""
+        return compiled(template).format(self.messages[index].uid, int(self.mailbox.uid_validity))
 
     def commit(self) -> defer.Deferred[list[int]]:
         """Expunge the messages marked deleted; fires with the UIDs removed."""
@@ -149,3 +152,8 @@ def open_pop3_mailbox(store: Any, account: Account) -> Any:
         mailbox.close()
         raise
     return Pop3Mailbox(mailbox, account, Snapshot(mailbox.messages))
+
+
+@functools.lru_cache(maxsize=16)
+def compiled(template: str) -> uidlformat.UidlFormat:
+    return uidlformat.UidlFormat(template)

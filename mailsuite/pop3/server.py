@@ -23,6 +23,7 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailsuite import uidlformat
 from mailsuite.net import host_of
 from mailsuite.pop3.login import Pop3Login
 from mailsuite.store.interfaces import UnknownUID
@@ -251,11 +252,17 @@ class POP3Server(Pop3Login, pop3.POP3):
         if args:
             index = self._index(args[0])
             if index is not None:
-                self.reply(f"+OK {index + 1} {self.mbox.uidl(index)}")
+                self.reply(f"+OK {index + 1} {self.mbox.uidl(index, self._uidl_format())}")
             return
         live = [n for n in range(len(self.mbox)) if n not in self.mbox.deleted]
-        lines = ["+OK"] + [f"{n + 1} {self.mbox.uidl(n)}" for n in live] + ["."]
+        template = self._uidl_format()
+        lines = ["+OK"] + [f"{n + 1} {self.mbox.uidl(n, template)}" for n in live] + ["."]
         self.transport.write("".join(x + "\r\n" for x in lines).encode("ascii"))
+
+    def _uidl_format(self) -> str:
+        """``[mailbox] pop3_uidl_format`` (checked when the configuration was read)."""
+        mailbox = getattr(self.config, "mailbox", None)
+        return getattr(mailbox, "pop3_uidl_format", uidlformat.DEFAULT)
 
     def do_RETR(self, *args: bytes) -> Any:
         if self._arity(args, 1, 1):
