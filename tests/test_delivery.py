@@ -47,14 +47,15 @@ class FakeAccounts:
 
 
 class HeldStore:
-    """A store whose deliver() returns Deferreds the test fires (or fails) by hand."""
+    """A store whose writes (``deliver_many``, the one LocalDelivery makes) return Deferreds
+    the test fires (or fails) by hand: ``pending`` holds (account, [(data, sender)], Deferred)."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[Account, bytes, str, defer.Deferred[None]]] = []
+        self.pending: list[tuple[Account, list[tuple[bytes, str]], defer.Deferred[None]]] = []
 
-    def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
+    def deliver_many(self, account: Account, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
-        self.pending.append((account, data, sender, d))
+        self.pending.append((account, items, d))
         return d
 
 
@@ -226,9 +227,9 @@ class DeliverTests(DeliveryCase):
             b"x\n", "", [("team@localhost", BOSS), ("team@localhost", ALICE)], "Q2"
         )
         self.assertNoResult(d)
-        held.pending[0][3].callback(None)
+        held.pending[0][2].callback(None)
         self.assertNoResult(d)
-        held.pending[1][3].callback(None)
+        held.pending[1][2].callback(None)
         self.successResultOf(d)
 
     def test_store_failure(self) -> None:
@@ -238,9 +239,9 @@ class DeliverTests(DeliveryCase):
         d = self.delivery.deliver(
             b"x\n", "", [("team@localhost", BOSS), ("team@localhost", ALICE)], "Q3"
         )
-        held.pending[0][3].errback(OSError(28, "No space left on device"))
+        held.pending[0][2].errback(OSError(28, "No space left on device"))
         self.assertNoResult(d)
-        held.pending[1][3].callback(None)
+        held.pending[1][2].callback(None)
         self.failureResultOf(d, DeliveryFailed)
         self.assertTrue(
             any("status=deferred" in line and "dsn=4.3.0" in line for line in self.maillog.lines)

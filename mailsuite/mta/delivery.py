@@ -30,7 +30,7 @@ from mailsuite.mta.address import has_routing
 from mailsuite.mta.aliases import AliasLookupError, AliasMap
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Outcome
-from mailsuite.store.interfaces import StoreRefused
+from mailsuite.store.interfaces import IMailStore, StoreRefused
 
 log = Logger()
 
@@ -314,7 +314,7 @@ class LocalDelivery:
         self,
         config: Any,
         accounts: Any,
-        store: Any,
+        store: IMailStore,
         maillog: Any,
         now: Callable[[], float] = time.time,
         aliases: AliasMap | None = None,
@@ -615,8 +615,6 @@ class LocalDelivery:
     def _commit(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         """Group commit: copies for one INBOX that arrive while a write to it is under way are
         written together by the next write (one lock, one fsync); each fires after its fsync."""
-        if not hasattr(self.store, "deliver_many"):
-            return defer.maybeDeferred(self.store.deliver, account, data, sender)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._pending.setdefault(account.name, []).append((data, sender, waiter))
         if account.name not in self._writing:
