@@ -14,13 +14,13 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.mail import imap4
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
 from mailsuite.config import AuthConfig, ImapConfig
 from mailsuite.imap import server as server_module
+from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
@@ -64,7 +64,7 @@ class TinyRealm:
     def requestAvatar(self, avatar_id: bytes, mind: object, *interfaces: object) -> Any:
         avatar = ImapAccount(self.store, Account(avatar_id.decode(), 1000, 1000, "/home/x"))
         self.avatars.append(avatar)
-        return imap4.IAccount, avatar, avatar.logout
+        return IImapAccount, avatar, avatar.logout
 
 
 def make_portal(store: MemoryStore) -> tuple[Portal, TinyRealm]:

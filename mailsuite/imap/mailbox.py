@@ -20,10 +20,10 @@ from operator import attrgetter
 from typing import Any
 
 from twisted.internet import defer
-from twisted.mail import imap4
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
+from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -493,7 +493,7 @@ class RecentTracker:
 RECENT = RecentTracker()
 
 
-@implementer(imap4.IAccount)
+@implementer(IImapAccount)
 class ImapAccount:
     """The IMAP avatar of one logged-in account: its store, its open views.
 
