@@ -5,8 +5,6 @@ Also home of the small fakes the SMTP server tests share (config, accounts, cont
 
 from __future__ import annotations
 
-import ipaddress
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer
@@ -15,7 +13,7 @@ from twisted.trial import unittest
 
 from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.config import AuthConfig
+from mailsuite.config import Config
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import (
     AliasLoop,
@@ -29,6 +27,7 @@ from mailsuite.mta.delivery import (
     received_header,
 )
 from mailsuite.store.memory import MemoryStore
+from tests.configs import real_config
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 ALICE = Account("alice", 1001, 1001, "/home/alice")
@@ -59,18 +58,11 @@ class HeldStore:
         return d
 
 
-def make_config(alias_path: str, size_limit: int = 10240000) -> Any:
-    mail = SimpleNamespace(
-        myhostname="mail.example.com",
-        mydomain="example.com",
-        myorigin="example.com",
-        mydestination=["mail.example.com", "localhost.example.com", "localhost"],
-        message_size_limit=size_limit,
-        alias_maps=[alias_path],
-        mynetworks=[ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")],
-    )
-    auth = AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, True, [])
-    return SimpleNamespace(mail=mail, auth=auth, tls=SimpleNamespace(ssl="yes"))
+def make_config(alias_path: str, size_limit: int = 10240000, ssl: str = "yes") -> Config:
+    """mail.example.com (mydestination: it, localhost.example.com, localhost; mynetworks:
+    loopback) with these aliases, message_size_limit and [tls] ssl."""
+    return real_config(mail={"alias_maps": [alias_path], "message_size_limit": size_limit},
+                       tls={"ssl": ssl})
 
 
 def write_aliases(case: unittest.TestCase, text: str) -> str:

@@ -324,8 +324,7 @@ class CommandLimitTests(ImapTestCase):
         self.assertFalse(s.transport.disconnecting)
 
     def test_imap_max_line_length_is_configurable(self) -> None:
-        config = make_config()
-        config.imap = ImapConfig(imap_max_line_length=1024 * 1024)
+        config = make_config(imap_max_line_length=1024 * 1024)
         self.factory = IMAPFactory(config, self.portal, self.maillog, clock=self.clock)
         s = self.session()
         s.select()

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from mailsuite.auth import sasl
 from mailsuite.auth.policy import LoginBlocked
+from mailsuite.config import Config
 from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.parser import Cursor, ParseError
 
@@ -38,7 +39,7 @@ class ImapLogin:
     """STARTTLS, LOGIN, AUTHENTICATE for ``IMAPServer`` (which provides what is declared here)."""
 
     transport: Any
-    config: Any
+    config: Config
     portal: Any
     maillog: Any
     state: str

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.accounts import Account
+from mailsuite.config import Config
 from mailsuite.maillog import format_delay, new_queue_id
 from mailsuite.mta import forward
 from mailsuite.mta.address import has_routing
@@ -312,7 +313,7 @@ class LocalDelivery:
 
     def __init__(
         self,
-        config: Any,
+        config: Config,
         accounts: Any,
         store: IMailStore,
         maillog: Any,
@@ -335,8 +336,8 @@ class LocalDelivery:
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains,
                                            warn=self._alias_warning)
         self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
-        self.mynetworks = list(getattr(mail, "mynetworks", []))
-        self.relay_domains = [d.lower().rstrip(".") for d in getattr(mail, "relay_domains", [])]
+        self.mynetworks = list(mail.mynetworks)
+        self.relay_domains = [d.lower().rstrip(".") for d in mail.relay_domains]
         #: in_mynetworks answers per client IP, for this very ``mynetworks`` list
         self._trusted_ips: dict[str, bool] = {}
         self._trusted_nets: list[Any] = self.mynetworks

@@ -23,6 +23,7 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailsuite.config import Config
 from mailsuite.net import host_of
 from mailsuite.pop3.login import Pop3Login
 from mailsuite.store.interfaces import UnknownUID
@@ -105,7 +106,6 @@ class POP3Server(Pop3Login, pop3.POP3):
     portal: Any = None
     maillog: Any = None
     clock: Any = None
-    config: Any = None
 
     def connectionMade(self) -> None:
         self.callLater = self.clock.callLater  # type: ignore[method-assign]
@@ -388,7 +388,7 @@ class POP3Factory(protocol.ServerFactory):
     protocol = POP3Server  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any = None,
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
         """``clock``: an IReactorTime for timeouts and the failed-login delay (default reactor).
         ``policy``: a ``mailsuite.auth.policy.AuthPolicy`` applied to every login, or None."""
