@@ -52,7 +52,9 @@ class HeldStore:
     def __init__(self) -> None:
         self.pending: list[tuple[Account, list[tuple[bytes, str]], defer.Deferred[None]]] = []
 
-    def deliver_many(self, account: Account, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
+    def deliver_many(
+        self, account: Account, items: list[tuple[bytes, str]]
+    ) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
         self.pending.append((account, items, d))
         return d

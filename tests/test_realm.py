@@ -6,9 +6,9 @@ from twisted.cred import checkers, error
 from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.mail import imap4, pop3, smtp
+from twisted.trial import unittest
 from zope.interface import providedBy
 from zope.interface.verify import verifyObject
-from twisted.trial import unittest
 
 from mailsuite import threads
 from mailsuite.accounts import Account

@@ -235,7 +235,9 @@ class MemoryStore:
     def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         return self.deliver_many(account, [(data, sender)])
 
-    def deliver_many(self, account: Account, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
+    def deliver_many(
+        self, account: Account, items: list[tuple[bytes, str]]
+    ) -> defer.Deferred[None]:
         """One change told for the whole batch, as the mbox store's one write gives."""
         box = self._box(account, "INBOX", create=True)
         added = [box._add(data, frozenset(), None) for data, _ in items]
