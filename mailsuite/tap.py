@@ -21,7 +21,7 @@ from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
 from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
-from mailsuite.config import SERVICES, ConfigError, load_config
+from mailsuite.config import SERVICES, Config, ConfigError, load_config
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.mta.aliases import AliasLookupError
@@ -76,7 +76,7 @@ class Options(usage.Options):
         self["cfg"] = cfg
 
 
-def tls_of(cfg: Any) -> ServerTLS | None:
+def tls_of(cfg: Config) -> ServerTLS | None:
     """The TLS of a configuration (None for ssl = no); a first start makes a self-signed
     certificate. Problems with the files are a ConfigError naming them, before anything binds."""
     try:
@@ -143,7 +143,7 @@ def _endpoint(port: int, address: str) -> str:
 _MAKE_TLS = object()
 
 
-def accounts_and_checker(cfg: Any) -> tuple[Any, Any]:
+def accounts_and_checker(cfg: Config) -> tuple[Any, Any]:
     """The account database and password checker of ``[auth] passdb``: shadow (passwd_file and
     shadow_file read directly) or pam (PAM service pam_service, accounts from NSS)."""
     if cfg.auth.passdb == "pam":
@@ -153,7 +153,7 @@ def accounts_and_checker(cfg: Any) -> tuple[Any, Any]:
     return accounts, UnixChecker(accounts, cache=AuthCache.from_config(cfg.auth))
 
 
-def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
+def build(cfg: Config, tls: Any = _MAKE_TLS) -> service.MultiService:
     """All services of one mail.ini, not yet started. ``tls``: a ServerTLS, or None for no TLS
     (default: made from the configuration by ``tls_of``)."""
     if tls is _MAKE_TLS:
@@ -235,7 +235,7 @@ def _unix_endpoint(path: str, name: str) -> str:
     return f"unix:{path.replace(':', chr(92) + ':')}:mode=666:lockfile=0"
 
 
-def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillog: Any) -> None:
+def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, maillog: Any) -> None:
     """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start."""
     queue_directory = cfg.mail.queue_directory
     ensure_maildrop(queue_directory)
@@ -263,7 +263,7 @@ def _next_turn(f: Any) -> Any:
     return reactor.callLater(0, f)  # type: ignore[attr-defined,arg-type]
 
 
-def relay_credentials(cfg: Any) -> dict[str, tuple[str, str]]:
+def relay_credentials(cfg: Config) -> dict[str, tuple[str, str]]:
     """smtp_sasl_password_maps read at start: a missing or unreadable file is a configuration
     error naming file, section and key, before anything is bound."""
     path = cfg.mail.smtp_sasl_password_maps
@@ -277,7 +277,7 @@ def relay_credentials(cfg: Any) -> dict[str, tuple[str, str]]:
         raise ConfigError([f"{cfg.path}: [mail] smtp_sasl_password_maps: {reason}"]) from None
 
 
-def check_account_files(cfg: Any) -> None:
+def check_account_files(cfg: Config) -> None:
     """passdb = shadow: passwd_file and shadow_file must be readable at start (a typo or a
     server without root would otherwise refuse every login); a ConfigError names them."""
     if cfg.auth.passdb != "shadow":
@@ -292,7 +292,7 @@ def check_account_files(cfg: Any) -> None:
         raise ConfigError(errors)
 
 
-def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
+def build_queue(cfg: Config, delivery: LocalDelivery, maillog: MailLog) -> Queue:
     """The outbound queue of queue_directory with its SMTP client (MX or relayhost)."""
     from twisted.internet import reactor
 

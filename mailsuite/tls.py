@@ -35,6 +35,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from mailsuite import threads
+from mailsuite.config import Config
 
 log = Logger()
 
@@ -241,7 +242,7 @@ def _write_private(path: str, data: bytes) -> None:
         raise
 
 
-def server_tls(cfg: Any) -> ServerTLS | None:
+def server_tls(cfg: Config) -> ServerTLS | None:
     """The ServerTLS of a configuration (None for ``ssl = no``), making the certificate if
     needed. Blocking (file I/O, key generation): call it at start-up, before the reactor runs."""
     if cfg.tls.ssl == "no":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -14,19 +13,20 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.mail import imap4
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
-from mailsuite.config import AuthConfig, ImapConfig
+from mailsuite.config import Config
 from mailsuite.imap import server as server_module
+from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.interfaces import Changes
 from mailsuite.store.memory import MemoryStore
 from mailsuite.wire import to_wire
+from tests.configs import real_config
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 WHEN = datetime(2026, 9, 14, 17, 7, 10, tzinfo=UTC)
@@ -44,12 +44,13 @@ MESSAGE = (
 )
 
 
-def make_config(disable_plaintext_auth: bool = True, trusted: list[Any] | None = None) -> Any:
-    """The part of Config the IMAP server reads."""
-    return SimpleNamespace(
-        auth=AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable_plaintext_auth, trusted or []),
-        tls=SimpleNamespace(ssl="yes"),
-        imap=ImapConfig(),
+def make_config(disable_plaintext_auth: bool = True, trusted: list[Any] | None = None,
+                imap_max_line_length: int = 64 * 1024) -> Config:
+    """The defaults, with these [auth] and [imap] keys."""
+    return real_config(
+        auth={"disable_plaintext_auth": disable_plaintext_auth,
+              "login_trusted_networks": trusted or []},
+        imap={"imap_max_line_length": imap_max_line_length},
     )
 
 
@@ -64,7 +65,7 @@ class TinyRealm:
     def requestAvatar(self, avatar_id: bytes, mind: object, *interfaces: object) -> Any:
         avatar = ImapAccount(self.store, Account(avatar_id.decode(), 1000, 1000, "/home/x"))
         self.avatars.append(avatar)
-        return imap4.IAccount, avatar, avatar.logout
+        return IImapAccount, avatar, avatar.logout
 
 
 def make_portal(store: MemoryStore) -> tuple[Portal, TinyRealm]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import poplib
-from types import SimpleNamespace
 
 from twisted.cred import checkers, portal
 from twisted.internet import defer, reactor, threads
@@ -17,12 +16,12 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mailsuite.accounts import Account
-from mailsuite.config import AuthConfig
 from mailsuite.maillog import MailLog
 from mailsuite.pop3 import server as pop3
 from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.store.memory import MemoryStore
 from mailsuite.wire import to_wire
+from tests.configs import real_config
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -45,10 +44,10 @@ class Realm:
 
 
 def make_config(disable_plaintext_auth=True, trusted=(), ssl="yes"):
-    return SimpleNamespace(
-        auth=AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable_plaintext_auth,
-                        [ipaddress.ip_network(n) for n in trusted]),
-        tls=SimpleNamespace(ssl=ssl))
+    return real_config(
+        auth={"disable_plaintext_auth": disable_plaintext_auth,
+              "login_trusted_networks": [ipaddress.ip_network(n) for n in trusted]},
+        tls={"ssl": ssl})
 
 
 class NoDelayTransport(StringTransport):

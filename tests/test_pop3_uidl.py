@@ -9,6 +9,8 @@ checks the same against a Dovecot started by the test when one is installed.
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.trial import unittest
 
 from mailsuite.config import ConfigError
@@ -82,8 +84,8 @@ class UidlSessionTests(Pop3TestCase):
         validity = self.inbox().uid_validity
         session = self.login()
         self.assertEqual(self.send(session, b"UIDL 1"), b"+OK 1 00000001%08x\r\n" % validity)
-        self.config.mailbox = parse(
-            section("mailbox", pop3_uidl_format="%v-%u")
-        ).mailbox
+        self.config = dataclasses.replace(
+            self.config, mailbox=parse(section("mailbox", pop3_uidl_format="%v-%u")).mailbox
+        )
         session = self.login()
         self.assertEqual(self.send(session, b"UIDL"), b"+OK\r\n1 %d-1\r\n.\r\n" % validity)

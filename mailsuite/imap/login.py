@@ -22,10 +22,11 @@ from twisted.cred import credentials
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.mail import imap4
 
 from mailsuite.auth import sasl
 from mailsuite.auth.policy import LoginBlocked
+from mailsuite.config import Config
+from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.parser import Cursor, ParseError
 
 log = Logger()
@@ -38,7 +39,7 @@ class ImapLogin:
     """STARTTLS, LOGIN, AUTHENTICATE for ``IMAPServer`` (which provides what is declared here)."""
 
     transport: Any
-    config: Any
+    config: Config
     portal: Any
     maillog: Any
     state: str
@@ -168,7 +169,7 @@ class ImapLogin:
         else:
             creds = credentials.UsernamePassword(attempt.username, attempt.password)
             creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
-            d = defer.maybeDeferred(self.portal.login, creds, None, imap4.IAccount)
+            d = defer.maybeDeferred(self.portal.login, creds, None, IImapAccount)
         args = (tag, name, attempt.mechanism)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=args, errbackArgs=args)
         d.addErrback(self._failed, tag)

@@ -20,10 +20,10 @@ from operator import attrgetter
 from typing import Any
 
 from twisted.internet import defer
-from twisted.mail import imap4
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
+from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -206,9 +206,8 @@ class ImapMailboxView:
         )
 
     def first_unseen(self) -> int | None:
-        summary = getattr(self.mailbox, "first_unseen", None)
-        if summary is not None and self._as_store():
-            uid = summary()
+        if self._as_store():
+            uid = self.mailbox.first_unseen()
             return None if uid is None else self._find(uid) + 1
         for pos in range(self.count()):
             m = self._at(pos)
@@ -217,9 +216,8 @@ class ImapMailboxView:
         return None
 
     def keywords(self) -> list[str]:
-        summary = getattr(self.mailbox, "keywords", None)
-        if summary is not None and self._as_store():
-            return sorted(summary())
+        if self._as_store():
+            return sorted(self.mailbox.keywords())
         found: set[str] = set()
         for pos in range(self.count()):
             found.update(f for f in self.info(self._at(pos).uid).flags if f not in SYSTEM_FLAGS)
@@ -495,15 +493,7 @@ class RecentTracker:
 RECENT = RecentTracker()
 
 
-def _unseen(mailbox: IMailbox) -> int:
-    """STATUS UNSEEN: the store's running count when it keeps one (mbox), else a pass."""
-    count = getattr(mailbox, "unseen_count", None)
-    if count is not None:
-        return int(count())
-    return sum(1 for m in mailbox.messages if "\\Seen" not in m.flags)
-
-
-@implementer(imap4.IAccount)
+@implementer(IImapAccount)
 class ImapAccount:
     """The IMAP avatar of one logged-in account: its store, its open views.
 
@@ -550,7 +540,7 @@ class ImapAccount:
                 "RECENT": RECENT.unclaimed(self.store, self.account, mailbox),
                 "UIDNEXT": int(mailbox.uid_next),
                 "UIDVALIDITY": int(mailbox.uid_validity),
-                "UNSEEN": _unseen(mailbox),
+                "UNSEEN": int(mailbox.unseen_count()),
             }
         finally:
             mailbox.close()

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
+from mailsuite.config import Config
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
@@ -131,7 +132,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None) -> None:
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any = None) -> None:
         super().__init__()
         self.config = config
         self.portal = portal
@@ -571,7 +572,7 @@ class IMAPFactory(protocol.ServerFactory):
 
     protocol = IMAPServer
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any = None,
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
         """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks
         the sessions of port 993, which tap.py wraps in TLS from the first byte; ``policy`` (a

@@ -24,13 +24,14 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.accounts import Account
+from mailsuite.config import Config
 from mailsuite.maillog import format_delay, new_queue_id
 from mailsuite.mta import forward
 from mailsuite.mta.address import has_routing
 from mailsuite.mta.aliases import AliasLookupError, AliasMap
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Outcome
-from mailsuite.store.interfaces import StoreRefused
+from mailsuite.store.interfaces import IMailStore, StoreRefused
 from mailsuite.store.locking import LockTimeout
 
 log = Logger()
@@ -321,9 +322,9 @@ class LocalDelivery:
 
     def __init__(
         self,
-        config: Any,
+        config: Config,
         accounts: Any,
-        store: Any,
+        store: IMailStore,
         maillog: Any,
         now: Callable[[], float] = time.time,
         aliases: AliasMap | None = None,
@@ -344,8 +345,8 @@ class LocalDelivery:
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains,
                                            warn=self._alias_warning)
         self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
-        self.mynetworks = list(getattr(mail, "mynetworks", []))
-        self.relay_domains = [d.lower().rstrip(".") for d in getattr(mail, "relay_domains", [])]
+        self.mynetworks = list(mail.mynetworks)
+        self.relay_domains = [d.lower().rstrip(".") for d in mail.relay_domains]
         #: in_mynetworks answers per client IP, for this very ``mynetworks`` list
         self._trusted_ips: dict[str, bool] = {}
         self._trusted_nets: list[Any] = self.mynetworks
@@ -624,8 +625,6 @@ class LocalDelivery:
     def _commit(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         """Group commit: copies for one INBOX that arrive while a write to it is under way are
         written together by the next write (one lock, one fsync); each fires after its fsync."""
-        if not hasattr(self.store, "deliver_many"):
-            return defer.maybeDeferred(self.store.deliver, account, data, sender)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._pending.setdefault(account.name, []).append((data, sender, waiter))
         if account.name not in self._writing:

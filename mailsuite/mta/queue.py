@@ -28,6 +28,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsuite import threads
+from mailsuite.config import MailConfig
 from mailsuite.maillog import format_delay, new_queue_id
 from mailsuite.mta.bounce import Entry, make_dsn
 from mailsuite.mta.lockwatch import LockWatch
@@ -55,13 +56,13 @@ class QueueSettings:
     concurrency: int = 20  # messages delivered at the same time
 
     @classmethod
-    def from_config(cls, mail: Any) -> QueueSettings:
+    def from_config(cls, mail: MailConfig) -> QueueSettings:
         return cls(
             hostname=mail.myhostname,
             lifetime=mail.maximal_queue_lifetime,
-            min_backoff=getattr(mail, "minimal_backoff_time", 300.0),
-            max_backoff=getattr(mail, "maximal_backoff_time", 4000.0),
-            delay_warning=getattr(mail, "delay_warning_time", 0.0),
+            min_backoff=mail.minimal_backoff_time,
+            max_backoff=mail.maximal_backoff_time,
+            delay_warning=mail.delay_warning_time,
         )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from mailsuite import uidlformat
 from mailsuite.accounts import Account
-from mailsuite.store.interfaces import MessageInfo
+from mailsuite.store.interfaces import IMailbox, IMailStore, MessageInfo
 from mailsuite.wire import to_wire
 
 
@@ -71,7 +71,9 @@ class Pop3Mailbox:
     ``sizes`` are the wire sizes of the snapshot's messages (deleted ones too), from the store.
     """
 
-    def __init__(self, mailbox: Any, account: Account, snapshot: Sequence[MessageInfo]) -> None:
+    def __init__(
+        self, mailbox: IMailbox, account: Account, snapshot: Sequence[MessageInfo]
+    ) -> None:
         self.mailbox = mailbox
         self.account = account
         self.messages = snapshot if isinstance(snapshot, Snapshot) else Snapshot(list(snapshot))
@@ -143,7 +145,9 @@ class Pop3Mailbox:
 
 
 @defer.inlineCallbacks
-def open_pop3_mailbox(store: Any, account: Account) -> Any:
+def open_pop3_mailbox(
+    store: IMailStore, account: Account
+) -> Generator[defer.Deferred[Any], Any, Pop3Mailbox]:
     """Deferred[Pop3Mailbox]: INBOX of ``account``, refreshed, as this session's maildrop."""
     mailbox = yield store.open(account, "INBOX")
     try:

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsuite import uidlformat
+from mailsuite.config import Config
 from mailsuite.net import host_of
 from mailsuite.pop3.login import Pop3Login
 from mailsuite.store.interfaces import UnknownUID
@@ -106,7 +107,6 @@ class POP3Server(Pop3Login, pop3.POP3):
     portal: Any = None
     maillog: Any = None
     clock: Any = None
-    config: Any = None
 
     def connectionMade(self) -> None:
         self.callLater = self.clock.callLater  # type: ignore[method-assign]
@@ -261,8 +261,7 @@ class POP3Server(Pop3Login, pop3.POP3):
 
     def _uidl_format(self) -> str:
         """``[mailbox] pop3_uidl_format`` (checked when the configuration was read)."""
-        mailbox = getattr(self.config, "mailbox", None)
-        return getattr(mailbox, "pop3_uidl_format", uidlformat.DEFAULT)
+        return self.config.mailbox.pop3_uidl_format
 
     def do_RETR(self, *args: bytes) -> Any:
         if self._arity(args, 1, 1):
@@ -395,7 +394,7 @@ class POP3Factory(protocol.ServerFactory):
     protocol = POP3Server  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any = None,
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
         """``clock``: an IReactorTime for timeouts and the failed-login delay (default reactor).
         ``policy``: a ``mailsuite.auth.policy.AuthPolicy`` applied to every login, or None."""
