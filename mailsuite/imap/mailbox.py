@@ -24,6 +24,7 @@ from twisted.mail import imap4
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
+from mailsuite.imap.encode import format_flags
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -32,19 +33,6 @@ from mailsuite.store.interfaces import (
     MailboxEntry,
     MessageInfo,
 )
-
-DELIMITER = "/"
-SYSTEM_FLAG_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-
-
-def format_flags(flags: Iterable[str]) -> bytes:
-    """``(\\Seen foo)``: system flags first in their usual order, then keywords sorted."""
-    flags = set(flags)
-    ordered = [f for f in SYSTEM_FLAG_ORDER if f in flags]
-    ordered += [f for f in ("\\Recent",) if f in flags]
-    ordered += sorted(f for f in flags if f not in SYSTEM_FLAGS and f != "\\Recent")
-    return b"(" + " ".join(ordered).encode("utf-8") + b")"
-
 
 _UID = attrgetter("uid")
 

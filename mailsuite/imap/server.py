@@ -588,7 +588,9 @@ class IMAPFactory(protocol.ServerFactory):
         portal = self.portal
         if self.policy is not None:
             portal = self.policy.guard(portal, host_of(addr), "imap")
-        proto = IMAPServer(self.config, portal, self.maillog, self.clock)
+        # not abstract: what the mixins declare in session.Session, IMAP4Server provides (mypy
+        # sees that Protocol first: a base of the mixins, at type-checking time only)
+        proto = IMAPServer(self.config, portal, self.maillog, self.clock)  # type: ignore[abstract]
         proto.factory = self
         proto.server_tls, proto.secure = self.server_tls, self.implicit_tls
         return proto
