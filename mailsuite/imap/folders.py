@@ -41,7 +41,7 @@ class FolderCommands(_Base):
         args.end()
         self._close_view()
         try:
-            view = await self.account.open_view(name, readonly)
+            view = await self.account.open_view(name, readonly, self.recent)
         except MailboxNotFound:
             self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist: " + encode_mailbox(name))
             return
@@ -220,7 +220,7 @@ class FolderCommands(_Base):
         args.end()
         if not items or any(i not in _STATUS_ITEMS for i in items):
             raise ParseError("unknown or missing STATUS item")
-        status = await self.account.status(name)
+        status = await self.account.status(name, self.recent)
         values = b" ".join(b"%s %d" % (i.encode(), status[i]) for i in items)
         self.sendUntaggedResponse(b"STATUS " + encode_mailbox(name) + b" (" + values + b")")
         self.sendPositiveResponse(tag, b"Status completed.")
@@ -248,7 +248,7 @@ class FolderCommands(_Base):
             self.sendNegativeResponse(tag, b"Can't save a zero byte message.")
             return
         try:
-            validity, uids = await self.account.append(name, [(bytes(data), flags, when)])
+            validity, uids = await self.account.append(name, [(bytes(data), flags, when)], self.recent)
         except MailboxNotFound:
             self.sendNegativeResponse(tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name))
             return

@@ -21,7 +21,6 @@ from mailsuite.imap.fetch import (
     fetch_responses,
 )
 from mailsuite.imap.encode import format_flags
-from mailsuite.imap.mailbox import RECENT
 from mailsuite.imap.parser import Cursor, ParseError, Range, encode_mailbox, parse_flag_list
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.store.interfaces import MailboxNotFound, UnknownUID
@@ -236,7 +235,7 @@ class SelectedCommands(_Base):
         new_uids: list[int] = []
         missing = False
         try:
-            RECENT.touch(self.account.store, self.account.account, dest)
+            self.recent.touch(self.account.store, self.account.account, dest)
             for _, u in targets:
                 if view.is_expunged(u):
                     missing = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
+from mailsuite.imap.recent import RecentTracker
 
 
 class Session(Protocol):
@@ -21,6 +22,7 @@ class Session(Protocol):
     config: Any  # mailsuite.config.Config: [imap] and [auth] are read
     portal: Any  # a twisted.cred Portal (guarded by the login policy)
     maillog: Any  # mailsuite.maillog.MailLog
+    recent: RecentTracker  # \\Recent, shared by every IMAP session of the server
     POSTAUTH_TIMEOUT: int
     _lost: bool  # the connection is gone: send nothing more
     _buffer: bytes  # received, not yet read (LineReceiver's)
