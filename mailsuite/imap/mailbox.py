@@ -352,31 +352,12 @@ class ImapMailboxView:
         """
         if not (self._expunged or self._added or self._flag_changes):
             return self.take_flags_update()
-        lines: list[bytes] = []
         told = {u: self.info(u).flags for u in self._flag_changes if self._find(u) >= 0}
+        lines: list[bytes] = []
         new: list[int] = []
         adopted = False
         if allow_expunge and self._expunged:
-            gone = sorted(p for p in map(self._find, self._expunged) if p >= 0)
-            lines.extend(b"%d EXPUNGE" % (p - k + 1) for k, p in enumerate(gone))
-            for uid in [self._at(p).uid for p in gone]:
-                self._over.pop(uid, None)
-                self._recent.discard(uid)
-                self._flag_changes.pop(uid, None)
-            expunged, self._expunged = self._expunged, set()
-            self._added = [m for m in self._added if m.uid not in expunged]
-            if gone:
-                adopted = self._adopt(gone)
-                if adopted:
-                    for info in self._added:
-                        self._learn(info.flags)
-                    new = [m.uid for m in self._added]
-                    self._added = []
-                else:
-                    doomed = set(gone)
-                    rows = [self._at(p) for p in range(self.count()) if p not in doomed]
-                    self._base, self._n, self._tail = rows, len(rows), []
-                self._hint = (0, -1)
+            lines, new, adopted = self._take_expunges()
         if self._added:
             top = self._last_uid()
             for info in self._added:
@@ -410,6 +391,33 @@ class ImapMailboxView:
         if not self._expunged:
             self._rebase()
         return self.take_flags_update() + lines
+
+    def _take_expunges(self) -> tuple[list[bytes], list[int], bool]:
+        """The EXPUNGEs owed, applied to this view: (their lines, the UIDs of new mail taken in
+        with them, whether the view now is the store's current list)."""
+        gone = sorted(p for p in map(self._find, self._expunged) if p >= 0)
+        lines = [b"%d EXPUNGE" % (p - k + 1) for k, p in enumerate(gone)]
+        for uid in [self._at(p).uid for p in gone]:
+            self._over.pop(uid, None)
+            self._recent.discard(uid)
+            self._flag_changes.pop(uid, None)
+        expunged, self._expunged = self._expunged, set()
+        self._added = [m for m in self._added if m.uid not in expunged]
+        new: list[int] = []
+        adopted = False
+        if gone:
+            adopted = self._adopt(gone)
+            if adopted:
+                for info in self._added:
+                    self._learn(info.flags)
+                new = [m.uid for m in self._added]
+                self._added = []
+            else:
+                doomed = set(gone)
+                rows = [self._at(p) for p in range(self.count()) if p not in doomed]
+                self._base, self._n, self._tail = rows, len(rows), []
+            self._hint = (0, -1)
+        return lines, new, adopted
 
     def _adopt(self, gone: list[int]) -> bool:
         """After the EXPUNGEs of positions ``gone``, with every change told: take the store's
