@@ -3,8 +3,8 @@ LIST/LSUB/XLIST (with RFC 5258 selection and RETURN options for SPECIAL-USE, CHI
 SUBSCRIBED), STATUS and APPEND (UIDPLUS APPENDUID).
 
 A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``):
-``self.account`` is the ``ImapAccount``; store errors become tagged
-NO replies in ``IMAPServer._failed`` (APPEND's missing mailbox: ``NO [TRYCREATE]``).
+``self.account`` is the ``ImapAccount``; store errors become tagged NO replies in
+``IMAPServer._failed`` (APPEND's missing mailbox: ``NO [TRYCREATE]``).
 """
 
 from __future__ import annotations
@@ -248,7 +248,8 @@ class FolderCommands(_Base):
             self.sendNegativeResponse(tag, b"Can't save a zero byte message.")
             return
         try:
-            validity, uids = await self.account.append(name, [(bytes(data), flags, when)], self.recent)
+            message = (bytes(data), flags, when)
+            validity, uids = await self.account.append(name, [message], self.recent)
         except MailboxNotFound:
             self.sendNegativeResponse(tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name))
             return

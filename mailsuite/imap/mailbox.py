@@ -507,8 +507,9 @@ class ImapAccount:
             mailbox.close()
 
     @defer.inlineCallbacks
-    def append(self, name: str, messages: list[tuple[bytes, frozenset[str], Any]],  # type: ignore[no-untyped-def]
-               recent: RecentTracker):
+    def append(  # type: ignore[no-untyped-def]
+        self, name: str, messages: list[tuple[bytes, frozenset[str], Any]], recent: RecentTracker
+    ):
         """Deferred[(uid_validity, [uids])]: append (data, flags, internal date or None) each;
         they are recent for the next session to see them."""
         mailbox = yield self.store.open(self.account, name)
@@ -524,8 +525,11 @@ class ImapAccount:
 
     # -- selecting ---------------------------------------------------------------------------
     @defer.inlineCallbacks
-    def open_view(self, name: str, readonly: bool, recent: RecentTracker):  # type: ignore[no-untyped-def]
-        """Deferred[ImapMailboxView]; MailboxNotFound (or another StoreError) if it cannot."""
+    def open_view(  # type: ignore[no-untyped-def]
+        self, name: str, readonly: bool, recent: RecentTracker
+    ):
+        """Deferred[ImapMailboxView]; MailboxNotFound (or another StoreError) if it cannot.
+        ``recent``: the tracker the server's sessions share."""
         mailbox = yield self.store.open(self.account, name)
         try:
             yield mailbox.refresh()

@@ -1,8 +1,9 @@
 """Commands of the selected state: FETCH, STORE, SEARCH, COPY, MOVE (RFC 6851), EXPUNGE,
 UID EXPUNGE (RFC 4315), CLOSE, UNSELECT, and the UID forms of them all.
 
-A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``). Updates from other sessions are sent by ``IMAPServer._respond``
-before each tagged reply, never an EXPUNGE after FETCH, STORE or SEARCH.
+A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``). Updates
+from other sessions are sent by ``IMAPServer._respond`` before each tagged reply, never an
+EXPUNGE after FETCH, STORE or SEARCH.
 """
 
 from __future__ import annotations
