@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from mailsuite.config import Config
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.recent import RecentTracker
+from mailsuite.maillog import MailLog
 
 
 class Session(Protocol):
@@ -19,10 +21,10 @@ class Session(Protocol):
 
     # -- the connection ----------------------------------------------------------------------
     transport: Any  # an ITransport (ITLSTransport for STARTTLS)
-    config: Any  # mailsuite.config.Config: [imap] and [auth] are read
+    config: Config  # [imap] and [auth] are read
     portal: Any  # a twisted.cred Portal (guarded by the login policy)
-    maillog: Any  # mailsuite.maillog.MailLog
-    recent: RecentTracker  # \\Recent, shared by every IMAP session of the server
+    maillog: MailLog
+    recent: RecentTracker  # \Recent, shared by every IMAP session of the server
     POSTAUTH_TIMEOUT: int
     _lost: bool  # the connection is gone: send nothing more
     _buffer: bytes  # received, not yet read (LineReceiver's)
