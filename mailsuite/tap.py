@@ -22,6 +22,8 @@ from mailsuite.auth.pam import NssAccounts, PamChecker
 from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
 from mailsuite.config import SERVICES, Config, ConfigError, load_config
+from mailsuite.imap.idle import IdlePoller
+from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.mta.aliases import AliasLookupError
@@ -176,6 +178,7 @@ def build(cfg: Config, tls: Any = _MAKE_TLS) -> service.MultiService:
     realm = MailRealm(store, accounts, delivery)
     the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog)  # one for all doors: counts across protocols
+    recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
 
     def make(name: str) -> Any:
         implicit = name in IMPLICIT_TLS
@@ -188,7 +191,7 @@ def build(cfg: Config, tls: Any = _MAKE_TLS) -> service.MultiService:
         if name == "lmtp":
             return LMTPFactory(cfg, delivery, maillog)
         return IMAPFactory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
-                           policy=policy)
+                           policy=policy, recent=recent, idle_poller=idle_poller)
 
     for name in SERVICES:
         port = getattr(cfg.listen, name)
