@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from mailsuite import uidlformat
 from mailsuite.accounts import Account
 from mailsuite.net import default_hostname
 
@@ -510,6 +511,7 @@ class MailboxConfig:
     drafts: str
     trash: str
     junk: str
+    pop3_uidl_format: str = uidlformat.DEFAULT
 
     def special_folders(self) -> dict[str, str]:
         """{folder name: special-use flag} of the sent/drafts/trash/junk keys that are set."""
@@ -631,6 +633,7 @@ _SECTIONS: dict[str, _Section] = {
         _Key("drafts", "Drafts", _folder_name),
         _Key("trash", "Trash", _folder_name),
         _Key("junk", "Junk", _folder_name),
+        _Key("pop3_uidl_format", uidlformat.DEFAULT, uidlformat.uidl_format),
     ]),
     "imap": _Section(ImapConfig, [
         _Key("imap_max_line_length", "64k", _line_length),

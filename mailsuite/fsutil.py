@@ -49,6 +49,35 @@ def fsync_entry(directory: str, fd: int) -> None:
         raise OSError(errno, os.strerror(errno), directory)
 
 
+def write_synced(
+    path: str, data: bytes, owner: tuple[int, int] | None = None, dir_fd: int | None = None
+) -> None:
+    """Write ``data`` to a new file ``path`` (one left by a crash is replaced; never through a
+    symlink), mode 0600, owned by ``owner`` (uid, gid) if given, fsync'ed: ready to be renamed
+    over the file it replaces. Nothing is left at ``path`` if it fails. With ``dir_fd`` (a
+    directory held open) ``path`` is a name in it."""
+    try:
+        os.unlink(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    fd = os.open(
+        path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+        dir_fd=dir_fd,
+    )
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path, dir_fd=dir_fd)
+        raise
+    os.close(fd)
+
+
 # sync_file_range(2) flags (linux/fs.h)
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 

@@ -35,7 +35,9 @@ from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
 from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
-from mailsuite.config import DEFAULT_CONFIG, SERVICES, ConfigError, config_path, load_config
+from mailsuite.config import DEFAULT_CONFIG, SERVICES, Config, ConfigError, config_path, load_config
+from mailsuite.imap.idle import IdlePoller
+from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.mta.aliases import AliasLookupError
@@ -52,6 +54,7 @@ from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.server import SMTPFactory, reverse_lookup
 from mailsuite.startup import StartupError, describe_os_error, step
+from mailsuite.store.cleanup import clean_spool, spool_directory
 from mailsuite.store.mbox import MboxStore
 from mailsuite.threads import Blocking, InPool
 from mailsuite.tls import ServerTLS, TLSSetupError, server_tls
@@ -83,7 +86,7 @@ class Options(usage.Options):
         self["cfg"] = cfg
 
 
-def tls_of(cfg: Any) -> ServerTLS | None:
+def tls_of(cfg: Config) -> ServerTLS | None:
     """The TLS of a configuration (None for ssl = no); a first start makes a self-signed
     certificate. Problems with the files are a ConfigError naming them, before anything binds."""
     try:
@@ -150,7 +153,7 @@ def _endpoint(port: int, address: str) -> str:
 _MAKE_TLS = object()
 
 
-def accounts_and_checker(cfg: Any, blocking: Blocking) -> tuple[Any, Any]:
+def accounts_and_checker(cfg: Config, blocking: Blocking) -> tuple[Any, Any]:
     """The account database and password checker of ``[auth] passdb``: shadow (passwd_file and
     shadow_file read directly) or pam (PAM service pam_service, accounts from NSS)."""
     if cfg.auth.passdb == "pam":
@@ -160,7 +163,7 @@ def accounts_and_checker(cfg: Any, blocking: Blocking) -> tuple[Any, Any]:
     return accounts, UnixChecker(accounts, blocking, cache=AuthCache.from_config(cfg.auth))
 
 
-def build(cfg: Any, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
+def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
     """All services of one mail.ini on ``reactor``, not yet started. ``tls``: a ServerTLS, or
     None for no TLS (default: made from the configuration by ``tls_of``)."""
     if tls is _MAKE_TLS:
@@ -172,18 +175,19 @@ def build(cfg: Any, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
         maillog.open()
     accounts, checker = accounts_and_checker(cfg, blocking)
     store = MboxStore(cfg.mailbox, blocking)
-    StoreService(store).setServiceParent(top)  # first: stopped last, after the listeners
+    store_service = StoreService(store, spool_directory(cfg.mailbox))
+    store_service.setServiceParent(top)  # first: stopped last, after the listeners
     delivery = LocalDelivery(cfg, accounts, store, maillog, blocking, now=reactor.seconds)
     with step("[mail] queue_directory"):
         delivery.queue = build_queue(cfg, delivery, maillog, reactor, blocking)
-    qmgr = QueueService(delivery.queue)
+    qmgr = QueueService(delivery.queue, after=store_service.cleaned)
     qmgr.setName("qmgr")
     qmgr.setServiceParent(top)
     realm = MailRealm(store, accounts, delivery, blocking)
     the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
-    # One for all doors: counts across protocols.
-    policy = AuthPolicy.from_config(cfg, maillog, clock=reactor)
+    policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
     lookup = functools.partial(reverse_lookup, blocking=blocking)
+    recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
 
     def make(name: str) -> Any:
         implicit = name in IMPLICIT_TLS
@@ -197,7 +201,8 @@ def build(cfg: Any, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
         if name == "lmtp":
             return LMTPFactory(cfg, delivery, maillog)
         return IMAPFactory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
-                           implicit_tls=implicit, policy=policy)
+                           implicit_tls=implicit, policy=policy, recent=recent,
+                           idle_poller=idle_poller)
 
     for name in SERVICES:
         port = getattr(cfg.listen, name)
@@ -244,7 +249,7 @@ def _unix_endpoint(path: str, name: str) -> str:
     return f"unix:{path.replace(':', chr(92) + ':')}:mode=666:lockfile=0"
 
 
-def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillog: Any,
+def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, maillog: Any,
                       reactor: Any, blocking: Blocking) -> None:
     """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start."""
     queue_directory = cfg.mail.queue_directory
@@ -268,7 +273,7 @@ def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillo
         pass  # warned; local mail is deferred until the file can be read
 
 
-def check_account_files(cfg: Any) -> None:
+def check_account_files(cfg: Config) -> None:
     """passdb = shadow: passwd_file and shadow_file must be readable at start (a typo or a
     server without root would otherwise refuse every login); a ConfigError names them."""
     if cfg.auth.passdb != "shadow":
@@ -283,7 +288,7 @@ def check_account_files(cfg: Any) -> None:
         raise ConfigError(errors)
 
 
-def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog, reactor: Any,
+def build_queue(cfg: Config, delivery: LocalDelivery, maillog: MailLog, reactor: Any,
                 blocking: Blocking) -> Queue:
     """The outbound queue of queue_directory with its SMTP client (MX or relayhost)."""
     mail = cfg.mail
@@ -327,12 +332,34 @@ class MailService(service.MultiService):
 
 
 class StoreService(service.Service):
-    """On stop, waits for the mailboxes' pending work: the compaction of what was expunged
-    (answered before the file is rewritten) is finished, not left for the next start."""
+    """On start, removes what a killed server left in the spool directory (stale dotlocks,
+    rewrite files: ``store.cleanup``). On stop, waits for the mailboxes' pending work: the
+    compaction of what was expunged (answered before the file is rewritten) is finished, not
+    left for the next start."""
 
-    def __init__(self, store: MboxStore) -> None:
+    def __init__(self, store: MboxStore, spool: str | None = None) -> None:
         self.store = store
+        self.spool = spool
+        self._cleaning: defer.Deferred[Any] = defer.succeed(None)
         self.setName("store")
+
+    def startService(self) -> None:
+        super().startService()
+        if self.spool is not None:
+            self._cleaning = self.store.blocking(clean_spool, self.spool)
+            self._cleaning.addErrback(lambda f: log.failure("cleaning {dir} failed", f,
+                                                            dir=self.spool))
+
+    def cleaned(self) -> defer.Deferred[None]:
+        """Fires once the start-up clean-up is done."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def done(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self._cleaning.addBoth(done)
+        return d
 
     def stopService(self) -> Any:
         super().stopService()
@@ -342,12 +369,15 @@ class StoreService(service.Service):
 class QueueService(service.Service):
     """Starts the queue manager with the other services (loads what an earlier run left)."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, after: Any = None) -> None:
+        """``after()``: a Deferred to wait for first (the spool's stale locks removed)."""
         self.queue = queue
+        self.after = after
 
     def startService(self) -> None:
         super().startService()
-        d = self.queue.start()
+        d = self.after() if self.after is not None else defer.succeed(None)
+        d.addCallback(lambda _: self.queue.start())
         d.addErrback(lambda f: log.failure("cannot start the queue", f))
 
     def stopService(self) -> Any:

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from mailsuite.config import Config
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -242,7 +243,7 @@ def _write_private(path: str, data: bytes) -> None:
         raise
 
 
-def server_tls(cfg: Any) -> ServerTLS | None:
+def server_tls(cfg: Config) -> ServerTLS | None:
     """The ServerTLS of a configuration (None for ``ssl = no``), making the certificate if
     needed. Blocking (file I/O, key generation): call it at start-up, before the reactor runs."""
     if cfg.tls.ssl == "no":

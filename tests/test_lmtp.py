@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer
@@ -14,6 +13,7 @@ from mailsuite.maillog import MailLog
 from mailsuite.mta import forward
 from mailsuite.mta.delivery import DeliveryFailed, UnknownRecipient
 from mailsuite.smtp.lmtp import LMTPFactory
+from tests.configs import real_config
 
 
 class FakeDelivery:
@@ -43,9 +43,9 @@ class FakeDelivery:
 
 class LMTPCase(unittest.TestCase):
     def setUp(self) -> None:
-        mail = SimpleNamespace(myhostname="mail.example.test", message_size_limit=100)
         self.delivery = FakeDelivery()
-        factory = LMTPFactory(SimpleNamespace(mail=mail), self.delivery,
+        config = real_config("mail.example.test", mail={"message_size_limit": 100})
+        factory = LMTPFactory(config, self.delivery,
                               MailLog(None, "mail.example.test"))
         self.proto = factory.buildProtocol(None)
         self.transport = StringTransport()

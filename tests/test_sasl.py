@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-from types import SimpleNamespace
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from mailsuite.auth import sasl
-from mailsuite.config import AuthConfig
+from mailsuite.config import Config
+from tests.configs import real_config
 
 
 def b64(data: bytes) -> bytes:
@@ -78,10 +78,10 @@ def transport(peer: str, host: str = "192.0.2.1") -> StringTransport:
                            peerAddress=IPv4Address("TCP", peer, 40000))
 
 
-def config(disable: bool = True, ssl: str = "yes", trusted: tuple[str, ...] = ()) -> SimpleNamespace:
-    auth = AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable,
-                      [ipaddress.ip_network(n) for n in trusted])
-    return SimpleNamespace(auth=auth, tls=SimpleNamespace(ssl=ssl))
+def config(disable: bool = True, ssl: str = "yes", trusted: tuple[str, ...] = ()) -> Config:
+    networks = [ipaddress.ip_network(n) for n in trusted]
+    return real_config(auth={"disable_plaintext_auth": disable,
+                             "login_trusted_networks": networks}, tls={"ssl": ssl})
 
 
 class PlaintextRuleTests(unittest.TestCase):

@@ -300,7 +300,7 @@ class CommandTests(SessionCase):
         self.send(b"hi\r\n.\r\n")
         self.clock.advance(400)
         self.assertFalse(self.transport.disconnecting)
-        held.pending[0][3].callback(None)
+        held.pending[0][2].callback(None)
         self.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<boss@mail.example.com>\r\n")
         self.clock.advance(299)
         self.assertFalse(self.transport.disconnecting)
@@ -443,7 +443,7 @@ class DataTests(SessionCase):
         self.transaction()
         self.assertEqual(self.send(b"hi\r\n.\r\nNOOP\r\n"), [])
         self.transport.clear()
-        held.pending[0][3].callback(None)
+        held.pending[0][2].callback(None)
         self.assertEqual(
             [r[:3] for r in self.transport.value().decode().split("\r\n")[:-1]], ["250", "250"]
         )
@@ -455,7 +455,7 @@ class DataTests(SessionCase):
         self.transaction()
         self.send(b"hi\r\n.\r\n")
         self.transport.clear()
-        held.pending[0][3].errback(OSError(28, "No space left on device"))
+        held.pending[0][2].errback(OSError(28, "No space left on device"))
         self.assertEqual(self.transport.value(), b"451 4.3.0 Error: queue file write error\r\n")
         self.assertEqual(self.codes(b"MAIL FROM:<>\r\n"), ["250"])
         self.flushLoggedErrors()

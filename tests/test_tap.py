@@ -165,6 +165,20 @@ class BuildTests(unittest.TestCase):
         self.assertEqual(by_name["submission"].service, "submission")
         self.assertEqual(by_name["smtps"].wrappedFactory.service, "smtps")
 
+    def test_imap_ports_share_recent_and_idle(self) -> None:
+        """The IMAP factories of ports 143 and 993 share one \\Recent tracker and one IDLE
+        poller: a message is recent in one session, whichever port it came in on."""
+        path = write_config(self, "imap = 2143\nimaps = 2993\n",
+                            tls="ssl = yes\nssl_cert = {d}/tls/cert.pem\nssl_key = {d}/tls/key.pem\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        top = tap.build(options["cfg"], reactor, options["tls"])
+        self.addCleanup(top.maillog.close)
+        by_name = {s.name.split("@")[0]: s.factory for s in top if "@" in s.name}
+        imap, imaps = by_name["imap"], by_name["imaps"].wrappedFactory
+        self.assertIs(imap.recent, imaps.recent)
+        self.assertIs(imap.idle_poller, imaps.idle_poller)
+
     def test_listen_addresses(self) -> None:
         """inet_interfaces: a list is used as is; loopback-only always includes 127.0.0.1;
         all is one wildcard socket."""

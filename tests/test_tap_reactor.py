@@ -15,6 +15,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial import unittest
 
 from mailsuite import tap
+from mailsuite.store.cleanup import clean_spool
 from mailsuite.threads import InPool
 from tests.test_tap import write_config
 
@@ -135,3 +136,13 @@ class InjectedReactorTests(unittest.TestCase):
         self.assertTrue(self.reactor.getDelayedCalls())  # the idle timeout
         self.assertEqual(len(self.reactor.pool.work), 1)
         proto.setTimeout(None)
+
+    def test_spool_clean_up_in_the_injected_pool(self) -> None:
+        """On start, the store service hands the clean-up of what a killed server left in the
+        spool (store.cleanup) to the injected reactor's pool, not the global one."""
+        top = self.make_service()
+        store = top.getServiceNamed("store")
+        with untouchable_global_reactor():
+            store.startService()
+        self.assertEqual([f for f, _ in self.reactor.pool.work], [clean_spool])
+        self.assertEqual(self.reactor.pool.work[0][1], (store.spool,))

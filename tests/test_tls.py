@@ -14,6 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from mailsuite import threads, tls
+from tests.configs import real_config
 
 
 def make_pair(case: unittest.TestCase, host: str = "mail.example.test") -> tuple[str, str]:
@@ -105,21 +106,14 @@ class CertificateTests(unittest.TestCase):
     def test_server_tls_of_config(self) -> None:
         """ssl = no: no TLS at all; yes: the certificate is made for myhostname and loaded."""
 
-        class Cfg:
-            class mail:
-                myhostname = "mx.example.test"
-
-            class tls:
-                ssl = "no"
-                ssl_cert = os.path.abspath(self.mktemp())
-                ssl_key = os.path.abspath(self.mktemp())
-
-        self.assertIsNone(tls.server_tls(Cfg))
-        self.assertFalse(os.path.exists(Cfg.tls.ssl_cert))
-        Cfg.tls.ssl = "yes"
-        server = tls.server_tls(Cfg)
+        files = {"ssl_cert": os.path.abspath(self.mktemp()),
+                 "ssl_key": os.path.abspath(self.mktemp())}
+        off = real_config("mx.example.test", tls={"ssl": "no", **files})
+        self.assertIsNone(tls.server_tls(off))
+        self.assertFalse(os.path.exists(files["ssl_cert"]))
+        server = tls.server_tls(real_config("mx.example.test", tls={"ssl": "yes", **files}))
         self.assertIsInstance(server, tls.ServerTLS)
-        self.assertTrue(os.path.exists(Cfg.tls.ssl_cert))
+        self.assertTrue(os.path.exists(files["ssl_cert"]))
 
 
 class HandshakeTests(unittest.TestCase):

@@ -58,6 +58,8 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailsuite.config import Config
+
 log = Logger()
 
 #: Dovecot's AUTH_PENALTY_MAX_SECS: the longest wait before a password is checked.
@@ -172,7 +174,7 @@ class AuthPolicy:
         self._turning = False
 
     @classmethod
-    def from_config(cls, cfg: Any, maillog: Any, clock: Any) -> AuthPolicy:
+    def from_config(cls, cfg: Config, maillog: Any, clock: Any) -> AuthPolicy:
         """The policy of a mail.ini: ``[auth]`` knobs; mynetworks and login_trusted_networks
         are exempt. ``clock``: an IReactorTime (tap.py's reactor)."""
         auth = cfg.auth

@@ -26,6 +26,7 @@ import binascii
 from dataclasses import dataclass
 from typing import Any
 
+from mailsuite.config import Config
 from mailsuite.net import host_of
 
 MECHANISMS = (b"PLAIN", b"LOGIN")
@@ -125,7 +126,7 @@ class Exchange:
         return Attempt("LOGIN", self._username, data)
 
 
-def plaintext_ok(config: Any, transport: Any, secure: bool) -> bool:
+def plaintext_ok(config: Config, transport: Any, secure: bool) -> bool:
     """Whether plaintext logins are offered and accepted on this connection.
 
     ``secure``: the session runs over TLS (STARTTLS done, or an implicit-TLS port).

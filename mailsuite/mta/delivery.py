@@ -23,13 +23,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
+from mailsuite.config import Config
 from mailsuite.maillog import format_delay, new_queue_id
 from mailsuite.mta import forward
 from mailsuite.mta.address import has_routing
 from mailsuite.mta.aliases import AliasLookupError, AliasMap
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Outcome
-from mailsuite.store.interfaces import StoreRefused
+from mailsuite.store.interfaces import IMailStore, StoreRefused
+from mailsuite.store.locking import LockTimeout
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -127,6 +129,14 @@ def failure_outcome(failure: Failure) -> Outcome:
     if error is None:
         return Outcome(451, "4.3.0", f"cannot deliver: {failure.value}", "local")
     return Outcome(550 if error.permanent else 451, error.dsn, error.text, "local")
+
+
+def _lock_of(failure: Failure) -> str:
+    """The dotlock that made a mailbox copy time out (``LockTimeout``), else ''."""
+    for inner in [failure, *(getattr(failure.value, "failures", None) or ())]:
+        if inner.check(LockTimeout):
+            return str(inner.value.lock_path)
+    return ""
 
 
 def split_address(address: str) -> tuple[str, str | None]:
@@ -313,9 +323,9 @@ class LocalDelivery:
 
     def __init__(
         self,
-        config: Any,
+        config: Config,
         accounts: Any,
-        store: Any,
+        store: IMailStore,
         maillog: Any,
         blocking: Blocking,
         now: Callable[[], float] = time.time,
@@ -338,8 +348,8 @@ class LocalDelivery:
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains,
                                            warn=self._alias_warning)
         self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
-        self.mynetworks = list(getattr(mail, "mynetworks", []))
-        self.relay_domains = [d.lower().rstrip(".") for d in getattr(mail, "relay_domains", [])]
+        self.mynetworks = list(mail.mynetworks)
+        self.relay_domains = [d.lower().rstrip(".") for d in mail.relay_domains]
         #: in_mynetworks answers per client IP, for this very ``mynetworks`` list
         self._trusted_ips: dict[str, bool] = {}
         self._trusted_nets: list[Any] = self.mynetworks
@@ -479,7 +489,7 @@ class LocalDelivery:
                 outcomes.append(Outcome(250, "2.0.0", "delivered to mailbox", "local"))
             else:
                 outcomes.append(Outcome(451, "4.3.0", f"cannot append message to mailbox: "
-                                        f"{result.value}", "local"))
+                                        f"{result.value}", "local", lock=_lock_of(result)))
         return outcomes
 
     @defer.inlineCallbacks
@@ -618,8 +628,6 @@ class LocalDelivery:
     def _commit(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         """Group commit: copies for one INBOX that arrive while a write to it is under way are
         written together by the next write (one lock, one fsync); each fires after its fsync."""
-        if not hasattr(self.store, "deliver_many"):
-            return defer.maybeDeferred(self.store.deliver, account, data, sender)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._pending.setdefault(account.name, []).append((data, sender, waiter))
         if account.name not in self._writing:

@@ -48,6 +48,7 @@ class Outcome:
     text: str
     relay: str = "none"
     remote_dsn: bool = False  # the receiving server took DSN NOTIFY/ORCPT (no "relayed" notice)
+    lock: str = ""  # a local mailbox's dotlock that deferred it: retried when it goes
 
     @property
     def status(self) -> str:

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from mailsuite.auth import sasl
 from mailsuite.auth.policy import LoginBlocked
+from mailsuite.config import Config
 
 log = Logger()
 
@@ -39,7 +40,7 @@ class Pop3Login:
     portal: Any
     maillog: Any
     clock: Any
-    config: Any
+    config: Config
     server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
     secure = False  # TLS is on (implicit port, or after STLS)
     rip = lip = ""

@@ -23,6 +23,7 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailsuite.config import Config
 from mailsuite.net import host_of
 from mailsuite.pop3.login import Pop3Login
 from mailsuite.store.interfaces import UnknownUID
@@ -105,7 +106,6 @@ class POP3Server(Pop3Login, pop3.POP3):
     portal: Any = None
     maillog: Any = None
     clock: Any = None
-    config: Any = None
 
     def connectionMade(self) -> None:
         self.callLater = self.clock.callLater  # type: ignore[method-assign]
@@ -251,11 +251,16 @@ class POP3Server(Pop3Login, pop3.POP3):
         if args:
             index = self._index(args[0])
             if index is not None:
-                self.reply(f"+OK {index + 1} {self.mbox.uidl(index)}")
+                self.reply(f"+OK {index + 1} {self.mbox.uidl(index, self._uidl_format())}")
             return
         live = [n for n in range(len(self.mbox)) if n not in self.mbox.deleted]
-        lines = ["+OK"] + [f"{n + 1} {self.mbox.uidl(n)}" for n in live] + ["."]
+        template = self._uidl_format()
+        lines = ["+OK"] + [f"{n + 1} {self.mbox.uidl(n, template)}" for n in live] + ["."]
         self.transport.write("".join(x + "\r\n" for x in lines).encode("ascii"))
+
+    def _uidl_format(self) -> str:
+        """``[mailbox] pop3_uidl_format`` (checked when the configuration was read)."""
+        return self.config.mailbox.pop3_uidl_format
 
     def do_RETR(self, *args: bytes) -> Any:
         if self._arity(args, 1, 1):
@@ -388,7 +393,7 @@ class POP3Factory(protocol.ServerFactory):
     protocol = POP3Server  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any,
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
         """``clock``: an IReactorTime for timeouts and the failed-login delay (tap.py's reactor).
         ``policy``: a ``mailsuite.auth.policy.AuthPolicy`` applied to every login, or None."""

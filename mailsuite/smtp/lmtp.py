@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.basic import LineOnlyReceiver
 
+from mailsuite.config import Config
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import forward
 from mailsuite.mta.delivery import DeliveryFailed, received_header
@@ -248,7 +249,7 @@ def _failure_reply(address: str, failure: Any) -> tuple[int, str]:
 class LMTPFactory(protocol.ServerFactory):
     """Builds LMTP sessions over ``delivery`` (a LocalDelivery); TCP or unix socket."""
 
-    def __init__(self, config: Any, delivery: Any, maillog: Any) -> None:
+    def __init__(self, config: Config, delivery: Any, maillog: Any) -> None:
         self.hostname: str = config.mail.myhostname
         self.size_limit: int = config.mail.message_size_limit
         self.delivery = delivery

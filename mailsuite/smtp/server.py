@@ -29,6 +29,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from mailsuite.accounts import Account
+from mailsuite.config import Config
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
 from mailsuite.mta import forward
@@ -886,7 +887,7 @@ class SMTPFactory(protocol.ServerFactory):
 
     def __init__(
         self,
-        config: Any,
+        config: Config,
         portal: Any,
         delivery: Any,
         maillog: Any,

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
 
-from mailsuite.fsutil import fsync_dir
+from mailsuite.fsutil import fsync_dir, write_synced
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.mboxformat import Parsed
 
@@ -233,6 +233,33 @@ def reconcile(
         new.entries.append(e)
     changes.expunged = [e.uid for e in old.entries if e.uid not in kept]
     return new, changes
+
+
+def from_dovecot(
+    parsed: list[Parsed],
+    x_uids: list[int | None],
+    validity: int,
+    last_uid: int,
+    stamp: Stamp,
+    fallback_date: int,
+) -> tuple[Index, Changes]:
+    """The first index of an mbox Dovecot kept its state in (``X-IMAPbase`` gave ``validity``
+    and ``last_uid``; ``x_uids`` the ``X-UID`` of each message): each message keeps its UID
+    while they ascend and stay within ``last_uid``, as Dovecot reads them; one that has none, or
+    one out of order, gets a new UID above every other, and so does each after it. Flags and
+    keywords come from the Status / X-Status / X-Keywords headers."""
+    entries: list[Entry] = []
+    uid_next, last = last_uid + 1, 0
+    for p, given in zip(parsed, x_uids):
+        if given is not None and last < given <= last_uid:
+            uid = given
+        else:
+            uid = max(uid_next, last + 1)
+            uid_next = uid + 1
+        entries.append(_new_entry(p, uid, fallback_date))
+        last = uid
+    index = Index(validity, max(uid_next, last + 1), stamp, entries)
+    return index, Changes(added=list(entries))
 
 
 def _date_field(e: Entry) -> bytes:
@@ -456,24 +483,7 @@ def write_index(
     With ``dir_fd`` (the index directory, walked by ``safepath``) ``path`` is a name in it."""
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
     tmp = path + ".tmp"
-    try:
-        os.unlink(tmp, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
-    )
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(dump(index))
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    os.close(fd)
+    write_synced(tmp, dump(index), owner, dir_fd)
     os.rename(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     try:
         os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)

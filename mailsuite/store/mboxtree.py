@@ -194,6 +194,7 @@ class FolderTree:
             timeout=self._lock_timeout,
             stale_after=self._stale_after,
             dir_fd=d.fd,
+            full_path=d.at(name),
         ):
             yield
 
