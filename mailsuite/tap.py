@@ -29,6 +29,7 @@ from mailsuite.mta.control import ControlFactory, control_path, ensure_public
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
+from mailsuite.mta.transaction import Pipeline
 from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
@@ -174,17 +175,20 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
     realm = MailRealm(store, accounts, delivery)
     the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog)  # one for all doors: counts across protocols
+    # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
+    pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now)
 
     def make(name: str) -> Any:
         implicit = name in IMPLICIT_TLS
         if name in ("smtp", "submission", "smtps"):
             return SMTPFactory(cfg, the_portal, delivery, maillog, service=name,
-                               server_tls=tls, implicit_tls=implicit, policy=policy)
+                               server_tls=tls, implicit_tls=implicit, policy=policy,
+                               pipeline=pipeline)
         if name in ("pop3", "pop3s"):
             return POP3Factory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
                                policy=policy)
         if name == "lmtp":
-            return LMTPFactory(cfg, delivery, maillog)
+            return LMTPFactory(cfg, delivery, maillog, pipeline)
         return IMAPFactory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
                            policy=policy)
 
@@ -216,7 +220,7 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
     with step("[mail] queue_directory"):
-        _local_submission(top, cfg, delivery, maillog)
+        _local_submission(top, cfg, delivery, maillog, pipeline)
     top.maillog = maillog  # type: ignore[attr-defined]
     top.tls = tls  # type: ignore[attr-defined]
     _on_hup(maillog, tls)
@@ -233,13 +237,14 @@ def _unix_endpoint(path: str, name: str) -> str:
     return f"unix:{path.replace(':', chr(92) + ':')}:mode=666:lockfile=0"
 
 
-def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillog: Any) -> None:
+def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillog: Any,
+                      pipeline: Pipeline) -> None:
     """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start."""
     queue_directory = cfg.mail.queue_directory
     ensure_maildrop(queue_directory)
     ensure_public(queue_directory)
     pickup = Pickup(queue_directory, local_submitter(
-        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin), maillog)
+        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin, pipeline=pipeline), maillog)
     scanner = pickup_service(pickup)
     scanner.setName("pickup")
     scanner.setServiceParent(top)
