@@ -130,7 +130,7 @@ class SmtpDoorTests(PipelineCase):
         (with the client and the mailbox's user); their results say queued."""
         self.store.broken.add("alice")
         env = self.smtp_envelope(
-            Recipient("friend@far.example", addr.RcptParams(notify=["FAILURE"]),
+            Recipient("friend@far.example", addr.RcptParams(notify=("FAILURE",)),
                       RemoteRecipient("friend@far.example")),
             Recipient("alice@mail.example.com", route=self.local("alice@mail.example.com")),
             Recipient("boss@mail.example.com", route=self.local("boss@mail.example.com")))
@@ -157,7 +157,7 @@ class SmtpDoorTests(PipelineCase):
     def test_success_notice(self) -> None:
         """NOTIFY=SUCCESS: a "delivered" DSN to the sender, logged under the message's id."""
         env = self.smtp_envelope(Recipient("boss@mail.example.com",
-                                           addr.RcptParams(notify=["SUCCESS"]),
+                                           addr.RcptParams(notify=("SUCCESS",)),
                                            self.local("boss@mail.example.com")))
         self.successResultOf(self.pipeline.receive(env, BODY))
         [(sender, to, report)] = self.queue.submitted
@@ -228,7 +228,7 @@ class StageTests(PipelineCase):
             seen.append("first")
             message.add_header("X-Checked", "yes")
 
-        def audit(message: Message) -> defer.Deferred[None]:
+        def audit(message: Message) -> defer.Deferred[Verdict | None]:
             seen.append("audit")
             message.envelope.recipients.append(Recipient("alice@mail.example.com"))
             return defer.succeed(None)
@@ -245,8 +245,10 @@ class StageTests(PipelineCase):
 
     def test_added_unknown_recipient_is_refused_alone(self) -> None:
         """A stage's recipient that the look-up refuses is refused; the others still go."""
-        self.pipeline.stages = [lambda m: m.envelope.recipients.append(
-            Recipient("ghost@mail.example.com"))]
+        def add(message: Message) -> None:
+            message.envelope.recipients.append(Recipient("ghost@mail.example.com"))
+
+        self.pipeline.stages = [add]
         env = self.smtp_envelope(Recipient("boss@mail.example.com",
                                            route=self.local("boss@mail.example.com")))
         results = self.successResultOf(self.pipeline.receive(env, BODY))

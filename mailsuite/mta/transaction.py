@@ -3,7 +3,10 @@
 The doors are SMTP (smtp/server.py), LMTP (smtp/lmtp.py) and the sendmail pickup
 (mta/maildrop.py). A door speaks its protocol, checks and resolves recipients where its protocol
 answers them (SMTP and LMTP at RCPT; the pickup leaves that to the pipeline), and hands one
-``Envelope`` and the message bytes to ``Pipeline``. The pipeline::
+``Envelope`` and the message bytes to ``Pipeline``. The checks that answer a command stay with
+the door that has the command: relay control and sender ownership at MAIL/RCPT (SMTP's
+DeliveryAvatar), the recipient look-up at RCPT, the message size while DATA is read. The
+pipeline::
 
     stamp      our Received: header (SMTP: one for the message; pickup: Postfix pickup's
                "Received: by"; LMTP: one per copy, naming its recipient, added when routing)
@@ -31,7 +34,7 @@ from __future__ import annotations
 import email.utils
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -149,13 +152,12 @@ class Message:
         self.data = f"{name}: {value}\n".encode("utf-8", "replace") + self.data
 
 
-class Stage(Protocol):
-    """One filter of the pipeline (milter, header/body checks, DKIM, SPF/DMARC, audit copies,
-    quotas). Called once per message, in ``Pipeline.stages`` order, on the reactor thread (slow
-    work goes through mailsuite.threads); may change the Message, and returns None to go on or
-    a Verdict that ends the pipeline (the later stages and the routing do not run)."""
-
-    def __call__(self, message: Message) -> Verdict | None | defer.Deferred[Verdict | None]: ...
+#: One filter of the pipeline (milter, header/body checks, DKIM, SPF/DMARC, audit copies,
+#: quotas): called once per message, in ``Pipeline.stages`` order, on the reactor thread (slow
+#: work goes through mailsuite.threads, or a Deferred). It may change the Message (headers,
+#: recipients) and returns None (or a Deferred of None) to go on, or a Verdict that ends the
+#: pipeline: the later stages and the routing do not run, every recipient gets the verdict.
+Stage = Callable[[Message], "Verdict | None | defer.Deferred[Verdict | None]"]
 
 
 class Pipeline:
