@@ -29,11 +29,11 @@ from mailsuite.mta.control import ControlFactory, control_path, ensure_public
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
-from mailsuite.mta.transaction import Pipeline
 from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
 from mailsuite.mta.relay import Relay, parse_password_map
+from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory

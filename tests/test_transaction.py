@@ -17,8 +17,9 @@ from mailsuite.mta import address as addr
 from mailsuite.mta.delivery import LocalDelivery, LocalRecipient, RemoteRecipient
 from mailsuite.mta.transaction import (
     BOUNCED,
-    DELIVERED,
     DEFERRED,
+    DELIVERED,
+    DISCARDED,
     LMTP,
     PICKUP,
     QUEUED,
@@ -254,6 +255,24 @@ class StageTests(PipelineCase):
         results = self.successResultOf(self.pipeline.receive(env, BODY))
         self.assertEqual([(r.status, r.dsn) for r in results],
                          [(DELIVERED, "2.0.0"), (REFUSED, "5.1.1")])
+
+    def test_results_follow_the_doors_recipients(self) -> None:
+        """When a stage removes and adds recipients, the results still come in the door's
+        order (a removed one discarded, not delivered), the added ones after them."""
+
+        def reroute(message: Message) -> None:
+            rcpts = message.envelope.recipients
+            rcpts.insert(0, Recipient("alice@mail.example.com"))
+            del rcpts[1]
+
+        self.pipeline.stages = [reroute]
+        env = self.smtp_envelope(
+            Recipient("boss@mail.example.com", route=self.local("boss@mail.example.com")),
+            Recipient("x@far.example", route=RemoteRecipient("x@far.example")))
+        results = self.successResultOf(self.pipeline.receive(env, BODY))
+        self.assertEqual([r.status for r in results], [DISCARDED, QUEUED, DELIVERED])
+        self.assertEqual(inbox(self.store, BOSS), [])
+        self.assertEqual(len(inbox(self.store, ALICE)), 1)
 
     def test_verdict_ends_the_pipeline(self) -> None:
         """A Verdict (here after a stage that waits) refuses every recipient; later stages

@@ -57,7 +57,7 @@ log = Logger()
 
 SMTP, LMTP, PICKUP = "smtp", "lmtp", "pickup"
 
-DELIVERED, QUEUED, BOUNCED = "delivered", "queued", "bounced"
+DELIVERED, QUEUED, BOUNCED, DISCARDED = "delivered", "queued", "bounced", "discarded"
 DEFERRED, REFUSED = "deferred", "refused"
 
 
@@ -111,7 +111,8 @@ class Envelope:
 class Result:
     """What became of one recipient: ``delivered`` (on disk in its mailboxes, or forwarded),
     ``queued`` (in the queue, to be delivered or retried), ``bounced`` (failed for good after
-    the message was taken, and returned to the sender as a DSN), ``deferred`` (not taken: the
+    the message was taken, and returned to the sender as a DSN), ``discarded`` (taken, and
+    removed from the recipients by a stage), ``deferred`` (not taken: the
     client, or the drop file, tries again), ``refused`` (not taken, for good). ``code``, the
     enhanced status ``dsn`` and ``text`` say why."""
 
@@ -123,7 +124,7 @@ class Result:
     @property
     def accepted(self) -> bool:
         """The pipeline took the message for this recipient: the door may say 2xx."""
-        return self.status in (DELIVERED, QUEUED, BOUNCED)
+        return self.status in (DELIVERED, QUEUED, BOUNCED, DISCARDED)
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,8 @@ class Verdict:
 
 class Message:
     """What a stage sees and may change: the envelope (its ``recipients`` list may be edited:
-    a new Recipient without a route is looked up like a pickup recipient) and ``data``, the
-    message as it will be stored (LF line ends)."""
+    a new Recipient without a route is looked up like a pickup recipient; a removed one's
+    Result is ``discarded``) and ``data``, the message as it will be stored (LF line ends)."""
 
     def __init__(self, envelope: Envelope, data: bytes) -> None:
         self.envelope = envelope
@@ -195,8 +196,9 @@ class Pipeline:
         message = Message(envelope, data)
         if not self.stages:  # the usual case: no Deferred chain for stages that are not there
             return self._route(None, message)
-        d = self._run_stages(message, 0)
-        return d.addCallback(self._route, message)
+        given = list(envelope.recipients)
+        routed = self._run_stages(message, 0).addCallback(self._route, message)
+        return routed.addCallback(_in_given_order, message.envelope.recipients, given)
 
     def _run_stages(self, message: Message, first: int) -> defer.Deferred[Verdict | None]:
         for i in range(first, len(self.stages)):
@@ -220,6 +222,15 @@ class Pipeline:
         if message.envelope.client.door == SMTP:
             return _Together(self, message).run()
         return _Alone(self, message).run()
+
+
+def _in_given_order(results: list[Result], routed: list[Recipient],
+                    given: list[Recipient]) -> list[Result]:
+    """Results for the recipients the door gave, in its order (those a stage removed:
+    discarded), then those for the recipients the stages added."""
+    by_recipient = {id(r): result for r, result in zip(routed, results)}
+    out = [by_recipient.pop(id(r), Result(DISCARDED, text="removed by a stage")) for r in given]
+    return out + [by_recipient[id(r)] for r in routed if id(r) in by_recipient]
 
 
 class _Together:
