@@ -35,6 +35,7 @@ from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
 from mailsuite.mta.relay import Relay, parse_password_map
+from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
@@ -179,17 +180,20 @@ def build(cfg: Config, tls: Any = _MAKE_TLS) -> service.MultiService:
     the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog)  # one for all doors: counts across protocols
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
+    # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
+    pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now)
 
     def make(name: str) -> Any:
         implicit = name in IMPLICIT_TLS
         if name in ("smtp", "submission", "smtps"):
             return SMTPFactory(cfg, the_portal, delivery, maillog, service=name,
-                               server_tls=tls, implicit_tls=implicit, policy=policy)
+                               server_tls=tls, implicit_tls=implicit, policy=policy,
+                               pipeline=pipeline)
         if name in ("pop3", "pop3s"):
             return POP3Factory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
                                policy=policy)
         if name == "lmtp":
-            return LMTPFactory(cfg, delivery, maillog)
+            return LMTPFactory(cfg, delivery, maillog, pipeline)
         return IMAPFactory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
                            policy=policy, recent=recent, idle_poller=idle_poller)
 
@@ -221,7 +225,7 @@ def build(cfg: Config, tls: Any = _MAKE_TLS) -> service.MultiService:
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
     with step("[mail] queue_directory"):
-        _local_submission(top, cfg, delivery, maillog)
+        _local_submission(top, cfg, delivery, maillog, pipeline)
     top.maillog = maillog  # type: ignore[attr-defined]
     top.tls = tls  # type: ignore[attr-defined]
     _on_hup(maillog, tls)
@@ -238,13 +242,14 @@ def _unix_endpoint(path: str, name: str) -> str:
     return f"unix:{path.replace(':', chr(92) + ':')}:mode=666:lockfile=0"
 
 
-def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, maillog: Any) -> None:
+def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, maillog: Any,
+                      pipeline: Pipeline) -> None:
     """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start."""
     queue_directory = cfg.mail.queue_directory
     ensure_maildrop(queue_directory)
     ensure_public(queue_directory)
     pickup = Pickup(queue_directory, local_submitter(
-        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin), maillog)
+        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin, pipeline=pipeline), maillog)
     scanner = pickup_service(pickup)
     scanner.setName("pickup")
     scanner.setServiceParent(top)

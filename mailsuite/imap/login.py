@@ -26,7 +26,6 @@ from twisted.logger import Logger
 
 from mailsuite.auth import sasl
 from mailsuite.auth.policy import LoginBlocked
-from mailsuite.config import Config
 from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.parser import Cursor, ParseError
 

@@ -23,7 +23,6 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailsuite import uidlformat
 from mailsuite.config import Config
 from mailsuite.net import host_of
 from mailsuite.pop3.login import Pop3Login
