@@ -49,6 +49,7 @@ from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
 from mailsuite.mta.relay import Relay, load_password_map
+from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
@@ -188,18 +189,20 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiServi
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
     lookup = functools.partial(reverse_lookup, blocking=blocking)
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
+    # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
+    pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now)
 
     def make(name: str) -> Any:
         implicit = name in IMPLICIT_TLS
         if name in ("smtp", "submission", "smtps"):
             return SMTPFactory(cfg, the_portal, delivery, maillog, clock=reactor,
                                reverse_lookup=lookup, service=name, server_tls=tls,
-                               implicit_tls=implicit, policy=policy)
+                               implicit_tls=implicit, policy=policy, pipeline=pipeline)
         if name in ("pop3", "pop3s"):
             return POP3Factory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
                                implicit_tls=implicit, policy=policy)
         if name == "lmtp":
-            return LMTPFactory(cfg, delivery, maillog)
+            return LMTPFactory(cfg, delivery, maillog, pipeline)
         return IMAPFactory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
                            implicit_tls=implicit, policy=policy, recent=recent,
                            idle_poller=idle_poller)
@@ -232,7 +235,7 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiServi
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
     with step("[mail] queue_directory"):
-        _local_submission(top, cfg, delivery, maillog, reactor, blocking)
+        _local_submission(top, cfg, delivery, maillog, reactor, blocking, pipeline)
     top.maillog = maillog  # type: ignore[attr-defined]
     top.tls = tls  # type: ignore[attr-defined]
     _on_hup(maillog, tls, reactor, blocking)
@@ -250,13 +253,14 @@ def _unix_endpoint(path: str, name: str) -> str:
 
 
 def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, maillog: Any,
-                      reactor: Any, blocking: Blocking) -> None:
+                      reactor: Any, blocking: Blocking, pipeline: Pipeline) -> None:
     """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start."""
     queue_directory = cfg.mail.queue_directory
     ensure_maildrop(queue_directory)
     ensure_public(queue_directory)
     pickup = Pickup(queue_directory, local_submitter(
-        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin), maillog, blocking)
+        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin, pipeline=pipeline), maillog,
+        blocking)
     scanner = pickup_service(pickup, reactor)
     scanner.setName("pickup")
     scanner.setServiceParent(top)

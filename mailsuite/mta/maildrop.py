@@ -17,7 +17,6 @@ File format (one file per message, name = its queue id)::
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import stat
@@ -29,15 +28,11 @@ from typing import Any
 from twisted.application import internet
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from mailsuite.fsutil import fsync_entry
 from mailsuite.maillog import new_queue_id
-from mailsuite.mta.bounce import Entry
-from mailsuite.mta.delivery import DeliveryFailed
-from mailsuite.mta.forward import TargetFailed
-from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.transaction import DEFERRED, PICKUP, Client, Envelope, Pipeline, Recipient
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -242,13 +237,6 @@ def pickup_service(pickup: Pickup, clock: Any,
     return scanner
 
 
-def received_by(hostname: str, uid: int, queue_id: str, when: float) -> bytes:
-    """The Received: line Postfix's pickup/cleanup gives locally submitted mail."""
-    date = email.utils.formatdate(when, localtime=True)
-    return (f"Received: by {hostname} (mailsuite, from userid {uid})\n\tid {queue_id};"
-            f" {date}\n").encode()
-
-
 def qualify(address: str, myorigin: str) -> str:
     """Postfix's append_at_myorigin: a bare name gets @myorigin (the null sender stays)."""
     if address and "@" not in address:
@@ -257,90 +245,21 @@ def qualify(address: str, myorigin: str) -> str:
 
 
 def local_submitter(delivery: Any, maillog: Any, hostname: str, myorigin: str,
-                    now: Callable[[], float] = time.time) -> Submit:
-    """``submit`` for Pickup that delivers through LocalDelivery (the same resolve() as SMTP
-    RCPT, one deliver() per recipient so a retry never repeats a delivered copy).
+                    now: Callable[[], float] = time.time,
+                    pipeline: Pipeline | None = None) -> Submit:
+    """``submit`` for Pickup: the dropped message through the accept pipeline
+    (mailsuite.mta.transaction; ``pipeline`` None: one over ``delivery``), with @myorigin
+    added to bare names; returns the recipients to try again at the next scan (the pipeline's
+    deferred ones: a refused recipient is dropped once its bounce is on disk)."""
+    pipeline = pipeline or Pipeline(delivery, maillog, hostname, now)
 
-    Permanent refusals (5xx: an unknown user, a |command that failed) are logged
-    ``status=bounced`` and, as Postfix's bounce(8), reported to the sender in one RFC 3464
-    bounce through ``delivery.queue`` (a local sender finds it in the mailbox); the recipient
-    is dropped once the bounce is on disk. Temporary ones are kept for the next scan. Remote
-    recipients go to ``delivery.queue.submit`` (the outbound queue) when there is one, else
-    they wait (temporary failure).
-    """
-
-    @defer.inlineCallbacks
-    def deliver_one(dropped: Dropped, sender: str, address: str, data: bytes) -> Any:
-        """None when delivered (or queued), else (permanent, dsn, text), logged."""
-        _, _, domain = address.rpartition("@")
-        queue = getattr(delivery, "queue", None)
-        try:
-            if queue is not None and not delivery.is_local_domain(domain):
-                yield queue.submit(sender, [address], data)  # durable in the queue
-                return None
-            found = yield delivery.resolve(address)
-            yield delivery.deliver(data, sender, [(address, d) for d in found],
-                                   dropped.queue_id, arrival=dropped.arrival)
-        except smtp.SMTPServerError as e:
-            resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
-            dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
-            status = "deferred" if e.code < 500 else "bounced"
-            maillog.write("local", f"{dropped.queue_id}: to=<{address}>, relay=none,"
-                          f" delay={now() - dropped.arrival:.2g}, dsn={dsn},"
-                          f" status={status} ({resp})")
-            reason = resp.removeprefix(dsn).strip().removeprefix(f"<{address}>: ")
-            return e.code >= 500, dsn, reason  # the bounce says "<address>: reason"
-        except DeliveryFailed as e:  # logged by deliver(); a failed |command or /file
-            error = next((f.value for f in e.failures if f.check(TargetFailed)), None)
-            if error is None:
-                return False, "4.3.0", str(e)
-            return error.permanent, error.dsn, error.text
-        return None
-
-    @defer.inlineCallbacks
-    def submit(dropped: Dropped) -> Any:
-        sender = qualify(dropped.sender, myorigin)
-        data = received_by(hostname, dropped.uid, dropped.queue_id, now()) + dropped.data
-        retry: list[str] = []
-        bounced: list[tuple[str, Entry]] = []
-        for rcpt in dropped.recipients:
-            address = qualify(rcpt, myorigin)
-            try:
-                result = yield deliver_one(dropped, sender, address, data)
-            except defer.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 -- logged and retried at the next scan
-                log.failure("maildrop {id}: delivery to {rcpt} failed", id=dropped.queue_id,
-                            rcpt=address)
-                result = (False, "4.3.0", "internal error")
-            if result is None:
-                continue
-            permanent, dsn, text = result
-            if permanent:
-                bounced.append((rcpt, Entry(QueuedRecipient(address), dsn, text)))
-            else:
-                retry.append(rcpt)
-        if bounced and not (yield bounce(dropped, sender, data, [e for _, e in bounced])):
-            retry.extend(rcpt for rcpt, _ in bounced)  # refused again, and bounced, next time
-        return retry
-
-    @defer.inlineCallbacks
-    def bounce(dropped: Dropped, sender: str, data: bytes, entries: list[Entry]) -> Any:
-        """Queue one bounce for ``entries``; False when it could not be written."""
-        queue = getattr(delivery, "queue", None)
-        if queue is None:
-            log.warn("maildrop {id}: no queue to return the message to <{sender}>",
-                     id=dropped.queue_id, sender=sender)
-            return True
-        env = Envelope(dropped.queue_id, sender, [e.recipient for e in entries], dropped.arrival,
-                       size=len(data))
-        try:
-            yield queue.notify(env, data, "failed", entries, now())
-        except defer.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 -- the recipients stay, and are tried again
-            log.failure("maildrop {id}: cannot queue the bounce", id=dropped.queue_id)
-            return False
-        return True
+    def submit(dropped: Dropped) -> defer.Deferred[list[str]]:
+        envelope = Envelope(
+            dropped.queue_id, qualify(dropped.sender, myorigin),
+            [Recipient(qualify(rcpt, myorigin)) for rcpt in dropped.recipients],
+            Client(PICKUP, uid=dropped.uid), arrival=dropped.arrival)
+        d = pipeline.receive(envelope, dropped.data)
+        return d.addCallback(lambda results: [
+            rcpt for rcpt, r in zip(dropped.recipients, results) if r.status == DEFERRED])
 
     return submit

@@ -10,7 +10,6 @@ import re
 import smtplib
 import stat
 import subprocess
-import sys
 from email.message import EmailMessage
 
 from twisted.trial import unittest
