@@ -358,32 +358,8 @@ class MboxFile:
         """Append one message, durably. With ``state`` None (mailbox not open) the index is left
         alone (the next refresh finds the message); else the new state and UID are returned.
         ``tz``: the zone of the internal date (seconds east of UTC; None: the local zone)."""
-        with self._locked(exclusive=True, create=True) as (held, created):
-            fd = held.fd
-            assert fd is not None
-            changes, added, before = Changes(), None, state
-            if state is not None:
-                state, changes, added = self._refresh_locked(state, fd)
-            size = os.fstat(fd).st_size
-            tail = os.pread(fd, 2, size - 2) if size >= 2 else os.pread(fd, size, 0)
-            # a previous writer may have left no final newline or blank line: fix it first
-            prefix = (
-                b"" if size == 0 or tail == b"\n\n" else b"\n" if tail.endswith(b"\n") else b"\n\n"
-            )
-            line = make_from_line(sender, date)
-            blob = prefix + line + to_stored(data) + b"\n"
-            _write_all(fd, blob)
-            os.fsync(fd)
-            if created:
-                os.fsync(held.dir_fd)  # type: ignore[arg-type]
-            if state is None:
-                return None, changes, None
-            p = describe(blob, len(prefix), len(prefix) + len(line), len(blob) - 1, date, base=size)
-            uid = added[-1].uid + 1 if added else state.uid_next
-            entry = ix.entry_from(p, uid, ix.clean_flags(flags), date, tz)
-            whole = added is None and before is not None and state.entries != before.entries
-            new = self._added(state, changes, added, [entry], ix.Stamp.of(os.fstat(fd)), whole)
-        return new, changes, entry.uid
+        new, changes, uids = self.append_many(state, [(data, sender)], date, flags, tz)
+        return new, changes, uids[0] if uids is not None else None
 
     def _added(
         self,
@@ -407,10 +383,15 @@ class MboxFile:
         return full
 
     def append_many(
-        self, state: ix.Index | None, items: list[tuple[bytes, str]], date: int
+        self,
+        state: ix.Index | None,
+        items: list[tuple[bytes, str]],
+        date: int,
+        flags: frozenset[str] = frozenset(),
+        tz: int | None = None,
     ) -> tuple[ix.Index | None, Changes, list[int] | None]:
         """Append several messages ``(data, sender)`` under one lock with one fsync (group
-        commit of concurrent deliveries); otherwise exactly as :meth:`append`."""
+        commit of concurrent deliveries), each with ``flags``; see :meth:`append`."""
         with self._locked(exclusive=True, create=True) as (held, created):
             fd = held.fd
             assert fd is not None
@@ -419,6 +400,7 @@ class MboxFile:
                 state, changes, added = self._refresh_locked(state, fd)
             size = os.fstat(fd).st_size
             tail = os.pread(fd, 2, size - 2) if size >= 2 else os.pread(fd, size, 0)
+            # a previous writer may have left no final newline or blank line: fix it first
             prefix = (
                 b"" if size == 0 or tail == b"\n\n" else b"\n" if tail.endswith(b"\n") else b"\n\n"
             )
@@ -441,7 +423,7 @@ class MboxFile:
             mine = []
             for uid, (base, start, body, blob) in zip(uids, spans):
                 p = describe(blob, start, body, len(blob) - 1, date, base=base)
-                mine.append(ix.entry_from(p, uid, frozenset(), date))
+                mine.append(ix.entry_from(p, uid, ix.clean_flags(flags), date, tz))
             whole = added is None and before is not None and state.entries != before.entries
             new = self._added(state, changes, added, mine, ix.Stamp.of(os.fstat(fd)), whole)
         return new, changes, uids
