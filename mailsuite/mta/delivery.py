@@ -10,7 +10,6 @@ server: an ``smtp.IMessageDelivery``.
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from mailsuite.mta.address import has_routing
 from mailsuite.mta.aliases import AliasLookupError, AliasMap
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Outcome
+from mailsuite.net import in_networks
 from mailsuite.store.interfaces import StoreRefused
 
 log = Logger()
@@ -404,13 +404,7 @@ class LocalDelivery:
         known = self._trusted_ips.get(ip)
         if known is not None and self._trusted_nets is self.mynetworks:
             return known
-        try:
-            address = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        trusted = any(address in net for net in self.mynetworks)
+        trusted = in_networks(ip, self.mynetworks)
         if self._trusted_nets is not self.mynetworks or len(self._trusted_ips) >= 10000:
             self._trusted_ips, self._trusted_nets = {}, self.mynetworks
         self._trusted_ips[ip] = trusted
