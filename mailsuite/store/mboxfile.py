@@ -26,6 +26,7 @@ from operator import attrgetter
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
+from mailsuite.fsutil import write_all
 from mailsuite.store import index as ix
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, HeldLock, locked_mailbox
@@ -71,12 +72,6 @@ def _pread_all(fd: int, length: int, offset: int, chunk: int = COPY) -> bytes:
         length -= len(data)
         offset += len(data)
     return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list[ix.Parsed]:
@@ -412,7 +407,7 @@ class MboxFile:
                 blobs.append(blob)
                 pos += len(blob)
                 prefix = b""
-            _write_all(fd, b"".join(blobs))
+            write_all(fd, b"".join(blobs))
             os.fsync(fd)
             if created:
                 os.fsync(held.dir_fd)  # type: ignore[arg-type]
@@ -446,7 +441,7 @@ class MboxFile:
                     chunk = _pread_all(held.fd, min(COPY, size - offset), offset)  # type: ignore[arg-type]
                     if not chunk:
                         raise StoreError(f"{self.path} shrank while locked")
-                    _write_all(out.fd, chunk)
+                    write_all(out.fd, chunk)
                     offset += len(chunk)
                 os.fsync(out.fd)
                 os.fsync(out.dir_fd)  # type: ignore[arg-type]
