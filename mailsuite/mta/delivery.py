@@ -42,6 +42,14 @@ BATCH_MESSAGES = 200
 BATCH_BYTES = 32 * 1024 * 1024
 
 
+def error_status(e: smtp.SMTPServerError) -> tuple[str, str]:
+    """(reply text, DSN status) of a refusal met on local delivery: the status is the enhanced
+    code the text starts with, else ``X.0.0`` of the reply code (for the maillog's ``dsn=`` and
+    the bounce)."""
+    resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
+    return resp, resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
+
+
 class RecipientRejected(smtp.SMTPServerError):
     """A recipient the server must refuse; ``code`` and ``resp`` are the SMTP reply."""
 
@@ -479,8 +487,7 @@ class LocalDelivery:
         try:
             found = yield self.resolve(r.address)
         except smtp.SMTPServerError as e:
-            resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
-            dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
+            resp, dsn = error_status(e)
             return Outcome(550 if e.code >= 500 else 451, dsn, resp, "local")
         wanted = [dest for dest in found if dest.name == r.user]
         if not wanted:

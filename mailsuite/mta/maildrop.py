@@ -36,7 +36,7 @@ from mailsuite import threads
 from mailsuite.fsutil import atomic_write, fsync_entry
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta.bounce import Entry
-from mailsuite.mta.delivery import DeliveryFailed
+from mailsuite.mta.delivery import DeliveryFailed, error_status
 from mailsuite.mta.forward import TargetFailed
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 
@@ -260,8 +260,7 @@ def local_submitter(delivery: Any, maillog: Any, hostname: str, myorigin: str,
             yield delivery.deliver(data, sender, [(address, d) for d in found],
                                    dropped.queue_id, arrival=dropped.arrival)
         except smtp.SMTPServerError as e:
-            resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
-            dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
+            resp, dsn = error_status(e)
             status = "deferred" if e.code < 500 else "bounced"
             maillog.write("local", f"{dropped.queue_id}: to=<{address}>, relay=none,"
                           f" delay={now() - dropped.arrival:.2g}, dsn={dsn},"
