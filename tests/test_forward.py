@@ -25,7 +25,6 @@ from mailsuite.mta.forward import (
     TargetFailed,
 )
 from mailsuite.store import locking
-from mailsuite.store.interfaces import StoreError
 
 ROOT = os.geteuid() == 0
 
@@ -383,7 +382,7 @@ class ProgramTests(unittest.TestCase):
 
 
 class AppendLockTests(unittest.TestCase):
-    """The /file appender takes the store's locks (mailsuite.store.locking), in-process here."""
+    """The /file appender's locks (its dotlock, the store's fcntl lock), in-process here."""
 
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
@@ -424,15 +423,19 @@ class AppendLockTests(unittest.TestCase):
         old = forward.time.time() - forward.STALE_DOTLOCK - 10
         os.utime(self.path + ".lock", (old, old))
         self.assertEqual(forward._append(self.path, b"x\n"), (0, ""))
-        self.assertEqual((self.read(), self.sleeps), (b"x\n", []))
+        self.assertEqual((self.read(), self.sleeps), (b"x\n", [0.1]))  # one pause, then taken
         self.assertFalse(os.path.exists(self.path + ".lock"))
 
     def test_no_dotlock_where_the_directory_refuses_one(self) -> None:
         """Postfix's "may fail": without a dotlock the fcntl lock alone guards the append."""
-        def refused(*args: object) -> bool:
-            raise StoreError("cannot create dotlock: Permission denied")
+        real_open = os.open
 
-        self.patch(forward, "try_dotlock", refused)
+        def refused(path: str, flags: int, *args: object, **kw: object) -> int:
+            if path.endswith(".lock"):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_open(path, flags, *args, **kw)  # type: ignore[arg-type]
+
+        self.patch(forward.os, "open", refused)
         self.assertEqual(forward._append(self.path, b"x\n"), (0, ""))
         self.assertEqual(self.read(), b"x\n")
 

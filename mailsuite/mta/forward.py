@@ -39,7 +39,6 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,13 +56,7 @@ from mailsuite.mta.aliases import (
     classify,
     parse_list,
 )
-from mailsuite.store.interfaces import StoreError
-from mailsuite.store.locking import (
-    DEFAULT_STALE_AFTER,
-    release_dotlock,
-    try_dotlock,
-    try_fcntl_lock,
-)
+from mailsuite.store.locking import try_fcntl_lock
 from mailsuite.store.mboxformat import make_from_line, to_stored
 from mailsuite.store.safepath import MissingAnchor, Place, UnsafePath, open_anchor
 
@@ -522,16 +515,20 @@ def deliver_program(program: Program, message: bytes, env: dict[str, str],
 
 #: How long a /file delivery may take (locks included) before its child is killed.
 FILE_TIME_LIMIT = 120.0
-#: A dotlock older than this is stale (Postfix: stale_lock_time = 500s; ours 300s, the store's).
-STALE_DOTLOCK = DEFAULT_STALE_AFTER
+#: A dotlock older than this is stale (Postfix: stale_lock_time = 500s; ours 300s).
+STALE_DOTLOCK = 300.0
 _TRANSIENT = (errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EINTR)
 
 
 def _append(path: str, entry: bytes) -> tuple[int, str]:
     """Append ``entry`` to the mbox ``path`` with this process's privileges: O_NOFOLLOW, a
-    regular file with one link, a dotlock where the directory allows one, fcntl lock (the
-    store's, mailsuite.store.locking), fsync. Returns (exit code: 0, EX_TEMPFAIL or
-    EX_CANTCREAT; reason)."""
+    regular file with one link, a dotlock where the directory allows one, the store's fcntl
+    lock, fsync. Returns (exit code: 0, EX_TEMPFAIL or EX_CANTCREAT; reason).
+
+    This runs in a child forked from the threaded server, so it calls nothing that takes a
+    Python lock (one another thread held at the fork would never be released here): the
+    dotlock is made here, empty as Postfix's local(8) makes it, not with the store's
+    ``try_dotlock``, which records the dotlocks it holds under a thread lock."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                      | os.O_NONBLOCK, 0o600)  # a FIFO without reader: ENXIO, not a hang
@@ -541,12 +538,32 @@ def _append(path: str, entry: bytes) -> tuple[int, str]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
         return EX_CANTCREAT, "cannot append: not a regular file with one link"
-    lock = path + ".lock"
-    dot = _retry(lambda: try_dotlock(lock, STALE_DOTLOCK))
-    if dot is None:
+    lock, dot = path + ".lock", False
+    for _ in range(300):
+        try:
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            dot = True
+            break
+        except FileExistsError:
+            try:
+                if time.time() - os.stat(lock).st_mtime > STALE_DOTLOCK:
+                    os.unlink(lock)
+            except OSError:
+                pass
+            time.sleep(0.1)
+        except OSError:
+            break  # no dotlock where the directory is not writable (Postfix: "may fail")
+    else:
         return EX_TEMPFAIL, "file is locked (dotlock)"
     try:
-        if not _retry(lambda: try_fcntl_lock(fd)):
+        for _ in range(300):
+            try:
+                if try_fcntl_lock(fd):  # the store's (an open-file-description lock)
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        else:
             return EX_TEMPFAIL, "file is locked (fcntl)"
         end = os.lseek(fd, 0, os.SEEK_END)
         try:
@@ -557,24 +574,8 @@ def _append(path: str, entry: bytes) -> tuple[int, str]:
             return EX_TEMPFAIL, f"cannot append message to file: {e.strerror}"
     finally:
         if dot:
-            release_dotlock(lock)
+            os.unlink(lock)
     return 0, ""
-
-
-def _retry(take: Callable[[], bool], tries: int = 300) -> bool | None:
-    """``take()`` until it gets the lock (True), every 0.1s, ``tries`` times (then None); False
-    when the lock cannot be had here at all (no dotlock where the directory is not writable:
-    Postfix's "may fail"); an error of the fcntl lock counts as busy."""
-    for _ in range(tries):
-        try:
-            if take():
-                return True
-        except StoreError:
-            return False
-        except OSError:
-            pass
-        time.sleep(0.1)
-    return None
 
 
 def _child(privs: Privileges, path: str, entry: bytes, report: int) -> None:
