@@ -7,15 +7,16 @@ the result is answered; the exchange itself is here, once:
     step = exchange.step()                         # Challenge(b"Username:") or an Attempt
     step = exchange.respond(client_line)           # base64 text, "*" = cancel
 
-and so is the driving of it, which every protocol uses the same way: ``Driver(exchange, framing)``
-runs the steps and hands each outcome to the protocol's ``Framing`` (how a challenge is written,
-the replies to a cancel and to a malformed response, and the one login method; the session
-itself is the framing), so a protocol keeps nothing but its wire framing and its reply codes. ``login(portal, attempt, interface)`` is
-the portal call all three make.
+and so is the driving of it: ``Driver(exchange, session).begin()`` runs the steps and hands each
+outcome to the session, the exchange's ``Framing`` (``sasl_challenge``: write the challenge;
+``sasl_cancelled`` / ``sasl_malformed``: the replies to ``*`` and to a bad response;
+``sasl_attempt``: the one login method); ``driver.respond(line)`` takes the client's answer while
+``driver.waiting``. A protocol keeps nothing but its wire framing and its reply codes.
+``login(portal, attempt, interface)`` is the portal call all three make.
 
 ``initial`` is the initial response (SASL-IR, RFC 4959 / RFC 5034 / RFC 4954) as sent: base64,
-``=`` for an empty one, None when absent. Bad base64 and malformed PLAIN messages raise
-``Malformed``; ``*`` raises ``Cancelled``. The outcome is an ``Attempt`` (mechanism, user, password,
+``=`` for an empty one, None when absent. Bad base64 (``BadBase64``) and malformed PLAIN
+messages raise ``Malformed``; ``*`` raises ``Cancelled``. The outcome is an ``Attempt`` (mechanism, user, password,
 authzid) that the protocol hands to its single login method, where the portal (and any login
 policy) is consulted. A PLAIN authorization identity other than the user itself is refused there,
 as Dovecot refuses it without master users.
