@@ -206,3 +206,24 @@ class LoginTests(unittest.TestCase):
     def test_portal_error_is_a_failure(self) -> None:
         d = sasl.login(self.Portal(raises=True), sasl.Attempt("PLAIN", b"boss", b"pw"), "IFace")
         self.failureResultOf(d, RuntimeError)
+
+
+class ConversationTests(unittest.TestCase):
+    class Session(Recorder, sasl.Conversation):
+        pass
+
+    def test_waiting_exchange_only(self) -> None:
+        """``_sasl`` is the driver only while it waits for the client's line."""
+        session = self.Session()
+        session.events = []
+        self.assertIsNone(session._sasl)
+        self.assertEqual(session.sasl_begin(sasl.Exchange.start(b"LOGIN")), "challenged")
+        self.assertIsNotNone(session._sasl)
+        session.sasl_response(b64(b"boss"))
+        self.assertEqual(session.sasl_response(b64(b"pw")), "attempted")
+        self.assertIsNone(session._sasl)
+        self.assertEqual(session.events[-1], ("attempt", sasl.Attempt("LOGIN", b"boss", b"pw")))
+
+    def test_framing_must_be_given(self) -> None:
+        self.assertRaises(NotImplementedError, sasl.Conversation().sasl_begin,
+                          sasl.Exchange.start(b"PLAIN"))

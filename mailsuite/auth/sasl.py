@@ -11,7 +11,8 @@ and so is the driving of it: ``Driver(exchange, session).begin()`` runs the step
 outcome to the session, the exchange's ``Framing`` (``sasl_challenge``: write the challenge;
 ``sasl_cancelled`` / ``sasl_malformed``: the replies to ``*`` and to a bad response;
 ``sasl_attempt``: the one login method); ``driver.respond(line)`` takes the client's answer while
-``driver.waiting``. A protocol keeps nothing but its wire framing and its reply codes.
+``driver.waiting``; ``Conversation`` keeps them for a session. A protocol keeps nothing but
+its wire framing and its reply codes.
 ``login(portal, attempt, interface)`` is the portal call all three make.
 
 ``initial`` is the initial response (SASL-IR, RFC 4959 / RFC 5034 / RFC 4954) as sent: base64,
@@ -185,6 +186,43 @@ class Driver:
             self.waiting = True
             return self.framing.sasl_challenge(encode(result.data))
         return self.framing.sasl_attempt(result)
+
+
+class Conversation:
+    """A mixin for a protocol's login mixin, which is its own ``Framing`` (it overrides the
+    four ``sasl_*`` methods): the exchange of its last AUTH and its driver."""
+
+    _driver: Driver | None = None
+
+    def sasl_begin(self, exchange: Exchange) -> Any:
+        """Start ``exchange`` (the mechanism and initial response of the command)."""
+        self._driver = Driver(exchange, self)
+        return self._driver.begin()
+
+    @property
+    def _sasl(self) -> Driver | None:
+        """The exchange waiting for the client's next line, if one is (the reader routes it
+        to ``sasl_response`` then)."""
+        driver = self._driver
+        return driver if driver is not None and driver.waiting else None
+
+    def sasl_response(self, line: bytes) -> Any:
+        """The client's line while an exchange waits for one."""
+        driver = self._sasl
+        assert driver is not None
+        return driver.respond(line)
+
+    def sasl_challenge(self, encoded: bytes) -> Any:
+        raise NotImplementedError
+
+    def sasl_cancelled(self) -> Any:
+        raise NotImplementedError
+
+    def sasl_malformed(self, error: Malformed) -> Any:
+        raise NotImplementedError
+
+    def sasl_attempt(self, attempt: Attempt) -> Any:
+        raise NotImplementedError
 
 
 def login(portal: Any, attempt: Attempt, interface: Any) -> defer.Deferred[Any]:

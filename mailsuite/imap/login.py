@@ -33,7 +33,7 @@ PRIVACY_REQUIRED = (b"[PRIVACYREQUIRED] Plaintext authentication disallowed on n
                     b"(SSL/TLS) connections.")
 
 
-class ImapLogin:
+class ImapLogin(sasl.Conversation):
     """STARTTLS, LOGIN, AUTHENTICATE for ``IMAPServer`` (which provides what is declared here)."""
 
     transport: Any
@@ -47,7 +47,6 @@ class ImapLogin:
     server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
     secure = False  # TLS is on (implicit port, or after STARTTLS)
     _auth_failures = 0
-    _driver: sasl.Driver | None = None  # of the last AUTHENTICATE
     _sasl_tag = b""
     sendPositiveResponse: Callable[..., None]
     sendNegativeResponse: Callable[..., None]
@@ -130,16 +129,16 @@ class ImapLogin:
         if not self.plaintext_ok():
             self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
             return
-        self._sasl_tag, self._driver = tag, sasl.Driver(exchange, self)
-        self._driver.begin()
+        self._sasl_tag = tag
+        self.sasl_begin(exchange)
 
     cmd_AUTHENTICATE.imap_states = ("unauth",)  # type: ignore[attr-defined]
 
     def sasl_line(self, line: bytes) -> None:
         """A line the client sent in answer to an AUTHENTICATE challenge."""
         self.parseState = "command"
-        if self._driver is not None and self._driver.waiting:
-            self._driver.respond(line.rstrip(b"\r"))
+        if self._sasl is not None:
+            self.sasl_response(line.rstrip(b"\r"))
 
     # -- sasl.Framing: IMAP's (RFC 3501, SASL-IR RFC 4959), for the AUTHENTICATE of _sasl_tag --
     def sasl_challenge(self, encoded: bytes) -> None:

@@ -30,7 +30,7 @@ PLAINTEXT_REFUSED = (b"-ERR [AUTH] Plaintext authentication disallowed on non-se
                      b"connections.")
 
 
-class Pop3Login:
+class Pop3Login(sasl.Conversation):
     """CAPA, STLS, USER, PASS, AUTH for ``POP3Server`` (which sets the attributes used here)."""
 
     transport: Any
@@ -50,7 +50,6 @@ class Pop3Login:
         self._login_method = "PLAIN"
         self._failures = 0
         self._logout: Callable[[], None] | None = None
-        self._driver: sasl.Driver | None = None  # of the last AUTH
         self._tls_cut = False  # input after STLS in the same read is discarded (no injection)
         self._quit = False
         self._queue: list[bytes] = []
@@ -125,18 +124,7 @@ class Pop3Login:
             return self.reply(b"-ERR [AUTH] Unsupported authentication mechanism.")
         if self._plaintext_refused():
             return None
-        self._driver = sasl.Driver(exchange, self)
-        return self._driver.begin()
-
-    @property
-    def _sasl(self) -> sasl.Driver | None:
-        """The AUTH exchange waiting for the client's next line (the server routes it here)."""
-        return self._driver if self._driver is not None and self._driver.waiting else None
-
-    def sasl_response(self, line: bytes) -> Any:
-        """The client's line while an AUTH exchange waits for one."""
-        assert self._driver is not None
-        return self._driver.respond(line)
+        return self.sasl_begin(exchange)
 
     # -- sasl.Framing: POP3's (RFC 5034) --
 

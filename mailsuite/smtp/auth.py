@@ -44,7 +44,7 @@ log = Logger()
 BEFORE_TLS = {b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"RSET", b"HELP", b"QUIT"}
 
 
-class SmtpAuth:
+class SmtpAuth(sasl.Conversation):
     """STARTTLS and AUTH for ``SMTPServer`` (which provides what is declared here)."""
 
     factory: Any
@@ -58,7 +58,6 @@ class SmtpAuth:
     _sender: str | None
     _avatar: Any
     _logout: Callable[[], None] | None
-    _driver: sasl.Driver | None = None  # of the last AUTH
     _reply: Callable[[int, str], None]
     _log: Callable[[str], None]
     _reset_transaction: Callable[[], None]
@@ -141,18 +140,7 @@ class SmtpAuth:
             exchange = sasl.Exchange.start(words[0], words[1] if len(words) == 2 else None)
         except sasl.UnknownMechanism:
             return self._reply(504, "5.5.4 Unsupported authentication mechanism")
-        self._driver = sasl.Driver(exchange, self)
-        return self._driver.begin()
-
-    @property
-    def _sasl(self) -> sasl.Driver | None:
-        """The AUTH exchange waiting for the client's next line (the server routes it here)."""
-        return self._driver if self._driver is not None and self._driver.waiting else None
-
-    def sasl_response(self, line: bytes) -> Any:
-        """A client line while an AUTH exchange waits for it."""
-        assert self._driver is not None
-        return self._driver.respond(line)
+        return self.sasl_begin(exchange)
 
     # -- sasl.Framing: SMTP's (RFC 4954) ---------------------------------------------------------
 
