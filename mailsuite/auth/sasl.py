@@ -17,10 +17,10 @@ its wire framing and its reply codes.
 
 ``initial`` is the initial response (SASL-IR, RFC 4959 / RFC 5034 / RFC 4954) as sent: base64,
 ``=`` for an empty one, None when absent. Bad base64 (``BadBase64``) and malformed PLAIN
-messages raise ``Malformed``; ``*`` raises ``Cancelled``. The outcome is an ``Attempt`` (mechanism, user, password,
-authzid) that the protocol hands to its single login method, where the portal (and any login
-policy) is consulted. A PLAIN authorization identity other than the user itself is refused there,
-as Dovecot refuses it without master users.
+messages raise ``Malformed``; ``*`` raises ``Cancelled``. The outcome is an ``Attempt``
+(mechanism, user, password, authzid) that the protocol hands to its single login method, where
+the portal (and any login policy) is consulted. A PLAIN authorization identity other than the
+user itself is refused there, as Dovecot refuses it without master users.
 
 ``plaintext_ok(config, transport, secure)`` is the rule every protocol uses to decide whether
 LOGIN/USER/PASS and the PLAIN/LOGIN mechanisms are offered and accepted (Dovecot's
