@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.config import Config
+from mailsuite.fsutil import atomic_write
 
 log = Logger()
 
@@ -227,19 +228,7 @@ def _write_private(path: str, data: bytes) -> None:
     """Write ``data`` at ``path`` with mode 0600 (directories made 0755), all or nothing."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    temp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o600)
-        os.rename(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    atomic_write(path, data, tmp=f"{path}.{os.getpid()}.tmp", sync=None)
 
 
 def server_tls(cfg: Config) -> ServerTLS | None:
