@@ -123,6 +123,25 @@ def _idle_tcp(t: Any) -> bool:
     )
 
 
+#: Replies left unsent past which no more commands are read until the client reads them (S5: a
+#: client that sends without reading costs no memory, as Dovecot reads no input while its
+#: output buffer is full); how often a held connection looks again.
+MAX_UNSENT = 256 * 1024
+UNSENT_POLL = 0.05
+
+
+def _unsent(t: Any) -> int:
+    """Bytes written to ``t`` and not sent yet: what a TLS layer holds back and what the TCP
+    connection under it buffers (Twisted's own attributes, as _idle_tcp; 0 for any other
+    transport)."""
+    total = sum(map(len, getattr(t, "_appSendBuffer", None) or ()))
+    if not isinstance(t, tcp.Connection):
+        t = getattr(t, "transport", None)
+    if isinstance(t, tcp.Connection):
+        total += len(t.dataBuffer) - t.offset + t._tempDataLen
+    return total
+
+
 class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers;
     STARTTLS, LOGIN and AUTHENTICATE are ``ImapLogin``'s."""
@@ -145,6 +164,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self._quiet_since = -REFRESH_REUSE  # when a refresh before a command last found nothing
         self.user: str | None = None
         self._in_flight = False
+        self._unsent_check: Any = None  # while replies are unsent (MAX_UNSENT): the next look
         self._command = b""
         self._lost = False
         self._logged_out = False
@@ -167,6 +187,9 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     def connectionLost(self, reason: Any) -> None:
         self._lost = True
         self.setTimeout(None)
+        if self._unsent_check is not None:
+            self._unsent_check.cancel()
+            self._unsent_check = None
         self._stop_idle()
         self._close_view()
         if self._onLogout:
@@ -213,6 +236,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self._corked.append(data)
         else:
             self.transport.write(data)
+            self._hold_while_unsent()
 
     def uncork(self) -> None:
         """Send what the commands answered while the received bytes were handled, at once:
@@ -231,6 +255,31 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             data = data[sent:]
         if data:
             t.write(data)
+            self._hold_while_unsent()
+
+    def _hold_while_unsent(self) -> None:
+        """Read no more commands while the client leaves more than MAX_UNSENT unread."""
+        if self._lost or (self._unsent_check is None and _unsent(self.transport) <= MAX_UNSENT):
+            return
+        if not self.paused:
+            self.pauseProducing()
+        if self._unsent_check is None:
+            self._unsent_check = self.callLater(UNSENT_POLL, self._look_at_unsent)
+
+    def _look_at_unsent(self) -> None:
+        self._unsent_check = None
+        if self._lost:
+            return
+        if _unsent(self.transport) > MAX_UNSENT:
+            self._unsent_check = self.callLater(UNSENT_POLL, self._look_at_unsent)
+        else:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read on, unless a command is running (_pause_while_busy) or replies are unsent."""
+        busy = self._in_flight and self.parseState == "command"
+        if self.paused and not self._lost and not busy and self._unsent_check is None:
+            self.resumeProducing()
 
     def _rip(self) -> str:
         return host_of(self.transport.getPeer())
@@ -416,8 +465,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         super()._respond(state, tag, message)
         if final:
             self._in_flight = False
-            if self.paused and not self._lost:
-                self.resumeProducing()
+            self._resume_reading()
 
     def flush_updates(self, allow_expunge: bool = True) -> None:
         """Send the EXISTS / EXPUNGE / FETCH FLAGS owed to the client."""
@@ -522,8 +570,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             IDLE_POLLER.add(self.view.mailbox, self, self.clock)
             self.view.mailbox.refresh().addErrback(lambda f: log.failure("IDLE refresh failed", f))
         self._keepalive = self.callLater(IDLE_KEEPALIVE, self._still_here)
-        if self.paused and not self._lost:
-            self.resumeProducing()
+        self._resume_reading()
 
     def _still_here(self) -> None:
         self._keepalive = None
