@@ -40,7 +40,7 @@ from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.parser import LITERAL_AT_END, Cursor, ParseError
 from mailsuite.imap.selected import SelectedCommands
-from mailsuite.net import host_of
+from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.store.interfaces import (
     InvalidMailboxName,
     MailboxExists,
@@ -123,25 +123,6 @@ def _idle_tcp(t: Any) -> bool:
     )
 
 
-#: Replies left unsent past which no more commands are read until the client reads them (S5: a
-#: client that sends without reading costs no memory, as Dovecot reads no input while its
-#: output buffer is full); how often a held connection looks again.
-MAX_UNSENT = 256 * 1024
-UNSENT_POLL = 0.05
-
-
-def _unsent(t: Any) -> int:
-    """Bytes written to ``t`` and not sent yet: what a TLS layer holds back and what the TCP
-    connection under it buffers (Twisted's own attributes, as _idle_tcp; 0 for any other
-    transport)."""
-    total = sum(map(len, getattr(t, "_appSendBuffer", None) or ()))
-    if not isinstance(t, tcp.Connection):
-        t = getattr(t, "transport", None)
-    if isinstance(t, tcp.Connection):
-        total += len(t.dataBuffer) - t.offset + t._tempDataLen
-    return total
-
-
 class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers;
     STARTTLS, LOGIN and AUTHENTICATE are ``ImapLogin``'s."""
@@ -164,7 +145,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self._quiet_since = -REFRESH_REUSE  # when a refresh before a command last found nothing
         self.user: str | None = None
         self._in_flight = False
-        self._unsent_check: Any = None  # while replies are unsent (MAX_UNSENT): the next look
+        self._unsent_wait: UnsentWait | None = None  # while more than MAX_UNSENT is unsent
         self._command = b""
         self._lost = False
         self._logged_out = False
@@ -187,9 +168,8 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     def connectionLost(self, reason: Any) -> None:
         self._lost = True
         self.setTimeout(None)
-        if self._unsent_check is not None:
-            self._unsent_check.cancel()
-            self._unsent_check = None
+        if self._unsent_wait is not None:
+            self._unsent_wait.cancel()
         self._stop_idle()
         self._close_view()
         if self._onLogout:
@@ -259,26 +239,20 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
 
     def _hold_while_unsent(self) -> None:
         """Read no more commands while the client leaves more than MAX_UNSENT unread."""
-        if self._lost or (self._unsent_check is None and _unsent(self.transport) <= MAX_UNSENT):
+        if self._lost or self._unsent_wait is not None or unsent(self.transport) <= MAX_UNSENT:
             return
         if not self.paused:
             self.pauseProducing()
-        if self._unsent_check is None:
-            self._unsent_check = self.callLater(UNSENT_POLL, self._look_at_unsent)
+        self._unsent_wait = UnsentWait(self.transport, self.callLater, self._all_but_sent)
 
-    def _look_at_unsent(self) -> None:
-        self._unsent_check = None
-        if self._lost:
-            return
-        if _unsent(self.transport) > MAX_UNSENT:
-            self._unsent_check = self.callLater(UNSENT_POLL, self._look_at_unsent)
-        else:
-            self._resume_reading()
+    def _all_but_sent(self) -> None:
+        self._unsent_wait = None
+        self._resume_reading()
 
     def _resume_reading(self) -> None:
         """Read on, unless a command is running (_pause_while_busy) or replies are unsent."""
         busy = self._in_flight and self.parseState == "command"
-        if self.paused and not self._lost and not busy and self._unsent_check is None:
+        if self.paused and not self._lost and not busy and self._unsent_wait is None:
             self.resumeProducing()
 
     def _rip(self) -> str:

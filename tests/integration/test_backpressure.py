@@ -53,3 +53,7 @@ class UnreadRepliesTests(unittest.TestCase):
     def test_imap_before_login(self) -> None:
         """b'x\\r\\n' is answered '* BAD Missing tag or command.': 10 times the input."""
         self.check("imap", b"x\r\n")
+
+    def test_pop3_before_login(self) -> None:
+        """b'x\\r\\n' is answered '-ERR Unknown command.': 8 times the input."""
+        self.check("pop3", b"x\r\n")
