@@ -7,6 +7,8 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
+from twisted.internet import tcp
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -54,3 +56,43 @@ def default_hostname() -> str:
         if "." in fqdn and not fqdn.lower().startswith("localhost"):
             name = fqdn
     return name
+
+
+#: Replies left unsent past which no more commands are read until the client reads them (S5: a
+#: client that sends without reading costs no memory, as Dovecot reads no input while its
+#: output buffer is full); how often a held connection looks again.
+MAX_UNSENT = 256 * 1024
+UNSENT_POLL = 0.05
+
+
+def unsent(t: Any) -> int:
+    """Bytes written to ``t`` and not sent yet: what a TLS layer holds back and what the TCP
+    connection under it buffers (Twisted's own attributes, as imap.server's _idle_tcp; 0 for
+    any other transport)."""
+    total = sum(map(len, getattr(t, "_appSendBuffer", None) or ()))
+    if not isinstance(t, tcp.Connection):
+        t = getattr(t, "transport", None)
+    if isinstance(t, tcp.Connection):
+        total += len(t.dataBuffer) - t.offset + t._tempDataLen
+    return total
+
+
+class UnsentWait:
+    """Looks every UNSENT_POLL until no more than MAX_UNSENT is unsent on ``transport``, then
+    calls ``then`` (the protocol reads on). ``cancel`` when the connection is lost."""
+
+    def __init__(self, transport: Any, call_later: Any, then: Any) -> None:
+        self.transport, self.call_later, self.then = transport, call_later, then
+        self.call: Any = call_later(UNSENT_POLL, self._look)
+
+    def _look(self) -> None:
+        if unsent(self.transport) > MAX_UNSENT:
+            self.call = self.call_later(UNSENT_POLL, self._look)
+        else:
+            self.call = None
+            self.then()
+
+    def cancel(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+            self.call = None

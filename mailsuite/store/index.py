@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
 
 from mailsuite.fsutil import atomic_write, fsync_parent, write_all
-from mailsuite.store.interfaces import Changes, StoreError
+from mailsuite.store.interfaces import Changes, StoreError, StoreRefused
 from mailsuite.store.mboxformat import Parsed
 
 MAGIC = b"mailsuite-mbox-index 2"
@@ -441,7 +441,7 @@ def append_log(
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link to another's file
-            raise StoreError(f"{log_path(path)}: not a regular file with one link: refused")
+            raise StoreRefused(f"{log_path(path)}: not a regular file with one link: refused")
         if st.st_size == 0:
             records = LOG_MAGIC + b" %d\n" % index.generation + records
             if owner is not None:

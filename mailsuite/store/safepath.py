@@ -247,6 +247,10 @@ class Dir:
                     return self.create_file(name, flags, owner), True
                 except FileExistsError:
                     continue
+            except OSError as e:  # a directory opened for writing, a socket
+                if e.errno in (errno.EISDIR, errno.ENXIO):
+                    raise refuse(path, "not a regular file") from e
+                raise
             try:
                 check_file(os.fstat(fd), self.place.uid, path)
                 os.set_blocking(fd, True)
