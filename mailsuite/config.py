@@ -30,9 +30,7 @@ from typing import Any, TypeVar
 
 from mailsuite import uidlformat
 from mailsuite.accounts import Account
-from mailsuite.net import default_hostname
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from mailsuite.net import Network, default_hostname, in_networks, parse_ip
 
 DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
@@ -491,15 +489,9 @@ class AuthConfig:
         local_ip``: Dovecot counts such a connection as secured)."""
         if tls or not (self.disable_plaintext_auth or ssl_required):
             return True
-        try:
-            address = ipaddress.ip_address(peer_ip.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if address.is_loopback or (local_ip and peer_ip == local_ip):
+        if local_ip and peer_ip == local_ip and parse_ip(peer_ip) is not None:
             return True
-        return any(address in net for net in self.login_trusted_networks)
+        return in_networks(peer_ip, self.login_trusted_networks, loopback=True)
 
 
 @dataclass(frozen=True)

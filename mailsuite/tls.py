@@ -35,6 +35,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from mailsuite.config import Config
+from mailsuite.fsutil import atomic_write
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -228,19 +229,7 @@ def _write_private(path: str, data: bytes) -> None:
     """Write ``data`` at ``path`` with mode 0600 (directories made 0755), all or nothing."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    temp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o600)
-        os.rename(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    atomic_write(path, data, tmp=f"{path}.{os.getpid()}.tmp", sync=None)
 
 
 def server_tls(cfg: Config) -> ServerTLS | None:

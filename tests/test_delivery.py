@@ -23,6 +23,7 @@ from mailsuite.mta.delivery import (
     RelayDenied,
     UnknownRecipient,
     UnsupportedRecipient,
+    error_status,
     format_delay,
     received_header,
 )
@@ -109,6 +110,20 @@ class DeliveryCase(unittest.TestCase):
 
     def rejected(self, address: str, kind: type) -> Any:
         return self.failureResultOf(self.delivery.resolve(address), kind).value
+
+
+class ErrorStatusTests(unittest.TestCase):
+    def test_enhanced_code_of_the_text(self) -> None:
+        e = UnknownRecipient("nobody@example.test")
+        resp, dsn = error_status(e)
+        self.assertEqual(dsn, "5.1.1")
+        self.assertTrue(resp.startswith("5.1.1 <nobody@example.test>: "))
+
+    def test_made_up_from_the_reply_code(self) -> None:
+        """Text without a status: X.0.0; bytes are decoded, bad UTF-8 replaced."""
+        self.assertEqual(error_status(smtp.SMTPServerError(451, b"no \xff way")),
+                         ("no \ufffd way", "4.0.0"))
+        self.assertEqual(error_status(smtp.SMTPServerError(550, "refused")), ("refused", "5.0.0"))
 
 
 class ResolveTests(DeliveryCase):

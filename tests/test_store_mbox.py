@@ -1265,3 +1265,40 @@ class MboxUnseenCountTests(MboxTestCase):
         box = yield self.make_store().open(self.account)
         check()
         box.close()
+
+
+class MboxAppendManyTests(MboxTestCase):
+    """MboxFile.append is append_many of one message: one path for APPEND and delivery."""
+
+    @defer.inlineCallbacks
+    def test_flags_and_zone_of_a_group(self):
+        box = yield self.open_with(MSG1)
+        date = int(self.clock[0])
+        uids = yield box._run(box._file.append_many, [(MSG2, "a@example.test"),
+                                                     (MSG1, "b@example.test")],
+                              date, frozenset({"\\Seen", "bad flag"}), 3600)
+        self.assertEqual(uids, [2, 3])
+        added = box._state.entries[1:]
+        self.assertEqual([e.flags for e in added], [frozenset({"\\Seen"})] * 2)
+        self.assertEqual([(e.date, e.tz) for e in added], [(date, 3600)] * 2)
+
+    @defer.inlineCallbacks
+    def test_append_writes_what_append_many_writes(self):
+        """The same bytes on disk (prefix fix-up, From_ line, quoting) and the same entry."""
+        self.write(b"From x@y Thu Jan  1 00:00:00 1970\nSubject: no final newline")
+        box = yield self.open_with()
+        date = int(self.clock[0])
+        uid = yield box._append(MSG2, "a@example.test", frozenset({"\\Flagged"}), None)
+        with open(self.path, "rb") as f:
+            one = f.read()
+        entry = box._state.entries[-1]
+        os.unlink(self.path)
+        self.write(b"From x@y Thu Jan  1 00:00:00 1970\nSubject: no final newline")
+        other = mboxfile.MboxFile(self.account, self.path, os.path.join(self.account.home, "mail"),
+                                  now=lambda: self.clock[0],
+                                  index_dir=os.path.join(self.account.home, "idx"))
+        many = other.append_many(None, [(MSG2, "a@example.test")], date)
+        self.assertEqual(many[2], None)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), one)
+        self.assertEqual((uid, entry.flags), (2, frozenset({"\\Flagged"})))

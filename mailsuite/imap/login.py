@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.cred import credentials
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -40,13 +39,13 @@ PRIVACY_REQUIRED = (b"[PRIVACYREQUIRED] Plaintext authentication disallowed on n
                     b"(SSL/TLS) connections.")
 
 
-class ImapLogin(_Base):
+class ImapLogin(sasl.Conversation, _Base):
     """STARTTLS, LOGIN, AUTHENTICATE for ``IMAPServer`` (what they use of it: ``Session``)."""
 
     server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
     secure = False  # TLS is on (implicit port, or after STARTTLS)
     _auth_failures = 0
-    _sasl_pending: Callable[[bytes], None] | None = None
+    _sasl_tag = b""
 
     def plaintext_ok(self) -> bool:
         return sasl.plaintext_ok(self.config, self.transport, self.secure)
@@ -120,45 +119,37 @@ class ImapLogin(_Base):
         if not self.plaintext_ok():
             self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
             return
-        self._sasl_step(tag, exchange, exchange.step)
+        self._sasl_tag = tag
+        self.sasl_begin(exchange)
 
     cmd_AUTHENTICATE.imap_states = ("unauth",)  # type: ignore[attr-defined]
 
-    def _sasl_step(self, tag: bytes, exchange: sasl.Exchange, step: Callable[[], Any]) -> None:
-        try:
-            result = step()
-        except sasl.Cancelled:
-            self.sendBadResponse(tag, b"Authentication aborted by client.")
-            return
-        except sasl.Malformed as e:
-            self.sendBadResponse(tag, str(e).encode("ascii") + b".")
-            return
-        if isinstance(result, sasl.Challenge):
-            # the reader hands the client's next line to sasl_line, not to the command parser
-            self._sasl_pending = lambda answer: self._sasl_step(
-                tag, exchange, lambda: exchange.respond(answer))
-            self.parseState = "sasl"
-            self.sendLine(b"+ " + sasl.encode(result.data))
-            return
-        self._login(tag, result)
-
     def sasl_line(self, line: bytes) -> None:
         """A line the client sent in answer to an AUTHENTICATE challenge."""
-        pending, self._sasl_pending = self._sasl_pending, None
         self.parseState = "command"
-        if pending is not None:
-            pending(line.rstrip(b"\r"))
+        if self._sasl is not None:
+            self.sasl_response(line.rstrip(b"\r"))
+
+    # -- sasl.Framing: IMAP's (RFC 3501, SASL-IR RFC 4959), for the AUTHENTICATE of _sasl_tag --
+    def sasl_challenge(self, encoded: bytes) -> None:
+        # the reader hands the client's next line to sasl_line, not to the command parser
+        self.parseState = "sasl"
+        self.sendLine(b"+ " + encoded)
+
+    def sasl_cancelled(self) -> None:
+        self.sendBadResponse(self._sasl_tag, b"Authentication aborted by client.")
+
+    def sasl_malformed(self, error: sasl.Malformed) -> None:
+        self.sendBadResponse(self._sasl_tag, str(error).encode("ascii") + b".")
+
+    def sasl_attempt(self, attempt: sasl.Attempt) -> None:
+        self._login(self._sasl_tag, attempt)
 
     # -- the one login path --------------------------------------------------------------------
     def _login(self, tag: bytes, attempt: sasl.Attempt) -> None:
         """Check ``attempt`` through the portal; LOGIN and AUTHENTICATE both come here."""
         name = attempt.username.decode("utf-8", "replace")
-        if attempt.proxy:
-            d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("no master users"))
-        else:
-            creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
-            d = defer.maybeDeferred(self.portal.login, creds, None, IImapAccount)
+        d = sasl.login(self.portal, attempt, IImapAccount)
         args = (tag, name, attempt.mechanism)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=args, errbackArgs=args)
         d.addErrback(self._failed, tag)

@@ -42,7 +42,7 @@ from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.parser import LITERAL_AT_END, Cursor, ParseError
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
-from mailsuite.net import host_of
+from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.store.interfaces import (
     InvalidMailboxName,
     MailboxExists,
@@ -117,6 +117,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self._quiet_since = -REFRESH_REUSE  # when a refresh before a command last found nothing
         self.user: str | None = None
         self._in_flight = False
+        self._unsent_wait: UnsentWait | None = None  # while more than MAX_UNSENT is unsent
         self._command = b""
         self._lost = False
         self._logged_out = False
@@ -139,6 +140,8 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     def connectionLost(self, reason: Any) -> None:
         self._lost = True
         self.setTimeout(None)
+        if self._unsent_wait is not None:
+            self._unsent_wait.cancel()
         self._stop_idle()
         self._close_view()
         if self._onLogout:
@@ -185,6 +188,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self._corked.append(data)
         else:
             self.transport.write(data)
+            self._hold_while_unsent()
 
     def uncork(self) -> None:
         """Send what the commands answered while the received bytes were handled, at once:
@@ -203,6 +207,25 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             data = data[sent:]
         if data:
             t.write(data)
+            self._hold_while_unsent()
+
+    def _hold_while_unsent(self) -> None:
+        """Read no more commands while the client leaves more than MAX_UNSENT unread."""
+        if self._lost or self._unsent_wait is not None or unsent(self.transport) <= MAX_UNSENT:
+            return
+        if not self.paused:
+            self.pauseProducing()
+        self._unsent_wait = UnsentWait(self.transport, self.callLater, self._all_but_sent)
+
+    def _all_but_sent(self) -> None:
+        self._unsent_wait = None
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read on, unless a command is running (_pause_while_busy) or replies are unsent."""
+        busy = self._in_flight and self.parseState == "command"
+        if self.paused and not self._lost and not busy and self._unsent_wait is None:
+            self.resumeProducing()
 
     def _rip(self) -> str:
         return host_of(self.transport.getPeer())
@@ -388,8 +411,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         super()._respond(state, tag, message)
         if final:
             self._in_flight = False
-            if self.paused and not self._lost:
-                self.resumeProducing()
+            self._resume_reading()
 
     def flush_updates(self, allow_expunge: bool = True) -> None:
         """Send the EXISTS / EXPUNGE / FETCH FLAGS owed to the client."""
@@ -496,8 +518,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self.idle_poller.add(self.view.mailbox, self, self.clock)
             self.view.mailbox.refresh().addErrback(lambda f: log.failure("IDLE refresh failed", f))
         self._keepalive = self.callLater(IDLE_KEEPALIVE, self._still_here)
-        if self.paused and not self._lost:
-            self.resumeProducing()
+        self._resume_reading()
 
     def _still_here(self) -> None:
         self._keepalive = None

@@ -10,7 +10,6 @@ server: an ``smtp.IMessageDelivery``.
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from mailsuite.mta.address import has_routing
 from mailsuite.mta.aliases import AliasLookupError, AliasMap
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Outcome
+from mailsuite.net import in_networks
 from mailsuite.store.interfaces import IMailStore, StoreRefused
 from mailsuite.store.locking import LockTimeout
 from mailsuite.threads import Blocking
@@ -42,6 +42,14 @@ RESOLVE_CACHE_SIZE = 10000
 #: Group commit: at most this many messages / bytes in one write to one mailbox.
 BATCH_MESSAGES = 200
 BATCH_BYTES = 32 * 1024 * 1024
+
+
+def error_status(e: smtp.SMTPServerError) -> tuple[str, str]:
+    """(reply text, DSN status) of a refusal met on local delivery: the status is the enhanced
+    code the text starts with, else ``X.0.0`` of the reply code (for the maillog's ``dsn=`` and
+    the bounce)."""
+    resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
+    return resp, resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
 
 
 class RecipientRejected(smtp.SMTPServerError):
@@ -417,13 +425,7 @@ class LocalDelivery:
         known = self._trusted_ips.get(ip)
         if known is not None and self._trusted_nets is self.mynetworks:
             return known
-        try:
-            address = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        trusted = any(address in net for net in self.mynetworks)
+        trusted = in_networks(ip, self.mynetworks)
         if self._trusted_nets is not self.mynetworks or len(self._trusted_ips) >= 10000:
             self._trusted_ips, self._trusted_nets = {}, self.mynetworks
         self._trusted_ips[ip] = trusted
@@ -498,8 +500,7 @@ class LocalDelivery:
         try:
             found = yield self.resolve(r.address)
         except smtp.SMTPServerError as e:
-            resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
-            dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
+            resp, dsn = error_status(e)
             return Outcome(550 if e.code >= 500 else 451, dsn, resp, "local")
         wanted = [dest for dest in found if dest.name == r.user]
         if not wanted:

@@ -30,7 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailsuite.fsutil import fsync_entry
+from mailsuite.fsutil import atomic_write, fsync_entry
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta.transaction import DEFERRED, PICKUP, Client, Envelope, Pipeline, Recipient
 from mailsuite.threads import Blocking
@@ -72,26 +72,10 @@ class Dropped:
 def _write_file(directory: str, name: str, head: dict[str, Any], data: bytes) -> None:
     """Write ``.tmp.NAME``, fsync it, rename it to NAME and make the rename durable; on any
     error nothing is left under either name (so a reported failure never delivers)."""
-    tmp, final = os.path.join(directory, f".tmp.{name}"), os.path.join(directory, name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    current = tmp
-    try:
-        payload = json.dumps(head, separators=(",", ":")).encode("utf-8") + b"\n" + data
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.rename(tmp, final)
-        current = final
-        fsync_entry(directory, fd)
-    except BaseException:
-        try:
-            os.unlink(current)
-        except OSError:
-            pass
-        raise
-    finally:
-        os.close(fd)
+    payload = json.dumps(head, separators=(",", ":")).encode("utf-8") + b"\n" + data
+    atomic_write(os.path.join(directory, name), payload,
+                 tmp=os.path.join(directory, f".tmp.{name}"),
+                 sync=lambda fd: fsync_entry(directory, fd), undo=True)
 
 
 def drop(queue_directory: str, sender: str, recipients: list[str], data: bytes,

@@ -49,6 +49,7 @@ from mailsuite.mta.delivery import (
     DeliveryFailed,
     LocalRecipient,
     RemoteRecipient,
+    error_status,
     received_header,
     target_failure,
 )
@@ -423,8 +424,7 @@ def _refusal(failure: Failure, address: str) -> Result:
     """A failed recipient look-up as its Result (an unexpected error: logged, deferred)."""
     if failure.check(smtp.SMTPServerError):
         e = failure.value
-        resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
-        dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
+        resp, dsn = error_status(e)
         reason = resp.removeprefix(dsn).strip().removeprefix(f"<{address}>: ")
         return Result(DEFERRED if e.code < 500 else REFUSED, e.code, dsn, reason)
     log.failure("recipient look-up for {address} failed", failure, address=address)
@@ -487,7 +487,7 @@ class _Alone:
     def _refused(self, error: smtp.SMTPServerError, address: str) -> Result:
         """A pickup recipient the look-up refused, logged as local(8) would."""
         result = _refusal(Failure(error), address)
-        resp = error.resp if isinstance(error.resp, str) else error.resp.decode("utf-8", "replace")
+        resp = error_status(error)[0]
         status = "deferred" if result.status == DEFERRED else "bounced"
         env = self.envelope
         delay = self.pipeline.now() - (env.arrival or 0.0)

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsuite.config import Config
-from mailsuite.net import host_of
+from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.pop3.login import Pop3Login
 from mailsuite.store.interfaces import UnknownUID
 
@@ -116,6 +116,7 @@ class POP3Server(Pop3Login, pop3.POP3):
         self._producer: _MessageProducer | None = None
         self._end = "Connection closed"
         self._paused = self._draining = False
+        self._unsent_wait: UnsentWait | None = None  # while more than MAX_UNSENT is unsent
         self._stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0, "del": 0}
         self.rip = host_of(self.transport.getPeer())
         self.lip = host_of(self.transport.getHost())
@@ -158,12 +159,28 @@ class POP3Server(Pop3Login, pop3.POP3):
         self._draining = True
         try:
             while self._queue and self._busy is None and not (self._quit or self._lost):
+                if self._unsent_wait is not None or unsent(self.transport) > MAX_UNSENT:
+                    self._hold_while_unsent()
+                    return
                 self._run(self._queue.pop(0))
         finally:
             self._draining = False
         if not self._queue and self._paused and not self._lost:
             self._paused = False
             self.transport.resumeProducing()
+
+    def _hold_while_unsent(self) -> None:
+        """Run (and read) no more commands while the client leaves more than MAX_UNSENT of
+        replies unread (S5)."""
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        if self._unsent_wait is None:
+            self._unsent_wait = UnsentWait(self.transport, self.callLater, self._all_but_sent)
+
+    def _all_but_sent(self) -> None:
+        self._unsent_wait = None
+        self._drain()
 
     def _run(self, line: bytes) -> None:
         try:
@@ -351,6 +368,8 @@ class POP3Server(Pop3Login, pop3.POP3):
         self._lost = True
         self.setTimeout(None)
         self._queue.clear()
+        if self._unsent_wait is not None:
+            self._unsent_wait.cancel()
         # Work in flight (a login, a store read or QUIT's expunge) runs to its end before the
         # mailbox is closed; only a message being sent stops at once.
         if self._producer is not None:

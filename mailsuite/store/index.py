@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
 
-from mailsuite.fsutil import fsync_dir, write_synced
-from mailsuite.store.interfaces import Changes, StoreError
+from mailsuite.fsutil import atomic_write, fsync_parent, write_all
+from mailsuite.store.interfaces import Changes, StoreError, StoreRefused
 from mailsuite.store.mboxformat import Parsed
 
 MAGIC = b"mailsuite-mbox-index 2"
@@ -441,14 +441,12 @@ def append_log(
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link to another's file
-            raise StoreError(f"{log_path(path)}: not a regular file with one link: refused")
+            raise StoreRefused(f"{log_path(path)}: not a regular file with one link: refused")
         if st.st_size == 0:
             records = LOG_MAGIC + b" %d\n" % index.generation + records
             if owner is not None:
                 os.fchown(fd, *owner)
-        view = memoryview(records)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, records)
         os.fdatasync(fd)
         return st.st_size + len(records)
     finally:
@@ -482,14 +480,12 @@ def write_index(
     """Replace the index atomically and durably; ``owner`` (uid, gid) when running as root.
     With ``dir_fd`` (the index directory, walked by ``safepath``) ``path`` is a name in it."""
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
-    tmp = path + ".tmp"
-    write_synced(tmp, dump(index), owner, dir_fd)
-    os.rename(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    try:
-        os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
-    except FileNotFoundError:
-        pass
-    if dir_fd is None:
-        fsync_dir(os.path.dirname(path))
-    else:
-        os.fsync(dir_fd)
+
+    def commit(_: int) -> None:
+        try:
+            os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
+        except FileNotFoundError:
+            pass
+        fsync_parent(path, dir_fd)  # the new index and the journal's removal
+
+    atomic_write(path, dump(index), dir_fd=dir_fd, owner=owner, sync=commit)

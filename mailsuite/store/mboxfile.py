@@ -26,6 +26,7 @@ from operator import attrgetter
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
+from mailsuite.fsutil import write_all
 from mailsuite.store import cleanup
 from mailsuite.store import index as ix
 from mailsuite.store import uidvalidity
@@ -75,12 +76,6 @@ def _pread_all(fd: int, length: int, offset: int, chunk: int = COPY) -> bytes:
         length -= len(data)
         offset += len(data)
     return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list[ix.Parsed]:
@@ -424,32 +419,8 @@ class MboxFile:
         """Append one message, durably. With ``state`` None (mailbox not open) the index is left
         alone (the next refresh finds the message); else the new state and UID are returned.
         ``tz``: the zone of the internal date (seconds east of UTC; None: the local zone)."""
-        with self._locked(exclusive=True, create=True) as (held, created):
-            fd = held.fd
-            assert fd is not None
-            changes, added, before = Changes(), None, state
-            if state is not None:
-                state, changes, added = self._refresh_locked(state, fd)
-            size = os.fstat(fd).st_size
-            tail = os.pread(fd, 2, size - 2) if size >= 2 else os.pread(fd, size, 0)
-            # a previous writer may have left no final newline or blank line: fix it first
-            prefix = (
-                b"" if size == 0 or tail == b"\n\n" else b"\n" if tail.endswith(b"\n") else b"\n\n"
-            )
-            line = make_from_line(sender, date)
-            blob = prefix + line + to_stored(data) + b"\n"
-            _write_all(fd, blob)
-            os.fsync(fd)
-            if created:
-                os.fsync(held.dir_fd)  # type: ignore[arg-type]
-            if state is None:
-                return None, changes, None
-            p = describe(blob, len(prefix), len(prefix) + len(line), len(blob) - 1, date, base=size)
-            uid = added[-1].uid + 1 if added else state.uid_next
-            entry = ix.entry_from(p, uid, ix.clean_flags(flags), date, tz)
-            whole = added is None and before is not None and state.entries != before.entries
-            new = self._added(state, changes, added, [entry], ix.Stamp.of(os.fstat(fd)), whole)
-        return new, changes, entry.uid
+        new, changes, uids = self.append_many(state, [(data, sender)], date, flags, tz)
+        return new, changes, uids[0] if uids is not None else None
 
     def _added(
         self,
@@ -473,10 +444,15 @@ class MboxFile:
         return full
 
     def append_many(
-        self, state: ix.Index | None, items: list[tuple[bytes, str]], date: int
+        self,
+        state: ix.Index | None,
+        items: list[tuple[bytes, str]],
+        date: int,
+        flags: frozenset[str] = frozenset(),
+        tz: int | None = None,
     ) -> tuple[ix.Index | None, Changes, list[int] | None]:
         """Append several messages ``(data, sender)`` under one lock with one fsync (group
-        commit of concurrent deliveries); otherwise exactly as :meth:`append`."""
+        commit of concurrent deliveries), each with ``flags``; see :meth:`append`."""
         with self._locked(exclusive=True, create=True) as (held, created):
             fd = held.fd
             assert fd is not None
@@ -485,6 +461,7 @@ class MboxFile:
                 state, changes, added = self._refresh_locked(state, fd)
             size = os.fstat(fd).st_size
             tail = os.pread(fd, 2, size - 2) if size >= 2 else os.pread(fd, size, 0)
+            # a previous writer may have left no final newline or blank line: fix it first
             prefix = (
                 b"" if size == 0 or tail == b"\n\n" else b"\n" if tail.endswith(b"\n") else b"\n\n"
             )
@@ -496,7 +473,7 @@ class MboxFile:
                 blobs.append(blob)
                 pos += len(blob)
                 prefix = b""
-            _write_all(fd, b"".join(blobs))
+            write_all(fd, b"".join(blobs))
             os.fsync(fd)
             if created:
                 os.fsync(held.dir_fd)  # type: ignore[arg-type]
@@ -507,7 +484,7 @@ class MboxFile:
             mine = []
             for uid, (base, start, body, blob) in zip(uids, spans):
                 p = describe(blob, start, body, len(blob) - 1, date, base=base)
-                mine.append(ix.entry_from(p, uid, frozenset(), date))
+                mine.append(ix.entry_from(p, uid, ix.clean_flags(flags), date, tz))
             whole = added is None and before is not None and state.entries != before.entries
             new = self._added(state, changes, added, mine, ix.Stamp.of(os.fstat(fd)), whole)
         return new, changes, uids
@@ -530,7 +507,7 @@ class MboxFile:
                     chunk = _pread_all(held.fd, min(COPY, size - offset), offset)  # type: ignore[arg-type]
                     if not chunk:
                         raise StoreError(f"{self.path} shrank while locked")
-                    _write_all(out.fd, chunk)
+                    write_all(out.fd, chunk)
                     offset += len(chunk)
                 os.fsync(out.fd)
                 os.fsync(out.dir_fd)  # type: ignore[arg-type]

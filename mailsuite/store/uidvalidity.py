@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mailsuite.fsutil import write_synced
+from mailsuite.fsutil import atomic_write
 from mailsuite.store.interfaces import StoreError
 from mailsuite.store.safepath import Dir, check_file
 
@@ -66,9 +66,7 @@ def _read(d: Dir) -> tuple[int, list[int]]:
 
 def _record(d: Dir, last: int, adopted: list[int], owner: tuple[int, int] | None) -> None:
     text = b"%d\n" % last + b"".join(b"adopted %d\n" % n for n in adopted)
-    write_synced(FILENAME + ".tmp", text, owner, d.fd)
-    os.rename(FILENAME + ".tmp", FILENAME, src_dir_fd=d.fd, dst_dir_fd=d.fd)
-    os.fsync(d.fd)
+    atomic_write(FILENAME, text, dir_fd=d.fd, owner=owner)
 
 
 def allocate(d: Dir, now: float, owner: tuple[int, int] | None = None) -> int:

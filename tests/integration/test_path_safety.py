@@ -75,6 +75,30 @@ class PathAttackTests(unittest.TestCase):
         self.assertIn("symbolic link: refused", self.site.log())
         self.assertNotIn("Traceback", self.site.log())
 
+    def test_symlink_as_parent_folder(self) -> None:
+        """S1 variant: ~boss/mail/lnk -> the spool, ~boss/mail/lnkf -> carol's file. CREATE and
+        RENAME under them answer NO [CANNOT] (a user's mistake, logged in one line, no
+        traceback); nothing is made in the spool."""
+        m = self.c.imap()
+        m.create("x")
+        os.symlink(self.site.spool, os.path.join(self.mail, "lnk"))
+        os.symlink(self.carol, os.path.join(self.mail, "lnkf"))
+        for name in ("lnk", "lnkf"):
+            self.as_boss(os.path.join(self.mail, name))
+        for command in (
+            lambda: m.create("lnk/carol2"),
+            lambda: m.create("lnkf/sub"),
+            lambda: m.rename("x", "lnk/x"),
+            lambda: m.append("lnk/y", None, None, b"Subject: boss was here\r\n\r\nx\r\n"),
+        ):
+            typ, data = command()
+            self.assertEqual(typ, "NO", data)
+        typ, data = m.create("lnk/carol2")
+        self.assertIn(b"[CANNOT]", data[0])
+        m.logout()
+        self.spool_untouched()
+        self.assertNotIn("Traceback", self.site.log())
+
     def test_directory_swapped_after_select(self) -> None:
         """S2: SELECT dir/carol (boss's own empty file), then dir is swapped for a symlink to
         the spool: NOOP shows none of carol's messages, FETCH reads none, STORE + EXPUNGE
