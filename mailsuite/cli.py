@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, TextIO
 
-from mailsuite.config import Config, ConfigError, load_config
+from mailsuite.config import Config, ConfigError, config_path, load_config
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import control, maildrop
 from mailsuite.mta.aliases import validate
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 0, 64, 65, 70, 75, 77, 78
-DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
 
 class Fatal(Exception):
@@ -68,10 +67,6 @@ USAGE = {
         "  -f          deliver the queue now (postqueue -f)\n"
         "  -d ID|ALL   delete one message, or all (postsuper -d)\n" + _CONFIG.rstrip("\n")),
 }
-
-
-def config_path(explicit: str | None) -> str:
-    return explicit or os.environ.get("MAILSUITE_CONFIG") or DEFAULT_CONFIG
 
 
 def _load(path: str | None) -> Any:

@@ -13,13 +13,15 @@ contract in DESIGN.md and the shipped ``etc/mail.ini``). Syntax:
 Every problem (syntax, unknown section or key, bad value, expansion loop) is collected and raised
 at once as one :class:`ConfigError`, each line shaped ``FILE: [section] key: message``.
 :func:`parse_config` is pure (it asks ``hostname()`` only when ``myhostname`` is not set);
-:func:`load_config` reads the file.
+:func:`load_config` reads the file; :func:`config_path` locates it (the same rule for twistd and
+every command).
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import posixpath
 import re
 from collections.abc import Callable
@@ -29,6 +31,8 @@ from typing import Any, TypeVar
 from mailsuite import uidlformat
 from mailsuite.accounts import Account
 from mailsuite.net import Network, default_hostname, in_networks, parse_ip
+
+DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
 
 class ConfigError(Exception):
@@ -791,6 +795,11 @@ def _tls_listener_errors(filename: str, listen: ListenConfig, tls: TLSConfig) ->
             f" set ssl = yes, or {name} = no"
             for name in ("smtps", "pop3s", "imaps", "autoconfigs")
             if getattr(listen, name) is not None]
+
+
+def config_path(explicit: str | None) -> str:
+    """Where mail.ini is: --config, else $MAILSUITE_CONFIG, else /etc/mailsuite/mail.ini."""
+    return explicit or os.environ.get("MAILSUITE_CONFIG") or DEFAULT_CONFIG
 
 
 def load_config(path: str) -> Config:

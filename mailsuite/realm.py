@@ -10,13 +10,13 @@ from twisted.internet import defer
 from twisted.mail import pop3, smtp
 from zope.interface import Interface, implementer
 
-from mailsuite import threads
 from mailsuite.accounts import AccountLookup
 from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.store.interfaces import IMailStore
+from mailsuite.threads import Blocking
 
 #: what a realm answers (twisted.cred.portal.IRealm): (interface, avatar, logout)
 Avatar = tuple[type[Interface], object, Callable[[], None]]
@@ -31,14 +31,18 @@ class MailRealm:
     """Maps an avatarId (login name as bytes, or ANONYMOUS for MX traffic) to a protocol avatar:
     ``IImapAccount`` (IMAP), ``pop3.IMailbox`` (POP3), ``smtp.IMessageDelivery`` (SMTP).
 
-    ``accounts.lookup(name)`` (blocking: it runs in a thread) gives the Account of a login;
-    ``delivery.avatar(user_or_None)`` the SMTP avatar.
+    ``accounts.lookup(name)`` (blocking: it runs through ``blocking``, a mailsuite.threads
+    helper) gives the Account of a login; ``delivery.avatar(user_or_None)`` the SMTP avatar.
     """
 
-    def __init__(self, store: IMailStore, accounts: AccountLookup, delivery: LocalDelivery) -> None:
+    def __init__(
+        self, store: IMailStore, accounts: AccountLookup, delivery: LocalDelivery,
+        blocking: Blocking,
+    ) -> None:
         self.store = store
         self.accounts = accounts
         self.delivery = delivery
+        self.blocking = blocking
 
     @defer.inlineCallbacks
     def requestAvatar(
@@ -49,7 +53,7 @@ class MailRealm:
                 return (smtp.IMessageDelivery, self.delivery.avatar(None), _noop)
             raise error.UnauthorizedLogin("anonymous login is only for SMTP")
         name = avatarId.decode("utf-8")
-        account = yield threads.blocking(self.accounts.lookup, name)
+        account = yield self.blocking(self.accounts.lookup, name)
         if account is None:
             raise error.UnauthorizedLogin("no such account")
         for iface in interfaces:

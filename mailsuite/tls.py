@@ -34,9 +34,9 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from mailsuite import threads
 from mailsuite.config import Config
 from mailsuite.fsutil import atomic_write
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -127,8 +127,9 @@ class ServerTLS:
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self.context, None)
 
-    def reload(self) -> defer.Deferred[bool]:
-        """Read the files again (in a thread) and use them for new connections.
+    def reload(self, blocking: Blocking) -> defer.Deferred[bool]:
+        """Read the files again (through ``blocking``, mailsuite.threads) and use them for new
+        connections.
 
         Fires True when the new certificate is in use; False (logged) when the files are broken,
         in which case the old certificate stays in use.
@@ -144,7 +145,7 @@ class ServerTLS:
                       why=failure.getErrorMessage())
             return False
 
-        d = threads.blocking(build_context, self.cert_path, self.key_path)
+        d = blocking(build_context, self.cert_path, self.key_path)
         return d.addCallbacks(swap, failed)
 
     def implicit(self, factory: Any) -> TLSMemoryBIOFactory:

@@ -92,7 +92,6 @@ def inbox(store: MemoryStore, account: Account) -> list[bytes]:
 
 class DeliveryCase(unittest.TestCase):
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.store = MemoryStore()
         self.accounts = FakeAccounts(BOSS, ALICE)
         self.maillog = MailLog(None, "mail.example.com", now=lambda: 0.0)
@@ -102,6 +101,7 @@ class DeliveryCase(unittest.TestCase):
             self.accounts,
             self.store,
             self.maillog,
+            threads.inline,
             now=lambda: self.clock[0],
         )
 

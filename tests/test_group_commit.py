@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from mailsuite import threads
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import DeliveryFailed, LocalDelivery
 from mailsuite.store.memory import MemoryStore
@@ -55,7 +56,8 @@ class DeliveryBatchingTests(unittest.TestCase):
         self.store = HeldStore()
         self.maillog = MailLog(None, "mail.example.com")
         self.delivery = LocalDelivery(make_config(write_aliases(self, ALIASES)),
-                                      FakeAccounts(BOSS, ALICE), self.store, self.maillog)
+                                      FakeAccounts(BOSS, ALICE), self.store, self.maillog,
+                                      threads.InPool(reactor))
 
     def deliver(self, n: int, account: Any = BOSS) -> defer.Deferred[None]:
         return self.delivery.deliver(b"Subject: %d\n\nx\n" % n, "s@x.test",
@@ -108,7 +110,8 @@ class MemoryStorePathTests(unittest.TestCase):
         self.patch(store, "deliver_many", deliver_many)
         self.patch(store, "deliver", lambda *a: self.fail("deliver() bypasses group commit"))
         delivery = LocalDelivery(make_config(write_aliases(self, ALIASES)),
-                                 FakeAccounts(BOSS, ALICE), store, MailLog(None, "mx.test"))
+                                 FakeAccounts(BOSS, ALICE), store, MailLog(None, "mx.test"),
+                                 threads.inline)
         self.successResultOf(delivery.deliver(
             b"Subject: x\n\nx\n", "s@x.test",
             [("boss@mail.example.com", BOSS), ("alice@mail.example.com", ALICE)], "Q1"))

@@ -38,7 +38,7 @@ class ImaplibTests(unittest.TestCase):
     def setUp(self) -> None:
         self.store = MemoryStore()
         portal, _ = make_portal(self.store)
-        self.factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"))
+        self.factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"), reactor)
         self.factory.protocol = _TrackedServer
         self.factory.lost = defer.Deferred()
         self.factory.buildProtocol = self._build  # type: ignore[method-assign]
@@ -46,7 +46,8 @@ class ImaplibTests(unittest.TestCase):
         self.addCleanup(self.port.stopListening)
 
     def _build(self, addr: Any) -> IMAPServer:
-        proto = _TrackedServer(self.factory.config, self.factory.portal, self.factory.maillog)
+        proto = _TrackedServer(self.factory.config, self.factory.portal, self.factory.maillog,
+                               self.factory.clock)
         proto.factory = self.factory
         return proto
 

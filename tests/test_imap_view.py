@@ -13,7 +13,6 @@ from twisted.internet import defer
 from mailsuite.imap.mailbox import ImapMailboxView
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.store import index as ix
-from mailsuite.store import mbox as mbox_module
 from tests.store_conformance import MSG1, MSG2
 from tests.test_store_mbox import ManualThreads, MboxTestCase
 
@@ -53,9 +52,9 @@ class SharedViewTests(MboxTestCase):
         """Before every selected-state command the mailbox is refreshed: when the file is as
         known, a stat on the reactor answers it (no thread round trip) and the list of
         messages stays the same object (bench: 100,000 entries copied per FETCH)."""
-        _, box = yield self.open_with(2)
+        store, box = yield self.open_with(2)
         manual = ManualThreads()
-        self.patch(mbox_module, "blocking", manual)
+        self.patch(store, "blocking", manual)
         messages = box.messages
         d = box.refresh()
         self.assertEqual(manual.pending, [])

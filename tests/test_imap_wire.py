@@ -246,7 +246,7 @@ class RealSocketTests(unittest.TestCase):
     def setUp(self) -> None:
         self.store = MemoryStore()
         portal, _ = make_portal(self.store)
-        factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"))
+        factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"), reactor)
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(self.port.stopListening)
 

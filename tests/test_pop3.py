@@ -568,7 +568,7 @@ class ListeningServerTests(unittest.TestCase):
                 lost.callback(None)
 
         factory = pop3.POP3Factory(make_config(), portal.Portal(Realm(self.store), [checker]),
-                                   self.maillog)
+                                   self.maillog, reactor)
         factory.protocol = Server
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)

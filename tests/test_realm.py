@@ -36,10 +36,9 @@ class Delivery:
 
 class RealmTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.store = MemoryStore()
         self.delivery = Delivery()
-        self.realm = MailRealm(self.store, Accounts(), self.delivery)
+        self.realm = MailRealm(self.store, Accounts(), self.delivery, threads.inline)
 
     def test_anonymous_smtp(self) -> None:
         """MX traffic (ANONYMOUS) gets the unauthenticated delivery avatar."""

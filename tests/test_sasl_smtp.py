@@ -67,7 +67,6 @@ class SmtpAuthCase(unittest.TestCase):
     ssl = "yes"
 
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.clock = Clock()
         self.clock.advance(1700000000)
         self.store = MemoryStore()
@@ -77,7 +76,7 @@ class SmtpAuthCase(unittest.TestCase):
             f.write(ALIASES)
         config = make_config(path, ssl=self.ssl)
         self.delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), self.store, self.maillog,
-                                      now=self.clock.seconds)
+                                      threads.inline, now=self.clock.seconds)
         self.queue = FakeQueue()  # the outbound queue of mailsuite.mta.queue
         self.delivery.queue = self.queue
         self.realm = Realm(self.delivery)

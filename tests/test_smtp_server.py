@@ -52,8 +52,9 @@ class NoDelayTransport(StringTransport):
         self.no_delay = enabled
 
 
-def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None) -> Any:
-    """(factory, store, maillog) wired like tap.py, with fakes."""
+def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None,
+          blocking: Any = threads.inline) -> Any:
+    """(factory, store, maillog) wired like tap.py, with fakes; blocking work runs at once."""
     clock = clock or Clock()
     store = MemoryStore()
     maillog = MailLog(None, HOST, now=clock.seconds)
@@ -61,7 +62,8 @@ def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None
     with open(path, "w") as f:
         f.write(ALIASES)
     config = make_config(path, size_limit)
-    delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), store, maillog, now=clock.seconds)
+    delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), store, maillog, blocking,
+                             now=clock.seconds)
     realm = TinyRealm(delivery)
     the_portal = portal.Portal(realm, [checkers.AllowAnonymousAccess()])
     factory = SMTPFactory(
@@ -100,7 +102,6 @@ class SessionCase(unittest.TestCase):
     size_limit = 10240000
 
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.clock = Clock()
         self.clock.advance(1700000000)
         self.factory, self.store, self.maillog, self.realm = build(
@@ -522,7 +523,8 @@ class RealSocketTests(unittest.TestCase):
     def setUp(self) -> None:
         from twisted.internet import reactor
 
-        self.factory, self.store, self.maillog, _ = build(self, clock=reactor)
+        self.factory, self.store, self.maillog, _ = build(self, clock=reactor,
+                                                          blocking=threads.InPool(reactor))
         self.factory.reverse_lookup = lambda ip: defer.succeed("localhost")
         self.lost: list[defer.Deferred[None]] = []
         build_protocol = self.factory.buildProtocol

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.mail import imap4
 
+from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
@@ -82,14 +83,12 @@ class RecentAfterRecreateTests(ImapTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        from mailsuite import threads
-
-        self.patch(threads, "run_inline", True)
         root = self.mktemp()
         os.makedirs(os.path.join(root, "spool"))
         home = os.path.join(root, "home")
         os.makedirs(home)
-        self.store = MboxStore(FakeMailboxConfig(os.path.join(root, "spool")), now=lambda: WHEN)
+        self.store = MboxStore(FakeMailboxConfig(os.path.join(root, "spool")), threads.inline,
+                               now=lambda: WHEN)
         self.portal, self.realm = make_portal(self.store)
         self.realm.requestAvatar = lambda avatar_id, mind, *ifaces: self.avatar(avatar_id, home)
         self.factory = IMAPFactory(make_config(), self.portal, self.maillog, clock=self.clock)

@@ -8,11 +8,12 @@ import stat
 
 from cryptography import x509
 from OpenSSL import SSL
+from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from mailsuite import tls
+from mailsuite import threads, tls
 from tests.configs import real_config
 
 
@@ -164,7 +165,7 @@ class HandshakeTests(unittest.TestCase):
             before.bio_write(old_client.bio_read(65536))
             self.assertEqual(before.recv(100), b"still here")
 
-        return self.server.reload().addCallback(check)
+        return self.server.reload(threads.InPool(reactor)).addCallback(check)
 
     def test_broken_reload_keeps_old_certificate(self) -> None:
         """A reload with a broken file logs, fires False and keeps serving the old certificate."""
@@ -177,7 +178,7 @@ class HandshakeTests(unittest.TestCase):
             self.assertIs(self.server.context, context)
             self.assertEqual(len(self.flushLoggedErrors()), 0)
 
-        return self.server.reload().addCallback(check)
+        return self.server.reload(threads.InPool(reactor)).addCallback(check)
 
     def test_implicit_wraps_factory(self) -> None:
         """implicit(factory): a TLS wrapper whose connections count as TLS (is_tls)."""

@@ -82,7 +82,6 @@ class FakeQueue:
 
 class PipelineCase(unittest.TestCase):
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.clock = Clock()
         self.clock.advance(1700000000)
         self.store = GroupStore()
@@ -91,7 +90,7 @@ class PipelineCase(unittest.TestCase):
         with open(path, "w") as f:
             f.write(ALIASES)
         self.delivery = LocalDelivery(make_config(path), FakeAccounts(BOSS, ALICE), self.store,
-                                      self.maillog, now=self.clock.seconds)
+                                      self.maillog, threads.inline, now=self.clock.seconds)
         self.queue = FakeQueue()
         self.delivery.queue = self.queue
         self.pipeline = Pipeline(self.delivery, self.maillog, "mail.example.com",

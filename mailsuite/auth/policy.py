@@ -167,11 +167,9 @@ class AuthPolicy:
         self._turning = False
 
     @classmethod
-    def from_config(cls, cfg: Config, maillog: Any, clock: Any = None) -> AuthPolicy:
+    def from_config(cls, cfg: Config, maillog: Any, clock: Any) -> AuthPolicy:
         """The policy of a mail.ini: ``[auth]`` knobs; mynetworks and login_trusted_networks
-        are exempt."""
-        if clock is None:
-            from twisted.internet import reactor as clock
+        are exempt. ``clock``: an IReactorTime (tap.py's reactor)."""
         auth = cfg.auth
         return cls(
             clock=clock, maillog=maillog, failure_delay=auth.auth_failure_delay,

@@ -102,14 +102,12 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
 
-    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any = None,
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
                  recent: RecentTracker | None = None, idle_poller: IdlePoller | None = None) -> None:
         super().__init__()
         self.config = config
         self.portal = portal
         self.maillog = maillog
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.clock = clock
         self.callLater = clock.callLater
         self.recent = RecentTracker() if recent is None else recent
@@ -564,11 +562,11 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
 
 
 class IMAPFactory(protocol.ServerFactory):
-    """Builds ``IMAPServer`` connections (ports 143 and 993). ``clock`` defaults to the reactor."""
+    """Builds ``IMAPServer`` connections (ports 143 and 993); ``clock``: tap.py's reactor."""
 
     protocol = IMAPServer
 
-    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any = None,
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None,
                  recent: RecentTracker | None = None, idle_poller: IdlePoller | None = None) -> None:
         """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks

@@ -217,7 +217,7 @@ class _FileTable:
 class AliasMap:
     """The merged tables of all ``alias_maps`` files, re-read when a file's mtime or size changes.
 
-    Blocking (it stats and reads files): call ``snapshot`` through ``threads.blocking``.
+    Blocking (it stats and reads files): call ``snapshot`` through a ``threads.Blocking``.
     Thread-safe. As Postfix with newaliases, where the running server uses the last table
     built: an edit that breaks a file (bad lines, or unreadable) leaves the file's last good
     table in force until the file is fixed, and each problem (file, line) goes to ``warn``

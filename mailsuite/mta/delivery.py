@@ -21,7 +21,6 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.config import Config
 from mailsuite.maillog import format_delay, new_queue_id
@@ -33,6 +32,7 @@ from mailsuite.mta.relay import Outcome
 from mailsuite.net import in_networks
 from mailsuite.store.interfaces import IMailStore, StoreRefused
 from mailsuite.store.locking import LockTimeout
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -324,8 +324,9 @@ class DeliveryAvatar:
 class LocalDelivery:
     """Resolves local recipients and writes messages into their INBOX through the store.
 
-    ``accounts.recipient(name) -> Account | None`` is blocking (it reads passwd): it runs in
-    the thread pool, together with the alias expansion (which may re-read alias files).
+    ``accounts.recipient(name) -> Account | None`` is blocking (it reads passwd): it runs
+    through ``blocking`` (mailsuite.threads), together with the alias expansion (which may
+    re-read alias files) and the deliveries to |commands and /files.
     """
 
     def __init__(
@@ -334,6 +335,7 @@ class LocalDelivery:
         accounts: Any,
         store: IMailStore,
         maillog: Any,
+        blocking: Blocking,
         now: Callable[[], float] = time.time,
         aliases: AliasMap | None = None,
     ) -> None:
@@ -349,6 +351,7 @@ class LocalDelivery:
         self.accounts = accounts
         self.store = store
         self.maillog = maillog
+        self.blocking = blocking
         self.now = now
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains,
                                            warn=self._alias_warning)
@@ -385,7 +388,7 @@ class LocalDelivery:
             return defer.succeed(False)
         if local.lower() == user.lower():
             return defer.succeed(True)
-        return threads.blocking(self._alias_reaches, local.lower(), user.lower())
+        return self.blocking(self._alias_reaches, local.lower(), user.lower())
 
     def _alias_reaches(self, name: str, user: str) -> bool:
         try:
@@ -462,7 +465,7 @@ class LocalDelivery:
         (as local(8) expands at delivery) and that target alone is run; its failure is 5.x.x
         (bounce) or 4.x.x (retry) as forward.TargetFailed says."""
         names = [r.user or "" for r in recipients]
-        accounts = yield threads.blocking(
+        accounts = yield self.blocking(
             lambda: [None if is_special(n) else self.accounts.recipient(n) for n in names])
         copies = []
         for r, account in zip(recipients, accounts):
@@ -518,7 +521,7 @@ class LocalDelivery:
         if cached is not None:
             return defer.succeed(cached)
         key = address.lower()
-        d = threads.blocking(self._resolve_blocking, address, split_address(address)[0])
+        d = self.blocking(self._resolve_blocking, address, split_address(address)[0])
         return d.addCallback(self._remember, key, self.now())
 
     def resolve_cached(self, address: str) -> list[Any] | None:
@@ -662,8 +665,8 @@ class LocalDelivery:
         """One run of the command / append to the file per original address; logged as local(8)."""
         copies = []
         for address in addresses:
-            d = threads.blocking(forward.deliver_special, dest, data, sender, address,
-                                 address, self.now())
+            d = self.blocking(forward.deliver_special, dest, data, sender, address,
+                              address, self.now())
             d.addBoth(self._log_special, queue_id, address, arrival, start)
             copies.append(d)
         return copies

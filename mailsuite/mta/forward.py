@@ -444,7 +444,7 @@ def _open_child(path: str, flags: int, privs: Privileges, sock: socket.socket) -
         os._exit(0)
 
 
-# -- delivery to commands and files (blocking: run through threads.blocking) -------------
+# -- delivery to commands and files (blocking: run through a threads.Blocking) ----------
 
 
 def _as_user(privs: Privileges) -> dict[str, Any]:

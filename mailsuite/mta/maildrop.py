@@ -30,10 +30,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailsuite import threads
 from mailsuite.fsutil import atomic_write, fsync_entry
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta.transaction import DEFERRED, PICKUP, Client, Envelope, Pipeline, Recipient
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -156,12 +156,15 @@ Submit = Callable[[Dropped], "defer.Deferred[list[str]]"]
 
 
 class Pickup:
-    """Moves maildrop/ messages into the mail system, one scan at a time (never two at once)."""
+    """Moves maildrop/ messages into the mail system, one scan at a time (never two at once);
+    the files are read and removed through ``blocking`` (mailsuite.threads)."""
 
-    def __init__(self, queue_directory: str, submit: Submit, maillog: Any) -> None:
+    def __init__(self, queue_directory: str, submit: Submit, maillog: Any,
+                 blocking: Blocking) -> None:
         self.queue_directory = queue_directory
         self.submit = submit
         self.maillog = maillog
+        self.blocking = blocking
         self._running: defer.Deferred[None] | None = None
         self._again = False
 
@@ -184,10 +187,10 @@ class Pickup:
 
     @defer.inlineCallbacks
     def _scan(self) -> Any:
-        queue_ids = yield threads.blocking(ids, self.queue_directory)
+        queue_ids = yield self.blocking(ids, self.queue_directory)
         for queue_id in queue_ids:
             try:
-                dropped = yield threads.blocking(read, self.queue_directory, queue_id)
+                dropped = yield self.blocking(read, self.queue_directory, queue_id)
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, KeyError) as e:
@@ -204,15 +207,18 @@ class Pickup:
                             id=queue_id)
                 continue
             if remaining:
-                yield threads.blocking(rewrite, self.queue_directory, dropped, remaining)
+                yield self.blocking(rewrite, self.queue_directory, dropped, remaining)
             else:
-                yield threads.blocking(remove, self.queue_directory, queue_id)
+                yield self.blocking(remove, self.queue_directory, queue_id)
 
 
-def pickup_service(pickup: Pickup, interval: float = SCAN_INTERVAL) -> internet.TimerService:
-    """Scans at start and every ``interval`` seconds; a failing scan is logged and survived."""
-
-    return internet.TimerService(interval, pickup.scan)
+def pickup_service(pickup: Pickup, clock: Any,
+                   interval: float = SCAN_INTERVAL) -> internet.TimerService:
+    """Scans at start and every ``interval`` seconds of ``clock`` (an IReactorTime); a failing
+    scan is logged and survived."""
+    scanner = internet.TimerService(interval, pickup.scan)
+    scanner.clock = clock
+    return scanner
 
 
 def qualify(address: str, myorigin: str) -> str:

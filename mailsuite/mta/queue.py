@@ -20,20 +20,19 @@ Every event is a maillog line in Postfix's shape under the message's one queue i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailsuite import threads
 from mailsuite.config import MailConfig
 from mailsuite.maillog import format_delay, new_queue_id
 from mailsuite.mta.bounce import Entry, make_dsn
 from mailsuite.mta.lockwatch import LockWatch
 from mailsuite.mta.queuefile import CorruptQueueFile, Envelope, QueueDirectory, QueuedRecipient
 from mailsuite.mta.relay import Outcome
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -67,7 +66,8 @@ class QueueSettings:
 
 
 class Queue:
-    """Delivers what is in ``directory``. ``clock`` is a reactor (callLater, seconds)."""
+    """Delivers what is in ``directory``. ``clock`` is a reactor (callLater, seconds); the
+    queue files are read and written through ``blocking`` (mailsuite.threads)."""
 
     def __init__(
         self,
@@ -77,7 +77,7 @@ class Queue:
         maillog: Any,
         clock: Any,
         settings: QueueSettings,
-        blocking: Callable[..., defer.Deferred[Any]] | None = None,
+        blocking: Blocking,
     ) -> None:
         self.directory = directory
         self.local = local
@@ -85,7 +85,7 @@ class Queue:
         self.maillog = maillog
         self.clock = clock
         self.settings = settings
-        self.blocking = blocking or threads.blocking
+        self.blocking = blocking
         self.envelopes: dict[str, Envelope] = {}
         self._bodies: dict[str, bytes] = {}
         self._timers: dict[str, Any] = {}

@@ -18,7 +18,7 @@ after each delivery, so a crash re-delivers at most the recipients whose record 
 disk (SMTP's own window). A torn last record (crash mid-append) is ignored. Removal needs no
 fsync: a file that comes back after a crash has every recipient marked done and is removed again.
 
-These functions block; the daemon calls them through :func:`mailsuite.threads.blocking`, and
+These functions block; the daemon calls them through a :data:`mailsuite.threads.Blocking`, and
 commands (``sendmail``) may call them directly, with or without a running daemon.
 """
 

@@ -401,7 +401,7 @@ class POP3Server(Pop3Login, pop3.POP3):
 
 
 class POP3Factory(protocol.ServerFactory):
-    """Builds POP3 sessions: ``POP3Factory(config, portal, maillog, clock=None, server_tls=None,
+    """Builds POP3 sessions: ``POP3Factory(config, portal, maillog, clock, server_tls=None,
     implicit_tls=False)``.
 
     ``server_tls`` (a ``mailsuite.tls.ServerTLS``) enables STLS; ``implicit_tls`` marks the
@@ -412,12 +412,10 @@ class POP3Factory(protocol.ServerFactory):
     protocol = POP3Server  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any = None,
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
-        """``clock``: an IReactorTime for timeouts and the failed-login delay (default reactor).
+        """``clock``: an IReactorTime for timeouts and the failed-login delay (tap.py's reactor).
         ``policy``: a ``mailsuite.auth.policy.AuthPolicy`` applied to every login, or None."""
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.config, self.portal, self.maillog, self.clock = config, portal, maillog, clock
         self.server_tls, self.implicit_tls = server_tls, implicit_tls
         self.policy = policy

@@ -30,7 +30,6 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from mailsuite import threads
 from mailsuite.config import Config
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
@@ -38,6 +37,7 @@ from mailsuite.mta.transaction import SMTP, Client, Envelope, Pipeline, Recipien
 from mailsuite.net import host_of
 from mailsuite.smtp.auth import SmtpAuth
 from mailsuite.smtp.envelope import SmtpEnvelope, printable
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -69,8 +69,9 @@ COMMANDS = {
 }
 
 
-def reverse_lookup(ip: str) -> defer.Deferred[str]:
-    """The client's forward-confirmed reverse DNS name, or ``unknown`` (Postfix's rule)."""
+def reverse_lookup(ip: str, blocking: Blocking) -> defer.Deferred[str]:
+    """The client's forward-confirmed reverse DNS name, or ``unknown`` (Postfix's rule); the
+    resolver's calls block: they run through ``blocking`` (mailsuite.threads)."""
 
     def look() -> str:
         try:
@@ -80,7 +81,7 @@ def reverse_lookup(ip: str) -> defer.Deferred[str]:
             return "unknown"
         return name if ip in forward else "unknown"
 
-    d = threads.blocking(look)
+    d = blocking(look)
     d.addErrback(lambda _: "unknown")
     return d
 
@@ -516,9 +517,10 @@ class SMTPFactory(protocol.ServerFactory):
     ``portal`` gives anonymous clients their ``smtp.IMessageDelivery`` avatar (``None``: use
     ``delivery.avatar(None)`` directly, and no AUTH) and checks AUTH. ``clock`` (a reactor)
     drives timeouts and dates; ``reverse_lookup(ip) -> Deferred[str]`` names the client
-    (``unknown`` if it has no name). ``service`` is ``smtp``, ``submission`` or ``smtps`` (see
-    smtp/auth.py); ``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls``
-    marks sessions that tap.py wraps in TLS from the first byte (465).
+    (``unknown`` if it has no name; tap.py binds ``reverse_lookup`` to its thread pool).
+    ``service`` is ``smtp``, ``submission`` or ``smtps`` (see smtp/auth.py); ``server_tls`` (a
+    mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks sessions that tap.py
+    wraps in TLS from the first byte (465).
     """
 
     def __init__(
@@ -527,8 +529,8 @@ class SMTPFactory(protocol.ServerFactory):
         portal: Any,
         delivery: Any,
         maillog: Any,
-        clock: Any = None,
-        reverse_lookup: Callable[[str], defer.Deferred[str]] = reverse_lookup,
+        clock: Any,
+        reverse_lookup: Callable[[str], defer.Deferred[str]],
         service: str = "smtp",
         server_tls: Any = None,
         implicit_tls: bool = False,
@@ -537,8 +539,6 @@ class SMTPFactory(protocol.ServerFactory):
     ) -> None:
         """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None;
         ``pipeline``: the accept pipeline (None: one over ``delivery``, no stages)."""
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.config = config
         self.hostname: str = config.mail.myhostname
         self.portal = portal

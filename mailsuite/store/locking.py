@@ -1,6 +1,6 @@
 """Mailbox locking as Postfix local(8), mutt and Dovecot do it: ``PATH.lock`` dotlock + fcntl lock.
 
-Blocking code: call it from a thread (``mailsuite.threads.blocking``), never on the reactor.
+Blocking code: call it from a thread (a ``mailsuite.threads.Blocking``), never on the reactor.
 
 Deadlock freedom: Postfix takes the dotlock then the fcntl lock; mutt takes them the other way
 round. We never *wait* while holding one of them: take the dotlock, try the fcntl lock without

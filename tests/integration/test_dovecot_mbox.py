@@ -33,7 +33,6 @@ class DovecotMboxTests(unittest.TestCase):
     def setUp(self) -> None:
         self.dovecot = Dovecot(self.mktemp())
         self.addCleanup(self.dovecot.stop)
-        self.patch(threads, "run_inline", True)
 
     def dovecot_session(self) -> tuple[int, int, dict[int, set[str]], list[bytes]]:
         """Dovecot changes the mailbox; (UIDVALIDITY, UIDNEXT, {uid: flags}, UIDL lines)."""
@@ -68,7 +67,7 @@ class DovecotMboxTests(unittest.TestCase):
         self.assertTrue(all(re.fullmatch(rb"\d+ [0-9a-f]{16}", u) for u in uidls), uidls)
         d = self.dovecot
         account = Account("boss", d.uid, d.gid, os.path.dirname(d.mail))
-        store = MboxStore(FakeMailboxConfig(d.spool))
+        store = MboxStore(FakeMailboxConfig(d.spool), threads.inline)
         box = yield store.open(account)
         try:
             self.assertEqual((box.uid_validity, box.uid_next), (validity, uid_next))
