@@ -45,7 +45,9 @@ class PathAttackTests(unittest.TestCase):
         with open(self.carol, "rb") as f:
             self.assertEqual(f.read(), CAROL_MAIL)
         self.assertEqual(os.stat(self.carol).st_uid, self.site.uids["carol"])
-        self.assertEqual(sorted(os.listdir(self.site.spool)), sorted(["carol", *also]))
+        # a dotlock of a retry from the queue may come and go meanwhile: it is no mailbox
+        names = [n for n in os.listdir(self.site.spool) if not n.endswith(".lock")]
+        self.assertEqual(sorted(names), sorted(["carol", *also]))
 
     def test_symlinked_mail_directory(self) -> None:
         """S1: ~boss/mail -> the spool. LIST shows INBOX alone; DELETE carol, CREATE carol2,
@@ -140,8 +142,6 @@ class PathAttackTests(unittest.TestCase):
             time.sleep(0.05)
         self.assertIn(f"owned by uid {self.site.uids['carol']}", self.site.maillog_text())
         self.assertIn("dsn=4.2.0, status=deferred", self.site.maillog_text())
-        while os.path.lexists(victim + ".lock") and time.monotonic() < deadline:
-            time.sleep(0.05)  # a retry from the queue may be under way
         self.spool_untouched("boss")
 
 
