@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.store import index as ix
-from mailsuite.store import mboxfile
+from mailsuite.store import mboxfile, mboxstate
 from mailsuite.store.interfaces import StoreError, UnknownUID
 from mailsuite.store.locking import LockTimeout, try_fcntl_lock
 from mailsuite.store.mbox import MboxStore
@@ -885,7 +885,7 @@ class MboxJournalTests(MboxTestCase):
         journal outgrows its limit it is folded into a new index and removed."""
         # Appends may reach the journal as long "A" records or the index as a whole, depending
         # on how deliveries batch; the small limit applies only to the flag changes below.
-        self.patch(mboxfile, "LOG_LIMIT", 1 << 20)
+        self.patch(mboxstate, "LOG_LIMIT", 1 << 20)
         store = self.make_store()
         box = yield store.open(self.account)
         uids = []
@@ -897,7 +897,7 @@ class MboxJournalTests(MboxTestCase):
         box = yield self.make_store().open(self.account)
         self.assertEqual([m.uid for m in box.messages], uids)
         self.assertEqual([m.flags for m in box.messages], [set(), {"\\Flagged", "Kw"}, set()])
-        self.patch(mboxfile, "LOG_LIMIT", 300)
+        self.patch(mboxstate, "LOG_LIMIT", 300)
         for i in range(20):
             yield box.set_flags({uids[0]: frozenset({"K%d" % i})})
         self.assertLess(os.path.getsize(self.index_path + ".log"), 300 + 16 * 3 + 100)

@@ -2,8 +2,8 @@
 
 Every operation that changes the file, or parses it, holds both locks (``locking``). Each takes
 the index state it starts from and returns the new state with the Changes it found or made; the
-caller (``mbox.MboxMailbox``) publishes them on the reactor thread. The index is written (fsync'ed)
-before a new UID is returned.
+caller (``mboxmailbox.MboxMailbox``) publishes them on the reactor thread. The index is written
+(fsync'ed) before a new UID is returned; where it is kept is ``mboxstate``.
 
 Every file is reached through ``safepath``, walked again at each operation from the account's
 home or the spool directory: no symbolic link is followed below them, and a mailbox must be a
@@ -46,23 +46,15 @@ from mailsuite.store.mboxformat import (
     x_uid,
 )
 from mailsuite.store.mboxrewrite import copy_kept
-from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, open_dir, refuse
+from mailsuite.store.mboxstate import INDEX_NAME, IndexKeeper
+from mailsuite.store.safepath import Anchors, Dir, open_dir, refuse
 
 log = Logger()
 
 WINDOW = 64 << 20  # bytes read at a time when parsing
 COPY = 4 << 20  # bytes copied at a time when rewriting
-LOG_LIMIT = 1 << 20  # the index journal is folded into the index beyond this (+16 B a message)
 
 Result = tuple[ix.Index, Changes]
-INDEX_NAME = "mailsuite.index"
-
-#: The indexes of accounts without a home directory, by index directory: kept for the life of
-#: the process (Dovecot's INDEX=MEMORY), so UIDs and UIDVALIDITY (POP3 UIDLs) stay as they are
-#: while the server runs, also when the mailbox leaves the store's cache.
-_IN_MEMORY: dict[str, ix.Index] = {}
-_IN_MEMORY_LOCK = threading.Lock()
-
 _UID = attrgetter("uid")
 
 
@@ -98,7 +90,7 @@ def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list
     return out
 
 
-class MboxFile:
+class MboxFile(IndexKeeper):
     """The INBOX mbox of one account and its index."""
 
     def __init__(
@@ -143,20 +135,6 @@ class MboxFile:
         except KeyError:
             gid = self.account.gid
         return self.account.uid, gid
-
-    def _index_dir(self, create: bool) -> Dir | None:
-        """The index directory, walked (and made, with ``create``) from its anchor; None when
-        it is missing, or when the home it lives in is: then the index is kept in memory."""
-        try:
-            return open_dir(self.index_place, create)
-        except MissingAnchor:
-            if self.index_place.anchor == self._anchors.home:
-                return None
-            raise
-        except FileNotFoundError:
-            if create:
-                raise
-            return None
 
     def _open(self, d: Dir, create: bool, created: list[bool]) -> int | None:
         try:
@@ -205,31 +183,7 @@ class MboxFile:
             raise refuse(self.path, "a symbolic link")
         return st
 
-    # -- index ----------------------------------------------------------------------------------
-
-    def _saved_index(self) -> ix.Index | None:
-        """The saved index; None if there is none (or it is damaged: it is made again)."""
-        try:
-            return self._read_index()
-        except ix.CorruptIndex as e:
-            log.warn("rebuilding index {path}: {why}", path=self.index_path, why=e)
-            return None
-
-    def _load_index(self) -> tuple[ix.Index, bool]:
-        """The saved index, or a new one (a new UIDVALIDITY) if there is none: (index, is_new)."""
-        index = self._saved_index()
-        if index is None:
-            return ix.Index(uid_validity=self._new_validity()), True
-        return index, False
-
-    def _read_index(self) -> ix.Index | None:
-        d = self._index_dir(create=False)
-        if d is None:
-            with _IN_MEMORY_LOCK:
-                kept = _IN_MEMORY.get(self.index_dir)
-            return kept.copy() if kept is not None else None  # (a home made meanwhile: kept)
-        with d:
-            return ix.read_index(INDEX_NAME, d.fd)
+    # -- refresh --------------------------------------------------------------------------------
 
     def _from_dovecot(self, fd: int) -> Result | None:
         """The first index of a mailbox whose file holds Dovecot's state (``X-IMAPbase`` in the
@@ -264,78 +218,6 @@ class MboxFile:
         log.info("{path}: UIDVALIDITY {validity} and {n} UIDs taken from Dovecot's headers",
                  path=self.path, validity=validity, n=len(state.entries))
         return state, changes
-
-    def _control_dir(self) -> Dir | None:
-        """``~/mail/.imap``, walked (and made) from the home; None when there is no home."""
-        try:
-            return open_dir(self._anchors.place(os.path.join(self.folder_root, ".imap")), True)
-        except MissingAnchor:
-            return None
-
-    def _new_validity(self) -> int:
-        """A UIDVALIDITY the account never gave before (``uidvalidity``)."""
-        control = self._control_dir()
-        if control is None:
-            return uidvalidity.allocate_in_memory(self.folder_root, self._now())
-        with control:
-            return uidvalidity.allocate(control, self._now(), self._owner())
-
-    def _save(self, index: ix.Index) -> None:
-        d = self._index_dir(create=True)
-        if d is None:  # no home: the index lives in memory only
-            with _IN_MEMORY_LOCK:
-                _IN_MEMORY[self.index_dir] = index.copy()
-            return
-        with d:
-            ix.write_index(INDEX_NAME, index, self._owner(), d.fd)
-        if _IN_MEMORY:
-            with _IN_MEMORY_LOCK:
-                _IN_MEMORY.pop(self.index_dir, None)  # the home exists now: on disk from here on
-
-    def _owner(self) -> tuple[int, int] | None:
-        return (self.account.uid, self.account.gid) if self._root else None
-
-    def _journal(self, index: ix.Index, records: bytes, count: int) -> bool:
-        """Append ``records`` (changes that turn the saved index into ``index``, of ``count``
-        messages) to the journal; False when the whole index must be written instead: it has
-        none on disk yet, or its journal has grown big (compaction)."""
-        if not index.generation:
-            return False
-        size = self._append_log(index, records, self._owner())
-        return size is not None and size <= LOG_LIMIT + 16 * count
-
-    def _grow(
-        self, state: ix.Index, added: list[ix.Entry], stamp: ix.Stamp, save: bool = False
-    ) -> ix.Index:
-        """``state`` with ``added`` appended, made durable in O(len(added)) (journal records;
-        the whole index when ``save`` or when the journal says so)."""
-        uid_next = added[-1].uid + 1 if added else state.uid_next
-        head = ix.Index(state.uid_validity, uid_next, stamp, [], state.generation)
-        count = len(state.entries) + len(added)
-        if save or not self._journal(head, ix.log_records(None, added, head), count):
-            full = ix.Index(state.uid_validity, uid_next, stamp, state.entries + added)
-            self._save(full)
-            state.generation = full.generation
-        return state.grown(added, stamp)
-
-    def _append_log(
-        self, index: ix.Index, records: bytes, owner: tuple[int, int] | None
-    ) -> int | None:
-        """Journal ``records``; None when the index they belong to is no longer on disk (its
-        directory or file removed from outside): then the caller writes the whole index again
-        from the state in memory, which keeps UIDVALIDITY and the UIDs."""
-        d = self._index_dir(create=False)
-        if d is None:
-            return None
-        with d:
-            if not d.exists(INDEX_NAME):
-                return None
-            try:
-                return ix.append_log(INDEX_NAME, index, records, owner, d.fd)
-            except FileNotFoundError:
-                return None
-
-    # -- refresh --------------------------------------------------------------------------------
 
     def refresh(self, state: ix.Index | None) -> Result:
         """Bring ``state`` (None: not loaded yet) up to date with the file; save if it changed."""

@@ -83,6 +83,31 @@ class _Copier:
             self._touched(n)
 
 
+def _restatus(
+    c: _Copier, src: int, e: ix.Entry, new_header: Callable[[bytes, frozenset[str]], bytes]
+) -> ix.Entry:
+    """Copy ``e``'s From line and write its header with the status headers of its flags
+    (``new_header``); its entry where it is now (the body follows with the next verbatim run)."""
+    offset = c.pos
+    c.copy(e.offset, e.body_off)  # the From line
+    old = os.pread(src, e.hdr_end - e.body_off, e.body_off)
+    if len(old) != e.hdr_end - e.body_off:
+        raise StoreError("mailbox shrank while it was locked")
+    header = new_header(old, e.flags)
+    c.write(header)
+    body_len = e.end - e.hdr_end
+    size = e.size - wire_size(served_header(old)) + wire_size(served_header(header))
+    return e._replace(
+        offset=offset,
+        body_off=offset + (e.body_off - e.offset),
+        hdr_end=c.pos,
+        end=c.pos + body_len,
+        size=size,
+        fingerprint=fingerprint(header, body_len),
+        header_sig=header_flags(header)[1],
+    )
+
+
 def copy_kept(
     src: int,
     out: int,
@@ -105,27 +130,8 @@ def copy_kept(
             delta = c.pos - run
         elif needs_status(e):
             c.copy(run, e.offset)
-            offset = c.pos
-            c.copy(e.offset, e.body_off)  # the From line
-            old = os.pread(src, e.hdr_end - e.body_off, e.body_off)
-            if len(old) != e.hdr_end - e.body_off:
-                raise StoreError("mailbox shrank while it was locked")
-            header = new_header(old, e.flags)
-            c.write(header)
+            entries.append(_restatus(c, src, e, new_header))
             run, delta = e.hdr_end, c.pos - e.hdr_end
-            body_len = e.end - e.hdr_end
-            size = e.size - wire_size(served_header(old)) + wire_size(served_header(header))
-            entries.append(
-                e._replace(
-                    offset=offset,
-                    body_off=offset + (e.body_off - e.offset),
-                    hdr_end=c.pos,
-                    end=c.pos + body_len,
-                    size=size,
-                    fingerprint=fingerprint(header, body_len),
-                    header_sig=header_flags(header)[1],
-                )
-            )
         elif delta:
             entries.append(
                 ix.Entry(
