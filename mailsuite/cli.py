@@ -299,6 +299,10 @@ def sendmail_main(argv: list[str] | None = None, stdin: BinaryIO | None = None,
     return _run("sendmail", main)
 
 
+#: ``sendmail -bs`` commands whose reply never changes.
+_FIXED_REPLIES = {"NOOP": "250 2.0.0 Ok", "VRFY": "252 2.0.0 Send some mail, I'll try my best"}
+
+
 def smtp_session(cfg: Config, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """``sendmail -bs``: SMTP on stdin/stdout; each message goes to maildrop/."""
 
@@ -341,37 +345,45 @@ def smtp_session(cfg: Config, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO
                 reply("503 5.5.1 Error: need RCPT command")
                 continue
             reply("354 End data with <CR><LF>.<CR><LF>")
-            lines = []
-            while True:
-                data_line = stdin.readline()
-                if not data_line:
-                    return EX_TEMPFAIL
-                data_line = data_line.rstrip(b"\r\n")
-                if data_line == b".":
-                    break
-                lines.append(data_line[1:] if data_line.startswith(b".") else data_line)
+            lines = _read_data(stdin)
+            if lines is None:
+                return EX_TEMPFAIL
             a.sender = sender
-            raw_message = b"\n".join(lines) + b"\n"
-            envelope_sender, message, _ = _compose(cfg, a, raw_message, rcpts)
-            try:
-                queue_id = submit(cfg, envelope_sender, rcpts, message)
-            except Fatal as e:
-                reply(f"451 4.3.0 Error: {e}")
-            else:
-                reply(f"250 2.0.0 Ok: queued as {queue_id}")
+            reply(_queue_message(cfg, a, b"\n".join(lines) + b"\n", rcpts))
             sender, rcpts = None, []
         elif verb == "RSET":
             sender, rcpts = None, []
             reply("250 2.0.0 Ok")
-        elif verb == "NOOP":
-            reply("250 2.0.0 Ok")
-        elif verb == "VRFY":
-            reply("252 2.0.0 Send some mail, I'll try my best")
+        elif verb in _FIXED_REPLIES:
+            reply(_FIXED_REPLIES[verb])
         elif verb == "QUIT":
             reply("221 2.0.0 Bye")
             return EX_OK
         else:
             reply("502 5.5.2 Error: command not recognized")
+
+
+def _read_data(stdin: BinaryIO) -> list[bytes] | None:
+    """The lines of DATA up to the lone dot, dot-unstuffed; None when stdin ends first."""
+    lines = []
+    while True:
+        data_line = stdin.readline()
+        if not data_line:
+            return None
+        data_line = data_line.rstrip(b"\r\n")
+        if data_line == b".":
+            return lines
+        lines.append(data_line[1:] if data_line.startswith(b".") else data_line)
+
+
+def _queue_message(cfg: Config, a: SendmailArgs, raw_message: bytes, rcpts: list[str]) -> str:
+    """The message of one DATA into maildrop/; the reply to it."""
+    envelope_sender, message, _ = _compose(cfg, a, raw_message, rcpts)
+    try:
+        queue_id = submit(cfg, envelope_sender, rcpts, message)
+    except Fatal as e:
+        return f"451 4.3.0 Error: {e}"
+    return f"250 2.0.0 Ok: queued as {queue_id}"
 
 
 # -- newaliases ----------------------------------------------------------------------------

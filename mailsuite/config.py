@@ -14,22 +14,51 @@ Every problem (syntax, unknown section or key, bad value, expansion loop) is col
 at once as one :class:`ConfigError`, each line shaped ``FILE: [section] key: message``.
 :func:`parse_config` is pure (it asks ``hostname()`` only when ``myhostname`` is not set);
 :func:`load_config` reads the file; :func:`config_path` locates it (the same rule for twistd and
-every command).
+every command). The converter of each key's value is in mailsuite.configvalues.
 """
 
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
-import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from mailsuite import uidlformat
 from mailsuite.accounts import Account
+from mailsuite.configvalues import (
+    Problems,
+    expand_location,
+    parse_alias_maps,
+    parse_bool,
+    parse_cache_size,
+    parse_dns_resolver,
+    parse_domain,
+    parse_domains,
+    parse_folder_name,
+    parse_interfaces,
+    parse_line_length,
+    parse_mail_location,
+    parse_networks,
+    parse_optional_path,
+    parse_pam_service,
+    parse_passdb,
+    parse_path,
+    parse_pem_path,
+    parse_port,
+    parse_port_or_socket,
+    parse_relayhost,
+    parse_seconds,
+    parse_size,
+    parse_smtp_port,
+    parse_ssl,
+    parse_time_days,
+    parse_tls_level,
+    parse_uint,
+    split_location,
+)
 from mailsuite.net import Network, default_hostname, in_networks, parse_ip
 
 DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
@@ -44,367 +73,6 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(self.errors)
-
-
-# ---------------------------------------------------------------------------------------------
-# Converters: text (already $-expanded) -> value, or ValueError with a message for the user.
-
-def _words(value: str) -> list[str]:
-    """Postfix list syntax: items separated by commas and/or whitespace."""
-    return [word for word in re.split(r"[\s,]+", value) if word]
-
-
-class _Problems(ValueError):
-    """Several bad items of one list value: each becomes its own error line."""
-
-    def __init__(self, messages: list[str]) -> None:
-        super().__init__("; ".join(messages))
-        self.messages = messages
-
-
-T = TypeVar("T")
-
-
-def _each(convert: Callable[[str], T], words: list[str]) -> list[T]:
-    """``convert`` applied to every word; every bad word is reported, not only the first."""
-    out: list[T] = []
-    problems: list[str] = []
-    for word in words:
-        try:
-            out.append(convert(word))
-        except ValueError as e:
-            problems.append(str(e))
-    if problems:
-        raise _Problems(problems)
-    return out
-
-
-_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\Z")
-
-
-def _domain(value: str) -> str:
-    name = value.strip().lower().rstrip(".")
-    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
-        raise ValueError(f"{value.strip()!r} is not a valid domain name")
-    return name
-
-
-def _domains(value: str) -> list[str]:
-    return list(dict.fromkeys(_each(_domain, _words(value))))
-
-
-def _unbracket(word: str) -> str:
-    """``[::1]/128`` -> ``::1/128`` (Postfix writes IPv6 in brackets, Dovecot does not)."""
-    return re.sub(r"^\[([^\]]*)\]", r"\1", word)
-
-
-def _network(word: str) -> Network:
-    text = _unbracket(word)
-    try:
-        return ipaddress.ip_network(text)
-    except ValueError:
-        try:
-            loose = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise ValueError(
-                f"{word!r} is not an IP network (like 127.0.0.0/8 or [::1]/128)"
-            ) from None
-        raise ValueError(f"{word!r} has host bits set; did you mean {loose}?") from None
-
-
-def _networks(value: str) -> list[Network]:
-    return _each(_network, _words(value))
-
-
-_INTERFACES_HELP = "expected all, loopback-only, or a list of IP addresses or host names"
-
-
-def _interface(word: str) -> str:
-    """An IP address (IPv6 with or without brackets) or a host name, which tap.py resolves
-    at start as Postfix does (``localhost``: its addresses in /etc/hosts)."""
-    text = _unbracket(word)
-    if _is_ip(text):
-        return str(ipaddress.ip_address(text))
-    try:
-        name = _domain(text)
-        if name.rpartition(".")[2].isdigit():  # 300.1.1.1: a bad address, not a name
-            raise ValueError(name)
-        return name
-    except ValueError:
-        raise ValueError(f"{word!r} is not an IP address or a host name") from None
-
-
-def _interfaces(value: str) -> list[str]:
-    words = [word.lower() for word in _words(value)]
-    if words in (["all"], ["loopback-only"]):
-        return words
-    if not words or {"all", "loopback-only"} & set(words):
-        raise ValueError(_INTERFACES_HELP)
-    try:
-        return list(dict.fromkeys(_each(_interface, words)))
-    except _Problems as e:
-        raise _Problems([f"{m}; {_INTERFACES_HELP}" for m in e.messages]) from None
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _port_number(text: str, lowest: int = 0) -> int:
-    if not text.isdigit() or not lowest <= int(text) <= 65535:
-        raise ValueError(f"port {text!r} is not a number from {lowest} to 65535")
-    return int(text)
-
-
-def _relayhost(value: str) -> str:
-    """Postfix's ``[host]:port``, ``host:port``, ``[host]`` or ``host``; empty = direct MX."""
-    text = value.strip()
-    match = re.fullmatch(r"(?:\[(?:ipv6:)?([^\]]+)\]|([^\[\]:\s]+))(?::([^:]*))?", text)
-    if text and not match:
-        raise ValueError(f"{text!r} is not [host]:port")
-    if match:
-        host = match.group(1) or match.group(2)
-        if not _is_ip(host):
-            _domain(host)
-        if match.group(3) is not None:
-            _port_number(match.group(3), lowest=1)
-    return text
-
-
-def _tls_level(value: str) -> str:
-    """Postfix smtp_tls_security_level: none, may (opportunistic STARTTLS) or encrypt."""
-    text = value.strip().lower()
-    if text not in ("none", "may", "encrypt"):
-        raise ValueError(f"{value.strip()!r} is not none, may or encrypt")
-    return text
-
-
-def _optional_path(value: str) -> str:
-    return _path(value) if value.strip() else ""
-
-
-def _smtp_port(value: str) -> int:
-    return _port_number(value.strip(), lowest=1)
-
-
-def _dns_resolver(value: str) -> str:
-    """``IP:port`` of a DNS server (IPv6 in brackets); empty = /etc/resolv.conf."""
-    text = value.strip()
-    match = re.fullmatch(r"(?:\[([^\]]+)\]|([^\[\]:\s]+)):(\S+)", text)
-    if text and not (match and _is_ip(match.group(1) or match.group(2))):
-        raise ValueError(f"{text!r} is not IP:port (like 127.0.0.1:53 or [::1]:53)")
-    if match:
-        _port_number(match.group(3), lowest=1)
-    return text
-
-
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def _size(value: str) -> int:
-    """Bytes; a ``k``, ``M`` or ``G`` suffix (as Dovecot sizes) multiplies by 1024^n."""
-    match = re.fullmatch(r"(\d+)\s*([kKmMgG]?)", value.strip())
-    if not match:
-        raise ValueError(f"{value.strip()!r} is not a size in bytes (like 10240000 or 10M)")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-
-
-_TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def _line_length(value: str) -> int:
-    length = _size(value)
-    if length < 1024:
-        raise ValueError(f"{value.strip()!r} is too small: at least 1k")
-    return length
-
-
-def _time_days(value: str) -> float:
-    """Postfix time: a number with unit s, m, h, d or w; a bare number counts days."""
-    match = re.fullmatch(r"(\d+)([smhdw]?)", value.strip())
-    if not match:
-        raise ValueError(
-            f"{value.strip()!r} is not a time (a number with unit s, m, h, d or w, like 5d)"
-        )
-    return float(int(match.group(1)) * _TIME_UNITS[match.group(2) or "d"])
-
-
-_BOOLEANS = {"yes": True, "true": True, "1": True, "no": False, "false": False, "0": False}
-
-
-def _bool(value: str) -> bool:
-    try:
-        return _BOOLEANS[value.strip().lower()]
-    except KeyError:
-        raise ValueError(f"{value.strip()!r} is not yes or no") from None
-
-
-def _uint(value: str) -> int:
-    if not value.strip().isdigit():
-        raise ValueError(f"{value.strip()!r} is not a whole number")
-    return int(value.strip())
-
-
-def _path(value: str) -> str:
-    text = value.strip()
-    if not text.startswith("/"):
-        raise ValueError(f"{text!r} is not an absolute path")
-    return text
-
-
-def _pem_path(value: str) -> str:
-    """A path; Dovecot's ``ssl_cert = </etc/...`` spelling is accepted too."""
-    return _path(value.strip().removeprefix("<"))
-
-
-_ALIAS_MAP_TYPES = ("hash", "lmdb", "texthash")
-
-
-def _alias_map(word: str) -> str:
-    kind, colon, path = word.partition(":")
-    if not colon:
-        path = word
-    elif kind not in _ALIAS_MAP_TYPES:
-        raise ValueError(
-            f"{word!r}: map type {kind}: is not supported (use a file path, hash:, lmdb:"
-            " or texthash:)"
-        )
-    return _path(path)
-
-
-def _alias_maps(value: str) -> list[str]:
-    """``/etc/aliases`` or ``hash:/etc/aliases``: the file path; the map type is dropped."""
-    return _each(_alias_map, _words(value))
-
-
-def _port(value: str) -> int | None:
-    text = value.strip().lower()
-    if text in ("", "no"):
-        return None
-    try:
-        return _port_number(text)
-    except ValueError as e:
-        raise ValueError(f"{e}; write no or leave it empty to turn the service off") from None
-
-
-def _port_or_socket(value: str) -> int | str | None:
-    """LMTP may also listen on a unix socket, given by its absolute path."""
-    text = value.strip()
-    return text if text.startswith("/") else _port(text)
-
-
-def _choice(allowed: tuple[str, ...], refused: dict[str, str]) -> Callable[[str], str]:
-    """One of ``allowed`` (case-insensitive); values in ``refused`` are known but not usable yet."""
-
-    def convert(value: str) -> str:
-        text = value.strip().lower()
-        if text not in allowed:
-            raise ValueError(f"{value.strip()!r} is not one of: {', '.join(allowed)}")
-        if text in refused:
-            raise ValueError(refused[text])
-        return text
-
-    return convert
-
-
-_passdb = _choice(("shadow", "pam"), {})
-
-
-def _seconds(value: str) -> float:
-    """Dovecot time: a number with unit s, m, h or d (also secs, mins, hours, days); a bare
-    number counts seconds."""
-    match = re.fullmatch(r"(\d+)\s*(s|secs?|seconds?|m|mins?|minutes?|h|hours?|d|days?)?",
-                         value.strip().lower())
-    if not match:
-        raise ValueError(f"{value.strip()!r} is not a time (a number with unit s, m, h or d,"
-                         " like 15m)")
-    return float(int(match.group(1)) * _TIME_UNITS[(match.group(2) or "s")[0]])
-
-
-def _cache_size(value: str) -> int:
-    """auth_cache_size: bytes as ``_size``; 0 turns the cache off, else room for an entry."""
-    size = _size(value)
-    if 0 < size < 1024:
-        raise ValueError(f"{value.strip()!r} is too small to hold an entry (at least 1k;"
-                         " 0 turns the cache off)")
-    return size
-
-
-def _pam_service(value: str) -> str:
-    text = value.strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
-        raise ValueError(f"{text!r} is not a PAM service name (a file name in /etc/pam.d)")
-    return text
-_ssl = _choice(("no", "yes", "required"), {})
-
-
-# ---------------------------------------------------------------------------------------------
-# mail_location: Dovecot's "mbox:ROOT[:INBOX=PATH]" with %u, %n, %d, %h and a leading ~.
-
-_LOCATION_HELP = "like mbox:~/mail:INBOX=/var/mail/%u"
-_PROBE = Account("probe", 1000, 1000, "/home/probe")
-
-
-def _split_location(text: str) -> tuple[str, str]:
-    """The (folder root, INBOX) templates of a mail_location; ValueError if unusable."""
-    kind, colon, rest = text.strip().partition(":")
-    if not colon:
-        raise ValueError(f"{text.strip()!r} is not FORMAT:ROOT, {_LOCATION_HELP}")
-    if kind != "mbox":
-        raise ValueError(f"mailbox format {kind!r} is not supported, only mbox: ({_LOCATION_HELP})")
-    root, *params = rest.split(":")
-    if not root:
-        raise ValueError(f"mbox: needs a folder root directory, {_LOCATION_HELP}")
-    inbox = posixpath.join(root, "inbox")  # Dovecot's default when INBOX= is not given
-    for param in params:
-        name, _, path = param.partition("=")
-        if name != "INBOX" or not path:
-            raise ValueError(f"{param!r}: only INBOX=PATH is supported after the root")
-        inbox = path
-    for template in (root, inbox):
-        if not _expand_location(template, _PROBE).startswith("/"):
-            raise ValueError(f"{template!r} must start with /, ~ or %h")
-    return root, inbox
-
-
-def _expand_location(template: str, account: Account) -> str:
-    name = account.name
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"unsafe account name {name!r} in a mailbox path")
-    values = {"u": name, "n": name.partition("@")[0], "d": name.partition("@")[2],
-              "h": account.home, "%": "%"}
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "~":
-            return account.home
-        if match.group(1) not in values:
-            raise ValueError(f"unknown variable %{match.group(1)} (known: %u %n %d %h %%)")
-        return values[match.group(1)]
-
-    return posixpath.normpath(re.sub(r"^~(?=/|$)|%(.?)", substitute, template))
-
-
-def _mail_location(value: str) -> str:
-    _split_location(value)
-    return value.strip()
-
-
-def _folder_name(value: str) -> str:
-    """A special-use folder name ('/' separates levels); empty: no such folder."""
-    from mailsuite.store import folders
-    from mailsuite.store.interfaces import InvalidMailboxName
-
-    value = value.strip()
-    if not value:
-        return ""
-    try:
-        return next(iter(folders.check_specials({value: ""})))
-    except InvalidMailboxName as e:
-        raise ValueError(f"not a usable folder name: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,11 +181,11 @@ class MailboxConfig:
 
     def inbox_path(self, account: Account) -> str:
         """The INBOX mbox file of ``account``, e.g. ``/var/mail/boss``."""
-        return _expand_location(_split_location(self.mail_location)[1], account)
+        return expand_location(split_location(self.mail_location)[1], account)
 
     def folder_root(self, account: Account) -> str:
         """The directory holding the account's other folders, e.g. ``/home/boss/mail``."""
-        return _expand_location(_split_location(self.mail_location)[0], account)
+        return expand_location(split_location(self.mail_location)[0], account)
 
 
 @dataclass(frozen=True)
@@ -571,69 +239,69 @@ def _parent_domain(get: Callable[[str], str]) -> str:
 
 _SECTIONS: dict[str, _Section] = {
     "mail": _Section(MailConfig, [
-        _Key("myhostname", None, _domain),  # None: the hostname() given to parse_config
-        _Key("mydomain", _parent_domain, _domain),
-        _Key("myorigin", "$mydomain", _domain),
-        _Key("mydestination", "$myhostname, localhost.$mydomain, localhost", _domains),
-        _Key("inet_interfaces", "all", _interfaces),
-        _Key("mynetworks", "127.0.0.0/8, [::1]/128", _networks),
-        _Key("relay_domains", "", _domains),
-        _Key("relayhost", "", _relayhost),
-        _Key("message_size_limit", "10240000", _size),
-        _Key("alias_maps", "/etc/aliases", _alias_maps),
-        _Key("queue_directory", "/var/spool/mailsuite", _path),
-        _Key("maillog_file", "/var/log/maillog", _path),
-        _Key("maximal_queue_lifetime", "5d", _time_days),
-        _Key("dns_resolver", "", _dns_resolver),
-        _Key("minimal_backoff_time", "300s", _time_days),
-        _Key("maximal_backoff_time", "4000s", _time_days),
-        _Key("delay_warning_time", "0s", _time_days),
-        _Key("smtp_tls_security_level", "may", _tls_level),
-        _Key("smtp_sasl_password_maps", "", _optional_path),
-        _Key("smtp_port", "25", _smtp_port),
+        _Key("myhostname", None, parse_domain),  # None: the hostname() given to parse_config
+        _Key("mydomain", _parent_domain, parse_domain),
+        _Key("myorigin", "$mydomain", parse_domain),
+        _Key("mydestination", "$myhostname, localhost.$mydomain, localhost", parse_domains),
+        _Key("inet_interfaces", "all", parse_interfaces),
+        _Key("mynetworks", "127.0.0.0/8, [::1]/128", parse_networks),
+        _Key("relay_domains", "", parse_domains),
+        _Key("relayhost", "", parse_relayhost),
+        _Key("message_size_limit", "10240000", parse_size),
+        _Key("alias_maps", "/etc/aliases", parse_alias_maps),
+        _Key("queue_directory", "/var/spool/mailsuite", parse_path),
+        _Key("maillog_file", "/var/log/maillog", parse_path),
+        _Key("maximal_queue_lifetime", "5d", parse_time_days),
+        _Key("dns_resolver", "", parse_dns_resolver),
+        _Key("minimal_backoff_time", "300s", parse_time_days),
+        _Key("maximal_backoff_time", "4000s", parse_time_days),
+        _Key("delay_warning_time", "0s", parse_time_days),
+        _Key("smtp_tls_security_level", "may", parse_tls_level),
+        _Key("smtp_sasl_password_maps", "", parse_optional_path),
+        _Key("smtp_port", "25", parse_smtp_port),
     ]),
     "listen": _Section(ListenConfig, [
-        _Key("smtp", "25", _port),
-        _Key("submission", "587", _port),
-        _Key("smtps", "465", _port),
-        _Key("pop3", "110", _port),
-        _Key("pop3s", "995", _port),
-        _Key("imap", "143", _port),
-        _Key("imaps", "993", _port),
-        _Key("lmtp", "no", _port_or_socket),
-        _Key("autoconfig", "no", _port),
-        _Key("autoconfigs", "no", _port),
+        _Key("smtp", "25", parse_port),
+        _Key("submission", "587", parse_port),
+        _Key("smtps", "465", parse_port),
+        _Key("pop3", "110", parse_port),
+        _Key("pop3s", "995", parse_port),
+        _Key("imap", "143", parse_port),
+        _Key("imaps", "993", parse_port),
+        _Key("lmtp", "no", parse_port_or_socket),
+        _Key("autoconfig", "no", parse_port),
+        _Key("autoconfigs", "no", parse_port),
     ]),
     "auth": _Section(AuthConfig, [
-        _Key("passdb", "shadow", _passdb),
-        _Key("passwd_file", "/etc/passwd", _path),
-        _Key("shadow_file", "/etc/shadow", _path),
-        _Key("first_valid_uid", "1000", _uint),
-        _Key("disable_plaintext_auth", "yes", _bool),
-        _Key("login_trusted_networks", "", _networks),
-        _Key("pam_service", "mailsuite", _pam_service),
-        _Key("auth_failure_delay", "2s", _seconds),
-        _Key("login_max_failures", "10", _uint),
-        _Key("login_block_time", "15m", _seconds),
-        _Key("auth_cache_size", "10M", _cache_size),
-        _Key("auth_cache_ttl", "1h", _seconds),
-        _Key("auth_cache_negative_ttl", "1h", _seconds),
+        _Key("passdb", "shadow", parse_passdb),
+        _Key("passwd_file", "/etc/passwd", parse_path),
+        _Key("shadow_file", "/etc/shadow", parse_path),
+        _Key("first_valid_uid", "1000", parse_uint),
+        _Key("disable_plaintext_auth", "yes", parse_bool),
+        _Key("login_trusted_networks", "", parse_networks),
+        _Key("pam_service", "mailsuite", parse_pam_service),
+        _Key("auth_failure_delay", "2s", parse_seconds),
+        _Key("login_max_failures", "10", parse_uint),
+        _Key("login_block_time", "15m", parse_seconds),
+        _Key("auth_cache_size", "10M", parse_cache_size),
+        _Key("auth_cache_ttl", "1h", parse_seconds),
+        _Key("auth_cache_negative_ttl", "1h", parse_seconds),
     ]),
     "mailbox": _Section(MailboxConfig, [
-        _Key("mail_location", "mbox:~/mail:INBOX=/var/mail/%u", _mail_location),
-        _Key("sent", "Sent", _folder_name),
-        _Key("drafts", "Drafts", _folder_name),
-        _Key("trash", "Trash", _folder_name),
-        _Key("junk", "Junk", _folder_name),
+        _Key("mail_location", "mbox:~/mail:INBOX=/var/mail/%u", parse_mail_location),
+        _Key("sent", "Sent", parse_folder_name),
+        _Key("drafts", "Drafts", parse_folder_name),
+        _Key("trash", "Trash", parse_folder_name),
+        _Key("junk", "Junk", parse_folder_name),
         _Key("pop3_uidl_format", uidlformat.DEFAULT, uidlformat.uidl_format),
     ]),
     "imap": _Section(ImapConfig, [
-        _Key("imap_max_line_length", "64k", _line_length),
+        _Key("imap_max_line_length", "64k", parse_line_length),
     ]),
     "tls": _Section(TLSConfig, [
-        _Key("ssl", "yes", _ssl),
-        _Key("ssl_cert", "/etc/mailsuite/tls/cert.pem", _pem_path),
-        _Key("ssl_key", "/etc/mailsuite/tls/key.pem", _pem_path),
+        _Key("ssl", "yes", parse_ssl),
+        _Key("ssl_cert", "/etc/mailsuite/tls/cert.pem", parse_pem_path),
+        _Key("ssl_key", "/etc/mailsuite/tls/key.pem", parse_pem_path),
     ]),
 }
 
@@ -775,7 +443,7 @@ def parse_config(
                 if setting is None and expander.used & failed - {key.name}:
                     continue  # a default built from a bad key: that key's error says it all
                 origin = "" if setting else " (this is the default; set the key to change it)"
-                messages = e.messages if isinstance(e, _Problems) else [str(e)]
+                messages = e.messages if isinstance(e, Problems) else [str(e)]
                 errors.extend(f"{filename}: [{section_name}] {key.name}: {message}{origin}"
                               for message in messages)
         if len(values) == len(section.keys):

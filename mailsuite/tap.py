@@ -19,6 +19,7 @@ import functools
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service, strports
@@ -207,6 +208,19 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiServi
                            implicit_tls=implicit, policy=policy, recent=recent,
                            idle_poller=idle_poller)
 
+    _add_listeners(top, cfg, make, tls, reactor)
+    with step("[mail] queue_directory"):
+        _local_submission(top, cfg, delivery, maillog, reactor, blocking, pipeline)
+    top.maillog = maillog  # type: ignore[attr-defined]
+    top.tls = tls  # type: ignore[attr-defined]
+    _on_hup(maillog, tls, reactor, blocking)
+    return top
+
+
+def _add_listeners(top: service.MultiService, cfg: Config, make: Callable[[str], Any], tls: Any,
+                   reactor: Any) -> None:
+    """A listening service under ``top`` per enabled door (``make(name)`` its factory) and
+    address of inet_interfaces, lmtp on a unix socket path; then the autoconfig sites."""
     for name in SERVICES:
         port = getattr(cfg.listen, name)
         if port is None:
@@ -234,12 +248,6 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiServi
             svc = strports.service(_endpoint(port, address), site, reactor)
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
-    with step("[mail] queue_directory"):
-        _local_submission(top, cfg, delivery, maillog, reactor, blocking, pipeline)
-    top.maillog = maillog  # type: ignore[attr-defined]
-    top.tls = tls  # type: ignore[attr-defined]
-    _on_hup(maillog, tls, reactor, blocking)
-    return top
 
 
 def _unix_endpoint(path: str, name: str) -> str:

@@ -15,18 +15,16 @@ from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.config import Config
 from mailsuite.maillog import MailLog
-from mailsuite.mta.delivery import (
+from mailsuite.mta.accept import (
     AliasLoop,
-    DeliveryFailed,
-    LocalDelivery,
     LocalRecipient,
     RelayDenied,
     UnknownRecipient,
     UnsupportedRecipient,
     error_status,
-    format_delay,
     received_header,
 )
+from mailsuite.mta.delivery import DeliveryFailed, LocalDelivery, format_delay
 from mailsuite.store.memory import MemoryStore
 from tests.configs import real_config
 

@@ -13,12 +13,12 @@ import tempfile
 from twisted.trial import unittest
 
 from mailsuite.accounts import Account
-from mailsuite.mta import forward
+from mailsuite.mta import asuser, forward
 from mailsuite.mta.aliases import AliasMap
+from mailsuite.mta.asuser import Privileges
 from mailsuite.mta.forward import (
     Expander,
     File,
-    Privileges,
     Program,
     Refused,
     Remote,
@@ -310,9 +310,9 @@ class IncludeRightsTests(RightsCase):
         fifo = os.path.join(self.dir, "fifo")
         os.mkfifo(fifo, 0o644)
         privs = Privileges("boss", self.boss.uid, self.boss.gid, self.boss.home)
-        e = self.assertRaises(OSError, forward.open_as, fifo, os.O_RDONLY, privs, 0.3)
+        e = self.assertRaises(OSError, asuser.open_as, fifo, os.O_RDONLY, privs, 0.3)
         self.assertEqual(e.errno, errno.ETIMEDOUT)
-        fd = forward.open_as(fifo, os.O_RDONLY | os.O_NONBLOCK, privs)
+        fd = asuser.open_as(fifo, os.O_RDONLY | os.O_NONBLOCK, privs)
         os.close(fd)
 
     def test_world_writable_refused(self) -> None:
@@ -387,7 +387,7 @@ class AppendLockTests(unittest.TestCase):
     def setUp(self) -> None:
         self.path = os.path.abspath(self.mktemp())
         self.sleeps: list[float] = []
-        self.patch(forward.time, "sleep", self.sleeps.append)
+        self.patch(asuser.time, "sleep", self.sleeps.append)
 
     def read(self) -> bytes:
         with open(self.path, "rb") as f:
@@ -399,10 +399,10 @@ class AppendLockTests(unittest.TestCase):
             pass
         opener = lambda: os.open(self.path, os.O_RDWR)  # noqa: E731
         with locking.locked_mailbox(self.path, opener):
-            self.assertEqual(forward._append(self.path, b"x\n"),
-                             (forward.EX_TEMPFAIL, "file is locked (dotlock)"))
+            self.assertEqual(asuser._append(self.path, b"x\n"),
+                             (asuser.EX_TEMPFAIL, "file is locked (dotlock)"))
         self.assertEqual(len(self.sleeps), 300)
-        self.assertEqual(forward._append(self.path, b"x\n"), (0, ""))
+        self.assertEqual(asuser._append(self.path, b"x\n"), (0, ""))
         self.assertEqual(self.read(), b"x\n")
         self.assertFalse(os.path.exists(self.path + ".lock"))
 
@@ -412,17 +412,17 @@ class AppendLockTests(unittest.TestCase):
         fd = os.open(self.path, os.O_RDWR)
         self.addCleanup(os.close, fd)
         self.assertTrue(locking.try_fcntl_lock(fd))
-        self.assertEqual(forward._append(self.path, b"x\n"),
-                         (forward.EX_TEMPFAIL, "file is locked (fcntl)"))
+        self.assertEqual(asuser._append(self.path, b"x\n"),
+                         (asuser.EX_TEMPFAIL, "file is locked (fcntl)"))
         self.assertFalse(os.path.exists(self.path + ".lock"))  # the dotlock was given back
         self.assertEqual(self.read(), b"")
 
     def test_stale_dotlock_broken(self) -> None:
         with open(self.path + ".lock", "wb"):
             pass
-        old = forward.time.time() - forward.STALE_DOTLOCK - 10
+        old = asuser.time.time() - asuser.STALE_DOTLOCK - 10
         os.utime(self.path + ".lock", (old, old))
-        self.assertEqual(forward._append(self.path, b"x\n"), (0, ""))
+        self.assertEqual(asuser._append(self.path, b"x\n"), (0, ""))
         self.assertEqual((self.read(), self.sleeps), (b"x\n", [0.1]))  # one pause, then taken
         self.assertFalse(os.path.exists(self.path + ".lock"))
 
@@ -435,8 +435,8 @@ class AppendLockTests(unittest.TestCase):
                 raise PermissionError(errno.EACCES, "Permission denied", path)
             return real_open(path, flags, *args, **kw)  # type: ignore[arg-type]
 
-        self.patch(forward.os, "open", refused)
-        self.assertEqual(forward._append(self.path, b"x\n"), (0, ""))
+        self.patch(asuser.os, "open", refused)
+        self.assertEqual(asuser._append(self.path, b"x\n"), (0, ""))
         self.assertEqual(self.read(), b"x\n")
 
 

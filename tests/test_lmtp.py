@@ -11,7 +11,8 @@ from twisted.trial import unittest
 
 from mailsuite.maillog import MailLog
 from mailsuite.mta import forward
-from mailsuite.mta.delivery import DeliveryFailed, UnknownRecipient
+from mailsuite.mta.accept import UnknownRecipient
+from mailsuite.mta.delivery import DeliveryFailed
 from mailsuite.smtp.lmtp import LMTPFactory
 from tests.configs import real_config
 

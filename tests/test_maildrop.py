@@ -16,7 +16,8 @@ from twisted.trial import unittest
 from mailsuite import threads
 from mailsuite.maillog import MailLog
 from mailsuite.mta import maildrop
-from mailsuite.mta.delivery import DeliveryFailed, LookupFailed, UnknownRecipient
+from mailsuite.mta.accept import LookupFailed, UnknownRecipient
+from mailsuite.mta.delivery import DeliveryFailed
 from mailsuite.mta.forward import TargetFailed
 
 

@@ -1,5 +1,5 @@
 """The SMTP server as an MTA: relay control, SMTPUTF8, DSN parameters, and what goes to the
-queue (mailsuite.smtp.server + delivery.DeliveryAvatar), through StringTransport."""
+queue (mailsuite.smtp.server + accept.DeliveryAvatar), through StringTransport."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.maillog import MailLog
 from mailsuite.mta import address as addr
-from mailsuite.mta.delivery import LocalDelivery, LocalRecipient, RemoteRecipient
+from mailsuite.mta.accept import LocalRecipient, RemoteRecipient
+from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.mta.transaction import (
     BOUNCED,
     DEFERRED,

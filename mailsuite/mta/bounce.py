@@ -83,32 +83,8 @@ def make_dsn(
     """The notification message (LF line ends) for ``entries`` of ``envelope``."""
     boundary = f"{envelope.queue_id}.{int(now)}/{hostname}"
     utf8 = envelope.smtputf8
-    intro = INTRO[kind].format(delay=_hours(now - envelope.arrival), lifetime=_hours(lifetime))
-    lines = [f"This is the mail system at host {hostname}.", "", intro]
-    for e in entries:
-        lines.append(f"<{e.recipient.address}>: {e.diagnostic}")
-    human = "\n".join(lines) + "\n"
-    fields = [f"Reporting-MTA: dns; {hostname}", f"X-Postfix-Queue-ID: {envelope.queue_id}",
-              f"X-Postfix-Sender: rfc822; {envelope.sender}"]
-    if envelope.envid:
-        fields.append(f"Original-Envelope-Id: {envelope.envid}")
-    fields.append(f"Arrival-Date: {email.utils.formatdate(envelope.arrival, localtime=True)}")
-    status = "\n".join(fields) + "\n"
-    for e in entries:
-        r = e.recipient
-        kind_word = "utf-8" if utf8 and not r.address.isascii() else "rfc822"
-        block = [f"Final-Recipient: {kind_word}; {r.address}"]
-        if r.orcpt:
-            block.append(f"Original-Recipient: {r.orcpt.replace(';', '; ', 1)}")
-        block.append(f"Action: {kind}")
-        block.append(f"Status: {e.dsn}")
-        if e.remote_mta:
-            block.append(f"Remote-MTA: dns; {e.remote_mta}")
-        if e.diagnostic:
-            block.append(f"Diagnostic-Code: smtp; {' '.join(e.diagnostic.split())}")
-        if kind == "delayed":
-            block.append(f"Will-Retry-Until: {email.utils.formatdate(envelope.arrival + lifetime, localtime=True)}")
-        status += "\n" + "\n".join(block) + "\n"
+    human = _human_part(kind, envelope, entries, hostname, now, lifetime)
+    status = _status_part(kind, envelope, entries, hostname, lifetime)
     whole = kind == "failed" and envelope.ret != "HDRS"
     attached = original if whole else headers_of(original)
     if utf8:
@@ -150,3 +126,45 @@ def make_dsn(
     if not attached.endswith(b"\n"):
         attached += b"\n"
     return text + attached + f"\n--{boundary}--\n".encode()
+
+
+def _human_part(kind: str, envelope: Envelope, entries: list[Entry], hostname: str, now: float,
+                lifetime: float) -> str:
+    """The text/plain part: Postfix's introduction and one line per recipient."""
+    intro = INTRO[kind].format(delay=_hours(now - envelope.arrival), lifetime=_hours(lifetime))
+    lines = [f"This is the mail system at host {hostname}.", "", intro]
+    for e in entries:
+        lines.append(f"<{e.recipient.address}>: {e.diagnostic}")
+    return "\n".join(lines) + "\n"
+
+
+def _status_part(kind: str, envelope: Envelope, entries: list[Entry], hostname: str,
+                 lifetime: float) -> str:
+    """The delivery-status part: the per-message fields, then a block per recipient."""
+    fields = [f"Reporting-MTA: dns; {hostname}", f"X-Postfix-Queue-ID: {envelope.queue_id}",
+              f"X-Postfix-Sender: rfc822; {envelope.sender}"]
+    if envelope.envid:
+        fields.append(f"Original-Envelope-Id: {envelope.envid}")
+    fields.append(f"Arrival-Date: {email.utils.formatdate(envelope.arrival, localtime=True)}")
+    status = "\n".join(fields) + "\n"
+    for e in entries:
+        status += "\n" + "\n".join(_recipient_fields(kind, envelope, e, lifetime)) + "\n"
+    return status
+
+
+def _recipient_fields(kind: str, envelope: Envelope, e: Entry, lifetime: float) -> list[str]:
+    """The per-recipient fields of RFC 3464 for one entry."""
+    r = e.recipient
+    kind_word = "utf-8" if envelope.smtputf8 and not r.address.isascii() else "rfc822"
+    block = [f"Final-Recipient: {kind_word}; {r.address}"]
+    if r.orcpt:
+        block.append(f"Original-Recipient: {r.orcpt.replace(';', '; ', 1)}")
+    block.append(f"Action: {kind}")
+    block.append(f"Status: {e.dsn}")
+    if e.remote_mta:
+        block.append(f"Remote-MTA: dns; {e.remote_mta}")
+    if e.diagnostic:
+        block.append(f"Diagnostic-Code: smtp; {' '.join(e.diagnostic.split())}")
+    if kind == "delayed":
+        block.append(f"Will-Retry-Until: {email.utils.formatdate(envelope.arrival + lifetime, localtime=True)}")
+    return block

@@ -35,7 +35,6 @@ import os
 import pwd
 import select
 import signal
-import socket
 import stat
 import subprocess
 import time
@@ -46,7 +45,6 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 
 from mailsuite.accounts import Account
-from mailsuite.fsutil import write_all
 from mailsuite.mta.aliases import (
     EXPANSION_SIZE_LIMIT,
     MAX_DEPTH,
@@ -56,35 +54,26 @@ from mailsuite.mta.aliases import (
     classify,
     parse_list,
 )
-from mailsuite.store.locking import try_fcntl_lock
+from mailsuite.mta.asuser import (
+    EX_CANTCREAT,
+    EX_TEMPFAIL,
+    Privileges,
+    append_child,
+    as_user,
+    open_as,
+)
 from mailsuite.store.mboxformat import make_from_line, to_stored
 from mailsuite.store.safepath import MissingAnchor, Place, UnsafePath, open_anchor
 
 log = Logger()
 
 DEFAULT_PRIVS = "nobody"
-#: sysexits(3) EX_TEMPFAIL: the command asks to be tried again later.
-EX_TEMPFAIL = 75
-EX_CANTCREAT = 73
 #: Postfix's command_time_limit.
 COMMAND_TIME_LIMIT = 1000.0
 #: Largest ~/.forward or :include: file read.
 LIST_FILE_LIMIT = 1 << 20
-#: How long opening an :include: file as its reader may take (a hung NFS server).
-OPEN_TIME_LIMIT = 30.0
 #: What Postfix's export_environment keeps of the server's environment.
 EXPORTED = ("TZ", "LANG", "LC_ALL")
-
-
-@dataclass(frozen=True)
-class Privileges:
-    """Whom a command or file delivery runs as."""
-
-    user: str
-    uid: int
-    gid: int
-    home: str
-    shell: str = "/bin/sh"
 
 
 @dataclass(frozen=True)
@@ -388,70 +377,8 @@ def _readable_by(st: os.stat_result, uid: int, gid: int) -> bool:
     return bool(st.st_mode & stat.S_IROTH)
 
 
-def _become(privs: Privileges) -> None:
-    """In a forked child: signals blocked (no handler of the server may run here), every
-    group and id of the server dropped for ``privs`` (only the primary group, as Postfix)."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, signal.valid_signals())
-    if os.geteuid() == 0:
-        os.setgroups([privs.gid])
-        os.setgid(privs.gid)
-        os.setuid(privs.uid)
-
-
-def open_as(path: str, flags: int, privs: Privileges | None,
-            time_limit: float = OPEN_TIME_LIMIT) -> int:
-    """``path`` opened with the rights of ``privs`` (Postfix's open_as): by a forked child
-    that drops to them, opens, and hands the descriptor back. ``None`` (or a root ``privs``,
-    or a server that is not root) opens it here. Blocking. Raises OSError as open(2) does."""
-    if privs is None or privs.uid == 0 or os.geteuid() != 0:
-        return os.open(path, flags)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        pid = os.fork()
-        if pid == 0:
-            _open_child(path, flags, privs, theirs)
-        theirs.close()
-        ours.settimeout(time_limit)
-        try:
-            said, fds, _, _ = socket.recv_fds(ours, 16, 1, socket.MSG_CMSG_CLOEXEC)
-        except OSError as e:  # the time limit (errno None), or the socket failed
-            os.kill(pid, signal.SIGKILL)
-            said, fds = b"%d" % (e.errno or errno.ETIMEDOUT), []
-        os.waitpid(pid, 0)
-    finally:
-        ours.close()
-        theirs.close()
-    if fds:
-        return fds[0]
-    code = int(said) if said.isdigit() else errno.EIO
-    raise OSError(code, os.strerror(code), path)
-
-
-def _open_child(path: str, flags: int, privs: Privileges, sock: socket.socket) -> None:
-    """In the forked child of open_as: the descriptor, or the errno as digits, to ``sock``.
-    Never returns."""
-    try:
-        _become(privs)
-        try:
-            fd = os.open(path, flags)
-        except OSError as e:
-            sock.sendall(b"%d" % (e.errno or errno.EIO))
-        else:
-            socket.send_fds(sock, [b"fd"], [fd])
-    except BaseException:  # noqa: BLE001 -- the parent sees no descriptor: EIO
-        pass
-    finally:
-        os._exit(0)
-
-
 # -- delivery to commands and files (blocking: run through a threads.Blocking) ----------
 
-
-def _as_user(privs: Privileges) -> dict[str, Any]:
-    """subprocess arguments that run the child as ``privs`` (only possible when we are root)."""
-    if os.geteuid() != 0:
-        return {}
-    return {"user": privs.uid, "group": privs.gid, "extra_groups": []}
 
 
 def envelope_copy(data: bytes, sender: str, original: str, final: str, when: float) -> bytes:
@@ -490,7 +417,7 @@ def deliver_program(program: Program, message: bytes, env: dict[str, str],
         proc = subprocess.Popen(
             ["/bin/sh", "-c", program.command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env=env, cwd=cwd, close_fds=True,
-            start_new_session=True, **_as_user(program.privs),
+            start_new_session=True, **as_user(program.privs),
         )
     except OSError as e:
         raise TargetFailed(False, "4.3.0", f"cannot run command: {e.strerror}") from e
@@ -515,82 +442,7 @@ def deliver_program(program: Program, message: bytes, env: dict[str, str],
 
 #: How long a /file delivery may take (locks included) before its child is killed.
 FILE_TIME_LIMIT = 120.0
-#: A dotlock older than this is stale (Postfix: stale_lock_time = 500s; ours 300s).
-STALE_DOTLOCK = 300.0
-_TRANSIENT = (errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EINTR)
 
-
-def _append(path: str, entry: bytes) -> tuple[int, str]:
-    """Append ``entry`` to the mbox ``path`` with this process's privileges: O_NOFOLLOW, a
-    regular file with one link, a dotlock where the directory allows one, the store's fcntl
-    lock, fsync. Returns (exit code: 0, EX_TEMPFAIL or EX_CANTCREAT; reason).
-
-    This runs in a child forked from the threaded server, so it calls nothing that takes a
-    Python lock (one another thread held at the fork would never be released here): the
-    dotlock is made here, empty as Postfix's local(8) makes it, not with the store's
-    ``try_dotlock``, which records the dotlocks it holds under a thread lock."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                     | os.O_NONBLOCK, 0o600)  # a FIFO without reader: ENXIO, not a hang
-    except OSError as e:
-        return (EX_TEMPFAIL if e.errno in _TRANSIENT else EX_CANTCREAT,
-                f"cannot open file: {e.strerror}")
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        return EX_CANTCREAT, "cannot append: not a regular file with one link"
-    lock, dot = path + ".lock", False
-    for _ in range(300):
-        try:
-            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            dot = True
-            break
-        except FileExistsError:
-            try:
-                if time.time() - os.stat(lock).st_mtime > STALE_DOTLOCK:
-                    os.unlink(lock)
-            except OSError:
-                pass
-            time.sleep(0.1)
-        except OSError:
-            break  # no dotlock where the directory is not writable (Postfix: "may fail")
-    else:
-        return EX_TEMPFAIL, "file is locked (dotlock)"
-    try:
-        for _ in range(300):
-            try:
-                if try_fcntl_lock(fd):  # the store's (an open-file-description lock)
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        else:
-            return EX_TEMPFAIL, "file is locked (fcntl)"
-        end = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            write_all(fd, entry)  # a short write is continued, never reported as delivered
-            os.fsync(fd)
-        except OSError as e:
-            os.ftruncate(fd, end)
-            return EX_TEMPFAIL, f"cannot append message to file: {e.strerror}"
-    finally:
-        if dot:
-            os.unlink(lock)
-    return 0, ""
-
-
-def _child(privs: Privileges, path: str, entry: bytes, report: int) -> None:
-    """In the forked child: signals blocked (no handler of the server may run here), every
-    group and id of the server dropped, the file appended without exec (so the target user
-    needs no access to our interpreter); the reason goes to ``report``. Never returns."""
-    code = EX_TEMPFAIL
-    try:
-        _become(privs)
-        code, reason = _append(path, entry)
-        os.write(report, reason.encode("utf-8", "replace")[:500])
-    except BaseException:  # noqa: BLE001 -- any failure is a temporary one; nothing to log to
-        pass
-    finally:
-        os._exit(code)
 
 
 def mbox_entry(data: bytes, sender: str, original: str, final: str, when: float) -> bytes:
@@ -612,7 +464,7 @@ def deliver_file(target: File, entry: bytes, time_limit: float = FILE_TIME_LIMIT
         os.close(write_end)
         raise TargetFailed(False, "4.3.0", f"cannot append to {target.path}: {e.strerror}") from e
     if pid == 0:
-        _child(target.privs, target.path, entry, write_end)
+        append_child(target.privs, target.path, entry, write_end)
     os.close(write_end)
     said, timed_out = _read_report(read_end, time_limit)
     if timed_out:
@@ -659,6 +511,6 @@ def deliver_special(dest: Program | File, data: bytes, sender: str, original: st
 
 
 __all__ = [
-    "AliasLookupError", "Destination", "Expander", "File", "Privileges", "Program", "Refused",
+    "AliasLookupError", "Destination", "Expander", "File", "Program", "Refused",
     "Remote", "TargetFailed", "deliver_special",
 ]

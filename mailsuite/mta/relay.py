@@ -196,6 +196,36 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
     if code != 220:
         raise SessionFailed(code, reply_dsn(code, text), f"host {relay} refused to talk to me: {code} {text}")
     keywords = yield _hello(client, params)
+    keywords, tls = yield _starttls(client, params, keywords, relay)
+    if params.credentials is not None and "AUTH" in keywords:
+        yield _authenticate(client, params.credentials, tls, relay)
+    refused = _refused_before_mail(tx, keywords, relay)
+    if refused is not None:
+        for i, _ in enumerate(tx.recipients):
+            tx.results[i] = Outcome(*refused, relay)
+        client.send("QUIT")
+        return tx
+    dsn = "DSN" in keywords
+    client.send(_mail_command(tx.envelope, len(tx.data), keywords, dsn))
+    tx.started = True
+    code, text = yield client.reply()
+    if code >= 400:
+        for i, _ in enumerate(tx.recipients):
+            tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to MAIL FROM command)", relay)
+        client.send("QUIT")
+        return tx
+    accepted = yield _recipients(client, tx, dsn, relay)
+    if accepted:
+        yield _send_data(client, tx, accepted, dsn, relay)
+    client.send("QUIT")
+    return tx
+
+
+@defer.inlineCallbacks
+def _starttls(client: ClientProtocol, params: SessionParams, keywords: dict[str, str],
+              relay: str) -> Any:
+    """STARTTLS when offered (and not ``none``), required for ``encrypt``: the EHLO keywords
+    (again after TLS) and whether TLS is on."""
     tls = False
     if "STARTTLS" in keywords and params.tls_level != "none":
         client.send("STARTTLS")
@@ -208,32 +238,42 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
             raise SessionFailed(code, "4.7.5", f"TLS is required, but host {relay} refused STARTTLS: {code} {text}")
     elif params.tls_level == "encrypt":
         raise SessionFailed(450, "4.7.4", f"TLS is required, but was not offered by host {relay}")
-    if params.credentials is not None and "AUTH" in keywords:
-        if not tls:
-            raise SessionFailed(450, "4.7.0", f"not sending the password to {relay} without TLS")
-        user, password = params.credentials
-        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
-        client.send(f"AUTH PLAIN {token}")
-        code, text = yield client.reply()
-        if code != 235:
-            raise SessionFailed(code, reply_dsn(code, text), f"SASL authentication failed; server {relay} said: {code} {text}", next_host=code < 500)
+    return keywords, tls
+
+
+@defer.inlineCallbacks
+def _authenticate(client: ClientProtocol, credentials: tuple[str, str], tls: bool,
+                  relay: str) -> Any:
+    """AUTH PLAIN, only over TLS; SessionFailed when refused."""
+    if not tls:
+        raise SessionFailed(450, "4.7.0", f"not sending the password to {relay} without TLS")
+    user, password = credentials
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
+    client.send(f"AUTH PLAIN {token}")
+    code, text = yield client.reply()
+    if code != 235:
+        raise SessionFailed(code, reply_dsn(code, text), f"SASL authentication failed; server {relay} said: {code} {text}", next_host=code < 500)
+
+
+def _refused_before_mail(tx: Transaction, keywords: dict[str, str],
+                         relay: str) -> tuple[int, str, str] | None:
+    """(code, dsn, text) for every recipient when the server cannot take this message at all
+    (over its SIZE, or SMTPUTF8 needed and not offered), else None."""
     env, data = tx.envelope, tx.data
     if "SIZE" in keywords and keywords["SIZE"].isdigit() and int(keywords["SIZE"]) and len(data) > int(keywords["SIZE"]):
-        for i, _ in enumerate(tx.recipients):
-            tx.results[i] = Outcome(552, "5.3.4", f"message size {len(data)} exceeds size limit {keywords['SIZE']} of server {relay}", relay)
-        client.send("QUIT")
-        return tx
+        return 552, "5.3.4", f"message size {len(data)} exceeds size limit {keywords['SIZE']} of server {relay}"
     needs_utf8 = env.smtputf8 and not all(
         x.isascii() for x in [env.sender, *[r.address for r in tx.recipients]])
     if needs_utf8 and "SMTPUTF8" not in keywords:
-        for i, _ in enumerate(tx.recipients):
-            tx.results[i] = Outcome(550, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {relay}", relay)
-        client.send("QUIT")
-        return tx
-    dsn = "DSN" in keywords
+        return 550, "5.6.7", f"SMTPUTF8 is required, but was not offered by host {relay}"
+    return None
+
+
+def _mail_command(env: Envelope, size: int, keywords: dict[str, str], dsn: bool) -> str:
+    """MAIL FROM with the parameters the server offers (SIZE, BODY, SMTPUTF8, RET, ENVID)."""
     mail = f"MAIL FROM:<{env.sender}>"
     if "SIZE" in keywords:
-        mail += f" SIZE={len(data)}"
+        mail += f" SIZE={size}"
     if env.body and "8BITMIME" in keywords:
         mail += f" BODY={env.body}"
     if env.smtputf8 and "SMTPUTF8" in keywords:
@@ -242,14 +282,13 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
         mail += f" RET={env.ret}"
     if dsn and env.envid:
         mail += f" ENVID={xtext_encode(env.envid)}"
-    client.send(mail)
-    tx.started = True
-    code, text = yield client.reply()
-    if code >= 400:
-        for i, _ in enumerate(tx.recipients):
-            tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to MAIL FROM command)", relay)
-        client.send("QUIT")
-        return tx
+    return mail
+
+
+@defer.inlineCallbacks
+def _recipients(client: ClientProtocol, tx: Transaction, dsn: bool, relay: str) -> Any:
+    """RCPT TO for each recipient (NOTIFY, ORCPT when DSN is offered); a refusal is its
+    result. The indexes of the accepted ones."""
     accepted = []
     for i, r in enumerate(tx.recipients):
         rcpt = f"RCPT TO:<{r.address}>"
@@ -264,17 +303,20 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
             tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to RCPT TO command)", relay)
         else:
             accepted.append(i)
-    if not accepted:
-        client.send("QUIT")
-        return tx
+    return accepted
+
+
+@defer.inlineCallbacks
+def _send_data(client: ClientProtocol, tx: Transaction, accepted: list[int], dsn: bool,
+               relay: str) -> Any:
+    """DATA and the message; the reply is the result of each accepted recipient."""
     client.send("DATA")
     code, text = yield client.reply()
     if code != 354:
         for i in accepted:
             tx.results[i] = Outcome(code if code >= 400 else 451, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to DATA command)", relay)
-        client.send("QUIT")
-        return tx
-    client.transport.write(to_wire(data))
+        return
+    client.transport.write(to_wire(tx.data))
     code, text = yield client.reply(DATA_DONE_TIMEOUT)
     for i in accepted:
         detail = f"{code} {text}".replace("\n", " ")
@@ -282,8 +324,6 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
             tx.results[i] = Outcome(code, reply_dsn(code, text), detail, relay, remote_dsn=dsn)
         else:
             tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {detail} (in reply to end of DATA command)", relay)
-    client.send("QUIT")
-    return tx
 
 
 @defer.inlineCallbacks

@@ -44,15 +44,9 @@ from twisted.python.failure import Failure
 from mailsuite.accounts import Account
 from mailsuite.mta import address as addr
 from mailsuite.mta import forward, queuefile
+from mailsuite.mta.accept import LocalRecipient, RemoteRecipient, error_status, received_header
 from mailsuite.mta.bounce import Entry, make_dsn
-from mailsuite.mta.delivery import (
-    DeliveryFailed,
-    LocalRecipient,
-    RemoteRecipient,
-    error_status,
-    received_header,
-    target_failure,
-)
+from mailsuite.mta.delivery import DeliveryFailed, target_failure
 
 log = Logger()
 

@@ -14,7 +14,7 @@ A mixin of ``mailsuite.smtp.server.SMTPServer``. The factory says which service 
 
 An authenticated session's sender must be the user's (checked by the delivery avatar, which
 AUTH replaces with ``delivery.avatar(user)``). Relay control is that avatar's too
-(mta/delivery.py): authenticated users and clients in ``mynetworks`` may send to any domain
+(mta/accept.py): authenticated users and clients in ``mynetworks`` may send to any domain
 (the message goes into the outbound queue), everybody else gets ``554 5.7.1 Relay access
 denied`` for domains that are neither local nor in ``relay_domains``.
 

@@ -2,7 +2,7 @@
 
 A mixin of ``mailsuite.smtp.server.SMTPServer``: parses the paths and their ESMTP parameters
 (SIZE, BODY, SMTPUTF8, RET, ENVID; NOTIFY, ORCPT), asks the ``smtp.IMessageDelivery`` avatar
-(mta/delivery.py's DeliveryAvatar: sender ownership, relay control, the recipient look-up) and
+(mta/accept.py's DeliveryAvatar: sender ownership, relay control, the recipient look-up) and
 keeps the accepted recipients as mailsuite.mta.transaction Recipients, for the accept pipeline
 after DATA. A cached look-up answers without a Deferred (``recipient_now``).
 """
