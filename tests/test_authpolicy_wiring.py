@@ -19,7 +19,8 @@ from mailsuite.pop3 import server as pop3
 from mailsuite.store.memory import MemoryStore
 from tests import test_imap_server as imap_test
 from tests import test_sasl_smtp
-from tests.test_pop3 import SERVER, NoDelayTransport, Realm, make_config
+from tests.fakes import NoDelayTransport
+from tests.test_pop3 import SERVER, Realm, make_config
 
 ATTACKER = IPv4Address("TCP", "203.0.113.9", 40000)
 NEIGHBOUR = IPv4Address("TCP", "203.0.113.10", 40000)

@@ -22,6 +22,7 @@ from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.auth import checker, libcrypt
 from mailsuite.auth.checker import DUMMY_HASH, LOGIN_FAILED, AccountDB, UnixChecker, hash_password
+from tests.fakes import count_hashes
 
 #: algorithm -> (password, hash made by the named tool)
 KNOWN_HASHES = {
@@ -340,14 +341,7 @@ class TimingTests(AccountFilesMixin, unittest.SynchronousTestCase):
 
     def setUp(self):
         super().setUp()
-        self.settings = []
-        real = libcrypt.crypt
-
-        def counting(phrase, setting):
-            self.settings.append(setting)
-            return real(phrase, setting)
-
-        self.patch(libcrypt, "crypt", counting)
+        self.settings = count_hashes(self)
 
     def test_dummy_hash_is_usable(self):
         """The dummy is a yescrypt hash libcrypt really computes (so it really costs time)."""

@@ -10,8 +10,9 @@ from twisted.trial import unittest
 
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import DeliveryFailed, LocalDelivery
+from tests.fakes import FakeAccounts
 from tests.store_conformance import MSG1, MSG2
-from tests.test_delivery import ALIASES, ALICE, BOSS, FakeAccounts, make_config, write_aliases
+from tests.test_delivery import ALIASES, ALICE, BOSS, make_config, write_aliases
 from tests.test_store_mbox import MboxTestCase
 
 

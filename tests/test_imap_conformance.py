@@ -1,10 +1,9 @@
 """RFC 3501 points where a scripted compliance run against the server found us wrong: folded
-MIME parameters, ENVELOPE groups and source routes, SEARCH on addresses written with comments,
-and FETCH of metadata for a message another session expunged (its EXPUNGE not yet sent)."""
+MIME parameters, ENVELOPE groups and source routes, and SEARCH on addresses written with comments.
+FETCH of a message another session expunged: tests/integration/test_imap_sessions.py."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from twisted.trial import unittest
@@ -13,8 +12,6 @@ from mailsuite.imap.addresses import parse_address_list
 from mailsuite.imap.bodystructure import body_structure
 from mailsuite.imap.fetch import envelope, parse_fetch_items, section_bytes, split_message
 from mailsuite.imap.search import Candidate, matches, parse_search
-from tests.integration.harness import Site
-from tests.integration.test_outlook import Imap
 
 FOLDED_BOUNDARY = (
     b"From: a@example.org\r\nMime-Version: 1.0\r\n"
@@ -108,28 +105,3 @@ class SearchAddressTests(unittest.TestCase):
         self.assertTrue(self.hits(b"TO groupname", to))
         self.assertTrue(self.hits(b"TO g3@domain", to))
         self.assertFalse(self.hits(b"TO g4", to))
-
-
-class PendingExpungeFetchTests(unittest.TestCase):
-    def test_uid_of_message_expunged_elsewhere(self) -> None:
-        """Session B may still FETCH UID/FLAGS of a message session A expunged, until B is told
-        of the EXPUNGE (RFC 3501 7.4.1 keeps B's numbering): OK with the data, then the NOOP
-        reports the EXPUNGE."""
-        site = Site(self)
-        site.start()
-        a, b = Imap(site.ports["imap"]), Imap(site.ports["imap"])
-        self.addCleanup(a.close)
-        self.addCleanup(b.close)
-        for c in (a, b):
-            c.cmd("LOGIN boss secret")
-        for n in range(3):
-            a.append("APPEND INBOX", b"Subject: %d\r\n\r\nbody\r\n" % n)
-        a.cmd("SELECT INBOX")
-        b.cmd("SELECT INBOX")
-        uid = re.search(rb"UID (\d+)", b.cmd("FETCH 3 UID")).group(1)  # type: ignore[union-attr]
-        a.cmd("STORE 3 +FLAGS.SILENT (\\Deleted)")
-        self.assertIn(b"* 3 EXPUNGE", a.cmd("EXPUNGE"))
-        out = b.cmd("FETCH 3 (UID FLAGS)")
-        self.assertRegex(out, rb"\* 3 FETCH \(UID " + uid + rb" FLAGS \([^)]*\)\)\r\n\S+ OK")
-        self.assertNotIn(b"EXPUNGE", out)
-        self.assertIn(b"* 3 EXPUNGE", b.cmd("NOOP"))

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import base64
 import functools
-import socket
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.mail import imap4
@@ -27,9 +26,8 @@ from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.memory import MemoryStore
-from tests.test_imap_real import _read_until_tagged
-from tests.test_imap_server import MESSAGE, WHEN, ImapTestCase, Session, make_config, make_portal
-from tests.test_sasl_imap import TLSTransport
+from tests.fakes import TLSTransport
+from tests.test_imap_server import MESSAGE, WHEN, ImapTestCase, Session, make_config
 
 
 # -- a store and a login that answer on a later reactor turn, as the mbox store and PAM do -------
@@ -237,32 +235,6 @@ class PipelineSplitTests(unittest.TestCase):
     def test_one_byte_per_read(self) -> None:
         reads = [[bytes([b]) for b in b"".join(seg)] for seg in SESSION]
         self.assertEqual(self.replay(reads), self.expected)
-
-
-class RealSocketTests(unittest.TestCase):
-    """The report's write over a real TCP connection (Twisted's own transport, its
-    resumeProducing), to the server on 127.0.0.1."""
-
-    def setUp(self) -> None:
-        self.store = MemoryStore()
-        portal, _ = make_portal(self.store)
-        factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"))
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-        self.addCleanup(self.port.stopListening)
-
-    def _talk(self, port: int) -> bytes:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            _read_until_tagged(sock, rb"\*")
-            sock.sendall(b"l LOGIN boss secret\r\n")
-            _read_until_tagged(sock, b"l")
-            sock.sendall(b"a NOOP\r\nb APPEND INBOX {5+}\r\nhello\r\nc NOOP\r\nd LOGOUT\r\n")
-            return _read_until_tagged(sock, b"d")
-
-    @defer.inlineCallbacks
-    def test_noop_append_noop_in_one_write(self):  # type: ignore[no-untyped-def]
-        out = yield threads.deferToThread(self._talk, self.port.getHost().port)
-        tags = [line.split(b" ")[0] for line in out.split(b"\r\n") if line[:1] not in (b"*", b"")]
-        self.assertEqual(tags, [b"a", b"b", b"c", b"d"], out)
 
 
 class CommandLimitTests(ImapTestCase):

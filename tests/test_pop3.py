@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import poplib
 from types import SimpleNamespace
 
 from twisted.cred import checkers, portal
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.mail import pop3 as twisted_pop3
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -23,6 +21,7 @@ from mailsuite.pop3 import server as pop3
 from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.store.memory import MemoryStore
 from mailsuite.wire import to_wire
+from tests.fakes import NoDelayTransport
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -49,13 +48,6 @@ def make_config(disable_plaintext_auth=True, trusted=(), ssl="yes"):
         auth=AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable_plaintext_auth,
                         [ipaddress.ip_network(n) for n in trusted]),
         tls=SimpleNamespace(ssl=ssl))
-
-
-class NoDelayTransport(StringTransport):
-    nodelay = False
-
-    def setTcpNoDelay(self, enabled):
-        self.nodelay = enabled
 
 
 class Pop3TestCase(unittest.TestCase):
@@ -188,7 +180,7 @@ class AuthorizationTests(Pop3TestCase):
     def test_greeting_and_nodelay(self):
         """The greeting is Dovecot's with our name; TCP_NODELAY is set at once (TWISTED.md)."""
         _proto, transport = self.connect()
-        self.assertTrue(transport.nodelay)
+        self.assertTrue(transport.no_delay)
 
     def test_capa(self):
         """CAPA lists exactly what is accepted (no STLS without a certificate, no APOP)."""
@@ -550,64 +542,3 @@ class TransactionTests(Pop3TestCase):
         self.assertEqual(self.send(session, b"NOOP"), b"+OK\r\n")
         self.clock.advance(500)
         self.assertFalse(transport.disconnecting)
-
-
-class ListeningServerTests(unittest.TestCase):
-    """The real reactor, a real socket on 127.0.0.1 and the stdlib poplib client."""
-
-    def setUp(self):
-        self.store = MemoryStore()
-        self.maillog = MailLog(None, "mail.example.test")
-        checker = checkers.InMemoryUsernamePasswordDatabaseDontUse(boss=b"secret")
-        self.lost = defer.Deferred()
-        lost = self.lost
-
-        class Server(pop3.POP3Server):
-            def connectionLost(self, reason=None):
-                super().connectionLost(reason)
-                lost.callback(None)
-
-        factory = pop3.POP3Factory(make_config(), portal.Portal(Realm(self.store), [checker]),
-                                   self.maillog)
-        factory.protocol = Server
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-
-    @defer.inlineCallbacks
-    def test_poplib_session(self):
-        """poplib logs in, lists, retrieves (with a dot-stuffed line and a NUL, sent as 0x80),
-        deletes and
-        quits; the sizes it is told equal the bytes it gets; the deletion is committed."""
-        self.store.deliver(BOSS, b"Subject: one\n\n.dot\nnul\0here\n", "a@b")
-        self.store.deliver(BOSS, b"Subject: two\n\nbody\n", "a@b")
-        port = self.port.getHost().port
-
-        def client():
-            box = poplib.POP3("127.0.0.1", port, timeout=10)
-            welcome = box.getwelcome()
-            caps = box.capa()
-            box.user("boss")
-            box.pass_("secret")
-            stat = box.stat()
-            listing = box.list()[1]
-            uidl = box.uidl()[1]
-            _resp, lines, _octets = box.retr(1)
-            top = box.top(2, 0)[1]
-            box.dele(1)
-            box.quit()
-            return welcome, caps, stat, listing, uidl, lines, top
-
-        welcome, caps, stat, listing, uidl, lines, top = yield threads.deferToThread(client)
-        yield self.lost
-        self.assertEqual(welcome, b"+OK mailsuite ready.")
-        self.assertEqual(sorted(caps), ["AUTH-RESP-CODE", "IMPLEMENTATION", "PIPELINING",
-                                        "RESP-CODES", "SASL", "TOP", "UIDL", "USER"])
-        self.assertEqual(lines, [b"Subject: one", b"", b".dot", b"nul\x80here"])
-        size = len(b"\r\n".join(lines) + b"\r\n")
-        self.assertEqual(listing[0], b"1 %d" % size)
-        self.assertEqual(stat, (2, size + 22))
-        self.assertEqual(top, [b"Subject: two", b""])
-        validity = self.store._box(BOSS, "INBOX", False).uid_validity
-        self.assertEqual(uidl, [b"1 %08X00000001" % validity, b"2 %08X00000002" % validity])
-        self.assertEqual([m.uid for m in self.store._box(BOSS, "INBOX", False).messages], [2])
-        self.assertIn("Disconnected: Logged out top=1/16, retr=1/", self.maillog.lines[-1])

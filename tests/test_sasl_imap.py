@@ -6,21 +6,14 @@ import base64
 import ipaddress
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
 
 from mailsuite.imap.server import IMAPFactory
+from tests.fakes import TLSTransport
 from tests.test_imap_server import ImapTestCase, Session, make_config
 
 PLAIN_OK = base64.b64encode(b"\0boss\0secret")
 PLAIN_BAD = base64.b64encode(b"\0boss\0wrong")
 PRIVACY = b"NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
-
-
-class TLSTransport(StringTransport):
-    tls_context = None
-
-    def startTLS(self, context):
-        self.tls_context = context
 
 
 class TLSSession(Session):

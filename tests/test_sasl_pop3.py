@@ -7,20 +7,12 @@ import base64
 from twisted.internet.address import IPv4Address
 
 from mailsuite.pop3 import server as pop3
-from tests.test_pop3 import LOOPBACK, PUBLIC, REMOTE, SERVER, NoDelayTransport, Pop3TestCase
+from tests.fakes import TLSTransport
+from tests.test_pop3 import LOOPBACK, PUBLIC, REMOTE, SERVER, Pop3TestCase
 
 PLAIN_OK = base64.b64encode(b"\0boss\0secret")
 PLAIN_BAD = base64.b64encode(b"\0boss\0wrong")
 REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.\r\n"
-
-
-class TLSTransport(NoDelayTransport):
-    """A StringTransport that records STARTTLS."""
-
-    tls_context = None
-
-    def startTLS(self, context):
-        self.tls_context = context
 
 
 class Pop3AuthCase(Pop3TestCase):

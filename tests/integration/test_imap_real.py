@@ -1,4 +1,5 @@
-"""The IMAP server on a real TCP port (127.0.0.1, port 0) talking to the stdlib's imaplib."""
+"""The IMAP server on a real TCP port (127.0.0.1, port 0): the stdlib's imaplib, raw sockets and
+Twisted's own TCP transport (its write buffer and resumeProducing)."""
 
 from __future__ import annotations
 
@@ -136,3 +137,29 @@ class PipelinedAnswersTests(ImaplibTests):
         # the NOOP's answer went straight to the socket; the big literal through the transport
         self.assertNotIn(b"c OK NOOP completed.\r\n", b"".join(self.factory.queued))
         self.assertIn(wire[:1000], b"".join(self.factory.queued))
+
+
+class RealSocketTests(unittest.TestCase):
+    """The report's write over a real TCP connection (Twisted's own transport, its
+    resumeProducing), to the server on 127.0.0.1."""
+
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        portal, _ = make_portal(self.store)
+        factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"))
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(self.port.stopListening)
+
+    def _talk(self, port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            _read_until_tagged(sock, rb"\*")
+            sock.sendall(b"l LOGIN boss secret\r\n")
+            _read_until_tagged(sock, b"l")
+            sock.sendall(b"a NOOP\r\nb APPEND INBOX {5+}\r\nhello\r\nc NOOP\r\nd LOGOUT\r\n")
+            return _read_until_tagged(sock, b"d")
+
+    @defer.inlineCallbacks
+    def test_noop_append_noop_in_one_write(self):  # type: ignore[no-untyped-def]
+        out = yield threads.deferToThread(self._talk, self.port.getHost().port)
+        tags = [line.split(b" ")[0] for line in out.split(b"\r\n") if line[:1] not in (b"*", b"")]
+        self.assertEqual(tags, [b"a", b"b", b"c", b"d"], out)
