@@ -310,7 +310,8 @@ class RefusalTests(AccountFilesMixin, unittest.SynchronousTestCase):
         self.assertRefused("gone")
 
     def test_no_aging(self):
-        """Empty lastchg/max fields disable aging; a lastchg in the future is no reason to refuse."""
+        """Empty lastchg/max fields disable aging; a lastchg in the future is no reason to
+        refuse."""
         self.add_user("plain", lastchg="", max_="")
         self.add_user("nomax", lastchg=str(TODAY - 5000), max_="")
         self.add_user("skewed", lastchg=str(TODAY + 3), max_="10")

@@ -308,7 +308,8 @@ class HelperTests(unittest.TestCase):
                          b"\t" + email.utils.formatdate(5, localtime=True).encode())
 
     def test_received_header(self) -> None:
-        """Received: has from helo (rdns [ip]), by host (mailsuite) with ESMTP id Q, for <r>; date."""
+        """Received: has from helo (rdns [ip]), by host (mailsuite) with ESMTP id Q, for <r>;
+        date."""
         header = received_header(
             "client.example",
             "localhost",

@@ -26,10 +26,12 @@ class FoldedParameterTests(unittest.TestCase):
         """A quoted boundary folded over two lines means the value with the line break removed
         (RFC 5322 2.2.3), so parts are found for BODY[n], BODY[n.MIME] and BODYSTRUCTURE."""
         def section(spec: bytes) -> bytes:
-            return section_bytes(FOLDED_BOUNDARY, parse_fetch_items(b"BODY.PEEK[" + spec + b"]")[0].section)
+            item = parse_fetch_items(b"BODY.PEEK[" + spec + b"]")[0]
+            return section_bytes(FOLDED_BOUNDARY, item.section)
 
         self.assertEqual(section(b"1"), b"hi there")
-        self.assertEqual(section(b"1.MIME"), b"Content-Type: text/x-custom; charset=us-ascii\r\n\r\n")
+        self.assertEqual(section(b"1.MIME"),
+                         b"Content-Type: text/x-custom; charset=us-ascii\r\n\r\n")
         self.assertEqual(section(b"2"), b"<b>x</b>")
         structure = body_structure(FOLDED_BOUNDARY, extended=False)
         self.assertEqual(
@@ -42,7 +44,8 @@ class FoldedParameterTests(unittest.TestCase):
 
 class EnvelopeAddressTests(unittest.TestCase):
     def addresses(self, field: bytes, value: bytes) -> bytes:
-        env = envelope(b"Date: Sat, 01 Feb 2007 01:02:03 +0200\r\n" + field + b": " + value + b"\r\n\r\n")
+        env = envelope(b"Date: Sat, 01 Feb 2007 01:02:03 +0200\r\n"
+                       + field + b": " + value + b"\r\n\r\n")
         return env
 
     def test_group_markers(self) -> None:
@@ -81,12 +84,15 @@ class SearchInternalDateTests(unittest.TestCase):
         from mailsuite.store.index import Entry
 
         epoch = int(datetime(2007, 3, 24, 21, 0, tzinfo=UTC).timestamp())  # 23:00 +0200
-        for tz, day in ((7200, b"24-Mar-2007"), (-3 * 3600, b"24-Mar-2007"), (4 * 3600, b"25-Mar-2007")):
+        zones = ((7200, b"24-Mar-2007"), (-3 * 3600, b"24-Mar-2007"), (4 * 3600, b"25-Mar-2007"))
+        for tz, day in zones:
             e = Entry(1, 0, 0, 0, 0, 10, epoch, "f", "s", frozenset(), tz)
             self.assertEqual(e.internal_date.utcoffset().total_seconds(), tz)
-            for program, want in ((b"ON " + day, True), (b"SINCE " + day, True), (b"BEFORE " + day, False)):
+            candidate = Candidate(1, 1, frozenset(), e, 10, 1, 1)
+            for program, want in ((b"ON " + day, True), (b"SINCE " + day, True),
+                                  (b"BEFORE " + day, False)):
                 _, key = parse_search(program)
-                self.assertEqual(matches(key, Candidate(1, 1, frozenset(), e, 10, 1, 1)), want, (tz, program))
+                self.assertEqual(matches(key, candidate), want, (tz, program))
 
 
 class SearchAddressTests(unittest.TestCase):
@@ -99,7 +105,8 @@ class SearchAddressTests(unittest.TestCase):
     def test_address_with_comments(self) -> None:
         """FROM user@host finds an address written with comments around its parts; display
         names in comments and group names are found too; a non-member is not."""
-        self.assertTrue(self.hits(b"FROM user-from@domain.org", b"From: <user-from (x)@ (y) domain.org>"))
+        self.assertTrue(self.hits(b"FROM user-from@domain.org",
+                                  b"From: <user-from (x)@ (y) domain.org>"))
         self.assertTrue(self.hits(b"FROM realfrom", b"From: user-from@domain.org (RealFrom)"))
         to = b"To: groupname: g1@domain.org, g2@domain.org;,\r\n  other: g3@domain.org;"
         self.assertTrue(self.hits(b"TO groupname", to))

@@ -185,8 +185,9 @@ class AuthorizationTests(Pop3TestCase):
     def test_capa(self):
         """CAPA lists exactly what is accepted (no STLS without a certificate, no APOP)."""
         out = self.send(self.connect(), b"CAPA")
-        self.assertEqual(out, b"+OK\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\n"
-                              b"USER\r\nSASL PLAIN LOGIN\r\nIMPLEMENTATION mailsuite\r\n.\r\n")
+        self.assertEqual(out, b"+OK\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\n"
+                              b"AUTH-RESP-CODE\r\nUSER\r\nSASL PLAIN LOGIN\r\n"
+                              b"IMPLEMENTATION mailsuite\r\n.\r\n")
         session = self.login()
         self.assertIn(b"\r\nUSER\r\n", self.send(session, b"CAPA"))
 
@@ -218,7 +219,7 @@ class AuthorizationTests(Pop3TestCase):
         """A wrong password is answered at once with Dovecot's words (any penalty is the
         login policy's, before the next attempt); the session goes on; the disconnect logs
         the fail2ban line of Dovecot."""
-        proto, transport = session = self.connect()
+        proto, _transport = session = self.connect()
         self.assertEqual(self.send(session, b"USER boss", b"PASS wrong", b"NOOP"),
                          b"+OK\r\n-ERR [AUTH] Authentication failed.\r\n"
                          b"-ERR Unknown command: not logged in.\r\n")
@@ -227,7 +228,7 @@ class AuthorizationTests(Pop3TestCase):
         proto.connectionLost(None)
         self.assertNotIn("auth failed", "\n".join(self.maillog.lines))
 
-        proto, transport = session = self.connect()
+        proto, _transport = session = self.connect()
         self.send(session, b"USER boss", b"PASS wrong")
         self.clock.advance(2)
         proto.connectionLost(None)
@@ -257,7 +258,8 @@ class AuthorizationTests(Pop3TestCase):
         the session goes on; PASS without USER is refused."""
         out = self.send(self.connect(), b"STAT", b"APOP boss x", b"AUTH CRAM-MD5", b"", b"PASS x",
                         b"USER", b"NOOP")
-        self.assertEqual(out, b"-ERR Unknown command: not logged in.\r\n" + b"-ERR Unknown command.\r\n"
+        self.assertEqual(out, b"-ERR Unknown command: not logged in.\r\n"
+                         + b"-ERR Unknown command.\r\n"
                          + b"-ERR [AUTH] Unsupported authentication mechanism.\r\n"
                          + b"-ERR Unknown command.\r\n" + b"-ERR No username given.\r\n" * 2
                          + b"-ERR Unknown command: not logged in.\r\n")
@@ -425,7 +427,8 @@ class TransactionTests(Pop3TestCase):
             "del=1/2, size=34, user=<boss>, rip=127.0.0.1"), self.maillog.lines[-1])
 
     def test_quit_waits_for_expunge(self):
-        """+OK comes only when the expunge fired; a failed expunge gives -ERR and deletes nothing."""
+        """+OK comes only when the expunge fired; a failed expunge gives -ERR and deletes
+        nothing."""
         self.deliver(b"Subject: 1\n\n1\n")
         box = self.inbox()
         pending = defer.Deferred()

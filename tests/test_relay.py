@@ -50,7 +50,9 @@ class FakeResolver:
 
 
 class MXTests(unittest.TestCase):
-    def resolver(self, mx: dict[str, Any], a: dict[str, str], fail: Exception | None = None) -> MXResolver:
+    def resolver(
+        self, mx: dict[str, Any], a: dict[str, str], fail: Exception | None = None
+    ) -> MXResolver:
         r = MXResolver(resolver=FakeResolver(fakemx.zone(mx, a), fail))
         r.shuffle = lambda names: None
         return r

@@ -42,7 +42,8 @@ class ExchangeTests(unittest.TestCase):
         exchange = sasl.Exchange.start(b"LOGIN")
         self.assertEqual(exchange.step(), sasl.Challenge(b"Username:"))
         self.assertEqual(exchange.respond(b64(b"boss")), sasl.Challenge(b"Password:"))
-        self.assertEqual(exchange.respond(b64(b"secret")), sasl.Attempt("LOGIN", b"boss", b"secret"))
+        self.assertEqual(exchange.respond(b64(b"secret")),
+                         sasl.Attempt("LOGIN", b"boss", b"secret"))
 
     def test_login_with_initial_response(self) -> None:
         """AUTH LOGIN <b64 user>: straight to Password:."""
@@ -51,7 +52,8 @@ class ExchangeTests(unittest.TestCase):
         self.assertEqual(exchange.respond(b64(b"secret")).password, b"secret")
 
     def test_empty_initial_response(self) -> None:
-        """'=' is an empty initial response: for PLAIN that is malformed, for LOGIN an empty user."""
+        """'=' is an empty initial response: for PLAIN that is malformed, for LOGIN an empty
+        user."""
         self.assertRaises(sasl.Malformed, sasl.Exchange.start(b"PLAIN", b"=").step)
         self.assertEqual(sasl.Exchange.start(b"LOGIN", b"=").step(), sasl.Challenge(b"Password:"))
 
@@ -78,7 +80,9 @@ def transport(peer: str, host: str = "192.0.2.1") -> StringTransport:
                            peerAddress=IPv4Address("TCP", peer, 40000))
 
 
-def config(disable: bool = True, ssl: str = "yes", trusted: tuple[str, ...] = ()) -> SimpleNamespace:
+def config(
+    disable: bool = True, ssl: str = "yes", trusted: tuple[str, ...] = ()
+) -> SimpleNamespace:
     auth = AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable,
                       [ipaddress.ip_network(n) for n in trusted])
     return SimpleNamespace(auth=auth, tls=SimpleNamespace(ssl=ssl))

@@ -125,7 +125,8 @@ class StartTLSTests(SmtpAuthCase):
         self.ehlo()
         self.assertEqual(self.send(b"STARTTLS now\r\n"), ["501 5.5.4 Syntax: STARTTLS"])
         self.send(b"MAIL FROM:<a@b.example>\r\n")
-        self.assertEqual(self.send(b"STARTTLS\r\n"), ["503 5.5.1 Error: MAIL transaction in progress"])
+        self.assertEqual(self.send(b"STARTTLS\r\n"),
+                         ["503 5.5.1 Error: MAIL transaction in progress"])
         self.factory.server_tls = None
         self.connect()
         self.assertNotIn("STARTTLS", self.ehlo())
@@ -208,7 +209,7 @@ class AuthTests(SmtpAuthCase):
         self.assertEqual(self.send(b"d3Jvbmc=\r\n"), ["535 5.7.8 Error: authentication failed"])
         lines = [line for line in self.maillog.lines if "SASL" in line]
         self.assertEqual(len(lines), 2)
-        for line, mech in zip(lines, ["PLAIN", "LOGIN"]):
+        for line, mech in zip(lines, ["PLAIN", "LOGIN"], strict=True):
             m = FAIL2BAN.search(line)
             self.assertIsNotNone(m, line)
             self.assertEqual(m.group("host"), "127.0.0.1")

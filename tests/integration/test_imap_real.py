@@ -116,7 +116,8 @@ class PipelinedAnswersTests(ImaplibTests):
 
     @defer.inlineCallbacks
     def test_pipelined_answers_in_order(self):  # type: ignore[no-untyped-def]
-        big = b"Subject: big\n\n" + b"".join(b"line %06d of a big message\n" % i for i in range(12000))
+        big = b"Subject: big\n\n" + b"".join(b"line %06d of a big message\n" % i
+                                              for i in range(12000))
         yield self.store.deliver(BOSS, MESSAGE, "bob@example.org")
         yield self.store.deliver(BOSS, big, "bob@example.org")
         out = yield threads.deferToThread(self._pipelined, self.port.getHost().port)
@@ -128,12 +129,15 @@ class PipelinedAnswersTests(ImaplibTests):
         self.assertGreater(len(wire), 256 * 1024)  # streamed by a producer
         head = b"* 2 FETCH (UID 2 BODY[] {%d}\r\n" % len(wire)
         small = MESSAGE.replace(b"\n", b"\r\n")
-        expected = (b"x OK NOOP completed.\r\n" + head + wire + b")\r\nd OK UID FETCH completed.\r\n"
+        expected = (b"x OK NOOP completed.\r\n" + head + wire
+                    + b")\r\nd OK UID FETCH completed.\r\n"
                     + b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % len(small) + small
                     + b")\r\ne OK UID FETCH completed.\r\n"
-                    + b"* 2 FETCH (UID 2 RFC822.SIZE %d)\r\nf OK UID FETCH completed.\r\n" % len(wire))
+                    + b"* 2 FETCH (UID 2 RFC822.SIZE %d)\r\n" % len(wire)
+                    + b"f OK UID FETCH completed.\r\n")
         self.assertEqual(rest[: len(expected)], expected)
-        self.assertTrue(re.fullmatch(rb"\* BYE [^\r]*\r\ng OK [^\r]*\r\n", rest[len(expected):]), rest[len(expected):])
+        tail = rest[len(expected):]
+        self.assertTrue(re.fullmatch(rb"\* BYE [^\r]*\r\ng OK [^\r]*\r\n", tail), tail)
         # the NOOP's answer went straight to the socket; the big literal through the transport
         self.assertNotIn(b"c OK NOOP completed.\r\n", b"".join(self.factory.queued))
         self.assertIn(wire[:1000], b"".join(self.factory.queued))
