@@ -25,6 +25,7 @@ from twisted.internet import defer, task
 
 from mailsuite.accounts import Account
 from mailsuite.store.mbox import MboxStore
+from mailsuite.threads import InPool
 
 GEN = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "bench", "mailbench.py")
 
@@ -84,7 +85,7 @@ def run(reactor, args):
 
     loop = task.LoopingCall(tick)
     loop.start(0.01)
-    store = MboxStore(config)
+    store = MboxStore(config, InPool(reactor))
     box = yield timed("first open (parse + index)", lambda: store.open(account))
     loop.stop()
     report(step="reactor stall during first open", seconds=round(worst[0] - 0.01, 4),
@@ -94,7 +95,8 @@ def run(reactor, args):
     box.close()
     box = yield timed("open after every close, same process", lambda: store.open(account))
     box.close()
-    box = yield timed("open after restart (index read)", lambda: MboxStore(config).open(account))
+    box = yield timed("open after restart (index read)",
+                      lambda: MboxStore(config, InPool(reactor)).open(account))
     uids = [m.uid for m in box.messages]
     yield timed("set_flags 1 message", lambda: box.set_flags({uids[5]: frozenset({"\\Seen"})}))
     sample = random.Random(2).sample(uids, 1000)
@@ -105,7 +107,8 @@ def run(reactor, args):
                 messages=len(uids))
     yield timed("expunge 10: compaction of the file", box.settled, messages=len(uids))
     box.close()
-    box = yield timed("open after restart (index read)", lambda: MboxStore(config).open(account))
+    box = yield timed("open after restart (index read)",
+                      lambda: MboxStore(config, InPool(reactor)).open(account))
     report(step="check", messages=len(box.messages),
            flagged=sum("\\Flagged" in m.flags for m in box.messages))
     box.close()

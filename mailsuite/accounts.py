@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -17,3 +18,10 @@ class Account:
     uid: int
     gid: int
     home: str
+
+
+class AccountLookup(Protocol):
+    """An account database (``auth.checker.AccountDB``, ``auth.pam.NssAccounts``) as the realm
+    uses it: ``lookup`` blocks (it reads passwd or asks NSS), so it runs in a thread."""
+
+    def lookup(self, name: str) -> Account | None: ...

@@ -34,6 +34,8 @@ from xml.sax.saxutils import escape
 
 from twisted.web import resource, server
 
+from mailsuite.config import Config
+
 MAX_BODY = 65536
 REQUEST_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"
 RESPONSE_NS = "http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006"
@@ -50,7 +52,7 @@ class Door:
     security: str
 
 
-def doors(cfg: Any) -> dict[str, list[Door]]:
+def doors(cfg: Config) -> dict[str, list[Door]]:
     """The client doors of a configuration, best first, per protocol (empty list: none)."""
     ssl = cfg.tls.ssl != "no"
     listen = cfg.listen
@@ -75,7 +77,7 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].strip().lower().rstrip(".")
 
 
-def our_domains(cfg: Any) -> list[str]:
+def our_domains(cfg: Config) -> list[str]:
     """The mail domains of this server: mydestination without localhost names."""
     names = [d for d in cfg.mail.mydestination if d != "localhost" and not d.startswith("localhost.")]
     return names or [cfg.mail.mydomain]
@@ -83,7 +85,7 @@ def our_domains(cfg: Any) -> list[str]:
 
 # -- Thunderbird ---------------------------------------------------------------------------------
 
-def thunderbird_xml(cfg: Any, address: str = "") -> bytes:
+def thunderbird_xml(cfg: Config, address: str = "") -> bytes:
     """clientConfig v1.1 for the address's domain (one of ours) or the first of our domains."""
     domains = our_domains(cfg)
     wanted = domain_of(address) if address else ""
@@ -146,7 +148,7 @@ def outlook_error(code: int, message: str, now: float | None = None) -> bytes:
     ).encode()
 
 
-def outlook_xml(cfg: Any, address: str) -> bytes:
+def outlook_xml(cfg: Config, address: str) -> bytes:
     """The Outlook 2006a settings for ``address``: the best IMAP, POP3 and SMTP door each."""
     if domain_of(address) not in our_domains(cfg) or not local_part(address):
         return outlook_error(500, "The e-mail address cannot be found.")
@@ -177,7 +179,7 @@ def outlook_xml(cfg: Any, address: str) -> bytes:
     return "\n".join(lines).encode("utf-8")
 
 
-def autodiscover_json(cfg: Any, protocol: str, host_header: str) -> tuple[int, dict[str, str]]:
+def autodiscover_json(cfg: Config, protocol: str, host_header: str) -> tuple[int, dict[str, str]]:
     """(status, body) of Outlook's autodiscover.json: AutodiscoverV1 -> the POX service URL."""
     if protocol.lower() != "autodiscoverv1":
         return 404, {"ErrorCode": "ProtocolNotSupported",
@@ -213,7 +215,7 @@ class AutoconfigResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.cfg = cfg
 
@@ -263,7 +265,7 @@ def _arg(request: Any, name: bytes) -> str:
     return values[0].decode("utf-8", "replace")
 
 
-def build_site(cfg: Any) -> server.Site:
+def build_site(cfg: Config) -> server.Site:
     """The HTTP factory for ``[listen] autoconfig`` (tap.py wraps it in TLS for autoconfigs)."""
     site = server.Site(AutoconfigResource(cfg), timeout=30)
     site.requestFactory = _Request

@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, TextIO
 
-from mailsuite.config import ConfigError, load_config
+from mailsuite.config import Config, ConfigError, config_path, load_config
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import control, maildrop
 from mailsuite.mta.aliases import validate
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 0, 64, 65, 70, 75, 77, 78
-DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
 
 class Fatal(Exception):
@@ -68,10 +67,6 @@ USAGE = {
         "  -f          deliver the queue now (postqueue -f)\n"
         "  -d ID|ALL   delete one message, or all (postsuper -d)\n" + _CONFIG.rstrip("\n")),
 }
-
-
-def config_path(explicit: str | None) -> str:
-    return explicit or os.environ.get("MAILSUITE_CONFIG") or DEFAULT_CONFIG
 
 
 def _load(path: str | None) -> Any:
@@ -243,7 +238,7 @@ def _login_name() -> tuple[str, str]:
         return f"uid{os.getuid()}", ""
 
 
-def submit(cfg: Any, sender: str, recipients: list[str], data: bytes) -> str:
+def submit(cfg: Config, sender: str, recipients: list[str], data: bytes) -> str:
     """Drop one message into maildrop/ and poke the daemon; returns the queue id."""
     queue_directory = cfg.mail.queue_directory
     if not os.path.isdir(maildrop.maildrop_dir(queue_directory)) and os.geteuid() != 0:
@@ -261,7 +256,7 @@ def submit(cfg: Any, sender: str, recipients: list[str], data: bytes) -> str:
     return queue_id
 
 
-def _compose(cfg: Any, a: SendmailArgs, raw: bytes, recipients: list[str]) -> tuple[str, bytes,
+def _compose(cfg: Config, a: SendmailArgs, raw: bytes, recipients: list[str]) -> tuple[str, bytes,
                                                                                       list[str]]:
     login, gecos = _login_name()
     sender = login if a.sender is None else a.sender
@@ -304,7 +299,7 @@ def sendmail_main(argv: list[str] | None = None, stdin: BinaryIO | None = None,
     return _run("sendmail", main)
 
 
-def smtp_session(cfg: Any, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO) -> int:
+def smtp_session(cfg: Config, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO) -> int:
     """``sendmail -bs``: SMTP on stdin/stdout; each message goes to maildrop/."""
 
     def reply(text: str) -> None:
@@ -382,7 +377,7 @@ def smtp_session(cfg: Any, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO) -
 # -- newaliases ----------------------------------------------------------------------------
 
 
-def newaliases_report(cfg: Any, err: TextIO) -> int:
+def newaliases_report(cfg: Config, err: TextIO) -> int:
     """Check every alias_maps file; errors (file, line) and warnings to ``err``; exit 1 on
     error. The running daemon re-reads a changed file at its next look-up: nothing to signal."""
     _, errors, warnings = validate(cfg.mail.alias_maps)
@@ -445,7 +440,7 @@ def queue_entries(queue_directory: str) -> list[tuple[str, str, int, float, str,
     return out
 
 
-def mailq_report(cfg: Any, out: TextIO) -> int:
+def mailq_report(cfg: Config, out: TextIO) -> int:
     """Postfix's mailq listing."""
     try:
         entries = queue_entries(cfg.mail.queue_directory)
@@ -468,7 +463,7 @@ def mailq_report(cfg: Any, out: TextIO) -> int:
     return EX_OK
 
 
-def flush(cfg: Any) -> int:
+def flush(cfg: Config) -> int:
     try:
         answer = control.ask(cfg.mail.queue_directory, "flush")
     except control.MailSystemDown as e:
@@ -478,7 +473,7 @@ def flush(cfg: Any) -> int:
     return EX_OK
 
 
-def delete(cfg: Any, which: str, err: TextIO) -> int:
+def delete(cfg: Config, which: str, err: TextIO) -> int:
     """``postsuper -d ID|ALL``: through the daemon when it runs (it forgets the message too),
     else on the files."""
     queue_directory = cfg.mail.queue_directory

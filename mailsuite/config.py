@@ -13,23 +13,26 @@ contract in DESIGN.md and the shipped ``etc/mail.ini``). Syntax:
 Every problem (syntax, unknown section or key, bad value, expansion loop) is collected and raised
 at once as one :class:`ConfigError`, each line shaped ``FILE: [section] key: message``.
 :func:`parse_config` is pure (it asks ``hostname()`` only when ``myhostname`` is not set);
-:func:`load_config` reads the file.
+:func:`load_config` reads the file; :func:`config_path` locates it (the same rule for twistd and
+every command).
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from mailsuite import uidlformat
 from mailsuite.accounts import Account
-from mailsuite.net import default_hostname
+from mailsuite.net import Network, default_hostname, in_networks, parse_ip
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
 
 
 class ConfigError(Exception):
@@ -486,15 +489,9 @@ class AuthConfig:
         local_ip``: Dovecot counts such a connection as secured)."""
         if tls or not (self.disable_plaintext_auth or ssl_required):
             return True
-        try:
-            address = ipaddress.ip_address(peer_ip.split("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if address.is_loopback or (local_ip and peer_ip == local_ip):
+        if local_ip and peer_ip == local_ip and parse_ip(peer_ip) is not None:
             return True
-        return any(address in net for net in self.login_trusted_networks)
+        return in_networks(peer_ip, self.login_trusted_networks, loopback=True)
 
 
 @dataclass(frozen=True)
@@ -506,6 +503,7 @@ class MailboxConfig:
     drafts: str
     trash: str
     junk: str
+    pop3_uidl_format: str = uidlformat.DEFAULT
 
     def special_folders(self) -> dict[str, str]:
         """{folder name: special-use flag} of the sent/drafts/trash/junk keys that are set."""
@@ -627,6 +625,7 @@ _SECTIONS: dict[str, _Section] = {
         _Key("drafts", "Drafts", _folder_name),
         _Key("trash", "Trash", _folder_name),
         _Key("junk", "Junk", _folder_name),
+        _Key("pop3_uidl_format", uidlformat.DEFAULT, uidlformat.uidl_format),
     ]),
     "imap": _Section(ImapConfig, [
         _Key("imap_max_line_length", "64k", _line_length),
@@ -796,6 +795,11 @@ def _tls_listener_errors(filename: str, listen: ListenConfig, tls: TLSConfig) ->
             f" set ssl = yes, or {name} = no"
             for name in ("smtps", "pop3s", "imaps", "autoconfigs")
             if getattr(listen, name) is not None]
+
+
+def config_path(explicit: str | None) -> str:
+    """Where mail.ini is: --config, else $MAILSUITE_CONFIG, else /etc/mailsuite/mail.ini."""
+    return explicit or os.environ.get("MAILSUITE_CONFIG") or DEFAULT_CONFIG
 
 
 def load_config(path: str) -> Config:

@@ -1,10 +1,78 @@
-"""Durability helpers shared by the store, the queue and the maildrop."""
+"""Durability helpers shared by the store, the queue, the maildrop and the TLS setup.
+
+``write_all(fd, data)`` writes everything (a short write is continued); ``atomic_write`` replaces
+a file all or nothing and durably (temp file, fsync, rename, fsync of the directory);
+``fsync_dir`` / ``fsync_entry`` make a directory entry durable.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import os
 from collections.abc import Callable
+
+#: ``sync`` of atomic_write: the fsync of the directory of the new entry (the default)
+SYNC_DIR = "dir"
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd``: a short write is continued, never taken as done."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def atomic_write(
+    path: str,
+    data: bytes,
+    *,
+    tmp: str | None = None,
+    dir_fd: int | None = None,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+    sync: str | Callable[[int], None] | None = SYNC_DIR,
+    undo: bool = False,
+) -> None:
+    """Replace ``path`` with ``data``, all or nothing: a new ``tmp`` (default ``path + ".tmp"``;
+    one left by a crash is removed first) gets ``data``, ``mode`` and ``owner`` (uid, gid; None:
+    ours), is fsync'ed and renamed over ``path``; on an error before the rename the temp file
+    is removed. With ``dir_fd``, ``path`` and ``tmp`` are names in that directory.
+
+    ``sync`` makes the rename durable: ``SYNC_DIR`` fsyncs the directory of ``path``, a
+    callable gets the new file's descriptor (``fsync_entry``, say), None skips it (the caller
+    syncs, or need not). ``undo``: an error after the rename removes ``path`` too, so that a
+    reported failure leaves nothing behind (the maildrop: a failed drop must never deliver).
+    """
+    tmp = path + ".tmp" if tmp is None else tmp
+    try:
+        os.unlink(tmp, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+    try:
+        current = tmp
+        try:
+            if owner is not None:
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
+            write_all(fd, data)
+            os.fsync(fd)
+            os.rename(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            current = path
+            if callable(sync):
+                sync(fd)
+            elif sync == SYNC_DIR:
+                fsync_parent(path, dir_fd)
+        except BaseException:
+            if current == tmp or undo:
+                try:
+                    os.unlink(current, dir_fd=dir_fd)
+                except OSError:
+                    pass
+            raise
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: str) -> None:
@@ -14,6 +82,14 @@ def fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_parent(path: str, dir_fd: int | None = None) -> None:
+    """fsync the directory that holds ``path`` (``dir_fd`` when ``path`` is a name in it)."""
+    if dir_fd is None:
+        fsync_dir(os.path.dirname(path) or ".")
+    else:
+        os.fsync(dir_fd)
 
 
 def _load_syncfs() -> Callable[[int], int] | None:

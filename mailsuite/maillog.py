@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from typing import IO, Callable
+from typing import IO, Any, Callable
 
 from twisted.logger import Logger
 from twisted.python import threadable
@@ -60,11 +60,14 @@ os.register_at_fork(after_in_child=_forget_random)
 class MailLog:
     """Appends one line per event. Lines are short appends to a local file, written unbuffered.
 
-    ``now`` returns seconds since the epoch (inject a Clock's ``seconds`` in tests).
+    ``now`` returns seconds since the epoch (inject a Clock's ``seconds`` in tests): the wall
+    clock, as the lines print a date. ``reactor`` (the daemon's): the lines of one reactor turn
+    go out in one write, and lines from pool threads are written by the reactor thread.
     """
 
     def __init__(
-        self, path: str | None, hostname: str, now: Callable[[], float] = time.time
+        self, path: str | None, hostname: str, now: Callable[[], float] = time.time,
+        reactor: Any = None,
     ) -> None:
         self.path = path
         self.hostname = hostname.split(".")[0] or hostname
@@ -73,9 +76,13 @@ class MailLog:
         self.pid = os.getpid()
         self.lines: list[str] = []  # kept when path is None (tests)
         self._stamp: tuple[int, str] = (-1, "")
-        #: The daemon sets this to ``lambda f: reactor.callLater(0, f)``: the lines of one
-        #: reactor turn then go out in one write (a busy MX logs ~5 lines per message).
+        #: ``lambda f: reactor.callLater(0, f)`` with a reactor: the lines of one reactor turn
+        #: then go out in one write (a busy MX logs ~5 lines per message).
         self.coalesce: Callable[[Callable[[], None]], object] | None = None
+        self._from_thread: Callable[..., object] | None = None
+        if reactor is not None:
+            self.coalesce = lambda f: reactor.callLater(0, f)
+            self._from_thread = reactor.callFromThread
         self._pending: list[str] = []
         self._tags: dict[str, str] = {}  # ident -> " host ident[pid]: "
 
@@ -109,12 +116,11 @@ class MailLog:
     def write_from_any_thread(self, program: str, text: str) -> None:
         """``write`` for code that may run in the thread pool (alias files are read there):
         the line is written by the reactor thread."""
-        if threadable.ioThread is None or threadable.isInIOThread():  # (None: no reactor yet,
-            self.write(program, text)                                 # so no pool threads)
+        if self._from_thread is None or threadable.ioThread is None \
+                or threadable.isInIOThread():  # (ioThread None: no reactor yet, no pool threads)
+            self.write(program, text)
         else:
-            from twisted.internet import reactor
-
-            reactor.callFromThread(self.write, program, text)  # type: ignore[attr-defined]
+            self._from_thread(self.write, program, text)
 
     def write(self, program: str, text: str) -> None:
         """One event of ``program`` (smtpd, local, cleanup, pop3-login, imap-login, pop3, imap)."""

@@ -1,7 +1,21 @@
-"""``twistd mailsuite``: the one place where the parts are assembled into services."""
+"""``twistd mailsuite``: the one place where the parts are assembled into services.
+
+``makeService(options, reactor=None)`` takes the reactor (the global one only when none is
+given) and hands it down: every listener is made on it, every factory, queue, timer and
+policy gets it as its clock, and every part that blocks gets ``threads.InPool(reactor)``. No
+module of mailsuite imports the global reactor.
+
+Time is read one way: on the reactor thread, the injected reactor's ``seconds()``
+(IReactorTime) for logic and timers (timeouts, retries, delays, the recipient cache); the wall
+clock (``time.time``, ``datetime.now``) only where a date is printed (Received: lines, the
+maillog's stamps, INTERNALDATE, certificates). Blocking code running in a pool thread (locks,
+|commands, the password cache shared with it) cannot use the reactor and times itself with
+``time.monotonic``.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -15,13 +29,15 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mailsuite import startup, threads
+from mailsuite import startup
 from mailsuite.auth.cache import AuthCache
 from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
 from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
-from mailsuite.config import SERVICES, ConfigError, load_config
+from mailsuite.config import DEFAULT_CONFIG, SERVICES, Config, ConfigError, config_path, load_config
+from mailsuite.imap.idle import IdlePoller
+from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.mta.aliases import AliasLookupError
@@ -32,26 +48,22 @@ from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pic
 from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
-from mailsuite.mta.relay import Relay, parse_password_map
+from mailsuite.mta.relay import Relay, load_password_map
+from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
-from mailsuite.smtp.server import SMTPFactory
+from mailsuite.smtp.server import SMTPFactory, reverse_lookup
 from mailsuite.startup import StartupError, describe_os_error, step
+from mailsuite.store.cleanup import clean_spool, spool_directory
 from mailsuite.store.mbox import MboxStore
+from mailsuite.threads import Blocking, InPool
 from mailsuite.tls import ServerTLS, TLSSetupError, server_tls
 
 log = Logger()
 
-DEFAULT_CONFIG = "/etc/mailsuite/mail.ini"
-
 #: The services that are TLS from the first byte (the others offer STARTTLS).
 IMPLICIT_TLS = ("smtps", "pop3s", "imaps")
-
-
-def config_path(explicit: str | None) -> str:
-    """Where a command finds mail.ini: --config, else $MAILSUITE_CONFIG, else /etc/mailsuite."""
-    return explicit or os.environ.get("MAILSUITE_CONFIG") or DEFAULT_CONFIG
 
 
 class Options(usage.Options):
@@ -67,7 +79,7 @@ class Options(usage.Options):
         twistd here with one line per error (no usage text) and exit status 78."""
         try:
             cfg = load_config(config_path(self["config"]))
-            relay_credentials(cfg)  # refused here, before binding, if unreadable
+            load_password_map(cfg)  # refused here, before binding, if unreadable
             check_account_files(cfg)
             self["tls"] = tls_of(cfg)
         except ConfigError as e:
@@ -75,7 +87,7 @@ class Options(usage.Options):
         self["cfg"] = cfg
 
 
-def tls_of(cfg: Any) -> ServerTLS | None:
+def tls_of(cfg: Config) -> ServerTLS | None:
     """The TLS of a configuration (None for ssl = no); a first start makes a self-signed
     certificate. Problems with the files are a ConfigError naming them, before anything binds."""
     try:
@@ -142,51 +154,58 @@ def _endpoint(port: int, address: str) -> str:
 _MAKE_TLS = object()
 
 
-def accounts_and_checker(cfg: Any) -> tuple[Any, Any]:
+def accounts_and_checker(cfg: Config, blocking: Blocking) -> tuple[Any, Any]:
     """The account database and password checker of ``[auth] passdb``: shadow (passwd_file and
     shadow_file read directly) or pam (PAM service pam_service, accounts from NSS)."""
     if cfg.auth.passdb == "pam":
         nss = NssAccounts(cfg.auth.first_valid_uid)
-        return nss, PamChecker(cfg.auth.pam_service, nss)
+        return nss, PamChecker(cfg.auth.pam_service, nss, blocking)
     accounts = AccountDB(cfg.auth.passwd_file, cfg.auth.shadow_file, cfg.auth.first_valid_uid)
-    return accounts, UnixChecker(accounts, cache=AuthCache.from_config(cfg.auth))
+    return accounts, UnixChecker(accounts, blocking, cache=AuthCache.from_config(cfg.auth))
 
 
-def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
-    """All services of one mail.ini, not yet started. ``tls``: a ServerTLS, or None for no TLS
-    (default: made from the configuration by ``tls_of``)."""
+def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
+    """All services of one mail.ini on ``reactor``, not yet started. ``tls``: a ServerTLS, or
+    None for no TLS (default: made from the configuration by ``tls_of``)."""
     if tls is _MAKE_TLS:
         tls = tls_of(cfg)
+    blocking = InPool(reactor)
     top = MailService()
-    maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname)
+    maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):
         maillog.open()
-    maillog.coalesce = _next_turn
-    accounts, checker = accounts_and_checker(cfg)
-    store = MboxStore(cfg.mailbox)
-    StoreService(store).setServiceParent(top)  # first: stopped last, after the listeners
-    delivery = LocalDelivery(cfg, accounts, store, maillog)
+    accounts, checker = accounts_and_checker(cfg, blocking)
+    store = MboxStore(cfg.mailbox, blocking)
+    store_service = StoreService(store, spool_directory(cfg.mailbox))
+    store_service.setServiceParent(top)  # first: stopped last, after the listeners
+    delivery = LocalDelivery(cfg, accounts, store, maillog, blocking, now=reactor.seconds)
     with step("[mail] queue_directory"):
-        delivery.queue = build_queue(cfg, delivery, maillog)
-    qmgr = QueueService(delivery.queue)
+        delivery.queue = build_queue(cfg, delivery, maillog, reactor, blocking)
+    qmgr = QueueService(delivery.queue, after=store_service.cleaned)
     qmgr.setName("qmgr")
     qmgr.setServiceParent(top)
-    realm = MailRealm(store, accounts, delivery)
+    realm = MailRealm(store, accounts, delivery, blocking)
     the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
-    policy = AuthPolicy.from_config(cfg, maillog)  # one for all doors: counts across protocols
+    policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
+    lookup = functools.partial(reverse_lookup, blocking=blocking)
+    recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
+    # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
+    pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now)
 
     def make(name: str) -> Any:
         implicit = name in IMPLICIT_TLS
         if name in ("smtp", "submission", "smtps"):
-            return SMTPFactory(cfg, the_portal, delivery, maillog, service=name,
-                               server_tls=tls, implicit_tls=implicit, policy=policy)
+            return SMTPFactory(cfg, the_portal, delivery, maillog, clock=reactor,
+                               reverse_lookup=lookup, service=name, server_tls=tls,
+                               implicit_tls=implicit, policy=policy, pipeline=pipeline)
         if name in ("pop3", "pop3s"):
-            return POP3Factory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
-                               policy=policy)
+            return POP3Factory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
+                               implicit_tls=implicit, policy=policy)
         if name == "lmtp":
-            return LMTPFactory(cfg, delivery, maillog)
-        return IMAPFactory(cfg, the_portal, maillog, server_tls=tls, implicit_tls=implicit,
-                           policy=policy)
+            return LMTPFactory(cfg, delivery, maillog, pipeline)
+        return IMAPFactory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
+                           implicit_tls=implicit, policy=policy, recent=recent,
+                           idle_poller=idle_poller)
 
     for name in SERVICES:
         port = getattr(cfg.listen, name)
@@ -194,14 +213,14 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
             continue
         factory = make(name)
         if isinstance(port, str):  # lmtp on a unix socket path
-            svc = strports.service(_unix_endpoint(port, name), factory)
+            svc = strports.service(_unix_endpoint(port, name), factory, reactor)
             svc.setName(f"{name}@{port}")
             svc.setServiceParent(top)
             continue
         if name in IMPLICIT_TLS:
             factory = tls.implicit(factory)
         for address in listen_addresses(cfg.mail.inet_interfaces):
-            svc = strports.service(_endpoint(port, address), factory)
+            svc = strports.service(_endpoint(port, address), factory, reactor)
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
     for name in ("autoconfig", "autoconfigs"):  # account set-up for mail clients (HTTP/HTTPS)
@@ -212,14 +231,14 @@ def build(cfg: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
         if name == "autoconfigs":
             site = tls.implicit(site)
         for address in listen_addresses(cfg.mail.inet_interfaces):
-            svc = strports.service(_endpoint(port, address), site)
+            svc = strports.service(_endpoint(port, address), site, reactor)
             svc.setName(f"{name}@{address}")
             svc.setServiceParent(top)
     with step("[mail] queue_directory"):
-        _local_submission(top, cfg, delivery, maillog)
+        _local_submission(top, cfg, delivery, maillog, reactor, blocking, pipeline)
     top.maillog = maillog  # type: ignore[attr-defined]
     top.tls = tls  # type: ignore[attr-defined]
-    _on_hup(maillog, tls)
+    _on_hup(maillog, tls, reactor, blocking)
     return top
 
 
@@ -233,20 +252,23 @@ def _unix_endpoint(path: str, name: str) -> str:
     return f"unix:{path.replace(':', chr(92) + ':')}:mode=666:lockfile=0"
 
 
-def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillog: Any) -> None:
+def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, maillog: Any,
+                      reactor: Any, blocking: Blocking, pipeline: Pipeline) -> None:
     """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start."""
     queue_directory = cfg.mail.queue_directory
     ensure_maildrop(queue_directory)
     ensure_public(queue_directory)
     pickup = Pickup(queue_directory, local_submitter(
-        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin), maillog)
-    scanner = pickup_service(pickup)
+        delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin, pipeline=pipeline), maillog,
+        blocking)
+    scanner = pickup_service(pickup, reactor)
     scanner.setName("pickup")
     scanner.setServiceParent(top)
     commands = {"pickup": pickup.scan, "flush": lambda: _flush(pickup, delivery),
-                "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id)}
+                "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id,
+                                                   blocking)}
     control = strports.service(_unix_endpoint(control_path(queue_directory), "control"),
-                               ControlFactory(commands))
+                               ControlFactory(commands), reactor)
     control.setName("control")
     control.setServiceParent(top)
     try:
@@ -255,27 +277,7 @@ def _local_submission(top: service.MultiService, cfg: Any, delivery: Any, maillo
         pass  # warned; local mail is deferred until the file can be read
 
 
-def _next_turn(f: Any) -> Any:
-    from twisted.internet import reactor
-
-    return reactor.callLater(0, f)  # type: ignore[attr-defined,arg-type]
-
-
-def relay_credentials(cfg: Any) -> dict[str, tuple[str, str]]:
-    """smtp_sasl_password_maps read at start: a missing or unreadable file is a configuration
-    error naming file, section and key, before anything is bound."""
-    path = cfg.mail.smtp_sasl_password_maps
-    if not path:
-        return {}
-    try:
-        with open(path) as f:
-            return parse_password_map(f.read())
-    except (OSError, UnicodeDecodeError) as e:
-        reason = describe_os_error(e) if isinstance(e, OSError) else f"{path}: {e}"
-        raise ConfigError([f"{cfg.path}: [mail] smtp_sasl_password_maps: {reason}"]) from None
-
-
-def check_account_files(cfg: Any) -> None:
+def check_account_files(cfg: Config) -> None:
     """passdb = shadow: passwd_file and shadow_file must be readable at start (a typo or a
     server without root would otherwise refuse every login); a ConfigError names them."""
     if cfg.auth.passdb != "shadow":
@@ -290,12 +292,11 @@ def check_account_files(cfg: Any) -> None:
         raise ConfigError(errors)
 
 
-def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
+def build_queue(cfg: Config, delivery: LocalDelivery, maillog: MailLog, reactor: Any,
+                blocking: Blocking) -> Queue:
     """The outbound queue of queue_directory with its SMTP client (MX or relayhost)."""
-    from twisted.internet import reactor
-
     mail = cfg.mail
-    credentials = relay_credentials(cfg)
+    credentials = load_password_map(cfg)
     relay = Relay(
         MXResolver(mail.dns_resolver, reactor=reactor),
         mail.myhostname,
@@ -306,7 +307,7 @@ def build_queue(cfg: Any, delivery: LocalDelivery, maillog: MailLog) -> Queue:
         tls_level=mail.smtp_tls_security_level,
     )
     return Queue(QueueDirectory(mail.queue_directory), delivery, relay, maillog, reactor,
-                 QueueSettings.from_config(mail))
+                 QueueSettings.from_config(mail), blocking)
 
 
 class MailService(service.MultiService):
@@ -335,12 +336,34 @@ class MailService(service.MultiService):
 
 
 class StoreService(service.Service):
-    """On stop, waits for the mailboxes' pending work: the compaction of what was expunged
-    (answered before the file is rewritten) is finished, not left for the next start."""
+    """On start, removes what a killed server left in the spool directory (stale dotlocks,
+    rewrite files: ``store.cleanup``). On stop, waits for the mailboxes' pending work: the
+    compaction of what was expunged (answered before the file is rewritten) is finished, not
+    left for the next start."""
 
-    def __init__(self, store: MboxStore) -> None:
+    def __init__(self, store: MboxStore, spool: str | None = None) -> None:
         self.store = store
+        self.spool = spool
+        self._cleaning: defer.Deferred[Any] = defer.succeed(None)
         self.setName("store")
+
+    def startService(self) -> None:
+        super().startService()
+        if self.spool is not None:
+            self._cleaning = self.store.blocking(clean_spool, self.spool)
+            self._cleaning.addErrback(lambda f: log.failure("cleaning {dir} failed", f,
+                                                            dir=self.spool))
+
+    def cleaned(self) -> defer.Deferred[None]:
+        """Fires once the start-up clean-up is done."""
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def done(result: Any) -> Any:
+            d.callback(None)
+            return result
+
+        self._cleaning.addBoth(done)
+        return d
 
     def stopService(self) -> Any:
         super().stopService()
@@ -350,12 +373,15 @@ class StoreService(service.Service):
 class QueueService(service.Service):
     """Starts the queue manager with the other services (loads what an earlier run left)."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, after: Any = None) -> None:
+        """``after()``: a Deferred to wait for first (the spool's stale locks removed)."""
         self.queue = queue
+        self.after = after
 
     def startService(self) -> None:
         super().startService()
-        d = self.queue.start()
+        d = self.after() if self.after is not None else defer.succeed(None)
+        d.addCallback(lambda _: self.queue.start())
         d.addErrback(lambda f: log.failure("cannot start the queue", f))
 
     def stopService(self) -> Any:
@@ -371,9 +397,9 @@ def _flush(pickup: Pickup, delivery: Any) -> Any:
 
 
 @defer.inlineCallbacks
-def _delete(queue_directory: str, delivery: Any, queue_id: str) -> Any:
+def _delete(queue_directory: str, delivery: Any, queue_id: str, blocking: Blocking) -> Any:
     """postsuper -d ID, for the control socket."""
-    if (yield threads.blocking(remove_dropped, queue_directory, queue_id)):
+    if (yield blocking(remove_dropped, queue_directory, queue_id)):
         return "removed"
     queue = getattr(delivery, "queue", None)
     if queue is not None and (yield queue.delete(queue_id)):
@@ -381,15 +407,14 @@ def _delete(queue_directory: str, delivery: Any, queue_id: str) -> Any:
     return "not found"
 
 
-def _on_hup(maillog: Any, tls: ServerTLS | None) -> None:
+def _on_hup(maillog: Any, tls: ServerTLS | None, reactor: Any, blocking: Blocking) -> None:
     """``kill -HUP`` reopens maillog_file (after logrotate moved it) and reloads the TLS
     certificate and key (after a renewal); open connections are not touched."""
-    from twisted.internet import reactor
 
     def on_hup(signum: int, frame: Any) -> None:
-        reactor.callFromThread(maillog.reopen)  # type: ignore[attr-defined]
+        reactor.callFromThread(maillog.reopen)
         if tls is not None:
-            reactor.callFromThread(tls.reload)  # type: ignore[attr-defined]
+            reactor.callFromThread(tls.reload, blocking)
 
     try:
         signal.signal(signal.SIGHUP, on_hup)
@@ -397,18 +422,20 @@ def _on_hup(maillog: Any, tls: ServerTLS | None) -> None:
         pass
 
 
-def makeService(options: Options) -> service.MultiService:
-    """The services, with the queue directory locked and the listeners bound; a start-up
-    failure ends twistd with one line on stderr (see mailsuite.startup)."""
-    from twisted.internet import reactor
+def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+    """The services on ``reactor`` (twistd's global reactor when none is given), with the queue
+    directory locked and the listeners bound; a start-up failure ends twistd with one line on
+    stderr (see mailsuite.startup)."""
+    if reactor is None:
+        from twisted.internet import reactor
 
-    reactor.suggestThreadPoolSize(16)  # type: ignore[attr-defined]
+    reactor.suggestThreadPoolSize(16)
     cfg = options["cfg"]
     lock = startup.InstanceLock(cfg.mail.queue_directory)
     try:
         startup.check_twistd_files(options.parent)
         lock.acquire()  # first: a second instance must not touch the first one's files
-        top = build(cfg, options["tls"])
+        top = build(cfg, reactor, options["tls"])
     except ConfigError as e:
         startup.fatal(e.errors, startup.EX_CONFIG)
     except (StartupError, OSError) as e:
@@ -420,7 +447,7 @@ def makeService(options: Options) -> service.MultiService:
         top.maillog.close()
         startup.fatal([str(e)], startup.EX_FAILURE)
     top.instance_lock = lock  # type: ignore[attr-defined]
-    reactor.callWhenRunning(lock.write_pid)  # type: ignore[attr-defined]  # after the fork
+    reactor.callWhenRunning(lock.write_pid)  # after the fork
     return top
 
 

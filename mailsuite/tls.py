@@ -34,7 +34,9 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from mailsuite import threads
+from mailsuite.config import Config
+from mailsuite.fsutil import atomic_write
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -125,8 +127,9 @@ class ServerTLS:
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         return SSL.Connection(self.context, None)
 
-    def reload(self) -> defer.Deferred[bool]:
-        """Read the files again (in a thread) and use them for new connections.
+    def reload(self, blocking: Blocking) -> defer.Deferred[bool]:
+        """Read the files again (through ``blocking``, mailsuite.threads) and use them for new
+        connections.
 
         Fires True when the new certificate is in use; False (logged) when the files are broken,
         in which case the old certificate stays in use.
@@ -142,7 +145,7 @@ class ServerTLS:
                       why=failure.getErrorMessage())
             return False
 
-        d = threads.blocking(build_context, self.cert_path, self.key_path)
+        d = blocking(build_context, self.cert_path, self.key_path)
         return d.addCallbacks(swap, failed)
 
     def implicit(self, factory: Any) -> TLSMemoryBIOFactory:
@@ -226,22 +229,10 @@ def _write_private(path: str, data: bytes) -> None:
     """Write ``data`` at ``path`` with mode 0600 (directories made 0755), all or nothing."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    temp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temp, 0o600)
-        os.rename(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    atomic_write(path, data, tmp=f"{path}.{os.getpid()}.tmp", sync=None)
 
 
-def server_tls(cfg: Any) -> ServerTLS | None:
+def server_tls(cfg: Config) -> ServerTLS | None:
     """The ServerTLS of a configuration (None for ``ssl = no``), making the certificate if
     needed. Blocking (file I/O, key generation): call it at start-up, before the reactor runs."""
     if cfg.tls.ssl == "no":

@@ -48,6 +48,26 @@ apt_install() {
     fi
 }
 
+# Debian's Dovecot for the tests that compare with it (tests/integration/dovecot.py starts its
+# own `dovecot -F -c CONFIG` on free loopback ports). Its postinst would start the system
+# Dovecot on 110/143: a policy-rc.d (unless one exists) stops that, and it is not started at
+# boot either.
+install_dovecot() {
+    made=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        made=yes
+    fi
+    status=0
+    apt_install dovecot-imapd dovecot-pop3d || status=$?
+    [ -z "$made" ] || rm -f /usr/sbin/policy-rc.d
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+    fi
+    return $status
+}
+
 install_suite() {
     apt_install python3 python3-venv
     [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
@@ -141,6 +161,9 @@ test)
     # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines;
     # iproute2: ip netns, so brute-force tests attack from a non-loopback address.
     apt_install s-nail swaks curl fetchmail whois openssl fail2ban iproute2
+    # dovecot-imapd, dovecot-pop3d: its mbox state headers and POP3 UIDLs must be read and
+    # given as Dovecot writes them (tests/integration/test_dovecot_mbox.py).
+    install_dovecot
     install_suite
     shift
     exec "$VENV/bin/python" scripts/run_tests.py "$@"

@@ -7,6 +7,7 @@ signatures, and records what it was asked so that tests can check it.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.cred import checkers, portal
@@ -104,8 +105,9 @@ class FakeQueue:
         return defer.succeed(env)
 
     def submit(self, sender: str, addresses: list[str], data: bytes, **kw: Any) -> Any:
+        """As the real one: the queued notice (its queue_id is always NOTICE1)."""
         self.submitted.append((sender, addresses, data))
-        return defer.succeed(None)
+        return defer.succeed(SimpleNamespace(queue_id="NOTICE1"))
 
     def notify(self, env: Any, data: bytes, kind: str, entries: list[Any],
                now: float) -> defer.Deferred[None]:

@@ -266,6 +266,89 @@ class StoreConformanceMixin:
         box.close()
 
     @defer.inlineCallbacks
+    def test_deliver_many_closed_inbox(self):
+        """deliver_many to an INBOX nobody has open: every message lands, in order, with
+        consecutive UIDs, byte for byte (CRLF stored as LF)."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield store.deliver_many(
+            self.account, [(MSG2.replace(b"\n", b"\r\n"), "b@example.test"), (MSG1, "")]
+        )
+        box = yield store.open(self.account)
+        yield box.refresh()
+        uids = [m.uid for m in box.messages]
+        self.assertEqual(len(uids), 3)
+        self.assertEqual(uids[2] - uids[1], 1)
+        self.assertGreater(uids[1], uids[0])
+        second = yield box.read(uids[1])
+        third = yield box.read(uids[2])
+        self.assertEqual(second.replace(b">From here", b"From here"), MSG2)
+        self.assertEqual(third, MSG1)
+        self.assertEqual([m.size for m in box.messages[1:]], [len(to_wire(second)),
+                                                             len(to_wire(third))])
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_deliver_many_open_inbox(self):
+        """deliver_many with the INBOX open: its listeners hear of the whole batch in one
+        change, in order; the messages are shown at once; uid_next is past them."""
+        store = self.make_store()
+        box = yield store.open(self.account)
+        heard = []
+        box.add_listener(heard.append)
+        yield store.deliver_many(self.account, [(MSG1, "a@example.test"), (MSG2, "")])
+        yield box.refresh()
+        uids = [m.uid for m in box.messages]
+        self.assertEqual(len(uids), 2)
+        self.assertEqual([[m.uid for m in c.added] for c in heard if c.added], [uids])
+        self.assertGreater(box.uid_next, uids[1])
+        first = yield box.read(uids[0])
+        self.assertEqual(first, MSG1)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_settle(self):
+        """settle fires once the work queued so far (an expunge's compaction too) is done, with
+        nothing opened; the mailbox reads the same afterwards."""
+        store = self.make_store()
+        yield store.settle()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        yield store.deliver(self.account, MSG2, "b@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        yield box.expunge([box.messages[0].uid])
+        result = yield store.settle()
+        self.assertIsNone(result)
+        yield box.refresh()
+        self.assertEqual(len(box.messages), 1)
+        data = yield box.read(box.messages[0].uid)
+        self.assertEqual(data.replace(b">From here", b"From here"), MSG2)
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_summaries(self):
+        """keywords, unseen_count and first_unseen follow deliveries, appends, flag changes and
+        expunges (SELECT's FLAGS and UNSEEN, STATUS UNSEEN)."""
+        store = self.make_store()
+        box = yield store.open(self.account)
+        self.assertEqual((box.keywords(), box.unseen_count(), box.first_unseen()),
+                         (set(), 0, None))
+        one = yield box.append(MSG1, frozenset({"\\Seen", "Work"}))
+        yield store.deliver_many(self.account, [(MSG2, ""), (MSG1, "")])
+        yield box.refresh()
+        _, two, three = [m.uid for m in box.messages]
+        self.assertEqual(box.keywords(), {"Work"})
+        self.assertEqual((box.unseen_count(), box.first_unseen()), (2, two))
+        yield box.change_flags([two], add=frozenset({"\\Seen", "$Label1"}))
+        self.assertEqual(box.keywords(), {"Work", "$Label1"})
+        self.assertEqual((box.unseen_count(), box.first_unseen()), (1, three))
+        yield box.change_flags([one], remove=frozenset({"\\Seen"}))
+        self.assertEqual((box.unseen_count(), box.first_unseen()), (2, one))
+        yield box.expunge([one, three])
+        self.assertEqual((box.unseen_count(), box.first_unseen()), (0, None))
+        box.close()
+
+    @defer.inlineCallbacks
     def test_size_is_wire_size_of_what_is_read(self):
         """For messages with CRLF and bare LF line ends, NUL bytes, a lone CR and no final
         newline, delivered, appended or written by another program: size == len(to_wire(read)),

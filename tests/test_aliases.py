@@ -12,6 +12,7 @@ from mailsuite.mta.aliases import (
     AliasParseError,
     parse_aliases,
     parse_list,
+    read_file,
     validate,
 )
 
@@ -167,6 +168,21 @@ class MapTests(unittest.TestCase):
 
 
 class ListAndValidateTests(unittest.TestCase):
+    def test_read_file(self) -> None:
+        """The one reader of an alias file: table, errors, warnings and owner; OSError when it
+        cannot be read."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("a: b\nbroken line\na: c\n")
+        table, errors, warnings, owner = read_file(path)
+        self.assertEqual([t.text for t in table["a"]], ["b"])
+        self.assertEqual(len(errors), 1)
+        self.assertIn(", line 2: ", errors[0])
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(owner, os.stat(path).st_uid)
+        self.assertRaises(FileNotFoundError, read_file, path + ".missing")
+        self.assertRaises(IsADirectoryError, read_file, os.path.dirname(path) or ".")
+
     def test_parse_list(self) -> None:
         """~/.forward / :include: syntax: commas or newlines, # comments, quoted commands."""
         items = parse_list('# me\n\\boss, "|/bin/cat -n"\n/tmp/x\n\n  carol  \n', "f")

@@ -400,30 +400,28 @@ class CheckerCacheTests(CountingMixin, unittest.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.checker = UnixChecker(self.db, cache=self.cache)
         self.hops = []
-        real = threads.blocking
 
         def counting(f, *args):
             self.hops.append(f)
-            return real(f, *args)
+            return threads.inline(f, *args)
 
-        self.patch(threads, "blocking", counting)
-        self.patch(threads, "run_inline", True)
+        self.checker = UnixChecker(self.db, counting, cache=self.cache)
 
     def login(self, username: bytes, password: bytes):
         return self.checker.requestAvatarId(UsernamePassword(username, password))
 
     def test_default_cache(self):
         """A UnixChecker has a default AuthCache (10 MB, 1 h, 1 h); each its own HMAC key."""
-        first, second = UnixChecker(self.db), UnixChecker(self.db)
+        first = UnixChecker(self.db, threads.inline)
+        second = UnixChecker(self.db, threads.inline)
         self.assertIsInstance(first.cache, AuthCache)
         self.assertEqual((first.cache.size, first.cache.ttl, first.cache.negative_ttl),
                          (10 * 1024 * 1024, 3600.0, 3600.0))
         self.assertNotEqual(first.cache.digest("boss", RIGHT), second.cache.digest("boss", RIGHT))
 
     def test_hit_without_thread_hop(self):
-        """The first login goes through threads.blocking; the next ones neither hop nor hash."""
+        """The first login goes through the thread helper; the next ones neither hop nor hash."""
         self.assertEqual(self.successResultOf(self.login(b"boss", RIGHT)), b"boss")
         self.assertEqual((len(self.hops), self.hashes()), (1, 1))
         for _ in range(3):
@@ -451,7 +449,7 @@ class CheckerCacheTests(CountingMixin, unittest.TestCase):
     def test_hit_result_is_synchronous(self):
         """A cache hit gives an already-fired Deferred (no thread pool involved at all)."""
         self.successResultOf(self.login(b"boss", RIGHT))
-        self.patch(threads, "blocking", lambda f, *a: defer.Deferred())
+        self.patch(self.checker, "blocking", lambda f, *a: defer.Deferred())
         self.assertEqual(self.successResultOf(self.login(b"boss", RIGHT)), b"boss")
 
 

@@ -14,7 +14,7 @@ import threading
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
@@ -468,7 +468,7 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
     def setUp(self):
         super().setUp()
         self.add_user("locked", hashed="!" + BOSS_HASH)
-        self.checker = UnixChecker(self.db)
+        self.checker = UnixChecker(self.db, threads.inline)
 
     def login(self, username: bytes, password: bytes):
         return self.checker.requestAvatarId(UsernamePassword(username, password))
@@ -480,13 +480,11 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
 
     def test_success_gives_bytes_name(self):
         """The right password gives the login name as bytes."""
-        self.patch(threads, "run_inline", True)
         self.assertEqual(self.successResultOf(self.login(b"boss", BOSS_PASSWORD.encode())),
                          b"boss")
 
     def test_utf8_name(self):
         """A UTF-8 login name is decoded for the look-up and returned as the same bytes."""
-        self.patch(threads, "run_inline", True)
         self.add_user("jürgen")
         self.assertEqual(
             self.successResultOf(self.login("jürgen".encode(), BOSS_PASSWORD.encode())),
@@ -495,13 +493,11 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
 
     def test_str_credentials(self):
         """str username/password (some callers build them) work the same."""
-        self.patch(threads, "run_inline", True)
         d = self.checker.requestAvatarId(UsernamePassword("boss", BOSS_PASSWORD))
         self.assertEqual(self.successResultOf(d), b"boss")
 
     def test_every_refusal_looks_the_same(self):
         """Wrong password, unknown, locked, system user, bad UTF-8: one UnauthorizedLogin text."""
-        self.patch(threads, "run_inline", True)
         attempts = [(b"boss", b"wrong"), (b"nobody", b"x"), (b"locked", BOSS_PASSWORD.encode()),
                     (b"root", BOSS_PASSWORD.encode()), (b"\xff\xfe", b"x")]
         messages = set()
@@ -513,7 +509,6 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
 
     def test_error_is_logged_and_refused(self):
         """An unreadable shadow file is logged and answered like any other refusal."""
-        self.patch(threads, "run_inline", True)
         os.remove(self.shadow_path)
         failure = self.failureResultOf(self.login(b"boss", BOSS_PASSWORD.encode()),
                                        UnauthorizedLogin)
@@ -521,7 +516,7 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_goes_through_blocking(self):
-        """requestAvatarId hands verify (with its auth cache) to threads.blocking and does not
+        """requestAvatarId hands verify (with its auth cache) to its blocking and does not
         call it itself when the cache cannot answer."""
         calls = []
         pending = defer.Deferred()
@@ -530,7 +525,7 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
             calls.append((f, args))
             return pending
 
-        self.patch(threads, "blocking", fake_blocking)
+        self.patch(self.checker, "blocking", fake_blocking)
         d = self.login(b"boss", b"pw")
         self.assertNoResult(d)
         self.assertEqual(calls, [(self.db.verify, ("boss", b"pw", self.checker.cache))])
@@ -539,17 +534,17 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
 
     def test_without_cache_goes_through_blocking(self):
         """With cache=None every login is a plain verify in the thread pool."""
-        checker = UnixChecker(self.db, cache=None)
+        checker = UnixChecker(self.db, threads.inline, cache=None)
         self.assertIsNone(checker.cache)
         calls = []
-        self.patch(threads, "blocking", lambda f, *a: calls.append((f, a)) or defer.Deferred())
+        self.patch(checker, "blocking", lambda f, *a: calls.append((f, a)) or defer.Deferred())
         for _ in range(2):
             checker.requestAvatarId(UsernamePassword(b"boss", BOSS_PASSWORD.encode()))
         self.assertEqual(calls, [(self.db.verify, ("boss", BOSS_PASSWORD.encode()))] * 2)
 
     def test_cancel_propagates(self):
         """Cancelling the login cancels; it is not turned into UnauthorizedLogin."""
-        self.patch(threads, "blocking", lambda f, *a: defer.Deferred())
+        self.patch(self.checker, "blocking", lambda f, *a: defer.Deferred())
         d = self.login(b"boss", b"pw")
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
@@ -565,6 +560,7 @@ class UnixCheckerTests(AccountFilesMixin, unittest.TestCase):
             return real_verify(name, password, *cache)
 
         self.patch(self.db, "verify", recording_verify)
+        self.checker = UnixChecker(self.db, threads.InPool(reactor))
         d = self.login(b"boss", BOSS_PASSWORD.encode())
 
         def check(avatar_id):

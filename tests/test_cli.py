@@ -7,12 +7,13 @@ import io
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 from twisted.trial import unittest
 
 from mailsuite import cli, tap
+from mailsuite.config import Config
 from mailsuite.mta import maildrop
+from tests.configs import real_config
 
 
 class ArgsTests(unittest.TestCase):
@@ -74,13 +75,13 @@ class PrepareTests(unittest.TestCase):
 
 
 class ReportTests(unittest.TestCase):
-    def cfg(self, aliases: str = "postmaster: root\n") -> SimpleNamespace:
+    def cfg(self, aliases: str = "postmaster: root\n") -> Config:
         d = os.path.abspath(self.mktemp())
         os.makedirs(d)
         path = os.path.join(d, "aliases")
         with open(path, "w") as f:
             f.write(aliases)
-        return SimpleNamespace(mail=SimpleNamespace(alias_maps=[path], queue_directory=d))
+        return real_config(mail={"alias_maps": [path], "queue_directory": d})
 
     def test_newaliases_errors(self) -> None:
         """newaliases prints each error with file and line and returns 1."""

@@ -5,8 +5,6 @@ Also home of the small helpers the SMTP server tests share (config, controllable
 
 from __future__ import annotations
 
-import ipaddress
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer
@@ -15,7 +13,7 @@ from twisted.trial import unittest
 
 from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.config import AuthConfig
+from mailsuite.config import Config
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import (
     AliasLoop,
@@ -25,10 +23,12 @@ from mailsuite.mta.delivery import (
     RelayDenied,
     UnknownRecipient,
     UnsupportedRecipient,
+    error_status,
     format_delay,
     received_header,
 )
 from mailsuite.store.memory import MemoryStore
+from tests.configs import real_config
 from tests.fakes import FakeAccounts
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
@@ -36,29 +36,25 @@ ALICE = Account("alice", 1001, 1001, "/home/alice")
 
 
 class HeldStore:
-    """A store whose deliver() returns Deferreds the test fires (or fails) by hand."""
+    """A store whose writes (``deliver_many``, the one LocalDelivery makes) return Deferreds
+    the test fires (or fails) by hand: ``pending`` holds (account, [(data, sender)], Deferred)."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[Account, bytes, str, defer.Deferred[None]]] = []
+        self.pending: list[tuple[Account, list[tuple[bytes, str]], defer.Deferred[None]]] = []
 
-    def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
+    def deliver_many(
+        self, account: Account, items: list[tuple[bytes, str]]
+    ) -> defer.Deferred[None]:
         d: defer.Deferred[None] = defer.Deferred()
-        self.pending.append((account, data, sender, d))
+        self.pending.append((account, items, d))
         return d
 
 
-def make_config(alias_path: str, size_limit: int = 10240000) -> Any:
-    mail = SimpleNamespace(
-        myhostname="mail.example.com",
-        mydomain="example.com",
-        myorigin="example.com",
-        mydestination=["mail.example.com", "localhost.example.com", "localhost"],
-        message_size_limit=size_limit,
-        alias_maps=[alias_path],
-        mynetworks=[ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")],
-    )
-    auth = AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, True, [])
-    return SimpleNamespace(mail=mail, auth=auth, tls=SimpleNamespace(ssl="yes"))
+def make_config(alias_path: str, size_limit: int = 10240000, ssl: str = "yes") -> Config:
+    """mail.example.com (mydestination: it, localhost.example.com, localhost; mynetworks:
+    loopback) with these aliases, message_size_limit and [tls] ssl."""
+    return real_config(mail={"alias_maps": [alias_path], "message_size_limit": size_limit},
+                       tls={"ssl": ssl})
 
 
 def write_aliases(case: unittest.TestCase, text: str) -> str:
@@ -85,7 +81,6 @@ def inbox(store: MemoryStore, account: Account) -> list[bytes]:
 
 class DeliveryCase(unittest.TestCase):
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.store = MemoryStore()
         self.accounts = FakeAccounts(BOSS, ALICE)
         self.maillog = MailLog(None, "mail.example.com", now=lambda: 0.0)
@@ -95,6 +90,7 @@ class DeliveryCase(unittest.TestCase):
             self.accounts,
             self.store,
             self.maillog,
+            threads.inline,
             now=lambda: self.clock[0],
         )
 
@@ -103,6 +99,20 @@ class DeliveryCase(unittest.TestCase):
 
     def rejected(self, address: str, kind: type) -> Any:
         return self.failureResultOf(self.delivery.resolve(address), kind).value
+
+
+class ErrorStatusTests(unittest.TestCase):
+    def test_enhanced_code_of_the_text(self) -> None:
+        e = UnknownRecipient("nobody@example.test")
+        resp, dsn = error_status(e)
+        self.assertEqual(dsn, "5.1.1")
+        self.assertTrue(resp.startswith("5.1.1 <nobody@example.test>: "))
+
+    def test_made_up_from_the_reply_code(self) -> None:
+        """Text without a status: X.0.0; bytes are decoded, bad UTF-8 replaced."""
+        self.assertEqual(error_status(smtp.SMTPServerError(451, b"no \xff way")),
+                         ("no \ufffd way", "4.0.0"))
+        self.assertEqual(error_status(smtp.SMTPServerError(550, "refused")), ("refused", "5.0.0"))
 
 
 class ResolveTests(DeliveryCase):
@@ -215,9 +225,9 @@ class DeliverTests(DeliveryCase):
             b"x\n", "", [("team@localhost", BOSS), ("team@localhost", ALICE)], "Q2"
         )
         self.assertNoResult(d)
-        held.pending[0][3].callback(None)
+        held.pending[0][2].callback(None)
         self.assertNoResult(d)
-        held.pending[1][3].callback(None)
+        held.pending[1][2].callback(None)
         self.successResultOf(d)
 
     def test_store_failure(self) -> None:
@@ -227,9 +237,9 @@ class DeliverTests(DeliveryCase):
         d = self.delivery.deliver(
             b"x\n", "", [("team@localhost", BOSS), ("team@localhost", ALICE)], "Q3"
         )
-        held.pending[0][3].errback(OSError(28, "No space left on device"))
+        held.pending[0][2].errback(OSError(28, "No space left on device"))
         self.assertNoResult(d)
-        held.pending[1][3].callback(None)
+        held.pending[1][2].callback(None)
         self.failureResultOf(d, DeliveryFailed)
         self.assertTrue(
             any("status=deferred" in line and "dsn=4.3.0" in line for line in self.maillog.lines)

@@ -24,6 +24,7 @@ from mailsuite.mta.forward import (
     Remote,
     TargetFailed,
 )
+from mailsuite.store import locking
 from tests.fakes import FakeAccounts
 
 ROOT = os.geteuid() == 0
@@ -371,6 +372,65 @@ class ProgramTests(unittest.TestCase):
         self.assertEqual(lines[1:4], [b"Return-Path: <a@b>", b"X-Original-To: t@x",
                                       b"Delivered-To: boss@x"])
         self.assertIn(b"\nFrom me\n", data)
+
+
+class AppendLockTests(unittest.TestCase):
+    """The /file appender's locks (its dotlock, the store's fcntl lock), in-process here."""
+
+    def setUp(self) -> None:
+        self.path = os.path.abspath(self.mktemp())
+        self.sleeps: list[float] = []
+        self.patch(forward.time, "sleep", self.sleeps.append)
+
+    def read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def test_waits_for_a_store_lock(self) -> None:
+        """While the store holds the mailbox (dotlock and fcntl lock), nothing is appended."""
+        with open(self.path, "wb"):
+            pass
+        opener = lambda: os.open(self.path, os.O_RDWR)  # noqa: E731
+        with locking.locked_mailbox(self.path, opener):
+            self.assertEqual(forward._append(self.path, b"x\n"),
+                             (forward.EX_TEMPFAIL, "file is locked (dotlock)"))
+        self.assertEqual(len(self.sleeps), 300)
+        self.assertEqual(forward._append(self.path, b"x\n"), (0, ""))
+        self.assertEqual(self.read(), b"x\n")
+        self.assertFalse(os.path.exists(self.path + ".lock"))
+
+    def test_fcntl_lock_of_another_holder(self) -> None:
+        with open(self.path, "wb"):
+            pass
+        fd = os.open(self.path, os.O_RDWR)
+        self.addCleanup(os.close, fd)
+        self.assertTrue(locking.try_fcntl_lock(fd))
+        self.assertEqual(forward._append(self.path, b"x\n"),
+                         (forward.EX_TEMPFAIL, "file is locked (fcntl)"))
+        self.assertFalse(os.path.exists(self.path + ".lock"))  # the dotlock was given back
+        self.assertEqual(self.read(), b"")
+
+    def test_stale_dotlock_broken(self) -> None:
+        with open(self.path + ".lock", "wb"):
+            pass
+        old = forward.time.time() - forward.STALE_DOTLOCK - 10
+        os.utime(self.path + ".lock", (old, old))
+        self.assertEqual(forward._append(self.path, b"x\n"), (0, ""))
+        self.assertEqual((self.read(), self.sleeps), (b"x\n", [0.1]))  # one pause, then taken
+        self.assertFalse(os.path.exists(self.path + ".lock"))
+
+    def test_no_dotlock_where_the_directory_refuses_one(self) -> None:
+        """Postfix's "may fail": without a dotlock the fcntl lock alone guards the append."""
+        real_open = os.open
+
+        def refused(path: str, flags: int, *args: object, **kw: object) -> int:
+            if path.endswith(".lock"):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_open(path, flags, *args, **kw)  # type: ignore[arg-type]
+
+        self.patch(forward.os, "open", refused)
+        self.assertEqual(forward._append(self.path, b"x\n"), (0, ""))
+        self.assertEqual(self.read(), b"x\n")
 
 
 class FileTests(unittest.TestCase):

@@ -5,14 +5,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from mailsuite import threads
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import DeliveryFailed, LocalDelivery
+from mailsuite.store.memory import MemoryStore
 from tests.fakes import FakeAccounts
 from tests.store_conformance import MSG1, MSG2
-from tests.test_delivery import ALIASES, ALICE, BOSS, make_config, write_aliases
+from tests.test_delivery import (
+    ALIASES,
+    ALICE,
+    BOSS,
+    HeldStore,
+    inbox,
+    make_config,
+    write_aliases,
+)
 from tests.test_store_mbox import MboxTestCase
 
 
@@ -44,24 +54,13 @@ class DeliverManyTests(MboxTestCase):
         self.assertEqual(box.uid_next, 3)
 
 
-class BatchingStore:
-    """deliver_many answers with Deferreds the test fires."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, list[tuple[bytes, str]], defer.Deferred[None]]] = []
-
-    def deliver_many(self, account: Any, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
-        self.calls.append((account.name, items, d))
-        return d
-
-
 class DeliveryBatchingTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.store = BatchingStore()
+        self.store = HeldStore()
         self.maillog = MailLog(None, "mail.example.com")
         self.delivery = LocalDelivery(make_config(write_aliases(self, ALIASES)),
-                                      FakeAccounts(BOSS, ALICE), self.store, self.maillog)
+                                      FakeAccounts(BOSS, ALICE), self.store, self.maillog,
+                                      threads.InPool(reactor))
 
     def deliver(self, n: int, account: Any = BOSS) -> defer.Deferred[None]:
         return self.delivery.deliver(b"Subject: %d\n\nx\n" % n, "s@x.test",
@@ -73,15 +72,15 @@ class DeliveryBatchingTests(unittest.TestCase):
         first = self.deliver(1)
         second, third = self.deliver(2), self.deliver(3)
         other = self.deliver(4, ALICE)
-        self.assertEqual([(name, len(items)) for name, items, _ in self.store.calls],
+        self.assertEqual([(name.name, len(items)) for name, items, _ in self.store.pending],
                          [("boss", 1), ("alice", 1)])
         self.assertNoResult(first)
-        self.store.calls[0][2].callback(None)
+        self.store.pending[0][2].callback(None)
         self.successResultOf(first)
         self.assertNoResult(second)
-        self.assertEqual([(name, len(items)) for name, items, _ in self.store.calls[2:]],
+        self.assertEqual([(name.name, len(items)) for name, items, _ in self.store.pending[2:]],
                          [("boss", 2)])
-        self.store.calls[2][2].callback(None)
+        self.store.pending[2][2].callback(None)
         self.successResultOf(second)
         self.successResultOf(third)
         self.assertNoResult(other)
@@ -90,10 +89,34 @@ class DeliveryBatchingTests(unittest.TestCase):
         """A batch that cannot be written fails each of its deliveries (none is acknowledged)."""
         first = self.deliver(1)
         second, third = self.deliver(2), self.deliver(3)
-        self.store.calls[0][2].callback(None)
-        self.store.calls[1][2].errback(OSError("disk full"))
+        self.store.pending[0][2].callback(None)
+        self.store.pending[1][2].errback(OSError("disk full"))
         self.failureResultOf(second, DeliveryFailed)
         self.failureResultOf(third, DeliveryFailed)
         self.successResultOf(first)
         self.assertIn("status=deferred", "\n".join(self.maillog.lines))
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+
+class MemoryStorePathTests(unittest.TestCase):
+    def test_memory_store_takes_the_group_commit_path(self) -> None:
+        """LocalDelivery over the MemoryStore writes through deliver_many, the path it takes
+        over the mbox store, never through a one-message shortcut."""
+        store = MemoryStore()
+        batches: list[tuple[str, int]] = []
+        real = store.deliver_many
+
+        def deliver_many(account: Any, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
+            batches.append((account.name, len(items)))
+            return real(account, items)
+
+        self.patch(store, "deliver_many", deliver_many)
+        self.patch(store, "deliver", lambda *a: self.fail("deliver() bypasses group commit"))
+        delivery = LocalDelivery(make_config(write_aliases(self, ALIASES)),
+                                 FakeAccounts(BOSS, ALICE), store, MailLog(None, "mx.test"),
+                                 threads.inline)
+        self.successResultOf(delivery.deliver(
+            b"Subject: x\n\nx\n", "s@x.test",
+            [("boss@mail.example.com", BOSS), ("alice@mail.example.com", ALICE)], "Q1"))
+        self.assertEqual(sorted(batches), [("alice", 1), ("boss", 1)])
+        self.assertEqual([len(inbox(store, a)) for a in (BOSS, ALICE)], [1, 1])

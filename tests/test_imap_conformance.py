@@ -10,7 +10,9 @@ from twisted.trial import unittest
 
 from mailsuite.imap.addresses import parse_address_list
 from mailsuite.imap.bodystructure import body_structure
-from mailsuite.imap.fetch import envelope, parse_fetch_items, section_bytes, split_message
+from mailsuite.imap.encode import envelope
+from mailsuite.imap.fetch import parse_fetch_items, section_bytes
+from mailsuite.imap.message import split_message
 from mailsuite.imap.search import Candidate, matches, parse_search
 
 FOLDED_BOUNDARY = (

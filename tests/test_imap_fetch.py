@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from mailsuite.imap.fetch import (
-    FetchSyntaxError,
-    envelope,
-    parse_fetch_items,
-    section_bytes,
-)
-from mailsuite.imap.search import SearchSyntaxError, parse_search, parse_sequence_set
+from mailsuite.imap.encode import envelope
+from mailsuite.imap.fetch import FetchSyntaxError, parse_fetch_items, section_bytes
+from mailsuite.imap.parser import parse_sequence_set
+from mailsuite.imap.search import SearchSyntaxError, parse_search
 
 MULTIPART = (
     b"From: a@b.c\n"

@@ -9,6 +9,7 @@ import re
 from twisted.internet import defer
 
 from mailsuite.imap.mailbox import ImapMailboxView
+from mailsuite.imap.recent import RecentTracker
 from tests.store_conformance import MSG1
 from tests.test_imap_server import MESSAGE, ImapTestCase, Session
 from tests.test_store_mbox import MboxTestCase
@@ -126,8 +127,9 @@ class MboxKeywordTests(MboxTestCase):
         views announce Ext before the EXISTS; a keyword the mailbox already had at SELECT is in
         its first FLAGS and not announced again."""
         box = yield self.open_with(MSG1)
-        mine, other = ImapMailboxView(box, False, self.account, self.store), ImapMailboxView(
-            box, True, self.account, self.store)
+        recent = RecentTracker()  # as the server's sessions share one
+        mine = ImapMailboxView(box, False, self.account, self.store, recent)
+        other = ImapMailboxView(box, True, self.account, self.store, recent)
         self.assertEqual(mine.flags_responses()[0], _FLAGS[2:] + b")")
         self.external_append(b"X-Keywords: Ext\n" + MSG1)
         yield box.refresh()
@@ -137,7 +139,7 @@ class MboxKeywordTests(MboxTestCase):
             count = b"1 RECENT" if view is mine else b"0 RECENT"
             self.assertEqual(updates[2:], [b"2 EXISTS", count])
         self.assertTrue(other.flags_responses()[1].startswith(b"OK [PERMANENTFLAGS ()]"))
-        late = ImapMailboxView(box, False, self.account, self.store)
+        late = ImapMailboxView(box, False, self.account, self.store, recent)
         self.assertEqual(late.flags_responses()[0], _FLAGS[2:] + b" Ext)")
         self.assertEqual(late.take_updates(), [])
         for view in (mine, other, late):

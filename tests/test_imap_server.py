@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
@@ -14,19 +13,21 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.mail import imap4
 from twisted.trial import unittest
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
-from mailsuite.config import AuthConfig, ImapConfig
+from mailsuite.config import Config
 from mailsuite.imap import server as server_module
+from mailsuite.imap.idle import IDLE_POLL
+from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.interfaces import Changes
 from mailsuite.store.memory import MemoryStore
 from mailsuite.wire import to_wire
+from tests.configs import real_config
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 WHEN = datetime(2026, 9, 14, 17, 7, 10, tzinfo=UTC)
@@ -44,13 +45,13 @@ MESSAGE = (
 )
 
 
-def make_config(disable_plaintext_auth: bool = True, trusted: list[Any] | None = None) -> Any:
-    """The part of Config the IMAP server reads."""
-    return SimpleNamespace(
-        auth=AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable_plaintext_auth,
-                        trusted or []),
-        tls=SimpleNamespace(ssl="yes"),
-        imap=ImapConfig(),
+def make_config(disable_plaintext_auth: bool = True, trusted: list[Any] | None = None,
+                imap_max_line_length: int = 64 * 1024) -> Config:
+    """The defaults, with these [auth] and [imap] keys."""
+    return real_config(
+        auth={"disable_plaintext_auth": disable_plaintext_auth,
+              "login_trusted_networks": trusted or []},
+        imap={"imap_max_line_length": imap_max_line_length},
     )
 
 
@@ -65,7 +66,7 @@ class TinyRealm:
     def requestAvatar(self, avatar_id: bytes, mind: object, *interfaces: object) -> Any:
         avatar = ImapAccount(self.store, Account(avatar_id.decode(), 1000, 1000, "/home/x"))
         self.avatars.append(avatar)
-        return imap4.IAccount, avatar, avatar.logout
+        return IImapAccount, avatar, avatar.logout
 
 
 def make_portal(store: MemoryStore) -> tuple[Portal, TinyRealm]:
@@ -554,6 +555,53 @@ class TwoSessionTests(ImapTestCase):
         self.assertEqual(self.box().users, 0)
 
 
+class FactoryStateTests(ImapTestCase):
+    """What the sessions of a server share (\\Recent, the IDLE refresh) belongs to their
+    factory: no module-level state, so two servers in one process stay apart."""
+
+    def test_recent_is_the_factory_s(self) -> None:
+        """A message is recent in one session of a factory only; a second factory (another
+        server on the same store) keeps its own \\Recent, as a restarted server would."""
+        other_factory = IMAPFactory(make_config(), self.portal, self.maillog, clock=self.clock)
+        first, same, other = self.session(), self.session(), Session(other_factory)
+        for s in (first, same, other):
+            s.select()
+        self.deliver()
+        self.assertIn(b"* 1 EXISTS\r\n* 1 RECENT\r\n", first.cmd(b"a NOOP"))
+        self.assertIn(b"* 1 EXISTS\r\n* 0 RECENT\r\n", same.cmd(b"a NOOP"))
+        self.assertIn(b"* 1 EXISTS\r\n* 1 RECENT\r\n", other.cmd(b"a NOOP"))
+
+    def test_idle_refresh_is_the_factory_s(self) -> None:
+        """IDLE registers the mailbox with its factory's poller, DONE takes it off; the poller
+        refreshes the mailbox on the session's clock."""
+        s = self.session()
+        s.select()
+        polls = self.factory.idle_poller._polls
+        refreshes = []
+        box = s.proto.view.mailbox
+        real = box.refresh
+        box.refresh = lambda: refreshes.append(1) or real()
+        s.cmd(b"a IDLE")
+        self.assertEqual(len(polls), 1)
+        refreshes.clear()
+        self.clock.advance(IDLE_POLL)
+        self.assertEqual(refreshes, [1])
+        self.assertIn(b"a OK", s.cmd(b"DONE"))
+        self.assertEqual(polls, {})
+
+    def test_cancelled_login_preparation_is_not_swallowed(self) -> None:
+        """Cancelling the work before a login's OK cancels it: the CancelledError reaches the
+        caller, it is not logged and swallowed as a failure to list the folders."""
+        proto = self.factory.buildProtocol(None)
+        pending: defer.Deferred[Any] = defer.Deferred()
+        avatar = ImapAccount(self.store, BOSS)
+        avatar.list_mailboxes = lambda: pending  # type: ignore[method-assign]
+        d = defer.ensureDeferred(proto.prepare_session(avatar))
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
 class ConcurrentStoreTests(ImapTestCase):
     def setUp(self) -> None:
         super().setUp()
@@ -622,8 +670,7 @@ class RefreshBeforeCommandTests(ImapTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.now = 100.0
-        self.patch(server_module, "monotonic", lambda: self.now)
+        self.clock.advance(100.0)  # the session reads the time from its clock
         self.deliver()
         self.s = Session(self.factory)
         self.s.select()
@@ -641,16 +688,26 @@ class RefreshBeforeCommandTests(ImapTestCase):
         fetch = b"F UID FETCH 1 (FLAGS)"
         self.assertIn(b"F OK", self.s.cmd(fetch))
         self.assertEqual(self.calls, 1)
-        self.now += server_module.REFRESH_REUSE / 2
+        self.clock.advance(server_module.REFRESH_REUSE / 2)
         self.assertIn(b"F OK", self.s.cmd(fetch))
         self.assertIn(b"F OK", self.s.cmd(fetch))
         self.assertEqual(self.calls, 1)
-        self.now += server_module.REFRESH_REUSE
+        self.clock.advance(server_module.REFRESH_REUSE)
         self.assertIn(b"F OK", self.s.cmd(fetch))
         self.assertEqual(self.calls, 2)
         self.assertIn(b"N OK", self.s.cmd(b"N NOOP"))  # NOOP looks itself, every time
         self.assertIn(b"N OK", self.s.cmd(b"N NOOP"))
         self.assertEqual(self.calls, 4)
+
+    def test_clock_set_back_refreshes(self) -> None:
+        """The time is the session's clock's: a clock set back (the wall clock stepped) never
+        makes the last quiet refresh look recent for longer than REFRESH_REUSE."""
+        fetch = b"F UID FETCH 1 (FLAGS)"
+        self.s.cmd(fetch)
+        self.assertEqual(self.calls, 1)
+        self.clock.advance(-3600.0)
+        self.s.cmd(fetch)
+        self.assertEqual(self.calls, 2)
 
     def test_changes_found_are_not_reused(self) -> None:
         fetch = b"F UID FETCH 1:* (FLAGS)"

@@ -11,13 +11,17 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from mailsuite.imap.mailbox import ImapMailboxView
+from mailsuite.imap.recent import RecentTracker
 from mailsuite.store import index as ix
-from mailsuite.store import mbox as mbox_module
 from tests.store_conformance import MSG1, MSG2
 from tests.test_store_mbox import ManualThreads, MboxTestCase
 
 
 class SharedViewTests(MboxTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.recent = RecentTracker()  # \Recent, shared by the views as by a server's sessions
+
     @defer.inlineCallbacks
     def open_with(self, count: int):  # type: ignore[no-untyped-def]
         store = self.make_store()
@@ -31,8 +35,8 @@ class SharedViewTests(MboxTestCase):
         """SELECT copies nothing per message: two sessions' views are the store's own list,
         with their sequence numbers, UIDs and flags."""
         store, box = yield self.open_with(3)
-        a = ImapMailboxView(box, False, self.account, store)
-        b = ImapMailboxView(box, True, self.account, store)
+        a = ImapMailboxView(box, False, self.account, store, self.recent)
+        b = ImapMailboxView(box, True, self.account, store, self.recent)
         self.assertIs(a._base, box.messages)
         self.assertIs(b._base, box.messages)
         uids = [m.uid for m in box.messages]
@@ -49,9 +53,9 @@ class SharedViewTests(MboxTestCase):
         """Before every selected-state command the mailbox is refreshed: when the file is as
         known, a stat on the reactor answers it (no thread round trip) and the list of
         messages stays the same object (bench: 100,000 entries copied per FETCH)."""
-        _, box = yield self.open_with(2)
+        store, box = yield self.open_with(2)
         manual = ManualThreads()
-        self.patch(mbox_module, "blocking", manual)
+        self.patch(store, "blocking", manual)
         messages = box.messages
         d = box.refresh()
         self.assertEqual(manual.pending, [])
@@ -73,7 +77,7 @@ class SharedViewTests(MboxTestCase):
         list; the index is not written whole, and a view keeps showing what it told its
         client until its updates are taken."""
         store, box = yield self.open_with(2)
-        view = ImapMailboxView(box, False, self.account, store)
+        view = ImapMailboxView(box, False, self.account, store, self.recent)
         messages = box.messages
         writes = []
         real = ix.write_index
@@ -99,8 +103,8 @@ class SharedViewTests(MboxTestCase):
         EXISTS and (only where allowed) EXPUNGE with the right sequence numbers; then the view
         is the store's list again and agrees with it."""
         store, box = yield self.open_with(4)
-        mine = ImapMailboxView(box, False, self.account, store)
-        other = ImapMailboxView(box, False, self.account, store)
+        mine = ImapMailboxView(box, False, self.account, store, self.recent)
+        other = ImapMailboxView(box, False, self.account, store, self.recent)
         uids = mine.uids()
         yield other.set_flags({uids[3]: frozenset({"\\Seen", "Work"}),
                                uids[1]: frozenset({"\\Deleted"})})
@@ -136,7 +140,7 @@ class SharedViewTests(MboxTestCase):
         """EXPUNGEs of several messages and new mail told in one go: positions count down as
         RFC 3501 wants, then EXISTS; the view takes the store's list without a copy."""
         store, box = yield self.open_with(5)
-        view = ImapMailboxView(box, False, self.account, store)
+        view = ImapMailboxView(box, False, self.account, store, self.recent)
         uids = view.uids()
         yield box.expunge([uids[1], uids[3]])
         yield store.deliver(self.account, MSG2, "b@example.test")
@@ -151,14 +155,18 @@ class SharedViewTests(MboxTestCase):
 class ViewRowsTests(MboxTestCase):
     open_with = SharedViewTests.open_with
 
+    def setUp(self) -> None:
+        super().setUp()
+        self.recent = RecentTracker()
+
     @defer.inlineCallbacks
     def test_rows_are_what_the_session_knows(self):
         """rows() (SEARCH's one pass) gives, in sequence order, the messages of this view as it
         knows them: flags told to it, a message expunged elsewhere still there until its
         EXPUNGE is sent, new mail only once told (EXISTS) -- the same as info() per UID."""
         store, box = yield self.open_with(4)
-        mine = ImapMailboxView(box, False, self.account, store)
-        other = ImapMailboxView(box, False, self.account, store)
+        mine = ImapMailboxView(box, False, self.account, store, self.recent)
+        other = ImapMailboxView(box, False, self.account, store, self.recent)
         uids = mine.uids()
         yield mine.set_flags({uids[0]: frozenset({"\\Flagged"})})
         yield other.set_flags({uids[2]: frozenset({"\\Deleted"})})

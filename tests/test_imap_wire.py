@@ -17,12 +17,12 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.mail import imap4
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailsuite.accounts import Account
 from mailsuite.config import ConfigError, ImapConfig, parse_config
+from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
@@ -73,7 +73,7 @@ class _SlowRealm:
 
     def requestAvatar(self, avatar_id: bytes, mind: object, *interfaces: object) -> Any:
         avatar = ImapAccount(self.store, Account(avatar_id.decode(), 1000, 1000, "/home/x"))
-        return imap4.IAccount, avatar, avatar.logout
+        return IImapAccount, avatar, avatar.logout
 
 
 PLAIN_OK = base64.b64encode(b"\0boss\0secret")
@@ -303,8 +303,7 @@ class CommandLimitTests(ImapTestCase):
         self.assertFalse(s.transport.disconnecting)
 
     def test_imap_max_line_length_is_configurable(self) -> None:
-        config = make_config()
-        config.imap = ImapConfig(imap_max_line_length=1024 * 1024)
+        config = make_config(imap_max_line_length=1024 * 1024)
         self.factory = IMAPFactory(config, self.portal, self.maillog, clock=self.clock)
         s = self.session()
         s.select()

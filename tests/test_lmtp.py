@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -12,14 +11,15 @@ from mailsuite.maillog import MailLog
 from mailsuite.mta import forward
 from mailsuite.mta.delivery import DeliveryFailed
 from mailsuite.smtp.lmtp import LMTPFactory
+from tests.configs import real_config
 from tests.fakes import FakeDelivery
 
 
 class LMTPCase(unittest.TestCase):
     def setUp(self) -> None:
-        mail = SimpleNamespace(myhostname="mail.example.test", message_size_limit=100)
         self.delivery = FakeDelivery(hold=True)
-        factory = LMTPFactory(SimpleNamespace(mail=mail), self.delivery,
+        config = real_config("mail.example.test", mail={"message_size_limit": 100})
+        factory = LMTPFactory(config, self.delivery,
                               MailLog(None, "mail.example.test"))
         self.proto = factory.buildProtocol(None)
         self.transport = StringTransport()

@@ -75,7 +75,6 @@ class PickupTestCase(unittest.TestCase):
     delivery_class: type[FakeDelivery] = FakeDelivery
 
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.queue = os.path.abspath(self.mktemp())
         os.makedirs(self.queue)
         maildrop.ensure_maildrop(self.queue)
@@ -83,7 +82,7 @@ class PickupTestCase(unittest.TestCase):
         self.maillog = MailLog(None, "mail.ex.test", now=lambda: 0.0)
         submit = maildrop.local_submitter(self.delivery, self.maillog, "mail.ex.test", "ex.test",
                                           now=lambda: 0.0)
-        self.pickup = maildrop.Pickup(self.queue, submit, self.maillog)
+        self.pickup = maildrop.Pickup(self.queue, submit, self.maillog, threads.inline)
 
 
 class PickupTests(PickupTestCase):

@@ -6,7 +6,7 @@ import os
 import re
 import threading
 
-from twisted.internet import threads
+from twisted.internet import reactor, threads
 from twisted.trial import unittest
 
 from mailsuite import maillog
@@ -61,7 +61,7 @@ class ThreadTests(unittest.TestCase):
         """A line from a pool thread (alias files are read there) is written by the reactor
         thread, before the thread's result arrives; on the reactor thread it is written at
         once."""
-        log = MailLog(None, "mail.example.com")
+        log = MailLog(None, "mail.example.com", reactor=reactor)
         writers: list[bool] = []  # for each write: was it on the reactor (main) thread?
         real_write = log.write
 

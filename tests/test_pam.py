@@ -71,10 +71,9 @@ class PamStackTests(unittest.TestCase):
         self.write("mailsuite-test", STACK.format(dir=self.dir))
         self.write("always-no", "auth required pam_deny.so\naccount required pam_deny.so\n")
         self.write("broken", "auth required pam_no_such_module.so\n")
-        threads.run_inline = True
-        self.addCleanup(setattr, threads, "run_inline", False)
         self.accounts = FakeAccounts(*ACCOUNTS)
-        self.checker = pam.PamChecker("mailsuite-test", self.accounts, confdir=self.dir)
+        self.checker = pam.PamChecker("mailsuite-test", self.accounts, threads.inline,
+                                      confdir=self.dir)
 
     def write(self, name, text, mode=0o644):
         path = os.path.join(self.dir, name)
@@ -127,14 +126,16 @@ class PamStackTests(unittest.TestCase):
 
     def test_pam_deny_stack(self):
         """A stack of pam_deny refuses everything."""
-        checker = pam.PamChecker("always-no", self.accounts, confdir=self.dir)
+        checker = pam.PamChecker("always-no", self.accounts, threads.inline,
+                                 confdir=self.dir)
         d = checker.requestAvatarId(credentials.UsernamePassword(b"boss", b"x"))
         self.failureResultOf(d, UnauthorizedLogin)
 
     def test_broken_stack_is_unavailable_not_refused(self):
         """A stack PAM cannot run is a temporary failure (PamUnavailable), not a wrong
         password: the protocols answer "temporary", the brute-force policy does not count it."""
-        checker = pam.PamChecker("broken", self.accounts, confdir=self.dir)
+        checker = pam.PamChecker("broken", self.accounts, threads.inline,
+                                 confdir=self.dir)
         d = checker.requestAvatarId(credentials.UsernamePassword(b"boss", b"x"))
         self.failureResultOf(d, pam.PamUnavailable)
         self.flushLoggedErrors()
@@ -143,7 +144,8 @@ class PamStackTests(unittest.TestCase):
         """An unexpected error inside the check (ctypes, OSError) is logged and refused like a
         wrong password (UnauthorizedLogin), as UnixChecker does: no SERVERBUG for the client,
         and the brute-force policy counts it."""
-        checker = pam.PamChecker("always-no", self.accounts, confdir=self.dir)
+        checker = pam.PamChecker("always-no", self.accounts, threads.inline,
+                                 confdir=self.dir)
 
         def broken(*args):
             raise OSError("libpam went away")

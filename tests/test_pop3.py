@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from types import SimpleNamespace
 
 from twisted.cred import checkers, portal
 from twisted.internet import defer
@@ -15,12 +14,12 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mailsuite.accounts import Account
-from mailsuite.config import AuthConfig
 from mailsuite.maillog import MailLog
 from mailsuite.pop3 import server as pop3
 from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.store.memory import MemoryStore
 from mailsuite.wire import to_wire
+from tests.configs import real_config
 from tests.fakes import NoDelayTransport
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
@@ -44,10 +43,10 @@ class Realm:
 
 
 def make_config(disable_plaintext_auth=True, trusted=(), ssl="yes"):
-    return SimpleNamespace(
-        auth=AuthConfig("shadow", "/etc/passwd", "/etc/shadow", 1000, disable_plaintext_auth,
-                        [ipaddress.ip_network(n) for n in trusted]),
-        tls=SimpleNamespace(ssl=ssl))
+    return real_config(
+        auth={"disable_plaintext_auth": disable_plaintext_auth,
+              "login_trusted_networks": [ipaddress.ip_network(n) for n in trusted]},
+        tls={"ssl": ssl})
 
 
 class Pop3TestCase(unittest.TestCase):
@@ -134,7 +133,7 @@ class MailboxTests(Pop3TestCase):
         self.assertEqual(box.listMessages(), [18, 17])
         self.assertEqual(self.successResultOf(box.getMessage(0)).read(),
                          b"Subject: a\r\n\r\nA\x80\r\n")
-        self.assertEqual(box.getUidl(1), b"%08X%08X" % (self.inbox().uid_validity, 2))
+        self.assertEqual(box.getUidl(1), b"%08x%08x" % (2, self.inbox().uid_validity))
         box.deleteMessage(0)
         self.assertEqual(box.listMessages(), [0, 17])
         self.assertEqual(box.listMessages(0), 0)
@@ -385,29 +384,30 @@ class TransactionTests(Pop3TestCase):
         self.assertEqual(self.send(session, b"DELE 2"), b"+OK Marked to be deleted.\r\n")
         self.assertEqual(self.send(session, b"STAT"), b"+OK 2 40\r\n")
         self.assertEqual(self.send(session, b"LIST"), b"+OK 2 messages:\r\n1 20\r\n3 20\r\n.\r\n")
-        self.assertEqual(self.send(session, b"UIDL"), b"+OK\r\n1 %08X00000001\r\n"
-                         b"3 %08X00000003\r\n.\r\n" % (validity, validity))
+        self.assertEqual(self.send(session, b"UIDL"), b"+OK\r\n1 00000001%08x\r\n"
+                         b"3 00000003%08x\r\n.\r\n" % (validity, validity))
         for command in [b"LIST 2", b"UIDL 2", b"RETR 2", b"TOP 2 0", b"DELE 2"]:
             self.assertEqual(self.send(session, command), b"-ERR Message is deleted.\r\n")
         self.assertEqual(self.send(session, b"RSET", b"STAT"), b"+OK\r\n+OK 3 60\r\n")
         self.assertEqual(self.send(session, b"LIST 2", b"NOOP"), b"+OK 2 20\r\n+OK\r\n")
 
     def test_uidl_stable(self):
-        """UIDL is Dovecot's %08Xv%08Xu and gives the same IDs in every session, also after
-        another message was deleted and new mail came (leave a copy on server)."""
+        """UIDL is Dovecot's default %08Xu%08Xv (lower-case hex) and gives the same IDs in every
+        session, also after another message was deleted and new mail came (leave a copy on
+        server)."""
         self.deliver(b"Subject: 1\n\n1\n")
         self.deliver(b"Subject: 2\n\n2\n")
         validity = self.inbox().uid_validity
         session = self.login()
         first = self.send(session, b"UIDL")
-        self.assertEqual(first, b"+OK\r\n1 %08X00000001\r\n2 %08X00000002\r\n.\r\n"
+        self.assertEqual(first, b"+OK\r\n1 00000001%08x\r\n2 00000002%08x\r\n.\r\n"
                          % (validity, validity))
         self.send(session, b"DELE 1", b"QUIT")
         self.deliver(b"Subject: 3\n\n3\n")
         session = self.login()
-        self.assertEqual(self.send(session, b"UIDL"), b"+OK\r\n1 %08X00000002\r\n"
-                         b"2 %08X00000003\r\n.\r\n" % (validity, validity))
-        self.assertEqual(self.send(session, b"UIDL 1"), b"+OK 1 %08X00000002\r\n" % validity)
+        self.assertEqual(self.send(session, b"UIDL"), b"+OK\r\n1 00000002%08x\r\n"
+                         b"2 00000003%08x\r\n.\r\n" % (validity, validity))
+        self.assertEqual(self.send(session, b"UIDL 1"), b"+OK 1 00000002%08x\r\n" % validity)
 
     def test_quit_commits(self):
         """QUIT expunges the DELE'd messages and answers +OK only afterwards; the mailbox is
@@ -484,7 +484,7 @@ class TransactionTests(Pop3TestCase):
         while transport.producer is not None:
             transport.producer.resumeProducing()
         self.assertEqual(transport.value(), b"+OK 17 octets\r\nSubject: 1\r\n\r\n1\r\n.\r\n"
-                         b"+OK\r\n+OK 1 %08X00000001\r\n" % box.uid_validity)
+                         b"+OK\r\n+OK 1 00000001%08x\r\n" % box.uid_validity)
 
     def test_long_pipelined_burst(self):
         """Thousands of commands pipelined behind a slow one are answered in order without

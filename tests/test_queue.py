@@ -133,7 +133,7 @@ class QueueManagerTests(unittest.TestCase):
 
     def make_queue(self) -> Queue:
         return Queue(self.dir, self.local, self.relay, self.maillog, self.clock, self.settings,
-                     blocking=sync)
+                     sync)
 
     def enqueue(self, env: Envelope) -> None:
         self.successResultOf(self.queue.enqueue(env, MESSAGE))

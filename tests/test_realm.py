@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from twisted.cred import checkers, error
+from twisted.cred.portal import IRealm
 from twisted.internet import defer
 from twisted.mail import imap4, pop3, smtp
 from twisted.trial import unittest
+from zope.interface import providedBy
+from zope.interface.verify import verifyObject
 
 from mailsuite import threads
 from mailsuite.accounts import Account
+from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.realm import MailRealm
 from mailsuite.store.memory import MemoryStore
@@ -32,10 +36,9 @@ class Delivery:
 
 class RealmTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.store = MemoryStore()
         self.delivery = Delivery()
-        self.realm = MailRealm(self.store, Accounts(), self.delivery)
+        self.realm = MailRealm(self.store, Accounts(), self.delivery, threads.inline)
 
     def test_anonymous_smtp(self) -> None:
         """MX traffic (ANONYMOUS) gets the unauthenticated delivery avatar."""
@@ -48,16 +51,33 @@ class RealmTests(unittest.TestCase):
     def test_anonymous_refused_for_mailboxes(self) -> None:
         """ANONYMOUS never opens a mailbox."""
         self.failureResultOf(
-            self.realm.requestAvatar(checkers.ANONYMOUS, None, imap4.IAccount),
+            self.realm.requestAvatar(checkers.ANONYMOUS, None, IImapAccount),
             error.UnauthorizedLogin)
 
     def test_imap_account(self) -> None:
         """A checker's bytes avatarId becomes the account's IMAP avatar."""
         iface, avatar, logout = self.successResultOf(
-            self.realm.requestAvatar(b"boss", None, imap4.IAccount))
-        self.assertIs(iface, imap4.IAccount)
+            self.realm.requestAvatar(b"boss", None, IImapAccount))
+        self.assertIs(iface, IImapAccount)
         self.assertIsInstance(avatar, ImapAccount)
         logout()
+
+    def test_imap_avatar_provides_what_it_declares(self) -> None:
+        """The IMAP avatar implements every interface it declares (IImapAccount, which the
+        IMAP login asks for), and does not claim Twisted's imap4.IAccount, whose methods
+        (select, listMailboxes...) nothing calls and it does not have."""
+        _, avatar, logout = self.successResultOf(
+            self.realm.requestAvatar(b"boss", None, IImapAccount))
+        declared = list(providedBy(avatar))
+        self.assertIn(IImapAccount, declared)
+        for iface in declared:
+            verifyObject(iface, avatar)
+        self.assertFalse(imap4.IAccount.providedBy(avatar))
+        logout()
+
+    def test_realm_provides_irealm(self) -> None:
+        """The realm verifies as the twisted.cred IRealm the portal calls."""
+        verifyObject(IRealm, self.realm)
 
     def test_pop3_maildrop_opened_and_closed(self) -> None:
         """POP3 gets the INBOX snapshot, and its logout closes the mailbox again."""
@@ -80,4 +100,4 @@ class RealmTests(unittest.TestCase):
     def test_account_gone(self) -> None:
         """A name the checker accepted but that is no longer an account is refused."""
         self.failureResultOf(
-            self.realm.requestAvatar(b"ghost", None, imap4.IAccount), error.UnauthorizedLogin)
+            self.realm.requestAvatar(b"ghost", None, IImapAccount), error.UnauthorizedLogin)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from types import SimpleNamespace
+from dataclasses import replace
 
 from twisted.cred import checkers, portal
 from twisted.internet import defer
@@ -38,7 +38,6 @@ class SmtpAuthCase(unittest.TestCase):
     ssl = "yes"
 
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.clock = Clock()
         self.clock.advance(1700000000)
         self.store = MemoryStore()
@@ -46,10 +45,9 @@ class SmtpAuthCase(unittest.TestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write(ALIASES)
-        config = make_config(path)
-        config.tls = SimpleNamespace(ssl=self.ssl)
+        config = make_config(path, ssl=self.ssl)
         self.delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), self.store, self.maillog,
-                                      now=self.clock.seconds)
+                                      threads.inline, now=self.clock.seconds)
         self.queue = FakeQueue()  # the outbound queue of mailsuite.mta.queue
         self.delivery.queue = self.queue
         self.realm = SmtpRealm(self.delivery)
@@ -64,6 +62,11 @@ class SmtpAuthCase(unittest.TestCase):
             server_tls=self.server_tls, implicit_tls=self.implicit,
         )
         self.connect()
+
+    def require_tls(self) -> None:
+        """``[tls] ssl = required`` from now on (the sessions read the factory's config)."""
+        config = self.factory.config
+        self.factory.config = replace(config, tls=replace(config.tls, ssl="required"))
 
     def connect(self, peer: str | None = None) -> None:
         self.proto = self.factory.buildProtocol(None)
@@ -135,7 +138,7 @@ class StartTLSTests(SmtpAuthCase):
     def test_port25_takes_mail_without_tls_or_auth(self) -> None:
         """MX traffic: port 25 delivers to local domains in clear, without AUTH, even with
         ssl = required (Postfix's level may on 25)."""
-        self.factory.config.tls.ssl = "required"
+        self.require_tls()
         self.ehlo()
         out = self.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<boss@localhost>\r\nDATA\r\n")
         self.assertEqual([x[:3] for x in out], ["250", "250", "354"])
@@ -325,7 +328,7 @@ class SubmissionTests(SmtpAuthCase):
     def test_ssl_required_before_tls(self) -> None:
         """587 with ssl = required: before STARTTLS only EHLO/HELO/STARTTLS/NOOP/RSET/HELP/QUIT,
         no AUTH offered even on loopback; after STARTTLS the usual rules."""
-        self.factory.config.tls.ssl = "required"
+        self.require_tls()
         self.connect("127.0.0.1")
         self.assertNotIn("AUTH PLAIN LOGIN", self.ehlo())
         for command in [b"AUTH PLAIN " + PLAIN_OK, b"MAIL FROM:<boss@localhost>", b"VRFY boss"]:

@@ -24,8 +24,9 @@ from tests.test_delivery import ALIASES, ALICE, BOSS, HeldStore, inbox, make_con
 HOST = "mail.example.com"
 
 
-def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None) -> Any:
-    """(factory, store, maillog) wired like tap.py, with fakes."""
+def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None,
+          blocking: Any = threads.inline) -> Any:
+    """(factory, store, maillog) wired like tap.py, with fakes; blocking work runs at once."""
     clock = clock or Clock()
     store = MemoryStore()
     maillog = MailLog(None, HOST, now=clock.seconds)
@@ -33,7 +34,8 @@ def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None
     with open(path, "w") as f:
         f.write(ALIASES)
     config = make_config(path, size_limit)
-    delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), store, maillog, now=clock.seconds)
+    delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), store, maillog, blocking,
+                             now=clock.seconds)
     realm = SmtpRealm(delivery)
     the_portal = portal.Portal(realm, [checkers.AllowAnonymousAccess()])
     factory = SMTPFactory(
@@ -72,7 +74,6 @@ class SessionCase(unittest.TestCase):
     size_limit = 10240000
 
     def setUp(self) -> None:
-        self.patch(threads, "run_inline", True)
         self.clock = Clock()
         self.clock.advance(1700000000)
         self.factory, self.store, self.maillog, self.realm = build(
@@ -271,7 +272,7 @@ class CommandTests(SessionCase):
         self.send(b"hi\r\n.\r\n")
         self.clock.advance(400)
         self.assertFalse(self.transport.disconnecting)
-        held.pending[0][3].callback(None)
+        held.pending[0][2].callback(None)
         self.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<boss@mail.example.com>\r\n")
         self.clock.advance(299)
         self.assertFalse(self.transport.disconnecting)
@@ -414,7 +415,7 @@ class DataTests(SessionCase):
         self.transaction()
         self.assertEqual(self.send(b"hi\r\n.\r\nNOOP\r\n"), [])
         self.transport.clear()
-        held.pending[0][3].callback(None)
+        held.pending[0][2].callback(None)
         self.assertEqual(
             [r[:3] for r in self.transport.value().decode().split("\r\n")[:-1]], ["250", "250"]
         )
@@ -426,7 +427,7 @@ class DataTests(SessionCase):
         self.transaction()
         self.send(b"hi\r\n.\r\n")
         self.transport.clear()
-        held.pending[0][3].errback(OSError(28, "No space left on device"))
+        held.pending[0][2].errback(OSError(28, "No space left on device"))
         self.assertEqual(self.transport.value(), b"451 4.3.0 Error: queue file write error\r\n")
         self.assertEqual(self.codes(b"MAIL FROM:<>\r\n"), ["250"])
         self.flushLoggedErrors()

@@ -8,14 +8,13 @@ import os
 import stat
 import time
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet import threads as twisted_threads
 from twisted.trial import unittest
 
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.store import index as ix
-from mailsuite.store import mbox as mbox_module
 from mailsuite.store import mboxfile
 from mailsuite.store.interfaces import StoreError, UnknownUID
 from mailsuite.store.locking import LockTimeout, try_fcntl_lock
@@ -55,7 +54,7 @@ class MboxTestCase(unittest.TestCase):
         self.path = os.path.join(self.spool, "boss")
         self.index_path = os.path.join(home, "mail", ".imap", "INBOX", "mailsuite.index")
         self.clock = [1_800_000_000.0]
-        self.patch(threads, "run_inline", True)
+        self.blocking = threads.inline  # file work at once; a test may set another
 
     def now(self):
         from datetime import UTC, datetime
@@ -64,7 +63,7 @@ class MboxTestCase(unittest.TestCase):
 
     def make_store(self, **kw) -> MboxStore:
         kw.setdefault("lock_timeout", 0.2)
-        self.store = MboxStore(FakeMailboxConfig(self.spool), now=self.now, **kw)
+        self.store = MboxStore(FakeMailboxConfig(self.spool), self.blocking, now=self.now, **kw)
         return self.store
 
     @defer.inlineCallbacks
@@ -468,7 +467,7 @@ class MboxDeferredCompactionTests(MboxTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.patch(threads, "run_inline", False)
+        self.blocking = threads.InPool(reactor)
 
     @defer.inlineCallbacks
     def open_three(self):
@@ -692,7 +691,7 @@ class MboxSafetyTests(MboxTestCase):
 
 
 class ManualThreads:
-    """Stands in for threads.blocking: work runs only when the test says so."""
+    """Stands in for a threads.Blocking: work runs only when the test says so."""
 
     def __init__(self):
         self.pending = []
@@ -711,8 +710,7 @@ class ManualThreads:
 class MboxDurabilityTests(MboxTestCase):
     def test_delivery_fsyncs_before_firing(self):
         """deliver's Deferred fires only after the mbox was fsync'ed with the message in it."""
-        manual = ManualThreads()
-        self.patch(mbox_module, "blocking", manual)
+        manual = self.blocking = ManualThreads()
         synced = []
         real_fsync = os.fsync
 
@@ -732,8 +730,7 @@ class MboxDurabilityTests(MboxTestCase):
 
     def test_append_uid_durable_before_firing(self):
         """append's UID is in the saved index before the Deferred fires."""
-        manual = ManualThreads()
-        self.patch(mbox_module, "blocking", manual)
+        manual = self.blocking = ManualThreads()
         store = self.make_store()
         d = store.open(self.account)
         manual.run_all()
@@ -1159,14 +1156,14 @@ class MboxReactorReadTests(MboxTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.threaded = 0
-        real = mbox_module.blocking
+        real = self.blocking
 
         def counting(f, *args, **kw):
             if getattr(f, "__name__", "") == "read_keeping":
                 self.threaded += 1
             return real(f, *args, **kw)
 
-        self.patch(mbox_module, "blocking", counting)
+        self.blocking = counting
 
     @defer.inlineCallbacks
     def test_cached_read_on_reactor(self):
@@ -1270,3 +1267,40 @@ class MboxUnseenCountTests(MboxTestCase):
         box = yield self.make_store().open(self.account)
         check()
         box.close()
+
+
+class MboxAppendManyTests(MboxTestCase):
+    """MboxFile.append is append_many of one message: one path for APPEND and delivery."""
+
+    @defer.inlineCallbacks
+    def test_flags_and_zone_of_a_group(self):
+        box = yield self.open_with(MSG1)
+        date = int(self.clock[0])
+        uids = yield box._run(box._file.append_many, [(MSG2, "a@example.test"),
+                                                     (MSG1, "b@example.test")],
+                              date, frozenset({"\\Seen", "bad flag"}), 3600)
+        self.assertEqual(uids, [2, 3])
+        added = box._state.entries[1:]
+        self.assertEqual([e.flags for e in added], [frozenset({"\\Seen"})] * 2)
+        self.assertEqual([(e.date, e.tz) for e in added], [(date, 3600)] * 2)
+
+    @defer.inlineCallbacks
+    def test_append_writes_what_append_many_writes(self):
+        """The same bytes on disk (prefix fix-up, From_ line, quoting) and the same entry."""
+        self.write(b"From x@y Thu Jan  1 00:00:00 1970\nSubject: no final newline")
+        box = yield self.open_with()
+        date = int(self.clock[0])
+        uid = yield box._append(MSG2, "a@example.test", frozenset({"\\Flagged"}), None)
+        with open(self.path, "rb") as f:
+            one = f.read()
+        entry = box._state.entries[-1]
+        os.unlink(self.path)
+        self.write(b"From x@y Thu Jan  1 00:00:00 1970\nSubject: no final newline")
+        other = mboxfile.MboxFile(self.account, self.path, os.path.join(self.account.home, "mail"),
+                                  now=lambda: self.clock[0],
+                                  index_dir=os.path.join(self.account.home, "idx"))
+        many = other.append_many(None, [(MSG2, "a@example.test")], date)
+        self.assertEqual(many[2], None)
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), one)
+        self.assertEqual((uid, entry.flags), (2, frozenset({"\\Flagged"})))

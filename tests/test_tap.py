@@ -6,10 +6,11 @@ import io
 import os
 import sys
 
+from twisted.internet import reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
-from mailsuite import tap, tls
+from mailsuite import config, tap, tls
 
 
 def write_config(
@@ -47,10 +48,10 @@ class OptionsTests(unittest.TestCase):
     def test_config_path_order(self) -> None:
         """--config wins, then $MAILSUITE_CONFIG, then /etc/mailsuite/mail.ini."""
         self.patch(os, "environ", {"MAILSUITE_CONFIG": "/env/mail.ini"})
-        self.assertEqual(tap.config_path("/x/mail.ini"), "/x/mail.ini")
-        self.assertEqual(tap.config_path(None), "/env/mail.ini")
+        self.assertEqual(config.config_path("/x/mail.ini"), "/x/mail.ini")
+        self.assertEqual(config.config_path(None), "/env/mail.ini")
         self.patch(os, "environ", {})
-        self.assertEqual(tap.config_path(None), "/etc/mailsuite/mail.ini")
+        self.assertEqual(config.config_path(None), "/etc/mailsuite/mail.ini")
 
     def refused(self, path: str) -> tuple[int, list[str]]:
         """(exit status, stderr lines) of Options refusing the mail.ini at ``path``."""
@@ -131,7 +132,7 @@ class BuildTests(unittest.TestCase):
         path = write_config(self, "smtp = 2525\npop3 = no\nimap = 1143\n" + NONE_ELSE)
         options = tap.Options()
         options.parseOptions(["--config", path])
-        top = tap.build(options["cfg"])
+        top = tap.build(options["cfg"], reactor)
         self.addCleanup(top.maillog.close)
         names = sorted(s.name for s in top)
         self.assertEqual(names, ["control", "imap@127.0.0.1", "pickup", "qmgr", "smtp@127.0.0.1",
@@ -148,7 +149,7 @@ class BuildTests(unittest.TestCase):
         options = tap.Options()
         options.parseOptions(["--config", path])
         self.assertTrue(os.path.exists(os.path.join(os.path.dirname(path), "tls", "key.pem")))
-        top = tap.build(options["cfg"], options["tls"])
+        top = tap.build(options["cfg"], reactor, options["tls"])
         self.addCleanup(top.maillog.close)
         self.assertIsInstance(top.tls, tls.ServerTLS)
         by_name = {s.name.split("@")[0]: s.factory for s in top if "@" in s.name}
@@ -166,6 +167,21 @@ class BuildTests(unittest.TestCase):
             self.assertIs(factory.server_tls, top.tls, name)
         self.assertEqual(by_name["submission"].service, "submission")
         self.assertEqual(by_name["smtps"].wrappedFactory.service, "smtps")
+
+    def test_imap_ports_share_recent_and_idle(self) -> None:
+        """The IMAP factories of ports 143 and 993 share one \\Recent tracker and one IDLE
+        poller: a message is recent in one session, whichever port it came in on."""
+        path = write_config(self, "imap = 2143\nimaps = 2993\n",
+                            tls="ssl = yes\nssl_cert = {d}/tls/cert.pem\n"
+                                "ssl_key = {d}/tls/key.pem\n")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        top = tap.build(options["cfg"], reactor, options["tls"])
+        self.addCleanup(top.maillog.close)
+        by_name = {s.name.split("@")[0]: s.factory for s in top if "@" in s.name}
+        imap, imaps = by_name["imap"], by_name["imaps"].wrappedFactory
+        self.assertIs(imap.recent, imaps.recent)
+        self.assertIs(imap.idle_poller, imaps.idle_poller)
 
     def test_listen_addresses(self) -> None:
         """inet_interfaces: a list is used as is; loopback-only always includes 127.0.0.1;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet import reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 from twisted.web.server import Site
@@ -24,7 +25,7 @@ def build(case, listen, extra="", tls="ssl = no\n", auth=""):
             f.write(text.replace("[auth]\n", "[auth]\n" + auth))
     options = tap.Options()
     options.parseOptions(["--config", path])
-    top = tap.build(options["cfg"], options["tls"])
+    top = tap.build(options["cfg"], reactor, options["tls"])
     case.addCleanup(top.maillog.close)
     return top, {s.name.split("@")[0]: s.factory for s in top if "@" in s.name}
 

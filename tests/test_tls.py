@@ -8,11 +8,13 @@ import stat
 
 from cryptography import x509
 from OpenSSL import SSL
+from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from mailsuite import tls
+from mailsuite import threads, tls
+from tests.configs import real_config
 
 
 def make_pair(case: unittest.TestCase, host: str = "mail.example.test") -> tuple[str, str]:
@@ -104,21 +106,14 @@ class CertificateTests(unittest.TestCase):
     def test_server_tls_of_config(self) -> None:
         """ssl = no: no TLS at all; yes: the certificate is made for myhostname and loaded."""
 
-        class Cfg:
-            class mail:
-                myhostname = "mx.example.test"
-
-            class tls:
-                ssl = "no"
-                ssl_cert = os.path.abspath(self.mktemp())
-                ssl_key = os.path.abspath(self.mktemp())
-
-        self.assertIsNone(tls.server_tls(Cfg))
-        self.assertFalse(os.path.exists(Cfg.tls.ssl_cert))
-        Cfg.tls.ssl = "yes"
-        server = tls.server_tls(Cfg)
+        files = {"ssl_cert": os.path.abspath(self.mktemp()),
+                 "ssl_key": os.path.abspath(self.mktemp())}
+        off = real_config("mx.example.test", tls={"ssl": "no", **files})
+        self.assertIsNone(tls.server_tls(off))
+        self.assertFalse(os.path.exists(files["ssl_cert"]))
+        server = tls.server_tls(real_config("mx.example.test", tls={"ssl": "yes", **files}))
         self.assertIsInstance(server, tls.ServerTLS)
-        self.assertTrue(os.path.exists(Cfg.tls.ssl_cert))
+        self.assertTrue(os.path.exists(files["ssl_cert"]))
 
 
 class HandshakeTests(unittest.TestCase):
@@ -170,7 +165,7 @@ class HandshakeTests(unittest.TestCase):
             before.bio_write(old_client.bio_read(65536))
             self.assertEqual(before.recv(100), b"still here")
 
-        return self.server.reload().addCallback(check)
+        return self.server.reload(threads.InPool(reactor)).addCallback(check)
 
     def test_broken_reload_keeps_old_certificate(self) -> None:
         """A reload with a broken file logs, fires False and keeps serving the old certificate."""
@@ -183,7 +178,7 @@ class HandshakeTests(unittest.TestCase):
             self.assertIs(self.server.context, context)
             self.assertEqual(len(self.flushLoggedErrors()), 0)
 
-        return self.server.reload().addCallback(check)
+        return self.server.reload(threads.InPool(reactor)).addCallback(check)
 
     def test_implicit_wraps_factory(self) -> None:
         """implicit(factory): a TLS wrapper whose connections count as TLS (is_tls)."""

@@ -41,7 +41,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+
+from mailsuite.config import AuthConfig
 
 #: Digests kept per user: one success and the most recent refusals.
 MAX_ENTRIES_PER_USER = 8
@@ -97,7 +98,7 @@ class AuthCache:
         self.misses = 0
 
     @classmethod
-    def from_config(cls, auth: Any) -> AuthCache | None:
+    def from_config(cls, auth: AuthConfig) -> AuthCache | None:
         """The cache an ``[auth]`` section asks for; None when ``auth_cache_size = 0``."""
         if auth.auth_cache_size == 0:
             return None

@@ -3,7 +3,7 @@
 ``AccountDB`` reads the two files itself (no NSS, no ``spwd``, no stdlib ``crypt``) and hashes
 through the system's libxcrypt (``mailsuite.auth.libcrypt``), so it works on Python 3.13+ and tests
 point it at temporary files. Its methods block (file reads, deliberately slow hashes): run them
-through ``mailsuite.threads.blocking``. ``UnixChecker`` does that for logins.
+through a ``mailsuite.threads.Blocking``. ``UnixChecker`` does that for logins.
 
 Refusal rules follow what Dovecot with PAM (pam_unix) does on Debian:
 
@@ -48,10 +48,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.auth import libcrypt
 from mailsuite.auth.cache import AuthCache
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -388,16 +388,18 @@ class UnixChecker:
     successes and refusals; ``AuthCache.from_config(cfg.auth)`` for mail.ini's), or None for
     none. A login the cache can answer while both files are unchanged is answered on the
     calling (reactor) thread: two stat(2) calls and an HMAC, no thread hop, no file read.
-    Anything else - a cache miss, a changed file - goes to the thread pool as before.
+    Anything else - a cache miss, a changed file - goes to ``blocking`` (mailsuite.threads).
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
     def __init__(
-        self, accountdb: AccountDB, cache: AuthCache | None | object = _DEFAULT_CACHE
+        self, accountdb: AccountDB, blocking: Blocking,
+        cache: AuthCache | None | object = _DEFAULT_CACHE,
     ) -> None:
         libcrypt.library()  # fail at start-up, not at the first login, when libcrypt is missing
         self.accountdb = accountdb
+        self.blocking = blocking
         self.cache = cache if cache is None or isinstance(cache, AuthCache) else AuthCache()
 
     def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred[bytes]:
@@ -406,11 +408,11 @@ class UnixChecker:
         except UnauthorizedLogin as e:
             return defer.fail(e)
         if self.cache is None:
-            d = threads.blocking(self.accountdb.verify, name, password)
+            d = self.blocking(self.accountdb.verify, name, password)
         else:
             known = self.accountdb.verify_cached(name, password, self.cache)
             if isinstance(known, _Miss):
-                d = threads.blocking(self.accountdb.verify, name, password, self.cache)
+                d = self.blocking(self.accountdb.verify, name, password, self.cache)
             else:
                 d = defer.succeed(known)
         return d.addCallbacks(avatar_id, self._failed, callbackArgs=(name,))

@@ -4,7 +4,7 @@ accounts from NSS, for sites whose users live in LDAP/SSSD as well as in /etc/pa
 libpam is called through ctypes (no extra package): ``pam_start`` (``pam_start_confdir`` when
 a directory of service files is given: the tests' stacks), ``pam_set_item(PAM_RHOST)``,
 ``pam_authenticate`` then ``pam_acct_mgmt``, ``pam_end``, each check in its own handle on a
-pool thread (``mailsuite.threads.blocking``). The conversation answers the password to hidden
+pool thread (a ``mailsuite.threads.Blocking``). The conversation answers the password to hidden
 prompts and the user name to visible ones, as Dovecot's passdb pam does. The application's own
 ``PAM_FAIL_DELAY`` hook is installed, so pam_unix's 2-second sleep after a failure does not
 hold a pool thread: the protocols and ``mailsuite.auth.policy`` delay failures on the reactor.
@@ -36,9 +36,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.auth.checker import LOGIN_FAILED, avatar_id, login_of
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -202,7 +202,7 @@ def pam_check(
 class NssAccounts:
     """Accounts from NSS (``getpwnam``), for passdb = pam; same methods as ``AccountDB``.
 
-    Blocking (NSS may ask a directory server): call through ``threads.blocking``.
+    Blocking (NSS may ask a directory server): call through a ``threads.Blocking``.
     """
 
     def __init__(self, first_valid_uid: int) -> None:
@@ -231,6 +231,7 @@ class PamChecker:
     """Username/password logins through the PAM service ``service``; accounts from ``accounts``
     (an ``NssAccounts``, or any object with a blocking ``lookup(name)``).
 
+    ``blocking`` (mailsuite.threads) runs the PAM conversation off the reactor thread.
     ``confdir``: a directory of PAM service files to use instead of /etc/pam.d (tests).
     A credentials object may carry ``client_ip`` (``auth.policy.GuardedPortal`` sets it); it
     becomes ``PAM_RHOST`` for modules such as pam_access.
@@ -238,9 +239,11 @@ class PamChecker:
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, service: str, accounts: Any, confdir: str | None = None) -> None:
+    def __init__(self, service: str, accounts: Any, blocking: Blocking,
+                 confdir: str | None = None) -> None:
         library()  # fail at start-up, not at the first login, when libpam is missing
         self.service, self.accounts, self.confdir = service, accounts, confdir
+        self.blocking = blocking
 
     def verify(self, name: str, password: bytes, rhost: str | None = None) -> Account | None:
         """The account if PAM accepts ``password`` and the account may log in; else None.
@@ -257,7 +260,7 @@ class PamChecker:
         except UnauthorizedLogin as e:
             return defer.fail(e)
         rhost = getattr(credentials, "client_ip", None)
-        d = threads.blocking(self.verify, name, password, rhost)
+        d = self.blocking(self.verify, name, password, rhost)
         return d.addCallbacks(avatar_id, self._failed, callbackArgs=(name,))
 
     @staticmethod

@@ -58,6 +58,9 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailsuite.config import Config
+from mailsuite.net import Network, in_networks, parse_ip
+
 log = Logger()
 
 #: Dovecot's AUTH_PENALTY_MAX_SECS: the longest wait before a password is checked.
@@ -89,23 +92,15 @@ class LoginBlocked(Exception):
         self.seconds = seconds
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
 def address_key(ip: str) -> str | None:
     """What failures are counted under: the IPv4 address, or the IPv6 /64; None if not an IP.
 
     ``::ffff:a.b.c.d`` (an IPv4 client of a dual-stack listener) counts as ``a.b.c.d``.
     """
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return None
+    address = parse_ip(ip)
     if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    return None if address is None else str(address)
 
 
 def safe_name(name: str | bytes) -> str:
@@ -172,11 +167,9 @@ class AuthPolicy:
         self._turning = False
 
     @classmethod
-    def from_config(cls, cfg: Any, maillog: Any, clock: Any = None) -> AuthPolicy:
+    def from_config(cls, cfg: Config, maillog: Any, clock: Any) -> AuthPolicy:
         """The policy of a mail.ini: ``[auth]`` knobs; mynetworks and login_trusted_networks
-        are exempt."""
-        if clock is None:
-            from twisted.internet import reactor as clock
+        are exempt. ``clock``: an IReactorTime (tap.py's reactor)."""
         auth = cfg.auth
         return cls(
             clock=clock, maillog=maillog, failure_delay=auth.auth_failure_delay,
@@ -188,13 +181,7 @@ class AuthPolicy:
 
     def exempt(self, ip: str) -> bool:
         """True for loopback and trusted networks: never delayed, counted or blocked."""
-        try:
-            address = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return address.is_loopback or any(address in net for net in self.trusted)
+        return in_networks(ip, self.trusted, loopback=True)
 
     def _leak_rate(self) -> float:
         """Attempts forgotten per second."""

@@ -7,12 +7,20 @@ the result is answered; the exchange itself is here, once:
     step = exchange.step()                         # Challenge(b"Username:") or an Attempt
     step = exchange.respond(client_line)           # base64 text, "*" = cancel
 
+and so is the driving of it: ``Driver(exchange, session).begin()`` runs the steps and hands each
+outcome to the session, the exchange's ``Framing`` (``sasl_challenge``: write the challenge;
+``sasl_cancelled`` / ``sasl_malformed``: the replies to ``*`` and to a bad response;
+``sasl_attempt``: the one login method); ``driver.respond(line)`` takes the client's answer while
+``driver.waiting``; ``Conversation`` keeps them for a session. A protocol keeps nothing but
+its wire framing and its reply codes.
+``login(portal, attempt, interface)`` is the portal call all three make.
+
 ``initial`` is the initial response (SASL-IR, RFC 4959 / RFC 5034 / RFC 4954) as sent: base64,
-``=`` for an empty one, None when absent. Bad base64 and malformed PLAIN messages raise
-``Malformed``; ``*`` raises ``Cancelled``. The outcome is an ``Attempt`` (mechanism, user, password,
-authzid) that the protocol hands to its single login method, where the portal (and any login
-policy) is consulted. A PLAIN authorization identity other than the user itself is refused there,
-as Dovecot refuses it without master users.
+``=`` for an empty one, None when absent. Bad base64 (``BadBase64``) and malformed PLAIN
+messages raise ``Malformed``; ``*`` raises ``Cancelled``. The outcome is an ``Attempt``
+(mechanism, user, password, authzid) that the protocol hands to its single login method, where
+the portal (and any login policy) is consulted. A PLAIN authorization identity other than the
+user itself is refused there, as Dovecot refuses it without master users.
 
 ``plaintext_ok(config, transport, secure)`` is the rule every protocol uses to decide whether
 LOGIN/USER/PASS and the PLAIN/LOGIN mechanisms are offered and accepted (Dovecot's
@@ -23,9 +31,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from twisted.cred import credentials
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+
+from mailsuite.config import Config
 from mailsuite.net import host_of
 
 MECHANISMS = (b"PLAIN", b"LOGIN")
@@ -41,6 +55,10 @@ class Cancelled(SaslError):
 
 class Malformed(SaslError):
     """Not base64, or not a PLAIN message; ``str()`` says which."""
+
+
+class BadBase64(Malformed):
+    """The response is not base64 (``str()``: "Invalid base64 data")."""
 
 
 class UnknownMechanism(SaslError):
@@ -77,7 +95,7 @@ def decode(text: bytes) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise Malformed("Invalid base64 data") from None
+        raise BadBase64("Invalid base64 data") from None
 
 
 def encode(data: bytes) -> bytes:
@@ -125,7 +143,101 @@ class Exchange:
         return Attempt("LOGIN", self._username, data)
 
 
-def plaintext_ok(config: Any, transport: Any, secure: bool) -> bool:
+class Framing(Protocol):
+    """What a protocol tells the ``Driver``: its wire framing and its replies."""
+
+    def sasl_challenge(self, encoded: bytes) -> Any:
+        """Write the base64 challenge ``encoded``; the client's answer goes to ``respond``."""
+
+    def sasl_cancelled(self) -> Any:
+        """Answer the client's ``*``."""
+
+    def sasl_malformed(self, error: Malformed) -> Any:
+        """Answer a response that is not base64 (``BadBase64``) or not a PLAIN message."""
+
+    def sasl_attempt(self, attempt: Attempt) -> Any:
+        """The exchange is complete: check ``attempt`` (the protocol's one login method)."""
+
+
+class Driver:
+    """Runs one exchange step by step; ``waiting`` while a challenge waits for the client."""
+
+    def __init__(self, exchange: Exchange, framing: Framing) -> None:
+        self.exchange, self.framing = exchange, framing
+        self.waiting = False
+
+    def begin(self) -> Any:
+        """The first step (the initial response, if the command carried one)."""
+        return self._run(self.exchange.step)
+
+    def respond(self, line: bytes) -> Any:
+        """The client's line in answer to the challenge written last."""
+        assert self.waiting, "no challenge is waiting for an answer"
+        return self._run(lambda: self.exchange.respond(line))
+
+    def _run(self, step: Callable[[], Challenge | Attempt]) -> Any:
+        self.waiting = False
+        try:
+            result = step()
+        except Cancelled:
+            return self.framing.sasl_cancelled()
+        except Malformed as e:
+            return self.framing.sasl_malformed(e)
+        if isinstance(result, Challenge):
+            self.waiting = True
+            return self.framing.sasl_challenge(encode(result.data))
+        return self.framing.sasl_attempt(result)
+
+
+class Conversation:
+    """A mixin for a protocol's login mixin, which is its own ``Framing`` (it overrides the
+    four ``sasl_*`` methods): the exchange of its last AUTH and its driver."""
+
+    _driver: Driver | None = None
+
+    def sasl_begin(self, exchange: Exchange) -> Any:
+        """Start ``exchange`` (the mechanism and initial response of the command)."""
+        self._driver = Driver(exchange, self)
+        return self._driver.begin()
+
+    @property
+    def _sasl(self) -> Driver | None:
+        """The exchange waiting for the client's next line, if one is (the reader routes it
+        to ``sasl_response`` then)."""
+        driver = self._driver
+        return driver if driver is not None and driver.waiting else None
+
+    def sasl_response(self, line: bytes) -> Any:
+        """The client's line while an exchange waits for one."""
+        driver = self._sasl
+        assert driver is not None
+        return driver.respond(line)
+
+    def sasl_challenge(self, encoded: bytes) -> Any:
+        raise NotImplementedError
+
+    def sasl_cancelled(self) -> Any:
+        raise NotImplementedError
+
+    def sasl_malformed(self, error: Malformed) -> Any:
+        raise NotImplementedError
+
+    def sasl_attempt(self, attempt: Attempt) -> Any:
+        raise NotImplementedError
+
+
+def login(portal: Any, attempt: Attempt, interface: Any) -> defer.Deferred[Any]:
+    """Check ``attempt`` through ``portal`` for an avatar of ``interface``; a PLAIN
+    authorization identity other than the user fails (no master users). The mechanism rides
+    on the credentials as ``sasl_mechanism`` (the login policy logs it)."""
+    if attempt.proxy:
+        return defer.fail(UnauthorizedLogin("no master users"))
+    creds = credentials.UsernamePassword(attempt.username, attempt.password)
+    creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]
+    return defer.maybeDeferred(portal.login, creds, None, interface)
+
+
+def plaintext_ok(config: Config, transport: Any, secure: bool) -> bool:
     """Whether plaintext logins are offered and accepted on this connection.
 
     ``secure``: the session runs over TLS (STARTTLS done, or an implicit-TLS port).

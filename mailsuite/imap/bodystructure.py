@@ -1,6 +1,6 @@
 """FETCH BODY and BODYSTRUCTURE (RFC 3501 7.4.2), computed from the raw stored bytes.
 
-Part boundaries are found the same way as for ``BODY[1.2]`` sections (``fetch._locate``), so
+Part boundaries are found the same way as for ``BODY[1.2]`` sections (``message.locate``), so
 the sizes given here are the lengths of the sections a client then fetches: octets in the wire
 form (CRLF line ends), lines counted as the body's line ends.
 """
@@ -10,14 +10,8 @@ from __future__ import annotations
 from email.message import Message
 from email.utils import collapse_rfc2231_value
 
-from mailsuite.imap.fetch import (
-    MAX_MIME_DEPTH,
-    _split_multipart,
-    envelope,
-    nstring,
-    parse_mime_header,
-    split_message,
-)
+from mailsuite.imap.encode import envelope, nstring
+from mailsuite.imap.message import MAX_MIME_DEPTH, parse_mime_header, split_message, split_multipart
 from mailsuite.wire import complete, crlf_size
 
 
@@ -73,7 +67,7 @@ def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int
     main, _, sub = ctype.partition("/")
     boundary = msg.get_boundary()
     if main == "multipart" and boundary and depth < MAX_MIME_DEPTH:
-        parts = _split_multipart(body, boundary) or [b"\n"]
+        parts = split_multipart(body, boundary) or [b"\n"]
         child_default = "message/rfc822" if sub == "digest" else "text/plain"
         children = [
             _entity(*split_message(p), extended, child_default, depth + 1) for p in parts

@@ -5,8 +5,8 @@ ends, a final line end, NUL bytes sent as 0x80): no header is rebuilt, so duplic
 lines and raw 8-bit headers reach the client unchanged. Sections are cut from the message with
 its final line end (``wire.complete``) and converted with ``wire.crlf``, so BODY[] and RFC822 are
 exactly ``to_wire`` of the message, RFC822.SIZE (the store's size) is always their length, and
-BODY[HEADER] + BODY[TEXT] == BODY[]. The ``email`` package is used only to read a
-``Content-Type`` boundary for part numbers.
+BODY[HEADER] + BODY[TEXT] == BODY[]. Parts are found by ``message`` (as BODYSTRUCTURE finds
+them), the data is formatted by ``encode``.
 """
 
 from __future__ import annotations
@@ -15,21 +15,13 @@ import functools
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any
 
-from mailsuite.imap.addresses import parse_address_list
-from mailsuite.imap.mailbox import format_flags
+from mailsuite.imap.bodystructure import body_structure
+from mailsuite.imap.encode import envelope, format_flags, internal_date
+from mailsuite.imap.message import header_fields, locate, split_message
 from mailsuite.store.interfaces import UnknownUID
 from mailsuite.wire import complete, crlf, crlf_size
-
-#: MIME nesting that BODYSTRUCTURE and SEARCH BODY/TEXT open; deeper parts are opaque (a message
-#: bomb stays cheap, and nothing recurses once per level of a hostile message)
-MAX_MIME_DEPTH = 20
-_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
 class FetchSyntaxError(ValueError):
@@ -201,97 +193,13 @@ def fetch_plan(text: bytes, uid: bool) -> FetchPlan:
     )
 
 
-# -- raw message anatomy (as stored: LF line ends, or CRLF where another program wrote them) -----
-def split_message(raw: bytes) -> tuple[bytes, bytes]:
-    """(header block including the blank line, body)."""
-    for blank in (b"\n", b"\r\n"):
-        if raw.startswith(blank):
-            return blank, raw[len(blank) :]
-    end = raw.find(b"\n\n")
-    cr_end = raw.find(b"\n\r\n", 0, len(raw) if end < 0 else end)
-    if cr_end >= 0:
-        return raw[: cr_end + 3], raw[cr_end + 3 :]
-    if end < 0:
-        return raw, b""
-    return raw[: end + 2], raw[end + 2 :]
-
-
-def header_fields(header: bytes) -> list[tuple[bytes, bytes]]:
-    """``[(NAME, raw lines incl. continuations and LF)]`` in order, duplicates kept."""
-    out: list[tuple[bytes, bytes]] = []
-    for line in header.splitlines(keepends=True):
-        if line in (b"\n", b"\r\n"):
-            break
-        if line[:1] in (b" ", b"\t") and out:
-            out[-1] = (out[-1][0], out[-1][1] + line)
-        else:
-            out.append((line.split(b":", 1)[0].strip().upper(), line))
-    return out
-
-
-def header_value(header: bytes, name: bytes) -> bytes | None:
-    """The unfolded value of the first field ``name``, raw bytes; None when absent."""
-    for field_name, raw in header_fields(header):
-        if field_name == name.upper():
-            value = raw.split(b":", 1)[1] if b":" in raw else b""
-            return re.sub(rb"\r?\n(?=[ \t])", b"", value).strip()
-    return None
-
-
-def parse_mime_header(header: bytes) -> Message:
-    """The header block parsed with folded lines joined first (RFC 5322 2.2.3: unfolding removes
-    the line break only), so a folded quoted parameter such as ``boundary="foo<CRLF> bar"`` is
-    ``foo bar``, not a value with a line break in it."""
-    return BytesHeaderParser(policy=compat32).parsebytes(re.sub(rb"\r?\n(?=[ \t])", b"", header))
-
-
-def _content_type(header: bytes) -> tuple[str, str | None]:
-    msg = parse_mime_header(header)
-    return msg.get_content_type(), msg.get_boundary()
-
-
-def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
-    delim = re.compile(
-        rb"(?:^|\r?\n)--" + re.escape(boundary.encode("latin-1")) + rb"(--)?[ \t]*(?:\r?\n|\Z)"
-    )
-    parts: list[bytes] = []
-    start: int | None = None
-    for m in delim.finditer(body):
-        if start is not None:
-            parts.append(body[start : m.start()])
-        if m.group(1):
-            break
-        start = m.end()
-    return parts
-
-
-def _locate(raw: bytes, path: list[int]) -> tuple[bytes, bytes] | None:
-    """(MIME header, body) of the entity at ``path``; None if there is no such part."""
-    header, body = split_message(raw)
-    top = True
-    for number in path:
-        ctype, boundary = _content_type(header)
-        if ctype == "message/rfc822" and not top:
-            header, body = split_message(body)
-            ctype, boundary = _content_type(header)
-        top = False
-        if ctype.startswith("multipart/") and boundary:
-            parts = _split_multipart(body, boundary)
-            if number > len(parts):
-                return None
-            header, body = split_message(parts[number - 1])
-        elif number != 1:
-            return None
-    return header, body
-
-
 def section_bytes(raw: bytes, section: Section) -> bytes:
     """The bytes (LF form) of ``section`` of the message ``raw``."""
     if not section.part:
         header, body = split_message(raw)
         entity_header, inner = header, raw
     else:
-        located = _locate(raw, section.part)
+        located = locate(raw, section.part)
         if located is None:
             return b""
         entity_header, inner = located
@@ -310,69 +218,6 @@ def section_bytes(raw: bytes, section: Section) -> bytes:
     keep = section.spec == "HEADER.FIELDS"
     chosen = [raw_field for name, raw_field in header_fields(header) if (name in wanted) == keep]
     return b"".join(chosen) + b"\n"
-
-
-# -- IMAP data formatting -------------------------------------------------------------------------
-def literal(data: bytes) -> bytes:
-    return b"{%d}\r\n" % len(data) + data
-
-
-def nstring(value: bytes | None) -> bytes:
-    """NIL, a quoted string, or a literal when the value has 8-bit or line-break bytes."""
-    if value is None:
-        return b"NIL"
-    if any(b > 0x7E or b < 0x20 for b in value):
-        return literal(value)
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-
-
-def internal_date(when: datetime) -> bytes:
-    offset = when.utcoffset()
-    minutes = int(offset.total_seconds() // 60) if offset is not None else 0
-    sign = "-" if minutes < 0 else "+"
-    text = (
-        f"{when.day:2d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
-        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
-    )
-    return b'"' + text.encode("ascii") + b'"'
-
-
-def _addresses(value: bytes | None) -> bytes:
-    """An ENVELOPE address list: groups with their start/end markers, routes as the adl."""
-    if value is None:
-        return b"NIL"
-
-    def item(text: str | None) -> bytes:
-        return nstring(text.encode("latin-1")) if text is not None else b"NIL"
-
-    out = [
-        b"(" + b" ".join((item(a.name), item(a.route), item(a.mailbox), item(a.host))) + b")"
-        for a in parse_address_list(value.decode("latin-1"))
-    ]
-    return b"(" + b"".join(out) + b")" if out else b"NIL"
-
-
-def envelope(header: bytes) -> bytes:
-    """The ENVELOPE structure of a header block, raw (RFC 2047 words are left encoded)."""
-
-    def get(name: bytes) -> bytes | None:
-        return header_value(header, name)
-
-    sender = get(b"Sender") or get(b"From")
-    reply_to = get(b"Reply-To") or get(b"From")
-    parts = [
-        nstring(get(b"Date")),
-        nstring(get(b"Subject")),
-        _addresses(get(b"From")),
-        _addresses(sender),
-        _addresses(reply_to),
-        _addresses(get(b"To")),
-        _addresses(get(b"Cc")),
-        _addresses(get(b"Bcc")),
-        nstring(get(b"In-Reply-To")),
-        nstring(get(b"Message-ID")),
-    ]
-    return b"(" + b" ".join(parts) + b")"
 
 
 class WireSlice:
@@ -458,8 +303,6 @@ def _fetch_item(view: Any, uid: int, item: FetchItem, raw: bytes | None, header:
     if item.name == "ENVELOPE":
         return [b"ENVELOPE " + envelope(header)]
     if item.name in ("BODY", "BODYSTRUCTURE"):
-        from mailsuite.imap.bodystructure import body_structure
-
         assert raw is not None
         return [item.name.encode() + b" " + body_structure(raw, item.name == "BODYSTRUCTURE")]
     return render_section(item, raw, header)

@@ -2,56 +2,33 @@
 LIST/LSUB/XLIST (with RFC 5258 selection and RETURN options for SPECIAL-USE, CHILDREN,
 SUBSCRIBED), STATUS and APPEND (UIDPLUS APPENDUID).
 
-A mixin of ``IMAPServer``: ``self.account`` is the ``ImapAccount``; store errors become tagged
-NO replies in ``IMAPServer._failed`` (APPEND's missing mailbox: ``NO [TRYCREATE]``).
+A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``):
+``self.account`` is the ``ImapAccount``; store errors become tagged NO replies in
+``IMAPServer._failed`` (APPEND's missing mailbox: ``NO [TRYCREATE]``).
 """
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mailsuite.imap.listmatch import ListMatcher, PatternTooLong, full_pattern
-from mailsuite.imap.mailbox import DELIMITER, SYSTEM_FLAG_ORDER
 from mailsuite.imap.parser import (
+    DELIMITER,
     Cursor,
     ParseError,
-    String,
     encode_mailbox,
     mailbox_name,
     parse_date_time,
+    parse_flag_list,
 )
-from mailsuite.store.interfaces import SYSTEM_FLAGS, MailboxEntry, MailboxNotFound
+from mailsuite.store.interfaces import MailboxEntry, MailboxNotFound
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mailsuite.imap.server import IMAPServer as _Base
+if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
+    from mailsuite.imap.session import Session as _Base
 else:
     _Base = object
 
-_SYSTEM = {f.upper(): f for f in SYSTEM_FLAGS}
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
-_KEYWORD_RE = re.compile(rb"[^\x00-\x20()\{%*\"\\\]\x7f-\xff]+")
-
-
-def parse_flag_list(items: list[Any]) -> frozenset[str]:
-    """Flags from a parsed ``(\\Seen $Label)`` list: system flags in their canonical case,
-    keywords as atoms; ``\\Recent`` is dropped (it cannot be set); anything else is BAD."""
-    flags: set[str] = set()
-    for item in items:
-        if isinstance(item, (list, String)):
-            raise ParseError("a flag must be an atom")
-        text = item.decode("ascii", "replace")
-        if text.startswith("\\"):
-            if text.upper() == "\\RECENT":
-                continue
-            if text.upper() not in _SYSTEM:
-                raise ParseError(f"invalid system flag {text}")
-            flags.add(_SYSTEM[text.upper()])
-        elif _KEYWORD_RE.fullmatch(item):
-            flags.add(text)
-        else:
-            raise ParseError(f"invalid keyword {text}")
-    return frozenset(flags)
 
 
 class FolderCommands(_Base):
@@ -64,7 +41,7 @@ class FolderCommands(_Base):
         args.end()
         self._close_view()
         try:
-            view = await self.account.open_view(name, readonly)
+            view = await self.account.open_view(name, readonly, self.recent)
         except MailboxNotFound:
             self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist: " + encode_mailbox(name))
             return
@@ -243,7 +220,7 @@ class FolderCommands(_Base):
         args.end()
         if not items or any(i not in _STATUS_ITEMS for i in items):
             raise ParseError("unknown or missing STATUS item")
-        status = await self.account.status(name)
+        status = await self.account.status(name, self.recent)
         values = b" ".join(b"%s %d" % (i.encode(), status[i]) for i in items)
         self.sendUntaggedResponse(b"STATUS " + encode_mailbox(name) + b" (" + values + b")")
         self.sendPositiveResponse(tag, b"Status completed.")
@@ -271,7 +248,8 @@ class FolderCommands(_Base):
             self.sendNegativeResponse(tag, b"Can't save a zero byte message.")
             return
         try:
-            validity, uids = await self.account.append(name, [(bytes(data), flags, when)])
+            message = (bytes(data), flags, when)
+            validity, uids = await self.account.append(name, [message], self.recent)
         except MailboxNotFound:
             self.sendNegativeResponse(tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name))
             return
@@ -279,5 +257,3 @@ class FolderCommands(_Base):
 
     cmd_APPEND.imap_states = ("auth", "select")  # type: ignore[attr-defined]
 
-
-__all__ = ["SYSTEM_FLAG_ORDER", "FolderCommands", "parse_flag_list"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mailsuite.imap.mailbox import DELIMITER
+from mailsuite.imap.parser import DELIMITER
 
 #: Tokens (after collapsing) over all patterns of one command: a match costs at most
 #: len(name) operations on integers of this many bits. A mailbox name has at most 1000 bytes

@@ -1,10 +1,11 @@
 """IMAP's not-authenticated state: STARTTLS, LOGIN, AUTHENTICATE (SASL-IR), the login capabilities.
 
-A mixin of ``mailsuite.imap.server.IMAPServer``: ``cmd_*`` handlers for its command reader (so a
-LOGIN argument or an AUTHENTICATE initial response may be a literal), and AUTHENTICATE's
-continuation lines come back through that reader (``sasl_line``). The replies are Dovecot's. One rule
-(``sasl.plaintext_ok``) decides both what CAPABILITY says (``LOGINDISABLED`` and no ``AUTH=``, or
-``AUTH=PLAIN AUTH=LOGIN``) and what LOGIN / AUTHENTICATE accept, so the two always agree.
+A mixin of ``mailsuite.imap.server.IMAPServer`` (typed against ``session.Session``): ``cmd_*``
+handlers for its command reader (so a LOGIN argument or an AUTHENTICATE initial response may be
+a literal), and AUTHENTICATE's continuation lines come back through that reader (``sasl_line``).
+The replies are Dovecot's. One rule (``sasl.plaintext_ok``) decides both what CAPABILITY says
+(``LOGINDISABLED`` and no ``AUTH=``, or ``AUTH=PLAIN AUTH=LOGIN``) and what LOGIN / AUTHENTICATE
+accept, so the two always agree.
 
 STARTTLS drops whatever the client pipelined behind it in clear (no command injection); the
 implicit-TLS port (993) marks its sessions ``secure`` from the start.
@@ -16,17 +17,21 @@ Every login goes through ``_login(tag, attempt)`` and ends in ``_logged_in`` or
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.cred import credentials
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.mail import imap4
 
 from mailsuite.auth import sasl
 from mailsuite.auth.policy import LoginBlocked
+from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.parser import Cursor, ParseError
+
+if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
+    from mailsuite.imap.session import Session as _Base
+else:
+    _Base = object
 
 log = Logger()
 
@@ -34,29 +39,13 @@ PRIVACY_REQUIRED = (b"[PRIVACYREQUIRED] Plaintext authentication disallowed on n
                     b"(SSL/TLS) connections.")
 
 
-class ImapLogin:
-    """STARTTLS, LOGIN, AUTHENTICATE for ``IMAPServer`` (which provides what is declared here)."""
+class ImapLogin(sasl.Conversation, _Base):
+    """STARTTLS, LOGIN, AUTHENTICATE for ``IMAPServer`` (what they use of it: ``Session``)."""
 
-    transport: Any
-    config: Any
-    portal: Any
-    maillog: Any
-    state: str
-    parseState: str
-    _buffer: bytes
-    _lost: bool
     server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
     secure = False  # TLS is on (implicit port, or after STARTTLS)
     _auth_failures = 0
-    _sasl_pending: Callable[[bytes], None] | None = None
-    sendPositiveResponse: Callable[..., None]
-    sendNegativeResponse: Callable[..., None]
-    sendBadResponse: Callable[..., None]
-    sendLine: Callable[[bytes], None]
-    _rip: Callable[[], str]
-    _lip: Callable[[], str]
-    _failed: Callable[[Any, bytes], None]
-    uncork: Callable[[], None]
+    _sasl_tag = b""
 
     def plaintext_ok(self) -> bool:
         return sasl.plaintext_ok(self.config, self.transport, self.secure)
@@ -130,45 +119,37 @@ class ImapLogin:
         if not self.plaintext_ok():
             self.sendNegativeResponse(tag, PRIVACY_REQUIRED)
             return
-        self._sasl_step(tag, exchange, exchange.step)
+        self._sasl_tag = tag
+        self.sasl_begin(exchange)
 
     cmd_AUTHENTICATE.imap_states = ("unauth",)  # type: ignore[attr-defined]
 
-    def _sasl_step(self, tag: bytes, exchange: sasl.Exchange, step: Callable[[], Any]) -> None:
-        try:
-            result = step()
-        except sasl.Cancelled:
-            self.sendBadResponse(tag, b"Authentication aborted by client.")
-            return
-        except sasl.Malformed as e:
-            self.sendBadResponse(tag, str(e).encode("ascii") + b".")
-            return
-        if isinstance(result, sasl.Challenge):
-            # the reader hands the client's next line to sasl_line, not to the command parser
-            self._sasl_pending = lambda answer: self._sasl_step(
-                tag, exchange, lambda: exchange.respond(answer))
-            self.parseState = "sasl"
-            self.sendLine(b"+ " + sasl.encode(result.data))
-            return
-        self._login(tag, result)
-
     def sasl_line(self, line: bytes) -> None:
         """A line the client sent in answer to an AUTHENTICATE challenge."""
-        pending, self._sasl_pending = self._sasl_pending, None
         self.parseState = "command"
-        if pending is not None:
-            pending(line.rstrip(b"\r"))
+        if self._sasl is not None:
+            self.sasl_response(line.rstrip(b"\r"))
+
+    # -- sasl.Framing: IMAP's (RFC 3501, SASL-IR RFC 4959), for the AUTHENTICATE of _sasl_tag --
+    def sasl_challenge(self, encoded: bytes) -> None:
+        # the reader hands the client's next line to sasl_line, not to the command parser
+        self.parseState = "sasl"
+        self.sendLine(b"+ " + encoded)
+
+    def sasl_cancelled(self) -> None:
+        self.sendBadResponse(self._sasl_tag, b"Authentication aborted by client.")
+
+    def sasl_malformed(self, error: sasl.Malformed) -> None:
+        self.sendBadResponse(self._sasl_tag, str(error).encode("ascii") + b".")
+
+    def sasl_attempt(self, attempt: sasl.Attempt) -> None:
+        self._login(self._sasl_tag, attempt)
 
     # -- the one login path --------------------------------------------------------------------
     def _login(self, tag: bytes, attempt: sasl.Attempt) -> None:
         """Check ``attempt`` through the portal; LOGIN and AUTHENTICATE both come here."""
         name = attempt.username.decode("utf-8", "replace")
-        if attempt.proxy:
-            d: defer.Deferred[Any] = defer.fail(UnauthorizedLogin("no master users"))
-        else:
-            creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
-            d = defer.maybeDeferred(self.portal.login, creds, None, imap4.IAccount)
+        d = sasl.login(self.portal, attempt, IImapAccount)
         args = (tag, name, attempt.mechanism)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=args, errbackArgs=args)
         d.addErrback(self._failed, tag)
@@ -189,14 +170,14 @@ class ImapLogin:
             return None
         self.account, self._onLogout, self.user = avatar, logout, name
         self.state = "auth"
-        self.setTimeout(self.POSTAUTH_TIMEOUT)  # type: ignore[attr-defined]
+        self.setTimeout(self.POSTAUTH_TIMEOUT)
         self.maillog.write("imap-login", "Login: " + self._login_line(name, method))
         return defer.ensureDeferred(self._welcome(tag, avatar))
 
     async def _welcome(self, tag: bytes, avatar: Any) -> None:
         await self.prepare_session(avatar)
         if not self._lost:
-            caps = b" ".join(self.listCapabilities())  # type: ignore[attr-defined]
+            caps = b" ".join(self.listCapabilities())
             self.sendPositiveResponse(tag, b"[CAPABILITY " + caps + b"] Logged in")
 
     def _login_failed(self, failure: Any, tag: bytes, name: str, method: str) -> None:

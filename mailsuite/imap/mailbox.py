@@ -7,12 +7,11 @@ or the disk) that the server turns into ``EXISTS`` / ``EXPUNGE`` / ``FETCH (FLAG
 points RFC 3501 allows (``take_updates``).
 
 ``\\Recent`` follows RFC 3501: a message is recent in the first session told of it
-(``RecentTracker``).
+(``recent.RecentTracker``, which the server's sessions share).
 """
 
 from __future__ import annotations
 
-import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
@@ -20,10 +19,12 @@ from operator import attrgetter
 from typing import Any
 
 from twisted.internet import defer
-from twisted.mail import imap4
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
+from mailsuite.imap.interfaces import IImapAccount
+from mailsuite.imap.encode import format_flags
+from mailsuite.imap.recent import RecentTracker
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -33,19 +34,6 @@ from mailsuite.store.interfaces import (
     MessageInfo,
 )
 
-DELIMITER = "/"
-SYSTEM_FLAG_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-
-
-def format_flags(flags: Iterable[str]) -> bytes:
-    """``(\\Seen foo)``: system flags first in their usual order, then keywords sorted."""
-    flags = set(flags)
-    ordered = [f for f in SYSTEM_FLAG_ORDER if f in flags]
-    ordered += [f for f in ("\\Recent",) if f in flags]
-    ordered += sorted(f for f in flags if f not in SYSTEM_FLAGS and f != "\\Recent")
-    return b"(" + " ".join(ordered).encode("utf-8") + b")"
-
-
 _UID = attrgetter("uid")
 
 
@@ -53,7 +41,9 @@ class ImapMailboxView:
     """One session's view of one open store mailbox.
 
     ``readonly`` is True after EXAMINE. ``on_change`` (optional) is called after each change is
-    queued, so that a session in IDLE can flush at once.
+    queued, so that a session in IDLE can flush at once. ``recent`` (with ``account`` and
+    ``store``) is the tracker the server's sessions share; without it every new message told to
+    this view is recent in it.
 
     The view shares the store's list of messages instead of copying it (2,000 sessions on a
     100,000-message INBOX): its messages are the first ``_n`` of ``_base`` (the store only ever
@@ -63,11 +53,13 @@ class ImapMailboxView:
     """
 
     def __init__(
-        self, mailbox: IMailbox, readonly: bool, account: Account | None = None, store: Any = None
+        self, mailbox: IMailbox, readonly: bool, account: Account | None = None, store: Any = None,
+        recent: RecentTracker | None = None,
     ) -> None:
         self.mailbox = mailbox
         self.account = account
         self.store = store
+        self._tracker = recent if account is not None else None
         self.readonly = readonly
         self.name: str = mailbox.name
         self.on_change: Callable[[], None] | None = None
@@ -77,11 +69,11 @@ class ImapMailboxView:
         self._over: dict[int, MessageInfo] = {}
         self._hint = (0, -1)  # (uid, position) of the last lookup
         self._recent: set[int] = set()
-        if account is not None:
-            mark = RECENT.mark(store, account, mailbox)
+        if self._tracker is not None and account is not None:
+            mark = self._tracker.mark(store, account, mailbox)
             start = bisect_left(self._base, mark, 0, self._n, key=_UID)
             new = [m.uid for m in self._base[start : self._n]] if start < self._n else []
-            self._recent = RECENT.claim(store, account, mailbox, new, peek=readonly)
+            self._recent = self._tracker.claim(store, account, mailbox, new, peek=readonly)
         self._expunged: set[int] = set()  # gone from the store, not yet told to the client
         self._added: list[MessageInfo] = []
         self._flag_changes: dict[int, frozenset[str]] = {}
@@ -206,9 +198,8 @@ class ImapMailboxView:
         )
 
     def first_unseen(self) -> int | None:
-        summary = getattr(self.mailbox, "first_unseen", None)
-        if summary is not None and self._as_store():
-            uid = summary()
+        if self._as_store():
+            uid = self.mailbox.first_unseen()
             return None if uid is None else self._find(uid) + 1
         for pos in range(self.count()):
             m = self._at(pos)
@@ -217,9 +208,8 @@ class ImapMailboxView:
         return None
 
     def keywords(self) -> list[str]:
-        summary = getattr(self.mailbox, "keywords", None)
-        if summary is not None and self._as_store():
-            return sorted(summary())
+        if self._as_store():
+            return sorted(self.mailbox.keywords())
         found: set[str] = set()
         for pos in range(self.count()):
             found.update(f for f in self.info(self._at(pos).uid).flags if f not in SYSTEM_FLAGS)
@@ -360,31 +350,12 @@ class ImapMailboxView:
         """
         if not (self._expunged or self._added or self._flag_changes):
             return self.take_flags_update()
-        lines: list[bytes] = []
         told = {u: self.info(u).flags for u in self._flag_changes if self._find(u) >= 0}
+        lines: list[bytes] = []
         new: list[int] = []
         adopted = False
         if allow_expunge and self._expunged:
-            gone = sorted(p for p in map(self._find, self._expunged) if p >= 0)
-            lines.extend(b"%d EXPUNGE" % (p - k + 1) for k, p in enumerate(gone))
-            for uid in [self._at(p).uid for p in gone]:
-                self._over.pop(uid, None)
-                self._recent.discard(uid)
-                self._flag_changes.pop(uid, None)
-            expunged, self._expunged = self._expunged, set()
-            self._added = [m for m in self._added if m.uid not in expunged]
-            if gone:
-                adopted = self._adopt(gone)
-                if adopted:
-                    for info in self._added:
-                        self._learn(info.flags)
-                    new = [m.uid for m in self._added]
-                    self._added = []
-                else:
-                    doomed = set(gone)
-                    rows = [self._at(p) for p in range(self.count()) if p not in doomed]
-                    self._base, self._n, self._tail = rows, len(rows), []
-                self._hint = (0, -1)
+            lines, new, adopted = self._take_expunges()
         if self._added:
             top = self._last_uid()
             for info in self._added:
@@ -395,8 +366,9 @@ class ImapMailboxView:
                     new.append(info.uid)
             self._added = []
         if new:
-            if self.account is not None:
-                self._recent |= RECENT.claim(self.store, self.account, self.mailbox, new, peek=self.readonly)
+            if self._tracker is not None and self.account is not None:
+                self._recent |= self._tracker.claim(self.store, self.account, self.mailbox, new,
+                                                    peek=self.readonly)
             else:
                 self._recent.update(new)
             lines.append(b"%d EXISTS" % self.count())
@@ -417,6 +389,33 @@ class ImapMailboxView:
         if not self._expunged:
             self._rebase()
         return self.take_flags_update() + lines
+
+    def _take_expunges(self) -> tuple[list[bytes], list[int], bool]:
+        """The EXPUNGEs owed, applied to this view: (their lines, the UIDs of new mail taken in
+        with them, whether the view now is the store's current list)."""
+        gone = sorted(p for p in map(self._find, self._expunged) if p >= 0)
+        lines = [b"%d EXPUNGE" % (p - k + 1) for k, p in enumerate(gone)]
+        for uid in [self._at(p).uid for p in gone]:
+            self._over.pop(uid, None)
+            self._recent.discard(uid)
+            self._flag_changes.pop(uid, None)
+        expunged, self._expunged = self._expunged, set()
+        self._added = [m for m in self._added if m.uid not in expunged]
+        new: list[int] = []
+        adopted = False
+        if gone:
+            adopted = self._adopt(gone)
+            if adopted:
+                for info in self._added:
+                    self._learn(info.flags)
+                new = [m.uid for m in self._added]
+                self._added = []
+            else:
+                doomed = set(gone)
+                rows = [self._at(p) for p in range(self.count()) if p not in doomed]
+                self._base, self._n, self._tail = rows, len(rows), []
+            self._hint = (0, -1)
+        return lines, new, adopted
 
     def _adopt(self, gone: list[int]) -> bool:
         """After the EXPUNGEs of positions ``gone``, with every change told: take the store's
@@ -445,65 +444,7 @@ class ImapMailboxView:
             self.mailbox.close()
 
 
-class RecentTracker:
-    """``\\Recent`` as RFC 3501 defines it: a message is recent in the first session told of it.
-
-    Per mailbox (account, name, UIDVALIDITY) the first UID no session has claimed yet is kept in
-    memory (lost at a restart, when nothing is recent). ``touch`` starts tracking a mailbox, as
-    APPEND, COPY, STATUS and SELECT do before they act, so mail they add is recent for the next
-    session to see it; STATUS RECENT counts the unclaimed messages.
-    """
-
-    def __init__(self) -> None:
-        self._marks: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], int]] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def _for(self, store: IMailStore, account: Account, mailbox: IMailbox) -> tuple[dict[tuple[str, str, int], int], Any]:
-        """The marks of one store (one tracker serves every store)."""
-        marks = self._marks.setdefault(store, {})
-        return marks, (account.name, mailbox.name, int(mailbox.uid_validity))
-
-    def touch(self, store: IMailStore, account: Account, mailbox: IMailbox) -> None:
-        marks, key = self._for(store, account, mailbox)
-        marks.setdefault(key, int(mailbox.uid_next))
-
-    def mark(self, store: IMailStore, account: Account, mailbox: IMailbox) -> int:
-        """The first UID no session has claimed yet (tracking starts now if it had not)."""
-        marks, key = self._for(store, account, mailbox)
-        return marks.setdefault(key, int(mailbox.uid_next))
-
-    def claim(
-        self, store: IMailStore, account: Account, mailbox: IMailbox, uids: Iterable[int], peek: bool = False
-    ) -> set[int]:
-        marks, key = self._for(store, account, mailbox)
-        mark = marks.setdefault(key, int(mailbox.uid_next))
-        mine = {u for u in uids if u >= mark}
-        if mine and not peek:  # EXAMINE shows \\Recent without taking it (RFC 3501 6.3.2)
-            marks[key] = max(mine) + 1
-        return mine
-
-    def unclaimed(self, store: IMailStore, account: Account, mailbox: IMailbox) -> int:
-        marks, key = self._for(store, account, mailbox)
-        mark = marks.get(key)
-        if mark is None:
-            return 0
-        messages = mailbox.messages
-        return len(messages) - bisect_left(messages, mark, key=_UID)
-
-
-RECENT = RecentTracker()
-
-
-def _unseen(mailbox: IMailbox) -> int:
-    """STATUS UNSEEN: the store's running count when it keeps one (mbox), else a pass."""
-    count = getattr(mailbox, "unseen_count", None)
-    if count is not None:
-        return int(count())
-    return sum(1 for m in mailbox.messages if "\\Seen" not in m.flags)
-
-
-@implementer(imap4.IAccount)
+@implementer(IImapAccount)
 class ImapAccount:
     """The IMAP avatar of one logged-in account: its store, its open views.
 
@@ -538,29 +479,32 @@ class ImapAccount:
         return self.store.unsubscribe(self.account, name)
 
     @defer.inlineCallbacks
-    def status(self, name: str):  # type: ignore[no-untyped-def]
+    def status(self, name: str, recent: RecentTracker):  # type: ignore[no-untyped-def]
         """Deferred[dict]: MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN of a mailbox."""
         mailbox = yield self.store.open(self.account, name)
         try:
             yield mailbox.refresh()
-            RECENT.touch(self.store, self.account, mailbox)
+            recent.touch(self.store, self.account, mailbox)
             messages = mailbox.messages
             return {
                 "MESSAGES": len(messages),
-                "RECENT": RECENT.unclaimed(self.store, self.account, mailbox),
+                "RECENT": recent.unclaimed(self.store, self.account, mailbox),
                 "UIDNEXT": int(mailbox.uid_next),
                 "UIDVALIDITY": int(mailbox.uid_validity),
-                "UNSEEN": _unseen(mailbox),
+                "UNSEEN": int(mailbox.unseen_count()),
             }
         finally:
             mailbox.close()
 
     @defer.inlineCallbacks
-    def append(self, name: str, messages: list[tuple[bytes, frozenset[str], Any]]):  # type: ignore[no-untyped-def]
-        """Deferred[(uid_validity, [uids])]: append (data, flags, internal date or None) each."""
+    def append(  # type: ignore[no-untyped-def]
+        self, name: str, messages: list[tuple[bytes, frozenset[str], Any]], recent: RecentTracker
+    ):
+        """Deferred[(uid_validity, [uids])]: append (data, flags, internal date or None) each;
+        they are recent for the next session to see them."""
         mailbox = yield self.store.open(self.account, name)
         try:
-            RECENT.touch(self.store, self.account, mailbox)
+            recent.touch(self.store, self.account, mailbox)
             uids = []
             for data, flags, when in messages:
                 uid = yield mailbox.append(data, flags, when)
@@ -571,15 +515,18 @@ class ImapAccount:
 
     # -- selecting ---------------------------------------------------------------------------
     @defer.inlineCallbacks
-    def open_view(self, name: str, readonly: bool):  # type: ignore[no-untyped-def]
-        """Deferred[ImapMailboxView]; MailboxNotFound (or another StoreError) if it cannot."""
+    def open_view(  # type: ignore[no-untyped-def]
+        self, name: str, readonly: bool, recent: RecentTracker
+    ):
+        """Deferred[ImapMailboxView]; MailboxNotFound (or another StoreError) if it cannot.
+        ``recent``: the tracker the server's sessions share."""
         mailbox = yield self.store.open(self.account, name)
         try:
             yield mailbox.refresh()
         except BaseException:
             mailbox.close()
             raise
-        view = ImapMailboxView(mailbox, readonly, self.account, self.store)
+        view = ImapMailboxView(mailbox, readonly, self.account, self.store, recent)
         self._views.append(view)
         return view
 

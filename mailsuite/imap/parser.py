@@ -6,12 +6,21 @@ after the ``{N}`` marker (the CRLF after the marker is dropped). So a command is
 value in which a literal is ``{N}`` immediately followed by its N bytes; a ``Cursor`` reads the
 RFC 3501 grammar from it (atoms, quoted strings, literals, lists, sequence sets), which lets any
 argument of any command (LOGIN, SEARCH, APPEND, CREATE...) be a literal.
+
+Also here: the values several commands share, parsed (sequence sets, flag lists, mailbox names,
+APPEND's date-time).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
+
+from mailsuite.store.interfaces import SYSTEM_FLAGS
+
+#: the hierarchy delimiter of mailbox names (LIST answers it, INBOX/child)
+DELIMITER = "/"
 
 #: ``{123}`` or ``{123+}`` at the end of a line: a literal follows.
 LITERAL_AT_END = re.compile(rb"\{(\d{1,12})(\+?)\}\Z")
@@ -30,6 +39,9 @@ _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _DATE_TIME_RE = re.compile(
     r"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z"
 )
+_SEQSET_RE = re.compile(rb"[0-9:*,]+")
+_SYSTEM = {f.upper(): f for f in SYSTEM_FLAGS}
+_KEYWORD_RE = re.compile(rb"[^\x00-\x20()\{%*\"\\\]\x7f-\xff]+")
 
 
 class ParseError(ValueError):
@@ -41,6 +53,8 @@ class String(bytes):
 
 
 Item = bytes | String | list["Item"]
+#: one range of a sequence set, ``None`` for ``*``
+Range = tuple[int | None, int | None]
 
 
 class Cursor:
@@ -85,9 +99,12 @@ class Cursor:
     def atom(self) -> bytes:
         return self._match(_ATOM_RE, "an atom")
 
-    def seqset_text(self) -> bytes:
-        """The text of a sequence set (``1:4,7,9:*``), checked by ``search.parse_sequence_set``."""
-        return self._match(re.compile(rb"[0-9:*,]+"), "a sequence set")
+    def sequence_set(self) -> list[Range]:
+        """A sequence set (``1:4,7,9:*``) parsed by ``parse_sequence_set``."""
+        try:
+            return parse_sequence_set(self._match(_SEQSET_RE, "a sequence set"))
+        except ValueError as e:
+            raise ParseError(str(e)) from None
 
     def flag(self) -> bytes:
         """``\\Seen`` or a keyword atom."""
@@ -195,7 +212,7 @@ def mailbox_name(raw: bytes) -> str:
         name = raw.decode("imap4-utf-7")
     except (UnicodeDecodeError, ValueError):
         name = raw.decode("utf-8", "replace")
-    head, sep, tail = name.partition("/")
+    head, sep, tail = name.partition(DELIMITER)
     if head.upper() == "INBOX":
         name = "INBOX" + sep + tail
     return name
@@ -224,3 +241,43 @@ def parse_date_time(text: bytes) -> datetime:
         )
     except ValueError as e:
         raise ParseError(f"bad date-time: {e}") from None
+
+
+def parse_sequence_set(text: bytes) -> list[Range]:
+    """``1:3,5,7:*`` -> ``[(1, 3), (5, 5), (7, None)]``; ``None`` stands for ``*``. A number
+    that is not one (or 0) is a ValueError."""
+    out: list[Range] = []
+
+    def number(part: bytes) -> int | None:
+        if part == b"*":
+            return None
+        if not part.isdigit() or int(part) == 0:
+            raise ValueError(f"bad message number {part!r}")
+        return int(part)
+
+    for item in text.split(b","):
+        lo, sep, hi = item.partition(b":")
+        first = number(lo)
+        out.append((first, number(hi) if sep else first))
+    return out
+
+
+def parse_flag_list(items: Iterable[Item]) -> frozenset[str]:
+    """Flags from a parsed ``(\\Seen $Label)`` list: system flags in their canonical case,
+    keywords as atoms; ``\\Recent`` is dropped (it cannot be set); anything else is BAD."""
+    flags: set[str] = set()
+    for item in items:
+        if isinstance(item, (list, String)):
+            raise ParseError("a flag must be an atom")
+        text = item.decode("ascii", "replace")
+        if text.startswith("\\"):
+            if text.upper() == "\\RECENT":
+                continue
+            if text.upper() not in _SYSTEM:
+                raise ParseError(f"invalid system flag {text}")
+            flags.add(_SYSTEM[text.upper()])
+        elif _KEYWORD_RE.fullmatch(item):
+            flags.add(text)
+        else:
+            raise ParseError(f"invalid keyword {text}")
+    return frozenset(flags)

@@ -1,4 +1,4 @@
-"""SEARCH: tokenising, sequence sets, parsing the search keys into a tree, evaluating it.
+"""SEARCH: tokenising, parsing the search keys into a tree, evaluating it.
 
 A parsed key is a tuple ``(NAME, *args)``; ``("AND", [keys])``, ``("NOT", key)``,
 ``("OR", a, b)``, ``("SEQ", ranges)``, ``("UID", ranges)``. ``needs(key)`` tells the server
@@ -18,17 +18,16 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from mailsuite.imap.addresses import parse_address_list
-from mailsuite.imap.fetch import (
+from mailsuite.imap.message import (
     MAX_MIME_DEPTH,
-    _content_type,
-    _split_multipart,
+    content_type,
     header_fields,
     split_message,
+    split_multipart,
 )
-from mailsuite.imap.parser import MAX_NESTING
+from mailsuite.imap.parser import MAX_NESTING, Range, parse_sequence_set
 from mailsuite.store.interfaces import UnknownUID
 
-Range = tuple[int | None, int | None]
 _MONTHS = {m: i for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
 
 
@@ -69,24 +68,6 @@ def tokenize(text: bytes) -> list[Token]:
         else:
             tokens.append(Token(m.group(5)))
     return tokens
-
-
-def parse_sequence_set(text: bytes) -> list[Range]:
-    """``1:3,5,7:*`` -> ``[(1, 3), (5, 5), (7, None)]``; ``None`` stands for ``*``."""
-    out: list[Range] = []
-
-    def number(part: bytes) -> int | None:
-        if part == b"*":
-            return None
-        if not part.isdigit() or int(part) == 0:
-            raise ValueError(f"bad message number {part!r}")
-        return int(part)
-
-    for item in text.split(b","):
-        lo, sep, hi = item.partition(b":")
-        first = number(lo)
-        out.append((first, number(hi) if sep else first))
-    return out
 
 
 _FLAG_KEYS = {
@@ -248,10 +229,10 @@ def _text_parts(raw: bytes) -> list[bytes]:
     while stack:
         entity, depth = stack.pop()
         header, body = split_message(entity)
-        ctype, boundary = _content_type(header)
+        ctype, boundary = content_type(header)
         if ctype.startswith("multipart/") and boundary:
             if depth < MAX_MIME_DEPTH:
-                stack.extend((p, depth + 1) for p in reversed(_split_multipart(body, boundary)))
+                stack.extend((p, depth + 1) for p in reversed(split_multipart(body, boundary)))
         elif ctype == "message/rfc822":
             if depth < MAX_MIME_DEPTH:
                 stack.append((body, depth + 1))

@@ -1,8 +1,9 @@
 """Commands of the selected state: FETCH, STORE, SEARCH, COPY, MOVE (RFC 6851), EXPUNGE,
 UID EXPUNGE (RFC 4315), CLOSE, UNSELECT, and the UID forms of them all.
 
-A mixin of ``IMAPServer``. Updates from other sessions are sent by ``IMAPServer._respond``
-before each tagged reply, never an EXPUNGE after FETCH, STORE or SEARCH.
+A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``). Updates
+from other sessions are sent by ``IMAPServer._respond`` before each tagged reply, never an
+EXPUNGE after FETCH, STORE or SEARCH.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from mailsuite.imap.fetch import (
     fetch_plan,
     fetch_responses,
 )
-from mailsuite.imap.folders import parse_flag_list
-from mailsuite.imap.mailbox import RECENT, format_flags
-from mailsuite.imap.parser import Cursor, ParseError, encode_mailbox
-from mailsuite.imap.search import SearchSyntaxError, parse_search, parse_sequence_set, run_search
+from mailsuite.imap.encode import format_flags
+from mailsuite.imap.parser import Cursor, ParseError, Range, encode_mailbox, parse_flag_list
+from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.store.interfaces import MailboxNotFound, UnknownUID
 
-if TYPE_CHECKING:  # pragma: no cover
-    from mailsuite.imap.server import IMAPServer as _Base
+if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
+    from mailsuite.imap.session import Session
+
+    _Base = Session
 else:
     _Base = object
 
@@ -56,7 +58,7 @@ class _Streamer:
 
     CHUNK = 65536
 
-    def __init__(self, proto: Any, pieces: list[Piece]) -> None:
+    def __init__(self, proto: Session, pieces: list[Piece]) -> None:
         self.proto = proto
         self.done: defer.Deferred[None] = defer.Deferred()
         self._chunks = self._generate(pieces)
@@ -92,13 +94,7 @@ class _Streamer:
 
 
 class SelectedCommands(_Base):
-    def _seqset(self, args: Cursor) -> list[tuple[int | None, int | None]]:
-        try:
-            return parse_sequence_set(args.seqset_text())
-        except ValueError as e:
-            raise ParseError(str(e)) from None
-
-    def _targets(self, ranges: Any, uid: bool) -> list[tuple[int, int]]:
+    def _targets(self, ranges: list[Range], uid: bool) -> list[tuple[int, int]]:
         assert self.view is not None
         try:
             return self.view.resolve(ranges, uid)
@@ -127,7 +123,7 @@ class SelectedCommands(_Base):
         view = self.view
         assert view is not None
         args.sp()
-        ranges = self._seqset(args)
+        ranges = args.sequence_set()
         args.sp()
         try:
             plan = fetch_plan(args.rest(), uid)
@@ -162,7 +158,7 @@ class SelectedCommands(_Base):
         view = self.view
         assert view is not None
         args.sp()
-        ranges = self._seqset(args)
+        ranges = args.sequence_set()
         args.sp()
         mode = args.atom().upper()
         args.sp()
@@ -226,7 +222,7 @@ class SelectedCommands(_Base):
         view = self.view
         assert view is not None
         args.sp()
-        ranges = self._seqset(args)
+        ranges = args.sequence_set()
         args.sp()
         name = args.mailbox()
         args.end()
@@ -240,7 +236,7 @@ class SelectedCommands(_Base):
         new_uids: list[int] = []
         missing = False
         try:
-            RECENT.touch(self.account.store, self.account.account, dest)
+            self.recent.touch(self.account.store, self.account.account, dest)
             for _, u in targets:
                 if view.is_expunged(u):
                     missing = True
@@ -289,7 +285,7 @@ class SelectedCommands(_Base):
         within = None
         if uid:
             args.sp()
-            within = {u for _, u in self._targets(self._seqset(args), True)}
+            within = {u for _, u in self._targets(args.sequence_set(), True)}
         args.end()
         if self.view.readonly:
             self.sendNegativeResponse(tag, b"Mailbox is read-only.")

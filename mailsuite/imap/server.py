@@ -16,7 +16,7 @@ What is ours (and why, see ../shared/TWISTED.md):
   (which get no EXPUNGE), and at once during IDLE;
 - IDLE that only DONE ends, with ``* OK Still here`` every ``IDLE_KEEPALIVE`` seconds and no
   autologout while idling; new mail pushed by the store listener, and mail written by other
-  programs noticed by a shared once-a-second refresh (``IdlePoller``);
+  programs noticed by a shared once-a-second refresh (``idle.IdlePoller``, the factory's);
 - clean-up on connectionLost (listeners removed, mailboxes closed).
 
 When the store is refreshed: SELECT/EXAMINE, NOOP, CHECK and (every second) during IDLE; before
@@ -27,20 +27,22 @@ nothing changed.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from time import monotonic
 from typing import Any
 
-from twisted.internet import defer, interfaces, protocol, task, tcp
+from twisted.internet import defer, interfaces, protocol, tcp
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
+from mailsuite.config import Config
 from mailsuite.imap.folders import FolderCommands
+from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.parser import LITERAL_AT_END, Cursor, ParseError
+from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
-from mailsuite.net import host_of
+from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.store.interfaces import (
     InvalidMailboxName,
     MailboxExists,
@@ -59,7 +61,6 @@ MAX_LITERAL = 64 * 1024 * 1024  # APPEND of a bigger message: NO [TOOBIG]
 #: after login it is [imap] imap_max_line_length, plus the message of an APPEND
 LOGIN_MAX_COMMAND = 8192
 IDLE_KEEPALIVE = 120.0  # OUTLOOK.md 17: at least every 2 minutes
-IDLE_POLL = 1.0  # mail written by other programs reaches IDLE sessions within this
 #: a command within this many seconds of a refresh that found the file unchanged skips its own
 #: (a burst of FETCHes costs one stat, not one each): mail other programs write shows within
 #: this, and at once at NOOP, CHECK, IDLE and SELECT, which always look
@@ -74,38 +75,6 @@ def states(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         return f
 
     return mark
-
-
-class IdlePoller:
-    """One ``refresh`` a second per mailbox that has IDLE sessions (shared by them all)."""
-
-    def __init__(self) -> None:
-        self._polls: dict[int, tuple[Any, task.LoopingCall, set[int]]] = {}
-
-    def add(self, mailbox: Any, session: object, clock: Any) -> None:
-        key = id(mailbox)
-        if key not in self._polls:
-            loop = task.LoopingCall(self._poll, key)
-            loop.clock = clock
-            self._polls[key] = (mailbox, loop, set())
-            loop.start(IDLE_POLL, now=False)
-        self._polls[key][2].add(id(session))
-
-    def remove(self, mailbox: Any, session: object) -> None:
-        entry = self._polls.get(id(mailbox))
-        if entry is None:
-            return
-        entry[2].discard(id(session))
-        if not entry[2]:
-            entry[1].stop()
-            del self._polls[id(mailbox)]
-
-    def _poll(self, key: int) -> None:
-        mailbox = self._polls[key][0]
-        mailbox.refresh().addErrback(lambda f: log.failure("IDLE refresh failed", f))
-
-
-IDLE_POLLER = IdlePoller()
 
 
 def _idle_tcp(t: Any) -> bool:
@@ -124,27 +93,31 @@ def _idle_tcp(t: Any) -> bool:
 
 
 class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server):
-    """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers;
-    STARTTLS, LOGIN and AUTHENTICATE are ``ImapLogin``'s."""
+    """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
+    and tells the time; ``recent`` and ``idle_poller`` are shared by the sessions of a server
+    (its factories'; a session alone gets its own). STARTTLS, LOGIN and AUTHENTICATE are
+    ``ImapLogin``'s."""
 
     IDENT = b"mailsuite ready."
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None) -> None:
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
+                 recent: RecentTracker | None = None, idle_poller: IdlePoller | None = None) -> None:
         super().__init__()
         self.config = config
         self.portal = portal
         self.maillog = maillog
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.clock = clock
         self.callLater = clock.callLater
+        self.recent = RecentTracker() if recent is None else recent
+        self.idle_poller = IdlePoller() if idle_poller is None else idle_poller
         self.view: ImapMailboxView | None = None
         self._corked: list[bytes] | None = None
         self._quiet_since = -REFRESH_REUSE  # when a refresh before a command last found nothing
         self.user: str | None = None
         self._in_flight = False
+        self._unsent_wait: UnsentWait | None = None  # while more than MAX_UNSENT is unsent
         self._command = b""
         self._lost = False
         self._logged_out = False
@@ -167,6 +140,8 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     def connectionLost(self, reason: Any) -> None:
         self._lost = True
         self.setTimeout(None)
+        if self._unsent_wait is not None:
+            self._unsent_wait.cancel()
         self._stop_idle()
         self._close_view()
         if self._onLogout:
@@ -213,6 +188,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self._corked.append(data)
         else:
             self.transport.write(data)
+            self._hold_while_unsent()
 
     def uncork(self) -> None:
         """Send what the commands answered while the received bytes were handled, at once:
@@ -231,6 +207,25 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             data = data[sent:]
         if data:
             t.write(data)
+            self._hold_while_unsent()
+
+    def _hold_while_unsent(self) -> None:
+        """Read no more commands while the client leaves more than MAX_UNSENT unread."""
+        if self._lost or self._unsent_wait is not None or unsent(self.transport) <= MAX_UNSENT:
+            return
+        if not self.paused:
+            self.pauseProducing()
+        self._unsent_wait = UnsentWait(self.transport, self.callLater, self._all_but_sent)
+
+    def _all_but_sent(self) -> None:
+        self._unsent_wait = None
+        self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read on, unless a command is running (_pause_while_busy) or replies are unsent."""
+        busy = self._in_flight and self.parseState == "command"
+        if self.paused and not self._lost and not busy and self._unsent_wait is None:
+            self.resumeProducing()
 
     def _rip(self) -> str:
         return host_of(self.transport.getPeer())
@@ -356,14 +351,14 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self.view is not None
             and name not in _NO_REFRESH
             and self._command not in _NO_REFRESH
-            and monotonic() - self._quiet_since >= REFRESH_REUSE
+            and not 0 <= self.clock.seconds() - self._quiet_since < REFRESH_REUSE
         )
 
         async def run() -> None:
             assert self.view is not None
             try:
                 changes = await self.view.mailbox.refresh()
-                self._quiet_since = -REFRESH_REUSE if changes else monotonic()
+                self._quiet_since = -REFRESH_REUSE if changes else self.clock.seconds()
             except StoreRefused as e:
                 log.warn("refresh before {command} refused: {why}", command=name, why=e)
             except StoreError:
@@ -416,8 +411,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         super()._respond(state, tag, message)
         if final:
             self._in_flight = False
-            if self.paused and not self._lost:
-                self.resumeProducing()
+            self._resume_reading()
 
     def flush_updates(self, allow_expunge: bool = True) -> None:
         """Send the EXISTS / EXPUNGE / FETCH FLAGS owed to the client."""
@@ -505,6 +499,8 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if isinstance(avatar, ImapAccount):
             try:
                 await avatar.list_mailboxes()
+            except defer.CancelledError:
+                raise
             except Exception:  # noqa: BLE001 - StoreError, or OSError from the folder tree
                 log.failure("listing the mailboxes of {user} failed", user=self.user)
 
@@ -519,11 +515,10 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self.flush_updates()
         if self.view is not None:
             self.view.on_change = self.flush_updates
-            IDLE_POLLER.add(self.view.mailbox, self, self.clock)
+            self.idle_poller.add(self.view.mailbox, self, self.clock)
             self.view.mailbox.refresh().addErrback(lambda f: log.failure("IDLE refresh failed", f))
         self._keepalive = self.callLater(IDLE_KEEPALIVE, self._still_here)
-        if self.paused and not self._lost:
-            self.resumeProducing()
+        self._resume_reading()
 
     def _still_here(self) -> None:
         self._keepalive = None
@@ -550,14 +545,14 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self._keepalive = None
         if self.view is not None:
             self.view.on_change = None
-            IDLE_POLLER.remove(self.view.mailbox, self)
+            self.idle_poller.remove(self.view.mailbox, self)
 
     def _close_view(self) -> None:
         if self.view is not None:
             view, self.view = self.view, None
             if self._idle_tag is not None:
                 view.on_change = None
-                IDLE_POLLER.remove(view.mailbox, self)
+                self.idle_poller.remove(view.mailbox, self)
             if isinstance(self.account, ImapAccount):
                 self.account.close_view(view)
             else:
@@ -567,15 +562,18 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
 
 
 class IMAPFactory(protocol.ServerFactory):
-    """Builds ``IMAPServer`` connections (ports 143 and 993). ``clock`` defaults to the reactor."""
+    """Builds ``IMAPServer`` connections (ports 143 and 993); ``clock``: tap.py's reactor."""
 
     protocol = IMAPServer
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
-                 server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
+                 server_tls: Any = None, implicit_tls: bool = False, policy: Any = None,
+                 recent: RecentTracker | None = None, idle_poller: IdlePoller | None = None) -> None:
         """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks
         the sessions of port 993, which tap.py wraps in TLS from the first byte; ``policy`` (a
-        mailsuite.auth.policy.AuthPolicy) guards every login of the sessions."""
+        mailsuite.auth.policy.AuthPolicy) guards every login of the sessions. ``recent`` (which
+        session a message is recent in) and ``idle_poller`` are shared by the sessions; the
+        factories of one server must share them too (default: the factory makes its own)."""
         self.config = config
         self.portal = portal
         self.maillog = maillog
@@ -583,12 +581,17 @@ class IMAPFactory(protocol.ServerFactory):
         self.server_tls = server_tls
         self.implicit_tls = implicit_tls
         self.policy = policy
+        self.recent = RecentTracker() if recent is None else recent
+        self.idle_poller = IdlePoller() if idle_poller is None else idle_poller
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         portal = self.portal
         if self.policy is not None:
             portal = self.policy.guard(portal, host_of(addr), "imap")
-        proto = IMAPServer(self.config, portal, self.maillog, self.clock)
+        # not abstract: what the mixins declare in session.Session, IMAP4Server provides (mypy
+        # sees that Protocol first: a base of the mixins, at type-checking time only)
+        proto = IMAPServer(  # type: ignore[abstract]
+            self.config, portal, self.maillog, self.clock, self.recent, self.idle_poller)
         proto.factory = self
         proto.server_tls, proto.secure = self.server_tls, self.implicit_tls
         return proto

@@ -186,6 +186,17 @@ def parse_list(text: str, filename: str) -> list[Target]:
     return targets
 
 
+def read_file(path: str) -> tuple[dict[str, list[Target]], list[str], list[str], int]:
+    """One alias file, parsed as ``parse_partly`` does, and the uid that owns it (its |command
+    and /file targets run with that user's privileges). OSError when it cannot be read
+    (FileNotFoundError when it does not exist). The daemon's map and newaliases both read
+    alias files here."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        owner = os.fstat(f.fileno()).st_uid
+        text = f.read()
+    return (*parse_partly(text, path), owner)
+
+
 def classify(text: str) -> str:
     """The kind of a target text; see ``Target.kind``."""
     return Target(text, "", 0).kind
@@ -206,7 +217,7 @@ class _FileTable:
 class AliasMap:
     """The merged tables of all ``alias_maps`` files, re-read when a file's mtime or size changes.
 
-    Blocking (it stats and reads files): call ``snapshot`` through ``threads.blocking``.
+    Blocking (it stats and reads files): call ``snapshot`` through a ``threads.Blocking``.
     Thread-safe. As Postfix with newaliases, where the running server uses the last table
     built: an edit that breaks a file (bad lines, or unreadable) leaves the file's last good
     table in force until the file is fixed, and each problem (file, line) goes to ``warn``
@@ -263,9 +274,7 @@ class AliasMap:
         """Read one file into ``_files`` (or keep what it gave before); its problems go to
         ``warn``, and into ``unusable`` when lookups cannot go on without it."""
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                owner = os.fstat(f.fileno()).st_uid
-                text = f.read()
+            table, errors, warnings, owner = read_file(path)
         except FileNotFoundError:
             self._warn(f"{path}: does not exist; treated as empty")
             self._files[path] = _FileTable(stamp, {}, None)
@@ -279,7 +288,6 @@ class AliasMap:
                            " it can be read")
                 unusable.append(f"{path}: cannot read: {e.strerror}")
             return
-        table, errors, warnings = parse_partly(text, path)
         for message in warnings + errors:
             self._warn(message)
         if errors and known is not None:
@@ -332,15 +340,13 @@ def validate(paths: list[str]) -> tuple[dict[str, list[Target]], list[str], list
     warnings: list[str] = []
     for path in paths:
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
+            file_table, file_errors, file_warnings, _ = read_file(path)
         except FileNotFoundError:
             warnings.append(f"{path}: does not exist; treated as empty")
             continue
         except OSError as e:
             errors.append(f"{path}: cannot read: {e.strerror}")
             continue
-        file_table, file_errors, file_warnings = parse_partly(text, path)
         for name, targets in file_table.items():
             table.setdefault(name, targets)
         errors.extend(file_errors)

@@ -10,7 +10,6 @@ server: an ``smtp.IMessageDelivery``.
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,15 +21,18 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailsuite import threads
 from mailsuite.accounts import Account
+from mailsuite.config import Config
 from mailsuite.maillog import format_delay, new_queue_id
 from mailsuite.mta import forward
 from mailsuite.mta.address import has_routing
 from mailsuite.mta.aliases import AliasLookupError, AliasMap
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Outcome
-from mailsuite.store.interfaces import StoreRefused
+from mailsuite.net import in_networks
+from mailsuite.store.interfaces import IMailStore, StoreRefused
+from mailsuite.store.locking import LockTimeout
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -40,6 +42,14 @@ RESOLVE_CACHE_SIZE = 10000
 #: Group commit: at most this many messages / bytes in one write to one mailbox.
 BATCH_MESSAGES = 200
 BATCH_BYTES = 32 * 1024 * 1024
+
+
+def error_status(e: smtp.SMTPServerError) -> tuple[str, str]:
+    """(reply text, DSN status) of a refusal met on local delivery: the status is the enhanced
+    code the text starts with, else ``X.0.0`` of the reply code (for the maillog's ``dsn=`` and
+    the bounce)."""
+    resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
+    return resp, resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
 
 
 class RecipientRejected(smtp.SMTPServerError):
@@ -127,6 +137,14 @@ def failure_outcome(failure: Failure) -> Outcome:
     if error is None:
         return Outcome(451, "4.3.0", f"cannot deliver: {failure.value}", "local")
     return Outcome(550 if error.permanent else 451, error.dsn, error.text, "local")
+
+
+def _lock_of(failure: Failure) -> str:
+    """The dotlock that made a mailbox copy time out (``LockTimeout``), else ''."""
+    for inner in [failure, *(getattr(failure.value, "failures", None) or ())]:
+        if inner.check(LockTimeout):
+            return str(inner.value.lock_path)
+    return ""
 
 
 def split_address(address: str) -> tuple[str, str | None]:
@@ -306,16 +324,18 @@ class DeliveryAvatar:
 class LocalDelivery:
     """Resolves local recipients and writes messages into their INBOX through the store.
 
-    ``accounts.recipient(name) -> Account | None`` is blocking (it reads passwd): it runs in
-    the thread pool, together with the alias expansion (which may re-read alias files).
+    ``accounts.recipient(name) -> Account | None`` is blocking (it reads passwd): it runs
+    through ``blocking`` (mailsuite.threads), together with the alias expansion (which may
+    re-read alias files) and the deliveries to |commands and /files.
     """
 
     def __init__(
         self,
-        config: Any,
+        config: Config,
         accounts: Any,
-        store: Any,
+        store: IMailStore,
         maillog: Any,
+        blocking: Blocking,
         now: Callable[[], float] = time.time,
         aliases: AliasMap | None = None,
     ) -> None:
@@ -331,12 +351,13 @@ class LocalDelivery:
         self.accounts = accounts
         self.store = store
         self.maillog = maillog
+        self.blocking = blocking
         self.now = now
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains,
                                            warn=self._alias_warning)
         self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
-        self.mynetworks = list(getattr(mail, "mynetworks", []))
-        self.relay_domains = [d.lower().rstrip(".") for d in getattr(mail, "relay_domains", [])]
+        self.mynetworks = list(mail.mynetworks)
+        self.relay_domains = [d.lower().rstrip(".") for d in mail.relay_domains]
         #: in_mynetworks answers per client IP, for this very ``mynetworks`` list
         self._trusted_ips: dict[str, bool] = {}
         self._trusted_nets: list[Any] = self.mynetworks
@@ -367,7 +388,7 @@ class LocalDelivery:
             return defer.succeed(False)
         if local.lower() == user.lower():
             return defer.succeed(True)
-        return threads.blocking(self._alias_reaches, local.lower(), user.lower())
+        return self.blocking(self._alias_reaches, local.lower(), user.lower())
 
     def _alias_reaches(self, name: str, user: str) -> bool:
         try:
@@ -404,13 +425,7 @@ class LocalDelivery:
         known = self._trusted_ips.get(ip)
         if known is not None and self._trusted_nets is self.mynetworks:
             return known
-        try:
-            address = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        trusted = any(address in net for net in self.mynetworks)
+        trusted = in_networks(ip, self.mynetworks)
         if self._trusted_nets is not self.mynetworks or len(self._trusted_ips) >= 10000:
             self._trusted_ips, self._trusted_nets = {}, self.mynetworks
         self._trusted_ips[ip] = trusted
@@ -450,7 +465,7 @@ class LocalDelivery:
         (as local(8) expands at delivery) and that target alone is run; its failure is 5.x.x
         (bounce) or 4.x.x (retry) as forward.TargetFailed says."""
         names = [r.user or "" for r in recipients]
-        accounts = yield threads.blocking(
+        accounts = yield self.blocking(
             lambda: [None if is_special(n) else self.accounts.recipient(n) for n in names])
         copies = []
         for r, account in zip(recipients, accounts):
@@ -476,7 +491,7 @@ class LocalDelivery:
                 outcomes.append(Outcome(250, "2.0.0", "delivered to mailbox", "local"))
             else:
                 outcomes.append(Outcome(451, "4.3.0", f"cannot append message to mailbox: "
-                                        f"{result.value}", "local"))
+                                        f"{result.value}", "local", lock=_lock_of(result)))
         return outcomes
 
     @defer.inlineCallbacks
@@ -485,8 +500,7 @@ class LocalDelivery:
         try:
             found = yield self.resolve(r.address)
         except smtp.SMTPServerError as e:
-            resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
-            dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
+            resp, dsn = error_status(e)
             return Outcome(550 if e.code >= 500 else 451, dsn, resp, "local")
         wanted = [dest for dest in found if dest.name == r.user]
         if not wanted:
@@ -507,7 +521,7 @@ class LocalDelivery:
         if cached is not None:
             return defer.succeed(cached)
         key = address.lower()
-        d = threads.blocking(self._resolve_blocking, address, split_address(address)[0])
+        d = self.blocking(self._resolve_blocking, address, split_address(address)[0])
         return d.addCallback(self._remember, key, self.now())
 
     def resolve_cached(self, address: str) -> list[Any] | None:
@@ -615,8 +629,6 @@ class LocalDelivery:
     def _commit(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         """Group commit: copies for one INBOX that arrive while a write to it is under way are
         written together by the next write (one lock, one fsync); each fires after its fsync."""
-        if not hasattr(self.store, "deliver_many"):
-            return defer.maybeDeferred(self.store.deliver, account, data, sender)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._pending.setdefault(account.name, []).append((data, sender, waiter))
         if account.name not in self._writing:
@@ -653,8 +665,8 @@ class LocalDelivery:
         """One run of the command / append to the file per original address; logged as local(8)."""
         copies = []
         for address in addresses:
-            d = threads.blocking(forward.deliver_special, dest, data, sender, address,
-                                 address, self.now())
+            d = self.blocking(forward.deliver_special, dest, data, sender, address,
+                              address, self.now())
             d.addBoth(self._log_special, queue_id, address, arrival, start)
             copies.append(d)
         return copies

@@ -31,7 +31,6 @@ appends without exec, so the target user needs no access to the server's Python.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import pwd
 import select
@@ -47,6 +46,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 
 from mailsuite.accounts import Account
+from mailsuite.fsutil import write_all
 from mailsuite.mta.aliases import (
     EXPANSION_SIZE_LIMIT,
     MAX_DEPTH,
@@ -56,6 +56,7 @@ from mailsuite.mta.aliases import (
     classify,
     parse_list,
 )
+from mailsuite.store.locking import try_fcntl_lock
 from mailsuite.store.mboxformat import make_from_line, to_stored
 from mailsuite.store.safepath import MissingAnchor, Place, UnsafePath, open_anchor
 
@@ -443,7 +444,7 @@ def _open_child(path: str, flags: int, privs: Privileges, sock: socket.socket) -
         os._exit(0)
 
 
-# -- delivery to commands and files (blocking: run through threads.blocking) -------------
+# -- delivery to commands and files (blocking: run through a threads.Blocking) ----------
 
 
 def _as_user(privs: Privileges) -> dict[str, Any]:
@@ -521,8 +522,13 @@ _TRANSIENT = (errno.EAGAIN, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EINTR)
 
 def _append(path: str, entry: bytes) -> tuple[int, str]:
     """Append ``entry`` to the mbox ``path`` with this process's privileges: O_NOFOLLOW, a
-    regular file with one link, a dotlock where the directory allows one, fcntl lock, fsync.
-    Returns (exit code: 0, EX_TEMPFAIL or EX_CANTCREAT; reason)."""
+    regular file with one link, a dotlock where the directory allows one, the store's fcntl
+    lock, fsync. Returns (exit code: 0, EX_TEMPFAIL or EX_CANTCREAT; reason).
+
+    This runs in a child forked from the threaded server, so it calls nothing that takes a
+    Python lock (one another thread held at the fork would never be released here): the
+    dotlock is made here, empty as Postfix's local(8) makes it, not with the store's
+    ``try_dotlock``, which records the dotlocks it holds under a thread lock."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
                      | os.O_NONBLOCK, 0o600)  # a FIFO without reader: ENXIO, not a hang
@@ -552,17 +558,16 @@ def _append(path: str, entry: bytes) -> tuple[int, str]:
     try:
         for _ in range(300):
             try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                if try_fcntl_lock(fd):  # the store's (an open-file-description lock)
+                    break
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         else:
             return EX_TEMPFAIL, "file is locked (fcntl)"
         end = os.lseek(fd, 0, os.SEEK_END)
         try:
-            view = memoryview(entry)
-            while view:  # a short write is continued, never reported as delivered
-                view = view[os.write(fd, view):]
+            write_all(fd, entry)  # a short write is continued, never reported as delivered
             os.fsync(fd)
         except OSError as e:
             os.ftruncate(fd, end)

@@ -17,7 +17,6 @@ File format (one file per message, name = its queue id)::
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
 import stat
@@ -29,16 +28,12 @@ from typing import Any
 from twisted.application import internet
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from mailsuite import threads
-from mailsuite.fsutil import fsync_entry
+from mailsuite.fsutil import atomic_write, fsync_entry
 from mailsuite.maillog import new_queue_id
-from mailsuite.mta.bounce import Entry
-from mailsuite.mta.delivery import DeliveryFailed
-from mailsuite.mta.forward import TargetFailed
-from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.transaction import DEFERRED, PICKUP, Client, Envelope, Pipeline, Recipient
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -77,26 +72,10 @@ class Dropped:
 def _write_file(directory: str, name: str, head: dict[str, Any], data: bytes) -> None:
     """Write ``.tmp.NAME``, fsync it, rename it to NAME and make the rename durable; on any
     error nothing is left under either name (so a reported failure never delivers)."""
-    tmp, final = os.path.join(directory, f".tmp.{name}"), os.path.join(directory, name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    current = tmp
-    try:
-        payload = json.dumps(head, separators=(",", ":")).encode("utf-8") + b"\n" + data
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        os.rename(tmp, final)
-        current = final
-        fsync_entry(directory, fd)
-    except BaseException:
-        try:
-            os.unlink(current)
-        except OSError:
-            pass
-        raise
-    finally:
-        os.close(fd)
+    payload = json.dumps(head, separators=(",", ":")).encode("utf-8") + b"\n" + data
+    atomic_write(os.path.join(directory, name), payload,
+                 tmp=os.path.join(directory, f".tmp.{name}"),
+                 sync=lambda fd: fsync_entry(directory, fd), undo=True)
 
 
 def drop(queue_directory: str, sender: str, recipients: list[str], data: bytes,
@@ -177,12 +156,15 @@ Submit = Callable[[Dropped], "defer.Deferred[list[str]]"]
 
 
 class Pickup:
-    """Moves maildrop/ messages into the mail system, one scan at a time (never two at once)."""
+    """Moves maildrop/ messages into the mail system, one scan at a time (never two at once);
+    the files are read and removed through ``blocking`` (mailsuite.threads)."""
 
-    def __init__(self, queue_directory: str, submit: Submit, maillog: Any) -> None:
+    def __init__(self, queue_directory: str, submit: Submit, maillog: Any,
+                 blocking: Blocking) -> None:
         self.queue_directory = queue_directory
         self.submit = submit
         self.maillog = maillog
+        self.blocking = blocking
         self._running: defer.Deferred[None] | None = None
         self._again = False
 
@@ -205,10 +187,10 @@ class Pickup:
 
     @defer.inlineCallbacks
     def _scan(self) -> Any:
-        queue_ids = yield threads.blocking(ids, self.queue_directory)
+        queue_ids = yield self.blocking(ids, self.queue_directory)
         for queue_id in queue_ids:
             try:
-                dropped = yield threads.blocking(read, self.queue_directory, queue_id)
+                dropped = yield self.blocking(read, self.queue_directory, queue_id)
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, KeyError) as e:
@@ -225,22 +207,18 @@ class Pickup:
                             id=queue_id)
                 continue
             if remaining:
-                yield threads.blocking(rewrite, self.queue_directory, dropped, remaining)
+                yield self.blocking(rewrite, self.queue_directory, dropped, remaining)
             else:
-                yield threads.blocking(remove, self.queue_directory, queue_id)
+                yield self.blocking(remove, self.queue_directory, queue_id)
 
 
-def pickup_service(pickup: Pickup, interval: float = SCAN_INTERVAL) -> internet.TimerService:
-    """Scans at start and every ``interval`` seconds; a failing scan is logged and survived."""
-
-    return internet.TimerService(interval, pickup.scan)
-
-
-def received_by(hostname: str, uid: int, queue_id: str, when: float) -> bytes:
-    """The Received: line Postfix's pickup/cleanup gives locally submitted mail."""
-    date = email.utils.formatdate(when, localtime=True)
-    return (f"Received: by {hostname} (mailsuite, from userid {uid})\n\tid {queue_id};"
-            f" {date}\n").encode()
+def pickup_service(pickup: Pickup, clock: Any,
+                   interval: float = SCAN_INTERVAL) -> internet.TimerService:
+    """Scans at start and every ``interval`` seconds of ``clock`` (an IReactorTime); a failing
+    scan is logged and survived."""
+    scanner = internet.TimerService(interval, pickup.scan)
+    scanner.clock = clock
+    return scanner
 
 
 def qualify(address: str, myorigin: str) -> str:
@@ -251,90 +229,21 @@ def qualify(address: str, myorigin: str) -> str:
 
 
 def local_submitter(delivery: Any, maillog: Any, hostname: str, myorigin: str,
-                    now: Callable[[], float] = time.time) -> Submit:
-    """``submit`` for Pickup that delivers through LocalDelivery (the same resolve() as SMTP
-    RCPT, one deliver() per recipient so a retry never repeats a delivered copy).
+                    now: Callable[[], float] = time.time,
+                    pipeline: Pipeline | None = None) -> Submit:
+    """``submit`` for Pickup: the dropped message through the accept pipeline
+    (mailsuite.mta.transaction; ``pipeline`` None: one over ``delivery``), with @myorigin
+    added to bare names; returns the recipients to try again at the next scan (the pipeline's
+    deferred ones: a refused recipient is dropped once its bounce is on disk)."""
+    pipeline = pipeline or Pipeline(delivery, maillog, hostname, now)
 
-    Permanent refusals (5xx: an unknown user, a |command that failed) are logged
-    ``status=bounced`` and, as Postfix's bounce(8), reported to the sender in one RFC 3464
-    bounce through ``delivery.queue`` (a local sender finds it in the mailbox); the recipient
-    is dropped once the bounce is on disk. Temporary ones are kept for the next scan. Remote
-    recipients go to ``delivery.queue.submit`` (the outbound queue) when there is one, else
-    they wait (temporary failure).
-    """
-
-    @defer.inlineCallbacks
-    def deliver_one(dropped: Dropped, sender: str, address: str, data: bytes) -> Any:
-        """None when delivered (or queued), else (permanent, dsn, text), logged."""
-        _, _, domain = address.rpartition("@")
-        queue = getattr(delivery, "queue", None)
-        try:
-            if queue is not None and not delivery.is_local_domain(domain):
-                yield queue.submit(sender, [address], data)  # durable in the queue
-                return None
-            found = yield delivery.resolve(address)
-            yield delivery.deliver(data, sender, [(address, d) for d in found],
-                                   dropped.queue_id, arrival=dropped.arrival)
-        except smtp.SMTPServerError as e:
-            resp = e.resp if isinstance(e.resp, str) else e.resp.decode("utf-8", "replace")
-            dsn = resp.split()[0] if resp[:1].isdigit() else f"{e.code // 100}.0.0"
-            status = "deferred" if e.code < 500 else "bounced"
-            maillog.write("local", f"{dropped.queue_id}: to=<{address}>, relay=none,"
-                          f" delay={now() - dropped.arrival:.2g}, dsn={dsn},"
-                          f" status={status} ({resp})")
-            reason = resp.removeprefix(dsn).strip().removeprefix(f"<{address}>: ")
-            return e.code >= 500, dsn, reason  # the bounce says "<address>: reason"
-        except DeliveryFailed as e:  # logged by deliver(); a failed |command or /file
-            error = next((f.value for f in e.failures if f.check(TargetFailed)), None)
-            if error is None:
-                return False, "4.3.0", str(e)
-            return error.permanent, error.dsn, error.text
-        return None
-
-    @defer.inlineCallbacks
-    def submit(dropped: Dropped) -> Any:
-        sender = qualify(dropped.sender, myorigin)
-        data = received_by(hostname, dropped.uid, dropped.queue_id, now()) + dropped.data
-        retry: list[str] = []
-        bounced: list[tuple[str, Entry]] = []
-        for rcpt in dropped.recipients:
-            address = qualify(rcpt, myorigin)
-            try:
-                result = yield deliver_one(dropped, sender, address, data)
-            except defer.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 -- logged and retried at the next scan
-                log.failure("maildrop {id}: delivery to {rcpt} failed", id=dropped.queue_id,
-                            rcpt=address)
-                result = (False, "4.3.0", "internal error")
-            if result is None:
-                continue
-            permanent, dsn, text = result
-            if permanent:
-                bounced.append((rcpt, Entry(QueuedRecipient(address), dsn, text)))
-            else:
-                retry.append(rcpt)
-        if bounced and not (yield bounce(dropped, sender, data, [e for _, e in bounced])):
-            retry.extend(rcpt for rcpt, _ in bounced)  # refused again, and bounced, next time
-        return retry
-
-    @defer.inlineCallbacks
-    def bounce(dropped: Dropped, sender: str, data: bytes, entries: list[Entry]) -> Any:
-        """Queue one bounce for ``entries``; False when it could not be written."""
-        queue = getattr(delivery, "queue", None)
-        if queue is None:
-            log.warn("maildrop {id}: no queue to return the message to <{sender}>",
-                     id=dropped.queue_id, sender=sender)
-            return True
-        env = Envelope(dropped.queue_id, sender, [e.recipient for e in entries], dropped.arrival,
-                       size=len(data))
-        try:
-            yield queue.notify(env, data, "failed", entries, now())
-        except defer.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 -- the recipients stay, and are tried again
-            log.failure("maildrop {id}: cannot queue the bounce", id=dropped.queue_id)
-            return False
-        return True
+    def submit(dropped: Dropped) -> defer.Deferred[list[str]]:
+        envelope = Envelope(
+            dropped.queue_id, qualify(dropped.sender, myorigin),
+            [Recipient(qualify(rcpt, myorigin)) for rcpt in dropped.recipients],
+            Client(PICKUP, uid=dropped.uid), arrival=dropped.arrival)
+        d = pipeline.receive(envelope, dropped.data)
+        return d.addCallback(lambda results: [
+            rcpt for rcpt, r in zip(dropped.recipients, results) if r.status == DEFERRED])
 
     return submit

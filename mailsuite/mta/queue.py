@@ -9,7 +9,10 @@ account (``user``), ``relay`` (SMTP, one call per next hop) for the others. Then
   done; the null sender gets none (no loops);
 - 4xx: retried after 5 min, 10, 20, ... (doubling up to ``maximal_backoff_time``); once the
   message is older than ``maximal_queue_lifetime`` it bounces (``status=expired``). With
-  ``delay_warning_time`` set, one delay warning is sent after that long.
+  ``delay_warning_time`` set, one delay warning is sent after that long. A local delivery
+  deferred by a mailbox lock is retried as soon as that lock goes (``lockwatch``), and every
+  message with local recipients left is tried at once at start (the lock that deferred it
+  may have been left by the server that was killed: removed at start).
 
 Every event is a maillog line in Postfix's shape under the message's one queue id.
 """
@@ -17,18 +20,19 @@ Every event is a maillog line in Postfix's shape under the message's one queue i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailsuite import threads
+from mailsuite.config import MailConfig
 from mailsuite.maillog import format_delay, new_queue_id
 from mailsuite.mta.bounce import Entry, make_dsn
+from mailsuite.mta.lockwatch import LockWatch
 from mailsuite.mta.queuefile import CorruptQueueFile, Envelope, QueueDirectory, QueuedRecipient
 from mailsuite.mta.relay import Outcome
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -51,18 +55,19 @@ class QueueSettings:
     concurrency: int = 20  # messages delivered at the same time
 
     @classmethod
-    def from_config(cls, mail: Any) -> QueueSettings:
+    def from_config(cls, mail: MailConfig) -> QueueSettings:
         return cls(
             hostname=mail.myhostname,
             lifetime=mail.maximal_queue_lifetime,
-            min_backoff=getattr(mail, "minimal_backoff_time", 300.0),
-            max_backoff=getattr(mail, "maximal_backoff_time", 4000.0),
-            delay_warning=getattr(mail, "delay_warning_time", 0.0),
+            min_backoff=mail.minimal_backoff_time,
+            max_backoff=mail.maximal_backoff_time,
+            delay_warning=mail.delay_warning_time,
         )
 
 
 class Queue:
-    """Delivers what is in ``directory``. ``clock`` is a reactor (callLater, seconds)."""
+    """Delivers what is in ``directory``. ``clock`` is a reactor (callLater, seconds); the
+    queue files are read and written through ``blocking`` (mailsuite.threads)."""
 
     def __init__(
         self,
@@ -72,7 +77,7 @@ class Queue:
         maillog: Any,
         clock: Any,
         settings: QueueSettings,
-        blocking: Callable[..., defer.Deferred[Any]] | None = None,
+        blocking: Blocking,
     ) -> None:
         self.directory = directory
         self.local = local
@@ -80,13 +85,14 @@ class Queue:
         self.maillog = maillog
         self.clock = clock
         self.settings = settings
-        self.blocking = blocking or threads.blocking
+        self.blocking = blocking
         self.envelopes: dict[str, Envelope] = {}
         self._bodies: dict[str, bytes] = {}
         self._timers: dict[str, Any] = {}
         self._running: set[str] = set()
         self._again: set[str] = set()
         self._slots = defer.DeferredSemaphore(settings.concurrency)
+        self.locks = LockWatch(clock, self.blocking)
 
     # --- entry points -------------------------------------------------------------------------
 
@@ -94,11 +100,12 @@ class Queue:
     def start(self) -> Any:
         """Load what an earlier run left (and drop half-written files); schedule all of it."""
         yield self.blocking(self.directory.setup)
-        yield self.scan()
+        yield self.scan(at_start=True)
 
     @defer.inlineCallbacks
-    def scan(self) -> Any:
-        """Pick up queue files not known yet (left by a crash, or written by ``sendmail``)."""
+    def scan(self, at_start: bool = False) -> Any:
+        """Pick up queue files not known yet (left by a crash, or written by ``sendmail``);
+        ``at_start``: messages with local recipients are tried now, not after their back-off."""
         ids = yield self.blocking(self.directory.ids)
         now = self.clock.seconds()
         for queue_id in ids:
@@ -115,7 +122,8 @@ class Queue:
                 continue
             self.envelopes[queue_id] = env
             self._active_line(env)
-            self._schedule(queue_id, max(0.0, env.next_attempt - now))
+            local = at_start and any(r.user for _, r in env.pending())
+            self._schedule(queue_id, 0.0 if local else max(0.0, env.next_attempt - now))
 
     def enqueue(self, envelope: Envelope, data: bytes) -> defer.Deferred[Envelope]:
         """Write ``envelope``+``data`` durably, then deliver it; fires once it is on disk."""
@@ -163,6 +171,7 @@ class Queue:
         return self.blocking(self.directory.remove, queue_id).addCallback(lambda _: True)
 
     def stop(self) -> None:
+        self.locks.stop()
         for queue_id in list(self._timers):
             self._cancel(queue_id)
 
@@ -191,6 +200,7 @@ class Queue:
         self._timers.pop(queue_id, None)
         if queue_id not in self.envelopes or queue_id in self._running:
             return
+        self.locks.forget(queue_id)
         self._running.add(queue_id)
         d = self._slots.run(self._attempt, queue_id)
         d.addErrback(lambda f: log.failure("delivery attempt of {id} failed", f, id=queue_id))
@@ -299,6 +309,13 @@ class Queue:
             record["warned"] = True
         yield self.blocking(self.directory.mark, env.queue_id, record, warn)
         self._bodies.pop(env.queue_id, None)  # read again at the next attempt
+        for lock in {o.lock for o in outcomes.values() if 400 <= o.code < 500 and o.lock}:
+            self.locks.watch(lock, env.queue_id, self._lock_freed)
+
+    def _lock_freed(self, queue_id: str) -> None:
+        """The mailbox lock that deferred ``queue_id`` went: try it again now."""
+        if queue_id in self.envelopes:
+            self._schedule(queue_id, 0)
 
     def _forget(self, queue_id: str) -> None:
         self.envelopes.pop(queue_id, None)

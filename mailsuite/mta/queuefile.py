@@ -18,7 +18,7 @@ after each delivery, so a crash re-delivers at most the recipients whose record 
 disk (SMTP's own window). A torn last record (crash mid-append) is ignored. Removal needs no
 fsync: a file that comes back after a crash has every recipient marked done and is removed again.
 
-These functions block; the daemon calls them through :func:`mailsuite.threads.blocking`, and
+These functions block; the daemon calls them through a :data:`mailsuite.threads.Blocking`, and
 commands (``sendmail``) may call them directly, with or without a running daemon.
 """
 
@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mailsuite.fsutil import fsync_dir
+from mailsuite.fsutil import atomic_write, write_all
 from mailsuite.maillog import new_queue_id
 
 VERSION = 1
@@ -110,12 +110,6 @@ class CorruptQueueFile(Exception):
     pass
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 class QueueDirectory:
     """The queue files under one ``queue_directory`` (blocking calls)."""
 
@@ -145,22 +139,15 @@ class QueueDirectory:
         target = self.path(envelope.queue_id)
         if os.path.exists(target):
             raise FileExistsError(target)
-        tmp = os.path.join(self.tmp, envelope.queue_id)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, envelope.to_json() + b"\n" + data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
-        fsync_dir(self.active)
+        atomic_write(target, envelope.to_json() + b"\n" + data,
+                     tmp=os.path.join(self.tmp, envelope.queue_id))
 
     def mark(self, queue_id: str, record: dict[str, Any], sync: bool = True) -> None:
         """Append one progress record (fsync'ed unless ``sync`` is False)."""
         line = json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
         fd = os.open(self.path(queue_id), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
-            _write_all(fd, line)
+            write_all(fd, line)
             if sync:
                 os.fsync(fd)
         finally:

@@ -26,9 +26,11 @@ from twisted.internet import defer, endpoints, error, protocol, ssl
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailsuite.config import ConfigError
 from mailsuite.mta.address import xtext_encode
 from mailsuite.mta.dns import MX_ADDRESS_LIMIT, DNSLookupError, MailHost
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from mailsuite.startup import describe_os_error
 
 log = Logger()
 
@@ -46,6 +48,7 @@ class Outcome:
     text: str
     relay: str = "none"
     remote_dsn: bool = False  # the receiving server took DSN NOTIFY/ORCPT (no "relayed" notice)
+    lock: str = ""  # a local mailbox's dotlock that deferred it: retried when it goes
 
     @property
     def status(self) -> str:
@@ -308,6 +311,20 @@ def parse_password_map(text: str) -> dict[str, tuple[str, str]]:
         if sep:
             table[key.strip().lower()] = (user, password)
     return table
+
+
+def load_password_map(cfg: Any) -> dict[str, tuple[str, str]]:
+    """smtp_sasl_password_maps, read at start: a missing or unreadable file is a ConfigError
+    naming file, section and key, before anything is bound."""
+    path = cfg.mail.smtp_sasl_password_maps
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            return parse_password_map(f.read())
+    except (OSError, UnicodeDecodeError) as e:
+        reason = describe_os_error(e) if isinstance(e, OSError) else f"{path}: {e}"
+        raise ConfigError([f"{cfg.path}: [mail] smtp_sasl_password_maps: {reason}"]) from None
 
 
 class Relay:

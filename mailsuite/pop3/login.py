@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.cred import credentials
 from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -22,6 +21,7 @@ from twisted.python.failure import Failure
 
 from mailsuite.auth import sasl
 from mailsuite.auth.policy import LoginBlocked
+from mailsuite.config import Config
 
 log = Logger()
 
@@ -31,7 +31,7 @@ PLAINTEXT_REFUSED = (b"-ERR [AUTH] Plaintext authentication disallowed on non-se
                      b"connections.")
 
 
-class Pop3Login:
+class Pop3Login(sasl.Conversation):
     """CAPA, STLS, USER, PASS, AUTH for ``POP3Server`` (which sets the attributes used here)."""
 
     transport: Any
@@ -39,7 +39,7 @@ class Pop3Login:
     portal: Any
     maillog: Any
     clock: Any
-    config: Any
+    config: Config
     server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
     secure = False  # TLS is on (implicit port, or after STLS)
     rip = lip = ""
@@ -51,7 +51,6 @@ class Pop3Login:
         self._login_method = "PLAIN"
         self._failures = 0
         self._logout: Callable[[], None] | None = None
-        self._sasl: sasl.Exchange | None = None
         self._tls_cut = False  # input after STLS in the same read is discarded (no injection)
         self._quit = False
         self._queue: list[bytes] = []
@@ -126,25 +125,21 @@ class Pop3Login:
             return self.reply(b"-ERR [AUTH] Unsupported authentication mechanism.")
         if self._plaintext_refused():
             return None
-        return self._sasl_step(exchange, exchange.step)
+        return self.sasl_begin(exchange)
 
-    def sasl_response(self, line: bytes) -> Any:
-        """The client's line while an AUTH exchange waits for one."""
-        exchange, self._sasl = self._sasl, None
-        assert exchange is not None
-        return self._sasl_step(exchange, lambda: exchange.respond(line))
+    # -- sasl.Framing: POP3's (RFC 5034) --
 
-    def _sasl_step(self, exchange: sasl.Exchange, step: Callable[[], Any]) -> Any:
-        try:
-            result = step()
-        except sasl.Cancelled:
-            return self.reply(b"-ERR Authentication aborted by client.")
-        except sasl.Malformed as e:
-            return self.reply(f"-ERR {e}.")
-        if isinstance(result, sasl.Challenge):
-            self._sasl = exchange
-            return self.reply(b"+ " + sasl.encode(result.data))
-        return self._login(result)
+    def sasl_challenge(self, encoded: bytes) -> None:
+        self.reply(b"+ " + encoded)
+
+    def sasl_cancelled(self) -> None:
+        self.reply(b"-ERR Authentication aborted by client.")
+
+    def sasl_malformed(self, error: sasl.Malformed) -> None:
+        self.reply(f"-ERR {error}.")
+
+    def sasl_attempt(self, attempt: sasl.Attempt) -> defer.Deferred[Any]:
+        return self._login(attempt)
 
     # -- the one login path --
 
@@ -152,12 +147,7 @@ class Pop3Login:
         """Check ``attempt`` through the portal; every login of every command comes here."""
         self._login_user = sasl.printable(attempt.username)
         self._login_method = attempt.mechanism
-        if attempt.proxy:
-            d: defer.Deferred[Any] = defer.fail(cred_error.UnauthorizedLogin("no master users"))
-        else:
-            creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
-            d = self.portal.login(creds, None, pop3.IMailbox)
+        d = sasl.login(self.portal, attempt, pop3.IMailbox)
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
 

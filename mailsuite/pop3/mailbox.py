@@ -4,8 +4,9 @@ expunge of exactly the marked UIDs at QUIT (``open_pop3_mailbox``; the realm han
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -13,8 +14,9 @@ from twisted.internet import defer
 from twisted.mail import pop3
 from zope.interface import implementer
 
+from mailsuite import uidlformat
 from mailsuite.accounts import Account
-from mailsuite.store.interfaces import MessageInfo
+from mailsuite.store.interfaces import IMailbox, IMailStore, MessageInfo
 from mailsuite.wire import to_wire
 
 
@@ -69,7 +71,9 @@ class Pop3Mailbox:
     ``sizes`` are the wire sizes of the snapshot's messages (deleted ones too), from the store.
     """
 
-    def __init__(self, mailbox: Any, account: Account, snapshot: Sequence[MessageInfo]) -> None:
+    def __init__(
+        self, mailbox: IMailbox, account: Account, snapshot: Sequence[MessageInfo]
+    ) -> None:
         self.mailbox = mailbox
         self.account = account
         self.messages = snapshot if isinstance(snapshot, Snapshot) else Snapshot(list(snapshot))
@@ -95,9 +99,10 @@ class Pop3Mailbox:
             return defer.fail(e)
         return self.mailbox.read(self.messages[index].uid).addCallback(to_wire)
 
-    def uidl(self, index: int) -> str:
-        """Dovecot's default ``%08Xv%08Xu``: stable for as long as UIDVALIDITY and the UID are."""
-        return f"{self.mailbox.uid_validity:08X}{self.messages[index].uid:08X}"
+    def uidl(self, index: int, template: str = uidlformat.DEFAULT) -> str:
+        """The UIDL in Dovecot's ``pop3_uidl_format`` (default ``%08Xu%08Xv``): stable for as
+        long as UIDVALIDITY and the UID are."""
+        return compiled(template).format(self.messages[index].uid, int(self.mailbox.uid_validity))
 
     def commit(self) -> defer.Deferred[list[int]]:
         """Expunge the messages marked deleted; fires with the UIDs removed."""
@@ -140,7 +145,9 @@ class Pop3Mailbox:
 
 
 @defer.inlineCallbacks
-def open_pop3_mailbox(store: Any, account: Account) -> Any:
+def open_pop3_mailbox(
+    store: IMailStore, account: Account
+) -> Generator[defer.Deferred[Any], Any, Pop3Mailbox]:
     """Deferred[Pop3Mailbox]: INBOX of ``account``, refreshed, as this session's maildrop."""
     mailbox = yield store.open(account, "INBOX")
     try:
@@ -149,3 +156,8 @@ def open_pop3_mailbox(store: Any, account: Account) -> Any:
         mailbox.close()
         raise
     return Pop3Mailbox(mailbox, account, Snapshot(mailbox.messages))
+
+
+@functools.lru_cache(maxsize=16)
+def compiled(template: str) -> uidlformat.UidlFormat:
+    return uidlformat.UidlFormat(template)

@@ -23,7 +23,8 @@ from twisted.mail import pop3
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailsuite.net import host_of
+from mailsuite.config import Config
+from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.pop3.login import Pop3Login
 from mailsuite.store.interfaces import UnknownUID
 
@@ -105,7 +106,6 @@ class POP3Server(Pop3Login, pop3.POP3):
     portal: Any = None
     maillog: Any = None
     clock: Any = None
-    config: Any = None
 
     def connectionMade(self) -> None:
         self.callLater = self.clock.callLater  # type: ignore[method-assign]
@@ -116,6 +116,7 @@ class POP3Server(Pop3Login, pop3.POP3):
         self._producer: _MessageProducer | None = None
         self._end = "Connection closed"
         self._paused = self._draining = False
+        self._unsent_wait: UnsentWait | None = None  # while more than MAX_UNSENT is unsent
         self._stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0, "del": 0}
         self.rip = host_of(self.transport.getPeer())
         self.lip = host_of(self.transport.getHost())
@@ -158,12 +159,28 @@ class POP3Server(Pop3Login, pop3.POP3):
         self._draining = True
         try:
             while self._queue and self._busy is None and not (self._quit or self._lost):
+                if self._unsent_wait is not None or unsent(self.transport) > MAX_UNSENT:
+                    self._hold_while_unsent()
+                    return
                 self._run(self._queue.pop(0))
         finally:
             self._draining = False
         if not self._queue and self._paused and not self._lost:
             self._paused = False
             self.transport.resumeProducing()
+
+    def _hold_while_unsent(self) -> None:
+        """Run (and read) no more commands while the client leaves more than MAX_UNSENT of
+        replies unread (S5)."""
+        if not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        if self._unsent_wait is None:
+            self._unsent_wait = UnsentWait(self.transport, self.callLater, self._all_but_sent)
+
+    def _all_but_sent(self) -> None:
+        self._unsent_wait = None
+        self._drain()
 
     def _run(self, line: bytes) -> None:
         try:
@@ -251,11 +268,16 @@ class POP3Server(Pop3Login, pop3.POP3):
         if args:
             index = self._index(args[0])
             if index is not None:
-                self.reply(f"+OK {index + 1} {self.mbox.uidl(index)}")
+                self.reply(f"+OK {index + 1} {self.mbox.uidl(index, self._uidl_format())}")
             return
         live = [n for n in range(len(self.mbox)) if n not in self.mbox.deleted]
-        lines = ["+OK"] + [f"{n + 1} {self.mbox.uidl(n)}" for n in live] + ["."]
+        template = self._uidl_format()
+        lines = ["+OK"] + [f"{n + 1} {self.mbox.uidl(n, template)}" for n in live] + ["."]
         self.transport.write("".join(x + "\r\n" for x in lines).encode("ascii"))
+
+    def _uidl_format(self) -> str:
+        """``[mailbox] pop3_uidl_format`` (checked when the configuration was read)."""
+        return self.config.mailbox.pop3_uidl_format
 
     def do_RETR(self, *args: bytes) -> Any:
         if self._arity(args, 1, 1):
@@ -346,6 +368,8 @@ class POP3Server(Pop3Login, pop3.POP3):
         self._lost = True
         self.setTimeout(None)
         self._queue.clear()
+        if self._unsent_wait is not None:
+            self._unsent_wait.cancel()
         # Work in flight (a login, a store read or QUIT's expunge) runs to its end before the
         # mailbox is closed; only a message being sent stops at once.
         if self._producer is not None:
@@ -377,7 +401,7 @@ class POP3Server(Pop3Login, pop3.POP3):
 
 
 class POP3Factory(protocol.ServerFactory):
-    """Builds POP3 sessions: ``POP3Factory(config, portal, maillog, clock=None, server_tls=None,
+    """Builds POP3 sessions: ``POP3Factory(config, portal, maillog, clock, server_tls=None,
     implicit_tls=False)``.
 
     ``server_tls`` (a ``mailsuite.tls.ServerTLS``) enables STLS; ``implicit_tls`` marks the
@@ -388,12 +412,10 @@ class POP3Factory(protocol.ServerFactory):
     protocol = POP3Server  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, config: Any, portal: Any, maillog: Any, clock: Any = None,
+    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
                  server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
-        """``clock``: an IReactorTime for timeouts and the failed-login delay (default reactor).
+        """``clock``: an IReactorTime for timeouts and the failed-login delay (tap.py's reactor).
         ``policy``: a ``mailsuite.auth.policy.AuthPolicy`` applied to every login, or None."""
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.config, self.portal, self.maillog, self.clock = config, portal, maillog, clock
         self.server_tls, self.implicit_tls = server_tls, implicit_tls
         self.policy = policy

@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.cred import credentials
 from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -45,7 +44,7 @@ log = Logger()
 BEFORE_TLS = {b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"RSET", b"HELP", b"QUIT"}
 
 
-class SmtpAuth:
+class SmtpAuth(sasl.Conversation):
     """STARTTLS and AUTH for ``SMTPServer`` (which provides what is declared here)."""
 
     factory: Any
@@ -59,7 +58,6 @@ class SmtpAuth:
     _sender: str | None
     _avatar: Any
     _logout: Callable[[], None] | None
-    _sasl: sasl.Exchange | None = None
     _reply: Callable[[int, str], None]
     _log: Callable[[str], None]
     _reset_transaction: Callable[[], None]
@@ -142,42 +140,32 @@ class SmtpAuth:
             exchange = sasl.Exchange.start(words[0], words[1] if len(words) == 2 else None)
         except sasl.UnknownMechanism:
             return self._reply(504, "5.5.4 Unsupported authentication mechanism")
-        return self._sasl_step(exchange, exchange.step)
+        return self.sasl_begin(exchange)
 
-    def sasl_response(self, line: bytes) -> Any:
-        """A client line while an AUTH exchange waits for it."""
-        exchange, self._sasl = self._sasl, None
-        assert exchange is not None
-        return self._sasl_step(exchange, lambda: exchange.respond(line))
+    # -- sasl.Framing: SMTP's (RFC 4954) ---------------------------------------------------------
 
-    def _sasl_step(self, exchange: sasl.Exchange, step: Callable[[], Any]) -> Any:
-        try:
-            result = step()
-        except sasl.Cancelled:
-            return self._reply(501, "5.7.0 Authentication aborted")
-        except sasl.Malformed as e:
-            text = "Cannot decode response" if "base64" in str(e) else str(e)
-            return self._reply(501, f"5.5.2 {text}")
-        if isinstance(result, sasl.Challenge):
-            self._sasl = exchange
-            self.transport.write(b"334 " + sasl.encode(result.data) + b"\r\n")
-            return None
-        return self._auth_login(result)
+    def sasl_challenge(self, encoded: bytes) -> None:
+        self.transport.write(b"334 " + encoded + b"\r\n")
+
+    def sasl_cancelled(self) -> None:
+        self._reply(501, "5.7.0 Authentication aborted")
+
+    def sasl_malformed(self, error: sasl.Malformed) -> None:
+        text = "Cannot decode response" if isinstance(error, sasl.BadBase64) else str(error)
+        self._reply(501, f"5.5.2 {text}")
+
+    def sasl_attempt(self, attempt: sasl.Attempt) -> defer.Deferred[Any]:
+        return self._auth_login(attempt)
 
     # -- the one login path ----------------------------------------------------------------------
 
     def _auth_login(self, attempt: sasl.Attempt) -> defer.Deferred[Any]:
         """Check ``attempt`` through the portal; every AUTH comes here."""
-        if attempt.proxy:
-            d: defer.Deferred[Any] = defer.fail(cred_error.UnauthorizedLogin("no master users"))
-        else:
-            creds = credentials.UsernamePassword(attempt.username, attempt.password)
-            creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]  # the policy logs it
-            portal = self.factory.portal
-            if self.factory.policy is not None:  # brute-force defence (mailsuite.auth.policy)
-                portal = self.factory.policy.guard(portal, self.client_ip, self.factory.service,
-                                                   self.client_name)
-            d = portal.login(creds, None, smtp.IMessageDelivery)
+        portal = self.factory.portal
+        if self.factory.policy is not None and not attempt.proxy:  # brute-force defence
+            portal = self.factory.policy.guard(portal, self.client_ip, self.factory.service,
+                                               self.client_name)  # (mailsuite.auth.policy)
+        d = sasl.login(portal, attempt, smtp.IMessageDelivery)
         return d.addCallbacks(self._auth_ok, self._auth_failed,
                               callbackArgs=(attempt,), errbackArgs=(attempt,))
 

@@ -4,8 +4,9 @@ lmtp:unix:/run/mailsuite/lmtp``) can hand mail to mailsuite.
 LHLO instead of EHLO; after the final ``.`` one reply per accepted recipient, in RCPT order,
 each telling whether that recipient's copy is on disk (``250 2.0.0``), must be retried
 (``451 4.x``) or failed for good (``550 5.x``). Recipients are resolved exactly as SMTP RCPT
-resolves them (``LocalDelivery.resolve``: aliases, ~/.forward, |command, /file) and written by
-``LocalDelivery.deliver``, one call per recipient so each reply is that recipient's own result.
+resolves them (``LocalDelivery.resolve``: aliases, ~/.forward, |command, /file) and handed to
+the accept pipeline (mailsuite.mta.transaction), which delivers each recipient on its own, so
+each reply is that recipient's own result.
 Commands are handled strictly in order (PIPELINING); lines that arrive while a look-up is
 running wait for it.
 """
@@ -21,9 +22,9 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.basic import LineOnlyReceiver
 
+from mailsuite.config import Config
 from mailsuite.maillog import new_queue_id
-from mailsuite.mta import forward
-from mailsuite.mta.delivery import DeliveryFailed, received_header
+from mailsuite.mta.transaction import LMTP, Client, Envelope, Pipeline, Recipient
 
 log = Logger()
 
@@ -211,48 +212,33 @@ class LMTPServer(LineOnlyReceiver):
     @defer.inlineCallbacks
     def _deliver(self, lines: list[bytes]) -> Any:
         queue_id = new_queue_id()
-        sender = self.sender or ""
         recipients, self.recipients = self.recipients, []
         self.factory.maillog.write(
             "lmtp", f"{queue_id}: client={self.factory.client_name(self.client_ip)}")
-        body = b"\n".join(lines) + b"\n"
-        results = []
-        for address, found in recipients:
-            top = received_header(self.helo, "localhost", self.client_ip, self.hostname,
-                                  "LMTP", queue_id, [address], self.delivery.now())
-            d = self.delivery.deliver(top + b"\n" + body, sender,
-                                      [(address, dest) for dest in found], queue_id)
-            results.append(d)
-        outcomes = yield defer.DeferredList(results, consumeErrors=True)
-        for (address, _), (ok, result) in zip(recipients, outcomes):
-            if ok:
+        client = Client(LMTP, self.client_ip, "localhost", self.helo, protocol="LMTP")
+        envelope = Envelope(queue_id, self.sender or "",
+                            [Recipient(address, route=found) for address, found in recipients],
+                            client)
+        results = yield self.factory.pipeline.receive(envelope, b"\n".join(lines) + b"\n")
+        for (address, _), result in zip(recipients, results):
+            if result.accepted:
                 self.reply(250, f"2.0.0 <{address}> Ok: delivered as {queue_id}")
             else:
-                self.reply(*_failure_reply(address, result))
+                self.reply(result.code, f"{result.dsn} <{address}>: {result.text}")
         self._reset()
-
-
-def _failure_reply(address: str, failure: Any) -> tuple[int, str]:
-    """550 when every failed copy failed for good (a command's exit status), else 451."""
-    causes = getattr(failure.value, "failures", None) if failure.check(DeliveryFailed) else None
-    if causes and all(c.check(forward.TargetFailed) and c.value.permanent for c in causes):
-        first = causes[0].value
-        return 550, f"{first.dsn} <{address}>: {first.text}"
-    if causes and causes[0].check(forward.TargetFailed):
-        first = causes[0].value
-        return 451, f"{first.dsn} <{address}>: {first.text}"
-    log.failure("LMTP delivery to {address}", failure, address=address)
-    return 451, f"4.3.0 <{address}>: Error: cannot write the message"
 
 
 class LMTPFactory(protocol.ServerFactory):
     """Builds LMTP sessions over ``delivery`` (a LocalDelivery); TCP or unix socket."""
 
-    def __init__(self, config: Any, delivery: Any, maillog: Any) -> None:
+    def __init__(self, config: Config, delivery: Any, maillog: Any,
+                 pipeline: Pipeline | None = None) -> None:
+        """``pipeline``: the accept pipeline (None: one over ``delivery``, no stages)."""
         self.hostname: str = config.mail.myhostname
         self.size_limit: int = config.mail.message_size_limit
         self.delivery = delivery
         self.maillog = maillog
+        self.pipeline = pipeline or Pipeline(delivery, maillog, self.hostname, delivery.now)
 
     @staticmethod
     def client_name(ip: str) -> str:

@@ -11,8 +11,11 @@ TWISTED.md:
   accepts them), the body never falls back into command mode, dot-unstuffing is done per line,
   CRLF becomes LF, the size is counted and data beyond ``message_size_limit`` discarded (552
   after the final dot); only ``<CR><LF>.<CR><LF>`` ends the data (no SMTP smuggling);
-- STARTTLS, AUTH PLAIN/LOGIN and the submission rules (587/465) are ``smtp/auth.py``'s;
-- our own Received: header; ``250 ... queued as`` only once every copy is fsync'ed.
+- STARTTLS, AUTH PLAIN/LOGIN and the submission rules (587/465) are ``smtp/auth.py``'s; MAIL
+  and RCPT (the envelope, checked by the avatar) are ``smtp/envelope.py``'s;
+- after the final dot the message goes through the accept pipeline (mta/transaction.py: our
+  Received: header, the stages, local delivery and the queue); ``250 ... queued as`` only once
+  every copy is fsync'ed.
 """
 
 from __future__ import annotations
@@ -22,27 +25,19 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.cred import credentials
 from twisted.internet import defer, protocol, tcp
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.python.failure import Failure
 
-from mailsuite import threads
-from mailsuite.accounts import Account
+from mailsuite.config import Config
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
-from mailsuite.mta import forward
-from mailsuite.mta.bounce import Entry, make_dsn
-from mailsuite.mta.delivery import (
-    LocalRecipient,
-    RemoteRecipient,
-    received_header,
-    target_failure,
-)
-from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.transaction import SMTP, Client, Envelope, Pipeline, Recipient
 from mailsuite.net import host_of
 from mailsuite.smtp.auth import SmtpAuth
+from mailsuite.smtp.envelope import SmtpEnvelope, printable
+from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -50,14 +45,10 @@ IDLE_TIMEOUT = 300  # Postfix smtpd_timeout
 COMMAND_LINE_LIMIT = 2048  # Postfix line_length_limit
 DATA_CHUNK = 65536  # a body line longer than this is passed on in pieces
 PAUSE_BUFFER = 262144  # stop reading while this much input waits behind a slow command
-RECIPIENT_LIMIT = 1000  # Postfix smtpd_recipient_limit
 HARD_ERROR_LIMIT = 20  # Postfix smtpd_hard_error_limit
 
 COMMAND, DATA = "COMMAND", "DATA"
 
-_PATH = rb'(<(?:"(?:[^"\\]|\\.)*"|[^<>"])*>|[^ \t<>]+)'  # <...> may hold a quoted "a>b"
-_MAIL_RE = re.compile(rb"^FROM:[ \t]*" + _PATH + rb"(?:[ \t]+(.*))?$", re.IGNORECASE)
-_RCPT_RE = re.compile(rb"^TO:[ \t]*" + _PATH + rb"(?:[ \t]+(.*))?$", re.IGNORECASE)
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} ")
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
@@ -78,8 +69,9 @@ COMMANDS = {
 }
 
 
-def reverse_lookup(ip: str) -> defer.Deferred[str]:
-    """The client's forward-confirmed reverse DNS name, or ``unknown`` (Postfix's rule)."""
+def reverse_lookup(ip: str, blocking: Blocking) -> defer.Deferred[str]:
+    """The client's forward-confirmed reverse DNS name, or ``unknown`` (Postfix's rule); the
+    resolver's calls block: they run through ``blocking`` (mailsuite.threads)."""
 
     def look() -> str:
         try:
@@ -89,7 +81,7 @@ def reverse_lookup(ip: str) -> defer.Deferred[str]:
             return "unknown"
         return name if ip in forward else "unknown"
 
-    d = threads.blocking(look)
+    d = blocking(look)
     d.addErrback(lambda _: "unknown")
     return d
 
@@ -123,11 +115,7 @@ def _unstuff(lines: bytes) -> bytes:
     return data[1:] if data[:1] == b"." else data
 
 
-def _printable(raw: bytes, limit: int = 255) -> str:
-    return "".join(c if c.isprintable() else "?" for c in raw.decode("ascii", "replace"))[:limit]
-
-
-class SMTPServer(SmtpAuth, smtp.ESMTP):
+class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
     """One SMTP session. ``factory`` gives config, portal, delivery, maillog, clock, and the
     service (smtp, submission, smtps) with its TLS; STARTTLS and AUTH are ``SmtpAuth``'s."""
 
@@ -168,7 +156,7 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
     def _reset_transaction(self) -> None:
         self._sender: str | None = None
         self._mail_params = addr.MailParams()
-        self._recipients: list[tuple[str, Any, addr.RcptParams]] = []
+        self._recipients: list[Recipient] = []
         self._rcpt_attempts = 0
         self._queue_id: str | None = None
         self._arrival = 0.0
@@ -360,7 +348,7 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
         if not arg:
             self._reply(501, "5.5.4 Syntax: HELO hostname")
             return
-        self._helo_name, self._proto = _printable(arg.split()[0]), "SMTP"
+        self._helo_name, self._proto = printable(arg.split()[0]), "SMTP"
         self._reset_transaction()
         self._reply(250, f"2.0.0 {self.factory.hostname}")
 
@@ -368,7 +356,7 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
         if not arg:
             self._reply(501, "5.5.4 Syntax: EHLO hostname")
             return
-        self._helo_name, self._proto = _printable(arg.split()[0]), "ESMTP"
+        self._helo_name, self._proto = printable(arg.split()[0]), "ESMTP"
         self._reset_transaction()
         size = f"SIZE {self.size_limit}" if self.size_limit else "SIZE"
         self._reply_lines(
@@ -404,174 +392,7 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
         self._reply(214, "2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
                          " STARTTLS AUTH")
 
-    # --- the mail transaction -------------------------------------------------------------------
-
-    def _get_avatar(self) -> defer.Deferred[Any]:
-        if self._avatar is not None:
-            return defer.succeed(self._avatar)
-        if self.factory.portal is None:
-            self._avatar = self.factory.delivery.avatar(None)
-            return defer.succeed(self._avatar)
-        d = self.factory.portal.login(credentials.Anonymous(), None, smtp.IMessageDelivery)
-
-        def got(result: tuple[Any, Any, Callable[[], None]]) -> Any:
-            _, self._avatar, self._logout = result
-            return self._avatar
-
-        return d.addCallback(got)
-
-    def _helo_tuple(self) -> tuple[bytes, bytes]:
-        return ((self._helo_name or "").encode("ascii", "replace"), self.client_ip.encode("ascii"))
-
-    def _server_error(self, failure: Failure, what: str) -> None:
-        if failure.check(smtp.SMTPServerError):
-            self._reply(failure.value.code, str(failure.value.resp))
-        else:
-            log.failure("SMTP {what} failed", failure, what=what)
-            self._reply(451, "4.3.0 Error: internal error")
-
-    def _cmd_mail(self, arg: bytes) -> Any:
-        if self._sender is not None:
-            self._reply(503, "5.5.1 Error: nested MAIL command")
-            return None
-        m = _MAIL_RE.match(arg)
-        if not m:
-            self._reply(501, "5.5.4 Syntax: MAIL FROM:<address>")
-            return None
-        params = addr.MailParams()
-        for param in (m.group(2) or b"").split():
-            key, _, value = param.partition(b"=")
-            key = key.upper()
-            if key == b"SIZE":
-                if not value.isdigit():
-                    self._reply(501, "5.5.4 Bad message size syntax")
-                    return None
-                if self.size_limit and int(value) > self.size_limit:
-                    self._reply(552, "5.3.4 Message size exceeds fixed limit")
-                    return None
-                params.size = int(value)
-            elif key == b"BODY":
-                if value.upper() not in (b"7BIT", b"8BITMIME"):
-                    self._reply(501, "5.5.4 Bad BODY keyword syntax")
-                    return None
-                params.body = value.upper().decode()
-            elif key == b"SMTPUTF8" and not value:
-                params.smtputf8 = True
-            elif key == b"RET" and value.upper() in (b"FULL", b"HDRS") and params.ret is None:
-                params.ret = value.upper().decode()
-            elif key == b"ENVID" and value and params.envid is None:
-                try:
-                    params.envid = addr.xtext_decode(value)
-                except ValueError:
-                    self._reply(501, "5.5.4 Bad ENVID parameter syntax")
-                    return None
-            else:
-                self._reply(555, f"5.5.4 Unsupported option: {_printable(param)}")
-                return None
-        try:
-            path = addr.parse_path(m.group(1), params.smtputf8, allow_bare_local=True)
-        except addr.PathError as e:
-            if e.needs_utf8:
-                self._reply(553, "5.6.7 Must declare SMTPUTF8 to send unicode address")
-            else:
-                self._reply(501, "5.1.7 Bad sender address syntax")
-            return None
-        if path and "@" not in path:
-            path = f"{path}@{self.factory.config.mail.myorigin}"  # Postfix append_at_myorigin
-        if self._avatar is not None:  # no Deferred when the avatar answers at once
-            try:
-                origin = self._avatar.validateFrom(self._helo_tuple(), _Path(path))
-            except Exception:  # noqa: BLE001 - as an errback of the Deferred path would
-                self._server_error(Failure(), "MAIL")
-                return None
-            if not isinstance(origin, defer.Deferred):
-                self._mail_ok(origin, params)
-                return None
-            origin.addCallbacks(self._mail_ok, self._server_error, callbackArgs=(params,),
-                                errbackArgs=("MAIL",))
-            return origin
-        d = self._get_avatar()
-        d.addCallback(lambda avatar: avatar.validateFrom(self._helo_tuple(), _Path(path)))
-        d.addCallbacks(self._mail_ok, self._server_error, callbackArgs=(params,),
-                       errbackArgs=("MAIL",))
-        return d
-
-    def _mail_ok(self, address: Any, params: addr.MailParams) -> None:
-        self._sender = str(address)
-        self._mail_params = params
-        self._arrival = self.factory.clock.seconds()
-        self._reply(250, "2.1.0 Ok")
-
-    def _cmd_rcpt(self, arg: bytes) -> Any:
-        if self._sender is None:
-            self._reply(503, "5.5.1 Error: need MAIL command")
-            return None
-        m = _RCPT_RE.match(arg)
-        if not m:
-            self._reply(501, "5.5.4 Syntax: RCPT TO:<address>")
-            return None
-        params = addr.RcptParams()
-        for param in (m.group(2) or b"").split():
-            key, _, value = param.partition(b"=")
-            key = key.upper()
-            try:
-                if key == b"NOTIFY" and params.notify is None:
-                    params.notify = addr.parse_notify(value)
-                elif key == b"ORCPT" and params.orcpt is None:
-                    params.orcpt = addr.parse_orcpt(value)
-                else:
-                    self._reply(555, f"5.5.4 Unsupported option: {_printable(param)}")
-                    return None
-            except ValueError:
-                self._reply(501, f"5.5.4 Bad {key.decode('ascii', 'replace')} parameter syntax")
-                return None
-        if len(self._recipients) >= RECIPIENT_LIMIT:
-            self._reply(452, "4.5.3 Error: too many recipients")
-            return None
-        try:
-            path = addr.parse_path(m.group(1), self._mail_params.smtputf8, allow_bare_local=True)
-        except addr.PathError as e:
-            if e.needs_utf8:
-                self._reply(553, "5.6.7 Must declare SMTPUTF8 to send unicode address")
-            else:
-                self._reply(501, "5.1.3 Bad recipient address syntax")
-            return None
-        if not path:
-            self._reply(501, "5.1.3 Bad recipient address syntax")
-            return None
-        self._rcpt_attempts += 1
-        user = _Rcpt(_Path(path), self._helo_tuple(), self, _Path(self._sender or ""))
-        now = getattr(self._avatar, "recipient_now", None)
-        if now is not None:  # a busy MX: cached look-ups answer without a Deferred
-            try:
-                recipient = now(user)
-            except Exception:  # noqa: BLE001 - as an errback of the Deferred path would
-                self._rcpt_refused(Failure(), path)
-                return None
-            if recipient is not None:
-                self._rcpt_ok(recipient, path, params)
-                return None
-        d = defer.maybeDeferred(self._avatar.validateTo, user)
-        d.addCallbacks(
-            self._rcpt_ok, self._rcpt_refused, callbackArgs=(path, params), errbackArgs=(path,)
-        )
-        return d
-
-    def _rcpt_ok(self, recipient: Any, address: str, params: addr.RcptParams) -> None:
-        if self._queue_id is None:
-            self._queue_id = new_queue_id()
-            self._log(f"{self._queue_id}: client={self.client}{self.sasl_log()}")
-        self._recipients.append((address, recipient, params))
-        self._reply(250, "2.1.5 Ok")
-
-    def _rcpt_refused(self, failure: Failure, address: str) -> None:
-        self._server_error(failure, "RCPT")
-        if failure.check(smtp.SMTPServerError):
-            self._log(
-                f"{self._queue_id or 'NOQUEUE'}: reject: RCPT from {self.client}: "
-                f"{failure.value.code} {failure.value.resp}; from=<{self._sender}> "
-                f"to=<{address}> proto={self._proto} helo=<{self._helo_name or ''}>"
-            )
+    # --- DATA ---------------------------------------------------------------------------------
 
     def _cmd_data(self, arg: bytes) -> None:
         if arg:
@@ -652,18 +473,14 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
         self._parts = []
         if body[:1] not in (b"", b"\n") and not _HEADER_LINE.match(body):
             body = b"\n" + body  # no header block: keep the body out of our Received: header
-        header = received_header(
-            self._helo_name,
-            self.client_name,
-            f"IPv6:{self.client_ip}" if ":" in self.client_ip else self.client_ip,
-            self.factory.hostname,
-            self.with_protocol(self._proto),
-            queue_id,
-            [address for address, _, _ in self._recipients],
-            self.factory.clock.seconds(),
-        )
+        self._envelope = Envelope(
+            queue_id, self._sender or "", self._recipients,
+            Client(SMTP, self.client_ip, self.client_name, self._helo_name, self.auth_user,
+                   tls=self.secure, protocol=self.with_protocol(self._proto)),
+            self._mail_params, self._arrival)
+        data = self.factory.pipeline.stamp(self._envelope, body)
         self._log(f"{queue_id}: message-id=<{message_id(body)}>")
-        d = self._deliver(b"".join((header, b"\n", body)), queue_id)
+        d = self._deliver(data, queue_id)
         d.addCallbacks(
             self._delivered,
             self._not_delivered,
@@ -673,20 +490,18 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
         return d
 
     def _deliver(self, data: bytes, queue_id: str) -> defer.Deferred[Any]:
-        """Local copies straight into the mailboxes, everything else into the queue; fires once
-        all of it is on disk (the 250 waits for that)."""
-        return _Transaction(self, data, queue_id).run()
+        """The stamped message through the accept pipeline (mailsuite.mta.transaction): local
+        copies straight into the mailboxes, everything else into the queue; fires once all of
+        it is on disk (the 250 waits for that)."""
+        return self.factory.pipeline.deliver(self._envelope, data)
 
-    @staticmethod
-    def _deliver_imessage(recipient: Callable[[], Any], data: bytes) -> defer.Deferred[Any]:
-        message = recipient()
-        for line in data.split(b"\n")[:-1]:
-            message.lineReceived(line)
-        return defer.maybeDeferred(message.eomReceived)
-
-    def _delivered(self, _: Any, queue_id: str) -> None:
+    def _delivered(self, results: Any, queue_id: str) -> None:
         self._reset_transaction()
-        if self._connected:
+        if not self._connected:
+            return
+        if results and not any(r.accepted for r in results):  # a stage's verdict
+            self._reply(results[0].code, f"{results[0].dsn} {results[0].text}")
+        else:
             self._reply(250, f"2.0.0 Ok: queued as {queue_id}")
 
     def _not_delivered(self, failure: Failure, queue_id: str) -> None:
@@ -696,208 +511,34 @@ class SMTPServer(SmtpAuth, smtp.ESMTP):
             self._reply(451, "4.3.0 Error: queue file write error")
 
 
-class _Path(str):
-    """An address as the IMessageDelivery avatar sees it (``str()`` gives it back)."""
-
-    @property
-    def local(self) -> bytes:
-        return addr.split(self)[0].encode("utf-8")
-
-    @property
-    def domain(self) -> bytes:
-        return addr.split(self)[1].encode("utf-8")
-
-
-class _Rcpt:
-    """What ``validateTo`` gets, shaped like ``smtp.User``: dest, helo, protocol, orig."""
-
-    def __init__(self, dest: _Path, helo: tuple[bytes, bytes], proto: Any, orig: _Path) -> None:
-        self.dest, self.helo, self.protocol, self.orig = dest, helo, proto, orig
-
-    def __str__(self) -> str:
-        return str(self.dest)
-
-
-class _Transaction:
-    """The end of one DATA: local copies, the queue file for the rest, DSN success notices."""
-
-    def __init__(self, server: SMTPServer, data: bytes, queue_id: str) -> None:
-        self.server = server
-        self.factory = server.factory
-        self.data = data
-        self.queue_id = queue_id
-        self.sender = server._sender or ""
-        self.params = server._mail_params
-        self.arrival = server._arrival
-        self.recipients = list(server._recipients)
-        self.queued: list[QueuedRecipient] = []
-        self.delivered: list[tuple[str, addr.RcptParams]] = []
-        self.bounced: list[tuple[str, addr.RcptParams, Any, forward.TargetFailed]] = []
-        self.forwarded = False
-
-    def run(self) -> defer.Deferred[Any]:
-        groups: dict[Any, tuple[Any, list[tuple[str, addr.RcptParams]]]] = {}
-        others = []
-        for address, recipient, params in self.recipients:
-            if isinstance(recipient, RemoteRecipient):
-                self.queued.append(_queued(address, None, params))
-            elif isinstance(recipient, LocalRecipient):
-                for dest in recipient.accounts:
-                    if isinstance(dest, forward.Remote) and (
-                            not dest.sender or not self.sender):
-                        self.queued.append(_queued(dest.address, None, params, address))
-                        continue
-                    # a mailbox takes all its addresses in one copy; a command, file or a
-                    # forward with an owner- sender runs once per address, so that each
-                    # outcome is that address's own
-                    key = dest.name if isinstance(dest, Account) else (repr(dest), address)
-                    groups.setdefault(key, (dest, []))[1].append((address, params))
-            else:  # another avatar's IMessage
-                others.append(self.server._deliver_imessage(recipient, self.data))
-        queue = self.factory.delivery.queue
-        if self.queued and queue is None:
-            return defer.fail(RuntimeError("remote recipients but no queue"))
-        if groups:
-            self.factory.maillog.write(
-                "qmgr", f"{self.queue_id}: from=<{self.sender}>, size={len(self.data)},"
-                f" nrcpt={len(self.recipients)} (queue active)")
-        copies = []
-        for dest, pairs in groups.values():
-            d = self.factory.delivery.deliver(
-                self.data, self.sender, [(a, dest) for a, _ in pairs], self.queue_id,
-                arrival=self.arrival, standalone=False)
-            d.addCallbacks(self._copy_written, self._copy_failed,
-                           callbackArgs=(dest, pairs), errbackArgs=(dest, pairs))
-            copies.append(d)
-        if len(copies) + len(others) == 1:  # the usual case: one mailbox, no list around it
-            return (copies or others)[0].addCallback(self._queue_rest)
-        done = defer.gatherResults(copies + others, consumeErrors=True)
-        done.addCallback(self._queue_rest)
-        done.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
-        return done
-
-    def _copy_written(self, _: Any, dest: Any, pairs: list[tuple[str, addr.RcptParams]]) -> None:
-        if isinstance(dest, forward.Remote):  # forwarded under a queue id of its own
-            self.forwarded = True
-        else:
-            self.delivered.extend(pairs)
-
-    def _copy_failed(self, failure: Failure, dest: Any,
-                     pairs: list[tuple[str, addr.RcptParams]]) -> None:
-        """A copy that failed is not the whole message's failure once there is a queue: a
-        mailbox that cannot be written now, or a |command or /file that failed temporarily, is
-        queued and retried (Postfix defers it); a command or file that failed for good bounces
-        to the sender (or the alias's owner-). Other copies are not written twice by a client
-        resending the whole message."""
-        if self.factory.delivery.queue is None or isinstance(dest, forward.Remote):
-            failure.raiseException()
-        if isinstance(dest, Account):
-            for address, params in pairs:
-                self.queued.append(_queued(address, dest.name, params))
-            return
-        error = target_failure(failure)
-        for address, params in pairs:
-            if error is not None and error.permanent:
-                self.bounced.append((address, params, dest, error))
-            else:
-                self.queued.append(_queued(address, dest.name, params))
-
-    def _queue_rest(self, _: Any) -> Any:
-        self._success_notices()
-        self._failure_notices()
-        if not self.queued:
-            if self.delivered or self.bounced or self.forwarded:
-                self.factory.maillog.write("qmgr", f"{self.queue_id}: removed")
-            return None
-        p = self.params
-        env = Envelope(
-            self.queue_id, self.sender, self.queued, self.arrival, ret=p.ret, envid=p.envid,
-            smtputf8=p.smtputf8, body=p.body, client=self.server.client)
-        return self.factory.delivery.queue.enqueue(env, self.data)
-
-    def _failure_notices(self) -> None:
-        """Commands and files that failed for good: an RFC 3464 bounce to the sender (the
-        alias's owner- when it has one); none for the null sender or NOTIFY without FAILURE."""
-        queue = self.factory.delivery.queue
-        to: dict[str, list[Entry]] = {}
-        for address, params, dest, error in self.bounced:
-            sender = (dest.sender or self.sender) if self.sender else ""
-            if not sender or (params.notify and "FAILURE" not in params.notify):
-                continue
-            to.setdefault(sender, []).append(
-                Entry(_queued(address, None, params), error.dsn, error.text))
-        p = self.params
-        now = self.factory.clock.seconds()
-        for sender, entries in to.items():
-            env = Envelope(self.queue_id, sender, [], self.arrival, ret=p.ret, envid=p.envid,
-                           smtputf8=p.smtputf8)
-            message = make_dsn("failed", env, entries, self.data, self.factory.hostname, now)
-            d = queue.submit("", [sender], message, smtputf8=p.smtputf8)
-            d.addCallbacks(self._notice_logged, lambda f: log.failure("bounce failed", f),
-                           callbackArgs=("sender non-delivery notification",))
-
-    def _notice_logged(self, notice: Any, what: str) -> None:
-        if notice is not None:
-            self.factory.maillog.write("bounce", f"{self.queue_id}: {what}: {notice.queue_id}")
-
-    def _success_notices(self) -> None:
-        """NOTIFY=SUCCESS for mailbox deliveries: a "delivered" DSN to the sender."""
-        queue = self.factory.delivery.queue
-        wanted = [(a, p) for a, p in self.delivered if p.notify and "SUCCESS" in p.notify]
-        if not wanted or not self.sender or queue is None:
-            return
-        p = self.params
-        env = Envelope(self.queue_id, self.sender, [], self.arrival, ret=p.ret, envid=p.envid,
-                       smtputf8=p.smtputf8)
-        entries = [Entry(_queued(a, None, rp), "2.0.0", "delivered to mailbox")
-                   for a, rp in wanted]
-        now = self.factory.clock.seconds()
-        message = make_dsn("delivered", env, entries, self.data, self.factory.hostname, now)
-        d = queue.submit("", [self.sender], message, smtputf8=p.smtputf8)
-
-        def logged(notice: Any) -> None:
-            if notice is not None:
-                self.factory.maillog.write(
-                    "bounce", f"{self.queue_id}: sender delivery status notification:"
-                    f" {notice.queue_id}")
-
-        d.addCallbacks(logged, lambda f: log.failure("success notice failed", f))
-
-
-def _queued(address: str, user: str | None, params: addr.RcptParams,
-            original: str | None = None) -> QueuedRecipient:
-    orcpt = params.orcpt or (f"rfc822;{original}" if original else None)
-    notify = list(params.notify) if params.notify else None
-    return QueuedRecipient(address, user=user, notify=notify, orcpt=orcpt)
-
-
 class SMTPFactory(protocol.ServerFactory):
     """Builds SMTPServer sessions for port 25, 587 or 465.
 
     ``portal`` gives anonymous clients their ``smtp.IMessageDelivery`` avatar (``None``: use
     ``delivery.avatar(None)`` directly, and no AUTH) and checks AUTH. ``clock`` (a reactor)
     drives timeouts and dates; ``reverse_lookup(ip) -> Deferred[str]`` names the client
-    (``unknown`` if it has no name). ``service`` is ``smtp``, ``submission`` or ``smtps`` (see
-    smtp/auth.py); ``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls``
-    marks sessions that tap.py wraps in TLS from the first byte (465).
+    (``unknown`` if it has no name; tap.py binds ``reverse_lookup`` to its thread pool).
+    ``service`` is ``smtp``, ``submission`` or ``smtps`` (see smtp/auth.py); ``server_tls`` (a
+    mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks sessions that tap.py
+    wraps in TLS from the first byte (465).
     """
 
     def __init__(
         self,
-        config: Any,
+        config: Config,
         portal: Any,
         delivery: Any,
         maillog: Any,
-        clock: Any = None,
-        reverse_lookup: Callable[[str], defer.Deferred[str]] = reverse_lookup,
+        clock: Any,
+        reverse_lookup: Callable[[str], defer.Deferred[str]],
         service: str = "smtp",
         server_tls: Any = None,
         implicit_tls: bool = False,
         policy: Any = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
-        """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None."""
-        if clock is None:
-            from twisted.internet import reactor as clock
+        """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None;
+        ``pipeline``: the accept pipeline (None: one over ``delivery``, no stages)."""
         self.config = config
         self.hostname: str = config.mail.myhostname
         self.portal = portal
@@ -909,6 +550,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.server_tls = server_tls
         self.implicit_tls = implicit_tls
         self.policy = policy
+        self.pipeline = pipeline or Pipeline(delivery, maillog, self.hostname, clock.seconds)
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         return SMTPServer(self)

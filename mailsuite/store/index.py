@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
 
-from mailsuite.fsutil import fsync_dir
-from mailsuite.store.interfaces import Changes, StoreError
+from mailsuite.fsutil import atomic_write, fsync_parent, write_all
+from mailsuite.store.interfaces import Changes, StoreError, StoreRefused
 from mailsuite.store.mboxformat import Parsed
 
 MAGIC = b"mailsuite-mbox-index 2"
@@ -235,6 +235,33 @@ def reconcile(
     return new, changes
 
 
+def from_dovecot(
+    parsed: list[Parsed],
+    x_uids: list[int | None],
+    validity: int,
+    last_uid: int,
+    stamp: Stamp,
+    fallback_date: int,
+) -> tuple[Index, Changes]:
+    """The first index of an mbox Dovecot kept its state in (``X-IMAPbase`` gave ``validity``
+    and ``last_uid``; ``x_uids`` the ``X-UID`` of each message): each message keeps its UID
+    while they ascend and stay within ``last_uid``, as Dovecot reads them; one that has none, or
+    one out of order, gets a new UID above every other, and so does each after it. Flags and
+    keywords come from the Status / X-Status / X-Keywords headers."""
+    entries: list[Entry] = []
+    uid_next, last = last_uid + 1, 0
+    for p, given in zip(parsed, x_uids):
+        if given is not None and last < given <= last_uid:
+            uid = given
+        else:
+            uid = max(uid_next, last + 1)
+            uid_next = uid + 1
+        entries.append(_new_entry(p, uid, fallback_date))
+        last = uid
+    index = Index(validity, max(uid_next, last + 1), stamp, entries)
+    return index, Changes(added=list(entries))
+
+
 def _date_field(e: Entry) -> bytes:
     if not e.tz:
         return b"%d" % e.date
@@ -414,14 +441,12 @@ def append_log(
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link to another's file
-            raise StoreError(f"{log_path(path)}: not a regular file with one link: refused")
+            raise StoreRefused(f"{log_path(path)}: not a regular file with one link: refused")
         if st.st_size == 0:
             records = LOG_MAGIC + b" %d\n" % index.generation + records
             if owner is not None:
                 os.fchown(fd, *owner)
-        view = memoryview(records)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, records)
         os.fdatasync(fd)
         return st.st_size + len(records)
     finally:
@@ -455,31 +480,12 @@ def write_index(
     """Replace the index atomically and durably; ``owner`` (uid, gid) when running as root.
     With ``dir_fd`` (the index directory, walked by ``safepath``) ``path`` is a name in it."""
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
-    tmp = path + ".tmp"
-    try:
-        os.unlink(tmp, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
-    )
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as f:
-            f.write(dump(index))
-        if owner is not None:
-            os.fchown(fd, *owner)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp, dir_fd=dir_fd)
-        raise
-    os.close(fd)
-    os.rename(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    try:
-        os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
-    except FileNotFoundError:
-        pass
-    if dir_fd is None:
-        fsync_dir(os.path.dirname(path))
-    else:
-        os.fsync(dir_fd)
+
+    def commit(_: int) -> None:
+        try:
+            os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
+        except FileNotFoundError:
+            pass
+        fsync_parent(path, dir_fd)  # the new index and the journal's removal
+
+    atomic_write(path, dump(index), dir_fd=dir_fd, owner=owner, sync=commit)

@@ -151,6 +151,17 @@ class IMailbox(Interface):
         """Add a message (bytes, LF or CRLF line ends) with flags and date; durable before the
         Deferred fires. Deferred[int]: the new UID."""
 
+    def keywords():
+        """set[str]: the keywords (flags that are not system flags) messages of the mailbox
+        have had since it was opened, kept up to date without a pass (SELECT's FLAGS)."""
+
+    def unseen_count():
+        """int: how many of ``messages`` have no ``\\Seen`` (STATUS UNSEEN)."""
+
+    def first_unseen():
+        """int | None: the UID of the first of ``messages`` without ``\\Seen`` (SELECT's
+        UNSEEN), or None."""
+
     def add_listener(listener):
         """Call ``listener(changes)`` after every change, made here or found on disk."""
 
@@ -175,6 +186,16 @@ class IMailStore(Interface):
         stored; ``sender`` the envelope sender (``''`` for the null sender). The Deferred fires only
         once the message is on disk (fsync'ed); an open mailbox's listeners then hear of it.
         """
+
+    def deliver_many(account, items):
+        """Group commit: deliver several ``(data, sender)`` (each as :meth:`deliver`) to the
+        account's INBOX in one write, one lock and one fsync, in this order with consecutive
+        UIDs. All or none: the Deferred fires once all are on disk, or fails and none is
+        acknowledged (``mailsuite.mta.delivery`` batches concurrent copies through this)."""
+
+    def settle():
+        """Deferred[None]: fires when every operation queued on a mailbox so far is done (the
+        compaction of what was expunged among them); the server waits for it before it stops."""
 
     # Folders. Names are IMAP names with '/' as separator; "INBOX" (any case) is the INBOX.
     # Every mailbox is selectable, also one with children (Outlook users rely on that).

@@ -1,6 +1,6 @@
 """Mailbox locking as Postfix local(8), mutt and Dovecot do it: ``PATH.lock`` dotlock + fcntl lock.
 
-Blocking code: call it from a thread (``mailsuite.threads.blocking``), never on the reactor.
+Blocking code: call it from a thread (a ``mailsuite.threads.Blocking``), never on the reactor.
 
 Deadlock freedom: Postfix takes the dotlock then the fcntl lock; mutt takes them the other way
 round. We never *wait* while holding one of them: take the dotlock, try the fcntl lock without
@@ -11,9 +11,13 @@ The fcntl lock is an open-file-description lock (``F_OFD_SETLK``) where the kern
 conflicts with the classic POSIX locks of Postfix and mutt, and unlike those it is not dropped
 when another thread of this process closes some other descriptor of the same file.
 
-A dotlock older than ``stale_after`` seconds (mtime) is taken to be left by a crashed program
-and removed, as Postfix and mutt do. Holders of long locks call ``HeldLock.touch()`` to keep
-their dotlock fresh.
+A dotlock left by a crashed program is broken (``stale_dotlock``): at once when it names a
+process of this host that is gone (``PID`` as liblockfile and we write it, or Dovecot's
+``PID:HOST``) or this process without it holding that lock (a previous life of the server with
+the same pid, in a container), as Dovecot and liblockfile do; after ``NO_PID_STALE_AFTER``
+seconds when it names no process (an empty file, as Postfix's local(8) makes them, or ours cut
+short by a kill); else when older than ``stale_after`` seconds (mtime), as Postfix and mutt
+do. Holders of long locks call ``HeldLock.touch()`` to keep their dotlock fresh.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 from mailsuite.store.interfaces import StoreError
 
 DEFAULT_STALE_AFTER = 300.0
+NO_PID_STALE_AFTER = 30.0
 
 _BUSY = (errno.EAGAIN, errno.EACCES)
 _OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", None)
@@ -38,7 +45,86 @@ _FLOCK = "hhqqi4x"
 
 
 class LockTimeout(StoreError):
-    """The mailbox stayed locked by someone else for longer than the lock timeout."""
+    """The mailbox stayed locked by someone else for longer than the lock timeout;
+    ``lock_path`` is its dotlock (waiters may retry when it goes)."""
+
+    def __init__(self, message: str, lock_path: str = "") -> None:
+        super().__init__(message)
+        self.lock_path = lock_path
+
+
+#: The dotlocks this process holds now (a lock naming our pid and not in here is stale), by
+#: their directory's (device, inode) and name: the same for a path and a (dir_fd, name) pair.
+_held: set[tuple[int, int, str]] = set()
+_held_guard = threading.Lock()
+
+
+def _held_key(lock_path: str, dir_fd: int | None) -> tuple[int, int, str]:
+    if dir_fd is None:
+        st = os.stat(os.path.dirname(os.path.abspath(lock_path)))
+    else:
+        st = os.fstat(dir_fd)
+    return st.st_dev, st.st_ino, os.path.basename(lock_path)
+
+
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        return True
+    return True
+
+
+def lock_owner(lock_path: str, dir_fd: int | None = None) -> int | None:
+    """The pid of this host a dotlock names (``PID`` or Dovecot's ``PID:HOST``), else None
+    (empty, unreadable, or another host's)."""
+    try:
+        fd = os.open(
+            lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 256).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    pid, _, host = text.partition(":")
+    if not pid.isdigit() or int(pid) <= 0 or (host and host != _hostname()):
+        return None
+    return int(pid)
+
+
+def stale_dotlock(
+    lock_path: str,
+    stale_after: float,
+    now: Callable[[], float] = time.time,
+    dir_fd: int | None = None,
+) -> bool:
+    """Whether the dotlock at ``lock_path`` (a name in ``dir_fd`` if given) was left by a
+    program that is gone (see the module docstring); False if there is none."""
+    try:
+        st = os.lstat(lock_path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    age = now() - st.st_mtime
+    if age > stale_after:
+        return True
+    pid = lock_owner(lock_path, dir_fd)
+    if pid is None:
+        return st.st_size == 0 and age > min(NO_PID_STALE_AFTER, stale_after)
+    if pid == os.getpid():
+        key = _held_key(lock_path, dir_fd)
+        with _held_guard:
+            return key not in _held
+    return not _pid_alive(pid)
 
 
 def _set_lock(fd: int, kind: int) -> bool:
@@ -90,10 +176,10 @@ def try_dotlock(
             )
         except FileExistsError:
             try:
-                st = os.lstat(lock_path, dir_fd=dir_fd)
+                os.lstat(lock_path, dir_fd=dir_fd)
             except FileNotFoundError:
                 continue  # released meanwhile: try again at once
-            if now() - st.st_mtime <= stale_after:
+            if not stale_dotlock(lock_path, stale_after, now, dir_fd):
                 return False
             try:
                 os.unlink(lock_path, dir_fd=dir_fd)
@@ -102,6 +188,9 @@ def try_dotlock(
             continue
         except OSError as e:
             raise StoreError(f"cannot create dotlock {lock_path}: {e.strerror}") from e
+        key = _held_key(lock_path, dir_fd)
+        with _held_guard:
+            _held.add(key)  # before our pid is in it: never taken for a stale one
         try:
             os.write(fd, b"%d\n" % os.getpid())
         finally:
@@ -111,10 +200,13 @@ def try_dotlock(
 
 
 def release_dotlock(lock_path: str, dir_fd: int | None = None) -> None:
+    key = _held_key(lock_path, dir_fd)
     try:
         os.unlink(lock_path, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
+    with _held_guard:
+        _held.discard(key)  # after the unlink: see stale_dotlock
 
 
 @dataclass
@@ -157,6 +249,7 @@ def locked_mailbox(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     dir_fd: int | None = None,
+    full_path: str | None = None,
 ) -> Iterator[HeldLock]:
     """Lock the mailbox at ``path``: dotlock, then ``opener()`` opens it, then the fcntl lock.
 
@@ -164,7 +257,8 @@ def locked_mailbox(
     (then only the dotlock is held). After locking, the descriptor must still be the file at
     ``path`` (another program may have replaced it meanwhile): if not, open again.
     Both locks are always released, the fcntl lock first, as Postfix does. With ``dir_fd``
-    (the mailbox's directory, held open) ``path`` is the mailbox's name in it.
+    (the mailbox's directory, held open) ``path`` is the mailbox's name in it, and
+    ``full_path`` its whole path (for messages and ``LockTimeout.lock_path``).
     """
     deadline = clock() + timeout
     delay = 0.01
@@ -189,6 +283,9 @@ def locked_mailbox(
                     os.close(fd)
                 release_dotlock(lock_path, dir_fd)
         if clock() >= deadline:
-            raise LockTimeout(f"{path} is locked by another program (waited {timeout:g}s)")
+            shown = full_path or path
+            raise LockTimeout(
+                f"{shown} is locked by another program (waited {timeout:g}s)", shown + ".lock"
+            )
         sleep(delay)
         delay = min(delay * 2, 0.5)

@@ -62,7 +62,7 @@ from mailsuite.store.interfaces import (
 from mailsuite.store.locking import DEFAULT_STALE_AFTER
 from mailsuite.store.mboxfile import FileReplaced, MboxFile, verified
 from mailsuite.store.mboxtree import FolderTree
-from mailsuite.threads import blocking
+from mailsuite.threads import Blocking
 
 FREEZE_AT = 20_000  # entries in a new state that make it worth gc.freeze()
 FAST_READ_MAX = 256 * 1024  # bigger messages are always read in a thread
@@ -195,7 +195,8 @@ class MboxMailbox:
         """Run ``operation(state, *args)`` in a thread, alone; publish its (state, changes, ...)."""
 
         def start() -> defer.Deferred[Any]:
-            return blocking(self._work, operation, self._state, args).addCallback(self._publish)
+            d = self._store.blocking(self._work, operation, self._state, args)
+            return d.addCallback(self._publish)
 
         return self._lock.run(start)
 
@@ -335,7 +336,7 @@ class MboxMailbox:
                 raise UnknownUID(uid)
             state, reader = self._state, self._reader
             keep = state is not None and (reader is None or reader[1] != state.stamp.ino)
-            data, kept = yield blocking(self._file.read_keeping, entry, keep)
+            data, kept = yield self._store.blocking(self._file.read_keeping, entry, keep)
             if kept is not None:
                 self._keep_reader(kept)
             if data is not None:
@@ -361,7 +362,7 @@ class MboxMailbox:
         pending = list(uids)
         for attempt in range(2):
             entries = [e for e in map(self._entry, pending) if e is not None]
-            found = yield blocking(self._file.read_many, entries, True)
+            found = yield self._store.blocking(self._file.read_many, entries, True)
             out.update((uid, data) for uid, data in found.items() if data is not None)
             pending = [uid for uid, data in found.items() if data is None]
             if not pending or attempt:
@@ -419,7 +420,7 @@ class MboxMailbox:
                 self._compacting = False
                 return result
 
-            d = blocking(self._work, self._file.expunge, self._state, (todo,))
+            d = self._store.blocking(self._work, self._file.expunge, self._state, (todo,))
             d.addBoth(done)
             d.addCallback(self._compacted, set(todo), started)
             d.addErrback(self._compaction_failed, todo)
@@ -518,17 +519,20 @@ class MboxStore:
 
     ``specials`` ({folder name: special-use flag}) defaults to
     ``mailbox_config.special_folders()`` (the ``[mailbox]`` keys) when the config has it.
+    The file work runs through ``blocking`` (mailsuite.threads).
     """
 
     def __init__(
         self,
         mailbox_config: MailboxConfig,
+        blocking: Blocking,
         now: Callable[[], datetime] | None = None,
         lock_timeout: float = 30.0,
         stale_after: float = DEFAULT_STALE_AFTER,
         specials: dict[str, str] | None = None,
     ) -> None:
         self._config = mailbox_config
+        self.blocking = blocking
         self.now = now or (lambda: datetime.now(UTC))
         self._lock_timeout = lock_timeout
         self._stale_after = stale_after
@@ -609,7 +613,7 @@ class MboxStore:
         if box is None:
             tree = self._tree(account)
             path = yield self._folder_lock(account).run(
-                blocking, store_errors, tree.mbox_path, name
+                self.blocking, store_errors, tree.mbox_path, name
             )
             if path is None:
                 raise MailboxNotFound(name)
@@ -632,7 +636,7 @@ class MboxStore:
         if box is not None:
             d = box._run(box._file.append_many, list(items), date)
         else:
-            d = blocking(self._file(account).append_many, None, list(items), date)
+            d = self.blocking(self._file(account).append_many, None, list(items), date)
         return d.addCallback(lambda _: None)
 
     def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
@@ -641,7 +645,7 @@ class MboxStore:
             d = box._append(data, sender, frozenset(), None)
         else:
             date = int(self.now().timestamp())
-            d = blocking(self._file(account).append, None, data, sender, frozenset(), date)
+            d = self.blocking(self._file(account).append, None, data, sender, frozenset(), date)
         return d.addCallback(lambda _: None)
 
     # -- folders --------------------------------------------------------------------------------
@@ -666,7 +670,7 @@ class MboxStore:
                 if user == account.name and affected(name):
                     yield box._lock.acquire()
                     held.append(box)
-            result = yield blocking(store_errors, work)
+            result = yield self.blocking(store_errors, work)
             if then is not None:
                 then(result)
             return result
@@ -825,7 +829,7 @@ class MboxStore:
                     box._compact()  # what was expunged does not move (an earlier try failed)
                 yield box._run(box._file.move_all, target)
             else:
-                yield blocking(self._file(account).move_all, None, target)
+                yield self.blocking(self._file(account).move_all, None, target)
         finally:
             lock.release()
 
@@ -843,7 +847,7 @@ class MboxStore:
                 if user == account.name and name in names:
                     yield box._lock.acquire()
                     held.append(box)
-            moved = yield blocking(store_errors, work)
+            moved = yield self.blocking(store_errors, work)
             self._converted(account, tree, moved)
         finally:
             for box in held:
@@ -851,7 +855,7 @@ class MboxStore:
 
     def subscriptions(self, account: Account) -> defer.Deferred[set[str]]:
         tree = self._tree(account)
-        d = self._folder_lock(account).run(blocking, store_errors, tree.read_subscriptions)
+        d = self._folder_lock(account).run(self.blocking, store_errors, tree.read_subscriptions)
         return d.addCallback(lambda result: set(result[1]))
 
     def _subscription(self, account: Account, name: str, on: bool) -> defer.Deferred[None]:
@@ -868,7 +872,7 @@ class MboxStore:
             elif not on and name in subscribed:
                 tree.write_subscriptions(v2, [s for s in subscribed if s != name])
 
-        return self._folder_lock(account).run(blocking, store_errors, work)
+        return self._folder_lock(account).run(self.blocking, store_errors, work)
 
     def subscribe(self, account: Account, name: str) -> defer.Deferred[None]:
         return self._subscription(account, name, True)

@@ -26,19 +26,24 @@ from operator import attrgetter
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
+from mailsuite.fsutil import write_all
+from mailsuite.store import cleanup
 from mailsuite.store import index as ix
+from mailsuite.store import uidvalidity
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, HeldLock, locked_mailbox
 from mailsuite.store.mboxformat import (
     describe,
     fingerprint,
     header_end,
+    imap_base,
     make_from_line,
     parse,
     separator_at,
     served_header,
     to_stored,
     with_status,
+    x_uid,
 )
 from mailsuite.store.mboxrewrite import copy_kept
 from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, open_dir, refuse
@@ -71,12 +76,6 @@ def _pread_all(fd: int, length: int, offset: int, chunk: int = COPY) -> bytes:
         length -= len(data)
         offset += len(data)
     return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list[ix.Parsed]:
@@ -192,6 +191,7 @@ class MboxFile:
             timeout=self._lock_timeout,
             stale_after=self._stale_after,
             dir_fd=d.fd,
+            full_path=self.path,
         ) as held:
             yield held, bool(created)
 
@@ -207,15 +207,19 @@ class MboxFile:
 
     # -- index ----------------------------------------------------------------------------------
 
-    def _load_index(self) -> tuple[ix.Index, bool]:
-        """The saved index, or a new one (a new UIDVALIDITY) if there is none: (index, is_new)."""
+    def _saved_index(self) -> ix.Index | None:
+        """The saved index; None if there is none (or it is damaged: it is made again)."""
         try:
-            index = self._read_index()
+            return self._read_index()
         except ix.CorruptIndex as e:
             log.warn("rebuilding index {path}: {why}", path=self.index_path, why=e)
-            index = None
+            return None
+
+    def _load_index(self) -> tuple[ix.Index, bool]:
+        """The saved index, or a new one (a new UIDVALIDITY) if there is none: (index, is_new)."""
+        index = self._saved_index()
         if index is None:
-            return ix.Index(uid_validity=int(self._now())), True
+            return ix.Index(uid_validity=self._new_validity()), True
         return index, False
 
     def _read_index(self) -> ix.Index | None:
@@ -226,6 +230,55 @@ class MboxFile:
             return kept.copy() if kept is not None else None  # (a home made meanwhile: kept)
         with d:
             return ix.read_index(INDEX_NAME, d.fd)
+
+    def _from_dovecot(self, fd: int) -> Result | None:
+        """The first index of a mailbox whose file holds Dovecot's state (``X-IMAPbase`` in the
+        first message, ``X-UID`` in each): its UIDVALIDITY, UIDs and flags kept, so clients
+        do not resync after a switch from Dovecot. None if the file has no such state."""
+        st = os.fstat(fd)
+        parsed = parse_file(fd, 0, st.st_size, False) if st.st_size else []
+        if not parsed:
+            return None
+
+        def header(p: ix.Parsed) -> bytes:
+            return _pread_all(fd, p.hdr_end - p.body_off, p.body_off)
+
+        base = imap_base(header(parsed[0]))
+        if base is None:
+            return None
+        validity, last_uid, _ = base
+        control = self._control_dir()
+        if control is None:  # no home: an index in memory would hand out its UIDs again
+            return None
+        with control:
+            adopted = uidvalidity.adopt(control, validity, self._owner())
+        if not adopted:
+            log.warn("{path}: X-IMAPbase {validity} was taken over before and its index is"
+                     " gone: a new UIDVALIDITY", path=self.path, validity=validity)
+            return None
+        x_uids = [x_uid(header(p)) for p in parsed]
+        state, changes = ix.from_dovecot(
+            parsed, x_uids, validity, last_uid, ix.Stamp.of(st), int(st.st_mtime)
+        )
+        self._save(state)
+        log.info("{path}: UIDVALIDITY {validity} and {n} UIDs taken from Dovecot's headers",
+                 path=self.path, validity=validity, n=len(state.entries))
+        return state, changes
+
+    def _control_dir(self) -> Dir | None:
+        """``~/mail/.imap``, walked (and made) from the home; None when there is no home."""
+        try:
+            return open_dir(self._anchors.place(os.path.join(self.folder_root, ".imap")), True)
+        except MissingAnchor:
+            return None
+
+    def _new_validity(self) -> int:
+        """A UIDVALIDITY the account never gave before (``uidvalidity``)."""
+        control = self._control_dir()
+        if control is None:
+            return uidvalidity.allocate_in_memory(self.folder_root, self._now())
+        with control:
+            return uidvalidity.allocate(control, self._now(), self._owner())
 
     def _save(self, index: ix.Index) -> None:
         d = self._index_dir(create=True)
@@ -292,7 +345,15 @@ class MboxFile:
         with self._locked(exclusive=False) as (held, _):
             dirty = False
             if state is None:
-                state, dirty = self._load_index()
+                if held.dir_fd is not None:  # of a rewrite that was killed
+                    cleanup.remove_rewrite_leftover(self.path, held.dir_fd)
+                state = self._saved_index()
+                if state is None and held.fd is not None:
+                    adopted = self._from_dovecot(held.fd)
+                    if adopted is not None:
+                        return adopted
+                if state is None:
+                    state, dirty = ix.Index(uid_validity=self._new_validity()), True
             new, changes, added = self._refresh_locked(state, held.fd)
             if added is not None:
                 new = self._grow(state, added, new.stamp, save=dirty)
@@ -358,32 +419,8 @@ class MboxFile:
         """Append one message, durably. With ``state`` None (mailbox not open) the index is left
         alone (the next refresh finds the message); else the new state and UID are returned.
         ``tz``: the zone of the internal date (seconds east of UTC; None: the local zone)."""
-        with self._locked(exclusive=True, create=True) as (held, created):
-            fd = held.fd
-            assert fd is not None
-            changes, added, before = Changes(), None, state
-            if state is not None:
-                state, changes, added = self._refresh_locked(state, fd)
-            size = os.fstat(fd).st_size
-            tail = os.pread(fd, 2, size - 2) if size >= 2 else os.pread(fd, size, 0)
-            # a previous writer may have left no final newline or blank line: fix it first
-            prefix = (
-                b"" if size == 0 or tail == b"\n\n" else b"\n" if tail.endswith(b"\n") else b"\n\n"
-            )
-            line = make_from_line(sender, date)
-            blob = prefix + line + to_stored(data) + b"\n"
-            _write_all(fd, blob)
-            os.fsync(fd)
-            if created:
-                os.fsync(held.dir_fd)  # type: ignore[arg-type]
-            if state is None:
-                return None, changes, None
-            p = describe(blob, len(prefix), len(prefix) + len(line), len(blob) - 1, date, base=size)
-            uid = added[-1].uid + 1 if added else state.uid_next
-            entry = ix.entry_from(p, uid, ix.clean_flags(flags), date, tz)
-            whole = added is None and before is not None and state.entries != before.entries
-            new = self._added(state, changes, added, [entry], ix.Stamp.of(os.fstat(fd)), whole)
-        return new, changes, entry.uid
+        new, changes, uids = self.append_many(state, [(data, sender)], date, flags, tz)
+        return new, changes, uids[0] if uids is not None else None
 
     def _added(
         self,
@@ -407,10 +444,15 @@ class MboxFile:
         return full
 
     def append_many(
-        self, state: ix.Index | None, items: list[tuple[bytes, str]], date: int
+        self,
+        state: ix.Index | None,
+        items: list[tuple[bytes, str]],
+        date: int,
+        flags: frozenset[str] = frozenset(),
+        tz: int | None = None,
     ) -> tuple[ix.Index | None, Changes, list[int] | None]:
         """Append several messages ``(data, sender)`` under one lock with one fsync (group
-        commit of concurrent deliveries); otherwise exactly as :meth:`append`."""
+        commit of concurrent deliveries), each with ``flags``; see :meth:`append`."""
         with self._locked(exclusive=True, create=True) as (held, created):
             fd = held.fd
             assert fd is not None
@@ -419,6 +461,7 @@ class MboxFile:
                 state, changes, added = self._refresh_locked(state, fd)
             size = os.fstat(fd).st_size
             tail = os.pread(fd, 2, size - 2) if size >= 2 else os.pread(fd, size, 0)
+            # a previous writer may have left no final newline or blank line: fix it first
             prefix = (
                 b"" if size == 0 or tail == b"\n\n" else b"\n" if tail.endswith(b"\n") else b"\n\n"
             )
@@ -430,7 +473,7 @@ class MboxFile:
                 blobs.append(blob)
                 pos += len(blob)
                 prefix = b""
-            _write_all(fd, b"".join(blobs))
+            write_all(fd, b"".join(blobs))
             os.fsync(fd)
             if created:
                 os.fsync(held.dir_fd)  # type: ignore[arg-type]
@@ -441,7 +484,7 @@ class MboxFile:
             mine = []
             for uid, (base, start, body, blob) in zip(uids, spans):
                 p = describe(blob, start, body, len(blob) - 1, date, base=base)
-                mine.append(ix.entry_from(p, uid, frozenset(), date))
+                mine.append(ix.entry_from(p, uid, ix.clean_flags(flags), date, tz))
             whole = added is None and before is not None and state.entries != before.entries
             new = self._added(state, changes, added, mine, ix.Stamp.of(os.fstat(fd)), whole)
         return new, changes, uids
@@ -464,12 +507,12 @@ class MboxFile:
                     chunk = _pread_all(held.fd, min(COPY, size - offset), offset)  # type: ignore[arg-type]
                     if not chunk:
                         raise StoreError(f"{self.path} shrank while locked")
-                    _write_all(out.fd, chunk)
+                    write_all(out.fd, chunk)
                     offset += len(chunk)
                 os.fsync(out.fd)
                 os.fsync(out.dir_fd)  # type: ignore[arg-type]
-                validity = max(int(self._now()), state.uid_validity + 1)
-                copied = ix.Index(validity, state.uid_next, ix.Stamp.of(os.fstat(out.fd)))
+                stamp = ix.Stamp.of(os.fstat(out.fd))
+                copied = ix.Index(target._new_validity(), state.uid_next, stamp)
                 copied.entries = list(state.entries)
                 target._save(copied)
             if held.fd is not None:
@@ -553,7 +596,7 @@ class MboxFile:
         if st.st_size != state.stamp.size:
             raise StoreError(f"{self.path} changed while locked")
         name = self.place.name
-        tmp = f".{name}.mailsuite-rewrite"
+        tmp = f".{name}{cleanup.REWRITE_SUFFIX}"
         try:
             os.unlink(tmp, dir_fd=dir_fd)  # left by a crash
         except FileNotFoundError:

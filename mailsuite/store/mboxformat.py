@@ -186,6 +186,26 @@ def header_flags(header: bytes) -> tuple[frozenset[str], str]:
     return frozenset(flags), "%08x" % zlib.crc32(b"\n".join(sorted(raw)))
 
 
+_IMAPBASE = re.compile(rb"\nx-imapbase[ \t]*:[ \t]*(\d{1,10})[ \t]+(\d{1,10})([^\n]*)", re.I)
+_X_UID = re.compile(rb"\nx-uid[ \t]*:[ \t]*(\d{1,10})[ \t]*(?:\n|$)", re.I)
+
+
+def imap_base(header: bytes) -> tuple[int, int, list[str]] | None:
+    """Dovecot's ``X-IMAPbase: <uidvalidity> <last uid> [keyword ...]`` (in the first message
+    of an mbox it kept state in): (UIDVALIDITY, last UID given, keywords), or None."""
+    m = _IMAPBASE.search(b"\n" + header)
+    if m is None or not 0 < int(m[1]) <= 0xFFFFFFFF:
+        return None
+    keywords = m[3].decode("ascii", "replace").split()
+    return int(m[1]), int(m[2]), [k for k in keywords if not k.startswith("\\")]
+
+
+def x_uid(header: bytes) -> int | None:
+    """The UID Dovecot gave a message (``X-UID: 42``), or None."""
+    m = _X_UID.search(b"\n" + header)
+    return int(m[1]) if m is not None and int(m[1]) > 0 else None
+
+
 def status_headers(flags: frozenset[str]) -> bytes:
     """Status / X-Status / X-Keywords lines for these flags, as Dovecot writes them."""
     out = b"Status: RO\n" if "\\Seen" in flags else b"Status: O\n"

@@ -13,7 +13,7 @@ import functools
 import os
 from collections.abc import Callable
 
-from mailsuite.fsutil import WriteBehind
+from mailsuite.fsutil import WriteBehind, write_all
 from mailsuite.store import index as ix
 from mailsuite.store.interfaces import StoreError
 from mailsuite.store.mboxformat import fingerprint, header_flags, served_header, status_headers
@@ -46,9 +46,7 @@ class _Copier:
         self.behind = WriteBehind(out)
 
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.out, view) :]
+        write_all(self.out, data)
         self.pos += len(data)
 
     def copy(self, start: int, stop: int) -> None:

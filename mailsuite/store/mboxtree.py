@@ -168,7 +168,7 @@ class FolderTree:
             d.rmdir(hidden)  # crashed before the file moved: the folder was never moved
             return False
         else:
-            raise StoreError(f"{d.at(hidden)}: unexpected files; move them back by hand")
+            raise StoreRefused(f"{d.at(hidden)}: unexpected files; move them back by hand")
         d.fsync()
         return True
 
@@ -194,6 +194,7 @@ class FolderTree:
             timeout=self._lock_timeout,
             stale_after=self._stale_after,
             dir_fd=d.fd,
+            full_path=d.at(name),
         ):
             yield
 
@@ -294,7 +295,7 @@ class FolderTree:
                     d.sub(level, create=True).close()
                     d.fsync()
                 elif found != "dir":
-                    raise StoreError(f"{d.at(level)} is in the way of folder {name!r}")
+                    raise StoreRefused(f"{d.at(level)} is in the way of folder {name!r}")
                 d = stack.enter_context(d.sub(level))
         return moved
 
@@ -383,7 +384,7 @@ class FolderTree:
                     if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                         raise
                     path = self.folder_path(name)
-                    raise StoreError(f"{path} holds files that are not folders") from e
+                    raise StoreRefused(f"{path} holds files that are not folders") from e
             d.fsync()
         index = [".imap"] + levels
         with self._holder(index) as d:

@@ -12,6 +12,7 @@ from zope.interface import implementer
 from mailsuite.accounts import Account
 from mailsuite.store import folders
 from mailsuite.store.interfaces import (
+    SYSTEM_FLAGS,
     Changes,
     IMailbox,
     IMailStore,
@@ -44,6 +45,7 @@ class MemoryMailbox:
         self._listeners: list[Listener] = []
         self._pending = Changes()
         self._now = now
+        self._keywords: set[str] = set()
         self.users = 0
 
     # Changes are recorded as they happen and told to listeners on the next refresh, as the mbox
@@ -83,6 +85,7 @@ class MemoryMailbox:
         for uid, flags in changes.items():
             if uid in self._bodies:
                 told.flags[uid] = frozenset(flags)
+                self._keywords.update(flags - SYSTEM_FLAGS)
         self._tell(told)
         return defer.succeed(None)
 
@@ -127,6 +130,7 @@ class MemoryMailbox:
         self.uid_next += 1
         self.messages.append(info)
         self._bodies[info.uid] = data
+        self._keywords.update(info.flags - SYSTEM_FLAGS)
         return info
 
     def append(
@@ -138,6 +142,15 @@ class MemoryMailbox:
         info = self._add(data, flags, internal_date)
         self._tell(Changes(added=[info]))
         return defer.succeed(info.uid)
+
+    def keywords(self) -> set[str]:
+        return self._keywords
+
+    def unseen_count(self) -> int:
+        return sum(1 for m in self.messages if "\\Seen" not in m.flags)
+
+    def first_unseen(self) -> int | None:
+        return next((m.uid for m in self.messages if "\\Seen" not in m.flags), None)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -220,10 +233,19 @@ class MemoryStore:
         return defer.succeed(box)
 
     def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
+        return self.deliver_many(account, [(data, sender)])
+
+    def deliver_many(
+        self, account: Account, items: list[tuple[bytes, str]]
+    ) -> defer.Deferred[None]:
+        """One change told for the whole batch, as the mbox store's one write gives."""
         box = self._box(account, "INBOX", create=True)
-        info = box._add(data, frozenset(), None)
-        box._tell(Changes(added=[info]))
+        added = [box._add(data, frozenset(), None) for data, _ in items]
+        box._tell(Changes(added=added))
         return defer.succeed(None)
+
+    def settle(self) -> defer.Deferred[None]:
+        return defer.succeed(None)  # nothing is ever left running
 
     # -- folders --------------------------------------------------------------------------------
 

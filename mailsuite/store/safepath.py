@@ -28,6 +28,7 @@ import shutil
 import stat
 from dataclasses import dataclass
 
+from mailsuite.fsutil import atomic_write
 from mailsuite.store.interfaces import StoreRefused
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -246,6 +247,10 @@ class Dir:
                     return self.create_file(name, flags, owner), True
                 except FileExistsError:
                     continue
+            except OSError as e:  # a directory opened for writing, a socket
+                if e.errno in (errno.EISDIR, errno.ENXIO):
+                    raise refuse(path, "not a regular file") from e
+                raise
             try:
                 check_file(os.fstat(fd), self.place.uid, path)
                 os.set_blocking(fd, True)
@@ -278,18 +283,8 @@ class Dir:
 
     def write_file(self, name: str, data: bytes, owner: tuple[int, int] | None) -> None:
         """Replace ``name`` atomically and durably (temp file, fsync, rename), mode 0600."""
-        tmp = name + ".mailsuite-tmp"
-        self.unlink(tmp)
-        fd = self.create_file(tmp, os.O_WRONLY, owner)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        self.fsync()
+        atomic_write(name, data, tmp=name + ".mailsuite-tmp", dir_fd=self.fd,
+                     owner=owner if os.geteuid() == 0 else None)
 
     def read_file(self, name: str) -> bytes | None:
         """The content of the user's regular file ``name``; None if it is missing."""

@@ -39,7 +39,7 @@ class ImaplibTests(unittest.TestCase):
     def setUp(self) -> None:
         self.store = MemoryStore()
         portal, _ = make_portal(self.store)
-        self.factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"))
+        self.factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"), reactor)
         self.factory.protocol = _TrackedServer
         self.factory.lost = defer.Deferred()
         self.factory.buildProtocol = self._build  # type: ignore[method-assign]
@@ -47,7 +47,8 @@ class ImaplibTests(unittest.TestCase):
         self.addCleanup(self.port.stopListening)
 
     def _build(self, addr: Any) -> IMAPServer:
-        proto = _TrackedServer(self.factory.config, self.factory.portal, self.factory.maillog)
+        proto = _TrackedServer(self.factory.config, self.factory.portal, self.factory.maillog,
+                               self.factory.clock)
         proto.factory = self.factory
         return proto
 
@@ -150,7 +151,7 @@ class RealSocketTests(unittest.TestCase):
     def setUp(self) -> None:
         self.store = MemoryStore()
         portal, _ = make_portal(self.store)
-        factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"))
+        factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"), reactor)
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(self.port.stopListening)
 

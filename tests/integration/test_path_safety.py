@@ -45,7 +45,9 @@ class PathAttackTests(unittest.TestCase):
         with open(self.carol, "rb") as f:
             self.assertEqual(f.read(), CAROL_MAIL)
         self.assertEqual(os.stat(self.carol).st_uid, self.site.uids["carol"])
-        self.assertEqual(sorted(os.listdir(self.site.spool)), sorted(["carol", *also]))
+        # a dotlock of a retry from the queue may come and go meanwhile: it is no mailbox
+        names = [n for n in os.listdir(self.site.spool) if not n.endswith(".lock")]
+        self.assertEqual(sorted(names), sorted(["carol", *also]))
 
     def test_symlinked_mail_directory(self) -> None:
         """S1: ~boss/mail -> the spool. LIST shows INBOX alone; DELETE carol, CREATE carol2,
@@ -73,6 +75,30 @@ class PathAttackTests(unittest.TestCase):
         m.logout()
         self.spool_untouched()
         self.assertIn("symbolic link: refused", self.site.log())
+        self.assertNotIn("Traceback", self.site.log())
+
+    def test_symlink_as_parent_folder(self) -> None:
+        """S1 variant: ~boss/mail/lnk -> the spool, ~boss/mail/lnkf -> carol's file. CREATE and
+        RENAME under them answer NO [CANNOT] (a user's mistake, logged in one line, no
+        traceback); nothing is made in the spool."""
+        m = self.c.imap()
+        m.create("x")
+        os.symlink(self.site.spool, os.path.join(self.mail, "lnk"))
+        os.symlink(self.carol, os.path.join(self.mail, "lnkf"))
+        for name in ("lnk", "lnkf"):
+            self.as_boss(os.path.join(self.mail, name))
+        for command in (
+            lambda: m.create("lnk/carol2"),
+            lambda: m.create("lnkf/sub"),
+            lambda: m.rename("x", "lnk/x"),
+            lambda: m.append("lnk/y", None, None, b"Subject: boss was here\r\n\r\nx\r\n"),
+        ):
+            typ, data = command()
+            self.assertEqual(typ, "NO", data)
+        typ, data = m.create("lnk/carol2")
+        self.assertIn(b"[CANNOT]", data[0])
+        m.logout()
+        self.spool_untouched()
         self.assertNotIn("Traceback", self.site.log())
 
     def test_directory_swapped_after_select(self) -> None:
@@ -116,8 +142,6 @@ class PathAttackTests(unittest.TestCase):
             time.sleep(0.05)
         self.assertIn(f"owned by uid {self.site.uids['carol']}", self.site.maillog_text())
         self.assertIn("dsn=4.2.0, status=deferred", self.site.maillog_text())
-        while os.path.lexists(victim + ".lock") and time.monotonic() < deadline:
-            time.sleep(0.05)  # a retry from the queue may be under way
         self.spool_untouched("boss")
 
 

@@ -11,6 +11,7 @@ from twisted.cred import checkers, portal
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
+from mailsuite import threads as mailsuite_threads
 from mailsuite.maillog import MailLog
 from mailsuite.pop3 import server as pop3
 from mailsuite.store.memory import MemoryStore
@@ -23,7 +24,8 @@ class SmtplibTests(unittest.TestCase):
     """smtplib against a real listening port on 127.0.0.1."""
 
     def setUp(self) -> None:
-        self.factory, self.store, self.maillog, _ = build(self, clock=reactor)
+        self.factory, self.store, self.maillog, _ = build(self, clock=reactor,
+                                                          blocking=mailsuite_threads.InPool(reactor))
         self.factory.reverse_lookup = lambda ip: defer.succeed("localhost")
         self.lost: list[defer.Deferred[None]] = []
         build_protocol = self.factory.buildProtocol
@@ -89,7 +91,7 @@ class PoplibTests(unittest.TestCase):
                 lost.callback(None)
 
         factory = pop3.POP3Factory(make_config(), portal.Portal(Realm(self.store), [checker]),
-                                   self.maillog)
+                                   self.maillog, reactor)
         factory.protocol = Server
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
@@ -129,6 +131,6 @@ class PoplibTests(unittest.TestCase):
         self.assertEqual(stat, (2, size + 22))
         self.assertEqual(top, [b"Subject: two", b""])
         validity = self.store._box(BOSS, "INBOX", False).uid_validity
-        self.assertEqual(uidl, [b"1 %08X00000001" % validity, b"2 %08X00000002" % validity])
+        self.assertEqual(uidl, [b"1 00000001%08x" % validity, b"2 00000002%08x" % validity])
         self.assertEqual([m.uid for m in self.store._box(BOSS, "INBOX", False).messages], [2])
         self.assertIn("Disconnected: Logged out top=1/16, retr=1/", self.maillog.lines[-1])

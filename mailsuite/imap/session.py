@@ -1,0 +1,67 @@
+"""What the IMAP command mixins (``login.ImapLogin``, ``folders.FolderCommands``,
+``selected.SelectedCommands``) use of the connection they are mixed into.
+
+``server.IMAPServer`` provides all of it (from Twisted's ``IMAP4Server`` and its own code); the
+mixins are typed against this ``Session`` instead of against the server, so no module imports
+``server`` for its types and the server stays the one place that puts the pieces together.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from mailsuite.config import Config
+from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
+from mailsuite.imap.recent import RecentTracker
+from mailsuite.maillog import MailLog
+
+
+class Session(Protocol):
+    """One IMAP connection as its command handlers see it."""
+
+    # -- the connection ----------------------------------------------------------------------
+    transport: Any  # an ITransport (ITLSTransport for STARTTLS)
+    config: Config  # [imap] and [auth] are read
+    portal: Any  # a twisted.cred Portal (guarded by the login policy)
+    maillog: MailLog
+    recent: RecentTracker  # \Recent, shared by every IMAP session of the server
+    POSTAUTH_TIMEOUT: int
+    _lost: bool  # the connection is gone: send nothing more
+    _buffer: bytes  # received, not yet read (LineReceiver's)
+    _command: bytes  # the name of the running command (``UID FETCH``)
+
+    # -- the state of the session --------------------------------------------------------------
+    state: str  # unauth, auth, select
+    parseState: str  # command, idle, sasl
+    account: ImapAccount  # set by a login, before any command of the auth state runs
+    user: str | None
+    _onLogout: Any  # the realm's logout of the avatar, once logged in
+    view: ImapMailboxView | None  # the selected mailbox
+
+    # -- answering -------------------------------------------------------------------------------
+    def sendLine(self, line: bytes) -> None: ...
+
+    def _write(self, data: bytes) -> None: ...
+
+    def uncork(self) -> None: ...
+
+    def sendUntaggedResponse(self, message: bytes, isAsync: bool | None = None) -> None: ...
+
+    def sendPositiveResponse(self, tag: bytes | None = None, message: bytes = b"") -> None: ...
+
+    def sendNegativeResponse(self, tag: bytes | None = None, message: bytes = b"") -> None: ...
+
+    def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None: ...
+
+    def listCapabilities(self) -> list[bytes]: ...
+
+    def _failed(self, failure: Any, tag: bytes) -> None: ...
+
+    # -- the connection's life ---------------------------------------------------------------------
+    def setTimeout(self, period: float | None) -> Any: ...
+
+    def _close_view(self) -> None: ...
+
+    def _rip(self) -> str: ...
+
+    def _lip(self) -> str: ...
