@@ -155,7 +155,7 @@ uninstall)
     done
     ;;
 test)
-    EXTRAS="[test]"  # what the tests import besides the package (hypothesis)
+    EXTRAS="[test]"  # what the tests import besides the package (hypothesis), and the linters
     # s-nail and bsd-mailx: mbox compatibility; swaks, curl, fetchmail: real clients;
     # whois: mkpasswd for yescrypt/bcrypt test hashes; openssl: SHA-crypt test hashes;
     # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines;

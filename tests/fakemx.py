@@ -38,7 +38,9 @@ class ZoneResolver(common.ResolverBase):
         return defer.succeed((answers, [], []))
 
 
-def zone(mx: dict[str, list[tuple[int, str]]], a: dict[str, str]) -> dict[tuple[str, int], list[Any]]:
+def zone(
+    mx: dict[str, list[tuple[int, str]]], a: dict[str, str]
+) -> dict[tuple[str, int], list[Any]]:
     """Records for MX {domain: [(pref, host)]} (host "." = null MX) and A {name: ip}."""
     records: dict[tuple[str, int], list[Any]] = {}
     for domain, hosts in mx.items():
@@ -132,10 +134,13 @@ class SinkProtocol(LineReceiver):
                 ext.append("STARTTLS")
             if b.auth:
                 ext.append("AUTH PLAIN")
-            self.sendLine("\r\n".join(f"250-{e}" for e in ext[:-1]).encode() + f"\r\n250 {ext[-1]}".encode())
+            lines = [f"250-{e}" for e in ext[:-1]] + [f"250 {ext[-1]}"]
+            self.sendLine("\r\n".join(lines).encode())
         elif verb == "STARTTLS":
             self.sendLine(b"220 2.0.0 Ready to start TLS")
-            self.transport.startTLS(ssl.PrivateCertificate.loadPEM(open(CERT, "rb").read()).options())
+            with open(CERT, "rb") as f:
+                pem = f.read()
+            self.transport.startTLS(ssl.PrivateCertificate.loadPEM(pem).options())
             self.tls = True
         elif verb == "AUTH":
             token = text.split(" ")[2] if len(text.split(" ")) > 2 else ""
@@ -173,7 +178,8 @@ class SinkProtocol(LineReceiver):
 
     def end_of_data(self) -> None:
         assert self.lines is not None
-        data = b"".join((line[1:] if line.startswith(b".") else line) + b"\n" for line in self.lines)
+        data = b"".join((line[1:] if line.startswith(b".") else line) + b"\n"
+                        for line in self.lines)
         b = self.f.behaviour
         if b.hang_after_data:
             self.f.hung.append(data)
@@ -215,7 +221,9 @@ def free_port_on(addresses: list[str]) -> int:
     raise RuntimeError("no common free port")
 
 
-def start_sinks(behaviours: dict[str, Behaviour], port: int) -> tuple[dict[str, SinkFactory], list[Any]]:
+def start_sinks(
+    behaviours: dict[str, Behaviour], port: int
+) -> tuple[dict[str, SinkFactory], list[Any]]:
     """One receiving server per address (127.0.0.x), all on ``port``."""
     factories, ports = {}, []
     for address, behaviour in behaviours.items():

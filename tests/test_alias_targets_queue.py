@@ -12,8 +12,8 @@ from typing import Any
 
 from mailsuite.mta import forward
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from tests.fakes import FakeQueue
 from tests.test_delivery import BOSS, inbox
-from tests.test_smtp_mta import FakeQueue
 from tests.test_smtp_server import SessionCase
 
 

@@ -16,10 +16,10 @@ from twisted.trial import unittest
 
 from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.auth import libcrypt
 from mailsuite.auth.cache import ENTRY_OVERHEAD, MAX_ENTRIES_PER_USER, AuthCache
 from mailsuite.auth.checker import DUMMY_HASH, MISS, AccountDB, UnixChecker
 from mailsuite.config import AuthConfig, ConfigError, parse_config
+from tests.fakes import count_hashes
 from tests.test_checker import (
     BOSS_HASH,
     BOSS_PASSWORD,
@@ -186,14 +186,7 @@ class CountingMixin(AccountFilesMixin):
 
     def setUp(self):
         super().setUp()
-        self.settings = []
-        real = libcrypt.crypt
-
-        def counting(phrase, setting):
-            self.settings.append(setting)
-            return real(phrase, setting)
-
-        self.patch(libcrypt, "crypt", counting)
+        self.settings = count_hashes(self)
         self.clock = FakeClock()
         self.cache = AuthCache(ttl=3600, negative_ttl=600, clock=self.clock)
         self.mtime = 1_700_000_000

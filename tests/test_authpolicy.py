@@ -326,7 +326,8 @@ class GuardedPortalTests(unittest.TestCase):
         self.guard = self.policy.guard(make_portal(), "192.0.2.7", "imap")
 
     def login(self, password, user=b"boss"):
-        return self.guard.login(credentials.UsernamePassword(user, password), None, smtp.IMessageDelivery)
+        creds = credentials.UsernamePassword(user, password)
+        return self.guard.login(creds, None, smtp.IMessageDelivery)
 
     def test_success_passes_through(self):
         """A right password logs in as with the bare portal and clears the count."""
@@ -402,7 +403,7 @@ class ConfigKeyTests(unittest.TestCase):
                                   "pam_service = ../etc/shadow\n")
         self.assertEqual(len(error.errors), 3, error.errors)
         for key, line in zip(["pam_service", "auth_failure_delay", "login_max_failures"],
-                             error.errors):
+                             error.errors, strict=True):
             self.assertIn(f"[auth] {key}:", line)
 
     def test_passdb_pam_accepted(self):

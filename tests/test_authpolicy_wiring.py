@@ -19,7 +19,8 @@ from mailsuite.pop3 import server as pop3
 from mailsuite.store.memory import MemoryStore
 from tests import test_imap_server as imap_test
 from tests import test_sasl_smtp
-from tests.test_pop3 import SERVER, NoDelayTransport, Realm, make_config
+from tests.fakes import NoDelayTransport
+from tests.test_pop3 import SERVER, Realm, make_config
 
 ATTACKER = IPv4Address("TCP", "203.0.113.9", 40000)
 NEIGHBOUR = IPv4Address("TCP", "203.0.113.10", 40000)
@@ -177,7 +178,9 @@ class ImapPolicyTests(BurstMixin, unittest.TestCase):
 
         def reply():
             lines = transport.value().decode().splitlines()
-            return lines[-1][:4] if lines and lines[-1].startswith("a OK") else (lines or [None])[-1]
+            if lines and lines[-1].startswith("a OK"):
+                return lines[-1][:4]
+            return (lines or [None])[-1]
         return reply
 
     def login(self, password, peer=ATTACKER, command=b"a LOGIN boss "):
@@ -228,7 +231,8 @@ class ImapPolicyTests(BurstMixin, unittest.TestCase):
         logged; another address still logs in."""
         for _ in range(3):
             self.login(b"wrong")
-        self.assertEqual(self.login(b"secret"), "a NO [UNAVAILABLE] Temporary authentication failure.")
+        self.assertEqual(self.login(b"secret"),
+                         "a NO [UNAVAILABLE] Temporary authentication failure.")
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertIn("a OK", self.login(b"secret", NEIGHBOUR))
 
@@ -268,7 +272,8 @@ class SmtpPolicyTests(BurstMixin, test_sasl_smtp.SmtpAuthCase):
     def test_failure_logged_for_postfix_filter(self):
         """A failed AUTH counts and writes Postfix's SASL warning under a postfix-* tag, with
         the client's name, the mechanism and the user."""
-        self.assertEqual(self.attempt(test_sasl_smtp.PLAIN_BAD), "535 5.7.8 Error: authentication failed")
+        self.assertEqual(self.attempt(test_sasl_smtp.PLAIN_BAD),
+                         "535 5.7.8 Error: authentication failed")
         self.assertEqual(self.policy.failures(test_sasl_smtp.REMOTE), 1)
         self.assertIn(f"postfix-mailsuite/smtps/smtpd[{self.maillog.pid}]: warning: "
                       f"client.example[{test_sasl_smtp.REMOTE}]: SASL PLAIN authentication failed: "

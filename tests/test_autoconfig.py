@@ -55,8 +55,8 @@ def http(cfg, method, path, body=b"", headers=b""):
 
 def tb_servers(xml):
     root = ElementTree.fromstring(xml)
-    return [(s.get("type"), s.findtext("hostname"), int(s.findtext("port")), s.findtext("socketType"),
-             s.findtext("username"), s.findtext("authentication"))
+    return [(s.get("type"), s.findtext("hostname"), int(s.findtext("port")),
+             s.findtext("socketType"), s.findtext("username"), s.findtext("authentication"))
             for s in root.iter() if s.tag in ("incomingServer", "outgoingServer")]
 
 
@@ -71,18 +71,20 @@ class ThunderbirdTests(unittest.TestCase):
         """Both Thunderbird paths give clientConfig 1.1: IMAP 993 SSL then 143 STARTTLS,
         POP3 995/110, SMTP 465 SSL/587 STARTTLS; login %EMAILLOCALPART%, cleartext password."""
         cfg = config()
-        for path in (b"/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=boss%40example.test",
+        for path in (b"/.well-known/autoconfig/mail/config-v1.1.xml"
+                     b"?emailaddress=boss%40example.test",
                      b"/mail/config-v1.1.xml"):
             status, head, body = http(cfg, b"GET", path)
             self.assertEqual(status, 200)
             self.assertIn("application/xml", head)
+            login = ("%EMAILLOCALPART%", "password-cleartext")
             self.assertEqual(tb_servers(body), [
-                ("imap", "mail.example.test", 993, "SSL", "%EMAILLOCALPART%", "password-cleartext"),
-                ("imap", "mail.example.test", 143, "STARTTLS", "%EMAILLOCALPART%", "password-cleartext"),
-                ("pop3", "mail.example.test", 995, "SSL", "%EMAILLOCALPART%", "password-cleartext"),
-                ("pop3", "mail.example.test", 110, "STARTTLS", "%EMAILLOCALPART%", "password-cleartext"),
-                ("smtp", "mail.example.test", 465, "SSL", "%EMAILLOCALPART%", "password-cleartext"),
-                ("smtp", "mail.example.test", 587, "STARTTLS", "%EMAILLOCALPART%", "password-cleartext"),
+                ("imap", "mail.example.test", 993, "SSL", *login),
+                ("imap", "mail.example.test", 143, "STARTTLS", *login),
+                ("pop3", "mail.example.test", 995, "SSL", *login),
+                ("pop3", "mail.example.test", 110, "STARTTLS", *login),
+                ("smtp", "mail.example.test", 465, "SSL", *login),
+                ("smtp", "mail.example.test", 587, "STARTTLS", *login),
             ])
 
     def test_domains_and_provider(self):
@@ -102,7 +104,8 @@ class ThunderbirdTests(unittest.TestCase):
         """Ports that are off are not offered; ssl = no offers the plain ports as plain."""
         cfg = config("smtps = no\npop3 = no\npop3s = no\nimaps = no\nimap = 1143\n"
                      "[tls]\nssl = no\n")
-        self.assertEqual([(k, p, s) for k, _, p, s, _, _ in tb_servers(autoconfig.thunderbird_xml(cfg))],
+        servers = tb_servers(autoconfig.thunderbird_xml(cfg))
+        self.assertEqual([(k, p, s) for k, _, p, s, _, _ in servers],
                          [("imap", 1143, "plain"), ("smtp", 587, "plain")])
 
     def test_xml_is_escaped(self):
@@ -131,7 +134,8 @@ class OutlookPoxTests(unittest.TestCase):
         self.assertEqual(list(protocols), ["IMAP", "POP3", "SMTP"])
         for kind, port in (("IMAP", "993"), ("POP3", "995"), ("SMTP", "465")):
             p = protocols[kind]
-            self.assertEqual((p["Server"], p["Port"], p["SSL"], p["Encryption"], p["LoginName"], p["SPA"]),
+            self.assertEqual(tuple(p[k] for k in ("Server", "Port", "SSL", "Encryption",
+                                                  "LoginName", "SPA")),
                              ("mail.example.test", port, "on", "SSL", "boss", "off"))
 
     def test_starttls_ports_when_implicit_tls_is_off(self):
@@ -139,8 +143,9 @@ class OutlookPoxTests(unittest.TestCase):
         body = outlook_xml_for(config("imaps = no\nsmtps = no\npop3 = no\npop3s = no\n"))
         protocols = outlook_protocols(body)
         self.assertEqual(list(protocols), ["IMAP", "SMTP"])
-        self.assertEqual((protocols["IMAP"]["Port"], protocols["IMAP"]["Encryption"]), ("143", "TLS"))
-        self.assertEqual((protocols["SMTP"]["Port"], protocols["SMTP"]["Encryption"]), ("587", "TLS"))
+        imap, smtp = protocols["IMAP"], protocols["SMTP"]
+        self.assertEqual((imap["Port"], imap["Encryption"]), ("143", "TLS"))
+        self.assertEqual((smtp["Port"], smtp["Encryption"]), ("587", "TLS"))
 
     def test_foreign_domain_is_error_500(self):
         """An address of a domain this server does not receive for: Exchange's error 500."""
@@ -179,7 +184,8 @@ def outlook_xml_for(cfg, address="boss@example.test"):
 class OutlookJsonTests(unittest.TestCase):
     def test_autodiscover_v1_points_to_the_xml_service(self):
         """autodiscover.json?Protocol=AutodiscoverV1 answers the POX URL on the asked host."""
-        for path in (b"/autodiscover/autodiscover.json?Email=boss%40example.test&Protocol=AutodiscoverV1",
+        for path in (b"/autodiscover/autodiscover.json"
+                     b"?Email=boss%40example.test&Protocol=AutodiscoverV1",
                      b"/autodiscover/autodiscover.json/v1.0/boss@example.test?Protocol=AutodiscoverV1"):
             status, head, body = http(config(), b"GET", path)
             self.assertEqual(status, 200)

@@ -22,6 +22,7 @@ from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.auth import checker, libcrypt
 from mailsuite.auth.checker import DUMMY_HASH, LOGIN_FAILED, AccountDB, UnixChecker, hash_password
+from tests.fakes import count_hashes
 
 #: algorithm -> (password, hash made by the named tool)
 KNOWN_HASHES = {
@@ -309,7 +310,8 @@ class RefusalTests(AccountFilesMixin, unittest.SynchronousTestCase):
         self.assertRefused("gone")
 
     def test_no_aging(self):
-        """Empty lastchg/max fields disable aging; a lastchg in the future is no reason to refuse."""
+        """Empty lastchg/max fields disable aging; a lastchg in the future is no reason to
+        refuse."""
         self.add_user("plain", lastchg="", max_="")
         self.add_user("nomax", lastchg=str(TODAY - 5000), max_="")
         self.add_user("skewed", lastchg=str(TODAY + 3), max_="10")
@@ -340,14 +342,7 @@ class TimingTests(AccountFilesMixin, unittest.SynchronousTestCase):
 
     def setUp(self):
         super().setUp()
-        self.settings = []
-        real = libcrypt.crypt
-
-        def counting(phrase, setting):
-            self.settings.append(setting)
-            return real(phrase, setting)
-
-        self.patch(libcrypt, "crypt", counting)
+        self.settings = count_hashes(self)
 
     def test_dummy_hash_is_usable(self):
         """The dummy is a yescrypt hash libcrypt really computes (so it really costs time)."""

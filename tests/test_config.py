@@ -64,7 +64,8 @@ class DefaultTests(ConfigTestCase):
         self.assertEqual(m.myhostname, "mail.example.com")
         self.assertEqual(m.mydomain, "example.com")
         self.assertEqual(m.myorigin, "example.com")
-        self.assertEqual(m.mydestination, ["mail.example.com", "localhost.example.com", "localhost"])
+        self.assertEqual(m.mydestination,
+                         ["mail.example.com", "localhost.example.com", "localhost"])
         self.assertEqual(m.inet_interfaces, ["all"])
         self.assertEqual(
             m.mynetworks, [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
@@ -301,7 +302,7 @@ class ListenAuthTlsTests(ConfigTestCase):
         errors = self.errors(section("listen", smtp="65536", pop3="pop3", imap="-1",
                                      imaps="/run/imap"))
         self.assertEqual(len(errors), 4, errors)
-        for error, key in zip(errors, ["smtp", "pop3", "imap", "imaps"]):
+        for error, key in zip(errors, ["smtp", "pop3", "imap", "imaps"], strict=True):
             self.assertRegex(error, f"^{FILE}: \\[listen\\] {key}: port .* is not a number from 0"
                              " to 65535; write no or leave it empty to turn the service off$")
 
@@ -511,7 +512,8 @@ class ExpansionTests(ConfigTestCase):
     def test_bad_value_reported_once(self):
         """A bad myhostname is one error, not one more per default derived from it; a key set
         in the file from it is still reported."""
-        errors = self.errors(section("mail", myhostname="mail.bad host!", relay_domains="$mydomain"))
+        errors = self.errors(section("mail", myhostname="mail.bad host!",
+                                     relay_domains="$mydomain"))
         self.assertEqual(errors, [
             f"{FILE}: [mail] myhostname: 'mail.bad host!' is not a valid domain name",
             f"{FILE}: [mail] relay_domains: 'host!' is not a valid domain name",
@@ -540,7 +542,7 @@ class ErrorReportTests(ConfigTestCase):
         self.assertEqual(len(error.errors), 6, error.errors)
         keys = ["[mail] message_size_limit", "[mail] maximal_queue_lifetime", "[listen] smtp",
                 "[auth] passdb", "[mailbox] mail_location", "[tls] ssl"]
-        for line, key in zip(error.errors, keys):
+        for line, key in zip(error.errors, keys, strict=True):
             self.assertTrue(line.startswith(f"{FILE}: {key}: "), line)
         self.assertEqual(str(error), "\n".join(error.errors))
 

@@ -1,6 +1,6 @@
 """Tests for mailsuite.mta.delivery: recipient resolution, local delivery, the SMTP avatar.
 
-Also home of the small fakes the SMTP server tests share (config, accounts, controllable store).
+Also home of the small helpers the SMTP server tests share (config, controllable store).
 """
 
 from __future__ import annotations
@@ -27,21 +27,10 @@ from mailsuite.mta.accept import (
 from mailsuite.mta.delivery import DeliveryFailed, LocalDelivery, format_delay
 from mailsuite.store.memory import MemoryStore
 from tests.configs import real_config
+from tests.fakes import FakeAccounts
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 ALICE = Account("alice", 1001, 1001, "/home/alice")
-
-
-class FakeAccounts:
-    """AccountDB stand-in: ``recipient(name)`` from a dict; records the names asked for."""
-
-    def __init__(self, *accounts: Account) -> None:
-        self.by_name = {a.name: a for a in accounts}
-        self.asked: list[str] = []
-
-    def recipient(self, name: str) -> Account | None:
-        self.asked.append(name)
-        return self.by_name.get(name)
 
 
 class HeldStore:
@@ -327,7 +316,8 @@ class HelperTests(unittest.TestCase):
                          b"\t" + email.utils.formatdate(5, localtime=True).encode())
 
     def test_received_header(self) -> None:
-        """Received: has from helo (rdns [ip]), by host (mailsuite) with ESMTP id Q, for <r>; date."""
+        """Received: has from helo (rdns [ip]), by host (mailsuite) with ESMTP id Q, for <r>;
+        date."""
         header = received_header(
             "client.example",
             "localhost",

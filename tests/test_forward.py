@@ -25,16 +25,9 @@ from mailsuite.mta.forward import (
     TargetFailed,
 )
 from mailsuite.store import locking
+from tests.fakes import FakeAccounts
 
 ROOT = os.geteuid() == 0
-
-
-class FakeAccounts:
-    def __init__(self, *accounts: Account) -> None:
-        self.by_name = {a.name: a for a in accounts}
-
-    def recipient(self, name: str) -> Account | None:
-        return self.by_name.get(name)
 
 
 class ExpandCase(unittest.TestCase):

@@ -12,12 +12,12 @@ from mailsuite import threads
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import DeliveryFailed, LocalDelivery
 from mailsuite.store.memory import MemoryStore
+from tests.fakes import FakeAccounts
 from tests.store_conformance import MSG1, MSG2
 from tests.test_delivery import (
     ALIASES,
     ALICE,
     BOSS,
-    FakeAccounts,
     HeldStore,
     inbox,
     make_config,
@@ -30,14 +30,16 @@ class DeliverManyTests(MboxTestCase):
     def test_closed_mailbox(self) -> None:
         """Two messages in one call land in order, each with its own From line and sender."""
         store = self.make_store()
-        self.successResultOf(store.deliver_many(self.account, [(MSG1, "a@x.test"), (MSG2, "b@x.test")]))
+        two = [(MSG1, "a@x.test"), (MSG2, "b@x.test")]
+        self.successResultOf(store.deliver_many(self.account, two))
         with open(self.path, "rb") as f:
             text = f.read()
         self.assertEqual(text.count(b"\nFrom ") + text.startswith(b"From "), 2)
         self.assertLess(text.index(b"From a@x.test"), text.index(b"From b@x.test"))
         box = self.successResultOf(store.open(self.account))
         self.assertEqual([m.uid for m in box.messages], [1, 2])
-        self.assertIn(b"Subject: two\n\nbody two\n", self.successResultOf(defer.maybeDeferred(box.read, 2)))
+        self.assertIn(b"Subject: two\n\nbody two\n",
+                      self.successResultOf(defer.maybeDeferred(box.read, 2)))
 
     def test_open_mailbox_sees_new_uids(self) -> None:
         """With the INBOX open, the batch gets consecutive UIDs and listeners hear of both."""
@@ -45,7 +47,8 @@ class DeliverManyTests(MboxTestCase):
         box = self.successResultOf(store.open(self.account))
         heard: list[Any] = []
         box.add_listener(heard.append)
-        self.successResultOf(store.deliver_many(self.account, [(MSG1, "a@x.test"), (MSG2, "b@x.test")]))
+        two = [(MSG1, "a@x.test"), (MSG2, "b@x.test")]
+        self.successResultOf(store.deliver_many(self.account, two))
         self.assertEqual([m.uid for m in box.messages], [1, 2])
         self.assertEqual([m.uid for m in heard[0].added], [1, 2])
         self.assertEqual(box.uid_next, 3)

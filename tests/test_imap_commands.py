@@ -99,12 +99,14 @@ class FolderTests(ImapTestCase):
     def test_append_flags_date_and_trycreate(self) -> None:
         """APPEND with flags and a date: APPENDUID, the date is the INTERNALDATE, the flags
         stored; a missing mailbox is NO [TRYCREATE] (Twisted: BAD Server error); {0} is NO."""
-        out = self.s.cmd(b'a APPEND Sent (\\Seen $Forwarded) "14-Sep-2026 19:07:10 +0200" {12+}\r\nSubject: s\r\n')
+        out = self.s.cmd(b'a APPEND Sent (\\Seen $Forwarded) "14-Sep-2026 19:07:10 +0200" {12+}\r\n'
+                         b"Subject: s\r\n")
         m = re.search(rb"a OK \[APPENDUID (\d+) 1\]", out)
         self.assertIsNotNone(m, out)
         self.s.cmd(b"b SELECT Sent")
         out = self.s.cmd(b"c FETCH 1 (FLAGS INTERNALDATE)")
-        self.assertIn(b'FLAGS (\\Seen \\Recent $Forwarded) INTERNALDATE "14-Sep-2026 19:07:10 +0200"', out)
+        self.assertIn(b'FLAGS (\\Seen \\Recent $Forwarded)'
+                      b' INTERNALDATE "14-Sep-2026 19:07:10 +0200"', out)
         self.assertIn(b"d NO [TRYCREATE]", self.s.cmd(b"d APPEND Nowhere {3+}\r\nabc"))
         self.assertIn(b"e NO", self.s.send(b"e APPEND Sent {0}\r\n\r\n"))
         self.assertIn(b"f BAD", self.s.cmd(b"f APPEND Sent (\\Bogus) {1+}\r\nx"))
@@ -172,14 +174,16 @@ class CopyMoveTests(ImapTestCase):
         self.s.cmd(b"a STORE 2 +FLAGS (\\Flagged)")
         out = self.s.cmd(b"b UID COPY 2:3 Trash")
         self.assertIn(b"b OK [COPYUID %d 2:3 1:2] " % self.trash.uid_validity, out)
-        self.assertEqual([m.flags for m in self.trash.messages], [frozenset({"\\Flagged"}), frozenset()])
+        self.assertEqual([m.flags for m in self.trash.messages],
+                         [frozenset({"\\Flagged"}), frozenset()])
         self.assertIn(b"c NO [TRYCREATE]", self.s.cmd(b"c COPY 1 Nowhere"))
         self.assertEqual(self.s.cmd(b"d UID COPY 99 Trash"), b"d OK Copy completed.\r\n")
 
     def test_uid_expunge_removes_only_the_given_uids(self) -> None:
         """UID EXPUNGE n removes only n even when others are \\Deleted too (UIDPLUS)."""
         self.s.cmd(b"a STORE 1:3 +FLAGS.SILENT (\\Deleted)")
-        self.assertEqual(self.s.cmd(b"b UID EXPUNGE 2"), b"* 2 EXPUNGE\r\nb OK UID EXPUNGE completed.\r\n")
+        self.assertEqual(self.s.cmd(b"b UID EXPUNGE 2"),
+                         b"* 2 EXPUNGE\r\nb OK UID EXPUNGE completed.\r\n")
         self.assertEqual([m.uid for m in self.box().messages], [1, 3])
 
     def test_move_and_uid_move(self) -> None:
@@ -217,18 +221,21 @@ class BodyStructureTests(ImapTestCase):
         sizes in CRLF octets, line counts, envelope, disposition, boundary parameter."""
         out = self.s.cmd(b"a FETCH 1 BODYSTRUCTURE")
         self.assertIn(
-            b'BODYSTRUCTURE (("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL "7BIT" 5 1 NIL NIL NIL NIL)'
-            b'("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 28 (NIL "inner" NIL NIL NIL NIL NIL NIL NIL NIL) '
+            b'BODYSTRUCTURE (("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL "7BIT" 5 1'
+            b' NIL NIL NIL NIL)("MESSAGE" "RFC822" NIL NIL NIL "7BIT" 28'
+            b' (NIL "inner" NIL NIL NIL NIL NIL NIL NIL NIL) '
             b'("TEXT" "PLAIN" ("charset" "us-ascii") NIL NIL "7BIT" 10 1 NIL NIL NIL NIL) 3 NIL '
             b'("attachment" ("filename" "m.eml")) NIL NIL) "MIXED" ("boundary" "XX") NIL NIL NIL)',
             out,
         )
-        self.assertIn(b'BODY (("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL "7BIT" 5 1)', self.s.cmd(b"b FETCH 1 BODY"))
+        self.assertIn(b'BODY (("TEXT" "PLAIN" ("charset" "utf-8") NIL NIL "7BIT" 5 1)',
+                      self.s.cmd(b"b FETCH 1 BODY"))
 
     def test_sizes_match_sections(self) -> None:
         """The size BODYSTRUCTURE gives a part is the length of BODY[n]; nested parts, MIME
         headers and the FULL macro work; BODY.PEEK leaves \\Seen alone."""
-        out = self.s.cmd(b"a FETCH 1 (BODY.PEEK[1] BODY.PEEK[2] BODY.PEEK[2.HEADER] BODY.PEEK[1.MIME] BODY.PEEK[2.1])")
+        out = self.s.cmd(b"a FETCH 1 (BODY.PEEK[1] BODY.PEEK[2] BODY.PEEK[2.HEADER]"
+                         b" BODY.PEEK[1.MIME] BODY.PEEK[2.1])")
         self.assertIn(b"BODY[1] {5}\r\nhello", out)
         self.assertIn(b"BODY[2] {28}\r\nSubject: inner\r\n\r\ninner body", out)
         self.assertIn(b"BODY[2.HEADER] {18}\r\nSubject: inner\r\n\r\n", out)
@@ -254,7 +261,8 @@ class StreamingTests(ImapTestCase):
             writes += 1
         out = s.take()
         wire = (b"Subject: big\n\n" + body).replace(b"\n", b"\r\n")
-        self.assertIn(b"RFC822.SIZE %d BODY[] {%d}\r\n" % (len(wire), len(wire)) + wire + b")\r\na OK", out)
+        self.assertIn(b"RFC822.SIZE %d BODY[] {%d}\r\n" % (len(wire), len(wire)) + wire
+                      + b")\r\na OK", out)
         self.assertGreater(writes, 10)
 
 

@@ -34,7 +34,8 @@ MULTIPART = (
 class ParseFetchTests(unittest.TestCase):
     def test_items_any_case(self) -> None:
         """Items parse in any case; RFC822.PEEK is a peek answered as RFC822."""
-        items = parse_fetch_items(b"(uid Flags rfc822.peek body.peek[header.fields (From \"To\")]<0.2048>)")
+        items = parse_fetch_items(
+            b"(uid Flags rfc822.peek body.peek[header.fields (From \"To\")]<0.2048>)")
         self.assertEqual([i.name for i in items], ["UID", "FLAGS", "RFC822", "BODY[]"])
         self.assertTrue(items[2].peek and items[3].peek)
         self.assertEqual(items[3].section.fields, [b"FROM", b"TO"])  # type: ignore[union-attr]
@@ -112,7 +113,8 @@ class ParseSearchTests(unittest.TestCase):
         self.assertEqual(charset, "UTF-8")
         self.assertEqual(
             key,
-            ("AND", [("OR", ("AND", [("FROM", b"a b"), ("UNSEEN",)]), ("NOT", ("UID", [(4, None)])))]),
+            ("AND", [("OR", ("AND", [("FROM", b"a b"), ("UNSEEN",)]),
+                      ("NOT", ("UID", [(4, None)])))]),
         )
 
     def test_errors(self) -> None:

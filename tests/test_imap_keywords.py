@@ -136,7 +136,8 @@ class MboxKeywordTests(MboxTestCase):
         for view in (mine, other):
             updates = view.take_updates()
             self.assertEqual(updates[0], _FLAGS[2:] + b" Ext)")
-            self.assertEqual(updates[2:], [b"2 EXISTS", b"1 RECENT" if view is mine else b"0 RECENT"])
+            count = b"1 RECENT" if view is mine else b"0 RECENT"
+            self.assertEqual(updates[2:], [b"2 EXISTS", count])
         self.assertTrue(other.flags_responses()[1].startswith(b"OK [PERMANENTFLAGS ()]"))
         late = ImapMailboxView(box, False, self.account, self.store, recent)
         self.assertEqual(late.flags_responses()[0], _FLAGS[2:] + b" Ext)")

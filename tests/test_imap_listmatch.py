@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from hypothesis import given, settings
@@ -63,7 +63,7 @@ def reference_match(pattern: str, name: str) -> bool:
     case. Exponential without the cache, quadratic with it: for checking only."""
     fold = 5 if pattern[:5].upper() == "INBOX" else 0
 
-    @lru_cache(maxsize=None)
+    @cache
     def at(i: int, j: int) -> bool:
         if i == len(pattern):
             return j == len(name)
@@ -100,7 +100,9 @@ class MatcherPropertyTests(unittest.TestCase):
 
     @settings(max_examples=500, deadline=None)
     @given(head=_CASES, pattern=_PATTERNS, name_head=_CASES, name=_NAMES)
-    def test_inbox_prefix_in_any_case(self, head: str, pattern: str, name_head: str, name: str) -> None:
+    def test_inbox_prefix_in_any_case(
+        self, head: str, pattern: str, name_head: str, name: str
+    ) -> None:
         """A pattern starting with INBOX in any case matches INBOX in any case, and only there."""
         pattern, name = head + pattern, name_head + name
         self.assertEqual(ListMatcher([pattern]).match(name), reference_match(pattern, name))
@@ -110,7 +112,8 @@ class MatcherPropertyTests(unittest.TestCase):
     def test_several_patterns_match_as_any_of_them(self, patterns: list[str], name: str) -> None:
         """LIST (p1 p2 ...) in one automaton: a name matches when one of the patterns does; no
         state leaks from one pattern into the next."""
-        self.assertEqual(ListMatcher(patterns).match(name), any(reference_match(p, name) for p in patterns))
+        self.assertEqual(ListMatcher(patterns).match(name),
+                         any(reference_match(p, name) for p in patterns))
 
     @given(pattern=_PATTERNS)
     def test_collapse_keeps_the_meaning(self, pattern: str) -> None:

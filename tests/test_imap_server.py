@@ -80,7 +80,8 @@ class Session:
     def __init__(self, factory: IMAPFactory, peer: str = "127.0.0.1") -> None:
         self.proto = factory.buildProtocol(None)
         self.transport = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 143), peerAddress=IPv4Address("TCP", peer, 40000)
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 143),
+            peerAddress=IPv4Address("TCP", peer, 40000),
         )
         self.proto.makeConnection(self.transport)
         self.greeting = self.take()
@@ -130,8 +131,8 @@ class GreetingLoginTests(ImapTestCase):
         none of the login capabilities; never UIDONLY; no STARTTLS without a certificate."""
         s = self.session()
         caps = s.cmd(b"a CAPABILITY")
-        extensions = (b"LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN SPECIAL-USE "
-                      b"XLIST\r\n")
+        extensions = (b"LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
+                      b"SPECIAL-USE XLIST\r\n")
         self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN " + extensions, caps)
         self.assertIn(b"a OK", caps)
         s.login()
@@ -159,14 +160,16 @@ class GreetingLoginTests(ImapTestCase):
         self.assertIn(b"a OK", s.cmd(b"secret"))
 
     def test_failed_login_logs_fail2ban_shape(self) -> None:
-        """A wrong password: NO [AUTHENTICATIONFAILED] and a line fail2ban's dovecot filter reads."""
+        """A wrong password: NO [AUTHENTICATIONFAILED] and a line fail2ban's dovecot filter
+        reads."""
         s = self.session()
         self.assertIn(b"a NO [AUTHENTICATIONFAILED]", s.cmd(b"a LOGIN boss wrong"))
         s.cmd(b"b LOGIN boss wrong")
         line = self.maillog.lines[-1]
         fail2ban = re.compile(
             r"mailsuite/imap-login\[\d+\]: (?:Aborted login|Disconnected)(?::(?: [^ \(]+)+)? "
-            r"\((?:auth failed, \d+ attempts(?: in \d+ secs)?)\):(?: user=<[^>]*>,)?(?: method=\S+,)? "
+            r"\((?:auth failed, \d+ attempts(?: in \d+ secs)?)\):"
+            r"(?: user=<[^>]*>,)?(?: method=\S+,)? "
             r"rip=(?P<host>\S+), lip="
         )
         m = fail2ban.search(line)
@@ -199,7 +202,8 @@ class GreetingLoginTests(ImapTestCase):
         self.assertIn(b"* BYE", out)
         self.assertIn(b"b OK", out)
         self.assertTrue(s.transport.disconnecting)
-        self.assertRegex(self.maillog.lines[-1], r"mailsuite/imap\[\d+\]: Logged out in=\d+ out=\d+, user=<boss>")
+        self.assertRegex(self.maillog.lines[-1],
+                         r"mailsuite/imap\[\d+\]: Logged out in=\d+ out=\d+, user=<boss>")
 
     def test_autologout_after_thirty_minutes(self) -> None:
         """The autologout timer is 30 minutes (RFC 3501 5.4), driven by the injected clock."""
@@ -239,7 +243,8 @@ class ListSelectTests(ImapTestCase):
         self.assertIn(b"b NO [ALREADYEXISTS]", s.cmd(b"b CREATE Work"))
 
     def test_select_response_codes(self) -> None:
-        """SELECT: FLAGS, PERMANENTFLAGS, EXISTS, RECENT, UNSEEN, UIDVALIDITY, UIDNEXT, READ-WRITE."""
+        """SELECT: FLAGS, PERMANENTFLAGS, EXISTS, RECENT, UNSEEN, UIDVALIDITY, UIDNEXT,
+        READ-WRITE."""
         self.deliver()
         self.deliver()
         self.successResultOf(self.box().set_flags({1: frozenset({"\\Seen"})}))
@@ -300,7 +305,8 @@ class FetchTests(ImapTestCase):
         """UID FLAGS RFC822.SIZE INTERNALDATE in one response."""
         out = self.s.cmd(b"a FETCH 1 (UID FLAGS RFC822.SIZE INTERNALDATE)")
         size = len(MESSAGE) + MESSAGE.count(b"\n")
-        self.assertIn(b'* 1 FETCH (UID 1 FLAGS () RFC822.SIZE %d INTERNALDATE "14-Sep-2026 17:07:10 +0000")' % size, out)
+        self.assertIn(b'* 1 FETCH (UID 1 FLAGS () RFC822.SIZE %d'
+                      b' INTERNALDATE "14-Sep-2026 17:07:10 +0000")' % size, out)
 
     def test_body_is_raw_bytes_with_crlf_and_size_matches(self) -> None:
         """BODY.PEEK[] is the stored bytes with CRLF: duplicate Received and 8-bit Subject survive;
@@ -340,8 +346,10 @@ class FetchTests(ImapTestCase):
         self.assertEqual(self.box().messages[0].flags, frozenset({"\\Seen"}))
 
     def test_peek_does_not_set_seen(self) -> None:
-        """BODY.PEEK[...], RFC822.HEADER and rfc822.peek (Outlook, lower case) leave \\Seen alone."""
-        out = self.s.cmd(b"a uid fetch 1 (UID RFC822.SIZE rfc822.peek BODY.PEEK[HEADER] RFC822.HEADER)")
+        """BODY.PEEK[...], RFC822.HEADER and rfc822.peek (Outlook, lower case) leave \\Seen
+        alone."""
+        out = self.s.cmd(b"a uid fetch 1 (UID RFC822.SIZE rfc822.peek BODY.PEEK[HEADER]"
+                         b" RFC822.HEADER)")
         self.assertIn(b"RFC822 {", out)
         self.assertNotIn(b"FLAGS", out)
         self.assertEqual(self.box().messages[0].flags, frozenset())
@@ -360,14 +368,17 @@ class FetchTests(ImapTestCase):
         self.assertIn(b"BODY[]<100000> {0}\r\n)", out)
 
     def test_header_fields_keep_duplicates_and_8bit(self) -> None:
-        """HEADER.FIELDS serves raw lines in order, duplicates kept, 8-bit intact, blank line last."""
+        """HEADER.FIELDS serves raw lines in order, duplicates kept, 8-bit intact, blank line
+        last."""
         out = self.s.cmd(b"a FETCH 1 BODY.PEEK[HEADER.FIELDS (Received subject)]")
-        body = b"Received: from a by b\r\nReceived: from c by d\r\nSubject: Caf\xc3\xa9 plans\r\n\r\n"
+        body = (b"Received: from a by b\r\nReceived: from c by d\r\n"
+                b"Subject: Caf\xc3\xa9 plans\r\n\r\n")
         self.assertIn(b"BODY[HEADER.FIELDS (RECEIVED SUBJECT)] {%d}\r\n" % len(body) + body, out)
 
     def test_header_fields_not_and_text(self) -> None:
         """HEADER.FIELDS.NOT leaves the named fields out; TEXT is the body."""
-        out = self.s.cmd(b"a FETCH 1 (BODY.PEEK[HEADER.FIELDS.NOT (Received From To Date Message-ID)] BODY.PEEK[TEXT])")
+        out = self.s.cmd(b"a FETCH 1 (BODY.PEEK[HEADER.FIELDS.NOT"
+                         b" (Received From To Date Message-ID)] BODY.PEEK[TEXT])")
         self.assertIn(b"{24}\r\nSubject: Caf\xc3\xa9 plans\r\n\r\n", out)
         self.assertIn(b"BODY[TEXT] {29}\r\nHello boss,\r\n", out)
 
@@ -377,7 +388,8 @@ class FetchTests(ImapTestCase):
         self.assertIn(
             b'ENVELOPE ("Mon, 14 Sep 2026 19:07:10 +0200" {11}\r\nCaf\xc3\xa9 plans '
             b'(("Bob Sender" NIL "bob" "example.org")) (("Bob Sender" NIL "bob" "example.org")) '
-            b'(("Bob Sender" NIL "bob" "example.org")) ((NIL NIL "boss" "example.com")) NIL NIL NIL "<1@example.org>")',
+            b'(("Bob Sender" NIL "bob" "example.org")) ((NIL NIL "boss" "example.com"))'
+            b' NIL NIL NIL "<1@example.org>")',
             out,
         )
 
@@ -403,41 +415,49 @@ class StoreSearchExpungeTests(ImapTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.deliver()
-        self.deliver(b"From: Carol <carol@example.net>\nSubject: Report\nCc: ann@x.org\n\nNumbers inside\n")
+        self.deliver(b"From: Carol <carol@example.net>\nSubject: Report\nCc: ann@x.org\n\n"
+                     b"Numbers inside\n")
         self.deliver(b"From: bob@example.org\nSubject: again\n\nshort\n")
         self.s = self.session()
         self.s.select()
 
     def test_store_modes(self) -> None:
         """+FLAGS, -FLAGS, FLAGS and .SILENT; flags reach the store; UID STORE reports UID."""
-        self.assertIn(b"* 1 FETCH (FLAGS (\\Flagged \\Seen))", self.s.cmd(b"a STORE 1 +FLAGS (\\Seen \\flagged)"))
+        self.assertIn(b"* 1 FETCH (FLAGS (\\Flagged \\Seen))",
+                      self.s.cmd(b"a STORE 1 +FLAGS (\\Seen \\flagged)"))
         self.assertIn(b"* 1 FETCH (FLAGS (\\Seen))", self.s.cmd(b"b STORE 1 -FLAGS (\\Flagged)"))
         silent = self.s.cmd(b"c STORE 1:2 FLAGS.SILENT (\\Answered $Label1)")
         self.assertNotIn(b"FETCH", silent)  # only the new keyword's FLAGS (test_imap_keywords)
         self.assertTrue(silent.endswith(b"\r\nc OK STORE completed.\r\n"))
         self.assertEqual(self.box().messages[1].flags, frozenset({"\\Answered", "$Label1"}))
-        self.assertIn(b"* 3 FETCH (UID 3 FLAGS (\\Draft))", self.s.cmd(b"d UID STORE 3 +FLAGS \\Draft"))
+        self.assertIn(b"* 3 FETCH (UID 3 FLAGS (\\Draft))",
+                      self.s.cmd(b"d UID STORE 3 +FLAGS \\Draft"))
         self.assertIn(b"e BAD", self.s.cmd(b"e STORE 1 +FLAGS (\\Bogus)"))
 
     def test_search_keys(self) -> None:
-        """SEARCH ALL/UNSEEN/SEEN/FROM/SUBJECT/UID/BODY/OR/NOT/LARGER/sequence sets and UID SEARCH."""
+        """SEARCH ALL/UNSEEN/SEEN/FROM/SUBJECT/UID/BODY/OR/NOT/LARGER/sequence sets and UID
+        SEARCH."""
         self.s.cmd(b"x STORE 2 +FLAGS (\\Seen)")
         cases = {
             b"ALL": b"1 2 3", b"UNSEEN": b"1 3", b"SEEN": b"2", b"FROM bob": b"1 3",
-            b'SUBJECT "caf\xc3\xa9"': b"1", b"CHARSET UTF-8 SUBJECT report": b"2", b"UID 2:*": b"2 3",
+            b'SUBJECT "caf\xc3\xa9"': b"1", b"CHARSET UTF-8 SUBJECT report": b"2",
+            b"UID 2:*": b"2 3",
             b"BODY numbers": b"2", b"TEXT ann@x.org": b"2", b"OR SEEN FROM carol": b"2",
             b"NOT FROM bob": b"2", b"LARGER 100": b"1", b"2:3 UNSEEN": b"3", b"CC ann": b"2",
             b"HEADER Message-ID <1@": b"1", b"ON 14-Sep-2026": b"1 2 3", b"BEFORE 1-Jan-2000": b"",
-            b"(FROM bob SUBJECT again)": b"3", b"SENTSINCE 1-Sep-2026": b"1", b"NEW": b"", b"OLD": b"1 2 3",
+            b"(FROM bob SUBJECT again)": b"3", b"SENTSINCE 1-Sep-2026": b"1", b"NEW": b"",
+            b"OLD": b"1 2 3",
         }
         for query, expected in cases.items():
             out = self.s.cmd(b"s SEARCH " + query)
-            self.assertIn(b"* SEARCH" + (b" " + expected if expected else b"") + b"\r\n", out, query)
+            hits = b" " + expected if expected else b""
+            self.assertIn(b"* SEARCH" + hits + b"\r\n", out, query)
             self.assertIn(b"s OK", out)
 
     def test_empty_search_still_sends_search_line(self) -> None:
         """No match: `* SEARCH` is still sent (Twisted sent none)."""
-        self.assertEqual(self.s.cmd(b"a SEARCH FROM nobody"), b"* SEARCH\r\na OK SEARCH completed.\r\n")
+        self.assertEqual(self.s.cmd(b"a SEARCH FROM nobody"),
+                         b"* SEARCH\r\na OK SEARCH completed.\r\n")
 
     def test_uid_search_returns_uids(self) -> None:
         """UID SEARCH answers UIDs, not sequence numbers (Twisted answered sequence numbers)."""
@@ -452,7 +472,8 @@ class StoreSearchExpungeTests(ImapTestCase):
         self.assertIn(b"b NO [BADCHARSET", self.s.cmd(b"b SEARCH CHARSET KOI8-R ALL"))
 
     def test_expunge_reports_sequence_numbers(self) -> None:
-        """EXPUNGE removes \\Deleted messages and reports each as the sequence number at that time."""
+        """EXPUNGE removes \\Deleted messages and reports each as the sequence number at that
+        time."""
         self.s.cmd(b"a STORE 1:2 +FLAGS.SILENT (\\Deleted)")
         out = self.s.cmd(b"b EXPUNGE")
         self.assertEqual(out, b"* 1 EXPUNGE\r\n* 1 EXPUNGE\r\nb OK EXPUNGE completed.\r\n")
@@ -485,7 +506,8 @@ class TwoSessionTests(ImapTestCase):
     def test_store_in_one_shows_as_fetch_flags_in_other(self) -> None:
         """A STORE in one session reaches the other as `* n FETCH (FLAGS ...)` after NOOP."""
         self.one.cmd(b"a STORE 2 +FLAGS (\\Flagged)")
-        self.assertEqual(self.two.cmd(b"b NOOP"), b"* 2 FETCH (FLAGS (\\Flagged))\r\nb OK NOOP completed.\r\n")
+        self.assertEqual(self.two.cmd(b"b NOOP"),
+                         b"* 2 FETCH (FLAGS (\\Flagged))\r\nb OK NOOP completed.\r\n")
         self.assertEqual(self.two.cmd(b"c NOOP"), b"c OK NOOP completed.\r\n")
 
     def test_delivery_shows_as_exists_and_recent(self) -> None:
@@ -630,11 +652,13 @@ class PipeliningTests(ImapTestCase):
             return gate.addCallback(lambda _: real_login(*args))
 
         self.portal.login = gated_login  # type: ignore[method-assign]
-        out = s.send(b"a LOGIN boss secret\r\nb SELECT INBOX\r\nc UID FETCH 1:* (UID FLAGS)\r\nd NOOP\r\n")
+        out = s.send(b"a LOGIN boss secret\r\nb SELECT INBOX\r\nc UID FETCH 1:* (UID FLAGS)\r\n"
+                     b"d NOOP\r\n")
         self.assertEqual(out, b"")
         gate.callback(None)
         out = s.take()
-        tags = [line.split(b" ")[0] for line in out.split(b"\r\n") if line and not line.startswith(b"*")]
+        tags = [line.split(b" ")[0] for line in out.split(b"\r\n")
+                if line and not line.startswith(b"*")]
         self.assertEqual(tags, [b"a", b"b", b"c", b"d"])
         self.assertLess(out.index(b"b OK"), out.index(b"* 1 FETCH (UID 1 FLAGS ())"))
 

@@ -42,7 +42,8 @@ class SharedViewTests(MboxTestCase):
         uids = [m.uid for m in box.messages]
         self.assertEqual((a.count(), a.uids()), (3, uids))
         self.assertEqual(a.resolve([(2, None)], False), [(2, uids[1]), (3, uids[2])])
-        self.assertEqual(a.resolve([(uids[1], uids[1]), (1, 1)], True), [(1, uids[0]), (2, uids[1])])
+        self.assertEqual(a.resolve([(uids[1], uids[1]), (1, 1)], True),
+                         [(1, uids[0]), (2, uids[1])])
         self.assertEqual(a.first_unseen(), 1)
         a.close()
         b.close()
@@ -105,13 +106,15 @@ class SharedViewTests(MboxTestCase):
         mine = ImapMailboxView(box, False, self.account, store, self.recent)
         other = ImapMailboxView(box, False, self.account, store, self.recent)
         uids = mine.uids()
-        yield other.set_flags({uids[3]: frozenset({"\\Seen", "Work"}), uids[1]: frozenset({"\\Deleted"})})
+        yield other.set_flags({uids[3]: frozenset({"\\Seen", "Work"}),
+                               uids[1]: frozenset({"\\Deleted"})})
         yield other.expunge_deleted()
         yield store.deliver(self.account, MSG2, "b@example.test")
         after_fetch = mine.take_updates(allow_expunge=False)
         self.assertEqual(after_fetch, [
             b"FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Work)",
-            b"OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Work \\*)] Flags permitted.",
+            b"OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Work \\*)]"
+            b" Flags permitted.",
             b"5 EXISTS", b"1 RECENT", b"4 FETCH (FLAGS (\\Seen Work))",
         ])
         self.assertEqual(mine.count(), 5)

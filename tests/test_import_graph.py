@@ -33,7 +33,8 @@ def modules(root: str = ROOT, package: str = PACKAGE) -> dict[str, str]:
         for name in sorted(files):
             if name.endswith(".py"):
                 stem = name[:-3]
-                found[".".join(parts if stem == "__init__" else [*parts, stem])] = os.path.join(directory, name)
+                module = ".".join(parts if stem == "__init__" else [*parts, stem])
+                found[module] = os.path.join(directory, name)
     return found
 
 
@@ -163,4 +164,5 @@ class ImportGraphTests(unittest.TestCase):
         self.assertEqual(graph["pkg.sub.c"], {"pkg.d"})
         self.assertEqual(graph["pkg.d"], {"pkg.e"})
         self.assertEqual(graph["pkg.e"], {"pkg.a"})
-        self.assertEqual(cycles(graph), [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.d", "pkg.e", "pkg.a"]])
+        self.assertEqual(cycles(graph),
+                         [["pkg.a", "pkg.b", "pkg.sub.c", "pkg.d", "pkg.e", "pkg.a"]])

@@ -2,49 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mailsuite.maillog import MailLog
 from mailsuite.mta import forward
-from mailsuite.mta.accept import UnknownRecipient
 from mailsuite.mta.delivery import DeliveryFailed
 from mailsuite.smtp.lmtp import LMTPFactory
 from tests.configs import real_config
-
-
-class FakeDelivery:
-    """resolve(): known names only; deliver(): held Deferreds per recipient, fired by the test."""
-
-    def __init__(self) -> None:
-        self.held: list[tuple[bytes, str, list[Any], defer.Deferred[None]]] = []
-        self.resolving: dict[str, defer.Deferred[list[str]]] = {}
-
-    def now(self) -> float:
-        return 0.0
-
-    def resolve(self, address: str) -> defer.Deferred[list[str]]:
-        if address.startswith("ghost"):
-            return defer.fail(UnknownRecipient(address))
-        if address.startswith("slow"):
-            d: defer.Deferred[list[str]] = defer.Deferred()
-            self.resolving[address] = d
-            return d
-        return defer.succeed([address.split("@")[0]])
-
-    def deliver(self, data: bytes, sender: str, pairs: list[Any], queue_id: str) -> Any:
-        d: defer.Deferred[None] = defer.Deferred()
-        self.held.append((data, sender, pairs, d))
-        return d
+from tests.fakes import FakeDelivery
 
 
 class LMTPCase(unittest.TestCase):
     def setUp(self) -> None:
-        self.delivery = FakeDelivery()
+        self.delivery = FakeDelivery(hold=True)
         config = real_config("mail.example.test", mail={"message_size_limit": 100})
         factory = LMTPFactory(config, self.delivery,
                               MailLog(None, "mail.example.test"))

@@ -65,9 +65,8 @@ class LockingTests(unittest.TestCase):
 
     def test_released_on_error(self):
         """An exception inside the block still releases both locks."""
-        with self.assertRaises(RuntimeError):
-            with self.lock():
-                raise RuntimeError("boom")
+        with self.assertRaises(RuntimeError), self.lock():
+            raise RuntimeError("boom")
         self.assertFalse(os.path.exists(self.path + ".lock"))
         fd = self.opener()
         self.addCleanup(os.close, fd)
@@ -76,9 +75,8 @@ class LockingTests(unittest.TestCase):
     def test_dotlock_busy_times_out(self):
         """A fresh dotlock of another program: back off, then LockTimeout (a StoreError)."""
         self.assertTrue(try_dotlock(self.path + ".lock", 300))
-        with self.assertRaises(LockTimeout) as e:
-            with self.lock():
-                self.fail("got the lock")
+        with self.assertRaises(LockTimeout) as e, self.lock():
+            self.fail("got the lock")
         self.assertIsInstance(e.exception, StoreError)
         self.assertTrue(os.path.exists(self.path + ".lock"))
         self.assertGreater(len(self.time.sleeps), 3)

@@ -16,9 +16,9 @@ from twisted.trial import unittest
 from mailsuite import threads
 from mailsuite.maillog import MailLog
 from mailsuite.mta import maildrop
-from mailsuite.mta.accept import LookupFailed, UnknownRecipient
 from mailsuite.mta.delivery import DeliveryFailed
 from mailsuite.mta.forward import TargetFailed
+from tests.fakes import FakeDelivery, FakeQueue
 
 
 class DropTests(unittest.TestCase):
@@ -71,28 +71,6 @@ class DropTests(unittest.TestCase):
         self.assertEqual(maildrop.qualify("", "ex.test"), "")
 
 
-class FakeDelivery:
-    queue = None
-
-    def __init__(self) -> None:
-        self.delivered: list[tuple[bytes, str, list[Any]]] = []
-
-    def is_local_domain(self, domain: str) -> bool:
-        return domain == "ex.test"
-
-    def resolve(self, address: str) -> defer.Deferred[list[str]]:
-        if address.startswith("ghost"):
-            return defer.fail(UnknownRecipient(address))
-        if address.startswith("later"):
-            return defer.fail(LookupFailed(address))
-        return defer.succeed([address.split("@")[0]])
-
-    def deliver(self, data: bytes, sender: str, pairs: list[Any], queue_id: str,
-                arrival: float) -> defer.Deferred[None]:
-        self.delivered.append((data, sender, pairs))
-        return defer.succeed(None)
-
-
 class PickupTestCase(unittest.TestCase):
     delivery_class: type[FakeDelivery] = FakeDelivery
 
@@ -129,19 +107,6 @@ class PickupTests(PickupTestCase):
         self.successResultOf(self.pickup.scan())
         self.assertEqual(maildrop.ids(self.queue), [])
 
-
-
-class FakeQueue:
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.notices: list[tuple[Any, str, list[Any]]] = []
-
-    def notify(self, env: Any, data: bytes, kind: str, entries: list[Any],
-               now: float) -> defer.Deferred[None]:
-        if self.fail:
-            return defer.fail(OSError(28, "No space left on device"))
-        self.notices.append((env, kind, entries))
-        return defer.succeed(None)
 
 
 class BouncingDelivery(FakeDelivery):

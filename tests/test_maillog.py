@@ -75,8 +75,8 @@ class ThreadTests(unittest.TestCase):
 
         def check(_: object) -> None:
             self.assertEqual(writers, [True, True])
-            self.assertTrue(log.lines[-1].endswith("mailsuite/local[%d]: warning: there"
-                                                   % os.getpid()))
+            self.assertTrue(log.lines[-1].endswith(
+                f"mailsuite/local[{os.getpid()}]: warning: there"))
 
         d = threads.deferToThread(log.write_from_any_thread, "local", "warning: there")
         return d.addCallback(check)

@@ -21,7 +21,7 @@ class ParseIpTests(unittest.TestCase):
 
 
 class InNetworksTests(unittest.TestCase):
-    nets = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32")]
+    nets = (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32"))
 
     def test_match(self):
         self.assertTrue(net.in_networks("192.0.2.9", self.nets))

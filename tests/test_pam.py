@@ -20,6 +20,7 @@ from twisted.trial import unittest
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.auth import pam
+from tests.fakes import FakeAccounts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = "/lib/x86_64-linux-gnu/security"
@@ -45,15 +46,9 @@ account required pam_permit.so
 """
 
 
-class FakeAccounts:
-    def __init__(self):
-        self.asked = []
-
-    def lookup(self, name):
-        self.asked.append(name)
-        if name == "system":
-            return None  # as NssAccounts for a uid below first_valid_uid
-        return Account(name, 2000, 2000, "/home/" + name)
+#: boss may log in; system's uid is below first_valid_uid (as root, daemon, nobody are)
+ACCOUNTS = (Account("boss", 2000, 2000, "/home/boss"), Account("expired", 2001, 2001, "/home/x"),
+            Account("system", 1, 1, "/usr/sbin"))
 
 
 def have_pam():
@@ -76,7 +71,7 @@ class PamStackTests(unittest.TestCase):
         self.write("mailsuite-test", STACK.format(dir=self.dir))
         self.write("always-no", "auth required pam_deny.so\naccount required pam_deny.so\n")
         self.write("broken", "auth required pam_no_such_module.so\n")
-        self.accounts = FakeAccounts()
+        self.accounts = FakeAccounts(*ACCOUNTS)
         self.checker = pam.PamChecker("mailsuite-test", self.accounts, threads.inline,
                                       confdir=self.dir)
 

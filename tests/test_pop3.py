@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import poplib
 
 from twisted.cred import checkers, portal
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.mail import pop3 as twisted_pop3
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -22,6 +20,7 @@ from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.store.memory import MemoryStore
 from mailsuite.wire import to_wire
 from tests.configs import real_config
+from tests.fakes import NoDelayTransport
 
 BOSS = Account("boss", 1000, 1000, "/home/boss")
 LOOPBACK = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -48,13 +47,6 @@ def make_config(disable_plaintext_auth=True, trusted=(), ssl="yes"):
         auth={"disable_plaintext_auth": disable_plaintext_auth,
               "login_trusted_networks": [ipaddress.ip_network(n) for n in trusted]},
         tls={"ssl": ssl})
-
-
-class NoDelayTransport(StringTransport):
-    nodelay = False
-
-    def setTcpNoDelay(self, enabled):
-        self.nodelay = enabled
 
 
 class Pop3TestCase(unittest.TestCase):
@@ -187,13 +179,14 @@ class AuthorizationTests(Pop3TestCase):
     def test_greeting_and_nodelay(self):
         """The greeting is Dovecot's with our name; TCP_NODELAY is set at once (TWISTED.md)."""
         _proto, transport = self.connect()
-        self.assertTrue(transport.nodelay)
+        self.assertTrue(transport.no_delay)
 
     def test_capa(self):
         """CAPA lists exactly what is accepted (no STLS without a certificate, no APOP)."""
         out = self.send(self.connect(), b"CAPA")
-        self.assertEqual(out, b"+OK\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\nAUTH-RESP-CODE\r\n"
-                              b"USER\r\nSASL PLAIN LOGIN\r\nIMPLEMENTATION mailsuite\r\n.\r\n")
+        self.assertEqual(out, b"+OK\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nPIPELINING\r\n"
+                              b"AUTH-RESP-CODE\r\nUSER\r\nSASL PLAIN LOGIN\r\n"
+                              b"IMPLEMENTATION mailsuite\r\n.\r\n")
         session = self.login()
         self.assertIn(b"\r\nUSER\r\n", self.send(session, b"CAPA"))
 
@@ -225,7 +218,7 @@ class AuthorizationTests(Pop3TestCase):
         """A wrong password is answered at once with Dovecot's words (any penalty is the
         login policy's, before the next attempt); the session goes on; the disconnect logs
         the fail2ban line of Dovecot."""
-        proto, transport = session = self.connect()
+        proto, _transport = session = self.connect()
         self.assertEqual(self.send(session, b"USER boss", b"PASS wrong", b"NOOP"),
                          b"+OK\r\n-ERR [AUTH] Authentication failed.\r\n"
                          b"-ERR Unknown command: not logged in.\r\n")
@@ -234,7 +227,7 @@ class AuthorizationTests(Pop3TestCase):
         proto.connectionLost(None)
         self.assertNotIn("auth failed", "\n".join(self.maillog.lines))
 
-        proto, transport = session = self.connect()
+        proto, _transport = session = self.connect()
         self.send(session, b"USER boss", b"PASS wrong")
         self.clock.advance(2)
         proto.connectionLost(None)
@@ -264,7 +257,8 @@ class AuthorizationTests(Pop3TestCase):
         the session goes on; PASS without USER is refused."""
         out = self.send(self.connect(), b"STAT", b"APOP boss x", b"AUTH CRAM-MD5", b"", b"PASS x",
                         b"USER", b"NOOP")
-        self.assertEqual(out, b"-ERR Unknown command: not logged in.\r\n" + b"-ERR Unknown command.\r\n"
+        self.assertEqual(out, b"-ERR Unknown command: not logged in.\r\n"
+                         + b"-ERR Unknown command.\r\n"
                          + b"-ERR [AUTH] Unsupported authentication mechanism.\r\n"
                          + b"-ERR Unknown command.\r\n" + b"-ERR No username given.\r\n" * 2
                          + b"-ERR Unknown command: not logged in.\r\n")
@@ -433,7 +427,8 @@ class TransactionTests(Pop3TestCase):
             "del=1/2, size=34, user=<boss>, rip=127.0.0.1"), self.maillog.lines[-1])
 
     def test_quit_waits_for_expunge(self):
-        """+OK comes only when the expunge fired; a failed expunge gives -ERR and deletes nothing."""
+        """+OK comes only when the expunge fired; a failed expunge gives -ERR and deletes
+        nothing."""
         self.deliver(b"Subject: 1\n\n1\n")
         box = self.inbox()
         pending = defer.Deferred()
@@ -550,64 +545,3 @@ class TransactionTests(Pop3TestCase):
         self.assertEqual(self.send(session, b"NOOP"), b"+OK\r\n")
         self.clock.advance(500)
         self.assertFalse(transport.disconnecting)
-
-
-class ListeningServerTests(unittest.TestCase):
-    """The real reactor, a real socket on 127.0.0.1 and the stdlib poplib client."""
-
-    def setUp(self):
-        self.store = MemoryStore()
-        self.maillog = MailLog(None, "mail.example.test")
-        checker = checkers.InMemoryUsernamePasswordDatabaseDontUse(boss=b"secret")
-        self.lost = defer.Deferred()
-        lost = self.lost
-
-        class Server(pop3.POP3Server):
-            def connectionLost(self, reason=None):
-                super().connectionLost(reason)
-                lost.callback(None)
-
-        factory = pop3.POP3Factory(make_config(), portal.Portal(Realm(self.store), [checker]),
-                                   self.maillog, reactor)
-        factory.protocol = Server
-        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-
-    @defer.inlineCallbacks
-    def test_poplib_session(self):
-        """poplib logs in, lists, retrieves (with a dot-stuffed line and a NUL, sent as 0x80),
-        deletes and
-        quits; the sizes it is told equal the bytes it gets; the deletion is committed."""
-        self.store.deliver(BOSS, b"Subject: one\n\n.dot\nnul\0here\n", "a@b")
-        self.store.deliver(BOSS, b"Subject: two\n\nbody\n", "a@b")
-        port = self.port.getHost().port
-
-        def client():
-            box = poplib.POP3("127.0.0.1", port, timeout=10)
-            welcome = box.getwelcome()
-            caps = box.capa()
-            box.user("boss")
-            box.pass_("secret")
-            stat = box.stat()
-            listing = box.list()[1]
-            uidl = box.uidl()[1]
-            _resp, lines, _octets = box.retr(1)
-            top = box.top(2, 0)[1]
-            box.dele(1)
-            box.quit()
-            return welcome, caps, stat, listing, uidl, lines, top
-
-        welcome, caps, stat, listing, uidl, lines, top = yield threads.deferToThread(client)
-        yield self.lost
-        self.assertEqual(welcome, b"+OK mailsuite ready.")
-        self.assertEqual(sorted(caps), ["AUTH-RESP-CODE", "IMPLEMENTATION", "PIPELINING",
-                                        "RESP-CODES", "SASL", "TOP", "UIDL", "USER"])
-        self.assertEqual(lines, [b"Subject: one", b"", b".dot", b"nul\x80here"])
-        size = len(b"\r\n".join(lines) + b"\r\n")
-        self.assertEqual(listing[0], b"1 %d" % size)
-        self.assertEqual(stat, (2, size + 22))
-        self.assertEqual(top, [b"Subject: two", b""])
-        validity = self.store._box(BOSS, "INBOX", False).uid_validity
-        self.assertEqual(uidl, [b"1 00000001%08x" % validity, b"2 00000002%08x" % validity])
-        self.assertEqual([m.uid for m in self.store._box(BOSS, "INBOX", False).messages], [2])
-        self.assertIn("Disconnected: Logged out top=1/16, retr=1/", self.maillog.lines[-1])

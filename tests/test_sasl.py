@@ -43,7 +43,8 @@ class ExchangeTests(unittest.TestCase):
         exchange = sasl.Exchange.start(b"LOGIN")
         self.assertEqual(exchange.step(), sasl.Challenge(b"Username:"))
         self.assertEqual(exchange.respond(b64(b"boss")), sasl.Challenge(b"Password:"))
-        self.assertEqual(exchange.respond(b64(b"secret")), sasl.Attempt("LOGIN", b"boss", b"secret"))
+        self.assertEqual(exchange.respond(b64(b"secret")),
+                         sasl.Attempt("LOGIN", b"boss", b"secret"))
 
     def test_login_with_initial_response(self) -> None:
         """AUTH LOGIN <b64 user>: straight to Password:."""
@@ -52,7 +53,8 @@ class ExchangeTests(unittest.TestCase):
         self.assertEqual(exchange.respond(b64(b"secret")).password, b"secret")
 
     def test_empty_initial_response(self) -> None:
-        """'=' is an empty initial response: for PLAIN that is malformed, for LOGIN an empty user."""
+        """'=' is an empty initial response: for PLAIN that is malformed, for LOGIN an empty
+        user."""
         self.assertRaises(sasl.Malformed, sasl.Exchange.start(b"PLAIN", b"=").step)
         self.assertEqual(sasl.Exchange.start(b"LOGIN", b"=").step(), sasl.Challenge(b"Password:"))
 

@@ -6,21 +6,15 @@ import base64
 import ipaddress
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
 
 from mailsuite.imap.server import IMAPFactory
+from tests.fakes import TLSTransport
 from tests.test_imap_server import ImapTestCase, Session, make_config
 
 PLAIN_OK = base64.b64encode(b"\0boss\0secret")
 PLAIN_BAD = base64.b64encode(b"\0boss\0wrong")
-PRIVACY = b"NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
-
-
-class TLSTransport(StringTransport):
-    tls_context = None
-
-    def startTLS(self, context):
-        self.tls_context = context
+PRIVACY = (b"NO [PRIVACYREQUIRED] Plaintext authentication disallowed on non-secure (SSL/TLS)"
+           b" connections.")
 
 
 class TLSSession(Session):
@@ -159,7 +153,8 @@ class AuthenticateTests(ImapAuthCase):
         """The initial response may also come as a literal or a quoted string (the command
         reader assembles it like any other argument)."""
         s = self.session()
-        self.assertEqual(s.cmd(b"a AUTHENTICATE PLAIN {%d}" % len(PLAIN_OK)), b"+ Ready for literal data\r\n")
+        self.assertEqual(s.cmd(b"a AUTHENTICATE PLAIN {%d}" % len(PLAIN_OK)),
+                         b"+ Ready for literal data\r\n")
         self.assertIn(b"a OK [CAPABILITY", s.cmd(PLAIN_OK))
         s = self.session()
         self.assertIn(b"b OK [CAPABILITY", s.cmd(b'b AUTHENTICATE PLAIN "' + PLAIN_OK + b'"'))
@@ -172,7 +167,8 @@ class AuthenticateTests(ImapAuthCase):
                          b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
         s.cmd(b"b AUTHENTICATE LOGIN")
         s.cmd(b"Ym9zcw==")
-        self.assertEqual(s.cmd(b"d3Jvbmc="), b"b NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+        self.assertEqual(s.cmd(b"d3Jvbmc="),
+                         b"b NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
         self.assertIn("auth failed, 2 attempts): user=<boss>, method=LOGIN, rip=127.0.0.1",
                       self.maillog.lines[-1])
         self.assertIn(b"c OK", s.cmd(b"c AUTHENTICATE PLAIN " + PLAIN_OK))
@@ -191,7 +187,8 @@ class AuthenticateTests(ImapAuthCase):
         self.assertEqual(s.cmd(b"*"), b"a BAD Authentication aborted by client.\r\n")
         self.assertEqual(s.cmd(b"b AUTHENTICATE PLAIN !!"), b"b BAD Invalid base64 data.\r\n")
         self.assertEqual(s.cmd(b"c AUTHENTICATE PLAIN ="), b"c BAD Invalid PLAIN message.\r\n")
-        self.assertEqual(s.cmd(b"d AUTHENTICATE CRAM-MD5"), b"d NO Unsupported authentication mechanism.\r\n")
+        self.assertEqual(s.cmd(b"d AUTHENTICATE CRAM-MD5"),
+                         b"d NO Unsupported authentication mechanism.\r\n")
         self.assertEqual(s.cmd(b"e AUTHENTICATE"), b"e BAD Invalid arguments.\r\n")
         self.assertIn(b"f OK", s.cmd(b"f LOGIN boss secret"))
 

@@ -7,20 +7,13 @@ import base64
 from twisted.internet.address import IPv4Address
 
 from mailsuite.pop3 import server as pop3
-from tests.test_pop3 import LOOPBACK, PUBLIC, REMOTE, SERVER, NoDelayTransport, Pop3TestCase
+from tests.fakes import TLSTransport
+from tests.test_pop3 import LOOPBACK, PUBLIC, REMOTE, SERVER, Pop3TestCase
 
 PLAIN_OK = base64.b64encode(b"\0boss\0secret")
 PLAIN_BAD = base64.b64encode(b"\0boss\0wrong")
-REFUSED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.\r\n"
-
-
-class TLSTransport(NoDelayTransport):
-    """A StringTransport that records STARTTLS."""
-
-    tls_context = None
-
-    def startTLS(self, context):
-        self.tls_context = context
+REFUSED = (b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS)"
+           b" connections.\r\n")
 
 
 class Pop3AuthCase(Pop3TestCase):
@@ -68,7 +61,8 @@ class StlsTests(Pop3AuthCase):
         self.send(session, b"STLS")
         self.assertEqual(self.send(session, b"AUTH"), b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n")
         self.assertEqual(self.send(session, b"AUTH PLAIN " + PLAIN_OK), b"+OK Logged in.\r\n")
-        self.assertIn("method=PLAIN, rip=203.0.113.9, lip=198.51.100.1, TLS", self.maillog.lines[-1])
+        self.assertIn("method=PLAIN, rip=203.0.113.9, lip=198.51.100.1, TLS",
+                      self.maillog.lines[-1])
 
     def test_input_after_stls_is_discarded(self):
         """Commands pipelined behind STLS in the same read were sent in clear: dropped (no
@@ -114,7 +108,8 @@ class StlsTests(Pop3AuthCase):
 class AuthTests(Pop3AuthCase):
     def test_plain_initial_response(self):
         """AUTH PLAIN <b64> logs in at once."""
-        self.assertEqual(self.send(self.connect(), b"AUTH PLAIN " + PLAIN_OK), b"+OK Logged in.\r\n")
+        self.assertEqual(self.send(self.connect(), b"AUTH PLAIN " + PLAIN_OK),
+                         b"+OK Logged in.\r\n")
         self.assertIn("Login: user=<boss>, method=PLAIN", self.maillog.lines[-1])
 
     def test_plain_continuation(self):
@@ -154,7 +149,8 @@ class AuthTests(Pop3AuthCase):
     def test_proxy_authzid_refused(self):
         """PLAIN with another user's authorization identity is a failed login."""
         session = self.connect()
-        self.assertEqual(self.send(session, b"AUTH PLAIN " + base64.b64encode(b"root\0boss\0secret")),
+        as_root = base64.b64encode(b"root\0boss\0secret")
+        self.assertEqual(self.send(session, b"AUTH PLAIN " + as_root),
                          b"-ERR [AUTH] Authentication failed.\r\n")
 
     def test_cancel_malformed_unknown(self):
@@ -172,4 +168,5 @@ class AuthTests(Pop3AuthCase):
         here = IPv4Address("TCP", "198.51.100.1", 5000)
         self.assertEqual(self.send(self.connect(here, PUBLIC), b"AUTH PLAIN " + PLAIN_OK),
                          b"+OK Logged in.\r\n")
-        self.assertEqual(self.send(self.connect(REMOTE, PUBLIC), b"AUTH PLAIN " + PLAIN_OK), REFUSED)
+        self.assertEqual(self.send(self.connect(REMOTE, PUBLIC), b"AUTH PLAIN " + PLAIN_OK),
+                         REFUSED)

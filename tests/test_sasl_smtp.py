@@ -5,24 +5,20 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import replace
-from typing import Any
 
 from twisted.cred import checkers, portal
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.mail import smtp
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.store.memory import MemoryStore
-from tests.test_delivery import ALIASES, ALICE, BOSS, FakeAccounts, inbox, make_config
-from tests.test_smtp_mta import FakeQueue
-from tests.test_smtp_server import NoDelayTransport
+from tests.fakes import FakeAccounts, FakeQueue, SmtpRealm, TLSTransport
+from tests.test_delivery import ALIASES, ALICE, BOSS, inbox, make_config
 
 HOST = "mail.example.com"
 PLAIN_OK = base64.b64encode(b"\0boss\0secret")
@@ -33,31 +29,6 @@ FAIL2BAN = re.compile(
     r"mailsuite/smtpd\[\d+\]: warning: [-._\w]+\[(?P<host>[^\]]+)\]: SASL "
     r"((?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5)) authentication failed(?:: [A-Za-z0-9+/ ]*)?$"
 )
-
-
-@implementer(portal.IRealm)
-class Realm:
-    """Anonymous -> delivery.avatar(None); a user -> delivery.avatar(name), as MailRealm."""
-
-    def __init__(self, delivery: LocalDelivery) -> None:
-        self.delivery = delivery
-        self.logouts = 0
-
-    def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
-        assert smtp.IMessageDelivery in interfaces
-        name = None if avatar_id is checkers.ANONYMOUS else avatar_id.decode()
-
-        def logout() -> None:
-            self.logouts += 1
-
-        return smtp.IMessageDelivery, self.delivery.avatar(name), logout
-
-
-class TLSTransport(NoDelayTransport):
-    tls_context = None
-
-    def startTLS(self, context: Any) -> None:
-        self.tls_context = context
 
 
 class SmtpAuthCase(unittest.TestCase):
@@ -79,7 +50,7 @@ class SmtpAuthCase(unittest.TestCase):
                                       threads.inline, now=self.clock.seconds)
         self.queue = FakeQueue()  # the outbound queue of mailsuite.mta.queue
         self.delivery.queue = self.queue
-        self.realm = Realm(self.delivery)
+        self.realm = SmtpRealm(self.delivery)
         the_portal = portal.Portal(self.realm, [
             checkers.AllowAnonymousAccess(),
             checkers.InMemoryUsernamePasswordDatabaseDontUse(boss=b"secret"),
@@ -157,7 +128,8 @@ class StartTLSTests(SmtpAuthCase):
         self.ehlo()
         self.assertEqual(self.send(b"STARTTLS now\r\n"), ["501 5.5.4 Syntax: STARTTLS"])
         self.send(b"MAIL FROM:<a@b.example>\r\n")
-        self.assertEqual(self.send(b"STARTTLS\r\n"), ["503 5.5.1 Error: MAIL transaction in progress"])
+        self.assertEqual(self.send(b"STARTTLS\r\n"),
+                         ["503 5.5.1 Error: MAIL transaction in progress"])
         self.factory.server_tls = None
         self.connect()
         self.assertNotIn("STARTTLS", self.ehlo())
@@ -240,7 +212,7 @@ class AuthTests(SmtpAuthCase):
         self.assertEqual(self.send(b"d3Jvbmc=\r\n"), ["535 5.7.8 Error: authentication failed"])
         lines = [line for line in self.maillog.lines if "SASL" in line]
         self.assertEqual(len(lines), 2)
-        for line, mech in zip(lines, ["PLAIN", "LOGIN"]):
+        for line, mech in zip(lines, ["PLAIN", "LOGIN"], strict=True):
             m = FAIL2BAN.search(line)
             self.assertIsNotNone(m, line)
             self.assertEqual(m.group("host"), "127.0.0.1")

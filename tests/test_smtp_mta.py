@@ -4,25 +4,9 @@ queue (mailsuite.smtp.server + accept.DeliveryAvatar), through StringTransport."
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
-from twisted.internet import defer
-
+from tests.fakes import FakeQueue
 from tests.test_smtp_server import SessionCase
-
-
-class FakeQueue:
-    def __init__(self) -> None:
-        self.enqueued: list[tuple[Any, bytes]] = []
-        self.submitted: list[tuple[str, list[str], bytes]] = []
-
-    def enqueue(self, env: Any, data: bytes) -> defer.Deferred[Any]:
-        self.enqueued.append((env, data))
-        return defer.succeed(env)
-
-    def submit(self, sender: str, addresses: list[str], data: bytes, **kw: Any) -> Any:
-        self.submitted.append((sender, addresses, data))
-        return defer.succeed(None)
 
 
 class RelayControlTests(SessionCase):

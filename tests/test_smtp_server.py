@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import random
 import re
-import smtplib
 from typing import Any
 
 from twisted.cred import checkers, portal
 from twisted.internet import defer
-from twisted.internet import threads as twisted_threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
-from twisted.mail import smtp
 from twisted.trial import unittest
-from zope.interface import implementer
 
 from mailsuite import threads
 from mailsuite.maillog import MailLog
@@ -23,33 +18,10 @@ from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.smtp import server as server_module
 from mailsuite.smtp.server import DATA_CHUNK, SMTPFactory, message_id
 from mailsuite.store.memory import MemoryStore
-from tests.test_delivery import ALIASES, ALICE, BOSS, FakeAccounts, HeldStore, inbox, make_config
+from tests.fakes import FakeAccounts, NoDelayTransport, SmtpRealm
+from tests.test_delivery import ALIASES, ALICE, BOSS, HeldStore, inbox, make_config
 
 HOST = "mail.example.com"
-
-
-@implementer(portal.IRealm)
-class TinyRealm:
-    """Anonymous -> delivery.avatar(None), as MailRealm does; counts logouts."""
-
-    def __init__(self, delivery: LocalDelivery) -> None:
-        self.delivery = delivery
-        self.logouts = 0
-
-    def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
-        assert avatar_id is checkers.ANONYMOUS and smtp.IMessageDelivery in interfaces
-
-        def logout() -> None:
-            self.logouts += 1
-
-        return smtp.IMessageDelivery, self.delivery.avatar(None), logout
-
-
-class NoDelayTransport(StringTransport):
-    no_delay = False
-
-    def setTcpNoDelay(self, enabled: bool) -> None:
-        self.no_delay = enabled
 
 
 def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None,
@@ -64,7 +36,7 @@ def build(case: unittest.TestCase, size_limit: int = 10240000, clock: Any = None
     config = make_config(path, size_limit)
     delivery = LocalDelivery(config, FakeAccounts(BOSS, ALICE), store, maillog, blocking,
                              now=clock.seconds)
-    realm = TinyRealm(delivery)
+    realm = SmtpRealm(delivery)
     the_portal = portal.Portal(realm, [checkers.AllowAnonymousAccess()])
     factory = SMTPFactory(
         config,
@@ -515,60 +487,3 @@ class DataTests(SessionCase):
         """message_id finds a folded Message-ID in the header block only."""
         self.assertEqual(message_id(b"A: b\nMessage-Id:\n <x@y>\n\nMessage-ID: <no>\n"), "x@y")
         self.assertEqual(message_id(b"A: b\n\nMessage-ID: <no>\n"), "")
-
-
-class RealSocketTests(unittest.TestCase):
-    """smtplib against a real listening port on 127.0.0.1."""
-
-    def setUp(self) -> None:
-        from twisted.internet import reactor
-
-        self.factory, self.store, self.maillog, _ = build(self, clock=reactor,
-                                                          blocking=threads.InPool(reactor))
-        self.factory.reverse_lookup = lambda ip: defer.succeed("localhost")
-        self.lost: list[defer.Deferred[None]] = []
-        build_protocol = self.factory.buildProtocol
-
-        def tracked(addr: Any) -> Any:
-            proto = build_protocol(addr)
-            done: defer.Deferred[None] = defer.Deferred()
-            lost = proto.connectionLost
-
-            def connection_lost(reason: Any) -> None:
-                lost(reason)
-                done.callback(None)
-
-            proto.connectionLost = connection_lost
-            self.lost.append(done)
-            return proto
-
-        self.factory.buildProtocol = tracked
-        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-
-    def _send(self, recipients: list[str]) -> Any:
-        with smtplib.SMTP("127.0.0.1", self.port.getHost().port, timeout=10) as client:
-            return client.sendmail(
-                "a@b.example", recipients, b"Subject: hi\r\n\r\n.leading dot\r\nbye\r\n"
-            )
-
-    @defer.inlineCallbacks
-    def test_smtplib_sends(self) -> Any:
-        """smtplib (EHLO, PIPELINING-less client) delivers to a local account over TCP."""
-        refused = yield twisted_threads.deferToThread(self._send, ["boss@mail.example.com"])
-        yield defer.gatherResults(self.lost)
-        self.assertEqual(refused, {})
-        (stored,) = inbox(self.store, BOSS)
-        self.assertTrue(stored.endswith(b"Subject: hi\n\n.leading dot\nbye\n"))
-        self.assertIn("disconnect from localhost[127.0.0.1]", self.maillog.lines[-1])
-
-    @defer.inlineCallbacks
-    def test_smtplib_refused(self) -> Any:
-        """smtplib sees 550 for an unknown user and still delivers to the good one."""
-        refused = yield twisted_threads.deferToThread(
-            self._send, ["nobody@localhost", "boss@localhost"]
-        )
-        yield defer.gatherResults(self.lost)
-        self.assertEqual(list(refused), ["nobody@localhost"])
-        self.assertEqual(refused["nobody@localhost"][0], 550)
-        self.assertEqual(len(inbox(self.store, BOSS)), 1)

@@ -111,10 +111,10 @@ class StaleDotlockTests(unittest.TestCase):
         self.addCleanup(os.close, fd)
         opener = lambda: os.open("boss", os.O_RDWR, dir_fd=fd)  # noqa: E731
         ticks = iter(range(100))
-        with self.assertRaises(locking.LockTimeout) as caught:
-            with locked_mailbox("boss", opener, timeout=3, clock=lambda: next(ticks),
-                                sleep=lambda s: None, dir_fd=fd, full_path=mbox):
-                pass
+        with (self.assertRaises(locking.LockTimeout) as caught,
+              locked_mailbox("boss", opener, timeout=3, clock=lambda: next(ticks),
+                             sleep=lambda s: None, dir_fd=fd, full_path=mbox)):
+            pass
         self.assertEqual(caught.exception.lock_path, self.lock)
         self.assertIn(mbox, str(caught.exception))
 

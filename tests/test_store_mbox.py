@@ -899,7 +899,7 @@ class MboxJournalTests(MboxTestCase):
         self.assertEqual([m.flags for m in box.messages], [set(), {"\\Flagged", "Kw"}, set()])
         self.patch(mboxstate, "LOG_LIMIT", 300)
         for i in range(20):
-            yield box.set_flags({uids[0]: frozenset({"K%d" % i})})
+            yield box.set_flags({uids[0]: frozenset({f"K{i}"})})
         self.assertLess(os.path.getsize(self.index_path + ".log"), 300 + 16 * 3 + 100)
         box.close()
         box = yield self.make_store().open(self.account)
@@ -1243,7 +1243,7 @@ class MboxUnseenCountTests(MboxTestCase):
         def check():
             self.assertEqual(box.unseen_count(), sum("\\Seen" not in m.flags for m in box.messages))
 
-        for step in range(60):
+        for _ in range(60):
             uids = [m.uid for m in box.messages]
             what = rnd.randrange(6)
             if what == 0 or not uids:
@@ -1251,9 +1251,11 @@ class MboxUnseenCountTests(MboxTestCase):
             elif what == 1:
                 yield store.deliver(self.account, MSG2, "b@example.test")
             elif what == 2:
-                yield box.change_flags(rnd.sample(uids, min(3, len(uids))), add=frozenset({"\\Seen"}))
+                yield box.change_flags(rnd.sample(uids, min(3, len(uids))),
+                                       add=frozenset({"\\Seen"}))
             elif what == 3:
-                yield box.change_flags(rnd.sample(uids, min(2, len(uids))), remove=frozenset({"\\Seen"}))
+                yield box.change_flags(rnd.sample(uids, min(2, len(uids))),
+                                       remove=frozenset({"\\Seen"}))
             elif what == 4:
                 yield box.expunge(rnd.sample(uids, 1))
                 yield box.settled()  # the file is compacted after the answer

@@ -13,7 +13,9 @@ from twisted.trial import unittest
 from mailsuite import config, tap, tls
 
 
-def write_config(case: unittest.TestCase, listen: str, extra: str = "", tls: str = "ssl = no\n") -> str:
+def write_config(
+    case: unittest.TestCase, listen: str, extra: str = "", tls: str = "ssl = no\n"
+) -> str:
     d = os.path.abspath(case.mktemp())
     os.makedirs(d)
     for name in ("passwd", "shadow", "aliases"):
@@ -133,7 +135,8 @@ class BuildTests(unittest.TestCase):
         top = tap.build(options["cfg"], reactor)
         self.addCleanup(top.maillog.close)
         names = sorted(s.name for s in top)
-        self.assertEqual(names, ["control", "imap@127.0.0.1", "pickup", "qmgr", "smtp@127.0.0.1", "store"])
+        self.assertEqual(names, ["control", "imap@127.0.0.1", "pickup", "qmgr", "smtp@127.0.0.1",
+                                 "store"])
         self.assertEqual(top.getServiceNamed("smtp@127.0.0.1").endpoint._port, 2525)
 
     def test_tls_services(self) -> None:
@@ -141,8 +144,8 @@ class BuildTests(unittest.TestCase):
         implicit-TLS ones wrapped in TLS, the others offering STARTTLS with the same ServerTLS."""
         listen = ("smtp = 2525\nsubmission = 2587\nsmtps = 2465\npop3 = 2110\npop3s = 2995\n"
                   "imap = 2143\nimaps = 2993\n")
-        path = write_config(self, listen,
-                            tls="ssl = yes\nssl_cert = {d}/tls/cert.pem\nssl_key = {d}/tls/key.pem\n")
+        path = write_config(self, listen, tls="ssl = yes\nssl_cert = {d}/tls/cert.pem\n"
+                                              "ssl_key = {d}/tls/key.pem\n")
         options = tap.Options()
         options.parseOptions(["--config", path])
         self.assertTrue(os.path.exists(os.path.join(os.path.dirname(path), "tls", "key.pem")))
@@ -169,7 +172,8 @@ class BuildTests(unittest.TestCase):
         """The IMAP factories of ports 143 and 993 share one \\Recent tracker and one IDLE
         poller: a message is recent in one session, whichever port it came in on."""
         path = write_config(self, "imap = 2143\nimaps = 2993\n",
-                            tls="ssl = yes\nssl_cert = {d}/tls/cert.pem\nssl_key = {d}/tls/key.pem\n")
+                            tls="ssl = yes\nssl_cert = {d}/tls/cert.pem\n"
+                                "ssl_key = {d}/tls/key.pem\n")
         options = tap.Options()
         options.parseOptions(["--config", path])
         top = tap.build(options["cfg"], reactor, options["tls"])

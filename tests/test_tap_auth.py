@@ -49,7 +49,7 @@ class AuthCacheAssemblyTests(unittest.TestCase):
     def checker(self, auth: str) -> UnixChecker:
         _, factories = build(self, "imap = 2143\nsmtp = no\npop3 = no\n" + NONE_ELSE, auth=auth)
         checkers = factories["imap"].portal.checkers
-        return [c for c in checkers.values() if isinstance(c, UnixChecker)][0]
+        return next(c for c in checkers.values() if isinstance(c, UnixChecker))
 
     def test_cache_from_config(self):
         """[auth] auth_cache_size/auth_cache_ttl reach the checker; size 0 turns the cache off."""

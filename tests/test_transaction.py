@@ -3,7 +3,6 @@ over LocalDelivery with the memory store and a fake queue."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer
@@ -35,7 +34,8 @@ from mailsuite.mta.transaction import (
     Verdict,
 )
 from mailsuite.store.memory import MemoryStore
-from tests.test_delivery import ALIASES, ALICE, BOSS, FakeAccounts, inbox, make_config
+from tests.fakes import FakeAccounts, FakeQueue
+from tests.test_delivery import ALIASES, ALICE, BOSS, inbox, make_config
 from tests.test_smtp_server import SessionCase
 
 BODY = b"Subject: hi\n\nhello\n"
@@ -55,30 +55,6 @@ class GroupStore(MemoryStore):
         if account.name in self.broken:
             return defer.fail(OSError(28, "No space left on device"))
         return super().deliver_many(account, items)
-
-
-class FakeQueue:
-    """The outbound queue: records what is enqueued, submitted and notified."""
-
-    def __init__(self, fail_notify: bool = False) -> None:
-        self.enqueued: list[tuple[Any, bytes]] = []
-        self.submitted: list[tuple[str, list[str], bytes]] = []
-        self.notices: list[tuple[Any, str, list[Any]]] = []
-        self.fail_notify = fail_notify
-
-    def enqueue(self, env: Any, data: bytes) -> defer.Deferred[Any]:
-        self.enqueued.append((env, data))
-        return defer.succeed(env)
-
-    def submit(self, sender: str, addresses: list[str], data: bytes, **kw: Any) -> Any:
-        self.submitted.append((sender, addresses, data))
-        return defer.succeed(SimpleNamespace(queue_id="NOTICE1"))
-
-    def notify(self, env: Any, data: bytes, kind: str, entries: list[Any], now: float) -> Any:
-        if self.fail_notify:
-            return defer.fail(OSError(28, "No space left on device"))
-        self.notices.append((env, kind, entries))
-        return defer.succeed(None)
 
 
 class PipelineCase(unittest.TestCase):
@@ -212,7 +188,7 @@ class PickupDoorTests(PipelineCase):
 
     def test_unwritten_bounce_defers(self) -> None:
         """A refusal whose bounce cannot be queued stays deferred (tried again next scan)."""
-        self.delivery.queue = FakeQueue(fail_notify=True)
+        self.delivery.queue = FakeQueue(fail=True)
         results = self.successResultOf(self.pipeline.receive(
             self.envelope("ghost@mail.example.com"), BODY))
         self.assertEqual([r.status for r in results], [DEFERRED])

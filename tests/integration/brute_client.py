@@ -45,9 +45,9 @@ class Conn:
 
 def greet(proto: str, conn: Conn) -> None:
     if proto == "smtp":
-        conn.until(lambda l: l.startswith("220 "))
+        conn.until(lambda line: line.startswith("220 "))
         conn.sock.sendall(b"EHLO attacker.example\r\n")
-        conn.until(lambda l: l.startswith("250 "))
+        conn.until(lambda line: line.startswith("250 "))
     else:
         conn.line()
 
@@ -64,10 +64,10 @@ def login(proto: str, tag: str, password: str) -> bytes:
 def final(proto: str, tag: str):
     """Is this line the final reply to the login tagged ``tag``?"""
     if proto == "imap":
-        return lambda l: l.startswith(tag + " ")
+        return lambda line: line.startswith(tag + " ")
     if proto == "pop3":
-        return lambda l: l.startswith("-ERR") or l == "+OK Logged in."
-    return lambda l: l[:3].isdigit() and l[3:4] == " "
+        return lambda line: line.startswith("-ERR") or line == "+OK Logged in."
+    return lambda line: line[:3].isdigit() and line[3:4] == " "
 
 
 def parallel(proto: str, host: str, port: int, source: str, passwords: list[str]) -> list[dict]:

@@ -124,10 +124,9 @@ class Dovecot:
         os.chmod(self.inbox, 0o600)
 
     def start(self, timeout: float = 20.0) -> None:
-        out = open(os.path.join(self.root, "dovecot.out"), "wb")
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.config], stdout=out,
-                                     stderr=subprocess.STDOUT)
-        out.close()
+        with open(os.path.join(self.root, "dovecot.out"), "wb") as out:
+            self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.config], stdout=out,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         for port in (self.imap_port, self.pop3_port):
             while True:
@@ -139,7 +138,8 @@ class Dovecot:
                 except OSError:
                     if time.monotonic() > deadline:
                         self.stop()
-                        raise RuntimeError(f"dovecot did not listen on {port}: {self.log()}")
+                        raise RuntimeError(
+                            f"dovecot did not listen on {port}: {self.log()}") from None
                     time.sleep(0.1)
 
     def log(self) -> str:

@@ -22,8 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Made with `openssl passwd -6 -salt integration secret` and `... -salt carolsalt hunter2`.
 USERS = {
-    "boss": ("secret", "$6$integration$KTYGW6YkAKEMydmj3vjf8vVSZGUwHtkliosY8RrXepPmSAwzRS6CFVj/1TrbQilE5D7VJBcdSeZ2hNCX8muCr0"),
-    "carol": ("hunter2", "$6$carolsalt$4dT9RzezhJWk0wVCzqUj2SNwvTrut39/L/xBM9cMrqgnx0ZWw6.pFRY5Ou1j9HFQTHc3PqFbXoEU8mctHHEiW."),
+    "boss": ("secret", "$6$integration$KTYGW6YkAKEMydmj3vjf8vVSZGUwHtkliosY8RrXepPmSAwzRS6CFVj/"
+                       "1TrbQilE5D7VJBcdSeZ2hNCX8muCr0"),
+    "carol": ("hunter2", "$6$carolsalt$4dT9RzezhJWk0wVCzqUj2SNwvTrut39/L/xBM9cMrqgnx0ZWw6."
+                         "pFRY5Ou1j9HFQTHc3PqFbXoEU8mctHHEiW."),
 }
 SERVICES = ("smtp", "pop3", "imap")
 #: The extra listeners of a TLS site (``Site(..., tls=True)``).
@@ -69,7 +71,8 @@ class Site:
         ``self.cert``/``self.key``, and the submission, smtps, pop3s and imaps ports too.
         ``mail_extra``: more ``[mail]`` lines (they win over the defaults, see mail_defaults:
         loopback clients are outside mynetworks unless a test says ``mynetworks = ...``)."""
-        self.mailbox_options = mailbox_options  # extra lines for [mailbox] (e.g. Outlook's folder names)
+        # extra lines for [mailbox] (e.g. Outlook's folder names)
+        self.mailbox_options = mailbox_options
         # short, so unix sockets under it (queue_directory/public/control) fit in sun_path
         self.dir = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
         testcase.addCleanup(shutil.rmtree, self.dir, True)
@@ -95,7 +98,7 @@ class Site:
             passwd.append(f"{user}:x:{uid}:{uid}:{user.title()}:{home}:/bin/sh")
             shadow.append(f"{user}:{hashed}:20000:0:99999:7:::")
         passwd.insert(0, "root:x:0:0:root:/root:/bin/bash")
-        shadow.insert(0, "root:$6$integration$KTYGW6YkAKEMydmj3vjf8vVSZGUwHtkliosY8RrXepPmSAwzRS6CFVj/1TrbQilE5D7VJBcdSeZ2hNCX8muCr0:20000:0:99999:7:::")
+        shadow.insert(0, f"root:{USERS['boss'][1]}:20000:0:99999:7:::")
         self._write("passwd", "\n".join(passwd) + "\n")
         self._write("shadow", "\n".join(shadow) + "\n")
         self._write("aliases", aliases)
@@ -156,12 +159,13 @@ ssl_key = {self.key}
         """Loopback clients are strangers (not in mynetworks) unless a test says otherwise."""
         given = {line.split("=")[0].strip() for line in self.mail_extra.splitlines() if "=" in line}
         lines = [] if "mynetworks" in given else ["mynetworks = 192.0.2.0/24"]
-        return "\n".join(lines + [self.mail_extra])
+        return "\n".join([*lines, self.mail_extra])
 
     def start(self) -> None:
         """Run the server and wait (bounded) until each port accepts connections."""
         env = dict(os.environ, PYTHONPATH=ROOT)
-        self.output = open(os.path.join(self.dir, "twistd.out"), "ab")
+        # open for the life of the server process: closed by stop()
+        self.output = open(os.path.join(self.dir, "twistd.out"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [*TWISTD, "--nodaemon", "--pidfile=", "mailsuite",
              "--config", self.config],

@@ -141,8 +141,8 @@ class CurlTests(unittest.TestCase):
                    + autoconfig.REQUEST_NS.encode() + b'"><Request><EMailAddress>boss@example.test'
                    b"</EMailAddress><AcceptableResponseSchema>" + autoconfig.OUTLOOK_NS.encode()
                    + b"</AcceptableResponseSchema></Request></Autodiscover>")
-        body = self.curl(f"https://mail.example.test:{port}/Autodiscover/Autodiscover.xml", "--ssl-reqd",
-                         "--cacert", self.site.cert, "--resolve",
+        body = self.curl(f"https://mail.example.test:{port}/Autodiscover/Autodiscover.xml",
+                         "--ssl-reqd", "--cacert", self.site.cert, "--resolve",
                          f"mail.example.test:{port}:127.0.0.1", "-H", "Content-Type: text/xml",
                          "--data-binary", request)
         ns = "{" + autoconfig.OUTLOOK_NS + "}"

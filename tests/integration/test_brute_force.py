@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from typing import ClassVar
 
 from twisted.trial import unittest
 
@@ -53,7 +54,8 @@ class Namespace:
         try:
             ip("netns", "add", self.name)
         except subprocess.CalledProcessError as e:
-            raise unittest.SkipTest(f"cannot create a network namespace: {e.stderr.decode().strip()}")
+            reason = e.stderr.decode().strip()
+            raise unittest.SkipTest(f"cannot create a network namespace: {reason}") from e
         testcase.addCleanup(ip, "netns", "del", self.name)
         ip("link", "add", outside, "type", "veth", "peer", "name", inside)
         testcase.addCleanup(subprocess.run, ["ip", "link", "del", outside], capture_output=True)
@@ -65,7 +67,9 @@ class Namespace:
         ip("-n", self.name, "link", "set", inside, "up")
         ip("-n", self.name, "link", "set", "lo", "up")
 
-    def attack(self, proto: str, port: int, mode: str, source: str, passwords: list[str]) -> list[dict]:
+    def attack(
+        self, proto: str, port: int, mode: str, source: str, passwords: list[str]
+    ) -> list[dict]:
         out = subprocess.run(
             ["ip", "netns", "exec", self.name, sys.executable, CLIENT, proto, self.host,
              str(port), mode, source, *passwords],
@@ -90,8 +94,10 @@ class BruteSite(Site):
 class BruteForceTests(unittest.TestCase):
     skip = can_run()
     #: The temporary error of a blocked address, and the success reply, per protocol.
-    BLOCKED = {"imap": "NO [UNAVAILABLE]", "pop3": "-ERR [SYS/TEMP]", "smtp": "454 4.7.0"}
-    CHECKED = {"imap": "NO [AUTHENTICATIONFAILED]", "pop3": "-ERR [AUTH]", "smtp": "535 5.7.8"}
+    BLOCKED: ClassVar[dict[str, str]] = {
+        "imap": "NO [UNAVAILABLE]", "pop3": "-ERR [SYS/TEMP]", "smtp": "454 4.7.0"}
+    CHECKED: ClassVar[dict[str, str]] = {
+        "imap": "NO [AUTHENTICATIONFAILED]", "pop3": "-ERR [AUTH]", "smtp": "535 5.7.8"}
 
     def setUp(self) -> None:
         self.ns = Namespace(self)

@@ -43,8 +43,8 @@ class MTASite(Site):
         return path
 
     def run(self, name: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
-        return subprocess.run([self.command(name), *args], input=stdin, capture_output=True, check=False,
-                              timeout=60)
+        return subprocess.run([self.command(name), *args], input=stdin, capture_output=True,
+                              check=False, timeout=60)
 
 
 def make_site(case: unittest.TestCase, aliases: str, lmtp: int | str | None = None) -> MTASite:
@@ -175,7 +175,8 @@ class SendmailTests(unittest.TestCase):
         site.start()
         p = subprocess.run(
             [SNAIL, "-:/", "-Smta=" + site.command("sendmail"), "-s", "from s-nail",
-             "carol@example.test"], input=b"hello from mail\n", capture_output=True, timeout=60, check=False,
+             "carol@example.test"], input=b"hello from mail\n", capture_output=True, timeout=60,
+            check=False,
             env={"PATH": "/usr/bin:/bin", "HOME": site.dir, "LC_ALL": "C.UTF-8"})
         self.assertEqual(p.returncode, 0, p.stderr)
         wait_for("delivery", lambda: "hello from mail" in read(site.inbox("carol")))

@@ -19,7 +19,9 @@ from tests.integration.harness import ROOT, TWISTD, Site
 TIMEOUT = 15
 
 
-def message(subject: str, body: str, sender: str = "alice@remote.test", to: str = "boss@example.test") -> bytes:
+def message(
+    subject: str, body: str, sender: str = "alice@remote.test", to: str = "boss@example.test"
+) -> bytes:
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to
@@ -77,14 +79,15 @@ class EndToEndTests(unittest.TestCase):
         """Mail sent with smtplib is read with poplib and imaplib; after a restart the UIDVALIDITY,
         the IMAP UIDs, the POP3 UIDLs and stored flags are all unchanged."""
         for i in range(3):
-            self.c.send(message(f"hello {i}", f"body {i}\nFrom the start of a line\n"), ["boss@example.test"])
+            self.c.send(message(f"hello {i}", f"body {i}\nFrom the start of a line\n"),
+                        ["boss@example.test"])
         p = self.c.pop3()
         count, total = p.stat()
         self.assertEqual(count, 3)
         listed = {int(n): int(s) for n, s in (x.split() for x in p.list()[1])}
         retrieved = {}
         for n in listed:
-            _, lines, octets = p.retr(n)
+            _, lines, _octets = p.retr(n)
             retrieved[n] = b"\r\n".join(lines) + b"\r\n"
             self.assertEqual(len(retrieved[n]), listed[n], "LIST size != bytes RETR sent (CRLF)")
         self.assertEqual(sum(listed.values()), total)
@@ -99,7 +102,8 @@ class EndToEndTests(unittest.TestCase):
         typ, data = m.uid("SEARCH", "ALL")
         uids = [int(x) for x in data[0].split()]
         self.assertEqual(len(uids), 3)
-        typ, data = m.uid("FETCH", f"{uids[0]}", "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        typ, data = m.uid("FETCH", f"{uids[0]}",
+                          "(UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         self.assertEqual(typ, "OK")
         self.assertIn(b"Subject: hello 0", data[0][1])
         size = int(re.search(rb"RFC822.SIZE (\d+)", data[0][0]).group(1))
@@ -182,7 +186,8 @@ class EndToEndTests(unittest.TestCase):
         with open(self.site.inbox("root"), "rb") as f:
             self.assertIn(b"Subject: to the team", f.read())
         log = self.site.maillog_text()
-        self.assertRegex(log, r"mailsuite/local\[\d+\]: \w+: to=<boss@example.test>, orig_to=<team@example.test>.*status=sent")
+        self.assertRegex(log, r"mailsuite/local\[\d+\]: \w+: to=<boss@example.test>,"
+                              r" orig_to=<team@example.test>.*status=sent")
         self.assertIn("client=localhost[127.0.0.1]", log)
 
     def test_mailbox_file_mode_and_owner(self) -> None:
@@ -214,7 +219,8 @@ class ConfigRefusedTests(unittest.TestCase):
     def test_broken_config_exits_before_binding(self) -> None:
         """A broken mail.ini is refused with file, section and key named, and a non-zero exit."""
         site = Site(self)
-        text = open(site.config).read()
+        with open(site.config) as f:
+            text = f.read()
         text = text.replace("first_valid_uid = 1000", "first_valid_uid = lots")
         text = text.replace("[tls]", "[tls]\nbogus_key = 1")
         with open(site.config, "w") as f:

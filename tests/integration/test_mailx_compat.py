@@ -36,7 +36,8 @@ class MailxCompatTests(unittest.TestCase):
     def test_snail_reads_our_mbox(self) -> None:
         """s-nail lists every message mailsuite delivered, with the right subjects and bodies,
         including a body line that starts with 'From '."""
-        self.c.send(message("first one", "line one\nFrom here on it is quoted\n"), ["boss@example.test"])
+        self.c.send(message("first one", "line one\nFrom here on it is quoted\n"),
+                    ["boss@example.test"])
         self.c.send(message("second one", "line two\n"), ["boss@example.test"])
         out = snail("-#", "-R", "-f", self.site.inbox("boss"), stdin="headers\ntype 1\ntype 2\n")
         self.assertIn("first one", out)
@@ -64,7 +65,7 @@ class MailxCompatTests(unittest.TestCase):
         self.assertIn(b"Subject: then ours", texts[2])
         m = self.c.imap("carol", "hunter2")
         m.select("INBOX")
-        typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        _typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         subjects = [d[1].strip() for d in data if isinstance(d, tuple)]
         self.assertEqual(subjects, [b"Subject: written by snail 1", b"Subject: written by snail 2",
                                     b"Subject: then ours"])

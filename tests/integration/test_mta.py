@@ -8,6 +8,7 @@ subprocess (the tests return Deferreds).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import smtplib
 import time
@@ -37,7 +38,8 @@ class MTACase(unittest.TestCase):
             self.addCleanup(p.stopListening)
         self.dns = f"127.0.0.1:{dns_port}"
         self.mx1 = fakemx.Behaviour(greeting="421 4.3.2 mx1 is busy")
-        self.mx2 = fakemx.Behaviour(rcpt={"gone@remote.test": "550 5.1.1 <gone@remote.test>: no such user"})
+        self.mx2 = fakemx.Behaviour(
+            rcpt={"gone@remote.test": "550 5.1.1 <gone@remote.test>: no such user"})
         self.sinks: dict[str, fakemx.SinkFactory] = {}
         self.sink_ports: list[Any] = []
 
@@ -187,17 +189,15 @@ class CrashTests(MTACase):
                         site.kill9()
                         return
 
-        try:
+        with contextlib.suppress(smtplib.SMTPException, OSError):
             yield threads.deferToThread(burst)
-        except (smtplib.SMTPException, OSError):
-            pass
         mbox = self.inbox(site, "carol")
         for i in acked:
             self.assertEqual(mbox.count(f"Subject: burst {i}\n".encode()), 1)
 
 
 class OpenRelayTests(MTACase):
-    TRICKS = [
+    TRICKS = (
         "user@remote.test",
         "user%remote.test@example.test",
         "@mx1.remote.test:user@remote.test",
@@ -205,7 +205,7 @@ class OpenRelayTests(MTACase):
         "user@remote.test@example.test",
         "user!remote.test@example.test",
         "@example.test:user@remote.test",
-    ]
+    )
 
     @defer.inlineCallbacks
     def test_swaks_tricks_never_relay(self) -> None:
@@ -216,7 +216,7 @@ class OpenRelayTests(MTACase):
         self.start_sinks()
         site = self.site(trusted=False)
         for trick in self.TRICKS:
-            out, err, code = yield utils.getProcessOutputAndValue(
+            out, _err, code = yield utils.getProcessOutputAndValue(
                 "swaks", ["--server", "127.0.0.1", "--port", str(site.ports["smtp"]),
                           "--from", "spammer@evil.test", "--to", trick, "--timeout", "15"])
             text = out.decode("utf-8", "replace")

@@ -25,7 +25,8 @@ TIMEOUT = 15
 FOLDERS = "sent = Sent Items\ndrafts = Drafts\ntrash = Deleted Items\njunk = Junk E-mail\n"
 MULTIPART = (
     b"From: Alice <alice@remote.test>\r\nTo: boss@example.test\r\nSubject: report %d\r\n"
-    b"Date: Mon, 14 Sep 2026 19:07:10 +0200\r\nMessage-ID: <r%d@remote.test>\r\nMIME-Version: 1.0\r\n"
+    b"Date: Mon, 14 Sep 2026 19:07:10 +0200\r\nMessage-ID: <r%d@remote.test>\r\n"
+    b"MIME-Version: 1.0\r\n"
     b"Content-Type: multipart/mixed; boundary=BB\r\n\r\n--BB\r\nContent-Type: text/plain\r\n\r\n"
     b"numbers inside\r\n--BB\r\nContent-Type: application/octet-stream\r\n\r\nAAAA\r\n--BB--\r\n"
 )
@@ -143,8 +144,8 @@ class OutlookSessionTests(unittest.TestCase):
         c.send(b"secret\r\n")
         self.assertIn(b" OK", c.until(b"o%d" % c.n))
         post = c.cmd("CAPABILITY")
-        for cap in (b"IMAP4rev1", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE", b"CHILDREN",
-                    b"ID", b"UNSELECT"):
+        for cap in (b"IMAP4rev1", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE",
+                    b"CHILDREN", b"ID", b"UNSELECT"):
             self.assertIn(b" " + cap, post.split(b"\r\n")[0] + b" ")
         self.assertNotIn(b"UIDONLY", pre + post)
         self.assertIn(b"* ID (", c.cmd('ID ("name" "Microsoft Outlook")'))
@@ -156,8 +157,8 @@ class OutlookSessionTests(unittest.TestCase):
         for command in ('LIST "" "*"', 'LSUB "" "*"', 'XLIST "" "*"', 'LIST (SPECIAL-USE) "" "*"'):
             out = c.cmd(command)
             for name, flag in wanted.items():
-                self.assertRegex(out, rb'\((\\HasNoChildren )?[^)]*' + re.escape(flag) + rb'[^)]*\) "/" "?'
-                                 + re.escape(name), command)
+                self.assertRegex(out, rb'\((\\HasNoChildren )?[^)]*' + re.escape(flag)
+                                 + rb'[^)]*\) "/" "?' + re.escape(name), command)
             if "SPECIAL-USE" not in command:
                 self.assertRegex(out, rb'"/" "?INBOX"?\r\n')
         self.assertIn(b"\\HasNoChildren", c.cmd('LIST "" "*"'))
@@ -201,13 +202,14 @@ class OutlookSessionTests(unittest.TestCase):
         self.assertIn(b"Subject: report 39", fetch_literal(out, b"RFC822"))
         self.assertNotIn(b"\\Seen", c.cmd("UID FETCH 1:* (FLAGS)"))
         # 11. header fields, parts, MIME headers, partials.
-        out = c.cmd("UID FETCH 39 (BODY.PEEK[HEADER.FIELDS (From To Subject Date Message-ID)] BODY.PEEK[1] "
-                    "BODY.PEEK[1.MIME] BODY.PEEK[]<0.2048>)")
+        out = c.cmd("UID FETCH 39 (BODY.PEEK[HEADER.FIELDS (From To Subject Date Message-ID)] "
+                    "BODY.PEEK[1] BODY.PEEK[1.MIME] BODY.PEEK[]<0.2048>)")
         self.assertTrue(fetch_literal(out, b"BODY[HEADER.FIELDS (FROM TO SUBJECT DATE MESSAGE-ID)]")
                         .startswith(b"From: Alice <alice@remote.test>\r\nTo: "))
         self.assertEqual(fetch_literal(out, b"BODY[1]"), b"numbers inside")
         self.assertEqual(fetch_literal(out, b"BODY[1.MIME]"), b"Content-Type: text/plain\r\n\r\n")
-        self.assertTrue(fetch_literal(out, b"BODY[]<0>").endswith(MULTIPART % (39, 39)))  # < 2048 bytes
+        # the whole message: it is under 2048 bytes
+        self.assertTrue(fetch_literal(out, b"BODY[]<0>").endswith(MULTIPART % (39, 39)))
         self.assertNotIn(b"\\Seen", c.cmd("UID FETCH 1:* (FLAGS)"))
         # 12. STORE forms; flags survive a reconnect and a restart (checked below).
         self.assertIn(b"UID 5 FLAGS (\\Seen", c.cmd("UID STORE 5 +FLAGS (\\Seen)"))
@@ -218,11 +220,13 @@ class OutlookSessionTests(unittest.TestCase):
         self.deliver(MULTIPART % (40, 40))
         self.assertIn(b"* 40 EXISTS", c.cmd("NOOP"))
         # 14. APPEND to Sent Items with flags and date; INTERNALDATE kept; no server-side copy.
-        out = c.append('APPEND "Sent Items" (\\Seen) "14-Sep-2026 19:07:10 +0200"', MULTIPART % (99, 99))
+        out = c.append('APPEND "Sent Items" (\\Seen) "14-Sep-2026 19:07:10 +0200"',
+                       MULTIPART % (99, 99))
         self.assertRegex(out, rb"OK \[APPENDUID \d+ 1\]")
         # 16. STATUS of it
         out = c.cmd('STATUS "Sent Items" (MESSAGES UNSEEN UIDNEXT UIDVALIDITY)')
-        self.assertRegex(out, rb'\* STATUS "Sent Items" \(MESSAGES 1 UNSEEN 0 UIDNEXT 2 UIDVALIDITY \d+\)')
+        self.assertRegex(out, rb'\* STATUS "Sent Items" '
+                              rb'\(MESSAGES 1 UNSEEN 0 UIDNEXT 2 UIDVALIDITY \d+\)')
         c.cmd('EXAMINE "Sent Items"')
         date = re.search(rb'INTERNALDATE "([^"]+)"', c.cmd("UID FETCH 1 (INTERNALDATE)")).group(1)  # type: ignore[union-attr]
         self.assertEqual(  # the same instant (the mbox store keeps the time, not the zone)
@@ -284,7 +288,8 @@ class OutlookSessionTests(unittest.TestCase):
         out = c.cmd("SELECT INBOX")
         self.assertIn(b"[UIDVALIDITY " + validity + b"]", out)
         flags = c.cmd("UID FETCH 5:7 (FLAGS)")
-        self.assertIn(b"UID 5 FLAGS (\\Seen)", flags.replace(b"FLAGS (\\Seen) UID 5", b"UID 5 FLAGS (\\Seen)"))
+        self.assertIn(b"UID 5 FLAGS (\\Seen)",
+                      flags.replace(b"FLAGS (\\Seen) UID 5", b"UID 5 FLAGS (\\Seen)"))
         self.assertRegex(flags, rb"\\Flagged")
         self.assertIn(b"$label1", flags)
         out = c.cmd("UID FETCH 42:* (UID)")
@@ -308,11 +313,13 @@ class OutlookTLSTests(unittest.TestCase):
         return ctx
 
     def connect(self, how: str, version: ssl.TLSVersion) -> Imap:
-        """``how``: "starttls" (143) or "implicit" (993); SNI "mail.example.test." (trailing dot)."""
+        """``how``: "starttls" (143) or "implicit" (993); SNI "mail.example.test." (with the
+        trailing dot)."""
         if how == "implicit":
             raw = socket.create_connection(("127.0.0.1", self.site.ports["imaps"]), timeout=TIMEOUT)
             client = Imap.__new__(Imap)
-            client.sock = self.context(version).wrap_socket(raw, server_hostname="mail.example.test.")
+            client.sock = self.context(version).wrap_socket(
+                raw, server_hostname="mail.example.test.")
             client.buf, client.n = b"", 0
             client.greeting = client.line()
             self.addCleanup(client.close)
@@ -370,12 +377,13 @@ class OutlookTLSTests(unittest.TestCase):
                         c.send(tag + b' LOGIN "boss" "wrong"\r\n')
                     out = c.until(tag)
                     if form == "wrong":
-                        self.assertEqual(out, tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+                        self.assertEqual(
+                            out, tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
                         continue
                     self.assertIn(tag + b" OK [CAPABILITY IMAP4rev1 ", out, (how, version, form))
                     post = c.cmd("CAPABILITY").split(b"\r\n")[0] + b" "
-                    for cap in (b"IMAP4rev1", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"SPECIAL-USE",
-                                b"CHILDREN", b"ID", b"UNSELECT"):
+                    for cap in (b"IMAP4rev1", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
+                                b"SPECIAL-USE", b"CHILDREN", b"ID", b"UNSELECT"):
                         self.assertIn(b" " + cap + b" ", post)
                     for cap in (b"AUTH=", b"SASL-IR", b"STARTTLS", b"LOGINDISABLED"):
                         self.assertNotIn(cap, post)
@@ -385,6 +393,6 @@ class OutlookTLSTests(unittest.TestCase):
         for method, count in (("PLAIN", 4 * 4), ("LOGIN", 4)):
             self.assertEqual(log.count(f"Login: user=<boss>, method={method}, rip=127.0.0.1, "
                                        f"lip=127.0.0.1, TLS\n"), count, log)
-        self.assertEqual(log.count("Aborted login (auth failed, 1 attempts): user=<boss>, method=PLAIN, "
-                                   "rip=127.0.0.1, lip=127.0.0.1, TLS\n"), 4, log)
+        self.assertEqual(log.count("Aborted login (auth failed, 1 attempts): user=<boss>,"
+                                   " method=PLAIN, rip=127.0.0.1, lip=127.0.0.1, TLS\n"), 4, log)
         self.assertEqual(log.count("imap-login"), 4 * 5 + 4, log)

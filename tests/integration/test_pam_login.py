@@ -77,7 +77,8 @@ class PamLoginTests(unittest.TestCase):
             typ, _ = imap.login("nobody", "pam secret")
             self.assertEqual(typ, "OK")
             imap.logout()
-        with self.imap() as imap, self.assertRaisesRegex(imaplib.IMAP4.error, "AUTHENTICATIONFAILED"):
+        refused = self.assertRaisesRegex(imaplib.IMAP4.error, "AUTHENTICATIONFAILED")
+        with self.imap() as imap, refused:
             imap.login("nobody", "wrong")
         log = self.site.maillog_text()
         self.assertIn("Login: user=<nobody>", log)

@@ -3,6 +3,7 @@ text, a non-zero exit status, and nothing of a running instance disturbed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -158,10 +159,8 @@ class DaemonModeTests(unittest.TestCase):
 
 
 def kill(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def running(pid: int) -> bool:

@@ -175,7 +175,8 @@ class OpenSSLClientTests(TLSSiteCase):
                       s_client(self.port("smtps"), "-brief", data=b"QUIT\n"))
         self.assertIn("* OK [CAPABILITY IMAP4rev1",
                       s_client(self.port("imaps"), "-brief", data=b"a LOGOUT\n"))
-        self.assertIn("+OK mailsuite ready.", s_client(self.port("pop3s"), "-brief", data=b"QUIT\n"))
+        self.assertIn("+OK mailsuite ready.",
+                      s_client(self.port("pop3s"), "-brief", data=b"QUIT\n"))
 
 
 class SwaksTests(TLSSiteCase):

@@ -165,7 +165,8 @@ class SubmissionItems(OutlookCase):
             self.assertIn(b"Relay access denied", text)
         with self.submission() as s:
             s.login("boss", "secret")
-            self.assertEqual(s.docmd("MAIL FROM: <boss@example.test> SIZE=1234"), (250, b"2.1.0 Ok"))
+            self.assertEqual(s.docmd("MAIL FROM: <boss@example.test> SIZE=1234"),
+                             (250, b"2.1.0 Ok"))
             self.assertEqual(s.docmd("RCPT TO:<friend@remote.example>"), (250, b"2.1.5 Ok"))
             code, text = s.docmd("RCPT TO:<carol@example.test>")
             self.assertEqual(code, 250)

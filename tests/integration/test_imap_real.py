@@ -1,4 +1,5 @@
-"""The IMAP server on a real TCP port (127.0.0.1, port 0) talking to the stdlib's imaplib."""
+"""The IMAP server on a real TCP port (127.0.0.1, port 0): the stdlib's imaplib, raw sockets and
+Twisted's own TCP transport (its write buffer and resumeProducing)."""
 
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ class PipelinedAnswersTests(ImaplibTests):
 
     @defer.inlineCallbacks
     def test_pipelined_answers_in_order(self):  # type: ignore[no-untyped-def]
-        big = b"Subject: big\n\n" + b"".join(b"line %06d of a big message\n" % i for i in range(12000))
+        big = b"Subject: big\n\n" + b"".join(b"line %06d of a big message\n" % i
+                                              for i in range(12000))
         yield self.store.deliver(BOSS, MESSAGE, "bob@example.org")
         yield self.store.deliver(BOSS, big, "bob@example.org")
         out = yield threads.deferToThread(self._pipelined, self.port.getHost().port)
@@ -128,12 +130,41 @@ class PipelinedAnswersTests(ImaplibTests):
         self.assertGreater(len(wire), 256 * 1024)  # streamed by a producer
         head = b"* 2 FETCH (UID 2 BODY[] {%d}\r\n" % len(wire)
         small = MESSAGE.replace(b"\n", b"\r\n")
-        expected = (b"x OK NOOP completed.\r\n" + head + wire + b")\r\nd OK UID FETCH completed.\r\n"
+        expected = (b"x OK NOOP completed.\r\n" + head + wire
+                    + b")\r\nd OK UID FETCH completed.\r\n"
                     + b"* 1 FETCH (UID 1 BODY[] {%d}\r\n" % len(small) + small
                     + b")\r\ne OK UID FETCH completed.\r\n"
-                    + b"* 2 FETCH (UID 2 RFC822.SIZE %d)\r\nf OK UID FETCH completed.\r\n" % len(wire))
+                    + b"* 2 FETCH (UID 2 RFC822.SIZE %d)\r\n" % len(wire)
+                    + b"f OK UID FETCH completed.\r\n")
         self.assertEqual(rest[: len(expected)], expected)
-        self.assertTrue(re.fullmatch(rb"\* BYE [^\r]*\r\ng OK [^\r]*\r\n", rest[len(expected):]), rest[len(expected):])
+        tail = rest[len(expected):]
+        self.assertTrue(re.fullmatch(rb"\* BYE [^\r]*\r\ng OK [^\r]*\r\n", tail), tail)
         # the NOOP's answer went straight to the socket; the big literal through the transport
         self.assertNotIn(b"c OK NOOP completed.\r\n", b"".join(self.factory.queued))
         self.assertIn(wire[:1000], b"".join(self.factory.queued))
+
+
+class RealSocketTests(unittest.TestCase):
+    """The report's write over a real TCP connection (Twisted's own transport, its
+    resumeProducing), to the server on 127.0.0.1."""
+
+    def setUp(self) -> None:
+        self.store = MemoryStore()
+        portal, _ = make_portal(self.store)
+        factory = IMAPFactory(make_config(), portal, MailLog(None, "mail"), reactor)
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(self.port.stopListening)
+
+    def _talk(self, port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            _read_until_tagged(sock, rb"\*")
+            sock.sendall(b"l LOGIN boss secret\r\n")
+            _read_until_tagged(sock, b"l")
+            sock.sendall(b"a NOOP\r\nb APPEND INBOX {5+}\r\nhello\r\nc NOOP\r\nd LOGOUT\r\n")
+            return _read_until_tagged(sock, b"d")
+
+    @defer.inlineCallbacks
+    def test_noop_append_noop_in_one_write(self):  # type: ignore[no-untyped-def]
+        out = yield threads.deferToThread(self._talk, self.port.getHost().port)
+        tags = [line.split(b" ")[0] for line in out.split(b"\r\n") if line[:1] not in (b"*", b"")]
+        self.assertEqual(tags, [b"a", b"b", b"c", b"d"], out)
