@@ -9,7 +9,8 @@ import os
 import re
 import threading
 import time
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from twisted.logger import Logger
 from twisted.python import threadable
@@ -17,7 +18,7 @@ from twisted.python import threadable
 log = Logger()
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
 _ID_BYTES = 5

@@ -225,7 +225,7 @@ class AccountDB:
 
     def verify_cached(
         self, name: str, password: bytes, cache: AuthCache
-    ) -> Account | None | _Miss:
+    ) -> Account | _Miss | None:
         """``verify`` answered from ``cache`` alone, or ``MISS``. Does not block: two stat(2)
         calls, an HMAC and dictionary look-ups; no file read, no hash. ``MISS`` when either file
         changed since it was last read (or was never read), or the cache does not know this
@@ -395,7 +395,7 @@ class UnixChecker:
 
     def __init__(
         self, accountdb: AccountDB, blocking: Blocking,
-        cache: AuthCache | None | object = _DEFAULT_CACHE,
+        cache: AuthCache | object | None = _DEFAULT_CACHE,
     ) -> None:
         libcrypt.library()  # fail at start-up, not at the first login, when libcrypt is missing
         self.accountdb = accountdb

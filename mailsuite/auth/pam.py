@@ -272,5 +272,5 @@ class PamChecker:
             # protocols answer as for a wrong password and the AuthPolicy counts it.
             log.failure("PAM check failed", failure)
             return Failure(UnauthorizedLogin(LOGIN_FAILED))
-        log.warn("PAM could not check a password: {error}", error=failure.value)  # noqa: G010
+        log.warn("PAM could not check a password: {error}", error=failure.value)
         return failure

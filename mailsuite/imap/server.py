@@ -324,7 +324,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self._in_flight = True
         try:
             self._run_command(tag, name, rest)
-        except Exception:  # noqa: BLE001 - a bug answers BAD and the session goes on
+        except Exception:  # a bug answers BAD and the session goes on
             log.failure("IMAP command failed")
             self.parseState = "command"
             self.sendBadResponse(tag, b"Internal server error")
@@ -370,7 +370,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if not refresh:
             try:
                 result = handler(tag, cursor)
-            except Exception:  # noqa: BLE001 - ParseError, store errors: a tagged reply
+            except Exception:  # ParseError, store errors: a tagged reply
                 self._failed(Failure(), tag)
                 return
             if not isinstance(result, Coroutine):
@@ -501,7 +501,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
                 await avatar.list_mailboxes()
             except defer.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - StoreError, or OSError from the folder tree
+            except Exception:  # StoreError, or OSError from the folder tree
                 log.failure("listing the mailboxes of {user} failed", user=self.user)
 
     # -- IDLE (RFC 2177) ---------------------------------------------------------------------------

@@ -202,7 +202,7 @@ class Pickup:
                 remaining = yield self.submit(dropped)
             except defer.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 -- logged; the file stays for the next scan
+            except Exception:  # logged; the file stays for the next scan
                 log.failure("maildrop {id}: submission failed; kept for the next scan",
                             id=queue_id)
                 continue

@@ -147,7 +147,7 @@ class Queue:
                 recipients.extend((yield self.local.classify(address)))
             except defer.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any failure is reported as a result
+            except Exception as e:  # any failure is reported as a result
                 log.warn("notification to {a} dropped: {e}", a=address, e=e)
         if not recipients:
             return None

@@ -441,7 +441,7 @@ class Relay:
             return [Outcome(code, e.dsn, e.text) for _ in recipients]
         except defer.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - a resolver failure we did not foresee: retry later
+        except Exception as e:  # a resolver failure we did not foresee: retry later
             log.failure("MX lookup for {hop} failed", Failure(), hop=hop)
             return [Outcome(451, "4.4.3", f"MX lookup for {hop} failed: {e}") for _ in recipients]
         tried = 0
@@ -456,7 +456,7 @@ class Relay:
                     client = yield self.connect(ip, port)
                 except defer.CancelledError:
                     raise
-                except Exception as e:  # noqa: BLE001 - any failure is reported as a result
+                except Exception as e:  # any failure is reported as a result
                     last = Outcome(451, "4.4.1", f"connect to {relay}: {_reason(e)}", relay)
                     continue
                 params = SessionParams(self.helo_name, self.tls_level,
@@ -473,7 +473,7 @@ class Relay:
                     return [last for _ in recipients]
                 except defer.CancelledError:
                     raise
-                except Exception as e:  # noqa: BLE001 - any failure is reported as a result
+                except Exception as e:  # any failure is reported as a result
                     if tx.results and len(tx.results) == len(recipients):
                         return [tx.results[i] for i in range(len(recipients))]
                     last = Outcome(451, "4.4.2", f"lost connection with {relay}: {_reason(e)}", relay)

@@ -153,7 +153,7 @@ class Message:
 #: work goes through mailsuite.threads, or a Deferred). It may change the Message (headers,
 #: recipients) and returns None (or a Deferred of None) to go on, or a Verdict that ends the
 #: pipeline: the later stages and the routing do not run, every recipient gets the verdict.
-Stage = Callable[[Message], "Verdict | None | defer.Deferred[Verdict | None]"]
+Stage = Callable[[Message], "Verdict | defer.Deferred[Verdict | None] | None"]
 
 
 class Pipeline:
@@ -474,7 +474,7 @@ class _Alone:
             raise
         except smtp.SMTPServerError as e:
             return self._refused(e, address)
-        except Exception:  # noqa: BLE001 -- the recipient's own Result, never the others'
+        except Exception:  # the recipient's own Result, never the others'
             return self._failed(Failure(), address)
         return Result(DELIVERED)
 
@@ -535,7 +535,7 @@ class _Alone:
             yield queue.notify(report, self.data, "failed", entries, self.pipeline.now())
         except defer.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 -- the recipients stay, and are tried again
+        except Exception:  # the recipients stay, and are tried again
             log.failure("maildrop {id}: cannot queue the bounce", id=env.queue_id)
             return [Result(DEFERRED, 451, "4.3.0", "cannot queue the bounce")
                     if r.status == REFUSED else r for r in results]

@@ -185,7 +185,7 @@ class POP3Server(Pop3Login, pop3.POP3):
     def _run(self, line: bytes) -> None:
         try:
             result = self.dispatch(line)
-        except Exception:  # noqa: BLE001 - one bad command must not end the session
+        except Exception:  # one bad command must not end the session
             log.failure("POP3 command failed")
             result = None
             self.reply(b"-ERR [SYS/TEMP] Internal error occurred.")

@@ -413,7 +413,7 @@ class MboxMailbox:
             # Another program put a new file in its place: the expunge is done as far as this
             # state goes (they leave it); what the new file has is found by the refresh, and a
             # message it still holds comes back as a new message, with a new UID.
-            log.warn(  # noqa: G010 - twisted.logger.Logger has warn, not warning
+            log.warn(  # twisted.logger.Logger has warn, not warning
                 "{path} was replaced during its compaction: reading it again",
                 path=self._file.path,
             )
