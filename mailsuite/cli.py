@@ -26,7 +26,8 @@ from mailsuite.maillog import new_queue_id
 from mailsuite.mta import control, maildrop
 from mailsuite.mta.aliases import validate
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 0, 64, 65, 70, 75, 77, 78
+EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE = 0, 64, 65, 70
+EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 75, 77, 78
 
 
 class Fatal(Exception):

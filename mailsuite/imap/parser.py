@@ -112,7 +112,11 @@ class Cursor:
         if self.peek() == b"\\":
             self.pos += 1
         try:
-            return self.data[start : start + 1] + self.atom() if self.data[start : start + 1] == b"\\" else self.atom()
+            return (
+                self.data[start : start + 1] + self.atom()
+                if self.data[start : start + 1] == b"\\"
+                else self.atom()
+            )
         except ParseError:
             self.pos = start
             raise

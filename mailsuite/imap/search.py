@@ -28,7 +28,12 @@ from mailsuite.imap.message import (
 from mailsuite.imap.parser import MAX_NESTING, Range, parse_sequence_set
 from mailsuite.store.interfaces import UnknownUID
 
-_MONTHS = {m: i for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1
+    )
+}
 
 
 class SearchSyntaxError(ValueError):
@@ -167,7 +172,8 @@ def needs(key: tuple[Any, ...]) -> str:
     name = key[0]
     if name in ("BODY", "TEXT"):
         return "body"
-    if name in ("BCC", "CC", "FROM", "SUBJECT", "TO", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"):
+    if name in ("BCC", "CC", "FROM", "SUBJECT", "TO", "HEADER",
+                "SENTBEFORE", "SENTON", "SENTSINCE"):
         return "header"
     subkeys: list[tuple[Any, ...]] = []
     if name == "AND":

@@ -142,7 +142,9 @@ class SelectedCommands(_Base):
             view, targets, plan, seen_now, self._write, lambda: self._lost, self._stream
         )
         if missing:
-            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
+            self.sendNegativeResponse(
+                tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist."
+            )
         else:
             self.sendPositiveResponse(tag, self._command + b" completed.")
 
@@ -194,9 +196,13 @@ class SelectedCommands(_Base):
                 missing = True
             elif not silent:
                 uid_part = b"UID %d " % u if uid else b""
-                self._write(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, format_flags(view.flags(u))))
+                self._write(
+                    b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, format_flags(view.flags(u)))
+                )
         if missing:
-            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
+            self.sendNegativeResponse(
+                tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist."
+            )
         else:
             self.sendPositiveResponse(tag, self._command + b" completed.")
 
@@ -230,7 +236,9 @@ class SelectedCommands(_Base):
         try:
             dest = await self.account.store.open(self.account.account, name)
         except MailboxNotFound:
-            self.sendNegativeResponse(tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name))
+            self.sendNegativeResponse(
+                tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name)
+            )
             return None
         copied: list[int] = []
         new_uids: list[int] = []
@@ -253,9 +261,15 @@ class SelectedCommands(_Base):
         finally:
             dest.close()
         if missing and not uid:
-            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
+            self.sendNegativeResponse(
+                tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist."
+            )
             return None
-        code = b"[COPYUID %d %s %s]" % (validity, uid_set(copied), uid_set(new_uids)) if copied else b""
+        code = (
+            b"[COPYUID %d %s %s]" % (validity, uid_set(copied), uid_set(new_uids))
+            if copied
+            else b""
+        )
         return copied, code
 
     async def cmd_COPY(self, tag: bytes, args: Cursor, uid: bool = False) -> None:

@@ -102,8 +102,15 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
 
-    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
-                 recent: RecentTracker | None = None, idle_poller: IdlePoller | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        portal: Any,
+        maillog: Any,
+        clock: Any,
+        recent: RecentTracker | None = None,
+        idle_poller: IdlePoller | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.portal = portal
@@ -149,7 +156,8 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self._onLogout = None
         if self.user is not None and not self._logged_out:
             self.maillog.write(
-                "imap", f"Disconnected: Connection closed in={self._bytes_in} out={self._bytes_out}, "
+                "imap",
+                f"Disconnected: Connection closed in={self._bytes_in} out={self._bytes_out}, "
                 f"user=<{self.user}>, rip={self._rip()}",
             )
 
@@ -384,22 +392,30 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if self._lost:
             return
         if failure.check(ParseError):
-            self.sendBadResponse(tag, b"Error in arguments: " + str(failure.value).encode("utf-8", "replace"))
+            self.sendBadResponse(
+                tag, b"Error in arguments: " + str(failure.value).encode("utf-8", "replace")
+            )
         elif failure.check(MailboxNotFound):
             self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist.")
         elif failure.check(MailboxExists):
             self.sendNegativeResponse(tag, b"[ALREADYEXISTS] Mailbox already exists.")
         elif failure.check(InvalidMailboxName):
-            self.sendNegativeResponse(tag, b"[CANNOT] " + str(failure.value).encode("utf-8", "replace"))
+            self.sendNegativeResponse(
+                tag, b"[CANNOT] " + str(failure.value).encode("utf-8", "replace")
+            )
         elif failure.check(MailboxHasChildren):
             self.sendNegativeResponse(tag, b"[CANNOT] Mailbox has children, delete them first.")
         elif failure.check(StoreRefused):  # one line: a symlinked folder, no home...
             log.warn("IMAP {command} refused: {why}", command=self._command, why=failure.value)
             code = failure.value.code.encode("ascii")
-            self.sendNegativeResponse(tag, b"[%s] " % code + str(failure.value).encode("utf-8", "replace"))
+            self.sendNegativeResponse(
+                tag, b"[%s] " % code + str(failure.value).encode("utf-8", "replace")
+            )
         elif failure.check(StoreError):
             log.failure("IMAP {command} failed", failure, command=self._command)
-            self.sendNegativeResponse(tag, b"[UNAVAILABLE] " + str(failure.value).encode("utf-8", "replace"))
+            self.sendNegativeResponse(
+                tag, b"[UNAVAILABLE] " + str(failure.value).encode("utf-8", "replace")
+            )
         else:
             log.failure("IMAP {command} failed", failure, command=self._command)
             self.sendNegativeResponse(tag, b"[SERVERBUG] Internal error")
@@ -434,8 +450,12 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     def cmd_CAPABILITY(self, tag: bytes, args: Cursor) -> None:
         args.end()
         self.sendUntaggedResponse(b"CAPABILITY " + b" ".join(self.listCapabilities()))
-        self.sendPositiveResponse(tag, b"Pre-login capabilities listed, post-login capabilities have more."
-                                  if self.state == "unauth" else b"Capability completed.")
+        self.sendPositiveResponse(
+            tag,
+            b"Pre-login capabilities listed, post-login capabilities have more."
+            if self.state == "unauth"
+            else b"Capability completed.",
+        )
 
     @states("unauth", "auth", "select")
     def cmd_LOGOUT(self, tag: bytes, args: Cursor) -> None:
@@ -448,7 +468,9 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if self.user is not None and not self._logged_out:
             self._logged_out = True
             self.maillog.write(
-                "imap", f"Logged out in={self._bytes_in} out={self._bytes_out}, user=<{self.user}>, rip={self._rip()}"
+                "imap",
+                f"Logged out in={self._bytes_in} out={self._bytes_out}, "
+                f"user=<{self.user}>, rip={self._rip()}",
             )
         self.uncork()
         self.transport.loseConnection()
@@ -566,9 +588,18 @@ class IMAPFactory(protocol.ServerFactory):
 
     protocol = IMAPServer
 
-    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
-                 server_tls: Any = None, implicit_tls: bool = False, policy: Any = None,
-                 recent: RecentTracker | None = None, idle_poller: IdlePoller | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        portal: Any,
+        maillog: Any,
+        clock: Any,
+        server_tls: Any = None,
+        implicit_tls: bool = False,
+        policy: Any = None,
+        recent: RecentTracker | None = None,
+        idle_poller: IdlePoller | None = None,
+    ) -> None:
         """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks
         the sessions of port 993, which tap.py wraps in TLS from the first byte; ``policy`` (a
         mailsuite.auth.policy.AuthPolicy) guards every login of the sessions. ``recent`` (which

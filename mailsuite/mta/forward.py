@@ -449,7 +449,9 @@ def mbox_entry(data: bytes, sender: str, original: str, final: str, when: float)
     """The message as appended to a /file target: From_ line, envelope headers, >From quoting,
     a blank line after it (Postfix local(8) file delivery)."""
     top = (f"Return-Path: <{sender}>\nX-Original-To: {original}\nDelivered-To: {final}\n")
-    return make_from_line(sender, int(when)) + to_stored(top.encode("utf-8", "replace") + data) + b"\n"
+    return (
+        make_from_line(sender, int(when)) + to_stored(top.encode("utf-8", "replace") + data) + b"\n"
+    )
 
 
 def deliver_file(target: File, entry: bytes, time_limit: float = FILE_TIME_LIMIT) -> str:

@@ -243,7 +243,12 @@ def local_submitter(delivery: Any, maillog: Any, hostname: str, myorigin: str,
             [Recipient(qualify(rcpt, myorigin)) for rcpt in dropped.recipients],
             Client(PICKUP, uid=dropped.uid), arrival=dropped.arrival)
         d = pipeline.receive(envelope, dropped.data)
-        return d.addCallback(lambda results: [
-            rcpt for rcpt, r in zip(dropped.recipients, results) if r.status == DEFERRED])
+        return d.addCallback(
+            lambda results: [
+                rcpt
+                for rcpt, r in zip(dropped.recipients, results, strict=False)
+                if r.status == DEFERRED
+            ]
+        )
 
     return submit

@@ -223,7 +223,7 @@ def _in_given_order(results: list[Result], routed: list[Recipient],
                     given: list[Recipient]) -> list[Result]:
     """Results for the recipients the door gave, in its order (those a stage removed:
     discarded), then those for the recipients the stages added."""
-    by_recipient = {id(r): result for r, result in zip(routed, results)}
+    by_recipient = {id(r): result for r, result in zip(routed, results, strict=False)}
     out = [by_recipient.pop(id(r), Result(DISCARDED, text="removed by a stage")) for r in given]
     return out + [by_recipient[id(r)] for r in routed if id(r) in by_recipient]
 
@@ -309,7 +309,9 @@ class _Together:
             return (copies or others)[0].addCallback(self._queue_rest)
         done = defer.gatherResults(copies + others, consumeErrors=True)
         done.addCallback(self._queue_rest)
-        done.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        done.addErrback(
+            lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f
+        )
         return done
 
     def _queue(self, i: int, recipient: queuefile.QueuedRecipient) -> None:
@@ -517,7 +519,7 @@ class _Alone:
     def return_refused(self, results: list[Result]) -> Any:
         """Bounce the refused recipients in one report (bounce(8)); if it cannot be written,
         they are deferred, to be refused (and bounced) again next time."""
-        refused = [(rcpt, r) for rcpt, r in zip(self.envelope.recipients, results)
+        refused = [(rcpt, r) for rcpt, r in zip(self.envelope.recipients, results, strict=False)
                    if r.status == REFUSED]
         if not refused:
             return results

@@ -67,7 +67,9 @@ class Pop3Login(sasl.Conversation):
         return caps + [b"IMPLEMENTATION mailsuite"]
 
     def do_CAPA(self, *_: bytes) -> None:
-        self.transport.write(b"".join(c + b"\r\n" for c in [b"+OK", *self.listCapabilities(), b"."]))
+        self.transport.write(
+            b"".join(c + b"\r\n" for c in [b"+OK", *self.listCapabilities(), b"."])
+        )
 
     # -- STLS --
 

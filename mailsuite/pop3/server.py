@@ -385,7 +385,9 @@ class POP3Server(Pop3Login, pop3.POP3):
                         f"user=<{self._login_user}>, method={self._login_method}")
             else:
                 what = f"no auth attempts in {secs} secs): user=<>"
-            self.maillog.write("pop3-login", f"Disconnected ({what}, rip={self.rip}, lip={self.lip}")
+            self.maillog.write(
+                "pop3-login", f"Disconnected ({what}, rip={self.rip}, lip={self.lip}"
+            )
             return
         s, mbox = self._stats, self.mbox
         size = sum(mbox.sizes)

@@ -220,7 +220,7 @@ class LMTPServer(LineOnlyReceiver):
                             [Recipient(address, route=found) for address, found in recipients],
                             client)
         results = yield self.factory.pipeline.receive(envelope, b"\n".join(lines) + b"\n")
-        for (address, _), result in zip(recipients, results):
+        for (address, _), result in zip(recipients, results, strict=False):
             if result.accepted:
                 self.reply(250, f"2.0.0 <{address}> Ok: delivered as {queue_id}")
             else:

@@ -250,7 +250,7 @@ def from_dovecot(
     keywords come from the Status / X-Status / X-Keywords headers."""
     entries: list[Entry] = []
     uid_next, last = last_uid + 1, 0
-    for p, given in zip(parsed, x_uids):
+    for p, given in zip(parsed, x_uids, strict=True):
         if given is not None and last < given <= last_uid:
             uid = given
         else:

@@ -364,7 +364,7 @@ class MboxFile(IndexKeeper):
             first = added[-1].uid + 1 if added else state.uid_next
             uids = list(range(first, first + len(spans)))
             mine = []
-            for uid, (base, start, body, blob) in zip(uids, spans):
+            for uid, (base, start, body, blob) in zip(uids, spans, strict=True):
                 p = describe(blob, start, body, len(blob) - 1, date, base=base)
                 mine.append(ix.entry_from(p, uid, ix.clean_flags(flags), date, tz))
             whole = added is None and before is not None and state.entries != before.entries
@@ -590,7 +590,11 @@ def verified(e: ix.Entry, buf: bytes | bytearray, headers_only: bool = False) ->
     body_off = e.body_off - e.offset  # the From line's length, as the index knows it
     # a From line as long as the index says (its date is not parsed again: the fingerprint
     # of the header below would not match another message's)
-    if len(buf) != stop - e.offset or not buf.startswith(b"From ") or buf.find(b"\n", 0, body_off) != body_off - 1:
+    if (
+        len(buf) != stop - e.offset
+        or not buf.startswith(b"From ")
+        or buf.find(b"\n", 0, body_off) != body_off - 1
+    ):
         return None
     header = bytes(buf[body_off : e.hdr_end - e.offset])
     if fingerprint(header, e.end - e.hdr_end) != e.fingerprint:

@@ -284,7 +284,12 @@ class MboxMailbox:
         describes (same inode), checked as the threaded read checks it. None: use the thread."""
         reader, state = self._reader, self._state
         length = entry.end - entry.offset
-        if reader is None or state is None or reader[1] != state.stamp.ino or length > FAST_READ_MAX:
+        if (
+            reader is None
+            or state is None
+            or reader[1] != state.stamp.ino
+            or length > FAST_READ_MAX
+        ):
             return None
         if not _RWF_NOWAIT:  # no way to read without blocking
             return None

@@ -284,7 +284,7 @@ class FolderTree:
         moved = {}
         with ExitStack() as stack:
             d = stack.enter_context(self._open_root(create=True))
-            for parent, level in zip(folders.parents(name), self._levels(name)):
+            for parent, level in zip(folders.parents(name), self._levels(name), strict=False):
                 found = d.kind(level)
                 if found is None and self._recover(d, level):
                     found = d.kind(level)
@@ -419,7 +419,9 @@ class FolderTree:
             text = SEP.join(level.decode("utf-8", "replace") for level in raw)
             decoded = [folders.from_disk_level(level) for level in text.split(SEP)]
             names.append(
-                SEP.join(d if d is not None else t for d, t in zip(decoded, text.split(SEP)))
+                SEP.join(
+                    d if d is not None else t for d, t in zip(decoded, text.split(SEP), strict=True)
+                )
             )
         return v2, names
 
