@@ -13,6 +13,7 @@ Exit codes are sysexits(3): 64 usage, 75 temporary failure, 78 configuration err
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import pwd
@@ -250,10 +251,8 @@ def submit(cfg: Config, sender: str, recipients: list[str], data: bytes) -> str:
     except OSError as e:
         raise Fatal(EX_TEMPFAIL, f"cannot write to {maildrop.maildrop_dir(queue_directory)}:"
                     f" {e.strerror}") from e
-    try:
+    with contextlib.suppress(control.MailSystemDown, OSError):  # picked up when it starts
         control.ask(queue_directory, "pickup", timeout=5)
-    except (control.MailSystemDown, OSError):
-        pass  # the daemon picks it up when it starts
     return queue_id
 
 

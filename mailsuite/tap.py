@@ -15,12 +15,13 @@ maillog's stamps, INTERNALDATE, certificates). Blocking code running in a pool t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
@@ -73,7 +74,7 @@ class Options(usage.Options):
         "Run the mailsuite SMTP, POP3 and IMAP services described by a mail.ini file "
         "(default: $MAILSUITE_CONFIG, else " + DEFAULT_CONFIG + ")."
     )
-    optParameters = [["config", "C", None, "Path to mail.ini"]]
+    optParameters: ClassVar[list[list[str | None]]] = [["config", "C", None, "Path to mail.ini"]]
 
     def postOptions(self) -> None:
         """Read and check mail.ini, the relay password map and the TLS files; a problem ends
@@ -279,10 +280,10 @@ def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, mai
                                ControlFactory(commands), reactor)
     control.setName("control")
     control.setServiceParent(top)
-    try:
-        delivery.aliases.snapshot()  # read now: a problem is in the maillog from the start
-    except AliasLookupError:
-        pass  # warned; local mail is deferred until the file can be read
+    # read now: a problem is in the maillog from the start; if it is one, it was warned of and
+    # local mail is deferred until the file can be read
+    with contextlib.suppress(AliasLookupError):
+        delivery.aliases.snapshot()
 
 
 def check_account_files(cfg: Config) -> None:
@@ -424,10 +425,8 @@ def _on_hup(maillog: Any, tls: ServerTLS | None, reactor: Any, blocking: Blockin
         if tls is not None:
             reactor.callFromThread(tls.reload, blocking)
 
-    try:
+    with contextlib.suppress(ValueError):  # not the main thread (tests)
         signal.signal(signal.SIGHUP, on_hup)
-    except ValueError:  # not the main thread (tests)
-        pass
 
 
 def makeService(options: Options, reactor: Any = None) -> service.MultiService:

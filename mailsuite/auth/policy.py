@@ -46,6 +46,7 @@ refuses blocked addresses with ``LoginBlocked``, and records successes and failu
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import re
@@ -458,10 +459,8 @@ class GuardedPortal:
     def login(self, creds: Any, mind: Any, *interfaces: Any) -> defer.Deferred[Any]:
         if creds is checkers.ANONYMOUS or credentials.IAnonymous.providedBy(creds):
             return defer.maybeDeferred(self.portal.login, creds, mind, *interfaces)
-        try:
+        with contextlib.suppress(AttributeError):
             creds.client_ip = self.ip  # PAM_RHOST for the pam checker
-        except AttributeError:
-            pass
         attempt = self.policy.attempt(self.ip, getattr(creds, "username", b"") or b"", self.proto)
 
         def proceed(_: None) -> defer.Deferred[Any]:

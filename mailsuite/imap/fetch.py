@@ -331,7 +331,7 @@ async def fetch_responses(
     connection drains), so a big BODY[] is never one string in memory nor one transport write.
     """
     items, need_body, need_header = plan.items, plan.need_body, plan.need_header
-    with_flags = items + (FetchItem("FLAGS"),)  # for messages this FETCH set \Seen on
+    with_flags = (*items, FetchItem("FLAGS"))  # for messages this FETCH set \Seen on
     missing = False
     for start in range(0, len(targets), _CHUNK):
         chunk = targets[start : start + _CHUNK]

@@ -103,10 +103,7 @@ class ImapLogin(sasl.Conversation, _Base):
             mechanism = args.atom()
             initial: bytes | None = None
             if args.maybe_sp() and not args.at_end():
-                if args.peek() in (b'"', b"{"):
-                    initial = bytes(args.astring())
-                else:
-                    initial = args.token()
+                initial = bytes(args.astring()) if args.peek() in (b'"', b"{") else args.token()
             args.end()
         except ParseError:
             self.sendBadResponse(tag, b"Invalid arguments.")

@@ -7,6 +7,7 @@ whether headers or whole messages must be read before ``matches`` can answer.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.errors
 import re
@@ -207,10 +208,9 @@ def _decoded_values(header: bytes, name: bytes) -> list[str]:
         if field_name == name:
             value = raw.split(b":", 1)[1] if b":" in raw else b""
             text = re.sub(r"\r?\n(?=[ \t])", "", value.decode("utf-8", "replace")).strip()
-            try:
+            # undecodable encoded-words: match the raw text
+            with contextlib.suppress(ValueError, LookupError, email.errors.HeaderParseError):
                 text = str(make_header(decode_header(text)))
-            except (ValueError, LookupError, email.errors.HeaderParseError):
-                pass  # undecodable encoded-words: match the raw text
             values.append(text)
     return values
 

@@ -204,7 +204,7 @@ class Expander:
             for target in targets:
                 privs = self._owner_privs(owners.get(target.filename, 0))
                 here = _Context(privs, f"{target.filename}, line {target.lineno}", True, owner)
-                self._target(target.text, chain + (name,), here, out, table, owners)
+                self._target(target.text, (*chain, name), here, out, table, owners)
             return
         account = self.accounts.recipient(name)
         if account is None:
@@ -219,7 +219,7 @@ class Expander:
             return
         mine = _Context(self._account_privs(account), items[0].filename, True, ctx.sender)
         for item in items:
-            self._target(item.text, chain + (name,), mine, out, table, owners)
+            self._target(item.text, (*chain, name), mine, out, table, owners)
 
     def _target(self, text: str, chain: tuple[str, ...], ctx: _Context, out: _Out,
                 table: dict[str, list[Target]], owners: dict[str, int]) -> None:
@@ -284,7 +284,7 @@ class Expander:
         privs = ctx.privs if ctx.privs is not None else self._owner_privs(st.st_uid)
         inner = _Context(privs, path, False, ctx.sender)
         for item in parse_list(text, path):
-            self._target(item.text, chain + (key,), inner, out, table, owners)
+            self._target(item.text, (*chain, key), inner, out, table, owners)
 
     # -- ~/.forward ----------------------------------------------------------------------
 
@@ -426,7 +426,8 @@ def deliver_program(program: Program, message: bytes, env: dict[str, str],
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise TargetFailed(False, "4.3.0", f"Command time limit exceeded: {program.command!r}")
+        raise TargetFailed(
+            False, "4.3.0", f"Command time limit exceeded: {program.command!r}") from None
     code = proc.returncode
     if code == 0:
         return f"delivered to command: {program.command}"

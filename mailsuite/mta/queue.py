@@ -19,6 +19,7 @@ Every event is a maillog line in Postfix's shape under the message's one queue i
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -115,10 +116,8 @@ class Queue:
                 env, _ = yield self.blocking(self.directory.load, queue_id)
             except (CorruptQueueFile, OSError) as e:
                 log.error("queue file {id} unreadable: {e}", id=queue_id, e=e)
-                try:
+                with contextlib.suppress(OSError):
                     yield self.blocking(self.directory.quarantine, queue_id)
-                except OSError:
-                    pass
                 continue
             self.envelopes[queue_id] = env
             self._active_line(env)

@@ -17,6 +17,7 @@ dot at a chunk boundary, TWISTED.md), QUIT.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,10 +100,8 @@ class ClientProtocol(protocol.Protocol):
         self._timer: Any = None
 
     def connectionMade(self) -> None:
-        try:
+        with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
         self.connected_d.callback(None)
 
     def dataReceived(self, data: bytes) -> None:

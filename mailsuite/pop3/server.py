@@ -15,6 +15,7 @@ class only contributes its line handling and timeout mixin.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from twisted.internet import defer, interfaces, protocol
@@ -120,10 +121,8 @@ class POP3Server(Pop3Login, pop3.POP3):
         self._stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0, "del": 0}
         self.rip = host_of(self.transport.getPeer())
         self.lip = host_of(self.transport.getHost())
-        try:
+        with contextlib.suppress(AttributeError, NotImplementedError):
             self.transport.setTcpNoDelay(True)
-        except (AttributeError, NotImplementedError):
-            pass
         self.reply(b"+OK mailsuite ready.")
         self.setTimeout(self.timeOut)
 
@@ -260,7 +259,7 @@ class POP3Server(Pop3Login, pop3.POP3):
             return
         live = self._live()
         lines = [b"+OK %d messages:" % len(live)] + [b"%d %d" % (n + 1, s) for n, s in live]
-        self.transport.write(b"".join(x + b"\r\n" for x in lines + [b"."]))
+        self.transport.write(b"".join(x + b"\r\n" for x in [*lines, b"."]))
 
     def do_UIDL(self, *args: bytes) -> None:
         if not self._arity(args, 0, 1):

@@ -22,6 +22,7 @@ parsed from the tail of a file that only grew.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -482,10 +483,8 @@ def write_index(
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
 
     def commit(_: int) -> None:
-        try:
-            os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(FileNotFoundError):  # its records are in the new index
+            os.unlink(log_path(path), dir_fd=dir_fd)
         fsync_parent(path, dir_fd)  # the new index and the journal's removal
 
     atomic_write(path, dump(index), dir_fd=dir_fd, owner=owner, sync=commit)

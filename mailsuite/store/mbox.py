@@ -429,7 +429,7 @@ class MboxStore:
         def work() -> None:
             v2, subscribed = tree.read_subscriptions()
             if on and name not in subscribed:
-                tree.write_subscriptions(v2, subscribed + [name])
+                tree.write_subscriptions(v2, [*subscribed, name])
             elif not on and name in subscribed:
                 tree.write_subscriptions(v2, [s for s in subscribed if s != name])
 

@@ -19,7 +19,7 @@ import stat
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from operator import attrgetter
 
@@ -479,10 +479,8 @@ class MboxFile(IndexKeeper):
             raise StoreError(f"{self.path} changed while locked")
         name = self.place.name
         tmp = f".{name}{cleanup.REWRITE_SUFFIX}"
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)  # left by a crash
-        except FileNotFoundError:
-            pass
         out = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
