@@ -369,6 +369,11 @@ def login_of(credentials: IUsernamePassword) -> tuple[str, bytes]:
     return name, password
 
 
+#: What ICredentialsChecker.requestAvatarId yields in twisted.cred: an avatar id, or () for
+#: an anonymous login (never ours: our checkers yield the user name as bytes).
+AvatarId = bytes | tuple[()]
+
+
 def avatar_id(account: Account | None, name: str) -> bytes:
     """The avatarId of a verified login (the name as bytes); None -> UnauthorizedLogin."""
     if account is None:
@@ -402,7 +407,7 @@ class UnixChecker:
         self.blocking = blocking
         self.cache = cache if cache is None or isinstance(cache, AuthCache) else AuthCache()
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred[AvatarId]:
         try:
             name, password = login_of(credentials)
         except UnauthorizedLogin as e:

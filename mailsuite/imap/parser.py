@@ -192,7 +192,7 @@ class Cursor:
             if self.peek() == b"(":
                 out.append(self.paren_list(depth + 1))
                 continue
-            value = self._string()
+            value: String | bytes | None = self._string()
             if value is None:
                 value = self._match(re.compile(rb"\\?[^\s()\"{]+"), "a list item")
             out.append(value)

@@ -9,6 +9,7 @@ EXPUNGE after FETCH, STORE or SEARCH.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet import defer, interfaces
@@ -39,9 +40,10 @@ _SELECTED = ("select",)
 def uid_set(uids: list[int]) -> bytes:
     """``[1, 2, 3, 5]`` -> ``1:3,5`` (order kept: COPYUID pairs source and destination UIDs)."""
     out: list[bytes] = []
-    start = prev = None
+    start: int | None = None  # the run being collected: start..prev
+    prev = 0
     for uid in uids:
-        if prev is not None and uid == prev + 1:
+        if start is not None and uid == prev + 1:
             prev = uid
             continue
         if start is not None:
@@ -91,6 +93,11 @@ class _Streamer:
             with contextlib.suppress(RuntimeError):  # StringTransport: none registered any more
                 self.proto.transport.unregisterProducer()
             self.done.callback(None)
+
+
+def _selected_only(handler: Callable[..., Any]) -> None:
+    """Mark a ``cmd_*`` handler as allowed in the selected state only."""
+    handler.imap_states = _SELECTED  # type: ignore[attr-defined]
 
 
 class SelectedCommands(_Base):
@@ -327,5 +334,5 @@ class SelectedCommands(_Base):
 
     for _f in (cmd_UID, cmd_FETCH, cmd_STORE, cmd_SEARCH, cmd_COPY, cmd_MOVE, cmd_EXPUNGE,
                cmd_CLOSE, cmd_UNSELECT):
-        _f.imap_states = _SELECTED  # type: ignore[attr-defined]
+        _selected_only(_f)
     del _f

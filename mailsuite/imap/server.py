@@ -92,7 +92,11 @@ def _idle_tcp(t: Any) -> bool:
     )
 
 
-class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server):
+# ignore[misc]: Twisted's IMAP4Server declares ``_onLogout = None`` (so typed None) and then
+# assigns the realm's logout callable to it; ImapLogin types it as what it holds.
+class IMAPServer(  # type: ignore[misc]
+    ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server
+):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
     and tells the time; ``recent`` and ``idle_poller`` are shared by the sessions of a server
     (its factories'; a session alone gets its own). STARTTLS, LOGIN and AUTHENTICATE are
@@ -116,7 +120,6 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self.portal = portal
         self.maillog = maillog
         self.clock = clock
-        self.callLater = clock.callLater
         self.recent = RecentTracker() if recent is None else recent
         self.idle_poller = IdlePoller() if idle_poller is None else idle_poller
         self.view: ImapMailboxView | None = None
@@ -139,12 +142,15 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self._keepalive: Any = None
 
     # -- connection ----------------------------------------------------------------------------
+    def callLater(self, period: float, func: Callable[[], Any]) -> Any:  # TimeoutMixin hook
+        return self.clock.callLater(period, func)
+
     def connectionMade(self) -> None:
         if interfaces.ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
         super().connectionMade()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
         self.setTimeout(None)
         if self._unsent_wait is not None:
