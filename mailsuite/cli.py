@@ -365,7 +365,7 @@ def smtp_session(cfg: Config, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO
 
 def _read_data(stdin: BinaryIO) -> list[bytes] | None:
     """The lines of DATA up to the lone dot, dot-unstuffed; None when stdin ends first."""
-    lines = []
+    lines: list[bytes] = []
     while True:
         data_line = stdin.readline()
         if not data_line:

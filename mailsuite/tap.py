@@ -43,7 +43,7 @@ from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.mta.aliases import AliasLookupError
-from mailsuite.mta.control import ControlFactory, control_path, ensure_public
+from mailsuite.mta.control import ControlFactory, Handler, control_path, ensure_public
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
@@ -166,7 +166,7 @@ def accounts_and_checker(cfg: Config, blocking: Blocking) -> tuple[Any, Any]:
     return accounts, UnixChecker(accounts, blocking, cache=AuthCache.from_config(cfg.auth))
 
 
-def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
+def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     """All services of one mail.ini on ``reactor``, not yet started. ``tls``: a ServerTLS, or
     None for no TLS (default: made from the configuration by ``tls_of``)."""
     if tls is _MAKE_TLS:
@@ -212,7 +212,7 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiServi
     _add_listeners(top, cfg, make, tls, reactor)
     with step("[mail] queue_directory"):
         _local_submission(top, cfg, delivery, maillog, reactor, blocking, pipeline)
-    top.maillog = maillog  # type: ignore[attr-defined]
+    top.maillog = maillog
     top.tls = tls  # type: ignore[attr-defined]
     _on_hup(maillog, tls, reactor, blocking)
     return top
@@ -273,9 +273,11 @@ def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, mai
     scanner = pickup_service(pickup, reactor)
     scanner.setName("pickup")
     scanner.setServiceParent(top)
-    commands = {"pickup": pickup.scan, "flush": lambda: _flush(pickup, delivery),
-                "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id,
-                                                   blocking)}
+    commands: dict[str, Handler] = {
+        "pickup": pickup.scan,
+        "flush": lambda: _flush(pickup, delivery),
+        "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id, blocking),
+    }
     control = strports.service(_unix_endpoint(control_path(queue_directory), "control"),
                                ControlFactory(commands), reactor)
     control.setName("control")
@@ -325,6 +327,8 @@ class MailService(service.MultiService):
     ``privilegedStartService`` later finds them bound."""
 
     listening = False
+    maillog: MailLog  # set by build
+    instance_lock: startup.InstanceLock  # set by makeService, held while the daemon runs
 
     def privilegedStartService(self) -> None:
         """Bind every listener; a failure is a StartupError naming address, port and service."""
@@ -332,7 +336,7 @@ class MailService(service.MultiService):
             return
         self.listening = True
         service.Service.privilegedStartService(self)
-        bound = []
+        bound: list[StreamServerEndpointService] = []
         for svc in self:
             try:
                 svc.privilegedStartService()
@@ -429,7 +433,7 @@ def _on_hup(maillog: Any, tls: ServerTLS | None, reactor: Any, blocking: Blockin
         signal.signal(signal.SIGHUP, on_hup)
 
 
-def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+def makeService(options: Options, reactor: Any = None) -> MailService:
     """The services on ``reactor`` (twistd's global reactor when none is given), with the queue
     directory locked and the listeners bound; a start-up failure ends twistd with one line on
     stderr (see mailsuite.startup)."""
@@ -453,10 +457,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         top.maillog.write("master", f"fatal: {e}")  # as Postfix: the maillog says it too
         top.maillog.close()
         startup.fatal([str(e)], startup.EX_FAILURE)
-    top.instance_lock = lock  # type: ignore[attr-defined]
+    top.instance_lock = lock
     reactor.callWhenRunning(lock.write_pid)  # after the fork
     return top
 
 
-def _failure_text(e: Exception) -> str:
+def _failure_text(e: StartupError | OSError) -> str:
     return str(e) if isinstance(e, StartupError) else f"cannot start: {describe_os_error(e)}"

@@ -487,7 +487,7 @@ def _read_report(fd: int, time_limit: float) -> tuple[str, bool]:
     """What the child wrote until it closed the pipe (by exiting); True when it took longer
     than ``time_limit``."""
     deadline = time.monotonic() + time_limit
-    chunks = []
+    chunks: list[bytes] = []
     try:
         while True:
             left = deadline - time.monotonic()

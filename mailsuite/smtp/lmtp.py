@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.basic import LineOnlyReceiver
@@ -32,6 +33,7 @@ _PATH = re.compile(r"^(?:FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$", re.IGNORECASE)
 
 
 class LMTPServer(LineOnlyReceiver):
+    transport: ITransport  # set by makeConnection before connectionMade
     delimiter = b"\r\n"
     MAX_LENGTH = 65536
 
