@@ -483,8 +483,8 @@ def write_index(
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
 
     def commit(_: int) -> None:
-        with contextlib.suppress(FileNotFoundError):  # its records are in the new index
-            os.unlink(log_path(path), dir_fd=dir_fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
         fsync_parent(path, dir_fd)  # the new index and the journal's removal
 
     atomic_write(path, dump(index), dir_fd=dir_fd, owner=owner, sync=commit)
