@@ -79,7 +79,9 @@ def domain_of(address: str) -> str:
 
 def our_domains(cfg: Config) -> list[str]:
     """The mail domains of this server: mydestination without localhost names."""
-    names = [d for d in cfg.mail.mydestination if d != "localhost" and not d.startswith("localhost.")]
+    names = [
+        d for d in cfg.mail.mydestination if d != "localhost" and not d.startswith("localhost.")
+    ]
     return names or [cfg.mail.mydomain]
 
 

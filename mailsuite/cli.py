@@ -13,6 +13,7 @@ Exit codes are sysexits(3): 64 usage, 75 temporary failure, 78 configuration err
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import pwd
@@ -26,7 +27,8 @@ from mailsuite.maillog import new_queue_id
 from mailsuite.mta import control, maildrop
 from mailsuite.mta.aliases import validate
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 0, 64, 65, 70, 75, 77, 78
+EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE = 0, 64, 65, 70
+EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 75, 77, 78
 
 
 class Fatal(Exception):
@@ -249,10 +251,8 @@ def submit(cfg: Config, sender: str, recipients: list[str], data: bytes) -> str:
     except OSError as e:
         raise Fatal(EX_TEMPFAIL, f"cannot write to {maildrop.maildrop_dir(queue_directory)}:"
                     f" {e.strerror}") from e
-    try:
+    with contextlib.suppress(control.MailSystemDown, OSError):  # picked up when it starts
         control.ask(queue_directory, "pickup", timeout=5)
-    except (control.MailSystemDown, OSError):
-        pass  # the daemon picks it up when it starts
     return queue_id
 
 
@@ -365,7 +365,7 @@ def smtp_session(cfg: Config, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO
 
 def _read_data(stdin: BinaryIO) -> list[bytes] | None:
     """The lines of DATA up to the lone dot, dot-unstuffed; None when stdin ends first."""
-    lines = []
+    lines: list[bytes] = []
     while True:
         data_line = stdin.readline()
         if not data_line:

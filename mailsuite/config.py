@@ -362,7 +362,7 @@ class _Expander:
 
     def value(self, name: str, stack: tuple[str, ...] = ()) -> str:
         if name in stack:
-            raise ValueError("expansion loop: " + " -> ".join(f"${n}" for n in stack + (name,)))
+            raise ValueError("expansion loop: " + " -> ".join(f"${n}" for n in (*stack, name)))
         if name not in self.mail:
             raise ValueError(f"${name}: no such key in [mail]")
         self.used.add(name)

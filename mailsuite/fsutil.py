@@ -7,6 +7,7 @@ a file all or nothing and durably (temp file, fsync, rename, fsync of the direct
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 from collections.abc import Callable
@@ -44,10 +45,8 @@ def atomic_write(
     reported failure leaves nothing behind (the maildrop: a failed drop must never deliver).
     """
     tmp = path + ".tmp" if tmp is None else tmp
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
     try:
@@ -66,10 +65,8 @@ def atomic_write(
                 fsync_parent(path, dir_fd)
         except BaseException:
             if current == tmp or undo:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(current, dir_fd=dir_fd)
-                except OSError:
-                    pass
             raise
     finally:
         os.close(fd)

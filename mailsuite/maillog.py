@@ -9,7 +9,8 @@ import os
 import re
 import threading
 import time
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 from twisted.logger import Logger
 from twisted.python import threadable
@@ -17,7 +18,7 @@ from twisted.python import threadable
 log = Logger()
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 
 
 _ID_BYTES = 5
@@ -109,8 +110,8 @@ class MailLog:
         second = int(self._now())
         if second != self._stamp[0]:  # one localtime() per second, not per line
             t = time.localtime(second)
-            self._stamp = (second, "%s %2d %02d:%02d:%02d" % (
-                _MONTHS[t.tm_mon - 1], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec))
+            self._stamp = (second, f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} "
+                           f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}")
         return self._stamp[1]
 
     def write_from_any_thread(self, program: str, text: str) -> None:

@@ -15,12 +15,13 @@ maillog's stamps, INTERNALDATE, certificates). Blocking code running in a pool t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
@@ -42,7 +43,7 @@ from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.mta.aliases import AliasLookupError
-from mailsuite.mta.control import ControlFactory, control_path, ensure_public
+from mailsuite.mta.control import ControlFactory, Handler, control_path, ensure_public
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
@@ -73,7 +74,7 @@ class Options(usage.Options):
         "Run the mailsuite SMTP, POP3 and IMAP services described by a mail.ini file "
         "(default: $MAILSUITE_CONFIG, else " + DEFAULT_CONFIG + ")."
     )
-    optParameters = [["config", "C", None, "Path to mail.ini"]]
+    optParameters: ClassVar[list[list[str | None]]] = [["config", "C", None, "Path to mail.ini"]]
 
     def postOptions(self) -> None:
         """Read and check mail.ini, the relay password map and the TLS files; a problem ends
@@ -165,7 +166,7 @@ def accounts_and_checker(cfg: Config, blocking: Blocking) -> tuple[Any, Any]:
     return accounts, UnixChecker(accounts, blocking, cache=AuthCache.from_config(cfg.auth))
 
 
-def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiService:
+def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     """All services of one mail.ini on ``reactor``, not yet started. ``tls``: a ServerTLS, or
     None for no TLS (default: made from the configuration by ``tls_of``)."""
     if tls is _MAKE_TLS:
@@ -211,7 +212,7 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> service.MultiServi
     _add_listeners(top, cfg, make, tls, reactor)
     with step("[mail] queue_directory"):
         _local_submission(top, cfg, delivery, maillog, reactor, blocking, pipeline)
-    top.maillog = maillog  # type: ignore[attr-defined]
+    top.maillog = maillog
     top.tls = tls  # type: ignore[attr-defined]
     _on_hup(maillog, tls, reactor, blocking)
     return top
@@ -272,17 +273,19 @@ def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, mai
     scanner = pickup_service(pickup, reactor)
     scanner.setName("pickup")
     scanner.setServiceParent(top)
-    commands = {"pickup": pickup.scan, "flush": lambda: _flush(pickup, delivery),
-                "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id,
-                                                   blocking)}
+    commands: dict[str, Handler] = {
+        "pickup": pickup.scan,
+        "flush": lambda: _flush(pickup, delivery),
+        "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id, blocking),
+    }
     control = strports.service(_unix_endpoint(control_path(queue_directory), "control"),
                                ControlFactory(commands), reactor)
     control.setName("control")
     control.setServiceParent(top)
-    try:
-        delivery.aliases.snapshot()  # read now: a problem is in the maillog from the start
-    except AliasLookupError:
-        pass  # warned; local mail is deferred until the file can be read
+    # read now: a problem is in the maillog from the start; if it is one, it was warned of and
+    # local mail is deferred until the file can be read
+    with contextlib.suppress(AliasLookupError):
+        delivery.aliases.snapshot()
 
 
 def check_account_files(cfg: Config) -> None:
@@ -324,6 +327,8 @@ class MailService(service.MultiService):
     ``privilegedStartService`` later finds them bound."""
 
     listening = False
+    maillog: MailLog  # set by build
+    instance_lock: startup.InstanceLock  # set by makeService, held while the daemon runs
 
     def privilegedStartService(self) -> None:
         """Bind every listener; a failure is a StartupError naming address, port and service."""
@@ -331,7 +336,7 @@ class MailService(service.MultiService):
             return
         self.listening = True
         service.Service.privilegedStartService(self)
-        bound = []
+        bound: list[StreamServerEndpointService] = []
         for svc in self:
             try:
                 svc.privilegedStartService()
@@ -424,13 +429,11 @@ def _on_hup(maillog: Any, tls: ServerTLS | None, reactor: Any, blocking: Blockin
         if tls is not None:
             reactor.callFromThread(tls.reload, blocking)
 
-    try:
+    with contextlib.suppress(ValueError):  # not the main thread (tests)
         signal.signal(signal.SIGHUP, on_hup)
-    except ValueError:  # not the main thread (tests)
-        pass
 
 
-def makeService(options: Options, reactor: Any = None) -> service.MultiService:
+def makeService(options: Options, reactor: Any = None) -> MailService:
     """The services on ``reactor`` (twistd's global reactor when none is given), with the queue
     directory locked and the listeners bound; a start-up failure ends twistd with one line on
     stderr (see mailsuite.startup)."""
@@ -454,10 +457,10 @@ def makeService(options: Options, reactor: Any = None) -> service.MultiService:
         top.maillog.write("master", f"fatal: {e}")  # as Postfix: the maillog says it too
         top.maillog.close()
         startup.fatal([str(e)], startup.EX_FAILURE)
-    top.instance_lock = lock  # type: ignore[attr-defined]
+    top.instance_lock = lock
     reactor.callWhenRunning(lock.write_pid)  # after the fork
     return top
 
 
-def _failure_text(e: Exception) -> str:
+def _failure_text(e: StartupError | OSError) -> str:
     return str(e) if isinstance(e, StartupError) else f"cannot start: {describe_os_error(e)}"

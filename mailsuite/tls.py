@@ -65,7 +65,7 @@ def _servername(connection: SSL.Connection) -> None:
         name = connection.get_servername()
         if name:
             connection.set_app_data(name.decode("ascii", "replace").rstrip(".").lower())
-    except Exception:  # noqa: BLE001 - the handshake must go on whatever the name looks like
+    except Exception:  # the handshake must go on whatever the name looks like
         log.debug("odd SNI name ignored")
 
 
@@ -182,7 +182,7 @@ def ensure_certificate(hostname: str, cert_path: str, key_path: str) -> bool:
     cert_pem, key_pem = self_signed(hostname)
     _write_private(key_path, key_pem)
     _write_private(cert_path, cert_pem)
-    log.warn(  # noqa: G010 - twisted.logger.Logger has warn, not warning
+    log.warn(  # twisted.logger.Logger has warn, not warning
         "made a self-signed TLS certificate for {host}: {cert} (key {key}); clients will warn"
         " until a certificate from a CA is installed there (then kill -HUP)",
         host=hostname, cert=cert_path, key=key_path,

@@ -34,7 +34,7 @@ _UNSUPPORTED = {
     "filename": "%{filename} exists only for maildir",
 }
 _MODIFIERS: dict[str, Callable[[str], str]] = {
-    "X": lambda s: "%x" % int(s),
+    "X": lambda s: f"{int(s):x}",
     "L": str.lower,
     "U": str.upper,
     "R": lambda s: s[::-1],

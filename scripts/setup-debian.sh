@@ -166,6 +166,10 @@ test)
     install_dovecot
     install_suite
     shift
+    # the lint gate first (pyproject.toml's [tool.ruff] and [tool.mypy], with mypy-zope):
+    # any error fails the script (set -e) before the tests run
+    "$VENV/bin/ruff" check mailsuite tests
+    "$VENV/bin/mypy" mailsuite
     exec "$VENV/bin/python" scripts/run_tests.py "$@"
     ;;
 *)

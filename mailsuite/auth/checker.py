@@ -225,7 +225,7 @@ class AccountDB:
 
     def verify_cached(
         self, name: str, password: bytes, cache: AuthCache
-    ) -> Account | None | _Miss:
+    ) -> Account | _Miss | None:
         """``verify`` answered from ``cache`` alone, or ``MISS``. Does not block: two stat(2)
         calls, an HMAC and dictionary look-ups; no file read, no hash. ``MISS`` when either file
         changed since it was last read (or was never read), or the cache does not know this
@@ -369,6 +369,11 @@ def login_of(credentials: IUsernamePassword) -> tuple[str, bytes]:
     return name, password
 
 
+#: What ICredentialsChecker.requestAvatarId yields in twisted.cred: an avatar id, or () for
+#: an anonymous login (never ours: our checkers yield the user name as bytes).
+AvatarId = bytes | tuple[()]
+
+
 def avatar_id(account: Account | None, name: str) -> bytes:
     """The avatarId of a verified login (the name as bytes); None -> UnauthorizedLogin."""
     if account is None:
@@ -395,14 +400,14 @@ class UnixChecker:
 
     def __init__(
         self, accountdb: AccountDB, blocking: Blocking,
-        cache: AuthCache | None | object = _DEFAULT_CACHE,
+        cache: AuthCache | object | None = _DEFAULT_CACHE,
     ) -> None:
         libcrypt.library()  # fail at start-up, not at the first login, when libcrypt is missing
         self.accountdb = accountdb
         self.blocking = blocking
         self.cache = cache if cache is None or isinstance(cache, AuthCache) else AuthCache()
 
-    def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, credentials: IUsernamePassword) -> defer.Deferred[AvatarId]:
         try:
             name, password = login_of(credentials)
         except UnauthorizedLogin as e:

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
-from mailsuite.auth.checker import LOGIN_FAILED, avatar_id, login_of
+from mailsuite.auth.checker import LOGIN_FAILED, AvatarId, avatar_id, login_of
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -254,7 +254,7 @@ class PamChecker:
             return None
         return self.accounts.lookup(name)
 
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[AvatarId]:
         try:
             name, password = login_of(credentials)
         except UnauthorizedLogin as e:
@@ -272,5 +272,5 @@ class PamChecker:
             # protocols answer as for a wrong password and the AuthPolicy counts it.
             log.failure("PAM check failed", failure)
             return Failure(UnauthorizedLogin(LOGIN_FAILED))
-        log.warn("PAM could not check a password: {error}", error=failure.value)  # noqa: G010
+        log.warn("PAM could not check a password: {error}", error=failure.value)
         return failure

@@ -42,10 +42,11 @@ each failure counts exactly once per jail.)
 The protocols need no code of their own for this: ``policy.guard(portal, ip, proto)`` gives a
 per-connection portal whose ``login`` is one ``attempt``: it waits for its turn and penalty,
 refuses blocked addresses with ``LoginBlocked``, and records successes and failures.
-"""
+"""  # noqa: E501 - the log line above is quoted whole, as fail2ban reads it
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import re
@@ -198,7 +199,9 @@ class AuthPolicy:
         record.when = now
         if record.score < before:  # each user's part is forgotten in proportion
             kept = record.score / before
-            record.users = {u: part * kept for u, part in record.users.items() if part * kept > 1e-9}
+            record.users = {
+                u: part * kept for u, part in record.users.items() if part * kept > 1e-9
+            }
         if record.score <= 0 and record.blocked_until <= now and not record.busy():
             del self._records[key]
             return None
@@ -261,7 +264,9 @@ class AuthPolicy:
         self._next_turn(key)
         return attempt
 
-    def guard(self, portal: Any, ip: str, proto: str, client_name: str = "unknown") -> GuardedPortal:
+    def guard(
+        self, portal: Any, ip: str, proto: str, client_name: str = "unknown"
+    ) -> GuardedPortal:
         """A portal for one connection from ``ip`` that applies this policy to every login."""
         return GuardedPortal(portal, self, ip, proto, client_name)
 
@@ -332,8 +337,11 @@ class AuthPolicy:
             record.take_back(attempt.counted_as, take_back)
             if attempt.started_block and record.count() < self.max_failures:
                 record.blocked_until = 0.0  # the limit was reached only by presuming a failure
-                self.maillog.write("auth", f"rip={attempt.ip}: the attempt that reached the limit "
-                                           f"did not fail, logins from {attempt.key} accepted again")
+                self.maillog.write(
+                    "auth",
+                    f"rip={attempt.ip}: the attempt that reached the limit "
+                    f"did not fail, logins from {attempt.key} accepted again",
+                )
         self._next_turn(attempt.key)
 
     def _forget_oldest(self) -> None:
@@ -436,7 +444,9 @@ class GuardedPortal:
     without counting.
     """
 
-    def __init__(self, portal: Any, policy: AuthPolicy, ip: str, proto: str, client_name: str) -> None:
+    def __init__(
+        self, portal: Any, policy: AuthPolicy, ip: str, proto: str, client_name: str
+    ) -> None:
         self.portal = portal
         self.policy = policy
         self.ip = ip
@@ -449,10 +459,8 @@ class GuardedPortal:
     def login(self, creds: Any, mind: Any, *interfaces: Any) -> defer.Deferred[Any]:
         if creds is checkers.ANONYMOUS or credentials.IAnonymous.providedBy(creds):
             return defer.maybeDeferred(self.portal.login, creds, mind, *interfaces)
-        try:
+        with contextlib.suppress(AttributeError):
             creds.client_ip = self.ip  # PAM_RHOST for the pam checker
-        except AttributeError:
-            pass
         attempt = self.policy.attempt(self.ip, getattr(creds, "username", b"") or b"", self.proto)
 
         def proceed(_: None) -> defer.Deferred[Any]:

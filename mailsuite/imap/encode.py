@@ -44,7 +44,8 @@ def internal_date(when: datetime) -> bytes:
     sign = "-" if minutes < 0 else "+"
     text = (
         f"{when.day:2d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
-        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} "
+        f"{sign}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
     )
     return b'"' + text.encode("ascii") + b'"'
 

@@ -274,7 +274,12 @@ def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> list[Pi
     assert item.section is not None
     label = b"BODY[" + item.section.label() + b"]"
     section = item.section
-    if item.partial is None and raw is not None and not section.part and section.spec in ("", "TEXT"):
+    if (
+        item.partial is None
+        and raw is not None
+        and not section.part
+        and section.spec in ("", "TEXT")
+    ):
         start = 0 if section.spec == "" else len(split_message(raw)[0])
         return _whole_literal(label, raw, start)
     data = crlf(section_bytes(raw if raw is not None else header, section))
@@ -290,7 +295,9 @@ _CHUNK = 256  # messages whose headers are read in one store call
 STREAM_MIN = 256 * 1024  # responses at least this big are streamed through a producer
 
 
-def _fetch_item(view: Any, uid: int, item: FetchItem, raw: bytes | None, header: bytes) -> list[Piece]:
+def _fetch_item(
+    view: Any, uid: int, item: FetchItem, raw: bytes | None, header: bytes
+) -> list[Piece]:
     info = view.info(uid)
     if item.name == "UID":
         return [b"UID %d" % uid]
@@ -324,13 +331,15 @@ async def fetch_responses(
     connection drains), so a big BODY[] is never one string in memory nor one transport write.
     """
     items, need_body, need_header = plan.items, plan.need_body, plan.need_header
-    with_flags = items + (FetchItem("FLAGS"),)  # for messages this FETCH set \Seen on
+    with_flags = (*items, FetchItem("FLAGS"))  # for messages this FETCH set \Seen on
     missing = False
     for start in range(0, len(targets), _CHUNK):
         chunk = targets[start : start + _CHUNK]
         headers: dict[int, bytes] = {}
         if need_header and not need_body:
-            headers = await view.mailbox.read_headers([u for _, u in chunk if not view.is_expunged(u)])
+            headers = await view.mailbox.read_headers(
+                [u for _, u in chunk if not view.is_expunged(u)]
+            )
         for seq, uid in chunk:
             raw = None
             if view.is_expunged(uid) and (need_body or need_header):
@@ -362,5 +371,9 @@ async def fetch_responses(
             if stream is not None and size >= STREAM_MIN:
                 await stream(pieces)
             else:
-                write(b"".join(p if isinstance(p, bytes) else crlf(p.data[p.start : p.end]) for p in pieces))
+                write(
+                    b"".join(
+                        p if isinstance(p, bytes) else crlf(p.data[p.start : p.end]) for p in pieces
+                    )
+                )
     return missing

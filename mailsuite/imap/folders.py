@@ -43,7 +43,9 @@ class FolderCommands(_Base):
         try:
             view = await self.account.open_view(name, readonly, self.recent)
         except MailboxNotFound:
-            self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist: " + encode_mailbox(name))
+            self.sendNegativeResponse(
+                tag, b"[NONEXISTENT] Mailbox doesn't exist: " + encode_mailbox(name)
+            )
             return
         if self._lost:
             self.account.close_view(view)
@@ -59,7 +61,9 @@ class FolderCommands(_Base):
         self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % view.uid_next)
         self.view, self.state = view, "select"
         mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
-        self.sendPositiveResponse(tag, mode + (b" Examine" if readonly else b" Select") + b" completed.")
+        self.sendPositiveResponse(
+            tag, mode + (b" Examine" if readonly else b" Select") + b" completed."
+        )
 
     cmd_SELECT.imap_states = ("auth", "select")  # type: ignore[attr-defined]
 
@@ -127,7 +131,9 @@ class FolderCommands(_Base):
                        if not isinstance(o, list)}
         args.end()
         unknown = selection - {"SUBSCRIBED", "SPECIAL-USE", "REMOTE", "RECURSIVEMATCH"}
-        if unknown or ("RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}):
+        if unknown or (
+            "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}
+        ):
             raise ParseError("unsupported LIST selection option")
         if command == b"LIST" and patterns == [b""]:
             self.sendUntaggedResponse(b'LIST (\\Noselect) "/" ""')
@@ -141,7 +147,9 @@ class FolderCommands(_Base):
         entries = await self.account.list_mailboxes()
         subscribed: set[str] = set()
         if command == b"LSUB" or "SUBSCRIBED" in selection or "SUBSCRIBED" in returns:
-            subscribed = {mailbox_name(n.encode("imap4-utf-7")) for n in await self.account.subscriptions()}
+            subscribed = {
+                mailbox_name(n.encode("imap4-utf-7")) for n in await self.account.subscriptions()
+            }
             subscribed.add("INBOX")  # always subscribed, as Outlook expects it in LSUB
         if command == b"LSUB":
             self._lsub(entries, subscribed, matcher, patterns)
@@ -199,7 +207,9 @@ class FolderCommands(_Base):
                         shown.setdefault(parent, ["\\Noselect"])
                         break
         for name, attrs in shown.items():
-            self.sendUntaggedResponse(b"LSUB (" + " ".join(attrs).encode("ascii") + b') "/" ' + encode_mailbox(name))
+            self.sendUntaggedResponse(
+                b"LSUB (" + " ".join(attrs).encode("ascii") + b') "/" ' + encode_mailbox(name)
+            )
 
     async def cmd_LSUB(self, tag: bytes, args: Cursor) -> None:
         await self.cmd_LIST(tag, args, b"LSUB")
@@ -216,7 +226,11 @@ class FolderCommands(_Base):
         args.sp()
         name = args.mailbox()
         args.sp()
-        items = [bytes(i).upper().decode("ascii", "replace") for i in args.paren_list() if not isinstance(i, list)]
+        items = [
+            bytes(i).upper().decode("ascii", "replace")
+            for i in args.paren_list()
+            if not isinstance(i, list)
+        ]
         args.end()
         if not items or any(i not in _STATUS_ITEMS for i in items):
             raise ParseError("unknown or missing STATUS item")
@@ -251,7 +265,9 @@ class FolderCommands(_Base):
             message = (bytes(data), flags, when)
             validity, uids = await self.account.append(name, [message], self.recent)
         except MailboxNotFound:
-            self.sendNegativeResponse(tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name))
+            self.sendNegativeResponse(
+                tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name)
+            )
             return
         self.sendPositiveResponse(tag, b"[APPENDUID %d %d] Append completed." % (validity, uids[0]))
 

@@ -40,15 +40,17 @@ class IImapAccount(Interface):
     def unsubscribe(name):
         """Deferred[None] (UNSUBSCRIBE)."""
 
-    def status(name):
-        """Deferred[dict[str, int]]: MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN (STATUS)."""
+    def status(name, recent):
+        """Deferred[dict[str, int]]: MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN (STATUS);
+        ``recent``: the RecentTracker the server's sessions share."""
 
-    def append(name, messages):
+    def append(name, messages, recent):
         """Deferred[(uid_validity, [uids])]: append each (data, flags, internal date or None)
-        (APPEND, MULTIAPPEND)."""
+        (APPEND, MULTIAPPEND); they are recent (``recent``) for the next session to see them."""
 
-    def open_view(name, readonly):
-        """Deferred[ImapMailboxView]: the session's view of a mailbox (SELECT, EXAMINE)."""
+    def open_view(name, readonly, recent):
+        """Deferred[ImapMailboxView]: the session's view of a mailbox (SELECT, EXAMINE);
+        ``recent``: the RecentTracker the server's sessions share."""
 
     def close_view(view):
         """The session leaves a mailbox (CLOSE, UNSELECT, another SELECT)."""

@@ -46,6 +46,8 @@ class ImapLogin(sasl.Conversation, _Base):
     secure = False  # TLS is on (implicit port, or after STARTTLS)
     _auth_failures = 0
     _sasl_tag = b""
+    user: str | None  # set by a login (the server starts it at None)
+    _onLogout: Callable[[], None] | None  # the realm's logout of the avatar, once logged in
 
     def plaintext_ok(self) -> bool:
         return sasl.plaintext_ok(self.config, self.transport, self.secure)
@@ -103,10 +105,7 @@ class ImapLogin(sasl.Conversation, _Base):
             mechanism = args.atom()
             initial: bytes | None = None
             if args.maybe_sp() and not args.at_end():
-                if args.peek() in (b'"', b"{"):
-                    initial = bytes(args.astring())
-                else:
-                    initial = args.token()
+                initial = bytes(args.astring()) if args.peek() in (b'"', b"{") else args.token()
             args.end()
         except ParseError:
             self.sendBadResponse(tag, b"Invalid arguments.")
@@ -168,7 +167,9 @@ class ImapLogin(sasl.Conversation, _Base):
         if self._lost:
             logout()
             return None
-        self.account, self._onLogout, self.user = avatar, logout, name
+        self.account = avatar
+        self._onLogout = logout
+        self.user = name
         self.state = "auth"
         self.setTimeout(self.POSTAUTH_TIMEOUT)
         self.maillog.write("imap-login", "Login: " + self._login_line(name, method))

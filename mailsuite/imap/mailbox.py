@@ -237,7 +237,9 @@ class ImapMailboxView:
                 self._keywords_grew = True
 
     # -- sequence sets -----------------------------------------------------------------------
-    def resolve(self, ranges: list[tuple[int | None, int | None]], uid: bool) -> list[tuple[int, int]]:
+    def resolve(
+        self, ranges: list[tuple[int | None, int | None]], uid: bool
+    ) -> list[tuple[int, int]]:
         """``[(seq, uid)]`` in ascending order for a parsed sequence set (``None`` is ``*``).
 
         For sequence numbers a number outside 1..count raises ``ValueError`` (the client gets
@@ -267,7 +269,7 @@ class ImapMailboxView:
         for lo, hi in sorted(spans):
             lo = max(lo, end)
             if lo < hi:
-                out.extend(zip(range(lo + 1, hi + 1), self._uids_between(lo, hi)))
+                out.extend(zip(range(lo + 1, hi + 1), self._uids_between(lo, hi), strict=False))
                 end = hi
         if out:  # the FETCH/STORE that asked looks them up next, from the first
             self._hint = (out[0][1], out[0][0] - 1)
@@ -276,7 +278,9 @@ class ImapMailboxView:
     # -- changes made by this session --------------------------------------------------------
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         """Persist new flags (``\\Recent`` is stripped) and remember them as told to the client."""
-        clean = {uid: frozenset(f for f in flags if f != "\\Recent") for uid, flags in changes.items()}
+        clean = {
+            uid: frozenset(f for f in flags if f != "\\Recent") for uid, flags in changes.items()
+        }
         clean = {uid: flags for uid, flags in clean.items() if uid not in self._expunged}
         for uid, flags in clean.items():
             old = self.info(uid)

@@ -112,7 +112,11 @@ class Cursor:
         if self.peek() == b"\\":
             self.pos += 1
         try:
-            return self.data[start : start + 1] + self.atom() if self.data[start : start + 1] == b"\\" else self.atom()
+            return (
+                self.data[start : start + 1] + self.atom()
+                if self.data[start : start + 1] == b"\\"
+                else self.atom()
+            )
         except ParseError:
             self.pos = start
             raise
@@ -188,7 +192,7 @@ class Cursor:
             if self.peek() == b"(":
                 out.append(self.paren_list(depth + 1))
                 continue
-            value = self._string()
+            value: String | bytes | None = self._string()
             if value is None:
                 value = self._match(re.compile(rb"\\?[^\s()\"{]+"), "a list item")
             out.append(value)

@@ -33,7 +33,9 @@ class RecentTracker:
             weakref.WeakKeyDictionary()
         )
 
-    def _for(self, store: IMailStore, account: Account, mailbox: IMailbox) -> tuple[dict[tuple[str, str, int], int], Any]:
+    def _for(
+        self, store: IMailStore, account: Account, mailbox: IMailbox
+    ) -> tuple[dict[tuple[str, str, int], int], Any]:
         """The marks of one store (a tracker may serve several, as in tests)."""
         marks = self._marks.setdefault(store, {})
         return marks, (account.name, mailbox.name, int(mailbox.uid_validity))
@@ -48,7 +50,12 @@ class RecentTracker:
         return marks.setdefault(key, int(mailbox.uid_next))
 
     def claim(
-        self, store: IMailStore, account: Account, mailbox: IMailbox, uids: Iterable[int], peek: bool = False
+        self,
+        store: IMailStore,
+        account: Account,
+        mailbox: IMailbox,
+        uids: Iterable[int],
+        peek: bool = False,
     ) -> set[int]:
         marks, key = self._for(store, account, mailbox)
         mark = marks.setdefault(key, int(mailbox.uid_next))

@@ -7,6 +7,7 @@ whether headers or whole messages must be read before ``matches`` can answer.
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.errors
 import re
@@ -28,7 +29,12 @@ from mailsuite.imap.message import (
 from mailsuite.imap.parser import MAX_NESTING, Range, parse_sequence_set
 from mailsuite.store.interfaces import UnknownUID
 
-_MONTHS = {m: i for i, m in enumerate(["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], 1
+    )
+}
 
 
 class SearchSyntaxError(ValueError):
@@ -167,7 +173,8 @@ def needs(key: tuple[Any, ...]) -> str:
     name = key[0]
     if name in ("BODY", "TEXT"):
         return "body"
-    if name in ("BCC", "CC", "FROM", "SUBJECT", "TO", "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"):
+    if name in ("BCC", "CC", "FROM", "SUBJECT", "TO", "HEADER",
+                "SENTBEFORE", "SENTON", "SENTSINCE"):
         return "header"
     subkeys: list[tuple[Any, ...]] = []
     if name == "AND":
@@ -201,10 +208,9 @@ def _decoded_values(header: bytes, name: bytes) -> list[str]:
         if field_name == name:
             value = raw.split(b":", 1)[1] if b":" in raw else b""
             text = re.sub(r"\r?\n(?=[ \t])", "", value.decode("utf-8", "replace")).strip()
-            try:
+            # undecodable encoded-words: match the raw text
+            with contextlib.suppress(ValueError, LookupError, email.errors.HeaderParseError):
                 text = str(make_header(decode_header(text)))
-            except (ValueError, LookupError, email.errors.HeaderParseError):
-                pass  # undecodable encoded-words: match the raw text
             values.append(text)
     return values
 

@@ -9,6 +9,7 @@ EXPUNGE after FETCH, STORE or SEARCH.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet import defer, interfaces
@@ -39,9 +40,10 @@ _SELECTED = ("select",)
 def uid_set(uids: list[int]) -> bytes:
     """``[1, 2, 3, 5]`` -> ``1:3,5`` (order kept: COPYUID pairs source and destination UIDs)."""
     out: list[bytes] = []
-    start = prev = None
+    start: int | None = None  # the run being collected: start..prev
+    prev = 0
     for uid in uids:
-        if prev is not None and uid == prev + 1:
+        if start is not None and uid == prev + 1:
             prev = uid
             continue
         if start is not None:
@@ -93,6 +95,11 @@ class _Streamer:
             self.done.callback(None)
 
 
+def _selected_only(handler: Callable[..., Any]) -> None:
+    """Mark a ``cmd_*`` handler as allowed in the selected state only."""
+    handler.imap_states = _SELECTED  # type: ignore[attr-defined]
+
+
 class SelectedCommands(_Base):
     def _targets(self, ranges: list[Range], uid: bool) -> list[tuple[int, int]]:
         assert self.view is not None
@@ -142,7 +149,9 @@ class SelectedCommands(_Base):
             view, targets, plan, seen_now, self._write, lambda: self._lost, self._stream
         )
         if missing:
-            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
+            self.sendNegativeResponse(
+                tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist."
+            )
         else:
             self.sendPositiveResponse(tag, self._command + b" completed.")
 
@@ -194,9 +203,13 @@ class SelectedCommands(_Base):
                 missing = True
             elif not silent:
                 uid_part = b"UID %d " % u if uid else b""
-                self._write(b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, format_flags(view.flags(u))))
+                self._write(
+                    b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, format_flags(view.flags(u)))
+                )
         if missing:
-            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
+            self.sendNegativeResponse(
+                tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist."
+            )
         else:
             self.sendPositiveResponse(tag, self._command + b" completed.")
 
@@ -230,7 +243,9 @@ class SelectedCommands(_Base):
         try:
             dest = await self.account.store.open(self.account.account, name)
         except MailboxNotFound:
-            self.sendNegativeResponse(tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name))
+            self.sendNegativeResponse(
+                tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name)
+            )
             return None
         copied: list[int] = []
         new_uids: list[int] = []
@@ -253,9 +268,15 @@ class SelectedCommands(_Base):
         finally:
             dest.close()
         if missing and not uid:
-            self.sendNegativeResponse(tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist.")
+            self.sendNegativeResponse(
+                tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist."
+            )
             return None
-        code = b"[COPYUID %d %s %s]" % (validity, uid_set(copied), uid_set(new_uids)) if copied else b""
+        code = (
+            b"[COPYUID %d %s %s]" % (validity, uid_set(copied), uid_set(new_uids))
+            if copied
+            else b""
+        )
         return copied, code
 
     async def cmd_COPY(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
@@ -313,5 +334,5 @@ class SelectedCommands(_Base):
 
     for _f in (cmd_UID, cmd_FETCH, cmd_STORE, cmd_SEARCH, cmd_COPY, cmd_MOVE, cmd_EXPUNGE,
                cmd_CLOSE, cmd_UNSELECT):
-        _f.imap_states = _SELECTED  # type: ignore[attr-defined]
+        _selected_only(_f)
     del _f

@@ -92,7 +92,11 @@ def _idle_tcp(t: Any) -> bool:
     )
 
 
-class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server):
+# ignore[misc]: Twisted's IMAP4Server declares ``_onLogout = None`` (so typed None) and then
+# assigns the realm's logout callable to it; ImapLogin types it as what it holds.
+class IMAPServer(  # type: ignore[misc]
+    ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server
+):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
     and tells the time; ``recent`` and ``idle_poller`` are shared by the sessions of a server
     (its factories'; a session alone gets its own). STARTTLS, LOGIN and AUTHENTICATE are
@@ -102,14 +106,20 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
 
-    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
-                 recent: RecentTracker | None = None, idle_poller: IdlePoller | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        portal: Any,
+        maillog: Any,
+        clock: Any,
+        recent: RecentTracker | None = None,
+        idle_poller: IdlePoller | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.portal = portal
         self.maillog = maillog
         self.clock = clock
-        self.callLater = clock.callLater
         self.recent = RecentTracker() if recent is None else recent
         self.idle_poller = IdlePoller() if idle_poller is None else idle_poller
         self.view: ImapMailboxView | None = None
@@ -132,12 +142,15 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self._keepalive: Any = None
 
     # -- connection ----------------------------------------------------------------------------
+    def callLater(self, period: float, func: Callable[[], Any]) -> Any:  # TimeoutMixin hook
+        return self.clock.callLater(period, func)
+
     def connectionMade(self) -> None:
         if interfaces.ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
         super().connectionMade()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
         self.setTimeout(None)
         if self._unsent_wait is not None:
@@ -149,7 +162,8 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
             self._onLogout = None
         if self.user is not None and not self._logged_out:
             self.maillog.write(
-                "imap", f"Disconnected: Connection closed in={self._bytes_in} out={self._bytes_out}, "
+                "imap",
+                f"Disconnected: Connection closed in={self._bytes_in} out={self._bytes_out}, "
                 f"user=<{self.user}>, rip={self._rip()}",
             )
 
@@ -324,7 +338,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         self._in_flight = True
         try:
             self._run_command(tag, name, rest)
-        except Exception:  # noqa: BLE001 - a bug answers BAD and the session goes on
+        except Exception:  # a bug answers BAD and the session goes on
             log.failure("IMAP command failed")
             self.parseState = "command"
             self.sendBadResponse(tag, b"Internal server error")
@@ -370,7 +384,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if not refresh:
             try:
                 result = handler(tag, cursor)
-            except Exception:  # noqa: BLE001 - ParseError, store errors: a tagged reply
+            except Exception:  # ParseError, store errors: a tagged reply
                 self._failed(Failure(), tag)
                 return
             if not isinstance(result, Coroutine):
@@ -384,22 +398,30 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if self._lost:
             return
         if failure.check(ParseError):
-            self.sendBadResponse(tag, b"Error in arguments: " + str(failure.value).encode("utf-8", "replace"))
+            self.sendBadResponse(
+                tag, b"Error in arguments: " + str(failure.value).encode("utf-8", "replace")
+            )
         elif failure.check(MailboxNotFound):
             self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist.")
         elif failure.check(MailboxExists):
             self.sendNegativeResponse(tag, b"[ALREADYEXISTS] Mailbox already exists.")
         elif failure.check(InvalidMailboxName):
-            self.sendNegativeResponse(tag, b"[CANNOT] " + str(failure.value).encode("utf-8", "replace"))
+            self.sendNegativeResponse(
+                tag, b"[CANNOT] " + str(failure.value).encode("utf-8", "replace")
+            )
         elif failure.check(MailboxHasChildren):
             self.sendNegativeResponse(tag, b"[CANNOT] Mailbox has children, delete them first.")
         elif failure.check(StoreRefused):  # one line: a symlinked folder, no home...
             log.warn("IMAP {command} refused: {why}", command=self._command, why=failure.value)
             code = failure.value.code.encode("ascii")
-            self.sendNegativeResponse(tag, b"[%s] " % code + str(failure.value).encode("utf-8", "replace"))
+            self.sendNegativeResponse(
+                tag, b"[%s] " % code + str(failure.value).encode("utf-8", "replace")
+            )
         elif failure.check(StoreError):
             log.failure("IMAP {command} failed", failure, command=self._command)
-            self.sendNegativeResponse(tag, b"[UNAVAILABLE] " + str(failure.value).encode("utf-8", "replace"))
+            self.sendNegativeResponse(
+                tag, b"[UNAVAILABLE] " + str(failure.value).encode("utf-8", "replace")
+            )
         else:
             log.failure("IMAP {command} failed", failure, command=self._command)
             self.sendNegativeResponse(tag, b"[SERVERBUG] Internal error")
@@ -434,8 +456,12 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
     def cmd_CAPABILITY(self, tag: bytes, args: Cursor) -> None:
         args.end()
         self.sendUntaggedResponse(b"CAPABILITY " + b" ".join(self.listCapabilities()))
-        self.sendPositiveResponse(tag, b"Pre-login capabilities listed, post-login capabilities have more."
-                                  if self.state == "unauth" else b"Capability completed.")
+        self.sendPositiveResponse(
+            tag,
+            b"Pre-login capabilities listed, post-login capabilities have more."
+            if self.state == "unauth"
+            else b"Capability completed.",
+        )
 
     @states("unauth", "auth", "select")
     def cmd_LOGOUT(self, tag: bytes, args: Cursor) -> None:
@@ -448,7 +474,9 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
         if self.user is not None and not self._logged_out:
             self._logged_out = True
             self.maillog.write(
-                "imap", f"Logged out in={self._bytes_in} out={self._bytes_out}, user=<{self.user}>, rip={self._rip()}"
+                "imap",
+                f"Logged out in={self._bytes_in} out={self._bytes_out}, "
+                f"user=<{self.user}>, rip={self._rip()}",
             )
         self.uncork()
         self.transport.loseConnection()
@@ -501,7 +529,7 @@ class IMAPServer(ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server)
                 await avatar.list_mailboxes()
             except defer.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - StoreError, or OSError from the folder tree
+            except Exception:  # StoreError, or OSError from the folder tree
                 log.failure("listing the mailboxes of {user} failed", user=self.user)
 
     # -- IDLE (RFC 2177) ---------------------------------------------------------------------------
@@ -566,9 +594,18 @@ class IMAPFactory(protocol.ServerFactory):
 
     protocol = IMAPServer
 
-    def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
-                 server_tls: Any = None, implicit_tls: bool = False, policy: Any = None,
-                 recent: RecentTracker | None = None, idle_poller: IdlePoller | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        portal: Any,
+        maillog: Any,
+        clock: Any,
+        server_tls: Any = None,
+        implicit_tls: bool = False,
+        policy: Any = None,
+        recent: RecentTracker | None = None,
+        idle_poller: IdlePoller | None = None,
+    ) -> None:
         """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks
         the sessions of port 993, which tap.py wraps in TLS from the first byte; ``policy`` (a
         mailsuite.auth.policy.AuthPolicy) guards every login of the sessions. ``recent`` (which

@@ -252,7 +252,7 @@ class DeliveryAvatar:
     def validateTo(self, user: Any) -> defer.Deferred[Any]:
         try:
             found = self.recipient_now(user)
-        except Exception:  # noqa: BLE001 - validateTo reports every error as its Deferred's
+        except Exception:  # validateTo reports every error as its Deferred's
             return defer.fail()
         if found is not None:
             return defer.succeed(found)

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+"
 _DOT_STRING = rf"{_ATOM}(?:\.{_ATOM})*"
 _QUOTED = r'"(?:[^"\\\r\n]|\\[ -~\u0080-\U0010ffff])*"'
-_LABEL = r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+_LABEL = (
+    r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]*[A-Za-z0-9\u0080-\U0010ffff])?"
+)
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[^\[\]\\\s]+\])"
 _MAILBOX = re.compile(rf"({_DOT_STRING}|{_QUOTED})@({_DOMAIN})")
 _LOCAL_ONLY = re.compile(rf"({_DOT_STRING}|{_QUOTED})")

@@ -251,7 +251,7 @@ class AliasMap:
 
     def _load(self, stamps: list[Stamp]) -> None:
         unusable: list[str] = []
-        for path, stamp in zip(self.paths, stamps):
+        for path, stamp in zip(self.paths, stamps, strict=True):
             known = self._files.get(path)
             if known is None or known.stamp != stamp:
                 self._read(path, stamp, known, unusable)

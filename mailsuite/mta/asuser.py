@@ -93,7 +93,7 @@ def _open_child(path: str, flags: int, privs: Privileges, sock: socket.socket) -
             sock.sendall(b"%d" % (e.errno or errno.EIO))
         else:
             socket.send_fds(sock, [b"fd"], [fd])
-    except BaseException:  # noqa: BLE001 -- the parent sees no descriptor: EIO
+    except BaseException:  # the parent sees no descriptor: EIO
         pass
     finally:
         os._exit(0)
@@ -176,7 +176,7 @@ def append_child(privs: Privileges, path: str, entry: bytes, report: int) -> Non
         _become(privs)
         code, reason = _append(path, entry)
         os.write(report, reason.encode("utf-8", "replace")[:500])
-    except BaseException:  # noqa: BLE001 -- any failure is a temporary one; nothing to log to
+    except BaseException:  # any failure is a temporary one; nothing to log to
         pass
     finally:
         os._exit(code)

@@ -166,5 +166,6 @@ def _recipient_fields(kind: str, envelope: Envelope, e: Entry, lifetime: float) 
     if e.diagnostic:
         block.append(f"Diagnostic-Code: smtp; {' '.join(e.diagnostic.split())}")
     if kind == "delayed":
-        block.append(f"Will-Retry-Until: {email.utils.formatdate(envelope.arrival + lifetime, localtime=True)}")
+        until = email.utils.formatdate(envelope.arrival + lifetime, localtime=True)
+        block.append(f"Will-Retry-Until: {until}")
     return block

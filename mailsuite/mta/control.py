@@ -19,12 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 
 log = Logger()
 
-Handler = Callable[[], Any]
+Handler = Callable[..., Any]  # called with the words after the command name
 
 
 def control_path(queue_directory: str) -> str:
@@ -37,6 +38,7 @@ class MailSystemDown(Exception):
 
 class _ControlProtocol(LineOnlyReceiver):
     factory: ControlFactory
+    transport: ITransport  # set by makeConnection before any line arrives
     MAX_LENGTH = 1024
 
     def lineReceived(self, line: bytes) -> None:
@@ -58,7 +60,7 @@ class _ControlProtocol(LineOnlyReceiver):
         self.transport.loseConnection()
 
 
-class ControlFactory(protocol.ServerFactory):
+class ControlFactory(protocol.ServerFactory[_ControlProtocol]):
     protocol = _ControlProtocol
 
     def __init__(self, commands: dict[str, Handler]) -> None:

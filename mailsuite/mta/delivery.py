@@ -237,7 +237,7 @@ class LocalDelivery:
         accounts = yield self.blocking(
             lambda: [None if is_special(n) else self.accounts.recipient(n) for n in names])
         copies = []
-        for r, account in zip(recipients, accounts):
+        for r, account in zip(recipients, accounts, strict=True):
             if is_special(r.user):
                 copies.append(self._deliver_target(data, envelope, r))
             elif account is None:
@@ -248,7 +248,7 @@ class LocalDelivery:
                                            standalone=False))
         results = yield defer.DeferredList(copies, consumeErrors=True)
         outcomes = []
-        for r, account, (ok, result) in zip(recipients, accounts, results):
+        for r, account, (ok, result) in zip(recipients, accounts, results, strict=True):
             if is_special(r.user):
                 outcomes.append(result if ok else failure_outcome(result))
             elif account is None:

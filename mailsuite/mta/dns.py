@@ -102,7 +102,11 @@ class MXResolver:
         address = literal(domain)
         if address is not None:
             return [MailHost(domain, (address,))]
-        name = domain.rstrip(".").encode("idna") if not domain.isascii() else domain.rstrip(".").encode()
+        name = (
+            domain.rstrip(".").encode("idna")
+            if not domain.isascii()
+            else domain.rstrip(".").encode()
+        )
         try:
             answers, _, _ = yield self.resolver.lookupMailExchange(name)
         except error.DomainError:  # NXDOMAIN (authorities raise its base class, DomainError)
@@ -139,7 +143,7 @@ class MXResolver:
             [self.addresses(n) for _, n in ordered], consumeErrors=True)
         hosts = []
         temporary = False
-        for (pref, n), (ok, result) in zip(ordered, lookups):
+        for (pref, n), (ok, result) in zip(ordered, lookups, strict=True):
             if ok and result:
                 hosts.append(MailHost(n, tuple(result), pref))
             elif not ok:

@@ -204,7 +204,7 @@ class Expander:
             for target in targets:
                 privs = self._owner_privs(owners.get(target.filename, 0))
                 here = _Context(privs, f"{target.filename}, line {target.lineno}", True, owner)
-                self._target(target.text, chain + (name,), here, out, table, owners)
+                self._target(target.text, (*chain, name), here, out, table, owners)
             return
         account = self.accounts.recipient(name)
         if account is None:
@@ -219,7 +219,7 @@ class Expander:
             return
         mine = _Context(self._account_privs(account), items[0].filename, True, ctx.sender)
         for item in items:
-            self._target(item.text, chain + (name,), mine, out, table, owners)
+            self._target(item.text, (*chain, name), mine, out, table, owners)
 
     def _target(self, text: str, chain: tuple[str, ...], ctx: _Context, out: _Out,
                 table: dict[str, list[Target]], owners: dict[str, int]) -> None:
@@ -284,7 +284,7 @@ class Expander:
         privs = ctx.privs if ctx.privs is not None else self._owner_privs(st.st_uid)
         inner = _Context(privs, path, False, ctx.sender)
         for item in parse_list(text, path):
-            self._target(item.text, chain + (key,), inner, out, table, owners)
+            self._target(item.text, (*chain, key), inner, out, table, owners)
 
     # -- ~/.forward ----------------------------------------------------------------------
 
@@ -426,7 +426,8 @@ def deliver_program(program: Program, message: bytes, env: dict[str, str],
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise TargetFailed(False, "4.3.0", f"Command time limit exceeded: {program.command!r}")
+        raise TargetFailed(
+            False, "4.3.0", f"Command time limit exceeded: {program.command!r}") from None
     code = proc.returncode
     if code == 0:
         return f"delivered to command: {program.command}"
@@ -449,7 +450,9 @@ def mbox_entry(data: bytes, sender: str, original: str, final: str, when: float)
     """The message as appended to a /file target: From_ line, envelope headers, >From quoting,
     a blank line after it (Postfix local(8) file delivery)."""
     top = (f"Return-Path: <{sender}>\nX-Original-To: {original}\nDelivered-To: {final}\n")
-    return make_from_line(sender, int(when)) + to_stored(top.encode("utf-8", "replace") + data) + b"\n"
+    return (
+        make_from_line(sender, int(when)) + to_stored(top.encode("utf-8", "replace") + data) + b"\n"
+    )
 
 
 def deliver_file(target: File, entry: bytes, time_limit: float = FILE_TIME_LIMIT) -> str:
@@ -484,7 +487,7 @@ def _read_report(fd: int, time_limit: float) -> tuple[str, bool]:
     """What the child wrote until it closed the pipe (by exiting); True when it took longer
     than ``time_limit``."""
     deadline = time.monotonic() + time_limit
-    chunks = []
+    chunks: list[bytes] = []
     try:
         while True:
             left = deadline - time.monotonic()

@@ -202,7 +202,7 @@ class Pickup:
                 remaining = yield self.submit(dropped)
             except defer.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 -- logged; the file stays for the next scan
+            except Exception:  # logged; the file stays for the next scan
                 log.failure("maildrop {id}: submission failed; kept for the next scan",
                             id=queue_id)
                 continue
@@ -243,7 +243,12 @@ def local_submitter(delivery: Any, maillog: Any, hostname: str, myorigin: str,
             [Recipient(qualify(rcpt, myorigin)) for rcpt in dropped.recipients],
             Client(PICKUP, uid=dropped.uid), arrival=dropped.arrival)
         d = pipeline.receive(envelope, dropped.data)
-        return d.addCallback(lambda results: [
-            rcpt for rcpt, r in zip(dropped.recipients, results) if r.status == DEFERRED])
+        return d.addCallback(
+            lambda results: [
+                rcpt
+                for rcpt, r in zip(dropped.recipients, results, strict=False)
+                if r.status == DEFERRED
+            ]
+        )
 
     return submit

@@ -19,6 +19,7 @@ Every event is a maillog line in Postfix's shape under the message's one queue i
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -115,10 +116,8 @@ class Queue:
                 env, _ = yield self.blocking(self.directory.load, queue_id)
             except (CorruptQueueFile, OSError) as e:
                 log.error("queue file {id} unreadable: {e}", id=queue_id, e=e)
-                try:
+                with contextlib.suppress(OSError):
                     yield self.blocking(self.directory.quarantine, queue_id)
-                except OSError:
-                    pass
                 continue
             self.envelopes[queue_id] = env
             self._active_line(env)
@@ -147,7 +146,7 @@ class Queue:
                 recipients.extend((yield self.local.classify(address)))
             except defer.CancelledError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any failure is reported as a result
+            except Exception as e:  # any failure is reported as a result
                 log.warn("notification to {a} dropped: {e}", a=address, e=e)
         if not recipients:
             return None
@@ -248,11 +247,11 @@ class Queue:
                          self.relay.deliver(hop, env, [r for _, r in items], data)))
         results = yield defer.DeferredList([d for _, d in jobs], consumeErrors=True)
         outcomes: dict[int, Outcome] = {}
-        for (indexes, _), (ok, result) in zip(jobs, results):
+        for (indexes, _), (ok, result) in zip(jobs, results, strict=True):
             if not ok:
                 log.failure("transport failed for {id}", result, id=queue_id)
                 result = [Outcome(451, "4.3.0", f"internal error: {result.value}")] * len(indexes)
-            outcomes.update(zip(indexes, result))
+            outcomes.update(zip(indexes, result, strict=False))
         yield self._settle(env, data, outcomes, start, remote={i for i, r in pending if not r.user})
 
     @defer.inlineCallbacks
@@ -284,7 +283,9 @@ class Queue:
             else:
                 deferred.append(entry)
         if gave_up:
-            self.maillog.write("qmgr", f"{env.queue_id}: from=<{env.sender}>, status=expired, returned to sender")
+            self.maillog.write(
+                "qmgr", f"{env.queue_id}: from=<{env.sender}>, status=expired, returned to sender"
+            )
         yield self.notify(env, data, "failed", failed, now)
         for kind in ("delivered", "relayed"):
             yield self.notify(env, data, kind, [e for k, e in succeeded if k == kind], now)
@@ -300,7 +301,9 @@ class Queue:
         warn = (self.settings.delay_warning and not env.warned
                 and now - env.arrival >= self.settings.delay_warning)
         if warn:
-            yield self.notify(env, data, "delayed", [e for e in deferred if e.recipient.wants("DELAY")], now)
+            yield self.notify(
+                env, data, "delayed", [e for e in deferred if e.recipient.wants("DELAY")], now
+            )
             env.warned = True
         env.attempts += 1
         env.next_attempt = now + self.backoff(env.attempts)
@@ -323,20 +326,30 @@ class Queue:
         self._cancel(queue_id)
 
     @defer.inlineCallbacks
-    def notify(self, env: Envelope, data: bytes, kind: str, entries: list[Entry], now: float) -> Any:
+    def notify(
+        self, env: Envelope, data: bytes, kind: str, entries: list[Entry], now: float
+    ) -> Any:
         """Queue a notification of ``kind`` (bounce.make_dsn) about ``entries`` to the sender;
         none for the null sender. Fires once it is on disk."""
         if not entries:
             return
         if env.sender == "":
             if kind == "failed":
-                self.maillog.write("bounce", f"{env.queue_id}: undeliverable notification for the null sender discarded")
+                self.maillog.write(
+                    "bounce",
+                    f"{env.queue_id}: undeliverable notification for the null sender discarded",
+                )
             return
-        message = make_dsn(kind, env, entries, data, self.settings.hostname, now, self.settings.lifetime)
+        message = make_dsn(
+            kind, env, entries, data, self.settings.hostname, now, self.settings.lifetime
+        )
         notice = yield self.submit("", [env.sender], message, smtputf8=env.smtputf8)
-        what = {"failed": "sender non-delivery notification", "delayed": "sender delay notification",
-                "delivered": "sender delivery status notification",
-                "relayed": "sender delivery status notification"}[kind]
+        what = {
+            "failed": "sender non-delivery notification",
+            "delayed": "sender delay notification",
+            "delivered": "sender delivery status notification",
+            "relayed": "sender delivery status notification",
+        }[kind]
         if notice is not None:
             self.maillog.write("bounce", f"{env.queue_id}: {what}: {notice.queue_id}")
 
@@ -345,7 +358,9 @@ class Queue:
         orig = ""
         if r.orcpt and r.orcpt.lower() != f"rfc822;{r.address}".lower():
             orig = f", orig_to=<{r.orcpt.partition(';')[2]}>"
-        delays = "/".join(format_delay(x) for x in (max(0.0, start - env.arrival), 0, 0, now - start))
+        delays = "/".join(
+            format_delay(x) for x in (max(0.0, start - env.arrival), 0, 0, now - start)
+        )
         status = o.status
         self.maillog.write(
             "smtp",

@@ -24,6 +24,7 @@ commands (``sendmail``) may call them directly, with or without a running daemon
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -123,10 +124,8 @@ class QueueDirectory:
         for d in (self.directory, self.tmp, self.active):
             os.makedirs(d, mode=0o700, exist_ok=True)
         for name in os.listdir(self.tmp):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.tmp, name))
-            except FileNotFoundError:
-                pass
 
     def path(self, queue_id: str) -> str:
         if not queue_id.isalnum():
@@ -154,10 +153,8 @@ class QueueDirectory:
             os.close(fd)
 
     def remove(self, queue_id: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path(queue_id))
-        except FileNotFoundError:
-            pass
 
     def ids(self) -> list[str]:
         """The committed queue ids, oldest file first."""

@@ -17,6 +17,7 @@ dot at a chunk boundary, TWISTED.md), QUIT.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,10 +100,8 @@ class ClientProtocol(protocol.Protocol):
         self._timer: Any = None
 
     def connectionMade(self) -> None:
-        try:
+        with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
         self.connected_d.callback(None)
 
     def dataReceived(self, data: bytes) -> None:
@@ -194,7 +193,9 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
     """One SMTP session on a connected ``client``; fills ``tx.results`` or raises SessionFailed."""
     code, text = yield client.reply()
     if code != 220:
-        raise SessionFailed(code, reply_dsn(code, text), f"host {relay} refused to talk to me: {code} {text}")
+        raise SessionFailed(
+            code, reply_dsn(code, text), f"host {relay} refused to talk to me: {code} {text}"
+        )
     keywords = yield _hello(client, params)
     keywords, tls = yield _starttls(client, params, keywords, relay)
     if params.credentials is not None and "AUTH" in keywords:
@@ -211,7 +212,12 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
     code, text = yield client.reply()
     if code >= 400:
         for i, _ in enumerate(tx.recipients):
-            tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to MAIL FROM command)", relay)
+            tx.results[i] = Outcome(
+                code,
+                reply_dsn(code, text),
+                f"host {relay} said: {code} {text} (in reply to MAIL FROM command)",
+                relay,
+            )
         client.send("QUIT")
         return tx
     accepted = yield _recipients(client, tx, dsn, relay)
@@ -235,7 +241,9 @@ def _starttls(client: ClientProtocol, params: SessionParams, keywords: dict[str,
             tls = True
             keywords = yield _hello(client, params)
         elif params.tls_level == "encrypt":
-            raise SessionFailed(code, "4.7.5", f"TLS is required, but host {relay} refused STARTTLS: {code} {text}")
+            raise SessionFailed(
+                code, "4.7.5", f"TLS is required, but host {relay} refused STARTTLS: {code} {text}"
+            )
     elif params.tls_level == "encrypt":
         raise SessionFailed(450, "4.7.4", f"TLS is required, but was not offered by host {relay}")
     return keywords, tls
@@ -252,7 +260,12 @@ def _authenticate(client: ClientProtocol, credentials: tuple[str, str], tls: boo
     client.send(f"AUTH PLAIN {token}")
     code, text = yield client.reply()
     if code != 235:
-        raise SessionFailed(code, reply_dsn(code, text), f"SASL authentication failed; server {relay} said: {code} {text}", next_host=code < 500)
+        raise SessionFailed(
+            code,
+            reply_dsn(code, text),
+            f"SASL authentication failed; server {relay} said: {code} {text}",
+            next_host=code < 500,
+        )
 
 
 def _refused_before_mail(tx: Transaction, keywords: dict[str, str],
@@ -260,8 +273,17 @@ def _refused_before_mail(tx: Transaction, keywords: dict[str, str],
     """(code, dsn, text) for every recipient when the server cannot take this message at all
     (over its SIZE, or SMTPUTF8 needed and not offered), else None."""
     env, data = tx.envelope, tx.data
-    if "SIZE" in keywords and keywords["SIZE"].isdigit() and int(keywords["SIZE"]) and len(data) > int(keywords["SIZE"]):
-        return 552, "5.3.4", f"message size {len(data)} exceeds size limit {keywords['SIZE']} of server {relay}"
+    if (
+        "SIZE" in keywords
+        and keywords["SIZE"].isdigit()
+        and int(keywords["SIZE"])
+        and len(data) > int(keywords["SIZE"])
+    ):
+        return (
+            552,
+            "5.3.4",
+            f"message size {len(data)} exceeds size limit {keywords['SIZE']} of server {relay}",
+        )
     needs_utf8 = env.smtputf8 and not all(
         x.isascii() for x in [env.sender, *[r.address for r in tx.recipients]])
     if needs_utf8 and "SMTPUTF8" not in keywords:
@@ -300,7 +322,12 @@ def _recipients(client: ClientProtocol, tx: Transaction, dsn: bool, relay: str) 
         client.send(rcpt)
         code, text = yield client.reply()
         if code >= 400:
-            tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to RCPT TO command)", relay)
+            tx.results[i] = Outcome(
+                code,
+                reply_dsn(code, text),
+                f"host {relay} said: {code} {text} (in reply to RCPT TO command)",
+                relay,
+            )
         else:
             accepted.append(i)
     return accepted
@@ -314,7 +341,12 @@ def _send_data(client: ClientProtocol, tx: Transaction, accepted: list[int], dsn
     code, text = yield client.reply()
     if code != 354:
         for i in accepted:
-            tx.results[i] = Outcome(code if code >= 400 else 451, reply_dsn(code, text), f"host {relay} said: {code} {text} (in reply to DATA command)", relay)
+            tx.results[i] = Outcome(
+                code if code >= 400 else 451,
+                reply_dsn(code, text),
+                f"host {relay} said: {code} {text} (in reply to DATA command)",
+                relay,
+            )
         return
     client.transport.write(to_wire(tx.data))
     code, text = yield client.reply(DATA_DONE_TIMEOUT)
@@ -323,7 +355,12 @@ def _send_data(client: ClientProtocol, tx: Transaction, accepted: list[int], dsn
         if code < 400:
             tx.results[i] = Outcome(code, reply_dsn(code, text), detail, relay, remote_dsn=dsn)
         else:
-            tx.results[i] = Outcome(code, reply_dsn(code, text), f"host {relay} said: {detail} (in reply to end of DATA command)", relay)
+            tx.results[i] = Outcome(
+                code,
+                reply_dsn(code, text),
+                f"host {relay} said: {detail} (in reply to end of DATA command)",
+                relay,
+            )
 
 
 @defer.inlineCallbacks
@@ -432,7 +469,9 @@ class Relay:
         return None
 
     @defer.inlineCallbacks
-    def deliver(self, hop: str, envelope: Envelope, recipients: list[QueuedRecipient], data: bytes) -> Any:
+    def deliver(
+        self, hop: str, envelope: Envelope, recipients: list[QueuedRecipient], data: bytes
+    ) -> Any:
         """Deferred list of Outcome, one per recipient, in order. Never errbacks."""
         try:
             hosts, port = yield self.hosts(hop)
@@ -441,7 +480,7 @@ class Relay:
             return [Outcome(code, e.dsn, e.text) for _ in recipients]
         except defer.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - a resolver failure we did not foresee: retry later
+        except Exception as e:  # a resolver failure we did not foresee: retry later
             log.failure("MX lookup for {hop} failed", Failure(), hop=hop)
             return [Outcome(451, "4.4.3", f"MX lookup for {hop} failed: {e}") for _ in recipients]
         tried = 0
@@ -456,11 +495,15 @@ class Relay:
                     client = yield self.connect(ip, port)
                 except defer.CancelledError:
                     raise
-                except Exception as e:  # noqa: BLE001 - any failure is reported as a result
+                except Exception as e:  # any failure is reported as a result
                     last = Outcome(451, "4.4.1", f"connect to {relay}: {_reason(e)}", relay)
                     continue
-                params = SessionParams(self.helo_name, self.tls_level,
-                                       self._credentials(hop, mail_host.name, port), self.tls_options)
+                params = SessionParams(
+                    self.helo_name,
+                    self.tls_level,
+                    self._credentials(hop, mail_host.name, port),
+                    self.tls_options,
+                )
                 tx = Transaction(envelope, recipients, data)
                 try:
                     yield run_session(client, params, tx, relay)
@@ -473,10 +516,12 @@ class Relay:
                     return [last for _ in recipients]
                 except defer.CancelledError:
                     raise
-                except Exception as e:  # noqa: BLE001 - any failure is reported as a result
+                except Exception as e:  # any failure is reported as a result
                     if tx.results and len(tx.results) == len(recipients):
                         return [tx.results[i] for i in range(len(recipients))]
-                    last = Outcome(451, "4.4.2", f"lost connection with {relay}: {_reason(e)}", relay)
+                    last = Outcome(
+                        451, "4.4.2", f"lost connection with {relay}: {_reason(e)}", relay
+                    )
                     _quit(client)
                     if tx.started:  # the transaction had begun: never resend to another host now
                         return [tx.results.get(i, last) for i in range(len(recipients))]
@@ -485,8 +530,15 @@ class Relay:
                 return [tx.results[i] for i in range(len(recipients))]
         if last.code >= 500 and last.dsn.startswith("5"):
             return [last for _ in recipients]
-        return [Outcome(min(last.code, 499) if last.code >= 400 else 451, "4" + last.dsn[1:], last.text, last.relay)
-                for _ in recipients]
+        return [
+            Outcome(
+                min(last.code, 499) if last.code >= 400 else 451,
+                "4" + last.dsn[1:],
+                last.text,
+                last.relay,
+            )
+            for _ in recipients
+        ]
 
 
 def _quit(client: ClientProtocol) -> None:

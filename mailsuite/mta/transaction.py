@@ -153,7 +153,7 @@ class Message:
 #: work goes through mailsuite.threads, or a Deferred). It may change the Message (headers,
 #: recipients) and returns None (or a Deferred of None) to go on, or a Verdict that ends the
 #: pipeline: the later stages and the routing do not run, every recipient gets the verdict.
-Stage = Callable[[Message], "Verdict | None | defer.Deferred[Verdict | None]"]
+Stage = Callable[[Message], "Verdict | defer.Deferred[Verdict | None] | None"]
 
 
 class Pipeline:
@@ -223,7 +223,7 @@ def _in_given_order(results: list[Result], routed: list[Recipient],
                     given: list[Recipient]) -> list[Result]:
     """Results for the recipients the door gave, in its order (those a stage removed:
     discarded), then those for the recipients the stages added."""
-    by_recipient = {id(r): result for r, result in zip(routed, results)}
+    by_recipient = {id(r): result for r, result in zip(routed, results, strict=False)}
     out = [by_recipient.pop(id(r), Result(DISCARDED, text="removed by a stage")) for r in given]
     return out + [by_recipient[id(r)] for r in routed if id(r) in by_recipient]
 
@@ -309,7 +309,9 @@ class _Together:
             return (copies or others)[0].addCallback(self._queue_rest)
         done = defer.gatherResults(copies + others, consumeErrors=True)
         done.addCallback(self._queue_rest)
-        done.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        done.addErrback(
+            lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f
+        )
         return done
 
     def _queue(self, i: int, recipient: queuefile.QueuedRecipient) -> None:
@@ -474,7 +476,7 @@ class _Alone:
             raise
         except smtp.SMTPServerError as e:
             return self._refused(e, address)
-        except Exception:  # noqa: BLE001 -- the recipient's own Result, never the others'
+        except Exception:  # the recipient's own Result, never the others'
             return self._failed(Failure(), address)
         return Result(DELIVERED)
 
@@ -517,7 +519,7 @@ class _Alone:
     def return_refused(self, results: list[Result]) -> Any:
         """Bounce the refused recipients in one report (bounce(8)); if it cannot be written,
         they are deferred, to be refused (and bounced) again next time."""
-        refused = [(rcpt, r) for rcpt, r in zip(self.envelope.recipients, results)
+        refused = [(rcpt, r) for rcpt, r in zip(self.envelope.recipients, results, strict=False)
                    if r.status == REFUSED]
         if not refused:
             return results
@@ -535,7 +537,7 @@ class _Alone:
             yield queue.notify(report, self.data, "failed", entries, self.pipeline.now())
         except defer.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 -- the recipients stay, and are tried again
+        except Exception:  # the recipients stay, and are tried again
             log.failure("maildrop {id}: cannot queue the bounce", id=env.queue_id)
             return [Result(DEFERRED, 451, "4.3.0", "cannot queue the bounce")
                     if r.status == REFUSED else r for r in results]

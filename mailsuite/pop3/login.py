@@ -64,10 +64,12 @@ class Pop3Login(sasl.Conversation):
             caps.append(b"STLS")
         if self.plaintext_ok():
             caps += [b"USER", b"SASL " + b" ".join(sasl.MECHANISMS)]
-        return caps + [b"IMPLEMENTATION mailsuite"]
+        return [*caps, b"IMPLEMENTATION mailsuite"]
 
     def do_CAPA(self, *_: bytes) -> None:
-        self.transport.write(b"".join(c + b"\r\n" for c in [b"+OK", *self.listCapabilities(), b"."]))
+        self.transport.write(
+            b"".join(c + b"\r\n" for c in [b"+OK", *self.listCapabilities(), b"."])
+        )
 
     # -- STLS --
 

@@ -15,6 +15,7 @@ class only contributes its line handling and timeout mixin.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from twisted.internet import defer, interfaces, protocol
@@ -120,10 +121,8 @@ class POP3Server(Pop3Login, pop3.POP3):
         self._stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0, "del": 0}
         self.rip = host_of(self.transport.getPeer())
         self.lip = host_of(self.transport.getHost())
-        try:
+        with contextlib.suppress(AttributeError, NotImplementedError):
             self.transport.setTcpNoDelay(True)
-        except (AttributeError, NotImplementedError):
-            pass
         self.reply(b"+OK mailsuite ready.")
         self.setTimeout(self.timeOut)
 
@@ -185,7 +184,7 @@ class POP3Server(Pop3Login, pop3.POP3):
     def _run(self, line: bytes) -> None:
         try:
             result = self.dispatch(line)
-        except Exception:  # noqa: BLE001 - one bad command must not end the session
+        except Exception:  # one bad command must not end the session
             log.failure("POP3 command failed")
             result = None
             self.reply(b"-ERR [SYS/TEMP] Internal error occurred.")
@@ -260,7 +259,7 @@ class POP3Server(Pop3Login, pop3.POP3):
             return
         live = self._live()
         lines = [b"+OK %d messages:" % len(live)] + [b"%d %d" % (n + 1, s) for n, s in live]
-        self.transport.write(b"".join(x + b"\r\n" for x in lines + [b"."]))
+        self.transport.write(b"".join(x + b"\r\n" for x in [*lines, b"."]))
 
     def do_UIDL(self, *args: bytes) -> None:
         if not self._arity(args, 0, 1):
@@ -385,7 +384,9 @@ class POP3Server(Pop3Login, pop3.POP3):
                         f"user=<{self._login_user}>, method={self._login_method}")
             else:
                 what = f"no auth attempts in {secs} secs): user=<>"
-            self.maillog.write("pop3-login", f"Disconnected ({what}, rip={self.rip}, lip={self.lip}")
+            self.maillog.write(
+                "pop3-login", f"Disconnected ({what}, rip={self.rip}, lip={self.lip}"
+            )
             return
         s, mbox = self._stats, self.mbox
         size = sum(mbox.sizes)

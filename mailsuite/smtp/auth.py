@@ -1,4 +1,5 @@
-"""SMTP STARTTLS, AUTH PLAIN/LOGIN and the submission rules, shaped like Postfix smtpd + Dovecot SASL.
+"""SMTP STARTTLS, AUTH PLAIN/LOGIN and the submission rules, shaped like Postfix smtpd +
+Dovecot SASL.
 
 A mixin of ``mailsuite.smtp.server.SMTPServer``. The factory says which service a session is:
 
@@ -193,7 +194,8 @@ class SmtpAuth(sasl.Conversation):
         """The part Postfix adds to the ``client=`` line of an authenticated session."""
         if self.auth_user is None:
             return ""
-        return f", sasl_method={self.auth_method}, sasl_username={sasl.printable(self.auth_user.encode())}"
+        user = sasl.printable(self.auth_user.encode())
+        return f", sasl_method={self.auth_method}, sasl_username={user}"
 
     def with_protocol(self, proto: str) -> str:
         """Received: ``with`` ESMTP, ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both), as Postfix."""

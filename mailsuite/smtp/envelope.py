@@ -109,7 +109,7 @@ class SmtpEnvelope:
         if self._avatar is not None:  # no Deferred when the avatar answers at once
             try:
                 origin = self._avatar.validateFrom(self._helo_tuple(), _Path(path))
-            except Exception:  # noqa: BLE001 - as an errback of the Deferred path would
+            except Exception:  # as an errback of the Deferred path would
                 self._server_error(Failure(), "MAIL")
                 return None
             if not isinstance(origin, defer.Deferred):
@@ -207,7 +207,7 @@ class SmtpEnvelope:
         if now is not None:  # a busy MX: cached look-ups answer without a Deferred
             try:
                 recipient = now(user)
-            except Exception:  # noqa: BLE001 - as an errback of the Deferred path would
+            except Exception:  # as an errback of the Deferred path would
                 self._rcpt_refused(Failure(), path)
                 return None
             if recipient is not None:

@@ -18,6 +18,7 @@ from collections import deque
 from typing import Any
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.basic import LineOnlyReceiver
@@ -32,6 +33,7 @@ _PATH = re.compile(r"^(?:FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$", re.IGNORECASE)
 
 
 class LMTPServer(LineOnlyReceiver):
+    transport: ITransport  # set by makeConnection before connectionMade
     delimiter = b"\r\n"
     MAX_LENGTH = 65536
 
@@ -220,7 +222,7 @@ class LMTPServer(LineOnlyReceiver):
                             [Recipient(address, route=found) for address, found in recipients],
                             client)
         results = yield self.factory.pipeline.receive(envelope, b"\n".join(lines) + b"\n")
-        for (address, _), result in zip(recipients, results):
+        for (address, _), result in zip(recipients, results, strict=False):
             if result.accepted:
                 self.reply(250, f"2.0.0 <{address}> Ok: delivered as {queue_id}")
             else:

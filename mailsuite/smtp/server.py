@@ -20,6 +20,7 @@ TWISTED.md:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from collections.abc import Callable
@@ -217,10 +218,8 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
 
     def connectionMade(self) -> None:
         self._connected = True
-        try:
+        with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
-        except (AttributeError, OSError):
-            pass
         self.client_ip = host_of(self.transport.getPeer())
         self.setTimeout(self.timeout)
         self._busy = True  # input before the greeting waits, as Postfix's pre-greet buffer

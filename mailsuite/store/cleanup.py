@@ -13,6 +13,7 @@ Blocking (a listing of the spool directory): run it in a thread.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +63,7 @@ def clean_spool(
     now: Callable[[], float] | None = None,
 ) -> list[str]:
     """Remove the stale dotlocks and rewrite leftovers in ``directory``; the paths removed."""
-    kwargs = {} if now is None else {"now": now}
+    clock = time.time if now is None else now
     try:
         names = os.listdir(directory)
     except OSError as e:
@@ -71,7 +72,7 @@ def clean_spool(
     removed = []
     for name in sorted(names):
         path = os.path.join(directory, name)
-        if name.endswith(".lock") and locking.stale_dotlock(path, stale_after, **kwargs):
+        if name.endswith(".lock") and locking.stale_dotlock(path, stale_after, clock):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -81,7 +82,7 @@ def clean_spool(
         elif name.startswith(".") and name.endswith(REWRITE_SUFFIX):
             mbox = os.path.join(directory, name[1 : -len(REWRITE_SUFFIX)])
             lock = mbox + ".lock"
-            if not locking.try_dotlock(lock, stale_after, **kwargs):
+            if not locking.try_dotlock(lock, stale_after, clock):
                 continue  # a rewrite is running: it removes its own file
             try:
                 if remove_rewrite_leftover(mbox):

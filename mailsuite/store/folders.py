@@ -38,7 +38,7 @@ DEFAULT_SPECIALS = {"Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", 
 
 @functools.cache
 def _codec() -> str:
-    import twisted.mail.imap4  # noqa: F401  (registers the codec; imported only when needed)
+    import twisted.mail.imap4  # noqa: F401 - registers the codec; imported only when needed
 
     return "imap4-utf-7"
 

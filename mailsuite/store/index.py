@@ -22,6 +22,7 @@ parsed from the tail of a file that only grew.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -250,7 +251,7 @@ def from_dovecot(
     keywords come from the Status / X-Status / X-Keywords headers."""
     entries: list[Entry] = []
     uid_next, last = last_uid + 1, 0
-    for p, given in zip(parsed, x_uids):
+    for p, given in zip(parsed, x_uids, strict=True):
         if given is not None and last < given <= last_uid:
             uid = given
         else:
@@ -482,10 +483,8 @@ def write_index(
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
 
     def commit(_: int) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
-        except FileNotFoundError:
-            pass
         fsync_parent(path, dir_fd)  # the new index and the journal's removal
 
     atomic_write(path, dump(index), dir_fd=dir_fd, owner=owner, sync=commit)

@@ -30,7 +30,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from mailsuite.store.interfaces import StoreError
@@ -181,10 +181,8 @@ def try_dotlock(
                 continue  # released meanwhile: try again at once
             if not stale_dotlock(lock_path, stale_after, now, dir_fd):
                 return False
-            try:
+            with suppress(FileNotFoundError):
                 os.unlink(lock_path, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
             continue
         except OSError as e:
             raise StoreError(f"cannot create dotlock {lock_path}: {e.strerror}") from e
@@ -201,10 +199,8 @@ def try_dotlock(
 
 def release_dotlock(lock_path: str, dir_fd: int | None = None) -> None:
     key = _held_key(lock_path, dir_fd)
-    try:
+    with suppress(FileNotFoundError):
         os.unlink(lock_path, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
     with _held_guard:
         _held.discard(key)  # after the unlink: see stale_dotlock
 
@@ -223,10 +219,8 @@ class HeldLock:
 
     def touch(self) -> None:
         """Keep the dotlock from looking stale during a long rewrite."""
-        try:
+        with suppress(OSError):
             os.utime(self.lock_path, dir_fd=self.dir_fd, follow_symlinks=False)
-        except OSError:
-            pass
 
 
 def _same_file(fd: int, path: str, dir_fd: int | None = None) -> bool:

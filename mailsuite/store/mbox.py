@@ -187,7 +187,9 @@ class MboxStore:
             raise
         return box
 
-    def deliver_many(self, account: Account, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
+    def deliver_many(
+        self, account: Account, items: list[tuple[bytes, str]]
+    ) -> defer.Deferred[None]:
         """Deliver several ``(data, sender)`` to one INBOX with one lock and one fsync (group
         commit, mta/delivery.py); through the open INBOX when a session has it."""
         box = self._boxes.get((account.name, INBOX))
@@ -427,7 +429,7 @@ class MboxStore:
         def work() -> None:
             v2, subscribed = tree.read_subscriptions()
             if on and name not in subscribed:
-                tree.write_subscriptions(v2, subscribed + [name])
+                tree.write_subscriptions(v2, [*subscribed, name])
             elif not on and name in subscribed:
                 tree.write_subscriptions(v2, [s for s in subscribed if s != name])
 

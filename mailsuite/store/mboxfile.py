@@ -19,7 +19,7 @@ import stat
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from operator import attrgetter
 
@@ -364,7 +364,7 @@ class MboxFile(IndexKeeper):
             first = added[-1].uid + 1 if added else state.uid_next
             uids = list(range(first, first + len(spans)))
             mine = []
-            for uid, (base, start, body, blob) in zip(uids, spans):
+            for uid, (base, start, body, blob) in zip(uids, spans, strict=True):
                 p = describe(blob, start, body, len(blob) - 1, date, base=base)
                 mine.append(ix.entry_from(p, uid, ix.clean_flags(flags), date, tz))
             whole = added is None and before is not None and state.entries != before.entries
@@ -479,10 +479,8 @@ class MboxFile(IndexKeeper):
             raise StoreError(f"{self.path} changed while locked")
         name = self.place.name
         tmp = f".{name}{cleanup.REWRITE_SUFFIX}"
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)  # left by a crash
-        except FileNotFoundError:
-            pass
         out = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -590,7 +588,11 @@ def verified(e: ix.Entry, buf: bytes | bytearray, headers_only: bool = False) ->
     body_off = e.body_off - e.offset  # the From line's length, as the index knows it
     # a From line as long as the index says (its date is not parsed again: the fingerprint
     # of the header below would not match another message's)
-    if len(buf) != stop - e.offset or not buf.startswith(b"From ") or buf.find(b"\n", 0, body_off) != body_off - 1:
+    if (
+        len(buf) != stop - e.offset
+        or not buf.startswith(b"From ")
+        or buf.find(b"\n", 0, body_off) != body_off - 1
+    ):
         return None
     header = bytes(buf[body_off : e.hdr_end - e.offset])
     if fingerprint(header, e.end - e.hdr_end) != e.fingerprint:

@@ -72,7 +72,7 @@ class Parsed:
 @functools.lru_cache(maxsize=4096)
 def _local_hour(ymdh: tuple[int, int, int, int]) -> int:
     """Epoch of the start of a local hour (mktime is slow; mail comes in bursts)."""
-    return int(time.mktime(ymdh + (0, 0, 0, 0, -1)))
+    return int(time.mktime((*ymdh, 0, 0, 0, 0, -1)))
 
 
 def from_line_date(line: bytes) -> int | None:
@@ -104,7 +104,7 @@ def from_line_date(line: bytes) -> int | None:
             if zone is None:
                 return _local_hour(fields[:4]) + fields[4] * 60 + fields[5]
             off = (int(zone[1:3]) * 60 + int(zone[3:5])) * 60
-            return calendar.timegm(fields + (0, 0, 0)) - (off if zone[:1] == b"+" else -off)
+            return calendar.timegm((*fields, 0, 0, 0)) - (off if zone[:1] == b"+" else -off)
         except (OverflowError, ValueError):
             return None
     return None
@@ -183,7 +183,7 @@ def header_flags(header: bytes) -> tuple[frozenset[str], str]:
             flags.update(k for k in re.split(r"[\s,]+", text) if k and not k.startswith("\\"))
     if not raw:
         return frozenset(), "00000000"
-    return frozenset(flags), "%08x" % zlib.crc32(b"\n".join(sorted(raw)))
+    return frozenset(flags), format(zlib.crc32(b"\n".join(sorted(raw))), "08x")
 
 
 _IMAPBASE = re.compile(rb"\nx-imapbase[ \t]*:[ \t]*(\d{1,10})[ \t]+(\d{1,10})([^\n]*)", re.I)
@@ -237,7 +237,7 @@ def _next_separator(buf: Buffer, pos: int, stop: int) -> tuple[int, int, int | N
     if pos == 0 and buf[0:5] == b"From ":
         found = separator_at(buf, 0, stop)
         if found:
-            return (0,) + found
+            return (0, *found)
     search = max(pos - 2, 0)
     while True:
         i = buf.find(b"\n\nFrom ", search, stop)
@@ -245,7 +245,7 @@ def _next_separator(buf: Buffer, pos: int, stop: int) -> tuple[int, int, int | N
             return None
         found = separator_at(buf, i + 2, stop)
         if found:
-            return (i + 2,) + found
+            return (i + 2, *found)
         search = i + 1
 
 
@@ -268,7 +268,7 @@ def parse(
     """
     if first_is_separator:
         line = separator_at(buf, start, stop)
-        sep = (start,) + line if line else None
+        sep = (start, *line) if line else None
     else:
         sep = _next_separator(buf, start, stop)
     out = []

@@ -284,7 +284,12 @@ class MboxMailbox:
         describes (same inode), checked as the threaded read checks it. None: use the thread."""
         reader, state = self._reader, self._state
         length = entry.end - entry.offset
-        if reader is None or state is None or reader[1] != state.stamp.ino or length > FAST_READ_MAX:
+        if (
+            reader is None
+            or state is None
+            or reader[1] != state.stamp.ino
+            or length > FAST_READ_MAX
+        ):
             return None
         if not _RWF_NOWAIT:  # no way to read without blocking
             return None
@@ -413,7 +418,7 @@ class MboxMailbox:
             # Another program put a new file in its place: the expunge is done as far as this
             # state goes (they leave it); what the new file has is found by the refresh, and a
             # message it still holds comes back as a new message, with a new UID.
-            log.warn(  # noqa: G010 - twisted.logger.Logger has warn, not warning
+            log.warn(  # twisted.logger.Logger has warn, not warning
                 "{path} was replaced during its compaction: reading it again",
                 path=self._file.path,
             )

@@ -284,7 +284,7 @@ class FolderTree:
         moved = {}
         with ExitStack() as stack:
             d = stack.enter_context(self._open_root(create=True))
-            for parent, level in zip(folders.parents(name), self._levels(name)):
+            for parent, level in zip(folders.parents(name), self._levels(name), strict=False):
                 found = d.kind(level)
                 if found is None and self._recover(d, level):
                     found = d.kind(level)
@@ -336,7 +336,7 @@ class FolderTree:
                     sd.rename(src[-1], dd, dst[-1])  # the dotlock goes along (held by fd)
             dd.fsync()
             sd.fsync()
-        self._rename_index([".imap"] + src, [".imap"] + dst)
+        self._rename_index([".imap", *src], [".imap", *dst])
         return moved
 
     def _rename_index(self, src: list[str], dst: list[str]) -> None:
@@ -375,9 +375,8 @@ class FolderTree:
                 with self._locked(d, levels[-1]):
                     d.unlink(levels[-1])
             else:
-                with d.sub(levels[-1]) as folder:
-                    with self._locked(folder, MESSAGES_FILE):
-                        folder.unlink(MESSAGES_FILE)
+                with d.sub(levels[-1]) as folder, self._locked(folder, MESSAGES_FILE):
+                    folder.unlink(MESSAGES_FILE)
                 try:
                     d.rmdir(levels[-1])
                 except OSError as e:
@@ -386,7 +385,7 @@ class FolderTree:
                     path = self.folder_path(name)
                     raise StoreRefused(f"{path} holds files that are not folders") from e
             d.fsync()
-        index = [".imap"] + levels
+        index = [".imap", *levels]
         with self._holder(index) as d:
             if d is not None and d.kind(index[-1]) == "dir":
                 d.rmtree(index[-1])
@@ -419,7 +418,9 @@ class FolderTree:
             text = SEP.join(level.decode("utf-8", "replace") for level in raw)
             decoded = [folders.from_disk_level(level) for level in text.split(SEP)]
             names.append(
-                SEP.join(d if d is not None else t for d, t in zip(decoded, text.split(SEP)))
+                SEP.join(
+                    d if d is not None else t for d, t in zip(decoded, text.split(SEP), strict=True)
+                )
             )
         return v2, names
 

@@ -89,7 +89,7 @@ def adopt(d: Dir, value: int, owner: tuple[int, int] | None = None) -> bool:
         last, adopted = _read(d)
         if value in adopted:
             return False
-        _record(d, max(last, value), adopted + [value], owner)
+        _record(d, max(last, value), [*adopted, value], owner)
     return True
 
 
