@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -360,13 +360,8 @@ async def fetch_responses(
             header = split_message(raw)[0] if raw is not None else headers.get(uid, b"")
             if lost():
                 return missing
-            pieces: list[Piece] = [b"* %d FETCH (" % seq]
             wanted = with_flags if uid in seen_now and not plan.has_flags else items
-            for n, item in enumerate(wanted):
-                if n:
-                    pieces.append(b" ")
-                pieces += _fetch_item(view, uid, item, raw, header)
-            pieces.append(b")\r\n")
+            pieces = _response(view, seq, uid, wanted, raw, header)
             size = sum(p.size if isinstance(p, WireSlice) else len(p) for p in pieces)
             if stream is not None and size >= STREAM_MIN:
                 await stream(pieces)
@@ -377,3 +372,16 @@ async def fetch_responses(
                     )
                 )
     return missing
+
+
+def _response(
+    view: Any, seq: int, uid: int, wanted: Sequence[FetchItem], raw: bytes | None, header: bytes
+) -> list[Piece]:
+    """The pieces of one ``* n FETCH (...)`` line (slices of the stored message, unconverted)."""
+    pieces: list[Piece] = [b"* %d FETCH (" % seq]
+    for n, item in enumerate(wanted):
+        if n:
+            pieces.append(b" ")
+        pieces += _fetch_item(view, uid, item, raw, header)
+    pieces.append(b")\r\n")
+    return pieces

@@ -10,7 +10,8 @@ What is ours (and why, see ../shared/TWISTED.md):
   {N+}) before it is parsed, so any argument may be a literal (SEARCH, APPEND, LOGIN, CREATE);
 - strict command ordering: reading pauses while a command runs, so pipelined commands are
   answered in order (upstream #9282);
-- every command handler (``folders.FolderCommands``, ``selected.SelectedCommands`` and below);
+- every command handler (``general.GeneralCommands``, ``folders.FolderCommands``,
+  ``selected.SelectedCommands`` and below);
 - updates from other sessions, SMTP and POP3 (EXISTS / EXPUNGE / FETCH FLAGS) sent only where
   RFC 3501 7.4.1 allows: before the tagged reply of any command but FETCH, STORE and SEARCH
   (which get no EXPUNGE), and at once during IDLE;
@@ -36,12 +37,14 @@ from twisted.python.failure import Failure
 
 from mailsuite.config import Config
 from mailsuite.imap.folders import FolderCommands
+from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.parser import LITERAL_AT_END, Cursor, ParseError
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
+from mailsuite.imap.session import states
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.store.interfaces import (
     InvalidMailboxName,
@@ -67,16 +70,6 @@ IDLE_KEEPALIVE = 120.0  # OUTLOOK.md 17: at least every 2 minutes
 REFRESH_REUSE = 0.05
 
 
-def states(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Mark a ``cmd_*`` handler with the states it is allowed in."""
-
-    def mark(f: Callable[..., Any]) -> Callable[..., Any]:
-        f.imap_states = names  # type: ignore[attr-defined]
-        return f
-
-    return mark
-
-
 def _idle_tcp(t: Any) -> bool:
     """``t`` is a plain TCP connection (no TLS layer) with nothing queued: bytes sent straight
     to its socket keep their order. (Twisted's own buffer attributes; any other transport, or
@@ -95,7 +88,7 @@ def _idle_tcp(t: Any) -> bool:
 # ignore[misc]: Twisted's IMAP4Server declares ``_onLogout = None`` (so typed None) and then
 # assigns the realm's logout callable to it; ImapLogin types it as what it holds.
 class IMAPServer(  # type: ignore[misc]
-    ImapLogin, FolderCommands, SelectedCommands, imap4.IMAP4Server
+    ImapLogin, GeneralCommands, FolderCommands, SelectedCommands, imap4.IMAP4Server
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
     and tells the time; ``recent`` and ``idle_poller`` are shared by the sessions of a server
@@ -441,28 +434,7 @@ class IMAPServer(  # type: ignore[misc]
             for update in self.view.take_updates(allow_expunge=allow_expunge):
                 self.sendLine(b"* " + update)
 
-    # -- capabilities ---------------------------------------------------------------------------
-    def capabilities(self) -> dict[bytes, Any]:
-        """The login capabilities (``ImapLogin``: SASL-IR, STARTTLS, AUTH= or LOGINDISABLED, only
-        before login) and every extension the command handlers implement."""
-        caps: dict[bytes, Any] = self.login_capabilities()
-        for name in (b"LITERAL+", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-                     b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"XLIST"):
-            caps[name] = None
-        return caps
-
-    # -- any state -----------------------------------------------------------------------------
-    @states("unauth", "auth", "select")
-    def cmd_CAPABILITY(self, tag: bytes, args: Cursor) -> None:
-        args.end()
-        self.sendUntaggedResponse(b"CAPABILITY " + b" ".join(self.listCapabilities()))
-        self.sendPositiveResponse(
-            tag,
-            b"Pre-login capabilities listed, post-login capabilities have more."
-            if self.state == "unauth"
-            else b"Capability completed.",
-        )
-
+    # -- any state (CAPABILITY, ID, ENABLE, NAMESPACE: general.GeneralCommands) -----------------
     @states("unauth", "auth", "select")
     def cmd_LOGOUT(self, tag: bytes, args: Cursor) -> None:
         # nothing but the tagged OK may follow BYE: the mailbox is let go first, so no update
@@ -491,33 +463,6 @@ class IMAPServer(  # type: ignore[misc]
     @states("select")
     async def cmd_CHECK(self, tag: bytes, args: Cursor) -> None:
         await self.cmd_NOOP(tag, args)
-
-    @states("unauth", "auth", "select")
-    def cmd_ID(self, tag: bytes, args: Cursor) -> None:
-        args.sp()
-        if args.peek() == b"(":
-            args.paren_list()
-        else:
-            args.nstring()
-        args.end()
-        self.sendUntaggedResponse(b'ID ("name" "mailsuite" "vendor" "mailsuite")')
-        self.sendPositiveResponse(tag, b"ID completed.")
-
-    @states("auth", "select")
-    def cmd_ENABLE(self, tag: bytes, args: Cursor) -> None:
-        """RFC 5161. None of the extensions that can be enabled is offered (never UIDONLY)."""
-        args.sp()
-        while not args.at_end():
-            args.atom()
-            args.maybe_sp()
-        self.sendUntaggedResponse(b"ENABLED")
-        self.sendPositiveResponse(tag, b"Enabled.")
-
-    @states("auth", "select")
-    def cmd_NAMESPACE(self, tag: bytes, args: Cursor) -> None:
-        args.end()
-        self.sendUntaggedResponse(b'NAMESPACE (("" "/")) NIL NIL')
-        self.sendPositiveResponse(tag, b"Namespace completed.")
 
     # -- not authenticated (the commands are ImapLogin's) ----------------------------------------
     async def prepare_session(self, avatar: Any) -> None:

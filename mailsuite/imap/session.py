@@ -8,12 +8,23 @@ mixins are typed against this ``Session`` instead of against the server, so no m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from mailsuite.config import Config
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.maillog import MailLog
+
+
+def states(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark a ``cmd_*`` handler with the states it is allowed in."""
+
+    def mark(f: Callable[..., Any]) -> Callable[..., Any]:
+        f.imap_states = names  # type: ignore[attr-defined]
+        return f
+
+    return mark
 
 
 class Session(Protocol):
@@ -54,6 +65,8 @@ class Session(Protocol):
     def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None: ...
 
     def listCapabilities(self) -> list[bytes]: ...
+
+    def login_capabilities(self) -> dict[bytes, Any]: ...
 
     def _failed(self, failure: Any, tag: bytes) -> None: ...
 

@@ -498,15 +498,9 @@ class Relay:
                 except Exception as e:  # any failure is reported as a result
                     last = Outcome(451, "4.4.1", f"connect to {relay}: {_reason(e)}", relay)
                     continue
-                params = SessionParams(
-                    self.helo_name,
-                    self.tls_level,
-                    self._credentials(hop, mail_host.name, port),
-                    self.tls_options,
-                )
                 tx = Transaction(envelope, recipients, data)
                 try:
-                    yield run_session(client, params, tx, relay)
+                    yield run_session(client, self._params(hop, mail_host.name, port), tx, relay)
                 except SessionFailed as e:
                     code = e.code if e.code >= 400 else 451
                     last = Outcome(code, e.dsn, e.text, relay)
@@ -528,17 +522,21 @@ class Relay:
                     continue
                 client.transport.loseConnection()
                 return [tx.results[i] for i in range(len(recipients))]
-        if last.code >= 500 and last.dsn.startswith("5"):
-            return [last for _ in recipients]
-        return [
-            Outcome(
-                min(last.code, 499) if last.code >= 400 else 451,
-                "4" + last.dsn[1:],
-                last.text,
-                last.relay,
-            )
-            for _ in recipients
-        ]
+        return [_after_every_host(last) for _ in recipients]
+
+    def _params(self, hop: str, host: str, port: int) -> SessionParams:
+        return SessionParams(
+            self.helo_name, self.tls_level, self._credentials(hop, host, port), self.tls_options
+        )
+
+
+def _after_every_host(last: Outcome) -> Outcome:
+    """The outcome when no host took the message: ``last`` when it was a permanent refusal,
+    else the temporary failure it stands for."""
+    if last.code >= 500 and last.dsn.startswith("5"):
+        return last
+    code = min(last.code, 499) if last.code >= 400 else 451
+    return Outcome(code, "4" + last.dsn[1:], last.text, last.relay)
 
 
 def _quit(client: ClientProtocol) -> None:
