@@ -29,7 +29,6 @@ from mailsuite.accounts import Account
 from mailsuite.fsutil import write_all
 from mailsuite.store import cleanup
 from mailsuite.store import index as ix
-from mailsuite.store import uidvalidity
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, HeldLock, locked_mailbox
 from mailsuite.store.mboxformat import (
@@ -88,6 +87,9 @@ def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list
         out.extend(found[:-1])  # the last one may be cut off by the window: parse it again
         start, first_is_separator = found[-1].offset, True
     return out
+
+
+DOVECOT_PROBE = 64 * 1024  # read to see whether the first message has Dovecot's X-IMAPbase
 
 
 class MboxFile(IndexKeeper):
@@ -190,7 +192,10 @@ class MboxFile(IndexKeeper):
         first message, ``X-UID`` in each): its UIDVALIDITY, UIDs and flags kept, so clients
         do not resync after a switch from Dovecot. None if the file has no such state."""
         st = os.fstat(fd)
-        parsed = parse_file(fd, 0, st.st_size, False) if st.st_size else []
+        head = _pread_all(fd, min(st.st_size, DOVECOT_PROBE), 0)
+        if b"x-imapbase:" not in head.split(b"\n\n", 1)[0].lower():
+            return None  # not Dovecot's: the whole file is not parsed twice (cold SELECT)
+        parsed = parse_file(fd, 0, st.st_size, False)
         if not parsed:
             return None
 
@@ -201,14 +206,7 @@ class MboxFile(IndexKeeper):
         if base is None:
             return None
         validity, last_uid, _ = base
-        control = self._control_dir()
-        if control is None:  # no home: an index in memory would hand out its UIDs again
-            return None
-        with control:
-            adopted = uidvalidity.adopt(control, validity, self._owner())
-        if not adopted:
-            log.warn("{path}: X-IMAPbase {validity} was taken over before and its index is"
-                     " gone: a new UIDVALIDITY", path=self.path, validity=validity)
+        if not self._adopt_validity(validity):
             return None
         x_uids = [x_uid(header(p)) for p in parsed]
         state, changes = ix.from_dovecot(

@@ -97,6 +97,19 @@ class IndexKeeper:
         with control:
             return uidvalidity.allocate(control, self._now(), self._owner())
 
+    def _adopt_validity(self, validity: int) -> bool:
+        """Take ``validity`` (Dovecot's X-IMAPbase) over for this mailbox, once (``uidvalidity``);
+        never for an account with no home: its index in memory would hand out the UIDs again."""
+        control = self._control_dir()
+        if control is None:
+            return False
+        with control:
+            adopted = uidvalidity.adopt(control, validity, self._owner())
+        if not adopted:
+            log.warn("{path}: X-IMAPbase {validity} was taken over before and its index is"
+                     " gone: a new UIDVALIDITY", path=self.path, validity=validity)
+        return adopted
+
     def _save(self, index: ix.Index) -> None:
         d = self._index_dir(create=True)
         if d is None:  # no home: the index lives in memory only
