@@ -273,6 +273,23 @@ class SpoolFileTests(OtherUsersCase):
         self.assertEqual(read(self.alice_inbox), self.alice_mbox)
 
     @defer.inlineCallbacks
+    def test_swapped_after_a_delivery(self):
+        """The store keeps one INBOX file object per account it delivers to; a spool file
+        swapped for a symlink after a delivery is still refused at the next one (the path is
+        walked again at every append, nothing resolved is kept)."""
+        store = self.make_store()
+        yield store.deliver_many(self.account, [(MSG1, "a@example.test")])
+        os.unlink(self.path)
+        os.symlink(self.alice_inbox, self.path)
+        for deliver in (
+            lambda: store.deliver_many(self.account, [(MSG2, "a@example.test")]),
+            lambda: store.deliver(self.account, MSG2, "a@example.test"),
+        ):
+            e = yield self.refused(deliver(), StoreRefused)
+            self.assertIn("symbolic link", str(e))
+        self.assertEqual(read(self.alice_inbox), self.alice_mbox)
+
+    @defer.inlineCallbacks
     def test_own_file_and_new_file(self):
         """The recipient's own file, or none yet (made for him, group mail, 0600): delivered."""
         store = self.make_store()

@@ -103,6 +103,9 @@ class MboxStore:
         self._idle: OrderedDict[tuple[str, str], MboxMailbox] = OrderedDict()
         self.idle_budget = IDLE_BUDGET
         self._folder_locks: dict[str, defer.DeferredLock] = {}
+        #: The INBOX MboxFile of each account delivered to: made once, not per message (its
+        #: paths are names below trusted directories, walked again at every append: safepath)
+        self._delivery_files: dict[Account, MboxFile] = {}
 
     def settle(self) -> defer.Deferred[None]:
         """Fires when every operation queued on a mailbox so far is done (the compactions of
@@ -197,8 +200,16 @@ class MboxStore:
         if box is not None:
             d = box._run(box._file.append_many, list(items), date)
         else:
-            d = self.blocking(self._file(account).append_many, None, list(items), date)
+            d = self.blocking(self._delivery_file(account).append_many, None, list(items), date)
         return d.addCallback(lambda _: None)
+
+    def _delivery_file(self, account: Account) -> MboxFile:
+        mfile = self._delivery_files.get(account)
+        if mfile is None:
+            if len(self._delivery_files) > 10000:
+                self._delivery_files.clear()
+            mfile = self._delivery_files[account] = self._file(account)
+        return mfile
 
     def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         box = self._boxes.get((account.name, INBOX))
@@ -206,7 +217,8 @@ class MboxStore:
             d = box._append(data, sender, frozenset(), None)
         else:
             date = int(self.now().timestamp())
-            d = self.blocking(self._file(account).append, None, data, sender, frozenset(), date)
+            mfile = self._delivery_file(account)
+            d = self.blocking(mfile.append, None, data, sender, frozenset(), date)
         return d.addCallback(lambda _: None)
 
     # -- folders --------------------------------------------------------------------------------
