@@ -13,7 +13,6 @@ a home directory the index is kept in memory only (the INBOX in the spool still 
 
 from __future__ import annotations
 
-import grp
 import os
 import stat
 import threading
@@ -46,7 +45,7 @@ from mailsuite.store.mboxformat import (
 )
 from mailsuite.store.mboxrewrite import copy_kept
 from mailsuite.store.mboxstate import INDEX_NAME, IndexKeeper
-from mailsuite.store.safepath import Anchors, Dir, open_dir, refuse
+from mailsuite.store.safepath import Anchors, Dir, mail_gid, open_dir, refuse
 
 log = Logger()
 
@@ -132,11 +131,8 @@ class MboxFile(IndexKeeper):
     def _mbox_owner(self) -> tuple[int, int] | None:
         if not self._root:
             return None
-        try:
-            gid = grp.getgrnam("mail").gr_gid
-        except KeyError:
-            gid = self.account.gid
-        return self.account.uid, gid
+        gid = mail_gid()
+        return self.account.uid, self.account.gid if gid is None else gid
 
     def _open(self, d: Dir, create: bool, created: list[bool]) -> int | None:
         try:

@@ -25,7 +25,6 @@ next operation. Without a home directory only INBOX exists (folder operations ar
 from __future__ import annotations
 
 import errno
-import grp
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -42,7 +41,7 @@ from mailsuite.store.interfaces import (
     StoreRefused,
 )
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, locked_mailbox
-from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, open_dir
+from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, mail_gid, open_dir
 
 CONVERTING = ".mailsuite-dir"  # suffix of the hidden directory a file folder becomes
 SPECIALS_MADE = "mailsuite-specials"  # in ~/mail/.imap: special-use folders made once
@@ -177,10 +176,8 @@ class FolderTree:
     def mbox_owner(self) -> tuple[int, int] | None:
         if not self._as_root:
             return None
-        try:
-            return self.account.uid, grp.getgrnam("mail").gr_gid
-        except KeyError:
-            return self.account.uid, self.account.gid
+        gid = mail_gid()
+        return self.account.uid, self.account.gid if gid is None else gid
 
     def _owner(self) -> tuple[int, int]:
         return self.account.uid, self.account.gid

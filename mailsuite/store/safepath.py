@@ -23,6 +23,8 @@ traceback), naming the path and the reason.
 from __future__ import annotations
 
 import errno
+import functools
+import grp
 import os
 import shutil
 import stat
@@ -102,6 +104,17 @@ class Anchors:
                 parts = () if rel == "." else tuple(rel.split(os.sep))
                 return Place(anchor, parts, self.uid, self.gid)
         raise UnsafePath(f"{path} is outside the home and spool directories")
+
+
+@functools.cache
+def mail_gid() -> int | None:
+    """The gid of the ``mail`` group, which new mbox files get (as Postfix's local(8) makes
+    them); None where there is no such group. Looked up once: it is an NSS call, and every
+    mailbox open would make it."""
+    try:
+        return grp.getgrnam("mail").gr_gid
+    except KeyError:
+        return None
 
 
 def refuse(path: str, why: str) -> UnsafePath:
