@@ -128,7 +128,9 @@ class Mailsuite(Server):
 
     name = OURS
 
-    def __init__(self, workdir: str, python: str, ports: dict[str, int], checkout: str) -> None:
+    def __init__(self, workdir: str, python: str, ports: dict[str, int], checkout: str,
+                 mail_owner: str = "") -> None:
+        self.mail_owner = mail_owner  # [mail] mail_owner: privilege separation ('': none)
         self.workdir = workdir
         self.checkout = checkout
         self.python = python
@@ -172,6 +174,7 @@ inet_interfaces = 127.0.0.1
 alias_maps = {w}/aliases
 queue_directory = {w}/queue
 maillog_file = {w}/maillog
+{f"mail_owner = {self.mail_owner}" if self.mail_owner else ""}
 
 [listen]
 smtp = {self.ports['smtp']}
@@ -563,6 +566,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(git archive into WORKDIR/src), so that commits landing during a long run "
                    "do not mix versions and the figures belong to one commit")
     p.add_argument("--ports", default="2025,2110,2143", help="mailsuite's SMTP,POP3,IMAP ports")
+    p.add_argument("--mail-owner", default="",
+                   help="[mail] mail_owner: run mailsuite privilege-separated as this user "
+                   "(default: one root process, as a checkout without the key)")
     p.add_argument("--repeat", type=int, help="repetitions per workload (quick 1, full 3)")
     p.add_argument("--big-k", type=int, action="append",
                    help="imap-big INBOX size in messages (repeatable; quick 10000, full 10000+100000)")
@@ -611,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         commit = commit.replace("+dirty", "")
     smtp, pop3, imap = (int(x) for x in args.ports.split(","))
     ours = Mailsuite(args.workdir, python, {"smtp": smtp, "pop3": pop3, "imap": imap},
-                     args.checkout)
+                     args.checkout, args.mail_owner)
     ours.prepare(users)
     ours.start()  # fail early on a broken config; each workload restarts it
     ours.stop()

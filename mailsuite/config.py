@@ -57,6 +57,7 @@ from mailsuite.configvalues import (
     parse_time_days,
     parse_tls_level,
     parse_uint,
+    parse_user_name,
     split_location,
 )
 from mailsuite.net import Network, default_hostname, in_networks, parse_ip
@@ -102,6 +103,8 @@ class MailConfig:
     smtp_tls_security_level: str
     smtp_sasl_password_maps: str
     smtp_port: int
+    #: the unprivileged user of the network process ('': one process, no separation)
+    mail_owner: str = "mailsuite"
 
 
 SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
@@ -259,6 +262,7 @@ _SECTIONS: dict[str, _Section] = {
         _Key("smtp_tls_security_level", "may", parse_tls_level),
         _Key("smtp_sasl_password_maps", "", parse_optional_path),
         _Key("smtp_port", "25", parse_smtp_port),
+        _Key("mail_owner", "mailsuite", parse_user_name),
     ]),
     "listen": _Section(ListenConfig, [
         _Key("smtp", "25", parse_port),

@@ -213,6 +213,13 @@ def parse_bool(value: str) -> bool:
         raise ValueError(f"{value.strip()!r} is not yes or no") from None
 
 
+def parse_user_name(value: str) -> str:
+    """A Unix user name (that it exists is checked at start), or empty."""
+    if value and not re.fullmatch(r"[a-z_][a-z0-9_.-]*\$?", value, re.IGNORECASE):
+        raise ValueError(f"not a user name: {value}")
+    return value
+
+
 def parse_uint(value: str) -> int:
     if not value.strip().isdigit():
         raise ValueError(f"{value.strip()!r} is not a whole number")

@@ -95,6 +95,16 @@ class MailLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             self._file = os.fdopen(fd, "ab", buffering=0)
 
+    def fileno(self) -> int:
+        """The open file's descriptor (handed to the processes a privileged master starts)."""
+        assert self._file is not None
+        return self._file.fileno()
+
+    def adopt(self, fd: int) -> None:
+        """Write to ``fd`` (opened for appending by a more privileged process)."""
+        self.close()
+        self._file = os.fdopen(fd, "ab", buffering=0)
+
     def reopen(self) -> None:
         """After logrotate moved the file away (SIGHUP)."""
         self.close()

@@ -168,3 +168,35 @@ class InstanceLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def mail_owner(cfg: Any) -> tuple[int, int]:
+    """(uid, gid) of ``[mail] mail_owner``; a StartupError as Postfix words it when the user
+    is missing or is root."""
+    import pwd
+    name = cfg.mail.mail_owner
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise StartupError(f"{cfg.path}: [mail] mail_owner: unknown user name value: {name}"
+                           " (setup-debian.sh install makes it)") from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise StartupError(f"{cfg.path}: [mail] mail_owner: {name} has root privileges")
+    return entry.pw_uid, entry.pw_gid
+
+
+def give_queue(queue_directory: str, owner: tuple[int, int]) -> None:
+    """The queue directory and what is in it belong to mail_owner (Postfix's set-permissions);
+    maildrop/ keeps mode 1733 and its files their writers'; pid/ (master.pid) stays root's."""
+    uid, gid = owner
+    os.chown(queue_directory, uid, gid)
+    for root, dirs, files in os.walk(queue_directory):
+        if root == queue_directory:
+            dirs[:] = [d for d in dirs if d != "pid"]  # master.pid stays root's
+        for name in dirs:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+        if os.path.basename(root) == "maildrop":
+            dirs[:] = []
+            continue
+        for name in files:
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)

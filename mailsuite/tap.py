@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.cred import checkers, portal
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
@@ -42,6 +42,7 @@ from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
+from mailsuite.privsep.ports import AdoptedPort, SocketFiles, held_socket
 from mailsuite.mta.aliases import AliasLookupError
 from mailsuite.mta.control import ControlFactory, Handler, control_path, ensure_public
 from mailsuite.mta.delivery import LocalDelivery
@@ -167,8 +168,9 @@ def accounts_and_checker(cfg: Config, blocking: Blocking) -> tuple[Any, Any]:
 
 
 def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
-    """All services of one mail.ini on ``reactor``, not yet started. ``tls``: a ServerTLS, or
-    None for no TLS (default: made from the configuration by ``tls_of``)."""
+    """All services of one mail.ini on ``reactor``, not yet started, in one process.
+    ``tls``: a ServerTLS, or None for no TLS (default: made from the configuration by
+    ``tls_of``)."""
     if tls is _MAKE_TLS:
         tls = tls_of(cfg)
     blocking = InPool(reactor)
@@ -180,16 +182,41 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     store = MboxStore(cfg.mailbox, blocking)
     store_service = StoreService(store, spool_directory(cfg.mailbox))
     store_service.setServiceParent(top)  # first: stopped last, after the listeners
-    delivery = LocalDelivery(cfg, accounts, store, maillog, blocking, now=reactor.seconds)
+
+    def realm(delivery: LocalDelivery) -> MailRealm:
+        return MailRealm(store, accounts, delivery, blocking)
+
+    assemble(top, Parts(cfg, reactor, tls, maillog, accounts, checker, store, blocking,
+                          realm, after=store_service.cleaned))
+    _on_hup(maillog, tls, reactor, blocking)
+    return top
+
+
+class Parts:
+    """What ``assemble`` puts together (the one-process server's, or the network process's)."""
+
+    def __init__(self, cfg: Config, reactor: Any, tls: Any, maillog: MailLog, accounts: Any,
+                 checker: Any, store: Any, blocking: Blocking,
+                 realm: Callable[[LocalDelivery], MailRealm], after: Any = None,
+                 listeners: dict[str, int] | None = None, open_dropped: Any = None) -> None:
+        self.cfg, self.reactor, self.tls, self.maillog = cfg, reactor, tls, maillog
+        self.accounts, self.checker, self.store, self.blocking = accounts, checker, store, blocking
+        self.realm, self.after = realm, after
+        self.listeners, self.open_dropped = listeners, open_dropped
+
+
+def assemble(top: MailService, p: Parts) -> LocalDelivery:
+    """Delivery, queue, portal, the doors and local submission, under ``top``."""
+    cfg, reactor, tls, maillog = p.cfg, p.reactor, p.tls, p.maillog
+    delivery = LocalDelivery(cfg, p.accounts, p.store, maillog, p.blocking, now=reactor.seconds)
     with step("[mail] queue_directory"):
-        delivery.queue = build_queue(cfg, delivery, maillog, reactor, blocking)
-    qmgr = QueueService(delivery.queue, after=store_service.cleaned)
+        delivery.queue = build_queue(cfg, delivery, maillog, reactor, p.blocking)
+    qmgr = QueueService(delivery.queue, after=p.after)
     qmgr.setName("qmgr")
     qmgr.setServiceParent(top)
-    realm = MailRealm(store, accounts, delivery, blocking)
-    the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
+    the_portal = portal.Portal(p.realm(delivery), [p.checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
-    lookup = functools.partial(reverse_lookup, blocking=blocking)
+    lookup = functools.partial(reverse_lookup, blocking=p.blocking)
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
     # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
     pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now)
@@ -209,35 +236,43 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
                            implicit_tls=implicit, policy=policy, recent=recent,
                            idle_poller=idle_poller)
 
-    _add_listeners(top, cfg, make, tls, reactor)
+    _add_listeners(top, cfg, make, tls, reactor, p.listeners)
     with step("[mail] queue_directory"):
-        _local_submission(top, cfg, delivery, maillog, reactor, blocking, pipeline)
+        _local_submission(top, cfg, delivery, maillog, reactor, p.blocking, pipeline,
+                          p.listeners, p.open_dropped)
     top.maillog = maillog
     top.tls = tls  # type: ignore[attr-defined]
-    _on_hup(maillog, tls, reactor, blocking)
-    return top
+    return delivery
 
 
 def _add_listeners(top: service.MultiService, cfg: Config, make: Callable[[str], Any], tls: Any,
-                   reactor: Any) -> None:
+                   reactor: Any, adopted: dict[str, int] | None = None) -> None:
     """A listening service under ``top`` per enabled door (``make(name)`` its factory) and
-    address of inet_interfaces, lmtp on a unix socket path; then the autoconfig sites."""
+    address of inet_interfaces, lmtp on a unix socket path; then the autoconfig sites.
+    ``adopted``: the sockets the master bound, by service name (privilege separation)."""
+
+    def listener(endpoint: str, factory: Any, name: str) -> None:
+        svc: service.Service
+        if adopted is not None:
+            svc = AdoptedPort(adopted[name], factory, reactor)
+        else:
+            svc = strports.service(endpoint, factory, reactor)
+        svc.setName(name)
+        svc.setServiceParent(top)
+
     for name in SERVICES:
         port = getattr(cfg.listen, name)
         if port is None:
             continue
         factory = make(name)
         if isinstance(port, str):  # lmtp on a unix socket path
-            svc = strports.service(_unix_endpoint(port, name), factory, reactor)
-            svc.setName(f"{name}@{port}")
-            svc.setServiceParent(top)
+            endpoint = _unix_endpoint(port, name) if adopted is None else ""
+            listener(endpoint, factory, f"{name}@{port}")
             continue
         if name in IMPLICIT_TLS:
             factory = tls.implicit(factory)
         for address in listen_addresses(cfg.mail.inet_interfaces):
-            svc = strports.service(_endpoint(port, address), factory, reactor)
-            svc.setName(f"{name}@{address}")
-            svc.setServiceParent(top)
+            listener(_endpoint(port, address), factory, f"{name}@{address}")
     for name in ("autoconfig", "autoconfigs"):  # account set-up for mail clients (HTTP/HTTPS)
         port = getattr(cfg.listen, name)
         if port is None:
@@ -246,9 +281,7 @@ def _add_listeners(top: service.MultiService, cfg: Config, make: Callable[[str],
         if name == "autoconfigs":
             site = tls.implicit(site)
         for address in listen_addresses(cfg.mail.inet_interfaces):
-            svc = strports.service(_endpoint(port, address), site, reactor)
-            svc.setName(f"{name}@{address}")
-            svc.setServiceParent(top)
+            listener(_endpoint(port, address), site, f"{name}@{address}")
 
 
 def _unix_endpoint(path: str, name: str) -> str:
@@ -262,14 +295,17 @@ def _unix_endpoint(path: str, name: str) -> str:
 
 
 def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, maillog: Any,
-                      reactor: Any, blocking: Blocking, pipeline: Pipeline) -> None:
-    """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start."""
+                      reactor: Any, blocking: Blocking, pipeline: Pipeline,
+                      adopted: dict[str, int] | None = None, open_dropped: Any = None) -> None:
+    """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start.
+    ``adopted``/``open_dropped``: the network process's (the master made the directories)."""
     queue_directory = cfg.mail.queue_directory
-    ensure_maildrop(queue_directory)
-    ensure_public(queue_directory)
+    if adopted is None:
+        ensure_maildrop(queue_directory)
+        ensure_public(queue_directory)
     pickup = Pickup(queue_directory, local_submitter(
         delivery, maillog, cfg.mail.myhostname, cfg.mail.myorigin, pipeline=pipeline), maillog,
-        blocking)
+        blocking, open_dropped=open_dropped)
     scanner = pickup_service(pickup, reactor)
     scanner.setName("pickup")
     scanner.setServiceParent(top)
@@ -278,8 +314,12 @@ def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, mai
         "flush": lambda: _flush(pickup, delivery),
         "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id, blocking),
     }
-    control = strports.service(_unix_endpoint(control_path(queue_directory), "control"),
-                               ControlFactory(commands), reactor)
+    control: service.Service
+    if adopted is not None:
+        control = AdoptedPort(adopted["control"], ControlFactory(commands), reactor)
+    else:
+        control = strports.service(_unix_endpoint(control_path(queue_directory), "control"),
+                                   ControlFactory(commands), reactor)
     control.setName("control")
     control.setServiceParent(top)
     # read now: a problem is in the maillog from the start; if it is one, it was warned of and
@@ -321,6 +361,62 @@ def build_queue(cfg: Config, delivery: LocalDelivery, maillog: MailLog, reactor:
                  QueueSettings.from_config(mail), blocking)
 
 
+def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailService:
+    """The root master of a privilege-separated server (``[mail] mail_owner`` set): the
+    listeners bound here and handed over, the password checks, the agents (privsep.master)."""
+    from mailsuite.privsep.master import MasterService
+    owner = startup.mail_owner(cfg)
+    blocking = InPool(reactor)
+    maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
+    with step("[mail] maillog_file"):
+        maillog.open()
+    accounts, checker = accounts_and_checker(cfg, blocking)
+    queue_directory = cfg.mail.queue_directory
+    with step("[mail] queue_directory"):
+        ensure_maildrop(queue_directory)
+        ensure_public(queue_directory)
+        startup.give_queue(queue_directory, owner)
+    bound = MailService()
+
+    def placeholder(name: str) -> Any:
+        factory = protocol.Factory()
+        factory.noisy = False
+        return factory
+
+    _add_listeners(bound, cfg, placeholder, tls, reactor)
+    control = strports.service(_unix_endpoint(control_path(queue_directory), "control"),
+                               protocol.Factory(), reactor)
+    control.setName("control")
+    control.setServiceParent(bound)
+    try:
+        bound.privilegedStartService()
+    except StartupError as e:
+        maillog.write("master", f"fatal: {e}")  # as Postfix: the maillog says it too
+        maillog.close()
+        raise
+    listeners = {svc.name or "": held_socket(svc) for svc in bound}
+    top = MailService()
+    paths = [control_path(queue_directory)]
+    if isinstance(cfg.listen.lmtp, str):
+        paths.append(cfg.listen.lmtp)
+    SocketFiles(paths).setServiceParent(top)  # stopped last: removes the socket files
+    top.bound = bound  # type: ignore[attr-defined]  # keeps the sockets open
+    top.listening = True
+    cleanup = StoreService(None, spool_directory(cfg.mailbox), blocking)
+    cleanup.setServiceParent(top)
+    tls_files = None if tls is None else (cfg.tls.ssl_cert, cfg.tls.ssl_key)
+    master = MasterService(cfg, reactor, checker, accounts, maillog, listeners, tls_files, owner)
+    master.setServiceParent(top)
+    top.maillog = maillog
+
+    def on_hup(signum: int, frame: Any) -> None:
+        reactor.callFromThread(master.hup)
+
+    with contextlib.suppress(ValueError):  # not the main thread (tests)
+        signal.signal(signal.SIGHUP, on_hup)
+    return top
+
+
 class MailService(service.MultiService):
     """All services of one mail.ini. ``makeService`` binds the listeners itself, before twistd
     logs or daemonizes, so that a port in use is one line on the terminal; twistd's own
@@ -354,16 +450,19 @@ class StoreService(service.Service):
     compaction of what was expunged (answered before the file is rewritten) is finished, not
     left for the next start."""
 
-    def __init__(self, store: MboxStore, spool: str | None = None) -> None:
+    def __init__(self, store: MboxStore | None, spool: str | None = None,
+                 blocking: Blocking | None = None) -> None:
+        """``store`` None: only the clean-up (the master of privsep; agents hold the store)."""
         self.store = store
         self.spool = spool
+        self.blocking = blocking if store is None else store.blocking
         self._cleaning: defer.Deferred[Any] = defer.succeed(None)
         self.setName("store")
 
     def startService(self) -> None:
         super().startService()
-        if self.spool is not None:
-            self._cleaning = self.store.blocking(clean_spool, self.spool)
+        if self.spool is not None and self.blocking is not None:
+            self._cleaning = self.blocking(clean_spool, self.spool)
             self._cleaning.addErrback(lambda f: log.failure("cleaning {dir} failed", f,
                                                             dir=self.spool))
 
@@ -380,7 +479,7 @@ class StoreService(service.Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        return self.store.settle()
+        return None if self.store is None else self.store.settle()
 
 
 class QueueService(service.Service):
@@ -446,7 +545,10 @@ def makeService(options: Options, reactor: Any = None) -> MailService:
     try:
         startup.check_twistd_files(options.parent)
         lock.acquire()  # first: a second instance must not touch the first one's files
-        top = build(cfg, reactor, options["tls"])
+        if cfg.mail.mail_owner and os.geteuid() == 0:
+            top = build_master(cfg, reactor, options["tls"])
+        else:
+            top = build(cfg, reactor, options["tls"])
     except ConfigError as e:
         startup.fatal(e.errors, startup.EX_CONFIG)
     except (StartupError, OSError) as e:

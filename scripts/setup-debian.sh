@@ -125,8 +125,16 @@ ensure_maildrop(sys.argv[1] + cfg.mail.queue_directory)
 EOF
 }
 
+make_mail_owner() {  # [mail] mail_owner: the network process's user (Postfix's "postfix")
+    if ! getent passwd mailsuite >/dev/null; then
+        useradd --system --user-group --no-create-home --home-dir /var/spool/mailsuite \
+            --shell /usr/sbin/nologin --comment "mailsuite network process" mailsuite
+    fi
+}
+
 configure() {
     [ -e "$R$CONFIG" ] || install -D -m 0644 etc/mail.ini "$R$CONFIG"
+    [ -n "$R" ] || make_mail_owner
     # What Debian's postfix package would have made: the aliases file and the mail spool.
     [ -e "$R/etc/aliases" ] || printf 'postmaster: root\n' >"$R/etc/aliases"
     install -d -m 2775 -g mail "$R/var/mail"
@@ -165,6 +173,8 @@ test)
     # given as Dovecot writes them (tests/integration/test_dovecot_mbox.py).
     install_dovecot
     install_suite
+    # the integration tests run the privilege-separated server as this user
+    make_mail_owner
     shift
     # the lint gate first (pyproject.toml's [tool.ruff] and [tool.mypy], with mypy-zope):
     # any error fails the script (set -e) before the tests run

@@ -16,6 +16,7 @@ from mailsuite import config, tap, tls
 def write_config(
     case: unittest.TestCase, listen: str, extra: str = "", tls: str = "ssl = no\n"
 ) -> str:
+    # one process (mail_owner empty): the privilege-separated start is integration-tested
     d = os.path.abspath(case.mktemp())
     os.makedirs(d)
     for name in ("passwd", "shadow", "aliases"):
@@ -28,6 +29,7 @@ inet_interfaces = 127.0.0.1
 alias_maps = {d}/aliases
 queue_directory = {d}/queue
 maillog_file = {d}/maillog
+{"" if "mail_owner" in extra else "mail_owner ="}
 {extra}
 [listen]
 {listen}

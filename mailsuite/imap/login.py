@@ -44,6 +44,7 @@ class ImapLogin(sasl.Conversation, _Base):
 
     server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
     secure = False  # TLS is on (implicit port, or after STARTTLS)
+    _handed_off = False  # the session went on in an agent (mailsuite.privsep)
     _auth_failures = 0
     _sasl_tag = b""
     user: str | None  # set by a login (the server starts it at None)
@@ -167,12 +168,23 @@ class ImapLogin(sasl.Conversation, _Base):
         if self._lost:
             logout()
             return None
+        self.maillog.write("imap-login", "Login: " + self._login_line(name, method))
+        handoff = getattr(avatar, "hand_off", None)
+        if handoff is not None:  # privilege separation: an agent of the user runs the rest
+            self._handed_off = True
+            handoff(self, tag, method, self._rip(), self._lip())
+            return None
+        return self.resume_session(tag, name, avatar, logout)
+
+    def resume_session(self, tag: bytes, name: str, avatar: Any,
+                       logout: Callable[[], None]) -> defer.Deferred[None]:
+        """Enter the authenticated state as ``name`` and answer the login's ``tag`` (here, or
+        in the agent that a privilege-separated server hands the session to)."""
         self.account = avatar
         self._onLogout = logout
         self.user = name
         self.state = "auth"
         self.setTimeout(self.POSTAUTH_TIMEOUT)
-        self.maillog.write("imap-login", "Login: " + self._login_line(name, method))
         return defer.ensureDeferred(self._welcome(tag, avatar))
 
     async def _welcome(self, tag: bytes, avatar: Any) -> None:

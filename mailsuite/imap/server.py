@@ -96,6 +96,7 @@ class IMAPServer(  # type: ignore[misc]
     ``ImapLogin``'s."""
 
     IDENT = b"mailsuite ready."
+    splice: Any = None  # after a hand-off to an agent: where the client's bytes go
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
 
@@ -145,6 +146,8 @@ class IMAPServer(  # type: ignore[misc]
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
+        if self.splice is not None:
+            self.splice.client_lost()
         self.setTimeout(None)
         if self._unsent_wait is not None:
             self._unsent_wait.cancel()
@@ -176,6 +179,9 @@ class IMAPServer(  # type: ignore[misc]
         outermost call returns. Twisted calls this again from inside (``resumeProducing``,
         when a command finishes while the read is handled): the inner call only queues, so no
         reply of a pipelined command is dropped or reordered (issue 9, IMAP 1)."""
+        if self.splice is not None:
+            self.splice.up(data)
+            return
         self._bytes_in += len(data)
         if self._corked is not None:
             super().dataReceived(data)

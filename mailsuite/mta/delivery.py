@@ -132,6 +132,9 @@ class LocalDelivery:
         self._trusted_nets: list[Any] = self.mynetworks
         #: the mailsuite.mta.queue.Queue for remote recipients (None: local delivery only)
         self.queue: Any = None
+        #: (dest, data, sender, original, final, now) -> Deferred[str]: where commands and files
+        #: of .forward are delivered when not here (privsep: the agent of their user)
+        self.special: Any = None
         self._resolved: dict[str, tuple[float, list[Any]]] = {}
         self._pending: dict[str, list[tuple[bytes, str, defer.Deferred[None]]]] = {}
         self._writing: set[str] = set()
@@ -434,8 +437,11 @@ class LocalDelivery:
         """One run of the command / append to the file per original address; logged as local(8)."""
         copies = []
         for address in addresses:
-            d = self.blocking(forward.deliver_special, dest, data, sender, address,
-                              address, self.now())
+            if self.special is not None:  # privilege separation: the user's agent runs it
+                d = self.special(dest, data, sender, address, address, self.now())
+            else:
+                d = self.blocking(forward.deliver_special, dest, data, sender, address,
+                                  address, self.now())
             d.addBoth(self._log_special, queue_id, address, arrival, start)
             copies.append(d)
         return copies

@@ -30,6 +30,8 @@ appends without exec, so the target user needs no access to the server's Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import errno
 import os
 import pwd
@@ -177,6 +179,8 @@ class Expander:
         self.myorigin = myorigin
         self.local_domains = {d.lower().rstrip(".") for d in local_domains}
         self.default_privs = default_privs
+        #: blocking ``(account) -> targets`` of its ~/.forward (privsep: the user's agent reads)
+        self.forward_reader: Callable[[Account], list[Target]] = read_forward_file
 
     def expand(self, local: str, address: str | None = None) -> list[Destination]:
         """Every destination of local part ``local``; raises Refused (or AliasLookupError)."""
@@ -289,34 +293,8 @@ class Expander:
     # -- ~/.forward ----------------------------------------------------------------------
 
     def read_forward(self, account: Account) -> list[Target]:
-        """The targets of ``~/.forward``, or [] (no file, empty, or ignored as unsafe).
-
-        The daemon is root, so the file is opened as the store opens a mailbox: from the home
-        directory (owned by the user or root) with O_NOFOLLOW, and what was opened is checked
-        (``forward_problem``), so a file swapped in at any moment is never read through a link.
-        """
-        path = os.path.join(account.home, ".forward")
-        try:
-            with open_anchor(Place(account.home, (), account.uid, account.gid)) as home:
-                fd = home.open_nofollow(".forward", os.O_RDONLY)
-        except (FileNotFoundError, MissingAnchor):
-            return []
-        except UnsafePath as e:
-            log.warn("{error}; delivering to the mailbox", error=str(e))
-            return []
-        except OSError as e:
-            log.warn("{path}: cannot open: {error}; delivering to the mailbox",
-                     path=path, error=e.strerror)
-            return []
-        with os.fdopen(fd, "rb") as f:
-            problem = forward_problem(os.fstat(f.fileno()), account)
-            if problem:
-                log.warn("{path}: {problem}; ignored, delivering to the mailbox",
-                         path=path, problem=problem)
-                return []
-            os.set_blocking(f.fileno(), True)
-            text = f.read(LIST_FILE_LIMIT).decode("utf-8", "surrogateescape")
-        return parse_list(text, path)
+        """The targets of ``~/.forward``, or [] (no file, empty, or ignored as unsafe)."""
+        return self.forward_reader(account)
 
     # -- privileges ----------------------------------------------------------------------
 
@@ -347,6 +325,37 @@ class Expander:
 
 
 # -- reading list files with their reader's rights -------------------------------------
+
+
+def read_forward_file(account: Account) -> list[Target]:
+    """The targets of ``~/.forward``, or [] (no file, empty, or ignored as unsafe).
+
+    The file is opened as the store opens a mailbox: from the home
+    directory (owned by the user or root) with O_NOFOLLOW, and what was opened is checked
+    (``forward_problem``), so a file swapped in at any moment is never read through a link.
+    """
+    path = os.path.join(account.home, ".forward")
+    try:
+        with open_anchor(Place(account.home, (), account.uid, account.gid)) as home:
+            fd = home.open_nofollow(".forward", os.O_RDONLY)
+    except (FileNotFoundError, MissingAnchor):
+        return []
+    except UnsafePath as e:
+        log.warn("{error}; delivering to the mailbox", error=str(e))
+        return []
+    except OSError as e:
+        log.warn("{path}: cannot open: {error}; delivering to the mailbox",
+                 path=path, error=e.strerror)
+        return []
+    with os.fdopen(fd, "rb") as f:
+        problem = forward_problem(os.fstat(f.fileno()), account)
+        if problem:
+            log.warn("{path}: {problem}; ignored, delivering to the mailbox",
+                     path=path, problem=problem)
+            return []
+        os.set_blocking(f.fileno(), True)
+        text = f.read(LIST_FILE_LIMIT).decode("utf-8", "surrogateescape")
+    return parse_list(text, path)
 
 
 def forward_problem(st: os.stat_result, account: Account) -> str | None:

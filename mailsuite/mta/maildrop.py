@@ -91,12 +91,14 @@ def drop(queue_directory: str, sender: str, recipients: list[str], data: bytes,
     return queue_id
 
 
-def read(queue_directory: str, queue_id: str) -> Dropped:
+def read(queue_directory: str, queue_id: str, fd: int | None = None) -> Dropped:
     """One dropped message. The uid is the file owner's when that is not root (a user cannot
     claim to be someone else), so a hard link (anyone may make one in the 1733 directory, to a
-    file of someone else's where protected_hardlinks is off) is refused, as a symlink is."""
+    file of someone else's where protected_hardlinks is off) is refused, as a symlink is.
+    ``fd``: the file, opened already (by the master of a privilege-separated server)."""
     path = os.path.join(maildrop_dir(queue_directory), queue_id)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    if fd is None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -160,7 +162,10 @@ class Pickup:
     the files are read and removed through ``blocking`` (mailsuite.threads)."""
 
     def __init__(self, queue_directory: str, submit: Submit, maillog: Any,
-                 blocking: Blocking) -> None:
+                 blocking: Blocking, open_dropped: Any = None) -> None:
+        """``open_dropped(queue_id)``: Deferred[fd] of a file the pickup cannot open itself
+        (the network process of a privilege-separated server asks the master)."""
+        self.open_dropped = open_dropped
         self.queue_directory = queue_directory
         self.submit = submit
         self.maillog = maillog
@@ -190,7 +195,8 @@ class Pickup:
         queue_ids = yield self.blocking(ids, self.queue_directory)
         for queue_id in queue_ids:
             try:
-                dropped = yield self.blocking(read, self.queue_directory, queue_id)
+                fd = None if self.open_dropped is None else (yield self.open_dropped(queue_id))
+                dropped = yield self.blocking(read, self.queue_directory, queue_id, fd)
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, KeyError) as e:

@@ -43,6 +43,7 @@ class Pop3Login(sasl.Conversation):
     server_tls: Any = None  # a mailsuite.tls.ServerTLS, or None when ssl = no
     secure = False  # TLS is on (implicit port, or after STLS)
     rip = lip = ""
+    handed_off = False  # the session went on in an agent (mailsuite.privsep)
     reply: Callable[[bytes | str], None]
 
     def _init_login(self) -> None:
@@ -153,12 +154,17 @@ class Pop3Login(sasl.Conversation):
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
 
-    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> None:
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Any:
         _iface, avatar, logout = result
-        self.mbox, self._logout = avatar, logout
         self.maillog.write("pop3-login", f"Login: user=<{self._login_user}>, "
                                          f"method={self._login_method}, "
                                          f"rip={self.rip}, lip={self.lip}{self._tls_note()}")
+        handoff = getattr(avatar, "hand_off", None)
+        if handoff is not None:  # privilege separation: an agent of the user runs the rest
+            self.handed_off = True
+            handoff(self, b"", self._login_method, self.rip, self.lip)
+            return defer.Deferred()  # never fires: this side runs no more commands
+        self.mbox, self._logout = avatar, logout
         self.reply(b"+OK Logged in.")
 
     def _tls_note(self) -> str:

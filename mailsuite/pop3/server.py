@@ -109,6 +109,14 @@ class POP3Server(Pop3Login, pop3.POP3):
     clock: Any = None
 
     def connectionMade(self) -> None:
+        self.init_session()
+        self.rip = host_of(self.transport.getPeer())
+        self.lip = host_of(self.transport.getHost())
+        self.reply(b"+OK mailsuite ready.")
+        self.setTimeout(self.timeOut)
+
+    def init_session(self) -> None:
+        """The state of a new session (here, or in the agent a login is handed to)."""
         self.callLater = self.clock.callLater  # type: ignore[method-assign]
         self._started = self.clock.seconds()
         self._init_login()
@@ -119,12 +127,8 @@ class POP3Server(Pop3Login, pop3.POP3):
         self._paused = self._draining = False
         self._unsent_wait: UnsentWait | None = None  # while more than MAX_UNSENT is unsent
         self._stats = {"top": 0, "top_bytes": 0, "retr": 0, "retr_bytes": 0, "del": 0}
-        self.rip = host_of(self.transport.getPeer())
-        self.lip = host_of(self.transport.getHost())
         with contextlib.suppress(AttributeError, NotImplementedError):
             self.transport.setTcpNoDelay(True)
-        self.reply(b"+OK mailsuite ready.")
-        self.setTimeout(self.timeOut)
 
     def reply(self, line: bytes | str) -> None:
         if isinstance(line, str):
@@ -135,7 +139,12 @@ class POP3Server(Pop3Login, pop3.POP3):
 
     delimiter = b"\n"  # lines end in CRLF, but a bare LF (telnet, nc) is accepted like Dovecot
 
+    splice: Any = None  # after a hand-off to an agent: where the client's bytes go
+
     def dataReceived(self, data: bytes) -> None:
+        if self.splice is not None:
+            self.splice.up(data)
+            return
         self._tls_cut = False  # a new read: after STLS, this is decrypted input
         super().dataReceived(data)
 
@@ -365,6 +374,8 @@ class POP3Server(Pop3Login, pop3.POP3):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
+        if self.splice is not None:
+            self.splice.client_lost()
         self.setTimeout(None)
         self._queue.clear()
         if self._unsent_wait is not None:
@@ -377,6 +388,8 @@ class POP3Server(Pop3Login, pop3.POP3):
             self._finish()
 
     def _finish(self) -> None:
+        if self.handed_off:  # the agent that took the session logs its end
+            return
         secs = int(self.clock.seconds() - self._started)
         if self.mbox is None:
             if self._failures:

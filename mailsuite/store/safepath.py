@@ -263,6 +263,9 @@ class Dir:
             except OSError as e:  # a directory opened for writing, a socket
                 if e.errno in (errno.EISDIR, errno.ENXIO):
                     raise refuse(path, "not a regular file") from e
+                st = self.lstat(name) if e.errno == errno.EACCES else None
+                if st is not None:  # opened as the user (privsep): say whose file it is
+                    check_file(st, self.place.uid, path)
                 raise
             try:
                 check_file(os.fstat(fd), self.place.uid, path)

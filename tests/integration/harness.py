@@ -8,6 +8,7 @@ on 127.0.0.1. ``site.start()`` runs twistd in a subprocess and waits until every
 
 from __future__ import annotations
 
+import grp
 import os
 import random
 import shutil
@@ -31,6 +32,23 @@ SERVICES = ("smtp", "pop3", "imap")
 #: The extra listeners of a TLS site (``Site(..., tls=True)``).
 TLS_SERVICES = ("submission", "smtps", "pop3s", "imaps")
 START_TIMEOUT = 30.0
+
+
+def _privsep_user() -> str:
+    """mail_owner for the servers the tests start: the set-up command's user when it exists
+    and we are root (then every test runs the privilege-separated server); else none."""
+    import pwd
+    name = os.environ.get("MAILSUITE_TEST_MAIL_OWNER", "mailsuite")
+    if not name or os.geteuid() != 0:
+        return ""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return ""
+    return name
+
+
+PRIVSEP = _privsep_user()
 
 #: twistd from this Python, finding the plugin in the checkout through PYTHONPATH.
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -63,6 +81,31 @@ def free_port() -> int:
     raise AssertionError(f"no free port in {low}-{high}")
 
 
+def wait_group(group: int, timeout: float = 10.0) -> None:
+    """Wait (bounded) until the processes of a stopped server's group are gone; then kill."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    kill_group(group)
+
+
+def kill_group(group: int) -> None:
+    """SIGKILL every process left in a process group (a privilege-separated server's children)
+    and wait, bounded, until none is left."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process group {group} outlived SIGKILL")
+
+
 class Site:
     def __init__(self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n",
                  tls: bool = False, ssl: str = "yes", disable_plaintext_auth: bool = False,
@@ -75,9 +118,16 @@ class Site:
         self.mailbox_options = mailbox_options
         # short, so unix sockets under it (queue_directory/public/control) fit in sun_path
         self.dir = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
-        testcase.addCleanup(shutil.rmtree, self.dir, True)
+        if not os.environ.get("MAILSUITE_TEST_KEEP"):  # set: keep the site to look at it
+            testcase.addCleanup(shutil.rmtree, self.dir, True)
         self.spool = os.path.join(self.dir, "spool")
         os.makedirs(self.spool)
+        # as on Debian: /etc and homes are searchable, /var/mail is root:mail 2775 (the
+        # processes of a privilege-separated server run as mail_owner and as each user)
+        os.chmod(self.dir, 0o755)
+        if os.geteuid() == 0:
+            os.chown(self.spool, 0, grp.getgrnam("mail").gr_gid)
+        os.chmod(self.spool, 0o2775)
         self.tls, self.ssl = tls, ssl
         self.disable_plaintext_auth = disable_plaintext_auth
         self.mail_extra = mail_extra  # more [mail] lines, e.g. "mynetworks = 127.0.0.0/8"
@@ -159,6 +209,8 @@ ssl_key = {self.key}
         """Loopback clients are strangers (not in mynetworks) unless a test says otherwise."""
         given = {line.split("=")[0].strip() for line in self.mail_extra.splitlines() if "=" in line}
         lines = [] if "mynetworks" in given else ["mynetworks = 192.0.2.0/24"]
+        if "mail_owner" not in given:
+            lines.append(f"mail_owner = {PRIVSEP}")
         return "\n".join([*lines, self.mail_extra])
 
     def start(self) -> None:
@@ -170,7 +222,7 @@ ssl_key = {self.key}
             [*TWISTD, "--nodaemon", "--pidfile=", "mailsuite",
              "--config", self.config],
             cwd=self.dir, env=env, stdout=self.output, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, start_new_session=True,  # kill9 ends the whole group
         )
         deadline = time.monotonic() + START_TIMEOUT
         pending = set(self.ports)
@@ -179,7 +231,12 @@ ssl_key = {self.key}
                 raise AssertionError(f"mailsuite exited {self.process.returncode}:\n{self.log()}")
             for name in list(pending):
                 try:
-                    socket.create_connection(("127.0.0.1", self.ports[name]), timeout=1).close()
+                    with socket.create_connection(("127.0.0.1", self.ports[name]),
+                                                  timeout=2) as probe:
+                        # the greeting: the master's sockets accept before the network
+                        # process that answers them runs (privilege separation)
+                        if name in ("smtp", "pop3", "imap") and not probe.recv(1):
+                            continue
                     pending.discard(name)
                 except OSError:
                     pass
@@ -190,6 +247,7 @@ ssl_key = {self.key}
     def stop(self) -> None:
         if self.process is None:
             return
+        group = self.process.pid
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -199,14 +257,17 @@ ssl_key = {self.key}
                 self.process.wait(10)
         self.process = None
         self.output.close()
+        wait_group(group)
 
     def kill9(self) -> None:
         """SIGKILL, as a crash or power cut would end it (no clean-up of any kind)."""
         if self.process is not None:
+            group = self.process.pid
             self.process.kill()
             self.process.wait(10)
             self.process = None
             self.output.close()
+            kill_group(group)
 
     def restart(self) -> None:
         self.stop()

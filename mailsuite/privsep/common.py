@@ -1,0 +1,105 @@
+"""What every unprivileged process of a privilege-separated server starts with: a reactor of
+its own (the zygote never ran one), Twisted's log on stderr, the maillog on the master's
+descriptor, and an AMP channel (a connected unix socket it was given)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from mailsuite.maillog import MailLog
+
+
+#: the zygote's reactor (twisted.mail.smtp imports one): never run, its descriptors closed
+#: by the fork; kept referenced so that collecting it never closes a reused descriptor number
+_ZYGOTES: list[Any] = []
+
+
+def fresh_reactor() -> Any:
+    """Install and return the epoll reactor of this process (a forked child of the zygote):
+    modules that imported the zygote's reactor are pointed at the new one."""
+    old = sys.modules.pop("twisted.internet.reactor", None)
+    if old is not None:
+        _ZYGOTES.append(old)
+    from twisted.internet import epollreactor
+    epollreactor.install()
+    from twisted.internet import reactor
+    if old is not None:
+        for module in list(sys.modules.values()):
+            if getattr(module, "reactor", None) is old:
+                module.reactor = reactor  # type: ignore[attr-defined]
+    return reactor
+
+
+def start_logging() -> None:
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)],
+                                     redirectStandardIO=False)
+
+
+def maillog_on(fd: int | None, hostname: str, reactor: Any) -> MailLog:
+    """The maillog on a descriptor the master opened (the file is not ours to open)."""
+    maillog = MailLog(None, hostname, reactor=reactor)
+    if fd is not None:
+        maillog.adopt(fd)
+    return maillog
+
+
+def adopt_stream(reactor: Any, fd: int, factory: Any) -> Any:
+    """The connected unix socket ``fd`` as a Twisted connection of ``factory``'s protocol (our
+    copy of the descriptor is closed: the transport holds its own)."""
+    try:
+        return reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
+    finally:
+        os.close(fd)
+
+
+class Channel(amp.AMP):
+    """An AMP connection whose end is reported to ``on_lost``."""
+
+    def __init__(self, locator: Any = None, on_lost: Any = None) -> None:
+        super().__init__(locator=locator)
+        self.on_lost = on_lost
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+
+class Shared:
+    """One result (a channel being opened) for many waiters: ``get()`` is a new Deferred of it
+    each time, so no waiter takes the result away from the next."""
+
+    def __init__(self, d: defer.Deferred[Any]) -> None:
+        self.result: Any = None
+        self.failure: Failure | None = None
+        self._waiting: list[defer.Deferred[Any]] = []
+        d.addCallbacks(self._done, self._failed)
+
+    def _done(self, result: Any) -> None:
+        self.result = result
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            w.callback(result)
+
+    def _failed(self, failure: Failure) -> None:
+        self.failure = failure
+        waiting, self._waiting = self._waiting, []
+        for w in waiting:
+            w.errback(failure)
+
+    def get(self) -> defer.Deferred[Any]:
+        if self.failure is not None:
+            return defer.fail(self.failure)
+        if self.result is not None:
+            return defer.succeed(self.result)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self._waiting.append(d)
+        return d

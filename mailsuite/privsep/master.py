@@ -1,0 +1,328 @@
+"""The master: the only root process left once the server runs.
+
+It binds the ports, opens the maillog and reads the TLS key (tap.py), then starts the
+zygote and, through it, the network process; afterwards it reads nothing from the network
+and runs no protocol. What it does for the other processes is narrow (wire.py):
+
+- ``CheckPassword``: the password check (shadow or PAM, with the auth cache); a success
+  gives a one-use ticket that is valid for a minute;
+- ``OpenSession``: a ticket becomes a stream to an agent of that account (started on demand,
+  with the account's uid, gid and groups) that runs the rest of the session;
+- ``OpenDelivery``: a stream to an account's agent that takes mail for its INBOX;
+- ``OpenDropped``: a file of maildrop/ opened for the pickup (sendmail's files are their
+  writers' own, mode 0600).
+
+A network process that dies is started again (after a second); the master exits when it is
+stopped, and every other process follows it (their channels end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from mailsuite.accounts import Account
+from mailsuite.privsep import wire, zygote
+from mailsuite.privsep.common import Channel
+from mailsuite.store.safepath import mail_gid
+from mailsuite.threads import InPool
+
+log = Logger()
+
+TICKET_LIFE = 60.0
+#: how long our copy of a descriptor sent in an answer stays open (it leaves with a later write)
+SENT_FD_GRACE = 10.0
+
+
+class MasterService(service.Service):
+    """Runs the zygote, the network process and the agents; answers the network process."""
+
+    def __init__(self, cfg: Any, reactor: Any, checker: Any, accounts: Any, maillog: Any,
+                 listeners: dict[str, int], tls_files: tuple[str, str] | None,
+                 owner: tuple[int, int]) -> None:
+        self.cfg = cfg
+        self.reactor = reactor
+        self.checker = checker
+        self.accounts = accounts
+        self.maillog = maillog
+        self.listeners = listeners
+        self.tls_files = tls_files
+        self.owner = owner
+        self.zygote: socket.socket | None = None
+        self.zygote_pid = 0
+        self.net: Channel | None = None
+        self.agents: dict[str, Channel] = {}
+        self.tickets: dict[bytes, tuple[str, float]] = {}
+        self.stopping = False
+
+    # -- processes --
+    def startService(self) -> None:
+        super().startService()
+        self.zygote_pid, self.zygote = zygote.start()
+        self._start_net()
+
+    def stopService(self) -> Any:
+        self.stopping = True
+        if self.zygote is not None:
+            self.zygote.close()
+        return super().stopService()
+
+    def _spawn(self, spawn: zygote.Spawn, extra: list[tuple[str, int]],
+               responder: Callable[[], Channel]) -> Channel:
+        """Start a child with a channel to us (its first descriptor) and ``extra`` ones."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        spawn.fds = ["channel", "maillog"] + [name for name, _ in extra]
+        fds = [theirs.fileno(), self.maillog.fileno()] + [fd for _, fd in extra]
+        assert self.zygote is not None
+        zygote.send(self.zygote, spawn, fds)
+        theirs.close()
+        transport = self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
+                                                       _Once(responder))
+        ours.close()
+        return transport.protocol  # type: ignore[no-any-return]
+
+    def _start_net(self) -> None:
+        if self.stopping:
+            return
+        extra = list(self.listeners.items())
+        opened = []
+        if self.tls_files is not None:
+            for name, path in zip(("tls_cert", "tls_key"), self.tls_files, strict=True):
+                fd = _memfd_copy(path)
+                opened.append(fd)
+                extra.append((name, fd))
+        uid, gid = self.owner
+        spawn = zygote.Spawn("net", uid, gid, [gid], {"cfg": self.cfg})
+        self.net = self._spawn(spawn, extra, lambda: NetChannel(self))
+        for fd in opened:
+            os.close(fd)
+
+    def hup(self) -> None:
+        """``kill -HUP``: the maillog reopened (logrotate), for every process; the TLS files
+        read again (a renewal) and given to the network process."""
+        self.maillog.reopen()
+        channels = [ch for ch in (self.net, *self.agents.values()) if ch is not None]
+        for channel in channels:
+            d = channel.callRemote(wire.NewLog, fd=self.maillog.fileno())
+            d.addErrback(lambda f: log.failure("maillog not handed over", f))
+        if self.tls_files is None or self.net is None:
+            return
+        try:
+            fds = [_memfd_copy(path) for path in self.tls_files]
+        except OSError as e:
+            log.error("TLS certificate not reloaded, the old one stays in use: {why}", why=e)
+            return
+        d = self.net.callRemote(wire.NewTLS, cert=fds[0], key=fds[1])
+
+        def close(result: Any) -> Any:
+            for fd in fds:
+                os.close(fd)
+            return result
+
+        d.addBoth(close).addErrback(lambda f: log.failure("TLS reload failed", f))
+
+    def net_lost(self, _: Any) -> None:
+        self.net = None
+        if not self.stopping:
+            log.warn("the network process ended: starting it again")
+            self.reactor.callLater(1.0, self._start_net)
+
+    def agent_for(self, account: Account, privs: bool = False) -> defer.Deferred[Channel]:
+        """The channel to ``account``'s agent, started now if it has none. ``privs``: an agent
+        for alias commands and files only (its primary group alone, as Postfix)."""
+        channel = self.agents.get(account.name)
+        if channel is None:
+            groups = [account.gid] if privs else _groups(account)
+            spawn = zygote.Spawn("agent", account.uid, account.gid, groups,
+                                 {"cfg": self.cfg, "name": account.name, "home": account.home,
+                                  "privs": privs})
+
+            def gone(lost: Channel) -> None:
+                if self.agents.get(account.name) is lost:
+                    del self.agents[account.name]
+
+            channel = self._spawn(spawn, [], lambda: AgentChannel(self, account.name, gone))
+            self.agents[account.name] = channel
+        return defer.succeed(channel)
+
+    def retire(self, name: str, channel: Channel) -> None:
+        if self.agents.get(name) is channel:
+            del self.agents[name]
+
+    # -- what the network process may ask --
+    def check_password(self, user: str, password: bytes) -> defer.Deferred[dict[str, Any]]:
+        d = defer.maybeDeferred(self.checker.requestAvatarId, UsernamePassword(
+            user.encode("utf-8"), password))
+
+        def ok(avatar_id: bytes) -> dict[str, Any]:
+            name = avatar_id.decode("utf-8")
+            ticket = os.urandom(18)
+            now = self.reactor.seconds()
+            self.tickets = {t: v for t, v in self.tickets.items() if v[1] > now}
+            self.tickets[ticket] = (name, now + TICKET_LIFE)
+            return {"verdict": "ok", "name": name, "ticket": ticket}
+
+        def refused(failure: Any) -> dict[str, Any]:
+            if failure.check(UnauthorizedLogin, LoginFailed):
+                return {"verdict": "fail", "name": "", "ticket": b""}
+            log.failure("password check of {user} failed", failure, user=user)
+            return {"verdict": "temp", "name": "", "ticket": b""}
+
+        return d.addCallbacks(ok, refused)
+
+    @defer.inlineCallbacks
+    def open_stream(self, name: str, role: str, **fields: Any) -> Any:
+        """A stream to ``name``'s agent for ``role``: a session of a login account (the
+        ticket was checked), or the delivery channel of any account mail is delivered to
+        (root's agent takes deliveries only: it never runs a protocol or a command)."""
+        lookup = self.accounts.recipient if role == "delivery" else self.accounts.lookup
+        account = yield InPool(self.reactor)(lookup, name)
+        if account is None:
+            raise wire.Refused(f"no such account: {name}")
+        return (yield self.open_agent(account, role, **fields))
+
+    @defer.inlineCallbacks
+    def open_agent(self, account: Account, role: str, privs: bool = False,
+                   **fields: Any) -> Any:
+        fields = {"tag": b"", "method": "", "secure": False, "rip": "", "lip": "", **fields}
+        channel = yield self.agent_for(account, privs)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            yield channel.callRemote(wire.Attach, role=role, fd=theirs.fileno(), **fields)
+        finally:
+            theirs.close()
+        fd = ours.detach()
+        self.reactor.callLater(SENT_FD_GRACE, os.close, fd)
+        return {"fd": fd}
+
+    def open_privs(self, uid: int) -> Any:
+        """An agent with the rights alias commands and files run with (mta.forward's
+        _default_privs and _owner_privs): default_privs, or an alias file's owner."""
+        import pwd
+
+        from mailsuite.mta.forward import DEFAULT_PRIVS
+        try:
+            default = pwd.getpwnam(DEFAULT_PRIVS).pw_uid
+        except KeyError:
+            default = 65534
+        owners = set()
+        for path in self.cfg.mail.alias_maps:
+            with contextlib.suppress(OSError):
+                owners.add(os.stat(path).st_uid)
+        if uid == 0 or (uid != default and uid not in owners):
+            raise wire.Refused(f"uid {uid} runs no alias command")
+        try:
+            pw = pwd.getpwuid(uid)
+            account = Account(f"uid:{uid}", uid, pw.pw_gid, pw.pw_dir)
+        except KeyError:
+            account = Account(f"uid:{uid}", uid, uid, "/nonexistent")
+        return self.open_agent(account, "delivery", privs=True)
+
+    def open_session(self, ticket: bytes, service: str, **fields: Any) -> Any:
+        held = self.tickets.pop(ticket, None)
+        if held is None or held[1] < self.reactor.seconds() or service not in ("imap", "pop3"):
+            raise wire.Refused("no valid ticket")
+        return self.open_stream(held[0], service, **fields)
+
+    def open_dropped(self, queue_id: str) -> dict[str, int]:
+        if not queue_id or "/" in queue_id or queue_id.startswith("."):
+            raise wire.Refused(f"bad queue id {queue_id!r}")
+        path = os.path.join(self.cfg.mail.queue_directory, "maildrop", queue_id)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.reactor.callLater(SENT_FD_GRACE, os.close, fd)
+        return {"fd": fd}
+
+
+def _groups(account: Account) -> list[int]:
+    """The account's groups (NSS), and the mail group for the spool's dotlocks (Dovecot's
+    mail_privileged_group = mail, as Debian sets it)."""
+    try:
+        groups = os.getgrouplist(account.name, account.gid)
+    except (OSError, KeyError):
+        groups = [account.gid]
+    gid = mail_gid()
+    if gid is not None and gid not in groups:
+        groups.append(gid)
+    return groups
+
+
+def _memfd_copy(path: str) -> int:
+    """A file's bytes in a memfd (the network process reads the key from it, not the file)."""
+    fd = os.memfd_create("tls", os.MFD_CLOEXEC)
+    with open(path, "rb") as f:
+        data = f.read()
+    os.write(fd, data)
+    return fd
+
+
+class _Once(protocol.Factory):
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.make()
+
+
+def _refused(failure: Any) -> Any:
+    """Any error but a declared one becomes Refused (logged), so the channel stays up."""
+    if failure.check(wire.Refused, OSError):
+        return failure
+    log.failure("request of the network process failed", failure)
+    raise wire.Refused(failure.getErrorMessage())
+
+
+def _answer(f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(f, *args, **kwargs).addErrback(_refused)
+
+
+class NetChannel(Channel):
+    """The master's end of the network process's channel: its four commands."""
+
+    def __init__(self, master: MasterService) -> None:
+        super().__init__(on_lost=master.net_lost)
+        self.master = master
+
+    @wire.CheckPassword.responder
+    def check_password(self, user: str, password: bytes, service: str, rip: str) -> Any:
+        return _answer(self.master.check_password, user, password)
+
+    @wire.OpenSession.responder
+    def open_session(self, ticket: bytes, service: str, tag: bytes, method: str, secure: bool,
+                     rip: str, lip: str) -> Any:
+        return _answer(self.master.open_session, ticket, service, tag=tag, method=method,
+                       secure=secure, rip=rip, lip=lip)
+
+    @wire.OpenDelivery.responder
+    def open_delivery(self, user: str) -> Any:
+        return _answer(self.master.open_stream, user, "delivery")
+
+    @wire.OpenPrivs.responder
+    def open_privs(self, uid: int) -> Any:
+        return _answer(self.master.open_privs, uid)
+
+    @wire.OpenDropped.responder
+    def open_dropped(self, queue_id: str) -> Any:
+        return _answer(self.master.open_dropped, queue_id)
+
+
+class AgentChannel(Channel):
+    """The master's end of an agent's channel: the agent may only say it retires."""
+
+    def __init__(self, master: MasterService, name: str, gone: Callable[[Channel], None]) -> None:
+        super().__init__(on_lost=gone)
+        self.master = master
+        self.name = name
+
+    @wire.Retire.responder
+    def retire(self) -> dict[str, Any]:
+        self.master.retire(self.name, self)
+        return {}

@@ -1,0 +1,467 @@
+"""The network process: every listener, every protocol before login, the queue, relay and
+pickup, running as ``[mail] mail_owner`` with no capability.
+
+It reaches the rest only through the master's three commands (wire.CheckPassword,
+OpenSession, OpenDelivery): ``RemoteChecker`` is its password checker, ``NetRealm`` hands a
+logged-in IMAP or POP3 session to the user's agent (``Handoff`` then ``Splice``: the bytes of
+the client, TLS already removed, pass between the two), and ``RemoteStore`` is the store the
+local delivery writes through (the agent of each recipient does the writing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.mail import pop3
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailsuite import tap
+from mailsuite.auth.checker import LOGIN_FAILED, login_of
+from mailsuite.config import Config
+from mailsuite.fsutil import write_all
+from mailsuite.imap.interfaces import IImapAccount
+from mailsuite.maillog import MailLog
+from mailsuite.mta.delivery import LocalDelivery
+from mailsuite.privsep import wire
+from mailsuite.privsep.common import (
+    Channel,
+    Shared,
+    adopt_stream,
+    fresh_reactor,
+    maillog_on,
+    start_logging,
+)
+from mailsuite.realm import Avatar, MailRealm
+from mailsuite.store.interfaces import StoreError, StoreRefused
+from mailsuite.store.locking import LockTimeout
+from mailsuite.threads import InPool
+from mailsuite.tls import ServerTLS
+
+log = Logger()
+
+#: a delivery channel unused this long is closed (so an idle agent may exit)
+CHANNEL_IDLE = 30.0
+
+
+class AuthUnavailable(Exception):
+    """The master could not check the password (its answer: ``temp``)."""
+
+
+@implementer(ICredentialsChecker)
+class RemoteChecker:
+    """The password checker of the network process: the master checks (wire.CheckPassword).
+    A success leaves a ticket for the realm, which opens the user's session with it."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, master: Any) -> None:
+        self.master = master
+        self._tickets: dict[str, list[bytes]] = {}
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes | tuple[()]]:
+        try:
+            name, password = login_of(credentials)
+        except UnauthorizedLogin as e:
+            return defer.fail(e)
+        d = self.master.callRemote(wire.CheckPassword, user=name, password=password,
+                                   service="", rip="")
+        return d.addCallback(self._verdict)
+
+    def _verdict(self, answer: dict[str, Any]) -> bytes:
+        if answer["verdict"] == "ok":
+            tickets = self._tickets.setdefault(answer["name"], [])
+            tickets.append(answer["ticket"])
+            del tickets[:-8]
+            return str(answer["name"]).encode("utf-8")
+        if answer["verdict"] == "temp":
+            raise AuthUnavailable("the password check failed")
+        raise UnauthorizedLogin(LOGIN_FAILED)
+
+    def take_ticket(self, name: str) -> bytes | None:
+        tickets = self._tickets.get(name)
+        if not tickets:
+            return None
+        ticket = tickets.pop(0)
+        if not tickets:
+            del self._tickets[name]
+        return ticket
+
+
+class NetRealm(MailRealm):
+    """MailRealm of the network process: IMAP and POP3 logins become a ``Handoff``."""
+
+    def __init__(self, checker: RemoteChecker, master: Any, reactor: Any, *args: Any) -> None:
+        super().__init__(*args)
+        self.checker = checker
+        self.master = master
+        self.reactor = reactor
+
+    def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> Any:
+        for iface, service in ((IImapAccount, "imap"), (pop3.IMailbox, "pop3")):
+            if iface in interfaces and isinstance(avatarId, bytes):
+                ticket = self.checker.take_ticket(avatarId.decode("utf-8"))
+                if ticket is None:
+                    return defer.fail(UnauthorizedLogin(LOGIN_FAILED))
+                handoff = Handoff(self.master, self.reactor, ticket, service)
+                result: Avatar = (iface, handoff, _noop)
+                return defer.succeed(result)
+        return super().requestAvatar(avatarId, mind, *interfaces)
+
+
+def _noop() -> None:
+    pass
+
+
+_FAILED = {"imap": b" NO [UNAVAILABLE] Temporary authentication failure.\r\n",
+           "pop3": b"-ERR [SYS/TEMP] Temporary authentication failure.\r\n"}
+
+
+class Handoff:
+    """The avatar of an IMAP or POP3 login here: the session goes to the user's agent."""
+
+    def __init__(self, master: Any, reactor: Any, ticket: bytes, service: str) -> None:
+        self.master, self.reactor, self.ticket, self.service = master, reactor, ticket, service
+
+    def hand_off(self, session: Any, tag: bytes, method: str, rip: str, lip: str) -> None:
+        d = self.master.callRemote(wire.OpenSession, ticket=self.ticket, service=self.service,
+                                   tag=tag, method=method, secure=bool(session.secure),
+                                   rip=rip, lip=lip)
+        d.addCallbacks(lambda answer: Splice(session, self.reactor, answer["fd"]),
+                       self._failed, errbackArgs=(session, tag))
+
+    def _failed(self, failure: Any, session: Any, tag: bytes) -> None:
+        log.failure("handing the {service} session to its agent failed", failure,
+                    service=self.service)
+        reply = (tag if self.service == "imap" else b"") + _FAILED[self.service]
+        session.transport.write(reply)
+        session.transport.loseConnection()
+
+
+class Splice:
+    """Passes bytes between a client (the session's transport) and the agent's stream, with
+    flow control both ways; either end closing closes the other."""
+
+    def __init__(self, session: Any, reactor: Any, fd: int) -> None:
+        self.session = session
+        self.client = session.transport
+        self.agent: Any = None
+        pending = _unread(session)
+        session.splice = self
+        session.setTimeout(None)
+        if getattr(session, "_lost", False):
+            os.close(fd)
+            return
+        agent = adopt_stream(reactor, fd, _Once(lambda: _AgentSide(self)))
+        if pending:
+            agent.write(pending)
+        self.client.registerProducer(agent, True)
+        agent.registerProducer(self.client, True)
+        self.client.resumeProducing()
+
+    def up(self, data: bytes) -> None:
+        if self.agent is not None:
+            self.agent.write(data)
+
+    def client_lost(self) -> None:
+        if self.agent is not None:
+            self.agent.unregisterProducer()
+            self.agent.loseConnection()
+
+    def agent_lost(self) -> None:
+        # a TLS transport shuts down only once no producer is registered with it
+        self.agent = None
+        self.client.unregisterProducer()
+        self.client.loseConnection()
+
+
+def _unread(session: Any) -> bytes:
+    """What the client sent after its login and the session had not yet handled."""
+    queued = getattr(session, "_queue", None)  # POP3: lines waiting their turn
+    out = b"".join(line + b"\r\n" for line in queued) if queued else b""
+    if queued:
+        queued.clear()
+    out += session._buffer
+    session._buffer = b""
+    return out
+
+
+class _AgentSide(protocol.Protocol):
+    def __init__(self, splice: Splice) -> None:
+        self.splice = splice
+
+    def connectionMade(self) -> None:
+        self.splice.agent = self.transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.splice.client.write(data)
+
+    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+        self.splice.agent_lost()
+
+
+class _Once(protocol.Factory):
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.make()
+
+
+class RemoteStore:
+    """The store of the network process's local delivery: each account's agent writes."""
+
+    def __init__(self, master: Any, reactor: Any) -> None:
+        self.master = master
+        self.reactor = reactor
+        self._channels: dict[str, Shared] = {}
+        self._used: dict[str, float] = {}
+        self._sweep: Any = None
+
+    def deliver(self, account: Any, data: bytes, sender: str) -> defer.Deferred[None]:
+        return self.deliver_many(account, [(data, sender)])
+
+    def deliver_many(self, account: Any, items: list[tuple[bytes, str]]) -> defer.Deferred[None]:
+        fd = _sealed([data for data, _ in items])
+        d = self._channel(account.name)
+        d.addCallback(lambda ch: ch.callRemote(
+            wire.Deliver, data=fd, sizes=[len(m) for m, _ in items],
+            senders=[s for _, s in items]))
+
+        def done(result: Any) -> Any:
+            os.close(fd)
+            return result
+
+        d.addBoth(done)
+        return d.addCallback(_delivered)
+
+    def settle(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+    def _channel(self, name: str, uid: int | None = None) -> defer.Deferred[Any]:
+        """The delivery channel to ``name``'s agent (opened through the master once); with
+        ``uid``: the agent for alias commands that run as that uid (OpenPrivs)."""
+        self._used[name] = self.reactor.seconds()
+        if self._sweep is None:
+            self._sweep = self.reactor.callLater(CHANNEL_IDLE, self._close_idle)
+        known = self._channels.get(name)
+        if known is None:
+
+            def lost(_: Any = None) -> None:
+                if self._channels.get(name) is shared:
+                    del self._channels[name]
+
+            def adopt(answer: dict[str, Any]) -> Any:
+                return adopt_stream(self.reactor, answer["fd"],
+                                    _Once(lambda: Channel(on_lost=lost))).protocol
+
+            def failed(failure: Failure) -> Failure:
+                lost()
+                return failure
+
+            made = (self.master.callRemote(wire.OpenDelivery, user=name) if uid is None
+                    else self.master.callRemote(wire.OpenPrivs, uid=uid))
+            made.addCallbacks(adopt, failed)
+            known = shared = self._channels[name] = Shared(made)
+        return known.get()
+
+    def _close_idle(self) -> None:
+        self._sweep = None
+        now = self.reactor.seconds()
+        for name, used in list(self._used.items()):
+            if now - used >= CHANNEL_IDLE:
+                del self._used[name]
+                known = self._channels.pop(name, None)
+                if known is not None and known.result is not None:
+                    known.result.transport.loseConnection()
+        if self._used:
+            self._sweep = self.reactor.callLater(CHANNEL_IDLE, self._close_idle)
+
+
+def forward_reader(store: RemoteStore) -> Any:
+    """Expander.forward_reader of the network process (it runs in a pool thread): the
+    account's agent reads ``~/.forward`` with the account's rights."""
+    from twisted.internet.threads import blockingCallFromThread
+
+    from mailsuite.mta.aliases import Target
+
+    def ask(account: Any) -> defer.Deferred[Any]:
+        d = store._channel(account.name)
+        return d.addCallback(lambda ch: ch.callRemote(wire.ReadForward))
+
+    def read(account: Any) -> list[Any]:
+        try:
+            answer: dict[str, Any] = blockingCallFromThread(store.reactor, ask, account)
+        except Exception as e:  # no agent: as an unreadable file, delivered to the mailbox
+            log.warn("{user}: ~/.forward not read ({error}); delivering to the mailbox",
+                     user=account.name, error=e)
+            return []
+        return [Target(text, answer["path"], line)
+                for text, line in zip(answer["items"], answer["lines"], strict=True)]
+
+    return read
+
+
+class RemoteSpecial:
+    """LocalDelivery.special of the network process: a command or file target runs in an
+    agent with the rights it must run with, which checks it is where it came from: the
+    user's agent for one of ``~/.forward``, an agent of default_privs (or of the file's owner)
+    for one of alias_maps. Those of ``:include:`` files are deferred (not yet separated)."""
+
+    def __init__(self, store: RemoteStore, alias_maps: list[str]) -> None:
+        self.store = store
+        self.alias_maps = alias_maps
+
+    def __call__(self, dest: Any, data: bytes, sender: str, original: str, final: str,
+                 now: float) -> defer.Deferred[str]:
+        from mailsuite.mta import forward
+        if dest.sender and sender:  # owner-NAME, as forward.deliver_special
+            sender = dest.sender
+        origin = dest.origin.rsplit(", line ", 1)[0]
+        if dest.privs.uid != 0 and origin == os.path.join(dest.privs.home, ".forward"):
+            channel = self.store._channel(dest.privs.user)
+        elif dest.privs.uid != 0 and origin in self.alias_maps:
+            channel = self.store._channel(f"uid:{dest.privs.uid}", uid=dest.privs.uid)
+        else:
+            return defer.fail(forward.TargetFailed(
+                False, "4.3.0", "commands and files of :include: files are not run with"
+                " privilege separation yet"))
+        program = isinstance(dest, forward.Program)
+        fd = _sealed([data])
+        channel.addCallback(lambda ch: ch.callRemote(
+            wire.DeliverSpecial, kind="program" if program else "file",
+            target=dest.command if program else dest.path, origin=origin, data=fd,
+            sender=sender, original=original, final=final, when=now))
+
+        def done(result: Any) -> Any:
+            os.close(fd)
+            return result
+
+        channel.addBoth(done)
+
+        def answer(a: dict[str, Any]) -> str:
+            if a["status"] == "sent":
+                return str(a["text"])
+            raise forward.TargetFailed(a["permanent"], a["dsn"], a["text"])
+
+        return channel.addCallback(answer)
+
+
+def _sealed(messages: list[bytes]) -> int:
+    """A memfd holding the messages one after the other, sealed against any change."""
+    import fcntl
+    fd = os.memfd_create("mail", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        for data in messages:
+            write_all(fd, data)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _delivered(answer: dict[str, Any]) -> None:
+    status = answer["status"]
+    if status == "ok":
+        return
+    if status == "refused":
+        raise StoreRefused(answer["text"])
+    if status == "locked":
+        raise LockTimeout(answer["text"], answer["lock_path"])
+    raise StoreError(answer["text"])
+
+
+def build_network(cfg: Config, reactor: Any, maillog: MailLog, master: Any,
+                  listeners: dict[str, int],
+                  tls_fds: tuple[int | None, int | None]) -> tap.MailService:
+    """The services of the network process: tap's assembly with the master's listeners, its
+    password checks (RemoteChecker) and the agents as the store (RemoteStore, RemoteSpecial)."""
+    cert, key = tls_fds
+    tls = None if cert is None or key is None else ServerTLS(f"/proc/self/fd/{cert}",
+                                                             f"/proc/self/fd/{key}")
+    blocking = InPool(reactor)
+    top = tap.MailService()
+    accounts, _ = tap.accounts_and_checker(cfg, blocking)
+    checker = RemoteChecker(master)
+    store = RemoteStore(master, reactor)
+
+    def realm(delivery: LocalDelivery) -> MailRealm:
+        return NetRealm(checker, master, reactor, store, accounts, delivery, blocking)
+
+    def open_dropped(queue_id: str) -> Any:
+        return master.callRemote(wire.OpenDropped, queue_id=queue_id).addCallback(
+            lambda answer: answer["fd"])
+
+    delivery = tap.assemble(top, tap.Parts(cfg, reactor, tls, maillog, accounts, checker, store,
+                                           blocking, realm, listeners=listeners,
+                                           open_dropped=open_dropped))
+    delivery.special = RemoteSpecial(store, cfg.mail.alias_maps)
+    delivery.expander.forward_reader = forward_reader(store)
+    return top
+
+
+class MasterLink(Channel):
+    """The network process's end of its channel to the master (whose going ends us)."""
+
+    top: Any = None  # the network process's services
+    reactor: Any = None
+
+    @wire.NewLog.responder
+    def new_log(self, fd: int) -> dict[str, Any]:
+        self.top.maillog.adopt(fd)
+        return {}
+
+    @wire.NewTLS.responder
+    def new_tls(self, cert: int, key: int) -> Any:
+        tls = self.top.tls
+        if tls is None:
+            os.close(cert)
+            os.close(key)
+            return {"loaded": False}
+        old = tls.cert_path, tls.key_path
+        tls.cert_path, tls.key_path = f"/proc/self/fd/{cert}", f"/proc/self/fd/{key}"
+
+        def done(loaded: bool) -> dict[str, Any]:
+            if loaded:  # the memfds of the certificate before are no longer needed
+                drop = [int(path.rsplit("/", 1)[1]) for path in old
+                        if path.startswith("/proc/self/fd/")]
+            else:
+                tls.cert_path, tls.key_path = old
+                drop = [cert, key]
+            for fd in drop:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            return {"loaded": loaded}
+
+        return tls.reload(InPool(self.reactor)).addCallback(done)
+
+
+def main(spawn: Any, fds: dict[str, int]) -> None:
+    """The network process (the zygote has made it mail_owner)."""
+    start_logging()
+    reactor = fresh_reactor()
+    p = spawn.params
+    cfg = p["cfg"]
+    maillog = maillog_on(fds.pop("maillog", None), cfg.mail.myhostname, reactor)
+    link = MasterLink(on_lost=lambda _: _stop(reactor))
+    link.reactor = reactor
+    adopt_stream(reactor, fds.pop("channel"), _Once(lambda: link))
+    tls_fds = (fds.pop("tls_cert", None), fds.pop("tls_key", None))
+    top = link.top = build_network(cfg, reactor, maillog, link, fds, tls_fds)
+    top.startService()
+    reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+    reactor.run()
+
+
+def _stop(reactor: Any) -> None:
+    if reactor.running:
+        reactor.stop()

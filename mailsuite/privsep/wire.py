@@ -1,0 +1,154 @@
+"""The AMP commands between the processes of a privilege-separated server (see __init__).
+
+Every command names what crosses a boundary between two rights: the network process (the
+``mail_owner`` user) asks the master (root) to check a password, to open a session or a
+delivery channel; the master hands an agent (one user's rights) a channel; the network process
+asks an agent to deliver. Nothing is pickled on a channel the less-privileged side writes to.
+"""
+
+from __future__ import annotations
+
+from twisted.protocols import amp
+
+
+class Refused(Exception):
+    """What a responder answers instead of raising anything else (an error AMP does not know
+    would close the channel): the request is refused, the reason is in the text."""
+
+
+#: the errors every command may answer with
+ERRORS: dict[type[Exception], bytes] = {Refused: b"REFUSED"}
+
+
+class CheckPassword(amp.Command):
+    """net -> master: the one password check (shadow or PAM, the auth cache). ``verdict``:
+    ``ok`` (``name`` is the account, ``ticket`` opens one session of it within a minute),
+    ``fail`` (wrong password, no such user) or ``temp`` (the check itself failed)."""
+
+    arguments = [(b"user", amp.Unicode()), (b"password", amp.String()),
+                 (b"service", amp.Unicode()), (b"rip", amp.Unicode())]
+    response = [(b"verdict", amp.Unicode()), (b"name", amp.Unicode()), (b"ticket", amp.String())]
+    errors = ERRORS
+
+
+
+class OpenSession(amp.Command):
+    """net -> master: a ticket of CheckPassword becomes a stream to an agent of that account,
+    which runs the rest of the IMAP or POP3 session (``tag`` answered there). The other fields
+    are what the agent logs and shows; none of them grants anything."""
+
+    arguments = [(b"ticket", amp.String()), (b"service", amp.Unicode()),
+                 (b"tag", amp.String()), (b"method", amp.Unicode()), (b"secure", amp.Boolean()),
+                 (b"rip", amp.Unicode()), (b"lip", amp.Unicode())]
+    response = [(b"fd", amp.Descriptor())]
+    errors = ERRORS
+
+
+
+class OpenDelivery(amp.Command):
+    """net -> master: a channel to the agent of ``user`` that takes mail for its INBOX and the
+    deliveries of its own .forward (the agent checks that a command or file is in it)."""
+
+    arguments = [(b"user", amp.Unicode())]
+    response = [(b"fd", amp.Descriptor())]
+    errors = ERRORS
+
+
+
+class Attach(amp.Command):
+    """master -> agent: serve this stream: ``role`` is ``imap``, ``pop3`` (a logged-in session
+    of the agent's account, with OpenSession's fields) or ``delivery``."""
+
+    arguments = [(b"role", amp.Unicode()), (b"fd", amp.Descriptor()),
+                 (b"tag", amp.String()), (b"method", amp.Unicode()), (b"secure", amp.Boolean()),
+                 (b"rip", amp.Unicode()), (b"lip", amp.Unicode())]
+    response = []  # type: ignore[var-annotated]
+    errors = ERRORS
+
+
+
+class Retire(amp.Command):
+    """agent -> master: idle; spawn a new agent for the next request. The agent still serves
+    what was attached before the answer, then exits."""
+
+    arguments = []  # type: ignore[var-annotated]
+    response = []  # type: ignore[var-annotated]
+    errors = ERRORS
+
+
+
+class Deliver(amp.Command):
+    """net -> agent: group commit of messages to the agent account's INBOX (the store's
+    deliver_many). The messages are concatenated in ``data`` (a sealed memfd); ``sizes`` and
+    ``senders`` split it. ``status``: ``ok``, ``refused``, ``locked`` (``lock_path``) or
+    ``error``; ``text`` what the store said."""
+
+    arguments = [(b"data", amp.Descriptor()), (b"sizes", amp.ListOf(amp.Integer())),
+                 (b"senders", amp.ListOf(amp.Unicode()))]
+    response = [(b"status", amp.Unicode()), (b"text", amp.Unicode()),
+                (b"lock_path", amp.Unicode())]
+    errors = ERRORS
+
+
+
+class OpenDropped(amp.Command):
+    """net -> master: ``maildrop/QUEUE_ID`` opened read-only (no symlink), for the pickup."""
+
+    arguments = [(b"queue_id", amp.Unicode())]
+    response = [(b"fd", amp.Descriptor())]
+    errors = {FileNotFoundError: b"ENOENT", OSError: b"OSERROR", Refused: b"REFUSED"}
+
+
+class DeliverSpecial(amp.Command):
+    """net -> agent: one copy to a ``program`` or ``file`` target, run with the agent's rights,
+    of the agent account's own ``~/.forward`` or (an agent of OpenPrivs) of the alias file
+    ``origin``: the agent reads that file again and refuses a target that is not in it.
+    ``status``: ``sent`` (``text``: what local(8) logs), ``failed`` (``permanent``, ``dsn``,
+    ``text``)."""
+
+    arguments = [(b"kind", amp.Unicode()), (b"target", amp.Unicode()),
+                 (b"origin", amp.Unicode()),
+                 (b"data", amp.Descriptor()), (b"sender", amp.Unicode()),
+                 (b"original", amp.Unicode()), (b"final", amp.Unicode()),
+                 (b"when", amp.Float())]
+    response = [(b"status", amp.Unicode()), (b"permanent", amp.Boolean()),
+                (b"dsn", amp.Unicode()), (b"text", amp.Unicode())]
+    errors = ERRORS
+
+
+
+class ReadForward(amp.Command):
+    """net -> agent: the items of the account's ``~/.forward`` as the account reads it (the
+    home may be closed to mail_owner); ``path`` is the file's name for log lines."""
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"path", amp.Unicode()), (b"items", amp.ListOf(amp.Unicode())),
+                (b"lines", amp.ListOf(amp.Integer()))]
+    errors = ERRORS
+
+
+
+class NewLog(amp.Command):
+    """master -> net, agents: ``kill -HUP`` reopened the maillog: write to this descriptor."""
+
+    arguments = [(b"fd", amp.Descriptor())]
+    response = []  # type: ignore[var-annotated]
+    errors = ERRORS
+
+
+
+class NewTLS(amp.Command):
+    """master -> net: ``kill -HUP`` read the certificate and key again (memfds of them)."""
+
+    arguments = [(b"cert", amp.Descriptor()), (b"key", amp.Descriptor())]
+    response = [(b"loaded", amp.Boolean())]
+    errors = ERRORS
+
+
+class OpenPrivs(amp.Command):
+    """net -> master: a channel to an agent with ``uid``'s rights for the commands and files
+    of the alias files: ``uid`` must be default_privs' or the owner of one of alias_maps."""
+
+    arguments = [(b"uid", amp.Integer())]
+    response = [(b"fd", amp.Descriptor())]
+    errors = ERRORS

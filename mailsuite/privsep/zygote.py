@@ -1,0 +1,158 @@
+"""The spawner: a clean process (exec'd by the master before it reads a key or a password)
+that imports the server once and forks every unprivileged process from that image, so that
+they share its pages (an agent costs a few hundred KB, not a fresh interpreter).
+
+It stays root (it must give each child its rights) but reads nothing but the master's
+requests on one SOCK_SEQPACKET socket: a pickled ``Spawn`` and the descriptors the child
+keeps. The child drops every group and id for the request's, closes every other
+descriptor, and runs the role's ``main`` on a fresh reactor. The zygote exits when the master
+goes (end of file on its socket, or SIGTERM with the master's process group).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import gc
+import importlib
+import os
+import pickle
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+#: the module whose ``main(spawn, fds)`` each role runs; imported before the first fork (so
+#: the pages are shared)
+ROLES = {"net": "mailsuite.privsep.netproc", "agent": "mailsuite.privsep.agent"}
+
+
+@dataclass
+class Spawn:
+    """One child: ``role`` (``net`` or ``agent``), the rights it runs with (``groups`` its
+    supplementary groups), and the role's ``params``; ``fds`` names the descriptors that come
+    with the request, in order (``channel`` first)."""
+
+    role: str
+    uid: int
+    gid: int
+    groups: list[int]
+    params: dict[str, Any] = field(default_factory=dict)
+    fds: list[str] = field(default_factory=list)
+
+
+def become(uid: int, gid: int, groups: list[int]) -> None:
+    """Drop every id and group for these, for good (real, effective and saved)."""
+    if os.getuid() == 0 or os.geteuid() == 0:
+        os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    if uid != 0 and (os.geteuid() == 0 or os.getegid() != gid):
+        raise OSError("could not drop privileges")
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """PR_SET_PDEATHSIG: ``sig`` when the parent (master, or zygote) is gone, even by kill -9,
+    so that no child outlives the master holding its listening sockets."""
+    import ctypes
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)
+    if os.getppid() == 1:  # the parent went before the setting took
+        os.kill(os.getpid(), sig)
+
+
+def close_others(keep: set[int]) -> None:
+    """Close every descriptor but 0, 1, 2 and ``keep``."""
+    low = 3
+    for fd in sorted(keep | {2**20}):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+
+
+def _child(spawn: Spawn, fds: list[int]) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    close_others(set(fds))
+    named = dict(zip(spawn.fds, fds, strict=False))
+    for fd in fds:
+        os.set_inheritable(fd, False)
+    try:
+        become(spawn.uid, spawn.gid, spawn.groups)
+        die_with_parent()  # after become: a change of ids clears the setting
+        # a role is named, as twistd names a plugin: the zygote knows no role's code
+        importlib.import_module(ROLES[spawn.role]).main(spawn, named)
+    except BaseException as e:  # the child never returns into the zygote's loop
+        import traceback
+        print(f"mailsuite {spawn.role} (uid {spawn.uid}): {e!r}", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(0)
+
+
+def _receive(sock: socket.socket) -> tuple[Spawn, list[int]] | None:
+    fds = array.array("i")
+    msg, anc, _flags, _ = sock.recvmsg(1 << 20, socket.CMSG_LEN(64 * fds.itemsize))
+    if not msg:
+        return None
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return pickle.loads(msg), list(fds)  # only the master writes to this socket
+
+
+def serve(sock: socket.socket) -> None:
+    """The zygote's loop: one fork per request, until the master's end closes."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ROLES.values():
+        importlib.import_module(name)
+    gc.collect()
+    gc.freeze()  # what is here stays shared: the collector never writes to these pages
+    while True:
+        try:
+            got = _receive(sock)
+        except InterruptedError:
+            continue
+        if got is None:
+            return
+        spawn, fds = got
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            _child(spawn, fds)
+        for fd in fds:
+            os.close(fd)
+
+
+def start(python: str = sys.executable) -> tuple[int, socket.socket]:
+    """Exec a zygote; returns its pid and the master's end of its socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = dict(os.environ)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ours.close()
+            close_others({theirs.fileno()})
+            os.set_inheritable(theirs.fileno(), True)
+            os.execve(python, [python, "-m", "mailsuite.privsep.zygote", str(theirs.fileno())],
+                      env)
+        finally:
+            os._exit(127)
+    theirs.close()
+    return pid, ours
+
+
+def send(sock: socket.socket, spawn: Spawn, fds: list[int]) -> None:
+    """Ask the zygote for a child (the caller closes its copies of ``fds`` afterwards)."""
+    data = pickle.dumps(spawn)
+    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+
+
+if __name__ == "__main__":
+    _sock = socket.socket(fileno=int(sys.argv[1]))
+    die_with_parent()
+    serve(_sock)

@@ -1,0 +1,195 @@
+"""The master's narrow interface (privsep.master) and the network side's use of it, with
+fakes: what a network process can and cannot obtain from the master."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from mailsuite.accounts import Account
+from mailsuite.privsep import netproc, wire, zygote
+from mailsuite.privsep.master import TICKET_LIFE, MasterService
+
+BOSS = Account("boss", 2000, 2000, "/home/boss")
+
+
+class FakeChecker:
+    def __init__(self) -> None:
+        self.broken = False
+
+    def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes]:
+        if self.broken:
+            return defer.fail(OSError("shadow unreadable"))
+        if credentials.username == b"boss" and credentials.password == b"secret":
+            return defer.succeed(b"boss")
+        return defer.fail(UnauthorizedLogin("no"))
+
+
+class Master(MasterService):
+    """MasterService with the agent side recorded instead of spawned."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(None, clock, FakeChecker(), None, None, {}, None, (999, 999))
+        self.streams: list[tuple[str, str, dict[str, Any]]] = []
+
+    def open_stream(self, name: str, role: str, **fields: Any) -> Any:
+        self.streams.append((name, role, fields))
+        return defer.succeed({"fd": -1})
+
+
+def result(d: defer.Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out[0]
+
+
+class MasterTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.master = Master(self.clock)
+
+    def test_verdicts(self) -> None:
+        ok = result(self.master.check_password("boss", b"secret"))
+        self.assertEqual((ok["verdict"], ok["name"]), ("ok", "boss"))
+        self.assertEqual(len(ok["ticket"]), 18)
+        bad = result(self.master.check_password("boss", b"guess"))
+        self.assertEqual((bad["verdict"], bad["ticket"]), ("fail", b""))
+        self.master.checker.broken = True
+        temp = result(self.master.check_password("boss", b"secret"))
+        self.assertEqual(temp["verdict"], "temp")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_session_needs_a_fresh_ticket_once(self) -> None:
+        """A session of an account only with a ticket of a password check of it, once."""
+        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
+        self.master.open_session(ticket, "imap", tag=b"a1")
+        self.assertEqual(self.master.streams, [("boss", "imap", {"tag": b"a1"})])
+        self.assertRaises(wire.Refused, self.master.open_session, ticket, "imap")
+        self.assertRaises(wire.Refused, self.master.open_session, b"x" * 18, "imap")
+
+    def test_ticket_expires(self) -> None:
+        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
+        self.clock.advance(TICKET_LIFE + 1)
+        self.assertRaises(wire.Refused, self.master.open_session, ticket, "pop3")
+        self.assertEqual(self.master.streams, [])
+
+    def test_session_roles_only(self) -> None:
+        """A ticket opens an IMAP or POP3 session, nothing else (no delivery, no other role)."""
+        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
+        self.assertRaises(wire.Refused, self.master.open_session, ticket, "agent")
+
+    def test_dropped_names(self) -> None:
+        for name in ("", "../x", ".tmp.ABC", "a/b"):
+            self.assertRaises(wire.Refused, self.master.open_dropped, name)
+
+
+class FakeMaster:
+    def __init__(self, answers: list[dict[str, Any]]) -> None:
+        self.answers = answers
+        self.calls: list[Any] = []
+
+    def callRemote(self, command: Any, **kw: Any) -> defer.Deferred[Any]:
+        self.calls.append((command, kw))
+        return defer.succeed(self.answers.pop(0))
+
+
+class Creds:
+    def __init__(self, username: bytes, password: bytes) -> None:
+        self.username, self.password = username, password
+
+
+class RemoteCheckerTests(unittest.TestCase):
+    def test_ok_leaves_a_ticket(self) -> None:
+        master = FakeMaster([{"verdict": "ok", "name": "boss", "ticket": b"T"}])
+        checker = netproc.RemoteChecker(master)
+        self.assertEqual(result(checker.requestAvatarId(Creds(b"boss", b"secret"))), b"boss")
+        self.assertEqual(checker.take_ticket("boss"), b"T")
+        self.assertIsNone(checker.take_ticket("boss"))
+
+    def test_fail_and_temp(self) -> None:
+        master = FakeMaster([{"verdict": "fail", "name": "", "ticket": b""},
+                             {"verdict": "temp", "name": "", "ticket": b""}])
+        checker = netproc.RemoteChecker(master)
+        failure = result(checker.requestAvatarId(Creds(b"boss", b"x")))
+        self.assertTrue(failure.check(UnauthorizedLogin))
+        failure = result(checker.requestAvatarId(Creds(b"boss", b"x")))
+        self.assertTrue(failure.check(netproc.AuthUnavailable))
+
+
+class SealedTests(unittest.TestCase):
+    def test_messages_in_a_sealed_memfd(self) -> None:
+        import fcntl
+        fd = netproc._sealed([b"one\n", b"two\n"])
+        self.addCleanup(os.close, fd)
+        self.assertEqual(os.pread(fd, 100, 0), b"one\ntwo\n")
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        self.assertTrue(seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SHRINK)
+        self.assertRaises(OSError, os.write, fd, b"x")
+
+
+class ZygoteTests(unittest.TestCase):
+    def test_close_others(self) -> None:
+        """The child keeps exactly the descriptors it was given."""
+        r, w = os.pipe()
+        keep_r, keep_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            zygote.close_others({keep_w})
+            try:
+                os.fstat(r)
+                os.write(keep_w, b"open")
+            except OSError:
+                os.write(keep_w, b"closed")
+            os._exit(0)
+        os.close(keep_w)
+        os.waitpid(pid, 0)
+        self.assertEqual(os.read(keep_r, 10), b"closed")
+        for fd in (r, w, keep_r):
+            os.close(fd)
+
+
+class VettingTests(unittest.TestCase):
+    """An agent runs a command or file target only if the file it came from names it."""
+
+    def test_alias_file(self) -> None:
+        from mailsuite.mta.forward import TargetFailed
+        from mailsuite.privsep.agent import _in_alias_file
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('list: "|/usr/bin/list-post team", /var/archive/team\n')
+        uid = os.getuid()
+        _in_alias_file(path, uid, "program", "/usr/bin/list-post team")
+        _in_alias_file(path, uid, "file", "/var/archive/team")
+        self.assertRaises(TargetFailed, _in_alias_file, path, uid, "program", "/bin/sh -c id")
+        self.assertRaises(TargetFailed, _in_alias_file, path, uid, "file", "/etc/passwd")
+        if uid == 0:  # a file not root's nor the agent's: its commands are not the agent's
+            os.chown(path, 4242, 4242)
+            self.assertRaises(TargetFailed, _in_alias_file, path, 4343, "program",
+                              "/usr/bin/list-post team")
+
+    def test_open_privs_only_for_alias_rights(self) -> None:
+        """OpenPrivs: nobody (default_privs) or an alias file's owner, never root or others."""
+        import pwd
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("x: y\n")
+        cfg = type("C", (), {"mail": type("M", (), {"alias_maps": [path]})()})()
+        master = Master(Clock())
+        master.cfg = cfg
+        opened: list[Any] = []
+        master.open_agent = lambda account, role, privs=False, **kw: opened.append(  # type: ignore[method-assign]
+            (account.uid, role, privs))
+        nobody = pwd.getpwnam("nobody").pw_uid
+        master.open_privs(nobody)
+        self.assertEqual(opened, [(nobody, "delivery", True)])
+        self.assertRaises(wire.Refused, master.open_privs, 0)
+        self.assertRaises(wire.Refused, master.open_privs, 4321)
+        if os.getuid() == 0:
+            os.chown(path, 4321, 4321)
+            master.open_privs(4321)
+            self.assertEqual(opened[-1], (4321, "delivery", True))
