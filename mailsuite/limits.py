@@ -27,6 +27,12 @@ from mailsuite.net import in_networks
 LOG_PERIOD = 60.0  # an over-limit event is logged at most once per client (or service) per minute
 
 
+def userip_exceeded(limit: int) -> str:
+    """Dovecot's words for a login past mail_max_userip_connections (reply and log)."""
+    return ("Maximum number of connections from user+IP exceeded"
+            f" (mail_max_userip_connections={limit})")
+
+
 class _Client:
     __slots__ = ("count", "rates", "start")
 
