@@ -11,10 +11,14 @@ from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from mailsuite.limits import Limits
-from tests.fakes import TLSTransport
+from mailsuite.maillog import MailLog
+from mailsuite.smtp.lmtp import LMTPFactory
+from tests.configs import real_config
+from tests.fakes import FakeDelivery, TLSTransport
 from tests.test_smtp_server import build
 
 STRANGER, OTHER, LOCAL = "198.51.100.2", "198.51.100.3", "127.0.0.1"
@@ -267,3 +271,26 @@ class ErrorTests(SmtpLimitCase):
         self.assertEqual(s.send(b"X" * 590 + b"\r\n"), ["502 5.5.2 Error: command not recognized"])
         self.assertEqual(s.send(b"X" * 700 + b"\r\n"), ["500 5.5.0 Error: line too long"])
         self.assertEqual(s.send(b"NOOP\r\n"), ["250 2.0.0 Ok"])
+
+
+class LmtpTests(unittest.TestCase):
+    def test_process_limit(self) -> None:
+        """LMTP: default_process_limit sessions at once (421 4.3.2 past it); closing one makes
+        room."""
+        clock = Clock()
+        config = real_config("mail.example.test", mail={"default_process_limit": 1})
+        maillog = MailLog(None, "mail.example.test", now=clock.seconds)
+        factory = LMTPFactory(config, FakeDelivery(), maillog,
+                              limits=Limits(config.mail, maillog, clock))
+        sessions = []
+        for _ in range(2):
+            proto, transport = factory.buildProtocol(None), StringTransport()
+            proto.makeConnection(transport)
+            sessions.append((proto, transport))
+        self.assertEqual(sessions[1][1].value(), b"421 4.3.2 All server ports are busy\r\n")
+        self.assertTrue(sessions[1][1].disconnecting)
+        sessions[1][0].connectionLost()
+        sessions[0][0].connectionLost()
+        proto, transport = factory.buildProtocol(None), StringTransport()
+        proto.makeConnection(transport)
+        self.assertTrue(transport.value().startswith(b"220 "))
