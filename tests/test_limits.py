@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from ipaddress import ip_network
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from mailsuite.config import ConfigError, parse_config
 from mailsuite.limits import Anvil, Counter, Limits, OncePer, Slot
 from mailsuite.maillog import MailLog
 from tests.configs import real_config
@@ -129,3 +131,54 @@ class LimitsTests(unittest.TestCase):
         """mail_max_userip_connections = 0: no limit (as Dovecot)."""
         slots = [Slot(self.limits, "pop3", "198.51.100.2") for _ in range(20)]
         self.assertTrue(all(s.login("boss", 0) for s in slots))
+
+
+class ConfigTests(unittest.TestCase):
+    def parse(self, text: str) -> Any:
+        return parse_config(text, "mail.ini", hostname=lambda: "mx.example.com")
+
+    def test_defaults(self) -> None:
+        """Postfix's and Dovecot's defaults; the exceptions follow mynetworks ($mynetworks)."""
+        cfg = self.parse("[mail]\nmynetworks = 192.0.2.0/24\n")
+        m = cfg.mail
+        self.assertEqual(
+            (m.smtpd_client_connection_count_limit, m.smtpd_client_connection_rate_limit,
+             m.smtpd_client_message_rate_limit, m.smtpd_client_recipient_rate_limit,
+             m.smtpd_client_new_tls_session_rate_limit, m.anvil_rate_time_unit,
+             m.default_process_limit, m.smtpd_recipient_limit, m.smtpd_soft_error_limit,
+             m.smtpd_hard_error_limit, m.smtpd_error_sleep_time, m.smtpd_junk_command_limit,
+             m.line_length_limit),
+            (50, 0, 0, 0, 0, 60.0, 100, 1000, 10, 20, 1.0, 100, 2048))
+        self.assertEqual(m.smtpd_client_event_limit_exceptions, [ip_network("192.0.2.0/24")])
+        self.assertEqual((cfg.imap.mail_max_userip_connections, cfg.imap.process_limit,
+                          cfg.pop3.mail_max_userip_connections, cfg.pop3.process_limit),
+                         (10, 1024, 10, 1024))
+
+    def test_values(self) -> None:
+        """Set values are read; [pop3] is its own section."""
+        cfg = self.parse("[mail]\nsmtpd_client_connection_rate_limit = 30\n"
+                         "anvil_rate_time_unit = 2m\nsmtpd_client_event_limit_exceptions =\n"
+                         "[imap]\nmail_max_userip_connections = 0\n"
+                         "[pop3]\nmail_max_userip_connections = 3\nprocess_limit = 7\n")
+        self.assertEqual((cfg.mail.smtpd_client_connection_rate_limit,
+                          cfg.mail.anvil_rate_time_unit,
+                          cfg.mail.smtpd_client_event_limit_exceptions), (30, 120.0, []))
+        self.assertEqual((cfg.imap.mail_max_userip_connections, cfg.pop3.process_limit,
+                          cfg.pop3.mail_max_userip_connections), (0, 7, 3))
+
+    def test_bad_values_all_reported(self) -> None:
+        """Bad limit values are errors naming their keys, all at once."""
+        with self.assertRaises(ConfigError) as e:
+            self.parse("[mail]\nanvil_rate_time_unit = 0s\nline_length_limit = 100\n"
+                       "default_process_limit = 0\nsmtpd_client_event_limit_exceptions = x\n"
+                       "smtpd_client_connection_count_limit = -1\n"
+                       "[imap]\nprocess_limit = 0\n[pop3]\nmail_max_userip_connections = ten\n")
+        text = str(e.exception)
+        for key in ("[mail] anvil_rate_time_unit: '0s' is not a time of at least 1s",
+                    "[mail] line_length_limit: '100' is too small: at least 512",
+                    "[mail] default_process_limit: '0' is not at least 1",
+                    "[mail] smtpd_client_event_limit_exceptions: 'x' is not an IP network",
+                    "[mail] smtpd_client_connection_count_limit: '-1' is not a whole number",
+                    "[imap] process_limit: '0' is not at least 1",
+                    "[pop3] mail_max_userip_connections: 'ten' is not a whole number"):
+            self.assertIn(key, text)
