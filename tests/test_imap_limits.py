@@ -129,3 +129,14 @@ class ImapLimitTests(ImapTestCase):
         self.assertEqual(out, b"c BAD [TOOBIG] Literal too big.\r\n* BYE Literal too big.\r\n")
         self.assertTrue(s.transport.disconnecting)
         self.assertEqual(len(self.box().messages), 1)
+
+    def test_logout_releases_at_once(self) -> None:
+        """LOGOUT ends the session's place in the counts at once, before the connection is
+        gone (a TLS close can wait for the client)."""
+        self.configure(mail_max_userip_connections=1, process_limit=1)
+        s = self.session()
+        s.login()
+        s.cmd(b"z LOGOUT")
+        self.assertIn(b"L1 OK", self.session().login())
+        s.proto.connectionLost()  # later: counted once only
+        self.assertEqual(self.limits.sessions["imap"], 1)

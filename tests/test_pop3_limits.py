@@ -106,3 +106,11 @@ class Pop3LimitTests(Pop3TestCase):
         self.assertEqual(out, b"+OK\r\n" * LOGIN_MAX_COMMANDS
                          + b"-ERR Too many commands before login.\r\n")
         self.assertTrue(session[1].disconnecting)
+
+    def test_quit_releases_at_once(self) -> None:
+        """QUIT ends the session's place in the counts before the connection is gone."""
+        self.configure(mail_max_userip_connections=1, process_limit=1)
+        first = self.open()
+        self.login(first)
+        self.send(first, b"QUIT")
+        self.assertEqual(self.login(self.open()), b"+OK\r\n+OK Logged in.\r\n")

@@ -94,6 +94,15 @@ class ConnectionTests(SmtpLimitCase):
         self.connect().close()  # refused again, logged again a minute later
         self.assertEqual(len(self.warnings("concurrency limit exceeded")), 2)
 
+    def test_quit_releases_at_once(self) -> None:
+        """QUIT ends the connection's place in the counts before the connection is gone."""
+        self.configure(smtpd_client_connection_count_limit=1, default_process_limit=1)
+        s = self.connect()
+        s.send(b"QUIT\r\n")
+        self.assertFalse(self.connect().refused)
+        s.close()
+        self.assertEqual(self.factory.limits.sessions["smtp"], 1)
+
     def test_mynetworks_exempt(self) -> None:
         """Clients in smtpd_client_event_limit_exceptions ($mynetworks: loopback by default)
         have no count limit; with the exceptions empty, loopback is limited too."""

@@ -50,6 +50,7 @@ class ImapLimits(_Base):
         return False
 
     def limits_release(self) -> None:
+        """At LOGOUT and connectionLost (the first one counts)."""
         if self.slot is not None:
             self.slot.release()
 

@@ -458,6 +458,7 @@ class IMAPServer(  # type: ignore[misc]
                 f"Logged out in={self._bytes_in} out={self._bytes_out}, "
                 f"user=<{self.user}>, rip={self._rip()}",
             )
+        self.limits_release()  # the session is over (a TLS close may take longer)
         self.uncork()
         self.transport.loseConnection()
 

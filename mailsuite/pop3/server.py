@@ -339,6 +339,8 @@ class POP3Server(Pop3Login, pop3.POP3):
     def do_QUIT(self, *_: bytes) -> Any:
         self._quit = True
         self._end = "Logged out"
+        if self.slot is not None:  # the session is over (a TLS close may take longer)
+            self.slot.release()
         if self.mbox is None:
             self.reply(b"+OK Logging out.")
             self.transport.loseConnection()

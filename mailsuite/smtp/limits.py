@@ -88,7 +88,7 @@ class SmtpLimits:
         return True
 
     def limits_release(self) -> None:
-        """At connectionLost: the connection no longer counts."""
+        """At QUIT and connectionLost (the first one counts): the connection no longer counts."""
         if self._entered:
             self._entered = False
             self.factory.limits.sessions.remove(self.factory.service)

@@ -382,6 +382,7 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
 
     def _cmd_quit(self, arg: bytes) -> None:
         self._quit = True
+        self.limits_release()  # the session is over (a TLS close may take longer)
         self._reply(221, "2.0.0 Bye")
         self.transport.loseConnection()
 
