@@ -123,16 +123,21 @@ class OncePer:
     def __init__(self, clock: Any, period: float = LOG_PERIOD) -> None:
         self.clock, self.period = clock, period
         self._last: dict[Hashable, float] = {}
+        self._swept = clock.seconds()
 
     def allow(self, key: Hashable) -> bool:
         now = self.clock.seconds()
+        if now - self._swept >= self.period:  # keys of one period kept at most
+            self._swept = now
+            self._last = {k: t for k, t in self._last.items() if now - t < self.period}
         last = self._last.get(key)
         if last is not None and now - last < self.period:
             return False
-        if len(self._last) > 1000:
-            self._last = {k: t for k, t in self._last.items() if now - t < self.period}
         self._last[key] = now
         return True
+
+    def __len__(self) -> int:
+        return len(self._last)
 
 
 class Limits:

@@ -54,6 +54,14 @@ class ImapLimitTests(ImapTestCase):
         a.proto.connectionLost()
         self.assertTrue(self.session().greeting.startswith(b"* OK"))
 
+    def test_refused_connection_reads_nothing(self) -> None:
+        """Commands a refused client sent at once are not run (no login, no reply)."""
+        self.configure(process_limit=1)
+        self.session()
+        refused = self.session()
+        self.assertEqual(refused.cmd(b"a LOGIN boss secret"), b"")
+        self.assertEqual(self.realm.avatars, [])
+
     def test_userip_limit(self) -> None:
         """mail_max_userip_connections per user and address, loopback included (Dovecot has
         no exemption): the third login gets BYE and is closed, logged once a minute; another

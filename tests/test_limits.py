@@ -81,6 +81,16 @@ class CounterAndOnceTests(unittest.TestCase):
         clock.advance(0.1)
         self.assertTrue(once.allow("a"))
 
+    def test_once_forgets_old_keys(self) -> None:
+        """Keys older than a period are dropped (memory of one period of refusals)."""
+        clock = Clock()
+        once = OncePer(clock, 60)
+        for n in range(5000):
+            once.allow(n)
+        clock.advance(61)
+        once.allow("new")
+        self.assertEqual(len(once), 1)
+
 
 class LimitsTests(unittest.TestCase):
     def setUp(self) -> None:

@@ -181,6 +181,8 @@ class IMAPServer(  # type: ignore[misc]
         when a command finishes while the read is handled): the inner call only queues, so no
         reply of a pipelined command is dropped or reordered (issue 9, IMAP 1)."""
         self._bytes_in += len(data)
+        if self.transport.disconnecting:
+            return  # refused (a limit) or logged out: nothing more is read
         if self._corked is not None:
             super().dataReceived(data)
             return
