@@ -114,3 +114,12 @@ class Pop3LimitTests(Pop3TestCase):
         self.login(first)
         self.send(first, b"QUIT")
         self.assertEqual(self.login(self.open()), b"+OK\r\n+OK Logged in.\r\n")
+
+    def test_line_too_long(self) -> None:
+        """A command line over 16 KB: -ERR and the connection ends (it was closed silently)."""
+        self.configure()
+        session = self.open()
+        session[1].clear()
+        self.assertEqual(self.send(session, b"USER " + b"x" * 20000, b"NOOP"),
+                         b"-ERR Input line too long.\r\n")
+        self.assertTrue(session[1].disconnecting)

@@ -137,6 +137,12 @@ class POP3Server(Pop3Login, pop3.POP3):
     # -- command pipeline: one command at a time, later ones wait in order --
 
     delimiter = b"\n"  # lines end in CRLF, but a bare LF (telnet, nc) is accepted like Dovecot
+    MAX_LENGTH = 16384  # the longest command line (an AUTH response included)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.reply(b"-ERR Input line too long.")
+        self._quit = True
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self._tls_cut = False  # a new read: after STLS, this is decrypted input
