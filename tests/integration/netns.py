@@ -27,22 +27,22 @@ def ip(*args: str) -> None:
 
 class Namespace:
     """A network namespace with a veth pair: ``host`` on our side, ``client`` (and ``second``)
-    inside it, in a /29 of 198.51.100.0/24 chosen by pid so two runs at once do not collide."""
+    inside it, in a /29 of 198.51.100.0/24: the first free one from a choice by pid, so two
+    runs at once do not collide."""
 
     def __init__(self, testcase: unittest.TestCase) -> None:
-        n = os.getpid() % 30
         self.name = f"msbf{os.getpid()}"
-        outside, inside = f"msbf{n}h", f"msbf{n}n"
-        base = 8 * n
-        self.host, self.client, self.second = (f"198.51.100.{base + k}" for k in (1, 2, 3))
         try:
             ip("netns", "add", self.name)
         except subprocess.CalledProcessError as e:
             reason = e.stderr.decode().strip()
             raise unittest.SkipTest(f"cannot create a network namespace: {reason}") from e
         testcase.addCleanup(ip, "netns", "del", self.name)
-        ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        n = self._link(os.getpid() % 30)
+        outside, inside = f"msbf{n}h", f"msbf{n}n"
         testcase.addCleanup(subprocess.run, ["ip", "link", "del", outside], capture_output=True)
+        base = 8 * n
+        self.host, self.client, self.second = (f"198.51.100.{base + k}" for k in (1, 2, 3))
         ip("link", "set", inside, "netns", self.name)
         ip("addr", "add", f"{self.host}/29", "dev", outside)
         ip("link", "set", outside, "up")
@@ -50,6 +50,19 @@ class Namespace:
             ip("-n", self.name, "addr", "add", f"{address}/29", "dev", inside)
         ip("-n", self.name, "link", "set", inside, "up")
         ip("-n", self.name, "link", "set", "lo", "up")
+
+    @staticmethod
+    def _link(start: int) -> int:
+        """Make the veth pair of the first free slot from ``start`` (another test run may hold
+        one: ``ip link add`` of its name fails); the slot number."""
+        for k in range(30):
+            n = (start + k) % 30
+            try:
+                ip("link", "add", f"msbf{n}h", "type", "veth", "peer", "name", f"msbf{n}n")
+                return n
+            except subprocess.CalledProcessError:
+                continue
+        raise unittest.SkipTest("no free veth pair name (msbf0h-msbf29h all taken)")
 
     def run(self, script: str, *args: str, timeout: float = 120) -> str:
         """``python script args...`` inside the namespace; its stdout (it must exit 0)."""
