@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 
 from mailsuite.limits import Limits
@@ -123,3 +124,23 @@ class Pop3LimitTests(Pop3TestCase):
         self.assertEqual(self.send(session, b"USER " + b"x" * 20000, b"NOOP"),
                          b"-ERR Input line too long.\r\n")
         self.assertTrue(session[1].disconnecting)
+
+    def test_login_finishing_after_the_connection_is_gone(self) -> None:
+        """A login whose check answers after the client left is not counted (nothing would
+        release it): the next login of the user from that address is served."""
+        self.configure(mail_max_userip_connections=1)
+        real, held = self.portal, []
+
+        class SlowPortal:
+            def login(self, *args: Any) -> defer.Deferred[Any]:
+                d: defer.Deferred[Any] = defer.Deferred()
+                held.append((args, d))
+                return d
+
+        proto, _transport = session = self.open()
+        proto.portal = SlowPortal()
+        self.send(session, b"USER boss", b"PASS secret")
+        proto.connectionLost(None)
+        ((args, d),) = held
+        real.login(*args).chainDeferred(d)
+        self.assertEqual(self.login(self.open()), b"+OK\r\n+OK Logged in.\r\n")

@@ -89,7 +89,9 @@ class Pop3Login(sasl.Conversation):
     def _limits_login(self) -> bool:
         """mail_max_userip_connections: False once the login is refused (closing)."""
         limit = self.config.pop3.mail_max_userip_connections
-        if self.slot is None or self.slot.login(self._login_user, limit):
+        if self.slot is None or self._lost:  # type: ignore[attr-defined]  # (gone: uncounted)
+            return True
+        if self.slot.login(self._login_user, limit):
             return True
         text = userip_exceeded(limit)
         self.limits.warn(("userip", "pop3", self._login_user, self.rip), "pop3-login",
