@@ -196,6 +196,16 @@ disable_plaintext_auth = no
 [mailbox]
 mail_location = mbox:{self.users_dir}/%u/mail:INBOX={self.users_dir}/%u/INBOX
 
+# Raised as for the Dovecot peer (peers/dovecot-local.conf), only so that imap-idle-conns
+# (2,000 sessions from 127.0.0.1 over 10 users) is not refused; defaults 10 and 1024.
+[imap]
+mail_max_userip_connections = 5000
+process_limit = 5000
+
+[pop3]
+mail_max_userip_connections = 5000
+process_limit = 5000
+
 [tls]
 ssl = no
 """)

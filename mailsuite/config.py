@@ -23,7 +23,7 @@ import difflib
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailsuite import uidlformat
@@ -34,6 +34,7 @@ from mailsuite.configvalues import (
     parse_alias_maps,
     parse_bool,
     parse_cache_size,
+    parse_command_length,
     parse_dns_resolver,
     parse_domain,
     parse_domains,
@@ -49,6 +50,8 @@ from mailsuite.configvalues import (
     parse_pem_path,
     parse_port,
     parse_port_or_socket,
+    parse_positive,
+    parse_positive_seconds,
     parse_relayhost,
     parse_seconds,
     parse_size,
@@ -105,6 +108,21 @@ class MailConfig:
     smtp_port: int
     #: the unprivileged user of the network process ('': one process, no separation)
     mail_owner: str = "mailsuite"
+    # Limits of smtpd (Postfix's names and defaults; mailsuite.limits, smtp/limits.py).
+    smtpd_recipient_limit: int = 1000
+    smtpd_hard_error_limit: int = 20
+    smtpd_soft_error_limit: int = 10
+    smtpd_error_sleep_time: float = 1.0
+    smtpd_junk_command_limit: int = 100
+    line_length_limit: int = 2048
+    default_process_limit: int = 100
+    smtpd_client_connection_count_limit: int = 50
+    smtpd_client_connection_rate_limit: int = 0
+    smtpd_client_message_rate_limit: int = 0
+    smtpd_client_recipient_rate_limit: int = 0
+    smtpd_client_new_tls_session_rate_limit: int = 0
+    smtpd_client_event_limit_exceptions: list[Network] = field(default_factory=list)
+    anvil_rate_time_unit: float = 60.0
 
 
 SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
@@ -196,6 +214,16 @@ class ImapConfig:
     """``[imap]``: Dovecot's imap settings."""
 
     imap_max_line_length: int = 64 * 1024
+    mail_max_userip_connections: int = 10
+    process_limit: int = 1024
+
+
+@dataclass(frozen=True)
+class Pop3Config:
+    """``[pop3]``: Dovecot's protocol pop3 and service pop3 limits."""
+
+    mail_max_userip_connections: int = 10
+    process_limit: int = 1024
 
 
 @dataclass(frozen=True)
@@ -216,6 +244,7 @@ class Config:
     mailbox: MailboxConfig
     tls: TLSConfig
     imap: ImapConfig = ImapConfig()
+    pop3: Pop3Config = Pop3Config()
 
 
 # A default is text (expanded like a value from the file) or a function of a lookup of [mail].
@@ -263,6 +292,20 @@ _SECTIONS: dict[str, _Section] = {
         _Key("smtp_sasl_password_maps", "", parse_optional_path),
         _Key("smtp_port", "25", parse_smtp_port),
         _Key("mail_owner", "mailsuite", parse_user_name),
+        _Key("smtpd_recipient_limit", "1000", parse_positive),
+        _Key("smtpd_hard_error_limit", "20", parse_positive),
+        _Key("smtpd_soft_error_limit", "10", parse_uint),
+        _Key("smtpd_error_sleep_time", "1s", parse_seconds),
+        _Key("smtpd_junk_command_limit", "100", parse_positive),
+        _Key("line_length_limit", "2048", parse_command_length),
+        _Key("default_process_limit", "100", parse_positive),
+        _Key("smtpd_client_connection_count_limit", "50", parse_uint),
+        _Key("smtpd_client_connection_rate_limit", "0", parse_uint),
+        _Key("smtpd_client_message_rate_limit", "0", parse_uint),
+        _Key("smtpd_client_recipient_rate_limit", "0", parse_uint),
+        _Key("smtpd_client_new_tls_session_rate_limit", "0", parse_uint),
+        _Key("smtpd_client_event_limit_exceptions", "$mynetworks", parse_networks),
+        _Key("anvil_rate_time_unit", "60s", parse_positive_seconds),
     ]),
     "listen": _Section(ListenConfig, [
         _Key("smtp", "25", parse_port),
@@ -301,6 +344,12 @@ _SECTIONS: dict[str, _Section] = {
     ]),
     "imap": _Section(ImapConfig, [
         _Key("imap_max_line_length", "64k", parse_line_length),
+        _Key("mail_max_userip_connections", "10", parse_uint),
+        _Key("process_limit", "1024", parse_positive),
+    ]),
+    "pop3": _Section(Pop3Config, [
+        _Key("mail_max_userip_connections", "10", parse_uint),
+        _Key("process_limit", "1024", parse_positive),
     ]),
     "tls": _Section(TLSConfig, [
         _Key("ssl", "yes", parse_ssl),

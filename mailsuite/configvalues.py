@@ -226,6 +226,29 @@ def parse_uint(value: str) -> int:
     return int(value.strip())
 
 
+def parse_positive(value: str) -> int:
+    """A whole number of at least 1 (a limit that cannot be turned off)."""
+    number = parse_uint(value)
+    if number < 1:
+        raise ValueError(f"{value.strip()!r} is not at least 1")
+    return number
+
+
+def parse_positive_seconds(value: str) -> float:
+    seconds = parse_seconds(value)
+    if seconds <= 0:
+        raise ValueError(f"{value.strip()!r} is not a time of at least 1s")
+    return seconds
+
+
+def parse_command_length(value: str) -> int:
+    """line_length_limit: bytes of an SMTP command line, at least 512 (RFC 5321 4.5.3.1.4)."""
+    length = parse_size(value)
+    if length < 512:
+        raise ValueError(f"{value.strip()!r} is too small: at least 512 (RFC 5321)")
+    return length
+
+
 def parse_path(value: str) -> str:
     text = value.strip()
     if not text.startswith("/"):

@@ -41,6 +41,7 @@ from mailsuite.config import DEFAULT_CONFIG, SERVICES, Config, ConfigError, conf
 from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPFactory
+from mailsuite.limits import Limits
 from mailsuite.maillog import MailLog
 from mailsuite.privsep.ports import AdoptedPort, SocketFiles, held_socket
 from mailsuite.mta.aliases import AliasLookupError
@@ -220,21 +221,23 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
     # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
     pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now)
+    limits = Limits(cfg.mail, maillog, reactor)  # connection counts and rates: every door
 
     def make(name: str) -> Any:
         implicit = name in IMPLICIT_TLS
         if name in ("smtp", "submission", "smtps"):
             return SMTPFactory(cfg, the_portal, delivery, maillog, clock=reactor,
                                reverse_lookup=lookup, service=name, server_tls=tls,
-                               implicit_tls=implicit, policy=policy, pipeline=pipeline)
+                               implicit_tls=implicit, policy=policy, pipeline=pipeline,
+                               limits=limits)
         if name in ("pop3", "pop3s"):
             return POP3Factory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
-                               implicit_tls=implicit, policy=policy)
+                               implicit_tls=implicit, policy=policy, limits=limits)
         if name == "lmtp":
-            return LMTPFactory(cfg, delivery, maillog, pipeline)
+            return LMTPFactory(cfg, delivery, maillog, pipeline, limits)
         return IMAPFactory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
                            implicit_tls=implicit, policy=policy, recent=recent,
-                           idle_poller=idle_poller)
+                           idle_poller=idle_poller, limits=limits)
 
     _add_listeners(top, cfg, make, tls, reactor, p.listeners)
     with step("[mail] queue_directory"):

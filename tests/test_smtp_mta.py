@@ -123,8 +123,12 @@ class LimitTests(SessionCase):
                          ["452 4.5.3 Error: too many recipients"])
 
     def test_error_limit(self) -> None:
-        """The 20th error reply of a session (smtpd_hard_error_limit) ends it with 421 4.7.0."""
-        replies = self.send(b"BOGUS\r\n" * 25)
+        """The 20th error reply of a session (smtpd_hard_error_limit) ends it with 421 4.7.0;
+        from the 10th on each waits smtpd_error_sleep_time (1s) on the clock."""
+        self.send(b"BOGUS\r\n" * 25)
+        for _ in range(10):
+            self.clock.advance(1)
+        replies = self.transport.value().decode().split("\r\n")[:-1]
         self.assertEqual(len([r for r in replies if r.startswith("502")]), 20)
         self.assertEqual(replies[-1], "421 4.7.0 mail.example.com Error: too many errors")
         self.assertTrue(self.transport.disconnecting)

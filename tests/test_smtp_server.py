@@ -280,8 +280,13 @@ class CommandTests(SessionCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_too_many_errors(self) -> None:
-        """20 errors: 421 4.7.0 and disconnect (smtpd_hard_error_limit)."""
+        """20 errors: 421 4.7.0 and disconnect (smtpd_hard_error_limit); from the 10th on
+        (smtpd_soft_error_limit) each reply waits smtpd_error_sleep_time (1s) on the clock."""
         replies = self.send(b"FOO\r\n" * 25)
+        self.assertEqual(len(replies), 10)
+        for _ in range(10):
+            self.clock.advance(1)
+        replies = self.transport.value().decode().split("\r\n")[:-1]
         self.assertEqual(len(replies), 21)
         self.assertTrue(replies[-1].startswith("421 4.7.0"))
         self.assertTrue(self.transport.disconnecting)

@@ -49,6 +49,7 @@ class ImapLogin(sasl.Conversation, _Base):
     _sasl_tag = b""
     user: str | None  # set by a login (the server starts it at None)
     _onLogout: Callable[[], None] | None  # the realm's logout of the avatar, once logged in
+    limits_login: Callable[[str, str], bool]  # limits.ImapLimits': mail_max_userip_connections
 
     def plaintext_ok(self) -> bool:
         return sasl.plaintext_ok(self.config, self.transport, self.secure)
@@ -165,7 +166,7 @@ class ImapLogin(sasl.Conversation, _Base):
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]], tag: bytes, name: str,
                    method: str) -> defer.Deferred[None] | None:
         _, avatar, logout = result
-        if self._lost:
+        if self._lost or not self.limits_login(name, method):
             logout()
             return None
         self.maillog.write("imap-login", "Login: " + self._login_line(name, method))

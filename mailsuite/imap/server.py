@@ -39,12 +39,14 @@ from mailsuite.config import Config
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdlePoller
+from mailsuite.imap.limits import ImapLimits
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.parser import LITERAL_AT_END, Cursor, ParseError
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
 from mailsuite.imap.session import states
+from mailsuite.limits import Limits
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.store.interfaces import (
     InvalidMailboxName,
@@ -59,7 +61,7 @@ log = Logger()
 
 _NO_EXPUNGE = {b"FETCH", b"STORE", b"SEARCH", b"UID FETCH", b"UID STORE", b"UID SEARCH"}
 _NO_REFRESH = {b"LOGOUT", b"CAPABILITY", b"NOOP", b"CHECK", b"IDLE", b"SELECT", b"EXAMINE"}
-MAX_LITERAL = 64 * 1024 * 1024  # APPEND of a bigger message: NO [TOOBIG]
+MAX_LITERAL = 64 * 1024 * 1024  # the largest APPEND when message_size_limit = 0 (no limit)
 #: a whole command before login, literals included (Dovecot's IMAP_LOGIN_MAX_LINE_LENGTH);
 #: after login it is [imap] imap_max_line_length, plus the message of an APPEND
 LOGIN_MAX_COMMAND = 8192
@@ -88,7 +90,7 @@ def _idle_tcp(t: Any) -> bool:
 # ignore[misc]: Twisted's IMAP4Server declares ``_onLogout = None`` (so typed None) and then
 # assigns the realm's logout callable to it; ImapLogin types it as what it holds.
 class IMAPServer(  # type: ignore[misc]
-    ImapLogin, GeneralCommands, FolderCommands, SelectedCommands, imap4.IMAP4Server
+    ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands, imap4.IMAP4Server
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
     and tells the time; ``recent`` and ``idle_poller`` are shared by the sessions of a server
@@ -142,13 +144,15 @@ class IMAPServer(  # type: ignore[misc]
     def connectionMade(self) -> None:
         if interfaces.ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
-        super().connectionMade()
+        if self.limits_connect():  # [imap] process_limit
+            super().connectionMade()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
         if self.splice is not None:
             self.splice.client_lost()
         self.setTimeout(None)
+        self.limits_release()
         if self._unsent_wait is not None:
             self._unsent_wait.cancel()
         self._stop_idle()
@@ -183,6 +187,8 @@ class IMAPServer(  # type: ignore[misc]
             self.splice.up(data)
             return
         self._bytes_in += len(data)
+        if self.transport.disconnecting:
+            return  # refused (a limit) or logged out: nothing more is read
         if self._corked is not None:
             super().dataReceived(data)
             return
@@ -289,12 +295,13 @@ class IMAPServer(  # type: ignore[misc]
 
     def _literal_fits(self, first: bytes, size: int) -> bool:
         """A literal must fit in what the command has left, except the message of an APPEND
-        after login (one per command, at most MAX_LITERAL)."""
+        after login (one per command, at most message_size_limit; MAX_LITERAL when it is 0)."""
         if size <= self._command_limit() - self._assembled:
             self._assembled += size
             return True
         name = first.split(b" ", 2)[1:2]
-        if (self.state != "unauth" and not self._message_allowed and size <= MAX_LITERAL
+        largest = self.config.mail.message_size_limit or MAX_LITERAL
+        if (self.state != "unauth" and not self._message_allowed and size <= largest
                 and name and name[0].upper() == b"APPEND"):
             self._message_allowed = True
             return True
@@ -329,7 +336,9 @@ class IMAPServer(  # type: ignore[misc]
         rest = sep + rest  # handlers read the space before each argument
         name = name.upper()
         if not tag or not name or tag == b"*" or tag == b"+":
-            self.sendLine(b"* BAD Missing tag or command.")
+            self.sendBadResponse(None, b"Missing tag or command.")
+            return
+        if not self.limits_command():
             return
         self._command = name
         if name == b"UID":
@@ -345,7 +354,8 @@ class IMAPServer(  # type: ignore[misc]
 
     def _pause_while_busy(self) -> None:
         """Read nothing more until the running command has its tagged reply (see _respond)."""
-        if self._in_flight and self.parseState == "command" and not self.paused and not self._lost:
+        if (self._in_flight and self.parseState == "command" and not self.paused
+                and not self._lost and not self.transport.disconnecting):
             self.pauseProducing()
 
     def _run_command(self, tag: bytes, name: bytes, rest: bytes) -> None:
@@ -456,6 +466,7 @@ class IMAPServer(  # type: ignore[misc]
                 f"Logged out in={self._bytes_in} out={self._bytes_out}, "
                 f"user=<{self.user}>, rip={self._rip()}",
             )
+        self.limits_release()  # the session is over (a TLS close may take longer)
         self.uncork()
         self.transport.loseConnection()
 
@@ -556,12 +567,14 @@ class IMAPFactory(protocol.ServerFactory):
         policy: Any = None,
         recent: RecentTracker | None = None,
         idle_poller: IdlePoller | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """``server_tls`` (a mailsuite.tls.ServerTLS) enables STARTTLS; ``implicit_tls`` marks
         the sessions of port 993, which tap.py wraps in TLS from the first byte; ``policy`` (a
         mailsuite.auth.policy.AuthPolicy) guards every login of the sessions. ``recent`` (which
         session a message is recent in) and ``idle_poller`` are shared by the sessions; the
-        factories of one server must share them too (default: the factory makes its own)."""
+        factories of one server must share them too (default: the factory makes its own), as
+        ``limits`` (mailsuite.limits.Limits: process_limit and user+IP counts)."""
         self.config = config
         self.portal = portal
         self.maillog = maillog
@@ -571,6 +584,7 @@ class IMAPFactory(protocol.ServerFactory):
         self.policy = policy
         self.recent = RecentTracker() if recent is None else recent
         self.idle_poller = IdlePoller() if idle_poller is None else idle_poller
+        self.limits = limits or Limits(config.mail, maillog, clock)
 
     def buildProtocol(self, addr: Any) -> IMAPServer:
         portal = self.portal
@@ -582,4 +596,5 @@ class IMAPFactory(protocol.ServerFactory):
             self.config, portal, self.maillog, self.clock, self.recent, self.idle_poller)
         proto.factory = self
         proto.server_tls, proto.secure = self.server_tls, self.implicit_tls
+        proto.limits = self.limits
         return proto

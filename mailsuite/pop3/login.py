@@ -22,10 +22,13 @@ from twisted.python.failure import Failure
 from mailsuite.auth import sasl
 from mailsuite.auth.policy import LoginBlocked
 from mailsuite.config import Config
+from mailsuite.limits import Slot, userip_exceeded
 
 log = Logger()
 
 MAX_AUTH_ATTEMPTS = 3  # then the connection is closed
+LOGIN_MAX_BAD_COMMANDS = 3  # Dovecot pop3-login's CLIENT_MAX_BAD_COMMANDS
+LOGIN_MAX_COMMANDS = 100  # commands before login (mailsuite's own, as IMAP's)
 
 PLAINTEXT_REFUSED = (b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) "
                      b"connections.")
@@ -45,6 +48,8 @@ class Pop3Login(sasl.Conversation):
     rip = lip = ""
     handed_off = False  # the session went on in an agent (mailsuite.privsep)
     reply: Callable[[bytes | str], None]
+    limits: Any = None  # the factory's mailsuite.limits.Limits (None: unlimited)
+    slot: Slot | None = None
 
     def _init_login(self) -> None:
         self._user = b""
@@ -55,6 +60,51 @@ class Pop3Login(sasl.Conversation):
         self._tls_cut = False  # input after STLS in the same read is discarded (no injection)
         self._quit = False
         self._queue: list[bytes] = []
+        self._bad_before_login = self._commands_before_login = 0
+
+    # -- limits (Dovecot's, see mailsuite.limits) --
+
+    def limits_connect(self) -> bool:
+        """[pop3] process_limit (110 and 995 together): False once refused (closing)."""
+        if self.limits is None:
+            return True
+        self.slot = Slot(self.limits, "pop3", self.rip)
+        if self.slot.enter(self.config.pop3.process_limit):
+            return True
+        return self._refuse(b"-ERR [SYS/TEMP] Maximum number of connections reached, try again"
+                            b" later.")
+
+    def limits_command(self, valid: bool) -> bool:
+        """Before login: at most LOGIN_MAX_BAD_COMMANDS invalid and LOGIN_MAX_COMMANDS
+        commands in all; False once the connection is closing."""
+        if self.mbox is not None or self._sasl is not None:
+            return True
+        self._commands_before_login += 1
+        self._bad_before_login += not valid
+        if self._commands_before_login > LOGIN_MAX_COMMANDS:
+            return self._refuse(b"-ERR Too many commands before login.")
+        if self._bad_before_login >= LOGIN_MAX_BAD_COMMANDS:
+            return self._refuse(b"-ERR Too many bad commands.")
+        return True
+
+    def _limits_login(self) -> bool:
+        """mail_max_userip_connections: False once the login is refused (closing)."""
+        limit = self.config.pop3.mail_max_userip_connections
+        if self.slot is None or self._lost:  # type: ignore[attr-defined]  # (gone: uncounted)
+            return True
+        if self.slot.login(self._login_user, limit):
+            return True
+        text = userip_exceeded(limit)
+        self.limits.warn(("userip", "pop3", self._login_user, self.rip), "pop3-login",
+                         f"{text}: user=<{self._login_user}>, method={self._login_method},"
+                         f" rip={self.rip}, lip={self.lip}{self._tls_note()}")
+        return self._refuse(f"-ERR [IN-USE] {text}".encode())
+
+    def _refuse(self, line: bytes) -> bool:
+        self.reply(line)
+        self._quit = True
+        self.transport.loseConnection()
+        return False
 
     def plaintext_ok(self) -> bool:
         return sasl.plaintext_ok(self.config, self.transport, self.secure)
@@ -156,6 +206,9 @@ class Pop3Login(sasl.Conversation):
 
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Any:
         _iface, avatar, logout = result
+        if not self._limits_login():
+            logout()
+            return None
         self.maillog.write("pop3-login", f"Login: user=<{self._login_user}>, "
                                          f"method={self._login_method}, "
                                          f"rip={self.rip}, lip={self.lip}{self._tls_note()}")

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsuite.config import Config
+from mailsuite.limits import Limits
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.pop3.login import Pop3Login
 from mailsuite.store.interfaces import UnknownUID
@@ -112,6 +113,8 @@ class POP3Server(Pop3Login, pop3.POP3):
         self.init_session()
         self.rip = host_of(self.transport.getPeer())
         self.lip = host_of(self.transport.getHost())
+        if not self.limits_connect():  # [pop3] process_limit
+            return
         self.reply(b"+OK mailsuite ready.")
         self.setTimeout(self.timeOut)
 
@@ -138,6 +141,12 @@ class POP3Server(Pop3Login, pop3.POP3):
     # -- command pipeline: one command at a time, later ones wait in order --
 
     delimiter = b"\n"  # lines end in CRLF, but a bare LF (telnet, nc) is accepted like Dovecot
+    MAX_LENGTH = 16384  # the longest command line (an AUTH response included)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.reply(b"-ERR Input line too long.")
+        self._quit = True
+        self.transport.loseConnection()
 
     splice: Any = None  # after a hand-off to an agent: where the client's bytes go
 
@@ -220,6 +229,8 @@ class POP3Server(Pop3Login, pop3.POP3):
         command, _, rest = line.partition(b" ")
         command = command.upper()
         allowed = MAIL_COMMANDS if self.mbox is not None else AUTH_COMMANDS
+        if not self.limits_command(command in allowed):
+            return None
         if command not in allowed:
             if self.mbox is None and command in MAIL_COMMANDS:
                 return self.reply(b"-ERR Unknown command: not logged in.")
@@ -343,6 +354,8 @@ class POP3Server(Pop3Login, pop3.POP3):
     def do_QUIT(self, *_: bytes) -> Any:
         self._quit = True
         self._end = "Logged out"
+        if self.slot is not None:  # the session is over (a TLS close may take longer)
+            self.slot.release()
         if self.mbox is None:
             self.reply(b"+OK Logging out.")
             self.transport.loseConnection()
@@ -378,6 +391,8 @@ class POP3Server(Pop3Login, pop3.POP3):
             self.splice.client_lost()
         self.setTimeout(None)
         self._queue.clear()
+        if self.slot is not None:
+            self.slot.release()
         if self._unsent_wait is not None:
             self._unsent_wait.cancel()
         # Work in flight (a login, a store read or QUIT's expunge) runs to its end before the
@@ -427,12 +442,15 @@ class POP3Factory(protocol.ServerFactory):
     noisy = False
 
     def __init__(self, config: Config, portal: Any, maillog: Any, clock: Any,
-                 server_tls: Any = None, implicit_tls: bool = False, policy: Any = None) -> None:
+                 server_tls: Any = None, implicit_tls: bool = False, policy: Any = None,
+                 limits: Limits | None = None) -> None:
         """``clock``: an IReactorTime for timeouts and the failed-login delay (tap.py's reactor).
-        ``policy``: a ``mailsuite.auth.policy.AuthPolicy`` applied to every login, or None."""
+        ``policy``: a ``mailsuite.auth.policy.AuthPolicy`` applied to every login, or None.
+        ``limits``: the server's mailsuite.limits.Limits, shared with 995 (None: its own)."""
         self.config, self.portal, self.maillog, self.clock = config, portal, maillog, clock
         self.server_tls, self.implicit_tls = server_tls, implicit_tls
         self.policy = policy
+        self.limits = limits or Limits(config.mail, maillog, clock)
 
     def buildProtocol(self, addr: Any) -> POP3Server:  # type: ignore[override]
         p = self.protocol()
@@ -441,4 +459,5 @@ class POP3Factory(protocol.ServerFactory):
         if self.policy is not None:
             p.portal = self.policy.guard(self.portal, host_of(addr), "pop3")
         p.server_tls, p.secure = self.server_tls, self.implicit_tls
+        p.limits = self.limits
         return p

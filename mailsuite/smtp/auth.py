@@ -62,6 +62,7 @@ class SmtpAuth(sasl.Conversation):
     _reply: Callable[[int, str], None]
     _log: Callable[[str], None]
     _reset_transaction: Callable[[], None]
+    limits_starttls: Callable[[], bool]
     client_name: str
 
     # -- what this session offers ----------------------------------------------------------------
@@ -113,7 +114,7 @@ class SmtpAuth(sasl.Conversation):
             self._reply(501, "5.5.4 Syntax: STARTTLS")
         elif self._sender is not None:
             self._reply(503, "5.5.1 Error: MAIL transaction in progress")
-        else:
+        elif self.limits_starttls():
             self._reply(220, "2.0.0 Ready to start TLS")
             self._buffer = b""  # commands pipelined behind STARTTLS were sent in clear: dropped
             self.transport.startTLS(self.factory.server_tls)

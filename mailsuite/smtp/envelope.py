@@ -25,8 +25,6 @@ from mailsuite.mta.transaction import Recipient
 
 log = Logger()
 
-RECIPIENT_LIMIT = 1000  # Postfix smtpd_recipient_limit
-
 _PATH = rb'(<(?:"(?:[^"\\]|\\.)*"|[^<>"])*>|[^ \t<>]+)'  # <...> may hold a quoted "a>b"
 _MAIL_RE = re.compile(rb"^FROM:[ \t]*" + _PATH + rb"(?:[ \t]+(.*))?$", re.IGNORECASE)
 _RCPT_RE = re.compile(rb"^TO:[ \t]*" + _PATH + rb"(?:[ \t]+(.*))?$", re.IGNORECASE)
@@ -56,6 +54,8 @@ class SmtpEnvelope:
     _reply: Callable[[int, str], None]
     _log: Callable[[str], None]
     sasl_log: Callable[[], str]
+    limits_mail: Callable[[], bool]
+    limits_rcpt: Callable[[], bool]
 
     if TYPE_CHECKING:
         @property
@@ -88,6 +88,8 @@ class SmtpEnvelope:
     def _cmd_mail(self, arg: bytes) -> Any:
         if self._sender is not None:
             self._reply(503, "5.5.1 Error: nested MAIL command")
+            return None
+        if not self.limits_mail():  # smtpd_client_message_rate_limit
             return None
         m = _MAIL_RE.match(arg)
         if not m:
@@ -187,7 +189,9 @@ class SmtpEnvelope:
             except ValueError:
                 self._reply(501, f"5.5.4 Bad {key.decode('ascii', 'replace')} parameter syntax")
                 return None
-        if len(self._recipients) >= RECIPIENT_LIMIT:
+        if not self.limits_rcpt():  # smtpd_client_recipient_rate_limit
+            return None
+        if len(self._recipients) >= self.factory.config.mail.smtpd_recipient_limit:
             self._reply(452, "4.5.3 Error: too many recipients")
             return None
         try:

@@ -22,8 +22,10 @@ from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 
 from mailsuite.config import Config
+from mailsuite.limits import Limits
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta.transaction import LMTP, Client, Envelope, Pipeline, Recipient
 
@@ -59,7 +61,21 @@ class LMTPServer(LineOnlyReceiver):
         self.client_ip = getattr(self.transport.getPeer(), "host", None) or "127.0.0.1"
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
+        limits = self.factory.limits  # default_process_limit sessions at once, as smtpd's
+        self._entered = limits is None or limits.enter("lmtp", self.factory.process_limit)
+        if not self._entered:
+            limits.warn(("process_limit", "lmtp"), "master",
+                        'warning: service "lmtp" has reached its process limit'
+                        f' "{self.factory.process_limit}"')
+            self.reply(421, "4.3.2 All server ports are busy")
+            self.transport.loseConnection()
+            return
         self.reply(220, f"{self.hostname} LMTP mailsuite")
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        if self._entered and self.factory.limits is not None:
+            self._entered = False
+            self.factory.limits.sessions.remove("lmtp")
 
     def reply(self, code: int, text: str) -> None:
         lines = text.split("\n")
@@ -234,8 +250,11 @@ class LMTPFactory(protocol.ServerFactory):
     """Builds LMTP sessions over ``delivery`` (a LocalDelivery); TCP or unix socket."""
 
     def __init__(self, config: Config, delivery: Any, maillog: Any,
-                 pipeline: Pipeline | None = None) -> None:
-        """``pipeline``: the accept pipeline (None: one over ``delivery``, no stages)."""
+                 pipeline: Pipeline | None = None, limits: Limits | None = None) -> None:
+        """``pipeline``: the accept pipeline (None: one over ``delivery``, no stages);
+        ``limits``: the server's mailsuite.limits.Limits (None: no session limit)."""
+        self.limits = limits
+        self.process_limit = config.mail.default_process_limit
         self.hostname: str = config.mail.myhostname
         self.size_limit: int = config.mail.message_size_limit
         self.delivery = delivery

@@ -32,21 +32,21 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from mailsuite.config import Config
+from mailsuite.limits import Limits
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
 from mailsuite.mta.transaction import SMTP, Client, Envelope, Pipeline, Recipient
 from mailsuite.net import host_of
 from mailsuite.smtp.auth import SmtpAuth
 from mailsuite.smtp.envelope import SmtpEnvelope, printable
+from mailsuite.smtp.limits import SmtpLimits
 from mailsuite.threads import Blocking
 
 log = Logger()
 
 IDLE_TIMEOUT = 300  # Postfix smtpd_timeout
-COMMAND_LINE_LIMIT = 2048  # Postfix line_length_limit
 DATA_CHUNK = 65536  # a body line longer than this is passed on in pieces
 PAUSE_BUFFER = 262144  # stop reading while this much input waits behind a slow command
-HARD_ERROR_LIMIT = 20  # Postfix smtpd_hard_error_limit
 
 COMMAND, DATA = "COMMAND", "DATA"
 
@@ -116,9 +116,10 @@ def _unstuff(lines: bytes) -> bytes:
     return data[1:] if data[:1] == b"." else data
 
 
-class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
+class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
     """One SMTP session. ``factory`` gives config, portal, delivery, maillog, clock, and the
-    service (smtp, submission, smtps) with its TLS; STARTTLS and AUTH are ``SmtpAuth``'s."""
+    service (smtp, submission, smtps) with its TLS; STARTTLS and AUTH are ``SmtpAuth``'s, the
+    connection, rate and error limits ``SmtpLimits``'."""
 
     timeout = IDLE_TIMEOUT
     transport: Any
@@ -142,7 +143,6 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self._proto = "SMTP"
         self._avatar: Any = None
         self._logout: Callable[[], None] | None = None
-        self._errors = 0
         self._counts: dict[str, list[int]] = {}  # command -> [ok, total]
         self._command_name = ""
         self._quit = False
@@ -179,13 +179,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         if self._command_name and code < 400 and code != 354:
             self._counts[self._command_name][0] += 1
         if code >= 400:
-            self._errors += 1
-            if self._errors >= HARD_ERROR_LIMIT and not self.transport.disconnecting:
-                self.transport.write(
-                    f"421 4.7.0 {self.factory.hostname} Error: too many errors\r\n".encode()
-                )
-                self._log(f"too many errors after {self._command_name.upper()} from {self.client}")
-                self.transport.loseConnection()
+            self.limits_error()
 
     def _send(self, data: bytes) -> None:
         """Write a reply. On a plain TCP connection with nothing queued, hand it to the socket
@@ -221,6 +215,8 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
         self.client_ip = host_of(self.transport.getPeer())
+        if not self.limits_connect():
+            return
         self.setTimeout(self.timeout)
         self._busy = True  # input before the greeting waits, as Postfix's pre-greet buffer
         d = defer.maybeDeferred(self.factory.reverse_lookup, self.client_ip)
@@ -250,6 +246,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._connected = False
         self.setTimeout(None)
+        self.limits_release()
         if self._greeted:
             if not self._quit and (self._mode is DATA or self._busy):
                 self._log(f"lost connection after {self._command_name.upper()} from {self.client}")
@@ -306,19 +303,24 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
 
     def _command_step(self) -> Any:
         i = self._buffer.find(b"\n")
+        limit = self.factory.config.mail.line_length_limit
         if i < 0:
-            if len(self._buffer) > COMMAND_LINE_LIMIT:
+            if len(self._buffer) > limit:
                 self._buffer = b""
                 if not self._discarding:
                     self._discarding = True
                     self._reply(500, "5.5.0 Error: line too long")
                 return True
             return None
+        if not self._discarding:
+            delay = self.limits_delay()  # smtpd_soft_error_limit reached: wait, then run it
+            if delay is not None:
+                return delay
         line, self._buffer = self._buffer[:i], self._buffer[i + 1 :]
         if self._discarding:  # the tail of an over-long command line
             self._discarding = False
             return True
-        if len(line) > COMMAND_LINE_LIMIT:
+        if len(line) > limit:
             self._reply(500, "5.5.0 Error: line too long")
             return True
         return self._command(line.rstrip(b"\r"))
@@ -339,7 +341,9 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
             return True
         if not self.gate(verb):
             return True
-        return getattr(self, handler)(arg.strip()) or True
+        result = getattr(self, handler)(arg.strip()) or True
+        self.limits_junk(verb)
+        return result
 
     # --- session commands -----------------------------------------------------------------------
 
@@ -378,6 +382,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
 
     def _cmd_quit(self, arg: bytes) -> None:
         self._quit = True
+        self.limits_release()  # the session is over (a TLS close may take longer)
         self._reply(221, "2.0.0 Bye")
         self.transport.loseConnection()
 
@@ -501,6 +506,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         if results and not any(r.accepted for r in results):  # a stage's verdict
             self._reply(results[0].code, f"{results[0].dsn} {results[0].text}")
         else:
+            self.limits_delivered()
             self._reply(250, f"2.0.0 Ok: queued as {queue_id}")
 
     def _not_delivered(self, failure: Failure, queue_id: str) -> None:
@@ -535,9 +541,11 @@ class SMTPFactory(protocol.ServerFactory):
         implicit_tls: bool = False,
         policy: Any = None,
         pipeline: Pipeline | None = None,
+        limits: Limits | None = None,
     ) -> None:
         """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None;
-        ``pipeline``: the accept pipeline (None: one over ``delivery``, no stages)."""
+        ``pipeline``: the accept pipeline (None: one over ``delivery``, no stages); ``limits``:
+        the server's mailsuite.limits.Limits (None: the factory's own)."""
         self.config = config
         self.hostname: str = config.mail.myhostname
         self.portal = portal
@@ -550,6 +558,7 @@ class SMTPFactory(protocol.ServerFactory):
         self.implicit_tls = implicit_tls
         self.policy = policy
         self.pipeline = pipeline or Pipeline(delivery, maillog, self.hostname, clock.seconds)
+        self.limits = limits or Limits(config.mail, maillog, clock)
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         return SMTPServer(self)

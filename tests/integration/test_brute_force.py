@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
 from typing import ClassVar
 
 from twisted.trial import unittest
 
+from tests.integration import netns
 from tests.integration.harness import Site
 
 CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "brute_client.py")
@@ -29,54 +27,12 @@ DELAY, LIMIT = 1, 3
 WRONG = 30
 
 
-def can_run() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create a network namespace (ip netns add)"
-    if shutil.which("ip") is None:
-        return "needs iproute2's ip command (apt-get install iproute2)"
-    return None
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
-
-
-class Namespace:
-    """A network namespace with a veth pair: ``host`` on our side, ``client`` (and ``second``)
-    inside it, in a /29 of 198.51.100.0/24 chosen by pid so two runs at once do not collide."""
-
-    def __init__(self, testcase: unittest.TestCase) -> None:
-        n = os.getpid() % 30
-        self.name = f"msbf{os.getpid()}"
-        outside, inside = f"msbf{n}h", f"msbf{n}n"
-        base = 8 * n
-        self.host, self.client, self.second = (f"198.51.100.{base + k}" for k in (1, 2, 3))
-        try:
-            ip("netns", "add", self.name)
-        except subprocess.CalledProcessError as e:
-            reason = e.stderr.decode().strip()
-            raise unittest.SkipTest(f"cannot create a network namespace: {reason}") from e
-        testcase.addCleanup(ip, "netns", "del", self.name)
-        ip("link", "add", outside, "type", "veth", "peer", "name", inside)
-        testcase.addCleanup(subprocess.run, ["ip", "link", "del", outside], capture_output=True)
-        ip("link", "set", inside, "netns", self.name)
-        ip("addr", "add", f"{self.host}/29", "dev", outside)
-        ip("link", "set", outside, "up")
-        for address in (self.client, self.second):
-            ip("-n", self.name, "addr", "add", f"{address}/29", "dev", inside)
-        ip("-n", self.name, "link", "set", inside, "up")
-        ip("-n", self.name, "link", "set", "lo", "up")
-
+class Namespace(netns.Namespace):
     def attack(
         self, proto: str, port: int, mode: str, source: str, passwords: list[str]
     ) -> list[dict]:
-        out = subprocess.run(
-            ["ip", "netns", "exec", self.name, sys.executable, CLIENT, proto, self.host,
-             str(port), mode, source, *passwords],
-            capture_output=True, text=True, timeout=120)
-        if out.returncode != 0:
-            raise AssertionError(f"attacker failed: {out.stderr}")
-        return [json.loads(line) for line in out.stdout.splitlines()]
+        out = self.run(CLIENT, proto, self.host, str(port), mode, source, *passwords)
+        return [json.loads(line) for line in out.splitlines()]
 
 
 class BruteSite(Site):
@@ -92,7 +48,7 @@ class BruteSite(Site):
 
 
 class BruteForceTests(unittest.TestCase):
-    skip = can_run()
+    skip = netns.can_run()
     #: The temporary error of a blocked address, and the success reply, per protocol.
     BLOCKED: ClassVar[dict[str, str]] = {
         "imap": "NO [UNAVAILABLE]", "pop3": "-ERR [SYS/TEMP]", "smtp": "454 4.7.0"}
