@@ -156,6 +156,8 @@ class Pop3Login(sasl.Conversation):
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> None:
         _iface, avatar, logout = result
         self.mbox, self._logout = avatar, logout
+        self._login_deadlines.stop()  # type: ignore[attr-defined]
+        self.setTimeout(self.timeOut)  # type: ignore[attr-defined]
         self.maillog.write("pop3-login", f"Login: user=<{self._login_user}>, "
                                          f"method={self._login_method}, "
                                          f"rip={self.rip}, lip={self.lip}{self._tls_note()}")

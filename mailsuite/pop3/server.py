@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsuite.config import Config
+from mailsuite.deadline import LoginDeadlines
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.pop3.login import Pop3Login
 from mailsuite.store.interfaces import UnknownUID
@@ -124,7 +125,9 @@ class POP3Server(Pop3Login, pop3.POP3):
         with contextlib.suppress(AttributeError, NotImplementedError):
             self.transport.setTcpNoDelay(True)
         self.reply(b"+OK mailsuite ready.")
-        self.setTimeout(self.timeOut)
+        auth = self.config.auth  # the idle timeout (timeOut) starts at login
+        self._login_deadlines = LoginDeadlines(
+            self.clock, auth.login_idle_timeout, auth.login_timeout, self.timeoutConnection)
 
     def reply(self, line: bytes | str) -> None:
         if isinstance(line, str):
@@ -141,6 +144,8 @@ class POP3Server(Pop3Login, pop3.POP3):
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
+        if self.mbox is None:
+            self._login_deadlines.command()
         line = line[:-1] if line.endswith(b"\r") else line
         if self._quit or self._tls_cut:
             return
@@ -366,6 +371,7 @@ class POP3Server(Pop3Login, pop3.POP3):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
         self.setTimeout(None)
+        self._login_deadlines.stop()
         self._queue.clear()
         if self._unsent_wait is not None:
             self._unsent_wait.cancel()
@@ -384,9 +390,8 @@ class POP3Server(Pop3Login, pop3.POP3):
                         f"user=<{self._login_user}>, method={self._login_method}")
             else:
                 what = f"no auth attempts in {secs} secs): user=<>"
-            self.maillog.write(
-                "pop3-login", f"Disconnected ({what}, rip={self.rip}, lip={self.lip}"
-            )
+            end = "Disconnected: Inactivity" if self._end.endswith("inactivity") else "Disconnected"
+            self.maillog.write("pop3-login", f"{end} ({what}, rip={self.rip}, lip={self.lip}")
             return
         s, mbox = self._stats, self.mbox
         size = sum(mbox.sizes)

@@ -32,6 +32,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from mailsuite.config import Config
+from mailsuite.deadline import Deadline
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
 from mailsuite.mta.transaction import SMTP, Client, Envelope, Pipeline, Recipient
@@ -42,7 +43,6 @@ from mailsuite.threads import Blocking
 
 log = Logger()
 
-IDLE_TIMEOUT = 300  # Postfix smtpd_timeout
 COMMAND_LINE_LIMIT = 2048  # Postfix line_length_limit
 DATA_CHUNK = 65536  # a body line longer than this is passed on in pieces
 PAUSE_BUFFER = 262144  # stop reading while this much input waits behind a slow command
@@ -120,7 +120,6 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
     """One SMTP session. ``factory`` gives config, portal, delivery, maillog, clock, and the
     service (smtp, submission, smtps) with its TLS; STARTTLS and AUTH are ``SmtpAuth``'s."""
 
-    timeout = IDLE_TIMEOUT
     transport: Any
 
     def __init__(self, factory: SMTPFactory) -> None:
@@ -128,6 +127,11 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self.factory = factory
         self.host = factory.config.mail.myhostname
         self.size_limit: int = factory.config.mail.message_size_limit
+        # smtpd_timeout: per command line and DATA (per read with smtpd_per_request_deadline=no)
+        self._timeout: float = factory.config.mail.smtpd_timeout
+        self._per_request: bool = factory.config.mail.smtpd_per_request_deadline
+        self._min_rate: int = factory.config.mail.smtpd_min_data_rate
+        self._deadline = Deadline(factory.clock, self.timeoutConnection)
         self._buffer = b""
         self._mode = COMMAND
         self._busy = False
@@ -150,9 +154,6 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self._reset_transaction()
 
     # --- plumbing -------------------------------------------------------------------------------
-
-    def callLater(self, period: float, func: Callable[[], None]) -> Any:  # TimeoutMixin hook
-        return self.factory.clock.callLater(period, func)
 
     def _reset_transaction(self) -> None:
         self._sender: str | None = None
@@ -221,7 +222,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         with contextlib.suppress(AttributeError, OSError):
             self.transport.setTcpNoDelay(True)
         self.client_ip = host_of(self.transport.getPeer())
-        self.setTimeout(self.timeout)
+        self._deadline.start(self._timeout)
         self._busy = True  # input before the greeting waits, as Postfix's pre-greet buffer
         d = defer.maybeDeferred(self.factory.reverse_lookup, self.client_ip)
         d.addErrback(lambda _: "unknown")
@@ -237,8 +238,8 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self.transport.write(f"220 {self.factory.hostname} ESMTP mailsuite\r\n".encode())
 
     def timeoutConnection(self) -> None:
-        if self._busy:  # no idle timeout while we work (the timer stays armed: a busy MX
-            self.setTimeout(self.timeout)  # would otherwise cancel and make one per message)
+        if self._busy:  # no time limit while we work (the timer stays armed: a busy MX
+            self._deadline.start(self._timeout)  # would otherwise make one per message)
             return
         self.transport.write(
             f"421 4.4.2 {self.factory.hostname} Error: timeout exceeded\r\n".encode()
@@ -249,7 +250,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._connected = False
-        self.setTimeout(None)
+        self._deadline.stop()
         if self._greeted:
             if not self._quit and (self._mode is DATA or self._busy):
                 self._log(f"lost connection after {self._command_name.upper()} from {self.client}")
@@ -269,7 +270,10 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
     # --- input ----------------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
+        if not self._per_request:
+            self._deadline.start(self._timeout)  # Postfix's default: a time limit per read
+        elif self._mode is DATA and self._min_rate:
+            self._deadline.extend(len(data) / self._min_rate, self._timeout)
         self._buffer += data
         self._run()
 
@@ -298,7 +302,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self._busy = False
         if not self._connected or self._in_run:  # fired at once: _run goes on by itself
             return
-        self.setTimeout(self.timeout)
+        self._deadline.start(self._timeout)
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()
@@ -324,6 +328,8 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         return self._command(line.rstrip(b"\r"))
 
     def _command(self, line: bytes) -> Any:
+        if self._per_request:  # a complete line: the next one has smtpd_timeout of its own
+            self._deadline.start(self._timeout)
         if self._sasl is not None:
             return self.sasl_response(line) or True
         verb, _, arg = line.strip().partition(b" ")
