@@ -199,7 +199,8 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
         if name in ("smtp", "submission", "smtps"):
             return SMTPFactory(cfg, the_portal, delivery, maillog, clock=reactor,
                                reverse_lookup=lookup, service=name, server_tls=tls,
-                               implicit_tls=implicit, policy=policy, pipeline=pipeline)
+                               implicit_tls=implicit, policy=policy, pipeline=pipeline,
+                               front_door=name == "smtp")
         if name in ("pop3", "pop3s"):
             return POP3Factory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
                                implicit_tls=implicit, policy=policy)

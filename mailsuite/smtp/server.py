@@ -39,6 +39,7 @@ from mailsuite.mta.transaction import SMTP, Client, Envelope, Pipeline, Recipien
 from mailsuite.net import host_of
 from mailsuite.smtp.auth import SmtpAuth
 from mailsuite.smtp.envelope import SmtpEnvelope, printable
+from mailsuite.smtp.postscreen import FrontDoor, Screening
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -151,6 +152,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self._command_name = ""
         self._quit = False
         self.secure = factory.implicit_tls
+        self._screen: Screening | None = None  # port 25's pregreet test, while it runs
         self._reset_transaction()
 
     # --- plumbing -------------------------------------------------------------------------------
@@ -224,13 +226,19 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self.client_ip = host_of(self.transport.getPeer())
         self._deadline.start(self._timeout)
         self._busy = True  # input before the greeting waits, as Postfix's pre-greet buffer
+        door = self.factory.front_door
+        if door is not None:
+            self._screen = door.begin(self.transport, self.client_ip, self.transport.getPeer().port)
         d = defer.maybeDeferred(self.factory.reverse_lookup, self.client_ip)
         d.addErrback(lambda _: "unknown")
+        if self._screen is not None:  # greeted once the lookup and the test are both done
+            screened = self._screen.done
+            d.addCallback(lambda name: screened.addCallback(lambda _: name))
         d.addCallback(self._greet)
         d.addBoth(self._finished)
 
     def _greet(self, name: str) -> None:
-        if not self._connected:
+        if not self._connected or self.transport.disconnecting:
             return
         self.client_name = name
         self._greeted = True
@@ -251,6 +259,8 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._connected = False
         self._deadline.stop()
+        if self._screen is not None:
+            self._screen.lost()
         if self._greeted:
             if not self._quit and (self._mode is DATA or self._busy):
                 self._log(f"lost connection after {self._command_name.upper()} from {self.client}")
@@ -274,6 +284,8 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
             self._deadline.start(self._timeout)  # Postfix's default: a time limit per read
         elif self._mode is DATA and self._min_rate:
             self._deadline.extend(len(data) / self._min_rate, self._timeout)
+        if self._screen is not None and self._screen.waiting:
+            self._screen.pregreet(data)
         self._buffer += data
         self._run()
 
@@ -344,6 +356,9 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
             self._reply(502, "5.5.2 Error: command not recognized")
             return True
         if not self.gate(verb):
+            return True
+        if verb == b"RCPT" and self._screen is not None and self._screen.refuse_rcpt(
+                arg.strip(), self._sender, self._helo_name, self._reply):
             return True
         return getattr(self, handler)(arg.strip()) or True
 
@@ -541,9 +556,11 @@ class SMTPFactory(protocol.ServerFactory):
         implicit_tls: bool = False,
         policy: Any = None,
         pipeline: Pipeline | None = None,
+        front_door: bool = False,
     ) -> None:
         """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None;
-        ``pipeline``: the accept pipeline (None: one over ``delivery``, no stages)."""
+        ``pipeline``: the accept pipeline (None: one over ``delivery``, no stages);
+        ``front_door``: screen every connection as postscreen (port 25, smtp/postscreen.py)."""
         self.config = config
         self.hostname: str = config.mail.myhostname
         self.portal = portal
@@ -556,6 +573,8 @@ class SMTPFactory(protocol.ServerFactory):
         self.implicit_tls = implicit_tls
         self.policy = policy
         self.pipeline = pipeline or Pipeline(delivery, maillog, self.hostname, clock.seconds)
+        self.front_door = FrontDoor(config.mail, self.hostname, maillog, clock) \
+            if front_door else None
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         return SMTPServer(self)
