@@ -55,7 +55,8 @@ from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
-from mailsuite.smtp.server import SMTPFactory, reverse_lookup
+from mailsuite.smtp.clientname import reverse_lookup
+from mailsuite.smtp.server import SMTPFactory
 from mailsuite.startup import StartupError, describe_os_error, step
 from mailsuite.store.cleanup import clean_spool, spool_directory
 from mailsuite.store.mbox import MboxStore
@@ -189,7 +190,8 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     realm = MailRealm(store, accounts, delivery, blocking)
     the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
-    lookup = functools.partial(reverse_lookup, blocking=blocking)
+    lookup = functools.partial(reverse_lookup, blocking=blocking,
+                               names=MXResolver(cfg.mail.dns_resolver, reactor=reactor))
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
     # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
     pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now)

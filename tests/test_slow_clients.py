@@ -73,6 +73,7 @@ class SmtpDeadlineTests(SessionCase):
         self.assertEqual(spent, 310)
         self.assertEqual(self.transport.value(), TIMEOUT_421)
         self.assertIn("timeout after DATA from client.example[192.0.2.7]", self.log_text())
+        self.assertFalse([x for x in self.log_text() if x.startswith("lost connection")])
         self.assertEqual(inbox(self.store, BOSS), [])
 
     def test_data_at_the_minimum_rate_goes_on(self) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +39,6 @@ from mailsuite.net import host_of
 from mailsuite.smtp.auth import SmtpAuth
 from mailsuite.smtp.envelope import SmtpEnvelope, printable
 from mailsuite.smtp.postscreen import FrontDoor, Screening
-from mailsuite.threads import Blocking
 
 log = Logger()
 
@@ -69,23 +67,6 @@ COMMANDS = {
     b"AUTH": "_cmd_auth",
     b"STARTTLS": "_cmd_starttls",
 }
-
-
-def reverse_lookup(ip: str, blocking: Blocking) -> defer.Deferred[str]:
-    """The client's forward-confirmed reverse DNS name, or ``unknown`` (Postfix's rule); the
-    resolver's calls block: they run through ``blocking`` (mailsuite.threads)."""
-
-    def look() -> str:
-        try:
-            name = socket.gethostbyaddr(ip)[0]
-            forward = {info[4][0] for info in socket.getaddrinfo(name, None)}
-        except OSError:
-            return "unknown"
-        return name if ip in forward else "unknown"
-
-    d = blocking(look)
-    d.addErrback(lambda _: "unknown")
-    return d
 
 
 def message_id(body: bytes) -> str:
@@ -150,7 +131,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self._errors = 0
         self._counts: dict[str, list[int]] = {}  # command -> [ok, total]
         self._command_name = ""
-        self._quit = False
+        self._quit = False  # QUIT, or a timeout: said in its own line, no "lost connection"
         self.secure = factory.implicit_tls
         self._screen: Screening | None = None  # port 25's pregreet test, while it runs
         self._reset_transaction()
@@ -254,6 +235,7 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         )
         after = f" after {self._command_name.upper()}" if self._command_name else ""
         self._log(f"timeout{after} from {self.client}")
+        self._quit = True
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
