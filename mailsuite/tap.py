@@ -190,7 +190,7 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     realm = MailRealm(store, accounts, delivery, blocking)
     the_portal = portal.Portal(realm, [checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
-    lookup = functools.partial(reverse_lookup, blocking=blocking,
+    lookup = functools.partial(reverse_lookup,
                                names=MXResolver(cfg.mail.dns_resolver, reactor=reactor))
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
     # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters

@@ -1,6 +1,5 @@
 """mailsuite.smtp.clientname: the SMTP client's name, forward-confirmed as Postfix's smtpd
-finds it, through twisted.names for clients on the network (no thread of the pool), by the C
-library for the host itself."""
+finds it, through twisted.names (no thread of the pool); the host itself is localhost."""
 
 from __future__ import annotations
 
@@ -39,10 +38,6 @@ class FakeResolver:
         return defer.fail(error.DomainError(name))
 
 
-def no_threads(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
-    raise AssertionError("a network client's name must not take a pool thread")
-
-
 class ClientNameTests(unittest.TestCase):
     def setUp(self) -> None:
         self.resolver = FakeResolver(
@@ -52,11 +47,11 @@ class ClientNameTests(unittest.TestCase):
         self.names = MXResolver(resolver=self.resolver)
 
     def name(self, ip: str) -> str:
-        return self.successResultOf(reverse_lookup(ip, no_threads, self.names))
+        return self.successResultOf(reverse_lookup(ip, self.names))
 
     def test_forward_confirmed(self) -> None:
-        """PTR, then A of that name back to the address: the name, with no pool thread; the
-        PTR look-up is bounded by REVERSE_TIMEOUT."""
+        """PTR, then A of that name back to the address: the name; the PTR look-up is bounded
+        by REVERSE_TIMEOUT."""
         self.assertEqual(self.name("203.0.113.7"), "mx.example.net")
         self.assertEqual(self.resolver.asked[0],
                          ("PTR", b"7.113.0.203.in-addr.arpa", REVERSE_TIMEOUT))
@@ -72,15 +67,11 @@ class ClientNameTests(unittest.TestCase):
             error.DNSQueryTimeoutError(name))
         self.assertEqual(self.name("203.0.113.7"), "unknown")
 
-    def test_loopback_by_the_c_library(self) -> None:
-        """The host itself is named by the C library (the hosts file), through ``blocking``."""
-        called: list[Any] = []
-
-        def blocking(f: Any) -> defer.Deferred[Any]:
-            called.append(f)
-            return defer.succeed("localhost")
-
-        d = reverse_lookup("127.0.0.1", blocking, self.names)
-        self.assertEqual(self.successResultOf(d), "localhost")
-        self.assertEqual(len(called), 1)
+    def test_loopback_is_localhost(self) -> None:
+        """The host itself (any loopback address) is ``localhost``, with no look-up; a peer
+        that is no IP address is ``unknown``."""
+        self.assertEqual(self.name("127.0.0.1"), "localhost")
+        self.assertEqual(self.name("127.0.0.5"), "localhost")
+        self.assertEqual(self.name("::1"), "localhost")
+        self.assertEqual(self.name("/run/sock"), "unknown")
         self.assertEqual(self.resolver.asked, [])
