@@ -1,9 +1,12 @@
 """SMTP in (port 25): the ESMTP server with local delivery, shaped like Postfix smtpd.
 
-A subclass of Twisted's ``smtp.ESMTP`` that keeps its reply formatting, timeout mixin and the
+A subclass of Twisted's ``smtp.ESMTP`` that keeps its reply formatting and the
 IMessageDelivery avatar contract, but does its own input handling to fix the defects listed in
-TWISTED.md:
+TWISTED.md, and its own time limits:
 
+- ``smtpd_timeout`` is a deadline (mailsuite.deadline) for each command line and for DATA,
+  which trickled bytes do not push back (``smtpd_per_request_deadline``, ``smtpd_min_data_rate``);
+- on port 25 the front door (smtp/postscreen.py) tests the client before its greeting;
 - pipelined commands are run strictly one after another: while a command waits on an async
   answer (portal login, recipient look-up, delivery) later input stays buffered, so replies come
   in order and MAIL+RCPT+DATA in one packet never race into 503s;
