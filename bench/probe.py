@@ -1,14 +1,19 @@
-"""NOOP latency on one IMAP connection while another SELECTs a big mailbox with no index.
+"""Probes mailbench has no workload for. Plain blocking sockets, standard library only; every
+wait is bounded by ``timeout``.
 
-Issue 3 asks that "while one session parses a huge mailbox, other sessions keep answering (a NOOP
-on another connection within 100 ms)"; mailbench has no workload for that, so this is it. Plain
-blocking sockets, standard library only; every wait is bounded by ``timeout``.
+- ``noop_during_select``: NOOP latency on one IMAP connection while another SELECTs a big
+  mailbox with no index (issue 3: "while one session parses a huge mailbox, other sessions keep
+  answering (a NOOP on another connection within 100 ms)");
+- ``logins_under_crowd``: IMAP login latency while 1,000 slow clients hold connections, and
+  whether each of them was closed by its deadline (issue 11 item 3).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import statistics
+import subprocess
 import threading
 import time
 
@@ -105,3 +110,74 @@ def noop_during_select(
     finally:
         busy.close()
         other.close()
+
+
+def _login_ms(port: int, user: str, password: str, timeout: float) -> float:
+    """One normal IMAP login on a new connection: connect, greeting, LOGIN answered (ms)."""
+    t0 = time.monotonic()
+    conn = ImapLine(port, timeout)
+    try:
+        conn.command(f"LOGIN {user} {password}")
+        return (time.monotonic() - t0) * 1000
+    finally:
+        conn.close()
+
+
+def _ms_stats(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    return {"n": len(ordered), "p50_ms": round(statistics.median(ordered), 2),
+            "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 2),
+            "max_ms": round(ordered[-1], 2)}
+
+
+def logins_under_crowd(
+    ports: dict[str, int], user: str, password: str, crowd: list[str],
+    deadlines: dict[str, float], logins: int = 100, interval: float = 0.2, timeout: float = 30.0,
+) -> dict:
+    """Issue 11 item 3: IMAP login latency before and while a crowd of slow clients
+    (tests/integration/slow_client.py, started by the command ``crowd``) holds its connections,
+    and when each crowd connection was closed against its deadline (``deadlines``: kind ->
+    seconds from its starting point).
+
+    ``logins`` logins one after another before the crowd, and ``logins`` more while it is in
+    place (from its ``ready`` line on), ``interval`` apart."""
+    before = [_login_ms(ports["imap"], user, password, timeout) for _ in range(logins)]
+    proc = subprocess.Popen(crowd, stdout=subprocess.PIPE, text=True)
+    held: list[int] = []
+    during: list[float] = []
+    held_during: list[int] = []
+    results: list[dict] = []
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = json.loads(raw)
+            if line["event"] == "held":
+                held.append(line["open"])
+            elif line["event"] == "ready":
+                held_during.append(line["open"])
+                for _ in range(logins):
+                    during.append(_login_ms(ports["imap"], user, password, timeout))
+                    time.sleep(interval)
+                held_during.append(held[-1] if held else line["open"])
+            elif line["event"] == "done":
+                results = line["results"]
+    finally:
+        proc.wait(60)
+    by_kind: dict[str, list[float]] = {}
+    late = never = 0
+    for r in results:
+        if r["ready"] is None or r["closed"] is None or r["error"]:
+            never += 1
+            continue
+        seconds = r["closed"] - r["ready"]
+        by_kind.setdefault(r["kind"], []).append(seconds)
+        late += seconds > deadlines[r["kind"]] + 2
+    return {
+        "crowd": len(results), "held_max": max(held, default=0),
+        "held_while_logging_in_min": min(held_during, default=0),
+        "login_before": _ms_stats(before), "login_during": _ms_stats(during),
+        "closed_late": late, "not_closed_or_failed": never, "late_or_never": late + never,
+        "held_s": {k: {"min": round(min(v), 1), "max": round(max(v), 1)}
+                   for k, v in sorted(by_kind.items())},
+        "deadlines_s": deadlines,
+    }

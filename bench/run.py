@@ -41,7 +41,11 @@ MAILBENCH_DIR = os.environ.get("MAILBENCH_DIR") or os.path.normpath(
 NUSERS = 10
 PASSWORD = "benchpass"
 OURS, PEER = "mailsuite", "postfix+dovecot"
-WORKLOADS = ("smtp-deliver", "pop3-retr", "imap-big", "imap-idle-conns", "logins")
+WORKLOADS = ("smtp-deliver", "pop3-retr", "imap-big", "imap-idle-conns", "logins", "slow-crowd")
+#: slow-crowd (issue 11 item 3): connections, one byte every INTERVAL s from 40 loopback
+#: addresses; mailsuite's default deadlines (smtpd_timeout, login_idle_timeout)
+CROWD, CROWD_INTERVAL = 1000, 10.0
+CROWD_DEADLINES = {"smtp-line": 300.0, "smtp-data": 300.0, "imap": 60.0, "pop3": 60.0}
 
 
 @dataclass(frozen=True)
@@ -540,6 +544,33 @@ class Bench:
             "--proto", proto, "--port", str(s.ports[proto]), "--mode", mode, "-n", str(n), *extra],
             f"{self.gen(s, 20)} && {s.reset_index}"))
 
+    def slow_crowd(self) -> None:
+        """IMAP logins while CROWD slow clients hold connections; mailsuite only (Postfix's
+        per-read smtpd_timeout would hold the SMTP part of the crowd for ever)."""
+        g = self.group("slow-crowd", f"C={CROWD}", {"c": CROWD})
+        s = self.ours
+        sh(f"{self.gen(s, 20, '--user bench1')} && {s.reset_index}")
+        script = os.path.join(s.checkout, "tests", "integration", "slow_client.py")
+        sources = ",".join(f"127.0.0.{i}" for i in range(2, 42))
+        crowd = [self.python, script, "127.0.0.1", str(s.ports["smtp"]), str(s.ports["imap"]),
+                 str(s.ports["pop3"]), "--count", str(CROWD), "--interval", str(CROWD_INTERVAL),
+                 "--sources", sources, "--max-seconds", "420"]
+        s.start()
+        try:
+            r = probe.logins_under_crowd(s.ports, "bench1", PASSWORD, crowd, CROWD_DEADLINES)
+            line = {"workload": "slow-crowd", "label": s.name, "ok": True,
+                    "variant": g.variant, "results": r}
+            g.runs[s.name] = [line]
+        except (OSError, RuntimeError, ValueError) as e:
+            line = {"workload": "slow-crowd", "label": s.name, "ok": False,
+                    "error": f"{type(e).__name__}: {e}"}
+            g.errors[s.name] = [line["error"]]
+        finally:
+            s.stop()
+        with open(self.args.out, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        log(f"slow-crowd -> {s.name}: {line.get('results') or line['error']}")
+
     def leave_small_mailboxes(self) -> None:
         """Do not leave 1.3 GB mboxes behind (as run_suite.sh): 20 messages per user."""
         for s in self.servers():
@@ -662,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, python, ours, peer)
     steps = {"smtp-deliver": bench.smtp_deliver, "pop3-retr": bench.pop3_retr,
              "imap-big": bench.imap_big, "imap-idle-conns": bench.idle_conns,
-             "logins": bench.logins}
+             "logins": bench.logins, "slow-crowd": bench.slow_crowd}
     try:
         for name in WORKLOADS:
             if not args.only or name in args.only:

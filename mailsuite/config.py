@@ -31,6 +31,7 @@ from mailsuite.accounts import Account
 from mailsuite.configvalues import (
     Problems,
     expand_location,
+    parse_access_list,
     parse_alias_maps,
     parse_bool,
     parse_cache_size,
@@ -39,6 +40,7 @@ from mailsuite.configvalues import (
     parse_domain,
     parse_domains,
     parse_folder_name,
+    parse_greet_action,
     parse_interfaces,
     parse_line_length,
     parse_mail_location,
@@ -58,6 +60,7 @@ from mailsuite.configvalues import (
     parse_smtp_port,
     parse_ssl,
     parse_time_days,
+    parse_timeout,
     parse_tls_level,
     parse_uint,
     parse_user_name,
@@ -98,6 +101,15 @@ class MailConfig:
     alias_maps: list[str]
     queue_directory: str
     maillog_file: str
+    # slow clients (smtp/server.py) and the front door of port 25 (smtp/postscreen.py)
+    smtpd_timeout: float
+    smtpd_per_request_deadline: bool
+    smtpd_min_data_rate: int
+    postscreen_greet_action: str
+    postscreen_greet_wait: float
+    postscreen_greet_ttl: float
+    postscreen_cache_retention_time: float
+    postscreen_access_list: list[str]
     maximal_queue_lifetime: float
     dns_resolver: str
     minimal_backoff_time: float
@@ -168,6 +180,9 @@ class AuthConfig:
     auth_cache_size: int = 10 * 1024 * 1024
     auth_cache_ttl: float = 3600.0
     auth_cache_negative_ttl: float = 3600.0
+    # before login (IMAP, POP3): Dovecot's login processes, see README.rst
+    login_timeout: float = 180.0
+    login_idle_timeout: float = 60.0
 
     def plaintext_allowed(
         self, peer_ip: str, tls: bool, local_ip: str = "", ssl_required: bool = False
@@ -283,6 +298,14 @@ _SECTIONS: dict[str, _Section] = {
         _Key("alias_maps", "/etc/aliases", parse_alias_maps),
         _Key("queue_directory", "/var/spool/mailsuite", parse_path),
         _Key("maillog_file", "/var/log/maillog", parse_path),
+        _Key("smtpd_timeout", "300s", parse_timeout),
+        _Key("smtpd_per_request_deadline", "yes", parse_bool),  # Postfix: no (see README)
+        _Key("smtpd_min_data_rate", "500", parse_uint),
+        _Key("postscreen_greet_action", "drop", parse_greet_action),  # Postfix: ignore
+        _Key("postscreen_greet_wait", "6s", parse_seconds),
+        _Key("postscreen_greet_ttl", "1d", parse_time_days),
+        _Key("postscreen_cache_retention_time", "7d", parse_time_days),
+        _Key("postscreen_access_list", "permit_mynetworks", parse_access_list),
         _Key("maximal_queue_lifetime", "5d", parse_time_days),
         _Key("dns_resolver", "", parse_dns_resolver),
         _Key("minimal_backoff_time", "300s", parse_time_days),
@@ -333,6 +356,8 @@ _SECTIONS: dict[str, _Section] = {
         _Key("auth_cache_size", "10M", parse_cache_size),
         _Key("auth_cache_ttl", "1h", parse_seconds),
         _Key("auth_cache_negative_ttl", "1h", parse_seconds),
+        _Key("login_timeout", "3m", parse_timeout),
+        _Key("login_idle_timeout", "60s", parse_timeout),
     ]),
     "mailbox": _Section(MailboxConfig, [
         _Key("mail_location", "mbox:~/mail:INBOX=/var/mail/%u", parse_mail_location),

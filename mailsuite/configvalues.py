@@ -312,6 +312,17 @@ def _choice(allowed: tuple[str, ...], refused: dict[str, str]) -> Callable[[str]
 
 
 parse_passdb = _choice(("shadow", "pam"), {})
+parse_greet_action = _choice(("ignore", "enforce", "drop"), {})
+
+
+def parse_access_list(value: str) -> list[str]:
+    """postscreen_access_list: ``permit_mynetworks`` or nothing (Postfix's CIDR tables are not
+    supported)."""
+    words = _words(value)
+    for word in words:
+        if word != "permit_mynetworks":
+            raise ValueError(f"{word!r} is not supported (only permit_mynetworks, or empty)")
+    return words
 
 
 def parse_seconds(value: str) -> float:
@@ -323,6 +334,14 @@ def parse_seconds(value: str) -> float:
         raise ValueError(f"{value.strip()!r} is not a time (a number with unit s, m, h or d,"
                          " like 15m)")
     return float(int(match.group(1)) * _TIME_UNITS[(match.group(2) or "s")[0]])
+
+
+def parse_timeout(value: str) -> float:
+    """A time limit (``parse_seconds``) that is more than zero."""
+    seconds = parse_seconds(value)
+    if seconds <= 0:
+        raise ValueError(f"{value.strip()!r} is not a time limit: at least 1s")
+    return seconds
 
 
 def parse_cache_size(value: str) -> int:

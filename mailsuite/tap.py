@@ -57,7 +57,8 @@ from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
-from mailsuite.smtp.server import SMTPFactory, reverse_lookup
+from mailsuite.smtp.clientname import reverse_lookup
+from mailsuite.smtp.server import SMTPFactory
 from mailsuite.startup import StartupError, describe_os_error, step
 from mailsuite.store.cleanup import clean_spool, spool_directory
 from mailsuite.store.mbox import MboxStore
@@ -217,7 +218,8 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     qmgr.setServiceParent(top)
     the_portal = portal.Portal(p.realm(delivery), [p.checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
-    lookup = functools.partial(reverse_lookup, blocking=p.blocking)
+    lookup = functools.partial(reverse_lookup,
+                               names=MXResolver(cfg.mail.dns_resolver, reactor=reactor))
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
     # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
     pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now)
@@ -229,7 +231,7 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
             return SMTPFactory(cfg, the_portal, delivery, maillog, clock=reactor,
                                reverse_lookup=lookup, service=name, server_tls=tls,
                                implicit_tls=implicit, policy=policy, pipeline=pipeline,
-                               limits=limits)
+                               limits=limits, front_door=name == "smtp")
         if name in ("pop3", "pop3s"):
             return POP3Factory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
                                implicit_tls=implicit, policy=policy, limits=limits)

@@ -120,7 +120,7 @@ class Pop3PolicyTests(BurstMixin, unittest.TestCase):
         """USER/PASS on a new connection; the clock runs through every delay."""
         proto, transport = self.session(peer)
         proto.dataReceived(b"USER boss\r\nPASS " + password + b"\r\n")
-        self.clock.advance(60)
+        self.clock.advance(30)  # every delay, within login_idle_timeout
         return transport.value().decode().splitlines()[-1]
 
     def test_failure_is_counted_and_logged(self):
@@ -190,7 +190,7 @@ class ImapPolicyTests(BurstMixin, unittest.TestCase):
         proto.makeConnection(transport)
         transport.clear()
         proto.dataReceived(command + password + b"\r\n")
-        self.clock.advance(60)
+        self.clock.advance(30)  # every delay, within login_idle_timeout
         return transport.value().decode().splitlines()[-1]
 
     def test_failure_is_counted_and_logged(self):

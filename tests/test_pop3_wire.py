@@ -18,7 +18,7 @@ class StlsAfterSlowCommandTests(Pop3AuthCase):
         self.portal.login = lambda *a: gate.addCallback(lambda _: real_login(*a))  # type: ignore[method-assign]
         proto.dataReceived(b"USER boss\r\nPASS wrong\r\nSTLS\r\nQU")
         gate.callback(None)
-        self.clock.advance(60)  # the failure delay
+        self.clock.advance(30)  # the failure delay (less than login_idle_timeout)
         self.assertTrue(transport.value().endswith(b"+OK Begin TLS negotiation now.\r\n"))
         transport.clear()
         proto.dataReceived(b"IT\r\n")  # decrypted: "IT" alone is no command

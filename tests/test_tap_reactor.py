@@ -57,13 +57,20 @@ class FakePool:
 
 
 class TestReactor(MemoryReactorClock):
-    """MemoryReactorClock with the IReactorThreads / IReactorFromThreads parts tap.py uses."""
+    """MemoryReactorClock with the IReactorThreads / IReactorFromThreads parts tap.py uses,
+    and the UDP ports DNS queries ask for (recorded; no datagram is sent)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.udp: list[Any] = []
         self.pool = FakePool()
         self.pool_size: int | None = None
         self.from_thread: list[Any] = []
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "",
+                  maxPacketSize: int = 8192) -> Any:
+        self.udp.append(protocol)
+        return object()
 
     def suggestThreadPoolSize(self, size: int) -> None:
         self.pool_size = size
@@ -126,16 +133,18 @@ class InjectedReactorTests(unittest.TestCase):
 
     def test_sessions_use_the_injected_reactor(self) -> None:
         """A session built by a listener's factory times out on the injected reactor and
-        hands its blocking work (the client's reverse lookup) to that reactor's pool."""
+        asks for the client's name through it (a DNS query over UDP, twisted.names), taking no
+        thread of the pool."""
         self.make_service()
         factory = next(f for port, f, _, _ in self.reactor.tcpServers if port == 2525)
         proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
         with untouchable_global_reactor():
             proto.makeConnection(StringTransport(
                 peerAddress=IPv4Address("TCP", "192.0.2.7", 40000)))
-        self.assertTrue(self.reactor.getDelayedCalls())  # the idle timeout
-        self.assertEqual(len(self.reactor.pool.work), 1)
-        proto.setTimeout(None)
+        self.assertTrue(self.reactor.getDelayedCalls())  # the command deadline
+        self.assertTrue(self.reactor.udp)  # the PTR query's socket
+        self.assertEqual(self.reactor.pool.work, [])
+        proto.connectionLost(None)
 
     def test_spool_clean_up_in_the_injected_pool(self) -> None:
         """On start, the store service hands the clean-up of what a killed server left in the

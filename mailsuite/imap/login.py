@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from mailsuite.auth import sasl
 from mailsuite.auth.policy import LoginBlocked
+from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.parser import Cursor, ParseError
 
@@ -47,6 +48,8 @@ class ImapLogin(sasl.Conversation, _Base):
     _handed_off = False  # the session went on in an agent (mailsuite.privsep)
     _auth_failures = 0
     _sasl_tag = b""
+    _login_deadlines: LoginDeadlines  # [auth] login_idle_timeout and login_timeout
+    _started = 0.0  # when the connection was made (clock seconds)
     user: str | None  # set by a login (the server starts it at None)
     _onLogout: Callable[[], None] | None  # the realm's logout of the avatar, once logged in
     limits_login: Callable[[str, str], bool]  # limits.ImapLimits': mail_max_userip_connections
@@ -160,6 +163,16 @@ class ImapLogin(sasl.Conversation, _Base):
         return (f"user=<{sasl.printable(name.encode())}>, method={method}, rip={self._rip()}, "
                 f"lip={self._lip()}{tls}")
 
+    def login_timed_out(self) -> None:
+        """No login within login_timeout, or no complete command within login_idle_timeout:
+        BYE, and imap-login's line as Dovecot logs it."""
+        secs = int(self.clock.seconds() - self._started)
+        tried = (f"auth failed, {self._auth_failures} attempts" if self._auth_failures
+                 else "no auth attempts")
+        self.maillog.write("imap-login", f"Disconnected: Inactivity ({tried} in {secs} secs): "
+                                         f"user=<>, rip={self._rip()}, lip={self._lip()}")
+        self.timeoutConnection()
+
     async def prepare_session(self, avatar: Any) -> None:
         """Work to finish before the tagged OK of a login (the server lists the folders)."""
 
@@ -169,6 +182,7 @@ class ImapLogin(sasl.Conversation, _Base):
         if self._lost or not self.limits_login(name, method):
             logout()
             return None
+        self._login_deadlines.stop()
         self.maillog.write("imap-login", "Login: " + self._login_line(name, method))
         handoff = getattr(avatar, "hand_off", None)
         if handoff is not None:  # privilege separation: an agent of the user runs the rest

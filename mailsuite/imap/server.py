@@ -36,6 +36,7 @@ from twisted.mail import imap4
 from twisted.python.failure import Failure
 
 from mailsuite.config import Config
+from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdlePoller
@@ -144,8 +145,15 @@ class IMAPServer(  # type: ignore[misc]
     def connectionMade(self) -> None:
         if interfaces.ITCPTransport.providedBy(self.transport):
             self.transport.setTcpNoDelay(True)
+        self._started = self.clock.seconds()
+        auth = self.config.auth  # the autologout starts at login; before it, Dovecot's limits:
+        self._login_deadlines = LoginDeadlines(
+            self.clock, auth.login_idle_timeout, auth.login_timeout, self.login_timed_out)
         if self.limits_connect():  # [imap] process_limit
             super().connectionMade()
+            self.setTimeout(None)
+        else:
+            self._login_deadlines.stop()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
@@ -153,6 +161,7 @@ class IMAPServer(  # type: ignore[misc]
             self.splice.client_lost()
         self.setTimeout(None)
         self.limits_release()
+        self._login_deadlines.stop()
         if self._unsent_wait is not None:
             self._unsent_wait.cancel()
         self._stop_idle()
@@ -270,6 +279,7 @@ class IMAPServer(  # type: ignore[misc]
             self._idle_line(line)
             return
         if self.parseState == "sasl":  # an answer to an AUTHENTICATE challenge
+            self._login_deadlines.command()
             self.sasl_line(line)
             self._pause_while_busy()
             return
@@ -341,6 +351,8 @@ class IMAPServer(  # type: ignore[misc]
         if not self.limits_command():
             return
         self._command = name
+        if self.state == "unauth":
+            self._login_deadlines.command()
         if name == b"UID":
             self._command = b"UID " + rest[1:].partition(b" ")[0].upper()
         self._in_flight = True

@@ -35,6 +35,7 @@ class Session(Protocol):
     config: Config  # [imap] and [auth] are read
     portal: Any  # a twisted.cred Portal (guarded by the login policy)
     maillog: MailLog
+    clock: Any  # an IReactorTime
     recent: RecentTracker  # \Recent, shared by every IMAP session of the server
     POSTAUTH_TIMEOUT: int
     _lost: bool  # the connection is gone: send nothing more
@@ -72,6 +73,8 @@ class Session(Protocol):
 
     # -- the connection's life ---------------------------------------------------------------------
     def setTimeout(self, period: float | None) -> Any: ...
+
+    def timeoutConnection(self) -> None: ...
 
     def _close_view(self) -> None: ...
 

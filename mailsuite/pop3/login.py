@@ -209,6 +209,7 @@ class Pop3Login(sasl.Conversation):
         if not self._limits_login():
             logout()
             return None
+        self._login_deadlines.stop()  # type: ignore[attr-defined]
         self.maillog.write("pop3-login", f"Login: user=<{self._login_user}>, "
                                          f"method={self._login_method}, "
                                          f"rip={self.rip}, lip={self.lip}{self._tls_note()}")
@@ -218,6 +219,7 @@ class Pop3Login(sasl.Conversation):
             handoff(self, b"", self._login_method, self.rip, self.lip)
             return defer.Deferred()  # never fires: this side runs no more commands
         self.mbox, self._logout = avatar, logout
+        self.setTimeout(self.timeOut)  # type: ignore[attr-defined]
         self.reply(b"+OK Logged in.")
 
     def _tls_note(self) -> str:

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailsuite.config import Config
+from mailsuite.deadline import LoginDeadlines
 from mailsuite.limits import Limits
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
 from mailsuite.pop3.login import Pop3Login
@@ -113,10 +114,13 @@ class POP3Server(Pop3Login, pop3.POP3):
         self.init_session()
         self.rip = host_of(self.transport.getPeer())
         self.lip = host_of(self.transport.getHost())
+        auth = self.config.auth  # the idle timeout (timeOut) starts at login
+        self._login_deadlines = LoginDeadlines(
+            self.clock, auth.login_idle_timeout, auth.login_timeout, self.timeoutConnection)
         if not self.limits_connect():  # [pop3] process_limit
+            self._login_deadlines.stop()
             return
         self.reply(b"+OK mailsuite ready.")
-        self.setTimeout(self.timeOut)
 
     def init_session(self) -> None:
         """The state of a new session (here, or in the agent a login is handed to)."""
@@ -159,6 +163,8 @@ class POP3Server(Pop3Login, pop3.POP3):
 
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
+        if self.mbox is None:
+            self._login_deadlines.command()
         line = line[:-1] if line.endswith(b"\r") else line
         if self._quit or self._tls_cut:
             return
@@ -390,6 +396,7 @@ class POP3Server(Pop3Login, pop3.POP3):
         if self.splice is not None:
             self.splice.client_lost()
         self.setTimeout(None)
+        self._login_deadlines.stop()
         self._queue.clear()
         if self.slot is not None:
             self.slot.release()
@@ -412,9 +419,8 @@ class POP3Server(Pop3Login, pop3.POP3):
                         f"user=<{self._login_user}>, method={self._login_method}")
             else:
                 what = f"no auth attempts in {secs} secs): user=<>"
-            self.maillog.write(
-                "pop3-login", f"Disconnected ({what}, rip={self.rip}, lip={self.lip}"
-            )
+            end = "Disconnected: Inactivity" if self._end.endswith("inactivity") else "Disconnected"
+            self.maillog.write("pop3-login", f"{end} ({what}, rip={self.rip}, lip={self.lip}")
             return
         s, mbox = self._stats, self.mbox
         size = sum(mbox.sizes)

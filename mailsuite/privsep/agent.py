@@ -129,6 +129,16 @@ class _Once(protocol.Factory):
         return self.make()
 
 
+class _NoDeadlines:
+    """The login deadlines of a session that starts logged in (the network process had them)."""
+
+    def command(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 class AgentIMAP(IMAPServer):  # type: ignore[misc]
     """The rest of an IMAP session whose LOGIN the network process took: it starts in the
     authenticated state and answers the login's tag (capabilities after login)."""
@@ -143,6 +153,7 @@ class AgentIMAP(IMAPServer):  # type: ignore[misc]
     def connectionMade(self) -> None:
         self.tags = {}  # type: ignore[assignment]  # what IMAP4Server.connectionMade sets
         self.canStartTLS = False
+        self._login_deadlines = _NoDeadlines()  # type: ignore[assignment]
         # the LOGIN is the command in flight until its tagged OK: what the client pipelined
         # behind it is read after that, as in one process
         self._in_flight = True
@@ -175,6 +186,7 @@ class AgentPOP3(POP3Server):
 
     def connectionMade(self) -> None:
         self.init_session()
+        self._login_deadlines = _NoDeadlines()  # type: ignore[assignment]
         self.rip, self.lip = self.params["rip"], self.params["lip"]
         self._login_user = self.agent.account.name
         self._login_method = self.params["method"]

@@ -1,9 +1,12 @@
 """SMTP in (port 25): the ESMTP server with local delivery, shaped like Postfix smtpd.
 
-A subclass of Twisted's ``smtp.ESMTP`` that keeps its reply formatting, timeout mixin and the
+A subclass of Twisted's ``smtp.ESMTP`` that keeps its reply formatting and the
 IMessageDelivery avatar contract, but does its own input handling to fix the defects listed in
-TWISTED.md:
+TWISTED.md, and its own time limits:
 
+- ``smtpd_timeout`` is a deadline (mailsuite.deadline) for each command line and for DATA,
+  which trickled bytes do not push back (``smtpd_per_request_deadline``, ``smtpd_min_data_rate``);
+- on port 25 the front door (smtp/postscreen.py) tests the client before its greeting;
 - pipelined commands are run strictly one after another: while a command waits on an async
   answer (portal login, recipient look-up, delivery) later input stays buffered, so replies come
   in order and MAIL+RCPT+DATA in one packet never race into 503s;
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +34,7 @@ from twisted.mail import smtp
 from twisted.python.failure import Failure
 
 from mailsuite.config import Config
+from mailsuite.deadline import Deadline
 from mailsuite.limits import Limits
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
@@ -40,11 +43,10 @@ from mailsuite.net import host_of
 from mailsuite.smtp.auth import SmtpAuth
 from mailsuite.smtp.envelope import SmtpEnvelope, printable
 from mailsuite.smtp.limits import SmtpLimits
-from mailsuite.threads import Blocking
+from mailsuite.smtp.postscreen import FrontDoor, Screening
 
 log = Logger()
 
-IDLE_TIMEOUT = 300  # Postfix smtpd_timeout
 DATA_CHUNK = 65536  # a body line longer than this is passed on in pieces
 PAUSE_BUFFER = 262144  # stop reading while this much input waits behind a slow command
 
@@ -68,23 +70,6 @@ COMMANDS = {
     b"AUTH": "_cmd_auth",
     b"STARTTLS": "_cmd_starttls",
 }
-
-
-def reverse_lookup(ip: str, blocking: Blocking) -> defer.Deferred[str]:
-    """The client's forward-confirmed reverse DNS name, or ``unknown`` (Postfix's rule); the
-    resolver's calls block: they run through ``blocking`` (mailsuite.threads)."""
-
-    def look() -> str:
-        try:
-            name = socket.gethostbyaddr(ip)[0]
-            forward = {info[4][0] for info in socket.getaddrinfo(name, None)}
-        except OSError:
-            return "unknown"
-        return name if ip in forward else "unknown"
-
-    d = blocking(look)
-    d.addErrback(lambda _: "unknown")
-    return d
 
 
 def message_id(body: bytes) -> str:
@@ -121,7 +106,6 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
     service (smtp, submission, smtps) with its TLS; STARTTLS and AUTH are ``SmtpAuth``'s, the
     connection, rate and error limits ``SmtpLimits``'."""
 
-    timeout = IDLE_TIMEOUT
     transport: Any
 
     def __init__(self, factory: SMTPFactory) -> None:
@@ -129,6 +113,11 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self.factory = factory
         self.host = factory.config.mail.myhostname
         self.size_limit: int = factory.config.mail.message_size_limit
+        # smtpd_timeout: per command line and DATA (per read with smtpd_per_request_deadline=no)
+        self._timeout: float = factory.config.mail.smtpd_timeout
+        self._per_request: bool = factory.config.mail.smtpd_per_request_deadline
+        self._min_rate: int = factory.config.mail.smtpd_min_data_rate
+        self._deadline = Deadline(factory.clock, self.timeoutConnection)
         self._buffer = b""
         self._mode = COMMAND
         self._busy = False
@@ -145,14 +134,12 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self._logout: Callable[[], None] | None = None
         self._counts: dict[str, list[int]] = {}  # command -> [ok, total]
         self._command_name = ""
-        self._quit = False
+        self._quit = False  # QUIT, or a timeout: said in its own line, no "lost connection"
         self.secure = factory.implicit_tls
+        self._screen: Screening | None = None  # port 25's pregreet test, while it runs
         self._reset_transaction()
 
     # --- plumbing -------------------------------------------------------------------------------
-
-    def callLater(self, period: float, func: Callable[[], None]) -> Any:  # TimeoutMixin hook
-        return self.factory.clock.callLater(period, func)
 
     def _reset_transaction(self) -> None:
         self._sender: str | None = None
@@ -217,15 +204,21 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self.client_ip = host_of(self.transport.getPeer())
         if not self.limits_connect():
             return
-        self.setTimeout(self.timeout)
+        self._deadline.start(self._timeout)
         self._busy = True  # input before the greeting waits, as Postfix's pre-greet buffer
+        door = self.factory.front_door
+        if door is not None:
+            self._screen = door.begin(self.transport, self.client_ip, self.transport.getPeer().port)
         d = defer.maybeDeferred(self.factory.reverse_lookup, self.client_ip)
         d.addErrback(lambda _: "unknown")
+        if self._screen is not None:  # greeted once the lookup and the test are both done
+            screened = self._screen.done
+            d.addCallback(lambda name: screened.addCallback(lambda _: name))
         d.addCallback(self._greet)
         d.addBoth(self._finished)
 
     def _greet(self, name: str) -> None:
-        if not self._connected:
+        if not self._connected or self.transport.disconnecting:
             return
         self.client_name = name
         self._greeted = True
@@ -233,19 +226,22 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self.transport.write(f"220 {self.factory.hostname} ESMTP mailsuite\r\n".encode())
 
     def timeoutConnection(self) -> None:
-        if self._busy:  # no idle timeout while we work (the timer stays armed: a busy MX
-            self.setTimeout(self.timeout)  # would otherwise cancel and make one per message)
+        if self._busy:  # no time limit while we work (the timer stays armed: a busy MX
+            self._deadline.start(self._timeout)  # would otherwise make one per message)
             return
         self.transport.write(
             f"421 4.4.2 {self.factory.hostname} Error: timeout exceeded\r\n".encode()
         )
         after = f" after {self._command_name.upper()}" if self._command_name else ""
         self._log(f"timeout{after} from {self.client}")
+        self._quit = True
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._connected = False
-        self.setTimeout(None)
+        self._deadline.stop()
+        if self._screen is not None:
+            self._screen.lost()
         self.limits_release()
         if self._greeted:
             if not self._quit and (self._mode is DATA or self._busy):
@@ -266,7 +262,12 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
     # --- input ----------------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
+        if not self._per_request:
+            self._deadline.start(self._timeout)  # Postfix's default: a time limit per read
+        elif self._mode is DATA and self._min_rate:
+            self._deadline.extend(len(data) / self._min_rate, self._timeout)
+        if self._screen is not None and self._screen.waiting:
+            self._screen.pregreet(data)
         self._buffer += data
         self._run()
 
@@ -295,7 +296,7 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self._busy = False
         if not self._connected or self._in_run:  # fired at once: _run goes on by itself
             return
-        self.setTimeout(self.timeout)
+        self._deadline.start(self._timeout)
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()
@@ -326,6 +327,8 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         return self._command(line.rstrip(b"\r"))
 
     def _command(self, line: bytes) -> Any:
+        if self._per_request:  # a complete line: the next one has smtpd_timeout of its own
+            self._deadline.start(self._timeout)
         if self._sasl is not None:
             return self.sasl_response(line) or True
         verb, _, arg = line.strip().partition(b" ")
@@ -340,6 +343,9 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
             self._reply(502, "5.5.2 Error: command not recognized")
             return True
         if not self.gate(verb):
+            return True
+        if verb == b"RCPT" and self._screen is not None and self._screen.refuse_rcpt(
+                arg.strip(), self._sender, self._helo_name, self._reply):
             return True
         result = getattr(self, handler)(arg.strip()) or True
         self.limits_junk(verb)
@@ -542,10 +548,12 @@ class SMTPFactory(protocol.ServerFactory):
         policy: Any = None,
         pipeline: Pipeline | None = None,
         limits: Limits | None = None,
+        front_door: bool = False,
     ) -> None:
         """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None;
         ``pipeline``: the accept pipeline (None: one over ``delivery``, no stages); ``limits``:
-        the server's mailsuite.limits.Limits (None: the factory's own)."""
+        the server's mailsuite.limits.Limits (None: the factory's own); ``front_door``: screen
+        every connection as postscreen (port 25, smtp/postscreen.py)."""
         self.config = config
         self.hostname: str = config.mail.myhostname
         self.portal = portal
@@ -559,6 +567,8 @@ class SMTPFactory(protocol.ServerFactory):
         self.policy = policy
         self.pipeline = pipeline or Pipeline(delivery, maillog, self.hostname, clock.seconds)
         self.limits = limits or Limits(config.mail, maillog, clock)
+        self.front_door = FrontDoor(config.mail, self.hostname, maillog, clock) \
+            if front_door else None
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         return SMTPServer(self)
