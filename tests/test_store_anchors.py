@@ -114,7 +114,7 @@ class HeldAnchorTests(MboxTestCase):
 class AnchorCacheTests(unittest.TestCase):
     def setUp(self) -> None:
         self.dirs = []
-        for name in ("a", "b"):
+        for _ in range(2):
             path = os.path.abspath(self.mktemp())
             os.makedirs(os.path.join(path, "sub"))
             self.dirs.append(path)

@@ -1,0 +1,50 @@
+"""No unit test binds a socket: those tests live in tests/integration/ (issue 10).
+
+``install()`` (run by ``tests/__init__``) wraps ``socket.socket.bind``: a bind whose innermost
+test-suite caller is a module of ``tests/`` outside ``tests/integration/`` raises
+``UnitTestBoundSocket``. Unit tests use fakes (tests/fakes.py), StringTransport, MemoryReactor
+and Clock instead; a bind by the code under test counts as the test's own.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+INTEGRATION = os.path.join(TESTS, "integration")
+
+
+class UnitTestBoundSocket(AssertionError):
+    """A unit test (a module of tests/ outside tests/integration/) bound a socket."""
+
+
+def caller_in_tests() -> str | None:
+    """The file of the innermost frame on the stack that belongs to the test suite (this
+    module left out), or None."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if path.startswith(TESTS + os.sep) and path != os.path.abspath(__file__):
+            return path
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def install() -> None:
+    real = socket.socket.bind
+    if getattr(real, "guarded", False):
+        return
+
+    def bind(self: socket.socket, address: Any) -> None:
+        path = caller_in_tests()
+        if path is not None and not path.startswith(INTEGRATION + os.sep):
+            raise UnitTestBoundSocket(
+                f"{os.path.relpath(path, os.path.dirname(TESTS))} binds a socket ({address!r}):"
+                " move the test to tests/integration/ or use a fake")
+        real(self, address)
+
+    bind.guarded = True  # type: ignore[attr-defined]
+    socket.socket.bind = bind  # type: ignore[method-assign]
