@@ -24,8 +24,7 @@ with ``PAUSE_BUFFER`` bytes waiting behind a slow step, the transport stops read
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -47,8 +46,7 @@ class TooLong:
 TOO_LONG = TooLong()
 
 
-@dataclass(frozen=True)
-class Body:
+class Body(NamedTuple):
     """A message read after DATA: ``data`` as stored (LF line ends, dots unstuffed; empty when
     ``too_big``) and ``size``, the bytes counted in that form."""
 
@@ -235,7 +233,7 @@ class CommandLoop:
         return self._command(line) or True
 
     def dataReceived(self, data: bytes) -> None:
-        self.reader.feed(data)
+        self.reader.buffer += data  # (feed, without a call per packet)
         self._run()
 
     def _run(self) -> None:

@@ -239,7 +239,8 @@ class SMTPServer(SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
 
     def dataReceived(self, data: bytes) -> None:
         self.resetTimeout()
-        CommandLoop.dataReceived(self, data)
+        self.reader.buffer += data
+        self._run()
 
     def _resumed(self) -> None:
         self.setTimeout(self.timeout)
