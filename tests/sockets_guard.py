@@ -1,7 +1,7 @@
 """No unit test binds a socket: those tests live in tests/integration/ (issue 10).
 
-``install()`` (run by ``tests/__init__``) wraps ``socket.socket.bind``: a bind whose innermost
-test-suite caller is a module of ``tests/`` outside ``tests/integration/`` raises
+``install()`` (run by ``tests/__init__``) wraps ``socket.socket.bind``: a bind made with a
+module of ``tests/`` on the stack and none of ``tests/integration/`` raises
 ``UnitTestBoundSocket``. Unit tests use fakes (tests/fakes.py), StringTransport, MemoryReactor
 and Clock instead; a bind by the code under test counts as the test's own.
 """
@@ -21,16 +21,19 @@ class UnitTestBoundSocket(AssertionError):
     """A unit test (a module of tests/ outside tests/integration/) bound a socket."""
 
 
-def caller_in_tests() -> str | None:
-    """The file of the innermost frame on the stack that belongs to the test suite (this
-    module left out), or None."""
+def unit_caller() -> str | None:
+    """The innermost file of the test suite on the stack (this module left out) when no frame
+    of tests/integration/ is on it (a helper such as tests/fakemx.py serves both); else None."""
+    found = None
     frame = sys._getframe(1)
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
-        if path.startswith(TESTS + os.sep) and path != os.path.abspath(__file__):
-            return path
+        if path.startswith(INTEGRATION + os.sep):
+            return None
+        if found is None and path.startswith(TESTS + os.sep) and path != os.path.abspath(__file__):
+            found = path
         frame = frame.f_back  # type: ignore[assignment]
-    return None
+    return found
 
 
 def install() -> None:
@@ -39,8 +42,8 @@ def install() -> None:
         return
 
     def bind(self: socket.socket, address: Any) -> None:
-        path = caller_in_tests()
-        if path is not None and not path.startswith(INTEGRATION + os.sep):
+        path = unit_caller()
+        if path is not None:
             raise UnitTestBoundSocket(
                 f"{os.path.relpath(path, os.path.dirname(TESTS))} binds a socket ({address!r}):"
                 " move the test to tests/integration/ or use a fake")
