@@ -33,7 +33,7 @@ log = Logger()
 _PATH = re.compile(r"^(?:FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$", re.IGNORECASE)
 
 
-LINE_LIMIT = 65536
+LINE_LIMIT = 65536  # a command line longer than this: 500 and the connection closed
 
 
 class LMTPServer(CommandLoop, protocol.Protocol):
