@@ -26,6 +26,7 @@ from mailsuite.config import Config, ConfigError, config_path, load_config
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import control, maildrop
 from mailsuite.mta.aliases import validate
+from mailsuite.smtp.reader import Reader, split_command
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE = 0, 64, 65, 70
 EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 75, 77, 78
@@ -304,22 +305,22 @@ _FIXED_REPLIES = {"NOOP": "250 2.0.0 Ok", "VRFY": "252 2.0.0 Send some mail, I'l
 
 
 def smtp_session(cfg: Config, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO) -> int:
-    """``sendmail -bs``: SMTP on stdin/stdout; each message goes to maildrop/."""
+    """``sendmail -bs``: SMTP on stdin/stdout, read by the SMTP doors' reader (smtp/reader.py) a
+    line at a time, no line limit, LF . LF ending DATA too; each message goes to maildrop/."""
 
     def reply(text: str) -> None:
         stdout.write(text.encode("utf-8") + b"\r\n")
         stdout.flush()
 
+    reader = Reader(line_limit=None, lf_ends_data=True)
     reply(f"220 {cfg.mail.myhostname} ESMTP mailsuite")
     sender: str | None = None
     rcpts: list[str] = []
     while True:
-        raw = stdin.readline()
-        if not raw:
+        line = _next_command(reader, stdin)
+        if line is None:
             return EX_OK
-        line = raw.rstrip(b"\r\n").decode("utf-8", "surrogateescape")
-        verb, _, arg = line.partition(" ")
-        verb = verb.upper()
+        verb, arg = (w.decode("utf-8", "surrogateescape") for w in split_command(line))
         if verb == "HELO":
             reply(f"250 {cfg.mail.myhostname}")
         elif verb == "EHLO":
@@ -345,11 +346,11 @@ def smtp_session(cfg: Config, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO
                 reply("503 5.5.1 Error: need RCPT command")
                 continue
             reply("354 End data with <CR><LF>.<CR><LF>")
-            lines = _read_data(stdin)
-            if lines is None:
+            body = _read_data(reader, stdin)
+            if body is None:
                 return EX_TEMPFAIL
             a.sender = sender
-            reply(_queue_message(cfg, a, b"\n".join(lines) + b"\n", rcpts))
+            reply(_queue_message(cfg, a, body or b"\n", rcpts))
             sender, rcpts = None, []
         elif verb == "RSET":
             sender, rcpts = None, []
@@ -363,17 +364,31 @@ def smtp_session(cfg: Config, a: SendmailArgs, stdin: BinaryIO, stdout: BinaryIO
             reply("502 5.5.2 Error: command not recognized")
 
 
-def _read_data(stdin: BinaryIO) -> list[bytes] | None:
-    """The lines of DATA up to the lone dot, dot-unstuffed; None when stdin ends first."""
-    lines: list[bytes] = []
+def _next_command(reader: Reader, stdin: BinaryIO) -> bytes | None:
+    """The next command line; None at the end of stdin (a last line without LF counts)."""
     while True:
-        data_line = stdin.readline()
-        if not data_line:
+        line = reader.command()
+        if isinstance(line, bytes):
+            return line
+        raw = stdin.readline()
+        if not raw:
+            if not reader.buffer:
+                return None
+            raw = b"\n"
+        reader.feed(raw)
+
+
+def _read_data(reader: Reader, stdin: BinaryIO) -> bytes | None:
+    """The message of DATA, up to the lone dot, dot-unstuffed; None when stdin ends first."""
+    reader.start_data(0)
+    while True:
+        body = reader.data()
+        if body is not None:
+            return body.data
+        raw = stdin.readline()
+        if not raw:
             return None
-        data_line = data_line.rstrip(b"\r\n")
-        if data_line == b".":
-            return lines
-        lines.append(data_line[1:] if data_line.startswith(b".") else data_line)
+        reader.feed(raw)
 
 
 def _queue_message(cfg: Config, a: SendmailArgs, raw_message: bytes, rcpts: list[str]) -> str:

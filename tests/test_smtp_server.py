@@ -15,8 +15,9 @@ from twisted.trial import unittest
 from mailsuite import threads
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import LocalDelivery
-from mailsuite.smtp import server as server_module
-from mailsuite.smtp.server import DATA_CHUNK, SMTPFactory, message_id
+from mailsuite.smtp import reader as reader_module
+from mailsuite.smtp.reader import DATA_CHUNK
+from mailsuite.smtp.server import SMTPFactory, message_id
 from mailsuite.store.memory import MemoryStore
 from tests.fakes import FakeAccounts, NoDelayTransport, SmtpRealm
 from tests.test_delivery import ALIASES, ALICE, BOSS, HeldStore, inbox, make_config
@@ -391,7 +392,7 @@ class DataTests(SessionCase):
         self.transaction()
         for _ in range(20):
             self.proto.dataReceived(b"x" * 500 + b"\r\n")
-        self.assertEqual(self.proto._parts, [])
+        self.assertEqual(self.proto.reader._parts, [])
         self.assertEqual(self.send(b".\r\n"), ["552 5.3.4 Error: message file too big"])
         self.assertEqual(inbox(self.store, BOSS), [])
         self.assertEqual(self.codes(b"MAIL FROM:<>\r\n"), ["250"])
@@ -450,8 +451,8 @@ class DataTests(SessionCase):
         come in pieces) stores exactly what a line-by-line reading of RFC 5321 gives: CRLF ->
         LF, a bare LF kept as a line end, one leading dot removed from each line except a line
         that is only ".", data ended only by CRLF . CRLF; a body without a header line gets a
-        blank line under our Received:. Pins the bytes-level fast paths of _unstuff/_data_step."""
-        self.patch(server_module, "DATA_CHUNK", 16)
+        blank line under our Received:. Pins the bytes-level fast paths of smtp/reader.py."""
+        self.patch(reader_module, "DATA_CHUNK", 16)
         rng = random.Random(20261128)
         atoms = [b"a", b"bc", b".", b"..", b"\r", b"\n", b"\r\n", b"\r\n.", b".\r\n", b"\n.\n",
                  b"\n.", b"x: y", b"Subject: s", b"d" * 40, b"\x00", b"\xff", b" "]

@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 
 from mailsuite.auth import sasl
 from mailsuite.auth.policy import LoginBlocked
+from mailsuite.smtp.reader import Reader
 
 log = Logger()
 
@@ -54,7 +55,7 @@ class SmtpAuth(sasl.Conversation):
     secure = False
     auth_user: str | None = None
     auth_method = ""
-    _buffer: bytes
+    reader: Reader
     _helo_name: str | None
     _sender: str | None
     _avatar: Any
@@ -116,7 +117,7 @@ class SmtpAuth(sasl.Conversation):
             self._reply(503, "5.5.1 Error: MAIL transaction in progress")
         elif self.limits_starttls():
             self._reply(220, "2.0.0 Ready to start TLS")
-            self._buffer = b""  # commands pipelined behind STARTTLS were sent in clear: dropped
+            self.reader.clear()  # commands pipelined behind STARTTLS were sent in clear: dropped
             self.transport.startTLS(self.factory.server_tls)
             self.secure = True
             self._helo_name = None  # RFC 3207: forget what the client said before TLS

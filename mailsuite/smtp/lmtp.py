@@ -7,57 +7,57 @@ each telling whether that recipient's copy is on disk (``250 2.0.0``), must be r
 resolves them (``LocalDelivery.resolve``: aliases, ~/.forward, |command, /file) and handed to
 the accept pipeline (mailsuite.mta.transaction), which delivers each recipient on its own, so
 each reply is that recipient's own result.
-Commands are handled strictly in order (PIPELINING); lines that arrive while a look-up is
-running wait for it.
+Input is read with the reader the SMTP-family doors share (smtp/reader.py, as SMTP reads it:
+long body lines kept, a command line over 64 KB refused with 500 and the connection closed),
+and commands are handled strictly in order (PIPELINING): lines that arrive while a look-up or
+the delivery is running wait for it.
 """
 
 from __future__ import annotations
 
 import re
-from collections import deque
 from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from twisted.mail import smtp
-from twisted.protocols.basic import LineOnlyReceiver
-from twisted.python.failure import Failure
 
 from mailsuite.config import Config
 from mailsuite.limits import Limits
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta.transaction import LMTP, Client, Envelope, Pipeline, Recipient
+from mailsuite.smtp.reader import Body, CommandLoop, Reader, split_command
 
 log = Logger()
 
 _PATH = re.compile(r"^(?:FROM|TO):\s*<([^<>]*)>(?:\s+(.*))?$", re.IGNORECASE)
 
 
-class LMTPServer(LineOnlyReceiver):
+LINE_LIMIT = 65536  # a command line longer than this: 500 and the connection closed
+
+
+class LMTPServer(CommandLoop, protocol.Protocol):
     transport: ITransport  # set by makeConnection before connectionMade
-    delimiter = b"\r\n"
-    MAX_LENGTH = 65536
+    _failure_text = "LMTP command failed"
 
     def __init__(self, factory: LMTPFactory) -> None:
         self.factory = factory
         self.delivery = factory.delivery
         self.hostname = factory.hostname
         self.helo: str | None = None
-        self._pending: deque[bytes] = deque()
-        self._busy = False
+        self.reader = Reader(LINE_LIMIT)
         self._reset()
 
     def _reset(self) -> None:
         self.sender: str | None = None
         self.recipients: list[tuple[str, list[Any]]] = []
-        self._data: list[bytes] | None = None
-        self._size = 0
-        self._too_big = False
+        self._in_data = False
 
     # -- plumbing -------------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._connected = True
         self.client_ip = getattr(self.transport.getPeer(), "host", None) or "127.0.0.1"
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
@@ -72,51 +72,31 @@ class LMTPServer(LineOnlyReceiver):
             return
         self.reply(220, f"{self.hostname} LMTP mailsuite")
 
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+        self._connected = False
+        self.reader.clear()
         if self._entered and self.factory.limits is not None:
             self._entered = False
             self.factory.limits.sessions.remove("lmtp")
 
     def reply(self, code: int, text: str) -> None:
         lines = text.split("\n")
-        for line in lines[:-1]:
-            self.sendLine(f"{code}-{line}".encode("utf-8", "replace"))
-        self.sendLine(f"{code} {lines[-1]}".encode("utf-8", "replace"))
+        out = [f"{code}-{line}\r\n" for line in lines[:-1]] + [f"{code} {lines[-1]}\r\n"]
+        self.transport.write("".join(out).encode("utf-8", "replace"))
 
-    def lineLengthExceeded(self, line: bytes) -> None:
+    def _line_too_long(self) -> None:
         self.reply(500, "5.5.2 Error: line too long")
         self.transport.loseConnection()
-
-    def lineReceived(self, line: bytes) -> None:
-        self._pending.append(line)
-        self._drain()
-
-    def _drain(self) -> None:
-        while self._pending and not self._busy:
-            line = self._pending.popleft()
-            if self._data is not None:
-                self._data_line(line)
-                continue
-            result = self._command(line)
-            if isinstance(result, defer.Deferred):
-                self._busy = True
-                result.addErrback(lambda f: log.failure("LMTP command failed", f))
-                result.addBoth(self._resume)
-
-    def _resume(self, _: Any) -> None:
-        self._busy = False
-        self._drain()
 
     # -- commands -------------------------------------------------------------------------
 
     def _command(self, line: bytes) -> defer.Deferred[None] | None:
-        text = line.decode("utf-8", "surrogateescape").strip()
-        verb, _, arg = text.partition(" ")
-        handler = getattr(self, f"do_{verb.upper()}", None) if verb.isalpha() else None
+        verb, arg = (w.decode("utf-8", "surrogateescape") for w in split_command(line))
+        handler = getattr(self, f"do_{verb}", None) if verb.isalpha() else None
         if handler is None:
             self.reply(500, "5.5.2 Error: command not recognized")
             return None
-        result: defer.Deferred[None] | None = handler(arg.strip())
+        result: defer.Deferred[None] | None = handler(arg)
         return result
 
     def do_LHLO(self, arg: str) -> None:
@@ -186,7 +166,8 @@ class LMTPServer(LineOnlyReceiver):
         elif not self.recipients:
             self.reply(503, "5.5.1 Error: no valid recipients")
         else:
-            self._data = []
+            self._in_data = True
+            self.reader.start_data(self.factory.size_limit)
             self.reply(354, "End data with <CR><LF>.<CR><LF>")
 
     def do_RSET(self, arg: str) -> None:
@@ -205,30 +186,17 @@ class LMTPServer(LineOnlyReceiver):
 
     # -- DATA -----------------------------------------------------------------------------
 
-    def _data_line(self, line: bytes) -> None:
-        assert self._data is not None
-        if line == b".":
-            data, self._data = self._data, None
-            if self._too_big:
-                for _ in self.recipients:
-                    self.reply(552, "5.3.4 Message size exceeds fixed limit")
-                self._reset()
-                return
-            self._busy = True
-            self._deliver(data).addBoth(self._resume)
-            return
-        if line.startswith(b"."):
-            line = line[1:]
-        self._size += len(line) + 2
-        limit = self.factory.size_limit
-        if limit and self._size > limit:
-            self._too_big = True
-            self._data.clear()
-        if not self._too_big:
-            self._data.append(line)
+    def _end_of_data(self, body: Body) -> defer.Deferred[None] | bool:
+        self._in_data = False
+        if body.too_big:
+            for _ in self.recipients:
+                self.reply(552, "5.3.4 Message size exceeds fixed limit")
+            self._reset()
+            return True
+        return self._deliver(body.data or b"\n")
 
     @defer.inlineCallbacks
-    def _deliver(self, lines: list[bytes]) -> Any:
+    def _deliver(self, data: bytes) -> Any:
         queue_id = new_queue_id()
         recipients, self.recipients = self.recipients, []
         self.factory.maillog.write(
@@ -237,7 +205,7 @@ class LMTPServer(LineOnlyReceiver):
         envelope = Envelope(queue_id, self.sender or "",
                             [Recipient(address, route=found) for address, found in recipients],
                             client)
-        results = yield self.factory.pipeline.receive(envelope, b"\n".join(lines) + b"\n")
+        results = yield self.factory.pipeline.receive(envelope, data)
         for (address, _), result in zip(recipients, results, strict=False):
             if result.accepted:
                 self.reply(250, f"2.0.0 <{address}> Ok: delivered as {queue_id}")

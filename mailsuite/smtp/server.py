@@ -2,7 +2,8 @@
 
 A subclass of Twisted's ``smtp.ESMTP`` that keeps its reply formatting and the
 IMessageDelivery avatar contract, but does its own input handling to fix the defects listed in
-TWISTED.md, and its own time limits:
+TWISTED.md, with the reader the SMTP-family doors share (smtp/reader.py), and its own time
+limits:
 
 - ``smtpd_timeout`` is a deadline (mailsuite.deadline) for each command line and for DATA,
   which trickled bytes do not push back (``smtpd_per_request_deadline``, ``smtpd_min_data_rate``);
@@ -10,10 +11,10 @@ TWISTED.md, and its own time limits:
 - pipelined commands are run strictly one after another: while a command waits on an async
   answer (portal login, recipient look-up, delivery) later input stays buffered, so replies come
   in order and MAIL+RCPT+DATA in one packet never race into 503s;
-- DATA is read as a byte stream with a line parser of its own: long lines are kept (Postfix
-  accepts them), the body never falls back into command mode, dot-unstuffing is done per line,
-  CRLF becomes LF, the size is counted and data beyond ``message_size_limit`` discarded (552
-  after the final dot); only ``<CR><LF>.<CR><LF>`` ends the data (no SMTP smuggling);
+- DATA is read as a byte stream: long lines are kept (Postfix accepts them), the body never
+  falls back into command mode, dots are unstuffed, CRLF becomes LF, the size is counted and
+  data beyond ``message_size_limit`` discarded (552 after the final dot); only
+  ``<CR><LF>.<CR><LF>`` ends the data (no SMTP smuggling);
 - STARTTLS, AUTH PLAIN/LOGIN and the submission rules (587/465) are ``smtp/auth.py``'s; MAIL
   and RCPT (the envelope, checked by the avatar) are ``smtp/envelope.py``'s;
 - after the final dot the message goes through the accept pipeline (mta/transaction.py: our
@@ -44,13 +45,9 @@ from mailsuite.smtp.auth import SmtpAuth
 from mailsuite.smtp.envelope import SmtpEnvelope, printable
 from mailsuite.smtp.limits import SmtpLimits
 from mailsuite.smtp.postscreen import FrontDoor, Screening
+from mailsuite.smtp.reader import Body, CommandLoop, Reader, split_command
 
 log = Logger()
-
-DATA_CHUNK = 65536  # a body line longer than this is passed on in pieces
-PAUSE_BUFFER = 262144  # stop reading while this much input waits behind a slow command
-
-COMMAND, DATA = "COMMAND", "DATA"
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3} ")
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
@@ -82,31 +79,13 @@ def message_id(body: bytes) -> str:
     return b" ".join(m.group(1).split()).decode("ascii", "replace").strip("<>")
 
 
-_DOT_START = re.compile(rb"^\.(?!\n)", re.MULTILINE)
-
-
-def _unstuff(lines: bytes) -> bytes:
-    """Complete DATA lines -> stored form: CRLF -> LF, the stuffed dot of each line removed
-    (a line that is only "." and is not the terminator stays as it is).
-
-    ``lines`` starts at the start of a line and ends with a line end. Bytes replaces, not a
-    regular expression scanning every position: most messages have no line that starts with
-    a dot, and the others rarely a line that is only one."""
-    data = lines.replace(b"\r\n", b"\n")
-    if b"\n." not in data and data[:1] != b".":
-        return data
-    if b"\n.\n" in data or data[:2] == b".\n":
-        return _DOT_START.sub(b"", data)
-    data = data.replace(b"\n.", b"\n")
-    return data[1:] if data[:1] == b"." else data
-
-
-class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
+class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
     """One SMTP session. ``factory`` gives config, portal, delivery, maillog, clock, and the
     service (smtp, submission, smtps) with its TLS; STARTTLS and AUTH are ``SmtpAuth``'s, the
     connection, rate and error limits ``SmtpLimits``'."""
 
     transport: Any
+    _failure_text = "SMTP command failed"
 
     def __init__(self, factory: SMTPFactory) -> None:
         super().__init__()
@@ -118,13 +97,7 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self._per_request: bool = factory.config.mail.smtpd_per_request_deadline
         self._min_rate: int = factory.config.mail.smtpd_min_data_rate
         self._deadline = Deadline(factory.clock, self.timeoutConnection)
-        self._buffer = b""
-        self._mode = COMMAND
-        self._busy = False
-        self._in_run = False
-        self._paused = False
-        self._connected = False
-        self._discarding = False
+        self.reader = Reader(factory.config.mail.line_length_limit)
         self._greeted = False
         self.client_ip = "unknown"
         self.client_name = "unknown"
@@ -148,9 +121,6 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         self._rcpt_attempts = 0
         self._queue_id: str | None = None
         self._arrival = 0.0
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._too_big = False
 
     def _log(self, text: str) -> None:
         self.factory.maillog.write("smtpd", text)
@@ -244,7 +214,7 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
             self._screen.lost()
         self.limits_release()
         if self._greeted:
-            if not self._quit and (self._mode is DATA or self._busy):
+            if not self._quit and (self._in_data or self._busy):
                 self._log(f"lost connection after {self._command_name.upper()} from {self.client}")
             stats = []
             for name, (ok, total) in self._counts.items():
@@ -254,7 +224,7 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
             stats.append(f"commands={ok}" if ok == total else f"commands={ok}/{total}")
             self._log(f"disconnect from {self.client} {' '.join(stats)}")
         self._reset_transaction()
-        self._buffer = b""
+        self.reader.clear()
         if self._logout is not None:
             logout, self._logout = self._logout, None
             logout()
@@ -264,75 +234,32 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
     def dataReceived(self, data: bytes) -> None:
         if not self._per_request:
             self._deadline.start(self._timeout)  # Postfix's default: a time limit per read
-        elif self._mode is DATA and self._min_rate:
+        elif self._in_data and self._min_rate:
             self._deadline.extend(len(data) / self._min_rate, self._timeout)
         if self._screen is not None and self._screen.waiting:
             self._screen.pregreet(data)
-        self._buffer += data
+        self.reader.buffer += data
         self._run()
 
-    def _run(self) -> None:
-        """Handle buffered input until it runs out or a command waits on a Deferred."""
-        if self._in_run:
-            return
-        self._in_run = True
-        try:
-            while not self._busy and self._connected and not self.transport.disconnecting:
-                step = self._data_step() if self._mode is DATA else self._command_step()
-                if step is None:
-                    break
-                if isinstance(step, defer.Deferred):
-                    self._busy = True
-                    step.addBoth(self._finished)  # clears _busy at once if step has fired
-        finally:
-            self._in_run = False
-        if self._busy and not self._paused and len(self._buffer) > PAUSE_BUFFER:
-            self._paused = True
-            self.transport.pauseProducing()
-
-    def _finished(self, result: Any) -> None:
-        if isinstance(result, Failure):
-            log.failure("SMTP command failed", result)
-        self._busy = False
-        if not self._connected or self._in_run:  # fired at once: _run goes on by itself
-            return
-        self._deadline.start(self._timeout)
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
-        self._run()
-
-    def _command_step(self) -> Any:
-        i = self._buffer.find(b"\n")
-        limit = self.factory.config.mail.line_length_limit
-        if i < 0:
-            if len(self._buffer) > limit:
-                self._buffer = b""
-                if not self._discarding:
-                    self._discarding = True
-                    self._reply(500, "5.5.0 Error: line too long")
-                return True
-            return None
-        if not self._discarding:
+    def _step(self) -> Any:
+        if not self._in_data and b"\n" in self.reader.buffer:
             delay = self.limits_delay()  # smtpd_soft_error_limit reached: wait, then run it
             if delay is not None:
                 return delay
-        line, self._buffer = self._buffer[:i], self._buffer[i + 1 :]
-        if self._discarding:  # the tail of an over-long command line
-            self._discarding = False
-            return True
-        if len(line) > limit:
-            self._reply(500, "5.5.0 Error: line too long")
-            return True
-        return self._command(line.rstrip(b"\r"))
+        return super()._step()
+
+    def _resumed(self) -> None:
+        self._deadline.start(self._timeout)
+
+    def _line_too_long(self) -> None:
+        self._reply(500, "5.5.0 Error: line too long")
 
     def _command(self, line: bytes) -> Any:
         if self._per_request:  # a complete line: the next one has smtpd_timeout of its own
             self._deadline.start(self._timeout)
         if self._sasl is not None:
             return self.sasl_response(line) or True
-        verb, _, arg = line.strip().partition(b" ")
-        verb = verb.upper()
+        verb, arg = split_command(line)
         handler = COMMANDS.get(verb)
         self._command_name = verb.decode("ascii", "replace").lower() if handler else "unknown"
         self._counts.setdefault(self._command_name, [0, 0])[1] += 1
@@ -345,9 +272,9 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
         if not self.gate(verb):
             return True
         if verb == b"RCPT" and self._screen is not None and self._screen.refuse_rcpt(
-                arg.strip(), self._sender, self._helo_name, self._reply):
+                arg, self._sender, self._helo_name, self._reply):
             return True
-        result = getattr(self, handler)(arg.strip()) or True
+        result = getattr(self, handler)(arg) or True
         self.limits_junk(verb)
         return result
 
@@ -415,72 +342,22 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, smtp.ESMTP):
             else:
                 self._reply(503, "5.5.1 Error: need RCPT command")
         else:
-            self._mode = DATA
-            self._mid_line = False
-            self._prev_crlf = True
+            self._in_data = True
+            self.reader.start_data(self.size_limit)
             self._reply(354, "End data with <CR><LF>.<CR><LF>")
 
-    def _store(self, piece: bytes) -> None:
-        self._size += len(piece)
-        if self._too_big:
-            return
-        if self.size_limit and self._size > self.size_limit:
-            self._too_big = True
-            self._parts = []  # counted from now on, not kept
-            return
-        self._parts.append(piece)
-
-    def _data_step(self) -> Any:
-        """Take the complete body lines in the buffer; the end-of-data line ends DATA.
-
-        Whole runs of lines are converted at once (CRLF -> LF, one leading dot removed from
-        each line that has one): a 4 KB message costs a few bytes operations, not a Python loop
-        per line. Only ``<CR><LF>.<CR><LF>`` ends the data."""
-        buf = self._buffer
-        if self._mid_line:  # the tail of an over-long line: no dot handling at its start
-            i = buf.find(b"\n")
-            if i >= 0:
-                crlf = i > 0 and buf[i - 1] == 13
-                self._store((buf[: i - 1] if crlf else buf[:i]) + b"\n")
-                self._mid_line, self._prev_crlf = False, crlf
-                buf = buf[i + 1 :]
-        if not self._mid_line:
-            if self._prev_crlf and buf[:3] == b".\r\n":
-                self._buffer = buf[3:]
-                return self._end_of_data()
-            j = buf.find(b"\r\n.\r\n")
-            if j >= 0:
-                self._store(_unstuff(buf[: j + 2]))
-                self._buffer = buf[j + 5 :]
-                return self._end_of_data()
-            k = buf.rfind(b"\n")
-            if k >= 0:
-                self._prev_crlf = k > 0 and buf[k - 1] == 13
-                self._store(_unstuff(buf[: k + 1]))
-                buf = buf[k + 1 :]
-        if len(buf) >= DATA_CHUNK:  # an over-long line: keep reading it, never as commands
-            keep = 1 if buf.endswith(b"\r") else 0
-            piece, buf = buf[: len(buf) - keep], buf[len(buf) - keep :]
-            if not self._mid_line and piece[:1] == b".":
-                piece = piece[1:]
-            self._mid_line = True
-            self._store(piece)
-        self._buffer = buf
-        return None
-
-    def _end_of_data(self) -> Any:
-        self._mode = COMMAND
+    def _end_of_data(self, message: Body) -> Any:
+        self._in_data = False
         queue_id = self._queue_id or new_queue_id()
-        if self._too_big:
+        if message.too_big:
             self._log(
-                f"{queue_id}: reject: message size {self._size} exceeds limit"
+                f"{queue_id}: reject: message size {message.size} exceeds limit"
                 f" {self.size_limit} from {self.client}"
             )
             self._reset_transaction()
             self._reply(552, "5.3.4 Error: message file too big")
             return True
-        body = b"".join(self._parts)
-        self._parts = []
+        body = message.data
         if body[:1] not in (b"", b"\n") and not _HEADER_LINE.match(body):
             body = b"\n" + body  # no header block: keep the body out of our Received: header
         self._envelope = Envelope(

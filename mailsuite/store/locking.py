@@ -59,12 +59,19 @@ _held: set[tuple[int, int, str]] = set()
 _held_guard = threading.Lock()
 
 
-def _held_key(lock_path: str, dir_fd: int | None) -> tuple[int, int, str]:
-    if dir_fd is None:
-        st = os.stat(os.path.dirname(os.path.abspath(lock_path)))
-    else:
-        st = os.fstat(dir_fd)
-    return st.st_dev, st.st_ino, os.path.basename(lock_path)
+HeldKey = tuple[int, int, str]
+
+
+def held_key(
+    lock_path: str, dir_fd: int | None = None, dir_ident: tuple[int, int] | None = None
+) -> HeldKey:
+    """The key of a dotlock in ``_held``; ``dir_ident``: its directory's (st_dev, st_ino) when
+    the caller knows it (``safepath.Dir.ident``), else it is looked up."""
+    if dir_ident is None:
+        st = os.stat(os.path.dirname(os.path.abspath(lock_path))) if dir_fd is None \
+            else os.fstat(dir_fd)
+        dir_ident = st.st_dev, st.st_ino
+    return *dir_ident, os.path.basename(lock_path)
 
 
 def _hostname() -> str:
@@ -121,7 +128,7 @@ def stale_dotlock(
     if pid is None:
         return st.st_size == 0 and age > min(NO_PID_STALE_AFTER, stale_after)
     if pid == os.getpid():
-        key = _held_key(lock_path, dir_fd)
+        key = held_key(lock_path, dir_fd)
         with _held_guard:
             return key not in _held
     return not _pid_alive(pid)
@@ -158,13 +165,15 @@ def try_dotlock(
     stale_after: float,
     now: Callable[[], float] = time.time,
     dir_fd: int | None = None,
+    key: HeldKey | None = None,
 ) -> bool:
     """Create ``lock_path`` with O_CREAT|O_EXCL (no link(2): works on every local file system).
 
     Returns False if someone else holds it; breaks it first if it is stale. Errors other than
     "exists" (no permission on the spool directory, read-only file system) raise StoreError:
     without the dotlock a rewrite would not be safe against Postfix. With ``dir_fd`` (the
-    mailbox's directory, held open: ``safepath``) ``lock_path`` is a name in it.
+    mailbox's directory, held open: ``safepath``) ``lock_path`` is a name in it. ``key``: its
+    ``held_key``, if the caller has it.
     """
     for _ in range(2):
         try:
@@ -186,7 +195,8 @@ def try_dotlock(
             continue
         except OSError as e:
             raise StoreError(f"cannot create dotlock {lock_path}: {e.strerror}") from e
-        key = _held_key(lock_path, dir_fd)
+        if key is None:
+            key = held_key(lock_path, dir_fd)
         with _held_guard:
             _held.add(key)  # before our pid is in it: never taken for a stale one
         try:
@@ -197,8 +207,9 @@ def try_dotlock(
     return False
 
 
-def release_dotlock(lock_path: str, dir_fd: int | None = None) -> None:
-    key = _held_key(lock_path, dir_fd)
+def release_dotlock(lock_path: str, dir_fd: int | None = None, key: HeldKey | None = None) -> None:
+    if key is None:
+        key = held_key(lock_path, dir_fd)
     with suppress(FileNotFoundError):
         os.unlink(lock_path, dir_fd=dir_fd)
     with _held_guard:
@@ -207,11 +218,13 @@ def release_dotlock(lock_path: str, dir_fd: int | None = None) -> None:
 
 @dataclass
 class HeldLock:
-    """Both locks on one mailbox; ``fd`` is the locked open mailbox (None: the file is missing)."""
+    """Both locks on one mailbox; ``fd`` is the locked open mailbox (None: the file is missing)
+    and ``st`` its fstat taken once both locks were held."""
 
     path: str
     fd: int | None
     dir_fd: int | None = None  # ``path`` is a name in this directory
+    st: os.stat_result | None = None
 
     @property
     def lock_path(self) -> str:
@@ -223,13 +236,14 @@ class HeldLock:
             os.utime(self.lock_path, dir_fd=self.dir_fd, follow_symlinks=False)
 
 
-def _same_file(fd: int, path: str, dir_fd: int | None = None) -> bool:
+def _same_file(fd: int, path: str, dir_fd: int | None = None) -> os.stat_result | None:
+    """The fstat of ``fd`` if ``path`` still names that file, else None."""
     try:
         st = os.lstat(path, dir_fd=dir_fd)
     except FileNotFoundError:
-        return False
+        return None
     fst = os.fstat(fd)
-    return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+    return fst if (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev) else None
 
 
 @contextmanager
@@ -244,6 +258,7 @@ def locked_mailbox(
     sleep: Callable[[float], None] = time.sleep,
     dir_fd: int | None = None,
     full_path: str | None = None,
+    dir_ident: tuple[int, int] | None = None,
 ) -> Iterator[HeldLock]:
     """Lock the mailbox at ``path``: dotlock, then ``opener()`` opens it, then the fcntl lock.
 
@@ -252,22 +267,25 @@ def locked_mailbox(
     ``path`` (another program may have replaced it meanwhile): if not, open again.
     Both locks are always released, the fcntl lock first, as Postfix does. With ``dir_fd``
     (the mailbox's directory, held open) ``path`` is the mailbox's name in it, and
-    ``full_path`` its whole path (for messages and ``LockTimeout.lock_path``).
+    ``full_path`` its whole path (for messages and ``LockTimeout.lock_path``), ``dir_ident``
+    the directory's (st_dev, st_ino) if known (``safepath.Dir.ident``).
     """
     deadline = clock() + timeout
     delay = 0.01
     lock_path = path + ".lock"
+    key = held_key(lock_path, dir_fd, dir_ident) if dir_ident is not None else None
     while True:
-        if try_dotlock(lock_path, stale_after, dir_fd=dir_fd):
+        if try_dotlock(lock_path, stale_after, dir_fd=dir_fd, key=key):
+            key = key or held_key(lock_path, dir_fd)
             fd = None
             try:
                 fd = opener()
+                st = None
                 if fd is None or (
-                    try_fcntl_lock(fd, exclusive) and _same_file(fd, path, dir_fd)
+                    try_fcntl_lock(fd, exclusive) and (st := _same_file(fd, path, dir_fd))
                 ):
-                    held = HeldLock(path, fd, dir_fd)
                     try:
-                        yield held
+                        yield HeldLock(path, fd, dir_fd, st)
                     finally:
                         if fd is not None:
                             fcntl_unlock(fd)
@@ -275,7 +293,7 @@ def locked_mailbox(
             finally:
                 if fd is not None:
                     os.close(fd)
-                release_dotlock(lock_path, dir_fd)
+                release_dotlock(lock_path, dir_fd, key)
         if clock() >= deadline:
             shown = full_path or path
             raise LockTimeout(

@@ -48,6 +48,7 @@ from mailsuite.store.locking import DEFAULT_STALE_AFTER
 from mailsuite.store.mboxfile import MboxFile
 from mailsuite.store.mboxmailbox import MboxMailbox
 from mailsuite.store.mboxtree import FolderTree
+from mailsuite.store.safepath import AnchorCache
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -106,6 +107,9 @@ class MboxStore:
         #: The INBOX MboxFile of each account delivered to: made once, not per message (its
         #: paths are names below trusted directories, walked again at every append: safepath)
         self._delivery_files: dict[Account, MboxFile] = {}
+        #: The spool and home directories held open between operations (checked by path at
+        #: each one: safepath.AnchorCache)
+        self._anchors = AnchorCache()
 
     def settle(self) -> defer.Deferred[None]:
         """Fires when every operation queued on a mailbox so far is done (the compactions of
@@ -121,6 +125,7 @@ class MboxStore:
             self._config.inbox_path(account),
             self._lock_timeout,
             self._stale_after,
+            self._anchors,
         )
 
     def _file(self, account: Account, name: str = INBOX, path: str | None = None) -> MboxFile:

@@ -124,6 +124,8 @@ class MboxFile(IndexKeeper):
         self.index_dir = os.path.abspath(index_dir)
         self.index_path = os.path.join(self.index_dir, INDEX_NAME)
         self.place = self._anchors.place(self.path)
+        self._parent = self.place.parent
+        self._name = self.place.name
         self.index_place = self._anchors.place(self.index_dir)
 
     # -- safety and ownership -------------------------------------------------------------------
@@ -137,7 +139,7 @@ class MboxFile(IndexKeeper):
     def _open(self, d: Dir, create: bool, created: list[bool]) -> int | None:
         try:
             fd, made = d.open_file(
-                self.place.name, os.O_RDWR | os.O_APPEND, create, owner=self._mbox_owner()
+                self._name, os.O_RDWR | os.O_APPEND, create, owner=self._mbox_owner()
             )
         except FileNotFoundError:
             return None
@@ -152,29 +154,30 @@ class MboxFile(IndexKeeper):
         """Both locks, taken in the mailbox's directory walked again now (``safepath``)."""
         created: list[bool] = []
         try:
-            d: Dir | None = open_dir(self.place.parent)
+            d: Dir | None = open_dir(self._parent)
         except FileNotFoundError:  # its folder was removed from outside
             d = None
         if d is None:
             if create:
                 raise StoreError(f"cannot create {self.path}: its directory is gone")
-            yield HeldLock(self.place.name, None), False
+            yield HeldLock(self._name, None), False
             return
         with d, locked_mailbox(
-            self.place.name,
+            self._name,
             lambda: self._open(d, create, created),
             exclusive=exclusive,
             timeout=self._lock_timeout,
             stale_after=self._stale_after,
             dir_fd=d.fd,
             full_path=self.path,
+            dir_ident=d.ident,
         ) as held:
             yield held, bool(created)
 
     def _lstat(self) -> os.stat_result | None:
         try:
-            with open_dir(self.place.parent) as d:
-                st = d.lstat(self.place.name)
+            with open_dir(self._parent) as d:
+                st = d.lstat(self._name)
         except FileNotFoundError:
             return None
         if st is not None and stat.S_ISLNK(st.st_mode):
@@ -230,7 +233,7 @@ class MboxFile(IndexKeeper):
                         return adopted
                 if state is None:
                     state, dirty = ix.Index(uid_validity=self._new_validity()), True
-            new, changes, added = self._refresh_locked(state, held.fd)
+            new, changes, added = self._refresh_locked(state, held.fd, held.st)
             if added is not None:
                 new = self._grow(state, added, new.stamp, save=dirty)
             elif dirty or new is not state:
@@ -248,13 +251,15 @@ class MboxFile(IndexKeeper):
         return fingerprint(buf[sep[0] : hdr_end], len(buf) - hdr_end) == e.fingerprint
 
     def _refresh_locked(
-        self, state: ix.Index, fd: int | None
+        self, state: ix.Index, fd: int | None, st: os.stat_result | None = None
     ) -> tuple[ix.Index, Changes, list[ix.Entry] | None]:
         """(new state, changes, appended), nothing saved. When the file only grew, ``appended``
         holds the new entries and ``new`` is ``state`` with only its stamp changed: the caller
         adds them (``_grow``, O(new messages)). Otherwise ``appended`` is None and ``new`` is
-        complete (``state`` itself if nothing changed)."""
-        st = os.fstat(fd) if fd is not None else None
+        complete (``state`` itself if nothing changed). ``st``: the fstat of ``fd`` taken under
+        the locks, if the caller has it."""
+        if st is None and fd is not None:
+            st = os.fstat(fd)
         stamp = ix.Stamp.of(st)
         if stamp == state.stamp:
             return state, Changes(), None
@@ -334,8 +339,8 @@ class MboxFile(IndexKeeper):
             assert fd is not None
             changes, added, before = Changes(), None, state
             if state is not None:
-                state, changes, added = self._refresh_locked(state, fd)
-            size = os.fstat(fd).st_size
+                state, changes, added = self._refresh_locked(state, fd, held.st)
+            size = held.st.st_size if held.st is not None else os.fstat(fd).st_size
             tail = os.pread(fd, 2, size - 2) if size >= 2 else os.pread(fd, size, 0)
             # a previous writer may have left no final newline or blank line: fix it first
             prefix = (
@@ -471,7 +476,7 @@ class MboxFile(IndexKeeper):
         st = os.fstat(src)
         if st.st_size != state.stamp.size:
             raise StoreError(f"{self.path} changed while locked")
-        name = self.place.name
+        name = self._name
         tmp = f".{name}{cleanup.REWRITE_SUFFIX}"
         with suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)  # left by a crash
@@ -548,8 +553,8 @@ class MboxFile(IndexKeeper):
     def _open_read(self) -> int | None:
         """The mailbox opened for reading, walked again now; None if it is missing."""
         try:
-            with open_dir(self.place.parent) as d:
-                fd, _ = d.open_file(self.place.name, os.O_RDONLY)
+            with open_dir(self._parent) as d:
+                fd, _ = d.open_file(self._name, os.O_RDONLY)
         except FileNotFoundError:
             return None
         except OSError as err:

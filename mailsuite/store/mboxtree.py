@@ -41,7 +41,14 @@ from mailsuite.store.interfaces import (
     StoreRefused,
 )
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, locked_mailbox
-from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, mail_gid, open_dir
+from mailsuite.store.safepath import (
+    AnchorCache,
+    Anchors,
+    Dir,
+    MissingAnchor,
+    mail_gid,
+    open_dir,
+)
 
 CONVERTING = ".mailsuite-dir"  # suffix of the hidden directory a file folder becomes
 SPECIALS_MADE = "mailsuite-specials"  # in ~/mail/.imap: special-use folders made once
@@ -73,6 +80,7 @@ class FolderTree:
         inbox_path: str,
         lock_timeout: float = 30.0,
         stale_after: float = DEFAULT_STALE_AFTER,
+        anchor_cache: AnchorCache | None = None,
     ) -> None:
         self.account = account
         self.root = os.path.abspath(root)
@@ -82,7 +90,8 @@ class FolderTree:
         self._lock_timeout = lock_timeout
         self._stale_after = stale_after
         self._as_root = os.geteuid() == 0
-        self.anchors = Anchors(account.uid, account.gid, account.home, self.inbox_path, self.root)
+        self.anchors = Anchors(account.uid, account.gid, account.home, self.inbox_path, self.root,
+                               anchor_cache)
         self._root_place = self.anchors.place(self.root)
 
     # -- paths ----------------------------------------------------------------------------------
@@ -192,6 +201,7 @@ class FolderTree:
             stale_after=self._stale_after,
             dir_fd=d.fd,
             full_path=d.at(name),
+            dir_ident=d.ident,
         ):
             yield
 

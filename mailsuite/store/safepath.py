@@ -14,7 +14,10 @@ a trusted directory. Instead:
   and must be owned by the user: a directory or file of anyone else is refused, a file must
   also be a regular file with one link (as Postfix's local(8) wants its mailbox).
 - This happens again at every operation: a ``Place`` names a file, it never holds it open,
-  so a directory swapped after SELECT is found at the next command.
+  so a directory swapped after SELECT is found at the next command. Only an anchor may be held
+  open between operations (``AnchorCache``, for the store's deliveries and reads): it is
+  looked up by its path again at every operation and used only while the path still names the
+  directory held, owned by the user or root.
 
 Everything refused raises ``UnsafePath`` (a ``StoreRefused``: one line in the log, no
 traceback), naming the path and the reason.
@@ -28,7 +31,10 @@ import grp
 import os
 import shutil
 import stat
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from mailsuite.fsutil import atomic_write
 from mailsuite.store.interfaces import StoreRefused
@@ -53,12 +59,14 @@ def under(path: str, root: str) -> bool:
 @dataclass(frozen=True)
 class Place:
     """A file or directory: ``anchor`` (trusted, opened by path) and ``parts`` below it (each
-    walked with O_NOFOLLOW, owned by ``uid``). New directories get ``uid``:``gid``."""
+    walked with O_NOFOLLOW, owned by ``uid``). New directories get ``uid``:``gid``. ``cache``:
+    where the anchor may be held open (``AnchorCache``); None: it is opened at every walk."""
 
     anchor: str
     parts: tuple[str, ...]
     uid: int
     gid: int
+    cache: AnchorCache | None = field(default=None, compare=False, repr=False)
 
     @property
     def path(self) -> str:
@@ -72,21 +80,22 @@ class Place:
     def parent(self) -> Place:
         if not self.parts:
             raise UnsafePath(f"{self.anchor}: no parent below the trusted directory")
-        return Place(self.anchor, self.parts[:-1], self.uid, self.gid)
+        return Place(self.anchor, self.parts[:-1], self.uid, self.gid, self.cache)
 
     def child(self, *names: str) -> Place:
         for name in names:
             if not name or name in (".", "..") or "/" in name or "\0" in name:
                 raise UnsafePath(f"{self.path}: bad path component {name!r}")
-        return Place(self.anchor, self.parts + names, self.uid, self.gid)
+        return Place(self.anchor, self.parts + names, self.uid, self.gid, self.cache)
 
 
 class Anchors:
     """The trusted directories of one account: its home, and the directories holding its INBOX
-    and its folder root when those are outside the home."""
+    and its folder root when those are outside the home; their Places use ``cache``."""
 
-    def __init__(self, uid: int, gid: int, home: str, inbox_path: str, folder_root: str) -> None:
-        self.uid, self.gid = uid, gid
+    def __init__(self, uid: int, gid: int, home: str, inbox_path: str, folder_root: str,
+                 cache: AnchorCache | None = None) -> None:
+        self.uid, self.gid, self.cache = uid, gid, cache
         self.home = os.path.abspath(home)
         found = [self.home]
         for path in (inbox_path, folder_root):
@@ -102,7 +111,7 @@ class Anchors:
             if under(path, anchor):
                 rel = os.path.relpath(path, anchor)
                 parts = () if rel == "." else tuple(rel.split(os.sep))
-                return Place(anchor, parts, self.uid, self.gid)
+                return Place(anchor, parts, self.uid, self.gid, self.cache)
         raise UnsafePath(f"{path} is outside the home and spool directories")
 
 
@@ -136,10 +145,13 @@ def check_file(st: os.stat_result, uid: int, path: str) -> None:
 
 
 class Dir:
-    """One directory, held open; names given to its methods are single components."""
+    """One directory, held open; names given to its methods are single components. ``ident``
+    is its (st_dev, st_ino); ``release``, when given, gives a shared descriptor back (an
+    ``AnchorCache``'s) instead of closing it."""
 
-    def __init__(self, fd: int, place: Place) -> None:
-        self.fd, self.place = fd, place
+    def __init__(self, fd: int, place: Place, ident: tuple[int, int],
+                 release: Callable[[], None] | None = None) -> None:
+        self.fd, self.place, self.ident, self._release = fd, place, ident, release
 
     @property
     def path(self) -> str:
@@ -147,7 +159,10 @@ class Dir:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            if self._release is not None:
+                self._release()
+            else:
+                os.close(self.fd)
             self.fd = -1
 
     def __enter__(self) -> Dir:
@@ -183,7 +198,15 @@ class Dir:
         return self.lstat(name) is not None
 
     def names(self) -> list[str]:
-        return os.listdir(self.fd)
+        if self._release is None:
+            return os.listdir(self.fd)
+        # a shared descriptor: its read position is every holder's, so list a descriptor of
+        # our own (opened through the one held: the same directory)
+        fd = os.open(".", _DIR_FLAGS, dir_fd=self.fd)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
 
     # -- opening -------------------------------------------------------------------------------
 
@@ -205,9 +228,13 @@ class Dir:
             st = self.lstat(name)  # O_DIRECTORY|O_NOFOLLOW on a symlink: ENOTDIR (Linux)
             link = e.errno == errno.ELOOP or (st is not None and stat.S_ISLNK(st.st_mode))
             raise refuse(place.path, "a symbolic link" if link else "not a directory") from e
-        sub = Dir(fd, place)
         try:
             st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        sub = Dir(fd, place, (st.st_dev, st.st_ino))
+        try:
             if made and st.st_uid != place.uid and st.st_uid == os.geteuid() and not sub.names():
                 os.fchown(fd, place.uid, place.gid)  # ours, just made, still empty
                 st = os.fstat(fd)
@@ -249,7 +276,6 @@ class Dir:
         """(fd, made): the user's regular file ``name`` with one link, opened with ``flags``
         (O_NOFOLLOW added; UnsafePath for anything else); with ``create`` a missing one is made
         (``create_file``). FileNotFoundError if missing."""
-        path = self.at(name)
         while True:
             try:
                 fd = self.open_nofollow(name, flags)
@@ -262,13 +288,16 @@ class Dir:
                     continue
             except OSError as e:  # a directory opened for writing, a socket
                 if e.errno in (errno.EISDIR, errno.ENXIO):
-                    raise refuse(path, "not a regular file") from e
+                    raise refuse(self.at(name), "not a regular file") from e
                 st = self.lstat(name) if e.errno == errno.EACCES else None
                 if st is not None:  # opened as the user (privsep): say whose file it is
-                    check_file(st, self.place.uid, path)
+                    check_file(st, self.place.uid, self.at(name))
                 raise
             try:
-                check_file(os.fstat(fd), self.place.uid, path)
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or \
+                        st.st_uid != self.place.uid:
+                    check_file(st, self.place.uid, self.at(name))  # raises
                 os.set_blocking(fd, True)
             except BaseException:
                 os.close(fd)
@@ -312,18 +341,102 @@ class Dir:
             return f.read()
 
 
-def open_anchor(place: Place) -> Dir:
-    """The anchor of ``place``, opened by its path; MissingAnchor if it does not exist."""
+def _check_anchor(st: os.stat_result, place: Place) -> None:
+    if st.st_uid not in (0, place.uid):
+        raise refuse(place.anchor, f"owned by uid {st.st_uid}, not by uid {place.uid} or root")
+
+
+def _anchor_fd(place: Place) -> tuple[int, os.stat_result]:
+    """The anchor opened by its path, and its fstat (checked); MissingAnchor if missing."""
     try:
         fd = os.open(place.anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError) as e:
         raise MissingAnchor(f"{place.anchor} does not exist") from e
-    d = Dir(fd, Place(place.anchor, (), place.uid, place.gid))
-    st = os.fstat(fd)
-    if st.st_uid not in (0, place.uid):
-        d.close()
-        raise refuse(place.anchor, f"owned by uid {st.st_uid}, not by uid {place.uid} or root")
-    return d
+    try:
+        st = os.fstat(fd)
+        _check_anchor(st, place)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def open_anchor(place: Place) -> Dir:
+    """The anchor of ``place``, opened by its path (or lent by ``place.cache``); MissingAnchor
+    if it does not exist."""
+    if place.cache is not None:
+        return place.cache.open(place)
+    fd, st = _anchor_fd(place)
+    return Dir(fd, Place(place.anchor, (), place.uid, place.gid), (st.st_dev, st.st_ino))
+
+
+class _Held:
+    """One anchor descriptor of an AnchorCache, with the number of Dirs lending it now."""
+
+    def __init__(self, fd: int, ident: tuple[int, int]) -> None:
+        self.fd, self.ident, self.users, self.dropped = fd, ident, 0, False
+
+
+class AnchorCache:
+    """Anchors held open between operations (at most ``size``; the least recently used is
+    closed), so that a delivery or read does not open, fstat and close its anchor each time.
+
+    Every ``open`` looks the anchor up by its path again (one stat, links followed as an open
+    would follow them) and lends the descriptor held only while that path still names the same
+    directory (device and inode: the held descriptor keeps its inode from being reused) and the
+    directory is still owned by the user or root; else the anchor is opened again. What is below
+    the anchor is walked at every operation as before. Thread-safe: a descriptor replaced or
+    evicted while lent is closed when its last Dir is closed."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self._guard = threading.Lock()
+
+    def open(self, place: Place) -> Dir:
+        anchor = Place(place.anchor, (), place.uid, place.gid, self)
+        try:
+            st = os.stat(place.anchor)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise MissingAnchor(f"{place.anchor} does not exist") from e
+        ident = st.st_dev, st.st_ino
+        with self._guard:
+            held = self._held.get(place.anchor)
+            if held is not None and held.ident == ident and stat.S_ISDIR(st.st_mode):
+                _check_anchor(st, place)
+                return self._lend(place.anchor, held, anchor)
+        fd, fst = _anchor_fd(place)
+        held = _Held(fd, (fst.st_dev, fst.st_ino))
+        with self._guard:
+            old = self._held.pop(place.anchor, None)
+            if old is not None:
+                self._drop(old)
+            self._held[place.anchor] = held
+            while len(self._held) > self.size:
+                self._drop(self._held.popitem(last=False)[1])
+            return self._lend(place.anchor, held, anchor)
+
+    def _lend(self, path: str, held: _Held, anchor: Place) -> Dir:
+        held.users += 1
+        self._held.move_to_end(path)
+        return Dir(held.fd, anchor, held.ident, lambda: self._give_back(held))
+
+    def _give_back(self, held: _Held) -> None:
+        with self._guard:
+            held.users -= 1
+            if held.dropped and not held.users:
+                os.close(held.fd)
+
+    def _drop(self, held: _Held) -> None:
+        held.dropped = True
+        if not held.users:
+            os.close(held.fd)
+
+    def close(self) -> None:
+        """Close every descriptor not lent now (the others when given back)."""
+        with self._guard:
+            while self._held:
+                self._drop(self._held.popitem()[1])
 
 
 def open_dir(place: Place, create: bool = False) -> Dir:
