@@ -32,14 +32,18 @@ MULTIPART = (b"From: a@example.org\nSubject: parts\nMIME-Version: 1.0\n"
              b"Content-Type: multipart/mixed; boundary=XX\n\n--XX\nContent-Type: text/plain\n\n"
              b"one\n--XX\nContent-Type: message/rfc822\n\nSubject: inner\n\ntwo\n--XX--\n")
 
+#: headers anyone can mail: a stray parenthesis in From, an 8-bit boundary
+HOSTILE = (b"From: x)\nTo: (((, <@a:\nSubject: =?utf-8?b?!!?=\n"
+           b'Content-Type: multipart/mixed; boundary="\xff"\n\n--\xff\nx\n--\xff--\n')
+
 
 class Server:
-    """A new store (two messages in INBOX), factory and connection, in ``state``."""
+    """A new store (three messages in INBOX), factory and connection, in ``state``."""
 
     def __init__(self, state: str = "select", max_line: int = 64 * 1024) -> None:
         self.clock = Clock()
         self.store = MemoryStore(now=lambda: WHEN)
-        for data in (MESSAGE, MULTIPART):
+        for data in (MESSAGE, MULTIPART, HOSTILE):
             self.store.deliver(BOSS, data, "bob@example.org")
         portal, _ = make_portal(self.store)
         maillog = MailLog(None, "mail.example.com", now=lambda: 0.0)
@@ -197,6 +201,19 @@ class SessionFuzz(unittest.TestCase):
             self.assertEqual(status, (b"a", b"BAD"), out)
         self.assertIn(b"z OK", server.send([b"z NOOP\r\n"]))
         self.assertNothingLogged()
+
+
+class HostileMessageTests(unittest.TestCase):
+    def test_fetch_and_search_hostile_headers(self) -> None:
+        """FETCH ENVELOPE and BODYSTRUCTURE, SEARCH FROM and BODY of HOSTILE answer OK (the
+        stray ")" looped for ever, the 8-bit boundary raised UnicodeEncodeError)."""
+        server = Server("select")
+        out = server.send([b"a FETCH 3 (ENVELOPE BODYSTRUCTURE BODY[1])\r\n",
+                           b"b SEARCH FROM \"x)\"\r\n", b"c SEARCH BODY x\r\n"])
+        self.assertEqual(check_imap_output(out), [(b"a", b"OK"), (b"b", b"OK"), (b"c", b"OK")])
+        self.assertIn(b'((NIL NIL "x)" NIL))', out)
+        self.assertIn(b"* SEARCH 3\r\nb OK", out)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class LimitFuzz(unittest.TestCase):

@@ -150,7 +150,7 @@ class MimeFuzz(unittest.TestCase):
             text = body_structure(raw, extended)
             self.assertEqual(read_list(text)[1], len(text))
         for spec in ("", "HEADER", "TEXT", "MIME", "HEADER.FIELDS"):
-            if path and 0 not in path or spec not in ("MIME", ""):
+            if (path and 0 not in path) or spec not in ("MIME", ""):
                 section_bytes(raw, Section([n for n in path if n], spec, [b"FROM"]))
         text = envelope(raw.split(b"\n\n")[0] + b"\n\n")
         self.assertEqual(read_list(text)[1], len(text))
