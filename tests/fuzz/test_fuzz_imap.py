@@ -188,6 +188,24 @@ class SessionFuzz(unittest.TestCase):
             self.assertEqual(tags[-1], (b"z", b"OK"), out)
         self.assertNothingLogged()
 
+    @fuzz(st.sampled_from([b"PLAIN", b"LOGIN", b"X", b"PLAIN AGJvc3MAc2VjcmV0", b"PLAIN =",
+                           b"LOGIN Ym9zcw==", b"PLAIN !!", b"PLAIN *", b""]),
+          st.lists(st.sampled_from([b"*", b"=", b"", b"AGJvc3MAc2VjcmV0", b"Ym9zcw==",
+                                    b"c2VjcmV0", b"!!", b"AA==", b"z NOOP"])
+                   | st.binary(max_size=20).filter(lambda b: not set(b) & set(b"\r\n{")),
+                   max_size=3), st.data())
+    def test_authenticate(self, start: bytes, lines: list[bytes], data: st.DataObject) -> None:
+        """AUTHENTICATE with any answers to its challenges: one tagged reply for it, and the
+        session goes on (NOOP, or the command after a login)."""
+        server = Server("unauth")
+        stream = b"a AUTHENTICATE " + start + b"\r\n" + b"".join(x + b"\r\n" for x in lines)
+        stream += b"z1 NOOP\r\n"
+        offsets = data.draw(st.lists(st.integers(1, len(stream)), max_size=10))
+        tags = [t for t, _ in check_imap_output(server.send(cut(stream, offsets)))]
+        self.assertEqual(tags.count(b"a"), 1, tags)
+        self.assertIn(b"z1 OK", server.send([b"z1 NOOP\r\n"]))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     @fuzz(st.integers(1, 3 * MAX_NESTING),
           st.sampled_from([b"ID %s", b"SEARCH %s", b"STORE 1 FLAGS %s", b"FETCH 1 %s",
                            b"SELECT INBOX %s", b"STATUS INBOX %s", b"LIST %s \"\" *"]))

@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
+from mailsuite.auth import sasl
 from mailsuite.maillog import MailLog
 from mailsuite.mta import address as addr
 from mailsuite.smtp.lmtp import LMTPFactory
@@ -210,3 +211,38 @@ class SessionFuzz(unittest.TestCase):
         self.assertNotIn(b"250", codes[:-1])
         self.assertEqual(codes[0][:1], b"5", out[:300])
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+_SASL_LINES = st.one_of(
+    st.sampled_from([b"*", b"=", b"", b"AGJvc3MAc2VjcmV0", b"Ym9zcw==", b"c2VjcmV0", b"!!",
+                     b"AA==", b"AAA=", b" AGJvc3MAc2VjcmV0 ", b"YQBiAGM="]),
+    st.binary(max_size=30).map(sasl.encode),
+    st.binary(max_size=20),
+)
+
+
+class SaslFuzz(unittest.TestCase):
+    """The SASL PLAIN / LOGIN exchange all three doors use (mailsuite.auth.sasl)."""
+
+    @fuzz(st.sampled_from([b"PLAIN", b"LOGIN", b"plain", b"CRAM-MD5", b"\xff"]),
+          st.none() | _SASL_LINES, st.lists(_SASL_LINES, max_size=3), weight=4)
+    def test_only_sasl_errors(self, mechanism: bytes, initial: bytes | None,
+                              lines: list[bytes]) -> None:
+        try:
+            exchange = sasl.Exchange.start(mechanism, initial)
+            step = exchange.step()
+            for line in lines:
+                if isinstance(step, sasl.Attempt):
+                    break
+                step = exchange.respond(line)
+        except sasl.SaslError:
+            pass
+
+    @fuzz(st.binary(max_size=10).filter(lambda b: b"\0" not in b),
+          st.binary(min_size=1, max_size=10).filter(lambda b: b"\0" not in b),
+          st.binary(max_size=10), weight=4)
+    def test_plain_round_trip(self, authzid: bytes, user: bytes, password: bytes) -> None:
+        initial = sasl.encode(authzid + b"\0" + user + b"\0" + password.replace(b"\0", b""))
+        attempt = sasl.Exchange.start(b"PLAIN", initial).step()
+        self.assertEqual(attempt, sasl.Attempt("PLAIN", user, password.replace(b"\0", b""),
+                                               authzid))
