@@ -5,6 +5,7 @@ parse without an error into ordered, disjoint messages, the same whole or a wind
 
 from __future__ import annotations
 
+import os
 import tempfile
 
 from hypothesis import example
@@ -13,10 +14,12 @@ from twisted.trial import unittest
 
 from mailsuite.store import mboxfile
 from mailsuite.store.mboxformat import (
-    from_line_date, header_flags, imap_base, make_from_line, parse, served_header, to_stored,
-    with_status, x_uid,
+    from_line_date, header_end, header_flags, imap_base, make_from_line, parse, served_header,
+    to_stored, with_status, x_uid,
 )
+from mailsuite.wire import wire_size
 from tests.fuzz import fuzz
+from tests.test_store_mbox import MboxTestCase
 
 _LINES = st.sampled_from([
     b"Subject: s", b"From: a@b", b"", b"From x", b"From a Tue Nov 28 06:01:02 2026",
@@ -130,3 +133,29 @@ class ArbitraryFuzz(unittest.TestCase):
             self.assertEqual(mboxfile.parse_file(fd, 0, len(buf), False),
                              parse(buf, 0, len(buf)))
 
+
+
+class StoreFuzz(MboxTestCase):
+    """Through the real MboxStore on files: what is delivered is what a client reads back."""
+
+    @fuzz(st.lists(messages, min_size=1, max_size=4), st.booleans(), weight=0.7)
+    @example([b"", b"Status: RO\n\nFrom x", b"\r\n\r\nFrom a Tue Nov 28 06:01:02 2026\r\n"],
+             True)
+    def test_delivered_read_back(self, datas: list[bytes], reparse: bool) -> None:
+        self.setUp()  # new files for each example
+        store = self.make_store()
+        for data in datas:
+            self.successResultOf(store.deliver(self.account, data, "a@example.test"))
+        if reparse:  # once with our index, then from the file alone
+            self.successResultOf(store.open(self.account)).close()
+            os.unlink(self.index_path)
+            store = self.make_store()
+        box = self.successResultOf(store.open(self.account))
+        self.assertEqual(len(box.messages), len(datas))
+        for data, info in zip(datas, box.messages, strict=True):
+            message = to_stored(data)
+            end = header_end(message, 0, len(message))
+            served = served_header(message[:end]) + message[end:]
+            self.assertEqual(self.successResultOf(box.read(info.uid)), served)
+            self.assertEqual(info.size, wire_size(served))
+        box.close()
