@@ -20,7 +20,9 @@ import collections
 import functools
 import json
 import os
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -81,9 +83,15 @@ def fuzz(*args: Any, weight: float = 1.0, **kwargs: Any) -> Callable[..., Any]:
                          updated=())
         def batches(self: Any) -> None:
             end = time.monotonic() + SECONDS
-            run(self)
-            while PROFILE == "long" and time.monotonic() < end:
+            try:
                 run(self)
+                while PROFILE == "long" and time.monotonic() < end:
+                    run(self)
+            except BaseException as e:
+                # trial shows neither exception notes (hypothesis puts the failing input
+                # there) nor the members of an ExceptionGroup (several distinct failures)
+                sys.stderr.write(f"\n{name}:\n" + "".join(traceback.format_exception(e)))
+                raise
 
         batches.fuzz_test = True  # type: ignore[attr-defined]
         return batches
