@@ -43,7 +43,7 @@ _common: dict[str, Any] = {
 }
 settings.register_profile("ci", max_examples=CI_EXAMPLES, **_common)
 # one batch of a long run (the batches go on until SECONDS)
-settings.register_profile("long", max_examples=2000, **_common)
+settings.register_profile("long", max_examples=300, **_common)
 if PROFILE not in ("ci", "long"):
     raise SystemExit(f"MAILSUITE_FUZZ={PROFILE!r}: ci or long")
 settings.load_profile(PROFILE)

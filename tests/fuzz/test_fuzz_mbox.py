@@ -57,6 +57,7 @@ class RoundTripFuzz(unittest.TestCase):
           st.sampled_from(["blank", "newline", "none"]), st.booleans(), weight=4)
     @example([("a@b", b"", 86400 * 400)], "none", False)
     @example([("a@b", b"From x\n\nFrom y\n", 86400 * 400)] * 2, "blank", True)
+    @example([("a@b", b"Subject: s\n\n", 86400 * 400)], "newline", False)
     def test_parse_what_was_written(self, items: list[tuple[str, bytes, int]], ending: str,
                                     crlf: bool) -> None:
         buf = render(items, ending, crlf)
@@ -65,6 +66,10 @@ class RoundTripFuzz(unittest.TestCase):
         for i, ((sender, data, when), p) in enumerate(zip(items, found, strict=True)):
             message = stored(data, crlf)
             if i == len(items) - 1 and ending == "none":
+                message = message[:-1]
+            if i == len(items) - 1 and ending != "blank" and message.endswith(b"\n\n"):
+                # a file that ends in a blank line: read as the usual blank line after the
+                # last message, not as the last line of a message cut off before its own
                 message = message[:-1]
             self.assertEqual(buf[p.body_off:p.end], message)
             self.assertTrue(p.body_off <= p.hdr_end <= p.end, p)
