@@ -428,6 +428,8 @@ def _read_ini(text: str, filename: str, errors: list[str]) -> dict[str, dict[str
     return sections
 
 
+#: the longest a value may be once its $-references are expanded
+MAX_EXPANDED = 65536
 _DOLLAR = re.compile(r"\$(?:\{(\w+)\}|(\w+)|(\$)|)")
 
 
@@ -459,7 +461,10 @@ class _Expander:
                 raise ValueError("a $ must be followed by a key of [mail] ($$ is a literal $)")
             return self.value(name, stack)
 
-        return _DOLLAR.sub(substitute, text)
+        value = _DOLLAR.sub(substitute, text)
+        if len(value) > MAX_EXPANDED:  # references that double at each key: 2^30 bytes
+            raise ValueError(f"expands to more than {MAX_EXPANDED} characters")
+        return value
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> str:

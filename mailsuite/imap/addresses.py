@@ -71,8 +71,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             end = n if end < 0 else end + 1
             out.append(("literal", text[i:end]))
             i = end
-        elif ch in _SPECIALS:
-            out.append((ch, ch))
+        elif ch in _SPECIALS or ch == ")":  # a ")" without its "(" is a special too: as an
+            out.append((ch, ch))  # atom it was empty, read again and again without an end
             i += 1
         else:
             start = i

@@ -11,7 +11,9 @@ from email.message import Message
 from email.utils import collapse_rfc2231_value
 
 from mailsuite.imap.encode import envelope, nstring
-from mailsuite.imap.message import MAX_MIME_DEPTH, parse_mime_header, split_message, split_multipart
+from mailsuite.imap.message import (
+    MAX_MIME_DEPTH, boundary_of, parse_mime_header, split_message, split_multipart,
+)
 from mailsuite.wire import complete, crlf_size
 
 
@@ -65,7 +67,7 @@ def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int
     else:
         ctype = msg.get_content_type()
     main, _, sub = ctype.partition("/")
-    boundary = msg.get_boundary()
+    boundary = boundary_of(msg)
     if main == "multipart" and boundary and depth < MAX_MIME_DEPTH:
         parts = split_multipart(body, boundary) or [b"\n"]
         child_default = "message/rfc822" if sub == "digest" else "text/plain"

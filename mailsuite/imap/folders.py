@@ -18,6 +18,7 @@ from mailsuite.imap.parser import (
     ParseError,
     encode_mailbox,
     mailbox_name,
+    modified_utf7,
     parse_date_time,
     parse_flag_list,
 )
@@ -148,7 +149,7 @@ class FolderCommands(_Base):
         subscribed: set[str] = set()
         if command == b"LSUB" or "SUBSCRIBED" in selection or "SUBSCRIBED" in returns:
             subscribed = {
-                mailbox_name(n.encode("imap4-utf-7")) for n in await self.account.subscriptions()
+                mailbox_name(modified_utf7(n)) for n in await self.account.subscriptions()
             }
             subscribed.add("INBOX")  # always subscribed, as Outlook expects it in LSUB
         if command == b"LSUB":

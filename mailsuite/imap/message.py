@@ -62,16 +62,24 @@ def parse_mime_header(header: bytes) -> Message:
     return BytesHeaderParser(policy=compat32).parsebytes(_FOLD.sub(b"", header))
 
 
+def boundary_of(msg: Message) -> str | None:
+    """The multipart boundary of a parsed header; None when it has none or one that is not
+    7-bit (RFC 2046 5.1.1: an 8-bit one is lost in the header's decoding, an RFC 2231 one is
+    decoded text: no delimiter line can be matched), so the multipart is shown as text."""
+    boundary = msg.get_boundary()
+    return boundary if boundary and boundary.isascii() else None
+
+
 def content_type(header: bytes) -> tuple[str, str | None]:
     """(content type, multipart boundary or None) of an entity's header block."""
     msg = parse_mime_header(header)
-    return msg.get_content_type(), msg.get_boundary()
+    return msg.get_content_type(), boundary_of(msg)
 
 
 def split_multipart(body: bytes, boundary: str) -> list[bytes]:
     """The parts of a multipart body, each with its header, without the delimiter lines."""
     delim = re.compile(
-        rb"(?:^|\r?\n)--" + re.escape(boundary.encode("latin-1")) + rb"(--)?[ \t]*(?:\r?\n|\Z)"
+        rb"(?:^|\r?\n)--" + re.escape(boundary.encode("ascii")) + rb"(--)?[ \t]*(?:\r?\n|\Z)"
     )
     parts: list[bytes] = []
     start: int | None = None

@@ -134,9 +134,10 @@ def header_end(buf: Buffer, start: int, end: int) -> int:
 
     The blank line is ``\n`` or, in a message another program stored with CRLF line ends,
     ``\r\n``: whichever comes first. The CRLF search is bounded by the LF one, so an LF
-    message costs one short extra scan of its header.
+    message costs one short extra scan of its header. Never past ``end``: an empty message
+    (two separators with only the blank line between) has an empty header.
     """
-    first = buf[start : start + 2]
+    first = buf[start : min(start + 2, end)]
     if first[:1] == b"\n":
         return start + 1
     if first == b"\r\n":
