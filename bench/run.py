@@ -133,8 +133,8 @@ class Mailsuite(Server):
     name = OURS
 
     def __init__(self, workdir: str, python: str, ports: dict[str, int], checkout: str,
-                 mail_owner: str = "") -> None:
-        self.mail_owner = mail_owner  # [mail] mail_owner: privilege separation ('': none)
+                 mail_owner: str | None = None) -> None:
+        self.mail_owner = mail_owner  # [mail] mail_owner (None: the checkout's default)
         self.workdir = workdir
         self.checkout = checkout
         self.python = python
@@ -178,7 +178,7 @@ inet_interfaces = 127.0.0.1
 alias_maps = {w}/aliases
 queue_directory = {w}/queue
 maillog_file = {w}/maillog
-{f"mail_owner = {self.mail_owner}" if self.mail_owner else ""}
+{"" if self.mail_owner is None else f"mail_owner = {self.mail_owner}"}
 
 [listen]
 smtp = {self.ports['smtp']}
@@ -200,19 +200,23 @@ disable_plaintext_auth = no
 [mailbox]
 mail_location = mbox:{self.users_dir}/%u/mail:INBOX={self.users_dir}/%u/INBOX
 
-# Raised as for the Dovecot peer (peers/dovecot-local.conf), only so that imap-idle-conns
-# (2,000 sessions from 127.0.0.1 over 10 users) is not refused; defaults 10 and 1024.
-[imap]
-mail_max_userip_connections = 5000
-process_limit = 5000
-
-[pop3]
-mail_max_userip_connections = 5000
-process_limit = 5000
-
+{self._limits()}
 [tls]
 ssl = no
 """)
+
+    def _limits(self) -> str:
+        """Raised as for the Dovecot peer (peers/dovecot-local.conf), only so that
+        imap-idle-conns (2,000 sessions from 127.0.0.1 over 10 users) is not refused (defaults
+        10 and 1024); nothing for a checkout that has no such keys (a before/after run)."""
+        try:
+            with open(os.path.join(self.checkout, "mailsuite", "config.py")) as f:
+                if '"process_limit"' not in f.read():
+                    return ""
+        except OSError:
+            return ""
+        return ("[imap]\nmail_max_userip_connections = 5000\nprocess_limit = 5000\n\n"
+                "[pop3]\nmail_max_userip_connections = 5000\nprocess_limit = 5000\n")
 
     @property
     def pid(self) -> int:
@@ -607,9 +611,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(git archive into WORKDIR/src), so that commits landing during a long run "
                    "do not mix versions and the figures belong to one commit")
     p.add_argument("--ports", default="2025,2110,2143", help="mailsuite's SMTP,POP3,IMAP ports")
-    p.add_argument("--mail-owner", default="",
-                   help="[mail] mail_owner: run mailsuite privilege-separated as this user "
-                   "(default: one root process, as a checkout without the key)")
+    p.add_argument("--mail-owner", default=None,
+                   help="[mail] mail_owner: the user of the privilege-separated network "
+                   "process; '' runs one root process (default: the checkout's default)")
     p.add_argument("--repeat", type=int, help="repetitions per workload (quick 1, full 3)")
     p.add_argument("--big-k", type=int, action="append",
                    help="imap-big INBOX size in messages (repeatable; quick 10000, full 10000+100000)")

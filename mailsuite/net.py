@@ -67,7 +67,7 @@ UNSENT_POLL = 0.05
 
 def unsent(t: Any) -> int:
     """Bytes written to ``t`` and not sent yet: what a TLS layer holds back and what the TCP
-    connection under it buffers (Twisted's own attributes, as imap.server's _idle_tcp; 0 for
+    connection under it buffers (Twisted's own attributes, as idle_tcp; 0 for
     any other transport)."""
     total = sum(map(len, getattr(t, "_appSendBuffer", None) or ()))
     if not isinstance(t, tcp.Connection):
@@ -96,3 +96,18 @@ class UnsentWait:
         if self.call is not None:
             self.call.cancel()
             self.call = None
+
+
+def idle_tcp(t: Any) -> bool:
+    """``t`` is a plain TCP connection (no TLS layer) with nothing queued: bytes sent straight
+    to its socket keep their order. (Twisted's own buffer attributes; any other transport, or
+    another Twisted, gets False and its ``write``.)"""
+    return bool(
+        isinstance(t, tcp.Connection)
+        and t.TLS is False
+        and t.connected
+        and not t.disconnecting
+        and t.producer is None
+        and getattr(t, "_tempDataLen", None) == 0
+        and getattr(t, "offset", None) == len(getattr(t, "dataBuffer", b"?"))
+    )

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from twisted.internet import defer, interfaces, protocol, tcp
+from twisted.internet import defer, interfaces, protocol
 from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
@@ -48,7 +48,7 @@ from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
 from mailsuite.imap.session import states
 from mailsuite.limits import Limits
-from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent
+from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, idle_tcp, unsent
 from mailsuite.store.interfaces import (
     InvalidMailboxName,
     MailboxExists,
@@ -71,21 +71,6 @@ IDLE_KEEPALIVE = 120.0  # OUTLOOK.md 17: at least every 2 minutes
 #: (a burst of FETCHes costs one stat, not one each): mail other programs write shows within
 #: this, and at once at NOOP, CHECK, IDLE and SELECT, which always look
 REFRESH_REUSE = 0.05
-
-
-def _idle_tcp(t: Any) -> bool:
-    """``t`` is a plain TCP connection (no TLS layer) with nothing queued: bytes sent straight
-    to its socket keep their order. (Twisted's own buffer attributes; any other transport, or
-    another Twisted, gets False and its ``write``.)"""
-    return bool(
-        isinstance(t, tcp.Connection)
-        and t.TLS is False
-        and t.connected
-        and not t.disconnecting
-        and t.producer is None
-        and getattr(t, "_tempDataLen", None) == 0
-        and getattr(t, "offset", None) == len(getattr(t, "dataBuffer", b"?"))
-    )
 
 
 # ignore[misc]: Twisted's IMAP4Server declares ``_onLogout = None`` (so typed None) and then
@@ -227,7 +212,7 @@ class IMAPServer(  # type: ignore[misc]
             return
         data = b"".join(out)
         t = self.transport
-        if not self._lost and _idle_tcp(t):
+        if not self._lost and idle_tcp(t):
             try:
                 sent = t.socket.send(data)
             except OSError:

@@ -176,8 +176,13 @@ class Splice:
             self.agent.loseConnection()
 
     def agent_lost(self) -> None:
-        # a TLS transport shuts down only once no producer is registered with it
+        """The agent ended the session (LOGOUT, QUIT, its timeout): its place in the limits'
+        counts is free at once (a TLS close may wait for the client); a TLS transport shuts
+        down only once no producer is registered with it."""
         self.agent = None
+        slot = getattr(self.session, "slot", None)
+        if slot is not None:
+            slot.release()
         self.client.unregisterProducer()
         self.client.loseConnection()
 

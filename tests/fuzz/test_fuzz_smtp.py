@@ -20,7 +20,7 @@ from mailsuite.auth import sasl
 from mailsuite.maillog import MailLog
 from mailsuite.mta import address as addr
 from mailsuite.smtp.lmtp import LMTPFactory
-from mailsuite.smtp.server import COMMAND_LINE_LIMIT
+from mailsuite.smtp.reader import COMMAND_LINE_LIMIT  # line_length_limit's default
 from tests.configs import real_config
 from tests.fakes import FakeDelivery, NoDelayTransport
 from tests.fuzz import fuzz
