@@ -103,3 +103,23 @@ class WriteBehindTests(unittest.TestCase):
         self.assertGreater(wb.waited, 0)
         with open(self.path, "rb") as f:
             self.assertEqual(f.read(), data)
+
+
+class StaleJournalTests(unittest.TestCase):
+    """A crash between a new index's rename and the removal of the old journal leaves a journal
+    of another generation: what is journaled next must not go into it (ignored at load)."""
+
+    def test_records_after_a_stale_journal_are_kept(self) -> None:
+        d = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, d)
+        path = os.path.join(d, "mailsuite.index")
+        parsed = parse(FILE, 0, len(FILE))
+        entries = [ix.entry_from(p, n, frozenset(), p.date or 0) for n, p in enumerate(parsed, 1)]
+        index = ix.Index(7, 3, ix.Stamp(len(FILE), 1, 2), entries)
+        ix.write_index(path, index, None)
+        with open(ix.log_path(path), "wb") as f:  # the old generation's, left by the crash
+            f.write(ix.LOG_MAGIC + b" %d\n" % (index.generation + 1) + b"F 1 \\Seen\n")
+        ix.append_log(path, index, ix.log_records({2: frozenset({"\\Flagged"})}), None)
+        back = ix.read_index(path)
+        assert back is not None
+        self.assertEqual([e.flags for e in back.entries], [frozenset(), {"\\Flagged"}])

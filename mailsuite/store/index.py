@@ -435,7 +435,7 @@ def append_log(
     With ``dir_fd`` (the index directory, walked by ``safepath``) ``path`` is a name in it."""
     fd = os.open(
         log_path(path),
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
         0o600,
         dir_fd=dir_fd,
     )
@@ -443,13 +443,19 @@ def append_log(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link to another's file
             raise StoreRefused(f"{log_path(path)}: not a regular file with one link: refused")
-        if st.st_size == 0:
-            records = LOG_MAGIC + b" %d\n" % index.generation + records
+        head, size = LOG_MAGIC + b" %d\n" % index.generation, st.st_size
+        if size and os.pread(fd, len(head), 0) != head:
+            # another index's: a crash came between a new index's rename and this journal's
+            # removal. Records added to it would be ignored at the next load: start it again.
+            os.ftruncate(fd, 0)
+            size = 0
+        if size == 0:
+            records = head + records
             if owner is not None:
                 os.fchown(fd, *owner)
         write_all(fd, records)
         os.fdatasync(fd)
-        return st.st_size + len(records)
+        return size + len(records)
     finally:
         os.close(fd)
 
