@@ -554,15 +554,22 @@ class MboxDeferredCompactionTests(MboxTestCase):
         box.close()
 
     @defer.inlineCallbacks
-    def test_crash_before_compaction_brings_them_back(self):
-        """A crash before the rewrite: nothing was written, the messages come back with their
-        UIDs (the index never dropped them); nothing is lost."""
+    def test_crash_before_compaction_keeps_them_expunged(self):
+        """A crash after the EXPUNGE was answered, before the rewrite: the index marked them
+        expunged first, so they do not come back (POP3 clients would fetch them again); the
+        next open compacts the file without them, and the others keep their UIDs."""
         _, box, uids = yield self.open_three()
-        self.hold_compaction()  # never released before the "crash"
-        yield box.expunge([uids[0]])
+        self.patch(box, "_compact", lambda: None)  # the crash comes before it starts
+        self.assertEqual((yield box.expunge([uids[0]])), [uids[0]])
+        self.assertIn(MSG1, self.read_file())
         box = yield self.make_store().open(self.account)  # another process after the crash
-        self.assertEqual([m.uid for m in box.messages], uids)
-        self.assertEqual((yield box.read(uids[0])), MSG1)
+        self.assertEqual([m.uid for m in box.messages], uids[1:])
+        yield box.settled()
+        self.assertEqual(self.read_file().count(MSG1), 1)  # the third message is MSG1 + "3"
+        reopened = yield self.make_store().open(self.account)
+        self.assertEqual([m.uid for m in reopened.messages], uids[1:])
+        self.assertEqual((yield reopened.read(uids[2])), MSG1 + b"3\n")
+        reopened.close()
         box.close()
 
     @defer.inlineCallbacks

@@ -388,7 +388,8 @@ class MboxFile(IndexKeeper):
                 os.fsync(out.fd)
                 os.fsync(out.dir_fd)  # type: ignore[arg-type]
                 stamp = ix.Stamp.of(os.fstat(out.fd))
-                copied = ix.Index(target._new_validity(), state.uid_next, stamp)
+                copied = ix.Index(target._new_validity(), state.uid_next, stamp,
+                                  hidden=state.hidden)
                 copied.entries = list(state.entries)
                 target._save(copied)
             if held.fd is not None:
@@ -396,7 +397,7 @@ class MboxFile(IndexKeeper):
                 os.fsync(held.fd)
             new = state.copy(
                 stamp=ix.Stamp.of(os.fstat(held.fd)) if held.fd is not None else state.stamp,
-                entries=[],
+                entries=[], hidden=frozenset(),
             )
             self._save(new)
         return new, Changes(expunged=known)
@@ -460,6 +461,8 @@ class MboxFile(IndexKeeper):
             if gone and held.fd is not None:
                 new = self._rewrite(held, new, set(gone))
                 changes.expunged.extend(gone)
+            if new.hidden & set(uids):  # their mark goes with them
+                new = new.copy(hidden=new.hidden - set(uids))
             if new is not state:
                 self._save(new)
         return new, changes, gone

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
 from mailsuite.store import index as ix
 from mailsuite.store import uidvalidity
+from mailsuite.store.interfaces import Changes
 from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, Place, open_dir
 
 log = Logger()
@@ -143,10 +145,23 @@ class IndexKeeper:
         head = ix.Index(state.uid_validity, uid_next, stamp, [], state.generation)
         count = len(state.entries) + len(added)
         if save or not self._journal(head, ix.log_records(None, added, head), count):
-            full = ix.Index(state.uid_validity, uid_next, stamp, state.entries + added)
+            full = ix.Index(state.uid_validity, uid_next, stamp, state.entries + added,
+                            hidden=state.hidden)
             self._save(full)
             state.generation = full.generation
         return state.grown(added, stamp)
+
+    def hide(self, state: ix.Index, uids: list[int]) -> tuple[ix.Index, Changes, list[int]]:
+        """Mark these messages (of ``state``) expunged, durably, before the file is compacted
+        without them (``MboxFile.expunge``): a crash in between does not bring them back.
+        (new state, changes, the UIDs newly hidden)."""
+        gone = set(uids) - state.hidden
+        if not gone:
+            return state, Changes(), []
+        new = replace(state, hidden=state.hidden | gone)  # the same entries: none changed
+        if not self._journal(new, ix.log_records(hidden=gone), len(new.entries)):
+            self._save(new)
+        return new, Changes(expunged=sorted(gone)), sorted(gone)
 
     def _append_log(
         self, index: ix.Index, records: bytes, owner: tuple[int, int] | None
