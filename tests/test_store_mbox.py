@@ -573,6 +573,16 @@ class MboxDeferredCompactionTests(MboxTestCase):
         box.close()
 
     @defer.inlineCallbacks
+    def test_hide_marks_only_messages_still_there(self):
+        """An EXPUNGE decided before another operation removed some of its messages marks only
+        those left (sessions are not told twice of one expunge)."""
+        _, box, uids = yield self.open_three()
+        new, changes, gone = box._file.hide(box._state, [uids[1], uids[2] + 10])
+        self.assertEqual((gone, changes.expunged, new.hidden), ([uids[1]], [uids[1]], {uids[1]}))
+        self.assertEqual(box._file.hide(new, [uids[1]])[2], [])
+        box.close()
+
+    @defer.inlineCallbacks
     def test_file_replaced_during_compaction(self):
         """Another program puts a new file in place during the compaction (cp, install: no
         locks): the compaction leaves it; the expunged message it still holds comes back as a

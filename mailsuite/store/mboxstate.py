@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import replace
+from operator import attrgetter
 
 from twisted.logger import Logger
 
@@ -22,6 +24,7 @@ from mailsuite.store.interfaces import Changes
 from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, Place, open_dir
 
 log = Logger()
+_UID = attrgetter("uid")
 
 LOG_LIMIT = 1 << 20  # the index journal is folded into the index beyond this (+16 B a message)
 INDEX_NAME = "mailsuite.index"
@@ -31,6 +34,11 @@ INDEX_NAME = "mailsuite.index"
 #: while the server runs, also when the mailbox leaves the store's cache.
 _IN_MEMORY: dict[str, ix.Index] = {}
 _IN_MEMORY_LOCK = threading.Lock()
+
+
+def _has(entries: list[ix.Entry], uid: int) -> bool:
+    i = bisect_left(entries, uid, key=_UID)
+    return i < len(entries) and entries[i].uid == uid
 
 
 class IndexKeeper:
@@ -154,8 +162,8 @@ class IndexKeeper:
     def hide(self, state: ix.Index, uids: list[int]) -> tuple[ix.Index, Changes, list[int]]:
         """Mark these messages (of ``state``) expunged, durably, before the file is compacted
         without them (``MboxFile.expunge``): a crash in between does not bring them back.
-        (new state, changes, the UIDs newly hidden)."""
-        gone = set(uids) - state.hidden
+        (new state, changes, the UIDs newly hidden: those still in ``state``)."""
+        gone = {u for u in uids if _has(state.entries, u)} - state.hidden
         if not gone:
             return state, Changes(), []
         new = replace(state, hidden=state.hidden | gone)  # the same entries: none changed
