@@ -573,6 +573,31 @@ class MboxDeferredCompactionTests(MboxTestCase):
         box.close()
 
     @defer.inlineCallbacks
+    def test_crash_between_compaction_rename_and_index(self):
+        """Three identical copies, the first two expunged; the compaction renames its file in
+        and the server dies before it saves the new index: the next load takes the file for
+        the compacted one, so the copy left keeps its UID and is not taken for an expunged
+        one (matching by content alone gave it the first copy's UID, and its mark)."""
+        box = yield self.open_with(MSG1, MSG1, MSG1)
+        uids = [m.uid for m in box.messages]
+        yield box.expunge(uids[:2])
+
+        def killed(*args):
+            raise OSError(5, "the process dies here")
+
+        self.patch(mboxfile.MboxFile, "_save", killed)
+        yield box.settled()
+        self.flushLoggedErrors(OSError)
+        self.assertEqual(self.read_file().count(b"Subject: one"), 1)  # renamed in
+        self.patch(mboxfile.MboxFile, "_save", mboxstate.IndexKeeper._save)
+        again = yield self.make_store().open(self.account)  # after the restart
+        yield again.settled()
+        self.assertEqual([m.uid for m in again.messages], uids[2:])
+        self.assertEqual(self.read_file().count(b"Subject: one"), 1)
+        again.close()
+        box.close()
+
+    @defer.inlineCallbacks
     def test_hide_marks_only_messages_still_there(self):
         """An EXPUNGE decided before another operation removed some of its messages marks only
         those left (sessions are not told twice of one expunge)."""

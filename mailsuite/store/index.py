@@ -132,6 +132,8 @@ class Index:
     entries: list[Entry] = field(default_factory=list)
     generation: int = 0  # which journal belongs to this index file (see Journal)
     hidden: frozenset[int] = frozenset()  # expunged, still in the file until its compaction
+    #: (inode, UIDs removed) of a compaction cut short after its rename (journal only)
+    compacted: tuple[int, frozenset[int]] | None = None
 
     def copy(self, **changes: object) -> Index:
         new = replace(self, **changes)  # type: ignore[arg-type]
@@ -211,6 +213,12 @@ def reconcile(
     order). Flags come from the old entry, unless another program changed the message's status
     headers since: then those headers win for the flags they express.
     """
+    if old.compacted is not None and old.compacted[0] == stamp.ino:
+        # the file a compaction renamed in before it could save its index: without what it
+        # removed (else identical copies of a message would take each other's UIDs)
+        gone = old.compacted[1]
+        old = old.copy(entries=[e for e in old.entries if e.uid not in gone],
+                       hidden=old.hidden - gone)
     candidates: dict[str, deque[Entry]] = defaultdict(deque)
     for e in old.entries:
         candidates[e.fingerprint].append(e)
@@ -240,7 +248,7 @@ def reconcile(
         last_uid = e.uid
         new.entries.append(e)
     changes.expunged = [e.uid for e in old.entries if e.uid not in kept]
-    new.hidden = old.hidden & kept
+    new.hidden, new.compacted = old.hidden & kept, None
     return new, changes
 
 
@@ -389,6 +397,8 @@ def _hidden_line(uids: frozenset[int] | set[int]) -> bytes:
 #   A <entry as in the index>                   a message added
 #   S <uid_next> <size> <mtime_ns> <ino>        the file's new stamp and uid_next
 #   X <uid> ...                                 messages expunged, to be compacted away
+#   C <ino> <uid> ...                           a compaction renames its file (this inode,
+#                                               without these messages) in now
 # It belongs to the index whose generation it names; a new index (a new generation) makes it
 # stale and it is removed. A record cut short by a crash (no final newline) is ignored: the
 # operation that wrote it had not returned.
@@ -408,6 +418,7 @@ def apply_log(index: Index, data: bytes) -> Index:
     flags: dict[int, frozenset[str]] = {}
     added: list[Entry] = []
     stamp, uid_next, hidden = index.stamp, index.uid_next, set(index.hidden)
+    compacted = None
     try:
         for line in lines[1:-1]:  # the last piece has no newline: cut short or empty
             w = line.split(b" ")
@@ -420,6 +431,8 @@ def apply_log(index: Index, data: bytes) -> Index:
                 stamp = Stamp(int(w[2]), int(w[3]), int(w[4]))
             elif w[0] == b"X":
                 hidden.update(map(int, w[1:]))
+            elif w[0] == b"C":
+                compacted = (int(w[1]), frozenset(map(int, w[2:])))
     except (ValueError, IndexError, UnicodeDecodeError) as err:
         raise CorruptIndex(f"journal: {err}") from err
     entries = index.entries + added
@@ -429,7 +442,7 @@ def apply_log(index: Index, data: bytes) -> Index:
             if f is not None:
                 entries[i] = entry._replace(flags=f)
     return replace(index, entries=entries, stamp=stamp, uid_next=uid_next,
-                   hidden=frozenset(hidden))
+                   hidden=frozenset(hidden), compacted=compacted)
 
 
 def log_records(
@@ -446,6 +459,10 @@ def log_records(
         s = index.stamp
         out.append(b"S %d %d %d %d" % (index.uid_next, s.size, s.mtime_ns, s.ino))
     return b"".join(line + b"\n" for line in out)
+
+
+def compaction_record(ino: int, gone: set[int]) -> bytes:
+    return b"C %d " % ino + b" ".join(b"%d" % uid for uid in sorted(gone)) + b"\n"
 
 
 def append_log(

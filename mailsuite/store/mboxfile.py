@@ -495,6 +495,7 @@ class MboxFile(IndexKeeper):
                 # another program put a new file there without taking the locks (cp, install):
                 # renaming over it would throw its mail away
                 raise FileReplaced(f"{self.path} was replaced while it was being rewritten")
+            self.note_compaction(state, os.fstat(out).st_ino, gone)
             old = os.dup(src)
             try:
                 os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -171,6 +171,12 @@ class IndexKeeper:
             self._save(new)
         return new, Changes(expunged=sorted(gone)), sorted(gone)
 
+    def note_compaction(self, state: ix.Index, ino: int, gone: set[int]) -> None:
+        """Journal, before a compaction renames its new file (inode ``ino``, without ``gone``)
+        in, that it does: cut short before its new index is saved, the next load knows the
+        file for what it is (``index.reconcile``)."""
+        self._append_log(state, ix.compaction_record(ino, gone), self._owner())
+
     def _append_log(
         self, index: ix.Index, records: bytes, owner: tuple[int, int] | None
     ) -> int | None:
