@@ -42,7 +42,7 @@ def marker_of(header: bytes) -> str | None:
     return found.group(1).decode() if found else None
 
 
-def _lines_of(header: bytes) -> int | None:
+def lines_of(header: bytes) -> int | None:
     found = re.search(rb"^x-kill-lines:[ \t]*(\d+)", header, re.I | re.M)
     return int(found.group(1)) if found else None
 
@@ -82,7 +82,7 @@ def check_mbox(path: str) -> Found:
     ours = []
     for p in parsed:
         header = buf[p.body_off : p.hdr_end]
-        marker, lines = marker_of(header), _lines_of(header)
+        marker, lines = marker_of(header), lines_of(header)
         if marker is None or lines is None:
             problems.append(f"{path}: a message at {p.offset} is not ours: {header[:200]!r}")
             continue
@@ -103,7 +103,7 @@ def _compare_stdlib(path: str, ours: list[str], torn: set[str]) -> list[str]:
         for key in box.iterkeys():
             raw = box.get_bytes(key)
             header, _, body = raw.partition(b"\n\n")
-            marker, lines = marker_of(header + b"\n"), _lines_of(header + b"\n")
+            marker, lines = marker_of(header + b"\n"), lines_of(header + b"\n")
             theirs.append(marker)
             if (marker is not None and lines is not None and marker not in torn
                     and body.rstrip(b"\n") != _stored(body_of(marker, lines)).rstrip(b"\n")):
