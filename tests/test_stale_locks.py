@@ -21,6 +21,7 @@ from mailsuite.mta.queue import Queue
 from mailsuite.mta.queuefile import QueuedRecipient
 from mailsuite.mta.relay import Outcome
 from mailsuite.store import cleanup, locking
+from mailsuite.store.interfaces import StoreError
 from mailsuite.store.locking import locked_mailbox, release_dotlock, try_dotlock
 from mailsuite.tap import QueueService, StoreService
 from mailsuite.maillog import MailLog
@@ -72,6 +73,24 @@ class StaleDotlockTests(unittest.TestCase):
     def test_empty_lock_broken_after_a_short_age(self) -> None:
         make_lock(self.lock, b"", age=locking.NO_PID_STALE_AFTER + 1)
         self.assertTrue(try_dotlock(self.lock, 300))
+        release_dotlock(self.lock)
+
+    def test_never_empty_while_being_made(self) -> None:
+        """A dotlock exists only with our pid in it: a server killed while making one leaves
+        none, not an empty one (as Postfix's look: broken only after 30 s, the restarted
+        server's mailbox blocked that long). The write failing stands for the kill."""
+        def killed(fd: int, data: bytes) -> int:
+            raise OSError(5, "the process dies here")
+
+        real = os.write
+        self.patch(locking.os, "write", killed)
+        with self.assertRaises((OSError, StoreError)):
+            try_dotlock(self.lock, 300)
+        self.assertEqual(os.listdir(self.dir), [])
+        self.patch(locking.os, "write", real)
+        self.assertTrue(try_dotlock(self.lock, 300))
+        with open(self.lock, "rb") as f:
+            self.assertEqual(f.read(), b"%d\n" % os.getpid())
         release_dotlock(self.lock)
 
     def test_own_pid_not_held_is_stale(self) -> None:

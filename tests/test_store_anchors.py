@@ -49,8 +49,9 @@ class Counting:
 class DeliveryCostTests(MboxTestCase):
     @defer.inlineCallbacks
     def test_spool_directory_not_opened_again(self):
-        """A delivery to an INBOX the store delivered to before opens only the dotlock and the
-        mailbox: the spool directory is held (one stat by path checks it), and the dotlock's
+        """A delivery to an INBOX the store delivered to before opens only the dotlock (an
+        O_TMPFILE in the spool directory, linked in as boss.lock) and the mailbox: the spool
+        directory is held (one stat by path checks it), and the dotlock's
         bookkeeping takes the directory's identity from the walk (no fstat of it on taking
         and releasing the lock); the mailbox is fstat'ed once at its open and once under the
         locks (that one also gives the size to append at)."""
@@ -59,7 +60,7 @@ class DeliveryCostTests(MboxTestCase):
         count = Counting(self, ("open", "fstat", "stat", "close"))
         yield store.deliver_many(self.account, [(MSG2, "a@example.test")])
         self.assertEqual(count.paths, [("stat", os.path.abspath(self.spool)),
-                                       ("open", "boss.lock"), ("open", "boss")])
+                                       ("open", "."), ("open", "boss")])
         self.assertEqual(dict(count.calls), {"open": 2, "fstat": 2, "stat": 1, "close": 2})
         self.assertEqual(read(self.path).count(b"\nFrom "), 1)
 

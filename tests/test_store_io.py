@@ -54,6 +54,34 @@ class VerifiedTests(unittest.TestCase):
         self.assertIsNone(verified(one, self.bytes_of(one)[:-1]))
 
 
+class HiddenMarkTests(unittest.TestCase):
+    """The messages an EXPUNGE hid until the compaction (``Index.hidden``) survive the index
+    being written, read back and journaled; reconcile keeps the marks of messages still there."""
+
+    def setUp(self) -> None:
+        parsed = parse(FILE, 0, len(FILE))
+        entries = [ix.entry_from(p, n, frozenset(), p.date or 0) for n, p in enumerate(parsed, 1)]
+        self.index = ix.Index(7, 3, ix.Stamp(len(FILE), 1, 2), entries, 5)
+
+    def test_index_round_trip(self) -> None:
+        self.assertEqual(ix.load(ix.dump(self.index)).hidden, frozenset())
+        self.index.hidden = frozenset({2})
+        back = ix.load(ix.dump(self.index))
+        self.assertEqual((back.hidden, [e.uid for e in back.entries]), ({2}, [1, 2]))
+
+    def test_journal_record(self) -> None:
+        log = ix.LOG_MAGIC + b" 5\n" + ix.log_records(hidden={1}) + ix.log_records(hidden={2})
+        self.assertEqual(ix.apply_log(self.index, log).hidden, {1, 2})
+        self.assertEqual(ix.apply_log(self.index, log + b"X 3").hidden, {1, 2})  # cut short
+
+    def test_reconcile_keeps_marks_of_messages_still_there(self) -> None:
+        self.index.hidden = frozenset({1, 2})
+        only_two = FILE[FILE.index(b"From b@"):]
+        new, _ = ix.reconcile(self.index, parse(only_two, 0, len(only_two)),
+                              ix.Stamp(len(only_two), 3, 2), 0)
+        self.assertEqual(new.hidden, {2})
+
+
 class WriteBehindTests(unittest.TestCase):
     """Writeback of each window starts when it is written, and the window before it is waited
     for; the ranges cover the file once, in order."""
@@ -103,3 +131,23 @@ class WriteBehindTests(unittest.TestCase):
         self.assertGreater(wb.waited, 0)
         with open(self.path, "rb") as f:
             self.assertEqual(f.read(), data)
+
+
+class StaleJournalTests(unittest.TestCase):
+    """A crash between a new index's rename and the removal of the old journal leaves a journal
+    of another generation: what is journaled next must not go into it (ignored at load)."""
+
+    def test_records_after_a_stale_journal_are_kept(self) -> None:
+        d = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, d)
+        path = os.path.join(d, "mailsuite.index")
+        parsed = parse(FILE, 0, len(FILE))
+        entries = [ix.entry_from(p, n, frozenset(), p.date or 0) for n, p in enumerate(parsed, 1)]
+        index = ix.Index(7, 3, ix.Stamp(len(FILE), 1, 2), entries)
+        ix.write_index(path, index, None)
+        with open(ix.log_path(path), "wb") as f:  # the old generation's, left by the crash
+            f.write(ix.LOG_MAGIC + b" %d\n" % (index.generation + 1) + b"F 1 \\Seen\n")
+        ix.append_log(path, index, ix.log_records({2: frozenset({"\\Flagged"})}), None)
+        back = ix.read_index(path)
+        assert back is not None
+        self.assertEqual([e.flags for e in back.entries], [frozenset(), {"\\Flagged"}])

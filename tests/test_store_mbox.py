@@ -554,15 +554,57 @@ class MboxDeferredCompactionTests(MboxTestCase):
         box.close()
 
     @defer.inlineCallbacks
-    def test_crash_before_compaction_brings_them_back(self):
-        """A crash before the rewrite: nothing was written, the messages come back with their
-        UIDs (the index never dropped them); nothing is lost."""
+    def test_crash_before_compaction_keeps_them_expunged(self):
+        """A crash after the EXPUNGE was answered, before the rewrite: the index marked them
+        expunged first, so they do not come back (POP3 clients would fetch them again); the
+        next open compacts the file without them, and the others keep their UIDs."""
         _, box, uids = yield self.open_three()
-        self.hold_compaction()  # never released before the "crash"
-        yield box.expunge([uids[0]])
+        self.patch(box, "_compact", lambda: None)  # the crash comes before it starts
+        self.assertEqual((yield box.expunge([uids[0]])), [uids[0]])
+        self.assertIn(MSG1, self.read_file())
         box = yield self.make_store().open(self.account)  # another process after the crash
-        self.assertEqual([m.uid for m in box.messages], uids)
-        self.assertEqual((yield box.read(uids[0])), MSG1)
+        self.assertEqual([m.uid for m in box.messages], uids[1:])
+        yield box.settled()
+        self.assertEqual(self.read_file().count(MSG1), 1)  # the third message is MSG1 + "3"
+        reopened = yield self.make_store().open(self.account)
+        self.assertEqual([m.uid for m in reopened.messages], uids[1:])
+        self.assertEqual((yield reopened.read(uids[2])), MSG1 + b"3\n")
+        reopened.close()
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_crash_between_compaction_rename_and_index(self):
+        """Three identical copies, the first two expunged; the compaction renames its file in
+        and the server dies before it saves the new index: the next load takes the file for
+        the compacted one, so the copy left keeps its UID and is not taken for an expunged
+        one (matching by content alone gave it the first copy's UID, and its mark)."""
+        box = yield self.open_with(MSG1, MSG1, MSG1)
+        uids = [m.uid for m in box.messages]
+        yield box.expunge(uids[:2])
+
+        def killed(*args):
+            raise OSError(5, "the process dies here")
+
+        self.patch(mboxfile.MboxFile, "_save", killed)
+        yield box.settled()
+        self.flushLoggedErrors(OSError)
+        self.assertEqual(self.read_file().count(b"Subject: one"), 1)  # renamed in
+        self.patch(mboxfile.MboxFile, "_save", mboxstate.IndexKeeper._save)
+        again = yield self.make_store().open(self.account)  # after the restart
+        yield again.settled()
+        self.assertEqual([m.uid for m in again.messages], uids[2:])
+        self.assertEqual(self.read_file().count(b"Subject: one"), 1)
+        again.close()
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_hide_marks_only_messages_still_there(self):
+        """An EXPUNGE decided before another operation removed some of its messages marks only
+        those left (sessions are not told twice of one expunge)."""
+        _, box, uids = yield self.open_three()
+        new, changes, gone = box._file.hide(box._state, [uids[1], uids[2] + 10])
+        self.assertEqual((gone, changes.expunged, new.hidden), ([uids[1]], [uids[1]], {uids[1]}))
+        self.assertEqual(box._file.hide(new, [uids[1]])[2], [])
         box.close()
 
     @defer.inlineCallbacks

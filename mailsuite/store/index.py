@@ -4,7 +4,8 @@ Location (Dovecot-like): ``folder_root/.imap/INBOX/mailsuite.index``. Text, one 
 written atomically (temp file, fsync, rename, fsync of the directory)::
 
     mailsuite-mbox-index 1
-    <uid_validity> <uid_next> <mbox size> <mbox mtime_ns> <mbox inode>
+    <uid_validity> <uid_next> <mbox size> <mbox mtime_ns> <mbox inode> <generation>
+    [X <uid> ...]
     <uid> <offset> <body_off> <hdr_end> <end> <size> <date> <fingerprint> <header_sig> [flag ...]
 
 ``offset`` is the From line, ``body_off`` the first byte of the message, ``hdr_end`` the byte after
@@ -15,6 +16,10 @@ version 1 index has no zones: its dates stay in UTC, as they were shown); ``fing
 identifies the message across rewrites by other programs (see ``mboxformat.fingerprint``);
 ``header_sig`` the state of its Status/X-Status/X-Keywords headers when last seen, so a change
 made by mutt is noticed and wins. Flags are IMAP atoms (never contain spaces).
+
+``X`` lists the messages expunged but still in the file (``Index.hidden``): an EXPUNGE is
+made durable by this mark (a journal record) before it is answered, and the file is compacted
+without them after; a crash in between leaves them hidden, and compacted at the next open.
 
 ``reconcile`` matches a fresh parse of the file against the old index; ``extend`` adds messages
 parsed from the tail of a file that only grew.
@@ -126,6 +131,9 @@ class Index:
     stamp: Stamp = Stamp(0, 0, 0)
     entries: list[Entry] = field(default_factory=list)
     generation: int = 0  # which journal belongs to this index file (see Journal)
+    hidden: frozenset[int] = frozenset()  # expunged, still in the file until its compaction
+    #: (inode, UIDs removed) of a compaction cut short after its rename (journal only)
+    compacted: tuple[int, frozenset[int]] | None = None
 
     def copy(self, **changes: object) -> Index:
         new = replace(self, **changes)  # type: ignore[arg-type]
@@ -142,7 +150,8 @@ class Index:
         not be used after it.
         """
         uid_next = added[-1].uid + 1 if added else self.uid_next
-        new = Index(self.uid_validity, uid_next, stamp, self.entries, self.generation)
+        new = Index(self.uid_validity, uid_next, stamp, self.entries, self.generation,
+                    self.hidden)
         self.entries.extend(added)
         return new
 
@@ -204,6 +213,12 @@ def reconcile(
     order). Flags come from the old entry, unless another program changed the message's status
     headers since: then those headers win for the flags they express.
     """
+    if old.compacted is not None and old.compacted[0] == stamp.ino:
+        # the file a compaction renamed in before it could save its index: without what it
+        # removed (else identical copies of a message would take each other's UIDs)
+        gone = old.compacted[1]
+        old = old.copy(entries=[e for e in old.entries if e.uid not in gone],
+                       hidden=old.hidden - gone)
     candidates: dict[str, deque[Entry]] = defaultdict(deque)
     for e in old.entries:
         candidates[e.fingerprint].append(e)
@@ -233,6 +248,7 @@ def reconcile(
         last_uid = e.uid
         new.entries.append(e)
     changes.expunged = [e.uid for e in old.entries if e.uid not in kept]
+    new.hidden, new.compacted = old.hidden & kept, None
     return new, changes
 
 
@@ -340,6 +356,8 @@ def dump(index: Index) -> bytes:
     s = index.stamp
     head = (index.uid_validity, index.uid_next, s.size, s.mtime_ns, s.ino, index.generation)
     lines = [MAGIC, b"%d %d %d %d %d %d" % head]
+    if index.hidden:
+        lines.append(_hidden_line(index.hidden))
     lines.extend(map(entry_line, index.entries))
     return b"\n".join(lines) + b"\n"
 
@@ -354,7 +372,10 @@ def load(data: bytes) -> Index:
         if len(head) == 5:
             head.append(0)  # written before journals existed
         validity, uid_next, size, mtime_ns, ino, generation = head
-        entries = [_entry(line.split(b" ")) for line in lines[2:-1]]
+        body, hidden = lines[2:-1], frozenset[int]()
+        if body and body[0][:2] == b"X ":
+            hidden = frozenset(map(int, body.pop(0).split()[1:]))
+        entries = [_entry(line.split(b" ")) for line in body]
         last = 0
         for e in entries:
             if e.uid <= last or e.uid >= uid_next:
@@ -362,7 +383,11 @@ def load(data: bytes) -> Index:
             last = e.uid
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise CorruptIndex(str(e)) from e
-    return Index(validity, uid_next, Stamp(size, mtime_ns, ino), entries, generation)
+    return Index(validity, uid_next, Stamp(size, mtime_ns, ino), entries, generation, hidden)
+
+
+def _hidden_line(uids: frozenset[int] | set[int]) -> bytes:
+    return b"X " + b" ".join(b"%d" % uid for uid in sorted(uids))
 
 
 # -- the journal: small changes appended beside the index instead of rewriting it ----------------
@@ -371,6 +396,9 @@ def load(data: bytes) -> Index:
 #   F <uid> [flag ...]                          flags of a message changed
 #   A <entry as in the index>                   a message added
 #   S <uid_next> <size> <mtime_ns> <ino>        the file's new stamp and uid_next
+#   X <uid> ...                                 messages expunged, to be compacted away
+#   C <ino> <uid> ...                           a compaction renames its file (this inode,
+#                                               without these messages) in now
 # It belongs to the index whose generation it names; a new index (a new generation) makes it
 # stale and it is removed. A record cut short by a crash (no final newline) is ignored: the
 # operation that wrote it had not returned.
@@ -389,7 +417,8 @@ def apply_log(index: Index, data: bytes) -> Index:
         return index
     flags: dict[int, frozenset[str]] = {}
     added: list[Entry] = []
-    stamp, uid_next = index.stamp, index.uid_next
+    stamp, uid_next, hidden = index.stamp, index.uid_next, set(index.hidden)
+    compacted = None
     try:
         for line in lines[1:-1]:  # the last piece has no newline: cut short or empty
             w = line.split(b" ")
@@ -400,6 +429,10 @@ def apply_log(index: Index, data: bytes) -> Index:
             elif w[0] == b"S":
                 uid_next = int(w[1])
                 stamp = Stamp(int(w[2]), int(w[3]), int(w[4]))
+            elif w[0] == b"X":
+                hidden.update(map(int, w[1:]))
+            elif w[0] == b"C":
+                compacted = (int(w[1]), frozenset(map(int, w[2:])))
     except (ValueError, IndexError, UnicodeDecodeError) as err:
         raise CorruptIndex(f"journal: {err}") from err
     entries = index.entries + added
@@ -408,20 +441,28 @@ def apply_log(index: Index, data: bytes) -> Index:
             f = flags.get(entry.uid)
             if f is not None:
                 entries[i] = entry._replace(flags=f)
-    return replace(index, entries=entries, stamp=stamp, uid_next=uid_next)
+    return replace(index, entries=entries, stamp=stamp, uid_next=uid_next,
+                   hidden=frozenset(hidden), compacted=compacted)
 
 
 def log_records(
     flags: dict[int, frozenset[str]] | None = None,
     added: list[Entry] | None = None,
     index: Index | None = None,
+    hidden: set[int] | None = None,
 ) -> bytes:
     out = [b"F %d %s" % (uid, " ".join(sorted(f)).encode()) for uid, f in (flags or {}).items()]
+    if hidden:
+        out.append(_hidden_line(hidden))
     out.extend(b"A " + entry_line(e) for e in added or [])
     if index is not None:
         s = index.stamp
         out.append(b"S %d %d %d %d" % (index.uid_next, s.size, s.mtime_ns, s.ino))
     return b"".join(line + b"\n" for line in out)
+
+
+def compaction_record(ino: int, gone: set[int]) -> bytes:
+    return b"C %d " % ino + b" ".join(b"%d" % uid for uid in sorted(gone)) + b"\n"
 
 
 def append_log(
@@ -435,7 +476,7 @@ def append_log(
     With ``dir_fd`` (the index directory, walked by ``safepath``) ``path`` is a name in it."""
     fd = os.open(
         log_path(path),
-        os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
         0o600,
         dir_fd=dir_fd,
     )
@@ -443,13 +484,19 @@ def append_log(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link to another's file
             raise StoreRefused(f"{log_path(path)}: not a regular file with one link: refused")
-        if st.st_size == 0:
-            records = LOG_MAGIC + b" %d\n" % index.generation + records
+        head, size = LOG_MAGIC + b" %d\n" % index.generation, st.st_size
+        if size and os.pread(fd, len(head), 0) != head:
+            # another index's: a crash came between a new index's rename and this journal's
+            # removal. Records added to it would be ignored at the next load: start it again.
+            os.ftruncate(fd, 0)
+            size = 0
+        if size == 0:
+            records = head + records
             if owner is not None:
                 os.fchown(fd, *owner)
         write_all(fd, records)
         os.fdatasync(fd)
-        return st.st_size + len(records)
+        return size + len(records)
     finally:
         os.close(fd)
 

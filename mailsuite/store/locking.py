@@ -15,9 +15,10 @@ A dotlock left by a crashed program is broken (``stale_dotlock``): at once when 
 process of this host that is gone (``PID`` as liblockfile and we write it, or Dovecot's
 ``PID:HOST``) or this process without it holding that lock (a previous life of the server with
 the same pid, in a container), as Dovecot and liblockfile do; after ``NO_PID_STALE_AFTER``
-seconds when it names no process (an empty file, as Postfix's local(8) makes them, or ours cut
-short by a kill); else when older than ``stale_after`` seconds (mtime), as Postfix and mutt
-do. Holders of long locks call ``HeldLock.touch()`` to keep their dotlock fresh.
+seconds when it names no process (an empty file, as Postfix's local(8) makes them; ours hold
+our pid from their first instant: written to an O_TMPFILE, then linked); else when older than
+``stale_after`` seconds (mtime), as Postfix and mutt do. Holders of long locks call
+``HeldLock.touch()`` to keep their dotlock fresh.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def try_dotlock(
     dir_fd: int | None = None,
     key: HeldKey | None = None,
 ) -> bool:
-    """Create ``lock_path`` with O_CREAT|O_EXCL (no link(2): works on every local file system).
+    """Create ``lock_path`` holding our pid: an O_TMPFILE linked in (``_create_dotlock``), or
+    where that cannot be, O_CREAT|O_EXCL then the pid written.
 
     Returns False if someone else holds it; breaks it first if it is stale. Errors other than
     "exists" (no permission on the spool directory, read-only file system) raise StoreError:
@@ -177,6 +179,9 @@ def try_dotlock(
     """
     for _ in range(2):
         try:
+            made = _create_dotlock(lock_path, dir_fd, key)
+            if made is not None:
+                return made
             fd = os.open(
                 lock_path,
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -205,6 +210,41 @@ def try_dotlock(
             os.close(fd)
         return True
     return False
+
+
+def _create_dotlock(lock_path: str, dir_fd: int | None, key: HeldKey | None = None) -> bool | None:
+    """Make the dotlock with our pid in it from its first instant: the pid is written to an
+    unnamed file (O_TMPFILE) that is then linked under the lock's name, so that a kill can never
+    leave an empty dotlock (which looks like Postfix's and is broken only after 30 s). True:
+    made; FileExistsError: someone holds it; None: not possible here (a file system without
+    O_TMPFILE, no /proc): the caller makes it with O_EXCL."""
+    where = "." if dir_fd is not None else os.path.dirname(os.path.abspath(lock_path))
+    try:
+        fd = os.open(where, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
+        raise
+    key = key or held_key(lock_path, dir_fd)
+    try:
+        os.write(fd, b"%d\n" % os.getpid())
+        with _held_guard:
+            added = key not in _held  # else held by another thread of ours: it stays so
+            _held.add(key)  # before the name exists: never taken for a stale one
+        try:
+            os.link(f"/proc/self/fd/{fd}", lock_path, dst_dir_fd=dir_fd, follow_symlinks=True)
+        except OSError as e:
+            if added:
+                with _held_guard:
+                    _held.discard(key)
+            if isinstance(e, FileExistsError):
+                raise
+            if e.errno in (errno.ENOENT, errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                return None  # no /proc, or links refused here
+            raise
+    finally:
+        os.close(fd)
+    return True
 
 
 def release_dotlock(lock_path: str, dir_fd: int | None = None, key: HeldKey | None = None) -> None:

@@ -11,12 +11,13 @@ time; each runs its file work in a thread (``mboxfile``) and the new state is pu
 listeners told, on the reactor thread. Folder operations (create, rename, delete) run one at a
 time per account and wait for the open mailboxes they move.
 
-EXPUNGE (IMAP, and POP3's QUIT) is answered as soon as it is decided: the messages leave
-``messages`` and every session is told at once, and the file is compacted (rewritten without
-them, ``MboxFile.expunge``) right after, as the mailbox's next operation. Until that is done
-another program (mutt) still sees them in the file, and a crash brings them back with their UIDs
-(nothing is lost; the client may expunge them again). Readers and new sessions do not wait for
-the compaction (the file they read is unchanged until its end); writers (flags, appends,
+EXPUNGE (IMAP, and POP3's QUIT) is answered as soon as it is durable: the messages are marked
+expunged in the index (a journal record, ``IndexKeeper.hide``), leave ``messages`` and every
+session is told, and the file is compacted (rewritten without them, ``MboxFile.expunge``) right
+after, as the mailbox's next operation. Until that is done another program (mutt) still sees
+them in the file; a crash before it leaves them marked, and the next open compacts them away
+(they never come back: a POP3 client would fetch them again). Readers and new sessions do not
+wait for the compaction (the file they read is unchanged until its end); writers (flags, appends,
 deliveries) run after it. ``MboxStore.settle()`` waits for every pending compaction (the server
 calls it on stop).
 """

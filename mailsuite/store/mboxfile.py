@@ -393,7 +393,8 @@ class MboxFile(IndexKeeper):
                 os.fsync(out.fd)
                 os.fsync(out.dir_fd)  # type: ignore[arg-type]
                 stamp = ix.Stamp.of(os.fstat(out.fd))
-                copied = ix.Index(target._new_validity(), state.uid_next, stamp)
+                copied = ix.Index(target._new_validity(), state.uid_next, stamp,
+                                  hidden=state.hidden)
                 copied.entries = list(state.entries)
                 target._save(copied)
             if held.fd is not None:
@@ -401,7 +402,7 @@ class MboxFile(IndexKeeper):
                 os.fsync(held.fd)
             new = state.copy(
                 stamp=ix.Stamp.of(os.fstat(held.fd)) if held.fd is not None else state.stamp,
-                entries=[],
+                entries=[], hidden=frozenset(),
             )
             self._save(new)
         return new, Changes(expunged=known)
@@ -465,6 +466,8 @@ class MboxFile(IndexKeeper):
             if gone and held.fd is not None:
                 new = self._rewrite(held, new, set(gone))
                 changes.expunged.extend(gone)
+            if new.hidden & set(uids):  # their mark goes with them
+                new = new.copy(hidden=new.hidden - set(uids))
             if new is not state:
                 self._save(new)
         return new, changes, gone
@@ -497,6 +500,7 @@ class MboxFile(IndexKeeper):
                 # another program put a new file there without taking the locks (cp, install):
                 # renaming over it would throw its mail away
                 raise FileReplaced(f"{self.path} was replaced while it was being rewritten")
+            self.note_compaction(state, os.fstat(out).st_ino, gone)
             old = os.dup(src)
             try:
                 os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -3,9 +3,9 @@ shares (``mbox.MboxStore`` makes and keeps them; see its module docstring).
 
 Its operations run one at a time under a DeferredLock, each doing its file work in a thread
 (``mboxfile``) and publishing the new state, and telling the listeners, on the reactor thread.
-An EXPUNGE is answered at once and the file compacted right after, as the mailbox's next
-operation (see ``mbox``). Small messages whose bytes are in the page cache are read on the
-reactor thread without blocking (``RWF_NOWAIT``).
+An EXPUNGE is answered once marked in the index and the file compacted right after, as the
+mailbox's next operation (see ``mbox``). Small messages whose bytes are in the page cache are
+read on the reactor thread without blocking (``RWF_NOWAIT``).
 """
 
 from __future__ import annotations
@@ -193,10 +193,13 @@ class MboxMailbox:
             fresh = self._state is None or state.uid_validity != self._state.uid_validity
             old = self.messages
             self._state = state
+            self._hidden = set(state.hidden)
             self.uid_validity = state.uid_validity
             self.uid_next = state.uid_next
             self.messages = self._visible(state.entries)
             self._tell(old, changes, fresh)
+            if fresh and self._hidden:
+                self._compact()  # expunged before a crash, never compacted
         return extra[0] if extra else changes
 
     def _tell(self, old: list[Any] | None, changes: Changes, fresh: bool = False) -> None:
@@ -367,13 +370,14 @@ class MboxMailbox:
         if state is None:  # never loaded (not opened): the file right away
             return self._run(self._file.expunge, list(uids))
         gone = sorted(u for u in set(uids) if self._entry(u) is not None)
-        if gone:
-            old = self.messages
-            self._hidden.update(gone)
-            self.messages = self._visible(state.entries)
-            self._tell(old, Changes(expunged=gone))
+        if not gone:
+            return defer.succeed([])
+
+        def hidden(uids: list[int]) -> list[int]:
             self._compact()
-        return defer.succeed(gone)
+            return uids
+
+        return self._run(self._file.hide, gone).addCallback(hidden)
 
     def _compact(self) -> None:
         """Rewrite the file without the hidden messages, as the mailbox's next operation
@@ -424,9 +428,9 @@ class MboxMailbox:
             )
             gone = set(todo)
             self._state = self._state.copy(
-                entries=[e for e in self._state.entries if e.uid not in gone]
+                entries=[e for e in self._state.entries if e.uid not in gone],
+                hidden=self._state.hidden - gone,
             )
-            self._hidden.difference_update(gone)
             self._publish((self._state, Changes()))
             self._run(self._file.refresh).addErrback(
                 lambda f: log.failure("refresh of {path} failed", f, path=self._file.path))
@@ -469,7 +473,8 @@ class MboxMailbox:
         old = self.messages
         self._hidden.clear()
         if self._state is not None:
-            self._state = self._state.copy(stamp=ix.Stamp(0, 0, 0), entries=[])
+            self._state = self._state.copy(stamp=ix.Stamp(0, 0, 0), entries=[],
+                                           hidden=frozenset())
         self.messages = []
         self._keep_reader(None)
         self._tell(old, Changes(expunged=[m.uid for m in old]))

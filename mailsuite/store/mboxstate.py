@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import os
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
+from dataclasses import replace
+from operator import attrgetter
 
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
 from mailsuite.store import index as ix
 from mailsuite.store import uidvalidity
+from mailsuite.store.interfaces import Changes
 from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, Place, open_dir
 
 log = Logger()
+_UID = attrgetter("uid")
 
 LOG_LIMIT = 1 << 20  # the index journal is folded into the index beyond this (+16 B a message)
 INDEX_NAME = "mailsuite.index"
@@ -29,6 +34,11 @@ INDEX_NAME = "mailsuite.index"
 #: while the server runs, also when the mailbox leaves the store's cache.
 _IN_MEMORY: dict[str, ix.Index] = {}
 _IN_MEMORY_LOCK = threading.Lock()
+
+
+def _has(entries: list[ix.Entry], uid: int) -> bool:
+    i = bisect_left(entries, uid, key=_UID)
+    return i < len(entries) and entries[i].uid == uid
 
 
 class IndexKeeper:
@@ -143,10 +153,29 @@ class IndexKeeper:
         head = ix.Index(state.uid_validity, uid_next, stamp, [], state.generation)
         count = len(state.entries) + len(added)
         if save or not self._journal(head, ix.log_records(None, added, head), count):
-            full = ix.Index(state.uid_validity, uid_next, stamp, state.entries + added)
+            full = ix.Index(state.uid_validity, uid_next, stamp, state.entries + added,
+                            hidden=state.hidden)
             self._save(full)
             state.generation = full.generation
         return state.grown(added, stamp)
+
+    def hide(self, state: ix.Index, uids: list[int]) -> tuple[ix.Index, Changes, list[int]]:
+        """Mark these messages (of ``state``) expunged, durably, before the file is compacted
+        without them (``MboxFile.expunge``): a crash in between does not bring them back.
+        (new state, changes, the UIDs newly hidden: those still in ``state``)."""
+        gone = {u for u in uids if _has(state.entries, u)} - state.hidden
+        if not gone:
+            return state, Changes(), []
+        new = replace(state, hidden=state.hidden | gone)  # the same entries: none changed
+        if not self._journal(new, ix.log_records(hidden=gone), len(new.entries)):
+            self._save(new)
+        return new, Changes(expunged=sorted(gone)), sorted(gone)
+
+    def note_compaction(self, state: ix.Index, ino: int, gone: set[int]) -> None:
+        """Journal, before a compaction renames its new file (inode ``ino``, without ``gone``)
+        in, that it does: cut short before its new index is saved, the next load knows the
+        file for what it is (``index.reconcile``)."""
+        self._append_log(state, ix.compaction_record(ino, gone), self._owner())
 
     def _append_log(
         self, index: ix.Index, records: bytes, owner: tuple[int, int] | None

@@ -4,10 +4,15 @@ A ``Site`` is a temp directory holding everything one server needs: passwd and s
 home directories, a spool for INBOXes, an aliases file, the maillog and mail.ini with free ports
 on 127.0.0.1. ``site.start()`` runs twistd in a subprocess and waits until every port answers;
 ``site.stop()`` ends it (SIGTERM, then SIGKILL) and is registered as a cleanup.
+
+twistd runs in a session (and process group) of its own, so that ``site.kill9()`` kills every
+process of the server at once, helpers it forked included, as a crash or power cut would end
+them, and returns only when none is left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import random
@@ -260,14 +265,28 @@ ssl_key = {self.key}
         wait_group(group)
 
     def kill9(self) -> None:
-        """SIGKILL, as a crash or power cut would end it (no clean-up of any kind)."""
-        if self.process is not None:
-            group = self.process.pid
-            self.process.kill()
-            self.process.wait(10)
-            self.process = None
-            self.output.close()
-            kill_group(group)
+        """SIGKILL to every process of the server at once (its process group, its session and
+        whatever it forked, as a crash or power cut would end them: no clean-up of any kind);
+        returns once none of them is left (bounded)."""
+        if self.process is None:
+            return
+        root = self.process.pid
+        doomed = server_processes(root)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(root, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while doomed and time.monotonic() < deadline:
+            for pid in doomed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.process.poll()  # reap twistd itself, our child
+            time.sleep(0.005)
+            doomed = {pid for pid in doomed | server_processes(root) if alive(pid)}
+        self.process.wait(10)
+        if doomed:
+            raise AssertionError(f"processes {sorted(doomed)} of the server outlived SIGKILL")
+        self.process = None
+        self.output.close()
 
     def restart(self) -> None:
         self.stop()
@@ -283,3 +302,39 @@ ssl_key = {self.key}
                 return f.read()
         except FileNotFoundError:
             return ""
+
+
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgrp, session) of a process from /proc, None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that still runs (a zombie has ended)."""
+    st = _stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def server_processes(root: int) -> set[int]:
+    """The live processes of the server started as ``root`` in a session of its own: those of
+    its session or process group, and their descendants (one that made a session of its own)."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st is not None and st[0] not in ("Z", "X"):
+                table[int(name)] = st
+    found = {pid for pid, (_, _, pgrp, sid) in table.items() if root in (pgrp, sid)}
+    if root in table:
+        found.add(root)
+    grown = True
+    while grown:
+        children = {pid for pid, (_, ppid, _, _) in table.items() if ppid in found}
+        grown = not children <= found
+        found |= children
+    return found
