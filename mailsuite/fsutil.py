@@ -172,3 +172,16 @@ class WriteBehind:
             )
             self.waited = self.started
         self.started = end
+
+
+def pread_all(fd: int, length: int, offset: int, chunk: int = 4 << 20) -> bytes:
+    """``length`` bytes of ``fd`` from ``offset`` (fewer at its end), read ``chunk`` at a time."""
+    parts = []
+    while length > 0:
+        data = os.pread(fd, min(length, chunk), offset)
+        if not data:
+            break
+        parts.append(data)
+        length -= len(data)
+        offset += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)

@@ -9,6 +9,7 @@ exits non-zero (78, sysexits' EX_CONFIG, for a refused configuration; 1 for the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -143,7 +144,7 @@ class InstanceLock:
     def acquire(self) -> None:
         with step("[mail] queue_directory"):
             os.makedirs(os.path.dirname(self.path), mode=0o755, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -185,18 +186,31 @@ def mail_owner(cfg: Any) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+#: what mail_owner writes in the queue directory (tmp, active, corrupt: the queue files;
+#: maildrop: sendmail's files, mode 1733; public: the control socket)
+QUEUE_SUBDIRS = {"tmp": 0o700, "active": 0o700, "corrupt": 0o700, "maildrop": 0o1733,
+                 "public": 0o755}
+
+
 def give_queue(queue_directory: str, owner: tuple[int, int]) -> None:
-    """The queue directory and what is in it belong to mail_owner (Postfix's set-permissions);
-    maildrop/ keeps mode 1733 and its files their writers'; pid/ (master.pid) stays root's."""
+    """Postfix's set-permissions: the queue directory itself is root's (mode 0755), so that
+    mail_owner cannot swap what is in it (pid/ and master.pid stay root's); its working
+    directories and what is in them are mail_owner's (maildrop/'s files stay their writers').
+    Walked through directory descriptors, never following a symbolic link."""
     uid, gid = owner
-    os.chown(queue_directory, uid, gid)
-    for root, dirs, files in os.walk(queue_directory):
-        if root == queue_directory:
-            dirs[:] = [d for d in dirs if d != "pid"]  # master.pid stays root's
-        for name in dirs:
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
-        if os.path.basename(root) == "maildrop":
-            dirs[:] = []
-            continue
-        for name in files:
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+    os.chown(queue_directory, 0, 0, follow_symlinks=False)
+    os.chmod(queue_directory, 0o755, follow_symlinks=False)
+    top = os.open(queue_directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name, mode in QUEUE_SUBDIRS.items():
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, mode, dir_fd=top)
+            os.chown(name, uid, gid, dir_fd=top, follow_symlinks=False)
+            os.chmod(name, mode, dir_fd=top, follow_symlinks=False)
+            if name == "maildrop":
+                continue
+            for _, dirs, files, fd in os.fwalk(name, dir_fd=top, follow_symlinks=False):
+                for entry in dirs + files:
+                    os.chown(entry, uid, gid, dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(top)

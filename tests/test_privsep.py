@@ -157,20 +157,28 @@ class VettingTests(unittest.TestCase):
     """An agent runs a command or file target only if the file it came from names it."""
 
     def test_alias_file(self) -> None:
+        """A root-owned alias file's targets run as nobody only; another owner's as that
+        owner only (Postfix's rights for them)."""
+        import pwd
+
         from mailsuite.mta.forward import TargetFailed
         from mailsuite.privsep.agent import _in_alias_file
         path = self.mktemp()
         with open(path, "w") as f:
             f.write('list: "|/usr/bin/list-post team", /var/archive/team\n')
-        uid = os.getuid()
-        _in_alias_file(path, uid, "program", "/usr/bin/list-post team")
-        _in_alias_file(path, uid, "file", "/var/archive/team")
-        self.assertRaises(TargetFailed, _in_alias_file, path, uid, "program", "/bin/sh -c id")
-        self.assertRaises(TargetFailed, _in_alias_file, path, uid, "file", "/etc/passwd")
-        if uid == 0:  # a file not root's nor the agent's: its commands are not the agent's
+        owner = os.getuid()
+        rights = pwd.getpwnam("nobody").pw_uid if owner == 0 else owner
+        _in_alias_file(path, rights, "program", "/usr/bin/list-post team")
+        _in_alias_file(path, rights, "file", "/var/archive/team")
+        self.assertRaises(TargetFailed, _in_alias_file, path, rights, "program", "/bin/sh -c id")
+        self.assertRaises(TargetFailed, _in_alias_file, path, rights, "file", "/etc/passwd")
+        if owner == 0:
+            self.assertRaises(TargetFailed, _in_alias_file, path, 4242, "program",
+                              "/usr/bin/list-post team")  # root's file: not 4242's rights
             os.chown(path, 4242, 4242)
-            self.assertRaises(TargetFailed, _in_alias_file, path, 4343, "program",
-                              "/usr/bin/list-post team")
+            _in_alias_file(path, 4242, "program", "/usr/bin/list-post team")
+            self.assertRaises(TargetFailed, _in_alias_file, path, rights, "program",
+                              "/usr/bin/list-post team")  # 4242's file: not nobody's
 
     def test_open_privs_only_for_alias_rights(self) -> None:
         """OpenPrivs: nobody (default_privs) or an alias file's owner, never root or others."""
@@ -193,3 +201,71 @@ class VettingTests(unittest.TestCase):
             os.chown(path, 4321, 4321)
             master.open_privs(4321)
             self.assertEqual(opened[-1], (4321, "delivery", True))
+
+
+class QueueOwnershipTests(unittest.TestCase):
+    """The queue directory as the master leaves it for the network process (review findings:
+    a mail_owner that owned the top level could swap maildrop/ or pid/ for links)."""
+
+    skip = None if os.geteuid() == 0 else "chown needs root"
+
+    def test_top_level_stays_root_working_dirs_are_mail_owner(self) -> None:
+        from mailsuite.startup import QUEUE_SUBDIRS, give_queue
+        top = self.mktemp()
+        os.makedirs(os.path.join(top, "pid"))
+        os.makedirs(os.path.join(top, "active"))
+        victim = self.mktemp()
+        with open(victim, "w") as f:
+            f.write("root's\n")
+        os.symlink(victim, os.path.join(top, "active", "link"))
+        give_queue(top, (4242, 4242))
+        st = os.stat(top)
+        self.assertEqual((st.st_uid, st.st_mode & 0o7777), (0, 0o755))
+        self.assertEqual(os.stat(os.path.join(top, "pid")).st_uid, 0)
+        for name, mode in QUEUE_SUBDIRS.items():
+            st = os.lstat(os.path.join(top, name))
+            self.assertEqual((st.st_uid, st.st_mode & 0o7777), (4242, mode), name)
+        self.assertEqual(os.lstat(os.path.join(top, "active", "link")).st_uid, 4242)
+        self.assertEqual(os.stat(victim).st_uid, 0)  # the link's target was not touched
+
+    def test_open_dropped_follows_no_link(self) -> None:
+        import shutil
+
+        from mailsuite.startup import give_queue
+        top = self.mktemp()
+        os.makedirs(top)
+        give_queue(top, (4242, 4242))
+        master = Master(Clock())
+        master.cfg = type("C", (), {"mail": type("M", (), {"queue_directory": top})()})()
+        master.owner = (4242, 4242)
+        master.net = None
+        drop = os.path.join(top, "maildrop")
+        with open(os.path.join(drop, "ABC123"), "w") as f:
+            f.write("{}\n")
+        os.link(os.path.join(drop, "ABC123"), os.path.join(drop, "HARD1"))
+        self.assertRaises(wire.Refused, master.open_dropped, "HARD1")  # two links
+        os.unlink(os.path.join(drop, "HARD1"))
+        os.symlink("/etc/passwd", os.path.join(drop, "LINK1"))
+        self.assertRaises(OSError, master.open_dropped, "LINK1")
+        shutil.rmtree(drop)
+        os.symlink("/etc", drop)  # (mail_owner cannot do this: the top level is root's)
+        self.assertRaises(OSError, master.open_dropped, "passwd")
+
+
+class SentDescriptorTests(unittest.TestCase):
+    def test_closed_only_once_sent(self) -> None:
+        """Our copy of an answered descriptor is closed when Twisted has sent it, not on a
+        timer (a number closed early could be reused for something else before it leaves)."""
+        clock = Clock()
+        master = Master(clock)
+        transport = type("T", (), {"connected": True, "_sendmsgQueue": []})()
+        channel = type("Ch", (), {"transport": transport})()
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        transport._sendmsgQueue.append(w)
+        master.sent(channel, w)  # type: ignore[arg-type]
+        clock.advance(60)
+        os.fstat(w)  # still ours: not sent yet
+        transport._sendmsgQueue.clear()
+        clock.advance(1)
+        self.assertRaises(OSError, os.fstat, w)

@@ -461,6 +461,7 @@ class GuardedPortal:
             return defer.maybeDeferred(self.portal.login, creds, mind, *interfaces)
         with contextlib.suppress(AttributeError):
             creds.client_ip = self.ip  # PAM_RHOST for the pam checker
+            creds.service = self.proto  # what the privsep master is told (CheckPassword)
         attempt = self.policy.attempt(self.ip, getattr(creds, "username", b"") or b"", self.proto)
 
         def proceed(_: None) -> defer.Deferred[Any]:

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from mailsuite.accounts import Account
+from mailsuite.fsutil import pread_all
 from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.recent import RecentTracker
@@ -46,6 +47,9 @@ log = Logger()
 
 #: Dovecot's idle_kill of a mail process: an agent with nothing attached exits after this.
 IDLE_EXIT = 60.0
+#: the most bytes one Deliver may carry (the queue's group commits are far smaller; a
+#: message is at most message_size_limit plus the headers delivery adds)
+MAX_DELIVER = 256 * 1024 * 1024
 
 
 class Agent:
@@ -293,9 +297,17 @@ def _in_forward(account: Account, kind: str, target: str) -> None:
 def _in_alias_file(path: str, uid: int, kind: str, target: str) -> None:
     """Blocking: the target is in alias file ``path``, whose commands run as ``uid`` (its owner,
     or default_privs for a root-owned file)."""
+    import pwd
+
     from mailsuite.mta.aliases import read_file
+    from mailsuite.mta.forward import DEFAULT_PRIVS
     table, _, _, owner = read_file(path)
-    if owner not in (0, uid) or not any(_listed(t, kind, target) for t in table.values()):
+    try:
+        default = pwd.getpwnam(DEFAULT_PRIVS).pw_uid
+    except KeyError:
+        default = 65534
+    rights = default if owner == 0 else owner  # as Expander._owner_privs / _default_privs
+    if uid != rights or not any(_listed(t, kind, target) for t in table.values()):
         raise forward.TargetFailed(False, "4.7.1", f"{target!r} is not (or no longer) in {path}")
 
 
@@ -322,20 +334,16 @@ def _split(fd: int, sizes: list[int], senders: list[str]) -> list[tuple[bytes, s
     import fcntl
     total = sum(sizes)
     sealed = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK
-    if (len(sizes) != len(senders) or any(n < 0 for n in sizes)
+    if (len(sizes) != len(senders) or any(n < 0 for n in sizes) or total > MAX_DELIVER
             or fcntl.fcntl(fd, fcntl.F_GET_SEALS) & sealed != sealed
             or os.fstat(fd).st_size < total):
         raise ValueError("malformed Deliver")
     out, at = [], 0
     for n, sender in zip(sizes, senders, strict=True):
-        chunks, left = [], n
-        while left:
-            chunk = os.pread(fd, min(left, 1 << 20), at + n - left)
-            if not chunk:
-                raise ValueError("short Deliver")
-            chunks.append(chunk)
-            left -= len(chunk)
-        out.append((b"".join(chunks), sender))
+        data = pread_all(fd, n, at)
+        if len(data) != n:
+            raise ValueError("short Deliver")
+        out.append((data, sender))
         at += n
     return out
 

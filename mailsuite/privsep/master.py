@@ -18,9 +18,12 @@ stopped, and every other process follows it (their channels end).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import os
 import socket
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -39,8 +42,12 @@ from mailsuite.threads import InPool
 log = Logger()
 
 TICKET_LIFE = 60.0
-#: how long our copy of a descriptor sent in an answer stays open (it leaves with a later write)
-SENT_FD_GRACE = 10.0
+#: tickets held at once for one account (the oldest go first)
+TICKETS_PER_NAME = 16
+#: descriptors answered and not yet sent on the network process's channel, at most: our copy
+#: is closed only once Twisted has sent it (a number closed earlier could be reused for
+#: something else before it leaves); past this, requests are refused
+MAX_UNSENT_FDS = 256
 
 
 class MasterService(service.Service):
@@ -62,6 +69,9 @@ class MasterService(service.Service):
         self.net: Channel | None = None
         self.agents: dict[str, Channel] = {}
         self.tickets: dict[bytes, tuple[str, float]] = {}
+        self._tickets_of: dict[str, collections.deque[bytes]] = {}
+        self._unsent: list[tuple[Channel, int]] = []
+        self._sweeper: Any = None
         self.stopping = False
 
     # -- processes --
@@ -82,13 +92,30 @@ class MasterService(service.Service):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         spawn.fds = ["channel", "maillog"] + [name for name, _ in extra]
         fds = [theirs.fileno(), self.maillog.fileno()] + [fd for _, fd in extra]
-        assert self.zygote is not None
-        zygote.send(self.zygote, spawn, fds)
-        theirs.close()
+        try:
+            self._send_spawn(spawn, fds)
+        finally:
+            theirs.close()
         transport = self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
                                                        _Once(responder))
         ours.close()
         return transport.protocol  # type: ignore[no-any-return]
+
+    def _send_spawn(self, spawn: zygote.Spawn, fds: list[int]) -> None:
+        """To the zygote; one that died (killed, out of memory) is started again, once."""
+        for attempt in range(2):
+            try:
+                if self.zygote is None:
+                    raise BrokenPipeError("no zygote")
+                zygote.send(self.zygote, spawn, fds)
+                return
+            except OSError:
+                if attempt or self.stopping:
+                    raise
+                log.warn("the zygote is gone: starting it again")
+                if self.zygote is not None:
+                    self.zygote.close()
+                self.zygote_pid, self.zygote = zygote.start()
 
     def _start_net(self) -> None:
         if self.stopping:
@@ -102,9 +129,37 @@ class MasterService(service.Service):
                 extra.append((name, fd))
         uid, gid = self.owner
         spawn = zygote.Spawn("net", uid, gid, [gid], {"cfg": self.cfg})
-        self.net = self._spawn(spawn, extra, lambda: NetChannel(self))
-        for fd in opened:
+        try:
+            self.net = self._spawn(spawn, extra, lambda: NetChannel(self))
+        except OSError as e:  # no zygote, no descriptors: try again, the ports stay bound
+            log.error("cannot start the network process: {error}; again in 5 s", error=e)
+            self.reactor.callLater(5.0, self._start_net)
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def sent(self, channel: Channel | None, fd: int) -> None:
+        """``fd`` goes out in an answer on ``channel``: closed once it has left (sweep)."""
+        if channel is None or len(self._unsent) >= MAX_UNSENT_FDS:
             os.close(fd)
+            raise wire.Refused("too many descriptors not read yet")
+        self._unsent.append((channel, fd))
+        if self._sweeper is None or not self._sweeper.active():
+            self._sweeper = self.reactor.callLater(0.2, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close our copies of the descriptors that Twisted has sent (its _sendmsgQueue holds
+        those it has not) or that can no longer be sent (the channel is gone)."""
+        keep = []
+        for channel, fd in self._unsent:
+            transport = channel.transport
+            queued = getattr(transport, "_sendmsgQueue", ()) if transport is not None else ()
+            if fd in queued and getattr(transport, "connected", False):
+                keep.append((channel, fd))
+            else:
+                os.close(fd)
+        self._unsent = keep
+        self._sweeper = self.reactor.callLater(0.2, self._sweep) if keep else None
 
     def hup(self) -> None:
         """``kill -HUP``: the maillog reopened (logrotate), for every process; the TLS files
@@ -138,7 +193,11 @@ class MasterService(service.Service):
 
     def agent_for(self, account: Account, privs: bool = False) -> defer.Deferred[Channel]:
         """The channel to ``account``'s agent, started now if it has none. ``privs``: an agent
-        for alias commands and files only (its primary group alone, as Postfix)."""
+        for alias commands and files only (its primary group alone, as Postfix). Never one of
+        mail_owner: its home is the network process's to write (a ~/.forward there would run
+        commands with that agent's groups)."""
+        if account.uid == self.owner[0]:
+            raise wire.Refused(f"no agent for mail_owner ({account.name})")
         channel = self.agents.get(account.name)
         if channel is None:
             groups = [account.gid] if privs else _groups(account)
@@ -159,15 +218,28 @@ class MasterService(service.Service):
             del self.agents[name]
 
     # -- what the network process may ask --
-    def check_password(self, user: str, password: bytes) -> defer.Deferred[dict[str, Any]]:
-        d = defer.maybeDeferred(self.checker.requestAvatarId, UsernamePassword(
-            user.encode("utf-8"), password))
+    def check_password(self, user: str, password: bytes, service: str = "",
+                       rip: str = "") -> defer.Deferred[dict[str, Any]]:
+        creds = UsernamePassword(user.encode("utf-8"), password)
+        if rip:
+            creds.client_ip = rip  # type: ignore[attr-defined]  # PAM_RHOST (auth.pam)
+        d = defer.maybeDeferred(self.checker.requestAvatarId, creds)
 
         def ok(avatar_id: bytes) -> dict[str, Any]:
             name = avatar_id.decode("utf-8")
             ticket = os.urandom(18)
             now = self.reactor.seconds()
-            self.tickets = {t: v for t, v in self.tickets.items() if v[1] > now}
+            for old in [t for t, (_, until) in itertools.islice(self.tickets.items(), 64)
+                        if until <= now]:
+                who = self.tickets.pop(old)[0]  # (dicts keep order: the oldest are first)
+                if old in self._tickets_of.get(who, ()):
+                    self._tickets_of[who].remove(old)
+                    if not self._tickets_of[who]:
+                        del self._tickets_of[who]
+            mine = self._tickets_of.setdefault(name, collections.deque())
+            while len(mine) >= TICKETS_PER_NAME:
+                self.tickets.pop(mine.popleft(), None)
+            mine.append(ticket)
             self.tickets[ticket] = (name, now + TICKET_LIFE)
             return {"verdict": "ok", "name": name, "ticket": ticket}
 
@@ -201,7 +273,7 @@ class MasterService(service.Service):
         finally:
             theirs.close()
         fd = ours.detach()
-        self.reactor.callLater(SENT_FD_GRACE, os.close, fd)
+        self.sent(self.net, fd)
         return {"fd": fd}
 
     def open_privs(self, uid: int) -> Any:
@@ -234,11 +306,27 @@ class MasterService(service.Service):
         return self.open_stream(held[0], service, **fields)
 
     def open_dropped(self, queue_id: str) -> dict[str, int]:
-        if not queue_id or "/" in queue_id or queue_id.startswith("."):
+        """A regular file with one link in maildrop/, reached from the root-owned queue
+        directory (startup.give_queue) without following a symbolic link anywhere."""
+        if not queue_id.isalnum():
             raise wire.Refused(f"bad queue id {queue_id!r}")
-        path = os.path.join(self.cfg.mail.queue_directory, "maildrop", queue_id)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        self.reactor.callLater(SENT_FD_GRACE, os.close, fd)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        top = os.open(self.cfg.mail.queue_directory, flags | os.O_DIRECTORY)
+        try:
+            drop = os.open("maildrop", flags | os.O_DIRECTORY, dir_fd=top)
+        finally:
+            os.close(top)
+        try:
+            if os.fstat(drop).st_uid not in (0, self.owner[0]):
+                raise wire.Refused("maildrop/ is not mail_owner's")
+            fd = os.open(queue_id, flags | os.O_NONBLOCK, dir_fd=drop)
+        finally:
+            os.close(drop)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            raise wire.Refused(f"maildrop/{queue_id}: not a regular file with one link")
+        self.sent(self.net, fd)
         return {"fd": fd}
 
 
@@ -273,8 +361,8 @@ class _Once(protocol.Factory):
 
 
 def _refused(failure: Any) -> Any:
-    """Any error but a declared one becomes Refused (logged), so the channel stays up."""
-    if failure.check(wire.Refused, OSError):
+    """Any error but Refused becomes Refused (logged), so the channel stays up."""
+    if failure.check(wire.Refused):
         return failure
     log.failure("request of the network process failed", failure)
     raise wire.Refused(failure.getErrorMessage())
@@ -293,7 +381,7 @@ class NetChannel(Channel):
 
     @wire.CheckPassword.responder
     def check_password(self, user: str, password: bytes, service: str, rip: str) -> Any:
-        return _answer(self.master.check_password, user, password)
+        return _answer(self.master.check_password, user, password, service, rip)
 
     @wire.OpenSession.responder
     def open_session(self, ticket: bytes, service: str, tag: bytes, method: str, secure: bool,

@@ -72,7 +72,8 @@ class RemoteChecker:
         except UnauthorizedLogin as e:
             return defer.fail(e)
         d = self.master.callRemote(wire.CheckPassword, user=name, password=password,
-                                   service="", rip="")
+                                   service=str(getattr(credentials, "service", "")),
+                                   rip=str(getattr(credentials, "client_ip", "") or ""))
         return d.addCallback(self._verdict)
 
     def _verdict(self, answer: dict[str, Any]) -> bytes:

@@ -28,6 +28,10 @@ from typing import Any
 ROLES = {"net": "mailsuite.privsep.netproc", "agent": "mailsuite.privsep.agent"}
 
 
+#: descriptors one request may carry (the network process's: its listeners and a few more)
+MAX_FDS = 250
+
+
 @dataclass
 class Spawn:
     """One child: ``role`` (``net`` or ``agent``), the rights it runs with (``groups`` its
@@ -52,13 +56,13 @@ def become(uid: int, gid: int, groups: list[int]) -> None:
         raise OSError("could not drop privileges")
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """PR_SET_PDEATHSIG: ``sig`` when the parent (master, or zygote) is gone, even by kill -9,
-    so that no child outlives the master holding its listening sockets."""
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """PR_SET_PDEATHSIG: ``sig`` when the parent (master, or zygote: pid ``parent``) is gone,
+    even by kill -9, so that no child outlives the master holding its listening sockets."""
     import ctypes
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, sig)
-    if os.getppid() == 1:  # the parent went before the setting took
+    if os.getppid() != parent:  # the parent went before the setting took
         os.kill(os.getpid(), sig)
 
 
@@ -71,7 +75,7 @@ def close_others(keep: set[int]) -> None:
             low = fd + 1
 
 
-def _child(spawn: Spawn, fds: list[int]) -> None:
+def _child(spawn: Spawn, fds: list[int], parent: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     close_others(set(fds))
@@ -80,7 +84,7 @@ def _child(spawn: Spawn, fds: list[int]) -> None:
         os.set_inheritable(fd, False)
     try:
         become(spawn.uid, spawn.gid, spawn.groups)
-        die_with_parent()  # after become: a change of ids clears the setting
+        die_with_parent(parent)  # after become: a change of ids clears the setting
         # a role is named, as twistd names a plugin: the zygote knows no role's code
         importlib.import_module(ROLES[spawn.role]).main(spawn, named)
     except BaseException as e:  # the child never returns into the zygote's loop
@@ -94,9 +98,11 @@ def _child(spawn: Spawn, fds: list[int]) -> None:
 
 def _receive(sock: socket.socket) -> tuple[Spawn, list[int]] | None:
     fds = array.array("i")
-    msg, anc, _flags, _ = sock.recvmsg(1 << 20, socket.CMSG_LEN(64 * fds.itemsize))
+    msg, anc, flags, _ = sock.recvmsg(1 << 20, socket.CMSG_LEN(MAX_FDS * fds.itemsize))
     if not msg:
         return None
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        raise SystemExit("zygote: a request was cut short")
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
@@ -120,10 +126,11 @@ def serve(sock: socket.socket) -> None:
         if got is None:
             return
         spawn, fds = got
+        me = os.getpid()
         pid = os.fork()
         if pid == 0:
             sock.close()
-            _child(spawn, fds)
+            _child(spawn, fds, me)
         for fd in fds:
             os.close(fd)
 
@@ -138,8 +145,9 @@ def start(python: str = sys.executable) -> tuple[int, socket.socket]:
             ours.close()
             close_others({theirs.fileno()})
             os.set_inheritable(theirs.fileno(), True)
-            os.execve(python, [python, "-m", "mailsuite.privsep.zygote", str(theirs.fileno())],
-                      env)
+            os.chdir("/")  # -P: nor the directory the server was started from on sys.path
+            os.execve(python, [python, "-P", "-m", "mailsuite.privsep.zygote",
+                               str(theirs.fileno()), str(os.getppid())], env)
         finally:
             os._exit(127)
     theirs.close()
@@ -149,10 +157,12 @@ def start(python: str = sys.executable) -> tuple[int, socket.socket]:
 def send(sock: socket.socket, spawn: Spawn, fds: list[int]) -> None:
     """Ask the zygote for a child (the caller closes its copies of ``fds`` afterwards)."""
     data = pickle.dumps(spawn)
+    if len(fds) > MAX_FDS or len(data) >= 1 << 20:
+        raise OSError(f"a spawn request of {len(fds)} descriptors and {len(data)} bytes")
     sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
 if __name__ == "__main__":
     _sock = socket.socket(fileno=int(sys.argv[1]))
-    die_with_parent()
+    die_with_parent(int(sys.argv[2]))
     serve(_sock)

@@ -25,7 +25,7 @@ from operator import attrgetter
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
-from mailsuite.fsutil import write_all
+from mailsuite.fsutil import pread_all, write_all
 from mailsuite.store import cleanup
 from mailsuite.store import index as ix
 from mailsuite.store.interfaces import Changes, StoreError
@@ -56,25 +56,13 @@ Result = tuple[ix.Index, Changes]
 _UID = attrgetter("uid")
 
 
-def _pread_all(fd: int, length: int, offset: int, chunk: int = COPY) -> bytes:
-    parts = []
-    while length > 0:
-        data = os.pread(fd, min(length, chunk), offset)
-        if not data:
-            break
-        parts.append(data)
-        length -= len(data)
-        offset += len(data)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list[ix.Parsed]:
     """Parse [start, stop) of the file a window at a time (memory stays bounded)."""
     out: list[ix.Parsed] = []
     window = WINDOW
     while start < stop:
         length = min(window, stop - start)
-        buf = _pread_all(fd, length, start, chunk=length)
+        buf = pread_all(fd, length, start, chunk=length)
         if len(buf) < length:
             raise StoreError("mailbox shrank while it was locked")
         found = parse(buf, 0, len(buf), first_is_separator, base=start)
@@ -191,7 +179,7 @@ class MboxFile(IndexKeeper):
         first message, ``X-UID`` in each): its UIDVALIDITY, UIDs and flags kept, so clients
         do not resync after a switch from Dovecot. None if the file has no such state."""
         st = os.fstat(fd)
-        head = _pread_all(fd, min(st.st_size, DOVECOT_PROBE), 0)
+        head = pread_all(fd, min(st.st_size, DOVECOT_PROBE), 0)
         if b"x-imapbase:" not in head.split(b"\n\n", 1)[0].lower():
             return None  # not Dovecot's: the whole file is not parsed twice (cold SELECT)
         parsed = parse_file(fd, 0, st.st_size, False)
@@ -199,7 +187,7 @@ class MboxFile(IndexKeeper):
             return None
 
         def header(p: ix.Parsed) -> bytes:
-            return _pread_all(fd, p.hdr_end - p.body_off, p.body_off)
+            return pread_all(fd, p.hdr_end - p.body_off, p.body_off)
 
         base = imap_base(header(parsed[0]))
         if base is None:
@@ -243,7 +231,7 @@ class MboxFile(IndexKeeper):
     def _intact(self, fd: int, e: ix.Entry, size: int) -> bool:
         if e.end > size:
             return False
-        buf = _pread_all(fd, e.end - e.offset, e.offset)
+        buf = pread_all(fd, e.end - e.offset, e.offset)
         sep = separator_at(buf, 0, len(buf))
         if sep is None or sep[0] != e.body_off - e.offset:
             return False
@@ -385,7 +373,7 @@ class MboxFile(IndexKeeper):
                 size = state.stamp.size if held.fd is not None else 0
                 offset = 0
                 while offset < size:
-                    chunk = _pread_all(held.fd, min(COPY, size - offset), offset)  # type: ignore[arg-type]
+                    chunk = pread_all(held.fd, min(COPY, size - offset), offset)  # type: ignore[arg-type]
                     if not chunk:
                         raise StoreError(f"{self.path} shrank while locked")
                     write_all(out.fd, chunk)
@@ -576,7 +564,7 @@ class MboxFile(IndexKeeper):
 
     def _read_at(self, fd: int, e: ix.Entry, headers_only: bool) -> bytes | None:
         stop = e.hdr_end if headers_only else e.end
-        return verified(e, _pread_all(fd, stop - e.offset, e.offset), headers_only)
+        return verified(e, pread_all(fd, stop - e.offset, e.offset), headers_only)
 
 
 class FileReplaced(StoreError):
