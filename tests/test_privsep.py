@@ -269,3 +269,21 @@ class SentDescriptorTests(unittest.TestCase):
         transport._sendmsgQueue.clear()
         clock.advance(1)
         self.assertRaises(OSError, os.fstat, w)
+
+
+class ReadIncludeTests(unittest.TestCase):
+    def test_only_what_the_forward_names(self) -> None:
+        """An agent reads an :include: file only when its account's ~/.forward names it."""
+        from mailsuite.privsep import agent
+        home = self.mktemp()
+        os.makedirs(home)
+        listed, other = os.path.join(home, "list"), os.path.join(home, "secret")
+        for path, text in ((listed, "carol\n"), (other, "do not read\n"),
+                           (os.path.join(home, ".forward"), f":include:{listed}\n")):
+            with open(path, "w") as f:
+                f.write(text)
+        me = Account("me", os.getuid(), os.getgid(), home)
+        fake = type("A", (), {"privs": False, "account": me})()
+        got = agent._read_include(fake, listed, 0)  # type: ignore[arg-type]
+        self.assertEqual((got["errno"], got["text"], got["more"]), (0, "carol\n", False))
+        self.assertRaises(wire.Refused, agent._read_include, fake, other, 0)

@@ -181,6 +181,11 @@ class Expander:
         self.default_privs = default_privs
         #: blocking ``(account) -> targets`` of its ~/.forward (privsep: the user's agent reads)
         self.forward_reader: Callable[[Account], list[Target]] = read_forward_file
+        #: blocking ``(path, privs, origin) -> (st_mode, st_uid, text)`` of an :include: file
+        #: read with ``privs`` (None: ours), named in ``origin``; OSError as open(2) (privsep:
+        #: the agent with those rights reads)
+        self.include_reader: Callable[[str, Privileges | None, str], tuple[int, int, str]] = \
+            read_include_file
 
     def expand(self, local: str, address: str | None = None) -> list[Destination]:
         """Every destination of local part ``local``; raises Refused (or AliasLookupError)."""
@@ -272,20 +277,17 @@ class Expander:
             raise Refused(550, out.address, f"5.3.5 :include: {path!r} ({ctx.origin}) is not an"
                           " absolute path")
         try:
-            fd = open_as(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, ctx.privs)
+            mode, owner, text = self.include_reader(path, ctx.privs, ctx.origin)
         except OSError as e:
             code, dsn = (550, "5.3.5") if e.errno == errno.EACCES else (451, "4.3.0")
             who = f" as {ctx.privs.user}" if ctx.privs is not None else ""
             raise Refused(code, out.address, f"{dsn} cannot open :include: file {path}{who}"
                           f" ({ctx.origin}): {e.strerror}") from e
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise Refused(550, out.address, f"5.3.5 :include: {path} is not a regular file")
-            if st.st_mode & stat.S_IWOTH:
-                raise Refused(550, out.address, f"5.3.5 :include: {path} is world writable")
-            text = f.read(LIST_FILE_LIMIT).decode("utf-8", "surrogateescape")
-        privs = ctx.privs if ctx.privs is not None else self._owner_privs(st.st_uid)
+        if not stat.S_ISREG(mode):
+            raise Refused(550, out.address, f"5.3.5 :include: {path} is not a regular file")
+        if mode & stat.S_IWOTH:
+            raise Refused(550, out.address, f"5.3.5 :include: {path} is world writable")
+        privs = ctx.privs if ctx.privs is not None else self._owner_privs(owner)
         inner = _Context(privs, path, False, ctx.sender)
         for item in parse_list(text, path):
             self._target(item.text, (*chain, key), inner, out, table, owners)
@@ -325,6 +327,16 @@ class Expander:
 
 
 # -- reading list files with their reader's rights -------------------------------------
+
+
+def read_include_file(path: str, privs: Privileges | None,
+                      origin: str = "") -> tuple[int, int, str]:
+    """(st_mode, st_uid, text) of an :include: file opened with ``privs``' rights."""
+    fd = open_as(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, privs)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        text = b"" if not stat.S_ISREG(st.st_mode) else f.read(LIST_FILE_LIMIT)
+    return st.st_mode, st.st_uid, text.decode("utf-8", "surrogateescape")
 
 
 def read_forward_file(account: Account) -> list[Target]:

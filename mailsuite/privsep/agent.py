@@ -14,6 +14,7 @@ starts a new one for the next request), serves what is still attached, and exits
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -269,6 +270,12 @@ class DeliveryChannel(amp.AMP):
                                             "text": text}, _special_failed)
 
 
+    @wire.ReadInclude.responder
+    def read_include(self, path: str, start: int) -> Any:
+        if self.agent.account.uid == 0:
+            raise wire.Refused("root's agent reads no :include: file")
+        return self.agent.store.blocking(_read_include, self.agent, path, start)
+
     @wire.ReadForward.responder
     def read_forward(self) -> Any:
         account = self.agent.account
@@ -276,6 +283,36 @@ class DeliveryChannel(amp.AMP):
         return d.addCallback(lambda items: {
             "path": os.path.join(account.home, ".forward"),
             "items": [t.text for t in items], "lines": [t.lineno for t in items]})
+
+
+def _read_include(agent: Agent, path: str, start: int) -> dict[str, Any]:
+    """Blocking: a piece of an :include: file the agent may read (see wire.ReadInclude)."""
+    want = os.path.normpath(path)
+
+    def names(items: Any) -> bool:
+        return any(t.kind == "include" and os.path.normpath(
+            t.text[len(":include:"):].strip()) == want for t in items)
+
+    if agent.privs:
+        from mailsuite.mta.aliases import read_file
+        tables = []
+        for alias_file in agent.cfg.mail.alias_maps:
+            with suppress(OSError):
+                table, _, _, owner = read_file(alias_file)
+                if owner == agent.account.uid:
+                    tables.append(table)
+        named = any(names(items) for table in tables for items in table.values())
+    else:
+        named = names(forward.read_forward_file(agent.account))
+    if not named:
+        raise wire.Refused(f"{path} is not named where this agent reads from")
+    try:
+        mode, owner, text = forward.read_include_file(path, None)  # (as this agent's user)
+    except OSError as e:
+        return {"errno": e.errno or 5, "mode": 0, "owner": 0, "text": "", "more": False}
+    end = start + wire.INCLUDE_PIECE
+    return {"errno": 0, "mode": mode, "owner": owner, "text": text[start:end],
+            "more": len(text) > end}
 
 
 def _listed(items: list[Any], kind: str, target: str) -> bool:

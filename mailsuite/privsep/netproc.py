@@ -11,6 +11,7 @@ local delivery writes through (the agent of each recipient does the writing).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import Any
 
@@ -315,11 +316,46 @@ def forward_reader(store: RemoteStore) -> Any:
     return read
 
 
+def include_reader(store: RemoteStore, alias_maps: list[str]) -> Any:
+    """Expander.include_reader of the network process (in a pool thread): an :include: file
+    named with someone's rights is read by the agent with those rights (ReadInclude); one of
+    a root-owned alias file (privs None: Postfix reads it as root) with ours."""
+    from twisted.internet.threads import blockingCallFromThread
+
+    from mailsuite.mta import forward
+
+    def ask(privs: Any, alias: bool, path: str, start: int) -> defer.Deferred[Any]:
+        d = (store._channel(f"uid:{privs.uid}", uid=privs.uid) if alias
+             else store._channel(privs.user))
+        return d.addCallback(lambda ch: ch.callRemote(wire.ReadInclude, path=path, start=start))
+
+    def read(path: str, privs: Any, origin: str) -> tuple[int, int, str]:
+        if privs is None:
+            return forward.read_include_file(path, None)
+        alias = origin.rsplit(", line ", 1)[0] in alias_maps  # else a user's ~/.forward
+        pieces: list[str] = []
+        for _ in range(forward.LIST_FILE_LIMIT // wire.INCLUDE_PIECE + 2):
+            try:
+                a: dict[str, Any] = blockingCallFromThread(
+                    store.reactor, ask, privs, alias, path, sum(map(len, pieces)))
+            except Exception as e:  # Refused, a lost agent: as a file that cannot be read
+                raise OSError(errno.EACCES, str(e)) from e
+            if a["errno"]:
+                raise OSError(a["errno"], os.strerror(a["errno"]))
+            pieces.append(a["text"])
+            if not a["more"]:
+                break
+        return a["mode"], a["owner"], "".join(pieces)
+
+    return read
+
+
 class RemoteSpecial:
     """LocalDelivery.special of the network process: a command or file target runs in an
     agent with the rights it must run with, which checks it is where it came from: the
     user's agent for one of ``~/.forward``, an agent of default_privs (or of the file's owner)
-    for one of alias_maps. Those of ``:include:`` files are deferred (not yet separated)."""
+    for one of alias_maps (:include: files may name none). Those of root's own ~/.forward are
+    deferred: no agent of root runs anything."""
 
     def __init__(self, store: RemoteStore, alias_maps: list[str]) -> None:
         self.store = store
@@ -336,9 +372,9 @@ class RemoteSpecial:
         elif dest.privs.uid != 0 and origin in self.alias_maps:
             channel = self.store._channel(f"uid:{dest.privs.uid}", uid=dest.privs.uid)
         else:
-            return defer.fail(forward.TargetFailed(
-                False, "4.3.0", "commands and files of :include: files are not run with"
-                " privilege separation yet"))
+            return defer.fail(forward.TargetFailed(  # root's own ~/.forward: no agent of root
+                False, "4.3.0", "commands and files of root's ~/.forward are not run with"
+                " privilege separation (alias root to a user)"))
         program = isinstance(dest, forward.Program)
         fd = _sealed([data])
         channel.addCallback(lambda ch: ch.callRemote(
@@ -412,6 +448,7 @@ def build_network(cfg: Config, reactor: Any, maillog: MailLog, master: Any,
                                            open_dropped=open_dropped))
     delivery.special = RemoteSpecial(store, cfg.mail.alias_maps)
     delivery.expander.forward_reader = forward_reader(store)
+    delivery.expander.include_reader = include_reader(store, cfg.mail.alias_maps)
     return top
 
 

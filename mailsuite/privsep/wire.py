@@ -152,3 +152,18 @@ class OpenPrivs(amp.Command):
     arguments = [(b"uid", amp.Integer())]
     response = [(b"fd", amp.Descriptor())]
     errors = ERRORS
+
+
+class ReadInclude(amp.Command):
+    """net -> agent: ``INCLUDE_PIECE`` characters from ``start`` of an :include: file read with
+    the agent's rights (``more``: there are more); the agent reads only one its account's
+    ``~/.forward`` names (an agent of OpenPrivs: one an alias file with its rights names).
+    ``errno`` non-zero: open(2) failed so."""
+
+    arguments = [(b"path", amp.Unicode()), (b"start", amp.Integer())]
+    response = [(b"errno", amp.Integer()), (b"mode", amp.Integer()), (b"owner", amp.Integer()),
+                (b"text", amp.Unicode()), (b"more", amp.Boolean())]
+    errors = ERRORS
+
+#: characters of an :include: file per ReadInclude answer (an AMP value holds 64 KB)
+INCLUDE_PIECE = 16000

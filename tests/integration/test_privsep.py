@@ -158,6 +158,22 @@ class PrivsepTests(unittest.TestCase):
             self.assertIn("through carol's command", f.read())
         self.assertFalse(os.path.exists(self.site.inbox("carol")))
 
+    def test_include_in_a_closed_home(self) -> None:
+        """boss's home is 0700: the :include: his .forward names is read by his agent (as
+        boss), and the list in it is delivered to."""
+        home = self.site.home("boss")
+        members = os.path.join(home, "members")
+        forward = os.path.join(home, ".forward")
+        for path, text in ((members, "carol\n"), (forward, f":include:{members}\n")):
+            with open(path, "w") as f:
+                f.write(text)
+            os.chown(path, self.site.uids["boss"], self.site.uids["boss"])
+        os.chmod(home, 0o700)
+        self.c.send(message("listed", "for the members"), ["boss@example.test"])
+        wait_until(lambda: os.path.exists(self.site.inbox("carol")), "the member's copy")
+        with open(self.site.inbox("carol")) as f:
+            self.assertIn("for the members", f.read())
+
 
 def exchange(port: int, data: bytes, until: bytes) -> bytes:
     """Send ``data`` in one write after the greeting; read until ``until`` (bounded)."""
@@ -182,7 +198,8 @@ class PipelinedHandoffTests(unittest.TestCase):
     def setUp(self) -> None:
         self.site = Site(self)
         self.site.start()
-        Clients(self.site).send(message("one", "body"), ["boss@example.test"])
+        self.c = Clients(self.site)
+        self.c.send(message("one", "body"), ["boss@example.test"])
         wait_until(lambda: os.path.exists(self.site.inbox("boss")), "the delivery")
 
     def test_imap(self) -> None:
