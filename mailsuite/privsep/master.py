@@ -66,6 +66,7 @@ class MasterService(service.Service):
         self.owner = owner
         self.zygote: socket.socket | None = None
         self.zygote_pid = 0
+        self.lifelines: list[int] = []
         self.net: Channel | None = None
         self.agents: dict[str, Channel] = {}
         self.tickets: dict[bytes, tuple[str, float]] = {}
@@ -77,14 +78,32 @@ class MasterService(service.Service):
     # -- processes --
     def startService(self) -> None:
         super().startService()
-        self.zygote_pid, self.zygote = zygote.start()
+        self._new_zygote()
         self._start_net()
 
+    def _new_zygote(self) -> None:
+        self.zygote_pid, self.zygote, lifeline = zygote.start()
+        self.lifelines.append(lifeline)
+
     def stopService(self) -> Any:
+        """Every other process ends (the zygote's socket closed: it exits, and its children
+        get SIGTERM and stop as they would); fires once they are all gone (at most 10 s), so
+        that a server started next finds the ports free."""
         self.stopping = True
+        super().stopService()
         if self.zygote is not None:
             self.zygote.close()
-        return super().stopService()
+            self.zygote = None
+        if self.net is not None and self.net.transport is not None:
+            self.net.transport.loseConnection()
+        lifelines, self.lifelines = self.lifelines, []
+        pid = self.zygote_pid
+
+        def wait() -> None:
+            zygote.wait_gone(lifelines, 10.0)
+            zygote.reap(pid, 2.0)
+
+        return InPool(self.reactor)(wait)
 
     def _spawn(self, spawn: zygote.Spawn, extra: list[tuple[str, int]],
                responder: Callable[[], Channel]) -> Channel:
@@ -115,7 +134,7 @@ class MasterService(service.Service):
                 log.warn("the zygote is gone: starting it again")
                 if self.zygote is not None:
                     self.zygote.close()
-                self.zygote_pid, self.zygote = zygote.start()
+                self._new_zygote()
 
     def _start_net(self) -> None:
         if self.stopping:

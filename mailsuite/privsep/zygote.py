@@ -20,6 +20,7 @@ import pickle
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ from typing import Any
 #: the pages are shared)
 ROLES = {"net": "mailsuite.privsep.netproc", "agent": "mailsuite.privsep.agent"}
 
+
+#: the write end of the master's lifeline pipe (see start), set in the zygote
+LIFELINE = [-1]
 
 #: descriptors one request may carry (the network process's: its listeners and a few more)
 MAX_FDS = 250
@@ -78,7 +82,7 @@ def close_others(keep: set[int]) -> None:
 def _child(spawn: Spawn, fds: list[int], parent: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    close_others(set(fds))
+    close_others(set(fds) | {LIFELINE[0]})  # the lifeline stays: held until we exit
     named = dict(zip(spawn.fds, fds, strict=False))
     for fd in fds:
         os.set_inheritable(fd, False)
@@ -118,12 +122,14 @@ def serve(sock: socket.socket) -> None:
         importlib.import_module(name)
     gc.collect()
     gc.freeze()  # what is here stays shared: the collector never writes to these pages
+    children: set[int] = set()
     while True:
         try:
             got = _receive(sock)
         except InterruptedError:
             continue
         if got is None:
+            _end_children(children)
             return
         spawn, fds = got
         me = os.getpid()
@@ -131,27 +137,83 @@ def serve(sock: socket.socket) -> None:
         if pid == 0:
             sock.close()
             _child(spawn, fds, me)
+        children.add(pid)
         for fd in fds:
             os.close(fd)
+        children = {c for c in children if _alive(c)}
 
 
-def start(python: str = sys.executable) -> tuple[int, socket.socket]:
-    """Exec a zygote; returns its pid and the master's end of its socket."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _end_children(children: set[int], timeout: float = 10.0) -> None:
+    """The master is gone or stopping: SIGTERM to every child (each stops as Twisted stops),
+    then wait until they have exited (reaped by the kernel: SIGCHLD is ignored), bounded."""
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+        time.sleep(0.01)
+
+
+def start(python: str = sys.executable) -> tuple[int, socket.socket, int]:
+    """Exec a zygote; returns its pid, the master's end of its socket, and the read end of a
+    lifeline: a pipe whose write end the zygote and every child hold, so that its end of file
+    tells that all of them are gone (the master waits for it when it stops)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    life_r, life_w = os.pipe()
     env = dict(os.environ)
     pid = os.fork()
     if pid == 0:
         try:
             ours.close()
-            close_others({theirs.fileno()})
+            close_others({theirs.fileno(), life_w})
             os.set_inheritable(theirs.fileno(), True)
+            os.set_inheritable(life_w, True)
             os.chdir("/")  # -P: nor the directory the server was started from on sys.path
             os.execve(python, [python, "-P", "-m", "mailsuite.privsep.zygote",
-                               str(theirs.fileno()), str(os.getppid())], env)
+                               str(theirs.fileno()), str(os.getppid()), str(life_w)], env)
         finally:
             os._exit(127)
     theirs.close()
-    return pid, ours
+    os.close(life_w)
+    return pid, ours, life_r
+
+
+def wait_gone(lifelines: list[int], timeout: float) -> bool:
+    """Blocking: until every lifeline reads end of file (its processes are gone), at most
+    ``timeout`` seconds; closes them. True when all are gone."""
+    import select
+    deadline = time.monotonic() + timeout
+    left = list(lifelines)
+    while left and time.monotonic() < deadline:
+        ready, _, _ = select.select(left, [], [], max(0.0, deadline - time.monotonic()))
+        for fd in ready:
+            if not os.read(fd, 64):
+                left.remove(fd)
+                os.close(fd)
+    for fd in left:
+        os.close(fd)
+    return not left
+
+
+def reap(pid: int, timeout: float) -> None:
+    """Blocking: wait (bounded) for the zygote, our child, to exit, so it leaves no zombie."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.01)
 
 
 def send(sock: socket.socket, spawn: Spawn, fds: list[int]) -> None:
@@ -165,4 +227,6 @@ def send(sock: socket.socket, spawn: Spawn, fds: list[int]) -> None:
 if __name__ == "__main__":
     _sock = socket.socket(fileno=int(sys.argv[1]))
     die_with_parent(int(sys.argv[2]))
+    LIFELINE[0] = int(sys.argv[3])
+    os.set_inheritable(LIFELINE[0], False)
     serve(_sock)

@@ -92,6 +92,24 @@ class PrivsepTests(unittest.TestCase):
             self.assertEqual(groups, {self.site.uids[user], grp.getgrnam("mail").gr_gid})
         m.logout()
 
+    def test_stop_waits_for_every_process(self) -> None:
+        """SIGTERM to the master: when it has exited, no process of the server is left (a
+        server started next finds the ports free)."""
+        m = self.c.imap()
+        m.select("INBOX")
+        assert self.site.process is not None
+        group = self.site.process.pid
+        self.assertGreaterEqual(len(descendants(group)), 3)
+        self.site.process.send_signal(signal.SIGTERM)
+        self.site.process.wait(20)
+        with self.assertRaises(ProcessLookupError):
+            os.killpg(group, 0)
+        import socket
+        with socket.socket() as s:  # (SO_REUSEADDR, as a server binds: the client's
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connection may wait)
+            s.bind(("127.0.0.1", self.site.ports["imap"]))
+            s.listen()
+
     def test_network_sockets_are_in_the_network_process(self) -> None:
         """The clients' TCP connections are held by the mail_owner process only."""
         m = self.c.imap()
