@@ -27,6 +27,7 @@ class AdoptedPort(service.Service):
             family.close()
         if kind != socket.AF_UNIX:
             self.port = self.reactor.adoptStreamPort(self.fd, kind, self.factory)
+            os.close(self.fd)  # the port holds its own copy
             return
         from twisted.internet import unix
         port = unix.Port._fromListeningDescriptor(self.reactor, self.fd, self.factory)
@@ -35,6 +36,7 @@ class AdoptedPort(service.Service):
         # file system (an abstract one) makes it do neither
         port._bindPath = b"\0" + os.fsencode(port._bindPath)
         port.startListening()
+        os.close(self.fd)  # the port holds its own copy
         self.port = port
 
     def stopService(self) -> Any:
