@@ -187,14 +187,14 @@ def mail_owner(cfg: Any) -> tuple[int, int]:
 
 
 #: what mail_owner writes in the queue directory (tmp, active, corrupt: the queue files;
-#: maildrop: sendmail's files, mode 1733; public: the control socket)
-QUEUE_SUBDIRS = {"tmp": 0o700, "active": 0o700, "corrupt": 0o700, "maildrop": 0o1733,
-                 "public": 0o755}
+#: maildrop: sendmail's files, mode 1733). public/ (the control socket) stays root's: root
+#: binds the socket there, and Twisted's chmod of it follows a link mail_owner could plant
+QUEUE_SUBDIRS = {"tmp": 0o700, "active": 0o700, "corrupt": 0o700, "maildrop": 0o1733}
 
 
 def give_queue(queue_directory: str, owner: tuple[int, int]) -> None:
     """Postfix's set-permissions: the queue directory itself is root's (mode 0755), so that
-    mail_owner cannot swap what is in it (pid/ and master.pid stay root's); its working
+    mail_owner cannot swap what is in it (pid/, master.pid and public/ stay root's); its working
     directories and what is in them are mail_owner's (maildrop/'s files stay their writers').
     Walked through directory descriptors, never following a symbolic link."""
     uid, gid = owner
@@ -202,6 +202,9 @@ def give_queue(queue_directory: str, owner: tuple[int, int]) -> None:
     os.chmod(queue_directory, 0o755, follow_symlinks=False)
     top = os.open(queue_directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        for name in ("pid", "public"):  # root's (a mail_owner of an older start had them)
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(name, 0, 0, dir_fd=top, follow_symlinks=False)
         for name, mode in QUEUE_SUBDIRS.items():
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, mode, dir_fd=top)

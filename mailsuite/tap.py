@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from twisted.application import service, strports
@@ -194,17 +195,22 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     return top
 
 
+@dataclass
 class Parts:
     """What ``assemble`` puts together (the one-process server's, or the network process's)."""
 
-    def __init__(self, cfg: Config, reactor: Any, tls: Any, maillog: MailLog, accounts: Any,
-                 checker: Any, store: Any, blocking: Blocking,
-                 realm: Callable[[LocalDelivery], MailRealm], after: Any = None,
-                 listeners: dict[str, int] | None = None, open_dropped: Any = None) -> None:
-        self.cfg, self.reactor, self.tls, self.maillog = cfg, reactor, tls, maillog
-        self.accounts, self.checker, self.store, self.blocking = accounts, checker, store, blocking
-        self.realm, self.after = realm, after
-        self.listeners, self.open_dropped = listeners, open_dropped
+    cfg: Config
+    reactor: Any
+    tls: Any
+    maillog: MailLog
+    accounts: Any
+    checker: Any
+    store: Any
+    blocking: Blocking
+    realm: Callable[[LocalDelivery], MailRealm]
+    after: Any = None
+    listeners: dict[str, int] | None = None
+    open_dropped: Any = None
 
 
 def assemble(top: MailService, p: Parts) -> LocalDelivery:

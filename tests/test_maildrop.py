@@ -101,6 +101,29 @@ class PickupTests(PickupTestCase):
         self.assertEqual(maildrop.read(self.queue, queue_id).recipients, ["later"])
         self.assertEqual(maildrop.ids(self.queue), [queue_id])
 
+    def test_opened_elsewhere_skips_what_cannot_be_opened(self) -> None:
+        """With ``open_dropped`` (the master opens the files of a privilege-separated
+        server): a file gone meanwhile is skipped, one refused is left in place, and the scan
+        goes on to the next."""
+        gone = maildrop.drop(self.queue, "joe", ["boss"], b"gone\n")
+        refused = maildrop.drop(self.queue, "joe", ["boss"], b"linked\n")
+        good = maildrop.drop(self.queue, "joe", ["boss"], b"fine\n")
+
+        def open_dropped(queue_id: str) -> defer.Deferred[int]:
+            if queue_id == gone:
+                return defer.fail(FileNotFoundError(queue_id))
+            if queue_id == refused:
+                return defer.fail(ValueError("two links"))
+            return defer.succeed(os.open(os.path.join(self.queue, "maildrop", queue_id),
+                                         os.O_RDONLY))
+
+        self.pickup.open_dropped = open_dropped
+        self.successResultOf(self.pickup.scan())
+        self.assertEqual([data.split(b"\n")[-2] for data, _, _ in self.delivery.delivered],
+                         [b"fine"])
+        self.assertEqual(sorted(maildrop.ids(self.queue)), sorted([gone, refused]))
+        self.assertNotIn(good, maildrop.ids(self.queue))
+
     def test_done_file_removed(self) -> None:
         """A message whose recipients are all handled leaves maildrop/."""
         maildrop.drop(self.queue, "joe", ["boss"], b"x\n")

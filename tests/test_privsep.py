@@ -222,6 +222,10 @@ class QueueOwnershipTests(unittest.TestCase):
         st = os.stat(top)
         self.assertEqual((st.st_uid, st.st_mode & 0o7777), (0, 0o755))
         self.assertEqual(os.stat(os.path.join(top, "pid")).st_uid, 0)
+        os.makedirs(os.path.join(top, "public"), exist_ok=True)
+        os.chown(os.path.join(top, "public"), 4242, 4242)  # as an older start left it
+        give_queue(top, (4242, 4242))
+        self.assertEqual(os.lstat(os.path.join(top, "public")).st_uid, 0)
         for name, mode in QUEUE_SUBDIRS.items():
             st = os.lstat(os.path.join(top, name))
             self.assertEqual((st.st_uid, st.st_mode & 0o7777), (4242, mode), name)
@@ -247,6 +251,13 @@ class QueueOwnershipTests(unittest.TestCase):
         os.unlink(os.path.join(drop, "HARD1"))
         os.symlink("/etc/passwd", os.path.join(drop, "LINK1"))
         self.assertRaises(OSError, master.open_dropped, "LINK1")
+        # over the channel: a file taken meanwhile stays FileNotFoundError (the pickup skips
+        # it), a refusal is Refused; neither closes the channel
+        from mailsuite.privsep.master import NetChannel
+        channel = NetChannel(master)
+        result(channel.open_dropped("GONE1")).trap(FileNotFoundError)
+        result(channel.open_dropped("LINK1")).trap(wire.Refused)
+        self.flushLoggedErrors()
         shutil.rmtree(drop)
         os.symlink("/etc", drop)  # (mail_owner cannot do this: the top level is root's)
         self.assertRaises(OSError, master.open_dropped, "passwd")

@@ -34,6 +34,7 @@ from mailsuite.pop3.server import POP3Server
 from mailsuite.privsep import wire
 from mailsuite.privsep.common import (
     Channel,
+    Once,
     adopt_stream,
     fresh_reactor,
     maillog_on,
@@ -112,11 +113,11 @@ class Agent:
             raise wire.Refused("this agent takes deliveries only")
         self.hold()
         if role == "imap":
-            factory: Any = _Once(lambda: self._imap(params))
+            factory: Any = Once(lambda: self._imap(params))
         elif role == "pop3":
-            factory = _Once(lambda: self._pop3(params))
+            factory = Once(lambda: self._pop3(params))
         else:
-            factory = _Once(lambda: DeliveryChannel(self))
+            factory = Once(lambda: DeliveryChannel(self))
         adopt_stream(self.reactor, fd, factory)
 
     def _imap(self, p: dict[str, Any]) -> protocol.Protocol:
@@ -125,13 +126,6 @@ class Agent:
     def _pop3(self, p: dict[str, Any]) -> protocol.Protocol:
         return AgentPOP3(self, p)
 
-
-class _Once(protocol.Factory):
-    def __init__(self, make: Any) -> None:
-        self.make = make
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.make()
 
 
 class _NoDeadlines:
@@ -426,7 +420,7 @@ def main(spawn: Any, fds: dict[str, int]) -> None:
     agent = Agent(reactor, cfg, account, maillog_on(fds.get("maillog"), cfg.mail.myhostname,
                                                      reactor))
     agent.privs = bool(p.get("privs"))
-    transport = adopt_stream(reactor, fds["channel"], _Once(lambda: MasterChannel(agent)))
+    transport = adopt_stream(reactor, fds["channel"], Once(lambda: MasterChannel(agent)))
     agent.master = transport.protocol
     agent.hold()
     reactor.callWhenRunning(agent.release)

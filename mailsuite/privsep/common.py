@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -58,6 +59,16 @@ def adopt_stream(reactor: Any, fd: int, factory: Any) -> Any:
         return reactor.adoptStreamConnection(fd, socket.AF_UNIX, factory)
     finally:
         os.close(fd)
+
+
+class Once(protocol.Factory):
+    """The factory of one connection (an adopted socket): ``make()`` builds its protocol."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.make()
 
 
 class Channel(amp.AMP):

@@ -30,12 +30,12 @@ from typing import Any
 from twisted.application import service
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
-from twisted.internet import defer, protocol
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
 from mailsuite.privsep import wire, zygote
-from mailsuite.privsep.common import Channel
+from mailsuite.privsep.common import Channel, Once
 from mailsuite.store.safepath import mail_gid
 from mailsuite.threads import InPool
 
@@ -116,7 +116,7 @@ class MasterService(service.Service):
         finally:
             theirs.close()
         transport = self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
-                                                       _Once(responder))
+                                                       Once(responder))
         ours.close()
         return transport.protocol  # type: ignore[no-any-return]
 
@@ -371,17 +371,11 @@ def _memfd_copy(path: str) -> int:
     return fd
 
 
-class _Once(protocol.Factory):
-    def __init__(self, make: Callable[[], Any]) -> None:
-        self.make = make
 
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.make()
-
-
-def _refused(failure: Any) -> Any:
-    """Any error but Refused becomes Refused (logged), so the channel stays up."""
-    if failure.check(wire.Refused):
+def _refused(failure: Any, keep: tuple[type[Exception], ...] = ()) -> Any:
+    """Any error but Refused (and ``keep``, which the command declares) becomes Refused
+    (logged), so the channel stays up."""
+    if failure.check(wire.Refused, *keep):
         return failure
     log.failure("request of the network process failed", failure)
     raise wire.Refused(failure.getErrorMessage())
@@ -418,7 +412,9 @@ class NetChannel(Channel):
 
     @wire.OpenDropped.responder
     def open_dropped(self, queue_id: str) -> Any:
-        return _answer(self.master.open_dropped, queue_id)
+        # a file taken meanwhile (FileNotFoundError) is the pickup's to skip, not an error
+        d = defer.maybeDeferred(self.master.open_dropped, queue_id)
+        return d.addErrback(_refused, (FileNotFoundError,))
 
 
 class AgentChannel(Channel):

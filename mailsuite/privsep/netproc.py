@@ -34,6 +34,7 @@ from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.privsep import wire
 from mailsuite.privsep.common import (
     Channel,
+    Once,
     Shared,
     adopt_stream,
     fresh_reactor,
@@ -161,7 +162,7 @@ class Splice:
         if getattr(session, "_lost", False):
             os.close(fd)
             return
-        agent = adopt_stream(reactor, fd, _Once(lambda: _AgentSide(self)))
+        agent = adopt_stream(reactor, fd, Once(lambda: _AgentSide(self)))
         if pending:
             agent.write(pending)
         self.client.registerProducer(agent, True)
@@ -214,13 +215,6 @@ class _AgentSide(protocol.Protocol):
         self.splice.agent_lost()
 
 
-class _Once(protocol.Factory):
-    def __init__(self, make: Any) -> None:
-        self.make = make
-
-    def buildProtocol(self, addr: Any) -> Any:
-        return self.make()
-
 
 class RemoteStore:
     """The store of the network process's local delivery: each account's agent writes."""
@@ -267,7 +261,7 @@ class RemoteStore:
 
             def adopt(answer: dict[str, Any]) -> Any:
                 return adopt_stream(self.reactor, answer["fd"],
-                                    _Once(lambda: Channel(on_lost=lost))).protocol
+                                    Once(lambda: Channel(on_lost=lost))).protocol
 
             def failed(failure: Failure) -> Failure:
                 lost()
@@ -440,8 +434,12 @@ def build_network(cfg: Config, reactor: Any, maillog: MailLog, master: Any,
         return NetRealm(checker, master, reactor, store, accounts, delivery, blocking)
 
     def open_dropped(queue_id: str) -> Any:
-        return master.callRemote(wire.OpenDropped, queue_id=queue_id).addCallback(
-            lambda answer: answer["fd"])
+        def refused(failure: Failure) -> None:  # a link, a symlink: left in place, as read()
+            failure.trap(wire.Refused)
+            raise ValueError(failure.getErrorMessage())
+
+        d = master.callRemote(wire.OpenDropped, queue_id=queue_id)
+        return d.addCallbacks(lambda answer: answer["fd"], refused)
 
     delivery = tap.assemble(top, tap.Parts(cfg, reactor, tls, maillog, accounts, checker, store,
                                            blocking, realm, listeners=listeners,
@@ -497,7 +495,7 @@ def main(spawn: Any, fds: dict[str, int]) -> None:
     maillog = maillog_on(fds.pop("maillog", None), cfg.mail.myhostname, reactor)
     link = MasterLink(on_lost=lambda _: _stop(reactor))
     link.reactor = reactor
-    adopt_stream(reactor, fds.pop("channel"), _Once(lambda: link))
+    adopt_stream(reactor, fds.pop("channel"), Once(lambda: link))
     tls_fds = (fds.pop("tls_cert", None), fds.pop("tls_key", None))
     top = link.top = build_network(cfg, reactor, maillog, link, fds, tls_fds)
     top.startService()
