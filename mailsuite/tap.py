@@ -39,6 +39,7 @@ from mailsuite.auth.pam import NssAccounts, PamChecker
 from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
 from mailsuite.config import DEFAULT_CONFIG, SERVICES, Config, ConfigError, config_path, load_config
+from mailsuite.filter import stages as filter_stages
 from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPFactory
@@ -228,7 +229,8 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
                                names=MXResolver(cfg.mail.dns_resolver, reactor=reactor))
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
     # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
-    pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now)
+    pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now,
+                        filter_stages(cfg, reactor, maillog, p.blocking))
     limits = Limits(cfg.mail, maillog, reactor)  # connection counts and rates: every door
 
     def make(name: str) -> Any:

@@ -134,6 +134,23 @@ class Verdict:
         return Result(DEFERRED if self.code < 500 else REFUSED, self.code, self.dsn, self.text)
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A stage's decision: take the message (the door says 2xx) but keep it in the hold queue,
+    undelivered, until the admin releases or deletes it (Postfix's HOLD). ``reason`` goes to
+    the maillog and ``mailq``."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Discard:
+    """A stage's decision: take the message (2xx) and deliver it to no one (Postfix's
+    DISCARD); the stage has logged why."""
+
+    reason: str
+
+
 class Message:
     """What a stage sees and may change: the envelope (its ``recipients`` list may be edited:
     a new Recipient without a route is looked up like a pickup recipient; a removed one's
@@ -152,8 +169,10 @@ class Message:
 #: quotas): called once per message, in ``Pipeline.stages`` order, on the reactor thread (slow
 #: work goes through mailsuite.threads, or a Deferred). It may change the Message (headers,
 #: recipients) and returns None (or a Deferred of None) to go on, or a Verdict that ends the
-#: pipeline: the later stages and the routing do not run, every recipient gets the verdict.
-Stage = Callable[[Message], "Verdict | defer.Deferred[Verdict | None] | None"]
+#: pipeline: the later stages and the routing do not run, every recipient gets the verdict
+#: (a Hold: the message goes to the hold queue; a Discard: to no one; both are taken).
+Decision = Verdict | Hold | Discard
+Stage = Callable[[Message], "Decision | defer.Deferred[Decision | None] | None"]
 
 
 class Pipeline:
@@ -195,7 +214,7 @@ class Pipeline:
         routed = self._run_stages(message, 0).addCallback(self._route, message)
         return routed.addCallback(_in_given_order, message.envelope.recipients, given)
 
-    def _run_stages(self, message: Message, first: int) -> defer.Deferred[Verdict | None]:
+    def _run_stages(self, message: Message, first: int) -> defer.Deferred[Decision | None]:
         for i in range(first, len(self.stages)):
             verdict = self.stages[i](message)
             if isinstance(verdict, defer.Deferred):
@@ -204,11 +223,16 @@ class Pipeline:
                 return defer.succeed(verdict)
         return defer.succeed(None)
 
-    def _after_stage(self, verdict: Verdict | None, message: Message,
+    def _after_stage(self, verdict: Decision | None, message: Message,
                      following: int) -> Any:
         return verdict if verdict is not None else self._run_stages(message, following)
 
-    def _route(self, verdict: Verdict | None, message: Message) -> defer.Deferred[list[Result]]:
+    def _route(self, verdict: Decision | None, message: Message) -> defer.Deferred[list[Result]]:
+        if isinstance(verdict, Discard):
+            return defer.succeed([Result(DISCARDED, text=verdict.reason)]
+                                 * len(message.envelope.recipients))
+        if isinstance(verdict, Hold):
+            return self._hold(message, verdict.reason)
         if verdict is not None:
             results = [verdict.result()] * len(message.envelope.recipients)
             if message.envelope.client.door == PICKUP:
@@ -217,6 +241,20 @@ class Pipeline:
         if message.envelope.client.door == SMTP:
             return _Together(self, message).run()
         return _Alone(self, message).run()
+
+
+    def _hold(self, message: Message, reason: str) -> defer.Deferred[list[Result]]:
+        """Keep the whole message, every recipient still to be looked up, in the hold queue
+        (mailsuite.mta.queue.Queue.hold); a released message is delivered as queued mail."""
+        env = message.envelope
+        p = env.params
+        queued = queuefile.Envelope(
+            env.queue_id, env.sender, [_queued(r.address, None, r.params) for r in env.recipients],
+            env.arrival if env.arrival is not None else self.now(), ret=p.ret, envid=p.envid,
+            smtputf8=p.smtputf8, body=p.body, client=env.client.label)
+        d = self.delivery.queue.hold(queued, message.data, reason)
+        return d.addCallback(lambda _: [Result(QUEUED, text=f"held: {reason}")]
+                             * len(env.recipients))
 
 
 def _in_given_order(results: list[Result], routed: list[Recipient],

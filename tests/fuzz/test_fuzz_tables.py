@@ -11,7 +11,7 @@ from hypothesis import example
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from mailsuite import config, uidlformat
+from mailsuite import config, configschema, uidlformat
 from mailsuite.auth.checker import parse_shadow
 from mailsuite.mta.aliases import AliasParseError, parse_aliases, parse_list, parse_partly
 from mailsuite.mta.relay import parse_password_map
@@ -102,7 +102,7 @@ class MapFuzz(unittest.TestCase):
         parse_shadow(text)
 
 
-_SECTIONS = config._SECTIONS
+_SECTIONS = configschema.SECTIONS
 _VALUES = st.sampled_from([
     "", "yes", "no", "0", "1", "-1", "25", "65536", "99999999999", "10M", "1k", "5d", "300s", "x",
     "$myhostname", "${mydomain}", "$$", "$", "$nosuch", "a, b", "127.0.0.0/8", "[::1]/128",
@@ -140,7 +140,7 @@ class ConfigFuzz(unittest.TestCase):
     @fuzz(st.lists(st.sampled_from([(s, k) for s, sec in _SECTIONS.items() for k in sec.keys
                                     if isinstance(k.default, str)]),
                    unique=True, max_size=12), weight=2)
-    def test_defaults_written_out(self, keys: list[tuple[str, config._Key]]) -> None:
+    def test_defaults_written_out(self, keys: list[tuple[str, configschema.Key]]) -> None:
         """Setting keys to their documented defaults changes nothing."""
         lines = []
         for name, section in _SECTIONS.items():
