@@ -15,6 +15,7 @@ prints the table. See bench/README.rst.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -209,11 +210,12 @@ ssl = no
         """Raised as for the Dovecot peer (peers/dovecot-local.conf), only so that
         imap-idle-conns (2,000 sessions from 127.0.0.1 over 10 users) is not refused (defaults
         10 and 1024); nothing for a checkout that has no such keys (a before/after run)."""
-        try:
-            with open(os.path.join(self.checkout, "mailsuite", "config.py")) as f:
-                if '"process_limit"' not in f.read():
-                    return ""
-        except OSError:
+        text = ""
+        for name in ("config.py", "configschema.py"):  # the keys moved to configschema.py
+            with contextlib.suppress(OSError), \
+                    open(os.path.join(self.checkout, "mailsuite", name)) as f:
+                text += f.read()
+        if '"process_limit"' not in text:
             return ""
         return ("[imap]\nmail_max_userip_connections = 5000\nprocess_limit = 5000\n\n"
                 "[pop3]\nmail_max_userip_connections = 5000\nprocess_limit = 5000\n")
