@@ -42,6 +42,12 @@ MAILBENCH_DIR = os.environ.get("MAILBENCH_DIR") or os.path.normpath(
 NUSERS = 10
 PASSWORD = "benchpass"
 OURS, PEER = "mailsuite", "postfix+dovecot"
+#: seconds imap-idle-conns waits after opening its sessions before it measures (both servers):
+#: long enough for the steady state of a server that moves idle sessions out of the
+#: processes holding mail (Dovecot's imap_hibernate_timeout, mailsuite's 5 s, then 5 s
+#: until an agent with nothing attached exits)
+IDLE_HOLD = 15
+
 WORKLOADS = ("smtp-deliver", "pop3-retr", "imap-big", "imap-idle-conns", "logins", "slow-crowd")
 #: slow-crowd (issue 11 item 3): connections, one byte every INTERVAL s from 40 loopback
 #: addresses; mailsuite's default deadlines (smtpd_timeout, login_idle_timeout)
@@ -524,7 +530,8 @@ class Bench:
         def one(s: Server, repeat: int | None = None) -> None:
             self.run(g, s, [
                 "--port", str(s.ports["imap"]), "--smtp-port", str(s.ports["smtp"]), "-c", str(c),
-                "--push-count", "5", "--probe-count", "20", "--sample-interval", "0"],
+                "--push-count", "5", "--probe-count", "20", "--sample-interval", "0",
+                "--hold", str(IDLE_HOLD)],
                 f"{self.gen(s, 20)} && {s.reset_index}", settle=3, timeout=1800, repeat=repeat)
 
         # memory per connection: a fresh mailsuite for every repetition, as freed memory stays

@@ -205,6 +205,8 @@ class ImapConfig:
     imap_max_line_length: int = 64 * 1024
     mail_max_userip_connections: int = 10
     process_limit: int = 1024
+    #: Dovecot's: an IDLE session this long idle leaves its agent (0: never; Dovecot: 0)
+    imap_hibernate_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,7 @@ SECTIONS: dict[str, Section] = {
         Key("imap_max_line_length", "64k", parse_line_length),
         Key("mail_max_userip_connections", "10", parse_uint),
         Key("process_limit", "1024", parse_positive),
+        Key("imap_hibernate_timeout", "5s", parse_seconds),
     ]),
     "pop3": Section(Pop3Config, [
         Key("mail_max_userip_connections", "10", parse_uint),

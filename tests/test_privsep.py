@@ -67,10 +67,27 @@ class MasterTests(unittest.TestCase):
     def test_session_needs_a_fresh_ticket_once(self) -> None:
         """A session of an account only with a ticket of a password check of it, once."""
         ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
-        self.master.open_session(ticket, "imap", tag=b"a1")
-        self.assertEqual(self.master.streams, [("boss", "imap", {"tag": b"a1"})])
+        answer = result(self.master.open_session(ticket, "imap", tag=b"a1"))
+        session = answer["session"]
+        self.assertEqual(len(session), 18)
+        self.assertEqual(self.master.streams, [("boss", "imap", {"tag": b"a1",
+                                                                 "session": session})])
         self.assertRaises(wire.Refused, self.master.open_session, ticket, "imap")
         self.assertRaises(wire.Refused, self.master.open_session, b"x" * 18, "imap")
+
+    def test_sessions_are_bound_to_their_account(self) -> None:
+        """Only an agent of the account a session was opened for may hibernate it, and a
+        forgotten session cannot be thawed (its name opens nothing any more)."""
+        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
+        session = result(self.master.open_session(ticket, "imap", tag=b"a1"))["session"]
+        fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(2)]
+        self.assertRaises(wire.Refused, self.master.hibernate, "carol", session, *fds, 0)
+        self.assertRaises(OSError, os.fstat, fds[0])  # closed: not passed on
+        self.master.forget(session)
+        state = os.open("/dev/null", os.O_RDONLY)
+        self.assertRaises(wire.Refused, self.master.thaw, session, state)
+        self.assertRaises(OSError, os.fstat, state)
+        self.assertEqual(self.master.sessions, {})
 
     def test_ticket_expires(self) -> None:
         ticket = result(self.master.check_password("boss", b"secret"))["ticket"]

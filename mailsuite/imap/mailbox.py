@@ -13,6 +13,7 @@ points RFC 3501 allows (``take_updates``).
 from __future__ import annotations
 
 from bisect import bisect_left
+from datetime import datetime, UTC
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from operator import attrgetter
@@ -35,6 +36,7 @@ from mailsuite.store.interfaces import (
 )
 
 _UID = attrgetter("uid")
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 class ImapMailboxView:
@@ -235,6 +237,33 @@ class ImapMailboxView:
             if flag not in self._keywords and flag not in SYSTEM_FLAGS and flag != "\\Recent":
                 self._keywords.add(flag)
                 self._keywords_grew = True
+
+    def told_keywords(self) -> set[str]:
+        """The keywords FLAGS has named to the client."""
+        return set(self._keywords)
+
+    def resume(self, told: list[tuple[int, frozenset[str]]], recent: set[int],
+               keywords: set[str]) -> None:
+        """Continue a session whose client was told ``told`` (UIDs in sequence order and
+        their flags), ``recent`` and ``keywords`` (a thawed hibernation, imap/hibernate.py):
+        right after the view is made, what changed since then becomes the updates owed."""
+        current = {m.uid: m for m in islice(self._base, self._n)}
+        rows: list[Any] = []
+        for uid, flags in told:
+            m = current.get(uid)
+            if m is None:  # expunged meanwhile: shown until its EXPUNGE is sent
+                rows.append(MessageInfo(uid, flags, _EPOCH, 0))
+                self._expunged.add(uid)
+                continue
+            rows.append(m)
+            if m.flags != flags:
+                self._over[uid] = MessageInfo(uid, flags, m.internal_date, m.size)
+                self._flag_changes[uid] = m.flags
+        top = told[-1][0] if told else 0
+        self._added = [m for m in islice(self._base, self._n) if m.uid > top]
+        self._base, self._n, self._tail, self._hint = rows, len(rows), [], (0, -1)
+        self._recent = recent & set(current)
+        self._keywords = set(keywords)
 
     # -- sequence sets -----------------------------------------------------------------------
     def resolve(

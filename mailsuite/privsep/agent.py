@@ -23,15 +23,18 @@ from twisted.protocols import amp
 
 from mailsuite.accounts import Account
 from mailsuite.fsutil import pread_all
+from mailsuite.imap import hibernate
 from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.mailbox import ImapAccount
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPServer
+from mailsuite.imap.session import states
 from mailsuite.mta import forward
 from mailsuite.mta.asuser import Privileges
 from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.pop3.server import POP3Server
 from mailsuite.privsep import wire
+from mailsuite.privsep.sleep import Sleep
 from mailsuite.privsep.common import (
     Channel,
     Once,
@@ -49,6 +52,8 @@ log = Logger()
 
 #: Dovecot's idle_kill of a mail process: an agent with nothing attached exits after this.
 IDLE_EXIT = 60.0
+#: ... and after its last IMAP session went to hibernate (imap/hibernate.py)
+HIBERNATED_EXIT = 5.0
 #: the most bytes one Deliver may carry (the queue's group commits are far smaller; a
 #: message is at most message_size_limit plus the headers delivery adds)
 MAX_DELIVER = 256 * 1024 * 1024
@@ -78,14 +83,18 @@ class Agent:
             self._idle_call.cancel()
         self._idle_call = None
 
-    def release(self, _: Any = None) -> None:
+    def release(self, _: Any = None, hibernated: bool = False) -> None:
+        """A stream is done; the last one starts the wait before the agent retires (a short
+        one when it was an IMAP session gone to hibernate: its client is idle, and the agent
+        is what the hibernation is there to save)."""
         self.attached -= 1
         if self.attached <= 0:
             self.attached = 0
             if self.retiring:
                 self._exit()
             else:
-                self._idle_call = self.reactor.callLater(IDLE_EXIT, self._retire)
+                wait = HIBERNATED_EXIT if hibernated else IDLE_EXIT
+                self._idle_call = self.reactor.callLater(wait, self._retire)
 
     def _retire(self) -> None:
         self._idle_call = None
@@ -120,6 +129,19 @@ class Agent:
             factory = Once(lambda: DeliveryChannel(self))
         adopt_stream(self.reactor, fd, factory)
 
+    def revive(self, fd: int, params: dict[str, Any]) -> None:
+        """Serve a thawed IMAP session (wire.Revive): its state is checked before anything."""
+        if self.account.uid == 0 or self.privs:
+            os.close(fd)
+            raise wire.Refused("this agent takes deliveries only")
+        try:
+            params["resume"] = hibernate.decode(params.pop("state"))
+        except hibernate.BadState as e:
+            os.close(fd)
+            raise wire.Refused(f"not a session state: {e}") from None
+        self.hold()
+        adopt_stream(self.reactor, fd, Once(lambda: self._imap(params)))
+
     def _imap(self, p: dict[str, Any]) -> protocol.Protocol:
         return AgentIMAP(self, p)  # type: ignore[abstract]  # see IMAPFactory.buildProtocol
 
@@ -148,22 +170,43 @@ class AgentIMAP(IMAPServer):  # type: ignore[misc]
         self.agent = agent
         self.params = p
         self.secure = p["secure"]
+        self._sleep = Sleep(self)
 
     def connectionMade(self) -> None:
         self.tags = {}  # type: ignore[assignment]  # what IMAP4Server.connectionMade sets
         self.canStartTLS = False
         self._login_deadlines = _NoDeadlines()  # type: ignore[assignment]
         # the LOGIN is the command in flight until its tagged OK: what the client pipelined
-        # behind it is read after that, as in one process
+        # behind it is read after that, as in one process (a thawed session: its IDLE)
         self._in_flight = True
         self._command = b"LOGIN"
         self._pause_while_busy()
         avatar = ImapAccount(self.agent.store, self.agent.account)
+        if "resume" in self.params:
+            self._sleep.wake(avatar, self.params["resume"])
+            return
         self.resume_session(self.params["tag"], self.agent.account.name, avatar, avatar.logout)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._sleep.received += len(data)
+        super().dataReceived(data)
+
+    @states("auth", "select")
+    def cmd_IDLE(self, tag: bytes, args: Any) -> None:
+        super().cmd_IDLE(tag, args)
+        self._sleep.plan()
+
+    def _stop_idle(self) -> None:
+        self._sleep.cancel()
+        super()._stop_idle()
+
+    def flush_updates(self, allow_expunge: bool = True) -> None:
+        if not self._sleep.going:  # the snapshot sent is what the client was told
+            super().flush_updates(allow_expunge)
 
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
         super().connectionLost(reason)
-        self.agent.release()
+        self.agent.release(hibernated=self._sleep.gone)
 
     def _rip(self) -> str:
         return str(self.params["rip"])
@@ -398,11 +441,22 @@ class MasterChannel(Channel):
 
     @wire.Attach.responder
     def attach(self, role: str, fd: int, tag: bytes, method: str, secure: bool, rip: str,
-               lip: str) -> dict[str, Any]:
+               lip: str, session: bytes | None = None) -> dict[str, Any]:
         self.agent.attach(role, fd, {"tag": tag, "method": method, "secure": secure,
-                                     "rip": rip, "lip": lip})
+                                     "rip": rip, "lip": lip, "session": session})
         return {}
 
+
+    @wire.Revive.responder
+    def revive(self, fd: int, session: bytes, state: int, secure: bool, rip: str,
+               lip: str) -> dict[str, Any]:
+        try:
+            data = pread_all(state, hibernate.MAX_STATE + 1, 0)
+        finally:
+            os.close(state)
+        self.agent.revive(fd, {"tag": b"", "method": "", "secure": secure, "rip": rip,
+                               "lip": lip, "session": session, "state": data})
+        return {}
 
     @wire.NewLog.responder
     def new_log(self, fd: int) -> dict[str, Any]:

@@ -42,6 +42,8 @@ from mailsuite.threads import InPool
 log = Logger()
 
 TICKET_LIFE = 60.0
+#: IMAP and POP3 sessions of one account at once, hibernated ones included
+SESSIONS_PER_NAME = 4096
 #: tickets held at once for one account (the oldest go first)
 TICKETS_PER_NAME = 16
 #: descriptors answered and not yet sent on the network process's channel, at most: our copy
@@ -72,6 +74,10 @@ class MasterService(service.Service):
         self.tickets: dict[bytes, tuple[str, float]] = {}
         self._tickets_of: dict[str, collections.deque[bytes]] = {}
         self._unsent: list[tuple[Channel, int]] = []
+        #: the IMAP and POP3 sessions of agents (OpenSession's name of one -> its account):
+        #: a session is hibernated and thawed only as the account it was opened for
+        self.sessions: dict[bytes, str] = {}
+        self._sessions_of: collections.Counter[str] = collections.Counter()
         self._sweeper: Any = None
         self.stopping = False
 
@@ -322,7 +328,67 @@ class MasterService(service.Service):
         held = self.tickets.pop(ticket, None)
         if held is None or held[1] < self.reactor.seconds() or service not in ("imap", "pop3"):
             raise wire.Refused("no valid ticket")
-        return self.open_stream(held[0], service, **fields)
+        name = held[0]
+        if self._sessions_of[name] >= SESSIONS_PER_NAME:
+            raise wire.Refused(f"{name} has {SESSIONS_PER_NAME} sessions")
+        session = os.urandom(18)
+        self.sessions[session] = name
+        self._sessions_of[name] += 1
+        d = self.open_stream(name, service, session=session, **fields)
+
+        def opened(answer: dict[str, Any]) -> dict[str, Any]:
+            return {**answer, "session": session}
+
+        def failed(failure: Any) -> Any:
+            self.forget(session)
+            return failure
+
+        return d.addCallbacks(opened, failed)
+
+    def forget(self, session: bytes) -> None:
+        name = self.sessions.pop(session, None)
+        if name is not None:
+            self._sessions_of[name] -= 1
+            if self._sessions_of[name] <= 0:
+                del self._sessions_of[name]
+
+    def hibernate(self, name: str, session: bytes, state: int, watch: int,
+                  received: int) -> defer.Deferred[dict[str, Any]]:
+        """An agent of ``name`` gives up an IMAP session: only one of its own account goes on
+        to the network process (which closes nothing it was not given)."""
+        if self.sessions.get(session) != name or self.net is None:
+            for fd in (state, watch):
+                os.close(fd)
+            raise wire.Refused("no such session of this account")
+        d = self.net.callRemote(wire.Hibernate, session=session, state=state, watch=watch,
+                                received=received)
+        return d.addBoth(_closing, state, watch)
+
+    def thaw(self, session: bytes, state: int, **fields: Any) -> Any:
+        """The network process brings a hibernated session back: into an agent of the account
+        the session was opened for."""
+        name = self.sessions.get(session)
+        if name is None:
+            os.close(state)
+            raise wire.Refused("no such session")
+
+        @defer.inlineCallbacks
+        def revive() -> Any:
+            account = yield InPool(self.reactor)(self.accounts.lookup, name)
+            if account is None:
+                raise wire.Refused(f"no such account: {name}")
+            channel = yield self.agent_for(account)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                yield channel.callRemote(wire.Revive, fd=theirs.fileno(), session=session,
+                                         state=state, **fields)
+            finally:
+                theirs.close()
+            fd = ours.detach()
+            self.sent(self.net, fd)
+            return {"fd": fd}
+
+        return revive().addBoth(_closing, state)
 
     def open_dropped(self, queue_id: str) -> dict[str, int]:
         """A regular file with one link in maildrop/, reached from the root-owned queue
@@ -360,6 +426,14 @@ def _groups(account: Account) -> list[int]:
     if gid is not None and gid not in groups:
         groups.append(gid)
     return groups
+
+
+def _closing(result: Any, *fds: int) -> Any:
+    """Our copies of descriptors passed on, closed once the call that carried them is over."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return result
 
 
 def _memfd_copy(path: str) -> int:
@@ -402,6 +476,15 @@ class NetChannel(Channel):
         return _answer(self.master.open_session, ticket, service, tag=tag, method=method,
                        secure=secure, rip=rip, lip=lip)
 
+    @wire.Thaw.responder
+    def thaw(self, session: bytes, state: int, secure: bool, rip: str, lip: str) -> Any:
+        return _answer(self.master.thaw, session, state, secure=secure, rip=rip, lip=lip)
+
+    @wire.Forget.responder
+    def forget(self, session: bytes) -> dict[str, Any]:
+        self.master.forget(session)
+        return {}
+
     @wire.OpenDelivery.responder
     def open_delivery(self, user: str) -> Any:
         return _answer(self.master.open_stream, user, "delivery")
@@ -418,7 +501,8 @@ class NetChannel(Channel):
 
 
 class AgentChannel(Channel):
-    """The master's end of an agent's channel: the agent may only say it retires."""
+    """The master's end of an agent's channel: the agent may only say it retires, or give up
+    one of its IMAP sessions (Hibernate)."""
 
     def __init__(self, master: MasterService, name: str, gone: Callable[[Channel], None]) -> None:
         super().__init__(on_lost=gone)
@@ -429,3 +513,7 @@ class AgentChannel(Channel):
     def retire(self) -> dict[str, Any]:
         self.master.retire(self.name, self)
         return {}
+
+    @wire.Hibernate.responder
+    def hibernate(self, session: bytes, state: int, watch: int, received: int) -> Any:
+        return _answer(self.master.hibernate, self.name, session, state, watch, received)

@@ -32,6 +32,7 @@ from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.privsep import wire
+from mailsuite.privsep.dorm import Dorm
 from mailsuite.privsep.common import (
     Channel,
     Once,
@@ -101,11 +102,13 @@ class RemoteChecker:
 class NetRealm(MailRealm):
     """MailRealm of the network process: IMAP and POP3 logins become a ``Handoff``."""
 
-    def __init__(self, checker: RemoteChecker, master: Any, reactor: Any, *args: Any) -> None:
+    def __init__(self, checker: RemoteChecker, master: Any, reactor: Any, dorm: Dorm,
+                 *args: Any) -> None:
         super().__init__(*args)
         self.checker = checker
         self.master = master
         self.reactor = reactor
+        self.dorm = dorm
 
     def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> Any:
         for iface, service in ((IImapAccount, "imap"), (pop3.IMailbox, "pop3")):
@@ -113,7 +116,8 @@ class NetRealm(MailRealm):
                 ticket = self.checker.take_ticket(avatarId.decode("utf-8"))
                 if ticket is None:
                     return defer.fail(UnauthorizedLogin(LOGIN_FAILED))
-                handoff = Handoff(self.master, self.reactor, ticket, service)
+                handoff = Handoff(self.master, self.reactor, ticket, service,
+                                  avatarId.decode("utf-8"), self.dorm)
                 result: Avatar = (iface, handoff, _noop)
                 return defer.succeed(result)
         return super().requestAvatar(avatarId, mind, *interfaces)
@@ -130,15 +134,24 @@ _FAILED = {"imap": b" NO [UNAVAILABLE] Temporary authentication failure.\r\n",
 class Handoff:
     """The avatar of an IMAP or POP3 login here: the session goes to the user's agent."""
 
-    def __init__(self, master: Any, reactor: Any, ticket: bytes, service: str) -> None:
+    def __init__(self, master: Any, reactor: Any, ticket: bytes, service: str, name: str,
+                 dorm: Dorm) -> None:
         self.master, self.reactor, self.ticket, self.service = master, reactor, ticket, service
+        self.name, self.dorm = name, dorm
 
     def hand_off(self, session: Any, tag: bytes, method: str, rip: str, lip: str) -> None:
         d = self.master.callRemote(wire.OpenSession, ticket=self.ticket, service=self.service,
                                    tag=tag, method=method, secure=bool(session.secure),
                                    rip=rip, lip=lip)
-        d.addCallbacks(lambda answer: Splice(session, self.reactor, answer["fd"]),
-                       self._failed, errbackArgs=(session, tag))
+        d.addCallbacks(self._opened, self._failed, callbackArgs=(session, rip, lip),
+                       errbackArgs=(session, tag))
+
+    def _opened(self, answer: dict[str, Any], session: Any, rip: str, lip: str) -> None:
+        splice = Splice(session, self.reactor, answer["fd"])
+        if not getattr(session, "_lost", False):
+            self.dorm.add(answer["session"], splice, self.name, rip, lip)
+        else:
+            self.dorm.forget(answer["session"])
 
     def _failed(self, failure: Any, session: Any, tag: bytes) -> None:
         log.failure("handing the {service} session to its agent failed", failure,
@@ -150,44 +163,70 @@ class Handoff:
 
 class Splice:
     """Passes bytes between a client (the session's transport) and the agent's stream, with
-    flow control both ways; either end closing closes the other."""
+    flow control both ways; either end closing closes the other. ``sleeper``: while the
+    session is hibernated (privsep/dorm.py) the client's bytes go to it instead."""
 
     def __init__(self, session: Any, reactor: Any, fd: int) -> None:
         self.session = session
+        self.reactor = reactor
         self.client = session.transport
         self.agent: Any = None
+        self.sent = 0  # bytes written to the agent's stream (wire.Hibernate's "received")
+        self.sleeper: Any = None
+        self.on_end: Any = None  # called once when the session is over
         pending = _unread(session)
         session.splice = self
         session.setTimeout(None)
         if getattr(session, "_lost", False):
             os.close(fd)
             return
-        agent = adopt_stream(reactor, fd, Once(lambda: _AgentSide(self)))
+        self.connect(fd, pending)
+
+    def connect(self, fd: int, pending: bytes) -> None:
+        """Splice the client to a (new) agent stream, ``pending`` its first bytes."""
+        agent = adopt_stream(self.reactor, fd, Once(lambda: _AgentSide(self)))
+        self.sent = 0
         if pending:
-            agent.write(pending)
+            self.up(pending)
         self.client.registerProducer(agent, True)
         agent.registerProducer(self.client, True)
         self.client.resumeProducing()
 
     def up(self, data: bytes) -> None:
-        if self.agent is not None:
+        if self.sleeper is not None:
+            self.sleeper.up(data)
+        elif self.agent is not None:
+            self.sent += len(data)
             self.agent.write(data)
 
     def client_lost(self) -> None:
         if self.agent is not None:
             self.agent.unregisterProducer()
             self.agent.loseConnection()
+        if self.sleeper is not None:
+            self.sleeper.client_lost()
+        self._end()
 
     def agent_lost(self) -> None:
         """The agent ended the session (LOGOUT, QUIT, its timeout): its place in the limits'
         counts is free at once (a TLS close may wait for the client); a TLS transport shuts
-        down only once no producer is registered with it."""
+        down only once no producer is registered with it. (Or it went to hibernate: the
+        sleeper keeps the client.)"""
         self.agent = None
+        self.client.unregisterProducer()
+        if self.sleeper is not None:
+            self.sleeper.agent_gone()
+            return
         slot = getattr(self.session, "slot", None)
         if slot is not None:
             slot.release()
-        self.client.unregisterProducer()
         self.client.loseConnection()
+        self._end()
+
+    def _end(self) -> None:
+        end, self.on_end = self.on_end, None
+        if end is not None:
+            end()
 
 
 def _unread(session: Any) -> bytes:
@@ -429,9 +468,10 @@ def build_network(cfg: Config, reactor: Any, maillog: MailLog, master: Any,
     accounts, _ = tap.accounts_and_checker(cfg, blocking)
     checker = RemoteChecker(master)
     store = RemoteStore(master, reactor)
+    dorm = top.dorm = Dorm(master, reactor, maillog)  # type: ignore[attr-defined]
 
     def realm(delivery: LocalDelivery) -> MailRealm:
-        return NetRealm(checker, master, reactor, store, accounts, delivery, blocking)
+        return NetRealm(checker, master, reactor, dorm, store, accounts, delivery, blocking)
 
     def open_dropped(queue_id: str) -> Any:
         def refused(failure: Failure) -> None:  # a link, a symlink: left in place, as read()
@@ -460,6 +500,10 @@ class MasterLink(Channel):
     def new_log(self, fd: int) -> dict[str, Any]:
         self.top.maillog.adopt(fd)
         return {}
+
+    @wire.Hibernate.responder
+    def hibernate(self, session: bytes, state: int, watch: int, received: int) -> Any:
+        return self.top.dorm.hibernate(session, state, watch, received)
 
     @wire.NewTLS.responder
     def new_tls(self, cert: int, key: int) -> Any:

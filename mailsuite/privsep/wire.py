@@ -31,18 +31,17 @@ class CheckPassword(amp.Command):
     errors = ERRORS
 
 
-
 class OpenSession(amp.Command):
     """net -> master: a ticket of CheckPassword becomes a stream to an agent of that account,
     which runs the rest of the IMAP or POP3 session (``tag`` answered there). The other fields
-    are what the agent logs and shows; none of them grants anything."""
+    are what the agent logs and shows; none of them grants anything. ``session`` names the
+    session from now on (Hibernate, Thaw, Forget): the master binds it to the account."""
 
     arguments = [(b"ticket", amp.String()), (b"service", amp.Unicode()),
                  (b"tag", amp.String()), (b"method", amp.Unicode()), (b"secure", amp.Boolean()),
                  (b"rip", amp.Unicode()), (b"lip", amp.Unicode())]
-    response = [(b"fd", amp.Descriptor())]
+    response = [(b"fd", amp.Descriptor()), (b"session", amp.String())]
     errors = ERRORS
-
 
 
 class OpenDelivery(amp.Command):
@@ -54,17 +53,16 @@ class OpenDelivery(amp.Command):
     errors = ERRORS
 
 
-
 class Attach(amp.Command):
     """master -> agent: serve this stream: ``role`` is ``imap``, ``pop3`` (a logged-in session
     of the agent's account, with OpenSession's fields) or ``delivery``."""
 
     arguments = [(b"role", amp.Unicode()), (b"fd", amp.Descriptor()),
                  (b"tag", amp.String()), (b"method", amp.Unicode()), (b"secure", amp.Boolean()),
-                 (b"rip", amp.Unicode()), (b"lip", amp.Unicode())]
+                 (b"rip", amp.Unicode()), (b"lip", amp.Unicode()),
+                 (b"session", amp.String(optional=True))]
     response = []  # type: ignore[var-annotated]
     errors = ERRORS
-
 
 
 class Retire(amp.Command):
@@ -74,7 +72,6 @@ class Retire(amp.Command):
     arguments = []  # type: ignore[var-annotated]
     response = []  # type: ignore[var-annotated]
     errors = ERRORS
-
 
 
 class Deliver(amp.Command):
@@ -88,7 +85,6 @@ class Deliver(amp.Command):
     response = [(b"status", amp.Unicode()), (b"text", amp.Unicode()),
                 (b"lock_path", amp.Unicode())]
     errors = ERRORS
-
 
 
 class OpenDropped(amp.Command):
@@ -116,7 +112,6 @@ class DeliverSpecial(amp.Command):
     errors = ERRORS
 
 
-
 class ReadForward(amp.Command):
     """net -> agent: the items of the account's ``~/.forward`` as the account reads it (the
     home may be closed to mail_owner); ``path`` is the file's name for log lines."""
@@ -127,14 +122,12 @@ class ReadForward(amp.Command):
     errors = ERRORS
 
 
-
 class NewLog(amp.Command):
     """master -> net, agents: ``kill -HUP`` reopened the maillog: write to this descriptor."""
 
     arguments = [(b"fd", amp.Descriptor())]
     response = []  # type: ignore[var-annotated]
     errors = ERRORS
-
 
 
 class NewTLS(amp.Command):
@@ -167,3 +160,48 @@ class ReadInclude(amp.Command):
 
 #: characters of an :include: file per ReadInclude answer (an AMP value holds 64 KB)
 INCLUDE_PIECE = 16000
+
+
+# Hibernation of IMAP sessions in IDLE (mailsuite/imap/hibernate.py): the agent gives the
+# session's state up, the network process keeps the client, and a byte from the client or a
+# change to the mailbox brings the session back into an agent of the same account.
+
+class Hibernate(amp.Command):
+    """agent -> master, then master -> net (with the same fields): the IMAP session
+    ``session`` (one the master attached to this agent's account) would leave its agent:
+    ``state`` a memfd of its snapshot, ``watch`` an inotify descriptor of its mailbox, and
+    ``received`` the bytes the agent has read from the session's stream. ``ok`` False: the
+    network process has sent more than that (the client spoke): the session stays."""
+
+    arguments = [(b"session", amp.String()), (b"state", amp.Descriptor()),
+                 (b"watch", amp.Descriptor()), (b"received", amp.Integer())]
+    response = [(b"ok", amp.Boolean())]
+    errors = ERRORS
+
+
+class Thaw(amp.Command):
+    """net -> master: the hibernated ``session`` back into an agent of its account (the one
+    the master bound it to): ``fd`` the new stream, the session answering from ``state``."""
+
+    arguments = [(b"session", amp.String()), (b"state", amp.Descriptor()),
+                 (b"secure", amp.Boolean()), (b"rip", amp.Unicode()), (b"lip", amp.Unicode())]
+    response = [(b"fd", amp.Descriptor())]
+    errors = ERRORS
+
+
+class Revive(amp.Command):
+    """master -> agent: serve this stream as the IMAP session of ``state`` (Thaw)."""
+
+    arguments = [(b"fd", amp.Descriptor()), (b"session", amp.String()),
+                 (b"state", amp.Descriptor()), (b"secure", amp.Boolean()),
+                 (b"rip", amp.Unicode()), (b"lip", amp.Unicode())]
+    response = []  # type: ignore[var-annotated]
+    errors = ERRORS
+
+
+class Forget(amp.Command):
+    """net -> master: ``session`` has ended (its name opens nothing any more)."""
+
+    arguments = [(b"session", amp.String())]
+    response = []  # type: ignore[var-annotated]
+    errors = ERRORS

@@ -264,6 +264,11 @@ class MboxMailbox:
             return False  # the refresh, walking the path safely, says what is wrong
         return ix.Stamp.of(st) == self._state.stamp
 
+    def watch_paths(self) -> list[tuple[str, bool]]:
+        """(path, is a directory) of what any change to this mailbox writes: the mbox file
+        and the directory of its index (imap/hibernate.py watches them)."""
+        return [(self._file.path, False), (self._file.index_dir, True)]
+
     # -- IMailbox -------------------------------------------------------------------------------
 
     def refresh(self) -> defer.Deferred[Changes]:

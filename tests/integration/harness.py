@@ -114,13 +114,15 @@ def kill_group(group: int) -> None:
 class Site:
     def __init__(self, testcase, aliases: str = "postmaster: boss\nteam: boss, carol\n",
                  tls: bool = False, ssl: str = "yes", disable_plaintext_auth: bool = False,
-                 mail_extra: str = "", mailbox_options: str = "") -> None:
+                 mail_extra: str = "", mailbox_options: str = "",
+                 imap_options: str = "") -> None:
         """``tls``: ssl = ``ssl`` with a self-signed certificate made by the first start at
         ``self.cert``/``self.key``, and the submission, smtps, pop3s and imaps ports too.
         ``mail_extra``: more ``[mail]`` lines (they win over the defaults, see mail_defaults:
         loopback clients are outside mynetworks unless a test says ``mynetworks = ...``)."""
-        # extra lines for [mailbox] (e.g. Outlook's folder names)
+        # extra lines for [mailbox] (e.g. Outlook's folder names) and [imap]
         self.mailbox_options = mailbox_options
+        self.imap_options = imap_options
         # short, so unix sockets under it (queue_directory/public/control) fit in sun_path
         self.dir = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
         if not os.environ.get("MAILSUITE_TEST_KEEP"):  # set: keep the site to look at it
@@ -203,6 +205,9 @@ disable_plaintext_auth = {'yes' if self.disable_plaintext_auth else 'no'}
 [mailbox]
 mail_location = mbox:~/mail:INBOX={self.spool}/%u
 {self.mailbox_options}
+
+[imap]
+{self.imap_options}
 
 [tls]
 ssl = {self.ssl if self.tls else 'no'}
