@@ -3,7 +3,8 @@
 Each finds mail.ini through ``--config PATH`` / ``-C PATH``, else ``$MAILSUITE_CONFIG``, else
 ``/etc/mailsuite/mail.ini``. They never need the daemon running: ``sendmail`` writes the message
 into ``queue_directory/maildrop/`` (fsync'ed) and pokes the daemon, which picks it up at once or
-at its next start; ``mailq`` and ``mailsuite-queue -d`` read and change the queue files.
+at its next start; ``mailq`` and ``mailsuite-queue`` (mailsuite.queuecmd) read and change the
+queue files.
 
 ``sendmail`` understands what Postfix's does for local programs: ``-t -i -oi -f -r -F -bs -bp
 -bi -bm -q``, recipients as arguments; other ``-o`` options, ``-v``, ``-N``, ``-R``, ``-B`` and
@@ -20,30 +21,28 @@ import pwd
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
-from mailsuite.config import Config, ConfigError, config_path, load_config
+from mailsuite.cmdbase import (
+    CONFIG_HELP,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_USAGE,
+    Fatal,
+    Help,
+    config_only,
+    run,
+)
+from mailsuite.cmdbase import load as _load
+from mailsuite.config import Config, config_path
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import control, maildrop
 from mailsuite.mta.aliases import validate
+from mailsuite.queuecmd import flush, mailq_main, mailq_report, queue_main
 from mailsuite.smtp.reader import Reader, split_command
 
-EX_OK, EX_USAGE, EX_DATAERR, EX_SOFTWARE = 0, 64, 65, 70
-EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 75, 77, 78
+__all__ = ["Fatal", "Help", "config_path", "main", "prepare", "sendmail_main"]
 
-
-class Fatal(Exception):
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-
-
-class Help(Exception):
-    """``--help``: the program's usage goes to stdout, exit 0."""
-
-
-_CONFIG = ("  -C PATH, --config PATH  mail.ini (else $MAILSUITE_CONFIG, else"
-           " /etc/mailsuite/mail.ini)\n")
 USAGE = {
     "sendmail": (
         "usage: sendmail [options] [--] [recipient ...]\n"
@@ -52,7 +51,7 @@ USAGE = {
         "  -i, -oi       a line with a single dot does not end the message\n"
         "  -f SENDER     envelope sender (-r the same; -f '<>' the null sender)\n"
         "  -F NAME       full name for the From: line added when there is none\n"
-        + _CONFIG +
+        + CONFIG_HELP +
         "  -bm           queue the message on stdin (the default)\n"
         "  -bs           speak SMTP on stdin and stdout\n"
         "  -bp           list the queue (as mailq)\n"
@@ -60,36 +59,13 @@ USAGE = {
         "  -q            deliver the queue now\n"
         "Exit status: 0 queued, 64 usage, 75 temporary failure (try again later),"
         " 78 configuration error."),
-    "mailq": "usage: mailq [-C|--config mail.ini]\nList the mail queue and maildrop/.\n"
-             + _CONFIG.rstrip("\n"),
     "newaliases": ("usage: newaliases [-C|--config mail.ini]\nCheck every alias_maps file;"
-                   " errors name file and line, exit 1 on error.\n" + _CONFIG.rstrip("\n")),
-    "mailsuite-queue": (
-        "usage: mailsuite-queue [-C mail.ini] -p | -f | -d ID|ALL\n"
-        "  -p          list the queue (mailq; the default)\n"
-        "  -f          deliver the queue now (postqueue -f)\n"
-        "  -d ID|ALL   delete one message, or all (postsuper -d)\n" + _CONFIG.rstrip("\n")),
+                   " errors name file and line, exit 1 on error.\n" + CONFIG_HELP.rstrip("\n")),
 }
 
 
-def _load(path: str | None) -> Any:
-    try:
-        return load_config(config_path(path))
-    except ConfigError as e:
-        raise Fatal(EX_CONFIG, f"configuration refused:\n{e}") from e
-
-
 def _run(program: str, main: Callable[[], int]) -> int:
-    try:
-        return main()
-    except Fatal as e:
-        print(f"{program}: fatal: {e}", file=sys.stderr)
-        return e.code
-    except Help:
-        print(USAGE[program])
-        return EX_OK
-    except BrokenPipeError:
-        return EX_OK
+    return run(program, main, USAGE[program])
 
 
 # -- message preparation (what Postfix's cleanup adds to locally submitted mail) -------------
@@ -415,155 +391,9 @@ def newaliases_report(cfg: Config, err: TextIO) -> int:
     return 1 if errors else EX_OK
 
 
-def _config_only(program: str, argv: list[str] | None) -> str | None:
-    argv = sys.argv[1:] if argv is None else argv
-    path = None
-    i = 0
-    while i < len(argv):
-        if argv[i] in ("-C", "--config") and i + 1 < len(argv):
-            path = argv[i + 1]
-            i += 2
-        elif argv[i].startswith("-C") and len(argv[i]) > 2:
-            path = argv[i][2:]
-            i += 1
-        elif argv[i] in ("-h", "--help"):
-            raise Help()
-        else:
-            raise Fatal(EX_USAGE, f"usage: {program} [-C|--config mail.ini]")
-    return path
-
-
 def newaliases_main(argv: list[str] | None = None) -> int:
     return _run("newaliases", lambda: newaliases_report(
-        _load(_config_only("newaliases", argv)), sys.stderr))
-
-
-# -- the queue: mailq, flush, delete -------------------------------------------------------
-
-
-def queue_entries(queue_directory: str) -> list[tuple[str, str, int, float, str, list[str]]]:
-    """(queue id, flag, size, arrival, sender, pending recipients): the queue, then maildrop/."""
-    out = []
-    try:
-        from mailsuite.mta.queuefile import QueueDirectory
-    except ImportError:  # pragma: no cover - the queue module is part of the package
-        QueueDirectory = None  # type: ignore[assignment,misc]
-    if QueueDirectory is not None and os.path.isdir(os.path.join(queue_directory, "active")):
-        queue = QueueDirectory(queue_directory)
-        for queue_id in queue.ids():
-            try:
-                env, _ = queue.load(queue_id)
-            except (OSError, ValueError):
-                continue
-            flag = "" if env.attempts else "*"
-            out.append((queue_id, flag, env.size, env.arrival, env.sender,
-                        [r.address for _, r in env.pending()]))
-    for queue_id in maildrop.ids(queue_directory):
-        try:
-            d = maildrop.read(queue_directory, queue_id)
-        except (OSError, ValueError, KeyError):
-            continue
-        out.append((queue_id, "", len(d.data), d.arrival, d.sender, d.recipients))
-    return out
-
-
-def mailq_report(cfg: Config, out: TextIO) -> int:
-    """Postfix's mailq listing."""
-    try:
-        entries = queue_entries(cfg.mail.queue_directory)
-    except PermissionError as e:
-        raise Fatal(EX_NOPERM, f"{e.filename}: permission denied (mailq needs root)") from e
-    if not entries:
-        print("Mail queue is empty", file=out)
-        return EX_OK
-    print("-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------", file=out)
-    total = 0
-    for queue_id, flag, size, arrival, sender, recipients in entries:
-        when = time.strftime("%a %b %d %H:%M:%S", time.localtime(arrival))
-        print(f"{queue_id + flag:<11} {size:>8} {when}  {sender or 'MAILER-DAEMON'}", file=out)
-        for r in recipients:
-            print(f"{'':41}{r}", file=out)
-        print(file=out)
-        total += size
-    n = len(entries)
-    print(f"-- {(total + 1023) // 1024} Kbytes in {n} Request{'s' if n != 1 else ''}.", file=out)
-    return EX_OK
-
-
-def flush(cfg: Config) -> int:
-    try:
-        answer = control.ask(cfg.mail.queue_directory, "flush")
-    except control.MailSystemDown as e:
-        raise Fatal(EX_TEMPFAIL, f"Cannot flush mail queue - mail system is down ({e})") from e
-    if not answer.startswith("ok"):
-        raise Fatal(EX_SOFTWARE, f"flush refused: {answer}")
-    return EX_OK
-
-
-def delete(cfg: Config, which: str, err: TextIO) -> int:
-    """``postsuper -d ID|ALL``: through the daemon when it runs (it forgets the message too),
-    else on the files."""
-    queue_directory = cfg.mail.queue_directory
-    ids = [e[0] for e in queue_entries(queue_directory)] if which == "ALL" else [which]
-    removed = 0
-    for queue_id in ids:
-        if not queue_id.isalnum():
-            raise Fatal(EX_USAGE, f"bad queue id {queue_id!r}")
-        try:
-            answer = control.ask(queue_directory, f"delete {queue_id}", timeout=10)
-            if answer == "ok removed":
-                removed += 1
-                continue
-        except (control.MailSystemDown, OSError):
-            pass
-        if maildrop.remove(queue_directory, queue_id):
-            removed += 1
-            continue
-        path = os.path.join(queue_directory, "active", queue_id)
-        try:
-            os.unlink(path)
-            removed += 1
-        except FileNotFoundError:
-            pass
-    print(f"postsuper: Deleted: {removed} message{'s' if removed != 1 else ''}", file=err)
-    return EX_OK
-
-
-def queue_main(argv: list[str] | None = None) -> int:
-    """``mailsuite-queue -p`` (mailq), ``-f`` (postqueue -f), ``-d ID|ALL`` (postsuper -d)."""
-    argv = sys.argv[1:] if argv is None else argv
-
-    def main() -> int:
-        config, action, target = None, None, None
-        i = 0
-        while i < len(argv):
-            arg = argv[i]
-            if arg in ("-C", "--config") and i + 1 < len(argv):
-                config, i = argv[i + 1], i + 2
-                continue
-            if arg in ("-h", "--help"):
-                raise Help()
-            if arg in ("-p", "-f"):
-                action = arg
-            elif arg == "-d" and i + 1 < len(argv):
-                action, target = "-d", argv[i + 1]
-                i += 1
-            else:
-                raise Fatal(EX_USAGE, "usage: mailsuite-queue [-C mail.ini] -p | -f | -d ID|ALL")
-            i += 1
-        cfg = _load(config)
-        if action == "-p" or action is None:
-            return mailq_report(cfg, sys.stdout)
-        if action == "-f":
-            return flush(cfg)
-        assert target is not None
-        return delete(cfg, target, sys.stderr)
-
-    return _run("mailsuite-queue", main)
-
-
-def mailq_main(argv: list[str] | None = None) -> int:
-    return _run("mailq", lambda: mailq_report(_load(_config_only("mailq", argv)), sys.stdout))
+        _load(config_only("newaliases", argv)), sys.stderr))
 
 
 def main() -> None:

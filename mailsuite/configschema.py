@@ -50,6 +50,7 @@ from mailsuite.configvalues import (
     split_location,
 )
 from mailsuite.net import Network, in_networks, parse_ip
+from mailsuite.store.spam import parse_spam_header
 
 # ---------------------------------------------------------------------------------------------
 # The parsed configuration.
@@ -182,6 +183,7 @@ class MailboxConfig:
     trash: str
     junk: str
     pop3_uidl_format: str = uidlformat.DEFAULT
+    spam_header: str = "X-Spam"  # a message it marks goes to ``junk`` (mailsuite.store.spam)
 
     def special_folders(self) -> dict[str, str]:
         """{folder name: special-use flag} of the sent/drafts/trash/junk keys that are set."""
@@ -347,6 +349,7 @@ SECTIONS: dict[str, Section] = {
         Key("trash", "Trash", parse_folder_name),
         Key("junk", "Junk", parse_folder_name),
         Key("pop3_uidl_format", uidlformat.DEFAULT, uidlformat.uidl_format),
+        Key("spam_header", "X-Spam", parse_spam_header),
     ]),
     "imap": Section(ImapConfig, [
         Key("imap_max_line_length", "64k", parse_line_length),

@@ -189,7 +189,8 @@ def mail_owner(cfg: Any) -> tuple[int, int]:
 #: what mail_owner writes in the queue directory (tmp, active, corrupt: the queue files;
 #: maildrop: sendmail's files, mode 1733). public/ (the control socket) stays root's: root
 #: binds the socket there, and Twisted's chmod of it follows a link mail_owner could plant
-QUEUE_SUBDIRS = {"tmp": 0o700, "active": 0o700, "corrupt": 0o700, "maildrop": 0o1733}
+QUEUE_SUBDIRS = {"tmp": 0o700, "active": 0o700, "hold": 0o700, "corrupt": 0o700,
+                 "maildrop": 0o1733}
 
 
 def give_queue(queue_directory: str, owner: tuple[int, int]) -> None:

@@ -47,7 +47,13 @@ from mailsuite.limits import Limits
 from mailsuite.maillog import MailLog
 from mailsuite.privsep.ports import AdoptedPort, SocketFiles, held_socket
 from mailsuite.mta.aliases import AliasLookupError
-from mailsuite.mta.control import ControlFactory, Handler, control_path, ensure_public
+from mailsuite.mta.control import (
+    ControlFactory,
+    Handler,
+    control_path,
+    ensure_public,
+    queue_commands,
+)
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
@@ -327,6 +333,8 @@ def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, mai
         "flush": lambda: _flush(pickup, delivery),
         "delete": lambda queue_id: _delete(queue_directory, delivery, queue_id, blocking),
     }
+    if getattr(delivery, "queue", None) is not None:  # the hold queue's postsuper verbs
+        commands.update(queue_commands(delivery.queue))
     control: service.Service
     if adopted is not None:
         control = AdoptedPort(adopted["control"], ControlFactory(commands), reactor)

@@ -10,7 +10,7 @@ import sys
 
 from twisted.trial import unittest
 
-from mailsuite import cli, tap
+from mailsuite import cli, queuecmd, tap
 from mailsuite.config import Config
 from mailsuite.mta import maildrop
 from tests.configs import real_config
@@ -94,12 +94,12 @@ class ReportTests(unittest.TestCase):
         """mailq: 'Mail queue is empty', then Postfix's columns and the closing total line."""
         cfg = self.cfg()
         out = io.StringIO()
-        cli.mailq_report(cfg, out)
+        queuecmd.mailq_report(cfg, out)
         self.assertEqual(out.getvalue(), "Mail queue is empty\n")
         os.makedirs(maildrop.maildrop_dir(cfg.mail.queue_directory))
         queue_id = maildrop.drop(cfg.mail.queue_directory, "joe", ["a@x", "b@x"], b"x" * 2000)
         out = io.StringIO()
-        cli.mailq_report(cfg, out)
+        queuecmd.mailq_report(cfg, out)
         lines = out.getvalue().splitlines()
         self.assertTrue(lines[0].startswith("-Queue ID-  --Size--"))
         self.assertTrue(lines[1].startswith(f"{queue_id}      2000 "))

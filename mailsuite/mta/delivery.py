@@ -40,6 +40,7 @@ from mailsuite.mta.relay import Outcome
 from mailsuite.net import in_networks
 from mailsuite.store.interfaces import IMailStore, StoreRefused
 from mailsuite.store.locking import LockTimeout
+from mailsuite.store.spam import spam_marked
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -136,8 +137,10 @@ class LocalDelivery:
         #: of .forward are delivered when not here (privsep: the agent of their user)
         self.special: Any = None
         self._resolved: dict[str, tuple[float, list[Any]]] = {}
-        self._pending: dict[str, list[tuple[bytes, str, defer.Deferred[None]]]] = {}
-        self._writing: set[str] = set()
+        self._pending: dict[tuple[str, bool], list[tuple[bytes, str, defer.Deferred[None]]]] = {}
+        self._writing: set[tuple[str, bool]] = set()
+        #: the batches of group commit are spam or not by this field (the store's decision)
+        self.spam_header = config.mailbox.spam_header if config.mailbox.junk else ""
 
     def _alias_warning(self, text: str) -> None:
         """A problem of an alias file, for the maillog (from the thread that read the file)."""
@@ -400,26 +403,28 @@ class LocalDelivery:
 
     def _commit(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
         """Group commit: copies for one INBOX that arrive while a write to it is under way are
-        written together by the next write (one lock, one fsync); each fires after its fsync."""
+        written together by the next write (one lock, one fsync); each fires after its fsync.
+        Spam (mailsuite.store.spam), which the store puts into Junk, is batched apart."""
         waiter: defer.Deferred[None] = defer.Deferred()
-        self._pending.setdefault(account.name, []).append((data, sender, waiter))
-        if account.name not in self._writing:
-            self._write_batch(account)
+        key = (account.name, spam_marked(data, self.spam_header))
+        self._pending.setdefault(key, []).append((data, sender, waiter))
+        if key not in self._writing:
+            self._write_batch(account, key)
         return waiter
 
-    def _write_batch(self, account: Account) -> None:
-        pending = self._pending.get(account.name, [])
+    def _write_batch(self, account: Account, key: tuple[str, bool]) -> None:
+        pending = self._pending.get(key, [])
         batch: list[tuple[bytes, str, defer.Deferred[None]]] = []
         size = 0
         while pending and len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
             batch.append(pending.pop(0))
             size += len(batch[-1][0])
         if not pending:
-            self._pending.pop(account.name, None)
+            self._pending.pop(key, None)
         if not batch:
-            self._writing.discard(account.name)
+            self._writing.discard(key)
             return
-        self._writing.add(account.name)
+        self._writing.add(key)
         d = defer.maybeDeferred(self.store.deliver_many, account, [(m, s) for m, s, _ in batch])
 
         def written(result: Any) -> None:
@@ -428,7 +433,7 @@ class LocalDelivery:
                     waiter.errback(result)
                 else:
                     waiter.callback(None)
-            self._write_batch(account)
+            self._write_batch(account, key)
 
         d.addBoth(written)
 

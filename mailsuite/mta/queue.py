@@ -14,6 +14,12 @@ account (``user``), ``relay`` (SMTP, one call per next hop) for the others. Then
   message with local recipients left is tried at once at start (the lock that deferred it
   may have been left by the server that was killed: removed at start).
 
+The hold queue (Postfix's): ``hold`` takes a message that a filter held (its recipients as
+given, looked up only once it is released), ``put_on_hold``/``release``/``requeue``/``delete``
+are ``postsuper -h/-H/-r/-d`` for the running daemon (mailsuite.queuecmd without one changes the
+files). A held message is neither tried nor expired; once released its lifetime counts from its
+arrival, as Postfix's (``-r`` starts it again: recipients looked up anew, tried now).
+
 Every event is a maillog line in Postfix's shape under the message's one queue id.
 """
 
@@ -21,14 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.mail import smtp
 
 from mailsuite.config import MailConfig
 from mailsuite.maillog import format_delay, new_queue_id
+from mailsuite.mta.accept import error_status
 from mailsuite.mta.bounce import Entry, make_dsn
 from mailsuite.mta.lockwatch import LockWatch
 from mailsuite.mta.queuefile import CorruptQueueFile, Envelope, QueueDirectory, QueuedRecipient
@@ -92,6 +100,8 @@ class Queue:
         self._timers: dict[str, Any] = {}
         self._running: set[str] = set()
         self._again: set[str] = set()
+        self._busy: set[str] = set()  # being held, released or requeued: not tried meanwhile
+        self._idle: dict[str, list[defer.Deferred[None]]] = {}
         self._slots = defer.DeferredSemaphore(settings.concurrency)
         self.locks = LockWatch(clock, self.blocking)
 
@@ -110,7 +120,7 @@ class Queue:
         ids = yield self.blocking(self.directory.ids)
         now = self.clock.seconds()
         for queue_id in ids:
-            if queue_id in self.envelopes:
+            if queue_id in self.envelopes or queue_id in self._busy:
                 continue
             try:
                 env, _ = yield self.blocking(self.directory.load, queue_id)
@@ -159,15 +169,84 @@ class Queue:
         for queue_id in list(self.envelopes):
             self._schedule(queue_id, 0)
 
-    def delete(self, queue_id: str) -> defer.Deferred[bool]:
-        """``postsuper -d``: drop one message without notice."""
+    @defer.inlineCallbacks
+    def delete(self, queue_id: str) -> Any:
+        """``postsuper -d``: drop one message (on hold or not) without notice."""
+        yield self._quiet(queue_id)
+        try:
+            removed = yield self.blocking(self.directory.remove, queue_id)
+        finally:
+            self._forget(queue_id)
+            self._busy.discard(queue_id)
+        if removed:
+            self.maillog.write("postsuper", f"{queue_id}: removed")
+        return removed
+
+    def hold(self, envelope: Envelope, data: bytes, reason: str) -> defer.Deferred[Envelope]:
+        """A message a filter held (transaction.Hold): on disk in the hold queue when this
+        fires, its recipients to be looked up when it is released."""
+        for r in envelope.recipients:
+            r.resolved = False
+        d = self.blocking(self.directory.write, envelope, data, reason)
+
+        def written(_: Any) -> Envelope:
+            to = envelope.recipients[0].address if envelope.recipients else ""
+            self.maillog.write("cleanup", f"{envelope.queue_id}: hold: {reason};"
+                               f" from=<{envelope.sender}> to=<{to}>")
+            return envelope
+
+        return d.addCallback(written)
+
+    @defer.inlineCallbacks
+    def put_on_hold(self, queue_id: str, reason: str = "mailsuite-queue -h") -> Any:
+        """``postsuper -h``: once an attempt under way is over, into the hold queue."""
         if queue_id not in self.envelopes:
-            return defer.succeed(False)
-        self._cancel(queue_id)
-        self.envelopes.pop(queue_id, None)
+            return False
+        yield self._quiet(queue_id)
+        try:
+            moved = yield self.blocking(self.directory.move, queue_id, {"hold": reason}, True)
+        finally:
+            self._busy.discard(queue_id)
+        self._forget(queue_id)
+        if moved:
+            self.maillog.write("postsuper", f"{queue_id}: placed on hold")
+        return moved
+
+    @defer.inlineCallbacks
+    def release(self, queue_id: str, requeue: bool = False) -> Any:
+        """``postsuper -H`` (``requeue``: ``-r``, which also takes queued mail): back into the
+        queue, and tried at once."""
+        yield self._quiet(queue_id)
+        try:
+            if requeue:
+                moved = yield self.blocking(self.directory.requeue, queue_id, self.clock.seconds())
+            else:
+                record = {"released": self.clock.seconds()}
+                moved = yield self.blocking(self.directory.move, queue_id, record, False)
+            env = (yield self.blocking(self.directory.load, queue_id))[0] if moved else None
+        finally:
+            self._busy.discard(queue_id)
+        if env is None:
+            if queue_id in self.envelopes:  # queued, not held: as it was
+                self._attempt_over(None, queue_id)
+            return False
         self._bodies.pop(queue_id, None)
-        self.maillog.write("postsuper", f"{queue_id}: removed")
-        return self.blocking(self.directory.remove, queue_id).addCallback(lambda _: True)
+        self.envelopes[queue_id] = env
+        done = "requeued" if requeue else "released from hold"
+        self.maillog.write("postsuper", f"{queue_id}: {done}")
+        self._active_line(env)
+        self._schedule(queue_id, 0)
+        return True
+
+    def _quiet(self, queue_id: str) -> defer.Deferred[None]:
+        """Stop trying ``queue_id``; fires once an attempt under way is over."""
+        self._busy.add(queue_id)
+        self._cancel(queue_id)
+        if queue_id not in self._running:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._idle.setdefault(queue_id, []).append(d)
+        return d
 
     def stop(self) -> None:
         self.locks.stop()
@@ -197,7 +276,7 @@ class Queue:
 
     def _run(self, queue_id: str) -> None:
         self._timers.pop(queue_id, None)
-        if queue_id not in self.envelopes or queue_id in self._running:
+        if queue_id not in self.envelopes or queue_id in self._running or queue_id in self._busy:
             return
         self.locks.forget(queue_id)
         self._running.add(queue_id)
@@ -209,8 +288,10 @@ class Queue:
         self._running.discard(queue_id)
         again = queue_id in self._again
         self._again.discard(queue_id)
+        for waiter in self._idle.pop(queue_id, ()):
+            waiter.callback(None)
         env = self.envelopes.get(queue_id)
-        if env is not None:
+        if env is not None and queue_id not in self._busy:
             delay = 0.0 if again else max(0.0, env.next_attempt - self.clock.seconds())
             self._schedule(queue_id, delay)
 
@@ -232,7 +313,8 @@ class Queue:
                 self._forget(queue_id)
                 return
         start = self.clock.seconds()
-        pending = env.pending()
+        unresolved = yield self._resolve(env)
+        pending = [(i, r) for i, r in env.pending() if r.resolved]
         jobs: list[tuple[list[int], defer.Deferred[list[Outcome]]]] = []
         local = [(i, r) for i, r in pending if r.user]
         if local:
@@ -246,7 +328,7 @@ class Queue:
             jobs.append(([i for i, _ in items],
                          self.relay.deliver(hop, env, [r for _, r in items], data)))
         results = yield defer.DeferredList([d for _, d in jobs], consumeErrors=True)
-        outcomes: dict[int, Outcome] = {}
+        outcomes: dict[int, Outcome] = unresolved
         for (indexes, _), (ok, result) in zip(jobs, results, strict=True):
             if not ok:
                 log.failure("transport failed for {id}", result, id=queue_id)
@@ -255,10 +337,44 @@ class Queue:
         yield self._settle(env, data, outcomes, start, remote={i for i, r in pending if not r.user})
 
     @defer.inlineCallbacks
+    def _resolve(self, env: Envelope) -> Any:
+        """Look up the recipients still as given (held mail, ``-r``): each becomes what it
+        resolves to (local accounts, .forward and alias targets, remote), recorded before any
+        delivery. The Outcome of each look-up that failed, by recipient index."""
+        failed: dict[int, Outcome] = {}
+        expand: list[list[Any]] = []
+        for i, r in env.pending():
+            if r.resolved:
+                continue
+            try:
+                found = yield self.local.classify(r.address)
+            except defer.CancelledError:
+                raise
+            except smtp.SMTPServerError as e:
+                failed[i] = self._lookup_failed(env, r, e.code, *error_status(e))
+            except Exception as e:  # the recipient's own failure, retried
+                log.failure("look-up of {a} failed", a=r.address)
+                failed[i] = self._lookup_failed(env, r, 451, f"look-up failed: {e}", "4.3.0")
+            else:
+                expand.append([i, [asdict(_inherit(r, new)) for new in found]])
+        if expand:
+            record = {"expand": expand}
+            yield self.blocking(self.directory.mark, env.queue_id, record)
+            env.apply(record)
+        return failed
+
+    def _lookup_failed(self, env: Envelope, r: QueuedRecipient, code: int, text: str,
+                       dsn: str) -> Outcome:
+        status = "bounced" if code >= 500 else "deferred"
+        self.maillog.write("local", f"{env.queue_id}: to=<{r.address}>, relay=none,"
+                           f" dsn={dsn}, status={status} ({text})")
+        return Outcome(code, dsn, text, "none")
+
+    @defer.inlineCallbacks
     def _settle(self, env: Envelope, data: bytes, outcomes: dict[int, Outcome], start: float,
                 remote: set[int]) -> Any:
         now = self.clock.seconds()
-        expired = now - env.arrival >= self.settings.lifetime
+        expired = now - env.lifetime_start >= self.settings.lifetime
         finished: list[int] = []
         failed: list[Entry] = []
         succeeded: list[tuple[str, Entry]] = []
@@ -377,6 +493,13 @@ def _message_id(data: bytes) -> str:
     end = data.find(b"\n\n")
     m = _MESSAGE_ID.search(data if end < 0 else data[:end])
     return m.group(1).decode("ascii", "replace") if m else ""
+
+
+def _inherit(given: QueuedRecipient, found: QueuedRecipient) -> QueuedRecipient:
+    """A recipient a look-up found for ``given``, with the DSN parameters given at RCPT."""
+    found.notify = given.notify
+    found.orcpt = given.orcpt or found.orcpt
+    return found
 
 
 def _host_of(relay: str) -> str:

@@ -24,6 +24,7 @@ calls it on stop).
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -45,11 +46,12 @@ from mailsuite.store.interfaces import (
     StoreError,
     StoreRefused,
 )
-from mailsuite.store.locking import DEFAULT_STALE_AFTER
+from mailsuite.store.locking import DEFAULT_STALE_AFTER, LockTimeout
 from mailsuite.store.mboxfile import MboxFile
 from mailsuite.store.mboxmailbox import MboxMailbox
 from mailsuite.store.mboxtree import FolderTree
 from mailsuite.store.safepath import AnchorCache
+from mailsuite.store.spam import spam_marked
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -101,6 +103,8 @@ class MboxStore:
             get = getattr(mailbox_config, "special_folders", None)
             specials = get() if get is not None else folders.DEFAULT_SPECIALS
         self.specials = folders.check_specials(specials)
+        self._spam_header: str = getattr(mailbox_config, "spam_header", "")
+        self._junk: str = getattr(mailbox_config, "junk", "") if self._spam_header else ""
         self._boxes: dict[tuple[str, str], MboxMailbox] = {}
         self._idle: OrderedDict[tuple[str, str], MboxMailbox] = OrderedDict()
         self.idle_budget = IDLE_BUDGET
@@ -200,14 +204,57 @@ class MboxStore:
         self, account: Account, items: list[tuple[bytes, str]]
     ) -> defer.Deferred[None]:
         """Deliver several ``(data, sender)`` to one INBOX with one lock and one fsync (group
-        commit, mta/delivery.py); through the open INBOX when a session has it."""
-        box = self._boxes.get((account.name, INBOX))
+        commit, mta/delivery.py); through the open INBOX when a session has it. Spam
+        (``[mailbox] spam_header``, mailsuite.store.spam) goes to the ``junk`` folder instead:
+        this is the one place every delivery to a mailbox passes (SMTP, LMTP, sendmail, the
+        queue; the per-user agent under privilege separation), not .forward's files and
+        commands. mta/delivery.py makes each batch all spam or none: a batch of both is
+        written as two, and one failing fails the whole (its other part is written again)."""
         date = int(self.now().timestamp())
-        if box is not None:
-            d = box._run(box._file.append_many, list(items), date)
-        else:
-            d = self.blocking(self._delivery_file(account).append_many, None, list(items), date)
+        marked = [bool(self._junk) and spam_marked(data, self._spam_header) for data, _ in items]
+        if not any(marked):
+            return self._deliver_inbox(account, list(items), date).addCallback(lambda _: None)
+        spam = [item for item, m in zip(items, marked, strict=True) if m]
+        ham = [item for item, m in zip(items, marked, strict=True) if not m]
+        d = self._deliver_junk(account, spam, date)
+        if ham:
+            d.addCallback(lambda _: self._deliver_inbox(account, ham, date))
         return d.addCallback(lambda _: None)
+
+    def _deliver_inbox(self, account: Account, items: list[tuple[bytes, str]],
+                       date: int) -> defer.Deferred[Any]:
+        box = self._boxes.get((account.name, INBOX))
+        if box is not None:
+            return box._run(box._file.append_many, items, date)
+        return self.blocking(self._delivery_file(account).append_many, None, items, date)
+
+    @defer.inlineCallbacks
+    def _deliver_junk(self, account: Account, items: list[tuple[bytes, str]], date: int) -> Any:
+        """Into the junk folder, made when missing (as the account: the agent runs as the
+        user, and a root server makes it the user's); into INBOX when the account can have no
+        such folder (no home, an unsafe path), as Dovecot's Sieve keeps what fileinto cannot."""
+        try:
+            box = yield self._open_made(account, self._junk)
+        except LockTimeout:
+            raise
+        except StoreError as e:
+            log.warn("{user}: spam kept in INBOX: {folder}: {why}", user=account.name,
+                     folder=self._junk, why=e)
+            return (yield self._deliver_inbox(account, items, date))
+        try:
+            yield box._run(box._file.append_many, items, date)
+        finally:
+            box.close()
+
+    @defer.inlineCallbacks
+    def _open_made(self, account: Account, name: str) -> Any:
+        try:
+            return (yield self.open(account, name))
+        except MailboxNotFound:
+            pass
+        with contextlib.suppress(MailboxExists):  # made meanwhile
+            yield self.create(account, name)
+        return (yield self.open(account, name))
 
     def _delivery_file(self, account: Account) -> MboxFile:
         mfile = self._delivery_files.get(account)
@@ -218,6 +265,8 @@ class MboxStore:
         return mfile
 
     def deliver(self, account: Account, data: bytes, sender: str) -> defer.Deferred[None]:
+        if self._junk and spam_marked(data, self._spam_header):
+            return self.deliver_many(account, [(data, sender)])
         box = self._boxes.get((account.name, INBOX))
         if box is not None:
             d = box._append(data, sender, frozenset(), None)

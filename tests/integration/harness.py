@@ -123,6 +123,8 @@ class Site:
         # extra lines for [mailbox] (e.g. Outlook's folder names) and [imap]
         self.mailbox_options = mailbox_options
         self.imap_options = imap_options
+        # more directories for the server's PYTHONPATH (a test's sitecustomize, say)
+        self.python_path: list[str] = []
         # short, so unix sockets under it (queue_directory/public/control) fit in sun_path
         self.dir = tempfile.mkdtemp(prefix="ms-", dir="/tmp")
         if not os.environ.get("MAILSUITE_TEST_KEEP"):  # set: keep the site to look at it
@@ -225,7 +227,7 @@ ssl_key = {self.key}
 
     def start(self) -> None:
         """Run the server and wait (bounded) until each port accepts connections."""
-        env = dict(os.environ, PYTHONPATH=ROOT)
+        env = dict(os.environ, PYTHONPATH=":".join([*self.python_path, ROOT]))
         # open for the life of the server process: closed by stop()
         self.output = open(os.path.join(self.dir, "twistd.out"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
