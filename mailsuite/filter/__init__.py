@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailsuite.config import Config
+from mailsuite.filter import checks
 from mailsuite.mta.transaction import Stage
 
 
@@ -18,6 +19,7 @@ def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage
     """The stages ``cfg`` turns on, in the order they run (none: the pipeline's fast path)."""
     out: list[Stage] = []
     # content checks (checks.py)
+    out += [s for s in [checks.from_config(cfg.mail, maillog, blocking)] if s is not None]
     # milters (milter/)
     # audit rules (audit.py)
     # BCC maps (bcc.py)
