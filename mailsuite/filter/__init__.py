@@ -24,3 +24,10 @@ def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage
     # audit rules (audit.py)
     # BCC maps (bcc.py)
     return out
+
+
+def check_at_start(cfg: Config, owner: tuple[int, int]) -> None:
+    """In the root master of a privilege-separated server, before the network process (which
+    runs ``stages``) starts: what would make the stages fail there is a StartupError here."""
+    # content checks (checks.py)
+    checks.check_at_start(cfg.mail, owner)

@@ -30,6 +30,7 @@ The work runs in a thread (mailsuite.threads): a 10 MB body never holds the reac
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -414,6 +415,14 @@ KEYS = ((HEADER, "header_checks"), (MIME, "mime_header_checks"),
 def from_config(mail: Any, maillog: Any, blocking: Any) -> ContentChecks | None:
     """The stage for [mail]'s *_checks keys (None when all are empty); a table that cannot be
     read is a start-up error ``[mail] KEY: FILE:LINE: message``."""
+    by_class = _open_tables(mail)
+    if not by_class:
+        return None
+    return ContentChecks(Tables(by_class, mail.body_checks_size_limit,
+                                mail.line_length_limit), maillog, blocking)
+
+
+def _open_tables(mail: Any) -> dict[str, list[TableFile]]:
     by_class: dict[str, list[TableFile]] = {}
     opened: dict[tuple[str, str], TableFile] = {}  # one TableFile for a table named twice
     for where, key in KEYS:
@@ -426,7 +435,45 @@ def from_config(mail: Any, maillog: Any, blocking: Any) -> ContentChecks | None:
             except OSError as e:
                 raise StartupError(f"[mail] {key}: {path}: {e.strerror}") from None
             by_class.setdefault(where, []).append(opened[kind, path])
-    if not by_class:
-        return None
-    return ContentChecks(Tables(by_class, mail.body_checks_size_limit,
-                                mail.line_length_limit), maillog, blocking)
+    return by_class
+
+
+def check_at_start(mail: Any, owner: tuple[int, int]) -> None:
+    """In the root master, before the network process starts (privilege separation): every
+    table parses, and ``owner`` (mail_owner, whose network process reads the tables from then
+    on) may read it; else a StartupError, as from_config."""
+    by_class = _open_tables(mail)
+    paths: dict[str, str] = {}  # each table and the first key naming it
+    for where, key in KEYS:
+        for table_file in by_class.get(where, ()):
+            paths.setdefault(table_file.path, key)
+    for path, why in unreadable_by(list(paths), *owner).items():
+        raise StartupError(f"[mail] {paths[path]}: {path}: {why} (the tables are read by "
+                           "mail_owner)")
+
+
+def unreadable_by(paths: list[str], uid: int, gid: int) -> dict[str, str]:
+    """``{path: why}`` for the files a process of ``uid``/``gid`` (the network process's
+    rights) cannot open (asked in a child that takes those rights)."""
+    if not paths or os.geteuid() != 0:
+        return {}
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.close(r)
+            os.setgroups([gid])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            for path in paths:
+                try:
+                    os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+                except OSError as e:
+                    os.write(w, f"{path}\0{e.strerror}\n".encode("utf-8", "surrogateescape"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with open(r, "rb") as f:
+        answer = f.read().decode("utf-8", "surrogateescape")
+    os.waitpid(pid, 0)
+    return dict(line.split("\0", 1) for line in answer.splitlines() if "\0" in line)

@@ -28,8 +28,10 @@ message``): a skipped REJECT rule is a hole nobody sees.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import string
 import threading
 import time
@@ -362,7 +364,10 @@ class TableFile:
         self._checked = clock()
 
     def _read(self) -> Table:
-        with open(self.path, "rb") as f:
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO does not hang us
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", self.path)
             text = f.read().decode("utf-8", "surrogateescape")
         return parse_table(text, self.kind, self.path, self.validate)
 
