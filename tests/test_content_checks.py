@@ -377,3 +377,28 @@ class Configuration(unittest.TestCase):
 
     def test_no_tables_no_stage(self) -> None:
         self.assertIsNone(checks.from_config(self.cfg("").mail, None, inline))
+
+
+class ReadmeExample(unittest.TestCase):
+    def test_the_worked_example_does_what_the_readme_says(self) -> None:
+        readme = os.path.join(os.path.dirname(__file__), "..", "README.rst")
+        with open(readme) as f:
+            text = f.read()
+        block = text.split("A worked example, ``/etc/mailsuite/header_checks``::\n\n", 1)[1]
+        example = "\n".join(line[4:] for line in block.split("\n\n", 1)[0].splitlines())
+        tables = checks.Tables({checks.HEADER: [_Fixed(example)], checks.MIME: [_Fixed(example)]})
+        decision, _, maillog = run(tables, HEADERS.replace(b"hello there", b"cheap viagra"))
+        self.assertEqual(decision, Verdict(550, "5.7.1", "no spam here"))
+        attached = HEADERS + b'Content-Type: application/x-msdownload; name="setup.exe"\n'
+        self.assertEqual(run(tables, attached)[0], Verdict(
+            550, "5.7.1", "attachments of this type are not accepted"))
+        self.assertEqual(run(tables, HEADERS.replace(b"hello there", b"[SECRET] plans"))[0],
+                         Hold("classified: plans"))
+        self.assertEqual(run(tables, HEADERS + b"X-Mailer: the bulkmailer 2\n")[0],
+                         Discard("discarded by header_checks"))
+        urgent = HEADERS.replace(b"hello there", b"urgent call")
+        self.assertIn(b"X-Priority: 1\nSubject: urgent call", run(tables, urgent)[1].data)
+        _, _, maillog = run(tables, HEADERS + b"X-Ok: 1\nOdd-Header: 1\n")
+        self.assertEqual([line.split(": ", 2)[1] for line in logged(maillog)], ["warning"],
+                         maillog.lines)
+        self.assertIn("header Odd-Header: 1", maillog.lines[0])

@@ -114,7 +114,7 @@ class BrokenAtStart(unittest.TestCase):
             raise unittest.SkipTest("needs root (a server with privilege separation)")
         site = checks_site(self)
         os.chmod(site.header_table, 0o600)  # type: ignore[attr-defined]
-        status, out, err = run_to_exit(site.config, site.dir)
+        status, _out, err = run_to_exit(site.config, site.dir)
         self.assertNotEqual(status, 0)
         self.assertEqual(err.strip().splitlines(), [
             f"mailsuite: [mail] header_checks: {site.header_table}: "  # type: ignore[attr-defined]
