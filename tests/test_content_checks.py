@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsuite import configschema
@@ -15,16 +16,19 @@ from mailsuite.filter.regexptable import TableError, TableFile, parse_table
 from mailsuite.maillog import MailLog
 from mailsuite.mta.transaction import (
     PICKUP,
+    QUEUED,
     Client,
     Discard,
     Envelope,
     Hold,
     Message,
+    Pipeline,
     Recipient,
     Verdict,
 )
 from mailsuite.startup import StartupError
 from mailsuite.threads import inline
+from tests.fakes import FakeDelivery, FakeQueue
 
 HEADERS = (b"Received: from x\n\tby y; Mon, 1 Dec 2026 10:00:00 +0000\n"
            b"From: a@example.org\nTo: b@example.com\nSubject: hello there\n")
@@ -402,3 +406,35 @@ class ReadmeExample(unittest.TestCase):
         self.assertEqual([line.split(": ", 2)[1] for line in logged(maillog)], ["warning"],
                          maillog.lines)
         self.assertIn("header Odd-Header: 1", maillog.lines[0])
+
+
+class _HoldingQueue(FakeQueue):
+    """FakeQueue with the hold queue's entry point (Queue.hold is another branch's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[object, bytes, str]] = []
+
+    def hold(self, env: object, data: bytes, reason: str) -> object:
+        self.held.append((env, data, reason))
+        return defer.succeed(None)
+
+
+class InThePipeline(unittest.TestCase):
+    def test_hold_reaches_the_hold_queue_with_the_edits(self) -> None:
+        """HOLD (after a PREPEND) through the accept pipeline: taken (queued), the edited
+        message and the reason handed to the hold queue, nothing delivered."""
+        delivery = FakeDelivery()
+        delivery.queue = _HoldingQueue()
+        stage = checks.ContentChecks(table("/^From/ PREPEND X-Seen: 1\n/^Subject/ HOLD look"),
+                                     MailLog(None, "mail"), inline)
+        pipeline = Pipeline(delivery, MailLog(None, "mail"), "mx", lambda: 0.0, [stage])
+        env = Envelope("Q1", "a@example.org", [Recipient("boss@ex.test")], Client(PICKUP))
+        results: list[object] = []
+        pipeline.deliver(env, HEADERS).addCallback(results.extend)
+        self.assertEqual([r.status for r in results], [QUEUED])  # type: ignore[attr-defined]
+        (env_held, data, reason), = delivery.queue.held
+        self.assertEqual(reason, "look")
+        self.assertEqual([r.address for r in env_held.recipients], ["boss@ex.test"])  # type: ignore[attr-defined]
+        self.assertIn(b"X-Seen: 1\nFrom: a@example.org", data)
+        self.assertEqual(delivery.delivered, [])

@@ -184,8 +184,9 @@ class _Act:
         elif word in ("WARN", "INFO", "PASS", "STRIP"):
             out.lines.append(line("warning" if word == "WARN" else word.lower(), where,
                                   content, text))
-            out.filtering = word != "PASS"
-            if word == "STRIP":
+            if word == "PASS":
+                out.filtering = False
+            elif word == "STRIP":
                 out.edits.append((start, drop_end, b""))
         elif word == "DISCARD":
             out.lines.append(line("discard", where, content, text))
