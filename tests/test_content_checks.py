@@ -267,16 +267,17 @@ class Classes(unittest.TestCase):
                          ["header From: inner@example.net", "header Subject: inner"])
 
     def test_body_checks_see_lines_and_boundaries(self) -> None:
+        """Also the empty line after each header block, as Postfix's mime_state."""
         self.assertEqual(self.seen(checks.BODY), [
-            "body preamble", "body --XX", "body hello body", "body --XX", "body inner body",
-            "body --XX--", "body epilogue"])
+            "body ", "body preamble", "body --XX", "body ", "body hello body", "body --XX",
+            "body ", "body ", "body inner body", "body --XX--", "body epilogue"])
 
     def test_body_checks_size_limit_per_segment(self) -> None:
         tables = checks.Tables({checks.BODY: [_Fixed("/^(.*)$/ WARN")]}, body_limit=12)
         data = HEADERS + b"\nline one\nline two\nline three\n"
         _, _, maillog = run(tables, data)
         self.assertEqual([line.split(" from ")[0].split("body ")[1] for line in logged(maillog)],
-                         ["line one", "line two"])
+                         ["", "line one", "line two"])
 
     def test_body_edits_and_long_lines_in_pieces(self) -> None:
         tables = checks.Tables({checks.BODY: [_Fixed(

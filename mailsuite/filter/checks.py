@@ -10,8 +10,9 @@ rule gives the action (tables: mailsuite.filter.regexptable):
                            -Transfer-Encoding, -Type, MIME-Version) anywhere, and every header
                            of a multipart body part
     nested_header_checks   the non-MIME headers of an attached message/rfc822 message
-    body_checks            every other line: bodies, preambles, epilogues and boundary lines,
-                           the first body_checks_size_limit bytes of each body segment; a line
+    body_checks            every other line: bodies, preambles, epilogues, boundary lines and
+                           the empty line after each header block, the first
+                           body_checks_size_limit bytes of each body segment; a line
                            longer than line_length_limit is looked at in pieces of that size
 
 Actions, as Postfix's cleanup_act(): REJECT [text] (``550 5.7.1 message content rejected``,
@@ -231,14 +232,13 @@ class _Act:
             self.out.bcc.append(text)
 
 
-def _lines(data: bytes, pos: int) -> Iterator[tuple[int, int, int]]:
-    """``(start, end, next)`` of each line from ``pos``: ``end`` before its newline."""
+def _lines(data: bytes, pos: int) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of each line from ``pos``: ``end`` before its newline."""
     n = len(data)
     while pos < n:
         end = data.find(b"\n", pos)
-        nxt = n if end < 0 else end + 1
-        yield pos, (n if end < 0 else end), nxt
-        pos = nxt
+        yield pos, (n if end < 0 else end)
+        pos = n if end < 0 else end + 1
 
 
 _BOUNDARY = re.compile(r'boundary\s*=\s*(?:"([^"]*)"|([^\s;]+))', re.IGNORECASE)
@@ -261,15 +261,21 @@ class Scan:
         while pos < len(data) and self.out.filtering:
             pos, ctype = self._headers(pos, header_class)
             header_class = self._after_headers(ctype)
+            if data[pos:pos + 1] == b"\n" and self.out.filtering:
+                # the empty line after a header block is body_checks' (mime_state does so),
+                # also before the headers of an attached message
+                if self.tables.by_class.get(BODY):
+                    self._body_line(pos, pos, pos + 1)
+                pos, self.segment = pos + 1, 1
             if header_class == "body":
                 pos, header_class = self._body(pos)
         return self.out
 
     def _headers(self, pos: int, header_class: str) -> tuple[int, bytes]:
-        """Check the header block at ``pos``; the position after it (and after its empty
-        line) and its Content-Type value."""
+        """Check the header block at ``pos``; where it ends (its empty line, or the first line
+        that is no header) and its Content-Type value."""
         data, start, ctype = self.data, None, b""
-        for line_start, line_end, nxt in _lines(data, pos):
+        for line_start, line_end in _lines(data, pos):
             if start is not None and data[line_start:line_start + 1] in (b" ", b"\t"):
                 continue
             if start is not None:
@@ -277,7 +283,7 @@ class Scan:
                 if not self.out.filtering:
                     return len(data), b""
             if line_start == line_end:
-                return nxt, ctype
+                return line_start, ctype
             if not _IS_HEADER.match(data[line_start:line_end].decode("latin-1")):
                 return line_start, ctype  # not a header: the body starts here
             start = line_start
