@@ -184,6 +184,8 @@ class Actions(unittest.TestCase):
                                    HEADERS)
         self.assertEqual(decision, Hold("look first"))
         self.assertEqual([line.split(": ")[1] for line in logged(maillog)], ["hold"])
+        self.assertEqual(run(table("/^Received/ HOLD"), HEADERS)[0], Hold(  # one line
+            "header_checks: Received: from x by y; Mon, 1 Dec 2026 10:00:00 +0000"))
         decision, _, _ = run(table("/^From/ HOLD\n/^Subject/ DISCARD"), HEADERS)
         self.assertEqual(decision, Discard("discarded by header_checks"))
 

@@ -196,7 +196,7 @@ class _Act:
         elif word == "HOLD":
             if out.hold is None and out.discard is None:
                 out.lines.append(line("hold", where, content, text))
-                out.hold = text or f"{self.map_class}: {content[:100]}"
+                out.hold = text or f"{self.map_class}: {' '.join(content.split())[:100]}"
         elif word == "IGNORE":
             out.edits.append((start, drop_end, b""))
         elif word in ("PREPEND", "REPLACE"):
