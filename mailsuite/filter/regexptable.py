@@ -38,9 +38,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-KINDS = ("regexp", "pcre")
-
-
 class TableError(Exception):
     """A table that cannot be used; ``str()`` is ``FILE:LINE: message``."""
 
