@@ -19,6 +19,7 @@ from mailsuite.configvalues import (
     parse_bool,
     parse_cache_size,
     parse_command_length,
+    parse_content_tables,
     parse_dns_resolver,
     parse_domain,
     parse_domains,
@@ -107,6 +108,11 @@ class MailConfig:
     anvil_rate_time_unit: float = 60.0
     # milters (mailsuite/filter/milter): smtpd_milters, non_smtpd_milters, milter_*
     # content checks (mailsuite/filter/checks.py): header_checks, body_checks, ...
+    header_checks: list[tuple[str, str]] = field(default_factory=list)
+    mime_header_checks: list[tuple[str, str]] = field(default_factory=list)
+    nested_header_checks: list[tuple[str, str]] = field(default_factory=list)
+    body_checks: list[tuple[str, str]] = field(default_factory=list)
+    body_checks_size_limit: int = 51200
     # BCC maps (mailsuite/filter/bcc.py): always_bcc, sender_bcc_maps, recipient_bcc_maps
     # SMTP restrictions, policy service, DNSBL (mailsuite/smtp/restrictions.py)
     # hold queue (mailsuite/mta/queue.py)
@@ -309,6 +315,11 @@ SECTIONS: dict[str, Section] = {
         Key("anvil_rate_time_unit", "60s", parse_positive_seconds),
         # milters (mailsuite/filter/milter)
         # content checks (mailsuite/filter/checks.py)
+        Key("header_checks", "", parse_content_tables),
+        Key("mime_header_checks", "$header_checks", parse_content_tables),
+        Key("nested_header_checks", "$header_checks", parse_content_tables),
+        Key("body_checks", "", parse_content_tables),
+        Key("body_checks_size_limit", "51200", parse_uint),
         # BCC maps (mailsuite/filter/bcc.py)
         # SMTP restrictions, policy service, DNSBL (mailsuite/smtp/restrictions.py)
         # hold queue (mailsuite/mta/queue.py)

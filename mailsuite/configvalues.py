@@ -424,3 +424,14 @@ def parse_folder_name(value: str) -> str:
         return next(iter(folders.check_specials({value: ""})))
     except InvalidMailboxName as e:
         raise ValueError(f"not a usable folder name: {e}") from None
+
+
+def parse_content_tables(value: str) -> list[tuple[str, str]]:
+    """``regexp:/path, pcre:/path ...`` (header_checks, body_checks...): (type, path) pairs."""
+    def table(word: str) -> tuple[str, str]:
+        kind, colon, path = word.partition(":")
+        if not colon or kind not in ("regexp", "pcre"):
+            raise ValueError(f"{word!r} is not a regexp:/path or pcre:/path table")
+        return kind, parse_path(path)
+
+    return _each(table, [w for w in re.split(r"[\s,]+", value) if w])

@@ -39,6 +39,7 @@ from mailsuite.auth.pam import NssAccounts, PamChecker
 from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
 from mailsuite.config import DEFAULT_CONFIG, SERVICES, Config, ConfigError, config_path, load_config
+from mailsuite.filter import check_at_start as filter_check_at_start
 from mailsuite.filter import stages as filter_stages
 from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.recent import RecentTracker
@@ -387,6 +388,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     listeners bound here and handed over, the password checks, the agents (privsep.master)."""
     from mailsuite.privsep.master import MasterService
     owner = startup.mail_owner(cfg)
+    filter_check_at_start(cfg, owner)  # the stages' files, before the network process
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):
