@@ -16,6 +16,7 @@ from mailsuite.configvalues import (
     expand_location,
     parse_access_list,
     parse_alias_maps,
+    parse_bcc_address,
     parse_bool,
     parse_cache_size,
     parse_command_length,
@@ -107,6 +108,9 @@ class MailConfig:
     # milters (mailsuite/filter/milter): smtpd_milters, non_smtpd_milters, milter_*
     # content checks (mailsuite/filter/checks.py): header_checks, body_checks, ...
     # BCC maps (mailsuite/filter/bcc.py): always_bcc, sender_bcc_maps, recipient_bcc_maps
+    always_bcc: str = ""
+    sender_bcc_maps: list[str] = field(default_factory=list)
+    recipient_bcc_maps: list[str] = field(default_factory=list)
     # SMTP restrictions, policy service, DNSBL (mailsuite/smtp/restrictions.py)
     # hold queue (mailsuite/mta/queue.py)
 
@@ -225,6 +229,13 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: the audit rules over the decoded text (mailsuite/filter/audit.py)."""
+
+    rules: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     mail: MailConfig
@@ -234,6 +245,7 @@ class Config:
     tls: TLSConfig
     imap: ImapConfig = ImapConfig()
     pop3: Pop3Config = Pop3Config()
+    audit: AuditConfig = AuditConfig()
 
 
 # A default is text (expanded like a value from the file) or a function of a lookup of [mail].
@@ -306,6 +318,9 @@ SECTIONS: dict[str, Section] = {
         # milters (mailsuite/filter/milter)
         # content checks (mailsuite/filter/checks.py)
         # BCC maps (mailsuite/filter/bcc.py)
+        Key("always_bcc", "", parse_bcc_address),
+        Key("sender_bcc_maps", "", parse_alias_maps),
+        Key("recipient_bcc_maps", "", parse_alias_maps),
         # SMTP restrictions, policy service, DNSBL (mailsuite/smtp/restrictions.py)
         # hold queue (mailsuite/mta/queue.py)
     ]),
@@ -359,5 +374,8 @@ SECTIONS: dict[str, Section] = {
         Key("ssl", "yes", parse_ssl),
         Key("ssl_cert", "/etc/mailsuite/tls/cert.pem", parse_pem_path),
         Key("ssl_key", "/etc/mailsuite/tls/key.pem", parse_pem_path),
+    ]),
+    "audit": Section(AuditConfig, [
+        Key("rules", "", parse_optional_path),
     ]),
 }

@@ -424,3 +424,11 @@ def parse_folder_name(value: str) -> str:
         return next(iter(folders.check_specials({value: ""})))
     except InvalidMailboxName as e:
         raise ValueError(f"not a usable folder name: {e}") from None
+
+
+def parse_bcc_address(value: str) -> str:
+    """``always_bcc``: empty, or one mail address (Postfix takes one)."""
+    text = value.strip().removeprefix("<").removesuffix(">")
+    if text and not re.fullmatch(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+", text):
+        raise ValueError(f"{value.strip()!r} is not one mail address (user@domain)")
+    return text

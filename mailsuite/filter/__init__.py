@@ -8,10 +8,15 @@ audit rules over the decoded text, then the BCC copies (so a copy is of the fina
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mailsuite.config import Config
+from mailsuite.filter.audit import AuditStage
+from mailsuite.filter.bcc import BccStage
+from mailsuite.filter.tablefile import TableError
 from mailsuite.mta.transaction import Stage
+from mailsuite.startup import StartupError, describe_os_error
 
 
 def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage]:
@@ -20,5 +25,20 @@ def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage
     # content checks (checks.py)
     # milters (milter/)
     # audit rules (audit.py)
+    _add(out, "[audit] rules", lambda: AuditStage.from_config(cfg, maillog, blocking))
     # BCC maps (bcc.py)
+    _add(out, "[mail] *_bcc_maps", lambda: BccStage.from_config(cfg.mail, maillog, blocking))
     return out
+
+
+def _add(out: list[Stage], what: str, make: Callable[[], Stage | None]) -> None:
+    """Append the stage ``make`` gives (None: not configured); a table it cannot read or
+    parse refuses the start, naming the file and line."""
+    try:
+        stage = make()
+    except TableError as e:
+        raise StartupError(f"{what}: {e}") from None
+    except OSError as e:
+        raise StartupError(f"{what}: {describe_os_error(e)}") from None
+    if stage is not None:
+        out.append(stage)

@@ -83,11 +83,13 @@ class Recipient:
     """One envelope recipient: the address as given, its DSN parameters (NOTIFY, ORCPT), and
     ``route``, what the door's RCPT look-up found (SMTP: the avatar's LocalRecipient,
     RemoteRecipient or an ``smtp.IMessage`` factory; LMTP: the destinations of
-    LocalDelivery.resolve). ``None``: the pipeline looks the address up itself."""
+    LocalDelivery.resolve). ``None``: the pipeline looks the address up itself. ``bcc``: a
+    blind copy a stage added (BCC maps, audit rules), not itself given another copy."""
 
     address: str
     params: addr.RcptParams = field(default_factory=addr.RcptParams)
     route: Any = None
+    bcc: bool = False
 
 
 @dataclass
