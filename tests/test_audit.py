@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import quopri
 import re
+import tracemalloc
 import urllib.parse
 
 from twisted.trial import unittest
@@ -137,6 +138,23 @@ class DecodeTests(unittest.TestCase):
         many = b"Content-Type: multipart/mixed; boundary=b\n\n" + parts + b"--b--\n"
         texts = [p for p in mimetext.extract(many, limits) if p.kind == "text"]
         self.assertEqual([p.text for p in texts], ["word 0", "word 1", "word 2"])
+
+
+    def test_ten_thousand_parts_default_caps(self) -> None:
+        """10,000 base64 parts under the default Limits: the first 1,000 are read, the rest
+        skipped, and the memory used stays far below the message's."""
+        one = (b"--b\nContent-Type: text/plain; charset=gbk\n"
+               b"Content-Transfer-Encoding: base64\n\n" + b64("内容" * 30, "gbk"))
+        data = b"Content-Type: multipart/mixed; boundary=b\n\n" + one * 10000 + b"--b--\n"
+        tracemalloc.start()
+        try:
+            pieces = mimetext.extract(data)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual([p.part for p in pieces][-1], "1000")
+        self.assertEqual(len(pieces), 1001)
+        self.assertLess(peak, len(data) // 4)
 
 
 class RuleSyntaxTests(unittest.TestCase):
