@@ -7,15 +7,18 @@ maillog line."""
 from __future__ import annotations
 
 import base64
+import os
 import quopri
 import re
 import tracemalloc
 import urllib.parse
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsuite import filter, threads
 from mailsuite.configvalues import parse_networks
+from mailsuite.maillog import MailLog
 from mailsuite.filter import mimetext
 from mailsuite.filter.audit import AuditStage, direction, scan
 from mailsuite.filter.auditrules import parse_rule, parse_rules
@@ -295,6 +298,25 @@ class ActionTests(StageCase):
         (result,) = self.successResultOf(self.pipeline.receive(env, SAMPLE))
         self.assertEqual((result.status, result.code, result.dsn), (REFUSED, 550, "5.7.1"))
 
+    def test_decoding_and_matching_leave_the_reactor(self) -> None:
+        """The stage hands the decoding and matching to ``blocking`` (the thread pool) and
+        decides only when that work is done."""
+        calls: list[tuple] = []
+        pending: defer.Deferred[list] = defer.Deferred()
+
+        def blocking(f, *args):  # type: ignore[no-untyped-def]
+            calls.append((f, args))
+            return pending
+
+        stage = self.stage()
+        stage.blocking = blocking
+        d = stage(Message(self.envelope(OUTSIDE), SAMPLE))
+        self.assertNoResult(d)
+        self.assertEqual(calls[0][1], ("inbound", SAMPLE))
+        self.assertEqual(self.maillog.lines, [])
+        pending.callback(calls[0][0](*calls[0][1]))
+        self.assertEqual(self.successResultOf(d), Hold("audit rule big5, customers"))
+
     def test_no_rule_of_the_scope_decodes_nothing(self) -> None:
         """Rules of the other scope only: the message is not decoded at all."""
         self.assertEqual(scan([], b"\xff" * 10), [])
@@ -316,3 +338,26 @@ class StartupTests(unittest.TestCase):
         (stage,) = filter.stages(real_config(audit={"rules": path}), None, None,
                                  threads.inline)
         self.assertIsInstance(stage, AuditStage)
+
+    def test_changed_file_reread_broken_change_kept(self) -> None:
+        """A changed rules file is used from the next message on; a broken change is logged
+        with file:line and the rules before it stay."""
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("one /机密/ WARN both\n")
+        maillog = MailLog(None, "mail.example.com")
+        (stage,) = filter.stages(real_config(audit={"rules": path}), None, maillog,
+                                 threads.inline)
+        env = Envelope("Q1", "a@far.example", [Recipient("boss@mail.example.com")], OUTSIDE)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("two /机密/ HOLD both\n")
+        os.utime(path, ns=(1, 1))
+        self.assertEqual(self.successResultOf(stage(Message(env, SAMPLE))),
+                         Hold("audit rule two"))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("three /机密/ HOLD\n")
+        self.assertEqual(self.successResultOf(stage(Message(env, SAMPLE))),
+                         Hold("audit rule two"))
+        self.assertIn(f"cleanup[{os.getpid()}]: warning: {path}:1: expected ACTION SCOPE after"
+                      " the pattern, not 'HOLD': the table is not changed", "\n".join(
+                          maillog.lines))
