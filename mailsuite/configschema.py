@@ -16,6 +16,7 @@ from mailsuite.configvalues import (
     expand_location,
     parse_access_list,
     parse_alias_maps,
+    parse_bcc_address,
     parse_bool,
     parse_cache_size,
     parse_command_length,
@@ -114,6 +115,9 @@ class MailConfig:
     body_checks: list[tuple[str, str]] = field(default_factory=list)
     body_checks_size_limit: int = 51200
     # BCC maps (mailsuite/filter/bcc.py): always_bcc, sender_bcc_maps, recipient_bcc_maps
+    always_bcc: str = ""
+    sender_bcc_maps: list[str] = field(default_factory=list)
+    recipient_bcc_maps: list[str] = field(default_factory=list)
     # SMTP restrictions, policy service, DNSBL (mailsuite/smtp/restrictions.py)
     # hold queue (mailsuite/mta/queue.py)
 
@@ -235,6 +239,13 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """``[audit]``: the audit rules over the decoded text (mailsuite/filter/audit.py)."""
+
+    rules: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     mail: MailConfig
@@ -244,6 +255,7 @@ class Config:
     tls: TLSConfig
     imap: ImapConfig = ImapConfig()
     pop3: Pop3Config = Pop3Config()
+    audit: AuditConfig = AuditConfig()
 
 
 # A default is text (expanded like a value from the file) or a function of a lookup of [mail].
@@ -321,6 +333,9 @@ SECTIONS: dict[str, Section] = {
         Key("body_checks", "", parse_content_tables),
         Key("body_checks_size_limit", "51200", parse_uint),
         # BCC maps (mailsuite/filter/bcc.py)
+        Key("always_bcc", "", parse_bcc_address),
+        Key("sender_bcc_maps", "", parse_alias_maps),
+        Key("recipient_bcc_maps", "", parse_alias_maps),
         # SMTP restrictions, policy service, DNSBL (mailsuite/smtp/restrictions.py)
         # hold queue (mailsuite/mta/queue.py)
     ]),
@@ -376,5 +391,8 @@ SECTIONS: dict[str, Section] = {
         Key("ssl", "yes", parse_ssl),
         Key("ssl_cert", "/etc/mailsuite/tls/cert.pem", parse_pem_path),
         Key("ssl_key", "/etc/mailsuite/tls/key.pem", parse_pem_path),
+    ]),
+    "audit": Section(AuditConfig, [
+        Key("rules", "", parse_optional_path),
     ]),
 }

@@ -435,3 +435,11 @@ def parse_content_tables(value: str) -> list[tuple[str, str]]:
         return kind, parse_path(path)
 
     return _each(table, [w for w in re.split(r"[\s,]+", value) if w])
+
+
+def parse_bcc_address(value: str) -> str:
+    """``always_bcc``: empty, or one mail address (Postfix takes one)."""
+    text = value.strip().removeprefix("<").removesuffix(">")
+    if text and not re.fullmatch(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+", text):
+        raise ValueError(f"{value.strip()!r} is not one mail address (user@domain)")
+    return text

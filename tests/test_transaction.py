@@ -304,3 +304,47 @@ class DoorWiringTests(SessionCase):
                          ["boss@mail.example.com"])
         self.assertTrue(message.data.startswith(b"Received: from client.example"))
         self.assertEqual(inbox(self.store, BOSS), [])
+
+
+class HeldKeepsBccTests(unittest.TestCase):
+    """A held message keeps the copies a BCC stage adds (Postfix's cleanup adds them before
+    the message goes to the hold queue); the other stages after the Hold do not run."""
+
+    def test_bcc_after_a_hold(self) -> None:
+        from mailsuite.mta.transaction import Hold
+
+        seen: list[str] = []
+
+        def hold(message: Any) -> Any:
+            seen.append("hold")
+            return defer.succeed(Hold("policy"))
+
+        def other(message: Any) -> None:
+            seen.append("other")
+
+        class Bcc:
+            runs_when_held = True
+
+            def __call__(self, message: Any) -> None:
+                seen.append("bcc")
+                message.envelope.recipients.append(Recipient("audit@example.test"))
+
+        held: list[Any] = []
+
+        class Queue:
+            def hold(self, envelope: Any, data: bytes, reason: str) -> Any:
+                held.append((envelope, reason))
+                return defer.succeed(None)
+
+        delivery = type("D", (), {"queue": Queue()})()
+        p = Pipeline(delivery, None, "mail.example.test", lambda: 0.0, [hold, other, Bcc()])
+        env = Envelope("Q1", "a@remote.test", [Recipient("boss@example.test")],
+                       Client("smtp"))
+        results = []
+        p.deliver(env, b"Subject: x\n\nbody\n").addCallback(results.append)
+        self.assertEqual(seen, ["hold", "bcc"])
+        (queued, reason), = held
+        self.assertEqual([r.address for r in queued.recipients],
+                         ["boss@example.test", "audit@example.test"])
+        self.assertEqual(reason, "policy")
+        self.assertTrue(all(r.accepted for r in results[0]))

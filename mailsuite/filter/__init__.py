@@ -8,11 +8,16 @@ audit rules over the decoded text, then the BCC copies (so a copy is of the fina
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mailsuite.config import Config
 from mailsuite.filter import checks
+from mailsuite.filter.audit import AuditStage
+from mailsuite.filter.bcc import BccStage
+from mailsuite.filter.tablefile import TableError
 from mailsuite.mta.transaction import Stage
+from mailsuite.startup import StartupError, describe_os_error
 
 
 def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage]:
@@ -22,7 +27,9 @@ def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage
     out += [s for s in [checks.from_config(cfg.mail, maillog, blocking)] if s is not None]
     # milters (milter/)
     # audit rules (audit.py)
+    _add(out, "[audit] rules", lambda: AuditStage.from_config(cfg, maillog, blocking))
     # BCC maps (bcc.py)
+    _add(out, "[mail] *_bcc_maps", lambda: BccStage.from_config(cfg.mail, maillog, blocking))
     return out
 
 
@@ -31,3 +38,26 @@ def check_at_start(cfg: Config, owner: tuple[int, int]) -> None:
     runs ``stages``) starts: what would make the stages fail there is a StartupError here."""
     # content checks (checks.py)
     checks.check_at_start(cfg.mail, owner)
+    # audit rules and BCC maps: they parse, and mail_owner may read them
+    m = cfg.mail
+    _add([], "[audit] rules", lambda: AuditStage.from_config(cfg, None, None))
+    _add([], "[mail] *_bcc_maps", lambda: BccStage.from_config(m, None, None))
+    named = [("[audit] rules", cfg.audit.rules)] if cfg.audit.rules else []
+    named += [("[mail] sender_bcc_maps", p) for p in m.sender_bcc_maps]
+    named += [("[mail] recipient_bcc_maps", p) for p in m.recipient_bcc_maps]
+    where = {path: key for key, path in reversed(named)}
+    for path, why in checks.unreadable_by(list(where), *owner).items():
+        raise StartupError(f"{where[path]}: {path}: {why} (read by mail_owner)")
+
+
+def _add(out: list[Stage], what: str, make: Callable[[], Stage | None]) -> None:
+    """Append the stage ``make`` gives (None: not configured); a table it cannot read or
+    parse refuses the start, naming the file and line."""
+    try:
+        stage = make()
+    except TableError as e:
+        raise StartupError(f"{what}: {e}") from None
+    except OSError as e:
+        raise StartupError(f"{what}: {describe_os_error(e)}") from None
+    if stage is not None:
+        out.append(stage)

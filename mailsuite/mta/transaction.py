@@ -83,11 +83,13 @@ class Recipient:
     """One envelope recipient: the address as given, its DSN parameters (NOTIFY, ORCPT), and
     ``route``, what the door's RCPT look-up found (SMTP: the avatar's LocalRecipient,
     RemoteRecipient or an ``smtp.IMessage`` factory; LMTP: the destinations of
-    LocalDelivery.resolve). ``None``: the pipeline looks the address up itself."""
+    LocalDelivery.resolve). ``None``: the pipeline looks the address up itself. ``bcc``: a
+    blind copy a stage added (BCC maps, audit rules), not itself given another copy."""
 
     address: str
     params: addr.RcptParams = field(default_factory=addr.RcptParams)
     route: Any = None
+    bcc: bool = False
 
 
 @dataclass
@@ -214,18 +216,30 @@ class Pipeline:
         routed = self._run_stages(message, 0).addCallback(self._route, message)
         return routed.addCallback(_in_given_order, message.envelope.recipients, given)
 
-    def _run_stages(self, message: Message, first: int) -> defer.Deferred[Decision | None]:
+    def _run_stages(self, message: Message, first: int,
+                    held: bool = False) -> defer.Deferred[Decision | None]:
+        """The stages from ``first`` on, until one decides; ``held``: after a Hold, only those
+        whose ``runs_when_held`` is true (the BCC copies: Postfix keeps them in held mail),
+        their decisions ignored."""
         for i in range(first, len(self.stages)):
+            if held and not getattr(self.stages[i], "runs_when_held", False):
+                continue
             verdict = self.stages[i](message)
             if isinstance(verdict, defer.Deferred):
-                return verdict.addCallback(self._after_stage, message, i + 1)
-            if verdict is not None:
+                return verdict.addCallback(self._after_stage, message, i + 1, held)
+            if isinstance(verdict, Hold) and not held:
+                return self._after_stage(verdict, message, i + 1)  # type: ignore[no-any-return]
+            if verdict is not None and not held:
                 return defer.succeed(verdict)
         return defer.succeed(None)
 
     def _after_stage(self, verdict: Decision | None, message: Message,
-                     following: int) -> Any:
-        return verdict if verdict is not None else self._run_stages(message, following)
+                     following: int, held: bool = False) -> Any:
+        if isinstance(verdict, Hold) and not held:
+            d = self._run_stages(message, following, held=True)
+            return d.addCallback(lambda _: verdict)
+        return verdict if verdict is not None and not held \
+            else self._run_stages(message, following, held)
 
     def _route(self, verdict: Decision | None, message: Message) -> defer.Deferred[list[Result]]:
         if isinstance(verdict, Discard):
