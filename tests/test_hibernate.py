@@ -37,7 +37,7 @@ class RangeTests(unittest.TestCase):
 
 def state(**fields: object) -> bytes:
     base: dict[str, object] = {"v": 1, "tag": "a1", "in": 10, "out": 20, "box": "INBOX",
-                               "ro": False, "uv": 7, "uids": "1:3", "recent": "3",
+                               "ro": False, "uv": 7, "next": 4, "uids": "1:3", "recent": "3",
                                "flags": [[["\\Seen"], "1:2"]], "keywords": []}
     base.update(fields)
     return json.dumps(base).encode()
@@ -58,7 +58,7 @@ class DecodeTests(unittest.TestCase):
         """It comes back from the network process: anything not of ours is refused."""
         bad = [b"", b"[]", b"{", state(v=2), state(tag=""), state(tag="a b"), state(tag=5),
                state(**{"in": -1}), state(box=""), state(box="a\x00b"), state(uv="7"),
-               state(ro=1), state(uids="2,1"), state(flags=[[["\\Seen"], "9"]]),
+               state(ro=1), state(next=0), state(uids="2,1"), state(flags=[[["\\Seen"], "9"]]),
                state(flags=[[["\\Seen"], "1"], [["x"], "1"]]), state(flags="x"),
                state(recent="9"), state(keywords=["x" * 300]), b"x" * (hibernate.MAX_STATE + 1)]
         for data in bad:
@@ -96,12 +96,15 @@ class ResumeTests(MboxTestCase):
         yield store.deliver(self.account, MSG1, "a@example.test")
         box = yield store.open(self.account)
         yield box.refresh()
-        thawed = ImapMailboxView(box, False, self.account, store, RecentTracker())
+        fresh = RecentTracker()  # the thawed session's process (its agent was gone)
+        fresh.start_at(store, self.account, box, snap["next"])
+        thawed = ImapMailboxView(box, False, self.account, store, fresh)
         thawed.resume(snap["told"], snap["recent"], snap["keywords"])
         self.assertEqual(thawed.count(), 3)  # what the client knows, until it is told
         lines = thawed.take_updates()
         self.assertEqual(lines[0], b"2 EXPUNGE")
         self.assertIn(b"3 EXISTS", lines)
+        self.assertIn(b"1 RECENT", lines)  # the one delivered while it slept
         self.assertIn(b"2 FETCH (FLAGS (\\Flagged))", lines)  # the old 3 is 2 now
         self.assertEqual(thawed.uids(), [uids[0], uids[2], uids[2] + 1])
         self.assertEqual(thawed.take_updates(), [])

@@ -94,6 +94,7 @@ def snapshot(session: Any) -> bytes:
             groups.setdefault(row.flags, []).append(row.uid)
         state.update({
             "box": view.name, "ro": view.readonly, "uv": view.uid_validity,
+            "next": view.uid_next,
             "uids": uid_ranges(row.uid for row in rows),
             "flags": [[sorted(flags), uid_ranges(uids)] for flags, uids in groups.items()
                       if flags],
@@ -125,7 +126,8 @@ def decode(data: bytes) -> dict[str, Any]:
     if box is None:
         return out
     if not isinstance(box, str) or not 0 < len(box) <= 1024 or \
-            not isinstance(state.get("uv"), int) or not isinstance(state.get("ro"), bool):
+            not isinstance(state.get("uv"), int) or not isinstance(state.get("ro"), bool) or \
+            not isinstance(state.get("next"), int) or state["next"] < 1:
         raise BadState("bad selected mailbox")
     if not box.isprintable():
         raise BadState("bad mailbox name")  # the store checks the rest when it opens it
@@ -152,7 +154,7 @@ def decode(data: bytes) -> dict[str, Any]:
             or any(not isinstance(k, str) or not 0 < len(k) <= MAX_FLAG for k in keywords):
         raise BadState("bad recent UIDs or keywords")
     empty: frozenset[str] = frozenset()
-    out.update({"box": box, "ro": state["ro"], "uv": state["uv"],
+    out.update({"box": box, "ro": state["ro"], "uv": state["uv"], "next": state["next"],
                 "told": [(uid, flags.get(uid, empty)) for uid in uids],
                 "recent": recent, "keywords": set(keywords)})
     return out

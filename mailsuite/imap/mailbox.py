@@ -262,7 +262,8 @@ class ImapMailboxView:
         top = told[-1][0] if told else 0
         self._added = [m for m in islice(self._base, self._n) if m.uid > top]
         self._base, self._n, self._tail, self._hint = rows, len(rows), [], (0, -1)
-        self._recent = recent & set(current)
+        # recent as told, and what this view claimed of the mail since (its EXISTS is owed)
+        self._recent = (recent & set(current)) | {u for u in self._recent if u > top}
         self._keywords = set(keywords)
 
     # -- sequence sets -----------------------------------------------------------------------
@@ -549,16 +550,19 @@ class ImapAccount:
     # -- selecting ---------------------------------------------------------------------------
     @defer.inlineCallbacks
     def open_view(  # type: ignore[no-untyped-def]
-        self, name: str, readonly: bool, recent: RecentTracker
+        self, name: str, readonly: bool, recent: RecentTracker, recent_from: int = 0
     ):
         """Deferred[ImapMailboxView]; MailboxNotFound (or another StoreError) if it cannot.
-        ``recent``: the tracker the server's sessions share."""
+        ``recent``: the tracker the server's sessions share (``recent_from``: the UIDNEXT a
+        thawed session knew, RecentTracker.start_at)."""
         mailbox = yield self.store.open(self.account, name)
         try:
             yield mailbox.refresh()
         except BaseException:
             mailbox.close()
             raise
+        if recent_from:
+            recent.start_at(self.store, self.account, mailbox, recent_from)
         view = ImapMailboxView(mailbox, readonly, self.account, self.store, recent)
         self._views.append(view)
         return view

@@ -44,6 +44,13 @@ class RecentTracker:
         marks, key = self._for(store, account, mailbox)
         marks.setdefault(key, int(mailbox.uid_next))
 
+    def start_at(self, store: IMailStore, account: Account, mailbox: IMailbox,
+                 uid: int) -> None:
+        """Track from ``uid`` if no session here has (a thawed hibernated session: the mail
+        that came while it slept is recent for it, unless this process has told it already)."""
+        marks, key = self._for(store, account, mailbox)
+        marks.setdefault(key, max(1, min(uid, int(mailbox.uid_next))))
+
     def mark(self, store: IMailStore, account: Account, mailbox: IMailbox) -> int:
         """The first UID no session has claimed yet (tracking starts now if it had not)."""
         marks, key = self._for(store, account, mailbox)

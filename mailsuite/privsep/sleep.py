@@ -103,7 +103,7 @@ class Sleep:
     async def _reopen(self, avatar: Any, state: dict[str, Any]) -> None:
         s = self.session
         if state["box"] is not None:
-            view = await avatar.open_view(state["box"], state["ro"], s.recent)
+            view = await avatar.open_view(state["box"], state["ro"], s.recent, state["next"])
             if s._lost:
                 avatar.close_view(view)
                 return
