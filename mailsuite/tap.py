@@ -379,6 +379,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     listeners bound here and handed over, the password checks, the agents (privsep.master)."""
     from mailsuite.privsep.master import MasterService
     owner = startup.mail_owner(cfg)
+    startup.check_default_privs(cfg)
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):

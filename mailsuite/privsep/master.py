@@ -34,6 +34,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
+from mailsuite.mta.forward import default_privs_uid, read_forward_file
 from mailsuite.privsep import wire, zygote
 from mailsuite.privsep.common import Channel, Once
 from mailsuite.store.safepath import mail_gid
@@ -228,9 +229,24 @@ class MasterService(service.Service):
                 if self.agents.get(account.name) is lost:
                     del self.agents[account.name]
 
-            channel = self._spawn(spawn, [], lambda: AgentChannel(self, account.name, gone))
+            channel = self._spawn(spawn, [], lambda: AgentChannel(self, account, privs, gone))
             self.agents[account.name] = channel
         return defer.succeed(channel)
+
+    def root_forward(self, channel: AgentChannel) -> defer.Deferred[dict[str, Any]]:
+        """Root's ``~/.forward``, read by us, for the agent of default_privs that runs its
+        commands and files (it cannot read root's home): it checks a target is in it."""
+        if not channel.privs or channel.uid != default_privs_uid(self.cfg.mail.default_privs):
+            raise wire.Refused("only the agent of default_privs runs root's ~/.forward")
+
+        def read() -> dict[str, Any]:
+            root = self.accounts.recipient("root")  # (the network process's "root" too)
+            if root is None or root.uid != 0:
+                return {"path": "", "items": []}
+            return {"path": os.path.join(root.home, ".forward"),
+                    "items": [t.text for t in read_forward_file(root)]}
+
+        return InPool(self.reactor)(read)
 
     def retire(self, name: str, channel: Channel) -> None:
         if self.agents.get(name) is channel:
@@ -300,11 +316,7 @@ class MasterService(service.Service):
         _default_privs and _owner_privs): default_privs, or an alias file's owner."""
         import pwd
 
-        from mailsuite.mta.forward import DEFAULT_PRIVS
-        try:
-            default = pwd.getpwnam(DEFAULT_PRIVS).pw_uid
-        except KeyError:
-            default = 65534
+        default = default_privs_uid(self.cfg.mail.default_privs)
         owners = set()
         for path in self.cfg.mail.alias_maps:
             with contextlib.suppress(OSError):
@@ -420,12 +432,17 @@ class NetChannel(Channel):
 class AgentChannel(Channel):
     """The master's end of an agent's channel: the agent may only say it retires."""
 
-    def __init__(self, master: MasterService, name: str, gone: Callable[[Channel], None]) -> None:
+    def __init__(self, master: MasterService, account: Account, privs: bool,
+                 gone: Callable[[Channel], None]) -> None:
         super().__init__(on_lost=gone)
         self.master = master
-        self.name = name
+        self.name, self.uid, self.privs = account.name, account.uid, privs
 
     @wire.Retire.responder
     def retire(self) -> dict[str, Any]:
         self.master.retire(self.name, self)
         return {}
+
+    @wire.RootForward.responder
+    def root_forward(self) -> Any:
+        return _answer(self.master.root_forward, self)

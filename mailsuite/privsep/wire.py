@@ -77,6 +77,16 @@ class Retire(amp.Command):
 
 
 
+class RootForward(amp.Command):
+    """agent -> master, of the agent of default_privs only: the targets of root's
+    ``~/.forward`` (``path``), which that agent runs and cannot read itself."""
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"path", amp.Unicode()), (b"items", amp.ListOf(amp.Unicode()))]
+    errors = ERRORS
+
+
+
 class Deliver(amp.Command):
     """net -> agent: group commit of messages to the agent account's INBOX (the store's
     deliver_many). The messages are concatenated in ``data`` (a sealed memfd); ``sizes`` and
@@ -156,11 +166,14 @@ class OpenPrivs(amp.Command):
 
 class ReadInclude(amp.Command):
     """net -> agent: ``INCLUDE_PIECE`` characters from ``start`` of an :include: file read with
-    the agent's rights (``more``: there are more); the agent reads only one its account's
-    ``~/.forward`` names (an agent of OpenPrivs: one an alias file with its rights names).
+    the agent's rights (``more``: there are more); ``via``: the file its rights come from (its
+    account's ``~/.forward``; for an agent of OpenPrivs an alias file with its rights; or an
+    :include: file its user owns) and the :include: files from there to the one naming
+    ``path``: the agent reads them again and refuses a path they do not name so.
     ``errno`` non-zero: open(2) failed so."""
 
-    arguments = [(b"path", amp.Unicode()), (b"start", amp.Integer())]
+    arguments = [(b"path", amp.Unicode()), (b"start", amp.Integer()),
+                 (b"via", amp.ListOf(amp.Unicode()))]
     response = [(b"errno", amp.Integer()), (b"mode", amp.Integer()), (b"owner", amp.Integer()),
                 (b"text", amp.Unicode()), (b"more", amp.Boolean())]
     errors = ERRORS

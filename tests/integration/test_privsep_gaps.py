@@ -1,0 +1,95 @@
+"""Privilege separation's remaining gaps through the real server (issue 11 item 1): root's
+~/.forward and root-owned alias commands as default_privs, nested :include: files, hung
+agents, the children's standard I/O and their process titles."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+from twisted.trial import unittest
+
+from tests.integration.harness import Site
+from tests.integration.test_end_to_end import Clients, message
+from tests.integration.test_privsep import SKIP, descendants, wait_until
+
+
+def output_dir(site: Site) -> str:
+    """A directory any user may write to (commands run as nobody, daemon, ...)."""
+    path = os.path.join(site.dir, "out")
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, 0o1777)
+    return path
+
+
+def read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def chown(path: str, uid: int) -> None:
+    os.chown(path, uid, uid)
+
+
+class DefaultPrivsTests(unittest.TestCase):
+    skip = SKIP
+
+    def test_root_forward_command_runs_as_default_privs(self) -> None:
+        """root's own ~/.forward names a command: it runs as nobody (it was deferred)."""
+        site = Site(self)
+        home = os.path.join(site.dir, "home", "root")
+        os.makedirs(home, mode=0o700)
+        with open(os.path.join(site.dir, "passwd")) as f:
+            passwd = f.read().replace(":/root:", f":{home}:")
+        site._write("passwd", passwd)
+        out = os.path.join(output_dir(site), "root-cmd")
+        with open(os.path.join(home, ".forward"), "w") as f:
+            f.write(f'"|/bin/sh -c \'cat > {out}.tmp; id -u >> {out}.tmp; mv {out}.tmp {out}\'"\n')
+        site.start()
+        Clients(site).send(message("for root", "run by nobody"), ["root@example.test"])
+        wait_until(lambda: read(out), "the command's output")
+        text = read(out)
+        self.assertIn("run by nobody", text)
+        self.assertEqual(text.split()[-1], str(pwd.getpwnam("nobody").pw_uid))
+
+    def test_root_owned_alias_command_as_the_configured_default_privs(self) -> None:
+        site = Site(self, aliases="", mail_extra="default_privs = daemon")
+        out = os.path.join(output_dir(site), "alias-cmd")
+        site._write("aliases", f'cmd: "|/bin/sh -c \'id -u > {out}.tmp; mv {out}.tmp {out}\'"\n')
+        site.start()
+        Clients(site).send(message("for the alias", "body"), ["cmd@example.test"])
+        wait_until(lambda: read(out), "the command's output")
+        self.assertEqual(read(out).strip(), str(pwd.getpwnam("daemon").pw_uid))
+
+
+class NestedIncludeTests(unittest.TestCase):
+    skip = SKIP
+
+    def test_include_inside_include_in_a_closed_home(self) -> None:
+        """boss's .forward names list a, which names list b (all in his 0700 home): his agent
+        reads both (the second used to be refused, 550)."""
+        site = Site(self)
+        site.start()
+        home = site.home("boss")
+        a, b = os.path.join(home, "a"), os.path.join(home, "b")
+        for path, text in ((os.path.join(home, ".forward"), f":include:{a}\n"),
+                           (a, f":include:{b}\n"), (b, "carol\n")):
+            with open(path, "w") as f:
+                f.write(text)
+            chown(path, site.uids["boss"])
+        os.chmod(home, 0o700)
+        Clients(site).send(message("nested", "for the members"), ["boss@example.test"])
+        wait_until(lambda: os.path.exists(site.inbox("carol")), "the member's copy")
+        self.assertIn("for the members", read(site.inbox("carol")))
+        self.assertFalse(os.path.exists(site.inbox("boss")))
+
+
+def cmdlines(root: int) -> dict[int, str]:
+    out = {}
+    for pid in descendants(root):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            out[pid] = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    return out
