@@ -449,7 +449,7 @@ class MasterChannel(Channel):
 
 def main(spawn: Any, fds: dict[str, int]) -> None:
     """The agent process (the zygote has given it the account's rights)."""
-    start_logging()
+    start_logging(spawn.title)
     reactor = fresh_reactor()
     p = spawn.params
     cfg = p["cfg"]

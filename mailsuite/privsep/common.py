@@ -10,8 +10,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, protocol
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.internet import abstract, defer, fdesc, protocol
+from twisted.logger import (
+    FileLogObserver,
+    Logger,
+    formatEventAsClassicLogText,
+    globalLogBeginner,
+)
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -39,9 +44,49 @@ def fresh_reactor() -> Any:
     return reactor
 
 
-def start_logging() -> None:
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)],
-                                     redirectStandardIO=False)
+def start_logging(label: str) -> None:
+    """Twisted's log on stderr (a pipe to the master, which logs each line: ChildOutput),
+    each line starting with ``label`` (``network``, ``agent boss``) and no time."""
+    observer = FileLogObserver(
+        sys.stderr, lambda event: formatEventAsClassicLogText(event, lambda _: label))
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+class ChildOutput(abstract.FileDescriptor):
+    """The master's end of the pipe that is the standard output and error of the zygote and
+    its children: each line goes to the master's log (the twistd log), as the child's."""
+
+    MAX_LINE = 16384
+
+    def __init__(self, fd: int, reactor: Any) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        self.pending = b""
+        fdesc.setNonBlocking(fd)
+        self.startReading()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> Any:
+        return fdesc.readFromFD(self.fd, self._got)
+
+    def _got(self, data: bytes) -> None:
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        if len(self.pending) > self.MAX_LINE:
+            lines.append(self.pending)
+            self.pending = b""
+        for line in lines:
+            if line.strip():
+                _child_log.info("{line}", line=line.decode("utf-8", "replace").rstrip())
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self._got(b"\n")
+        os.close(self.fd)
+
+
+_child_log = Logger(namespace="mailsuite.privsep.child")
 
 
 def maillog_on(fd: int | None, hostname: str, reactor: Any) -> MailLog:

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from mailsuite.accounts import Account
 from mailsuite.mta.forward import default_privs_uid, read_forward_file
 from mailsuite.privsep import wire, zygote
-from mailsuite.privsep.common import Channel, Once
+from mailsuite.privsep.common import Channel, ChildOutput, Once
 from mailsuite.store.safepath import mail_gid
 from mailsuite.threads import InPool
 
@@ -83,8 +83,10 @@ class MasterService(service.Service):
         self._start_net()
 
     def _new_zygote(self) -> None:
-        self.zygote_pid, self.zygote, lifeline = zygote.start()
-        self.lifelines.append(lifeline)
+        started = zygote.start()
+        self.zygote_pid, self.zygote = started.pid, started.sock
+        self.lifelines.append(started.lifeline)
+        ChildOutput(started.output, self.reactor)
 
     def stopService(self) -> Any:
         """Every other process ends (the zygote's socket closed: it exits, and its children
@@ -148,7 +150,7 @@ class MasterService(service.Service):
                 opened.append(fd)
                 extra.append((name, fd))
         uid, gid = self.owner
-        spawn = zygote.Spawn("net", uid, gid, [gid], {"cfg": self.cfg})
+        spawn = zygote.Spawn("net", uid, gid, [gid], {"cfg": self.cfg}, title="network")
         try:
             self.net = self._spawn(spawn, extra, lambda: NetChannel(self))
         except OSError as e:  # no zygote, no descriptors: try again, the ports stay bound
@@ -223,7 +225,9 @@ class MasterService(service.Service):
             groups = [account.gid] if privs else _groups(account)
             spawn = zygote.Spawn("agent", account.uid, account.gid, groups,
                                  {"cfg": self.cfg, "name": account.name, "home": account.home,
-                                  "privs": privs})
+                                  "privs": privs},
+                                 title=f"privs {_user_name(account.uid)}" if privs
+                                 else f"agent {account.name}")
 
             def gone(lost: Channel) -> None:
                 if self.agents.get(account.name) is lost:
@@ -359,6 +363,14 @@ class MasterService(service.Service):
             raise wire.Refused(f"maildrop/{queue_id}: not a regular file with one link")
         self.sent(self.net, fd)
         return {"fd": fd}
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _groups(account: Account) -> list[int]:

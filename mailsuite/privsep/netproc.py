@@ -487,7 +487,7 @@ class MasterLink(Channel):
 
 def main(spawn: Any, fds: dict[str, int]) -> None:
     """The network process (the zygote has made it mail_owner)."""
-    start_logging()
+    start_logging(spawn.title)
     reactor = fresh_reactor()
     p = spawn.params
     cfg = p["cfg"]

@@ -54,6 +54,8 @@ class DefaultPrivsTests(unittest.TestCase):
         text = read(out)
         self.assertIn("run by nobody", text)
         self.assertEqual(text.split()[-1], str(pwd.getpwnam("nobody").pw_uid))
+        assert site.process is not None
+        self.assertIn("mailsuite: privs nobody", cmdlines(site.process.pid).values())
 
     def test_root_owned_alias_command_as_the_configured_default_privs(self) -> None:
         site = Site(self, aliases="", mail_extra="default_privs = daemon")
@@ -93,3 +95,46 @@ def cmdlines(root: int) -> dict[int, str]:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             out[pid] = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
     return out
+
+
+class ChildrenTests(unittest.TestCase):
+    """What every process but the master shows and holds."""
+
+    skip = SKIP
+
+    def setUp(self) -> None:
+        self.site = Site(self)
+        self.site.start()
+        self.c = Clients(self.site)
+        self.m = self.c.imap()
+        self.addCleanup(self.m.logout)
+        self.c.send(message("hello", "body"), ["carol@example.test"])
+        wait_until(lambda: os.path.exists(self.site.inbox("carol")), "carol's delivery")
+        assert self.site.process is not None
+        self.master = self.site.process.pid
+
+    def test_process_titles(self) -> None:
+        titles = sorted(cmdlines(self.master).values())
+        self.assertEqual(titles, ["mailsuite: agent boss", "mailsuite: agent carol",
+                                  "mailsuite: network", "mailsuite: zygote"])
+
+    def test_no_child_holds_the_masters_output_or_a_terminal(self) -> None:
+        """The children's standard I/O is /dev/null and a pipe to the master, never the
+        master's own output (a terminal under twistd -n); none has a controlling terminal."""
+        mine = {os.readlink(f"/proc/{self.master}/fd/{fd}") for fd in (1, 2)}
+        children = descendants(self.master)
+        self.assertGreaterEqual(len(children), 4)
+        for pid in children:
+            held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            self.assertFalse(held & mine, f"{pid} holds {held & mine}")
+            self.assertEqual(os.readlink(f"/proc/{pid}/fd/0"), os.devnull)
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            self.assertEqual(int(fields[4]), 0, "a controlling terminal")  # tty_nr
+            self.assertNotEqual(int(fields[3]), os.getsid(self.master))
+
+    def test_children_log_to_the_twistd_log(self) -> None:
+        """What the network process and the agents log reaches the master's log, named."""
+        wait_until(lambda: "network [" in self.site.log()
+                   and "agent carol [" in self.site.log(), "the children's lines")
+        self.assertIn("network [-] SMTPFactory starting on", self.site.log())
