@@ -207,3 +207,113 @@ class AgentIncludeVettingTests(unittest.TestCase):
         if ROOT:
             os.chown(self.a, 4242, 4242)
             self.assertRaises(wire.Refused, self.read, self.b, self.a)
+
+
+def connected(clock: Clock, on_timeout: Any = None) -> Any:
+    """A Channel on a StringTransport (nothing ever answers), with ``clock`` as reactor."""
+    from twisted.internet.testing import StringTransport
+
+    from mailsuite.privsep.common import Channel
+    class Transport(StringTransport):
+        def sendFileDescriptor(self, fd: int) -> None:
+            pass
+
+    channel = Channel(reactor=clock, on_timeout=on_timeout)
+    channel.makeConnection(Transport())
+    return channel
+
+
+def sleeper() -> tuple[Any, int]:
+    """A real process to kill, and a pidfd of it."""
+    import subprocess
+    proc = subprocess.Popen(["sleep", "60"])
+    return proc, os.pidfd_open(proc.pid)
+
+
+class HungProcessTests(unittest.TestCase):
+    """Every call between the processes is bounded; a child that does not answer in time is
+    killed (SIGKILL through its pidfd) and forgotten."""
+
+    def test_unanswered_call_times_out(self) -> None:
+        clock, late = Clock(), []
+        channel = connected(clock, late.append)
+        d = channel.callRemote(wire.CheckPassword, user="u", password=b"p", service="imap",
+                               rip="")
+        clock.advance(wire.CALL_TIMEOUT - 1)
+        self.assertFalse(d.called)
+        clock.advance(2)
+        self.assertIsInstance(result(d).value, defer.TimeoutError)
+        self.assertEqual(late, [channel])
+
+    def test_master_gives_up_on_attach_before_the_network_process(self) -> None:
+        self.assertLess(wire.timeout_of(wire.Attach), wire.timeout_of(wire.OpenSession))
+        self.assertLessEqual(wire.timeout_of(wire.OpenSession), 30.0)
+
+    def test_hung_agent_killed_and_forgotten(self) -> None:
+        from tests.test_privsep import BOSS
+        clock = Clock()
+        master = Master(clock)
+        channel = connected(clock, master.kill)
+        proc, channel.pidfd = sleeper()
+        self.addCleanup(proc.kill)
+        master.agents["boss"] = channel
+        d = master.open_agent(BOSS, "imap")
+        clock.advance(wire.timeout_of(wire.Attach) + 1)
+        self.assertIsInstance(result(d).value, wire.Refused)
+        self.assertEqual(proc.wait(5), -9)
+        self.assertNotIn("boss", master.agents)
+        self.assertTrue(channel.transport.disconnecting)
+
+    def test_full_agent_set_aside_for_a_new_one(self) -> None:
+        """An agent at default_client_limit answers Full: the master starts another for
+        the account and attaches the stream there; the full one keeps its streams."""
+        from tests.test_privsep import BOSS
+        master = Master(Clock())
+        master.net = object()  # type: ignore[assignment]
+        full, fresh = (type("Ch", (), {})() for _ in range(2))
+        full.callRemote = lambda command, **kw: defer.fail(wire.Full("full"))
+        fresh.callRemote = lambda command, **kw: defer.succeed({})
+        made = iter([full, fresh])
+        master.agent_for = lambda account, privs=False: defer.succeed(  # type: ignore[method-assign]
+            master.agents.setdefault(account.name, next(made)))
+        answer = result(master.open_agent(BOSS, "imap"))
+        self.addCleanup(os.close, answer["fd"])
+        self.assertIs(master.agents["boss"], fresh)
+        self.assertEqual(master.aside, {full})
+
+    def test_agent_refuses_over_default_client_limit(self) -> None:
+        from tests.configs import real_config
+        from tests.test_privsep import BOSS
+        cfg = real_config(mail={"default_client_limit": 2})
+        a = agent.Agent(Clock(), cfg, BOSS, None)
+        a.attached = 2
+        r, w = os.pipe()
+        self.addCleanup(os.close, w)
+        self.assertRaises(wire.Full, a.attach, "imap", r, {})
+        self.assertRaises(OSError, os.fstat, r)  # closed
+        self.assertEqual(a.attached, 2)
+
+    def test_password_check_unanswered_is_temporary(self) -> None:
+        master = type("M", (), {"callRemote": lambda self, *a, **kw: defer.fail(
+            defer.TimeoutError())})()
+        checker = netproc.RemoteChecker(master)
+        creds = type("C", (), {"username": b"boss", "password": b"secret"})()
+        self.assertIsInstance(result(checker.requestAvatarId(creds)).value,
+                              netproc.AuthUnavailable)
+
+    def test_zygote_answers_with_a_pidfd(self) -> None:
+        import socket
+
+        from mailsuite.privsep import zygote
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        proc, mine = sleeper()
+        os.close(mine)
+        self.addCleanup(proc.kill)
+        zygote._answer(theirs, proc.pid)  # (queued before the request: no fork here)
+        pidfd = zygote.send(ours, zygote.Spawn("agent", 1, 1, [1]), [])
+        self.addCleanup(os.close, pidfd)
+        import signal
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        self.assertEqual(proc.wait(5), -9)

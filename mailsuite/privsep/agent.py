@@ -112,6 +112,9 @@ class Agent:
         if (self.account.uid == 0 or self.privs) and role != "delivery":
             os.close(fd)
             raise wire.Refused("this agent takes deliveries only")
+        if self.attached >= self.cfg.mail.default_client_limit:
+            os.close(fd)
+            raise wire.Full(f"{self.attached} streams (default_client_limit)")
         self.hold()
         if role == "imap":
             factory: Any = Once(lambda: self._imap(params))
@@ -430,7 +433,7 @@ class MasterChannel(Channel):
     """The agent's end of its channel to the master."""
 
     def __init__(self, agent: Agent) -> None:
-        super().__init__(on_lost=agent.master_lost)
+        super().__init__(on_lost=agent.master_lost, reactor=agent.reactor)
         self.agent = agent
 
     @wire.Attach.responder

@@ -21,6 +21,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from mailsuite.maillog import MailLog
+from mailsuite.privsep import wire
 
 
 #: the zygote's reactor (twisted.mail.smtp imports one): never run, its descriptors closed
@@ -87,6 +88,7 @@ class ChildOutput(abstract.FileDescriptor):
 
 
 _child_log = Logger(namespace="mailsuite.privsep.child")
+_log = Logger()
 
 
 def maillog_on(fd: int | None, hostname: str, reactor: Any) -> MailLog:
@@ -117,14 +119,39 @@ class Once(protocol.Factory):
 
 
 class Channel(amp.AMP):
-    """An AMP connection whose end is reported to ``on_lost``."""
+    """An AMP connection whose end is reported to ``on_lost``. With a ``reactor``, every call
+    on it is bounded (wire.timeout_of): past it, the call fails with defer.TimeoutError and
+    ``on_timeout`` is told (the other process counts as hung)."""
 
-    def __init__(self, locator: Any = None, on_lost: Any = None) -> None:
+    def __init__(self, locator: Any = None, on_lost: Any = None, reactor: Any = None,
+                 on_timeout: Callable[[Channel], None] | None = None) -> None:
         super().__init__(locator=locator)
         self.on_lost = on_lost
+        self.reactor = reactor
+        self.on_timeout = on_timeout
+        #: (the master's) a pidfd of the process at the other end, to kill it; -1: none
+        self.pidfd = -1
+
+    def callRemote(self, commandType: Any, *a: Any, **kw: Any) -> Any:
+        d: defer.Deferred[Any] = super().callRemote(commandType, *a, **kw)
+        if self.reactor is None:
+            return d
+        d.addTimeout(wire.timeout_of(commandType), self.reactor)
+        return d.addErrback(self._late, commandType)
+
+    def _late(self, failure: Failure, command: Any) -> Failure:
+        failure.trap(defer.TimeoutError)
+        _log.error("no answer to {command} in {seconds:g} s", command=command.__name__,
+                   seconds=wire.timeout_of(command))
+        if self.on_timeout is not None:
+            self.on_timeout(self)
+        return failure
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
         if self.on_lost is not None:
             self.on_lost(self)
 

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import itertools
 import os
+import signal
 import socket
 import stat
 from collections.abc import Callable
@@ -70,6 +71,8 @@ class MasterService(service.Service):
         self.lifelines: list[int] = []
         self.net: Channel | None = None
         self.agents: dict[str, Channel] = {}
+        #: agents that take no new stream (retiring, full) and still serve theirs
+        self.aside: set[Channel] = set()
         self.tickets: dict[bytes, tuple[str, float]] = {}
         self._tickets_of: dict[str, collections.deque[bytes]] = {}
         self._unsent: list[tuple[Channel, int]] = []
@@ -115,22 +118,38 @@ class MasterService(service.Service):
         spawn.fds = ["channel", "maillog"] + [name for name, _ in extra]
         fds = [theirs.fileno(), self.maillog.fileno()] + [fd for _, fd in extra]
         try:
-            self._send_spawn(spawn, fds)
+            pidfd = self._send_spawn(spawn, fds)
         finally:
             theirs.close()
         transport = self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
                                                        Once(responder))
         ours.close()
-        return transport.protocol  # type: ignore[no-any-return]
+        channel: Channel = transport.protocol
+        channel.pidfd = pidfd
+        return channel
 
-    def _send_spawn(self, spawn: zygote.Spawn, fds: list[int]) -> None:
+    def kill(self, channel: Channel) -> None:
+        """A child that did not answer in time (wire.timeout_of): SIGKILL (through its pidfd:
+        never another process that took its pid) and forgotten at once, so that the next
+        request of its account starts a new agent (a network process: started again)."""
+        log.error("a child did not answer in time: killed")
+        if channel.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(channel.pidfd, signal.SIGKILL)
+        for name, known in list(self.agents.items()):
+            if known is channel:
+                del self.agents[name]
+        self.aside.discard(channel)
+        if channel.transport is not None:
+            channel.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _send_spawn(self, spawn: zygote.Spawn, fds: list[int]) -> int:
         """To the zygote; one that died (killed, out of memory) is started again, once."""
         for attempt in range(2):
             try:
                 if self.zygote is None:
                     raise BrokenPipeError("no zygote")
-                zygote.send(self.zygote, spawn, fds)
-                return
+                return zygote.send(self.zygote, spawn, fds)
             except OSError:
                 if attempt or self.stopping:
                     raise
@@ -138,6 +157,7 @@ class MasterService(service.Service):
                 if self.zygote is not None:
                     self.zygote.close()
                 self._new_zygote()
+        raise AssertionError("not reached")
 
     def _start_net(self) -> None:
         if self.stopping:
@@ -187,7 +207,8 @@ class MasterService(service.Service):
         """``kill -HUP``: the maillog reopened (logrotate), for every process; the TLS files
         read again (a renewal) and given to the network process."""
         self.maillog.reopen()
-        channels = [ch for ch in (self.net, *self.agents.values()) if ch is not None]
+        channels = [ch for ch in (self.net, *self.agents.values(), *self.aside)
+                    if ch is not None]
         for channel in channels:
             d = channel.callRemote(wire.NewLog, fd=self.maillog.fileno())
             d.addErrback(lambda f: log.failure("maillog not handed over", f))
@@ -230,6 +251,7 @@ class MasterService(service.Service):
                                  else f"agent {account.name}")
 
             def gone(lost: Channel) -> None:
+                self.aside.discard(lost)
                 if self.agents.get(account.name) is lost:
                     del self.agents[account.name]
 
@@ -253,8 +275,14 @@ class MasterService(service.Service):
         return InPool(self.reactor)(read)
 
     def retire(self, name: str, channel: Channel) -> None:
+        self.set_aside(name, channel)
+
+    def set_aside(self, name: str, channel: Channel) -> None:
+        """``channel``'s agent (retiring, or full) takes no more streams; it still serves
+        what it has (and gets the maillog at HUP) until it exits."""
         if self.agents.get(name) is channel:
             del self.agents[name]
+            self.aside.add(channel)
 
     # -- what the network process may ask --
     def check_password(self, user: str, password: bytes, service: str = "",
@@ -305,10 +333,23 @@ class MasterService(service.Service):
     def open_agent(self, account: Account, role: str, privs: bool = False,
                    **fields: Any) -> Any:
         fields = {"tag": b"", "method": "", "secure": False, "rip": "", "lip": "", **fields}
-        channel = yield self.agent_for(account, privs)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            yield channel.callRemote(wire.Attach, role=role, fd=theirs.fileno(), **fields)
+            for attempt in range(2):
+                channel = yield self.agent_for(account, privs)
+                try:
+                    yield channel.callRemote(wire.Attach, role=role, fd=theirs.fileno(),
+                                             **fields)
+                    break
+                except wire.Full:  # default_client_limit: a new agent takes the next ones
+                    if attempt:
+                        raise wire.Refused(f"the agents of {account.name} are full") from None
+                    self.set_aside(account.name, channel)
+                except defer.TimeoutError:  # (killed: Channel.on_timeout)
+                    raise wire.Refused(f"the agent of {account.name} did not answer") from None
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         fd = ours.detach()
@@ -413,7 +454,8 @@ class NetChannel(Channel):
     """The master's end of the network process's channel: its four commands."""
 
     def __init__(self, master: MasterService) -> None:
-        super().__init__(on_lost=master.net_lost)
+        super().__init__(on_lost=master.net_lost, reactor=master.reactor,
+                         on_timeout=master.kill)
         self.master = master
 
     @wire.CheckPassword.responder
@@ -446,7 +488,7 @@ class AgentChannel(Channel):
 
     def __init__(self, master: MasterService, account: Account, privs: bool,
                  gone: Callable[[Channel], None]) -> None:
-        super().__init__(on_lost=gone)
+        super().__init__(on_lost=gone, reactor=master.reactor, on_timeout=master.kill)
         self.master = master
         self.name, self.uid, self.privs = account.name, account.uid, privs
 

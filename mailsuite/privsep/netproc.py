@@ -76,7 +76,7 @@ class RemoteChecker:
         d = self.master.callRemote(wire.CheckPassword, user=name, password=password,
                                    service=str(getattr(credentials, "service", "")),
                                    rip=str(getattr(credentials, "client_ip", "") or ""))
-        return d.addCallback(self._verdict)
+        return d.addCallbacks(self._verdict, _unavailable)
 
     def _verdict(self, answer: dict[str, Any]) -> bytes:
         if answer["verdict"] == "ok":
@@ -121,6 +121,19 @@ class NetRealm(MailRealm):
 
 def _noop() -> None:
     pass
+
+
+def _unavailable(failure: Failure) -> None:
+    """The master did not answer in time (wire.CALL_TIMEOUT): a temporary failure."""
+    failure.trap(defer.TimeoutError)
+    raise AuthUnavailable("the password check took too long")
+
+
+def _drop(channel: Channel) -> None:
+    """An agent's channel with a call unanswered in time: dropped (the next request opens a
+    new one through the master, which kills a hung agent)."""
+    if channel.transport is not None:
+        channel.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 _FAILED = {"imap": b" NO [UNAVAILABLE] Temporary authentication failure.\r\n",
@@ -260,8 +273,8 @@ class RemoteStore:
                     del self._channels[name]
 
             def adopt(answer: dict[str, Any]) -> Any:
-                return adopt_stream(self.reactor, answer["fd"],
-                                    Once(lambda: Channel(on_lost=lost))).protocol
+                return adopt_stream(self.reactor, answer["fd"], Once(lambda: Channel(
+                    on_lost=lost, reactor=self.reactor, on_timeout=_drop))).protocol
 
             def failed(failure: Failure) -> Failure:
                 lost()

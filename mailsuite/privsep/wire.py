@@ -8,12 +8,21 @@ asks an agent to deliver. Nothing is pickled on a channel the less-privileged si
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.protocols import amp
+
+from mailsuite.mta.asuser import OPEN_TIME_LIMIT
+from mailsuite.mta.forward import COMMAND_TIME_LIMIT
 
 
 class Refused(Exception):
     """What a responder answers instead of raising anything else (an error AMP does not know
     would close the channel): the request is refused, the reason is in the text."""
+
+
+class Full(Exception):
+    """An agent serves default_client_limit streams already (Attach): start another one."""
 
 
 #: the errors every command may answer with
@@ -63,7 +72,7 @@ class Attach(amp.Command):
                  (b"tag", amp.String()), (b"method", amp.Unicode()), (b"secure", amp.Boolean()),
                  (b"rip", amp.Unicode()), (b"lip", amp.Unicode())]
     response = []  # type: ignore[var-annotated]
-    errors = ERRORS
+    errors = {**ERRORS, Full: b"FULL"}
 
 
 
@@ -180,3 +189,19 @@ class ReadInclude(amp.Command):
 
 #: characters of an :include: file per ReadInclude answer (an AMP value holds 64 KB)
 INCLUDE_PIECE = 16000
+
+
+#: how long an answer may take before the process that owes it counts as hung (its channel
+#: is dropped, the master kills it): a password check, a channel opened, a file read
+CALL_TIMEOUT = 30.0
+#: the longer ones: an agent attaching a stream (less than what the network process waits
+#: for the master's answer, so the master kills the agent first), a group commit (mailbox
+#: locks are waited for), a command (command_time_limit), an :include: opened on a hung NFS
+TIMEOUTS: dict[Any, float] = {Attach: 20.0, Deliver: 600.0,
+                              DeliverSpecial: COMMAND_TIME_LIMIT + 60.0,
+                              ReadInclude: OPEN_TIME_LIMIT + 30.0,
+                              ReadForward: OPEN_TIME_LIMIT + 30.0}
+
+
+def timeout_of(command: Any) -> float:
+    return TIMEOUTS.get(command, CALL_TIMEOUT)

@@ -152,7 +152,25 @@ def serve(sock: socket.socket) -> None:
         children.add(pid)
         for fd in fds:
             os.close(fd)
+        _answer(sock, pid)
         children = {c for c in children if _alive(c)}
+
+
+def _answer(sock: socket.socket, pid: int) -> None:
+    """The child's pid and a pidfd of it to the master (which kills a hung child with it,
+    never another process that took its pid); none when it is gone already."""
+    try:
+        pidfd = [os.pidfd_open(pid)]
+    except OSError:
+        pidfd = []
+    try:
+        sock.sendmsg([pid.to_bytes(4, "little")],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", pidfd))])
+    except OSError:
+        pass  # the master is gone: the next _receive ends the loop
+    finally:
+        for fd in pidfd:
+            os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -246,12 +264,28 @@ def reap(pid: int, timeout: float) -> None:
         time.sleep(0.01)
 
 
-def send(sock: socket.socket, spawn: Spawn, fds: list[int]) -> None:
-    """Ask the zygote for a child (the caller closes its copies of ``fds`` afterwards)."""
+#: how long the zygote may take to answer (a new one imports the server first: seconds)
+ANSWER_TIMEOUT = 60.0
+
+
+def send(sock: socket.socket, spawn: Spawn, fds: list[int]) -> int:
+    """Ask the zygote for a child (the caller closes its copies of ``fds`` afterwards);
+    returns a pidfd of it (-1: it is gone already). Blocking, as long as a fork takes."""
+    import select
     data = pickle.dumps(spawn)
     if len(fds) > MAX_FDS or len(data) >= 1 << 20:
         raise OSError(f"a spawn request of {len(fds)} descriptors and {len(data)} bytes")
     sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    if not select.select([sock], [], [], ANSWER_TIMEOUT)[0]:
+        raise OSError("the zygote did not answer")
+    got = array.array("i")
+    msg, anc, _, _ = sock.recvmsg(16, socket.CMSG_LEN(got.itemsize))
+    if not msg:
+        raise BrokenPipeError("the zygote is gone")
+    for level, kind, fd_data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got.frombytes(fd_data[: len(fd_data) - (len(fd_data) % got.itemsize)])
+    return got[0] if got else -1
 
 
 if __name__ == "__main__":

@@ -138,3 +138,53 @@ class ChildrenTests(unittest.TestCase):
         wait_until(lambda: "network [" in self.site.log()
                    and "agent carol [" in self.site.log(), "the children's lines")
         self.assertIn("network [-] SMTPFactory starting on", self.site.log())
+
+
+class HungAgentTests(unittest.TestCase):
+    skip = SKIP
+
+    def test_hung_agent_killed_and_the_next_login_served(self) -> None:
+        """boss's agent stops answering (SIGSTOP): his next login gets a temporary error
+        within the Attach timeout (it waited forever), the agent is killed, and the login
+        after that is served by a new agent."""
+        import imaplib
+        import signal
+        import time
+
+        from mailsuite.privsep import wire
+        from tests.integration.harness import alive
+        site = Site(self)
+        site.start()
+        c = Clients(site)
+        m = c.imap()
+        m.select("INBOX")
+        assert site.process is not None
+        hung, = (pid for pid, title in cmdlines(site.process.pid).items()
+                 if title == "mailsuite: agent boss")
+        os.kill(hung, signal.SIGSTOP)
+        self.addCleanup(lambda: alive(hung) and os.kill(hung, signal.SIGKILL))
+        began = time.monotonic()
+        client = imaplib.IMAP4("127.0.0.1", site.ports["imap"], timeout=60)
+        with self.assertRaises(imaplib.IMAP4.error) as caught:
+            client.login("boss", "secret")
+        self.assertLess(time.monotonic() - began, wire.timeout_of(wire.OpenSession) + 5)
+        self.assertIn("UNAVAILABLE", str(caught.exception))
+        wait_until(lambda: not alive(hung), "the hung agent killed")
+        m = c.imap()
+        self.assertEqual(m.select("INBOX")[0], "OK")
+        m.logout()
+
+    def test_full_agent_gets_a_sibling(self) -> None:
+        """default_client_limit = 1: boss's second session is served by a second agent."""
+        site = Site(self, mail_extra="default_client_limit = 1")
+        site.start()
+        c = Clients(site)
+        sessions = [c.imap() for _ in range(2)]
+        for m in sessions:
+            self.assertEqual(m.select("INBOX")[0], "OK")
+        assert site.process is not None
+        titles = list(cmdlines(site.process.pid).values())
+        self.assertEqual(titles.count("mailsuite: agent boss"), 2)
+        for m in sessions:
+            self.assertEqual(m.noop()[0], "OK")
+            m.logout()
