@@ -300,7 +300,7 @@ class DeliveryChannel(amp.AMP):
 
 
 def _read_include(agent: Agent, path: str, start: int,
-                  via: tuple[str, ...] = ()) -> dict[str, Any]:
+                  via: tuple[str, ...]) -> dict[str, Any]:
     """Blocking: a piece of an :include: file the agent may read (see wire.ReadInclude)."""
     if not _include_named(agent, path, via):
         raise wire.Refused(f"{path} is not named where this agent reads from")

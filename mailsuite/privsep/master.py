@@ -484,7 +484,8 @@ class NetChannel(Channel):
 
 
 class AgentChannel(Channel):
-    """The master's end of an agent's channel: the agent may only say it retires."""
+    """The master's end of an agent's channel: the agent may only say it retires (and the
+    agent of default_privs ask for root's ~/.forward)."""
 
     def __init__(self, master: MasterService, account: Account, privs: bool,
                  gone: Callable[[Channel], None]) -> None:
