@@ -92,6 +92,10 @@ class MailConfig:
     smtp_port: int
     #: the unprivileged user of the network process ('': one process, no separation)
     mail_owner: str = "mailsuite"
+    #: the rights of commands and files of root's ~/.forward and of root-owned alias files
+    default_privs: str = "nobody"
+    #: streams (sessions, deliveries) one agent serves at most; then a new agent (Dovecot's)
+    default_client_limit: int = 1000
     # Limits of smtpd (Postfix's names and defaults; mailsuite.limits, smtp/limits.py).
     smtpd_recipient_limit: int = 1000
     smtpd_hard_error_limit: int = 20
@@ -311,6 +315,8 @@ SECTIONS: dict[str, Section] = {
         Key("smtp_sasl_password_maps", "", parse_optional_path),
         Key("smtp_port", "25", parse_smtp_port),
         Key("mail_owner", "mailsuite", parse_user_name),
+        Key("default_privs", "nobody", parse_user_name),
+        Key("default_client_limit", "1000", parse_positive),
         Key("smtpd_recipient_limit", "1000", parse_positive),
         Key("smtpd_hard_error_limit", "20", parse_positive),
         Key("smtpd_soft_error_limit", "10", parse_uint),

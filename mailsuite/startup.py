@@ -186,6 +186,20 @@ def mail_owner(cfg: Any) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+def check_default_privs(cfg: Any) -> None:
+    """``[mail] default_privs`` names a user that is not root (Postfix's fatal errors)."""
+    import pwd
+    name = cfg.mail.default_privs
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise StartupError(f"{cfg.path}: [mail] default_privs: unknown user name value:"
+                           f" {name!r}") from None
+    if entry.pw_uid == 0 or entry.pw_gid == 0 or name == cfg.mail.mail_owner:
+        raise StartupError(f"{cfg.path}: [mail] default_privs: {name} has privileges (root"
+                           " or mail_owner)")
+
+
 #: what mail_owner writes in the queue directory (tmp, active, corrupt: the queue files;
 #: maildrop: sendmail's files, mode 1733). public/ (the control socket) stays root's: root
 #: binds the socket there, and Twisted's chmod of it follows a link mail_owner could plant

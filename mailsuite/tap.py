@@ -389,6 +389,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     from mailsuite.privsep.master import MasterService
     owner = startup.mail_owner(cfg)
     filter_check_at_start(cfg, owner)  # the stages' files, before the network process
+    startup.check_default_privs(cfg)
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):

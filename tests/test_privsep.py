@@ -203,7 +203,8 @@ class VettingTests(unittest.TestCase):
         path = self.mktemp()
         with open(path, "w") as f:
             f.write("x: y\n")
-        cfg = type("C", (), {"mail": type("M", (), {"alias_maps": [path]})()})()
+        cfg = type("C", (), {"mail": type("M", (), {"alias_maps": [path],
+                                                    "default_privs": "nobody"})()})()
         master = Master(Clock())
         master.cfg = cfg
         opened: list[Any] = []
@@ -312,6 +313,7 @@ class ReadIncludeTests(unittest.TestCase):
                 f.write(text)
         me = Account("me", os.getuid(), os.getgid(), home)
         fake = type("A", (), {"privs": False, "account": me})()
-        got = agent._read_include(fake, listed, 0)  # type: ignore[arg-type]
+        via = (os.path.join(home, ".forward"),)
+        got = agent._read_include(fake, listed, 0, via)  # type: ignore[arg-type]
         self.assertEqual((got["errno"], got["text"], got["more"]), (0, "carol\n", False))
-        self.assertRaises(wire.Refused, agent._read_include, fake, other, 0)
+        self.assertRaises(wire.Refused, agent._read_include, fake, other, 0, via)

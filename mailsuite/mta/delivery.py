@@ -125,7 +125,8 @@ class LocalDelivery:
         self.now = now
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains,
                                            warn=self._alias_warning)
-        self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains)
+        self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains,
+                                         mail.default_privs or forward.DEFAULT_PRIVS)
         self.mynetworks = list(mail.mynetworks)
         self.relay_domains = [d.lower().rstrip(".") for d in mail.relay_domains]
         #: in_mynetworks answers per client IP, for this very ``mynetworks`` list

@@ -11,12 +11,14 @@
 - ``\\user`` is the mailbox of user, without aliases or .forward;
 - ``user@local-domain`` is ``user``; another domain is a ``Remote`` address (the queue's job);
 - ``|command`` and ``/file`` run/append with the privileges of the alias file's owner
-  (``default_privs``, ``nobody``, when that is root), of the user for ``~/.forward``. As
+  (``[mail] default_privs``, ``nobody``, when that is root), of the user for ``~/.forward``
+  (``default_privs`` for root's own). As
   Postfix's allow_mail_to_commands/files = alias, forward: commands and files listed in
   ``:include:`` files are refused;
 - ``:include:/path`` reads more targets from a file, opened with the rights of where it is named
   (the user of a ``~/.forward``, the owner of the alias file, root for a root-owned one; then its
-  own owner's); a name met again inside its own expansion
+  own owner's), also inside another :include: file (``MAX_INCLUDE_DEPTH`` deep; one met again
+  inside itself adds nothing); a name met again inside its own expansion
   is its mailbox (``boss: boss, alice``), a loop with no account behind it is refused.
 
 A recipient whose expansion has a target that cannot work (unknown user, refused command, loop)
@@ -70,6 +72,8 @@ from mailsuite.store.safepath import MissingAnchor, Place, UnsafePath, open_anch
 log = Logger()
 
 DEFAULT_PRIVS = "nobody"
+#: :include: files inside :include: files, at most (Postfix bounds only its recursion, 100)
+MAX_INCLUDE_DEPTH = 20
 #: Postfix's command_time_limit.
 COMMAND_TIME_LIMIT = 1000.0
 #: Largest ~/.forward or :include: file read.
@@ -150,6 +154,9 @@ class _Context:
     origin: str
     commands_and_files: bool
     sender: str | None
+    #: where ``privs`` come from (a ~/.forward, an alias file, or the :include: file whose
+    #: owner they are) and the :include: files read with them since, in order
+    via: tuple[str, ...] = ()
 
 
 @dataclass
@@ -181,11 +188,11 @@ class Expander:
         self.default_privs = default_privs
         #: blocking ``(account) -> targets`` of its ~/.forward (privsep: the user's agent reads)
         self.forward_reader: Callable[[Account], list[Target]] = read_forward_file
-        #: blocking ``(path, privs, origin) -> (st_mode, st_uid, text)`` of an :include: file
-        #: read with ``privs`` (None: ours), named in ``origin``; OSError as open(2) (privsep:
-        #: the agent with those rights reads)
-        self.include_reader: Callable[[str, Privileges | None, str], tuple[int, int, str]] = \
-            read_include_file
+        #: blocking ``(path, privs, via) -> (st_mode, st_uid, text)`` of an :include: file
+        #: read with ``privs`` (None: ours), named in ``via[-1]`` (``via``: _Context.via);
+        #: OSError as open(2) (privsep: the agent with those rights reads)
+        self.include_reader: Callable[[str, Privileges | None, tuple[str, ...]],
+                                      tuple[int, int, str]] = read_include_file
 
     def expand(self, local: str, address: str | None = None) -> list[Destination]:
         """Every destination of local part ``local``; raises Refused (or AliasLookupError)."""
@@ -212,7 +219,8 @@ class Expander:
             owner = f"owner-{name}@{self.myorigin}" if f"owner-{name}" in table else ctx.sender
             for target in targets:
                 privs = self._owner_privs(owners.get(target.filename, 0))
-                here = _Context(privs, f"{target.filename}, line {target.lineno}", True, owner)
+                here = _Context(privs, f"{target.filename}, line {target.lineno}", True, owner,
+                                (target.filename,))
                 self._target(target.text, (*chain, name), here, out, table, owners)
             return
         account = self.accounts.recipient(name)
@@ -226,7 +234,8 @@ class Expander:
         if not items:
             out.add(account)
             return
-        mine = _Context(self._account_privs(account), items[0].filename, True, ctx.sender)
+        mine = _Context(self._account_privs(account), items[0].filename, True, ctx.sender,
+                        (items[0].filename,))
         for item in items:
             self._target(item.text, (*chain, name), mine, out, table, owners)
 
@@ -255,6 +264,8 @@ class Expander:
                 raise Refused(550, out.address, f"5.7.1 mail to {what} {text!r} is restricted"
                               f" ({ctx.origin}: not allowed in :include: files)")
             privs = ctx.privs or self._default_privs()
+            if privs.uid == 0:  # root's own ~/.forward: Postfix runs these as default_privs
+                privs = self._default_privs()
             if kind == "program":
                 out.add(Program(text[1:].strip(), privs, ctx.origin, ctx.sender))
             elif text.endswith("/"):
@@ -276,8 +287,11 @@ class Expander:
         if not path.startswith("/"):
             raise Refused(550, out.address, f"5.3.5 :include: {path!r} ({ctx.origin}) is not an"
                           " absolute path")
+        if sum(1 for name in chain if name.startswith(":include:")) >= MAX_INCLUDE_DEPTH:
+            raise Refused(554, out.address, f"5.4.6 :include: {path} ({ctx.origin}): :include:"
+                          f" files nested deeper than {MAX_INCLUDE_DEPTH}")
         try:
-            mode, owner, text = self.include_reader(path, ctx.privs, ctx.origin)
+            mode, owner, text = self.include_reader(path, ctx.privs, ctx.via)
         except OSError as e:
             code, dsn = (550, "5.3.5") if e.errno == errno.EACCES else (451, "4.3.0")
             who = f" as {ctx.privs.user}" if ctx.privs is not None else ""
@@ -287,8 +301,12 @@ class Expander:
             raise Refused(550, out.address, f"5.3.5 :include: {path} is not a regular file")
         if mode & stat.S_IWOTH:
             raise Refused(550, out.address, f"5.3.5 :include: {path} is world writable")
-        privs = ctx.privs if ctx.privs is not None else self._owner_privs(owner)
-        inner = _Context(privs, path, False, ctx.sender)
+        privs: Privileges | None = ctx.privs
+        if privs is not None:
+            via: tuple[str, ...] = (*ctx.via, path)
+        else:  # named with root's rights: its owner's apply inside (none for root's own)
+            privs, via = self._owner_privs(owner), (path,)
+        inner = _Context(privs, path, False, ctx.sender, via)
         for item in parse_list(text, path):
             self._target(item.text, (*chain, key), inner, out, table, owners)
 
@@ -326,11 +344,19 @@ class Expander:
         return Privileges(account.name, account.uid, account.gid, account.home)
 
 
+def default_privs_uid(name: str) -> int:
+    """The uid of ``[mail] default_privs`` (65534 when no such user, as Expander's)."""
+    try:
+        return pwd.getpwnam(name or DEFAULT_PRIVS).pw_uid
+    except KeyError:
+        return 65534
+
+
 # -- reading list files with their reader's rights -------------------------------------
 
 
 def read_include_file(path: str, privs: Privileges | None,
-                      origin: str = "") -> tuple[int, int, str]:
+                      via: tuple[str, ...] = ()) -> tuple[int, int, str]:
     """(st_mode, st_uid, text) of an :include: file opened with ``privs``' rights."""
     fd = open_as(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC, privs)
     with os.fdopen(fd, "rb") as f:

@@ -13,8 +13,9 @@ starts a new one for the next request), serves what is still attached, and exits
 
 from __future__ import annotations
 
+import itertools
 import os
-from contextlib import suppress
+import stat
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -120,6 +121,9 @@ class Agent:
         if (self.account.uid == 0 or self.privs) and role != "delivery":
             os.close(fd)
             raise wire.Refused("this agent takes deliveries only")
+        if self.attached >= self.cfg.mail.default_client_limit:
+            os.close(fd)
+            raise wire.Full(f"{self.attached} streams (default_client_limit)")
         self.hold()
         if role == "imap":
             factory: Any = Once(lambda: self._imap(params))
@@ -134,6 +138,9 @@ class Agent:
         if self.account.uid == 0 or self.privs:
             os.close(fd)
             raise wire.Refused("this agent takes deliveries only")
+        if self.attached >= self.cfg.mail.default_client_limit:
+            os.close(fd)
+            raise wire.Full(f"{self.attached} streams (default_client_limit)")
         try:
             params["resume"] = hibernate.decode(params.pop("state"))
         except hibernate.BadState as e:
@@ -295,10 +302,11 @@ class DeliveryChannel(amp.AMP):
         account = self.agent.account
         if account.uid == 0:  # Postfix runs root's commands as default_privs: not here
             raise wire.Refused("no command or file is run as root")
-        if self.agent.privs:
-            if origin not in self.agent.cfg.mail.alias_maps:
-                raise wire.Refused(f"{origin} is not an alias file")
-            listed = self.agent.store.blocking(_in_alias_file, origin, account.uid, kind, target)
+        if self.agent.privs and origin not in self.agent.cfg.mail.alias_maps:
+            listed = self._in_root_forward(origin, kind, target)
+        elif self.agent.privs:
+            listed = self.agent.store.blocking(_in_alias_file, origin, account.uid, kind, target,
+                                               self.agent.cfg.mail.default_privs)
         else:
             listed = self.agent.store.blocking(_in_forward, account, kind, target)
         d = listed.addCallback(lambda _: self.agent.store.blocking(
@@ -307,11 +315,26 @@ class DeliveryChannel(amp.AMP):
                                             "text": text}, _special_failed)
 
 
+    def _in_root_forward(self, origin: str, kind: str, target: str) -> defer.Deferred[None]:
+        """The target is in root's ``~/.forward`` (``origin``), which the master reads for
+        us (the agent of default_privs): as _in_forward."""
+        if self.agent.master is None:
+            return defer.fail(wire.Refused("no master"))
+
+        def check(answer: dict[str, Any]) -> None:
+            from mailsuite.mta.aliases import Target
+            items = [Target(text, answer["path"], 0) for text in answer["items"]]
+            if origin != answer["path"] or not _listed(items, kind, target):
+                raise forward.TargetFailed(False, "4.7.1", f"{target!r} is not (or no longer)"
+                                           f" in {answer['path']}")
+
+        return self.agent.master.callRemote(wire.RootForward).addCallback(check)
+
     @wire.ReadInclude.responder
-    def read_include(self, path: str, start: int) -> Any:
+    def read_include(self, path: str, start: int, via: list[str]) -> Any:
         if self.agent.account.uid == 0:
             raise wire.Refused("root's agent reads no :include: file")
-        return self.agent.store.blocking(_read_include, self.agent, path, start)
+        return self.agent.store.blocking(_read_include, self.agent, path, start, tuple(via))
 
     @wire.ReadForward.responder
     def read_forward(self) -> Any:
@@ -322,26 +345,10 @@ class DeliveryChannel(amp.AMP):
             "items": [t.text for t in items], "lines": [t.lineno for t in items]})
 
 
-def _read_include(agent: Agent, path: str, start: int) -> dict[str, Any]:
+def _read_include(agent: Agent, path: str, start: int,
+                  via: tuple[str, ...]) -> dict[str, Any]:
     """Blocking: a piece of an :include: file the agent may read (see wire.ReadInclude)."""
-    want = os.path.normpath(path)
-
-    def names(items: Any) -> bool:
-        return any(t.kind == "include" and os.path.normpath(
-            t.text[len(":include:"):].strip()) == want for t in items)
-
-    if agent.privs:
-        from mailsuite.mta.aliases import read_file
-        tables = []
-        for alias_file in agent.cfg.mail.alias_maps:
-            with suppress(OSError):
-                table, _, _, owner = read_file(alias_file)
-                if owner == agent.account.uid:
-                    tables.append(table)
-        named = any(names(items) for table in tables for items in table.values())
-    else:
-        named = names(forward.read_forward_file(agent.account))
-    if not named:
+    if not _include_named(agent, path, via):
         raise wire.Refused(f"{path} is not named where this agent reads from")
     try:
         mode, owner, text = forward.read_include_file(path, None)  # (as this agent's user)
@@ -350,6 +357,47 @@ def _read_include(agent: Agent, path: str, start: int) -> dict[str, Any]:
     end = start + wire.INCLUDE_PIECE
     return {"errno": 0, "mode": mode, "owner": owner, "text": text[start:end],
             "more": len(text) > end}
+
+
+def _include_named(agent: Agent, path: str, via: tuple[str, ...]) -> bool:
+    """Blocking: ``via`` (wire.ReadInclude) starts where the agent's rights come from (its
+    account's ~/.forward; an alias file of its rights for an agent of OpenPrivs; or an
+    :include: file its user owns, whose owner's rights Postfix gives what it names), each of
+    its files names the next (read again, with the agent's rights), and the last names
+    ``path``; at most MAX_INCLUDE_DEPTH :include: files, none twice."""
+    from mailsuite.mta.aliases import parse_list, read_file
+    files = [*via, path]
+    if not via or len(files) > forward.MAX_INCLUDE_DEPTH + 1 or len(set(files)) != len(files):
+        return False
+    top, uid = via[0], agent.account.uid
+    links, own_top = files[1:], False
+    try:
+        if agent.privs:
+            if top not in agent.cfg.mail.alias_maps:
+                return False
+            table, _, _, owner = read_file(top)
+            if owner != uid or not any(_names(items, files[1]) for items in table.values()):
+                return False
+        elif top == os.path.join(agent.account.home, ".forward"):
+            if not _names(forward.read_forward_file(agent.account), files[1]):
+                return False
+        else:  # an :include: file of our user's, named with root's rights
+            links, own_top = files, True
+        for i, (here, there) in enumerate(itertools.pairwise(links)):
+            mode, owner, text = forward.read_include_file(here, None)
+            if (own_top and i == 0 and owner != uid) or not stat.S_ISREG(mode) or (
+                    mode & stat.S_IWOTH) or not _names(parse_list(text, here), there):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+def _names(items: Any, path: str) -> bool:
+    """Whether list file items name ``path`` as an :include:."""
+    want = os.path.normpath(path)
+    return any(t.kind == "include" and os.path.normpath(
+        t.text[len(":include:"):].strip()) == want for t in items)
 
 
 def _listed(items: list[Any], kind: str, target: str) -> bool:
@@ -368,18 +416,13 @@ def _in_forward(account: Account, kind: str, target: str) -> None:
                                    f" ~{account.name}/.forward")
 
 
-def _in_alias_file(path: str, uid: int, kind: str, target: str) -> None:
+def _in_alias_file(path: str, uid: int, kind: str, target: str,
+                   default_privs: str = "") -> None:
     """Blocking: the target is in alias file ``path``, whose commands run as ``uid`` (its owner,
     or default_privs for a root-owned file)."""
-    import pwd
-
     from mailsuite.mta.aliases import read_file
-    from mailsuite.mta.forward import DEFAULT_PRIVS
     table, _, _, owner = read_file(path)
-    try:
-        default = pwd.getpwnam(DEFAULT_PRIVS).pw_uid
-    except KeyError:
-        default = 65534
+    default = forward.default_privs_uid(default_privs)
     rights = default if owner == 0 else owner  # as Expander._owner_privs / _default_privs
     if uid != rights or not any(_listed(t, kind, target) for t in table.values()):
         raise forward.TargetFailed(False, "4.7.1", f"{target!r} is not (or no longer) in {path}")
@@ -436,7 +479,7 @@ class MasterChannel(Channel):
     """The agent's end of its channel to the master."""
 
     def __init__(self, agent: Agent) -> None:
-        super().__init__(on_lost=agent.master_lost)
+        super().__init__(on_lost=agent.master_lost, reactor=agent.reactor)
         self.agent = agent
 
     @wire.Attach.responder
@@ -466,7 +509,7 @@ class MasterChannel(Channel):
 
 def main(spawn: Any, fds: dict[str, int]) -> None:
     """The agent process (the zygote has given it the account's rights)."""
-    start_logging()
+    start_logging(spawn.title)
     reactor = fresh_reactor()
     p = spawn.params
     cfg = p["cfg"]

@@ -10,12 +10,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, protocol
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.internet import abstract, defer, fdesc, protocol
+from twisted.logger import (
+    FileLogObserver,
+    Logger,
+    formatEventAsClassicLogText,
+    globalLogBeginner,
+)
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from mailsuite.maillog import MailLog
+from mailsuite.privsep import wire
 
 
 #: the zygote's reactor (twisted.mail.smtp imports one): never run, its descriptors closed
@@ -39,9 +45,50 @@ def fresh_reactor() -> Any:
     return reactor
 
 
-def start_logging() -> None:
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)],
-                                     redirectStandardIO=False)
+def start_logging(label: str) -> None:
+    """Twisted's log on stderr (a pipe to the master, which logs each line: ChildOutput),
+    each line starting with ``label`` (``network``, ``agent boss``) and no time."""
+    observer = FileLogObserver(
+        sys.stderr, lambda event: formatEventAsClassicLogText(event, lambda _: label))
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+class ChildOutput(abstract.FileDescriptor):
+    """The master's end of the pipe that is the standard output and error of the zygote and
+    its children: each line goes to the master's log (the twistd log), as the child's."""
+
+    MAX_LINE = 16384
+
+    def __init__(self, fd: int, reactor: Any) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        self.pending = b""
+        fdesc.setNonBlocking(fd)
+        self.startReading()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> Any:
+        return fdesc.readFromFD(self.fd, self._got)
+
+    def _got(self, data: bytes) -> None:
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        if len(self.pending) > self.MAX_LINE:
+            lines.append(self.pending)
+            self.pending = b""
+        for line in lines:
+            if line.strip():
+                _child_log.info("{line}", line=line.decode("utf-8", "replace").rstrip())
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self._got(b"\n")
+        os.close(self.fd)
+
+
+_child_log = Logger(namespace="mailsuite.privsep.child")
+_log = Logger()
 
 
 def maillog_on(fd: int | None, hostname: str, reactor: Any) -> MailLog:
@@ -72,14 +119,39 @@ class Once(protocol.Factory):
 
 
 class Channel(amp.AMP):
-    """An AMP connection whose end is reported to ``on_lost``."""
+    """An AMP connection whose end is reported to ``on_lost``. With a ``reactor``, every call
+    on it is bounded (wire.timeout_of): past it, the call fails with defer.TimeoutError and
+    ``on_timeout`` is told (the other process counts as hung)."""
 
-    def __init__(self, locator: Any = None, on_lost: Any = None) -> None:
+    def __init__(self, locator: Any = None, on_lost: Any = None, reactor: Any = None,
+                 on_timeout: Callable[[Channel], None] | None = None) -> None:
         super().__init__(locator=locator)
         self.on_lost = on_lost
+        self.reactor = reactor
+        self.on_timeout = on_timeout
+        #: (the master's) a pidfd of the process at the other end, to kill it; -1: none
+        self.pidfd = -1
+
+    def callRemote(self, commandType: Any, *a: Any, **kw: Any) -> Any:
+        d: defer.Deferred[Any] = super().callRemote(commandType, *a, **kw)
+        if self.reactor is None:
+            return d
+        d.addTimeout(wire.timeout_of(commandType), self.reactor)
+        return d.addErrback(self._late, commandType)
+
+    def _late(self, failure: Failure, command: Any) -> Failure:
+        failure.trap(defer.TimeoutError)
+        _log.error("no answer to {command} in {seconds:g} s", command=command.__name__,
+                   seconds=wire.timeout_of(command))
+        if self.on_timeout is not None:
+            self.on_timeout(self)
+        return failure
 
     def connectionLost(self, reason: Any = None) -> None:
         super().connectionLost(reason)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
         if self.on_lost is not None:
             self.on_lost(self)
 

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import itertools
 import os
+import signal
 import socket
 import stat
 from collections.abc import Callable
@@ -34,8 +35,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsuite.accounts import Account
+from mailsuite.mta.forward import default_privs_uid, read_forward_file
 from mailsuite.privsep import wire, zygote
-from mailsuite.privsep.common import Channel, Once
+from mailsuite.privsep.common import Channel, ChildOutput, Once
 from mailsuite.store.safepath import mail_gid
 from mailsuite.threads import InPool
 
@@ -71,6 +73,8 @@ class MasterService(service.Service):
         self.lifelines: list[int] = []
         self.net: Channel | None = None
         self.agents: dict[str, Channel] = {}
+        #: agents that take no new stream (retiring, full) and still serve theirs
+        self.aside: set[Channel] = set()
         self.tickets: dict[bytes, tuple[str, float]] = {}
         self._tickets_of: dict[str, collections.deque[bytes]] = {}
         self._unsent: list[tuple[Channel, int]] = []
@@ -88,8 +92,10 @@ class MasterService(service.Service):
         self._start_net()
 
     def _new_zygote(self) -> None:
-        self.zygote_pid, self.zygote, lifeline = zygote.start()
-        self.lifelines.append(lifeline)
+        started = zygote.start()
+        self.zygote_pid, self.zygote = started.pid, started.sock
+        self.lifelines.append(started.lifeline)
+        ChildOutput(started.output, self.reactor)
 
     def stopService(self) -> Any:
         """Every other process ends (the zygote's socket closed: it exits, and its children
@@ -118,22 +124,38 @@ class MasterService(service.Service):
         spawn.fds = ["channel", "maillog"] + [name for name, _ in extra]
         fds = [theirs.fileno(), self.maillog.fileno()] + [fd for _, fd in extra]
         try:
-            self._send_spawn(spawn, fds)
+            pidfd = self._send_spawn(spawn, fds)
         finally:
             theirs.close()
         transport = self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
                                                        Once(responder))
         ours.close()
-        return transport.protocol  # type: ignore[no-any-return]
+        channel: Channel = transport.protocol
+        channel.pidfd = pidfd
+        return channel
 
-    def _send_spawn(self, spawn: zygote.Spawn, fds: list[int]) -> None:
+    def kill(self, channel: Channel) -> None:
+        """A child that did not answer in time (wire.timeout_of): SIGKILL (through its pidfd:
+        never another process that took its pid) and forgotten at once, so that the next
+        request of its account starts a new agent (a network process: started again)."""
+        log.error("a child did not answer in time: killed")
+        if channel.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(channel.pidfd, signal.SIGKILL)
+        for name, known in list(self.agents.items()):
+            if known is channel:
+                del self.agents[name]
+        self.aside.discard(channel)
+        if channel.transport is not None:
+            channel.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _send_spawn(self, spawn: zygote.Spawn, fds: list[int]) -> int:
         """To the zygote; one that died (killed, out of memory) is started again, once."""
         for attempt in range(2):
             try:
                 if self.zygote is None:
                     raise BrokenPipeError("no zygote")
-                zygote.send(self.zygote, spawn, fds)
-                return
+                return zygote.send(self.zygote, spawn, fds)
             except OSError:
                 if attempt or self.stopping:
                     raise
@@ -141,6 +163,7 @@ class MasterService(service.Service):
                 if self.zygote is not None:
                     self.zygote.close()
                 self._new_zygote()
+        raise AssertionError("not reached")
 
     def _start_net(self) -> None:
         if self.stopping:
@@ -153,7 +176,7 @@ class MasterService(service.Service):
                 opened.append(fd)
                 extra.append((name, fd))
         uid, gid = self.owner
-        spawn = zygote.Spawn("net", uid, gid, [gid], {"cfg": self.cfg})
+        spawn = zygote.Spawn("net", uid, gid, [gid], {"cfg": self.cfg}, title="network")
         try:
             self.net = self._spawn(spawn, extra, lambda: NetChannel(self))
         except OSError as e:  # no zygote, no descriptors: try again, the ports stay bound
@@ -190,7 +213,8 @@ class MasterService(service.Service):
         """``kill -HUP``: the maillog reopened (logrotate), for every process; the TLS files
         read again (a renewal) and given to the network process."""
         self.maillog.reopen()
-        channels = [ch for ch in (self.net, *self.agents.values()) if ch is not None]
+        channels = [ch for ch in (self.net, *self.agents.values(), *self.aside)
+                    if ch is not None]
         for channel in channels:
             d = channel.callRemote(wire.NewLog, fd=self.maillog.fileno())
             d.addErrback(lambda f: log.failure("maillog not handed over", f))
@@ -228,19 +252,43 @@ class MasterService(service.Service):
             groups = [account.gid] if privs else _groups(account)
             spawn = zygote.Spawn("agent", account.uid, account.gid, groups,
                                  {"cfg": self.cfg, "name": account.name, "home": account.home,
-                                  "privs": privs})
+                                  "privs": privs},
+                                 title=f"privs {_user_name(account.uid)}" if privs
+                                 else f"agent {account.name}")
 
             def gone(lost: Channel) -> None:
+                self.aside.discard(lost)
                 if self.agents.get(account.name) is lost:
                     del self.agents[account.name]
 
-            channel = self._spawn(spawn, [], lambda: AgentChannel(self, account.name, gone))
+            channel = self._spawn(spawn, [], lambda: AgentChannel(self, account, privs, gone))
             self.agents[account.name] = channel
         return defer.succeed(channel)
 
+    def root_forward(self, channel: AgentChannel) -> defer.Deferred[dict[str, Any]]:
+        """Root's ``~/.forward``, read by us, for the agent of default_privs that runs its
+        commands and files (it cannot read root's home): it checks a target is in it."""
+        if not channel.privs or channel.uid != default_privs_uid(self.cfg.mail.default_privs):
+            raise wire.Refused("only the agent of default_privs runs root's ~/.forward")
+
+        def read() -> dict[str, Any]:
+            root = self.accounts.recipient("root")  # (the network process's "root" too)
+            if root is None or root.uid != 0:
+                return {"path": "", "items": []}
+            return {"path": os.path.join(root.home, ".forward"),
+                    "items": [t.text for t in read_forward_file(root)]}
+
+        return InPool(self.reactor)(read)
+
     def retire(self, name: str, channel: Channel) -> None:
+        self.set_aside(name, channel)
+
+    def set_aside(self, name: str, channel: Channel) -> None:
+        """``channel``'s agent (retiring, or full) takes no more streams; it still serves
+        what it has (and gets the maillog at HUP) until it exits."""
         if self.agents.get(name) is channel:
             del self.agents[name]
+            self.aside.add(channel)
 
     # -- what the network process may ask --
     def check_password(self, user: str, password: bytes, service: str = "",
@@ -290,11 +338,28 @@ class MasterService(service.Service):
     @defer.inlineCallbacks
     def open_agent(self, account: Account, role: str, privs: bool = False,
                    **fields: Any) -> Any:
-        fields = {"tag": b"", "method": "", "secure": False, "rip": "", "lip": "", **fields}
-        channel = yield self.agent_for(account, privs)
+        """A stream to an agent of ``account`` that serves it as ``role`` (``revive``: a
+        hibernated IMAP session, wire.Revive with ``fields``; else wire.Attach)."""
+        if role != "revive":
+            fields = {"tag": b"", "method": "", "secure": False, "rip": "", "lip": "",
+                      "role": role, **fields}
+        command = wire.Revive if role == "revive" else wire.Attach
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            yield channel.callRemote(wire.Attach, role=role, fd=theirs.fileno(), **fields)
+            for attempt in range(2):
+                channel = yield self.agent_for(account, privs)
+                try:
+                    yield channel.callRemote(command, fd=theirs.fileno(), **fields)
+                    break
+                except wire.Full:  # default_client_limit: a new agent takes the next ones
+                    if attempt:
+                        raise wire.Refused(f"the agents of {account.name} are full") from None
+                    self.set_aside(account.name, channel)
+                except defer.TimeoutError:  # (killed: Channel.on_timeout)
+                    raise wire.Refused(f"the agent of {account.name} did not answer") from None
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         fd = ours.detach()
@@ -306,11 +371,7 @@ class MasterService(service.Service):
         _default_privs and _owner_privs): default_privs, or an alias file's owner."""
         import pwd
 
-        from mailsuite.mta.forward import DEFAULT_PRIVS
-        try:
-            default = pwd.getpwnam(DEFAULT_PRIVS).pw_uid
-        except KeyError:
-            default = 65534
+        default = default_privs_uid(self.cfg.mail.default_privs)
         owners = set()
         for path in self.cfg.mail.alias_maps:
             with contextlib.suppress(OSError):
@@ -372,23 +433,8 @@ class MasterService(service.Service):
             os.close(state)
             raise wire.Refused("no such session")
 
-        @defer.inlineCallbacks
-        def revive() -> Any:
-            account = yield InPool(self.reactor)(self.accounts.lookup, name)
-            if account is None:
-                raise wire.Refused(f"no such account: {name}")
-            channel = yield self.agent_for(account)
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                yield channel.callRemote(wire.Revive, fd=theirs.fileno(), session=session,
-                                         state=state, **fields)
-            finally:
-                theirs.close()
-            fd = ours.detach()
-            self.sent(self.net, fd)
-            return {"fd": fd}
-
-        return revive().addBoth(_closing, state)
+        d = self.open_stream(name, "revive", session=session, state=state, **fields)
+        return d.addBoth(_closing, state)
 
     def open_dropped(self, queue_id: str) -> dict[str, int]:
         """A regular file with one link in maildrop/, reached from the root-owned queue
@@ -413,6 +459,14 @@ class MasterService(service.Service):
             raise wire.Refused(f"maildrop/{queue_id}: not a regular file with one link")
         self.sent(self.net, fd)
         return {"fd": fd}
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def _groups(account: Account) -> list[int]:
@@ -463,7 +517,8 @@ class NetChannel(Channel):
     """The master's end of the network process's channel: its four commands."""
 
     def __init__(self, master: MasterService) -> None:
-        super().__init__(on_lost=master.net_lost)
+        super().__init__(on_lost=master.net_lost, reactor=master.reactor,
+                         on_timeout=master.kill)
         self.master = master
 
     @wire.CheckPassword.responder
@@ -501,13 +556,15 @@ class NetChannel(Channel):
 
 
 class AgentChannel(Channel):
-    """The master's end of an agent's channel: the agent may only say it retires, or give up
-    one of its IMAP sessions (Hibernate)."""
+    """The master's end of an agent's channel: the agent may only say it retires, give up one
+    of its IMAP sessions (Hibernate), and (the agent of default_privs) ask for root's
+    ~/.forward."""
 
-    def __init__(self, master: MasterService, name: str, gone: Callable[[Channel], None]) -> None:
-        super().__init__(on_lost=gone)
+    def __init__(self, master: MasterService, account: Account, privs: bool,
+                 gone: Callable[[Channel], None]) -> None:
+        super().__init__(on_lost=gone, reactor=master.reactor, on_timeout=master.kill)
         self.master = master
-        self.name = name
+        self.name, self.uid, self.privs = account.name, account.uid, privs
 
     @wire.Retire.responder
     def retire(self) -> dict[str, Any]:
@@ -517,3 +574,7 @@ class AgentChannel(Channel):
     @wire.Hibernate.responder
     def hibernate(self, session: bytes, state: int, watch: int, received: int) -> Any:
         return _answer(self.master.hibernate, self.name, session, state, watch, received)
+
+    @wire.RootForward.responder
+    def root_forward(self) -> Any:
+        return _answer(self.master.root_forward, self)

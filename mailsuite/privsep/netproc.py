@@ -77,7 +77,7 @@ class RemoteChecker:
         d = self.master.callRemote(wire.CheckPassword, user=name, password=password,
                                    service=str(getattr(credentials, "service", "")),
                                    rip=str(getattr(credentials, "client_ip", "") or ""))
-        return d.addCallback(self._verdict)
+        return d.addCallbacks(self._verdict, _unavailable)
 
     def _verdict(self, answer: dict[str, Any]) -> bytes:
         if answer["verdict"] == "ok":
@@ -125,6 +125,19 @@ class NetRealm(MailRealm):
 
 def _noop() -> None:
     pass
+
+
+def _unavailable(failure: Failure) -> None:
+    """The master did not answer in time (wire.CALL_TIMEOUT): a temporary failure."""
+    failure.trap(defer.TimeoutError)
+    raise AuthUnavailable("the password check took too long")
+
+
+def _drop(channel: Channel) -> None:
+    """An agent's channel with a call unanswered in time: dropped (the next request opens a
+    new one through the master, which kills a hung agent)."""
+    if channel.transport is not None:
+        channel.transport.abortConnection()  # type: ignore[attr-defined]
 
 
 _FAILED = {"imap": b" NO [UNAVAILABLE] Temporary authentication failure.\r\n",
@@ -299,8 +312,8 @@ class RemoteStore:
                     del self._channels[name]
 
             def adopt(answer: dict[str, Any]) -> Any:
-                return adopt_stream(self.reactor, answer["fd"],
-                                    Once(lambda: Channel(on_lost=lost))).protocol
+                return adopt_stream(self.reactor, answer["fd"], Once(lambda: Channel(
+                    on_lost=lost, reactor=self.reactor, on_timeout=_drop))).protocol
 
             def failed(failure: Failure) -> Failure:
                 lost()
@@ -351,26 +364,27 @@ def forward_reader(store: RemoteStore) -> Any:
 
 def include_reader(store: RemoteStore, alias_maps: list[str]) -> Any:
     """Expander.include_reader of the network process (in a pool thread): an :include: file
-    named with someone's rights is read by the agent with those rights (ReadInclude); one of
-    a root-owned alias file (privs None: Postfix reads it as root) with ours."""
+    named with someone's rights is read by the agent with those rights (ReadInclude: an agent
+    of OpenPrivs when they are an alias file's, else the user's); one named with root's
+    (privs None: Postfix reads it as root) with ours."""
     from twisted.internet.threads import blockingCallFromThread
 
     from mailsuite.mta import forward
 
-    def ask(privs: Any, alias: bool, path: str, start: int) -> defer.Deferred[Any]:
-        d = (store._channel(f"uid:{privs.uid}", uid=privs.uid) if alias
+    def ask(privs: Any, via: tuple[str, ...], path: str, start: int) -> defer.Deferred[Any]:
+        d = (store._channel(f"uid:{privs.uid}", uid=privs.uid) if via[0] in alias_maps
              else store._channel(privs.user))
-        return d.addCallback(lambda ch: ch.callRemote(wire.ReadInclude, path=path, start=start))
+        return d.addCallback(lambda ch: ch.callRemote(wire.ReadInclude, path=path, start=start,
+                                                      via=list(via)))
 
-    def read(path: str, privs: Any, origin: str) -> tuple[int, int, str]:
+    def read(path: str, privs: Any, via: tuple[str, ...]) -> tuple[int, int, str]:
         if privs is None:
             return forward.read_include_file(path, None)
-        alias = origin.rsplit(", line ", 1)[0] in alias_maps  # else a user's ~/.forward
         pieces: list[str] = []
         for _ in range(forward.LIST_FILE_LIMIT // wire.INCLUDE_PIECE + 2):
             try:
                 a: dict[str, Any] = blockingCallFromThread(
-                    store.reactor, ask, privs, alias, path, sum(map(len, pieces)))
+                    store.reactor, ask, privs, via, path, sum(map(len, pieces)))
             except Exception as e:  # Refused, a lost agent: as a file that cannot be read
                 raise OSError(errno.EACCES, str(e)) from e
             if a["errno"]:
@@ -387,12 +401,11 @@ class RemoteSpecial:
     """LocalDelivery.special of the network process: a command or file target runs in an
     agent with the rights it must run with, which checks it is where it came from: the
     user's agent for one of ``~/.forward``, an agent of default_privs (or of the file's owner)
-    for one of alias_maps (:include: files may name none). Those of root's own ~/.forward are
-    deferred: no agent of root runs anything."""
+    for one of alias_maps (:include: files may name none), and the agent of default_privs for
+    root's own ~/.forward (no agent of root runs anything)."""
 
-    def __init__(self, store: RemoteStore, alias_maps: list[str]) -> None:
+    def __init__(self, store: RemoteStore) -> None:
         self.store = store
-        self.alias_maps = alias_maps
 
     def __call__(self, dest: Any, data: bytes, sender: str, original: str, final: str,
                  now: float) -> defer.Deferred[str]:
@@ -400,14 +413,13 @@ class RemoteSpecial:
         if dest.sender and sender:  # owner-NAME, as forward.deliver_special
             sender = dest.sender
         origin = dest.origin.rsplit(", line ", 1)[0]
-        if dest.privs.uid != 0 and origin == os.path.join(dest.privs.home, ".forward"):
+        if dest.privs.uid == 0:  # (Expander gives them default_privs' rights)
+            return defer.fail(forward.TargetFailed(False, "4.3.0", "no command or file runs"
+                                                   " as root"))
+        if origin == os.path.join(dest.privs.home, ".forward"):
             channel = self.store._channel(dest.privs.user)
-        elif dest.privs.uid != 0 and origin in self.alias_maps:
+        else:  # an alias file's, or root's ~/.forward's (default_privs: the master checks)
             channel = self.store._channel(f"uid:{dest.privs.uid}", uid=dest.privs.uid)
-        else:
-            return defer.fail(forward.TargetFailed(  # root's own ~/.forward: no agent of root
-                False, "4.3.0", "commands and files of root's ~/.forward are not run with"
-                " privilege separation (alias root to a user)"))
         program = isinstance(dest, forward.Program)
         fd = _sealed([data])
         channel.addCallback(lambda ch: ch.callRemote(
@@ -484,7 +496,7 @@ def build_network(cfg: Config, reactor: Any, maillog: MailLog, master: Any,
     delivery = tap.assemble(top, tap.Parts(cfg, reactor, tls, maillog, accounts, checker, store,
                                            blocking, realm, listeners=listeners,
                                            open_dropped=open_dropped))
-    delivery.special = RemoteSpecial(store, cfg.mail.alias_maps)
+    delivery.special = RemoteSpecial(store)
     delivery.expander.forward_reader = forward_reader(store)
     delivery.expander.include_reader = include_reader(store, cfg.mail.alias_maps)
     return top
@@ -532,7 +544,7 @@ class MasterLink(Channel):
 
 def main(spawn: Any, fds: dict[str, int]) -> None:
     """The network process (the zygote has made it mail_owner)."""
-    start_logging()
+    start_logging(spawn.title)
     reactor = fresh_reactor()
     p = spawn.params
     cfg = p["cfg"]

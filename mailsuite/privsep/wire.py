@@ -8,12 +8,21 @@ asks an agent to deliver. Nothing is pickled on a channel the less-privileged si
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.protocols import amp
+
+from mailsuite.mta.asuser import OPEN_TIME_LIMIT
+from mailsuite.mta.forward import COMMAND_TIME_LIMIT
 
 
 class Refused(Exception):
     """What a responder answers instead of raising anything else (an error AMP does not know
     would close the channel): the request is refused, the reason is in the text."""
+
+
+class Full(Exception):
+    """An agent serves default_client_limit streams already (Attach): start another one."""
 
 
 #: the errors every command may answer with
@@ -62,7 +71,7 @@ class Attach(amp.Command):
                  (b"rip", amp.Unicode()), (b"lip", amp.Unicode()),
                  (b"session", amp.String(optional=True))]
     response = []  # type: ignore[var-annotated]
-    errors = ERRORS
+    errors = {**ERRORS, Full: b"FULL"}
 
 
 class Retire(amp.Command):
@@ -71,6 +80,15 @@ class Retire(amp.Command):
 
     arguments = []  # type: ignore[var-annotated]
     response = []  # type: ignore[var-annotated]
+    errors = ERRORS
+
+
+class RootForward(amp.Command):
+    """agent -> master, of the agent of default_privs only: the targets of root's
+    ``~/.forward`` (``path``), which that agent runs and cannot read itself."""
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"path", amp.Unicode()), (b"items", amp.ListOf(amp.Unicode()))]
     errors = ERRORS
 
 
@@ -149,11 +167,14 @@ class OpenPrivs(amp.Command):
 
 class ReadInclude(amp.Command):
     """net -> agent: ``INCLUDE_PIECE`` characters from ``start`` of an :include: file read with
-    the agent's rights (``more``: there are more); the agent reads only one its account's
-    ``~/.forward`` names (an agent of OpenPrivs: one an alias file with its rights names).
+    the agent's rights (``more``: there are more); ``via``: the file its rights come from (its
+    account's ``~/.forward``; for an agent of OpenPrivs an alias file with its rights; or an
+    :include: file its user owns) and the :include: files from there to the one naming
+    ``path``: the agent reads them again and refuses a path they do not name so.
     ``errno`` non-zero: open(2) failed so."""
 
-    arguments = [(b"path", amp.Unicode()), (b"start", amp.Integer())]
+    arguments = [(b"path", amp.Unicode()), (b"start", amp.Integer()),
+                 (b"via", amp.ListOf(amp.Unicode()))]
     response = [(b"errno", amp.Integer()), (b"mode", amp.Integer()), (b"owner", amp.Integer()),
                 (b"text", amp.Unicode()), (b"more", amp.Boolean())]
     errors = ERRORS
@@ -196,7 +217,7 @@ class Revive(amp.Command):
                  (b"state", amp.Descriptor()), (b"secure", amp.Boolean()),
                  (b"rip", amp.Unicode()), (b"lip", amp.Unicode())]
     response = []  # type: ignore[var-annotated]
-    errors = ERRORS
+    errors = {**ERRORS, Full: b"FULL"}
 
 
 class Forget(amp.Command):
@@ -205,3 +226,19 @@ class Forget(amp.Command):
     arguments = [(b"session", amp.String())]
     response = []  # type: ignore[var-annotated]
     errors = ERRORS
+
+
+#: how long an answer may take before the process that owes it counts as hung (its channel
+#: is dropped, the master kills it): a password check, a channel opened, a file read
+CALL_TIMEOUT = 30.0
+#: the longer ones: an agent attaching a stream (less than what the network process waits
+#: for the master's answer, so the master kills the agent first), a group commit (mailbox
+#: locks are waited for), a command (command_time_limit), an :include: opened on a hung NFS
+TIMEOUTS: dict[Any, float] = {Attach: 20.0, Deliver: 600.0,
+                              DeliverSpecial: COMMAND_TIME_LIMIT + 60.0,
+                              ReadInclude: OPEN_TIME_LIMIT + 30.0,
+                              ReadForward: OPEN_TIME_LIMIT + 30.0}
+
+
+def timeout_of(command: Any) -> float:
+    return TIMEOUTS.get(command, CALL_TIMEOUT)

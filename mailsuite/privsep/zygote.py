@@ -6,7 +6,9 @@ It stays root (it must give each child its rights) but reads nothing but the mas
 requests on one SOCK_SEQPACKET socket: a pickled ``Spawn`` and the descriptors the child
 keeps. The child drops every group and id for the request's, closes every other
 descriptor, and runs the role's ``main`` on a fresh reactor. The zygote exits when the master
-goes (end of file on its socket, or SIGTERM with the master's process group).
+goes (end of file on its socket, or PR_SET_PDEATHSIG). It runs in a session of its own, and
+its children's standard output and error are a pipe the master reads and logs (master's
+terminal, under ``twistd -n``, is in no child's reach).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import setproctitle
 
 #: the module whose ``main(spawn, fds)`` each role runs; imported before the first fork (so
 #: the pages are shared)
@@ -48,6 +52,8 @@ class Spawn:
     groups: list[int]
     params: dict[str, Any] = field(default_factory=dict)
     fds: list[str] = field(default_factory=list)
+    #: what ``ps`` shows after ``mailsuite: `` (``network``, ``agent boss``, ``privs nobody``)
+    title: str = ""
 
 
 def become(uid: int, gid: int, groups: list[int]) -> None:
@@ -89,6 +95,7 @@ def _child(spawn: Spawn, fds: list[int], parent: int) -> None:
     try:
         become(spawn.uid, spawn.gid, spawn.groups)
         die_with_parent(parent)  # after become: a change of ids clears the setting
+        set_title(spawn.title or spawn.role)
         # a role is named, as twistd names a plugin: the zygote knows no role's code
         importlib.import_module(ROLES[spawn.role]).main(spawn, named)
     except BaseException as e:  # the child never returns into the zygote's loop
@@ -98,6 +105,11 @@ def _child(spawn: Spawn, fds: list[int], parent: int) -> None:
         sys.stderr.flush()
         os._exit(1)
     os._exit(0)
+
+
+def set_title(title: str) -> None:
+    """``mailsuite: TITLE`` in ps and /proc/PID/cmdline, as Postfix and Dovecot name theirs."""
+    setproctitle.setproctitle(f"mailsuite: {title}")
 
 
 def _receive(sock: socket.socket) -> tuple[Spawn, list[int]] | None:
@@ -140,7 +152,25 @@ def serve(sock: socket.socket) -> None:
         children.add(pid)
         for fd in fds:
             os.close(fd)
+        _answer(sock, pid)
         children = {c for c in children if _alive(c)}
+
+
+def _answer(sock: socket.socket, pid: int) -> None:
+    """The child's pid and a pidfd of it to the master (which kills a hung child with it,
+    never another process that took its pid); none when it is gone already."""
+    try:
+        pidfd = [os.pidfd_open(pid)]
+    except OSError:
+        pidfd = []
+    try:
+        sock.sendmsg([pid.to_bytes(4, "little")],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", pidfd))])
+    except OSError:
+        pass  # the master is gone: the next _receive ends the loop
+    finally:
+        for fd in pidfd:
+            os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -162,17 +192,34 @@ def _end_children(children: set[int], timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def start(python: str = sys.executable) -> tuple[int, socket.socket, int]:
-    """Exec a zygote; returns its pid, the master's end of its socket, and the read end of a
-    lifeline: a pipe whose write end the zygote and every child hold, so that its end of file
-    tells that all of them are gone (the master waits for it when it stops)."""
+@dataclass
+class Started:
+    """A zygote: its pid, the master's end of its socket, the read end of its lifeline (a
+    pipe whose write end the zygote and every child hold, so that its end of file tells that
+    all of them are gone: the master waits for it when it stops) and of its output (the
+    standard output and error of the zygote and its children, which the master logs)."""
+
+    pid: int
+    sock: socket.socket
+    lifeline: int
+    output: int
+
+
+def start(python: str = sys.executable) -> Started:
+    """Exec a zygote in a session of its own (no controlling terminal: no child can reach the
+    master's, e.g. for TIOCSTI), /dev/null its standard input, a pipe its output."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     life_r, life_w = os.pipe()
+    out_r, out_w = os.pipe()
     env = dict(os.environ)
     pid = os.fork()
     if pid == 0:
         try:
             ours.close()
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDONLY)
+            for fd, there in ((null, 0), (out_w, 1), (out_w, 2)):
+                os.dup2(fd, there)
             close_others({theirs.fileno(), life_w})
             os.set_inheritable(theirs.fileno(), True)
             os.set_inheritable(life_w, True)
@@ -183,7 +230,8 @@ def start(python: str = sys.executable) -> tuple[int, socket.socket, int]:
             os._exit(127)
     theirs.close()
     os.close(life_w)
-    return pid, ours, life_r
+    os.close(out_w)
+    return Started(pid, ours, life_r, out_r)
 
 
 def wait_gone(lifelines: list[int], timeout: float) -> bool:
@@ -216,15 +264,32 @@ def reap(pid: int, timeout: float) -> None:
         time.sleep(0.01)
 
 
-def send(sock: socket.socket, spawn: Spawn, fds: list[int]) -> None:
-    """Ask the zygote for a child (the caller closes its copies of ``fds`` afterwards)."""
+#: how long the zygote may take to answer (a new one imports the server first: seconds)
+ANSWER_TIMEOUT = 60.0
+
+
+def send(sock: socket.socket, spawn: Spawn, fds: list[int]) -> int:
+    """Ask the zygote for a child (the caller closes its copies of ``fds`` afterwards);
+    returns a pidfd of it (-1: it is gone already). Blocking, as long as a fork takes."""
+    import select
     data = pickle.dumps(spawn)
     if len(fds) > MAX_FDS or len(data) >= 1 << 20:
         raise OSError(f"a spawn request of {len(fds)} descriptors and {len(data)} bytes")
     sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    if not select.select([sock], [], [], ANSWER_TIMEOUT)[0]:
+        raise OSError("the zygote did not answer")
+    got = array.array("i")
+    msg, anc, _, _ = sock.recvmsg(16, socket.CMSG_LEN(got.itemsize))
+    if not msg:
+        raise BrokenPipeError("the zygote is gone")
+    for level, kind, fd_data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            got.frombytes(fd_data[: len(fd_data) - (len(fd_data) % got.itemsize)])
+    return got[0] if got else -1
 
 
 if __name__ == "__main__":
+    set_title("zygote")
     _sock = socket.socket(fileno=int(sys.argv[1]))
     die_with_parent(int(sys.argv[2]))
     LIFELINE[0] = int(sys.argv[3])
