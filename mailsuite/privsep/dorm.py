@@ -138,7 +138,7 @@ class Sleeper:
             os.close(fd)
             raise
         d = self.dorm.master.callRemote(wire.Thaw, session=s.key, state=fd,
-                                        secure=bool(s.session.secure), rip=s.rip, lip=s.lip)
+                                        secure=s.secure, rip=s.rip, lip=s.lip)
 
         def close(result: Any) -> Any:
             os.close(fd)
@@ -150,7 +150,7 @@ class Sleeper:
     def _thawed(self, answer: dict[str, Any]) -> None:
         s = self.splice
         self._done()
-        if getattr(s.session, "_lost", False):
+        if s.lost:
             os.close(answer["fd"])
             return
         s.connect(answer["fd"], self.early)

@@ -161,7 +161,7 @@ class Handoff:
 
     def _opened(self, answer: dict[str, Any], session: Any, rip: str, lip: str) -> None:
         splice = Splice(session, self.reactor, answer["fd"])
-        if not getattr(session, "_lost", False):
+        if not splice.lost:
             self.dorm.add(answer["session"], splice, self.name, rip, lip)
         else:
             self.dorm.forget(answer["session"])
@@ -177,22 +177,32 @@ class Handoff:
 class Splice:
     """Passes bytes between a client (the session's transport) and the agent's stream, with
     flow control both ways; either end closing closes the other. ``sleeper``: while the
-    session is hibernated (privsep/dorm.py) the client's bytes go to it instead."""
+    session is hibernated (privsep/dorm.py) the client's bytes go to it instead.
+
+    The login's protocol object (an IMAPServer or POP3Server, a few KB) is let go: the
+    client's transport delivers to a small ``_ClientSide`` from now on (2,000 IDLE sessions
+    sleep here), which keeps only the session's place in the limits (``slot``)."""
 
     def __init__(self, session: Any, reactor: Any, fd: int) -> None:
-        self.session = session
         self.reactor = reactor
         self.client = session.transport
         self.agent: Any = None
         self.sent = 0  # bytes written to the agent's stream (wire.Hibernate's "received")
         self.sleeper: Any = None
         self.on_end: Any = None  # called once when the session is over
+        self.secure = bool(getattr(session, "secure", False))
+        self.slot = getattr(session, "slot", None)
+        self.lost = bool(getattr(session, "_lost", False))
         pending = _unread(session)
-        session.splice = self
+        session.splice = self  # (if its transport cannot be given another protocol)
         session.setTimeout(None)
-        if getattr(session, "_lost", False):
+        deadlines = getattr(session, "_login_deadlines", None)
+        if deadlines is not None:
+            deadlines.stop()
+        if self.lost:
             os.close(fd)
             return
+        _give_protocol(self.client, session, _ClientSide(self))
         self.connect(fd, pending)
 
     def connect(self, fd: int, pending: bytes) -> None:
@@ -230,9 +240,8 @@ class Splice:
         if self.sleeper is not None:
             self.sleeper.agent_gone()
             return
-        slot = getattr(self.session, "slot", None)
-        if slot is not None:
-            slot.release()
+        if self.slot is not None:
+            self.slot.release()
         self.client.loseConnection()
         self._end()
 
@@ -240,6 +249,35 @@ class Splice:
         end, self.on_end = self.on_end, None
         if end is not None:
             end()
+
+
+class _ClientSide(protocol.Protocol):
+    """The protocol of a spliced client's transport: its bytes go to the Splice."""
+
+    def __init__(self, splice: Splice) -> None:
+        self.splice = splice
+
+    def dataReceived(self, data: bytes) -> None:
+        self.splice.up(data)
+
+    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
+        s = self.splice
+        s.lost = True
+        s.client_lost()
+        if s.slot is not None:
+            s.slot.release()
+
+
+def _give_protocol(transport: Any, old: Any, new: protocol.Protocol) -> None:
+    """Make ``transport`` deliver to ``new`` instead of ``old``: a TLS transport's wrapped
+    protocol, a TCP one's protocol (left as it is when it is neither, as in a test)."""
+    if getattr(transport, "wrappedProtocol", None) is old:
+        transport.wrappedProtocol = new
+    elif getattr(transport, "protocol", None) is old:
+        transport.protocol = new
+    else:
+        return
+    new.transport = transport
 
 
 def _unread(session: Any) -> bytes:
