@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailsuite.config import Config
+from mailsuite.filter import milter
 from mailsuite.mta.transaction import Stage
 
 
@@ -19,6 +20,7 @@ def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage
     out: list[Stage] = []
     # content checks (checks.py)
     # milters (milter/)
+    out.extend(s for s in [milter.from_config(cfg, reactor, maillog)] if s is not None)
     # audit rules (audit.py)
     # BCC maps (bcc.py)
     return out

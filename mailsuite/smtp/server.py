@@ -387,7 +387,12 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
         if not self._connected:
             return
         if results and not any(r.accepted for r in results):  # a stage's verdict
-            self._reply(results[0].code, f"{results[0].dsn} {results[0].text}")
+            first = results[0]
+            lines = f"{first.dsn} {first.text}".split("\n")  # a milter's multi-line reply
+            if len(lines) > 1:
+                self._reply_lines(first.code, lines)
+            else:
+                self._reply(first.code, lines[0])
         else:
             self.limits_delivered()
             self._reply(250, f"2.0.0 Ok: queued as {queue_id}")
