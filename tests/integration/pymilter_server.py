@@ -7,8 +7,9 @@ SOCKET is libmilter's (``inet:PORT@127.0.0.1``, ``unix:/path``). MODE says what 
 of message: ``modify`` (every header, envelope and body change), ``reject`` (a multi-line 550),
 ``quarantine``, ``discard``, ``tempfail``, ``slow`` (sleeps 5 s before it answers), ``second``
 (rejects a message that lacks the ``modify`` milter's header: a chain sees earlier changes),
-``rcpt`` (rejects RCPT to an address starting with ``team``). It appends what it was told
-(macros, headers) to SOCKET's log file ``LOG`` when given as a third argument.
+``rcpt`` (rejects RCPT to an address starting with ``team``), ``connect`` (rejects every client),
+``helo`` (rejects HELO bad.example), ``mail`` (tempfails MAIL from spammer@...). It appends
+what it was told (macros, headers) to the file LOG when given as a third argument.
 """
 
 from __future__ import annotations
@@ -34,10 +35,21 @@ class TestMilter(Milter.Base):
 
     def connect(self, hostname: str, family: int, hostaddr: object) -> int:
         note(f"connect {hostname} j={self.getsymval('j')} _={self.getsymval('_')}")
+        if MODE == "connect":
+            self.setreply("554", "5.7.1", "you are not welcome")
+            return Milter.REJECT
+        return Milter.CONTINUE
+
+    def hello(self, name: str) -> int:
+        if MODE == "helo" and name == "bad.example":
+            self.setreply("550", "5.7.1", "bad HELO")
+            return Milter.REJECT
         return Milter.CONTINUE
 
     def envfrom(self, sender: str, *args: str) -> int:
         note(f"mail {sender} i={self.getsymval('i')}")
+        if MODE == "mail" and sender.strip("<>").startswith("spammer"):
+            return Milter.TEMPFAIL
         return Milter.CONTINUE
 
     def envrcpt(self, rcpt: str, *args: str) -> int:

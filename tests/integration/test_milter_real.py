@@ -102,11 +102,33 @@ class DecisionTests(MilterCase):
                       site.maillog_text())
 
     def test_rcpt_reject_drops_that_recipient(self) -> None:
+        """Answered at RCPT, as Postfix's smtpd_milters are."""
         site = self.site(f"smtpd_milters = {self.milter('rcpt')}\n")
-        self.send(site, ["team@example.test", "carol@example.test"])
+        refused = self.send(site, ["team@example.test", "carol@example.test"])
+        self.assertEqual(refused, {"team@example.test": (550, b"5.1.1 no such user here")})
         wait_for("carol's copy", lambda: "Subject: hi" in read(site.inbox("carol")))
         self.assertIn("milter-reject: RCPT from", site.maillog_text())
         self.assertEqual(read(site.inbox("boss")), "")  # team (boss, carol) was refused
+
+    def test_connect_helo_mail_refused_at_their_command(self) -> None:
+        site = self.site(f"smtpd_milters = {self.milter('connect')}\n")
+        with smtplib.SMTP("127.0.0.1", site.ports["smtp"], timeout=30) as s:
+            self.assertEqual(s.ehlo("x.example"), (554, b"5.7.1 you are not welcome"))
+            self.assertEqual(s.mail("alice@remote.test"), (554, b"5.7.1 you are not welcome"))
+        self.assertIn("milter-reject: CONNECT from", site.maillog_text())
+        site.stop()
+        for mode in ("helo", "mail"):
+            site = self.site(f"smtpd_milters = {self.milter(mode)}\n")
+            with smtplib.SMTP("127.0.0.1", site.ports["smtp"], timeout=30) as s:
+                if mode == "helo":
+                    self.assertEqual(s.ehlo("bad.example"), (550, b"5.7.1 bad HELO"))
+                    self.assertEqual(s.ehlo("good.example")[0], 250)
+                else:
+                    self.assertEqual(s.mail("spammer@remote.test")[0], 451)
+                    self.assertEqual(s.mail("alice@remote.test")[0], 250)
+                    self.assertEqual(s.rcpt("boss@example.test")[0], 250)
+            site.stop()
+        self.assertIn("milter-reject: MAIL from", site.maillog_text())
 
     def test_discard(self) -> None:
         site = self.site(f"smtpd_milters = {self.milter('discard')}\n")
@@ -129,7 +151,7 @@ class FailureTests(MilterCase):
     def test_dead_milter_default_tempfail(self) -> None:
         port = free_port()
         site = self.site(f"smtpd_milters = inet:127.0.0.1:{port}\n")
-        with self.assertRaises(smtplib.SMTPDataError) as caught:
+        with self.assertRaises(smtplib.SMTPHeloError) as caught:  # the CONNECT's answer
             self.send(site, ["boss@example.test"])
         self.assertEqual(caught.exception.smtp_code, 451)
         self.assertIn(b"4.7.1 Service unavailable - try again later", caught.exception.smtp_error)
