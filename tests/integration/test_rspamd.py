@@ -1,60 +1,31 @@
 """rspamd (Debian's package) as Postfix admins run it: its proxy worker in milter mode, here on
-a free loopback port, scanning itself (``self_scan``: no separate normal worker), started by
-the test from the binary with a minimal configuration written into a temp dir (no Redis, no
-Lua rules, a two-line TLD list: rspamd compiles the whole public suffix list at start, 7 s).
-GTUBE and its add-header / rewrite-subject variants (``enable_test_patterns``) make rspamd
-take each action."""
+a free loopback port, started by the test from the binary with a minimal configuration
+(bench/rspamd_milter.py, shared with the benchmark). GTUBE and its add-header /
+rewrite-subject variants make rspamd take each action."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import smtplib
 
 from twisted.trial import unittest
 
+from bench import rspamd_milter
 from tests.integration.daemons import Daemon
 from tests.integration.harness import free_port
 from tests.integration.test_commands import MTASite, read, wait_for
 
-RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 ADD_HEADER = "Y" + GTUBE[1:]
 REWRITE_SUBJECT = "Z" + GTUBE[1:]
-
-CONFIG = """\
-options {{
-    pidfile = "{dir}/rspamd.pid";
-    enable_test_patterns = true;  # 3.4's name of gtube_patterns = "all"
-    url_tld = "{dir}/tld.dat";
-    dns {{ nameserver = ["127.0.0.1:1"]; timeout = 0.2s; retransmits = 0; }}
-}}
-logging {{ type = "file"; filename = "{dir}/rspamd.log"; level = "info"; }}
-actions {{ reject = 15; add_header = 6; rewrite_subject = 8; }}
-worker "rspamd_proxy" {{
-    bind_socket = "127.0.0.1:{port}";
-    milter = yes;
-    timeout = 60s;
-    count = 1;
-    upstream "local" {{ default = yes; self_scan = yes; }}
-}}
-"""
 
 
 class Rspamd(Daemon):
     def __init__(self, testcase: unittest.TestCase) -> None:
         self.dir = testcase.mktemp()
-        os.makedirs(self.dir)
         self.port = free_port()
-        with open(os.path.join(self.dir, "tld.dat"), "w") as f:
-            f.write("test\ncom\n")
-        conf = os.path.join(self.dir, "rspamd.conf")
-        with open(conf, "w") as f:
-            f.write(CONFIG.format(dir=os.path.abspath(self.dir), port=self.port))
-        super().__init__(testcase, "rspamd", [
-            RSPAMD, "-f", "-i", "-c", conf, f"--var=DBDIR={self.dir}",
-            f"--var=RUNDIR={self.dir}", f"--var=LOGDIR={self.dir}"],
-            os.path.join(self.dir, "rspamd.out"))
+        super().__init__(testcase, "rspamd", rspamd_milter.command(self.dir, self.port),
+                         os.path.join(self.dir, "rspamd.out"))
 
     @property
     def milter(self) -> str:  # as smtpd_milters names it
@@ -69,7 +40,7 @@ def message(subject: str, body: str) -> bytes:
 
 class RspamdTests(unittest.TestCase):
     timeout = 120
-    if not os.path.exists(RSPAMD):
+    if not os.path.exists(rspamd_milter.RSPAMD):
         skip = "rspamd is not installed (scripts/setup-debian.sh test installs it)"
 
     def setUp(self) -> None:
