@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, error
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -27,9 +28,12 @@ from mailsuite.mta.transaction import (
     Envelope,
     Hold,
     Message,
+    Pipeline,
     Recipient,
     Verdict,
 )
+from tests.fakes import NoDelayTransport
+from tests.test_smtp_server import HOST, build
 from mailsuite.config import ConfigError, parse_config
 
 DATA = (b"Received: from x\n\tby y\nSubject: hi\nX-A: 1\nX-A: 2\n\nline 1\nline 2\n")
@@ -397,3 +401,54 @@ class FailureTests(StageCase):
         got = self.run_stage(self.stage((handler, optneg())), message())
         self.assertEqual(got, Verdict(451, "4.7.1", "Service unavailable - try again later"))
         self.assertIn("can't read SMFIC_MAIL reply packet header: Success", self.log())
+
+
+class SmtpDoorTests(StageCase):
+    """The SMTP server's own conversation: each command answered after the milters'."""
+
+    def server(self, handler: Handler) -> tuple[Any, Any]:
+        factory, _, maillog, _ = build(self, clock=self.clock)
+        self.maillog = maillog
+        stage = self.stage((handler, optneg()))
+        stage.maillog = maillog
+        factory.pipeline = Pipeline(factory.delivery, maillog, HOST, self.clock.seconds, [stage])
+        factory.milters = stage.smtp_conversation()
+        proto = factory.buildProtocol(None)
+        transport = NoDelayTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4321))
+        proto.makeConnection(transport)
+        self.pump()
+        return proto, transport
+
+    def pump(self) -> None:
+        for _ in range(1000):
+            if not [c for c in self.clock.getDelayedCalls() if c.getTime() <= self.clock.seconds()]:
+                return
+            self.clock.advance(0)
+
+    def test_pipelined_commands_wait_for_the_milter(self) -> None:
+        def handler(code: bytes, data: bytes) -> list[bytes]:
+            if code == p.SMFIC_RCPT and data.startswith(b"<alice@"):
+                return [edit(p.SMFIR_REPLYCODE, "550 5.7.1 not alice")]
+            if code == p.SMFIC_BODYEOB:
+                return [edit(p.SMFIR_ADDHEADER, "X-Milter", "on"), p.packet(p.SMFIR_ACCEPT)]
+            return cont(code, data)
+        proto, transport = self.server(handler)
+        self.assertEqual(transport.value(), b"220 mail.example.com ESMTP mailsuite\r\n")
+        transport.clear()
+        proto.dataReceived(b"HELO client.example\r\nMAIL FROM:<a@b.example>\r\n"
+                           b"RCPT TO:<alice@mail.example.com>\r\n"
+                           b"RCPT TO:<boss@mail.example.com>\r\nDATA\r\n")
+        self.pump()
+        self.assertEqual(transport.value().decode().split("\r\n")[:-1], [
+            "250 2.0.0 mail.example.com", "250 2.1.0 Ok", "550 5.7.1 not alice", "250 2.1.5 Ok",
+            "354 End data with <CR><LF>.<CR><LF>"])
+        transport.clear()
+        proto.dataReceived(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        self.pump()
+        self.assertTrue(transport.value().startswith(b"250 2.0.0 Ok: queued as"))
+        self.assertEqual([c for c, _ in self.milters[0].seen],
+                         [b"O", b"C", b"H", b"M", b"R", b"R", b"T", b"L", b"L", b"N", b"B", b"E"])
+        self.assertIn("milter-reject: RCPT from client.example[192.0.2.7]: 550 5.7.1 not alice;"
+                      " from=<a@b.example> to=<alice@mail.example.com>", self.log())
+        proto.connectionLost()
+        self.assertEqual(self.milters[0].wire, None)  # QUIT, closed with the session
