@@ -166,8 +166,10 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
     def _reply_lines(self, code: int, lines: list[str]) -> None:
         out = [f"{code}-{line}\r\n" for line in lines[:-1]] + [f"{code} {lines[-1]}\r\n"]
         self._send("".join(out).encode("ascii", "replace"))
-        if self._command_name:
+        if self._command_name and code < 400:
             self._counts[self._command_name][0] += 1
+        if code >= 400:  # a milter's multi-line refusal
+            self.limits_error()
 
     def connectionMade(self) -> None:
         self._connected = True
@@ -395,12 +397,7 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
         if not self._connected:
             return
         if results and not any(r.accepted for r in results):  # a stage's verdict
-            first = results[0]
-            lines = f"{first.dsn} {first.text}".split("\n")  # a milter's multi-line reply
-            if len(lines) > 1:
-                self._reply_lines(first.code, lines)
-            else:
-                self._reply(first.code, lines[0])
+            self.reply_verdict(results[0].code, results[0].dsn, results[0].text)
         else:
             self.limits_delivered()
             self._reply(250, f"2.0.0 Ok: queued as {queue_id}")

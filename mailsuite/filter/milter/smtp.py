@@ -87,10 +87,13 @@ class SmtpMilters:
 
     def milter_refused(self, decision: Decision) -> None:
         """A milter's refusal as the command's reply (a multi-line one whole)."""
-        if not isinstance(decision, Verdict):  # taken at the end (see Conversation.pending)
-            return
-        lines = f"{decision.dsn} {decision.text}".split("\n")
+        if isinstance(decision, Verdict):  # not a Discard: taken (Conversation.pending)
+            self.reply_verdict(decision.code, decision.dsn, decision.text)
+
+    def reply_verdict(self, code: int, dsn: str, text: str) -> None:
+        """A refusal as the reply; a multi-line one (LF-separated ``text``) whole."""
+        lines = f"{dsn} {text}".split("\n")
         if len(lines) > 1:
-            self._reply_lines(decision.code, lines)
+            self._reply_lines(code, lines)
         else:
-            self._reply(decision.code, lines[0])
+            self._reply(code, lines[0])
