@@ -391,6 +391,8 @@ class FailureTests(StageCase):
                       " Connection refused", self.log())
         own = self.stage(refused=True, spec="{ inet:127.0.0.1:1, default_action=accept }")
         self.assertIsNone(self.run_stage(own, message()))
+        held = self.stage(refused=True, spec="inet:127.0.0.1:1", default_action="quarantine")
+        self.assertEqual(self.run_stage(held, message()), Hold("milter default action"))
 
     def test_milter_that_closes_gets_the_default_action(self) -> None:
         def handler(code: bytes, data: bytes) -> list[bytes] | None:
@@ -406,10 +408,10 @@ class FailureTests(StageCase):
 class SmtpDoorTests(StageCase):
     """The SMTP server's own conversation: each command answered after the milters'."""
 
-    def server(self, handler: Handler) -> tuple[Any, Any]:
+    def server(self, handler: Handler, **options: Any) -> tuple[Any, Any]:
         factory, _, maillog, _ = build(self, clock=self.clock)
         self.maillog = maillog
-        stage = self.stage((handler, optneg()))
+        stage = self.stage((handler, optneg()), **options)
         stage.maillog = maillog
         factory.pipeline = Pipeline(factory.delivery, maillog, HOST, self.clock.seconds, [stage])
         factory.milters = stage.smtp_conversation()
@@ -452,3 +454,29 @@ class SmtpDoorTests(StageCase):
                       " from=<a@b.example> to=<alice@mail.example.com>", self.log())
         proto.connectionLost()
         self.assertEqual(self.milters[0].wire, None)  # QUIT, closed with the session
+
+    def test_discard_at_mail_takes_the_message(self) -> None:
+        def handler(code: bytes, data: bytes) -> list[bytes]:
+            return [p.packet(p.SMFIR_DISCARD)] if code == p.SMFIC_MAIL else cont(code, data)
+        proto, transport = self.server(handler)
+        proto.dataReceived(b"HELO c.example\r\nMAIL FROM:<a@b.example>\r\n"
+                           b"RCPT TO:<boss@mail.example.com>\r\nDATA\r\n")
+        self.pump()
+        transport.clear()
+        proto.dataReceived(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        self.pump()
+        self.assertTrue(transport.value().startswith(b"250 2.0.0 Ok: queued as"))
+        self.assertIn("milter triggers DISCARD action", self.log())
+        self.assertNotIn(b"E", [c for c, _ in self.milters[0].seen])  # no EOM sent
+
+    def test_dead_milter_quarantine_lets_the_session_go_on(self) -> None:
+        """milter_default_action = quarantine: the commands are answered, the message is
+        held (the decision is the conversation's for every message)."""
+        proto, transport = self.server(cont, refused=True, spec="inet:127.0.0.1:1",
+                                       default_action="quarantine")
+        transport.clear()
+        proto.dataReceived(b"HELO c.example\r\nMAIL FROM:<a@b.example>\r\n")
+        self.pump()
+        self.assertEqual(transport.value().decode().split("\r\n")[:-1],
+                         ["250 2.0.0 mail.example.com", "250 2.1.0 Ok"])
+        self.assertEqual(proto._milters.always, Hold("milter default action"))

@@ -96,8 +96,10 @@ class Conversation:
         self.links = [_Link(t) for t in milters]
         self.state = State(stage.hostname, client)
         self.program = "cleanup" if client.door == PICKUP else "smtpd"
-        #: a DISCARD (or quarantine default action) at MAIL/RCPT: taken, decided at the end
+        #: a DISCARD at MAIL/RCPT: the message is taken, then discarded
         self.pending: Decision | None = None
+        #: the quarantine default action of a milter that failed: every message is held
+        self.always: Hold | None = None
 
     def hand_over(self, queue_id: str) -> None:
         """Go on with the message ``queue_id`` in the pipeline's milter stage."""
@@ -182,7 +184,7 @@ class Conversation:
                 decision = self._judge(link, event, reply)
             except (MilterError, p.ProtocolError) as e:
                 decision = self._failed(link, e)
-            if isinstance(decision, Hold | Discard) and event in (p.SMFIC_MAIL, p.SMFIC_RCPT):
+            if isinstance(decision, Discard):  # at MAIL/RCPT: taken, then discarded
                 self.pending = self.pending or decision
             elif decision is not None:
                 return decision
@@ -195,9 +197,10 @@ class Conversation:
         """DATA to EOM, one milter after the other, each one's changes applied at its EOM:
         a Verdict or Discard ends it; a quarantine goes on (Hold at the end, as Postfix)."""
         self.state.queue_id, self.handed_over = message.envelope.queue_id, None
-        held, self.pending = self.pending, None
-        if isinstance(held, Discard):
-            return held
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            return pending
+        held: Hold | None = None
         for link in self.links:
             if link.session is None or link.accepted:
                 continue
@@ -212,6 +215,7 @@ class Conversation:
         for link in self.links:
             link.accepted = False
         self.state.sender, self.state.recipients = None, []
+        held = held or self.always
         if held is not None:
             self._log("milter-hold", "END-OF-MESSAGE", "milter triggers HOLD action", message)
         return held
@@ -289,6 +293,9 @@ class Conversation:
             link.wire.transport.abortConnection()
         link.session = link.wire = None
         decision = DEFAULTS[link.target.default_action or self.stage.default_action]
+        if isinstance(decision, Hold):  # the session goes on; its messages are held
+            self.always = decision
+            return None
         if isinstance(decision, Verdict):
             self._log("milter-reject", "END-OF-MESSAGE" if message else "CONNECT",
                       f"{decision.code} {decision.dsn} {decision.text}", message)

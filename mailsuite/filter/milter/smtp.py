@@ -35,7 +35,7 @@ class SmtpMilters:
         self._milters = make(client)
 
         def decided(decision: Decision | None) -> None:
-            self._milters_denied = decision
+            self._milters_denied = decision  # a Verdict (the conversation keeps a Hold)
 
         return self._milters.open().addCallback(decided)
 
