@@ -35,6 +35,7 @@ sys.path.insert(0, HERE)
 
 import probe
 import report
+import rspamd_milter
 
 CHECKOUT = os.path.dirname(HERE)
 MAILBENCH_DIR = os.environ.get("MAILBENCH_DIR") or os.path.normpath(
@@ -48,7 +49,8 @@ OURS, PEER = "mailsuite", "postfix+dovecot"
 #: until an agent with nothing attached exits)
 IDLE_HOLD = 15
 
-WORKLOADS = ("smtp-deliver", "pop3-retr", "imap-big", "imap-idle-conns", "logins", "slow-crowd")
+WORKLOADS = ("smtp-deliver", "pop3-retr", "imap-big", "imap-idle-conns", "logins", "slow-crowd",
+             "smtp-milter")
 #: slow-crowd (issue 11 item 3): connections, one byte every INTERVAL s from 40 loopback
 #: addresses; mailsuite's default deadlines (smtpd_timeout, login_idle_timeout)
 CROWD, CROWD_INTERVAL = 1000, 10.0
@@ -142,6 +144,7 @@ class Mailsuite(Server):
     def __init__(self, workdir: str, python: str, ports: dict[str, int], checkout: str,
                  mail_owner: str | None = None) -> None:
         self.mail_owner = mail_owner  # [mail] mail_owner (None: the checkout's default)
+        self.extra_mail = ""  # more [mail] lines (smtp-milter: smtpd_milters)
         self.workdir = workdir
         self.checkout = checkout
         self.python = python
@@ -186,6 +189,7 @@ alias_maps = {w}/aliases
 queue_directory = {w}/queue
 maillog_file = {w}/maillog
 {"" if self.mail_owner is None else f"mail_owner = {self.mail_owner}"}
+{self.extra_mail}
 
 [listen]
 smtp = {self.ports['smtp']}
@@ -461,6 +465,44 @@ class Bench:
             "--body-size", "4096", "--mbox-template", s.mbox_template],
             f"{self.truncate(s)}; {s.reset_index}"))
 
+    def smtp_milter(self) -> None:
+        """smtp-deliver against mailsuite without, then with rspamd as its smtpd_milters, in
+        the same run: the milter's cost per message (mailsuite only)."""
+        if not os.path.exists(rspamd_milter.RSPAMD):
+            log("smtp-milter: rspamd is not installed (apt-get install rspamd): skipped")
+            return
+        c, m = self.args.smtp_c, self.args.smtp_m or self.size.smtp_m
+        port = self.args.rspamd_port
+        directory = os.path.join(self.args.workdir, "rspamd")
+        users = [f"bench{i}" for i in range(1, NUSERS + 1)]
+        for variant in ("no milter", "rspamd milter"):
+            g = self.group("smtp-deliver", f"C={c} M={m} {variant}", {"c": c, "m": m})
+            rspamd = None
+            if variant != "no milter":
+                with open(os.path.join(directory + ".out"), "ab") as out:
+                    rspamd = subprocess.Popen(
+                        rspamd_milter.command(directory, port, count=2, level="warning"),
+                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                deadline = time.monotonic() + 60
+                while not port_open(port) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                self.ours.extra_mail = f"smtpd_milters = inet:127.0.0.1:{port}"
+            self.ours.prepare(users)
+            try:
+                self.ours.start()
+                self.run(g, self.ours, [
+                    "--port", str(self.ours.ports["smtp"]), "-c", str(c), "-m", str(m), "-r",
+                    str(NUSERS), "--body-size", "4096", "--mbox-template",
+                    self.ours.mbox_template],
+                    f"{self.truncate(self.ours)}; {self.ours.reset_index}")
+            finally:
+                self.ours.stop()
+                self.ours.extra_mail = ""
+                if rspamd is not None:
+                    os.killpg(rspamd.pid, signal.SIGTERM)
+                    rspamd.wait(30)
+        self.ours.prepare(users)
+
     def pop3_retr(self) -> None:
         n = self.args.pop3_n or self.size.pop3_n
         for dele in (False, True) if self.size.pop3_dele else (False,):
@@ -629,6 +671,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pop3-n", type=int, help="pop3-retr messages per user (quick 200, full 1000)")
     p.add_argument("--smtp-m", type=int, help="smtp-deliver messages (quick 1000, full 3000)")
     p.add_argument("--smtp-c", type=int, default=10, help="smtp-deliver connections (10)")
+    p.add_argument("--rspamd-port", type=int, default=2332,
+                   help="smtp-milter: the port of rspamd's milter (2332)")
     p.add_argument("--idle-c", type=int, help="imap-idle-conns connections (quick 500, full 2000)")
     p.add_argument("--noise", help="mailbench noise options instead of the mode's, e.g. "
                    "'--wait-quiet 25 --wait-quiet-max 60 --max-other-pct 25 --noise-retries 2'")
@@ -706,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args, python, ours, peer)
     steps = {"smtp-deliver": bench.smtp_deliver, "pop3-retr": bench.pop3_retr,
              "imap-big": bench.imap_big, "imap-idle-conns": bench.idle_conns,
-             "logins": bench.logins, "slow-crowd": bench.slow_crowd}
+             "logins": bench.logins, "slow-crowd": bench.slow_crowd,
+             "smtp-milter": bench.smtp_milter}
     try:
         for name in WORKLOADS:
             if not args.only or name in args.only:

@@ -51,6 +51,13 @@ from mailsuite.configvalues import (
     parse_user_name,
     split_location,
 )
+from mailsuite.milterconf import (
+    DEFAULT_MACROS,
+    Endpoint,
+    parse_default_action,
+    parse_milters,
+    parse_protocol,
+)
 from mailsuite.net import Network, in_networks, parse_ip
 from mailsuite.store.spam import parse_spam_header
 
@@ -112,6 +119,21 @@ class MailConfig:
     smtpd_client_event_limit_exceptions: list[Network] = field(default_factory=list)
     anvil_rate_time_unit: float = 60.0
     # milters (mailsuite/filter/milter): smtpd_milters, non_smtpd_milters, milter_*
+    smtpd_milters: list[Endpoint] = field(default_factory=list)
+    non_smtpd_milters: list[Endpoint] = field(default_factory=list)
+    milter_default_action: str = "tempfail"
+    milter_protocol: int = 6
+    milter_connect_timeout: float = 30.0
+    milter_command_timeout: float = 30.0
+    milter_content_timeout: float = 300.0
+    milter_connect_macros: str = DEFAULT_MACROS["milter_connect_macros"]
+    milter_helo_macros: str = DEFAULT_MACROS["milter_helo_macros"]
+    milter_mail_macros: str = DEFAULT_MACROS["milter_mail_macros"]
+    milter_rcpt_macros: str = DEFAULT_MACROS["milter_rcpt_macros"]
+    milter_data_macros: str = DEFAULT_MACROS["milter_data_macros"]
+    milter_end_of_header_macros: str = DEFAULT_MACROS["milter_end_of_header_macros"]
+    milter_end_of_data_macros: str = DEFAULT_MACROS["milter_end_of_data_macros"]
+    milter_unknown_command_macros: str = DEFAULT_MACROS["milter_unknown_command_macros"]
     # content checks (mailsuite/filter/checks.py): header_checks, body_checks, ...
     header_checks: list[tuple[str, str]] = field(default_factory=list)
     mime_header_checks: list[tuple[str, str]] = field(default_factory=list)
@@ -332,6 +354,14 @@ SECTIONS: dict[str, Section] = {
         Key("smtpd_client_event_limit_exceptions", "$mynetworks", parse_networks),
         Key("anvil_rate_time_unit", "60s", parse_positive_seconds),
         # milters (mailsuite/filter/milter)
+        Key("smtpd_milters", "", parse_milters),
+        Key("non_smtpd_milters", "", parse_milters),
+        Key("milter_default_action", "tempfail", parse_default_action),
+        Key("milter_protocol", "6", parse_protocol),
+        Key("milter_connect_timeout", "30s", parse_timeout),
+        Key("milter_command_timeout", "30s", parse_timeout),
+        Key("milter_content_timeout", "300s", parse_timeout),
+        *(Key(name, value, str.strip) for name, value in DEFAULT_MACROS.items()),
         # content checks (mailsuite/filter/checks.py)
         Key("header_checks", "", parse_content_tables),
         Key("mime_header_checks", "$header_checks", parse_content_tables),

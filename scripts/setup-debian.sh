@@ -172,6 +172,11 @@ test)
     # dovecot-imapd, dovecot-pop3d: its mbox state headers and POP3 UIDLs must be read and
     # given as Dovecot writes them (tests/integration/test_dovecot_mbox.py).
     install_dovecot
+    # rspamd, clamav-daemon, clamav-milter: the real filters the milter client is tested
+    # against (started by the tests on loopback, not as services); python3-milter: libmilter's
+    # filter side, a scriptable test milter run by the system Python (tests/integration/
+    # test_milter_real.py, test_rspamd.py, test_clamav.py)
+    apt_install rspamd clamav-daemon clamav-milter python3-milter
     install_suite
     # the integration tests run the privilege-separated server as this user
     make_mail_owner

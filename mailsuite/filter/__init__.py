@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mailsuite.config import Config
-from mailsuite.filter import checks
+from mailsuite.filter import checks, milter
 from mailsuite.filter.audit import AuditStage
 from mailsuite.filter.bcc import BccStage
 from mailsuite.filter.tablefile import TableError
@@ -26,6 +26,7 @@ def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage
     # content checks (checks.py)
     out += [s for s in [checks.from_config(cfg.mail, maillog, blocking)] if s is not None]
     # milters (milter/)
+    out.extend(s for s in [milter.from_config(cfg, reactor, maillog)] if s is not None)
     # audit rules (audit.py)
     _add(out, "[audit] rules", lambda: AuditStage.from_config(cfg, maillog, blocking))
     # BCC maps (bcc.py)

@@ -56,6 +56,9 @@ class SmtpEnvelope:
     sasl_log: Callable[[], str]
     limits_mail: Callable[[], bool]
     limits_rcpt: Callable[[], bool]
+    milters_then: Callable[..., Any]
+    milters_mail: Callable[[str, str | None], Any]
+    milters_rcpt: Callable[[Recipient], Any]
 
     if TYPE_CHECKING:
         @property
@@ -115,8 +118,7 @@ class SmtpEnvelope:
                 self._server_error(Failure(), "MAIL")
                 return None
             if not isinstance(origin, defer.Deferred):
-                self._mail_ok(origin, params)
-                return None
+                return self._mail_ok(origin, params)
             origin.addCallbacks(self._mail_ok, self._server_error, callbackArgs=(params,),
                                 errbackArgs=("MAIL",))
             return origin
@@ -160,7 +162,11 @@ class SmtpEnvelope:
                 return None
         return params
 
-    def _mail_ok(self, address: Any, params: addr.MailParams) -> None:
+    def _mail_ok(self, address: Any, params: addr.MailParams) -> Any:
+        return self.milters_then(self.milters_mail(str(address), self._queue_id),
+                                 self._mail_taken, address, params)
+
+    def _mail_taken(self, address: Any, params: addr.MailParams) -> None:
         self._sender = str(address)
         self._mail_params = params
         self._arrival = self.factory.clock.seconds()
@@ -215,19 +221,22 @@ class SmtpEnvelope:
                 self._rcpt_refused(Failure(), path)
                 return None
             if recipient is not None:
-                self._rcpt_ok(recipient, path, params)
-                return None
+                return self._rcpt_ok(recipient, path, params)
         d = defer.maybeDeferred(self._avatar.validateTo, user)
         d.addCallbacks(
             self._rcpt_ok, self._rcpt_refused, callbackArgs=(path, params), errbackArgs=(path,)
         )
         return d
 
-    def _rcpt_ok(self, recipient: Any, address: str, params: addr.RcptParams) -> None:
+    def _rcpt_ok(self, recipient: Any, address: str, params: addr.RcptParams) -> Any:
         if self._queue_id is None:
             self._queue_id = new_queue_id()
             self._log(f"{self._queue_id}: client={self.client}{self.sasl_log()}")
-        self._recipients.append(Recipient(address, params, recipient))
+        rcpt = Recipient(address, params, recipient)
+        return self.milters_then(self.milters_rcpt(rcpt), self._rcpt_taken, rcpt)
+
+    def _rcpt_taken(self, rcpt: Recipient) -> None:
+        self._recipients.append(rcpt)
         self._reply(250, "2.1.5 Ok")
 
     def _rcpt_refused(self, failure: Failure, address: str) -> None:

@@ -210,7 +210,8 @@ class LMTPServer(CommandLoop, protocol.Protocol):
             if result.accepted:
                 self.reply(250, f"2.0.0 <{address}> Ok: delivered as {queue_id}")
             else:
-                self.reply(result.code, f"{result.dsn} <{address}>: {result.text}")
+                text = result.text.partition("\n")[0]  # one line per recipient
+                self.reply(result.code, f"{result.dsn} <{address}>: {text}")
         self._reset()
 
 

@@ -36,6 +36,7 @@ from twisted.python.failure import Failure
 
 from mailsuite.config import Config
 from mailsuite.deadline import Deadline
+from mailsuite.filter.milter.smtp import SmtpMilters
 from mailsuite.limits import Limits
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
@@ -79,7 +80,7 @@ def message_id(body: bytes) -> str:
     return b" ".join(m.group(1).split()).decode("ascii", "replace").strip("<>")
 
 
-class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
+class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
     """One SMTP session. ``factory`` gives config, portal, delivery, maillog, clock, and the
     service (smtp, submission, smtps) with its TLS; STARTTLS and AUTH are ``SmtpAuth``'s, the
     connection, rate and error limits ``SmtpLimits``'."""
@@ -121,6 +122,7 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
         self._rcpt_attempts = 0
         self._queue_id: str | None = None
         self._arrival = 0.0
+        self.milters_abort()
 
     def _log(self, text: str) -> None:
         self.factory.maillog.write("smtpd", text)
@@ -164,8 +166,10 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
     def _reply_lines(self, code: int, lines: list[str]) -> None:
         out = [f"{code}-{line}\r\n" for line in lines[:-1]] + [f"{code} {lines[-1]}\r\n"]
         self._send("".join(out).encode("ascii", "replace"))
-        if self._command_name:
+        if self._command_name and code < 400:
             self._counts[self._command_name][0] += 1
+        if code >= 400:  # a milter's multi-line refusal
+            self.limits_error()
 
     def connectionMade(self) -> None:
         self._connected = True
@@ -187,13 +191,19 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
         d.addCallback(self._greet)
         d.addBoth(self._finished)
 
-    def _greet(self, name: str) -> None:
+    def _greet(self, name: str) -> Any:
         if not self._connected or self.transport.disconnecting:
             return
         self.client_name = name
         self._greeted = True
         self._log(f"connect from {self.client}")
-        self.transport.write(f"220 {self.factory.hostname} ESMTP mailsuite\r\n".encode())
+        client = Client(SMTP, self.client_ip, name, tls=self.secure)
+        greeting = f"220 {self.factory.hostname} ESMTP mailsuite\r\n".encode()
+        connected = self.milters_connect(client)
+        if connected is None:
+            self.transport.write(greeting)
+            return None
+        return connected.addCallback(lambda _: self.transport.write(greeting))
 
     def timeoutConnection(self) -> None:
         if self._busy:  # no time limit while we work (the timer stays armed: a busy MX
@@ -210,6 +220,7 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._connected = False
         self._deadline.stop()
+        self.milters_close()
         if self._screen is not None:
             self._screen.lost()
         self.limits_release()
@@ -280,28 +291,26 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
 
     # --- session commands -----------------------------------------------------------------------
 
-    def _cmd_helo(self, arg: bytes) -> None:
+    def _cmd_helo(self, arg: bytes) -> Any:
         if not arg:
             self._reply(501, "5.5.4 Syntax: HELO hostname")
             return
         self._helo_name, self._proto = printable(arg.split()[0]), "SMTP"
         self._reset_transaction()
-        self._reply(250, f"2.0.0 {self.factory.hostname}")
+        return self.milters_then(self.milters_helo(self._helo_name), self._reply, 250,
+                                 f"2.0.0 {self.factory.hostname}")
 
-    def _cmd_ehlo(self, arg: bytes) -> None:
+    def _cmd_ehlo(self, arg: bytes) -> Any:
         if not arg:
             self._reply(501, "5.5.4 Syntax: EHLO hostname")
             return
         self._helo_name, self._proto = printable(arg.split()[0]), "ESMTP"
         self._reset_transaction()
         size = f"SIZE {self.size_limit}" if self.size_limit else "SIZE"
-        self._reply_lines(
-            250,
-            [
-                self.factory.hostname, "PIPELINING", size, "VRFY", *self.ehlo_extensions(),
-                "ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8",
-            ],
-        )
+        lines = [self.factory.hostname, "PIPELINING", size, "VRFY", *self.ehlo_extensions(),
+                 "ENHANCEDSTATUSCODES", "8BITMIME", "DSN", "SMTPUTF8"]
+        return self.milters_then(self.milters_helo(self._helo_name), self._reply_lines, 250,
+                                 lines)
 
     def _cmd_rset(self, arg: bytes) -> None:
         if arg:
@@ -366,6 +375,7 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
                    tls=self.secure, protocol=self.with_protocol(self._proto)),
             self._mail_params, self._arrival)
         data = self.factory.pipeline.stamp(self._envelope, body)
+        self.milters_attach(queue_id)
         self._log(f"{queue_id}: message-id=<{message_id(body)}>")
         d = self._deliver(data, queue_id)
         d.addCallbacks(
@@ -387,7 +397,7 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
         if not self._connected:
             return
         if results and not any(r.accepted for r in results):  # a stage's verdict
-            self._reply(results[0].code, f"{results[0].dsn} {results[0].text}")
+            self.reply_verdict(results[0].code, results[0].dsn, results[0].text)
         else:
             self.limits_delivered()
             self._reply(250, f"2.0.0 Ok: queued as {queue_id}")
@@ -446,6 +456,9 @@ class SMTPFactory(protocol.ServerFactory):
         self.limits = limits or Limits(config.mail, maillog, clock)
         self.front_door = FrontDoor(config.mail, self.hostname, maillog, clock) \
             if front_door else None
+        # the milters' Conversation factory (filter/milter/stage.py), None without milters
+        self.milters = next((s.smtp_conversation() for s in self.pipeline.stages
+                             if hasattr(s, "smtp_conversation")), None)
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         return SMTPServer(self)
