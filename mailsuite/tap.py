@@ -60,6 +60,7 @@ from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.clientname import reverse_lookup
+from mailsuite.smtp.restrictions import Restrictions
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.startup import StartupError, describe_os_error, step
 from mailsuite.store.cleanup import clean_spool, spool_directory
@@ -214,6 +215,18 @@ class Parts:
     open_dropped: Any = None
 
 
+def _restrictions(cfg: Config, delivery: LocalDelivery, reactor: Any, names: MXResolver,
+                  maillog: MailLog) -> Restrictions:
+    """The SMTP restriction lists; their access tables are read now (as mail_owner under
+    privilege separation), a bad one is a StartupError naming it."""
+    with step("[mail] smtpd_*_restrictions"):
+        try:
+            return Restrictions(cfg.mail, delivery, reactor, names,
+                                lambda text: maillog.write("smtpd", text))
+        except ValueError as e:
+            raise StartupError(f"[mail] smtpd_*_restrictions: {e}") from None
+
+
 def assemble(top: MailService, p: Parts) -> LocalDelivery:
     """Delivery, queue, portal, the doors and local submission, under ``top``."""
     cfg, reactor, tls, maillog = p.cfg, p.reactor, p.tls, p.maillog
@@ -225,8 +238,9 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     qmgr.setServiceParent(top)
     the_portal = portal.Portal(p.realm(delivery), [p.checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
-    lookup = functools.partial(reverse_lookup,
-                               names=MXResolver(cfg.mail.dns_resolver, reactor=reactor))
+    names = MXResolver(cfg.mail.dns_resolver, reactor=reactor)
+    lookup = functools.partial(reverse_lookup, names=names)
+    checks = _restrictions(cfg, delivery, reactor, names, maillog)  # one for the SMTP doors
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
     # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
     pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now,
@@ -239,7 +253,8 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
             return SMTPFactory(cfg, the_portal, delivery, maillog, clock=reactor,
                                reverse_lookup=lookup, service=name, server_tls=tls,
                                implicit_tls=implicit, policy=policy, pipeline=pipeline,
-                               limits=limits, front_door=name == "smtp")
+                               limits=limits, front_door=name == "smtp",
+                               restrictions=checks)
         if name in ("pop3", "pop3s"):
             return POP3Factory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
                                implicit_tls=implicit, policy=policy, limits=limits)
