@@ -129,7 +129,8 @@ class PolicyService:
                 return parse_action(reply["action"])
             except Exception as e:  # a refused or lost connection, a timeout, a bad reply
                 if attempt == TRY_LIMIT:
-                    why = str(e) or type(e).__name__
+                    why = f"timeout after {self.timeout:g}s" if isinstance(
+                        e, defer.TimeoutError) else str(e) or type(e).__name__
                     self.warn(f"warning: problem talking to server {self.name}: {why}")
                     break
                 await task.deferLater(self.reactor, RETRY_DELAY, lambda: None)
