@@ -215,18 +215,6 @@ class Parts:
     open_dropped: Any = None
 
 
-def _restrictions(cfg: Config, delivery: LocalDelivery, reactor: Any, names: MXResolver,
-                  maillog: MailLog) -> Restrictions:
-    """The SMTP restriction lists; their access tables are read now (as mail_owner under
-    privilege separation), a bad one is a StartupError naming it."""
-    with step("[mail] smtpd_*_restrictions"):
-        try:
-            return Restrictions(cfg.mail, delivery, reactor, names,
-                                lambda text: maillog.write("smtpd", text))
-        except ValueError as e:
-            raise StartupError(f"[mail] smtpd_*_restrictions: {e}") from None
-
-
 def assemble(top: MailService, p: Parts) -> LocalDelivery:
     """Delivery, queue, portal, the doors and local submission, under ``top``."""
     cfg, reactor, tls, maillog = p.cfg, p.reactor, p.tls, p.maillog
@@ -240,7 +228,7 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
     names = MXResolver(cfg.mail.dns_resolver, reactor=reactor)
     lookup = functools.partial(reverse_lookup, names=names)
-    checks = _restrictions(cfg, delivery, reactor, names, maillog)  # one for the SMTP doors
+    checks = Restrictions.at_start(cfg.mail, delivery, reactor, names, maillog)  # SMTP doors'
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
     # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
     pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now,

@@ -172,6 +172,9 @@ test)
     # dovecot-imapd, dovecot-pop3d: its mbox state headers and POP3 UIDLs must be read and
     # given as Dovecot writes them (tests/integration/test_dovecot_mbox.py).
     install_dovecot
+    # postgrey: the real greylisting policy service behind check_policy_service; the tests
+    # start /usr/sbin/postgrey themselves on a loopback port (tests/integration/test_restrictions.py)
+    apt_install postgrey
     install_suite
     # the integration tests run the privilege-separated server as this user
     make_mail_owner

@@ -15,6 +15,7 @@ from twisted.names import dns, error
 from mailsuite.config import ConfigError
 from mailsuite.mta.dns import MXResolver
 from mailsuite.smtp.restrictions import Restrictions, parse_restrictions
+from mailsuite.startup import StartupError
 from tests.fakemx import ZoneResolver
 from tests.fakes import FakeQueue
 from tests.test_config import parse, section
@@ -218,3 +219,29 @@ class ConfigTests(RestrictionCase):
                           mail.smtpd_policy_service_default_action.dsn),
                          (451, "4.3.5"))
         self.assertEqual(mail.postscreen_dnsbl_action, "ignore")
+
+    def test_bad_table_at_start(self) -> None:
+        """A table line without an access(5) action, or a missing table, stops the start with
+        a line naming it."""
+        bad = self.table("ok@x OK\nspam@x FROBNICATE\n")
+        mail = replace(self.factory.config.mail, smtpd_recipient_restrictions=parse_restrictions(
+            f"check_recipient_access {bad}"))
+        with self.assertRaises(StartupError) as caught:
+            Restrictions.at_start(mail, self.delivery, self.clock, None, self.maillog)
+        self.assertIn(f"{bad[5:]}:2: 'FROBNICATE' is not an access(5) action",
+                      str(caught.exception))
+        mail = replace(mail, smtpd_recipient_restrictions=parse_restrictions(
+            "check_recipient_access hash:/nonexistent/access"))
+        with self.assertRaises(StartupError) as caught:
+            Restrictions.at_start(mail, self.delivery, self.clock, None, self.maillog)
+        self.assertIn("/nonexistent/access: No such file or directory", str(caught.exception))
+
+    def test_own_rbl_reply(self) -> None:
+        """default_rbl_reply as written in mail.ini ($$ for each $ of the template)."""
+        text = parse(section("mail", default_rbl_reply="$$rbl_code 5.7.9 Go away:"
+                             " $$rbl_what at $${rbl_domain}$${rbl_reason?: $$rbl_reason}"
+                             )).mail.default_rbl_reply
+        self.restrict(smtpd_client_restrictions="reject_rbl_client zen.example",
+                      default_rbl_reply=text)
+        self.assertEqual(self.rcpt("boss@mail.example.com"), [
+            "554 5.7.9 Go away: 192.0.2.7 at zen.example: see https://zen.example/7"])

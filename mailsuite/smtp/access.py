@@ -65,13 +65,15 @@ def parse_action(value: str) -> Action:
     if _REPLY.match(word):
         dsn, text = split_dsn(rest, f"{word[0]}.7.1")
         return Action("REJECT", int(word), dsn, text or "Access denied")
-    defaults = {"REJECT": (554, "5.7.1"), "DEFER": (450, "4.7.1"),
-                "DEFER_IF_PERMIT": (450, "4.7.1"), "DEFER_IF_REJECT": (450, "4.7.1")}
+    defaults = {"REJECT": (554, "5.7.1", "Access denied"),
+                "DEFER": (450, "4.7.1", "Access denied"),
+                "DEFER_IF_PERMIT": (450, "4.7.1", "Service unavailable"),
+                "DEFER_IF_REJECT": (450, "4.7.1", "Service unavailable")}
     if upper in defaults:
-        code, default = defaults[upper]
+        code, default, generic = defaults[upper]
         dsn, text = split_dsn(rest, default)
         kind = "REJECT" if upper in ("REJECT", "DEFER") else upper
-        return Action(kind, code, dsn, text or "Access denied")
+        return Action(kind, code, dsn, text or generic)
     if upper == "PREPEND":
         if not re.match(r"^[!-9;-~]+:", rest):
             raise ValueError(f"PREPEND needs a header (name: value), not {rest!r}")

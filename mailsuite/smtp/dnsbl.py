@@ -152,7 +152,10 @@ class Blocklists:
         return d.addCallback(lambda text: Listing(addresses, text))
 
     def _failed(self, failure: Failure, domain: str) -> list[str]:
-        if not failure.check(error.DomainError):  # NXDOMAIN: not listed
+        # NXDOMAIN (DomainError itself from a resolver in this process) is "not listed";
+        # SERVFAIL and REFUSED are DomainError's subclasses too, but failures
+        if not (failure.check(error.DNSNameError, error.AuthoritativeDomainError)
+                or failure.type is error.DomainError):
             now = self.clock.seconds()
             if now - self._warned.get(domain, -3600.0) >= 60:
                 self._warned[domain] = now

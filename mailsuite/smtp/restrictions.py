@@ -31,6 +31,7 @@ from mailsuite.net import parse_ip
 from mailsuite.smtp import access, dnsbl
 from mailsuite.smtp.access import DUNNO, PERMIT, Action
 from mailsuite.smtp.policy import PolicyService, parse_endpoint
+from mailsuite.startup import StartupError, describe_os_error
 
 STAGES = ("client", "helo", "sender", "relay", "recipient", "data")
 SIMPLE = frozenset({
@@ -188,6 +189,18 @@ class Restrictions:
             elif restriction.name == "check_policy_service":
                 self.policies.setdefault(
                     restriction.arg, PolicyService(restriction.arg, mail, reactor, log))
+
+    @classmethod
+    def at_start(cls, mail: Any, delivery: Any, reactor: Any, names: Any,
+                 maillog: Any) -> Restrictions:
+        """The server's lists; the access tables are read now (as mail_owner under privilege
+        separation): one that cannot be read or parsed is a StartupError naming it."""
+        try:
+            return cls(mail, delivery, reactor, names, lambda text: maillog.write("smtpd", text))
+        except OSError as e:
+            raise StartupError(f"[mail] smtpd_*_restrictions: {describe_os_error(e)}") from None
+        except ValueError as e:
+            raise StartupError(f"[mail] smtpd_*_restrictions: {e}") from None
 
     @property
     def data_checked(self) -> bool:
