@@ -151,3 +151,18 @@ class PolicyTests(RestrictionCase):
         self.clock.advance(1)
         self.answer(1, b"action=FROBNICATE\n\n")
         self.assertEqual(self.transport.value().decode().split("\r\n")[-2][:10], "451 4.3.5 ")
+
+    def test_data_state(self) -> None:
+        """In smtpd_data_restrictions: protocol_state=DATA with the recipient count."""
+        self.restrict(smtpd_data_restrictions=f"check_policy_service {SPEC}")
+        self.endpoint = FakeEndpoint()
+        self.factory.restrictions.policies[SPEC]._endpoint = self.endpoint
+        self.send(b"EHLO client.example\r\nMAIL FROM:<a@b.example>\r\n"
+                  b"RCPT TO:<boss@mail.example.com>\r\nDATA\r\n")
+        sent = request(self.endpoint.connections[0][1])
+        self.assertEqual((sent["protocol_state"], sent["recipient_count"], sent["recipient"]),
+                         ("DATA", "1", ""))
+        self.transport.clear()
+        self.answer(0, b"action=REJECT nope\n\n")
+        self.assertEqual(self.transport.value(),
+                         b"554 5.7.1 <DATA>: Data command rejected: nope\r\n")

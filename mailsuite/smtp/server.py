@@ -348,7 +348,8 @@ class SMTPServer(SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, smtp.ESMTP):
         elif self.factory.restrictions.data_checked:  # smtpd_data_restrictions
             outcome = self.factory.restrictions.check(("data",), request_of(self, "DATA"))
             if isinstance(outcome, defer.Deferred):
-                return outcome.addCallback(self._data_checked)
+                return outcome.addCallback(self._data_checked).addErrback(
+                    self._server_error, "DATA")
             return self._data_checked(outcome)
         else:
             self._start_data()
