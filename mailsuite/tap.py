@@ -61,6 +61,7 @@ from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.clientname import reverse_lookup
 from mailsuite.smtp.restrictions import Restrictions
+from mailsuite.smtp.restrictions import check_tables as check_restriction_tables
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.startup import StartupError, describe_os_error, step
 from mailsuite.store.cleanup import clean_spool, spool_directory
@@ -382,6 +383,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     listeners bound here and handed over, the password checks, the agents (privsep.master)."""
     from mailsuite.privsep.master import MasterService
     owner = startup.mail_owner(cfg)
+    check_restriction_tables(cfg.mail)  # the network process reads them again, could not say
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):

@@ -228,8 +228,8 @@ class ConfigTests(RestrictionCase):
             f"check_recipient_access {bad}"))
         with self.assertRaises(StartupError) as caught:
             Restrictions.at_start(mail, self.delivery, self.clock, None, self.maillog)
-        self.assertIn(f"{bad[5:]}:2: 'FROBNICATE' is not an access(5) action",
-                      str(caught.exception))
+        self.assertEqual(f"[mail] smtpd_recipient_restrictions: {bad[5:]}:2: 'FROBNICATE' is"
+                         " not an access(5) action", str(caught.exception))
         mail = replace(mail, smtpd_recipient_restrictions=parse_restrictions(
             "check_recipient_access hash:/nonexistent/access"))
         with self.assertRaises(StartupError) as caught:

@@ -178,15 +178,11 @@ class Restrictions:
         self.delivery = delivery
         self.names = names
         self.rbl_reply: str = mail.default_rbl_reply
-        self.tables: dict[str, dict[str, Action]] = {}
+        self.tables = read_tables(mail)
         self.policies: dict[str, PolicyService] = {}
         self.blocklists = dnsbl.Blocklists(lambda: names.resolver, reactor, log)
         for restriction in (r for rs in self.lists.values() for r in rs):
-            if restriction.name.startswith("check_") and restriction.name.endswith("_access"):
-                path = access.table_path(restriction.arg)
-                if path not in self.tables:
-                    self.tables[path] = access.read_table(path)
-            elif restriction.name == "check_policy_service":
+            if restriction.name == "check_policy_service":
                 self.policies.setdefault(
                     restriction.arg, PolicyService(restriction.arg, mail, reactor, log))
 
@@ -195,12 +191,8 @@ class Restrictions:
                  maillog: Any) -> Restrictions:
         """The server's lists; the access tables are read now (as mail_owner under privilege
         separation): one that cannot be read or parsed is a StartupError naming it."""
-        try:
-            return cls(mail, delivery, reactor, names, lambda text: maillog.write("smtpd", text))
-        except OSError as e:
-            raise StartupError(f"[mail] smtpd_*_restrictions: {describe_os_error(e)}") from None
-        except ValueError as e:
-            raise StartupError(f"[mail] smtpd_*_restrictions: {e}") from None
+        check_tables(mail)
+        return cls(mail, delivery, reactor, names, lambda text: maillog.write("smtpd", text))
 
     @property
     def data_checked(self) -> bool:
@@ -338,6 +330,35 @@ class Restrictions:
     def close(self) -> None:
         for policy in self.policies.values():
             policy.close()
+
+
+def read_tables(mail: Any) -> dict[str, dict[str, Action]]:
+    """Every access table the lists name, read: {path: entries}; a ValueError ``[mail] KEY:
+    FILE: why`` (FILE:LINE for a bad entry) for one that cannot be."""
+    tables: dict[str, dict[str, Action]] = {}
+    for stage in STAGES:
+        key = f"smtpd_{stage}_restrictions"
+        for r in getattr(mail, key):
+            if r.name.startswith("check_") and r.name.endswith("_access"):
+                path = access.table_path(r.arg)
+                if path in tables:
+                    continue
+                try:
+                    tables[path] = access.read_table(path)
+                except OSError as e:
+                    raise ValueError(f"[mail] {key}: {describe_os_error(e)}") from None
+                except ValueError as e:
+                    raise ValueError(f"[mail] {key}: {e}") from None
+    return tables
+
+
+def check_tables(mail: Any) -> None:
+    """The access tables read, or a StartupError naming the one that cannot be (also called
+    by the root master before the network process starts, which could not say why)."""
+    try:
+        read_tables(mail)
+    except ValueError as e:
+        raise StartupError(str(e)) from None
 
 
 def _literal(text: str) -> bool:

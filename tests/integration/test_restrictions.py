@@ -117,6 +117,23 @@ class PostgreyTests(unittest.TestCase):
             return b""
 
 
+class TableStartTests(unittest.TestCase):
+    def test_broken_table_stops_the_start(self) -> None:
+        """A table entry that is no access(5) action: the start fails with one line naming
+        the key, file and line (checked by the root master: the network process could not
+        say it)."""
+        table = os.path.join(tempfile.mkdtemp(prefix="acc-", dir="/tmp"), "access")
+        self.addCleanup(shutil.rmtree, os.path.dirname(table), True)
+        with open(table, "w") as f:
+            f.write("# senders\nspam.example REJECT\nham.example MAYBE\n")
+        site = Site(self, mail_extra=f"smtpd_sender_restrictions = check_sender_access"
+                    f" hash:{table}\n")
+        with self.assertRaises(AssertionError) as failed:
+            site.start()
+        self.assertIn(f"mailsuite: [mail] smtpd_sender_restrictions: {table}:3: 'MAYBE' is not"
+                      " an access(5) action", str(failed.exception))
+
+
 class BrokenZone(fakemx.ZoneResolver):
     """broken.example answers SERVFAIL (the server turns any DomainError into NXDOMAIN)."""
 
