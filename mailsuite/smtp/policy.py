@@ -174,11 +174,3 @@ class PolicyService:
         if conn in self._idle:
             self._idle.remove(conn)
         conn.transport.loseConnection()
-
-    def close(self) -> None:
-        """Close the idle connections (at stop, and in tests)."""
-        for conn in self._idle:
-            if conn.idle_timer is not None and conn.idle_timer.active():
-                conn.idle_timer.cancel()
-            conn.transport.loseConnection()
-        self._idle = []

@@ -191,8 +191,10 @@ class Restrictions:
                  maillog: Any) -> Restrictions:
         """The server's lists; the access tables are read now (as mail_owner under privilege
         separation): one that cannot be read or parsed is a StartupError naming it."""
-        check_tables(mail)
-        return cls(mail, delivery, reactor, names, lambda text: maillog.write("smtpd", text))
+        try:
+            return cls(mail, delivery, reactor, names, lambda text: maillog.write("smtpd", text))
+        except ValueError as e:
+            raise StartupError(str(e)) from None
 
     @property
     def data_checked(self) -> bool:
@@ -326,10 +328,6 @@ class Restrictions:
             keys = access.address_keys(value)
         found = access.look_up(table, keys)
         return DUNNO if found is None else formatted(found, CLASSES[stage], req)
-
-    def close(self) -> None:
-        for policy in self.policies.values():
-            policy.close()
 
 
 def read_tables(mail: Any) -> dict[str, dict[str, Action]]:
