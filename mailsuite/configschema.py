@@ -60,6 +60,18 @@ from mailsuite.milterconf import (
 )
 from mailsuite.net import Network, in_networks, parse_ip
 from mailsuite.store.spam import parse_spam_header
+from mailsuite.smtp.access import Action
+from mailsuite.smtp.dnsbl import Site, parse_sites
+from mailsuite.smtp.restrictions import (
+    DEFAULT_POLICY_ACTION,
+    DEFAULT_RBL_REPLY,
+    DEFAULT_RELAY_RESTRICTIONS,
+    Restriction,
+    parse_delay_reject,
+    parse_policy_action,
+    parse_rbl_reply,
+    parse_restrictions,
+)
 
 # ---------------------------------------------------------------------------------------------
 # The parsed configuration.
@@ -145,6 +157,22 @@ class MailConfig:
     sender_bcc_maps: list[str] = field(default_factory=list)
     recipient_bcc_maps: list[str] = field(default_factory=list)
     # SMTP restrictions, policy service, DNSBL (mailsuite/smtp/restrictions.py)
+    smtpd_client_restrictions: tuple[Restriction, ...] = ()
+    smtpd_helo_restrictions: tuple[Restriction, ...] = ()
+    smtpd_sender_restrictions: tuple[Restriction, ...] = ()
+    smtpd_relay_restrictions: tuple[Restriction, ...] = DEFAULT_RELAY_RESTRICTIONS
+    smtpd_recipient_restrictions: tuple[Restriction, ...] = ()
+    smtpd_data_restrictions: tuple[Restriction, ...] = ()
+    smtpd_delay_reject: bool = True
+    smtpd_policy_service_timeout: float = 100.0
+    smtpd_policy_service_max_idle: float = 300.0
+    smtpd_policy_service_request_limit: int = 0
+    smtpd_policy_service_default_action: Action = DEFAULT_POLICY_ACTION
+    default_rbl_reply: str = DEFAULT_RBL_REPLY
+    postscreen_dnsbl_sites: list[Site] = field(default_factory=list)
+    postscreen_dnsbl_threshold: int = 1
+    postscreen_dnsbl_action: str = "ignore"
+    postscreen_dnsbl_ttl: float = 3600.0
     # hold queue (mailsuite/mta/queue.py)
 
 
@@ -373,6 +401,25 @@ SECTIONS: dict[str, Section] = {
         Key("sender_bcc_maps", "", parse_alias_maps),
         Key("recipient_bcc_maps", "", parse_alias_maps),
         # SMTP restrictions, policy service, DNSBL (mailsuite/smtp/restrictions.py)
+        Key("smtpd_client_restrictions", "", parse_restrictions),
+        Key("smtpd_helo_restrictions", "", parse_restrictions),
+        Key("smtpd_sender_restrictions", "", parse_restrictions),
+        # Postfix: defer_unauth_destination (454); mailsuite keeps its 554 by default
+        Key("smtpd_relay_restrictions", "permit_mynetworks, permit_sasl_authenticated,"
+            " reject_unauth_destination", parse_restrictions),
+        Key("smtpd_recipient_restrictions", "", parse_restrictions),
+        Key("smtpd_data_restrictions", "", parse_restrictions),
+        Key("smtpd_delay_reject", "yes", parse_delay_reject),
+        Key("smtpd_policy_service_timeout", "100s", parse_positive_seconds),
+        Key("smtpd_policy_service_max_idle", "300s", parse_positive_seconds),
+        Key("smtpd_policy_service_request_limit", "0", parse_uint),
+        Key("smtpd_policy_service_default_action", "451 4.3.5 Server configuration problem",
+            parse_policy_action),
+        Key("default_rbl_reply", DEFAULT_RBL_REPLY.replace("$", "$$"), parse_rbl_reply),
+        Key("postscreen_dnsbl_sites", "", parse_sites),
+        Key("postscreen_dnsbl_threshold", "1", parse_positive),
+        Key("postscreen_dnsbl_action", "ignore", parse_greet_action),
+        Key("postscreen_dnsbl_ttl", "1h", parse_time_days),
         # hold queue (mailsuite/mta/queue.py)
     ]),
     "listen": Section(ListenConfig, [

@@ -67,6 +67,8 @@ from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.clientname import reverse_lookup
+from mailsuite.smtp.restrictions import Restrictions
+from mailsuite.smtp.restrictions import check_tables as check_restriction_tables
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.startup import StartupError, describe_os_error, step
 from mailsuite.store.cleanup import clean_spool, spool_directory
@@ -232,8 +234,9 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     qmgr.setServiceParent(top)
     the_portal = portal.Portal(p.realm(delivery), [p.checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
-    lookup = functools.partial(reverse_lookup,
-                               names=MXResolver(cfg.mail.dns_resolver, reactor=reactor))
+    names = MXResolver(cfg.mail.dns_resolver, reactor=reactor)
+    lookup = functools.partial(reverse_lookup, names=names)
+    checks = Restrictions.at_start(cfg.mail, delivery, reactor, names, maillog)  # SMTP doors'
     recent, idle_poller = RecentTracker(), IdlePoller()  # one \Recent and IDLE refresh: 143 + 993
     # one accept pipeline for every door (SMTP, LMTP, sendmail): its stages are the filters
     pipeline = Pipeline(delivery, maillog, cfg.mail.myhostname, delivery.now,
@@ -246,7 +249,8 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
             return SMTPFactory(cfg, the_portal, delivery, maillog, clock=reactor,
                                reverse_lookup=lookup, service=name, server_tls=tls,
                                implicit_tls=implicit, policy=policy, pipeline=pipeline,
-                               limits=limits, front_door=name == "smtp")
+                               limits=limits, front_door=name == "smtp",
+                               restrictions=checks)
         if name in ("pop3", "pop3s"):
             return POP3Factory(cfg, the_portal, maillog, clock=reactor, server_tls=tls,
                                implicit_tls=implicit, policy=policy, limits=limits)
@@ -390,6 +394,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     owner = startup.mail_owner(cfg)
     filter_check_at_start(cfg, owner)  # the stages' files, before the network process
     startup.check_default_privs(cfg)
+    check_restriction_tables(cfg.mail)  # the network process reads them again, could not say
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):

@@ -177,6 +177,9 @@ test)
     # filter side, a scriptable test milter run by the system Python (tests/integration/
     # test_milter_real.py, test_rspamd.py, test_clamav.py)
     apt_install rspamd clamav-daemon clamav-milter python3-milter
+    # postgrey: the real greylisting policy service behind check_policy_service; the tests
+    # start /usr/sbin/postgrey themselves on a loopback port (tests/integration/test_restrictions.py)
+    apt_install postgrey
     install_suite
     # the integration tests run the privilege-separated server as this user
     make_mail_owner

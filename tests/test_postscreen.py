@@ -21,7 +21,9 @@ GREETING = b"220 mail.example.com ESMTP mailsuite\r\n"
 STRANGER = "203.0.113.5"
 
 
-class FrontDoorTests(unittest.TestCase):
+class ScreenCase(unittest.TestCase):
+    """Sessions of a port-25 factory with its front door (``configure``: under other keys)."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1700000000)
@@ -49,6 +51,9 @@ class FrontDoorTests(unittest.TestCase):
 
     def screen_lines(self) -> list[str]:
         return [line.split("]: ", 1)[1] for line in self.maillog.lines if "/postscreen[" in line]
+
+
+class FrontDoorTests(ScreenCase):
 
     def test_pass_new_then_pass_old(self) -> None:
         """A stranger gets the teaser, waits postscreen_greet_wait (6 s), then the greeting's

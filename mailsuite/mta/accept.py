@@ -270,7 +270,8 @@ class DeliveryAvatar:
         address = str(user.dest)
         helo = getattr(user, "helo", None) or (b"", b"")
         ip = helo[1].decode("ascii", "replace") if isinstance(helo[1], bytes) else str(helo[1])
-        trusted = self.user is not None or self.delivery.in_mynetworks(ip)
+        trusted = self.user is not None or self.delivery.in_mynetworks(ip) or getattr(
+            user, "relay_permitted", False)  # smtpd_relay_restrictions permitted
         _, domain = split_address(address)
         if not trusted and has_routing(address):
             raise RelayDenied(address)

@@ -9,6 +9,7 @@ after DATA. A cached look-up answers without a Deferred (``recipient_now``).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,16 @@ from twisted.python.failure import Failure
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
 from mailsuite.mta.transaction import Recipient
+from mailsuite.smtp.restrictions import Outcome, request_of
+
+#: the lists evaluated at RCPT (smtpd_delay_reject = yes)
+RCPT_STAGES = ("client", "helo", "sender", "relay", "recipient")
 
 log = Logger()
 
 _PATH = rb'(<(?:"(?:[^"\\]|\\.)*"|[^<>"])*>|[^ \t<>]+)'  # <...> may hold a quoted "a>b"
 _MAIL_RE = re.compile(rb"^FROM:[ \t]*" + _PATH + rb"(?:[ \t]+(.*))?$", re.IGNORECASE)
+_instances = itertools.count()  # the policy ``instance``: one per mail transaction
 _RCPT_RE = re.compile(rb"^TO:[ \t]*" + _PATH + rb"(?:[ \t]+(.*))?$", re.IGNORECASE)
 
 
@@ -50,6 +56,8 @@ class SmtpEnvelope:
     _recipients: list[Recipient]
     _rcpt_attempts: int
     _queue_id: str | None
+    _instance: str
+    _prepend: list[str]
     _arrival: float
     _reply: Callable[[int, str], None]
     _log: Callable[[str], None]
@@ -170,6 +178,7 @@ class SmtpEnvelope:
         self._sender = str(address)
         self._mail_params = params
         self._arrival = self.factory.clock.seconds()
+        self._instance = f"{id(self) & 0xffffff:x}.{int(self._arrival):x}.{next(_instances)}"
         self._reply(250, "2.1.0 Ok")
 
     def _cmd_rcpt(self, arg: bytes) -> Any:
@@ -213,6 +222,21 @@ class SmtpEnvelope:
             return None
         self._rcpt_attempts += 1
         user = _Rcpt(_Path(path), self._helo_tuple(), self, _Path(self._sender or ""))
+        outcome = self.factory.restrictions.check(RCPT_STAGES, request_of(self, "RCPT", path))
+        if isinstance(outcome, defer.Deferred):  # a policy service, a DNS look-up
+            outcome.addCallback(self._rcpt_checked, user, params)
+            return outcome.addErrback(self._rcpt_refused, path)
+        return self._rcpt_checked(outcome, user, params)
+
+    def _rcpt_checked(self, outcome: Outcome, user: _Rcpt, params: addr.RcptParams) -> Any:
+        """After the restriction lists (smtp/restrictions.py): refused, or on to the avatar."""
+        path = str(user.dest)
+        self.log_restrictions(outcome, "RCPT", path)
+        if outcome.reply is not None:
+            self._rcpt_refused(Failure(smtp.SMTPServerError(*outcome.reply)), path)
+            return None
+        user.relay_permitted = outcome.relay_permitted
+        self._prepend.extend(h for h in outcome.prepend if h not in self._prepend)
         now = getattr(self._avatar, "recipient_now", None)
         if now is not None:  # a busy MX: cached look-ups answer without a Deferred
             try:
@@ -227,6 +251,14 @@ class SmtpEnvelope:
             self._rcpt_ok, self._rcpt_refused, callbackArgs=(path, params), errbackArgs=(path,)
         )
         return d
+
+    def log_restrictions(self, outcome: Outcome, command: str, rcpt: str = "") -> None:
+        """The reject_warning / warn / info lines of the lists, as Postfix logs them."""
+        to = f" to=<{rcpt}>" if rcpt else ""
+        for kind, text in outcome.logs:
+            self._log(f"{self._queue_id or 'NOQUEUE'}: {kind}: {command} from {self.client}:"
+                      f" {text}; from=<{self._sender}>{to} proto={self._proto}"
+                      f" helo=<{self._helo_name or ''}>")
 
     def _rcpt_ok(self, recipient: Any, address: str, params: addr.RcptParams) -> Any:
         if self._queue_id is None:
@@ -266,6 +298,7 @@ class _Rcpt:
 
     def __init__(self, dest: _Path, helo: tuple[bytes, bytes], proto: Any, orig: _Path) -> None:
         self.dest, self.helo, self.protocol, self.orig = dest, helo, proto, orig
+        self.relay_permitted = False  # smtpd_relay_restrictions ended in a permit
 
     def __str__(self) -> str:
         return str(self.dest)

@@ -20,6 +20,16 @@ connection to the ``smtp`` listener (port 25, never 587 or 465) unless ``postscr
   does for ``postscreen_cache_retention_time``) and goes straight through for
   ``postscreen_greet_ttl``.
 
+- With ``postscreen_dnsbl_sites`` (``zen.example*3, b.example=127.0.0.[2..11]*2``) the
+  client's address is looked up in each DNSBL while it waits (smtp/dnsbl.py, through our
+  resolver); the weights of the listings that answered within the wait are summed, and a score
+  of ``postscreen_dnsbl_threshold`` or more is logged ``DNSBL rank N for [ip]:port`` and, per
+  ``postscreen_dnsbl_action``: ``ignore`` (Postfix's default), nothing more; ``enforce``, every
+  RCPT gets ``550 5.7.1 Service unavailable; client [ip] blocked using DOMAIN`` (the heaviest
+  listing's); ``drop``, ``521`` with that text and the connection is closed. A client that
+  fails it is not cached; a pass is kept for the shorter of the greet and the
+  ``postscreen_dnsbl_ttl``. A DNSBL that does not answer lists nobody.
+
 The cache lives in memory (postscreen's is a btree file): a restart forgets it. It holds at most
 CACHE_LIMIT addresses (the oldest go first) and is swept of dead entries once an hour.
 """
@@ -33,6 +43,7 @@ from twisted.internet import defer
 
 from mailsuite.config import MailConfig
 from mailsuite.net import in_networks, parse_ip
+from mailsuite.smtp import dnsbl
 
 CACHE_LIMIT = 100_000
 SWEEP_EVERY = 3600.0
@@ -62,10 +73,17 @@ class FrontDoor:
     """The settings and the allow cache of port 25, shared by its sessions; ``clock`` is an
     IReactorTime, ``maillog`` a MailLog (lines under ``postscreen``)."""
 
-    def __init__(self, mail: MailConfig, hostname: str, maillog: Any, clock: Any) -> None:
+    def __init__(self, mail: MailConfig, hostname: str, maillog: Any, clock: Any,
+                 blocklists: dnsbl.Blocklists | None = None) -> None:
+        """``blocklists``: the DNSBL look-ups (needed for postscreen_dnsbl_sites)."""
         self.action = mail.postscreen_greet_action
         self.wait = mail.postscreen_greet_wait
-        self.ttl = mail.postscreen_greet_ttl
+        self.sites = mail.postscreen_dnsbl_sites if blocklists is not None else []
+        self.blocklists = blocklists
+        self.threshold = mail.postscreen_dnsbl_threshold
+        self.dnsbl_action = mail.postscreen_dnsbl_action
+        self.ttl = min(mail.postscreen_greet_ttl, mail.postscreen_dnsbl_ttl) if self.sites \
+            else mail.postscreen_greet_ttl
         self.retention = mail.postscreen_cache_retention_time
         self.mynetworks = mail.mynetworks if "permit_mynetworks" in mail.postscreen_access_list \
             else []
@@ -117,10 +135,20 @@ class Screening:
         self.door, self.transport, self.ip, self.who, self.known = door, transport, ip, who, known
         self.started = door.clock.seconds()
         self.done: defer.Deferred[None] = defer.Deferred()
-        self.enforce = False  # failed under ``enforce``: RCPT is refused
+        self.enforce: tuple[int, str] | None = None  # failed under ``enforce``: RCPT's reply
         self.failed = False
+        self.listed: dict[str, list[str]] = {}  # DNSBL domain -> its answer, once it came
         transport.write(door.teaser)
         self._timer: Any = door.clock.callLater(door.wait, self._waited)
+        if door.blocklists is not None:
+            for domain in dict.fromkeys(site.domain for site in door.sites):
+                name = dnsbl.reversed_name(ip, domain)
+                if name is not None:
+                    door.blocklists.listed(name, domain).addCallback(self._answer, domain)
+
+    def _answer(self, found: dnsbl.Listing, domain: str) -> None:
+        if self.waiting:  # an answer after the wait does not count, as in postscreen
+            self.listed[domain] = found.addresses
 
     @property
     def waiting(self) -> bool:
@@ -140,7 +168,7 @@ class Screening:
             self.door.log(f"DISCONNECT {self.who}")
             self.done.callback(None)
         elif self.door.action == "enforce":
-            self.enforce = True
+            self.enforce = (550, ENFORCE_REPLY)
 
     def lost(self) -> None:
         """The connection went away while waiting."""
@@ -155,17 +183,29 @@ class Screening:
                     reply: Any) -> bool:
         """Under ``enforce``, after a failed test: RCPT (with a sender) gets 550, logged as
         postscreen does; True when it was refused."""
-        if not self.enforce or sender is None:
+        if self.enforce is None or sender is None:
             return False
         m = _RCPT_ADDRESS.match(arg)
         rcpt = m.group(1).decode("utf-8", "replace") if m else ""
-        reply(550, ENFORCE_REPLY)
-        self.door.log(f"NOQUEUE: reject: RCPT from {self.who}: 550 {ENFORCE_REPLY};"
+        code, text = self.enforce
+        reply(code, text)
+        self.door.log(f"NOQUEUE: reject: RCPT from {self.who}: {code} {text};"
                       f" from=<{sender}>, to=<{rcpt}>, proto=ESMTP, helo=<{helo or ''}>")
         return True
 
     def _waited(self) -> None:
+        score, domain = dnsbl.score(self.listed, self.door.sites)
         self._timer = None
+        if score >= self.door.threshold:
+            self.door.log(f"DNSBL rank {score} for {self.who}")
+            text = f"5.7.1 Service unavailable; client [{self.ip}] blocked using {domain}"
+            if self.door.dnsbl_action == "drop":
+                self.transport.write(f"521 {text}\r\n".encode())
+                self.transport.loseConnection()
+                self.door.log(f"DISCONNECT {self.who}")
+            elif self.door.dnsbl_action == "enforce" and self.enforce is None:
+                self.enforce = (550, text)
+            self.failed = True
         if not self.failed:
             self.door.log(f"PASS {'OLD' if self.known else 'NEW'} {self.who}")
             self.door.passed(self.ip)

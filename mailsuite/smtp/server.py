@@ -40,6 +40,7 @@ from mailsuite.filter.milter.smtp import SmtpMilters
 from mailsuite.limits import Limits
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
+from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.transaction import SMTP, Client, Envelope, Pipeline, Recipient
 from mailsuite.net import host_of
 from mailsuite.smtp.auth import SmtpAuth
@@ -47,6 +48,7 @@ from mailsuite.smtp.envelope import SmtpEnvelope, printable
 from mailsuite.smtp.limits import SmtpLimits
 from mailsuite.smtp.postscreen import FrontDoor, Screening
 from mailsuite.smtp.reader import Body, CommandLoop, Reader, split_command
+from mailsuite.smtp.restrictions import Outcome, Restrictions, request_of
 
 log = Logger()
 
@@ -123,6 +125,8 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
         self._queue_id: str | None = None
         self._arrival = 0.0
         self.milters_abort()
+        self._instance = ""  # the policy service's instance attribute (set at MAIL)
+        self._prepend: list[str] = []  # headers from PREPEND actions of the restrictions
 
     def _log(self, text: str) -> None:
         self.factory.maillog.write("smtpd", text)
@@ -340,7 +344,7 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
 
     # --- DATA ---------------------------------------------------------------------------------
 
-    def _cmd_data(self, arg: bytes) -> None:
+    def _cmd_data(self, arg: bytes) -> Any:
         if arg:
             self._reply(501, "5.5.4 Syntax: DATA")
         elif self._sender is None:
@@ -350,10 +354,32 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
                 self._reply(554, "5.5.1 Error: no valid recipients")
             else:
                 self._reply(503, "5.5.1 Error: need RCPT command")
+        elif self.factory.restrictions.data_checked:  # smtpd_data_restrictions
+            outcome = self.factory.restrictions.check(("data",), request_of(self, "DATA"))
+            if isinstance(outcome, defer.Deferred):
+                return outcome.addCallback(self._data_checked).addErrback(
+                    self._server_error, "DATA")
+            return self._data_checked(outcome)
         else:
-            self._in_data = True
-            self.reader.start_data(self.size_limit)
-            self._reply(354, "End data with <CR><LF>.<CR><LF>")
+            self._start_data()
+        return None
+
+    def _data_checked(self, outcome: Outcome) -> None:
+        self.log_restrictions(outcome, "DATA")
+        if outcome.reply is None:
+            self._prepend.extend(h for h in outcome.prepend if h not in self._prepend)
+            self._start_data()
+            return
+        code, text = outcome.reply
+        self._reply(code, text)
+        self._log(f"{self._queue_id or 'NOQUEUE'}: reject: DATA from {self.client}: {code}"
+                  f" {text}; from=<{self._sender}> proto={self._proto}"
+                  f" helo=<{self._helo_name or ''}>")
+
+    def _start_data(self) -> None:
+        self._in_data = True
+        self.reader.start_data(self.size_limit)
+        self._reply(354, "End data with <CR><LF>.<CR><LF>")
 
     def _end_of_data(self, message: Body) -> Any:
         self._in_data = False
@@ -376,6 +402,8 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
             self._mail_params, self._arrival)
         data = self.factory.pipeline.stamp(self._envelope, body)
         self.milters_attach(queue_id)
+        if self._prepend:  # above our Received:, as Postfix's smtpd writes them
+            data = "".join(f"{h}\n" for h in self._prepend).encode("utf-8", "replace") + data
         self._log(f"{queue_id}: message-id=<{message_id(body)}>")
         d = self._deliver(data, queue_id)
         d.addCallbacks(
@@ -436,11 +464,14 @@ class SMTPFactory(protocol.ServerFactory):
         pipeline: Pipeline | None = None,
         limits: Limits | None = None,
         front_door: bool = False,
+        restrictions: Restrictions | None = None,
     ) -> None:
         """``policy``: a mailsuite.auth.policy.AuthPolicy applied to every AUTH, or None;
         ``pipeline``: the accept pipeline (None: one over ``delivery``, no stages); ``limits``:
         the server's mailsuite.limits.Limits (None: the factory's own); ``front_door``: screen
-        every connection as postscreen (port 25, smtp/postscreen.py)."""
+        every connection as postscreen (port 25, smtp/postscreen.py); ``restrictions``: the
+        SMTP restriction lists shared by the doors (None: the factory's own, DNS through
+        ``dns_resolver``)."""
         self.config = config
         self.hostname: str = config.mail.myhostname
         self.portal = portal
@@ -454,8 +485,11 @@ class SMTPFactory(protocol.ServerFactory):
         self.policy = policy
         self.pipeline = pipeline or Pipeline(delivery, maillog, self.hostname, clock.seconds)
         self.limits = limits or Limits(config.mail, maillog, clock)
-        self.front_door = FrontDoor(config.mail, self.hostname, maillog, clock) \
-            if front_door else None
+        self.restrictions = restrictions or Restrictions(
+            config.mail, delivery, clock, MXResolver(config.mail.dns_resolver, reactor=clock),
+            lambda text: maillog.write("smtpd", text))
+        self.front_door = FrontDoor(config.mail, self.hostname, maillog, clock,
+                                    self.restrictions.blocklists) if front_door else None
         # the milters' Conversation factory (filter/milter/stage.py), None without milters
         self.milters = next((s.smtp_conversation() for s in self.pipeline.stages
                              if hasattr(s, "smtp_conversation")), None)

@@ -61,10 +61,13 @@ class RspamdTests(unittest.TestCase):
                          (554, b"5.7.1 Gtube pattern"))
 
     def test_add_header_action_adds_its_header(self) -> None:
+        """rspamd's add-header action adds X-Spam: Yes, and so the message goes to Junk
+        ([mailbox] spam_header), not INBOX."""
         self.send(message("add header", ADD_HEADER))
-        wait_for("the copy", lambda: "Subject: add header" in read(self.site.inbox("boss")))
-        got = read(self.site.inbox("boss"))
-        self.assertIn("\nX-Spam: Yes\n", got)
+        junk = os.path.join(self.site.home("boss"), "mail", "Junk")
+        wait_for("the copy", lambda: "Subject: add header" in read(junk))
+        self.assertIn("\nX-Spam: Yes\n", read(junk))
+        self.assertNotIn("Subject: add header", read(self.site.inbox("boss")))
 
     def test_rewrite_subject(self) -> None:
         self.send(message("rewrite me", REWRITE_SUBJECT))
