@@ -232,3 +232,30 @@ def give_queue(queue_directory: str, owner: tuple[int, int]) -> None:
                     os.chown(entry, uid, gid, dir_fd=fd, follow_symlinks=False)
     finally:
         os.close(top)
+
+
+def unreadable_by(paths: list[str], uid: int, gid: int) -> dict[str, str]:
+    """``{path: why}`` for the files a process of ``uid``/``gid`` (the network process's
+    rights) cannot open (asked in a child that takes those rights)."""
+    if not paths or os.geteuid() != 0:
+        return {}
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.close(r)
+            os.setgroups([gid])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            for path in paths:
+                try:
+                    os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+                except OSError as e:
+                    os.write(w, f"{path}\0{e.strerror}\n".encode("utf-8", "surrogateescape"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with open(r, "rb") as f:
+        answer = f.read().decode("utf-8", "surrogateescape")
+    os.waitpid(pid, 0)
+    return dict(line.split("\0", 1) for line in answer.splitlines() if "\0" in line)

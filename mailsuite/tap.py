@@ -394,7 +394,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     owner = startup.mail_owner(cfg)
     filter_check_at_start(cfg, owner)  # the stages' files, before the network process
     startup.check_default_privs(cfg)
-    check_restriction_tables(cfg.mail)  # the network process reads them again, could not say
+    check_restriction_tables(cfg.mail, owner)  # the network process reads them, could not say
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):

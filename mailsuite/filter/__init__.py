@@ -17,7 +17,7 @@ from mailsuite.filter.audit import AuditStage
 from mailsuite.filter.bcc import BccStage
 from mailsuite.filter.tablefile import TableError
 from mailsuite.mta.transaction import Stage
-from mailsuite.startup import StartupError, describe_os_error
+from mailsuite.startup import StartupError, describe_os_error, unreadable_by
 
 
 def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage]:
@@ -47,7 +47,7 @@ def check_at_start(cfg: Config, owner: tuple[int, int]) -> None:
     named += [("[mail] sender_bcc_maps", p) for p in m.sender_bcc_maps]
     named += [("[mail] recipient_bcc_maps", p) for p in m.recipient_bcc_maps]
     where = {path: key for key, path in reversed(named)}
-    for path, why in checks.unreadable_by(list(where), *owner).items():
+    for path, why in unreadable_by(list(where), *owner).items():
         raise StartupError(f"{where[path]}: {path}: {why} (read by mail_owner)")
 
 

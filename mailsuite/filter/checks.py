@@ -31,7 +31,6 @@ The work runs in a thread (mailsuite.threads): a 10 MB body never holds the reac
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from twisted.logger import Logger
 
 from mailsuite.filter.regexptable import TableError, TableFile
 from mailsuite.mta.transaction import PICKUP, Decision, Discard, Hold, Message, Recipient, Verdict
-from mailsuite.startup import StartupError
+from mailsuite.startup import StartupError, unreadable_by
 
 log = Logger()
 
@@ -457,30 +456,3 @@ def check_at_start(mail: Any, owner: tuple[int, int]) -> None:
     for path, why in unreadable_by(list(paths), *owner).items():
         raise StartupError(f"[mail] {paths[path]}: {path}: {why} (the tables are read by "
                            "mail_owner)")
-
-
-def unreadable_by(paths: list[str], uid: int, gid: int) -> dict[str, str]:
-    """``{path: why}`` for the files a process of ``uid``/``gid`` (the network process's
-    rights) cannot open (asked in a child that takes those rights)."""
-    if not paths or os.geteuid() != 0:
-        return {}
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (the child)
-        try:
-            os.close(r)
-            os.setgroups([gid])
-            os.setresgid(gid, gid, gid)
-            os.setresuid(uid, uid, uid)
-            for path in paths:
-                try:
-                    os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
-                except OSError as e:
-                    os.write(w, f"{path}\0{e.strerror}\n".encode("utf-8", "surrogateescape"))
-        finally:
-            os._exit(0)
-    os.close(w)
-    with open(r, "rb") as f:
-        answer = f.read().decode("utf-8", "surrogateescape")
-    os.waitpid(pid, 0)
-    return dict(line.split("\0", 1) for line in answer.splitlines() if "\0" in line)

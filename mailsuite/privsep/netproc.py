@@ -179,9 +179,8 @@ class Splice:
     flow control both ways; either end closing closes the other. ``sleeper``: while the
     session is hibernated (privsep/dorm.py) the client's bytes go to it instead.
 
-    The login's protocol object (an IMAPServer or POP3Server, a few KB) is let go: the
-    client's transport delivers to a small ``_ClientSide`` from now on (2,000 IDLE sessions
-    sleep here), which keeps only the session's place in the limits (``slot``)."""
+    The login's protocol (IMAPServer, POP3Server: a few KB) is let go: the client's transport
+    delivers to a small ``_ClientSide`` that keeps only the session's ``slot`` in the limits."""
 
     def __init__(self, session: Any, reactor: Any, fd: int) -> None:
         self.reactor = reactor
@@ -269,8 +268,7 @@ class _ClientSide(protocol.Protocol):
 
 
 def _give_protocol(transport: Any, old: Any, new: protocol.Protocol) -> None:
-    """Make ``transport`` deliver to ``new`` instead of ``old``: a TLS transport's wrapped
-    protocol, a TCP one's protocol (left as it is when it is neither, as in a test)."""
+    """``transport`` (TLS: its wrapped protocol; TCP: its protocol) delivers to ``new``."""
     if getattr(transport, "wrappedProtocol", None) is old:
         transport.wrappedProtocol = new
     elif getattr(transport, "protocol", None) is old:

@@ -31,7 +31,7 @@ from mailsuite.net import parse_ip
 from mailsuite.smtp import access, dnsbl
 from mailsuite.smtp.access import DUNNO, PERMIT, Action
 from mailsuite.smtp.policy import PolicyService, parse_endpoint
-from mailsuite.startup import StartupError, describe_os_error
+from mailsuite.startup import StartupError, describe_os_error, unreadable_by
 
 STAGES = ("client", "helo", "sender", "relay", "recipient", "data")
 SIMPLE = frozenset({
@@ -350,13 +350,18 @@ def read_tables(mail: Any) -> dict[str, dict[str, Action]]:
     return tables
 
 
-def check_tables(mail: Any) -> None:
+def check_tables(mail: Any, owner: tuple[int, int] | None = None) -> None:
     """The access tables read, or a StartupError naming the one that cannot be (also called
-    by the root master before the network process starts, which could not say why)."""
+    by the root master before the network process starts, which could not say why; with
+    ``owner``, mail_owner's uid and gid: that user must be able to read them too)."""
     try:
-        read_tables(mail)
+        paths = list(read_tables(mail))
     except ValueError as e:
         raise StartupError(str(e)) from None
+    if owner is not None:
+        for path, why in unreadable_by(paths, *owner).items():
+            raise StartupError(f"[mail] smtpd_*_restrictions: {path}: {why} (the access"
+                               " tables are read by mail_owner)")
 
 
 def _literal(text: str) -> bool:
