@@ -42,7 +42,9 @@ from mailsuite.privsep.common import (
     adopt_stream,
     fresh_reactor,
     maillog_on,
+    run,
     start_logging,
+    stop,
 )
 from mailsuite.store.interfaces import StoreRefused
 from mailsuite.store.locking import LockTimeout
@@ -107,7 +109,7 @@ class Agent:
 
     def _exit(self) -> None:
         d = self.store.settle()
-        d.addBoth(lambda _: self.reactor.stop() if self.reactor.running else None)
+        d.addBoth(lambda _: stop(self.reactor))
 
     def master_lost(self, _: Any) -> None:
         """The master is gone (stopped or killed): finish nothing new, exit."""
@@ -521,4 +523,4 @@ def main(spawn: Any, fds: dict[str, int]) -> None:
     agent.master = transport.protocol
     agent.hold()
     reactor.callWhenRunning(agent.release)
-    reactor.run()
+    run(reactor)

@@ -45,6 +45,22 @@ def fresh_reactor() -> Any:
     return reactor
 
 
+def stop(reactor: Any) -> None:
+    """Stop ``reactor`` unless it is stopping already (a SIGTERM and the end of the master's
+    channel come together when the server stops: the second stop raised ReactorNotRunning)."""
+    if reactor.running and not getattr(reactor, "_stopped", False):
+        reactor.stop()
+
+
+def run(reactor: Any) -> None:
+    """Run the child's reactor; SIGTERM (the zygote's, at the server's stop) stops it through
+    ``stop``, so that it and the end of the master's channel never stop it twice (Twisted's
+    own handler stops it unconditionally: ReactorNotRunning, logged as critical)."""
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(stop, reactor))
+    reactor.run(installSignalHandlers=False)
+
+
 def start_logging(label: str) -> None:
     """Twisted's log on stderr (a pipe to the master, which logs each line: ChildOutput),
     each line starting with ``label`` (``network``, ``agent boss``) and no time."""

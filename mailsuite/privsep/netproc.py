@@ -40,7 +40,9 @@ from mailsuite.privsep.common import (
     adopt_stream,
     fresh_reactor,
     maillog_on,
+    run,
     start_logging,
+    stop,
 )
 from mailsuite.realm import Avatar, MailRealm
 from mailsuite.store.interfaces import StoreError, StoreRefused
@@ -585,16 +587,12 @@ def main(spawn: Any, fds: dict[str, int]) -> None:
     p = spawn.params
     cfg = p["cfg"]
     maillog = maillog_on(fds.pop("maillog", None), cfg.mail.myhostname, reactor)
-    link = MasterLink(on_lost=lambda _: _stop(reactor))
+    link = MasterLink(on_lost=lambda _: stop(reactor))
     link.reactor = reactor
     adopt_stream(reactor, fds.pop("channel"), Once(lambda: link))
     tls_fds = (fds.pop("tls_cert", None), fds.pop("tls_key", None))
     top = link.top = build_network(cfg, reactor, maillog, link, fds, tls_fds)
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    reactor.run()
+    run(reactor)
 
-
-def _stop(reactor: Any) -> None:
-    if reactor.running:
-        reactor.stop()
