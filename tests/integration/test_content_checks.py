@@ -19,6 +19,7 @@ HEADER_CHECKS = """\
 # as a Postfix admin writes them
 /^Subject:.*buy now/ REJECT no spam here
 /^Subject: (tagged.*)/ PREPEND X-Checked: $1
+/^Subject: hold me/ HOLD looks odd
 if /^X-Mailer:/
 /bulkmailer/ DISCARD
 endif
@@ -71,6 +72,20 @@ class ContentCheckTests(unittest.TestCase):
         self.assertNotIn("buy now", box)
         self.assertIn(": prepend: header Subject: tagged mail from localhost[127.0.0.1];",
                       self.site.maillog_text())
+
+    def test_hold_keeps_it_in_the_hold_queue(self) -> None:
+        """HOLD: taken (250), not delivered, in the hold queue (mailq's ``!``), with the reason;
+        released (mailsuite-queue -H), it is delivered once."""
+        self.smtp("hold me")
+        wait_for("the hold line", lambda: ": hold: header Subject: hold me"
+                 in self.site.maillog_text())
+        listing = self.site.run("mailq").stdout.decode()
+        qid = re.search(r"^([0-9A-F]+)!", listing, re.M)
+        self.assertIsNotNone(qid, listing)
+        self.assertNotIn("hold me", read(self.site.inbox("boss")))
+        self.site.run("mailsuite-queue", "-H", qid.group(1))  # type: ignore[union-attr]
+        wait_for("the release", lambda: "hold me" in read(self.site.inbox("boss")))
+        self.assertEqual(read(self.site.inbox("boss")).count("Subject: hold me"), 1)
 
     def test_body_reject_through_sendmail_bounces_to_the_sender(self) -> None:
         p = self.site.run("sendmail", "-i", "-f", "carol@example.test", "boss",
