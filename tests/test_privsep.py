@@ -317,3 +317,36 @@ class ReadIncludeTests(unittest.TestCase):
         got = agent._read_include(fake, listed, 0, via)  # type: ignore[arg-type]
         self.assertEqual((got["errno"], got["text"], got["more"]), (0, "carol\n", False))
         self.assertRaises(wire.Refused, agent._read_include, fake, other, 0, via)
+
+
+class AccountCacheTests(unittest.TestCase):
+    def test_kept_for_the_auth_cache_ttl(self) -> None:
+        """A known account is looked up once per auth_cache_ttl, not in a thread at every
+        login (login and delivery look-ups apart)."""
+        from types import SimpleNamespace
+
+        clock = Clock()
+        asked: list[tuple[str, str]] = []
+
+        class Accounts:
+            def lookup(self, name: str) -> Account:
+                asked.append(("lookup", name))
+                return BOSS
+
+            def recipient(self, name: str) -> Account:
+                asked.append(("recipient", name))
+                return BOSS
+
+        master = Master(clock)
+        master.accounts = Accounts()
+        master.cfg = SimpleNamespace(auth=SimpleNamespace(auth_cache_ttl=60.0))
+
+        from mailsuite.privsep import master as master_module
+        self.patch(master_module, "InPool", lambda reactor: lambda f, *a: defer.succeed(f(*a)))
+        for _ in range(3):
+            self.assertIs(self.successResultOf(master.account_of("boss")), BOSS)
+        self.successResultOf(master.account_of("boss", delivery=True))
+        self.assertEqual(asked, [("lookup", "boss"), ("recipient", "boss")])
+        clock.advance(61)
+        self.successResultOf(master.account_of("boss"))
+        self.assertEqual(len(asked), 3)

@@ -46,6 +46,8 @@ log = Logger()
 TICKET_LIFE = 60.0
 #: IMAP and POP3 sessions of one account at once, hibernated ones included
 SESSIONS_PER_NAME = 4096
+#: accounts whose look-up the master keeps (account_of)
+ACCOUNTS_KEPT = 10000
 #: tickets held at once for one account (the oldest go first)
 TICKETS_PER_NAME = 16
 #: descriptors answered and not yet sent on the network process's channel, at most: our copy
@@ -82,6 +84,7 @@ class MasterService(service.Service):
         #: a session is hibernated and thawed only as the account it was opened for
         self.sessions: dict[bytes, str] = {}
         self._sessions_of: collections.Counter[str] = collections.Counter()
+        self._accounts: dict[tuple[bool, str], tuple[Any, float]] = {}  # account_of's
         self._sweeper: Any = None
         self.stopping = False
 
@@ -329,11 +332,28 @@ class MasterService(service.Service):
         """A stream to ``name``'s agent for ``role``: a session of a login account (the
         ticket was checked), or the delivery channel of any account mail is delivered to
         (root's agent takes deliveries only: it never runs a protocol or a command)."""
-        lookup = self.accounts.recipient if role == "delivery" else self.accounts.lookup
-        account = yield InPool(self.reactor)(lookup, name)
+        account = yield self.account_of(name, delivery=role == "delivery")
         if account is None:
             raise wire.Refused(f"no such account: {name}")
         return (yield self.open_agent(account, role, **fields))
+
+    def account_of(self, name: str, delivery: bool = False) -> defer.Deferred[Any]:
+        """The account (NSS, in a thread), kept ``[auth] auth_cache_ttl`` (as Dovecot's userdb)."""
+        key = (delivery, name)
+        now = self.reactor.seconds()
+        known = self._accounts.get(key)
+        if known is not None and known[1] > now:
+            return defer.succeed(known[0])
+        lookup = self.accounts.recipient if delivery else self.accounts.lookup
+
+        def keep(account: Any) -> Any:
+            if account is not None:
+                if len(self._accounts) >= ACCOUNTS_KEPT:
+                    del self._accounts[next(iter(self._accounts))]
+                self._accounts[key] = (account, now + self.cfg.auth.auth_cache_ttl)
+            return account
+
+        return InPool(self.reactor)(lookup, name).addCallback(keep)
 
     @defer.inlineCallbacks
     def open_agent(self, account: Account, role: str, privs: bool = False,
