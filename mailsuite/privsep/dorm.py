@@ -40,7 +40,6 @@ class Dorm:
         self.maillog = maillog
         self.splices: dict[bytes, Any] = {}
         self.watches: dict[frozenset[str], _Watch] = {}
-        self.sleeping = 0
 
     def watch(self, fd: int, sleeper: Sleeper) -> _Watch | None:
         """The watch ``sleeper`` joins: the one of its mailbox if there is one (``fd`` is
@@ -100,7 +99,6 @@ class Sleeper:
         self.thawing = False
         self.watch: _Watch | None = dorm.watch(watch, self)
         self._keepalive: Any = dorm.reactor.callLater(IDLE_KEEPALIVE, self._still_here)
-        dorm.sleeping += 1
 
     def up(self, data: bytes) -> None:
         self.early += data
@@ -177,7 +175,6 @@ class Sleeper:
     def _done(self) -> None:
         if self.splice.sleeper is self:
             self.splice.sleeper = None
-            self.dorm.sleeping -= 1
         self._unwatch()
         if self._keepalive is not None and self._keepalive.active():
             self._keepalive.cancel()
