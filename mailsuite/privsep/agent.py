@@ -75,6 +75,7 @@ class Agent:
         self.idle_poller = IdlePoller()
         self.attached = 0
         self.privs = False  # an agent for alias commands and files only (master.open_privs)
+        self.prepared = False  # a login here has made the special-use folders (prepare_session)
         self.master: Channel | None = None
         self.retiring = False
         self._idle_call: Any = None
@@ -195,6 +196,13 @@ class AgentIMAP(IMAPServer):  # type: ignore[misc]
             self._sleep.wake(avatar, self.params["resume"])
             return
         self.resume_session(self.params["tag"], self.agent.account.name, avatar, avatar.logout)
+
+    async def prepare_session(self, avatar: Any) -> None:
+        """The special-use folders, made at the first login this agent serves (not at every
+        one: a folder removed meanwhile is made again by the next LIST, as before)."""
+        if not self.agent.prepared:
+            await super().prepare_session(avatar)
+            self.agent.prepared = True
 
     def dataReceived(self, data: bytes) -> None:
         self._sleep.received += len(data)
