@@ -89,6 +89,15 @@ class MasterTests(unittest.TestCase):
         self.assertRaises(OSError, os.fstat, state)
         self.assertEqual(self.master.sessions, {})
 
+    def test_sessions_end_with_the_network_process(self) -> None:
+        """A network process that ends takes its clients with it: their sessions' names open
+        nothing in the one started next."""
+        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
+        session = result(self.master.open_session(ticket, "imap", tag=b"a1"))["session"]
+        self.master.net_lost(None)
+        state = os.open("/dev/null", os.O_RDONLY)
+        self.assertRaises(wire.Refused, self.master.thaw, session, state)
+
     def test_ticket_expires(self) -> None:
         ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
         self.clock.advance(TICKET_LIFE + 1)

@@ -44,10 +44,8 @@ from mailsuite.threads import InPool
 log = Logger()
 
 TICKET_LIFE = 60.0
-#: IMAP and POP3 sessions of one account at once, hibernated ones included
-SESSIONS_PER_NAME = 4096
-#: accounts whose look-up the master keeps (account_of)
-ACCOUNTS_KEPT = 10000
+SESSIONS_PER_NAME = 4096  # IMAP and POP3 sessions of an account at once, sleeping ones too
+ACCOUNTS_KEPT = 10000  # accounts whose look-up account_of keeps
 #: tickets held at once for one account (the oldest go first)
 TICKETS_PER_NAME = 16
 #: descriptors answered and not yet sent on the network process's channel, at most: our copy
@@ -239,6 +237,8 @@ class MasterService(service.Service):
 
     def net_lost(self, _: Any) -> None:
         self.net = None
+        self.sessions.clear()  # their clients went with the network process
+        self._sessions_of.clear()
         if not self.stopping:
             log.warn("the network process ended: starting it again")
             self.reactor.callLater(1.0, self._start_net)
