@@ -88,6 +88,16 @@ class MXTests(unittest.TestCase):
         r = self.resolver({}, {}, fail=error.DNSQueryTimeoutError("x"))
         self.assertEqual(self.failureResultOf(r.hosts("x.test")).value.dsn, "4.4.3")
 
+    def test_servfail_and_refused_are_temporary(self) -> None:
+        """SERVFAIL and REFUSED (twisted.names makes them subclasses of its NXDOMAIN error):
+        4.4.3, deferred and tried again, never a bounce."""
+        from twisted.names import error
+        for failure in (error.DNSServerError("x"), error.DNSQueryRefusedError("x"),
+                        error.DNSUnknownError("x")):
+            r = self.resolver({}, {}, fail=failure)
+            self.assertEqual(self.failureResultOf(r.hosts("x.test")).value.dsn, "4.4.3",
+                             type(failure).__name__)
+
     def test_address_literal(self) -> None:
         """[127.0.0.9] needs no look-up."""
         r = self.resolver({}, {})

@@ -27,6 +27,10 @@ from twisted.names import client, dns, error
 
 #: Postfix's smtp_mx_address_limit: at most this many addresses are tried per delivery.
 MX_ADDRESS_LIMIT = 5
+#: answers that say "ask again later" (twisted.names makes SERVFAIL, REFUSED and the unknown
+#: ones subclasses of DomainError, its NXDOMAIN: they must be told apart before it)
+_TEMPORARY = (error.DNSServerError, error.DNSQueryTimeoutError, defer.TimeoutError,
+              error.DNSUnknownError, error.DNSQueryRefusedError, error.ResolverError)
 
 
 class DNSLookupError(Exception):
@@ -109,16 +113,15 @@ class MXResolver:
         )
         try:
             answers, _, _ = yield self.resolver.lookupMailExchange(name)
+        except _TEMPORARY as e:  # first: SERVFAIL and REFUSED are DomainError's subclasses
+            raise TemporaryDNSError(
+                "4.4.3", f"Host or domain name not found. Name service error for name={domain}"
+                f" type=MX: Host not found, try again ({type(e).__name__})"
+            ) from None
         except error.DomainError:  # NXDOMAIN (authorities raise its base class, DomainError)
             raise PermanentDNSError(
                 "5.1.2", f"Host or domain name not found. Name service error for name={domain}"
                 " type=MX: Host not found"
-            ) from None
-        except (error.DNSServerError, error.DNSQueryTimeoutError, defer.TimeoutError,
-                error.DNSUnknownError, error.DNSQueryRefusedError, error.ResolverError) as e:
-            raise TemporaryDNSError(
-                "4.4.3", f"Host or domain name not found. Name service error for name={domain}"
-                f" type=MX: Host not found, try again ({type(e).__name__})"
             ) from None
         records = [a.payload for a in answers if a.type == dns.MX]
         if any(str(r.name) in ("", ".") for r in records):
@@ -169,8 +172,8 @@ class MXResolver:
         failures = []
         for ok, result in results:
             if not ok:
-                if not result.check(error.DomainError):
-                    failures.append(result)
+                if result.check(*_TEMPORARY) or not result.check(error.DomainError):
+                    failures.append(result)  # a name error alone means no address
                 continue
             for record in result[0]:
                 if record.type in (dns.A, dns.AAAA):
