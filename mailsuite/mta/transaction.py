@@ -256,7 +256,6 @@ class Pipeline:
             return _Together(self, message).run()
         return _Alone(self, message).run()
 
-
     def _hold(self, message: Message, reason: str) -> defer.Deferred[list[Result]]:
         """Keep the whole message, every recipient still to be looked up, in the hold queue
         (mailsuite.mta.queue.Queue.hold); a released message is delivered as queued mail."""
