@@ -139,6 +139,17 @@ class StageTests(PipelineCase):
                       " table is not changed", self.log())
 
 
+class TableFileTests(unittest.TestCase):
+    def test_a_fifo_is_refused_not_waited_on(self) -> None:
+        """A map (or rules file) that is a FIFO: refused at once; reading it waited for a
+        writer for ever (a pool thread, or the master at start)."""
+        path = self.mktemp()
+        os.mkfifo(path)
+        with self.assertRaises(OSError) as caught:
+            TableFile(path, parse_map).load()
+        self.assertIn("not a regular file", str(caught.exception))
+
+
 class ConfigTests(unittest.TestCase):
     def test_keys_parsed(self) -> None:
         """The keys read as Postfix writes them: hash:/path lists, one always_bcc address."""

@@ -11,7 +11,9 @@ The network process reads these files as ``mail_owner`` (README.rst).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -29,8 +31,13 @@ class TableError(ValueError):
 
 
 def read_text(path: str) -> str:
-    """The file as UTF-8 text; not UTF-8: a TableError naming the first bad line."""
-    with open(path, "rb") as f:
+    """The file as UTF-8 text; not UTF-8: a TableError naming the first bad line. Only a
+    regular file is read (opened without blocking: a FIFO named here must not hang the thread
+    that reads it, or the master at start), as regexptable.TableFile reads its tables."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
         raw = f.read()
     try:
         return raw.decode("utf-8")

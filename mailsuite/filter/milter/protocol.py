@@ -92,7 +92,7 @@ EVENT_FLAGS = {
 MACRO_STAGES = {0: SMFIC_CONNECT, 1: SMFIC_HELO, 2: SMFIC_MAIL, 3: SMFIC_RCPT,
                 4: SMFIC_DATA, 5: SMFIC_BODYEOB, 6: SMFIC_EOH}
 
-MAX_PACKET = 2**31 // 2  # Postfix's XXX_MAX_DATA: nothing bigger is sane
+MAX_PACKET = 2**31 // 2  # the bound Postfix's milter8.c puts on a packet (INT_MAX / 2)
 CHUNK = 65535  # MILTER_CHUNK_SIZE: body bytes per SMFIC_BODY
 
 
