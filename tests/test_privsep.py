@@ -13,9 +13,11 @@ from twisted.trial import unittest
 
 from mailsuite.accounts import Account
 from mailsuite.privsep import netproc, wire, zygote
-from mailsuite.privsep.master import TICKET_LIFE, MasterService
+from mailsuite.privsep.master import MasterService
 
 BOSS = Account("boss", 2000, 2000, "/home/boss")
+#: the fields of an IMAP login (wire.CheckPassword's tag...)
+IMAP = {"tag": b"a1", "method": "PLAIN", "secure": False, "lip": "127.0.0.1"}
 
 
 class FakeChecker:
@@ -54,32 +56,44 @@ class MasterTests(unittest.TestCase):
         self.master = Master(self.clock)
 
     def test_verdicts(self) -> None:
-        ok = result(self.master.check_password("boss", b"secret"))
-        self.assertEqual((ok["verdict"], ok["name"]), ("ok", "boss"))
-        self.assertEqual(len(ok["ticket"]), 18)
-        bad = result(self.master.check_password("boss", b"guess"))
-        self.assertEqual((bad["verdict"], bad["ticket"]), ("fail", b""))
+        """ok with the account's name, fail, temp (the checker broke); no session without
+        a login's fields (an SMTP AUTH)."""
+        ok = result(self.master.check_password("boss", b"secret", "smtp"))
+        self.assertEqual(ok, {"verdict": "ok", "name": "boss"})
+        bad = result(self.master.check_password("boss", b"guess", "imap", session=IMAP))
+        self.assertEqual(bad, {"verdict": "fail", "name": ""})
         self.master.checker.broken = True
         temp = result(self.master.check_password("boss", b"secret"))
         self.assertEqual(temp["verdict"], "temp")
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.master.streams, [])
+        self.assertEqual(self.master.sessions, {})
 
-    def test_session_needs_a_fresh_ticket_once(self) -> None:
-        """A session of an account only with a ticket of a password check of it, once."""
-        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
-        answer = result(self.master.open_session(ticket, "imap", tag=b"a1"))
+    def test_right_password_opens_the_session(self) -> None:
+        """An IMAP or POP3 login's right password opens its session in the same answer: a
+        stream to an agent of the account the check found, named for what follows."""
+        answer = result(self.master.check_password("boss", b"secret", "imap", "192.0.2.7",
+                                                   session=IMAP))
         session = answer["session"]
         self.assertEqual(len(session), 18)
-        self.assertEqual(self.master.streams, [("boss", "imap", {"tag": b"a1",
+        self.assertEqual((answer["verdict"], answer["name"], answer["fd"]), ("ok", "boss", -1))
+        self.assertEqual(self.master.streams, [("boss", "imap", {**IMAP, "rip": "192.0.2.7",
                                                                  "session": session})])
-        self.assertRaises(wire.Refused, self.master.open_session, ticket, "imap")
-        self.assertRaises(wire.Refused, self.master.open_session, b"x" * 18, "imap")
+        self.assertEqual(self.master.sessions, {session: "boss"})
+
+    def test_a_session_not_opened_is_temp(self) -> None:
+        """An agent that cannot take the session (spawn failed, full): ``temp``, logged, and
+        the session's name is forgotten."""
+        self.master.open_stream = lambda *a, **kw: defer.fail(wire.Refused("no agent"))
+        answer = result(self.master.check_password("boss", b"secret", "pop3", session=IMAP))
+        self.assertEqual(answer, {"verdict": "temp", "name": ""})
+        self.assertEqual(len(self.flushLoggedErrors(wire.Refused)), 1)
+        self.assertEqual(self.master.sessions, {})
 
     def test_sessions_are_bound_to_their_account(self) -> None:
         """Only an agent of the account a session was opened for may hibernate it, and a
         forgotten session cannot be thawed (its name opens nothing any more)."""
-        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
-        session = result(self.master.open_session(ticket, "imap", tag=b"a1"))["session"]
+        session = result(self.master.open_session("boss", "imap", tag=b"a1"))["session"]
         fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(2)]
         self.assertRaises(wire.Refused, self.master.hibernate, "carol", session, *fds, 0)
         self.assertRaises(OSError, os.fstat, fds[0])  # closed: not passed on
@@ -92,22 +106,19 @@ class MasterTests(unittest.TestCase):
     def test_sessions_end_with_the_network_process(self) -> None:
         """A network process that ends takes its clients with it: their sessions' names open
         nothing in the one started next."""
-        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
-        session = result(self.master.open_session(ticket, "imap", tag=b"a1"))["session"]
+        session = result(self.master.open_session("boss", "imap", tag=b"a1"))["session"]
         self.master.net_lost(None)
         state = os.open("/dev/null", os.O_RDONLY)
         self.assertRaises(wire.Refused, self.master.thaw, session, state)
 
-    def test_ticket_expires(self) -> None:
-        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
-        self.clock.advance(TICKET_LIFE + 1)
-        self.assertRaises(wire.Refused, self.master.open_session, ticket, "pop3")
-        self.assertEqual(self.master.streams, [])
-
     def test_session_roles_only(self) -> None:
-        """A ticket opens an IMAP or POP3 session, nothing else (no delivery, no other role)."""
-        ticket = result(self.master.check_password("boss", b"secret"))["ticket"]
-        self.assertRaises(wire.Refused, self.master.open_session, ticket, "agent")
+        """A password check opens an IMAP or POP3 session, nothing else (no delivery, no
+        other role), whatever the network process asks."""
+        self.assertRaises(wire.Refused, self.master.open_session, "boss", "delivery")
+        answer = result(self.master.check_password("boss", b"secret", "agent", session=IMAP))
+        self.assertEqual(answer["verdict"], "temp")
+        self.flushLoggedErrors(wire.Refused)
+        self.assertEqual(self.master.streams, [])
 
     def test_dropped_names(self) -> None:
         for name in ("", "../x", ".tmp.ABC", "a/b"):
@@ -130,16 +141,48 @@ class Creds:
 
 
 class RemoteCheckerTests(unittest.TestCase):
-    def test_ok_leaves_a_ticket(self) -> None:
-        master = FakeMaster([{"verdict": "ok", "name": "boss", "ticket": b"T"}])
+    def test_ok_with_a_session_leaves_it_for_the_realm(self) -> None:
+        """A login's fields go with the password; the session the master opened is taken
+        once, by the realm."""
+        master = FakeMaster([{"verdict": "ok", "name": "boss", "fd": 7, "session": b"S"}])
         checker = netproc.RemoteChecker(master)
-        self.assertEqual(result(checker.requestAvatarId(Creds(b"boss", b"secret"))), b"boss")
-        self.assertEqual(checker.take_ticket("boss"), b"T")
-        self.assertIsNone(checker.take_ticket("boss"))
+        creds = Creds(b"boss", b"secret")
+        creds.service, creds.client_ip = "imap", "192.0.2.7"
+        creds.handoff = {"tag": b"a1", "method": "PLAIN", "secure": True, "rip": "x",
+                         "lip": "127.0.0.1"}
+        self.assertEqual(result(checker.requestAvatarId(creds)), b"boss")
+        self.assertEqual(master.calls[0][1], {
+            "user": "boss", "password": b"secret", "service": "imap", "rip": "192.0.2.7",
+            "tag": b"a1", "method": "PLAIN", "secure": True, "lip": "127.0.0.1"})
+        self.assertEqual(checker.take("boss"), netproc.Opened(7, b"S"))
+        self.assertIsNone(checker.take("boss"))
+
+    def test_no_session_fields_for_smtp(self) -> None:
+        """An SMTP AUTH asks for the verdict only (its credentials carry no login fields)."""
+        master = FakeMaster([{"verdict": "ok", "name": "boss"}])
+        checker = netproc.RemoteChecker(master)
+        creds = Creds(b"boss", b"secret")
+        creds.service = "smtp"
+        self.assertEqual(result(checker.requestAvatarId(creds)), b"boss")
+        self.assertEqual(set(master.calls[0][1]), {"user", "password", "service", "rip"})
+        self.assertIsNone(checker.take("boss"))
+
+    def test_a_session_not_handed_over_is_let_go(self) -> None:
+        """The avatar's logout (a limit refused the login): the agent's stream is closed and
+        the master forgets the session's name."""
+        r, w = os.pipe()
+        self.addCleanup(os.close, r)
+        master = FakeMaster([{}])
+        checker = netproc.RemoteChecker(master)
+        handoff = netproc.Handoff(checker, None, netproc.Opened(w, b"S"), "imap", "boss", None)
+        handoff.release()
+        handoff.release()
+        self.assertEqual(os.read(r, 1), b"")  # the write end is closed
+        self.assertEqual(master.calls, [(wire.Forget, {"session": b"S"})])
 
     def test_fail_and_temp(self) -> None:
-        master = FakeMaster([{"verdict": "fail", "name": "", "ticket": b""},
-                             {"verdict": "temp", "name": "", "ticket": b""}])
+        master = FakeMaster([{"verdict": "fail", "name": ""},
+                             {"verdict": "temp", "name": ""}])
         checker = netproc.RemoteChecker(master)
         failure = result(checker.requestAvatarId(Creds(b"boss", b"x")))
         self.assertTrue(failure.check(UnauthorizedLogin))

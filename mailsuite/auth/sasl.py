@@ -226,14 +226,19 @@ class Conversation:
         raise NotImplementedError
 
 
-def login(portal: Any, attempt: Attempt, interface: Any) -> defer.Deferred[Any]:
+def login(portal: Any, attempt: Attempt, interface: Any,
+          handoff: dict[str, Any] | None = None) -> defer.Deferred[Any]:
     """Check ``attempt`` through ``portal`` for an avatar of ``interface``; a PLAIN
     authorization identity other than the user fails (no master users). The mechanism rides
-    on the credentials as ``sasl_mechanism`` (the login policy logs it)."""
+    on the credentials as ``sasl_mechanism`` (the login policy logs it); ``handoff``, the
+    fields an IMAP or POP3 session continues with (tag, method, secure, rip, lip), as
+    ``handoff``: a privilege-separated server opens the session with the password check."""
     if attempt.proxy:
         return defer.fail(UnauthorizedLogin("no master users"))
     creds = credentials.UsernamePassword(attempt.username, attempt.password)
     creds.sasl_mechanism = attempt.mechanism  # type: ignore[attr-defined]
+    if handoff is not None:
+        creds.handoff = handoff  # type: ignore[attr-defined]
     return defer.maybeDeferred(portal.login, creds, None, interface)
 
 

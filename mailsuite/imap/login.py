@@ -153,7 +153,9 @@ class ImapLogin(sasl.Conversation, _Base):
     def _login(self, tag: bytes, attempt: sasl.Attempt) -> None:
         """Check ``attempt`` through the portal; LOGIN and AUTHENTICATE both come here."""
         name = attempt.username.decode("utf-8", "replace")
-        d = sasl.login(self.portal, attempt, IImapAccount)
+        d = sasl.login(self.portal, attempt, IImapAccount,
+                       {"tag": tag, "method": attempt.mechanism, "secure": bool(self.secure),
+                        "rip": self._rip(), "lip": self._lip()})
         args = (tag, name, attempt.mechanism)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=args, errbackArgs=args)
         d.addErrback(self._failed, tag)
@@ -187,7 +189,7 @@ class ImapLogin(sasl.Conversation, _Base):
         handoff = getattr(avatar, "hand_off", None)
         if handoff is not None:  # privilege separation: an agent of the user runs the rest
             self._handed_off = True
-            handoff(self, tag, method, self._rip(), self._lip())
+            handoff(self, self._rip(), self._lip())
             return None
         return self.resume_session(tag, name, avatar, logout)
 

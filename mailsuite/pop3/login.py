@@ -200,7 +200,9 @@ class Pop3Login(sasl.Conversation):
         """Check ``attempt`` through the portal; every login of every command comes here."""
         self._login_user = sasl.printable(attempt.username)
         self._login_method = attempt.mechanism
-        d = sasl.login(self.portal, attempt, pop3.IMailbox)
+        d = sasl.login(self.portal, attempt, pop3.IMailbox,
+                       {"tag": b"", "method": attempt.mechanism, "secure": bool(self.secure),
+                        "rip": self.rip, "lip": self.lip})
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
 
@@ -216,7 +218,7 @@ class Pop3Login(sasl.Conversation):
         handoff = getattr(avatar, "hand_off", None)
         if handoff is not None:  # privilege separation: an agent of the user runs the rest
             self.handed_off = True
-            handoff(self, b"", self._login_method, self.rip, self.lip)
+            handoff(self, self.rip, self.lip)
             return defer.Deferred()  # never fires: this side runs no more commands
         self.mbox, self._logout = avatar, logout
         self.setTimeout(self.timeOut)  # type: ignore[attr-defined]

@@ -32,7 +32,7 @@ MAX_EARLY = 64 * 1024
 
 
 class Dorm:
-    """The sessions of the network process by name (wire.OpenSession's ``session``)."""
+    """The sessions of the network process by name (wire.CheckPassword's ``session``)."""
 
     def __init__(self, master: Any, reactor: Any, maillog: Any) -> None:
         self.master = master

@@ -4,10 +4,9 @@ It binds the ports, opens the maillog and reads the TLS key (tap.py), then start
 zygote and, through it, the network process; afterwards it reads nothing from the network
 and runs no protocol. What it does for the other processes is narrow (wire.py):
 
-- ``CheckPassword``: the password check (shadow or PAM, with the auth cache); a success
-  gives a one-use ticket that is valid for a minute;
-- ``OpenSession``: a ticket becomes a stream to an agent of that account (started on demand,
-  with the account's uid, gid and groups) that runs the rest of the session;
+- ``CheckPassword``: the password check (shadow or PAM, with the auth cache); for an IMAP or
+  POP3 login a success also opens the session: a stream to an agent of that account (started
+  on demand, with the account's uid, gid and groups) that runs the rest of it;
 - ``OpenDelivery``: a stream to an account's agent that takes mail for its INBOX;
 - ``OpenDropped``: a file of maildrop/ opened for the pickup (sendmail's files are their
   writers' own, mode 0600).
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import os
 import signal
 import socket
@@ -43,11 +41,8 @@ from mailsuite.threads import InPool
 
 log = Logger()
 
-TICKET_LIFE = 60.0
 SESSIONS_PER_NAME = 4096  # IMAP and POP3 sessions of an account at once, sleeping ones too
 ACCOUNTS_KEPT = 10000  # accounts whose look-up account_of keeps
-#: tickets held at once for one account (the oldest go first)
-TICKETS_PER_NAME = 16
 #: descriptors answered and not yet sent on the network process's channel, at most: our copy
 #: is closed only once Twisted has sent it (a number closed earlier could be reused for
 #: something else before it leaves); past this, requests are refused
@@ -75,10 +70,8 @@ class MasterService(service.Service):
         self.agents: dict[str, Channel] = {}
         #: agents that take no new stream (retiring, full) and still serve theirs
         self.aside: set[Channel] = set()
-        self.tickets: dict[bytes, tuple[str, float]] = {}
-        self._tickets_of: dict[str, collections.deque[bytes]] = {}
         self._unsent: list[tuple[Channel, int]] = []
-        #: the IMAP and POP3 sessions of agents (OpenSession's name of one -> its account):
+        #: the IMAP and POP3 sessions of agents (CheckPassword's name of one -> its account):
         #: a session is hibernated and thawed only as the account it was opened for
         self.sessions: dict[bytes, str] = {}
         self._sessions_of: collections.Counter[str] = collections.Counter()
@@ -294,36 +287,33 @@ class MasterService(service.Service):
             self.aside.add(channel)
 
     # -- what the network process may ask --
-    def check_password(self, user: str, password: bytes, service: str = "",
-                       rip: str = "") -> defer.Deferred[dict[str, Any]]:
+    def check_password(self, user: str, password: bytes, service: str = "", rip: str = "",
+                       session: dict[str, Any] | None = None) -> defer.Deferred[dict[str, Any]]:
+        """The verdict on ``user``'s password; with ``session`` (the fields of an IMAP or POP3
+        login: wire.CheckPassword's ``tag``...), a success opens that session too."""
         creds = UsernamePassword(user.encode("utf-8"), password)
         if rip:
             creds.client_ip = rip  # type: ignore[attr-defined]  # PAM_RHOST (auth.pam)
         d = defer.maybeDeferred(self.checker.requestAvatarId, creds)
 
-        def ok(avatar_id: bytes) -> dict[str, Any]:
+        def ok(avatar_id: bytes) -> Any:
             name = avatar_id.decode("utf-8")
-            ticket = os.urandom(18)
-            now = self.reactor.seconds()
-            for old in [t for t, (_, until) in itertools.islice(self.tickets.items(), 64)
-                        if until <= now]:
-                who = self.tickets.pop(old)[0]  # (dicts keep order: the oldest are first)
-                if old in self._tickets_of.get(who, ()):
-                    self._tickets_of[who].remove(old)
-                    if not self._tickets_of[who]:
-                        del self._tickets_of[who]
-            mine = self._tickets_of.setdefault(name, collections.deque())
-            while len(mine) >= TICKETS_PER_NAME:
-                self.tickets.pop(mine.popleft(), None)
-            mine.append(ticket)
-            self.tickets[ticket] = (name, now + TICKET_LIFE)
-            return {"verdict": "ok", "name": name, "ticket": ticket}
+            if session is None:
+                return {"verdict": "ok", "name": name}
+            opened = defer.maybeDeferred(self.open_session, name, service, rip=rip, **session)
+            return opened.addCallbacks(lambda answer: {"verdict": "ok", "name": name, **answer},
+                                       unopened, errbackArgs=(name,))
 
         def refused(failure: Any) -> dict[str, Any]:
             if failure.check(UnauthorizedLogin, LoginFailed):
-                return {"verdict": "fail", "name": "", "ticket": b""}
+                return {"verdict": "fail", "name": ""}
             log.failure("password check of {user} failed", failure, user=user)
-            return {"verdict": "temp", "name": "", "ticket": b""}
+            return {"verdict": "temp", "name": ""}
+
+        def unopened(failure: Any, name: str) -> dict[str, Any]:
+            log.failure("the {service} session of {name} was not opened", failure,
+                        service=service, name=name)
+            return {"verdict": "temp", "name": ""}
 
         return d.addCallbacks(ok, refused)
 
@@ -405,11 +395,11 @@ class MasterService(service.Service):
             account = Account(f"uid:{uid}", uid, uid, "/nonexistent")
         return self.open_agent(account, "delivery", privs=True)
 
-    def open_session(self, ticket: bytes, service: str, **fields: Any) -> Any:
-        held = self.tickets.pop(ticket, None)
-        if held is None or held[1] < self.reactor.seconds() or service not in ("imap", "pop3"):
-            raise wire.Refused("no valid ticket")
-        name = held[0]
+    def open_session(self, name: str, service: str, **fields: Any) -> defer.Deferred[Any]:
+        """A stream to an agent of ``name`` (whose password was right) for its IMAP or POP3
+        session, and the session's name."""
+        if service not in ("imap", "pop3"):
+            raise wire.Refused(f"no session of service {service!r}")
         if self._sessions_of[name] >= SESSIONS_PER_NAME:
             raise wire.Refused(f"{name} has {SESSIONS_PER_NAME} sessions")
         session = os.urandom(18)
@@ -542,14 +532,14 @@ class NetChannel(Channel):
         self.master = master
 
     @wire.CheckPassword.responder
-    def check_password(self, user: str, password: bytes, service: str, rip: str) -> Any:
-        return _answer(self.master.check_password, user, password, service, rip)
-
-    @wire.OpenSession.responder
-    def open_session(self, ticket: bytes, service: str, tag: bytes, method: str, secure: bool,
-                     rip: str, lip: str) -> Any:
-        return _answer(self.master.open_session, ticket, service, tag=tag, method=method,
-                       secure=secure, rip=rip, lip=lip)
+    def check_password(self, user: str, password: bytes, service: str, rip: str,
+                       tag: bytes | None = None, method: str | None = None,
+                       secure: bool | None = None, lip: str | None = None) -> Any:
+        session = None
+        if tag is not None:
+            session = {"tag": tag, "method": method or "", "secure": bool(secure),
+                       "lip": lip or ""}
+        return _answer(self.master.check_password, user, password, service, rip, session)
 
     @wire.Thaw.responder
     def thaw(self, session: bytes, state: int, secure: bool, rip: str, lip: str) -> Any:

@@ -1,10 +1,11 @@
 """The network process: every listener, every protocol before login, the queue, relay and
 pickup, running as ``[mail] mail_owner`` with no capability.
 
-It reaches the rest only through the master's three commands (wire.CheckPassword,
-OpenSession, OpenDelivery): ``RemoteChecker`` is its password checker, ``NetRealm`` hands a
-logged-in IMAP or POP3 session to the user's agent (``Handoff`` then ``Splice``: the bytes of
-the client, TLS already removed, pass between the two), and ``RemoteStore`` is the store the
+It reaches the rest only through the master's commands (wire.CheckPassword, OpenDelivery...):
+``RemoteChecker`` is its password checker (for an IMAP or POP3 login the master's answer
+brings the stream of an agent of the user, already serving the session), ``NetRealm`` hands
+the logged-in session over (``Handoff`` then ``Splice``: the bytes of the client, TLS already
+removed, pass between the two), and ``RemoteStore`` is the store the
 local delivery writes through (the agent of each recipient does the writing).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
@@ -60,45 +62,72 @@ class AuthUnavailable(Exception):
     """The master could not check the password (its answer: ``temp``)."""
 
 
+@dataclass
+class Opened:
+    """An IMAP or POP3 session the master opened at a right password: the stream of the
+    user's agent (``fd``) and the session's name, until the login hands it over or drops it."""
+
+    fd: int
+    session: bytes
+
+
 @implementer(ICredentialsChecker)
 class RemoteChecker:
     """The password checker of the network process: the master checks (wire.CheckPassword).
-    A success leaves a ticket for the realm, which opens the user's session with it."""
+
+    Credentials with a ``handoff`` (the IMAP or POP3 login's tag, method, secure, lip:
+    auth.sasl.login) have the master open the session at a right password; the realm takes
+    the ``Opened`` for the session's avatar (``take``)."""
 
     credentialInterfaces = (IUsernamePassword,)
 
     def __init__(self, master: Any) -> None:
         self.master = master
-        self._tickets: dict[str, list[bytes]] = {}
+        self._opened: dict[str, list[Opened]] = {}
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[bytes | tuple[()]]:
         try:
             name, password = login_of(credentials)
         except UnauthorizedLogin as e:
             return defer.fail(e)
+        service = str(getattr(credentials, "service", ""))
+        fields = dict(getattr(credentials, "handoff", None) or {})
+        rip = str(getattr(credentials, "client_ip", "") or fields.pop("rip", ""))
+        fields.pop("rip", None)
+        if service not in ("imap", "pop3"):
+            fields = {}
         d = self.master.callRemote(wire.CheckPassword, user=name, password=password,
-                                   service=str(getattr(credentials, "service", "")),
-                                   rip=str(getattr(credentials, "client_ip", "") or ""))
+                                   service=service, rip=rip, **fields)
         return d.addCallbacks(self._verdict, _unavailable)
 
     def _verdict(self, answer: dict[str, Any]) -> bytes:
         if answer["verdict"] == "ok":
-            tickets = self._tickets.setdefault(answer["name"], [])
-            tickets.append(answer["ticket"])
-            del tickets[:-8]
+            if answer.get("fd") is not None:
+                opened = self._opened.setdefault(answer["name"], [])
+                opened.append(Opened(answer["fd"], answer["session"]))
+                for dropped in opened[:-8]:  # (never taken: the realm takes it at once)
+                    self.drop(dropped)
+                del opened[:-8]
             return str(answer["name"]).encode("utf-8")
         if answer["verdict"] == "temp":
             raise AuthUnavailable("the password check failed")
         raise UnauthorizedLogin(LOGIN_FAILED)
 
-    def take_ticket(self, name: str) -> bytes | None:
-        tickets = self._tickets.get(name)
-        if not tickets:
+    def take(self, name: str) -> Opened | None:
+        opened = self._opened.get(name)
+        if not opened:
             return None
-        ticket = tickets.pop(0)
-        if not tickets:
-            del self._tickets[name]
-        return ticket
+        first = opened.pop(0)
+        if not opened:
+            del self._opened[name]
+        return first
+
+    def drop(self, opened: Opened) -> None:
+        """A session opened and not handed over (the login went no further): its stream
+        closed (its agent ends it) and its name forgotten by the master."""
+        os.close(opened.fd)
+        d = self.master.callRemote(wire.Forget, session=opened.session)
+        d.addErrback(lambda f: None)  # a master that is gone forgets everything
 
 
 class NetRealm(MailRealm):
@@ -115,18 +144,14 @@ class NetRealm(MailRealm):
     def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> Any:
         for iface, service in ((IImapAccount, "imap"), (pop3.IMailbox, "pop3")):
             if iface in interfaces and isinstance(avatarId, bytes):
-                ticket = self.checker.take_ticket(avatarId.decode("utf-8"))
-                if ticket is None:
+                opened = self.checker.take(avatarId.decode("utf-8"))
+                if opened is None:
                     return defer.fail(UnauthorizedLogin(LOGIN_FAILED))
-                handoff = Handoff(self.master, self.reactor, ticket, service,
+                handoff = Handoff(self.checker, self.reactor, opened, service,
                                   avatarId.decode("utf-8"), self.dorm)
-                result: Avatar = (iface, handoff, _noop)
+                result: Avatar = (iface, handoff, handoff.release)
                 return defer.succeed(result)
         return super().requestAvatar(avatarId, mind, *interfaces)
-
-
-def _noop() -> None:
-    pass
 
 
 def _unavailable(failure: Failure) -> None:
@@ -142,38 +167,34 @@ def _drop(channel: Channel) -> None:
         channel.transport.abortConnection()  # type: ignore[attr-defined]
 
 
-_FAILED = {"imap": b" NO [UNAVAILABLE] Temporary authentication failure.\r\n",
-           "pop3": b"-ERR [SYS/TEMP] Temporary authentication failure.\r\n"}
-
-
 class Handoff:
-    """The avatar of an IMAP or POP3 login here: the session goes to the user's agent."""
+    """The avatar of an IMAP or POP3 login here: the session goes to the user's agent, whose
+    stream the password check brought (``opened``)."""
 
-    def __init__(self, master: Any, reactor: Any, ticket: bytes, service: str, name: str,
-                 dorm: Dorm) -> None:
-        self.master, self.reactor, self.ticket, self.service = master, reactor, ticket, service
+    def __init__(self, checker: RemoteChecker, reactor: Any, opened: Opened, service: str,
+                 name: str, dorm: Dorm) -> None:
+        self.checker, self.reactor, self.service = checker, reactor, service
+        self.opened: Opened | None = opened
         self.name, self.dorm = name, dorm
 
-    def hand_off(self, session: Any, tag: bytes, method: str, rip: str, lip: str) -> None:
-        d = self.master.callRemote(wire.OpenSession, ticket=self.ticket, service=self.service,
-                                   tag=tag, method=method, secure=bool(session.secure),
-                                   rip=rip, lip=lip)
-        d.addCallbacks(self._opened, self._failed, callbackArgs=(session, rip, lip),
-                       errbackArgs=(session, tag))
-
-    def _opened(self, answer: dict[str, Any], session: Any, rip: str, lip: str) -> None:
-        splice = Splice(session, self.reactor, answer["fd"])
+    def hand_off(self, session: Any, rip: str, lip: str) -> None:
+        """Splice the client to the agent's stream (which answers the login's tag: it had
+        the login's fields with the password)."""
+        opened, self.opened = self.opened, None
+        if opened is None:
+            raise RuntimeError("a session is handed off once")
+        splice = Splice(session, self.reactor, opened.fd)
         if not splice.lost:
-            self.dorm.add(answer["session"], splice, self.name, rip, lip)
+            self.dorm.add(opened.session, splice, self.name, rip, lip)
         else:
-            self.dorm.forget(answer["session"])
+            self.dorm.forget(opened.session)
 
-    def _failed(self, failure: Any, session: Any, tag: bytes) -> None:
-        log.failure("handing the {service} session to its agent failed", failure,
-                    service=self.service)
-        reply = (tag if self.service == "imap" else b"") + _FAILED[self.service]
-        session.transport.write(reply)
-        session.transport.loseConnection()
+    def release(self) -> None:
+        """The avatar's logout: a login that did not go on (a limit refused it, the client
+        left) lets its agent's stream go."""
+        opened, self.opened = self.opened, None
+        if opened is not None:
+            self.checker.drop(opened)
 
 
 class Splice:

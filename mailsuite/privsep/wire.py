@@ -31,25 +31,22 @@ ERRORS: dict[type[Exception], bytes] = {Refused: b"REFUSED"}
 
 class CheckPassword(amp.Command):
     """net -> master: the one password check (shadow or PAM, the auth cache). ``verdict``:
-    ``ok`` (``name`` is the account, ``ticket`` opens one session of it within a minute),
-    ``fail`` (wrong password, no such user) or ``temp`` (the check itself failed)."""
+    ``ok`` (``name`` is the account), ``fail`` (wrong password, no such user) or ``temp`` (the
+    check itself failed, or the session could not be opened).
+
+    With ``tag`` (an IMAP or POP3 login: ``service`` ``imap`` or ``pop3``), a success also
+    opens the session, in the same round trip: ``fd`` is a stream to an agent of that
+    account, which runs the rest of it (``tag`` answered there), and ``session`` names it from
+    now on (Hibernate, Thaw, Forget: the master binds it to the account). ``method``,
+    ``secure``, ``rip`` and ``lip`` are what the agent logs and shows; none of them grants
+    anything."""
 
     arguments = [(b"user", amp.Unicode()), (b"password", amp.String()),
-                 (b"service", amp.Unicode()), (b"rip", amp.Unicode())]
-    response = [(b"verdict", amp.Unicode()), (b"name", amp.Unicode()), (b"ticket", amp.String())]
-    errors = ERRORS
-
-
-class OpenSession(amp.Command):
-    """net -> master: a ticket of CheckPassword becomes a stream to an agent of that account,
-    which runs the rest of the IMAP or POP3 session (``tag`` answered there). The other fields
-    are what the agent logs and shows; none of them grants anything. ``session`` names the
-    session from now on (Hibernate, Thaw, Forget): the master binds it to the account."""
-
-    arguments = [(b"ticket", amp.String()), (b"service", amp.Unicode()),
-                 (b"tag", amp.String()), (b"method", amp.Unicode()), (b"secure", amp.Boolean()),
-                 (b"rip", amp.Unicode()), (b"lip", amp.Unicode())]
-    response = [(b"fd", amp.Descriptor()), (b"session", amp.String())]
+                 (b"service", amp.Unicode()), (b"rip", amp.Unicode()),
+                 (b"tag", amp.String(optional=True)), (b"method", amp.Unicode(optional=True)),
+                 (b"secure", amp.Boolean(optional=True)), (b"lip", amp.Unicode(optional=True))]
+    response = [(b"verdict", amp.Unicode()), (b"name", amp.Unicode()),
+                (b"fd", amp.Descriptor(optional=True)), (b"session", amp.String(optional=True))]
     errors = ERRORS
 
 
@@ -64,7 +61,7 @@ class OpenDelivery(amp.Command):
 
 class Attach(amp.Command):
     """master -> agent: serve this stream: ``role`` is ``imap``, ``pop3`` (a logged-in session
-    of the agent's account, with OpenSession's fields) or ``delivery``."""
+    of the agent's account, with CheckPassword's fields) or ``delivery``."""
 
     arguments = [(b"role", amp.Unicode()), (b"fd", amp.Descriptor()),
                  (b"tag", amp.String()), (b"method", amp.Unicode()), (b"secure", amp.Boolean()),
@@ -232,9 +229,10 @@ class Forget(amp.Command):
 #: is dropped, the master kills it): a password check, a channel opened, a file read
 CALL_TIMEOUT = 30.0
 #: the longer ones: an agent attaching a stream (less than what the network process waits
-#: for the master's answer, so the master kills the agent first), a group commit (mailbox
-#: locks are waited for), a command (command_time_limit), an :include: opened on a hung NFS
-TIMEOUTS: dict[Any, float] = {Attach: 20.0, Deliver: 600.0,
+#: for the master's answer, so the master kills the agent first), a password check that
+#: opens a session (the check, then an Attach), a group commit (mailbox locks are waited
+#: for), a command (command_time_limit), an :include: opened on a hung NFS
+TIMEOUTS: dict[Any, float] = {Attach: 20.0, CheckPassword: CALL_TIMEOUT + 20.0, Deliver: 600.0,
                               DeliverSpecial: COMMAND_TIME_LIMIT + 60.0,
                               ReadInclude: OPEN_TIME_LIMIT + 30.0,
                               ReadForward: OPEN_TIME_LIMIT + 30.0}

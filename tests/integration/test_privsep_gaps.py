@@ -167,7 +167,7 @@ class HungAgentTests(unittest.TestCase):
         client = imaplib.IMAP4("127.0.0.1", site.ports["imap"], timeout=60)
         with self.assertRaises(imaplib.IMAP4.error) as caught:
             client.login("boss", "secret")
-        self.assertLess(time.monotonic() - began, wire.timeout_of(wire.OpenSession) + 5)
+        self.assertLess(time.monotonic() - began, wire.timeout_of(wire.Attach) + 5)
         self.assertIn("UNAVAILABLE", str(caught.exception))
         wait_until(lambda: not alive(hung), "the hung agent killed")
         m = c.imap()
