@@ -4,7 +4,7 @@ fakes: what a network process can and cannot obtain from the master."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
@@ -402,3 +402,33 @@ class AccountCacheTests(unittest.TestCase):
         clock.advance(61)
         self.successResultOf(master.account_of("boss"))
         self.assertEqual(len(asked), 3)
+
+
+class UnsentDescriptorTests(unittest.TestCase):
+    def test_a_burst_of_logins_is_not_refused_for_descriptors_already_sent(self) -> None:
+        """Our copies of descriptors answered are closed once sent; a burst of answers
+        faster than the sweep's timer closes those already sent at once instead of refusing
+        the next login (seen at 2,000 logins opened at once)."""
+        from mailsuite.privsep import master as master_module
+
+        class Transport:
+            connected = True
+            _sendmsgQueue: ClassVar[list[int]] = []
+
+        class Chan:
+            transport = Transport()
+
+        m = Master(Clock())
+        fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(master_module.MAX_UNSENT_FDS)]
+        for fd in fds:
+            m.sent(Chan(), fd)  # type: ignore[arg-type]
+        last = os.open("/dev/null", os.O_RDONLY)
+        m.sent(Chan(), last)  # type: ignore[arg-type]
+        self.assertEqual([fd for _, fd in m._unsent], [last])
+        self.assertRaises(OSError, os.fstat, fds[0])  # closed: it had been sent
+        Transport._sendmsgQueue = [last]  # not sent yet: kept open
+        m._close_sent()
+        os.fstat(last)
+        Transport._sendmsgQueue = []
+        m._close_sent()
+        self.assertRaises(OSError, os.fstat, last)

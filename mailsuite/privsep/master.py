@@ -182,6 +182,8 @@ class MasterService(service.Service):
 
     def sent(self, channel: Channel | None, fd: int) -> None:
         """``fd`` goes out in an answer on ``channel``: closed once it has left (sweep)."""
+        if len(self._unsent) >= MAX_UNSENT_FDS:
+            self._close_sent()  # (a burst of logins: the timer's sweep may not have run)
         if channel is None or len(self._unsent) >= MAX_UNSENT_FDS:
             os.close(fd)
             raise wire.Refused("too many descriptors not read yet")
@@ -190,6 +192,10 @@ class MasterService(service.Service):
             self._sweeper = self.reactor.callLater(0.2, self._sweep)
 
     def _sweep(self) -> None:
+        self._close_sent()
+        self._sweeper = self.reactor.callLater(0.2, self._sweep) if self._unsent else None
+
+    def _close_sent(self) -> None:
         """Close our copies of the descriptors that Twisted has sent (its _sendmsgQueue holds
         those it has not) or that can no longer be sent (the channel is gone)."""
         keep = []
@@ -201,7 +207,6 @@ class MasterService(service.Service):
             else:
                 os.close(fd)
         self._unsent = keep
-        self._sweeper = self.reactor.callLater(0.2, self._sweep) if keep else None
 
     def hup(self) -> None:
         """``kill -HUP``: the maillog reopened (logrotate), for every process; the TLS files
