@@ -572,7 +572,8 @@ class Bench:
         def one(s: Server, repeat: int | None = None) -> None:
             self.run(g, s, [
                 "--port", str(s.ports["imap"]), "--smtp-port", str(s.ports["smtp"]), "-c", str(c),
-                "--push-count", "5", "--probe-count", "20", "--sample-interval", "0",
+                "--push-count", "5", "--probe-count", str(self.args.probe_count),
+                "--sample-interval", "0",
                 "--hold", str(IDLE_HOLD)],
                 f"{self.gen(s, 20)} && {s.reset_index}", settle=3, timeout=1800, repeat=repeat)
 
@@ -674,6 +675,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rspamd-port", type=int, default=2332,
                    help="smtp-milter: the port of rspamd's milter (2332)")
     p.add_argument("--idle-c", type=int, help="imap-idle-conns connections (quick 500, full 2000)")
+    p.add_argument("--probe-count", type=int, default=20,
+                   help="imap-idle-conns: LOGIN+SELECT probes before and while the sessions are"
+                        " open (default 20; more for a steadier p50)")
     p.add_argument("--noise", help="mailbench noise options instead of the mode's, e.g. "
                    "'--wait-quiet 25 --wait-quiet-max 60 --max-other-pct 25 --noise-retries 2'")
     p.add_argument("--profile", metavar="DIR", help="record mailsuite with py-spy during each "
