@@ -282,9 +282,9 @@ class ConfigTests(Keys):
                  "d_com": self.key_file("d", ec_pem),
                  "e_com": self.key_file("e", locked)}
         cfg = self.config(**{d: ("s", p) for d, p in paths.items()})
-        with self.assertRaises(StartupError) as caught:
+        with self.assertRaises(ConfigError) as caught:
             filters.stages(cfg, None, self.maillog, threads.inline)
-        lines = str(caught.exception).splitlines()
+        lines = caught.exception.errors
         self.assertEqual(len(lines), 5, lines)
         for line, (domain, path) in zip(lines, paths.items(), strict=True):
             self.assertTrue(line.startswith(f"mail.ini: [dkim] {domain.replace('_', '.')}:"

@@ -28,7 +28,7 @@ import dkim
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailsuite.config import Config
+from mailsuite.config import Config, ConfigError
 from mailsuite.dkimconf import DkimConfig, SigningKey, UnusableKey, load_key
 from mailsuite.filter.audit import from_our_users
 from mailsuite.mta.transaction import Decision, Message, Verdict
@@ -41,8 +41,9 @@ CANONICALIZATION = (b"relaxed", b"relaxed")  # opendkim's Canonicalization relax
 
 
 def load_keys(cfg: Config) -> dict[str, SigningKey]:
-    """{domain: its key} of ``[dkim]``; a key that cannot be read or used is a StartupError
-    naming the file, the section and the line's key (every such line at once)."""
+    """{domain: its key} of ``[dkim]``; keys that cannot be read or used are a ConfigError
+    (refused as mail.ini's errors are: exit 78), a line for each, naming the file, the
+    section and the line's key."""
     keys: dict[str, SigningKey] = {}
     problems = []
     for domain, entry in cfg.dkim.domains.items():
@@ -53,7 +54,7 @@ def load_keys(cfg: Config) -> dict[str, SigningKey]:
         except UnusableKey as e:
             problems.append(f"{cfg.path}: [dkim] {domain}: {entry.path}: {e}")
     if problems:
-        raise StartupError("\n".join(problems))
+        raise ConfigError(problems)
     return keys
 
 
@@ -109,7 +110,7 @@ class DkimStage:
 
     @classmethod
     def from_config(cls, cfg: Config, maillog: Any, blocking: Any) -> DkimStage | None:
-        """The stage of ``[dkim]`` (None: no line); the keys are read now (StartupError)."""
+        """The stage of ``[dkim]`` (None: no line); the keys are read now (ConfigError)."""
         if not cfg.dkim.domains:
             return None
         return cls(cfg.dkim, load_keys(cfg), cfg.mail.mynetworks, maillog, blocking)
