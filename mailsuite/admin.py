@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from mailsuite import dkimcmd
-from mailsuite.cmdbase import EX_OK, EX_USAGE, Fatal, run
+from mailsuite.cmdbase import CONFIG_HELP, EX_OK, EX_USAGE, Fatal, run
 
 #: name -> (what it does, main(argv, out) -> exit status)
 COMMANDS: dict[str, tuple[str, Callable[[list[str], TextIO], int]]] = {
@@ -26,7 +26,8 @@ COMMANDS: dict[str, tuple[str, Callable[[list[str], TextIO], int]]] = {
 def usage() -> str:
     lines = [f"  {name:<10} {text}" for name, (text, _) in COMMANDS.items()]
     return ("usage: mailsuite SUBCOMMAND [options]   (mailsuite SUBCOMMAND --help)\n"
-            "The mail system's administration.\n" + "\n".join(lines))
+            "The mail system's administration. Sub-commands:\n" + "\n".join(lines)
+            + "\nOptions every sub-command takes:\n" + CONFIG_HELP.rstrip("\n"))
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:

@@ -3,7 +3,8 @@ message for every door (SMTP, submission, LMTP, sendmail pickup) before the door
 
 ``stages`` puts them in their order, Postfix's cleanup order where it has one: the content
 checks (header_checks, body_checks...) as the message is taken, then the milters, then the
-audit rules over the decoded text, then the BCC copies (so a copy is of the final message).
+audit rules over the decoded text, then DKIM signing, then the BCC copies (so a copy is of
+the final, signed message).
 """
 
 from __future__ import annotations
