@@ -14,6 +14,7 @@ from typing import Any
 import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsuite import filter as filters
@@ -23,7 +24,17 @@ from mailsuite.dkimconf import DkimConfig, DkimEntry, parse_key, txt_record
 from mailsuite.filter.bcc import BccStage
 from mailsuite.filter.dkim import DkimStage, author_domain
 from mailsuite.maillog import MailLog
-from mailsuite.mta.transaction import LMTP, PICKUP, SMTP, Client, Envelope, Message, Recipient
+from mailsuite.mta.transaction import (
+    LMTP,
+    PICKUP,
+    SMTP,
+    Client,
+    Envelope,
+    Hold,
+    Message,
+    Pipeline,
+    Recipient,
+)
 from mailsuite.configvalues import parse_networks
 from mailsuite.startup import StartupError
 from tests.configs import real_config
@@ -96,12 +107,12 @@ class Keys(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.maillog = MailLog(None, "mail.example.com")
 
-    def key_file(self, name: str, pem: bytes, mode: int = 0o600) -> str:
-        path = os.path.join(self.dir, name)
-        with open(path, "wb") as f:
+    def key_file(self, name: str, pem: bytes) -> str:
+        """``pem`` in a file of the temp directory, mode 0600 (as keygen writes keys)."""
+        fd = os.open(os.path.join(self.dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as f:
             f.write(pem)
-        os.chmod(path, mode)
-        return path
+        return os.path.join(self.dir, name)
 
     def config(self, **entries: tuple[str, str]) -> Any:
         domains = {d.replace("_", "."): DkimEntry(s, p) for d, (s, p) in entries.items()}
@@ -232,6 +243,24 @@ class SigningTests(Keys):
         message = self.run_stage(stage, envelope(user="boss"), data)
         self.assertEqual(message.data, data)
         self.assertIn("warning: not signed:", self.maillog.lines[-1])
+
+    def test_held_mail_is_signed(self) -> None:
+        """A message an earlier stage holds is signed before it goes to the hold queue, so
+        that when released it goes out signed."""
+        held: list[bytes] = []
+
+        class Queue:
+            def hold(self, envelope: Any, data: bytes, reason: str) -> Any:
+                held.append(data)
+                return defer.succeed(None)
+
+        delivery = type("D", (), {"queue": Queue()})()
+        stages = [lambda m: Hold("audit rule secret"),
+                  self.stage(self.config(example_com=("sel", self.rsa)))]
+        p = Pipeline(delivery, None, "mail.example.com", lambda: 0.0, stages)
+        self.successResultOf(p.deliver(envelope(user="boss"), MESSAGE))
+        (data,) = held
+        self.assertTrue(verifies(data, self.records))
 
     def test_stage_order(self) -> None:
         """stages(): DKIM signs after the other filters and before the BCC copies are made,

@@ -100,6 +100,10 @@ def signature(data: bytes, config: DkimConfig, keys: dict[str, SigningKey]
 class DkimStage:
     """The stage (see the module doc)."""
 
+    # a held message (an audit rule's HOLD) is signed as it is kept: released, it goes out as
+    # it was held (in Postfix too a held message has what the milters, opendkim, added)
+    runs_when_held = True
+
     def __init__(self, config: DkimConfig, keys: dict[str, SigningKey],
                  mynetworks: list[Network], maillog: Any, blocking: Any) -> None:
         self.config = config
