@@ -16,7 +16,10 @@ start (the master, and the process that signs: mailsuite.filter.dkim).
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -128,8 +131,17 @@ def parse_key(pem: bytes) -> SigningKey:
 
 
 def load_key(path: str) -> SigningKey:
-    """The key in the file ``path`` (OSError: cannot read; UnusableKey: cannot use)."""
-    with open(path, "rb") as f:
+    """The key in the file ``path`` (OSError: cannot read; UnusableKey: cannot use). Only a
+    regular file (opened without blocking: a FIFO must not hang the master at start) that
+    other users may not read or write (opendkim's RequireSafeKeys)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if mode & 0o007:
+            raise UnusableKey(f"other users may read or write it (mode {mode & 0o777:04o}):"
+                              " chmod 0600 (or 0640 for a group of mail_owner's)")
         return parse_key(f.read(1024 * 1024))
 
 

@@ -297,24 +297,30 @@ class ConfigTests(Keys):
 
     def test_broken_keys_refused_at_start(self) -> None:
         """At start every key file is read: a missing file, a file that is no PEM key, an
-        RSA key under 1024 bits (RFC 8301), an EC key, an encrypted key are each refused,
-        all at once, naming the file, [dkim] and the line's domain."""
+        RSA key under 1024 bits (RFC 8301), an EC key, an encrypted key, a FIFO (not waited
+        on), a key others may read (opendkim's RequireSafeKeys) are each refused, all at
+        once, naming the file, [dkim] and the line's domain."""
         ec_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption())
         locked = ed25519.Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(b"pass phrase"))
+        os.mkfifo(os.path.join(self.dir, "fifo"))
+        loose = self.key_file("loose", rsa_pem())
+        os.chmod(loose, 0o644)
         paths = {"a_com": os.path.join(self.dir, "missing.key"),
                  "b_com": self.key_file("b", b"not a key\n"),
                  "c_com": self.key_file("c", SHORT_RSA),
                  "d_com": self.key_file("d", ec_pem),
-                 "e_com": self.key_file("e", locked)}
+                 "e_com": self.key_file("e", locked),
+                 "f_com": os.path.join(self.dir, "fifo"),
+                 "g_com": loose}
         cfg = self.config(**{d: ("s", p) for d, p in paths.items()})
         with self.assertRaises(ConfigError) as caught:
             filters.stages(cfg, None, self.maillog, threads.inline)
         lines = caught.exception.errors
-        self.assertEqual(len(lines), 5, lines)
+        self.assertEqual(len(lines), 7, lines)
         for line, (domain, path) in zip(lines, paths.items(), strict=True):
             self.assertTrue(line.startswith(f"mail.ini: [dkim] {domain.replace('_', '.')}:"
                                             f" {path}: "), line)
@@ -323,6 +329,8 @@ class ConfigTests(Keys):
         self.assertIn("RSA key of 512 bits: RFC 8301 requires at least 1024", lines[2])
         self.assertIn("an EC key: DKIM signs with RSA", lines[3])
         self.assertIn("encrypted", lines[4])
+        self.assertIn("not a regular file", lines[5])
+        self.assertIn("other users may read or write it (mode 0644): chmod 0600", lines[6])
 
     def test_key_unreadable_by_mail_owner(self) -> None:
         """(root) The master refuses a key that mail_owner, who signs, cannot read."""
