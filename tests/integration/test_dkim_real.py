@@ -173,7 +173,7 @@ class BrokenKeysAtStart(unittest.TestCase):
         domain and the key file; nothing is bound."""
         site = MTASite(self, "postmaster: boss\n")
         short = os.path.join(site.dir, "short.key")
-        with open(short, "wb") as f:
+        with open(os.open(short, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
             f.write(SHORT_RSA)
         missing = os.path.join(site.dir, "missing.key")
         with open(site.config, "a") as f:
