@@ -30,6 +30,7 @@ from typing import Any
 from mailsuite.configschema import (
     SECTIONS,
     SERVICES,
+    Section,
     AuthConfig,
     Config,
     Default,
@@ -182,6 +183,10 @@ def parse_config(
     failed: set[str] = set()  # [mail] keys already reported
     for section_name, section in SECTIONS.items():
         settings = given.get(section_name, {})
+        if section.entry is not None:
+            built[section_name] = _free_section(filename, section_name, section, settings,
+                                                expander, errors)
+            continue
         names = [key.name for key in section.keys]
         for name in settings:
             if name not in names:
@@ -215,6 +220,27 @@ def parse_config(
     if errors:
         raise ConfigError(errors)
     return Config(path=filename, **built)
+
+
+def _free_section(filename: str, section_name: str, section: Section,
+                  settings: dict[str, _Setting], expander: _Expander, errors: list[str]) -> Any:
+    """A section of free names ([dkim]: one line a domain): each line through
+    ``section.entry``; a bad one, or two lines naming one item, is an error naming its key."""
+    assert section.entry is not None
+    items: dict[str, Any] = {}
+    first: dict[str, str] = {}
+    for key, setting in settings.items():
+        try:
+            name, item = section.entry(key, expander.expand(setting.value))
+        except ValueError as e:
+            errors.append(f"{filename}: [{section_name}] {key}: {e}")
+            continue
+        if name in items:
+            errors.append(f"{filename}: [{section_name}] {key}: names {name} as"
+                          f" {first[name]} does (line {settings[first[name]].line})")
+            continue
+        items[name], first[name] = item, key
+    return section.build(items)
 
 
 def _tls_listener_errors(filename: str, listen: ListenConfig, tls: TLSConfig) -> list[str]:

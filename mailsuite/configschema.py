@@ -51,6 +51,9 @@ from mailsuite.configvalues import (
     parse_user_name,
     split_location,
 )
+from mailsuite.dkimconf import DkimConfig
+from mailsuite.dkimconf import build as build_dkim
+from mailsuite.dkimconf import parse_entry as parse_dkim_entry
 from mailsuite.milterconf import (
     DEFAULT_MACROS,
     Endpoint,
@@ -310,6 +313,8 @@ class Config:
     imap: ImapConfig = ImapConfig()
     pop3: Pop3Config = Pop3Config()
     audit: AuditConfig = AuditConfig()
+    # DKIM signing (filter/dkim.py)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
 
 
 # A default is text (expanded like a value from the file) or a function of a lookup of [mail].
@@ -327,6 +332,10 @@ class Key:
 class Section:
     build: Callable[..., Any]
     keys: list[Key]
+    #: a section whose keys are names of the admin's (the domains of [dkim]) rather than
+    #: ``keys``: ``entry(key, value)`` gives (name, item) for each line, ValueError if bad,
+    #: and ``build`` takes the dict {name: item}
+    entry: Callable[[str, str], tuple[str, Any]] | None = None
 
 
 def _parent_domain(get: Callable[[str], str]) -> str:
@@ -478,4 +487,6 @@ SECTIONS: dict[str, Section] = {
     "audit": Section(AuditConfig, [
         Key("rules", "", parse_optional_path),
     ]),
+    # DKIM signing (filter/dkim.py): one line a domain, DOMAIN = SELECTOR:/path/key.pem
+    "dkim": Section(build_dkim, [], entry=parse_dkim_entry),
 }

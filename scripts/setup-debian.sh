@@ -33,7 +33,7 @@ CONFIG=/etc/mailsuite/mail.ini
 # system path=command in the venv's bin/
 LINKS="/usr/sbin/sendmail=sendmail /usr/lib/sendmail=sendmail /usr/bin/mailq=mailq
 /usr/bin/newaliases=newaliases /usr/local/bin/twistd=twistd
-/usr/local/bin/mailsuite-queue=mailsuite-queue"
+/usr/local/bin/mailsuite-queue=mailsuite-queue /usr/local/bin/mailsuite=mailsuite"
 export DEBIAN_FRONTEND=noninteractive
 
 apt_install() {

@@ -16,7 +16,8 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(CHECKOUT, "scripts", "setup-debian.sh")
 COMMANDS = {"/usr/sbin/sendmail": "sendmail", "/usr/lib/sendmail": "sendmail",
             "/usr/bin/mailq": "mailq", "/usr/bin/newaliases": "newaliases",
-            "/usr/local/bin/twistd": "twistd", "/usr/local/bin/mailsuite-queue": "mailsuite-queue"}
+            "/usr/local/bin/twistd": "twistd", "/usr/local/bin/mailsuite-queue": "mailsuite-queue",
+            "/usr/local/bin/mailsuite": "mailsuite"}
 #: What Debian's postfix package owns of them (/usr/lib/sendmail is its link to ../sbin/sendmail).
 POSTFIX_FILES = ("/usr/sbin/sendmail", "/usr/lib/sendmail", "/usr/bin/mailq",
                  "/usr/bin/newaliases")

@@ -3,7 +3,8 @@ message for every door (SMTP, submission, LMTP, sendmail pickup) before the door
 
 ``stages`` puts them in their order, Postfix's cleanup order where it has one: the content
 checks (header_checks, body_checks...) as the message is taken, then the milters, then the
-audit rules over the decoded text, then the BCC copies (so a copy is of the final message).
+audit rules over the decoded text, then DKIM signing, then the BCC copies (so a copy is of
+the final, signed message).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mailsuite.config import Config
-from mailsuite.filter import checks, milter
+from mailsuite.filter import checks, dkim, milter
 from mailsuite.filter.audit import AuditStage
 from mailsuite.filter.bcc import BccStage
+from mailsuite.filter.dkim import DkimStage
 from mailsuite.filter.tablefile import TableError
 from mailsuite.mta.transaction import Stage
 from mailsuite.startup import StartupError, describe_os_error, unreadable_by
@@ -29,6 +31,8 @@ def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage
     out.extend(s for s in [milter.from_config(cfg, reactor, maillog)] if s is not None)
     # audit rules (audit.py)
     _add(out, "[audit] rules", lambda: AuditStage.from_config(cfg, maillog, blocking))
+    # DKIM signing (dkim.py): of the final message, before the BCC copies are made of it
+    _add(out, "[dkim]", lambda: DkimStage.from_config(cfg, maillog, blocking))
     # BCC maps (bcc.py)
     _add(out, "[mail] *_bcc_maps", lambda: BccStage.from_config(cfg.mail, maillog, blocking))
     return out
@@ -39,6 +43,8 @@ def check_at_start(cfg: Config, owner: tuple[int, int]) -> None:
     runs ``stages``) starts: what would make the stages fail there is a StartupError here."""
     # content checks (checks.py)
     checks.check_at_start(cfg.mail, owner)
+    # DKIM keys (dkim.py): they parse, and mail_owner may read them
+    dkim.check_at_start(cfg, owner)
     # audit rules and BCC maps: they parse, and mail_owner may read them
     m = cfg.mail
     _add([], "[audit] rules", lambda: AuditStage.from_config(cfg, None, None))

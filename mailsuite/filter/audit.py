@@ -39,13 +39,20 @@ def direction(envelope: Envelope, mynetworks: list[Network],
               local_domains: Collection[str]) -> str | None:
     """``outbound``, ``inbound`` or None (neither: relayed for no user of ours). LMTP hands
     in mail for our mailboxes from the MTA in front: inbound."""
-    c = envelope.client
-    if c.door != LMTP and (c.user or c.door == PICKUP or in_networks(c.address, mynetworks)):
+    if from_our_users(envelope, mynetworks):
         return "outbound"
     for r in envelope.recipients:
         if r.address.rpartition("@")[2].lower().rstrip(".") in local_domains:
             return "inbound"
     return None
+
+
+def from_our_users(envelope: Envelope, mynetworks: list[Network]) -> bool:
+    """Mail of our own users: authenticated SMTP, a client in mynetworks, local submission
+    (the mail opendkim signs; LMTP's comes from the MTA in front, not from a user)."""
+    c = envelope.client
+    return c.door != LMTP and bool(
+        c.user or c.door == PICKUP or in_networks(c.address, mynetworks))
 
 
 def scan(rules: list[Rule], data: bytes, limits: mimetext.Limits = LIMITS
