@@ -250,7 +250,9 @@ def name_matches(cert: x509.Certificate, patterns: list[str]) -> bool:
             for p in found:
                 raw = getattr(p, "pattern", b"")
                 text = raw.decode("ascii", "replace").lower() if isinstance(raw, bytes) else ""
-                if text.lstrip("*").endswith(pattern) and text.lstrip("*.") != pattern[1:]:
+                if text.startswith("*."):  # a wildcard stands for names below its base
+                    text = text[1:]
+                if text.endswith(pattern) or text == pattern:
                     return True
             continue
         try:
