@@ -53,14 +53,15 @@ class DNSSECFactory(server.DNSServerFactory):
     def __init__(self, zone: DNSSECZone, insecure: set[str]) -> None:
         super().__init__(authorities=[zone])
         self.insecure = insecure
-        self.asked_ad: list[bool] = []
+        self.asked: list[tuple[str, int, bool]] = []  # (name, type, asked for AD)
 
     def _responseFromMessage(self, message: Any, rCode: int = dns.OK, answers: Any = None,
                              authority: Any = None, additional: Any = None) -> Any:
         response = super()._responseFromMessage(message, rCode, answers, authority, additional)
         name = message.queries[0].name.name.decode().lower().rstrip(".") \
             if message.queries else ""
-        self.asked_ad.append(bool(message.authenticData))
+        if message.queries:
+            self.asked.append((name, message.queries[0].type, bool(message.authenticData)))
         response.authenticData = int(bool(message.authenticData) and name not in self.insecure
                                      and rCode != dns.ESERVER)
         return response

@@ -257,9 +257,14 @@ def _starttls(client: ClientProtocol, params: SessionParams, keywords: dict[str,
     client.transport.startTLS(creator)
     try:
         keywords = yield _hello(client, params)
-    except SSL.Error as e:
-        raise SessionFailed(450, "4.7.5", f"Cannot start TLS: handshake failure with {relay}"
-                            f" ({_reason(e)})", plaintext_retry=not mandatory) from None
+    except (SessionFailed, defer.CancelledError):
+        raise
+    except Exception as e:  # the connection failed inside the handshake (SSL.Error, lost)
+        conn = creator.connection
+        shaken = conn is not None and conn.get_cipher_name() is not None
+        why = _reason(e) if shaken and not isinstance(e, SSL.Error) else "handshake failure"
+        raise SessionFailed(450, "4.7.5", f"Cannot start TLS: {why} with {relay}",
+                            plaintext_retry=not mandatory) from None
     assert creator.connection is not None  # made by the handshake
     verdict = tls.check(creator.connection, relay)
     if not verdict.ok:
