@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet import defer, reactor
+import smtplib
+import time
+
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from mailsuite.mta.dane import SecureLookup
@@ -18,6 +21,8 @@ from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Relay
 from mailsuite.mta.tlspolicy import TLSPolicy, parse_policy_table, trust_store
 from tests import fakemx
+from tests.integration.harness import Site
+from tests.integration.test_end_to_end import message
 from tests.fakedns_dnssec import TLSSinkFactory, make_cert, start_dnssec, start_tls_sinks, tlsa
 
 MESSAGE = b"Subject: tls test\n\nhello\n"
@@ -28,7 +33,7 @@ def envelope(rcpt: str) -> Envelope:
     return Envelope("TLS1234567", "alice@example.test", [QueuedRecipient(rcpt)], 0.0)
 
 
-class OutboundTLSTests(unittest.TestCase):
+class FakeInternet(unittest.TestCase):
     """One fake Internet per test: see the module doc for who is where."""
 
     def setUp(self) -> None:
@@ -101,6 +106,10 @@ class OutboundTLSTests(unittest.TestCase):
 
     def logged(self, text: str) -> bool:
         return any(text in line for line in self.log)
+
+
+class OutboundTLSTests(FakeInternet):
+    """The relay with the policy engine, level by level."""
 
     @defer.inlineCallbacks
     def test_may_delivers_whatever_the_certificate(self) -> None:
@@ -277,3 +286,56 @@ class OutboundTLSTests(unittest.TestCase):
                       " mx.wrong.test)", out.text)
         self.assertEqual(self.received("127.0.0.3"), [])
 
+
+
+
+class ServerTLSTests(FakeInternet):
+    """The real server (twistd, tests/integration/harness.py) relaying with mail.ini's keys:
+    smtp_tls_security_level, smtp_tls_CAfile, smtp_tls_policy_maps; the maillog lines."""
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def test_verify_with_private_ca_and_policy_map(self) -> None:
+        """verify with the private CA: good.test is sent over Verified TLS; wrong.test is
+        deferred "Server certificate not verified" after "certificate verification failed";
+        expired.test is ``may`` by the policy map and sent over Untrusted TLS."""
+        site = Site(self)
+        ca = os.path.join(site.dir, "ca.pem")
+        table = os.path.join(site.dir, "tls_policy")
+        with open(ca, "wb") as f:
+            f.write(self.certs["ca"].pem())
+        with open(table, "w") as f:
+            f.write("# per destination\nexpired.test  may\n")
+        site.mail_extra = (f"dns_resolver = {self.dns}\nsmtp_port = {self.port}\n"
+                           "mynetworks = 127.0.0.0/8\nsmtp_tls_security_level = verify\n"
+                           f"smtp_tls_CAfile = {ca}\nsmtp_tls_policy_maps = {table}\n"
+                           "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n")
+        site.config = site._write("mail.ini", site.ini())
+        site.start()
+        rcpts = ["bob@good.test", "bob@wrong.test", "bob@expired.test"]
+
+        def send() -> Any:
+            with smtplib.SMTP("127.0.0.1", site.ports["smtp"], timeout=15) as s:
+                return s.sendmail("boss@example.test", rcpts, message("tls", "hello\n"))
+        yield threads.deferToThread(send)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            log = site.maillog_text()
+            if log.count("status=sent") >= 2 and "status=deferred" in log:
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        log = site.maillog_text()
+        p = self.port
+        self.assertRegex(log, rf"smtp\[\d+\]: Verified TLS connection established to"
+                         rf" mx.good.test\[127.0.0.2\]:{p}: TLSv1.3 with cipher \S+"
+                         r" \(\d+/\d+ bits\)")
+        self.assertRegex(log, r"to=<bob@good.test>, relay=mx.good.test.*status=sent")
+        self.assertRegex(log, rf"smtp\[\d+\]: certificate verification failed for"
+                         rf" mx.wrong.test\[127.0.0.3\]:{p}: the certificate names none of")
+        self.assertRegex(log, r"to=<bob@wrong.test>, .*dsn=4.7.5, status=deferred"
+                         r" \(Server certificate not verified\)")
+        self.assertRegex(log, rf"Untrusted TLS connection established to"
+                         rf" mx.expired.test\[127.0.0.4\]:{p}")
+        self.assertRegex(log, r"to=<bob@expired.test>, .*status=sent")
+        self.assertEqual(self.received("127.0.0.3"), [])
