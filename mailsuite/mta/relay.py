@@ -556,6 +556,7 @@ class Relay:
                 last = Outcome(code, e.dsn, e.text, relay)
                 _quit(client)
                 if e.plaintext_retry and attempt is host_tls:
+                    host_tls.log(f"{e.text}; trying again without TLS")
                     continue
                 return (None if e.next_host else [last] * n), last
             except defer.CancelledError:

@@ -133,6 +133,8 @@ class OutboundTLSTests(FakeInternet):
         self.assertEqual(out.code, 250)
         self.assertFalse(self.received("127.0.0.7")[0].tls)
         self.assertEqual(self.peers["127.0.0.7"].connections, 2)
+        self.assertTrue(self.logged("Cannot start TLS: handshake failure with mx.broken.test"
+                                    f"[127.0.0.7]:{self.port}; trying again without TLS"))
         self.assertFalse(self.logged("certificate verification failed"))
 
     @defer.inlineCallbacks
