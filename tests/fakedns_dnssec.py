@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 from twisted.internet import defer, reactor, ssl
-from twisted.internet.error import CannotListenError
 from twisted.names import dns, server
 
 from tests import fakemx
@@ -79,18 +78,11 @@ def start_dnssec(records: dict[tuple[str, int], list[Any]], insecure: set[str] |
     """(port, factory, listening ports) of the AD-setting DNS server on 127.0.0.1."""
     zone = DNSSECZone(records, servfail or set())
     factory = DNSSECFactory(zone, insecure or set())
-    for attempt in range(20):  # as fakemx.start_dns: the TCP port may be taken
-        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-        port = udp.getHost().port
-        try:
-            tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
-        except CannotListenError:
-            udp.stopListening()
-            if attempt == 19:
-                raise
-            continue
-        return port, factory, [udp, tcp]
-    raise AssertionError("no free DNS port")
+    port, _, ports = fakemx.start_dns({})  # its ports (UDP and TCP), answering from ours:
+    udp, tcp = ports
+    udp.protocol.controller = factory
+    tcp.factory = factory
+    return port, factory, ports
 
 
 # -- certificates --------------------------------------------------------------------------------

@@ -93,6 +93,14 @@ class FakeInternet(unittest.TestCase):
         return Relay(MXResolver(self.dns, reactor=reactor), "mail.example.test", reactor,
                      port=self.port, tls=policy)
 
+    def relayhost(self, host: str, verified_only: bool) -> Relay:
+        """A relay to relayhost [host]:port with the password u:p, at level may."""
+        hop = f"[{host}]:{self.port}"
+        policy = TLSPolicy("may", store=trust_store(self.ca_path), log=self.log.append,
+                           sasl_verified_only=verified_only)
+        return Relay(MXResolver(self.dns, reactor=reactor), "mail.example.test", reactor,
+                     port=self.port, relayhost=hop, credentials={hop: ("u", "p")}, tls=policy)
+
     @defer.inlineCallbacks
     def send(self, level: str, domain: str, relay: Relay | None = None) -> Any:
         relay = relay or self.relay(level)
@@ -262,13 +270,7 @@ class OutboundTLSTests(FakeInternet):
         for host, verified_only, code in (("mx.good.test", True, 250),
                                           ("mx.wrong.test", True, 450),
                                           ("mx.wrong.test", False, 250)):
-            hop = f"[{host}]:{self.port}"
-            policy = TLSPolicy("may", store=trust_store(self.ca_path), log=self.log.append,
-                               sasl_verified_only=verified_only)
-            relay = Relay(MXResolver(self.dns, reactor=reactor), "mail.example.test", reactor,
-                          port=self.port, relayhost=hop, credentials={hop: ("u", "p")},
-                          tls=policy)
-            out = yield self.send("may", "anywhere.test", relay)
+            out = yield self.send("may", "anywhere.test", self.relayhost(host, verified_only))
             self.assertEqual((out.code, host, verified_only), (code, host, verified_only))
         self.assertEqual(self.received("127.0.0.2")[0].auth, "u")
         self.assertEqual(len(self.received("127.0.0.3")), 1)
@@ -277,11 +279,7 @@ class OutboundTLSTests(FakeInternet):
     @defer.inlineCallbacks
     def test_refused_password_is_logged(self) -> None:
         """The refusal to send the password names the host and the reason."""
-        hop = f"[mx.wrong.test]:{self.port}"
-        policy = TLSPolicy("may", store=trust_store(self.ca_path), log=self.log.append)
-        relay = Relay(MXResolver(self.dns, reactor=reactor), "mail.example.test", reactor,
-                      port=self.port, relayhost=hop, credentials={hop: ("u", "p")}, tls=policy)
-        out = yield self.send("may", "anywhere.test", relay)
+        out = yield self.send("may", "anywhere.test", self.relayhost("mx.wrong.test", True))
         self.assertEqual((out.status, out.dsn), ("deferred", "4.7.0"))
         self.assertIn(f"not sending the password to mx.wrong.test[127.0.0.3]:{self.port} over"
                       " an unverified TLS connection (Trusted: the certificate names none of"
