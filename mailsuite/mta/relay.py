@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.internet import defer, endpoints, error, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,7 +32,8 @@ from mailsuite.config import ConfigError
 from mailsuite.mta.address import xtext_encode
 from mailsuite.mta.dns import MX_ADDRESS_LIMIT, DNSLookupError, MailHost
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
-from mailsuite.mta.tlspolicy import DaneUnavailable, HostTLS, TLSPolicy, Verdict
+from mailsuite.mta.tlspolicy import (
+    DaneUnavailable, HostTLS, TLSPolicy, TLSRefused, Verdict, sasl_refusal, starttls)
 from mailsuite.startup import describe_os_error
 
 log = Logger()
@@ -235,41 +235,13 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
 @defer.inlineCallbacks
 def _starttls(client: ClientProtocol, params: SessionParams, keywords: dict[str, str],
               relay: str) -> Any:
-    """STARTTLS when offered (and not ``none``), required by the mandatory levels; the
-    certificate judged by mailsuite.mta.tlspolicy. The EHLO keywords (again after TLS) and the
-    tlspolicy.Verdict (None without TLS)."""
+    """STARTTLS as the host's TLS policy says (tlspolicy.starttls): the EHLO keywords and the
+    certificate's tlspolicy.Verdict (None without TLS); SessionFailed when TLS is refused."""
     tls = params.tls or HostTLS(params.tls_level, [])
-    mandatory = tls.mandatory
-    if "STARTTLS" not in keywords or tls.level == "none":
-        if mandatory:
-            raise SessionFailed(450, "4.7.4",
-                                f"TLS is required, but was not offered by host {relay}")
-        return keywords, None
-    client.send("STARTTLS")
-    code, text = yield client.reply()
-    if code != 220:
-        if mandatory:
-            raise SessionFailed(
-                code, "4.7.5", f"TLS is required, but host {relay} refused STARTTLS: {code} {text}"
-            )
-        return keywords, None
-    creator = tls.connection(relay.partition("[")[0])
-    client.transport.startTLS(creator)
     try:
-        keywords = yield _hello(client, params)
-    except (SessionFailed, defer.CancelledError):
-        raise
-    except Exception as e:  # the connection failed inside the handshake (SSL.Error, lost)
-        conn = creator.connection
-        shaken = conn is not None and conn.get_cipher_name() is not None
-        why = _reason(e) if shaken and not isinstance(e, SSL.Error) else "handshake failure"
-        raise SessionFailed(450, "4.7.5", f"Cannot start TLS: {why} with {relay}",
-                            plaintext_retry=not mandatory) from None
-    assert creator.connection is not None  # made by the handshake
-    verdict = tls.check(creator.connection, relay)
-    if not verdict.ok:
-        raise SessionFailed(450, "4.7.5", verdict.failure)
-    return keywords, verdict
+        return (yield starttls(client, tls, keywords, relay, lambda: _hello(client, params)))
+    except TLSRefused as e:
+        raise SessionFailed(e.code, e.dsn, e.text, plaintext_retry=e.plaintext_retry) from None
 
 
 @defer.inlineCallbacks
@@ -278,12 +250,9 @@ def _authenticate(client: ClientProtocol, params: SessionParams, verdict: Verdic
     """AUTH PLAIN, only over TLS, and by default only over verified TLS (certificate trusted
     for the host's name, or DANE; ``smtp_sasl_tls_verified_only``); SessionFailed when that
     is not so or the server refuses."""
-    if verdict is None:
-        raise SessionFailed(450, "4.7.0", f"not sending the password to {relay} without TLS")
-    if verdict.trust != "Verified" and (params.tls is None or params.tls.sasl_verified_only):
-        raise SessionFailed(
-            450, "4.7.0", f"not sending the password to {relay} over an unverified TLS"
-            f" connection ({verdict.trust}: {verdict.problem}); see smtp_sasl_tls_verified_only")
+    refusal = sasl_refusal(verdict, params.tls is None or params.tls.sasl_verified_only, relay)
+    if refusal:
+        raise SessionFailed(450, "4.7.0", refusal)
     assert params.credentials is not None
     user, password = params.credentials
     token = base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
@@ -502,7 +471,14 @@ class Relay:
         self, hop: str, envelope: Envelope, recipients: list[QueuedRecipient], data: bytes
     ) -> Any:
         """Deferred list of Outcome, one per recipient, in order. Never errbacks."""
-        policy = self.tls.destination(hop)
+        try:  # may be a Deferred: an MTA-STS policy may need fetching first
+            policy = yield defer.maybeDeferred(self.tls.destination, hop)
+        except defer.CancelledError:
+            raise
+        except Exception as e:  # a policy source that failed: retry later
+            log.failure("TLS policy lookup for {hop} failed", Failure(), hop=hop)
+            return [Outcome(451, "4.7.5", f"TLS policy lookup for {hop} failed: {e}")
+                    for _ in recipients]
         try:
             hosts, port = yield self.hosts(hop)
             mx_secure = yield self.tls.mx_secure(policy, self._destination(hop)[0])

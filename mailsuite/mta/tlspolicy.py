@@ -302,6 +302,66 @@ class HostTLS:
         return Verdict("Verified", True)
 
 
+# -- the session's STARTTLS ----------------------------------------------------------------------
+
+
+class TLSRefused(Exception):
+    """This host cannot have the mail at this level (mailsuite.mta.relay tries the next)."""
+
+    def __init__(self, code: int, dsn: str, text: str, plaintext_retry: bool = False) -> None:
+        super().__init__(text)
+        self.code, self.dsn, self.text = code, dsn, text
+        self.plaintext_retry = plaintext_retry  # the handshake failed at level may
+
+
+@defer.inlineCallbacks
+def starttls(client: Any, tls: HostTLS, keywords: dict[str, str], relay: str,
+             hello: Callable[[], defer.Deferred[dict[str, str]]]) -> Any:
+    """STARTTLS on an SMTP ``client`` (mailsuite.mta.relay.ClientProtocol) when offered and
+    not ``none``, required by the mandatory levels; ``hello()`` says EHLO again after it. The
+    EHLO keywords and the Verdict (None without TLS); TLSRefused when this host will not do."""
+    mandatory = tls.mandatory
+    if "STARTTLS" not in keywords or tls.level == "none":
+        if mandatory:
+            raise TLSRefused(450, "4.7.4", f"TLS is required, but was not offered by host {relay}")
+        return keywords, None
+    client.send("STARTTLS")
+    code, text = yield client.reply()
+    if code != 220:
+        if mandatory:
+            raise TLSRefused(
+                code, "4.7.5", f"TLS is required, but host {relay} refused STARTTLS: {code} {text}")
+        return keywords, None
+    creator = tls.connection(relay.partition("[")[0])
+    client.transport.startTLS(creator)
+    try:
+        keywords = yield hello()
+    except defer.CancelledError:
+        raise
+    except Exception as e:  # the connection failed inside the handshake (SSL.Error, lost)
+        conn = creator.connection
+        if isinstance(e, SSL.Error) or conn is None or conn.get_cipher_name() is None:
+            raise TLSRefused(450, "4.7.5", f"Cannot start TLS: handshake failure with {relay}",
+                             plaintext_retry=not mandatory) from None
+        raise  # a refused EHLO, a lost connection after the handshake: the session's own
+    assert creator.connection is not None  # made by the handshake
+    verdict = tls.check(creator.connection, relay)
+    if not verdict.ok:
+        raise TLSRefused(450, "4.7.5", verdict.failure)
+    return keywords, verdict
+
+
+def sasl_refusal(verdict: Verdict | None, verified_only: bool, relay: str) -> str:
+    """Why the relayhost password must not be sent on this connection ('' = it may): never
+    without TLS; with ``smtp_sasl_tls_verified_only`` only over a Verified connection."""
+    if verdict is None:
+        return f"not sending the password to {relay} without TLS"
+    if verdict.trust != "Verified" and verified_only:
+        return (f"not sending the password to {relay} over an unverified TLS connection"
+                f" ({verdict.trust}: {verdict.problem}); see smtp_sasl_tls_verified_only")
+    return ""
+
+
 # -- the policy engine ---------------------------------------------------------------------------
 
 
@@ -331,7 +391,8 @@ class TLSPolicy:
 
     def destination(self, hop: str) -> Policy:
         """The Policy of a next hop: the first smtp_tls_policy_maps entry of its keys, else
-        smtp_tls_security_level. (The one place a per-destination policy is decided.)"""
+        smtp_tls_security_level. (The one place a per-destination policy is decided; the
+        relay also accepts a Deferred Policy from here, for a source that must fetch.)"""
         for key in table_keys(hop):
             if key in self.table:
                 return self.table[key]
