@@ -283,3 +283,69 @@ class DaneMatchTests(unittest.TestCase):
             ("_25._tcp.mx.example.test", 52): dane.TemporaryDNSError("4.7.5", "SERVFAIL")})
         self.failureResultOf(engine.host(Policy("dane"), "example.test", "mx.example.test",
                                          25, mx_secure=True), dane.TemporaryDNSError)
+
+
+class FakeClient:
+    """The relay's ClientProtocol as starttls sees it: sent lines, canned replies."""
+
+    def __init__(self, *replies: tuple[int, str]) -> None:
+        self.sent: list[str] = []
+        self.replies = list(replies)
+
+    def send(self, line: str) -> None:
+        self.sent.append(line)
+
+    def reply(self) -> defer.Deferred[tuple[int, str]]:
+        return defer.succeed(self.replies.pop(0))
+
+
+class SessionRuleTests(unittest.TestCase):
+    def hello(self) -> defer.Deferred[dict[str, str]]:
+        raise AssertionError("no second EHLO without TLS")
+
+    def test_starttls_per_level(self) -> None:
+        """Without STARTTLS offered: may and dane-without-records go on in plaintext, the
+        mandatory levels refuse 4.7.4; none never sends STARTTLS; a 454 to STARTTLS is a
+        4.7.5 refusal only for a mandatory level."""
+        for level, refused in (("may", False), ("encrypt", True), ("verify", True),
+                               ("secure", True), ("dane-only", True)):
+            d = tlspolicy.starttls(FakeClient(), HostTLS(level, []), {}, "mx[1.2.3.4]:25",
+                                   self.hello)
+            if refused:
+                failure = self.failureResultOf(d, tlspolicy.TLSRefused)
+                self.assertEqual(failure.value.dsn, "4.7.4")
+            else:
+                self.assertEqual(self.successResultOf(d), ({}, None))
+        client = FakeClient()
+        d = tlspolicy.starttls(client, HostTLS("none", []), {"STARTTLS": ""}, "mx", self.hello)
+        self.assertEqual((self.successResultOf(d), client.sent), (({"STARTTLS": ""}, None), []))
+        for level, refused in (("may", False), ("encrypt", True)):
+            client = FakeClient((454, "4.7.0 TLS not available"))
+            d = tlspolicy.starttls(client, HostTLS(level, []), {"STARTTLS": ""}, "mx",
+                                   self.hello)
+            self.assertEqual(client.sent, ["STARTTLS"])
+            if refused:
+                self.assertEqual(self.failureResultOf(d, tlspolicy.TLSRefused).value.dsn,
+                                 "4.7.5")
+            else:
+                self.successResultOf(d)
+
+    def test_sasl_refusal(self) -> None:
+        """The password: never without TLS; only over Verified TLS unless the knob says any
+        TLS will do."""
+        verified = tlspolicy.Verdict("Verified", True)
+        trusted = tlspolicy.Verdict("Trusted", True, "the certificate names none of x")
+        self.assertIn("without TLS", tlspolicy.sasl_refusal(None, False, "r"))
+        self.assertEqual(tlspolicy.sasl_refusal(verified, True, "r"), "")
+        self.assertIn("unverified TLS connection (Trusted: the certificate names none of x)",
+                      tlspolicy.sasl_refusal(trusted, True, "r"))
+        self.assertEqual(tlspolicy.sasl_refusal(trusted, False, "r"), "")
+
+    def test_nexthop_and_keys(self) -> None:
+        """The next-hop domain of a [host]:port or host:port next hop is the host; the table
+        keys of a domain are itself and its dotted parents."""
+        self.assertEqual(tlspolicy.nexthop_domain("[Smtp.Relay.Test]:587"), "smtp.relay.test")
+        self.assertEqual(tlspolicy.nexthop_domain("relay.test:587"), "relay.test")
+        self.assertEqual(tlspolicy.table_keys("A.B.Example."), ["a.b.example", ".b.example",
+                                                               ".example"])
+        self.assertEqual(tlspolicy.table_keys("[mx.test]:25"), ["[mx.test]:25"])

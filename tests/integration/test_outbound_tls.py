@@ -22,6 +22,7 @@ from mailsuite.mta.relay import Relay
 from mailsuite.mta.tlspolicy import TLSPolicy, parse_policy_table, trust_store
 from tests import fakemx
 from tests.integration.harness import Site
+from tests.integration.test_startup_failures import run_to_exit
 from tests.integration.test_end_to_end import message
 from tests.fakedns_dnssec import TLSSinkFactory, make_cert, start_dnssec, start_tls_sinks, tlsa
 
@@ -339,3 +340,20 @@ class ServerTLSTests(FakeInternet):
                          rf" mx.expired.test\[127.0.0.4\]:{p}")
         self.assertRegex(log, r"to=<bob@expired.test>, .*status=sent")
         self.assertEqual(self.received("127.0.0.3"), [])
+
+    def test_broken_policy_table_refuses_the_start(self) -> None:
+        """A broken smtp_tls_policy_maps line refuses the start before anything binds: one
+        line naming mail.ini, the key and the table's file:line; exit status 78."""
+        site = Site(self)
+        table = os.path.join(site.dir, "tls_policy")
+        with open(table, "w") as f:
+            f.write("good.test  verify\nbad.test  sometimes\n")
+        site.mail_extra = f"smtp_tls_policy_maps = {table}\n"
+        site.config = site._write("mail.ini", site.ini())
+        status, out, err = run_to_exit(site.config, site.dir)
+        self.assertEqual(status, 78)
+        self.assertNotIn("Traceback", out + err)
+        self.assertEqual(err.splitlines(), [
+            f"mailsuite: {site.config}: [mail] smtp_tls_policy_maps: {table}:2: unknown TLS"
+            " security level 'sometimes' (not one of none, may, encrypt, dane, dane-only,"
+            " verify, secure)"])
