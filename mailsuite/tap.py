@@ -397,6 +397,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     filter_check_at_start(cfg, owner)  # the stages' files, before the network process
     startup.check_default_privs(cfg)
     check_restriction_tables(cfg.mail, owner)  # the network process reads them, could not say
+    tlspolicy.check_readable(cfg, owner)  # the network process reads them too
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):

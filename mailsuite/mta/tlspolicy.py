@@ -46,7 +46,7 @@ from mailsuite.config import ConfigError
 from mailsuite.mta import dane
 from mailsuite.mta.dane import name_matches
 from mailsuite.mta.dns import TemporaryDNSError
-from mailsuite.startup import describe_os_error
+from mailsuite.startup import StartupError, describe_os_error, unreadable_by
 
 LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "verify", "secure")
 MANDATORY = ("encrypt", "dane-only", "verify", "secure")
@@ -467,8 +467,12 @@ def from_config(cfg: Any, reactor: Any, log: Callable[[str], None]) -> TLSPolicy
         except ValueError as e:
             errors.append(f"{cfg.path}: [mail] smtp_tls_policy_maps: {e}")
     try:
+        if mail.smtp_tls_CAfile:
+            open(mail.smtp_tls_CAfile, "rb").close()  # OpenSSL's reason for a missing file: none
         store = trust_store(mail.smtp_tls_CAfile)
-    except (crypto.Error, OSError) as e:
+    except OSError as e:
+        errors.append(f"{cfg.path}: [mail] smtp_tls_CAfile: {describe_os_error(e)}")
+    except crypto.Error as e:
         errors.append(f"{cfg.path}: [mail] smtp_tls_CAfile: {mail.smtp_tls_CAfile}:"
                       f" not a usable PEM CA file ({e})")
     if errors:
@@ -478,3 +482,12 @@ def from_config(cfg: Any, reactor: Any, log: Callable[[str], None]) -> TLSPolicy
         mail.smtp_tls_secure_cert_match, store,
         dane.SecureLookup(mail.dns_resolver, reactor=reactor), log,
         mail.smtp_sasl_tls_verified_only)
+
+
+def check_readable(cfg: Any, owner: tuple[int, int]) -> None:
+    """StartupError when the network process (``owner``: mail_owner's uid, gid) could not read
+    smtp_tls_policy_maps or smtp_tls_CAfile (a privilege-separated server reads them there)."""
+    named = {getattr(cfg.mail, key): key for key in ("smtp_tls_CAfile", "smtp_tls_policy_maps")
+             if getattr(cfg.mail, key)}
+    for path, why in unreadable_by(list(named), *owner).items():
+        raise StartupError(f"[mail] {named[path]}: {path}: {why} (read by mail_owner)")

@@ -21,6 +21,7 @@ from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Relay
 from mailsuite.mta.tlspolicy import TLSPolicy, parse_policy_table, trust_store
 from tests import fakemx
+from tests.integration import harness
 from tests.integration.harness import Site
 from tests.integration.test_startup_failures import run_to_exit
 from tests.integration.test_end_to_end import message
@@ -357,3 +358,22 @@ class ServerTLSTests(FakeInternet):
             f"mailsuite: {site.config}: [mail] smtp_tls_policy_maps: {table}:2: unknown TLS"
             " security level 'sometimes' (not one of none, may, encrypt, dane, dane-only,"
             " verify, secure)"])
+
+    def test_ca_file_mail_owner_cannot_read(self) -> None:
+        """Under privilege separation the network process reads smtp_tls_CAfile: a file
+        mail_owner cannot read refuses the start, saying so (not a failure at the first
+        delivery)."""
+        if not harness.PRIVSEP:
+            raise unittest.SkipTest("needs root and the mail_owner user")
+        site = Site(self)
+        ca = os.path.join(site.dir, "ca.pem")
+        with open(ca, "wb") as f:
+            f.write(self.certs["ca"].pem())
+        os.chmod(ca, 0o600)
+        site.mail_extra = f"smtp_tls_CAfile = {ca}\n"
+        site.config = site._write("mail.ini", site.ini())
+        status, out, err = run_to_exit(site.config, site.dir)
+        self.assertNotEqual(status, 0)
+        self.assertNotIn("Traceback", out + err)
+        self.assertIn(f"[mail] smtp_tls_CAfile: {ca}: Permission denied (read by mail_owner)",
+                      err)
