@@ -349,3 +349,50 @@ class SessionRuleTests(unittest.TestCase):
         self.assertEqual(tlspolicy.table_keys("A.B.Example."), ["a.b.example", ".b.example",
                                                                ".example"])
         self.assertEqual(tlspolicy.table_keys("[mx.test]:25"), ["[mx.test]:25"])
+
+
+class SecureLookupTests(unittest.TestCase):
+    def test_truncated_answer_asked_again_over_tcp(self) -> None:
+        """A truncated UDP answer is asked again over TCP; the AD bit and rcode of the answer
+        used are what counts (NXDOMAIN: no records; SERVFAIL: TemporaryDNSError)."""
+        from twisted.names import dns as names_dns
+
+        def message(trunc: int, ad: int, rcode: int = 0) -> names_dns.Message:
+            m = names_dns.Message(answer=1, trunc=trunc, authenticData=ad, rCode=rcode)
+            m.queries = [names_dns.Query(b"_25._tcp.mx.test", 52)]
+            m.answers = [names_dns.RRHeader(b"_25._tcp.mx.test", 52,
+                                            payload=names_dns.UnknownRecord(b"\x03\x01\x01xx"))]
+            return m
+
+        class Resolver:
+            def __init__(self, udp: Any, tcp: Any = None) -> None:
+                self.udp, self.tcp, self.tcp_asked = udp, tcp, 0
+
+            def queryUDP(self, queries: Any) -> Any:
+                return defer.succeed(self.udp)
+
+            def queryTCP(self, queries: Any) -> Any:
+                self.tcp_asked += 1
+                return defer.succeed(self.tcp)
+
+        r = Resolver(message(1, 0), message(0, 1))
+        answer = self.successResultOf(dane.SecureLookup(resolver=r).query("_25._tcp.mx.test", 52))
+        self.assertEqual((r.tcp_asked, answer.secure, len(answer.records)), (1, True, 1))
+        answer = self.successResultOf(dane.SecureLookup(resolver=Resolver(
+            message(0, 1, names_dns.ENAME))).query("mx.test", 52))
+        self.assertEqual((answer.exists, answer.records), (False, ()))
+        self.failureResultOf(dane.SecureLookup(resolver=Resolver(
+            message(0, 1, names_dns.ESERVER))).query("mx.test", 52), dane.TemporaryDNSError)
+
+    def test_queries_ask_for_the_ad_bit(self) -> None:
+        """Over TCP too, the query carries the AD bit (RFC 6840 5.7)."""
+        from twisted.internet.testing import StringTransport
+        from twisted.names import dns as names_dns
+
+        proto = dane._ADStream(None)
+        transport = StringTransport()
+        proto.transport = transport
+        proto.writeMessage(names_dns.Message(id=7))
+        sent = names_dns.Message()
+        sent.fromStr(transport.value()[2:])  # after the two-byte length
+        self.assertEqual(sent.authenticData, 1)
