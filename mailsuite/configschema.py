@@ -18,6 +18,7 @@ from mailsuite.configvalues import (
     parse_alias_maps,
     parse_bcc_address,
     parse_bool,
+    parse_cert_match,
     parse_cache_size,
     parse_command_length,
     parse_content_tables,
@@ -133,6 +134,12 @@ class MailConfig:
     smtpd_client_new_tls_session_rate_limit: int = 0
     smtpd_client_event_limit_exceptions: list[Network] = field(default_factory=list)
     anvil_rate_time_unit: float = 60.0
+    # outbound TLS: levels, policy maps, certificate checks, DANE (mailsuite/mta/tlspolicy.py)
+    smtp_tls_policy_maps: str = ""
+    smtp_tls_CAfile: str = ""
+    smtp_tls_verify_cert_match: tuple[str, ...] = ("hostname",)
+    smtp_tls_secure_cert_match: tuple[str, ...] = ("nexthop", "dot-nexthop")
+    smtp_sasl_tls_verified_only: bool = True
     # milters (mailsuite/filter/milter): smtpd_milters, non_smtpd_milters, milter_*
     smtpd_milters: list[Endpoint] = field(default_factory=list)
     non_smtpd_milters: list[Endpoint] = field(default_factory=list)
@@ -390,6 +397,12 @@ SECTIONS: dict[str, Section] = {
         Key("smtpd_client_new_tls_session_rate_limit", "0", parse_uint),
         Key("smtpd_client_event_limit_exceptions", "$mynetworks", parse_networks),
         Key("anvil_rate_time_unit", "60s", parse_positive_seconds),
+        # outbound TLS: levels, policy maps, certificate checks, DANE (mailsuite/mta/tlspolicy.py)
+        Key("smtp_tls_policy_maps", "", parse_optional_path),
+        Key("smtp_tls_CAfile", "", parse_optional_path),
+        Key("smtp_tls_verify_cert_match", "hostname", parse_cert_match),
+        Key("smtp_tls_secure_cert_match", "nexthop, dot-nexthop", parse_cert_match),
+        Key("smtp_sasl_tls_verified_only", "yes", parse_bool),
         # milters (mailsuite/filter/milter)
         Key("smtpd_milters", "", parse_milters),
         Key("non_smtpd_milters", "", parse_milters),

@@ -145,12 +145,27 @@ def parse_relayhost(value: str) -> str:
     return text
 
 
+TLS_LEVELS = ("none", "may", "encrypt", "dane", "dane-only", "verify", "secure")
+
+
 def parse_tls_level(value: str) -> str:
-    """Postfix smtp_tls_security_level: none, may (opportunistic STARTTLS) or encrypt."""
+    """Postfix smtp_tls_security_level (mailsuite/mta/tlspolicy.py has the meanings)."""
     text = value.strip().lower()
-    if text not in ("none", "may", "encrypt"):
-        raise ValueError(f"{value.strip()!r} is not none, may or encrypt")
+    if text not in TLS_LEVELS:
+        raise ValueError(f"{value.strip()!r} is not one of {', '.join(TLS_LEVELS)}")
     return text
+
+
+def parse_cert_match(value: str) -> tuple[str, ...]:
+    """smtp_tls_verify_cert_match / smtp_tls_secure_cert_match: ``hostname``, ``nexthop``,
+    ``dot-nexthop``, names and ``.domain`` patterns, separated by commas or spaces."""
+    words = tuple(w.lower() for w in re.split(r"[\s,:]+", value.strip()) if w)
+    if not words:
+        raise ValueError("names no match strategy (hostname, nexthop, dot-nexthop or a name)")
+    for word in words:
+        if word not in ("hostname", "nexthop", "dot-nexthop"):
+            parse_domain(word[1:] if word.startswith(".") else word)
+    return words
 
 
 def parse_optional_path(value: str) -> str:

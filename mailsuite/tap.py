@@ -61,6 +61,7 @@ from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pic
 from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
+from mailsuite.mta import tlspolicy
 from mailsuite.mta.relay import Relay, load_password_map
 from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
@@ -96,6 +97,7 @@ class Options(usage.Options):
         try:
             cfg = load_config(config_path(self["config"]))
             load_password_map(cfg)  # refused here, before binding, if unreadable
+            tlspolicy.from_config(cfg, None, print)  # smtp_tls_policy_maps, smtp_tls_CAfile
             check_account_files(cfg)
             self["tls"] = tls_of(cfg)
         except ConfigError as e:
@@ -381,7 +383,7 @@ def build_queue(cfg: Config, delivery: LocalDelivery, maillog: MailLog, reactor:
         port=mail.smtp_port,
         relayhost=mail.relayhost,
         credentials=credentials,
-        tls_level=mail.smtp_tls_security_level,
+        tls=tlspolicy.from_config(cfg, reactor, lambda text: maillog.write("smtp", text)),
     )
     return Queue(QueueDirectory(mail.queue_directory), delivery, relay, maillog, reactor,
                  QueueSettings.from_config(mail), blocking)
@@ -395,6 +397,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     filter_check_at_start(cfg, owner)  # the stages' files, before the network process
     startup.check_default_privs(cfg)
     check_restriction_tables(cfg.mail, owner)  # the network process reads them, could not say
+    tlspolicy.check_readable(cfg, owner)  # the network process reads them too
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):

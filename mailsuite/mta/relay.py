@@ -6,9 +6,10 @@ recipients of one next hop (a domain's MX hosts, or ``relayhost``) and reports o
 connection failures, 4xx greetings and 4xx/5xx at HELO move on to the next host; once MAIL FROM
 is answered the results are final for this attempt.
 
-The session: EHLO (HELO if refused), STARTTLS whenever offered (opportunistic, no certificate
-verification, as Postfix ``smtp_tls_security_level = may``; ``encrypt`` insists on it), AUTH
-PLAIN with the credentials of ``smtp_sasl_password_maps`` (only inside TLS), MAIL FROM with
+The session: EHLO (HELO if refused), STARTTLS as the destination's TLS policy says
+(mailsuite.mta.tlspolicy: Postfix's ``smtp_tls_security_level`` and ``smtp_tls_policy_maps``,
+certificate checks, DANE), AUTH PLAIN with the credentials of ``smtp_sasl_password_maps`` (only
+inside TLS, by default only verified TLS), MAIL FROM with
 SIZE, BODY, SMTPUTF8, RET and ENVID as the server supports them, RCPT TO with NOTIFY and ORCPT
 when it speaks DSN, DATA with our own CRLF conversion and dot-stuffing (Twisted's client misses a
 dot at a chunk boundary, TWISTED.md), QUIT.
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import defer, endpoints, error, protocol, ssl
+from twisted.internet import defer, endpoints, error, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -31,6 +32,8 @@ from mailsuite.config import ConfigError
 from mailsuite.mta.address import xtext_encode
 from mailsuite.mta.dns import MX_ADDRESS_LIMIT, DNSLookupError, MailHost
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.tlspolicy import (
+    DaneUnavailable, HostTLS, TLSPolicy, TLSRefused, Verdict, sasl_refusal, starttls)
 from mailsuite.startup import describe_os_error
 
 log = Logger()
@@ -79,9 +82,11 @@ def reply_dsn(code: int, text: str) -> str:
 class SessionFailed(Exception):
     """The session ended before MAIL FROM was answered: try the next host (or give up)."""
 
-    def __init__(self, code: int, dsn: str, text: str, next_host: bool = True) -> None:
+    def __init__(self, code: int, dsn: str, text: str, next_host: bool = True,
+                 plaintext_retry: bool = False) -> None:
         super().__init__(text)
         self.code, self.dsn, self.text, self.next_host = code, dsn, text, next_host
+        self.plaintext_retry = plaintext_retry  # the TLS handshake failed at level may
 
 
 class ClientProtocol(protocol.Protocol):
@@ -166,9 +171,9 @@ class SessionParams:
     """What one connection needs to know."""
 
     helo_name: str
-    tls_level: str = "may"  # none | may | encrypt
+    tls_level: str = "may"  # the level of mailsuite.mta.tlspolicy (tls.level when tls is set)
     credentials: tuple[str, str] | None = None
-    tls_options: Any = None
+    tls: HostTLS | None = None
 
 
 @dataclass
@@ -197,9 +202,9 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
             code, reply_dsn(code, text), f"host {relay} refused to talk to me: {code} {text}"
         )
     keywords = yield _hello(client, params)
-    keywords, tls = yield _starttls(client, params, keywords, relay)
+    keywords, verdict = yield _starttls(client, params, keywords, relay)
     if params.credentials is not None and "AUTH" in keywords:
-        yield _authenticate(client, params.credentials, tls, relay)
+        yield _authenticate(client, params, verdict, relay)
     refused = _refused_before_mail(tx, keywords, relay)
     if refused is not None:
         for i, _ in enumerate(tx.recipients):
@@ -230,32 +235,26 @@ def run_session(client: ClientProtocol, params: SessionParams, tx: Transaction, 
 @defer.inlineCallbacks
 def _starttls(client: ClientProtocol, params: SessionParams, keywords: dict[str, str],
               relay: str) -> Any:
-    """STARTTLS when offered (and not ``none``), required for ``encrypt``: the EHLO keywords
-    (again after TLS) and whether TLS is on."""
-    tls = False
-    if "STARTTLS" in keywords and params.tls_level != "none":
-        client.send("STARTTLS")
-        code, text = yield client.reply()
-        if code == 220:
-            client.transport.startTLS(params.tls_options or ssl.CertificateOptions())
-            tls = True
-            keywords = yield _hello(client, params)
-        elif params.tls_level == "encrypt":
-            raise SessionFailed(
-                code, "4.7.5", f"TLS is required, but host {relay} refused STARTTLS: {code} {text}"
-            )
-    elif params.tls_level == "encrypt":
-        raise SessionFailed(450, "4.7.4", f"TLS is required, but was not offered by host {relay}")
-    return keywords, tls
+    """STARTTLS as the host's TLS policy says (tlspolicy.starttls): the EHLO keywords and the
+    certificate's tlspolicy.Verdict (None without TLS); SessionFailed when TLS is refused."""
+    tls = params.tls or HostTLS(params.tls_level, [])
+    try:
+        return (yield starttls(client, tls, keywords, relay, lambda: _hello(client, params)))
+    except TLSRefused as e:
+        raise SessionFailed(e.code, e.dsn, e.text, plaintext_retry=e.plaintext_retry) from None
 
 
 @defer.inlineCallbacks
-def _authenticate(client: ClientProtocol, credentials: tuple[str, str], tls: bool,
+def _authenticate(client: ClientProtocol, params: SessionParams, verdict: Verdict | None,
                   relay: str) -> Any:
-    """AUTH PLAIN, only over TLS; SessionFailed when refused."""
-    if not tls:
-        raise SessionFailed(450, "4.7.0", f"not sending the password to {relay} without TLS")
-    user, password = credentials
+    """AUTH PLAIN, only over TLS, and by default only over verified TLS (certificate trusted
+    for the host's name, or DANE; ``smtp_sasl_tls_verified_only``); SessionFailed when that
+    is not so or the server refuses."""
+    refusal = sasl_refusal(verdict, params.tls is None or params.tls.sasl_verified_only, relay)
+    if refusal:
+        raise SessionFailed(450, "4.7.0", refusal)
+    assert params.credentials is not None
+    user, password = params.credentials
     token = base64.b64encode(f"\0{user}\0{password}".encode()).decode("ascii")
     client.send(f"AUTH PLAIN {token}")
     code, text = yield client.reply()
@@ -418,7 +417,7 @@ class Relay:
         credentials: dict[str, tuple[str, str]] | None = None,
         tls_level: str = "may",
         connect: Callable[[str, int], defer.Deferred[ClientProtocol]] | None = None,
-        tls_options: Any = None,
+        tls: TLSPolicy | None = None,
     ) -> None:
         self.resolver = resolver
         self.helo_name = helo_name
@@ -426,8 +425,7 @@ class Relay:
         self.port = port
         self.relayhost = relayhost
         self.credentials = credentials or {}
-        self.tls_level = tls_level
-        self.tls_options = tls_options
+        self.tls = tls or TLSPolicy(tls_level)  # the policy engine: mailsuite.mta.tlspolicy
         self.connect = connect or self._tcp_connect
 
     def next_hop(self, address: str) -> str:
@@ -473,8 +471,17 @@ class Relay:
         self, hop: str, envelope: Envelope, recipients: list[QueuedRecipient], data: bytes
     ) -> Any:
         """Deferred list of Outcome, one per recipient, in order. Never errbacks."""
+        try:  # may be a Deferred: an MTA-STS policy may need fetching first
+            policy = yield defer.maybeDeferred(self.tls.destination, hop)
+        except defer.CancelledError:
+            raise
+        except Exception as e:  # a policy source that failed: retry later
+            log.failure("TLS policy lookup for {hop} failed", Failure(), hop=hop)
+            return [Outcome(451, "4.7.5", f"TLS policy lookup for {hop} failed: {e}")
+                    for _ in recipients]
         try:
             hosts, port = yield self.hosts(hop)
+            mx_secure = yield self.tls.mx_secure(policy, self._destination(hop)[0])
         except DNSLookupError as e:
             code = 550 if e.dsn.startswith("5") else 450
             return [Outcome(code, e.dsn, e.text) for _ in recipients]
@@ -486,48 +493,64 @@ class Relay:
         tried = 0
         last = Outcome(451, "4.4.1", f"connect to {hop}: no host to try")
         for mail_host in hosts:
+            try:
+                host_tls = yield self.tls.host(policy, hop, mail_host.name, port, mx_secure)
+            except (DNSLookupError, DaneUnavailable) as e:
+                text = e.text if isinstance(e, DNSLookupError) else str(e)
+                last = Outcome(450, "4.7.5", f"TLSA lookup for {mail_host.name}: {text}")
+                continue
             for ip in mail_host.addresses:
                 if tried >= MX_ADDRESS_LIMIT:
                     break
                 tried += 1
                 relay = f"{mail_host.name}[{ip}]:{port}"
-                try:
-                    client = yield self.connect(ip, port)
-                except defer.CancelledError:
-                    raise
-                except Exception as e:  # any failure is reported as a result
-                    last = Outcome(451, "4.4.1", f"connect to {relay}: {_reason(e)}", relay)
-                    continue
-                tx = Transaction(envelope, recipients, data)
-                try:
-                    yield run_session(client, self._params(hop, mail_host.name, port), tx, relay)
-                except SessionFailed as e:
-                    code = e.code if e.code >= 400 else 451
-                    last = Outcome(code, e.dsn, e.text, relay)
-                    _quit(client)
-                    if e.next_host:
-                        continue
-                    return [last for _ in recipients]
-                except defer.CancelledError:
-                    raise
-                except Exception as e:  # any failure is reported as a result
-                    if tx.results and len(tx.results) == len(recipients):
-                        return [tx.results[i] for i in range(len(recipients))]
-                    last = Outcome(
-                        451, "4.4.2", f"lost connection with {relay}: {_reason(e)}", relay
-                    )
-                    _quit(client)
-                    if tx.started:  # the transaction had begun: never resend to another host now
-                        return [tx.results.get(i, last) for i in range(len(recipients))]
-                    continue
-                client.transport.loseConnection()
-                return [tx.results[i] for i in range(len(recipients))]
+                done, last = yield self._attempt(ip, port, relay, host_tls, hop, mail_host.name,
+                                                 Transaction(envelope, recipients, data), last)
+                if done is not None:
+                    return done
         return [_after_every_host(last) for _ in recipients]
 
-    def _params(self, hop: str, host: str, port: int) -> SessionParams:
-        return SessionParams(
-            self.helo_name, self.tls_level, self._credentials(hop, host, port), self.tls_options
-        )
+    @defer.inlineCallbacks
+    def _attempt(self, ip: str, port: int, relay: str, host_tls: HostTLS, hop: str, host: str,
+                 tx: Transaction, last: Outcome) -> Any:
+        """One address: (the outcomes, last) when this attempt decided the delivery, else
+        (None, the outcome that sends us to the next address). A failed TLS handshake at
+        ``may`` is tried again in plaintext, as Postfix does."""
+        n = len(tx.recipients)
+        for attempt in (host_tls, host_tls.plaintext()):
+            try:
+                client = yield self.connect(ip, port)
+            except defer.CancelledError:
+                raise
+            except Exception as e:  # any failure is reported as a result
+                return None, Outcome(451, "4.4.1", f"connect to {relay}: {_reason(e)}", relay)
+            tx.results, tx.started = {}, False
+            try:
+                yield run_session(client, self._params(hop, host, port, attempt), tx, relay)
+            except SessionFailed as e:
+                code = e.code if e.code >= 400 else 451
+                last = Outcome(code, e.dsn, e.text, relay)
+                _quit(client)
+                if e.plaintext_retry and attempt is host_tls:
+                    host_tls.log(f"{e.text}; trying again without TLS")
+                    continue
+                return (None if e.next_host else [last] * n), last
+            except defer.CancelledError:
+                raise
+            except Exception as e:  # any failure is reported as a result
+                if tx.results and len(tx.results) == n:
+                    return [tx.results[i] for i in range(n)], last
+                last = Outcome(451, "4.4.2", f"lost connection with {relay}: {_reason(e)}", relay)
+                _quit(client)
+                if tx.started:  # the transaction had begun: never resend to another host now
+                    return [tx.results.get(i, last) for i in range(n)], last
+                return None, last
+            client.transport.loseConnection()
+            return [tx.results[i] for i in range(n)], last
+        return None, last
+
+    def _params(self, hop: str, host: str, port: int, tls: HostTLS) -> SessionParams:
+        return SessionParams(self.helo_name, tls.level, self._credentials(hop, host, port), tls)
 
 
 def _after_every_host(last: Outcome) -> Outcome:

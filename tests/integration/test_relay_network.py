@@ -11,6 +11,7 @@ from twisted.trial import unittest
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Relay
+from mailsuite.mta.tlspolicy import TLSPolicy
 from tests import fakemx
 
 MESSAGE = b"Subject: relay test\n\nline one\n.leading dot\n..two dots\n.\nend\n"
@@ -114,10 +115,12 @@ class RelayNetworkTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_relayhost_with_auth(self) -> None:
-        """relayhost [host]:port skips MX; AUTH PLAIN with the password map, inside TLS."""
+        """relayhost [host]:port skips MX; AUTH PLAIN with the password map, inside TLS (an
+        unverified certificate here: smtp_sasl_tls_verified_only = no allows it)."""
         sinks = self.sinks({"127.0.0.4": fakemx.Behaviour(starttls=True, auth=("u", "p w"))})
         hop = f"[127.0.0.4]:{self.port}"
-        relay = self.relay(relayhost=hop, credentials={hop: ("u", "p w")})
+        relay = self.relay(relayhost=hop, credentials={hop: ("u", "p w")},
+                           tls=TLSPolicy(sasl_verified_only=False))
         env = envelope("a@anywhere.test")
         out = yield relay.deliver(relay.next_hop("a@anywhere.test"), env, env.recipients, MESSAGE)
         self.assertEqual(out[0].code, 250)
