@@ -21,6 +21,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -118,8 +119,19 @@ class TLSReportStore:
             return
         loaded = yield self.blocking(_read_json, self.path)
         if isinstance(loaded, dict) and isinstance(loaded.get("days"), dict):
-            for day, domains in loaded["days"].items():
-                self.days.setdefault(day, {}).update(domains)
+            self._merge(loaded["days"])
+
+    def _merge(self, days: dict[str, Any]) -> None:
+        """Add counts read from the file to those recorded since the start."""
+        for day, domains in days.items():
+            for domain, policies in domains.items():
+                mine = self.days.setdefault(day, {}).setdefault(domain, {})
+                for key, entry in policies.items():
+                    into = mine.setdefault(key, {"ok": 0, "fail": 0, "details": {}})
+                    into["ok"] += int(entry.get("ok", 0))
+                    into["fail"] += int(entry.get("fail", 0))
+                    for detail, n in entry.get("details", {}).items():
+                        into["details"][detail] = into["details"].get(detail, 0) + int(n)
 
     def record(self, policy_domain: str, result: TLSResult) -> None:
         """Count one result for ``policy_domain`` today (UTC). Cheap: no I/O here."""
@@ -186,6 +198,16 @@ class TLSReportStore:
             if not self.days.get(day, True):
                 self.days.pop(day, None)
         self._schedule()
+
+
+def sts_fetch_reporter(store: TLSReportStore) -> Callable[[str, Any, str, str], None]:
+    """The ``report`` of mailsuite.mta.mtastscache.MtaSts: a failed policy fetch counts as a
+    failure of policy type sts (with the cached policy, if one was applied)."""
+
+    def report(domain: str, policy: Any, result_type: str, text: str) -> None:
+        store.record(domain, TLSResult.for_sts(policy, result_type=result_type))
+
+    return report
 
 
 def _read_json(path: str) -> Any:
