@@ -111,3 +111,44 @@ class RouteTests(unittest.TestCase):
         status, _, body = http(cfg, b"POST", b"mta-sts.example.test")
         self.assertNotIn(b"STSv1", body)
         self.assertNotEqual(status, 200)
+
+
+class AssemblyTests(unittest.TestCase):
+    def test_tlsrpt_service_only_when_enabled(self) -> None:
+        """smtp_tlsrpt_enable = yes adds the daily report service "tlsrpt" (its store in
+        queue_directory/tlsrpt/); the default adds none."""
+        from twisted.internet import reactor
+
+        from mailsuite import tap
+        from tests.test_tap import NONE_ELSE, write_config
+        for extra, wanted in (("", False), ("smtp_tlsrpt_enable = yes\n", True)):
+            path = write_config(self, "smtp = 2525\npop3 = no\nimap = no\n" + NONE_ELSE, extra)
+            options = tap.Options()
+            options.parseOptions(["--config", path])
+            top = tap.build(options["cfg"], reactor)
+            self.addCleanup(top.maillog.close)
+            names = {s.name for s in top}
+            self.assertEqual("tlsrpt" in names, wanted, names)
+            if wanted:
+                store = top.getServiceNamed("tlsrpt").store
+                self.assertTrue(store.path.endswith("/queue/tlsrpt/counts.json"))
+
+    def test_mta_sts_source(self) -> None:
+        """build_mta_sts: the cache under queue_directory/mta-sts/, policies verified with
+        smtp_tls_CAfile besides the system CAs, failed fetches counted when TLS-RPT is on;
+        smtp_mta_sts_enable = no gives none."""
+        from twisted.internet import reactor
+
+        from mailsuite.mta.stsparts import build_mta_sts, build_tls_reports
+        from mailsuite.threads import inline
+        cfg = config("queue_directory = /var/spool/x\nsmtp_tls_CAfile = /etc/ca.pem\n"
+                     "smtp_tlsrpt_enable = yes\n")
+        reports = build_tls_reports(cfg, reactor, inline, queue=None)
+        sts = build_mta_sts(cfg, reactor, inline, reports)
+        self.assertEqual(sts.path, "/var/spool/x/mta-sts/policies.json")
+        trust = sts.fetcher.agent._endpointFactory.trust
+        self.assertEqual((trust.cafile, trust.system), ("/etc/ca.pem", True))
+        sts.report("a.test", None, "sts-policy-fetch-error", "down")
+        self.assertEqual(len(reports.store.days), 1)
+        reports.store._timer.cancel()  # its write a minute later is not this test's
+        self.assertIsNone(build_mta_sts(config("smtp_mta_sts_enable = no\n"), reactor, inline))

@@ -242,3 +242,36 @@ class FetchFailureTests(unittest.TestCase):
                         p["failure-details"][0]["result-type"]) for p in built["policies"])
         self.assertEqual(kinds, [(False, "sts-policy-fetch-error"),
                                  (True, "sts-webpki-invalid")])
+
+
+class RealQueueTests(unittest.TestCase):
+    def test_report_goes_out_through_the_queue(self) -> None:
+        """With the real queue manager (mailsuite.mta.queue.Queue, fake transports): the
+        report is queued from <> with its Message-Id logged, and relayed to the rua
+        address's domain."""
+        from mailsuite.maillog import MailLog
+        from mailsuite.mta.queue import Queue, QueueSettings
+        from mailsuite.mta.queuefile import QueueDirectory
+        from tests.test_queue import FakeLocal, FakeRelay, sync
+        clock = task.Clock()
+        clock.advance(DAY)
+        relay = FakeRelay()
+        maillog = MailLog(None, "mail.sender.test", now=clock.seconds)
+        queue = Queue(QueueDirectory(self.mktemp()), FakeLocal(), relay, maillog, clock,
+                      QueueSettings("mail.sender.test"), sync)
+        self.successResultOf(queue.start())
+        zone = ZoneResolver({("_smtp._tls.example.com", dns.TXT): [
+            dns.Record_TXT(b"v=TLSRPTv1; rua=mailto:tlsrpt@example.com")]})
+        store = TLSReportStore("", clock, inline)
+        reports = TLSReportService(store, MXResolver(resolver=zone), queue, clock, SETTINGS)
+        reports.startService()
+        self.addCleanup(reports.stopService)
+        self.addCleanup(queue.stop)
+        store.record("example.com", TLSResult.for_sts(POLICY, result_type="starttls-not-supported",
+                                                      receiving_mx_hostname="mx.example.com"))
+        clock.advance(reports.delay())
+        clock.advance(0)
+        self.assertEqual(relay.calls, [("example.com", ["tlsrpt@example.com"])])
+        log = "\n".join(maillog.lines)
+        self.assertRegex(log, r"cleanup\[\d+\]: \w+: message-id=<tlsrpt\.")
+        self.assertIn("from=<>", log)
