@@ -55,6 +55,8 @@ class TxtRecordTests(unittest.TestCase):
         self.assertIsNone(parse_txt([[b"v=STSv1; id=1"], [b"v=STSv1; id=2"]]))
         self.assertIsNone(parse_txt([[b"v=STSv1; id=1"], [b"v=STSv1; bad"]]))
         self.assertIsNone(parse_txt([[b"v=STSv1; id=b@d"]]))
+        # only records beginning "v=STSv1;" are counted: a bare "v=STSv1" is discarded
+        self.assertEqual(parse_txt([[b"v=STSv1"], [b"v=STSv1;id=3"]]).id, "3")
         self.assertIsNone(parse_txt([]))
 
 

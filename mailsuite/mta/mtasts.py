@@ -91,7 +91,7 @@ def parse_txt(strings_per_record: Sequence[Sequence[bytes | str]]) -> StsRecord 
     for strings in strings_per_record:
         parts = [s.decode("utf-8", "replace") if isinstance(s, bytes) else s for s in strings]
         texts.append("".join(parts))  # 3.1: strings are joined without spaces
-    candidates = [t for t in texts if t.startswith("v=STSv1;") or t == "v=STSv1"]
+    candidates = [t for t in texts if t.startswith("v=STSv1;")]
     if len(candidates) != 1:
         return None
     return parse_txt_record(candidates[0])

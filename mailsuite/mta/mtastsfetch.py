@@ -195,7 +195,23 @@ class PolicyFetcher:
 
     def fetch(self, domain: str) -> defer.Deferred[StsPolicy]:
         d = self._fetch(domain)
-        d.addTimeout(self.timeout, self.reactor)
+        expired: list[bool] = []  # cancelled by the time limit (the Agent's errors hide it)
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+
+        timer = self.reactor.callLater(self.timeout, expire)
+
+        def done(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            if expired and isinstance(result, Failure):
+                return Failure(FetchError("sts-policy-fetch-error",
+                                          f"fetching the policy of {domain} timed out"))
+            return result
+
+        d.addBoth(done)
         return d.addErrback(self._explain, domain)
 
     @defer.inlineCallbacks
@@ -230,9 +246,6 @@ class PolicyFetcher:
         """Any failure as a FetchError naming what went wrong."""
         if failure.check(FetchError, defer.CancelledError):
             return failure
-        if failure.check(defer.TimeoutError):
-            return Failure(FetchError("sts-policy-fetch-error",
-                                      f"fetching the policy of {domain} timed out"))
         reason = failure.value
         if failure.check(client.ResponseNeverReceived, client.RequestTransmissionFailed):
             reasons = getattr(reason, "reasons", [])

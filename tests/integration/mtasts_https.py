@@ -5,6 +5,7 @@ port 443. Python's http.server with ssl; the answer depends on the Host header's
 - ``mta-sts.redirect.*``: 301 to the good policy (must not be followed);
 - ``mta-sts.ctype.*``: the policy as text/html (must be refused);
 - ``mta-sts.big.*``: 70,000 bytes of text/plain (over the 64 KB limit);
+- ``mta-sts.slow.*``: the answer after 5 seconds;
 - any other: the file ``POLICY_DIR/<domain>`` as ``text/plain; charset=utf-8``, 404 without.
 
 Usage: mtasts_https.py ADDRESS PORT CERT KEY POLICY_DIR; prints "ready" once listening; ends on
@@ -18,6 +19,7 @@ import os
 import ssl
 import sys
 import threading
+import time
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -35,6 +37,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return None
+        if domain.startswith("slow."):
+            time.sleep(5)
         if domain.startswith("big."):
             return self.answer(200, "text/plain", b"x" * 70000)
         path = os.path.join(self.policy_dir, os.path.basename(domain))

@@ -35,7 +35,7 @@ from tests.integration.test_account_setup import AutoconfigSite
 HERE = os.path.dirname(os.path.abspath(__file__))
 POLICY = "version: STSv1\nmode: enforce\nmx: mx.good.example.test\nmax_age: 86400\n"
 #: the names the server's certificate covers (not mta-sts.wrongname.example.test)
-NAMES = ("good", "redirect", "ctype", "big", "change", "wrongname-not")
+NAMES = ("good", "redirect", "ctype", "big", "change", "slow", "wrongname-not")
 
 
 def make_certificates(directory: str) -> tuple[str, str, str]:
@@ -148,10 +148,11 @@ class FetchTests(unittest.TestCase):
         self.write_policy("good.example.test", POLICY)
         self.write_policy("change.example.test", POLICY.replace("good", "change"))
         self.write_policy("wrongname.example.test", POLICY)
+        self.write_policy("slow.example.test", POLICY)
         self.net = StsNamespace(self)
         self.net.start_server(self, cert, key, self.policies)
         records: dict[tuple[str, int], list[Any]] = {}
-        for name in ("good", "redirect", "ctype", "big", "change", "wrongname"):
+        for name in ("good", "redirect", "ctype", "big", "change", "slow", "wrongname"):
             records[(f"mta-sts.{name}.example.test", dns.A)] = [dns.Record_A(self.net.inside)]
             records[(f"_mta-sts.{name}.example.test", dns.TXT)] = [
                 dns.Record_TXT(b"v=STSv1; id=first")]
@@ -164,9 +165,9 @@ class FetchTests(unittest.TestCase):
         with open(os.path.join(self.policies, domain), "w") as f:
             f.write(text)
 
-    def fetcher(self, cafile: str | None = None) -> PolicyFetcher:
+    def fetcher(self, cafile: str | None = None, timeout: float = 30.0) -> PolicyFetcher:
         return PolicyFetcher(reactor, self.names, cafile=self.ca if cafile is None else cafile,
-                             system_ca=cafile is not None)
+                             system_ca=cafile is not None, timeout=timeout)
 
     @defer.inlineCallbacks
     def failure_of(self, domain: str, fetcher: PolicyFetcher | None = None) -> Any:
@@ -217,6 +218,13 @@ class FetchTests(unittest.TestCase):
         e = yield self.failure_of("big.example.test")
         self.assertEqual(e.result_type, "sts-policy-invalid")
         self.assertIn("larger", e.text)
+
+    @defer.inlineCallbacks
+    def test_timeout(self) -> None:
+        """A server that does not answer within the fetch's time limit is a fetch error."""
+        e = yield self.failure_of("slow.example.test", self.fetcher(timeout=1.0))
+        self.assertEqual(e.result_type, "sts-policy-fetch-error")
+        self.assertIn("timed out", e.text)
 
     @defer.inlineCallbacks
     def test_txt_id_change_refetches(self) -> None:
