@@ -322,3 +322,62 @@ class CacheTests(unittest.TestCase):
         policy = self.ask(sts)
         self.assertEqual(policy.mode, "none")
         self.assertEqual(mtasts.filter_hosts(policy, ["evil.test"]), (["evil.test"], []))
+
+
+class DecisionTests(unittest.TestCase):
+    """mailsuite.mta.stsdelivery: what the SMTP client applies per delivery."""
+
+    def setUp(self) -> None:
+        from mailsuite.mta.tlsrpt import TLSReportStore
+        self.clock = task.Clock()
+        self.store = TLSReportStore("", self.clock, inline)
+        self.hosts = [MailHost("evil.example.org", ("192.0.2.1",)),
+                      MailHost("mx1.example.net", ("192.0.2.2",))]
+
+    def decide(self, policy_text: bytes | None) -> Any:
+        from mailsuite.mta.stsdelivery import sts_decision
+
+        class Source:
+            def policy_for(self, domain: str) -> Any:
+                return defer.succeed(None if policy_text is None
+                                     else parse_policy(policy_text, domain))
+
+        return self.successResultOf(sts_decision(Source(), self.store, "Example.com",
+                                                 self.hosts))
+
+    def counts(self) -> dict[str, Any]:
+        return self.store.days["1970-01-01"]["example.com"]
+
+    def test_enforce(self) -> None:
+        """enforce: only the matching MX is tried, verified (secure, its own name); the
+        other counts as a validation-failure under the policy."""
+        decision = self.decide(GOOD)
+        self.assertEqual(decision.hosts, [self.hosts[1]])
+        self.assertEqual(decision.requirement("mx1.example.net").level, "secure")
+        (entry,) = self.counts().values()
+        self.assertEqual((entry["ok"], entry["fail"]), (0, 1))
+        self.assertIn("validation-failure", next(iter(entry["details"])))
+        decision.record("mx1.example.net", "192.0.2.2")
+        self.assertEqual(next(iter(self.counts().values()))["ok"], 1)
+
+    def test_enforce_without_matching_host_defers(self) -> None:
+        """No MX host matches: nothing to try, a 4.7.5 deferral naming the hosts."""
+        self.hosts = self.hosts[:1]
+        decision = self.decide(GOOD)
+        self.assertEqual(decision.hosts, [])
+        code, dsn, text = decision.no_host
+        self.assertEqual((code, dsn), (450, "4.7.5"))
+        self.assertIn("evil.example.org", text)
+
+    def test_testing_and_none(self) -> None:
+        """testing: every MX, TLS 'may', the mismatch reported; no policy: every MX, the
+        destination's own level (None), sessions counted as no-policy-found."""
+        decision = self.decide(GOOD.replace(b"enforce", b"testing"))
+        self.assertEqual(decision.hosts, self.hosts)
+        self.assertEqual(decision.requirement("evil.example.org").level, "may")
+        self.store.days.clear()
+        decision = self.decide(None)
+        self.assertIsNone(decision.requirement("evil.example.org"))
+        decision.record("evil.example.org", "192.0.2.1", "starttls-not-supported")
+        (key,) = self.counts()
+        self.assertIn("no-policy-found", key)

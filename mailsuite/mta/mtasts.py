@@ -84,14 +84,17 @@ def parse_txt_record(text: str) -> StsRecord | None:
     return StsRecord(record_id, extensions)
 
 
+def txt_texts(strings_per_record: Sequence[Sequence[bytes | str]]) -> list[str]:
+    """The text of each TXT record: its strings joined without spaces (RFC 8461 3.1, RFC 8460
+    3 say so)."""
+    return ["".join(s.decode("utf-8", "replace") if isinstance(s, bytes) else s
+                    for s in strings) for strings in strings_per_record]
+
+
 def parse_txt(strings_per_record: Sequence[Sequence[bytes | str]]) -> StsRecord | None:
     """The ``_mta-sts`` answer (each record its list of strings): the one valid STSv1 record,
     else None (none, several, or the one is invalid: 3.1 "no available policy")."""
-    texts = []
-    for strings in strings_per_record:
-        parts = [s.decode("utf-8", "replace") if isinstance(s, bytes) else s for s in strings]
-        texts.append("".join(parts))  # 3.1: strings are joined without spaces
-    candidates = [t for t in texts if t.startswith("v=STSv1;")]
+    candidates = [t for t in txt_texts(strings_per_record) if t.startswith("v=STSv1;")]
     if len(candidates) != 1:
         return None
     return parse_txt_record(candidates[0])

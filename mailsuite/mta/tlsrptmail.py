@@ -30,6 +30,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailsuite.mta.mtasts import txt_texts
 from mailsuite.mta.mtastsfetch import TxtLookupError, lookup_txt
 from mailsuite.mta.tlsrpt import (
     KEEP_DAYS,
@@ -75,9 +76,7 @@ def parse_tlsrpt_record(text: str) -> list[str] | None:
 
 def parse_tlsrpt_txt(strings_per_record: Sequence[Sequence[bytes | str]]) -> list[str] | None:
     """The rua URIs of the one valid TLSRPTv1 record of an answer, else None."""
-    texts = ["".join(s.decode("utf-8", "replace") if isinstance(s, bytes) else s
-                     for s in strings) for strings in strings_per_record]
-    candidates = [t for t in texts if t.startswith("v=TLSRPTv1;")]
+    candidates = [t for t in txt_texts(strings_per_record) if t.startswith("v=TLSRPTv1;")]
     if len(candidates) != 1:
         return None
     return parse_tlsrpt_record(candidates[0])
