@@ -324,6 +324,24 @@ class CacheTests(unittest.TestCase):
         self.assertEqual(mtasts.filter_hosts(policy, ["evil.test"]), (["evil.test"], []))
 
 
+    def test_failed_fetch_not_repeated_at_once(self) -> None:
+        """After a failed fetch the same id is not fetched again for RETRY_AFTER (each
+        delivery would wait for it); a new id is fetched at once; after the pause, again."""
+        from mailsuite.mta.mtastscache import RETRY_AFTER
+        fetcher = FakeFetcher(FetchError("sts-policy-fetch-error", "down"),
+                              FetchError("sts-policy-fetch-error", "down"), GOOD)
+        sts = self.sts(fetcher)
+        self.assertIsNone(self.ask(sts))
+        self.clock.advance(RETRY_AFTER - 1)
+        self.assertIsNone(self.ask(sts))
+        self.assertEqual(len(fetcher.fetched), 1)
+        self.set_id(b"two")
+        self.assertIsNone(self.ask(sts))
+        self.assertEqual(len(fetcher.fetched), 2)
+        self.clock.advance(RETRY_AFTER)
+        self.assertEqual(self.ask(sts).mode, "enforce")
+        self.assertEqual(len(self.reports), 2)
+
 class DecisionTests(unittest.TestCase):
     """mailsuite.mta.stsdelivery: what the SMTP client applies per delivery."""
 
@@ -381,3 +399,4 @@ class DecisionTests(unittest.TestCase):
         decision.record("evil.example.org", "192.0.2.1", "starttls-not-supported")
         (key,) = self.counts()
         self.assertIn("no-policy-found", key)
+

@@ -9,7 +9,8 @@
 - a cached, unexpired policy is used when the TXT record is missing or its look-up failed, and
   when the fetch fails (5.1: "senders MUST apply that cached policy");
 - without one, a failed fetch means no policy (3.3: deliver as if the domain had none), and
-  the failure goes to TLS-RPT (``report``) when a recorder is given;
+  the failure goes to TLS-RPT (``report``) when a recorder is given; the same record id is
+  not fetched again for RETRY_AFTER seconds (a new id is fetched at once);
 - a fetched policy with ``mode: none`` replaces the cached one (how a domain withdraws), and
   :meth:`policy_for` returns it: callers treat mode none as no policy.
 
@@ -39,6 +40,10 @@ from mailsuite.threads import Blocking
 log = Logger()
 
 MAX_ENTRIES = 10000
+#: after a failed fetch, the same record id is not fetched again for this long (3.3 lets
+#: senders limit fetch attempts: a domain whose policy host is down must not cost every
+#: delivery a fetch and its time limit)
+RETRY_AFTER = 600.0
 CACHE_DIR = "mta-sts"
 CACHE_FILE = "policies.json"
 #: Report(policy_domain, policy or None, result_type, text): a failure for TLS-RPT
@@ -110,6 +115,7 @@ class MtaSts:
         self.entries: dict[str, CachedPolicy] = {}
         self._loaded: defer.Deferred[None] | None = None
         self._pending: dict[str, list[defer.Deferred[StsPolicy | None]]] = {}
+        self._failed: dict[str, tuple[str, float]] = {}  # domain: (record id, until)
         self._saving = False
         self._dirty = False
 
@@ -163,13 +169,20 @@ class MtaSts:
             return cached.policy if cached else None
         if cached is not None and cached.record_id == record.id and not cached.stale(now):
             return cached.policy
+        failed = self._failed.get(domain)
+        if failed is not None and failed[0] == record.id and failed[1] > now:
+            return cached.policy if cached else None  # failed a moment ago: not again yet
         try:
             policy = await self.fetcher.fetch(domain)
         except FetchError as e:
             log.info("MTA-STS policy of {domain} not fetched: {e}", domain=domain, e=e.text)
+            self._failed[domain] = (record.id, self.clock.seconds() + RETRY_AFTER)
+            if len(self._failed) > MAX_ENTRIES:
+                self._failed.pop(next(iter(self._failed)))
             if self.report is not None:
                 self.report(domain, cached.policy if cached else None, e.result_type, e.text)
             return cached.policy if cached else None
+        self._failed.pop(domain, None)
         self.entries[domain] = CachedPolicy(policy, record.id, self.clock.seconds())
         self._trim()
         self._save()
