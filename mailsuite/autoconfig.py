@@ -17,6 +17,9 @@ port is on, else STARTTLS (143, 110, 587), else, with ``ssl = no`` only, the pla
 (Unix account names), whether or not such an account exists: the answer never tells who has
 an account. Addresses of domains that are not in mydestination get Outlook's error 500.
 
+With ``[mail] mta_sts_mode`` testing or enforce, ``GET /.well-known/mta-sts.txt`` for the host
+``mta-sts.DOMAIN`` of one of our domains is our MTA-STS policy (mailsuite.mtastsserve).
+
 Requests bodies are capped at 64 KiB and XML with a DOCTYPE is refused (no entity tricks).
 """
 
@@ -34,6 +37,7 @@ from xml.sax.saxutils import escape
 
 from twisted.web import resource, server
 
+from mailsuite import mtastsserve
 from mailsuite.config import Config
 
 MAX_BODY = 65536
@@ -230,6 +234,11 @@ class AutoconfigResource(resource.Resource):
                 return self._status(request, 405, b"GET only\n")
             address = _arg(request, b"emailaddress")
             return self._xml(request, thunderbird_xml(self.cfg, address))
+        if path == mtastsserve.WELL_KNOWN:  # our MTA-STS policy (RFC 8461 3.3)
+            host = (request.getHeader(b"host") or b"").decode("ascii", "replace")
+            policy = mtastsserve.policy_for_host(self.cfg, host)
+            if policy is not None and request.method in (b"GET", b"HEAD"):
+                return self._status(request, 200, policy)
         if lower == "/autodiscover/autodiscover.xml":
             return self._pox(request)
         if lower.startswith("/autodiscover/autodiscover.json"):

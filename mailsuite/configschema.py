@@ -62,6 +62,7 @@ from mailsuite.milterconf import (
     parse_milters,
     parse_protocol,
 )
+from mailsuite.mta.mtasts import parse_max_age, parse_mode, parse_mx_patterns
 from mailsuite.net import Network, in_networks, parse_ip
 from mailsuite.store.spam import parse_spam_header
 from mailsuite.smtp.access import Action
@@ -184,6 +185,16 @@ class MailConfig:
     postscreen_dnsbl_action: str = "ignore"
     postscreen_dnsbl_ttl: float = 3600.0
     # hold queue (mailsuite/mta/queue.py)
+    # MTA-STS and TLS-RPT (mailsuite/mta/mtasts*.py, tlsrpt*.py, mailsuite/mtastsserve.py)
+    smtp_tls_CAfile: str = ""  # Postfix's name (the outbound TLS code uses it too)
+    smtp_mta_sts_enable: bool = True
+    mta_sts_mode: str = "none"
+    mta_sts_mx: tuple[str, ...] = ()
+    mta_sts_max_age: int = 604800
+    smtp_tlsrpt_enable: bool = False
+    tlsrpt_organization_name: str = ""
+    tlsrpt_contact_info: str = ""
+    tlsrpt_sender_address: str = ""
 
 
 SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
@@ -443,6 +454,16 @@ SECTIONS: dict[str, Section] = {
         Key("postscreen_dnsbl_action", "ignore", parse_greet_action),
         Key("postscreen_dnsbl_ttl", "1h", parse_time_days),
         # hold queue (mailsuite/mta/queue.py)
+        # MTA-STS and TLS-RPT (mailsuite/mta/mtasts*.py, tlsrpt*.py, mailsuite/mtastsserve.py)
+        Key("smtp_tls_CAfile", "", parse_optional_path),
+        Key("smtp_mta_sts_enable", "yes", parse_bool),
+        Key("mta_sts_mode", "none", parse_mode),
+        Key("mta_sts_mx", "$myhostname", parse_mx_patterns),
+        Key("mta_sts_max_age", "7d", parse_max_age),
+        Key("smtp_tlsrpt_enable", "no", parse_bool),
+        Key("tlsrpt_organization_name", "$mydomain", str.strip),
+        Key("tlsrpt_contact_info", "postmaster@$mydomain", str.strip),
+        Key("tlsrpt_sender_address", "noreply-smtp-tls-reporting@$mydomain", str.strip),
     ]),
     "listen": Section(ListenConfig, [
         Key("smtp", "25", parse_port),

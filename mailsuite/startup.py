@@ -204,7 +204,8 @@ def check_default_privs(cfg: Any) -> None:
 #: maildrop: sendmail's files, mode 1733). public/ (the control socket) stays root's: root
 #: binds the socket there, and Twisted's chmod of it follows a link mail_owner could plant
 QUEUE_SUBDIRS = {"tmp": 0o700, "active": 0o700, "hold": 0o700, "corrupt": 0o700,
-                 "maildrop": 0o1733}
+                 "maildrop": 0o1733,
+                 "mta-sts": 0o700, "tlsrpt": 0o700}  # MTA-STS policy cache, TLS-RPT counts
 
 
 def give_queue(queue_directory: str, owner: tuple[int, int]) -> None:

@@ -63,6 +63,7 @@ from mailsuite.mta.queue import Queue, QueueSettings
 from mailsuite.mta.queuefile import QueueDirectory
 from mailsuite.mta import tlspolicy
 from mailsuite.mta.relay import Relay, load_password_map
+from mailsuite.mta.stsparts import add_tls_reports
 from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
@@ -234,6 +235,7 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     qmgr = QueueService(delivery.queue, after=p.after)
     qmgr.setName("qmgr")
     qmgr.setServiceParent(top)
+    add_tls_reports(top, cfg, reactor, p.blocking, delivery.queue)  # TLS-RPT: "tlsrpt"
     the_portal = portal.Portal(p.realm(delivery), [p.checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
     names = MXResolver(cfg.mail.dns_resolver, reactor=reactor)

@@ -1,0 +1,61 @@
+"""Assembling MTA-STS and TLS-RPT from mail.ini (tap.py calls these; nothing here binds).
+
+- :func:`build_tls_reports` (:func:`add_tls_reports`: under a parent service): with
+  ``smtp_tlsrpt_enable = yes``, the counter store (``queue_directory/tlsrpt/``) and the daily
+  report service that sends through ``queue``;
+- :func:`build_mta_sts`: with ``smtp_mta_sts_enable = yes`` (the default), the policy source
+  for outbound mail (:meth:`MtaSts.policy_for`), its cache in ``queue_directory/mta-sts/``,
+  policies fetched over HTTPS through ``dns_resolver``, verified against the system CAs plus
+  ``smtp_tls_CAfile``; failed fetches counted for TLS-RPT when a store is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import MultiService
+
+from mailsuite.config import Config
+from mailsuite.mta.dns import MXResolver
+from mailsuite.mta.mtastscache import MtaSts, cache_path
+from mailsuite.mta.mtastsfetch import PolicyFetcher
+from mailsuite.mta.tlsrpt import TLSReportStore, store_path, sts_fetch_reporter
+from mailsuite.mta.tlsrptmail import ReportSettings, TLSReportService
+from mailsuite.threads import Blocking
+
+
+def build_tls_reports(cfg: Config, reactor: Any, blocking: Blocking,
+                      queue: Any) -> TLSReportService | None:
+    """The TLS-RPT service (its ``store`` records results), None when reporting is off."""
+    mail = cfg.mail
+    if not mail.smtp_tlsrpt_enable:
+        return None
+    store = TLSReportStore(store_path(mail.queue_directory), reactor, blocking)
+    settings = ReportSettings(mail.tlsrpt_organization_name, mail.tlsrpt_contact_info,
+                              mail.mydomain, mail.tlsrpt_sender_address, mail.myhostname)
+    names = MXResolver(mail.dns_resolver, reactor=reactor)
+    report_service = TLSReportService(store, names, queue, reactor, settings)
+    report_service.setName("tlsrpt")
+    return report_service
+
+
+def add_tls_reports(parent: MultiService, cfg: Config, reactor: Any, blocking: Blocking,
+                    queue: Any) -> TLSReportService | None:
+    """build_tls_reports, started with ``parent`` (found there by the name ``tlsrpt``)."""
+    reports = build_tls_reports(cfg, reactor, blocking, queue)
+    if reports is not None:
+        reports.setServiceParent(parent)
+    return reports
+
+
+def build_mta_sts(cfg: Config, reactor: Any, blocking: Blocking,
+                  reports: TLSReportService | None = None, port: int = 443) -> MtaSts | None:
+    """The MTA-STS policy source, None when ``smtp_mta_sts_enable = no``."""
+    mail = cfg.mail
+    if not mail.smtp_mta_sts_enable:
+        return None
+    names = MXResolver(mail.dns_resolver, reactor=reactor)
+    fetcher = PolicyFetcher(reactor, names, cafile=mail.smtp_tls_CAfile, port=port)
+    report = sts_fetch_reporter(reports.store) if reports is not None else None
+    return MtaSts(names, fetcher, reactor, blocking, cache_path(mail.queue_directory),
+                  report=report)
