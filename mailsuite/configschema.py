@@ -186,7 +186,6 @@ class MailConfig:
     postscreen_dnsbl_ttl: float = 3600.0
     # hold queue (mailsuite/mta/queue.py)
     # MTA-STS and TLS-RPT (mailsuite/mta/mtasts*.py, tlsrpt*.py, mailsuite/mtastsserve.py)
-    smtp_tls_CAfile: str = ""  # Postfix's name (the outbound TLS code uses it too)
     smtp_mta_sts_enable: bool = True
     mta_sts_mode: str = "none"
     mta_sts_mx: tuple[str, ...] = ()
@@ -454,8 +453,8 @@ SECTIONS: dict[str, Section] = {
         Key("postscreen_dnsbl_action", "ignore", parse_greet_action),
         Key("postscreen_dnsbl_ttl", "1h", parse_time_days),
         # hold queue (mailsuite/mta/queue.py)
-        # MTA-STS and TLS-RPT (mailsuite/mta/mtasts*.py, tlsrpt*.py, mailsuite/mtastsserve.py)
-        Key("smtp_tls_CAfile", "", parse_optional_path),
+        # MTA-STS and TLS-RPT (mailsuite/mta/mtasts*.py, tlsrpt*.py, mailsuite/mtastsserve.py;
+        # smtp_tls_CAfile, above, is theirs too)
         Key("smtp_mta_sts_enable", "yes", parse_bool),
         Key("mta_sts_mode", "none", parse_mode),
         Key("mta_sts_mx", "$myhostname", parse_mx_patterns),

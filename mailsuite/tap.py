@@ -59,11 +59,10 @@ from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
 from mailsuite.mta.maildrop import remove as remove_dropped
-from mailsuite.mta.queue import Queue, QueueSettings
-from mailsuite.mta.queuefile import QueueDirectory
 from mailsuite.mta import tlspolicy
-from mailsuite.mta.relay import Relay, load_password_map
-from mailsuite.mta.stsparts import add_tls_reports
+from mailsuite.mta.outbound import add_tls_reports, build_queue
+from mailsuite.mta.queue import Queue
+from mailsuite.mta.relay import load_password_map
 from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
@@ -371,24 +370,6 @@ def check_account_files(cfg: Config) -> None:
             errors.append(f"{cfg.path}: [auth] {key}: {describe_os_error(e)}")
     if errors:
         raise ConfigError(errors)
-
-
-def build_queue(cfg: Config, delivery: LocalDelivery, maillog: MailLog, reactor: Any,
-                blocking: Blocking) -> Queue:
-    """The outbound queue of queue_directory with its SMTP client (MX or relayhost)."""
-    mail = cfg.mail
-    credentials = load_password_map(cfg)
-    relay = Relay(
-        MXResolver(mail.dns_resolver, reactor=reactor),
-        mail.myhostname,
-        reactor,
-        port=mail.smtp_port,
-        relayhost=mail.relayhost,
-        credentials=credentials,
-        tls=tlspolicy.from_config(cfg, reactor, lambda text: maillog.write("smtp", text)),
-    )
-    return Queue(QueueDirectory(mail.queue_directory), delivery, relay, maillog, reactor,
-                 QueueSettings.from_config(mail), blocking)
 
 
 def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailService:

@@ -139,7 +139,7 @@ class AssemblyTests(unittest.TestCase):
         smtp_mta_sts_enable = no gives none."""
         from twisted.internet import reactor
 
-        from mailsuite.mta.stsparts import build_mta_sts, build_tls_reports
+        from mailsuite.mta.outbound import build_mta_sts, build_tls_reports
         from mailsuite.threads import inline
         cfg = config("queue_directory = /var/spool/x\nsmtp_tls_CAfile = /etc/ca.pem\n"
                      "smtp_tlsrpt_enable = yes\n")

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from mailsuite.accounts import Account
-from mailsuite.privsep import netproc, wire, zygote
+from mailsuite.privsep import login, netproc, wire, zygote
 from mailsuite.privsep.master import MasterService
 
 BOSS = Account("boss", 2000, 2000, "/home/boss")
@@ -145,7 +145,7 @@ class RemoteCheckerTests(unittest.TestCase):
         """A login's fields go with the password; the session the master opened is taken
         once, by the realm."""
         master = FakeMaster([{"verdict": "ok", "name": "boss", "fd": 7, "session": b"S"}])
-        checker = netproc.RemoteChecker(master)
+        checker = login.RemoteChecker(master)
         creds = Creds(b"boss", b"secret")
         creds.service, creds.client_ip = "imap", "192.0.2.7"
         creds.handoff = {"tag": b"a1", "method": "PLAIN", "secure": True, "rip": "x",
@@ -154,13 +154,13 @@ class RemoteCheckerTests(unittest.TestCase):
         self.assertEqual(master.calls[0][1], {
             "user": "boss", "password": b"secret", "service": "imap", "rip": "192.0.2.7",
             "tag": b"a1", "method": "PLAIN", "secure": True, "lip": "127.0.0.1"})
-        self.assertEqual(checker.take("boss"), netproc.Opened(7, b"S"))
+        self.assertEqual(checker.take("boss"), login.Opened(7, b"S"))
         self.assertIsNone(checker.take("boss"))
 
     def test_no_session_fields_for_smtp(self) -> None:
         """An SMTP AUTH asks for the verdict only (its credentials carry no login fields)."""
         master = FakeMaster([{"verdict": "ok", "name": "boss"}])
-        checker = netproc.RemoteChecker(master)
+        checker = login.RemoteChecker(master)
         creds = Creds(b"boss", b"secret")
         creds.service = "smtp"
         self.assertEqual(result(checker.requestAvatarId(creds)), b"boss")
@@ -173,8 +173,8 @@ class RemoteCheckerTests(unittest.TestCase):
         r, w = os.pipe()
         self.addCleanup(os.close, r)
         master = FakeMaster([{}])
-        checker = netproc.RemoteChecker(master)
-        handoff = netproc.Handoff(checker, None, netproc.Opened(w, b"S"), "imap", "boss", None)
+        checker = login.RemoteChecker(master)
+        handoff = login.Handoff(checker, None, login.Opened(w, b"S"), "imap", "boss", None)
         handoff.release()
         handoff.release()
         self.assertEqual(os.read(r, 1), b"")  # the write end is closed
@@ -183,11 +183,11 @@ class RemoteCheckerTests(unittest.TestCase):
     def test_fail_and_temp(self) -> None:
         master = FakeMaster([{"verdict": "fail", "name": ""},
                              {"verdict": "temp", "name": ""}])
-        checker = netproc.RemoteChecker(master)
+        checker = login.RemoteChecker(master)
         failure = result(checker.requestAvatarId(Creds(b"boss", b"x")))
         self.assertTrue(failure.check(UnauthorizedLogin))
         failure = result(checker.requestAvatarId(Creds(b"boss", b"x")))
-        self.assertTrue(failure.check(netproc.AuthUnavailable))
+        self.assertTrue(failure.check(login.AuthUnavailable))
 
 
 class SealedTests(unittest.TestCase):

@@ -15,7 +15,7 @@ from mailsuite.accounts import Account
 from mailsuite.mta import forward
 from mailsuite.mta.aliases import AliasMap
 from mailsuite.mta.asuser import Privileges
-from mailsuite.privsep import agent, netproc, wire
+from mailsuite.privsep import agent, login, netproc, wire
 from tests.fakes import FakeAccounts
 from tests.test_privsep import Master, result
 
@@ -299,10 +299,10 @@ class HungProcessTests(unittest.TestCase):
     def test_password_check_unanswered_is_temporary(self) -> None:
         master = type("M", (), {"callRemote": lambda self, *a, **kw: defer.fail(
             defer.TimeoutError())})()
-        checker = netproc.RemoteChecker(master)
+        checker = login.RemoteChecker(master)
         creds = type("C", (), {"username": b"boss", "password": b"secret"})()
         self.assertIsInstance(result(checker.requestAvatarId(creds)).value,
-                              netproc.AuthUnavailable)
+                              login.AuthUnavailable)
 
     def test_zygote_answers_with_a_pidfd(self) -> None:
         import socket

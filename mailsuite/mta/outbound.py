@@ -1,5 +1,7 @@
-"""Assembling MTA-STS and TLS-RPT from mail.ini (tap.py calls these; nothing here binds).
+"""Assembling the outbound side from mail.ini (tap.py calls these; nothing here binds).
 
+- :func:`build_queue`: the queue of queue_directory with its SMTP client (MX or relayhost),
+  its TLS policy (tlspolicy: levels, policy maps, DANE);
 - :func:`build_tls_reports` (:func:`add_tls_reports`: under a parent service): with
   ``smtp_tlsrpt_enable = yes``, the counter store (``queue_directory/tlsrpt/``) and the daily
   report service that sends through ``queue``;
@@ -16,12 +18,36 @@ from typing import Any
 from twisted.application.service import MultiService
 
 from mailsuite.config import Config
+from mailsuite.maillog import MailLog
+from mailsuite.mta import tlspolicy
+from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.mtastscache import MtaSts, cache_path
 from mailsuite.mta.mtastsfetch import PolicyFetcher
+from mailsuite.mta.queue import Queue, QueueSettings
+from mailsuite.mta.queuefile import QueueDirectory
+from mailsuite.mta.relay import Relay, load_password_map
 from mailsuite.mta.tlsrpt import TLSReportStore, store_path, sts_fetch_reporter
 from mailsuite.mta.tlsrptmail import ReportSettings, TLSReportService
 from mailsuite.threads import Blocking
+
+
+def build_queue(cfg: Config, delivery: LocalDelivery, maillog: MailLog, reactor: Any,
+                blocking: Blocking) -> Queue:
+    """The outbound queue of queue_directory with its SMTP client (MX or relayhost)."""
+    mail = cfg.mail
+    credentials = load_password_map(cfg)
+    relay = Relay(
+        MXResolver(mail.dns_resolver, reactor=reactor),
+        mail.myhostname,
+        reactor,
+        port=mail.smtp_port,
+        relayhost=mail.relayhost,
+        credentials=credentials,
+        tls=tlspolicy.from_config(cfg, reactor, lambda text: maillog.write("smtp", text)),
+    )
+    return Queue(QueueDirectory(mail.queue_directory), delivery, relay, maillog, reactor,
+                 QueueSettings.from_config(mail), blocking)
 
 
 def build_tls_reports(cfg: Config, reactor: Any, blocking: Blocking,
