@@ -29,6 +29,7 @@ from mailsuite.configvalues import (
     parse_greet_action,
     parse_interfaces,
     parse_line_length,
+    parse_listen_address,
     parse_mail_location,
     parse_networks,
     parse_optional_path,
@@ -214,6 +215,8 @@ class ListenConfig:
     # Not mail services (not in SERVICES): account set-up for mail clients (autoconfig.py).
     autoconfig: int | None = None  # HTTP
     autoconfigs: int | None = None  # HTTPS with the [tls] certificate
+    # Prometheus metrics and /health (metrics.py): (address, port), not on inet_interfaces
+    metrics: tuple[str, int] | None = None
 
     def enabled(self) -> dict[str, int | str]:
         """The services that are on, in SERVICES order: ``{"smtp": 25, ...}``."""
@@ -475,6 +478,7 @@ SECTIONS: dict[str, Section] = {
         Key("lmtp", "no", parse_port_or_socket),
         Key("autoconfig", "no", parse_port),
         Key("autoconfigs", "no", parse_port),
+        Key("metrics", "no", parse_listen_address),
     ]),
     "auth": Section(AuthConfig, [
         Key("passdb", "shadow", parse_passdb),

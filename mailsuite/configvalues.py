@@ -306,6 +306,26 @@ def parse_port(value: str) -> int | None:
         raise ValueError(f"{e}; write no or leave it empty to turn the service off") from None
 
 
+def parse_listen_address(value: str) -> tuple[str, int] | None:
+    """``ADDRESS:PORT`` (``[::1]:PORT`` for IPv6), or a port alone (on 127.0.0.1: a
+    listener that is not for mail clients stays off the network unless an address is
+    given); ``no`` or empty: off."""
+    text = value.strip()
+    if text.lower() in ("", "no"):
+        return None
+    if text.isdigit():
+        return "127.0.0.1", _port_number(text)
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^\[\]:\s]+):(\d+)", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not ADDRESS:PORT ([::1]:PORT for IPv6), a port or no")
+    address = match.group(1) or match.group(3)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{address!r} is not an IP address") from None
+    return address, _port_number(match.group(2) or match.group(4), lowest=1)
+
+
 def parse_port_or_socket(value: str) -> int | str | None:
     """LMTP may also listen on a unix socket, given by its absolute path."""
     text = value.strip()

@@ -116,6 +116,9 @@ class Counter:
     def __len__(self) -> int:
         return len(self._counts)
 
+    def items(self) -> list[tuple[Hashable, int]]:
+        return list(self._counts.items())
+
 
 class OncePer:
     """``allow(key)`` is True at most once per ``period`` seconds for each key."""

@@ -86,6 +86,8 @@ class MailLog:
             self._from_thread = reactor.callFromThread
         self._pending: list[str] = []
         self._tags: dict[str, str] = {}  # ident -> " host ident[pid]: "
+        #: called with each event's program and text (mailsuite.metrics counts them)
+        self.observers: list[Callable[[str, str], None]] = []
 
     def open(self) -> None:
         if self.path:
@@ -135,6 +137,8 @@ class MailLog:
 
     def write(self, program: str, text: str) -> None:
         """One event of ``program`` (smtpd, local, cleanup, pop3-login, imap-login, pop3, imap)."""
+        for observe in self.observers:
+            observe(program, text)
         self.emit("mailsuite/" + program, text)
 
     def emit(self, ident: str, text: str) -> None:

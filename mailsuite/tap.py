@@ -32,7 +32,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mailsuite import startup
+from mailsuite import metrics, startup
 from mailsuite.auth.cache import AuthCache
 from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
@@ -248,6 +248,8 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
 
     def make(name: str) -> Any:
         implicit = name in IMPLICIT_TLS
+        if name == "metrics":
+            return metrics.serve(maillog, limits, delivery.queue, tuple(cfg.listen.enabled()))
         if name in ("smtp", "submission", "smtps"):
             return SMTPFactory(cfg, the_portal, delivery, maillog, clock=reactor,
                                reverse_lookup=lookup, service=name, server_tls=tls,
@@ -300,6 +302,9 @@ def _add_listeners(top: service.MultiService, cfg: Config, make: Callable[[str],
             factory = tls.implicit(factory)
         for address in listen_addresses(cfg.mail.inet_interfaces):
             listener(_endpoint(port, address), factory, f"{name}@{address}")
+    if cfg.listen.metrics is not None:  # Prometheus metrics and /health (metrics.py)
+        listener(_endpoint(cfg.listen.metrics[1], cfg.listen.metrics[0]), make("metrics"),
+                 "metrics")
     for name in ("autoconfig", "autoconfigs"):  # account set-up for mail clients (HTTP/HTTPS)
         port = getattr(cfg.listen, name)
         if port is None:
