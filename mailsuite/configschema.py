@@ -12,6 +12,7 @@ from typing import Any
 
 from mailsuite import uidlformat
 from mailsuite.accounts import Account
+from mailsuite.authcheckconf import parse_authserv_id, parse_spf_reject
 from mailsuite.configvalues import (
     expand_location,
     parse_access_list,
@@ -174,6 +175,8 @@ class MailConfig:
     postscreen_dnsbl_action: str = "ignore"
     postscreen_dnsbl_ttl: float = 3600.0
     # hold queue (mailsuite/mta/queue.py)
+    # inbound SPF/DKIM/DMARC/ARC checks (mailsuite/filter/authcheck.py): '' = myhostname
+    authserv_id: str = ""
 
 
 SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
@@ -299,6 +302,19 @@ class AuditConfig:
     rules: str = ""
 
 
+# inbound SPF/DKIM/DMARC/ARC checks (mailsuite/filter/authcheck.py)
+@dataclass(frozen=True)
+class AuthChecksConfig:
+    """``[auth_checks]``: SPF, DKIM, DMARC and ARC of mail from strangers on port 25."""
+
+    enabled: bool = True
+    reject_failures: bool = True  # opendmarc's RejectFailures: honour p=reject
+    quarantine_to_junk: bool = True  # p=quarantine: the message goes to Junk
+    mail_from_reject: str = "false"  # policyd-spf's Mail_From_reject: fail, softfail, false
+    helo_reject: str = "false"  # policyd-spf's HELO_reject
+    dns_timeout: float = 20.0
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -310,6 +326,7 @@ class Config:
     imap: ImapConfig = ImapConfig()
     pop3: Pop3Config = Pop3Config()
     audit: AuditConfig = AuditConfig()
+    auth_checks: AuthChecksConfig = AuthChecksConfig()
 
 
 # A default is text (expanded like a value from the file) or a function of a lookup of [mail].
@@ -421,6 +438,8 @@ SECTIONS: dict[str, Section] = {
         Key("postscreen_dnsbl_action", "ignore", parse_greet_action),
         Key("postscreen_dnsbl_ttl", "1h", parse_time_days),
         # hold queue (mailsuite/mta/queue.py)
+        # inbound SPF/DKIM/DMARC/ARC checks (mailsuite/filter/authcheck.py)
+        Key("authserv_id", "$myhostname", parse_authserv_id),
     ]),
     "listen": Section(ListenConfig, [
         Key("smtp", "25", parse_port),
@@ -477,5 +496,14 @@ SECTIONS: dict[str, Section] = {
     ]),
     "audit": Section(AuditConfig, [
         Key("rules", "", parse_optional_path),
+    ]),
+    # inbound SPF/DKIM/DMARC/ARC checks (mailsuite/filter/authcheck.py)
+    "auth_checks": Section(AuthChecksConfig, [
+        Key("enabled", "yes", parse_bool),
+        Key("reject_failures", "yes", parse_bool),
+        Key("quarantine_to_junk", "yes", parse_bool),
+        Key("mail_from_reject", "false", parse_spf_reject),
+        Key("helo_reject", "false", parse_spf_reject),
+        Key("dns_timeout", "20s", parse_timeout),
     ]),
 }

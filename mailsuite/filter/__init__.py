@@ -14,6 +14,7 @@ from typing import Any
 from mailsuite.config import Config
 from mailsuite.filter import checks, milter
 from mailsuite.filter.audit import AuditStage
+from mailsuite.filter.authcheck import AuthCheckStage
 from mailsuite.filter.bcc import BccStage
 from mailsuite.filter.tablefile import TableError
 from mailsuite.mta.transaction import Stage
@@ -23,6 +24,8 @@ from mailsuite.startup import StartupError, describe_os_error, unreadable_by
 def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage]:
     """The stages ``cfg`` turns on, in the order they run (none: the pipeline's fast path)."""
     out: list[Stage] = []
+    # inbound SPF/DKIM/DMARC/ARC of strangers' mail, first: it sees the message as sent
+    out += [s for s in [AuthCheckStage.from_config(cfg, reactor, maillog, blocking)] if s]
     # content checks (checks.py)
     out += [s for s in [checks.from_config(cfg.mail, maillog, blocking)] if s is not None]
     # milters (milter/)

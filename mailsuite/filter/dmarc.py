@@ -1,0 +1,154 @@
+"""DMARC (RFC 7489): the From: domain's policy, identifier alignment and what to do.
+
+- Policy discovery (6.6.3): the TXT records of ``_dmarc.FROMDOMAIN`` that start with
+  ``v=DMARC1``; none there: those of ``_dmarc.ORGDOMAIN``. More than one record (or none) at
+  the place found: no DMARC (``none``). A timeout or SERVFAIL: ``temperror``. A record that
+  does not parse (no ``p=``, a bad tag value): ``permerror``.
+- The organizational domain (3.2) is the Public Suffix List's "private suffix" of a name
+  (publicsuffixlist ships the list; nothing is downloaded at run time).
+- Alignment (3.1): strict is the same name; relaxed is the same organizational domain. DKIM
+  aligns with a passing signature's d=, SPF with the MAIL FROM domain when SPF passed (the
+  HELO name for the null sender, as RFC 7489 3.1.2 and 7208 2.4).
+- The policy (6.3, 6.6.4): ``sp=`` for a subdomain whose own record was not found (``p=``
+  otherwise); a message not selected by ``pct=`` gets the next milder policy (reject ->
+  quarantine -> none). ``random`` (0 <= x < 1) is injected so that tests choose.
+
+The record is parsed by the ``dmarc`` package (its ``Policy.parse_record``); alignment and
+policy are done here because its ``get_result`` aligns by name prefix, not by organizational
+domain (``d=com`` would align with ``example.com``), and ignores ``pct=``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random as _random
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any
+
+import dmarc as pydmarc
+from publicsuffixlist import PublicSuffixList
+from twisted.internet import defer
+
+from mailsuite.mta.dnsquery import DNSQuery, TemporaryDNSError
+
+_psl: PublicSuffixList | None = None
+
+
+def organizational_domain(name: str) -> str:
+    """RFC 7489 3.2: the registered domain of ``name`` under the Public Suffix List (a public
+    suffix itself is its own organizational domain)."""
+    global _psl
+    if _psl is None:
+        _psl = PublicSuffixList()  # the list the package ships (no download)
+    name = name.lower().rstrip(".")
+    return _psl.privatesuffix(name) or name  # type: ignore[no-any-return]
+
+
+def aligned(a: str, b: str, mode: str) -> bool:
+    """Identifier alignment of ``a`` and ``b`` (``s`` strict, ``r`` relaxed)."""
+    a, b = a.lower().rstrip("."), b.lower().rstrip(".")
+    if not a or not b:
+        return False
+    if mode == "s":
+        return a == b
+    return organizational_domain(a) == organizational_domain(b)
+
+
+def from_domains(data: bytes) -> list[str]:
+    """The domains of the addresses of the From: fields of ``data`` (header only)."""
+    head = BytesHeaderParser(policy=compat32).parsebytes(data, headersonly=True)
+    fields = [str(v) for v in head.get_all("From", [])]
+    domains = []
+    for _, address in email.utils.getaddresses(fields):
+        if "@" in address:
+            domains.append(address.rpartition("@")[2].lower().rstrip(".>"))
+    return list(dict.fromkeys(d for d in domains if d))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed record: where it was found (``domain``), p=, sp=, adkim=, aspf=, pct=."""
+
+    domain: str
+    p: str
+    sp: str
+    adkim: str
+    aspf: str
+    pct: int
+
+
+def parse_record(text: str, domain: str) -> Policy:
+    """A record's policy; ValueError when it does not parse (RFC 7489 6.3)."""
+    try:
+        parsed = pydmarc.Policy("DMARC1", domain)
+        parsed.parse_record(text, strict=True)
+    except pydmarc.Error as e:
+        raise ValueError(str(e) or "bad record") from None
+    if not 0 <= parsed.pct <= 100:
+        raise ValueError(f"pct={parsed.pct} out of 0-100")
+    p = parsed.p.value
+    sp = parsed.sp.value or p
+    return Policy(domain, p, sp, parsed.adkim.value, parsed.aspf.value, parsed.pct)
+
+
+@dataclass(frozen=True)
+class DMARCResult:
+    """``result`` (pass fail none temperror permerror) for ``domain`` (the From: domain),
+    ``policy`` the published one that applies (p= or sp=; '' without a record) and
+    ``disposition`` what we should do (none quarantine reject) after ``pct=``."""
+
+    result: str
+    domain: str
+    policy: str = ""
+    disposition: str = "none"
+    reason: str = ""
+
+
+class DMARCCheck:
+    """Policy discovery through ``query`` and evaluation; ``random`` for ``pct=``."""
+
+    def __init__(self, query: DNSQuery, timeout: float = 10.0,
+                 random: Callable[[], float] = _random.random) -> None:
+        self.query = query
+        self.timeout = timeout
+        self.random = random
+
+    @defer.inlineCallbacks
+    def discover(self, domain: str) -> Any:
+        """Deferred (Policy | None): the record of ``domain`` or of its organizational domain;
+        errbacks TemporaryDNSError, or ValueError for a bad record."""
+        org = organizational_domain(domain)
+        for place in dict.fromkeys([domain, org]):
+            records = yield self.query.txt(f"_dmarc.{place}", self.timeout)
+            found = [r.decode("utf-8", "replace") for r in records
+                     if r.split(b";")[0].strip() == b"v=DMARC1"]
+            if len(found) > 1:
+                return None  # 6.6.3: more than one record: no DMARC
+            if found:
+                return parse_record(found[0], place)
+        return None
+
+    @defer.inlineCallbacks
+    def evaluate(self, domain: str, dkim_passed: list[str], spf_domain: str | None) -> Any:
+        """Deferred DMARCResult for From: ``domain``, given the d= of the DKIM signatures that
+        passed and the SPF domain (MAIL FROM, or HELO for <>) when SPF passed."""
+        try:
+            policy = yield self.discover(domain)
+        except TemporaryDNSError as e:
+            return DMARCResult("temperror", domain, reason=f"DNS: {e}")
+        except ValueError as e:
+            return DMARCResult("permerror", domain, reason=str(e))
+        if policy is None:
+            return DMARCResult("none", domain)
+        applies = policy.p if policy.domain == domain else policy.sp
+        if any(aligned(domain, d, policy.adkim) for d in dkim_passed) or (
+                spf_domain is not None and aligned(domain, spf_domain, policy.aspf)):
+            return DMARCResult("pass", domain, applies)
+        disposition = applies
+        if policy.pct < 100 and self.random() * 100 >= policy.pct:
+            disposition = {"reject": "quarantine", "quarantine": "none"}.get(applies, "none")
+        return DMARCResult("fail", domain, applies, disposition,
+                           reason="" if disposition == applies else f"pct={policy.pct}")

@@ -1,0 +1,122 @@
+"""DNS queries of any type through the one twisted.names resolver of ``[mail] dns_resolver``,
+and a bridge for libraries that ask for DNS from a worker thread (pyspf, dkimpy).
+
+:class:`DNSQuery` asks the resolver (an IResolver: the ``client.Resolver`` of
+mailsuite.mta.dns.MXResolver, or a fake in tests) and gives the answer records as plain
+values, each query bounded by its own timeout on the reactor's clock:
+
+- ``[]`` for NXDOMAIN and for a name without records of the type (a "void" answer);
+- :class:`TemporaryDNSError` for a timeout, SERVFAIL, REFUSED or an unknown error.
+
+:class:`FromThread` is what a blocking library gets as its lookup function: it runs in a
+thread of mailsuite.threads and waits for :meth:`DNSQuery.lookup` on the reactor thread
+(``twisted.internet.threads.blockingCallFromThread``), so the library's DNS goes through our
+resolver and nothing blocks the reactor.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.names import dns, error
+
+from mailsuite.mta.dns import _TEMPORARY
+
+#: the record types asked by name (pyspf's and dkimpy's spelling)
+TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "PTR": dns.PTR, "TXT": dns.TXT,
+         "CNAME": dns.CNAME, "SPF": dns.SPF}
+_NAMES = {v: k for k, v in TYPES.items()}
+_METHODS = {dns.A: "lookupAddress", dns.AAAA: "lookupIPV6Address", dns.MX: "lookupMailExchange",
+            dns.PTR: "lookupPointer", dns.TXT: "lookupText", dns.CNAME: "lookupCanonicalName",
+            dns.SPF: "lookupSenderPolicy"}
+
+#: one answer record: (owner name, type name, value): A/AAAA the address text, MX
+#: (preference, exchange), PTR/CNAME the target name, TXT/SPF the list of its strings (bytes)
+Record = tuple[str, str, Any]
+
+
+class TemporaryDNSError(Exception):
+    """The question got no answer now (timeout, SERVFAIL...): ask again later."""
+
+
+def _value(record: dns.RRHeader) -> Any:
+    p: Any = record.payload
+    if record.type == dns.A:
+        return p.dottedQuad()
+    if record.type == dns.AAAA:
+        return str(ipaddress.ip_address(p.address))
+    if record.type == dns.MX:
+        return (p.preference, str(p.name).rstrip("."))
+    if record.type in (dns.PTR, dns.CNAME):
+        return str(p.name).rstrip(".")
+    return list(p.data)  # TXT, SPF
+
+
+class DNSQuery:
+    """Queries through ``resolver`` (an IResolver) on ``reactor`` (its clock bounds each one)."""
+
+    def __init__(self, resolver: Any, reactor: Any) -> None:
+        self.resolver = resolver
+        self.reactor = reactor
+
+    def lookup(self, name: str, qtype: str, timeout: float = 10.0) -> defer.Deferred[list[Record]]:
+        """The records of ``name`` (any of TYPES) with the CNAMEs on the way; see the module doc."""
+        code = TYPES[qtype.upper()]
+        try:
+            wire = name.rstrip(".").encode("idna") if not name.isascii() \
+                else name.rstrip(".").encode("ascii")
+        except UnicodeError:
+            return defer.succeed([])  # not a name DNS can carry: nothing there
+        if not wire or any(not 0 < len(label) < 64 for label in wire.split(b".")):
+            return defer.succeed([])
+        tries = (1, 3, max(timeout - 4, 1)) if timeout > 5 else (timeout,)
+        d = getattr(self.resolver, _METHODS[code])(wire, timeout=tries)
+        d.addTimeout(timeout, self.reactor)
+        return d.addCallbacks(self._answers, self._failed, callbackArgs=(name, qtype))
+
+    @staticmethod
+    def _answers(result: Any, name: str, qtype: str) -> list[Record]:
+        answers = result[0]
+        return [(str(r.name).rstrip(".").lower(), _NAMES[r.type], _value(r))
+                for r in answers if r.type in _NAMES]
+
+    @staticmethod
+    def _failed(failure: Any) -> list[Record]:
+        if failure.check(*_TEMPORARY):  # first: SERVFAIL and REFUSED are DomainError's kind
+            raise TemporaryDNSError(f"{type(failure.value).__name__}")
+        if failure.check(error.DomainError, error.AuthoritativeDomainError):
+            return []  # NXDOMAIN
+        if failure.check(defer.CancelledError):
+            raise TemporaryDNSError("timeout")
+        return failure.raiseException()  # type: ignore[no-any-return]
+
+    def txt(self, name: str, timeout: float = 10.0) -> defer.Deferred[list[bytes]]:
+        """The TXT records of ``name`` itself (not of a CNAME on the way), each one's strings
+        joined (RFC 7208 3.3, RFC 6376 3.6.2.2, RFC 7489 6.6.3)."""
+        owner = name.rstrip(".").lower()
+
+        def joined(records: list[Record]) -> list[bytes]:
+            wanted = {owner} | {v for _, t, v in records if t == "CNAME"}
+            return [b"".join(v) for n, t, v in records if t == "TXT" and n in wanted]
+        return self.lookup(name, "TXT", timeout).addCallback(joined)
+
+
+class FromThread:
+    """``lookup(name, qtype, timeout) -> [Record]`` for a library in a worker thread: it asks
+    ``query`` on the reactor thread and waits. ``call`` runs a Deferred-returning function on
+    the reactor and waits for it (``blockingCallFromThread``; tests give one that runs it at
+    once). Raises TemporaryDNSError as :meth:`DNSQuery.lookup` fails."""
+
+    def __init__(self, query: DNSQuery, call: Callable[..., Any] | None = None) -> None:
+        self.query = query
+        self.call = call or functools.partial(threads.blockingCallFromThread, query.reactor)
+
+    def __call__(self, name: str, qtype: str, timeout: float = 10.0) -> list[Record]:
+        return self.call(self.query.lookup, name, qtype, timeout)  # type: ignore[no-any-return]
+
+    def txt(self, name: str, timeout: float = 10.0) -> list[bytes]:
+        return self.call(self.query.txt, name, timeout)  # type: ignore[no-any-return]
