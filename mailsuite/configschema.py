@@ -313,6 +313,7 @@ class AuthChecksConfig:
     mail_from_reject: str = "false"  # policyd-spf's Mail_From_reject: fail, softfail, false
     helo_reject: str = "false"  # policyd-spf's HELO_reject
     dns_timeout: float = 20.0
+    skip_addresses: list[Network] = field(default_factory=list)  # policyd-spf's; + mynetworks
 
 
 @dataclass(frozen=True)
@@ -505,5 +506,6 @@ SECTIONS: dict[str, Section] = {
         Key("mail_from_reject", "false", parse_spf_reject),
         Key("helo_reject", "false", parse_spf_reject),
         Key("dns_timeout", "20s", parse_timeout),
+        Key("skip_addresses", "127.0.0.0/8, [::1]/128", parse_networks),
     ]),
 }

@@ -1,8 +1,9 @@
 """The inbound authentication checks (issue 13 item 2): SPF, DKIM, DMARC and ARC of mail that
 strangers hand us on port 25, one ``Authentication-Results:`` header, and the policy.
 
-Which mail: the SMTP door's, from a client that did not authenticate and is not in
-``mynetworks`` (so not submission, not local pickup, not LMTP from our own front end).
+Which mail: the SMTP door's, from a client that did not authenticate and is neither in
+``mynetworks`` nor in ``[auth_checks] skip_addresses`` (policyd-spf's key and default:
+loopback), so not submission, not local pickup, not LMTP from our own front end.
 
 How (all DNS through one twisted.names resolver, ``[mail] dns_resolver``; nothing blocks the
 reactor): SPF of HELO and MAIL FROM by pyspf (spfcheck.py) and DKIM + ARC by dkimpy
@@ -76,10 +77,12 @@ class AuthCheckStage:
         query = _LazyQuery(names, reactor)
         spam = cfg.mailbox.spam_header if cfg.mailbox.junk else ""
         return cls(cfg.auth_checks, cfg.mail.authserv_id or cfg.mail.myhostname,
-                   list(cfg.mail.mynetworks), query, blocking, maillog, spam)
+                   [*cfg.mail.mynetworks, *cfg.auth_checks.skip_addresses], query, blocking,
+                   maillog, spam)
 
     def checked(self, client: Client) -> bool:
-        """Mail from a stranger on the SMTP door (not authenticated, not in mynetworks)."""
+        """Mail from a stranger on the SMTP door (not authenticated, not in mynetworks or
+        skip_addresses)."""
         return client.door == SMTP and client.user is None \
             and not in_networks(client.address, self.mynetworks)
 
@@ -163,6 +166,8 @@ class AuthCheckStage:
     def _failed(self, failure: Any, message: Message) -> None:
         """A check that broke (a bug, not DNS: that is a temperror) lets the mail through
         unmarked, logged: a filter's fault must not lose mail."""
+        if failure.check(defer.FirstError):
+            failure = failure.value.subFailure
         if failure.check(defer.CancelledError):
             return failure  # type: ignore[no-any-return]
         log.failure("inbound authentication checks of {queue_id}", failure,

@@ -44,7 +44,9 @@ def header_value(authserv_id: str, spf_mailfrom: SPFResult | None, spf_helo: SPF
     for d in dkim:
         r = authres.dkim_b.DKIMAuthenticationResult(
             result=d.result, result_comment=d.reason or None, header_d=d.domain or None,
-            header_s=d.selector or None, header_b=d.b or None)
+            header_b=d.b or None)
+        if d.selector:  # the header.b class of authres takes no header.s: set after
+            r.header_s = d.selector
         results.append(r)
     if dmarc is not None:
         comment = f"p={dmarc.policy} dis={dmarc.disposition}" if dmarc.policy else None
@@ -56,17 +58,14 @@ def header_value(authserv_id: str, spf_mailfrom: SPFResult | None, spf_helo: SPF
     if arc is not None:
         results.append(authres.arc.ARCAuthenticationResult(
             result=arc.result, result_comment=arc.reason or None))
-    header = authres.AuthenticationResultsHeader(_CONTEXT, authserv_id=authserv_id,
-                                                 results=results)
-    return header.header_value()
+    return _CONTEXT.header(authserv_id=authserv_id, results=results).header_value()
 
 
 def authserv_id_of(value: str) -> str:
     """The authserv-id an Authentication-Results value claims ('' if none), lower case."""
     unfolded = re.sub(r"\r?\n[ \t]", " ", value).strip()
     try:
-        return str(authres.AuthenticationResultsHeader.parse_value(_CONTEXT, unfolded)
-                   .authserv_id or "").lower()
+        return str(_CONTEXT.parse_value(unfolded).authserv_id or "").lower()
     except Exception:  # authres raises its own and others on bad input
         m = _FIRST_WORD.match(unfolded)
         return m.group(1).lower() if m else ""

@@ -12,7 +12,7 @@ signature gets the result RFC 8601 2.7.1 names:
 pass        the signature verifies
 fail        the body hash or the signature does not match (the message changed, or a forgery)
 neutral     the DKIM-Signature field cannot be processed (syntax: a tag missing or bad)
-policy      verified, but a key shorter than our minimum (1024 bits, dkimpy's default)
+policy      verified, but a key shorter than our minimum (MIN_KEY_BITS, 1024: RFC 8301)
 temperror   the key's DNS query timed out or failed (SERVFAIL): try again later
 permerror   no key published (NXDOMAIN, no TXT), or a key record that does not parse
 ==========  =================================================================================
@@ -30,6 +30,8 @@ from mailsuite.mta.dnsquery import FromThread, TemporaryDNSError
 
 #: seconds for each key's DNS query (dkimpy's timeout, given to its dnsfunc)
 KEY_TIMEOUT = 10.0
+#: shorter RSA keys verify to ``policy`` (dkimpy's minkey; RFC 8301 3.2: at least 1024)
+MIN_KEY_BITS = 1024
 #: at most this many signatures are verified per message (each one costs a DNS query)
 MAX_SIGNATURES = 10
 
@@ -112,7 +114,7 @@ def _verify_one(data: bytes, idx: int, tags: dict[bytes, bytes], lookup: FromThr
     domain, selector = _text(tags.get(b"d")), _text(tags.get(b"s"))
     b = "".join(_text(tags.get(b"b")).split())[:8]
     keys = _KeyLookup(lookup)
-    d = dkim.DKIM(data, logger=_quiet, timeout=int(KEY_TIMEOUT))
+    d = dkim.DKIM(data, logger=_quiet, timeout=int(KEY_TIMEOUT), minkey=MIN_KEY_BITS)
 
     def result(what: str, reason: str = "") -> DKIMResult:
         return DKIMResult(what, domain.lower(), selector, b, reason)
