@@ -97,11 +97,11 @@ class Key:
     def publish(self, records: Zone) -> Zone:
         return add(records, self.name, self.record())
 
-    def sign(self, message: bytes) -> bytes:
-        """``message`` (LF line ends) with a DKIM-Signature on top (relaxed/relaxed)."""
+    def sign(self, message: bytes, linesep: bytes = b"\n") -> bytes:
+        """``message`` (``linesep`` line ends) with a DKIM-Signature on top (relaxed)."""
         sig = dkim.sign(message, self.selector.encode(), self.domain.encode(), self.pem,
                         canonicalize=(b"relaxed", b"relaxed"),
-                        include_headers=[b"from", b"to", b"subject", b"date"], linesep=b"\n")
+                        include_headers=[b"from", b"to", b"subject", b"date"], linesep=linesep)
         return sig + message
 
     def arc_seal(self, message: bytes, srv_id: str) -> bytes:
