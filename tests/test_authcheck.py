@@ -261,7 +261,7 @@ class StageTests(unittest.TestCase):
     def test_broken_check_lets_mail_through(self) -> None:
         """A check that raises (a bug) accepts the message unchecked, logged."""
         stage = self.stage(self.zone())
-        stage._dkim = lambda data: 1 / 0  # type: ignore[method-assign]
+        stage._spf = lambda *args: 1 / 0  # type: ignore[method-assign]
         verdict, message = self.run_stage(stage)
         self.assertIsNone(verdict)
         self.assertEqual(message.data, MESSAGE)

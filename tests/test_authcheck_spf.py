@@ -181,3 +181,19 @@ class DNSQueryTests(unittest.TestCase):
         for name in ("a..example", "x" * 64 + ".example", ""):
             self.assertEqual(self.successResultOf(query.lookup(name, "A")), [])
         self.assertEqual(resolver.queries, [])
+
+    def test_cache_keeps_answers_for_their_ttl(self) -> None:
+        """With ``cache`` an answer is reused until its TTL (60 s here) has passed, then
+        asked again; NXDOMAIN is not kept."""
+        resolver = ZoneResolver(add({}, "sender.example", txt("v=spf1 -all")))
+        clock = Clock()
+        query = DNSQuery(resolver, clock, cache=True)
+        for _ in range(3):
+            self.assertEqual(self.successResultOf(query.txt("sender.example")),
+                             [b"v=spf1 -all"])
+            self.successResultOf(query.txt("nope.example"))
+        self.assertEqual(resolver.queries.count(("sender.example", dns.TXT)), 1)
+        self.assertEqual(resolver.queries.count(("nope.example", dns.TXT)), 3)
+        clock.advance(61)
+        self.successResultOf(query.txt("sender.example"))
+        self.assertEqual(resolver.queries.count(("sender.example", dns.TXT)), 2)

@@ -30,6 +30,7 @@ Policy (``[auth_checks]``, the knobs of policyd-spf and opendmarc):
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +47,8 @@ from mailsuite.net import in_networks
 
 log = Logger()
 
+#: a field dkimpy has work with (DKIM-Signature, the ARC-Seal of a set)
+_SIGNED = re.compile(rb"^(?:dkim-signature|arc-seal)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _SPF_REFUSED = {"fail": ("fail",), "softfail": ("fail", "softfail"), "false": ()}
 
 
@@ -97,7 +100,10 @@ class AuthCheckStage:
     def _check(self, message: Message) -> Any:
         env, client = message.envelope, message.envelope.client
         spf_d = self.blocking(self._spf, client.address, env.sender, client.helo or "")
-        dkim_d = self.blocking(self._dkim, message.data)
+        if _SIGNED.search(message.data, 0, _header_end(message.data)):
+            dkim_d = self.blocking(self._dkim, message.data)
+        else:  # the usual unsigned message: no thread to find no signature
+            dkim_d = defer.succeed(([], dkimcheck.ARCResult("none")))
         (mailfrom, helo), (sigs, arc) = yield defer.gatherResults([spf_d, dkim_d],
                                                                   consumeErrors=True)
         dmarc = yield self._dmarc(message.data, env.sender, client.helo or "", mailfrom, helo,
@@ -120,6 +126,7 @@ class AuthCheckStage:
         return mailfrom, helo_result
 
     def _dkim(self, data: bytes) -> tuple[list[Any], Any]:
+        """(a result per DKIM signature, the ARC chain's result); blocking."""
         return dkimcheck.verify_all(data, self.lookup), dkimcheck.arc_verify(data, self.lookup)
 
     def _dmarc(self, data: bytes, sender: str, helo: str, mailfrom: Any, helo_result: Any,
@@ -177,12 +184,17 @@ class AuthCheckStage:
         return None
 
 
+def _header_end(data: bytes) -> int:
+    end = data.find(b"\n\n")
+    return len(data) if end < 0 else end + 1
+
+
 class _LazyQuery(DNSQuery):
     """A DNSQuery whose resolver is MXResolver's, made at the first query (a resolv.conf
     resolver starts a re-read timer)."""
 
     def __init__(self, names: MXResolver, reactor: Any) -> None:
-        super().__init__(None, reactor)
+        super().__init__(None, reactor, cache=True)
         self.names = names
 
     @property  # type: ignore[override]

@@ -56,12 +56,21 @@ def _value(record: dns.RRHeader) -> Any:
     return list(p.data)  # TXT, SPF
 
 
-class DNSQuery:
-    """Queries through ``resolver`` (an IResolver) on ``reactor`` (its clock bounds each one)."""
+#: answers kept at most with ``cache`` (full: the expired ones go, else new ones are not kept)
+CACHE_ENTRIES = 10000
 
-    def __init__(self, resolver: Any, reactor: Any) -> None:
+
+class DNSQuery:
+    """Queries through ``resolver`` (an IResolver) on ``reactor`` (its clock bounds each one).
+    ``cache``: answers with records are kept for their smallest TTL, as a local caching
+    resolver would, so that a busy MX does not ask for one sender's records again (not
+    twisted.names' CacheResolver: it answers an entry past its TTL as NXDOMAIN)."""
+
+    def __init__(self, resolver: Any, reactor: Any, cache: bool = False) -> None:
         self.resolver = resolver
         self.reactor = reactor
+        self.cache: dict[tuple[bytes, int], tuple[float, list[Record]]] | None = \
+            {} if cache else None
 
     def lookup(self, name: str, qtype: str, timeout: float = 10.0) -> defer.Deferred[list[Record]]:
         """The records of ``name`` (any of TYPES) with the CNAMEs on the way; see the module doc."""
@@ -73,13 +82,32 @@ class DNSQuery:
             return defer.succeed([])  # not a name DNS can carry: nothing there
         if not wire or any(not 0 < len(label) < 64 for label in wire.split(b".")):
             return defer.succeed([])
+        if self.cache is not None:
+            kept = self.cache.get((wire.lower(), code))
+            if kept is not None and kept[0] > self.reactor.seconds():
+                return defer.succeed(list(kept[1]))
         tries = (1, 3, max(timeout - 4, 1)) if timeout > 5 else (timeout,)
         d = getattr(self.resolver, _METHODS[code])(wire, timeout=tries)
         d.addTimeout(timeout, self.reactor)
-        return d.addCallbacks(self._answers, self._failed, callbackArgs=(name, qtype))
+        if self.cache is not None:
+            d.addCallback(self._keep, (wire.lower(), code))
+        return d.addCallbacks(self._answers, self._failed)
+
+    def _keep(self, result: Any, key: tuple[bytes, int]) -> Any:
+        assert self.cache is not None
+        answers = result[0]
+        if not answers:
+            return result
+        now = self.reactor.seconds()
+        if len(self.cache) >= CACHE_ENTRIES:
+            for k in [k for k, (expires, _) in self.cache.items() if expires <= now]:
+                del self.cache[k]
+        if len(self.cache) < CACHE_ENTRIES:
+            self.cache[key] = (now + min(r.ttl for r in answers), self._answers(result))
+        return result
 
     @staticmethod
-    def _answers(result: Any, name: str, qtype: str) -> list[Record]:
+    def _answers(result: Any) -> list[Record]:
         answers = result[0]
         return [(str(r.name).rstrip(".").lower(), _NAMES[r.type], _value(r))
                 for r in answers if r.type in _NAMES]
