@@ -25,3 +25,21 @@ def parse_authserv_id(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~]+", value):
         raise ValueError(f"{value!r} is not an authserv-id (a name without spaces or ;)")
     return value.lower()
+
+
+def parse_arc_key(value: str) -> str:
+    """``DOMAIN:SELECTOR:/path/key.pem`` (the key file is read at start) or empty (no ARC
+    sealing)."""
+    value = value.strip()
+    if not value:
+        return ""
+    domain, _, rest = value.partition(":")
+    selector, _, path = rest.partition(":")
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    if not re.fullmatch(rf"{label}(?:\.{label})+", domain.rstrip(".")):
+        raise ValueError(f"{value!r}: {domain!r} is not a domain (DOMAIN:SELECTOR:/path)")
+    if not re.fullmatch(rf"{label}(?:\.{label})*", selector):
+        raise ValueError(f"{value!r}: {selector!r} is not a selector (DOMAIN:SELECTOR:/path)")
+    if not path.startswith("/"):
+        raise ValueError(f"{value!r}: the key file must be an absolute path")
+    return f"{domain.rstrip('.').lower()}:{selector}:{path}"

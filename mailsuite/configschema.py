@@ -12,7 +12,7 @@ from typing import Any
 
 from mailsuite import uidlformat
 from mailsuite.accounts import Account
-from mailsuite.authcheckconf import parse_authserv_id, parse_spf_reject
+from mailsuite.authcheckconf import parse_arc_key, parse_authserv_id, parse_spf_reject
 from mailsuite.configvalues import (
     expand_location,
     parse_access_list,
@@ -314,6 +314,7 @@ class AuthChecksConfig:
     helo_reject: str = "false"  # policyd-spf's HELO_reject
     dns_timeout: float = 20.0
     skip_addresses: list[Network] = field(default_factory=list)  # policyd-spf's; + mynetworks
+    arc_key: str = ""  # DOMAIN:SELECTOR:/path: ARC-seal the mail we forward
 
 
 @dataclass(frozen=True)
@@ -507,5 +508,6 @@ SECTIONS: dict[str, Section] = {
         Key("helo_reject", "false", parse_spf_reject),
         Key("dns_timeout", "20s", parse_timeout),
         Key("skip_addresses", "127.0.0.0/8, [::1]/128", parse_networks),
+        Key("arc_key", "", parse_arc_key),
     ]),
 }

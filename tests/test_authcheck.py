@@ -15,11 +15,13 @@ import dkim
 from twisted.trial import unittest
 
 from mailsuite.configschema import AuthChecksConfig
-from mailsuite.filter import authresults, dkimcheck
+from mailsuite.filter import arcseal, authresults, dkimcheck
 from mailsuite.filter.authcheck import AuthCheckStage
 from mailsuite.filter.dkimcheck import ARCResult, DKIMResult
 from mailsuite.filter.dmarc import DMARCResult
 from mailsuite.filter.spfcheck import SPFResult
+from mailsuite.mta import forward
+from mailsuite.mta.accept import LocalRecipient
 from mailsuite.mta.transaction import LMTP, SMTP, Client, Envelope, Message, Recipient, Verdict
 from mailsuite.configvalues import parse_networks
 from mailsuite.threads import inline
@@ -267,3 +269,56 @@ class StageTests(unittest.TestCase):
         self.assertEqual(message.data, MESSAGE)
         self.assertIn("message accepted unchecked", self.maillog.lines[-1])
         self.flushLoggedErrors(ZeroDivisionError)
+
+
+def forwarding_recipient() -> Recipient:
+    """bob@example.net as the RCPT look-up found it: forwarded to another domain."""
+    dest = forward.Remote("bob@elsewhere.example", "bob@example.net")
+    return Recipient("bob@example.net", route=LocalRecipient("bob@example.net", [dest], None,
+                                                                "alice@sender.example"))
+
+
+class ARCSealTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.key = Key("example.net", "arc")
+        self.sealing = arcseal.SealingKey("example.net", "arc", self.key.pem)
+
+    def run_stage(self, recipient: Recipient) -> Message:
+        zone = self.key.publish(add({}, "sender.example", txt(f"v=spf1 ip4:{STRANGER.address}")))
+        query, lookup = lookups(ZoneResolver(zone))
+        stage = AuthCheckStage(AuthChecksConfig(), "mx.example.net", [], query, inline,
+                               FakeMaillog(), lookup=lookup, arc_key=self.sealing)
+        env = Envelope("Q2", "alice@sender.example", [recipient], STRANGER, arrival=1.8e9)
+        message = Message(env, MESSAGE)
+        self.assertIsNone(self.successResultOf(stage(message)))
+        self.lookup = lookup
+        return message
+
+    def test_forwarded_mail_sealed(self) -> None:
+        """Mail for an address forwarded to another domain gets our ARC set on top, its
+        ARC-Authentication-Results our results, cv=none (no chain before); it verifies
+        (dkimpy, our key's record)."""
+        message = self.run_stage(forwarding_recipient())
+        self.assertTrue(message.data.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256;"
+                                                b" d=example.net; s=arc; t=1800000000;"))
+        self.assertIn(b"\nARC-Authentication-Results: i=1; mx.example.net;\n spf=pass",
+                      message.data)
+        self.assertEqual(dkimcheck.arc_verify(message.data, self.lookup).result, "pass")
+
+    def test_local_mail_not_sealed(self) -> None:
+        """Mail only for local mailboxes is not sealed."""
+        message = self.run_stage(Recipient("bob@example.net"))
+        self.assertNotIn(b"ARC-Seal", message.data)
+
+    def test_bad_keys_refused(self) -> None:
+        """A key file that is missing, or not a PEM RSA key, is refused at start."""
+        path = self.mktemp()
+        with self.assertRaises(OSError):
+            arcseal.load(f"example.net:arc:{path}")
+        with open(path, "wb") as f:
+            f.write(b"not a key\n")
+        with self.assertRaises(ValueError):
+            arcseal.load(f"example.net:arc:{path}")
+        with open(path, "wb") as f:
+            f.write(self.key.pem)
+        self.assertEqual(arcseal.load(f"example.net:arc:{path}").selector, "arc")

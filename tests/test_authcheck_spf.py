@@ -13,8 +13,8 @@ from twisted.names import dns
 from twisted.trial import unittest
 
 from mailsuite.filter import spfcheck
-from mailsuite.mta.dnsquery import DNSQuery, TemporaryDNSError
-from tests.authfakes import SERVFAIL, TIMEOUT, FailingResolver, a, add, lookups, txt
+from mailsuite.mta.dnsquery import DNSQuery, FromThread, TemporaryDNSError
+from tests.authfakes import SERVFAIL, TIMEOUT, FailingResolver, a, add, lookups, now, txt
 from tests.fakemx import ZoneResolver
 
 IP = "198.51.100.7"
@@ -197,3 +197,19 @@ class DNSQueryTests(unittest.TestCase):
         clock.advance(61)
         self.successResultOf(query.txt("sender.example"))
         self.assertEqual(resolver.queries.count(("sender.example", dns.TXT)), 2)
+
+    def test_thread_reads_kept_answers_without_the_reactor(self) -> None:
+        """A worker thread's look-up of a kept answer does not go through the reactor
+        (``call``, blockingCallFromThread in the server, is not used)."""
+        resolver = ZoneResolver(add({}, "sender.example", txt("v=spf1 ", "-all")))
+        query = DNSQuery(resolver, Clock(), cache=True)
+        calls: list[Any] = []
+
+        def call(f: Any, *args: Any) -> Any:
+            calls.append(args)
+            return now(f, *args)
+        bridge = FromThread(query, call=call)
+        for _ in range(3):
+            self.assertEqual(bridge.txt("sender.example"), [b"v=spf1 -all"])
+            self.assertEqual(bridge("sender.example", "TXT")[0][2], [b"v=spf1 ", b"-all"])
+        self.assertEqual(len(calls), 1)

@@ -24,7 +24,9 @@ Policy (``[auth_checks]``, the knobs of policyd-spf and opendmarc):
   Junk folder by the store's own spam mark (``[mailbox] spam_header``, mailsuite.store.spam):
   the stage adds ``X-Spam: Yes, DMARC quarantine policy of DOMAIN`` (a ``spam_header`` of ''
   or no Junk folder: the message stays in the INBOX, its A-R header says the fail);
-- a temperror accepts the message (as opendmarc and policyd-spf do by default).
+- a temperror accepts the message (as opendmarc and policyd-spf do by default);
+- ``arc_key`` (``DOMAIN:SELECTOR:/path``; default none): a message taken for an address
+  forwarded to another domain gets an ARC set of ours (arcseal.py).
 """
 
 from __future__ import annotations
@@ -38,12 +40,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsuite.configschema import AuthChecksConfig, Config
-from mailsuite.filter import authresults, dkimcheck, spfcheck
+from mailsuite.filter import arcseal, authresults, dkimcheck, spfcheck
 from mailsuite.filter.dmarc import DMARCCheck, DMARCResult, from_domains
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.dnsquery import DNSQuery, FromThread
 from mailsuite.mta.transaction import SMTP, Client, Message, Verdict
 from mailsuite.net import in_networks
+from mailsuite.startup import StartupError, describe_os_error
 
 log = Logger()
 
@@ -59,7 +62,8 @@ class AuthCheckStage:
     def __init__(self, settings: AuthChecksConfig, authserv_id: str, mynetworks: list[Any],
                  query: DNSQuery, blocking: Any, maillog: Any, spam_header: str = "",
                  lookup: FromThread | None = None,
-                 random: Callable[[], float] = random.random) -> None:
+                 random: Callable[[], float] = random.random,
+                 arc_key: arcseal.SealingKey | None = None) -> None:
         self.settings = settings
         self.authserv_id = authserv_id
         self.mynetworks = mynetworks
@@ -68,6 +72,7 @@ class AuthCheckStage:
         self.blocking = blocking
         self.maillog = maillog
         self.spam_header = spam_header
+        self.arc_key = arc_key
         self.dmarc = DMARCCheck(query, min(settings.dns_timeout, 10.0), random)
 
     @classmethod
@@ -79,9 +84,17 @@ class AuthCheckStage:
         names = MXResolver(cfg.mail.dns_resolver, reactor=reactor)
         query = _LazyQuery(names, reactor)
         spam = cfg.mailbox.spam_header if cfg.mailbox.junk else ""
+        key = None
+        if cfg.auth_checks.arc_key:
+            try:
+                key = arcseal.load(cfg.auth_checks.arc_key)
+            except OSError as e:
+                raise StartupError(f"[auth_checks] arc_key: {describe_os_error(e)}") from None
+            except ValueError as e:
+                raise StartupError(f"[auth_checks] arc_key: {e}") from None
         return cls(cfg.auth_checks, cfg.mail.authserv_id or cfg.mail.myhostname,
                    [*cfg.mail.mynetworks, *cfg.auth_checks.skip_addresses], query, blocking,
-                   maillog, spam)
+                   maillog, spam, arc_key=key)
 
     def checked(self, client: Client) -> bool:
         """Mail from a stranger on the SMTP door (not authenticated, not in mynetworks or
@@ -112,7 +125,15 @@ class AuthCheckStage:
         message.data, _ = authresults.remove_ours(message.data, self.authserv_id)
         message.add_header(authresults.NAME, value)
         self.maillog.write("authcheck", f"{env.queue_id}: {value}")
-        return self._decide(message, mailfrom, helo, dmarc)
+        verdict = self._decide(message, mailfrom, helo, dmarc)
+        if verdict is None and self.arc_key is not None and arcseal.forwarded(env):
+            when = int(env.arrival) if env.arrival is not None else None
+            fields = yield self.blocking(arcseal.seal, message.data, self.arc_key,
+                                         self.authserv_id, when)
+            message.data = fields + message.data
+            self.maillog.write("authcheck", f"{env.queue_id}: ARC-sealed as"
+                               f" d={self.arc_key.domain} s={self.arc_key.selector}")
+        return verdict
 
     def _spf(self, ip: str, sender: str, helo: str) -> tuple[Any, Any]:
         """(MAIL FROM result, HELO result or None); blocking. For the null sender MAIL FROM

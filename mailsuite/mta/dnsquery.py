@@ -60,6 +60,18 @@ def _value(record: dns.RRHeader) -> Any:
 CACHE_ENTRIES = 10000
 
 
+def _wire(name: str) -> bytes | None:
+    """``name`` as DNS carries it (IDNA), None if it cannot (a label empty or over 63)."""
+    try:
+        wire = name.rstrip(".").encode("idna") if not name.isascii() \
+            else name.rstrip(".").encode("ascii")
+    except UnicodeError:
+        return None
+    if not wire or any(not 0 < len(label) < 64 for label in wire.split(b".")):
+        return None
+    return wire
+
+
 class DNSQuery:
     """Queries through ``resolver`` (an IResolver) on ``reactor`` (its clock bounds each one).
     ``cache``: answers with records are kept for their smallest TTL, as a local caching
@@ -75,23 +87,29 @@ class DNSQuery:
     def lookup(self, name: str, qtype: str, timeout: float = 10.0) -> defer.Deferred[list[Record]]:
         """The records of ``name`` (any of TYPES) with the CNAMEs on the way; see the module doc."""
         code = TYPES[qtype.upper()]
-        try:
-            wire = name.rstrip(".").encode("idna") if not name.isascii() \
-                else name.rstrip(".").encode("ascii")
-        except UnicodeError:
+        wire = _wire(name)
+        if wire is None:
             return defer.succeed([])  # not a name DNS can carry: nothing there
-        if not wire or any(not 0 < len(label) < 64 for label in wire.split(b".")):
-            return defer.succeed([])
-        if self.cache is not None:
-            kept = self.cache.get((wire.lower(), code))
-            if kept is not None and kept[0] > self.reactor.seconds():
-                return defer.succeed(list(kept[1]))
+        kept = self.cached(name, qtype)
+        if kept is not None:
+            return defer.succeed(kept)
         tries = (1, 3, max(timeout - 4, 1)) if timeout > 5 else (timeout,)
         d = getattr(self.resolver, _METHODS[code])(wire, timeout=tries)
         d.addTimeout(timeout, self.reactor)
         if self.cache is not None:
             d.addCallback(self._keep, (wire.lower(), code))
         return d.addCallbacks(self._answers, self._failed)
+
+    def cached(self, name: str, qtype: str) -> list[Record] | None:
+        """The kept answer, None if there is none (or no cache). Only reads: a worker thread
+        may ask (FromThread), without a round trip to the reactor."""
+        wire = _wire(name) if self.cache is not None else None
+        if self.cache is None or wire is None:
+            return None
+        kept = self.cache.get((wire.lower(), TYPES[qtype.upper()]))
+        if kept is not None and kept[0] > self.reactor.seconds():
+            return list(kept[1])
+        return None
 
     def _keep(self, result: Any, key: tuple[bytes, int]) -> Any:
         assert self.cache is not None
@@ -125,12 +143,13 @@ class DNSQuery:
     def txt(self, name: str, timeout: float = 10.0) -> defer.Deferred[list[bytes]]:
         """The TXT records of ``name`` itself (not of a CNAME on the way), each one's strings
         joined (RFC 7208 3.3, RFC 6376 3.6.2.2, RFC 7489 6.6.3)."""
-        owner = name.rstrip(".").lower()
+        return self.lookup(name, "TXT", timeout).addCallback(lambda r: _joined(name, r))
 
-        def joined(records: list[Record]) -> list[bytes]:
-            wanted = {owner} | {v for _, t, v in records if t == "CNAME"}
-            return [b"".join(v) for n, t, v in records if t == "TXT" and n in wanted]
-        return self.lookup(name, "TXT", timeout).addCallback(joined)
+
+def _joined(name: str, records: list[Record]) -> list[bytes]:
+    """The TXT records of ``name`` (or of its CNAME targets), each one's strings joined."""
+    wanted = {name.rstrip(".").lower()} | {v for _, t, v in records if t == "CNAME"}
+    return [b"".join(v) for n, t, v in records if t == "TXT" and n in wanted]
 
 
 class FromThread:
@@ -144,7 +163,13 @@ class FromThread:
         self.call = call or functools.partial(threads.blockingCallFromThread, query.reactor)
 
     def __call__(self, name: str, qtype: str, timeout: float = 10.0) -> list[Record]:
+        kept = self.query.cached(name, qtype)
+        if kept is not None:  # no round trip through the reactor for a kept answer
+            return kept
         return self.call(self.query.lookup, name, qtype, timeout)  # type: ignore[no-any-return]
 
     def txt(self, name: str, timeout: float = 10.0) -> list[bytes]:
+        kept = self.query.cached(name, "TXT")
+        if kept is not None:
+            return _joined(name, kept)
         return self.call(self.query.txt, name, timeout)  # type: ignore[no-any-return]
