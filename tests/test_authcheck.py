@@ -288,7 +288,7 @@ class ARCSealTests(unittest.TestCase):
         query, lookup = lookups(ZoneResolver(zone))
         stage = AuthCheckStage(AuthChecksConfig(), "mx.example.net", [], query, inline,
                                FakeMaillog(), lookup=lookup, arc_key=self.sealing)
-        env = Envelope("Q2", "alice@sender.example", [recipient], STRANGER, arrival=1.8e9)
+        env = Envelope("Q2", "alice@sender.example", [recipient], STRANGER, arrival=1.7e9)
         message = Message(env, MESSAGE)
         self.assertIsNone(self.successResultOf(stage(message)))
         self.lookup = lookup
@@ -300,7 +300,7 @@ class ARCSealTests(unittest.TestCase):
         (dkimpy, our key's record)."""
         message = self.run_stage(forwarding_recipient())
         self.assertTrue(message.data.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256;"
-                                                b" d=example.net; s=arc; t=1800000000;"))
+                                                b" d=example.net; s=arc; t=1700000000;"))
         self.assertIn(b"\nARC-Authentication-Results: i=1; mx.example.net;\n spf=pass",
                       message.data)
         self.assertEqual(dkimcheck.arc_verify(message.data, self.lookup).result, "pass")
