@@ -18,6 +18,7 @@ import base64
 import json
 import mailbox
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,11 +37,12 @@ from twisted.trial import unittest
 from tests import fakemx
 from tests.authfakes import Key, txt
 from tests.integration import netns
-from tests.integration.test_restrictions import NamespaceSite
+from tests.integration.harness import Site
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTEXT = authres.FeatureContext(authres.dkim_b, authres.dmarc, authres.arc)
 KEY = Key("good.test", "sel", bits=2048)
+ARC_KEY = Key("example.test", "arc", bits=2048)
 HELO = "mx.good.test"
 SPF_OK = "v=spf1 ip4:198.51.100.0/24 -all"
 
@@ -72,6 +74,7 @@ def zone() -> dict[tuple[str, int], list[Any]]:
     put("plain.test", txt("v=spf1 ~all"))  # and no DMARC record
     put("broken.test", txt(SPF_OK))
     put("_dmarc.broken.test", txt("v=DMARC1; p=sometimes"))
+    put(ARC_KEY.name, ARC_KEY.record())
     return records
 
 
@@ -108,7 +111,48 @@ JOBS = [
     job("nodmarc", "carl@plain.test", "carl@plain.test"),
     job("badrecord", "x@broken.test", "x@broken.test"),
     job("submitted", "boss@example.test", "ceo@good.test", auth=["boss", "secret"]),
+    job("forwarded", "alice@good.test", "alice@good.test", signed=True),
 ]
+JOBS[-1]["rcpt"] = "fwd@example.test"  # an alias to friend@remote.test: sealed, relayed
+
+
+class CheckingSite(Site):
+    """Listening on the host side of the namespace's veth pair too, ``fwd`` an alias to
+    another domain, the ARC key ``arc_key`` (a path) in [auth_checks]."""
+
+    def __init__(self, testcase: unittest.TestCase, host: str, mail: str, arc_key: str) -> None:
+        self.host, self.arc_key = host, arc_key
+        super().__init__(testcase, aliases="postmaster: boss\nfwd: friend@remote.test\n",
+                         mail_extra=mail)
+
+    def ini(self) -> str:
+        return super().ini().replace(
+            "inet_interfaces = 127.0.0.1", f"inet_interfaces = 127.0.0.1, {self.host}") \
+            + f"\n[auth_checks]\narc_key = example.test:arc:{self.arc_key}\n"
+
+
+def arc_key_file(case: unittest.TestCase) -> str:
+    """ARC_KEY's PEM in a file mail_owner can read."""
+    directory = tempfile.mkdtemp(prefix="inauth-", dir="/tmp")
+    case.addCleanup(shutil.rmtree, directory, True)
+    os.chmod(directory, 0o755)
+    path = os.path.join(directory, "arc.key")
+    with open(path, "wb") as f:
+        f.write(ARC_KEY.pem)
+    os.chmod(path, 0o644)
+    return path
+
+
+def dnspython_txt(port: int) -> Any:
+    """A dkimpy dnsfunc by dnspython, asking the test DNS server (blocking: in a thread)."""
+    import dns.resolver as dnspython
+    resolver = dnspython.Resolver(configure=False)
+    resolver.nameservers, resolver.port = ["127.0.0.1"], port
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
+        answer = resolver.resolve(name.decode().rstrip("."), "TXT", lifetime=timeout)
+        return b"".join(answer[0].strings)
+    return dnsfunc
 
 
 def stored(path: str) -> dict[str, Any]:
@@ -129,10 +173,16 @@ class AuthCheckRealTests(unittest.TestCase):
         forgery, Junk for p=quarantine, no check of an authenticated sender; dkimpy and
         pyspf (independent DNS by dnspython) agree with our DKIM and SPF verdicts."""
         ns = netns.Namespace(self, prefix="inauth")
-        port, _, ports = fakemx.start_dns(zone())
-        for p in ports:
+        sink_port = fakemx.free_port_on(["127.0.0.2"])
+        sinks, sink_ports = fakemx.start_sinks({"127.0.0.2": fakemx.Behaviour()}, sink_port)
+        records = zone()
+        records.update(fakemx.zone({"remote.test": [(10, "mx.remote.test")]},
+                                   {"mx.remote.test": "127.0.0.2"}))
+        port, _, ports = fakemx.start_dns(records)
+        for p in [*ports, *sink_ports]:
             self.addCleanup(p.stopListening)
-        site = NamespaceSite(self, ns.host, f"dns_resolver = 127.0.0.1:{port}\n")
+        site = CheckingSite(self, ns.host, f"dns_resolver = 127.0.0.1:{port}\n"
+                            f"smtp_port = {sink_port}\n", arc_key_file(self))
         site.start()
         jobs_file = os.path.join(site.dir, "jobs.json")
         with open(jobs_file, "w") as f:
@@ -145,7 +195,7 @@ class AuthCheckRealTests(unittest.TestCase):
                          [550, "5.7.1 rejected by DMARC policy for good.test"])
         self.assertEqual({k: v[0] for k, v in replies.items() if k != "forged"},
                          dict.fromkeys(["pass", "quarantined", "tampered", "nodmarc",
-                                        "badrecord", "submitted"], 250))
+                                        "badrecord", "submitted", "forwarded"], 250))
         inbox = stored(site.inbox("boss"))
         junk = stored(os.path.join(site.home("boss"), "mail", "Junk"))
         self.assertEqual(sorted(inbox), ["badrecord", "nodmarc", "pass", "submitted",
@@ -172,6 +222,26 @@ class AuthCheckRealTests(unittest.TestCase):
         self.assertRegex(site.maillog_text(), r"reject: END-OF-MESSAGE from \S+\["
                          + ns.client.replace(".", r"\.") + r"\]: 550 5\.7\.1 rejected by DMARC")
         yield self.cross_check(port, ns.client, inbox, verdicts)
+        yield self.forwarded_sealed(sinks["127.0.0.2"], port)
+
+    @defer.inlineCallbacks
+    def forwarded_sealed(self, sink: Any, port: int) -> Any:
+        """The copy forwarded to friend@remote.test arrives there with our ARC set on top;
+        dkimpy (DNS by dnspython) verifies the chain, whose A-R copy holds our verdicts."""
+        from twisted.internet import reactor, task
+        for _ in range(300):  # the queue sends it at once; at most 30 s
+            if sink.received:
+                break
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual([r.recipients for r in sink.received], [["friend@remote.test"]])
+        data = sink.received[0].data
+        self.assertTrue(data.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256;"
+                                        b" d=example.test; s=arc;"), data[:200])
+        self.assertIn(b"ARC-Authentication-Results: i=1; mail.example.test;", data)
+        self.assertRegex(data, rb"ARC-Authentication-Results: [^:]*dkim=pass header.d=good.test")
+        cv, _, reason = yield threads.deferToThread(dkim.arc_verify, data,
+                                                    dnsfunc=dnspython_txt(port))
+        self.assertEqual(cv, dkim.CV_Pass, reason)
 
     def ours(self, m: Any) -> dict[str, list[Any]]:
         """The results of our (topmost) A-R header, by method, as authres parses it."""
@@ -194,14 +264,7 @@ class AuthCheckRealTests(unittest.TestCase):
     def cross_check(self, port: int, client: str, inbox: dict[str, Any],
                     verdicts: dict[str, Any]) -> Any:
         """dkimpy's verify and pyspf's check2, their DNS by dnspython, agree with ours."""
-        import dns.resolver as dnspython
-        resolver = dnspython.Resolver(configure=False)
-        resolver.nameservers, resolver.port = ["127.0.0.1"], port
-
-        def dnsfunc(name: bytes, timeout: int = 5) -> bytes | None:
-            answer = resolver.resolve(name.decode().rstrip("."), "TXT", lifetime=timeout)
-            return b"".join(answer[0].strings)
-
+        dnsfunc = dnspython_txt(port)
         for subject, expected in (("pass", True), ("tampered", False)):
             data = inbox[subject].as_bytes()
             ok = yield threads.deferToThread(dkim.verify, data, dnsfunc=dnsfunc)
