@@ -260,6 +260,28 @@ class StageTests(unittest.TestCase):
             verdict, message = self.run_stage(stage, client=client)
             self.assertEqual((verdict, message.data), ("unchecked", MESSAGE))
 
+    def test_kept_answers_check_spf_on_the_reactor(self) -> None:
+        """With the DNS cache, a sender seen within its records' TTL is checked at once (no
+        thread); the verdict is the same as the first message's, checked in a thread."""
+        from twisted.internet.task import Clock
+
+        from mailsuite.mta.dnsquery import DNSQuery, FromThread
+        from tests.authfakes import now
+        query = DNSQuery(ZoneResolver(add(self.zone(), "mx.sender.example",
+                                             txt("v=spf1 ip4:198.51.100.0/24"))),
+                         Clock(), cache=True)
+        calls: list[Any] = []
+
+        def blocking(f: Any, *args: Any) -> Any:
+            calls.append(f)
+            return inline(f, *args)
+        stage = AuthCheckStage(AuthChecksConfig(), "mx.example.net", [], query, blocking,
+                               FakeMaillog(), lookup=FromThread(query, call=now))
+        first, second = (self.run_stage(stage)[1].data for _ in range(2))
+        self.assertEqual(first, second)
+        self.assertIn(b"spf=pass smtp.mailfrom=alice@sender.example", first)
+        self.assertEqual([f.__name__ for f in calls], ["_spf"])
+
     def test_broken_check_lets_mail_through(self) -> None:
         """A check that raises (a bug) accepts the message unchecked, logged."""
         stage = self.stage(self.zone())

@@ -9,7 +9,7 @@ from typing import Any
 import spf
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.names import dns
+from twisted.names import dns, error
 from twisted.trial import unittest
 
 from mailsuite.filter import spfcheck
@@ -213,3 +213,30 @@ class DNSQueryTests(unittest.TestCase):
             self.assertEqual(bridge.txt("sender.example"), [b"v=spf1 -all"])
             self.assertEqual(bridge("sender.example", "TXT")[0][2], [b"v=spf1 ", b"-all"])
         self.assertEqual(len(calls), 1)
+
+    def test_negative_answers_kept_for_the_soa_minimum(self) -> None:
+        """No records (NODATA) and NXDOMAIN are kept for the SOA's negative TTL (RFC 2308:
+        the smaller of its TTL and MINIMUM, here 30 s), then asked again; without an SOA in
+        the answer they are not kept."""
+        soa = dns.RRHeader(b"sender.example", dns.SOA, ttl=3600, payload=dns.Record_SOA(
+            mname=b"ns", rname=b"root", minimum=30))
+
+        class Negative:
+            asked = 0
+
+            def lookupText(self, name: bytes, timeout: Any = None) -> Any:
+                self.asked += 1
+                if name == b"nodata.example":
+                    return defer.succeed(([], [soa], []))
+                message = dns.Message(rCode=dns.ENAME)
+                message.authority = [soa]
+                return defer.fail(error.DomainError(message))
+        resolver, clock = Negative(), Clock()
+        query = DNSQuery(resolver, clock, cache=True)
+        for _ in range(3):
+            self.assertEqual(self.successResultOf(query.txt("nodata.example")), [])
+            self.assertEqual(self.successResultOf(query.txt("nxdomain.example")), [])
+        self.assertEqual(resolver.asked, 2)
+        clock.advance(31)
+        self.successResultOf(query.txt("nodata.example"))
+        self.assertEqual(resolver.asked, 3)

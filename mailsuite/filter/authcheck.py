@@ -112,7 +112,7 @@ class AuthCheckStage:
     @defer.inlineCallbacks
     def _check(self, message: Message) -> Any:
         env, client = message.envelope, message.envelope.client
-        spf_d = self.blocking(self._spf, client.address, env.sender, client.helo or "")
+        spf_d = self._spf_now_or_later(client.address, env.sender, client.helo or "")
         if _SIGNED.search(message.data, 0, _header_end(message.data)):
             dkim_d = self.blocking(self._dkim, message.data)
         else:  # the usual unsigned message: no thread to find no signature
@@ -135,15 +135,29 @@ class AuthCheckStage:
                                f" d={self.arc_key.domain} s={self.arc_key.selector}")
         return verdict
 
-    def _spf(self, ip: str, sender: str, helo: str) -> tuple[Any, Any]:
+    def _spf_now_or_later(self, ip: str, sender: str, helo: str) -> defer.Deferred[Any]:
+        """``_spf`` at once on the reactor when every answer it needs is kept (pyspf's work
+        alone, no DNS wait: a sender seen within its records' TTL), else in a thread."""
+        if self.query.cache is not None:
+            probe = _CachedOnly(self.query)
+            try:
+                result = self._spf(ip, sender, helo, probe)
+            except _NotCached:
+                result = None
+            if result is not None and not probe.missed:  # pyspf swallows errors of exp=
+                return defer.succeed(result)
+        return self.blocking(self._spf, ip, sender, helo)  # type: ignore[no-any-return]
+
+    def _spf(self, ip: str, sender: str, helo: str,
+             lookup: spfcheck.Lookup | None = None) -> tuple[Any, Any]:
         """(MAIL FROM result, HELO result or None); blocking. For the null sender MAIL FROM
         is postmaster@HELO (RFC 7208 2.4): the HELO check is that one."""
-        timeout, me = self.settings.dns_timeout, self.authserv_id
-        helo_result = spfcheck.check_helo(self.lookup, ip, helo, me, timeout)
+        timeout, me, lookup = self.settings.dns_timeout, self.authserv_id, lookup or self.lookup
+        helo_result = spfcheck.check_helo(lookup, ip, helo, me, timeout)
         if not sender:
             mailfrom = helo_result or spfcheck.SPFResult("none", f"postmaster@{helo}")
         else:
-            mailfrom = spfcheck.check(self.lookup, ip, sender, helo, me, timeout)
+            mailfrom = spfcheck.check(lookup, ip, sender, helo, me, timeout)
         return mailfrom, helo_result
 
     def _dkim(self, data: bytes) -> tuple[list[Any], Any]:
@@ -203,6 +217,25 @@ class AuthCheckStage:
         self.maillog.write("authcheck", f"{message.envelope.queue_id}: warning: checks failed:"
                            f" {failure.getErrorMessage()}; message accepted unchecked")
         return None
+
+
+class _NotCached(Exception):
+    """A question whose answer is not kept (the check goes to a thread)."""
+
+
+class _CachedOnly:
+    """A lookup for pyspf that answers from DNSQuery's kept answers only."""
+
+    def __init__(self, query: DNSQuery) -> None:
+        self.query = query
+        self.missed = False
+
+    def __call__(self, name: str, qtype: str, timeout: float = 10.0) -> list[Any]:
+        kept = self.query.cached(name, qtype)
+        if kept is None:
+            self.missed = True
+            raise _NotCached(name)
+        return kept
 
 
 def _header_end(data: bytes) -> int:

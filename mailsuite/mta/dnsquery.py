@@ -56,6 +56,8 @@ def _value(record: dns.RRHeader) -> Any:
     return list(p.data)  # TXT, SPF
 
 
+#: the longest a negative answer is kept (seconds), whatever its SOA says
+NEGATIVE_TTL_MAX = 300
 #: answers kept at most with ``cache`` (full: the expired ones go, else new ones are not kept)
 CACHE_ENTRIES = 10000
 
@@ -72,11 +74,22 @@ def _wire(name: str) -> bytes | None:
     return wire
 
 
+def _negative_ttl(authority: Any) -> float | None:
+    """RFC 2308 5: how long "no such name / no such record" may be kept: the smaller of the
+    SOA record's TTL and its MINIMUM (at most NEGATIVE_TTL_MAX); None without an SOA (then it
+    is not kept)."""
+    for r in authority or []:
+        if getattr(r, "type", None) == dns.SOA:
+            return float(min(r.ttl, r.payload.minimum, NEGATIVE_TTL_MAX))
+    return None
+
+
 class DNSQuery:
     """Queries through ``resolver`` (an IResolver) on ``reactor`` (its clock bounds each one).
-    ``cache``: answers with records are kept for their smallest TTL, as a local caching
-    resolver would, so that a busy MX does not ask for one sender's records again (not
-    twisted.names' CacheResolver: it answers an entry past its TTL as NXDOMAIN)."""
+    ``cache``: answers are kept for their smallest TTL (no records and NXDOMAIN for their SOA's
+    negative TTL), as a local caching resolver would, so that a busy MX does not ask for one
+    sender's records again (not twisted.names' CacheResolver: it answers an entry past its TTL
+    as NXDOMAIN and keeps no negative answers)."""
 
     def __init__(self, resolver: Any, reactor: Any, cache: bool = False) -> None:
         self.resolver = resolver
@@ -97,7 +110,8 @@ class DNSQuery:
         d = getattr(self.resolver, _METHODS[code])(wire, timeout=tries)
         d.addTimeout(timeout, self.reactor)
         if self.cache is not None:
-            d.addCallback(self._keep, (wire.lower(), code))
+            d.addCallbacks(self._keep, self._keep_nxdomain, callbackArgs=((wire.lower(), code),),
+                           errbackArgs=((wire.lower(), code),))
         return d.addCallbacks(self._answers, self._failed)
 
     def cached(self, name: str, qtype: str) -> list[Record] | None:
@@ -112,17 +126,29 @@ class DNSQuery:
         return None
 
     def _keep(self, result: Any, key: tuple[bytes, int]) -> Any:
-        assert self.cache is not None
         answers = result[0]
-        if not answers:
-            return result
+        ttl = min(r.ttl for r in answers) if answers else _negative_ttl(result[1])
+        if ttl is not None:
+            self._put(key, ttl, self._answers(result))
+        return result
+
+    def _keep_nxdomain(self, failure: Any, key: tuple[bytes, int]) -> Any:
+        """NXDOMAIN is kept as "no records" for its SOA's negative TTL (RFC 2308 5)."""
+        if not failure.check(*_TEMPORARY) and failure.check(error.DomainError):
+            message = failure.value.args[0] if failure.value.args else None
+            ttl = _negative_ttl(getattr(message, "authority", []))
+            if ttl is not None:
+                self._put(key, ttl, [])
+        return failure
+
+    def _put(self, key: tuple[bytes, int], ttl: float, records: list[Record]) -> None:
+        assert self.cache is not None
         now = self.reactor.seconds()
         if len(self.cache) >= CACHE_ENTRIES:
             for k in [k for k, (expires, _) in self.cache.items() if expires <= now]:
                 del self.cache[k]
-        if len(self.cache) < CACHE_ENTRIES:
-            self.cache[key] = (now + min(r.ttl for r in answers), self._answers(result))
-        return result
+        if len(self.cache) < CACHE_ENTRIES and ttl > 0:
+            self.cache[key] = (now + ttl, records)
 
     @staticmethod
     def _answers(result: Any) -> list[Record]:
