@@ -194,6 +194,7 @@ class StageTests(unittest.TestCase):
         verdict, message = self.run_stage(stage, forged + KEY.sign(MESSAGE))
         self.assertIsNone(verdict)
         first, rest = message.data.split(b"\n", 1)
+        first = first.replace(b'"', b"")  # header.b is quoted when it holds a / or +
         self.assertEqual(first, b"Authentication-Results: mx.example.net;"
                          b" spf=pass smtp.mailfrom=alice@sender.example;"
                          b" spf=none smtp.helo=mx.sender.example;"
@@ -217,6 +218,23 @@ class StageTests(unittest.TestCase):
         self.assertIsNone(verdict)
         self.assertTrue(message.data.startswith(
             b"X-Spam: Yes, DMARC reject policy of sender.example\nAuthentication-Results:"))
+
+    def test_second_author_domain_rejects(self) -> None:
+        """A From: of two addresses is refused when one domain's p=reject fails, although
+        the other passes (RFC 7489 6.6.1: the strictest policy); a malformed From: too."""
+        zone = add(self.zone(), "_dmarc.bank.example", txt("v=DMARC1; p=reject"))
+        for field in (b"From: alice@sender.example, ceo@bank.example\n",
+                      b"From: ceo@bank.example; x\n"):
+            data = field + MESSAGE.split(b"\n", 1)[1]
+            verdict, _ = self.run_stage(self.stage(zone), data)
+            self.assertEqual(verdict, Verdict(550, "5.7.1",
+                                              "rejected by DMARC policy for bank.example"))
+
+    def test_line_ends_in_values_do_not_end_the_field(self) -> None:
+        """A control character a sender put in a value cannot end our header field."""
+        value = authresults.header_value("mx", SPFResult("pass", "a@b"), None, [],
+                                         DMARCResult("none", "x\ny"), None)
+        self.assertNotIn("\n", value)
 
     def test_dmarc_quarantine_to_junk(self) -> None:
         """p=quarantine: taken, marked for Junk by the store's spam field; with

@@ -116,3 +116,17 @@ class DMARCTests(unittest.TestCase):
         self.assertEqual(dmarc.from_domains(b"From: a@one.example, b@two.example\n\n"),
                          ["one.example", "two.example"])
         self.assertEqual(dmarc.from_domains(b"Subject: x\n\nFrom: a@b.example\n"), [])
+        # a malformed field still names its domain (no escape from DMARC by bad syntax)
+        self.assertEqual(dmarc.from_domains(b"From: ceo@bank.example; x\n\n"), ["bank.example"])
+        self.assertEqual(dmarc.from_domains(b'From: "ceo@bank.example" <m@evil.example>\n\n'),
+                         ["evil.example"])
+
+    def test_strictest_of_several(self) -> None:
+        """Several author domains (6.6.1): the failing one with the strictest policy decides."""
+        results = [dmarc.DMARCResult("pass", "a.example", "reject"),
+                   dmarc.DMARCResult("fail", "b.example", "quarantine", "quarantine"),
+                   dmarc.DMARCResult("fail", "c.example", "reject", "reject"),
+                   dmarc.DMARCResult("temperror", "d.example")]
+        self.assertEqual(dmarc.strictest(results).domain, "c.example")
+        self.assertEqual(dmarc.strictest(results[:2] + results[3:]).domain, "b.example")
+        self.assertEqual(dmarc.strictest([results[0], results[3]]).domain, "d.example")

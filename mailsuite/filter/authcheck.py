@@ -41,7 +41,7 @@ from twisted.logger import Logger
 
 from mailsuite.configschema import AuthChecksConfig, Config
 from mailsuite.filter import arcseal, authresults, dkimcheck, spfcheck
-from mailsuite.filter.dmarc import DMARCCheck, DMARCResult, from_domains
+from mailsuite.filter.dmarc import DMARCCheck, DMARCResult, from_domains, strictest
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.dnsquery import DNSQuery, FromThread
 from mailsuite.mta.transaction import SMTP, Client, Message, Verdict
@@ -119,8 +119,7 @@ class AuthCheckStage:
             dkim_d = defer.succeed(([], dkimcheck.ARCResult("none")))
         (mailfrom, helo), (sigs, arc) = yield defer.gatherResults([spf_d, dkim_d],
                                                                   consumeErrors=True)
-        dmarc = yield self._dmarc(message.data, env.sender, client.helo or "", mailfrom, helo,
-                                  sigs)
+        dmarc = yield self._dmarc(message.data, mailfrom, sigs)
         value = authresults.header_value(self.authserv_id, mailfrom, helo, sigs, dmarc, arc)
         message.data, _ = authresults.remove_ours(message.data, self.authserv_id)
         message.add_header(authresults.NAME, value)
@@ -164,20 +163,19 @@ class AuthCheckStage:
         """(a result per DKIM signature, the ARC chain's result); blocking."""
         return dkimcheck.verify_all(data, self.lookup), dkimcheck.arc_verify(data, self.lookup)
 
-    def _dmarc(self, data: bytes, sender: str, helo: str, mailfrom: Any, helo_result: Any,
-               sigs: list[Any]) -> defer.Deferred[DMARCResult]:
+    @defer.inlineCallbacks
+    def _dmarc(self, data: bytes, mailfrom: Any, sigs: list[Any]) -> Any:
+        """The DMARC result of the From: domain; of several (RFC 7489 6.6.1), the strictest."""
         domains = from_domains(data)
         if not domains:
-            return defer.succeed(DMARCResult("none", "", reason="no From: domain"))
-        if len(domains) > 1:  # RFC 7489 6.6.1: no single domain to evaluate
-            return defer.succeed(DMARCResult("permerror", domains[0],
-                                             reason="From: names more than one domain"))
+            return DMARCResult("none", "", reason="no From: domain")
         passed = [s.domain for s in sigs if s.result == "pass"]
         spf_domain = None
         if mailfrom.result == "pass":
             spf_domain = mailfrom.identity.rpartition("@")[2]
-        d: defer.Deferred[DMARCResult] = self.dmarc.evaluate(domains[0], passed, spf_domain)
-        return d
+        results = yield defer.gatherResults(
+            [self.dmarc.evaluate(d, passed, spf_domain) for d in domains], consumeErrors=True)
+        return strictest(results)
 
     def _decide(self, message: Message, mailfrom: Any, helo: Any,
                 dmarc: DMARCResult) -> Verdict | None:

@@ -25,6 +25,7 @@ from mailsuite.filter.spfcheck import SPFResult
 NAME = "Authentication-Results"
 _CONTEXT = authres.FeatureContext(authres.dkim_b, authres.dmarc, authres.arc)
 _FIELD = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FIRST_WORD = re.compile(r"^\s*(?:\([^)]*\)\s*)*\"?([^\s;\"(]+)")
 
 
@@ -58,7 +59,8 @@ def header_value(authserv_id: str, spf_mailfrom: SPFResult | None, spf_helo: SPF
     if arc is not None:
         results.append(authres.arc.ARCAuthenticationResult(
             result=arc.result, result_comment=arc.reason or None))
-    return _CONTEXT.header(authserv_id=authserv_id, results=results).header_value()
+    value = _CONTEXT.header(authserv_id=authserv_id, results=results).header_value()
+    return _CONTROL.sub(" ", value)  # a line end in a sender's value must not end our field
 
 
 def authserv_id_of(value: str) -> str:

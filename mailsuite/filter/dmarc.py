@@ -20,8 +20,10 @@ domain (``d=com`` would align with ``example.com``), and ignores ``pct=``.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import random as _random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -35,6 +37,10 @@ from twisted.internet import defer
 from mailsuite.mta.dnsquery import DNSQuery, TemporaryDNSError
 
 _psl: PublicSuffixList | None = None
+_AT_DOMAIN = re.compile(r"@([^\s<>@,;:\"()\[\]]+)")
+_DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9])?)+")
+#: at most this many author domains of one message are evaluated (each costs DNS queries)
+MAX_AUTHOR_DOMAINS = 5
 
 
 def organizational_domain(name: str) -> str:
@@ -58,14 +64,23 @@ def aligned(a: str, b: str, mode: str) -> bool:
 
 
 def from_domains(data: bytes) -> list[str]:
-    """The domains of the addresses of the From: fields of ``data`` (header only)."""
+    """The domains of the addresses of the From: fields of ``data`` (header only). A field
+    that does not parse as addresses still names its domains (every ``@domain`` in it): a
+    malformed From: (``ceo@bank.example; x``) that a mail reader shows must not escape DMARC."""
     head = BytesHeaderParser(policy=compat32).parsebytes(data, headersonly=True)
     fields = [str(v) for v in head.get_all("From", [])]
+    found = [address.rpartition("@")[2] for _, address in email.utils.getaddresses(fields)
+             if "@" in address]
+    if not any(found) and fields:
+        found = _AT_DOMAIN.findall(" ".join(fields))
     domains = []
-    for _, address in email.utils.getaddresses(fields):
-        if "@" in address:
-            domains.append(address.rpartition("@")[2].lower().rstrip(".>"))
-    return list(dict.fromkeys(d for d in domains if d))
+    for d in found:
+        d = d.strip().rstrip(".>").lower()
+        with contextlib.suppress(UnicodeError):
+            d = d.encode("idna").decode("ascii") if not d.isascii() else d
+        if _DOMAIN.fullmatch(d):
+            domains.append(d)
+    return list(dict.fromkeys(domains))[:MAX_AUTHOR_DOMAINS]
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,16 @@ class DMARCResult:
     policy: str = ""
     disposition: str = "none"
     reason: str = ""
+
+
+#: which of several author domains' results the message gets (RFC 7489 6.6.1: the strictest)
+_RANK = {("fail", "reject"): 6, ("fail", "quarantine"): 5, ("fail", "none"): 4,
+         ("temperror", "none"): 3, ("permerror", "none"): 2, ("pass", "none"): 1}
+
+
+def strictest(results: list[DMARCResult]) -> DMARCResult:
+    """The result that decides for a message with several author domains."""
+    return max(results, key=lambda r: _RANK.get((r.result, r.disposition), 0))
 
 
 class DMARCCheck:
