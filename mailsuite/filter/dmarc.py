@@ -26,8 +26,6 @@ import random as _random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any
 
 import dmarc as pydmarc
@@ -37,6 +35,7 @@ from twisted.internet import defer
 from mailsuite.mta.dnsquery import DNSQuery, TemporaryDNSError
 
 _psl: PublicSuffixList | None = None
+_FROM_FIELD = re.compile(r"^From[ \t]*:(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _AT_DOMAIN = re.compile(r"@([^\s<>@,;:\"()\[\]]+)")
 _DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9])?)+")
 #: at most this many author domains of one message are evaluated (each costs DNS queries)
@@ -67,8 +66,9 @@ def from_domains(data: bytes) -> list[str]:
     """The domains of the addresses of the From: fields of ``data`` (header only). A field
     that does not parse as addresses still names its domains (every ``@domain`` in it): a
     malformed From: (``ceo@bank.example; x``) that a mail reader shows must not escape DMARC."""
-    head = BytesHeaderParser(policy=compat32).parsebytes(data, headersonly=True)
-    fields = [str(v) for v in head.get_all("From", [])]
+    end = data.find(b"\n\n")
+    head = data[:len(data) if end < 0 else end + 1].decode("utf-8", "replace")
+    fields = [re.sub(r"\r?\n[ \t]", " ", v) for v in _FROM_FIELD.findall(head)]
     found = [address.rpartition("@")[2] for _, address in email.utils.getaddresses(fields)
              if "@" in address]
     if not any(found) and fields:
