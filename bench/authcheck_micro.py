@@ -13,13 +13,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mailsuite.configschema import AuthChecksConfig  # noqa: E402
-from mailsuite.filter.authcheck import AuthCheckStage  # noqa: E402
-from mailsuite.mta.dnsquery import DNSQuery, FromThread  # noqa: E402
-from mailsuite.mta.transaction import SMTP, Client, Envelope, Message, Recipient  # noqa: E402
-from mailsuite.threads import inline  # noqa: E402
-from tests.authfakes import Key, add, now, txt  # noqa: E402
-from tests.fakemx import ZoneResolver  # noqa: E402
+from mailsuite.configschema import AuthChecksConfig
+from mailsuite.filter.authcheck import AuthCheckStage
+from mailsuite.mta.dnsquery import DNSQuery, FromThread
+from mailsuite.mta.transaction import SMTP, Client, Envelope, Message, Recipient
+from mailsuite.threads import inline
+from tests.authfakes import Key, add, now, txt
+from tests.fakemx import ZoneResolver
 
 BODY = b"From: Alice <alice@sender.example>\nTo: bob@example.net\nSubject: hi\n" \
        b"Date: Wed, 02 Dec 2026 04:00:00 +0000\n\n" + b"x" * 4000 + b"\n"

@@ -468,6 +468,14 @@ class Bench:
             "--body-size", "4096", "--mbox-template", s.mbox_template],
             f"{self.truncate(s)}; {s.reset_index}"))
 
+    def _smtp_deliver_ours(self, g: report.Group, c: int, m: int) -> None:
+        """One smtp-deliver run against mailsuite as it is configured now (started here)."""
+        self.ours.start()
+        self.run(g, self.ours, [
+            "--port", str(self.ours.ports["smtp"]), "-c", str(c), "-m", str(m), "-r",
+            str(NUSERS), "--body-size", "4096", "--mbox-template", self.ours.mbox_template],
+            f"{self.truncate(self.ours)}; {self.ours.reset_index}")
+
     def smtp_milter(self) -> None:
         """smtp-deliver against mailsuite without, then with rspamd as its smtpd_milters, in
         the same run: the milter's cost per message (mailsuite only)."""
@@ -492,12 +500,7 @@ class Bench:
                 self.ours.extra_mail = f"smtpd_milters = inet:127.0.0.1:{port}"
             self.ours.prepare(users)
             try:
-                self.ours.start()
-                self.run(g, self.ours, [
-                    "--port", str(self.ours.ports["smtp"]), "-c", str(c), "-m", str(m), "-r",
-                    str(NUSERS), "--body-size", "4096", "--mbox-template",
-                    self.ours.mbox_template],
-                    f"{self.truncate(self.ours)}; {self.ours.reset_index}")
+                self._smtp_deliver_ours(g, c, m)
             finally:
                 self.ours.stop()
                 self.ours.extra_mail = ""
@@ -529,12 +532,7 @@ class Bench:
                 self.ours.extra_sections = "[auth_checks]\nskip_addresses = 192.0.2.0/24\n"
             self.ours.prepare(users)
             try:
-                self.ours.start()
-                self.run(g, self.ours, [
-                    "--port", str(self.ours.ports["smtp"]), "-c", str(c), "-m", str(m), "-r",
-                    str(NUSERS), "--body-size", "4096", "--mbox-template",
-                    self.ours.mbox_template],
-                    f"{self.truncate(self.ours)}; {self.ours.reset_index}")
+                self._smtp_deliver_ours(g, c, m)
             finally:
                 self.ours.stop()
                 self.ours.extra_mail = self.ours.extra_sections = ""

@@ -23,6 +23,7 @@ from typing import Any
 import spf
 
 from mailsuite.mta.dnsquery import TemporaryDNSError
+from mailsuite.net import parse_ip
 
 #: RFC 7208 4.6.4: "at least 20 seconds" for the whole evaluation
 DEFAULT_QUERYTIME = 20.0
@@ -79,15 +80,8 @@ def check_helo(lookup: Lookup, ip: str, helo: str, receiver: str,
                querytime: float = DEFAULT_QUERYTIME) -> SPFResult | None:
     """The SPF result of the HELO identity (RFC 7208 2.3), None when the HELO name is not a
     domain (an address literal, a single label: nothing to check)."""
-    if not helo or helo.startswith("[") or "." not in helo.strip(".") or _is_address(helo):
+    if not helo or helo.startswith("[") or "." not in helo.strip(".") \
+            or parse_ip(helo) is not None:
         return None
     return check(lookup, ip, "", helo, receiver, querytime)
 
-
-def _is_address(text: str) -> bool:
-    import ipaddress
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
