@@ -10,7 +10,12 @@ pyspf keeps all its logic and none of its own DNS. A thread without a lookup fun
 gets a TempError, never a blocking query of its own.
 
 A check blocks (it waits for each answer), so :func:`check` runs in a thread of
-mailsuite.threads; its DNS goes back to the reactor thread, which never waits.
+mailsuite.threads; its DNS goes back to the reactor thread, which never waits. (The stage
+first tries it on the reactor with a lookup that answers from kept answers only and gives up
+at the first one missing: authcheck._CachedOnly.)
+
+pyspf's overall limit has a flaw: a budget spent to exactly 0 s is never exceeded (it stops
+counting at 0); the resolver's own timeouts still bound each query, so a check ends.
 """
 
 from __future__ import annotations
