@@ -14,13 +14,15 @@ mailsuite.threads; its DNS goes back to the reactor thread, which never waits. (
 first tries it on the reactor with a lookup that answers from kept answers only and gives up
 at the first one missing: authcheck._CachedOnly.)
 
-pyspf's overall limit has a flaw: a budget spent to exactly 0 s is never exceeded (it stops
-counting at 0); the resolver's own timeouts still bound each query, so a check ends.
+The overall limit is ours, not pyspf's ``querytime``: that one stops counting once the
+budget is spent to exactly 0 s, and then gives each further query its full timeout. Here each
+query gets at most what is left of ``querytime`` and none is asked once it is spent.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,8 +56,11 @@ def _lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) -> l
     lookup: Lookup | None = getattr(_current, "lookup", None)
     if lookup is None:
         raise spf.TempError("DNS: no resolver for this thread")
+    left = _current.deadline - _current.clock()
+    if left <= 0:
+        raise spf.TempError(f"DNS: the SPF time limit of {_current.querytime:g} s is spent")
     try:
-        records = lookup(name, qtype, float(timeout))
+        records = lookup(name, qtype, min(float(timeout), left))
     except TemporaryDNSError as e:
         raise spf.TempError(f"DNS {e}") from None
     return [((owner, kind), value) for owner, kind, value in records]
@@ -68,13 +73,16 @@ def _install() -> None:
 
 
 def check(lookup: Lookup, ip: str, sender: str, helo: str, receiver: str,
-          querytime: float = DEFAULT_QUERYTIME) -> SPFResult:
+          querytime: float = DEFAULT_QUERYTIME,
+          clock: Callable[[], float] = time.monotonic) -> SPFResult:
     """The SPF result for ``sender`` (MAIL FROM; '' = the null sender: postmaster@``helo``,
-    RFC 7208 2.4) from ``ip``; blocking (a worker thread)."""
+    RFC 7208 2.4) from ``ip``, its DNS within ``querytime`` seconds of ``clock``; blocking
+    (a worker thread)."""
     _install()
-    _current.lookup = lookup
+    _current.lookup, _current.clock, _current.querytime = lookup, clock, querytime
+    _current.deadline = clock() + querytime
     try:
-        q = spf.query(i=ip, s=sender, h=helo, receiver=receiver, querytime=querytime)
+        q = spf.query(i=ip, s=sender, h=helo, receiver=receiver, timeout=querytime)
         result, _, explanation = q.check()
     finally:
         _current.lookup = None
