@@ -362,3 +362,17 @@ class ARCSealTests(unittest.TestCase):
         with open(path, "wb") as f:
             f.write(self.key.pem)
         self.assertEqual(arcseal.load(f"example.net:arc:{path}").selector, "arc")
+
+    def test_bad_key_refuses_the_start(self) -> None:
+        """A missing or bad arc_key file refuses the start, naming the key and the file."""
+        from mailsuite.startup import StartupError
+        from tests.configs import real_config
+        path = self.mktemp()
+        for content in (None, b"not a key\n"):
+            if content is not None:
+                with open(path, "wb") as f:
+                    f.write(content)
+            cfg = real_config(auth_checks={"arc_key": f"example.net:arc:{path}"})
+            with self.assertRaises(StartupError) as e:
+                AuthCheckStage.from_config(cfg, None, FakeMaillog(), inline)
+            self.assertIn(f"[auth_checks] arc_key: {path}", str(e.exception))
