@@ -277,6 +277,12 @@ class StageTests(unittest.TestCase):
                        Client(SMTP, "127.0.0.5"), Client(LMTP, "198.51.100.7")):
             verdict, message = self.run_stage(stage, client=client)
             self.assertEqual((verdict, message.data), ("unchecked", MESSAGE))
+        # a field claiming our id goes from unchecked SMTP mail too (not from LMTP's)
+        forged = b"Authentication-Results: mx.example.net; dmarc=pass\n" + MESSAGE
+        user = Client(SMTP, "198.51.100.7", user="alice", protocol="ESMTPSA")
+        self.assertEqual(self.run_stage(stage, forged, client=user)[1].data, MESSAGE)
+        lmtp = Client(LMTP, "198.51.100.7")
+        self.assertEqual(self.run_stage(stage, forged, client=lmtp)[1].data, forged)
 
     def test_kept_answers_check_spf_on_the_reactor(self) -> None:
         """With the DNS cache, a sender seen within its records' TTL is checked at once (no

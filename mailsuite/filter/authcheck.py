@@ -3,7 +3,9 @@ strangers hand us on port 25, one ``Authentication-Results:`` header, and the po
 
 Which mail: the SMTP door's, from a client that did not authenticate and is neither in
 ``mynetworks`` nor in ``[auth_checks] skip_addresses`` (policyd-spf's key and default:
-loopback), so not submission, not local pickup, not LMTP from our own front end.
+loopback), so not submission, not local pickup, not LMTP from our own front end. The
+Authentication-Results fields claiming our authserv-id are removed from all SMTP mail, the
+unchecked too (a user's message must not carry a "pass" that looks like ours).
 
 How (all DNS through one twisted.names resolver, ``[mail] dns_resolver``; nothing blocks the
 reactor): SPF of HELO and MAIL FROM by pyspf (spfcheck.py) and DKIM + ARC by dkimpy
@@ -52,6 +54,7 @@ log = Logger()
 
 #: a field dkimpy has work with (DKIM-Signature, the ARC-Seal of a set)
 _SIGNED = re.compile(rb"^(?:dkim-signature|arc-seal)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_HAS_AR = re.compile(rb"^authentication-results[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _SPF_REFUSED = {"fail": ("fail",), "softfail": ("fail", "softfail"), "false": ()}
 
 
@@ -104,6 +107,10 @@ class AuthCheckStage:
 
     def __call__(self, message: Message) -> defer.Deferred[Any] | None:
         if not self.checked(message.envelope.client):
+            if message.envelope.client.door == SMTP and _HAS_AR.search(
+                    message.data, 0, _header_end(message.data)):
+                # not checked, but no sender's "pass" may claim to be ours (RFC 8601 5)
+                message.data, _ = authresults.remove_ours(message.data, self.authserv_id)
             return None
         d = self._check(message)
         d.addErrback(self._failed, message)

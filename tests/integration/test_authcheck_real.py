@@ -110,7 +110,8 @@ JOBS = [
     job("tampered", "alice@good.test", "alice@good.test", signed=True, tamper=True),
     job("nodmarc", "carl@plain.test", "carl@plain.test"),
     job("badrecord", "x@broken.test", "x@broken.test"),
-    job("submitted", "boss@example.test", "ceo@good.test", auth=["boss", "secret"]),
+    job("submitted", "boss@example.test", "ceo@good.test", auth=["boss", "secret"],
+        extra="Authentication-Results: mail.example.test; dmarc=pass header.from=bank.test\n"),
     job("forwarded", "alice@good.test", "alice@good.test", signed=True),
 ]
 JOBS[-1]["rcpt"] = "fwd@example.test"  # an alias to friend@remote.test: sealed, relayed
@@ -170,7 +171,8 @@ class AuthCheckRealTests(unittest.TestCase):
     def test_verdicts_stored_refused_and_cross_checked(self) -> Any:
         """Each case's verdict in the stored A-R header (ours alone on top, the forged one
         claiming our id removed, another server's kept), 550 5.7.1 for the DMARC p=reject
-        forgery, Junk for p=quarantine, no check of an authenticated sender; dkimpy and
+        forgery, Junk for p=quarantine, no check of an authenticated sender (but its field
+        claiming our id removed); dkimpy and
         pyspf (independent DNS by dnspython) agree with our DKIM and SPF verdicts."""
         ns = netns.Namespace(self, prefix="inauth")
         sink_port = fakemx.free_port_on(["127.0.0.2"])
@@ -218,7 +220,7 @@ class AuthCheckRealTests(unittest.TestCase):
         self.assertEqual([CONTEXT.parse_value(v).authserv_id for v in fields],
                          ["mail.example.test", "relay.other.test"])
         self.assertNotIn("bank.test", str(fields))
-        self.assertIsNone(inbox["submitted"]["Authentication-Results"])
+        self.assertIsNone(inbox["submitted"]["Authentication-Results"])  # forged one gone
         self.assertRegex(site.maillog_text(), r"reject: END-OF-MESSAGE from \S+\["
                          + ns.client.replace(".", r"\.") + r"\]: 550 5\.7\.1 rejected by DMARC")
         yield self.cross_check(port, ns.client, inbox, verdicts)
