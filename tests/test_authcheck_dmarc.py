@@ -96,8 +96,14 @@ class DMARCTests(unittest.TestCase):
         self.assertEqual(self.evaluate(zone, "example.com", [], None).result, "none")
 
     def test_bad_records_permerror(self) -> None:
-        """A record without p=, with an unknown p= value, or pct= out of range: permerror."""
-        for text in ("v=DMARC1; rua=mailto:x@example.com", "v=DMARC1; p=bogus",
+        """A record without p=, with an unknown p= value, or pct= out of range: permerror;
+        but one with a rua= address counts as p=none (6.6.3)."""
+        got = self.evaluate(self.record("v=DMARC1; p=bogus; rua=mailto:d@example.com"),
+                            "example.com", [], None)
+        self.assertEqual((got.result, got.policy), ("fail", "none"))
+        got = self.evaluate(self.record("v = DMARC1;p=reject"), "example.com", [], None)
+        self.assertEqual(got.policy, "reject")
+        for text in ("v=DMARC1; sp=none", "v=DMARC1; p=bogus",
                      "v=DMARC1; p=reject; pct=150", "v=DMARC1; p=reject; pct=half"):
             got = self.evaluate(self.record(text), "example.com", [], None)
             self.assertEqual(got.result, "permerror", text)

@@ -35,6 +35,8 @@ from twisted.internet import defer
 from mailsuite.mta.dnsquery import DNSQuery, TemporaryDNSError
 
 _psl: PublicSuffixList | None = None
+_VERSION = re.compile(rb"^v[ \t]*=[ \t]*DMARC1[ \t]*$")
+_RUA = re.compile(r"(?:^|;)\s*rua\s*=\s*mailto:[^\s;@]+@[^\s;]+", re.IGNORECASE)
 _FROM_FIELD = re.compile(r"^From[ \t]*:(.*(?:\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _AT_DOMAIN = re.compile(r"@([^\s<>@,;:\"()\[\]]+)")
 _DOMAIN = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9])?)+")
@@ -96,11 +98,14 @@ class Policy:
 
 
 def parse_record(text: str, domain: str) -> Policy:
-    """A record's policy; ValueError when it does not parse (RFC 7489 6.3)."""
+    """A record's policy; ValueError when it does not parse (RFC 7489 6.3). A record without
+    a valid ``p=`` but with a ``rua=`` URI counts as ``p=none`` (6.6.3 step 6)."""
     try:
         parsed = pydmarc.Policy("DMARC1", domain)
         parsed.parse_record(text, strict=True)
     except pydmarc.Error as e:
+        if _RUA.search(text):
+            return Policy(domain, "none", "none", "r", "r", 100)
         raise ValueError(str(e) or "bad record") from None
     if not 0 <= parsed.pct <= 100:
         raise ValueError(f"pct={parsed.pct} out of 0-100")
@@ -149,7 +154,7 @@ class DMARCCheck:
         for place in dict.fromkeys([domain, org]):
             records = yield self.query.txt(f"_dmarc.{place}", self.timeout)
             found = [r.decode("utf-8", "replace") for r in records
-                     if r.split(b";")[0].strip() == b"v=DMARC1"]
+                     if _VERSION.match(r.split(b";")[0].strip())]
             if len(found) > 1:
                 return None  # 6.6.3: more than one record: no DMARC
             if found:
