@@ -50,7 +50,7 @@ OURS, PEER = "mailsuite", "postfix+dovecot"
 IDLE_HOLD = 15
 
 WORKLOADS = ("smtp-deliver", "pop3-retr", "imap-big", "imap-idle-conns", "logins", "slow-crowd",
-             "smtp-milter")
+             "smtp-milter", "smtp-authcheck")
 #: slow-crowd (issue 11 item 3): connections, one byte every INTERVAL s from 40 loopback
 #: addresses; mailsuite's default deadlines (smtpd_timeout, login_idle_timeout)
 CROWD, CROWD_INTERVAL = 1000, 10.0
@@ -145,6 +145,7 @@ class Mailsuite(Server):
                  mail_owner: str | None = None) -> None:
         self.mail_owner = mail_owner  # [mail] mail_owner (None: the checkout's default)
         self.extra_mail = ""  # more [mail] lines (smtp-milter: smtpd_milters)
+        self.extra_sections = ""  # more sections (smtp-authcheck: [auth_checks])
         self.workdir = workdir
         self.checkout = checkout
         self.python = python
@@ -214,6 +215,8 @@ mail_location = mbox:{self.users_dir}/%u/mail:INBOX={self.users_dir}/%u/INBOX
 {self._limits()}
 [tls]
 ssl = no
+
+{self.extra_sections}
 """)
 
     def _limits(self) -> str:
@@ -465,6 +468,14 @@ class Bench:
             "--body-size", "4096", "--mbox-template", s.mbox_template],
             f"{self.truncate(s)}; {s.reset_index}"))
 
+    def _smtp_deliver_ours(self, g: report.Group, c: int, m: int) -> None:
+        """One smtp-deliver run against mailsuite as it is configured now (started here)."""
+        self.ours.start()
+        self.run(g, self.ours, [
+            "--port", str(self.ours.ports["smtp"]), "-c", str(c), "-m", str(m), "-r",
+            str(NUSERS), "--body-size", "4096", "--mbox-template", self.ours.mbox_template],
+            f"{self.truncate(self.ours)}; {self.ours.reset_index}")
+
     def smtp_milter(self) -> None:
         """smtp-deliver against mailsuite without, then with rspamd as its smtpd_milters, in
         the same run: the milter's cost per message (mailsuite only)."""
@@ -489,18 +500,45 @@ class Bench:
                 self.ours.extra_mail = f"smtpd_milters = inet:127.0.0.1:{port}"
             self.ours.prepare(users)
             try:
-                self.ours.start()
-                self.run(g, self.ours, [
-                    "--port", str(self.ours.ports["smtp"]), "-c", str(c), "-m", str(m), "-r",
-                    str(NUSERS), "--body-size", "4096", "--mbox-template",
-                    self.ours.mbox_template],
-                    f"{self.truncate(self.ours)}; {self.ours.reset_index}")
+                self._smtp_deliver_ours(g, c, m)
             finally:
                 self.ours.stop()
                 self.ours.extra_mail = ""
                 if rspamd is not None:
                     os.killpg(rspamd.pid, signal.SIGTERM)
                     rspamd.wait(30)
+        self.ours.prepare(users)
+
+    def smtp_authcheck(self) -> None:
+        """smtp-deliver against mailsuite with the inbound SPF/DKIM/DMARC checks off, then on
+        (issue 13; mailsuite only): loopback made a stranger (not in mynetworks or
+        skip_addresses), the records on bench/authcheck_dns.py, a twisted.names server on
+        127.0.0.1 (``--dns-port``). Each message costs SPF of MAIL FROM and HELO and DMARC
+        (mailbench does not sign: no DKIM key query)."""
+        c, m = self.args.smtp_c, self.args.smtp_m or self.size.smtp_m
+        port = self.args.dns_port
+        users = [f"bench{i}" for i in range(1, NUSERS + 1)]
+        here = os.path.dirname(os.path.abspath(__file__))
+        for variant in ("checks off", "checks on"):
+            g = self.group("smtp-deliver", f"C={c} M={m} {variant}", {"c": c, "m": m})
+            dns = None
+            self.ours.extra_mail = "mynetworks = 192.0.2.0/24"
+            self.ours.extra_sections = "[auth_checks]\nenabled = no\n"
+            if variant == "checks on":
+                dns = subprocess.Popen([self.python, os.path.join(here, "authcheck_dns.py"),
+                                        str(port)], start_new_session=True)
+                time.sleep(1)
+                self.ours.extra_mail += f"\ndns_resolver = 127.0.0.1:{port}"
+                self.ours.extra_sections = "[auth_checks]\nskip_addresses = 192.0.2.0/24\n"
+            self.ours.prepare(users)
+            try:
+                self._smtp_deliver_ours(g, c, m)
+            finally:
+                self.ours.stop()
+                self.ours.extra_mail = self.ours.extra_sections = ""
+                if dns is not None:
+                    os.killpg(dns.pid, signal.SIGTERM)
+                    dns.wait(30)
         self.ours.prepare(users)
 
     def pop3_retr(self) -> None:
@@ -674,6 +712,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smtp-c", type=int, default=10, help="smtp-deliver connections (10)")
     p.add_argument("--rspamd-port", type=int, default=2332,
                    help="smtp-milter: the port of rspamd's milter (2332)")
+    p.add_argument("--dns-port", type=int, default=2053,
+                   help="smtp-authcheck: the port of its DNS server (2053)")
     p.add_argument("--idle-c", type=int, help="imap-idle-conns connections (quick 500, full 2000)")
     p.add_argument("--probe-count", type=int, default=20,
                    help="imap-idle-conns: LOGIN+SELECT probes before and while the sessions are"
@@ -755,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = {"smtp-deliver": bench.smtp_deliver, "pop3-retr": bench.pop3_retr,
              "imap-big": bench.imap_big, "imap-idle-conns": bench.idle_conns,
              "logins": bench.logins, "slow-crowd": bench.slow_crowd,
-             "smtp-milter": bench.smtp_milter}
+             "smtp-milter": bench.smtp_milter, "smtp-authcheck": bench.smtp_authcheck}
     try:
         for name in WORKLOADS:
             if not args.only or name in args.only:

@@ -12,6 +12,7 @@ from typing import Any
 
 from mailsuite import uidlformat
 from mailsuite.accounts import Account
+from mailsuite.authcheckconf import parse_arc_key, parse_authserv_id, parse_spf_reject
 from mailsuite.configvalues import (
     expand_location,
     parse_access_list,
@@ -195,6 +196,8 @@ class MailConfig:
     tlsrpt_organization_name: str = ""
     tlsrpt_contact_info: str = ""
     tlsrpt_sender_address: str = ""
+    # inbound SPF/DKIM/DMARC/ARC checks (mailsuite/filter/authcheck.py): '' = myhostname
+    authserv_id: str = ""
 
 
 SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
@@ -322,6 +325,21 @@ class AuditConfig:
     rules: str = ""
 
 
+# inbound SPF/DKIM/DMARC/ARC checks (mailsuite/filter/authcheck.py)
+@dataclass(frozen=True)
+class AuthChecksConfig:
+    """``[auth_checks]``: SPF, DKIM, DMARC and ARC of mail from strangers on port 25."""
+
+    enabled: bool = True
+    reject_failures: bool = True  # opendmarc's RejectFailures: honour p=reject
+    quarantine_to_junk: bool = True  # p=quarantine: the message goes to Junk
+    mail_from_reject: str = "false"  # policyd-spf's Mail_From_reject: fail, softfail, false
+    helo_reject: str = "false"  # policyd-spf's HELO_reject
+    dns_timeout: float = 20.0
+    skip_addresses: list[Network] = field(default_factory=list)  # policyd-spf's; + mynetworks
+    arc_key: str = ""  # DOMAIN:SELECTOR:/path: ARC-seal the mail we forward
+
+
 @dataclass(frozen=True)
 class Config:
     path: str
@@ -335,6 +353,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     # DKIM signing (filter/dkim.py)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    auth_checks: AuthChecksConfig = AuthChecksConfig()
 
 
 # A default is text (expanded like a value from the file) or a function of a lookup of [mail].
@@ -466,6 +485,8 @@ SECTIONS: dict[str, Section] = {
         Key("tlsrpt_organization_name", "$mydomain", str.strip),
         Key("tlsrpt_contact_info", "postmaster@$mydomain", str.strip),
         Key("tlsrpt_sender_address", "noreply-smtp-tls-reporting@$mydomain", str.strip),
+        # inbound SPF/DKIM/DMARC/ARC checks (mailsuite/filter/authcheck.py)
+        Key("authserv_id", "$myhostname", parse_authserv_id),
     ]),
     "listen": Section(ListenConfig, [
         Key("smtp", "25", parse_port),
@@ -526,4 +547,15 @@ SECTIONS: dict[str, Section] = {
     ]),
     # DKIM signing (filter/dkim.py): one line a domain, DOMAIN = SELECTOR:/path/key.pem
     "dkim": Section(build_dkim, [], entry=parse_dkim_entry),
+    # inbound SPF/DKIM/DMARC/ARC checks (mailsuite/filter/authcheck.py)
+    "auth_checks": Section(AuthChecksConfig, [
+        Key("enabled", "yes", parse_bool),
+        Key("reject_failures", "yes", parse_bool),
+        Key("quarantine_to_junk", "yes", parse_bool),
+        Key("mail_from_reject", "false", parse_spf_reject),
+        Key("helo_reject", "false", parse_spf_reject),
+        Key("dns_timeout", "20s", parse_timeout),
+        Key("skip_addresses", "127.0.0.0/8, [::1]/128", parse_networks),
+        Key("arc_key", "", parse_arc_key),
+    ]),
 }

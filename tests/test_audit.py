@@ -335,8 +335,8 @@ class StartupTests(unittest.TestCase):
                          " both")
         with open(path, "w", encoding="utf-8") as f:
             f.write("ok /机密/ HOLD both\n")
-        (stage,) = filter.stages(real_config(audit={"rules": path}), None, None,
-                                 threads.inline)
+        cfg = real_config(audit={"rules": path}, auth_checks={"enabled": False})
+        (stage,) = filter.stages(cfg, None, None, threads.inline)
         self.assertIsInstance(stage, AuditStage)
 
     def test_changed_file_reread_broken_change_kept(self) -> None:
@@ -346,8 +346,8 @@ class StartupTests(unittest.TestCase):
         with open(path, "w", encoding="utf-8") as f:
             f.write("one /机密/ WARN both\n")
         maillog = MailLog(None, "mail.example.com")
-        (stage,) = filter.stages(real_config(audit={"rules": path}), None, maillog,
-                                 threads.inline)
+        cfg = real_config(audit={"rules": path}, auth_checks={"enabled": False})
+        (stage,) = filter.stages(cfg, None, maillog, threads.inline)
         env = Envelope("Q1", "a@far.example", [Recipient("boss@mail.example.com")], OUTSIDE)
         with open(path, "w", encoding="utf-8") as f:
             f.write("two /机密/ HOLD both\n")

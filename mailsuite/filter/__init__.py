@@ -15,6 +15,7 @@ from typing import Any
 from mailsuite.config import Config
 from mailsuite.filter import checks, dkim, milter
 from mailsuite.filter.audit import AuditStage
+from mailsuite.filter.authcheck import AuthCheckStage
 from mailsuite.filter.bcc import BccStage
 from mailsuite.filter.dkim import DkimStage
 from mailsuite.filter.tablefile import TableError
@@ -25,6 +26,8 @@ from mailsuite.startup import StartupError, describe_os_error, unreadable_by
 def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage]:
     """The stages ``cfg`` turns on, in the order they run (none: the pipeline's fast path)."""
     out: list[Stage] = []
+    # inbound SPF/DKIM/DMARC/ARC of strangers' mail, first: it sees the message as sent
+    _add(out, "[auth_checks]", lambda: AuthCheckStage.from_config(cfg, reactor, maillog, blocking))
     # content checks (checks.py)
     out += [s for s in [checks.from_config(cfg.mail, maillog, blocking)] if s is not None]
     # milters (milter/)
@@ -52,6 +55,7 @@ def check_at_start(cfg: Config, owner: tuple[int, int]) -> None:
     named = [("[audit] rules", cfg.audit.rules)] if cfg.audit.rules else []
     named += [("[mail] sender_bcc_maps", p) for p in m.sender_bcc_maps]
     named += [("[mail] recipient_bcc_maps", p) for p in m.recipient_bcc_maps]
+    named += [("[auth_checks] arc_key", k.split(":", 2)[2]) for k in [cfg.auth_checks.arc_key] if k]
     where = {path: key for key, path in reversed(named)}
     for path, why in unreadable_by(list(where), *owner).items():
         raise StartupError(f"{where[path]}: {path}: {why} (read by mail_owner)")

@@ -25,13 +25,22 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
 
 
+def _address_taken(address: str) -> bool:
+    """Whether a link of this host already has ``address`` (a namespace of another prefix)."""
+    out = subprocess.run(["ip", "-o", "addr", "show", "to", address], capture_output=True,
+                         text=True, timeout=20)
+    return bool(out.stdout.strip())
+
+
 class Namespace:
     """A network namespace with a veth pair: ``host`` on our side, ``client`` (and ``second``)
     inside it, in a /29 of 198.51.100.0/24: the first free one from a choice by pid, so two
     runs at once do not collide."""
 
-    def __init__(self, testcase: unittest.TestCase) -> None:
-        self.name = f"msbf{os.getpid()}"
+    def __init__(self, testcase: unittest.TestCase, prefix: str = "msbf") -> None:
+        """``prefix`` names the namespace and the veth pair (a test's own, up to 6 letters)."""
+        self.prefix = prefix
+        self.name = f"{prefix}{os.getpid()}"
         try:
             ip("netns", "add", self.name)
         except subprocess.CalledProcessError as e:
@@ -39,7 +48,7 @@ class Namespace:
             raise unittest.SkipTest(f"cannot create a network namespace: {reason}") from e
         testcase.addCleanup(ip, "netns", "del", self.name)
         n = self._link(os.getpid() % 30)
-        outside, inside = f"msbf{n}h", f"msbf{n}n"
+        outside, inside = f"{prefix}{n}h", f"{prefix}{n}n"
         testcase.addCleanup(subprocess.run, ["ip", "link", "del", outside], capture_output=True)
         base = 8 * n
         self.host, self.client, self.second = (f"198.51.100.{base + k}" for k in (1, 2, 3))
@@ -51,18 +60,21 @@ class Namespace:
         ip("-n", self.name, "link", "set", inside, "up")
         ip("-n", self.name, "link", "set", "lo", "up")
 
-    @staticmethod
-    def _link(start: int) -> int:
+    def _link(self, start: int) -> int:
         """Make the veth pair of the first free slot from ``start`` (another test run may hold
         one: ``ip link add`` of its name fails); the slot number."""
         for k in range(30):
             n = (start + k) % 30
+            if _address_taken(f"198.51.100.{8 * n + 1}"):  # another prefix's slot n
+                continue
             try:
-                ip("link", "add", f"msbf{n}h", "type", "veth", "peer", "name", f"msbf{n}n")
+                ip("link", "add", f"{self.prefix}{n}h", "type", "veth", "peer", "name",
+                   f"{self.prefix}{n}n")
                 return n
             except subprocess.CalledProcessError:
                 continue
-        raise unittest.SkipTest("no free veth pair name (msbf0h-msbf29h all taken)")
+        raise unittest.SkipTest(
+            f"no free veth pair name ({self.prefix}0h-{self.prefix}29h all taken)")
 
     def run(self, script: str, *args: str, timeout: float = 120) -> str:
         """``python script args...`` inside the namespace; its stdout (it must exit 0)."""
