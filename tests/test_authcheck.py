@@ -382,3 +382,35 @@ class ARCSealTests(unittest.TestCase):
             with self.assertRaises(StartupError) as e:
                 AuthCheckStage.from_config(cfg, None, FakeMaillog(), inline)
             self.assertIn(f"[auth_checks] arc_key: {path}", str(e.exception))
+
+
+class ARCKeyFromDkimTests(unittest.TestCase):
+    def key_file(self, key: Any) -> str:
+        import os
+
+        from cryptography.hazmat.primitives import serialization
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        os.chmod(path, 0o600)
+        return path
+
+    def config(self, dkim_lines: str) -> Any:
+        from mailsuite.config import parse_config
+        return parse_config("[mail]\nmydomain = example.test\n[dkim]\n" + dkim_lines,
+                            "/etc/mail.ini", hostname=lambda: "mail.example.test")
+
+    def test_the_dkim_key_of_mydomain_seals_without_arc_key(self) -> None:
+        """No ``arc_key``: the RSA ``[dkim]`` key of mydomain (or its nearest configured
+        parent) seals, with its selector; an Ed25519 one cannot (dkimpy's arc_sign is
+        rsa-sha256 only), nor is another domain's used."""
+        from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+        rsa_path = self.key_file(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        ed_path = self.key_file(ed25519.Ed25519PrivateKey.generate())
+        key = arcseal.from_dkim(self.config(f"example.test = s1:{rsa_path}\n"))
+        self.assertEqual((key.domain, key.selector), ("example.test", "s1"))
+        self.assertTrue(key.pem.startswith(b"-----BEGIN RSA PRIVATE KEY-----"))
+        self.assertIsNone(arcseal.from_dkim(self.config(f"example.test = s2:{ed_path}\n")))
+        self.assertIsNone(arcseal.from_dkim(self.config(f"other.test = s1:{rsa_path}\n")))

@@ -270,7 +270,9 @@ class SigningTests(Keys):
             **{**cfg.mail.__dict__, "always_bcc": "archive@example.com"})})
         kinds = [type(s) for s in filters.stages(cfg, None, self.maillog, threads.inline)]
         self.assertEqual(kinds[-2:], [DkimStage, BccStage])
-        self.assertEqual(filters.stages(real_config(), None, self.maillog, threads.inline), [])
+        kinds = [type(s) for s in filters.stages(real_config(), None, self.maillog,
+                                                  threads.inline)]
+        self.assertNotIn(DkimStage, kinds)
 
 
 class ConfigTests(Keys):

@@ -8,6 +8,7 @@ relaxed canonicalization, ARC-Authentication-Results copied from our Authenticat
 ``cv=`` from its ``arc=`` result). It signs with rsa-sha256 only. The key is
 ``[auth_checks] arc_key = DOMAIN:SELECTOR:/path/key.pem`` (a PEM RSA key, readable by
 mail_owner); its public half is published as ``SELECTOR._domainkey.DOMAIN`` like a DKIM key.
+Without it, the ``[dkim]`` key of ``mydomain`` seals when it is RSA (``from_dkim``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mailsuite.dkimconf import RSA_SHA256, load_key
 from mailsuite.mta import forward
 from mailsuite.mta.accept import LocalRecipient
 from mailsuite.mta.transaction import Envelope
@@ -46,6 +48,24 @@ def load(spec: str) -> SealingKey:
     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 1024:
         raise ValueError(f"{path}: ARC seals need an RSA key of 1024 bits or more")
     return SealingKey(domain, selector, pem)
+
+
+def from_dkim(cfg: Any) -> SealingKey | None:
+    """Without an ``arc_key``: the ``[dkim]`` key of ``mydomain`` (or its nearest configured
+    parent) seals, when it is RSA (dkimpy's arc_sign signs rsa-sha256 only); None otherwise.
+    The key was read and checked at start with the other [dkim] keys (a broken one refused
+    the start there)."""
+    domain = cfg.dkim.signing_domain(cfg.mail.mydomain)
+    if domain is None:
+        return None
+    entry = cfg.dkim.domains[domain]
+    try:
+        key = load_key(entry.path)
+    except (OSError, ValueError):
+        return None
+    if key.algorithm != RSA_SHA256:
+        return None
+    return SealingKey(domain, entry.selector, key.material)
 
 
 def forwarded(envelope: Envelope) -> bool:

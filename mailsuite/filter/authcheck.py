@@ -95,6 +95,8 @@ class AuthCheckStage:
                 raise StartupError(f"[auth_checks] arc_key: {describe_os_error(e)}") from None
             except ValueError as e:
                 raise StartupError(f"[auth_checks] arc_key: {e}") from None
+        else:
+            key = arcseal.from_dkim(cfg)
         return cls(cfg.auth_checks, cfg.mail.authserv_id or cfg.mail.myhostname,
                    [*cfg.mail.mynetworks, *cfg.auth_checks.skip_addresses], query, blocking,
                    maillog, spam, arc_key=key)
