@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,24 +81,45 @@ def literal(destination: str) -> str | None:
     return None
 
 
+#: the one twisted.names resolver of each reactor and dns_resolver setting (``shared``)
+_SHARED: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def shared(dns_resolver: str, reactor: Any) -> Any:
+    """The twisted.names resolver every part of one server asks (MX and address look-ups, the
+    inbound checks, MTA-STS, TLS-RPT, client names): one set of timeouts and one place to
+    ask, as Postfix's processes all ask the host's resolver. Made at the first look-up (a
+    resolv.conf resolver starts a re-read timer)."""
+    per_reactor = _SHARED.setdefault(reactor, {})
+    found = per_reactor.get(dns_resolver)
+    if found is None:
+        server = parse_resolver(dns_resolver)
+        if server is not None:
+            found = client.Resolver(servers=[server], reactor=reactor, timeout=(1, 3, 11))
+        else:
+            found = client.Resolver(resolv="/etc/resolv.conf", reactor=reactor)
+        per_reactor[dns_resolver] = found
+    return found
+
+
 class MXResolver:
-    """MX and address look-ups. ``resolver`` (an IResolver) may be given directly in tests."""
+    """MX and address look-ups. ``resolver`` (an IResolver) may be given directly in tests;
+    else the server's one resolver (``shared``)."""
 
     def __init__(self, dns_resolver: str = "", reactor: Any = None, resolver: Any = None) -> None:
-        self._server = parse_resolver(dns_resolver)
+        parse_resolver(dns_resolver)  # (a bad setting is refused now, not at the first look-up)
+        self._setting = dns_resolver
         self._reactor = reactor
         self._resolver = resolver
         self.shuffle = random.shuffle
 
     @property
     def resolver(self) -> Any:
-        """Made at the first look-up (a resolv.conf resolver starts a re-read timer)."""
         if self._resolver is None:
-            if self._server is not None:
-                self._resolver = client.Resolver(
-                    servers=[self._server], reactor=self._reactor, timeout=(1, 3, 11))
-            else:
-                self._resolver = client.Resolver(resolv="/etc/resolv.conf", reactor=self._reactor)
+            if self._reactor is None:
+                from twisted.internet import reactor as global_reactor
+                self._reactor = global_reactor
+            self._resolver = shared(self._setting, self._reactor)
         return self._resolver
 
     @defer.inlineCallbacks
