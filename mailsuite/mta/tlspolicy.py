@@ -3,8 +3,9 @@
 One place decides how much TLS a destination gets: :meth:`TLSPolicy.destination` gives the
 :class:`Policy` of a next hop (the ``smtp_tls_policy_maps`` entry, else the global level), and
 :meth:`TLSPolicy.host` turns it into the :class:`HostTLS` of one MX host (DANE's TLSA records
-looked up there). Another source of policy (MTA-STS "enforce": level ``verify`` with the
-policy's ``mx`` patterns as match names) plugs into :meth:`TLSPolicy.destination`.
+looked up there). MTA-STS and TLS-RPT are joined to these by mailsuite.mta.stsroute (which
+MX hosts, ``secure`` with the MX name under enforce; ``HostTLS.observe`` tells it each
+session's TLS result).
 
 The levels, with Postfix's meanings (TLS_README "Client-side TLS"):
 

@@ -11,6 +11,9 @@ them (RFC 8460 JSON, gzip, in a multipart/report to the domain's rua).
 - wrongname-not.example.test, enforce: its one MX has a certificate for another name:
   deferred 4.7.5;
 - change.example.test, testing: the same wrong-name peer: delivered anyway, logged, reported.
+
+SessionCountTests: the relay in this process against test_outbound_tls's peers (no STARTTLS,
+a broken handshake, DANE), for what each session's TLS step counts.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from twisted.names import dns
 from twisted.trial import unittest
 
 from mailsuite.mta.dns import MXResolver
+from mailsuite.mta.relay import Relay
 from mailsuite.mta.tlsrpt import TLSReportStore
 from mailsuite.mta.tlsrptmail import ReportSettings, TLSReportService
 from mailsuite.threads import inline
@@ -39,6 +43,7 @@ from tests.integration.harness import Site
 from tests.integration.netns import can_run
 from tests.integration.test_end_to_end import message
 from tests.integration.test_mtasts import StsNamespace, make_certificates
+from tests.integration.test_outbound_tls import FakeInternet
 
 ENFORCE = "version: STSv1\nmode: enforce\nmx: *.good.example.test\nmax_age: 86400\n"
 
@@ -216,3 +221,49 @@ class StsDeliveryTests(unittest.TestCase):
                                              "total-failure-session-count": 1})
         self.assertEqual(change["failure-details"][0]["result-type"],
                          "certificate-host-mismatch")
+
+
+class SessionCountTests(FakeInternet):
+    """The relay (in this process) over real sockets to test_outbound_tls's peers, with a
+    TLS-RPT store and no MTA-STS: what each session's TLS step counts."""
+
+    def counted(self, relay: Relay, domain: str) -> dict[str, Any]:
+        store = relay.tls_reports
+        (day,) = store.days.values()
+        out = {}
+        for key, entry in day[domain].items():
+            results = sorted(json.loads(k)["result_type"] for k in entry["details"])
+            out[json.loads(key)[0]] = (entry["ok"], entry["fail"], results)
+        return out
+
+    def counting(self, level: str) -> Relay:
+        relay = self.relay(level)
+        relay.tls_reports = TLSReportStore("", reactor, inline)
+        return relay
+
+    @defer.inlineCallbacks
+    def test_no_policy_sessions(self) -> None:
+        """Without a policy (no-policy-found): TLS with any certificate is a success; a peer
+        without STARTTLS is starttls-not-supported; a broken handshake is validation-failure
+        (then the plaintext retry, as Postfix, counts nothing more); all delivered at may."""
+        relay = self.counting("may")
+        for domain in ("self.test", "plain.test", "broken.test"):
+            out = yield self.send("may", domain, relay)
+            self.assertEqual((out.code, domain), (250, domain))
+        self.assertEqual(self.counted(relay, "self.test"), {"no-policy-found": (1, 0, [])})
+        self.assertEqual(self.counted(relay, "plain.test"),
+                         {"no-policy-found": (0, 1, ["starttls-not-supported"])})
+        self.assertEqual(self.counted(relay, "broken.test"),
+                         {"no-policy-found": (0, 1, ["validation-failure"])})
+
+    @defer.inlineCallbacks
+    def test_dane_sessions(self) -> None:
+        """DANE (authenticated TLSA): a match counts as a tlsa success, a TLSA record that
+        matches nothing as tlsa-invalid (and the mail is deferred, as before)."""
+        relay = self.counting("dane")
+        out = yield self.send("dane", "dane.test", relay)
+        self.assertEqual(out.code, 250)
+        out = yield self.send("dane", "danebad.test", relay)
+        self.assertEqual(out.status, "deferred")
+        self.assertEqual(self.counted(relay, "dane.test")["tlsa"], (1, 0, []))
+        self.assertEqual(self.counted(relay, "danebad.test")["tlsa"], (0, 1, ["tlsa-invalid"]))
