@@ -8,8 +8,9 @@ is answered the results are final for this attempt.
 
 The session: EHLO (HELO if refused), STARTTLS as the destination's TLS policy says
 (mailsuite.mta.tlspolicy: Postfix's ``smtp_tls_security_level`` and ``smtp_tls_policy_maps``,
-certificate checks, DANE; MTA-STS and TLS-RPT by mailsuite.mta.stsroute), AUTH PLAIN with the credentials of ``smtp_sasl_password_maps`` (only
-inside TLS, by default only verified TLS), MAIL FROM with
+certificate checks, DANE; MTA-STS and TLS-RPT by mailsuite.mta.stsroute), AUTH PLAIN with
+the credentials of ``smtp_sasl_password_maps`` (only inside TLS, by default only verified TLS),
+MAIL FROM with
 SIZE, BODY, SMTPUTF8, RET and ENVID as the server supports them, RCPT TO with NOTIFY and ORCPT
 when it speaks DSN, DATA with our own CRLF conversion and dot-stuffing (Twisted's client misses a
 dot at a chunk boundary, TWISTED.md), QUIT.
