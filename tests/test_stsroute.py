@@ -6,20 +6,23 @@ session's TLS step counts for TLS-RPT. Certificates are made at test time
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
-from mailsuite.mta import dane
+from mailsuite.mta import dane, tlspolicy
 from mailsuite.mta.dns import MailHost
 from mailsuite.mta.mtasts import parse_policy
+from mailsuite.mta.queuefile import Envelope, QueuedRecipient
+from mailsuite.mta.relay import Relay
 from mailsuite.mta.stsroute import Router
-from mailsuite.mta.tlspolicy import Policy, TLSPolicy, parse_policy_table
+from mailsuite.mta.tlspolicy import HostTLS, Policy, TLSPolicy, parse_policy_table
 from mailsuite.mta.tlsrpt import TLSReportStore
 from mailsuite.threads import inline
 from tests.fakedns_dnssec import tlsa
-from tests.test_tlspolicy import FakeLookup, chain, pki
+from tests.test_tlspolicy import FakeClient, FakeLookup, chain, pki
 
 DOMAIN = "example.test"
 RELAY = "mx.example.test[192.0.2.1]:25"
@@ -238,3 +241,73 @@ class PolicyTests(unittest.TestCase):
                                                   hosts("mx.a.test"), 25, False, True))
         tls, _ = self.successResultOf(route.host(MailHost("mx.a.test", ())))
         self.assertEqual(tls.level, "encrypt")
+
+
+class FakeMX:
+    """Relay.resolver: MX hosts per domain."""
+
+    def __init__(self, mx: dict[str, list[str]]) -> None:
+        self.mx = mx
+
+    def hosts(self, domain: str) -> defer.Deferred[list[MailHost]]:
+        return defer.succeed(hosts(*self.mx[domain]))
+
+    def addresses(self, host: str) -> defer.Deferred[list[str]]:
+        return defer.succeed(["192.0.2.9"])
+
+
+class RelayTests(unittest.TestCase):
+    """Relay.deliver with the route: what it tries (connect attempts recorded, all refused)."""
+
+    def relay(self, relayhost: str = "") -> Relay:
+        self.connects: list[tuple[str, int]] = []
+
+        def connect(ip: str, port: int) -> defer.Deferred[Any]:
+            self.connects.append((ip, port))
+            return defer.fail(ConnectionRefusedError())
+
+        self.sts = FakeSts({DOMAIN: policy_text("enforce")})
+        return Relay(FakeMX({DOMAIN: ["mx.other.test"]}), "mail.example.test", task.Clock(),
+                     relayhost=relayhost, connect=connect, mta_sts=self.sts)
+
+    def deliver(self, relay: Relay) -> Any:
+        env = Envelope("STS1", "a@example.org", [QueuedRecipient(f"b@{DOMAIN}")], 0.0)
+        outcomes = self.successResultOf(relay.deliver(relay.next_hop(f"b@{DOMAIN}"), env,
+                                                      env.recipients, b"x\n"))
+        return outcomes[0]
+
+    def test_enforce_without_matching_mx_defers_untried(self) -> None:
+        """enforce and no MX host matches: deferred 450 4.7.5 naming the policy, no
+        connection made."""
+        out = self.deliver(self.relay())
+        self.assertEqual((out.code, out.dsn, out.status), (450, "4.7.5", "deferred"))
+        self.assertIn("MTA-STS policy of example.test (enforce): no MX host matches", out.text)
+        self.assertEqual(self.connects, [])
+
+    def test_relayhost_is_exempt(self) -> None:
+        """With a relayhost (here an MX-looked-up name equal to the domain, and a [host])
+        MTA-STS is not asked and the host is tried."""
+        for relayhost in ("[mx.other.test]", DOMAIN):
+            relay = self.relay(relayhost)
+            self.deliver(relay)
+            self.assertEqual(self.sts.asked, [])
+            self.assertEqual(len(self.connects), 1)
+
+
+class ObserveTests(unittest.TestCase):
+    """tlspolicy.starttls tells HostTLS.observe of the steps before a handshake."""
+
+    def hello(self) -> defer.Deferred[dict[str, str]]:
+        raise AssertionError("no second EHLO without TLS")
+
+    def test_no_starttls_and_refused_starttls(self) -> None:
+        """STARTTLS not offered, or answered 454: starttls-not-supported; level none: nothing
+        (no TLS was tried)."""
+        seen: list[str] = []
+        tls = HostTLS("may", [], observe=lambda result, chain, relay: seen.append(result))
+        self.successResultOf(tlspolicy.starttls(FakeClient(), tls, {}, RELAY, self.hello))
+        self.successResultOf(tlspolicy.starttls(FakeClient((454, "4.7.0 no")), tls,
+                                                {"STARTTLS": ""}, RELAY, self.hello))
+        self.successResultOf(tlspolicy.starttls(FakeClient(), replace(tls, level="none"),
+                                                {"STARTTLS": ""}, RELAY, self.hello))
+        self.assertEqual(seen, ["starttls-not-supported", "starttls-not-supported"])
