@@ -116,7 +116,8 @@ class RouteTests(unittest.TestCase):
 class AssemblyTests(unittest.TestCase):
     def test_tlsrpt_service_only_when_enabled(self) -> None:
         """smtp_tlsrpt_enable = yes adds the daily report service "tlsrpt" (its store in
-        queue_directory/tlsrpt/); the default adds none."""
+        queue_directory/tlsrpt/, the one the SMTP client counts its sessions in); the default
+        adds none. The SMTP client has the MTA-STS source (smtp_mta_sts_enable's default)."""
         from twisted.internet import reactor
 
         from mailsuite import tap
@@ -132,6 +133,9 @@ class AssemblyTests(unittest.TestCase):
             if wanted:
                 store = top.getServiceNamed("tlsrpt").store
                 self.assertTrue(store.path.endswith("/queue/tlsrpt/counts.json"))
+            relay = top.getServiceNamed("qmgr").queue.relay
+            self.assertIs(relay.tls_reports, store if wanted else None)
+            self.assertTrue(relay.mta_sts.path.endswith("/queue/mta-sts/policies.json"))
 
     def test_mta_sts_source(self) -> None:
         """build_mta_sts: the cache under queue_directory/mta-sts/, policies verified with
@@ -144,7 +148,7 @@ class AssemblyTests(unittest.TestCase):
         cfg = config("queue_directory = /var/spool/x\nsmtp_tls_CAfile = /etc/ca.pem\n"
                      "smtp_tlsrpt_enable = yes\n")
         reports = build_tls_reports(cfg, reactor, inline, queue=None)
-        sts = build_mta_sts(cfg, reactor, inline, reports)
+        sts = build_mta_sts(cfg, reactor, inline, reports.store)
         self.assertEqual(sts.path, "/var/spool/x/mta-sts/policies.json")
         trust = sts.fetcher.agent._endpointFactory.trust
         self.assertEqual((trust.cafile, trust.system), ("/etc/ca.pem", True))

@@ -157,15 +157,15 @@ class LevelTests(unittest.TestCase):
         for level in ("may", "encrypt", "verify", "secure"):
             host = HostTLS(level, ["mx.example.test"], p.store)
             for what, (certs, trust, failure) in cases.items():
-                verdict = host._judge(certs)
+                verdict = host.judge(certs)
                 self.assertEqual(verdict.trust, trust, (level, what))
                 strict = level in ("verify", "secure")
                 self.assertEqual(verdict.ok, not (strict and failure), (level, what))
                 if failure:
                     self.assertEqual(verdict.failure, failure)
-        verdict = HostTLS("verify", ["mx.example.test"], p.store)._judge(chain(p.expired))
+        verdict = HostTLS("verify", ["mx.example.test"], p.store).judge(chain(p.expired))
         self.assertIn("expired", verdict.problem)
-        verdict = HostTLS("verify", ["mx.example.test"], tlspolicy.trust_store())._judge(
+        verdict = HostTLS("verify", ["mx.example.test"], tlspolicy.trust_store()).judge(
             chain(p.good))
         self.assertEqual(verdict.trust, "Untrusted")  # the private CA only with smtp_tls_CAfile
 

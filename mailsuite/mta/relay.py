@@ -8,8 +8,9 @@ is answered the results are final for this attempt.
 
 The session: EHLO (HELO if refused), STARTTLS as the destination's TLS policy says
 (mailsuite.mta.tlspolicy: Postfix's ``smtp_tls_security_level`` and ``smtp_tls_policy_maps``,
-certificate checks, DANE), AUTH PLAIN with the credentials of ``smtp_sasl_password_maps`` (only
-inside TLS, by default only verified TLS), MAIL FROM with
+certificate checks, DANE; MTA-STS and TLS-RPT by mailsuite.mta.stsroute), AUTH PLAIN with
+the credentials of ``smtp_sasl_password_maps`` (only inside TLS, by default only verified TLS),
+MAIL FROM with
 SIZE, BODY, SMTPUTF8, RET and ENVID as the server supports them, RCPT TO with NOTIFY and ORCPT
 when it speaks DSN, DATA with our own CRLF conversion and dot-stuffing (Twisted's client misses a
 dot at a chunk boundary, TWISTED.md), QUIT.
@@ -32,8 +33,8 @@ from mailsuite.config import ConfigError
 from mailsuite.mta.address import xtext_encode
 from mailsuite.mta.dns import MX_ADDRESS_LIMIT, DNSLookupError, MailHost
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
-from mailsuite.mta.tlspolicy import (
-    DaneUnavailable, HostTLS, TLSPolicy, TLSRefused, Verdict, sasl_refusal, starttls)
+from mailsuite.mta.stsroute import Router
+from mailsuite.mta.tlspolicy import HostTLS, TLSPolicy, TLSRefused, Verdict, sasl_refusal, starttls
 from mailsuite.startup import describe_os_error
 
 log = Logger()
@@ -405,7 +406,8 @@ def load_password_map(cfg: Any) -> dict[str, tuple[str, str]]:
 
 class Relay:
     """Delivers to one next hop. ``connect(ip, port) -> Deferred[ClientProtocol]`` and
-    ``resolver.hosts(domain)`` are injectable; ``port`` is 25 except in tests (``smtp_port``)."""
+    ``resolver.hosts(domain)`` are injectable; ``port`` is 25 except in tests (``smtp_port``).
+    ``mta_sts`` (MtaSts) and ``tls_reports`` (TLSReportStore): mailsuite.mta.stsroute."""
 
     def __init__(
         self,
@@ -418,6 +420,8 @@ class Relay:
         tls_level: str = "may",
         connect: Callable[[str, int], defer.Deferred[ClientProtocol]] | None = None,
         tls: TLSPolicy | None = None,
+        mta_sts: Any = None,
+        tls_reports: Any = None,
     ) -> None:
         self.resolver = resolver
         self.helo_name = helo_name
@@ -427,6 +431,7 @@ class Relay:
         self.credentials = credentials or {}
         self.tls = tls or TLSPolicy(tls_level)  # the policy engine: mailsuite.mta.tlspolicy
         self.connect = connect or self._tcp_connect
+        self.mta_sts, self.tls_reports = mta_sts, tls_reports
 
     def next_hop(self, address: str) -> str:
         """The destination a recipient's mail goes to: relayhost, else the domain."""
@@ -490,14 +495,15 @@ class Relay:
         except Exception as e:  # a resolver failure we did not foresee: retry later
             log.failure("MX lookup for {hop} failed", Failure(), hop=hop)
             return [Outcome(451, "4.4.3", f"MX lookup for {hop} failed: {e}") for _ in recipients]
+        mx = self._destination(hop)[2] and hop != self.relayhost  # MTA-STS: the domain's MX
+        route = yield Router(self.tls, self.mta_sts, self.tls_reports).route(
+            policy, hop, hosts, port, mx_secure, mx)
         tried = 0
-        last = Outcome(451, "4.4.1", f"connect to {hop}: no host to try")
-        for mail_host in hosts:
-            try:
-                host_tls = yield self.tls.host(policy, hop, mail_host.name, port, mx_secure)
-            except (DNSLookupError, DaneUnavailable) as e:
-                text = e.text if isinstance(e, DNSLookupError) else str(e)
-                last = Outcome(450, "4.7.5", f"TLSA lookup for {mail_host.name}: {text}")
+        last = Outcome(*(route.refusal or (451, "4.4.1", f"connect to {hop}: no host to try")))
+        for mail_host in route.hosts:
+            host_tls, refusal = yield route.host(mail_host)
+            if host_tls is None:  # a TLSA look-up failed, or a policy refuses the host
+                last = Outcome(*refusal)
                 continue
             for ip in mail_host.addresses:
                 if tried >= MX_ADDRESS_LIMIT:

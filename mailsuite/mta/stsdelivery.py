@@ -13,6 +13,11 @@ Only for delivery to the recipient domain's MX hosts: not for a relayhost or ``[
 next hop (the policy is about the domain's MX, as Postfix's smtp_tls_policy_maps lookup by
 next-hop domain with postfix-mta-sts-resolver). DANE, when its TLSA records are authenticated,
 takes precedence over MTA-STS (RFC 8461 2): the caller decides that before asking here.
+
+The SMTP client's join (mailsuite.mta.stsroute) uses :class:`StsDecision` (the recording and
+the 4.7.5 text) but filters and chooses levels itself: it must look at DANE host by host
+before enforce drops a host, keeps the destination's own level in testing mode (not ``may``),
+and counts a testing-mode mismatch once per session rather than per decision.
 """
 
 from __future__ import annotations

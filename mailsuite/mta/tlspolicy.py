@@ -3,8 +3,9 @@
 One place decides how much TLS a destination gets: :meth:`TLSPolicy.destination` gives the
 :class:`Policy` of a next hop (the ``smtp_tls_policy_maps`` entry, else the global level), and
 :meth:`TLSPolicy.host` turns it into the :class:`HostTLS` of one MX host (DANE's TLSA records
-looked up there). Another source of policy (MTA-STS "enforce": level ``verify`` with the
-policy's ``mx`` patterns as match names) plugs into :meth:`TLSPolicy.destination`.
+looked up there). MTA-STS and TLS-RPT are joined to these by mailsuite.mta.stsroute (which
+MX hosts, ``secure`` with the MX name under enforce; ``HostTLS.observe`` tells it each
+session's TLS result).
 
 The levels, with Postfix's meanings (TLS_README "Client-side TLS"):
 
@@ -177,6 +178,7 @@ class Verdict:
     ok: bool
     problem: str = ""
     failure: str = ""  # the delivery status text when not ok
+    result: str = ""  # what a verifying level would call it: RFC 8460's result type, '' = good
 
 
 def trust_store(cafile: str = "") -> crypto.X509Store:
@@ -256,6 +258,9 @@ class HostTLS:
     sasl_verified_only: bool = True
     log: Callable[[str], None] = field(default=lambda text: None)
     contexts: dict[str, SSL.Context] = field(default_factory=dict)
+    #: told each TLS step's result (TLS-RPT, mailsuite.mta.stsroute): (RFC 8460 result type
+    #: or '' once the handshake is done, the server's chain, relay)
+    observe: Callable[[str, list[x509.Certificate], str], None] | None = None
 
     @property
     def mandatory(self) -> bool:
@@ -274,7 +279,7 @@ class HostTLS:
         """Judge the server of ``conn`` (after the handshake), log it, say if the level
         accepts it."""
         chain = conn.get_peer_cert_chain(as_cryptography=True) or []
-        verdict = self._judge(list(chain))
+        verdict = self.judge(list(chain))
         cipher = (f"{conn.get_protocol_version_name()} with cipher {conn.get_cipher_name()}"
                   f" ({conn.get_cipher_bits()}/{conn.get_cipher_bits()} bits)")
         if verdict.problem and (self.level in ("verify", "secure") or self.tlsa is not None):
@@ -282,23 +287,28 @@ class HostTLS:
         self.log(f"{verdict.trust} TLS connection established to {relay}: {cipher}")
         return verdict
 
-    def _judge(self, chain: list[x509.Certificate]) -> Verdict:
+    def judge(self, chain: list[x509.Certificate]) -> Verdict:
+        """The Verdict on a server's ``chain`` (leaf first) at this level, no logging."""
         if not chain:
             return Verdict("Anonymous", not self.mandatory or self.level == "encrypt",
-                           "no server certificate", "Server certificate not trusted")
+                           "no server certificate", "Server certificate not trusted",
+                           "certificate-not-trusted")
         if self.tlsa is not None and self.tlsa:
             result = dane.match_tlsa(chain, list(self.tlsa), self.names)
             if result.matched:
                 return Verdict("Verified", True)
-            return Verdict("Untrusted", False, result.detail, "Server certificate not trusted")
+            return Verdict("Untrusted", False, result.detail, "Server certificate not trusted",
+                           "tlsa-invalid")
         problem = chain_problem(self.store, chain) if self.store is not None else "no CA store"
         if problem is not None:
             ok = self.level not in ("verify", "secure")
-            return Verdict("Untrusted", ok, problem, "Server certificate not trusted")
+            kind = "certificate-expired" if "expired" in problem else "certificate-not-trusted"
+            return Verdict("Untrusted", ok, problem, "Server certificate not trusted", kind)
         if not name_matches(chain[0], self.names):
             ok = self.level not in ("verify", "secure")
             return Verdict("Trusted", ok, f"the certificate names none of"
-                           f" {', '.join(self.names)}", "Server certificate not verified")
+                           f" {', '.join(self.names)}", "Server certificate not verified",
+                           "certificate-host-mismatch")
         return Verdict("Verified", True)
 
 
@@ -321,13 +331,17 @@ def starttls(client: Any, tls: HostTLS, keywords: dict[str, str], relay: str,
     not ``none``, required by the mandatory levels; ``hello()`` says EHLO again after it. The
     EHLO keywords and the Verdict (None without TLS); TLSRefused when this host will not do."""
     mandatory = tls.mandatory
+    observe = tls.observe or (lambda result, chain, relay: None)
     if "STARTTLS" not in keywords or tls.level == "none":
+        if tls.level != "none":
+            observe("starttls-not-supported", [], relay)
         if mandatory:
             raise TLSRefused(450, "4.7.4", f"TLS is required, but was not offered by host {relay}")
         return keywords, None
     client.send("STARTTLS")
     code, text = yield client.reply()
     if code != 220:
+        observe("starttls-not-supported", [], relay)
         if mandatory:
             raise TLSRefused(
                 code, "4.7.5", f"TLS is required, but host {relay} refused STARTTLS: {code} {text}")
@@ -341,11 +355,13 @@ def starttls(client: Any, tls: HostTLS, keywords: dict[str, str], relay: str,
     except Exception as e:  # the connection failed inside the handshake (SSL.Error, lost)
         conn = creator.connection
         if isinstance(e, SSL.Error) or conn is None or conn.get_cipher_name() is None:
+            observe("validation-failure", [], relay)  # RFC 8460 has no handshake-failure
             raise TLSRefused(450, "4.7.5", f"Cannot start TLS: handshake failure with {relay}",
                              plaintext_retry=not mandatory) from None
         raise  # a refused EHLO, a lost connection after the handshake: the session's own
     assert creator.connection is not None  # made by the handshake
     verdict = tls.check(creator.connection, relay)
+    observe("", list(creator.connection.get_peer_cert_chain(as_cryptography=True) or []), relay)
     if not verdict.ok:
         raise TLSRefused(450, "4.7.5", verdict.failure)
     return keywords, verdict

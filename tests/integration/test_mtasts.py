@@ -86,8 +86,9 @@ class StsNamespace:
     """``mtasts<pid>`` with a veth pair ``mtasts<n>h`` (here) / ``mtasts<n>n`` (inside), in
     the first /29 of 198.51.100.0/24 from a choice by pid whose addresses nobody holds."""
 
-    def __init__(self, testcase: unittest.TestCase) -> None:
-        self.name = f"mtasts{os.getpid()}"
+    def __init__(self, testcase: unittest.TestCase, prefix: str = "mtasts") -> None:
+        """``prefix``: of the namespace and link names (another test file's own)."""
+        self.name = f"{prefix}{os.getpid()}"
         try:
             ip("netns", "add", self.name)
         except subprocess.CalledProcessError as e:
@@ -100,20 +101,20 @@ class StsNamespace:
             if f" {host}/" in used or f" {inside}/" in used:
                 continue
             try:
-                ip("link", "add", f"mtasts{n}h", "type", "veth", "peer", "name", f"mtasts{n}n")
+                ip("link", "add", f"{prefix}{n}h", "type", "veth", "peer", "name", f"{prefix}{n}n")
             except subprocess.CalledProcessError:
                 continue
             break
         else:
             raise unittest.SkipTest("no free /29 of 198.51.100.0/24 for the namespace")
-        testcase.addCleanup(subprocess.run, ["ip", "link", "del", f"mtasts{n}h"],
+        testcase.addCleanup(subprocess.run, ["ip", "link", "del", f"{prefix}{n}h"],
                             capture_output=True)
         self.host, self.inside = host, inside
-        ip("link", "set", f"mtasts{n}n", "netns", self.name)
-        ip("addr", "add", f"{host}/29", "dev", f"mtasts{n}h")
-        ip("link", "set", f"mtasts{n}h", "up")
-        ip("-n", self.name, "addr", "add", f"{inside}/29", "dev", f"mtasts{n}n")
-        ip("-n", self.name, "link", "set", f"mtasts{n}n", "up")
+        ip("link", "set", f"{prefix}{n}n", "netns", self.name)
+        ip("addr", "add", f"{host}/29", "dev", f"{prefix}{n}h")
+        ip("link", "set", f"{prefix}{n}h", "up")
+        ip("-n", self.name, "addr", "add", f"{inside}/29", "dev", f"{prefix}{n}n")
+        ip("-n", self.name, "link", "set", f"{prefix}{n}n", "up")
         ip("-n", self.name, "link", "set", "lo", "up")
 
     def start_server(self, testcase: unittest.TestCase, *args: str) -> None:
