@@ -130,22 +130,6 @@ class MatchTests(unittest.TestCase):
         self.assertEqual(mtasts.filter_hosts(none, hosts), (hosts, []))
         self.assertEqual(mtasts.filter_hosts(None, ["a", "b"]), (["a", "b"], []))
 
-    def test_tls_requirement(self) -> None:
-        """enforce: secure (verified, the MX name); testing: may, reported; none: nothing.
-        The Postfix form is postfix-mta-sts-resolver's."""
-        req = mtasts.tls_requirement(self.policy, "MX1.example.net.")
-        self.assertEqual((req.level, req.match, req.servername, req.report),
-                         ("secure", ("mx1.example.net",), "mx1.example.net", True))
-        testing = StsPolicy("testing", 60, self.policy.mx)
-        self.assertEqual(mtasts.tls_requirement(testing, "mx1.example.net").level, "may")
-        self.assertIsNone(mtasts.tls_requirement(StsPolicy("none", 60, ()), "x"))
-        self.assertIsNone(mtasts.tls_requirement(None, "x"))
-        self.assertEqual(mtasts.postfix_policy(self.policy),
-                         "secure match=mail.example.com:.example.net servername=hostname")
-        self.assertEqual(mtasts.postfix_policy(testing), "")
-
-
-class ConfigValueTests(unittest.TestCase):
     def test_values(self) -> None:
         """mta_sts_mode, mta_sts_mx and mta_sts_max_age convert and refuse clearly."""
         self.assertEqual(mtasts.parse_mode(" Enforce "), "enforce")
@@ -343,7 +327,8 @@ class CacheTests(unittest.TestCase):
         self.assertEqual(len(self.reports), 2)
 
 class DecisionTests(unittest.TestCase):
-    """mailsuite.mta.stsdelivery: what the SMTP client applies per delivery."""
+    """mailsuite.mta.stsdelivery.StsDecision: the 4.7.5 deferral and the TLS-RPT counts of
+    one delivery (mailsuite.mta.stsroute makes it; tests/test_stsroute.py the choices)."""
 
     def setUp(self) -> None:
         from mailsuite.mta.tlsrpt import TLSReportStore
@@ -352,26 +337,20 @@ class DecisionTests(unittest.TestCase):
         self.hosts = [MailHost("evil.example.org", ("192.0.2.1",)),
                       MailHost("mx1.example.net", ("192.0.2.2",))]
 
-    def decide(self, policy_text: bytes | None) -> Any:
-        from mailsuite.mta.stsdelivery import sts_decision
-
-        class Source:
-            def policy_for(self, domain: str) -> Any:
-                return defer.succeed(None if policy_text is None
-                                     else parse_policy(policy_text, domain))
-
-        return self.successResultOf(sts_decision(Source(), self.store, "Example.com",
-                                                 self.hosts))
+    def decision(self, policy_text: bytes | None, hosts: list[Any],
+                 refused: list[Any]) -> Any:
+        from mailsuite.mta.stsdelivery import StsDecision
+        policy = None if policy_text is None else parse_policy(policy_text, "example.com")
+        return StsDecision("example.com", policy, hosts, refused, self.store)
 
     def counts(self) -> dict[str, Any]:
         return self.store.days["1970-01-01"]["example.com"]
 
-    def test_enforce(self) -> None:
-        """enforce: only the matching MX is tried, verified (secure, its own name); the
-        other counts as a validation-failure under the policy."""
-        decision = self.decide(GOOD)
-        self.assertEqual(decision.hosts, [self.hosts[1]])
-        self.assertEqual(decision.requirement("mx1.example.net").level, "secure")
+    def test_sessions_counted_under_the_policy(self) -> None:
+        """A session under an active policy counts under it: a failure with its result type,
+        a success as ok."""
+        decision = self.decision(GOOD, [self.hosts[1]], [self.hosts[0]])
+        decision.record("evil.example.org", result_type="validation-failure")
         (entry,) = self.counts().values()
         self.assertEqual((entry["ok"], entry["fail"]), (0, 1))
         self.assertIn("validation-failure", next(iter(entry["details"])))
@@ -379,24 +358,28 @@ class DecisionTests(unittest.TestCase):
         self.assertEqual(next(iter(self.counts().values()))["ok"], 1)
 
     def test_enforce_without_matching_host_defers(self) -> None:
-        """No MX host matches: nothing to try, a 4.7.5 deferral naming the hosts."""
-        self.hosts = self.hosts[:1]
-        decision = self.decide(GOOD)
-        self.assertEqual(decision.hosts, [])
-        code, dsn, text = decision.no_host
+        """No MX host matches: a 4.7.5 deferral naming the hosts."""
+        code, dsn, text = self.decision(GOOD, [], self.hosts[:1]).no_host
         self.assertEqual((code, dsn), (450, "4.7.5"))
         self.assertIn("evil.example.org", text)
 
-    def test_testing_and_none(self) -> None:
-        """testing: every MX, TLS 'may', the mismatch reported; no policy: every MX, the
-        destination's own level (None), sessions counted as no-policy-found."""
-        decision = self.decide(GOOD.replace(b"enforce", b"testing"))
-        self.assertEqual(decision.hosts, self.hosts)
-        self.assertEqual(decision.requirement("evil.example.org").level, "may")
-        self.store.days.clear()
-        decision = self.decide(None)
-        self.assertIsNone(decision.requirement("evil.example.org"))
+    def test_no_policy_counts_as_no_policy_found(self) -> None:
+        """No policy (or mode none): sessions are counted as no-policy-found."""
+        decision = self.decision(None, self.hosts, [])
+        self.assertFalse(decision.active)
         decision.record("evil.example.org", "192.0.2.1", "starttls-not-supported")
         (key,) = self.counts()
         self.assertIn("no-policy-found", key)
 
+
+class ConfigValueTests(unittest.TestCase):
+    def test_values(self) -> None:
+        """mta_sts_mode, mta_sts_mx and mta_sts_max_age convert and refuse clearly."""
+        self.assertEqual(mtasts.parse_mode(" Enforce "), "enforce")
+        self.assertRaises(ValueError, mtasts.parse_mode, "strict")
+        self.assertEqual(mtasts.parse_mx_patterns("mx.a.test, *.b.test"),
+                         ("mx.a.test", "*.b.test"))
+        self.assertRaisesRegex(ValueError, "a.\\*.test", mtasts.parse_mx_patterns, "a.*.test")
+        self.assertEqual(mtasts.parse_max_age("7d"), 604800)
+        self.assertEqual(mtasts.parse_max_age("86400"), 86400)
+        self.assertRaisesRegex(ValueError, "limit", mtasts.parse_max_age, "400d")

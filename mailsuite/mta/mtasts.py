@@ -14,7 +14,7 @@ mailsuite.mta.mtastscache):
   exactly one left-most label (``*.example.com`` matches ``mx.example.com``, not
   ``example.com`` nor ``a.b.example.com``);
 - :func:`filter_hosts` applies a policy to the MX list (enforce: the MX hosts that match no
-  pattern are not used); :func:`tls_requirement` says what TLS a matching host must give.
+  pattern are not used; what TLS a matching host must give is mailsuite.mta.stsroute's).
 
 No kept library parses these: postfix-mta-sts-resolver is a daemon with its own resolver and
 HTTP client (aiohttp, aiodns), not a library for a Twisted reactor.
@@ -199,45 +199,6 @@ def filter_hosts(policy: StsPolicy | None, hosts: Sequence[H]) -> tuple[list[H],
 
 def _name(host: Any) -> str:
     return host if isinstance(host, str) else str(host.name)
-
-
-@dataclass(frozen=True)
-class TLSRequirement:
-    """What a delivery to one MX host must do under a policy.
-
-    ``level``: Postfix's smtp_tls_security_level for that host: ``secure`` (STARTTLS required,
-    certificate chain verified against the CAs and the name matched, as Postfix's ``secure``)
-    in enforce mode, ``may`` in testing mode (deliver anyway; a failure is reported). ``match``:
-    the names the certificate must present: the MX host name (RFC 8461 4.1 checks the
-    certificate against the MX host name, which matched a pattern); Postfix with
-    postfix-mta-sts-resolver says it as ``secure match=PATTERN:... servername=HOSTNAME``.
-    ``report``: whether a TLS failure is to be recorded for TLS-RPT (policy type ``sts``)."""
-
-    level: str
-    match: tuple[str, ...]
-    servername: str
-    report: bool = True
-
-
-def tls_requirement(policy: StsPolicy | None, mx_host: str) -> TLSRequirement | None:
-    """The TLS a delivery to ``mx_host`` needs under ``policy``; None: the policy says nothing
-    (no policy, mode none), the destination's own level applies. A host that matches no
-    pattern under enforce is not to be tried at all (:func:`filter_hosts`)."""
-    if policy is None or policy.mode == "none":
-        return None
-    host = mx_host.rstrip(".").lower()
-    level = "secure" if policy.mode == "enforce" else "may"
-    return TLSRequirement(level, (host,), host)
-
-
-def postfix_policy(policy: StsPolicy | None) -> str:
-    """The smtp_tls_policy_maps right-hand side postfix-mta-sts-resolver gives for a policy
-    (``secure match=PATTERN:PATTERN servername=hostname``; ``none``-mode or no policy: ""),
-    so the outbound TLS code can express a policy in its own table language."""
-    if policy is None or policy.mode != "enforce":
-        return ""
-    patterns = ":".join(p[1:] if p.startswith("*.") else p for p in policy.mx)
-    return f"secure match={patterns} servername=hostname"
 
 
 # -- mail.ini values of our own policy (mailsuite.mtastsserve) ----------------------------------
