@@ -127,7 +127,7 @@ def check_port(ctx: Context, name: str, port: int | str, configured: list[str]) 
         except (OSError, ssl.SSLError) as e:
             return fail(check, f"listening on {', '.join(bound)}, but {address} does not"
                         f" answer: {e}", "see the maillog; a firewall (nft list ruleset)?")
-        verdict = _judge(check, name, line, f"{', '.join(bound)}: {address}")
+        verdict = _judge(check, name, line, f"listening on {', '.join(bound)}; {address}")
         if verdict.status != "ok":
             return verdict
         lines.append(verdict.found)
