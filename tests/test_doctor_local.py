@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import task
 from twisted.trial import unittest
 
-from mailsuite import admin
+from mailsuite import admin, doctor
 from mailsuite.doctor import local, services, verdict
 from mailsuite.doctor.context import Context, NoAddresses, host_addresses
 from mailsuite.doctor.resolve import Lookups
@@ -243,6 +243,18 @@ class ReportTests(unittest.TestCase):
         self.assertEqual(verdict.exit_status(results), 0)
         self.assertEqual(verdict.exit_status(results, strict=True), 1)
         self.assertEqual(verdict.exit_status([*results, verdict.fail("c", "x", "y")]), 1)
+
+    def test_a_check_that_raises_is_a_verdict(self) -> None:
+        """A check that raises becomes a FAIL line naming the error, and the checks after it
+        still run."""
+        got = self.successResultOf(doctor._guarded("queue", lambda: 1 / 0))
+        self.assertEqual(got[0].status, "FAIL")
+        self.assertIn("ZeroDivisionError", got[0].found)
+        cfg = real_config(HOST, tls={"ssl": "no"})
+        results = self.successResultOf(doctor.run_checks(
+            context(cfg), skip=("host", "records", "ports", "relay")))
+        self.assertEqual([r.check for r in results][:3],
+                         ["certificate", "mail spool", "queue"])
 
     def test_host_addresses(self) -> None:
         """ip -j addr's JSON gives every address; a missing ip command is NoAddresses."""

@@ -26,27 +26,15 @@ from typing import Any, TextIO
 
 from twisted.internet import defer, task
 
-from mailsuite.cmdbase import EX_USAGE, Fatal, load
+from mailsuite.cmdbase import load
+# argparse whose usage errors are EX_USAGE and whose --help returns: the admin command's
+from mailsuite.dkimcmd import _Exit, _Parser
 from mailsuite.doctor import hostdns, local, records, services
 from mailsuite.doctor.context import Context, NoAddresses, host_addresses
 from mailsuite.doctor.resolve import Lookups, make_resolver
 from mailsuite.doctor.verdict import Result, as_json, exit_status, fail, text
 
 GROUPS = ("host", "records", "ports", "relay", "files")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise Fatal(EX_USAGE, f"{message}\n{self.format_usage().rstrip()}")
-
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        raise _Exit(status)
-
-
-class _Exit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
 
 
 def parser() -> argparse.ArgumentParser:
@@ -107,13 +95,20 @@ def context(cfg: Any, reactor: Any) -> Context:
         return Context(cfg, lookups, reactor, None, str(e))
 
 
+def parse(argv: list[str], out: TextIO) -> argparse.Namespace | int:
+    """The options, or the exit status after ``--help`` (printed on ``out``)."""
+    with contextlib.redirect_stdout(out):
+        try:
+            return parser().parse_args(argv)
+        except _Exit as e:
+            return e.status
+
+
 def main(argv: list[str], out: TextIO) -> int:
     """``mailsuite doctor ...``: the report on ``out``, the exit status."""
-    try:
-        with contextlib.redirect_stdout(out):
-            args = parser().parse_args(argv)
-    except _Exit as e:
-        return e.status
+    args = parse(argv, out)
+    if isinstance(args, int):
+        return args
     cfg = load(args.config)
     results: list[Result] = []
 

@@ -5,6 +5,7 @@ Each verdict that is not ok gives the record to publish."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -133,6 +134,8 @@ def check_dkim(ctx: Context, domain: str, entry: DkimEntry) -> Any:
     try:
         key = load_key(entry.path)
     except OSError as e:
+        if isinstance(e, PermissionError) and os.geteuid() != 0:
+            return cannot_run(check, f"{entry.path} is not readable by this user (run as root)")
         return fail(check, f"cannot read the key {entry.path}: {e.strerror}",
                     f"mailsuite dkim keygen {domain} --selector {entry.selector}"
                     f" --out {entry.path}, then publish the record it prints")
