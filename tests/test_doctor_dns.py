@@ -298,3 +298,22 @@ class DkimDmarcTests(unittest.TestCase):
         self.assertEqual(checks, ["SPF example.com", "SPF other.example",
                                   "DKIM sel._domainkey.other.example", "DMARC example.com",
                                   "DMARC other.example"])
+
+
+class AutoconfigNameTests(unittest.TestCase):
+    def test_names_lead_here(self) -> None:
+        """With an autoconfig site on, autoconfig.DOMAIN and autodiscover.DOMAIN of each of
+        our domains must lead to this host: one missing FAILs with the CNAME to publish; off,
+        nothing is checked."""
+        zone = good_zone()
+        zone[("autoconfig.example.com", dns.A)] = [dns.Record_A(ADDRESS)]
+        ctx = context(zone)
+        self.assertEqual(self.successResultOf(hostdns.check_autoconfig_names(ctx)), [])
+        cfg = real_config(HOST, mail={"mydomain": DOMAIN, "mydestination": [DOMAIN]},
+                          listen={"autoconfig": 8080})
+        ctx.cfg = cfg
+        got = {r.check: r for r in self.successResultOf(hostdns.check_autoconfig_names(ctx))}
+        self.assertEqual(got["A/AAAA autoconfig.example.com"].status, "ok")
+        r = got["A/AAAA autodiscover.example.com"]
+        self.assertEqual((r.status, r.fix),
+                         ("FAIL", f"publish autodiscover.example.com. IN CNAME {HOST}."))

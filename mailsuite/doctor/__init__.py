@@ -5,7 +5,8 @@
 Checks, in groups (``--skip`` leaves a group out):
 
 - ``host`` (hostdns.py): myhostname is a FQDN, its A/AAAA are this host's, mydomain's MX names
-  it, the PTR of its address names it back;
+  it, the PTR of its address names it back; autoconfig./autodiscover. names lead here when
+  an autoconfig site is on;
 - ``records`` (records.py): SPF authorizes our address (pyspf), each [dkim] key is published
   as configured, DMARC has a policy;
 - ``ports`` (services.py): each configured port listens and greets; ``relay``: the relay is
@@ -72,6 +73,7 @@ def run_checks(ctx: Context, skip: tuple[str, ...] = ()) -> Any:
     """Every verdict, in order (host first: the others use the addresses it found)."""
     groups: list[tuple[str, str, Callable[[], Any]]] = [
         ("host", "host", lambda: hostdns.check_host(ctx)),
+        ("host", "autoconfig names", lambda: hostdns.check_autoconfig_names(ctx)),
         ("records", "records", lambda: records.check_records(ctx)),
         ("ports", "ports", lambda: services.check_ports(ctx)),
         ("relay", "relay", lambda: services.check_relay(ctx)),

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from mailsuite.autoconfig import our_domains
 from mailsuite.doctor.context import Context, is_public
 from mailsuite.doctor.resolve import LookupFailed
 from mailsuite.doctor.verdict import Result, fail, ok, warn
@@ -91,14 +92,15 @@ def check_host(ctx: Context) -> Any:
     mail = ctx.cfg.mail
     name, domain = mail.myhostname.lower(), mail.mydomain.lower()
     results = [fqdn(name)]
+    addresses, mx = ctx.lookups.addresses(name), ctx.lookups.mx(domain)  # both asked at once
     try:
-        ctx.published = yield ctx.lookups.addresses(name)
+        ctx.published = yield addresses
         results.append(address_verdict(ctx, name, ctx.published))
     except LookupFailed as e:
         results.append(fail(f"A/AAAA {name}", str(e), "check [mail] dns_resolver or"
                             " /etc/resolv.conf, and the domain's name servers"))
     try:
-        hosts = yield ctx.lookups.mx(domain)
+        hosts = yield mx
         results.append(mx_verdict(domain, name, hosts))
     except LookupFailed as e:
         results.append(fail(f"MX {domain}", str(e), "check the domain's name servers"))
@@ -112,4 +114,32 @@ def check_host(ctx: Context) -> Any:
         except LookupFailed as e:
             results.append(fail(f"PTR {address}", str(e), "ask the hosting provider to set the"
                                 f" reverse DNS of {address} to {name}"))
+    return results
+
+
+@defer.inlineCallbacks
+def check_autoconfig_names(ctx: Context) -> Any:
+    """With an autoconfig site on: ``autoconfig.DOMAIN`` (Thunderbird) and
+    ``autodiscover.DOMAIN`` (Outlook) of each of our domains lead to this host."""
+    listen = ctx.cfg.listen
+    if listen.autoconfig is None and listen.autoconfigs is None:
+        return []
+    ours = set(ctx.published) | set(ctx.local or [])
+    host = ctx.cfg.mail.myhostname
+    results = []
+    for domain in our_domains(ctx.cfg):
+        for name in (f"autoconfig.{domain}", f"autodiscover.{domain}"):
+            check = f"A/AAAA {name}"
+            fix = f"publish {name}. IN CNAME {host}."
+            try:
+                found = yield ctx.lookups.addresses(name)
+            except LookupFailed as e:
+                results.append(fail(check, str(e), fix))
+                continue
+            if not found:
+                results.append(fail(check, "no address: mail clients set up by hand only", fix))
+            elif ours and not set(found) & ours:
+                results.append(fail(check, f"{', '.join(found)}: not this host", fix))
+            else:
+                results.append(ok(check, ", ".join(found)))
     return results

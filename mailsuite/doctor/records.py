@@ -209,10 +209,17 @@ def check_records(ctx: Context) -> Any:
                             " Outlook.com spam-folder unsigned mail",
                             f"mailsuite dkim keygen {ctx.cfg.mail.mydomain}, then add the line"
                             " it prints and publish its record"))
-    for check, step in steps:
-        try:
-            results.append((yield step()))
-        except LookupFailed as e:
-            results.append(fail(check, str(e), "check [mail] dns_resolver and the domain's"
-                                " name servers"))
-    return results
+
+    def one(check: str, step: Any) -> Any:
+        def no_answer(reason: Any) -> Result:
+            if not reason.check(LookupFailed):
+                reason.trap(Exception)  # CancelledError (a BaseException) goes on
+                return fail(check, f"the check itself failed: {reason.getErrorMessage()}"
+                            f" ({reason.type.__name__})", "report this bug of mailsuite doctor")
+            return fail(check, reason.getErrorMessage(), "check [mail] dns_resolver and the"
+                        " domain's name servers")
+        return defer.maybeDeferred(step).addErrback(no_answer)
+
+    # at once: a dead name server costs one timeout, not one per record
+    found = yield defer.gatherResults([one(c, s) for c, s in steps], consumeErrors=True)
+    return results + list(found)
