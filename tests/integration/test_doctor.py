@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -20,6 +21,7 @@ from mailsuite.dkimcmd import new_key
 from mailsuite.dkimconf import parse_key, txt_record
 from tests import fakemx
 from tests.fakedns_dnssec import make_cert
+from tests.integration import netns
 from tests.integration.harness import Site
 from tests.integration.test_dkim_real import keygen, mailsuite
 
@@ -30,8 +32,8 @@ PTR = "1.0.0.127.in-addr.arpa"
 def write_certificate(site: Site) -> None:
     """A certificate from a test CA for myhostname (what a real CA gives; the first start
     would otherwise make a self-signed one, which the doctor rightly FAILs)."""
-    ca = fakemx_ca = make_cert("Doctor Test CA", [], ca=True)
-    leaf = make_cert(HOST, [HOST], issuer=fakemx_ca, days=(-1, 90))
+    ca = make_cert("Doctor Test CA", [], ca=True)
+    leaf = make_cert(HOST, [HOST], issuer=ca, days=(-1, 90))
     os.makedirs(os.path.dirname(site.cert), exist_ok=True)
     with open(site.cert, "wb") as f:
         f.write(leaf.pem() + ca.pem())
@@ -150,3 +152,58 @@ class DoctorTests(unittest.TestCase):
                          " listens")
         self.assertRegex(p.stdout, r"warn  relay +could not run")
         self.assertNotIn("Traceback", p.stdout + p.stderr)
+
+
+class StrangerSite(Site):
+    """A site trusting loopback (mynetworks = 127.0.0.0/8) that also listens on ``address``,
+    an address of this host outside mynetworks: the relay test must go from there."""
+
+    def __init__(self, testcase: unittest.TestCase, address: str) -> None:
+        self.address = address
+        super().__init__(testcase, mail_extra="mynetworks = 127.0.0.0/8")
+
+    def ini(self) -> str:
+        return super().ini().replace(
+            "inet_interfaces = 127.0.0.1", f"inet_interfaces = 127.0.0.1, {self.address}")
+
+
+def veth_address(case: unittest.TestCase) -> str:
+    """A second address of this host: the host end of a veth pair into a namespace of ours
+    (``doctor<pid>``, 198.51.100.240/28), removed at cleanup."""
+    reason = netns.can_run()
+    if reason:
+        raise unittest.SkipTest(reason)
+    pid = os.getpid()
+    name, outside, inside = f"doctor{pid}", f"doc{pid % 100000}h", f"doc{pid % 100000}n"
+    try:
+        netns.ip("netns", "add", name)
+    except subprocess.CalledProcessError as e:
+        raise unittest.SkipTest(f"cannot create a network namespace: {e.stderr!r}") from e
+    case.addCleanup(netns.ip, "netns", "del", name)
+    netns.ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+    case.addCleanup(subprocess.run, ["ip", "link", "del", outside], capture_output=True)
+    host = f"198.51.100.{241 + 4 * (pid % 4)}"
+    netns.ip("link", "set", inside, "netns", name)
+    netns.ip("addr", "add", f"{host}/30", "dev", outside)
+    netns.ip("link", "set", outside, "up")
+    return host
+
+
+class RelayFromStrangerTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_relay_test_uses_an_address_outside_mynetworks(self) -> Any:
+        """Loopback trusted, the host with a second address outside mynetworks: the relay
+        test goes from a non-loopback address of the host and gets 554 5.7.1 (what it does
+        on a real server, whose public address is not in mynetworks)."""
+        address = veth_address(self)
+        site = StrangerSite(self, address)
+        site.start()
+        p = yield threads.deferToThread(mailsuite, "doctor", "-C", site.config, "--json",
+                                        "--skip", "host", "--skip", "records")
+        status, found, _ = lines(p.stdout)["relay"]
+        self.assertEqual(status, "ok", found)
+        source = re.search(r"from (\S+) \(not in mynetworks\): 554 5\.7\.1", found)
+        self.assertIsNotNone(source, found)
+        self.assertFalse(source.group(1).startswith("127."), found)  # type: ignore[union-attr]
