@@ -113,8 +113,8 @@ def check_spool(ctx: Context) -> Result:
     """The INBOX directory (``INBOX=/var/mail/%u``): root:mail 2775, as Debian makes it."""
     inbox = split_location(ctx.cfg.mailbox.mail_location)[1]
     check = "mail spool"
-    directory, _, last = inbox.rpartition("/")
-    if "%" in directory or "~" in directory or "%u" not in last:
+    directory = inbox.rpartition("/")[0]
+    if "%" in directory or "~" in directory:
         return ok(check, f"INBOX is {inbox}: in each user's own directory")
     try:
         st = os.stat(directory)

@@ -113,8 +113,10 @@ def check_spf(ctx: Context, domain: str) -> Any:
         suggestion = yield _suggestion(ctx, domain, addresses)
         return fail(check, f'"{record}": permerror ({explanation}): receivers treat it as'
                     " broken", f'publish {domain}. IN TXT "{suggestion}" instead')
+    provider = " (or the include: your relay provider documents)" if how else ""
     return fail(check, f'"{record}" gives {result} for {address}{how}: our mail fails SPF',
-                f'publish {domain}. IN TXT "{amended(record, [a for a, _, _ in refused])}"')
+                f'publish {domain}. IN TXT "{amended(record, [a for a, _, _ in refused])}"'
+                f"{provider}")
 
 
 def tags(record: str) -> dict[str, str]:

@@ -154,19 +154,6 @@ class DoctorTests(unittest.TestCase):
         self.assertNotIn("Traceback", p.stdout + p.stderr)
 
 
-class StrangerSite(Site):
-    """A site trusting loopback (mynetworks = 127.0.0.0/8) that also listens on ``address``,
-    an address of this host outside mynetworks: the relay test must go from there."""
-
-    def __init__(self, testcase: unittest.TestCase, address: str) -> None:
-        self.address = address
-        super().__init__(testcase, mail_extra="mynetworks = 127.0.0.0/8")
-
-    def ini(self) -> str:
-        return super().ini().replace(
-            "inet_interfaces = 127.0.0.1", f"inet_interfaces = 127.0.0.1, {self.address}")
-
-
 def veth_address(case: unittest.TestCase) -> str:
     """A second address of this host: the host end of a veth pair into a namespace of ours
     (``doctor<pid>``, 198.51.100.240/28), removed at cleanup."""
@@ -198,7 +185,12 @@ class RelayFromStrangerTests(unittest.TestCase):
         test goes from a non-loopback address of the host and gets 554 5.7.1 (what it does
         on a real server, whose public address is not in mynetworks)."""
         address = veth_address(self)
-        site = StrangerSite(self, address)
+        site = Site(self, mail_extra="mynetworks = 127.0.0.0/8")  # loopback trusted
+        with open(site.config) as f:  # listening on the second address too
+            ini = f.read().replace("inet_interfaces = 127.0.0.1",
+                                   f"inet_interfaces = 127.0.0.1, {address}")
+        with open(site.config, "w") as f:
+            f.write(ini)
         site.start()
         p = yield threads.deferToThread(mailsuite, "doctor", "-C", site.config, "--json",
                                         "--skip", "host", "--skip", "records")
