@@ -70,6 +70,8 @@ install_dovecot() {
 
 install_suite() {
     apt_install python3 python3-venv
+    # iproute2: `mailsuite doctor` lists the host's addresses with ip -j addr
+    apt_install iproute2
     [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip >/dev/null
     # EXTRAS: e.g. "[test]", setup.cfg's extras_require to install as well
