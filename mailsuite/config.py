@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mailsuite.acme import conf as acme_conf
 from mailsuite.configschema import (
     SECTIONS,
     SERVICES,
@@ -217,6 +218,7 @@ def parse_config(
             built[section_name] = section.build(**values)
     if "listen" in built and "tls" in built:
         errors.extend(_tls_listener_errors(filename, built["listen"], built["tls"]))
+        errors.extend(acme_conf.config_errors(filename, built["listen"], built["tls"]))
     if errors:
         raise ConfigError(errors)
     return Config(path=filename, **built)

@@ -52,6 +52,7 @@ from mailsuite.configvalues import (
     parse_user_name,
     split_location,
 )
+from mailsuite.acme.conf import parse_directory_url
 from mailsuite.dkimconf import DkimConfig
 from mailsuite.dkimconf import build as build_dkim
 from mailsuite.dkimconf import parse_entry as parse_dkim_entry
@@ -310,6 +311,14 @@ class TLSConfig:
     ssl: str
     ssl_cert: str
     ssl_key: str
+    # ACME certificates (mailsuite/acme/)
+    acme: bool = False
+    acme_server: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_email: str = ""
+    acme_ca_file: str = ""
+    acme_account_key: str = ""
+    acme_renew_before: float = 30 * 86400.0
+    acme_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -516,6 +525,14 @@ SECTIONS: dict[str, Section] = {
         Key("ssl", "yes", parse_ssl),
         Key("ssl_cert", "/etc/mailsuite/tls/cert.pem", parse_pem_path),
         Key("ssl_key", "/etc/mailsuite/tls/key.pem", parse_pem_path),
+        # ACME certificates (mailsuite/acme/): http-01 on [listen] autoconfig
+        Key("acme", "no", parse_bool),
+        Key("acme_server", "https://acme-v02.api.letsencrypt.org/directory", parse_directory_url),
+        Key("acme_email", "", parse_bcc_address),
+        Key("acme_ca_file", "", parse_optional_path),
+        Key("acme_account_key", "", parse_optional_path),
+        Key("acme_renew_before", "30d", parse_time_days),
+        Key("acme_names", "", lambda value: tuple(parse_domains(value))),
     ]),
     "audit": Section(AuditConfig, [
         Key("rules", "", parse_optional_path),
