@@ -17,8 +17,8 @@ renegotiation, no session tickets to leak across reloads. An SNI name is accepte
 ``yes`` or ``required`` and neither file exists, it makes a self-signed certificate for
 ``myhostname`` (RSA 2048, SHA-256, ten years), writes both files with mode 0600 (creating their
 directories) and says where. A self-signed certificate for another name (``myhostname`` changed)
-is moved to ``PATH.old`` and made again; a certificate from a CA is never touched. Exactly one of the two files missing is an error, not a reason to
-overwrite the other.
+is moved to ``PATH.old`` and made again; a certificate from a CA is never touched. Exactly one
+of the two files missing is an error, not a reason to overwrite the other.
 """
 
 from __future__ import annotations
