@@ -46,11 +46,11 @@ class ConfigTests(unittest.TestCase):
         self.assertEqual(conf.challenge_dir(cfg), "/etc/mailsuite/tls/acme-challenge")
 
     def test_names(self) -> None:
-        """myhostname, then autoconfig. and autodiscover. of each of our domains (not
-        localhost), mta-sts. too when a policy is served; acme_names replaces the list."""
+        """myhostname, then autoconfig. and autodiscover. of each of our mail domains (not
+        localhost, not myhostname itself), mta-sts. too when a policy is served; acme_names
+        replaces the list."""
         self.assertEqual(conf.names_of(config("[tls]\nacme = yes\n")), [
-            "mail.example.test", "autoconfig.mail.example.test",
-            "autodiscover.mail.example.test", "autoconfig.example.test",
+            "mail.example.test", "autoconfig.example.test",
             "autodiscover.example.test", "autoconfig.other.test", "autodiscover.other.test"])
         sts = config("", BASE.replace("[listen]\n", "mta_sts_mode = enforce\n[listen]\n"))
         self.assertIn("mta-sts.example.test", conf.names_of(sts))

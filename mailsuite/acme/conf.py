@@ -29,12 +29,14 @@ def _not_localhost(name: str) -> bool:
 
 def names_of(cfg: Any) -> list[str]:
     """The names the ACME certificate covers: ``acme_names`` when set; else myhostname and,
-    for each of our domains (mydestination without localhost, else mydomain), the autoconfig
+    for each of our mail domains (mydestination without localhost and myhostname itself, else
+    mydomain), the autoconfig
     and autodiscover names (the HTTPS autoconfig site answers for them), and ``mta-sts.DOMAIN``
     when an MTA-STS policy is served (its fetchers require HTTPS with a valid certificate)."""
     if cfg.tls.acme_names:
         return list(cfg.tls.acme_names)
-    domains = [d for d in cfg.mail.mydestination if _not_localhost(d)] or [cfg.mail.mydomain]
+    domains = [d for d in cfg.mail.mydestination
+               if _not_localhost(d) and d != cfg.mail.myhostname] or [cfg.mail.mydomain]
     names = [cfg.mail.myhostname]
     if cfg.listen.autoconfig is not None or cfg.listen.autoconfigs is not None:
         for domain in domains:
