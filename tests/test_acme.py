@@ -106,26 +106,24 @@ class InstallTests(unittest.TestCase):
         self.cert = os.path.join(self.dir, "tls", "cert.pem")
         self.key = os.path.join(self.dir, "tls", "key.pem")
 
-    def test_new_files(self) -> None:
-        """The key is written 0600, the certificate 0644, directories made; no temp file is
-        left behind."""
+    def modes(self) -> tuple[int, int]:
+        return tuple(stat.S_IMODE(os.stat(p).st_mode) for p in (self.cert, self.key))
+
+    def test_new_files_then_renewal(self) -> None:
+        """New files: the key is 0600, the certificate 0644, directories made, no temp file
+        left behind. A renewal keeps the certificate's mode (0640 here) and makes a key that
+        was 0640 0600 again."""
         chain, key, _ = ca_signed(NAMES)
         certfiles.install(self.cert, self.key, chain, key)
-        self.assertEqual(stat.S_IMODE(os.stat(self.key).st_mode), 0o600)
-        self.assertEqual(stat.S_IMODE(os.stat(self.cert).st_mode), 0o644)
+        self.assertEqual(self.modes(), (0o644, 0o600))
         with open(self.cert, "rb") as f:
             self.assertEqual(f.read(), chain)
         self.assertEqual(sorted(os.listdir(os.path.dirname(self.cert))), ["cert.pem", "key.pem"])
-
-    def test_replace_keeps_cert_mode_key_private(self) -> None:
-        """A renewal keeps the certificate's mode; a key that was 0640 becomes 0600."""
-        certfiles.install(self.cert, self.key, *ca_signed(NAMES)[:2])
         os.chmod(self.cert, 0o640)
         os.chmod(self.key, 0o640)
         chain, key, _ = ca_signed(NAMES)
         certfiles.install(self.cert, self.key, chain, key)
-        self.assertEqual(stat.S_IMODE(os.stat(self.cert).st_mode), 0o640)
-        self.assertEqual(stat.S_IMODE(os.stat(self.key).st_mode), 0o600)
+        self.assertEqual(self.modes(), (0o640, 0o600))
         with open(self.key, "rb") as f:
             self.assertEqual(f.read(), key)
 

@@ -13,16 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
-import time
 import urllib.request
 
 
 from tests.acmefakes import ca_signed
-from tests.integration.harness import free_port
+from tests.integration.harness import free_port, terminate, wait_ports
 
 PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
 SKIP = None if os.path.exists(PEBBLE) else \
@@ -70,18 +67,7 @@ class Pebble:
 
     def wait(self) -> None:
         """(blocking) Until both ports accept, bounded."""
-        deadline = time.monotonic() + START_TIMEOUT
-        for port in (self.port, self.management):
-            while True:
-                if self.process.poll() is not None:
-                    raise AssertionError(f"pebble exited:\n{self.log()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise AssertionError(f"pebble did not start:\n{self.log()}") from None
-                    time.sleep(0.05)
+        wait_ports((self.port, self.management), START_TIMEOUT, "pebble", self.log, self.process)
 
     def root(self) -> bytes:
         """(blocking) The PEM of the root pebble signs with (management interface)."""
@@ -97,11 +83,5 @@ class Pebble:
             return f.read().decode("utf-8", "replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
         self.output.close()
