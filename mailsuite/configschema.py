@@ -319,6 +319,7 @@ class TLSConfig:
     acme_account_key: str = ""
     acme_renew_before: float = 30 * 86400.0
     acme_names: tuple[str, ...] = ()
+    acme_challenge_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -533,6 +534,7 @@ SECTIONS: dict[str, Section] = {
         Key("acme_account_key", "", parse_optional_path),
         Key("acme_renew_before", "30d", parse_time_days),
         Key("acme_names", "", lambda value: tuple(parse_domains(value))),
+        Key("acme_challenge_dir", "", parse_optional_path),
     ]),
     "audit": Section(AuditConfig, [
         Key("rules", "", parse_optional_path),

@@ -424,7 +424,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     tls_files = None if tls is None else (cfg.tls.ssl_cert, cfg.tls.ssl_key)
     master = MasterService(cfg, reactor, checker, accounts, maillog, listeners, tls_files, owner)
     master.setServiceParent(top)
-    add_acme(top, cfg, reactor, blocking, master.hup, maillog)  # [tls] acme: in the master
+    add_acme(top, cfg, reactor, blocking, master.hup, maillog, owner)  # [tls] acme: here
     top.maillog = maillog
 
     def on_hup(signum: int, frame: Any) -> None:

@@ -167,6 +167,45 @@ class TokenTests(unittest.TestCase):
         os.symlink(secret, os.path.join(self.store.directory, TOKEN))
         self.assertIsNone(self.store.read(TOKEN))
 
+    def test_directory_must_be_ours(self) -> None:
+        """The token directory is made 0755 whatever the umask (the HTTP responder reads it);
+        a symlink in its place, or one others may write, is refused before anything is
+        written."""
+        old = os.umask(0o077)
+        try:
+            self.store.put(TOKEN, "x")
+        finally:
+            os.umask(old)
+        self.assertEqual(stat.S_IMODE(os.stat(self.store.directory).st_mode), 0o755)
+        elsewhere = os.path.abspath(self.mktemp())
+        os.makedirs(elsewhere)
+        os.rename(self.store.directory, self.store.directory + ".gone")
+        os.symlink(elsewhere, self.store.directory)
+        self.assertRaises(OSError, self.store.put, TOKEN, "x")
+        self.assertEqual(os.listdir(elsewhere), [])
+        os.unlink(self.store.directory)
+        os.mkdir(self.store.directory)
+        os.chmod(self.store.directory, 0o777)
+        self.assertRaises(OSError, self.store.put, TOKEN, "x")
+
+    def test_token_dir_checked_for_network_process(self) -> None:
+        """(root) With privilege separation the start refuses a token directory the network
+        process could not read (under a 0700 directory), naming acme_challenge_dir."""
+        if os.geteuid() != 0:
+            raise unittest.SkipTest("needs root (a child takes another uid)")
+        from mailsuite.acme.service import check_token_dir
+        from mailsuite.startup import StartupError
+        import shutil
+        import tempfile
+        top = tempfile.mkdtemp(prefix="ms-acme-", dir="/tmp")  # 0700, under a searchable /tmp
+        self.addCleanup(shutil.rmtree, top, True)
+        cfg = config(f"[tls]\nacme = yes\nssl_cert = {top}/tls/cert.pem\n")
+        with self.assertRaises(StartupError) as caught:
+            check_token_dir(cfg, (65534, 65534))
+        self.assertIn("[tls] acme_challenge_dir", str(caught.exception))
+        os.chmod(top, 0o755)
+        check_token_dir(cfg, (65534, 65534))
+
     def test_http_answers(self) -> None:
         """With acme = yes the HTTP responder answers the CA's GET with the key
         authorization (text/plain), an unknown token with 404, a POST with 405; with

@@ -53,10 +53,11 @@ def account_key_path(cfg: Any) -> str:
 
 
 def challenge_dir(cfg: Any) -> str:
-    """The http-01 token directory, beside ssl_cert: written by the ACME client (root's, in a
-    privilege-separated server: never a directory the network process could swap for a
-    symlink), read by the HTTP responder."""
-    return os.path.join(os.path.dirname(cfg.tls.ssl_cert), CHALLENGE_DIR)
+    """The http-01 token directory (``acme_challenge_dir``, else beside ssl_cert): written by
+    the ACME client (root's, in a privilege-separated server: never a directory the network
+    process could swap for a symlink), read by the HTTP responder."""
+    return cfg.tls.acme_challenge_dir or os.path.join(os.path.dirname(cfg.tls.ssl_cert),
+                                                      CHALLENGE_DIR)
 
 
 def config_errors(filename: str, cfg_listen: Any, tls: Any) -> list[str]:

@@ -20,6 +20,7 @@ would parse what it hands over (a certificate) anyway, for a second process to k
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from twisted.logger import Logger
 from mailsuite.acme import certfiles, client
 from mailsuite.acme import conf as acme_conf
 from mailsuite.acme.tokens import TokenStore
+from mailsuite.startup import StartupError, unreadable_by
 from mailsuite.threads import Blocking
 
 log = Logger()
@@ -141,10 +143,15 @@ def _why(error: Exception) -> str:
 
 
 def add_acme(top: service.MultiService, cfg: Any, reactor: Any, blocking: Blocking,
-             reload: Callable[[], Any], maillog: Any = None) -> AcmeService | None:
-    """The ACME service under ``top`` when ``[tls] acme = yes`` (tap.py's one line)."""
+             reload: Callable[[], Any], maillog: Any = None,
+             owner: tuple[int, int] | None = None) -> AcmeService | None:
+    """The ACME service under ``top`` when ``[tls] acme = yes`` (tap.py's one line).
+    ``owner``: mail_owner's uid and gid when the network process serves the tokens
+    (privilege separation): StartupError unless it can read their directory."""
     if not cfg.tls.acme:
         return None
+    if owner is not None:
+        check_token_dir(cfg, owner)
     if cfg.listen.autoconfig != 80:
         log.warn("[listen] autoconfig = {port}: the CA checks http-01 on port 80; forward"
                  " port 80 there", port=cfg.listen.autoconfig)
@@ -152,3 +159,18 @@ def add_acme(top: service.MultiService, cfg: Any, reactor: Any, blocking: Blocki
     acme.setName("acme")
     acme.setServiceParent(top)
     return acme
+
+
+def check_token_dir(cfg: Any, owner: tuple[int, int]) -> None:
+    """(blocking, at start) Make the token directory and check that a process with
+    ``owner``'s rights (the network process) can read it."""
+    directory = acme_conf.challenge_dir(cfg)
+    try:
+        os.close(TokenStore(directory).open_dir())
+    except OSError as e:
+        raise StartupError(f"[tls] acme_challenge_dir: {directory}: {e.strerror}") from None
+    for path, why in unreadable_by([directory], *owner).items():
+        raise StartupError(
+            f"[tls] acme_challenge_dir: {path}: {why} (the network process, as mail_owner,"
+            " serves the http-01 tokens from there: make the directories above it searchable"
+            " by mail_owner, or set acme_challenge_dir)")

@@ -42,17 +42,40 @@ class TokenStore:
             raise ValueError(f"not an ACME token: {token!r}")
         return os.path.join(self.directory, token)
 
+    def open_dir(self) -> int:
+        """The directory, made 0755 if missing, opened without following a symlink; refused
+        unless it is ours and writable by nobody else (no one may swap what we write in it)."""
+        os.makedirs(os.path.dirname(self.directory), mode=0o755, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.directory, 0o755)
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            os.close(fd)
+            raise OSError(errno.EPERM, "not ours, or writable by others", self.directory)
+        if st.st_mode & 0o755 != 0o755:  # a umask took o+rx: the HTTP responder must read it
+            os.fchmod(fd, 0o755)
+        return fd
+
     def put(self, token: str, key_authorization: str) -> None:
         """Publish ``key_authorization`` for ``token`` (all or nothing; blocking)."""
-        path = self._path(token)
-        os.makedirs(self.directory, mode=0o755, exist_ok=True)
-        atomic_write(path, key_authorization.encode("ascii"), tmp=f"{path}.tmp", mode=0o644,
-                     sync=None)
+        name = os.path.basename(self._path(token))
+        fd = self.open_dir()
+        try:
+            atomic_write(name, key_authorization.encode("ascii"), tmp=f"{name}.tmp", dir_fd=fd,
+                         mode=0o644, sync=None)
+        finally:
+            os.close(fd)
 
     def remove(self, token: str) -> None:
         """Withdraw ``token`` (no error when it is not there; blocking)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(token))
+        name = os.path.basename(self._path(token))
+        fd = self.open_dir()
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=fd)
+        finally:
+            os.close(fd)
 
     def read(self, token: str) -> bytes | None:
         """The key authorization of ``token``, None when there is none (blocking)."""
