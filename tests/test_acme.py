@@ -4,6 +4,7 @@ schedule (start, daily, retries) with a fake issuer on a task.Clock."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import stat
@@ -261,6 +262,27 @@ class ServiceTests(unittest.TestCase):
             self.assertNotEqual(f.read(), first)
         self.service.stopService()
         self.assertFalse(self.clock.getDelayedCalls())
+
+    def test_new_certificate_when_acme_server_changes(self) -> None:
+        """A certificate we got from one directory (staging) is replaced at the next check
+        once acme_server names another (production), fresh as it is; one installed by hand
+        (not the one recorded) is judged on its own."""
+        self.service.startService()
+        self.clock.advance(0)
+        self.assertEqual(len(self.issuer.calls), 1)
+        state = certfiles.read_state(self.service.state_path)
+        self.assertEqual(state["server"], self.cfg.tls.acme_server)
+        self.service.settings = dataclasses.replace(self.service.settings,
+                                                    server="https://ca.test/other")
+        self.clock.advance(DAY)
+        self.assertEqual(len(self.issuer.calls), 2)
+        self.assertEqual(self.issuer.calls[1].server, "https://ca.test/other")
+        chain, key, _ = ca_signed(NAMES, start=self.service.now())
+        certfiles.install(self.cert, self.key, chain, key)  # by hand
+        self.service.settings = dataclasses.replace(self.service.settings, server="https://x.test/")
+        self.clock.advance(DAY)
+        self.assertEqual(len(self.issuer.calls), 2)
+        self.service.stopService()
 
     def test_failure_retried_with_backoff(self) -> None:
         """A failed issuance changes no file and reloads nothing; it is tried again after

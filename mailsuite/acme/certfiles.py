@@ -10,11 +10,12 @@ new); both keep the owner of the files they replace.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import stat
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailsuite.fsutil import atomic_write, fsync_dir
@@ -113,3 +114,41 @@ def install(cert_path: str, key_path: str, fullchain_pem: bytes, key_pem: bytes)
         os.replace(tmp, path)
     for directory in sorted({os.path.dirname(p) or "." for _, p in staged}):
         fsync_dir(directory)
+
+
+# -- which CA issued the certificate in place -----------------------------------------------------
+
+
+def fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 of the first certificate's DER (hex)."""
+    return x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA256()).hex()
+
+
+def read_state(path: str) -> dict[str, str]:
+    """What the last issuance recorded ({"server": URL, "fingerprint": HEX}); {} if nothing
+    (or something unreadable: then the certificate is judged on its own)."""
+    try:
+        with open(path, "rb") as f:
+            state = json.loads(f.read())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def write_state(path: str, server: str, cert_pem: bytes) -> None:
+    data = json.dumps({"server": server, "fingerprint": fingerprint(cert_pem)}).encode()
+    atomic_write(path, data, tmp=f"{path}.tmp", mode=0o644)
+
+
+def other_server(state: dict[str, str], cert_pem: bytes | None, server: str) -> str | None:
+    """The reason for a new certificate when ours came from another directory than
+    ``server`` (acme_server changed: from staging to production, say), else None. A
+    certificate we did not issue (installed by hand) is not ours to judge here."""
+    if cert_pem is None or not state.get("server") or state["server"] == server:
+        return None
+    try:
+        if fingerprint(cert_pem) != state.get("fingerprint"):
+            return None
+    except ValueError:
+        return None
+    return f"the certificate is from {state['server']}, not acme_server"

@@ -11,6 +11,7 @@ LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 #: the directory of the http-01 tokens, beside ssl_cert: root's, as the TLS files are
 CHALLENGE_DIR = "acme-challenge"
 ACCOUNT_KEY = "acme-account.key"
+STATE = "acme-state.json"
 
 
 def parse_directory_url(value: str) -> str:
@@ -50,6 +51,12 @@ def account_key_path(cfg: Any) -> str:
     """``acme_account_key``, else ``acme-account.key`` beside ssl_key."""
     return cfg.tls.acme_account_key or os.path.join(os.path.dirname(cfg.tls.ssl_key),
                                                     ACCOUNT_KEY)
+
+
+def state_path(cfg: Any) -> str:
+    """Which directory issued the certificate in place: ``acme-state.json`` beside the
+    account key."""
+    return os.path.join(os.path.dirname(account_key_path(cfg)), STATE)
 
 
 def challenge_dir(cfg: Any) -> str:

@@ -58,6 +58,7 @@ class AcmeService(service.Service):
         self.cert_path, self.key_path = cfg.tls.ssl_cert, cfg.tls.ssl_key
         self.renew_before = cfg.tls.acme_renew_before
         self.tokens = TokenStore(acme_conf.challenge_dir(cfg))
+        self.state_path = acme_conf.state_path(cfg)
         self.clock, self.blocking, self.reload = clock, blocking, reload
         self.maillog, self.issue = maillog, issue
         self.failures = 0
@@ -103,7 +104,9 @@ class AcmeService(service.Service):
         names = list(self.settings.names)
         try:
             current = await self.blocking(certfiles.read_cert, self.cert_path)
-            reason = certfiles.due(current, names, self.now(), self.renew_before)
+            state = await self.blocking(certfiles.read_state, self.state_path)
+            reason = certfiles.due(current, names, self.now(), self.renew_before) \
+                or certfiles.other_server(state, current, self.settings.server)
             if reason is None:
                 self.failures = 0
                 self._schedule(DAY)
@@ -129,6 +132,11 @@ class AcmeService(service.Service):
                   f" valid until {expires:%Y-%m-%d %H:%M} UTC")
         await defer.maybeDeferred(self.reload)
         self._schedule(DAY)
+        try:
+            await self.blocking(certfiles.write_state, self.state_path, self.settings.server,
+                                issued.fullchain_pem)
+        except OSError as e:  # only a later change of acme_server goes unnoticed
+            self._say(f"warning: {self.state_path}: {e.strerror}", error=True)
         return True
 
     def _say(self, text: str, error: bool = False) -> None:
