@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import josepy as jose
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from mailsuite.acme import certfiles
+from mailsuite.acme.resolve import ResolvingAdapter
 from mailsuite.acme.tokens import TokenStore
 from mailsuite.fsutil import atomic_write
 
@@ -36,6 +38,8 @@ class Settings:
     ca_file: str
     account_key: str
     names: tuple[str, ...]
+    #: host -> addresses, through [mail] dns_resolver (mailsuite.acme.resolve); None: getaddrinfo
+    lookup: Callable[[str], list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ def connect(settings: Settings) -> client.ClientV2:
     verify: bool | str = settings.ca_file or True  # requests' verify: a CA bundle path too
     net = client.ClientNetwork(key, user_agent=USER_AGENT, timeout=NETWORK_TIMEOUT,
                                verify_ssl=verify)  # type: ignore[arg-type]
+    if settings.lookup is not None:
+        net.session.mount("https://", ResolvingAdapter(settings.lookup))
     directory = client.ClientV2.get_directory(settings.server, net)
     acme = client.ClientV2(directory, net)
     registration = messages.NewRegistration.from_data(

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from mailsuite.acme import certfiles, client
 from mailsuite.acme import conf as acme_conf
+from mailsuite.acme.resolve import reactor_lookup
 from mailsuite.acme.tokens import TokenStore
 from mailsuite.startup import StartupError, unreadable_by
 from mailsuite.threads import Blocking
@@ -40,11 +41,14 @@ DAY = 86400.0
 FIRST_RETRY = 3600.0
 
 
-def settings_of(cfg: Any) -> client.Settings:
+def settings_of(cfg: Any, reactor: Any = None) -> client.Settings:
+    """The client's settings; with ``reactor``, acme_server is looked up through
+    ``[mail] dns_resolver`` on it (mailsuite.acme.resolve)."""
+    lookup = None if reactor is None else reactor_lookup(reactor, cfg.mail.dns_resolver)
     return client.Settings(server=cfg.tls.acme_server, email=cfg.tls.acme_email,
                            ca_file=cfg.tls.acme_ca_file,
                            account_key=acme_conf.account_key_path(cfg),
-                           names=tuple(acme_conf.names_of(cfg)))
+                           names=tuple(acme_conf.names_of(cfg)), lookup=lookup)
 
 
 class AcmeService(service.Service):
@@ -52,9 +56,10 @@ class AcmeService(service.Service):
 
     def __init__(self, cfg: Any, clock: Any, blocking: Blocking, reload: Callable[[], Any],
                  maillog: Any = None,
-                 issue: Callable[[client.Settings, TokenStore], client.Issued] = client.issue
-                 ) -> None:
-        self.settings = settings_of(cfg)
+                 issue: Callable[[client.Settings, TokenStore], client.Issued] = client.issue,
+                 resolver_reactor: Any = None) -> None:
+        """``resolver_reactor``: where acme_server's name is looked up (None: getaddrinfo)."""
+        self.settings = settings_of(cfg, resolver_reactor)
         self.cert_path, self.key_path = cfg.tls.ssl_cert, cfg.tls.ssl_key
         self.renew_before = cfg.tls.acme_renew_before
         self.tokens = TokenStore(acme_conf.challenge_dir(cfg))
@@ -163,7 +168,7 @@ def add_acme(top: service.MultiService, cfg: Any, reactor: Any, blocking: Blocki
     if cfg.listen.autoconfig != 80:
         log.warn("[listen] autoconfig = {port}: the CA checks http-01 on port 80; forward"
                  " port 80 there", port=cfg.listen.autoconfig)
-    acme = AcmeService(cfg, reactor, blocking, reload, maillog)
+    acme = AcmeService(cfg, reactor, blocking, reload, maillog, resolver_reactor=reactor)
     acme.setName("acme")
     acme.setServiceParent(top)
     return acme

@@ -25,6 +25,7 @@ PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
 SKIP = None if os.path.exists(PEBBLE) else \
     "pebble is not installed (scripts/setup-debian.sh test installs it)"
 START_TIMEOUT = 20.0
+NAME = "acme.test"  # pebble's name in the tests' DNS (no resolver but ours knows it)
 
 
 class Pebble:
@@ -33,7 +34,7 @@ class Pebble:
         self.dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.dir)
         import datetime
-        chain, key, ca = ca_signed(["localhost"], days=30,
+        chain, key, ca = ca_signed([NAME, "localhost"], days=30,
                                    start=datetime.datetime.now(datetime.UTC), ip="127.0.0.1")
         self.tls_ca = self._write("tls-ca.pem", ca)  # what acme_ca_file names
         cert = self._write("cert.pem", chain)
@@ -57,7 +58,8 @@ class Pebble:
             cwd=self.dir, env=env, stdout=self.output, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL)
         testcase.addCleanup(self.stop)
-        self.directory = f"https://127.0.0.1:{self.port}/dir"
+        #: by name: our DNS server must say where (the client looks up through dns_resolver)
+        self.directory = f"https://{NAME}:{self.port}/dir"
 
     def _write(self, name: str, data: bytes) -> str:
         path = os.path.join(self.dir, name)

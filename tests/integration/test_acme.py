@@ -3,6 +3,8 @@ server (twistd; privilege-separated when the tests run as root) gets a certifica
 myhostname and the autoconfig names over http-01 on its HTTP responder, writes it, and its
 IMAP and SMTP STARTTLS present it without a restart; and the ACME service with the real client
 renews when its clock says the certificate is due, the second one picked up by the running TLS.
+acme_server is ``https://acme.test:PORT/dir``, a name only the tests' DNS server knows: the
+client looks it up through ``[mail] dns_resolver`` (mailsuite.acme.resolve), not getaddrinfo.
 Every wait is bounded."""
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mailsuite.threads import InPool
 from mailsuite.tls import ServerTLS, ensure_certificate
 from tests import fakemx
 from tests.integration.harness import Site, free_port
+from tests.integration.pebble import NAME as PEBBLE_NAME
 from tests.integration.pebble import SKIP, Pebble
 from tests.test_tls import client_conn, handshake
 
@@ -96,7 +99,7 @@ class PebbleTests(unittest.TestCase):
     timeout = 180
 
     def setUp(self) -> None:
-        self.dns_port, _, ports = fakemx.start_dns(dns_for(NAMES))
+        self.dns_port, _, ports = fakemx.start_dns(dns_for([*NAMES, PEBBLE_NAME]))
         for p in ports:
             self.addCleanup(p.stopListening)
         self.http_port = free_port()
@@ -166,6 +169,7 @@ class PebbleTests(unittest.TestCase):
         cfg = parse_config(
             f"[mail]\nmyhostname = {HOST}\nmydomain = example.test\n"
             "mydestination = $myhostname, example.test, localhost\n"
+            f"dns_resolver = 127.0.0.1:{self.dns_port}\n"
             f"[listen]\nautoconfig = {self.http_port}\n"
             f"[tls]\nssl_cert = {cert}\nssl_key = {key}\nacme = yes\n"
             f"acme_server = {ca.directory}\nacme_ca_file = {ca.tls_ca}\n", "mail.ini")
@@ -184,7 +188,8 @@ class PebbleTests(unittest.TestCase):
             def callLater(self, delay, f, *args):
                 return reactor.callLater(delay, f, *args)
 
-        acme = AcmeService(cfg, Clock(), blocking, lambda: server_tls.reload(blocking))
+        acme = AcmeService(cfg, Clock(), blocking, lambda: server_tls.reload(blocking),
+                           resolver_reactor=reactor)
         acme.running = True  # checks are driven by the test, not the timer
         self.addCleanup(acme.stopService)
 
