@@ -305,6 +305,38 @@ class ServiceTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds(), DAY)
         self.service.stopService()
 
+    def test_names_without_dns_left_out(self) -> None:
+        """Without acme_names, an autoconfig name with no address in DNS (or whose look-up
+        fails) is left out of the order, and the log says which and how to fix it;
+        myhostname is always asked for. With acme_names, every listed name is asked for."""
+        from twisted.internet import defer
+        cfg = config(f"[tls]\nacme = yes\nssl_cert = {self.cert}\nssl_key = {self.key}\n")
+        known = {"autoconfig.example.test": ["192.0.2.1"], "autodiscover.other.test": []}
+
+        def addresses(name: str):
+            if name == "autoconfig.other.test":
+                return defer.fail(TimeoutError("no answer"))
+            return defer.succeed(known.get(name, []))
+
+        said: list[str] = []
+
+        class Log:
+            def write(self, program: str, text: str) -> None:
+                said.append(text)
+
+        svc = AcmeService(cfg, self.clock, inline, lambda: None, Log(), issue=self.issuer,
+                          addresses=addresses)
+        self.assertTrue(self.successResultOf(svc.check()))
+        self.assertEqual(self.issuer.calls[0].names,
+                         ("mail.example.test", "autoconfig.example.test"))
+        self.assertIn("autodiscover.example.test, autoconfig.other.test, autodiscover.other.test:"
+                      " no address in DNS", "\n".join(said))
+        svc = AcmeService(self.cfg, self.clock, inline, lambda: None, issue=self.issuer,
+                          addresses=addresses)
+        os.unlink(self.cert)
+        self.successResultOf(svc.check())
+        self.assertEqual(self.issuer.calls[1].names, tuple(NAMES))
+
     def test_add_acme_only_when_on(self) -> None:
         """add_acme adds the service named acme for acme = yes, nothing for acme = no."""
         from twisted.application import service

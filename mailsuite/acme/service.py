@@ -19,6 +19,7 @@ would parse what it hands over (a certificate) anyway, for a second process to k
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from mailsuite.acme import certfiles, client
 from mailsuite.acme import conf as acme_conf
 from mailsuite.acme.resolve import reactor_lookup
 from mailsuite.acme.tokens import TokenStore
+from mailsuite.mta.dns import MXResolver
 from mailsuite.startup import StartupError, unreadable_by
 from mailsuite.threads import Blocking
 
@@ -57,9 +59,12 @@ class AcmeService(service.Service):
     def __init__(self, cfg: Any, clock: Any, blocking: Blocking, reload: Callable[[], Any],
                  maillog: Any = None,
                  issue: Callable[[client.Settings, TokenStore], client.Issued] = client.issue,
-                 resolver_reactor: Any = None) -> None:
-        """``resolver_reactor``: where acme_server's name is looked up (None: getaddrinfo)."""
+                 resolver_reactor: Any = None,
+                 addresses: Callable[[str], defer.Deferred[list[str]]] | None = None) -> None:
+        """``resolver_reactor``: where acme_server's name is looked up (None: getaddrinfo);
+        ``addresses``: the DNS look-up of the names (None: every name is asked for)."""
         self.settings = settings_of(cfg, resolver_reactor)
+        self.addresses = None if cfg.tls.acme_names else addresses  # acme_names: as given
         self.cert_path, self.key_path = cfg.tls.ssl_cert, cfg.tls.ssl_key
         self.renew_before = cfg.tls.acme_renew_before
         self.tokens = TokenStore(acme_conf.challenge_dir(cfg))
@@ -105,9 +110,29 @@ class AcmeService(service.Service):
 
         return d.addBoth(done)
 
-    async def _check(self) -> bool:
+    async def _names(self) -> list[str]:
+        """The names to ask for: myhostname, and those of the others that have an address in
+        DNS (one name the CA cannot reach fails the whole order; a left-out one is said)."""
         names = list(self.settings.names)
+        if self.addresses is None:
+            return names
+        kept, left_out = names[:1], list[str]()
+        for name in names[1:]:
+            try:
+                found = await self.addresses(name)
+            except defer.CancelledError:
+                raise
+            except Exception:  # a time-out: left out this time, asked for at the next check
+                found = []
+            (kept if found else left_out).append(name)
+        if left_out:
+            self._say(f"warning: {', '.join(left_out)}: no address in DNS, left out of the"
+                      " certificate (add A/AAAA records for this host, or set acme_names)")
+        return kept
+
+    async def _check(self) -> bool:
         try:
+            names = await self._names()
             current = await self.blocking(certfiles.read_cert, self.cert_path)
             state = await self.blocking(certfiles.read_state, self.state_path)
             reason = certfiles.due(current, names, self.now(), self.renew_before) \
@@ -118,7 +143,8 @@ class AcmeService(service.Service):
                 return False
             self._say(f"requesting a certificate for {', '.join(names)} from"
                       f" {self.settings.server}: {reason}")
-            issued = await self.blocking(self.issue, self.settings, self.tokens)
+            settings = dataclasses.replace(self.settings, names=tuple(names))
+            issued = await self.blocking(self.issue, settings, self.tokens)
             await self.blocking(certfiles.install, self.cert_path, self.key_path,
                                 issued.fullchain_pem, issued.key_pem)
         except defer.CancelledError:
@@ -168,7 +194,8 @@ def add_acme(top: service.MultiService, cfg: Any, reactor: Any, blocking: Blocki
     if cfg.listen.autoconfig != 80:
         log.warn("[listen] autoconfig = {port}: the CA checks http-01 on port 80; forward"
                  " port 80 there", port=cfg.listen.autoconfig)
-    acme = AcmeService(cfg, reactor, blocking, reload, maillog, resolver_reactor=reactor)
+    acme = AcmeService(cfg, reactor, blocking, reload, maillog, resolver_reactor=reactor,
+                       addresses=MXResolver(cfg.mail.dns_resolver, reactor=reactor).addresses)
     acme.setName("acme")
     acme.setServiceParent(top)
     return acme
