@@ -12,6 +12,7 @@ from typing import Any
 
 from mailsuite import uidlformat
 from mailsuite.accounts import Account
+from mailsuite.acme.conf import parse_directory_url
 from mailsuite.configvalues import (
     expand_location,
     parse_access_list,
@@ -52,7 +53,6 @@ from mailsuite.configvalues import (
     parse_user_name,
     split_location,
 )
-from mailsuite.acme.conf import parse_directory_url
 from mailsuite.dkimconf import DkimConfig
 from mailsuite.dkimconf import build as build_dkim
 from mailsuite.dkimconf import parse_entry as parse_dkim_entry

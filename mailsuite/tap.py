@@ -33,11 +33,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mailsuite import startup
+from mailsuite.acme.service import add_acme
 from mailsuite.auth.cache import AuthCache
 from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
 from mailsuite.auth.policy import AuthPolicy
-from mailsuite.acme.service import add_acme
 from mailsuite.autoconfig import build_site
 from mailsuite.config import DEFAULT_CONFIG, SERVICES, Config, ConfigError, config_path, load_config
 from mailsuite.filter import check_at_start as filter_check_at_start
