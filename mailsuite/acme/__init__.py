@@ -11,4 +11,8 @@ names, answered over http-01 by the autoconfig HTTP responder, renewed before th
 
 Where it runs: in the one-process server, in that process; with privilege separation, in the
 root master (see ``service``'s docstring for why), while the network process serves the tokens.
+
+Only http-01: certbot's ``acme`` (5.x) no longer implements tls-alpn-01, and the client is not
+ours to write; the CA's name look-ups of acme_server go through ``[mail] dns_resolver``
+(``resolve``).
 """

@@ -12,9 +12,10 @@ the configured ``acme_server``, over HTTPS checked against the system's CAs (or
 ``acme_ca_file``), as a client it started: nobody on the Internet can connect to it or speak
 first. What anyone can send (the CA's validation requests, and everyone else's) reaches the
 HTTP responder of the unprivileged network process, which only reads token files from a
-directory root owns beside the TLS files (mailsuite.acme.tokens). A separate ACME child with
-its own uid was weighed: it would still need root's help to replace the key, so the master
-would parse what it hands over (a certificate) anyway, for a second process to keep.
+directory root owns (beside the TLS files, or acme_challenge_dir; mailsuite.acme.tokens).
+A separate ACME child with its own uid was weighed: it would still need root's help to
+replace the key, so the master would parse what it hands over (a certificate) anyway, for
+a second process to keep.
 """
 
 from __future__ import annotations
