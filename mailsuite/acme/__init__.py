@@ -13,6 +13,6 @@ Where it runs: in the one-process server, in that process; with privilege separa
 root master (see ``service``'s docstring for why), while the network process serves the tokens.
 
 Only http-01: certbot's ``acme`` (5.x) no longer implements tls-alpn-01, and the client is not
-ours to write; the CA's name look-ups of acme_server go through ``[mail] dns_resolver``
+ours to write. acme_server's name is looked up through ``[mail] dns_resolver``
 (``resolve``).
 """
