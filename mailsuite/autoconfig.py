@@ -17,6 +17,9 @@ port is on, else STARTTLS (143, 110, 587), else, with ``ssl = no`` only, the pla
 (Unix account names), whether or not such an account exists: the answer never tells who has
 an account. Addresses of domains that are not in mydestination get Outlook's error 500.
 
+With ``[tls] acme = yes``, ``GET /.well-known/acme-challenge/TOKEN`` answers the ACME CA's
+http-01 challenge from the token files (mailsuite.acme.tokens).
+
 With ``[mail] mta_sts_mode`` testing or enforce, ``GET /.well-known/mta-sts.txt`` for the host
 ``mta-sts.DOMAIN`` of one of our domains is our MTA-STS policy (mailsuite.mtastsserve).
 
@@ -38,7 +41,10 @@ from xml.sax.saxutils import escape
 from twisted.web import resource, server
 
 from mailsuite import mtastsserve
+from mailsuite.acme import conf as acme_conf
+from mailsuite.acme import tokens
 from mailsuite.config import Config
+from mailsuite.threads import Blocking, InPool, inline
 
 MAX_BODY = 65536
 REQUEST_NS = "http://schemas.microsoft.com/exchange/autodiscover/outlook/requestschema/2006"
@@ -221,14 +227,18 @@ class AutoconfigResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, blocking: Blocking = inline) -> None:
         super().__init__()
         self.cfg = cfg
+        self.blocking = blocking
+        self.tokens = tokens.TokenStore(acme_conf.challenge_dir(cfg)) if cfg.tls.acme else None
 
-    def render(self, request: Any) -> bytes:
+    def render(self, request: Any) -> Any:
         path = request.path.decode("utf-8", "replace")
         lower = path.lower()
         request.setHeader(b"Cache-Control", b"no-store")
+        if self.tokens is not None and path.startswith(tokens.PREFIX):  # RFC 8555 8.3
+            return tokens.serve(request, self.tokens, self.blocking)
         if path in ("/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml"):
             if request.method not in (b"GET", b"HEAD"):
                 return self._status(request, 405, b"GET only\n")
@@ -276,9 +286,11 @@ def _arg(request: Any, name: bytes) -> str:
     return values[0].decode("utf-8", "replace")
 
 
-def build_site(cfg: Config) -> server.Site:
-    """The HTTP factory for ``[listen] autoconfig`` (tap.py wraps it in TLS for autoconfigs)."""
-    site = server.Site(AutoconfigResource(cfg), timeout=30)
+def build_site(cfg: Config, reactor: Any = None) -> server.Site:
+    """The HTTP factory for ``[listen] autoconfig`` (tap.py wraps it in TLS for autoconfigs);
+    ``reactor``: the one whose thread pool reads the ACME token files (None: inline)."""
+    blocking = inline if reactor is None else InPool(reactor)
+    site = server.Site(AutoconfigResource(cfg, blocking), timeout=30)
     site.requestFactory = _Request
     site.displayTracebacks = False
     return site

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mailsuite.acme import conf as acme_conf
 from mailsuite.configschema import (
     SECTIONS,
     SERVICES,
@@ -244,13 +245,15 @@ def _free_section(filename: str, section_name: str, section: Section,
 
 
 def _tls_listener_errors(filename: str, listen: ListenConfig, tls: TLSConfig) -> list[str]:
-    """The implicit-TLS ports cannot run with ``ssl = no``."""
+    """The implicit-TLS ports cannot run with ``ssl = no``; ACME needs TLS and port 80."""
+    acme = acme_conf.config_errors(filename, listen, tls)
     if tls.ssl != "no":
-        return []
-    return [f"{filename}: [listen] {name}: is TLS from the first byte but [tls] ssl = no;"
-            f" set ssl = yes, or {name} = no"
-            for name in ("smtps", "pop3s", "imaps", "autoconfigs")
-            if getattr(listen, name) is not None]
+        return acme
+    return acme + [
+        f"{filename}: [listen] {name}: is TLS from the first byte but [tls] ssl = no;"
+        f" set ssl = yes, or {name} = no"
+        for name in ("smtps", "pop3s", "imaps", "autoconfigs")
+        if getattr(listen, name) is not None]
 
 
 def config_path(explicit: str | None) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from mailsuite import uidlformat
 from mailsuite.accounts import Account
+from mailsuite.acme.conf import parse_directory_url
 from mailsuite.authcheckconf import parse_arc_key, parse_authserv_id, parse_spf_reject
 from mailsuite.configvalues import (
     expand_location,
@@ -316,6 +317,15 @@ class TLSConfig:
     ssl: str
     ssl_cert: str
     ssl_key: str
+    # ACME certificates (mailsuite/acme/)
+    acme: bool = False
+    acme_server: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_email: str = ""
+    acme_ca_file: str = ""
+    acme_account_key: str = ""
+    acme_renew_before: float = 30 * 86400.0
+    acme_names: tuple[str, ...] = ()
+    acme_challenge_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -541,6 +551,15 @@ SECTIONS: dict[str, Section] = {
         Key("ssl", "yes", parse_ssl),
         Key("ssl_cert", "/etc/mailsuite/tls/cert.pem", parse_pem_path),
         Key("ssl_key", "/etc/mailsuite/tls/key.pem", parse_pem_path),
+        # ACME certificates (mailsuite/acme/): http-01 on [listen] autoconfig
+        Key("acme", "no", parse_bool),
+        Key("acme_server", "https://acme-v02.api.letsencrypt.org/directory", parse_directory_url),
+        Key("acme_email", "", parse_bcc_address),
+        Key("acme_ca_file", "", parse_optional_path),
+        Key("acme_account_key", "", parse_optional_path),
+        Key("acme_renew_before", "30d", parse_time_days),
+        Key("acme_names", "", lambda value: tuple(parse_domains(value))),
+        Key("acme_challenge_dir", "", parse_optional_path),
     ]),
     "audit": Section(AuditConfig, [
         Key("rules", "", parse_optional_path),

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mailsuite import metrics, startup
+from mailsuite.acme.service import add_acme
 from mailsuite.auth.cache import AuthCache
 from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
@@ -203,6 +204,7 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
 
     assemble(top, Parts(cfg, reactor, tls, maillog, accounts, checker, store, blocking,
                           realm, after=store_service.cleaned))
+    add_acme(top, cfg, reactor, blocking, lambda: tls.reload(blocking), maillog)  # [tls] acme
     _on_hup(maillog, tls, reactor, blocking)
     return top
 
@@ -309,7 +311,7 @@ def _add_listeners(top: service.MultiService, cfg: Config, make: Callable[[str],
         port = getattr(cfg.listen, name)
         if port is None:
             continue
-        site: Any = build_site(cfg)
+        site: Any = build_site(cfg, reactor)
         if name == "autoconfigs":
             site = tls.implicit(site)
         for address in listen_addresses(cfg.mail.inet_interfaces):
@@ -427,6 +429,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     tls_files = None if tls is None else (cfg.tls.ssl_cert, cfg.tls.ssl_key)
     master = MasterService(cfg, reactor, checker, accounts, maillog, listeners, tls_files, owner)
     master.setServiceParent(top)
+    add_acme(top, cfg, reactor, blocking, master.hup, maillog, owner)  # [tls] acme: here
     top.maillog = maillog
 
     def on_hup(signum: int, frame: Any) -> None:

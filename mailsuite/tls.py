@@ -16,8 +16,9 @@ renegotiation, no session tickets to leak across reloads. An SNI name is accepte
 ``ensure_certificate`` does what Debian's dovecot-core package does at install: when ``ssl`` is
 ``yes`` or ``required`` and neither file exists, it makes a self-signed certificate for
 ``myhostname`` (RSA 2048, SHA-256, ten years), writes both files with mode 0600 (creating their
-directories) and says where. Exactly one of the two files missing is an error, not a reason to
-overwrite the other.
+directories) and says where. A self-signed certificate for another name (``myhostname`` changed)
+is moved to ``PATH.old`` and made again; a certificate from a CA is never touched. Exactly one
+of the two files missing is an error, not a reason to overwrite the other.
 """
 
 from __future__ import annotations
@@ -172,7 +173,15 @@ def ensure_certificate(hostname: str, cert_path: str, key_path: str) -> bool:
     """
     have_cert, have_key = os.path.exists(cert_path), os.path.exists(key_path)
     if have_cert and have_key:
-        return False
+        other = _self_signed_for_other_name(cert_path, hostname)
+        if other is None:
+            return False
+        for path in (cert_path, key_path):  # kept, in case someone wants them back
+            os.replace(path, path + ".old")
+        log.warn("the self-signed TLS certificate {cert} was for {other}, not myhostname"
+                 " {host}: moved to {cert}.old, a new one is made", cert=cert_path,
+                 other=other, host=hostname)
+        have_cert = have_key = False
     if have_cert or have_key:
         present, missing = (cert_path, key_path) if have_cert else (key_path, cert_path)
         raise TLSSetupError(
@@ -188,6 +197,30 @@ def ensure_certificate(hostname: str, cert_path: str, key_path: str) -> bool:
         host=hostname, cert=cert_path, key=key_path,
     )
     return True
+
+
+def _self_signed_for_other_name(cert_path: str, hostname: str) -> str | None:
+    """The names of the self-signed certificate at ``cert_path`` when they do not include
+    ``hostname`` (myhostname changed since it was made); None for any other certificate (one
+    from a CA is never replaced here: the admin, or ACME, chose it)."""
+    from cryptography import x509
+
+    try:
+        with open(cert_path, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError):
+        return None  # build_context says what is wrong with it
+    if cert.issuer != cert.subject:
+        return None
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n).lower() for n in alt.get_values_for_type(x509.DNSName)]
+        names += [str(a) for a in alt.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    if hostname.lower() in names:
+        return None
+    return ", ".join(names) or cert.subject.rfc4514_string()
 
 
 def self_signed(hostname: str, now: datetime.datetime | None = None) -> tuple[bytes, bytes]:

@@ -182,6 +182,9 @@ test)
     # postgrey: the real greylisting policy service behind check_policy_service; the tests
     # start /usr/sbin/postgrey themselves on a loopback port (tests/integration/test_restrictions.py)
     apt_install postgrey
+    # pebble: Let's Encrypt's test ACME server; the certificate tests start it on loopback
+    # (tests/integration/test_acme.py)
+    apt_install pebble
     install_suite
     # the integration tests run the privilege-separated server as this user
     make_mail_owner

@@ -62,7 +62,7 @@ def client_conn(sni: bytes | None = None, version: int | None = None) -> SSL.Con
 class CertificateTests(unittest.TestCase):
     def test_self_signed_made_once(self) -> None:
         """Neither file present: a certificate for myhostname is made, both files 0600, their
-        directory created; a second call leaves them alone."""
+        directory created; a second call (same myhostname) leaves them alone."""
         cert, key = make_pair(self)
         for path in (cert, key):
             self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
@@ -72,10 +72,31 @@ class CertificateTests(unittest.TestCase):
         self.assertEqual(parsed.subject.rfc4514_string(), "CN=mail.example.test")
         san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertEqual(san.get_values_for_type(x509.DNSName), ["mail.example.test"])
-        self.assertFalse(tls.ensure_certificate("other.example", cert, key))
+        self.assertFalse(tls.ensure_certificate("mail.example.test", cert, key))
         with open(cert, "rb") as f:
             self.assertEqual(f.read(), pem)
         self.assertFalse([n for n in os.listdir(os.path.dirname(cert)) if n.endswith(".tmp")])
+
+    def test_self_signed_remade_for_new_hostname(self) -> None:
+        """myhostname changed since the self-signed certificate was made: the old pair moves
+        to .old and a certificate for the new name is made; a certificate from a CA (issuer
+        not the subject) for another name is left alone."""
+        cert, key = make_pair(self)
+        with open(cert, "rb") as f:
+            old = f.read()
+        self.assertTrue(tls.ensure_certificate("mx.example.test", cert, key))
+        with open(cert + ".old", "rb") as f:
+            self.assertEqual(f.read(), old)
+        self.assertTrue(os.path.exists(key + ".old"))
+        with open(cert, "rb") as f:
+            parsed = x509.load_pem_x509_certificate(f.read())
+        san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(san.get_values_for_type(x509.DNSName), ["mx.example.test"])
+        tls.build_context(cert, key)  # the new pair matches
+        from tests.acmefakes import ca_signed
+        with open(cert, "wb") as f:
+            f.write(ca_signed(["mail.example.test"])[0])
+        self.assertFalse(tls.ensure_certificate("mx.example.test", cert, key))
 
     def test_one_file_missing_is_an_error(self) -> None:
         """Only a key (or only a certificate): refused, naming both, nothing overwritten."""

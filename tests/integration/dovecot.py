@@ -19,12 +19,10 @@ import poplib
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 
-from tests.integration.harness import free_port
+from tests.integration.harness import free_port, wait_ports
 
 DOVECOT = "/usr/sbin/dovecot"
 USER, PASSWORD = "boss", "secret"
@@ -127,20 +125,11 @@ class Dovecot:
         with open(os.path.join(self.root, "dovecot.out"), "wb") as out:
             self.proc = subprocess.Popen([DOVECOT, "-F", "-c", self.config], stdout=out,
                                          stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        for port in (self.imap_port, self.pop3_port):
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"dovecot exited: {self.log()}")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError(
-                            f"dovecot did not listen on {port}: {self.log()}") from None
-                    time.sleep(0.1)
+        try:
+            wait_ports((self.imap_port, self.pop3_port), timeout, "dovecot", self.log, self.proc)
+        except AssertionError as e:
+            self.stop()
+            raise RuntimeError(str(e)) from None
 
     def log(self) -> str:
         text = []

@@ -260,13 +260,7 @@ ssl_key = {self.key}
         if self.process is None:
             return
         group = self.process.pid
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        terminate(self.process)
         self.process = None
         self.output.close()
         wait_group(group)
@@ -345,3 +339,32 @@ def server_processes(root: int) -> set[int]:
         grown = not children <= found
         found |= children
     return found
+
+
+def terminate(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM to a child daemon and wait for it (bounded); SIGKILL when it does not go."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+def wait_ports(ports, timeout: float, what: str, log, process=None) -> None:
+    """(blocking) Until each loopback TCP port of ``ports`` accepts, at most ``timeout``
+    seconds in all; AssertionError (with ``log()``) when one does not, or ``process`` exits."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            if process is not None and process.poll() is not None:
+                raise AssertionError(f"{what} exited {process.returncode}:\n{log()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{what}: port {port} did not start:\n{log()}") \
+                        from None
+                time.sleep(0.05)

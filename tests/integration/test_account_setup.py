@@ -10,16 +10,14 @@ import os
 import poplib
 import shutil
 import smtplib
-import socket
 import ssl
 import subprocess
-import time
 from xml.etree import ElementTree
 
 from twisted.trial import unittest
 
 from mailsuite import autoconfig
-from tests.integration.harness import START_TIMEOUT, Site, free_port
+from tests.integration.harness import START_TIMEOUT, Site, free_port, wait_ports
 
 TIMEOUT = 20
 FILTERS = "/etc/fail2ban/filter.d"
@@ -44,16 +42,7 @@ class AutoconfigSite(Site):
 
     def start(self) -> None:
         super().start()
-        deadline = time.monotonic() + START_TIMEOUT
-        for port in self.web_ports.values():
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise AssertionError(f"port {port} did not start:\n{self.log()}") from None
-                    time.sleep(0.05)
+        wait_ports(self.web_ports.values(), START_TIMEOUT, "autoconfig", self.log)
 
 
 class Fail2banTests(unittest.TestCase):
