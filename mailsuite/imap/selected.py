@@ -23,6 +23,7 @@ from mailsuite.imap.fetch import (
     fetch_responses,
 )
 from mailsuite.imap.encode import format_flags
+from mailsuite.imap.quota import admit
 from mailsuite.imap.parser import Cursor, ParseError, Range, encode_mailbox, parse_flag_list
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.store.interfaces import MailboxNotFound, UnknownUID
@@ -251,6 +252,8 @@ class SelectedCommands(_Base):
         new_uids: list[int] = []
         missing = False
         try:
+            live = [view.info(u).size for _, u in targets if not view.is_expunged(u)]
+            await admit(self.account, sum(live), len(live))  # all or none (imap/quota.py)
             self.recent.touch(self.account.store, self.account.account, dest)
             for _, u in targets:
                 if view.is_expunged(u):

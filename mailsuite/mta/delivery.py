@@ -40,6 +40,7 @@ from mailsuite.mta.relay import Outcome
 from mailsuite.net import in_networks
 from mailsuite.store.interfaces import IMailStore, StoreRefused
 from mailsuite.store.locking import LockTimeout
+from mailsuite.store.quota import QuotaExceeded
 from mailsuite.store.spam import spam_marked
 from mailsuite.threads import Blocking
 
@@ -73,6 +74,21 @@ def target_failure(failure: Failure) -> forward.TargetFailed | None:
         if inner.check(forward.TargetFailed):
             return inner.value  # type: ignore[no-any-return]
     return None
+
+
+def quota_reply(failure: Failure) -> tuple[int, str, str] | None:
+    """The SMTP reply of a mailbox copy refused over quota (store/quota.py), else None."""
+    for inner in [failure, *(getattr(failure.value, "failures", None) or ())]:
+        if inner.check(QuotaExceeded):
+            return inner.value.reply  # type: ignore[no-any-return]
+    return None
+
+
+def over_quota(failure: Failure) -> forward.TargetFailed | None:
+    """A mailbox copy refused over quota as a failure to bounce (a 5xx
+    quota_status_overquota; a 4xx one is None: queued and retried, as any mailbox failure)."""
+    reply = quota_reply(failure)
+    return None if reply is None or reply[0] < 500 else forward.TargetFailed(True, *reply[1:])
 
 
 def failure_outcome(failure: Failure) -> Outcome:

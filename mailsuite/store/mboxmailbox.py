@@ -78,6 +78,11 @@ class MailboxOwner(Protocol):
 
     def _forget(self, key: tuple[str, str], box: MboxMailbox) -> None: ...
 
+    def admitted(self, account: Any, work: Callable[..., Any],
+                 items: list[tuple[bytes, str]]) -> Callable[..., Any]: ...
+
+    def after_write(self, d: defer.Deferred[Any], account: Any) -> defer.Deferred[Any]: ...
+
 
 _UID = attrgetter("uid")
 
@@ -464,7 +469,10 @@ class MboxMailbox:
         # APPEND's date keeps its zone; mail delivered here gets the local zone (as Dovecot)
         date = int((when or self._store.now()).timestamp())
         tz = None if when is None else ix.offset_of(when)
-        return self._run(self._file.append, data, sender, frozenset(flags), date, tz)
+        account = self._file.account  # quota (store/quota.py): admitted first, then the warning
+        work = self._store.admitted(account, self._file.append, [(data, sender)])
+        return self._store.after_write(
+            self._run(work, data, sender, frozenset(flags), date, tz), account)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
