@@ -283,7 +283,7 @@ class UsageBook:
         self._lock = threading.Lock()
         self._records: dict[str, dict[str, Any]] = {}
 
-    def usage(self, user: str, control: str, paths: list[str]) -> Usage:
+    def usage(self, user: str, control: str, paths: list[str], uid: int) -> Usage:
         with self._lock:
             record = self._records.get(user)
             if record is None:
@@ -304,10 +304,10 @@ class UsageBook:
                 total = Usage(total.storage + counted.size, total.messages + counted.messages)
             record["files"] = kept
             if changed:
-                _write_record(control, record)
+                _write_record(control, record, uid)
             return total
 
-    def warned(self, user: str, control: str, now_over: bool | None = None) -> bool:
+    def warned(self, user: str, control: str, uid: int, now_over: bool | None = None) -> bool:
         """Whether the warning was sent (and not reset by usage dropping below since); with
         ``now_over``, record it so."""
         with self._lock:
@@ -316,7 +316,7 @@ class UsageBook:
                 record = self._records[user] = _read_record(control)
             if now_over is not None and bool(record.get("warned")) != now_over:
                 record["warned"] = now_over
-                _write_record(control, record)
+                _write_record(control, record, uid)
             return bool(record.get("warned"))
 
 
@@ -329,10 +329,11 @@ def _read_record(control: str) -> dict[str, Any]:
         return {}  # none yet, or damaged: counted again
 
 
-def _write_record(control: str, record: dict[str, Any]) -> None:
-    """The record, as the user (the agent; a server running as root keeps it in memory only:
-    root writes nothing into a user's tree it did not check)."""
-    if os.geteuid() == 0:
+def _write_record(control: str, record: dict[str, Any], uid: int) -> None:
+    """The record, written only by its user (the agent under privilege separation): another
+    uid (a server running as root) keeps it in memory only, writing nothing into a tree the
+    user controls (it is counted again after a restart)."""
+    if os.geteuid() != uid:
         return
     try:
         os.makedirs(control, 0o700, exist_ok=True)
@@ -381,7 +382,9 @@ class Quota:
         limits = self.limits(account.name)
         if not limits.any:
             return Usage(), limits
-        return self.book.usage(account.name, self.control(account), self.paths(account)), limits
+        book = self.book.usage(account.name, self.control(account), self.paths(account),
+                               account.uid)
+        return book, limits
 
     def admit(self, account: Any, size: int, count: int = 1) -> None:
         """QuotaExceeded if ``count`` messages of ``size`` bytes would go over a limit."""
@@ -398,9 +401,9 @@ class Quota:
         high = any(limit and used * 100 >= limit * self.warning for used, limit in (
             (usage.storage, limits.storage), (usage.messages, limits.messages)))
         control = self.control(account)
-        if high == self.book.warned(account.name, control):
+        if high == self.book.warned(account.name, control, account.uid):
             return False
-        self.book.warned(account.name, control, high)
+        self.book.warned(account.name, control, account.uid, high)
         return high
 
     def guarded(self, account: Any, work: Callable[..., Any], size: int,
