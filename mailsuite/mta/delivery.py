@@ -520,7 +520,11 @@ class LocalDelivery:
     ) -> Any:
         end = self.now()
         delays = "/".join(format_delay(x) for x in (start - arrival, 0, 0, end - start))
-        if isinstance(result, Failure) and result.check(StoreRefused):
+        quota = quota_reply(result) if isinstance(result, Failure) else None
+        if quota is not None:  # over quota (store/quota.py): bounced, or retried for a 4xx
+            dsn, status = quota[1], (f"{'bounced' if quota[0] >= 500 else 'deferred'}"
+                                     f" (cannot append message to mailbox: {result.value})")
+        elif isinstance(result, Failure) and result.check(StoreRefused):
             # a mailbox not owned by the recipient, hard-linked, not a regular file, behind a
             # symlink: deferred as Postfix local(8) defers it, until the administrator looks
             log.warn("delivery of {queue_id} to {user} refused: {why}",
