@@ -157,6 +157,26 @@ class UsageTests(MboxTestCase):
         self.assertTrue(os.path.exists(record))
         self.assertEqual(oct(os.stat(record).st_mode & 0o777), "0o600")
 
+    def test_mbox_files_of_the_tree(self) -> None:
+        """INBOX, file folders and the mail of a folder with children are counted; the index
+        directory, dotfiles, symlinks and files that are no folder are not."""
+        store = self.quota_store(rule="*:messages=100")
+        for name in ("Work", "Work/2024", "Sent"):
+            self.successResultOf(store.create(self.account, name))
+        for name in ("Work", "Work/2024", "Sent"):
+            box = self.successResultOf(store.open(self.account, name))
+            self.successResultOf(box.append(MSG))
+            box.close()
+        root = os.path.join(self.account.home, "mail")
+        os.symlink(self.path, os.path.join(root, "Elsewhere"))
+        with open(os.path.join(root, "dovecot-uidvalidity"), "w") as f:
+            f.write("From x\n")
+        found = q.mbox_files(root, self.path)
+        self.assertEqual(found[0], self.path)
+        self.assertEqual(sorted(os.path.relpath(p, root) for p in found[1:]),
+                         ["Sent", "Work/2024", "Work/mBoX-MeSsAgEs"])
+        self.assertEqual(self.usage().messages, 3)
+
     def test_external_writer_counted_from_where_it_was(self) -> None:
         """Postfix appending to the INBOX: only the new tail is read; mutt rewriting it (same
         size, other bytes): that mailbox alone is counted again."""

@@ -52,7 +52,7 @@ from mailsuite.store.locking import DEFAULT_STALE_AFTER, LockTimeout
 from mailsuite.store.mboxfile import MboxFile
 from mailsuite.store.mboxmailbox import MboxMailbox
 from mailsuite.store.mboxtree import FolderTree
-from mailsuite.store.quota import Quota, warning_message
+from mailsuite.store.quota import Quota, mbox_files, warning_message
 from mailsuite.store.safepath import AnchorCache
 from mailsuite.store.spam import spam_marked
 from mailsuite.threads import Blocking
@@ -293,14 +293,8 @@ class MboxStore:
     # -- quota (store/quota.py) -------------------------------------------------------------
 
     def _quota_paths(self, account: Account) -> list[str]:
-        """Blocking: the account's mbox files, INBOX first (INBOX alone without a home)."""
-        tree = self._tree(account)
-        try:
-            names = tree.list_folders()
-        except (StoreRefused, OSError):
-            return [tree.inbox_path]
-        paths = [tree.mbox_path(name) for name in folders.list_order(names)]
-        return [p for p in paths if p]
+        """Blocking: the account's mbox files, INBOX first."""
+        return mbox_files(self._config.folder_root(account), self._config.inbox_path(account))
 
     def quota_report(self, account: Account) -> defer.Deferred[Any] | None:
         """Deferred[(Usage, Limits)] of ``account`` (GETQUOTA, RCPT); None: no quota."""

@@ -35,7 +35,8 @@ from typing import Any
 from twisted.logger import Logger
 
 from mailsuite.fsutil import atomic_write
-from mailsuite.store.interfaces import StoreRefused
+from mailsuite.store import folders
+from mailsuite.store.interfaces import InvalidMailboxName, StoreRefused
 
 log = Logger()
 
@@ -49,6 +50,8 @@ USAGE_FILE = ".quota"
 CHUNK = 1 << 20
 #: the tail of each counted file kept to recognise a file that only grew
 TAIL = 64
+#: directory entries looked at, at most, when listing a user's mbox files
+MAX_FOLDERS = 100_000
 #: Dovecot's quota_exceeded_message
 EXCEEDED = "Quota exceeded (mailbox for user is full)"
 #: Dovecot's quota_status_overquota
@@ -262,7 +265,7 @@ def count_file(path: str, known: _Counted | None) -> _Counted | None:
         if known is not None and (known.ino, known.size, known.mtime_ns) == (
                 st.st_ino, st.st_size, st.st_mtime_ns):
             return known
-        grew = (known is not None and known.ino == st.st_ino and st.st_size > known.size
+        grew = (known is not None and known.ino == st.st_ino and st.st_size > known.size >= 7
                 and os.pread(fd, len(known.tail) // 2, known.size - len(known.tail) // 2).hex()
                 == known.tail)
         if grew and known is not None:
@@ -275,16 +278,59 @@ def count_file(path: str, known: _Counted | None) -> _Counted | None:
         os.close(fd)
 
 
+def mbox_files(root: str, inbox: str) -> list[str]:
+    """Blocking: INBOX and every folder's mbox file under ``root`` (``~/mail``) as
+    mboxtree lays them out: a folder is a file, or a directory with its mail in
+    ``MESSAGES_FILE``. Read-only (no recovery of a crashed conversion: the store's LIST does
+    that under its folder lock); symlinks and names that are no folder are left out."""
+    out = [inbox]
+    if os.path.islink(root):
+        return out
+    todo, seen = [(root, 0)], 0
+    while todo and seen < MAX_FOLDERS:
+        directory, depth = todo.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            if depth and entry.name == folders.MESSAGES_FILE:
+                if entry.is_file(follow_symlinks=False):
+                    out.append(entry.path)
+                continue
+            level = folders.from_disk_level(entry.name)
+            try:
+                if level is None:
+                    continue
+                folders.check_level(level, level)
+            except InvalidMailboxName:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if depth < folders.MAX_DEPTH:
+                    todo.append((entry.path, depth + 1))
+            elif entry.is_file(follow_symlinks=False) and not (
+                    depth == 0 and level.upper() == folders.INBOX):
+                out.append(entry.path)
+    return out
+
+
 class UsageBook:
     """The usage of each user, kept in memory and in ``control/.quota`` (see the module doc).
     Blocking: called in the store's threads; one user's record is changed under a lock."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._locks_lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
         self._records: dict[str, dict[str, Any]] = {}
 
+    def _lock(self, user: str) -> threading.Lock:
+        """One user's lock (a recount of one user's big mailbox holds up no other user)."""
+        with self._locks_lock:
+            return self._locks.setdefault(user, threading.Lock())
+
     def usage(self, user: str, control: str, paths: list[str], uid: int) -> Usage:
-        with self._lock:
+        with self._lock(user):
             record = self._records.get(user)
             if record is None:
                 record = self._records[user] = _read_record(control)
@@ -310,7 +356,7 @@ class UsageBook:
     def warned(self, user: str, control: str, uid: int, now_over: bool | None = None) -> bool:
         """Whether the warning was sent (and not reset by usage dropping below since); with
         ``now_over``, record it so."""
-        with self._lock:
+        with self._lock(user):
             record = self._records.get(user)
             if record is None:
                 record = self._records[user] = _read_record(control)
