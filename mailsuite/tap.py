@@ -196,7 +196,7 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
         maillog.open()
     accounts, checker = accounts_and_checker(cfg, blocking)
     check_quota_rules(cfg.mailbox)  # [mailbox] quota_rule_file parses (mta/quota.py)
-    store = MboxStore(cfg.mailbox, blocking)
+    store = MboxStore(cfg.mailbox, blocking, hostname=cfg.mail.myhostname)
     store_service = StoreService(store, spool_directory(cfg.mailbox))
     store_service.setServiceParent(top)  # first: stopped last, after the listeners
 

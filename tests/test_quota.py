@@ -294,7 +294,8 @@ class ImapQuotaTests(MboxTestCase):
 
     def test_append_and_copy_over_quota(self) -> None:
         """APPEND past the message limit: NO [OVERQUOTA]; a COPY of more than fits copies
-        nothing (NO [OVERQUOTA], the target unchanged)."""
+        nothing (NO [OVERQUOTA], the target unchanged); MOVE, which frees what it adds, is
+        let through at the limit."""
         s = self.session("*:messages=3")
         for _ in range(2):
             self.successResultOf(self.store.deliver(self.account, MSG, "a@example.test"))
@@ -306,6 +307,9 @@ class ImapQuotaTests(MboxTestCase):
         self.assertIn(b"d OK", s.cmd(b"d COPY 1 Work"))
         self.assertTrue(s.cmd(b"e APPEND Work {9}").startswith(b"+ "))
         self.assertIn(b"e NO [OVERQUOTA]", s.cmd(b"Subject:x"))
+        out = s.cmd(b"f MOVE 2 Work")  # full, yet a move is let through
+        self.assertIn(b"f OK", out)
+        self.assertIn(b"(MESSAGES 2)", s.cmd(b"g STATUS Work (MESSAGES)"))
 
     def test_status_size_and_deleted(self) -> None:
         """STATUS SIZE (RFC 8438: octets, as FETCH RFC822.SIZE), DELETED and DELETED-STORAGE

@@ -71,7 +71,7 @@ class Agent:
         self.cfg = cfg
         self.account = account
         self.maillog = maillog
-        self.store = MboxStore(cfg.mailbox, InPool(reactor))
+        self.store = MboxStore(cfg.mailbox, InPool(reactor), hostname=cfg.mail.myhostname)
         self.recent = RecentTracker()
         self.idle_poller = IdlePoller()
         self.attached = 0

@@ -96,8 +96,10 @@ class MboxStore:
         lock_timeout: float = 30.0,
         stale_after: float = DEFAULT_STALE_AFTER,
         specials: dict[str, str] | None = None,
+        hostname: str = "",
     ) -> None:
         self._config = mailbox_config
+        self.hostname = hostname or os.uname().nodename  # the quota warning's sender
         self.blocking = blocking
         self.now = now or (lambda: datetime.now(UTC))
         self._lock_timeout = lock_timeout
@@ -336,8 +338,8 @@ class MboxStore:
 
         def write(report: tuple[Any, Any]) -> defer.Deferred[Any]:
             when, (usage, limits) = self.now(), report
-            message = warning_message(account, usage, limits, quota.warning,
-                                      os.uname().nodename, email.utils.format_datetime(when))
+            message = warning_message(account, usage, limits, quota.warning, self.hostname,
+                                      email.utils.format_datetime(when))
             log.info("{user}: quota warning ({percent}%) delivered", user=account.name,
                      percent=quota.warning)
             return self._deliver_inbox(account, [(message, "MAILER-DAEMON")],

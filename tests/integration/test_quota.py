@@ -97,6 +97,8 @@ class QuotaTests(unittest.TestCase):
         finally:
             m.logout()
         self.assertEqual(read(self.site.inbox("boss")).count(WARNING), 1)
+        self.assertIn("From: Mail Delivery System <MAILER-DAEMON@mail.example.test>",
+                      read(self.site.inbox("boss")))
         record = os.path.join(self.site.home("boss"), "mail", ".imap", ".quota")
         self.assertEqual(os.stat(record).st_uid, self.site.uids["boss"])
 
