@@ -9,8 +9,18 @@ from typing import Any
 from twisted.internet import defer
 
 from mailsuite.accounts import Account
-from mailsuite.mta.transaction import BOUNCED, DELIVERED, LMTP, QUEUED, REFUSED, Client, Envelope
-from mailsuite.mta.transaction import Recipient
+from mailsuite.mta.transaction import (
+    BOUNCED,
+    DEFERRED,
+    DELIVERED,
+    LMTP,
+    PICKUP,
+    QUEUED,
+    REFUSED,
+    Client,
+    Envelope,
+    Recipient,
+)
 from mailsuite.store.quota import Limits, QuotaExceeded, Usage
 from tests.test_delivery import inbox
 from tests.test_smtp_server import SessionCase
@@ -73,6 +83,21 @@ class PipelineQuotaTests(PipelineCase):
         results = self.successResultOf(self.pipeline.receive(env, BODY))
         self.assertEqual([(r.status, r.code, r.dsn) for r in results],
                          [(REFUSED, 552, "5.2.2"), (DELIVERED, 250, "2.0.0")])
+
+
+    def test_sendmail_to_a_full_mailbox_bounces(self) -> None:
+        """The pickup (sendmail): a full mailbox is refused for good and bounced to the sender
+        with 5.2.2 (a 4xx reply: deferred, the pickup tries again)."""
+        self.store.full["boss"] = (552, "5.2.2", "Mailbox is full")
+        env = Envelope("Q3", "alice@mail.example.com", [Recipient("boss@mail.example.com")],
+                       Client(PICKUP, uid=1000), arrival=self.clock.seconds())
+        [result] = self.successResultOf(self.pipeline.receive(env, BODY))
+        self.assertEqual((result.status, result.dsn), (BOUNCED, "5.2.2"))
+        [(_, kind, entries)] = self.queue.notices
+        self.assertEqual((kind, entries[0].dsn), ("failed", "5.2.2"))
+        self.store.full["boss"] = (452, "4.2.2", "Mailbox is full")
+        [result] = self.successResultOf(self.pipeline.receive(env, BODY))
+        self.assertEqual((result.status, result.code), (DEFERRED, 452))
 
 
 class SmtpQuotaTests(SessionCase):

@@ -549,9 +549,9 @@ class _Alone:
         causes = getattr(failure.value, "failures", None) if failure.check(DeliveryFailed) \
             else None
         targets = [c.value for c in causes or () if c.check(forward.TargetFailed)]
+        if (quota := quota_reply(failure)) is not None:  # over quota (store/quota.py)
+            return Result(REFUSED if quota[0] >= 500 else DEFERRED, *quota)  # pickup: bounced
         if self.envelope.client.door == LMTP:
-            if (quota := quota_reply(failure)) is not None:  # store/quota.py: over quota
-                return Result(REFUSED if quota[0] >= 500 else DEFERRED, *quota)
             if causes and len(targets) == len(causes) and all(t.permanent for t in targets):
                 return Result(REFUSED, 550, targets[0].dsn, targets[0].text)
             if causes and causes[0].check(forward.TargetFailed):
