@@ -7,6 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.trial import unittest
+
+from mailsuite import threads
+from mailsuite.maillog import MailLog
+from mailsuite.mta.delivery import DeliveryFailed, LocalDelivery
 
 from mailsuite.accounts import Account
 from mailsuite.mta.transaction import (
@@ -22,7 +27,8 @@ from mailsuite.mta.transaction import (
     Recipient,
 )
 from mailsuite.store.quota import Limits, QuotaExceeded, Usage
-from tests.test_delivery import inbox
+from tests.fakes import FakeAccounts
+from tests.test_delivery import ALIASES, ALICE, BOSS, HeldStore, inbox, make_config, write_aliases
 from tests.test_smtp_server import SessionCase
 from tests.test_transaction import BODY, GroupStore, PipelineCase
 
@@ -98,6 +104,31 @@ class PipelineQuotaTests(PipelineCase):
         self.store.full["boss"] = (452, "4.2.2", "Mailbox is full")
         [result] = self.successResultOf(self.pipeline.receive(env, BODY))
         self.assertEqual((result.status, result.code), (DEFERRED, 452))
+
+
+class BatchTests(unittest.TestCase):
+    def test_a_batch_over_quota_takes_what_fits(self) -> None:
+        """Copies group-committed together and refused over quota as a whole are written one
+        by one: those that fit are delivered, only the rest refused."""
+        store = HeldStore()
+        delivery = LocalDelivery(make_config(write_aliases(self, ALIASES)),
+                                 FakeAccounts(BOSS, ALICE), store, MailLog(None, "h"),
+                                 threads.inline)
+
+        def deliver(n: int) -> defer.Deferred[None]:
+            return delivery.deliver(b"Subject: %d\n\nx\n" % n, "s@x.test",
+                                    [("boss@mail.example.com", BOSS)], f"Q{n}")
+
+        first, second, third = deliver(1), deliver(2), deliver(3)
+        store.pending[0][2].callback(None)
+        self.successResultOf(first)
+        store.pending[1][2].errback(QuotaExceeded())  # the batch of 2 and 3
+        self.assertEqual([len(items) for _, items, _ in store.pending[2:]], [1])
+        store.pending[2][2].callback(None)  # 2 alone fits
+        store.pending[3][2].errback(QuotaExceeded())  # 3 alone does not
+        self.successResultOf(second)
+        failure = self.failureResultOf(third, DeliveryFailed)
+        self.assertTrue(failure.value.failures[0].check(QuotaExceeded))
 
 
 class SmtpQuotaTests(SessionCase):

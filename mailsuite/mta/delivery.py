@@ -444,15 +444,32 @@ class LocalDelivery:
         self._writing.add(key)
         d = defer.maybeDeferred(self.store.deliver_many, account, [(m, s) for m, s, _ in batch])
 
-        def written(result: Any) -> None:
+        def written(result: Any) -> Any:
+            if isinstance(result, Failure) and len(batch) > 1 and result.check(QuotaExceeded):
+                return self._one_by_one(account, batch).addBoth(
+                    lambda _: self._write_batch(account, key))  # those that fit go in
             for _, _, waiter in batch:
                 if isinstance(result, Failure):
                     waiter.errback(result)
                 else:
                     waiter.callback(None)
             self._write_batch(account, key)
+            return None
 
         d.addBoth(written)
+
+    @defer.inlineCallbacks
+    def _one_by_one(self, account: Account,
+                    batch: list[tuple[bytes, str, defer.Deferred[None]]]) -> Any:
+        """A group commit over quota as a whole: each copy written alone, in order, so that
+        those that fit are taken and only the others refused (store/quota.py)."""
+        for data, sender, waiter in batch:
+            try:
+                yield defer.maybeDeferred(self.store.deliver_many, account, [(data, sender)])
+            except Exception:  # this copy's own failure (CancelledError is not an Exception)
+                waiter.errback()
+            else:
+                waiter.callback(None)
 
     def _deliver_special(self, dest: Any, data: bytes, sender: str, addresses: list[str],
                          queue_id: str, arrival: float, start: float) -> list[Any]:
