@@ -380,7 +380,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     from mailsuite.privsep.master import MasterService
     owner = startup.mail_owner(cfg)
     filter_check_at_start(cfg, owner)  # the stages' files, before the network process
-    check_quota_rules(cfg.mailbox)  # [mailbox] quota_rule_file parses (mta/quota.py)
+    check_quota_rules(cfg.mailbox, agents=True)  # quota_rule_file: parses, users read it
     startup.check_default_privs(cfg)
     check_restriction_tables(cfg.mail, owner)  # the network process reads them, could not say
     tlspolicy.check_readable(cfg, owner)  # the network process reads them too

@@ -95,6 +95,13 @@ class RuleTests(unittest.TestCase):
         self.assertIn(f"{path}:6:", str(caught.exception))
         with self.assertRaises(StartupError):
             check_at_start(replace(real_config().mailbox, quota_rule_file=path + ".missing"))
+        with open(path, "w") as f:
+            f.write("boss:storage=1G\n")
+        os.chmod(path, 0o600)
+        check_at_start(replace(real_config().mailbox, quota_rule_file=path))
+        with self.assertRaises(StartupError) as caught:  # the users' agents read it
+            check_at_start(replace(real_config().mailbox, quota_rule_file=path), agents=True)
+        self.assertIn("chmod 644", str(caught.exception))
 
     def test_rule_file_read_again_without_restart(self) -> None:
         """A changed file is read at the next look a second later; a broken version keeps the

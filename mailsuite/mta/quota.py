@@ -16,6 +16,8 @@ rights.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -28,11 +30,16 @@ from mailsuite.startup import StartupError
 from mailsuite.store.quota import DEFAULT_REPLY, over, read_rule_file
 
 
-def check_at_start(mailbox: Any) -> None:
-    """``[mailbox] quota_rule_file`` parses (a broken line named by file and line)."""
-    if mailbox.quota_rule_file:
+def check_at_start(mailbox: Any, agents: bool = False) -> None:
+    """``[mailbox] quota_rule_file`` parses (a broken line named by file and line); with
+    ``agents`` (privilege separation: each user's agent reads it) every user may read it."""
+    path = mailbox.quota_rule_file
+    if path:
         try:
-            read_rule_file(mailbox.quota_rule_file)
+            read_rule_file(path)
+            if agents and not os.stat(path).st_mode & stat.S_IROTH:
+                raise StartupError(f"[mailbox] quota_rule_file: {path}: not readable by the"
+                                   " users (their mail processes read it): chmod 644 it")
         except ValueError as e:
             raise StartupError(f"[mailbox] quota_rule_file: {e}") from None
         except OSError as e:

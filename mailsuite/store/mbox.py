@@ -121,8 +121,8 @@ class MboxStore:
         #: each one: safepath.AnchorCache)
         self._anchors = AnchorCache()
         #: ``[mailbox] quota_rule``: every write to a mailbox is admitted by it (store/quota.py)
-        self.quota = Quota.from_config(mailbox_config, self._quota_paths,
-                                       lambda a: self._tree(a).control, time.time)
+        self.quota = Quota.from_config(mailbox_config, self._quota_paths, self._quota_control,
+                                       time.time)
 
     def settle(self) -> defer.Deferred[None]:
         """Fires when every operation queued on a mailbox so far is done (the compactions of
@@ -293,6 +293,10 @@ class MboxStore:
         return d.addCallback(lambda _: None)
 
     # -- quota (store/quota.py) -------------------------------------------------------------
+
+    def _quota_control(self, account: Account) -> str:
+        """Where the usage record is: beside the indexes (mboxtree's control directory)."""
+        return os.path.join(os.path.abspath(self._config.folder_root(account)), ".imap")
 
     def _quota_paths(self, account: Account) -> list[str]:
         """Blocking: the account's mbox files, INBOX first."""

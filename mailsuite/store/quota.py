@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -262,6 +263,8 @@ def count_file(path: str, known: _Counted | None) -> _Counted | None:
         return None  # no such file yet (an empty folder), or not ours to read
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a FIFO or device where a mailbox should be: not counted
         if known is not None and (known.ino, known.size, known.mtime_ns) == (
                 st.st_ino, st.st_size, st.st_mtime_ns):
             return known
@@ -367,12 +370,22 @@ class UsageBook:
 
 
 def _read_record(control: str) -> dict[str, Any]:
+    """The record as last written (no symlink, no FIFO followed); {} when there is none or it
+    is damaged: everything is counted again."""
     try:
-        with open(os.path.join(control, USAGE_FILE), "rb") as f:
-            data = json.loads(f.read(4 * 1024 * 1024))
+        fd = os.open(os.path.join(control, USAGE_FILE),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        data = json.loads(os.pread(fd, 4 * 1024 * 1024, 0))
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
-        return {}  # none yet, or damaged: counted again
+        return {}
+    finally:
+        os.close(fd)
 
 
 def _write_record(control: str, record: dict[str, Any], uid: int) -> None:

@@ -12,9 +12,10 @@ import time
 
 from twisted.trial import unittest
 
-from tests.integration.harness import free_port
+from tests.integration.harness import Site, free_port
 from tests.integration.test_commands import make_site, read, wait_for
 from tests.integration.test_end_to_end import TIMEOUT, Clients
+from tests.integration.test_startup_failures import run_to_exit
 
 SMALL = b"From: <a@remote.test>\nSubject: small\n\nhello\n"
 WARNING = "Subject: Your mailbox is 75% full"
@@ -122,3 +123,24 @@ class QuotaTests(unittest.TestCase):
         self.assertEqual(self.rcpt(100)[0], 250)
         self.c.send(small(5), ["boss@example.test"])
         wait_for("the fifth", lambda: "small 5" in read(self.site.inbox("boss")))
+
+
+class QuotaStartTests(unittest.TestCase):
+    def test_broken_rule_file_refused_at_start(self) -> None:
+        """A broken quota_rule_file line stops twistd before it binds anything: one line on
+        stderr naming the file and the line, no traceback, a non-zero status."""
+        site = Site(self)
+        rules = os.path.join(site.dir, "quota-users")
+        with open(rules, "w") as f:
+            f.write("boss:storage=2G\nbroken line\n")
+        os.chmod(rules, 0o644)
+        with open(site.config, encoding="utf-8") as f:
+            text = f.read()
+        with open(site.config, "w", encoding="utf-8") as f:
+            f.write(text.replace("[mailbox]\n", f"[mailbox]\nquota_rule_file = {rules}\n"))
+        status, out, err = run_to_exit(site.config, site.dir)
+        self.assertNotEqual(status, 0)
+        self.assertNotIn("Traceback", out + err)
+        self.assertEqual(err.strip().splitlines(), [
+            f"mailsuite: [mailbox] quota_rule_file: {rules}:2: expected user:storage=SIZE or"
+            " user:messages=N"])
