@@ -164,3 +164,21 @@ class SmtpQuotaTests(SessionCase):
         self.store.quota_report = lambda account: None  # type: ignore[attr-defined]
         self.transaction()
         self.assertEqual(self.codes(b"Subject: x\r\n\r\nhi\r\n.\r\n"), ["250"])
+
+
+class PrivsepWireTests(unittest.TestCase):
+    def test_over_quota_crosses_the_agent_channel(self) -> None:
+        """The agent answers a Deliver refused over quota with status ``overquota``; the
+        network process raises QuotaExceeded again with its quota_status_overquota reply (so
+        the doors answer 5.2.2, not a deferral)."""
+        from twisted.python.failure import Failure
+
+        from mailsuite.privsep import agent, netproc
+
+        answer = agent._verdict(Failure(QuotaExceeded()))
+        self.assertEqual(answer["status"], "overquota")
+        with self.assertRaises(QuotaExceeded) as caught:
+            netproc._delivered(answer, (452, "4.2.2", "Mailbox is full"))
+        self.assertEqual(caught.exception.reply, (452, "4.2.2", "Mailbox is full"))
+        self.assertEqual(agent._verdict(Failure(agent.StoreRefused("symlink")))["status"],
+                         "refused")
