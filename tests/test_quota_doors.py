@@ -157,6 +157,10 @@ class SmtpQuotaTests(SessionCase):
         self.transaction()
         lines = self.send(b"Subject: big\r\n\r\n" + b"x" * 300 + b"\r\n.\r\n")
         self.assertEqual(lines, ["552 5.2.2 Mailbox is full"])
+        self.assertRegex(self.log_text()[-1], r"^\w+: reject: END-OF-MESSAGE from"
+                         r" client.example\[192.0.2.7\]: 552 5.2.2 Mailbox is full;"
+                         r" from=<a@b.example> to=<boss@mail.example.com> proto=ESMTP"
+                         r" helo=<client.example>$")
         self.assertEqual(inbox(self.store, self.delivery.accounts.recipient("boss")), [])
 
     def test_no_quota_no_check(self) -> None:

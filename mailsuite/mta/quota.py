@@ -87,11 +87,30 @@ def rcpt_check(factory: Any, route: Any, size: int | None,
     return at_rcpt(store, route, size or 0, address, _reply_of(factory))
 
 
-def data_check(factory: Any, recipients: list[Any], size: int,
+def data_check(factory: Any, envelope: Any, size: int,
                deliver: Callable[[], defer.Deferred[Any]]) -> defer.Deferred[Any]:
-    """An SMTP door's DATA: see ``at_data``."""
+    """An SMTP door's DATA: see ``at_data``; a refusal is logged as Postfix's smtpd logs one
+    at the end of DATA (``QUEUEID: reject: END-OF-MESSAGE from ...``)."""
     store = getattr(getattr(factory, "delivery", None), "store", None)
-    return at_data(store, recipients, size, _reply_of(factory), deliver)
+    reply = _reply_of(factory)
+
+    def logged(results: Any) -> Any:
+        maillog = getattr(factory, "maillog", None)
+        if maillog is not None and results and not any(r.accepted for r in results):
+            c, to = envelope.client, envelope.recipients[0].address
+            maillog.write("smtpd", f"{envelope.queue_id}: reject: END-OF-MESSAGE from"
+                          f" {c.label}: {' '.join(map(str, reply))}; from=<{envelope.sender}>"
+                          f" to=<{to}> proto={c.protocol} helo=<{c.helo or c.name}>")
+        return results
+
+    went_on: list[bool] = []  # the pipeline ran: its results are not the quota's refusal
+
+    def deliver_now() -> defer.Deferred[Any]:
+        went_on.append(True)
+        return deliver()
+
+    d = at_data(store, envelope.recipients, size, reply, deliver_now)
+    return d.addCallback(lambda results: results if went_on else logged(results))
 
 
 def at_rcpt(store: Any, route: Any, size: int, address: str,

@@ -419,7 +419,7 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
         """The stamped message through the accept pipeline (mailsuite.mta.transaction): local
         copies straight into the mailboxes, everything else into the queue; fires once all of
         it is on disk (the 250 waits for that)."""
-        return data_check(self.factory, self._envelope.recipients, len(data),  # mta/quota.py
+        return data_check(self.factory, self._envelope, len(data),  # quotas: mta/quota.py
                           lambda: self.factory.pipeline.deliver(self._envelope, data))
 
     def _delivered(self, results: Any, queue_id: str) -> None:
