@@ -67,6 +67,13 @@ from mailsuite.milterconf import (
 )
 from mailsuite.mta.mtasts import parse_max_age, parse_mode, parse_mx_patterns
 from mailsuite.net import Network, in_networks, parse_ip
+from mailsuite.store.quota import (
+    NO_LIMITS,
+    Limits,
+    parse_quota_status,
+    parse_rules,
+    parse_warning,
+)
 from mailsuite.store.spam import parse_spam_header
 from mailsuite.smtp.access import Action
 from mailsuite.smtp.dnsbl import Site, parse_sites
@@ -275,6 +282,15 @@ class MailboxConfig:
     junk: str
     pop3_uidl_format: str = uidlformat.DEFAULT
     spam_header: str = "X-Spam"  # a message it marks goes to ``junk`` (mailsuite.store.spam)
+    # quotas (mailsuite/store/quota.py)
+    quota_rule: Limits = NO_LIMITS
+    quota_rule_file: str = ""
+    quota_warning: int = 0
+    quota_status_overquota: tuple[int, str, str] = (552, "5.2.2", "Mailbox is full")
+
+    @property
+    def quota_configured(self) -> bool:
+        return self.quota_rule.any or bool(self.quota_rule_file)
 
     def special_folders(self) -> dict[str, str]:
         """{folder name: special-use flag} of the sent/drafts/trash/junk keys that are set."""
@@ -536,6 +552,11 @@ SECTIONS: dict[str, Section] = {
         Key("junk", "Junk", parse_folder_name),
         Key("pop3_uidl_format", uidlformat.DEFAULT, uidlformat.uidl_format),
         Key("spam_header", "X-Spam", parse_spam_header),
+        # quotas (mailsuite/store/quota.py)
+        Key("quota_rule", "", parse_rules),
+        Key("quota_rule_file", "", parse_optional_path),
+        Key("quota_warning", "0", parse_warning),
+        Key("quota_status_overquota", "552 5.2.2 Mailbox is full", parse_quota_status),
     ]),
     "imap": Section(ImapConfig, [
         Key("imap_max_line_length", "64k", parse_line_length),

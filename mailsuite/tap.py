@@ -72,6 +72,7 @@ from mailsuite.smtp.clientname import reverse_lookup
 from mailsuite.smtp.restrictions import Restrictions
 from mailsuite.smtp.restrictions import check_tables as check_restriction_tables
 from mailsuite.smtp.server import SMTPFactory
+from mailsuite.mta.quota import check_at_start as check_quota_rules
 from mailsuite.startup import StartupError, describe_os_error, step
 from mailsuite.store.cleanup import clean_spool, spool_directory
 from mailsuite.store.mbox import MboxStore
@@ -195,7 +196,8 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     with step("[mail] maillog_file"):
         maillog.open()
     accounts, checker = accounts_and_checker(cfg, blocking)
-    store = MboxStore(cfg.mailbox, blocking)
+    check_quota_rules(cfg.mailbox)  # [mailbox] quota_rule_file parses (mta/quota.py)
+    store = MboxStore(cfg.mailbox, blocking, hostname=cfg.mail.myhostname)
     store_service = StoreService(store, spool_directory(cfg.mailbox))
     store_service.setServiceParent(top)  # first: stopped last, after the listeners
 
@@ -385,6 +387,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     from mailsuite.privsep.master import MasterService
     owner = startup.mail_owner(cfg)
     filter_check_at_start(cfg, owner)  # the stages' files, before the network process
+    check_quota_rules(cfg.mailbox, agents=True)  # quota_rule_file: parses, users read it
     startup.check_default_privs(cfg)
     check_restriction_tables(cfg.mail, owner)  # the network process reads them, could not say
     tlspolicy.check_readable(cfg, owner)  # the network process reads them too

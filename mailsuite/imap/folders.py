@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
 else:
     _Base = object
 
-_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+_STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
+                 "SIZE", "DELETED", "DELETED-STORAGE")  # RFC 8438, RFC 9208 4.2
 
 
 class FolderCommands(_Base):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mailsuite.imap.parser import Cursor
+from mailsuite.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
+from mailsuite.imap.quota import quota_on
 from mailsuite.imap.session import states
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
@@ -25,6 +27,8 @@ class GeneralCommands(_Base):
         for name in (b"LITERAL+", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
                      b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"XLIST"):
             caps[name] = None
+        if quota_on(self.config):  # [mailbox] quota_rule (imap/quota.py)
+            caps.update(dict.fromkeys((*QUOTA_CAPABILITIES, b"STATUS=SIZE")))
         return caps
 
     # -- any state -----------------------------------------------------------------------------

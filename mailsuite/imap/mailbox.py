@@ -478,6 +478,12 @@ class ImapMailboxView:
             self.mailbox.close()
 
 
+def _sizes(messages: list[Any]) -> dict[str, int]:
+    deleted = [m.size for m in messages if "\\Deleted" in m.flags]
+    return {"SIZE": sum(m.size for m in messages), "DELETED": len(deleted),
+            "DELETED-STORAGE": (sum(deleted) + 1023) // 1024}  # in KiB, as STORAGE
+
+
 @implementer(IImapAccount)
 class ImapAccount:
     """The IMAP avatar of one logged-in account: its store, its open views.
@@ -526,6 +532,7 @@ class ImapAccount:
                 "UIDNEXT": int(mailbox.uid_next),
                 "UIDVALIDITY": int(mailbox.uid_validity),
                 "UNSEEN": int(mailbox.unseen_count()),
+                **_sizes(messages),  # SIZE, DELETED, DELETED-STORAGE (imap/quota.py)
             }
         finally:
             mailbox.close()

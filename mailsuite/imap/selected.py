@@ -23,6 +23,7 @@ from mailsuite.imap.fetch import (
     fetch_responses,
 )
 from mailsuite.imap.encode import format_flags
+from mailsuite.imap.quota import admit
 from mailsuite.imap.parser import Cursor, ParseError, Range, encode_mailbox, parse_flag_list
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.store.interfaces import MailboxNotFound, UnknownUID
@@ -230,8 +231,10 @@ class SelectedCommands(_Base):
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
     # -- COPY / MOVE -------------------------------------------------------------------------
-    async def _copy(self, tag: bytes, args: Cursor, uid: bool) -> tuple[list[int], bytes] | None:
-        """Copy the messages; (source UIDs copied, COPYUID code) or None after a NO."""
+    async def _copy(self, tag: bytes, args: Cursor, uid: bool,
+                    move: bool = False) -> tuple[list[int], bytes] | None:
+        """Copy the messages; (source UIDs copied, COPYUID code) or None after a NO. A
+        ``move`` is not counted against the quota (imap/quota.py): it frees what it takes."""
         view = self.view
         assert view is not None
         args.sp()
@@ -251,6 +254,10 @@ class SelectedCommands(_Base):
         new_uids: list[int] = []
         missing = False
         try:
+            live = [view.info(u).size for _, u in targets if not view.is_expunged(u)]
+            if not move:
+                await admit(self.account, sum(live), len(live))  # all or none (imap/quota.py)
+            append = getattr(dest, "append_moved", dest.append) if move else dest.append
             self.recent.touch(self.account.store, self.account.account, dest)
             for _, u in targets:
                 if view.is_expunged(u):
@@ -262,7 +269,7 @@ class SelectedCommands(_Base):
                     missing = True
                     continue
                 info = view.info(u)
-                new_uids.append(await dest.append(data, info.flags, info.internal_date))
+                new_uids.append(await append(data, info.flags, info.internal_date))
                 copied.append(u)
             validity = int(dest.uid_validity)
         finally:
@@ -291,7 +298,7 @@ class SelectedCommands(_Base):
         if view.readonly:
             self.sendNegativeResponse(tag, b"Mailbox is read-only.")
             return
-        result = await self._copy(tag, args, uid)
+        result = await self._copy(tag, args, uid, move=True)
         if result is None:
             return
         copied, code = result

@@ -43,6 +43,7 @@ from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.limits import ImapLimits
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
+from mailsuite.imap.quota import QuotaCommands
 from mailsuite.imap.parser import LITERAL_AT_END, Cursor, ParseError
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
@@ -76,7 +77,8 @@ REFRESH_REUSE = 0.05
 # ignore[misc]: Twisted's IMAP4Server declares ``_onLogout = None`` (so typed None) and then
 # assigns the realm's logout callable to it; ImapLogin types it as what it holds.
 class IMAPServer(  # type: ignore[misc]
-    ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands, imap4.IMAP4Server
+    ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands, QuotaCommands,
+    imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
     and tells the time; ``recent`` and ``idle_poller`` are shared by the sessions of a server

@@ -40,6 +40,7 @@ from mailsuite.mta.relay import Outcome
 from mailsuite.net import in_networks
 from mailsuite.store.interfaces import IMailStore, StoreRefused
 from mailsuite.store.locking import LockTimeout
+from mailsuite.store.quota import QuotaExceeded
 from mailsuite.store.spam import spam_marked
 from mailsuite.threads import Blocking
 
@@ -73,6 +74,21 @@ def target_failure(failure: Failure) -> forward.TargetFailed | None:
         if inner.check(forward.TargetFailed):
             return inner.value  # type: ignore[no-any-return]
     return None
+
+
+def quota_reply(failure: Failure) -> tuple[int, str, str] | None:
+    """The SMTP reply of a mailbox copy refused over quota (store/quota.py), else None."""
+    for inner in [failure, *(getattr(failure.value, "failures", None) or ())]:
+        if inner.check(QuotaExceeded):
+            return inner.value.reply  # type: ignore[no-any-return]
+    return None
+
+
+def over_quota(failure: Failure) -> forward.TargetFailed | None:
+    """A mailbox copy refused over quota as a failure to bounce (a 5xx
+    quota_status_overquota; a 4xx one is None: queued and retried, as any mailbox failure)."""
+    reply = quota_reply(failure)
+    return None if reply is None or reply[0] < 500 else forward.TargetFailed(True, *reply[1:])
 
 
 def failure_outcome(failure: Failure) -> Outcome:
@@ -428,15 +444,32 @@ class LocalDelivery:
         self._writing.add(key)
         d = defer.maybeDeferred(self.store.deliver_many, account, [(m, s) for m, s, _ in batch])
 
-        def written(result: Any) -> None:
+        def written(result: Any) -> Any:
+            if isinstance(result, Failure) and len(batch) > 1 and result.check(QuotaExceeded):
+                return self._one_by_one(account, batch).addBoth(
+                    lambda _: self._write_batch(account, key))  # those that fit go in
             for _, _, waiter in batch:
                 if isinstance(result, Failure):
                     waiter.errback(result)
                 else:
                     waiter.callback(None)
             self._write_batch(account, key)
+            return None
 
         d.addBoth(written)
+
+    @defer.inlineCallbacks
+    def _one_by_one(self, account: Account,
+                    batch: list[tuple[bytes, str, defer.Deferred[None]]]) -> Any:
+        """A group commit over quota as a whole: each copy written alone, in order, so that
+        those that fit are taken and only the others refused (store/quota.py)."""
+        for data, sender, waiter in batch:
+            try:
+                yield defer.maybeDeferred(self.store.deliver_many, account, [(data, sender)])
+            except Exception:  # this copy's own failure (CancelledError is not an Exception)
+                waiter.errback()
+            else:
+                waiter.callback(None)
 
     def _deliver_special(self, dest: Any, data: bytes, sender: str, addresses: list[str],
                          queue_id: str, arrival: float, start: float) -> list[Any]:
@@ -504,7 +537,11 @@ class LocalDelivery:
     ) -> Any:
         end = self.now()
         delays = "/".join(format_delay(x) for x in (start - arrival, 0, 0, end - start))
-        if isinstance(result, Failure) and result.check(StoreRefused):
+        quota = quota_reply(result) if isinstance(result, Failure) else None
+        if quota is not None:  # over quota (store/quota.py): bounced, or retried for a 4xx
+            dsn, status = quota[1], (f"{'bounced' if quota[0] >= 500 else 'deferred'}"
+                                     f" (cannot append message to mailbox: {result.value})")
+        elif isinstance(result, Failure) and result.check(StoreRefused):
             # a mailbox not owned by the recipient, hard-linked, not a regular file, behind a
             # symlink: deferred as Postfix local(8) defers it, until the administrator looks
             log.warn("delivery of {queue_id} to {user} refused: {why}",

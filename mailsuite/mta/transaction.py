@@ -46,7 +46,7 @@ from mailsuite.mta import address as addr
 from mailsuite.mta import forward, queuefile
 from mailsuite.mta.accept import LocalRecipient, RemoteRecipient, error_status, received_header
 from mailsuite.mta.bounce import Entry, make_dsn
-from mailsuite.mta.delivery import DeliveryFailed, target_failure
+from mailsuite.mta.delivery import DeliveryFailed, over_quota, quota_reply, target_failure
 
 log = Logger()
 
@@ -385,7 +385,7 @@ class _Together:
         resending the whole message."""
         if self.delivery.queue is None or isinstance(dest, forward.Remote):
             failure.raiseException()
-        error = None if isinstance(dest, Account) else target_failure(failure)
+        error = over_quota(failure) if isinstance(dest, Account) else target_failure(failure)
         for i, address, params in triples:
             if error is not None and error.permanent:
                 self.bounced.append((address, params, dest, error))
@@ -427,7 +427,7 @@ class _Together:
         alias's owner- when it has one); none for the null sender or NOTIFY without FAILURE."""
         to: dict[str, list[Entry]] = {}
         for address, params, dest, error in self.bounced:
-            sender = (dest.sender or self.sender) if self.sender else ""
+            sender = (getattr(dest, "sender", "") or self.sender) if self.sender else ""
             if not sender or (params.notify and "FAILURE" not in params.notify):
                 continue
             to.setdefault(sender, []).append(
@@ -549,6 +549,8 @@ class _Alone:
         causes = getattr(failure.value, "failures", None) if failure.check(DeliveryFailed) \
             else None
         targets = [c.value for c in causes or () if c.check(forward.TargetFailed)]
+        if (quota := quota_reply(failure)) is not None:  # over quota (store/quota.py)
+            return Result(REFUSED if quota[0] >= 500 else DEFERRED, *quota)  # pickup: bounced
         if self.envelope.client.door == LMTP:
             if causes and len(targets) == len(causes) and all(t.permanent for t in targets):
                 return Result(REFUSED, 550, targets[0].dsn, targets[0].text)

@@ -49,6 +49,7 @@ from mailsuite.privsep.common import (
 from mailsuite.store.interfaces import StoreRefused
 from mailsuite.store.locking import LockTimeout
 from mailsuite.store.mbox import MboxStore
+from mailsuite.store.quota import QuotaExceeded
 from mailsuite.threads import InPool
 
 log = Logger()
@@ -70,7 +71,7 @@ class Agent:
         self.cfg = cfg
         self.account = account
         self.maillog = maillog
-        self.store = MboxStore(cfg.mailbox, InPool(reactor))
+        self.store = MboxStore(cfg.mailbox, InPool(reactor), hostname=cfg.mail.myhostname)
         self.recent = RecentTracker()
         self.idle_poller = IdlePoller()
         self.attached = 0
@@ -301,6 +302,15 @@ class DeliveryChannel(amp.AMP):
         d.addCallbacks(lambda _: {"status": "ok", "text": "", "lock_path": ""}, _verdict)
         return d
 
+    @wire.Quota.responder
+    def quota(self) -> Any:
+        d = self.agent.store.quota_report(self.agent.account)
+        if d is None or self.agent.privs:
+            return {"on": False, "storage": 0, "messages": 0, "storage_limit": 0,
+                    "messages_limit": 0}
+        return d.addCallback(lambda r: {"on": True, "storage": r[0].storage,
+                                        "messages": r[0].messages, "storage_limit": r[1].storage,
+                                        "messages_limit": r[1].messages})
 
     @wire.DeliverSpecial.responder
     def deliver_special(self, kind: str, target: str, origin: str, data: int, sender: str,
@@ -477,8 +487,9 @@ def _split(fd: int, sizes: list[int], senders: list[str]) -> list[tuple[bytes, s
 
 def _verdict(failure: Any) -> dict[str, str]:
     e = failure.value
-    if isinstance(e, StoreRefused):
-        return {"status": "refused", "text": str(e), "lock_path": ""}
+    if isinstance(e, StoreRefused):  # over quota: store/quota.py
+        return {"status": "overquota" if isinstance(e, QuotaExceeded) else "refused",
+                "text": str(e), "lock_path": ""}
     if isinstance(e, LockTimeout):
         return {"status": "locked", "text": str(e), "lock_path": e.lock_path}
     log.failure("delivery failed", failure)

@@ -40,6 +40,7 @@ from mailsuite.privsep.common import (
 from mailsuite.realm import MailRealm
 from mailsuite.store.interfaces import StoreError, StoreRefused
 from mailsuite.store.locking import LockTimeout
+from mailsuite.store.quota import Limits, QuotaExceeded, Usage
 from mailsuite.threads import InPool
 from mailsuite.tls import ServerTLS
 
@@ -81,10 +82,21 @@ class RemoteStore:
             return result
 
         d.addBoth(done)
-        return d.addCallback(_delivered)
+        return d.addCallback(_delivered, self.quota_reply)
 
     def settle(self) -> defer.Deferred[None]:
         return defer.succeed(None)
+
+    #: [mailbox] quota_rule (or quota_rule_file) set: the agents answer wire.Quota
+    quota_reply: tuple[int, str, str] | None = None
+
+    def quota_report(self, account: Any) -> defer.Deferred[Any] | None:
+        """Deferred[(Usage, Limits)] from the account's agent (mailsuite/store/quota.py)."""
+        if self.quota_reply is None:
+            return None
+        d = self._channel(account.name).addCallback(lambda ch: ch.callRemote(wire.Quota))
+        return d.addCallback(lambda a: (Usage(a["storage"], a["messages"]),
+                                        Limits(a["storage_limit"], a["messages_limit"])))
 
     def _channel(self, name: str, uid: int | None = None) -> defer.Deferred[Any]:
         """The delivery channel to ``name``'s agent (opened through the master once); with
@@ -244,12 +256,14 @@ def _sealed(messages: list[bytes]) -> int:
     return fd
 
 
-def _delivered(answer: dict[str, Any]) -> None:
+def _delivered(answer: dict[str, Any], quota_reply: Any = None) -> None:
     status = answer["status"]
     if status == "ok":
         return
     if status == "refused":
         raise StoreRefused(answer["text"])
+    if status == "overquota":  # the agent's store/quota.py
+        raise QuotaExceeded(answer["text"], quota_reply)
     if status == "locked":
         raise LockTimeout(answer["text"], answer["lock_path"])
     raise StoreError(answer["text"])
@@ -268,6 +282,8 @@ def build_network(cfg: Config, reactor: Any, maillog: MailLog, master: Any,
     accounts, _ = tap.accounts_and_checker(cfg, blocking)
     checker = RemoteChecker(master)
     store = RemoteStore(master, reactor)
+    if cfg.mailbox.quota_configured:  # the RCPT check asks the agents (mta/quota.py)
+        store.quota_reply = cfg.mailbox.quota_status_overquota
     dorm = top.dorm = Dorm(master, reactor, maillog)  # type: ignore[attr-defined]
 
     def realm(delivery: LocalDelivery) -> MailRealm:

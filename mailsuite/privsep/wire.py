@@ -102,6 +102,17 @@ class Deliver(amp.Command):
     errors = ERRORS
 
 
+class Quota(amp.Command):
+    """net -> agent: the account's quota (mailsuite/store/quota.py), for the RCPT check:
+    usage and limits in bytes and messages (a limit 0: none; ``on`` False: no quota)."""
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"on", amp.Boolean()), (b"storage", amp.Integer()),
+                (b"messages", amp.Integer()), (b"storage_limit", amp.Integer()),
+                (b"messages_limit", amp.Integer())]
+    errors = ERRORS
+
+
 class OpenDropped(amp.Command):
     """net -> master: ``maildrop/QUEUE_ID`` opened read-only (no symlink), for the pickup."""
 

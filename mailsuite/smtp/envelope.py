@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
+from mailsuite.mta.quota import rcpt_check
 from mailsuite.mta.transaction import Recipient
 from mailsuite.smtp.restrictions import Outcome, request_of
 
@@ -261,6 +262,13 @@ class SmtpEnvelope:
                       f" helo=<{self._helo_name or ''}>")
 
     def _rcpt_ok(self, recipient: Any, address: str, params: addr.RcptParams) -> Any:
+        full = rcpt_check(self.factory, recipient, self._mail_params.size, address)
+        if full is not None:  # [mailbox] quota_rule (mta/quota.py)
+            return full.addCallbacks(lambda _: self._rcpt_quota_ok(recipient, address, params),
+                                     self._rcpt_refused, errbackArgs=(address,))
+        return self._rcpt_quota_ok(recipient, address, params)
+
+    def _rcpt_quota_ok(self, recipient: Any, address: str, params: addr.RcptParams) -> Any:
         if self._queue_id is None:
             self._queue_id = new_queue_id()
             self._log(f"{self._queue_id}: client={self.client}{self.sasl_log()}")

@@ -26,6 +26,7 @@ from twisted.mail import smtp
 from mailsuite.config import Config
 from mailsuite.limits import Limits
 from mailsuite.maillog import new_queue_id
+from mailsuite.mta.quota import per_recipient
 from mailsuite.mta.transaction import LMTP, Client, Envelope, Pipeline, Recipient
 from mailsuite.smtp.reader import Body, CommandLoop, Reader, split_command
 
@@ -205,7 +206,13 @@ class LMTPServer(CommandLoop, protocol.Protocol):
         envelope = Envelope(queue_id, self.sender or "",
                             [Recipient(address, route=found) for address, found in recipients],
                             client)
-        results = yield self.factory.pipeline.receive(envelope, data)
+        store = getattr(self.factory.delivery, "store", None)  # quotas: mta/quota.py
+        over = yield per_recipient(store, [f for _, f in recipients], len(data),
+                                   self.factory.quota_reply)
+        envelope.recipients = [r for r, o in zip(envelope.recipients, over, strict=True) if not o]
+        taken = iter((yield self.factory.pipeline.receive(envelope, data))
+                     if envelope.recipients else [])
+        results = [o or next(taken) for o in over]
         for (address, _), result in zip(recipients, results, strict=False):
             if result.accepted:
                 self.reply(250, f"2.0.0 <{address}> Ok: delivered as {queue_id}")
@@ -226,6 +233,7 @@ class LMTPFactory(protocol.ServerFactory):
         self.process_limit = config.mail.default_process_limit
         self.hostname: str = config.mail.myhostname
         self.size_limit: int = config.mail.message_size_limit
+        self.quota_reply = config.mailbox.quota_status_overquota  # mta/quota.py
         self.delivery = delivery
         self.maillog = maillog
         self.pipeline = pipeline or Pipeline(delivery, maillog, self.hostname, delivery.now)

@@ -41,6 +41,7 @@ from mailsuite.limits import Limits
 from mailsuite.maillog import new_queue_id
 from mailsuite.mta import address as addr
 from mailsuite.mta.dns import MXResolver
+from mailsuite.mta.quota import data_check
 from mailsuite.mta.transaction import SMTP, Client, Envelope, Pipeline, Recipient
 from mailsuite.net import host_of
 from mailsuite.smtp.auth import SmtpAuth
@@ -418,7 +419,8 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
         """The stamped message through the accept pipeline (mailsuite.mta.transaction): local
         copies straight into the mailboxes, everything else into the queue; fires once all of
         it is on disk (the 250 waits for that)."""
-        return self.factory.pipeline.deliver(self._envelope, data)
+        return data_check(self.factory, self._envelope, len(data),  # quotas: mta/quota.py
+                          lambda: self.factory.pipeline.deliver(self._envelope, data))
 
     def _delivered(self, results: Any, queue_id: str) -> None:
         self._reset_transaction()

@@ -25,6 +25,8 @@ calls it on stop).
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -50,6 +52,7 @@ from mailsuite.store.locking import DEFAULT_STALE_AFTER, LockTimeout
 from mailsuite.store.mboxfile import MboxFile
 from mailsuite.store.mboxmailbox import MboxMailbox
 from mailsuite.store.mboxtree import FolderTree
+from mailsuite.store.quota import Quota, mbox_files, warning_message
 from mailsuite.store.safepath import AnchorCache
 from mailsuite.store.spam import spam_marked
 from mailsuite.threads import Blocking
@@ -93,8 +96,10 @@ class MboxStore:
         lock_timeout: float = 30.0,
         stale_after: float = DEFAULT_STALE_AFTER,
         specials: dict[str, str] | None = None,
+        hostname: str = "",
     ) -> None:
         self._config = mailbox_config
+        self.hostname = hostname or os.uname().nodename  # the quota warning's sender
         self.blocking = blocking
         self.now = now or (lambda: datetime.now(UTC))
         self._lock_timeout = lock_timeout
@@ -115,6 +120,9 @@ class MboxStore:
         #: The spool and home directories held open between operations (checked by path at
         #: each one: safepath.AnchorCache)
         self._anchors = AnchorCache()
+        #: ``[mailbox] quota_rule``: every write to a mailbox is admitted by it (store/quota.py)
+        self.quota = Quota.from_config(mailbox_config, self._quota_paths, self._quota_control,
+                                       time.time)
 
     def settle(self) -> defer.Deferred[None]:
         """Fires when every operation queued on a mailbox so far is done (the compactions of
@@ -222,11 +230,17 @@ class MboxStore:
         return d.addCallback(lambda _: None)
 
     def _deliver_inbox(self, account: Account, items: list[tuple[bytes, str]],
-                       date: int) -> defer.Deferred[Any]:
+                       date: int, admit: bool = True) -> defer.Deferred[Any]:
         box = self._boxes.get((account.name, INBOX))
+        work = box._file.append_many if box is not None else \
+            self._delivery_file(account).append_many
+        if admit:
+            work = self.admitted(account, work, items)
         if box is not None:
-            return box._run(box._file.append_many, items, date)
-        return self.blocking(self._delivery_file(account).append_many, None, items, date)
+            d = box._run(work, items, date)
+        else:
+            d = self.blocking(work, None, items, date)
+        return self.after_write(d, account) if admit else d
 
     @defer.inlineCallbacks
     def _deliver_junk(self, account: Account, items: list[tuple[bytes, str]], date: int) -> Any:
@@ -242,7 +256,8 @@ class MboxStore:
                      folder=self._junk, why=e)
             return (yield self._deliver_inbox(account, items, date))
         try:
-            yield box._run(box._file.append_many, items, date)
+            yield self.after_write(box._run(self.admitted(
+                account, box._file.append_many, items), items, date), account)
         finally:
             box.close()
 
@@ -272,9 +287,69 @@ class MboxStore:
             d = box._append(data, sender, frozenset(), None)
         else:
             date = int(self.now().timestamp())
-            mfile = self._delivery_file(account)
-            d = self.blocking(mfile.append, None, data, sender, frozenset(), date)
+            work = self.admitted(account, self._delivery_file(account).append, [(data, sender)])
+            d = self.after_write(self.blocking(work, None, data, sender, frozenset(), date),
+                                 account)
         return d.addCallback(lambda _: None)
+
+    # -- quota (store/quota.py) -------------------------------------------------------------
+
+    def _quota_control(self, account: Account) -> str:
+        """Where the usage record is: beside the indexes (mboxtree's control directory)."""
+        return os.path.join(os.path.abspath(self._config.folder_root(account)), ".imap")
+
+    def _quota_paths(self, account: Account) -> list[str]:
+        """Blocking: the account's mbox files, INBOX first."""
+        return mbox_files(self._config.folder_root(account), self._config.inbox_path(account))
+
+    def quota_report(self, account: Account) -> defer.Deferred[Any] | None:
+        """Deferred[(Usage, Limits)] of ``account`` (GETQUOTA, RCPT); None: no quota."""
+        return None if self.quota is None else self.blocking(self.quota.report, account)
+
+    def quota_admit(self, account: Account, size: int, count: int) -> defer.Deferred[None]:
+        """Fails with QuotaExceeded when ``count`` messages of ``size`` bytes are too many."""
+        if self.quota is None:
+            return defer.succeed(None)
+        return self.blocking(self.quota.admit, account, size, count)
+
+    def admitted(self, account: Account, work: Callable[..., Any],
+                 items: list[tuple[bytes, str]]) -> Callable[..., Any]:
+        """``work`` (writing ``items``), refused first with QuotaExceeded over quota."""
+        if self.quota is None:
+            return work
+        return self.quota.guarded(account, work, sum(len(m) for m, _ in items), len(items))
+
+    def after_write(self, d: defer.Deferred[Any], account: Account) -> defer.Deferred[Any]:
+        """``d`` (a write), then the quota warning when it crossed quota_warning (put into
+        INBOX once, even over quota; the write's result is not held up by it)."""
+        quota = self.quota
+        if quota is None or not quota.warning:
+            return d
+
+        def due(result: Any) -> Any:
+            check = self.blocking(quota.warn_due, account)
+            check.addCallback(lambda due: self._send_warning(account) if due else None)
+            check.addErrback(lambda f: log.failure("quota warning for {user}", f,
+                                                   user=account.name))
+            return result
+
+        return d.addCallback(due)
+
+    def _send_warning(self, account: Account) -> defer.Deferred[Any]:
+        import email.utils
+        assert self.quota is not None
+        quota = self.quota
+
+        def write(report: tuple[Any, Any]) -> defer.Deferred[Any]:
+            when, (usage, limits) = self.now(), report
+            message = warning_message(account, usage, limits, quota.warning, self.hostname,
+                                      email.utils.format_datetime(when))
+            log.info("{user}: quota warning ({percent}%) delivered", user=account.name,
+                     percent=quota.warning)
+            return self._deliver_inbox(account, [(message, "MAILER-DAEMON")],
+                                       int(when.timestamp()), admit=False)
+
+        return self.blocking(quota.report, account).addCallback(write)
 
     # -- folders --------------------------------------------------------------------------------
 

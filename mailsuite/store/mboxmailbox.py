@@ -78,6 +78,11 @@ class MailboxOwner(Protocol):
 
     def _forget(self, key: tuple[str, str], box: MboxMailbox) -> None: ...
 
+    def admitted(self, account: Any, work: Callable[..., Any],
+                 items: list[tuple[bytes, str]]) -> Callable[..., Any]: ...
+
+    def after_write(self, d: defer.Deferred[Any], account: Any) -> defer.Deferred[Any]: ...
+
 
 _UID = attrgetter("uid")
 
@@ -458,13 +463,25 @@ class MboxMailbox:
     ) -> defer.Deferred[int]:
         return self._append(data, "MAILER-DAEMON", flags, internal_date)
 
+    def append_moved(self, data: bytes, flags: frozenset[str] = frozenset(),
+                     internal_date: datetime | None = None) -> defer.Deferred[int]:
+        """``append`` of a message IMAP MOVE takes out of another mailbox of the account: not
+        refused over quota (Dovecot too counts a move within one quota root as the size it
+        adds less the size it expunges: nothing)."""
+        return self._append(data, "MAILER-DAEMON", flags, internal_date, admit=False)
+
     def _append(
-        self, data: bytes, sender: str, flags: frozenset[str], when: datetime | None
+        self, data: bytes, sender: str, flags: frozenset[str], when: datetime | None,
+        admit: bool = True,
     ) -> defer.Deferred[Any]:
         # APPEND's date keeps its zone; mail delivered here gets the local zone (as Dovecot)
         date = int((when or self._store.now()).timestamp())
         tz = None if when is None else ix.offset_of(when)
-        return self._run(self._file.append, data, sender, frozenset(flags), date, tz)
+        account = self._file.account  # quota (store/quota.py): admitted first, then the warning
+        work = self._store.admitted(account, self._file.append, [(data, sender)]) if admit \
+            else self._file.append
+        return self._store.after_write(
+            self._run(work, data, sender, frozenset(flags), date, tz), account)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
