@@ -14,13 +14,14 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from mailsuite import configcmd, dkimcmd
+from mailsuite import configcmd, dkimcmd, queueadmin
 from mailsuite.cmdbase import CONFIG_HELP, EX_OK, EX_USAGE, Fatal, run
 
 #: name -> (what it does, main(argv, out) -> exit status)
 COMMANDS: dict[str, tuple[str, Callable[[list[str], TextIO], int]]] = {
     "dkim": ("DKIM signing keys: keygen", dkimcmd.main),
     "config": ("the effective settings of mail.ini, as postconf [-n|-d] [KEY...]", configcmd.main),
+    "queue": ("the mail queue: list, flush, hold, release, requeue, delete, show", queueadmin.main),
 }
 
 

@@ -68,6 +68,11 @@ class Listed(NamedTuple):
     recipients: list[str]
     note: str = ""
 
+    @property
+    def deferred(self) -> bool:
+        """In Postfix's deferred queue: queued, tried, not delivered yet."""
+        return self.where == "active" and not self.flag
+
 
 def queue_entries(queue_directory: str) -> list[Listed]:
     """The queue, the hold queue, then maildrop/."""
@@ -173,20 +178,24 @@ VERBS = {
 }
 
 
-def postsuper(cfg: Config, flag: str, which: str, err: TextIO) -> int:
-    """``postsuper -h/-H/-r/-d ID|ALL``; the count line on ``err``, as Postfix's."""
+def postsuper(cfg: Config, flag: str, which: str | list[str], err: TextIO,
+              program: str = "postsuper") -> int:
+    """``postsuper -h/-H/-r/-d ID|ALL|deferred ...`` (``ALL``: every message the verb takes;
+    ``deferred``: those of them tried and not delivered yet, Postfix's deferred queue); the
+    count line on ``err``, as Postfix's."""
     verb = VERBS[flag]
     queue_directory = cfg.mail.queue_directory
-    if which == "ALL":
-        ids = [e.queue_id for e in _listing(queue_directory) if e.where in verb.every]
-    else:
-        ids = [which]
-    count = 0
-    for queue_id in ids:
-        if not queue_id.isalnum():
-            raise Fatal(EX_USAGE, f"bad queue id {queue_id!r}")
-        count += _apply(queue_directory, verb, queue_id)
-    print(f"postsuper: {verb.report}: {count} message{'s' if count != 1 else ''}", file=err)
+    ids: list[str] = []
+    for target in [which] if isinstance(which, str) else which:
+        if target in ("ALL", "deferred"):
+            ids += [e.queue_id for e in _listing(queue_directory) if e.where in verb.every
+                    and (target == "ALL" or e.deferred)]
+        elif not target.isalnum():
+            raise Fatal(EX_USAGE, f"bad queue id {target!r}")
+        else:
+            ids.append(target)
+    count = sum(_apply(queue_directory, verb, queue_id) for queue_id in dict.fromkeys(ids))
+    print(f"{program}: {verb.report}: {count} message{'s' if count != 1 else ''}", file=err)
     return EX_OK
 
 
