@@ -63,6 +63,7 @@ from mailsuite.milterconf import (
     parse_protocol,
 )
 from mailsuite.mta.mtasts import parse_max_age, parse_mode, parse_mx_patterns
+from mailsuite.mta.rewrite import parse_recipient_delimiter
 from mailsuite.net import Network, in_networks, parse_ip
 from mailsuite.store.spam import parse_spam_header
 from mailsuite.smtp.access import Action
@@ -194,6 +195,8 @@ class MailConfig:
     tlsrpt_organization_name: str = ""
     tlsrpt_contact_info: str = ""
     tlsrpt_sender_address: str = ""
+    # addresses: recipient_delimiter (mailsuite/mta/rewrite.py)
+    recipient_delimiter: str = ""
 
 
 SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
@@ -463,6 +466,8 @@ SECTIONS: dict[str, Section] = {
         Key("tlsrpt_organization_name", "$mydomain", str.strip),
         Key("tlsrpt_contact_info", "postmaster@$mydomain", str.strip),
         Key("tlsrpt_sender_address", "noreply-smtp-tls-reporting@$mydomain", str.strip),
+        # addresses: recipient_delimiter (mailsuite/mta/rewrite.py)
+        Key("recipient_delimiter", "", parse_recipient_delimiter),
     ]),
     "listen": Section(ListenConfig, [
         Key("smtp", "25", parse_port),

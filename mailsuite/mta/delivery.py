@@ -37,6 +37,7 @@ from mailsuite.mta.accept import (
 from mailsuite.mta.aliases import AliasLookupError, AliasMap
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Outcome
+from mailsuite.mta.rewrite import split_extension
 from mailsuite.net import in_networks
 from mailsuite.store.interfaces import IMailStore, StoreRefused
 from mailsuite.store.locking import LockTimeout
@@ -126,7 +127,8 @@ class LocalDelivery:
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains,
                                            warn=self._alias_warning)
         self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains,
-                                         mail.default_privs or forward.DEFAULT_PRIVS)
+                                         mail.default_privs or forward.DEFAULT_PRIVS,
+                                         mail.recipient_delimiter)
         self.mynetworks = list(mail.mynetworks)
         self.relay_domains = [d.lower().rstrip(".") for d in mail.relay_domains]
         #: in_mynetworks answers per client IP, for this very ``mynetworks`` list
@@ -351,6 +353,10 @@ class LocalDelivery:
         local, domain = split_address(address)
         if domain is not None and local.lower() == account.name.lower():
             return f"{account.name}@{domain.lower()}"
+        user = split_extension(local, self.expander.recipient_delimiter)[0]
+        if domain is not None and user.lower() == account.name.lower():
+            # boss+news@ keeps its extension, as Postfix's local(8) writes it
+            return f"{account.name}{local[len(user):]}@{domain.lower()}"
         return f"{account.name}@{self.myorigin}"
 
     def deliver(
