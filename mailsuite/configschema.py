@@ -63,7 +63,7 @@ from mailsuite.milterconf import (
     parse_protocol,
 )
 from mailsuite.mta.mtasts import parse_max_age, parse_mode, parse_mx_patterns
-from mailsuite.mta.rewrite import parse_recipient_delimiter
+from mailsuite.mta.rewrite import parse_recipient_delimiter, parse_virtual_alias_domains
 from mailsuite.net import Network, in_networks, parse_ip
 from mailsuite.store.spam import parse_spam_header
 from mailsuite.smtp.access import Action
@@ -195,8 +195,10 @@ class MailConfig:
     tlsrpt_organization_name: str = ""
     tlsrpt_contact_info: str = ""
     tlsrpt_sender_address: str = ""
-    # addresses: recipient_delimiter (mailsuite/mta/rewrite.py)
+    # addresses: recipient_delimiter, virtual aliases (mailsuite/mta/rewrite.py, virtual.py)
     recipient_delimiter: str = ""
+    virtual_alias_maps: list[str] = field(default_factory=list)
+    virtual_alias_domains: list[str] = field(default_factory=list)
 
 
 SERVICES = ("smtp", "submission", "smtps", "pop3", "pop3s", "imap", "imaps", "lmtp")
@@ -466,8 +468,10 @@ SECTIONS: dict[str, Section] = {
         Key("tlsrpt_organization_name", "$mydomain", str.strip),
         Key("tlsrpt_contact_info", "postmaster@$mydomain", str.strip),
         Key("tlsrpt_sender_address", "noreply-smtp-tls-reporting@$mydomain", str.strip),
-        # addresses: recipient_delimiter (mailsuite/mta/rewrite.py)
+        # addresses: recipient_delimiter, virtual aliases (mailsuite/mta/rewrite.py, virtual.py)
         Key("recipient_delimiter", "", parse_recipient_delimiter),
+        Key("virtual_alias_maps", "", parse_alias_maps),
+        Key("virtual_alias_domains", "$virtual_alias_maps", parse_virtual_alias_domains),
     ]),
     "listen": Section(ListenConfig, [
         Key("smtp", "25", parse_port),

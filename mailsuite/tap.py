@@ -64,6 +64,7 @@ from mailsuite.mta.outbound import add_tls_reports, build_queue
 from mailsuite.mta.queue import Queue
 from mailsuite.mta.relay import load_password_map
 from mailsuite.mta.transaction import Pipeline
+from mailsuite.mta.virtual import VirtualAliases
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
@@ -229,6 +230,7 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     """Delivery, queue, portal, the doors and local submission, under ``top``."""
     cfg, reactor, tls, maillog = p.cfg, p.reactor, p.tls, p.maillog
     delivery = LocalDelivery(cfg, p.accounts, p.store, maillog, p.blocking, now=reactor.seconds)
+    delivery.virtual = VirtualAliases.from_config(cfg.mail, maillog)  # virtual_alias_maps
     with step("[mail] queue_directory"):
         delivery.queue = build_queue(cfg, delivery, maillog, reactor, p.blocking)
     qmgr = QueueService(delivery.queue, after=p.after)

@@ -41,7 +41,7 @@ def parse_map(text: str, filename: str) -> Table:
     table: Table = {}
     first_line: dict[str, int] = {}
     errors: list[str] = []
-    for number, line in _logical_lines(text):
+    for number, line in logical_lines(text):
         key, _, value = line.partition(" ") if " " in line else line.partition("\t")
         key, value = key.strip().lower(), value.strip()
         where = f"{filename}:{number}"
@@ -59,7 +59,7 @@ def parse_map(text: str, filename: str) -> Table:
     return table
 
 
-def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
+def logical_lines(text: str) -> Iterable[tuple[int, str]]:
     """(first line number, text) of each entry: comments and blank lines dropped, a line
     starting with white space joined to the entry before (Postfix's table syntax)."""
     entry: list[Any] = []

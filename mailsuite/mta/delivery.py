@@ -142,6 +142,8 @@ class LocalDelivery:
         self._resolved: dict[str, tuple[float, list[Any]]] = {}
         self._pending: dict[tuple[str, bool], list[tuple[bytes, str, defer.Deferred[None]]]] = {}
         self._writing: set[tuple[str, bool]] = set()
+        #: mailsuite.mta.virtual.VirtualAliases (virtual_alias_maps; None: none)
+        self.virtual: Any = None
         #: the batches of group commit are spam or not by this field (the store's decision)
         self.spam_header = config.mailbox.spam_header if config.mailbox.junk else ""
 
@@ -153,7 +155,9 @@ class LocalDelivery:
         return DeliveryAvatar(self, user)
 
     def is_local_domain(self, domain: str) -> bool:
-        return domain.lower().rstrip(".") in self.local_domains
+        """In mydestination, or a virtual alias domain (both are ours to take mail for)."""
+        return domain.lower().rstrip(".") in self.local_domains or (
+            self.virtual is not None and self.virtual.is_domain(domain))
 
     def sender_owned(self, address: str, user: str) -> defer.Deferred[bool]:
         """Whether ``user`` may send as ``address``: the null sender, ``user@`` a local domain,
@@ -332,8 +336,8 @@ class LocalDelivery:
         forward.Remote for addresses in other domains (aliases.py, forward.py); a remote alias
         target is refused (451) only when there is no queue to forward it."""
         try:
-            found = self.expander.expand(local, address)
-        except AliasLookupError as e:
+            found = self._expand(address, local)
+        except AliasLookupError as e:  # virtual.VirtualLookupError too
             log.error("alias lookup for {address} failed: {error}", address=address, error=e)
             raise LookupFailed(address) from e
         except forward.Refused as e:
@@ -347,6 +351,17 @@ class LocalDelivery:
                 if isinstance(dest, forward.Remote):
                     raise UnsupportedRecipient(address, target=f'"{dest.address}" (remote)')
         return found
+
+    def _expand(self, address: str, local: str) -> list[Any]:
+        """(blocking) The destinations: through virtual_alias_maps first, then local(8)'s."""
+        if self.virtual is not None:
+            found = self.virtual.destinations(
+                address, self.expander.expand,
+                lambda domain: domain.lower().rstrip(".") in self.local_domains,
+                lambda final: forward.Remote(final, "virtual_alias_maps"))
+            if found is not None:
+                return found
+        return self.expander.expand(local, address)
 
     def final_address(self, address: str, account: Account) -> str:
         """The address local(8) delivers to: the original one unless an alias changed it."""

@@ -1,5 +1,6 @@
 """Postfix's address habits for recipients: ``recipient_delimiter`` (address extensions,
-``boss+news@`` is boss's) and the config value that names it.
+``boss+news@`` is boss's) and the config values of it and of ``virtual_alias_domains``
+(the virtual alias table itself is mailsuite.mta.virtual's).
 
 ``recipient_delimiter`` is a set of characters (Postfix 2.11's: ``+``, or ``+-`` for either);
 the local part splits at the first of them: ``boss+news`` is user ``boss``, extension ``news``.
@@ -9,6 +10,8 @@ whole address in ``Delivered-To:`` (mailsuite.mta.delivery.LocalDelivery.final_a
 """
 
 from __future__ import annotations
+
+from mailsuite.configvalues import parse_alias_maps, parse_domain
 
 
 def parse_recipient_delimiter(value: str) -> str:
@@ -30,3 +33,13 @@ def split_extension(local: str, delimiters: str) -> tuple[str, str | None]:
     if at <= 0:
         return local, None
     return local[:at], local[at + 1:]
+
+
+def parse_virtual_alias_domains(value: str) -> list[str]:
+    """``virtual_alias_domains``: domain names and table files (a path, or ``hash:/path``:
+    the domains are the keys of its ``example.com  anything`` lines, Postfix's default
+    ``$virtual_alias_maps``); files as absolute paths, domains in lower case."""
+    out = []
+    for word in value.replace(",", " ").split():
+        out += parse_alias_maps(word) if "/" in word else [parse_domain(word)]
+    return list(dict.fromkeys(out))

@@ -1,8 +1,9 @@
 """Postfix's address habits against the real server: ``recipient_delimiter`` (plus-addressing)
-over SMTP to the mbox."""
+over SMTP to the mbox, and virtual_alias_maps (a second domain on the host)."""
 
 from __future__ import annotations
 
+import os
 import smtplib
 
 from twisted.trial import unittest
@@ -26,3 +27,33 @@ class PlusAddressingTests(unittest.TestCase):
         box = read(site.inbox("boss"))
         self.assertIn("\nX-Original-To: boss+news@example.test\n", box)
         self.assertIn("\nDelivered-To: boss+news@example.test\n", box)
+
+
+class VirtualAliasTests(unittest.TestCase):
+    def test_virtual_alias_domain_over_smtp(self) -> None:
+        """A second domain on the host through virtual_alias_maps: RCPT info@example.net is
+        250 and lands in boss's INBOX, sales@ in boss's and carol's; an address the table
+        does not have is 550 5.1.1 at RCPT (even one named like a local account); relaying
+        to other domains stays closed."""
+        site = MTASite(self, "postmaster: boss\n")
+        table = os.path.join(site.dir, "virtual")
+        with open(table, "w") as f:
+            f.write("example.net  virtual\ninfo@example.net  boss\n"
+                    "sales@example.net  boss, carol@example.test\n")
+        with open(site.config, "a") as f:
+            f.write(f"\n[mail]\nvirtual_alias_maps = hash:{table}\n")
+        site.start()
+        with smtplib.SMTP("127.0.0.1", site.ports["smtp"], timeout=30) as s:
+            s.mail("joe@remote.test")
+            self.assertEqual(s.rcpt("info@example.net")[0], 250)
+            self.assertEqual(s.rcpt("sales@example.net")[0], 250)
+            code, text = s.rcpt("carol@example.net")
+            self.assertEqual(code, 550)
+            self.assertIn(b"5.1.1 <carol@example.net>: Recipient address rejected: User unknown"
+                          b" in virtual alias table", text)
+            self.assertEqual(s.rcpt("x@elsewhere.example")[0], 554)
+            self.assertEqual(s.data(b"Subject: virtual\n\nfor a virtual domain\n")[0], 250)
+        wait_for("boss's copy", lambda: "for a virtual domain" in read(site.inbox("boss")))
+        wait_for("carol's copy", lambda: "for a virtual domain" in read(site.inbox("carol")))
+        self.assertEqual(read(site.inbox("boss")).count("for a virtual domain"), 1)
+        self.assertIn("X-Original-To: info@example.net", read(site.inbox("boss")))
