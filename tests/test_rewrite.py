@@ -1,6 +1,6 @@
 """``recipient_delimiter`` (mailsuite/mta/rewrite.py, forward.Expander, delivery.LocalDelivery):
 Postfix's address extensions: ``boss+news@`` is boss's, an alias or account of the whole name
-first, the extension kept in ``Delivered-To:``; the config value."""
+first, the extension kept in ``Delivered-To:``; the config value; BCC maps' look-ups."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from twisted.trial import unittest
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.config import ConfigError, parse_config
+from mailsuite.filter.bcc import find
 from mailsuite.maillog import MailLog
 from mailsuite.mta.accept import UnknownRecipient
 from mailsuite.mta.delivery import LocalDelivery
@@ -101,3 +102,14 @@ class ExtensionDeliveryTests(unittest.TestCase):
             b"Delivered-To: boss+News@mail.example.com\n"), copy)
         (theirs,) = inbox(self.store, MARY_ANN)
         self.assertIn(b"\nDelivered-To: mary-ann@localhost\n", theirs)
+
+
+class BccExtensionTests(unittest.TestCase):
+    def test_bcc_maps_look_up_without_the_extension(self) -> None:
+        """A BCC map's key boss@ also takes boss+news@ once recipient_delimiter is set, the
+        whole address first (Postfix's table search order); without it, not at all."""
+        tables = [{"boss@example.com": "archive@example.com",
+                   "boss+private@example.com": "secret@example.com"}]
+        self.assertEqual(find(tables, "boss+news@example.com", [], "+"), "archive@example.com")
+        self.assertEqual(find(tables, "boss+private@example.com", [], "+"), "secret@example.com")
+        self.assertIsNone(find(tables, "boss+news@example.com", []))
