@@ -35,6 +35,7 @@ from mailsuite.configschema import (
     Config,
     Default,
     ImapConfig,
+    Key,
     ListenConfig,
     MailboxConfig,
     MailConfig,
@@ -169,6 +170,16 @@ def _mail_expander(given: dict[str, dict[str, _Setting]], hostname: Callable[[],
     return _Expander(mail)
 
 
+def _expanded(expander: _Expander, section_name: str, key: Key, setting: _Setting | None
+              ) -> str:
+    """The text of a key after $-expansion: the file's value, else the default."""
+    if section_name == "mail":
+        return expander.value(key.name)
+    raw = setting.value if setting else key.default
+    assert isinstance(raw, str)
+    return expander.expand(raw)
+
+
 def parse_config(
     text: str, filename: str, *, hostname: Callable[[], str] = default_hostname
 ) -> Config:
@@ -202,13 +213,7 @@ def parse_config(
             setting = settings.get(key.name)
             expander.used = set()
             try:
-                if section_name == "mail":
-                    expanded = expander.value(key.name)
-                else:
-                    raw = setting.value if setting else key.default
-                    assert isinstance(raw, str)
-                    expanded = expander.expand(raw)
-                values[key.name] = key.convert(expanded)
+                values[key.name] = key.convert(_expanded(expander, section_name, key, setting))
             except ValueError as e:
                 if section_name == "mail":
                     failed.add(key.name)
@@ -277,13 +282,8 @@ def setting_texts(text: str, filename: str, *, defaults: bool = False,
         texts[section_name] = {}
         for key in section.keys:
             setting = settings.get(key.name)
-            if section_name == "mail":
-                value = expander.value(key.name)
-            else:
-                raw = setting.value if setting else key.default
-                assert isinstance(raw, str)
-                value = expander.expand(raw)
-            texts[section_name][key.name] = (value, setting is not None)
+            texts[section_name][key.name] = (_expanded(expander, section_name, key, setting),
+                                             setting is not None)
     return texts
 
 
