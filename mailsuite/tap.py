@@ -383,6 +383,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     startup.check_default_privs(cfg)
     check_restriction_tables(cfg.mail, owner)  # the network process reads them, could not say
     tlspolicy.check_readable(cfg, owner)  # the network process reads them too
+    VirtualAliases.check_at_start(cfg.mail, owner)  # virtual_alias_maps: and these
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):

@@ -48,7 +48,7 @@ from mailsuite.filter.bcc import logical_lines, lookup_keys
 from mailsuite.filter.tablefile import TableError, TableFile
 from mailsuite.mta.accept import UnknownRecipient
 from mailsuite.mta.aliases import AliasLookupError
-from mailsuite.startup import StartupError, describe_os_error
+from mailsuite.startup import StartupError, describe_os_error, unreadable_by
 
 Table = dict[str, list[str]]
 
@@ -138,6 +138,19 @@ class VirtualAliases:
         return cls(maps, [w for w in mail.virtual_alias_domains if not w.startswith("/")],
                    [table("virtual_alias_domains", p) for p in named],
                    set(mail.mydestination), mail.myorigin, mail.recipient_delimiter)
+
+    @classmethod
+    def check_at_start(cls, mail: Any, owner: tuple[int, int]) -> None:
+        """In the root master of a privilege-separated server, before the network process
+        (which reads the tables, as ``mail_owner``) starts: each table parses, and
+        ``mail_owner`` may read it; else a StartupError naming key and file."""
+        cls.from_config(mail, None)
+        named = [("virtual_alias_maps", p) for p in mail.virtual_alias_maps]
+        named += [("virtual_alias_domains", p) for p in mail.virtual_alias_domains
+                  if p.startswith("/")]
+        where = {path: key for key, path in reversed(named)}
+        for path, why in unreadable_by(list(where), *owner).items():
+            raise StartupError(f"[mail] {where[path]}: {path}: {why} (read by mail_owner)")
 
     def _note_domains(self, tables: list[Table]) -> None:
         self._listed = {key for t in tables for key in t if "@" not in key}

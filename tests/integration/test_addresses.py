@@ -8,7 +8,9 @@ import smtplib
 
 from twisted.trial import unittest
 
+from tests.integration.harness import PRIVSEP
 from tests.integration.test_commands import MTASite, read, wait_for
+from tests.integration.test_startup_failures import run_to_exit
 
 
 class PlusAddressingTests(unittest.TestCase):
@@ -57,3 +59,24 @@ class VirtualAliasTests(unittest.TestCase):
         wait_for("carol's copy", lambda: "for a virtual domain" in read(site.inbox("carol")))
         self.assertEqual(read(site.inbox("boss")).count("for a virtual domain"), 1)
         self.assertIn("X-Original-To: info@example.net", read(site.inbox("boss")))
+
+    def test_bad_table_refuses_the_start(self) -> None:
+        """A table with a bad line, or one mail_owner cannot read (privilege separation: the
+        network process reads it), stops twistd with one line naming key, file and line."""
+        site = MTASite(self, "postmaster: boss\n")
+        table = os.path.join(site.dir, "virtual")
+        with open(site.config, "a") as f:
+            f.write(f"\n[mail]\nvirtual_alias_maps = {table}\n")
+        cases = [("lonely@example.net\n", 0o644,
+                  f"[mail] virtual_alias_maps: {table}:1: 'lonely@example.net' has no value")]
+        if PRIVSEP:
+            cases.append(("a@example.net boss\n", 0o600,
+                          f"[mail] virtual_alias_maps: {table}: Permission denied"))
+        for text, mode, expected in cases:
+            with open(table, "w") as f:
+                f.write(text)
+            os.chmod(table, mode)
+            status, _, err = run_to_exit(site.config, site.dir)
+            self.assertEqual(status, 1)
+            self.assertEqual(len(err.splitlines()), 1, err)
+            self.assertTrue(err.startswith(f"mailsuite: {expected}"), err)
