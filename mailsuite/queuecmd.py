@@ -146,7 +146,7 @@ def flush(cfg: Config) -> int:
 
 
 def _hold_file(queue_directory: str, queue_id: str) -> bool:
-    return QueueDirectory(queue_directory).move(queue_id, {"hold": "mailsuite-queue -h"}, True)
+    return QueueDirectory(queue_directory).move(queue_id, {"hold": "mailsuite queue hold"}, True)
 
 
 def _release_file(queue_directory: str, queue_id: str) -> bool:

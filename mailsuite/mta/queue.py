@@ -198,7 +198,7 @@ class Queue:
         return d.addCallback(written)
 
     @defer.inlineCallbacks
-    def put_on_hold(self, queue_id: str, reason: str = "mailsuite-queue -h") -> Any:
+    def put_on_hold(self, queue_id: str, reason: str = "mailsuite queue hold") -> Any:
         """``postsuper -h``: once an attempt under way is over, into the hold queue."""
         if queue_id not in self.envelopes:
             return False
