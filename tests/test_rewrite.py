@@ -83,6 +83,14 @@ class ExtensionDeliveryTests(unittest.TestCase):
         self.failureResultOf(self.delivery.resolve("nobody+x@localhost"), UnknownRecipient)
         self.failureResultOf(self.delivery.resolve("+news@localhost"), UnknownRecipient)
 
+    def test_user_may_send_as_an_extension(self) -> None:
+        """An authenticated boss may use boss+news@ as envelope sender (its mail comes back to
+        boss), not alice+news@."""
+        self.assertTrue(self.successResultOf(
+            self.delivery.sender_owned("boss+news@mail.example.com", "boss")))
+        self.assertFalse(self.successResultOf(
+            self.delivery.sender_owned("alice+news@mail.example.com", "boss")))
+
     def test_off_by_default(self) -> None:
         """With no recipient_delimiter, boss+news is an unknown user (Postfix's default)."""
         self.delivery = self.make("")

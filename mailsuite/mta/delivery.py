@@ -160,15 +160,17 @@ class LocalDelivery:
             self.virtual is not None and self.virtual.is_domain(domain))
 
     def sender_owned(self, address: str, user: str) -> defer.Deferred[bool]:
-        """Whether ``user`` may send as ``address``: the null sender, ``user@`` a local domain,
-        myorigin or mydomain (a bare ``user`` too), or an alias there whose expansion (through
+        """Whether ``user`` may send as ``address``: the null sender, ``user@`` (``user+ext@``
+        with a recipient_delimiter) a local domain, myorigin or mydomain (a bare ``user`` too),
+        or an alias there whose expansion (through
         other aliases and local addresses, not ~/.forward) includes ``user``."""
         if address == "":
             return defer.succeed(True)
         local, domain = split_address(address)
         if domain is not None and domain.lower().rstrip(".") not in self.own_domains:
             return defer.succeed(False)
-        if local.lower() == user.lower():
+        base = split_extension(local, self.expander.recipient_delimiter)[0]  # boss+news: boss's
+        if user.lower() in (local.lower(), base.lower()):
             return defer.succeed(True)
         return self.blocking(self._alias_reaches, local.lower(), user.lower())
 
