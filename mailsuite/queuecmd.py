@@ -57,7 +57,7 @@ EX_NOINPUT = 66  # sysexits(3): postcat -q of a message that is not there
 class Listed(NamedTuple):
     """One message of the listing: where it is (``active``, ``hold``, ``maildrop``), its flag
     for mailq (``*`` not tried yet, ``!`` on hold), size, arrival, sender, the recipients still
-    to deliver, and a note for mailq (why it is held)."""
+    to deliver, and a note for mailq (why it is held, or why its last attempt was deferred)."""
 
     queue_id: str
     where: str
@@ -87,7 +87,7 @@ def queue_entries(queue_directory: str) -> list[Listed]:
             except (CorruptQueueFile, OSError, ValueError):
                 continue
             flag = "!" if held else ("" if env.attempts else "*")
-            note = f"held: {env.hold_reason or 'on hold'}" if held else ""
+            note = f"held: {env.hold_reason or 'on hold'}" if held else env.last_reason
             out.append(Listed(queue_id, "hold" if held else "active", flag, env.size,
                               env.arrival, env.sender, [r.address for _, r in env.pending()],
                               note))
@@ -109,8 +109,8 @@ def _listing(queue_directory: str) -> list[Listed]:
 
 
 def mailq_report(cfg: Config, out: TextIO) -> int:
-    """Postfix's mailq listing (a held message's reason in parentheses, as Postfix shows why
-    mail is deferred)."""
+    """Postfix's mailq listing: why a message is deferred (its last attempt's reply), or why
+    it is held, in parentheses under its line, as Postfix shows the deferral reason."""
     entries = _listing(cfg.mail.queue_directory)
     if not entries:
         print("Mail queue is empty", file=out)
@@ -257,6 +257,8 @@ def _envelope_lines(env: Envelope) -> list[str]:
         lines.append(f"hold_reason: {env.hold_reason}")
     if env.attempts:
         lines.append(f"delivery_attempts: {env.attempts}, next: {time.ctime(env.next_attempt)}")
+    if env.last_reason:
+        lines.append(f"deferred: {env.last_reason}")
     for r in env.recipients:
         state = "done" if r.done else ("to be looked up" if not r.resolved else "pending")
         to = f" (local: {r.user})" if r.user else ""

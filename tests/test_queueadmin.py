@@ -1,6 +1,7 @@
 """``mailsuite queue`` (mailsuite/queueadmin.py) with no daemon running, on a queue directory of
 real queue files: each verb (list, hold, release, requeue, delete, show, flush), ``ALL``,
-``deferred``, several ids and ``-`` (ids from stdin), the count lines, and usage errors."""
+``deferred``, several ids and ``-`` (ids from stdin), the count lines, usage errors, and the
+reason of deferred mail in the listing."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from twisted.trial import unittest
 from mailsuite import admin, queuecmd
 from mailsuite.mta import maildrop
 from mailsuite.mta.queuefile import QueueDirectory
+from tests import test_queue
 from tests.configs import real_config
 from tests.test_hold import held
 from tests.test_queue import MESSAGE, envelope
@@ -150,3 +152,30 @@ class QueueVerbTests(unittest.TestCase):
         out_ = io.StringIO()
         self.assertEqual(admin.main(["queue", "-C", self.ini, "list"], out_), 0)
         self.assertIn("AAAA000001*", out_.getvalue())
+
+
+class DeferralReasonTests(unittest.TestCase):
+    """Why a message waits, as Postfix's mailq shows it (QueueManagerTests' fixtures)."""
+
+    setUp = test_queue.QueueManagerTests.setUp
+    make_queue = test_queue.QueueManagerTests.make_queue
+    enqueue = test_queue.QueueManagerTests.enqueue
+
+    def test_deferred_mail_says_why(self) -> None:
+        """A 4xx is recorded with the message; mailq shows it in parentheses under its line
+        and show prints it; it survives a restart; requeue forgets it."""
+        self.relay.script["a@x.test"] = [451, 451]
+        self.enqueue(envelope("a@x.test"))
+        cfg = real_config(mail={"queue_directory": self.dir.directory})
+        out = io.StringIO()
+        queuecmd.mailq_report(cfg, out)
+        lines = out.getvalue().splitlines()
+        self.assertTrue(lines[1].startswith("AB12CD34EF "), lines)
+        self.assertEqual(lines[2].strip(), "(451 4.4.1 scripted)")
+        shown = io.BytesIO()
+        queuecmd.show(cfg, "AB12CD34EF", shown)
+        self.assertIn(b"\ndeferred: 451 4.4.1 scripted\n", shown.getvalue())
+        self.queue.stop()
+        self.assertEqual(self.dir.load("AB12CD34EF")[0].last_reason, "451 4.4.1 scripted")
+        self.assertTrue(self.dir.requeue("AB12CD34EF", 2000.0))
+        self.assertEqual(self.dir.load("AB12CD34EF")[0].last_reason, "")

@@ -426,6 +426,8 @@ class Queue:
         record: dict[str, Any] = {"attempts": env.attempts, "next": env.next_attempt}
         if warn:
             record["warned"] = True
+        if deferred:  # why, for mailq (Postfix shows the reason of deferred mail)
+            record["reason"] = env.last_reason = deferred[0].diagnostic
         yield self.blocking(self.directory.mark, env.queue_id, record, warn)
         self._bodies.pop(env.queue_id, None)  # read again at the next attempt
         for lock in {o.lock for o in outcomes.values() if 400 <= o.code < 500 and o.lock}:

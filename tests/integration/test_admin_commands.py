@@ -69,13 +69,14 @@ class QueueAgainstDaemonTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_flush_retries_deferred_mail_at_once(self) -> None:
-        """A message deferred with an hour's backoff: ``mailsuite queue flush`` has the
-        running daemon try it now (the MX, accepting now, gets it within seconds), and the
-        queue is then empty."""
+        """A message deferred with an hour's backoff (the listing says why): ``mailsuite queue
+        flush`` has the running daemon try it now (the MX, accepting now, gets it within
+        seconds), and the queue is then empty."""
         qid = yield threads.deferToThread(self.deferred_message, "flushed")
         listing = yield threads.deferToThread(ok, self.site, "queue", "list")
         self.assertIn(qid, listing)
         self.assertNotIn(f"{qid}*", listing)  # tried once
+        self.assertIn("try again later", listing)  # why, under its line
         self.behaviour.rcpt = {}
         yield threads.deferToThread(ok, self.site, "queue", "flush")
         yield self.delivered("flushed")
