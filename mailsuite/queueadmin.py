@@ -1,6 +1,6 @@
 """``mailsuite queue``: the mail queue, with Postfix's postqueue, postsuper and postcat verbs::
 
-    mailsuite queue [list]                      mailq, postqueue -p
+    mailsuite queue [list [--json]]             mailq, postqueue -p (-j)
     mailsuite queue flush                       postqueue -f: the daemon retries deferred mail now
     mailsuite queue hold ID...|ALL|deferred     postsuper -h
     mailsuite queue release ID...|ALL           postsuper -H: out of hold, tried at once
@@ -23,7 +23,7 @@ import sys
 from typing import TextIO
 
 from mailsuite.cmdbase import ArgParser, load, parse_args
-from mailsuite.queuecmd import flush, mailq_report, postsuper, show
+from mailsuite.queuecmd import flush, json_report, mailq_report, postsuper, show
 
 PROGRAM = "mailsuite queue"
 
@@ -43,8 +43,10 @@ def parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     top = ArgParser(prog=prog, parents=[config], description="The mail queue: Postfix's"
                     " postqueue, postsuper and postcat verbs.")
     sub = top.add_subparsers(dest="verb", metavar="VERB", parser_class=ArgParser)
-    sub.add_parser("list", parents=[config], help="list the queue, as mailq (the default):"
-                   " ! after the id = on hold, * = not tried yet")
+    listing = sub.add_parser("list", parents=[config], help="list the queue, as mailq (the"
+                             " default): ! after the id = on hold, * = not tried yet")
+    listing.add_argument("-j", "--json", action="store_true", help="one JSON object a"
+                         " message, as postqueue -j")
     sub.add_parser("flush", parents=[config], help="ask the running daemon to retry every"
                    " deferred message now (postqueue -f); held mail stays held")
     for verb, (_, text) in CHANGES.items():
@@ -73,7 +75,7 @@ def main(argv: list[str], out: TextIO) -> int:
     cfg = load(getattr(args, "config", None))  # -C before or after the verb
     args.verb = args.verb or "list"
     if args.verb == "list":
-        return mailq_report(cfg, out)
+        return json_report(cfg, out) if getattr(args, "json", False) else mailq_report(cfg, out)
     if args.verb == "flush":
         return flush(cfg)
     if args.verb == "show":

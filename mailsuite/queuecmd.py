@@ -11,6 +11,7 @@ queue id, one not tried yet ``*``.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -129,6 +130,20 @@ def mailq_report(cfg: Config, out: TextIO) -> int:
         total += e.size
     n = len(entries)
     print(f"-- {(total + 1023) // 1024} Kbytes in {n} Request{'s' if n != 1 else ''}.", file=out)
+    return EX_OK
+
+
+def json_report(cfg: Config, out: TextIO) -> int:
+    """postqueue -j: one JSON object a message, Postfix's fields (``queue_name`` active,
+    deferred, hold or maildrop; ``delay_reason`` the last attempt's reply, or the hold
+    reason)."""
+    for e in _listing(cfg.mail.queue_directory):
+        name = "deferred" if e.deferred else e.where
+        print(json.dumps({
+            "queue_name": name, "queue_id": e.queue_id, "arrival_time": int(e.arrival),
+            "message_size": e.size, "forced_expire": False, "sender": e.sender,
+            "recipients": [{"address": r, **({"delay_reason": e.note} if e.note else {})}
+                           for r in e.recipients]}, ensure_ascii=False), file=out)
     return EX_OK
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 import textwrap
@@ -68,6 +69,23 @@ class QueueVerbTests(unittest.TestCase):
         self.assertTrue(out.endswith("in 5 Requests.\n"), out)
         code, bare, _ = self.queue()
         self.assertEqual((code, bare), (0, out))
+
+    def test_list_json_is_postqueue_j(self) -> None:
+        """list --json: one JSON object a message with postqueue -j's fields; the queue
+        name says active (not tried), deferred, hold or maildrop; a held message's reason
+        is its recipients' delay_reason."""
+        code, out, _ = self.queue("list", "--json")
+        self.assertEqual(code, 0)
+        objects = {o["queue_id"]: o for o in map(json.loads, out.splitlines())}
+        self.assertEqual({i: o["queue_name"] for i, o in objects.items()}, {
+            "AAAA000001": "active", "DEFE000001": "deferred", "DEFE000002": "deferred",
+            "HE1D000001": "hold", self.dropped: "maildrop"})
+        self.assertEqual(objects["HE1D000001"]["recipients"],
+                         [{"address": "b@x.test", "delay_reason": "held: header Subject: win"}])
+        first = objects["AAAA000001"]
+        self.assertEqual((first["sender"], first["message_size"], first["arrival_time"]),
+                         ("alice@remote.test", len(MESSAGE), 1000))
+        self.assertEqual(first["recipients"], [{"address": "new@x.test"}])
 
     def test_hold_and_release(self) -> None:
         """hold ALL holds every queued message; release ID lets one out; release ALL the rest."""
