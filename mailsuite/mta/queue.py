@@ -423,11 +423,10 @@ class Queue:
             env.warned = True
         env.attempts += 1
         env.next_attempt = now + self.backoff(env.attempts)
-        record: dict[str, Any] = {"attempts": env.attempts, "next": env.next_attempt}
+        record: dict[str, Any] = {"attempts": env.attempts, "next": env.next_attempt,
+                                  "reason": deferred[0].diagnostic if deferred else ""}
         if warn:
             record["warned"] = True
-        if deferred:  # why, for mailq (Postfix shows the reason of deferred mail)
-            record["reason"] = env.last_reason = deferred[0].diagnostic
         yield self.blocking(self.directory.mark, env.queue_id, record, warn)
         self._bodies.pop(env.queue_id, None)  # read again at the next attempt
         for lock in {o.lock for o in outcomes.values() if 400 <= o.code < 500 and o.lock}:
