@@ -14,14 +14,15 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from mailsuite import dkimcmd
-from mailsuite import doctor
+from mailsuite import configcmd, dkimcmd, doctor, queueadmin
 from mailsuite.cmdbase import CONFIG_HELP, EX_OK, EX_USAGE, Fatal, run
 
 #: name -> (what it does, main(argv, out) -> exit status)
 COMMANDS: dict[str, tuple[str, Callable[[list[str], TextIO], int]]] = {
     "dkim": ("DKIM signing keys: keygen", dkimcmd.main),
     "doctor": ("check DNS, ports, certificate, files and relay; the fixes", doctor.main),
+    "config": ("the effective settings of mail.ini, as postconf [-n|-d] [KEY...]", configcmd.main),
+    "queue": ("the mail queue: list, flush, hold, release, requeue, delete, show", queueadmin.main),
 }
 
 

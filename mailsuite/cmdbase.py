@@ -4,9 +4,11 @@ that turns them into an exit status (the message to stderr, ``--help`` to stdout
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 from mailsuite.config import ConfigError, config_path, load_config
 
@@ -67,3 +69,32 @@ def config_only(program: str, argv: list[str] | None) -> str | None:
         else:
             raise Fatal(EX_USAGE, f"usage: {program} [-C|--config mail.ini]")
     return path
+
+
+# -- the sub-commands of ``mailsuite`` parse with argparse ---------------------------------
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose usage errors are sysexits' EX_USAGE, as the other commands'."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise Fatal(EX_USAGE, f"{message}\n{self.format_usage().rstrip()}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise _Exit(status)  # after --help: the status, not sys.exit
+
+
+class _Exit(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str], out: TextIO
+               ) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit status once ``--help`` went to ``out``."""
+    try:
+        with contextlib.redirect_stdout(out):
+            return parser.parse_args(argv)
+    except _Exit as e:
+        return e.status

@@ -36,6 +36,7 @@ from mailsuite.configschema import (
     Config,
     Default,
     ImapConfig,
+    Key,
     ListenConfig,
     MailboxConfig,
     MailConfig,
@@ -161,6 +162,25 @@ def _misplaced(name: str, section_name: str, names: list[str]) -> str:
     return _unknown("key", name, names)
 
 
+def _mail_expander(given: dict[str, dict[str, _Setting]], hostname: Callable[[], str]
+                   ) -> _Expander:
+    """$name over [mail]: the file's values, else the defaults (myhostname: ``hostname()``)."""
+    mail: dict[str, Default] = {key.name: key.default for key in SECTIONS["mail"].keys}
+    mail["myhostname"] = lambda get: hostname()
+    mail.update({k: s.value for k, s in given.get("mail", {}).items() if k in mail})
+    return _Expander(mail)
+
+
+def _expanded(expander: _Expander, section_name: str, key: Key, setting: _Setting | None
+              ) -> str:
+    """The text of a key after $-expansion: the file's value, else the default."""
+    if section_name == "mail":
+        return expander.value(key.name)
+    raw = setting.value if setting else key.default
+    assert isinstance(raw, str)
+    return expander.expand(raw)
+
+
 def parse_config(
     text: str, filename: str, *, hostname: Callable[[], str] = default_hostname
 ) -> Config:
@@ -174,11 +194,7 @@ def parse_config(
         if name not in SECTIONS:
             errors.append(f"{filename}: [{name}]: {_unknown('section', name, list(SECTIONS))}")
 
-    mail_keys = SECTIONS["mail"].keys
-    mail: dict[str, Default] = {key.name: key.default for key in mail_keys}
-    mail["myhostname"] = lambda get: hostname()
-    mail.update({k: s.value for k, s in given.get("mail", {}).items() if k in mail})
-    expander = _Expander(mail)
+    expander = _mail_expander(given, hostname)
 
     built: dict[str, Any] = {}
     failed: set[str] = set()  # [mail] keys already reported
@@ -198,13 +214,7 @@ def parse_config(
             setting = settings.get(key.name)
             expander.used = set()
             try:
-                if section_name == "mail":
-                    expanded = expander.value(key.name)
-                else:
-                    raw = setting.value if setting else key.default
-                    assert isinstance(raw, str)
-                    expanded = expander.expand(raw)
-                values[key.name] = key.convert(expanded)
+                values[key.name] = key.convert(_expanded(expander, section_name, key, setting))
             except ValueError as e:
                 if section_name == "mail":
                     failed.add(key.name)
@@ -254,6 +264,30 @@ def _tls_listener_errors(filename: str, listen: ListenConfig, tls: TLSConfig) ->
         f" set ssl = yes, or {name} = no"
         for name in ("smtps", "pop3s", "imaps", "autoconfigs")
         if getattr(listen, name) is not None]
+
+
+def setting_texts(text: str, filename: str, *, defaults: bool = False,
+                  hostname: Callable[[], str] = default_hostname
+                  ) -> dict[str, dict[str, tuple[str, bool]]]:
+    """What ``mailsuite config`` prints: ``{section: {key: (value, set by the file)}}``, each
+    value the text after $-expansion (of the default when the file does not set it; of every
+    default when ``defaults``); a section of free names gives the file's lines. For a text that
+    parse_config accepted (else the first bad expansion raises ValueError)."""
+    given = {} if defaults else _read_ini(text, filename, [])
+    expander = _mail_expander(given, hostname)
+    texts: dict[str, dict[str, tuple[str, bool]]] = {}
+    for section_name, section in SECTIONS.items():
+        settings = given.get(section_name, {})
+        if section.entry is not None:
+            texts[section_name] = {k: (expander.expand(s.value), True)
+                                   for k, s in settings.items()}
+            continue
+        texts[section_name] = {}
+        for key in section.keys:
+            setting = settings.get(key.name)
+            texts[section_name][key.name] = (_expanded(expander, section_name, key, setting),
+                                             setting is not None)
+    return texts
 
 
 def config_path(explicit: str | None) -> str:

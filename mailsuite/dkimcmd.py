@@ -26,7 +26,7 @@ from typing import TextIO
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mailsuite.cmdbase import EX_OK, EX_USAGE, Fatal
+from mailsuite.cmdbase import EX_OK, EX_USAGE, ArgParser, Fatal, parse_args
 from mailsuite.config import ConfigError, config_path, load_config
 from mailsuite.dkimconf import MIN_RSA_BITS, parse_entry, parse_key, txt_record
 
@@ -36,25 +36,9 @@ MAX_RSA_BITS = 4096  # RFC 8301 3.2: verifiers MUST validate keys of 1024 to 409
 TXT_STRING = 255  # the longest character-string of a TXT record (RFC 1035 3.3)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are sysexits' EX_USAGE, as the other commands'."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise Fatal(EX_USAGE, f"{message}\n{self.format_usage().rstrip()}")
-
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        raise _Exit(status)  # after --help: the status, not sys.exit
-
-
-class _Exit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
 def parser(prog: str = "mailsuite dkim") -> argparse.ArgumentParser:
-    top = _Parser(prog=prog, description="DKIM signing keys (the [dkim] section of mail.ini)")
-    sub = top.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
+    top = ArgParser(prog=prog, description="DKIM signing keys (the [dkim] section of mail.ini)")
+    sub = top.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=ArgParser)
     keygen = sub.add_parser(
         "keygen", help="write a signing key and print its DNS record",
         description="Write a DKIM private key (mode 0600) and print the DNS TXT record to"
@@ -177,9 +161,5 @@ def keygen(args: argparse.Namespace, out: TextIO, now: Callable[[], float] = tim
 
 def main(argv: list[str], out: TextIO) -> int:
     """``mailsuite dkim ...``: its exit status (--help to ``out``, status 0)."""
-    try:
-        with contextlib.redirect_stdout(out):
-            args = parser().parse_args(argv)
-    except _Exit as e:
-        return e.status
-    return keygen(args, out)
+    args = parse_args(parser(), argv, out)
+    return args if isinstance(args, int) else keygen(args, out)

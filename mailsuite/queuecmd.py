@@ -11,6 +11,7 @@ queue id, one not tried yet ``*``.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -57,7 +58,7 @@ EX_NOINPUT = 66  # sysexits(3): postcat -q of a message that is not there
 class Listed(NamedTuple):
     """One message of the listing: where it is (``active``, ``hold``, ``maildrop``), its flag
     for mailq (``*`` not tried yet, ``!`` on hold), size, arrival, sender, the recipients still
-    to deliver, and a note for mailq (why it is held)."""
+    to deliver, and a note for mailq (why it is held, or why its last attempt was deferred)."""
 
     queue_id: str
     where: str
@@ -67,6 +68,11 @@ class Listed(NamedTuple):
     sender: str
     recipients: list[str]
     note: str = ""
+
+    @property
+    def deferred(self) -> bool:
+        """In Postfix's deferred queue: queued, tried, not delivered yet."""
+        return self.where == "active" and not self.flag
 
 
 def queue_entries(queue_directory: str) -> list[Listed]:
@@ -82,7 +88,7 @@ def queue_entries(queue_directory: str) -> list[Listed]:
             except (CorruptQueueFile, OSError, ValueError):
                 continue
             flag = "!" if held else ("" if env.attempts else "*")
-            note = f"held: {env.hold_reason or 'on hold'}" if held else ""
+            note = f"held: {env.hold_reason or 'on hold'}" if held else env.last_reason
             out.append(Listed(queue_id, "hold" if held else "active", flag, env.size,
                               env.arrival, env.sender, [r.address for _, r in env.pending()],
                               note))
@@ -104,8 +110,8 @@ def _listing(queue_directory: str) -> list[Listed]:
 
 
 def mailq_report(cfg: Config, out: TextIO) -> int:
-    """Postfix's mailq listing (a held message's reason in parentheses, as Postfix shows why
-    mail is deferred)."""
+    """Postfix's mailq listing: why a message is deferred (its last attempt's reply), or why
+    it is held, in parentheses under its line, as Postfix shows the deferral reason."""
     entries = _listing(cfg.mail.queue_directory)
     if not entries:
         print("Mail queue is empty", file=out)
@@ -127,6 +133,20 @@ def mailq_report(cfg: Config, out: TextIO) -> int:
     return EX_OK
 
 
+def json_report(cfg: Config, out: TextIO) -> int:
+    """postqueue -j: one JSON object a message, Postfix's fields (``queue_name`` active,
+    deferred, hold or maildrop; ``delay_reason`` the last attempt's reply, or the hold
+    reason)."""
+    for e in _listing(cfg.mail.queue_directory):
+        name = "deferred" if e.deferred else e.where
+        print(json.dumps({
+            "queue_name": name, "queue_id": e.queue_id, "arrival_time": int(e.arrival),
+            "message_size": e.size, "forced_expire": False, "sender": e.sender,
+            "recipients": [{"address": r, **({"delay_reason": e.note} if e.note else {})}
+                           for r in e.recipients]}, ensure_ascii=False), file=out)
+    return EX_OK
+
+
 def flush(cfg: Config) -> int:
     try:
         answer = control.ask(cfg.mail.queue_directory, "flush")
@@ -141,7 +161,7 @@ def flush(cfg: Config) -> int:
 
 
 def _hold_file(queue_directory: str, queue_id: str) -> bool:
-    return QueueDirectory(queue_directory).move(queue_id, {"hold": "mailsuite-queue -h"}, True)
+    return QueueDirectory(queue_directory).move(queue_id, {"hold": "mailsuite queue hold"}, True)
 
 
 def _release_file(queue_directory: str, queue_id: str) -> bool:
@@ -173,20 +193,24 @@ VERBS = {
 }
 
 
-def postsuper(cfg: Config, flag: str, which: str, err: TextIO) -> int:
-    """``postsuper -h/-H/-r/-d ID|ALL``; the count line on ``err``, as Postfix's."""
+def postsuper(cfg: Config, flag: str, which: str | list[str], err: TextIO,
+              program: str = "postsuper") -> int:
+    """``postsuper -h/-H/-r/-d ID|ALL|deferred ...`` (``ALL``: every message the verb takes;
+    ``deferred``: those of them tried and not delivered yet, Postfix's deferred queue); the
+    count line on ``err``, as Postfix's."""
     verb = VERBS[flag]
     queue_directory = cfg.mail.queue_directory
-    if which == "ALL":
-        ids = [e.queue_id for e in _listing(queue_directory) if e.where in verb.every]
-    else:
-        ids = [which]
-    count = 0
-    for queue_id in ids:
-        if not queue_id.isalnum():
-            raise Fatal(EX_USAGE, f"bad queue id {queue_id!r}")
-        count += _apply(queue_directory, verb, queue_id)
-    print(f"postsuper: {verb.report}: {count} message{'s' if count != 1 else ''}", file=err)
+    ids: list[str] = []
+    for target in [which] if isinstance(which, str) else which:
+        if target in ("ALL", "deferred"):
+            ids += [e.queue_id for e in _listing(queue_directory) if e.where in verb.every
+                    and (target == "ALL" or e.deferred)]
+        elif not target.isalnum():
+            raise Fatal(EX_USAGE, f"bad queue id {target!r}")
+        else:
+            ids.append(target)
+    count = sum(_apply(queue_directory, verb, queue_id) for queue_id in dict.fromkeys(ids))
+    print(f"{program}: {verb.report}: {count} message{'s' if count != 1 else ''}", file=err)
     return EX_OK
 
 
@@ -248,6 +272,8 @@ def _envelope_lines(env: Envelope) -> list[str]:
         lines.append(f"hold_reason: {env.hold_reason}")
     if env.attempts:
         lines.append(f"delivery_attempts: {env.attempts}, next: {time.ctime(env.next_attempt)}")
+    if env.last_reason:
+        lines.append(f"deferred: {env.last_reason}")
     for r in env.recipients:
         state = "done" if r.done else ("to be looked up" if not r.resolved else "pending")
         to = f" (local: {r.user})" if r.user else ""

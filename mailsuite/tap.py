@@ -19,7 +19,6 @@ import contextlib
 import functools
 import os
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -46,6 +45,7 @@ from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.limits import Limits
+from mailsuite.listenaddr import listen_addresses, tcp_endpoint
 from mailsuite.maillog import MailLog
 from mailsuite.privsep.ports import AdoptedPort, SocketFiles, held_socket
 from mailsuite.mta.aliases import AliasLookupError
@@ -65,6 +65,7 @@ from mailsuite.mta.outbound import add_tls_reports, build_queue
 from mailsuite.mta.queue import Queue
 from mailsuite.mta.relay import load_password_map
 from mailsuite.mta.transaction import Pipeline
+from mailsuite.mta.virtual import VirtualAliases
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.smtp.lmtp import LMTPFactory
@@ -117,58 +118,6 @@ def tls_of(cfg: Config) -> ServerTLS | None:
     except OSError as e:
         raise ConfigError([f"{cfg.path}: [tls]: cannot make the self-signed certificate:"
                            f" {describe_os_error(e)}"]) from None
-
-
-def _can_bind(family: int, address: str) -> bool:
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.bind((address, 0))
-        return True
-    except OSError:
-        return False
-
-
-def listen_addresses(inet_interfaces: list[str]) -> list[str]:
-    """Addresses to bind for Postfix's inet_interfaces (all, loopback-only, or a list of
-    addresses and host names: a name stands for all its addresses, as in Postfix)."""
-    if inet_interfaces == ["all"]:
-        # An IPv6 wildcard socket on Linux also takes IPv4 (bindv6only=0 is the default).
-        return ["::"] if _can_bind(socket.AF_INET6, "::") else ["0.0.0.0"]
-    if inet_interfaces == ["loopback-only"]:
-        out = ["127.0.0.1"]
-        if _can_bind(socket.AF_INET6, "::1"):
-            out.append("::1")
-        return out
-    out = []
-    for word in inet_interfaces:
-        out.extend([word] if _is_address(word) else _resolve(word))
-    return list(dict.fromkeys(out))
-
-
-def _is_address(word: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in word else socket.AF_INET, word)
-    except OSError:
-        return False
-    return True
-
-
-def _resolve(name: str) -> list[str]:
-    """The addresses of a host name of inet_interfaces (IPv6 ones only where IPv6 works)."""
-    try:
-        found = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise StartupError(f"[mail] inet_interfaces: cannot resolve host name {name}:"
-                           f" {reason}") from None
-    ipv6 = _can_bind(socket.AF_INET6, "::1")
-    return [str(info[4][0]) for info in found if info[0] == socket.AF_INET
-            or (info[0] == socket.AF_INET6 and ipv6)]
-
-
-def _endpoint(port: int, address: str) -> str:
-    escaped = address.replace(":", r"\:")
-    return f"tcp:{port}:interface={escaped}"
 
 
 _MAKE_TLS = object()
@@ -233,6 +182,7 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     """Delivery, queue, portal, the doors and local submission, under ``top``."""
     cfg, reactor, tls, maillog = p.cfg, p.reactor, p.tls, p.maillog
     delivery = LocalDelivery(cfg, p.accounts, p.store, maillog, p.blocking, now=reactor.seconds)
+    delivery.virtual = VirtualAliases.from_config(cfg.mail, maillog)  # virtual_alias_maps
     with step("[mail] queue_directory"):
         delivery.queue = build_queue(cfg, delivery, maillog, reactor, p.blocking)
     qmgr = QueueService(delivery.queue, after=p.after)
@@ -305,9 +255,9 @@ def _add_listeners(top: service.MultiService, cfg: Config, make: Callable[[str],
         if name in IMPLICIT_TLS:
             factory = tls.implicit(factory)
         for address in listen_addresses(cfg.mail.inet_interfaces):
-            listener(_endpoint(port, address), factory, f"{name}@{address}")
+            listener(tcp_endpoint(port, address), factory, f"{name}@{address}")
     if cfg.listen.metrics is not None:  # Prometheus metrics and /health (metrics.py)
-        listener(_endpoint(cfg.listen.metrics[1], cfg.listen.metrics[0]), make("metrics"),
+        listener(tcp_endpoint(cfg.listen.metrics[1], cfg.listen.metrics[0]), make("metrics"),
                  "metrics")
     for name in ("autoconfig", "autoconfigs"):  # account set-up for mail clients (HTTP/HTTPS)
         port = getattr(cfg.listen, name)
@@ -317,7 +267,7 @@ def _add_listeners(top: service.MultiService, cfg: Config, make: Callable[[str],
         if name == "autoconfigs":
             site = tls.implicit(site)
         for address in listen_addresses(cfg.mail.inet_interfaces):
-            listener(_endpoint(port, address), site, f"{name}@{address}")
+            listener(tcp_endpoint(port, address), site, f"{name}@{address}")
 
 
 def _unix_endpoint(path: str, name: str) -> str:
@@ -381,16 +331,23 @@ def check_account_files(cfg: Config) -> None:
         raise ConfigError(errors)
 
 
-def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailService:
-    """The root master of a privilege-separated server (``[mail] mail_owner`` set): the
-    listeners bound here and handed over, the password checks, the agents (privsep.master)."""
-    from mailsuite.privsep.master import MasterService
-    owner = startup.mail_owner(cfg)
+def _check_files(cfg: Config, owner: tuple[int, int]) -> None:
+    """What the other processes will read, checked by the master before it starts them (a
+    child could only fail later, or hang): it parses, and mail_owner or the users may read it."""
     filter_check_at_start(cfg, owner)  # the stages' files, before the network process
     check_quota_rules(cfg.mailbox, agents=True)  # quota_rule_file: parses, users read it
     startup.check_default_privs(cfg)
     check_restriction_tables(cfg.mail, owner)  # the network process reads them, could not say
     tlspolicy.check_readable(cfg, owner)  # the network process reads them too
+    VirtualAliases.check_at_start(cfg.mail, owner)  # virtual_alias_maps: and these
+
+
+def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailService:
+    """The root master of a privilege-separated server (``[mail] mail_owner`` set): the
+    listeners bound here and handed over, the password checks, the agents (privsep.master)."""
+    from mailsuite.privsep.master import MasterService
+    owner = startup.mail_owner(cfg)
+    _check_files(cfg, owner)
     blocking = InPool(reactor)
     maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
     with step("[mail] maillog_file"):

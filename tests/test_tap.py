@@ -10,7 +10,7 @@ from twisted.internet import reactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial import unittest
 
-from mailsuite import config, tap, tls
+from mailsuite import config, listenaddr, tap, tls
 
 
 def write_config(
@@ -192,6 +192,6 @@ class BuildTests(unittest.TestCase):
         self.assertEqual(tap.listen_addresses(["192.0.2.1", "::1"]), ["192.0.2.1", "::1"])
         for ipv6, loopback, wildcard in ((True, ["127.0.0.1", "::1"], ["::"]),
                                          (False, ["127.0.0.1"], ["0.0.0.0"])):
-            self.patch(tap, "_can_bind", lambda family, address, ipv6=ipv6: ipv6)
+            self.patch(listenaddr, "_can_bind", lambda family, address, ipv6=ipv6: ipv6)
             self.assertEqual(tap.listen_addresses(["loopback-only"]), loopback)
             self.assertEqual(tap.listen_addresses(["all"]), wildcard)

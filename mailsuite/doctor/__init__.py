@@ -27,9 +27,8 @@ from typing import Any, TextIO
 
 from twisted.internet import defer, task
 
-from mailsuite.cmdbase import load
+from mailsuite.cmdbase import ArgParser, load, parse_args
 # argparse whose usage errors are EX_USAGE and whose --help returns: the admin command's
-from mailsuite.dkimcmd import _Exit, _Parser
 from mailsuite.doctor import hostdns, local, records, services
 from mailsuite.doctor.context import Context, NoAddresses, host_addresses
 from mailsuite.doctor.resolve import Lookups, make_resolver
@@ -39,7 +38,7 @@ GROUPS = ("host", "records", "ports", "relay", "files")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mailsuite doctor", description="Check that the mail server can be"
+    p = ArgParser(prog="mailsuite doctor", description="Check that the mail server can be"
                 " reached and that its mail is trusted: DNS (A, MX, PTR, SPF, DKIM, DMARC),"
                 " ports and greetings, the certificate, files, tables, the relay. Exit 0 when"
                 " no check FAILs.")
@@ -99,11 +98,7 @@ def context(cfg: Any, reactor: Any) -> Context:
 
 def parse(argv: list[str], out: TextIO) -> argparse.Namespace | int:
     """The options, or the exit status after ``--help`` (printed on ``out``)."""
-    with contextlib.redirect_stdout(out):
-        try:
-            return parser().parse_args(argv)
-        except _Exit as e:
-            return e.status
+    return parse_args(parser(), argv, out)
 
 
 def main(argv: list[str], out: TextIO) -> int:

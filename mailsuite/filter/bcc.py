@@ -13,8 +13,8 @@ that starts with white space continues the one before, ``#`` comments), named as
 address is looked up as Postfix's address tables are (canonical(5), "TABLE SEARCH ORDER"):
 ``user+ext@domain``, ``user@domain``, ``user+ext``, ``user`` (the two bare forms only for
 our own domains: mydestination and myorigin), ``@domain``; case is folded as Postfix's hash
-tables fold it. mailsuite has no recipient_delimiter (Postfix's default is empty), so the
-``+ext`` forms are the whole address. The files are re-read when they change (tablefile).
+tables fold it; the ``+ext`` forms are those of ``recipient_delimiter`` (none when it is
+empty, Postfix's default). The files are re-read when they change (tablefile).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def parse_map(text: str, filename: str) -> Table:
     table: Table = {}
     first_line: dict[str, int] = {}
     errors: list[str] = []
-    for number, line in _logical_lines(text):
+    for number, line in logical_lines(text):
         key, _, value = line.partition(" ") if " " in line else line.partition("\t")
         key, value = key.strip().lower(), value.strip()
         where = f"{filename}:{number}"
@@ -59,7 +59,7 @@ def parse_map(text: str, filename: str) -> Table:
     return table
 
 
-def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
+def logical_lines(text: str) -> Iterable[tuple[int, str]]:
     """(first line number, text) of each entry: comments and blank lines dropped, a line
     starting with white space joined to the entry before (Postfix's table syntax)."""
     entry: list[Any] = []
@@ -91,9 +91,10 @@ def lookup_keys(address: str, local_domains: Collection[str], delimiter: str = "
     return list(dict.fromkeys(keys))
 
 
-def find(tables: Iterable[Table], address: str, local_domains: Collection[str]) -> str | None:
+def find(tables: Iterable[Table], address: str, local_domains: Collection[str],
+         delimiter: str = "") -> str | None:
     """The BCC address of ``address``: the first table, in order, that has one of its keys."""
-    keys = lookup_keys(address, local_domains)
+    keys = lookup_keys(address, local_domains, delimiter)
     for table in tables:
         for key in keys:
             if key in table:
@@ -120,8 +121,9 @@ class BccStage:
 
     def __init__(self, always_bcc: str, sender_maps: list[TableFile[Table]],
                  recipient_maps: list[TableFile[Table]], local_domains: Collection[str],
-                 blocking: Any) -> None:
+                 blocking: Any, delimiter: str = "") -> None:
         self.always_bcc = always_bcc
+        self.delimiter = delimiter  # recipient_delimiter
         self.sender_maps = sender_maps
         self.recipient_maps = recipient_maps
         self.local_domains = {d.lower().rstrip(".") for d in local_domains}
@@ -145,7 +147,7 @@ class BccStage:
 
         local = set(mail.mydestination) | {mail.myorigin}
         return cls(mail.always_bcc, tables(mail.sender_bcc_maps),
-                   tables(mail.recipient_bcc_maps), local, blocking)
+                   tables(mail.recipient_bcc_maps), local, blocking, mail.recipient_delimiter)
 
     def __call__(self, message: Message) -> defer.Deferred[Decision | None] | None:
         if not (self.sender_maps or self.recipient_maps):
@@ -165,9 +167,9 @@ class BccStage:
         env = message.envelope
         copies = []
         if env.sender and senders:
-            copies.append(find(senders, env.sender, self.local_domains))
+            copies.append(find(senders, env.sender, self.local_domains, self.delimiter))
         if recipients:
-            copies += [find(recipients, r.address, self.local_domains)
+            copies += [find(recipients, r.address, self.local_domains, self.delimiter)
                        for r in env.recipients if not r.bcc]
         copies.append(self.always_bcc)
         for address in copies:

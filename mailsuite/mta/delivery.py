@@ -37,12 +37,19 @@ from mailsuite.mta.accept import (
 from mailsuite.mta.aliases import AliasLookupError, AliasMap
 from mailsuite.mta.queuefile import Envelope, QueuedRecipient
 from mailsuite.mta.relay import Outcome
+from mailsuite.mta.rewrite import split_extension
 from mailsuite.net import in_networks
 from mailsuite.store.interfaces import IMailStore, StoreRefused
-from mailsuite.store.locking import LockTimeout
 from mailsuite.store.quota import QuotaExceeded
 from mailsuite.store.spam import spam_marked
 from mailsuite.threads import Blocking
+from mailsuite.mta.failures import (  # (DeliveryFailed: importable from here as before)
+    DeliveryFailed,
+    failure_outcome,
+    is_special,
+    lock_of,
+    quota_reply,
+)
 
 log = Logger()
 
@@ -52,59 +59,6 @@ RESOLVE_CACHE_SIZE = 10000
 #: Group commit: at most this many messages / bytes in one write to one mailbox.
 BATCH_MESSAGES = 200
 BATCH_BYTES = 32 * 1024 * 1024
-
-
-class DeliveryFailed(Exception):
-    """At least one copy could not be written; the message must not be acknowledged.
-    ``failures``: the Failure of each copy that failed."""
-
-    failures: list[Failure]
-
-
-def is_special(user: str | None) -> bool:
-    """A queued local recipient's ``user`` naming a |command or /file target, not an account."""
-    return bool(user) and user[0] in "|/"  # type: ignore[index]
-
-
-def target_failure(failure: Failure) -> forward.TargetFailed | None:
-    """The forward.TargetFailed behind a failed deliver() of one command/file copy, if any."""
-    if failure.check(forward.TargetFailed):
-        return failure.value  # type: ignore[no-any-return]
-    for inner in getattr(failure.value, "failures", None) or ():
-        if inner.check(forward.TargetFailed):
-            return inner.value  # type: ignore[no-any-return]
-    return None
-
-
-def quota_reply(failure: Failure) -> tuple[int, str, str] | None:
-    """The SMTP reply of a mailbox copy refused over quota (store/quota.py), else None."""
-    for inner in [failure, *(getattr(failure.value, "failures", None) or ())]:
-        if inner.check(QuotaExceeded):
-            return inner.value.reply  # type: ignore[no-any-return]
-    return None
-
-
-def over_quota(failure: Failure) -> forward.TargetFailed | None:
-    """A mailbox copy refused over quota as a failure to bounce (a 5xx
-    quota_status_overquota; a 4xx one is None: queued and retried, as any mailbox failure)."""
-    reply = quota_reply(failure)
-    return None if reply is None or reply[0] < 500 else forward.TargetFailed(True, *reply[1:])
-
-
-def failure_outcome(failure: Failure) -> Outcome:
-    """A failed command/file delivery as the queue's Outcome: 5xx bounces, the rest retried."""
-    error = target_failure(failure)
-    if error is None:
-        return Outcome(451, "4.3.0", f"cannot deliver: {failure.value}", "local")
-    return Outcome(550 if error.permanent else 451, error.dsn, error.text, "local")
-
-
-def _lock_of(failure: Failure) -> str:
-    """The dotlock that made a mailbox copy time out (``LockTimeout``), else ''."""
-    for inner in [failure, *(getattr(failure.value, "failures", None) or ())]:
-        if inner.check(LockTimeout):
-            return str(inner.value.lock_path)
-    return ""
 
 
 class LocalDelivery:
@@ -142,7 +96,8 @@ class LocalDelivery:
         self.aliases = aliases or AliasMap(mail.alias_maps, self.local_domains,
                                            warn=self._alias_warning)
         self.expander = forward.Expander(self.aliases, accounts, self.myorigin, self.local_domains,
-                                         mail.default_privs or forward.DEFAULT_PRIVS)
+                                         mail.default_privs or forward.DEFAULT_PRIVS,
+                                         mail.recipient_delimiter)
         self.mynetworks = list(mail.mynetworks)
         self.relay_domains = [d.lower().rstrip(".") for d in mail.relay_domains]
         #: in_mynetworks answers per client IP, for this very ``mynetworks`` list
@@ -156,6 +111,8 @@ class LocalDelivery:
         self._resolved: dict[str, tuple[float, list[Any]]] = {}
         self._pending: dict[tuple[str, bool], list[tuple[bytes, str, defer.Deferred[None]]]] = {}
         self._writing: set[tuple[str, bool]] = set()
+        #: mailsuite.mta.virtual.VirtualAliases (virtual_alias_maps; None: none)
+        self.virtual: Any = None
         #: the batches of group commit are spam or not by this field (the store's decision)
         self.spam_header = config.mailbox.spam_header if config.mailbox.junk else ""
 
@@ -167,18 +124,22 @@ class LocalDelivery:
         return DeliveryAvatar(self, user)
 
     def is_local_domain(self, domain: str) -> bool:
-        return domain.lower().rstrip(".") in self.local_domains
+        """In mydestination, or a virtual alias domain (both are ours to take mail for)."""
+        return domain.lower().rstrip(".") in self.local_domains or (
+            self.virtual is not None and self.virtual.is_domain(domain))
 
     def sender_owned(self, address: str, user: str) -> defer.Deferred[bool]:
-        """Whether ``user`` may send as ``address``: the null sender, ``user@`` a local domain,
-        myorigin or mydomain (a bare ``user`` too), or an alias there whose expansion (through
+        """Whether ``user`` may send as ``address``: the null sender, ``user@`` (``user+ext@``
+        with a recipient_delimiter) a local domain, myorigin or mydomain (a bare ``user`` too),
+        or an alias there whose expansion (through
         other aliases and local addresses, not ~/.forward) includes ``user``."""
         if address == "":
             return defer.succeed(True)
         local, domain = split_address(address)
         if domain is not None and domain.lower().rstrip(".") not in self.own_domains:
             return defer.succeed(False)
-        if local.lower() == user.lower():
+        base = split_extension(local, self.expander.recipient_delimiter)[0]  # boss+news: boss's
+        if user.lower() in (local.lower(), base.lower()):
             return defer.succeed(True)
         return self.blocking(self._alias_reaches, local.lower(), user.lower())
 
@@ -283,7 +244,7 @@ class LocalDelivery:
                 outcomes.append(Outcome(250, "2.0.0", "delivered to mailbox", "local"))
             else:
                 outcomes.append(Outcome(451, "4.3.0", f"cannot append message to mailbox: "
-                                        f"{result.value}", "local", lock=_lock_of(result)))
+                                        f"{result.value}", "local", lock=lock_of(result)))
         return outcomes
 
     @defer.inlineCallbacks
@@ -346,8 +307,8 @@ class LocalDelivery:
         forward.Remote for addresses in other domains (aliases.py, forward.py); a remote alias
         target is refused (451) only when there is no queue to forward it."""
         try:
-            found = self.expander.expand(local, address)
-        except AliasLookupError as e:
+            found = self._expand(address, local)
+        except AliasLookupError as e:  # virtual.VirtualLookupError too
             log.error("alias lookup for {address} failed: {error}", address=address, error=e)
             raise LookupFailed(address) from e
         except forward.Refused as e:
@@ -362,11 +323,26 @@ class LocalDelivery:
                     raise UnsupportedRecipient(address, target=f'"{dest.address}" (remote)')
         return found
 
+    def _expand(self, address: str, local: str) -> list[Any]:
+        """(blocking) The destinations: through virtual_alias_maps first, then local(8)'s."""
+        if self.virtual is not None:
+            found = self.virtual.destinations(
+                address, self.expander.expand,
+                lambda domain: domain.lower().rstrip(".") in self.local_domains,
+                lambda final: forward.Remote(final, "virtual_alias_maps"))
+            if found is not None:
+                return found
+        return self.expander.expand(local, address)
+
     def final_address(self, address: str, account: Account) -> str:
         """The address local(8) delivers to: the original one unless an alias changed it."""
         local, domain = split_address(address)
         if domain is not None and local.lower() == account.name.lower():
             return f"{account.name}@{domain.lower()}"
+        user = split_extension(local, self.expander.recipient_delimiter)[0]
+        if domain is not None and user.lower() == account.name.lower():
+            # boss+news@ keeps its extension, as Postfix's local(8) writes it
+            return f"{account.name}{local[len(user):]}@{domain.lower()}"
         return f"{account.name}@{self.myorigin}"
 
     def deliver(

@@ -66,6 +66,7 @@ from mailsuite.mta.asuser import (
     as_user,
     open_as,
 )
+from mailsuite.mta.rewrite import split_extension
 from mailsuite.store.mboxformat import make_from_line, to_stored
 from mailsuite.store.safepath import MissingAnchor, Place, UnsafePath, open_anchor
 
@@ -180,8 +181,10 @@ class Expander:
     """
 
     def __init__(self, aliases: AliasMap, accounts: Any, myorigin: str,
-                 local_domains: Any, default_privs: str = DEFAULT_PRIVS) -> None:
+                 local_domains: Any, default_privs: str = DEFAULT_PRIVS,
+                 recipient_delimiter: str = "") -> None:
         self.aliases = aliases
+        self.recipient_delimiter = recipient_delimiter
         self.accounts = accounts
         self.myorigin = myorigin
         self.local_domains = {d.lower().rstrip(".") for d in local_domains}
@@ -199,8 +202,16 @@ class Expander:
         table, owners = self.aliases.snapshot()
         out = _Out(address or local)
         top = _Context(None, "", True, None)
-        self._name(local.lower(), (), top, out, table, owners)
+        self._name(self.without_extension(local.lower(), table), (), top, out, table, owners)
         return out.destinations
+
+    def without_extension(self, name: str, table: dict[str, list[Target]]) -> str:
+        """local(8) with a recipient_delimiter: ``boss+news`` stays itself when it is an alias
+        or an account, else it is ``boss`` (the extension is not propagated to alias targets)."""
+        user, extension = split_extension(name, self.recipient_delimiter)
+        if extension is None or name in table or self.accounts.recipient(name) is not None:
+            return name
+        return user
 
     # -- names ---------------------------------------------------------------------------
 

@@ -198,7 +198,7 @@ class Queue:
         return d.addCallback(written)
 
     @defer.inlineCallbacks
-    def put_on_hold(self, queue_id: str, reason: str = "mailsuite-queue -h") -> Any:
+    def put_on_hold(self, queue_id: str, reason: str = "mailsuite queue hold") -> Any:
         """``postsuper -h``: once an attempt under way is over, into the hold queue."""
         if queue_id not in self.envelopes:
             return False
@@ -423,7 +423,8 @@ class Queue:
             env.warned = True
         env.attempts += 1
         env.next_attempt = now + self.backoff(env.attempts)
-        record: dict[str, Any] = {"attempts": env.attempts, "next": env.next_attempt}
+        record: dict[str, Any] = {"attempts": env.attempts, "next": env.next_attempt,
+                                  "reason": deferred[0].diagnostic if deferred else ""}
         if warn:
             record["warned"] = True
         yield self.blocking(self.directory.mark, env.queue_id, record, warn)

@@ -87,6 +87,7 @@ class Envelope:
     client: str = ""  # "name[ip]" of the client that gave it to us (bounces report it)
     hold_reason: str | None = None  # why it was put on hold (records)
     requeued: float = 0.0  # when it was requeued (-r): its lifetime counts from then (records)
+    last_reason: str = ""  # why the last attempt was deferred (records; shown by mailq)
 
     def pending(self) -> list[tuple[int, QueuedRecipient]]:
         return [(i, r) for i, r in enumerate(self.recipients) if not r.done]
@@ -94,7 +95,8 @@ class Envelope:
     def to_json(self) -> bytes:
         d = asdict(self)
         d["v"] = VERSION
-        for key in ("attempts", "next_attempt", "warned", "hold_reason", "requeued"):
+        for key in ("attempts", "next_attempt", "warned", "hold_reason", "requeued",
+                    "last_reason"):
             d.pop(key)
         for r in d["recipients"]:
             r.pop("done")
@@ -119,6 +121,8 @@ class Envelope:
             self.next_attempt = float(record.get("next", 0.0))
         if record.get("warned"):
             self.warned = True
+        if "reason" in record:
+            self.last_reason = str(record["reason"])
         if "hold" in record:
             self.hold_reason = str(record["hold"])
         if "released" in record:
@@ -132,7 +136,7 @@ class Envelope:
     def _requeue(self, when: float) -> None:
         """``postsuper -r``: every pending recipient looked up again, tried now, a new life."""
         self.requeued, self.attempts, self.next_attempt = when, 0, 0.0
-        self.hold_reason, self.warned = None, False
+        self.hold_reason, self.warned, self.last_reason = None, False, ""
         for _, r in self.pending():
             r.resolved = False
 

@@ -46,7 +46,7 @@ from mailsuite.mta import address as addr
 from mailsuite.mta import forward, queuefile
 from mailsuite.mta.accept import LocalRecipient, RemoteRecipient, error_status, received_header
 from mailsuite.mta.bounce import Entry, make_dsn
-from mailsuite.mta.delivery import DeliveryFailed, over_quota, quota_reply, target_failure
+from mailsuite.mta.failures import DeliveryFailed, over_quota, quota_reply, target_failure
 
 log = Logger()
 
