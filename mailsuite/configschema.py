@@ -53,6 +53,7 @@ from mailsuite.configvalues import (
     split_location,
 )
 from mailsuite.dkimconf import DkimConfig
+from mailsuite.maillog import parse_syslog_facility, parse_syslog_name
 from mailsuite.dkimconf import build as build_dkim
 from mailsuite.dkimconf import parse_entry as parse_dkim_entry
 from mailsuite.milterconf import (
@@ -97,6 +98,10 @@ class MailConfig:
     alias_maps: list[str]
     queue_directory: str
     maillog_file: str
+    # Postfix's log habits (maillog.py): the MTA lines' name, and syslog when maillog_file = ""
+    syslog_name: str
+    syslog_facility: str
+    syslog_socket: str
     # slow clients (smtp/server.py) and the front door of port 25 (smtp/postscreen.py)
     smtpd_timeout: float
     smtpd_per_request_deadline: bool
@@ -373,7 +378,11 @@ SECTIONS: dict[str, Section] = {
         Key("message_size_limit", "10240000", parse_size),
         Key("alias_maps", "/etc/aliases", parse_alias_maps),
         Key("queue_directory", "/var/spool/mailsuite", parse_path),
-        Key("maillog_file", "/var/log/maillog", parse_path),
+        Key("maillog_file", "/var/log/maillog", parse_optional_path),  # "": syslog
+        # Postfix's log habits (maillog.py)
+        Key("syslog_name", "postfix", parse_syslog_name),
+        Key("syslog_facility", "mail", parse_syslog_facility),
+        Key("syslog_socket", "/dev/log", parse_path),
         Key("smtpd_timeout", "300s", parse_timeout),
         Key("smtpd_per_request_deadline", "yes", parse_bool),  # Postfix: no (see README)
         Key("smtpd_min_data_rate", "500", parse_uint),

@@ -1,12 +1,21 @@
-"""Postfix-shaped lines in ``maillog_file``, so fail2ban, pflogsumm and grep keep working.
+"""Postfix- and Dovecot-shaped lines in ``maillog_file`` (or syslog), so fail2ban's stock
+filters, pflogsumm and grep work unchanged.
 
-    Nov 28 06:01:02 mail mailsuite/smtpd[4242]: 3F2A1B9C: client=localhost[127.0.0.1]
+    Nov 28 06:01:02 mail postfix/smtpd[4242]: 3F2A1B9C: client=localhost[127.0.0.1]
+    Nov 28 06:01:09 mail dovecot: imap-login: Login: user=<boss>, method=PLAIN, rip=127.0.0.1
+
+Postfix's programs (smtpd, smtp, qmgr, cleanup, local, pickup, bounce...) log under
+``[mail] syslog_name`` (``postfix``: ``postfix/smtpd[PID]``), as Postfix does; Dovecot's
+services (imap-login, pop3-login, imap(USER), pop3(USER), auth) under ``dovecot:``, without a
+pid, as Dovecot writes them to syslog.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +28,35 @@ log = Logger()
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+#: Dovecot's services: ``dovecot: imap-login: ...``, ``dovecot: imap(boss): ...``.
+DOVECOT_SERVICES = frozenset({"imap-login", "pop3-login", "imap", "pop3", "auth"})
+#: syslog(3)'s facility numbers, by the names Postfix's ``syslog_facility`` takes.
+FACILITIES = {name: number for number, name in enumerate((
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+    "authpriv", "ftp"))}
+FACILITIES.update({f"local{n}": 16 + n for n in range(8)})
+#: Postfix's severities (msg_warn, msg_error, msg_fatal, msg_panic); the rest is LOG_INFO.
+_SEVERITY = {"warning": 4, "error": 3, "fatal": 2, "panic": 0}
+
+
+
+def parse_syslog_name(value: str) -> str:
+    """``[mail] syslog_name``: Postfix's, e.g. ``postfix`` or ``postfix-out`` (a second
+    instance), one word of letters, digits, ``-``, ``_``, ``.`` and ``/``."""
+    text = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][-\w./]*", text):
+        raise ValueError(f"{text!r} is not a syslog name (letters, digits, - _ . /)")
+    return text
+
+
+def parse_syslog_facility(value: str) -> str:
+    """``[mail] syslog_facility``: a facility name (``mail``, ``local0``..``local7``...)."""
+    text = value.strip().lower()
+    if text not in FACILITIES:
+        raise ValueError(f"{text!r} is not a syslog facility ({', '.join(FACILITIES)})")
+    return text
 
 
 _ID_BYTES = 5
@@ -68,9 +106,16 @@ class MailLog:
 
     def __init__(
         self, path: str | None, hostname: str, now: Callable[[], float] = time.time,
-        reactor: Any = None,
+        reactor: Any = None, syslog_name: str = "postfix", syslog: str | None = None,
+        facility: int = FACILITIES["mail"],
     ) -> None:
         self.path = path
+        self.syslog_name = syslog_name
+        #: the syslog socket (``/dev/log``) to send to instead of a file (``path`` None)
+        self.syslog = syslog
+        self.facility = facility
+        self._socket: socket.socket | None = None
+        self._socket_warned = False
         self.hostname = hostname.split(".")[0] or hostname
         self._now = now
         self._file: IO[bytes] | None = None
@@ -87,23 +132,59 @@ class MailLog:
         self._pending: list[str] = []
         self._tags: dict[str, str] = {}  # ident -> " host ident[pid]: "
 
+    @classmethod
+    def from_config(cls, mail: Any, reactor: Any, opened_by_master: bool = False) -> MailLog:
+        """The maillog of ``[mail]``: ``maillog_file``, or syslog when it is empty
+        (``opened_by_master``: neither, the process ``adopt``s the master's descriptor)."""
+        syslog = None if mail.maillog_file or opened_by_master else mail.syslog_socket
+        return cls(None if opened_by_master else mail.maillog_file or None, mail.myhostname,
+                   reactor=reactor, syslog_name=mail.syslog_name, syslog=syslog,
+                   facility=FACILITIES[mail.syslog_facility])
+
     def open(self) -> None:
-        if self.path:
+        if self.syslog:
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._socket.setblocking(False)
+            self._connect()
+        elif self.path:
             directory = os.path.dirname(self.path)
             if directory:
                 os.makedirs(directory, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             self._file = os.fdopen(fd, "ab", buffering=0)
 
+    def _connect(self) -> None:
+        """Connect the syslog socket (again: syslogd may have been restarted). A syslogd that
+        is not there is no reason not to serve mail: the lines are dropped (as syslog(3) does)
+        and twistd's log says so once."""
+        assert self._socket is not None and self.syslog is not None
+        try:
+            self._socket.connect(self.syslog)
+        except OSError as e:
+            self._syslog_trouble(e)
+
+    def _syslog_trouble(self, e: OSError) -> None:
+        if not self._socket_warned:
+            self._socket_warned = True
+            log.warn("cannot send to syslog {path}: {e}", path=self.syslog, e=e)
+
     def fileno(self) -> int:
-        """The open file's descriptor (handed to the processes a privileged master starts)."""
+        """The open file's (or syslog socket's) descriptor (handed to the processes a
+        privileged master starts)."""
+        if self._socket is not None:
+            return self._socket.fileno()
         assert self._file is not None
         return self._file.fileno()
 
     def adopt(self, fd: int) -> None:
-        """Write to ``fd`` (opened for appending by a more privileged process)."""
+        """Write to ``fd`` (opened for appending, or a syslog socket connected, by a more
+        privileged process)."""
         self.close()
-        self._file = os.fdopen(fd, "ab", buffering=0)
+        if stat.S_ISSOCK(os.fstat(fd).st_mode):
+            self._socket = socket.socket(fileno=fd)
+            self._socket.setblocking(False)
+        else:
+            self._file = os.fdopen(fd, "ab", buffering=0)
 
     def reopen(self) -> None:
         """After logrotate moved the file away (SIGHUP)."""
@@ -112,6 +193,9 @@ class MailLog:
 
     def close(self) -> None:
         self.flush()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -134,21 +218,27 @@ class MailLog:
             self._from_thread(self.write, program, text)
 
     def write(self, program: str, text: str) -> None:
-        """One event of ``program`` (smtpd, local, cleanup, pop3-login, imap-login, pop3, imap)."""
-        self.emit("mailsuite/" + program, text)
-
-    def emit(self, ident: str, text: str) -> None:
-        """One line under syslog tag ``ident`` (``IDENT[pid]: text``). Control characters in
-        ``text`` (a client's CR/LF in a user name) are escaped: one event stays one line, so a
-        client cannot forge a line that log watchers such as fail2ban would act on."""
-        if not text.isprintable():  # (isprintable: no control characters, and more)
-            text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-        tag = self._tags.get(ident)
+        """One event of ``program``: Postfix's (smtpd, smtp, local, cleanup, qmgr, pickup,
+        bounce, ``submission/smtpd``...) as ``SYSLOG_NAME/PROGRAM[pid]:``; Dovecot's
+        (pop3-login, imap-login, ``imap(USER)``, ``pop3(USER)``, auth) as ``dovecot: PROGRAM:``.
+        Control characters in ``text`` (a client's CR/LF in a user name) are escaped: one
+        event stays one line, so a client cannot forge a line that log watchers such as
+        fail2ban would act on."""
+        tag = self._tags.get(program)
         if tag is None:
             if len(self._tags) > 100:
                 self._tags.clear()
-            tag = self._tags[ident] = f" {self.hostname} {ident}[{self.pid}]: "
-        line = self.stamp() + tag + text
+            if program.split("(", 1)[0] in DOVECOT_SERVICES:  # (a user name may be in it)
+                tag = f"dovecot: {_CONTROL.sub('?', program)}: "
+            else:
+                tag = f"{self.syslog_name}/{program}[{self.pid}]: "
+            self._tags[program] = tag
+        if not text.isprintable():  # (isprintable: no control characters, and more)
+            text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+        if self.syslog or self._socket is not None:
+            self._send(tag, text)
+            return
+        line = f"{self.stamp()} {self.hostname} {tag}{text}"
         if self._file is None and not self.path:
             self.lines.append(line)
             return
@@ -158,6 +248,28 @@ class MailLog:
                 self.coalesce(self.flush)
             return
         self._write(line + "\n")
+
+    def _send(self, tag: str, text: str) -> None:
+        """One datagram per line to the syslog socket, as syslog(3) sends it on Linux:
+        ``<PRI>Mmm dd hh:mm:ss TAG: text`` (syslogd adds the host name). Hand-written: the
+        stdlib's syslog module and SysLogHandler take one ident per process or handler, the
+        lines here carry many (``postfix/smtpd``, ``dovecot``), and an unprivileged child
+        writes on the socket its master connected."""
+        severity = _SEVERITY.get(text.partition(":")[0], 6)
+        datagram = f"<{self.facility * 8 + severity}>{self.stamp()} {tag}{text}"
+        if self._socket is None:
+            self.open()
+        assert self._socket is not None
+        try:
+            self._socket.send(datagram.encode("utf-8", "replace"))
+        except BlockingIOError as e:  # syslogd is behind: dropped (the reactor never waits)
+            self._syslog_trouble(e)
+        except OSError as e:  # syslogd restarted (its socket is new): connect again, once
+            self._connect()
+            try:
+                self._socket.send(datagram.encode("utf-8", "replace"))
+            except OSError:
+                self._syslog_trouble(e)
 
     def flush(self) -> None:
         """Write the lines held back by ``coalesce`` (one write for all of them)."""

@@ -190,7 +190,7 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
         tls = tls_of(cfg)
     blocking = InPool(reactor)
     top = MailService()
-    maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
+    maillog = MailLog.from_config(cfg.mail, reactor)
     with step("[mail] maillog_file"):
         maillog.open()
     accounts, checker = accounts_and_checker(cfg, blocking)
@@ -382,7 +382,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     check_restriction_tables(cfg.mail, owner)  # the network process reads them, could not say
     tlspolicy.check_readable(cfg, owner)  # the network process reads them too
     blocking = InPool(reactor)
-    maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
+    maillog = MailLog.from_config(cfg.mail, reactor)
     with step("[mail] maillog_file"):
         maillog.open()
     accounts, checker = accounts_and_checker(cfg, blocking)

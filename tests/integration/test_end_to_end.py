@@ -186,7 +186,7 @@ class EndToEndTests(unittest.TestCase):
         with open(self.site.inbox("root"), "rb") as f:
             self.assertIn(b"Subject: to the team", f.read())
         log = self.site.maillog_text()
-        self.assertRegex(log, r"mailsuite/local\[\d+\]: \w+: to=<boss@example.test>,"
+        self.assertRegex(log, r"postfix/local\[\d+\]: \w+: to=<boss@example.test>,"
                               r" orig_to=<team@example.test>.*status=sent")
         self.assertIn("client=localhost[127.0.0.1]", log)
 
