@@ -404,7 +404,8 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
         self.milters_attach(queue_id)
         if self._prepend:  # above our Received:, as Postfix's smtpd writes them
             data = "".join(f"{h}\n" for h in self._prepend).encode("utf-8", "replace") + data
-        self._log(f"{queue_id}: message-id=<{message_id(body)}>")
+        self.factory.maillog.write(  # Postfix's cleanup(8) writes it, not smtpd
+            "cleanup", f"{queue_id}: message-id=<{message_id(body)}>")
         d = self._deliver(data, queue_id)
         d.addCallbacks(
             self._delivered,
