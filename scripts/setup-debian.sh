@@ -17,7 +17,11 @@
 #   moved aside with `dpkg-divert --package mailsuite --rename` to NAME.mailsuite-orig (the
 #   package's upgrades then go there too); where no package owns it, it is just a link.
 #   Any other file there stops the set-up, untouched;
-# - /usr/local/bin/twistd and /usr/local/bin/mailsuite-queue: links to the venv's.
+# - /usr/local/bin/twistd and /usr/local/bin/mailsuite-queue: links to the venv's;
+# - the service: /etc/systemd/system/mailsuite.service (etc/systemd/, ExecStart in the venv;
+#   rewritten at each install: local changes go in `systemctl edit mailsuite`), enabled
+#   where systemd runs (PID 1), and /etc/logrotate.d/mailsuite (etc/logrotate.d/, for the
+#   installed mail.ini's maillog_file; kept once there, as mail.ini).
 # `uninstall` removes those links and diversions (the MTA's files come back); by hand:
 #   rm /usr/sbin/sendmail && dpkg-divert --package mailsuite --rename --remove /usr/sbin/sendmail
 #
@@ -132,6 +136,46 @@ make_mail_owner() {  # [mail] mail_owner: the network process's user (Postfix's 
     fi
 }
 
+maillog_file() {  # [mail] maillog_file of the installed mail.ini (empty: syslog)
+    "$VENV/bin/python" -c 'import sys; from mailsuite.config import load_config
+print(load_config(sys.argv[1]).mail.maillog_file)' "$R$CONFIG"
+}
+
+systemd_runs() {  # systemd is PID 1 (sd_booted(3)'s test) and this is the real root
+    [ -z "$R" ] && [ -d /run/systemd/system ]
+}
+
+install_service() {  # the systemd unit and the logrotate snippet
+    unit=$R/etc/systemd/system/mailsuite.service
+    mkdir -p "$(dirname "$unit")"
+    sed -e "s#^ExecStart=/opt/mailsuite/#ExecStart=$VENV/#" etc/systemd/mailsuite.service >"$unit.new"
+    chmod 0644 "$unit.new"
+    mv "$unit.new" "$unit"
+    # the unit's ReadWritePaths=: the self-signed certificate is made there at the first start
+    install -d -m 0755 "$R/etc/mailsuite/tls"
+    log=$(maillog_file)
+    if [ -n "$log" ] && [ ! -e "$R/etc/logrotate.d/mailsuite" ]; then
+        mkdir -p "$R/etc/logrotate.d"
+        sed -e "s#^/var/log/maillog {#$log {#" etc/logrotate.d/mailsuite >"$R/etc/logrotate.d/mailsuite"
+    fi
+    if systemd_runs; then
+        systemctl daemon-reload
+        systemctl enable mailsuite.service
+        echo "setup-debian.sh: mailsuite.service enabled; start it: systemctl start mailsuite"
+    else
+        echo "setup-debian.sh: systemd is not running: mailsuite.service installed, not" \
+             "enabled (run in the foreground: sh scripts/setup-debian.sh run)"
+    fi
+}
+
+uninstall_service() {
+    if systemd_runs && [ -e /etc/systemd/system/mailsuite.service ]; then
+        systemctl disable --now mailsuite.service
+    fi
+    rm -f "$R/etc/systemd/system/mailsuite.service" "$R/etc/logrotate.d/mailsuite"
+    if systemd_runs; then systemctl daemon-reload; fi
+}
+
 configure() {
     [ -e "$R$CONFIG" ] || install -D -m 0644 etc/mail.ini "$R$CONFIG"
     [ -n "$R" ] || make_mail_owner
@@ -142,6 +186,7 @@ configure() {
     for link in $LINKS; do
         link_command "${link%%=*}" "${link#*=}"
     done
+    install_service
 }
 
 case "${1:-}" in
@@ -158,6 +203,7 @@ run)
     exec "$VENV/bin/twistd" -n --pidfile= mailsuite --config "$R$CONFIG"
     ;;
 uninstall)
+    uninstall_service
     for link in $LINKS; do
         unlink_command "${link%%=*}" "${link#*=}"
     done
@@ -169,6 +215,9 @@ test)
     # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines;
     # iproute2: ip netns, so brute-force tests attack from a non-loopback address.
     apt_install s-nail swaks curl fetchmail whois openssl fail2ban iproute2
+    # pflogsumm: Postfix's log summary must count our maillog (tests/integration/
+    # test_log_tools.py); logrotate: the shipped snippet is parsed and run (test_service.py)
+    apt_install pflogsumm logrotate
     # dovecot-imapd, dovecot-pop3d: its mbox state headers and POP3 UIDLs must be read and
     # given as Dovecot writes them (tests/integration/test_dovecot_mbox.py).
     install_dovecot

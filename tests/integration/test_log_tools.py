@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
+from tests.integration import harness
 from tests.integration.harness import Site
 from tests.integration.test_restrictions import DNSBLCase, listing
 
@@ -150,3 +151,33 @@ class RBLTests(DNSBLCase):
             found = yield threads.deferToThread(
                 fail2ban, site.maillog, f"{FILTERS}/postfix.conf[mode={mode}]")
             self.assertEqual(found, ["127.0.0.1"], log)
+
+
+class JailTests(unittest.TestCase):
+    if not shutil.which("fail2ban-client") or not os.path.isdir("/etc/fail2ban/jail.d"):
+        skip = "fail2ban is not installed (scripts/setup-debian.sh test installs it)"
+
+    def test_shipped_jails(self) -> None:
+        """etc/fail2ban/jail.d/mailsuite.conf beside Debian's own fail2ban configuration
+        (a copy, without Debian's sshd jail, which reads the journal): fail2ban-client reads
+        it and starts the jails postfix, postfix-sasl and dovecot, each on the maillog, with
+        the stock filters (postfix-sasl: postfix in mode auth)."""
+        conf = os.path.join(self.mktemp(), "fail2ban")
+        shutil.copytree("/etc/fail2ban", conf)
+        os.remove(os.path.join(conf, "jail.d", "defaults-debian.conf"))
+        maillog = os.path.join(os.path.dirname(conf), "maillog")
+        with open(maillog, "w"):
+            pass
+        ours = os.path.join(harness.ROOT, "etc", "fail2ban", "jail.d", "mailsuite.conf")
+        with open(ours) as f:
+            text = f.read()
+        self.assertEqual(text.count("logpath = /var/log/maillog\n"), 3)
+        with open(os.path.join(conf, "jail.d", "mailsuite.conf"), "w") as f:
+            f.write(text.replace("/var/log/maillog", maillog))
+        out = run(["fail2ban-client", "-c", conf, "-d"])
+        for jail in ("postfix", "postfix-sasl", "dovecot"):
+            self.assertIn(f"['add', '{jail}', 'auto']", out)
+            self.assertIn(f"['set', '{jail}', 'addlogpath', '{maillog}', 'head']", out)
+        sasl = [line for line in out.splitlines() if "'postfix-sasl', 'addfailregex'" in line]
+        self.assertTrue(sasl and all("SASL" in line for line in sasl), out)
+        self.assertNotIn("'sshd'", out)
