@@ -12,12 +12,15 @@ pid, as Dovecot writes them to syslog.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import socket
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -58,6 +61,9 @@ def parse_syslog_facility(value: str) -> str:
         raise ValueError(f"{text!r} is not a syslog facility ({', '.join(FACILITIES)})")
     return text
 
+
+#: syslog lines held while syslogd's socket is full, at most (then the oldest are dropped)
+BACKLOG_LINES = 10000
 
 _ID_BYTES = 5
 _random = b""  # os.urandom bytes, read 4 KB at a time; _taken of them handed out
@@ -116,6 +122,9 @@ class MailLog:
         self.facility = facility
         self._socket: socket.socket | None = None
         self._socket_warned = False
+        self._backlog: deque[bytes] = deque(maxlen=BACKLOG_LINES)
+        self._drain_call: Any = None
+        self._reactor = reactor
         self.hostname = hostname.split(".")[0] or hostname
         self._now = now
         self._file: IO[bytes] | None = None
@@ -144,7 +153,6 @@ class MailLog:
     def open(self) -> None:
         if self.syslog:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._socket.setblocking(False)
             self._connect()
         elif self.path:
             directory = os.path.dirname(self.path)
@@ -182,7 +190,6 @@ class MailLog:
         self.close()
         if stat.S_ISSOCK(os.fstat(fd).st_mode):
             self._socket = socket.socket(fileno=fd)
-            self._socket.setblocking(False)
         else:
             self._file = os.fdopen(fd, "ab", buffering=0)
 
@@ -194,6 +201,7 @@ class MailLog:
     def close(self) -> None:
         self.flush()
         if self._socket is not None:
+            self._drain_now()
             self._socket.close()
             self._socket = None
         if self._file is not None:
@@ -254,22 +262,56 @@ class MailLog:
         ``<PRI>Mmm dd hh:mm:ss TAG: text`` (syslogd adds the host name). Hand-written: the
         stdlib's syslog module and SysLogHandler take one ident per process or handler, the
         lines here carry many (``postfix/smtpd``, ``dovecot``), and an unprivileged child
-        writes on the socket its master connected."""
+        writes on the socket its master connected. The reactor never waits for syslogd:
+        while its socket is full (a burst; Linux queues few datagrams) lines wait in
+        ``_backlog`` (bounded) and go out in order when the reactor tries again."""
         severity = _SEVERITY.get(text.partition(":")[0], 6)
         datagram = f"<{self.facility * 8 + severity}>{self.stamp()} {tag}{text}"
         if self._socket is None:
             self.open()
-        assert self._socket is not None
-        try:
-            self._socket.send(datagram.encode("utf-8", "replace"))
-        except BlockingIOError as e:  # syslogd is behind: dropped (the reactor never waits)
-            self._syslog_trouble(e)
-        except OSError as e:  # syslogd restarted (its socket is new): connect again, once
-            self._connect()
+        if len(self._backlog) == BACKLOG_LINES:
+            self._syslog_trouble(OSError(f"more than {BACKLOG_LINES} lines waiting"))
+        self._backlog.append(datagram.encode("utf-8", "replace"))
+        if len(self._backlog) == 1:
+            self._drain()
+
+    def _drain_now(self) -> None:
+        """What waits goes out before the socket closes (SIGHUP, stop), as far as it can."""
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+        self._drain_call = None
+        if self._backlog and self._socket is not None:
+            poller = select.poll()
+            poller.register(self._socket.fileno(), select.POLLOUT)
+            deadline = time.monotonic() + 1.0
+            with contextlib.suppress(OSError):
+                while self._backlog and poller.poll(max(0, deadline - time.monotonic()) * 1000):
+                    self._socket.send(self._backlog.popleft(), socket.MSG_DONTWAIT)
+            self._backlog.clear()
+
+    def _drain(self) -> None:
+        self._drain_call = None
+        retried = False
+        while self._backlog and self._socket is not None:
             try:
-                self._socket.send(datagram.encode("utf-8", "replace"))
-            except OSError:
-                self._syslog_trouble(e)
+                # MSG_DONTWAIT, not O_NONBLOCK: the descriptor is shared with the master
+                self._socket.send(self._backlog[0], socket.MSG_DONTWAIT)
+            except BlockingIOError as e:  # full: again in a moment (dropped without a reactor)
+                if self._reactor is None:
+                    self._backlog.clear()
+                    self._syslog_trouble(e)
+                elif self._drain_call is None:
+                    self._drain_call = self._reactor.callLater(0.02, self._drain)
+                return
+            except OSError as e:  # syslogd restarted (its socket is new): connect again, once
+                if retried:
+                    self._backlog.popleft()  # dropped, as syslog(3) drops it
+                    self._syslog_trouble(e)
+                    continue
+                retried = True
+                self._connect()
+                continue
+            self._backlog.popleft()
 
     def flush(self) -> None:
         """Write the lines held back by ``coalesce`` (one write for all of them)."""

@@ -10,9 +10,11 @@ ReadWritePaths= against mail.ini's defaults)."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import imaplib
 import os
+import pwd
 import re
 import shutil
 import smtplib
@@ -149,12 +151,9 @@ class HardenedServerTests(unittest.TestCase):
         # the processes: the network process as mail_owner, an agent as boss
         owners = set()
         for pid in harness.server_processes(site.process.pid) | set(self.children(site)):
-            try:
+            with contextlib.suppress(FileNotFoundError):  # (ended meanwhile)
                 owners.add(os.stat(f"/proc/{pid}").st_uid)
-            except FileNotFoundError:
-                pass
         self.assertIn(site.uids["boss"], owners, site.log())
-        import pwd
         self.assertIn(pwd.getpwnam(PRIVSEP).pw_uid, owners, site.log())
 
     def children(self, site: Site) -> list[int]:
