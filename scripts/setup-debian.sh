@@ -21,7 +21,7 @@
 # - the service: /etc/systemd/system/mailsuite.service (etc/systemd/, ExecStart in the venv;
 #   rewritten at each install: local changes go in `systemctl edit mailsuite`), enabled
 #   where systemd runs (PID 1), and /etc/logrotate.d/mailsuite (etc/logrotate.d/, for the
-#   installed mail.ini's maillog_file; kept once there, as mail.ini).
+#   installed mail.ini's maillog_file and queue_directory; kept once there, as mail.ini).
 # `uninstall` removes those links and diversions (the MTA's files come back); by hand:
 #   rm /usr/sbin/sendmail && dpkg-divert --package mailsuite --rename --remove /usr/sbin/sendmail
 #
@@ -136,9 +136,9 @@ make_mail_owner() {  # [mail] mail_owner: the network process's user (Postfix's 
     fi
 }
 
-maillog_file() {  # [mail] maillog_file of the installed mail.ini (empty: syslog)
+mail_key() {  # [mail] $1 of the installed mail.ini
     "$VENV/bin/python" -c 'import sys; from mailsuite.config import load_config
-print(load_config(sys.argv[1]).mail.maillog_file)' "$R$CONFIG"
+print(getattr(load_config(sys.argv[1]).mail, sys.argv[2]))' "$R$CONFIG" "$1"
 }
 
 systemd_runs() {  # systemd is PID 1 (sd_booted(3)'s test) and this is the real root
@@ -153,10 +153,12 @@ install_service() {  # the systemd unit and the logrotate snippet
     mv "$unit.new" "$unit"
     # the unit's ReadWritePaths=: the self-signed certificate is made there at the first start
     install -d -m 0755 "$R/etc/mailsuite/tls"
-    log=$(maillog_file)
+    log=$(mail_key maillog_file)  # (empty: syslog, rotated by the syslog daemon's set-up)
     if [ -n "$log" ] && [ ! -e "$R/etc/logrotate.d/mailsuite" ]; then
         mkdir -p "$R/etc/logrotate.d"
-        sed -e "s#^/var/log/maillog {#$log {#" etc/logrotate.d/mailsuite >"$R/etc/logrotate.d/mailsuite"
+        sed -e "s#^/var/log/maillog {#$log {#" \
+            -e "s#/var/spool/mailsuite/pid/#$(mail_key queue_directory)/pid/#" \
+            etc/logrotate.d/mailsuite >"$R/etc/logrotate.d/mailsuite"
     fi
     if systemd_runs; then
         systemctl daemon-reload

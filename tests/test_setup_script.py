@@ -167,6 +167,7 @@ class SetupScriptTests(unittest.TestCase):
         with open(rotate) as f:
             text = f.read()
         self.assertIn("\n/var/log/mail/maillog {\n", text)
+        self.assertIn("$(cat /var/spool/mailsuite/pid/master.pid ", text)
         self.assertTrue(os.path.isdir(self.at("/etc/mailsuite/tls")))
         self.write(rotate, "# mine\n")
         self.configure()

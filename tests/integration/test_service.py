@@ -178,16 +178,16 @@ class LogrotateTests(unittest.TestCase):
     if not shutil.which("logrotate"):
         skip = "logrotate is not installed"
 
-    def snippet(self, maillog: str, config: str) -> str:
-        """The shipped snippet for ``maillog`` and the server of ``config``, in a temp file
-        (the only changes: those two paths)."""
+    def snippet(self, maillog: str, queue_directory: str) -> str:
+        """The shipped snippet for ``maillog`` and the server of ``queue_directory``, in a
+        temp file (the only changes: those two paths, as the set-up script makes them)."""
         with open(LOGROTATE) as f:
             text = f.read()
-        self.assertIn("/var/log/maillog {", text)
-        self.assertIn(" mailsuite --config /etc/mailsuite/mail.ini$'", text)
+        self.assertIn("\n/var/log/maillog {\n", text)
+        self.assertIn("/var/spool/mailsuite/pid/master.pid", text)
         text = text.replace("/var/log/maillog {", f"{maillog} {{").replace(
-            "/etc/mailsuite/mail.ini$", f"{config}$")
-        path = os.path.join(self.mktemp())
+            "/var/spool/mailsuite/pid/", f"{queue_directory}/pid/")
+        path = self.mktemp()
         with open(path, "w") as f:
             f.write(text)
         return path
@@ -203,13 +203,13 @@ class LogrotateTests(unittest.TestCase):
     def test_forced_rotation_reopens(self) -> None:
         """With the server running (privilege-separated when it can be), ``logrotate -f``
         moves the maillog to maillog.1, makes a new one (0640, group adm) and HUPs the master
-        (no systemd here: by its command line); the next SMTP session's lines (written by the
+        (no systemd here: the pid of queue_directory/pid/master.pid); the next SMTP session's lines (written by the
         network process) are in the new file, none in the old one."""
         site = Site(self)
         site.start()
         with smtplib.SMTP("127.0.0.1", site.ports["smtp"], timeout=TIMEOUT) as client:
             client.sendmail("friend@remote.test", ["boss@example.test"], MESSAGE)
-        conf = self.snippet(site.maillog, site.config)
+        conf = self.snippet(site.maillog, os.path.join(site.dir, "queue"))
         state = self.mktemp()
         p = run(["logrotate", "-f", "-v", "-s", state, conf])
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
