@@ -203,8 +203,9 @@ class LogrotateTests(unittest.TestCase):
     def test_forced_rotation_reopens(self) -> None:
         """With the server running (privilege-separated when it can be), ``logrotate -f``
         moves the maillog to maillog.1, makes a new one (0640, group adm) and HUPs the master
-        (no systemd here: the pid of queue_directory/pid/master.pid); the next SMTP session's lines (written by the
-        network process) are in the new file, none in the old one."""
+        (no systemd here: the pid of queue_directory/pid/master.pid); the next SMTP
+        session's lines (written by the network process) are in the new file, none in the
+        old one."""
         site = Site(self)
         site.start()
         with smtplib.SMTP("127.0.0.1", site.ports["smtp"], timeout=TIMEOUT) as client:
