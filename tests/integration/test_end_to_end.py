@@ -211,8 +211,8 @@ class EndToEndTests(unittest.TestCase):
         m = self.c.imap()
         m.logout()
         log = self.site.maillog_text()
-        self.assertRegex(log, r"pop3-login\[\d+\]: .*auth failed.*rip=127\.0\.0\.1")
-        self.assertRegex(log, r"imap-login\[\d+\]: Login: user=<boss>.*rip=127\.0\.0\.1")
+        self.assertRegex(log, r"dovecot: pop3-login: .*auth failed.*rip=127\.0\.0\.1")
+        self.assertRegex(log, r"dovecot: imap-login: Login: user=<boss>.*rip=127\.0\.0\.1")
 
 
 class ConfigRefusedTests(unittest.TestCase):
