@@ -129,7 +129,7 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
         self._prepend: list[str] = []  # headers from PREPEND actions of the restrictions
 
     def _log(self, text: str) -> None:
-        self.factory.maillog.write("smtpd", text)
+        self.factory.maillog.write(self.factory.log_program, text)
 
     @property
     def client(self) -> str:
@@ -481,6 +481,9 @@ class SMTPFactory(protocol.ServerFactory):
         self.clock = clock
         self.reverse_lookup = reverse_lookup
         self.service = service
+        #: smtpd, or submission/smtpd and smtps/smtpd, as Debian's master.cf names them
+        #: (-o syslog_name=postfix/submission): postfix/submission/smtpd[PID] in the maillog
+        self.log_program = "smtpd" if service == "smtp" else f"{service}/smtpd"
         self.server_tls = server_tls
         self.implicit_tls = implicit_tls
         self.policy = policy

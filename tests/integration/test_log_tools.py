@@ -111,6 +111,9 @@ class LogToolTests(unittest.TestCase):
         self.assertEqual(len(sasl), 3, log)  # LOGIN and PLAIN on 587, PLAIN on 465
         self.assertIn(" postfix/submission/smtpd[", sasl[0])
         self.assertIn(" postfix/smtps/smtpd[", sasl[2])
+        # every line of a session on 587 and 465, as Debian's master.cf names them
+        self.assertRegex(log, r" postfix/submission/smtpd\[\d+\]: disconnect from .* auth=0/2")
+        self.assertRegex(log, r" postfix/smtps/smtpd\[\d+\]: disconnect from .* auth=0/1")
         maillog = self.site.maillog
         self.assertEqual(fail2ban(maillog, f"{FILTERS}/postfix.conf"), ["127.0.0.1"] * 2, log)
         self.assertEqual(fail2ban(maillog, f"{FILTERS}/postfix.conf[mode=auth]"),
