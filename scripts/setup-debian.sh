@@ -218,8 +218,10 @@ test)
     # iproute2: ip netns, so brute-force tests attack from a non-loopback address.
     apt_install s-nail swaks curl fetchmail whois openssl fail2ban iproute2
     # pflogsumm: Postfix's log summary must count our maillog (tests/integration/
-    # test_log_tools.py); logrotate: the shipped snippet is parsed and run (test_service.py)
-    apt_install pflogsumm logrotate
+    # test_log_tools.py); logrotate: the shipped snippet is parsed and run; systemd:
+    # systemd-analyze verify checks the unit (it runs without systemd as PID 1); libcap2-bin:
+    # capsh decodes the bounding set the hardened server ran with (test_service.py)
+    apt_install pflogsumm logrotate systemd libcap2-bin
     # dovecot-imapd, dovecot-pop3d: its mbox state headers and POP3 UIDLs must be read and
     # given as Dovecot writes them (tests/integration/test_dovecot_mbox.py).
     install_dovecot

@@ -4,9 +4,10 @@ the unit's NoNewPrivileges= and CapabilityBoundingSet= (applied with setpriv(1):
 not run here); the logrotate snippet parses, and a forced real rotation with the server
 running leaves the next line in the new file.
 
-Not tested here, for want of systemd as PID 1: ProtectSystem=, ReadWritePaths=, PrivateTmp=,
-RuntimeDirectory= and the other namespace directives (only checked by verify, and
-ReadWritePaths= against mail.ini's defaults)."""
+Not tested here, for want of systemd as PID 1: PrivateTmp=, RuntimeDirectory=, the Protect*
+and Restrict* directives (only checked by verify); ProtectSystem=strict with ReadWritePaths=
+is imitated with a mount namespace, and ReadWritePaths= is checked against mail.ini's
+defaults."""
 
 from __future__ import annotations
 
@@ -100,23 +101,32 @@ def capability_names(unit: dict[str, list[str]]) -> list[str]:
 
 class HardenedServerTests(unittest.TestCase):
     """The real privilege-separated server started as the unit starts it, as far as can be
-    without systemd: ``setpriv --no-new-privs --bounding-set`` (the unit's capabilities)."""
+    without systemd: ``setpriv --no-new-privs --bounding-set`` (the unit's capabilities), in
+    a mount namespace (unshare) where only the paths it is configured to write are
+    writable (ProtectSystem=strict, ReadWritePaths=)."""
 
     if os.geteuid() != 0 or not PRIVSEP:
         skip = "needs root and the mailsuite user (privilege separation)"
-    elif not shutil.which("setpriv"):
-        skip = "setpriv is not installed (util-linux)"
+    elif not shutil.which("setpriv") or not shutil.which("unshare"):
+        skip = "setpriv and unshare are not installed (util-linux)"
 
     def test_privsep_works_with_no_new_privs_and_the_bounding_set(self) -> None:
-        """Under NoNewPrivileges and only the unit's capabilities the master still starts
+        """Under NoNewPrivileges, only the unit's capabilities and a read-only file system
+        outside its configured paths, the master still starts
         the zygote and network process as mail_owner, an IMAP login gets its agent with the
         user's uid, mail is delivered into the user's INBOX (owned by the user), and the
         ~/.forward in a 0700 home is read (a copy goes to a second user)."""
         unit = directives(UNIT)
         caps = ",".join("+" + c for c in capability_names(unit))
-        self.patch(harness, "TWISTD", ["setpriv", "--no-new-privs", "--bounding-set",
-                                       f"-all,{caps}", "--", *harness.TWISTD])
         site = Site(self, tls=True)
+        # ProtectSystem=strict with ReadWritePaths=: in a mount namespace of its own, / is
+        # read-only but the site's directory (its INBOXes, homes, queue, maillog, TLS files)
+        read_only = ("mount --bind \"$0\" \"$0\" && mount -o remount,bind,ro / && "
+                     'exec "$@"')
+        self.patch(harness, "TWISTD", [
+            "unshare", "--mount", "--propagation", "private", "sh", "-c", read_only, site.dir,
+            "setpriv", "--no-new-privs", "--bounding-set", f"-all,{caps}", "--",
+            *harness.TWISTD])
         # a ~/.forward in a 0700 home: the master reads it (CAP_DAC_READ_SEARCH)
         home = site.home("boss")
         forward = os.path.join(home, ".forward")
@@ -130,6 +140,10 @@ class HardenedServerTests(unittest.TestCase):
         with open(f"/proc/{site.process.pid}/status") as f:
             status = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
         self.assertEqual(status["NoNewPrivs"], "1")
+        with open(f"/proc/{site.process.pid}/mountinfo") as f:
+            mounts = {line.split()[4]: line.split()[5] for line in f}
+        self.assertTrue(mounts["/"].startswith("ro"), mounts["/"])
+        self.assertTrue(mounts[site.dir].startswith("rw"), mounts)
         decoded = run(["capsh", f"--decode={status['CapBnd']}"]).stdout if shutil.which(
             "capsh") else None
         if decoded is not None:
