@@ -96,7 +96,7 @@ class LogToolTests(unittest.TestCase):
 
     def test_stock_filters_and_pflogsumm_read_the_maillog(self) -> None:
         """Every ``reject:`` line is matched by postfix.conf (mode more, Debian's [postfix]
-        jail) and by mode aggressive; every SASL failure by mode auth (Debian's
+        jail; and mode normal) and by mode aggressive; every SASL failure by mode auth (Debian's
         [postfix-sasl] jail) and aggressive (with the ``disconnect ... auth=0/N`` lines of
         those sessions); dovecot.conf matches the auth line of every
         failed password and the login process's line of each failed IMAP and POP3
@@ -115,7 +115,8 @@ class LogToolTests(unittest.TestCase):
         self.assertRegex(log, r" postfix/submission/smtpd\[\d+\]: disconnect from .* auth=0/2")
         self.assertRegex(log, r" postfix/smtps/smtpd\[\d+\]: disconnect from .* auth=0/1")
         maillog = self.site.maillog
-        self.assertEqual(fail2ban(maillog, f"{FILTERS}/postfix.conf"), ["127.0.0.1"] * 2, log)
+        for spec in ("postfix.conf", "postfix.conf[mode=normal]"):
+            self.assertEqual(fail2ban(maillog, f"{FILTERS}/{spec}"), ["127.0.0.1"] * 2, log)
         self.assertEqual(fail2ban(maillog, f"{FILTERS}/postfix.conf[mode=auth]"),
                          ["127.0.0.1"] * 3, log)
         # and the two ``disconnect from ... auth=0/N`` lines (its ddos part), as Postfix's
