@@ -103,7 +103,8 @@ os.register_at_fork(after_in_child=_forget_random)
 
 
 class MailLog:
-    """Appends one line per event. Lines are short appends to a local file, written unbuffered.
+    """Appends one line per event. Lines are short appends to a local file, written unbuffered,
+    or (``syslog``: the socket's path) one datagram each to syslogd.
 
     ``now`` returns seconds since the epoch (inject a Clock's ``seconds`` in tests): the wall
     clock, as the lines print a date. ``reactor`` (the daemon's): the lines of one reactor turn
@@ -119,6 +120,9 @@ class MailLog:
         self.syslog_name = syslog_name
         #: the syslog socket (``/dev/log``) to send to instead of a file (``path`` None)
         self.syslog = syslog
+        #: where a syslog socket connects again after an error (also in the processes that
+        #: were handed the master's socket, and so have no ``syslog`` to open)
+        self.reconnect_to = syslog
         self.facility = facility
         self._socket: socket.socket | None = None
         self._socket_warned = False
@@ -139,16 +143,18 @@ class MailLog:
             self.coalesce = lambda f: reactor.callLater(0, f)
             self._from_thread = reactor.callFromThread
         self._pending: list[str] = []
-        self._tags: dict[str, str] = {}  # ident -> " host ident[pid]: "
+        self._tags: dict[str, str] = {}  # program -> "postfix/smtpd[pid]: "
 
     @classmethod
     def from_config(cls, mail: Any, reactor: Any, opened_by_master: bool = False) -> MailLog:
         """The maillog of ``[mail]``: ``maillog_file``, or syslog when it is empty
         (``opened_by_master``: neither, the process ``adopt``s the master's descriptor)."""
         syslog = None if mail.maillog_file or opened_by_master else mail.syslog_socket
-        return cls(None if opened_by_master else mail.maillog_file or None, mail.myhostname,
-                   reactor=reactor, syslog_name=mail.syslog_name, syslog=syslog,
-                   facility=FACILITIES[mail.syslog_facility])
+        maillog = cls(None if opened_by_master else mail.maillog_file or None, mail.myhostname,
+                      reactor=reactor, syslog_name=mail.syslog_name, syslog=syslog,
+                      facility=FACILITIES[mail.syslog_facility])
+        maillog.reconnect_to = None if mail.maillog_file else mail.syslog_socket
+        return maillog
 
     def open(self) -> None:
         if self.syslog:
@@ -165,16 +171,18 @@ class MailLog:
         """Connect the syslog socket (again: syslogd may have been restarted). A syslogd that
         is not there is no reason not to serve mail: the lines are dropped (as syslog(3) does)
         and twistd's log says so once."""
-        assert self._socket is not None and self.syslog is not None
+        assert self._socket is not None
+        if self.reconnect_to is None:
+            return
         try:
-            self._socket.connect(self.syslog)
+            self._socket.connect(self.reconnect_to)
         except OSError as e:
             self._syslog_trouble(e)
 
     def _syslog_trouble(self, e: OSError) -> None:
         if not self._socket_warned:
             self._socket_warned = True
-            log.warn("cannot send to syslog {path}: {e}", path=self.syslog, e=e)
+            log.warn("cannot send to syslog {path}: {e}", path=self.reconnect_to, e=e)
 
     def fileno(self) -> int:
         """The open file's (or syslog socket's) descriptor (handed to the processes a

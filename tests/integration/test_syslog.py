@@ -80,6 +80,28 @@ class SyslogTests(unittest.TestCase):
         log.write("smtpd", "two")
         self.assertTrue(again.recv(4096).endswith(b": two"))
 
+    def test_child_connects_again(self) -> None:
+        """A child process's maillog (made from the configuration, on the master's socket)
+        connects to ``syslog_socket`` again after syslogd was restarted."""
+        path, server = self.listen()
+        cfg = parse(section("mail", maillog_file="", syslog_socket=path)).mail
+        master = MailLog.from_config(cfg, None)
+        master.open()
+        self.addCleanup(master.close)
+        child = MailLog.from_config(cfg, None, opened_by_master=True)
+        child.adopt(os.dup(master.fileno()))
+        self.addCleanup(child.close)
+        child.write("smtpd", "one")
+        self.assertTrue(server.recv(4096).endswith(b": one"))
+        server.close()
+        os.unlink(path)
+        again = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        again.bind(path)
+        again.settimeout(5)
+        self.addCleanup(again.close)
+        child.write("smtpd", "two")
+        self.assertTrue(again.recv(4096).endswith(b": two"))
+
     def test_burst_waits_in_order(self) -> None:
         """More lines at once than the socket queues (Linux: few datagrams): the reactor
         never waits; the rest waits and goes out in order as the reactor tries again."""
