@@ -141,8 +141,12 @@ mail_key() {  # [mail] $1 of the installed mail.ini
 print(getattr(load_config(sys.argv[1]).mail, sys.argv[2]))' "$R$CONFIG" "$1"
 }
 
-systemd_runs() {  # systemd is PID 1 (sd_booted(3)'s test) and this is the real root
-    [ -z "$R" ] && [ -d /run/systemd/system ]
+systemd_runs() {  # systemd is PID 1 (sd_booted(3)'s test), on $R
+    [ -d "$R/run/systemd/system" ]
+}
+
+systemctl_() {  # systemctl on $R: on a temporary root only its files (--root, offline)
+    if [ -n "$R" ]; then systemctl --root="$R" "$@"; else systemctl "$@"; fi
 }
 
 install_service() {  # the systemd unit and the logrotate snippet
@@ -161,8 +165,8 @@ install_service() {  # the systemd unit and the logrotate snippet
             etc/logrotate.d/mailsuite >"$R/etc/logrotate.d/mailsuite"
     fi
     if systemd_runs; then
-        systemctl daemon-reload
-        systemctl enable mailsuite.service
+        [ -n "$R" ] || systemctl daemon-reload
+        systemctl_ enable mailsuite.service
         echo "setup-debian.sh: mailsuite.service enabled; start it: systemctl start mailsuite"
     else
         echo "setup-debian.sh: systemd is not running: mailsuite.service installed, not" \
@@ -171,11 +175,12 @@ install_service() {  # the systemd unit and the logrotate snippet
 }
 
 uninstall_service() {
-    if systemd_runs && [ -e /etc/systemd/system/mailsuite.service ]; then
-        systemctl disable --now mailsuite.service
+    if systemd_runs && [ -e "$R/etc/systemd/system/mailsuite.service" ]; then
+        if [ -n "$R" ]; then systemctl_ disable mailsuite.service
+        else systemctl disable --now mailsuite.service; fi
     fi
     rm -f "$R/etc/systemd/system/mailsuite.service" "$R/etc/logrotate.d/mailsuite"
-    if systemd_runs; then systemctl daemon-reload; fi
+    if systemd_runs && [ -z "$R" ]; then systemctl daemon-reload; fi
 }
 
 configure() {

@@ -140,8 +140,8 @@ class SetupScriptTests(unittest.TestCase):
     def test_service_files(self) -> None:
         """configure installs etc/systemd/mailsuite.service as /etc/systemd/system/
         mailsuite.service, ExecStart in the venv and otherwise the shipped unit, which
-        ``systemd-analyze verify`` accepts (the venv's twistd exists); it is not enabled on a
-        temporary root (nor where systemd is not PID 1), and says so. /etc/logrotate.d/
+        ``systemd-analyze verify`` accepts (the venv's twistd exists); where systemd is not
+        PID 1 it is not enabled, and the script says so. /etc/logrotate.d/
         mailsuite names the installed mail.ini's maillog_file and is kept once there;
         /etc/mailsuite/tls (a ReadWritePaths= of the unit) exists. uninstall removes both."""
         installed = self.at("/etc/mailsuite/mail.ini")
@@ -177,3 +177,20 @@ class SetupScriptTests(unittest.TestCase):
         self.assertEqual(p.returncode, 0, p.stderr)
         self.assertFalse(os.path.exists(unit))
         self.assertFalse(os.path.exists(rotate))
+
+    def test_service_enabled_where_systemd_runs(self) -> None:
+        """A root whose systemd runs (/run/systemd/system, sd_booted(3)'s test): the unit is
+        enabled (``systemctl --root``: the link in multi-user.target.wants, nothing asked
+        of this machine's systemd); uninstall disables and removes it."""
+        if not shutil.which("systemctl"):
+            raise unittest.SkipTest("systemctl is not installed (Debian's systemd package)")
+        os.makedirs(self.at("/run/systemd/system"))
+        p = self.setup("configure")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("mailsuite.service enabled", p.stdout)
+        wants = self.at("/etc/systemd/system/multi-user.target.wants/mailsuite.service")
+        self.assertEqual(os.readlink(wants), "/etc/systemd/system/mailsuite.service")
+        p = self.setup("uninstall")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertFalse(os.path.lexists(wants))
+        self.assertFalse(os.path.exists(self.at("/etc/systemd/system/mailsuite.service")))
