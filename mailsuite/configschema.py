@@ -54,6 +54,7 @@ from mailsuite.configvalues import (
     parse_user_name,
 )
 from mailsuite.dkimconf import build as build_dkim
+from mailsuite.maillog import parse_syslog_facility, parse_syslog_name
 from mailsuite.dkimconf import parse_entry as parse_dkim_entry
 from mailsuite.milterconf import (
     DEFAULT_MACROS,
@@ -149,7 +150,11 @@ SECTIONS: dict[str, Section] = {
         Key("message_size_limit", "10240000", parse_size),
         Key("alias_maps", "/etc/aliases", parse_alias_maps),
         Key("queue_directory", "/var/spool/mailsuite", parse_path),
-        Key("maillog_file", "/var/log/maillog", parse_path),
+        Key("maillog_file", "/var/log/maillog", parse_optional_path),  # "": syslog
+        # Postfix's log habits (maillog.py)
+        Key("syslog_name", "postfix", parse_syslog_name),
+        Key("syslog_facility", "mail", parse_syslog_facility),
+        Key("syslog_socket", "/dev/log", parse_path),
         Key("smtpd_timeout", "300s", parse_timeout),
         Key("smtpd_per_request_deadline", "yes", parse_bool),  # Postfix: no (see README)
         Key("smtpd_min_data_rate", "500", parse_uint),

@@ -50,6 +50,10 @@ class MailConfig:
     alias_maps: list[str]
     queue_directory: str
     maillog_file: str
+    # Postfix's log habits (maillog.py): the MTA lines' name, and syslog when maillog_file = ""
+    syslog_name: str
+    syslog_facility: str
+    syslog_socket: str
     # slow clients (smtp/server.py) and the front door of port 25 (smtp/postscreen.py)
     smtpd_timeout: float
     smtpd_per_request_deadline: bool

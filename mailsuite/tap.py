@@ -141,7 +141,7 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
         tls = tls_of(cfg)
     blocking = InPool(reactor)
     top = MailService()
-    maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
+    maillog = MailLog.from_config(cfg.mail, reactor)
     with step("[mail] maillog_file"):
         maillog.open()
     accounts, checker = accounts_and_checker(cfg, blocking)
@@ -349,7 +349,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     owner = startup.mail_owner(cfg)
     _check_files(cfg, owner)
     blocking = InPool(reactor)
-    maillog = MailLog(cfg.mail.maillog_file, cfg.mail.myhostname, reactor=reactor)
+    maillog = MailLog.from_config(cfg.mail, reactor)
     with step("[mail] maillog_file"):
         maillog.open()
     accounts, checker = accounts_and_checker(cfg, blocking)

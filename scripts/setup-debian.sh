@@ -17,7 +17,11 @@
 #   moved aside with `dpkg-divert --package mailsuite --rename` to NAME.mailsuite-orig (the
 #   package's upgrades then go there too); where no package owns it, it is just a link.
 #   Any other file there stops the set-up, untouched;
-# - /usr/local/bin/twistd and /usr/local/bin/mailsuite-queue: links to the venv's.
+# - /usr/local/bin/twistd and /usr/local/bin/mailsuite-queue: links to the venv's;
+# - the service: /etc/systemd/system/mailsuite.service (etc/systemd/, ExecStart in the venv;
+#   rewritten at each install: local changes go in `systemctl edit mailsuite`), enabled
+#   where systemd runs (PID 1), and /etc/logrotate.d/mailsuite (etc/logrotate.d/, for the
+#   installed mail.ini's maillog_file and queue_directory; kept once there, as mail.ini).
 # `uninstall` removes those links and diversions (the MTA's files come back); by hand:
 #   rm /usr/sbin/sendmail && dpkg-divert --package mailsuite --rename --remove /usr/sbin/sendmail
 #
@@ -134,6 +138,53 @@ make_mail_owner() {  # [mail] mail_owner: the network process's user (Postfix's 
     fi
 }
 
+mail_key() {  # [mail] $1 of the installed mail.ini
+    "$VENV/bin/python" -c 'import sys; from mailsuite.config import load_config
+print(getattr(load_config(sys.argv[1]).mail, sys.argv[2]))' "$R$CONFIG" "$1"
+}
+
+systemd_runs() {  # systemd is PID 1 (sd_booted(3)'s test), on $R
+    [ -d "$R/run/systemd/system" ]
+}
+
+systemctl_() {  # systemctl on $R: on a temporary root only its files (--root, offline)
+    if [ -n "$R" ]; then systemctl --root="$R" "$@"; else systemctl "$@"; fi
+}
+
+install_service() {  # the systemd unit and the logrotate snippet
+    unit=$R/etc/systemd/system/mailsuite.service
+    mkdir -p "$(dirname "$unit")"
+    sed -e "s#^ExecStart=/opt/mailsuite/#ExecStart=$VENV/#" etc/systemd/mailsuite.service >"$unit.new"
+    chmod 0644 "$unit.new"
+    mv "$unit.new" "$unit"
+    # the unit's ReadWritePaths=: the self-signed certificate is made there at the first start
+    install -d -m 0755 "$R/etc/mailsuite/tls"
+    log=$(mail_key maillog_file)  # (empty: syslog, rotated by the syslog daemon's set-up)
+    if [ -n "$log" ] && [ ! -e "$R/etc/logrotate.d/mailsuite" ]; then
+        mkdir -p "$R/etc/logrotate.d"
+        sed -e "s#^/var/log/maillog {#$log {#" \
+            -e "s#/var/spool/mailsuite/pid/#$(mail_key queue_directory)/pid/#" \
+            etc/logrotate.d/mailsuite >"$R/etc/logrotate.d/mailsuite"
+    fi
+    if systemd_runs; then
+        [ -n "$R" ] || systemctl daemon-reload
+        systemctl_ enable mailsuite.service
+        echo "setup-debian.sh: mailsuite.service enabled; start it: systemctl start mailsuite"
+    else
+        echo "setup-debian.sh: systemd is not running: mailsuite.service installed, not" \
+             "enabled (run in the foreground: sh scripts/setup-debian.sh run)"
+    fi
+}
+
+uninstall_service() {
+    if systemd_runs && [ -e "$R/etc/systemd/system/mailsuite.service" ]; then
+        if [ -n "$R" ]; then systemctl_ disable mailsuite.service
+        else systemctl disable --now mailsuite.service; fi
+    fi
+    rm -f "$R/etc/systemd/system/mailsuite.service" "$R/etc/logrotate.d/mailsuite"
+    if systemd_runs && [ -z "$R" ]; then systemctl daemon-reload; fi
+}
+
 configure() {
     [ -e "$R$CONFIG" ] || install -D -m 0644 etc/mail.ini "$R$CONFIG"
     [ -n "$R" ] || make_mail_owner
@@ -144,6 +195,7 @@ configure() {
     for link in $LINKS; do
         link_command "${link%%=*}" "${link#*=}"
     done
+    install_service
 }
 
 case "${1:-}" in
@@ -160,6 +212,7 @@ run)
     exec "$VENV/bin/twistd" -n --pidfile= mailsuite --config "$R$CONFIG"
     ;;
 uninstall)
+    uninstall_service
     for link in $LINKS; do
         unlink_command "${link%%=*}" "${link#*=}"
     done
@@ -171,6 +224,11 @@ test)
     # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines;
     # iproute2: ip netns, so brute-force tests attack from a non-loopback address.
     apt_install s-nail swaks curl fetchmail whois openssl fail2ban iproute2
+    # pflogsumm: Postfix's log summary must count our maillog (tests/integration/
+    # test_log_tools.py); logrotate: the shipped snippet is parsed and run; systemd:
+    # systemd-analyze verify checks the unit (it runs without systemd as PID 1); libcap2-bin:
+    # capsh decodes the bounding set the hardened server ran with (test_service.py)
+    apt_install pflogsumm logrotate systemd libcap2-bin
     # dovecot-imapd, dovecot-pop3d: its mbox state headers and POP3 UIDLs must be read and
     # given as Dovecot writes them (tests/integration/test_dovecot_mbox.py).
     install_dovecot

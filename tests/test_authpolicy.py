@@ -226,7 +226,7 @@ class ExemptTests(unittest.TestCase):
         for _ in range(10):
             fail(policy, "10.1.2.3", "boss", "imap")
         self.successResultOf(check(policy, "10.1.2.3"))
-        self.assertEqual(sum("dovecot[" in line for line in maillog.lines), 10)
+        self.assertEqual(sum("dovecot: auth: " in line for line in maillog.lines), 10)
 
     def test_from_config(self):
         """from_config reads [auth] and exempts mynetworks plus login_trusted_networks."""
@@ -247,7 +247,7 @@ class LogLineTests(unittest.TestCase):
         """Each failure writes the line of Dovecot's auth process (fail2ban filter dovecot)."""
         policy, _, maillog = make_policy()
         fail(policy, "192.0.2.7", b"boss", "pop3")
-        self.assertRegex(maillog.lines[-1], r" dovecot\[\d+\]: auth: shadow\(boss,192\.0\.2\.7,"
+        self.assertRegex(maillog.lines[-1], r" dovecot: auth: shadow\(boss,192\.0\.2\.7,"
                                             r"<pop3>\): Password mismatch")
 
     def test_pam_passdb_line(self):
@@ -264,10 +264,10 @@ class LogLineTests(unittest.TestCase):
         fail(policy, "192.0.2.7", "boss", "submission", mechanism="LOGIN", client_name="unknown")
         self.assertRegex(
             maillog.lines[-1],
-            r" postfix-mailsuite/submission/smtpd\[\d+\]: warning: unknown\[192\.0\.2\.7\]: "
+            r" postfix/submission/smtpd\[\d+\]: warning: unknown\[192\.0\.2\.7\]: "
             r"SASL LOGIN authentication failed: UGFzc3dvcmQ6, sasl_username=boss$")
         fail(policy, "2001:db8::1", "boss", "smtp", mechanism="plain")
-        self.assertIn("postfix-mailsuite/smtpd[", maillog.lines[-1])
+        self.assertIn("postfix/smtpd[", maillog.lines[-1])
         self.assertIn("unknown[2001:db8::1]: SASL PLAIN authentication failed: authentication "
                       "failure", maillog.lines[-1])
 

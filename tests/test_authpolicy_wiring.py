@@ -127,7 +127,7 @@ class Pop3PolicyTests(BurstMixin, unittest.TestCase):
         """A wrong POP3 password counts against the address and writes the fail2ban line."""
         self.assertEqual(self.login(b"wrong"), "-ERR [AUTH] Authentication failed.")
         self.assertEqual(self.policy.failures("203.0.113.9"), 1)
-        self.assertTrue(any("dovecot[" in line and "(boss,203.0.113.9,<pop3>)" in line
+        self.assertTrue(any("dovecot: auth: " in line and "(boss,203.0.113.9,<pop3>)" in line
                             for line in self.maillog.lines))
 
     def test_next_attempt_waits_for_the_penalty(self):
@@ -275,7 +275,7 @@ class SmtpPolicyTests(BurstMixin, test_sasl_smtp.SmtpAuthCase):
         self.assertEqual(self.attempt(test_sasl_smtp.PLAIN_BAD),
                          "535 5.7.8 Error: authentication failed")
         self.assertEqual(self.policy.failures(test_sasl_smtp.REMOTE), 1)
-        self.assertIn(f"postfix-mailsuite/smtps/smtpd[{self.maillog.pid}]: warning: "
+        self.assertIn(f"postfix/smtps/smtpd[{self.maillog.pid}]: warning: "
                       f"client.example[{test_sasl_smtp.REMOTE}]: SASL PLAIN authentication failed: "
                       "authentication failure, sasl_username=boss", self.log_text())
 

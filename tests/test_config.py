@@ -259,12 +259,27 @@ class DefaultTests(ConfigTestCase):
                             ".* alias_maps: 'aliases' is not an absolute path")
 
     def test_paths_must_be_absolute(self):
-        """Relative or empty paths are refused, each under its own key."""
-        errors = self.errors(section("mail", queue_directory="spool", maillog_file="") +
+        """Relative or empty paths are refused, each under its own key (maillog_file may be
+        empty: syslog, as Postfix; a relative one is refused)."""
+        errors = self.errors(section("mail", queue_directory="spool", maillog_file="log") +
                              section("auth", passwd_file="passwd", shadow_file="./shadow"))
         self.assertEqual([e.split(": ")[1] for e in errors],
                          ["[mail] queue_directory", "[mail] maillog_file",
                           "[auth] passwd_file", "[auth] shadow_file"])
+
+    def test_log_habits(self):
+        """syslog_name defaults to Postfix's ``postfix``; a name with a space, or a facility
+        syslog does not have, is refused under its key."""
+        mail = parse("").mail
+        self.assertEqual((mail.syslog_name, mail.syslog_facility, mail.syslog_socket),
+                         ("postfix", "mail", "/dev/log"))
+        mail = parse(section("mail", maillog_file="", syslog_name="postfix-out",
+                             syslog_facility="LOCAL3")).mail
+        self.assertEqual((mail.maillog_file, mail.syslog_name, mail.syslog_facility),
+                         ("", "postfix-out", "local3"))
+        errors = self.errors(section("mail", syslog_name="post fix", syslog_facility="mial"))
+        self.assertEqual([e.split(": ")[1] for e in errors],
+                         ["[mail] syslog_name", "[mail] syslog_facility"])
 
     def test_queue_lifetime_units(self):
         """Postfix time units s m h d w; a bare number counts days."""

@@ -213,7 +213,7 @@ class DeliverTests(DeliveryCase):
                 "Q1: removed",
             ],
         )
-        self.assertIn("mailsuite/local[", self.maillog.lines[1])
+        self.assertIn("postfix/local[", self.maillog.lines[1])
 
     def test_fires_only_when_all_written(self) -> None:
         """deliver() fires only after every copy's store Deferred fired (fsync done)."""

@@ -156,7 +156,7 @@ class SigningTests(Keys):
         self.assertNotIn("received", t["h"].lower())
         self.assertTrue(verifies(message.data, self.records))
         (line,) = self.maillog.lines
-        self.assertIn("mailsuite/dkim[", line)
+        self.assertIn("postfix/dkim[", line)
         self.assertTrue(line.endswith("4F2A1B9C: DKIM-Signature field added"
                                       " (s=sel, d=example.com)"), line)
 

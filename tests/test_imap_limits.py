@@ -48,7 +48,7 @@ class ImapLimitTests(ImapTestCase):
         c.proto.connectionLost()
         self.session().proto.connectionLost()
         (line,) = self.log("process_limit")
-        self.assertIn("mailsuite/master[", line)
+        self.assertIn("postfix/master[", line)
         self.assertTrue(line.endswith("Warning: service(imap): process_limit (2) reached,"
                                       " client connections are being dropped"))
         a.proto.connectionLost()
@@ -78,7 +78,7 @@ class ImapLimitTests(ImapTestCase):
         self.assertEqual(fourth.login(), b"* BYE " + USERIP + b"\r\n")
         fourth.proto.connectionLost()
         (line,) = self.log("user+IP")
-        self.assertIn("mailsuite/imap-login[", line)
+        self.assertIn("dovecot: imap-login: ", line)
         self.assertTrue(line.endswith(USERIP.decode() + ": user=<boss>, method=PLAIN,"
                                       " rip=127.0.0.1, lip=127.0.0.1"), line)
         self.assertIn(b"L1 OK", self.session(STRANGER).login())

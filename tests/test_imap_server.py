@@ -148,7 +148,7 @@ class GreetingLoginTests(ImapTestCase):
         s = self.session()
         self.assertIn(b"a OK [CAPABILITY IMAP4rev1", s.cmd(b'a LOGIN "boss" "secret"'))
         self.assertTrue(self.maillog.lines[-1].endswith(
-            f"mailsuite/imap-login[{self.maillog.pid}]: "
+            "dovecot: imap-login: "
             "Login: user=<boss>, method=PLAIN, rip=127.0.0.1, lip=127.0.0.1"
         ))
 
@@ -167,7 +167,7 @@ class GreetingLoginTests(ImapTestCase):
         s.cmd(b"b LOGIN boss wrong")
         line = self.maillog.lines[-1]
         fail2ban = re.compile(
-            r"mailsuite/imap-login\[\d+\]: (?:Aborted login|Disconnected)(?::(?: [^ \(]+)+)? "
+            r"dovecot: imap-login: (?:Aborted login|Disconnected)(?::(?: [^ \(]+)+)? "
             r"\((?:auth failed, \d+ attempts(?: in \d+ secs)?)\):"
             r"(?: user=<[^>]*>,)?(?: method=\S+,)? "
             r"rip=(?P<host>\S+), lip="
@@ -203,7 +203,7 @@ class GreetingLoginTests(ImapTestCase):
         self.assertIn(b"b OK", out)
         self.assertTrue(s.transport.disconnecting)
         self.assertRegex(self.maillog.lines[-1],
-                         r"mailsuite/imap\[\d+\]: Logged out in=\d+ out=\d+, user=<boss>")
+                         r"dovecot: imap\(boss\): Logged out in=\d+ out=\d+, user=<boss>")
 
     def test_autologout_after_thirty_minutes(self) -> None:
         """The autologout timer is 30 minutes (RFC 3501 5.4), driven by the injected clock."""

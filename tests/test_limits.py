@@ -122,7 +122,7 @@ class LimitsTests(unittest.TestCase):
         self.assertEqual([s.enter(3) for s in slots], [True, True, True, False])
         self.assertFalse(Slot(self.limits, "imap", "198.51.100.3").enter(3))
         self.assertEqual(len(self.maillog.lines), 1)
-        self.assertIn("mailsuite/master[", self.maillog.lines[0])
+        self.assertIn("postfix/master[", self.maillog.lines[0])
         self.assertIn("Warning: service(imap): process_limit (3) reached, client connections are"
                       " being dropped", self.maillog.lines[0])
         self.assertTrue(Slot(self.limits, "pop3", "198.51.100.2").enter(3))  # its own count

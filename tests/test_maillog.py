@@ -49,10 +49,10 @@ class LineTests(unittest.TestCase):
         log.write("imap-login", "auth failed: user=<a\r\nb\x7f>, ünïcode\u00a0ok")
         first, second = log.lines
         self.assertRegex(
-            first, r"^\w{3} [ \d]\d \d\d:\d\d:\d\d mail mailsuite/smtpd\[\d+\]: connect from x"
+            first, r"^\w{3} [ \d]\d \d\d:\d\d:\d\d mail postfix/smtpd\[\d+\]: connect from x"
         )
         self.assertTrue(
-            second.endswith(f"mailsuite/imap-login[{os.getpid()}]: auth failed:"
+            second.endswith("dovecot: imap-login: auth failed:"
                             " user=<a\\x0d\\x0ab\\x7f>, ünïcode\u00a0ok"))
 
 
@@ -76,7 +76,28 @@ class ThreadTests(unittest.TestCase):
         def check(_: object) -> None:
             self.assertEqual(writers, [True, True])
             self.assertTrue(log.lines[-1].endswith(
-                f"mailsuite/local[{os.getpid()}]: warning: there"))
+                f"postfix/local[{os.getpid()}]: warning: there"))
 
         d = threads.deferToThread(log.write_from_any_thread, "local", "warning: there")
         return d.addCallback(check)
+
+
+class ShapeTests(unittest.TestCase):
+    def test_postfix_and_dovecot_shapes(self) -> None:
+        """MTA programs log as ``postfix/PROGRAM[pid]:`` (as Postfix; ``submission/smtpd`` as
+        Debian's master.cf names it), Dovecot's services as ``dovecot: SERVICE:`` with no pid
+        (as Dovecot writes to syslog); ``syslog_name`` replaces ``postfix``."""
+        log = MailLog(None, "mail.example.com", now=lambda: 0.0)
+        for program in ("smtpd", "submission/smtpd", "qmgr", "imap-login", "imap(boss)", "auth",
+                        "pop3(a\nb)"):
+            log.write(program, "x")
+        tags = [line.split(" mail ", 1)[1] for line in log.lines]
+        pid = os.getpid()
+        self.assertEqual(tags, [f"postfix/smtpd[{pid}]: x", f"postfix/submission/smtpd[{pid}]: x",
+                                f"postfix/qmgr[{pid}]: x", "dovecot: imap-login: x",
+                                "dovecot: imap(boss): x", "dovecot: auth: x",
+                                "dovecot: pop3(a?b): x"])
+        other = MailLog(None, "mail.example.com", syslog_name="postfix-out")
+        other.write("smtp", "y")
+        self.assertIn(f" postfix-out/smtp[{pid}]: y", other.lines[0])
+

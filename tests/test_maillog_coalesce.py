@@ -29,4 +29,4 @@ class CoalesceTests(unittest.TestCase):
         with open(path) as f:
             lines = f.read().splitlines()
         self.assertEqual([line.rsplit(": ", 1)[1] for line in lines], ["one", "two", "three"])
-        self.assertIn("mailsuite/qmgr[", lines[1])
+        self.assertIn("postfix/qmgr[", lines[1])

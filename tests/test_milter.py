@@ -156,7 +156,7 @@ class StageCase(unittest.TestCase):
 
     def log(self) -> str:
         """The maillog as ``program: text`` lines."""
-        return "\n".join(f"{line.split('mailsuite/')[1].split('[')[0]}: {line.split(']: ', 1)[1]}"
+        return "\n".join(f"{line.split('postfix/')[1].split('[')[0]}: {line.split(']: ', 1)[1]}"
                          for line in self.maillog.lines)
 
 

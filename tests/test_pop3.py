@@ -211,7 +211,7 @@ class AuthorizationTests(Pop3TestCase):
         """A login writes Dovecot's pop3-login line."""
         self.login()
         self.assertTrue(self.maillog.lines[-1].endswith(
-            f"mailsuite/pop3-login[{self.maillog.pid}]: Login: user=<boss>, method=PLAIN, "
+            "dovecot: pop3-login: Login: user=<boss>, method=PLAIN, "
             "rip=127.0.0.1, lip=127.0.0.1"), self.maillog.lines)
 
     def test_wrong_password(self):
@@ -232,7 +232,7 @@ class AuthorizationTests(Pop3TestCase):
         self.clock.advance(2)
         proto.connectionLost(None)
         self.assertTrue(self.maillog.lines[-1].endswith(
-            f"mailsuite/pop3-login[{self.maillog.pid}]: Disconnected (auth failed, 1 attempts in "
+            "dovecot: pop3-login: Disconnected (auth failed, 1 attempts in "
             "2 secs): user=<boss>, method=PLAIN, rip=127.0.0.1, lip=127.0.0.1"))
 
     def test_three_failures_disconnect(self):
@@ -284,7 +284,7 @@ class AuthorizationTests(Pop3TestCase):
         self.assertEqual(transport.value(), b"-ERR Disconnected for inactivity.\r\n")
         self.assertTrue(transport.disconnecting)
         proto.connectionLost(None)
-        self.assertIn("mailsuite/pop3[", self.maillog.lines[-1])
+        self.assertIn("dovecot: pop3(boss): ", self.maillog.lines[-1])
         self.assertIn(": Disconnected for inactivity top=0/0", self.maillog.lines[-1])
 
 
@@ -426,7 +426,7 @@ class TransactionTests(Pop3TestCase):
         proto.connectionLost(None)
         self.assertEqual(self.inbox().users, 0)
         self.assertTrue(self.maillog.lines[-1].endswith(
-            f"mailsuite/pop3[{self.maillog.pid}]: Disconnected: Logged out top=0/0, retr=1/17, "
+            "dovecot: pop3(boss): Disconnected: Logged out top=0/0, retr=1/17, "
             "del=1/2, size=34, user=<boss>, rip=127.0.0.1"), self.maillog.lines[-1])
 
     def test_quit_waits_for_expunge(self):

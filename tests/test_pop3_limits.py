@@ -73,7 +73,7 @@ class Pop3LimitTests(Pop3TestCase):
         self.assertEqual(self.login(self.open()), b"+OK\r\n" + IN_USE)
         lines = [line for line in self.maillog.lines if "user+IP" in line]
         self.assertEqual(len(lines), 1)
-        self.assertIn("mailsuite/pop3-login[", lines[0])
+        self.assertIn("dovecot: pop3-login: ", lines[0])
         self.assertTrue(lines[0].endswith("(mail_max_userip_connections=2): user=<boss>,"
                                           " method=PLAIN, rip=127.0.0.1, lip=127.0.0.1"))
         self.assertEqual(self.login(self.open(STRANGER)), b"+OK\r\n+OK Logged in.\r\n")

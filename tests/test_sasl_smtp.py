@@ -26,7 +26,7 @@ PLAIN_BAD = base64.b64encode(b"\0boss\0wrong")
 REMOTE = "192.0.2.7"
 # fail2ban's postfix filter (mode = auth), with our program name in front.
 FAIL2BAN = re.compile(
-    r"mailsuite/smtpd\[\d+\]: warning: [-._\w]+\[(?P<host>[^\]]+)\]: SASL "
+    r"postfix/smtpd\[\d+\]: warning: [-._\w]+\[(?P<host>[^\]]+)\]: SASL "
     r"((?i:LOGIN|PLAIN|(?:CRAM|DIGEST)-MD5)) authentication failed(?:: [A-Za-z0-9+/ ]*)?$"
 )
 

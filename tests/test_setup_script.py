@@ -136,3 +136,61 @@ class SetupScriptTests(unittest.TestCase):
                       p.stderr)
         with open(self.at("/usr/local/bin/twistd")) as f:
             self.assertEqual(f.read(), "#!/bin/sh\necho mine\n")
+
+    def test_service_files(self) -> None:
+        """configure installs etc/systemd/mailsuite.service as /etc/systemd/system/
+        mailsuite.service, ExecStart in the venv and otherwise the shipped unit, which
+        ``systemd-analyze verify`` accepts (the venv's twistd exists); where systemd is not
+        PID 1 it is not enabled, and the script says so. /etc/logrotate.d/
+        mailsuite names the installed mail.ini's maillog_file and is kept once there;
+        /etc/mailsuite/tls (a ReadWritePaths= of the unit) exists. uninstall removes both."""
+        installed = self.at("/etc/mailsuite/mail.ini")
+        with open(os.path.join(CHECKOUT, "etc", "mail.ini")) as f:
+            shipped = f.read()
+        self.write(installed, shipped.replace("maillog_file = /var/log/maillog",
+                                              "maillog_file = /var/log/mail/maillog"))
+        p = self.setup("configure")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("systemd is not running: mailsuite.service installed, not enabled",
+                      p.stdout)
+        unit = self.at("/etc/systemd/system/mailsuite.service")
+        with open(unit) as f, open(os.path.join(CHECKOUT, "etc", "systemd",
+                                                "mailsuite.service")) as g:
+            self.assertEqual(f.read(), g.read().replace("ExecStart=/opt/mailsuite/",
+                                                        f"ExecStart={self.venv}/"))
+        self.assertFalse(os.path.lexists(self.at("/etc/systemd/system/multi-user.target.wants")))
+        if shutil.which("systemd-analyze"):
+            v = subprocess.run(["systemd-analyze", "verify", "--man=no", unit],
+                               capture_output=True, text=True, timeout=60, check=False)
+            self.assertEqual((v.returncode, v.stdout + v.stderr), (0, ""))
+        rotate = self.at("/etc/logrotate.d/mailsuite")
+        with open(rotate) as f:
+            text = f.read()
+        self.assertIn("\n/var/log/mail/maillog {\n", text)
+        self.assertIn("$(cat /var/spool/mailsuite/pid/master.pid ", text)
+        self.assertTrue(os.path.isdir(self.at("/etc/mailsuite/tls")))
+        self.write(rotate, "# mine\n")
+        self.configure()
+        with open(rotate) as f:
+            self.assertEqual(f.read(), "# mine\n")
+        p = self.setup("uninstall")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertFalse(os.path.exists(unit))
+        self.assertFalse(os.path.exists(rotate))
+
+    def test_service_enabled_where_systemd_runs(self) -> None:
+        """A root whose systemd runs (/run/systemd/system, sd_booted(3)'s test): the unit is
+        enabled (``systemctl --root``: the link in multi-user.target.wants, nothing asked
+        of this machine's systemd); uninstall disables and removes it."""
+        if not shutil.which("systemctl"):
+            raise unittest.SkipTest("systemctl is not installed (Debian's systemd package)")
+        os.makedirs(self.at("/run/systemd/system"))
+        p = self.setup("configure")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("mailsuite.service enabled", p.stdout)
+        wants = self.at("/etc/systemd/system/multi-user.target.wants/mailsuite.service")
+        self.assertEqual(os.readlink(wants), "/etc/systemd/system/mailsuite.service")
+        p = self.setup("uninstall")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertFalse(os.path.lexists(wants))
+        self.assertFalse(os.path.exists(self.at("/etc/systemd/system/mailsuite.service")))

@@ -132,7 +132,7 @@ class ImapLoginDeadlineTests(ImapTestCase):
         self.clock.advance(10)
         self.assertEqual(s.take(), b"* BYE Disconnected for inactivity.\r\n")
         self.assertTrue(s.transport.disconnecting)
-        self.assertIn("imap-login[", self.maillog.lines[-1])
+        self.assertIn("dovecot: imap-login: ", self.maillog.lines[-1])
         self.assertIn(": Disconnected: Inactivity (no auth attempts in 60 secs): "
                       "user=<>, rip=192.0.2.9, lip=127.0.0.1", self.maillog.lines[-1])
 

@@ -84,7 +84,7 @@ class ConnectionTests(SmtpLimitCase):
         fourth.close()
         lines = self.warnings("limit exceeded")
         self.assertEqual(len(lines), 1, self.maillog.lines)
-        self.assertIn("mailsuite/smtpd[", lines[0])
+        self.assertIn("postfix/smtpd[", lines[0])
         self.assertTrue(lines[0].endswith("warning: Connection concurrency limit exceeded: 3"
                                           " from unknown[198.51.100.2] for service smtp"))
         self.assertEqual(self.connect(OTHER).replies()[0][:4], "220 ")
@@ -152,7 +152,7 @@ class ConnectionTests(SmtpLimitCase):
         c = self.connect(LOCAL)
         self.assertEqual(c.replies(), ["421 4.3.2 All server ports are busy"])
         c.close()
-        self.assertEqual(len(self.warnings('mailsuite/master[')), 1)
+        self.assertEqual(len(self.warnings('postfix/master[')), 1)
         self.assertIn('warning: service "smtp" has reached its process limit "2": new clients'
                       " may experience noticeable delays", self.maillog.lines[-1])
         a.close()

@@ -73,10 +73,10 @@ MAX_TRACKED = 100_000
 MAX_USERS_PER_ADDRESS = 64
 
 #: Postfix's syslog tag for SMTP AUTH warnings, per listener (master.cf service names).
-POSTFIX_IDENTS = {
-    "smtp": "postfix-mailsuite/smtpd",
-    "submission": "postfix-mailsuite/submission/smtpd",
-    "smtps": "postfix-mailsuite/smtps/smtpd",
+POSTFIX_IDENTS = {  # as Debian's master.cf names them (-o syslog_name=postfix/submission)
+    "smtp": "smtpd",
+    "submission": "submission/smtpd",
+    "smtps": "smtps/smtpd",
 }
 #: Postfix logs the last base64 challenge after a failed LOGIN ("Password:").
 _LOGIN_CHALLENGE = "UGFzc3dvcmQ6"
@@ -359,11 +359,11 @@ class AuthPolicy:
             reason = "pam_authenticate() failed: Authentication failure (password mismatch?)"
         else:
             reason = "Password mismatch or unknown user"
-        self.maillog.emit("dovecot", f"auth: {self.passdb}({user},{ip},<{proto}>): {reason}")
+        self.maillog.write("auth", f"{self.passdb}({user},{ip},<{proto}>): {reason}")
         ident = POSTFIX_IDENTS.get(proto)
         if ident is not None:
             detail = _LOGIN_CHALLENGE if mechanism == "LOGIN" else "authentication failure"
-            self.maillog.emit(
+            self.maillog.write(
                 ident, f"warning: {safe_name(client)}[{ip}]: SASL {mechanism} authentication "
                 f"failed: {detail}, sasl_username={user}")
 

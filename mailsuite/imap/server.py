@@ -158,7 +158,7 @@ class IMAPServer(  # type: ignore[misc]
             self._onLogout = None
         if self.user is not None and not self._logged_out:
             self.maillog.write(
-                "imap",
+                f"imap({self.user})",
                 f"Disconnected: Connection closed in={self._bytes_in} out={self._bytes_out}, "
                 f"user=<{self.user}>, rip={self._rip()}",
             )
@@ -461,7 +461,7 @@ class IMAPServer(  # type: ignore[misc]
         if self.user is not None and not self._logged_out:
             self._logged_out = True
             self.maillog.write(
-                "imap",
+                f"imap({self.user})",
                 f"Logged out in={self._bytes_in} out={self._bytes_out}, "
                 f"user=<{self.user}>, rip={self._rip()}",
             )

@@ -425,7 +425,7 @@ class POP3Server(Pop3Login, pop3.POP3):
         s, mbox = self._stats, self.mbox
         size = sum(mbox.sizes)
         end = self._end if self._end.startswith("Disconnected") else "Disconnected: " + self._end
-        self.maillog.write("pop3", f"{end} top={s['top']}/{s['top_bytes']}, "
+        self.maillog.write(f"pop3({self._login_user})", f"{end} top={s['top']}/{s['top_bytes']}, "
                                    f"retr={s['retr']}/{s['retr_bytes']}, "
                                    f"del={s['del']}/{len(mbox)}, size={size}, "
                                    f"user=<{self._login_user}>, rip={self.rip}")

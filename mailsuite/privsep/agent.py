@@ -535,7 +535,7 @@ def main(spawn: Any, fds: dict[str, int]) -> None:
     p = spawn.params
     cfg = p["cfg"]
     account = Account(p["name"], spawn.uid, spawn.gid, p["home"])
-    agent = Agent(reactor, cfg, account, maillog_on(fds.get("maillog"), cfg.mail.myhostname,
+    agent = Agent(reactor, cfg, account, maillog_on(fds.get("maillog"), cfg.mail,
                                                      reactor))
     agent.privs = bool(p.get("privs"))
     transport = adopt_stream(reactor, fds["channel"], Once(lambda: MasterChannel(agent)))

@@ -107,9 +107,10 @@ _child_log = Logger(namespace="mailsuite.privsep.child")
 _log = Logger()
 
 
-def maillog_on(fd: int | None, hostname: str, reactor: Any) -> MailLog:
-    """The maillog on a descriptor the master opened (the file is not ours to open)."""
-    maillog = MailLog(None, hostname, reactor=reactor)
+def maillog_on(fd: int | None, mail: Any, reactor: Any) -> MailLog:
+    """The maillog of ``mail`` (``[mail]``) on a descriptor the master opened (the file, or
+    syslog socket, is not ours to open)."""
+    maillog = MailLog.from_config(mail, reactor, opened_by_master=True)
     if fd is not None:
         maillog.adopt(fd)
     return maillog

@@ -169,8 +169,8 @@ class Sleeper:
         with contextlib.suppress(Exception):
             counts = _counts(self.state)
             self.dorm.maillog.write(
-                "imap", f"Disconnected: Connection closed (IDLE hibernated) in={counts[0]}"
-                f" out={counts[1]}, user=<{s.user}>, rip={s.rip}")
+                f"imap({s.user})", "Disconnected: Connection closed (IDLE hibernated) "
+                f"in={counts[0]} out={counts[1]}, user=<{s.user}>, rip={s.rip}")
 
     def _done(self) -> None:
         if self.splice.sleeper is self:

@@ -352,7 +352,7 @@ def main(spawn: Any, fds: dict[str, int]) -> None:
     reactor = fresh_reactor()
     p = spawn.params
     cfg = p["cfg"]
-    maillog = maillog_on(fds.pop("maillog", None), cfg.mail.myhostname, reactor)
+    maillog = maillog_on(fds.pop("maillog", None), cfg.mail, reactor)
     link = MasterLink(on_lost=lambda _: stop(reactor))
     link.reactor = reactor
     adopt_stream(reactor, fds.pop("channel"), Once(lambda: link))

@@ -130,7 +130,7 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
         self._prepend: list[str] = []  # headers from PREPEND actions of the restrictions
 
     def _log(self, text: str) -> None:
-        self.factory.maillog.write("smtpd", text)
+        self.factory.maillog.write(self.factory.log_program, text)
 
     @property
     def client(self) -> str:
@@ -405,7 +405,8 @@ class SMTPServer(SmtpMilters, SmtpLimits, SmtpAuth, SmtpEnvelope, CommandLoop, s
         self.milters_attach(queue_id)
         if self._prepend:  # above our Received:, as Postfix's smtpd writes them
             data = "".join(f"{h}\n" for h in self._prepend).encode("utf-8", "replace") + data
-        self._log(f"{queue_id}: message-id=<{message_id(body)}>")
+        self.factory.maillog.write(  # Postfix's cleanup(8) writes it, not smtpd
+            "cleanup", f"{queue_id}: message-id=<{message_id(body)}>")
         d = self._deliver(data, queue_id)
         d.addCallbacks(
             self._delivered,
@@ -482,6 +483,9 @@ class SMTPFactory(protocol.ServerFactory):
         self.clock = clock
         self.reverse_lookup = reverse_lookup
         self.service = service
+        #: smtpd, or submission/smtpd and smtps/smtpd, as Debian's master.cf names them
+        #: (-o syslog_name=postfix/submission): postfix/submission/smtpd[PID] in the maillog
+        self.log_program = "smtpd" if service == "smtp" else f"{service}/smtpd"
         self.server_tls = server_tls
         self.implicit_tls = implicit_tls
         self.policy = policy

@@ -57,9 +57,11 @@ class Fail2banTests(unittest.TestCase):
 
     def test_failed_logins_of_every_protocol_are_counted_by_stock_filters(self) -> None:
         """Two failed IMAP logins, one failed POP3 login and one failed SMTP AUTH (465) give
-        four hits for the stock dovecot filter and one for postfix[mode=auth], all for the
-        client's address; the successful login gives none. The clients see AUTHENTICATIONFAILED,
-        -ERR [AUTH] and 535 5.7.8."""
+        seven hits for the stock dovecot filter (the auth line of each password, as Dovecot's
+        auth_verbose = yes writes it, and the login process's ``Aborted login``/``Disconnected
+        (auth failed, ...)`` line of each IMAP and POP3 connection) and one for
+        postfix[mode=auth], all for the client's address; the successful login gives none.
+        The clients see AUTHENTICATIONFAILED, -ERR [AUTH] and 535 5.7.8."""
         for _ in range(2):
             with imaplib.IMAP4_SSL("127.0.0.1", self.site.ports["imaps"],
                                    ssl_context=self.context, timeout=TIMEOUT) as imap, \
@@ -84,7 +86,7 @@ class Fail2banTests(unittest.TestCase):
 
         dovecot = self.fail2ban(f"{FILTERS}/dovecot.conf")
         postfix = self.fail2ban(f"{FILTERS}/postfix.conf[mode=auth]")
-        self.assertEqual(dovecot, ["127.0.0.1"] * 4, self.site.maillog_text())
+        self.assertEqual(dovecot, ["127.0.0.1"] * 7, self.site.maillog_text())
         self.assertEqual(postfix, ["127.0.0.1"], self.site.maillog_text())
 
     def fail2ban(self, filter_spec: str) -> list[str]:

@@ -32,7 +32,7 @@ class BrokenAliasesTests(unittest.TestCase):
         self.assertIn("still the old team", read(site.inbox("boss")))
         log = site.maillog_text()
         for line in (3, 4):
-            self.assertRegex(log, rf"mailsuite/local\[\d+\]: warning: {re.escape(aliases)},"
+            self.assertRegex(log, rf"postfix/local\[\d+\]: warning: {re.escape(aliases)},"
                                   rf" line {line}: need name: value")
         self.assertIn(f"{aliases}: 2 bad lines; the table read before stays in force", log)
 

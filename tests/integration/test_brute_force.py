@@ -62,7 +62,7 @@ class BruteForceTests(unittest.TestCase):
 
     def failure_lines(self, source: str) -> list[str]:
         return [line for line in self.site.maillog_text().splitlines()
-                if " dovecot[" in line and f",{source}," in line]
+                if " dovecot: auth: " in line and f",{source}," in line]
 
     def check_burst(self, proto: str, results: list[dict], source: str) -> None:
         """Only LIMIT passwords were checked, with the penalties between them; every other

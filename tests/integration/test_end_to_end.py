@@ -186,7 +186,7 @@ class EndToEndTests(unittest.TestCase):
         with open(self.site.inbox("root"), "rb") as f:
             self.assertIn(b"Subject: to the team", f.read())
         log = self.site.maillog_text()
-        self.assertRegex(log, r"mailsuite/local\[\d+\]: \w+: to=<boss@example.test>,"
+        self.assertRegex(log, r"postfix/local\[\d+\]: \w+: to=<boss@example.test>,"
                               r" orig_to=<team@example.test>.*status=sent")
         self.assertIn("client=localhost[127.0.0.1]", log)
 
@@ -211,8 +211,8 @@ class EndToEndTests(unittest.TestCase):
         m = self.c.imap()
         m.logout()
         log = self.site.maillog_text()
-        self.assertRegex(log, r"pop3-login\[\d+\]: .*auth failed.*rip=127\.0\.0\.1")
-        self.assertRegex(log, r"imap-login\[\d+\]: Login: user=<boss>.*rip=127\.0\.0\.1")
+        self.assertRegex(log, r"dovecot: pop3-login: .*auth failed.*rip=127\.0\.0\.1")
+        self.assertRegex(log, r"dovecot: imap-login: Login: user=<boss>.*rip=127\.0\.0\.1")
 
 
 class ConfigRefusedTests(unittest.TestCase):

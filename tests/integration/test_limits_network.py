@@ -114,5 +114,5 @@ class LimitNetworkTests(unittest.TestCase):
             self.assertEqual([r["reply"][-1] for r in out],
                              ["+OK Logged in.", "+OK Logged in.", "-ERR [IN-USE]" + bye[5:]])
         for program in ("imap-login", "pop3-login"):
-            lines = [x for x in self.log_lines("user+IP exceeded") if f"/{program}[" in x]
+            lines = [x for x in self.log_lines("user+IP exceeded") if f" dovecot: {program}: " in x]
             self.assertEqual(len(lines), 2, lines)  # once per address

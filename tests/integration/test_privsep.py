@@ -153,7 +153,7 @@ class PrivsepTests(unittest.TestCase):
         m = self.c.imap()
         m.logout()
         wait_until(lambda: "imap-login" in self.site.maillog_text()
-                   and "imap[" in self.site.maillog_text(), "both lines in the new file")
+                   and "dovecot: imap(" in self.site.maillog_text(), "both lines in the new file")
 
     def test_forward_in_a_closed_home(self) -> None:
         """carol's home is 0700: her agent reads her .forward and runs its command as carol."""

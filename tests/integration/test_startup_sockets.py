@@ -88,7 +88,7 @@ class MakeServiceTests(unittest.TestCase):
             f"mailsuite: cannot listen on 127.0.0.1:{port} (smtp): address in use (is Postfix"
             " or exim running?)"]))
         with open(options["cfg"].mail.maillog_file) as f:
-            self.assertRegex(f.read(), r"mailsuite/master\[\d+\]: fatal: cannot listen on"
+            self.assertRegex(f.read(), r"postfix/master\[\d+\]: fatal: cannot listen on"
                              f" 127.0.0.1:{port} \\(smtp\\)")
 
     def test_binds_once(self) -> None:
