@@ -1,0 +1,126 @@
+"""Live reload against the real server (issue 14 item 3): ``kill -HUP`` after mail.ini
+changed, with privilege separation (the harness's default) and in one process.
+
+- mynetworks and smtpd_recipient_restrictions: a new SMTP session gets the new policy (a
+  relay that was denied is allowed; a recipient that was taken is refused), a session opened
+  before the HUP keeps the policy it started with and keeps working;
+- an invalid mail.ini: refused with file, section and key in the maillog and twistd's log,
+  and the old configuration still serves;
+- a changed IMAP port: the new port listens, the old one is closed; an IMAP session opened
+  before goes on; a key that needs a restart (queue_directory) is logged as such and kept.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import signal
+import smtplib
+import socket
+import time
+
+from twisted.trial import unittest
+
+from tests.integration.harness import Site, free_port
+
+TIMEOUT = 20.0
+
+
+class ReloadCase(unittest.TestCase):
+    mail_extra = ""
+
+    def setUp(self) -> None:
+        self.site = Site(self, mail_extra=self.mail_extra)
+        self.site.start()
+
+    def rewrite(self, mail_extra: str, replace: tuple[str, str] = ("", "")) -> None:
+        self.site.mail_extra = self.mail_extra + "\n" + mail_extra
+        self.site._write("mail.ini", self.site.ini().replace(*replace))
+
+    def hup(self, expect: str) -> str:
+        """SIGHUP to twistd; waits (bounded) until the maillog has ``expect`` once more."""
+        before = self.site.maillog_text().count(expect)
+        assert self.site.process is not None
+        self.site.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT
+        while self.site.maillog_text().count(expect) <= before:
+            self.assertLess(time.monotonic(), deadline,
+                            self.site.maillog_text() + self.site.log())
+            time.sleep(0.05)
+        return self.site.maillog_text()
+
+    def smtp(self) -> smtplib.SMTP:
+        s = smtplib.SMTP("127.0.0.1", self.site.ports["smtp"], timeout=TIMEOUT)
+        self.addCleanup(s.close)
+        s.ehlo("client.example.org")
+        return s
+
+    def rcpt(self, s: smtplib.SMTP, to: str) -> int:
+        s.rset()
+        s.mail("alice@example.org")
+        code, _ = s.rcpt(to)
+        return code
+
+    def test_new_sessions_get_new_policy_old_session_keeps_its(self) -> None:
+        """mynetworks gains 127.0.0.0/8 and smtpd_recipient_restrictions becomes
+        ``reject``: a new session may relay and cannot reach a local user; the session opened
+        before still may not relay, still delivers locally, and NOOP keeps working."""
+        old = self.smtp()
+        self.assertEqual(self.rcpt(old, "bob@elsewhere.test"), 554)  # Relay access denied
+        access = self.site._write("access", "boss@example.test REJECT\n")
+        self.rewrite("mynetworks = 127.0.0.0/8\n"
+                     f"smtpd_recipient_restrictions = check_recipient_access texthash:{access}")
+        self.hup("reload -- configuration")
+        new = self.smtp()
+        self.assertEqual(self.rcpt(new, "bob@elsewhere.test"), 250)
+        self.assertEqual(self.rcpt(new, "boss@example.test"), 554)
+        self.assertEqual(old.noop()[0], 250)
+        self.assertEqual(self.rcpt(old, "bob@elsewhere.test"), 554)
+        self.assertEqual(self.rcpt(old, "boss@example.test"), 250)
+
+    def test_invalid_file_refused_old_configuration_serves(self) -> None:
+        """A bad value and an unknown key: refused, each line naming file, section and key,
+        in the maillog and twistd's log; the running configuration goes on serving."""
+        self.rewrite("mynetworks = 127.0.0.0/33\nno_such_knob = 1")
+        text = self.hup("reload refused")
+        for log in (text, self.site.log()):
+            self.assertIn(f"{self.site.config}: [mail] mynetworks", log)
+            self.assertIn(f"{self.site.config}: [mail] no_such_knob", log)
+        self.assertNotIn("reload -- configuration", text)
+        s = self.smtp()
+        self.assertEqual(self.rcpt(s, "bob@elsewhere.test"), 554)
+        self.assertEqual(self.rcpt(s, "boss@example.test"), 250)
+
+    def test_changed_imap_port_rebound_restart_key_kept(self) -> None:
+        """[listen] imap moves: the new port greets, the old one refuses connections; the
+        IMAP session logged in before goes on. queue_directory changed: logged as needing a
+        restart, and mail is still taken."""
+        before = imaplib.IMAP4("127.0.0.1", self.site.ports["imap"], timeout=TIMEOUT)
+        self.addCleanup(before.shutdown)
+        before.login("boss", "secret")
+        old_port = self.site.ports["imap"]
+        self.site.ports["imap"] = free_port()
+        queue = f"queue_directory = {self.site.dir}/queue"
+        self.rewrite("", (queue, queue + "2"))
+        text = self.hup("reload -- configuration")
+        self.assertIn(f"{self.site.config}: [mail] queue_directory: changed; needs a restart",
+                      text)
+        with socket.create_connection(("127.0.0.1", self.site.ports["imap"]),
+                                      timeout=TIMEOUT) as s:
+            self.assertTrue(s.recv(100).startswith(b"* OK"))
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # (the old port is closed once the network process has the new one)
+            try:
+                socket.create_connection(("127.0.0.1", old_port), timeout=TIMEOUT).close()
+            except ConnectionRefusedError:
+                break
+            self.assertLess(time.monotonic(), deadline, f"port {old_port} still listens")
+            time.sleep(0.05)
+        self.assertEqual(before.noop()[0], "OK")
+        self.assertEqual(before.select("INBOX")[0], "OK")
+        self.assertEqual(self.rcpt(self.smtp(), "boss@example.test"), 250)
+
+
+class OneProcessReloadTests(ReloadCase):
+    """The same without privilege separation (``mail_owner =`` empty): applied in-process."""
+
+    mail_extra = "mail_owner ="
