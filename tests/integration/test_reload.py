@@ -7,7 +7,8 @@ changed, with privilege separation (the harness's default) and in one process.
 - an invalid mail.ini: refused with file, section and key in the maillog and twistd's log,
   and the old configuration still serves;
 - a changed IMAP port: the new port listens, the old one is closed; an IMAP session opened
-  before goes on; a key that needs a restart (queue_directory) is logged as such and kept.
+  before goes on; a key that needs a restart (queue_directory) is logged as such and kept;
+- a hibernated IMAP session sleeps through a reload and wakes on new mail.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from twisted.trial import unittest
 
 from tests.integration.harness import Site, free_port
+from tests.integration.test_end_to_end import message
+from tests.integration import test_hibernate
 
 TIMEOUT = 20.0
 
@@ -124,3 +127,39 @@ class OneProcessReloadTests(ReloadCase):
     """The same without privilege separation (``mail_owner =`` empty): applied in-process."""
 
     mail_extra = "mail_owner ="
+
+
+class HibernatedAcrossReloadTests(unittest.TestCase):
+    """An IMAP session hibernated (privsep: held by the network process, its agent gone)
+    before a reload that moves the IMAP port and changes mynetworks: new mail wakes it into
+    an agent of the new configuration, and the session goes on."""
+
+    # test_hibernate's site and helpers (not its tests)
+    skip = test_hibernate.HibernateTests.skip
+    setUp = test_hibernate.HibernateTests.setUp
+    agents_of = test_hibernate.HibernateTests.agents_of
+    idle = test_hibernate.HibernateTests.idle
+    asleep = test_hibernate.HibernateTests.asleep
+
+    def test_new_mail_wakes_it_after_reload(self) -> None:
+        line = self.idle()
+        self.asleep()
+        self.site.ports["imap"] = free_port()
+        self.site.mail_extra = "mynetworks = 127.0.0.0/8"
+        self.site._write("mail.ini", self.site.ini())
+        before = self.site.maillog_text().count("reload -- configuration")
+        assert self.site.process is not None
+        self.site.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT
+        while self.site.maillog_text().count("reload -- configuration") <= before:
+            self.assertLess(time.monotonic(), deadline, self.site.log())
+            time.sleep(0.05)
+        self.c.send(message("new", "body"), ["boss@example.test"])
+        got = line.expect(b"* 1 RECENT")
+        self.assertEqual(got[-2:], [b"* 4 EXISTS", b"* 1 RECENT"])
+        line.send(b"DONE\r\nd NOOP\r\n")
+        line.expect(b"d OK")
+        fresh = imaplib.IMAP4("127.0.0.1", self.site.ports["imap"], timeout=TIMEOUT)
+        fresh.login("boss", "secret")
+        self.assertEqual(fresh.select("INBOX"), ("OK", [b"4"]))
+        fresh.logout()
