@@ -227,7 +227,15 @@ def _inner(factory: Any) -> Any:
 
 
 def _keep_state(old: Any, new: Any) -> None:
-    """The AuthPolicy and Limits of ``old`` (their counts) go on in ``new``, with its knobs."""
+    """The state shared by the sessions of ``old`` goes on in ``new``: its AuthPolicy and
+    Limits (their counts; with ``new``'s knobs), IMAP's \\Recent tracker and IDLE poller (one
+    message is recent in one session only), postscreen's cache of clients that passed."""
+    for shared in ("recent", "idle_poller"):
+        if hasattr(old, shared) and hasattr(new, shared):
+            setattr(new, shared, getattr(old, shared))
+    door, fresh_door = getattr(old, "front_door", None), getattr(new, "front_door", None)
+    if door is not None and fresh_door is not None:
+        fresh_door._passed = door._passed
     policy, fresh = getattr(old, "policy", None), getattr(new, "policy", None)
     if policy is not None and fresh is not None and policy is not fresh:
         for knob in ("failure_delay", "max_failures", "block_time", "trusted", "passdb"):

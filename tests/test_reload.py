@@ -108,8 +108,10 @@ class OneProcessReloadTests(unittest.TestCase):
         """mynetworks changed: the smtp port serves new connections with a factory of the new
         configuration; the factory of the sessions open before is untouched; the queue
         manager is the same, with the new delivery; AuthPolicy and Limits are the same
-        objects (their counts), the new knobs in them."""
+        objects (their counts), the new knobs in them; IMAP's \\Recent tracker and postscreen's
+        cache of clients that passed are kept."""
         before = self.factory("smtp@127.0.0.1")
+        imap_before = self.factory("imap@127.0.0.1")
         queue = self.top.getServiceNamed("qmgr").queue
         self.rewrite("mail_owner =", "mail_owner =\nmynetworks = 10.0.0.0/8")
         self.rewrite("[auth]", "[auth]\nlogin_max_failures = 3")
@@ -126,6 +128,10 @@ class OneProcessReloadTests(unittest.TestCase):
         self.assertIs(after.policy, before.policy)
         self.assertEqual(before.policy.max_failures, 3)
         self.assertIs(after.limits, before.limits)
+        imap = self.factory("imap@127.0.0.1")
+        self.assertIsNot(imap, imap_before)
+        self.assertIs(imap.recent, imap_before.recent)  # (\\Recent in one session only)
+        self.assertIs(after.front_door._passed, before.front_door._passed)
         self.assertIn("reload -- configuration", self.maillog())
 
     def test_moved_port_bound_old_one_stopped(self) -> None:
