@@ -202,7 +202,7 @@ class Reloader:
         """One process, ``kill -HUP``: ``check(path)`` (tap.checked_config) reads the file
         again; applied, or refused with the running configuration kept."""
         maillog, path = self.parts.maillog, self.cfg.path
-        new = check_or_refuse(maillog, lambda: check(path))
+        new = check_or_refuse(maillog, path, lambda: check(path))
         if new is None:
             return
         merged, keys = keep_restart_keys(self.cfg, new)
@@ -214,6 +214,10 @@ class Reloader:
             return
         except (StartupError, OSError) as e:
             refused(maillog, [f"{path}: {e}"])
+            return
+        except Exception:  # a bug: the running parts stay (nothing was swapped)
+            log.failure("reload of {path} failed", path=path)
+            refused(maillog, [f"{path}: the reload failed (see the twistd log)"])
             return
         tls = self.parts.tls
         if tls is not None:  # the TLS reload of the same HUP reads them (tap._on_hup)
@@ -249,13 +253,17 @@ def _keep_state(old: Any, new: Any) -> None:
         new.limits = limits
 
 
-def check_or_refuse(maillog: Any, check: Callable[[], Any]) -> Any:
-    """``check()``'s result; None (refused, logged) on a ConfigError."""
+def check_or_refuse(maillog: Any, path: str, check: Callable[[], Any]) -> Any:
+    """``check()``'s result; None (refused, logged) on a ConfigError, or a StartupError or
+    OSError of a file it names (as at start: what mail_owner cannot read, say)."""
     try:
         return check()
     except ConfigError as e:
         refused(maillog, e.errors)
-        return None
+    except (StartupError, OSError) as e:
+        text = str(e) if isinstance(e, StartupError) else startup.describe_os_error(e)
+        refused(maillog, [text if text.startswith(path) else f"{path}: {text}"])
+    return None
 
 
 def bind_local(cfg: Config, reactor: Any, name: str, factory: Any) -> service.Service:

@@ -64,9 +64,17 @@ class MasterReload:
         return cfg, tls
 
     def __call__(self) -> None:
+        try:
+            self._reload()
+        except Exception:  # a bug: logged, and the HUP's other work (TLS) still done
+            log.failure("reload of {path} failed", path=self.master.cfg.path)
+            refused(self.master.maillog, [f"{self.master.cfg.path}: the reload failed"
+                                          " (see the twistd log)"])
+
+    def _reload(self) -> None:
         m = self.master
         path = m.cfg.path
-        got = check_or_refuse(m.maillog, self._checked)
+        got = check_or_refuse(m.maillog, path, self._checked)
         if got is None:
             return
         merged, keys = keep_restart_keys(m.cfg, got[0])

@@ -14,6 +14,7 @@ changed, with privilege separation (the harness's default) and in one process.
 from __future__ import annotations
 
 import imaplib
+import os
 import signal
 import smtplib
 import socket
@@ -92,6 +93,19 @@ class ReloadCase(unittest.TestCase):
         s = self.smtp()
         self.assertEqual(self.rcpt(s, "bob@elsewhere.test"), 554)
         self.assertEqual(self.rcpt(s, "boss@example.test"), 250)
+
+    def test_table_mail_owner_cannot_read_refused(self) -> None:
+        """privsep: an access table only root can read is refused as at start (the network
+        process, mail_owner, could not read it), naming it; the old policy still serves."""
+        if "mail_owner =" in self.mail_extra or os.geteuid() != 0:
+            raise unittest.SkipTest("privilege separation only")
+        access = self.site._write("access", "boss@example.test REJECT\n")
+        os.chmod(access, 0o600)
+        self.rewrite(f"smtpd_recipient_restrictions = check_recipient_access texthash:{access}")
+        text = self.hup("reload refused")
+        self.assertIn(f"error: {self.site.config}: [mail] smtpd_*_restrictions: {access}: ", text)
+        self.assertIn("read by mail_owner", text)
+        self.assertEqual(self.rcpt(self.smtp(), "boss@example.test"), 250)
 
     def test_changed_imap_port_rebound_restart_key_kept(self) -> None:
         """[listen] imap moves: the new port greets, the old one refuses connections; the
