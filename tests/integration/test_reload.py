@@ -8,7 +8,8 @@ changed, with privilege separation (the harness's default) and in one process.
   and the old configuration still serves;
 - a changed IMAP port: the new port listens, the old one is closed; an IMAP session opened
   before goes on; a key that needs a restart (queue_directory) is logged as such and kept;
-- a hibernated IMAP session sleeps through a reload and wakes on new mail.
+- a hibernated IMAP session sleeps through a reload and wakes on new mail;
+- relayhost: the next message and the retry of a deferred one go to the new relay host.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import signal
 import smtplib
 import socket
 import time
+from typing import Any
 
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
+from tests import fakemx
 from tests.integration.harness import Site, free_port
 from tests.integration.test_end_to_end import message
 from tests.integration import test_hibernate
@@ -177,3 +181,50 @@ class HibernatedAcrossReloadTests(unittest.TestCase):
         fresh.login("boss", "secret")
         self.assertEqual(fresh.select("INBOX"), ("OK", [b"4"]))
         fresh.logout()
+
+
+class RelayhostReloadTests(unittest.TestCase):
+    """relayhost changed by a reload: the next message, and the retry of one deferred before,
+    go to the new relay host (a fakemx sink on this test's reactor)."""
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def wait_for(self, predicate: Any, what: str) -> Any:
+        deadline = time.monotonic() + TIMEOUT
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.fail(f"timed out waiting for {what}")
+            yield task.deferLater(reactor, 0.1, lambda: None)
+
+    def send(self, site: Site, subject: str) -> defer.Deferred[Any]:
+        def blocking() -> Any:
+            with smtplib.SMTP("127.0.0.1", site.ports["smtp"], timeout=TIMEOUT) as s:
+                return s.sendmail("boss@example.test", ["far@remote.test"],
+                                  message(subject, "hello\n", to="far@remote.test"))
+        return threads.deferToThread(blocking)
+
+    @defer.inlineCallbacks
+    def test_relayhost_change_applies_to_new_and_queued_mail(self) -> None:
+        """A message deferred (nothing listens at the old relayhost), then relayhost moves to
+        a listening sink: it and a message sent after the reload both arrive there."""
+        dead, live = free_port(), free_port()
+        sinks, ports = fakemx.start_sinks({"127.0.0.1": fakemx.Behaviour()}, live)
+        for p in ports:
+            self.addCleanup(p.stopListening)
+        timing = "minimal_backoff_time = 1s\nmaximal_backoff_time = 2s\nmynetworks = 127.0.0.0/8\n"
+        site = Site(self, mail_extra=timing + f"relayhost = [127.0.0.1]:{dead}")
+        site.start()
+        yield self.send(site, "before")
+        yield self.wait_for(lambda: "status=deferred" in site.maillog_text(), "a deferral")
+        site.mail_extra = timing + f"relayhost = [127.0.0.1]:{live}"
+        site._write("mail.ini", site.ini())
+        assert site.process is not None
+        site.process.send_signal(signal.SIGHUP)
+        yield self.wait_for(lambda: "reload -- configuration" in site.maillog_text(), "reload")
+        yield self.send(site, "after")
+        received = sinks["127.0.0.1"].received
+        yield self.wait_for(lambda: len(received) >= 2, "both messages at the new relay host")
+        subjects = sorted(line for got in received for line in got.data.split(b"\n")
+                          if line.startswith(b"Subject:"))
+        self.assertEqual(subjects, [b"Subject: after", b"Subject: before"])
