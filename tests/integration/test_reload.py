@@ -111,6 +111,29 @@ class ReloadCase(unittest.TestCase):
         self.assertIn("read by mail_owner", text)
         self.assertEqual(self.rcpt(self.smtp(), "boss@example.test"), 250)
 
+    def test_new_login_gets_new_agent(self) -> None:
+        """privsep: an IMAP session open at the reload stays in its agent (the configuration
+        it started with); the next login of the same account gets a new agent."""
+        if "mail_owner =" in self.mail_extra or os.geteuid() != 0:
+            raise unittest.SkipTest("privilege separation only")
+        agents = test_hibernate.HibernateTests.agents_of
+        before = imaplib.IMAP4("127.0.0.1", self.site.ports["imap"], timeout=TIMEOUT)
+        self.addCleanup(before.shutdown)
+        before.login("boss", "secret")
+        before.select("INBOX")
+        old = set(agents(self, "boss"))  # type: ignore[arg-type]
+        self.assertEqual(len(old), 1)
+        self.rewrite("mynetworks = 127.0.0.0/8")
+        self.hup("reload -- configuration")
+        after = imaplib.IMAP4("127.0.0.1", self.site.ports["imap"], timeout=TIMEOUT)
+        self.addCleanup(after.shutdown)
+        after.login("boss", "secret")
+        self.assertEqual(after.select("INBOX")[0], "OK")
+        now = set(agents(self, "boss"))  # type: ignore[arg-type]
+        self.assertEqual(len(now), 2)
+        self.assertTrue(old < now)
+        self.assertEqual(before.noop()[0], "OK")
+
     def test_changed_imap_port_rebound_restart_key_kept(self) -> None:
         """[listen] imap moves: the new port greets, the old one refuses connections; the
         IMAP session logged in before goes on. queue_directory changed: logged as needing a
