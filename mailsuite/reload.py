@@ -91,6 +91,11 @@ def keep_restart_keys(old: Config, new: Config) -> tuple[Config, list[str]]:
     return merged, [f"[{s}] {k}" for s, keys in kept.items() for k in keys]
 
 
+def warning(text: str) -> None:
+    """A warning of the checks at reload (e.g. smtp_tls_policy_maps'), for twistd's log."""
+    log.warn("{text}", text=text)
+
+
 def note_restart(maillog: Any, path: str, keys: list[str]) -> None:
     for key in keys:
         text = f"{path}: {key}: changed; needs a restart"

@@ -66,6 +66,7 @@ from mailsuite.mta.transaction import Pipeline
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
 from mailsuite.reload import Reloader
+from mailsuite.reload import warning as reload_warning
 from mailsuite.privsep.reloading import MasterReload, owner_checks
 from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.clientname import reverse_lookup
@@ -209,7 +210,7 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     assemble(top, Parts(cfg, reactor, tls, maillog, accounts, checker, store, blocking,
                           realm, after=store_service.cleaned))
     _on_hup(maillog, tls, reactor, blocking,
-            lambda: top.reloader.reread(lambda path: checked_config(path, log.warn)[0]))
+            lambda: top.reloader.reread(lambda path: checked_config(path, reload_warning)[0]))
     return top
 
 
@@ -420,7 +421,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     master = MasterService(cfg, reactor, checker, accounts, maillog, listeners, tls_files, owner)
     master.setServiceParent(top)
     top.maillog = maillog
-    master.reload = MasterReload(master, bound, lambda path: checked_config(path, log.warn),
+    master.reload = MasterReload(master, bound, lambda path: checked_config(path, reload_warning),
                                  lambda cfg, tls: placeholders(cfg, tls, reactor))
 
     def on_hup(signum: int, frame: Any) -> None:
