@@ -161,6 +161,10 @@ class Reloader:
         new = listener_names(scratch)
         running = listener_names(self.top)
         kept = {name for name in running if name in new and not moved(name, self.cfg, cfg)}
+        donors = [_inner(svc.factory) for svc in running.values()]
+        for svc in new.values():  # every door's state is shared: moved doors get it too
+            for donor in donors:
+                _keep_state(donor, _inner(svc.factory))
         added: list[service.Service] = []
         try:
             for name in new:
@@ -183,7 +187,6 @@ class Reloader:
 
     def _swap_factory(self, svc: Any, factory: Any) -> None:
         old = svc.factory
-        _keep_state(_inner(old), _inner(factory))
         port = port_of(svc)
         factory.doStart()
         svc.factory = port.factory = factory
@@ -201,7 +204,6 @@ class Reloader:
     def _swap_pickup(self, scratch: service.MultiService) -> None:
         running = self.top.getServiceNamed("pickup").call[0].__self__
         running.submit = scratch.getServiceNamed("pickup").call[0].__self__.submit
-
 
     def reread(self, check: Callable[[str], Config]) -> None:
         """One process, ``kill -HUP``: ``check(path)`` (tap.checked_config) reads the file

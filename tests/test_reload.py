@@ -136,7 +136,9 @@ class OneProcessReloadTests(unittest.TestCase):
 
     def test_moved_port_bound_old_one_stopped(self) -> None:
         """[listen] imap moves: the new port is bound on the reactor and the old listener
-        leaves the tree (stopped); a restart-only key is reported and kept."""
+        leaves the tree (stopped); the new door shares the other doors' AuthPolicy, Limits and
+        \\Recent tracker; a restart-only key is reported and kept."""
+        recent = self.factory("imap@127.0.0.1").recent
         self.rewrite("imap = 2143", "imap = 2144")
         self.rewrite("maillog_file =", "maillog_file = /nonexistent/x\n#")
         self.reread()
@@ -145,6 +147,10 @@ class OneProcessReloadTests(unittest.TestCase):
         self.assertEqual(svc.endpoint._port, 2144)
         self.assertEqual(len([s for s in self.top if s.name == "imap@127.0.0.1"]), 1)
         self.assertIn("[mail] maillog_file: changed; needs a restart", self.maillog())
+        pop3 = self.factory("pop3@127.0.0.1")
+        self.assertIs(svc.factory.policy, pop3.policy)  # one AuthPolicy for every door
+        self.assertIs(svc.factory.limits, pop3.limits)
+        self.assertIs(svc.factory.recent, recent)
         self.assertEqual(self.top.reloader.cfg.listen.imap, 2144)
 
     def test_invalid_file_refused_nothing_swapped(self) -> None:
