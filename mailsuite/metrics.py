@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -208,11 +209,20 @@ class Health(resource.Resource):
         return f"ok uptime={int(self.metrics.now() - self.metrics.started)}\n".encode()
 
 
+#: the counters of each maillog (one set for the life of the process, across reloads)
+_OF: weakref.WeakKeyDictionary[Any, Metrics] = weakref.WeakKeyDictionary()
+
+
 def serve(maillog: Any, limits: Any = None, queue: Any = None,
           services: tuple[str, ...] = ()) -> server.Site:
-    """The site of ``[listen] metrics``, counting ``maillog``'s lines from now on."""
-    metrics = Metrics()
-    maillog.observers.append(metrics.observe)
+    """The site of ``[listen] metrics``, counting ``maillog``'s lines from the first call on;
+    a reload (mailsuite.reload builds the parts again) keeps the counters and reads the gauges
+    from the new parts."""
+    metrics = _OF.get(maillog)
+    if metrics is None:
+        metrics = _OF[maillog] = Metrics()
+        maillog.observers.append(metrics.observe)
+    metrics.sources.clear()
     # (the sessions of 993 and 995 are counted as imap's and pop3's, as the limits count them)
     metrics.watch(limits, queue, tuple(s for s in services if s not in ("imaps", "pop3s")))
     return site(metrics)

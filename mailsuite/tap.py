@@ -39,7 +39,6 @@ from mailsuite.auth.pam import NssAccounts, PamChecker
 from mailsuite.auth.policy import AuthPolicy
 from mailsuite.autoconfig import build_site
 from mailsuite.config import DEFAULT_CONFIG, SERVICES, Config, ConfigError, config_path, load_config
-from mailsuite.filter import check_at_start as filter_check_at_start
 from mailsuite.filter import stages as filter_stages
 from mailsuite.imap.idle import IdlePoller
 from mailsuite.imap.recent import RecentTracker
@@ -68,10 +67,12 @@ from mailsuite.mta.transaction import Pipeline
 from mailsuite.mta.virtual import VirtualAliases
 from mailsuite.pop3.server import POP3Factory
 from mailsuite.realm import MailRealm
+from mailsuite.reload import Reloader
+from mailsuite.reload import warning as reload_warning
+from mailsuite.privsep.reloading import MasterReload, owner_checks
 from mailsuite.smtp.lmtp import LMTPFactory
 from mailsuite.smtp.clientname import reverse_lookup
 from mailsuite.smtp.restrictions import Restrictions
-from mailsuite.smtp.restrictions import check_tables as check_restriction_tables
 from mailsuite.smtp.server import SMTPFactory
 from mailsuite.mta.quota import check_at_start as check_quota_rules
 from mailsuite.startup import StartupError, describe_os_error, step
@@ -98,14 +99,19 @@ class Options(usage.Options):
         """Read and check mail.ini, the relay password map and the TLS files; a problem ends
         twistd here with one line per error (no usage text) and exit status 78."""
         try:
-            cfg = load_config(config_path(self["config"]))
-            load_password_map(cfg)  # refused here, before binding, if unreadable
-            tlspolicy.from_config(cfg, None, print)  # smtp_tls_policy_maps, smtp_tls_CAfile
-            check_account_files(cfg)
-            self["tls"] = tls_of(cfg)
+            cfg, self["tls"] = checked_config(config_path(self["config"]))
         except ConfigError as e:
             startup.fatal(e.errors, startup.EX_CONFIG)
         self["cfg"] = cfg
+
+
+def checked_config(path: str, warn: Callable[[str], None] = print) -> tuple[Config, Any]:
+    """mail.ini read and checked as at start (also at reload), and its TLS."""
+    cfg = load_config(path)
+    load_password_map(cfg)  # refused here, before binding, if unreadable
+    tlspolicy.from_config(cfg, None, warn)  # smtp_tls_policy_maps, smtp_tls_CAfile
+    check_account_files(cfg)
+    return cfg, tls_of(cfg)
 
 
 def tls_of(cfg: Config) -> ServerTLS | None:
@@ -156,7 +162,8 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     assemble(top, Parts(cfg, reactor, tls, maillog, accounts, checker, store, blocking,
                           realm, after=store_service.cleaned))
     add_acme(top, cfg, reactor, blocking, lambda: tls.reload(blocking), maillog)  # [tls] acme
-    _on_hup(maillog, tls, reactor, blocking)
+    _on_hup(maillog, tls, reactor, blocking,
+            lambda: top.reloader.reread(lambda path: checked_config(path, reload_warning)[0]))
     return top
 
 
@@ -225,6 +232,7 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
                           p.listeners, p.open_dropped)
     top.maillog = maillog
     top.tls = tls  # type: ignore[attr-defined]
+    top.reloader = Reloader(top, p, assemble)  # kill -HUP: mail.ini read again
     return delivery
 
 
@@ -331,23 +339,12 @@ def check_account_files(cfg: Config) -> None:
         raise ConfigError(errors)
 
 
-def _check_files(cfg: Config, owner: tuple[int, int]) -> None:
-    """What the other processes will read, checked by the master before it starts them (a
-    child could only fail later, or hang): it parses, and mail_owner or the users may read it."""
-    filter_check_at_start(cfg, owner)  # the stages' files, before the network process
-    check_quota_rules(cfg.mailbox, agents=True)  # quota_rule_file: parses, users read it
-    startup.check_default_privs(cfg)
-    check_restriction_tables(cfg.mail, owner)  # the network process reads them, could not say
-    tlspolicy.check_readable(cfg, owner)  # the network process reads them too
-    VirtualAliases.check_at_start(cfg.mail, owner)  # virtual_alias_maps: and these
-
-
 def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailService:
     """The root master of a privilege-separated server (``[mail] mail_owner`` set): the
     listeners bound here and handed over, the password checks, the agents (privsep.master)."""
     from mailsuite.privsep.master import MasterService
     owner = startup.mail_owner(cfg)
-    _check_files(cfg, owner)
+    owner_checks(cfg, owner)
     blocking = InPool(reactor)
     maillog = MailLog.from_config(cfg.mail, reactor)
     with step("[mail] maillog_file"):
@@ -358,14 +355,7 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
         ensure_maildrop(queue_directory)
         ensure_public(queue_directory)
         startup.give_queue(queue_directory, owner)
-    bound = MailService()
-
-    def placeholder(name: str) -> Any:
-        factory = protocol.Factory()
-        factory.noisy = False
-        return factory
-
-    _add_listeners(bound, cfg, placeholder, tls, reactor)
+    bound = placeholders(cfg, tls, reactor)
     control = strports.service(_unix_endpoint(control_path(queue_directory), "control"),
                                protocol.Factory(), reactor)
     control.setName("control")
@@ -391,6 +381,8 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     master.setServiceParent(top)
     add_acme(top, cfg, reactor, blocking, master.hup, maillog, owner)  # [tls] acme: here
     top.maillog = maillog
+    master.reload = MasterReload(master, bound, lambda path: checked_config(path, reload_warning),
+                                 lambda cfg, tls: placeholders(cfg, tls, reactor))
 
     def on_hup(signum: int, frame: Any) -> None:
         reactor.callFromThread(master.hup)
@@ -398,6 +390,16 @@ def build_master(cfg: Config, reactor: Any, tls: ServerTLS | None) -> MailServic
     with contextlib.suppress(ValueError):  # not the main thread (tests)
         signal.signal(signal.SIGHUP, on_hup)
     return top
+
+
+def placeholders(cfg: Config, tls: Any, reactor: Any) -> MailService:
+    """The master's listeners of ``cfg``, not bound yet, with factories that serve nothing
+    (the network process adopts the sockets)."""
+    bound = MailService()
+    idle = protocol.Factory()
+    idle.noisy = False
+    _add_listeners(bound, cfg, lambda name: idle, tls, reactor)
+    return bound
 
 
 class MailService(service.MultiService):
@@ -408,6 +410,7 @@ class MailService(service.MultiService):
     listening = False
     maillog: MailLog  # set by build
     instance_lock: startup.InstanceLock  # set by makeService, held while the daemon runs
+    reloader: Reloader  # set by assemble
 
     def privilegedStartService(self) -> None:
         """Bind every listener; a failure is a StartupError naming address, port and service."""
@@ -502,12 +505,15 @@ def _delete(queue_directory: str, delivery: Any, queue_id: str, blocking: Blocki
     return "not found"
 
 
-def _on_hup(maillog: Any, tls: ServerTLS | None, reactor: Any, blocking: Blocking) -> None:
-    """``kill -HUP`` reopens maillog_file (after logrotate moved it) and reloads the TLS
-    certificate and key (after a renewal); open connections are not touched."""
+def _on_hup(maillog: Any, tls: ServerTLS | None, reactor: Any, blocking: Blocking,
+            reread: Callable[[], None]) -> None:
+    """``kill -HUP`` reopens maillog_file (after logrotate moved it), reads mail.ini again
+    (mailsuite.reload) and reloads the TLS certificate and key (after a renewal); open
+    connections are not touched."""
 
     def on_hup(signum: int, frame: Any) -> None:
         reactor.callFromThread(maillog.reopen)
+        reactor.callFromThread(reread)
         if tls is not None:
             reactor.callFromThread(tls.reload, blocking)
 

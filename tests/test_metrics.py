@@ -177,3 +177,21 @@ class ListenAddressTests(unittest.TestCase):
         for bad in ("localhost:9154", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", ":9154",
                     "::1:9154"):
             self.assertRaises(ValueError, parse_listen_address, bad)
+
+
+class ReloadTests(unittest.TestCase):
+    def test_a_reload_keeps_the_counters(self) -> None:
+        """The parts built again by a reload (mailsuite.reload) serve the same counters, the
+        maillog's lines counted once, and the gauges of the new parts."""
+        log = MailLog(None, "mail.example.test", now=lambda: 0.0)
+        first = metrics.serve(log)
+        log.write("smtpd", "connect from unknown[198.51.100.7]")
+        limits: Any = type("L", (), {"sessions": Counter()})()
+        limits.sessions.add("smtp")
+        second = metrics.serve(log, limits, None, ("smtp",))
+        log.write("smtpd", "connect from unknown[198.51.100.8]")
+        self.assertEqual(len(log.observers), 1)
+        for site in (first, second):
+            text = SiteTests.render(self, site, b"/metrics")[1]  # type: ignore[arg-type]
+            self.assertIn(b'mailsuite_smtpd_connects_total{service="smtp"} 2.0', text)
+            self.assertIn(b'mailsuite_sessions{service="smtp"} 1.0', text)

@@ -78,6 +78,7 @@ class MasterService(service.Service):
         self._accounts: dict[tuple[bool, str], tuple[Any, float]] = {}  # account_of's
         self._sweeper: Any = None
         self.stopping = False
+        self.reload: Callable[[], None] | None = None  # set by tap.build_master
 
     # -- processes --
     def startService(self) -> None:
@@ -209,14 +210,16 @@ class MasterService(service.Service):
         self._unsent = keep
 
     def hup(self) -> None:
-        """``kill -HUP``: the maillog reopened (logrotate), for every process; the TLS files
-        read again (a renewal) and given to the network process."""
+        """``kill -HUP``: the maillog reopened (logrotate), for every process; mail.ini read
+        again; the TLS files read again (a renewal) and given to the network process."""
         self.maillog.reopen()
         channels = [ch for ch in (self.net, *self.agents.values(), *self.aside)
                     if ch is not None]
         for channel in channels:
             d = channel.callRemote(wire.NewLog, fd=self.maillog.fileno())
             d.addErrback(lambda f: log.failure("maillog not handed over", f))
+        if self.reload is not None:
+            self.reload()  # mail.ini read again (privsep.reloading)
         if self.tls_files is None or self.net is None:
             return
         try:

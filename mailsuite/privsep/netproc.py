@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pickle
 from typing import Any
 
 from twisted.internet import defer
@@ -19,12 +20,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailsuite import tap
-from mailsuite.config import Config
+from mailsuite.config import Config, ConfigError
 from mailsuite.fsutil import write_all
 from mailsuite.maillog import MailLog
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.privsep import wire
 from mailsuite.privsep.dorm import Dorm
+from mailsuite.privsep.ports import AdoptedPort
 from mailsuite.privsep.login import NetRealm, RemoteChecker
 from mailsuite.privsep.common import (
     Channel,
@@ -38,6 +40,7 @@ from mailsuite.privsep.common import (
     stop,
 )
 from mailsuite.realm import MailRealm
+from mailsuite.startup import StartupError
 from mailsuite.store.interfaces import StoreError, StoreRefused
 from mailsuite.store.locking import LockTimeout
 from mailsuite.store.quota import Limits, QuotaExceeded, Usage
@@ -124,6 +127,14 @@ class RemoteStore:
             made.addCallbacks(adopt, failed)
             known = shared = self._channels[name] = Shared(made)
         return known.get()
+
+    def renew(self) -> None:
+        """After a reload: the next deliveries open new channels (to the agents of the new
+        configuration); those open now are closed once idle (deliveries on them finish)."""
+        old, self._channels = self._channels, {}
+        for known in old.values():
+            if known.result is not None:
+                self.reactor.callLater(CHANNEL_IDLE, known.result.transport.loseConnection)
 
     def _close_idle(self) -> None:
         self._sweep = None
@@ -300,9 +311,15 @@ def build_network(cfg: Config, reactor: Any, maillog: MailLog, master: Any,
     delivery = tap.assemble(top, tap.Parts(cfg, reactor, tls, maillog, accounts, checker, store,
                                            blocking, realm, listeners=listeners,
                                            open_dropped=open_dropped))
-    delivery.special = RemoteSpecial(store)
-    delivery.expander.forward_reader = forward_reader(store)
-    delivery.expander.include_reader = include_reader(store, cfg.mail.alias_maps)
+
+    def fixup(delivery: LocalDelivery, cfg: Config) -> None:
+        delivery.special = RemoteSpecial(store)
+        delivery.expander.forward_reader = forward_reader(store)
+        delivery.expander.include_reader = include_reader(store, cfg.mail.alias_maps)
+
+    fixup(delivery, cfg)
+    top.reloader.fixup = fixup  # the same after a reload
+    top.remote_store = store  # type: ignore[attr-defined]
     return top
 
 
@@ -312,6 +329,10 @@ class MasterLink(Channel):
     top: Any = None  # the network process's services
     reactor: Any = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fresh: dict[str, int] = {}  # listeners of a reload (Listen), by name
+
     @wire.NewLog.responder
     def new_log(self, fd: int) -> dict[str, Any]:
         self.top.maillog.adopt(fd)
@@ -320,6 +341,35 @@ class MasterLink(Channel):
     @wire.Hibernate.responder
     def hibernate(self, session: bytes, state: int, watch: int, received: int) -> Any:
         return self.top.dorm.hibernate(session, state, watch, received)
+
+    @wire.Listen.responder
+    def listen(self, name: str, fd: int) -> dict[str, Any]:
+        self.fresh[name] = fd
+        return {}
+
+    @wire.Reload.responder
+    def reload(self, cfg: int) -> dict[str, Any]:
+        """The master's new configuration for new sessions (mailsuite.reload); the listeners
+        it bound (Listen) adopted; any error is Refused, and nothing was swapped."""
+        try:
+            new = pickle.loads(os.pread(cfg, os.fstat(cfg).st_size, 0))
+            self.top.reloader.apply(new, self._adopt)
+        except ConfigError as e:
+            raise wire.Refused("; ".join(e.errors)) from None
+        except (StartupError, OSError, KeyError, ValueError) as e:
+            raise wire.Refused(str(e)) from None
+        finally:
+            os.close(cfg)
+            for fd in self.fresh.values():
+                os.close(fd)
+            self.fresh.clear()
+        self.top.remote_store.renew()
+        return {}
+
+    def _adopt(self, name: str, factory: Any) -> AdoptedPort:
+        svc = AdoptedPort(self.fresh.pop(name), factory, self.reactor)
+        svc.setName(name)
+        return svc
 
     @wire.NewTLS.responder
     def new_tls(self, cert: int, key: int) -> Any:

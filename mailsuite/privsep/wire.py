@@ -164,6 +164,24 @@ class NewTLS(amp.Command):
     errors = ERRORS
 
 
+class Listen(amp.Command):
+    """master -> net, before Reload: a listening socket the reload bound (``name`` as tap's
+    listeners: ``imap@127.0.0.1``)."""
+
+    arguments = [(b"name", amp.Unicode()), (b"fd", amp.Descriptor())]
+    response = []  # type: ignore[var-annotated]
+    errors = ERRORS
+
+
+class Reload(amp.Command):
+    """master -> net: ``kill -HUP`` read mail.ini again: new sessions get this configuration
+    (a memfd of the pickled Config: the master's, checked; mailsuite.reload)."""
+
+    arguments = [(b"cfg", amp.Descriptor())]
+    response = []  # type: ignore[var-annotated]
+    errors = ERRORS
+
+
 class OpenPrivs(amp.Command):
     """net -> master: a channel to an agent with ``uid``'s rights for the commands and files
     of the alias files: ``uid`` must be default_privs' or the owner of one of alias_maps."""
