@@ -130,17 +130,6 @@ class MatchTests(unittest.TestCase):
         self.assertEqual(mtasts.filter_hosts(none, hosts), (hosts, []))
         self.assertEqual(mtasts.filter_hosts(None, ["a", "b"]), (["a", "b"], []))
 
-    def test_values(self) -> None:
-        """mta_sts_mode, mta_sts_mx and mta_sts_max_age convert and refuse clearly."""
-        self.assertEqual(mtasts.parse_mode(" Enforce "), "enforce")
-        self.assertRaises(ValueError, mtasts.parse_mode, "strict")
-        self.assertEqual(mtasts.parse_mx_patterns("mx.a.test, *.b.test"),
-                         ("mx.a.test", "*.b.test"))
-        self.assertRaisesRegex(ValueError, "a.\\*.test", mtasts.parse_mx_patterns, "a.*.test")
-        self.assertEqual(mtasts.parse_max_age("7d"), 604800)
-        self.assertEqual(mtasts.parse_max_age("86400"), 86400)
-        self.assertRaisesRegex(ValueError, "limit", mtasts.parse_max_age, "400d")
-
 
 class FakeFetcher:
     """fetch(domain): the next of ``answers`` (bytes: a policy; an Exception: a failure)."""

@@ -235,7 +235,16 @@ class LogrotateTests(unittest.TestCase):
         st = os.stat(site.maillog)
         self.assertEqual((st.st_mode & 0o777, st.st_gid), (0o640, grp.getgrnam("adm").gr_gid))
         deadline = time.monotonic() + TIMEOUT
-        while "connect from" not in site.maillog_text():  # the HUP is taken asynchronously
+        # the HUP is taken asynchronously: the master writes "reload -- configuration" (in the
+        # new file) once the network process has answered the reload, which it takes after
+        # the new maillog (the same channel, in order); lines of the moments before that may
+        # still go to the old file
+        while "reload -- configuration" not in site.maillog_text():
+            self.assertLess(time.monotonic(), deadline, site.log())
+            time.sleep(0.05)
+        with open(site.maillog + ".1") as f:
+            old = f.read()
+        while "connect from" not in site.maillog_text():
             self.assertLess(time.monotonic(), deadline, site.log())
             with smtplib.SMTP("127.0.0.1", site.ports["smtp"], timeout=TIMEOUT) as client:
                 client.noop()
