@@ -31,7 +31,13 @@ DELAY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 30
 
 _REJECT = re.compile(r"^(?:\w+|NOQUEUE): reject: (\S+) from \S+: (\d{3})(?: (\d\.\d+\.\d+))?"
                      r" ?(.*)$")
-_STATUS = re.compile(r", delay=([\d.]+)(?:,|$).*?, status=(\w+)")
+#: a delivery line of ours: QUEUEID: to=<...>, ..., delay=N[, delays=...], dsn=X, status=WORD
+#: (the address before it may hold anything a sender wrote: the first match after the last
+#: ``to=<...>`` is ours)
+_STATUS = re.compile(r", delay=([\d.]+)(?:, delays=[\d./]+)?, dsn=\d\.\d{1,3}\.\d{1,3},"
+                     r" status=(sent|deferred|bounced|expired)\b")
+#: the programs whose lines are deliveries (Postfix's transports)
+_TRANSPORTS = frozenset({"local", "smtp", "lmtp", "virtual", "pipe", "error", "discard"})
 _MILTER = re.compile(r"^\w+: milter-(reject|discard|hold): ")
 _CLEANUP = re.compile(r"^\w+: (reject|hold|discard|warning|redirect|filter): ")
 #: what a reject line's text says, first match wins: its ``reason`` label
@@ -103,10 +109,10 @@ class Metrics:
                 self.verdicts.labels(kind, m.group(1)).inc()
         elif program == "dkim" and "DKIM-Signature field added" in text:
             self.verdicts.labels("dkim", "signed").inc()
-        if ", status=" in text:
-            m = _STATUS.search(text)
-            if m is not None:
-                transport = program.rsplit("/", 1)[-1]
+        transport = program.rsplit("/", 1)[-1]
+        if transport in _TRANSPORTS and ", status=" in text:
+            m = _STATUS.search(text, text.rfind(">, ") + 1)
+            if m is not None:  # (labels from fixed sets only: no series a client can make)
                 self.deliveries.labels(transport, m.group(2)).inc()
                 self.delay.labels(transport).observe(float(m.group(1)))
 

@@ -22,7 +22,16 @@ from mailsuite.filter.dmarc import DMARCResult
 from mailsuite.filter.spfcheck import SPFResult
 from mailsuite.mta import forward
 from mailsuite.mta.accept import LocalRecipient
-from mailsuite.mta.transaction import LMTP, SMTP, Client, Envelope, Message, Recipient, Verdict
+from mailsuite.mta.transaction import (
+    LMTP,
+    PICKUP,
+    SMTP,
+    Client,
+    Envelope,
+    Message,
+    Recipient,
+    Verdict,
+)
 from mailsuite.configvalues import parse_networks
 from mailsuite.threads import inline
 from tests.authfakes import SERVFAIL, FailingResolver, Key, add, lookups, txt
@@ -148,6 +157,24 @@ class AuthResultsTests(unittest.TestCase):
                          b"Authentication-Results: other.example; spf=fail smtp.mailfrom=a@b\n"
                          b"Subject: s\n\nAuthentication-Results: mx.example.net; spf=pass\n")
         self.assertEqual(authresults.remove_ours(data, "elsewhere.example"), (data, 0))
+
+    def test_comments_cannot_swallow_the_field(self) -> None:
+        """A reason with the sender's parentheses is quoted in our comment: the results after
+        it stay results to a parser (authres), not a comment."""
+        value = authresults.header_value(
+            "mx.example.net", None, None,
+            [DKIMResult("fail", "a.example", "s", "12345678", 'bad tag r"( x')],
+            DMARCResult("fail", "a.example", "reject"), None)
+        header = CONTEXT.parse_value(value)
+        self.assertEqual([(r.method, r.result) for r in header.results],
+                         [("dkim", "fail"), ("dmarc", "fail")])
+        self.assertIn('(bad tag r"\\( x)', value)
+
+    def test_trailing_dot_is_ours_too(self) -> None:
+        """``mx.example.net.`` claims our id as well as ``mx.example.net``."""
+        data = b"Authentication-Results: mx.example.net.; dmarc=pass\nSubject: s\n\nb\n"
+        self.assertEqual(authresults.remove_ours(data, "mx.example.net"),
+                         (b"Subject: s\n\nb\n", 1))
 
     def test_unparsable_field_read_by_first_word(self) -> None:
         """A field authres cannot parse still names its authserv-id by its first word."""
@@ -283,6 +310,9 @@ class StageTests(unittest.TestCase):
         self.assertEqual(self.run_stage(stage, forged, client=user)[1].data, MESSAGE)
         lmtp = Client(LMTP, "198.51.100.7")
         self.assertEqual(self.run_stage(stage, forged, client=lmtp)[1].data, forged)
+        # nor from a local user's sendmail (the pickup)
+        pickup = Client(PICKUP, "127.0.0.1", uid=1000)
+        self.assertEqual(self.run_stage(stage, forged, client=pickup)[1].data, MESSAGE)
 
     def test_kept_answers_check_spf_on_the_reactor(self) -> None:
         """With the DNS cache, a sender seen within its records' TTL is checked at once (no
@@ -307,10 +337,12 @@ class StageTests(unittest.TestCase):
         self.assertEqual([f.__name__ for f in calls], ["_spf"])
 
     def test_broken_check_lets_mail_through(self) -> None:
-        """A check that raises (a bug) accepts the message unchecked, logged."""
+        """A check that raises (a bug) accepts the message unchecked, logged; a field claiming
+        our id goes all the same (RFC 8601 5)."""
         stage = self.stage(self.zone())
         stage._spf = lambda *args: 1 / 0  # type: ignore[method-assign]
-        verdict, message = self.run_stage(stage)
+        forged = b"Authentication-Results: mx.example.net; dmarc=pass\n"
+        verdict, message = self.run_stage(stage, forged + MESSAGE)
         self.assertIsNone(verdict)
         self.assertEqual(message.data, MESSAGE)
         self.assertIn("message accepted unchecked", self.maillog.lines[-1])

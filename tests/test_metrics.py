@@ -195,3 +195,26 @@ class ReloadTests(unittest.TestCase):
             text = SiteTests.render(self, site, b"/metrics")[1]  # type: ignore[arg-type]
             self.assertIn(b'mailsuite_smtpd_connects_total{service="smtp"} 2.0', text)
             self.assertIn(b'mailsuite_sessions{service="smtp"} 1.0', text)
+
+
+class HostileTextTests(unittest.TestCase):
+    def test_no_series_from_what_clients_write(self) -> None:
+        """A user name or an address shaped like our fields (``x, delay=1,, status=w0``) makes
+        no series: only delivery programs' lines count, with statuses of a fixed set, from the
+        fields after the address."""
+        m = metrics.Metrics(now=lambda: 0.0)
+        log = MailLog(None, "mail.example.test", now=lambda: 0.0)
+        log.observers.append(m.observe)
+        for i in range(3):
+            log.write("imap-login", f"Aborted login (auth failed, 1 attempts): user=<x, delay=1,"
+                                    f", status=w{i}>, method=PLAIN, rip=1.2.3.4, lip=1.2.3.4")
+        log.write("local", 'ABCDEF0123: to=<"a, delay=9, dsn=5.0.0, status=bounced"@example.test>'
+                           ", relay=local, delay=0.1, delays=0/0/0/0.1, dsn=2.0.0, status=sent"
+                           " (delivered to mailbox)")
+        text = generate_latest(m.registry).decode()
+        self.assertNotIn("status=\"w", text)
+        self.assertNotIn("imap-login", text)
+        self.assertEqual(value(m, "mailsuite_deliveries_total", transport="local",
+                               status="sent"), 1)
+        self.assertEqual(value(m, "mailsuite_deliveries_total", transport="local",
+                               status="bounced"), 0)

@@ -27,8 +27,8 @@ class _Connection(HTTPSConnection):
     lookup: Lookup
 
     def _new_conn(self) -> Any:
-        """Connect to the first address of ``lookup`` that answers (an IP address
-        literal goes to urllib3 as is: no look-up)."""
+        """Connect to the first address of ``lookup`` that answers (``lookup`` is given an
+        IP address literal too, and answers it as it is)."""
         try:
             addresses = self.lookup(self._dns_host)
         except Exception as e:

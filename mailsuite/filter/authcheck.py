@@ -46,7 +46,7 @@ from mailsuite.filter import arcseal, authresults, dkimcheck, spfcheck
 from mailsuite.filter.dmarc import DMARCCheck, DMARCResult, from_domains, strictest
 from mailsuite.mta.dns import MXResolver
 from mailsuite.mta.dnsquery import DNSQuery, FromThread
-from mailsuite.mta.transaction import SMTP, Client, Message, Verdict
+from mailsuite.mta.transaction import LMTP, SMTP, Client, Message, Verdict
 from mailsuite.net import in_networks
 from mailsuite.startup import StartupError, describe_os_error
 
@@ -109,9 +109,10 @@ class AuthCheckStage:
 
     def __call__(self, message: Message) -> defer.Deferred[Any] | None:
         if not self.checked(message.envelope.client):
-            if message.envelope.client.door == SMTP and _HAS_AR.search(
+            if message.envelope.client.door != LMTP and _HAS_AR.search(
                     message.data, 0, _header_end(message.data)):
-                # not checked, but no sender's "pass" may claim to be ours (RFC 8601 5)
+                # not checked, but no sender's "pass" may claim to be ours (RFC 8601 5): not
+                # over SMTP, nor from a local user's sendmail (LMTP: our own MTA's header)
                 message.data, _ = authresults.remove_ours(message.data, self.authserv_id)
             return None
         d = self._check(message)
@@ -221,6 +222,8 @@ class AuthCheckStage:
             return failure  # type: ignore[no-any-return]
         log.failure("inbound authentication checks of {queue_id}", failure,
                     queue_id=message.envelope.queue_id)
+        # unchecked, yet a forged field claiming to be ours must not pass (RFC 8601 5)
+        message.data, _ = authresults.remove_ours(message.data, self.authserv_id)
         self.maillog.write("authcheck", f"{message.envelope.queue_id}: warning: checks failed:"
                            f" {failure.getErrorMessage()}; message accepted unchecked")
         return None

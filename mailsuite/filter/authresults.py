@@ -44,7 +44,7 @@ def header_value(authserv_id: str, spf_mailfrom: SPFResult | None, spf_helo: SPF
         results.append(authres.DKIMAuthenticationResult(result="none"))
     for d in dkim:
         r = authres.dkim_b.DKIMAuthenticationResult(
-            result=d.result, result_comment=d.reason or None, header_d=d.domain or None,
+            result=d.result, result_comment=_comment(d.reason), header_d=d.domain or None,
             header_b=d.b or None)
         if d.selector:  # the header.b class of authres takes no header.s: set after
             r.header_s = d.selector
@@ -54,13 +54,22 @@ def header_value(authserv_id: str, spf_mailfrom: SPFResult | None, spf_helo: SPF
         if dmarc.reason:
             comment = f"{comment}; {dmarc.reason}" if comment else dmarc.reason
         results.append(authres.dmarc.DMARCAuthenticationResult(
-            result=dmarc.result, result_comment=comment, header_from=dmarc.domain,
+            result=dmarc.result, result_comment=_comment(comment), header_from=dmarc.domain,
             policy=dmarc.policy or None))
     if arc is not None:
         results.append(authres.arc.ARCAuthenticationResult(
-            result=arc.result, result_comment=arc.reason or None))
+            result=arc.result, result_comment=_comment(arc.reason)))
     value = _CONTEXT.header(authserv_id=authserv_id, results=results).header_value()
     return _CONTROL.sub(" ", value)  # a line end in a sender's value must not end our field
+
+
+def _comment(text: str | None) -> str | None:
+    """A reason as an RFC 5322 comment's text: its parentheses and backslashes quoted (a
+    reason may carry a signature's tag values, the sender's: an unbalanced "(" would make
+    the rest of our field a comment to the parsers after us)."""
+    if not text:
+        return None
+    return re.sub(r"([()\\])", r"\\\1", text)
 
 
 def authserv_id_of(value: str) -> str:
@@ -82,7 +91,7 @@ def remove_ours(data: bytes, authserv_id: str) -> tuple[bytes, int]:
     kept: list[bytes] = []
     removed = 0
     i = 0
-    ours = authserv_id.lower()
+    ours = authserv_id.lower().rstrip(".")
     while i < len(lines):
         j = i + 1
         while j < len(lines) and lines[j][:1] in (b" ", b"\t"):
@@ -90,7 +99,7 @@ def remove_ours(data: bytes, authserv_id: str) -> tuple[bytes, int]:
         block = lines[i:j]
         if _FIELD.match(lines[i]):
             value = b"\n".join(block).split(b":", 1)[1].decode("utf-8", "replace")
-            if authserv_id_of(value) == ours:
+            if authserv_id_of(value).rstrip(".") == ours:
                 removed += 1
                 i = j
                 continue

@@ -28,6 +28,7 @@ class AdoptedPort(service.Service):
         if kind != socket.AF_UNIX:
             self.port = self.reactor.adoptStreamPort(self.fd, kind, self.factory)
             os.close(self.fd)  # the port holds its own copy
+            self.fd = -1
             return
         from twisted.internet import unix
         port = unix.Port._fromListeningDescriptor(self.reactor, self.fd, self.factory)
@@ -37,6 +38,7 @@ class AdoptedPort(service.Service):
         port._bindPath = b"\0" + os.fsencode(port._bindPath)
         port.startListening()
         os.close(self.fd)  # the port holds its own copy
+        self.fd = -1
         self.port = port
 
     def stopService(self) -> Any:
@@ -44,6 +46,9 @@ class AdoptedPort(service.Service):
         if self.port is not None:
             port, self.port = self.port, None
             return port.stopListening()
+        if self.fd >= 0:  # never started (a reload that failed part-way): our socket goes
+            os.close(self.fd)
+            self.fd = -1
         return None
 
 
