@@ -23,7 +23,7 @@ from mailsuite.filter import mimetext
 from mailsuite.filter.audit import AuditStage, direction, scan
 from mailsuite.filter.auditrules import parse_rule, parse_rules
 from mailsuite.filter.needles import Needles
-from mailsuite.filter.tablefile import TableError, TableFile
+from mailsuite.tablefile import TableError, TableFile
 from mailsuite.mta.transaction import (
     DELIVERED,
     PICKUP,

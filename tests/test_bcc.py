@@ -10,7 +10,7 @@ from twisted.trial import unittest
 
 from mailsuite import config, filter, threads
 from mailsuite.filter.bcc import BccStage, lookup_keys, parse_map
-from mailsuite.filter.tablefile import TableError, TableFile
+from mailsuite.tablefile import TableError, TableFile
 from mailsuite.mta.transaction import DELIVERED, QUEUED, Recipient
 from mailsuite.startup import StartupError
 from tests.configs import real_config
@@ -148,6 +148,27 @@ class TableFileTests(unittest.TestCase):
         with self.assertRaises(OSError) as caught:
             TableFile(path, parse_map).load()
         self.assertIn("not a regular file", str(caught.exception))
+
+    def test_looked_at_once_per_interval(self) -> None:
+        """With a clock and an interval a changed file is read at the first look after the
+        interval, not before; load_or gives the default for a file not usable yet and reads
+        it once it changes."""
+        path = self.mktemp()
+        clock, warned = [10.0], []
+        lines = TableFile(path, lambda text, p: text.split(), warned.append,
+                          clock=lambda: clock[0], interval=1.0)
+        self.assertEqual(lines.load_or(["none"]), ["none"])
+        self.assertEqual(len(warned), 1)
+        with open(path, "w") as f:
+            f.write("a b\n")
+        clock[0] += 1.0
+        self.assertEqual(lines.current(), ["a", "b"])
+        with open(path, "w") as f:
+            f.write("c\n")
+        clock[0] += 0.5
+        self.assertEqual(lines.current(), ["a", "b"])  # not a second yet
+        clock[0] += 0.5
+        self.assertEqual(lines.current(), ["c"])
 
 
 class ConfigTests(unittest.TestCase):

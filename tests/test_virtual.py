@@ -12,7 +12,7 @@ from twisted.trial import unittest
 
 from mailsuite import threads
 from mailsuite.config import parse_config
-from mailsuite.filter.tablefile import TableError
+from mailsuite.tablefile import TableError
 from mailsuite.maillog import MailLog
 from mailsuite.mta import virtual
 from mailsuite.mta.accept import LookupFailed, RelayDenied, UnknownRecipient

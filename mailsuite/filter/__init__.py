@@ -18,7 +18,7 @@ from mailsuite.filter.audit import AuditStage
 from mailsuite.filter.authcheck import AuthCheckStage
 from mailsuite.filter.bcc import BccStage
 from mailsuite.filter.dkim import DkimStage
-from mailsuite.filter.tablefile import TableError
+from mailsuite.tablefile import TableError
 from mailsuite.mta.transaction import Stage
 from mailsuite.startup import StartupError, describe_os_error, unreadable_by
 

@@ -26,7 +26,7 @@ from twisted.internet import defer
 from mailsuite.filter import mimetext
 from mailsuite.filter.auditrules import STRENGTH, Hit, Rule, match, parse_rules
 from mailsuite.filter.bcc import add_copy
-from mailsuite.filter.tablefile import TableFile
+from mailsuite.tablefile import TableFile
 from mailsuite.mta.transaction import LMTP, PICKUP, Decision, Envelope, Hold, Message, Verdict
 from mailsuite.net import Network, in_networks
 

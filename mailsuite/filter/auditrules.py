@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from mailsuite.filter.mimetext import Piece
 from mailsuite.filter.needles import Needles
-from mailsuite.filter.tablefile import TableError
+from mailsuite.tablefile import TableError
 
 ACTIONS = ("WARN", "HOLD", "REJECT", "BCC")
 SCOPES = ("inbound", "outbound", "both")

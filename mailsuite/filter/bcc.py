@@ -25,7 +25,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from mailsuite.filter.tablefile import TableError, TableFile
+from mailsuite.tablefile import TableError, TableFile
 from mailsuite.mta import address as addr
 from mailsuite.mta.transaction import Decision, Message, Recipient
 

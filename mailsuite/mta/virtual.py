@@ -2,7 +2,7 @@
 ``virtual_alias_domains``, several domains on one host.
 
 A table is the text of a Postfix ``hash:`` source file (no postmap: the file itself is read,
-and re-read when it changes, mailsuite.filter.tablefile); ``#`` starts a comment line only, as
+and re-read when it changes, mailsuite.tablefile); ``#`` starts a comment line only, as
 in Postfix (a ``#`` after a key is a result)::
 
     # example.net is a virtual alias domain (the value of its line does not matter)
@@ -45,7 +45,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from mailsuite.filter.bcc import logical_lines, lookup_keys
-from mailsuite.filter.tablefile import TableError, TableFile
+from mailsuite.tablefile import TableError, TableFile
 from mailsuite.mta.accept import UnknownRecipient
 from mailsuite.mta.aliases import AliasLookupError
 from mailsuite.startup import StartupError, describe_os_error, unreadable_by

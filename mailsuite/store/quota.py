@@ -36,6 +36,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from mailsuite.fsutil import atomic_write
+from mailsuite.tablefile import TableError, TableFile, read_text
 from mailsuite.store import folders
 from mailsuite.store.interfaces import InvalidMailboxName, StoreRefused
 
@@ -184,45 +185,35 @@ def parse_rule_file(text: str, path: str) -> dict[str, Limits]:
 
 
 def read_rule_file(path: str) -> dict[str, Limits]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return parse_rule_file(f.read(), path)
+    """The file's rules (only a regular file, opened without blocking: tablefile.read_text);
+    ValueError naming ``path:line``."""
+    return _parse_rules(read_text(path), path)
+
+
+def _parse_rules(text: str, path: str) -> dict[str, Limits]:
+    try:
+        return parse_rule_file(text, path)
+    except TableError:
+        raise
+    except ValueError as e:
+        raise TableError([str(e)]) from None
 
 
 class RuleFile:
-    """``quota_rule_file``, read again when its stat changes (looked at once a second)."""
+    """``quota_rule_file``, read again when it changes (looked at once a second: a
+    tablefile.TableFile); a broken or missing version keeps the last good rules, logged."""
 
     def __init__(self, path: str, now: Callable[[], float]) -> None:
-        self.path, self.now = path, now
-        self.users: dict[str, Limits] = {}
-        self._stamp: tuple[int, int, int] | None = None
-        self._checked = float("-inf")
-        self._lock = threading.Lock()
+        self.table = TableFile(path, _parse_rules, lambda text: log.warn("quota_rule_file {text}",
+                                                                         text=text),
+                               clock=now, interval=RULE_FILE_CHECK)
+        self._loaded = False
 
     def get(self) -> dict[str, Limits]:
-        with self._lock:
-            now = self.now()
-            if not 0 <= now - self._checked < RULE_FILE_CHECK:
-                self._checked = now
-                self._reload()
-            return self.users
-
-    def _reload(self) -> None:
-        try:
-            st = os.stat(self.path)
-        except OSError as e:
-            if self._stamp is not None:
-                log.warn("quota_rule_file {path}: {why}; keeping the last rules", path=self.path,
-                         why=e.strerror)
-            self._stamp = None
-            return
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
-        try:
-            self.users = read_rule_file(self.path)
-        except (OSError, ValueError) as e:
-            log.error("quota_rule_file: {why}; keeping the last good rules", why=e)
+        if not self._loaded:  # (check_at_start refused a broken file: read at the first look)
+            self._loaded = True
+            return self.table.load_or({})
+        return self.table.current()
 
 
 @dataclass

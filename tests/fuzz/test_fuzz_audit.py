@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from mailsuite.filter import mimetext
 from mailsuite.filter.auditrules import match, parse_rule, parse_rules
 from mailsuite.filter.needles import Needles
-from mailsuite.filter.tablefile import TableError
+from mailsuite.tablefile import TableError
 from tests.fuzz import fuzz
 from tests.fuzz.drive import peak_memory
 

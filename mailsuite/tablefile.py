@@ -1,4 +1,5 @@
-"""A filter's text table (BCC maps, audit rules): read at start, re-read when it changes.
+"""A text table (BCC maps, audit rules, virtual alias maps, quota_rule_file): read at
+start, re-read when it changes.
 
 ``TableFile(path, parse)`` holds what ``parse(text, path)`` made of the file. ``load()`` reads
 it at start: a broken table refuses the start (``TableError``, one ``file:line: why`` per bad
@@ -6,6 +7,8 @@ line). ``current()``, called from any thread (the filters call it in the thread 
 stats, and may read, the file), re-reads the file when its mtime, ctime, size or inode
 changed; a re-read that fails (a broken line, a missing or unreadable file) keeps the previous
 table and gives the problem to ``warn`` once per change, as Postfix keeps the old table.
+With ``clock`` and ``interval``, the file is looked at no more than once per ``interval``
+seconds (a table asked for at every delivery costs no stat each time).
 The network process reads these files as ``mail_owner`` (README.rst).
 """
 
@@ -50,10 +53,13 @@ class TableFile(Generic[T]):
     """One table file and what its parser made of it (see the module doc)."""
 
     def __init__(self, path: str, parse: Callable[[str, str], T],
-                 warn: Callable[[str], None] = lambda text: None) -> None:
+                 warn: Callable[[str], None] = lambda text: None,
+                 clock: Callable[[], float] | None = None, interval: float = 0.0) -> None:
         self.path = path
         self.parse = parse
         self.warn = warn
+        self.clock, self.interval = clock, interval
+        self._looked = float("-inf")
         self._lock = threading.Lock()
         self._stamp: Stamp | None = None
         self._refused: Stamp | None = None
@@ -66,15 +72,34 @@ class TableFile(Generic[T]):
     def load(self) -> T:
         """Read the table now (start-up): OSError or TableError when it cannot be used."""
         with self._lock:
+            if self.clock is not None:
+                self._looked = self.clock()
             stamp = self._stat()
             self._value = self.parse(read_text(self.path), self.path)
             self._stamp = stamp
             return self._value
 
+    def load_or(self, default: T) -> T:
+        """``load``, or ``default`` (the problem given to ``warn``) when the file cannot be
+        used now: ``current`` reads it again once it changes (a table a start-up check
+        vouched for, read at the first look)."""
+        try:
+            return self.load()
+        except (OSError, TableError) as e:
+            with self._lock:
+                self._value = default
+                self._problem(e)
+            return default
+
     def current(self) -> T:
         """The table, re-read first if the file changed (see the module doc)."""
         with self._lock:
             assert self._value is not None, "load() first"
+            if self.clock is not None:
+                now = self.clock()
+                if 0 <= now - self._looked < self.interval:
+                    return self._value
+                self._looked = now
             try:
                 stamp = self._stat()
                 if stamp in (self._stamp, self._refused):
