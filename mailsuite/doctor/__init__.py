@@ -31,8 +31,9 @@ from mailsuite.cmdbase import ArgParser, load, parse_args
 # argparse whose usage errors are EX_USAGE and whose --help returns: the admin command's
 from mailsuite.doctor import hostdns, local, records, services
 from mailsuite.doctor.context import Context, NoAddresses, host_addresses
-from mailsuite.doctor.resolve import Lookups, make_resolver
+from mailsuite.doctor.resolve import Lookups
 from mailsuite.doctor.verdict import Result, as_json, exit_status, fail, text
+from mailsuite.mta.dns import shared
 
 GROUPS = ("host", "records", "ports", "relay", "files")
 
@@ -89,7 +90,7 @@ def run_checks(ctx: Context, skip: tuple[str, ...] = ()) -> Any:
 
 
 def context(cfg: Any, reactor: Any) -> Context:
-    lookups = Lookups(make_resolver(cfg.mail.dns_resolver, reactor), reactor)
+    lookups = Lookups(shared(cfg.mail.dns_resolver, reactor), reactor)
     try:
         return Context(cfg, lookups, reactor, host_addresses())
     except NoAddresses as e:

@@ -3,19 +3,18 @@ bounded in time: an answer (possibly empty: NXDOMAIN and "no data" are both "not
 published"), or :class:`LookupFailed` naming the name, the type and why (a timeout, SERVFAIL),
 so that a check says "no answer" instead of "missing".
 
-:func:`spf_lookup` is the DNS function pyspf calls (``spf.DNSLookup``'s shape), for pyspf
-running in a thread: each query is made on the reactor by :class:`Lookups`."""
+:func:`spf_lookup` is the DNS of the SPF evaluation (pyspf in a thread, as the inbound checks
+run it). The resolver is the server's own (mailsuite.mta.dns.shared)."""
 
 from __future__ import annotations
 
 import ipaddress
 from typing import Any
 
-from twisted.internet import defer, threads
-from twisted.names import client, dns, error
+from twisted.internet import defer
+from twisted.names import dns, error
 
-from mailsuite.mta.dns import parse_resolver
-from mailsuite.mta.dnsquery import TemporaryDNSError
+from mailsuite.mta.dnsquery import DNSQuery, FromThread
 
 #: seconds a look-up may take, retries included
 LOOKUP_TIMEOUT = 8.0
@@ -23,14 +22,6 @@ LOOKUP_TIMEOUT = 8.0
 
 class LookupFailed(Exception):
     """No answer (timeout, SERVFAIL, REFUSED): the record may or may not exist."""
-
-
-def make_resolver(dns_resolver: str, reactor: Any) -> Any:
-    """The twisted.names resolver of ``[mail] dns_resolver`` (empty: /etc/resolv.conf)."""
-    server = parse_resolver(dns_resolver)
-    if server is not None:
-        return client.Resolver(servers=[server], reactor=reactor, timeout=(1, 2, 4))
-    return client.Resolver(resolv="/etc/resolv.conf", reactor=reactor, timeout=(1, 2, 4))
 
 
 def _name(text: str) -> bytes:
@@ -104,46 +95,7 @@ class Lookups:
         return [str(a.payload.name).rstrip(".").lower() for a in answers if a.type == dns.PTR]
 
 
-_SPF_TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "TXT": dns.TXT, "PTR": dns.PTR}
-
-
-@defer.inlineCallbacks
-def spf_answers(lookups: Lookups, name: str, qtype: str) -> Any:
-    """pyspf's answer shape for one query: [((name, TYPE), value), ...] (A/AAAA: the address
-    text; MX: (preference, host); TXT: the record's strings as bytes; PTR: the name;
-    CNAME: the target, which pyspf follows)."""
-    kind = _SPF_TYPES.get(qtype)
-    if kind is None:  # SPF (type 99): obsolete (RFC 7208 3.1), never published here
-        return []
-    answers = yield lookups.records(name, kind)
-    out: list[tuple[tuple[str, str], Any]] = []
-    for a in answers:
-        owner = str(a.name).rstrip(".")
-        if a.type == dns.CNAME:
-            out.append(((owner, "CNAME"), str(a.payload.name).rstrip(".")))
-        elif a.type == dns.A:
-            out.append(((owner, qtype), a.payload.dottedQuad()))
-        elif a.type == dns.AAAA:
-            out.append(((owner, qtype), str(ipaddress.ip_address(a.payload.address))))
-        elif a.type == dns.MX:
-            out.append(((owner, qtype), (a.payload.preference, str(a.payload.name))))
-        elif a.type == dns.TXT:
-            out.append(((owner, qtype), tuple(a.payload.data)))
-        elif a.type == dns.PTR:
-            out.append(((owner, qtype), str(a.payload.name)))
-    return out
-
-
 def spf_lookup(lookups: Lookups) -> Any:
-    """The DNS of an SPF check in a thread (mailsuite.filter.spfcheck's Lookup: name, type,
-    timeout -> (owner, type, value) triples): the query runs on the reactor; no answer is a
-    temporary DNS error (pyspf's TempError)."""
-
-    def lookup(name: str, qtype: str, timeout: float) -> list[tuple[str, str, Any]]:
-        try:
-            answers: list[Any] = threads.blockingCallFromThread(
-                lookups.reactor, spf_answers, lookups, name, qtype)
-        except LookupFailed as e:
-            raise TemporaryDNSError(str(e)) from None
-        return [(owner, kind, value) for (owner, kind), value in answers]
-    return lookup
+    """The DNS of an SPF check in a thread (mailsuite.filter.spfcheck's Lookup), as the
+    inbound checks make it: dnsquery's bridge to the reactor over the doctor's resolver."""
+    return FromThread(DNSQuery(lookups.resolver, lookups.reactor))
