@@ -114,12 +114,16 @@ class MXResolver:
         self.shuffle = random.shuffle
 
     @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor as global_reactor
+            self._reactor = global_reactor
+        return self._reactor
+
+    @property
     def resolver(self) -> Any:
         if self._resolver is None:
-            if self._reactor is None:
-                from twisted.internet import reactor as global_reactor
-                self._reactor = global_reactor
-            self._resolver = shared(self._setting, self._reactor)
+            self._resolver = shared(self._setting, self.reactor)
         return self._resolver
 
     @defer.inlineCallbacks

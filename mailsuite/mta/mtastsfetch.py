@@ -27,13 +27,13 @@ from twisted.internet import defer, endpoints, protocol, ssl
 from twisted.internet._sslverify import IOpenSSLTrustRoot  # not exported by twisted.internet.ssl
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.logger import Logger
-from twisted.names import dns, error
 from twisted.python.failure import Failure
 from twisted.web import client, http_headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from mailsuite.mta.dns import _TEMPORARY, MXResolver
+from mailsuite.mta.dns import MXResolver
+from mailsuite.mta.dnsquery import DNSQuery, TemporaryDNSError
 from mailsuite.mta.mtasts import MAX_POLICY_SIZE, PolicyError, StsPolicy, StsRecord, parse_policy
 from mailsuite.mta.mtasts import parse_txt as parse_sts_txt
 
@@ -42,6 +42,8 @@ log = Logger()
 #: the whole HTTPS fetch (connect, TLS, request, body) must end within this many seconds
 FETCH_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
+#: seconds a TXT look-up (_mta-sts, _smtp._tls) may take, retries included
+TXT_TIMEOUT = 10.0
 #: addresses of mta-sts.DOMAIN tried at most
 ADDRESS_LIMIT = 4
 WELL_KNOWN = "/.well-known/mta-sts.txt"
@@ -78,16 +80,14 @@ class CATrust:
 
 @defer.inlineCallbacks
 def lookup_txt(names: MXResolver, name: str) -> Any:
-    """The TXT records of ``name`` as lists of strings (bytes); [] when the name or the type
-    does not exist; TxtLookupError when the answer may come later."""
-    resolver = names.resolver
+    """The TXT records of ``name`` (each one's strings joined, as a one-string list); [] when
+    the name or the type does not exist; TxtLookupError when the answer may come later.
+    Asked as the inbound checks ask (dnsquery: a time limit, CNAMEs followed)."""
     try:
-        answers, _, _ = yield resolver.lookupText(name.encode("idna"))
-    except _TEMPORARY as e:
-        raise TxtLookupError(f"TXT look-up of {name} failed: {type(e).__name__}") from None
-    except error.DomainError:  # NXDOMAIN: no record
-        return []
-    return [list(a.payload.data) for a in answers if a.type == dns.TXT]
+        records = yield DNSQuery(names.resolver, names.reactor).txt(name, TXT_TIMEOUT)
+    except TemporaryDNSError as e:
+        raise TxtLookupError(f"TXT look-up of {name} failed: {e}") from None
+    return [[record] for record in records]
 
 
 @defer.inlineCallbacks
