@@ -1,10 +1,10 @@
 """Mailbox-level IMAP commands: SELECT/EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE,
 LIST/LSUB/XLIST (with RFC 5258 selection and RETURN options for SPECIAL-USE, CHILDREN,
-SUBSCRIBED), STATUS and APPEND (UIDPLUS APPENDUID).
+SUBSCRIBED), and STATUS (APPEND: ``append.AppendCommands``).
 
 A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``):
 ``self.account`` is the ``ImapAccount``; store errors become tagged NO replies in
-``IMAPServer._failed`` (APPEND's missing mailbox: ``NO [TRYCREATE]``).
+``IMAPServer._failed``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from mailsuite.imap.parser import (
     encode_mailbox,
     mailbox_name,
     modified_utf7,
-    parse_date_time,
-    parse_flag_list,
 )
 from mailsuite.store.interfaces import MailboxEntry, MailboxNotFound
 
@@ -242,36 +240,3 @@ class FolderCommands(_Base):
         self.sendPositiveResponse(tag, b"Status completed.")
 
     cmd_STATUS.imap_states = ("auth", "select")  # type: ignore[attr-defined]
-
-    # -- APPEND ------------------------------------------------------------------------------
-    async def cmd_APPEND(self, tag: bytes, args: Cursor) -> None:
-        args.sp()
-        name = args.mailbox()
-        args.sp()
-        flags: frozenset[str] = frozenset()
-        when = None
-        if args.peek() == b"(":
-            flags = parse_flag_list(args.paren_list())
-            args.sp()
-        if args.peek() == b'"':
-            when = parse_date_time(args.string())
-            args.sp()
-        if args.peek() != b"{":
-            raise ParseError("the message must be a literal")
-        data = args.string()
-        args.end()
-        if not data:
-            self.sendNegativeResponse(tag, b"Can't save a zero byte message.")
-            return
-        try:
-            message = (bytes(data), flags, when)
-            validity, uids = await self.account.append(name, [message], self.recent)
-        except MailboxNotFound:
-            self.sendNegativeResponse(
-                tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name)
-            )
-            return
-        self.sendPositiveResponse(tag, b"[APPENDUID %d %d] Append completed." % (validity, uids[0]))
-
-    cmd_APPEND.imap_states = ("auth", "select")  # type: ignore[attr-defined]
-

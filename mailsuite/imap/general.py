@@ -1,13 +1,23 @@
 """The IMAP commands of any state that need no mailbox: CAPABILITY, ID, ENABLE, NAMESPACE, and
-the capability list (what the command handlers implement)."""
+the capability list (what the command handlers implement).
+
+Extensions plug in without touching this module:
+
+- a command mixin of ``IMAPServer`` may define ``own_capabilities(self) -> dict[bytes, Any]``
+  (its class's own, not inherited): ``capabilities`` merges every mixin's, in MRO order, so a
+  mixin advertises exactly what it implements, and may make that depend on the session (state,
+  TLS, compression, configuration);
+- ``ENABLE X`` (RFC 5161) calls ``enable_X(self) -> bool`` (``=`` and ``-`` in X read as ``_``;
+  ``ENABLE CONDSTORE`` calls ``enable_CONDSTORE``) when a mixin defines it: True if X is now on
+  (listed in ``* ENABLED``), False if refused; unknown names enable nothing (never UIDONLY);
+- ``self.enabled`` is the set of names enabled in the session (``b"QRESYNC"``...).
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from mailsuite.imap.parser import Cursor
-from mailsuite.imap.quota import CAPABILITIES as QUOTA_CAPABILITIES
-from mailsuite.imap.quota import quota_on
 from mailsuite.imap.session import states
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
@@ -24,12 +34,15 @@ class GeneralCommands(_Base):
         """The login capabilities (``ImapLogin``: SASL-IR, STARTTLS, AUTH= or LOGINDISABLED, only
         before login) and every extension the command handlers implement."""
         caps: dict[bytes, Any] = self.login_capabilities()
-        for name in (b"LITERAL+", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE",
-                     b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"XLIST"):
-            caps[name] = None
-        if quota_on(self.config):  # [mailbox] quota_rule (imap/quota.py)
-            caps.update(dict.fromkeys((*QUOTA_CAPABILITIES, b"STATUS=SIZE")))
+        for cls in type(self).__mro__:
+            own = vars(cls).get("own_capabilities")
+            if own is not None:
+                caps.update(own(self))
         return caps
+
+    def own_capabilities(self) -> dict[bytes, Any]:
+        return dict.fromkeys((b"LITERAL+", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE", b"UIDPLUS",
+                              b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"XLIST"))
 
     # -- any state -----------------------------------------------------------------------------
     @states("unauth", "auth", "select")
@@ -56,12 +69,23 @@ class GeneralCommands(_Base):
 
     @states("auth", "select")
     def cmd_ENABLE(self, tag: bytes, args: Cursor) -> None:
-        """RFC 5161. None of the extensions that can be enabled is offered (never UIDONLY)."""
+        """RFC 5161: what a mixin's ``enable_X`` turns on (never UIDONLY, which none defines);
+        ``* ENABLED`` lists what this command enabled, not what was on before."""
         args.sp()
+        names: list[bytes] = []
         while not args.at_end():
-            args.atom()
+            names.append(args.atom().upper())
             args.maybe_sp()
-        self.sendUntaggedResponse(b"ENABLED")
+        now: list[bytes] = []
+        for name in names:
+            if name in self.enabled or name in now:
+                continue
+            hook = getattr(self, "enable_" + name.decode("ascii", "replace").replace(
+                "=", "_").replace("-", "_"), None)
+            if hook is not None and hook():
+                self.enabled.add(name)
+                now.append(name)
+        self.sendUntaggedResponse(b" ".join([b"ENABLED", *now]))
         self.sendPositiveResponse(tag, b"Enabled.")
 
     @states("auth", "select")

@@ -1,17 +1,29 @@
-"""IDLE's refresh: mail other programs write (mutt, procmail, a second server) reaches the
-IDLE sessions of a mailbox within ``IDLE_POLL`` seconds, by one ``refresh`` a second per mailbox
-however many sessions idle on it (the store's listener pushes the rest at once)."""
+"""IDLE (RFC 2177): ``IdleCommands``, the command for ``IMAPServer``; and its refresh: mail
+other programs write (mutt, procmail, a second server) reaches the IDLE sessions of a mailbox
+within ``IDLE_POLL`` seconds, by one ``refresh`` a second per mailbox however many sessions
+idle on it (the store's listener pushes the rest at once)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from twisted.internet import task
 from twisted.logger import Logger
+
+from mailsuite.imap.parser import Cursor
+from mailsuite.imap.session import states
+
+if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
+    from mailsuite.imap.session import Session as _Base
+else:
+    _Base = object
 
 log = Logger()
 
 IDLE_POLL = 1.0  # mail written by other programs reaches IDLE sessions within this
+IDLE_KEEPALIVE = 120.0  # OUTLOOK.md 17: at least every 2 minutes
 
 
 class IdlePoller:
@@ -42,3 +54,54 @@ class IdlePoller:
     def _poll(self, key: int) -> None:
         mailbox = self._polls[key][0]
         mailbox.refresh().addErrback(lambda f: log.failure("IDLE refresh failed", f))
+
+
+class IdleCommands(_Base):
+    """IDLE (RFC 2177) for ``IMAPServer``: only DONE ends it; ``* OK Still here`` every
+    ``IDLE_KEEPALIVE`` seconds and no autologout while idling; new mail pushed by the store
+    listener, mail written by other programs noticed by the shared ``IdlePoller``."""
+
+    _idle_tag: bytes | None = None
+    _keepalive: Any = None
+
+    @states("auth", "select")
+    def cmd_IDLE(self, tag: bytes, args: Cursor) -> None:
+        args.end()
+        self._idle_tag = tag
+        self.parseState = "idle"
+        self.setTimeout(None)
+        self.sendContinuationRequest(b"idling")
+        self.flush_updates()
+        if self.view is not None:
+            self.view.on_change = self.flush_updates
+            self.idle_poller.add(self.view.mailbox, self, self.clock)
+            self.view.mailbox.refresh().addErrback(lambda f: log.failure("IDLE refresh failed", f))
+        self._keepalive = self.callLater(IDLE_KEEPALIVE, self._still_here)
+        self._resume_reading()
+
+    def _still_here(self) -> None:
+        self._keepalive = None
+        if self._idle_tag is not None and not self._lost:
+            self.sendLine(b"* OK Still here")
+            self._keepalive = self.callLater(IDLE_KEEPALIVE, self._still_here)
+
+    def _idle_line(self, line: bytes) -> None:
+        if line.strip().upper() != b"DONE":
+            self.sendLine(b"* BAD Expected DONE.")
+            return
+        tag = self._idle_tag
+        self._stop_idle()
+        self.parseState = "command"
+        self.setTimeout(self.POSTAUTH_TIMEOUT)
+        self.sendPositiveResponse(tag, b"Idle completed.")
+
+    def _stop_idle(self) -> None:
+        if self._idle_tag is None:
+            return
+        self._idle_tag = None
+        if self._keepalive is not None and self._keepalive.active():
+            self._keepalive.cancel()
+        self._keepalive = None
+        if self.view is not None:
+            self.view.on_change = None
+            self.idle_poller.remove(self.view.mailbox, self)

@@ -52,6 +52,10 @@ async def admit(account: Any, size: int, count: int) -> None:
 class QuotaCommands(_Base):
     """For ``IMAPServer`` (what they use of it: ``Session``)."""
 
+    def own_capabilities(self) -> dict[bytes, Any]:
+        """Only with [mailbox] quota_rule set."""
+        return dict.fromkeys((*CAPABILITIES, b"STATUS=SIZE")) if quota_on(self.config) else {}
+
     async def _quota(self) -> tuple[Any, Any] | None:
         """(usage, limits) of the logged-in account; None: no quota for it."""
         report = getattr(self.account.store, "quota_report", None)

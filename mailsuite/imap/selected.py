@@ -1,7 +1,8 @@
 """Commands of the selected state: FETCH, STORE, SEARCH, COPY, MOVE (RFC 6851), EXPUNGE,
 UID EXPUNGE (RFC 4315), CLOSE, UNSELECT, and the UID forms of them all.
 
-A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``). Updates
+A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``). ``UID X``
+runs the ``cmd_X`` of any mixin marked with ``uid_command`` (SORT and THREAD add theirs). Updates
 from other sessions are sent by ``IMAPServer._respond`` before each tagged reply, never an
 EXPUNGE after FETCH, STORE or SEARCH.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, interfaces
 from zope.interface import implementer
@@ -96,6 +97,12 @@ class _Streamer:
             self.done.callback(None)
 
 
+def uid_command(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a ``cmd_X(self, tag, args, uid=False)`` handler as having a ``UID X`` form."""
+    handler.imap_uid = True  # type: ignore[attr-defined]
+    return handler
+
+
 def _selected_only(handler: Callable[..., Any]) -> None:
     """Mark a ``cmd_*`` handler as allowed in the selected state only."""
     handler.imap_states = _SELECTED  # type: ignore[attr-defined]
@@ -114,17 +121,15 @@ class SelectedCommands(_Base):
         self.transport.registerProducer(streamer, False)
         await streamer.done
 
-    _UID_COMMANDS: ClassVar[dict[bytes, str]] = {
-        b"FETCH": "cmd_FETCH", b"STORE": "cmd_STORE", b"SEARCH": "cmd_SEARCH",
-        b"COPY": "cmd_COPY", b"MOVE": "cmd_MOVE", b"EXPUNGE": "_uid_expunge",
-    }
-
     def cmd_UID(self, tag: bytes, args: Cursor) -> Any:
+        """``UID X``: the handler ``cmd_X`` of any mixin marked with ``uid_command``, called
+        with ``uid=True``."""
         args.sp()
-        name = self._UID_COMMANDS.get(args.atom().upper())
-        if name is None:
+        name = args.atom().upper().decode("ascii", "replace")
+        handler = getattr(self, "cmd_" + name, None)
+        if handler is None or not getattr(handler, "imap_uid", False):
             raise ParseError("unknown UID command")
-        return getattr(self, name)(tag, args, True)
+        return handler(tag, args, True)
 
     # -- FETCH -------------------------------------------------------------------------------
     async def cmd_FETCH(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
@@ -321,9 +326,6 @@ class SelectedCommands(_Base):
         await self.view.expunge_deleted(within)
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
-    def _uid_expunge(self, tag: bytes, args: Cursor, uid: bool) -> Any:
-        return self.cmd_EXPUNGE(tag, args, True)
-
     async def cmd_CLOSE(self, tag: bytes, args: Cursor) -> None:
         await self._close(tag, args, True)
 
@@ -342,4 +344,6 @@ class SelectedCommands(_Base):
     for _f in (cmd_UID, cmd_FETCH, cmd_STORE, cmd_SEARCH, cmd_COPY, cmd_MOVE, cmd_EXPUNGE,
                cmd_CLOSE, cmd_UNSELECT):
         _selected_only(_f)
+    for _f in (cmd_FETCH, cmd_STORE, cmd_SEARCH, cmd_COPY, cmd_MOVE, cmd_EXPUNGE):
+        uid_command(_f)
     del _f

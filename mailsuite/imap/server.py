@@ -37,14 +37,16 @@ from twisted.python.failure import Failure
 
 from mailsuite.config import Config
 from mailsuite.deadline import LoginDeadlines
+from mailsuite.imap.append import AppendCommands
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
-from mailsuite.imap.idle import IdlePoller
+from mailsuite.imap.idle import IdleCommands, IdlePoller
 from mailsuite.imap.limits import ImapLimits
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.quota import QuotaCommands
-from mailsuite.imap.parser import LITERAL_AT_END, Cursor, ParseError
+from mailsuite.imap.parser import Cursor, ParseError
+from mailsuite.imap.reader import CommandReader
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
 from mailsuite.imap.session import states
@@ -63,11 +65,6 @@ log = Logger()
 
 _NO_EXPUNGE = {b"FETCH", b"STORE", b"SEARCH", b"UID FETCH", b"UID STORE", b"UID SEARCH"}
 _NO_REFRESH = {b"LOGOUT", b"CAPABILITY", b"NOOP", b"CHECK", b"IDLE", b"SELECT", b"EXAMINE"}
-MAX_LITERAL = 64 * 1024 * 1024  # the largest APPEND when message_size_limit = 0 (no limit)
-#: a whole command before login, literals included (Dovecot's IMAP_LOGIN_MAX_LINE_LENGTH);
-#: after login it is [imap] imap_max_line_length, plus the message of an APPEND
-LOGIN_MAX_COMMAND = 8192
-IDLE_KEEPALIVE = 120.0  # OUTLOOK.md 17: at least every 2 minutes
 #: a command within this many seconds of a refresh that found the file unchanged skips its own
 #: (a burst of FETCHes costs one stat, not one each): mail other programs write shows within
 #: this, and at once at NOOP, CHECK, IDLE and SELECT, which always look
@@ -76,8 +73,10 @@ REFRESH_REUSE = 0.05
 
 # ignore[misc]: Twisted's IMAP4Server declares ``_onLogout = None`` (so typed None) and then
 # assigns the realm's logout callable to it; ImapLogin types it as what it holds.
-class IMAPServer(  # type: ignore[misc]
-    ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands, QuotaCommands,
+# ignore[override]: LineReceiver's MAX_LENGTH is CommandReader's property (what is left).
+class IMAPServer(  # type: ignore[misc, override]
+    CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands,
+    AppendCommands, QuotaCommands, IdleCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
@@ -110,6 +109,7 @@ class IMAPServer(  # type: ignore[misc]
         self._corked: list[bytes] | None = None
         self._quiet_since = -REFRESH_REUSE  # when a refresh before a command last found nothing
         self.user: str | None = None
+        self.enabled: set[bytes] = set()  # ENABLE's (general.py)
         self._in_flight = False
         self._unsent_wait: UnsentWait | None = None  # while more than MAX_UNSENT is unsent
         self._command = b""
@@ -247,85 +247,6 @@ class IMAPServer(  # type: ignore[misc]
 
     def _lip(self) -> str:
         return host_of(self.transport.getHost())
-
-    # -- reading commands: lines and literals, one command at a time --------------------------
-    def _command_limit(self) -> int:
-        """The most bytes one command may have, literals included (S5: no unbounded memory)."""
-        limit: int = self.config.imap.imap_max_line_length
-        return min(limit, LOGIN_MAX_COMMAND) if self.state == "unauth" else limit
-
-    @property
-    def MAX_LENGTH(self) -> int:  # type: ignore[override]  # read by LineReceiver per line
-        """The longest line LineReceiver passes on: what the command being assembled has left;
-        a longer line is ``lineLengthExceeded``."""
-        return max(0, self._command_limit() - self._assembled)
-
-    def lineReceived(self, line: bytes) -> None:
-        self.resetTimeout()
-        if self.parseState == "idle":
-            self._idle_line(line)
-            return
-        if self.parseState == "sasl":  # an answer to an AUTHENTICATE challenge
-            self._login_deadlines.command()
-            self.sasl_line(line)
-            self._pause_while_busy()
-            return
-        m = LITERAL_AT_END.search(line)
-        if m is None:
-            self._parts.append(line)
-            command = b"".join(self._parts)
-            self._parts, self._assembled, self._message_allowed = [], 0, False
-            self._dispatch(command)
-            return
-        size, plus = int(m.group(1)), bool(m.group(2))
-        first = self._parts[0] if self._parts else line
-        self._assembled += len(line) + len(self.delimiter)
-        if not self._literal_fits(first, size):
-            self._refuse_literal(first.split(b" ", 1)[0] or b"*", plus)
-            return
-        self._parts.append(line[: m.start()] + b"{%d}" % size)
-        self._literal_left = size
-        if not plus:
-            self.sendContinuationRequest(b"Ready for literal data")
-        if size:
-            self.setRawMode()
-
-    def _literal_fits(self, first: bytes, size: int) -> bool:
-        """A literal must fit in what the command has left, except the message of an APPEND
-        after login (one per command, at most message_size_limit; MAX_LITERAL when it is 0)."""
-        if size <= self._command_limit() - self._assembled:
-            self._assembled += size
-            return True
-        name = first.split(b" ", 2)[1:2]
-        largest = self.config.mail.message_size_limit or MAX_LITERAL
-        if (self.state != "unauth" and not self._message_allowed and size <= largest
-                and name and name[0].upper() == b"APPEND"):
-            self._message_allowed = True
-            return True
-        return False
-
-    def _refuse_literal(self, tag: bytes, plus: bool) -> None:
-        self._parts, self._assembled, self._message_allowed = [], 0, False
-        if not plus:  # no continuation: the client sends nothing more of this command
-            self.sendLine(tag + b" NO [TOOBIG] Literal too big.")
-            return
-        # RFC 7888 4: the data of a non-synchronizing literal follows anyway; the command is
-        # BAD and, rather than read data it will not keep, the server closes (as Dovecot)
-        self.sendLine(tag + b" BAD [TOOBIG] Literal too big.")
-        self.sendLine(b"* BYE Literal too big.")
-        self.uncork()
-        self.transport.loseConnection()
-
-    def rawDataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
-        take, rest = data[: self._literal_left], data[self._literal_left :]
-        self._literal_left -= len(take)
-        self._parts.append(take)
-        if self._literal_left == 0:
-            # back to lines; LineReceiver's loop reads ``rest`` (setLineMode(rest) would
-            # re-enter dataReceived and count the bytes twice)
-            self.line_mode = 1
-            self._buffer = rest + self._buffer
 
     def _dispatch(self, command: bytes) -> None:
         tag, _, rest = command.partition(b" ")
@@ -492,49 +413,6 @@ class IMAPServer(  # type: ignore[misc]
                 raise
             except Exception:  # StoreError, or OSError from the folder tree
                 log.failure("listing the mailboxes of {user} failed", user=self.user)
-
-    # -- IDLE (RFC 2177) ---------------------------------------------------------------------------
-    @states("auth", "select")
-    def cmd_IDLE(self, tag: bytes, args: Cursor) -> None:
-        args.end()
-        self._idle_tag = tag
-        self.parseState = "idle"
-        self.setTimeout(None)
-        self.sendContinuationRequest(b"idling")
-        self.flush_updates()
-        if self.view is not None:
-            self.view.on_change = self.flush_updates
-            self.idle_poller.add(self.view.mailbox, self, self.clock)
-            self.view.mailbox.refresh().addErrback(lambda f: log.failure("IDLE refresh failed", f))
-        self._keepalive = self.callLater(IDLE_KEEPALIVE, self._still_here)
-        self._resume_reading()
-
-    def _still_here(self) -> None:
-        self._keepalive = None
-        if self._idle_tag is not None and not self._lost:
-            self.sendLine(b"* OK Still here")
-            self._keepalive = self.callLater(IDLE_KEEPALIVE, self._still_here)
-
-    def _idle_line(self, line: bytes) -> None:
-        if line.strip().upper() != b"DONE":
-            self.sendLine(b"* BAD Expected DONE.")
-            return
-        tag = self._idle_tag
-        self._stop_idle()
-        self.parseState = "command"
-        self.setTimeout(self.POSTAUTH_TIMEOUT)
-        self.sendPositiveResponse(tag, b"Idle completed.")
-
-    def _stop_idle(self) -> None:
-        if self._idle_tag is None:
-            return
-        self._idle_tag = None
-        if self._keepalive is not None and self._keepalive.active():
-            self._keepalive.cancel()
-        self._keepalive = None
-        if self.view is not None:
-            self.view.on_change = None
-            self.idle_poller.remove(self.view.mailbox, self)
 
     def _close_view(self) -> None:
         if self.view is not None:

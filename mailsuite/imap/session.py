@@ -41,12 +41,17 @@ class Session(Protocol):
     _lost: bool  # the connection is gone: send nothing more
     _buffer: bytes  # received, not yet read (LineReceiver's)
     _command: bytes  # the name of the running command (``UID FETCH``)
+    delimiter: bytes  # LineReceiver's
+    line_mode: int  # LineReceiver's
+    _login_deadlines: Any  # a mailsuite.deadline.LoginDeadlines, until login
+    idle_poller: Any  # the idle.IdlePoller the server's sessions share
 
     # -- the state of the session --------------------------------------------------------------
     state: str  # unauth, auth, select
     parseState: str  # command, idle, sasl
     account: ImapAccount  # set by a login, before any command of the auth state runs
     user: str | None
+    enabled: set[bytes]  # what ENABLE turned on (general.GeneralCommands)
     _onLogout: Any  # the realm's logout of the avatar, once logged in
     view: ImapMailboxView | None  # the selected mailbox
 
@@ -65,7 +70,12 @@ class Session(Protocol):
 
     def sendBadResponse(self, tag: bytes | None = None, message: bytes = b"") -> None: ...
 
+    def sendContinuationRequest(self, msg: bytes = b"Ready for additional command text") -> None:
+        ...
+
     def listCapabilities(self) -> list[bytes]: ...
+
+    def flush_updates(self, allow_expunge: bool = True) -> None: ...
 
     def login_capabilities(self) -> dict[bytes, Any]: ...
 
@@ -73,6 +83,23 @@ class Session(Protocol):
 
     # -- the connection's life ---------------------------------------------------------------------
     def setTimeout(self, period: float | None) -> Any: ...
+
+    def resetTimeout(self) -> None: ...
+
+    def callLater(self, period: float, func: Callable[[], Any]) -> Any: ...
+
+    # -- reading commands (reader.CommandReader, and the handlers it gives lines to) --------------
+    def setRawMode(self) -> None: ...
+
+    def _dispatch(self, command: bytes) -> None: ...
+
+    def _pause_while_busy(self) -> None: ...
+
+    def _resume_reading(self) -> None: ...
+
+    def _idle_line(self, line: bytes) -> None: ...
+
+    def sasl_line(self, line: bytes) -> None: ...
 
     def timeoutConnection(self) -> None: ...
 

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from mailsuite.fsutil import pread_all, write_all
 from mailsuite.imap.hibernate import MAX_STATE
-from mailsuite.imap.server import IDLE_KEEPALIVE
+from mailsuite.imap.idle import IDLE_KEEPALIVE
 from mailsuite.privsep import wire
 
 log = Logger()

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from mailsuite.fsutil import write_all
 from mailsuite.imap import hibernate
-from mailsuite.imap.server import IDLE_KEEPALIVE
+from mailsuite.imap.idle import IDLE_KEEPALIVE
 from mailsuite.privsep import wire
 from mailsuite.store.interfaces import StoreError
 

@@ -19,7 +19,8 @@ from mailsuite.imap.parser import (
     parse_flag_list, parse_sequence_set,
 )
 from mailsuite.imap.search import SearchSyntaxError, parse_search
-from mailsuite.imap.server import IMAPFactory, LOGIN_MAX_COMMAND
+from mailsuite.imap.reader import LOGIN_MAX_COMMAND
+from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.memory import MemoryStore
 from tests.fuzz import fuzz

@@ -1,0 +1,113 @@
+"""Reading IMAP commands: lines and literals, one command at a time.
+
+A command is assembled with its literals (``{N}``, and LITERAL+ ``{N+}``) before it is parsed,
+so any argument may be a literal (SEARCH, APPEND, LOGIN, CREATE). Every command has a limit on
+its size, literals included ([imap] imap_max_line_length after login, ``LOGIN_MAX_COMMAND``
+before), except the message of an APPEND (message_size_limit). Lines of IDLE (``DONE``) and of
+an AUTHENTICATE exchange go to their handlers. A mixin of ``IMAPServer`` (``session.Session``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mailsuite.imap.parser import LITERAL_AT_END
+
+if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
+    from mailsuite.imap.session import Session as _Base
+else:
+    _Base = object
+
+MAX_LITERAL = 64 * 1024 * 1024  # the largest APPEND when message_size_limit = 0 (no limit)
+#: a whole command before login, literals included (Dovecot's IMAP_LOGIN_MAX_LINE_LENGTH);
+#: after login it is [imap] imap_max_line_length, plus the message of an APPEND
+LOGIN_MAX_COMMAND = 8192
+
+
+class CommandReader(_Base):
+    """LineReceiver's ``lineReceived`` and ``rawDataReceived`` for ``IMAPServer``: hands each
+    assembled command to ``_dispatch``."""
+
+    _parts: list[bytes]  # the command being assembled (lines and literals)
+    _assembled: int  # its bytes that count against _command_limit()
+    _message_allowed: bool  # its APPEND message literal was let past the limit
+    _literal_left: int
+    _buffer: bytes  # LineReceiver's: received, not yet read
+
+    def _command_limit(self) -> int:
+        """The most bytes one command may have, literals included (S5: no unbounded memory)."""
+        limit: int = self.config.imap.imap_max_line_length
+        return min(limit, LOGIN_MAX_COMMAND) if self.state == "unauth" else limit
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]  # read by LineReceiver per line
+        """The longest line LineReceiver passes on: what the command being assembled has left;
+        a longer line is ``lineLengthExceeded``."""
+        return max(0, self._command_limit() - self._assembled)
+
+    def lineReceived(self, line: bytes) -> None:
+        self.resetTimeout()
+        if self.parseState == "idle":
+            self._idle_line(line)
+            return
+        if self.parseState == "sasl":  # an answer to an AUTHENTICATE challenge
+            self._login_deadlines.command()
+            self.sasl_line(line)
+            self._pause_while_busy()
+            return
+        m = LITERAL_AT_END.search(line)
+        if m is None:
+            self._parts.append(line)
+            command = b"".join(self._parts)
+            self._parts, self._assembled, self._message_allowed = [], 0, False
+            self._dispatch(command)
+            return
+        size, plus = int(m.group(1)), bool(m.group(2))
+        first = self._parts[0] if self._parts else line
+        self._assembled += len(line) + len(self.delimiter)
+        if not self._literal_fits(first, size):
+            self._refuse_literal(first.split(b" ", 1)[0] or b"*", plus)
+            return
+        self._parts.append(line[: m.start()] + b"{%d}" % size)
+        self._literal_left = size
+        if not plus:
+            self.sendContinuationRequest(b"Ready for literal data")
+        if size:
+            self.setRawMode()
+
+    def _literal_fits(self, first: bytes, size: int) -> bool:
+        """A literal must fit in what the command has left, except the message of an APPEND
+        after login (one per command, at most message_size_limit; MAX_LITERAL when it is 0)."""
+        if size <= self._command_limit() - self._assembled:
+            self._assembled += size
+            return True
+        name = first.split(b" ", 2)[1:2]
+        largest = self.config.mail.message_size_limit or MAX_LITERAL
+        if (self.state != "unauth" and not self._message_allowed and size <= largest
+                and name and name[0].upper() == b"APPEND"):
+            self._message_allowed = True
+            return True
+        return False
+
+    def _refuse_literal(self, tag: bytes, plus: bool) -> None:
+        self._parts, self._assembled, self._message_allowed = [], 0, False
+        if not plus:  # no continuation: the client sends nothing more of this command
+            self.sendLine(tag + b" NO [TOOBIG] Literal too big.")
+            return
+        # RFC 7888 4: the data of a non-synchronizing literal follows anyway; the command is
+        # BAD and, rather than read data it will not keep, the server closes (as Dovecot)
+        self.sendLine(tag + b" BAD [TOOBIG] Literal too big.")
+        self.sendLine(b"* BYE Literal too big.")
+        self.uncork()
+        self.transport.loseConnection()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        self.resetTimeout()
+        take, rest = data[: self._literal_left], data[self._literal_left :]
+        self._literal_left -= len(take)
+        self._parts.append(take)
+        if self._literal_left == 0:
+            # back to lines; LineReceiver's loop reads ``rest`` (setLineMode(rest) would
+            # re-enter dataReceived and count the bytes twice)
+            self.line_mode = 1
+            self._buffer = rest + self._buffer
