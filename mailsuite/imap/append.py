@@ -16,6 +16,7 @@ from mailsuite.imap.parser import (
     parse_date_time,
     parse_flag_list,
 )
+from mailsuite.imap.session import states
 from mailsuite.store.interfaces import MailboxNotFound
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
@@ -25,6 +26,7 @@ else:
 
 
 class AppendCommands(_Base):
+    @states("auth", "select")
     async def cmd_APPEND(self, tag: bytes, args: Cursor) -> None:
         args.sp()
         name = args.mailbox()
@@ -53,6 +55,3 @@ class AppendCommands(_Base):
             )
             return
         self.sendPositiveResponse(tag, b"[APPENDUID %d %d] Append completed." % (validity, uids[0]))
-
-    cmd_APPEND.imap_states = ("auth", "select")  # type: ignore[attr-defined]
-

@@ -5,9 +5,7 @@ idle on it (the store's listener pushes the rest at once)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
 from twisted.logger import Logger
@@ -61,8 +59,8 @@ class IdleCommands(_Base):
     ``IDLE_KEEPALIVE`` seconds and no autologout while idling; new mail pushed by the store
     listener, mail written by other programs noticed by the shared ``IdlePoller``."""
 
-    _idle_tag: bytes | None = None
-    _keepalive: Any = None
+    _idle_tag: bytes | None  # the IDLE command's tag while idling (set in IMAPServer.__init__)
+    _keepalive: Any  # the ``* OK Still here`` timer
 
     @states("auth", "select")
     def cmd_IDLE(self, tag: bytes, args: Cursor) -> None:

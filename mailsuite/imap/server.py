@@ -6,8 +6,9 @@ What is ours (and why, see ../shared/TWISTED.md):
 - STARTTLS, LOGIN and AUTHENTICATE (``login.ImapLogin``: SASL-IR, LOGINDISABLED, the plaintext
   rule, the login policy, the imap-login log lines); AUTHENTICATE's continuation lines come
   through the reader below;
-- the command reader (``parser``): a command is assembled with its literals ({N} and LITERAL+
-  {N+}) before it is parsed, so any argument may be a literal (SEARCH, APPEND, LOGIN, CREATE);
+- the command reader (``reader.CommandReader``, with ``parser``): a command is assembled with
+  its literals ({N} and LITERAL+ {N+}) before it is parsed, so any argument may be a literal
+  (SEARCH, APPEND, LOGIN, CREATE);
 - strict command ordering: reading pauses while a command runs, so pipelined commands are
   answered in order (upstream #9282);
 - every command handler (``general.GeneralCommands``, ``folders.FolderCommands``,
@@ -15,9 +16,10 @@ What is ours (and why, see ../shared/TWISTED.md):
 - updates from other sessions, SMTP and POP3 (EXISTS / EXPUNGE / FETCH FLAGS) sent only where
   RFC 3501 7.4.1 allows: before the tagged reply of any command but FETCH, STORE and SEARCH
   (which get no EXPUNGE), and at once during IDLE;
-- IDLE that only DONE ends, with ``* OK Still here`` every ``IDLE_KEEPALIVE`` seconds and no
-  autologout while idling; new mail pushed by the store listener, and mail written by other
-  programs noticed by a shared once-a-second refresh (``idle.IdlePoller``, the factory's);
+- IDLE (``idle.IdleCommands``) that only DONE ends, with ``* OK Still here`` every
+  ``IDLE_KEEPALIVE`` seconds and no autologout while idling; new mail pushed by the store
+  listener, and mail written by other programs noticed by a shared once-a-second refresh
+  (``idle.IdlePoller``, the factory's);
 - clean-up on connectionLost (listeners removed, mailboxes closed).
 
 When the store is refreshed: SELECT/EXAMINE, NOOP, CHECK and (every second) during IDLE; before
