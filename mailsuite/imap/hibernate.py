@@ -167,6 +167,7 @@ def hibernatable(session: Any) -> bool:
     return (session._idle_tag is not None and not session._lost and session._corked is None
             and session._unsent_wait is None and not session._buffer
             and not session.transport.disconnecting
+            and getattr(session, "_notify", None) is None  # NOTIFY's watch is this process's
             and (session.view is None or bool(watch_paths(session.view))))
 
 

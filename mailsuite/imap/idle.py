@@ -101,5 +101,9 @@ class IdleCommands(_Base):
             self._keepalive.cancel()
         self._keepalive = None
         if self.view is not None:
-            self.view.on_change = None
+            self.view.on_change = self._resting_on_change()
             self.idle_poller.remove(self.view.mailbox, self)
+
+    def _resting_on_change(self) -> Any:
+        """The view's ``on_change`` outside IDLE (NOTIFY's, notify.py, when it is on)."""
+        return None

@@ -45,6 +45,7 @@ from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdleCommands, IdlePoller
 from mailsuite.imap.limits import ImapLimits
 from mailsuite.imap.login import ImapLogin
+from mailsuite.imap.notify import NotifyCommands
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.quota import QuotaCommands
 from mailsuite.imap.parser import Cursor, ParseError
@@ -52,6 +53,7 @@ from mailsuite.imap.reader import CommandReader
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
 from mailsuite.imap.session import states
+from mailsuite.imap.unauthenticate import UnauthenticateCommands
 from mailsuite.limits import Limits
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, idle_tcp, unsent
 from mailsuite.store.interfaces import (
@@ -77,8 +79,8 @@ REFRESH_REUSE = 0.05
 # assigns the realm's logout callable to it; ImapLogin types it as what it holds.
 # ignore[override]: LineReceiver's MAX_LENGTH is CommandReader's property (what is left).
 class IMAPServer(  # type: ignore[misc, override]
-    CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands,
-    AppendCommands, QuotaCommands, IdleCommands,
+    CommandReader, ImapLogin, ImapLimits, GeneralCommands, NotifyCommands, FolderCommands,
+    SelectedCommands, AppendCommands, QuotaCommands, IdleCommands, UnauthenticateCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
@@ -154,6 +156,7 @@ class IMAPServer(  # type: ignore[misc, override]
         if self._unsent_wait is not None:
             self._unsent_wait.cancel()
         self._stop_idle()
+        self._notify_stop()
         self._close_view()
         if self._onLogout:
             self._onLogout()
@@ -371,6 +374,7 @@ class IMAPServer(  # type: ignore[misc, override]
         if self.view is not None and not self._lost:
             for update in self.view.take_updates(allow_expunge=allow_expunge):
                 self.sendLine(b"* " + update)
+        self.notify_flush()  # NOTIFY's notifications that waited (notify.py)
 
     # -- any state (CAPABILITY, ID, ENABLE, NAMESPACE: general.GeneralCommands) -----------------
     @states("unauth", "auth", "select")

@@ -175,6 +175,8 @@ class AgentIMAP(IMAPServer):  # type: ignore[misc]
     """The rest of an IMAP session whose LOGIN the network process took: it starts in the
     authenticated state and answers the login's tag (capabilities after login)."""
 
+    CAN_UNAUTHENTICATE = False  # it runs as the user: no other login (imap/unauthenticate.py)
+
     def __init__(self, agent: Agent, p: dict[str, Any]) -> None:
         super().__init__(agent.cfg, None, agent.maillog, agent.reactor, agent.recent,
                          agent.idle_poller)

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
-from mailsuite.store import folders
+from mailsuite.store import events, folders
 from mailsuite.store.folders import INBOX
 from mailsuite.store.interfaces import (
     IMailStore,
@@ -240,6 +240,7 @@ class MboxStore:
             d = box._run(work, items, date)
         else:
             d = self.blocking(work, None, items, date)
+            d.addCallback(self._arrived, account)
         return self.after_write(d, account) if admit else d
 
     @defer.inlineCallbacks
@@ -289,8 +290,12 @@ class MboxStore:
             date = int(self.now().timestamp())
             work = self.admitted(account, self._delivery_file(account).append, [(data, sender)])
             d = self.after_write(self.blocking(work, None, data, sender, frozenset(), date),
-                                 account)
+                                 account).addCallback(self._arrived, account)
         return d.addCallback(lambda _: None)
+
+    def _arrived(self, result: Any, account: Account) -> Any:
+        events.mail_arrived(self, account.name, INBOX)  # no session has it open: NOTIFY's bus
+        return result
 
     # -- quota (store/quota.py) -------------------------------------------------------------
 

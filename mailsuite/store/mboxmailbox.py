@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsuite.store import index as ix
+from mailsuite.store import events
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -218,6 +219,8 @@ class MboxMailbox:
             self._summary.update(self.messages, changes, False)
         for listener in list(self._listeners) if changes else ():
             listener(changes)
+        if changes:
+            events.mailbox_changed(self._store, self._key[0], self.name, changes)  # NOTIFY
 
     def _visible(self, entries: list[Any]) -> list[Any]:
         if not self._hidden:

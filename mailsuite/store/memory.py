@@ -10,7 +10,7 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from mailsuite.accounts import Account
-from mailsuite.store import folders
+from mailsuite.store import events, folders
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -47,6 +47,7 @@ class MemoryMailbox:
         self._now = now
         self._keywords: set[str] = set()
         self.users = 0
+        self.owner: tuple[Any, str] | None = None  # (store, account name)
 
     # Changes are recorded as they happen and told to listeners on the next refresh, as the mbox
     # store sees them only when it looks at the disk; changes made through this object are told
@@ -60,6 +61,8 @@ class MemoryMailbox:
         if changes:
             for listener in list(self._listeners):
                 listener(changes)
+            if self.owner is not None:
+                events.mailbox_changed(*self.owner, self.name, changes)
 
     def read(self, uid: int) -> defer.Deferred[bytes]:
         if uid not in self._bodies:
@@ -210,6 +213,7 @@ class MemoryStore:
         box = self._boxes[(account.name, name)] = MemoryMailbox(
             name, self._next_validity, self._now
         )
+        box.owner = (self, account.name)  # for NOTIFY's event bus (store/events.py)
         return box
 
     def _box(self, account: Account, name: str, create: bool) -> MemoryMailbox:
