@@ -82,6 +82,34 @@ class NotifyTests(ImapTestCase):
         self.assertEqual(a.take(), b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d "
                          b"UNSEEN 1)\r\n" % self.box().uid_validity)
 
+    def test_unselected_mailbox_watched_again(self) -> None:
+        """After UNSELECT the mailbox gets STATUS like any other (from what it was then)."""
+        a, _b = self.two()
+        a.cmd(b"s SELECT INBOX")
+        a.cmd(b"n NOTIFY SET (selected (MessageNew MessageExpunge)) "
+              b"(personal (MessageNew MessageExpunge))")
+        self.deliver()
+        self.assertIn(b"* 1 EXISTS", a.take())
+        a.cmd(b"u UNSELECT")
+        self.clock.advance(0)
+        self.assertEqual(a.take(), b"")
+        self.deliver()
+        self.clock.advance(0)
+        self.assertIn(b"* STATUS INBOX (MESSAGES 2 UIDNEXT 3 ", a.take())
+
+    def test_mailbox_name_as_literal_split_anywhere(self) -> None:
+        line = (b"n NOTIFY SET STATUS (mailboxes {4+}\r\nmisc (MessageNew MessageExpunge))\r\n"
+                b"x NOOP\r\n")
+        for cut in range(1, len(line)):
+            s = self.session()
+            s.login()
+            s.cmd(b"c CREATE misc")
+            out = s.send(line[:cut]) + s.send(line[cut:])
+            self.assertIn(b"* STATUS misc (MESSAGES 0 ", out)
+            self.assertTrue(out.endswith(b"n OK NOTIFY completed.\r\nx OK NOOP completed.\r\n"))
+            s.cmd(b"l LOGOUT")
+            s.proto.connectionLost(None)
+
     def test_status_waits_for_the_running_command(self) -> None:
         a, _b = self.two()
         a.cmd(b"n NOTIFY SET (personal (MessageNew MessageExpunge))")
@@ -240,6 +268,15 @@ class NotifySpecTests(ImapTestCase):
 
 
 class UnauthenticateTests(ImapTestCase):
+    def test_not_offered_by_a_privsep_agent(self) -> None:
+        """The per-user agent runs as the user: it could not log in as anyone else."""
+        from mailsuite.privsep.agent import AgentIMAP
+        from mailsuite.imap.unauthenticate import UnauthenticateCommands
+
+        self.assertFalse(AgentIMAP.CAN_UNAUTHENTICATE)
+        fake = type("Fake", (), {"CAN_UNAUTHENTICATE": False, "state": "auth"})()
+        self.assertEqual(UnauthenticateCommands.own_capabilities(fake), {})  # type: ignore[arg-type]
+
     def test_back_to_not_authenticated(self) -> None:
         s = self.session()
         self.assertNotIn(b"UNAUTHENTICATE", s.cmd(b"a CAPABILITY"))

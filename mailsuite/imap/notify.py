@@ -213,6 +213,13 @@ class NotifyWatch:
         elif not self.watched(name):
             self.told.pop(name, None)
 
+    def unselected(self, name: str | None) -> None:
+        """``name`` is selected no more: what the client knows of it is now, as STATUS."""
+        if name is not None and name != self.selected_name() and self.watched(name):
+            self.told[name] = None
+            self.dirty.add(name)
+            self._check_soon()
+
     def _check_soon(self) -> None:
         if not self._checking:
             self._checking = True
@@ -417,9 +424,18 @@ class NotifyCommands(_Base):
         bus_of(store).publish(key, Event(kind, name, old, source=self))
 
     async def cmd_SELECT(self, tag: bytes, args: Cursor, readonly: bool = False) -> None:
+        before = None if self.view is None else self.view.name
         await super().cmd_SELECT(tag, args, readonly)  # type: ignore[misc]
         if self._notify is not None:
             self._notify_hook_view()
+            self._notify.unselected(before)
+
+    async def _close(self, tag: bytes, args: Cursor, expunge: bool) -> None:
+        """CLOSE and UNSELECT (selected.py): the mailbox is watched as the others again."""
+        before = None if self.view is None else self.view.name
+        await super()._close(tag, args, expunge)  # type: ignore[misc]
+        if self._notify is not None:
+            self._notify.unselected(before)
 
     cmd_SELECT.imap_states = ("auth", "select")  # type: ignore[attr-defined]
 
