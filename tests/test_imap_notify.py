@@ -110,6 +110,17 @@ class NotifyTests(ImapTestCase):
             s.cmd(b"l LOGOUT")
             s.proto.connectionLost(None)
 
+    def test_expunge_by_another_program_of_the_process(self) -> None:
+        """A POP3-like expunge through the store (no IMAP session): STATUS with MESSAGES."""
+        a, _ = self.two()
+        self.deliver()
+        a.cmd(b"n NOTIFY SET (inboxes (MessageNew MessageExpunge))")
+        box = self.successResultOf(self.store.open(BOSS, "INBOX"))
+        self.successResultOf(box.expunge([1]))
+        box.close()
+        self.clock.advance(0)
+        self.assertIn(b"* STATUS INBOX (MESSAGES 0 UIDNEXT 2 ", a.take())
+
     def test_status_waits_for_the_running_command(self) -> None:
         a, _b = self.two()
         a.cmd(b"n NOTIFY SET (personal (MessageNew MessageExpunge))")

@@ -286,7 +286,8 @@ class NotifyWatch:
     def emit(self, line: bytes) -> None:
         if self.stopped:
             return
-        if self.can_send() and not self.queued:
+        if self.can_send():
+            self.flush()  # what waited goes first
             self.session.sendLine(b"* " + line)
             if unsent(self.session.transport) > MAX_UNSENT:
                 self.session.notify_overflow()
