@@ -123,19 +123,21 @@ class NotifyWatch:
     async def start(self) -> None:
         """Learn the folders and the STATUS of every watched mailbox; with ``SET (STATUS)``
         send that STATUS (the NOTIFY command's untagged replies)."""
+        self.bus.subscribe(self.key, self.heard)  # what changes meanwhile is heard too
         self.names, self.subscribed = await self._folders()
         watched = sorted(n for n in self.names if self.watched(n))
         if len(watched) > MAX_WATCHED:
             raise Overflow
         for name in watched:
             st = await self._status(name)
+            if self.stopped:
+                return
             self.told[name] = st
             if st is not None and self.spec.status:
                 self.session.sendUntaggedResponse(_status_line(name, st))
         view = self.session.view
         if view is not None:
             self.last_uid = view._last_uid()
-        self.bus.subscribe(self.key, self.heard)
         if self.spec.others or self.spec.selected is not None:
             self._poll = task.LoopingCall(self.tick)
             self._poll.clock = self.session.clock
@@ -354,6 +356,9 @@ class NotifyCommands(_Base):
                 watch.stop()
                 self.sendNegativeResponse(tag, b"[NOTIFICATIONOVERFLOW] Too many mailboxes.")
                 return
+            except BaseException:  # a store error: its tagged NO (server._failed), no watch
+                watch.stop()
+                raise
             if self._lost:
                 watch.stop()
                 return
