@@ -44,6 +44,7 @@ from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdleCommands, IdlePoller
 from mailsuite.imap.limits import ImapLimits
+from mailsuite.imap.listext import ListCommands
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.quota import QuotaCommands
@@ -52,6 +53,7 @@ from mailsuite.imap.reader import CommandReader
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
 from mailsuite.imap.session import states
+from mailsuite.imap.status import StatusCommands
 from mailsuite.limits import Limits
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, idle_tcp, unsent
 from mailsuite.store.interfaces import (
@@ -78,7 +80,7 @@ REFRESH_REUSE = 0.05
 # ignore[override]: LineReceiver's MAX_LENGTH is CommandReader's property (what is left).
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands,
-    AppendCommands, QuotaCommands, IdleCommands,
+    AppendCommands, QuotaCommands, IdleCommands, ListCommands, StatusCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
