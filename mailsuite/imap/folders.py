@@ -1,6 +1,6 @@
 """Mailbox-level IMAP commands: SELECT/EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE
-(LIST/LSUB/XLIST: ``listext.ListCommands``; STATUS: ``status.StatusCommands``; APPEND:
-``append.AppendCommands``).
+(LIST/LSUB/XLIST: ``listext.ListCommands``; STATUS: ``status.StatusCommands``; CREATE:
+``objectid.ObjectIdCommands``; APPEND: ``append.AppendCommands``).
 
 A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``):
 ``self.account`` is the ``ImapAccount``; store errors become tagged NO replies in
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mailsuite.imap.objectid import mailbox_id_line
 from mailsuite.imap.parser import (
     DELIMITER,
     Cursor,
@@ -32,6 +33,7 @@ class FolderCommands(_Base):
             args.paren_list()  # select parameters (CONDSTORE...) are not offered: ignored
         args.end()
         self._close_view()
+        mailbox_id = await mailbox_id_line(self, name)  # OBJECTID (objectid.py)
         try:
             view = await self.account.open_view(name, readonly, self.recent)
         except MailboxNotFound:
@@ -51,6 +53,8 @@ class FolderCommands(_Base):
             self.sendUntaggedResponse(b"OK [UNSEEN %d] First unseen." % unseen)
         self.sendUntaggedResponse(b"OK [UIDVALIDITY %d] UIDs valid" % view.uid_validity)
         self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % view.uid_next)
+        if mailbox_id is not None:
+            self.sendUntaggedResponse(mailbox_id)
         self.view, self.state = view, "select"
         mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
         self.sendPositiveResponse(
@@ -70,11 +74,6 @@ class FolderCommands(_Base):
         name = args.mailbox()
         args.end()
         return name
-
-    async def cmd_CREATE(self, tag: bytes, args: Cursor) -> None:
-        name = self._one_name(args).rstrip(DELIMITER)  # "a/" means "a, to hold children"
-        await self.account.create(name)
-        self.sendPositiveResponse(tag, b"Create completed.")
 
     async def cmd_DELETE(self, tag: bytes, args: Cursor) -> None:
         await self.account.delete(self._one_name(args))
@@ -97,6 +96,6 @@ class FolderCommands(_Base):
         await self.account.unsubscribe(self._one_name(args))
         self.sendPositiveResponse(tag, b"Unsubscribe completed.")
 
-    for _f in (cmd_CREATE, cmd_DELETE, cmd_RENAME, cmd_SUBSCRIBE, cmd_UNSUBSCRIBE):
+    for _f in (cmd_DELETE, cmd_RENAME, cmd_SUBSCRIBE, cmd_UNSUBSCRIBE):
         _f.imap_states = ("auth", "select")  # type: ignore[attr-defined]
     del _f

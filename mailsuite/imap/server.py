@@ -47,6 +47,7 @@ from mailsuite.imap.limits import ImapLimits
 from mailsuite.imap.listext import ListCommands
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
+from mailsuite.imap.objectid import ObjectIdCommands
 from mailsuite.imap.quota import QuotaCommands
 from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.imap.reader import CommandReader
@@ -81,6 +82,7 @@ REFRESH_REUSE = 0.05
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands,
     AppendCommands, QuotaCommands, IdleCommands, ListCommands, StatusCommands,
+    ObjectIdCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers

@@ -1,5 +1,5 @@
-"""LIST-EXTENDED, LIST-STATUS and STATUS=SIZE through the stdlib's imaplib against the server on
-a real TCP port (127.0.0.1, port 0)."""
+"""LIST-EXTENDED, LIST-STATUS, STATUS=SIZE, OBJECTID and CREATE-SPECIAL-USE through the stdlib's
+imaplib against the server on a real TCP port (127.0.0.1, port 0)."""
 
 from __future__ import annotations
 
@@ -39,16 +39,25 @@ class ImaplibListTests(unittest.TestCase):
             out["list_status"] = (typ, client.untagged_responses.pop("LIST", None),
                                   client.untagged_responses.pop("STATUS", None))
             out["status"] = client.status("INBOX", "(SIZE)")
+            out["create"] = client._simple_command("CREATE", "Drafts2 (USE (\\Drafts))")
+            out["create_code"] = client.untagged_responses.pop("MAILBOXID", None)
+            out["status_id"] = client.status("Drafts2", "(MAILBOXID)")
+            out["special"] = client._simple_command("LIST", '(SPECIAL-USE) "" Drafts2')
+            out["special_data"] = client.untagged_responses.pop("LIST", None)
+            client.select("INBOX")
+            out["emailid"] = client.fetch("1", "(EMAILID THREADID)")
             client.logout()
         return out
 
     @defer.inlineCallbacks
     def test_imaplib(self):  # type: ignore[no-untyped-def]
-        """imaplib sees LIST-EXTENDED LIST-STATUS STATUS=SIZE, gets CHILDINFO for an unsubscribed
-        parent, a STATUS after each LIST line, and STATUS SIZE."""
+        """imaplib sees LIST-EXTENDED LIST-STATUS STATUS=SIZE OBJECTID CREATE-SPECIAL-USE, gets
+        CHILDINFO for an unsubscribed parent, a STATUS after each LIST line, STATUS SIZE; CREATE
+        with USE answers the MAILBOXID STATUS gives and LIST shows the use; FETCH EMAILID."""
         yield self.store.deliver(BOSS, MESSAGE, "bob@example.org")
         out = yield threads.deferToThread(self._session, self.port.getHost().port)
-        for cap in ("LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE"):
+        for cap in ("LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "OBJECTID",
+                    "CREATE-SPECIAL-USE"):
             self.assertIn(cap, out["caps"])
         self.assertEqual(out["recursive"][0], "OK")
         self.assertIn(b'(\\HasChildren) "/" Work ("CHILDINFO" ("SUBSCRIBED"))',
@@ -61,3 +70,11 @@ class ImaplibListTests(unittest.TestCase):
         self.assertEqual(statuses, [b"INBOX (MESSAGES 1 SIZE %d)" % size,
                                     b"Work/2026 (MESSAGES 0 SIZE 0)"])
         self.assertEqual(out["status"], ("OK", [b"INBOX (SIZE %d)" % size]))
+        self.assertEqual(out["create"][0], "OK")
+        created = out["create_code"][-1].strip(b"()")  # imaplib keeps each CREATE's code
+        self.assertIn(b"[MAILBOXID (%s)]" % created, out["create"][1][0])
+        self.assertEqual(out["status_id"], ("OK", [b"Drafts2 (MAILBOXID (%s))" % created]))
+        self.assertEqual(out["special_data"], [b'(\\HasNoChildren \\Drafts) "/" Drafts2'])
+        typ, data = out["emailid"]
+        self.assertEqual(typ, "OK")
+        self.assertRegex(data[0], rb"\A1 \(EMAILID \(M[0-9a-f]{24}\) THREADID NIL\)\Z")
