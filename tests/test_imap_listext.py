@@ -8,7 +8,7 @@ import re
 
 from mailsuite.imap import status
 from mailsuite.wire import to_wire
-from tests.test_imap_server import MESSAGE, ImapTestCase
+from tests.test_imap_server import BOSS, MESSAGE, ImapTestCase
 
 
 class ListExtendedTests(ImapTestCase):
@@ -49,9 +49,10 @@ class ListExtendedTests(ImapTestCase):
             b'* LIST (\\HasNoChildren \\Subscribed) "/" Fruit/Banana'])
 
     def test_recursivematch_childinfo(self) -> None:
-        """RFC 5258 5 example 9: with RECURSIVEMATCH a matching parent whose descendants are
-        subscribed is listed with CHILDINFO, also when it is no mailbox or not subscribed
-        itself; without RECURSIVEMATCH it is not."""
+        """RFC 5258 5 example 9: with RECURSIVEMATCH a matching parent with a subscribed
+        descendant the pattern does not match is listed with CHILDINFO, also when it is no
+        mailbox or not subscribed itself; with "*" the descendants are listed instead;
+        without RECURSIVEMATCH the parent is not."""
         for line in (b"b CREATE Foo/Bar", b"c SUBSCRIBE Foo/Bar", b"d CREATE Baz/Qux",
                      b"e SUBSCRIBE Baz", b"f SUBSCRIBE Eps/Mu"):
             self.assertIn(b" OK", self.s.cmd(line))
@@ -64,6 +65,10 @@ class ListExtendedTests(ImapTestCase):
         out = self.s.cmd(b'h LIST (SUBSCRIBED) "" "%"')
         self.assertNotIn(b'"/" Foo', out)
         self.assertNotIn(b'"/" Eps', out)
+        out = self.s.cmd(b'h2 LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"')
+        self.assertNotIn(b"CHILDINFO", out)  # every subscribed descendant is listed itself
+        self.assertIn(b'* LIST (\\HasNoChildren \\Subscribed) "/" Foo/Bar', out)
+        self.assertNotIn(b'"/" Foo\r\n', out)
         out = self.s.cmd(b'i LIST (REMOTE SUBSCRIBED) "" "Foo/%"')
         self.assertEqual(self.lines(out), [b'* LIST (\\HasNoChildren \\Subscribed) "/" Foo/Bar'])
 
@@ -75,6 +80,15 @@ class ListExtendedTests(ImapTestCase):
         out = self.s.cmd(b'c LIST (SPECIAL-USE RECURSIVEMATCH) "" "%"')
         self.assertIn(b'* LIST (\\HasChildren) "/" Old ("CHILDINFO" ("SPECIAL-USE"))', out)
         self.assertEqual(len(re.findall(rb"\* LIST", out)), 4)  # Old, Drafts, Trash, Junk
+
+    def test_level_that_is_no_mailbox(self) -> None:
+        """RFC 5258 3 and 5819: a level that is no mailbox, holding one "%" does not reach, is
+        \\NonExistent \\HasChildren (no STATUS for it); with "*" only its child is listed."""
+        self.store._new_box(BOSS, "Orphan/Child")  # as a folder made by another program
+        out = self.s.cmd(b'b LIST "" "O%" RETURN (STATUS (MESSAGES))')
+        self.assertEqual(self.lines(out), [b'* LIST (\\NonExistent \\HasChildren) "/" Orphan'])
+        out = self.s.cmd(b'c LIST "" "O*"')
+        self.assertEqual(self.lines(out), [b'* LIST (\\HasNoChildren) "/" Orphan/Child'])
 
     def test_bad_options(self) -> None:
         """RFC 5258 3: unknown selection or return options and RECURSIVEMATCH alone are BAD,

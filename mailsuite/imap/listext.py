@@ -6,13 +6,14 @@ the SPECIAL-USE selection and return options (RFC 6154 5.1) and Apple's XLIST.
 - selection SUBSCRIBED (implies the SUBSCRIBED return option) lists subscribed names, also
   those that are no mailbox (``\\NonExistent``); SPECIAL-USE lists special-use mailboxes only;
   REMOTE changes nothing (every mailbox is local); RECURSIVEMATCH (with one of the first two)
-  also lists a matching name whose descendants meet the criteria, with
-  ``("CHILDINFO" ("SUBSCRIBED"))``; unknown selection options or RECURSIVEMATCH alone are BAD;
+  also lists a matching name with a descendant that meets the criteria but is not matched by
+  the patterns, with ``("CHILDINFO" ("SUBSCRIBED"))`` (as Dovecot); unknown selection options
+  or RECURSIVEMATCH alone are BAD;
 - return SUBSCRIBED adds ``\\Subscribed``; CHILDREN is always on (the server has CHILDREN);
   SPECIAL-USE: the attributes are always sent; STATUS (items) adds a ``* STATUS`` reply after
   each selectable mailbox's LIST line (status.py's items); unknown return options are BAD;
-- a hierarchy level that is no mailbox but holds one matching the level is listed
-  ``\\NonExistent`` (RFC 5258 3: it implies ``\\NoSelect``).
+- a hierarchy level that is no mailbox but holds one the patterns do not match (``%``) is
+  listed ``\\NonExistent`` (RFC 5258 3: it implies ``\\NoSelect``).
 
 LSUB keeps RFC 3501's rules (an unsubscribed parent ``\\Noselect`` for ``%``) and INBOX always
 subscribed (Outlook expects it there). ``LIST "" ""`` gives the delimiter.
@@ -160,7 +161,8 @@ class ListCommands(_Base):
             return name in subscribed if "SUBSCRIBED" in req.criteria else entry is not None
 
         hits = {n for n in names if meets(n)}
-        below = {p for n in hits for p in _parents(n)}  # has a descendant meeting the criteria
+        # has a descendant that meets the criteria but is not matched (so not listed itself)
+        below = {p for n in hits if not matcher.match(n) for p in _parents(n)}
         out: list[tuple[str | None, bytes]] = []
         for name in sorted(names, key=lambda n: (n != "INBOX", n)):
             if not matcher.match(name):
