@@ -132,6 +132,8 @@ class ListCommands(_Base):
             self._lsub(entries, subscribed, matcher, req.patterns)
         else:
             for name, line in self._list_lines(req, entries, subscribed, matcher):
+                if self._lost:  # gone while a STATUS was read: nothing more to say
+                    return
                 self.sendUntaggedResponse(line)
                 if req.status and name is not None:
                     await self._list_status(name, req.status)
