@@ -149,7 +149,7 @@ class NotifyTests(ImapTestCase):
     def test_mailbox_name_and_subscription_from_another_session(self) -> None:
         a, b = self.two()
         a.cmd(b"n NOTIFY SET (personal (MailboxName SubscriptionChange))")
-        self.assertEqual(b.cmd(b"c CREATE Projects"), b"c OK Create completed.\r\n")
+        self.assertIn(b"c OK [MAILBOXID (", b.cmd(b"c CREATE Projects"))
         self.assertEqual(a.take(), b'* LIST () "/" Projects\r\n')
         b.cmd(b"r RENAME Projects Old")
         self.assertEqual(a.take(), b'* LIST () "/" Old ("OLDNAME" (Projects))\r\n')

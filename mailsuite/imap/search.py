@@ -16,6 +16,7 @@ from datetime import date, datetime
 from email import policy
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
+from collections.abc import Callable
 from typing import Any
 
 from mailsuite.imap.addresses import parse_address_list
@@ -86,6 +87,9 @@ _FLAG_KEYS = {
 _NO_ARG = {"ALL", "NEW", "OLD", "RECENT"} | set(_FLAG_KEYS)
 _STRING_ARG = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "KEYWORD", "UNKEYWORD"}
 _DATE_ARG = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+#: Search keys an extension adds (objectid.py: EMAILID, THREADID): name -> (how many arguments
+#: it takes, whether ``(name, *argument bytes)`` matches a Candidate); one line in its module
+EXTRA_KEYS: dict[str, tuple[int, Callable[[tuple[Any, ...], Candidate], bool]]] = {}
 
 
 def _parse_date(token: Token) -> date:
@@ -133,6 +137,8 @@ class _Parser:
             return (name, self.next().value)
         if name in _DATE_ARG:
             return (name, _parse_date(self.next()))
+        if name in EXTRA_KEYS:
+            return (name, *(self.next().value for _ in range(EXTRA_KEYS[name][0])))
         if name == "HEADER":
             return (name, self.next().value.upper(), self.next().value)
         if name in ("LARGER", "SMALLER"):
@@ -200,6 +206,7 @@ class Candidate:
     max_uid: int
     header: bytes = b""
     raw: bytes = b""
+    view: Any = None  # the session's ImapMailboxView (for EXTRA_KEYS)
 
 
 def _decoded_values(header: bytes, name: bytes) -> list[str]:
@@ -345,6 +352,8 @@ def matches(key: tuple[Any, ...], c: Candidate) -> bool:
         return _in_ranges(c.uid, key[1], c.max_uid)
     if name == "SEQ":
         return _in_ranges(c.seq, key[1], c.max_seq)
+    if name in EXTRA_KEYS:
+        return EXTRA_KEYS[name][1](key, c)
     raise SearchSyntaxError(f"unknown search key {name}")
 
 
@@ -377,7 +386,7 @@ async def run_search(view: Any, key: tuple[Any, ...], uid: bool) -> list[int]:
         for seq, info in chunk:
             u = info.uid
             flags = info.flags | _RECENT if view.is_recent(u) else info.flags
-            candidate = Candidate(seq, u, flags, info, info.size, count, max_uid)
+            candidate = Candidate(seq, u, flags, info, info.size, count, max_uid, view=view)
             if need == "body":
                 try:
                     candidate.raw = await view.mailbox.read(u)

@@ -44,9 +44,11 @@ from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdleCommands, IdlePoller
 from mailsuite.imap.limits import ImapLimits
+from mailsuite.imap.listext import ListCommands
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.notify import NotifyCommands
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
+from mailsuite.imap.objectid import ObjectIdCommands
 from mailsuite.imap.quota import QuotaCommands
 from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.imap.reader import CommandReader
@@ -54,6 +56,7 @@ from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
 from mailsuite.imap.session import states
 from mailsuite.imap.unauthenticate import UnauthenticateCommands
+from mailsuite.imap.status import StatusCommands
 from mailsuite.limits import Limits
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, idle_tcp, unsent
 from mailsuite.store.interfaces import (
@@ -81,6 +84,7 @@ REFRESH_REUSE = 0.05
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, NotifyCommands, FolderCommands,
     SelectedCommands, AppendCommands, QuotaCommands, IdleCommands, UnauthenticateCommands,
+    ListCommands, StatusCommands, ObjectIdCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers

@@ -152,6 +152,11 @@ class IMailbox(Interface):
         """Add a message (bytes, LF or CRLF line ends) with flags and date; durable before the
         Deferred fires. Deferred[int]: the new UID."""
 
+    def email_id(uid):
+        """str | None: what identifies the message's content (its fingerprint: the same in a
+        copy, after a rewrite by another program), None for a UID not in the mailbox; the
+        IMAP EMAILID (RFC 8474) is made of it."""
+
     def keywords():
         """set[str]: the keywords (flags that are not system flags) messages of the mailbox
         have had since it was opened, kept up to date without a pass (SELECT's FLAGS)."""
@@ -218,6 +223,12 @@ class IMailStore(Interface):
         """Deferred[None]: rename a mailbox with its children. Renaming INBOX moves its messages
         into the new mailbox and leaves INBOX empty (RFC 3501). UIDVALIDITY of renamed mailboxes
         may change. MailboxNotFound, MailboxExists, InvalidMailboxName."""
+
+    def folder_attrs(account, name, use=None):
+        """Deferred[folderattrs.FolderAttrs]: the folder's MAILBOXID (made at the first look,
+        kept across RENAME, never reused) and the special-use attribute given at CREATE
+        (``use``: give it now, one of ``folderattrs.CREATABLE_USES``, else
+        InvalidMailboxName); list_mailboxes shows that attribute. MailboxNotFound."""
 
     def subscriptions(account):
         """Deferred[set[str]]: subscribed names (which need not exist), persistent."""

@@ -38,6 +38,7 @@ from zope.interface import implementer
 
 from mailsuite.accounts import Account
 from mailsuite.store import events, folders
+from mailsuite.store.folderattrs import FolderAttrsStore, stored_uses
 from mailsuite.store.folders import INBOX
 from mailsuite.store.interfaces import (
     IMailStore,
@@ -80,7 +81,7 @@ IDLE_BUDGET = 300_000  # messages of mailboxes nobody has open that stay in memo
 
 
 @implementer(IMailStore)
-class MboxStore:
+class MboxStore(FolderAttrsStore):
     """All mailboxes of all accounts, as mbox files; see the module docstring.
 
     ``specials`` ({folder name: special-use flag}) defaults to
@@ -401,12 +402,13 @@ class MboxStore:
     def list_mailboxes(self, account: Account) -> defer.Deferred[list[MailboxEntry]]:
         tree = self._tree(account)
 
-        def work() -> tuple[dict[str, bool], dict[str, str]]:
+        def work() -> tuple[dict[str, bool], dict[str, str], dict[str, str]]:
             try:
-                return folders_and_specials()
+                found, moved = folders_and_specials()
+                return found, moved, {**self.specials, **stored_uses(tree, list(found))}
             except StoreRefused as e:  # no home, a symlinked ~/mail: INBOX still works
                 log.warn("{user}: only INBOX listed: {why}", user=account.name, why=e)
-                return {INBOX: False}, {}
+                return {INBOX: False}, {}, {}
 
         def folders_and_specials() -> tuple[dict[str, bool], dict[str, str]]:
             moved: dict[str, str] = {}
@@ -423,10 +425,10 @@ class MboxStore:
                 tree.record_specials(made | set(todo))
             return tree.list_folders(), moved
 
-        def entries(result: tuple[dict[str, bool], dict[str, str]]) -> list[MailboxEntry]:
-            found, _ = result
+        def entries(result: tuple[dict[str, bool], Any, dict[str, str]]) -> list[MailboxEntry]:
+            found, _, uses = result
             return [
-                MailboxEntry(name, found[name], self.specials.get(name))
+                MailboxEntry(name, found[name], uses.get(name))
                 for name in folders.list_order(found)
             ]
 

@@ -244,6 +244,11 @@ class MboxMailbox:
             return entries[i]
         return None
 
+    def email_id(self, uid: int) -> str | None:
+        """The message's fingerprint (IMailbox.email_id): the same after rewrites by mutt."""
+        entry = self._entry(uid)
+        return None if entry is None else entry.fingerprint
+
     def keywords(self) -> set[str]:
         """Every keyword a message of the mailbox has had since it was loaded (FLAGS)."""
         return self._summary.keywords

@@ -11,6 +11,7 @@ from zope.interface import implementer
 
 from mailsuite.accounts import Account
 from mailsuite.store import events, folders
+from mailsuite.store.folderattrs import FolderAttrs, check_use, new_mailbox_id
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -26,7 +27,7 @@ from mailsuite.store.interfaces import (
     StoreError,
     UnknownUID,
 )
-from mailsuite.store.mboxformat import header_end
+from mailsuite.store.mboxformat import fingerprint, header_end
 from mailsuite.wire import wire_size
 
 
@@ -48,6 +49,9 @@ class MemoryMailbox:
         self._keywords: set[str] = set()
         self.users = 0
         self.owner: tuple[Any, str] | None = None  # (store, account name)
+        self._fingerprints: dict[int, str] = {}  # uid -> as the mbox index has it
+        self.mailbox_id = new_mailbox_id()  # folderattrs.FolderAttrs, moved by RENAME
+        self.special_use: str | None = None  # given at CREATE
 
     # Changes are recorded as they happen and told to listeners on the next refresh, as the mbox
     # store sees them only when it looks at the disk; changes made through this object are told
@@ -117,6 +121,7 @@ class MemoryMailbox:
         self.messages = [m for m in self.messages if m.uid not in set(gone)]
         for uid in gone:
             del self._bodies[uid]
+            self._fingerprints.pop(uid, None)
         self._tell(Changes(expunged=gone))
         return defer.succeed(gone)
 
@@ -130,6 +135,8 @@ class MemoryMailbox:
         # a date given keeps its zone; mail delivered here gets the local zone (as Dovecot)
         when = date or self._now().astimezone()
         info = MessageInfo(self.uid_next, frozenset(flags), when, wire_size(data))
+        header = header_end(data, 0, len(data))
+        self._fingerprints[info.uid] = fingerprint(data[:header], len(data) - header)
         self.uid_next += 1
         self.messages.append(info)
         self._bodies[info.uid] = data
@@ -145,6 +152,9 @@ class MemoryMailbox:
         info = self._add(data, flags, internal_date)
         self._tell(Changes(added=[info]))
         return defer.succeed(info.uid)
+
+    def email_id(self, uid: int) -> str | None:
+        return self._fingerprints.get(uid)
 
     def keywords(self) -> set[str]:
         return self._keywords
@@ -214,6 +224,7 @@ class MemoryStore:
             name, self._next_validity, self._now
         )
         box.owner = (self, account.name)  # for NOTIFY's event bus (store/events.py)
+        box.mailbox_id = f"F{self._next_validity:x}"  # unique in the store, the same each run
         return box
 
     def _box(self, account: Account, name: str, create: bool) -> MemoryMailbox:
@@ -267,10 +278,18 @@ class MemoryStore:
             MailboxEntry(
                 name,
                 any(folders.is_under(other, name) for other in names),
-                self.specials.get(name),
+                self._box(account, name, create=True).special_use or self.specials.get(name),
             )
             for name in folders.list_order(names)
         ]
+
+    @_deferred
+    def folder_attrs(self, account: Account, name: str, use: str | None = None) -> FolderAttrs:
+        """As ``folderattrs.FolderAttrsStore.folder_attrs``."""
+        box = self._box(account, name, create=False)
+        if use is not None:
+            box.special_use = check_use(use)
+        return FolderAttrs(box.mailbox_id, box.special_use)
 
     def _create(self, account: Account, name: str) -> None:
         name = folders.normalize(name)
