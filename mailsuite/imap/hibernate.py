@@ -165,6 +165,7 @@ def hibernatable(session: Any) -> bool:
     output or queued input, and (when a mailbox is selected) a mailbox whose files can be
     watched."""
     return (session._idle_tag is not None and not session._lost and session._corked is None
+            and getattr(session, "_deflate", None) is None  # COMPRESS: zlib state stays
             and session._unsent_wait is None and not session._buffer
             and not session.transport.disconnecting
             and (session.view is None or bool(watch_paths(session.view))))

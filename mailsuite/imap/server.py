@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from mailsuite.config import Config
 from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.append import AppendCommands
+from mailsuite.imap.compress import CompressCommands, Deflate
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdleCommands, IdlePoller
@@ -78,7 +79,7 @@ REFRESH_REUSE = 0.05
 # ignore[override]: LineReceiver's MAX_LENGTH is CommandReader's property (what is left).
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands,
-    AppendCommands, QuotaCommands, IdleCommands,
+    AppendCommands, QuotaCommands, IdleCommands, CompressCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
@@ -88,6 +89,7 @@ class IMAPServer(  # type: ignore[misc, override]
 
     IDENT = b"mailsuite ready."
     splice: Any = None  # after a hand-off to an agent: where the client's bytes go
+    _deflate: Deflate | None = None  # after COMPRESS DEFLATE (compress.py)
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
 
@@ -187,6 +189,11 @@ class IMAPServer(  # type: ignore[misc, override]
         self._bytes_in += len(data)
         if self.transport.disconnecting:
             return  # refused (a limit) or logged out: nothing more is read
+        if self._deflate is not None:  # compress.py: what the reader reads is inflated
+            inflated = self.inflate(data)
+            if inflated is None:
+                return
+            data = inflated
         if self._corked is not None:
             super().dataReceived(data)
             return
@@ -204,7 +211,7 @@ class IMAPServer(  # type: ignore[misc, override]
         if self._corked is not None:
             self._corked.append(data)
         else:
-            self.transport.write(data)
+            self.transport.write(self.deflated(data))
             self._hold_while_unsent()
 
     def uncork(self) -> None:
@@ -214,7 +221,7 @@ class IMAPServer(  # type: ignore[misc, override]
         out, self._corked = self._corked, None
         if not out:
             return
-        data = b"".join(out)
+        data = self.deflated(b"".join(out))
         t = self.transport
         if not self._lost and idle_tcp(t):
             try:
