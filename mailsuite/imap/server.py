@@ -47,6 +47,7 @@ from mailsuite.imap.idle import IdleCommands, IdlePoller
 from mailsuite.imap.limits import ImapLimits
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
+from mailsuite.imap.metadata import MetadataCommands
 from mailsuite.imap.quota import QuotaCommands
 from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.imap.reader import CommandReader
@@ -79,7 +80,7 @@ REFRESH_REUSE = 0.05
 # ignore[override]: LineReceiver's MAX_LENGTH is CommandReader's property (what is left).
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands,
-    AppendCommands, QuotaCommands, IdleCommands, CompressCommands,
+    AppendCommands, QuotaCommands, IdleCommands, CompressCommands, MetadataCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
