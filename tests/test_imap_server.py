@@ -137,8 +137,8 @@ class GreetingLoginTests(ImapTestCase):
         self.assertIn(b"a OK", caps)
         s.login()
         after = s.cmd(b"b CAPABILITY")
-        self.assertIn(b"* CAPABILITY IMAP4rev1 " + extensions[:-2] + b" COMPRESS=DEFLATE\r\n",
-                      after)
+        self.assertIn(b"* CAPABILITY IMAP4rev1 " + extensions[:-2]
+                      + b" COMPRESS=DEFLATE UTF8=ACCEPT\r\n", after)
         for absent in (b"STARTTLS", b"UIDONLY", b"LOGINDISABLED"):
             self.assertNotIn(absent, caps + s.greeting + after)
         for absent in (b"AUTH=", b"SASL-IR"):

@@ -43,9 +43,8 @@ class FolderCommands(_Base):
         try:
             view = await self.account.open_view(name, readonly, self.recent)
         except MailboxNotFound:
-            self.sendNegativeResponse(
-                tag, b"[NONEXISTENT] Mailbox doesn't exist: " + encode_mailbox(name)
-            )
+            wire = encode_mailbox(name, self.utf8_names)
+            self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist: " + wire)
             return
         if self._lost:
             self.account.close_view(view)
@@ -116,7 +115,7 @@ class FolderCommands(_Base):
             selection = {bytes(o).decode("ascii", "replace").upper() for o in args.paren_list()
                          if not isinstance(o, list)}
             args.sp()
-        ref = mailbox_name(args.astring())
+        ref = mailbox_name(args.astring(), args.utf8)
         args.sp()
         if args.peek() == b"(" and command == b"LIST":
             patterns = [bytes(p) for p in args.paren_list() if not isinstance(p, list)]
@@ -140,7 +139,8 @@ class FolderCommands(_Base):
             self.sendPositiveResponse(tag, b"List completed.")
             return
         try:
-            matcher = ListMatcher(full_pattern(ref, mailbox_name(p) if p else "") for p in patterns)
+            matcher = ListMatcher(
+                full_pattern(ref, mailbox_name(p, args.utf8) if p else "") for p in patterns)
         except PatternTooLong as e:
             self.sendNegativeResponse(tag, b"[LIMIT] " + str(e).encode("ascii"))
             return
@@ -183,9 +183,9 @@ class FolderCommands(_Base):
                 if matcher.match(name):
                     shown.append((name, ["\\NonExistent", "\\Subscribed"]))
         for name, attrs in shown:
+            wire = encode_mailbox(name, self.utf8_names)
             self.sendUntaggedResponse(
-                command + b" (" + " ".join(attrs).encode("ascii") + b') "/" ' + encode_mailbox(name)
-            )
+                command + b" (" + " ".join(attrs).encode("ascii") + b') "/" ' + wire)
 
     def _lsub(self, entries: list[MailboxEntry], subscribed: set[str],
               matcher: ListMatcher, patterns: list[bytes]) -> None:
@@ -207,9 +207,9 @@ class FolderCommands(_Base):
                         shown.setdefault(parent, ["\\Noselect"])
                         break
         for name, attrs in shown.items():
+            wire = encode_mailbox(name, self.utf8_names)
             self.sendUntaggedResponse(
-                b"LSUB (" + " ".join(attrs).encode("ascii") + b') "/" ' + encode_mailbox(name)
-            )
+                b"LSUB (" + " ".join(attrs).encode("ascii") + b') "/" ' + wire)
 
     async def cmd_LSUB(self, tag: bytes, args: Cursor) -> None:
         await self.cmd_LIST(tag, args, b"LSUB")
@@ -236,7 +236,8 @@ class FolderCommands(_Base):
             raise ParseError("unknown or missing STATUS item")
         status = await self.account.status(name, self.recent)
         values = b" ".join(b"%s %d" % (i.encode(), status[i]) for i in items)
-        self.sendUntaggedResponse(b"STATUS " + encode_mailbox(name) + b" (" + values + b")")
+        wire = encode_mailbox(name, self.utf8_names)
+        self.sendUntaggedResponse(b"STATUS " + wire + b" (" + values + b")")
         self.sendPositiveResponse(tag, b"Status completed.")
 
     cmd_STATUS.imap_states = ("auth", "select")  # type: ignore[attr-defined]

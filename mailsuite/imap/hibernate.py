@@ -166,6 +166,7 @@ def hibernatable(session: Any) -> bool:
     watched."""
     return (session._idle_tag is not None and not session._lost and session._corked is None
             and getattr(session, "_deflate", None) is None  # COMPRESS: zlib state stays
+            and not getattr(session, "utf8_names", False)  # UTF8=ACCEPT: not in the snapshot
             and session._unsent_wait is None and not session._buffer
             and not session.transport.disconnecting
             and (session.view is None or bool(watch_paths(session.view))))

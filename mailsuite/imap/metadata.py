@@ -116,14 +116,13 @@ class MetadataCommands(_Base):
         self.sendBadResponse(tag, b"Unknown command.")
         return True
 
-    @staticmethod
-    def _mailbox(args: Cursor) -> tuple[str | None, bytes]:
+    def _mailbox(self, args: Cursor) -> tuple[str | None, bytes]:
         """(mailbox, or None for the server's entries; the name as replies give it)."""
         raw = args.astring()
         if raw == b"":
             return None, b'""'
-        name = mailbox_name(raw)
-        return name, encode_mailbox(name)
+        name = mailbox_name(raw, args.utf8)
+        return name, encode_mailbox(name, self.utf8_names)
 
     @states("auth", "select")
     async def cmd_GETMETADATA(self, tag: bytes, args: Cursor) -> None:

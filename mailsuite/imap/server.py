@@ -54,6 +54,7 @@ from mailsuite.imap.reader import CommandReader
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
 from mailsuite.imap.session import states
+from mailsuite.imap.utf8 import Utf8Commands
 from mailsuite.limits import Limits
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, idle_tcp, unsent
 from mailsuite.store.interfaces import (
@@ -81,6 +82,7 @@ REFRESH_REUSE = 0.05
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands,
     AppendCommands, QuotaCommands, IdleCommands, CompressCommands, MetadataCommands,
+    Utf8Commands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
@@ -300,6 +302,7 @@ class IMAPServer(  # type: ignore[misc, override]
             self.sendBadResponse(tag, why)
             return
         cursor = Cursor(rest)
+        cursor.utf8 = self.utf8_names  # ENABLE UTF8=ACCEPT (utf8.py)
         refresh = (
             self.view is not None
             and name not in _NO_REFRESH
