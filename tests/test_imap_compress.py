@@ -202,6 +202,16 @@ class SplitTests(unittest.TestCase):
         _, rest = clear_part(run.output)
         self.assertEqual(Client().unz(rest), self.expected)
 
+    def test_behind_a_slow_login(self) -> None:
+        """The login, COMPRESS and the compressed commands in one read while the login is
+        still being checked (reading is paused, everything waits in the buffer): the bytes
+        after COMPRESS are inflated when it runs, not before."""
+        run = _Run()
+        run.feed(CLEAR[0], settle=True)
+        run.feed(CLEAR[1] + CLEAR[2] + self.stream, settle=True)
+        _, rest = clear_part(run.output)
+        self.assertEqual(Client().unz(rest), self.expected)
+
     @settings(max_examples=40, deadline=None)
     @given(st.lists(st.integers(min_value=1, max_value=4000), max_size=12))
     def test_random_cuts(self, offsets: list[int]) -> None:
