@@ -267,6 +267,8 @@ class ImapConfig:
     process_limit: int = 1024
     #: Dovecot's: an IDLE session this long idle leaves its agent (0: never; Dovecot: 0)
     imap_hibernate_timeout: float = 5.0
+    #: Dovecot's: METADATA (RFC 5464, imap/metadata.py) offered (Dovecot: no)
+    imap_metadata: bool = False
 
 
 @dataclass(frozen=True)

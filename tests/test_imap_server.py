@@ -145,7 +145,7 @@ class GreetingLoginTests(ImapTestCase):
             b"CHILDREN", b"SPECIAL-USE", b"XLIST",
             b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"CREATE-SPECIAL-USE", b"OBJECTID",
         }
-        after_login_only = {b"NOTIFY", b"UNAUTHENTICATE"}
+        after_login_only = {b"NOTIFY", b"UNAUTHENTICATE", b"COMPRESS=DEFLATE", b"UTF8=ACCEPT"}
         self.assertEqual(caps_of(caps), {b"IMAP4rev1", b"SASL-IR", b"AUTH=PLAIN", b"AUTH=LOGIN"}
                          | extensions)
         self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN ", caps)

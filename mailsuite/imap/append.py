@@ -17,6 +17,7 @@ from mailsuite.imap.parser import (
     parse_flag_list,
 )
 from mailsuite.imap.session import states
+from mailsuite.imap.utf8 import utf8_message
 from mailsuite.store.interfaces import MailboxNotFound
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
@@ -39,9 +40,12 @@ class AppendCommands(_Base):
         if args.peek() == b'"':
             when = parse_date_time(args.string())
             args.sp()
-        if args.peek() != b"{":
+        if args.peek() in (b"U", b"u"):
+            data = utf8_message(args)  # RFC 6855 4: UTF8 (~{n}...)
+        elif args.peek() != b"{":
             raise ParseError("the message must be a literal")
-        data = args.string()
+        else:
+            data = args.string()
         args.end()
         if not data:
             self.sendNegativeResponse(tag, b"Can't save a zero byte message.")
@@ -51,7 +55,7 @@ class AppendCommands(_Base):
             validity, uids = await self.account.append(name, [message], self.recent)
         except MailboxNotFound:
             self.sendNegativeResponse(
-                tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name)
+                tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name, self.utf8_names)
             )
             return
         self.sendPositiveResponse(tag, b"[APPENDUID %d %d] Append completed." % (validity, uids[0]))

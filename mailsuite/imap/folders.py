@@ -37,9 +37,8 @@ class FolderCommands(_Base):
         try:
             view = await self.account.open_view(name, readonly, self.recent)
         except MailboxNotFound:
-            self.sendNegativeResponse(
-                tag, b"[NONEXISTENT] Mailbox doesn't exist: " + encode_mailbox(name)
-            )
+            wire = encode_mailbox(name, self.utf8_names)
+            self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist: " + wire)
             return
         if self._lost:
             self.account.close_view(view)

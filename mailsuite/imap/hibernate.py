@@ -165,6 +165,8 @@ def hibernatable(session: Any) -> bool:
     output or queued input, and (when a mailbox is selected) a mailbox whose files can be
     watched."""
     return (session._idle_tag is not None and not session._lost and session._corked is None
+            and getattr(session, "_deflate", None) is None  # COMPRESS: zlib state stays
+            and not getattr(session, "utf8_names", False)  # UTF8=ACCEPT: not in the snapshot
             and session._unsent_wait is None and not session._buffer
             and not session.transport.disconnecting
             and getattr(session, "_notify", None) is None  # NOTIFY's watch is this process's

@@ -76,7 +76,8 @@ class ListRequest:
         if extended and args.peek() == b"(":
             selection = _options(args.paren_list(), SELECTION, "selection")
             args.sp()
-        self.ref = mailbox_name(args.astring())
+        self.utf8 = args.utf8  # UTF8=ACCEPT (utf8.py): names in UTF-8, not modified UTF-7
+        self.ref = mailbox_name(args.astring(), self.utf8)
         args.sp()
         if extended and args.peek() == b"(":
             self.patterns = [bytes(p) for p in args.paren_list() if not isinstance(p, list)]
@@ -99,7 +100,7 @@ class ListRequest:
         self.show_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
 
     def matcher(self) -> ListMatcher:
-        return ListMatcher(full_pattern(self.ref, mailbox_name(p) if p else "")
+        return ListMatcher(full_pattern(self.ref, mailbox_name(p, self.utf8) if p else "")
                            for p in self.patterns)
 
 
@@ -147,7 +148,7 @@ class ListCommands(_Base):
             log.info("LIST-STATUS of {name} skipped: {why}", name=name, why=e)
             return
         if not self._lost:
-            self.sendUntaggedResponse(status_line(name, values))
+            self.sendUntaggedResponse(status_line(name, values, self.utf8_names))
 
     def _list_lines(self, req: ListRequest, entries: list[MailboxEntry], subscribed: set[str],
                     matcher: ListMatcher) -> list[tuple[str | None, bytes]]:
@@ -175,7 +176,7 @@ class ListCommands(_Base):
             entry = existing.get(name)
             attrs = self._attributes(req, name, entry, subscribed, existing)
             line = req.command + b" (" + " ".join(attrs).encode("ascii") + b') "/" '
-            line += encode_mailbox(name)
+            line += encode_mailbox(name, self.utf8_names)
             if childinfo:
                 line += b' ("CHILDINFO" (%s))' % b" ".join(
                     b'"%s"' % c.encode("ascii") for c in req.criteria)
@@ -221,7 +222,8 @@ class ListCommands(_Base):
                         break
         for name, attrs in shown.items():
             self.sendUntaggedResponse(
-                b"LSUB (" + " ".join(attrs).encode("ascii") + b') "/" ' + encode_mailbox(name)
+                b"LSUB (" + " ".join(attrs).encode("ascii") + b') "/" '
+                + encode_mailbox(name, self.utf8_names)
             )
 
     @states("auth", "select")

@@ -65,15 +65,15 @@ class Overflow(Exception):
     """More to watch than this server will."""
 
 
-def _status_line(name: str, st: Status) -> bytes:
+def _status_line(name: str, st: Status, utf8: bool) -> bytes:
     return b"STATUS %s (MESSAGES %d UIDNEXT %d UIDVALIDITY %d UNSEEN %d)" % (
-        encode_mailbox(name), *st)
+        encode_mailbox(name, utf8), *st)
 
 
-def _list_line(attrs: str, name: str, old: str | None = None) -> bytes:
-    line = b"LIST (" + attrs.encode("ascii") + b') "/" ' + encode_mailbox(name)
+def _list_line(attrs: str, name: str, utf8: bool, old: str | None = None) -> bytes:
+    line = b"LIST (" + attrs.encode("ascii") + b') "/" ' + encode_mailbox(name, utf8)
     if old is not None:
-        line += b' ("OLDNAME" (' + encode_mailbox(old) + b"))"
+        line += b' ("OLDNAME" (' + encode_mailbox(old, utf8) + b"))"
     return line
 
 
@@ -134,7 +134,7 @@ class NotifyWatch:
                 return
             self.told[name] = st
             if st is not None and self.spec.status:
-                self.session.sendUntaggedResponse(_status_line(name, st))
+                self.session.sendUntaggedResponse(_status_line(name, st, self.session.utf8_names))
         view = self.session.view
         if view is not None:
             self.last_uid = view._last_uid()
@@ -179,7 +179,8 @@ class NotifyWatch:
             else:
                 self.subscribed.discard(event.name)
             if not own and self.wants(event.name, SUBSCRIPTION_CHANGE):
-                self.emit(_list_line("\\Subscribed" if on else "", event.name))
+                attrs = "\\Subscribed" if on else ""
+                self.emit(_list_line(attrs, event.name, self.session.utf8_names))
             self._rewatch(event.name)
 
     def _renamed_or_made(self, event: Event, own: bool) -> None:
@@ -187,11 +188,11 @@ class NotifyWatch:
         if event.kind == "created":
             self.names.add(name)
             self.names.update(folders.parents(name))
-            line = _list_line("", name)
+            line = _list_line("", name, self.session.utf8_names)
         elif event.kind == "deleted":
             self.names.discard(name)
             self.told.pop(name, None)
-            line = _list_line("\\NonExistent", name)
+            line = _list_line("\\NonExistent", name, self.session.utf8_names)
         else:
             old = event.old or ""
             moved = {n for n in self.names if n == old or folders.is_under(n, old)}
@@ -199,7 +200,7 @@ class NotifyWatch:
             for n in moved:
                 self.names.add(folders.renamed(n, old, name))
                 self.told.pop(n, None)
-            line = _list_line("", name, old)
+            line = _list_line("", name, self.session.utf8_names, old)
         wanted = self.wants(name, MAILBOX_NAME) or (
             event.old is not None and self.wants(event.old, MAILBOX_NAME))
         if not own and wanted:
@@ -249,7 +250,7 @@ class NotifyWatch:
                 self.told[name] = st
                 flags = self.wants(name, FLAG_CHANGE)
                 if old is not None and (old[:3] != st[:3] or (flags and old[3] != st[3])):
-                    self.emit(_status_line(name, st))
+                    self.emit(_status_line(name, st, self.session.utf8_names))
         finally:
             self._checking = False
 

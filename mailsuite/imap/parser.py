@@ -61,6 +61,8 @@ Range = tuple[int | None, int | None]
 class Cursor:
     """Reads one assembled command (see the module docstring) from ``pos`` on."""
 
+    utf8 = False  # ENABLE UTF8=ACCEPT (imap/utf8.py): mailbox names are UTF-8, not mUTF-7
+
     def __init__(self, data: bytes, pos: int = 0) -> None:
         self.data = data
         self.pos = pos
@@ -171,7 +173,7 @@ class Cursor:
         return value if value is not None else self._match(_LIST_CHARS_RE, "a mailbox pattern")
 
     def mailbox(self) -> str:
-        return mailbox_name(self.astring())
+        return mailbox_name(self.astring(), self.utf8)
 
     def paren_list(self, depth: int = 1) -> list[Item]:
         """``(a "b" (c))`` -> ``[b"a", String(b"b"), [b"c"]]``; flags like ``\\Seen`` are atoms.
@@ -210,12 +212,14 @@ class Cursor:
         return value
 
 
-def mailbox_name(raw: bytes) -> str:
-    """A mailbox name from the wire (modified UTF-7; raw UTF-8 tolerated); INBOX in any case is
-    INBOX, also as the first level of a hierarchical name."""
+def mailbox_name(raw: bytes, utf8: bool = False) -> str:
+    """A mailbox name from the wire (modified UTF-7; raw UTF-8 tolerated; ``utf8``: UTF-8 only,
+    RFC 6855 3); INBOX in any case is INBOX, also as the first level of a hierarchical name."""
     try:
-        name = raw.decode("imap4-utf-7")
+        name = raw.decode("utf-8" if utf8 else "imap4-utf-7")
     except (UnicodeDecodeError, ValueError):
+        if utf8:
+            raise ParseError("a mailbox name that is not UTF-8") from None
         name = raw.decode("utf-8", "replace")
     head, sep, tail = name.partition(DELIMITER)
     if head.upper() == "INBOX":
@@ -241,9 +245,10 @@ def modified_utf7(name: str) -> bytes:
     return b"".join(out)
 
 
-def encode_mailbox(name: str) -> bytes:
-    """A mailbox name for the wire: an atom when possible, else a quoted string."""
-    raw = modified_utf7(name)
+def encode_mailbox(name: str, utf8: bool = False) -> bytes:
+    """A mailbox name for the wire: an atom when possible, else a quoted string; in modified
+    UTF-7, or with ``utf8`` (RFC 6855 3) in UTF-8."""
+    raw = name.encode("utf-8") if utf8 else modified_utf7(name)
     if raw and _ASTRING_RE.fullmatch(raw) and raw.upper() != b"NIL":
         return raw
     return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'

@@ -74,10 +74,11 @@ class QuotaCommands(_Base):
         mailbox = await self.account.store.open(self.account.account, name)  # it exists
         mailbox.close()
         found = await self._quota()
+        wire = encode_mailbox(name, self.utf8_names)
         if found is None:
-            self.sendUntaggedResponse(b"QUOTAROOT " + encode_mailbox(name))
+            self.sendUntaggedResponse(b"QUOTAROOT " + wire)
         else:
-            self.sendUntaggedResponse(b'QUOTAROOT %s "%s"' % (encode_mailbox(name), ROOT))
+            self.sendUntaggedResponse(b'QUOTAROOT %s "%s"' % (wire, ROOT))
             self.sendUntaggedResponse(b'QUOTA "%s" %s' % (ROOT, quota_list(*found)))
         self.sendPositiveResponse(tag, b"Getquotaroot completed.")
 

@@ -228,6 +228,8 @@ class SelectedCommands(_Base):
             charset, key = parse_search(args.rest())
         except SearchSyntaxError as e:
             raise ParseError(str(e)) from None
+        if self.search_charset_refused(tag, charset):  # utf8.py
+            return
         if charset not in (None, "UTF-8", "US-ASCII"):
             self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
             return
@@ -252,7 +254,7 @@ class SelectedCommands(_Base):
             dest = await self.account.store.open(self.account.account, name)
         except MailboxNotFound:
             self.sendNegativeResponse(
-                tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name)
+                tag, b"[TRYCREATE] Mailbox doesn't exist: " + encode_mailbox(name, self.utf8_names)
             )
             return None
         copied: list[int] = []

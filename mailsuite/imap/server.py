@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from mailsuite.config import Config
 from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.append import AppendCommands
+from mailsuite.imap.compress import CompressCommands, Deflate
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdleCommands, IdlePoller
@@ -49,6 +50,7 @@ from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.notify import NotifyCommands
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.objectid import ObjectIdCommands
+from mailsuite.imap.metadata import MetadataCommands
 from mailsuite.imap.quota import QuotaCommands
 from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.imap.reader import CommandReader
@@ -57,6 +59,7 @@ from mailsuite.imap.selected import SelectedCommands
 from mailsuite.imap.session import states
 from mailsuite.imap.unauthenticate import UnauthenticateCommands
 from mailsuite.imap.status import StatusCommands
+from mailsuite.imap.utf8 import Utf8Commands
 from mailsuite.limits import Limits
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, idle_tcp, unsent
 from mailsuite.store.interfaces import (
@@ -84,7 +87,8 @@ REFRESH_REUSE = 0.05
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, NotifyCommands, FolderCommands,
     SelectedCommands, AppendCommands, QuotaCommands, IdleCommands, UnauthenticateCommands,
-    ListCommands, StatusCommands, ObjectIdCommands,
+    ListCommands, StatusCommands, ObjectIdCommands, CompressCommands, MetadataCommands,
+    Utf8Commands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
@@ -94,6 +98,7 @@ class IMAPServer(  # type: ignore[misc, override]
 
     IDENT = b"mailsuite ready."
     splice: Any = None  # after a hand-off to an agent: where the client's bytes go
+    _deflate: Deflate | None = None  # after COMPRESS DEFLATE (compress.py)
     timeOut = 30 * 60  # RFC 3501 5.4: an autologout timer must be at least 30 minutes
     POSTAUTH_TIMEOUT = 30 * 60
 
@@ -194,6 +199,11 @@ class IMAPServer(  # type: ignore[misc, override]
         self._bytes_in += len(data)
         if self.transport.disconnecting:
             return  # refused (a limit) or logged out: nothing more is read
+        if self._deflate is not None:  # compress.py: what the reader reads is inflated
+            inflated = self.inflate(data)
+            if inflated is None:
+                return
+            data = inflated
         if self._corked is not None:
             super().dataReceived(data)
             return
@@ -211,7 +221,7 @@ class IMAPServer(  # type: ignore[misc, override]
         if self._corked is not None:
             self._corked.append(data)
         else:
-            self.transport.write(data)
+            self.transport.write(self.deflated(data))
             self._hold_while_unsent()
 
     def uncork(self) -> None:
@@ -221,7 +231,7 @@ class IMAPServer(  # type: ignore[misc, override]
         out, self._corked = self._corked, None
         if not out:
             return
-        data = b"".join(out)
+        data = self.deflated(b"".join(out))
         t = self.transport
         if not self._lost and idle_tcp(t):
             try:
@@ -299,6 +309,7 @@ class IMAPServer(  # type: ignore[misc, override]
             self.sendBadResponse(tag, why)
             return
         cursor = Cursor(rest)
+        cursor.utf8 = self.utf8_names  # ENABLE UTF8=ACCEPT (utf8.py)
         refresh = (
             self.view is not None
             and name not in _NO_REFRESH

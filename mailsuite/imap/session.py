@@ -52,6 +52,7 @@ class Session(Protocol):
     account: ImapAccount  # set by a login, before any command of the auth state runs
     user: str | None
     enabled: set[bytes]  # what ENABLE turned on (general.GeneralCommands)
+    utf8_names: bool  # ENABLE UTF8=ACCEPT: mailbox names in UTF-8 (utf8.Utf8Commands)
     _onLogout: Any  # the realm's logout of the avatar, once logged in
     view: ImapMailboxView | None  # the selected mailbox
 
@@ -80,6 +81,8 @@ class Session(Protocol):
     def login_capabilities(self) -> dict[bytes, Any]: ...
 
     def _failed(self, failure: Any, tag: bytes) -> None: ...
+
+    def search_charset_refused(self, tag: bytes, charset: str | None) -> bool: ...
 
     # -- the connection's life ---------------------------------------------------------------------
     def setTimeout(self, period: float | None) -> Any: ...

@@ -99,8 +99,8 @@ async def status_values(session: Any, name: str, items: list[str]) -> bytes:
         mailbox.close()
 
 
-def status_line(name: str, values: bytes) -> bytes:
-    return b"STATUS " + encode_mailbox(name) + b" " + values
+def status_line(name: str, values: bytes, utf8: bool = False) -> bytes:
+    return b"STATUS " + encode_mailbox(name, utf8) + b" " + values
 
 
 class StatusCommands(_Base):
@@ -117,7 +117,7 @@ class StatusCommands(_Base):
         items = parse_items(args.paren_list())
         args.end()
         values = await status_values(self, name, items)
-        self.sendUntaggedResponse(status_line(name, values))
+        self.sendUntaggedResponse(status_line(name, values, self.utf8_names))
         self.sendPositiveResponse(tag, b"Status completed.")
 
 

@@ -217,6 +217,8 @@ class MemoryStore:
         )
         self._subscribed: dict[str, set[str]] = {}
         self._specials_made: set[str] = set()
+        #: METADATA entries (store/metadata.py): {(user, mailbox or None for the server): ...}
+        self.metadata: dict[tuple[str, str | None], dict[str, bytes]] = {}
 
     def _new_box(self, account: Account, name: str) -> MemoryMailbox:
         self._next_validity += 1
@@ -316,6 +318,7 @@ class MemoryStore:
         if any(folders.is_under(other, name) for other in names):
             raise MailboxHasChildren(name)
         box = self._boxes.pop((account.name, name))
+        self.metadata.pop((account.name, name), None)  # store/metadata.py: gone with it
         gone = [m.uid for m in box.messages]
         box.messages, box._bodies = [], {}
         box._tell(Changes(expunged=gone))
@@ -347,6 +350,8 @@ class MemoryStore:
             box = self._boxes.pop((account.name, name))
             box.name = folders.renamed(name, old, new)
             self._boxes[(account.name, box.name)] = box
+            if (account.name, name) in self.metadata:  # store/metadata.py: moved with it
+                self.metadata[(account.name, box.name)] = self.metadata.pop((account.name, name))
         subs = self._subscribed.get(account.name, set())
         for name in [s for s in subs if s == old or folders.is_under(s, old)]:
             subs.discard(name)
