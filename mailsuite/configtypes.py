@@ -267,6 +267,8 @@ class ImapConfig:
     process_limit: int = 1024
     #: Dovecot's: an IDLE session this long idle leaves its agent (0: never; Dovecot: 0)
     imap_hibernate_timeout: float = 5.0
+    #: Dovecot's: advertise LITERAL- (non-synchronizing literals of at most 4096 bytes)
+    imap_literal_minus: bool = False
 
 
 @dataclass(frozen=True)

@@ -132,12 +132,14 @@ class GreetingLoginTests(ImapTestCase):
         s = self.session()
         caps = s.cmd(b"a CAPABILITY")
         extensions = (b"LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
-                      b"SPECIAL-USE XLIST\r\n")
-        self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN " + extensions, caps)
+                      b"SPECIAL-USE XLIST MULTIAPPEND")
+        self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN " + extensions
+                      + b"\r\n", caps)
         self.assertIn(b"a OK", caps)
         s.login()
         after = s.cmd(b"b CAPABILITY")
-        self.assertIn(b"* CAPABILITY IMAP4rev1 " + extensions, after)
+        self.assertIn(b"* CAPABILITY IMAP4rev1 " + extensions + b" APPENDLIMIT=10240000\r\n",
+                      after)
         for absent in (b"STARTTLS", b"UIDONLY", b"LOGINDISABLED"):
             self.assertNotIn(absent, caps + s.greeting + after)
         for absent in (b"AUTH=", b"SASL-IR"):

@@ -122,7 +122,7 @@ class IMAPServer(  # type: ignore[misc, override]
         self._bytes_out = 0
         self._parts: list[bytes] = []  # the command being assembled (lines and literals)
         self._assembled = 0  # its bytes that count against _command_limit()
-        self._message_allowed = False  # its APPEND message literal was let past the limit
+        self._message_bytes = 0  # its APPEND message literals let past the limit
         self._literal_left = 0
         self._idle_tag: bytes | None = None
         self._keepalive: Any = None
