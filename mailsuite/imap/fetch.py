@@ -28,6 +28,15 @@ class FetchSyntaxError(ValueError):
     """The FETCH attribute list cannot be parsed (the client gets BAD)."""
 
 
+class FetchRefused(Exception):
+    """An item cannot be answered (BINARY of an unknown encoding): the FETCH ends with
+    ``NO`` + ``reply`` (``[UNKNOWN-CTE] ...``)."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
 @dataclass
 class Section:
     """``BODY[part.TEXT]``: ``part`` is a list of numbers, ``spec`` '', HEADER, TEXT, MIME,
@@ -59,18 +68,25 @@ class FetchItem:
     section: Section | None = None
     partial: tuple[int, int] | None = None
     peek: bool = False
+    #: an extension's item (``ITEM_PARSERS``): its pieces from (view, uid, raw, header);
+    #: ``wants`` "body" or "header" (what it reads of the message), ``seen``: it sets \Seen
+    render: Callable[[Any, int, bytes | None, bytes], list[Piece]] | None = None
+    wants: str = ""
+    seen: bool = False
 
     def sets_seen(self) -> bool:
-        return (self.name in ("BODY[]", "RFC822", "RFC822.TEXT")) and not self.peek
+        return self.seen or (self.name in ("BODY[]", "RFC822", "RFC822.TEXT") and not self.peek)
 
     def needs_body(self) -> bool:
+        if self.render is not None:
+            return self.wants == "body"
         if self.name == "BODY[]":
             assert self.section is not None
             return self.section.needs_body()
         return self.name in ("RFC822", "RFC822.TEXT", "BODY", "BODYSTRUCTURE")
 
     def needs_header(self) -> bool:
-        return self.name in ("ENVELOPE", "RFC822.HEADER", "BODY[]")
+        return self.wants == "header" or self.name in ("ENVELOPE", "RFC822.HEADER", "BODY[]")
 
 
 _MACROS = {
@@ -123,6 +139,35 @@ def _parse_section(text: bytes) -> Section:
     return Section(part, spec, fields)
 
 
+#: the FETCH attributes of extensions (imap/binary.py, imap/preview.py), each a parser
+#: ``(text, pos) -> (FetchItem with render set, end) | None`` tried first at every item
+ITEM_PARSERS: list[Callable[[bytes, int], tuple[FetchItem, int] | None]] = []
+
+
+def _one_item(text: bytes, pos: int) -> tuple[FetchItem, int]:
+    """The item at ``pos``, and where it ends."""
+    for parser in ITEM_PARSERS:
+        found = parser(text, pos)
+        if found is not None:
+            return found
+    m = _BODY_RE.match(text, pos)
+    if m:
+        peek = m.group(1).upper() == b"BODY.PEEK"
+        partial = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
+        if partial is not None and partial[1] == 0:
+            raise FetchSyntaxError("partial length must be positive")
+        return FetchItem("BODY[]", _parse_section(m.group(2)), partial, peek), m.end()
+    m = _ATOM_RE.match(text, pos)
+    if not m:
+        raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
+    name = m.group(0).decode("ascii").upper()
+    if name == "RFC822.PEEK":
+        return FetchItem("RFC822", peek=True), m.end()
+    if name in _SIMPLE:
+        return FetchItem(name), m.end()
+    raise FetchSyntaxError(f"{name} is not supported")
+
+
 def parse_fetch_items(text: bytes) -> list[FetchItem]:
     """Parse ``(UID BODY.PEEK[HEADER.FIELDS (From)]<0.100>)``, a macro, or a single item.
 
@@ -140,25 +185,8 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
     items: list[FetchItem] = []
     pos = 0
     while pos < len(text):
-        m = _BODY_RE.match(text, pos)
-        if m:
-            peek = m.group(1).upper() == b"BODY.PEEK"
-            partial = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
-            if partial is not None and partial[1] == 0:
-                raise FetchSyntaxError("partial length must be positive")
-            items.append(FetchItem("BODY[]", _parse_section(m.group(2)), partial, peek))
-        else:
-            m = _ATOM_RE.match(text, pos)
-            if not m:
-                raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
-            name = m.group(0).decode("ascii").upper()
-            if name == "RFC822.PEEK":
-                items.append(FetchItem("RFC822", peek=True))
-            elif name in _SIMPLE:
-                items.append(FetchItem(name))
-            else:
-                raise FetchSyntaxError(f"{name} is not supported")
-        pos = m.end()
+        item, pos = _one_item(text, pos)
+        items.append(item)
         if pos < len(text) and text[pos : pos + 1] != b" ":
             raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
         while text[pos : pos + 1] == b" ":
@@ -298,6 +326,8 @@ STREAM_MIN = 256 * 1024  # responses at least this big are streamed through a pr
 def _fetch_item(
     view: Any, uid: int, item: FetchItem, raw: bytes | None, header: bytes
 ) -> list[Piece]:
+    if item.render is not None:
+        return item.render(view, uid, raw, header)
     info = view.info(uid)
     if item.name == "UID":
         return [b"UID %d" % uid]

@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from mailsuite.config import Config
 from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.append import AppendCommands
+from mailsuite.imap.binary import BinaryCommands
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdleCommands, IdlePoller
@@ -78,7 +79,7 @@ REFRESH_REUSE = 0.05
 # ignore[override]: LineReceiver's MAX_LENGTH is CommandReader's property (what is left).
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands,
-    AppendCommands, QuotaCommands, IdleCommands,
+    AppendCommands, QuotaCommands, IdleCommands, BinaryCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
