@@ -134,12 +134,12 @@ class GreetingLoginTests(ImapTestCase):
         extensions = (b"LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
                       b"SPECIAL-USE XLIST MULTIAPPEND")
         self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN " + extensions
-                      + b" BINARY\r\n", caps)
+                      + b" BINARY PREVIEW\r\n", caps)
         self.assertIn(b"a OK", caps)
         s.login()
         after = s.cmd(b"b CAPABILITY")
-        self.assertIn(b"* CAPABILITY IMAP4rev1 " + extensions + b" APPENDLIMIT=10240000 BINARY\r\n",
-                      after)
+        self.assertIn(b"* CAPABILITY IMAP4rev1 " + extensions
+                      + b" APPENDLIMIT=10240000 BINARY PREVIEW\r\n", after)
         for absent in (b"STARTTLS", b"UIDONLY", b"LOGINDISABLED"):
             self.assertNotIn(absent, caps + s.greeting + after)
         for absent in (b"AUTH=", b"SASL-IR"):

@@ -42,7 +42,12 @@ def decoded(raw: bytes, part: list[int]) -> bytes:
     located = locate(raw, part)
     if located is None:
         return b""
-    header, body = located
+    return undo_cte(*located)
+
+
+def undo_cte(header: bytes, body: bytes) -> bytes:
+    """``body`` with the Content-Transfer-Encoding of ``header`` undone (line ends CRLF);
+    FetchRefused ``[UNKNOWN-CTE]`` for one it does not know."""
     cte = (header_value(header, b"Content-Transfer-Encoding") or b"").strip().upper()
     if cte in _IDENTITY:
         return _crlf(body)

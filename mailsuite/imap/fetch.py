@@ -68,9 +68,11 @@ class FetchItem:
     section: Section | None = None
     partial: tuple[int, int] | None = None
     peek: bool = False
-    #: an extension's item (``ITEM_PARSERS``): its pieces from (view, uid, raw, header);
-    #: ``wants`` "body" or "header" (what it reads of the message), ``seen``: it sets \Seen
+    #: an extension's item (``ITEM_PARSERS``): its pieces from (view, uid, raw, header),
+    #: after ``prepare(view, uid, raw)`` (slow work, in a thread) when set; ``wants`` "body" or
+    #: "header" (what it reads of the message), ``seen``: it sets \Seen
     render: Callable[[Any, int, bytes | None, bytes], list[Piece]] | None = None
+    prepare: Callable[[Any, int, bytes | None], Awaitable[None]] | None = None
     wants: str = ""
     seen: bool = False
 
@@ -391,6 +393,9 @@ async def fetch_responses(
             if lost():
                 return missing
             wanted = with_flags if uid in seen_now and not plan.has_flags else items
+            for item in wanted:
+                if item.prepare is not None:
+                    await item.prepare(view, uid, raw)
             pieces = _response(view, seq, uid, wanted, raw, header)
             size = sum(p.size if isinstance(p, WireSlice) else len(p) for p in pieces)
             if stream is not None and size >= STREAM_MIN:
