@@ -139,7 +139,7 @@ class GreetingLoginTests(ImapTestCase):
         s.login()
         after = s.cmd(b"b CAPABILITY")
         self.assertIn(b"* CAPABILITY IMAP4rev1 " + extensions
-                      + b" APPENDLIMIT=10240000 BINARY PREVIEW\r\n", after)
+                      + b" APPENDLIMIT=10240000 CATENATE URL-PARTIAL BINARY PREVIEW\r\n", after)
         for absent in (b"STARTTLS", b"UIDONLY", b"LOGINDISABLED"):
             self.assertNotIn(absent, caps + s.greeting + after)
         for absent in (b"AUTH=", b"SASL-IR"):

@@ -1,5 +1,5 @@
 """APPEND (RFC 3501 6.3.11), UIDPLUS APPENDUID (RFC 4315), MULTIAPPEND (RFC 3502), APPENDLIMIT
-(RFC 7889) and literal8 messages (``~{n}``, RFC 3516 4.4).
+(RFC 7889), literal8 messages (``~{n}``, RFC 3516 4.4) and CATENATE (RFC 4469, ``catenate.py``).
 
 A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``): the message
 literals have been read whole by ``reader.CommandReader`` (each at most ``append_limit``, refused
@@ -9,9 +9,11 @@ the store's ``append_messages``: all of them or none. A missing mailbox is ``NO 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from mailsuite.imap.catenate import BadURL, catenated, parse_catenate
 from mailsuite.imap.parser import (
     Cursor,
     ParseError,
@@ -30,10 +32,13 @@ else:
     _Base = object
 
 Message = tuple[bytes, frozenset[str], datetime | None]
+#: a message as parsed: its data, or the parts of its CATENATE
+Parsed = tuple[bytes | list[tuple[bytes, bytes]], frozenset[str], datetime | None]
 
 
-def parse_message(args: Cursor) -> Message:
-    """``[flag-list SP] [date-time SP] literal`` (or literal8 ``~{n}``) of an APPEND."""
+def parse_message(args: Cursor) -> Parsed:
+    """``[flag-list SP] [date-time SP] literal`` (or literal8 ``~{n}``, or ``CATENATE (...)``)
+    of an APPEND."""
     flags: frozenset[str] = frozenset()
     when = None
     if args.peek() == b"(":
@@ -42,6 +47,10 @@ def parse_message(args: Cursor) -> Message:
     if args.peek() == b'"':
         when = parse_date_time(args.string())
         args.sp()
+    if args.peek() not in (b"~", b"{"):
+        if args.atom().upper() != b"CATENATE":
+            raise ParseError("the message must be a literal or CATENATE")
+        return parse_catenate(args), flags, when
     if args.peek() == b"~":  # literal8: the message may hold NUL bytes
         args.pos += 1
         if args.peek() != b"{":
@@ -55,18 +64,22 @@ class AppendCommands(_Base):
     def own_capabilities(self) -> dict[bytes, Any]:
         if self.state == "unauth":
             return {b"MULTIAPPEND": None}
-        return {b"MULTIAPPEND": None, b"APPENDLIMIT": [b"%d" % append_limit(self.config)]}
+        return {b"MULTIAPPEND": None, b"APPENDLIMIT": [b"%d" % append_limit(self.config)],
+                b"CATENATE": None, b"URL-PARTIAL": None}
 
     @states("auth", "select")
     async def cmd_APPEND(self, tag: bytes, args: Cursor) -> None:
         args.sp()
         name = args.mailbox()
-        messages: list[Message] = []
+        parsed: list[Parsed] = []
         while not args.at_end():  # RFC 3502: one or more messages
             args.sp()
-            messages.append(parse_message(args))
-        if not messages:
+            parsed.append(parse_message(args))
+        if not parsed:
             raise ParseError("APPEND needs a message")
+        messages = await self._catenated(tag, parsed)
+        if messages is None:
+            return
         if any(not data for data, _, _ in messages):
             self.sendNegativeResponse(tag, b"Can't save a zero byte message.")
             return
@@ -80,3 +93,22 @@ class AppendCommands(_Base):
         self.sendPositiveResponse(
             tag, b"[APPENDUID %d %s] Append completed." % (validity, uid_set(list(uids)))
         )
+
+    async def _catenated(self, tag: bytes, parsed: list[Parsed]) -> list[Message] | None:
+        """The messages with their CATENATE parts put together; None when refused (answered
+        NO [BADURL url] or NO [TOOBIG])."""
+        out: list[Message] = []
+        for data, flags, when in parsed:
+            if isinstance(data, list):
+                try:
+                    whole = await catenated(self, data, append_limit(self.config))
+                except BadURL as e:
+                    url = re.sub(rb"[^\x20-\x5c\x5e-\x7e]", b"", e.url)  # RFC 4469 url-resp-text
+                    self.sendNegativeResponse(tag, b"[BADURL " + url + b"] Bad URL.")
+                    return None
+                if whole is None:
+                    self.sendNegativeResponse(tag, b"[TOOBIG] Message too big.")
+                    return None
+                data = whole
+            out.append((data, flags, when))
+        return out
