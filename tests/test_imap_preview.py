@@ -51,6 +51,9 @@ class PreviewTextTests(ImapTestCase):
         self.assertEqual(format_preview(""), b'PREVIEW ""')
         self.assertEqual(format_preview(None), b"PREVIEW NIL")
 
+    def test_controls_dropped(self) -> None:
+        self.assertEqual(preview_text(b"Subject: x\n\nhi\0\x07 there\n"), "hi there")
+
     def test_at_most_200_characters(self) -> None:
         text = preview_text(b"Subject: long\n\n" + "é".encode() * 5000 + b"\n")
         self.assertEqual(text, "é" * 200)

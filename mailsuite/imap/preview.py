@@ -40,6 +40,7 @@ PREVIEW_CHARS = 200  # RFC 8970 3.1: at most 256 characters; 200 as Dovecot
 THREAD_MIN = 256 * 1024  # messages this big get their preview in a thread
 _TEXT_MAX = 64 * 1024  # of a text part, what is looked at (enough for 200 characters)
 _PREVIEW_RE = re.compile(rb"PREVIEW(?: \(([A-Za-z ]*)\))?(?=[ )]|\Z)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _SAFE_QUOTED = re.compile(r'[\x20-\x7e]*\Z')
 #: mailbox -> (uid_validity, {uid: preview}); forgotten with the mailbox object
 _CACHE: weakref.WeakKeyDictionary[Any, tuple[int, dict[int, str]]] = weakref.WeakKeyDictionary()
@@ -114,6 +115,7 @@ def preview_text(raw: bytes) -> str:
         parser.feed(text)
         parser.close()
         text = "".join(parser.out)
+    text = _CONTROL.sub("", text)  # NULs and other controls are no text to show
     return " ".join(text.split())[:PREVIEW_CHARS]
 
 

@@ -1,5 +1,5 @@
-"""APPEND's extensions (MULTIAPPEND, APPENDLIMIT) against the server on a real TCP port
-(127.0.0.1, port 0), with the stdlib's imaplib and a raw socket."""
+"""Issue 15's content extensions (MULTIAPPEND, APPENDLIMIT, CATENATE, BINARY, PREVIEW) against
+the server on a real TCP port (127.0.0.1, port 0), with the stdlib's imaplib and a raw socket."""
 
 from __future__ import annotations
 
@@ -72,3 +72,32 @@ class ImaplibAppendTests(unittest.TestCase):
         box = self.store._box(BOSS, "INBOX", create=False)
         self.assertEqual([m.flags for m in box.messages], [set(), set(), {"\\Flagged"}])
         self.assertEqual(box._bodies[2], b"t\0wo\n")
+
+
+    def _content(self, port: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with imaplib.IMAP4("127.0.0.1", port, timeout=10) as client:
+            client.login("boss", "secret")
+            client.select("INBOX")
+            out["fetch"] = client.fetch("1", "(BINARY.PEEK[1] BINARY.SIZE[1] PREVIEW)")
+            typ, _ = client._simple_command(  # type: ignore[attr-defined]
+                "APPEND", "INBOX", 'CATENATE (URL "/INBOX/;UID=1/;SECTION=HEADER" URL'
+                ' "/INBOX/;UID=1/;SECTION=TEXT/;PARTIAL=0.4")')
+            out["catenate"] = typ, client.response("APPENDUID")
+            client.logout()
+        return out
+
+    async def test_imaplib_binary_preview_catenate(self) -> None:
+        """imaplib reads the literal8 of BINARY (its literal pattern takes ``~{n}``) and the
+        PREVIEW; a CATENATE APPEND from URLs to the same mailbox is appended."""
+        message = b"Subject: b\nContent-Transfer-Encoding: base64\n\naGkAdGhlcmU=\n"
+        await self.store.deliver(BOSS, message, "bob@example.org")
+        out = await threads.deferToThread(self._content, self.port.getHost().port)
+        status, data = out["fetch"]
+        self.assertEqual(status, "OK")
+        self.assertIn(b"BINARY[1] ~{8}", data[0][0])
+        self.assertEqual(data[0][1], b"hi\0there")
+        self.assertIn(b'BINARY.SIZE[1] 8 PREVIEW "hithere"', data[1])
+        self.assertEqual(out["catenate"][0], "OK")
+        box = self.store._box(BOSS, "INBOX", create=False)
+        self.assertEqual(box._bodies[2], b"Subject: b\nContent-Transfer-Encoding: base64\n\naGkA\n")
