@@ -92,6 +92,20 @@ class MultiAppendTests(ImapTestCase):
             self.assertEqual(out, expected, cut)
             self.assertEqual(self.saved()._bodies[2], b"x\0y\n\n")
 
+    def test_many_messages_past_the_line_limit(self) -> None:
+        """MULTIAPPEND's literals do not eat into imap_max_line_length (64k): two messages of
+        31500 bytes leave a long flag list after them its whole limit."""
+        s = self.ready()
+        body = b"Subject: m\r\n\r\n" + b"y" * (31500 - 15)
+        flags = b"(" + b" ".join(b"$kw%03d" % n for n in range(120)) + b")"
+        command = b"a APPEND saved-messages"
+        for _ in range(3):
+            command += b" " + flags + b" {%d+}\r\n" % len(body) + body
+        out = s.send(command + b"\r\n")
+        self.assertRegex(out, rb"^a OK \[APPENDUID \d+ 1:3\] Append completed.\r\n$")
+        self.assertEqual(len(self.saved().messages), 3)
+        self.assertEqual(len(self.saved().messages[2].flags), 120)
+
     def test_one_empty_message_appends_none(self) -> None:
         s = self.ready()
         out = s.send(b"a APPEND saved-messages {5+}\r\nhello {0+}\r\n\r\n")

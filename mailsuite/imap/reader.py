@@ -92,19 +92,19 @@ class CommandReader(_Base):
             self.setRawMode()
 
     def _literal_fits(self, first: bytes, size: int) -> bool:
-        """A literal must fit in what the command has left, except the messages of an APPEND
+        """A literal must fit in what the command has left, except the literals of an APPEND
         after login (RFC 7889 APPENDLIMIT: each at most ``append_limit``, message_size_limit or
         MAX_LITERAL when it is 0; MULTIAPPEND's together at most MAX_LITERAL), refused before
         they are read."""
         name = first.split(b" ", 2)[1:2]
-        append = self.state != "unauth" and bool(name) and name[0].upper() == b"APPEND"
-        if append and size > append_limit(self.config):
-            return False
+        if self.state != "unauth" and name and name[0].upper() == b"APPEND":
+            # its literals (messages, CATENATE's TEXT parts) leave the lines their whole limit
+            if size > append_limit(self.config) or self._message_bytes + size > MAX_LITERAL:
+                return False
+            self._message_bytes += size
+            return True
         if size <= self._command_limit() - self._assembled:
             self._assembled += size
-            return True
-        if append and self._message_bytes + size <= MAX_LITERAL:
-            self._message_bytes += size
             return True
         return False
 
