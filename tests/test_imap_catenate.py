@@ -72,7 +72,7 @@ class CatenateTests(ImapTestCase):
         s, v = self.ready()
         for url in (b"/Drafts;UIDVALIDITY=%d/;UID=2" % (v + 1), b"/Drafts/;UID=99",
                     b"/Nowhere/;UID=1", b"imap://alice@host/INBOX/;UID=1", b";UID=1",
-                    b"/Drafts", b"/Drafts/;UID=1/;SECTION=BOGUS",
+                    b"/Drafts", b"/Drafts/;UID=1/;SECTION=BOGUS", b"/Drafts/;UID=1/;SECTION=3",
                     b"/Drafts/;UID=1/;URLAUTH=anonymous", b"http://x/"):
             out = s.cmd(b'a APPEND Drafts CATENATE (TEXT {1+}\r\nx URL "' + url + b'")')
             self.assertEqual(out, b"a NO [BADURL " + url + b"] Bad URL.\r\n")

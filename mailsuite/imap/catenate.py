@@ -5,7 +5,7 @@ is the parts in order, a TEXT literal as sent, a URL's message, section (as ``BO
 or ``;PARTIAL=offset[.length]`` of it as a FETCH sends them. URLs are IMAP URLs (RFC 5092) to
 the logged-in user's own mailboxes: ``imap://[user[;AUTH=..]@]host[:port]/box...``, an absolute
 path ``/box...``, or ``;UID=...`` (relative to the selected mailbox). A URL that does not parse,
-names another user, is of a URLAUTH kind, has a wrong UIDVALIDITY or a missing message is
+names another user, is of a URLAUTH kind, has a wrong UIDVALIDITY, a missing message or part is
 ``NO [BADURL url]``; a result over the APPENDLIMIT ``NO [TOOBIG]``.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from mailsuite.imap.fetch import FetchSyntaxError, parse_fetch_items, section_bytes
+from mailsuite.imap.message import locate
 from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.store.interfaces import StoreError, UnknownUID
 from mailsuite.wire import complete, crlf, to_wire
@@ -146,6 +147,8 @@ async def catenated(session: Any, parts: list[tuple[bytes, bytes]], limit: int) 
             if ref["section"] is None:
                 data = to_wire(raw)
             else:
+                if ref["section"].part and locate(complete(raw), ref["section"].part) is None:
+                    raise BadURL(value)  # no such part: nothing to put in
                 data = crlf(section_bytes(complete(raw), ref["section"]))
             if ref["offset"] is not None:
                 end = None if ref["length"] is None else ref["offset"] + ref["length"]
