@@ -146,28 +146,12 @@ def _parse_section(text: bytes) -> Section:
 ITEM_PARSERS: list[Callable[[bytes, int], tuple[FetchItem, int] | None]] = []
 
 
-def _one_item(text: bytes, pos: int) -> tuple[FetchItem, int]:
-    """The item at ``pos``, and where it ends."""
+def _extension_item(text: bytes, pos: int) -> tuple[FetchItem, int] | None:
     for parser in ITEM_PARSERS:
         found = parser(text, pos)
         if found is not None:
             return found
-    m = _BODY_RE.match(text, pos)
-    if m:
-        peek = m.group(1).upper() == b"BODY.PEEK"
-        partial = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
-        if partial is not None and partial[1] == 0:
-            raise FetchSyntaxError("partial length must be positive")
-        return FetchItem("BODY[]", _parse_section(m.group(2)), partial, peek), m.end()
-    m = _ATOM_RE.match(text, pos)
-    if not m:
-        raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
-    name = m.group(0).decode("ascii").upper()
-    if name == "RFC822.PEEK":
-        return FetchItem("RFC822", peek=True), m.end()
-    if name in _SIMPLE:
-        return FetchItem(name), m.end()
-    raise FetchSyntaxError(f"{name} is not supported")
+    return None
 
 
 def parse_fetch_items(text: bytes) -> list[FetchItem]:
@@ -187,8 +171,34 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
     items: list[FetchItem] = []
     pos = 0
     while pos < len(text):
-        item, pos = _one_item(text, pos)
-        items.append(item)
+        extra = _extension_item(text, pos)
+        if extra is not None:
+            items.append(extra[0])
+            pos = extra[1]
+            if pos < len(text) and text[pos : pos + 1] != b" ":
+                raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
+            while text[pos : pos + 1] == b" ":
+                pos += 1
+            continue
+        m = _BODY_RE.match(text, pos)
+        if m:
+            peek = m.group(1).upper() == b"BODY.PEEK"
+            partial = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
+            if partial is not None and partial[1] == 0:
+                raise FetchSyntaxError("partial length must be positive")
+            items.append(FetchItem("BODY[]", _parse_section(m.group(2)), partial, peek))
+        else:
+            m = _ATOM_RE.match(text, pos)
+            if not m:
+                raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
+            name = m.group(0).decode("ascii").upper()
+            if name == "RFC822.PEEK":
+                items.append(FetchItem("RFC822", peek=True))
+            elif name in _SIMPLE:
+                items.append(FetchItem(name))
+            else:
+                raise FetchSyntaxError(f"{name} is not supported")
+        pos = m.end()
         if pos < len(text) and text[pos : pos + 1] != b" ":
             raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
         while text[pos : pos + 1] == b" ":
