@@ -106,6 +106,19 @@ class MultiAppendTests(ImapTestCase):
         self.assertEqual(len(self.saved().messages), 3)
         self.assertEqual(len(self.saved().messages[2].flags), 120)
 
+    def test_every_split_of_the_rfc3502_example(self) -> None:
+        """The synchronizing literals of RFC 3502's example, with a NOOP behind, in two reads
+        cut at every byte: two continuations, the same answer, the same messages."""
+        command = b"".join(RFC_3502) + b"b NOOP\r\n"
+        for cut in range(1, len(command)):
+            self.setUp()
+            s = self.ready()
+            out = s.send(command[:cut]) + s.send(command[cut:])
+            self.assertRegex(out, rb"^\+ Ready for literal data\r\n\+ Ready for literal data\r\n"
+                                  rb"A003 OK \[APPENDUID \d+ 1:2\] Append completed.\r\n"
+                                  rb"b OK NOOP completed.\r\n$", cut)
+            self.assertEqual(self.saved()._bodies[1], MSG_A.replace(b"\r\n", b"\n"), cut)
+
     def test_one_empty_message_appends_none(self) -> None:
         s = self.ready()
         out = s.send(b"a APPEND saved-messages {5+}\r\nhello {0+}\r\n\r\n")
