@@ -301,6 +301,7 @@ SECTIONS: dict[str, Section] = {
         Key("process_limit", "1024", parse_positive),
         Key("imap_hibernate_timeout", "5s", parse_seconds),
         Key("imap_metadata", "no", parse_bool),  # Dovecot's default: no
+        Key("imap_literal_minus", "no", parse_bool),  # RFC 7888: LITERAL- instead of LITERAL+
     ]),
     "pop3": Section(Pop3Config, [
         Key("mail_max_userip_connections", "10", parse_uint),

@@ -269,6 +269,8 @@ class ImapConfig:
     imap_hibernate_timeout: float = 5.0
     #: Dovecot's: METADATA (RFC 5464, imap/metadata.py) offered (Dovecot: no)
     imap_metadata: bool = False
+    #: Dovecot's: advertise LITERAL- (non-synchronizing literals of at most 4096 bytes)
+    imap_literal_minus: bool = False
 
 
 @dataclass(frozen=True)

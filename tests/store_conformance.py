@@ -243,6 +243,26 @@ class StoreConformanceMixin:
         box.close()
 
     @defer.inlineCallbacks
+    def test_append_messages_all_at_once(self):
+        """append_messages (MULTIAPPEND) adds every message with its own flags and date, in
+        order, and tells the listeners of all of them."""
+        box = yield self.make_store().open(self.account)
+        heard = []
+        box.add_listener(heard.append)
+        one = datetime(2026, 9, 14, 17, 7, 10, tzinfo=UTC)
+        two = datetime(2026, 9, 15, 8, 0, 0, tzinfo=UTC)
+        uids = yield box.append_messages(
+            [(MSG1, frozenset({"\\Seen"}), one), (MSG2, frozenset({"$Work"}), two)])
+        self.assertEqual([m.uid for m in box.messages], uids)
+        self.assertEqual(uids[1], uids[0] + 1)
+        self.assertEqual([m.flags for m in box.messages], [{"\\Seen"}, {"$Work"}])
+        self.assertEqual([m.internal_date for m in box.messages], [one, two])
+        self.assertEqual(sorted(m.uid for c in heard for m in c.added), uids)
+        data = yield box.read(uids[1])
+        self.assertEqual(data.replace(b">From here", b"From here"), MSG2)
+        box.close()
+
+    @defer.inlineCallbacks
     def test_append_advances_uid_next(self):
         """After append, uid_next is above the new UID; UIDs of later appends keep increasing."""
         box = yield self.make_store().open(self.account)

@@ -144,8 +144,10 @@ class GreetingLoginTests(ImapTestCase):
             b"LITERAL+", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT",
             b"CHILDREN", b"SPECIAL-USE", b"XLIST",
             b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"CREATE-SPECIAL-USE", b"OBJECTID",
+            b"MULTIAPPEND", b"BINARY", b"PREVIEW",
         }
-        after_login_only = {b"NOTIFY", b"UNAUTHENTICATE", b"COMPRESS=DEFLATE", b"UTF8=ACCEPT"}
+        after_login_only = {b"NOTIFY", b"UNAUTHENTICATE", b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
+                            b"APPENDLIMIT=10240000", b"CATENATE", b"URL-PARTIAL"}
         self.assertEqual(caps_of(caps), {b"IMAP4rev1", b"SASL-IR", b"AUTH=PLAIN", b"AUTH=LOGIN"}
                          | extensions)
         self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN ", caps)

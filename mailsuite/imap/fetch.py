@@ -28,6 +28,15 @@ class FetchSyntaxError(ValueError):
     """The FETCH attribute list cannot be parsed (the client gets BAD)."""
 
 
+class FetchRefused(Exception):
+    """An item cannot be answered (BINARY of an unknown encoding): the FETCH ends with
+    ``NO`` + ``reply`` (``[UNKNOWN-CTE] ...``)."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
 @dataclass
 class Section:
     """``BODY[part.TEXT]``: ``part`` is a list of numbers, ``spec`` '', HEADER, TEXT, MIME,
@@ -59,18 +68,27 @@ class FetchItem:
     section: Section | None = None
     partial: tuple[int, int] | None = None
     peek: bool = False
+    #: an extension's item (``ITEM_PARSERS``): its pieces from (view, uid, raw, header),
+    #: after ``prepare(view, uid, raw)`` (slow work, in a thread) when set; ``wants`` "body" or
+    #: "header" (what it reads of the message), ``seen``: it sets \Seen
+    render: Callable[[Any, int, bytes | None, bytes], list[Piece]] | None = None
+    prepare: Callable[[Any, int, bytes | None], Awaitable[None]] | None = None
+    wants: str = ""
+    seen: bool = False
 
     def sets_seen(self) -> bool:
-        return (self.name in ("BODY[]", "RFC822", "RFC822.TEXT")) and not self.peek
+        return self.seen or (self.name in ("BODY[]", "RFC822", "RFC822.TEXT") and not self.peek)
 
     def needs_body(self) -> bool:
+        if self.render is not None:
+            return self.wants == "body"
         if self.name == "BODY[]":
             assert self.section is not None
             return self.section.needs_body()
         return self.name in ("RFC822", "RFC822.TEXT", "BODY", "BODYSTRUCTURE")
 
     def needs_header(self) -> bool:
-        return self.name in ("ENVELOPE", "RFC822.HEADER", "BODY[]")
+        return self.wants == "header" or self.name in ("ENVELOPE", "RFC822.HEADER", "BODY[]")
 
 
 _MACROS = {
@@ -126,6 +144,19 @@ def _parse_section(text: bytes) -> Section:
     return Section(part, spec, fields)
 
 
+#: the FETCH attributes of extensions (imap/binary.py, imap/preview.py), each a parser
+#: ``(text, pos) -> (FetchItem with render set, end) | None`` tried first at every item
+ITEM_PARSERS: list[Callable[[bytes, int], tuple[FetchItem, int] | None]] = []
+
+
+def _extension_item(text: bytes, pos: int) -> tuple[FetchItem, int] | None:
+    for parser in ITEM_PARSERS:
+        found = parser(text, pos)
+        if found is not None:
+            return found
+    return None
+
+
 def parse_fetch_items(text: bytes) -> list[FetchItem]:
     """Parse ``(UID BODY.PEEK[HEADER.FIELDS (From)]<0.100>)``, a macro, or a single item.
 
@@ -143,6 +174,15 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
     items: list[FetchItem] = []
     pos = 0
     while pos < len(text):
+        extra = _extension_item(text, pos)
+        if extra is not None:
+            items.append(extra[0])
+            pos = extra[1]
+            if pos < len(text) and text[pos : pos + 1] != b" ":
+                raise FetchSyntaxError(f"unexpected {text[pos:pos + 20]!r}")
+            while text[pos : pos + 1] == b" ":
+                pos += 1
+            continue
         m = _BODY_RE.match(text, pos)
         if m:
             peek = m.group(1).upper() == b"BODY.PEEK"
@@ -301,6 +341,8 @@ STREAM_MIN = 256 * 1024  # responses at least this big are streamed through a pr
 def _fetch_item(
     view: Any, uid: int, item: FetchItem, raw: bytes | None, header: bytes
 ) -> list[Piece]:
+    if item.render is not None:
+        return item.render(view, uid, raw, header)
     info = view.info(uid)
     if item.name == "UID":
         return [b"UID %d" % uid]
@@ -366,6 +408,9 @@ async def fetch_responses(
             if lost():
                 return missing
             wanted = with_flags if uid in seen_now and not plan.has_flags else items
+            for item in wanted:
+                if item.prepare is not None:
+                    await item.prepare(view, uid, raw)
             pieces = _response(view, seq, uid, wanted, raw, header)
             size = sum(p.size if isinstance(p, WireSlice) else len(p) for p in pieces)
             if stream is not None and size >= STREAM_MIN:

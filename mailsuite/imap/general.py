@@ -41,7 +41,7 @@ class GeneralCommands(_Base):
         return caps
 
     def own_capabilities(self) -> dict[bytes, Any]:
-        return dict.fromkeys((b"LITERAL+", b"ID", b"ENABLE", b"IDLE", b"NAMESPACE", b"UIDPLUS",
+        return dict.fromkeys((b"ID", b"ENABLE", b"IDLE", b"NAMESPACE", b"UIDPLUS",
                               b"MOVE", b"UNSELECT", b"CHILDREN", b"SPECIAL-USE", b"XLIST"))
 
     # -- any state -----------------------------------------------------------------------------

@@ -546,10 +546,7 @@ class ImapAccount:
         mailbox = yield self.store.open(self.account, name)
         try:
             recent.touch(self.store, self.account, mailbox)
-            uids = []
-            for data, flags, when in messages:
-                uid = yield mailbox.append(data, flags, when)
-                uids.append(uid)
+            uids = yield mailbox.append_messages(messages)  # all or none (MULTIAPPEND)
             return int(mailbox.uid_validity), uids
         finally:
             mailbox.close()

@@ -9,7 +9,7 @@ an AUTHENTICATE exchange go to their handlers. A mixin of ``IMAPServer`` (``sess
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mailsuite.imap.parser import LITERAL_AT_END
 
@@ -19,9 +19,18 @@ else:
     _Base = object
 
 MAX_LITERAL = 64 * 1024 * 1024  # the largest APPEND when message_size_limit = 0 (no limit)
+#: RFC 7888 5: the largest non-synchronizing literal a LITERAL- server takes
+LITERAL_MINUS_MAX = 4096
 #: a whole command before login, literals included (Dovecot's IMAP_LOGIN_MAX_LINE_LENGTH);
 #: after login it is [imap] imap_max_line_length, plus the message of an APPEND
 LOGIN_MAX_COMMAND = 8192
+
+
+def append_limit(config: Any) -> int:
+    """The largest message APPEND takes (RFC 7889 APPENDLIMIT, for CAPABILITY and for
+    ``STATUS APPENDLIMIT``): message_size_limit, or MAX_LITERAL when that is 0 (no limit)."""
+    limit: int = config.mail.message_size_limit
+    return limit or MAX_LITERAL
 
 
 class CommandReader(_Base):
@@ -30,9 +39,13 @@ class CommandReader(_Base):
 
     _parts: list[bytes]  # the command being assembled (lines and literals)
     _assembled: int  # its bytes that count against _command_limit()
-    _message_allowed: bool  # its APPEND message literal was let past the limit
+    _message_bytes: int  # its APPEND message literals let past the limit (MULTIAPPEND: several)
     _literal_left: int
     _buffer: bytes  # LineReceiver's: received, not yet read
+
+    def own_capabilities(self) -> dict[bytes, Any]:
+        """LITERAL+, or LITERAL- with [imap] imap_literal_minus (RFC 7888)."""
+        return {b"LITERAL-" if self.config.imap.imap_literal_minus else b"LITERAL+": None}
 
     def _command_limit(self) -> int:
         """The most bytes one command may have, literals included (S5: no unbounded memory)."""
@@ -59,12 +72,15 @@ class CommandReader(_Base):
         if m is None:
             self._parts.append(line)
             command = b"".join(self._parts)
-            self._parts, self._assembled, self._message_allowed = [], 0, False
+            self._parts, self._assembled, self._message_bytes = [], 0, 0
             self._dispatch(command)
             return
         size, plus = int(m.group(1)), bool(m.group(2))
         first = self._parts[0] if self._parts else line
         self._assembled += len(line) + len(self.delimiter)
+        if plus and size > LITERAL_MINUS_MAX and self.config.imap.imap_literal_minus:
+            self._refuse_literal(first.split(b" ", 1)[0] or b"*", plus)
+            return
         if not self._literal_fits(first, size):
             self._refuse_literal(first.split(b" ", 1)[0] or b"*", plus)
             return
@@ -76,21 +92,24 @@ class CommandReader(_Base):
             self.setRawMode()
 
     def _literal_fits(self, first: bytes, size: int) -> bool:
-        """A literal must fit in what the command has left, except the message of an APPEND
-        after login (one per command, at most message_size_limit; MAX_LITERAL when it is 0)."""
+        """A literal must fit in what the command has left, except the literals of an APPEND
+        after login (RFC 7889 APPENDLIMIT: each at most ``append_limit``, message_size_limit or
+        MAX_LITERAL when it is 0; MULTIAPPEND's together at most MAX_LITERAL), refused before
+        they are read."""
+        name = first.split(b" ", 2)[1:2]
+        if self.state != "unauth" and name and name[0].upper() == b"APPEND":
+            # its literals (messages, CATENATE's TEXT parts) leave the lines their whole limit
+            if size > append_limit(self.config) or self._message_bytes + size > MAX_LITERAL:
+                return False
+            self._message_bytes += size
+            return True
         if size <= self._command_limit() - self._assembled:
             self._assembled += size
-            return True
-        name = first.split(b" ", 2)[1:2]
-        largest = self.config.mail.message_size_limit or MAX_LITERAL
-        if (self.state != "unauth" and not self._message_allowed and size <= largest
-                and name and name[0].upper() == b"APPEND"):
-            self._message_allowed = True
             return True
         return False
 
     def _refuse_literal(self, tag: bytes, plus: bool) -> None:
-        self._parts, self._assembled, self._message_allowed = [], 0, False
+        self._parts, self._assembled, self._message_bytes = [], 0, 0
         if not plus:  # no continuation: the client sends nothing more of this command
             self.sendLine(tag + b" NO [TOOBIG] Literal too big.")
             return

@@ -17,6 +17,7 @@ from twisted.internet import defer, interfaces
 from zope.interface import implementer
 
 from mailsuite.imap.fetch import (
+    FetchRefused,
     FetchSyntaxError,
     Piece,
     WireSlice,
@@ -151,9 +152,13 @@ class SelectedCommands(_Base):
             result = await view.change_flags(live, add=frozenset({"\\Seen"}))
             seen_now = {u for u in unseen if u in result}
             self._send_flags_update()
-        missing = await fetch_responses(
-            view, targets, plan, seen_now, self._write, lambda: self._lost, self._stream
-        )
+        try:
+            missing = await fetch_responses(
+                view, targets, plan, seen_now, self._write, lambda: self._lost, self._stream
+            )
+        except FetchRefused as e:  # BINARY of an unknown encoding (RFC 3516 [UNKNOWN-CTE])
+            self.sendNegativeResponse(tag, e.reply)
+            return
         if missing:
             self.sendNegativeResponse(
                 tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist."

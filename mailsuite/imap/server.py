@@ -41,6 +41,7 @@ from mailsuite.config import Config
 from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.append import AppendCommands
 from mailsuite.imap.compress import CompressCommands, Deflate
+from mailsuite.imap.binary import BinaryCommands
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdleCommands, IdlePoller
@@ -53,6 +54,7 @@ from mailsuite.imap.objectid import ObjectIdCommands
 from mailsuite.imap.metadata import MetadataCommands
 from mailsuite.imap.quota import QuotaCommands
 from mailsuite.imap.parser import Cursor, ParseError
+from mailsuite.imap.preview import PreviewCommands
 from mailsuite.imap.reader import CommandReader
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.selected import SelectedCommands
@@ -88,7 +90,7 @@ class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, NotifyCommands, FolderCommands,
     SelectedCommands, AppendCommands, QuotaCommands, IdleCommands, UnauthenticateCommands,
     ListCommands, StatusCommands, ObjectIdCommands, CompressCommands, MetadataCommands,
-    Utf8Commands,
+    Utf8Commands, BinaryCommands, PreviewCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
@@ -133,7 +135,7 @@ class IMAPServer(  # type: ignore[misc, override]
         self._bytes_out = 0
         self._parts: list[bytes] = []  # the command being assembled (lines and literals)
         self._assembled = 0  # its bytes that count against _command_limit()
-        self._message_allowed = False  # its APPEND message literal was let past the limit
+        self._message_bytes = 0  # its APPEND message literals let past the limit
         self._literal_left = 0
         self._idle_tag: bytes | None = None
         self._keepalive: Any = None

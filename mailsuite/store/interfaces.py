@@ -157,6 +157,11 @@ class IMailbox(Interface):
         copy, after a rewrite by another program), None for a UID not in the mailbox; the
         IMAP EMAILID (RFC 8474) is made of it."""
 
+    def append_messages(messages):
+        """Add every ``(data, flags, internal date or None)`` of ``messages`` or, on failure,
+        none of them (RFC 3502 MULTIAPPEND), durable before the Deferred fires (one fsync).
+        Deferred[list[int]]: the new UIDs, in order."""
+
     def keywords():
         """set[str]: the keywords (flags that are not system flags) messages of the mailbox
         have had since it was opened, kept up to date without a pass (SELECT's FLAGS)."""

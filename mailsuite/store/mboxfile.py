@@ -319,9 +319,12 @@ class MboxFile(IndexKeeper):
         date: int,
         flags: frozenset[str] = frozenset(),
         tz: int | None = None,
+        each: list[tuple[frozenset[str], int, int | None]] | None = None,
     ) -> tuple[ix.Index | None, Changes, list[int] | None]:
         """Append several messages ``(data, sender)`` under one lock with one fsync (group
-        commit of concurrent deliveries), each with ``flags``; see :meth:`append`."""
+        commit of concurrent deliveries), each with ``flags`` (or its own flags, date and zone
+        from ``each``: MULTIAPPEND), all or none (a failed write is cut off); see :meth:`append`."""
+        each = each or [(flags, date, tz)] * len(items)
         with self._locked(exclusive=True, create=True) as (held, created):
             fd = held.fd
             assert fd is not None
@@ -335,15 +338,19 @@ class MboxFile(IndexKeeper):
                 b"" if size == 0 or tail == b"\n\n" else b"\n" if tail.endswith(b"\n") else b"\n\n"
             )
             blobs, spans, pos = [], [], size
-            for data, sender in items:
-                line = make_from_line(sender, date)
+            for (data, sender), (_, when, _) in zip(items, each, strict=True):
+                line = make_from_line(sender, when)
                 blob = prefix + line + to_stored(data) + b"\n"
                 spans.append((pos, len(prefix), len(prefix) + len(line), blob))
                 blobs.append(blob)
                 pos += len(blob)
                 prefix = b""
-            write_all(fd, b"".join(blobs))
-            os.fsync(fd)
+            try:
+                write_all(fd, b"".join(blobs))
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)  # none of them: the mailbox as it was
+                raise
             if created:
                 os.fsync(held.dir_fd)  # type: ignore[arg-type]
             if state is None:
@@ -351,9 +358,10 @@ class MboxFile(IndexKeeper):
             first = added[-1].uid + 1 if added else state.uid_next
             uids = list(range(first, first + len(spans)))
             mine = []
-            for uid, (base, start, body, blob) in zip(uids, spans, strict=True):
-                p = describe(blob, start, body, len(blob) - 1, date, base=base)
-                mine.append(ix.entry_from(p, uid, ix.clean_flags(flags), date, tz))
+            for uid, (base, start, body, blob), (fl, when, zone) in zip(uids, spans, each,
+                                                                         strict=True):
+                p = describe(blob, start, body, len(blob) - 1, when, base=base)
+                mine.append(ix.entry_from(p, uid, ix.clean_flags(fl), when, zone))
             whole = added is None and before is not None and state.entries != before.entries
             new = self._added(state, changes, added, mine, ix.Stamp.of(os.fstat(fd)), whole)
         return new, changes, uids

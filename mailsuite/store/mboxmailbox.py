@@ -471,6 +471,20 @@ class MboxMailbox:
     ) -> defer.Deferred[int]:
         return self._append(data, "MAILER-DAEMON", flags, internal_date)
 
+    def append_messages(
+        self, messages: list[tuple[bytes, frozenset[str], datetime | None]]
+    ) -> defer.Deferred[list[int]]:
+        """All of ``messages`` (data, flags, internal date or None) or none: one write, one
+        fsync, refused as a whole over quota (MULTIAPPEND, RFC 3502)."""
+        now = self._store.now()
+        items = [(data, "MAILER-DAEMON") for data, _, _ in messages]
+        each = [(frozenset(flags), int((when or now).timestamp()),
+                 None if when is None else ix.offset_of(when)) for _, flags, when in messages]
+        account = self._file.account
+        work = self._store.admitted(account, self._file.append_many, items)
+        return self._store.after_write(
+            self._run(work, items, 0, frozenset(), None, each), account)
+
     def append_moved(self, data: bytes, flags: frozenset[str] = frozenset(),
                      internal_date: datetime | None = None) -> defer.Deferred[int]:
         """``append`` of a message IMAP MOVE takes out of another mailbox of the account: not

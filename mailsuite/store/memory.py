@@ -156,6 +156,14 @@ class MemoryMailbox:
     def email_id(self, uid: int) -> str | None:
         return self._fingerprints.get(uid)
 
+    def append_messages(
+        self, messages: list[tuple[bytes, frozenset[str], datetime | None]]
+    ) -> defer.Deferred[list[int]]:
+        """All of ``messages`` (data, flags, internal date or None) at once (MULTIAPPEND)."""
+        infos = [self._add(data, flags, when) for data, flags, when in messages]
+        self._tell(Changes(added=infos))
+        return defer.succeed([info.uid for info in infos])
+
     def keywords(self) -> set[str]:
         return self._keywords
 
