@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailsuite.imap import fetchfields
 from mailsuite.imap.bodystructure import body_structure
 from mailsuite.imap.encode import envelope, format_flags, internal_date
 from mailsuite.imap.message import header_fields, locate, split_message
@@ -337,8 +338,8 @@ async def fetch_responses(
         chunk = targets[start : start + _CHUNK]
         headers: dict[int, bytes] = {}
         if need_header and not need_body:
-            headers = await view.mailbox.read_headers(
-                [u for _, u in chunk if not view.is_expunged(u)]
+            headers = await fetchfields.read_headers(
+                view.mailbox, [u for _, u in chunk if not view.is_expunged(u)], items
             )
         for seq, uid in chunk:
             raw = None
