@@ -221,6 +221,7 @@ class CacheTests(MboxTestCase):
                     b"From: only header", b"\nno header\n", b"Subject: lone\rcr\n\nz\n"]
         box = yield self.open_with(*messages)
         for items in (ITEMS, b"BODY.PEEK[HEADER.FIELDS (Subject)]",
+                      b"(FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (Subject From)] UID)",
                       b"(BODY[HEADER.FIELDS (From)] BODY.PEEK[HEADER.FIELDS (To Subject)]<0.9>)"):
             without = yield fetch_all(box, items, False)
             self.assertEqual((yield fetch_all(box, items, True)), without)  # fills
@@ -230,3 +231,15 @@ class CacheTests(MboxTestCase):
     def test_uncacheable_names_are_served(self) -> None:
         self.assertFalse(headercache.cacheable([b"a b"]))
         self.assertTrue(headercache.cacheable([b"X-A"]))
+
+
+class DateTests(unittest.TestCase):
+    @settings(max_examples=300, deadline=None)
+    @given(st.integers(-2_000_000_000, 4_000_000_000), st.integers(-14 * 60, 14 * 60))
+    def test_date_text_is_internal_date(self, date, minutes) -> None:
+        """The quick INTERNALDATE is encode.internal_date of the datetime, to the byte."""
+        from mailsuite.imap.encode import internal_date
+        from mailsuite.store.index import Entry
+
+        e = Entry(1, 0, 0, 0, 0, 0, date, "f" * 24, "", frozenset(), minutes * 60)
+        self.assertEqual(fetchfields.date_text(e), internal_date(e.internal_date))

@@ -334,6 +334,7 @@ async def fetch_responses(
     items, need_body, need_header = plan.items, plan.need_body, plan.need_header
     with_flags = (*items, FetchItem("FLAGS"))  # for messages this FETCH set \Seen on
     missing = False
+    quick = fetchfields.renderer(items) if need_header and not need_body else None
     for start in range(0, len(targets), _CHUNK):
         chunk = targets[start : start + _CHUNK]
         headers: dict[int, bytes] = {}
@@ -362,7 +363,8 @@ async def fetch_responses(
             if lost():
                 return missing
             wanted = with_flags if uid in seen_now and not plan.has_flags else items
-            pieces = _response(view, seq, uid, wanted, raw, header)
+            line = quick(view, seq, uid, header) if quick and wanted is items else None
+            pieces = line if line is not None else _response(view, seq, uid, wanted, raw, header)
             size = sum(p.size if isinstance(p, WireSlice) else len(p) for p in pieces)
             if stream is not None and size >= STREAM_MIN:
                 await stream(pieces)

@@ -7,7 +7,12 @@ block it gets back is rendered by ``fetch`` exactly as the whole header would be
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from mailsuite.imap.encode import format_flags, internal_date
+from mailsuite.wire import crlf
 
 #: off: every header item reads the whole header (tests compare both ways)
 USE_CACHE = True
@@ -35,3 +40,70 @@ def read_headers(mailbox: Any, uids: list[int], items: Any) -> Any:
     if names is None:
         return mailbox.read_headers(uids)
     return mailbox.header_fields(uids, names)
+
+
+_PLAIN = ("UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE")
+_MONTHS = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
+           b"Nov", b"Dec"]
+Render = Callable[[Any, int, int, bytes], "list[Any] | None"]
+
+
+def renderer(items: Sequence[Any]) -> Render | None:
+    """A quick ``render(view, seq, uid, fields) -> [response line]`` for the listing FETCH
+    (UID, FLAGS, RFC822.SIZE, INTERNALDATE and at most one whole ``HEADER.FIELDS``, whose
+    block came from ``header_fields``); None for any other list. The line is the one
+    ``fetch._response`` makes (one look-up per message, not one per item); ``render`` gives
+    None for a block with a CR in it (``fetch`` renders that one)."""
+    if not USE_CACHE or any(i.name not in _PLAIN and i.name != "BODY[]" for i in items):
+        return None
+    sections = [i for i in items if i.name == "BODY[]"]
+    if len(sections) > 1 or (sections and field_names(items) is None):
+        return None
+    label = b""
+    if sections:
+        if sections[0].partial is not None:
+            return None
+        label = b"BODY[" + sections[0].section.label() + b"] {%d}\r\n"
+    kinds = tuple(i.name for i in items)
+    flag_text: dict[frozenset[str], bytes] = {}
+
+    def render(view: Any, seq: int, uid: int, fields: bytes) -> list[Any] | None:
+        if b"\r" in fields:
+            return None
+        info = view.info(uid)
+        out = [b"* %d FETCH (" % seq]
+        for n, kind in enumerate(kinds):
+            if n:
+                out.append(b" ")
+            if kind == "UID":
+                out.append(b"UID %d" % uid)
+            elif kind == "FLAGS":
+                flags = view.flags(uid)
+                text = flag_text.get(flags)
+                if text is None:
+                    text = flag_text[flags] = b"FLAGS " + format_flags(flags)
+                out.append(text)
+            elif kind == "RFC822.SIZE":
+                out.append(b"RFC822.SIZE %d" % info.size)
+            elif kind == "INTERNALDATE":
+                out.append(b"INTERNALDATE " + date_text(info))
+            else:
+                data = crlf(fields)
+                out += (label % len(data), data)
+        out.append(b")\r\n")
+        return [b"".join(out)]
+
+    return render
+
+
+def date_text(info: Any) -> bytes:
+    """``encode.internal_date(info.internal_date)``, from the index's epoch and zone (``date``,
+    ``tz``) without a datetime when the store gives them."""
+    date, tz = getattr(info, "date", None), getattr(info, "tz", None)
+    if type(date) is not int or type(tz) is not int:
+        return internal_date(info.internal_date)
+    t = time.gmtime(date + tz)
+    minutes = tz // 60
+    return b'"%2d-%s-%04d %02d:%02d:%02d %s%02d%02d"' % (
+        t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec,
+        b"-" if minutes < 0 else b"+", abs(minutes) // 60, abs(minutes) % 60)
