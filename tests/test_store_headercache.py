@@ -42,8 +42,12 @@ class View:
     def info(self, uid: int) -> Any:
         return next(m for m in self.mailbox.messages if m.uid == uid)
 
+    def is_recent(self, uid: int) -> bool:
+        return uid == self.mailbox.messages[0].uid  # the first one is \Recent here
+
     def flags(self, uid: int) -> frozenset[str]:
-        return frozenset(self.info(uid).flags)
+        flags = frozenset(self.info(uid).flags)
+        return flags | {"\\Recent"} if self.is_recent(uid) else flags
 
 
 @defer.inlineCallbacks
@@ -132,6 +136,7 @@ class CacheTests(MboxTestCase):
         yield self.check(box, [b"subject"])  # fewer fields: from the cache too
         self.assertEqual((yield fetch_all(box, ITEMS, True)), without)
         self.assertIn(b"Subject: two", without)
+        self.assertIn(b"FLAGS (\\Recent)", without)
         box.close()
 
     @defer.inlineCallbacks

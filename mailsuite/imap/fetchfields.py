@@ -45,6 +45,8 @@ def read_headers(mailbox: Any, uids: list[int], items: Any) -> Any:
 _PLAIN = ("UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE")
 _MONTHS = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct",
            b"Nov", b"Dec"]
+_RECENT = frozenset({"\\Recent"})
+_DAYS: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # (day, zone): the text around the time
 Render = Callable[[Any, int, int, bytes], "list[Any] | None"]
 
 
@@ -78,7 +80,7 @@ def renderer(items: Sequence[Any]) -> Render | None:
             if kind == "UID":
                 out.append(b"UID %d" % uid)
             elif kind == "FLAGS":
-                flags = view.flags(uid)
+                flags = info.flags | _RECENT if view.is_recent(uid) else info.flags
                 text = flag_text.get(flags)
                 if text is None:
                     text = flag_text[flags] = b"FLAGS " + format_flags(flags)
@@ -102,8 +104,16 @@ def date_text(info: Any) -> bytes:
     date, tz = getattr(info, "date", None), getattr(info, "tz", None)
     if type(date) is not int or type(tz) is not int:
         return internal_date(info.internal_date)
-    t = time.gmtime(date + tz)
-    minutes = tz // 60
-    return b'"%2d-%s-%04d %02d:%02d:%02d %s%02d%02d"' % (
-        t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec,
-        b"-" if minutes < 0 else b"+", abs(minutes) // 60, abs(minutes) % 60)
+    day, seconds = divmod(date + tz, 86400)
+    ends = _DAYS.get((day, tz))
+    if ends is None:
+        t = time.gmtime(day * 86400)
+        minutes = tz // 60
+        ends = (b'"%2d-%s-%04d ' % (t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year),
+                b' %s%02d%02d"' % (b"-" if minutes < 0 else b"+", abs(minutes) // 60,
+                                   abs(minutes) % 60))
+        if len(_DAYS) > 8192:
+            _DAYS.clear()
+        _DAYS[day, tz] = ends
+    hours, rest = divmod(seconds, 3600)
+    return b"%s%02d:%02d:%02d%s" % (ends[0], hours, rest // 60, rest % 60, ends[1])
