@@ -248,3 +248,19 @@ class DateTests(unittest.TestCase):
 
         e = Entry(1, 0, 0, 0, 0, 0, date, "f" * 24, "", frozenset(), minutes * 60)
         self.assertEqual(fetchfields.date_text(e), internal_date(e.internal_date))
+
+
+class SharedFlagSetsTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_a_first_parse_shares_flag_sets(self) -> None:
+        """Messages parsed from the file share one frozenset per flag combination (an empty
+        frozenset is 216 bytes: 20 MB over 100,000 messages)."""
+        for n in range(3):
+            self.external_append(MSG1 + b"%d\n" % n)
+        self.external_append(MSG2.replace(b"\n\n", b"\nStatus: RO\n\n", 1))
+        box = yield self.make_store().open(self.account)
+        flags = [m.flags for m in box.messages]
+        self.assertEqual(flags, [set(), set(), set(), {"\\Seen"}])
+        self.assertIs(flags[0], flags[1])
+        self.assertIs(flags[1], flags[2])
+        box.close()

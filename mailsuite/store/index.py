@@ -157,12 +157,23 @@ class Index:
 
 
 def clean_flags(flags: frozenset[str] | set[str]) -> frozenset[str]:
-    """Flags that can be stored: system flags and keyword atoms (no space, no control char)."""
-    return frozenset(
+    """Flags that can be stored: system flags and keyword atoms (no space, no control char).
+    One shared frozenset per distinct combination, as ``_flags`` (an empty one is 216 bytes:
+    20 MB over a new index of 100,000 messages)."""
+    clean = frozenset(
         f
         for f in flags
         if f in SYSTEM or (f and not f.startswith("\\") and f.isprintable() and " " not in f)
     )
+    found = _CLEAN_SETS.get(clean)
+    if found is None:
+        found = clean
+        if len(_CLEAN_SETS) < 4096:
+            _CLEAN_SETS[clean] = clean
+    return found
+
+
+_CLEAN_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 
 def entry_from(
