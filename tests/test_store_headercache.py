@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsuite.accounts import Account
-from mailsuite.imap import fetchfields
+from mailsuite.imap import fetch, fetchfields
 from mailsuite.imap.fetch import fetch_plan, fetch_responses, render_section
 from mailsuite.imap.message import split_message
 from mailsuite.store import headercache
@@ -23,7 +23,8 @@ from tests.store_conformance import MSG1, MSG2
 from tests.test_store_mbox import MboxTestCase
 
 FIELDS = [b"From", b"To", b"Subject", b"Message-ID"]
-ITEMS = b"(UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Subject Message-ID)])"
+ITEMS = (b"(UID RFC822.SIZE FLAGS INTERNALDATE "
+         b"BODY.PEEK[HEADER.FIELDS (From To Subject Message-ID)])")
 
 
 def expected(message: bytes, names: list[bytes]) -> bytes:
@@ -225,6 +226,7 @@ class CacheTests(MboxTestCase):
         messages = [MSG1, MSG2, b"Subject: a\r\n b\r\nFrom: c\r\n\r\nx\r\n",
                     b"From: only header", b"\nno header\n", b"Subject: lone\rcr\n\nz\n"]
         box = yield self.open_with(*messages)
+        self.patch(fetch, "_CHUNK", 2)  # chunks answered at once, others message by message
         for items in (ITEMS, b"BODY.PEEK[HEADER.FIELDS (Subject)]",
                       b"(FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (Subject From)] UID)",
                       b"(BODY[HEADER.FIELDS (From)] BODY.PEEK[HEADER.FIELDS (To Subject)]<0.9>)"):

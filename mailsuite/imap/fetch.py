@@ -334,7 +334,7 @@ async def fetch_responses(
     items, need_body, need_header = plan.items, plan.need_body, plan.need_header
     with_flags = (*items, FetchItem("FLAGS"))  # for messages this FETCH set \Seen on
     missing = False
-    quick = fetchfields.renderer(items) if need_header and not need_body else None
+    quick = fetchfields.Listing.of(items, write, lost) if need_header and not need_body else None
     for start in range(0, len(targets), _CHUNK):
         chunk = targets[start : start + _CHUNK]
         headers: dict[int, bytes] = {}
@@ -342,6 +342,8 @@ async def fetch_responses(
             headers = await fetchfields.read_headers(
                 view.mailbox, [u for _, u in chunk if not view.is_expunged(u)], items
             )
+            if quick and not seen_now and quick.chunk(view, chunk, headers):
+                continue
         for seq, uid in chunk:
             raw = None
             if view.is_expunged(uid) and (need_body or need_header):
@@ -363,8 +365,7 @@ async def fetch_responses(
             if lost():
                 return missing
             wanted = with_flags if uid in seen_now and not plan.has_flags else items
-            line = quick(view, seq, uid, header) if quick and wanted is items else None
-            pieces = line if line is not None else _response(view, seq, uid, wanted, raw, header)
+            pieces = _response(view, seq, uid, wanted, raw, header)
             size = sum(p.size if isinstance(p, WireSlice) else len(p) for p in pieces)
             if stream is not None and size >= STREAM_MIN:
                 await stream(pieces)

@@ -47,43 +47,63 @@ _MONTHS = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep
            b"Nov", b"Dec"]
 _RECENT = frozenset({"\\Recent"})
 _DAYS: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # (day, zone): the text around the time
-Render = Callable[[Any, int, int, bytes], "list[Any] | None"]
 
 
-def renderer(items: Sequence[Any]) -> Render | None:
-    """A quick ``render(view, seq, uid, fields) -> [response line]`` for the listing FETCH
-    (UID, FLAGS, RFC822.SIZE, INTERNALDATE and at most one whole ``HEADER.FIELDS``, whose
-    block came from ``header_fields``); None for any other list. The line is the one
-    ``fetch._response`` makes (one look-up per message, not one per item); ``render`` gives
-    None for a block with a CR in it (``fetch`` renders that one)."""
-    if not USE_CACHE or any(i.name not in _PLAIN and i.name != "BODY[]" for i in items):
-        return None
-    sections = [i for i in items if i.name == "BODY[]"]
-    if len(sections) > 1 or (sections and field_names(items) is None):
-        return None
-    label = b""
-    if sections:
-        if sections[0].partial is not None:
+class Listing:
+    """The listing FETCH (UID, FLAGS, RFC822.SIZE, INTERNALDATE and at most one whole
+    ``HEADER.FIELDS``, its blocks from ``header_fields``) answered a chunk of messages at a
+    time: one look-up per message instead of one per item, one write per chunk. Each line is
+    the one ``fetch._response`` makes (tests compare them)."""
+
+    def __init__(self, kinds: tuple[str, ...], label: bytes, write: Callable[[bytes], None],
+                 lost: Callable[[], bool]) -> None:
+        self.kinds, self.label, self.write, self.lost = kinds, label, write, lost
+        self.flag_text: dict[frozenset[str], bytes] = {}
+
+    @classmethod
+    def of(cls, items: Sequence[Any], write: Callable[[bytes], None],
+           lost: Callable[[], bool]) -> Listing | None:
+        """For these FETCH items, or None when they are not a listing."""
+        if not USE_CACHE or any(i.name not in _PLAIN and i.name != "BODY[]" for i in items):
             return None
-        label = b"BODY[" + sections[0].section.label() + b"] {%d}\r\n"
-    kinds = tuple(i.name for i in items)
-    flag_text: dict[frozenset[str], bytes] = {}
-
-    def render(view: Any, seq: int, uid: int, fields: bytes) -> list[Any] | None:
-        if b"\r" in fields:
+        sections = [i for i in items if i.name == "BODY[]"]
+        if len(sections) > 1 or (sections and field_names(items) is None):
             return None
+        label = b""
+        if sections:
+            if sections[0].partial is not None:
+                return None
+            label = b"BODY[" + sections[0].section.label() + b"] {%d}\r\n"
+        return cls(tuple(i.name for i in items), label, write, lost)
+
+    def chunk(self, view: Any, chunk: list[tuple[int, int]], headers: dict[int, bytes]) -> bool:
+        """Write the responses of a chunk of targets (seq, uid) in one piece when each is a
+        plain one (none expunged, all in ``headers``, no CR in a block); False: nothing
+        written, ``fetch`` answers the chunk message by message."""
+        lines = []
+        for seq, uid in chunk:
+            fields = headers.get(uid)
+            if fields is None or b"\r" in fields or view.is_expunged(uid):
+                return False
+            lines.append(self.line(view, seq, uid, fields))
+        if self.lost():
+            return False
+        self.write(b"".join(lines))
+        return True
+
+    def line(self, view: Any, seq: int, uid: int, fields: bytes) -> bytes:
         info = view.info(uid)
         out = [b"* %d FETCH (" % seq]
-        for n, kind in enumerate(kinds):
+        for n, kind in enumerate(self.kinds):
             if n:
                 out.append(b" ")
             if kind == "UID":
                 out.append(b"UID %d" % uid)
             elif kind == "FLAGS":
                 flags = info.flags | _RECENT if view.is_recent(uid) else info.flags
-                text = flag_text.get(flags)
+                text = self.flag_text.get(flags)
                 if text is None:
-                    text = flag_text[flags] = b"FLAGS " + format_flags(flags)
+                    text = self.flag_text[flags] = b"FLAGS " + format_flags(flags)
                 out.append(text)
             elif kind == "RFC822.SIZE":
                 out.append(b"RFC822.SIZE %d" % info.size)
@@ -91,11 +111,9 @@ def renderer(items: Sequence[Any]) -> Render | None:
                 out.append(b"INTERNALDATE " + date_text(info))
             else:
                 data = crlf(fields)
-                out += (label % len(data), data)
+                out += (self.label % len(data), data)
         out.append(b")\r\n")
-        return [b"".join(out)]
-
-    return render
+        return b"".join(out)
 
 
 def date_text(info: Any) -> bytes:
