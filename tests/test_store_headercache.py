@@ -104,7 +104,7 @@ class MemoryStoreTests(unittest.TestCase):
         box.close()
 
 
-class CacheTests(MboxTestCase):
+class CacheCase(MboxTestCase):
     def cache_path(self) -> str:
         return os.path.join(os.path.dirname(self.index_path), CACHE_NAME)
 
@@ -126,6 +126,8 @@ class CacheTests(MboxTestCase):
         self.assertEqual(len(got), len(box.messages))
         return got
 
+
+class CacheTests(CacheCase):
     @defer.inlineCallbacks
     def test_filled_then_served_from_the_cache(self) -> None:
         box = yield self.open_with(MSG1, MSG2)
@@ -265,4 +267,36 @@ class SharedFlagSetsTests(MboxTestCase):
         self.assertEqual(flags, [set(), set(), set(), {"\\Seen"}])
         self.assertIs(flags[0], flags[1])
         self.assertIs(flags[1], flags[2])
+        box.close()
+
+
+class CacheUpkeepTests(CacheCase):
+    @defer.inlineCallbacks
+    def test_records_of_expunged_messages_are_dropped(self) -> None:
+        """The file starts again once it holds more expunged messages than live ones."""
+        self.patch(headercache, "DEAD_SLACK", 0)
+        box = yield self.open_with(*[MSG1 + b"%d\n" % n for n in range(6)])
+        yield self.check(box)
+        self.assertEqual(len(box._hcache._uids), 6)
+        yield box.expunge([m.uid for m in box.messages[:5]])
+        yield box.settled()
+        yield box.append(MSG2)
+        yield self.check(box)  # 7 records > 2 * 2 messages: started again
+        self.assertEqual(list(box._hcache._uids), [box.messages[-1].uid])
+        yield self.check(box)  # and filled again
+        self.assertEqual(list(box._hcache._uids), [m.uid for m in box.messages])
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_a_cache_that_cannot_be_used_is_not_needed(self) -> None:
+        box = yield self.open_with(MSG1, MSG2)
+
+        def refused(create: bool) -> Any:
+            raise OSError(13, "Permission denied")
+
+        box._hcache._dir = refused
+        yield self.check(box)
+        yield self.check(box)
+        self.assertFalse(os.path.exists(self.cache_path()))
+        self.flushLoggedErrors()
         box.close()

@@ -36,7 +36,10 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from twisted.logger import Logger
+
 from mailsuite.imap.message import header_fields, split_message
+from mailsuite.store.interfaces import StoreError
 from mailsuite.store.safepath import Dir
 from mailsuite.wire import complete
 
@@ -44,10 +47,12 @@ CACHE_NAME = "mailsuite.hcache"
 MAGIC = b"mailsuite-hcache 1"
 MAX_FIELDS = 64  # a client naming more fields than this is served from the mbox
 MAX_RECORD = 64 * 1024  # fields bigger than this are not kept
+DEAD_SLACK = 1024  # records of expunged messages kept beyond as many as there are messages
 _REC = struct.Struct("<4sIII24s")
 _TAG = b"HCR1"
 _NAME = re.compile(rb"[!-9;-~]{1,100}\Z")  # a field name that can be a word of the first line
 _SPAN = 1 << 20  # records read in one pread at most
+log = Logger()
 
 
 def pick(header: bytes, names: frozenset[bytes]) -> bytes:
@@ -81,24 +86,36 @@ class HeaderCache:
         self.fields: frozenset[bytes] = frozenset()
         self._uids = array("I")  # ascending; record of _uids[i] at _offs[i]
         self._offs = array("Q")
+        self._told = False
 
     # -- reading -------------------------------------------------------------------------------
 
     def lookup(self, validity: int, entries: list[Any], names: frozenset[bytes]
                ) -> tuple[dict[int, bytes], list[Any]]:
-        """({uid: pick of its header for ``names``} of the entries cached, entries not)."""
-        with self._lock:
-            d = self._dir(False)
-            if d is None:
-                return {}, list(entries)
-            with d:
-                fd = self._open(d, create=False)
-                if fd is None:
+        """({uid: pick of its header for ``names``} of the entries cached, entries not).
+        A cache that cannot be read (its directory gone, refused) has nothing."""
+        try:
+            with self._lock:
+                d = self._dir(False)
+                if d is None:
                     return {}, list(entries)
-                try:
-                    return self._lookup(fd, validity, entries, names)
-                finally:
-                    os.close(fd)
+                with d:
+                    fd = self._open(d, create=False)
+                    if fd is None:
+                        return {}, list(entries)
+                    try:
+                        return self._lookup(fd, validity, entries, names)
+                    finally:
+                        os.close(fd)
+        except (OSError, StoreError) as e:
+            self._failed(e)
+            return {}, list(entries)
+
+    def _failed(self, e: Exception) -> None:
+        """Told once per mailbox: FETCH goes on without the cache."""
+        if not self._told:
+            self._told = True
+            log.warn("header cache not used: {why}", why=e)
 
     def _lookup(self, fd: int, validity: int, entries: list[Any], names: frozenset[bytes]
                 ) -> tuple[dict[int, bytes], list[Any]]:
@@ -174,26 +191,38 @@ class HeaderCache:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def add(self, validity: int, items: list[tuple[int, str, bytes]], names: frozenset[bytes]
-            ) -> dict[int, bytes]:
+    def add(self, validity: int, items: list[tuple[int, str, bytes]], names: frozenset[bytes],
+            live: int) -> dict[int, bytes]:
         """Cache ``items`` (uid, fingerprint, header block as stored), the cache's field set
-        grown by ``names`` (started again for a new ``validity``); {uid: pick for ``names``}."""
-        with self._lock:
-            d = self._dir(True)
-            if d is None or not cacheable(names):
-                return {uid: pick(h, names) for uid, _, h in items}
-            with d:
-                fd = self._open(d, create=True)
-                assert fd is not None
-                try:
-                    self._sync(fd)
-                    if self._head is None or validity != self.validity or \
-                            not names <= self.fields:
-                        os.close(fd)
-                        fd = self._start(d, validity, names)
-                    return self._append(fd, items, names)
-                finally:
-                    os.close(fd)
+        grown by ``names`` (started again for a new ``validity``, or when it holds more than
+        ``live`` messages -- the mailbox's count -- and as many again of expunged ones);
+        {uid: pick for ``names``}, also when nothing can be cached."""
+        if cacheable(names):
+            try:
+                with self._lock:
+                    d = self._dir(True)
+                    if d is not None:
+                        with d:
+                            return self._add(d, validity, items, names, live)
+            except (OSError, StoreError) as e:
+                self._failed(e)
+        return {uid: pick(h, names) for uid, _, h in items}
+
+    def _add(self, d: Dir, validity: int, items: list[tuple[int, str, bytes]],
+             names: frozenset[bytes], live: int) -> dict[int, bytes]:
+        fd = self._open(d, create=True)
+        assert fd is not None
+        try:
+            self._sync(fd)
+            if self._head is None or validity != self.validity or not names <= self.fields \
+                    or len(self._uids) > 2 * live + DEAD_SLACK:
+                os.close(fd)
+                fd = -1
+                fd = self._start(d, validity, names)
+            return self._append(fd, items, names)
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     def _start(self, d: Dir, validity: int, names: frozenset[bytes]) -> int:
         """A new, empty file for the union of the fields (only ``names`` for a new validity,

@@ -372,7 +372,8 @@ class MboxMailbox:
             prints = {e.uid: e.fingerprint for e in missing}
             headers = yield self.read_headers(list(prints))
             items = [(uid, prints[uid], h) for uid, h in headers.items()]
-            found.update((yield self._store.blocking(self._hcache.add, validity, items, wanted)))
+            found.update((yield self._store.blocking(self._hcache.add, validity, items, wanted,
+                                                     len(self.messages))))
         return found
 
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
