@@ -51,7 +51,10 @@ DEAD_SLACK = 1024  # records of expunged messages kept beyond as many as there a
 _REC = struct.Struct("<4sIII24s")
 _TAG = b"HCR1"
 _NAME = re.compile(rb"[!-9;-~]{1,100}\Z")  # a field name that can be a word of the first line
-_SPAN = 1 << 20  # records read in one pread at most
+# reads stay below glibc's mmap threshold (128 KiB): a bigger buffer, once freed, raises it
+# and the process keeps what it later frees in its heap (10 MB more after a 100k listing)
+_SPAN = 64 * 1024  # records read in one pread at most (unless one is bigger)
+_LOAD = 120 * 1024  # bytes read at a time when the file is walked (a record fits)
 log = Logger()
 
 
@@ -84,8 +87,9 @@ class HeaderCache:
         self._head: bytes | None = None  # the first line of the file the map describes
         self.validity = 0
         self.fields: frozenset[bytes] = frozenset()
-        self._uids = array("I")  # ascending; record of _uids[i] at _offs[i]
+        self._uids = array("I")  # ascending; record of _uids[i] at _offs[i], _lens[i] bytes
         self._offs = array("Q")
+        self._lens = array("I")
         self._told = False
 
     # -- reading -------------------------------------------------------------------------------
@@ -122,12 +126,12 @@ class HeaderCache:
         self._sync(fd)
         if validity != self.validity or not names <= self.fields:
             return {}, list(entries)
-        where: list[tuple[int, Any]] = []
+        where: list[tuple[int, int, Any]] = []
         missing: list[Any] = []
         for e in entries:
             i = bisect_left(self._uids, e.uid)
             if i < len(self._uids) and self._uids[i] == e.uid:
-                where.append((self._offs[i], e))
+                where.append((self._offs[i], self._lens[i], e))
             else:
                 missing.append(e)
         found: dict[int, bytes] = {}
@@ -135,8 +139,8 @@ class HeaderCache:
         whole = names == self.fields
         for span in _spans(where):
             start = span[0][0]
-            buf = os.pread(fd, span[-1][0] - start + _REC.size + MAX_RECORD, start)
-            for off, e in span:
+            buf = os.pread(fd, span[-1][0] + span[-1][1] - start, start)
+            for off, _, e in span:
                 data = _record(buf, off - start, e.uid, e.fingerprint)
                 if data is None:
                     missing.append(e)
@@ -154,14 +158,14 @@ class HeaderCache:
 
     def _load(self, fd: int, head: bytes | None) -> None:
         self._head, self.validity, self.fields = None, 0, frozenset()
-        self._uids, self._offs = array("I"), array("Q")
+        self._uids, self._offs, self._lens = array("I"), array("Q"), array("I")
         words = head.split(b" ") if head else []
         if len(words) < 3 or b" ".join(words[:2]) != MAGIC or not words[2].isdigit():
             return
         pos, size = len(head) + 1, os.fstat(fd).st_size  # type: ignore[arg-type]
-        pairs: dict[int, int] = {}
+        pairs: dict[int, tuple[int, int]] = {}
         while pos < size:
-            buf = os.pread(fd, min(size - pos, 4 << 20), pos)
+            buf = os.pread(fd, min(size - pos, _LOAD), pos)
             at = 0
             while at + _REC.size <= len(buf):
                 tag, uid, length, _crc, fp = _REC.unpack_from(buf, at)
@@ -171,7 +175,7 @@ class HeaderCache:
                     break
                 if _record(buf, at, uid, fp.decode("ascii", "replace")) is None:
                     return
-                pairs[uid] = pos + at
+                pairs[uid] = (pos + at, _REC.size + length)
                 at += _REC.size + length
             if at == 0:
                 return  # a record cut short at the end: a torn write
@@ -180,7 +184,8 @@ class HeaderCache:
         self.fields = frozenset(words[3:])
         for uid in sorted(pairs):
             self._uids.append(uid)
-            self._offs.append(pairs[uid])
+            self._offs.append(pairs[uid][0])
+            self._lens.append(pairs[uid][1])
 
     def _open(self, d: Dir, create: bool) -> int | None:
         try:
@@ -241,7 +246,7 @@ class HeaderCache:
                 ) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
         chunks: list[bytes] = []
-        placed: list[tuple[int, int]] = []
+        placed: list[tuple[int, int, int]] = []
         size = 0
         whole = names == self.fields
         for uid, fp, header in items:
@@ -250,7 +255,7 @@ class HeaderCache:
             if len(data) > MAX_RECORD or len(fp) != 24 or not fp.isascii():
                 continue
             rec = _pack(uid, fp.encode(), data)
-            placed.append((uid, size))
+            placed.append((uid, size, len(rec)))
             chunks.append(rec)
             size += len(rec)
         if chunks:
@@ -258,20 +263,22 @@ class HeaderCache:
             written = os.write(fd, blob)
             end = os.lseek(fd, 0, os.SEEK_CUR)
             if written == len(blob):
-                for uid, rel in placed:
-                    self._place(uid, end - len(blob) + rel)
+                for uid, rel, length in placed:
+                    self._place(uid, end - len(blob) + rel, length)
         return out
 
-    def _place(self, uid: int, off: int) -> None:
+    def _place(self, uid: int, off: int, length: int) -> None:
         i = bisect_left(self._uids, uid)
         if i < len(self._uids) and self._uids[i] == uid:
-            self._offs[i] = off
+            self._offs[i], self._lens[i] = off, length
         elif i == len(self._uids):
             self._uids.append(uid)
             self._offs.append(off)
+            self._lens.append(length)
         else:
             self._uids.insert(i, uid)
             self._offs.insert(i, off)
+            self._lens.insert(i, length)
 
 
 def _pack(uid: int, fp: bytes, data: bytes) -> bytes:
@@ -295,11 +302,11 @@ def _record(buf: bytes, at: int, uid: int, fp: str) -> bytes | None:
     return data if zlib.crc32(data, zlib.crc32(head)) == crc else None
 
 
-def _spans(where: list[tuple[int, Any]]) -> Iterable[list[tuple[int, Any]]]:
-    """Sorted (offset, entry) pairs in groups read by one pread each."""
-    span: list[tuple[int, Any]] = []
+def _spans(where: list[tuple[int, int, Any]]) -> Iterable[list[tuple[int, int, Any]]]:
+    """Sorted (offset, size, entry) in groups read by one pread each."""
+    span: list[tuple[int, int, Any]] = []
     for pair in where:
-        if span and pair[0] - span[0][0] > _SPAN:
+        if span and pair[0] + pair[1] - span[0][0] > _SPAN:
             yield span
             span = []
         span.append(pair)
