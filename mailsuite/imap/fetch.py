@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailsuite.imap import fetchfields
 from mailsuite.imap.bodystructure import body_structure
 from mailsuite.imap.encode import envelope, format_flags, internal_date
 from mailsuite.imap.message import header_fields, locate, split_message
@@ -380,13 +381,16 @@ async def fetch_responses(
     items, need_body, need_header = plan.items, plan.need_body, plan.need_header
     with_flags = (*items, FetchItem("FLAGS"))  # for messages this FETCH set \Seen on
     missing = False
+    quick = fetchfields.Listing.of(items, write, lost) if need_header and not need_body else None
     for start in range(0, len(targets), _CHUNK):
         chunk = targets[start : start + _CHUNK]
         headers: dict[int, bytes] = {}
         if need_header and not need_body:
-            headers = await view.mailbox.read_headers(
-                [u for _, u in chunk if not view.is_expunged(u)]
+            headers = await fetchfields.read_headers(
+                view.mailbox, [u for _, u in chunk if not view.is_expunged(u)], items
             )
+            if quick and not seen_now and quick.chunk(view, chunk, headers):
+                continue
         for seq, uid in chunk:
             raw = None
             if view.is_expunged(uid) and (need_body or need_header):
@@ -411,17 +415,22 @@ async def fetch_responses(
             for item in wanted:
                 if item.prepare is not None:
                     await item.prepare(view, uid, raw)
-            pieces = _response(view, seq, uid, wanted, raw, header)
-            size = sum(p.size if isinstance(p, WireSlice) else len(p) for p in pieces)
-            if stream is not None and size >= STREAM_MIN:
-                await stream(pieces)
-            else:
-                write(
-                    b"".join(
-                        p if isinstance(p, bytes) else crlf(p.data[p.start : p.end]) for p in pieces
-                    )
-                )
+            await _send(_response(view, seq, uid, wanted, raw, header), write, stream)
     return missing
+
+
+async def _send(
+    pieces: list[Piece],
+    write: Callable[[bytes], None],
+    stream: Callable[[list[Piece]], Awaitable[None]] | None,
+) -> None:
+    """One FETCH response: written at once, or streamed when it is ``STREAM_MIN`` or more."""
+    size = sum(p.size if isinstance(p, WireSlice) else len(p) for p in pieces)
+    if stream is not None and size >= STREAM_MIN:
+        await stream(pieces)
+    else:
+        write(b"".join(
+            p if isinstance(p, bytes) else crlf(p.data[p.start : p.end]) for p in pieces))
 
 
 def _response(

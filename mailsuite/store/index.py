@@ -32,6 +32,7 @@ import os
 import stat
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import NamedTuple
@@ -157,12 +158,23 @@ class Index:
 
 
 def clean_flags(flags: frozenset[str] | set[str]) -> frozenset[str]:
-    """Flags that can be stored: system flags and keyword atoms (no space, no control char)."""
-    return frozenset(
+    """Flags that can be stored: system flags and keyword atoms (no space, no control char).
+    One shared frozenset per distinct combination, as ``_flags`` (an empty one is 216 bytes:
+    20 MB over a new index of 100,000 messages)."""
+    clean = frozenset(
         f
         for f in flags
         if f in SYSTEM or (f and not f.startswith("\\") and f.isprintable() and " " not in f)
     )
+    found = _CLEAN_SETS.get(clean)
+    if found is None:
+        found = clean
+        if len(_CLEAN_SETS) < 4096:
+            _CLEAN_SETS[clean] = clean
+    return found
+
+
+_CLEAN_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 
 def entry_from(
@@ -364,18 +376,21 @@ def dump(index: Index) -> bytes:
 
 def load(data: bytes) -> Index:
     """Parse an index file; CorruptIndex if it is not one we wrote."""
-    lines = data.split(b"\n")
-    if lines[0] not in _READABLE or not data.endswith(b"\n"):
+    first = data.find(b"\n")
+    second = data.find(b"\n", first + 1)
+    if data[:first] not in _READABLE or not data.endswith(b"\n") or second < 0:
         raise CorruptIndex("not a mailsuite index (or cut short)")
     try:
-        head = list(map(int, lines[1].split()))
+        head = list(map(int, data[first + 1 : second].split()))
         if len(head) == 5:
             head.append(0)  # written before journals existed
         validity, uid_next, size, mtime_ns, ino, generation = head
-        body, hidden = lines[2:-1], frozenset[int]()
-        if body and body[0][:2] == b"X ":
-            hidden = frozenset(map(int, body.pop(0).split()[1:]))
-        entries = [_entry(line.split(b" ")) for line in body]
+        pos, hidden = second + 1, frozenset[int]()
+        if data.startswith(b"X ", pos):
+            end = data.index(b"\n", pos)
+            hidden = frozenset(map(int, data[pos:end].split()[1:]))
+            pos = end + 1
+        entries = [_entry(line.split(b" ")) for line in _lines(data, pos)]
         last = 0
         for e in entries:
             if e.uid <= last or e.uid >= uid_next:
@@ -384,6 +399,15 @@ def load(data: bytes) -> Index:
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise CorruptIndex(str(e)) from e
     return Index(validity, uid_next, Stamp(size, mtime_ns, ino), entries, generation, hidden)
+
+
+def _lines(data: bytes, pos: int, block: int = 1 << 20) -> Iterator[bytes]:
+    """The lines of ``data[pos:]`` (which ends with a line end), split a block at a time: an
+    index of 100,000 messages is never 100,000 line objects at once (15 MB)."""
+    while pos < len(data):
+        cut = data.find(b"\n", min(pos + block, len(data) - 1))
+        yield from data[pos:cut].split(b"\n")
+        pos = cut + 1
 
 
 def _hidden_line(uids: frozenset[int] | set[int]) -> bytes:

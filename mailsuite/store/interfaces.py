@@ -126,6 +126,12 @@ class IMailbox(Interface):
         """Deferred[dict[int, bytes]]: the header block (up to and including the blank line) of
         each UID still present; UIDs that are gone are left out."""
 
+    def header_fields(uids, names):
+        """Deferred[dict[int, bytes]]: for each UID still present, its header block cut down
+        to the fields ``names`` (bytes, any case), in order, then the blank line
+        (``headercache.pick``): FETCH reads ``HEADER.FIELDS`` of ``names`` from it exactly as
+        from the whole header. The mbox store keeps them in a cache beside the index."""
+
     def set_flags(changes):
         """Persist flags: ``changes`` maps UID -> the complete new frozenset of flags.
 

@@ -49,7 +49,7 @@ from mailsuite.store.safepath import Anchors, Dir, mail_gid, open_dir, refuse
 
 log = Logger()
 
-WINDOW = 64 << 20  # bytes read at a time when parsing
+WINDOW = 8 << 20  # bytes read at a time when parsing (the peak memory of a first parse)
 COPY = 4 << 20  # bytes copied at a time when rewriting
 
 Result = tuple[ix.Index, Changes]

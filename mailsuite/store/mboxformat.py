@@ -183,8 +183,11 @@ def header_flags(header: bytes) -> tuple[frozenset[str], str]:
         else:
             flags.update(k for k in re.split(r"[\s,]+", text) if k and not k.startswith("\\"))
     if not raw:
-        return frozenset(), "00000000"
+        return _NO_FLAGS, "00000000"  # one shared set: 100,000s of messages without any
     return frozenset(flags), format(zlib.crc32(b"\n".join(sorted(raw))), "08x")
+
+
+_NO_FLAGS: frozenset[str] = frozenset()
 
 
 _IMAPBASE = re.compile(rb"\nx-imapbase[ \t]*:[ \t]*(\d{1,10})[ \t]+(\d{1,10})([^\n]*)", re.I)

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from mailsuite.store import index as ix
 from mailsuite.store import events
+from mailsuite.store.headercache import HeaderCache
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -163,6 +164,7 @@ class MboxMailbox:
         self._hidden: set[int] = set()  # expunged: gone from ``messages``, still in the file
         self._compaction_queued = False
         self._compacting = False  # the running operation is a compaction
+        self._hcache = HeaderCache(mfile._index_dir, mfile._owner)
 
     # -- running operations ---------------------------------------------------------------------
 
@@ -364,6 +366,23 @@ class MboxMailbox:
                 break
             yield self.refresh()  # another program changed the file: look again
         return out
+
+    @defer.inlineCallbacks
+    def header_fields(self, uids: list[int], names: list[bytes]) -> Any:
+        """The header fields ``names`` of each UID still present, from the header cache
+        (``headercache``) where it has them, else read from the file and cached."""
+        wanted = frozenset(n.upper() for n in names)
+        validity = self.uid_validity
+        entries = [e for e in map(self._entry, uids) if e is not None]
+        found, missing = yield self._store.blocking(self._hcache.lookup, validity, entries,
+                                                    wanted)
+        if missing:
+            prints = {e.uid: e.fingerprint for e in missing}
+            headers = yield self.read_headers(list(prints))
+            items = [(uid, prints[uid], h) for uid, h in headers.items()]
+            found.update((yield self._store.blocking(self._hcache.add, validity, items, wanted,
+                                                     len(self.messages))))
+        return found
 
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         return self._run(self._file.set_flags, dict(changes)).addCallback(lambda _: None)

@@ -27,6 +27,7 @@ from mailsuite.store.interfaces import (
     StoreError,
     UnknownUID,
 )
+from mailsuite.store.headercache import pick
 from mailsuite.store.mboxformat import fingerprint, header_end
 from mailsuite.wire import wire_size
 
@@ -79,6 +80,16 @@ class MemoryMailbox:
             body = self._bodies.get(uid)
             if body is not None:
                 out[uid] = body[: header_end(body, 0, len(body))]
+        return defer.succeed(out)
+
+    def header_fields(self, uids: list[int], names: list[bytes]
+                      ) -> defer.Deferred[dict[int, bytes]]:
+        wanted = frozenset(n.upper() for n in names)
+        out = {}
+        for uid in uids:
+            body = self._bodies.get(uid)
+            if body is not None:
+                out[uid] = pick(body[: header_end(body, 0, len(body))], wanted)
         return defer.succeed(out)
 
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:

@@ -1,0 +1,320 @@
+"""The header-field cache of a mailbox (like Dovecot's ``dovecot.index.cache``): the header
+fields clients fetch (``BODY.PEEK[HEADER.FIELDS (From To Subject ...)]``, as Thunderbird asks
+for every message) kept beside the index, so a re-fetch reads a few hundred bytes per message
+instead of parsing each header block out of the mbox again.
+
+Fields are decided on demand: the cache holds one set of field names; a request that names a
+field not in it is served from the mbox, and the cache starts again with the union of both
+sets (so a field asked for once is cached for every message from then on).
+
+File: ``mailsuite.hcache`` in the index directory::
+
+    mailsuite-hcache 1 <uid_validity> <FIELD> <FIELD> ...\\n
+    record*
+
+A record is ``HCR1``, then uid, data length and CRC-32 (little-endian 32 bits), the message's
+fingerprint (``mboxformat.fingerprint``, 24 characters), then the data: ``pick`` of its header
+for the file's fields. The CRC covers everything after ``HCR1``. Records are only appended
+(``O_APPEND``, one write per batch); a record is used only for the UID and fingerprint the index
+gives now, so a message another program rewrote (a new fingerprint), an expunged one (its UID
+never asked for again) or a new UIDVALIDITY never gets old data. A record cut short or damaged
+(a crash, another writer) ends the load and the file is started again empty: never wrong data,
+at worst a re-read of the mbox. A new field set or UIDVALIDITY replaces the file atomically.
+
+All methods do file I/O: call them in a thread (``MboxMailbox.header_fields`` does).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import threading
+import zlib
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.logger import Logger
+
+from mailsuite.imap.message import header_fields, split_message
+from mailsuite.store.interfaces import StoreError
+from mailsuite.store.safepath import Dir
+from mailsuite.wire import complete
+
+CACHE_NAME = "mailsuite.hcache"
+MAGIC = b"mailsuite-hcache 1"
+MAX_FIELDS = 64  # a client naming more fields than this is served from the mbox
+MAX_RECORD = 64 * 1024  # fields bigger than this are not kept
+DEAD_SLACK = 1024  # records of expunged messages kept beyond as many as there are messages
+_REC = struct.Struct("<4sIII24s")
+_TAG = b"HCR1"
+_NAME = re.compile(rb"[!-9;-~]{1,100}\Z")  # a field name that can be a word of the first line
+# reads stay below glibc's mmap threshold (128 KiB): a bigger buffer, once freed, raises it
+# and the process keeps what it later frees in its heap (10 MB more after a 100k listing)
+_SPAN = 64 * 1024  # records read in one pread at most (unless one is bigger)
+_LOAD = 120 * 1024  # bytes read at a time when the file is walked (a record fits)
+log = Logger()
+
+
+def pick(header: bytes, names: frozenset[bytes]) -> bytes:
+    """The header block ``header`` (as stored) cut down to its fields named ``names``
+    (upper case), in order, then the blank line: a block FETCH reads (``split_message`` and
+    ``header_fields``, as for the whole header) into exactly the same ``HEADER.FIELDS`` of
+    ``names``. A header with a lone CR (a line break for ``splitlines``, not once cut out)
+    is given whole."""
+    block = split_message(complete(header))[0]
+    out = b"".join(raw for name, raw in header_fields(block) if name in names)
+    if b"\r" in out and out.count(b"\r") != out.count(b"\r\n"):
+        return block
+    return out + b"\n"
+
+
+def cacheable(names: Iterable[bytes]) -> bool:
+    return all(_NAME.match(n) for n in names)
+
+
+class HeaderCache:
+    """The cache file of one mailbox. ``index_dir(create)`` gives the index directory (None:
+    there is none, nothing is cached); ``owner()`` who its files belong to (as root)."""
+
+    def __init__(self, index_dir: Callable[[bool], Dir | None],
+                 owner: Callable[[], tuple[int, int] | None]) -> None:
+        self._dir = index_dir
+        self._owner = owner
+        self._lock = threading.Lock()
+        self._head: bytes | None = None  # the first line of the file the map describes
+        self.validity = 0
+        self.fields: frozenset[bytes] = frozenset()
+        self._uids = array("I")  # ascending; record of _uids[i] at _offs[i], _lens[i] bytes
+        self._offs = array("Q")
+        self._lens = array("I")
+        self._told = False
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def lookup(self, validity: int, entries: list[Any], names: frozenset[bytes]
+               ) -> tuple[dict[int, bytes], list[Any]]:
+        """({uid: pick of its header for ``names``} of the entries cached, entries not).
+        A cache that cannot be read (its directory gone, refused) has nothing."""
+        try:
+            with self._lock:
+                d = self._dir(False)
+                if d is None:
+                    return {}, list(entries)
+                with d:
+                    fd = self._open(d, create=False)
+                    if fd is None:
+                        return {}, list(entries)
+                    try:
+                        return self._lookup(fd, validity, entries, names)
+                    finally:
+                        os.close(fd)
+        except (OSError, StoreError) as e:
+            self._failed(e)
+            return {}, list(entries)
+
+    def _failed(self, e: Exception) -> None:
+        """Told once per mailbox: FETCH goes on without the cache."""
+        if not self._told:
+            self._told = True
+            log.warn("header cache not used: {why}", why=e)
+
+    def _lookup(self, fd: int, validity: int, entries: list[Any], names: frozenset[bytes]
+                ) -> tuple[dict[int, bytes], list[Any]]:
+        self._sync(fd)
+        if validity != self.validity or not names <= self.fields:
+            return {}, list(entries)
+        where: list[tuple[int, int, Any]] = []
+        missing: list[Any] = []
+        for e in entries:
+            i = bisect_left(self._uids, e.uid)
+            if i < len(self._uids) and self._uids[i] == e.uid:
+                where.append((self._offs[i], self._lens[i], e))
+            else:
+                missing.append(e)
+        found: dict[int, bytes] = {}
+        where.sort(key=lambda pair: pair[0])
+        whole = names == self.fields
+        for span in _spans(where):
+            start = span[0][0]
+            buf = os.pread(fd, span[-1][0] + span[-1][1] - start, start)
+            for off, _, e in span:
+                data = _record(buf, off - start, e.uid, e.fingerprint)
+                if data is None:
+                    missing.append(e)
+                else:
+                    found[e.uid] = data if whole else pick(data, names)
+        return found, missing
+
+    def _sync(self, fd: int) -> None:
+        """The map made again if the file is not the one it describes (replaced by another
+        process, or not loaded yet)."""
+        head = _first_line(fd)
+        if head == self._head:
+            return
+        self._load(fd, head)
+
+    def _load(self, fd: int, head: bytes | None) -> None:
+        self._head, self.validity, self.fields = None, 0, frozenset()
+        self._uids, self._offs, self._lens = array("I"), array("Q"), array("I")
+        words = head.split(b" ") if head else []
+        if len(words) < 3 or b" ".join(words[:2]) != MAGIC or not words[2].isdigit():
+            return
+        pos, size = len(head) + 1, os.fstat(fd).st_size  # type: ignore[arg-type]
+        pairs: dict[int, tuple[int, int]] = {}
+        while pos < size:
+            buf = os.pread(fd, min(size - pos, _LOAD), pos)
+            at = 0
+            while at + _REC.size <= len(buf):
+                tag, uid, length, _crc, fp = _REC.unpack_from(buf, at)
+                if tag != _TAG or length > MAX_RECORD:
+                    return  # damaged: left unloaded, started again by the next add
+                if at + _REC.size + length > len(buf):
+                    break
+                if _record(buf, at, uid, fp.decode("ascii", "replace")) is None:
+                    return
+                pairs[uid] = (pos + at, _REC.size + length)
+                at += _REC.size + length
+            if at == 0:
+                return  # a record cut short at the end: a torn write
+            pos += at
+        self._head, self.validity = head, int(words[2])
+        self.fields = frozenset(words[3:])
+        for uid in sorted(pairs):
+            self._uids.append(uid)
+            self._offs.append(pairs[uid][0])
+            self._lens.append(pairs[uid][1])
+
+    def _open(self, d: Dir, create: bool) -> int | None:
+        try:
+            fd, _ = d.open_file(CACHE_NAME, os.O_RDWR | os.O_APPEND, create, self._owner())
+        except FileNotFoundError:
+            return None
+        return fd
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add(self, validity: int, items: list[tuple[int, str, bytes]], names: frozenset[bytes],
+            live: int) -> dict[int, bytes]:
+        """Cache ``items`` (uid, fingerprint, header block as stored), the cache's field set
+        grown by ``names`` (started again for a new ``validity``, or when it holds more than
+        ``live`` messages -- the mailbox's count -- and as many again of expunged ones);
+        {uid: pick for ``names``}, also when nothing can be cached."""
+        if cacheable(names):
+            try:
+                with self._lock:
+                    d = self._dir(True)
+                    if d is not None:
+                        with d:
+                            return self._add(d, validity, items, names, live)
+            except (OSError, StoreError) as e:
+                self._failed(e)
+        return {uid: pick(h, names) for uid, _, h in items}
+
+    def _add(self, d: Dir, validity: int, items: list[tuple[int, str, bytes]],
+             names: frozenset[bytes], live: int) -> dict[int, bytes]:
+        fd = self._open(d, create=True)
+        assert fd is not None
+        try:
+            self._sync(fd)
+            if self._head is None or validity != self.validity or not names <= self.fields \
+                    or len(self._uids) > 2 * live + DEAD_SLACK:
+                os.close(fd)
+                fd = -1
+                fd = self._start(d, validity, names)
+            return self._append(fd, items, names)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _start(self, d: Dir, validity: int, names: frozenset[bytes]) -> int:
+        """A new, empty file for the union of the fields (only ``names`` for a new validity,
+        or past ``MAX_FIELDS``), put in place atomically; its descriptor."""
+        fields = names | self.fields if validity == self.validity else names
+        if len(fields) > MAX_FIELDS:
+            fields = names
+        head = b" ".join([MAGIC, b"%d" % validity, *sorted(fields)])
+        d.write_file(CACHE_NAME, head + b"\n", self._owner())
+        fd = self._open(d, create=True)
+        assert fd is not None
+        self._load(fd, head)
+        return fd
+
+    def _append(self, fd: int, items: list[tuple[int, str, bytes]], names: frozenset[bytes]
+                ) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        chunks: list[bytes] = []
+        placed: list[tuple[int, int, int]] = []
+        size = 0
+        whole = names == self.fields
+        for uid, fp, header in items:
+            data = pick(header, self.fields)
+            out[uid] = data if whole else pick(data, names)
+            if len(data) > MAX_RECORD or len(fp) != 24 or not fp.isascii():
+                continue
+            rec = _pack(uid, fp.encode(), data)
+            placed.append((uid, size, len(rec)))
+            chunks.append(rec)
+            size += len(rec)
+        if chunks:
+            blob = b"".join(chunks)
+            written = os.write(fd, blob)
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            if written == len(blob):
+                for uid, rel, length in placed:
+                    self._place(uid, end - len(blob) + rel, length)
+        return out
+
+    def _place(self, uid: int, off: int, length: int) -> None:
+        i = bisect_left(self._uids, uid)
+        if i < len(self._uids) and self._uids[i] == uid:
+            self._offs[i], self._lens[i] = off, length
+        elif i == len(self._uids):
+            self._uids.append(uid)
+            self._offs.append(off)
+            self._lens.append(length)
+        else:
+            self._uids.insert(i, uid)
+            self._offs.insert(i, off)
+            self._lens.insert(i, length)
+
+
+def _pack(uid: int, fp: bytes, data: bytes) -> bytes:
+    body = _REC.pack(_TAG, uid, len(data), 0, fp)[4:]
+    crc = zlib.crc32(data, zlib.crc32(body[:8] + body[12:]))
+    return _REC.pack(_TAG, uid, len(data), crc, fp) + data
+
+
+def _record(buf: bytes, at: int, uid: int, fp: str) -> bytes | None:
+    """The data of the record at ``buf[at:]`` if it is whole, undamaged and for this UID and
+    fingerprint; None otherwise."""
+    if at + _REC.size > len(buf):
+        return None
+    tag, got_uid, length, crc, got_fp = _REC.unpack_from(buf, at)
+    start = at + _REC.size
+    if tag != _TAG or got_uid != uid or got_fp != fp.encode("ascii", "replace") or \
+            start + length > len(buf):
+        return None
+    data = buf[start : start + length]
+    head = buf[at + 4 : at + 12] + buf[at + 16 : start]
+    return data if zlib.crc32(data, zlib.crc32(head)) == crc else None
+
+
+def _spans(where: list[tuple[int, int, Any]]) -> Iterable[list[tuple[int, int, Any]]]:
+    """Sorted (offset, size, entry) in groups read by one pread each."""
+    span: list[tuple[int, int, Any]] = []
+    for pair in where:
+        if span and pair[0] + pair[1] - span[0][0] > _SPAN:
+            yield span
+            span = []
+        span.append(pair)
+    if span:
+        yield span
+
+
+def _first_line(fd: int) -> bytes | None:
+    head = os.pread(fd, 8192, 0)
+    end = head.find(b"\n")
+    return head[:end] if end > 0 else None
