@@ -59,7 +59,8 @@ class Session:
     def __init__(self, port: int, user: str, password: str, timeout: float) -> None:
         self.c = imaplib.IMAP4("127.0.0.1", port, timeout=timeout)
         self.c.login(user, password)
-        self.caps = {c.upper() for c in self.c.capabilities}
+        _, data = self.c.capability()  # after LOGIN: Dovecot's greeting lists fewer
+        self.caps = {c.upper() for c in data[-1].decode().split()}
 
     def ok(self, typ: str, data: Any, what: str) -> Any:
         if typ != "OK":
