@@ -291,6 +291,47 @@ class CrashTests(InPlaceCase):
         self.crash_everywhere(sizes, sorted(gone_at), flagged, junk=data.draw(st.booleans()))
 
 
+class AfterTheCrashTests(InPlaceCase):
+    def crashed(self, at: int) -> tuple[dict[int, bytes], bytes]:
+        """An expunge killed at the ``at``-th call; (what the kept messages read, the file)."""
+        self.make([3, 30, 2, 9, 1, 12])
+        mf, state, gone, served = self.prepared([1, 4], {2: 1})
+        self.patch(mboxinplace, "io", CrashingIO(at, False))
+        self.assertRaises(Crash, mf.expunge, state, gone)
+        self.patch(mboxinplace, "io", mboxinplace.IO())
+        self.assertTrue(os.path.exists(os.path.join(self.spool, ".boss.mailsuite-expunge")))
+        return served, self.file()
+
+    def test_mail_appended_after_the_crash_is_kept(self):
+        """Postfix delivered after the crash (it broke the stale dotlock) before the recovery:
+        its message ends up behind the kept ones, once."""
+        for at in (8, 12, 20):
+            self.setUp()
+            served, _ = self.crashed(at)
+            with open(self.path, "ab") as f:
+                f.write(b"From p@example.test  Tue Nov 28 06:01:02 2026\n")
+                f.write(b"Subject: delivered later\n\nhello\n\n")
+            mf = self.mfile()
+            state, _ = mf.refresh(None)
+            if state.hidden:
+                state, _, _ = mf.expunge(state, sorted(state.hidden))
+            got = [mf.read(e) for e in state.entries]
+            self.assertEqual(got[:-1], list(served.values()), f"crash at {at}")
+            self.assertEqual(got[-1], b"Subject: delivered later\n\nhello\n")
+
+    def test_server_start_finishes_it(self):
+        """cleanup.clean_spool at start finishes the expunge before it removes stale locks."""
+        from mailsuite.store import cleanup
+
+        served, _ = self.crashed(12)
+        with open(self.path + ".lock", "w") as f:
+            f.write("999999999\n")  # the dead process's dotlock
+        removed = cleanup.clean_spool(self.spool)
+        self.assertIn(os.path.join(self.spool, ".boss.mailsuite-expunge"), removed)
+        self.assertEqual(sorted(os.listdir(self.spool)), ["boss"])
+        self.check_contents(served)
+
+
 class RandomRoundsTests(InPlaceCase):
     def test_rounds(self):
         """Rounds of flag changes and expunges in place keep every message readable."""

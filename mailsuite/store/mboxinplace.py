@@ -302,8 +302,8 @@ class _Runner:
                 raise StoreError("mailbox shrank while it was locked")
             _pwrite_all(self.fd, data, dst)
 
-    def finish(self, p: Plan) -> None:
-        io.ftruncate(self.fd, p.new_size)
+    def finish(self, p: Plan, extra: int = 0) -> None:
+        io.ftruncate(self.fd, p.new_size + extra)
         io.fsync(self.fd)
         self.note(_DONE, 0)
         io.fdatasync(self.jfd)
@@ -371,11 +371,17 @@ def recover(fd: int, dir_fd: int, name: str, touch: Callable[[], None] = lambda:
             p, slots = found
             seq, piece, done = progress(data, slots)
             if piece != _DONE:
+                # mail another program appended after the crash (it took the locks, a stale
+                # dotlock broken) is moved down behind the kept messages: "piece" len(pieces)
+                extra = max(os.fstat(fd).st_size - p.old_size, 0)
                 with positioned(fd):
                     runner = _Runner(fd, jfd, slots, touch)
                     runner.seq = seq + 1  # overwrites the older slot first
                     runner.run(p, piece, done)
-                    runner.finish(p)
+                    if extra:
+                        runner.move(len(p.pieces), p.new_size, p.old_size, extra,
+                                    done if piece == len(p.pieces) else 0)
+                    runner.finish(p, extra)
             log.info("{name}: finished an expunge cut short", name=name)
         elif found is not None:
             log.warn("{name}: was replaced since its expunge was cut short: left as it is",
