@@ -213,6 +213,22 @@ class InPlaceTests(InPlaceCase):
             self.assertIsNone(mf.read(e))
         self.assertIsNotNone(mf.read(e))
 
+    def test_failure_half_way_distrusts_reads_until_recovered(self):
+        """An I/O error in the middle of the moves: reads made without the locks say None
+        (the caller refreshes) until the next lock has finished the expunge."""
+        for at in range(8, 16):  # from the first write to the mbox on
+            self.make([2, 2, 30, 2])
+            mf, state, gone, served = self.prepared([0], {})
+            self.patch(mboxinplace, "io", CrashingIO(at, False))
+            self.assertRaises(Crash, mf.expunge, state, gone)
+            self.patch(mboxinplace, "io", mboxinplace.IO())
+            if mf.moving.count % 2:
+                self.assertIsNone(mf.read(state.entries[3]))
+            new, _ = mf.refresh(state)  # the lock: recovery
+            self.assertEqual(mf.moving.count % 2, 0)
+            self.assertEqual([mf.read(e) for e in new.entries if e.uid not in new.hidden],
+                             list(served.values()))
+
     def test_small_files_are_rewritten_whole(self):
         """Below INPLACE_MIN the whole file is written anew (a new inode)."""
         self.patch(mboxinplace, "INPLACE_MIN", 1 << 30)

@@ -168,6 +168,7 @@ class MboxFile(IndexKeeper):
         ) as held:
             if held.fd is not None and mboxinplace.pending(d.fd, self._name):
                 mboxinplace.recover(held.fd, d.fd, self._name, held.touch)  # a crash's
+                self.moving.settled()
             yield held, bool(created)
 
     def _lstat(self) -> os.stat_result | None:
@@ -215,8 +216,8 @@ class MboxFile(IndexKeeper):
     def refresh(self, state: ix.Index | None) -> Result:
         """Bring ``state`` (None: not loaded yet) up to date with the file; save if it changed."""
         st = self._lstat()
-        if state is not None and ix.Stamp.of(st) == state.stamp:
-            return state, Changes()
+        if state is not None and ix.Stamp.of(st) == state.stamp and not self.moving.count % 2:
+            return state, Changes()  # (odd: an expunge in place failed, its recovery is due)
         with self._locked(exclusive=False) as (held, _):
             dirty = False
             if state is None:
@@ -472,10 +473,9 @@ class MboxFile(IndexKeeper):
         if state.stamp.size < mboxinplace.INPLACE_MIN or held.dir_fd is None:
             return self._rewrite(held, state, gone)
         assert held.fd is not None
-        with self.moving:  # lockless reads of the messages it moves are not trusted meanwhile
-            return mboxinplace.expunge(held.fd, held.dir_fd, self._name, state, gone, with_status,
-                                       lambda ino: self.note_compaction(state, ino, gone),
-                                       held.touch)
+        return mboxinplace.expunge(held.fd, held.dir_fd, self._name, state, gone, with_status,
+                                   lambda ino: self.note_compaction(state, ino, gone),
+                                   held.touch, self.moving)  # (lockless reads: not trusted)
 
     def _rewrite(self, held: HeldLock, state: ix.Index, gone: set[int]) -> ix.Index:
         """Write the kept messages (stale Status headers updated) to a temp file, rename it over."""

@@ -80,7 +80,8 @@ io = IO()
 
 class Moving:
     """Counts the in-place expunges of one file, odd while one runs: a read made without the
-    locks (``mboxfile.MboxFile.read``) is not trusted if one ran meanwhile (a seqlock)."""
+    locks (``mboxfile.MboxFile.read``) is not trusted if one ran meanwhile (a seqlock). One
+    that failed half way leaves it odd until its recovery is done (``settled``)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -88,8 +89,12 @@ class Moving:
     def __enter__(self) -> None:
         self.count += 1
 
-    def __exit__(self, *exc: object) -> None:
-        self.count += 1
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.count += 1
+
+    def settled(self) -> None:
+        self.count += self.count % 2
 
     def moved(self, before: int) -> bool:
         """Whether bytes read since the count was ``before`` may have been moved meanwhile."""
@@ -325,10 +330,12 @@ def expunge(
     new_header: Callable[[bytes, frozenset[str]], bytes],
     before_writing: Callable[[int], None],
     touch: Callable[[], None] = lambda: None,
+    moving: Moving | None = None,
 ) -> ix.Index:
     """Remove ``gone`` from the file ``fd`` (``name`` in ``dir_fd``) described by ``state``;
     the new state. ``before_writing(ino)`` is called once the journal is durable, before the
-    mbox is touched (the compaction record of the index journal)."""
+    mbox is touched (the compaction record of the index journal); ``moving`` is entered while
+    the mbox is being written."""
     st = os.fstat(fd)
     if st.st_size != state.stamp.size:
         raise StoreError(f"{name} changed while locked")
@@ -344,7 +351,7 @@ def expunge(
         io.fdatasync(jfd)
         io.fsync(dir_fd)
         before_writing(st.st_ino)
-        with positioned(fd):
+        with moving or Moving(), positioned(fd):
             runner = _Runner(fd, jfd, len(head), touch)
             runner.run(p, 0, 0)
             runner.finish(p)
