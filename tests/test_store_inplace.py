@@ -229,6 +229,19 @@ class InPlaceTests(InPlaceCase):
             self.assertEqual([mf.read(e) for e in new.entries if e.uid not in new.hidden],
                              list(served.values()))
 
+    def test_too_many_steps_rewrites_whole(self):
+        """A tiny removed message before a long run: steps as short as it; beyond MAX_STEPS
+        the file is rewritten whole instead."""
+        self.make([0, 400, 3])
+        mf, state, gone, served = self.prepared([0], {})
+        shift = state.entries[1].offset - state.entries[0].offset
+        self.patch(mboxinplace, "MAX_STEPS", (state.stamp.size - state.entries[1].offset)
+                   // shift - 1)
+        ino = os.stat(self.path).st_ino
+        mf.expunge(state, gone)
+        self.assertNotEqual(os.stat(self.path).st_ino, ino)
+        self.check_contents(served)
+
     def test_small_files_are_rewritten_whole(self):
         """Below INPLACE_MIN the whole file is written anew (a new inode)."""
         self.patch(mboxinplace, "INPLACE_MIN", 1 << 30)

@@ -473,9 +473,10 @@ class MboxFile(IndexKeeper):
         if state.stamp.size < mboxinplace.INPLACE_MIN or held.dir_fd is None:
             return self._rewrite(held, state, gone)
         assert held.fd is not None
-        return mboxinplace.expunge(held.fd, held.dir_fd, self._name, state, gone, with_status,
-                                   lambda ino: self.note_compaction(state, ino, gone),
-                                   held.touch, self.moving)  # (lockless reads: not trusted)
+        new = mboxinplace.expunge(held.fd, held.dir_fd, self._name, state, gone, with_status,
+                                  lambda ino: self.note_compaction(state, ino, gone),
+                                  held.touch, self.moving)  # (lockless reads: not trusted)
+        return new if new is not None else self._rewrite(held, state, gone)  # (too many steps)
 
     def _rewrite(self, held: HeldLock, state: ix.Index, gone: set[int]) -> ix.Index:
         """Write the kept messages (stale Status headers updated) to a temp file, rename it over."""

@@ -48,6 +48,9 @@ MAGIC = b"mailsuite-expunge 1\n"
 #: little, and writes the status headers of every message, also before the first removed one
 INPLACE_MIN = 16 << 20
 CHUNK = 8 << 20  # the longest step of a move
+#: more steps than this (a tiny message removed before a long run: steps as short as it) and
+#: the whole file is rewritten instead (a few microseconds a step: the rewrite costs less)
+MAX_STEPS = 200_000
 TOUCH_EVERY = 64 << 20  # bytes moved between two touches of our dotlock (it must not look stale)
 _SLOT = struct.Struct("<QQQI")  # progress: sequence, piece, bytes done in it, crc32
 _DONE = (1 << 64) - 1  # the piece number of "all moved and the file truncated"
@@ -220,6 +223,12 @@ def plan(
     return Plan(ino, state.stamp.size, w, pieces), entries
 
 
+def steps(p: Plan) -> int:
+    """How many steps the plan's moves take (each no longer than its shift)."""
+    return sum(-(-item[2] // min(item[1] - item[0], CHUNK)) for item in p.pieces
+               if len(item) == 3)
+
+
 def _restatus(
     fd: int, e: ix.Entry, new_header: Callable[[bytes, frozenset[str]], bytes]
 ) -> tuple[bytes, bytes]:
@@ -331,15 +340,18 @@ def expunge(
     before_writing: Callable[[int], None],
     touch: Callable[[], None] = lambda: None,
     moving: Moving | None = None,
-) -> ix.Index:
+) -> ix.Index | None:
     """Remove ``gone`` from the file ``fd`` (``name`` in ``dir_fd``) described by ``state``;
     the new state. ``before_writing(ino)`` is called once the journal is durable, before the
     mbox is touched (the compaction record of the index journal); ``moving`` is entered while
-    the mbox is being written."""
+    the mbox is being written. None, with nothing done, when the moves would take more than
+    MAX_STEPS steps."""
     st = os.fstat(fd)
     if st.st_size != state.stamp.size:
         raise StoreError(f"{name} changed while locked")
     p, entries = plan(fd, state, gone, new_header, st.st_ino)
+    if steps(p) > MAX_STEPS:
+        return None
     jname = journal_name(name)
     with suppress(FileNotFoundError):
         io.unlink(jname, dir_fd=dir_fd)  # stale: recovery found it not complete
