@@ -199,28 +199,44 @@ def plan(
         w += stop - r
         r = stop
 
-    for i in range(first, len(items)):
-        e = items[i]
+    n = len(items)
+    # the messages touched one by one: removed, or with status headers to write
+    events = [i for i in range(first, n) if items[i].uid in gone or needs_status(items[i])]
+    i = first
+    for j in [*events, n]:
+        entries.extend(_shifted(items[i:j], w - r))  # a run of clean messages, moved as is
+        if j == n:
+            break
+        e, i = items[j], j + 1
         if e.uid in gone:
             flush(e.offset)
-            r = items[i + 1].offset if i + 1 < len(items) else state.stamp.size
+            r = items[j + 1].offset if j + 1 < n else state.stamp.size
             continue
         offset = w + (e.offset - r)
-        if needs_status(e):
-            header = _restatus(fd, e, new_header)
-            body_off = offset + (e.body_off - e.offset)
-            if body_off + len(header[0]) <= e.hdr_end:  # room left by what was removed
-                flush(e.body_off)
-                pieces.append((w, header[0]))
-                w, r = w + len(header[0]), e.hdr_end
-                entries.append(_moved(e, offset, body_off, header))
-                continue
-        shift = offset - e.offset
-        entries.append(e if not shift else e._replace(
-            offset=offset, body_off=e.body_off + shift, hdr_end=e.hdr_end + shift,
-            end=e.end + shift))
+        header = _restatus(fd, e, new_header)
+        body_off = offset + (e.body_off - e.offset)
+        if body_off + len(header[0]) <= e.hdr_end:  # room left by what was removed
+            flush(e.body_off)
+            pieces.append((w, header[0]))
+            w, r = w + len(header[0]), e.hdr_end
+            entries.append(_moved(e, offset, body_off, header))
+        else:
+            entries.extend(_shifted([e], w - r))
     flush(state.stamp.size)
     return Plan(ino, state.stamp.size, w, pieces), entries
+
+
+_new_tuple = tuple.__new__
+
+
+def _shifted(run: list[ix.Entry], d: int) -> list[ix.Entry]:
+    """``run``'s entries ``d`` bytes further (down): the offsets, the first five fields of an
+    Entry, change; every field after them is carried as it is."""
+    if not d:
+        return run
+    entry = ix.Entry
+    return [_new_tuple(entry, (e[0], e[1] + d, e[2] + d, e[3] + d, e[4] + d, *e[5:]))
+            for e in run]
 
 
 def steps(p: Plan) -> int:
