@@ -17,9 +17,18 @@ journal. A crash of the process at any instant (between any two system calls, or
 of one) so leaves, once recovered, every kept message exactly once and none of the removed.
 The progress slots are not synced step by step: after a power loss in the middle of the moves
 the file may hold torn messages (the plan, the final data and the journal's removal are synced).
+The server's start (``cleanup.clean_spool``) finishes a journal left in the spool before it
+removes the dead process's dotlock; mail another program appended after the crash anyway (it
+broke that dotlock) is moved down behind the kept messages by the recovery.
 
-Index entries of moved messages only shift (``Entry._replace``: every other field carried as it
-is); a message with a new header block gets its new header's size, fingerprint and signature.
+Status headers are written only from the first removed message on: those of messages before it
+stay as they were until a rewrite reaches them (the flags are the index's; a parse from scratch,
+index lost, takes those headers'). Files under ``INPLACE_MIN``, and plans of more than
+``MAX_STEPS`` steps, are rewritten whole instead (``mboxfile.MboxFile._rewrite``).
+
+Index entries of moved messages only shift (the offsets, by position; every other field is
+carried as it is: fields added to ``index.Entry`` go through); a message with a new header block
+gets its new header's size, fingerprint and signature.
 """
 
 from __future__ import annotations
