@@ -33,6 +33,7 @@ from dataclasses import dataclass
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import imap_ext
 import probe
 import report
 import rspamd_milter
@@ -49,8 +50,9 @@ OURS, PEER = "mailsuite", "postfix+dovecot"
 #: until an agent with nothing attached exits)
 IDLE_HOLD = 15
 
-WORKLOADS = ("smtp-deliver", "pop3-retr", "imap-big", "imap-idle-conns", "logins", "slow-crowd",
-             "smtp-milter", "smtp-authcheck")
+WORKLOADS = ("smtp-deliver", "pop3-retr", "imap-big", "imap-ext", "imap-idle-conns", "logins",
+             "slow-crowd", "smtp-milter", "smtp-authcheck")
+report.METRICS["imap-ext"] = imap_ext.METRICS
 #: slow-crowd (issue 11 item 3): connections, one byte every INTERVAL s from 40 loopback
 #: addresses; mailsuite's default deadlines (smtpd_timeout, login_idle_timeout)
 CROWD, CROWD_INTERVAL = 1000, 10.0
@@ -584,6 +586,35 @@ class Bench:
             f.write(json.dumps(line) + "\n")
         log(f"imap-noop-probe K={k} -> {s.name}: {line.get('results') or line['error']}")
 
+    def imap_ext(self) -> None:
+        """Issue 15's workloads at the big INBOX (``imap_ext``), in this process."""
+        for k in self.args.big_k or self.size.big_k:
+            self.big_cache(k)
+            g = self.group("imap-ext", f"K={k}", {"k": k})
+            for _ in range(self.repeats):
+                self.each_server(lambda s, g=g, k=k: self._imap_ext(g, s, k))
+
+    def _imap_ext(self, g: report.Group, s: Server, k: int) -> None:
+        sh(f"{self.install_big(s, k)} && {s.reset_index}")
+        time.sleep(2)
+        log(f"imap-ext K={k} -> {s.name}")
+        args = argparse.Namespace(port=s.ports["imap"], user="bench1", password=PASSWORD,
+                                  label=s.name, expect=k, seed=15, timeout=max(900, k // 20))
+        spy = self._spy(s, f"imap-ext-K{k}")
+        try:
+            line = imap_ext.run(args)
+            g.runs.setdefault(s.name, []).append(line)
+        except (OSError, RuntimeError, imap_ext.imaplib.IMAP4.error) as e:
+            line = {"workload": "imap-ext", "label": s.name, "ok": False,
+                    "error": f"{type(e).__name__}: {e}"}
+            g.errors.setdefault(s.name, []).append(line["error"])
+        finally:
+            self._unspy(spy)
+        with open(self.args.out, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        log(f"  {line.get('results') or line['error']}"
+            + (f" unsupported: {line['unsupported']}" if line.get("unsupported") else ""))
+
     def _spy(self, server: Server, name: str):
         if not (self.args.profile and server is self.ours):
             return None
@@ -793,7 +824,8 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = Bench(args, python, ours, peer)
     steps = {"smtp-deliver": bench.smtp_deliver, "pop3-retr": bench.pop3_retr,
-             "imap-big": bench.imap_big, "imap-idle-conns": bench.idle_conns,
+             "imap-big": bench.imap_big, "imap-ext": bench.imap_ext,
+             "imap-idle-conns": bench.idle_conns,
              "logins": bench.logins, "slow-crowd": bench.slow_crowd,
              "smtp-milter": bench.smtp_milter, "smtp-authcheck": bench.smtp_authcheck}
     try:
@@ -812,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
           f"on {m['machine']['nproc']} x {m['machine']['cpu']}, {m['date']}; "
           f"peer column: {'measured in this run' if peer else 'ref = ../shared/bench/README.md'}\n")
     print(report.format_table(report.rows(bench.groups, OURS, PEER)))
+    for line in imap_ext.ratio_lines(bench.groups, OURS, PEER):
+        print(line)
     print("\nnoise (mailbench: CPU used by other processes during each run):")
     for line in report.noise_lines(bench.groups):
         print("  " + line)

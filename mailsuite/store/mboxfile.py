@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from mailsuite.accounts import Account
 from mailsuite.fsutil import pread_all, write_all
-from mailsuite.store import cleanup
+from mailsuite.store import cleanup, mboxinplace
 from mailsuite.store import index as ix
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, HeldLock, locked_mailbox
@@ -38,8 +38,8 @@ from mailsuite.store.mboxformat import (
     make_from_line,
     parse,
     separator_at,
-    served_header,
     to_stored,
+    verified,
     with_status,
     x_uid,
 )
@@ -105,6 +105,7 @@ class MboxFile(IndexKeeper):
         self._lock_timeout = lock_timeout
         self._stale_after = stale_after
         self._root = os.geteuid() == 0
+        self.moving = mboxinplace.Moving()
 
     def move(self, path: str, index_dir: str) -> None:
         """The mailbox is now at ``path`` with its index in ``index_dir`` (folder renamed)."""
@@ -150,6 +151,11 @@ class MboxFile(IndexKeeper):
                 raise StoreError(f"cannot create {self.path}: its directory is gone")
             yield HeldLock(self._name, None), False
             return
+        if not exclusive and mboxinplace.pending(d.fd, self._name):
+            d.close()
+            with self._locked(True):  # an expunge cut short is finished under these
+                pass
+            d = open_dir(self._parent)
         with d, locked_mailbox(
             self._name,
             lambda: self._open(d, create, created),
@@ -160,6 +166,9 @@ class MboxFile(IndexKeeper):
             full_path=self.path,
             dir_ident=d.ident,
         ) as held:
+            if held.fd is not None and mboxinplace.pending(d.fd, self._name):
+                mboxinplace.recover(held.fd, d.fd, self._name, held.touch)  # a crash's
+                self.moving.settled()
             yield held, bool(created)
 
     def _lstat(self) -> os.stat_result | None:
@@ -207,8 +216,8 @@ class MboxFile(IndexKeeper):
     def refresh(self, state: ix.Index | None) -> Result:
         """Bring ``state`` (None: not loaded yet) up to date with the file; save if it changed."""
         st = self._lstat()
-        if state is not None and ix.Stamp.of(st) == state.stamp:
-            return state, Changes()
+        if state is not None and ix.Stamp.of(st) == state.stamp and not self.moving.count % 2:
+            return state, Changes()  # (odd: an expunge in place failed, its recovery is due)
         with self._locked(exclusive=False) as (held, _):
             dirty = False
             if state is None:
@@ -460,13 +469,22 @@ class MboxFile(IndexKeeper):
             new, changes = self._refreshed(state, held.fd)
             gone = sorted(set(uids) & {e.uid for e in new.entries})
             if gone and held.fd is not None:
-                new = self._rewrite(held, new, set(gone))
+                new = self._compact(held, new, set(gone))
                 changes.expunged.extend(gone)
             if new.hidden & set(uids):  # their mark goes with them
                 new = new.copy(hidden=new.hidden - set(uids))
             if new is not state:
                 self._save(new)
         return new, changes, gone
+
+    def _compact(self, held: HeldLock, state: ix.Index, gone: set[int]) -> ix.Index:
+        if state.stamp.size < mboxinplace.INPLACE_MIN or held.dir_fd is None:
+            return self._rewrite(held, state, gone)
+        assert held.fd is not None
+        new = mboxinplace.expunge(held.fd, held.dir_fd, self._name, state, gone, with_status,
+                                  lambda ino: self.note_compaction(state, ino, gone),
+                                  held.touch, self.moving)  # (lockless reads: not trusted)
+        return new if new is not None else self._rewrite(held, state, gone)  # (too many steps)
 
     def _rewrite(self, held: HeldLock, state: ix.Index, gone: set[int]) -> ix.Index:
         """Write the kept messages (stale Status headers updated) to a temp file, rename it over."""
@@ -572,28 +590,10 @@ class MboxFile(IndexKeeper):
 
     def _read_at(self, fd: int, e: ix.Entry, headers_only: bool) -> bytes | None:
         stop = e.hdr_end if headers_only else e.end
-        return verified(e, pread_all(fd, stop - e.offset, e.offset), headers_only)
+        before = self.moving.count
+        buf = pread_all(fd, stop - e.offset, e.offset)
+        return None if self.moving.moved(before) else verified(e, buf, headers_only)
 
 
 class FileReplaced(StoreError):
     """The mailbox file was replaced by another program during a rewrite (left as it is)."""
-
-
-def verified(e: ix.Entry, buf: bytes | bytearray, headers_only: bool = False) -> bytes | None:
-    """``buf``, read from the file at ``e.offset`` (through ``e.hdr_end`` or ``e.end``), as
-    served -- or None unless it is still that message there (separator where the index says,
-    same fingerprint): another program rewrote the file."""
-    stop = e.hdr_end if headers_only else e.end
-    body_off = e.body_off - e.offset  # the From line's length, as the index knows it
-    # a From line as long as the index says (its date is not parsed again: the fingerprint
-    # of the header below would not match another message's)
-    if (
-        len(buf) != stop - e.offset
-        or not buf.startswith(b"From ")
-        or buf.find(b"\n", 0, body_off) != body_off - 1
-    ):
-        return None
-    header = bytes(buf[body_off : e.hdr_end - e.offset])
-    if fingerprint(header, e.end - e.hdr_end) != e.fingerprint:
-        return None
-    return b"".join((served_header(header), memoryview(buf)[e.hdr_end - e.offset :]))

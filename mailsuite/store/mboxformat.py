@@ -25,6 +25,7 @@ import re
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from mailsuite.wire import wire_size
 
@@ -317,3 +318,38 @@ def describe(
         flags,
         sig,
     )
+
+
+class Located(Protocol):
+    """Where a message is in the file and what it is (``index.Entry``)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def body_off(self) -> int: ...
+    @property
+    def hdr_end(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+
+def verified(e: Located, buf: bytes | bytearray, headers_only: bool = False) -> bytes | None:
+    """``buf``, read from the file at ``e.offset`` (through ``e.hdr_end`` or ``e.end``), as
+    served -- or None unless it is still that message there (separator where the index says,
+    same fingerprint): another program rewrote the file."""
+    stop = e.hdr_end if headers_only else e.end
+    body_off = e.body_off - e.offset  # the From line's length, as the index knows it
+    # a From line as long as the index says (its date is not parsed again: the fingerprint
+    # of the header below would not match another message's)
+    if (
+        len(buf) != stop - e.offset
+        or not buf.startswith(b"From ")
+        or buf.find(b"\n", 0, body_off) != body_off - 1
+    ):
+        return None
+    header = bytes(buf[body_off : e.hdr_end - e.offset])
+    if fingerprint(header, e.end - e.hdr_end) != e.fingerprint:
+        return None
+    return b"".join((served_header(header), memoryview(buf)[e.hdr_end - e.offset :]))

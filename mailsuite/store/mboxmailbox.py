@@ -269,6 +269,8 @@ class MboxMailbox:
         it is until its rename): a refresh has nothing to do."""
         if self._state is None or (self._lock.locked and not self._compacting):
             return False
+        if self._file.moving.count % 2:
+            return False  # a compaction in place: a refresh waits for it
         try:
             st = os.lstat(self._file.path)
         except FileNotFoundError:
@@ -317,11 +319,12 @@ class MboxMailbox:
         if not _RWF_NOWAIT:  # no way to read without blocking
             return None
         buf = bytearray(length)
+        before = self._file.moving.count
         try:
             got = os.preadv(reader[0], [buf], entry.offset, _RWF_NOWAIT)
         except OSError:  # BlockingIOError (not cached), EOPNOTSUPP (no RWF_NOWAIT here)...
             return None
-        if got != length:
+        if got != length or self._file.moving.moved(before):
             return None
         return verified(entry, buf)
 

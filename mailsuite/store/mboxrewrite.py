@@ -132,22 +132,9 @@ def copy_kept(
             c.copy(run, e.offset)
             entries.append(_restatus(c, src, e, new_header))
             run, delta = e.hdr_end, c.pos - e.hdr_end
-        elif delta:
-            entries.append(
-                ix.Entry(
-                    e.uid,
-                    e.offset + delta,
-                    e.body_off + delta,
-                    e.hdr_end + delta,
-                    e.end + delta,
-                    e.size,
-                    e.date,
-                    e.fingerprint,
-                    e.header_sig,
-                    e.flags,
-                    e.tz,
-                )
-            )
+        elif delta:  # only the offsets shift: every other field as it is (_replace)
+            entries.append(e._replace(offset=e.offset + delta, body_off=e.body_off + delta,
+                                      hdr_end=e.hdr_end + delta, end=e.end + delta))
         else:
             entries.append(e)
     c.copy(run, state.stamp.size)
