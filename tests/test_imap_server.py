@@ -132,7 +132,8 @@ class GreetingLoginTests(ImapTestCase):
         s = self.session()
         caps = s.cmd(b"a CAPABILITY")
         extensions = (b"LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
-                      b"SPECIAL-USE XLIST\r\n")
+                      b"SPECIAL-USE XLIST SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT "
+                      b"THREAD=REFERENCES THREAD=REFS ESEARCH ESORT\r\n")
         self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN " + extensions, caps)
         self.assertIn(b"a OK", caps)
         s.login()

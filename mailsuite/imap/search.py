@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from mailsuite.imap.addresses import parse_address_list
+from mailsuite.imap.collation import contains
 from mailsuite.imap.message import (
     MAX_MIME_DEPTH,
     content_type,
@@ -223,7 +224,7 @@ def _address_texts(header: bytes, name: bytes) -> list[str]:
 
 
 def _contains(haystack: str, needle: bytes) -> bool:
-    return needle.decode("utf-8", "replace").casefold() in haystack.casefold()
+    return contains(haystack, needle)  # i;unicode-casemap (RFC 5051)
 
 
 def _text_parts(raw: bytes) -> list[bytes]:

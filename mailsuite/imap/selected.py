@@ -24,6 +24,7 @@ from mailsuite.imap.fetch import (
     fetch_responses,
 )
 from mailsuite.imap.encode import format_flags
+from mailsuite.imap.esearch import esearch_response, parse_return
 from mailsuite.imap.quota import admit
 from mailsuite.imap.parser import Cursor, ParseError, Range, encode_mailbox, parse_flag_list
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
@@ -224,15 +225,19 @@ class SelectedCommands(_Base):
         view = self.view
         assert view is not None
         args.sp()
+        options, text = parse_return(args.rest())  # ESEARCH (imap/esearch.py)
         try:
-            charset, key = parse_search(args.rest())
+            charset, key = parse_search(text)
         except SearchSyntaxError as e:
             raise ParseError(str(e)) from None
         if charset not in (None, "UTF-8", "US-ASCII"):
             self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
             return
         found = await run_search(view, key, uid)
-        self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found))
+        if options is not None:
+            self.sendUntaggedResponse(esearch_response(tag, uid, options, found))
+        else:
+            self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found))
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
     # -- COPY / MOVE -------------------------------------------------------------------------

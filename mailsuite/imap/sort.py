@@ -1,0 +1,137 @@
+"""SORT (RFC 5256) with SORT=DISPLAY (RFC 5957) and ESORT (RFC 5267 RETURN options), THREAD
+(RFC 5256: ORDEREDSUBJECT, REFERENCES; REFS), and their UID forms.
+
+The search criteria are SEARCH's (``search.run_search``); the keys come from
+``sortkeys.records`` (the header fields read once per message and kept for the view). Keys
+compare with i;unicode-casemap (``collation``); ties keep the mailbox order (RFC 5256 section
+3: sequence numbers ascending, also under REVERSE).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from mailsuite.imap.esearch import esearch_response, parse_return
+from mailsuite.imap.parser import Cursor, ParseError
+from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
+from mailsuite.imap.selected import uid_command
+from mailsuite.imap.session import states
+from mailsuite.imap.sortkeys import SortRecord, records
+from mailsuite.imap.thread import ALGORITHMS
+
+if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
+    from mailsuite.imap.session import Session as _Base
+else:
+    _Base = object
+
+_KEYS: dict[bytes, Any] = {
+    b"ARRIVAL": lambda r: r.arrival,
+    b"CC": lambda r: r.cc,
+    b"DATE": lambda r: r.date,
+    b"FROM": lambda r: r.from_,
+    b"SIZE": lambda r: r.size,
+    b"SUBJECT": lambda r: r.subject,
+    b"TO": lambda r: r.to,
+    b"DISPLAYFROM": lambda r: r.display_from,
+    b"DISPLAYTO": lambda r: r.display_to,
+}
+_CHARSETS = (b"UTF-8", b"US-ASCII")
+_PROGRAM = re.compile(rb"\(([A-Za-z ]+)\)[ ]+([^ ]+)[ ]+(.+)", re.S)
+
+
+def parse_sort_keys(text: bytes) -> list[tuple[bytes, bool]]:
+    """``REVERSE DATE SUBJECT`` -> ``[(b"DATE", True), (b"SUBJECT", False)]``."""
+    keys: list[tuple[bytes, bool]] = []
+    reverse = False
+    for word in text.upper().split():
+        if word == b"REVERSE" and not reverse:
+            reverse = True
+            continue
+        if word not in _KEYS:
+            raise ParseError("Unknown sort key " + word.decode("ascii", "replace"))
+        keys.append((word, reverse))
+        reverse = False
+    if reverse or not keys:
+        raise ParseError("Invalid sort criteria")
+    return keys
+
+
+def sort_records(found: list[tuple[int, SortRecord]],
+                 keys: list[tuple[bytes, bool]]) -> list[tuple[int, SortRecord]]:
+    """Sorted by the keys, the first the most significant: one stable pass per key from the
+    last, so equal messages keep sequence order (Python's ``reverse`` is stable too)."""
+    out = list(found)
+    for name, reverse in reversed(keys):
+        get = _KEYS[name]
+        out.sort(key=lambda f: get(f[1]), reverse=reverse)
+    return out
+
+
+def _charset(word: bytes) -> bytes:
+    if word.startswith(b'"') and word.endswith(b'"') and len(word) >= 2:
+        word = word[1:-1]
+    return word.upper()
+
+
+class SortCommands(_Base):
+    """SORT and THREAD, for ``IMAPServer``."""
+
+    def own_capabilities(self) -> dict[bytes, Any]:
+        return dict.fromkeys((b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT",
+                              b"THREAD=REFERENCES", b"THREAD=REFS", b"ESEARCH", b"ESORT"))
+
+    async def _found(self, tag: bytes, charset: bytes,
+                     criteria: bytes) -> list[tuple[int, SortRecord]] | None:
+        """The records of the messages the criteria find; None after a NO (charset)."""
+        view = self.view
+        assert view is not None
+        if _charset(charset) not in _CHARSETS:
+            self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+            return None
+        try:
+            _, key = parse_search(criteria)
+        except SearchSyntaxError as e:
+            raise ParseError(str(e)) from None
+        wanted = set(await run_search(view, key, True))
+        return [(seq, rec) for seq, rec in await records(view) if rec.uid in wanted]
+
+    @states("select")
+    async def cmd_SORT(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
+        args.sp()
+        options, rest = parse_return(args.rest())
+        m = _PROGRAM.fullmatch(rest)
+        if not m:
+            raise ParseError("SORT needs (sort criteria) charset search criteria")
+        keys = parse_sort_keys(m.group(1))
+        found = await self._found(tag, m.group(2), m.group(3))
+        if found is None:
+            return
+        numbers = [rec.uid if uid else seq for seq, rec in sort_records(found, keys)]
+        if options is None:
+            self.sendUntaggedResponse(b"SORT" + b"".join(b" %d" % n for n in numbers))
+        else:
+            self.sendUntaggedResponse(esearch_response(tag, uid, options, numbers, True))
+        self.sendPositiveResponse(tag, self._command + b" completed.")
+
+    @states("select")
+    async def cmd_THREAD(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
+        args.sp()
+        algorithm = args.atom().upper()
+        args.sp()
+        rest = args.rest()
+        charset, _, criteria = rest.partition(b" ")
+        if algorithm not in ALGORITHMS:
+            raise ParseError("Unknown threading algorithm")
+        if not criteria.strip():
+            raise ParseError("THREAD needs an algorithm, a charset and search criteria")
+        found = await self._found(tag, charset, criteria)
+        if found is None:
+            return
+        number = (lambda seq, rec: rec.uid) if uid else (lambda seq, rec: seq)
+        threads = ALGORITHMS[algorithm](found, number)
+        self.sendUntaggedResponse(b"THREAD" + (b" " + threads if threads else b""))
+        self.sendPositiveResponse(tag, self._command + b" completed.")
+
+    uid_command(cmd_SORT)
+    uid_command(cmd_THREAD)
