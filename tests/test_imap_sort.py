@@ -152,3 +152,23 @@ class EsearchTests(ImapTestCase):
         out = s.cmd(b"A287 SEARCH RETURN (MIN) SUBJECT nothing")
         self.assertIn(b'* ESEARCH (TAG "A287")\r\nA287 OK', out)
         self.assertIn(b"* SEARCH 2 10 11\r\n", s.cmd(b"c SEARCH FLAGGED"))
+
+
+class WithinTests(ImapTestCase):
+    def test_older_and_younger(self) -> None:
+        """RFC 5032: OLDER n / YOUNGER n against the internal date and the time now (one
+        message of 2000, one dated 2100), in SEARCH, SORT and THREAD; a bad interval is BAD."""
+        s = self.session()
+        s.login()
+        for date in (b"01-Jan-2000 00:00:00 +0000", b"01-Jan-2100 00:00:00 +0000"):
+            self.assertTrue(s.cmd(b'a APPEND INBOX "%s" {9}' % date).startswith(b"+"))
+            self.assertIn(b"a OK", s.cmd(b"Subject:x"))
+        s.cmd(b"b SELECT INBOX")
+        self.assertIn(b"* SEARCH 1\r\n", s.cmd(b"c SEARCH OLDER 3600"))
+        self.assertIn(b"* SEARCH 2\r\n", s.cmd(b"d SEARCH YOUNGER 3600"))
+        self.assertIn(b"* SEARCH 1 2\r\n", s.cmd(b"e SEARCH OR OLDER 60 YOUNGER 60"))
+        self.assertIn(b"* SORT 2\r\n", s.cmd(b"f SORT (DATE) UTF-8 YOUNGER 1"))
+        self.assertIn(b"* THREAD (1)\r\n", s.cmd(b"g THREAD REFS UTF-8 NOT YOUNGER 10"))
+        for bad in (b"OLDER", b"OLDER 0", b"YOUNGER -5", b"OLDER x"):
+            self.assertTrue(s.cmd(b"h SEARCH " + bad).startswith(b"h BAD"), bad)
+        self.assertIn(b"WITHIN", s.cmd(b"i CAPABILITY"))

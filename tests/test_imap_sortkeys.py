@@ -176,3 +176,18 @@ class EsearchTests(unittest.TestCase):
                          b'ESEARCH (TAG "A3") COUNT 0')
         self.assertEqual(esearch_response(b"A4", False, [b"ALL"], [11, 2, 10]),
                          b'ESEARCH (TAG "A4") ALL 2,10:11')
+
+
+class AddressKeyTests(unittest.TestCase):
+    def test_fast_path_agrees_with_the_parser(self) -> None:
+        """The regular expression for the usual forms gives what the full parser gives."""
+        from mailsuite.imap.sortkeys import _first_address, _parsed_first_address
+
+        for value in ("Bob Sender <bob@example.org>", "bob@example.org",
+                      '"Sender, Bob" <bob@x.org>, c@d', "  a@b , c@d", "Zed  Q. <z@x.y>",
+                      "<bare@x.org>", "=?utf-8?q?=C3=89mile?= <e@x>", "o'neil@x.org"):
+            self.assertEqual(_first_address(value), _parsed_first_address(value), value)
+        # the parser's cases: comments, groups, quoted local parts
+        self.assertEqual(_first_address("team: a@b, c@d;"), ("a", "a@b"))
+        self.assertEqual(_first_address("a@b (Real Name)"), ("a", "Real Name"))
+        self.assertEqual(_first_address('"x y"@b'), ("x y", "x y@b"))

@@ -3,6 +3,9 @@
 A parsed key is a tuple ``(NAME, *args)``; ``("AND", [keys])``, ``("NOT", key)``,
 ``("OR", a, b)``, ``("SEQ", ranges)``, ``("UID", ranges)``. ``needs(key)`` tells the server
 whether headers or whole messages must be read before ``matches`` can answer.
+
+Extensions add search keys with ``register_key`` (WITHIN's OLDER and YOUNGER: imap/within.py;
+CONDSTORE's MODSEQ): a parse of the arguments, a match, and what the match needs read.
 """
 
 from __future__ import annotations
@@ -40,6 +43,25 @@ _MONTHS = {
 
 class SearchSyntaxError(ValueError):
     """The search program cannot be parsed (the client gets BAD)."""
+
+
+@dataclass(frozen=True)
+class ExtraKey:
+    """A search key of an extension: ``parse(parser)`` reads its arguments (``parser.next()``
+    gives each ``Token``) and returns them as a tuple (the key is ``(NAME, *args)``);
+    ``match(key, candidate)``; ``need`` is what ``needs`` answers for it."""
+
+    parse: Any
+    match: Any
+    need: str = ""
+
+
+EXTRA_KEYS: dict[str, ExtraKey] = {}
+
+
+def register_key(name: str, key: ExtraKey) -> None:
+    """Make ``name`` (upper case) a search key of SEARCH, SORT and THREAD."""
+    EXTRA_KEYS[name] = key
 
 
 @dataclass(frozen=True)
@@ -141,6 +163,8 @@ class _Parser:
             if not arg.isdigit():
                 raise SearchSyntaxError(f"{name} needs a number")
             return (name, int(arg))
+        if name in EXTRA_KEYS:
+            return (name, *EXTRA_KEYS[name].parse(self))
         if name == "NOT":
             return ("NOT", self.key(depth + 1))
         if name == "OR":
@@ -172,6 +196,8 @@ def parse_search(text: bytes) -> tuple[str | None, tuple[Any, ...]]:
 def needs(key: tuple[Any, ...]) -> str:
     """'' (flags and sizes are enough), 'header' or 'body'."""
     name = key[0]
+    if name in EXTRA_KEYS:
+        return EXTRA_KEYS[name].need
     if name in ("BODY", "TEXT"):
         return "body"
     if name in ("BCC", "CC", "FROM", "SUBJECT", "TO", "HEADER",
@@ -346,6 +372,8 @@ def matches(key: tuple[Any, ...], c: Candidate) -> bool:
         return _in_ranges(c.uid, key[1], c.max_uid)
     if name == "SEQ":
         return _in_ranges(c.seq, key[1], c.max_seq)
+    if name in EXTRA_KEYS:
+        return bool(EXTRA_KEYS[name].match(key, c))
     raise SearchSyntaxError(f"unknown search key {name}")
 
 

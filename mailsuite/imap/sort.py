@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from mailsuite.imap import within
 from mailsuite.imap.esearch import esearch_response, parse_return
 from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.imap.selected import uid_command
 from mailsuite.imap.session import states
-from mailsuite.imap.sortkeys import SortRecord, records
+from mailsuite.imap.sortkeys import SortRecord, off_reactor, records, view_keys
 from mailsuite.imap.thread import ALGORITHMS
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
@@ -37,6 +38,8 @@ _KEYS: dict[bytes, Any] = {
     b"DISPLAYTO": lambda r: r.display_to,
 }
 _CHARSETS = (b"UTF-8", b"US-ASCII")
+assert within  # imported for its search keys
+_ALL = ("AND", [("ALL",)])
 _PROGRAM = re.compile(rb"\(([A-Za-z ]+)\)[ ]+([^ ]+)[ ]+(.+)", re.S)
 
 
@@ -68,6 +71,11 @@ def sort_records(found: list[tuple[int, SortRecord]],
     return out
 
 
+def _sorted(found: list[tuple[int, SortRecord]], keys: list[tuple[bytes, bool]],
+            uid: bool) -> list[int]:
+    return [rec.uid if uid else seq for seq, rec in sort_records(found, keys)]
+
+
 def _charset(word: bytes) -> bytes:
     if word.startswith(b'"') and word.endswith(b'"') and len(word) >= 2:
         word = word[1:-1]
@@ -79,7 +87,8 @@ class SortCommands(_Base):
 
     def own_capabilities(self) -> dict[bytes, Any]:
         return dict.fromkeys((b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT",
-                              b"THREAD=REFERENCES", b"THREAD=REFS", b"ESEARCH", b"ESORT"))
+                              b"THREAD=REFERENCES", b"THREAD=REFS", b"ESEARCH", b"ESORT",
+                              b"WITHIN"))
 
     async def _found(self, tag: bytes, charset: bytes,
                      criteria: bytes) -> list[tuple[int, SortRecord]] | None:
@@ -93,8 +102,24 @@ class SortCommands(_Base):
             _, key = parse_search(criteria)
         except SearchSyntaxError as e:
             raise ParseError(str(e)) from None
+        if key == _ALL:
+            return await records(view)
         wanted = set(await run_search(view, key, True))
         return [(seq, rec) for seq, rec in await records(view) if rec.uid in wanted]
+
+    async def _cached(self, found: list[tuple[int, SortRecord]], request: Any,
+                      f: Any, *args: Any) -> Any:
+        """``f(*args)`` (off the reactor when big); for the whole mailbox, kept in the view's
+        ``ViewKeys.results`` until its messages change."""
+        assert self.view is not None
+        keys = view_keys(self.view)
+        whole = found is keys.found
+        if whole and request in keys.results:
+            return keys.results[request]
+        result = await off_reactor(len(found), f, *args)
+        if whole and found is keys.found:
+            keys.results[request] = result
+        return result
 
     @states("select")
     async def cmd_SORT(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
@@ -107,7 +132,8 @@ class SortCommands(_Base):
         found = await self._found(tag, m.group(2), m.group(3))
         if found is None:
             return
-        numbers = [rec.uid if uid else seq for seq, rec in sort_records(found, keys)]
+        numbers = await self._cached(found, (b"SORT", uid, tuple(keys)), _sorted, found, keys,
+                                     uid)
         if options is None:
             self.sendUntaggedResponse(b"SORT" + b"".join(b" %d" % n for n in numbers))
         else:
@@ -129,7 +155,8 @@ class SortCommands(_Base):
         if found is None:
             return
         number = (lambda seq, rec: rec.uid) if uid else (lambda seq, rec: seq)
-        threads = ALGORITHMS[algorithm](found, number)
+        threads = await self._cached(found, (b"THREAD", uid, algorithm), ALGORITHMS[algorithm],
+                                     found, number)
         self.sendUntaggedResponse(b"THREAD" + (b" " + threads if threads else b""))
         self.sendPositiveResponse(tag, self._command + b" completed.")
 

@@ -20,6 +20,8 @@ from email.header import decode_header, make_header
 from email.utils import parsedate_tz
 from typing import Any
 
+from twisted.internet import threads
+
 from mailsuite.imap.addresses import parse_address_list
 from mailsuite.imap.collation import casemap
 
@@ -87,11 +89,32 @@ def message_ids(value: str) -> list[str]:
     return _MSGID.findall(value)
 
 
+_ADDR = r'([^<>@\s"(),;:\\\[\]]+)@([^<>@\s"(),;:\\\[\]]+)'
+_SIMPLE_NAMED = re.compile(
+    r'[ \t]*(?:"([^"\\]*)"|([A-Za-z0-9!#$%&\'*+/=?^_`{|}~. \t-]*?))[ \t]*<' + _ADDR
+    + r'>[ \t]*(?:,|$)')
+_SIMPLE_BARE = re.compile(r"[ \t]*" + _ADDR + r"[ \t]*(?:,|$)")
+
+
 def _first_address(value: str | None) -> tuple[str, str]:
     """(addr-mailbox, display value: RFC 5957 display-name, else mailbox@host) of the first
-    address of a list; a group name is no address."""
+    address of a list; a group name is no address. The usual ``Name <a@b>`` and ``a@b`` are
+    read by a regular expression (most of the time of reading the keys went to the full
+    address parser), anything else by ``parse_address_list``."""
     if not value:
         return "", ""
+    m = _SIMPLE_NAMED.match(value)
+    if m:
+        name = m.group(1) if m.group(1) is not None else " ".join(m.group(2).split())
+        name = decode_words(name).strip()
+        return m.group(3), name or m.group(3) + "@" + m.group(4)
+    m = _SIMPLE_BARE.match(value)
+    if m:
+        return m.group(1), m.group(1) + "@" + m.group(2)
+    return _parsed_first_address(value)
+
+
+def _parsed_first_address(value: str) -> tuple[str, str]:
     for addr in parse_address_list(value):
         if addr.group_marker or (addr.host is None and addr.mailbox is None):
             continue
@@ -169,32 +192,75 @@ def make_record(uid: int, info: Any, header: bytes) -> SortRecord:
                       ids[0] if ids else "", refs)
 
 
+def _make_records(chunk: list[Any], headers: dict[int, bytes]) -> list[SortRecord]:
+    return [make_record(info.uid, info, headers[info.uid]) for info in chunk
+            if info.uid in headers]
+
+
+#: work on more messages than this is done in a thread, so the reactor goes on meanwhile
+#: (the GIL is handed over every few milliseconds); less is done at once
+OFF_REACTOR = 1000
+
+
+async def off_reactor(count: int, f: Any, *args: Any) -> Any:
+    """``f(*args)``, in a thread of the reactor's pool when ``count`` is over OFF_REACTOR
+    (``f`` must touch nothing the reactor thread changes meanwhile)."""
+    if count <= OFF_REACTOR:
+        return f(*args)
+    return await threads.deferToThread(f, *args)
+
+
 _CHUNK = 2048
-_caches: weakref.WeakKeyDictionary[Any, tuple[int, dict[int, SortRecord]]] = (
-    weakref.WeakKeyDictionary())
+
+
+class ViewKeys:
+    """What is kept for one view: the records by UID, the last ``records`` answer and the
+    view's membership it was made for, and answers of whole-mailbox SORT and THREAD commands
+    (``results``, dropped whenever the membership changes)."""
+
+    def __init__(self, validity: int) -> None:
+        self.validity = validity
+        self.by_uid: dict[int, SortRecord] = {}
+        self.membership: tuple[int, ...] = ()
+        self.found: list[tuple[int, SortRecord]] = []
+        self.results: dict[Any, Any] = {}
+
+
+_caches: weakref.WeakKeyDictionary[Any, ViewKeys] = weakref.WeakKeyDictionary()
+
+
+def view_keys(view: Any) -> ViewKeys:
+    validity = int(view.uid_validity)
+    keys = _caches.get(view)
+    if keys is None or keys.validity != validity:
+        keys = _caches[view] = ViewKeys(validity)
+    return keys
 
 
 async def records(view: Any) -> list[tuple[int, SortRecord]]:
     """``(sequence number, record)`` of each message of the view still present, in sequence
-    order; the headers of messages not seen before are read in chunks."""
-    validity = int(view.uid_validity)
-    cached = _caches.get(view)
-    if cached is None or cached[0] != validity:
-        cached = (validity, {})
-        _caches[view] = cached
-    cache = cached[1]
-    rows = [(seq, info) for seq, info in enumerate(view.rows(), 1)
-            if not view.is_expunged(info.uid)]
-    missing = [info for _, info in rows if info.uid not in cache]
+    order; the headers of messages not seen before are read in chunks. While the view shows
+    the same messages, the same list is returned (do not change it)."""
+    keys = view_keys(view)
+    rows = view.rows()
+    is_expunged = view.is_expunged
+    gone = [seq for seq, info in enumerate(rows, 1) if is_expunged(info.uid)]
+    membership = (len(rows), rows[-1].uid if rows else 0, *gone)
+    if membership == keys.membership:
+        return keys.found
+    cache = keys.by_uid
+    missing = [info for info in rows if info.uid not in cache]
     for start in range(0, len(missing), _CHUNK):
         chunk = missing[start:start + _CHUNK]
         headers = await view.mailbox.read_headers([info.uid for info in chunk])
-        for info in chunk:
-            header = headers.get(info.uid)
-            if header is not None:
-                cache[info.uid] = make_record(info.uid, info, header)
-    live = {info.uid for _, info in rows}
-    if len(cache) > len(live):
+        made = await off_reactor(len(chunk), _make_records, chunk, headers)
+        cache.update((rec.uid, rec) for rec in made)
+    skip = set(gone)
+    found = [(seq, cache[info.uid]) for seq, info in enumerate(rows, 1)
+             if seq not in skip and info.uid in cache]
+    if len(cache) > len(found):
+        live = {rec.uid for _, rec in found}
         for uid in [u for u in cache if u not in live]:
             del cache[uid]
-    return [(seq, cache[info.uid]) for seq, info in rows if info.uid in cache]
+    keys.membership, keys.found, keys.results = membership, found, {}
+    return found
