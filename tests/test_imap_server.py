@@ -133,7 +133,7 @@ class GreetingLoginTests(ImapTestCase):
         caps = s.cmd(b"a CAPABILITY")
         extensions = (b"LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
                       b"SPECIAL-USE XLIST SORT SORT=DISPLAY THREAD=ORDEREDSUBJECT "
-                      b"THREAD=REFERENCES THREAD=REFS ESEARCH ESORT WITHIN\r\n")
+                      b"THREAD=REFERENCES THREAD=REFS ESEARCH ESORT SEARCHRES WITHIN\r\n")
         self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN " + extensions, caps)
         self.assertIn(b"a OK", caps)
         s.login()

@@ -172,3 +172,72 @@ class WithinTests(ImapTestCase):
         for bad in (b"OLDER", b"OLDER 0", b"YOUNGER -5", b"OLDER x"):
             self.assertTrue(s.cmd(b"h SEARCH " + bad).startswith(b"h BAD"), bad)
         self.assertIn(b"WITHIN", s.cmd(b"i CAPABILITY"))
+
+
+class SearchresTests(ImapTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        for n in range(1, 7):
+            sender = b"Jones" if n in (2, 4, 5) else b"Smith"
+            self.deliver(b"From: " + sender + b" <x@y>\nSubject: %d\n\n" % n)
+        self.s = self.session()
+        self.s.select()
+        self.s.cmd(b"a STORE 2,4:5 +FLAGS (\\Flagged)")
+
+    def test_rfc5182_examples(self) -> None:
+        """RFC 5182 section 2: SAVE alone answers no ESEARCH; FETCH $, UID SEARCH UID $,
+        SAVE with MIN saves the minimum only; $ in STORE, COPY, SEARCH NOT $."""
+        out = self.s.cmd(b'A282 SEARCH RETURN (SAVE) FLAGGED SINCE 1-Feb-1994 NOT FROM "Smith"')
+        self.assertEqual(out, b"A282 OK SEARCH completed.\r\n")
+        out = self.s.cmd(b"A283 FETCH $ (UID FLAGS)")
+        self.assertEqual(out, b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\n"
+                              b"* 4 FETCH (UID 4 FLAGS (\\Flagged))\r\n"
+                              b"* 5 FETCH (UID 5 FLAGS (\\Flagged))\r\n"
+                              b"A283 OK FETCH completed.\r\n")
+        self.assertIn(b"* SEARCH 4 5\r\n", self.s.cmd(b"A302 UID SEARCH UID $ UID 3:*"))
+        self.assertIn(b"* SEARCH 1 3 6\r\n", self.s.cmd(b"b SEARCH NOT $"))
+        self.assertIn(b"* SEARCH 2 4\r\n", self.s.cmd(b"c SEARCH $ OR SUBJECT 2 SUBJECT 4"))
+        out = self.s.cmd(b"A284 SEARCH RETURN (SAVE MIN) FLAGGED")
+        self.assertIn(b'* ESEARCH (TAG "A284") MIN 2\r\nA284 OK', out)
+        self.assertIn(b"* SEARCH 2\r\n", self.s.cmd(b"d SEARCH $"))
+        self.s.cmd(b"e UID SEARCH RETURN (SAVE MIN MAX) FLAGGED")
+        self.assertIn(b"* SEARCH 2 5\r\n", self.s.cmd(b"f UID SEARCH $"))
+        out = self.s.cmd(b"g STORE $ +FLAGS (\\Seen)")
+        self.assertIn(b"* 2 FETCH (FLAGS (\\Flagged \\Seen))", out)
+        self.assertIn(b"* 5 FETCH (FLAGS (\\Flagged \\Seen))", out)
+        self.assertIn(b"h OK [COPYUID", self.s.cmd(b"h UID COPY $ Trash"))
+        self.assertIn(b"* STATUS Trash (MESSAGES 2)", self.s.cmd(b"i STATUS Trash (MESSAGES)"))
+
+    def test_expunge_select_and_failure_empty_it(self) -> None:
+        self.s.cmd(b"a SEARCH RETURN (SAVE) FLAGGED")
+        self.s.cmd(b"b STORE 2 +FLAGS (\\Deleted)")
+        self.s.cmd(b"c EXPUNGE")
+        # 4 and 5 are now 3 and 4; the expunged one dropped out
+        self.assertIn(b"* SEARCH 3 4\r\n", self.s.cmd(b"d SEARCH $"))
+        self.assertIn(b"e OK", self.s.cmd(b"e UID MOVE $ Trash"))
+        self.assertIn(b"* SEARCH\r\n", self.s.cmd(b"f SEARCH $"))
+        self.s.cmd(b"g SEARCH RETURN (SAVE) ALL")
+        self.assertTrue(self.s.cmd(b"h SEARCH RETURN (SAVE) BOGUS").startswith(b"h BAD"))
+        self.assertIn(b"* SEARCH\r\n", self.s.cmd(b"i SEARCH $"))
+        self.s.cmd(b"j SEARCH RETURN (SAVE) ALL")
+        self.s.cmd(b"k SELECT INBOX")
+        self.assertEqual(self.s.cmd(b"l FETCH $ FLAGS"), b"l OK FETCH completed.\r\n")
+
+    def test_sort_save_and_dollar_in_sort_thread(self) -> None:
+        out = self.s.cmd(b"a SORT RETURN (SAVE) (REVERSE SUBJECT) UTF-8 FLAGGED")
+        self.assertEqual(out, b"a OK SORT completed.\r\n")
+        self.assertIn(b"* SORT 5 4 2\r\n", self.s.cmd(b"b SORT (REVERSE SUBJECT) UTF-8 $"))
+        self.assertIn(b"* THREAD (2)(4)(5)\r\n", self.s.cmd(b"c THREAD REFS UTF-8 $"))
+        out = self.s.cmd(b"d UID SORT RETURN (SAVE MAX ALL) (SUBJECT) UTF-8 NOT $")
+        self.assertIn(b'* ESEARCH (TAG "d") UID MAX 6 ALL 1,3,6\r\n', out)
+        self.assertIn(b"* SEARCH 1 3 6\r\n", self.s.cmd(b"e SEARCH $"))
+        self.assertTrue(self.s.cmd(b"f FETCH $,1 FLAGS").startswith(b"f BAD"))
+        self.assertTrue(self.s.cmd(b"g SORT RETURN (SAVE) (NOPE) UTF-8 ALL").startswith(b"g BAD"))
+        self.assertIn(b"* SEARCH\r\n", self.s.cmd(b"h SEARCH $"))
+        self.s.cmd(b"i SEARCH RETURN (SAVE) 1:2")
+        self.assertIn(b"j NO [BADCHARSET", self.s.cmd(b"j SORT RETURN (SAVE) (DATE) X ALL"))
+        self.assertIn(b"* SEARCH\r\n", self.s.cmd(b"k SEARCH $"))
+        self.s.cmd(b"l SEARCH RETURN (SAVE) 1:2")
+        out = self.s.cmd(b"m SEARCH RETURN (SAVE) $ 2:6")  # refines the result saved before
+        self.assertEqual(out, b"m OK SEARCH completed.\r\n")
+        self.assertIn(b"* SEARCH 2\r\n", self.s.cmd(b"n SEARCH $"))

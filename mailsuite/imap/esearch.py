@@ -1,19 +1,26 @@
-"""RETURN options of SEARCH and SORT (ESEARCH, RFC 4731; ESORT, RFC 5267) and the ESEARCH
-response.
+"""RETURN options of SEARCH and SORT (ESEARCH, RFC 4731; ESORT, RFC 5267), the ESEARCH
+response, and the saved search result (SEARCHRES, RFC 5182: ``RETURN (SAVE)`` and ``$``).
 
 ``parse_return`` reads ``RETURN (MIN MAX ALL COUNT)`` off the front of the arguments;
 ``esearch_response`` formats ``* ESEARCH (TAG "a") UID MIN 2 MAX 9 COUNT 3 ALL 2,5,9``. For
 SEARCH, ALL is a sequence-set of the numbers ascending; for SORT, in the sort order (RFC 5267
 section 3.1), so only runs that ascend by one are joined.
+
+The saved result is a set of UIDs kept per view (a new SELECT starts with none), so expunged
+messages drop out of it by themselves; ``$`` as a sequence set is ``parser.SAVED`` (resolved by
+``saved_targets``), as a search key ``("$", None)`` (bound by ``bind_saved``).
 """
 
 from __future__ import annotations
 
 import re
+import weakref
+from typing import Any
 
-from mailsuite.imap.parser import ParseError
+from mailsuite.imap.parser import MAX_NESTING, ParseError
+from mailsuite.imap.search import run_search
 
-OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT")
+OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE")
 _RETURN = re.compile(rb"RETURN[ ]\(([A-Za-z ]*)\)[ ]?", re.I)
 
 
@@ -64,3 +71,59 @@ def esearch_response(tag: bytes, uid: bool, options: list[bytes], found: list[in
     if b"ALL" in options and found:
         parts.append(b"ALL " + sequence_set(found if ordered else sorted(found)))
     return b" ".join(parts)
+
+
+_saved: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
+
+
+def save(view: Any, uids: list[int]) -> None:
+    _saved[view] = frozenset(uids)
+
+
+def saved_targets(view: Any) -> list[tuple[int, int]]:
+    """``[(seq, uid)]`` of the saved messages the view still has (``$`` of FETCH, STORE...)."""
+    return list(view.resolve([(u, u) for u in sorted(_saved.get(view, ()))], True))
+
+
+def to_save(options: list[bytes], uids: list[int]) -> list[int]:
+    """What ``RETURN (SAVE ...)`` saves: the minimum and/or maximum alone when those are all
+    that is asked besides SAVE, else every message found (RFC 5182 section 2.4)."""
+    if uids and (b"ALL" not in options and b"COUNT" not in options
+                 and (b"MIN" in options or b"MAX" in options)):
+        kept = {min(uids)} if b"MIN" in options else set()
+        if b"MAX" in options:
+            kept.add(max(uids))
+        return sorted(kept)
+    return uids
+
+
+def bind_saved(key: tuple[Any, ...], view: Any, depth: int = 0) -> tuple[Any, ...]:
+    """The search key with each ``$`` given the view's saved result."""
+    if depth > MAX_NESTING + 1:
+        return key
+    name = key[0]
+    if name == "$":
+        return ("$", _saved.get(view, frozenset()))
+    if name == "AND":
+        return ("AND", [bind_saved(k, view, depth + 1) for k in key[1]])
+    if name == "NOT":
+        return ("NOT", bind_saved(key[1], view, depth + 1))
+    if name == "OR":
+        return ("OR", bind_saved(key[1], view, depth + 1), bind_saved(key[2], view, depth + 1))
+    return key
+
+
+async def run_saving(view: Any, key: tuple[Any, ...], uid: bool,
+                     options: list[bytes]) -> list[int]:
+    """SEARCH with RETURN options: the numbers found (UIDs when ``uid``), saved first when
+    SAVE is among the options (the result is empty meanwhile: a failure leaves it so)."""
+    key = bind_saved(key, view)
+    if b"SAVE" not in options:
+        return await run_search(view, key, uid)
+    save(view, [])
+    uids = await run_search(view, key, True)
+    save(view, to_save(options, uids))
+    if uid:
+        return uids
+    wanted = set(uids)
+    return [seq for seq, u in enumerate(view.uids(), 1) if u in wanted]

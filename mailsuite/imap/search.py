@@ -169,6 +169,9 @@ class _Parser:
             return ("NOT", self.key(depth + 1))
         if name == "OR":
             return ("OR", self.key(depth + 1), self.key(depth + 1))
+        if name == "$" or (name == "UID" and self.tokens[self.pos:self.pos + 1] == [Token(b"$")]):
+            self.pos += name == "UID"
+            return ("$", None)  # RFC 5182: bound to the saved result (esearch.bind_saved)
         try:
             if name == "UID":
                 return ("UID", parse_sequence_set(self.next().value))
@@ -372,6 +375,8 @@ def matches(key: tuple[Any, ...], c: Candidate) -> bool:
         return _in_ranges(c.uid, key[1], c.max_uid)
     if name == "SEQ":
         return _in_ranges(c.seq, key[1], c.max_seq)
+    if name == "$":
+        return key[1] is not None and c.uid in key[1]
     if name in EXTRA_KEYS:
         return bool(EXTRA_KEYS[name].match(key, c))
     raise SearchSyntaxError(f"unknown search key {name}")

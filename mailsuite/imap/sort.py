@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from mailsuite.imap import within
-from mailsuite.imap.esearch import esearch_response, parse_return
+from mailsuite.imap.esearch import bind_saved, esearch_response, parse_return, save, to_save
 from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.imap.selected import uid_command
@@ -88,7 +88,7 @@ class SortCommands(_Base):
     def own_capabilities(self) -> dict[bytes, Any]:
         return dict.fromkeys((b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT",
                               b"THREAD=REFERENCES", b"THREAD=REFS", b"ESEARCH", b"ESORT",
-                              b"WITHIN"))
+                              b"SEARCHRES", b"WITHIN"))
 
     async def _found(self, tag: bytes, charset: bytes,
                      criteria: bytes) -> list[tuple[int, SortRecord]] | None:
@@ -104,7 +104,7 @@ class SortCommands(_Base):
             raise ParseError(str(e)) from None
         if key == _ALL:
             return await records(view)
-        wanted = set(await run_search(view, key, True))
+        wanted = set(await run_search(view, bind_saved(key, view), True))
         return [(seq, rec) for seq, rec in await records(view) if rec.uid in wanted]
 
     async def _cached(self, found: list[tuple[int, SortRecord]], request: Any,
@@ -128,15 +128,26 @@ class SortCommands(_Base):
         m = _PROGRAM.fullmatch(rest)
         if not m:
             raise ParseError("SORT needs (sort criteria) charset search criteria")
-        keys = parse_sort_keys(m.group(1))
-        found = await self._found(tag, m.group(2), m.group(3))
+        saving = options is not None and b"SAVE" in options
+        found = None
+        try:  # "$" in the criteria is the result saved before; a failure empties it
+            keys = parse_sort_keys(m.group(1))
+            found = await self._found(tag, m.group(2), m.group(3))
+        finally:
+            if saving and found is None:
+                save(self.view, [])
         if found is None:
             return
         numbers = await self._cached(found, (b"SORT", uid, tuple(keys)), _sorted, found, keys,
                                      uid)
         if options is None:
             self.sendUntaggedResponse(b"SORT" + b"".join(b" %d" % n for n in numbers))
-        else:
+            self.sendPositiveResponse(tag, self._command + b" completed.")
+            return
+        if saving:
+            by_seq = {seq: rec.uid for seq, rec in found}
+            save(self.view, to_save(options, numbers if uid else [by_seq[n] for n in numbers]))
+        if options != [b"SAVE"]:
             self.sendUntaggedResponse(esearch_response(tag, uid, options, numbers, True))
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
