@@ -191,3 +191,23 @@ class AddressKeyTests(unittest.TestCase):
         self.assertEqual(_first_address("team: a@b, c@d;"), ("a", "a@b"))
         self.assertEqual(_first_address("a@b (Real Name)"), ("a", "Real Name"))
         self.assertEqual(_first_address('"x y"@b'), ("x y", "x y@b"))
+
+
+class SentDateTests(unittest.TestCase):
+    def test_fast_path_agrees_with_the_email_package(self) -> None:
+        """The regular expression for the usual Date form gives what parsedate_tz gives; the
+        rest goes to parsedate_tz; no date, or none readable, is the internal date."""
+        import calendar
+        from email.utils import parsedate_tz
+
+        from mailsuite.imap.sortkeys import sent_date
+
+        for value in ("Mon, 14 Sep 2026 19:07:10 +0200", "1 Jan 2024 10:00 +0000",
+                      "Tue,  2 Jan 2024 23:59:59 -0930 (XYZ)", "29 Feb 2024 00:00:00 +1400",
+                      "Wed, 3 Jan 2024 10:00:00 GMT", "3 Jan 24 10:00 EST"):
+            parsed = parsedate_tz(value)
+            assert parsed is not None
+            wanted = calendar.timegm(parsed[:6]) - (parsed[9] or 0)  # type: ignore[arg-type]
+            self.assertEqual(sent_date(value, 7), wanted, value)
+        for value in (None, "", "garbage", "1 Foo 2024 10:00:00 +0000"):
+            self.assertEqual(sent_date(value, 7), 7, value)

@@ -133,9 +133,9 @@ def _when(info: Any) -> int:
     return int(info.internal_date.timestamp())
 
 
-_WANTED = {b"SUBJECT", b"FROM", b"TO", b"CC", b"DATE", b"MESSAGE-ID", b"REFERENCES",
-           b"IN-REPLY-TO"}
-_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.M)
+_FIELD = re.compile(  # only the fields wanted: the Received lines are not even looked at
+    rb"^(subject|from|to|cc|date|message-id|references|in-reply-to)[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+    re.M | re.I)
 
 
 def wanted_fields(header: bytes) -> dict[bytes, str]:
@@ -146,7 +146,7 @@ def wanted_fields(header: bytes) -> dict[bytes, str]:
     cut = min(x for x in (end, end2, len(header)) if x >= 0)
     for m in _FIELD.finditer(header, 0, cut + 1):
         name = m.group(1).upper()
-        if name in _WANTED and name not in out:
+        if name not in out:
             out[name] = m.group(2).decode("utf-8", "replace").replace("\r", "").replace(
                 "\n", "").strip()
     return out
@@ -171,14 +171,35 @@ class SortRecord:
     references: list[str]  # References' msg-ids, else In-Reply-To's first
 
 
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_DATE = re.compile(r"[ \t]*(?:[A-Za-z]{3},[ \t]*)?(\d{1,2})[ \t]+([A-Za-z]{3})[ \t]+(\d{4})"
+                   r"[ \t]+(\d{1,2}):(\d\d)(?::(\d\d))?[ \t]+([+-])(\d\d)(\d\d)(?:[ \t(]|$)")
+
+
+def sent_date(value: str | None, arrival: int) -> int:
+    """RFC 5256 section 2.2: the Date field in UTC seconds, else ``arrival``. The usual RFC 5322
+    form is read by a regular expression, anything else by the email package."""
+    if not value:
+        return arrival
+    m = _DATE.match(value)
+    month = _MONTHS.get(m.group(2).lower()) if m else None
+    if m and month:
+        zone = (int(m.group(8)) * 3600 + int(m.group(9)) * 60) * (-1 if m.group(7) == "-" else 1)
+        with contextlib.suppress(ValueError, OverflowError):
+            return calendar.timegm((int(m.group(3)), month, int(m.group(1)), int(m.group(4)),
+                                    int(m.group(5)), int(m.group(6) or 0))) - zone
+    parsed = parsedate_tz(value)
+    if parsed is not None:
+        with contextlib.suppress(ValueError, OverflowError, TypeError):
+            return calendar.timegm(parsed[:6]) - (parsed[9] or 0)  # type: ignore[arg-type]
+    return arrival
+
+
 def make_record(uid: int, info: Any, header: bytes) -> SortRecord:
     f = wanted_fields(header)
     arrival = _when(info)
-    date = arrival
-    parsed = parsedate_tz(f[b"DATE"]) if b"DATE" in f else None
-    if parsed is not None:
-        with contextlib.suppress(ValueError, OverflowError, TypeError):
-            date = calendar.timegm(parsed[:6]) - (parsed[9] or 0)  # type: ignore[arg-type]
+    date = sent_date(f.get(b"DATE"), arrival)
     subject, reply = base_subject(decode_words(f.get(b"SUBJECT", "")))
     from_, display_from = _first_address(f.get(b"FROM"))
     to, display_to = _first_address(f.get(b"TO"))
