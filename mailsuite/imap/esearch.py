@@ -6,7 +6,8 @@ response, and the saved search result (SEARCHRES, RFC 5182: ``RETURN (SAVE)`` an
 SEARCH, ALL is a sequence-set of the numbers ascending; for SORT, in the sort order (RFC 5267
 section 3.1), so only runs that ascend by one are joined.
 
-The saved result is a set of UIDs kept per view (a new SELECT starts with none), so expunged
+The saved result is a set of UIDs kept on the view (``saved_search``: a new SELECT starts
+with none; a session with one does not hibernate, whose snapshot has no room for it), so expunged
 messages drop out of it by themselves; ``$`` as a sequence set is ``parser.SAVED`` (resolved by
 ``saved_targets``), as a search key ``("$", None)`` (bound by ``bind_saved``).
 """
@@ -14,7 +15,6 @@ messages drop out of it by themselves; ``$`` as a sequence set is ``parser.SAVED
 from __future__ import annotations
 
 import re
-import weakref
 from typing import Any
 
 from mailsuite.imap.parser import MAX_NESTING, ParseError
@@ -73,16 +73,13 @@ def esearch_response(tag: bytes, uid: bool, options: list[bytes], found: list[in
     return b" ".join(parts)
 
 
-_saved: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
-
-
 def save(view: Any, uids: list[int]) -> None:
-    _saved[view] = frozenset(uids)
+    view.saved_search = frozenset(uids)
 
 
 def saved_targets(view: Any) -> list[tuple[int, int]]:
     """``[(seq, uid)]`` of the saved messages the view still has (``$`` of FETCH, STORE...)."""
-    return list(view.resolve([(u, u) for u in sorted(_saved.get(view, ()))], True))
+    return list(view.resolve([(u, u) for u in sorted(view.saved_search)], True))
 
 
 def to_save(options: list[bytes], uids: list[int]) -> list[int]:
@@ -103,7 +100,7 @@ def bind_saved(key: tuple[Any, ...], view: Any, depth: int = 0) -> tuple[Any, ..
         return key
     name = key[0]
     if name == "$":
-        return ("$", _saved.get(view, frozenset()))
+        return ("$", view.saved_search)
     if name == "AND":
         return ("AND", [bind_saved(k, view, depth + 1) for k in key[1]])
     if name == "NOT":

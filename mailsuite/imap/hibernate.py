@@ -167,7 +167,8 @@ def hibernatable(session: Any) -> bool:
     return (session._idle_tag is not None and not session._lost and session._corked is None
             and session._unsent_wait is None and not session._buffer
             and not session.transport.disconnecting
-            and (session.view is None or bool(watch_paths(session.view))))
+            and (session.view is None or (bool(watch_paths(session.view))
+                 and not getattr(session.view, "saved_search", None))))  # SEARCHRES: not kept
 
 
 def watch_paths(view: Any) -> list[tuple[str, bool]]:
