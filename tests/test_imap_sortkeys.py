@@ -75,13 +75,20 @@ class CollationTests(unittest.TestCase):
         self.assertEqual(casemap("hello"), casemap("HeLLo"))
         self.assertEqual(casemap("café"), casemap("CAFÉ"))
         self.assertEqual(casemap("café"), casemap("cafe\u0301"))  # decomposed é
-        # U+FB01 has no simple titlecase: NFKD makes it "fi", lower case (RFC 5051 as written)
-        self.assertEqual(casemap("ﬁ"), "fi")
+        # U+FB01 decomposes to "fi", whose characters are then titlecased in turn
+        self.assertEqual(casemap("ﬁ"), "FI")
+        self.assertEqual(casemap("ß"), "ß")  # no simple titlecase, no decomposition
+        self.assertEqual(casemap("가"), "가")  # Hangul: not decomposed (not in UnicodeData)
+        # dž: titlecase ǅ, which decomposes to D + ž, ž titlecased to Ž, decomposed to Z + caron
+        self.assertEqual(casemap("ǆ"), "DZ\u030c")
+        self.assertEqual(casemap("Ǆ"), casemap("ǅ"))
+        self.assertEqual(casemap("①"), "1")  # <circle> compatibility decomposition
+        self.assertEqual(casemap("Å"), "A\u030a")  # U+212B ANGSTROM SIGN: A + ring
         self.assertEqual(casemap("Ǆ"), casemap("ǆ"))  # titlecase digraph Ǆ -> ǅ
         self.assertEqual(casemap(b"\xff"), "\ufffd")
         self.assertLess(casemap("a"), casemap("B"))
         self.assertTrue(contains("Grüße aus Köln", "KÖLN"))
-        self.assertTrue(contains("Re: ﬁle", "ﬁ"))
+        self.assertTrue(contains("Re: ﬁle", "FILE"))
         self.assertFalse(contains("abc", "abd"))
 
 
