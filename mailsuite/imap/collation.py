@@ -44,6 +44,17 @@ def _map(char: str, depth: int = 0) -> str:
     return out
 
 
+class _Table(dict[int, str]):
+    """Code point -> key, filled as characters are met (``str.translate`` looks up in C)."""
+
+    def __missing__(self, code: int) -> str:
+        out = self[code] = _map(chr(code))
+        return out
+
+
+_TABLE = _Table()
+
+
 def casemap(text: str | bytes) -> str:
     """The i;unicode-casemap key of ``text`` (bytes are UTF-8; an invalid octet becomes
     U+FFFD, so a broken string still has a key)."""
@@ -51,7 +62,7 @@ def casemap(text: str | bytes) -> str:
         text = text.decode("utf-8", "replace")
     if text.isascii():
         return text.upper()  # ASCII: titlecase is uppercase, and nothing decomposes
-    return "".join(map(_map, text))
+    return text.translate(_TABLE)
 
 
 def contains(haystack: str | bytes, needle: str | bytes) -> bool:
