@@ -159,6 +159,20 @@ class ThreadTests(unittest.TestCase):
         found.append(record(6, "Fwd: b", 6))
         self.assertEqual(ordered_subject(found, by_seq), b"(4 (1)(6))(5)(2 3)")
 
+    def test_wide_shapes_stay_linear(self) -> None:
+        """20,000 replies to one missing message, and 10,000 subjects twice each without
+        references: seconds, not the minutes a step quadratic in the number would take."""
+        import time
+
+        start = time.monotonic()
+        found = [record(i, "x", 1, f"m{i}@x", irt="<gone@x>") for i in range(1, 20001)]
+        out = references(found, by_seq)
+        self.assertTrue(out.startswith(b"((1)(2)(3)"))
+        found = [record(i, f"s{i % 10000}", 1, f"n{i}@x") for i in range(1, 20001)]
+        out = references(found, by_seq)
+        self.assertTrue(out.startswith(b"((1)(10001))((2)(10002))"), out[:40])
+        self.assertLess(time.monotonic() - start, 60)
+
     def test_long_chain_needs_no_recursion(self) -> None:
         found = [record(1, "x", 1, "m0@x")]
         found += [record(i + 1, "x", 1, f"m{i}@x", f"<m{i - 1}@x>") for i in range(1, 5000)]

@@ -102,11 +102,11 @@ def _prune(roots: list[Node]) -> list[Node]:
         while stack:
             node = stack.pop()
             kids: list[Node] = []
-            pending = list(node.children)
+            pending = node.children[::-1]  # a stack: the first child on top
             while pending:
-                child = pending.pop(0)
+                child = pending.pop()
                 if child.msg is None:
-                    pending[:0] = child.children
+                    pending.extend(reversed(child.children))
                 else:
                     kids.append(child)
             node.children = kids
@@ -151,41 +151,47 @@ def _merge_subjects(roots: list[Node]) -> list[Node]:
                 and not root.msg.reply)):
             table[subject] = root
     out: list[Node] = []
+    where: dict[int, int] = {}  # id(root) -> its index in out
     for root in roots:  # (B)
         if root.parent is not None:  # made a child by an earlier root of its subject
             continue
         subject = _subject(root)
         old = table.get(subject) if subject else None
         if old is None or old is root:
+            where[id(root)] = len(out)
             out.append(root)
             continue
         if old.msg is None and root.msg is None:
-            for child in list(root.children):
-                _link(old, child)
+            for child in root.children:
+                child.parent = old
+            old.children.extend(root.children)
+            root.children = []
         elif old.msg is None:
             _link(old, root)
         elif root.msg is None:
-            _replace(out, old, root)
+            _replace(out, where, old, root)
             _link(root, old)
             table[subject] = root
         elif root.msg.reply and not old.msg.reply:
             _link(old, root)
         else:
             dummy = Node()
-            _replace(out, old, dummy)
+            _replace(out, where, old, dummy)
             _link(dummy, old)
             _link(dummy, root)
             table[subject] = dummy
     return out
 
 
-def _replace(out: list[Node], old: Node, new: Node) -> None:
+def _replace(out: list[Node], where: dict[int, int], old: Node, new: Node) -> None:
     """``new`` takes ``old``'s place among the roots (it is there already, or comes later)."""
-    for i, node in enumerate(out):
-        if node is old:
-            out[i] = new
-            return
-    out.append(new)
+    at = where.pop(id(old), None)
+    if at is None:
+        at = len(out)
+        out.append(new)
+    else:
+        out[at] = new
+    where[id(new)] = at
 
 
 def format_threads(roots: list[Node], number: Number) -> bytes:
