@@ -149,6 +149,10 @@ class ThreadTests(unittest.TestCase):
                  record(3, "Re: a", 9, "c@x", "<a@x>"), record(4, "s", 5)]
         self.assertEqual(refs(found, by_seq), b"(2)(4)(1 3)")
         self.assertEqual(references(found, by_seq), b"(1 3)(2)(4)")
+        # the same latest date: by the root's number, a dummy root's being 0 (Dovecot's order)
+        found = [record(1, "a", 5, "a@x"), record(2, "b", 5, "b@x", "<gone@x>"),
+                 record(3, "c", 5, "c@x", "<gone@x>")]
+        self.assertEqual(refs(found, by_seq), b"((2)(3))(1)")
 
     def test_ordered_subject(self) -> None:
         """RFC 5256 ORDEREDSUBJECT: by base subject and date, the first the parent of the

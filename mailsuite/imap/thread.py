@@ -236,15 +236,15 @@ def refs(found: Found, number: Number) -> bytes:
     roots = _prune(build_tree(found))
     _sort_all(roots)
     latest: dict[int, tuple[int, int]] = {}
-    for root in roots:
-        best = (0, 0)
+    for root in roots:  # ties: the root's number, a dummy's 0 (as Dovecot's REFS)
+        best = 0
         stack = [root]
         while stack:
             node = stack.pop()
             if node.msg is not None:
-                best = max(best, (node.msg.date, node.seq))
+                best = max(best, node.msg.date)
             stack.extend(node.children)
-        latest[id(root)] = best
+        latest[id(root)] = (best, root.seq if root.msg is not None else 0)
     roots.sort(key=lambda r: latest[id(r)])
     return format_threads(roots, number)
 
