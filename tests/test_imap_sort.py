@@ -94,6 +94,29 @@ class SortTests(ImapTestCase):
         self.assertTrue(s.cmd(b"a SORT (DATE) UTF-8 ALL").startswith(b"a BAD"))
         self.assertTrue(s.cmd(b"b THREAD REFS UTF-8 ALL").startswith(b"b BAD"))
 
+    def test_keys_read_once_for_every_session(self) -> None:
+        """The header fields are read once per message, whichever session sorts or threads
+        first; a new message alone is read when it comes."""
+        box = self.box()
+        read = box.read_headers
+        asked: list[list[int]] = []
+
+        def counting(uids: list[int]) -> object:
+            asked.append(list(uids))
+            return read(uids)
+
+        box.read_headers = counting
+        self.s.cmd(b"a SORT (DATE) UTF-8 ALL")
+        self.s.cmd(b"b THREAD REFERENCES UTF-8 ALL")
+        other = self.session()
+        other.select()
+        self.assertIn(b"* SORT 2 3 4 1\r\n", other.cmd(b"c SORT (DATE) UTF-8 ALL"))
+        self.assertEqual(asked, [[1, 2, 3, 4]])
+        self.deliver(mail(b"x@y", b"", b"", b"new", 9, 1))
+        self.assertIn(b"* 5 EXISTS", other.cmd(b"d NOOP"))
+        self.assertIn(b"* SORT 2 3 4 1 5\r\n", other.cmd(b"e SORT (DATE) UTF-8 ALL"))
+        self.assertEqual(asked, [[1, 2, 3, 4], [5]])
+
     def test_pipelined_with_a_literal(self) -> None:
         out = self.s.send(b"a SORT (DATE) UTF-8 SUBJECT {5+}\r\nhello\r\n"
                           b"b THREAD ORDEREDSUBJECT UTF-8 ALL\r\nc UID SORT (SIZE) UTF-8 ALL\r\n")

@@ -109,16 +109,18 @@ class SortCommands(_Base):
 
     async def _cached(self, found: list[tuple[int, SortRecord]], request: Any,
                       f: Any, *args: Any) -> Any:
-        """``f(*args)`` (off the reactor when big); for the whole mailbox, kept in the view's
-        ``ViewKeys.results`` until its messages change."""
+        """``f(*args)`` (off the reactor when big); for the whole mailbox, kept for the
+        mailbox's messages as this view shows them (``sortkeys.ViewKeys``)."""
         assert self.view is not None
         keys = view_keys(self.view)
         whole = found is keys.found
-        if whole and request in keys.results:
-            return keys.results[request]
+        if whole:
+            kept = keys.result(request)
+            if kept is not None:
+                return kept
         result = await off_reactor(len(found), f, *args)
         if whole and found is keys.found:
-            keys.results[request] = result
+            keys.keep(request, result)
         return result
 
     @states("select")

@@ -234,27 +234,53 @@ async def off_reactor(count: int, f: Any, *args: Any) -> Any:
 _CHUNK = 2048
 
 
-class ViewKeys:
-    """What is kept for one view: the records by UID, the last ``records`` answer and the
-    view's membership it was made for, and answers of whole-mailbox SORT and THREAD commands
-    (``results``, dropped whenever the membership changes)."""
+MAX_RESULTS = 32  # whole-mailbox answers kept per mailbox
 
-    def __init__(self, validity: int) -> None:
+
+class ViewKeys:
+    """What is kept for one view: the records by UID and the answers of whole-mailbox SORT
+    and THREAD commands (``results``, keyed by ``(membership, request)``), both shared by
+    every view of the same store mailbox (a UID's record never changes, and views showing the
+    same messages number them alike: a new session on a big mailbox reads and threads nothing
+    again); the last ``records`` answer and the view's membership it was made for."""
+
+    def __init__(self, validity: int, by_uid: dict[int, SortRecord],
+                 results: dict[Any, Any]) -> None:
         self.validity = validity
-        self.by_uid: dict[int, SortRecord] = {}
+        self.by_uid = by_uid
+        self.results = results
         self.membership: tuple[int, ...] = ()
         self.found: list[tuple[int, SortRecord]] = []
-        self.results: dict[Any, Any] = {}
+
+    def result(self, request: Any) -> Any:
+        return self.results.get((self.membership, request))
+
+    def keep(self, request: Any, result: Any) -> None:
+        if len(self.results) >= MAX_RESULTS:
+            self.results.clear()
+        self.results[(self.membership, request)] = result
 
 
 _caches: weakref.WeakKeyDictionary[Any, ViewKeys] = weakref.WeakKeyDictionary()
+_shared: weakref.WeakKeyDictionary[Any, tuple[int, dict[int, SortRecord], dict[Any, Any]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _shared_keys(mailbox: Any, validity: int) -> tuple[dict[int, SortRecord], dict[Any, Any]]:
+    try:
+        found = _shared.get(mailbox)
+        if found is None or found[0] != validity:
+            found = _shared[mailbox] = (validity, {}, {})
+    except TypeError:  # a mailbox that takes no weak reference: the view's own
+        return {}, {}
+    return found[1], found[2]
 
 
 def view_keys(view: Any) -> ViewKeys:
     validity = int(view.uid_validity)
     keys = _caches.get(view)
     if keys is None or keys.validity != validity:
-        keys = _caches[view] = ViewKeys(validity)
+        keys = _caches[view] = ViewKeys(validity, *_shared_keys(view.mailbox, validity))
     return keys
 
 
@@ -266,7 +292,8 @@ async def records(view: Any) -> list[tuple[int, SortRecord]]:
     rows = view.rows()
     is_expunged = view.is_expunged
     gone = [seq for seq, info in enumerate(rows, 1) if is_expunged(info.uid)]
-    membership = (len(rows), rows[-1].uid if rows else 0, *gone)
+    # the messages as numbered here: views of one mailbox with equal ones share answers
+    membership = (len(rows), rows[-1].uid if rows else 0, sum(r.uid for r in rows), *gone)
     if membership == keys.membership:
         return keys.found
     cache = keys.by_uid
@@ -279,9 +306,10 @@ async def records(view: Any) -> list[tuple[int, SortRecord]]:
     skip = set(gone)
     found = [(seq, cache[info.uid]) for seq, info in enumerate(rows, 1)
              if seq not in skip and info.uid in cache]
-    if len(cache) > len(found):
+    # the expunged dropped now and then (not at each: another view may show them a while yet)
+    if found and len(cache) > 2 * len(found) + _CHUNK:
         live = {rec.uid for _, rec in found}
-        for uid in [u for u in cache if u not in live]:
+        for uid in [u for u in cache if u not in live and u < found[-1][1].uid]:
             del cache[uid]
-    keys.membership, keys.found, keys.results = membership, found, {}
+    keys.membership, keys.found = membership, found
     return found
