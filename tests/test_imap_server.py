@@ -145,6 +145,8 @@ class GreetingLoginTests(ImapTestCase):
             b"CHILDREN", b"SPECIAL-USE", b"XLIST",
             b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE", b"CREATE-SPECIAL-USE", b"OBJECTID",
             b"MULTIAPPEND", b"BINARY", b"PREVIEW",
+            b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
+            b"THREAD=REFS", b"ESEARCH", b"ESORT", b"SEARCHRES", b"WITHIN",
         }
         after_login_only = {b"NOTIFY", b"UNAUTHENTICATE", b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",
                             b"APPENDLIMIT=10240000", b"CATENATE", b"URL-PARTIAL"}

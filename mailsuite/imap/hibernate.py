@@ -170,7 +170,8 @@ def hibernatable(session: Any) -> bool:
             and session._unsent_wait is None and not session._buffer
             and not session.transport.disconnecting
             and getattr(session, "_notify", None) is None  # NOTIFY's watch is this process's
-            and (session.view is None or bool(watch_paths(session.view))))
+            and (session.view is None or (bool(watch_paths(session.view))
+                 and not getattr(session.view, "saved_search", None))))  # SEARCHRES: not kept
 
 
 def watch_paths(view: Any) -> list[tuple[str, bool]]:

@@ -54,6 +54,8 @@ class ImapMailboxView:
     Once every change is told the view takes the store's current list again (``_rebase``).
     """
 
+    saved_search: frozenset[int] = frozenset()  # SEARCHRES (RFC 5182), UIDs: imap/esearch.py
+
     def __init__(
         self, mailbox: IMailbox, readonly: bool, account: Account | None = None, store: Any = None,
         recent: RecentTracker | None = None,

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from mailsuite.imap.fetch import EXTRA_ITEMS
 from mailsuite.imap.parser import DELIMITER, Cursor, ParseError
-from mailsuite.imap.search import EXTRA_KEYS
+from mailsuite.imap.search import ExtraKey, register_key
 from mailsuite.imap.session import states
 from mailsuite.imap.status import STATUS_ITEMS, StatusFacts
 from mailsuite.store.folderattrs import check_use
@@ -67,8 +67,10 @@ def _email_id(view: Any, uid: int) -> bytes:
 STATUS_ITEMS["MAILBOXID"] = _status_mailbox_id
 EXTRA_ITEMS["EMAILID"] = _email_id
 EXTRA_ITEMS["THREADID"] = lambda view, uid: b"THREADID NIL"
-EXTRA_KEYS["EMAILID"] = (1, lambda key, c: _email_id(c.view, c.uid) == b"EMAILID (%s)" % key[1])
-EXTRA_KEYS["THREADID"] = (1, lambda key, c: False)  # no message is in a thread
+register_key("EMAILID", ExtraKey(
+    lambda p: (p.next().value,),
+    lambda key, c: _email_id(c.view, c.uid) == b"EMAILID (%s)" % key[1]))
+register_key("THREADID", ExtraKey(lambda p: (p.next().value,), lambda key, c: False))  # no thread
 
 
 def _create_uses(args: Cursor) -> list[str]:

@@ -41,6 +41,7 @@ _DATE_TIME_RE = re.compile(
     r"([ \d]?\d)-([A-Za-z]{3})-(\d{4}) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z"
 )
 _SEQSET_RE = re.compile(rb"[0-9:*,]+")
+SAVED: list[Range] = []  # "$" (see Cursor.sequence_set): compared by identity, never changed
 _SYSTEM = {f.upper(): f for f in SYSTEM_FLAGS}
 _KEYWORD_RE = re.compile(rb"[^\x00-\x20()\{%*\"\\\]\x7f-\xff]+")
 
@@ -103,7 +104,12 @@ class Cursor:
         return self._match(_ATOM_RE, "an atom")
 
     def sequence_set(self) -> list[Range]:
-        """A sequence set (``1:4,7,9:*``) parsed by ``parse_sequence_set``."""
+        """A sequence set (``1:4,7,9:*``) parsed by ``parse_sequence_set``; ``$`` (RFC 5182
+        SEARCHRES) is the ``SAVED`` list, which the command resolves to the saved result."""
+        if self.data[self.pos:self.pos + 1] == b"$" and self.data[self.pos + 1:self.pos + 2] in (
+                b"", b" "):
+            self.pos += 1
+            return SAVED
         try:
             return parse_sequence_set(self._match(_SEQSET_RE, "a sequence set"))
         except ValueError as e:

@@ -3,6 +3,9 @@
 A parsed key is a tuple ``(NAME, *args)``; ``("AND", [keys])``, ``("NOT", key)``,
 ``("OR", a, b)``, ``("SEQ", ranges)``, ``("UID", ranges)``. ``needs(key)`` tells the server
 whether headers or whole messages must be read before ``matches`` can answer.
+
+Extensions add search keys with ``register_key`` (WITHIN's OLDER and YOUNGER: imap/within.py;
+CONDSTORE's MODSEQ): a parse of the arguments, a match, and what the match needs read.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from datetime import date, datetime
 from email import policy
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
-from collections.abc import Callable
 from typing import Any
 
 from mailsuite.imap.addresses import parse_address_list
+from mailsuite.imap.collation import contains
 from mailsuite.imap.message import (
     MAX_MIME_DEPTH,
     content_type,
@@ -40,6 +43,25 @@ _MONTHS = {
 
 class SearchSyntaxError(ValueError):
     """The search program cannot be parsed (the client gets BAD)."""
+
+
+@dataclass(frozen=True)
+class ExtraKey:
+    """A search key of an extension: ``parse(parser)`` reads its arguments (``parser.next()``
+    gives each ``Token``) and returns them as a tuple (the key is ``(NAME, *args)``);
+    ``match(key, candidate)``; ``need`` is what ``needs`` answers for it."""
+
+    parse: Any
+    match: Any
+    need: str = ""
+
+
+EXTRA_KEYS: dict[str, ExtraKey] = {}
+
+
+def register_key(name: str, key: ExtraKey) -> None:
+    """Make ``name`` (upper case) a search key of SEARCH, SORT and THREAD."""
+    EXTRA_KEYS[name] = key
 
 
 @dataclass(frozen=True)
@@ -89,9 +111,6 @@ _STRING_ARG = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "KEYWORD", 
 _DATE_ARG = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
 #: Search keys an extension adds (objectid.py: EMAILID, THREADID): name -> (how many arguments
 #: it takes, whether ``(name, *argument bytes)`` matches a Candidate); one line in its module
-EXTRA_KEYS: dict[str, tuple[int, Callable[[tuple[Any, ...], Candidate], bool]]] = {}
-
-
 def _parse_date(token: Token) -> date:
     m = re.fullmatch(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})", token.value)
     if not m or m.group(2).upper().decode() not in _MONTHS:
@@ -137,8 +156,6 @@ class _Parser:
             return (name, self.next().value)
         if name in _DATE_ARG:
             return (name, _parse_date(self.next()))
-        if name in EXTRA_KEYS:
-            return (name, *(self.next().value for _ in range(EXTRA_KEYS[name][0])))
         if name == "HEADER":
             return (name, self.next().value.upper(), self.next().value)
         if name in ("LARGER", "SMALLER"):
@@ -146,10 +163,15 @@ class _Parser:
             if not arg.isdigit():
                 raise SearchSyntaxError(f"{name} needs a number")
             return (name, int(arg))
+        if name in EXTRA_KEYS:
+            return (name, *EXTRA_KEYS[name].parse(self))
         if name == "NOT":
             return ("NOT", self.key(depth + 1))
         if name == "OR":
             return ("OR", self.key(depth + 1), self.key(depth + 1))
+        if name == "$" or (name == "UID" and self.tokens[self.pos:self.pos + 1] == [Token(b"$")]):
+            self.pos += name == "UID"
+            return ("$", None)  # RFC 5182: bound to the saved result (esearch.bind_saved)
         try:
             if name == "UID":
                 return ("UID", parse_sequence_set(self.next().value))
@@ -177,6 +199,8 @@ def parse_search(text: bytes) -> tuple[str | None, tuple[Any, ...]]:
 def needs(key: tuple[Any, ...]) -> str:
     """'' (flags and sizes are enough), 'header' or 'body'."""
     name = key[0]
+    if name in EXTRA_KEYS:
+        return EXTRA_KEYS[name].need
     if name in ("BODY", "TEXT"):
         return "body"
     if name in ("BCC", "CC", "FROM", "SUBJECT", "TO", "HEADER",
@@ -230,7 +254,7 @@ def _address_texts(header: bytes, name: bytes) -> list[str]:
 
 
 def _contains(haystack: str, needle: bytes) -> bool:
-    return needle.decode("utf-8", "replace").casefold() in haystack.casefold()
+    return contains(haystack, needle)  # i;unicode-casemap (RFC 5051)
 
 
 def _text_parts(raw: bytes) -> list[bytes]:
@@ -352,8 +376,10 @@ def matches(key: tuple[Any, ...], c: Candidate) -> bool:
         return _in_ranges(c.uid, key[1], c.max_uid)
     if name == "SEQ":
         return _in_ranges(c.seq, key[1], c.max_seq)
+    if name == "$":
+        return key[1] is not None and c.uid in key[1]
     if name in EXTRA_KEYS:
-        return EXTRA_KEYS[name][1](key, c)
+        return bool(EXTRA_KEYS[name].match(key, c))
     raise SearchSyntaxError(f"unknown search key {name}")
 
 

@@ -25,8 +25,23 @@ from mailsuite.imap.fetch import (
     fetch_responses,
 )
 from mailsuite.imap.encode import format_flags
+from mailsuite.imap.esearch import (
+    bind_saved,
+    esearch_response,
+    parse_return,
+    run_saving,
+    save,
+    saved_targets,
+)
 from mailsuite.imap.quota import admit
-from mailsuite.imap.parser import Cursor, ParseError, Range, encode_mailbox, parse_flag_list
+from mailsuite.imap.parser import (
+    SAVED,
+    Cursor,
+    ParseError,
+    Range,
+    encode_mailbox,
+    parse_flag_list,
+)
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.store.interfaces import MailboxNotFound, UnknownUID
 
@@ -112,6 +127,8 @@ def _selected_only(handler: Callable[..., Any]) -> None:
 class SelectedCommands(_Base):
     def _targets(self, ranges: list[Range], uid: bool) -> list[tuple[int, int]]:
         assert self.view is not None
+        if ranges is SAVED:  # RFC 5182 "$"
+            return saved_targets(self.view)
         try:
             return self.view.resolve(ranges, uid)
         except ValueError:
@@ -229,17 +246,25 @@ class SelectedCommands(_Base):
         view = self.view
         assert view is not None
         args.sp()
+        options, text = parse_return(args.rest())  # ESEARCH (imap/esearch.py)
         try:
-            charset, key = parse_search(args.rest())
+            charset, key = parse_search(text)
         except SearchSyntaxError as e:
+            if options and b"SAVE" in options:
+                save(view, [])  # RFC 5182 2.1: a failed SAVE empties the result
             raise ParseError(str(e)) from None
         if self.search_charset_refused(tag, charset):  # utf8.py
             return
         if charset not in (None, "UTF-8", "US-ASCII"):
             self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
             return
-        found = await run_search(view, key, uid)
-        self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found))
+        if options is not None:  # ESEARCH and SEARCHRES (imap/esearch.py)
+            found = await run_saving(view, key, uid, options)
+            if options != [b"SAVE"]:
+                self.sendUntaggedResponse(esearch_response(tag, uid, options, found))
+        else:
+            found = await run_search(view, bind_saved(key, view), uid)
+            self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found))
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
     # -- COPY / MOVE -------------------------------------------------------------------------

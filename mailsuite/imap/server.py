@@ -62,6 +62,7 @@ from mailsuite.imap.session import states
 from mailsuite.imap.unauthenticate import UnauthenticateCommands
 from mailsuite.imap.status import StatusCommands
 from mailsuite.imap.utf8 import Utf8Commands
+from mailsuite.imap.sort import SortCommands
 from mailsuite.limits import Limits
 from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, idle_tcp, unsent
 from mailsuite.store.interfaces import (
@@ -75,7 +76,8 @@ from mailsuite.store.interfaces import (
 
 log = Logger()
 
-_NO_EXPUNGE = {b"FETCH", b"STORE", b"SEARCH", b"UID FETCH", b"UID STORE", b"UID SEARCH"}
+_NO_EXPUNGE = {b"FETCH", b"STORE", b"SEARCH", b"UID FETCH", b"UID STORE", b"UID SEARCH",
+               b"SORT", b"UID SORT", b"THREAD", b"UID THREAD"}  # RFC 5256: as SEARCH
 _NO_REFRESH = {b"LOGOUT", b"CAPABILITY", b"NOOP", b"CHECK", b"IDLE", b"SELECT", b"EXAMINE"}
 #: a command within this many seconds of a refresh that found the file unchanged skips its own
 #: (a burst of FETCHes costs one stat, not one each): mail other programs write shows within
@@ -90,7 +92,7 @@ class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, NotifyCommands, FolderCommands,
     SelectedCommands, AppendCommands, QuotaCommands, IdleCommands, UnauthenticateCommands,
     ListCommands, StatusCommands, ObjectIdCommands, CompressCommands, MetadataCommands,
-    Utf8Commands, BinaryCommands, PreviewCommands,
+    Utf8Commands, BinaryCommands, PreviewCommands, SortCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers

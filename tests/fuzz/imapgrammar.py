@@ -173,6 +173,19 @@ commands = st.one_of(
                           b"X-FLAGS"]), flag_lists()),
     _cmd(st.sampled_from([b"COPY", b"MOVE", b"UID COPY", b"UID MOVE"]), seq_sets, mailboxes),
     _cmd(_UID.map(lambda u: u + b"SEARCH"), search_programs()),
+    _cmd(_UID.map(lambda u: u + b"SEARCH"),  # ESEARCH, SEARCHRES, WITHIN
+         st.sampled_from([b"RETURN ()", b"RETURN (MIN MAX COUNT ALL)", b"RETURN (SAVE)",
+                          b"RETURN (SAVE MIN)", b"RETURN (", b"RETURN (PARTIAL 1:5)"]),
+         st.sampled_from([b"$", b"NOT $", b"UID $", b"OLDER 60", b"YOUNGER 0", b"ALL"])),
+    _cmd(_UID.map(lambda u: u + b"SORT"),  # SORT, ESORT, SORT=DISPLAY
+         st.sampled_from([b"", b"RETURN (ALL)", b"RETURN (SAVE MAX)", b"RETURN"]),
+         st.sampled_from([b"(SUBJECT)", b"(REVERSE DATE ARRIVAL)", b"(DISPLAYFROM SIZE)",
+                          b"(REVERSE)", b"()", b"(CC TO FROM", b"SUBJECT"]),
+         st.sampled_from([b"UTF-8", b"US-ASCII", b"KOI8-R", b'"UTF-8"', b""]),
+         search_programs()),
+    _cmd(_UID.map(lambda u: u + b"THREAD"),
+         st.sampled_from([b"REFERENCES", b"REFS", b"ORDEREDSUBJECT", b"X", b""]),
+         st.sampled_from([b"UTF-8", b"US-ASCII", b"BIG5", b""]), search_programs()),
     _cmd(b"UID EXPUNGE", seq_sets),
     st.tuples(atoms, junk).map(b" ".join),
 )

@@ -1,0 +1,315 @@
+"""What SORT (RFC 5256, RFC 5957) and THREAD order and link messages by, read once per message.
+
+``base_subject`` is RFC 5256 section 2.1 step by step; ``sent_date`` is section 2.2 (the Date
+field in UTC, else the internal date). ``SortRecord`` holds every key of one message, made from
+its header block; ``records`` gives them for a view's messages, read with one ``read_headers``
+call per chunk (the store reads in its threads) and kept per view, keyed by UID (a UID's
+message never changes, so the cache needs no invalidation but a new UIDVALIDITY, and expunged
+UIDs are dropped as the view loses them).
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import email.errors
+import re
+import weakref
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.utils import parsedate_tz
+from typing import Any
+
+from twisted.internet import threads
+
+from mailsuite.imap.addresses import parse_address_list
+from mailsuite.imap.collation import casemap
+
+_WSP_RUN = re.compile(r"[ \t\r\n]+")
+_TRAILER = re.compile(r"(?:\(fwd\)|[ \t])$", re.I)
+_BLOB = r"\[[^\[\]]*\][ \t]*"
+_LEADER = re.compile(r"(?:[ \t]|(?:" + _BLOB + r")*(?:re|fwd?)[ \t]*(?:" + _BLOB + r")?:)", re.I)
+_LEADING_BLOB = re.compile(_BLOB)
+_ENCODED_WORD = re.compile(r"=\?[^?]+\?[bBqQ]\?")
+
+
+def decode_words(value: str) -> str:
+    """RFC 2047 encoded words decoded (an undecodable one is kept as it is)."""
+    if _ENCODED_WORD.search(value):
+        with contextlib.suppress(ValueError, LookupError, email.errors.HeaderParseError):
+            return str(make_header(decode_header(value)))
+    return value
+
+
+def _strip_leaders(text: str) -> tuple[str, bool]:
+    """Steps 3 to 5: subj-leader and subj-blob prefixes off, until none is left."""
+    reply = False
+    while True:
+        before = text
+        m = _LEADER.match(text)
+        while m:
+            if m.group(0) not in (" ", "\t"):
+                reply = True
+            text = text[m.end():]
+            m = _LEADER.match(text)
+        blob = _LEADING_BLOB.match(text)
+        if blob and text[blob.end():].strip(" \t"):
+            text = text[blob.end():]
+        if text == before:
+            return text, reply
+
+
+def base_subject(subject: str) -> tuple[str, bool]:
+    """(the base subject, whether the message is a reply or forward) of a decoded Subject
+    (RFC 5256 section 2.1; the casemap for comparing is applied by the caller)."""
+    text = _WSP_RUN.sub(" ", subject)  # step 1: tabs, folding and runs of blanks are one space
+    reply = False
+    while True:
+        while True:  # step 2: subj-trailer
+            m = _TRAILER.search(text)
+            if not m:
+                break
+            reply = reply or (m.group(0) != " " and m.group(0) != "\t")
+            text = text[: m.start()]
+        text, refwd = _strip_leaders(text)
+        reply = reply or refwd
+        # step 6: "[fwd:" ... "]" around everything: off, and again from step 2
+        if text[:5].lower() == "[fwd:" and text.endswith("]"):
+            text = text[5:-1]
+            reply = True
+            continue
+        return text, reply
+
+
+_MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+def message_ids(value: str) -> list[str]:
+    """The msg-ids of References or In-Reply-To, without their angle brackets."""
+    return _MSGID.findall(value)
+
+
+_ADDR = r'([^<>@\s"(),;:\\\[\]]+)@([^<>@\s"(),;:\\\[\]]+)'
+_SIMPLE_NAMED = re.compile(
+    r'[ \t]*(?:"([^"\\]*)"|([A-Za-z0-9!#$%&\'*+/=?^_`{|}~. \t-]*?))[ \t]*<' + _ADDR
+    + r'>[ \t]*(?:,|$)')
+_SIMPLE_BARE = re.compile(r"[ \t]*" + _ADDR + r"[ \t]*(?:,|$)")
+
+
+def _first_address(value: str | None) -> tuple[str, str]:
+    """(addr-mailbox, display value: RFC 5957 display-name, else mailbox@host) of the first
+    address of a list; a group name is no address. The usual ``Name <a@b>`` and ``a@b`` are
+    read by a regular expression (most of the time of reading the keys went to the full
+    address parser), anything else by ``parse_address_list``."""
+    if not value:
+        return "", ""
+    m = _SIMPLE_NAMED.match(value)
+    if m:
+        name = m.group(1) if m.group(1) is not None else " ".join(m.group(2).split())
+        name = decode_words(name).strip()
+        return m.group(3), name or m.group(3) + "@" + m.group(4)
+    m = _SIMPLE_BARE.match(value)
+    if m:
+        return m.group(1), m.group(1) + "@" + m.group(2)
+    return _parsed_first_address(value)
+
+
+def _parsed_first_address(value: str) -> tuple[str, str]:
+    for addr in parse_address_list(value):
+        if addr.group_marker or (addr.host is None and addr.mailbox is None):
+            continue
+        mailbox = addr.mailbox or ""
+        spec = mailbox + ("@" + addr.host if addr.host else "")
+        name = decode_words(addr.name).strip() if addr.name else ""
+        return mailbox, name or spec
+    return "", ""
+
+
+def _when(info: Any) -> int:
+    """The internal date in seconds since the epoch (a store index entry has it as ``date``)."""
+    epoch = getattr(info, "date", None)
+    if type(epoch) is int:
+        return epoch
+    return int(info.internal_date.timestamp())
+
+
+_FIELD = re.compile(  # only the fields wanted: the Received lines are not even looked at
+    rb"^(subject|from|to|cc|date|message-id|references|in-reply-to)[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+    re.M | re.I)
+
+
+def wanted_fields(header: bytes) -> dict[bytes, str]:
+    """The first value of each field sort and thread use, unfolded and decoded from UTF-8."""
+    out: dict[bytes, str] = {}
+    end = header.find(b"\n\n")
+    end2 = header.find(b"\r\n\r\n")
+    cut = min(x for x in (end, end2, len(header)) if x >= 0)
+    for m in _FIELD.finditer(header, 0, cut + 1):
+        name = m.group(1).upper()
+        if name not in out:
+            out[name] = m.group(2).decode("utf-8", "replace").replace("\r", "").replace(
+                "\n", "").strip()
+    return out
+
+
+@dataclass(slots=True)
+class SortRecord:
+    """Every SORT and THREAD key of one message."""
+
+    uid: int
+    arrival: int
+    size: int
+    date: int  # sent date, seconds since the epoch, UTC
+    subject: str  # the casemapped base subject
+    reply: bool
+    from_: str
+    to: str
+    cc: str
+    display_from: str
+    display_to: str
+    message_id: str  # "" when absent or invalid
+    references: list[str]  # References' msg-ids, else In-Reply-To's first
+
+
+_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_DATE = re.compile(r"[ \t]*(?:[A-Za-z]{3},[ \t]*)?(\d{1,2})[ \t]+([A-Za-z]{3})[ \t]+(\d{4})"
+                   r"[ \t]+(\d{1,2}):(\d\d)(?::(\d\d))?[ \t]+([+-])(\d\d)(\d\d)(?:[ \t(]|$)")
+
+
+def sent_date(value: str | None, arrival: int) -> int:
+    """RFC 5256 section 2.2: the Date field in UTC seconds, else ``arrival``. The usual RFC 5322
+    form is read by a regular expression, anything else by the email package."""
+    if not value:
+        return arrival
+    m = _DATE.match(value)
+    month = _MONTHS.get(m.group(2).lower()) if m else None
+    if m and month:
+        zone = (int(m.group(8)) * 3600 + int(m.group(9)) * 60) * (-1 if m.group(7) == "-" else 1)
+        with contextlib.suppress(ValueError, OverflowError):
+            return calendar.timegm((int(m.group(3)), month, int(m.group(1)), int(m.group(4)),
+                                    int(m.group(5)), int(m.group(6) or 0))) - zone
+    parsed = parsedate_tz(value)
+    if parsed is not None:
+        with contextlib.suppress(ValueError, OverflowError, TypeError):
+            return calendar.timegm(parsed[:6]) - (parsed[9] or 0)  # type: ignore[arg-type]
+    return arrival
+
+
+def make_record(uid: int, info: Any, header: bytes) -> SortRecord:
+    f = wanted_fields(header)
+    arrival = _when(info)
+    date = sent_date(f.get(b"DATE"), arrival)
+    subject, reply = base_subject(decode_words(f.get(b"SUBJECT", "")))
+    from_, display_from = _first_address(f.get(b"FROM"))
+    to, display_to = _first_address(f.get(b"TO"))
+    cc, _ = _first_address(f.get(b"CC"))
+    ids = message_ids(f.get(b"MESSAGE-ID", ""))
+    refs = message_ids(f.get(b"REFERENCES", ""))
+    if not refs:
+        refs = message_ids(f.get(b"IN-REPLY-TO", ""))[:1]
+    return SortRecord(uid, arrival, info.size, date, casemap(subject), reply, casemap(from_),
+                      casemap(to), casemap(cc), casemap(display_from), casemap(display_to),
+                      ids[0] if ids else "", refs)
+
+
+def _make_records(chunk: list[Any], headers: dict[int, bytes]) -> list[SortRecord]:
+    return [make_record(info.uid, info, headers[info.uid]) for info in chunk
+            if info.uid in headers]
+
+
+#: work on more messages than this is done in a thread, so the reactor goes on meanwhile
+#: (the GIL is handed over every few milliseconds); less is done at once
+OFF_REACTOR = 1000
+
+
+async def off_reactor(count: int, f: Any, *args: Any) -> Any:
+    """``f(*args)``, in a thread of the reactor's pool when ``count`` is over OFF_REACTOR
+    (``f`` must touch nothing the reactor thread changes meanwhile)."""
+    if count <= OFF_REACTOR:
+        return f(*args)
+    return await threads.deferToThread(f, *args)
+
+
+_CHUNK = 2048
+
+
+MAX_RESULTS = 32  # whole-mailbox answers kept per mailbox
+
+
+class ViewKeys:
+    """What is kept for one view: the records by UID and the answers of whole-mailbox SORT
+    and THREAD commands (``results``, keyed by ``(membership, request)``), both shared by
+    every view of the same store mailbox (a UID's record never changes, and views showing the
+    same messages number them alike: a new session on a big mailbox reads and threads nothing
+    again); the last ``records`` answer and the view's membership it was made for."""
+
+    def __init__(self, validity: int, by_uid: dict[int, SortRecord],
+                 results: dict[Any, Any]) -> None:
+        self.validity = validity
+        self.by_uid = by_uid
+        self.results = results
+        self.membership: tuple[int, ...] = ()
+        self.found: list[tuple[int, SortRecord]] = []
+
+    def result(self, request: Any) -> Any:
+        return self.results.get((self.membership, request))
+
+    def keep(self, request: Any, result: Any) -> None:
+        if len(self.results) >= MAX_RESULTS:
+            self.results.clear()
+        self.results[(self.membership, request)] = result
+
+
+_caches: weakref.WeakKeyDictionary[Any, ViewKeys] = weakref.WeakKeyDictionary()
+_shared: weakref.WeakKeyDictionary[Any, tuple[int, dict[int, SortRecord], dict[Any, Any]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _shared_keys(mailbox: Any, validity: int) -> tuple[dict[int, SortRecord], dict[Any, Any]]:
+    try:
+        found = _shared.get(mailbox)
+        if found is None or found[0] != validity:
+            found = _shared[mailbox] = (validity, {}, {})
+    except TypeError:  # a mailbox that takes no weak reference: the view's own
+        return {}, {}
+    return found[1], found[2]
+
+
+def view_keys(view: Any) -> ViewKeys:
+    validity = int(view.uid_validity)
+    keys = _caches.get(view)
+    if keys is None or keys.validity != validity:
+        keys = _caches[view] = ViewKeys(validity, *_shared_keys(view.mailbox, validity))
+    return keys
+
+
+async def records(view: Any) -> list[tuple[int, SortRecord]]:
+    """``(sequence number, record)`` of each message of the view still present, in sequence
+    order; the headers of messages not seen before are read in chunks. While the view shows
+    the same messages, the same list is returned (do not change it)."""
+    keys = view_keys(view)
+    rows = view.rows()
+    is_expunged = view.is_expunged
+    gone = [seq for seq, info in enumerate(rows, 1) if is_expunged(info.uid)]
+    # the messages as numbered here: views of one mailbox with equal ones share answers
+    membership = (len(rows), rows[-1].uid if rows else 0, sum(r.uid for r in rows), *gone)
+    if membership == keys.membership:
+        return keys.found
+    cache = keys.by_uid
+    missing = [info for info in rows if info.uid not in cache]
+    for start in range(0, len(missing), _CHUNK):
+        chunk = missing[start:start + _CHUNK]
+        headers = await view.mailbox.read_headers([info.uid for info in chunk])
+        made = await off_reactor(len(chunk), _make_records, chunk, headers)
+        cache.update((rec.uid, rec) for rec in made)
+    skip = set(gone)
+    found = [(seq, cache[info.uid]) for seq, info in enumerate(rows, 1)
+             if seq not in skip and info.uid in cache]
+    # the expunged dropped now and then (not at each: another view may show them a while yet)
+    if found and len(cache) > 2 * len(found) + _CHUNK:
+        live = {rec.uid for _, rec in found}
+        for uid in [u for u in cache if u not in live and u < found[-1][1].uid]:
+            del cache[uid]
+    keys.membership, keys.found = membership, found
+    return found

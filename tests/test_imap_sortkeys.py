@@ -1,0 +1,238 @@
+"""Units of SORT and THREAD: RFC 5256 base subjects, i;unicode-casemap (RFC 5051), the
+REFERENCES, REFS and ORDEREDSUBJECT trees (loops, missing parents, dummies, duplicate
+Message-IDs) and the thread list format, ESEARCH formatting."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+from twisted.trial import unittest
+
+from mailsuite.imap.collation import casemap, contains
+from mailsuite.imap.esearch import esearch_response, parse_return, sequence_set
+from mailsuite.imap.parser import ParseError
+from mailsuite.imap.sortkeys import SortRecord, base_subject, make_record
+from mailsuite.imap.thread import Node, format_threads, ordered_subject, references, refs
+
+
+def record(uid: int, subject: str = "s", day: int = 1, mid: str = "", refs_: str = "",
+           irt: str = "") -> tuple[int, SortRecord]:
+    header = f"Subject: {subject}\nDate: {day} Jan 2024 10:00:00 +0000\n"
+    if mid:
+        header += f"Message-ID: <{mid}>\n"
+    if refs_:
+        header += f"References: {refs_}\n"
+    if irt:
+        header += f"In-Reply-To: {irt}\n"
+    info = SimpleNamespace(uid=uid, size=10, internal_date=datetime(2024, 1, 1, tzinfo=UTC))
+    return uid, make_record(uid, info, header.encode() + b"\n")
+
+
+def by_seq(seq: int, rec: SortRecord) -> int:
+    return seq
+
+
+class BaseSubjectTests(unittest.TestCase):
+    def test_rfc5256_steps(self) -> None:
+        """Each step of RFC 5256 section 2.1: blanks collapsed (1), (fwd) trailers (2),
+        re/fw/fwd leaders with blobs (3), a leading blob unless nothing would be left (4),
+        repeated (5), [fwd: ...] (6) and back to step 2."""
+        cases = {
+            "hello": ("hello", False),
+            "Re: hello": ("hello", True),
+            "RE:hello": ("hello", True),
+            "re: Re: RE : fw: FWD: x": ("x", True),
+            "Fwd: x (fwd)": ("x", True),
+            "x (FWD)  (fwd) ": ("x", True),
+            "[PATCH 1/2] Re: [list] x": ("x", True),
+            "Re [tag]: x": ("x", True),
+            "[blob] x": ("x", False),
+            "[only-a-blob]": ("[only-a-blob]", False),
+            "[a][b] x": ("x", False),
+            "[Fwd: Re: hi]": ("hi", True),
+            "[fwd: [fwd: x (fwd)]]": ("x", True),
+            "  spaced\t\tout  ": ("spaced out", False),
+            "folded\r\n line": ("folded line", False),
+            "Re:": ("", True),
+            "": ("", False),
+            "Reply: x": ("Reply: x", False),
+            "Ref: x": ("Ref: x", False),
+            "x Re: y": ("x Re: y", False),
+        }
+        for subject, wanted in cases.items():
+            self.assertEqual(base_subject(subject), wanted, subject)
+
+    def test_encoded_words_decoded_before_extraction(self) -> None:
+        _, rec = record(1, "=?utf-8?q?Re=3A_Caf=C3=A9?=")
+        self.assertEqual(rec.subject, casemap("Café"))
+        self.assertTrue(rec.reply)
+
+
+class CollationTests(unittest.TestCase):
+    def test_unicode_casemap(self) -> None:
+        """RFC 5051: titlecase then NFKD, so case and compatibility forms compare equal."""
+        self.assertEqual(casemap("hello"), casemap("HeLLo"))
+        self.assertEqual(casemap("café"), casemap("CAFÉ"))
+        self.assertEqual(casemap("café"), casemap("cafe\u0301"))  # decomposed é
+        # U+FB01 decomposes to "fi", whose characters are then titlecased in turn
+        self.assertEqual(casemap("ﬁ"), "FI")
+        self.assertEqual(casemap("ß"), "ß")  # no simple titlecase, no decomposition
+        self.assertEqual(casemap("가"), "가")  # Hangul: not decomposed (not in UnicodeData)
+        # dž: titlecase ǅ, which decomposes to D + ž, ž titlecased to Ž, decomposed to Z + caron
+        self.assertEqual(casemap("ǆ"), "DZ\u030c")
+        self.assertEqual(casemap("Ǆ"), casemap("ǅ"))
+        self.assertEqual(casemap("①"), "1")  # <circle> compatibility decomposition
+        self.assertEqual(casemap("Å"), "A\u030a")  # U+212B ANGSTROM SIGN: A + ring
+        self.assertEqual(casemap("Ǆ"), casemap("ǆ"))  # titlecase digraph Ǆ -> ǅ
+        self.assertEqual(casemap(b"\xff"), "\ufffd")
+        self.assertLess(casemap("a"), casemap("B"))
+        self.assertTrue(contains("Grüße aus Köln", "KÖLN"))
+        self.assertTrue(contains("Re: ﬁle", "FILE"))
+        self.assertFalse(contains("abc", "abd"))
+
+
+class ThreadTests(unittest.TestCase):
+    def test_format_of_rfc5256(self) -> None:
+        """The example of RFC 5256 section 4: (2)(3 6 (4 23)(44 7 96))."""
+        def node(n: int, *children: Node) -> Node:
+            x = Node()
+            x.msg, x.seq = SimpleNamespace(), n  # type: ignore[assignment]
+            x.children = list(children)
+            return x
+        tree = [node(2), node(3, node(6, node(4, node(23)), node(44, node(7, node(96)))))]
+        self.assertEqual(format_threads(tree, by_seq), b"(2)(3 6 (4 23)(44 7 96))")
+        dummy = Node()
+        dummy.children = [node(5), node(6)]
+        self.assertEqual(format_threads([dummy], by_seq), b"((5)(6))")
+
+    def test_references_chain_missing_parents_and_loops(self) -> None:
+        found = [
+            record(1, "a", 1, "a@x"),
+            record(2, "Re: a", 3, "c@x", "<a@x> <b@x>"),  # b@x missing: a dummy between
+            record(3, "Re: a", 2, "d@x", "<d@x>"),  # refers to itself
+            record(4, "loop", 4, "e@x", "<f@x>"),
+            record(5, "loop2", 5, "f@x", "<e@x>"),  # e -> f -> e would be a loop
+        ]
+        out = references(found, by_seq)
+        # 2 under the dummy b@x under 1: the dummy goes, 2 moves up to 1; 3 (self-reference
+        # ignored) joins 1 by subject as a reply; 4 is 5's child (f@x was its parent's dummy)
+        # and 5's reference to 4 would close a loop, so it is left out
+        self.assertEqual(out, b"(1 (3)(2))(5 4)")
+
+    def test_dummy_root_with_several_children_kept(self) -> None:
+        found = [record(1, "x", 2, "b@x", "<a@x>"), record(2, "y", 1, "c@x", "<a@x>")]
+        self.assertEqual(references(found, by_seq), b"((2)(1))")
+        self.assertEqual(refs(found, by_seq), b"((2)(1))")
+
+    def test_duplicate_message_ids_and_in_reply_to(self) -> None:
+        found = [record(1, "a", 1, "a@x"), record(2, "b", 2, "a@x"),
+                 record(3, "c", 3, "z@x", irt="<a@x> <b@x>")]
+        self.assertEqual(references(found, by_seq), b"(1 3)(2)")
+
+    def test_references_replace_a_link_from_truncated_references(self) -> None:
+        """Step 1 (B): a message's own last reference is its parent, whatever an earlier
+        References said."""
+        found = [record(1, "p", 1, "p@x"), record(2, "q", 2, "q@x"),
+                 record(3, "r", 3, "r@x", "<p@x> <c@x>"),
+                 record(4, "c", 4, "c@x", "<q@x>")]
+        self.assertEqual(references(found, by_seq), b"(1)(2 4 3)")
+
+    def test_subject_merging_rules(self) -> None:
+        """Step 5: a reply under the non-reply; two non-replies under a new dummy."""
+        found = [record(1, "Re: s", 1), record(2, "s", 2), record(3, "t", 3),
+                 record(4, "t", 4)]
+        self.assertEqual(references(found, by_seq), b"(2 1)((3)(4))")
+
+    def test_refs_orders_threads_by_latest_message(self) -> None:
+        found = [record(1, "a", 1, "a@x"), record(2, "b", 2, "b@x"),
+                 record(3, "Re: a", 9, "c@x", "<a@x>"), record(4, "s", 5)]
+        self.assertEqual(refs(found, by_seq), b"(2)(4)(1 3)")
+        self.assertEqual(references(found, by_seq), b"(1 3)(2)(4)")
+        # the same latest date: by the root's number, a dummy root's being 0 (Dovecot's order)
+        found = [record(1, "a", 5, "a@x"), record(2, "b", 5, "b@x", "<gone@x>"),
+                 record(3, "c", 5, "c@x", "<gone@x>")]
+        self.assertEqual(refs(found, by_seq), b"((2)(3))(1)")
+
+    def test_ordered_subject(self) -> None:
+        """RFC 5256 ORDEREDSUBJECT: by base subject and date, the first the parent of the
+        rest, threads by the date of their first message."""
+        found = [record(1, "b", 5), record(2, "Re: a", 3), record(3, "a", 4),
+                 record(4, "b", 1), record(5, "c", 2)]
+        self.assertEqual(ordered_subject(found, by_seq), b"(4 1)(5)(2 3)")
+        found.append(record(6, "Fwd: b", 6))
+        self.assertEqual(ordered_subject(found, by_seq), b"(4 (1)(6))(5)(2 3)")
+
+    def test_wide_shapes_stay_linear(self) -> None:
+        """20,000 replies to one missing message, and 10,000 subjects twice each without
+        references: seconds, not the minutes a step quadratic in the number would take."""
+        import time
+
+        start = time.monotonic()
+        found = [record(i, "x", 1, f"m{i}@x", irt="<gone@x>") for i in range(1, 20001)]
+        out = references(found, by_seq)
+        self.assertTrue(out.startswith(b"((1)(2)(3)"))
+        found = [record(i, f"s{i % 10000}", 1, f"n{i}@x") for i in range(1, 20001)]
+        out = references(found, by_seq)
+        self.assertTrue(out.startswith(b"((1)(10001))((2)(10002))"), out[:40])
+        self.assertLess(time.monotonic() - start, 60)
+
+    def test_long_chain_needs_no_recursion(self) -> None:
+        found = [record(1, "x", 1, "m0@x")]
+        found += [record(i + 1, "x", 1, f"m{i}@x", f"<m{i - 1}@x>") for i in range(1, 5000)]
+        out = references(found, by_seq)
+        self.assertEqual(out, b"(" + b" ".join(b"%d" % i for i in range(1, 5001)) + b")")
+
+
+class EsearchTests(unittest.TestCase):
+    def test_return_options(self) -> None:
+        self.assertEqual(parse_return(b"RETURN () ALL"), ([b"ALL"], b"ALL"))
+        self.assertEqual(parse_return(b"return (min Count) 1"), ([b"MIN", b"COUNT"], b"1"))
+        self.assertEqual(parse_return(b"ALL"), (None, b"ALL"))
+        self.assertRaises(ParseError, parse_return, b"RETURN (PARTIAL 1:5) ALL")
+        self.assertRaises(ParseError, parse_return, b"RETURN ALL")
+
+    def test_response(self) -> None:
+        self.assertEqual(sequence_set([1, 2, 3, 7, 5, 6]), b"1:3,7,5:6")
+        self.assertEqual(esearch_response(b"A1", True, [b"MIN", b"MAX"], [7, 3800, 10]),
+                         b'ESEARCH (TAG "A1") UID MIN 7 MAX 3800')
+        self.assertEqual(esearch_response(b"A2", False, [b"MIN"], []), b'ESEARCH (TAG "A2")')
+        self.assertEqual(esearch_response(b"A3", False, [b"COUNT", b"ALL"], []),
+                         b'ESEARCH (TAG "A3") COUNT 0')
+        self.assertEqual(esearch_response(b"A4", False, [b"ALL"], [11, 2, 10]),
+                         b'ESEARCH (TAG "A4") ALL 2,10:11')
+
+
+class AddressKeyTests(unittest.TestCase):
+    def test_fast_path_agrees_with_the_parser(self) -> None:
+        """The regular expression for the usual forms gives what the full parser gives."""
+        from mailsuite.imap.sortkeys import _first_address, _parsed_first_address
+
+        for value in ("Bob Sender <bob@example.org>", "bob@example.org",
+                      '"Sender, Bob" <bob@x.org>, c@d', "  a@b , c@d", "Zed  Q. <z@x.y>",
+                      "<bare@x.org>", "=?utf-8?q?=C3=89mile?= <e@x>", "o'neil@x.org"):
+            self.assertEqual(_first_address(value), _parsed_first_address(value), value)
+        # the parser's cases: comments, groups, quoted local parts
+        self.assertEqual(_first_address("team: a@b, c@d;"), ("a", "a@b"))
+        self.assertEqual(_first_address("a@b (Real Name)"), ("a", "Real Name"))
+        self.assertEqual(_first_address('"x y"@b'), ("x y", "x y@b"))
+
+
+class SentDateTests(unittest.TestCase):
+    def test_fast_path_agrees_with_the_email_package(self) -> None:
+        """The regular expression for the usual Date form gives what parsedate_tz gives; the
+        rest goes to parsedate_tz; no date, or none readable, is the internal date."""
+        import calendar
+        from email.utils import parsedate_tz
+
+        from mailsuite.imap.sortkeys import sent_date
+
+        for value in ("Mon, 14 Sep 2026 19:07:10 +0200", "1 Jan 2024 10:00 +0000",
+                      "Tue,  2 Jan 2024 23:59:59 -0930 (XYZ)", "29 Feb 2024 00:00:00 +1400",
+                      "Wed, 3 Jan 2024 10:00:00 GMT", "3 Jan 24 10:00 EST"):
+            parsed = parsedate_tz(value)
+            assert parsed is not None
+            wanted = calendar.timegm(parsed[:6]) - (parsed[9] or 0)  # type: ignore[arg-type]
+            self.assertEqual(sent_date(value, 7), wanted, value)
+        for value in (None, "", "garbage", "1 Foo 2024 10:00:00 +0000"):
+            self.assertEqual(sent_date(value, 7), 7, value)
