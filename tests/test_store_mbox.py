@@ -305,12 +305,13 @@ class MboxOtherProgramsTests(MboxTestCase):
         with open(self.index_path, "rb") as f:
             lines = f.read().splitlines()
         self.assertEqual(lines, before.splitlines())
-        self.assertEqual(lines[0], b"mailsuite-mbox-index 2")
+        self.assertEqual(lines[0], b"mailsuite-mbox-index 3")
         self.assertEqual(len(lines), 4)
         with open(self.index_path + ".log", "rb") as f:
             log = f.read().splitlines()
         generation = lines[1].split()[-1]
-        self.assertEqual(log, [b"mailsuite-index-log 1 " + generation, b"F %d Work \\Seen" % uid])
+        self.assertEqual(log, [b"mailsuite-index-log 1 " + generation, b"F %d Work \\Seen" % uid,
+                               b"M 3 %d" % uid])
         mode = stat.S_IMODE(os.stat(os.path.dirname(self.index_path)).st_mode)
         self.assertEqual(mode, 0o700)
         box.close()

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsuite.store import index as ix
+from mailsuite.store import modseq as ms
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -240,6 +241,15 @@ class MboxMailbox:
         if i < len(entries) and entries[i].uid == uid and uid not in self._hidden:
             return entries[i]
         return None
+
+    @property
+    def highest_modseq(self) -> int:
+        """RFC 7162 HIGHESTMODSEQ of the state published (``modseq``)."""
+        return self._state.highest_modseq if self._state is not None else 1
+
+    @property
+    def vanished(self) -> ms.Vanished:
+        return self._state.vanished if self._state is not None else ms.EMPTY
 
     def keywords(self) -> set[str]:
         """Every keyword a message of the mailbox has had since it was loaded (FLAGS)."""

@@ -146,6 +146,7 @@ def copy_kept(
                     e.header_sig,
                     e.flags,
                     e.tz,
+                    e.modseq,
                 )
             )
         else:

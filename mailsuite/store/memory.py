@@ -11,6 +11,7 @@ from zope.interface import implementer
 
 from mailsuite.accounts import Account
 from mailsuite.store import folders
+from mailsuite.store import modseq as ms
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -47,6 +48,8 @@ class MemoryMailbox:
         self._now = now
         self._keywords: set[str] = set()
         self.users = 0
+        self.highest_modseq = 1
+        self.vanished = ms.EMPTY
 
     # Changes are recorded as they happen and told to listeners on the next refresh, as the mbox
     # store sees them only when it looks at the disk; changes made through this object are told
@@ -76,8 +79,9 @@ class MemoryMailbox:
 
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         told = Changes()
+        modseq = self.highest_modseq = self.highest_modseq + 1
         self.messages = [
-            MessageInfo(m.uid, frozenset(changes[m.uid]), m.internal_date, m.size)
+            MessageInfo(m.uid, frozenset(changes[m.uid]), m.internal_date, m.size, modseq)
             if m.uid in changes
             else m
             for m in self.messages
@@ -114,6 +118,9 @@ class MemoryMailbox:
         self.messages = [m for m in self.messages if m.uid not in set(gone)]
         for uid in gone:
             del self._bodies[uid]
+        if gone:
+            self.highest_modseq += 1
+            self.vanished = self.vanished.add(gone, self.highest_modseq)
         self._tell(Changes(expunged=gone))
         return defer.succeed(gone)
 
@@ -126,7 +133,9 @@ class MemoryMailbox:
                 data += b"\n"
         # a date given keeps its zone; mail delivered here gets the local zone (as Dovecot)
         when = date or self._now().astimezone()
-        info = MessageInfo(self.uid_next, frozenset(flags), when, wire_size(data))
+        self.highest_modseq += 1
+        info = MessageInfo(self.uid_next, frozenset(flags), when, wire_size(data),
+                           self.highest_modseq)
         self.uid_next += 1
         self.messages.append(info)
         self._bodies[info.uid] = data
@@ -317,6 +326,8 @@ class MemoryStore:
                 target._add(inbox._bodies[info.uid], info.flags, info.internal_date, True)
             gone = [m.uid for m in inbox.messages]
             inbox.messages, inbox._bodies = [], {}
+            inbox.highest_modseq += 1
+            inbox.vanished = inbox.vanished.add(gone, inbox.highest_modseq)
             inbox._tell(Changes(expunged=gone))
             return
         moving = [n for n in names if n == old or folders.is_under(n, old)]
