@@ -80,7 +80,7 @@ _MACROS = {
 }
 _SIMPLE = {
     "UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "RFC822", "RFC822.HEADER",
-    "RFC822.TEXT", "BODY", "BODYSTRUCTURE",
+    "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "MODSEQ",
 }
 _BODY_RE = re.compile(rb"(BODY\.PEEK|BODY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", re.IGNORECASE)
 _ATOM_RE = re.compile(rb"[A-Za-z0-9.]+")
@@ -307,6 +307,8 @@ def _fetch_item(
         return [b"INTERNALDATE " + internal_date(info.internal_date)]
     if item.name == "RFC822.SIZE":
         return [b"RFC822.SIZE %d" % info.size]
+    if item.name == "MODSEQ":  # RFC 7162 (condstore.py)
+        return [b"MODSEQ (%d)" % info.modseq]
     if item.name == "ENVELOPE":
         return [b"ENVELOPE " + envelope(header)]
     if item.name in ("BODY", "BODYSTRUCTURE"):

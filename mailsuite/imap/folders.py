@@ -28,7 +28,8 @@ else:
     _Base = object
 
 _STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
-                 "SIZE", "DELETED", "DELETED-STORAGE")  # RFC 8438, RFC 9208 4.2
+                 "SIZE", "DELETED", "DELETED-STORAGE",  # RFC 8438, RFC 9208 4.2
+                 "HIGHESTMODSEQ")  # RFC 7162
 
 
 class FolderCommands(_Base):
@@ -36,9 +37,9 @@ class FolderCommands(_Base):
     async def cmd_SELECT(self, tag: bytes, args: Cursor, readonly: bool = False) -> None:
         args.sp()
         name = args.mailbox()
-        if args.maybe_sp() and args.peek() == b"(":
-            args.paren_list()  # select parameters (CONDSTORE...) are not offered: ignored
+        params = args.paren_list() if args.maybe_sp() and args.peek() == b"(" else []
         args.end()
+        told = self.select_parameters(params)  # CONDSTORE: condstore.py
         self._close_view()
         try:
             view = await self.account.open_view(name, readonly, self.recent)
@@ -59,6 +60,7 @@ class FolderCommands(_Base):
             self.sendUntaggedResponse(b"OK [UNSEEN %d] First unseen." % unseen)
         self.sendUntaggedResponse(b"OK [UIDVALIDITY %d] UIDs valid" % view.uid_validity)
         self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % view.uid_next)
+        told(view)
         self.view, self.state = view, "select"
         mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
         self.sendPositiveResponse(
@@ -234,6 +236,8 @@ class FolderCommands(_Base):
         args.end()
         if not items or any(i not in _STATUS_ITEMS for i in items):
             raise ParseError("unknown or missing STATUS item")
+        if "HIGHESTMODSEQ" in items:
+            self.enabled.add(b"CONDSTORE")  # CONDSTORE-enabling (RFC 7162 3.1)
         status = await self.account.status(name, self.recent)
         values = b" ".join(b"%s %d" % (i.encode(), status[i]) for i in items)
         self.sendUntaggedResponse(b"STATUS " + encode_mailbox(name) + b" (" + values + b")")

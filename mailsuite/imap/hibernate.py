@@ -160,11 +160,15 @@ def decode(data: bytes) -> dict[str, Any]:
     return out
 
 
+_NO_SNAPSHOT = frozenset({b"CONDSTORE", b"QRESYNC"})  # ENABLEd state a snapshot cannot hold
+
+
 def hibernatable(session: Any) -> bool:
     """The session is in IDLE with nothing else going on: no command reply, literal, unsent
     output or queued input, and (when a mailbox is selected) a mailbox whose files can be
-    watched."""
+    watched (not with CONDSTORE or QRESYNC on: the snapshot keeps no mod-sequences told)."""
     return (session._idle_tag is not None and not session._lost and session._corked is None
+            and not session.enabled & _NO_SNAPSHOT
             and session._unsent_wait is None and not session._buffer
             and not session.transport.disconnecting
             and (session.view is None or bool(watch_paths(session.view))))

@@ -26,6 +26,7 @@ from mailsuite.accounts import Account
 from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.encode import format_flags
 from mailsuite.imap.recent import RecentTracker
+from mailsuite.imap.viewmodseq import ModseqView
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -39,7 +40,7 @@ _UID = attrgetter("uid")
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
-class ImapMailboxView:
+class ImapMailboxView(ModseqView):
     """One session's view of one open store mailbox.
 
     ``readonly`` is True after EXAMINE. ``on_change`` (optional) is called after each change is
@@ -82,6 +83,7 @@ class ImapMailboxView:
         self._keywords = set(self.keywords())  # the keywords FLAGS has named to the client
         self._keywords_grew = False  # since FLAGS was last sent
         self._closed = False
+        self.condstore = False  # RFC 7162: UID and MODSEQ in unsolicited FETCH (condstore.py)
         mailbox.add_listener(self._changed)
 
     # -- the rows of this view ---------------------------------------------------------------
@@ -315,7 +317,7 @@ class ImapMailboxView:
         for uid, flags in clean.items():
             old = self.info(uid)
             self._learn(flags)
-            self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+            self._over[uid] = self._told(uid, flags, old)
             self._flag_changes.pop(uid, None)
         if not clean:
             return defer.succeed(None)
@@ -347,8 +349,8 @@ class ImapMailboxView:
                 self._flag_changes.pop(uid, None)
                 self._learn(flags)
                 old = self.info(uid)
-                if old.flags != flags:
-                    self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+                if old.flags != flags or old.modseq != self.store_modseq(uid, old):
+                    self._over[uid] = self._told(uid, flags, old)
             return result
 
         return d.addCallback(told)
@@ -416,9 +418,11 @@ class ImapMailboxView:
             self._learn(flags)
             if not adopted and self.info(uid).flags != flags:
                 old = self.info(uid)
-                self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+                self._over[uid] = self._told(uid, flags, old)
             if uid in told and told[uid] != flags:
-                lines.append(b"%d FETCH (FLAGS %s)" % (pos + 1, format_flags(self.flags(uid))))
+                lines.append(b"%d FETCH (%sFLAGS %s%s)" % (pos + 1, b"UID %d " % uid if
+                             self.condstore else b"", format_flags(self.flags(uid)),
+                             self.modseq_item(uid)))
         self._flag_changes = {}
         if not self._expunged:
             self._rebase()
@@ -532,6 +536,7 @@ class ImapAccount:
                 "UIDNEXT": int(mailbox.uid_next),
                 "UIDVALIDITY": int(mailbox.uid_validity),
                 "UNSEEN": int(mailbox.unseen_count()),
+                "HIGHESTMODSEQ": int(mailbox.highest_modseq),
                 **_sizes(messages),  # SIZE, DELETED, DELETED-STORAGE (imap/quota.py)
             }
         finally:

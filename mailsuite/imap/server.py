@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 from mailsuite.config import Config
 from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.append import AppendCommands
+from mailsuite.imap.condstore import CondstoreCommands
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdleCommands, IdlePoller
@@ -77,7 +78,8 @@ REFRESH_REUSE = 0.05
 # assigns the realm's logout callable to it; ImapLogin types it as what it holds.
 # ignore[override]: LineReceiver's MAX_LENGTH is CommandReader's property (what is left).
 class IMAPServer(  # type: ignore[misc, override]
-    CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, SelectedCommands,
+    CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, CondstoreCommands,
+    SelectedCommands,
     AppendCommands, QuotaCommands, IdleCommands,
     imap4.IMAP4Server,
 ):

@@ -459,11 +459,9 @@ class MboxFile(IndexKeeper):
             if gone and held.fd is not None:
                 new = self._rewrite(held, new, set(gone))
                 changes.expunged.extend(gone)
-                told = set(gone) - state.hidden  # the hidden ones' expunge is recorded
-                if told:
-                    modseq = new.highest_modseq + 1
-                    new = new.copy(highest_modseq=modseq,
-                                   vanished=new.vanished.add(told, modseq))
+                if told := set(gone) - state.hidden:  # (the hidden ones' expunge: recorded)
+                    new = new.copy(highest_modseq=new.highest_modseq + 1, vanished=new.vanished
+                                   .add(told, new.highest_modseq + 1))
             if new.hidden & set(uids):  # their mark goes with them
                 new = new.copy(hidden=new.hidden - set(uids))
             if new is not state:
