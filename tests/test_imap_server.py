@@ -132,7 +132,7 @@ class GreetingLoginTests(ImapTestCase):
         s = self.session()
         caps = s.cmd(b"a CAPABILITY")
         extensions = (b"LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS MOVE UNSELECT CHILDREN "
-                      b"SPECIAL-USE XLIST CONDSTORE\r\n")
+                      b"SPECIAL-USE XLIST CONDSTORE QRESYNC\r\n")
         self.assertIn(b"* CAPABILITY IMAP4rev1 SASL-IR AUTH=PLAIN AUTH=LOGIN " + extensions, caps)
         self.assertIn(b"a OK", caps)
         s.login()

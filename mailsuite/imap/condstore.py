@@ -23,7 +23,9 @@ from mailsuite.imap.encode import format_flags
 from mailsuite.imap.fetch import FetchSyntaxError, fetch_plan
 from mailsuite.imap.mailbox import ImapMailboxView
 from mailsuite.imap.parser import Cursor, ParseError, parse_flag_list
+from mailsuite.imap.qresync import parse_qresync, resync_lines, vanished_earlier
 from mailsuite.imap.selected import _selected_only, uid_command, uid_set
+from mailsuite.imap.viewmodseq import modseq_value
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
     from mailsuite.imap.session import Session as _Base
@@ -31,21 +33,14 @@ else:
     _Base = object
 
 Targets = list[tuple[int, int]]
+Keep = Callable[[list[Any], Targets], Targets]  # (sequence set, targets) -> those to fetch
 
-MAX_MODSEQ = (1 << 63) - 1  # mod-sequence-value: 1*DIGIT, up to 2^63-1 (RFC 7162 7)
 #: the FETCH modifiers at the end of the command: ``(CHANGEDSINCE n)``, ``(CHANGEDSINCE n
 #: VANISHED)`` in either order; anything else there is a syntax error of the attribute list
 _MODIFIERS = re.compile(rb"\s+\(((?:CHANGEDSINCE\s+\d+|VANISHED)(?:\s+(?:CHANGEDSINCE\s+\d+|"
                         rb"VANISHED))*)\)\s*\Z", re.IGNORECASE)
 _MACROS = {b"ALL": b"FLAGS INTERNALDATE RFC822.SIZE ENVELOPE", b"FAST": b"FLAGS INTERNALDATE "
            b"RFC822.SIZE", b"FULL": b"FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODY"}
-
-
-def modseq_value(raw: bytes, zero: bool = True) -> int:
-    """A mod-sequence from the wire (``zero``: mod-sequence-valzer, 0 allowed)."""
-    if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_MODSEQ or (not zero and not int(raw)):
-        raise ParseError("invalid mod-sequence")
-    return int(raw)
 
 
 def with_items(text: bytes, *names: bytes) -> bytes:
@@ -111,30 +106,44 @@ class CondstoreCommands(_Base):
     # -- SELECT / EXAMINE (hook of folders.FolderCommands.cmd_SELECT) ----------------------------
     def select_parameters(self, params: list[Any]) -> Callable[[ImapMailboxView], None]:
         """What the SELECT parameters ask, checked before the mailbox is opened: the function
-        that sends their responses once it is (``[HIGHESTMODSEQ n]``). BAD on unknown ones."""
-        names = [bytes(p).upper() for p in params if not isinstance(p, list)]
-        if len(names) != len(params) or any(n != b"CONDSTORE" for n in names):
-            raise ParseError("unknown SELECT parameter")
-        if names:
-            self.enabled.add(b"CONDSTORE")
+        that sends their responses once it is (``[HIGHESTMODSEQ n]``, QRESYNC's resync).
+        BAD on unknown ones, and on QRESYNC not enabled (RFC 7162 3.2.5)."""
+        qresync = None
+        i = 0
+        while i < len(params):
+            name = b"" if isinstance(params[i], list) else bytes(params[i]).upper()
+            if name == b"CONDSTORE":
+                self.enabled.add(b"CONDSTORE")
+            elif name == b"QRESYNC" and i + 1 < len(params) and qresync is None:
+                if b"QRESYNC" not in self.enabled:
+                    raise ParseError("QRESYNC is not enabled")
+                qresync, i = parse_qresync(params[i + 1]), i + 1
+            else:
+                raise ParseError("unknown SELECT parameter")
+            i += 1
+        if self.view is not None and b"QRESYNC" in self.enabled:
+            self.sendUntaggedResponse(b"OK [CLOSED] Previous mailbox closed.")
 
         def told(view: ImapMailboxView) -> None:
+            view.qresync = b"QRESYNC" in self.enabled
             if b"CONDSTORE" in self.enabled:
                 view.condstore = True
                 self.sendUntaggedResponse(
                     b"OK [HIGHESTMODSEQ %d] Highest" % view.mailbox.highest_modseq)
+            for line in resync_lines(view, *qresync) if qresync is not None else ():
+                self.sendUntaggedResponse(line)
 
         return told
 
     # -- FETCH (hook of selected.SelectedCommands.cmd_FETCH) ----------------------------------
-    def fetch_modifiers(self, text: bytes, uid: bool) -> tuple[bytes, Callable[[Targets], Targets]]:
+    def fetch_modifiers(self, text: bytes, uid: bool) -> tuple[bytes, Keep]:
         """The attribute list as fetch.py reads it (MODSEQ added where RFC 7162 wants it), and
         the filter of the targets the modifiers select."""
         view = self.view
         assert view is not None
         atts, since, vanished = fetch_modifiers(text)
-        if vanished:
-            raise ParseError("VANISHED needs QRESYNC and UID FETCH")
+        if vanished and not (uid and since is not None and b"QRESYNC" in self.enabled):
+            raise ParseError("VANISHED needs QRESYNC, UID FETCH and CHANGEDSINCE")
         try:
             plan = fetch_plan(atts, uid)
         except FetchSyntaxError as e:
@@ -151,8 +160,14 @@ class CondstoreCommands(_Base):
         if extra:
             atts = with_items(atts, *extra)
         if since is None:
-            return atts, lambda targets: targets
-        return atts, lambda targets: [t for t in targets if view.info(t[1]).modseq > since]
+            return atts, lambda ranges, targets: targets
+
+        def keep(ranges: list[Any], targets: Targets) -> Targets:
+            for line in vanished_earlier(view, since, ranges) if vanished else ():
+                self.sendUntaggedResponse(line)
+            return [t for t in targets if view.info(t[1]).modseq > since]
+
+        return atts, keep
 
     # -- SEARCH (hook of selected.SelectedCommands.cmd_SEARCH) --------------------------------
     def search_result(self, key: Any, found: list[int], uid: bool) -> bytes:

@@ -26,7 +26,7 @@ from mailsuite.accounts import Account
 from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.encode import format_flags
 from mailsuite.imap.recent import RecentTracker
-from mailsuite.imap.viewmodseq import ModseqView
+from mailsuite.imap.viewmodseq import ModseqView, uid_set
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -84,6 +84,7 @@ class ImapMailboxView(ModseqView):
         self._keywords_grew = False  # since FLAGS was last sent
         self._closed = False
         self.condstore = False  # RFC 7162: UID and MODSEQ in unsolicited FETCH (condstore.py)
+        self.qresync = False  # and VANISHED for EXPUNGE (qresync.py)
         mailbox.add_listener(self._changed)
 
     # -- the rows of this view ---------------------------------------------------------------
@@ -433,6 +434,8 @@ class ImapMailboxView(ModseqView):
         with them, whether the view now is the store's current list)."""
         gone = sorted(p for p in map(self._find, self._expunged) if p >= 0)
         lines = [b"%d EXPUNGE" % (p - k + 1) for k, p in enumerate(gone)]
+        if self.qresync and gone:  # RFC 7162 3.2.10
+            lines = [b"VANISHED " + uid_set(sorted(self._at(p).uid for p in gone))]
         for uid in [self._at(p).uid for p in gone]:
             self._over.pop(uid, None)
             self._recent.discard(uid)

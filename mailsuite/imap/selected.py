@@ -143,7 +143,7 @@ class SelectedCommands(_Base):
             plan = fetch_plan(text, uid)
         except FetchSyntaxError as e:
             raise ParseError(str(e)) from None
-        targets = keep(self._targets(ranges, uid))
+        targets = keep(ranges, self._targets(ranges, uid))
         seen_now: set[int] = set()
         if not view.readonly and plan.sets_seen:
             live = [u for _, u in targets if not view.is_expunged(u)]

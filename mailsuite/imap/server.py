@@ -48,6 +48,7 @@ from mailsuite.imap.limits import ImapLimits
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.quota import QuotaCommands
+from mailsuite.imap.qresync import QresyncCommands
 from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.imap.reader import CommandReader
 from mailsuite.imap.recent import RecentTracker
@@ -79,7 +80,7 @@ REFRESH_REUSE = 0.05
 # ignore[override]: LineReceiver's MAX_LENGTH is CommandReader's property (what is left).
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, FolderCommands, CondstoreCommands,
-    SelectedCommands,
+    QresyncCommands, SelectedCommands,
     AppendCommands, QuotaCommands, IdleCommands,
     imap4.IMAP4Server,
 ):

@@ -7,14 +7,33 @@ from bisect import bisect_left
 from operator import attrgetter
 from typing import Any
 
+from mailsuite.imap.parser import ParseError
 from mailsuite.store.interfaces import IMailbox, MessageInfo
+from mailsuite.store.modseq import runs
 
 _UID = attrgetter("uid")
+MAX_MODSEQ = (1 << 63) - 1  # mod-sequence-value: 1*DIGIT, up to 2^63-1 (RFC 7162 7)
+
+
+def modseq_value(raw: bytes, zero: bool = True) -> int:
+    """A mod-sequence from the wire (``zero``: mod-sequence-valzer, 0 allowed)."""
+    if not raw.isdigit() or len(raw) > 19 or int(raw) > MAX_MODSEQ or (not zero and not int(raw)):
+        raise ParseError("invalid mod-sequence")
+    return int(raw)
+
+
+def uid_set(uids: list[int]) -> bytes:
+    """Ascending UIDs as a compact set: ``[1, 2, 3, 5]`` -> ``1:3,5``."""
+    out: list[bytes] = []
+    for lo, hi in runs(uids):
+        out.append(b"%d" % lo if lo == hi else b"%d:%d" % (lo, hi))
+    return b",".join(out)
 
 
 class ModseqView:
     mailbox: IMailbox
     condstore: bool  # CONDSTORE is on: UID and MODSEQ in unsolicited FETCH
+    qresync: bool  # QRESYNC is on: VANISHED instead of EXPUNGE
 
     def info(self, uid: int) -> MessageInfo:
         raise NotImplementedError
