@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
+from twisted.trial import unittest
+
+from mailsuite.imap import qresync
+from mailsuite.imap.mailbox import ImapMailboxView
 from mailsuite.store import modseq as ms
 from tests.test_imap_condstore import highest
 from tests.test_imap_server import ImapTestCase
+from tests.test_store_mbox import MboxTestCase
 
 
 class QresyncTests(ImapTestCase):
@@ -105,3 +112,51 @@ class QresyncTests(ImapTestCase):
         self.assertEqual(reply, b"* VANISHED (EARLIER) 5\r\ng OK UID FETCH completed.\r\n")
         self.assertIn(b"h BAD", self.s.cmd(b"h FETCH 1:* FLAGS (CHANGEDSINCE 1 VANISHED)"))
         self.assertIn(b"i BAD", self.s.cmd(b"i UID FETCH 1:* FLAGS (VANISHED)"))
+
+
+class ResyncSpeedTests(MboxTestCase):
+    """A QRESYNC SELECT of a 100,000-message INBOX after 10 flag changes and 10 expunges by
+    another session looks at those 20 messages only: the store's log of changes, no pass."""
+
+    def test_no_pass_over_the_mailbox(self) -> None:
+        count = 100_000
+        msg = b"From a@example.test  Tue Nov 28 06:01:02 2026\nSubject: x\n\nbody\n\n"
+        self.write(msg * count, "wb")
+        box = self.successResultOf(self.make_store().open(self.account))
+        self.assertEqual(len(box.messages), count)
+        base = box.highest_modseq
+        changed = [box.messages[i].uid for i in range(0, count, count // 10)]
+        gone = [box.messages[i].uid for i in range(5, count, count // 10)]
+        for uid in changed:
+            self.successResultOf(box.change_flags([uid], add=frozenset({"\\Seen"})))
+        for uid in gone:
+            self.successResultOf(box.expunge([uid]))
+        view = ImapMailboxView(box, True)
+        self.patch(view, "rows", lambda: self.fail("a pass over every message"))
+        self.patch(view, "uids", lambda: self.fail("a pass over every message"))
+        started = time.perf_counter()
+        lines = qresync.resync_lines(view, box.uid_validity, base, [(1, None)])
+        took = time.perf_counter() - started
+        self.assertEqual(lines[0], b"VANISHED (EARLIER) " + b",".join(b"%d" % u for u in gone))
+        self.assertEqual([int(line.split()[3]) for line in lines[1:]], changed)
+        self.assertLess(took, 0.5)  # (a few milliseconds: the bound is for a loaded machine)
+        view.close()
+        box.close()
+
+
+class ChangeLogTests(unittest.TestCase):
+    def test_bounded(self) -> None:
+        log = ms.ChangeLog(5)
+        self.assertEqual(log.since(5), [])
+        self.assertIsNone(log.since(4))
+        log.publish(6, [3, 1], False)
+        log.publish(6, [2], False)
+        log.publish(7, [1], False)
+        self.assertEqual((log.since(5), log.since(6), log.since(7)), ([1, 2, 3], [1], []))
+        self.patch(ms.ChangeLog, "KEEP", 2)
+        log.publish(8, [9], False)
+        self.assertIsNone(log.since(5))
+        self.assertEqual(log.since(6), [1, 9])
+        log.publish(20, [], True)  # a reloaded state: nothing before it is known
+        self.assertIsNone(log.since(19))
+        self.assertEqual(log.since(20), [])

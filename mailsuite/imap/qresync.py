@@ -111,11 +111,21 @@ def resync_lines(view: Any, validity: int, since: int,
         return []
     lines = vanished_earlier(view, since, known)
     wanted = intersect([(1, 1 << 63)], known)
-    for seq, row in enumerate(view.rows(), 1):
-        if row.modseq > since and any(a <= row.uid <= b for a, b in wanted):
+    for seq, uid in _changed(view, since):
+        if any(a <= uid <= b for a, b in wanted):
             lines.append(b"%d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (
-                seq, row.uid, format_flags(view.flags(row.uid)), row.modseq))
+                seq, uid, format_flags(view.flags(uid)), view.info(uid).modseq))
     return lines
+
+
+def _changed(view: Any, since: int) -> list[tuple[int, int]]:
+    """(seq, UID) of the messages changed after ``since``: from the store's log of changes
+    (no pass over a big mailbox), else from every message."""
+    uids = view.mailbox.changed_since(since)
+    if uids is None:
+        return [(seq, row.uid) for seq, row in enumerate(view.rows(), 1) if row.modseq > since]
+    found = view.resolve([(u, u) for u in uids], True) if uids else []
+    return [(seq, uid) for seq, uid in found if view.info(uid).modseq > since]
 
 
 class QresyncCommands(_Base):

@@ -160,6 +160,11 @@ class IMailbox(Interface):
         """Add a message (bytes, LF or CRLF line ends) with flags and date; durable before the
         Deferred fires. Deferred[int]: the new UID."""
 
+    def changed_since(modseq):
+        """list[int] | None: the UIDs (ascending; a superset: check each ``modseq``) changed
+        (flags, added) after ``modseq``, known without a pass over the messages (QRESYNC);
+        None when the store does not know that far back."""
+
     def keywords():
         """set[str]: the keywords (flags that are not system flags) messages of the mailbox
         have had since it was opened, kept up to date without a pass (SELECT's FLAGS)."""

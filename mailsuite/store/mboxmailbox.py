@@ -163,6 +163,7 @@ class MboxMailbox:
         self._hidden: set[int] = set()  # expunged: gone from ``messages``, still in the file
         self._compaction_queued = False
         self._compacting = False  # the running operation is a compaction
+        self._changelog = ms.ChangeLog()  # what changed at which modseq (changed_since)
 
     # -- running operations ---------------------------------------------------------------------
 
@@ -199,6 +200,8 @@ class MboxMailbox:
             fresh = self._state is None or state.uid_validity != self._state.uid_validity
             old = self.messages
             self._state = state
+            self._changelog.publish(state.highest_modseq, [*changes.flags, *(
+                m.uid for m in changes.added)], fresh)
             self._hidden = set(state.hidden)
             self.uid_validity = state.uid_validity
             self.uid_next = state.uid_next
@@ -250,6 +253,10 @@ class MboxMailbox:
     @property
     def vanished(self) -> ms.Vanished:
         return self._state.vanished if self._state is not None else ms.EMPTY
+
+    def changed_since(self, modseq: int) -> list[int] | None:
+        """UIDs (a superset) changed after ``modseq``, without a pass; None if not known."""
+        return self._changelog.since(modseq)
 
     def keywords(self) -> set[str]:
         """Every keyword a message of the mailbox has had since it was loaded (FLAGS)."""

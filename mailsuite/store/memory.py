@@ -152,6 +152,9 @@ class MemoryMailbox:
         self._tell(Changes(added=[info]))
         return defer.succeed(info.uid)
 
+    def changed_since(self, modseq: int) -> list[int] | None:
+        return None  # not kept: the caller looks at every message
+
     def keywords(self) -> set[str]:
         return self._keywords
 

@@ -85,3 +85,45 @@ def runs(uids: Iterable[int]) -> list[tuple[int, int]]:
 def record(kind: bytes, modseq: int, uids: Iterable[int]) -> bytes:
     """A journal record: ``M`` (changed) or ``V`` (expunged) at ``modseq``."""
     return kind + b" %d" % modseq + b"".join(b" %d" % u for u in sorted(uids)) + b"\n"
+
+
+class ChangeLog:
+    """The UIDs changed (flags, added) at each mod-sequence since ``start``, in memory, so
+    that "what changed since n" (QRESYNC's SELECT) needs no pass over the mailbox. Bounded:
+    beyond ``KEEP`` UIDs the oldest go and ``start`` moves up."""
+
+    KEEP = 100_000
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start
+        self._modseqs: list[int] = []
+        self._uids: list[list[int]] = []
+        self._count = 0
+
+    def publish(self, modseq: int, uids: list[int], fresh: bool) -> None:
+        """A state at ``modseq`` was published, changing ``uids`` (``fresh``: a new or
+        reloaded state, whose earlier changes are not known here)."""
+        if fresh:
+            self.__init__(modseq)  # type: ignore[misc]
+            return
+        if not uids:
+            return
+        if self._modseqs and self._modseqs[-1] == modseq:
+            self._uids[-1].extend(uids)
+        else:
+            self._modseqs.append(modseq)
+            self._uids.append(list(uids))
+        self._count += len(uids)
+        while self._count > self.KEEP and len(self._modseqs) > 1:
+            self.start = self._modseqs.pop(0)
+            self._count -= len(self._uids.pop(0))
+
+    def since(self, modseq: int) -> list[int] | None:
+        """The UIDs (a superset, ascending) changed after ``modseq``; None when that is before
+        what is kept."""
+        if modseq < self.start:
+            return None
+        found: set[int] = set()
+        for uids in self._uids[bisect_right(self._modseqs, modseq):]:
+            found.update(uids)
+        return sorted(found)
