@@ -113,6 +113,30 @@ class QresyncTests(ImapTestCase):
         self.assertIn(b"h BAD", self.s.cmd(b"h FETCH 1:* FLAGS (CHANGEDSINCE 1 VANISHED)"))
         self.assertIn(b"i BAD", self.s.cmd(b"i UID FETCH 1:* FLAGS (VANISHED)"))
 
+    def test_enable_while_selected(self) -> None:
+        self.s.cmd(b"s SELECT INBOX")
+        reply = self.s.cmd(b"e ENABLE QRESYNC")
+        self.assertIn(b"* OK [HIGHESTMODSEQ %d]" % self.box().highest_modseq, reply)
+        self.changes()
+        self.assertIn(b"* VANISHED 3,5\r\n", self.s.cmd(b"n NOOP"))
+
+    def test_pipelined_and_split_into_single_bytes(self) -> None:
+        """The resync of a reconnecting client, pipelined, arriving a byte at a time."""
+        validity, modseq = self.cached()
+        self.changes()
+        s = self.session()
+        script = (b"l LOGIN boss secret\r\ne ENABLE QRESYNC\r\n"
+                  b"t SELECT INBOX (QRESYNC (%d %d 1:*))\r\n"
+                  b"f UID FETCH 1:* (FLAGS) (CHANGEDSINCE %d VANISHED)\r\n" % (
+                      validity, modseq, modseq))
+        out = b"".join(s.send(script[i:i + 1]) for i in range(len(script)))
+        self.assertEqual(out.count(b"* VANISHED (EARLIER) 3,5\r\n"), 2)
+        self.assertEqual(out.count(b"* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ (%d))\r\n"
+                                   % (modseq + 1)), 2)
+        for tag in (b"l", b"e", b"t", b"f"):
+            self.assertRegex(out, b"(^|\r\n)" + tag + b" OK")
+
+
 
 class ResyncSpeedTests(MboxTestCase):
     """A QRESYNC SELECT of a 100,000-message INBOX after 10 flag changes and 10 expunges by

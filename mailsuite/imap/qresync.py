@@ -136,6 +136,10 @@ class QresyncCommands(_Base):
 
     def enable_QRESYNC(self) -> bool:  # ENABLE's hook (general.py); CONDSTORE comes with it
         self.enabled.add(b"CONDSTORE")
-        if self.view is not None:
-            self.view.condstore = self.view.qresync = True
+        view = self.view
+        if view is not None:
+            if not view.condstore:  # CONDSTORE-enabling in the selected state (RFC 7162 3.1)
+                self.sendUntaggedResponse(
+                    b"OK [HIGHESTMODSEQ %d] Highest" % view.mailbox.highest_modseq)
+            view.condstore = view.qresync = True
         return True
