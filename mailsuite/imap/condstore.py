@@ -125,11 +125,11 @@ class CondstoreCommands(_Base):
             self.sendUntaggedResponse(b"OK [CLOSED] Previous mailbox closed.")
 
         def told(view: ImapMailboxView) -> None:
+            # every SELECT, as Dovecot: the mod-sequences are kept (RFC 7162 3.1.2.1)
             view.qresync = b"QRESYNC" in self.enabled
-            if b"CONDSTORE" in self.enabled:
-                view.condstore = True
-                self.sendUntaggedResponse(
-                    b"OK [HIGHESTMODSEQ %d] Highest" % view.mailbox.highest_modseq)
+            view.condstore = b"CONDSTORE" in self.enabled
+            self.sendUntaggedResponse(
+                b"OK [HIGHESTMODSEQ %d] Highest" % view.mailbox.highest_modseq)
             for line in resync_lines(view, *qresync) if qresync is not None else ():
                 self.sendUntaggedResponse(line)
 
