@@ -184,3 +184,19 @@ class ChangeLogTests(unittest.TestCase):
         log.publish(20, [], True)  # a reloaded state: nothing before it is known
         self.assertIsNone(log.since(19))
         self.assertEqual(log.since(20), [])
+
+
+class NewMailResyncTests(MboxTestCase):
+    def test_new_mail_not_yet_in_the_log_is_reported(self) -> None:
+        """Mail a delivery appended to the published list before the store published it (so
+        not in its log of changes) is still among the changed messages of a resync."""
+        box = self.successResultOf(self.make_store().open(self.account))
+        self.successResultOf(box.append(b"Subject: old\n\nbody\n"))
+        base = box.highest_modseq
+        uid = self.successResultOf(box.append(b"Subject: new\n\nbody\n"))
+        self.patch(box, "changed_since", lambda modseq: [])
+        view = ImapMailboxView(box, True)
+        lines = qresync.resync_lines(view, box.uid_validity, base, [(1, None)])
+        self.assertEqual(lines, [b"2 FETCH (UID %d FLAGS () MODSEQ (%d))" % (uid, base + 1)])
+        view.close()
+        box.close()

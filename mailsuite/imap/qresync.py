@@ -124,6 +124,7 @@ def _changed(view: Any, since: int) -> list[tuple[int, int]]:
     uids = view.mailbox.changed_since(since)
     if uids is None:
         return [(seq, row.uid) for seq, row in enumerate(view.rows(), 1) if row.modseq > since]
+    uids = sorted(set(uids).union(view.new_since(since)))
     found = view.resolve([(u, u) for u in uids], True) if uids else []
     return [(seq, uid) for seq, uid in found if view.info(uid).modseq > since]
 

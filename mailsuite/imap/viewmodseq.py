@@ -38,6 +38,23 @@ class ModseqView:
     def info(self, uid: int) -> MessageInfo:
         raise NotImplementedError
 
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def _at(self, pos: int) -> Any:
+        raise NotImplementedError
+
+    def new_since(self, since: int) -> list[int]:
+        """The UIDs at the end of the view whose mod-sequence is above ``since``: every message
+        added after it (a delivery may have put one there before the store published it),
+        in O(those messages)."""
+        out: list[int] = []
+        pos = self.count() - 1
+        while pos >= 0 and self._at(pos).modseq > since:
+            out.append(self._at(pos).uid)
+            pos -= 1
+        return out[::-1]
+
     def store_modseq(self, uid: int, old: Any) -> int:
         """The mod-sequence the store holds now for ``uid`` (``old``'s if it has none)."""
         messages = self.mailbox.messages
