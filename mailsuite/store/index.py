@@ -160,7 +160,8 @@ class Index:
         """
         uid_next = added[-1].uid + 1 if added else self.uid_next
         highest = max(self.highest_modseq, added[-1].modseq) if added else self.highest_modseq
-        new = replace(self, uid_next=uid_next, stamp=stamp, highest_modseq=highest)
+        new = replace(self, uid_next=uid_next, stamp=stamp, highest_modseq=highest,
+                      compacted=None)
         self.entries.extend(added)
         return new
 

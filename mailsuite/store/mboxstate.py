@@ -154,7 +154,8 @@ class IndexKeeper:
         head = ix.Index(state.uid_validity, uid_next, stamp, [], state.generation)
         count = len(state.entries) + len(added)
         if save or not self._journal(head, ix.log_records(None, added, head), count):
-            full = state.copy(uid_next=uid_next, stamp=stamp, entries=state.entries + added)
+            full = state.copy(uid_next=uid_next, stamp=stamp, entries=state.entries + added,
+                              compacted=None)
             full.highest_modseq = max([state.highest_modseq] + [e.modseq for e in added[-1:]])
             self._save(full)
             state.generation = full.generation
