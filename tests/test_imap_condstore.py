@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from mailsuite.imap import hibernate
@@ -123,15 +124,20 @@ class CondstoreTests(ImapTestCase):
 
 
 class HibernationTests(ImapTestCase):
-    def test_condstore_sessions_are_not_hibernated(self) -> None:
-        """A hibernation snapshot holds no mod-sequences: such sessions stay awake in IDLE."""
-        plain, cond = self.session(), self.session()
-        for s in (plain, cond):
-            s.login()
-        cond.cmd(b"e ENABLE CONDSTORE")
-        for s in (plain, cond):
-            self.assertIn(b"+ idling", s.cmd(b"i IDLE"))
-        self.assertTrue(hibernate.hibernatable(plain.proto))
-        self.assertFalse(hibernate.hibernatable(cond.proto))
-        for s in (plain, cond):
-            self.assertIn(b"i OK", s.cmd(b"DONE"))
+    def test_enabled_names_survive_hibernation(self) -> None:
+        """The snapshot of a session in IDLE keeps what ENABLE turned on (privsep/sleep.py sets
+        it and the view's CONDSTORE/QRESYNC back when the session is thawed)."""
+        s = self.session()
+        s.login()
+        s.cmd(b"e ENABLE QRESYNC")
+        self.assertIn(b"+ idling", s.cmd(b"i IDLE"))
+        self.assertTrue(hibernate.hibernatable(s.proto))
+        snapshot = hibernate.snapshot(s.proto)
+        self.assertEqual(hibernate.decode(snapshot)["enabled"], {b"CONDSTORE", b"QRESYNC"})
+        self.assertIn(b"i OK", s.cmd(b"DONE"))
+        good = json.loads(snapshot)
+        for bad in ("CONDSTORE", ["a b"], [1], ["X" * 65]):
+            with self.assertRaises(hibernate.BadState):
+                hibernate.decode(json.dumps(dict(good, en=bad)).encode())
+        del good["en"]  # a snapshot of before: nothing enabled
+        self.assertEqual(hibernate.decode(json.dumps(good).encode())["enabled"], set())
