@@ -9,7 +9,6 @@ from typing import Any
 
 from mailsuite.imap.parser import ParseError
 from mailsuite.store.interfaces import IMailbox, MessageInfo
-from mailsuite.store.modseq import runs
 
 _UID = attrgetter("uid")
 MAX_MODSEQ = (1 << 63) - 1  # mod-sequence-value: 1*DIGIT, up to 2^63-1 (RFC 7162 7)
@@ -24,10 +23,13 @@ def modseq_value(raw: bytes, zero: bool = True) -> int:
 
 def uid_set(uids: list[int]) -> bytes:
     """Ascending UIDs as a compact set: ``[1, 2, 3, 5]`` -> ``1:3,5``."""
-    out: list[bytes] = []
-    for lo, hi in runs(uids):
-        out.append(b"%d" % lo if lo == hi else b"%d:%d" % (lo, hi))
-    return b",".join(out)
+    spans: list[list[int]] = []
+    for uid in uids:
+        if spans and spans[-1][1] + 1 == uid:
+            spans[-1][1] = uid
+        else:
+            spans.append([uid, uid])
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in spans)
 
 
 class ModseqView:
