@@ -40,6 +40,14 @@ class CondstoreTests(ImapTestCase):
         self.assertNotIn(b"MODSEQ", plain.cmd(b"n NOOP"))  # yet CONDSTORE is not on there
         self.assertIn(b"MODSEQ (", self.s.cmd(b"n NOOP"))
 
+    def test_reselect_tells_closed(self) -> None:
+        """SELECT over a selected mailbox says it closed the old one first, as Dovecot does."""
+        self.assertNotIn(b"CLOSED", self.s.cmd(b"a SELECT INBOX"))
+        self.assertTrue(self.s.cmd(b"b EXAMINE INBOX").startswith(
+            b"* OK [CLOSED] Previous mailbox closed.\r\n* FLAGS"))
+        self.s.cmd(b"c CLOSE")
+        self.assertNotIn(b"CLOSED", self.s.cmd(b"d SELECT INBOX"))
+
     def test_unknown_select_parameter_is_bad(self) -> None:
         self.assertIn(b"a BAD", self.s.cmd(b"a SELECT INBOX (FOO)"))
         self.assertIn(b"b OK", self.s.cmd(b"b NOOP"))

@@ -121,7 +121,7 @@ class CondstoreCommands(_Base):
             else:
                 raise ParseError("unknown SELECT parameter")
             i += 1
-        if self.view is not None and b"QRESYNC" in self.enabled:
+        if self.view is not None:  # (RFC 7162 3.2.11; Dovecot tells it also without QRESYNC)
             self.sendUntaggedResponse(b"OK [CLOSED] Previous mailbox closed.")
 
         def told(view: ImapMailboxView) -> None:
