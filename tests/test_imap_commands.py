@@ -327,10 +327,12 @@ class IdleTests(ImapTestCase):
 
 class MiscTests(ImapTestCase):
     def test_enable_never_enables_uidonly(self) -> None:
-        """ENABLE UIDONLY (Outlook) enables nothing: `* ENABLED` empty (RFC 5161)."""
+        """ENABLE UIDONLY (Outlook) enables nothing: `* ENABLED` lists only the others it
+        names (RFC 5161)."""
         s = self.session()
         s.login()
-        self.assertEqual(s.cmd(b"a ENABLE UIDONLY CONDSTORE"), b"* ENABLED\r\na OK Enabled.\r\n")
+        self.assertEqual(s.cmd(b"a ENABLE UIDONLY CONDSTORE"),
+                         b"* ENABLED CONDSTORE\r\na OK Enabled.\r\n")
 
     def test_select_failure_leaves_selected_state(self) -> None:
         """A failed SELECT deselects the previous mailbox (RFC 3501 6.3.1)."""

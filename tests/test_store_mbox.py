@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.store import index as ix
-from mailsuite.store import mboxfile, mboxstate
+from mailsuite.store import mboxfile, mboxformat, mboxstate, zones
 from mailsuite.store.interfaces import StoreError, UnknownUID
 from mailsuite.store.locking import LockTimeout, try_fcntl_lock
 from mailsuite.store.mbox import MboxStore
@@ -198,7 +198,7 @@ class MboxFileFormatTests(MboxTestCase):
         expected = [(m.size, m.internal_date) for m in whole.messages]
         whole.close()
         os.unlink(self.index_path)
-        self.patch(mboxfile, "WINDOW", 61)
+        self.patch(mboxformat, "WINDOW", 61)
         box = yield self.make_store().open(self.account)
         self.assertEqual([(m.size, m.internal_date) for m in box.messages], expected)
         box.close()
@@ -305,12 +305,13 @@ class MboxOtherProgramsTests(MboxTestCase):
         with open(self.index_path, "rb") as f:
             lines = f.read().splitlines()
         self.assertEqual(lines, before.splitlines())
-        self.assertEqual(lines[0], b"mailsuite-mbox-index 2")
+        self.assertEqual(lines[0], b"mailsuite-mbox-index 3")
         self.assertEqual(len(lines), 4)
         with open(self.index_path + ".log", "rb") as f:
             log = f.read().splitlines()
         generation = lines[1].split()[-1]
-        self.assertEqual(log, [b"mailsuite-index-log 1 " + generation, b"F %d Work \\Seen" % uid])
+        self.assertEqual(log, [b"mailsuite-index-log 1 " + generation, b"F %d Work \\Seen" % uid,
+                               b"M 3 %d" % uid])
         mode = stat.S_IMODE(os.stat(os.path.dirname(self.index_path)).st_mode)
         self.assertEqual(mode, 0o700)
         box.close()
@@ -1171,12 +1172,12 @@ class MboxInternalDateZoneTests(MboxTestCase):
             else:
                 os.environ["TZ"] = old_tz
             time.tzset()
-            ix._LOCAL.clear()
+            zones._LOCAL.clear()
 
         self.addCleanup(restore)
         os.environ["TZ"] = "XST-3"  # POSIX: three hours east of UTC, no tzdata needed
         time.tzset()
-        ix._LOCAL.clear()
+        zones._LOCAL.clear()
         store = self.make_store()
         yield store.deliver(self.account, MSG1, "a@example.test")  # not open: From line
         box = yield store.open(self.account)

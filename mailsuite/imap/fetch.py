@@ -99,7 +99,7 @@ _MACROS = {
 }
 _SIMPLE = {
     "UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "RFC822", "RFC822.HEADER",
-    "RFC822.TEXT", "BODY", "BODYSTRUCTURE",
+    "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "MODSEQ",
 }
 #: FETCH items an extension adds (objectid.py: EMAILID, THREADID): name -> its response item
 #: from the view and the UID, with no message read: one line in the extension's module
@@ -353,6 +353,8 @@ def _fetch_item(
         return [b"INTERNALDATE " + internal_date(info.internal_date)]
     if item.name == "RFC822.SIZE":
         return [b"RFC822.SIZE %d" % info.size]
+    if item.name == "MODSEQ":  # RFC 7162 (condstore.py)
+        return [b"MODSEQ (%d)" % info.modseq]
     if item.name == "ENVELOPE":
         return [b"ENVELOPE " + envelope(header)]
     if item.name in EXTRA_ITEMS:

@@ -29,9 +29,9 @@ class FolderCommands(_Base):
     async def cmd_SELECT(self, tag: bytes, args: Cursor, readonly: bool = False) -> None:
         args.sp()
         name = args.mailbox()
-        if args.maybe_sp() and args.peek() == b"(":
-            args.paren_list()  # select parameters (CONDSTORE...) are not offered: ignored
+        params = args.paren_list() if args.maybe_sp() and args.peek() == b"(" else []
         args.end()
+        told = self.select_parameters(params)  # CONDSTORE: condstore.py
         self._close_view()
         mailbox_id = await mailbox_id_line(self, name)  # OBJECTID (objectid.py)
         try:
@@ -54,6 +54,7 @@ class FolderCommands(_Base):
         self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % view.uid_next)
         if mailbox_id is not None:
             self.sendUntaggedResponse(mailbox_id)
+        told(view)
         self.view, self.state = view, "select"
         mode = b"[READ-ONLY]" if readonly else b"[READ-WRITE]"
         self.sendPositiveResponse(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,6 +31,7 @@ MAX_STATE = 16 * 1024 * 1024
 MAX_MESSAGES = 2_000_000
 MAX_FLAG_SETS = 4096
 MAX_FLAG = 256
+_ATOM = re.compile(r"[A-Z0-9=+.-]+")  # an ENABLE name as general.cmd_ENABLE keeps it
 
 # inotify(7)
 IN_MODIFY, IN_ATTRIB, IN_MOVED_TO = 0x2, 0x4, 0x80
@@ -85,6 +87,8 @@ def snapshot(session: Any) -> bytes:
     state: dict[str, Any] = {
         "v": VERSION, "tag": session._idle_tag.decode("latin-1"),
         "in": session._bytes_in, "out": session._bytes_out, "box": None,
+        # what ENABLE turned on (CONDSTORE, QRESYNC...)
+        "en": sorted(n.decode("latin-1") for n in getattr(session, "enabled", ())),
     }
     view = session.view
     if view is not None:
@@ -121,8 +125,14 @@ def decode(data: bytes) -> dict[str, Any]:
     for key in ("in", "out"):
         if not isinstance(state.get(key), int) or state[key] < 0:
             raise BadState(f"bad byte count {key}")
+    enabled = state.get("en", [])
+    if not isinstance(enabled, list) or len(enabled) > 32 or any(
+            not isinstance(n, str) or not 0 < len(n) <= 64 or not _ATOM.fullmatch(n)
+            for n in enabled):
+        raise BadState("bad ENABLE names")
     out: dict[str, Any] = {"tag": tag.encode("latin-1"), "in": state["in"],
-                           "out": state["out"], "box": None}
+                           "out": state["out"], "box": None,
+                           "enabled": {n.encode("ascii") for n in enabled}}
     if box is None:
         return out
     if not isinstance(box, str) or not 0 < len(box) <= 1024 or \

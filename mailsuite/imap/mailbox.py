@@ -26,6 +26,7 @@ from mailsuite.accounts import Account
 from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.encode import format_flags
 from mailsuite.imap.recent import RecentTracker
+from mailsuite.imap.viewmodseq import ModseqView, uid_set
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -39,7 +40,7 @@ _UID = attrgetter("uid")
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
-class ImapMailboxView:
+class ImapMailboxView(ModseqView):
     """One session's view of one open store mailbox.
 
     ``readonly`` is True after EXAMINE. ``on_change`` (optional) is called after each change is
@@ -84,6 +85,8 @@ class ImapMailboxView:
         self._keywords = set(self.keywords())  # the keywords FLAGS has named to the client
         self._keywords_grew = False  # since FLAGS was last sent
         self._closed = False
+        self.condstore = False  # RFC 7162: UID and MODSEQ in unsolicited FETCH (condstore.py)
+        self.qresync = False  # and VANISHED for EXPUNGE (qresync.py)
         mailbox.add_listener(self._changed)
 
     # -- the rows of this view ---------------------------------------------------------------
@@ -317,7 +320,7 @@ class ImapMailboxView:
         for uid, flags in clean.items():
             old = self.info(uid)
             self._learn(flags)
-            self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+            self._over[uid] = self._told(uid, flags, old)
             self._flag_changes.pop(uid, None)
         if not clean:
             return defer.succeed(None)
@@ -349,8 +352,8 @@ class ImapMailboxView:
                 self._flag_changes.pop(uid, None)
                 self._learn(flags)
                 old = self.info(uid)
-                if old.flags != flags:
-                    self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+                if old.flags != flags or old.modseq != self.store_modseq(uid, old):
+                    self._over[uid] = self._told(uid, flags, old)
             return result
 
         return d.addCallback(told)
@@ -418,9 +421,11 @@ class ImapMailboxView:
             self._learn(flags)
             if not adopted and self.info(uid).flags != flags:
                 old = self.info(uid)
-                self._over[uid] = MessageInfo(uid, flags, old.internal_date, old.size)
+                self._over[uid] = self._told(uid, flags, old)
             if uid in told and told[uid] != flags:
-                lines.append(b"%d FETCH (FLAGS %s)" % (pos + 1, format_flags(self.flags(uid))))
+                lines.append(b"%d FETCH (%sFLAGS %s%s)" % (pos + 1, b"UID %d " % uid if
+                             self.condstore else b"", format_flags(self.flags(uid)),
+                             self.modseq_item(uid)))
         self._flag_changes = {}
         if not self._expunged:
             self._rebase()
@@ -431,6 +436,8 @@ class ImapMailboxView:
         with them, whether the view now is the store's current list)."""
         gone = sorted(p for p in map(self._find, self._expunged) if p >= 0)
         lines = [b"%d EXPUNGE" % (p - k + 1) for k, p in enumerate(gone)]
+        if self.qresync and gone:  # RFC 7162 3.2.10
+            lines = [b"VANISHED " + uid_set(sorted(self._at(p).uid for p in gone))]
         for uid in [self._at(p).uid for p in gone]:
             self._over.pop(uid, None)
             self._recent.discard(uid)
@@ -534,6 +541,7 @@ class ImapAccount:
                 "UIDNEXT": int(mailbox.uid_next),
                 "UIDVALIDITY": int(mailbox.uid_validity),
                 "UNSEEN": int(mailbox.unseen_count()),
+                "HIGHESTMODSEQ": int(mailbox.highest_modseq),
                 **_sizes(messages),  # SIZE, DELETED, DELETED-STORAGE (imap/quota.py)
             }
         finally:

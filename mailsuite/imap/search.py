@@ -163,6 +163,8 @@ class _Parser:
             if not arg.isdigit():
                 raise SearchSyntaxError(f"{name} needs a number")
             return (name, int(arg))
+        if name == "MODSEQ":
+            return self.modseq()
         if name in EXTRA_KEYS:
             return (name, *EXTRA_KEYS[name].parse(self))
         if name == "NOT":
@@ -178,6 +180,20 @@ class _Parser:
             return ("SEQ", parse_sequence_set(token.value))
         except ValueError:
             raise SearchSyntaxError(f"unknown search key {name}") from None
+
+
+    def modseq(self) -> tuple[Any, ...]:
+        """``MODSEQ ["/flags/name" priv|shared|all] n`` (RFC 7162 3.1.5): one mod-sequence per
+        message here, whatever the entry."""
+        arg = self.next()
+        if arg.quoted:
+            kind = self.next().value.upper()
+            if kind not in (b"PRIV", b"SHARED", b"ALL"):
+                raise SearchSyntaxError("MODSEQ entry type is priv, shared or all")
+            arg = self.next()
+        if not arg.value.isdigit() or len(arg.value) > 19 or int(arg.value) >= 1 << 63:
+            raise SearchSyntaxError("MODSEQ needs a mod-sequence")
+        return ("MODSEQ", int(arg.value))
 
 
 def parse_search(text: bytes) -> tuple[str | None, tuple[Any, ...]]:
@@ -374,6 +390,8 @@ def matches(key: tuple[Any, ...], c: Candidate) -> bool:
         return c.size < key[1]
     if name == "UID":
         return _in_ranges(c.uid, key[1], c.max_uid)
+    if name == "MODSEQ":  # ``when`` is the message's info
+        return int(getattr(c.when, "modseq", 0)) >= key[1]
     if name == "SEQ":
         return _in_ranges(c.seq, key[1], c.max_seq)
     if name == "$":

@@ -1,5 +1,6 @@
 """Commands of the selected state: FETCH, STORE, SEARCH, COPY, MOVE (RFC 6851), EXPUNGE,
-UID EXPUNGE (RFC 4315), CLOSE, UNSELECT, and the UID forms of them all.
+UID EXPUNGE (RFC 4315), CLOSE, UNSELECT, and the UID forms of them all (STORE, and the
+CONDSTORE hooks ``fetch_modifiers`` and ``search_result``: ``condstore.CondstoreCommands``).
 
 A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``). ``UID X``
 runs the ``cmd_X`` of any mixin marked with ``uid_command`` (SORT and THREAD add theirs). Updates
@@ -24,7 +25,6 @@ from mailsuite.imap.fetch import (
     fetch_plan,
     fetch_responses,
 )
-from mailsuite.imap.encode import format_flags
 from mailsuite.imap.esearch import (
     bind_saved,
     esearch_response,
@@ -40,7 +40,6 @@ from mailsuite.imap.parser import (
     ParseError,
     Range,
     encode_mailbox,
-    parse_flag_list,
 )
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.store.interfaces import MailboxNotFound, UnknownUID
@@ -156,11 +155,12 @@ class SelectedCommands(_Base):
         args.sp()
         ranges = args.sequence_set()
         args.sp()
+        text, keep = self.fetch_modifiers(args.rest(), uid)  # CHANGEDSINCE: condstore.py
         try:
-            plan = fetch_plan(args.rest(), uid)
+            plan = fetch_plan(text, uid)
         except FetchSyntaxError as e:
             raise ParseError(str(e)) from None
-        targets = self._targets(ranges, uid)
+        targets = keep(ranges, self._targets(ranges, uid))
         seen_now: set[int] = set()
         if not view.readonly and plan.sets_seen:
             live = [u for _, u in targets if not view.is_expunged(u)]
@@ -190,56 +190,7 @@ class SelectedCommands(_Base):
         for line in self.view.take_flags_update():
             self.sendUntaggedResponse(line)
 
-    # -- STORE -------------------------------------------------------------------------------
-    async def cmd_STORE(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
-        view = self.view
-        assert view is not None
-        args.sp()
-        ranges = args.sequence_set()
-        args.sp()
-        mode = args.atom().upper()
-        args.sp()
-        if args.peek() == b"(":
-            flags = parse_flag_list(args.paren_list())
-        else:
-            words = []
-            while not args.at_end():
-                words.append(args.flag())
-                args.maybe_sp()
-            flags = parse_flag_list(words)
-        args.end()
-        silent = mode.endswith(b".SILENT")
-        op = mode[: -len(b".SILENT")] if silent else mode
-        if op not in (b"FLAGS", b"+FLAGS", b"-FLAGS"):
-            raise ParseError("Invalid STORE item")
-        targets = self._targets(ranges, uid)
-        if view.readonly:
-            self.sendNegativeResponse(tag, b"Mailbox is read-only.")
-            return
-        live = [u for _, u in targets if not view.is_expunged(u)]
-        wanted = frozenset(flags)
-        if op == b"FLAGS":
-            await view.change_flags(live, replace=wanted)
-        elif op == b"+FLAGS":
-            await view.change_flags(live, add=wanted)
-        else:
-            await view.change_flags(live, remove=wanted)
-        self._send_flags_update()  # also for .SILENT: the defined flags changed
-        missing = False
-        for seq, u in targets:
-            if view.is_expunged(u):
-                missing = True
-            elif not silent:
-                uid_part = b"UID %d " % u if uid else b""
-                self._write(
-                    b"* %d FETCH (%sFLAGS %s)\r\n" % (seq, uid_part, format_flags(view.flags(u)))
-                )
-        if missing:
-            self.sendNegativeResponse(
-                tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist."
-            )
-        else:
-            self.sendPositiveResponse(tag, self._command + b" completed.")
+    # -- STORE: condstore.CondstoreCommands (UNCHANGEDSINCE, MODIFIED) -----------------------
 
     # -- SEARCH ------------------------------------------------------------------------------
     async def cmd_SEARCH(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
@@ -261,11 +212,24 @@ class SelectedCommands(_Base):
         if options is not None:  # ESEARCH and SEARCHRES (imap/esearch.py)
             found = await run_saving(view, key, uid, options)
             if options != [b"SAVE"]:
-                self.sendUntaggedResponse(esearch_response(tag, uid, options, found))
+                self.sendUntaggedResponse(esearch_response(tag, uid, options, found)
+                                          + self._esearch_modseq(key, options, found, uid))
         else:
             found = await run_search(view, bind_saved(key, view), uid)
-            self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found))
+            self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found)
+                                      + self.search_result(key, found, uid))  # condstore.py
         self.sendPositiveResponse(tag, self._command + b" completed.")
+
+    def _esearch_modseq(self, key: Any, options: list[bytes], found: list[int],
+                        uid: bool) -> bytes:
+        """`` MODSEQ n`` of an ESEARCH whose key used MODSEQ (RFC 7162 3.1.5, RFC 4731 3.2): the
+        highest of the messages it reports (MIN and MAX alone report only those)."""
+        reported = found
+        if found and b"ALL" not in options and b"COUNT" not in options:
+            reported = [n for n, asked in ((min(found), b"MIN"), (max(found), b"MAX"))
+                        if asked in options]
+        highest = self.search_result(key, reported, uid)  # b" (MODSEQ n)", b"" if none
+        return b" MODSEQ " + highest[len(b" (MODSEQ "):-1] if highest else b""
 
     # -- COPY / MOVE -------------------------------------------------------------------------
     async def _copy(self, tag: bytes, args: Cursor, uid: bool,
@@ -373,9 +337,9 @@ class SelectedCommands(_Base):
         self._close_view()
         self.sendPositiveResponse(tag, (b"Close" if expunge else b"Unselect") + b" completed.")
 
-    for _f in (cmd_UID, cmd_FETCH, cmd_STORE, cmd_SEARCH, cmd_COPY, cmd_MOVE, cmd_EXPUNGE,
+    for _f in (cmd_UID, cmd_FETCH, cmd_SEARCH, cmd_COPY, cmd_MOVE, cmd_EXPUNGE,
                cmd_CLOSE, cmd_UNSELECT):
         _selected_only(_f)
-    for _f in (cmd_FETCH, cmd_STORE, cmd_SEARCH, cmd_COPY, cmd_MOVE, cmd_EXPUNGE):
+    for _f in (cmd_FETCH, cmd_SEARCH, cmd_COPY, cmd_MOVE, cmd_EXPUNGE):
         uid_command(_f)
     del _f

@@ -42,6 +42,7 @@ from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.append import AppendCommands
 from mailsuite.imap.compress import CompressCommands, Deflate
 from mailsuite.imap.binary import BinaryCommands
+from mailsuite.imap.condstore import CondstoreCommands
 from mailsuite.imap.folders import FolderCommands
 from mailsuite.imap.general import GeneralCommands
 from mailsuite.imap.idle import IdleCommands, IdlePoller
@@ -53,6 +54,7 @@ from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
 from mailsuite.imap.objectid import ObjectIdCommands
 from mailsuite.imap.metadata import MetadataCommands
 from mailsuite.imap.quota import QuotaCommands
+from mailsuite.imap.qresync import QresyncCommands
 from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.imap.preview import PreviewCommands
 from mailsuite.imap.reader import CommandReader
@@ -90,9 +92,10 @@ REFRESH_REUSE = 0.05
 # ignore[override]: LineReceiver's MAX_LENGTH is CommandReader's property (what is left).
 class IMAPServer(  # type: ignore[misc, override]
     CommandReader, ImapLogin, ImapLimits, GeneralCommands, NotifyCommands, FolderCommands,
-    SelectedCommands, AppendCommands, QuotaCommands, IdleCommands, UnauthenticateCommands,
-    ListCommands, StatusCommands, ObjectIdCommands, CompressCommands, MetadataCommands,
-    Utf8Commands, BinaryCommands, PreviewCommands, SortCommands,
+    CondstoreCommands, QresyncCommands, SelectedCommands, AppendCommands, QuotaCommands,
+    IdleCommands, UnauthenticateCommands, ListCommands, StatusCommands, ObjectIdCommands,
+    CompressCommands, MetadataCommands, Utf8Commands, BinaryCommands, PreviewCommands,
+    SortCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers

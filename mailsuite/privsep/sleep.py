@@ -96,6 +96,7 @@ class Sleep:
         s.account, s._onLogout, s.user = avatar, avatar.logout, s.agent.account.name
         s.state = "auth"
         s._bytes_in, s._bytes_out = state["in"], state["out"]
+        s.enabled = set(state.get("enabled", ()))  # ENABLE's, CONDSTORE and QRESYNC too
         s._command = b"IDLE"
         d = defer.ensureDeferred(self._reopen(avatar, state))
         d.addErrback(self._not_reopened)
@@ -113,6 +114,8 @@ class Sleep:
                 s.transport.loseConnection()
                 return
             view.resume(state["told"], state["recent"], state["keywords"])
+            view.condstore = b"CONDSTORE" in s.enabled  # UID and MODSEQ in its FETCH
+            view.qresync = b"QRESYNC" in s.enabled  # VANISHED for EXPUNGE
             s.view, s.state = view, "select"
         if s._lost:
             return

@@ -3,10 +3,12 @@
 Location (Dovecot-like): ``folder_root/.imap/INBOX/mailsuite.index``. Text, one line per message,
 written atomically (temp file, fsync, rename, fsync of the directory)::
 
-    mailsuite-mbox-index 1
-    <uid_validity> <uid_next> <mbox size> <mbox mtime_ns> <mbox inode> <generation>
+    mailsuite-mbox-index 3
+    <uid_validity> <uid_next> <mbox size> <mbox mtime_ns> <mbox inode> <highest modseq> <generation>
     [X <uid> ...]
-    <uid> <offset> <body_off> <hdr_end> <end> <size> <date> <fingerprint> <header_sig> [flag ...]
+    [V <floor> <lo>:<hi>:<modseq> ...]
+    <uid> <offset> <body_off> <hdr_end> <end> <size> <date> <fingerprint> <header_sig> <modseq>
+        [flag ...]
 
 ``offset`` is the From line, ``body_off`` the first byte of the message, ``hdr_end`` the byte after
 its header block, ``end`` the byte after the message (before the blank separator line); ``size``
@@ -15,7 +17,9 @@ seconds), followed by its zone as ``+HHMM`` / ``-HHMM`` unless that is UTC (vers
 version 1 index has no zones: its dates stay in UTC, as they were shown); ``fingerprint``
 identifies the message across rewrites by other programs (see ``mboxformat.fingerprint``);
 ``header_sig`` the state of its Status/X-Status/X-Keywords headers when last seen, so a change
-made by mutt is noticed and wins. Flags are IMAP atoms (never contain spaces).
+made by mutt is noticed and wins; ``modseq`` the mod-sequence of its last change (RFC 7162,
+``modseq``: version 3; an older index is read with every message at 1 and written whole at
+its next change). Flags are IMAP atoms (never contain spaces).
 
 ``X`` lists the messages expunged but still in the file (``Index.hidden``): an EXPUNGE is
 made durable by this mark (a journal record) before it is answered, and the file is compacted
@@ -30,19 +34,20 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from typing import NamedTuple
 
 from mailsuite.fsutil import atomic_write, fsync_parent, write_all
+from mailsuite.store import modseq as ms
 from mailsuite.store.interfaces import Changes, StoreError, StoreRefused
 from mailsuite.store.mboxformat import Parsed
+from mailsuite.store.zones import local_offset, zone
 
-MAGIC = b"mailsuite-mbox-index 2"
-_READABLE = (MAGIC, b"mailsuite-mbox-index 1")
+MAGIC = b"mailsuite-mbox-index 3"
+_LEGACY = (b"mailsuite-mbox-index 2", b"mailsuite-mbox-index 1")  # no mod-sequences
 SYSTEM = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
 
 
@@ -66,6 +71,7 @@ class Entry(NamedTuple):
     header_sig: str
     flags: frozenset[str]
     tz: int = 0  # the internal date's zone: seconds east of UTC
+    modseq: int = 0  # of its last change (RFC 7162; ``modseq``)
 
     @property
     def internal_date(self) -> datetime:
@@ -76,42 +82,6 @@ class Entry(NamedTuple):
 
 
 _new_tuple = tuple.__new__
-_ZONES: dict[int, timezone] = {0: UTC}
-
-
-def zone(offset: int) -> timezone:
-    """One shared tzinfo per offset (seconds east of UTC)."""
-    found = _ZONES.get(offset)
-    if found is None:
-        found = timezone(timedelta(seconds=offset))
-        if len(_ZONES) < 256:
-            _ZONES[offset] = found
-    return found
-
-
-_LOCAL: dict[int, int] = {}
-
-
-def local_offset(epoch: int) -> int:
-    """The server's local UTC offset at ``epoch`` (seconds east): the zone of mail delivered
-    here (as Dovecot) and of dates read from ``From `` lines. Zone changes fall on quarter
-    hours: one ``localtime`` per quarter hour of dates, not per message."""
-    key = epoch // 900
-    found = _LOCAL.get(key)
-    if found is None:
-        found = time.localtime(epoch).tm_gmtoff
-        if len(_LOCAL) > 65536:
-            _LOCAL.clear()
-        _LOCAL[key] = found
-    return found
-
-
-def offset_of(when: datetime) -> int:
-    """The UTC offset of an aware datetime in whole seconds (0 for a naive one)."""
-    off = when.utcoffset()
-    return int(off.total_seconds()) if off is not None else 0
-
-
 @dataclass(frozen=True)
 class Stamp:
     """What the mbox looked like when the index was made: unchanged stamp = nothing to parse."""
@@ -135,6 +105,9 @@ class Index:
     hidden: frozenset[int] = frozenset()  # expunged, still in the file until its compaction
     #: (inode, UIDs removed) of a compaction cut short after its rename (journal only)
     compacted: tuple[int, frozenset[int]] | None = None
+    highest_modseq: int = 1  # RFC 7162 HIGHESTMODSEQ (``modseq``)
+    vanished: ms.Vanished = ms.EMPTY  # expunged UIDs with their mod-sequence
+    legacy: bool = False  # read from a version without mod-sequences: written whole next
 
     def copy(self, **changes: object) -> Index:
         new = replace(self, **changes)  # type: ignore[arg-type]
@@ -151,8 +124,9 @@ class Index:
         not be used after it.
         """
         uid_next = added[-1].uid + 1 if added else self.uid_next
-        new = Index(self.uid_validity, uid_next, stamp, self.entries, self.generation,
-                    self.hidden)
+        highest = max(self.highest_modseq, added[-1].modseq) if added else self.highest_modseq
+        new = replace(self, uid_next=uid_next, stamp=stamp, highest_modseq=highest,
+                      compacted=None)
         self.entries.extend(added)
         return new
 
@@ -178,7 +152,8 @@ _CLEAN_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 
 def entry_from(
-    p: Parsed, uid: int, flags: frozenset[str], date: int, tz: int | None = None
+    p: Parsed, uid: int, flags: frozenset[str], date: int, tz: int | None = None,
+    modseq: int = 0,
 ) -> Entry:
     """``tz`` None: the server's local zone at ``date``."""
     return Entry(
@@ -193,12 +168,13 @@ def entry_from(
         p.header_sig,
         flags,
         local_offset(date) if tz is None else tz,
+        modseq,
     )
 
 
-def _new_entry(p: Parsed, uid: int, fallback_date: int) -> Entry:
+def _new_entry(p: Parsed, uid: int, fallback_date: int, modseq: int = 1) -> Entry:
     date = p.date if p.date is not None else fallback_date
-    return entry_from(p, uid, clean_flags(p.header_flags), date)
+    return entry_from(p, uid, clean_flags(p.header_flags), date, None, modseq)
 
 
 def extend(
@@ -208,8 +184,9 @@ def extend(
     ``old``: see ``Index.grown``."""
     changes = Changes()
     uid = old.uid_next
+    modseq = old.highest_modseq + 1
     for p in parsed:
-        e = _new_entry(p, uid, fallback_date)
+        e = _new_entry(p, uid, fallback_date, modseq)
         uid += 1
         changes.added.append(e)
     return list(changes.added), changes
@@ -236,6 +213,7 @@ def reconcile(
         candidates[e.fingerprint].append(e)
     new = old.copy(stamp=stamp, entries=[])
     changes = Changes()
+    modseq = old.highest_modseq + 1
     last_uid = 0
     kept: set[int] = set()
     for p in parsed:
@@ -249,18 +227,25 @@ def reconcile(
                 theirs = clean_flags(p.header_flags)
                 keywords = theirs - SYSTEM or flags - SYSTEM
                 flags = (theirs & SYSTEM) | keywords
-            e = entry_from(p, was.uid, flags, was.date, was.tz)
+            changed = flags != was.flags
+            e = entry_from(p, was.uid, flags, was.date, was.tz,
+                           modseq if changed else was.modseq)
             kept.add(was.uid)
-            if flags != was.flags:
+            if changed:
                 changes.flags[was.uid] = flags
         else:
-            e = _new_entry(p, new.uid_next, fallback_date)
+            e = _new_entry(p, new.uid_next, fallback_date, modseq)
             new.uid_next += 1
             changes.added.append(e)
         last_uid = e.uid
         new.entries.append(e)
     changes.expunged = [e.uid for e in old.entries if e.uid not in kept]
     new.hidden, new.compacted = old.hidden & kept, None
+    if changes:
+        new.highest_modseq = modseq
+        told = [u for u in changes.expunged if u not in old.hidden]  # hidden: recorded then
+        if told:
+            new.vanished = new.vanished.add(told, modseq)
     return new, changes
 
 
@@ -278,7 +263,7 @@ def from_dovecot(
     one out of order, gets a new UID above every other, and so does each after it. Flags and
     keywords come from the Status / X-Status / X-Keywords headers."""
     entries: list[Entry] = []
-    uid_next, last = last_uid + 1, 0
+    uid_next, last = last_uid + 1, 0  # (every message at mod-sequence 1)
     for p, given in zip(parsed, x_uids, strict=True):
         if given is not None and last < given <= last_uid:
             uid = given
@@ -299,7 +284,7 @@ def _date_field(e: Entry) -> bytes:
 
 
 def entry_line(e: Entry) -> bytes:
-    return b"%d %d %d %d %d %d %s %s %s %s" % (
+    return b"%d %d %d %d %d %d %s %s %s %d %s" % (
         e.uid,
         e.offset,
         e.body_off,
@@ -309,6 +294,7 @@ def entry_line(e: Entry) -> bytes:
         _date_field(e),
         e.fingerprint.encode(),
         e.header_sig.encode(),
+        e.modseq,
         " ".join(sorted(e.flags)).encode(),
     )
 
@@ -319,7 +305,8 @@ _SIGNS = (ord("+"), ord("-"))
 _SIGS: dict[bytes, str] = {}
 
 
-def _entry(w: list[bytes]) -> Entry:
+def _entry(w: list[bytes], legacy: bool = False) -> Entry:
+    """An entry line's words; ``legacy``: of a version without mod-sequences (all 1)."""
     sig = _SIGS.get(w[8])
     if sig is None:
         sig = w[8].decode()
@@ -344,8 +331,9 @@ def _entry(w: list[bytes]) -> Entry:
             int(d),
             w[7].decode(),
             sig,
-            _flags(w[9:]),
+            _flags(w[9:] if legacy else w[10:]),
             tz,
+            1 if legacy else int(w[9]),
         ),
     )
 
@@ -366,10 +354,13 @@ def _flags(words: list[bytes]) -> frozenset[str]:
 
 def dump(index: Index) -> bytes:
     s = index.stamp
-    head = (index.uid_validity, index.uid_next, s.size, s.mtime_ns, s.ino, index.generation)
-    lines = [MAGIC, b"%d %d %d %d %d %d" % head]
+    head = (index.uid_validity, index.uid_next, s.size, s.mtime_ns, s.ino, index.highest_modseq,
+            index.generation)
+    lines = [MAGIC, b"%d %d %d %d %d %d %d" % head]
     if index.hidden:
         lines.append(_hidden_line(index.hidden))
+    if index.vanished.ranges or index.vanished.floor:
+        lines.append(index.vanished.line())
     lines.extend(map(entry_line, index.entries))
     return b"\n".join(lines) + b"\n"
 
@@ -378,19 +369,26 @@ def load(data: bytes) -> Index:
     """Parse an index file; CorruptIndex if it is not one we wrote."""
     first = data.find(b"\n")
     second = data.find(b"\n", first + 1)
-    if data[:first] not in _READABLE or not data.endswith(b"\n") or second < 0:
+    legacy = data[:first] in _LEGACY
+    if (data[:first] != MAGIC and not legacy) or not data.endswith(b"\n") or second < 0:
         raise CorruptIndex("not a mailsuite index (or cut short)")
     try:
         head = list(map(int, data[first + 1 : second].split()))
         if len(head) == 5:
             head.append(0)  # written before journals existed
-        validity, uid_next, size, mtime_ns, ino, generation = head
-        pos, hidden = second + 1, frozenset[int]()
+        if legacy:
+            head.insert(5, 1)  # before mod-sequences: every message at 1
+        validity, uid_next, size, mtime_ns, ino, highest, generation = head
+        pos, hidden, vanished = second + 1, frozenset[int](), ms.EMPTY
         if data.startswith(b"X ", pos):
             end = data.index(b"\n", pos)
             hidden = frozenset(map(int, data[pos:end].split()[1:]))
             pos = end + 1
-        entries = [_entry(line.split(b" ")) for line in _lines(data, pos)]
+        if data.startswith(b"V ", pos):
+            end = data.index(b"\n", pos)
+            vanished = ms.Vanished.parse(data[pos:end])
+            pos = end + 1
+        entries = [_entry(line.split(b" "), legacy) for line in _lines(data, pos)]
         last = 0
         for e in entries:
             if e.uid <= last or e.uid >= uid_next:
@@ -398,7 +396,8 @@ def load(data: bytes) -> Index:
             last = e.uid
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise CorruptIndex(str(e)) from e
-    return Index(validity, uid_next, Stamp(size, mtime_ns, ino), entries, generation, hidden)
+    return Index(validity, uid_next, Stamp(size, mtime_ns, ino), entries, generation, hidden,
+                 highest_modseq=highest, vanished=vanished, legacy=legacy)
 
 
 def _lines(data: bytes, pos: int, block: int = 1 << 20) -> Iterator[bytes]:
@@ -440,16 +439,24 @@ def apply_log(index: Index, data: bytes) -> Index:
     if lines[0] != LOG_MAGIC + b" %d" % index.generation:
         return index
     flags: dict[int, frozenset[str]] = {}
+    modseqs: dict[int, int] = {}
     added: list[Entry] = []
     stamp, uid_next, hidden = index.stamp, index.uid_next, set(index.hidden)
-    compacted = None
+    compacted, highest, vanished = None, index.highest_modseq, index.vanished
     try:
         for line in lines[1:-1]:  # the last piece has no newline: cut short or empty
             w = line.split(b" ")
             if w[0] == b"F":
                 flags[int(w[1])] = _flags(w[2:])
             elif w[0] == b"A":
-                added.append(_entry(w[1:]))
+                added.append(_entry(w[1:], index.legacy))
+                highest = max(highest, added[-1].modseq)
+            elif w[0] == b"M":
+                highest = max(highest, int(w[1]))
+                modseqs.update(dict.fromkeys(map(int, w[2:]), int(w[1])))
+            elif w[0] == b"V":
+                highest = max(highest, int(w[1]))
+                vanished = vanished.add(map(int, w[2:]), int(w[1]))
             elif w[0] == b"S":
                 uid_next = int(w[1])
                 stamp = Stamp(int(w[2]), int(w[3]), int(w[4]))
@@ -460,13 +467,15 @@ def apply_log(index: Index, data: bytes) -> Index:
     except (ValueError, IndexError, UnicodeDecodeError) as err:
         raise CorruptIndex(f"journal: {err}") from err
     entries = index.entries + added
-    if flags:
+    if flags or modseqs:
         for i, entry in enumerate(entries):
-            f = flags.get(entry.uid)
-            if f is not None:
-                entries[i] = entry._replace(flags=f)
+            f = flags.get(entry.uid, entry.flags)
+            m = modseqs.get(entry.uid, entry.modseq)
+            if f is not entry.flags or m != entry.modseq:
+                entries[i] = entry._replace(flags=f, modseq=m)
     return replace(index, entries=entries, stamp=stamp, uid_next=uid_next,
-                   hidden=frozenset(hidden), compacted=compacted)
+                   hidden=frozenset(hidden), compacted=compacted, highest_modseq=highest,
+                   vanished=vanished)
 
 
 def log_records(
@@ -543,7 +552,10 @@ def read_index(path: str, dir_fd: int | None = None) -> Index | None:
     except OSError as e:
         raise CorruptIndex(f"{log_path(path)}: {e.strerror}") from e
     with os.fdopen(fd, "rb") as f:
-        return apply_log(index, f.read())
+        index = apply_log(index, f.read())
+    if index.legacy:  # journal records of this version from here on: a whole new index first
+        index.generation = 0
+    return index
 
 
 def write_index(
@@ -552,6 +564,7 @@ def write_index(
     """Replace the index atomically and durably; ``owner`` (uid, gid) when running as root.
     With ``dir_fd`` (the index directory, walked by ``safepath``) ``path`` is a name in it."""
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
+    index.legacy = False  # written in this version
 
     def commit(_: int) -> None:
         with contextlib.suppress(FileNotFoundError):

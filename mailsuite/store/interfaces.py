@@ -72,6 +72,7 @@ class MessageInfo:
     flags: frozenset[str]
     internal_date: datetime  # timezone-aware
     size: int  # len(mailsuite.wire.to_wire(message)), as RETR / BODY[] send it
+    modseq: int = 0  # the mod-sequence of its last change (RFC 7162)
 
 
 @dataclass
@@ -104,6 +105,13 @@ class IMailbox(Interface):
     name = Attribute("The mailbox name, e.g. 'INBOX'.")
     uid_validity = Attribute("int: never changes for the life of the mailbox")
     uid_next = Attribute("int: the UID the next new message will get")
+    highest_modseq = Attribute(
+        "int: the mod-sequence of the mailbox's last change (RFC 7162 HIGHESTMODSEQ); every "
+        "change (message added, flags changed, message expunged) gets one above it, the "
+        "messages one operation changes the same one, kept in ``MessageInfo.modseq``"
+    )
+    vanished = Attribute(
+        "mailsuite.store.modseq.Vanished: the UIDs expunged with the mod-sequence they went at")
     messages = Attribute(
         "list of MessageInfo-like objects (uid, flags, internal_date, size), ascending UID: the "
         "state after the last refresh. Shared, never copied: treat it as read-only. A change "
@@ -167,6 +175,11 @@ class IMailbox(Interface):
         """Add every ``(data, flags, internal date or None)`` of ``messages`` or, on failure,
         none of them (RFC 3502 MULTIAPPEND), durable before the Deferred fires (one fsync).
         Deferred[list[int]]: the new UIDs, in order."""
+
+    def changed_since(modseq):
+        """list[int] | None: the UIDs (ascending; a superset: check each ``modseq``) changed
+        (flags, added) after ``modseq``, known without a pass over the messages (QRESYNC);
+        None when the store does not know that far back."""
 
     def keywords():
         """set[str]: the keywords (flags that are not system flags) messages of the mailbox

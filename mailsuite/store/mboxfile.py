@@ -28,15 +28,16 @@ from mailsuite.accounts import Account
 from mailsuite.fsutil import pread_all, write_all
 from mailsuite.store import cleanup, mboxinplace
 from mailsuite.store import index as ix
+from mailsuite.store import modseq as ms
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, HeldLock, locked_mailbox
 from mailsuite.store.mboxformat import (
+    parse_file,
     describe,
     fingerprint,
     header_end,
     imap_base,
     make_from_line,
-    parse,
     separator_at,
     to_stored,
     verified,
@@ -49,31 +50,10 @@ from mailsuite.store.safepath import Anchors, Dir, mail_gid, open_dir, refuse
 
 log = Logger()
 
-WINDOW = 8 << 20  # bytes read at a time when parsing (the peak memory of a first parse)
 COPY = 4 << 20  # bytes copied at a time when rewriting
 
 Result = tuple[ix.Index, Changes]
 _UID = attrgetter("uid")
-
-
-def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list[ix.Parsed]:
-    """Parse [start, stop) of the file a window at a time (memory stays bounded)."""
-    out: list[ix.Parsed] = []
-    window = WINDOW
-    while start < stop:
-        length = min(window, stop - start)
-        buf = pread_all(fd, length, start, chunk=length)
-        if len(buf) < length:
-            raise StoreError("mailbox shrank while it was locked")
-        found = parse(buf, 0, len(buf), first_is_separator, base=start)
-        if start + length >= stop:
-            return out + found
-        if len(found) < 2:
-            window *= 2  # one message (or the junk before the first) larger than the window
-            continue
-        out.extend(found[:-1])  # the last one may be cut off by the window: parse it again
-        start, first_is_separator = found[-1].offset, True
-    return out
 
 
 DOVECOT_PROBE = 64 * 1024  # read to see whether the first message has Dovecot's X-IMAPbase
@@ -313,7 +293,8 @@ class MboxFile(IndexKeeper):
         ``found``, messages other programs appended, when not None): durable, in O(new
         messages) unless the refresh rebuilt the state (``whole``: the index is written)."""
         if whole:
-            full = state.copy(uid_next=mine[-1].uid + 1, stamp=stamp)
+            full = state.copy(uid_next=mine[-1].uid + 1, stamp=stamp,
+                              highest_modseq=mine[-1].modseq)
             full.entries.extend(mine)
             self._save(full)
         else:
@@ -366,11 +347,11 @@ class MboxFile(IndexKeeper):
                 return None, changes, None
             first = added[-1].uid + 1 if added else state.uid_next
             uids = list(range(first, first + len(spans)))
-            mine = []
+            mine, modseq = [], state.highest_modseq + 1  # (that of ``added`` too)
             for uid, (base, start, body, blob), (fl, when, zone) in zip(uids, spans, each,
                                                                          strict=True):
                 p = describe(blob, start, body, len(blob) - 1, when, base=base)
-                mine.append(ix.entry_from(p, uid, ix.clean_flags(fl), when, zone))
+                mine.append(ix.entry_from(p, uid, ix.clean_flags(fl), when, zone, modseq))
             whole = added is None and before is not None and state.entries != before.entries
             new = self._added(state, changes, added, mine, ix.Stamp.of(os.fstat(fd)), whole)
         return new, changes, uids
@@ -399,15 +380,17 @@ class MboxFile(IndexKeeper):
                 os.fsync(out.dir_fd)  # type: ignore[arg-type]
                 stamp = ix.Stamp.of(os.fstat(out.fd))
                 copied = ix.Index(target._new_validity(), state.uid_next, stamp,
-                                  hidden=state.hidden)
+                                  hidden=state.hidden, highest_modseq=state.highest_modseq)
                 copied.entries = list(state.entries)
                 target._save(copied)
             if held.fd is not None:
                 os.ftruncate(held.fd, 0)
                 os.fsync(held.fd)
+            modseq = state.highest_modseq + 1
             new = state.copy(
                 stamp=ix.Stamp.of(os.fstat(held.fd)) if held.fd is not None else state.stamp,
-                entries=[], hidden=frozenset(),
+                entries=[], hidden=frozenset(), highest_modseq=modseq,
+                vanished=state.vanished.add(set(known) - state.hidden, modseq),
             )
             self._save(new)
         return new, Changes(expunged=known)
@@ -440,7 +423,7 @@ class MboxFile(IndexKeeper):
         changes = Changes()
         result: dict[int, frozenset[str]] = {}
         entries = state.entries
-        copied = False
+        copied, modseq = False, state.highest_modseq + 1
         i = 0
         for uid in uids:  # ascending: each search starts where the last one ended
             i = bisect_left(entries, uid, i, key=_UID)
@@ -453,13 +436,14 @@ class MboxFile(IndexKeeper):
             if flags != e.flags:
                 if not copied:
                     entries, copied = list(entries), True
-                entries[i] = e._replace(flags=flags)
+                entries[i] = e._replace(flags=flags, modseq=modseq)
                 changes.flags[uid] = flags
             result[uid] = flags
         if not changes:
             return state, changes, result
-        new = state.copy(entries=entries)
-        if not self._journal(new, ix.log_records(changes.flags), len(entries)):
+        new = state.copy(entries=entries, highest_modseq=modseq)
+        records = ix.log_records(changes.flags) + ms.record(b"M", modseq, changes.flags)
+        if not self._journal(new, records, len(entries)):
             self._save(new)
         return new, changes, result
 
@@ -471,6 +455,9 @@ class MboxFile(IndexKeeper):
             if gone and held.fd is not None:
                 new = self._compact(held, new, set(gone))
                 changes.expunged.extend(gone)
+                if told := set(gone) - state.hidden:  # (the hidden ones' expunge: recorded)
+                    new = new.copy(highest_modseq=new.highest_modseq + 1, vanished=new.vanished
+                                   .add(told, new.highest_modseq + 1))
             if new.hidden & set(uids):  # their mark goes with them
                 new = new.copy(hidden=new.hidden - set(uids))
             if new is not state:

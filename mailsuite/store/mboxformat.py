@@ -27,6 +27,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from mailsuite.fsutil import pread_all
+from mailsuite.store.interfaces import StoreError
 from mailsuite.wire import wire_size
 
 Buffer = bytes
@@ -353,3 +355,26 @@ def verified(e: Located, buf: bytes | bytearray, headers_only: bool = False) -> 
     if fingerprint(header, e.end - e.hdr_end) != e.fingerprint:
         return None
     return b"".join((served_header(header), memoryview(buf)[e.hdr_end - e.offset :]))
+
+
+WINDOW = 8 << 20  # bytes read at a time when parsing (the peak memory of a first parse)
+
+
+def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list[Parsed]:
+    """Parse [start, stop) of the file a window at a time (memory stays bounded)."""
+    out: list[Parsed] = []
+    window = WINDOW
+    while start < stop:
+        length = min(window, stop - start)
+        buf = pread_all(fd, length, start, chunk=length)
+        if len(buf) < length:
+            raise StoreError("mailbox shrank while it was locked")
+        found = parse(buf, 0, len(buf), first_is_separator, base=start)
+        if start + length >= stop:
+            return out + found
+        if len(found) < 2:
+            window *= 2  # one message (or the junk before the first) larger than the window
+            continue
+        out.extend(found[:-1])  # the last one may be cut off by the window: parse it again
+        start, first_is_separator = found[-1].offset, True
+    return out

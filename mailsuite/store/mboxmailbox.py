@@ -28,7 +28,9 @@ from zope.interface import implementer
 
 from mailsuite.store import index as ix
 from mailsuite.store import events
+from mailsuite.store import modseq as ms
 from mailsuite.store.headercache import HeaderCache
+from mailsuite.store.zones import offset_of
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -165,6 +167,7 @@ class MboxMailbox:
         self._compaction_queued = False
         self._compacting = False  # the running operation is a compaction
         self._hcache = HeaderCache(mfile._index_dir, mfile._owner)
+        self._changelog = ms.ChangeLog()  # what changed at which modseq (changed_since)
 
     # -- running operations ---------------------------------------------------------------------
 
@@ -201,6 +204,8 @@ class MboxMailbox:
             fresh = self._state is None or state.uid_validity != self._state.uid_validity
             old = self.messages
             self._state = state
+            self._changelog.publish(state.highest_modseq, [*changes.flags, *(
+                m.uid for m in changes.added)], fresh)
             self._hidden = set(state.hidden)
             self.uid_validity = state.uid_validity
             self.uid_next = state.uid_next
@@ -250,6 +255,19 @@ class MboxMailbox:
         """The message's fingerprint (IMailbox.email_id): the same after rewrites by mutt."""
         entry = self._entry(uid)
         return None if entry is None else entry.fingerprint
+
+    @property
+    def highest_modseq(self) -> int:
+        """RFC 7162 HIGHESTMODSEQ of the state published (``modseq``)."""
+        return self._state.highest_modseq if self._state is not None else 1
+
+    @property
+    def vanished(self) -> ms.Vanished:
+        return self._state.vanished if self._state is not None else ms.EMPTY
+
+    def changed_since(self, modseq: int) -> list[int] | None:
+        """UIDs (a superset) changed after ``modseq``, without a pass; None if not known."""
+        return self._changelog.since(modseq)
 
     def keywords(self) -> set[str]:
         """Every keyword a message of the mailbox has had since it was loaded (FLAGS)."""
@@ -501,7 +519,7 @@ class MboxMailbox:
         now = self._store.now()
         items = [(data, "MAILER-DAEMON") for data, _, _ in messages]
         each = [(frozenset(flags), int((when or now).timestamp()),
-                 None if when is None else ix.offset_of(when)) for _, flags, when in messages]
+                 None if when is None else offset_of(when)) for _, flags, when in messages]
         account = self._file.account
         work = self._store.admitted(account, self._file.append_many, items)
         return self._store.after_write(
@@ -520,7 +538,7 @@ class MboxMailbox:
     ) -> defer.Deferred[Any]:
         # APPEND's date keeps its zone; mail delivered here gets the local zone (as Dovecot)
         date = int((when or self._store.now()).timestamp())
-        tz = None if when is None else ix.offset_of(when)
+        tz = None if when is None else offset_of(when)
         account = self._file.account  # quota (store/quota.py): admitted first, then the warning
         work = self._store.admitted(account, self._file.append, [(data, sender)]) if admit \
             else self._file.append

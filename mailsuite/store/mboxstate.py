@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from mailsuite.accounts import Account
 from mailsuite.store import index as ix
+from mailsuite.store import modseq as ms
 from mailsuite.store import uidvalidity
 from mailsuite.store.interfaces import Changes
 from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, Place, open_dir
@@ -153,8 +154,9 @@ class IndexKeeper:
         head = ix.Index(state.uid_validity, uid_next, stamp, [], state.generation)
         count = len(state.entries) + len(added)
         if save or not self._journal(head, ix.log_records(None, added, head), count):
-            full = ix.Index(state.uid_validity, uid_next, stamp, state.entries + added,
-                            hidden=state.hidden)
+            full = state.copy(uid_next=uid_next, stamp=stamp, entries=state.entries + added,
+                              compacted=None)
+            full.highest_modseq = max([state.highest_modseq] + [e.modseq for e in added[-1:]])
             self._save(full)
             state.generation = full.generation
         return state.grown(added, stamp)
@@ -166,8 +168,11 @@ class IndexKeeper:
         gone = {u for u in uids if _has(state.entries, u)} - state.hidden
         if not gone:
             return state, Changes(), []
-        new = replace(state, hidden=state.hidden | gone)  # the same entries: none changed
-        if not self._journal(new, ix.log_records(hidden=gone), len(new.entries)):
+        modseq = state.highest_modseq + 1
+        new = replace(state, hidden=state.hidden | gone,  # the same entries: none changed
+                      highest_modseq=modseq, vanished=state.vanished.add(gone, modseq))
+        records = ix.log_records(hidden=gone) + ms.record(b"V", modseq, gone)
+        if not self._journal(new, records, len(new.entries)):
             self._save(new)
         return new, Changes(expunged=sorted(gone)), sorted(gone)
 

@@ -11,6 +11,7 @@ from zope.interface import implementer
 
 from mailsuite.accounts import Account
 from mailsuite.store import events, folders
+from mailsuite.store import modseq as ms
 from mailsuite.store.folderattrs import FolderAttrs, check_use, new_mailbox_id
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
@@ -53,6 +54,8 @@ class MemoryMailbox:
         self._fingerprints: dict[int, str] = {}  # uid -> as the mbox index has it
         self.mailbox_id = new_mailbox_id()  # folderattrs.FolderAttrs, moved by RENAME
         self.special_use: str | None = None  # given at CREATE
+        self.highest_modseq = 1
+        self.vanished = ms.EMPTY
 
     # Changes are recorded as they happen and told to listeners on the next refresh, as the mbox
     # store sees them only when it looks at the disk; changes made through this object are told
@@ -94,8 +97,9 @@ class MemoryMailbox:
 
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         told = Changes()
+        modseq = self.highest_modseq = self.highest_modseq + 1
         self.messages = [
-            MessageInfo(m.uid, frozenset(changes[m.uid]), m.internal_date, m.size)
+            MessageInfo(m.uid, frozenset(changes[m.uid]), m.internal_date, m.size, modseq)
             if m.uid in changes
             else m
             for m in self.messages
@@ -133,6 +137,9 @@ class MemoryMailbox:
         for uid in gone:
             del self._bodies[uid]
             self._fingerprints.pop(uid, None)
+        if gone:
+            self.highest_modseq += 1
+            self.vanished = self.vanished.add(gone, self.highest_modseq)
         self._tell(Changes(expunged=gone))
         return defer.succeed(gone)
 
@@ -145,7 +152,9 @@ class MemoryMailbox:
                 data += b"\n"
         # a date given keeps its zone; mail delivered here gets the local zone (as Dovecot)
         when = date or self._now().astimezone()
-        info = MessageInfo(self.uid_next, frozenset(flags), when, wire_size(data))
+        self.highest_modseq += 1
+        info = MessageInfo(self.uid_next, frozenset(flags), when, wire_size(data),
+                           self.highest_modseq)
         header = header_end(data, 0, len(data))
         self._fingerprints[info.uid] = fingerprint(data[:header], len(data) - header)
         self.uid_next += 1
@@ -174,6 +183,9 @@ class MemoryMailbox:
         infos = [self._add(data, flags, when) for data, flags, when in messages]
         self._tell(Changes(added=infos))
         return defer.succeed([info.uid for info in infos])
+
+    def changed_since(self, modseq: int) -> list[int] | None:
+        return None  # not kept: the caller looks at every message
 
     def keywords(self) -> set[str]:
         return self._keywords
@@ -362,6 +374,8 @@ class MemoryStore:
                 target._add(inbox._bodies[info.uid], info.flags, info.internal_date, True)
             gone = [m.uid for m in inbox.messages]
             inbox.messages, inbox._bodies = [], {}
+            inbox.highest_modseq += 1
+            inbox.vanished = inbox.vanished.add(gone, inbox.highest_modseq)
             inbox._tell(Changes(expunged=gone))
             return
         moving = [n for n in names if n == old or folders.is_under(n, old)]

@@ -12,7 +12,7 @@ from hypothesis import example
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from mailsuite.store import mboxfile
+from mailsuite.store import mboxformat
 from mailsuite.store.mboxformat import (
     from_line_date, header_end, header_flags, imap_base, make_from_line, parse, served_header,
     to_stored, with_status, x_uid,
@@ -130,12 +130,12 @@ class ArbitraryFuzz(unittest.TestCase):
     @fuzz(_chunks, st.integers(8, 64), weight=2)
     def test_windows_parse_like_the_whole(self, buf: bytes, window: int) -> None:
         """The file read a window at a time (mboxfile.parse_file) gives the same messages."""
-        self.patch(mboxfile, "WINDOW", window)
+        self.patch(mboxformat, "WINDOW", window)
         with tempfile.TemporaryFile() as f:
             f.write(buf)
             f.flush()
             fd = f.fileno()
-            self.assertEqual(mboxfile.parse_file(fd, 0, len(buf), False),
+            self.assertEqual(mboxformat.parse_file(fd, 0, len(buf), False),
                              parse(buf, 0, len(buf)))
 
 

@@ -187,3 +187,26 @@ class HibernateTests(unittest.TestCase):
         line.expect(b"+ ")
         time.sleep(3)
         self.assertTrue(self.agents_of("boss"))
+
+    def test_qresync_session_sleeps_and_keeps_it(self) -> None:
+        """A QRESYNC client (Thunderbird) in IDLE hibernates too, and once thawed still gets
+        VANISHED for an expunge and UID and MODSEQ in its unsolicited FETCH (RFC 7162)."""
+        line = Line(self.site.ports["imap"])
+        self.addCleanup(line.close)
+        line.send(b"a LOGIN boss secret\r\ne ENABLE QRESYNC\r\nb SELECT INBOX\r\n")
+        line.expect(b"b OK")
+        line.send(b"c IDLE\r\n")
+        line.expect(b"+ ")
+        self.asleep()
+        other = self.c.imap()
+        other.select("INBOX")
+        other.store("3", "+FLAGS", "(\\Flagged)")
+        other.store("2", "+FLAGS", "(\\Deleted)")
+        other.expunge()
+        other.logout()
+        got = line.expect(b"* VANISHED 2", timeout=WAIT)
+        line.send(b"DONE\r\nd NOOP\r\n")
+        got += line.expect(b"d OK")
+        self.assertFalse([g for g in got if b"EXPUNGE" in g], got)
+        everything = b"\r\n".join(got)  # (the FETCH comes before VANISHED or after it)
+        self.assertRegex(everything, rb"\* \d FETCH \(UID 3 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)")
