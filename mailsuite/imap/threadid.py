@@ -69,8 +69,7 @@ _latest: weakref.WeakKeyDictionary[Any, tuple[tuple[int, int, int], Roots]] = (
 async def prepare(view: Any, *_: Any) -> None:
     """The view's map made (or found kept) for its messages as they are now (a message gone
     since changes no other's root: its children still name its Message-ID)."""
-    rows = view.rows()
-    stamp = (int(view.uid_validity), len(rows), rows[-1].uid if rows else 0)
+    stamp = (int(view.uid_validity), view.count(), view._last_uid())  # no pass over the rows
     kept = _latest.get(view)
     if kept is not None and kept[0] == stamp:
         return
