@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 from mailsuite.imap.encode import literal, nstring
 from mailsuite.imap.parser import Cursor, Item, ParseError, String, encode_mailbox, mailbox_name
 from mailsuite.imap.session import states
+from mailsuite.store import folders
+from mailsuite.store.events import Event, bus_of
+from mailsuite.store.interfaces import StoreError
 from mailsuite.store.metadata import MAX_VALUE, TooBig, TooMany, metadata_of
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
@@ -98,9 +101,25 @@ def _value(value: bytes | None) -> bytes:
     return nstring(value)
 
 
-def _entry(name: str) -> bytes:
+def entry_text(name: str) -> bytes:
+    """An entry name as a reply gives it (an atom when it can be, else quoted)."""
     raw = name.encode("ascii")
     return raw if _ATOM_SAFE.match(raw) else nstring(raw)
+
+
+def publish_change(session: Any, mailbox: str | None, names: list[str]) -> None:
+    """Tell the account's event bus (NOTIFY's MailboxMetadataChange and ServerMetadataChange,
+    notifymeta.py) that ``session`` set these entries of ``mailbox`` (None: the server's)."""
+    account = session.account
+    store = getattr(account, "store", None)
+    key = getattr(getattr(account, "account", None), "name", None)
+    if store is None or key is None:
+        return
+    try:
+        name = "" if mailbox is None else folders.normalize(mailbox)
+    except StoreError:
+        return
+    bus_of(store).publish(key, Event("metadata", name, source=session, changes=tuple(names)))
 
 
 class MetadataCommands(_Base):
@@ -143,7 +162,7 @@ class MetadataCommands(_Base):
         entries = await metadata_of(self.account.store).get(self.account.account, mailbox)
         found, longest = select(entries, names, depth, maxsize)
         if found:
-            listed = b" ".join(_entry(k) + b" " + _value(v) for k, v in found)
+            listed = b" ".join(entry_text(k) + b" " + _value(v) for k, v in found)
             self.sendUntaggedResponse(b"METADATA " + shown + b" (" + listed + b")")
         code = b"[METADATA LONGENTRIES %d] " % longest if longest else b""
         self.sendPositiveResponse(tag, code + b"GETMETADATA completed.")
@@ -179,4 +198,5 @@ class MetadataCommands(_Base):
         except TooMany:
             self.sendNegativeResponse(tag, b"[METADATA TOOMANY] Too many entries.")
             return
+        publish_change(self, mailbox, list(changes))
         self.sendPositiveResponse(tag, b"SETMETADATA completed.")

@@ -11,7 +11,8 @@ What is sent, and when:
 - other mailboxes: ``STATUS (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)`` when one changed (never
   for the selected one, as Dovecot); ``LIST`` for MailboxName (``\\NonExistent`` for a deleted
   mailbox, ``("OLDNAME" (old))`` for a rename) and SubscriptionChange (``\\Subscribed`` or not)
-  for what other sessions did (this session's own changes have their tagged OK);
+  for what other sessions did (this session's own changes have their tagged OK); METADATA
+  (entry names) for MailboxMetadataChange and ServerMetadataChange (notifymeta.py);
 - while a command runs these wait for its tagged reply (``flush``, from
   ``IMAPServer.flush_updates``); more than ``MAX_QUEUED`` waiting, or a client that leaves
   ``MAX_UNSENT`` unread, is ``* OK [NOTIFICATIONOVERFLOW]`` and NOTIFY is off (RFC 5465 5.8).
@@ -31,11 +32,14 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mailsuite.imap.fetch import fetch_plan, fetch_responses
+from mailsuite.imap.notifymeta import metadata_line
 from mailsuite.imap.notifyspec import (
     FLAG_CHANGE,
     MAILBOX_NAME,
     MESSAGE_EVENTS,
+    METADATA_EVENTS,
     SUBSCRIPTION_CHANGE,
+    SUPPORTED,
     BadEvent,
     NotifySpec,
     parse_notify,
@@ -170,7 +174,11 @@ class NotifyWatch:
                 self._check_soon()
             return
         own = event.source is self.session
-        if event.kind in ("created", "deleted", "renamed"):
+        if event.kind == "metadata":  # MailboxMetadataChange, ServerMetadataChange
+            line = metadata_line(self, event)
+            if line is not None:
+                self.emit(line)
+        elif event.kind in ("created", "deleted", "renamed"):
             self._renamed_or_made(event, own)
         elif event.kind in ("subscribed", "unsubscribed"):
             on = event.kind == "subscribed"
@@ -342,8 +350,9 @@ class NotifyCommands(_Base):
 
     @states("auth", "select")
     async def cmd_NOTIFY(self, tag: bytes, args: Cursor) -> None:
+        metadata = bool(getattr(self.config.imap, "imap_metadata", False))
         try:
-            spec = parse_notify(args)
+            spec = parse_notify(args, (*SUPPORTED, *METADATA_EVENTS) if metadata else SUPPORTED)
         except BadEvent as e:
             names = " ".join(e.events).encode("ascii", "replace")
             self.sendNegativeResponse(tag, b"[BADEVENT (" + names + b")] Unsupported events.")

@@ -5,7 +5,8 @@ and one or more event groups ``(filter events)``. Syntax errors, and the rules R
 on events (MessageNew and MessageExpunge together; FlagChange and AnnotationChange only with
 both; fetch attributes only for the selected mailbox; one selected filter), are a
 ``ParseError`` (tagged BAD). An event this server does not implement (AnnotationChange, the
-METADATA events, any other atom) is ``BadEvent`` (tagged ``NO [BADEVENT ...]``, naming them,
+METADATA events when METADATA is off: ``parse_notify``'s ``supported``, any other atom) is
+``BadEvent`` (tagged ``NO [BADEVENT ...]``, naming them,
 as Dovecot does).
 """
 
@@ -24,8 +25,11 @@ FLAG_CHANGE = "FlagChange"
 ANNOTATION_CHANGE = "AnnotationChange"
 MAILBOX_NAME = "MailboxName"
 SUBSCRIPTION_CHANGE = "SubscriptionChange"
+MAILBOX_METADATA_CHANGE = "MailboxMetadataChange"
+SERVER_METADATA_CHANGE = "ServerMetadataChange"
 SUPPORTED = (MESSAGE_NEW, MESSAGE_EXPUNGE, FLAG_CHANGE, MAILBOX_NAME, SUBSCRIPTION_CHANGE)
-KNOWN = (*SUPPORTED, ANNOTATION_CHANGE, "MailboxMetadataChange", "ServerMetadataChange")
+METADATA_EVENTS = (MAILBOX_METADATA_CHANGE, SERVER_METADATA_CHANGE)  # with METADATA on
+KNOWN = (*SUPPORTED, ANNOTATION_CHANGE, *METADATA_EVENTS)
 MESSAGE_EVENTS = frozenset({MESSAGE_NEW, MESSAGE_EXPUNGE, FLAG_CHANGE, ANNOTATION_CHANGE})
 MAILBOX_EVENTS = frozenset({MAILBOX_NAME, SUBSCRIPTION_CHANGE})
 _BY_UPPER = {e.upper(): e for e in KNOWN}
@@ -128,8 +132,8 @@ def _mailboxes(args: Cursor) -> tuple[str, ...]:
         args.sp()
 
 
-def _events(args: Cursor, selected: bool,
-            unsupported: list[str]) -> tuple[frozenset[str], bytes | None]:
+def _events(args: Cursor, selected: bool, unsupported: list[str],
+            supported: tuple[str, ...]) -> tuple[frozenset[str], bytes | None]:
     bare = args.peek() != b"("  # the RFC's own examples leave out the parentheses
     if bare:
         if args.data[args.pos : args.pos + 4].upper() == b"NONE" and \
@@ -145,7 +149,7 @@ def _events(args: Cursor, selected: bool,
         event = _BY_UPPER.get(raw.upper().decode("ascii", "replace"))
         if event is None:
             event = raw.decode("ascii", "replace")
-        if event not in SUPPORTED and event not in unsupported:
+        if event not in supported and event not in unsupported:
             unsupported.append(event)
         events.add(event)
         if event == MESSAGE_NEW and args.data[args.pos : args.pos + 2] == b" (":
@@ -168,7 +172,7 @@ def _events(args: Cursor, selected: bool,
     return frozenset(events), fetch
 
 
-def _group(args: Cursor, unsupported: list[str]) -> Group:
+def _group(args: Cursor, unsupported: list[str], supported: tuple[str, ...]) -> Group:
     if args.peek() != b"(":
         raise ParseError("expected an event group")
     args.pos += 1
@@ -180,15 +184,17 @@ def _group(args: Cursor, unsupported: list[str]) -> Group:
     if name in (SUBTREE, MAILBOXES):
         names = _mailboxes(args)
         args.sp()
-    events, fetch = _events(args, name in (SELECTED, SELECTED_DELAYED), unsupported)
+    events, fetch = _events(args, name in (SELECTED, SELECTED_DELAYED), unsupported, supported)
     if args.peek() != b")":
         raise ParseError("expected )")
     args.pos += 1
     return Group(name, names, events, fetch)
 
 
-def parse_notify(args: Cursor) -> NotifySpec | None:
-    """NOTIFY's arguments (after the command name): None for ``NONE``."""
+def parse_notify(args: Cursor,
+                 supported: tuple[str, ...] = SUPPORTED) -> NotifySpec | None:
+    """NOTIFY's arguments (after the command name): None for ``NONE``; events not in
+    ``supported`` are ``BadEvent``."""
     args.sp()
     what = args.atom().upper()
     if what == b"NONE":
@@ -207,7 +213,7 @@ def parse_notify(args: Cursor) -> NotifySpec | None:
     selected: Group | None = None
     others: list[Group] = []
     while True:
-        group = _group(args, unsupported)
+        group = _group(args, unsupported, supported)
         if group.filter in (SELECTED, SELECTED_DELAYED):
             if selected is not None:
                 raise ParseError("more than one selected filter")

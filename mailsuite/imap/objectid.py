@@ -5,8 +5,7 @@
   (folders.py calls ``mailbox_id_line``), and the STATUS item MAILBOXID (status.py's registry);
 - EMAILID: ``M`` and the store's fingerprint of the message content (``IMailbox.email_id``: the
   same after COPY or MOVE and after a rewrite by another program), also the SEARCH key
-  ``EMAILID id``; THREADID is NIL (no threading: RFC 8474 5.2) and ``SEARCH THREADID id``
-  matches nothing;
+  ``EMAILID id``; THREADID (the FETCH item and the SEARCH key) is threadid.py's;
 - ``CREATE name (USE (\\Drafts))`` (RFC 6154 3, create parameters of RFC 4466): the folder gets
   that special-use attribute (LIST shows it); one the store cannot give (``\\All``,
   ``\\Flagged``, an unknown one, more than one) is ``NO [USEATTR]`` and nothing is created.
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from mailsuite.imap import threadid  # noqa: F401  (registers THREADID)
 from mailsuite.imap.fetch import EXTRA_ITEMS
 from mailsuite.imap.parser import DELIMITER, Cursor, ParseError
 from mailsuite.imap.search import ExtraKey, register_key
@@ -66,11 +66,9 @@ def _email_id(view: Any, uid: int) -> bytes:
 
 STATUS_ITEMS["MAILBOXID"] = _status_mailbox_id
 EXTRA_ITEMS["EMAILID"] = _email_id
-EXTRA_ITEMS["THREADID"] = lambda view, uid: b"THREADID NIL"
 register_key("EMAILID", ExtraKey(
     lambda p: (p.next().value,),
     lambda key, c: _email_id(c.view, c.uid) == b"EMAILID (%s)" % key[1]))
-register_key("THREADID", ExtraKey(lambda p: (p.next().value,), lambda key, c: False))  # no thread
 
 
 def _create_uses(args: Cursor) -> list[str]:

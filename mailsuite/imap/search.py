@@ -49,11 +49,13 @@ class SearchSyntaxError(ValueError):
 class ExtraKey:
     """A search key of an extension: ``parse(parser)`` reads its arguments (``parser.next()``
     gives each ``Token``) and returns them as a tuple (the key is ``(NAME, *args)``);
-    ``match(key, candidate)``; ``need`` is what ``needs`` answers for it."""
+    ``match(key, candidate)``; ``need`` is what ``needs`` answers for it; ``prepare(view,
+    key)``, when set, is awaited before the search (what ``match`` looks up, worked out)."""
 
     parse: Any
     match: Any
     need: str = ""
+    prepare: Any = None
 
 
 EXTRA_KEYS: dict[str, ExtraKey] = {}
@@ -210,6 +212,23 @@ def parse_search(text: bytes) -> tuple[str | None, tuple[Any, ...]]:
     if not keys:
         raise SearchSyntaxError("missing search key")
     return charset, ("AND", keys)
+
+
+async def prepare_keys(view: Any, key: tuple[Any, ...]) -> None:
+    """Each extension key's ``prepare`` of the program awaited (once per key name)."""
+    pending, done = [key], set()
+    while pending:
+        k = pending.pop()
+        name = k[0]
+        if name == "AND":
+            pending.extend(k[1])
+        elif name == "NOT":
+            pending.append(k[1])
+        elif name == "OR":
+            pending.extend((k[1], k[2]))
+        elif name in EXTRA_KEYS and EXTRA_KEYS[name].prepare is not None and name not in done:
+            done.add(name)
+            await EXTRA_KEYS[name].prepare(view, k)
 
 
 def needs(key: tuple[Any, ...]) -> str:
@@ -412,6 +431,7 @@ async def run_search(view: Any, key: tuple[Any, ...], uid: bool) -> list[int]:
     Messages already expunged by someone else (EXPUNGE still pending here) never match.
     """
     need = needs(key)
+    await prepare_keys(view, key)
     rows = view.rows()
     max_uid = rows[-1].uid if rows else 0
     count = len(rows)

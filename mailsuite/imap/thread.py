@@ -57,9 +57,10 @@ def _link(parent: Node, child: Node) -> None:
     parent.children.append(child)
 
 
-def build_tree(found: Found) -> list[Node]:
-    """Steps 1 and 2 of REFERENCES: the root set of the parent/child links."""
-    table: dict[str, Node] = {}
+def build_tree(found: Found, table: dict[str, Node] | None = None) -> list[Node]:
+    """Steps 1 and 2 of REFERENCES: the root set of the parent/child links (``table``, when
+    given, is filled with the node of each Message-ID)."""
+    table = {} if table is None else table
     nodes: list[Node] = []
     for seq, rec in found:
         node = table.get(rec.message_id) if rec.message_id else None

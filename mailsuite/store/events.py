@@ -7,7 +7,9 @@ One ``EventBus`` per store (``bus_of(store)``), keyed by account name. Events:
   mailbox (``mailbox_changed``, where it tells its listeners) and by a delivery to a mailbox
   nobody has open (``mail_arrived``);
 - ``created``, ``deleted``, ``renamed`` (with ``old``), ``subscribed``, ``unsubscribed``:
-  published by the IMAP session that made the change.
+  published by the IMAP session that made the change;
+- ``metadata``: SETMETADATA (imap/metadata.py) set entries of mailbox ``name`` (``""``: the
+  server's), their names in ``changes``.
 
 Cheap when nobody listens: a publish for an account without subscribers is one dict look-up,
 a mailbox change of a store no session made a bus for one weak-dict look-up. Sessions of
@@ -29,11 +31,11 @@ log = Logger()
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # changed, created, deleted, renamed, subscribed, unsubscribed
+    kind: str  # changed, created, deleted, renamed, subscribed, unsubscribed, metadata
     name: str  # the mailbox (its new name for renamed)
     old: str | None = None  # renamed: the name before
     source: object | None = None  # the session that made the change (None: anyone else)
-    changes: Any = None  # changed: the store's Changes, when known
+    changes: Any = None  # changed: the store's Changes, when known; metadata: entry names
 
 
 Subscriber = Callable[[Event], None]

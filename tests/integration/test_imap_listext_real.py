@@ -77,4 +77,5 @@ class ImaplibListTests(unittest.TestCase):
         self.assertEqual(out["special_data"], [b'(\\HasNoChildren \\Drafts) "/" Drafts2'])
         typ, data = out["emailid"]
         self.assertEqual(typ, "OK")
-        self.assertRegex(data[0], rb"\A1 \(EMAILID \(M[0-9a-f]{24}\) THREADID NIL\)\Z")
+        self.assertRegex(
+            data[0], rb"\A1 \(EMAILID \(M[0-9a-f]{24}\) THREADID \(T[0-9a-f]{24}\)\)\Z")
