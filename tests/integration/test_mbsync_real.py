@@ -5,7 +5,8 @@ into the Maildir appended to the server; new mail delivered by SMTP between sync
 of the server a further sync changes nothing; and the server's mbox stays a parseable mbox holding
 exactly what IMAP shows.
 
-What isync 1.4 uses of ours (``-Dn`` transcript, asserted below): LOGIN, COMPRESS DEFLATE,
+What isync 1.4 uses of ours (``-Dn`` transcript, asserted below): LOGIN in clear, or STARTTLS,
+CAPABILITY and AUTHENTICATE PLAIN (SASL-IR) with ``SSLType STARTTLS``; then COMPRESS DEFLATE,
 NAMESPACE, LIST, SELECT, UID FETCH (UID FLAGS) and (BODY.PEEK[]), UID STORE +FLAGS.SILENT and
 -FLAGS.SILENT, CHECK, APPEND with UIDPLUS's APPENDUID to learn the new message's UID (without
 UIDPLUS it would search for its X-TUID header), and CLOSE to expunge what it marked \\Deleted.
@@ -27,12 +28,12 @@ import time
 
 from twisted.trial import unittest
 
-from tests.integration.harness import SERVICES, Site
+from tests.integration.harness import SERVICES, TLS_SERVICES, Site
 from tests.integration.test_end_to_end import Clients, message
 
 MBSYNC = shutil.which("mbsync")
-#: this helper's loopback ports (22500-22599)
-PORTS = dict(zip(SERVICES, range(22500, 22510), strict=False))
+#: this helper's loopback ports (22500-22599): 22500-22509 and 22520-22529 (TLS) here
+NAMES = SERVICES + TLS_SERVICES
 COUNT = 50
 WAIT = 30.0
 
@@ -75,9 +76,14 @@ class MbsyncTests(unittest.TestCase):
     if MBSYNC is None:
         skip = "mbsync is not installed (scripts/setup-debian.sh test installs isync)"
 
+    #: the connection's lines of the mbsyncrc: in clear (LOGIN, its warning)
+    tls = False
+    first_port = 22500
+
     def setUp(self) -> None:
-        self.site = Site(self)
-        self.site.ports = dict(PORTS)  # this helper's range, not a random one
+        self.site = Site(self, tls=self.tls)
+        # this helper's range, not a random one
+        self.site.ports = {name: self.first_port + NAMES.index(name) for name in self.site.ports}
         self.site.config = self.site._write("mail.ini", self.site.ini())
         self.site.start()
         self.c = Clients(self.site)
@@ -97,8 +103,7 @@ Host 127.0.0.1
 Port {self.site.ports['imap']}
 User boss
 Pass secret
-SSLType None
-AuthMechs LOGIN
+{self.security()}
 
 IMAPStore far
 Account server
@@ -117,6 +122,9 @@ Expunge Both
 SyncState *
 """
 
+    def security(self) -> str:
+        return "SSLType None\nAuthMechs LOGIN"
+
     def sync(self) -> list[str]:
         """One ``mbsync inbox`` run (must succeed); the IMAP commands it sent."""
         assert MBSYNC is not None
@@ -127,7 +135,7 @@ SyncState *
         if proc.returncode != 0:
             raise AssertionError(f"mbsync exited {proc.returncode}:\n{proc.stdout[-4000:]}\n"
                                  f"{proc.stderr[-4000:]}\n{self.site.log()[-4000:]}")
-        self.transcript = proc.stdout
+        self.transcript = proc.stdout + proc.stderr
         return re.findall(r"^(?:\(\d+ in progress\) )?>>> \d+ (.*)$", proc.stdout, re.M)
 
     def deliver(self, *numbers: int) -> None:
@@ -251,3 +259,21 @@ SyncState *
         self.assertEqual(sorted(self.maildir.files().values()), names)
         self.assertEqual(self.server_flags(), server)
         self.assert_mbox(server)
+
+
+class MbsyncStartTLSTests(MbsyncTests):
+    """The same with mbsync's usual set-up: STARTTLS on 143 (trusting the site's certificate),
+    then AUTHENTICATE PLAIN and COMPRESS inside TLS."""
+
+    tls = True
+    first_port = 22520
+
+    def security(self) -> str:
+        return f"SSLType STARTTLS\nCertificateFile {self.site.cert}"
+
+    def sync(self) -> list[str]:
+        sent = super().sync()
+        self.assertEqual(sent[:4], ["STARTTLS", "CAPABILITY", "AUTHENTICATE PLAIN <authdata>",
+                                    "COMPRESS DEFLATE"], sent)
+        self.assertNotIn("sent in the clear", self.transcript)
+        return sent

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from tests.integration.harness import SERVICES, TLS_SERVICES, Site
 from tests.integration.test_end_to_end import Clients, message
 
-#: this helper's loopback ports (22500-22599; test_mbsync_real has 22500-22509)
+#: this helper's loopback ports (22500-22599; test_mbsync_real has 22500-09 and 22520-29)
 PORTS = dict(zip(SERVICES + TLS_SERVICES, range(22510, 22520), strict=False))
 WAIT = 30.0
 # imaplib checks each command's name against its table: COMPRESS (RFC 4978) is not in it
