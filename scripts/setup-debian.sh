@@ -219,11 +219,12 @@ uninstall)
     ;;
 test)
     EXTRAS="[test]"  # what the tests import besides the package (hypothesis), and the linters
-    # s-nail and bsd-mailx: mbox compatibility; swaks, curl, fetchmail: real clients;
+    # s-nail and bsd-mailx: mbox compatibility; swaks, curl, fetchmail, isync (mbsync, a
+    # two-way IMAP-to-Maildir sync, tests/integration/test_mbsync_real.py): real clients;
     # whois: mkpasswd for yescrypt/bcrypt test hashes; openssl: SHA-crypt test hashes;
     # fail2ban: its stock filters (fail2ban-regex) must match our failed-login lines;
     # iproute2: ip netns, so brute-force tests attack from a non-loopback address.
-    apt_install s-nail swaks curl fetchmail whois openssl fail2ban iproute2
+    apt_install s-nail swaks curl fetchmail isync whois openssl fail2ban iproute2
     # pflogsumm: Postfix's log summary must count our maillog (tests/integration/
     # test_log_tools.py); logrotate: the shipped snippet is parsed and run; systemd:
     # systemd-analyze verify checks the unit (it runs without systemd as PID 1); libcap2-bin:
