@@ -75,7 +75,7 @@ class Utf8Commands(_Base):
 
     def search_charset_refused(self, tag: bytes, charset: str | None) -> bool:
         """SEARCH CHARSET after UTF8=ACCEPT: BAD (RFC 6855 3)."""
-        if charset is None or not self.utf8_names:
+        if charset is None or UTF8_ACCEPT not in self.enabled:  # (not IMAP4rev2's, rev2.py)
             return False
         self.sendBadResponse(tag, b"SEARCH CHARSET is not allowed after ENABLE UTF8=ACCEPT.")
         return True
