@@ -140,10 +140,26 @@ class Rev2Tests(ImapTestCase):
         self.assertEqual(untagged(s.cmd(b'f SEARCH CHARSET UTF-8 SUBJECT "two"')),
                          [b'* ESEARCH (TAG "f") ALL 2'])
         self.assertIn(b"g NO [BADCHARSET", s.cmd(b'g SEARCH CHARSET KOI9 SUBJECT "two"'))
+        self.assertEqual(untagged(s.cmd(b"k SEARCH LARGER 4294967296")),  # number64
+                         [b'* ESEARCH (TAG "k")'])
+        s.cmd(b"l ENABLE UTF8=ACCEPT")  # (refused while selected: rev2's rule stays)
+        self.assertEqual(untagged(s.cmd(b'm SEARCH CHARSET UTF-8 SUBJECT "two"')),
+                         [b'* ESEARCH (TAG "m") ALL 2'])
         self.assertEqual(untagged(s.cmd(b"h SORT (SUBJECT) UTF-8 ALL")), [b"* SORT 1 3 2"])
         self.assertEqual(s.cmd(b"i SEARCH RETURN (SAVE) FLAGGED"), b"i OK SEARCH completed.\r\n")
         self.assertEqual(untagged(s.cmd(b"j FETCH $ UID")),
                          [b"* 2 FETCH (UID 2)", b"* 3 FETCH (UID 3)"])
+
+    def test_charset_with_both_enabled(self) -> None:
+        """ENABLE IMAP4rev2 UTF8=ACCEPT: both listed; SEARCH CHARSET keeps RFC 9051's rule."""
+        self.three()
+        s = self.session()
+        s.login()
+        self.assertEqual(s.cmd(b"e ENABLE IMAP4rev2 UTF8=ACCEPT"),
+                         b"* ENABLED IMAP4REV2 UTF8=ACCEPT\r\ne OK Enabled.\r\n")
+        s.cmd(b"a SELECT INBOX")
+        self.assertEqual(untagged(s.cmd(b'b SEARCH CHARSET UTF-8 SUBJECT "two"')),
+                         [b'* ESEARCH (TAG "b") ALL 2'])
 
     def test_status_items(self) -> None:
         """STATUS DELETED and SIZE (RFC 9051 6.3.11) in a rev2 session."""
