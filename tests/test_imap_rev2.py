@@ -12,6 +12,11 @@ from mailsuite.imap import hibernate
 from tests.test_imap_server import ImapTestCase, Session
 
 CAFE = "Café".encode()
+GLOBAL = (b"Subject: outer\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n"
+          b"--b\nContent-Type: text/plain\n\nouter text\n"
+          b"--b\nContent-Type: message/global\nContent-Transfer-Encoding: 8bit\n\n"
+          b"Subject: inner\n\ninner text\n"
+          b"--b--\n")
 
 
 def untagged(replies: bytes) -> list[bytes]:
@@ -160,6 +165,24 @@ class Rev2Tests(ImapTestCase):
         s.cmd(b"a SELECT INBOX")
         self.assertEqual(untagged(s.cmd(b'b SEARCH CHARSET UTF-8 SUBJECT "two"')),
                          [b'* ESEARCH (TAG "b") ALL 2'])
+
+    def test_message_global(self) -> None:
+        """RFC 9051 7.5.2 (RFC 9755 6): in IMAP4rev2 BODYSTRUCTURE shows message/global as
+        message/rfc822 (envelope, body, lines), and its parts are numbered inside; IMAP4rev1
+        shows it as a basic part."""
+        self.deliver(GLOBAL)
+        s = self.rev2()
+        s.cmd(b"a SELECT INBOX")
+        rev2 = s.cmd(b"b FETCH 1 BODY")
+        self.assertIn(b'("MESSAGE" "GLOBAL" NIL NIL NIL "8BIT" 28 (NIL "inner" NIL NIL NIL NIL '
+                      b'NIL NIL NIL NIL) ("TEXT" "PLAIN" ("charset" "us-ascii") NIL NIL "7BIT" '
+                      b'10 1) 3) "MIXED")', rev2)
+        self.assertIn(b"BODY[2.1] {10}\r\ninner text)", s.cmd(b"c FETCH 1 BODY.PEEK[2.1]"))
+        t = self.session()
+        t.login()
+        t.cmd(b"a SELECT INBOX")
+        self.assertIn(b'("MESSAGE" "GLOBAL" NIL NIL NIL "8BIT" 28) "MIXED")',
+                      t.cmd(b"b FETCH 1 BODY"))
 
     def test_status_items(self) -> None:
         """STATUS DELETED and SIZE (RFC 9051 6.3.11) in a rev2 session."""
