@@ -231,6 +231,21 @@ class Rev2Tests(ImapTestCase):
             self.assertEqual(out, expected, cut)
             s.cmd(b"z CLOSE")
 
+    def test_idle_new_mail(self) -> None:
+        """New mail during IDLE: EXISTS alone; a flag change with its UID."""
+        self.three()
+        s = self.rev2()
+        s.cmd(b"a SELECT INBOX")
+        self.assertEqual(s.cmd(b"i IDLE"), b"+ idling\r\n")
+        self.deliver()
+        self.assertEqual(s.take(), b"* 4 EXISTS\r\n")
+        other = self.session()
+        other.login()
+        other.cmd(b"o SELECT INBOX")
+        other.cmd(b"p STORE 1 +FLAGS (\\Seen)")
+        self.assertEqual(s.take(), b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n")
+        self.assertEqual(s.cmd(b"DONE"), b"i OK Idle completed.\r\n")
+
     def test_not_hibernated(self) -> None:
         s = self.rev2()
         s.cmd(b"a SELECT INBOX")
