@@ -155,6 +155,16 @@ class Rev2Tests(ImapTestCase):
         self.assertEqual(untagged(s.cmd(b"j FETCH $ UID")),
                          [b"* 2 FETCH (UID 2)", b"* 3 FETCH (UID 3)"])
 
+    def test_utf8_search_without_charset(self) -> None:
+        """RFC 9051 6.4.4: UTF-8 in a quoted string or a literal+, no CHARSET needed."""
+        self.deliver()  # Subject: Café plans
+        s = self.rev2()
+        s.cmd(b"a SELECT INBOX")
+        self.assertEqual(untagged(s.cmd(b'b SEARCH SUBJECT "' + CAFE + b'"')),
+                         [b'* ESEARCH (TAG "b") ALL 1'])
+        self.assertEqual(untagged(s.cmd(b"c UID SEARCH SUBJECT {5+}\r\n" + CAFE)),
+                         [b'* ESEARCH (TAG "c") UID ALL 1'])
+
     def test_charset_with_both_enabled(self) -> None:
         """ENABLE IMAP4rev2 UTF8=ACCEPT: both listed; SEARCH CHARSET keeps RFC 9051's rule."""
         self.three()
