@@ -17,7 +17,11 @@ changes once it is on (RFC 9051 appendix E):
   session), and sends no ``* n RECENT`` with new mail (``ImapMailboxView.rev2``);
 - unsolicited ``FETCH`` responses carry the UID (RFC 9051 7.5.2), as under CONDSTORE;
 - SEARCH and UID SEARCH without RETURN are ``RETURN (ALL)`` and answered with ESEARCH
-  (RFC 9051 6.4.4; selected.py's SEARCH); SORT and THREAD are no part of RFC 9051 and stay.
+  (RFC 9051 6.4.4; selected.py's SEARCH); SORT and THREAD are no part of RFC 9051 and stay;
+- BODY and BODYSTRUCTURE show message/global as message/rfc822, with the envelope, body and
+  lines of the message inside (RFC 9051 7.5.2; RFC 9755 6 notes that this differs between the
+  two); part numbers go inside a message/global for every session (``message.locate``: a path
+  IMAP4rev1's BODYSTRUCTURE never shows).
 
 What RFC 9051 takes in already works the same for both (LIST-EXTENDED with ``\\NonExistent``
 and children always, LIST-STATUS, STATUS SIZE and DELETED, ESEARCH, SEARCHRES, ENABLE, IDLE,
