@@ -60,7 +60,8 @@ def _lines(body: bytes) -> int:
     return body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
 
 
-def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int) -> bytes:
+def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int,
+            rev2: bool = False) -> bytes:
     msg = parse_mime_header(header)
     if msg.get("Content-Type") is None or "/" not in msg.get_content_type():
         ctype = default
@@ -72,7 +73,7 @@ def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int
         parts = split_multipart(body, boundary) or [b"\n"]
         child_default = "message/rfc822" if sub == "digest" else "text/plain"
         children = [
-            _entity(*split_message(p), extended, child_default, depth + 1) for p in parts
+            _entity(*split_message(p), extended, child_default, depth + 1, rev2) for p in parts
         ]
         out = b"".join(children) + b" " + _q(sub.upper())
         if extended:
@@ -92,10 +93,12 @@ def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int
         _q(_header_str(msg, "Content-ID")), _q(_header_str(msg, "Content-Description")),
         _q(encoding), b"%d" % crlf_size(body),
     ]
-    if main == "message" and sub == "rfc822" and depth < MAX_MIME_DEPTH:
+    # RFC 9051 7.5.2: message/global as message/rfc822 (IMAP4rev2 only, RFC 9755 6)
+    if main == "message" and (sub == "rfc822" or (rev2 and sub == "global")) \
+            and depth < MAX_MIME_DEPTH:
         inner_header, inner_body = split_message(body)
         fields.append(envelope(inner_header))
-        fields.append(_entity(inner_header, inner_body, extended, "text/plain", depth + 1))
+        fields.append(_entity(inner_header, inner_body, extended, "text/plain", depth + 1, rev2))
         fields.append(b"%d" % _lines(body))
     elif main == "text":
         fields.append(b"%d" % _lines(body))
@@ -107,7 +110,7 @@ def _entity(header: bytes, body: bytes, extended: bool, default: str, depth: int
     return b"(" + b" ".join(fields) + b")"
 
 
-def body_structure(raw: bytes, extended: bool) -> bytes:
+def body_structure(raw: bytes, extended: bool, rev2: bool = False) -> bytes:
     """The BODYSTRUCTURE (``extended``) or BODY value of a stored message."""
     header, body = split_message(complete(raw))
-    return _entity(header, body, extended, "text/plain", 0)
+    return _entity(header, body, extended, "text/plain", 0, rev2)

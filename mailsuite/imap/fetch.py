@@ -361,7 +361,8 @@ def _fetch_item(
         return [EXTRA_ITEMS[item.name](view, uid)]
     if item.name in ("BODY", "BODYSTRUCTURE"):
         assert raw is not None
-        return [item.name.encode() + b" " + body_structure(raw, item.name == "BODYSTRUCTURE")]
+        return [item.name.encode() + b" " + body_structure(raw, item.name == "BODYSTRUCTURE",
+                                                           view.rev2)]  # imap/rev2.py
     return render_section(item, raw, header)
 
 

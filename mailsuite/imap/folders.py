@@ -34,8 +34,9 @@ class FolderCommands(_Base):
         told = self.select_parameters(params)  # CONDSTORE: condstore.py
         self._close_view()
         mailbox_id = await mailbox_id_line(self, name)  # OBJECTID (objectid.py)
+        replies = await self.select_replies(name)  # IMAP4rev1 or IMAP4rev2 (rev2.py)
         try:
-            view = await self.account.open_view(name, readonly, self.recent)
+            view = await self.account.open_view(name, readonly, replies.tracker)
         except MailboxNotFound:
             wire = encode_mailbox(name, self.utf8_names)
             self.sendNegativeResponse(tag, b"[NONEXISTENT] Mailbox doesn't exist: " + wire)
@@ -46,10 +47,8 @@ class FolderCommands(_Base):
         for line in view.flags_responses():
             self.sendUntaggedResponse(line)
         self.sendUntaggedResponse(b"%d EXISTS" % view.count())
-        self.sendUntaggedResponse(b"%d RECENT" % view.recent_count())
-        unseen = view.first_unseen()
-        if unseen is not None:
-            self.sendUntaggedResponse(b"OK [UNSEEN %d] First unseen." % unseen)
+        for line in replies.lines(view):  # RECENT and [UNSEEN n], or IMAP4rev2's LIST
+            self.sendUntaggedResponse(line)
         self.sendUntaggedResponse(b"OK [UIDVALIDITY %d] UIDs valid" % view.uid_validity)
         self.sendUntaggedResponse(b"OK [UIDNEXT %d] Predicted next UID" % view.uid_next)
         if mailbox_id is not None:

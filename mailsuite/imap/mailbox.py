@@ -56,6 +56,7 @@ class ImapMailboxView(ModseqView):
     """
 
     saved_search: frozenset[int] = frozenset()  # SEARCHRES (RFC 5182), UIDs: imap/esearch.py
+    rev2 = False  # IMAP4rev2 (imap/rev2.py): no RECENT, UID in unsolicited FETCH
 
     def __init__(
         self, mailbox: IMailbox, readonly: bool, account: Account | None = None, store: Any = None,
@@ -411,7 +412,7 @@ class ImapMailboxView(ModseqView):
             else:
                 self._recent.update(new)
             lines.append(b"%d EXISTS" % self.count())
-            lines.append(b"%d RECENT" % len(self._recent))
+            lines += [] if self.rev2 else [b"%d RECENT" % len(self._recent)]
         for uid, flags in sorted(self._flag_changes.items()):
             if uid in self._expunged:
                 continue
@@ -424,7 +425,7 @@ class ImapMailboxView(ModseqView):
                 self._over[uid] = self._told(uid, flags, old)
             if uid in told and told[uid] != flags:
                 lines.append(b"%d FETCH (%sFLAGS %s%s)" % (pos + 1, b"UID %d " % uid if
-                             self.condstore else b"", format_flags(self.flags(uid)),
+                             self.condstore or self.rev2 else b"", format_flags(self.flags(uid)),
                              self.modseq_item(uid)))
         self._flag_changes = {}
         if not self._expunged:

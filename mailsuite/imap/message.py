@@ -98,7 +98,7 @@ def locate(raw: bytes, path: list[int]) -> tuple[bytes, bytes] | None:
     top = True
     for number in path:
         ctype, boundary = content_type(header)
-        if ctype == "message/rfc822" and not top:
+        if ctype in ("message/rfc822", "message/global") and not top:  # (RFC 9051 7.5.2)
             header, body = split_message(body)
             ctype, boundary = content_type(header)
         top = False

@@ -198,6 +198,8 @@ class SelectedCommands(_Base):
         assert view is not None
         args.sp()
         options, text = parse_return(args.rest())  # ESEARCH (imap/esearch.py)
+        if options is None and b"IMAP4REV2" in self.enabled:  # RFC 9051 6.4.4 (imap/rev2.py)
+            options = [b"ALL"]
         try:
             charset, key = parse_search(text)
         except SearchSyntaxError as e:

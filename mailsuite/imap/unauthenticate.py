@@ -62,6 +62,7 @@ class UnauthenticateCommands(_Base):
         self.user = None
         self.account = None  # type: ignore[assignment]
         self.enabled = set()
+        self.utf8_names = False  # UTF8=ACCEPT and IMAP4rev2 end too (RFC 8437 4.1)
         self.state = "unauth"
         self.setTimeout(None)
         self._auth_failures = 0  # type: ignore[attr-defined]

@@ -74,8 +74,9 @@ class Utf8Commands(_Base):
         return True
 
     def search_charset_refused(self, tag: bytes, charset: str | None) -> bool:
-        """SEARCH CHARSET after UTF8=ACCEPT: BAD (RFC 6855 3)."""
-        if charset is None or not self.utf8_names:
+        """SEARCH CHARSET after UTF8=ACCEPT: BAD (RFC 6855 3), unless IMAP4rev2 is on too
+        (RFC 9051 6.4.4 allows it; rev2.py)."""
+        if charset is None or self.enabled & {UTF8_ACCEPT, b"IMAP4REV2"} != {UTF8_ACCEPT}:
             return False
         self.sendBadResponse(tag, b"SEARCH CHARSET is not allowed after ENABLE UTF8=ACCEPT.")
         return True

@@ -41,7 +41,9 @@ class _Config:
         return os.path.join(self.root, "mail", account.name)
 
 
-class ImaplibSortTests(unittest.TestCase):
+class MboxImapCase(unittest.TestCase):
+    """The server on 127.0.0.1 port 0 over an mbox store in a temporary directory."""
+
     def setUp(self) -> None:
         root = self.mktemp()
         os.makedirs(os.path.join(root, "spool"))
@@ -59,6 +61,8 @@ class ImaplibSortTests(unittest.TestCase):
                                                  "/nonexistent"))
         return IImapAccount, avatar, avatar.logout
 
+
+class ImaplibSortTests(MboxImapCase):
     def _client(self, port: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         self.partial = out
