@@ -99,7 +99,8 @@ class MemoryMailbox:
         told = Changes()
         modseq = self.highest_modseq = self.highest_modseq + 1
         self.messages = [
-            MessageInfo(m.uid, frozenset(changes[m.uid]), m.internal_date, m.size, modseq)
+            MessageInfo(m.uid, frozenset(changes[m.uid]), m.internal_date, m.size, modseq,
+                        m.saved)
             if m.uid in changes
             else m
             for m in self.messages
@@ -154,7 +155,7 @@ class MemoryMailbox:
         when = date or self._now().astimezone()
         self.highest_modseq += 1
         info = MessageInfo(self.uid_next, frozenset(flags), when, wire_size(data),
-                           self.highest_modseq)
+                           self.highest_modseq, int(self._now().timestamp()))
         header = header_end(data, 0, len(data))
         self._fingerprints[info.uid] = fingerprint(data[:header], len(data) - header)
         self.uid_next += 1
