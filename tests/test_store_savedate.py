@@ -146,6 +146,34 @@ class MboxSaveDateTests(SaveDateMixin, MboxTestCase):
         box.close()
 
     @defer.inlineCallbacks
+    def test_delivery_before_the_first_open(self):
+        """Mail delivered before the mailbox ever had an index (a new account) keeps its
+        delivery time: a journal of generation 0, read when the first index is made."""
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        self.assertFalse(os.path.exists(self.index_path))
+        with open(self.index_path + ".log", "rb") as f:
+            self.assertTrue(f.read().startswith(ix.LOG_MAGIC + b" 0\nD "))
+        box = yield self.make_store().open(self.account)
+        self.assertEqual([m.saved for m in box.messages], [T0])
+        self.assertFalse(os.path.exists(self.index_path + ".log"))  # in the index now
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_a_journal_that_cannot_be_written_fails_no_delivery(self):
+        """The message is on disk before its save date is noted: failing to note it leaves
+        the delivery acknowledged (else it would be sent again), the date unknown."""
+        def refuse(*args):
+            raise OSError(28, "No space left on device")
+
+        self.patch(ix, "append_log", refuse)
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield self.make_store().open(self.account)
+        self.assertEqual([m.saved for m in box.messages], [0])
+        box.close()
+
+    @defer.inlineCallbacks
     def test_other_programs_messages_have_none(self):
         """What another program appends, and the messages of an mbox indexed for the first
         time, have no save date (0: FETCH SAVEDATE NIL); a rewrite of the file by another

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -210,7 +211,9 @@ class MemoryMailbox:
     # Test hook: what another program (Postfix local, mutt) writing to the file would do;
     # ``verbatim``: one that keeps the bytes as they are (CRLF line ends, no final newline).
     def external_append(self, data: bytes, verbatim: bool = False) -> None:
-        self._pending.added.append(self._add(data, frozenset(), None, verbatim))
+        info = self._add(data, frozenset(), None, verbatim)  # saved by another: no save date
+        self.messages[-1] = info = dataclasses.replace(info, saved=0)
+        self._pending.added.append(info)
 
 
 def _deferred(f: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:

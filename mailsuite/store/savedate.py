@@ -20,11 +20,15 @@ import os
 from datetime import datetime
 from typing import Any
 
+from twisted.logger import Logger
+
 from mailsuite.store import index as ix
+from mailsuite.store.interfaces import StoreError
 from mailsuite.store.mboxformat import describe
 from mailsuite.store.mboxstate import INDEX_NAME
 from mailsuite.store.zones import local_offset, zone
 
+log = Logger()
 _HEAD_MAX = 4096  # the magic and head lines of an index fit in it
 
 
@@ -51,32 +55,36 @@ def note_unindexed(keeper: Any, spans: list[tuple[int, int, int, bytes]],
     From line and body start in the blob, the blob; ``each``: flags, date, zone) were saved
     ``now``, for the index of ``keeper`` (an ``mboxstate.IndexKeeper``), without loading it:
     the journal of the saved index, or one of generation 0 when there is none yet (read by
-    ``first_index``). Nothing when the index has no home (kept in memory)."""
+    ``first_index``). Nothing when the index has no home (kept in memory). Never fails: the
+    mail is delivered already (a failed delivery would be sent again), only its save date is
+    then unknown."""
+    parsed = [describe(blob, start, body, len(blob) - 1, when, base=base)
+              for (base, start, body, blob), (_, when, _) in zip(spans, each, strict=True)]
     try:
         d = keeper._index_dir(create=True)  # (made now, as by the first open)
-    except OSError:
-        return  # the mail is delivered: only its save date is not known
-    if d is None:
-        return
-    saved = [(describe(blob, start, body, len(blob) - 1, when, base=base).offset,
-              describe(blob, start, body, len(blob) - 1, when, base=base).fingerprint, now)
-             for (base, start, body, blob), (_, when, _) in zip(spans, each, strict=True)]
-    with d:
-        try:
-            fd = os.open(INDEX_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d.fd)
-        except FileNotFoundError:
-            found: int | None = 0
-        except OSError:
+        if d is None:
             return
-        else:
-            try:
-                found = generation(os.pread(fd, _HEAD_MAX, 0))
-            finally:
-                os.close(fd)
-        if found is None:
-            return
-        head = ix.Index(0, generation=found)
-        ix.append_log(INDEX_NAME, head, record(saved), keeper._owner(), d.fd)
+        with d:
+            found = _generation_at(d.fd)
+            if found is not None:
+                ix.append_log(INDEX_NAME, ix.Index(0, generation=found),
+                              record([(p.offset, p.fingerprint, now) for p in parsed]),
+                              keeper._owner(), d.fd)
+    except (OSError, StoreError) as e:
+        log.warn("{path}: save dates of delivered mail not kept: {why}", path=keeper.path, why=e)
+
+
+def _generation_at(dir_fd: int) -> int | None:
+    """The generation of the index in ``dir_fd``: 0 when there is none, None when it has no
+    generation (or is not an index)."""
+    try:
+        fd = os.open(INDEX_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return 0
+    try:
+        return generation(os.pread(fd, _HEAD_MAX, 0))
+    finally:
+        os.close(fd)
 
 
 def first_index(keeper: Any, validity: int) -> ix.Index:
