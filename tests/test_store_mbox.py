@@ -305,7 +305,7 @@ class MboxOtherProgramsTests(MboxTestCase):
         with open(self.index_path, "rb") as f:
             lines = f.read().splitlines()
         self.assertEqual(lines, before.splitlines())
-        self.assertEqual(lines[0], b"mailsuite-mbox-index 3")
+        self.assertEqual(lines[0], b"mailsuite-mbox-index 4")
         self.assertEqual(len(lines), 4)
         with open(self.index_path + ".log", "rb") as f:
             log = f.read().splitlines()

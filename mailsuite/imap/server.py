@@ -60,6 +60,7 @@ from mailsuite.imap.preview import PreviewCommands
 from mailsuite.imap.reader import CommandReader
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.rev2 import Rev2Commands
+from mailsuite.imap.savedate import SavedateCommands
 from mailsuite.imap.selected import SelectedCommands
 from mailsuite.imap.session import states
 from mailsuite.imap.unauthenticate import UnauthenticateCommands
@@ -96,7 +97,7 @@ class IMAPServer(  # type: ignore[misc, override]
     CondstoreCommands, QresyncCommands, SelectedCommands, AppendCommands, QuotaCommands,
     IdleCommands, UnauthenticateCommands, ListCommands, StatusCommands, ObjectIdCommands,
     CompressCommands, MetadataCommands, Utf8Commands, BinaryCommands, PreviewCommands,
-    SortCommands, Rev2Commands,
+    SortCommands, Rev2Commands, SavedateCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers

@@ -3,12 +3,12 @@
 Location (Dovecot-like): ``folder_root/.imap/INBOX/mailsuite.index``. Text, one line per message,
 written atomically (temp file, fsync, rename, fsync of the directory)::
 
-    mailsuite-mbox-index 3
+    mailsuite-mbox-index 4
     <uid_validity> <uid_next> <mbox size> <mbox mtime_ns> <mbox inode> <highest modseq> <generation>
     [X <uid> ...]
     [V <floor> <lo>:<hi>:<modseq> ...]
     <uid> <offset> <body_off> <hdr_end> <end> <size> <date> <fingerprint> <header_sig> <modseq>
-        [flag ...]
+        <saved> [flag ...]
 
 ``offset`` is the From line, ``body_off`` the first byte of the message, ``hdr_end`` the byte after
 its header block, ``end`` the byte after the message (before the blank separator line); ``size``
@@ -19,7 +19,9 @@ identifies the message across rewrites by other programs (see ``mboxformat.finge
 ``header_sig`` the state of its Status/X-Status/X-Keywords headers when last seen, so a change
 made by mutt is noticed and wins; ``modseq`` the mod-sequence of its last change (RFC 7162,
 ``modseq``: version 3; an older index is read with every message at 1 and written whole at
-its next change). Flags are IMAP atoms (never contain spaces).
+its next change); ``saved`` when the message was saved into this mailbox (RFC 8514 SAVEDATE,
+epoch seconds, 0 unknown: version 4; an older index is read with 0, see ``savedate``). Flags
+are IMAP atoms (never contain spaces).
 
 ``X`` lists the messages expunged but still in the file (``Index.hidden``): an EXPUNGE is
 made durable by this mark (a journal record) before it is answered, and the file is compacted
@@ -46,8 +48,9 @@ from mailsuite.store.interfaces import Changes, StoreError, StoreRefused
 from mailsuite.store.mboxformat import Parsed
 from mailsuite.store.zones import local_offset, zone
 
-MAGIC = b"mailsuite-mbox-index 3"
-_LEGACY = (b"mailsuite-mbox-index 2", b"mailsuite-mbox-index 1")  # no mod-sequences
+MAGIC = b"mailsuite-mbox-index 4"
+#: older versions: 3 has no save dates, 2 and 1 no mod-sequences either
+_VERSIONS = {b"mailsuite-mbox-index %d" % v: v for v in (1, 2, 3, 4)}
 SYSTEM = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
 
 
@@ -72,6 +75,7 @@ class Entry(NamedTuple):
     flags: frozenset[str]
     tz: int = 0  # the internal date's zone: seconds east of UTC
     modseq: int = 0  # of its last change (RFC 7162; ``modseq``)
+    saved: int = 0  # when saved into this mailbox (RFC 8514; epoch seconds), 0: unknown
 
     @property
     def internal_date(self) -> datetime:
@@ -107,7 +111,11 @@ class Index:
     compacted: tuple[int, frozenset[int]] | None = None
     highest_modseq: int = 1  # RFC 7162 HIGHESTMODSEQ (``modseq``)
     vanished: ms.Vanished = ms.EMPTY  # expunged UIDs with their mod-sequence
-    legacy: bool = False  # read from a version without mod-sequences: written whole next
+    legacy: bool = False  # read from an older version (``version``): written whole next
+    version: int = 4  # of the file it was read from (its journal's records are of it too)
+    #: save dates of messages appended while the index was not loaded, by (offset of the From
+    #: line, fingerprint) (journal ``D`` records, ``savedate``): taken by the next parse
+    pending: dict[tuple[int, str], int] = field(default_factory=dict)
 
     def copy(self, **changes: object) -> Index:
         new = replace(self, **changes)  # type: ignore[arg-type]
@@ -126,7 +134,7 @@ class Index:
         uid_next = added[-1].uid + 1 if added else self.uid_next
         highest = max(self.highest_modseq, added[-1].modseq) if added else self.highest_modseq
         new = replace(self, uid_next=uid_next, stamp=stamp, highest_modseq=highest,
-                      compacted=None)
+                      compacted=None, pending={})
         self.entries.extend(added)
         return new
 
@@ -153,7 +161,7 @@ _CLEAN_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 def entry_from(
     p: Parsed, uid: int, flags: frozenset[str], date: int, tz: int | None = None,
-    modseq: int = 0,
+    modseq: int = 0, saved: int = 0,
 ) -> Entry:
     """``tz`` None: the server's local zone at ``date``."""
     return Entry(
@@ -169,12 +177,17 @@ def entry_from(
         flags,
         local_offset(date) if tz is None else tz,
         modseq,
+        saved,
     )
 
 
-def _new_entry(p: Parsed, uid: int, fallback_date: int, modseq: int = 1) -> Entry:
+def _new_entry(p: Parsed, uid: int, fallback_date: int, modseq: int = 1, saved: int = 0) -> Entry:
     date = p.date if p.date is not None else fallback_date
-    return entry_from(p, uid, clean_flags(p.header_flags), date, None, modseq)
+    return entry_from(p, uid, clean_flags(p.header_flags), date, None, modseq, saved)
+
+
+def _saved(old: Index, p: Parsed) -> int:
+    return old.pending.get((p.offset, p.fingerprint), 0)  # (0: unknown)
 
 
 def extend(
@@ -185,8 +198,8 @@ def extend(
     changes = Changes()
     uid = old.uid_next
     modseq = old.highest_modseq + 1
-    for p in parsed:
-        e = _new_entry(p, uid, fallback_date, modseq)
+    for p in parsed:  # (saved while the index was not loaded: ``pending``; else unknown)
+        e = _new_entry(p, uid, fallback_date, modseq, _saved(old, p))
         uid += 1
         changes.added.append(e)
     return list(changes.added), changes
@@ -211,7 +224,7 @@ def reconcile(
     candidates: dict[str, deque[Entry]] = defaultdict(deque)
     for e in old.entries:
         candidates[e.fingerprint].append(e)
-    new = old.copy(stamp=stamp, entries=[])
+    new = old.copy(stamp=stamp, entries=[], pending={})  # (offsets of another file)
     changes = Changes()
     modseq = old.highest_modseq + 1
     last_uid = 0
@@ -229,12 +242,12 @@ def reconcile(
                 flags = (theirs & SYSTEM) | keywords
             changed = flags != was.flags
             e = entry_from(p, was.uid, flags, was.date, was.tz,
-                           modseq if changed else was.modseq)
+                           modseq if changed else was.modseq, was.saved)
             kept.add(was.uid)
             if changed:
                 changes.flags[was.uid] = flags
         else:
-            e = _new_entry(p, new.uid_next, fallback_date, modseq)
+            e = _new_entry(p, new.uid_next, fallback_date, modseq, _saved(old, p))
             new.uid_next += 1
             changes.added.append(e)
         last_uid = e.uid
@@ -284,7 +297,7 @@ def _date_field(e: Entry) -> bytes:
 
 
 def entry_line(e: Entry) -> bytes:
-    return b"%d %d %d %d %d %d %s %s %s %d %s" % (
+    return b"%d %d %d %d %d %d %s %s %s %d %d %s" % (
         e.uid,
         e.offset,
         e.body_off,
@@ -295,6 +308,7 @@ def entry_line(e: Entry) -> bytes:
         e.fingerprint.encode(),
         e.header_sig.encode(),
         e.modseq,
+        e.saved,
         " ".join(sorted(e.flags)).encode(),
     )
 
@@ -305,8 +319,9 @@ _SIGNS = (ord("+"), ord("-"))
 _SIGS: dict[bytes, str] = {}
 
 
-def _entry(w: list[bytes], legacy: bool = False) -> Entry:
-    """An entry line's words; ``legacy``: of a version without mod-sequences (all 1)."""
+def _entry(w: list[bytes], version: int = 4) -> Entry:
+    """An entry line's words, of that index ``version`` (below 3 no mod-sequences: all 1;
+    below 4 no save dates: all unknown)."""
     sig = _SIGS.get(w[8])
     if sig is None:
         sig = w[8].decode()
@@ -331,9 +346,10 @@ def _entry(w: list[bytes], legacy: bool = False) -> Entry:
             int(d),
             w[7].decode(),
             sig,
-            _flags(w[9:] if legacy else w[10:]),
+            _flags(w[9:] if version < 3 else w[10:] if version < 4 else w[11:]),
             tz,
-            1 if legacy else int(w[9]),
+            1 if version < 3 else int(w[9]),
+            int(w[10]) if version >= 4 else 0,
         ),
     )
 
@@ -369,14 +385,14 @@ def load(data: bytes) -> Index:
     """Parse an index file; CorruptIndex if it is not one we wrote."""
     first = data.find(b"\n")
     second = data.find(b"\n", first + 1)
-    legacy = data[:first] in _LEGACY
-    if (data[:first] != MAGIC and not legacy) or not data.endswith(b"\n") or second < 0:
+    version = _VERSIONS.get(data[:first], 0)
+    if not version or not data.endswith(b"\n") or second < 0:
         raise CorruptIndex("not a mailsuite index (or cut short)")
     try:
         head = list(map(int, data[first + 1 : second].split()))
         if len(head) == 5:
             head.append(0)  # written before journals existed
-        if legacy:
+        if version < 3:
             head.insert(5, 1)  # before mod-sequences: every message at 1
         validity, uid_next, size, mtime_ns, ino, highest, generation = head
         pos, hidden, vanished = second + 1, frozenset[int](), ms.EMPTY
@@ -388,7 +404,7 @@ def load(data: bytes) -> Index:
             end = data.index(b"\n", pos)
             vanished = ms.Vanished.parse(data[pos:end])
             pos = end + 1
-        entries = [_entry(line.split(b" "), legacy) for line in _lines(data, pos)]
+        entries = [_entry(line.split(b" "), version) for line in _lines(data, pos)]
         last = 0
         for e in entries:
             if e.uid <= last or e.uid >= uid_next:
@@ -397,7 +413,7 @@ def load(data: bytes) -> Index:
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise CorruptIndex(str(e)) from e
     return Index(validity, uid_next, Stamp(size, mtime_ns, ino), entries, generation, hidden,
-                 highest_modseq=highest, vanished=vanished, legacy=legacy)
+                 highest_modseq=highest, vanished=vanished, legacy=version < 4, version=version)
 
 
 def _lines(data: bytes, pos: int, block: int = 1 << 20) -> Iterator[bytes]:
@@ -419,6 +435,8 @@ def _hidden_line(uids: frozenset[int] | set[int]) -> bytes:
 #   F <uid> [flag ...]                          flags of a message changed
 #   A <entry as in the index>                   a message added
 #   S <uid_next> <size> <mtime_ns> <ino>        the file's new stamp and uid_next
+#   D <offset> <fingerprint> <saved> ...        messages appended while the index was not
+#                                               loaded, saved then (``savedate``)
 #   X <uid> ...                                 messages expunged, to be compacted away
 #   C <ino> <uid> ...                           a compaction renames its file (this inode,
 #                                               without these messages) in now
@@ -443,13 +461,14 @@ def apply_log(index: Index, data: bytes) -> Index:
     added: list[Entry] = []
     stamp, uid_next, hidden = index.stamp, index.uid_next, set(index.hidden)
     compacted, highest, vanished = None, index.highest_modseq, index.vanished
+    pending = dict(index.pending)
     try:
         for line in lines[1:-1]:  # the last piece has no newline: cut short or empty
             w = line.split(b" ")
             if w[0] == b"F":
                 flags[int(w[1])] = _flags(w[2:])
             elif w[0] == b"A":
-                added.append(_entry(w[1:], index.legacy))
+                added.append(_entry(w[1:], index.version))
                 highest = max(highest, added[-1].modseq)
             elif w[0] == b"M":
                 highest = max(highest, int(w[1]))
@@ -464,6 +483,9 @@ def apply_log(index: Index, data: bytes) -> Index:
                 hidden.update(map(int, w[1:]))
             elif w[0] == b"C":
                 compacted = (int(w[1]), frozenset(map(int, w[2:])))
+            elif w[0] == b"D":
+                for i in range(1, len(w) - 2, 3):  # offset fingerprint saved
+                    pending[int(w[i]), w[i + 1].decode()] = int(w[i + 2])
     except (ValueError, IndexError, UnicodeDecodeError) as err:
         raise CorruptIndex(f"journal: {err}") from err
     entries = index.entries + added
@@ -475,7 +497,7 @@ def apply_log(index: Index, data: bytes) -> Index:
                 entries[i] = entry._replace(flags=f, modseq=m)
     return replace(index, entries=entries, stamp=stamp, uid_next=uid_next,
                    hidden=frozenset(hidden), compacted=compacted, highest_modseq=highest,
-                   vanished=vanished)
+                   vanished=vanished, pending=pending)
 
 
 def log_records(
@@ -548,6 +570,7 @@ def read_index(path: str, dir_fd: int | None = None) -> Index | None:
     try:
         fd = os.open(log_path(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
+        index.generation = 0 if index.legacy else index.generation  # (as below)
         return index
     except OSError as e:
         raise CorruptIndex(f"{log_path(path)}: {e.strerror}") from e
@@ -564,7 +587,7 @@ def write_index(
     """Replace the index atomically and durably; ``owner`` (uid, gid) when running as root.
     With ``dir_fd`` (the index directory, walked by ``safepath``) ``path`` is a name in it."""
     index.generation = int.from_bytes(os.urandom(6), "big")  # any journal left is now stale
-    index.legacy = False  # written in this version
+    index.legacy, index.version = False, 4  # written in this version
 
     def commit(_: int) -> None:
         with contextlib.suppress(FileNotFoundError):

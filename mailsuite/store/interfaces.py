@@ -73,6 +73,7 @@ class MessageInfo:
     internal_date: datetime  # timezone-aware
     size: int  # len(mailsuite.wire.to_wire(message)), as RETR / BODY[] send it
     modseq: int = 0  # the mod-sequence of its last change (RFC 7162)
+    saved: int = 0  # when it was saved into this mailbox (RFC 8514; epoch seconds), 0: unknown
 
 
 @dataclass

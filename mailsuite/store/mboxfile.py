@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from mailsuite.accounts import Account
 from mailsuite.fsutil import pread_all, write_all
-from mailsuite.store import cleanup, mboxinplace
+from mailsuite.store import cleanup, mboxinplace, savedate
 from mailsuite.store import index as ix
 from mailsuite.store import modseq as ms
 from mailsuite.store.interfaces import Changes, StoreError
@@ -209,7 +209,7 @@ class MboxFile(IndexKeeper):
                     if adopted is not None:
                         return adopted
                 if state is None:
-                    state, dirty = ix.Index(uid_validity=self._new_validity()), True
+                    state, dirty = savedate.first_index(self, self._new_validity()), True
             new, changes, added = self._refresh_locked(state, held.fd, held.st)
             if added is not None:
                 new = self._grow(state, added, new.stamp, save=dirty)
@@ -343,7 +343,9 @@ class MboxFile(IndexKeeper):
                 raise
             if created:
                 os.fsync(held.dir_fd)  # type: ignore[arg-type]
+            now = int(self._now())  # the save date (RFC 8514) of each
             if state is None:
+                savedate.note_unindexed(self, spans, each, now)
                 return None, changes, None
             first = added[-1].uid + 1 if added else state.uid_next
             uids = list(range(first, first + len(spans)))
@@ -351,7 +353,7 @@ class MboxFile(IndexKeeper):
             for uid, (base, start, body, blob), (fl, when, zone) in zip(uids, spans, each,
                                                                          strict=True):
                 p = describe(blob, start, body, len(blob) - 1, when, base=base)
-                mine.append(ix.entry_from(p, uid, ix.clean_flags(fl), when, zone, modseq))
+                mine.append(ix.entry_from(p, uid, ix.clean_flags(fl), when, zone, modseq, now))
             whole = added is None and before is not None and state.entries != before.entries
             new = self._added(state, changes, added, mine, ix.Stamp.of(os.fstat(fd)), whole)
         return new, changes, uids
@@ -381,7 +383,7 @@ class MboxFile(IndexKeeper):
                 stamp = ix.Stamp.of(os.fstat(out.fd))
                 copied = ix.Index(target._new_validity(), state.uid_next, stamp,
                                   hidden=state.hidden, highest_modseq=state.highest_modseq)
-                copied.entries = list(state.entries)
+                copied.entries = savedate.fresh(state.entries, int(self._now()))  # moved there
                 target._save(copied)
             if held.fd is not None:
                 os.ftruncate(held.fd, 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -99,7 +100,8 @@ class MemoryMailbox:
         told = Changes()
         modseq = self.highest_modseq = self.highest_modseq + 1
         self.messages = [
-            MessageInfo(m.uid, frozenset(changes[m.uid]), m.internal_date, m.size, modseq)
+            MessageInfo(m.uid, frozenset(changes[m.uid]), m.internal_date, m.size, modseq,
+                        m.saved)
             if m.uid in changes
             else m
             for m in self.messages
@@ -154,7 +156,7 @@ class MemoryMailbox:
         when = date or self._now().astimezone()
         self.highest_modseq += 1
         info = MessageInfo(self.uid_next, frozenset(flags), when, wire_size(data),
-                           self.highest_modseq)
+                           self.highest_modseq, int(self._now().timestamp()))
         header = header_end(data, 0, len(data))
         self._fingerprints[info.uid] = fingerprint(data[:header], len(data) - header)
         self.uid_next += 1
@@ -209,7 +211,9 @@ class MemoryMailbox:
     # Test hook: what another program (Postfix local, mutt) writing to the file would do;
     # ``verbatim``: one that keeps the bytes as they are (CRLF line ends, no final newline).
     def external_append(self, data: bytes, verbatim: bool = False) -> None:
-        self._pending.added.append(self._add(data, frozenset(), None, verbatim))
+        info = self._add(data, frozenset(), None, verbatim)  # saved by another: no save date
+        self.messages[-1] = info = dataclasses.replace(info, saved=0)
+        self._pending.added.append(info)
 
 
 def _deferred(f: Callable[..., Any]) -> Callable[..., defer.Deferred[Any]]:
