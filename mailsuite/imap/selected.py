@@ -211,9 +211,11 @@ class SelectedCommands(_Base):
             return
         if options is not None:  # ESEARCH and SEARCHRES (imap/esearch.py)
             found = await run_saving(view, key, uid, options)
+            extra = self.search_context(tag, uid, options, bind_saved(key, view), found)
             if options != [b"SAVE"]:
                 self.sendUntaggedResponse(esearch_response(tag, uid, options, found)
-                                          + self._esearch_modseq(key, options, found, uid))
+                                          + self._esearch_modseq(key, options, found, uid)
+                                          + extra)  # CONTEXT: PARTIAL (context.py)
         else:
             found = await run_search(view, bind_saved(key, view), uid)
             self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found)

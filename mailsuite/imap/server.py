@@ -41,6 +41,7 @@ from mailsuite.config import Config
 from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.append import AppendCommands
 from mailsuite.imap.compress import CompressCommands, Deflate
+from mailsuite.imap.context import ContextCommands
 from mailsuite.imap.binary import BinaryCommands
 from mailsuite.imap.condstore import CondstoreCommands
 from mailsuite.imap.folders import FolderCommands
@@ -95,7 +96,7 @@ class IMAPServer(  # type: ignore[misc, override]
     CondstoreCommands, QresyncCommands, SelectedCommands, AppendCommands, QuotaCommands,
     IdleCommands, UnauthenticateCommands, ListCommands, StatusCommands, ObjectIdCommands,
     CompressCommands, MetadataCommands, Utf8Commands, BinaryCommands, PreviewCommands,
-    SortCommands,
+    SortCommands, ContextCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
@@ -394,7 +395,9 @@ class IMAPServer(  # type: ignore[misc, override]
     def flush_updates(self, allow_expunge: bool = True) -> None:
         """Send the EXISTS / EXPUNGE / FETCH FLAGS owed to the client."""
         if self.view is not None and not self._lost:
-            for update in self.view.take_updates(allow_expunge=allow_expunge):
+            for update in (self.context_before(allow_expunge)  # CONTEXT (context.py)
+                           + self.view.take_updates(allow_expunge=allow_expunge)
+                           + self.context_after(allow_expunge)):
                 self.sendLine(b"* " + update)
         self.notify_flush()  # NOTIFY's notifications that waited (notify.py)
 

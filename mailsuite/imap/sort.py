@@ -149,8 +149,10 @@ class SortCommands(_Base):
         if saving:
             by_seq = {seq: rec.uid for seq, rec in found}
             save(self.view, to_save(options, numbers if uid else [by_seq[n] for n in numbers]))
-        if options != [b"SAVE"]:
-            self.sendUntaggedResponse(esearch_response(tag, uid, options, numbers, True))
+        if options != [b"SAVE"]:  # CONTEXT=SORT's UPDATE and PARTIAL: context.py
+            extra = self.search_context(tag, uid, options, bind_saved(
+                parse_search(m.group(3))[1], self.view), numbers, (keys, sort_records, {}))
+            self.sendUntaggedResponse(esearch_response(tag, uid, options, numbers, True) + extra)
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
     @states("select")
