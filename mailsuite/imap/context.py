@@ -6,9 +6,10 @@ A SEARCH or SORT with ``RETURN (UPDATE)`` leaves a ``Context`` on the session: t
 ``$`` bound), the result as UIDs (for SORT in the sort order) and the messages changed since.
 A listener on the store mailbox marks the messages added or whose flags changed; only those are
 matched again (``_evaluate``, reading the headers or bodies of those alone when the key needs
-them). Updates go out where EXPUNGE may (``flush_updates``: never after FETCH, STORE, SEARCH,
-SORT or THREAD, RFC 5267 section 4.3), and during IDLE: the ``REMOVEFROM`` of an expunged
-message before its EXPUNGE (its number still valid), the rest after EXISTS. For SEARCH the
+them). Updates go out with the other untagged updates (``flush_updates``, at the end of every
+command: unlike EXPUNGE, RFC 5267 4.3.2 lets them go at any time), during IDLE at once, and the
+``REMOVEFROM`` of an expunged message also between commands: always before its EXPUNGE (its
+number still valid, 4.3.4), an ADDTO after the EXISTS (4.3.3). For SEARCH the
 position is 0, for SORT the place in the sorted result where the message goes or was.
 
 At most ``MAX_CONTEXTS`` contexts: beyond, ``[NOUPDATE "tag"]`` (the result is still sent).
@@ -28,7 +29,7 @@ from twisted.logger import Logger
 from mailsuite.imap.contextopts import check_options
 from mailsuite.imap.esearch import sequence_set
 from mailsuite.imap.message import split_message
-from mailsuite.imap.parser import Cursor, ParseError
+from mailsuite.imap.parser import MAX_NESTING, Cursor, ParseError
 from mailsuite.imap.search import Candidate, matches, needs
 from mailsuite.imap.session import states
 from mailsuite.store.interfaces import Changes, UnknownUID
@@ -48,6 +49,30 @@ def partial_data(numbers: list[int], low: int, high: int) -> bytes:
     """`` PARTIAL (low:high set)`` of the result's positions low..high (``NIL`` if none)."""
     window = numbers[low - 1 : high]
     return b" PARTIAL (%d:%d %s)" % (low, high, sequence_set(window) if window else b"NIL")
+
+
+def bind_sequences(key: tuple[Any, ...], view: Any, depth: int = 0) -> tuple[Any, ...]:
+    """The key with each sequence set made the UIDs it names now: RFC 5267 4.3 (and the
+    errata of RFC 3501) evaluate sequence numbers when the command is received."""
+    name = key[0]
+    if name == "SEQ":
+        uids = view.uids()
+        top = len(uids)
+        hits: set[int] = set()
+        for lo, hi in key[1]:
+            a, b = sorted((top if lo is None else lo, top if hi is None else hi))
+            hits.update(uids[max(a, 1) - 1 : min(b, top)])
+        return ("$", frozenset(hits))
+    if depth > MAX_NESTING + 1:
+        return key
+    if name == "AND":
+        return ("AND", [bind_sequences(k, view, depth + 1) for k in key[1]])
+    if name == "NOT":
+        return ("NOT", bind_sequences(key[1], view, depth + 1))
+    if name == "OR":
+        return ("OR", bind_sequences(key[1], view, depth + 1),
+                bind_sequences(key[2], view, depth + 1))
+    return key
 
 
 def _quoted(tag: bytes) -> bytes:
@@ -104,6 +129,7 @@ class ContextCommands(_Base):
     """RFC 5267 CONTEXT=SEARCH and CONTEXT=SORT for ``IMAPServer`` (with ``SortCommands``)."""
 
     _idle_tag: bytes | None  # IdleCommands'
+    _in_flight: bool  # IMAPServer's: a command awaits its tagged reply
     _contexts: dict[bytes, Context] | None = None
     _context_listener: Any = None
 
@@ -117,7 +143,9 @@ class ContextCommands(_Base):
         PARTIAL data for its ESEARCH response; an UPDATE context kept, or NOUPDATE."""
         partial = check_options(options)
         if b"UPDATE" in options:
-            self._add_context(tag, uid, key, numbers, sort)
+            if tag in self._live_contexts():  # RFC 5267 4.3: BAD, and no effect
+                raise ParseError("Tag reuse: an UPDATE context has this tag")
+            self._add_context(tag, uid, bind_sequences(key, self.view), numbers, sort)
         return partial_data(numbers, *partial) if partial else b""
 
     def _add_context(self, tag: bytes, uid: bool, key: Any, numbers: list[int],
@@ -125,7 +153,6 @@ class ContextCommands(_Base):
         view = self.view
         assert view is not None
         contexts = self._live_contexts()
-        contexts.pop(tag, None)
         if len(contexts) >= MAX_CONTEXTS:
             self.sendUntaggedResponse(b"NO [NOUPDATE " + _quoted(tag) + b"] Too many contexts")
             return
@@ -138,23 +165,34 @@ class ContextCommands(_Base):
             view.mailbox.add_listener(self._context_changed)
 
     def _live_contexts(self) -> dict[bytes, Context]:
-        """The contexts of the selected view (others ended with their SELECT)."""
-        contexts = self._contexts or {}
-        if any(c.view is not self.view for c in contexts.values()):
-            contexts = {t: c for t, c in contexts.items() if c.view is self.view}
-        if not contexts and self._context_listener is not None:
+        """The contexts of the selected view (``context_end`` ends them with it)."""
+        if not self._contexts:
+            self.context_end()
+        self._contexts = self._contexts or {}
+        return self._contexts
+
+    def context_end(self) -> None:
+        """No more contexts: the mailbox is let go (SELECT, CLOSE, LOGOUT, a lost connection)
+        or the last one was cancelled."""
+        self._contexts = None
+        if self._context_listener is not None:
             mailbox, listener = self._context_listener
-            mailbox.remove_listener(listener)
             self._context_listener = None
-        self._contexts = contexts
-        return contexts
+            mailbox.remove_listener(listener)
 
     def _context_changed(self, changes: Changes) -> None:
+        """Mark what to match again; in IDLE send the updates now, between commands the
+        REMOVEFROM of expunged messages (RFC 5267 4.3.4: their numbers hold till EXPUNGE)."""
         touched = [m.uid for m in changes.added] + list(changes.flags)
         for context in (self._contexts or {}).values():
             context.dirty.update(touched)
-        if touched and self._idle_tag is not None and self._contexts:
+        if not self._contexts or getattr(self, "_lost", False):
+            return
+        if self._idle_tag is not None:
             self.flush_updates()
+        elif changes.expunged and not self._in_flight:
+            for line in self.context_before():
+                self.sendLine(b"* " + line)
 
     @states("select")
     def cmd_CANCELUPDATE(self, tag: bytes, args: Cursor) -> None:
@@ -165,18 +203,16 @@ class ContextCommands(_Base):
             if args.at_end():
                 break
         contexts = self._live_contexts()
-        unknown = [t for t in tags if t not in contexts]
-        if unknown:
-            raise ParseError("No update context for tag " + unknown[0].decode("ascii", "replace"))
-        for t in tags:
+        for t in tags:  # a tag with no context (refused with NOUPDATE, say) has none to end
             contexts.pop(t, None)
-        self._live_contexts()
+        if not contexts:
+            self.context_end()
         self.sendPositiveResponse(tag, b"CANCELUPDATE completed.")
 
     # -- the updates (from flush_updates) ------------------------------------------------------
-    def context_before(self, allow_expunge: bool) -> list[bytes]:
+    def context_before(self) -> list[bytes]:
         """REMOVEFROM of the messages about to be told expunged, while their numbers hold."""
-        if not allow_expunge or not self._contexts or self.view is None:
+        if not self._contexts or self.view is None:
             return []
         lines = []
         for context in self._live_contexts().values():
@@ -185,9 +221,9 @@ class ContextCommands(_Base):
                 lines.append(context.head() + self._changes(context, [], set(gone)))
         return lines
 
-    def context_after(self, allow_expunge: bool) -> list[bytes]:
+    def context_after(self) -> list[bytes]:
         """ADDTO / REMOVEFROM of what an evaluation found; a new evaluation started."""
-        if not allow_expunge or not self._contexts or self.view is None:
+        if not self._contexts or self.view is None:
             return []
         lines = []
         for context in self._live_contexts().values():
@@ -212,8 +248,8 @@ class ContextCommands(_Base):
             if context.matched is not None:
                 matched = {**context.matched, **matched}
             context.matched = matched
-            if (not getattr(self, "_lost", False) and context.view is self.view
-                    and self._idle_tag is not None and self._contexts):
+            if (not getattr(self, "_lost", False) and self._contexts
+                    and self._contexts.get(context.tag) is context and self._idle_tag is not None):
                 self.flush_updates()
 
         def failed(failure: Any) -> None:

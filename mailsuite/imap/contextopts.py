@@ -22,12 +22,10 @@ def parse_partial(word: bytes) -> tuple[int, int]:
 
 def check_options(options: list[bytes]) -> tuple[int, int] | None:
     """The PARTIAL range asked for, if any; BAD for options that cannot go together."""
-    partial = None
-    for option in options:
-        if option.startswith(b"PARTIAL "):
-            partial = parse_partial(option[8:])
-    if partial is not None and b"ALL" in options:
-        raise ParseError("PARTIAL and ALL cannot be used together")
+    partials = [parse_partial(o[8:]) for o in options if o.startswith(b"PARTIAL ")]
+    if len(partials) + (b"ALL" in options) > 1:  # RFC 5267 4.4: one PARTIAL or ALL at most
+        raise ParseError("One PARTIAL or ALL at most")
+    partial = partials[0] if partials else None
     if b"UPDATE" in options and b"SAVE" in options:
         raise ParseError("UPDATE and SAVE cannot be used together")
     return partial

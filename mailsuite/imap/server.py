@@ -395,9 +395,9 @@ class IMAPServer(  # type: ignore[misc, override]
     def flush_updates(self, allow_expunge: bool = True) -> None:
         """Send the EXISTS / EXPUNGE / FETCH FLAGS owed to the client."""
         if self.view is not None and not self._lost:
-            for update in (self.context_before(allow_expunge)  # CONTEXT (context.py)
+            for update in (self.context_before()  # CONTEXT's ADDTO, REMOVEFROM (context.py)
                            + self.view.take_updates(allow_expunge=allow_expunge)
-                           + self.context_after(allow_expunge)):
+                           + self.context_after()):
                 self.sendLine(b"* " + update)
         self.notify_flush()  # NOTIFY's notifications that waited (notify.py)
 
@@ -446,6 +446,7 @@ class IMAPServer(  # type: ignore[misc, override]
                 log.failure("listing the mailboxes of {user} failed", user=self.user)
 
     def _close_view(self) -> None:
+        self.context_end()  # CONTEXT's UPDATE contexts end with the mailbox (context.py)
         if self.view is not None:
             view, self.view = self.view, None
             if self._idle_tag is not None:
