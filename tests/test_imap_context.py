@@ -40,7 +40,7 @@ class ContextTests(ImapTestCase):
         out = self.one.cmd(b"e SEARCH RETURN (PARTIAL 3:1) ALL")
         self.assertIn(b'* ESEARCH (TAG "e") PARTIAL (1:3 1:3)\r\n', out)
         for bad in (b"f SEARCH RETURN (PARTIAL) ALL", b"f SEARCH RETURN (PARTIAL 0:4) ALL",
-                    b"f SEARCH RETURN (PARTIAL 1:2 ALL) ALL", b"f SEARCH RETURN (UPDATE SAVE) ALL",
+                    b"f SEARCH RETURN (PARTIAL 1:2 ALL) ALL",
                     b"f SEARCH RETURN (PARTIAL 1:2 PARTIAL 3:4) ALL",
                     b"f SEARCH RETURN (PARTIAL 1:*) ALL", b"f SEARCH RETURN (PARTIAL x) ALL",
                     b"f SORT RETURN (PARTIAL 1:2 ALL) (DATE) UTF-8 ALL", b"f CANCELUPDATE",
@@ -190,3 +190,18 @@ class ContextTests(ImapTestCase):
         self.one.cmd(b"f UID SEARCH RETURN (UPDATE) ALL")
         self.one.proto.connectionLost(None)
         self.assertEqual(len(listeners), before - 1)  # the view's own too
+
+    def test_own_changes_and_save(self) -> None:
+        """The session's own STORE and EXPUNGE update its contexts (after the STORE's FETCH,
+        the REMOVEFROM before the EXPUNGE); UPDATE goes with SAVE (no interaction, RFC 5267
+        4.1), a "$" in the criteria is the result saved before the command."""
+        self.one.cmd(b"a SEARCH RETURN (SAVE) 1:2")
+        out = self.one.cmd(b"b SEARCH RETURN (UPDATE SAVE COUNT) $ UNSEEN")
+        self.assertIn(b'* ESEARCH (TAG "b") COUNT 2\r\n', out)
+        out = self.one.cmd(b"c STORE 2 +FLAGS (\\Seen)")
+        self.assertEqual(out, b"* 2 FETCH (FLAGS (\\Seen))\r\n"
+                         b'* ESEARCH (TAG "b") REMOVEFROM (0 2)\r\nc OK STORE completed.\r\n')
+        self.one.cmd(b"d STORE 1 +FLAGS.SILENT (\\Deleted)")
+        self.assertEqual(self.one.cmd(b"e EXPUNGE"), b'* ESEARCH (TAG "b") REMOVEFROM (0 1)\r\n'
+                         b"* 1 EXPUNGE\r\ne OK EXPUNGE completed.\r\n")
+        self.assertIn(b"COUNT 0", self.one.cmd(b"f SEARCH RETURN (COUNT) UID 1:2 UNSEEN"))

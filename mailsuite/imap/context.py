@@ -75,6 +75,14 @@ def bind_sequences(key: tuple[Any, ...], view: Any, depth: int = 0) -> tuple[Any
     return key
 
 
+def _shown(view: Any, uid: int) -> bool:
+    try:
+        view.info(uid)
+    except KeyError:
+        return False
+    return True
+
+
 def _quoted(tag: bytes) -> bytes:
     return b'"' + tag.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
@@ -212,13 +220,14 @@ class ContextCommands(_Base):
     # -- the updates (from flush_updates) ------------------------------------------------------
     def context_before(self) -> list[bytes]:
         """REMOVEFROM of the messages about to be told expunged, while their numbers hold."""
-        if not self._contexts or self.view is None:
+        if not self._contexts or self.view is None or not self.view.pending_expunges():
             return []
+        pending = self.view.pending_expunges()
         lines = []
         for context in self._live_contexts().values():
-            gone = [u for u in context.result if self.view.is_expunged(u)]
+            gone = pending & set(context.result)
             if gone:
-                lines.append(context.head() + self._changes(context, [], set(gone)))
+                lines.append(context.head() + self._changes(context, [], gone))
         return lines
 
     def context_after(self) -> list[bytes]:
@@ -270,7 +279,10 @@ class ContextCommands(_Base):
         matched, context.matched = context.matched or {}, None
         present = set(context.result)
         removed = {u for u, yes in matched.items() if not yes and u in present}
-        added = [u for u, yes in matched.items() if yes and u not in present]
+        view = self.view
+        assert view is not None
+        added = [u for u, yes in matched.items() if yes and u not in present and _shown(view, u)
+                 and not view.is_expunged(u)]  # expunged since it was matched: not now
         if not (removed or added):
             return b""
         return self._changes(context, added, removed)

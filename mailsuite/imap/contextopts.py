@@ -26,6 +26,4 @@ def check_options(options: list[bytes]) -> tuple[int, int] | None:
     if len(partials) + (b"ALL" in options) > 1:  # RFC 5267 4.4: one PARTIAL or ALL at most
         raise ParseError("One PARTIAL or ALL at most")
     partial = partials[0] if partials else None
-    if b"UPDATE" in options and b"SAVE" in options:
-        raise ParseError("UPDATE and SAVE cannot be used together")
     return partial

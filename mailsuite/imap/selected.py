@@ -210,8 +210,9 @@ class SelectedCommands(_Base):
             self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
             return
         if options is not None:  # ESEARCH and SEARCHRES (imap/esearch.py)
+            bound = bind_saved(key, view)  # "$" as before a SAVE (for CONTEXT's UPDATE)
             found = await run_saving(view, key, uid, options)
-            extra = self.search_context(tag, uid, options, bind_saved(key, view), found)
+            extra = self.search_context(tag, uid, options, bound, found)
             if options != [b"SAVE"]:
                 self.sendUntaggedResponse(esearch_response(tag, uid, options, found)
                                           + self._esearch_modseq(key, options, found, uid)

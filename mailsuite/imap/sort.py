@@ -140,6 +140,7 @@ class SortCommands(_Base):
                 save(self.view, [])
         if found is None:
             return
+        bound = bind_saved(parse_search(m.group(3))[1], self.view)  # before SAVE: CONTEXT
         numbers = await self._cached(found, (b"SORT", uid, tuple(keys)), _sorted, found, keys,
                                      uid)
         if options is None:
@@ -150,8 +151,8 @@ class SortCommands(_Base):
             by_seq = {seq: rec.uid for seq, rec in found}
             save(self.view, to_save(options, numbers if uid else [by_seq[n] for n in numbers]))
         if options != [b"SAVE"]:  # CONTEXT=SORT's UPDATE and PARTIAL: context.py
-            extra = self.search_context(tag, uid, options, bind_saved(
-                parse_search(m.group(3))[1], self.view), numbers, (keys, sort_records, {}))
+            extra = self.search_context(tag, uid, options, bound, numbers,
+                                        (keys, sort_records, {}))
             self.sendUntaggedResponse(esearch_response(tag, uid, options, numbers, True) + extra)
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
