@@ -4,8 +4,11 @@ EXPUNGE, the points where updates may go out, CANCELUPDATE, NOUPDATE, IDLE, hibe
 
 from __future__ import annotations
 
+from twisted.internet import defer
+
 from mailsuite.imap.context import MAX_CONTEXTS
 from mailsuite.imap.hibernate import hibernatable
+from mailsuite.store.interfaces import StoreError
 from tests.test_imap_server import ImapTestCase
 
 
@@ -163,16 +166,20 @@ class ContextTests(ImapTestCase):
 
     def test_idle_and_hibernation(self) -> None:
         """Updates go out during IDLE; a session with a context does not hibernate."""
+        self.box().watch_paths = lambda: [("/var/mail/boss", False)]  # as an mbox's would
         self.one.cmd(b"a UID SEARCH RETURN (UPDATE) SUBJECT news")
         self.one.cmd(b"b IDLE")
+        self.two.cmd(b"i IDLE")
         self.assertFalse(hibernatable(self.one.proto))
+        self.assertTrue(hibernatable(self.two.proto))  # the same without a context
         self.deliver(mail(b"news"))
         out = self.one.take()
         self.assertIn(b"* 5 EXISTS\r\n", out)
         self.assertIn(b'* ESEARCH (TAG "a") UID ADDTO (0 5)\r\n', out)
         self.assertIn(b"b OK", self.one.cmd(b"DONE"))
         self.assertIn(b"c OK", self.one.cmd(b'c CANCELUPDATE "a"'))
-        self.assertFalse(self.one.proto._contexts)
+        self.one.cmd(b"d IDLE")
+        self.assertTrue(hibernatable(self.one.proto))
 
     def test_listener_let_go(self) -> None:
         """The context's store listener goes with the last context, a new SELECT, or the
@@ -205,3 +212,17 @@ class ContextTests(ImapTestCase):
         self.assertEqual(self.one.cmd(b"e EXPUNGE"), b'* ESEARCH (TAG "b") REMOVEFROM (0 1)\r\n'
                          b"* 1 EXPUNGE\r\ne OK EXPUNGE completed.\r\n")
         self.assertIn(b"COUNT 0", self.one.cmd(b"f SEARCH RETURN (COUNT) UID 1:2 UNSEEN"))
+
+    def test_store_failure_ends_the_context(self) -> None:
+        """A header read that fails while matching: ``* NO [NOUPDATE "tag"]`` and the context
+        ends (RFC 5267 4.3.1); the session goes on."""
+        self.one.cmd(b'a UID SEARCH RETURN (UPDATE) FROM "amy"')
+        self.one.cmd(b"b UID SEARCH RETURN (UPDATE) UNSEEN")
+        self.box().read_headers = lambda uids: defer.fail(StoreError("disk on fire"))
+        self.deliver(mail(b"e", b"amy@example.org"))
+        out = self.one.cmd(b"c NOOP")
+        self.assertIn(b'* ESEARCH (TAG "b") UID ADDTO (0 5)\r\n', out)
+        self.assertIn(b'* NO [NOUPDATE "a"] Updates stopped\r\n', out)
+        self.assertTrue(out.endswith(b"c OK NOOP completed.\r\n"))
+        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
+        self.assertEqual(list(self.one.proto._contexts), [b"b"])

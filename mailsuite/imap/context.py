@@ -100,6 +100,7 @@ class Context:
     dirty: set[int] = field(default_factory=set)  # added or flags changed since last matched
     matched: dict[int, bool] | None = None  # an evaluation's answers, not yet told
     running: bool = False
+    failed: bool = False  # a store error while matching: NOUPDATE, and the context ends
 
     def head(self) -> bytes:
         return b"ESEARCH (TAG " + _quoted(self.tag) + b")" + (b" UID" if self.uid else b"")
@@ -235,17 +236,19 @@ class ContextCommands(_Base):
         if not self._contexts or self.view is None:
             return []
         lines = []
-        for context in self._live_contexts().values():
-            if context.matched is not None:
+        contexts = self._live_contexts()
+        for context in list(contexts.values()):
+            if context.dirty and not context.running:
+                self._start(context)  # answered at once when the flags are enough
+            if context.failed:  # RFC 5267 4.3.1: the server cannot go on
+                del contexts[context.tag]
+                lines.append(b"NO [NOUPDATE " + _quoted(context.tag) + b"] Updates stopped")
+            elif context.matched is not None:
                 line = self._apply(context)
                 if line:
                     lines.append(context.head() + line)
-            if context.dirty and not context.running:
-                self._start(context)
-                if context.matched is not None:  # answered at once (flags alone)
-                    line = self._apply(context)
-                    if line:
-                        lines.append(context.head() + line)
+        if not contexts:
+            self.context_end()
         return lines
 
     def _start(self, context: Context) -> None:
@@ -263,7 +266,10 @@ class ContextCommands(_Base):
 
         def failed(failure: Any) -> None:
             context.running = False
+            context.failed = True
             log.failure("CONTEXT update failed", failure)
+            if not getattr(self, "_lost", False) and self._idle_tag is not None:
+                self.flush_updates()
 
         defer.ensureDeferred(self._matching(context, uids)).addCallbacks(done, failed)
 
