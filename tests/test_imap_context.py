@@ -226,3 +226,23 @@ class ContextTests(ImapTestCase):
         self.assertTrue(out.endswith(b"c OK NOOP completed.\r\n"))
         self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
         self.assertEqual(list(self.one.proto._contexts), [b"b"])
+
+    def test_every_split_of_a_pipeline(self) -> None:
+        """SEARCH RETURN (UPDATE PARTIAL) with a literal in the criteria, and CANCELUPDATE with
+        a literal tag, cut at every byte: the same answers."""
+        data = (b"a UID SEARCH RETURN (UPDATE PARTIAL 1:1) SUBJECT {1+}\r\nc\r\n"
+                b"b CANCELUPDATE {1+}\r\na\r\nc NOOP\r\n")
+        expected = None
+        for i in range(1, len(data)):
+            s = self.session()
+            s.select()
+            out = s.send(data[:i]) + s.send(data[i:])
+            self.assertTrue(out.endswith(b"c OK NOOP completed.\r\n"), (i, out))
+            if expected is None:
+                expected = out
+                self.assertEqual(out, b'* ESEARCH (TAG "a") UID PARTIAL (1:1 3)\r\n'
+                                 b"a OK UID SEARCH completed.\r\n"
+                                 b"b OK CANCELUPDATE completed.\r\nc OK NOOP completed.\r\n")
+            self.assertEqual(out, expected, i)
+            self.assertFalse(s.proto._contexts)
+            s.cmd(b"z LOGOUT")
