@@ -63,6 +63,10 @@ class ContextTests(ImapTestCase):
                          b"B01 OK UID SEARCH completed.\r\n")
         out = self.one.cmd(b"B01 SORT RETURN (UPDATE) (DATE) UTF-8 FLAGGED")
         self.assertTrue(out.startswith(b"B01 BAD") and b"ESEARCH" not in out, out)
+        self.one.cmd(b"S0 SEARCH RETURN (SAVE) 1")
+        out = self.one.cmd(b"B01 SEARCH RETURN (UPDATE SAVE) 2:4")
+        self.assertTrue(out.startswith(b"B01 BAD"), out)
+        self.assertIn(b"ALL 1\r\n", self.one.cmd(b"S1 SEARCH RETURN (ALL) $"))  # kept
         self.two.cmd(b"s1 STORE 2:3 +FLAGS (\\Deleted $Junk \\Seen)")
         out = self.one.cmd(b"f1 FETCH 1 UID")
         self.assertIn(b"* 2 FETCH (FLAGS (\\Deleted \\Seen $Junk))\r\n"

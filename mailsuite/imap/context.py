@@ -96,7 +96,7 @@ class Context:
     key: tuple[Any, ...]
     view: Any
     result: list[int]
-    sort: Any = None  # SORT: (sort keys, sort_records); None for SEARCH
+    sort: Any = None  # SORT: (sort keys, sort_records, {UID: SortRecord}); None for SEARCH
     dirty: set[int] = field(default_factory=set)  # added or flags changed since last matched
     matched: dict[int, bool] | None = None  # an evaluation's answers, not yet told
     running: bool = False
@@ -146,14 +146,18 @@ class ContextCommands(_Base):
         return dict.fromkeys((b"CONTEXT=SEARCH", b"CONTEXT=SORT"))
 
     # -- from SEARCH and SORT ----------------------------------------------------------------
+    def check_update_tag(self, tag: bytes, options: list[bytes] | None) -> None:
+        """Before the search runs: UPDATE with the tag of a live context is BAD, and has no
+        effect (RFC 5267 4.3)."""
+        if options and b"UPDATE" in options and tag in (self._contexts or {}):
+            raise ParseError("Tag reuse: an UPDATE context has this tag")
+
     def search_context(self, tag: bytes, uid: bool, options: list[bytes], key: Any,
                        numbers: list[int], sort: Any = None) -> bytes:
         """After a SEARCH or SORT with RETURN options (``numbers`` as it reports them): the
         PARTIAL data for its ESEARCH response; an UPDATE context kept, or NOUPDATE."""
         partial = check_options(options)
         if b"UPDATE" in options:
-            if tag in self._live_contexts():  # RFC 5267 4.3: BAD, and no effect
-                raise ParseError("Tag reuse: an UPDATE context has this tag")
             self._add_context(tag, uid, bind_sequences(key, self.view), numbers, sort)
         return partial_data(numbers, *partial) if partial else b""
 

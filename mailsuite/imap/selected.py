@@ -198,6 +198,7 @@ class SelectedCommands(_Base):
         assert view is not None
         args.sp()
         options, text = parse_return(args.rest())  # ESEARCH (imap/esearch.py)
+        self.check_update_tag(tag, options)  # CONTEXT (context.py)
         try:
             charset, key = parse_search(text)
         except SearchSyntaxError as e:

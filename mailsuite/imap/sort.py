@@ -127,6 +127,7 @@ class SortCommands(_Base):
     async def cmd_SORT(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
         args.sp()
         options, rest = parse_return(args.rest())
+        self.check_update_tag(tag, options)  # CONTEXT (context.py)
         m = _PROGRAM.fullmatch(rest)
         if not m:
             raise ParseError("SORT needs (sort criteria) charset search criteria")
