@@ -250,3 +250,25 @@ class ContextTests(ImapTestCase):
             self.assertEqual(out, expected, i)
             self.assertFalse(s.proto._contexts)
             s.cmd(b"z LOGOUT")
+
+    def test_slow_header_read_during_idle(self) -> None:
+        """A key that needs the headers: the new message is matched when its headers come,
+        and the ADDTO goes out then, in IDLE; the session answers meanwhile."""
+        self.one.cmd(b'a UID SEARCH RETURN (UPDATE) FROM "amy"')
+        box = self.box()
+        read, pending = box.read_headers, []
+
+        def slow(uids: list[int]) -> defer.Deferred[dict[int, bytes]]:
+            d: defer.Deferred[dict[int, bytes]] = defer.Deferred()
+            pending.append((d, uids))
+            return d
+
+        box.read_headers = slow
+        self.one.cmd(b"b IDLE")
+        self.deliver(mail(b"e", b"amy@example.org"))
+        self.assertEqual(self.one.take(), b"* 5 EXISTS\r\n* 1 RECENT\r\n")
+        self.assertEqual([uids for _, uids in pending], [[5]])
+        box.read_headers = read
+        pending[0][0].callback(self.successResultOf(read([5])))
+        self.assertEqual(self.one.take(), b'* ESEARCH (TAG "a") UID ADDTO (0 5)\r\n')
+        self.assertEqual(self.one.cmd(b"DONE"), b"b OK Idle completed.\r\n")
