@@ -147,6 +147,7 @@ class GreetingLoginTests(ImapTestCase):
             b"MULTIAPPEND", b"BINARY", b"PREVIEW",
             b"SORT", b"SORT=DISPLAY", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES",
             b"THREAD=REFS", b"ESEARCH", b"ESORT", b"SEARCHRES", b"WITHIN",
+            b"CONTEXT=SEARCH", b"CONTEXT=SORT",
             b"CONDSTORE", b"QRESYNC", b"IMAP4rev2", b"SAVEDATE",
         }
         after_login_only = {b"NOTIFY", b"UNAUTHENTICATE", b"COMPRESS=DEFLATE", b"UTF8=ACCEPT",

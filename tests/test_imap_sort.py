@@ -81,7 +81,7 @@ class SortTests(ImapTestCase):
             (b"h THREAD FOO UTF-8 ALL", b"h BAD"),
             (b"i THREAD REFERENCES UTF-8", b"i BAD"),
             (b"j THREAD REFERENCES BIG5 ALL", b"j NO [BADCHARSET"),
-            (b"k SORT RETURN (PARTIAL 1:2) (DATE) UTF-8 ALL", b"k BAD"),
+            (b"k SORT RETURN (PARTIAL 1:2 ALL) (DATE) UTF-8 ALL", b"k BAD"),  # RFC 5267 4.4
             (b"l SEARCH RETURN (BOGUS) ALL", b"l BAD"),
             (b"m UID THREAD", b"m BAD"),
         ):

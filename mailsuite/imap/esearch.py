@@ -17,11 +17,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mailsuite.imap.contextopts import check_options
 from mailsuite.imap.parser import MAX_NESTING, ParseError
 from mailsuite.imap.search import run_search
 
-OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE")
-_RETURN = re.compile(rb"RETURN[ ]\(([A-Za-z ]*)\)[ ]?", re.I)
+OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE", b"UPDATE", b"CONTEXT")  # UPDATE, CONTEXT
+_RETURN = re.compile(rb"RETURN[ ]\(([A-Za-z0-9: ]*)\)[ ]?", re.I)  # and PARTIAL: context.py
 
 
 def parse_return(text: bytes) -> tuple[list[bytes] | None, bytes]:
@@ -33,11 +34,15 @@ def parse_return(text: bytes) -> tuple[list[bytes] | None, bytes]:
             raise ParseError("Invalid RETURN options")
         return None, text
     options: list[bytes] = []
-    for word in m.group(1).upper().split():
-        if word not in OPTIONS:
+    words = iter(m.group(1).upper().split())
+    for word in words:
+        if word == b"PARTIAL":  # RFC 5267 4.4: "PARTIAL 1:100" kept as one option
+            word += b" " + next(words, b"")
+        elif word not in OPTIONS:
             raise ParseError("Unknown RETURN option " + word.decode("ascii", "replace"))
         if word not in options:
             options.append(word)
+    check_options(options)  # CONTEXT's PARTIAL and UPDATE (contextopts.py)
     return options or [b"ALL"], text[m.end():]
 
 

@@ -180,6 +180,7 @@ def hibernatable(session: Any) -> bool:
             and session._unsent_wait is None and not session._buffer
             and not session.transport.disconnecting
             and getattr(session, "_notify", None) is None  # NOTIFY's watch is this process's
+            and not getattr(session, "_contexts", None)  # CONTEXT's UPDATE: not in the snapshot
             and (session.view is None or (bool(watch_paths(session.view))
                  and not getattr(session.view, "saved_search", None))))  # SEARCHRES: not kept
 

@@ -188,6 +188,10 @@ class ImapMailboxView(ModseqView):
         """Gone from the store but still shown to this client (its EXPUNGE is pending)."""
         return uid in self._expunged
 
+    def pending_expunges(self) -> set[int]:
+        """The UIDs whose EXPUNGE is pending (CONTEXT's REMOVEFROM goes first: context.py)."""
+        return self._expunged
+
     def flags(self, uid: int) -> frozenset[str]:
         """The flags as this session knows them, with ``\\Recent`` when it is recent here."""
         flags = self.info(uid).flags

@@ -200,6 +200,7 @@ class SelectedCommands(_Base):
         options, text = parse_return(args.rest())  # ESEARCH (imap/esearch.py)
         if options is None and b"IMAP4REV2" in self.enabled:  # RFC 9051 6.4.4 (imap/rev2.py)
             options = [b"ALL"]
+        self.check_update_tag(tag, options)  # CONTEXT (context.py)
         try:
             charset, key = parse_search(text)
         except SearchSyntaxError as e:
@@ -212,10 +213,13 @@ class SelectedCommands(_Base):
             self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
             return
         if options is not None:  # ESEARCH and SEARCHRES (imap/esearch.py)
+            bound = bind_saved(key, view)  # "$" as before a SAVE (for CONTEXT's UPDATE)
             found = await run_saving(view, key, uid, options)
+            extra = self.search_context(tag, uid, options, bound, found)
             if options != [b"SAVE"]:
                 self.sendUntaggedResponse(esearch_response(tag, uid, options, found)
-                                          + self._esearch_modseq(key, options, found, uid))
+                                          + self._esearch_modseq(key, options, found, uid)
+                                          + extra)  # CONTEXT: PARTIAL (context.py)
         else:
             found = await run_search(view, bind_saved(key, view), uid)
             self.sendUntaggedResponse(b"SEARCH" + b"".join(b" %d" % n for n in found)

@@ -41,6 +41,7 @@ from mailsuite.config import Config
 from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.append import AppendCommands
 from mailsuite.imap.compress import CompressCommands, Deflate
+from mailsuite.imap.context import ContextCommands
 from mailsuite.imap.binary import BinaryCommands
 from mailsuite.imap.condstore import CondstoreCommands
 from mailsuite.imap.folders import FolderCommands
@@ -97,7 +98,7 @@ class IMAPServer(  # type: ignore[misc, override]
     CondstoreCommands, QresyncCommands, SelectedCommands, AppendCommands, QuotaCommands,
     IdleCommands, UnauthenticateCommands, ListCommands, StatusCommands, ObjectIdCommands,
     CompressCommands, MetadataCommands, Utf8Commands, BinaryCommands, PreviewCommands,
-    SortCommands, Rev2Commands, SavedateCommands,
+    SortCommands, Rev2Commands, SavedateCommands, ContextCommands,
     imap4.IMAP4Server,
 ):
     """One IMAP connection. ``clock`` (an IReactorTime) drives the autologout and IDLE timers
@@ -396,7 +397,9 @@ class IMAPServer(  # type: ignore[misc, override]
     def flush_updates(self, allow_expunge: bool = True) -> None:
         """Send the EXISTS / EXPUNGE / FETCH FLAGS owed to the client."""
         if self.view is not None and not self._lost:
-            for update in self.view.take_updates(allow_expunge=allow_expunge):
+            for update in (self.context_before()  # CONTEXT's ADDTO, REMOVEFROM (context.py)
+                           + self.view.take_updates(allow_expunge=allow_expunge)
+                           + self.context_after()):
                 self.sendLine(b"* " + update)
         self.notify_flush()  # NOTIFY's notifications that waited (notify.py)
 
@@ -445,6 +448,7 @@ class IMAPServer(  # type: ignore[misc, override]
                 log.failure("listing the mailboxes of {user} failed", user=self.user)
 
     def _close_view(self) -> None:
+        self.context_end()  # CONTEXT's UPDATE contexts end with the mailbox (context.py)
         if self.view is not None:
             view, self.view = self.view, None
             if self._idle_tag is not None:

@@ -127,6 +127,7 @@ class SortCommands(_Base):
     async def cmd_SORT(self, tag: bytes, args: Cursor, uid: bool = False) -> None:
         args.sp()
         options, rest = parse_return(args.rest())
+        self.check_update_tag(tag, options)  # CONTEXT (context.py)
         m = _PROGRAM.fullmatch(rest)
         if not m:
             raise ParseError("SORT needs (sort criteria) charset search criteria")
@@ -140,6 +141,7 @@ class SortCommands(_Base):
                 save(self.view, [])
         if found is None:
             return
+        bound = bind_saved(parse_search(m.group(3))[1], self.view)  # before SAVE: CONTEXT
         numbers = await self._cached(found, (b"SORT", uid, tuple(keys)), _sorted, found, keys,
                                      uid)
         if options is None:
@@ -149,8 +151,10 @@ class SortCommands(_Base):
         if saving:
             by_seq = {seq: rec.uid for seq, rec in found}
             save(self.view, to_save(options, numbers if uid else [by_seq[n] for n in numbers]))
-        if options != [b"SAVE"]:
-            self.sendUntaggedResponse(esearch_response(tag, uid, options, numbers, True))
+        if options != [b"SAVE"]:  # CONTEXT=SORT's UPDATE and PARTIAL: context.py
+            extra = self.search_context(tag, uid, options, bound, numbers,
+                                        (keys, sort_records, {}))
+            self.sendUntaggedResponse(esearch_response(tag, uid, options, numbers, True) + extra)
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
     @states("select")
