@@ -83,6 +83,21 @@ class SaveDateMemoryTests(ImapTestCase):
         self.assertEqual(len(re.findall(rb"\* \d FETCH \(UID \d SAVEDATE [\"N]", out)), 4, out)
         self.assertIn(b"UID 1", out)
 
+    def test_kept_through_flag_changes(self) -> None:
+        """A STORE (this session's) or a change by another session does not lose the save
+        date the view shows (the view's rows rebuilt with the new flags keep it)."""
+        self.fill()
+        self.s.cmd(b"e ENABLE CONDSTORE")
+        self.s.cmd(b"f STORE 3 +FLAGS (\\Seen)")
+        other = self.session()
+        other.login()
+        other.cmd(b"o SELECT INBOX")
+        other.cmd(b"p STORE 2 +FLAGS (\\Flagged)")
+        out = self.s.cmd(b"g FETCH 2:3 (SAVEDATE)")
+        self.assertIn(b"* 3 FETCH (SAVEDATE %s)" % local_text(DEC28), out)
+        self.assertIn(b"* 2 FETCH (SAVEDATE %s)" % local_text(DEC28), out)
+        self.assertIn(b"* SEARCH 2 3\r\n", self.s.cmd(b"h SEARCH SAVEDON 28-Dec-2014"))
+
     def test_rfc8514_search_examples(self) -> None:
         """RFC 8514 4.3: SAVEDON / SAVEDSINCE / SAVEDBEFORE compare the day of the save date
         (not of the internal date: message 3 is of 2001); SAVEDATESUPPORTED matches all."""

@@ -267,7 +267,8 @@ class ImapMailboxView(ModseqView):
                 continue
             rows.append(m)
             if m.flags != flags:
-                self._over[uid] = MessageInfo(uid, flags, m.internal_date, m.size)
+                self._over[uid] = MessageInfo(uid, flags, m.internal_date, m.size, m.modseq,
+                                              m.saved)
                 self._flag_changes[uid] = m.flags
         top = told[-1][0] if told else 0
         self._added = [m for m in islice(self._base, self._n) if m.uid > top]

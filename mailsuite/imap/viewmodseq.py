@@ -65,8 +65,10 @@ class ModseqView:
         return int(found.modseq)
 
     def _told(self, uid: int, flags: frozenset[str], old: Any) -> MessageInfo:
-        """The message as told to the client now: these flags, the store's mod-sequence."""
-        return MessageInfo(uid, flags, old.internal_date, old.size, self.store_modseq(uid, old))
+        """The message as told to the client now: these flags, the store's mod-sequence (its
+        save date kept: SAVEDATE)."""
+        return MessageInfo(uid, flags, old.internal_date, old.size, self.store_modseq(uid, old),
+                           getattr(old, "saved", 0))
 
     def modseq_item(self, uid: int) -> bytes:
         """`` MODSEQ (n)`` for a FETCH response once CONDSTORE is on, else nothing."""
