@@ -108,6 +108,13 @@ class CondstoreTests(ImapTestCase):
         self.assertIn(b"* SEARCH\r\n", self.s.cmd(b"f SEARCH MODSEQ %d" % (base + 9)))
         self.assertIn(b"* SEARCH 1 2 3 4\r\n", self.s.cmd(b"g SEARCH ALL"))
         self.assertIn(b"h BAD", self.s.cmd(b"h SEARCH MODSEQ x"))
+        # RFC 7162 3.1.9/3.1.10: SORT and ESEARCH replies carry it too
+        self.assertIn(b"* SORT 2 3 (MODSEQ %d)\r\n" % (base + 2),
+                      self.s.cmd(b"i SORT (ARRIVAL) UTF-8 MODSEQ %d" % (base + 1)))
+        self.assertIn(b' MIN 2 MODSEQ %d\r\n' % (base + 1),
+                      self.s.cmd(b"j SEARCH RETURN (MIN) MODSEQ %d" % (base + 1)))
+        self.assertIn(b' ALL 2:3 MODSEQ %d\r\n' % (base + 2),
+                      self.s.cmd(b"k SORT RETURN (ALL) (ARRIVAL) UTF-8 MODSEQ %d" % (base + 1)))
 
     def test_status_highestmodseq(self) -> None:
         reply = self.s.cmd(b"a STATUS INBOX (MESSAGES HIGHESTMODSEQ)")

@@ -70,6 +70,10 @@ class QresyncTests(ImapTestCase):
         reply = self.s.cmd(b"t EXAMINE INBOX (QRESYNC (%d %d 4:6 (1:3 4:6)))" % (validity, modseq))
         self.assertIn(b"* VANISHED (EARLIER) 5\r\n", reply)
         self.assertNotIn(b"FETCH", reply)
+        # RFC 7162 7: seq-match without known-uids (every UID known)
+        reply = self.s.cmd(b"w EXAMINE INBOX (QRESYNC (%d %d (1:3 4:6)))" % (validity, modseq))
+        self.assertIn(b"* VANISHED (EARLIER) 3,5\r\n", reply)
+        self.assertIn(b"w OK", reply)
         reply = self.s.cmd(b"u EXAMINE INBOX (QRESYNC (%d %d))" % (validity + 1, modseq))
         self.assertNotIn(b"VANISHED", reply)  # another UIDVALIDITY: the client starts again
         self.assertNotIn(b"FETCH", reply)

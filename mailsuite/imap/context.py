@@ -30,7 +30,7 @@ from mailsuite.imap.contextopts import check_options
 from mailsuite.imap.esearch import sequence_set
 from mailsuite.imap.message import split_message
 from mailsuite.imap.parser import MAX_NESTING, Cursor, ParseError
-from mailsuite.imap.search import Candidate, matches, needs
+from mailsuite.imap.search import Candidate, matches, needs, prepare_keys
 from mailsuite.imap.session import states
 from mailsuite.store.interfaces import Changes, UnknownUID
 
@@ -108,6 +108,7 @@ class Context:
 
 async def _evaluate(view: Any, key: tuple[Any, ...], uids: list[int]) -> dict[int, bool]:
     """Whether each of these messages (still in the view) matches the key now."""
+    await prepare_keys(view, key)  # what keys like THREADID look up first (as run_search)
     need = needs(key)
     all_uids = view.uids()
     count = len(all_uids)

@@ -83,7 +83,9 @@ def vanished_earlier(view: Any, since: int, ranges: list[Range]) -> list[bytes]:
 
 
 def parse_qresync(arg: Any) -> tuple[int, int, list[Range]]:
-    """``(uidvalidity modseq [known-uids [(seqs uids)]])`` -> (uidvalidity, modseq, known)."""
+    """``(uidvalidity modseq [known-uids] [(seqs uids)])`` -> (uidvalidity, modseq, known)."""
+    if isinstance(arg, list) and len(arg) == 3 and isinstance(arg[2], list):
+        arg = [*arg[:2], b"1:*", arg[2]]  # seq-match without known-uids (RFC 7162 7 grammar)
     if not isinstance(arg, list) or not 2 <= len(arg) <= 4 or any(
             isinstance(a, list) for a in arg[:3]):
         raise ParseError("QRESYNC needs (uidvalidity modseq [known-uids [seq-match]])")

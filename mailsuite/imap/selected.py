@@ -41,6 +41,7 @@ from mailsuite.imap.parser import (
     Range,
     encode_mailbox,
 )
+from mailsuite.imap.contextopts import check_options
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.store.interfaces import MailboxNotFound, UnknownUID
 
@@ -229,11 +230,15 @@ class SelectedCommands(_Base):
     def _esearch_modseq(self, key: Any, options: list[bytes], found: list[int],
                         uid: bool) -> bytes:
         """`` MODSEQ n`` of an ESEARCH whose key used MODSEQ (RFC 7162 3.1.5, RFC 4731 3.2): the
-        highest of the messages it reports (MIN and MAX alone report only those)."""
+        highest of the messages it reports: all found for ALL or COUNT, else those of MIN, MAX
+        and PARTIAL's window (RFC 5267 4.4); none for a reply that reports no message."""
         reported = found
         if found and b"ALL" not in options and b"COUNT" not in options:
             reported = [n for n, asked in ((min(found), b"MIN"), (max(found), b"MAX"))
                         if asked in options]
+            partial = check_options(options)
+            if partial is not None:
+                reported += found[partial[0] - 1 : partial[1]]
         highest = self.search_result(key, reported, uid)  # b" (MODSEQ n)", b"" if none
         return b" MODSEQ " + highest[len(b" (MODSEQ "):-1] if highest else b""
 

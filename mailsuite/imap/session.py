@@ -117,6 +117,9 @@ class Session(Protocol):
 
     def search_result(self, key: Any, found: list[int], uid: bool) -> bytes: ...
 
+    def _esearch_modseq(self, key: Any, options: list[bytes], found: list[int],
+                        uid: bool) -> bytes: ...
+
     async def select_replies(self, name: str) -> Any: ...  # a rev2.SelectReplies
 
     # -- hooks of context.ContextCommands (RFC 5267 UPDATE, PARTIAL) -----------------------------

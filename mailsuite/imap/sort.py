@@ -128,10 +128,12 @@ class SortCommands(_Base):
         args.sp()
         options, rest = parse_return(args.rest())
         self.check_update_tag(tag, options)  # CONTEXT (context.py)
+        saving = options is not None and b"SAVE" in options
         m = _PROGRAM.fullmatch(rest)
         if not m:
+            if saving:
+                save(self.view, [])  # RFC 5182 2.1: a failed SAVE empties the result
             raise ParseError("SORT needs (sort criteria) charset search criteria")
-        saving = options is not None and b"SAVE" in options
         found = None
         try:  # "$" in the criteria is the result saved before; a failure empties it
             keys = parse_sort_keys(m.group(1))
@@ -144,8 +146,9 @@ class SortCommands(_Base):
         bound = bind_saved(parse_search(m.group(3))[1], self.view)  # before SAVE: CONTEXT
         numbers = await self._cached(found, (b"SORT", uid, tuple(keys)), _sorted, found, keys,
                                      uid)
-        if options is None:
-            self.sendUntaggedResponse(b"SORT" + b"".join(b" %d" % n for n in numbers))
+        if options is None:  # RFC 7162 3.1.9: "(MODSEQ n)" when the criteria used MODSEQ
+            self.sendUntaggedResponse(b"SORT" + b"".join(b" %d" % n for n in numbers)
+                                      + self.search_result(bound, numbers, uid))
             self.sendPositiveResponse(tag, self._command + b" completed.")
             return
         if saving:
@@ -154,7 +157,9 @@ class SortCommands(_Base):
         if options != [b"SAVE"]:  # CONTEXT=SORT's UPDATE and PARTIAL: context.py
             extra = self.search_context(tag, uid, options, bound, numbers,
                                         (keys, sort_records, {}))
-            self.sendUntaggedResponse(esearch_response(tag, uid, options, numbers, True) + extra)
+            self.sendUntaggedResponse(esearch_response(tag, uid, options, numbers, True)
+                                      + self._esearch_modseq(bound, options, numbers, uid)
+                                      + extra)
         self.sendPositiveResponse(tag, self._command + b" completed.")
 
     @states("select")
