@@ -151,6 +151,8 @@ class NotifyTests(ImapTestCase):
         a.cmd(b"n NOTIFY SET (personal (MailboxName SubscriptionChange))")
         self.assertIn(b"c OK [MAILBOXID (", b.cmd(b"c CREATE Projects"))
         self.assertEqual(a.take(), b'* LIST () "/" Projects\r\n')
+        self.assertIn(b"c2 NO [USEATTR]", b.cmd(b"c2 CREATE Flags (USE (\\Flagged))"))
+        self.assertEqual(a.take(), b"")  # refused: nothing was made, nothing told
         b.cmd(b"r RENAME Projects Old")
         self.assertEqual(a.take(), b'* LIST () "/" Old ("OLDNAME" (Projects))\r\n')
         b.cmd(b"u SUBSCRIBE Old")

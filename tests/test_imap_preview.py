@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from mailsuite.imap import preview as preview_module
 from mailsuite.imap.preview import THREAD_MIN, format_preview, preview_text
 from tests.test_imap_server import ImapTestCase
 
@@ -53,6 +54,13 @@ class PreviewTextTests(ImapTestCase):
 
     def test_controls_dropped(self) -> None:
         self.assertEqual(preview_text(b"Subject: x\n\nhi\0\x07 there\n"), "hi there")
+
+    def test_charset_that_is_no_text_encoding(self) -> None:
+        """A codec that is no text encoding (base64, zlib) or one that raises even with
+        "replace" (idna) gives a UTF-8 preview, never an error."""
+        for charset in (b"base64", b"zlib", b"rot13", b"idna", b"no-such"):
+            raw = (b"Content-Type: text/plain; charset=" + charset + b"\n\nHello there\n")
+            self.assertEqual(preview_text(raw), "Hello there", charset)
 
     def test_at_most_200_characters(self) -> None:
         text = preview_text(b"Subject: long\n\n" + "é".encode() * 5000 + b"\n")
@@ -122,3 +130,15 @@ class PreviewFetchTests(ImapTestCase):
         self.assertIn(b'PREVIEW "Big one.', s.cmd(b"b FETCH 1 (PREVIEW (LAZY))"))
         self.assertIn(b'PREVIEW "Big one.', s.cmd(b"c FETCH 1 PREVIEW"))
         self.assertEqual(self.store.blocking.pending, [])  # type: ignore[attr-defined]
+
+    def test_never_nil_without_lazy_when_the_memory_fills(self) -> None:
+        """The remembered previews are emptied when full before one is added, never between
+        a FETCH's working out and its answer (PREVIEW without LAZY is never NIL)."""
+        self.patch(preview_module, "_CACHE_MAX", 3)
+        for _ in range(7):
+            self.deliver()
+        s = self.session()
+        s.select()
+        out = s.cmd(b"a FETCH 1:7 PREVIEW")
+        self.assertEqual(out.count(b"PREVIEW \""), 7, out)
+        self.assertNotIn(b"NIL", out)

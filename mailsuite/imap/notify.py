@@ -334,6 +334,7 @@ class NotifyWatch:
 def _name_after(args: Cursor) -> str:
     """The mailbox argument of CREATE, DELETE, SUBSCRIBE, UNSUBSCRIBE, read ahead."""
     ahead = Cursor(args.data, args.pos)
+    ahead.utf8 = args.utf8  # UTF8=ACCEPT, IMAP4rev2: names in UTF-8
     ahead.sp()
     return ahead.mailbox()
 
@@ -457,8 +458,8 @@ class NotifyCommands(_Base):
 
     async def cmd_CREATE(self, tag: bytes, args: Cursor) -> None:
         name = _name_after(args).rstrip(DELIMITER)
-        await super().cmd_CREATE(tag, args)  # type: ignore[misc]
-        self._publish("created", name)
+        if await super().cmd_CREATE(tag, args) is not False:  # type: ignore[misc]
+            self._publish("created", name)  # (not after NO [USEATTR]: objectid.py)
 
     async def cmd_DELETE(self, tag: bytes, args: Cursor) -> None:
         name = _name_after(args)
@@ -467,6 +468,7 @@ class NotifyCommands(_Base):
 
     async def cmd_RENAME(self, tag: bytes, args: Cursor) -> None:
         ahead = Cursor(args.data, args.pos)
+        ahead.utf8 = args.utf8
         ahead.sp()
         old = ahead.mailbox()
         ahead.sp()

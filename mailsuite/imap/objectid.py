@@ -98,7 +98,8 @@ class ObjectIdCommands(_Base):
         return dict.fromkeys((b"CREATE-SPECIAL-USE", b"OBJECTID"))
 
     @states("auth", "select")
-    async def cmd_CREATE(self, tag: bytes, args: Cursor) -> None:
+    async def cmd_CREATE(self, tag: bytes, args: Cursor) -> bool:
+        """True if the mailbox was created (NOTIFY's MailboxName event: notify.py)."""
         args.sp()
         name = args.mailbox().rstrip(DELIMITER)  # "a/" means "a, to hold children"
         uses = _create_uses(args)
@@ -109,7 +110,7 @@ class ObjectIdCommands(_Base):
             use = check_use(uses[0]) if uses else None
         except InvalidMailboxName as e:
             self.sendNegativeResponse(tag, b"[USEATTR] " + str(e).encode("utf-8", "replace"))
-            return
+            return False
         await self.account.create(name)
         store, account = self.account.store, self.account.account
         try:
@@ -118,12 +119,13 @@ class ObjectIdCommands(_Base):
             if use is None:
                 log.info("no MAILBOXID for {name}: {why}", name=name, why=e)
                 self.sendPositiveResponse(tag, b"Create completed.")
-                return
+                return True
             await self.account.delete(name)  # RFC 6154 3: not created without its use
             self.sendNegativeResponse(tag, b"[USEATTR] Cannot keep the special use.")
-            return
+            return False
         self.sendPositiveResponse(
             tag, b"[MAILBOXID (" + str(attrs.mailbox_id).encode("ascii") + b")] Create completed.")
+        return True
 
 
 __all__ = ["ObjectIdCommands", "mailbox_id", "mailbox_id_line"]

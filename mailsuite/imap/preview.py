@@ -94,9 +94,11 @@ def _first_text(header: bytes, body: bytes, depth: int = 0) -> tuple[str, bytes,
 def _charset(header: bytes) -> str:
     name = parse_mime_header(header).get_content_charset() or "utf-8"
     try:
-        return codecs.lookup(name).name
+        found = codecs.lookup(name)
     except LookupError:
         return "utf-8"
+    # "base64", "zlib", "rot13"... are codecs but no text encodings (decode would raise)
+    return found.name if getattr(found, "_is_text_encoding", True) else "utf-8"
 
 
 def preview_text(raw: bytes) -> str:
@@ -109,7 +111,10 @@ def preview_text(raw: bytes) -> str:
         data = undo_cte(header, body[: _TEXT_MAX * 2])
     except FetchRefused:
         data = body[: _TEXT_MAX * 2]
-    text = data[:_TEXT_MAX].decode(_charset(header), "replace")
+    try:
+        text = data[:_TEXT_MAX].decode(_charset(header), "replace")
+    except (LookupError, UnicodeError):  # idna, punycode: errors even with "replace"
+        text = data[:_TEXT_MAX].decode("utf-8", "replace")
     if subtype == "html":
         parser = _Text()
         parser.feed(text)
@@ -123,7 +128,7 @@ def _remembered(view: Any) -> dict[int, str]:
     mailbox = view.mailbox
     validity = int(mailbox.uid_validity)
     kept = _CACHE.get(mailbox)
-    if kept is None or kept[0] != validity or len(kept[1]) >= _CACHE_MAX:
+    if kept is None or kept[0] != validity:
         kept = (validity, {})
         _CACHE[mailbox] = kept
     return kept[1]
@@ -149,6 +154,14 @@ async def _prepare(view: Any, uid: int, raw: bytes | None) -> None:
     if uid in kept or raw is None:
         return
     text = preview_text(raw) if len(raw) < THREAD_MIN else await _blocking(view)(preview_text, raw)
+    _keep(kept, uid, text)
+
+
+def _keep(kept: dict[int, str], uid: int, text: str) -> None:
+    """Remember a preview; the memory is emptied when full (before adding, never between a
+    FETCH's prepare and its render, which would answer NIL without LAZY)."""
+    if len(kept) >= _CACHE_MAX:
+        kept.clear()
     kept[uid] = text
 
 
@@ -161,10 +174,10 @@ def _render_lazy(view: Any, uid: int, raw: bytes | None, header: bytes) -> list[
     kept = _remembered(view)
     if uid not in kept and raw is not None:
         if len(raw) < THREAD_MIN:
-            kept[uid] = preview_text(raw)
+            _keep(kept, uid, preview_text(raw))
         else:
             d = _blocking(view)(preview_text, raw)
-            d.addCallback(lambda text: kept.__setitem__(uid, text))
+            d.addCallback(lambda text: _keep(kept, uid, text))
             d.addErrback(lambda f: log.failure("preview of UID {uid}", f, uid=uid))
     return [format_preview(kept.get(uid))]
 

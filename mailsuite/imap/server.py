@@ -83,7 +83,9 @@ log = Logger()
 
 _NO_EXPUNGE = {b"FETCH", b"STORE", b"SEARCH", b"UID FETCH", b"UID STORE", b"UID SEARCH",
                b"SORT", b"UID SORT", b"THREAD", b"UID THREAD"}  # RFC 5256: as SEARCH
-_NO_REFRESH = {b"LOGOUT", b"CAPABILITY", b"NOOP", b"CHECK", b"IDLE", b"SELECT", b"EXAMINE"}
+#: COMPRESS too: run in the read that brought it, so what was pipelined behind it is inflated
+_NO_REFRESH = {b"LOGOUT", b"CAPABILITY", b"NOOP", b"CHECK", b"IDLE", b"SELECT", b"EXAMINE",
+               b"COMPRESS"}
 #: a command within this many seconds of a refresh that found the file unchanged skips its own
 #: (a burst of FETCHes costs one stat, not one each): mail other programs write shows within
 #: this, and at once at NOOP, CHECK, IDLE and SELECT, which always look
@@ -409,6 +411,7 @@ class IMAPServer(  # type: ignore[misc, override]
         # nothing but the tagged OK may follow BYE: the mailbox is let go first, so no update
         # owed to the client (EXISTS, FETCH FLAGS) and no autologout comes after it
         self.setTimeout(None)
+        self._notify_stop()  # no NOTIFY STATUS or LIST after BYE either
         self._close_view()
         self.sendUntaggedResponse(b"BYE Logging out")
         self.sendPositiveResponse(tag, b"Logout completed.")
