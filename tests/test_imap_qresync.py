@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twisted.trial import unittest
 
@@ -204,3 +208,33 @@ class NewMailResyncTests(MboxTestCase):
         self.assertEqual(lines, [b"2 FETCH (UID %d FLAGS () MODSEQ (%d))" % (uid, base + 1)])
         view.close()
         box.close()
+
+
+class IntersectTests(unittest.TestCase):
+    """``qresync.intersect`` (one sweep) against a brute force over every UID."""
+
+    @staticmethod
+    def brute(spans: list[tuple[int, int]], ranges: list[tuple[int, int | None]]) -> list[Any]:
+        top = 1 << 63
+        found = sorted({u for lo, hi in spans for u in range(lo, hi + 1) for a, b in ranges
+                        if min(a, top if b is None else b) <= u <= max(a, top if b is None else b)})
+        out: list[Any] = []
+        for u in found:
+            if out and out[-1][1] + 1 == u:
+                out[-1] = (out[-1][0], u)
+            else:
+                out.append((u, u))
+        return out
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), max_size=6),
+           st.lists(st.tuples(st.integers(1, 40), st.one_of(st.none(), st.integers(1, 40))),
+                    max_size=5))
+    def test_like_brute_force(self, steps: list[tuple[int, int]],
+                              ranges: list[tuple[int, int | None]]) -> None:
+        spans, u = [], 1
+        for gap, length in steps:  # ascending, disjoint, not adjacent: as vanished_spans
+            u += gap
+            spans.append((u, u + length))
+            u += length + 2
+        self.assertEqual(qresync.intersect(spans, ranges), self.brute(spans, ranges))

@@ -14,6 +14,8 @@ The parsing of the parameters and of the FETCH modifier is ``condstore.Condstore
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from typing import TYPE_CHECKING, Any
 
 from mailsuite.imap.encode import format_flags
@@ -29,25 +31,39 @@ Span = tuple[int, int]
 _ALL: list[Range] = [(1, None)]
 
 
+def _merged(spans: list[Span]) -> list[Span]:
+    """Sorted, overlapping and adjacent spans joined."""
+    merged: list[Span] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
 def intersect(spans: list[Span], ranges: list[Range]) -> list[Span]:
-    """The UID spans (ascending, disjoint) that fall in a sequence set (``None``: no end)."""
+    """The UID spans (ascending, disjoint) that fall in a sequence set (``None``: no end); one
+    sweep over both, so a client's long sets cost their length, not their product."""
     top = 1 << 63  # ``*``: no end (a UID set's * is above every UID it could name)
     ends = [(top if lo is None else lo, top if hi is None else hi) for lo, hi in ranges]
-    wanted = sorted((min(a, b), max(a, b)) for a, b in ends)
+    wanted = _merged([(min(a, b), max(a, b)) for a, b in ends])
     out: list[Span] = []
-    for lo, hi in spans:
-        for a, b in wanted:
-            s, e = max(lo, a), min(hi, b)
-            if s <= e:
-                out.append((s, e))
-    out.sort()
-    merged: list[Span] = []
-    for s, e in out:
-        if merged and s <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
-        else:
-            merged.append((s, e))
-    return merged
+    i = 0
+    for lo, hi in _merged(spans):
+        while i < len(wanted) and wanted[i][1] < lo:
+            i += 1
+        j = i
+        while j < len(wanted) and wanted[j][0] <= hi:
+            out.append((max(lo, wanted[j][0]), min(hi, wanted[j][1])))
+            j += 1
+    return _merged(out)
+
+
+def _within(uid: int, spans: list[Span], starts: list[int]) -> bool:
+    """Whether ``uid`` is in the ascending disjoint ``spans`` (``starts``: their lows)."""
+    i = bisect_right(starts, uid) - 1
+    return i >= 0 and uid <= spans[i][1]
 
 
 def vanished_spans(view: Any, since: int) -> list[Span]:
@@ -113,8 +129,9 @@ def resync_lines(view: Any, validity: int, since: int,
         return []
     lines = vanished_earlier(view, since, known)
     wanted = intersect([(1, 1 << 63)], known)
+    starts = [a for a, _ in wanted]
     for seq, uid in _changed(view, since):
-        if any(a <= uid <= b for a, b in wanted):
+        if _within(uid, wanted, starts):
             lines.append(b"%d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (
                 seq, uid, format_flags(view.flags(uid)), view.info(uid).modseq))
     return lines
