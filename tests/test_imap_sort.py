@@ -264,3 +264,9 @@ class SearchresTests(ImapTestCase):
         out = self.s.cmd(b"m SEARCH RETURN (SAVE) $ 2:6")  # refines the result saved before
         self.assertEqual(out, b"m OK SEARCH completed.\r\n")
         self.assertIn(b"* SEARCH 2\r\n", self.s.cmd(b"n SEARCH $"))
+        # RFC 5182 2.1: every failed SEARCH or SORT with SAVE empties it (BADCHARSET, BAD)
+        self.assertIn(b"o NO [BADCHARSET", self.s.cmd(b"o SEARCH RETURN (SAVE) CHARSET X ALL"))
+        self.assertIn(b"* SEARCH\r\n", self.s.cmd(b"p SEARCH $"))
+        self.s.cmd(b"q SEARCH RETURN (SAVE) 1:2")
+        self.assertTrue(self.s.cmd(b"r SORT RETURN (SAVE) nonsense").startswith(b"r BAD"))
+        self.assertIn(b"* SEARCH\r\n", self.s.cmd(b"s SEARCH $"))

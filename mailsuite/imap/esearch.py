@@ -1,7 +1,8 @@
 """RETURN options of SEARCH and SORT (ESEARCH, RFC 4731; ESORT, RFC 5267), the ESEARCH
 response, and the saved search result (SEARCHRES, RFC 5182: ``RETURN (SAVE)`` and ``$``).
 
-``parse_return`` reads ``RETURN (MIN MAX ALL COUNT)`` off the front of the arguments;
+``parse_return`` reads ``RETURN (...)`` off the front of the arguments (MIN MAX ALL COUNT, SAVE,
+and CONTEXT=SEARCH's UPDATE, CONTEXT and PARTIAL, checked by ``contextopts``);
 ``esearch_response`` formats ``* ESEARCH (TAG "a") UID MIN 2 MAX 9 COUNT 3 ALL 2,5,9``. For
 SEARCH, ALL is a sequence-set of the numbers ascending; for SORT, in the sort order (RFC 5267
 section 3.1), so only runs that ascend by one are joined.
@@ -21,7 +22,7 @@ from mailsuite.imap.contextopts import check_options
 from mailsuite.imap.parser import MAX_NESTING, ParseError
 from mailsuite.imap.search import run_search
 
-OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE", b"UPDATE", b"CONTEXT")  # UPDATE, CONTEXT
+OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE", b"UPDATE", b"CONTEXT")
 _RETURN = re.compile(rb"RETURN[ ]\(([A-Za-z0-9: ]*)\)[ ]?", re.I)  # and PARTIAL: context.py
 
 

@@ -173,7 +173,8 @@ def decode(data: bytes) -> dict[str, Any]:
 def hibernatable(session: Any) -> bool:
     """The session is in IDLE with nothing else going on: no command reply, literal, unsent
     output or queued input, and (when a mailbox is selected) a mailbox whose files can be
-    watched."""
+    watched; and none of what the snapshot cannot hold: COMPRESS's zlib streams, UTF-8 names
+    (UTF8=ACCEPT, IMAP4rev2), NOTIFY's watch, a SEARCHRES result, a CONTEXT update."""
     return (session._idle_tag is not None and not session._lost and session._corked is None
             and getattr(session, "_deflate", None) is None  # COMPRESS: zlib state stays
             and not getattr(session, "utf8_names", False)  # UTF8=ACCEPT: not in the snapshot

@@ -1,10 +1,11 @@
 """Reading IMAP commands: lines and literals, one command at a time.
 
-A command is assembled with its literals (``{N}``, and LITERAL+ ``{N+}``) before it is parsed,
-so any argument may be a literal (SEARCH, APPEND, LOGIN, CREATE). Every command has a limit on
-its size, literals included ([imap] imap_max_line_length after login, ``LOGIN_MAX_COMMAND``
-before), except the message of an APPEND (message_size_limit). Lines of IDLE (``DONE``) and of
-an AUTHENTICATE exchange go to their handlers. A mixin of ``IMAPServer`` (``session.Session``).
+A command is assembled with its literals (``{N}``, LITERAL+ or LITERAL- ``{N+}``, and literal8
+``~{N}``) before it is parsed, so any argument may be a literal (SEARCH, APPEND, LOGIN, CREATE).
+Every command has a limit on its size, literals included ([imap] imap_max_line_length after
+login, ``LOGIN_MAX_COMMAND`` before), except the message of an APPEND (message_size_limit).
+Lines of IDLE (``DONE``) and of an AUTHENTICATE exchange go to their handlers. A mixin of
+``IMAPServer`` (``session.Session``).
 """
 
 from __future__ import annotations

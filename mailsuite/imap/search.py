@@ -5,7 +5,9 @@ A parsed key is a tuple ``(NAME, *args)``; ``("AND", [keys])``, ``("NOT", key)``
 whether headers or whole messages must be read before ``matches`` can answer.
 
 Extensions add search keys with ``register_key`` (WITHIN's OLDER and YOUNGER: imap/within.py;
-CONDSTORE's MODSEQ): a parse of the arguments, a match, and what the match needs read.
+OBJECTID's EMAILID and THREADID, SAVEDATE's SAVED*): a parse of the arguments, a match, what the
+match needs read, and a ``prepare`` run once before a search. CONDSTORE's MODSEQ, whose
+arguments take an optional entry name, is parsed here (``_Parser.modseq``).
 """
 
 from __future__ import annotations
@@ -111,8 +113,6 @@ _FLAG_KEYS = {
 _NO_ARG = {"ALL", "NEW", "OLD", "RECENT"} | set(_FLAG_KEYS)
 _STRING_ARG = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO", "KEYWORD", "UNKEYWORD"}
 _DATE_ARG = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
-#: Search keys an extension adds (objectid.py: EMAILID, THREADID): name -> (how many arguments
-#: it takes, whether ``(name, *argument bytes)`` matches a Candidate); one line in its module
 def _parse_date(token: Token) -> date:
     m = re.fullmatch(rb"(\d{1,2})-([A-Za-z]{3})-(\d{4})", token.value)
     if not m or m.group(2).upper().decode() not in _MONTHS:

@@ -5,7 +5,8 @@ CONDSTORE hooks ``fetch_modifiers`` and ``search_result``: ``condstore.Condstore
 A mixin of ``IMAPServer``, typed against what it uses of it (``session.Session``). ``UID X``
 runs the ``cmd_X`` of any mixin marked with ``uid_command`` (SORT and THREAD add theirs). Updates
 from other sessions are sent by ``IMAPServer._respond`` before each tagged reply, never an
-EXPUNGE after FETCH, STORE or SEARCH.
+EXPUNGE after FETCH, STORE, SEARCH, SORT or THREAD (or their UID forms: ``server._NO_EXPUNGE``);
+CONTEXT's ADDTO/REMOVEFROM (context.py) and NOTIFY's events (notify.py) have their own rules.
 """
 
 from __future__ import annotations
@@ -202,16 +203,20 @@ class SelectedCommands(_Base):
         if options is None and b"IMAP4REV2" in self.enabled:  # RFC 9051 6.4.4 (imap/rev2.py)
             options = [b"ALL"]
         self.check_update_tag(tag, options)  # CONTEXT (context.py)
+        saving = options is not None and b"SAVE" in options
         try:
             charset, key = parse_search(text)
         except SearchSyntaxError as e:
-            if options and b"SAVE" in options:
+            if saving:
                 save(view, [])  # RFC 5182 2.1: a failed SAVE empties the result
             raise ParseError(str(e)) from None
-        if self.search_charset_refused(tag, charset):  # utf8.py
-            return
-        if charset not in (None, "UTF-8", "US-ASCII"):
+        refused = self.search_charset_refused(tag, charset)  # utf8.py
+        if not refused and charset not in (None, "UTF-8", "US-ASCII"):
             self.sendNegativeResponse(tag, b"[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset")
+            refused = True
+        if refused:
+            if saving:
+                save(view, [])
             return
         if options is not None:  # ESEARCH and SEARCHRES (imap/esearch.py)
             bound = bind_saved(key, view)  # "$" as before a SAVE (for CONTEXT's UPDATE)

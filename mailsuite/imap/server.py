@@ -1,4 +1,5 @@
-"""The IMAP4rev1 server: Twisted's ``IMAP4Server`` with our own command reader and handlers.
+"""The IMAP server (IMAP4rev1 and IMAP4rev2): Twisted's ``IMAP4Server`` with our own command
+reader and handlers (each extension a mixin in its own module; see ``general.py``).
 
 What is reused from Twisted: LineReceiver, the timeout mixin, response helpers, CAPABILITY
 formatting; none of its command dispatch.
@@ -14,8 +15,9 @@ What is ours (and why, see ../shared/TWISTED.md):
 - every command handler (``general.GeneralCommands``, ``folders.FolderCommands``,
   ``selected.SelectedCommands`` and below);
 - updates from other sessions, SMTP and POP3 (EXISTS / EXPUNGE / FETCH FLAGS) sent only where
-  RFC 3501 7.4.1 allows: before the tagged reply of any command but FETCH, STORE and SEARCH
-  (which get no EXPUNGE), and at once during IDLE;
+  RFC 3501 7.4.1 allows: before the tagged reply of any command but FETCH, STORE, SEARCH, SORT
+  and THREAD (which get no EXPUNGE: ``_NO_EXPUNGE``), and at once during IDLE (NOTIFY's and
+  CONTEXT's events have their own rules: notify.py, context.py);
 - IDLE (``idle.IdleCommands``) that only DONE ends, with ``* OK Still here`` every
   ``IDLE_KEEPALIVE`` seconds and no autologout while idling; new mail pushed by the store
   listener, and mail written by other programs noticed by a shared once-a-second refresh
