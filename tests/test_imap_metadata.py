@@ -57,6 +57,17 @@ class RfcExampleTests(MetadataTestCase):
                          b"* METADATA INBOX (/private/comment NIL)\r\n"
                          b"d OK GETMETADATA completed.\r\n")
 
+    def test_value_as_literal8(self) -> None:
+        """RFC 5464 ``value = nstring / literal8``: ``~{n+}`` (here with a NUL) is one value;
+        a ``~`` with no literal after it is BAD and the session goes on."""
+        s = self.logged_in()
+        self.assertEqual(s.cmd(b"a SETMETADATA INBOX (/private/comment ~{3+}\r\na\x00b)"),
+                         b"a OK SETMETADATA completed.\r\n")
+        self.assertIn(b"(/private/comment ~{3}\r\na\x00b)",
+                      s.cmd(b"b GETMETADATA INBOX /private/comment"))
+        self.assertTrue(s.cmd(b"c SETMETADATA INBOX (/private/comment ~)").startswith(b"c BAD"))
+        self.assertIn(b"d OK", s.cmd(b"d NOOP"))
+
     def test_server_comment(self) -> None:
         """RFC 5464 4.2's and 4.3's server examples: ``""`` names the server."""
         s = self.logged_in()

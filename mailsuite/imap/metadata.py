@@ -122,6 +122,26 @@ def publish_change(session: Any, mailbox: str | None, names: list[str]) -> None:
     bus_of(store).publish(key, Event("metadata", name, source=session, changes=tuple(names)))
 
 
+def _literal8_joined(items: list[Any]) -> list[Any]:
+    """A value sent as literal8 (RFC 5464 ``value = nstring / literal8``: ``~{n}``) is read by
+    ``paren_list`` as the atom ``~`` and the literal after it: one value again."""
+    out: list[Any] = []
+    pending = False
+    for item in items:
+        if pending:
+            if not isinstance(item, String):
+                raise ParseError("expected a literal after ~")
+            out.append(item)
+            pending = False
+        elif not isinstance(item, (String, list)) and item == b"~":
+            pending = True
+        else:
+            out.append(item)
+    if pending:
+        raise ParseError("expected a literal after ~")
+    return out
+
+
 class MetadataCommands(_Base):
     """GETMETADATA and SETMETADATA (RFC 5464) for ``IMAPServer``."""
 
@@ -174,7 +194,7 @@ class MetadataCommands(_Base):
         args.sp()
         mailbox, _ = self._mailbox(args)
         args.sp()
-        items = args.paren_list()
+        items = _literal8_joined(args.paren_list())
         args.end()
         if not items or len(items) % 2:
             raise ParseError("expected (entry value ...)")
