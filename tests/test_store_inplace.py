@@ -350,6 +350,44 @@ class AfterTheCrashTests(InPlaceCase):
             self.assertEqual(got[:-1], list(served.values()), f"crash at {at}")
             self.assertEqual(got[-1], b"Subject: delivered later\n\nhello\n")
 
+    def truncate_call(self) -> int:
+        """The number of the call (counted as CrashingIO counts) that truncates the mbox at the
+        end of the expunge ``crashed`` does."""
+        self.make([3, 30, 2, 9, 1, 12])
+        mf, state, gone, _ = self.prepared([1, 4], {2: 1})
+        names: list[str] = []
+        recording = mboxinplace.IO()
+        for name in CrashingIO.CHANGING:
+            real = getattr(mboxinplace.IO, name)
+            setattr(recording, name,
+                    lambda *a, _n=name, _r=real, **k: (names.append(_n), _r(*a, **k))[1])
+        self.patch(mboxinplace, "io", recording)
+        mf.expunge(state, gone)
+        self.patch(mboxinplace, "io", mboxinplace.IO())
+        return len(names) - names[::-1].index("ftruncate")
+
+    def test_mail_appended_after_the_crash_around_the_truncate(self):
+        """A crash just before or just after the final truncate, then mail appended shorter or
+        longer than the bytes the truncate removes: the recovery keeps it whole, once."""
+        truncate = self.truncate_call()
+        for at in (truncate - 1, truncate):  # after the journal's last sync; after the truncate
+            for lines in (0, 200):  # shorter than the removed bytes; longer
+                self.setUp()
+                served, _ = self.crashed(at)
+                body = b"".join(b"appended line %d\n" % n for n in range(lines))
+                with open(self.path, "ab") as f:
+                    f.write(b"From p@example.test  Tue Nov 28 06:01:02 2026\n")
+                    f.write(b"Subject: delivered later\n\nhello\n" + body + b"\n")
+                mf = self.mfile()
+                state, _ = mf.refresh(None)
+                if state.hidden:
+                    state, _, _ = mf.expunge(state, sorted(state.hidden))
+                got = [mf.read(e) for e in state.entries]
+                self.assertEqual(got[:-1], list(served.values()), f"crash at {at}, {lines}")
+                self.assertEqual(got[-1], b"Subject: delivered later\n\nhello\n" + body)
+                data = self.file()
+                self.assertEqual(len(parse(data, 0, len(data), False)), len(served) + 1)
+
     def test_server_start_finishes_it(self):
         """cleanup.clean_spool at start finishes the expunge before it removes stale locks."""
         from mailsuite.store import cleanup
