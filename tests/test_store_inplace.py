@@ -388,6 +388,83 @@ class AfterTheCrashTests(InPlaceCase):
                 data = self.file()
                 self.assertEqual(len(parse(data, 0, len(data), False)), len(served) + 1)
 
+    def test_journal_found_under_shared_locks_is_recovered_exclusively(self):
+        """A journal that appears between the look before the shared locks and their taking
+        (a crash of another process meanwhile) is recovered under exclusive locks only."""
+        from mailsuite.store import mboxfile
+
+        served, _ = self.crashed(12)
+        modes: list[bool] = []
+        under: list[bool] = []
+        real_lock, real_recover = mboxfile.locked_mailbox, mboxinplace.recover
+        real_pending = mboxinplace.pending
+        looks = iter([False])  # the first look (before any lock) finds no journal
+
+        def lock(*args: Any, **kw: Any) -> Any:
+            modes.append(kw["exclusive"])
+            return real_lock(*args, **kw)
+
+        def recover(*args: Any, **kw: Any) -> bool:
+            under.append(modes[-1])
+            return real_recover(*args, **kw)
+
+        self.patch(mboxfile, "locked_mailbox", lock)
+        self.patch(mboxinplace, "recover", recover)
+        self.patch(mboxinplace, "pending", lambda *a: next(looks, None) is None and
+                   real_pending(*a))
+        self.mfile().refresh(None)
+        self.assertEqual(under, [True])
+        self.assertEqual(modes[0], False)
+        self.check_contents(served)
+
+    def test_journal_that_keeps_coming_back_is_an_error(self):
+        """Bounded: a journal still there after each exclusive pass is a StoreError."""
+        from mailsuite.store.interfaces import StoreError
+
+        self.make([2, 2])
+        self.patch(mboxinplace, "pending", lambda *a: True)
+        self.patch(mboxinplace, "recover", lambda *a: True)
+        self.assertRaises(StoreError, self.mfile().refresh, None)
+
+    def test_recovered_by_another_process_reads_trusted_again(self):
+        """An expunge of ours failed half way (reads distrusted), another process recovered
+        it: our next lock finds no journal and trusts reads again."""
+        self.make([2, 2, 30, 2])
+        mf, state, gone, served = self.prepared([0], {})
+        self.patch(mboxinplace, "io", CrashingIO(12, False))
+        self.assertRaises(Crash, mf.expunge, state, gone)
+        self.patch(mboxinplace, "io", mboxinplace.IO())
+        self.assertEqual(mf.moving.count % 2, 1)
+        self.mfile().refresh(None)  # the other process
+        new, _ = mf.refresh(state)
+        self.assertEqual(mf.moving.count % 2, 0)
+        self.assertEqual([mf.read(e) for e in new.entries if e.uid not in new.hidden],
+                         list(served.values()))
+
+    def test_directory_gone_after_the_exclusive_pass(self):
+        """The mailbox's directory removed while the journal was recovered: the shared pass
+        finds no mailbox (as the first look would), no FileNotFoundError."""
+        from mailsuite.store import mboxfile
+
+        self.crashed(12)
+        real_open_dir, real_recover, after = mboxfile.open_dir, mboxinplace.recover, []
+
+        def open_dir(*args: Any, **kw: Any) -> Any:
+            if after == [1]:  # the first walk after the exclusive pass's recovery
+                after.append(2)
+                raise FileNotFoundError(2, "gone")
+            return real_open_dir(*args, **kw)
+
+        def recover(*args: Any, **kw: Any) -> bool:
+            after.append(1)
+            return real_recover(*args, **kw)
+
+        self.patch(mboxfile, "open_dir", open_dir)
+        self.patch(mboxinplace, "recover", recover)
+        self.mfile().refresh(None)
+        self.assertEqual(after, [1, 2])
+        self.assertFalse(os.path.exists(os.path.join(self.spool, ".boss.mailsuite-expunge")))
+
     def test_server_start_finishes_it(self):
         """cleanup.clean_spool at start finishes the expunge before it removes stale locks."""
         from mailsuite.store import cleanup
