@@ -259,7 +259,9 @@ class CrashTests(InPlaceCase):
     """A crash after every step (and in the middle of every write), then a new process."""
 
     def crash_everywhere(self, sizes: list[int], gone_at: list[int], flagged: dict[int, int],
-                         junk: bool = False) -> int:
+                         junk: bool = False, appended: bytes = b"") -> int:
+        """``appended``: a message another program appends after each crash, before the
+        recovery (it broke the stale dotlock): kept whole, once, behind the others."""
         self.make(sizes, junk)
         original = self.file()
         index_dir = os.path.join(self.home, "mail")
@@ -290,6 +292,12 @@ class CrashTests(InPlaceCase):
                     self.assertEqual(self.file(), final)
                     return steps
                 steps += 1
+                if appended:
+                    with open(self.path, "ab") as f:
+                        f.write(b"From p@example.test  Tue Nov 28 06:01:02 2026\n")
+                        f.write(appended + b"\n")
+                    self.check_contents({**served, 0: appended}, uids_kept=False)
+                    continue
                 # recovery alone leaves either file, nothing in between
                 recovered = self.mfile()
                 recovered.refresh(None)
@@ -301,6 +309,15 @@ class CrashTests(InPlaceCase):
         steps = self.crash_everywhere([4, 30, 2, 9, 1, 12, 3, 3], [1, 4, 6], {2: 1, 3: 2, 7: 3},
                                       junk=True)
         self.assertGreater(steps, 20)
+
+    def test_every_step_then_mail_appended(self):
+        """After a crash at any step, another program appends a message shorter, then longer,
+        than the removed bytes: the recovery keeps it whole, once, after the kept ones."""
+        for lines in (0, 100):
+            self.setUp()
+            body = b"".join(b"appended line %d\n" % n for n in range(lines))
+            self.crash_everywhere([4, 30, 2, 9, 1, 12, 3, 3], [1, 4, 6], {2: 1, 3: 2, 7: 3},
+                                  appended=b"Subject: delivered later\n\nhello\n" + body)
 
     def test_small_shift_many_steps(self):
         """A tiny removed message before big ones: many steps no longer than the shift."""
