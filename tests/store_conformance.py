@@ -251,8 +251,12 @@ class StoreConformanceMixin:
         box.add_listener(heard.append)
         one = datetime(2026, 9, 14, 17, 7, 10, tzinfo=UTC)
         two = datetime(2026, 9, 15, 8, 0, 0, tzinfo=UTC)
+        before = box.highest_modseq
         uids = yield box.append_messages(
             [(MSG1, frozenset({"\\Seen"}), one), (MSG2, frozenset({"$Work"}), two)])
+        # one change: one modseq for all (RFC 7162 3.1.1: it is above the previous highest)
+        self.assertEqual([m.modseq for m in box.messages], [box.highest_modseq] * 2)
+        self.assertGreater(box.highest_modseq, before)
         self.assertEqual([m.uid for m in box.messages], uids)
         self.assertEqual(uids[1], uids[0] + 1)
         self.assertEqual([m.flags for m in box.messages], [{"\\Seen"}, {"$Work"}])

@@ -259,7 +259,9 @@ class CrashTests(InPlaceCase):
     """A crash after every step (and in the middle of every write), then a new process."""
 
     def crash_everywhere(self, sizes: list[int], gone_at: list[int], flagged: dict[int, int],
-                         junk: bool = False) -> int:
+                         junk: bool = False, appended: bytes = b"") -> int:
+        """``appended``: a message another program appends after each crash, before the
+        recovery (it broke the stale dotlock): kept whole, once, behind the others."""
         self.make(sizes, junk)
         original = self.file()
         index_dir = os.path.join(self.home, "mail")
@@ -290,6 +292,12 @@ class CrashTests(InPlaceCase):
                     self.assertEqual(self.file(), final)
                     return steps
                 steps += 1
+                if appended:
+                    with open(self.path, "ab") as f:
+                        f.write(b"From p@example.test  Tue Nov 28 06:01:02 2026\n")
+                        f.write(appended + b"\n")
+                    self.check_contents({**served, 0: appended}, uids_kept=False)
+                    continue
                 # recovery alone leaves either file, nothing in between
                 recovered = self.mfile()
                 recovered.refresh(None)
@@ -301,6 +309,15 @@ class CrashTests(InPlaceCase):
         steps = self.crash_everywhere([4, 30, 2, 9, 1, 12, 3, 3], [1, 4, 6], {2: 1, 3: 2, 7: 3},
                                       junk=True)
         self.assertGreater(steps, 20)
+
+    def test_every_step_then_mail_appended(self):
+        """After a crash at any step, another program appends a message shorter, then longer,
+        than the removed bytes: the recovery keeps it whole, once, after the kept ones."""
+        for lines in (0, 100):
+            self.setUp()
+            body = b"".join(b"appended line %d\n" % n for n in range(lines))
+            self.crash_everywhere([4, 30, 2, 9, 1, 12, 3, 3], [1, 4, 6], {2: 1, 3: 2, 7: 3},
+                                  appended=b"Subject: delivered later\n\nhello\n" + body)
 
     def test_small_shift_many_steps(self):
         """A tiny removed message before big ones: many steps no longer than the shift."""
@@ -349,6 +366,121 @@ class AfterTheCrashTests(InPlaceCase):
             got = [mf.read(e) for e in state.entries]
             self.assertEqual(got[:-1], list(served.values()), f"crash at {at}")
             self.assertEqual(got[-1], b"Subject: delivered later\n\nhello\n")
+
+    def truncate_call(self) -> int:
+        """The number of the call (counted as CrashingIO counts) that truncates the mbox at the
+        end of the expunge ``crashed`` does."""
+        self.make([3, 30, 2, 9, 1, 12])
+        mf, state, gone, _ = self.prepared([1, 4], {2: 1})
+        names: list[str] = []
+        recording = mboxinplace.IO()
+        for name in CrashingIO.CHANGING:
+            real = getattr(mboxinplace.IO, name)
+            setattr(recording, name,
+                    lambda *a, _n=name, _r=real, **k: (names.append(_n), _r(*a, **k))[1])
+        self.patch(mboxinplace, "io", recording)
+        mf.expunge(state, gone)
+        self.patch(mboxinplace, "io", mboxinplace.IO())
+        return len(names) - names[::-1].index("ftruncate")
+
+    def test_mail_appended_after_the_crash_around_the_truncate(self):
+        """A crash just before or just after the final truncate, then mail appended shorter or
+        longer than the bytes the truncate removes: the recovery keeps it whole, once."""
+        truncate = self.truncate_call()
+        for at in (truncate - 1, truncate):  # after the journal's last sync; after the truncate
+            for lines in (0, 200):  # shorter than the removed bytes; longer
+                self.setUp()
+                served, _ = self.crashed(at)
+                body = b"".join(b"appended line %d\n" % n for n in range(lines))
+                with open(self.path, "ab") as f:
+                    f.write(b"From p@example.test  Tue Nov 28 06:01:02 2026\n")
+                    f.write(b"Subject: delivered later\n\nhello\n" + body + b"\n")
+                mf = self.mfile()
+                state, _ = mf.refresh(None)
+                if state.hidden:
+                    state, _, _ = mf.expunge(state, sorted(state.hidden))
+                got = [mf.read(e) for e in state.entries]
+                self.assertEqual(got[:-1], list(served.values()), f"crash at {at}, {lines}")
+                self.assertEqual(got[-1], b"Subject: delivered later\n\nhello\n" + body)
+                data = self.file()
+                self.assertEqual(len(parse(data, 0, len(data), False)), len(served) + 1)
+
+    def test_journal_found_under_shared_locks_is_recovered_exclusively(self):
+        """A journal that appears between the look before the shared locks and their taking
+        (a crash of another process meanwhile) is recovered under exclusive locks only."""
+        from mailsuite.store import mboxfile
+
+        served, _ = self.crashed(12)
+        modes: list[bool] = []
+        under: list[bool] = []
+        real_lock, real_recover = mboxfile.locked_mailbox, mboxinplace.recover
+        real_pending = mboxinplace.pending
+        looks = iter([False])  # the first look (before any lock) finds no journal
+
+        def lock(*args: Any, **kw: Any) -> Any:
+            modes.append(kw["exclusive"])
+            return real_lock(*args, **kw)
+
+        def recover(*args: Any, **kw: Any) -> bool:
+            under.append(modes[-1])
+            return real_recover(*args, **kw)
+
+        self.patch(mboxfile, "locked_mailbox", lock)
+        self.patch(mboxinplace, "recover", recover)
+        self.patch(mboxinplace, "pending", lambda *a: next(looks, None) is None and
+                   real_pending(*a))
+        self.mfile().refresh(None)
+        self.assertEqual(under, [True])
+        self.assertEqual(modes[0], False)
+        self.check_contents(served)
+
+    def test_journal_that_keeps_coming_back_is_an_error(self):
+        """Bounded: a journal still there after each exclusive pass is a StoreError."""
+        from mailsuite.store.interfaces import StoreError
+
+        self.make([2, 2])
+        self.patch(mboxinplace, "pending", lambda *a: True)
+        self.patch(mboxinplace, "recover", lambda *a: True)
+        self.assertRaises(StoreError, self.mfile().refresh, None)
+
+    def test_recovered_by_another_process_reads_trusted_again(self):
+        """An expunge of ours failed half way (reads distrusted), another process recovered
+        it: our next lock finds no journal and trusts reads again."""
+        self.make([2, 2, 30, 2])
+        mf, state, gone, served = self.prepared([0], {})
+        self.patch(mboxinplace, "io", CrashingIO(12, False))
+        self.assertRaises(Crash, mf.expunge, state, gone)
+        self.patch(mboxinplace, "io", mboxinplace.IO())
+        self.assertEqual(mf.moving.count % 2, 1)
+        self.mfile().refresh(None)  # the other process
+        new, _ = mf.refresh(state)
+        self.assertEqual(mf.moving.count % 2, 0)
+        self.assertEqual([mf.read(e) for e in new.entries if e.uid not in new.hidden],
+                         list(served.values()))
+
+    def test_directory_gone_after_the_exclusive_pass(self):
+        """The mailbox's directory removed while the journal was recovered: the shared pass
+        finds no mailbox (as the first look would), no FileNotFoundError."""
+        from mailsuite.store import mboxfile
+
+        self.crashed(12)
+        real_open_dir, real_recover, after = mboxfile.open_dir, mboxinplace.recover, []
+
+        def open_dir(*args: Any, **kw: Any) -> Any:
+            if after == [1]:  # the first walk after the exclusive pass's recovery
+                after.append(2)
+                raise FileNotFoundError(2, "gone")
+            return real_open_dir(*args, **kw)
+
+        def recover(*args: Any, **kw: Any) -> bool:
+            after.append(1)
+            return real_recover(*args, **kw)
+
+        self.patch(mboxfile, "open_dir", open_dir)
+        self.patch(mboxinplace, "recover", recover)
+        self.mfile().refresh(None)
+        self.assertEqual(after, [1, 2])
+        self.assertFalse(os.path.exists(os.path.join(self.spool, ".boss.mailsuite-expunge")))
 
     def test_server_start_finishes_it(self):
         """cleanup.clean_spool at start finishes the expunge before it removes stale locks."""

@@ -174,6 +174,20 @@ class MboxSaveDateTests(SaveDateMixin, MboxTestCase):
         box.close()
 
     @defer.inlineCallbacks
+    def test_a_message_that_cannot_be_described_fails_no_delivery(self):
+        """Also a failure reading back what was written (``describe``) leaves the delivery
+        acknowledged, the save date unknown."""
+        def refuse(*args, **kw):
+            raise ValueError("cannot describe")
+
+        self.patch(savedate, "describe", refuse)
+        store = self.make_store()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield self.make_store().open(self.account)
+        self.assertEqual([m.saved for m in box.messages], [0])
+        box.close()
+
+    @defer.inlineCallbacks
     def test_other_programs_messages_have_none(self):
         """What another program appends, and the messages of an mbox indexed for the first
         time, have no save date (0: FETCH SAVEDATE NIL); a rewrite of the file by another

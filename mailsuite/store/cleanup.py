@@ -101,7 +101,9 @@ def clean_spool(
     directory: str, stale_after: float = locking.DEFAULT_STALE_AFTER,
     now: Callable[[], float] | None = None,
 ) -> list[str]:
-    """Remove the stale dotlocks and rewrite leftovers in ``directory``; the paths removed."""
+    """Remove the stale dotlocks and rewrite leftovers in ``directory``, and finish the
+    in-place expunges a crash cut short (their journals, each before the dotlock it left is
+    removed: ``finish_inplace``); the paths removed (journals finished included)."""
     clock = time.time if now is None else now
     try:
         names = os.listdir(directory)

@@ -433,6 +433,8 @@ def _hidden_line(uids: frozenset[int] | set[int]) -> bytes:
 #
 # ``mailsuite.index.log`` starts with ``mailsuite-index-log 1 <generation>`` and holds records:
 #   F <uid> [flag ...]                          flags of a message changed
+#   M <modseq> <uid> ...                        the new mod-sequence of messages changed
+#   V <modseq> <uid> ...                        messages expunged at that modseq (VANISHED)
 #   A <entry as in the index>                   a message added
 #   S <uid_next> <size> <mtime_ns> <ino>        the file's new stamp and uid_next
 #   D <offset> <fingerprint> <saved> ...        messages appended while the index was not

@@ -13,6 +13,7 @@ a home directory the index is kept in memory only (the INBOX in the spool still 
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import threading
@@ -120,36 +121,46 @@ class MboxFile(IndexKeeper):
 
     @contextmanager
     def _locked(self, exclusive: bool, create: bool = False) -> Iterator[tuple[HeldLock, bool]]:
-        """Both locks, taken in the mailbox's directory walked again now (``safepath``)."""
+        """Both locks, taken in the mailbox's directory walked again now (``safepath``). An
+        expunge cut short (its journal) is finished first, under the exclusive locks only."""
         created: list[bool] = []
-        try:
-            d: Dir | None = open_dir(self._parent)
-        except FileNotFoundError:  # its folder was removed from outside
-            d = None
-        if d is None:
-            if create:
-                raise StoreError(f"cannot create {self.path}: its directory is gone")
-            yield HeldLock(self._name, None), False
-            return
-        if not exclusive and mboxinplace.pending(d.fd, self._name):
-            d.close()
-            with self._locked(True):  # an expunge cut short is finished under these
-                pass
-            d = open_dir(self._parent)
-        with d, locked_mailbox(
-            self._name,
-            lambda: self._open(d, create, created),
-            exclusive=exclusive,
-            timeout=self._lock_timeout,
-            stale_after=self._stale_after,
-            dir_fd=d.fd,
-            full_path=self.path,
-            dir_ident=d.ident,
-        ) as held:
-            if held.fd is not None and mboxinplace.pending(d.fd, self._name):
-                mboxinplace.recover(held.fd, d.fd, self._name, held.touch)  # a crash's
+        for _ in range(3):  # a journal found once shared locks are held: again (bounded)
+            d = self._parent_dir()
+            if d is not None and not exclusive and mboxinplace.pending(d.fd, self._name):
+                d.close()
+                with self._locked(True):  # an expunge cut short is finished under these
+                    pass
+                d = self._parent_dir()
+            if d is None:
+                if create:
+                    raise StoreError(f"cannot create {self.path}: its directory is gone")
+                yield HeldLock(self._name, None), False
+                return
+            with d, locked_mailbox(
+                self._name,
+                functools.partial(self._open, d, create, created),
+                exclusive=exclusive,
+                timeout=self._lock_timeout,
+                stale_after=self._stale_after,
+                dir_fd=d.fd,
+                full_path=self.path,
+                dir_ident=d.ident,
+            ) as held:
+                if held.fd is not None and mboxinplace.pending(d.fd, self._name):
+                    if not exclusive:
+                        continue  # never recovered under shared locks: two could run it
+                    mboxinplace.recover(held.fd, d.fd, self._name, held.touch)  # a crash's
+                # none runs (the locks), none is cut short: one of ours that failed was recovered
                 self.moving.settled()
-            yield held, bool(created)
+                yield held, bool(created)
+                return
+        raise StoreError(f"{self.path}: an expunge cut short is still not finished")
+
+    def _parent_dir(self) -> Dir | None:
+        try:
+            return open_dir(self._parent)
+        except FileNotFoundError:  # its folder was removed from outside
+            return None
 
     def _lstat(self) -> os.stat_result | None:
         try:

@@ -21,6 +21,14 @@ The server's start (``cleanup.clean_spool``) finishes a journal left in the spoo
 removes the dead process's dotlock; mail another program appended after the crash anyway (it
 broke that dotlock) is moved down behind the kept messages by the recovery.
 
+The final truncate (to T) is journaled too, so that such appended mail is told from the stale
+tail: a mark byte (``MARK``) is written at T, in the tail the truncate removes, then the piece
+``_TRUNCATING`` with T is noted and synced, then the file is truncated and ``_DONE`` noted. A
+recovery that finds ``_TRUNCATING`` and the mark still at T copies what follows the stale bytes
+(appended mail) down to T and truncates behind it; no mark (a message starts with "From "), or
+the file ending at T, and the truncate was done: what follows T is appended mail, kept. A second
+crash during that copy, with mail appended before both recoveries, is not covered.
+
 Status headers are written only from the first removed message on: those of messages before it
 stay as they were until a rewrite reaches them (the flags are the index's; a parse from scratch,
 index lost, takes those headers'). Files under ``INPLACE_MIN``, and plans of more than
@@ -63,6 +71,11 @@ MAX_STEPS = 200_000
 TOUCH_EVERY = 64 << 20  # bytes moved between two touches of our dotlock (it must not look stale)
 _SLOT = struct.Struct("<QQQI")  # progress: sequence, piece, bytes done in it, crc32
 _DONE = (1 << 64) - 1  # the piece number of "all moved and the file truncated"
+#: the piece number of "all moved, the file about to be truncated to <done>" (``_Runner.finish``)
+_TRUNCATING = _DONE - 1
+#: written at the truncate's target first, in the stale tail it removes: still there, the
+#: truncate was not done (a message appended since starts with "From ")
+MARK = b"\x00"
 
 Move = tuple[int, int, int]  # dst, src, length
 Literal = tuple[int, bytes]  # dst, data
@@ -342,10 +355,42 @@ class _Runner:
             _pwrite_all(self.fd, data, dst)
 
     def finish(self, p: Plan, extra: int = 0) -> None:
-        io.ftruncate(self.fd, p.new_size + extra)
+        """Truncate the file to its new size. The target is noted first, with a mark in the
+        tail removed: a recovery then tells whether the truncate was done (``truncating``)
+        before it touches mail appended after a crash."""
+        target = p.new_size + extra
+        if os.fstat(self.fd).st_size > target:
+            _pwrite_all(self.fd, MARK, target)
+            io.fdatasync(self.fd)  # the mark is durable before the note that trusts it
+            self.note(_TRUNCATING, target)
+            io.fdatasync(self.jfd)
+        self.truncate(target)
+
+    def truncate(self, size: int) -> None:
+        io.ftruncate(self.fd, size)
         io.fsync(self.fd)
         self.note(_DONE, 0)
         io.fdatasync(self.jfd)
+
+    def truncating(self, p: Plan, target: int) -> None:
+        """Recover a crash after the _TRUNCATING note. The mark still at ``target``: the
+        stale bytes are [target, target + gap), mail appended after them is copied down to
+        ``target``, the file truncated behind it. Else the truncate was done: everything
+        after ``target`` is mail appended since, kept as it is. (A second crash in the middle
+        of that copy, mail appended in both, is not covered: the copy is not journaled.)"""
+        size = os.fstat(self.fd).st_size
+        if size <= target or io.pread(self.fd, 1, target) != MARK:
+            io.fsync(self.fd)  # the truncate (it may not have been synced)
+            return
+        gap = p.old_size - p.new_size
+        n = max(size - target - gap, 0)
+        step = min(gap, CHUNK) or CHUNK  # never over its own source
+        done = 0
+        while done < n:
+            c = min(step, n - done)
+            self.copy(target + gap + done, target + done, c)
+            done += c
+        self.truncate(target + n)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -414,7 +459,12 @@ def recover(fd: int, dir_fd: int, name: str, touch: Callable[[], None] = lambda:
         if found is not None and found[0].ino == os.fstat(fd).st_ino:
             p, slots = found
             seq, piece, done = progress(data, slots)
-            if piece != _DONE:
+            if piece == _TRUNCATING:
+                with positioned(fd):
+                    runner = _Runner(fd, jfd, slots, touch)
+                    runner.seq = seq + 1
+                    runner.truncating(p, done)
+            elif piece != _DONE:
                 # mail another program appended after the crash (it took the locks, a stale
                 # dotlock broken) is moved down behind the kept messages: "piece" len(pieces)
                 extra = max(os.fstat(fd).st_size - p.old_size, 0)

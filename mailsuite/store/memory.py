@@ -146,15 +146,17 @@ class MemoryMailbox:
         return defer.succeed(gone)
 
     def _add(
-        self, data: bytes, flags: frozenset[str], date: datetime | None, verbatim: bool = False
+        self, data: bytes, flags: frozenset[str], date: datetime | None, verbatim: bool = False,
+        bump: bool = True,
     ) -> MessageInfo:
+        """``bump``: a new modseq (not for the second message on of one MULTIAPPEND)."""
         if not verbatim:
             data = _lf(data)
             if not data.endswith(b"\n"):
                 data += b"\n"
         # a date given keeps its zone; mail delivered here gets the local zone (as Dovecot)
         when = date or self._now().astimezone()
-        self.highest_modseq += 1
+        self.highest_modseq += 1 if bump else 0
         info = MessageInfo(self.uid_next, frozenset(flags), when, wire_size(data),
                            self.highest_modseq, int(self._now().timestamp()))
         header = header_end(data, 0, len(data))
@@ -182,7 +184,9 @@ class MemoryMailbox:
         self, messages: list[tuple[bytes, frozenset[str], datetime | None]]
     ) -> defer.Deferred[list[int]]:
         """All of ``messages`` (data, flags, internal date or None) at once (MULTIAPPEND)."""
-        infos = [self._add(data, flags, when) for data, flags, when in messages]
+        # one change, one modseq for all of them (as the mbox store)
+        infos = [self._add(data, flags, when, bump=not i)
+                 for i, (data, flags, when) in enumerate(messages)]
         self._tell(Changes(added=infos))
         return defer.succeed([info.uid for info in infos])
 

@@ -8,10 +8,11 @@ not write itself: the messages of an mbox it indexes for the first time, those a
 appends or puts in when it rewrites the file, and those of an index older than version 4.
 
 A delivery to a mailbox no session has open does not load its index (``MboxFile.append_many``
-with no state): it notes the save dates of what it appended, by the offset of each From line,
-as a journal record ``D <offset> <saved> ...`` of the saved index (``note_unindexed``). The next
-load holds them as ``Index.pending`` and ``index.extend`` gives them to the messages it finds
-at those offsets of the grown file; a file rewritten meanwhile is reconciled without them.
+with no state): it notes the save dates of what it appended, by the offset of each From line
+and the message's fingerprint, as a journal record ``D <offset> <fingerprint> <saved> ...`` of
+the saved index (``note_unindexed``). The next load holds them as ``Index.pending`` and
+``index.extend`` gives them to the messages it finds at those offsets of the grown file; a file
+rewritten meanwhile is reconciled without them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 from twisted.logger import Logger
 
 from mailsuite.store import index as ix
-from mailsuite.store.interfaces import StoreError
 from mailsuite.store.mboxformat import describe
 from mailsuite.store.mboxstate import INDEX_NAME
 from mailsuite.store.zones import local_offset, zone
@@ -58,9 +58,9 @@ def note_unindexed(keeper: Any, spans: list[tuple[int, int, int, bytes]],
     ``first_index``). Nothing when the index has no home (kept in memory). Never fails: the
     mail is delivered already (a failed delivery would be sent again), only its save date is
     then unknown."""
-    parsed = [describe(blob, start, body, len(blob) - 1, when, base=base)
-              for (base, start, body, blob), (_, when, _) in zip(spans, each, strict=True)]
     try:
+        parsed = [describe(blob, start, body, len(blob) - 1, when, base=base)
+                  for (base, start, body, blob), (_, when, _) in zip(spans, each, strict=True)]
         d = keeper._index_dir(create=True)  # (made now, as by the first open)
         if d is None:
             return
@@ -70,7 +70,7 @@ def note_unindexed(keeper: Any, spans: list[tuple[int, int, int, bytes]],
                 ix.append_log(INDEX_NAME, ix.Index(0, generation=found),
                               record([(p.offset, p.fingerprint, now) for p in parsed]),
                               keeper._owner(), d.fd)
-    except (OSError, StoreError) as e:
+    except Exception as e:  # (also a bug: the mail is on disk, only its save date is lost)
         log.warn("{path}: save dates of delivered mail not kept: {why}", path=keeper.path, why=e)
 
 
