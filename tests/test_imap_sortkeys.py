@@ -189,7 +189,9 @@ class EsearchTests(unittest.TestCase):
         self.assertEqual(parse_return(b"RETURN () ALL"), ([b"ALL"], b"ALL"))
         self.assertEqual(parse_return(b"return (min Count) 1"), ([b"MIN", b"COUNT"], b"1"))
         self.assertEqual(parse_return(b"ALL"), (None, b"ALL"))
-        self.assertRaises(ParseError, parse_return, b"RETURN (PARTIAL 1:5) ALL")
+        self.assertEqual(parse_return(b"RETURN (PARTIAL 1:5) ALL"), ([b"PARTIAL 1:5"], b"ALL"))
+        self.assertRaises(ParseError, parse_return, b"RETURN (PARTIAL 1:5 ALL) ALL")  # 5267 4.4
+        self.assertRaises(ParseError, parse_return, b"RETURN (FUZZY) ALL")
         self.assertRaises(ParseError, parse_return, b"RETURN ALL")
 
     def test_response(self) -> None:

@@ -13,7 +13,6 @@ from twisted.trial import unittest
 
 from mailsuite.accounts import Account
 from mailsuite.store import index as ix
-from mailsuite.store import savedate
 from mailsuite.store.memory import MemoryStore
 from tests.store_conformance import MSG1, MSG2
 from tests.test_store_mbox import MboxTestCase
@@ -127,15 +126,14 @@ class MboxSaveDateTests(SaveDateMixin, MboxTestCase):
 
     @defer.inlineCallbacks
     def test_delivery_to_a_closed_mailbox(self):
-        """Mail delivered while no session has INBOX open (no index loaded: a ``D`` journal
-        record) gets its delivery time once the mailbox is opened, also after a restart."""
+        """Mail delivered while no session has INBOX open (no index loaded, nothing more
+        written than the message) gets its delivery time, the date of its From line, once the
+        mailbox is opened, also after a restart."""
         box = yield self.open_with(MSG1)
         box.close()
         self.clock[0] = T0 + 60
         store = self.make_store()
         yield store.deliver(self.account, MSG2, "b@example.test")
-        with open(self.index_path + ".log", "rb") as f:
-            self.assertIn(b"\nD ", f.read())
         box = yield self.make_store().open(self.account)
         yield box.refresh()
         self.assertEqual([m.saved for m in box.messages], [T0, T0 + 60])
@@ -148,65 +146,38 @@ class MboxSaveDateTests(SaveDateMixin, MboxTestCase):
     @defer.inlineCallbacks
     def test_delivery_before_the_first_open(self):
         """Mail delivered before the mailbox ever had an index (a new account) keeps its
-        delivery time: a journal of generation 0, read when the first index is made."""
+        delivery time (its From line's), and the delivery wrote no index or journal."""
         store = self.make_store()
         yield store.deliver(self.account, MSG1, "a@example.test")
         self.assertFalse(os.path.exists(self.index_path))
-        with open(self.index_path + ".log", "rb") as f:
-            self.assertTrue(f.read().startswith(ix.LOG_MAGIC + b" 0\nD "))
+        self.assertFalse(os.path.exists(self.index_path + ".log"))
         box = yield self.make_store().open(self.account)
         self.assertEqual([m.saved for m in box.messages], [T0])
-        self.assertFalse(os.path.exists(self.index_path + ".log"))  # in the index now
         box.close()
 
     @defer.inlineCallbacks
-    def test_a_journal_that_cannot_be_written_fails_no_delivery(self):
-        """The message is on disk before its save date is noted: failing to note it leaves
-        the delivery acknowledged (else it would be sent again), the date unknown."""
-        def refuse(*args):
-            raise OSError(28, "No space left on device")
-
-        self.patch(ix, "append_log", refuse)
-        store = self.make_store()
-        yield store.deliver(self.account, MSG1, "a@example.test")
-        box = yield self.make_store().open(self.account)
-        self.assertEqual([m.saved for m in box.messages], [0])
-        box.close()
-
-    @defer.inlineCallbacks
-    def test_a_message_that_cannot_be_described_fails_no_delivery(self):
-        """Also a failure reading back what was written (``describe``) leaves the delivery
-        acknowledged, the save date unknown."""
-        def refuse(*args, **kw):
-            raise ValueError("cannot describe")
-
-        self.patch(savedate, "describe", refuse)
-        store = self.make_store()
-        yield store.deliver(self.account, MSG1, "a@example.test")
-        box = yield self.make_store().open(self.account)
-        self.assertEqual([m.saved for m in box.messages], [0])
-        box.close()
-
-    @defer.inlineCallbacks
-    def test_other_programs_messages_have_none(self):
+    def test_other_programs_messages_have_their_from_line_date(self):
         """What another program appends, and the messages of an mbox indexed for the first
-        time, have no save date (0: FETCH SAVEDATE NIL); a rewrite of the file by another
-        program (mutt changing a Status header) keeps the save dates known."""
+        time, are saved at the date of their From line (RFC 4155: when it was written there); a
+        rewrite by another program (mutt changing a Status header) keeps the save dates
+        known."""
         self.external_append(MSG1)
         box = yield self.open_with()
         yield box.refresh()
-        self.assertEqual([m.saved for m in box.messages], [0])
+        first = box.messages[0].saved
+        self.assertEqual(first, int(box.messages[0].internal_date.timestamp()))
+        self.assertNotEqual(first, 0)
         self.external_append(MSG2)
         yield box.refresh()
-        self.assertEqual([m.saved for m in box.messages], [0, 0])
+        self.assertEqual([m.saved for m in box.messages],
+                         [first, int(box.messages[1].internal_date.timestamp())])
         uid = yield box.append(MSG1)
         yield box.refresh()
-        self.assertEqual([m.saved for m in box.messages], [0, 0, T0])
+        self.assertEqual([m.saved for m in box.messages][-1], T0)
         data = self.read_file()
         self.write(data.replace(b"Subject: one", b"Subject: one\nStatus: RO", 1), "wb")
         yield box.refresh()
         self.assertEqual([(m.uid, m.saved) for m in box.messages][-1], (uid, T0))
-        self.assertEqual(savedate.saved_date(box.messages[0]), None)
         box.close()
 
     @defer.inlineCallbacks
@@ -251,9 +222,3 @@ class SaveDateFormatTests(unittest.TestCase):
         words = line.split(b" ")
         self.assertEqual(ix._entry(words[:10] + words[11:], 3), e._replace(saved=0))
         self.assertEqual(ix._entry(words[:9] + words[11:], 2), e._replace(saved=0, modseq=1))
-
-    def test_generation_of_a_head(self) -> None:
-        self.assertEqual(savedate.generation(b"mailsuite-mbox-index 4\n1 2 3 4 5 6 77\n"), 77)
-        self.assertEqual(savedate.generation(b"mailsuite-mbox-index 2\n1 2 3 4 5 77\n"), 77)
-        self.assertIsNone(savedate.generation(b"mailsuite-mbox-index 1\n1 2 3 4 5\n"))
-        self.assertIsNone(savedate.generation(b"something else\n1 2 3 4 5 6 7\n"))

@@ -113,9 +113,6 @@ class Index:
     vanished: ms.Vanished = ms.EMPTY  # expunged UIDs with their mod-sequence
     legacy: bool = False  # read from an older version (``version``): written whole next
     version: int = 4  # of the file it was read from (its journal's records are of it too)
-    #: save dates of messages appended while the index was not loaded, by (offset of the From
-    #: line, fingerprint) (journal ``D`` records, ``savedate``): taken by the next parse
-    pending: dict[tuple[int, str], int] = field(default_factory=dict)
 
     def copy(self, **changes: object) -> Index:
         new = replace(self, **changes)  # type: ignore[arg-type]
@@ -134,7 +131,7 @@ class Index:
         uid_next = added[-1].uid + 1 if added else self.uid_next
         highest = max(self.highest_modseq, added[-1].modseq) if added else self.highest_modseq
         new = replace(self, uid_next=uid_next, stamp=stamp, highest_modseq=highest,
-                      compacted=None, pending={})
+                      compacted=None)
         self.entries.extend(added)
         return new
 
@@ -181,13 +178,13 @@ def entry_from(
     )
 
 
-def _new_entry(p: Parsed, uid: int, fallback_date: int, modseq: int = 1, saved: int = 0) -> Entry:
+def _new_entry(p: Parsed, uid: int, fallback_date: int, modseq: int = 1) -> Entry:
+    """A message found in the file. Its save date (SAVEDATE) is its From line's date: the time
+    it was written into the mbox (RFC 4155; mailsuite's deliveries and Postfix's local put it
+    there); unknown (0) without one."""
     date = p.date if p.date is not None else fallback_date
+    saved = int(p.date) if p.date is not None else 0
     return entry_from(p, uid, clean_flags(p.header_flags), date, None, modseq, saved)
-
-
-def _saved(old: Index, p: Parsed) -> int:
-    return old.pending.get((p.offset, p.fingerprint), 0)  # (0: unknown)
 
 
 def extend(
@@ -198,8 +195,8 @@ def extend(
     changes = Changes()
     uid = old.uid_next
     modseq = old.highest_modseq + 1
-    for p in parsed:  # (saved while the index was not loaded: ``pending``; else unknown)
-        e = _new_entry(p, uid, fallback_date, modseq, _saved(old, p))
+    for p in parsed:
+        e = _new_entry(p, uid, fallback_date, modseq)
         uid += 1
         changes.added.append(e)
     return list(changes.added), changes
@@ -224,7 +221,7 @@ def reconcile(
     candidates: dict[str, deque[Entry]] = defaultdict(deque)
     for e in old.entries:
         candidates[e.fingerprint].append(e)
-    new = old.copy(stamp=stamp, entries=[], pending={})  # (offsets of another file)
+    new = old.copy(stamp=stamp, entries=[])
     changes = Changes()
     modseq = old.highest_modseq + 1
     last_uid = 0
@@ -247,7 +244,7 @@ def reconcile(
             if changed:
                 changes.flags[was.uid] = flags
         else:
-            e = _new_entry(p, new.uid_next, fallback_date, modseq, _saved(old, p))
+            e = _new_entry(p, new.uid_next, fallback_date, modseq)
             new.uid_next += 1
             changes.added.append(e)
         last_uid = e.uid
@@ -437,8 +434,6 @@ def _hidden_line(uids: frozenset[int] | set[int]) -> bytes:
 #   V <modseq> <uid> ...                        messages expunged at that modseq (VANISHED)
 #   A <entry as in the index>                   a message added
 #   S <uid_next> <size> <mtime_ns> <ino>        the file's new stamp and uid_next
-#   D <offset> <fingerprint> <saved> ...        messages appended while the index was not
-#                                               loaded, saved then (``savedate``)
 #   X <uid> ...                                 messages expunged, to be compacted away
 #   C <ino> <uid> ...                           a compaction renames its file (this inode,
 #                                               without these messages) in now
@@ -463,7 +458,6 @@ def apply_log(index: Index, data: bytes) -> Index:
     added: list[Entry] = []
     stamp, uid_next, hidden = index.stamp, index.uid_next, set(index.hidden)
     compacted, highest, vanished = None, index.highest_modseq, index.vanished
-    pending = dict(index.pending)
     try:
         for line in lines[1:-1]:  # the last piece has no newline: cut short or empty
             w = line.split(b" ")
@@ -485,9 +479,6 @@ def apply_log(index: Index, data: bytes) -> Index:
                 hidden.update(map(int, w[1:]))
             elif w[0] == b"C":
                 compacted = (int(w[1]), frozenset(map(int, w[2:])))
-            elif w[0] == b"D":
-                for i in range(1, len(w) - 2, 3):  # offset fingerprint saved
-                    pending[int(w[i]), w[i + 1].decode()] = int(w[i + 2])
     except (ValueError, IndexError, UnicodeDecodeError) as err:
         raise CorruptIndex(f"journal: {err}") from err
     entries = index.entries + added
@@ -499,7 +490,7 @@ def apply_log(index: Index, data: bytes) -> Index:
                 entries[i] = entry._replace(flags=f, modseq=m)
     return replace(index, entries=entries, stamp=stamp, uid_next=uid_next,
                    hidden=frozenset(hidden), compacted=compacted, highest_modseq=highest,
-                   vanished=vanished, pending=pending)
+                   vanished=vanished)
 
 
 def log_records(

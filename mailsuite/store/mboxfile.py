@@ -220,7 +220,7 @@ class MboxFile(IndexKeeper):
                     if adopted is not None:
                         return adopted
                 if state is None:
-                    state, dirty = savedate.first_index(self, self._new_validity()), True
+                    state, dirty = ix.Index(uid_validity=self._new_validity()), True
             new, changes, added = self._refresh_locked(state, held.fd, held.st)
             if added is not None:
                 new = self._grow(state, added, new.stamp, save=dirty)
@@ -355,8 +355,7 @@ class MboxFile(IndexKeeper):
             if created:
                 os.fsync(held.dir_fd)  # type: ignore[arg-type]
             now = int(self._now())  # the save date (RFC 8514) of each
-            if state is None:
-                savedate.note_unindexed(self, spans, each, now)
+            if state is None:  # (its save dates: the From lines' when it is next read)
                 return None, changes, None
             first = added[-1].uid + 1 if added else state.uid_next
             uids = list(range(first, first + len(spans)))
