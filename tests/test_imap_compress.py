@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import itertools
 import zlib
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsuite.imap import hibernate
@@ -218,3 +220,27 @@ class SplitTests(unittest.TestCase):
         bounds = [0, *sorted({o for o in offsets if o < len(self.stream)}), len(self.stream)]
         reads = [self.stream[a:b] for a, b in itertools.pairwise(bounds)]
         self.assertEqual(run_compressed(reads), self.expected)
+
+
+class CompressAfterRefreshTests(ImapTestCase):
+    def test_pipelined_behind_compress_while_selected(self) -> None:
+        """In the selected state a command waits for a refresh of the mailbox first (in a
+        thread for an mbox); COMPRESS does not (``server._NO_REFRESH``): it runs in the read
+        that brought it, so what was pipelined behind it is inflated and answered at once."""
+        s = self.session()
+        s.select()
+        box = s.proto.view.mailbox
+        later: list[defer.Deferred[Any]] = []
+
+        def slow_refresh() -> defer.Deferred[Any]:
+            later.append(defer.Deferred())
+            return later[-1]
+
+        box.refresh = slow_refresh  # as the mbox store's, answered from a thread
+        client = Client()
+        out = s.send(b"c COMPRESS DEFLATE\r\n" + client.z(b"d NOOP\r\n"))
+        head, rest = clear_part(b"\r\n" + out)
+        self.assertEqual(head, b"\r\nc OK DEFLATE active\r\n")
+        while later:  # NOOP's own refresh, answered
+            later.pop().callback(None)
+        self.assertIn(b"d OK NOOP completed.\r\n", client.unz(rest + s.take()))
