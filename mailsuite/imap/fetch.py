@@ -101,9 +101,6 @@ _SIMPLE = {
     "UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "RFC822", "RFC822.HEADER",
     "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "MODSEQ",
 }
-#: FETCH items an extension adds (objectid.py: EMAILID, THREADID): name -> its response item
-#: from the view and the UID, with no message read: one line in the extension's module
-EXTRA_ITEMS: dict[str, Callable[[Any, int], bytes]] = {}
 _BODY_RE = re.compile(rb"(BODY\.PEEK|BODY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", re.IGNORECASE)
 _ATOM_RE = re.compile(rb"[A-Za-z0-9.]+")
 _SECTION_RE = re.compile(
@@ -145,9 +142,25 @@ def _parse_section(text: bytes) -> Section:
     return Section(part, spec, fields)
 
 
-#: the FETCH attributes of extensions (imap/binary.py, imap/preview.py), each a parser
+#: the FETCH attributes of extensions (binary.py, preview.py, threadid.py; plain atoms through
+#: ``register_atom``: objectid.py's EMAILID, savedate.py's SAVEDATE), each a parser
 #: ``(text, pos) -> (FetchItem with render set, end) | None`` tried first at every item
 ITEM_PARSERS: list[Callable[[bytes, int], tuple[FetchItem, int] | None]] = []
+
+
+def register_atom(name: str, fn: Callable[[Any, int], bytes]) -> None:
+    """A FETCH item that is one atom (any case) answered by ``fn(view, uid)`` with no message
+    read (EMAILID, SAVEDATE): its parser in ``ITEM_PARSERS``."""
+    pattern = re.compile(re.escape(name.encode("ascii")) + rb"(?![A-Za-z0-9.])", re.IGNORECASE)
+
+    def render(view: Any, uid: int, raw: bytes | None, header: bytes) -> list[Piece]:
+        return [fn(view, uid)]
+
+    def parse(text: bytes, pos: int) -> tuple[FetchItem, int] | None:
+        m = pattern.match(text, pos)
+        return None if m is None else (FetchItem(name, render=render), m.end())
+
+    ITEM_PARSERS.append(parse)
 
 
 def _extension_item(text: bytes, pos: int) -> tuple[FetchItem, int] | None:
@@ -198,7 +211,7 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
             name = m.group(0).decode("ascii").upper()
             if name == "RFC822.PEEK":
                 items.append(FetchItem("RFC822", peek=True))
-            elif name in _SIMPLE or name in EXTRA_ITEMS:
+            elif name in _SIMPLE:
                 items.append(FetchItem(name))
             else:
                 raise FetchSyntaxError(f"{name} is not supported")
@@ -357,8 +370,6 @@ def _fetch_item(
         return [b"MODSEQ (%d)" % info.modseq]
     if item.name == "ENVELOPE":
         return [b"ENVELOPE " + envelope(header)]
-    if item.name in EXTRA_ITEMS:
-        return [EXTRA_ITEMS[item.name](view, uid)]
     if item.name in ("BODY", "BODYSTRUCTURE"):
         assert raw is not None
         return [item.name.encode() + b" " + body_structure(raw, item.name == "BODYSTRUCTURE",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from mailsuite.imap import threadid  # noqa: F401  (registers THREADID)
-from mailsuite.imap.fetch import EXTRA_ITEMS
+from mailsuite.imap.fetch import register_atom
 from mailsuite.imap.parser import DELIMITER, Cursor, ParseError
 from mailsuite.imap.search import ExtraKey, register_key
 from mailsuite.imap.session import states
@@ -65,7 +65,7 @@ def _email_id(view: Any, uid: int) -> bytes:
 
 
 STATUS_ITEMS["MAILBOXID"] = _status_mailbox_id
-EXTRA_ITEMS["EMAILID"] = _email_id
+register_atom("EMAILID", _email_id)
 register_key("EMAILID", ExtraKey(
     lambda p: (p.next().value,),
     lambda key, c: _email_id(c.view, c.uid) == b"EMAILID (%s)" % key[1]))

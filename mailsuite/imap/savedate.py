@@ -11,7 +11,7 @@ the date's own zone (the server's, at the time it was saved), time and zone disr
 SAVEDATESUPPORTED matches every message of a mailbox whose store keeps save dates (both do).
 
 The listing FETCH (``fetchfields.Listing``) does not know SAVEDATE: a FETCH with it takes the
-general path, which asks this module through ``fetch.EXTRA_ITEMS``.
+general path, which asks this module through ``fetch.register_atom``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailsuite.imap.encode import internal_date
-from mailsuite.imap.fetch import EXTRA_ITEMS
+from mailsuite.imap.fetch import register_atom
 from mailsuite.imap.search import _EPOCH_DAY, Candidate, ExtraKey, _internal_day, _parse_date
 from mailsuite.imap.search import register_key
 from mailsuite.store.savedate import saved_date
@@ -60,7 +60,7 @@ def _supported(key: tuple[Any, ...], c: Candidate) -> bool:
     return hasattr(c.when, "saved")  # a message info of a store that keeps save dates
 
 
-EXTRA_ITEMS["SAVEDATE"] = _fetch
+register_atom("SAVEDATE", _fetch)
 register_key("SAVEDBEFORE", ExtraKey(_parse, _before))
 register_key("SAVEDON", ExtraKey(_parse, _on))
 register_key("SAVEDSINCE", ExtraKey(_parse, _since))
