@@ -10,7 +10,8 @@ from types import SimpleNamespace
 from twisted.trial import unittest
 
 from mailsuite.imap.collation import casemap, contains
-from mailsuite.imap.esearch import esearch_response, parse_return, sequence_set
+from mailsuite.imap.encode import number_set
+from mailsuite.imap.esearch import esearch_response, parse_return
 from mailsuite.imap.parser import ParseError
 from mailsuite.imap.sortkeys import SortRecord, base_subject, make_record
 from mailsuite.imap.thread import Node, format_threads, ordered_subject, references, refs
@@ -195,7 +196,7 @@ class EsearchTests(unittest.TestCase):
         self.assertRaises(ParseError, parse_return, b"RETURN ALL")
 
     def test_response(self) -> None:
-        self.assertEqual(sequence_set([1, 2, 3, 7, 5, 6]), b"1:3,7,5:6")
+        self.assertEqual(number_set([1, 2, 3, 7, 5, 6]), b"1:3,7,5:6")
         self.assertEqual(esearch_response(b"A1", True, [b"MIN", b"MAX"], [7, 3800, 10]),
                          b'ESEARCH (TAG "A1") UID MIN 7 MAX 3800')
         self.assertEqual(esearch_response(b"A2", False, [b"MIN"], []), b'ESEARCH (TAG "A2")')

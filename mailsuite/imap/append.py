@@ -22,7 +22,7 @@ from mailsuite.imap.parser import (
     parse_flag_list,
 )
 from mailsuite.imap.reader import append_limit
-from mailsuite.imap.selected import uid_set
+from mailsuite.imap.encode import number_set
 from mailsuite.imap.session import states
 from mailsuite.imap.status import STATUS_ITEMS
 from mailsuite.imap.utf8 import utf8_message
@@ -98,7 +98,7 @@ class AppendCommands(_Base):
             )
             return
         self.sendPositiveResponse(
-            tag, b"[APPENDUID %d %s] Append completed." % (validity, uid_set(list(uids)))
+            tag, b"[APPENDUID %d %s] Append completed." % (validity, number_set(list(uids)))
         )
 
     async def _catenated(self, tag: bytes, parsed: list[Parsed]) -> list[Message] | None:

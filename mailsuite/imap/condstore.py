@@ -19,12 +19,12 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mailsuite.imap.encode import format_flags
+from mailsuite.imap.encode import format_flags, number_set
 from mailsuite.imap.fetch import FetchSyntaxError, fetch_plan
 from mailsuite.imap.mailbox import ImapMailboxView
 from mailsuite.imap.parser import Cursor, ParseError, parse_flag_list
 from mailsuite.imap.qresync import parse_qresync, resync_lines, vanished_earlier
-from mailsuite.imap.selected import _selected_only, uid_command, uid_set
+from mailsuite.imap.selected import _selected_only, uid_command
 from mailsuite.imap.status import STATUS_ITEMS, StatusFacts
 from mailsuite.imap.viewmodseq import modseq_value
 
@@ -273,7 +273,7 @@ class CondstoreCommands(_Base):
                 item = view.modseq_item(u)
                 self._write(b"* %d FETCH (%s%s%s)\r\n" % (
                     seq, uid_part, flags, item if flags else item.lstrip()))
-        code = b"[MODIFIED %s] " % uid_set(sorted(modified)) if modified else b""
+        code = b"[MODIFIED %s] " % number_set(sorted(modified)) if modified else b""
         if missing:
             self.sendNegativeResponse(
                 tag, b"[EXPUNGEISSUED] Some of the requested messages no longer exist."

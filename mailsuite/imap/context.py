@@ -27,7 +27,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mailsuite.imap.contextopts import check_options
-from mailsuite.imap.esearch import sequence_set
+from mailsuite.imap.encode import number_set
 from mailsuite.imap.message import split_message
 from mailsuite.imap.parser import MAX_NESTING, Cursor, ParseError
 from mailsuite.imap.search import Candidate, matches, needs, prepare_keys
@@ -48,7 +48,7 @@ _RECENT = frozenset({"\\Recent"})
 def partial_data(numbers: list[int], low: int, high: int) -> bytes:
     """`` PARTIAL (low:high set)`` of the result's positions low..high (``NIL`` if none)."""
     window = numbers[low - 1 : high]
-    return b" PARTIAL (%d:%d %s)" % (low, high, sequence_set(window) if window else b"NIL")
+    return b" PARTIAL (%d:%d %s)" % (low, high, number_set(window) if window else b"NIL")
 
 
 def bind_sequences(key: tuple[Any, ...], view: Any, depth: int = 0) -> tuple[Any, ...]:
@@ -311,10 +311,10 @@ class ContextCommands(_Base):
         out = b""
         if context.sort is None:
             if removed:
-                out += b" REMOVEFROM (0 %s)" % sequence_set(sorted(map(number, removed)))
+                out += b" REMOVEFROM (0 %s)" % number_set(sorted(map(number, removed)))
             context.result = sorted((set(context.result) - removed) | set(added))
             if added:
-                out += b" ADDTO (0 %s)" % sequence_set(sorted(map(number, added)))
+                out += b" ADDTO (0 %s)" % number_set(sorted(map(number, added)))
             return out
         for pos in sorted((i for i, u in enumerate(context.result) if u in removed),
                           reverse=True):

@@ -86,3 +86,23 @@ def envelope(header: bytes) -> bytes:
         nstring(get(b"Message-ID")),
     ]
     return b"(" + b" ".join(parts) + b")"
+
+
+def spans_set(spans: Iterable[tuple[int, int]]) -> bytes:
+    """Inclusive spans as a sequence set: ``[(1, 3), (5, 5)]`` -> ``1:3,5`` (qresync.py's
+    VANISHED (EARLIER), where a span can hold millions of UIDs)."""
+    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in spans)
+
+
+def number_set(numbers: Iterable[int]) -> bytes:
+    """Numbers as a compact sequence set in their own order, a run joined only where each is
+    one more than the one before: ``[1, 2, 3, 7, 5, 6]`` -> ``1:3,7,5:6``. The order kept
+    matters: COPYUID pairs source and destination UIDs, ESEARCH ALL after SORT keeps the
+    sort order; callers that want ascending sets sort first."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and spans[-1][1] + 1 == n:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return spans_set((a, b) for a, b in spans)

@@ -20,6 +20,7 @@ from typing import Any
 
 from mailsuite.imap.contextopts import check_options
 from mailsuite.imap.parser import MAX_NESTING, ParseError
+from mailsuite.imap.encode import number_set
 from mailsuite.imap.search import run_search
 
 OPTIONS = (b"MIN", b"MAX", b"ALL", b"COUNT", b"SAVE", b"UPDATE", b"CONTEXT")
@@ -47,19 +48,6 @@ def parse_return(text: bytes) -> tuple[list[bytes] | None, bytes]:
     return options or [b"ALL"], text[m.end():]
 
 
-def sequence_set(numbers: list[int]) -> bytes:
-    """``[1, 2, 3, 7, 5]`` -> ``1:3,7,5`` (the order kept)."""
-    out: list[bytes] = []
-    i = 0
-    while i < len(numbers):
-        j = i
-        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
-            j += 1
-        out.append(b"%d" % numbers[i] if i == j else b"%d:%d" % (numbers[i], numbers[j]))
-        i = j + 1
-    return b",".join(out)
-
-
 def esearch_response(tag: bytes, uid: bool, options: list[bytes], found: list[int],
                      ordered: bool = False) -> bytes:
     """The ESEARCH response (untagged, without ``* ``). ``ordered``: ``found`` is in a sort
@@ -75,7 +63,7 @@ def esearch_response(tag: bytes, uid: bool, options: list[bytes], found: list[in
     if b"COUNT" in options:
         parts.append(b"COUNT %d" % len(found))
     if b"ALL" in options and found:
-        parts.append(b"ALL " + sequence_set(found if ordered else sorted(found)))
+        parts.append(b"ALL " + number_set(found if ordered else sorted(found)))
     return b" ".join(parts)
 
 

@@ -24,9 +24,9 @@ from zope.interface import implementer
 
 from mailsuite.accounts import Account
 from mailsuite.imap.interfaces import IImapAccount
-from mailsuite.imap.encode import format_flags
+from mailsuite.imap.encode import format_flags, number_set
 from mailsuite.imap.recent import RecentTracker
-from mailsuite.imap.viewmodseq import ModseqView, uid_set
+from mailsuite.imap.viewmodseq import ModseqView
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -443,7 +443,7 @@ class ImapMailboxView(ModseqView):
         gone = sorted(p for p in map(self._find, self._expunged) if p >= 0)
         lines = [b"%d EXPUNGE" % (p - k + 1) for k, p in enumerate(gone)]
         if self.qresync and gone:  # RFC 7162 3.2.10
-            lines = [b"VANISHED " + uid_set(sorted(self._at(p).uid for p in gone))]
+            lines = [b"VANISHED " + number_set(sorted(self._at(p).uid for p in gone))]
         for uid in [self._at(p).uid for p in gone]:
             self._over.pop(uid, None)
             self._recent.discard(uid)

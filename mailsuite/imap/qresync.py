@@ -18,7 +18,7 @@ from bisect import bisect_right
 
 from typing import TYPE_CHECKING, Any
 
-from mailsuite.imap.encode import format_flags
+from mailsuite.imap.encode import format_flags, spans_set
 from mailsuite.imap.parser import ParseError, Range, parse_sequence_set
 from mailsuite.imap.viewmodseq import modseq_value
 
@@ -86,10 +86,6 @@ def vanished_spans(view: Any, since: int) -> list[Span]:
     if view.uid_next - 1 > prev:
         spans.append((prev + 1, view.uid_next - 1))
     return spans
-
-
-def spans_set(spans: list[Span]) -> bytes:
-    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in spans)
 
 
 def vanished_earlier(view: Any, since: int, ranges: list[Range]) -> list[bytes]:

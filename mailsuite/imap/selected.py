@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer, interfaces
 from zope.interface import implementer
 
+from mailsuite.imap.encode import number_set
 from mailsuite.imap.fetch import (
     FetchRefused,
     FetchSyntaxError,
@@ -54,23 +55,6 @@ else:
     _Base = object
 
 _SELECTED = ("select",)
-
-
-def uid_set(uids: list[int]) -> bytes:
-    """``[1, 2, 3, 5]`` -> ``1:3,5`` (order kept: COPYUID pairs source and destination UIDs)."""
-    out: list[bytes] = []
-    start: int | None = None  # the run being collected: start..prev
-    prev = 0
-    for uid in uids:
-        if start is not None and uid == prev + 1:
-            prev = uid
-            continue
-        if start is not None:
-            out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-        start = prev = uid
-    if start is not None:
-        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-    return b",".join(out)
 
 
 @implementer(interfaces.IPullProducer)
@@ -297,7 +281,7 @@ class SelectedCommands(_Base):
             )
             return None
         code = (
-            b"[COPYUID %d %s %s]" % (validity, uid_set(copied), uid_set(new_uids))
+            b"[COPYUID %d %s %s]" % (validity, number_set(copied), number_set(new_uids))
             if copied
             else b""
         )

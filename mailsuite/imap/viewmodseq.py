@@ -21,17 +21,6 @@ def modseq_value(raw: bytes, zero: bool = True) -> int:
     return int(raw)
 
 
-def uid_set(uids: list[int]) -> bytes:
-    """Ascending UIDs as a compact set: ``[1, 2, 3, 5]`` -> ``1:3,5``."""
-    spans: list[list[int]] = []
-    for uid in uids:
-        if spans and spans[-1][1] + 1 == uid:
-            spans[-1][1] = uid
-        else:
-            spans.append([uid, uid])
-    return b",".join(b"%d" % a if a == b else b"%d:%d" % (a, b) for a, b in spans)
-
-
 class ModseqView:
     mailbox: IMailbox
     condstore: bool  # CONDSTORE is on: UID and MODSEQ in unsolicited FETCH
