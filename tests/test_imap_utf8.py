@@ -8,7 +8,7 @@ import re
 
 from mailsuite.imap import hibernate
 from mailsuite.imap.parser import Cursor, ParseError
-from mailsuite.imap.utf8 import literal8, utf8_message
+from mailsuite.imap.utf8 import utf8_message
 from tests.test_imap_server import ImapTestCase, Session
 
 CAFE = "Café".encode()
@@ -99,11 +99,11 @@ class Utf8Tests(ImapTestCase):
 class Literal8Tests(ImapTestCase):
     def test_literal8(self) -> None:
         c = Cursor(b"~{3}abc rest")
-        self.assertEqual(literal8(c), b"abc")
+        self.assertEqual(c.literal8(), b"abc")
         self.assertEqual(c.data[c.pos:], b" rest")
         for bad in (b"{3}abc", b"~{9}abc", b"~{x}"):
             with self.assertRaises(ParseError):
-                literal8(Cursor(bad))
+                Cursor(bad).literal8()
 
     def test_utf8_message(self) -> None:
         self.assertEqual(utf8_message(Cursor(b"UTF8 (~{2}hi)")), b"hi")

@@ -57,13 +57,8 @@ def parse_message(args: Cursor) -> Parsed:
         if args.atom().upper() != b"CATENATE":
             raise ParseError("the message must be a literal or CATENATE")
         return parse_catenate(args), flags, when
-    if args.peek() == b"~":  # literal8: the message may hold NUL bytes
-        args.pos += 1
-        if args.peek() != b"{":
-            raise ParseError("bad literal8")
-    elif args.peek() != b"{":
-        raise ParseError("the message must be a literal")
-    return bytes(args.string()), flags, when
+    # a literal or literal8 (~{n}: the message may hold NUL bytes)
+    return args.literal8(plain=True, error="bad literal8"), flags, when
 
 
 class AppendCommands(_Base):

@@ -52,11 +52,7 @@ def parse_catenate(args: Cursor) -> list[tuple[bytes, bytes]]:
         kind = args.atom().upper()
         args.sp()
         if kind == b"TEXT":
-            if args.peek() == b"~":
-                args.pos += 1
-            if args.peek() != b"{":
-                raise ParseError("TEXT needs a literal")
-            parts.append((kind, bytes(args.string())))
+            parts.append((kind, args.literal8(plain=True, error="TEXT needs a literal")))
         elif kind == b"URL":
             parts.append((kind, args.astring()))
         else:

@@ -173,6 +173,17 @@ class Cursor:
             return None
         return self.string()
 
+    def literal8(self, plain: bool = False, error: str = "expected a literal8") -> bytes:
+        """The data of a literal8 ``~{n}`` (RFC 3516) at the cursor; with ``plain`` of a literal
+        ``{n}`` too (APPEND's message, CATENATE's TEXT). ``error``: the message for neither."""
+        if self.peek() == b"~":
+            self.pos += 1
+        elif not plain:
+            raise ParseError(error)
+        if self.peek() != b"{":
+            raise ParseError(error)
+        return bytes(self.string())
+
     def list_mailbox(self) -> bytes:
         """A LIST pattern: a string, or atom characters plus ``%`` and ``*``."""
         value = self._string()

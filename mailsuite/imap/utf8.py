@@ -12,13 +12,12 @@ After ``ENABLE UTF8=ACCEPT`` (in the authenticated state only, RFC 6855 3; refus
 - SEARCH with a CHARSET is BAD (RFC 6855 3: the client must not label what is UTF-8 already).
 
 ``APPEND mailbox [flags] [date] UTF8 (~{n}<message>)`` takes a message that may have UTF-8
-headers (RFC 6855 4); ``literal8`` reads the ``~{n}`` (the command reader has read the data:
+headers (RFC 6855 4); ``Cursor.literal8`` reads the ``~{n}`` (the command reader has read the data:
 it keeps the ``~`` in front of the ``{n}`` it assembles).
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 from mailsuite.imap.parser import Cursor, ParseError
@@ -29,19 +28,6 @@ else:
     _Base = object
 
 UTF8_ACCEPT = b"UTF8=ACCEPT"
-_LITERAL8_RE = re.compile(rb"~\{(\d{1,12})\+?\}")
-
-
-def literal8(args: Cursor) -> bytes:
-    """A ``~{n}`` literal (RFC 3516 literal8) at the cursor."""
-    m = _LITERAL8_RE.match(args.data, args.pos)
-    if m is None:
-        raise ParseError("expected a literal8")
-    end = m.end() + int(m.group(1))
-    if end > len(args.data):
-        raise ParseError("literal cut short")
-    args.pos = end
-    return args.data[m.end() : end]
 
 
 def utf8_message(args: Cursor) -> bytes:
@@ -52,7 +38,7 @@ def utf8_message(args: Cursor) -> bytes:
     if args.peek() != b"(":
         raise ParseError("expected (")
     args.pos += 1
-    data = literal8(args)
+    data = args.literal8()
     if args.peek() != b")":
         raise ParseError("expected )")
     args.pos += 1
