@@ -53,7 +53,7 @@ class AttrsCache:
         if known is None:
             return None
         if stamp(tree, name, self.attrs_file) != known[0]:
-            del self._known[key]
+            self._known.pop(key, None)
             return None
         return known[1]
 
