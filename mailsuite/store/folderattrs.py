@@ -11,7 +11,8 @@ a new one). RENAME INBOX leaves INBOX its id; the new folder gets one of its own
     special-use \\Drafts
 
 A MAILBOXID is made at the first look (random, 96 bits: unique without a counter). Blocking:
-the ``FolderAttrsStore`` methods run it in a thread under the account's folder lock.
+the ``FolderAttrsStore`` methods run it in a thread under the account's folder lock. A
+look again at files an lstat says are unchanged is answered from memory (``attrscache``).
 
 A configured special-use folder (``[mailbox]`` keys) has that attribute unless CREATE gave it
 another.
@@ -26,6 +27,7 @@ from typing import Any
 from twisted.internet import defer
 
 from mailsuite.store import folders
+from mailsuite.store.attrscache import AttrsCache
 from mailsuite.store.interfaces import (
     InvalidMailboxName,
     MailboxNotFound,
@@ -131,8 +133,13 @@ class FolderAttrsStore:
         except InvalidMailboxName as e:
             return defer.fail(e)
         tree = self._tree(account)  # type: ignore[attr-defined]
-        return self._folder_lock(account).run(  # type: ignore[attr-defined]
-            self.blocking, load, tree, name, use)  # type: ignore[attr-defined]
+        lock = self._folder_lock(account)  # type: ignore[attr-defined]
+        cache = self.__dict__.setdefault("_attrs_cache", AttrsCache(ATTRS_FILE))
+        if use is None and not lock.locked:
+            known = cache.get(tree, name)  # a stat on this thread: every SELECT asks
+            if known is not None:
+                return defer.succeed(known)
+        return lock.run(self.blocking, cache.reading, tree, name, load, use)  # type: ignore[attr-defined]
 
 
 __all__ = ["CREATABLE_USES", "FolderAttrs", "FolderAttrsStore", "check_use", "load",
