@@ -27,7 +27,7 @@ from mailsuite.imap.encode import literal, nstring
 from mailsuite.imap.parser import Cursor, Item, ParseError, String, encode_mailbox, mailbox_name
 from mailsuite.imap.session import states
 from mailsuite.store import folders
-from mailsuite.store.events import Event, bus_of
+from mailsuite.store.events import Event, publish_for
 from mailsuite.store.interfaces import StoreError
 from mailsuite.store.metadata import MAX_VALUE, TooBig, TooMany, metadata_of
 
@@ -110,16 +110,11 @@ def entry_text(name: str) -> bytes:
 def publish_change(session: Any, mailbox: str | None, names: list[str]) -> None:
     """Tell the account's event bus (NOTIFY's MailboxMetadataChange and ServerMetadataChange,
     notifymeta.py) that ``session`` set these entries of ``mailbox`` (None: the server's)."""
-    account = session.account
-    store = getattr(account, "store", None)
-    key = getattr(getattr(account, "account", None), "name", None)
-    if store is None or key is None:
-        return
     try:
         name = "" if mailbox is None else folders.normalize(mailbox)
     except StoreError:
         return
-    bus_of(store).publish(key, Event("metadata", name, source=session, changes=tuple(names)))
+    publish_for(session, Event("metadata", name, source=session, changes=tuple(names)))
 
 
 def _literal8_joined(items: list[Any]) -> list[Any]:

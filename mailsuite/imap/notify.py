@@ -48,7 +48,7 @@ from mailsuite.imap.parser import DELIMITER, Cursor, encode_mailbox, mailbox_nam
 from mailsuite.imap.session import states
 from mailsuite.net import MAX_UNSENT, unsent
 from mailsuite.store import folders
-from mailsuite.store.events import Event, bus_of
+from mailsuite.store.events import Event, bus_of, publish_for
 from mailsuite.store.interfaces import MailboxNotFound, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
@@ -428,17 +428,12 @@ class NotifyCommands(_Base):
 
     # -- the folder commands tell the bus ---------------------------------------------------------
     def _publish(self, kind: str, name: str, old: str | None = None) -> None:
-        account = getattr(self, "account", None)
-        store = getattr(account, "store", None)
-        key = getattr(getattr(account, "account", None), "name", None)
-        if store is None or key is None:
-            return
         try:
             name = folders.normalize(name)
             old = None if old is None else folders.normalize(old)
         except StoreError:
             return
-        bus_of(store).publish(key, Event(kind, name, old, source=self))
+        publish_for(self, Event(kind, name, old, source=self))
 
     async def cmd_SELECT(self, tag: bytes, args: Cursor, readonly: bool = False) -> None:
         before = None if self.view is None else self.view.name

@@ -80,6 +80,16 @@ def bus_of(store: Any) -> EventBus:
     return bus
 
 
+def publish_for(session: Any, event: Event) -> None:
+    """Publish ``event`` on the bus of the IMAP session's account (its ImapAccount's store and
+    account name); nothing for a session with none (not logged in, a stand-in avatar)."""
+    account = getattr(session, "account", None)
+    store = getattr(account, "store", None)
+    key = getattr(getattr(account, "account", None), "name", None)
+    if store is not None and key is not None:
+        bus_of(store).publish(key, event)
+
+
 def mailbox_changed(store: Any, account: str, name: str, changes: Any) -> None:
     """A store mailbox told its listeners of ``changes`` (called by the store)."""
     bus = _buses.get(store)
