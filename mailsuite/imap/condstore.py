@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mailsuite.imap.encode import format_flags, number_set
-from mailsuite.imap.fetch import FetchSyntaxError, fetch_plan
+from mailsuite.imap.fetch import FetchPlan, FetchSyntaxError, fetch_plan
 from mailsuite.imap.mailbox import ImapMailboxView
 from mailsuite.imap.parser import Cursor, ParseError, parse_flag_list
 from mailsuite.imap.qresync import parse_qresync, resync_lines, vanished_earlier
@@ -70,6 +70,13 @@ def fetch_modifiers(text: bytes) -> tuple[bytes, int | None, bool]:
                 raise ParseError("CHANGEDSINCE given twice")
             since, i = modseq_value(words[i + 1]), i + 2
     return text[: m.start()], since, vanished
+
+
+def _plan(atts: bytes, uid: bool) -> FetchPlan:
+    try:
+        return fetch_plan(atts, uid)
+    except FetchSyntaxError as e:
+        raise ParseError(str(e)) from None
 
 
 def search_has_modseq(key: Any) -> bool:
@@ -146,18 +153,15 @@ class CondstoreCommands(_Base):
         return told
 
     # -- FETCH (hook of selected.SelectedCommands.cmd_FETCH) ----------------------------------
-    def fetch_modifiers(self, text: bytes, uid: bool) -> tuple[bytes, Keep]:
-        """The attribute list as fetch.py reads it (MODSEQ added where RFC 7162 wants it), and
-        the filter of the targets the modifiers select."""
+    def fetch_modifiers(self, text: bytes, uid: bool) -> tuple[FetchPlan, Keep]:
+        """FETCH's plan of its attribute list (MODSEQ added where RFC 7162 wants it: read once
+        more only then), and the filter of the targets the modifiers select."""
         view = self.view
         assert view is not None
         atts, since, vanished = fetch_modifiers(text)
         if vanished and not (uid and since is not None and b"QRESYNC" in self.enabled):
             raise ParseError("VANISHED needs QRESYNC, UID FETCH and CHANGEDSINCE")
-        try:
-            plan = fetch_plan(atts, uid)
-        except FetchSyntaxError as e:
-            raise ParseError(str(e)) from None
+        plan = _plan(atts, uid)
         asks = any(i.name == "MODSEQ" for i in plan.items)
         if since is not None or asks:
             self._condstore_on()
@@ -168,16 +172,16 @@ class CondstoreCommands(_Base):
             extra += [n for n in (b"UID", b"MODSEQ") if n not in extra and not any(
                 i.name == n.decode() for i in plan.items)]
         if extra:
-            atts = with_items(atts, *extra)
+            plan = _plan(with_items(atts, *extra), uid)
         if since is None:
-            return atts, lambda ranges, targets: targets
+            return plan, lambda ranges, targets: targets
 
         def keep(ranges: list[Any], targets: Targets) -> Targets:
             for line in vanished_earlier(view, since, ranges) if vanished else ():
                 self.sendUntaggedResponse(line)
             return [t for t in targets if view.info(t[1]).modseq > since]
 
-        return atts, keep
+        return plan, keep
 
     # -- SEARCH (hook of selected.SelectedCommands.cmd_SEARCH) --------------------------------
     def search_result(self, key: Any, found: list[int], uid: bool) -> bytes:

@@ -21,10 +21,8 @@ from zope.interface import implementer
 from mailsuite.imap.encode import number_set
 from mailsuite.imap.fetch import (
     FetchRefused,
-    FetchSyntaxError,
     Piece,
     WireSlice,
-    fetch_plan,
     fetch_responses,
 )
 from mailsuite.imap.esearch import (
@@ -141,11 +139,7 @@ class SelectedCommands(_Base):
         args.sp()
         ranges = args.sequence_set()
         args.sp()
-        text, keep = self.fetch_modifiers(args.rest(), uid)  # CHANGEDSINCE: condstore.py
-        try:
-            plan = fetch_plan(text, uid)
-        except FetchSyntaxError as e:
-            raise ParseError(str(e)) from None
+        plan, keep = self.fetch_modifiers(args.rest(), uid)  # CHANGEDSINCE: condstore.py
         targets = keep(ranges, self._targets(ranges, uid))
         seen_now: set[int] = set()
         if not view.readonly and plan.sets_seen:
