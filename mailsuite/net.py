@@ -98,16 +98,31 @@ class UnsentWait:
             self.call = None
 
 
-def idle_tcp(t: Any) -> bool:
-    """``t`` is a plain TCP connection (no TLS layer) with nothing queued: bytes sent straight
-    to its socket keep their order. (Twisted's own buffer attributes; any other transport, or
-    another Twisted, gets False and its ``write``.)"""
+def idle_tcp(t: Any, producer_ok: bool = False) -> bool:
+    """``t`` is a plain TCP or UNIX stream connection (no TLS layer) with nothing queued:
+    bytes sent straight to its socket keep their order. ``producer_ok``: also when a producer
+    is registered with it (a splice's flow control). (Twisted's own buffer attributes; any
+    other transport, or another Twisted, gets False and its ``write``.)"""
     return bool(
         isinstance(t, tcp.Connection)
         and t.TLS is False
         and t.connected
         and not t.disconnecting
-        and t.producer is None
+        and (producer_ok or t.producer is None)
         and getattr(t, "_tempDataLen", None) == 0
         and getattr(t, "offset", None) == len(getattr(t, "dataBuffer", b"?"))
     )
+
+
+def write_now(t: Any, data: bytes, producer_ok: bool = False) -> None:
+    """``t.write(data)``, but straight to the socket when ``idle_tcp``: no reactor turn (a
+    poll for writability and two epoll_ctl) before the bytes leave. What the kernel does not
+    take, and every other transport, goes through ``t.write``."""
+    if idle_tcp(t, producer_ok):
+        try:
+            sent = t.socket.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or an error the transport finds itself
+        data = data[sent:]
+    if data:
+        t.write(data)

@@ -1,6 +1,7 @@
 """Peer addresses as logs and network lists want them; the default host name."""
 
 import ipaddress
+import socket
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.trial import unittest
@@ -57,3 +58,66 @@ class HostOfTests(unittest.TestCase):
         self.assertEqual(net.default_hostname(), "vm")
         self.patch(net.socket, "getfqdn", lambda name=None: "vm.example.org")
         self.assertEqual(net.default_hostname(), "vm.example.org")
+
+
+class WriteNowTests(unittest.TestCase):
+    """``write_now``: straight to the socket of an idle plain connection, in order otherwise."""
+
+    def setUp(self):
+        from twisted.internet import protocol, tcp
+        from twisted.internet.testing import MemoryReactor
+
+        ours, self.peer = socket.socketpair()
+        ours.setblocking(False)
+        self.peer.settimeout(1)
+        self.reactor = MemoryReactor()
+        self.t = tcp.Connection(ours, protocol.Protocol(), self.reactor)
+        self.t.connected = True  # as tcp.Server and tcp.Client set it
+        self.addCleanup(ours.close)
+        self.addCleanup(self.peer.close)
+
+    def received(self):
+        self.peer.setblocking(False)
+        try:
+            return self.peer.recv(65536)
+        except BlockingIOError:
+            return b""
+
+    def test_idle_connection_sends_at_once(self):
+        net.write_now(self.t, b"* OK\r\n")
+        self.assertEqual(self.received(), b"* OK\r\n")
+        self.assertFalse(self.reactor.writers)  # no reactor turn waited for
+
+    def test_queued_bytes_keep_their_order(self):
+        self.t.write(b"first ")
+        net.write_now(self.t, b"second")
+        self.assertEqual(self.received(), b"")  # both wait for the reactor, in order
+        self.t.doWrite()
+        self.t.doWrite()
+        self.assertEqual(self.received(), b"first second")
+
+    def test_producer_only_when_allowed(self):
+        class Producer:
+            def pauseProducing(self):
+                pass
+
+            def resumeProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        self.t.registerProducer(Producer(), True)
+        net.write_now(self.t, b"held")
+        self.assertEqual(self.received(), b"")
+        self.t.doWrite()
+        self.assertEqual(self.received(), b"held")
+        net.write_now(self.t, b"spliced", producer_ok=True)
+        self.assertEqual(self.received(), b"spliced")
+
+    def test_other_transports_write(self):
+        from twisted.internet.testing import StringTransport
+
+        t = StringTransport()
+        net.write_now(t, b"x", producer_ok=True)
+        self.assertEqual(t.value(), b"x")

@@ -71,7 +71,7 @@ from mailsuite.imap.status import StatusCommands
 from mailsuite.imap.utf8 import Utf8Commands
 from mailsuite.imap.sort import SortCommands
 from mailsuite.limits import Limits
-from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, idle_tcp, unsent
+from mailsuite.net import MAX_UNSENT, UnsentWait, host_of, unsent, write_now
 from mailsuite.store.interfaces import (
     InvalidMailboxName,
     MailboxExists,
@@ -246,16 +246,11 @@ class IMAPServer(  # type: ignore[misc, override]
         if not out:
             return
         data = self.deflated(b"".join(out))
-        t = self.transport
-        if not self._lost and idle_tcp(t):
-            try:
-                sent = t.socket.send(data)
-            except OSError:
-                sent = 0  # EAGAIN, or an error the transport finds itself
-            data = data[sent:]
-        if data:
-            t.write(data)
+        if not self._lost:
+            write_now(self.transport, data)
             self._hold_while_unsent()
+        else:
+            self.transport.write(data)
 
     def _hold_while_unsent(self) -> None:
         """Read no more commands while the client leaves more than MAX_UNSENT unread."""

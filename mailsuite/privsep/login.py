@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from mailsuite.auth.checker import LOGIN_FAILED, login_of
 from mailsuite.imap.interfaces import IImapAccount
+from mailsuite.net import write_now
 from mailsuite.privsep import wire
 from mailsuite.privsep.common import Once, adopt_stream
 from mailsuite.privsep.dorm import Dorm
@@ -210,7 +211,7 @@ class Splice:
             self.sleeper.up(data)
         elif self.agent is not None:
             self.sent += len(data)
-            self.agent.write(data)
+            write_now(self.agent, data, producer_ok=True)
 
     def client_lost(self) -> None:
         if self.agent is not None:
@@ -288,7 +289,7 @@ class _AgentSide(protocol.Protocol):
         self.splice.agent = self.transport
 
     def dataReceived(self, data: bytes) -> None:
-        self.splice.client.write(data)
+        write_now(self.splice.client, data, producer_ok=True)
 
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
         self.splice.agent_lost()
