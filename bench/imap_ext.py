@@ -9,6 +9,10 @@ mailbox, index removed, before it), in this order:
 - ``UID SORT (DATE) UTF-8 ALL``, ``SORT (SUBJECT) UTF-8 ALL``, ``THREAD REFERENCES UTF-8 ALL``
   (each "unsupported" when the server does not advertise SORT / THREAD=REFERENCES);
 - 100 random ``UID FETCH n (BODY.PEEK[])``: ``body_p50_ms``;
+- the server's memory with that session open (``--server-pid``; run.py gives the roots, the
+  twistd process or Dovecot's master): RSS (``rss_open_mb``, what mailbench's peak sums, a page
+  shared by forked processes counted in each) and PSS (``pss_open_mb``, each shared page split
+  between the processes that map it) summed over every process of the tree;
 - QRESYNC resync: session A, QRESYNC enabled, SELECTs and notes UIDVALIDITY and HIGHESTMODSEQ,
   logs out; session B sets \\Flagged on 10 random messages and expunges 10 others; A comes back:
   ``SELECT INBOX (QRESYNC (uidvalidity modseq))`` timed (``qresync_select_s``), checked to report
@@ -28,6 +32,7 @@ import argparse
 import contextlib
 import imaplib
 import json
+import os
 import random
 import re
 import statistics
@@ -51,6 +56,8 @@ STEPS = [  # (result key, label, format)
     ("body_p50_ms", "BODY.PEEK[] p50 ms", "{:,.2f}"),
     ("expunge_s", "EXPUNGE 10 s (answer)", "{:,.3f}"),
     ("expunge_done_s", "EXPUNGE 10 s (+ compaction)", "{:,.3f}"),
+    ("rss_open_mb", "server RSS, INBOX open MB", "{:,.0f}"),
+    ("pss_open_mb", "server PSS, INBOX open MB", "{:,.0f}"),
 ]
 METRICS = [Metric(label, path("results", key), fmt, False) for key, label, fmt in STEPS]
 
@@ -165,6 +172,41 @@ def _expunge(s: Session, r: dict, uids: list[int], rng: random.Random) -> int:
     return len(left)
 
 
+def _tree(roots: list[int]) -> set[int]:
+    """``roots`` and every process below them."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    data = f.read()
+                children.setdefault(int(data[data.rfind(b")") + 2:].split()[1]), []).append(
+                    int(name))
+    found, stack = set(), list(roots)
+    while stack and len(found) < 100_000:
+        p = stack.pop()
+        if p not in found:
+            found.add(p)
+            stack.extend(children.get(p, ()))
+    return found
+
+
+def _memory(r: dict, unsupported: list[str], roots: list[int]) -> None:
+    """RSS and PSS (MB) summed over the server's processes (smaps_rollup)."""
+    if not roots:
+        unsupported.extend(["rss_open_mb", "pss_open_mb"])
+        return
+    kb = {"Rss:": 0, "Pss:": 0}
+    for p in _tree(roots):
+        with contextlib.suppress(OSError), open(f"/proc/{p}/smaps_rollup") as f:
+            for line in f:
+                key = line.split(None, 1)[0]
+                if key in kb:
+                    kb[key] += int(line.split()[1])
+    r["rss_open_mb"] = round(kb["Rss:"] / 1024, 1)
+    r["pss_open_mb"] = round(kb["Pss:"] / 1024, 1)
+
+
 def run(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     r: dict[str, float] = {}
@@ -180,6 +222,7 @@ def run(args: argparse.Namespace) -> dict:
         raise RuntimeError("header FETCH again: not one record per message")
     _sorts(s, r, unsupported, len(uids))
     _bodies(s, r, uids, rng)
+    _memory(r, unsupported, getattr(args, "server_pid", None) or [])
     s.close()
     uids = _qresync(args, r, unsupported, uids, rng)
     s = Session(args.port, args.user, args.password, args.timeout)
@@ -225,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expect", type=int, default=0)
     p.add_argument("--seed", type=int, default=15)
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--server-pid", type=int, action="append",
+                   help="a root process of the server, for its memory (repeatable)")
     args = p.parse_args(argv)
     try:
         line = run(args)

@@ -137,6 +137,10 @@ class Server:
     def accounting(self, workload: str) -> list[str]:
         raise NotImplementedError
 
+    def roots(self) -> list[int]:
+        """The server's root processes (imap-ext sums the memory of their trees)."""
+        raise NotImplementedError
+
 
 class Mailsuite(Server):
     """mailsuite from this checkout, under twistd, on its own ports, spool and maillog."""
@@ -276,6 +280,9 @@ ssl = no
     def accounting(self, workload: str) -> list[str]:
         return ["--server-pid", str(self.pid)]
 
+    def roots(self) -> list[int]:
+        return [self.pid]
+
 
 class Peers(Server):
     """Postfix (:2525, local(8) into /var/mail) + Dovecot (:1143, :1110), as setup_peers.sh sets them."""
@@ -292,6 +299,12 @@ class Peers(Server):
     def accounting(self, workload: str) -> list[str]:
         pidfile = self.POSTFIX_PID if workload == "smtp-deliver" else self.DOVECOT_PID
         return ["--server-pidfile", pidfile]
+
+    def roots(self) -> list[int]:
+        """Dovecot's master (imap-ext: its imap, login, auth, ... processes are below it)."""
+        with contextlib.suppress(OSError, ValueError), open(self.DOVECOT_PID) as f:
+            return [int(f.read().split()[0])]
+        return []
 
     @staticmethod
     def installed() -> bool:
@@ -599,7 +612,8 @@ class Bench:
         time.sleep(2)
         log(f"imap-ext K={k} -> {s.name}")
         args = argparse.Namespace(port=s.ports["imap"], user="bench1", password=PASSWORD,
-                                  label=s.name, expect=k, seed=15, timeout=max(900, k // 20))
+                                  label=s.name, expect=k, seed=15, timeout=max(900, k // 20),
+                                  server_pid=s.roots())
         spy = self._spy(s, f"imap-ext-K{k}")
         try:
             line = imap_ext.run(args)
