@@ -146,6 +146,28 @@ class NotifyTests(ImapTestCase):
         self.clock.advance(0)
         self.assertIn(b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 ", a.take())
 
+    def test_flagchange_status_has_highestmodseq(self) -> None:
+        """RFC 5465 3.1: with FlagChange the STATUS has HIGHESTMODSEQ (imaptest's notify:
+        without it, none); a \\Flagged change, UNSEEN the same, is told by it."""
+        a, b = self.two()
+        self.deliver()
+        a.cmd(b"c CREATE Work")
+        a.cmd(b"s SELECT Work")
+        out = a.cmd(b"n NOTIFY SET STATUS (inboxes (MessageNew MessageExpunge))")
+        self.assertIn(b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1)\r\n"
+                      % self.box().uid_validity, out)
+        out = a.cmd(b"m NOTIFY SET STATUS (inboxes (MessageNew MessageExpunge FlagChange))")
+        modseq = self.box().highest_modseq
+        self.assertIn(b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d UNSEEN 1 "
+                      b"HIGHESTMODSEQ %d)\r\n" % (self.box().uid_validity, modseq), out)
+        b.cmd(b"s SELECT INBOX")
+        b.cmd(b"t STORE 1 +FLAGS (\\Flagged)")
+        self.clock.advance(0)
+        self.assertEqual(a.take(), b"* STATUS INBOX (MESSAGES 1 UIDNEXT 2 UIDVALIDITY %d "
+                         b"UNSEEN 1 HIGHESTMODSEQ %d)\r\n"
+                         % (self.box().uid_validity, self.box().highest_modseq))
+        self.assertGreater(self.box().highest_modseq, modseq)
+
     def test_mailbox_name_and_subscription_from_another_session(self) -> None:
         a, b = self.two()
         a.cmd(b"n NOTIFY SET (personal (MailboxName SubscriptionChange))")

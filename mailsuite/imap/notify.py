@@ -9,7 +9,9 @@ What is sent, and when:
   after FETCH, STORE, SEARCH); MessageNew's fetch attributes give a FETCH of each new message
   after its EXISTS. Without a selected filter the selected mailbox is as without NOTIFY;
 - other mailboxes: ``STATUS (MESSAGES UIDNEXT UIDVALIDITY UNSEEN)`` when one changed (never
-  for the selected one, as Dovecot); ``LIST`` for MailboxName (``\\NonExistent`` for a deleted
+  for the selected one, as Dovecot), with HIGHESTMODSEQ where FlagChange is asked for or
+  CONDSTORE is on (RFC 5465 3.1, 5.1: a flag change alone is told by it, UNSEEN the same or
+  not); ``LIST`` for MailboxName (``\\NonExistent`` for a deleted
   mailbox, ``("OLDNAME" (old))`` for a rename) and SubscriptionChange (``\\Subscribed`` or not)
   for what other sessions did (this session's own changes have their tagged OK); METADATA
   (entry names) for MailboxMetadataChange and ServerMetadataChange (notifymeta.py);
@@ -62,16 +64,17 @@ NOTIFY_POLL = 5.0  # what other processes write is seen within this
 MAX_QUEUED = 1000  # notifications waiting for a command's end before NOTIFICATIONOVERFLOW
 MAX_WATCHED = 1000  # mailboxes with message events; more is NO [NOTIFICATIONOVERFLOW]
 
-Status = tuple[int, int, int, int]  # MESSAGES UIDNEXT UIDVALIDITY UNSEEN
+Status = tuple[int, int, int, int, int]  # MESSAGES UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ
 
 
 class Overflow(Exception):
     """More to watch than this server will."""
 
 
-def _status_line(name: str, st: Status, utf8: bool) -> bytes:
-    return b"STATUS %s (MESSAGES %d UIDNEXT %d UIDVALIDITY %d UNSEEN %d)" % (
-        encode_mailbox(name, utf8), *st)
+def _status_line(name: str, st: Status, utf8: bool, modseq: bool) -> bytes:
+    line = b"STATUS %s (MESSAGES %d UIDNEXT %d UIDVALIDITY %d UNSEEN %d" % (
+        encode_mailbox(name, utf8), *st[:4])
+    return line + (b" HIGHESTMODSEQ %d)" % st[4] if modseq else b")")
 
 
 def _list_line(attrs: str, name: str, utf8: bool, old: str | None = None) -> bytes:
@@ -138,7 +141,7 @@ class NotifyWatch:
                 return
             self.told[name] = st
             if st is not None and self.spec.status:
-                self.session.sendUntaggedResponse(_status_line(name, st, self.session.utf8_names))
+                self.session.sendUntaggedResponse(self._status_line(name, st))
         view = self.session.view
         if view is not None:
             self.last_uid = view._last_uid()
@@ -161,7 +164,14 @@ class NotifyWatch:
             s = await self.session.account.status(name, self.session.recent)
         except MailboxNotFound:
             return None
-        return (s["MESSAGES"], s["UIDNEXT"], s["UIDVALIDITY"], s["UNSEEN"])
+        return (s["MESSAGES"], s["UIDNEXT"], s["UIDVALIDITY"], s["UNSEEN"], s["HIGHESTMODSEQ"])
+
+    def _modseq(self, name: str) -> bool:
+        """HIGHESTMODSEQ in the mailbox's STATUS lines: FlagChange asked for, or CONDSTORE on."""
+        return self.wants(name, FLAG_CHANGE) or b"CONDSTORE" in self.session.enabled
+
+    def _status_line(self, name: str, st: Status) -> bytes:
+        return _status_line(name, st, self.session.utf8_names, self._modseq(name))
 
     # -- events ----------------------------------------------------------------------------------
     def heard(self, event: Event) -> None:
@@ -256,9 +266,9 @@ class NotifyWatch:
                     self.told.pop(name, None)
                     continue
                 self.told[name] = st
-                flags = self.wants(name, FLAG_CHANGE)
-                if old is not None and (old[:3] != st[:3] or (flags and old[3] != st[3])):
-                    self.emit(_status_line(name, st, self.session.utf8_names))
+                if old is not None and (old[:3] != st[:3] or (
+                        self.wants(name, FLAG_CHANGE) and old[3:] != st[3:])):
+                    self.emit(self._status_line(name, st))
         finally:
             self._checking = False
 
