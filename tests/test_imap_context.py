@@ -217,6 +217,35 @@ class ContextTests(ImapTestCase):
                          b"* 1 EXPUNGE\r\ne OK EXPUNGE completed.\r\n")
         self.assertIn(b"COUNT 0", self.one.cmd(b"f SEARCH RETURN (COUNT) UID 1:2 UNSEEN"))
 
+    def test_header_key_updates_come_before_the_tagged_ok(self) -> None:
+        """A key that needs the headers, read asynchronously (the mbox store reads in its
+        threads): the ADDTO / REMOVEFROM a STORE causes come before its tagged OK, not with the
+        next command (imaptest's search-context-update2; Dovecot does the same)."""
+        box = self.box()
+        read = box.read_headers
+
+        def later(uids):  # answered on a later reactor turn, as a thread's result is
+            d = defer.Deferred()
+            self.clock.callLater(0.01, lambda: read(uids).chainDeferred(d))
+            return d
+
+        out = self.one.cmd(b'a UID SEARCH RETURN (UPDATE) SEEN SUBJECT "c"')
+        self.assertEqual(out, b'* ESEARCH (TAG "a") UID\r\na OK UID SEARCH completed.\r\n')
+        box.read_headers = later
+        self.one.send(b"b UID STORE 3 +FLAGS (\\Seen)\r\n")
+        self.assertNotIn(b"b OK", self.one.take())  # the evaluation still runs: the reply waits
+        self.clock.advance(0.01)
+        out = self.one.take()
+        self.assertIn(b'* ESEARCH (TAG "a") UID ADDTO (0 3)\r\n', out)
+        self.assertTrue(out.endswith(b"b OK UID STORE completed.\r\n"), out)
+        out = self.one.cmd(b"c UID STORE 3 -FLAGS (\\Seen)")  # back: REMOVEFROM, the same way
+        self.assertNotIn(b"c OK", out)
+        self.clock.advance(0.01)
+        out = self.one.take()
+        self.assertIn(b'* ESEARCH (TAG "a") UID REMOVEFROM (0 3)\r\n', out)
+        self.assertTrue(out.endswith(b"c OK UID STORE completed.\r\n"), out)
+        self.assertEqual(self.one.cmd(b"d NOOP"), b"d OK NOOP completed.\r\n")
+
     def test_store_failure_ends_the_context(self) -> None:
         """A header read that fails while matching: ``* NO [NOUPDATE "tag"]`` and the context
         ends (RFC 5267 4.3.1); the session goes on."""

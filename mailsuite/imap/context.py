@@ -7,7 +7,9 @@ A SEARCH or SORT with ``RETURN (UPDATE)`` leaves a ``Context`` on the session: t
 A listener on the store mailbox marks the messages added or whose flags changed; only those are
 matched again (``_evaluate``, reading the headers or bodies of those alone when the key needs
 them). Updates go out with the other untagged updates (``flush_updates``, at the end of every
-command: unlike EXPUNGE, RFC 5267 4.3.2 lets them go at any time), during IDLE at once, and the
+command: unlike EXPUNGE, RFC 5267 4.3.2 lets them go at any time; a tagged reply waits for
+the evaluation its command started, ``context_running``, so the updates a STORE causes come
+before its OK even when headers must be read), during IDLE at once, and the
 ``REMOVEFROM`` of an expunged message also between commands: always before its EXPUNGE (its
 number still valid, 4.3.4), an ADDTO after the EXISTS (4.3.3). For SEARCH the
 position is 0, for SORT the place in the sorted result where the message goes or was.
@@ -224,6 +226,19 @@ class ContextCommands(_Base):
         self.sendPositiveResponse(tag, b"CANCELUPDATE completed.")
 
     # -- the updates (from flush_updates) ------------------------------------------------------
+    def context_running(self) -> bool:
+        """An evaluation started by ``context_after`` still runs: the tagged reply waits for
+        ``context_settled`` (server.py), so the ADDTO / REMOVEFROM a command caused come before
+        its tagged OK also when the key needs headers or bodies (a flags key is answered at
+        once). RFC 5267 4.3 lets them come later, but a client that sends nothing more would
+        never get them."""
+        return any(c.running for c in (self._contexts or {}).values())
+
+    def context_settled(self) -> None:
+        """An evaluation ended: the held tagged reply goes once none runs (server.py)."""
+        if not self.context_running():
+            self.release_reply()
+
     def context_before(self) -> list[bytes]:
         """REMOVEFROM of the messages about to be told expunged, while their numbers hold."""
         if not self._contexts or self.view is None or not self.view.pending_expunges():
@@ -268,6 +283,7 @@ class ContextCommands(_Base):
             if (not getattr(self, "_lost", False) and self._contexts
                     and self._contexts.get(context.tag) is context and self._idle_tag is not None):
                 self.flush_updates()
+            self.context_settled()
 
         def failed(failure: Any) -> None:
             context.running = False
@@ -275,6 +291,7 @@ class ContextCommands(_Base):
             log.failure("CONTEXT update failed", failure)
             if not getattr(self, "_lost", False) and self._idle_tag is not None:
                 self.flush_updates()
+            self.context_settled()
 
         defer.ensureDeferred(self._matching(context, uids)).addCallbacks(done, failed)
 

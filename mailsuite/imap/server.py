@@ -138,6 +138,8 @@ class IMAPServer(  # type: ignore[misc, override]
         self.user: str | None = None
         self.enabled: set[bytes] = set()  # ENABLE's (general.py)
         self._in_flight = False
+        #: a tagged reply waiting for CONTEXT's evaluations (context.py: context_waits)
+        self._held_reply: tuple[bytes, bytes | None, bytes | None] | None = None
         self._unsent_wait: UnsentWait | None = None  # while more than MAX_UNSENT is unsent
         self._command = b""
         self._lost = False
@@ -386,6 +388,20 @@ class IMAPServer(  # type: ignore[misc, override]
 
     def _respond(self, state: bytes, tag: bytes | None, message: bytes | None) -> None:
         final = tag not in (None, b"*") and state in (b"OK", b"NO", b"BAD")
+        if final and self._held_reply is None and self._contexts:
+            self.flush_updates(allow_expunge=self._command not in _NO_EXPUNGE)
+            if self.context_running() and not self._lost:
+                self._held_reply = (state, tag, message)  # CONTEXT's updates first (context.py)
+                return
+        self._respond_now(state, tag, message, final)
+
+    def release_reply(self) -> None:
+        held, self._held_reply = self._held_reply, None
+        if held is not None and not self._lost:
+            self._respond_now(*held, True)
+
+    def _respond_now(self, state: bytes, tag: bytes | None, message: bytes | None,
+                     final: bool) -> None:
         if final:
             self.flush_updates(allow_expunge=self._command not in _NO_EXPUNGE)
         super()._respond(state, tag, message)
