@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 from mailsuite.imap.binary import decoded
-from mailsuite.imap.fetch import FetchRefused, parse_fetch_items
+from mailsuite.imap.fetch import FetchRefused, Section, parse_fetch_items
 from tests.test_imap_server import ImapTestCase
 
 PAYLOAD = bytes(range(256))
@@ -78,9 +78,27 @@ class BinaryFetchTests(ImapTestCase):
 
     def test_bad_sections(self) -> None:
         s = self.ready()
-        for bad in (b"BINARY[1.HEADER]", b"BINARY[TEXT]", b"BINARY[0]", b"BINARY.SIZE[1]<0.5>",
-                    b"BINARY[1]<0.0>", b"BINARY[1..2]"):
+        for bad in (b"BINARY[MIME]", b"BINARY[1.BOGUS]", b"BINARY[0]", b"BINARY.SIZE[1]<0.5>",
+                    b"BINARY[1]<0.0>", b"BINARY[1..2]", b"BINARY[HEADER.FIELDS]"):
             self.assertTrue(s.cmd(b"a FETCH 1 " + bad).startswith(b"a BAD"), bad)
+
+    def test_header_text_and_mime_sections_as_body(self) -> None:
+        """As Dovecot (imaptest's fetch-binary-mime): BINARY with HEADER, HEADER.FIELDS, TEXT or
+        MIME answers what BODY[] does for it (nothing to decode); a part is still decoded."""
+        s = self.ready()
+        for spec in (b"TEXT", b"HEADER", b"2.MIME", b"HEADER.FIELDS (SUBJECT)",
+                     b"HEADER.FIELDS.NOT (FROM)"):
+            body = s.cmd(b"a FETCH 1 (BODY.PEEK[" + spec + b"])")
+            binary = s.cmd(b"b FETCH 1 (BINARY.PEEK[" + spec + b"] BINARY.SIZE[" + spec + b"])")
+            data = body[body.index(b"}\r\n") + 3:body.rindex(b")\r\na OK")]
+            label = b"BINARY[" + spec.upper() + b"]"
+            self.assertEqual(binary, b"* 1 FETCH (" + label + b" {%d}\r\n" % len(data) + data
+                             + b" BINARY.SIZE[" + spec.upper() + b"] %d)\r\n" % len(data)
+                             + b"b OK FETCH completed.\r\n", spec)
+        self.assertIn(b"Content-Transfer-Encoding: base64\r\n\r\n",
+                      s.cmd(b"c FETCH 1 (BINARY.PEEK[2.MIME])"))
+        self.assertIn(b"BINARY[2] ~{256}\r\n" + PAYLOAD, s.cmd(b"d FETCH 1 (BINARY.PEEK[2])"))
+        self.assertEqual(self.box().messages[0].flags, set())
 
     def test_literal8_append_read_back(self) -> None:
         """RFC 3516 4.4: a message with a NUL sent as literal8 is kept and read back exactly
@@ -95,9 +113,10 @@ class BinaryFetchTests(ImapTestCase):
                          b" BODY[TEXT] {5}\r\nx\x80y\r\n)\r\nb OK FETCH completed.\r\n")
 
     def test_decoded_directly(self) -> None:
-        self.assertEqual(decoded(MIXED, [2]), PAYLOAD)
-        self.assertEqual(decoded(b"Content-Transfer-Encoding: base64\n\nYWJj\n", [1]), b"abc")
+        self.assertEqual(decoded(MIXED, Section([2])), PAYLOAD)
+        self.assertEqual(decoded(b"Content-Transfer-Encoding: base64\n\nYWJj\n", Section([1])),
+                         b"abc")
         with self.assertRaises(FetchRefused):
-            decoded(b"Content-Transfer-Encoding: base64\n\nYWJjZ\n", [1])
+            decoded(b"Content-Transfer-Encoding: base64\n\nYWJjZ\n", Section([1]))
         self.assertEqual([i.name for i in parse_fetch_items(b"(UID BINARY[1] BODY[])")],
                          ["UID", "BINARY", "BODY[]"])

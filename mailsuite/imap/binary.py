@@ -4,8 +4,11 @@ A part's content with its Content-Transfer-Encoding undone (base64, quoted-print
 8bit and binary as they are, line ends CRLF); the whole message (``BINARY[]``) and parts
 without one as they are. The data goes in a ``~{n}`` literal8 when it holds a NUL, else in a
 plain literal (RFC 3516 4.2). An encoding the server does not know ends the FETCH with
-``NO [UNKNOWN-CTE]``. APPEND's literal8 messages are ``append.py``'s. The items are FETCH
-attributes through ``fetch.ITEM_PARSERS``; ``BinaryCommands`` advertises BINARY.
+``NO [UNKNOWN-CTE]``. RFC 3516's section is part numbers only; as Dovecot (and imaptest's
+fetch-binary-mime), the other section specs of BODY[] are taken too (HEADER, HEADER.FIELDS
+[.NOT], TEXT, MIME): nothing to decode there, their bytes are BODY[]'s. APPEND's literal8
+messages are ``append.py``'s. The items are FETCH attributes through ``fetch.ITEM_PARSERS``;
+``BinaryCommands`` advertises BINARY.
 """
 
 from __future__ import annotations
@@ -14,7 +17,16 @@ import binascii
 import re
 from typing import TYPE_CHECKING, Any
 
-from mailsuite.imap.fetch import ITEM_PARSERS, FetchItem, FetchRefused, FetchSyntaxError, Piece
+from mailsuite.imap.fetch import (
+    ITEM_PARSERS,
+    FetchItem,
+    FetchRefused,
+    FetchSyntaxError,
+    Piece,
+    Section,
+    parse_section,
+    section_bytes,
+)
 from mailsuite.imap.message import header_value, locate
 from mailsuite.wire import complete
 
@@ -23,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
 else:
     _Base = object
 
-_BINARY_RE = re.compile(rb"(BINARY\.PEEK|BINARY\.SIZE|BINARY)\[([0-9.]*)\](?:<(\d+)\.(\d+)>)?",
+_BINARY_RE = re.compile(rb"(BINARY\.PEEK|BINARY\.SIZE|BINARY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?",
                         re.IGNORECASE)
 _IDENTITY = {b"", b"7BIT", b"8BIT", b"BINARY"}
 
@@ -33,13 +45,16 @@ def _crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def decoded(raw: bytes, part: list[int]) -> bytes:
-    """The content of ``part`` of ``raw`` (stored form), its transfer encoding undone;
-    FetchRefused ``[UNKNOWN-CTE]`` for one it does not know."""
+def decoded(raw: bytes, section: Section) -> bytes:
+    """The content of ``section`` of ``raw`` (stored form): a part's with its transfer
+    encoding undone (FetchRefused ``[UNKNOWN-CTE]`` for one it does not know), a header, MIME
+    or TEXT section's as BODY[] has it (line ends CRLF)."""
     raw = complete(raw)
-    if not part:
+    if section.spec:
+        return _crlf(section_bytes(raw, section))
+    if not section.part:
         return _crlf(raw)
-    located = locate(raw, part)
+    located = locate(raw, section.part)
     if located is None:
         return b""
     return undo_cte(*located)
@@ -61,15 +76,11 @@ def undo_cte(header: bytes, body: bytes) -> bytes:
     raise FetchRefused(b"[UNKNOWN-CTE] Unknown Content-Transfer-Encoding.")
 
 
-def _label(part: list[int]) -> bytes:
-    return ".".join(str(n) for n in part).encode("ascii")
-
-
-def _render(part: list[int], partial: tuple[int, int] | None) -> Any:
+def _render(section: Section, partial: tuple[int, int] | None) -> Any:
     def render(view: Any, uid: int, raw: bytes | None, header: bytes) -> list[Piece]:
         assert raw is not None
-        data = decoded(raw, part)
-        label = b"BINARY[" + _label(part) + b"]"
+        data = decoded(raw, section)
+        label = b"BINARY[" + section.label() + b"]"
         if partial is not None:
             data = data[partial[0] : partial[0] + partial[1]]
             label += b"<%d>" % partial[0]
@@ -79,10 +90,10 @@ def _render(part: list[int], partial: tuple[int, int] | None) -> Any:
     return render
 
 
-def _render_size(part: list[int]) -> Any:
+def _render_size(section: Section) -> Any:
     def render(view: Any, uid: int, raw: bytes | None, header: bytes) -> list[Piece]:
         assert raw is not None
-        return [b"BINARY.SIZE[" + _label(part) + b"] %d" % len(decoded(raw, part))]
+        return [b"BINARY.SIZE[" + section.label() + b"] %d" % len(decoded(raw, section))]
 
     return render
 
@@ -93,20 +104,19 @@ def parse_binary(text: bytes, pos: int) -> tuple[FetchItem, int] | None:
     if m is None:
         return None
     kind = m.group(1).upper()
-    if m.group(2) and not re.fullmatch(rb"\d+(\.\d+)*", m.group(2)):
-        raise FetchSyntaxError("bad BINARY section")
-    part = [int(n) for n in m.group(2).split(b".")] if m.group(2) else []
-    if any(n < 1 for n in part):
-        raise FetchSyntaxError("part numbers start at 1")
+    try:
+        section = parse_section(m.group(2))
+    except FetchSyntaxError:
+        raise FetchSyntaxError("bad BINARY section") from None
     partial = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
     if kind == b"BINARY.SIZE":
         if partial is not None:
             raise FetchSyntaxError("BINARY.SIZE takes no partial")
-        return FetchItem("BINARY.SIZE", render=_render_size(part), wants="body"), m.end()
+        return FetchItem("BINARY.SIZE", render=_render_size(section), wants="body"), m.end()
     if partial is not None and partial[1] == 0:
         raise FetchSyntaxError("partial length must be positive")
     item = FetchItem("BINARY", partial=partial, peek=kind == b"BINARY.PEEK",
-                     render=_render(part, partial), wants="body", seen=kind == b"BINARY")
+                     render=_render(section, partial), wants="body", seen=kind == b"BINARY")
     return item, m.end()
 
 

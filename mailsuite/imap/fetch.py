@@ -117,7 +117,7 @@ def _unliteral(text: bytes) -> bytes:
     return re.sub(rb"\{(\d{1,6})\+?\}", lambda m: b"", text) if b"{" in text else text
 
 
-def _parse_section(text: bytes) -> Section:
+def parse_section(text: bytes) -> Section:
     m = _SECTION_RE.match(text.strip())
     if not m:
         raise FetchSyntaxError(f"bad section {text!r}")
@@ -203,7 +203,7 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
             partial = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
             if partial is not None and partial[1] == 0:
                 raise FetchSyntaxError("partial length must be positive")
-            items.append(FetchItem("BODY[]", _parse_section(m.group(2)), partial, peek))
+            items.append(FetchItem("BODY[]", parse_section(m.group(2)), partial, peek))
         else:
             m = _ATOM_RE.match(text, pos)
             if not m:
