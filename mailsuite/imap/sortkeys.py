@@ -24,6 +24,8 @@ from twisted.internet import threads
 
 from mailsuite.imap.addresses import parse_address_list
 from mailsuite.imap.collation import casemap
+from mailsuite.imap.fastkeys import date_of, dates_of, field_value, header_cut, plain_base
+from mailsuite.store.mboxmailbox import quiet_gc
 
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
 _TRAILER = re.compile(r"(?:\(fwd\)|[ \t])$", re.I)
@@ -141,10 +143,7 @@ _FIELD = re.compile(  # only the fields wanted: the Received lines are not even 
 def wanted_fields(header: bytes) -> dict[bytes, str]:
     """The first value of each field sort and thread use, unfolded and decoded from UTF-8."""
     out: dict[bytes, str] = {}
-    end = header.find(b"\n\n")
-    end2 = header.find(b"\r\n\r\n")
-    cut = min(x for x in (end, end2, len(header)) if x >= 0)
-    for m in _FIELD.finditer(header, 0, cut + 1):
+    for m in _FIELD.finditer(header, 0, header_cut(header)):
         name = m.group(1).upper()
         if name not in out:
             out[name] = m.group(2).decode("utf-8", "replace").replace("\r", "").replace(
@@ -152,9 +151,18 @@ def wanted_fields(header: bytes) -> dict[bytes, str]:
     return out
 
 
+DATE, SUBJECT, FROM, TO, CC, IDS = 1, 2, 4, 8, 16, 32  # key groups: the fields of each
+ALL_KEYS = 63
+_GROUP_FIELDS = ((DATE, (b"DATE",)), (SUBJECT, (b"SUBJECT",)), (FROM, (b"FROM",)),
+                 (TO, (b"TO",)), (CC, (b"CC",)),
+                 (IDS, (b"MESSAGE-ID", b"REFERENCES", b"IN-REPLY-TO")))
+
+
+
 @dataclass(slots=True)
 class SortRecord:
-    """Every SORT and THREAD key of one message."""
+    """The SORT and THREAD keys of one message, each group made when first asked for
+    (``complete``) from ``raw``, the header or the header cache's fields of it."""
 
     uid: int
     arrival: int
@@ -169,6 +177,19 @@ class SortRecord:
     display_to: str
     message_id: str  # "" when absent or invalid
     references: list[str]  # References' msg-ids, else In-Reply-To's first
+    made: int = 0  # the key groups made (the others hold nothing yet)
+    can: int = ALL_KEYS  # the groups ``raw`` has the fields of
+    raw: bytes | None = None  # what the groups not yet made are made from (None: all made)
+
+
+def fields_of(groups: int) -> list[bytes]:
+    """The header fields the key groups ``groups`` are made from."""
+    return [name for group, names in _GROUP_FIELDS if group & groups for name in names]
+
+
+def groups_in(fields: frozenset[bytes]) -> int:
+    """The key groups whose fields are all among ``fields``."""
+    return sum(group for group, names in _GROUP_FIELDS if fields.issuperset(names))
 
 
 _MONTHS = {m: i for i, m in enumerate(
@@ -196,26 +217,99 @@ def sent_date(value: str | None, arrival: int) -> int:
     return arrival
 
 
-def make_record(uid: int, info: Any, header: bytes) -> SortRecord:
-    f = wanted_fields(header)
-    arrival = _when(info)
-    date = sent_date(f.get(b"DATE"), arrival)
-    subject, reply = base_subject(decode_words(f.get(b"SUBJECT", "")))
-    from_, display_from = _first_address(f.get(b"FROM"))
-    to, display_to = _first_address(f.get(b"TO"))
-    cc, _ = _first_address(f.get(b"CC"))
-    ids = message_ids(f.get(b"MESSAGE-ID", ""))
-    refs = message_ids(f.get(b"REFERENCES", ""))
-    if not refs:
-        refs = message_ids(f.get(b"IN-REPLY-TO", ""))[:1]
-    return SortRecord(uid, arrival, info.size, date, casemap(subject), reply, casemap(from_),
-                      casemap(to), casemap(cc), casemap(display_from), casemap(display_to),
-                      ids[0] if ids else "", refs)
+def new_record(info: Any, raw: bytes, can: int) -> SortRecord:
+    """A record of no key yet, made from ``raw`` (which has the fields of groups ``can``)."""
+    return SortRecord(info.uid, _when(info), info.size, 0, "", False, "", "", "", "", "", "",
+                      [], 0, can, raw)
 
 
-def _make_records(chunk: list[Any], headers: dict[int, bytes]) -> list[SortRecord]:
-    return [make_record(info.uid, info, headers[info.uid]) for info in chunk
-            if info.uid in headers]
+def complete(rec: SortRecord, groups: int, values: dict[bytes, str] | None = None
+             ) -> SortRecord:
+    """The groups ``groups`` made (those ``rec.raw`` has the fields of, not made before);
+    ``raw`` dropped once every group it can make is made. Each key is what the field
+    ``wanted_fields`` finds gives: ``values`` when given (its answer for ``raw``), else
+    each field looked for alone (``fastkeys``)."""
+    todo = groups & rec.can & ~rec.made
+    raw = rec.raw
+    if todo and raw is not None:
+        cut = header_cut(raw)
+        if todo & DATE:
+            date = date_of(raw, rec.arrival, cut) if values is None else None
+            if date is None:
+                date = sent_date(_value(raw, cut, values, b"DATE"), rec.arrival)
+            rec.date = date
+        if todo & ~DATE:
+            _complete_more(rec, todo, raw, cut, values)
+        rec.made |= todo
+    if rec.made & rec.can == rec.can:
+        rec.raw = None
+    return rec
+
+
+def _value(raw: bytes, cut: int, values: dict[bytes, str] | None, name: bytes) -> str | None:
+    return values.get(name) if values is not None else field_value(raw, name, cut)
+
+
+def _complete_more(rec: SortRecord, todo: int, raw: bytes, cut: int,
+                   values: dict[bytes, str] | None) -> None:
+    if todo & SUBJECT:
+        text = decode_words(_value(raw, cut, values, b"SUBJECT") or "")
+        subject, rec.reply = plain_base(text) or base_subject(text)
+        rec.subject = casemap(subject)
+    if todo & FROM:
+        from_, display_from = _first_address(_value(raw, cut, values, b"FROM"))
+        rec.from_, rec.display_from = casemap(from_), casemap(display_from)
+    if todo & TO:
+        to, display_to = _first_address(_value(raw, cut, values, b"TO"))
+        rec.to, rec.display_to = casemap(to), casemap(display_to)
+    if todo & CC:
+        rec.cc = casemap(_first_address(_value(raw, cut, values, b"CC"))[0])
+    if todo & IDS:
+        ids = message_ids(_value(raw, cut, values, b"MESSAGE-ID") or "")
+        refs = message_ids(_value(raw, cut, values, b"REFERENCES") or "")
+        if not refs:
+            refs = message_ids(_value(raw, cut, values, b"IN-REPLY-TO") or "")[:1]
+        rec.message_id, rec.references = ids[0] if ids else "", refs
+
+
+def make_record(uid: int, info: Any, header: bytes, old: SortRecord | None = None
+                ) -> SortRecord:
+    """Every key of one message from its header block; the groups ``old`` (a record of
+    the message made from the header cache) made are kept, the others made into it."""
+    values = wanted_fields(header)  # one pass: a whole header is long
+    if old is None:
+        return complete(new_record(info, header, ALL_KEYS), ALL_KEYS, values)
+    old.raw, old.can = header, ALL_KEYS
+    return complete(old, ALL_KEYS, values)
+
+
+def _make_records(chunk: list[Any], headers: dict[int, bytes],
+                  cache: dict[int, SortRecord]) -> list[SortRecord]:
+    with quiet_gc():  # 100,000s of new objects: no collection walking them again and again
+        return [make_record(info.uid, info, headers[info.uid], cache.get(info.uid))
+                for info in chunk if info.uid in headers]
+
+
+def _cached_records(infos: list[Any], data: dict[int, bytes], can: int, groups: int
+                    ) -> list[SortRecord]:
+    """New records of ``infos`` from the header cache's ``data``, the groups made; the
+    dates of all in one pass (``fastkeys.dates_of``), the general way where it has none."""
+    with quiet_gc():
+        raws = [data[info.uid] for info in infos]
+        dates = dates_of(raws) if groups & DATE else [None] * len(raws)
+        out = [SortRecord(info.uid, _when(info), info.size, 0 if date is None else date, "",
+                          False, "", "", "", "", "", "", [], 0 if date is None else DATE, can,
+                          raw) for info, raw, date in zip(infos, raws, dates, strict=True)]
+        if groups != DATE or None in dates:
+            for rec in out:
+                complete(rec, groups)
+        return out
+
+
+def _complete_all(found: list[SortRecord], groups: int) -> None:
+    with quiet_gc():
+        for rec in found:
+            complete(rec, groups)
 
 
 #: work on more messages than this is done in a thread, so the reactor goes on meanwhile
@@ -251,6 +345,7 @@ class ViewKeys:
         self.results = results
         self.membership: tuple[int, ...] = ()
         self.found: list[tuple[int, SortRecord]] = []
+        self.made = 0  # the key groups every record of ``found`` has made
 
     def result(self, request: Any) -> Any:
         return self.results.get((self.membership, request))
@@ -284,25 +379,28 @@ def view_keys(view: Any) -> ViewKeys:
     return keys
 
 
-async def records(view: Any) -> list[tuple[int, SortRecord]]:
+async def records(view: Any, groups: int = ALL_KEYS) -> list[tuple[int, SortRecord]]:
     """``(sequence number, record)`` of each message of the view still present, in sequence
-    order; the headers of messages not seen before are read in chunks. While the view shows
-    the same messages, the same list is returned (do not change it)."""
+    order, with the key groups ``groups`` made (others may be missing); those of messages
+    not seen before made from the header cache when it has their fields, else from headers
+    read in chunks. While the view shows the same messages, the same list is returned (do
+    not change it)."""
     keys = view_keys(view)
     rows = view.rows()
     is_expunged = view.is_expunged
     gone = [seq for seq, info in enumerate(rows, 1) if is_expunged(info.uid)]
     # the messages as numbered here: views of one mailbox with equal ones share answers
     membership = (len(rows), rows[-1].uid if rows else 0, sum(r.uid for r in rows), *gone)
-    if membership == keys.membership:
+    same = membership == keys.membership
+    if same and keys.made & groups == groups:
         return keys.found
     cache = keys.by_uid
-    missing = [info for info in rows if info.uid not in cache]
-    for start in range(0, len(missing), _CHUNK):
-        chunk = missing[start:start + _CHUNK]
-        headers = await view.mailbox.read_headers([info.uid for info in chunk])
-        made = await off_reactor(len(chunk), _make_records, chunk, headers)
-        cache.update((rec.uid, rec) for rec in made)
+    for _ in range(3):  # again if another command's records replaced some meanwhile
+        lacking = [info for info in rows if (rec := cache.get(info.uid)) is None
+                   or rec.made & groups != groups]
+        if not lacking:
+            break
+        await _make(view.mailbox, cache, lacking, groups)
     skip = set(gone)
     found = [(seq, cache[info.uid]) for seq, info in enumerate(rows, 1)
              if seq not in skip and info.uid in cache]
@@ -311,5 +409,33 @@ async def records(view: Any) -> list[tuple[int, SortRecord]]:
         live = {rec.uid for _, rec in found}
         for uid in [u for u in cache if u not in live and u < found[-1][1].uid]:
             del cache[uid]
+    keys.made = groups | (keys.made if same else 0)
     keys.membership, keys.found = membership, found
     return found
+
+
+async def _make(mailbox: Any, cache: dict[int, SortRecord], lacking: list[Any],
+                groups: int) -> None:
+    """The groups made for the messages ``lacking``: from a record's ``raw`` where it has
+    their fields, else from the header cache, else from the headers (every key then)."""
+    kept = [cache[info.uid] for info in lacking if info.uid in cache]
+    able = [rec for rec in kept if rec.can & groups == groups]
+    if able:
+        await off_reactor(len(able), _complete_all, able, groups)
+    ready = {rec.uid for rec in able}
+    rest = [info for info in lacking if info.uid not in ready]
+    cached = getattr(mailbox, "cached_header_fields", None)
+    fresh = [info for info in rest if info.uid not in cache]
+    if fresh and cached is not None:
+        fields, data = await cached([info.uid for info in fresh], fields_of(groups))
+        can = groups_in(fields)
+        if data and can & groups == groups:
+            had = [info for info in fresh if info.uid in data]
+            made = await off_reactor(len(had), _cached_records, had, data, can, groups)
+            cache.update((rec.uid, rec) for rec in made)
+            rest = [info for info in rest if info.uid not in data]
+    for start in range(0, len(rest), _CHUNK):
+        chunk = rest[start:start + _CHUNK]
+        headers = await mailbox.read_headers([info.uid for info in chunk])
+        made = await off_reactor(len(chunk), _make_records, chunk, headers, cache)
+        cache.update((rec.uid, rec) for rec in made)

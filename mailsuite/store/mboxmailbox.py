@@ -405,6 +405,14 @@ class MboxMailbox:
                                                      len(self.messages))))
         return found
 
+    def cached_header_fields(self, uids: list[int], names: list[bytes]) -> Any:
+        """(the fields the header cache holds, {uid: its data for all of them}) of the UIDs
+        it has, when it holds every field of ``names``; nothing is read from the mbox."""
+        entries = [e for e in map(self._entry, uids) if e is not None]
+        return self._store.blocking(self._hcache.lookup_whole, self.uid_validity, entries,
+                                    frozenset(n.upper() for n in names)).addCallback(
+            lambda found: found[:2])
+
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         return self._run(self._file.set_flags, dict(changes)).addCallback(lambda _: None)
 
