@@ -55,7 +55,7 @@ SUBJECTS = [
     "[PATCH 1/2] Re: [list] x", "Re [tag]: x", "[blob] x", "[only]", "[Fwd: Re: hi]", "Re:",
     "  spaced\t\tout  ", "folded\n line", "=?utf-8?q?Re=3A_=C3=A9t=C3=A9?=", "=?bad?q?x?=",
     "Re: =?iso-8859-1?b?6XTp?= (fwd)", "Reply: x", "Fw : Re: x", "re:re:fwd:x", "\u00e9t\u00e9",
-    "Re:  two", "(fwd)", "x\r",
+    "Re:  two", "(fwd)", "x\r", "x", "R", "Re:x", " ",
 ]
 ADDRESSES = ["Eve <eve@example.net>", "bob@example.org", '"Doe, J" <j@x.org>', "group: a@b;",
              "=?utf-8?q?=C3=89mile?= <e@x>", "", "undisclosed-recipients:;", "<@route:a@b>"]
@@ -81,7 +81,7 @@ def headers(draw: Any) -> bytes:
             lines.append(draw(st.sampled_from([" continued", "no colon", "\tDate: 1 Jan 2000"])))
         else:
             name = draw(st.sampled_from(NAMES[kind]))
-            lines.append(name + ":" + draw(st.sampled_from(["", " ", "  "]))
+            lines.append(name + ":" + draw(st.sampled_from(["", " ", "  ", "\t"]))
                          + draw(st.sampled_from(VALUES[kind])))
     end = draw(st.sampled_from(["\n", "\r\n"]))
     return (end.join(lines) + end + end).encode("utf-8")
@@ -131,6 +131,9 @@ class CachePathTests(unittest.TestCase):
             complete(rec, group)
         self.assertIsNone(rec.raw)
         self.assertEqual(keys_of(rec, CACHE_KEYS), {k: want[k] for k in CACHE_KEYS})
+        alone = sortkeys.new_record(info(), cached, can)
+        sortkeys._complete_all([alone], SUBJECT)  # the subjects' own loop
+        self.assertEqual((alone.subject, alone.reply), (want["subject"], want["reply"]))
         made = sortkeys._cached_records([info(), info(2)], {1: cached, 2: cached}, can, DATE)
         self.assertEqual([r.date for r in made], [want["date"]] * 2)
         self.assertEqual(keys_of(make_record(1, info(), header, rec), tuple(want)), want)

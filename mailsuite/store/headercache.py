@@ -155,11 +155,22 @@ class HeaderCache:
         found: dict[int, bytes] = {}
         where.sort(key=lambda pair: pair[0])
         whole = whole or names == self.fields
+        size, unpack, crc32 = _REC.size, _REC.unpack_from, zlib.crc32
         for span in _spans(where):
             start = span[0][0]
             buf = os.pread(fd, span[-1][0] + span[-1][1] - start, start)
-            for off, _, e in span:
-                data = _record(buf, off - start, e.uid, e.fingerprint)
+            end = len(buf)
+            for off, _, e in span:  # _record, written out: 100,000s of calls
+                at = off - start
+                data = None
+                if at + size <= end:
+                    tag, uid, length, crc, fp = unpack(buf, at)
+                    begin = at + size
+                    if tag == _TAG and uid == e.uid and begin + length <= end and \
+                            fp == e.fingerprint.encode("ascii", "replace"):
+                        data = buf[begin : begin + length]
+                        if crc32(data, crc32(buf[at + 4 : at + 12] + buf[at + 16 : begin])) != crc:
+                            data = None
                 if data is None:
                     missing.append(e)
                 else:
