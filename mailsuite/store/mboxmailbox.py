@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -252,13 +252,16 @@ class MboxMailbox:
         return None
 
     def _entries(self, uids: list[int]) -> list[ix.Entry]:
-        """The entries of those of ``uids`` still present: for many, one walk of the index
-        (a search per UID is 17 key calls each at 100,000 messages)."""
-        if len(uids) <= 64:
-            return [e for e in map(self._entry, uids) if e is not None]
-        wanted, hidden = set(uids), self._hidden
+        """The entries of those of ``uids`` still present: for many in a short span, one walk
+        of it (a search per UID is 17 key calls each at 100,000 messages)."""
         entries = self._state.entries if self._state is not None else []
-        return [e for e in entries if e.uid in wanted and e.uid not in hidden]
+        if len(uids) > 64:
+            lo = bisect_left(entries, min(uids), key=_UID)
+            hi = bisect_right(entries, max(uids), key=_UID)
+            if hi - lo <= 4 * len(uids):  # the span of the UIDs walked, not the whole index
+                wanted, hidden = set(uids), self._hidden
+                return [e for e in entries[lo:hi] if e.uid in wanted and e.uid not in hidden]
+        return [e for e in map(self._entry, uids) if e is not None]
 
     def email_id(self, uid: int) -> str | None:
         """The message's fingerprint (IMailbox.email_id): the same after rewrites by mutt."""
