@@ -37,16 +37,16 @@ if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
 else:
     _Base = object
 
-_KEYS: dict[bytes, Any] = {
-    b"ARRIVAL": lambda r: r.arrival,
-    b"CC": lambda r: r.cc,
-    b"DATE": lambda r: r.date,
-    b"FROM": lambda r: r.from_,
-    b"SIZE": lambda r: r.size,
-    b"SUBJECT": lambda r: r.subject,
-    b"TO": lambda r: r.to,
-    b"DISPLAYFROM": lambda r: r.display_from,
-    b"DISPLAYTO": lambda r: r.display_to,
+_KEYS: dict[bytes, Any] = {  # of a (sequence number, record) pair: one call per message
+    b"ARRIVAL": lambda f: f[1].arrival,
+    b"CC": lambda f: f[1].cc,
+    b"DATE": lambda f: f[1].date,
+    b"FROM": lambda f: f[1].from_,
+    b"SIZE": lambda f: f[1].size,
+    b"SUBJECT": lambda f: f[1].subject,
+    b"TO": lambda f: f[1].to,
+    b"DISPLAYFROM": lambda f: f[1].display_from,
+    b"DISPLAYTO": lambda f: f[1].display_to,
 }
 _GROUPS = {b"ARRIVAL": 0, b"CC": CC, b"DATE": DATE, b"FROM": FROM, b"SIZE": 0,
            b"SUBJECT": SUBJECT, b"TO": TO, b"DISPLAYFROM": FROM, b"DISPLAYTO": TO}
@@ -85,8 +85,7 @@ def sort_records(found: list[tuple[int, SortRecord]],
     last, so equal messages keep sequence order (Python's ``reverse`` is stable too)."""
     out = list(found)
     for name, reverse in reversed(keys):
-        get = _KEYS[name]
-        out.sort(key=lambda f: get(f[1]), reverse=reverse)
+        out.sort(key=_KEYS[name], reverse=reverse)
     return out
 
 
