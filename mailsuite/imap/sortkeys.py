@@ -283,11 +283,17 @@ def make_record(uid: int, info: Any, header: bytes, old: SortRecord | None = Non
     return complete(old, ALL_KEYS, values)
 
 
-def _make_records(chunk: list[Any], headers: dict[int, bytes],
-                  cache: dict[int, SortRecord]) -> list[SortRecord]:
+def _make_records(chunk: list[tuple[Any, SortRecord | None]], headers: dict[int, bytes]
+                  ) -> list[SortRecord]:
+    """Records of every key of ``(entry, record or None)`` pairs from their headers (a
+    record given is completed, its groups made kept)."""
     with quiet_gc():  # 100,000s of new objects: no collection walking them again and again
-        return [make_record(info.uid, info, headers[info.uid], cache.get(info.uid))
-                for info in chunk if info.uid in headers]
+        out = []
+        for info, rec in chunk:
+            uid = info.uid if rec is None else rec.uid
+            if uid in headers:
+                out.append(make_record(uid, info, headers[uid], rec))
+        return out
 
 
 def _cached_records(infos: list[Any], data: dict[int, bytes], can: int, groups: int
@@ -425,16 +431,25 @@ async def records(view: Any, groups: int = ALL_KEYS) -> list[tuple[int, SortReco
     if same and keys.made & groups == groups:
         return keys.found
     cache = keys.by_uid
+    if same:  # the records of ``found`` completed where they are
+        short = [rec for _, rec in keys.found if rec.made & groups != groups]
+        await _make(view.mailbox, cache, [(None, rec) for rec in short], groups)
+        if all(rec.made & groups == groups for rec in short):
+            keys.made |= groups
+            return keys.found
+        same = False  # a header not read (gone meanwhile): the list made again without it
     for _ in range(3):  # again if another command's records replaced some meanwhile
-        lacking = [info for info in rows if (rec := cache.get(info.uid)) is None
-                   or rec.made & groups != groups]
-        if not lacking:
+        todo: list[tuple[Any, SortRecord | None]] = [
+            (info, rec) for info in rows
+            if (rec := cache.get(info.uid)) is None or rec.made & groups != groups]
+        if not todo:
             break
-        await _make(view.mailbox, cache, lacking, groups)
+        await _make(view.mailbox, cache, todo, groups)
     skip = set(gone)
     with quiet_gc():  # 100,000s of tuples: no collection walking every object meanwhile
-        found = [(seq, cache[info.uid]) for seq, info in enumerate(rows, 1)
-                 if seq not in skip and info.uid in cache]
+        found = [(seq, rec) for seq, info in enumerate(rows, 1)
+                 if seq not in skip and (rec := cache.get(info.uid)) is not None
+                 and rec.made & groups == groups]
     # the expunged dropped now and then (not at each: another view may show them a while yet)
     if found and len(cache) > 2 * len(found) + _CHUNK:
         live = {rec.uid for _, rec in found}
@@ -445,18 +460,23 @@ async def records(view: Any, groups: int = ALL_KEYS) -> list[tuple[int, SortReco
     return found
 
 
-async def _make(mailbox: Any, cache: dict[int, SortRecord], lacking: list[Any],
-                groups: int) -> None:
-    """The groups made for the messages ``lacking``: from a record's ``raw`` where it has
-    their fields, else from the header cache, else from the headers (every key then)."""
-    kept = [cache[info.uid] for info in lacking if info.uid in cache]
-    able = [rec for rec in kept if rec.can & groups == groups]
+async def _make(mailbox: Any, cache: dict[int, SortRecord],
+                todo: list[tuple[Any, SortRecord | None]], groups: int) -> None:
+    """The groups made for ``(entry, its record or None)`` pairs (the entry may be None
+    with a record): from a record's ``raw`` where it has their fields, else from the header
+    cache for messages with no record, else from the headers (every key then)."""
+    able: list[SortRecord] = []
+    rest: list[tuple[Any, SortRecord | None]] = []
+    for pair in todo:
+        rec = pair[1]
+        if rec is not None and rec.can & groups == groups:
+            able.append(rec)
+        else:
+            rest.append(pair)
     if able:
         await off_reactor(len(able), _complete_all, able, groups)
-    ready = {rec.uid for rec in able}
-    rest = [info for info in lacking if info.uid not in ready]
+    fresh = [info for info, rec in rest if rec is None]
     cached = getattr(mailbox, "cached_header_fields", None)
-    fresh = [info for info in rest if info.uid not in cache]
     if fresh and cached is not None:
         fields, data = await cached([info.uid for info in fresh], fields_of(groups))
         can = groups_in(fields)
@@ -464,9 +484,10 @@ async def _make(mailbox: Any, cache: dict[int, SortRecord], lacking: list[Any],
             had = [info for info in fresh if info.uid in data]
             made = await off_reactor(len(had), _cached_records, had, data, can, groups)
             cache.update((rec.uid, rec) for rec in made)
-            rest = [info for info in rest if info.uid not in data]
+            rest = [(info, rec) for info, rec in rest if rec is not None or info.uid not in data]
     for start in range(0, len(rest), _CHUNK):
         chunk = rest[start:start + _CHUNK]
-        headers = await mailbox.read_headers([info.uid for info in chunk])
-        made = await off_reactor(len(chunk), _make_records, chunk, headers, cache)
+        headers = await mailbox.read_headers(
+            [info.uid if rec is None else rec.uid for info, rec in chunk])
+        made = await off_reactor(len(chunk), _make_records, chunk, headers)
         cache.update((rec.uid, rec) for rec in made)
