@@ -18,7 +18,18 @@ from mailsuite.imap.parser import Cursor, ParseError
 from mailsuite.imap.search import SearchSyntaxError, parse_search, run_search
 from mailsuite.imap.selected import uid_command
 from mailsuite.imap.session import states
-from mailsuite.imap.sortkeys import SortRecord, off_reactor, records, view_keys
+from mailsuite.imap.sortkeys import (
+    ALL_KEYS,
+    CC,
+    DATE,
+    FROM,
+    SUBJECT,
+    TO,
+    SortRecord,
+    off_reactor,
+    records,
+    view_keys,
+)
 from mailsuite.imap.thread import ALGORITHMS
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
@@ -26,17 +37,25 @@ if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
 else:
     _Base = object
 
-_KEYS: dict[bytes, Any] = {
-    b"ARRIVAL": lambda r: r.arrival,
-    b"CC": lambda r: r.cc,
-    b"DATE": lambda r: r.date,
-    b"FROM": lambda r: r.from_,
-    b"SIZE": lambda r: r.size,
-    b"SUBJECT": lambda r: r.subject,
-    b"TO": lambda r: r.to,
-    b"DISPLAYFROM": lambda r: r.display_from,
-    b"DISPLAYTO": lambda r: r.display_to,
+_KEYS: dict[bytes, Any] = {  # of a (sequence number, record) pair: one call per message
+    b"ARRIVAL": lambda f: f[1].arrival,
+    b"CC": lambda f: f[1].cc,
+    b"DATE": lambda f: f[1].date,
+    b"FROM": lambda f: f[1].from_,
+    b"SIZE": lambda f: f[1].size,
+    b"SUBJECT": lambda f: f[1].subject,
+    b"TO": lambda f: f[1].to,
+    b"DISPLAYFROM": lambda f: f[1].display_from,
+    b"DISPLAYTO": lambda f: f[1].display_to,
 }
+_GROUPS = {b"ARRIVAL": 0, b"CC": CC, b"DATE": DATE, b"FROM": FROM, b"SIZE": 0,
+           b"SUBJECT": SUBJECT, b"TO": TO, b"DISPLAYFROM": FROM, b"DISPLAYTO": TO}
+_THREAD_GROUPS = {b"ORDEREDSUBJECT": DATE | SUBJECT}  # the others: every group
+
+
+def key_groups(keys: list[tuple[bytes, bool]]) -> int:
+    """The record groups (``sortkeys``) the sort keys compare."""
+    return sum(set(_GROUPS[name] for name, _ in keys))
 _CHARSETS = (b"UTF-8", b"US-ASCII")
 assert within  # imported for its search keys
 _ALL = ("AND", [("ALL",)])
@@ -66,8 +85,7 @@ def sort_records(found: list[tuple[int, SortRecord]],
     last, so equal messages keep sequence order (Python's ``reverse`` is stable too)."""
     out = list(found)
     for name, reverse in reversed(keys):
-        get = _KEYS[name]
-        out.sort(key=lambda f: get(f[1]), reverse=reverse)
+        out.sort(key=_KEYS[name], reverse=reverse)
     return out
 
 
@@ -90,9 +108,10 @@ class SortCommands(_Base):
                               b"THREAD=REFERENCES", b"THREAD=REFS", b"ESEARCH", b"ESORT",
                               b"SEARCHRES", b"WITHIN"))
 
-    async def _found(self, tag: bytes, charset: bytes,
-                     criteria: bytes) -> list[tuple[int, SortRecord]] | None:
-        """The records of the messages the criteria find; None after a NO (charset)."""
+    async def _found(self, tag: bytes, charset: bytes, criteria: bytes,
+                     groups: int = ALL_KEYS) -> list[tuple[int, SortRecord]] | None:
+        """The records of the messages the criteria find, the key groups ``groups`` made;
+        None after a NO (charset)."""
         view = self.view
         assert view is not None
         if _charset(charset) not in _CHARSETS:
@@ -103,9 +122,9 @@ class SortCommands(_Base):
         except SearchSyntaxError as e:
             raise ParseError(str(e)) from None
         if key == _ALL:
-            return await records(view)
+            return await records(view, groups)
         wanted = set(await run_search(view, bind_saved(key, view), True))
-        return [(seq, rec) for seq, rec in await records(view) if rec.uid in wanted]
+        return [(seq, rec) for seq, rec in await records(view, groups) if rec.uid in wanted]
 
     async def _cached(self, found: list[tuple[int, SortRecord]], request: Any,
                       f: Any, *args: Any) -> Any:
@@ -137,7 +156,7 @@ class SortCommands(_Base):
         found = None
         try:  # "$" in the criteria is the result saved before; a failure empties it
             keys = parse_sort_keys(m.group(1))
-            found = await self._found(tag, m.group(2), m.group(3))
+            found = await self._found(tag, m.group(2), m.group(3), key_groups(keys))
         finally:
             if saving and found is None:
                 save(self.view, [])
@@ -173,7 +192,8 @@ class SortCommands(_Base):
             raise ParseError("Unknown threading algorithm")
         if not criteria.strip():
             raise ParseError("THREAD needs an algorithm, a charset and search criteria")
-        found = await self._found(tag, charset, criteria)
+        found = await self._found(tag, charset, criteria,
+                                  _THREAD_GROUPS.get(algorithm, ALL_KEYS))
         if found is None:
             return
         number = (lambda seq, rec: rec.uid) if uid else (lambda seq, rec: seq)

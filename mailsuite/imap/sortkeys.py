@@ -24,6 +24,8 @@ from twisted.internet import threads
 
 from mailsuite.imap.addresses import parse_address_list
 from mailsuite.imap.collation import casemap
+from mailsuite.imap.fastkeys import date_of, dates_of, field_value, header_cut, plain_base
+from mailsuite.store.mboxmailbox import quiet_gc
 
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
 _TRAILER = re.compile(r"(?:\(fwd\)|[ \t])$", re.I)
@@ -141,10 +143,7 @@ _FIELD = re.compile(  # only the fields wanted: the Received lines are not even 
 def wanted_fields(header: bytes) -> dict[bytes, str]:
     """The first value of each field sort and thread use, unfolded and decoded from UTF-8."""
     out: dict[bytes, str] = {}
-    end = header.find(b"\n\n")
-    end2 = header.find(b"\r\n\r\n")
-    cut = min(x for x in (end, end2, len(header)) if x >= 0)
-    for m in _FIELD.finditer(header, 0, cut + 1):
+    for m in _FIELD.finditer(header, 0, header_cut(header)):
         name = m.group(1).upper()
         if name not in out:
             out[name] = m.group(2).decode("utf-8", "replace").replace("\r", "").replace(
@@ -152,9 +151,18 @@ def wanted_fields(header: bytes) -> dict[bytes, str]:
     return out
 
 
+DATE, SUBJECT, FROM, TO, CC, IDS = 1, 2, 4, 8, 16, 32  # key groups: the fields of each
+ALL_KEYS = 63
+_GROUP_FIELDS = ((DATE, (b"DATE",)), (SUBJECT, (b"SUBJECT",)), (FROM, (b"FROM",)),
+                 (TO, (b"TO",)), (CC, (b"CC",)),
+                 (IDS, (b"MESSAGE-ID", b"REFERENCES", b"IN-REPLY-TO")))
+
+
+
 @dataclass(slots=True)
 class SortRecord:
-    """Every SORT and THREAD key of one message."""
+    """The SORT and THREAD keys of one message, each group made when first asked for
+    (``complete``) from ``raw``, the header or the header cache's fields of it."""
 
     uid: int
     arrival: int
@@ -169,6 +177,19 @@ class SortRecord:
     display_to: str
     message_id: str  # "" when absent or invalid
     references: list[str]  # References' msg-ids, else In-Reply-To's first
+    made: int = 0  # the key groups made (the others hold nothing yet)
+    can: int = ALL_KEYS  # the groups ``raw`` has the fields of
+    raw: bytes | None = None  # what the groups not yet made are made from (None: all made)
+
+
+def fields_of(groups: int) -> list[bytes]:
+    """The header fields the key groups ``groups`` are made from."""
+    return [name for group, names in _GROUP_FIELDS if group & groups for name in names]
+
+
+def groups_in(fields: frozenset[bytes]) -> int:
+    """The key groups whose fields are all among ``fields``."""
+    return sum(group for group, names in _GROUP_FIELDS if fields.issuperset(names))
 
 
 _MONTHS = {m: i for i, m in enumerate(
@@ -196,26 +217,135 @@ def sent_date(value: str | None, arrival: int) -> int:
     return arrival
 
 
-def make_record(uid: int, info: Any, header: bytes) -> SortRecord:
-    f = wanted_fields(header)
-    arrival = _when(info)
-    date = sent_date(f.get(b"DATE"), arrival)
-    subject, reply = base_subject(decode_words(f.get(b"SUBJECT", "")))
-    from_, display_from = _first_address(f.get(b"FROM"))
-    to, display_to = _first_address(f.get(b"TO"))
-    cc, _ = _first_address(f.get(b"CC"))
-    ids = message_ids(f.get(b"MESSAGE-ID", ""))
-    refs = message_ids(f.get(b"REFERENCES", ""))
-    if not refs:
-        refs = message_ids(f.get(b"IN-REPLY-TO", ""))[:1]
-    return SortRecord(uid, arrival, info.size, date, casemap(subject), reply, casemap(from_),
-                      casemap(to), casemap(cc), casemap(display_from), casemap(display_to),
-                      ids[0] if ids else "", refs)
+def new_record(info: Any, raw: bytes, can: int) -> SortRecord:
+    """A record of no key yet, made from ``raw`` (which has the fields of groups ``can``)."""
+    return SortRecord(info.uid, _when(info), info.size, 0, "", False, "", "", "", "", "", "",
+                      [], 0, can, raw)
 
 
-def _make_records(chunk: list[Any], headers: dict[int, bytes]) -> list[SortRecord]:
-    return [make_record(info.uid, info, headers[info.uid]) for info in chunk
-            if info.uid in headers]
+def complete(rec: SortRecord, groups: int, values: dict[bytes, str] | None = None
+             ) -> SortRecord:
+    """The groups ``groups`` made (those ``rec.raw`` has the fields of, not made before);
+    ``raw`` dropped once every group it can make is made. Each key is what the field
+    ``wanted_fields`` finds gives: ``values`` when given (its answer for ``raw``), else
+    each field looked for alone (``fastkeys``)."""
+    todo = groups & rec.can & ~rec.made
+    raw = rec.raw
+    if todo and raw is not None:
+        cut = header_cut(raw)
+        if todo & DATE:
+            date = date_of(raw, rec.arrival, cut) if values is None else None
+            if date is None:
+                date = sent_date(_value(raw, cut, values, b"DATE"), rec.arrival)
+            rec.date = date
+        if todo & ~DATE:
+            _complete_more(rec, todo, raw, cut, values)
+        rec.made |= todo
+    if rec.made & rec.can == rec.can:
+        rec.raw = None
+    return rec
+
+
+def _value(raw: bytes, cut: int, values: dict[bytes, str] | None, name: bytes) -> str | None:
+    return values.get(name) if values is not None else field_value(raw, name, cut)
+
+
+def _complete_more(rec: SortRecord, todo: int, raw: bytes, cut: int,
+                   values: dict[bytes, str] | None) -> None:
+    if todo & SUBJECT:
+        text = decode_words(_value(raw, cut, values, b"SUBJECT") or "")
+        subject, rec.reply = plain_base(text) or base_subject(text)
+        rec.subject = casemap(subject)
+    if todo & FROM:
+        from_, display_from = _first_address(_value(raw, cut, values, b"FROM"))
+        rec.from_, rec.display_from = casemap(from_), casemap(display_from)
+    if todo & TO:
+        to, display_to = _first_address(_value(raw, cut, values, b"TO"))
+        rec.to, rec.display_to = casemap(to), casemap(display_to)
+    if todo & CC:
+        rec.cc = casemap(_first_address(_value(raw, cut, values, b"CC"))[0])
+    if todo & IDS:
+        ids = message_ids(_value(raw, cut, values, b"MESSAGE-ID") or "")
+        refs = message_ids(_value(raw, cut, values, b"REFERENCES") or "")
+        if not refs:
+            refs = message_ids(_value(raw, cut, values, b"IN-REPLY-TO") or "")[:1]
+        rec.message_id, rec.references = ids[0] if ids else "", refs
+
+
+def make_record(uid: int, info: Any, header: bytes, old: SortRecord | None = None
+                ) -> SortRecord:
+    """Every key of one message from its header block; the groups ``old`` (a record of
+    the message made from the header cache) made are kept, the others made into it."""
+    values = wanted_fields(header)  # one pass: a whole header is long
+    if old is None:
+        return complete(new_record(info, header, ALL_KEYS), ALL_KEYS, values)
+    old.raw, old.can = header, ALL_KEYS
+    return complete(old, ALL_KEYS, values)
+
+
+def _make_records(chunk: list[tuple[Any, SortRecord | None]], headers: dict[int, bytes]
+                  ) -> list[SortRecord]:
+    """Records of every key of ``(entry, record or None)`` pairs from their headers (a
+    record given is completed, its groups made kept)."""
+    with quiet_gc():  # 100,000s of new objects: no collection walking them again and again
+        out = []
+        for info, rec in chunk:
+            uid = info.uid if rec is None else rec.uid
+            if uid in headers:
+                out.append(make_record(uid, info, headers[uid], rec))
+        return out
+
+
+def _cached_records(infos: list[Any], data: dict[int, bytes], can: int, groups: int
+                    ) -> list[SortRecord]:
+    """New records of ``infos`` from the header cache's ``data``, the groups made; the
+    dates of all in one pass (``fastkeys.dates_of``), the general way where it has none."""
+    with quiet_gc():
+        raws = [data[info.uid] for info in infos]
+        dates = dates_of(raws) if groups & DATE else [None] * len(raws)
+        out = [SortRecord(info.uid, _when(info), info.size, 0 if date is None else date, "",
+                          False, "", "", "", "", "", "", [], 0 if date is None else DATE, can,
+                          raw) for info, raw, date in zip(infos, raws, dates, strict=True)]
+        if groups != DATE or None in dates:
+            for rec in out:
+                complete(rec, groups)
+        return out
+
+
+def _complete_all(found: list[SortRecord], groups: int) -> None:
+    with quiet_gc():
+        if groups == SUBJECT:
+            _subjects(found)
+        for rec in found:
+            complete(rec, groups)
+
+
+def _subjects(found: list[SortRecord]) -> None:
+    """The SUBJECT group of records that have it to make, ``complete``'s steps written out
+    for the usual case (one spelling of the field, a plain subject); the others left."""
+    usual = b"\nSubject:"
+    for rec in found:
+        raw = rec.raw
+        if raw is None or rec.made & SUBJECT or not rec.can & SUBJECT:
+            continue
+        at = raw.find(usual)
+        start = at + len(usual)
+        if at < 0 or b"\nsubject" in raw[:at].lower() or raw[:7].lower() == b"subject" \
+                or at + 1 >= header_cut(raw):
+            continue
+        end = raw.find(b"\n", start)
+        if end < 0 or raw[end + 1 : end + 2] in (b" ", b"\t"):
+            continue  # folded: the general way
+        text = raw[start:end].decode("utf-8", "replace").replace("\r", "").strip()
+        if "=?" in text:
+            continue
+        plain = plain_base(text)
+        if plain is None:
+            continue
+        rec.subject, rec.reply = casemap(plain[0]), plain[1]
+        rec.made |= SUBJECT
+        if rec.made & rec.can == rec.can:
+            rec.raw = None
 
 
 #: work on more messages than this is done in a thread, so the reactor goes on meanwhile
@@ -251,6 +381,7 @@ class ViewKeys:
         self.results = results
         self.membership: tuple[int, ...] = ()
         self.found: list[tuple[int, SortRecord]] = []
+        self.made = 0  # the key groups every record of ``found`` has made
 
     def result(self, request: Any) -> Any:
         return self.results.get((self.membership, request))
@@ -284,32 +415,79 @@ def view_keys(view: Any) -> ViewKeys:
     return keys
 
 
-async def records(view: Any) -> list[tuple[int, SortRecord]]:
+async def records(view: Any, groups: int = ALL_KEYS) -> list[tuple[int, SortRecord]]:
     """``(sequence number, record)`` of each message of the view still present, in sequence
-    order; the headers of messages not seen before are read in chunks. While the view shows
-    the same messages, the same list is returned (do not change it)."""
+    order, with the key groups ``groups`` made (others may be missing); those of messages
+    not seen before made from the header cache when it has their fields, else from headers
+    read in chunks. While the view shows the same messages, the same list is returned (do
+    not change it)."""
     keys = view_keys(view)
     rows = view.rows()
     is_expunged = view.is_expunged
     gone = [seq for seq, info in enumerate(rows, 1) if is_expunged(info.uid)]
     # the messages as numbered here: views of one mailbox with equal ones share answers
     membership = (len(rows), rows[-1].uid if rows else 0, sum(r.uid for r in rows), *gone)
-    if membership == keys.membership:
+    same = membership == keys.membership
+    if same and keys.made & groups == groups:
         return keys.found
     cache = keys.by_uid
-    missing = [info for info in rows if info.uid not in cache]
-    for start in range(0, len(missing), _CHUNK):
-        chunk = missing[start:start + _CHUNK]
-        headers = await view.mailbox.read_headers([info.uid for info in chunk])
-        made = await off_reactor(len(chunk), _make_records, chunk, headers)
-        cache.update((rec.uid, rec) for rec in made)
+    if same:  # the records of ``found`` completed where they are
+        short = [rec for _, rec in keys.found if rec.made & groups != groups]
+        await _make(view.mailbox, cache, [(None, rec) for rec in short], groups)
+        if all(rec.made & groups == groups for rec in short):
+            keys.made |= groups
+            return keys.found
+        same = False  # a header not read (gone meanwhile): the list made again without it
+    for _ in range(3):  # again if another command's records replaced some meanwhile
+        todo: list[tuple[Any, SortRecord | None]] = [
+            (info, rec) for info in rows
+            if (rec := cache.get(info.uid)) is None or rec.made & groups != groups]
+        if not todo:
+            break
+        await _make(view.mailbox, cache, todo, groups)
     skip = set(gone)
-    found = [(seq, cache[info.uid]) for seq, info in enumerate(rows, 1)
-             if seq not in skip and info.uid in cache]
+    with quiet_gc():  # 100,000s of tuples: no collection walking every object meanwhile
+        found = [(seq, rec) for seq, info in enumerate(rows, 1)
+                 if seq not in skip and (rec := cache.get(info.uid)) is not None
+                 and rec.made & groups == groups]
     # the expunged dropped now and then (not at each: another view may show them a while yet)
     if found and len(cache) > 2 * len(found) + _CHUNK:
         live = {rec.uid for _, rec in found}
         for uid in [u for u in cache if u not in live and u < found[-1][1].uid]:
             del cache[uid]
+    keys.made = groups | (keys.made if same else 0)
     keys.membership, keys.found = membership, found
     return found
+
+
+async def _make(mailbox: Any, cache: dict[int, SortRecord],
+                todo: list[tuple[Any, SortRecord | None]], groups: int) -> None:
+    """The groups made for ``(entry, its record or None)`` pairs (the entry may be None
+    with a record): from a record's ``raw`` where it has their fields, else from the header
+    cache for messages with no record, else from the headers (every key then)."""
+    able: list[SortRecord] = []
+    rest: list[tuple[Any, SortRecord | None]] = []
+    for pair in todo:
+        rec = pair[1]
+        if rec is not None and rec.can & groups == groups:
+            able.append(rec)
+        else:
+            rest.append(pair)
+    if able:
+        await off_reactor(len(able), _complete_all, able, groups)
+    fresh = [info for info, rec in rest if rec is None]
+    cached = getattr(mailbox, "cached_header_fields", None)
+    if fresh and cached is not None:
+        fields, data = await cached([info.uid for info in fresh], fields_of(groups))
+        can = groups_in(fields)
+        if data and can & groups == groups:
+            had = [info for info in fresh if info.uid in data]
+            made = await off_reactor(len(had), _cached_records, had, data, can, groups)
+            cache.update((rec.uid, rec) for rec in made)
+            rest = [(info, rec) for info, rec in rest if rec is not None or info.uid not in data]
+    for start in range(0, len(rest), _CHUNK):
+        chunk = rest[start:start + _CHUNK]
+        headers = await mailbox.read_headers(
+            [info.uid if rec is None else rec.uid for info, rec in chunk])
+        made = await off_reactor(len(chunk), _make_records, chunk, headers)
+        cache.update((rec.uid, rec) for rec in made)

@@ -141,6 +141,13 @@ class IMailbox(Interface):
         (``headercache.pick``): FETCH reads ``HEADER.FIELDS`` of ``names`` from it exactly as
         from the whole header. The mbox store keeps them in a cache beside the index."""
 
+    def cached_header_fields(uids, names):
+        """Deferred[(frozenset[bytes], dict[int, bytes])]: the field names (upper case) a
+        header cache holds and, for each UID it has, its header cut down to all of them (as
+        ``header_fields`` gives it), when they include every one of ``names``; otherwise, or
+        without a cache, ``(frozenset(), {})``. Never reads the messages themselves: SORT
+        uses it to make the keys of cached fields at the cost of the cache alone."""
+
     def set_flags(changes):
         """Persist flags: ``changes`` maps UID -> the complete new frozenset of flags.
 

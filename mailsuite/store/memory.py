@@ -96,6 +96,11 @@ class MemoryMailbox:
                 out[uid] = pick(body[: header_end(body, 0, len(body))], wanted)
         return defer.succeed(out)
 
+    def cached_header_fields(self, uids: list[int], names: list[bytes]
+                             ) -> defer.Deferred[tuple[frozenset[bytes], dict[int, bytes]]]:
+        """Nothing: this store keeps no header cache (``header_fields`` reads the bodies)."""
+        return defer.succeed((frozenset(), {}))
+
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         told = Changes()
         modseq = self.highest_modseq = self.highest_modseq + 1
