@@ -366,7 +366,14 @@ def _flags(words: list[bytes]) -> frozenset[str]:
 
 
 def dump(index: Index) -> bytes:
-    s = index.stamp
+    return b"".join(dump_blocks(index))
+
+
+def dump_blocks(index: Index, block: int = 2048) -> Iterator[bytes]:
+    """The index file's bytes, ``block`` entry lines at a time (``write_index`` writes them as
+    they come): the file of 100,000 messages is never whole in memory, nor its 100,000 lines
+    (35 MB at the first open of such a mailbox, and at each of its compactions)."""
+    s, entries = index.stamp, index.entries
     head = (index.uid_validity, index.uid_next, s.size, s.mtime_ns, s.ino, index.highest_modseq,
             index.generation)
     lines = [MAGIC, b"%d %d %d %d %d %d %d" % head]
@@ -374,8 +381,9 @@ def dump(index: Index) -> bytes:
         lines.append(_hidden_line(index.hidden))
     if index.vanished.ranges or index.vanished.floor:
         lines.append(index.vanished.line())
-    lines.extend(map(entry_line, index.entries))
-    return b"\n".join(lines) + b"\n"
+    yield b"\n".join(lines) + b"\n"
+    for i in range(0, len(entries), block):
+        yield b"".join([entry_line(e) + b"\n" for e in entries[i : i + block]])
 
 
 def load(data: bytes) -> Index:
@@ -587,4 +595,4 @@ def write_index(
             os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
         fsync_parent(path, dir_fd)  # the new index and the journal's removal
 
-    atomic_write(path, dump(index), dir_fd=dir_fd, owner=owner, sync=commit)
+    atomic_write(path, dump_blocks(index), dir_fd=dir_fd, owner=owner, sync=commit)
