@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -44,6 +43,7 @@ from typing import NamedTuple
 
 from mailsuite.fsutil import atomic_write, fsync_parent, write_all
 from mailsuite.store import modseq as ms
+from mailsuite.store.matching import Candidates
 from mailsuite.store.interfaces import Changes, StoreError, StoreRefused
 from mailsuite.store.mboxformat import Parsed
 from mailsuite.store.zones import local_offset, zone
@@ -218,20 +218,15 @@ def reconcile(
         gone = old.compacted[1]
         old = old.copy(entries=[e for e in old.entries if e.uid not in gone],
                        hidden=old.hidden - gone)
-    candidates: dict[str, deque[Entry]] = defaultdict(deque)
-    for e in old.entries:
-        candidates[e.fingerprint].append(e)
+    candidates = Candidates(old.entries)
     new = old.copy(stamp=stamp, entries=[])
     changes = Changes()
     modseq = old.highest_modseq + 1
     last_uid = 0
     kept: set[int] = set()
     for p in parsed:
-        queue = candidates.get(p.fingerprint)
-        while queue and queue[0].uid <= last_uid:
-            queue.popleft()
-        if queue:
-            was = queue.popleft()
+        was = candidates.take(p.fingerprint, last_uid)
+        if was is not None:
             flags = was.flags
             if p.header_sig != was.header_sig:
                 theirs = clean_flags(p.header_flags)
