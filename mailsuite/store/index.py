@@ -233,8 +233,8 @@ def reconcile(
                 keywords = theirs - SYSTEM or flags - SYSTEM
                 flags = (theirs & SYSTEM) | keywords
             changed = flags != was.flags
-            e = entry_from(p, was.uid, flags, was.date, was.tz,
-                           modseq if changed else was.modseq, was.saved)
+            e = was if not changed and _where(was) == _where(p) else entry_from(
+                p, was.uid, flags, was.date, was.tz, modseq if changed else was.modseq, was.saved)
             kept.add(was.uid)
             if changed:
                 changes.flags[was.uid] = flags
@@ -252,6 +252,11 @@ def reconcile(
         if told:
             new.vanished = new.vanished.add(told, modseq)
     return new, changes
+
+
+def _where(e: Entry | Parsed) -> tuple[int, int, int, int, int, str]:
+    """What a reparse may change in an entry beside its flags: an unchanged one is kept."""
+    return e.offset, e.body_off, e.hdr_end, e.end, e.size, e.header_sig
 
 
 def from_dovecot(
