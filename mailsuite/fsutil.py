@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 #: ``sync`` of atomic_write: the fsync of the directory of the new entry (the default)
 SYNC_DIR = "dir"
@@ -25,7 +25,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 
 def atomic_write(
     path: str,
-    data: bytes,
+    data: bytes | Iterable[bytes],
     *,
     tmp: str | None = None,
     dir_fd: int | None = None,
@@ -34,10 +34,11 @@ def atomic_write(
     sync: str | Callable[[int], None] | None = SYNC_DIR,
     undo: bool = False,
 ) -> None:
-    """Replace ``path`` with ``data``, all or nothing: a new ``tmp`` (default ``path + ".tmp"``;
-    one left by a crash is removed first) gets ``data``, ``mode`` and ``owner`` (uid, gid; None:
-    ours), is fsync'ed and renamed over ``path``; on an error before the rename the temp file
-    is removed. With ``dir_fd``, ``path`` and ``tmp`` are names in that directory.
+    """Replace ``path`` with ``data`` (bytes, or an iterable of pieces written as they come),
+    all or nothing: a new ``tmp`` (default ``path + ".tmp"``; one left by a crash is removed
+    first) gets ``data``, ``mode`` and ``owner`` (uid, gid; None: ours), is fsync'ed and renamed
+    over ``path``; on an error before the rename the temp file is removed. With ``dir_fd``,
+    ``path`` and ``tmp`` are names in that directory.
 
     ``sync`` makes the rename durable: ``SYNC_DIR`` fsyncs the directory of ``path``, a
     callable gets the new file's descriptor (``fsync_entry``, say), None skips it (the caller
@@ -55,7 +56,8 @@ def atomic_write(
             if owner is not None:
                 os.fchown(fd, *owner)
             os.fchmod(fd, mode)
-            write_all(fd, data)
+            for piece in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
+                write_all(fd, piece)
             os.fsync(fd)
             os.rename(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             current = path

@@ -86,6 +86,18 @@ class AtomicWriteTests(unittest.TestCase):
         self.assertEqual(self.read(), b"data")
         self.assertEqual(self.synced, [])
 
+    def test_pieces_written_as_they_come(self):
+        """An iterable of pieces is written piece by piece (never joined first): the file
+        holds them in order; bytes-like data (a memoryview) is still one piece."""
+        written = []
+        real = fsutil.os.write
+        self.patch(fsutil.os, "write", lambda fd, data: (written.append(bytes(data)),
+                                                         real(fd, data))[1])
+        fsutil.atomic_write(self.path, iter([b"one ", b"", b"two ", b"three"]))
+        self.assertEqual((self.read(), written), (b"one two three", [b"one ", b"two ", b"three"]))
+        fsutil.atomic_write(self.path, memoryview(b"view"))
+        self.assertEqual((self.read(), written[-1]), (b"view", b"view"))
+
     def test_no_sync(self):
         fsutil.atomic_write(self.path, b"data", sync=None)
         self.assertEqual((self.read(), self.synced), (b"data", []))

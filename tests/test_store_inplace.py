@@ -233,15 +233,18 @@ class InPlaceTests(InPlaceCase):
 
     def test_too_many_steps_rewrites_whole(self):
         """A tiny removed message before a long run: steps as short as it; beyond MAX_STEPS
-        the file is rewritten whole instead."""
+        the file is rewritten whole instead, without the in-place plan's entries ever made."""
         self.make([0, 400, 3])
         mf, state, gone, served = self.prepared([0], {})
         shift = state.entries[1].offset - state.entries[0].offset
         self.patch(mboxinplace, "MAX_STEPS", (state.stamp.size - state.entries[1].offset)
                    // shift - 1)
+        made = []
+        self.patch(mboxinplace.Layout, "entries", lambda layout: made.append(layout))
         ino = os.stat(self.path).st_ino
         mf.expunge(state, gone)
         self.assertNotEqual(os.stat(self.path).st_ino, ino)
+        self.assertEqual(made, [])
         self.check_contents(served)
 
     def test_small_files_are_rewritten_whole(self):

@@ -69,6 +69,24 @@ class HiddenMarkTests(unittest.TestCase):
         back = ix.load(ix.dump(self.index))
         self.assertEqual((back.hidden, [e.uid for e in back.entries]), ({2}, [1, 2]))
 
+    def test_index_written_in_blocks(self) -> None:
+        """``dump_blocks``: the head, then ``block`` entry lines a piece (the last one short),
+        whose bytes are the index file; ``write_index`` writes them and they read back."""
+        parsed = parse(FILE, 0, len(FILE))
+        entries = [ix.entry_from(p, n, frozenset({"\\Seen"}) if n % 2 else frozenset(),
+                                 p.date or 0) for n, p in enumerate(parsed * 4, 1)]
+        self.index = ix.Index(7, 9, ix.Stamp(len(FILE), 1, 2), entries, 5, frozenset({3}))
+        pieces = list(ix.dump_blocks(self.index, block=3))
+        self.assertEqual([p.count(b"\n") for p in pieces], [3, 3, 3, 2])
+        whole = b"".join(pieces)
+        self.assertEqual(whole.split(b"\n")[3:-1], [ix.entry_line(e) for e in entries])
+        self.assertEqual(ix.dump(self.index), whole)
+        path = self.mktemp()
+        ix.write_index(path, self.index, None)
+        back = ix.read_index(path)
+        assert back is not None
+        self.assertEqual((back.entries, back.hidden), (entries, {3}))
+
     def test_journal_record(self) -> None:
         log = ix.LOG_MAGIC + b" 5\n" + ix.log_records(hidden={1}) + ix.log_records(hidden={2})
         self.assertEqual(ix.apply_log(self.index, log).hidden, {1, 2})

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections import defaultdict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -44,6 +43,7 @@ from typing import NamedTuple
 
 from mailsuite.fsutil import atomic_write, fsync_parent, write_all
 from mailsuite.store import modseq as ms
+from mailsuite.store.matching import Candidates
 from mailsuite.store.interfaces import Changes, StoreError, StoreRefused
 from mailsuite.store.mboxformat import Parsed
 from mailsuite.store.zones import local_offset, zone
@@ -218,28 +218,23 @@ def reconcile(
         gone = old.compacted[1]
         old = old.copy(entries=[e for e in old.entries if e.uid not in gone],
                        hidden=old.hidden - gone)
-    candidates: dict[str, deque[Entry]] = defaultdict(deque)
-    for e in old.entries:
-        candidates[e.fingerprint].append(e)
+    candidates = Candidates(old.entries)
     new = old.copy(stamp=stamp, entries=[])
     changes = Changes()
     modseq = old.highest_modseq + 1
     last_uid = 0
     kept: set[int] = set()
     for p in parsed:
-        queue = candidates.get(p.fingerprint)
-        while queue and queue[0].uid <= last_uid:
-            queue.popleft()
-        if queue:
-            was = queue.popleft()
+        was = candidates.take(p.fingerprint, last_uid)
+        if was is not None:
             flags = was.flags
             if p.header_sig != was.header_sig:
                 theirs = clean_flags(p.header_flags)
                 keywords = theirs - SYSTEM or flags - SYSTEM
                 flags = (theirs & SYSTEM) | keywords
             changed = flags != was.flags
-            e = entry_from(p, was.uid, flags, was.date, was.tz,
-                           modseq if changed else was.modseq, was.saved)
+            e = was if not changed and _where(was) == _where(p) else entry_from(
+                p, was.uid, flags, was.date, was.tz, modseq if changed else was.modseq, was.saved)
             kept.add(was.uid)
             if changed:
                 changes.flags[was.uid] = flags
@@ -257,6 +252,11 @@ def reconcile(
         if told:
             new.vanished = new.vanished.add(told, modseq)
     return new, changes
+
+
+def _where(e: Entry | Parsed) -> tuple[int, int, int, int, int, str]:
+    """What a reparse may change in an entry beside its flags: an unchanged one is kept."""
+    return e.offset, e.body_off, e.hdr_end, e.end, e.size, e.header_sig
 
 
 def from_dovecot(
@@ -366,7 +366,14 @@ def _flags(words: list[bytes]) -> frozenset[str]:
 
 
 def dump(index: Index) -> bytes:
-    s = index.stamp
+    return b"".join(dump_blocks(index))
+
+
+def dump_blocks(index: Index, block: int = 2048) -> Iterator[bytes]:
+    """The index file's bytes, ``block`` entry lines at a time (``write_index`` writes them as
+    they come): the file of 100,000 messages is never whole in memory, nor its 100,000 lines
+    (35 MB at the first open of such a mailbox, and at each of its compactions)."""
+    s, entries = index.stamp, index.entries
     head = (index.uid_validity, index.uid_next, s.size, s.mtime_ns, s.ino, index.highest_modseq,
             index.generation)
     lines = [MAGIC, b"%d %d %d %d %d %d %d" % head]
@@ -374,8 +381,9 @@ def dump(index: Index) -> bytes:
         lines.append(_hidden_line(index.hidden))
     if index.vanished.ranges or index.vanished.floor:
         lines.append(index.vanished.line())
-    lines.extend(map(entry_line, index.entries))
-    return b"\n".join(lines) + b"\n"
+    yield b"\n".join(lines) + b"\n"
+    for i in range(0, len(entries), block):
+        yield b"".join([entry_line(e) + b"\n" for e in entries[i : i + block]])
 
 
 def load(data: bytes) -> Index:
@@ -587,4 +595,4 @@ def write_index(
             os.unlink(log_path(path), dir_fd=dir_fd)  # its records are in the new index (stale now)
         fsync_parent(path, dir_fd)  # the new index and the journal's removal
 
-    atomic_write(path, dump(index), dir_fd=dir_fd, owner=owner, sync=commit)
+    atomic_write(path, dump_blocks(index), dir_fd=dir_fd, owner=owner, sync=commit)

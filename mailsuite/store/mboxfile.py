@@ -25,6 +25,7 @@ from operator import attrgetter
 
 from twisted.logger import Logger
 
+from mailsuite import heap
 from mailsuite.accounts import Account
 from mailsuite.fsutil import pread_all, write_all
 from mailsuite.store import cleanup, mboxinplace, savedate
@@ -33,17 +34,8 @@ from mailsuite.store import modseq as ms
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, HeldLock, locked_mailbox
 from mailsuite.store.mboxformat import (
-    parse_file,
-    describe,
-    fingerprint,
-    header_end,
-    imap_base,
-    make_from_line,
-    separator_at,
-    to_stored,
-    verified,
-    with_status,
-    x_uid,
+    describe, fingerprint, header_end, imap_base, make_from_line, parse_file, separator_at,
+    to_stored, verified, with_status, x_uid,
 )
 from mailsuite.store.mboxrewrite import copy_kept
 from mailsuite.store.mboxstate import INDEX_NAME, IndexKeeper
@@ -210,7 +202,7 @@ class MboxFile(IndexKeeper):
         if state is not None and ix.Stamp.of(st) == state.stamp and not self.moving.count % 2:
             return state, Changes()  # (odd: an expunge in place failed, its recovery is due)
         with self._locked(exclusive=False) as (held, _):
-            dirty = False
+            dirty, loaded = False, state is None
             if state is None:
                 if held.dir_fd is not None:  # of a rewrite that was killed
                     cleanup.remove_rewrite_leftover(self.path, held.dir_fd)
@@ -226,6 +218,8 @@ class MboxFile(IndexKeeper):
                 new = self._grow(state, added, new.stamp, save=dirty)
             elif dirty or new is not state:
                 self._save(new)
+        if added is None and (new is not state or loaded):  # the index read, or the whole file
+            heap.release(len(new.entries))  # parsed: the transient records' pages given back
         return new, changes
 
     def _intact(self, fd: int, e: ix.Entry, size: int) -> bool:

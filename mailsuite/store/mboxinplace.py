@@ -205,12 +205,13 @@ def plan(
     gone: set[int],
     new_header: Callable[[bytes, frozenset[str]], bytes],
     ino: int,
-) -> tuple[Plan, list[ix.Entry]]:
-    """What to write to remove ``gone`` from ``state``'s file (open as ``fd``), and the entries
-    of the kept messages once it is written."""
+) -> tuple[Plan, Layout]:
+    """What to write to remove ``gone`` from ``state``'s file (open as ``fd``), and where the
+    kept messages are once it is written (``Layout.entries``: built only when the plan is
+    taken, a new entry for every message after the first removed one)."""
     items = state.entries
     first = next(i for i, e in enumerate(items) if e.uid in gone)
-    entries = items[:first]
+    layout = Layout(items, first)
     pieces: list[Piece] = []
     r = w = items[first].offset  # the verbatim run being built starts at r, goes to w
 
@@ -226,7 +227,7 @@ def plan(
     events = [i for i in range(first, n) if items[i].uid in gone or needs_status(items[i])]
     i = first
     for j in [*events, n]:
-        entries.extend(_shifted(items[i:j], w - r))  # a run of clean messages, moved as is
+        layout.runs.append((i, j, w - r, None))  # a run of clean messages, moved as is
         if j == n:
             break
         e, i = items[j], j + 1
@@ -241,11 +242,30 @@ def plan(
             flush(e.body_off)
             pieces.append((w, header[0]))
             w, r = w + len(header[0]), e.hdr_end
-            entries.append(_moved(e, offset, body_off, header))
+            layout.runs.append((j, j, 0, _moved(e, offset, body_off, header)))
         else:
-            entries.extend(_shifted([e], w - r))
+            layout.runs.append((j, j + 1, w - r, None))
     flush(state.stamp.size)
-    return Plan(ino, state.stamp.size, w, pieces), entries
+    return Plan(ino, state.stamp.size, w, pieces), layout
+
+
+class Layout:
+    """The entries of a plan's result, as runs of the old ones: (start, stop, shift, moved),
+    ``items[start:stop]`` ``shift`` bytes further, then ``moved`` (an entry with its header
+    rewritten) if not None. Kept as runs while the plan is weighed: a plan of too many steps
+    is dropped without having made 100,000 entries (25 MB) for nothing."""
+
+    def __init__(self, items: list[ix.Entry], first: int) -> None:
+        self.items, self.first = items, first
+        self.runs: list[tuple[int, int, int, ix.Entry | None]] = []
+
+    def entries(self) -> list[ix.Entry]:
+        out = self.items[: self.first]
+        for start, stop, shift, moved in self.runs:
+            out.extend(_shifted(self.items[start:stop], shift))
+            if moved is not None:
+                out.append(moved)
+        return out
 
 
 _new_tuple = tuple.__new__
@@ -419,7 +439,7 @@ def expunge(
     st = os.fstat(fd)
     if st.st_size != state.stamp.size:
         raise StoreError(f"{name} changed while locked")
-    p, entries = plan(fd, state, gone, new_header, st.st_ino)
+    p, layout = plan(fd, state, gone, new_header, st.st_ino)
     if steps(p) > MAX_STEPS:
         return None
     jname = journal_name(name)
@@ -441,7 +461,7 @@ def expunge(
         os.close(jfd)
     io.unlink(jname, dir_fd=dir_fd)
     io.fsync(dir_fd)
-    return state.copy(stamp=ix.Stamp.of(os.fstat(fd)), entries=entries)
+    return state.copy(stamp=ix.Stamp.of(os.fstat(fd)), entries=layout.entries())
 
 
 def recover(fd: int, dir_fd: int, name: str, touch: Callable[[], None] = lambda: None) -> bool:

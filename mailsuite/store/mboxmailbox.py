@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailsuite import heap
 from mailsuite.store import index as ix
 from mailsuite.store import events
 from mailsuite.store import modseq as ms
@@ -494,6 +495,9 @@ class MboxMailbox:
         changes = self._untold(changes, todo)  # their EXPUNGE was told when they were hidden
         self._hidden.difference_update(todo)
         self._publish((state, changes))
+        # the old entries are gone with the old state (views let theirs go at their next
+        # command): what the compaction and they held, given back to the system
+        self._store.blocking(heap.release, len(state.entries))
 
     def _compaction_failed(self, failure: Any, todo: list[int]) -> None:
         if failure.check(FileReplaced) and self._state is not None:

@@ -40,7 +40,7 @@ class _Copier:
     def __init__(self, src: int, out: int, touch: Callable[[], None]) -> None:
         self.src, self.out, self.touch = src, out, touch
         self.pos = 0  # bytes written to out
-        self.buf = bytearray(CHUNK)
+        self.buf: bytearray | None = None  # made when copy_file_range cannot be used (16 MB)
         self.in_kernel = hasattr(os, "copy_file_range")
         self.since_touch = 0
         self.behind = WriteBehind(out)
@@ -73,6 +73,10 @@ class _Copier:
             self.since_touch = 0
 
     def _copy_buffered(self, start: int, stop: int) -> None:
+        if start >= stop:
+            return
+        if self.buf is None:
+            self.buf = bytearray(CHUNK)
         mv = memoryview(self.buf)
         while start < stop:
             n = os.preadv(self.src, [mv[: min(CHUNK, stop - start)]], start)

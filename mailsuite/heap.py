@@ -1,0 +1,40 @@
+"""Freed heap given back to the system after a big transient (glibc's ``malloc_trim``).
+
+A first parse of a big mbox or a compaction frees tens of MB at once; glibc keeps most of it in
+its arenas (a worker thread's among them), so the process's RSS stays at its peak. ``release``
+returns the free pages (``malloc_trim(0)``: every arena, free pages in the middle too). A no-op
+where the C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+
+#: what ``release`` waits for: smaller transients are left to the allocator
+BIG = 10_000  # messages parsed or moved
+
+
+def _load() -> Callable[[int], int] | None:
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        fn = ctypes.CDLL(None).malloc_trim
+    except (ValueError, OSError, AttributeError):  # not glibc (musl, macOS...)
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_trim = _load()
+
+
+def release(messages: int = BIG) -> bool:
+    """Give free heap back after a transient over ``messages`` messages (nothing below
+    ``BIG``); True if it was done. Blocking (a few ms on a big heap): call it in a thread."""
+    if _trim is None or messages < BIG:
+        return False
+    _trim(0)
+    return True
