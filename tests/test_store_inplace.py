@@ -247,6 +247,23 @@ class InPlaceTests(InPlaceCase):
         self.assertEqual(made, [])
         self.check_contents(served)
 
+    def test_entries_made_before_the_file_is_touched(self):
+        """The kept entries are made before the journal and the moves: a failure making them
+        (MemoryError under pressure) leaves the file as it was, not rewritten behind a state
+        whose offsets and hidden UIDs no longer fit it (a reparse then gave the kept twin of an
+        expunged message the hidden UID, and the next compaction deleted it)."""
+        self.make([3, 40, 2, 5])
+        mf, state, gone, _served = self.prepared([1], {})
+        before = self.file()
+
+        def boom(layout):
+            raise MemoryError
+
+        self.patch(mboxinplace.Layout, "entries", boom)
+        self.assertRaises(MemoryError, mf.expunge, state, gone)
+        self.assertEqual(self.file(), before)
+        self.assertFalse(os.path.exists(os.path.join(self.spool, ".boss.mailsuite-expunge")))
+
     def test_small_files_are_rewritten_whole(self):
         """Below INPLACE_MIN the whole file is written anew (a new inode)."""
         self.patch(mboxinplace, "INPLACE_MIN", 1 << 30)

@@ -442,6 +442,9 @@ def expunge(
     p, layout = plan(fd, state, gone, new_header, st.st_ino)
     if steps(p) > MAX_STEPS:
         return None
+    # made before anything is written: a failure after the rewrite (MemoryError) would leave
+    # the caller with the old state's offsets and no compaction mark
+    entries = layout.entries()
     jname = journal_name(name)
     with suppress(FileNotFoundError):
         io.unlink(jname, dir_fd=dir_fd)  # stale: recovery found it not complete
@@ -461,7 +464,7 @@ def expunge(
         os.close(jfd)
     io.unlink(jname, dir_fd=dir_fd)
     io.fsync(dir_fd)
-    return state.copy(stamp=ix.Stamp.of(os.fstat(fd)), entries=layout.entries())
+    return state.copy(stamp=ix.Stamp.of(os.fstat(fd)), entries=entries)
 
 
 def recover(fd: int, dir_fd: int, name: str, touch: Callable[[], None] = lambda: None) -> bool:

@@ -497,7 +497,7 @@ class MboxMailbox:
         self._publish((state, changes))
         # the old entries are gone with the old state (views let theirs go at their next
         # command): what the compaction and they held, given back to the system
-        self._store.blocking(heap.release, len(state.entries))
+        self._store.blocking(heap.release, len(state.entries) + len(todo))  # moved or removed
 
     def _compaction_failed(self, failure: Any, todo: list[int]) -> None:
         if failure.check(FileReplaced) and self._state is not None:
