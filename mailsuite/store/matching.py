@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from mailsuite.store.index import Entry
+from typing import Generic, Protocol, TypeVar
 
 
-class Candidates:
+class _Matched(Protocol):
+    @property
+    def uid(self) -> int: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+Entry = TypeVar("Entry", bound=_Matched)  # index.Entry (not imported: index imports this)
+
+
+class Candidates(Generic[Entry]):
     """Old entries by fingerprint, each taken at most once, in file order."""
 
     def __init__(self, entries: Iterable[Entry]) -> None:
