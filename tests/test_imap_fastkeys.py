@@ -78,7 +78,10 @@ def headers(draw: Any) -> bytes:
             lines.append(draw(st.sampled_from(["X-Date: 1 Jan 2000 00:00 +0000", "Received: by x",
                                                "Dated: no", "Subject-X: no"])))
         elif kind == b"JUNK":
-            lines.append(draw(st.sampled_from([" continued", "no colon", "\tDate: 1 Jan 2000"])))
+            lines.append(draw(st.sampled_from([" continued", "no colon", "\tDate: 1 Jan 2000",
+                                               "X-Junk: a\rSubject: aaa",  # a lone CR: not a
+                                               "X-Junk: a\rDate: 1 Jan 2000 00:00 +0000",
+                                               "X-Cr: x\r"])))  # line end for ^ readers
         else:
             name = draw(st.sampled_from(NAMES[kind]))
             lines.append(name + ":" + draw(st.sampled_from(["", " ", "  ", "\t"]))

@@ -298,9 +298,11 @@ class ContextCommands(_Base):
     async def _matching(self, context: Context, uids: list[int]) -> dict[int, bool]:
         matched = await _evaluate(context.view, context.key, uids)
         if context.sort is not None:
+            from mailsuite.imap.sort import key_groups
             from mailsuite.imap.sortkeys import records
+            groups = key_groups(context.sort[0])  # only the keys it sorts by: no header read
             context.sort = (*context.sort[:2], {rec.uid: rec for _, rec in
-                                                await records(context.view)})
+                                                await records(context.view, groups)})
         return matched
 
     def _apply(self, context: Context) -> bytes:

@@ -9,7 +9,7 @@ sets (so a field asked for once is cached for every message from then on).
 
 File: ``mailsuite.hcache`` in the index directory::
 
-    mailsuite-hcache 1 <uid_validity> <FIELD> <FIELD> ...\\n
+    mailsuite-hcache 2 <uid_validity> <FIELD> <FIELD> ...\\n
     record*
 
 A record is ``HCR1``, then uid, data length and CRC-32 (little-endian 32 bits), the message's
@@ -44,7 +44,7 @@ from mailsuite.store.safepath import Dir
 from mailsuite.wire import complete
 
 CACHE_NAME = "mailsuite.hcache"
-MAGIC = b"mailsuite-hcache 1"
+MAGIC = b"mailsuite-hcache 2"  # 2: a lone CR anywhere keeps the whole block
 MAX_FIELDS = 64  # a client naming more fields than this is served from the mbox
 MAX_RECORD = 64 * 1024  # fields bigger than this are not kept
 DEAD_SLACK = 1024  # records of expunged messages kept beyond as many as there are messages
@@ -62,12 +62,13 @@ def pick(header: bytes, names: frozenset[bytes]) -> bytes:
     """The header block ``header`` (as stored) cut down to its fields named ``names``
     (upper case), in order, then the blank line: a block FETCH reads (``split_message`` and
     ``header_fields``, as for the whole header) into exactly the same ``HEADER.FIELDS`` of
-    ``names``. A header with a lone CR (a line break for ``splitlines``, not once cut out)
-    is given whole."""
+    ``names``. A header with a lone CR anywhere (a line break for ``splitlines``, not for
+    the whole header's ``^``-anchored readers such as the SORT keys) is given whole: cut, a
+    field after it could show or hide."""
     block = split_message(complete(header))[0]
-    out = b"".join(raw for name, raw in header_fields(block) if name in names)
-    if b"\r" in out and out.count(b"\r") != out.count(b"\r\n"):
+    if b"\r" in block and block.count(b"\r") != block.count(b"\r\n"):
         return block
+    out = b"".join(raw for name, raw in header_fields(block) if name in names)
     return out + b"\n"
 
 
