@@ -19,13 +19,21 @@ ROOT_ONLY = None if os.geteuid() == 0 else "the real server runs as root"
 PORTS = range(22400, 22500)  # this test's loopback ports
 
 
+_given: set[int] = set()
+
+
 def _port() -> int:
+    """A free port of PORTS not given before: a site's services are bound only once all are
+    picked, so a port free twice must not be given twice (it was: "address in use")."""
     for port in random.sample(PORTS, len(PORTS)):
+        if port in _given:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        _given.add(port)
         return port
     raise AssertionError("no free port")
 
