@@ -138,7 +138,7 @@ class IMAPServer(  # type: ignore[misc, override]
         self.user: str | None = None
         self.enabled: set[bytes] = set()  # ENABLE's (general.py)
         self._in_flight = False
-        #: a tagged reply waiting for CONTEXT's evaluations (context.py: context_waits)
+        #: a tagged reply waiting for CONTEXT's evaluations (context.py: context_running)
         self._held_reply: tuple[bytes, bytes | None, bytes | None] | None = None
         self._unsent_wait: UnsentWait | None = None  # while more than MAX_UNSENT is unsent
         self._command = b""
