@@ -17,7 +17,6 @@ malloc_trim before each figure.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import random
@@ -27,23 +26,14 @@ import tracemalloc
 
 from twisted.internet import defer, task
 
+from mailsuite import heap
 from mailsuite.accounts import Account
 from mailsuite.store.mbox import MboxStore
 from mailsuite.threads import InPool
+from store_bench import Config  # bench/ is the script's directory
 
 TRIM = os.environ.get("PROBE_TRIM") == "1"  # (glibc only)
 FIELDS = [b"FROM", b"TO", b"SUBJECT", b"DATE"]
-
-
-class Config:
-    def __init__(self, spool: str) -> None:
-        self.spool = spool
-
-    def inbox_path(self, account: Account) -> str:
-        return os.path.join(self.spool, account.name)
-
-    def folder_root(self, account: Account) -> str:
-        return os.path.join(account.home, "mail")
 
 
 def status() -> dict[str, float]:
@@ -58,7 +48,7 @@ def status() -> dict[str, float]:
 
 def report(step: str, started: float, **extra: object) -> None:
     if TRIM:  # what the figures would be with the free heap given back at each step
-        ctypes.CDLL(None).malloc_trim(0)
+        heap.release()
     fields: dict[str, object] = {"step": step, "s": round(time.perf_counter() - started, 2)}
     fields.update(status())
     if tracemalloc.is_tracing():

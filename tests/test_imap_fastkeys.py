@@ -37,6 +37,7 @@ from mailsuite.imap.sortkeys import (
 from mailsuite.store.headercache import pick
 from mailsuite.store.mbox import MboxStore
 from mailsuite.threads import InPool
+from tests.test_store_mbox import FakeMailboxConfig
 
 CACHED = frozenset({b"FROM", b"TO", b"SUBJECT", b"DATE"})
 ARRIVAL = 1_700_000_000
@@ -161,17 +162,6 @@ class CachePathTests(unittest.TestCase):
         self.assertEqual(fastkeys.date_of(b"X: y\n\n", 5), 5)
 
 
-class _Config:
-    def __init__(self, root: str) -> None:
-        self.root = root
-
-    def inbox_path(self, account: Account) -> str:
-        return os.path.join(self.root, "spool", account.name)
-
-    def folder_root(self, account: Account) -> str:
-        return os.path.join(self.root, "mail")
-
-
 class _View:
     def __init__(self, box: Any) -> None:
         self.mailbox, self.uid_validity = box, box.uid_validity
@@ -198,8 +188,8 @@ class MboxCacheTests(unittest.TestCase):
         with open(os.path.join(root, "spool", "boss"), "wb") as f:
             for h in heads:
                 f.write(b"From x@y Sun Dec  1 16:29:54 2024\n" + h + b"\nbody\n\n")
-        store = MboxStore(_Config(root), InPool(reactor))
-        box = yield store.open(Account("boss", os.getuid(), os.getgid(), "/nonexistent"))
+        store = MboxStore(FakeMailboxConfig(os.path.join(root, "spool")), InPool(reactor))
+        box = yield store.open(Account("boss", os.getuid(), os.getgid(), root))
         self.addCleanup(box.close)
         uids = [m.uid for m in box.messages]
         yield box.header_fields(uids, list(CACHED))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from typing import TypeVar
 
 __all__ = ["date_of", "dates_of", "field_at", "field_value", "header_cut", "plain_base"]
 
@@ -87,6 +88,17 @@ _times: dict[bytes, int] = {}
 _zones: dict[bytes, int] = {}
 
 
+_T = TypeVar("_T")
+
+
+def _keep(table: dict[bytes, _T], key: bytes, value: _T) -> _T:
+    """``value`` kept in ``table`` (started again once it holds _TABLE_MAX)."""
+    if len(table) >= _TABLE_MAX:
+        table.clear()
+    table[key] = value
+    return value
+
+
 def _day(text: bytes) -> int | None:
     """``1 Jan 2024`` in seconds since the epoch at 00:00 UTC; None for what ``sent_date``
     leaves to the email package (no such month, a year ``timegm`` refuses)."""
@@ -102,10 +114,7 @@ def _day(text: bytes) -> int | None:
             out = calendar.timegm((int(year), number, int(day), 0, 0, 0))
         except (ValueError, OverflowError):
             out = None
-    if len(_days) >= _TABLE_MAX:
-        _days.clear()
-    _days[text] = out
-    return out
+    return _keep(_days, text, out)
 
 
 def _time(text: bytes) -> int:
@@ -113,20 +122,15 @@ def _time(text: bytes) -> int:
     found = _times.get(text)
     if found is None:
         hours, minutes = text.split(b":")
-        found = int(hours) * 3600 + int(minutes) * 60
-        if len(_times) >= _TABLE_MAX:
-            _times.clear()
-        _times[text] = found
+        found = _keep(_times, text, int(hours) * 3600 + int(minutes) * 60)
     return found
 
 
 def _zone(text: bytes) -> int:
     found = _zones.get(text)
     if found is None:
-        found = (int(text[1:3]) * 3600 + int(text[3:5]) * 60) * (-1 if text[:1] == b"-" else 1)
-        if len(_zones) >= _TABLE_MAX:
-            _zones.clear()
-        _zones[text] = found
+        sign = -1 if text[:1] == b"-" else 1
+        found = _keep(_zones, text, (int(text[1:3]) * 3600 + int(text[3:5]) * 60) * sign)
     return found
 
 

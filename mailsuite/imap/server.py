@@ -388,21 +388,23 @@ class IMAPServer(  # type: ignore[misc, override]
 
     def _respond(self, state: bytes, tag: bytes | None, message: bytes | None) -> None:
         final = tag not in (None, b"*") and state in (b"OK", b"NO", b"BAD")
+        flush = final
         if final and self._held_reply is None and self._contexts:
             self.flush_updates(allow_expunge=self._command not in _NO_EXPUNGE)
             if self.context_running() and not self._lost:
                 self._held_reply = (state, tag, message)  # CONTEXT's updates first (context.py)
                 return
-        self._respond_now(state, tag, message, final)
+            flush = False  # just done
+        self._respond_now(state, tag, message, final, flush)
 
     def release_reply(self) -> None:
         held, self._held_reply = self._held_reply, None
         if held is not None and not self._lost:
-            self._respond_now(*held, True)
+            self._respond_now(*held, True, True)
 
     def _respond_now(self, state: bytes, tag: bytes | None, message: bytes | None,
-                     final: bool) -> None:
-        if final:
+                     final: bool, flush: bool) -> None:
+        if flush:
             self.flush_updates(allow_expunge=self._command not in _NO_EXPUNGE)
         super()._respond(state, tag, message)
         if final:
