@@ -24,6 +24,7 @@ from mailsuite.imap.sortkeys import (
     DATE,
     FROM,
     SUBJECT,
+    THREAD_KEYS,
     TO,
     SortRecord,
     off_reactor,
@@ -50,7 +51,9 @@ _KEYS: dict[bytes, Any] = {  # of a (sequence number, record) pair: one call per
 }
 _GROUPS = {b"ARRIVAL": 0, b"CC": CC, b"DATE": DATE, b"FROM": FROM, b"SIZE": 0,
            b"SUBJECT": SUBJECT, b"TO": TO, b"DISPLAYFROM": FROM, b"DISPLAYTO": TO}
-_THREAD_GROUPS = {b"ORDEREDSUBJECT": DATE | SUBJECT}  # the others: every group
+#: the record groups each THREAD algorithm uses (REFERENCES and REFS no address)
+_THREAD_GROUPS = {b"ORDEREDSUBJECT": DATE | SUBJECT, b"REFERENCES": THREAD_KEYS,
+                  b"REFS": THREAD_KEYS}
 
 
 def key_groups(keys: list[tuple[bytes, bool]]) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 from mailsuite.imap.fetch import ITEM_PARSERS, FetchItem, Piece
 from mailsuite.imap.search import ExtraKey, register_key
-from mailsuite.imap.sortkeys import SortRecord, off_reactor, records, view_keys
+from mailsuite.imap.sortkeys import THREAD_KEYS, SortRecord, off_reactor, records, view_keys
 from mailsuite.imap.thread import Node, build_tree
 
 _REQUEST = ("THREADID",)  # the key of the map among the view's kept answers
@@ -73,7 +73,7 @@ async def prepare(view: Any, *_: Any) -> None:
     kept = _latest.get(view)
     if kept is not None and kept[0] == stamp:
         return
-    found = await records(view)
+    found = await records(view, THREAD_KEYS)
     keys = view_keys(view)
     roots = keys.result(_REQUEST)
     if roots is None:
