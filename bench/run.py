@@ -39,8 +39,26 @@ import report
 import rspamd_milter
 
 CHECKOUT = os.path.dirname(HERE)
-MAILBENCH_DIR = os.environ.get("MAILBENCH_DIR") or os.path.normpath(
-    os.path.join(CHECKOUT, "..", "shared", "bench"))
+
+
+def _mailbench_dir() -> str:
+    """$MAILBENCH_DIR, else ../shared/bench beside this checkout or, from a git worktree,
+    beside the repository it belongs to (``git rev-parse --git-common-dir``)."""
+    if os.environ.get("MAILBENCH_DIR"):
+        return os.environ["MAILBENCH_DIR"]
+    beside = os.path.normpath(os.path.join(CHECKOUT, "..", "shared", "bench"))
+    if os.path.isdir(beside):
+        return beside
+    try:
+        common = subprocess.run(["git", "-C", CHECKOUT, "rev-parse", "--git-common-dir"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return beside
+    main = os.path.dirname(os.path.abspath(os.path.join(CHECKOUT, common.strip())))
+    return os.path.normpath(os.path.join(main, "..", "shared", "bench"))
+
+
+MAILBENCH_DIR = _mailbench_dir()
 NUSERS = 10
 PASSWORD = "benchpass"
 OURS, PEER = "mailsuite", "postfix+dovecot"
