@@ -34,6 +34,7 @@ from mailsuite.imap.sortkeys import (
     sent_date,
     wanted_fields,
 )
+from mailsuite.store import headercache
 from mailsuite.store.headercache import pick
 from mailsuite.store.mbox import MboxStore
 from mailsuite.threads import InPool
@@ -138,7 +139,14 @@ class CachePathTests(unittest.TestCase):
         alone = sortkeys.new_record(info(), cached, can)
         sortkeys._complete_all([alone], SUBJECT)  # the subjects' own loop
         self.assertEqual((alone.subject, alone.reply), (want["subject"], want["reply"]))
-        made = sortkeys._cached_records([info(), info(2)], {1: cached, 2: cached}, can, DATE)
+        made = sortkeys._cached_records([info(), info(2)], {1: cached, 2: cached}, can, DATE,
+                                        {})
+        self.assertEqual([r.date for r in made], [want["date"]] * 2)
+        # the dates the header cache writes into its records (one pass, then one by one)
+        stored = headercache._dates(CACHED, [(1, "f" * 24, cached), (2, "f" * 24, cached)])
+        self.assertEqual(stored, [fastkeys.cache_date(cached)] * 2)
+        made = sortkeys._cached_records([info(), info(2)], {1: cached, 2: cached}, can, DATE,
+                                        dict(zip((1, 2), stored, strict=True)))
         self.assertEqual([r.date for r in made], [want["date"]] * 2)
         self.assertEqual(keys_of(make_record(1, info(), header, rec), tuple(want)), want)
 

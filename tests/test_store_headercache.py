@@ -13,7 +13,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsuite.accounts import Account
-from mailsuite.imap import fetch, fetchfields
+from mailsuite.imap import fastkeys, fetch, fetchfields
 from mailsuite.imap.fetch import fetch_plan, fetch_responses, render_section
 from mailsuite.imap.message import split_message
 from mailsuite.store import headercache
@@ -235,6 +235,38 @@ class CacheTests(CacheCase):
             without = yield fetch_all(box, items, False)
             self.assertEqual((yield fetch_all(box, items, True)), without)  # fills
             self.assertEqual((yield fetch_all(box, items, True)), without)  # from the cache
+        box.close()
+
+    @defer.inlineCallbacks
+    def test_sent_dates_kept_in_the_records(self) -> None:
+        """Each record keeps its message's sent date as SORT reads it (the arrival's mark
+        without a Date field, none when the fields hold no Date), read back after a restart
+        with the fields; a file of the older format (no dates) is started again."""
+        dated = MSG1.replace(b"Subject: one\n", b"Subject: one\nDate: 1 Jan 2024 10:00 +0100\n")
+        box = yield self.open_with(dated, MSG2, MSG1.replace(b"one", b"odd\nDate: someday"))
+        uids = [m.uid for m in box.messages]
+        names = [b"Subject", b"Date"]
+        fields, data, dates = yield box.cached_header_fields(uids, names)
+        self.assertEqual((data, dates), ({}, {}))  # nothing cached yet
+        yield self.check(box, names)
+        box.close()
+        box = yield self.make_store().open(self.account)
+        self.no_mbox_reads(box)
+        fields, data, dates = yield box.cached_header_fields(uids, [b"DATE"])
+        self.assertEqual(fields, {b"SUBJECT", b"DATE"})
+        self.assertEqual(set(data), set(uids))
+        self.assertEqual(dates, {uids[0]: 1704099600, uids[1]: fastkeys.NO_DATE,
+                                 uids[2]: fastkeys.NO_DATE})
+        box.close()
+        with open(self.cache_path(), "r+b") as f:  # the older format: started again
+            old = f.read().replace(headercache.MAGIC, b"mailsuite-hcache 2", 1)
+            f.seek(0)
+            f.write(old)
+        box = yield self.make_store().open(self.account)
+        self.assertEqual((yield box.cached_header_fields(uids, [b"DATE"]))[1], {})
+        yield self.check(box, [b"Subject"])  # started again without Date: no dates
+        fields, data, dates = yield box.cached_header_fields(uids, [b"SUBJECT"])
+        self.assertEqual((fields, set(data), dates), ({b"SUBJECT"}, set(uids), {}))
         box.close()
 
     def test_uncacheable_names_are_served(self) -> None:

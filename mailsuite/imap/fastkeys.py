@@ -17,10 +17,13 @@ one (``headercache.pick``), each giving exactly what the general code gives from
 from __future__ import annotations
 
 import calendar
+import contextlib
 import re
+from email.utils import parsedate_tz
 from typing import TypeVar
 
-__all__ = ["date_of", "dates_of", "field_at", "field_value", "header_cut", "plain_base"]
+__all__ = ["NO_DATE", "UNKNOWN_DATE", "cache_date", "date_of", "dates_of", "field_at",
+           "field_value", "header_cut", "plain_base", "sent_date"]
 
 _PATTERNS: dict[bytes, re.Pattern[bytes]] = {}
 
@@ -181,6 +184,50 @@ def dates_of(raws: list[bytes]) -> list[int | None]:
         append(base + (_time(hours) if at is None else at) + (int(seconds) if seconds else 0)
                - (_zone(zone) if off is None else off))
     return out
+
+
+
+_TEXT_MONTHS = {m: i for i, m in enumerate(
+    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
+_TEXT_DATE = re.compile(r"[ \t]*(?:[A-Za-z]{3},[ \t]*)?(\d{1,2})[ \t]+([A-Za-z]{3})[ \t]+(\d{4})"
+                        r"[ \t]+(\d{1,2}):(\d\d)(?::(\d\d))?[ \t]+([+-])(\d\d)(\d\d)(?:[ \t(]|$)")
+
+
+def sent_date(value: str | None, arrival: int) -> int:
+    """RFC 5256 section 2.2: the Date field in UTC seconds, else ``arrival``. The usual RFC 5322
+    form is read by a regular expression, anything else by the email package."""
+    if not value:
+        return arrival
+    m = _TEXT_DATE.match(value)
+    month = _TEXT_MONTHS.get(m.group(2).lower()) if m else None
+    if m and month:
+        zone = (int(m.group(8)) * 3600 + int(m.group(9)) * 60) * (-1 if m.group(7) == "-" else 1)
+        with contextlib.suppress(ValueError, OverflowError):
+            return calendar.timegm((int(m.group(3)), month, int(m.group(1)), int(m.group(4)),
+                                    int(m.group(5)), int(m.group(6) or 0))) - zone
+    parsed = parsedate_tz(value)
+    if parsed is not None:
+        with contextlib.suppress(ValueError, OverflowError, TypeError):
+            return calendar.timegm(parsed[:6]) - (parsed[9] or 0)  # type: ignore[arg-type]
+    return arrival
+
+
+#: ``cache_date`` of a message whose sent date is its arrival (no Date field, or none read)
+NO_DATE = -(2**63)
+#: kept by the header cache for a record whose fields hold no Date (not computed)
+UNKNOWN_DATE = NO_DATE + 1
+_DATE_RANGE = range(NO_DATE + 2, 2**63)
+
+
+def cache_date(raw: bytes) -> int:
+    """The sent date of ``raw`` (a header, or the header cache's fields of one) as
+    ``sortkeys.complete`` makes it, NO_DATE for "the arrival" (which ``raw`` does not hold);
+    UNKNOWN_DATE for a date a signed 64-bit number cannot hold."""
+    cut = header_cut(raw)
+    date = date_of(raw, NO_DATE, cut)
+    if date is None:
+        date = sent_date(field_value(raw, b"DATE", cut), NO_DATE)
+    return date if date == NO_DATE or date in _DATE_RANGE else UNKNOWN_DATE
 
 
 _LEADERS = re.compile(r"(?:(?:re|fwd?) *:| )*", re.I)

@@ -10,21 +10,27 @@ UIDs are dropped as the view loses them).
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import email.errors
 import re
 import weakref
 from dataclasses import dataclass
 from email.header import decode_header, make_header
-from email.utils import parsedate_tz
 from typing import Any
 
 from twisted.internet import threads
 
 from mailsuite.imap.addresses import parse_address_list
 from mailsuite.imap.collation import casemap
-from mailsuite.imap.fastkeys import date_of, dates_of, field_value, header_cut, plain_base
+from mailsuite.imap.fastkeys import (
+    NO_DATE,
+    date_of,
+    dates_of,
+    field_value,
+    header_cut,
+    plain_base,
+    sent_date,
+)
 from mailsuite.store.mboxmailbox import quiet_gc
 
 _WSP_RUN = re.compile(r"[ \t\r\n]+")
@@ -193,30 +199,6 @@ def groups_in(fields: frozenset[bytes]) -> int:
     return sum(group for group, names in _GROUP_FIELDS if fields.issuperset(names))
 
 
-_MONTHS = {m: i for i, m in enumerate(
-    ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
-_DATE = re.compile(r"[ \t]*(?:[A-Za-z]{3},[ \t]*)?(\d{1,2})[ \t]+([A-Za-z]{3})[ \t]+(\d{4})"
-                   r"[ \t]+(\d{1,2}):(\d\d)(?::(\d\d))?[ \t]+([+-])(\d\d)(\d\d)(?:[ \t(]|$)")
-
-
-def sent_date(value: str | None, arrival: int) -> int:
-    """RFC 5256 section 2.2: the Date field in UTC seconds, else ``arrival``. The usual RFC 5322
-    form is read by a regular expression, anything else by the email package."""
-    if not value:
-        return arrival
-    m = _DATE.match(value)
-    month = _MONTHS.get(m.group(2).lower()) if m else None
-    if m and month:
-        zone = (int(m.group(8)) * 3600 + int(m.group(9)) * 60) * (-1 if m.group(7) == "-" else 1)
-        with contextlib.suppress(ValueError, OverflowError):
-            return calendar.timegm((int(m.group(3)), month, int(m.group(1)), int(m.group(4)),
-                                    int(m.group(5)), int(m.group(6) or 0))) - zone
-    parsed = parsedate_tz(value)
-    if parsed is not None:
-        with contextlib.suppress(ValueError, OverflowError, TypeError):
-            return calendar.timegm(parsed[:6]) - (parsed[9] or 0)  # type: ignore[arg-type]
-    return arrival
-
 
 def new_record(info: Any, raw: bytes, can: int) -> SortRecord:
     """A record of no key yet, made from ``raw`` (which has the fields of groups ``can``)."""
@@ -305,14 +287,21 @@ def _make_records(chunk: list[tuple[Any, SortRecord | None]], headers: dict[int,
         return out
 
 
-def _cached_records(infos: list[Any], data: dict[int, bytes], can: int, groups: int
-                    ) -> list[SortRecord]:
+def _cached_records(infos: list[Any], data: dict[int, bytes], can: int, groups: int,
+                    known: dict[int, int]) -> list[SortRecord]:
     """New records of ``infos`` from the header cache's ``data``, the groups made; the
-    dates of all in one pass (``fastkeys.dates_of``), the general way where it has none."""
+    dates from ``known`` (the cache's, NO_DATE for the arrival), else of all in one pass
+    (``fastkeys.dates_of``), else the general way."""
     with quiet_gc():
         raws = [data[info.uid] for info in infos]
-        dates = dates_of(raws) if groups & DATE else [None] * len(raws)
-        out = [SortRecord(info.uid, _when(info), info.size, 0 if date is None else date, "",
+        if not groups & DATE:
+            dates: list[int | None] = [None] * len(raws)
+        elif all(info.uid in known for info in infos):
+            dates = [known[info.uid] for info in infos]
+        else:
+            dates = dates_of(raws)
+        out = [SortRecord(info.uid, arrival := _when(info), info.size,
+                          0 if date is None else arrival if date == NO_DATE else date, "",
                           False, "", "", "", "", "", "", [], 0 if date is None else DATE, can,
                           raw) for info, raw, date in zip(infos, raws, dates, strict=True)]
         if groups != DATE or None in dates:
@@ -487,11 +476,11 @@ async def _make(mailbox: Any, cache: dict[int, SortRecord],
     fresh = [info for info, rec in rest if rec is None]
     cached = getattr(mailbox, "cached_header_fields", None)
     if fresh and cached is not None:
-        fields, data = await cached([info.uid for info in fresh], fields_of(groups))
+        fields, data, known = await cached([info.uid for info in fresh], fields_of(groups))
         can = groups_in(fields)
         if data and can & groups == groups:
             had = [info for info in fresh if info.uid in data]
-            made = await off_reactor(len(had), _cached_records, had, data, can, groups)
+            made = await off_reactor(len(had), _cached_records, had, data, can, groups, known)
             cache.update((rec.uid, rec) for rec in made)
             rest = [(info, rec) for info, rec in rest if rec is not None or info.uid not in data]
     for start in range(0, len(rest), _CHUNK):

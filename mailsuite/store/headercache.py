@@ -9,14 +9,17 @@ sets (so a field asked for once is cached for every message from then on).
 
 File: ``mailsuite.hcache`` in the index directory::
 
-    mailsuite-hcache 2 <uid_validity> <FIELD> <FIELD> ...\\n
+    mailsuite-hcache 3 <uid_validity> <FIELD> <FIELD> ...\\n
     record*
 
-A record is ``HCR1``, then uid, data length and CRC-32 (little-endian 32 bits), the message's
-fingerprint (``mboxformat.fingerprint``, 24 characters), then the data: ``pick`` of its header
-for the file's fields. The CRC covers everything after ``HCR1``. Records are only appended
-(``O_APPEND``, one write per batch); a record is used only for the UID and fingerprint the index
-gives now, so a message another program rewrote (a new fingerprint), an expunged one (its UID
+A record is ``HCR1``, then CRC-32, uid and data length (little-endian 32 bits), the message's
+sent date as SORT sees it (``fastkeys.cache_date``, signed 64 bits; ``UNKNOWN_DATE`` when the
+fields hold no Date), its fingerprint (``mboxformat.fingerprint``, 24 characters), then the
+data: ``pick`` of its header for the file's fields. The CRC covers everything after itself.
+The date is worked out once, as the record is written (a first SORT by DATE of 100,000 cached
+messages spent 0.3-0.45 s reading their Date fields). Records are only appended
+(``O_APPEND``, one write per batch); a record is used only for the UID and fingerprint the
+index gives now, so a message another program rewrote (a new fingerprint), an expunged one (its UID
 never asked for again) or a new UIDVALIDITY never gets old data. A record cut short or damaged
 (a crash, another writer) ends the load and the file is started again empty: never wrong data,
 at worst a re-read of the mbox. A new field set or UIDVALIDITY replaces the file atomically.
@@ -38,17 +41,18 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from mailsuite.imap.fastkeys import UNKNOWN_DATE, cache_date, dates_of
 from mailsuite.imap.message import header_fields, split_message
 from mailsuite.store.interfaces import StoreError
 from mailsuite.store.safepath import Dir
 from mailsuite.wire import complete
 
 CACHE_NAME = "mailsuite.hcache"
-MAGIC = b"mailsuite-hcache 2"  # 2: a lone CR anywhere keeps the whole block
+MAGIC = b"mailsuite-hcache 3"  # 2: a lone CR keeps the whole block; 3: the date, CRC first
 MAX_FIELDS = 64  # a client naming more fields than this is served from the mbox
 MAX_RECORD = 64 * 1024  # fields bigger than this are not kept
 DEAD_SLACK = 1024  # records of expunged messages kept beyond as many as there are messages
-_REC = struct.Struct("<4sIII24s")
+_REC = struct.Struct("<4sIIIq24s")
 _TAG = b"HCR1"
 _NAME = re.compile(rb"[!-9;-~]{1,100}\Z")  # a field name that can be a word of the first line
 # reads stay below glibc's mmap threshold (128 KiB): a bigger buffer, once freed, raises it
@@ -99,17 +103,22 @@ class HeaderCache:
                ) -> tuple[dict[int, bytes], list[Any]]:
         """({uid: pick of its header for ``names``} of the entries cached, entries not).
         A cache that cannot be read (its directory gone, refused) has nothing."""
-        return self._locked(validity, entries, names, False)[1:]
+        return self._locked(validity, entries, names, None)[1:]
 
     def lookup_whole(self, validity: int, entries: list[Any], names: frozenset[bytes]
-                     ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any]]:
+                     ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any], dict[int, int]]:
         """(the fields the file holds, {uid: its record's data, the pick for all of them},
-        entries not cached) when the file holds every field of ``names``; else nothing
-        (and every entry is missing). One pick less per message than ``lookup``."""
-        return self._locked(validity, entries, names, True)
+        entries not cached, {uid: its record's date} of the found ones whose fields hold
+        a Date) when the file holds every field of ``names``; else nothing (and every entry
+        is missing). One pick less per message than ``lookup``."""
+        dates: dict[int, int] = {}
+        return (*self._locked(validity, entries, names, dates), dates)
 
-    def _locked(self, validity: int, entries: list[Any], names: frozenset[bytes], whole: bool
+    def _locked(self, validity: int, entries: list[Any], names: frozenset[bytes],
+                dates: dict[int, int] | None
                 ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any]]:
+        """``_lookup``'s answer. ``dates``: None for ``lookup`` (each record's pick for
+        ``names``), else ``lookup_whole``'s (each record's whole data), filled with their dates."""
         none: tuple[frozenset[bytes], dict[int, bytes], list[Any]] = (
             frozenset(), {}, list(entries))
         try:
@@ -122,7 +131,7 @@ class HeaderCache:
                     if fd is None:
                         return none
                     try:
-                        return self._lookup(fd, validity, entries, names, whole)
+                        return self._lookup(fd, validity, entries, names, dates)
                     finally:
                         os.close(fd)
         except (OSError, StoreError) as e:
@@ -136,7 +145,8 @@ class HeaderCache:
             log.warn("header cache not used: {why}", why=e)
 
     def _lookup(self, fd: int, validity: int, entries: list[Any], names: frozenset[bytes],
-                whole: bool) -> tuple[frozenset[bytes], dict[int, bytes], list[Any]]:
+                dates: dict[int, int] | None
+                ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any]]:
         self._sync(fd)
         if validity != self.validity or not names <= self.fields:
             return frozenset(), {}, list(entries)
@@ -155,27 +165,29 @@ class HeaderCache:
                 missing.append(e)
         found: dict[int, bytes] = {}
         where.sort(key=lambda pair: pair[0])
-        whole = whole or names == self.fields
+        whole = dates is not None or names == self.fields
+        unknown = UNKNOWN_DATE
         size, unpack, crc32 = _REC.size, _REC.unpack_from, zlib.crc32
         for span in _spans(where):
             start = span[0][0]
             buf = os.pread(fd, span[-1][0] + span[-1][1] - start, start)
-            end = len(buf)
+            view, end = memoryview(buf), len(buf)
             for off, _, e in span:  # _record, written out: 100,000s of calls
                 at = off - start
                 data = None
                 if at + size <= end:
-                    tag, uid, length, crc, fp = unpack(buf, at)
+                    tag, crc, uid, length, date, fp = unpack(buf, at)
                     begin = at + size
                     if tag == _TAG and uid == e.uid and begin + length <= end and \
-                            fp == e.fingerprint.encode("ascii", "replace"):
+                            fp == e.fingerprint.encode("ascii", "replace") and \
+                            crc32(view[at + 8 : begin + length]) == crc:
                         data = buf[begin : begin + length]
-                        if crc32(data, crc32(buf[at + 4 : at + 12] + buf[at + 16 : begin])) != crc:
-                            data = None
                 if data is None:
                     missing.append(e)
                 else:
                     found[e.uid] = data if whole else pick(data, names)
+                    if dates is not None and date != unknown:
+                        dates[e.uid] = date
         return self.fields, found, missing
 
     def _sync(self, fd: int) -> None:
@@ -198,7 +210,7 @@ class HeaderCache:
             buf = os.pread(fd, min(size - pos, _LOAD), pos)
             at = 0
             while at + _REC.size <= len(buf):
-                tag, uid, length, _crc, fp = _REC.unpack_from(buf, at)
+                tag, _crc, uid, length, _date, fp = _REC.unpack_from(buf, at)
                 if tag != _TAG or length > MAX_RECORD:
                     return  # damaged: left unloaded, started again by the next add
                 if at + _REC.size + length > len(buf):
@@ -279,12 +291,14 @@ class HeaderCache:
         placed: list[tuple[int, int, int]] = []
         size = 0
         whole = names == self.fields
+        kept: list[tuple[int, str, bytes]] = []
         for uid, fp, header in items:
             data = pick(header, self.fields)
             out[uid] = data if whole else pick(data, names)
-            if len(data) > MAX_RECORD or len(fp) != 24 or not fp.isascii():
-                continue
-            rec = _pack(uid, fp.encode(), data)
+            if len(data) <= MAX_RECORD and len(fp) == 24 and fp.isascii():
+                kept.append((uid, fp, data))
+        for (uid, fp, data), date in zip(kept, _dates(self.fields, kept), strict=True):
+            rec = _pack(uid, fp.encode(), data, date)
             placed.append((uid, size, len(rec)))
             chunks.append(rec)
             size += len(rec)
@@ -311,10 +325,19 @@ class HeaderCache:
             self._lens.insert(i, length)
 
 
-def _pack(uid: int, fp: bytes, data: bytes) -> bytes:
-    body = _REC.pack(_TAG, uid, len(data), 0, fp)[4:]
-    crc = zlib.crc32(data, zlib.crc32(body[:8] + body[12:]))
-    return _REC.pack(_TAG, uid, len(data), crc, fp) + data
+def _dates(fields: frozenset[bytes], kept: list[tuple[int, str, bytes]]) -> list[int]:
+    """``cache_date`` of each record's data (UNKNOWN_DATE without a Date field among
+    ``fields``): the usual form of all in one pass (``dates_of``), the others one by one."""
+    if b"DATE" not in fields:
+        return [UNKNOWN_DATE] * len(kept)
+    usual = dates_of([data for _, _, data in kept])
+    return [cache_date(data) if date is None else date
+            for (_, _, data), date in zip(kept, usual, strict=True)]
+
+
+def _pack(uid: int, fp: bytes, data: bytes, date: int) -> bytes:
+    rest = _REC.pack(_TAG, 0, uid, len(data), date, fp)[8:] + data
+    return _TAG + struct.pack("<I", zlib.crc32(rest)) + rest
 
 
 def _record(buf: bytes, at: int, uid: int, fp: str) -> bytes | None:
@@ -322,14 +345,13 @@ def _record(buf: bytes, at: int, uid: int, fp: str) -> bytes | None:
     fingerprint; None otherwise."""
     if at + _REC.size > len(buf):
         return None
-    tag, got_uid, length, crc, got_fp = _REC.unpack_from(buf, at)
+    tag, crc, got_uid, length, _date, got_fp = _REC.unpack_from(buf, at)
     start = at + _REC.size
     if tag != _TAG or got_uid != uid or got_fp != fp.encode("ascii", "replace") or \
             start + length > len(buf):
         return None
-    data = buf[start : start + length]
-    head = buf[at + 4 : at + 12] + buf[at + 16 : start]
-    return data if zlib.crc32(data, zlib.crc32(head)) == crc else None
+    return buf[start : start + length] if zlib.crc32(buf[at + 8 : start + length]) == crc \
+        else None
 
 
 def _spans(where: list[tuple[int, int, Any]]) -> Iterable[list[tuple[int, int, Any]]]:

@@ -142,11 +142,13 @@ class IMailbox(Interface):
         from the whole header. The mbox store keeps them in a cache beside the index."""
 
     def cached_header_fields(uids, names):
-        """Deferred[(frozenset[bytes], dict[int, bytes])]: the field names (upper case) a
-        header cache holds and, for each UID it has, its header cut down to all of them (as
-        ``header_fields`` gives it), when they include every one of ``names``; otherwise, or
-        without a cache, ``(frozenset(), {})``. Never reads the messages themselves: SORT
-        uses it to make the keys of cached fields at the cost of the cache alone."""
+        """Deferred[(frozenset[bytes], dict[int, bytes], dict[int, int])]: the field names
+        (upper case) a header cache holds and, for each UID it has, its header cut down to all
+        of them (as ``header_fields`` gives it), and its sent date (``fastkeys.cache_date``:
+        NO_DATE for the arrival) where the fields hold a Date, when they include every one of
+        ``names``; otherwise, or without a cache, ``(frozenset(), {}, {})``. Never reads the
+        messages themselves: SORT uses it to make the keys of cached fields at the cost of
+        the cache alone."""
 
     def set_flags(changes):
         """Persist flags: ``changes`` maps UID -> the complete new frozenset of flags.

@@ -419,12 +419,13 @@ class MboxMailbox:
         return found
 
     def cached_header_fields(self, uids: list[int], names: list[bytes]) -> Any:
-        """(the fields the header cache holds, {uid: its data for all of them}) of the UIDs
-        it has, when it holds every field of ``names``; nothing is read from the mbox."""
+        """(the fields the header cache holds, {uid: its data for all of them}, {uid: its
+        sent date}) of the UIDs it has, when it holds every field of ``names``; nothing is
+        read from the mbox."""
         entries = self._entries(uids)
         return self._store.blocking(self._hcache.lookup_whole, self.uid_validity, entries,
                                     frozenset(n.upper() for n in names)).addCallback(
-            lambda found: found[:2])
+            lambda found: (found[0], found[1], found[3]))
 
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         return self._run(self._file.set_flags, dict(changes)).addCallback(lambda _: None)

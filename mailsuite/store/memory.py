@@ -97,9 +97,10 @@ class MemoryMailbox:
         return defer.succeed(out)
 
     def cached_header_fields(self, uids: list[int], names: list[bytes]
-                             ) -> defer.Deferred[tuple[frozenset[bytes], dict[int, bytes]]]:
+                             ) -> defer.Deferred[tuple[frozenset[bytes], dict[int, bytes],
+                                                       dict[int, int]]]:
         """Nothing: this store keeps no header cache (``header_fields`` reads the bodies)."""
-        return defer.succeed((frozenset(), {}))
+        return defer.succeed((frozenset(), {}, {}))
 
     def set_flags(self, changes: dict[int, frozenset[str]]) -> defer.Deferred[None]:
         told = Changes()
