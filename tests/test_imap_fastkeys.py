@@ -117,7 +117,9 @@ CACHE_KEYS = ("date", "subject", "reply", "from_", "display_from", "to", "displa
 
 
 def keys_of(rec: SortRecord, names: tuple[str, ...]) -> dict[str, Any]:
-    return {name: getattr(rec, name) for name in names}
+    """The keys ``names`` of ``rec`` (the references as a list: none may be a shared ())."""
+    return {name: list(v) if name == "references" else v
+            for name in names for v in (getattr(rec, name),)}
 
 
 class CachePathTests(unittest.TestCase):

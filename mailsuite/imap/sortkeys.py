@@ -183,7 +183,8 @@ class SortRecord:
     display_from: str
     display_to: str
     message_id: str  # "" when absent or invalid
-    references: list[str]  # References' msg-ids, else In-Reply-To's first
+    references: list[str] | tuple[()]  # References' msg-ids, else In-Reply-To's first (or
+    # the shared (): no empty list per message)
     made: int = 0  # the key groups made (the others hold nothing yet)
     can: int = ALL_KEYS  # the groups ``raw`` has the fields of
     raw: bytes | None = None  # what the groups not yet made are made from (None: all made)
@@ -203,7 +204,7 @@ def groups_in(fields: frozenset[bytes]) -> int:
 def new_record(info: Any, raw: bytes, can: int) -> SortRecord:
     """A record of no key yet, made from ``raw`` (which has the fields of groups ``can``)."""
     return SortRecord(info.uid, _when(info), info.size, 0, "", False, "", "", "", "", "", "",
-                      [], 0, can, raw)
+                      (), 0, can, raw)
 
 
 def complete(rec: SortRecord, groups: int, values: dict[bytes, str] | None = None
@@ -252,7 +253,7 @@ def _complete_more(rec: SortRecord, todo: int, raw: bytes, cut: int,
         refs = message_ids(_value(raw, cut, values, b"REFERENCES") or "")
         if not refs:
             refs = message_ids(_value(raw, cut, values, b"IN-REPLY-TO") or "")[:1]
-        rec.message_id, rec.references = ids[0] if ids else "", refs
+        rec.message_id, rec.references = ids[0] if ids else "", refs or ()
 
 
 def make_record(uid: int, info: Any, header: bytes, old: SortRecord | None = None,
@@ -302,7 +303,7 @@ def _cached_records(infos: list[Any], data: dict[int, bytes], can: int, groups: 
             dates = dates_of(raws)
         out = [SortRecord(info.uid, arrival := _when(info), info.size,
                           0 if date is None else arrival if date == NO_DATE else date, "",
-                          False, "", "", "", "", "", "", [], 0 if date is None else DATE, can,
+                          False, "", "", "", "", "", "", (), 0 if date is None else DATE, can,
                           raw) for info, raw, date in zip(infos, raws, dates, strict=True)]
         if groups != DATE or None in dates:
             for rec in out:
@@ -431,18 +432,22 @@ async def records(view: Any, groups: int = ALL_KEYS) -> list[tuple[int, SortReco
     cache = keys.by_uid
     if same:  # the records of ``found`` completed where they are
         short = [rec for _, rec in keys.found if rec.made & groups != groups]
-        await _make(view.mailbox, cache, [(None, rec) for rec in short], groups)
+        await _make(view.mailbox, cache, short, [], groups)
         if all(rec.made & groups == groups for rec in short):
             keys.made |= groups
             return keys.found
         same = False  # a header not read (gone meanwhile): the list made again without it
     for _ in range(3):  # again if another command's records replaced some meanwhile
-        todo: list[tuple[Any, SortRecord | None]] = [
-            (info, rec) for info in rows
-            if (rec := cache.get(info.uid)) is None or rec.made & groups != groups]
-        if not todo:
+        old: list[SortRecord] = []
+        fresh: list[Any] = []
+        for info in rows:  # two lists, not 100,000 pairs the collector walks again and again
+            if (rec := cache.get(info.uid)) is None:
+                fresh.append(info)
+            elif rec.made & groups != groups:
+                old.append(rec)
+        if not old and not fresh:
             break
-        await _make(view.mailbox, cache, todo, groups)
+        await _make(view.mailbox, cache, old, fresh, groups)
     skip = set(gone)
     with quiet_gc():  # 100,000s of tuples: no collection walking every object meanwhile
         found = [(seq, rec) for seq, info in enumerate(rows, 1)
@@ -458,22 +463,16 @@ async def records(view: Any, groups: int = ALL_KEYS) -> list[tuple[int, SortReco
     return found
 
 
-async def _make(mailbox: Any, cache: dict[int, SortRecord],
-                todo: list[tuple[Any, SortRecord | None]], groups: int) -> None:
-    """The groups made for ``(entry, its record or None)`` pairs (the entry may be None
-    with a record): from a record's ``raw`` where it has their fields, else from the header
-    cache for messages with no record, else from the headers."""
-    able: list[SortRecord] = []
-    rest: list[tuple[Any, SortRecord | None]] = []
-    for pair in todo:
-        rec = pair[1]
-        if rec is not None and rec.can & groups == groups:
-            able.append(rec)
-        else:
-            rest.append(pair)
+async def _make(mailbox: Any, cache: dict[int, SortRecord], old: list[SortRecord],
+                fresh: list[Any], groups: int) -> None:
+    """The groups ``groups`` made into the records ``old``, from their ``raw`` where it has
+    their fields, and records made for the entries ``fresh`` (messages with none yet), from
+    the header cache; the rest from the headers, read in chunks."""
+    able = [rec for rec in old if rec.can & groups == groups]
     if able:
         await off_reactor(len(able), _complete_all, able, groups)
-    fresh = [info for info, rec in rest if rec is None]
+    rest: list[tuple[Any, SortRecord | None]] = [
+        (None, rec) for rec in old if rec.can & groups != groups]
     cached = getattr(mailbox, "cached_header_fields", None)
     if fresh and cached is not None:
         fields, data, known = await cached([info.uid for info in fresh], fields_of(groups))
@@ -482,7 +481,10 @@ async def _make(mailbox: Any, cache: dict[int, SortRecord],
             had = [info for info in fresh if info.uid in data]
             made = await off_reactor(len(had), _cached_records, had, data, can, groups, known)
             cache.update((rec.uid, rec) for rec in made)
-            rest = [(info, rec) for info, rec in rest if rec is not None or info.uid not in data]
+            fresh = [info for info in fresh if info.uid not in data]
+    if fresh:
+        rest += [(info, None) for info in fresh]
+        rest.sort(key=lambda pair: pair[0].uid if pair[1] is None else pair[1].uid)
     for start in range(0, len(rest), _CHUNK):
         chunk = rest[start:start + _CHUNK]
         headers = await mailbox.read_headers(
