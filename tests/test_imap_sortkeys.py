@@ -4,6 +4,7 @@ Message-IDs) and the thread list format, ESEARCH formatting."""
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from mailsuite.imap.esearch import esearch_response, parse_return
 from mailsuite.imap.parser import ParseError
 from mailsuite.imap.sortkeys import SortRecord, base_subject, make_record
 from mailsuite.imap.thread import Node, format_threads, ordered_subject, references, refs
+from mailsuite.imap.threadid import thread_roots
 
 
 def record(uid: int, subject: str = "s", day: int = 1, mid: str = "", refs_: str = "",
@@ -183,6 +185,28 @@ class ThreadTests(unittest.TestCase):
         found += [record(i + 1, "x", 1, f"m{i}@x", f"<m{i - 1}@x>") for i in range(1, 5000)]
         out = references(found, by_seq)
         self.assertEqual(out, b"(" + b" ".join(b"%d" % i for i in range(1, 5001)) + b")")
+
+
+    def test_trees_are_freed_without_the_collector(self) -> None:
+        """Each algorithm and THREADID's map leave no node behind once answered (parents
+        and children refer to each other: an uncut tree would wait for a full collection,
+        100,000s of nodes, for memory the server still holds meanwhile)."""
+        found = [record(1, "a", 1, "a@x"), record(2, "Re: a", 2, "b@x", "<a@x>"),
+                 record(3, "b", 3, "c@x", "<gone@x> <a@x>"), record(4, "b", 4, "d@x"),
+                 record(5, "c", 5, "e@x", irt="<gone2@x>"),
+                 record(6, "c", 6, "f@x", irt="<gone2@x>")]
+        runs = [lambda: references(found, by_seq), lambda: refs(found, by_seq),
+                lambda: ordered_subject(found, by_seq), lambda: thread_roots(found)]
+        was = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            for run in runs:
+                self.assertTrue(run())
+                self.assertEqual([o for o in gc.get_objects() if isinstance(o, Node)], [])
+        finally:
+            if was:
+                gc.enable()
 
 
 class EsearchTests(unittest.TestCase):

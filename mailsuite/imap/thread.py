@@ -10,10 +10,12 @@ stack.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from mailsuite.imap.sortkeys import SortRecord
+from mailsuite.store.mboxmailbox import quiet_gc
 
 Found = list[tuple[int, SortRecord]]
 Number = Callable[[int, SortRecord], int]
@@ -224,15 +226,41 @@ def format_threads(roots: list[Node], number: Number) -> bytes:
     return b"".join(parts)
 
 
-def references(found: Found, number: Number) -> bytes:
+def unlink(roots: list[Node]) -> None:
+    """Every parent link under ``roots`` cut: the tree is freed as its roots go, at once and
+    without the cyclic collector (a parent and its children refer to each other)."""
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        node.parent = None
+        stack.extend(node.children)
+
+
+def tree_work(f: Callable[[Found], list[Node]]) -> Callable[[Found, Number], bytes]:
+    """An algorithm giving the thread list of the roots ``f`` makes, with no collection
+    while 100,000s of nodes are made (each would walk them again), the tree unlinked after."""
+    @functools.wraps(f)
+    def run(found: Found, number: Number) -> bytes:
+        with quiet_gc():
+            roots = f(found)
+            try:
+                return format_threads(roots, number)
+            finally:
+                unlink(roots)
+    return run
+
+
+@tree_work
+def references(found: Found) -> list[Node]:
     roots = _prune(build_tree(found))
     _sort_all(roots)
     roots = _merge_subjects(roots)
     _sort_all(roots)
-    return format_threads(roots, number)
+    return roots
 
 
-def refs(found: Found, number: Number) -> bytes:
+@tree_work
+def refs(found: Found) -> list[Node]:
     """REFERENCES' links without step 5; threads ordered by their latest message's date."""
     roots = _prune(build_tree(found))
     _sort_all(roots)
@@ -247,10 +275,11 @@ def refs(found: Found, number: Number) -> bytes:
             stack.extend(node.children)
         latest[id(root)] = (best, root.seq if root.msg is not None else 0)
     roots.sort(key=lambda r: latest[id(r)])
-    return format_threads(roots, number)
+    return roots
 
 
-def ordered_subject(found: Found, number: Number) -> bytes:
+@tree_work
+def ordered_subject(found: Found) -> list[Node]:
     """By base subject, then sent date; the first of each subject is the parent of the rest;
     threads by their first message's date."""
     ordered = sorted(found, key=lambda f: (f[1].subject, f[1].date, f[0]))
@@ -266,7 +295,7 @@ def ordered_subject(found: Found, number: Number) -> bytes:
             current = node
             roots.append(node)
     roots.sort(key=Node.sort_key)
-    return format_threads(roots, number)
+    return roots
 
 
 ALGORITHMS = {b"ORDEREDSUBJECT": ordered_subject, b"REFERENCES": references, b"REFS": refs}
