@@ -331,6 +331,7 @@ def _entry(w: list[bytes], version: int = 4) -> Entry:
         if d[-5] == _SIGNS[1]:
             tz = -tz
         d = d[:-5]
+    date = int(d)
     return _new_tuple(
         Entry,
         (
@@ -340,13 +341,13 @@ def _entry(w: list[bytes], version: int = 4) -> Entry:
             int(w[3]),
             int(w[4]),
             int(w[5]),
-            int(d),
+            date,
             w[7].decode(),
             sig,
             _flags(w[9:] if version < 3 else w[10:] if version < 4 else w[11:]),
             tz,
             1 if version < 3 else int(w[9]),
-            int(w[10]) if version >= 4 else 0,
+            (date if w[10] == d else int(w[10])) if version >= 4 else 0,  # one int if equal
         ),
     )
 
