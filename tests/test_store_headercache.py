@@ -226,12 +226,15 @@ class CacheTests(CacheCase):
     @defer.inlineCallbacks
     def test_fetch_identical_with_and_without(self) -> None:
         messages = [MSG1, MSG2, b"Subject: a\r\n b\r\nFrom: c\r\n\r\nx\r\n",
-                    b"From: only header", b"\nno header\n", b"Subject: lone\rcr\n\nz\n"]
+                    b"From: only header", b"\nno header\n", b"Subject: lone\rcr\n\nz\n",
+                    b"Subject: a \0 NUL\nX%d: per cent\n\nq\n"]
         box = yield self.open_with(*messages)
         self.patch(fetch, "_CHUNK", 2)  # chunks answered at once, others message by message
         for items in (ITEMS, b"BODY.PEEK[HEADER.FIELDS (Subject)]",
                       b"(FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (Subject From)] UID)",
-                      b"(BODY[HEADER.FIELDS (From)] BODY.PEEK[HEADER.FIELDS (To Subject)]<0.9>)"):
+                      b"(BODY[HEADER.FIELDS (From)] BODY.PEEK[HEADER.FIELDS (To Subject)]<0.9>)",
+                      b'(UID BODY.PEEK[HEADER.FIELDS ("X%d" Subject)])',
+                      b'(UID BODY.PEEK[HEADER.FIELDS ("X\nY" Subject)])'):  # a bare LF
             without = yield fetch_all(box, items, False)
             self.assertEqual((yield fetch_all(box, items, True)), without)  # fills
             self.assertEqual((yield fetch_all(box, items, True)), without)  # from the cache

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mailsuite.imap.encode import format_flags, internal_date
-from mailsuite.wire import crlf
+from mailsuite.wire import NO_NULS
 
 #: off: every header item reads the whole header (tests compare both ways)
 USE_CACHE = True
@@ -52,13 +52,19 @@ _DAYS: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # (day, zone): the text 
 class Listing:
     """The listing FETCH (UID, FLAGS, RFC822.SIZE, INTERNALDATE and at most one whole
     ``HEADER.FIELDS``, its blocks from ``header_fields``) answered a chunk of messages at a
-    time: one look-up per message instead of one per item, one write per chunk. Each line is
-    the one ``fetch._response`` makes (tests compare them)."""
+    time: one look-up per message instead of one per item, one write per chunk, the line
+    ends of the chunk made CRLF in one pass. Each line is the one ``fetch._response`` makes
+    (tests compare them)."""
 
     def __init__(self, kinds: tuple[str, ...], label: bytes, write: Callable[[bytes], None],
                  lost: Callable[[], bool]) -> None:
-        self.kinds, self.label, self.write, self.lost = kinds, label, write, lost
+        self.write, self.lost = write, lost
         self.flag_text: dict[frozenset[str], bytes] = {}
+        self.info = any(kind in _INFO for kind in kinds)
+        parts = [_TEMPLATE.get(kind, (_BLOCK, label.replace(b"%", b"%%") + b"{%d}\n%s"))
+                 for kind in kinds]
+        self.codes = tuple(code for code, _ in parts)
+        self.template = b"* %d FETCH (" + b" ".join(text for _, text in parts) + b")\n"
 
     @classmethod
     def of(cls, items: Sequence[Any], write: Callable[[bytes], None],
@@ -73,7 +79,9 @@ class Listing:
         if sections:
             if sections[0].partial is not None:
                 return None
-            label = b"BODY[" + sections[0].section.label() + b"] {%d}\r\n"
+            label = b"BODY[" + sections[0].section.label() + b"] "
+            if b"\n" in label or b"\r" in label or b"\0" in label:
+                return None  # (a bare LF in a quoted field name): line ends are the chunk's
         return cls(tuple(i.name for i in items), label, write, lost)
 
     def chunk(self, view: Any, chunk: list[tuple[int, int]], headers: dict[int, bytes]) -> bool:
@@ -81,39 +89,51 @@ class Listing:
         plain one (none expunged, all in ``headers``, no CR in a block); False: nothing
         written, ``fetch`` answers the chunk message by message."""
         lines = []
+        get, expunged, line = headers.get, view.is_expunged, self.line
         for seq, uid in chunk:
-            fields = headers.get(uid)
-            if fields is None or b"\r" in fields or view.is_expunged(uid):
+            fields = get(uid)
+            if fields is None or b"\r" in fields or expunged(uid):
                 return False
-            lines.append(self.line(view, seq, uid, fields))
+            lines.append(line(view, seq, uid, fields))
         if self.lost():
             return False
-        self.write(b"".join(lines))
+        out = b"".join(lines)
+        if b"\0" in out:
+            out = out.translate(NO_NULS)
+        self.write(out.replace(b"\n", b"\r\n"))  # wire.crlf of the whole chunk at once
         return True
 
     def line(self, view: Any, seq: int, uid: int, fields: bytes) -> bytes:
-        info = view.info(uid)
-        out = [b"* %d FETCH (" % seq]
-        for n, kind in enumerate(self.kinds):
-            if n:
-                out.append(b" ")
-            if kind == "UID":
-                out.append(b"UID %d" % uid)
-            elif kind == "FLAGS":
+        """The response of one message with LF line ends (``fields`` has no CR; each LF
+        counts twice in its literal's size) and NULs left as they are: ``self.template``
+        filled in (one formatting per message)."""
+        info: Any = view.info(uid) if self.info else None
+        values: list[Any] = [seq]
+        for kind in self.codes:
+            if kind == _UID:
+                values.append(uid)
+            elif kind == _BLOCK:
+                values += (len(fields) + fields.count(b"\n"), fields)
+            elif kind == _FLAGS:
                 flags = info.flags | _RECENT if view.is_recent(uid) else info.flags
                 text = self.flag_text.get(flags)
                 if text is None:
-                    text = self.flag_text[flags] = b"FLAGS " + format_flags(flags)
-                out.append(text)
-            elif kind == "RFC822.SIZE":
-                out.append(b"RFC822.SIZE %d" % info.size)
-            elif kind == "INTERNALDATE":
-                out.append(b"INTERNALDATE " + date_text(info))
+                    text = self.flag_text[flags] = format_flags(flags)
+                values.append(text)
+            elif kind == _SIZE:
+                values.append(info.size)
             else:
-                data = crlf(fields)
-                out += (self.label % len(data), data)
-        out.append(b")\r\n")
-        return b"".join(out)
+                values.append(date_text(info))
+        return self.template % tuple(values)
+
+
+_UID, _FLAGS, _SIZE, _DATE, _BLOCK = range(5)
+#: each item's code and its part of the template (a BODY[...] label goes in as it is)
+_TEMPLATE = {"UID": (_UID, b"UID %d"), "FLAGS": (_FLAGS, b"FLAGS %s"),
+             "RFC822.SIZE": (_SIZE, b"RFC822.SIZE %d"), "INTERNALDATE": (_DATE, b"INTERNALDATE %s")}
+
+
+_INFO = ("FLAGS", "RFC822.SIZE", "INTERNALDATE")
 
 
 def date_text(info: Any) -> bytes:
