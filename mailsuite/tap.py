@@ -32,7 +32,6 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mailsuite import metrics, startup
-from mailsuite.acme.service import add_acme
 from mailsuite.auth.cache import AuthCache
 from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
@@ -103,6 +102,15 @@ class Options(usage.Options):
         except ConfigError as e:
             startup.fatal(e.errors, startup.EX_CONFIG)
         self["cfg"] = cfg
+
+
+def add_acme(top: service.MultiService, cfg: Config, *args: Any) -> Any:
+    """The ACME service under ``top`` when ``[tls] acme = yes``: mailsuite.acme.service,
+    imported only then (certbot's ``acme`` and ``requests`` are 7 MB of every process)."""
+    if not cfg.tls.acme:
+        return None
+    from mailsuite.acme.service import add_acme as add
+    return add(top, cfg, *args)
 
 
 def checked_config(path: str, warn: Callable[[str], None] = print) -> tuple[Config, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 
 from twisted.internet import reactor
@@ -195,3 +196,15 @@ class BuildTests(unittest.TestCase):
             self.patch(listenaddr, "_can_bind", lambda family, address, ipv6=ipv6: ipv6)
             self.assertEqual(tap.listen_addresses(["loopback-only"]), loopback)
             self.assertEqual(tap.listen_addresses(["all"]), wildcard)
+
+
+class LightImportTests(unittest.TestCase):
+    def test_acme_is_imported_only_when_used(self) -> None:
+        """The server's modules (master, zygote: network process and agents) do not load
+        certbot's ``acme`` and ``requests`` (7 MB of each process) unless [tls] acme = yes."""
+        code = ("import sys, mailsuite.tap, mailsuite.privsep.netproc, mailsuite.privsep.agent;"
+                "print(sorted(m for m in ('acme', 'josepy', 'requests') if m in sys.modules))")
+        top = os.path.dirname(os.path.dirname(os.path.abspath(tap.__file__)))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, check=True, env=dict(os.environ, PYTHONPATH=top))
+        self.assertEqual(out.stdout.strip(), "[]", out.stderr)
