@@ -209,6 +209,25 @@ class CacheTests(CacheCase):
         box.close()
 
     @defer.inlineCallbacks
+    def test_a_file_put_in_its_place_is_loaded_again(self) -> None:
+        """Records are checked (CRC) as the file is loaded, not at each look-up: a file
+        another process put in the place of the loaded one, with the same first line and a
+        record damaged, is loaded again (its inode), so the damage is seen, never served."""
+        box = yield self.open_with(MSG1, MSG2, MSG1 + b"3\n")
+        yield self.check(box)
+        with open(self.cache_path(), "rb") as f:
+            data = bytearray(f.read())
+        data[-3] ^= 0x20  # in the last record's data: its CRC no longer matches
+        other = self.cache_path() + ".new"
+        with open(other, "wb") as f:
+            f.write(bytes(data))
+        os.replace(other, self.cache_path())
+        yield self.check(box)  # right, from the mbox, by the same open mailbox
+        self.no_mbox_reads(box)
+        yield self.check(box)  # and cached again
+        box.close()
+
+    @defer.inlineCallbacks
     def test_restart_and_new_uidvalidity(self) -> None:
         box = yield self.open_with(MSG1, MSG2)
         yield self.check(box)

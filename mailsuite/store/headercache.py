@@ -23,6 +23,10 @@ index gives now, so a message another program rewrote (a new fingerprint), an ex
 never asked for again) or a new UIDVALIDITY never gets old data. A record cut short or damaged
 (a crash, another writer) ends the load and the file is started again empty: never wrong data,
 at worst a re-read of the mbox. A new field set or UIDVALIDITY replaces the file atomically.
+The CRC is checked as the file is loaded: the map then holds only records checked then or
+written here, nothing rewrites a record in place, and a file put in the place of the one
+loaded (another inode, or another first line) is loaded again, so a look-up checks only that
+a record is the one the map says (tag, UID, fingerprint): a quarter less time per look-up.
 
 All methods do file I/O: call them in a thread (``MboxMailbox.header_fields`` does).
 """
@@ -90,6 +94,7 @@ class HeaderCache:
         self._owner = owner
         self._lock = threading.Lock()
         self._head: bytes | None = None  # the first line of the file the map describes
+        self._file = (0, 0)  # and its device and inode
         self.validity = 0
         self.fields: frozenset[bytes] = frozenset()
         self._uids = array("I")  # ascending; record of _uids[i] at _offs[i], _lens[i] bytes
@@ -167,20 +172,19 @@ class HeaderCache:
         where.sort(key=lambda pair: pair[0])
         whole = dates is not None or names == self.fields
         unknown = UNKNOWN_DATE
-        size, unpack, crc32 = _REC.size, _REC.unpack_from, zlib.crc32
+        size, unpack = _REC.size, _REC.unpack_from
         for span in _spans(where):
             start = span[0][0]
             buf = os.pread(fd, span[-1][0] + span[-1][1] - start, start)
-            view, end = memoryview(buf), len(buf)
-            for off, _, e in span:  # _record, written out: 100,000s of calls
+            end = len(buf)
+            for off, _, e in span:  # _record but for the CRC, written out: 100,000s of calls
                 at = off - start
                 data = None
                 if at + size <= end:
-                    tag, crc, uid, length, date, fp = unpack(buf, at)
+                    tag, _crc, uid, length, date, fp = unpack(buf, at)
                     begin = at + size
                     if tag == _TAG and uid == e.uid and begin + length <= end and \
-                            fp == e.fingerprint.encode("ascii", "replace") and \
-                            crc32(view[at + 8 : begin + length]) == crc:
+                            fp == e.fingerprint.encode("ascii", "replace"):
                         data = buf[begin : begin + length]
                 if data is None:
                     missing.append(e)
@@ -194,7 +198,8 @@ class HeaderCache:
         """The map made again if the file is not the one it describes (replaced by another
         process, or not loaded yet)."""
         head = _first_line(fd)
-        if head == self._head:
+        st = os.fstat(fd)
+        if head == self._head and (st.st_dev, st.st_ino) == self._file:
             return
         self._load(fd, head)
 
@@ -204,7 +209,8 @@ class HeaderCache:
         words = head.split(b" ") if head else []
         if len(words) < 3 or b" ".join(words[:2]) != MAGIC or not words[2].isdigit():
             return
-        pos, size = len(head) + 1, os.fstat(fd).st_size  # type: ignore[arg-type]
+        st = os.fstat(fd)
+        pos, size = len(head) + 1, st.st_size  # type: ignore[arg-type]
         pairs: dict[int, tuple[int, int]] = {}
         while pos < size:
             buf = os.pread(fd, min(size - pos, _LOAD), pos)
@@ -223,6 +229,7 @@ class HeaderCache:
                 return  # a record cut short at the end: a torn write
             pos += at
         self._head, self.validity = head, int(words[2])
+        self._file = (st.st_dev, st.st_ino)
         self.fields = frozenset(words[3:])
         for uid in sorted(pairs):
             self._uids.append(uid)
