@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from mailsuite import heap
@@ -30,3 +31,44 @@ class ReleaseTests(unittest.TestCase):
             raise unittest.SkipTest("not glibc")
         self.assertIsNotNone(heap._load())
         self.assertTrue(heap.release())  # the real malloc_trim(0)
+
+
+class QuietTests(unittest.TestCase):
+    def test_given_back_once_quiet(self):
+        """After big commands the trim waits for QUIET seconds without another (a busy
+        client's commands never wait on it), runs once in a thread, and not for small ones."""
+        trims: list[int] = []
+        self.patch(heap, "_trim", lambda pad: trims.append(pad) or 1)
+        clock = task.Clock()
+
+        def run(f, *args):
+            return defer.maybeDeferred(f, *args)
+
+        heap.release_when_quiet(clock, heap.BIG - 1, run)
+        clock.advance(2 * heap.QUIET)
+        self.assertEqual(trims, [])
+        heap.release_when_quiet(clock, heap.BIG, run)
+        for _ in range(5):  # a busy client: each big command puts it off
+            clock.advance(heap.QUIET / 2)
+            heap.release_when_quiet(clock, heap.BIG, run)
+        self.assertEqual(trims, [])
+        clock.advance(heap.QUIET)
+        self.assertEqual(trims, [0])
+        clock.advance(10 * heap.QUIET)
+        self.assertEqual(trims, [0])
+
+    def test_imap_session_asks_after_a_slow_command_on_a_big_mailbox(self):
+        from mailsuite.imap import server
+        asked: list[int] = []
+        self.patch(heap, "release_when_quiet", lambda clock, n: asked.append(n))
+        clock = task.Clock()
+        s = server.IMAPServer.__new__(server.IMAPServer)
+        s.clock, s.view = clock, None
+        s._finished(None, 0.0)
+        s.view = type("View", (), {"count": lambda self: 100_000})()
+        clock.advance(server.SLOW_COMMAND / 2)
+        s._finished(None, 0.0)
+        self.assertEqual(asked, [])
+        clock.advance(server.SLOW_COMMAND)
+        s._finished(None, 0.0)
+        self.assertEqual(asked, [100_000])

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.mail import imap4
 from twisted.python.failure import Failure
 
+from mailsuite import heap
 from mailsuite.config import Config
 from mailsuite.deadline import LoginDeadlines
 from mailsuite.imap.append import AppendCommands
@@ -92,6 +93,8 @@ _NO_REFRESH = {b"LOGOUT", b"CAPABILITY", b"NOOP", b"CHECK", b"IDLE", b"SELECT", 
 #: (a burst of FETCHes costs one stat, not one each): mail other programs write shows within
 #: this, and at once at NOOP, CHECK, IDLE and SELECT, which always look
 REFRESH_REUSE = 0.05
+#: seconds a command ran for its freed heap to be given back after it (``_finished``)
+SLOW_COMMAND = 0.2
 
 
 # ignore[misc]: Twisted's IMAP4Server declares ``_onLogout = None`` (so typed None) and then
@@ -352,7 +355,15 @@ class IMAPServer(  # type: ignore[misc, override]
             coroutine = result
         else:
             coroutine = run()
-        defer.ensureDeferred(coroutine).addErrback(self._failed, tag)
+        started = self.clock.seconds()
+        d = defer.ensureDeferred(coroutine).addErrback(self._failed, tag)
+        d.addCallback(self._finished, started)
+
+    def _finished(self, _: Any, started: float) -> None:
+        """A long command on a big mailbox is over: its freed heap given back to the system
+        once the session is quiet (heap.release_when_quiet)."""
+        if self.view is not None and self.clock.seconds() - started >= SLOW_COMMAND:
+            heap.release_when_quiet(self.clock, self.view.count())
 
     def _failed(self, failure: Any, tag: bytes) -> None:
         if self._lost:
