@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +52,8 @@ def release(messages: int = BIG) -> bool:
 #: seconds without another big command before ``release_when_quiet`` gives the heap back
 QUIET = 2.0
 
-_later: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+#: the pending call of each clock (a process has one reactor; tests their own Clocks)
+_later: dict[Any, Any] = {}
 
 
 def release_when_quiet(clock: Any, messages: int,
@@ -68,8 +68,9 @@ def release_when_quiet(clock: Any, messages: int,
     if call is not None and call.active():
         call.reset(QUIET)
         return
-    _later[clock] = clock.callLater(QUIET, _quiet, run, messages)
+    _later[clock] = clock.callLater(QUIET, _quiet, clock, run, messages)
 
 
-def _quiet(run: Callable[..., Any], messages: int) -> None:
+def _quiet(clock: Any, run: Callable[..., Any], messages: int) -> None:
+    _later.pop(clock, None)
     run(release, messages).addErrback(lambda f: log.failure("malloc_trim failed", f))

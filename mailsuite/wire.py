@@ -15,7 +15,7 @@ alone, also on a slice of a larger buffer (the mbox parser), without copying.
 
 from __future__ import annotations
 
-NO_NULS = bytes.maketrans(b"\0", b"\x80")
+_NO_NULS = bytes.maketrans(b"\0", b"\x80")
 
 
 def complete(stored: bytes) -> bytes:
@@ -26,7 +26,7 @@ def complete(stored: bytes) -> bytes:
 def crlf(data: bytes) -> bytes:
     """Line ends made CRLF and NULs replaced, no final line end added (for parts of a message)."""
     if b"\0" in data:
-        data = data.translate(NO_NULS)
+        data = data.translate(_NO_NULS)
     if b"\r" in data:  # (a memchr: most stored mail has none, and is converted in one pass)
         data = data.replace(b"\r\n", b"\n")
     return data.replace(b"\n", b"\r\n")

@@ -72,3 +72,11 @@ class QuietTests(unittest.TestCase):
         clock.advance(server.SLOW_COMMAND)
         s._finished(None, 0.0)
         self.assertEqual(asked, [100_000])
+
+    def test_nothing_kept_once_done(self):
+        self.patch(heap, "_trim", lambda pad: 1)
+        clock = task.Clock()
+        heap.release_when_quiet(clock, heap.BIG, lambda f, *a: defer.maybeDeferred(f, *a))
+        self.assertIn(clock, heap._later)
+        clock.advance(heap.QUIET)
+        self.assertNotIn(clock, heap._later)

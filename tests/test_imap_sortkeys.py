@@ -194,7 +194,9 @@ class ThreadTests(unittest.TestCase):
         found = [record(1, "a", 1, "a@x"), record(2, "Re: a", 2, "b@x", "<a@x>"),
                  record(3, "b", 3, "c@x", "<gone@x> <a@x>"), record(4, "b", 4, "d@x"),
                  record(5, "c", 5, "e@x", irt="<gone2@x>"),
-                 record(6, "c", 6, "f@x", irt="<gone2@x>")]
+                 record(6, "c", 6, "f@x", irt="<gone2@x>"),
+                 record(7, "d", 7, "g@x", "<a@x> <g1@x> <g2@x>"),  # dummies in a row
+                 record(8, "e", 8, "h@x", "<g3@x> <g4@x> <g5@x>")]
         runs = [lambda: references(found, by_seq), lambda: refs(found, by_seq),
                 lambda: ordered_subject(found, by_seq), lambda: thread_roots(found)]
         was = gc.isenabled()

@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mailsuite.imap.encode import format_flags, internal_date
-from mailsuite.wire import NO_NULS
 
 #: off: every header item reads the whole header (tests compare both ways)
 USE_CACHE = True
@@ -86,26 +85,23 @@ class Listing:
 
     def chunk(self, view: Any, chunk: list[tuple[int, int]], headers: dict[int, bytes]) -> bool:
         """Write the responses of a chunk of targets (seq, uid) in one piece when each is a
-        plain one (none expunged, all in ``headers``, no CR in a block); False: nothing
+        plain one (none expunged, all in ``headers``, no CR or NUL in a block); False: nothing
         written, ``fetch`` answers the chunk message by message."""
         lines = []
         get, expunged, line = headers.get, view.is_expunged, self.line
         for seq, uid in chunk:
             fields = get(uid)
-            if fields is None or b"\r" in fields or expunged(uid):
+            if fields is None or b"\r" in fields or b"\0" in fields or expunged(uid):
                 return False
             lines.append(line(view, seq, uid, fields))
         if self.lost():
             return False
-        out = b"".join(lines)
-        if b"\0" in out:
-            out = out.translate(NO_NULS)
-        self.write(out.replace(b"\n", b"\r\n"))  # wire.crlf of the whole chunk at once
+        self.write(b"".join(lines).replace(b"\n", b"\r\n"))  # wire.crlf of it all at once
         return True
 
     def line(self, view: Any, seq: int, uid: int, fields: bytes) -> bytes:
         """The response of one message with LF line ends (``fields`` has no CR; each LF
-        counts twice in its literal's size) and NULs left as they are: ``self.template``
+        counts twice in its literal's size): ``self.template``
         filled in (one formatting per message)."""
         info: Any = view.info(uid) if self.info else None
         values: list[Any] = [seq]

@@ -108,8 +108,9 @@ def _prune(roots: list[Node]) -> list[Node]:
             pending = node.children[::-1]  # a stack: the first child on top
             while pending:
                 child = pending.pop()
-                if child.msg is None:
+                if child.msg is None:  # a dummy let go: its links cut (unlink never sees it)
                     pending.extend(reversed(child.children))
+                    child.parent, child.children = None, []
                 else:
                     kids.append(child)
             node.children = kids

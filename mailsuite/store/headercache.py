@@ -27,6 +27,8 @@ The CRC is checked as the file is loaded: the map then holds only records checke
 written here, nothing rewrites a record in place, and a file put in the place of the one
 loaded (another inode, or another first line) is loaded again, so a look-up checks only that
 a record is the one the map says (tag, UID, fingerprint): a quarter less time per look-up.
+(This counts on O_APPEND writes being whole, as on a local file system: not on NFS shared by
+several hosts, where index directories do not belong.)
 
 All methods do file I/O: call them in a thread (``MboxMailbox.header_fields`` does).
 """
