@@ -186,7 +186,6 @@ def dates_of(raws: list[bytes]) -> list[int | None]:
     return out
 
 
-
 _TEXT_MONTHS = {m: i for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)}
 _TEXT_DATE = re.compile(r"[ \t]*(?:[A-Za-z]{3},[ \t]*)?(\d{1,2})[ \t]+([A-Za-z]{3})[ \t]+(\d{4})"

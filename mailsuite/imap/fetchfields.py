@@ -101,8 +101,7 @@ class Listing:
 
     def line(self, view: Any, seq: int, uid: int, fields: bytes) -> bytes:
         """The response of one message with LF line ends (``fields`` has no CR; each LF
-        counts twice in its literal's size): ``self.template``
-        filled in (one formatting per message)."""
+        counts twice in its literal's size): ``self.template`` filled in, one formatting."""
         info: Any = view.info(uid) if self.info else None
         values: list[Any] = [seq]
         for kind in self.codes:

@@ -200,7 +200,6 @@ def groups_in(fields: frozenset[bytes]) -> int:
     return sum(group for group, names in _GROUP_FIELDS if fields.issuperset(names))
 
 
-
 def new_record(info: Any, raw: bytes, can: int) -> SortRecord:
     """A record of no key yet, made from ``raw`` (which has the fields of groups ``can``)."""
     return SortRecord(info.uid, _when(info), info.size, 0, "", False, "", "", "", "", "", "",

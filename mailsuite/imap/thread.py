@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from mailsuite.imap.sortkeys import SortRecord
 from mailsuite.store.mboxmailbox import quiet_gc
 
 Found = list[tuple[int, SortRecord]]
 Number = Callable[[int, SortRecord], int]
+T = TypeVar("T")
 
 
 class Node:
@@ -237,17 +238,22 @@ def unlink(roots: list[Node]) -> None:
         stack.extend(node.children)
 
 
+def quiet_tree(build: Callable[[], list[Node]], use: Callable[[list[Node]], T]) -> T:
+    """``use`` of the roots ``build`` makes, with no collection while 100,000s of nodes are
+    made (each would walk them again), the tree unlinked after."""
+    with quiet_gc():
+        roots = build()
+        try:
+            return use(roots)
+        finally:
+            unlink(roots)
+
+
 def tree_work(f: Callable[[Found], list[Node]]) -> Callable[[Found, Number], bytes]:
-    """An algorithm giving the thread list of the roots ``f`` makes, with no collection
-    while 100,000s of nodes are made (each would walk them again), the tree unlinked after."""
+    """An algorithm giving the thread list of the roots ``f`` makes (``quiet_tree``)."""
     @functools.wraps(f)
     def run(found: Found, number: Number) -> bytes:
-        with quiet_gc():
-            roots = f(found)
-            try:
-                return format_threads(roots, number)
-            finally:
-                unlink(roots)
+        return quiet_tree(lambda: f(found), lambda roots: format_threads(roots, number))
     return run
 
 

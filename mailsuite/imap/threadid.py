@@ -28,8 +28,7 @@ from typing import Any
 from mailsuite.imap.fetch import ITEM_PARSERS, FetchItem, Piece
 from mailsuite.imap.search import ExtraKey, register_key
 from mailsuite.imap.sortkeys import THREAD_KEYS, SortRecord, off_reactor, records, view_keys
-from mailsuite.imap.thread import Node, build_tree, unlink
-from mailsuite.store.mboxmailbox import quiet_gc
+from mailsuite.imap.thread import Node, build_tree, quiet_tree
 
 _REQUEST = ("THREADID",)  # the key of the map among the view's kept answers
 _ITEM_RE = re.compile(rb"THREADID(?=[ )]|\Z)", re.I)
@@ -41,13 +40,8 @@ Roots = dict[int, str | int]
 def thread_roots(found: list[tuple[int, SortRecord]]) -> Roots:
     """What names each message's thread (no recursion: chains may be as long as the
     mailbox); runs in a thread for big mailboxes, touching nothing but ``found``."""
-    with quiet_gc():
-        table: dict[str, Node] = {}
-        roots = build_tree(found, table)
-        try:
-            return _names(roots, table)
-        finally:
-            unlink(roots)
+    table: dict[str, Node] = {}
+    return quiet_tree(lambda: build_tree(found, table), lambda roots: _names(roots, table))
 
 
 def _names(roots: list[Node], table: dict[str, Node]) -> Roots:
