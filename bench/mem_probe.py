@@ -28,6 +28,7 @@ from twisted.internet import defer, task
 
 from mailsuite import heap
 from mailsuite.accounts import Account
+from mailsuite.imap import sortkeys, thread
 from mailsuite.store.mbox import MboxStore
 from mailsuite.threads import InPool
 from store_bench import Config  # bench/ is the script's directory
@@ -58,6 +59,37 @@ def report(step: str, started: float, **extra: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
+class _View:
+    """What ``sortkeys.records`` reads of an IMAP view: every message shown, none expunged."""
+
+    def __init__(self, box) -> None:
+        self.mailbox, self.uid_validity = box, box.uid_validity
+
+    def rows(self):
+        return list(self.mailbox.messages)
+
+    def is_expunged(self, uid: int) -> bool:
+        return False
+
+
+@defer.inlineCallbacks
+def sort_steps(box):
+    """The keys ``UID SORT (DATE)``, ``SORT (SUBJECT)`` and ``THREAD REFERENCES`` read and keep
+    for the view, and the thread list, as the bench's imap-ext makes them."""
+    view = _View(box)
+    for label, groups in (("sort keys DATE", sortkeys.DATE),
+                          ("sort keys SUBJECT", sortkeys.SUBJECT),
+                          ("thread keys", sortkeys.THREAD_KEYS)):
+        t = time.perf_counter()
+        found = yield defer.ensureDeferred(sortkeys.records(view, groups))
+        report(label, t, records=len(found))
+    t = time.perf_counter()
+    line = yield defer.ensureDeferred(sortkeys.off_reactor(
+        len(found), thread.ALGORITHMS[b"REFERENCES"], found, lambda seq, rec: seq))
+    del line
+    report("THREAD REFERENCES", t)
+
+
 @defer.inlineCallbacks
 def run(reactor, args):
     root = os.path.abspath(args.dir)
@@ -82,6 +114,8 @@ def run(reactor, args):
             found = yield box.header_fields(uids[i : i + 256], FIELDS)
             n += len(found)
         report(label, t, records=n)
+    if args.sort:
+        yield sort_steps(box)
     rng = random.Random(15)
     t = time.perf_counter()
     yield box.change_flags(rng.sample(uids, 1000), add=frozenset({"\\Seen"}))
@@ -116,6 +150,8 @@ def main() -> None:
     parser.add_argument("--mailbox", required=True, help="the mbox to copy (never changed)")
     parser.add_argument("--dir", default="/tmp/memprobe")
     parser.add_argument("--trace", action="store_true", help="tracemalloc figures too (slow)")
+    parser.add_argument("--sort", action="store_true",
+                        help="after the listing: the SORT and THREAD keys and a THREAD")
     parser.add_argument("--top", type=int, default=12, help="with --trace: lines listed at the end")
     parser.add_argument("--keep", action="store_true", help="leave the copy and its index")
     task.react(run, [parser.parse_args()])

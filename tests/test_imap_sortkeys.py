@@ -269,12 +269,14 @@ class SentDateTests(unittest.TestCase):
 
 class ThreadKeyTests(unittest.TestCase):
     def test_thread_completes_a_cached_record_without_address_keys(self) -> None:
-        """A record made from the header cache's fields gets THREAD's keys from the header
-        read for Message-ID/References, its address keys left to the cached fields (made
-        when a sort asks, equal to the full header's); a record made from a header alone
-        gets every key at once."""
+        """A record made from the header cache's fields keeps them while DATE or SUBJECT is
+        still to make, and lets them go once both are (``settle``); THREAD's keys come from
+        the header read for Message-ID/References, no address key made from it; the
+        address keys, made from the cached fields again (``_refill``), equal the full
+        header's. A record made from a header alone gets every key at once."""
         from mailsuite.imap.sortkeys import (
-            ALL_KEYS, DATE, FROM, IDS, SUBJECT, THREAD_KEYS, TO, complete, new_record)
+            ALL_KEYS, DATE, FROM, IDS, SUBJECT, THREAD_KEYS, TO, _refill, complete,
+            new_record)
 
         cached = (b"From: Zed <z@x.org>\nTo: amy@y.org\nSubject: Re: a\n"
                   b"Date: 2 Jan 2024 10:00 +0000\n")
@@ -282,15 +284,19 @@ class ThreadKeyTests(unittest.TestCase):
         info = SimpleNamespace(uid=5, size=10, internal_date=datetime(2024, 1, 1, tzinfo=UTC))
         full = make_record(5, info, header)
         self.assertEqual((full.made, full.raw), (ALL_KEYS, None))
-        old = complete(new_record(info, cached, DATE | SUBJECT | FROM | TO), DATE | SUBJECT)
+        can = DATE | SUBJECT | FROM | TO
+        old = complete(new_record(info, cached, can), DATE)
+        self.assertEqual((old.made, old.raw), (DATE, cached))
+        complete(old, SUBJECT)
+        self.assertEqual((old.made, old.can, old.raw), (DATE | SUBJECT, DATE | SUBJECT, None))
         rec = make_record(5, info, header, old, THREAD_KEYS)
         self.assertIs(rec, old)
-        self.assertEqual(rec.made, DATE | SUBJECT | IDS)
-        self.assertEqual(rec.raw, cached)
+        self.assertEqual((rec.made, rec.raw), (DATE | SUBJECT | IDS, None))
         self.assertEqual((rec.message_id, rec.references, rec.subject, rec.reply),
                          (full.message_id, full.references, full.subject, full.reply))
-        complete(rec, FROM | TO)
-        self.assertIsNone(rec.raw)
+        self.assertEqual((rec.from_, rec.to), ("", ""))
+        _refill([rec], {5: cached}, can, FROM | TO)
+        self.assertEqual((rec.made, rec.raw), (DATE | SUBJECT | IDS | FROM | TO, None))
         self.assertEqual((rec.from_, rec.display_from, rec.to, rec.display_to),
                          (full.from_, full.display_from, full.to, full.display_to))
         bare = complete(new_record(info, b"Subject: a\n", SUBJECT), SUBJECT)
