@@ -533,6 +533,54 @@ class MboxDeferredCompactionTests(MboxTestCase):
         box.close()
 
     @defer.inlineCallbacks
+    def test_in_place_compaction_keeps_selects_going(self):
+        """While an in-place compaction moves the messages of a big file (the file is
+        neither the old one nor the new one), a refresh and a new session's open do not
+        wait for it (a SELECT waited 1.8 s at 100,000 messages); a read made then waits and
+        gets the message's bytes; the messages appended by another program before the
+        compaction took the locks are told when it ends."""
+        import threading
+
+        from mailsuite.store import mboxinplace
+
+        self.patch(mboxinplace, "INPLACE_MIN", 0)
+        store, box, uids = yield self.open_three()
+        seen = []
+        box.add_listener(seen.append)
+        gate, entered = threading.Event(), threading.Event()
+        real = mboxinplace._Runner.run
+
+        def slow(runner, *args):
+            entered.set()
+            gate.wait(10)
+            return real(runner, *args)
+
+        self.patch(mboxinplace._Runner, "run", slow)
+        self.addCleanup(gate.set)
+        release = self.hold_compaction()  # first: the mail of another program goes in
+        yield box.expunge([uids[0]])
+        yield twisted_threads.deferToThread(self.entered.wait, 10)
+        self.external_append(b"Subject: four\n\nfour\n")
+        release.callback(None)
+        yield twisted_threads.deferToThread(entered.wait, 10)
+        self.assertEqual(box._file.moving.count % 2, 1)  # moving now
+        changes = yield box.refresh()
+        self.assertFalse(changes)
+        other = yield store.open(self.account)
+        self.assertEqual([m.uid for m in other.messages], uids[1:])
+        read = other.read(uids[2])
+        self.assertNoResult(read)
+        gate.set()
+        self.assertEqual((yield read), MSG1 + b"3\n")
+        yield box.settled()
+        self.assertEqual(len(box.messages), 3)
+        self.assertEqual([len(c.added) for c in seen if c.added], [1])
+        self.assertNotIn(b"body one\n\n", self.read_file())
+        self.assertIn(b"Subject: four", self.read_file())
+        other.close()
+        box.close()
+
+    @defer.inlineCallbacks
     def test_expunges_while_compacting(self):
         """An expunge while a compaction runs is compacted by the next one; appends wait their
         turn and keep their UIDs; every EXPUNGE is told once."""
