@@ -242,7 +242,11 @@ class AddressKeyTests(unittest.TestCase):
                       "<bare@x.org>", "=?utf-8?q?=C3=89mile?= <e@x>", "o'neil@x.org"):
             self.assertEqual(_first_address(value), _parsed_first_address(value), value)
         # the parser's cases: comments, groups, quoted local parts
-        self.assertEqual(_first_address("team: a@b, c@d;"), ("a", "a@b"))
+        # a group first: its marker, whose addr-mailbox is the group's name (as Dovecot)
+        self.assertEqual(_first_address("team: a@b, c@d;"), ("team", "team"))
+        self.assertEqual(_first_address("undisclosed-recipients:;"),
+                         ("undisclosed-recipients", "undisclosed-recipients"))
+        self.assertEqual(_first_address("a@b, team: c@d;"), ("a", "a@b"))
         self.assertEqual(_first_address("a@b (Real Name)"), ("a", "Real Name"))
         self.assertEqual(_first_address('"x y"@b'), ("x y", "x y@b"))
 

@@ -106,7 +106,10 @@ _SIMPLE_BARE = re.compile(r"[ \t]*" + _ADDR + r"[ \t]*(?:,|$)")
 
 def _first_address(value: str | None) -> tuple[str, str]:
     """(addr-mailbox, display value: RFC 5957 display-name, else mailbox@host) of the first
-    address of a list; a group name is no address. The usual ``Name <a@b>`` and ``a@b`` are
+    address of a list. A list that starts with a group starts with its group marker, the
+    address structure whose addr-mailbox is the group's name (RFC 3501 section 7.4.2): the
+    name is both keys (``undisclosed-recipients:;`` sorts by that name, as in Dovecot and
+    as clients show it, not first among the messages without the field). The usual ``Name <a@b>`` and ``a@b`` are
     read by a regular expression (most of the time of reading the keys went to the full
     address parser), anything else by ``parse_address_list``."""
     if not value:
@@ -124,6 +127,8 @@ def _first_address(value: str | None) -> tuple[str, str]:
 
 def _parsed_first_address(value: str) -> tuple[str, str]:
     for addr in parse_address_list(value):
+        if addr.group_marker and addr.mailbox:  # the start of a group: its name
+            return addr.mailbox, addr.mailbox
         if addr.group_marker or (addr.host is None and addr.mailbox is None):
             continue
         mailbox = addr.mailbox or ""
