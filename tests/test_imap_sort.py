@@ -57,13 +57,18 @@ class SortTests(ImapTestCase):
 
     def test_uid_sort_and_esort(self) -> None:
         """UID SORT gives UIDs; SORT RETURN (RFC 5267): ALL as a sequence-set in sort order,
-        MIN/MAX of the set, COUNT."""
+        MIN/MAX the lowest and highest *sorted* message (the first and last of the order, as
+        Dovecot answers; also what SAVE keeps of them), COUNT."""
         self.s.cmd(b"a STORE 1 +FLAGS (\\Deleted)")
         self.s.cmd(b"b EXPUNGE")
         self.assertIn(b"* SORT 2 3 4\r\n", self.s.cmd(b"c UID SORT (DATE) UTF-8 ALL"))
         self.assertIn(b"* SORT 1 3 2\r\n", self.s.cmd(b"d SORT (SUBJECT) UTF-8 ALL"))
         out = self.s.cmd(b"e UID SORT RETURN (ALL MIN MAX COUNT) (SUBJECT) UTF-8 ALL")
-        self.assertIn(b'* ESEARCH (TAG "e") UID MIN 2 MAX 4 COUNT 3 ALL 2,4,3\r\n', out)
+        self.assertIn(b'* ESEARCH (TAG "e") UID MIN 2 MAX 3 COUNT 3 ALL 2,4,3\r\n', out)
+        out = self.s.cmd(b"e2 SORT RETURN (MIN MAX ALL) (REVERSE DATE) UTF-8 ALL")
+        self.assertIn(b'* ESEARCH (TAG "e2") MIN 2 MAX 1 ALL 2:3,1\r\n', out)
+        self.s.cmd(b"e3 UID SORT RETURN (SAVE MAX) (SUBJECT) UTF-8 ALL")
+        self.assertIn(b"* SEARCH 3\r\n", self.s.cmd(b"e4 UID SEARCH $"))
         out = self.s.cmd(b"f SORT RETURN () (SUBJECT) UTF-8 ALL")
         self.assertIn(b'* ESEARCH (TAG "f") ALL 1,3,2\r\n', out)
         out = self.s.cmd(b"g SORT RETURN (COUNT) (SUBJECT) UTF-8 SUBJECT nothing")

@@ -51,15 +51,16 @@ def parse_return(text: bytes) -> tuple[list[bytes] | None, bytes]:
 def esearch_response(tag: bytes, uid: bool, options: list[bytes], found: list[int],
                      ordered: bool = False) -> bytes:
     """The ESEARCH response (untagged, without ``* ``). ``ordered``: ``found`` is in a sort
-    order that ALL keeps."""
+    order, which ALL keeps and MIN and MAX follow (RFC 5267 section 3.2: the lowest and
+    the highest *sorted* message, the first and the last of the order)."""
     parts = [b"ESEARCH (TAG \"" + tag.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b"\")"]
     if uid:
         parts.append(b"UID")
     if found:
         if b"MIN" in options:
-            parts.append(b"MIN %d" % min(found))
+            parts.append(b"MIN %d" % (found[0] if ordered else min(found)))
         if b"MAX" in options:
-            parts.append(b"MAX %d" % max(found))
+            parts.append(b"MAX %d" % (found[-1] if ordered else max(found)))
     if b"COUNT" in options:
         parts.append(b"COUNT %d" % len(found))
     if b"ALL" in options and found:
@@ -76,14 +77,15 @@ def saved_targets(view: Any) -> list[tuple[int, int]]:
     return list(view.resolve([(u, u) for u in sorted(view.saved_search)], True))
 
 
-def to_save(options: list[bytes], uids: list[int]) -> list[int]:
+def to_save(options: list[bytes], uids: list[int], ordered: bool = False) -> list[int]:
     """What ``RETURN (SAVE ...)`` saves: the minimum and/or maximum alone when those are all
-    that is asked besides SAVE, else every message found (RFC 5182 section 2.4)."""
+    that is asked besides SAVE, else every message found (RFC 5182 section 2.4); of a sort
+    order (``ordered``), its first and last, as MIN and MAX answer."""
     if uids and (b"ALL" not in options and b"COUNT" not in options
                  and (b"MIN" in options or b"MAX" in options)):
-        kept = {min(uids)} if b"MIN" in options else set()
+        kept = {uids[0] if ordered else min(uids)} if b"MIN" in options else set()
         if b"MAX" in options:
-            kept.add(max(uids))
+            kept.add(uids[-1] if ordered else max(uids))
         return sorted(kept)
     return uids
 

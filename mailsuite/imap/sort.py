@@ -175,7 +175,8 @@ class SortCommands(_Base):
             return
         if saving:
             by_seq = {seq: rec.uid for seq, rec in found}
-            save(self.view, to_save(options, numbers if uid else [by_seq[n] for n in numbers]))
+            save(self.view, to_save(options, numbers if uid else [by_seq[n] for n in numbers],
+                                    True))
         if options != [b"SAVE"]:  # CONTEXT=SORT's UPDATE and PARTIAL: context.py
             extra = self.search_context(tag, uid, options, bound, numbers,
                                         (keys, sort_records, {}))

@@ -109,9 +109,10 @@ def _first_address(value: str | None) -> tuple[str, str]:
     address of a list. A list that starts with a group starts with its group marker, the
     address structure whose addr-mailbox is the group's name (RFC 3501 section 7.4.2): the
     name is both keys (``undisclosed-recipients:;`` sorts by that name, as in Dovecot and
-    as clients show it, not first among the messages without the field). The usual ``Name <a@b>`` and ``a@b`` are
-    read by a regular expression (most of the time of reading the keys went to the full
-    address parser), anything else by ``parse_address_list``."""
+    as clients show it, not first among the messages without the field). The usual
+    ``Name <a@b>`` and ``a@b`` are read by a regular expression (most of the time of
+    reading the keys went to the full address parser), anything else by
+    ``parse_address_list``."""
     if not value:
         return "", ""
     m = _SIMPLE_NAMED.match(value)
