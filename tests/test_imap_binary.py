@@ -52,6 +52,10 @@ class BinaryFetchTests(ImapTestCase):
         self.assertEqual(out, b"* 1 FETCH (BINARY[3] {%d}\r\n" % len(text) + text
                          + b" BINARY[3]<1> {4}\r\n" + text[1:5]
                          + b" BINARY.SIZE[3] %d)\r\na OK FETCH completed.\r\n" % len(text))
+        out = s.cmd(b"b FETCH 1 BINARY.PEEK[3]<6>")  # the offset alone: to the end
+        self.assertEqual(out, b"* 1 FETCH (BINARY[3]<6> {%d}\r\n" % (len(text) - 6)
+                         + text[6:] + b")\r\nb OK FETCH completed.\r\n")
+        self.assertIn(b"c BAD", s.cmd(b"c FETCH 1 BINARY.SIZE[3]<6>"))
 
     def test_binary_sets_seen(self) -> None:
         s = self.ready()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from mailsuite.imap.encode import envelope
-from mailsuite.imap.fetch import FetchSyntaxError, parse_fetch_items, section_bytes
+from mailsuite.imap.fetch import TO_END, FetchSyntaxError, parse_fetch_items, section_bytes
 from mailsuite.imap.parser import parse_sequence_set
 from mailsuite.imap.search import SearchSyntaxError, parse_search
 
@@ -40,6 +40,7 @@ class ParseFetchTests(unittest.TestCase):
         self.assertTrue(items[2].peek and items[3].peek)
         self.assertEqual(items[3].section.fields, [b"FROM", b"TO"])  # type: ignore[union-attr]
         self.assertEqual(items[3].partial, (0, 2048))
+        self.assertEqual(parse_fetch_items(b"BODY[]<7>")[0].partial, (7, TO_END))
 
     def test_single_item_and_seen(self) -> None:
         """A bare item without parentheses; BODY[] and RFC822 set \\Seen, RFC822.HEADER does not."""
@@ -49,7 +50,8 @@ class ParseFetchTests(unittest.TestCase):
 
     def test_errors(self) -> None:
         """Unknown items, bad sections and zero-length partials are syntax errors."""
-        for bad in (b"(FLAGS BOGUS)", b"BODY[FOO]", b"BODY[]<0.0>", b"BODY[MIME]", b"(FLAGS", b""):
+        for bad in (b"(FLAGS BOGUS)", b"BODY[FOO]", b"BODY[]<0.0>", b"BODY[MIME]", b"(FLAGS", b"",
+                    b"()", b"( )"):
             self.assertRaises(FetchSyntaxError, parse_fetch_items, bad)
 
 

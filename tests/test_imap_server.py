@@ -388,6 +388,11 @@ class FetchTests(ImapTestCase):
         self.assertIn(b"BODY[]<2> {5}\r\nceive)", out)
         out = self.s.cmd(b"b FETCH 1 BODY.PEEK[]<100000.10>")
         self.assertIn(b"BODY[]<100000> {0}\r\n)", out)
+        # the offset alone: to the end (as Dovecot; imaptest asks BINARY.PEEK[5]<15>)
+        whole = self.s.cmd(b"c FETCH 1 BODY.PEEK[]")
+        body = whole[whole.index(b"}\r\n") + 3 : whole.rindex(b")")]
+        out = self.s.cmd(b"d FETCH 1 BODY.PEEK[]<2>")
+        self.assertIn(b"BODY[]<2> {%d}\r\n" % (len(body) - 2) + body[2:] + b")", out)
 
     def test_header_fields_keep_duplicates_and_8bit(self) -> None:
         """HEADER.FIELDS serves raw lines in order, duplicates kept, 8-bit intact, blank line

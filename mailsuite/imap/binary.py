@@ -24,6 +24,7 @@ from mailsuite.imap.fetch import (
     FetchSyntaxError,
     Piece,
     Section,
+    parse_partial,
     parse_section,
     section_bytes,
 )
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
 else:
     _Base = object
 
-_BINARY_RE = re.compile(rb"(BINARY\.PEEK|BINARY\.SIZE|BINARY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?",
+_BINARY_RE = re.compile(rb"(BINARY\.PEEK|BINARY\.SIZE|BINARY)\[([^\]]*)\](?:<(\d+)(?:\.(\d+))?>)?",
                         re.IGNORECASE)
 _IDENTITY = {b"", b"7BIT", b"8BIT", b"BINARY"}
 
@@ -108,13 +109,11 @@ def parse_binary(text: bytes, pos: int) -> tuple[FetchItem, int] | None:
         section = parse_section(m.group(2))
     except FetchSyntaxError:
         raise FetchSyntaxError("bad BINARY section") from None
-    partial = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
     if kind == b"BINARY.SIZE":
-        if partial is not None:
+        if m.group(3) is not None:
             raise FetchSyntaxError("BINARY.SIZE takes no partial")
         return FetchItem("BINARY.SIZE", render=_render_size(section), wants="body"), m.end()
-    if partial is not None and partial[1] == 0:
-        raise FetchSyntaxError("partial length must be positive")
+    partial = parse_partial(m.group(3), m.group(4))
     item = FetchItem("BINARY", partial=partial, peek=kind == b"BINARY.PEEK",
                      render=_render(section, partial), wants="body", seen=kind == b"BINARY")
     return item, m.end()

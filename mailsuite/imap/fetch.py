@@ -101,7 +101,22 @@ _SIMPLE = {
     "UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "RFC822", "RFC822.HEADER",
     "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "MODSEQ",
 }
-_BODY_RE = re.compile(rb"(BODY\.PEEK|BODY)\[([^\]]*)\](?:<(\d+)\.(\d+)>)?", re.IGNORECASE)
+_BODY_RE = re.compile(rb"(BODY\.PEEK|BODY)\[([^\]]*)\](?:<(\d+)(?:\.(\d+))?>)?", re.IGNORECASE)
+#: the length of a partial given as ``<offset>`` alone: to the end (RFC 3501 and 9051 want
+#: ``<offset.length>``; Dovecot takes the offset alone, and imaptest's fetch-binary-mime-base64
+#: asks ``BINARY.PEEK[5]<15>``)
+TO_END = 1 << 62
+
+
+def parse_partial(offset: bytes | None, length: bytes | None) -> tuple[int, int] | None:
+    """``<offset.length>`` (or ``<offset>``: to the end) as (offset, length); None without."""
+    if offset is None:
+        return None
+    if length is None:
+        return int(offset), TO_END
+    if int(length) == 0:
+        raise FetchSyntaxError("partial length must be positive")
+    return int(offset), int(length)
 _ATOM_RE = re.compile(rb"[A-Za-z0-9.]+")
 _SECTION_RE = re.compile(
     rb"((?:\d+\.)*\d+)?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?\s*(?:\((.*)\))?\Z",
@@ -185,6 +200,8 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
         if not text.endswith(b")"):
             raise FetchSyntaxError("unbalanced parenthesis")
         text = text[1:-1].strip()
+        if not text:  # "(" fetch-att *(SP fetch-att) ")": one at least (RFC 3501, 9051)
+            raise FetchSyntaxError("no items in the list")
     items: list[FetchItem] = []
     pos = 0
     while pos < len(text):
@@ -200,9 +217,7 @@ def parse_fetch_items(text: bytes) -> list[FetchItem]:
         m = _BODY_RE.match(text, pos)
         if m:
             peek = m.group(1).upper() == b"BODY.PEEK"
-            partial = (int(m.group(3)), int(m.group(4))) if m.group(3) else None
-            if partial is not None and partial[1] == 0:
-                raise FetchSyntaxError("partial length must be positive")
+            partial = parse_partial(m.group(3), m.group(4))
             items.append(FetchItem("BODY[]", parse_section(m.group(2)), partial, peek))
         else:
             m = _ATOM_RE.match(text, pos)
