@@ -123,6 +123,20 @@ class ThreadTests(unittest.TestCase):
         # and 5's reference to 4 would close a loop, so it is left out
         self.assertEqual(out, b"(1 (3)(2))(5 4)")
 
+    def test_last_reference_breaks_the_link_even_when_it_would_loop(self) -> None:
+        """Step 1B: a link made by another message's References is broken "before
+        linking", also when the new link is left out as a loop. 2's References put d@x
+        under a@x; 4 (d@x) then makes c@x its child (1A) and names it its parent (1B): a
+        loop, so 4 becomes a root with 2's and 3's threads under it, no longer under 1
+        (as Dovecot threads it; seen comparing random mailboxes with Dovecot's answers)."""
+        found = [
+            record(1, "a", 1, "a@x"),
+            record(2, "b", 2, "b@x", "<a@x> <d@x> <x@x>"),
+            record(3, "c", 3, "c@x"),
+            record(4, "d", 4, "d@x", "<y@x> <z@x> <d@x> <c@x>"),
+        ]
+        self.assertEqual(references(found, by_seq), b"(1)(4 (2)(3))")
+
     def test_dummy_root_with_several_children_kept(self) -> None:
         found = [record(1, "x", 2, "b@x", "<a@x>"), record(2, "y", 1, "c@x", "<a@x>")]
         self.assertEqual(references(found, by_seq), b"((2)(1))")

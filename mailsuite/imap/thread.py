@@ -82,12 +82,15 @@ def build_tree(found: Found, table: dict[str, Node] | None = None) -> list[Node]
                     and not _ancestor(ref_node, prev)):
                 _link(prev, ref_node)
             prev = ref_node
-        # (B): the last reference is the parent, replacing a link from another References
-        if prev is not None and prev is not node and not _ancestor(node, prev):
-            _link(prev, node)
-        elif node.parent is not None and prev is None:
+        # (B): the last reference is the parent; a link made by another message's
+        # References is broken first ("before linking"), also when the new link is not
+        # made because it would be a loop (the message is then a root, as in Dovecot)
+        if node.parent is not None and node.parent is not prev:
             node.parent.children.remove(node)
             node.parent = None
+        if prev is not None and node.parent is None and prev is not node \
+                and not _ancestor(node, prev):
+            _link(prev, node)
     roots = [n for n in nodes if n.parent is None]
     seen = {id(n) for n in roots}
     for n in table.values():
