@@ -170,6 +170,10 @@ class ThreadTests(unittest.TestCase):
         found = [record(1, "a", 5, "a@x"), record(2, "b", 5, "b@x", "<gone@x>"),
                  record(3, "c", 5, "c@x", "<gone@x>")]
         self.assertEqual(refs(found, by_seq), b"((2)(3))(1)")
+        # a dummy root shown as its only child keeps the dummy's 0 (Dovecot sorts the roots
+        # before the single-child dummies give way, index-thread-finish.c)
+        found = [record(1, "a", 5, "a@x"), record(2, "b", 5, "b@x", "<gone@x>")]
+        self.assertEqual(refs(found, by_seq), b"(2)(1)")
 
     def test_ordered_subject(self) -> None:
         """RFC 5256 ORDEREDSUBJECT: by base subject and date, the first the parent of the

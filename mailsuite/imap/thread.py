@@ -100,9 +100,10 @@ def build_tree(found: Found, table: dict[str, Node] | None = None) -> list[Node]
     return roots
 
 
-def _prune(roots: list[Node]) -> list[Node]:
+def _prune(roots: list[Node], promoted: set[int] | None = None) -> list[Node]:
     """Step 4 (A): dummies without children go, dummies with children give them to their
-    parent; at the top only a dummy with one child is replaced by it."""
+    parent; at the top only a dummy with one child is replaced by it (its ``id`` added to
+    ``promoted``, when given)."""
     out: list[Node] = []
     for root in roots:
         stack = [root]
@@ -127,6 +128,8 @@ def _prune(roots: list[Node]) -> list[Node]:
             if len(root.children) == 1:
                 root = root.children[0]
                 root.parent = None
+                if promoted is not None:
+                    promoted.add(id(root))
         out.append(root)
     return out
 
@@ -272,10 +275,12 @@ def references(found: Found) -> list[Node]:
 @tree_work
 def refs(found: Found) -> list[Node]:
     """REFERENCES' links without step 5; threads ordered by their latest message's date."""
-    roots = _prune(build_tree(found))
+    promoted: set[int] = set()
+    roots = _prune(build_tree(found), promoted)
     _sort_all(roots)
     latest: dict[int, tuple[int, int]] = {}
-    for root in roots:  # ties: the root's number, a dummy's 0 (as Dovecot's REFS)
+    for root in roots:  # ties: the root's number, a dummy's 0, also when the dummy gave
+        # way to its only child (as Dovecot's REFS)
         best = 0
         stack = [root]
         while stack:
@@ -283,7 +288,8 @@ def refs(found: Found) -> list[Node]:
             if node.msg is not None:
                 best = max(best, node.msg.date)
             stack.extend(node.children)
-        latest[id(root)] = (best, root.seq if root.msg is not None else 0)
+        latest[id(root)] = (best, root.seq if root.msg is not None
+                            and id(root) not in promoted else 0)
     roots.sort(key=lambda r: latest[id(r)])
     return roots
 
