@@ -117,6 +117,8 @@ def parse_partial(offset: bytes | None, length: bytes | None) -> tuple[int, int]
     if int(length) == 0:
         raise FetchSyntaxError("partial length must be positive")
     return int(offset), int(length)
+
+
 _ATOM_RE = re.compile(rb"[A-Za-z0-9.]+")
 _SECTION_RE = re.compile(
     rb"((?:\d+\.)*\d+)?\.?(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME)?\s*(?:\((.*)\))?\Z",
