@@ -295,16 +295,12 @@ class MboxMailbox:
         return self._summary.first_unseen(self.messages)
 
     def _unchanged(self) -> bool:
-        """A refresh has nothing to do: a compaction is running (it holds the mbox's lock
-        from its start, so no other program writes the file meanwhile, and what it found
-        before is told when it ends: a SELECT, STATUS or POP3 login does not wait seconds
-        for the messages of a big file to be moved), or a stat on the reactor thread
-        (metadata: microseconds) says the file is as the state knows it and no operation
-        runs. Reads wait for the compaction another way (``_caught_up``)."""
-        if self._state is None:
-            return False
-        if self._compacting:
-            return True
+        """A refresh has nothing to do: a compaction runs (it holds the mbox's lock, so no
+        other program writes meanwhile, and tells what it found when it ends: no SELECT waits
+        seconds for a big file's messages to move; a read waits, in turn), or a stat
+        (microseconds) says the file is as the state knows it and no operation runs."""
+        if self._state is None or self._compacting:
+            return self._state is not None  # compacting: nothing to do; never loaded: load
         if self._lock.locked or self._file.moving.count % 2:
             return False  # (odd: an in-place compaction that failed half way, not recovered)
         try:
@@ -327,11 +323,6 @@ class MboxMailbox:
     def refresh(self) -> defer.Deferred[Changes]:
         if self._unchanged():
             return defer.succeed(Changes())  # no thread, no copy (every selected command)
-        return self._run(self._file.refresh)
-
-    def _caught_up(self) -> defer.Deferred[Changes]:
-        """A refresh in the mailbox's turn, after what is queued (a compaction moving the
-        messages among them): what a read that found its bytes moved waits for."""
         return self._run(self._file.refresh)
 
     def read(self, uid: int) -> defer.Deferred[bytes]:
@@ -383,7 +374,7 @@ class MboxMailbox:
             if data is not None:
                 return data
             if attempt == 0:
-                yield self._caught_up()  # moved, or changed by another program: look again
+                yield self._run(self._file.refresh)  # moved, or changed: look again, in turn
         raise StoreError(f"message {uid} keeps moving in {self._file.path}")
 
     def _keep_reader(self, reader: tuple[int, int] | None) -> None:
@@ -408,7 +399,7 @@ class MboxMailbox:
             pending = [uid for uid, data in found.items() if data is None]
             if not pending or attempt:
                 break
-            yield self._caught_up()  # moved, or changed by another program: look again
+            yield self._run(self._file.refresh)  # moved, or changed: look again, in turn
         return out
 
     @defer.inlineCallbacks

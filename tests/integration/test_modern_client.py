@@ -205,10 +205,14 @@ class ModernClientTests(unittest.TestCase):
         by_subject = [uids[1], uids[0], uids[3], uids[4], uids[5], new]
         got = self.command(client, "UID", "SORT", "(SUBJECT)", "UTF-8", "ALL")
         self.assertEqual(got["SORT"], [" ".join(map(str, by_subject)).encode()])
+        got = self.command(client, "UID", "SORT", "(REVERSE SUBJECT)", "UTF-8", "ALL")
+        reverse = [int(n) for n in got["SORT"][0].split()]
+        self.assertEqual(sorted(reverse), sorted(by_subject))
         got = self.command(client, "UID", "SORT", "RETURN", "(MIN MAX COUNT)", "(REVERSE SUBJECT)",
                            "UTF-8", "ALL")
+        # RFC 5267 3.2: the lowest and highest *sorted* message, the first and last of the order
         self.assertRegex(got["ESEARCH"][0], rb'\A\(TAG "[A-Z0-9]+"\) UID MIN %d MAX %d COUNT 6\Z'
-                         % (min(by_subject), max(by_subject)))
+                         % (reverse[0], reverse[-1]))
         got = self.command(client, "UID", "SEARCH", "RETURN", "(MIN MAX COUNT ALL)", "FLAGGED")
         self.assertRegex(got["ESEARCH"][0], rb'\A\(TAG "[A-Z0-9]+"\) UID MIN %d MAX %d COUNT 1 '
                          rb"ALL %d\Z" % (uids[1], uids[1], uids[1]))
