@@ -84,9 +84,8 @@ def sort_steps(box):
         found = yield defer.ensureDeferred(sortkeys.records(view, groups))
         report(label, t, records=len(found))
     t = time.perf_counter()
-    line = yield defer.ensureDeferred(sortkeys.off_reactor(
+    yield defer.ensureDeferred(sortkeys.off_reactor(
         len(found), thread.ALGORITHMS[b"REFERENCES"], found, lambda seq, rec: seq))
-    del line
     report("THREAD REFERENCES", t)
 
 

@@ -334,11 +334,10 @@ def _cached_records(infos: list[Any], data: dict[int, bytes], can: int, groups: 
 def _refill(found: list[SortRecord], data: dict[int, bytes], can: int, groups: int) -> None:
     """The groups ``groups`` made into records that dropped their ``raw`` (``settle``),
     from the header cache's ``data`` (which has the fields of groups ``can``)."""
-    with quiet_gc():
-        for rec in found:
-            if rec.made & groups != groups:  # (another command may have made them meanwhile)
-                rec.raw, rec.can = data[rec.uid], can | rec.made
-                complete(rec, groups)
+    todo = [rec for rec in found if rec.made & groups != groups]  # (or made meanwhile)
+    for rec in todo:
+        rec.raw, rec.can = data[rec.uid], can | rec.made
+    _complete_all(todo, groups)
 
 
 def _complete_all(found: list[SortRecord], groups: int) -> None:

@@ -100,10 +100,9 @@ def build_tree(found: Found, table: dict[str, Node] | None = None) -> list[Node]
     return roots
 
 
-def _prune(roots: list[Node], promoted: set[int] | None = None) -> list[Node]:
+def _prune(roots: list[Node]) -> list[Node]:
     """Step 4 (A): dummies without children go, dummies with children give them to their
-    parent; at the top only a dummy with one child is replaced by it (its ``id`` added to
-    ``promoted``, when given)."""
+    parent; at the top only a dummy with one child is replaced by it."""
     out: list[Node] = []
     for root in roots:
         stack = [root]
@@ -128,8 +127,6 @@ def _prune(roots: list[Node], promoted: set[int] | None = None) -> list[Node]:
             if len(root.children) == 1:
                 root = root.children[0]
                 root.parent = None
-                if promoted is not None:
-                    promoted.add(id(root))
         out.append(root)
     return out
 
@@ -274,13 +271,12 @@ def references(found: Found) -> list[Node]:
 
 @tree_work
 def refs(found: Found) -> list[Node]:
-    """REFERENCES' links without step 5; threads ordered by their latest message's date."""
-    promoted: set[int] = set()
-    roots = _prune(build_tree(found), promoted)
-    _sort_all(roots)
+    """REFERENCES' links without step 5; threads ordered by their latest message's date, ties
+    by the root's number, a dummy's 0. As Dovecot's REFS, the roots are ordered before the
+    prune: a dummy shown as its only child keeps the dummy's 0."""
     latest: dict[int, tuple[int, int]] = {}
-    for root in roots:  # ties: the root's number, a dummy's 0, also when the dummy gave
-        # way to its only child (as Dovecot's REFS)
+    roots: list[Node] = []
+    for root in build_tree(found):
         best = 0
         stack = [root]
         while stack:
@@ -288,8 +284,10 @@ def refs(found: Found) -> list[Node]:
             if node.msg is not None:
                 best = max(best, node.msg.date)
             stack.extend(node.children)
-        latest[id(root)] = (best, root.seq if root.msg is not None
-                            and id(root) not in promoted else 0)
+        for tree in _prune([root]):
+            latest[id(tree)] = (best, root.seq if root.msg is not None else 0)
+            roots.append(tree)
+    _sort_all(roots)
     roots.sort(key=lambda r: latest[id(r)])
     return roots
 

@@ -295,12 +295,13 @@ class MboxMailbox:
         return self._summary.first_unseen(self.messages)
 
     def _unchanged(self) -> bool:
-        """A refresh has nothing to do: a compaction runs (it holds the mbox's lock, so no
-        other program writes meanwhile, and tells what it found when it ends: no SELECT waits
-        seconds for a big file's messages to move; a read waits, in turn), or a stat
-        (microseconds) says the file is as the state knows it and no operation runs."""
-        if self._state is None or self._compacting:
-            return self._state is not None  # compacting: nothing to do; never loaded: load
+        """Nothing for a refresh to do: a compaction runs (it holds the mbox's lock and tells
+        what it found at its end: no SELECT waits for a big file's messages to move, a read
+        does), or a stat (microseconds) says the file is as the state knows it, no work runs."""
+        if self._state is None:
+            return False
+        if self._compacting:
+            return True
         if self._lock.locked or self._file.moving.count % 2:
             return False  # (odd: an in-place compaction that failed half way, not recovered)
         try:
