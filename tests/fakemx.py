@@ -102,12 +102,16 @@ class SinkProtocol(LineReceiver):
     def connectionMade(self) -> None:
         self.f: SinkFactory = self.factory  # type: ignore[assignment]
         self.f.connections += 1
+        self.f.open += 1
         self.tls = False
         self.auth_user: str | None = None
         self.reset()
         self.sendLine(self.f.behaviour.greeting.encode())
         if self.f.behaviour.greeting[0] in "45":
             self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.f.open -= 1
 
     def reset(self) -> None:
         self.sender: str | None = None
@@ -200,6 +204,7 @@ class SinkFactory(protocol.ServerFactory):
         self.received: list[Received] = []
         self.hung: list[bytes] = []
         self.connections = 0
+        self.open = 0  # connections not yet lost: what they sent may still be unread
 
 
 def free_port_on(addresses: list[str]) -> int:
