@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mailsuite.config import Config
-from mailsuite.filter import checks, dkim, milter
+from mailsuite.filter import checks, dkim
 from mailsuite.filter.audit import AuditStage
-from mailsuite.filter.authcheck import AuthCheckStage
 from mailsuite.filter.bcc import BccStage
 from mailsuite.filter.dkim import DkimStage
 from mailsuite.tablefile import TableError
@@ -24,7 +23,12 @@ from mailsuite.startup import StartupError, describe_os_error, unreadable_by
 
 
 def stages(cfg: Config, reactor: Any, maillog: Any, blocking: Any) -> list[Stage]:
-    """The stages ``cfg`` turns on, in the order they run (none: the pipeline's fast path)."""
+    """The stages ``cfg`` turns on, in the order they run (none: the pipeline's fast path).
+    The inbound checks and the milters are imported here: the master, which only runs
+    ``check_at_start``, does without dnspython and dkimpy (12 MB)."""
+    from mailsuite.filter import milter
+    from mailsuite.filter.authcheck import AuthCheckStage
+
     out: list[Stage] = []
     # inbound SPF/DKIM/DMARC/ARC of strangers' mail, first: it sees the message as sent
     _add(out, "[auth_checks]", lambda: AuthCheckStage.from_config(cfg, reactor, maillog, blocking))

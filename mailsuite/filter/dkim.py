@@ -24,7 +24,6 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
 
-import dkim
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -89,6 +88,8 @@ def signature(data: bytes, config: DkimConfig, keys: dict[str, SigningKey]
     domain = config.signing_domain(author) if author else None
     if domain is None:
         return None
+    import dkim  # here: dkimpy is not imported by the master, which only checks the keys
+
     key, selector = keys[domain], config.domains[domain].selector
     signer = dkim.DKIM(data.replace(b"\n", b"\r\n"), signature_algorithm=key.algorithm)
     field = signer.sign(selector.encode(), domain.encode(), key.material,
@@ -138,6 +139,8 @@ class DkimStage:
         """dkimpy refused the message (a header it cannot parse): it goes unsigned, with a
         warning, as opendkim lets a message it cannot sign through; anything else is a bug:
         the client tries again later (451), nothing is lost."""
+        import dkim  # (imported already by ``signature``)
+
         queue_id = message.envelope.queue_id
         if failure.check(defer.CancelledError):
             return failure  # type: ignore[no-any-return]

@@ -1,6 +1,8 @@
 """The spawner: a clean process (exec'd by the master before it reads a key or a password)
-that imports the server once and forks every unprivileged process from that image, so that
-they share its pages (an agent costs a few hundred KB, not a fresh interpreter).
+that imports the roles' modules once and forks every unprivileged process from that image, so
+that they share its pages (an agent costs a few hundred KB, not a fresh interpreter). The
+network process, of which there is one, imports its doors (SMTP, the queue, the filters) after
+its fork, in ``tap.assemble``: they are not in every agent's image.
 
 It stays root (it must give each child its rights) but reads nothing but the master's
 requests on one SOCK_SEQPACKET socket: a pickled ``Spawn`` and the descriptors the child
