@@ -104,6 +104,63 @@ class MemoryStoreTests(unittest.TestCase):
         box.close()
 
 
+class ExpungedView(View):
+    def __init__(self, mailbox: Any, expunged: set[int]) -> None:
+        super().__init__(mailbox)
+        self.expunged = expunged
+
+    def is_expunged(self, uid: int) -> bool:
+        return uid in self.expunged
+
+
+class ListingTests(unittest.TestCase):
+    """The listing's chunk (the values a column at a time) against FETCH message by message."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        store = MemoryStore()
+        account = Account("boss", os.getuid(), os.getgid(), self.mktemp())
+        for n in range(6):
+            yield store.deliver(account, MSG2 if n % 2 else MSG1, "a@b")
+        self.box = yield store.open(account)
+        yield self.box.change_flags([self.box.messages[2].uid], add=frozenset({"\\Seen", "$x"}))
+
+    @defer.inlineCallbacks
+    def test_any_order_of_items(self) -> Any:
+        for items in (ITEMS, b"(BODY.PEEK[HEADER.FIELDS (Subject)] FLAGS)",
+                      b"(INTERNALDATE BODY.PEEK[HEADER.FIELDS (To From)] RFC822.SIZE UID)",
+                      b"(FLAGS UID)", b"(RFC822.SIZE)"):
+            self.assertEqual((yield fetch_all(self.box, items, True)),
+                             (yield fetch_all(self.box, items, False)), items)
+
+    @defer.inlineCallbacks
+    def test_a_chunk_it_cannot_answer_is_left_whole(self) -> Any:
+        """An expunged message, a missing block or one with a CR or NUL: nothing written
+        (``fetch`` answers that chunk message by message)."""
+        uids = [m.uid for m in self.box.messages]
+        chunk = list(enumerate(uids, 1))
+        headers = yield self.box.header_fields(uids, [b"SUBJECT"])
+        items = fetch_plan(b"(UID FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])", True).items
+        out: list[bytes] = []
+        listing = fetchfields.Listing.of(items, out.append, lambda: False)
+        assert listing is not None
+        self.assertFalse(listing.chunk(ExpungedView(self.box, {uids[3]}), chunk, headers))
+        view = View(self.box)
+        for bad in (None, b"Subject: a\rb\n\n", b"Subject: a\0b\n\n"):
+            changed = dict(headers)
+            if bad is None:
+                del changed[uids[4]]
+            else:
+                changed[uids[4]] = bad
+            self.assertFalse(listing.chunk(view, chunk, changed))
+        self.assertEqual(out, [])
+        self.assertTrue(listing.chunk(view, chunk, headers))
+        self.assertEqual(len(out), 1)
+        self.assertEqual(out[0].count(b" FETCH ("), len(uids))
+        self.assertIn(b"* 1 FETCH (UID %d FLAGS (\\Recent) BODY[HEADER.FIELDS (SUBJECT)] {"
+                      % uids[0], out[0])
+
+
 class CacheCase(MboxTestCase):
     def cache_path(self) -> str:
         return os.path.join(os.path.dirname(self.index_path), CACHE_NAME)

@@ -86,40 +86,41 @@ class Listing:
     def chunk(self, view: Any, chunk: list[tuple[int, int]], headers: dict[int, bytes]) -> bool:
         """Write the responses of a chunk of targets (seq, uid) in one piece when each is a
         plain one (none expunged, all in ``headers``, no CR or NUL in a block); False: nothing
-        written, ``fetch`` answers the chunk message by message."""
-        lines = []
-        get, expunged, line = headers.get, view.is_expunged, self.line
-        for seq, uid in chunk:
-            fields = get(uid)
-            if fields is None or b"\r" in fields or b"\0" in fields or expunged(uid):
-                return False
-            lines.append(line(view, seq, uid, fields))
-        if self.lost():
+        written, ``fetch`` answers the chunk message by message. The values are made a column
+        (an item) at a time and the template filled in by rows: no call per message."""
+        uids = [uid for _, uid in chunk]
+        blocks: list[Any] = list(map(headers.get, uids))  # bytes once None is ruled out
+        if None in blocks or any(map(view.is_expunged, uids)):
             return False
+        joined = b"".join(blocks)
+        if b"\r" in joined or b"\0" in joined or self.lost():
+            return False
+        columns: list[list[Any]] = [[seq for seq, _ in chunk]]
+        infos = list(map(view.info, uids)) if self.info else []
+        for kind in self.codes:
+            if kind == _UID:
+                columns.append(uids)
+            elif kind == _BLOCK:
+                columns += ([len(b) + b.count(b"\n") for b in blocks], blocks)
+            elif kind == _FLAGS:
+                flags = self.flags
+                columns.append([flags(view, uid, info)
+                                for uid, info in zip(uids, infos, strict=True)])
+            elif kind == _SIZE:
+                columns.append([info.size for info in infos])
+            else:
+                columns.append(list(map(date_text, infos)))
+        template = self.template
+        lines = [template % row for row in zip(*columns, strict=True)]
         self.write(b"".join(lines).replace(b"\n", b"\r\n"))  # wire.crlf of it all at once
         return True
 
-    def line(self, view: Any, seq: int, uid: int, fields: bytes) -> bytes:
-        """The response of one message with LF line ends (``fields`` has no CR; each LF
-        counts twice in its literal's size): ``self.template`` filled in, one formatting."""
-        info: Any = view.info(uid) if self.info else None
-        values: list[Any] = [seq]
-        for kind in self.codes:
-            if kind == _UID:
-                values.append(uid)
-            elif kind == _BLOCK:
-                values += (len(fields) + fields.count(b"\n"), fields)
-            elif kind == _FLAGS:
-                flags = info.flags | _RECENT if view.is_recent(uid) else info.flags
-                text = self.flag_text.get(flags)
-                if text is None:
-                    text = self.flag_text[flags] = format_flags(flags)
-                values.append(text)
-            elif kind == _SIZE:
-                values.append(info.size)
-            else:
-                values.append(date_text(info))
-        return self.template % tuple(values)
+    def flags(self, view: Any, uid: int, info: Any) -> bytes:
+        flags = info.flags | _RECENT if view.is_recent(uid) else info.flags
+        text = self.flag_text.get(flags)
+        if text is None:
+            text = self.flag_text[flags] = format_flags(flags)
+        return text
 
 
 _UID, _FLAGS, _SIZE, _DATE, _BLOCK = range(5)
