@@ -366,6 +366,7 @@ def render_section(item: FetchItem, raw: bytes | None, header: bytes) -> list[Pi
 
 # -- one FETCH over a session's view --------------------------------------------------------------
 _CHUNK = 256  # messages whose headers are read in one store call
+_LISTING = 1024  # ... for a listing: 1,024 look-ups in the header cache per trip to a thread
 STREAM_MIN = 256 * 1024  # responses at least this big are streamed through a producer
 
 
@@ -413,8 +414,9 @@ async def fetch_responses(
     with_flags = (*items, FetchItem("FLAGS"))  # for messages this FETCH set \Seen on
     missing = False
     quick = fetchfields.Listing.of(items, write, lost) if need_header and not need_body else None
-    for start in range(0, len(targets), _CHUNK):
-        chunk = targets[start : start + _CHUNK]
+    step = _LISTING if quick else _CHUNK
+    for start in range(0, len(targets), step):
+        chunk = targets[start : start + step]
         headers: dict[int, bytes] = {}
         if need_header and not need_body:
             headers = await fetchfields.read_headers(

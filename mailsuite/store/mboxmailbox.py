@@ -412,8 +412,8 @@ class MboxMailbox:
         entries = self._entries(uids)
         found, missing = yield self._store.blocking(self._hcache.lookup, validity, entries,
                                                     wanted)
-        if missing:
-            prints = {e.uid: e.fingerprint for e in missing}
+        for at in range(0, len(missing), 256):  # (each batch one write of the cache: < 128 KiB)
+            prints = {e.uid: e.fingerprint for e in missing[at : at + 256]}
             headers = yield self.read_headers(list(prints))
             items = [(uid, prints[uid], h) for uid, h in headers.items()]
             found.update((yield self._store.blocking(self._hcache.add, validity, items, wanted,
