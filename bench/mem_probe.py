@@ -11,7 +11,8 @@ file is replaced by a copy of itself and parsed again against the index. After e
 prints a JSON line: the process's VmRSS / VmHWM (peak) in MB and, with ``--trace``,
 tracemalloc's current / peak traced MB (tracemalloc slows the run several-fold and adds its own
 memory to the RSS: compare RSS figures from runs without it). ``PROBE_TRIM=1``: glibc's
-malloc_trim before each figure.
+malloc_trim before each figure. glibc's mmap threshold is fixed first, as in the server's
+processes (``heap.fixed_mmap_threshold``); ``PROBE_DYNAMIC_MMAP=1`` leaves glibc's default.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def run(reactor, args):
     os.makedirs(home)
     account = Account("bench1", os.getuid(), os.getgid(), home)
     shutil.copyfile(args.mailbox, os.path.join(spool, "bench1"))
+    if os.environ.get("PROBE_DYNAMIC_MMAP") != "1":
+        heap.fixed_mmap_threshold()
     report("start", time.perf_counter())
     if args.trace:
         tracemalloc.start()

@@ -35,7 +35,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mailsuite import startup
+from mailsuite import heap, startup
 from mailsuite.auth.cache import AuthCache
 from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
@@ -553,6 +553,7 @@ def makeService(options: Options, reactor: Any = None) -> MailService:
         from twisted.internet import reactor
 
     reactor.suggestThreadPoolSize(16)
+    heap.fixed_mmap_threshold()
     cfg = options["cfg"]
     lock = startup.InstanceLock(cfg.mail.queue_directory)
     try:

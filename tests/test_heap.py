@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import subprocess
+import sys
 
 from twisted.internet import defer, task
 from twisted.trial import unittest
@@ -29,8 +32,48 @@ class ReleaseTests(unittest.TestCase):
             glibc = None
         if not glibc:
             raise unittest.SkipTest("not glibc")
-        self.assertIsNotNone(heap._load())
+        self.assertIsNotNone(heap._load("malloc_trim", ctypes.c_size_t))
         self.assertTrue(heap.release())  # the real malloc_trim(0)
+
+
+_MAPPED = """
+import ctypes, sys
+from mailsuite import heap
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "fixed":
+    assert heap.fixed_mmap_threshold()
+big = bytearray(4 << 20)
+del big  # a mapped block freed: glibc raises its threshold to 4 MB (unless fixed)
+before = libc.mallinfo2().hblks
+blocks = [bytearray(300 * 1024) for _ in range(4)]
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+class MmapThresholdTests(unittest.TestCase):
+    def mapped(self, how: str) -> int:
+        """Blocks of 300 KB made after a 4 MB one was freed: how many are mapped alone."""
+        top = os.path.dirname(os.path.dirname(os.path.abspath(heap.__file__)))
+        out = subprocess.run([sys.executable, "-c", _MAPPED, how], capture_output=True,
+                             text=True, timeout=60, check=True,
+                             env=dict(os.environ, PYTHONPATH=top))
+        return int(out.stdout)
+
+    def test_big_blocks_stay_mapped(self):
+        """With the threshold fixed, a big block freed does not make later ones come from
+        the heap (where what they leave free stays in the process)."""
+        if heap._mallopt is None:
+            raise unittest.SkipTest("not glibc")
+        self.assertEqual(self.mapped("dynamic"), 0)  # glibc's default: from the heap
+        self.assertEqual(self.mapped("fixed"), 4)
+
+    def test_no_op_without_glibc(self):
+        self.patch(heap, "_mallopt", None)
+        self.assertFalse(heap.fixed_mmap_threshold())
 
 
 class QuietTests(unittest.TestCase):
