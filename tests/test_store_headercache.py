@@ -200,6 +200,22 @@ class CacheTests(CacheCase):
         box.close()
 
     @defer.inlineCallbacks
+    def test_many_missing_read_and_cached_in_batches(self) -> None:
+        """A look-up of 700 uncached messages (a listing's chunk is 1,024) reads and caches
+        them 256 at a time: each batch one write of the cache file, all of them cached."""
+        box = yield self.open_with(*[MSG1.replace(b"one", b"n%d" % n) for n in range(700)])
+        writes: list[int] = []
+        add = box._hcache.add
+        box._hcache.add = lambda validity, items, *a: writes.append(len(items)) or add(
+            validity, items, *a)
+        yield self.check(box, [b"Subject"])
+        self.assertEqual(writes, [256, 256, 188])
+        self.no_mbox_reads(box)
+        got = yield self.check(box, [b"Subject"])
+        self.assertIn(b"Subject: n699", got[box.messages[-1].uid])
+        box.close()
+
+    @defer.inlineCallbacks
     def test_a_new_field_is_cached_from_then_on(self) -> None:
         box = yield self.open_with(MSG1, MSG2)
         yield self.check(box, [b"From"])
