@@ -37,19 +37,21 @@ def _load(name: str, *argtypes: Any) -> Callable[..., int] | None:
 _trim = _load("malloc_trim", ctypes.c_size_t)
 _mallopt = _load("mallopt", ctypes.c_int, ctypes.c_int)
 
-#: glibc's M_MMAP_THRESHOLD, and the size given to it: its default, made fixed
+#: glibc's M_MMAP_THRESHOLD, and the size it is fixed at
 _M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 128 * 1024
+MMAP_THRESHOLD = 4 * 1024 * 1024
 
 
 def fixed_mmap_threshold() -> bool:
     """Blocks of MMAP_THRESHOLD bytes or more always mapped on their own, so that each goes
-    back to the system when freed. glibc raises the threshold to the size of each mapped
-    block freed (up to 32 MB): after one big buffer (the transport's join of a listing's
-    output, a big message read), such buffers come from the heap and what they leave free
-    stays in the process. An agent with the 100k INBOX, after the sorts, a THREAD and an
-    EXPUNGE's compaction: 197 -> 180 MB (bench/mem_probe.py). Called once at a process's
-    start; True if it was set."""
+    back to the system when freed. glibc starts at 128 KiB and raises the threshold to the
+    size of each mapped block freed (up to 32 MB): after one very big buffer (a compaction's,
+    a THREAD's), such buffers come from the heap and what they leave free stays in the
+    process. An agent with the 100k INBOX, after the sorts, a THREAD and an EXPUNGE's
+    compaction: 197 -> 180 MB (bench/mem_probe.py), the same at 128 KiB and at 4 MiB. Not
+    lower: the transport's joins of a big listing's output (a few MB at a time) each mapped
+    afresh made a header re-fetch of the 100k INBOX 0.1 s slower. Called once at a
+    process's start; True if it was set."""
     return _mallopt is not None and _mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
 
 

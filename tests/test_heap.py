@@ -46,17 +46,17 @@ libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
 if sys.argv[1] == "fixed":
     assert heap.fixed_mmap_threshold()
-big = bytearray(4 << 20)
-del big  # a mapped block freed: glibc raises its threshold to 4 MB (unless fixed)
+big = bytearray(24 << 20)
+del big  # a mapped block freed: glibc raises its threshold to 24 MB (unless fixed)
 before = libc.mallinfo2().hblks
-blocks = [bytearray(300 * 1024) for _ in range(4)]
+blocks = [bytearray(heap.MMAP_THRESHOLD + 4096) for _ in range(4)]
 print(libc.mallinfo2().hblks - before)
 """
 
 
 class MmapThresholdTests(unittest.TestCase):
     def mapped(self, how: str) -> int:
-        """Blocks of 300 KB made after a 4 MB one was freed: how many are mapped alone."""
+        """Blocks of the threshold made after a 24 MB one was freed: how many are mapped."""
         top = os.path.dirname(os.path.dirname(os.path.abspath(heap.__file__)))
         out = subprocess.run([sys.executable, "-c", _MAPPED, how], capture_output=True,
                              text=True, timeout=60, check=True,
