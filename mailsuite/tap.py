@@ -554,6 +554,7 @@ def makeService(options: Options, reactor: Any = None) -> MailService:
 
     reactor.suggestThreadPoolSize(16)
     heap.fixed_mmap_threshold()
+    _early_stop(reactor)
     cfg = options["cfg"]
     lock = startup.InstanceLock(cfg.mail.queue_directory)
     try:
@@ -576,6 +577,22 @@ def makeService(options: Options, reactor: Any = None) -> MailService:
     top.instance_lock = lock
     reactor.callWhenRunning(lock.write_pid)  # after the fork
     return top
+
+
+def _early_stop(reactor: Any) -> None:
+    """A SIGTERM before the reactor runs (twistd installs its handlers then) stops the server
+    as one after it does, once it has started: the processes a privileged master starts
+    are ended in order. The default action killed the master at once, and the listening
+    sockets it had sent to the zygote stayed in flight for seconds: a server started just
+    after found its ports in use."""
+    if reactor.running:
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, on_term)
 
 
 def _failure_text(e: StartupError | OSError) -> str:

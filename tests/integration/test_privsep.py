@@ -7,11 +7,13 @@ import grp
 import os
 import pwd
 import signal
+import socket
+import subprocess
 import time
 
 from twisted.trial import unittest
 
-from tests.integration.harness import PRIVSEP, Site
+from tests.integration.harness import PRIVSEP, ROOT, START_TIMEOUT, TWISTD, Site
 from tests.integration.test_commands import wait_for
 from tests.integration.test_end_to_end import Clients, message
 
@@ -104,7 +106,6 @@ class PrivsepTests(unittest.TestCase):
         self.site.process.wait(20)
         with self.assertRaises(ProcessLookupError):
             os.killpg(group, 0)
-        import socket
         with socket.socket() as s:  # (SO_REUSEADDR, as a server binds: the client's
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connection may wait)
             s.bind(("127.0.0.1", self.site.ports["imap"]))
@@ -206,6 +207,40 @@ def exchange(port: int, data: bytes, until: bytes) -> bytes:
                 break
             got += chunk
     return got
+
+
+class EarlyStopTests(unittest.TestCase):
+    skip = SKIP
+
+    def test_sigterm_while_starting(self) -> None:
+        """SIGTERM as soon as the master's sockets accept, before the network process
+        answers (twistd's handlers not yet installed): the server stops in order (the
+        master waits for the zygote and its children) and the ports are free once it has
+        exited. The default action used to kill the master at once, the listening sockets
+        it had sent the zygote staying in flight for seconds."""
+        site = Site(self)
+        for _attempt in range(3):
+            with open(os.path.join(site.dir, "twistd.out"), "ab") as out:
+                process = subprocess.Popen(
+                    [*TWISTD, "--nodaemon", "--pidfile=", "mailsuite", "--config",
+                     site.config], cwd=site.dir, env=dict(os.environ, PYTHONPATH=ROOT),
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+            self.addCleanup(lambda p=process: p.poll() is None and p.kill())
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", site.ports["imap"]), 1).close()
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            self.assertEqual(process.wait(30), 0, site.log())
+            for name in ("smtp", "pop3", "imap"):
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("127.0.0.1", site.ports[name]))  # free: nobody listens
+        self.assertEqual(site.log().count("Server Shut Down."), 3)
 
 
 class PipelinedHandoffTests(unittest.TestCase):
