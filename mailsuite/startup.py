@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import socket
 import stat
 import sys
@@ -260,3 +261,19 @@ def unreadable_by(paths: list[str], uid: int, gid: int) -> dict[str, str]:
         answer = f.read().decode("utf-8", "surrogateescape")
     os.waitpid(pid, 0)
     return dict(line.split("\0", 1) for line in answer.splitlines() if "\0" in line)
+
+
+def stop_on_early_sigterm(reactor: Any) -> None:
+    """A SIGTERM before the reactor runs (twistd installs its handlers then) stops the server
+    as one after it does, once it has started: the processes a privileged master starts
+    are ended in order. The default action killed the master at once, and the listening
+    sockets it had sent to the zygote stayed in flight for seconds: a server started just
+    after found its ports in use."""
+    if reactor.running:
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, on_term)

@@ -163,6 +163,24 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     return top
 
 
+def _delivery(top: MailService, p: Parts) -> LocalDelivery:
+    """Local delivery, with the queue (its manager under ``top``) and the TLS reports."""
+    from mailsuite.mta.delivery import LocalDelivery
+    from mailsuite.mta.outbound import add_tls_reports, build_queue
+    from mailsuite.mta.virtual import VirtualAliases
+
+    cfg, reactor, maillog = p.cfg, p.reactor, p.maillog
+    delivery = LocalDelivery(cfg, p.accounts, p.store, maillog, p.blocking, now=reactor.seconds)
+    delivery.virtual = VirtualAliases.from_config(cfg.mail, maillog)  # virtual_alias_maps
+    with step("[mail] queue_directory"):
+        delivery.queue = build_queue(cfg, delivery, maillog, reactor, p.blocking)
+    qmgr = QueueService(delivery.queue, after=p.after)
+    qmgr.setName("qmgr")
+    qmgr.setServiceParent(top)
+    add_tls_reports(top, cfg, reactor, p.blocking, delivery.queue)  # TLS-RPT: "tlsrpt"
+    return delivery
+
+
 @dataclass
 class Parts:
     """What ``assemble`` puts together (the one-process server's, or the network process's)."""
@@ -191,11 +209,8 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     from mailsuite.imap.recent import RecentTracker
     from mailsuite.imap.server import IMAPFactory
     from mailsuite.limits import Limits
-    from mailsuite.mta.delivery import LocalDelivery
     from mailsuite.mta.dns import MXResolver
-    from mailsuite.mta.outbound import add_tls_reports, build_queue
     from mailsuite.mta.transaction import Pipeline
-    from mailsuite.mta.virtual import VirtualAliases
     from mailsuite.pop3.server import POP3Factory
     from mailsuite.reload import Reloader
     from mailsuite.smtp.clientname import reverse_lookup
@@ -204,14 +219,7 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     from mailsuite.smtp.server import SMTPFactory
 
     cfg, reactor, tls, maillog = p.cfg, p.reactor, p.tls, p.maillog
-    delivery = LocalDelivery(cfg, p.accounts, p.store, maillog, p.blocking, now=reactor.seconds)
-    delivery.virtual = VirtualAliases.from_config(cfg.mail, maillog)  # virtual_alias_maps
-    with step("[mail] queue_directory"):
-        delivery.queue = build_queue(cfg, delivery, maillog, reactor, p.blocking)
-    qmgr = QueueService(delivery.queue, after=p.after)
-    qmgr.setName("qmgr")
-    qmgr.setServiceParent(top)
-    add_tls_reports(top, cfg, reactor, p.blocking, delivery.queue)  # TLS-RPT: "tlsrpt"
+    delivery = _delivery(top, p)
     the_portal = portal.Portal(p.realm(delivery), [p.checker, checkers.AllowAnonymousAccess()])
     policy = AuthPolicy.from_config(cfg, maillog, reactor)  # one for all doors: across protocols
     names = MXResolver(cfg.mail.dns_resolver, reactor=reactor)
@@ -248,8 +256,7 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     with step("[mail] queue_directory"):
         _local_submission(top, cfg, delivery, maillog, reactor, p.blocking, pipeline,
                           p.listeners, p.open_dropped)
-    top.maillog = maillog
-    top.tls = tls  # type: ignore[attr-defined]
+    top.maillog, top.tls = maillog, tls  # type: ignore[attr-defined]
     top.reloader = Reloader(top, p, assemble)  # kill -HUP: mail.ini read again
     return delivery
 
@@ -554,7 +561,7 @@ def makeService(options: Options, reactor: Any = None) -> MailService:
 
     reactor.suggestThreadPoolSize(16)
     heap.fixed_mmap_threshold()
-    _early_stop(reactor)
+    startup.stop_on_early_sigterm(reactor)
     cfg = options["cfg"]
     lock = startup.InstanceLock(cfg.mail.queue_directory)
     try:
@@ -577,22 +584,6 @@ def makeService(options: Options, reactor: Any = None) -> MailService:
     top.instance_lock = lock
     reactor.callWhenRunning(lock.write_pid)  # after the fork
     return top
-
-
-def _early_stop(reactor: Any) -> None:
-    """A SIGTERM before the reactor runs (twistd installs its handlers then) stops the server
-    as one after it does, once it has started: the processes a privileged master starts
-    are ended in order. The default action killed the master at once, and the listening
-    sockets it had sent to the zygote stayed in flight for seconds: a server started just
-    after found its ports in use."""
-    if reactor.running:
-        return
-
-    def on_term(signum: int, frame: Any) -> None:
-        reactor.callFromThread(reactor.stop)
-
-    with contextlib.suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGTERM, on_term)
 
 
 def _failure_text(e: StartupError | OSError) -> str:
