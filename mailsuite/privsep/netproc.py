@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import os
 import pickle
 from typing import Any
@@ -48,6 +49,22 @@ from mailsuite.threads import InPool
 from mailsuite.tls import ServerTLS
 
 log = Logger()
+
+#: what tap's build and assemble and the filters' stages import where they use it (the
+#: master runs none of it): imported here, in the zygote, before its first fork, since this
+#: process runs as mail_owner, which may not be able to read the server's Python
+SERVER_MODULES = (
+    "dkim", "mailsuite.auth.policy", "mailsuite.autoconfig", "mailsuite.filter",
+    "mailsuite.filter.authcheck", "mailsuite.filter.milter", "mailsuite.imap.idle",
+    "mailsuite.imap.recent", "mailsuite.imap.server", "mailsuite.limits", "mailsuite.metrics",
+    "mailsuite.mta.aliases",
+    "mailsuite.mta.control", "mailsuite.mta.delivery", "mailsuite.mta.dns",
+    "mailsuite.mta.maildrop", "mailsuite.mta.outbound", "mailsuite.mta.quota",
+    "mailsuite.mta.transaction", "mailsuite.mta.virtual", "mailsuite.pop3.server",
+    "mailsuite.realm", "mailsuite.reload", "mailsuite.smtp.clientname", "mailsuite.smtp.lmtp",
+    "mailsuite.smtp.restrictions", "mailsuite.smtp.server", "mailsuite.store.mbox")
+for _name in SERVER_MODULES:
+    importlib.import_module(_name)
 
 #: a delivery channel unused this long is closed (so an idle agent may exit)
 CHANNEL_IDLE = 30.0
