@@ -6,6 +6,7 @@ exactly what changed."""
 from __future__ import annotations
 
 import imaplib
+import fcntl
 import os
 import re
 import time
@@ -22,19 +23,27 @@ def _client(site: Site) -> imaplib.IMAP4:
 
 
 def _postfix_append(site: Site, subject: bytes) -> None:
-    """Append to the mbox as Postfix local(8) does (the server notices on its own), once the
-    expunge's compaction has renamed its new file in (this writer takes no lock)."""
+    """Append to the mbox as Postfix local(8) does (the server notices on its own): under its
+    locks, a dotlock and an fcntl lock (mailbox_delivery_lock = fcntl, dotlock), so after the
+    expunge's compaction, which moves the messages in place under the same locks. (Unlocked,
+    the append could land before the compaction's truncate and be cut off.)"""
     path = site.inbox("boss")
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with open(path, "rb") as f:
-            data = f.read()
-        if b"Subject: 2\r\n" not in data and b"Subject: 2\n" not in data:
+    while True:
+        try:
+            os.close(os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             break
-        time.sleep(0.05)
-    with open(path, "ab") as f:
-        f.write(b"From x@example.test  Tue Nov 28 06:01:02 2026\nSubject: " + subject +
-                b"\n\nbody\n\n")
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        with open(path, "ab") as f:
+            fcntl.lockf(f, fcntl.LOCK_EX)  # waits for the server's lock
+            f.write(b"From x@example.test  Tue Nov 28 06:01:02 2026\nSubject: " + subject +
+                    b"\n\nbody\n\n")
+    finally:
+        os.unlink(path + ".lock")
     if os.geteuid() == 0:
         os.chown(path, site.uids["boss"], site.uids["boss"])
 
