@@ -1,8 +1,8 @@
 """The spawner: a clean process (exec'd by the master before it reads a key or a password)
-that imports the roles' modules once and forks every unprivileged process from that image, so
-that they share its pages (an agent costs a few hundred KB, not a fresh interpreter). The
-network process, of which there is one, imports its doors (SMTP, the queue, the filters) after
-its fork, in ``tap.assemble``: they are not in every agent's image.
+that imports the server once (the roles' modules, and with the network process's the doors,
+the queue and the filters: ``netproc.SERVER_MODULES``, which the master does without) and
+forks every unprivileged process from that image, so that they share its pages (an agent
+costs a few hundred KB, not a fresh interpreter) and need not read the server's Python.
 
 It stays root (it must give each child its rights) but reads nothing but the master's
 requests on one SOCK_SEQPACKET socket: a pickled ``Spawn`` and the descriptors the child
