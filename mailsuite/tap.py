@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mailsuite import heap, startup
+from mailsuite.filter import stages as filter_stages
 from mailsuite.auth.cache import AuthCache
 from mailsuite.auth.checker import AccountDB, UnixChecker
 from mailsuite.auth.pam import NssAccounts, PamChecker
@@ -44,25 +45,35 @@ from mailsuite.config import DEFAULT_CONFIG, SERVICES, Config, ConfigError, conf
 from mailsuite.listenaddr import listen_addresses, tcp_endpoint
 from mailsuite.maillog import MailLog
 from mailsuite.privsep.ports import AdoptedPort, SocketFiles, held_socket
-from mailsuite.mta.control import control_path, ensure_public
-from mailsuite.mta.maildrop import ensure_maildrop
+from mailsuite.mta.aliases import AliasLookupError
+from mailsuite.mta.control import (
+    ControlFactory,
+    Handler,
+    control_path,
+    ensure_public,
+    queue_commands,
+)
+from mailsuite.mta.dns import MXResolver
+from mailsuite.mta.maildrop import Pickup, ensure_maildrop, local_submitter, pickup_service
+from mailsuite.mta.maildrop import remove as remove_dropped
 from mailsuite.mta import tlspolicy
+from mailsuite.mta.quota import check_at_start as check_quota_rules
 from mailsuite.mta.relay import load_password_map
+from mailsuite.mta.transaction import Pipeline
+from mailsuite.mta.virtual import VirtualAliases
+from mailsuite.reload import Reloader
 from mailsuite.reload import warning as reload_warning
 from mailsuite.privsep.reloading import MasterReload, owner_checks
+from mailsuite.smtp.restrictions import Restrictions
 from mailsuite.startup import StartupError, describe_os_error, step
 from mailsuite.store.cleanup import clean_spool, spool_directory
 from mailsuite.threads import Blocking, InPool
 from mailsuite.tls import ServerTLS, TLSSetupError, server_tls
 
 if TYPE_CHECKING:  # the servers' own modules: imported by build and assemble (see above)
-    from mailsuite.mta.control import Handler
     from mailsuite.mta.delivery import LocalDelivery
-    from mailsuite.mta.maildrop import Pickup
     from mailsuite.mta.queue import Queue
-    from mailsuite.mta.transaction import Pipeline
     from mailsuite.realm import MailRealm
-    from mailsuite.reload import Reloader
     from mailsuite.store.mbox import MboxStore
 
 log = Logger()
@@ -136,7 +147,6 @@ def build(cfg: Config, reactor: Any, tls: Any = _MAKE_TLS) -> MailService:
     """All services of one mail.ini on ``reactor``, not yet started, in one process.
     ``tls``: a ServerTLS, or None for no TLS (default: made from the configuration by
     ``tls_of``)."""
-    from mailsuite.mta.quota import check_at_start as check_quota_rules
     from mailsuite.realm import MailRealm
     from mailsuite.store.mbox import MboxStore
 
@@ -168,7 +178,6 @@ def _delivery(top: MailService, p: Parts) -> LocalDelivery:
     """Local delivery, with the queue (its manager under ``top``) and the TLS reports."""
     from mailsuite.mta.delivery import LocalDelivery
     from mailsuite.mta.outbound import add_tls_reports, build_queue
-    from mailsuite.mta.virtual import VirtualAliases
 
     cfg, reactor, maillog = p.cfg, p.reactor, p.maillog
     delivery = LocalDelivery(cfg, p.accounts, p.store, maillog, p.blocking, now=reactor.seconds)
@@ -205,18 +214,13 @@ def assemble(top: MailService, p: Parts) -> LocalDelivery:
     from mailsuite import metrics
     from mailsuite.auth.policy import AuthPolicy
     from mailsuite.autoconfig import build_site
-    from mailsuite.filter import stages as filter_stages
     from mailsuite.imap.idle import IdlePoller
     from mailsuite.imap.recent import RecentTracker
     from mailsuite.imap.server import IMAPFactory
     from mailsuite.limits import Limits
-    from mailsuite.mta.dns import MXResolver
-    from mailsuite.mta.transaction import Pipeline
     from mailsuite.pop3.server import POP3Factory
-    from mailsuite.reload import Reloader
     from mailsuite.smtp.clientname import reverse_lookup
     from mailsuite.smtp.lmtp import LMTPFactory
-    from mailsuite.smtp.restrictions import Restrictions
     from mailsuite.smtp.server import SMTPFactory
 
     cfg, reactor, tls, maillog = p.cfg, p.reactor, p.tls, p.maillog
@@ -319,10 +323,6 @@ def _local_submission(top: service.MultiService, cfg: Config, delivery: Any, mai
                       adopted: dict[str, int] | None = None, open_dropped: Any = None) -> None:
     """maildrop/ pickup (sendmail) and the control socket (flush), aliases checked at start.
     ``adopted``/``open_dropped``: the network process's (the master made the directories)."""
-    from mailsuite.mta.aliases import AliasLookupError
-    from mailsuite.mta.control import ControlFactory, queue_commands
-    from mailsuite.mta.maildrop import Pickup, local_submitter, pickup_service
-
     queue_directory = cfg.mail.queue_directory
     if adopted is None:
         ensure_maildrop(queue_directory)
@@ -527,8 +527,6 @@ def _flush(pickup: Pickup, delivery: Any) -> Any:
 @defer.inlineCallbacks
 def _delete(queue_directory: str, delivery: Any, queue_id: str, blocking: Blocking) -> Any:
     """postsuper -d ID, for the control socket."""
-    from mailsuite.mta.maildrop import remove as remove_dropped
-
     if (yield blocking(remove_dropped, queue_directory, queue_id)):
         return "removed"
     queue = getattr(delivery, "queue", None)

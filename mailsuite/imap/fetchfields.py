@@ -92,9 +92,6 @@ class Listing:
         blocks: list[Any] = list(map(headers.get, uids))  # bytes once None is ruled out
         if None in blocks or any(map(view.is_expunged, uids)):
             return False
-        joined = b"".join(blocks)
-        if b"\r" in joined or b"\0" in joined or self.lost():
-            return False
         columns: list[list[Any]] = [[seq for seq, _ in chunk]]
         infos = list(map(view.info, uids)) if self.info else []
         for kind in self.codes:
@@ -111,8 +108,11 @@ class Listing:
             else:
                 columns.append(list(map(date_text, infos)))
         template = self.template
-        lines = [template % row for row in zip(*columns, strict=True)]
-        self.write(b"".join(lines).replace(b"\n", b"\r\n"))  # wire.crlf of it all at once
+        out = b"".join([template % row for row in zip(*columns, strict=True)])
+        # (the template has no CR or NUL: found, they are a block's)
+        if b"\r" in out or b"\0" in out or self.lost():
+            return False
+        self.write(out.replace(b"\n", b"\r\n"))  # wire.crlf of it all at once
         return True
 
     def flags(self, view: Any, uid: int, info: Any) -> bytes:

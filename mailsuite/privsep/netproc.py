@@ -54,15 +54,12 @@ log = Logger()
 #: master runs none of it): imported here, in the zygote, before its first fork, since this
 #: process runs as mail_owner, which may not be able to read the server's Python
 SERVER_MODULES = (
-    "dkim", "mailsuite.auth.policy", "mailsuite.autoconfig", "mailsuite.filter",
-    "mailsuite.filter.authcheck", "mailsuite.filter.milter", "mailsuite.imap.idle",
-    "mailsuite.imap.recent", "mailsuite.imap.server", "mailsuite.limits", "mailsuite.metrics",
-    "mailsuite.mta.aliases",
-    "mailsuite.mta.control", "mailsuite.mta.delivery", "mailsuite.mta.dns",
-    "mailsuite.mta.maildrop", "mailsuite.mta.outbound", "mailsuite.mta.quota",
-    "mailsuite.mta.transaction", "mailsuite.mta.virtual", "mailsuite.pop3.server",
-    "mailsuite.realm", "mailsuite.reload", "mailsuite.smtp.clientname", "mailsuite.smtp.lmtp",
-    "mailsuite.smtp.restrictions", "mailsuite.smtp.server", "mailsuite.store.mbox")
+    "dkim", "mailsuite.auth.policy", "mailsuite.autoconfig", "mailsuite.filter.authcheck",
+    "mailsuite.filter.milter", "mailsuite.imap.idle", "mailsuite.imap.recent",
+    "mailsuite.imap.server", "mailsuite.limits", "mailsuite.metrics", "mailsuite.mta.delivery",
+    "mailsuite.mta.outbound", "mailsuite.pop3.server", "mailsuite.realm",
+    "mailsuite.smtp.clientname", "mailsuite.smtp.lmtp", "mailsuite.smtp.server",
+    "mailsuite.store.mbox")
 for _name in SERVER_MODULES:
     importlib.import_module(_name)
 

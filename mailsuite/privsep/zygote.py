@@ -30,8 +30,6 @@ from typing import Any
 
 import setproctitle
 
-from mailsuite import heap
-
 #: the module whose ``main(spawn, fds)`` each role runs; imported before the first fork (so
 #: the pages are shared)
 ROLES = {"net": "mailsuite.privsep.netproc", "agent": "mailsuite.privsep.agent"}
@@ -136,7 +134,10 @@ def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ROLES.values():
         importlib.import_module(name)
-    heap.fixed_mmap_threshold()  # (inherited by every child: glibc's setting is memory)
+    # (inherited by every child: glibc's setting is memory); imported here: this module
+    # imports nothing slow (heap: Twisted) before ``__main__`` has set die_with_parent
+    from mailsuite import heap
+    heap.fixed_mmap_threshold()
     gc.collect()
     gc.freeze()  # what is here stays shared: the collector never writes to these pages
     children: set[int] = set()
