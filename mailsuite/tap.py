@@ -14,8 +14,8 @@ maillog's stamps, INTERNALDATE, certificates). Blocking code running in a pool t
 
 The root master of a privilege-separated server runs none of the doors, the queue or the
 store: their modules are imported by ``build`` and ``assemble`` (the one-process server's and
-the network process's), so the master is a Python process of 57 MB, not 70. The zygote
-imports them before it forks (``privsep.netproc.SERVER_MODULES``).
+the network process's), so the master is a Python process of 57 MB, not 70. The network
+process imports them before it drops root (``privsep.netproc.SERVER_MODULES``).
 """
 
 from __future__ import annotations

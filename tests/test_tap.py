@@ -217,40 +217,64 @@ class LightImportTests(unittest.TestCase):
     def test_master_runs_without_the_doors(self) -> None:
         """The privsep master (tap and what build_master uses) does not load the doors, the
         queue, the store or the filters' libraries: 890 modules and 71 MB were 591 and 57.
-        The zygote's image (network process and agent) has every one of them: the network
-        process runs as mail_owner, which may not be able to read the server's Python."""
+        The network process's image has every one of them (it imports them before it drops
+        root: it runs as mail_owner, which may not be able to read the server's Python); the
+        agent's (the zygote's) has the store and the IMAP and POP3 servers, not the rest."""
         from mailsuite.privsep import netproc
-        heavy = ("mailsuite.imap.server", "mailsuite.pop3.server", "mailsuite.smtp.server",
-                 "mailsuite.mta.queue", "mailsuite.store.mbox", "mailsuite.filter.authcheck",
+        stores = ("mailsuite.imap.server", "mailsuite.pop3.server", "mailsuite.store.mbox")
+        doors = ("mailsuite.smtp.server", "mailsuite.mta.queue", "mailsuite.filter.authcheck",
                  "mailsuite.metrics", "dkim", "dns.resolver", "prometheus_client", "twisted.web")
+        heavy = stores + doors
         self.assertEqual(self.loaded("mailsuite.tap, mailsuite.privsep.master", heavy), [])
         wanted = tuple(sorted({*heavy, *netproc.SERVER_MODULES}))
-        self.assertEqual(
-            self.loaded("mailsuite.privsep.netproc, mailsuite.privsep.agent", wanted),
-            list(wanted))
+        self.assertEqual(self.loaded("mailsuite.privsep.netproc", wanted), list(wanted))
+        self.assertEqual(self.loaded("mailsuite.privsep.agent", heavy), sorted(stores))
 
     def test_every_import_where_used_is_preloaded(self) -> None:
         """Each module tap and the filters import inside a function (so that the master does
-        without it) is in netproc.SERVER_MODULES, which the zygote imports before it forks."""
-        import ast
-
+        without it) is in netproc.SERVER_MODULES, which the network process imports before it
+        drops root."""
         from mailsuite.privsep import netproc
-        top = os.path.dirname(os.path.abspath(tap.__file__))
         found = set()
         for path in ("tap.py", "filter/__init__.py", "filter/dkim.py"):
-            with open(os.path.join(top, path)) as f:
-                tree = ast.parse(f.read())
-            for fn in ast.walk(tree):
-                if not isinstance(fn, ast.FunctionDef):
-                    continue
-                for node in ast.walk(fn):
-                    if isinstance(node, ast.Import):
-                        found.update(a.name for a in node.names)
-                    elif isinstance(node, ast.ImportFrom) and node.module:
-                        found.update(_module_of(node.module, a.name) for a in node.names)
+            found |= _imports_in_functions(os.path.join(os.path.dirname(tap.__file__), path))
         # the master's own (root: it reads anything), and twistd's reactor
         found -= {"mailsuite.acme.service", "mailsuite.privsep.master", "twisted.internet"}
         self.assertEqual(sorted(found - set(netproc.SERVER_MODULES)), [])
+
+    def test_agent_image_has_what_it_imports_where_used(self) -> None:
+        """Every module a function of the agent's image (the zygote's: the agent's module
+        and what it imports) imports where it is used is in that image: an agent runs as
+        its user, who may not be able to read the server's Python."""
+        code = ("import sys, mailsuite.privsep.agent;"
+                "print('\\n'.join(f'{n} {getattr(m, \"__file__\", None)}'"
+                " for n, m in sys.modules.items()))")
+        top = os.path.dirname(os.path.dirname(os.path.abspath(tap.__file__)))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, check=True, env=dict(os.environ, PYTHONPATH=top))
+        image = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+        self.assertIn("mailsuite.imap.server", image)
+        missing = {name for module, path in image.items()
+                   if module.startswith("mailsuite.") and path.endswith(".py")
+                   for name in _imports_in_functions(path) if name not in image}
+        self.assertEqual(sorted(missing), [])
+
+
+def _imports_in_functions(path: str) -> set[str]:
+    """The modules the functions of the module at ``path`` import."""
+    import ast
+    with open(path, "rb") as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.update(_module_of(node.module, a.name) for a in node.names)
+    return found
 
 
 def _module_of(module: str, name: str) -> str:

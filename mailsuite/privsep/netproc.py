@@ -51,8 +51,9 @@ from mailsuite.tls import ServerTLS
 log = Logger()
 
 #: what tap's build and assemble and the filters' stages import where they use it (the
-#: master runs none of it): imported here, in the zygote, before its first fork, since this
-#: process runs as mail_owner, which may not be able to read the server's Python
+#: master runs none of it): imported with this module, which the zygote's child imports
+#: before it drops root, since this process runs as mail_owner, which may not be able to
+#: read the server's Python
 SERVER_MODULES = (
     "dkim", "mailsuite.auth.policy", "mailsuite.autoconfig", "mailsuite.filter.authcheck",
     "mailsuite.filter.milter", "mailsuite.imap.idle", "mailsuite.imap.recent",
