@@ -76,7 +76,8 @@ class _View:
 @defer.inlineCallbacks
 def sort_steps(box):
     """The keys ``UID SORT (DATE)``, ``SORT (SUBJECT)`` and ``THREAD REFERENCES`` read and keep
-    for the view, and the thread list, as the bench's imap-ext makes them."""
+    for the view, and the thread list, as the bench's imap-ext makes them; the view is given
+    back, to be held as a selected session holds its own (what is kept for it goes with it)."""
     view = _View(box)
     for label, groups in (("sort keys DATE", sortkeys.DATE),
                           ("sort keys SUBJECT", sortkeys.SUBJECT),
@@ -88,6 +89,7 @@ def sort_steps(box):
     yield defer.ensureDeferred(sortkeys.off_reactor(
         len(found), thread.ALGORITHMS[b"REFERENCES"], found, lambda seq, rec: seq))
     report("THREAD REFERENCES", t)
+    return view
 
 
 @defer.inlineCallbacks
@@ -116,8 +118,7 @@ def run(reactor, args):
             found = yield box.header_fields(uids[i : i + 256], FIELDS)
             n += len(found)
         report(label, t, records=n)
-    if args.sort:
-        yield sort_steps(box)
+    view = (yield sort_steps(box)) if args.sort else None
     rng = random.Random(15)
     t = time.perf_counter()
     yield box.change_flags(rng.sample(uids, 1000), add=frozenset({"\\Seen"}))
@@ -142,6 +143,7 @@ def run(reactor, args):
         snap = tracemalloc.take_snapshot()
         for stat in snap.statistics("lineno")[: args.top]:
             print(f"  {stat.size / 2**20:7.1f} MB {stat.count:8d}  {stat.traceback}", flush=True)
+    del view
     box.close()
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import gc
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from mailsuite.imap.collation import casemap, contains
@@ -325,3 +327,57 @@ class ThreadKeyTests(unittest.TestCase):
         bare.raw = None
         rec = make_record(5, info, header, bare, THREAD_KEYS)
         self.assertEqual((rec.made, rec.can, rec.raw), (THREAD_KEYS, THREAD_KEYS, None))
+
+
+class _Box:
+    """What ``records`` reads of a store mailbox: the headers of the UIDs asked for."""
+
+    def __init__(self, count: int) -> None:
+        self.headers = {uid: b"Subject: m%d\nDate: %d Jan 2024 10:00:00 +0000\n\n" % (
+            uid, 1 + uid % 28) for uid in range(1, count + 1)}
+
+    def read_headers(self, uids: list[int]) -> Any:
+        return defer.succeed({uid: self.headers[uid] for uid in uids})
+
+
+class _Rows:
+    def __init__(self, box: _Box, gone: set[int]) -> None:
+        self.mailbox, self.uid_validity, self.gone = box, 7, gone
+        self.shown = [SimpleNamespace(uid=uid, size=10, date=1704103200)
+                      for uid in sorted(box.headers)]
+
+    def rows(self) -> list[Any]:
+        return self.shown
+
+    def is_expunged(self, uid: int) -> bool:
+        return uid in self.gone
+
+
+class NumberedTests(unittest.TestCase):
+    """``records`` keeps the records of a view and their numbers, not 100,000 pairs: the
+    pairs read back are the sequence numbers of the view, an expunged message skipped."""
+
+    @defer.inlineCallbacks
+    def test_pairs_numbered_as_the_view(self) -> None:
+        from mailsuite.imap.sortkeys import DATE, Numbered, records
+
+        box = _Box(6)
+        whole = _Rows(box, set())
+        found = yield defer.ensureDeferred(records(whole, DATE))
+        self.assertIsInstance(found, Numbered)
+        self.assertIsNone(found.seqs)  # 1 to n: no numbers kept
+        self.assertEqual([(seq, rec.uid) for seq, rec in found], [(n, n) for n in range(1, 7)])
+        self.assertEqual((len(found), found[0][0], found[-1][0], found[-1][1].uid), (6, 1, 6, 6))
+        self.assertEqual([seq for seq, _ in found[1:3]], [2, 3])
+        with self.assertRaises(IndexError):
+            found[6]  # noqa: B018 - the read is the test
+        again = yield defer.ensureDeferred(records(whole, DATE))
+        self.assertIs(again, found)  # the same messages: the same list
+        holed = _Rows(box, {3})
+        found = yield defer.ensureDeferred(records(holed, DATE))
+        self.assertEqual([(seq, rec.uid) for seq, rec in found],
+                         [(1, 1), (2, 2), (4, 4), (5, 5), (6, 6)])
+        self.assertEqual((found[2], found[-1][0], len(found)), ((4, found.recs[2]), 6, 5))
+        self.assertEqual(list(found), list(zip([1, 2, 4, 5, 6], found.recs, strict=True)))
+        self.assertEqual([rec.date for _, rec in found],
+                         [1704103200 + 86400 * (uid % 28) for uid in (1, 2, 4, 5, 6)])

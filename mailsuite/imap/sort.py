@@ -31,7 +31,7 @@ from mailsuite.imap.sortkeys import (
     records,
     view_keys,
 )
-from mailsuite.imap.thread import ALGORITHMS
+from mailsuite.imap.thread import ALGORITHMS, Found
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
     from mailsuite.imap.session import Session as _Base
@@ -82,7 +82,7 @@ def parse_sort_keys(text: bytes) -> list[tuple[bytes, bool]]:
     return keys
 
 
-def sort_records(found: list[tuple[int, SortRecord]],
+def sort_records(found: Found,
                  keys: list[tuple[bytes, bool]]) -> list[tuple[int, SortRecord]]:
     """Sorted by the keys, the first the most significant: one stable pass per key from the
     last, so equal messages keep sequence order (Python's ``reverse`` is stable too)."""
@@ -92,7 +92,7 @@ def sort_records(found: list[tuple[int, SortRecord]],
     return out
 
 
-def _sorted(found: list[tuple[int, SortRecord]], keys: list[tuple[bytes, bool]],
+def _sorted(found: Found, keys: list[tuple[bytes, bool]],
             uid: bool) -> list[int]:
     return [rec.uid if uid else seq for seq, rec in sort_records(found, keys)]
 
@@ -112,7 +112,7 @@ class SortCommands(_Base):
                               b"SEARCHRES", b"WITHIN"))
 
     async def _found(self, tag: bytes, charset: bytes, criteria: bytes,
-                     groups: int = ALL_KEYS) -> list[tuple[int, SortRecord]] | None:
+                     groups: int = ALL_KEYS) -> Found | None:
         """The records of the messages the criteria find, the key groups ``groups`` made;
         None after a NO (charset)."""
         view = self.view
@@ -129,7 +129,7 @@ class SortCommands(_Base):
         wanted = set(await run_search(view, bind_saved(key, view), True))
         return [(seq, rec) for seq, rec in await records(view, groups) if rec.uid in wanted]
 
-    async def _cached(self, found: list[tuple[int, SortRecord]], request: Any,
+    async def _cached(self, found: Found, request: Any,
                       f: Any, *args: Any) -> Any:
         """``f(*args)`` (off the reactor when big); for the whole mailbox, kept for the
         mailbox's messages as this view shows them (``sortkeys.ViewKeys``)."""

@@ -11,13 +11,13 @@ stack.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from mailsuite.imap.sortkeys import SortRecord
 from mailsuite.store.mboxmailbox import quiet_gc
 
-Found = list[tuple[int, SortRecord]]
+Found = Sequence[tuple[int, SortRecord]]  # (a list, or ``sortkeys.Found``)
 Number = Callable[[int, SortRecord], int]
 T = TypeVar("T")
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from mailsuite.imap.fetch import ITEM_PARSERS, FetchItem, Piece
 from mailsuite.imap.search import ExtraKey, register_key
-from mailsuite.imap.sortkeys import THREAD_KEYS, SortRecord, off_reactor, records, view_keys
-from mailsuite.imap.thread import Node, build_tree, quiet_tree
+from mailsuite.imap.sortkeys import THREAD_KEYS, off_reactor, records, view_keys
+from mailsuite.imap.thread import Found, Node, build_tree, quiet_tree
 
 _REQUEST = ("THREADID",)  # the key of the map among the view's kept answers
 _ITEM_RE = re.compile(rb"THREADID(?=[ )]|\Z)", re.I)
@@ -37,7 +37,7 @@ _ITEM_RE = re.compile(rb"THREADID(?=[ )]|\Z)", re.I)
 Roots = dict[int, str | int]
 
 
-def thread_roots(found: list[tuple[int, SortRecord]]) -> Roots:
+def thread_roots(found: Found) -> Roots:
     """What names each message's thread (no recursion: chains may be as long as the
     mailbox); runs in a thread for big mailboxes, touching nothing but ``found``."""
     table: dict[str, Node] = {}
