@@ -370,7 +370,7 @@ class NumberedTests(unittest.TestCase):
         self.assertEqual((len(found), found[0][0], found[-1][0], found[-1][1].uid), (6, 1, 6, 6))
         self.assertEqual([seq for seq, _ in found[1:3]], [2, 3])
         with self.assertRaises(IndexError):
-            found[6]  # noqa: B018 - the read is the test
+            found[6]  # (the read is the test)
         again = yield defer.ensureDeferred(records(whole, DATE))
         self.assertIs(again, found)  # the same messages: the same list
         holed = _Rows(box, {3})

@@ -86,6 +86,32 @@ class MboxModseqTests(MboxTestCase):
         box.close()
 
     @defer.inlineCallbacks
+    def test_mail_found_by_an_expunge_raises_highestmodseq(self):
+        """Mail another program appended, found by an EXPUNGE's own refresh (its compaction
+        reads the file under its lock) rather than by a refresh before it: HIGHESTMODSEQ
+        covers its mod-sequence, before and after a restart (it stayed below: QRESYNC
+        reported the message as changed again, and the next change got the same number)."""
+        box = yield self.open_with(MSG1, MSG2)
+        start = box.highest_modseq
+        second = box.messages[1].uid
+        yield box.change_flags([second], add=frozenset({"\\Deleted"}))
+        self.external_append(MSG1 + b"by postfix\n")  # no refresh: the expunge finds it
+        yield box.expunge([second])
+        yield self.store.settle()
+        new = box.messages[-1]
+        self.assertGreater(new.modseq, start + 1)
+        self.assertEqual(box.highest_modseq, max(m.modseq for m in box.messages))
+        self.assertGreaterEqual(box.highest_modseq, max(r[2] for r in box.vanished.ranges))
+        yield box.change_flags([new.uid], add=frozenset({"\\Seen"}))
+        self.assertEqual(box.messages[-1].modseq, box.highest_modseq)
+        self.assertGreater(box.highest_modseq, new.modseq)  # a number of its own
+        highest, kept = box.highest_modseq, modseqs(box)
+        box.close()
+        box = yield self.make_store().open(self.account)  # a restart: the same numbers
+        self.assertEqual((box.highest_modseq, modseqs(box)), (highest, kept))
+        box.close()
+
+    @defer.inlineCallbacks
     def test_external_deletion_is_remembered(self):
         box = yield self.open_with(MSG1, MSG2)
         start = box.highest_modseq
