@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from mailsuite.imap.sortkeys import SortRecord
 from mailsuite.store.mboxmailbox import quiet_gc
 
-Found = Sequence[tuple[int, SortRecord]]  # (a list, or ``sortkeys.Found``)
+Found = Sequence[tuple[int, SortRecord]]  # (a list, or ``sortkeys.Numbered``)
 Number = Callable[[int, SortRecord], int]
 T = TypeVar("T")
 
