@@ -4,7 +4,10 @@ for changes made here, by POP3, and by other programs writing the mbox."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -188,4 +191,93 @@ class MemoryModseqTests(unittest.TestCase):
         yield box.expunge([uid])
         self.assertEqual(box.highest_modseq, start + 2)
         self.assertEqual(box.vanished.since(start + 1), [uid])
+        box.close()
+
+
+_STEP = st.one_of(
+    st.tuples(st.just("flag"), st.integers(0, 9), st.sampled_from(["\\Seen", "\\Flagged", "Kw"]),
+              st.booleans()),
+    st.tuples(st.just("expunge"), st.integers(0, 9)),
+    st.tuples(st.just("deliver")),
+    st.tuples(st.just("external")),  # Postfix local(8) appends
+    st.tuples(st.just("mutt"), st.integers(0, 9)),  # another program marks one read
+    st.tuples(st.just("refresh")),
+    st.tuples(st.just("restart")),
+)
+
+
+class ModseqInvariantTests(MboxTestCase):
+    """Whatever happens, in any order (changes here, deliveries, Postfix appending, mutt
+    rewriting a message's status, expunges and their compactions, restarts): HIGHESTMODSEQ is
+    at least every message's and every expunge's mod-sequence, never goes down, a message's
+    never goes down, and a restart finds the same numbers. (``_refreshed`` once broke the
+    first of these.)"""
+
+    def fresh(self, n: int) -> None:
+        root = os.path.join(self.mktemp(), str(n))
+        self.spool = os.path.join(root, "spool")
+        home = os.path.join(root, "home", "boss")
+        os.makedirs(self.spool)
+        os.makedirs(home)
+        self.account = Account("boss", os.getuid(), os.getgid(), home)
+        self.path = os.path.join(self.spool, "boss")
+
+    def check(self, box: Any, seen: dict[str, Any]) -> None:
+        highest = box.highest_modseq
+        numbers = modseqs(box)
+        self.assertGreaterEqual(highest, max(numbers.values(), default=0))
+        self.assertGreaterEqual(highest, max((r[2] for r in box.vanished.ranges), default=0))
+        self.assertGreaterEqual(highest, seen["highest"])
+        for uid, modseq in numbers.items():
+            self.assertGreaterEqual(modseq, seen["modseqs"].get(uid, 0), uid)
+        seen["highest"], seen["modseqs"] = highest, numbers
+
+    def step(self, box: Any, step: tuple[Any, ...], n: int) -> Any:
+        uids = [m.uid for m in box.messages]
+        kind = step[0]
+        if kind == "flag" and uids:
+            _, i, flag, add = step
+            change = {"add" if add else "remove": frozenset({flag})}
+            self.successResultOf(box.change_flags([uids[i % len(uids)]], **change))
+        elif kind == "expunge" and uids:
+            self.successResultOf(box.expunge([uids[step[1] % len(uids)]]))
+        elif kind == "deliver":
+            self.successResultOf(self.store.deliver(self.account, MSG1 + b"%d\n" % n, "a@b"))
+        elif kind == "external":
+            self.external_append(MSG2 + b"by postfix %d\n" % n)
+        elif kind == "mutt" and uids:
+            data = self.read_file()
+            starts = [i for i in range(len(data)) if data.startswith(b"From ", i)
+                      and (i == 0 or data[i - 1 : i] == b"\n")]
+            at = data.index(b"\n", starts[step[1] % len(starts)]) + 1
+            os.unlink(self.path)
+            self.write(data[:at] + b"Status: RO\n" + data[at:], "wb")  # a new file, as mutt
+        elif kind == "refresh":
+            self.successResultOf(box.refresh())
+        elif kind == "restart":
+            self.successResultOf(self.store.settle())
+            box.close()
+            self.make_store()
+            box = self.successResultOf(self.store.open(self.account))
+        return box
+
+    @given(st.lists(_STEP, min_size=1, max_size=12))
+    @settings(max_examples=150, deadline=None)
+    def test_invariants(self, steps: list[tuple[Any, ...]]) -> None:
+        self.fresh(len(steps))
+        box = self.successResultOf(self.open_with(MSG1, MSG2))
+        seen: dict[str, Any] = {"highest": 0, "modseqs": {}}
+        self.check(box, seen)
+        for n, step in enumerate(steps):
+            self.clock[0] += 1
+            box = self.step(box, step, n)  # (no refresh between: a command may find the change)
+            self.check(box, seen)
+        self.successResultOf(box.refresh())  # (what another program did last, found)
+        self.check(box, seen)
+        self.successResultOf(self.store.settle())
+        before = (box.highest_modseq, modseqs(box))
+        box.close()
+        self.make_store()
+        box = self.successResultOf(self.store.open(self.account))
+        self.assertEqual((box.highest_modseq, modseqs(box)), before)
         box.close()
