@@ -45,7 +45,12 @@ class MboxTestCase(unittest.TestCase):
     """Temp spool and home; blocking work runs inline (no threads, no reactor)."""
 
     def setUp(self) -> None:
-        root = self.mktemp()
+        self.use_root(self.mktemp())
+        self.clock = [1_800_000_000.0]
+        self.blocking = threads.inline  # file work at once; a test may set another
+
+    def use_root(self, root: str) -> None:
+        """A new spool and home under ``root`` (made) for boss."""
         self.spool = os.path.join(root, "spool")
         home = os.path.join(root, "home", "boss")
         os.makedirs(self.spool)
@@ -53,8 +58,6 @@ class MboxTestCase(unittest.TestCase):
         self.account = Account("boss", os.getuid(), os.getgid(), home)
         self.path = os.path.join(self.spool, "boss")
         self.index_path = os.path.join(home, "mail", ".imap", "INBOX", "mailsuite.index")
-        self.clock = [1_800_000_000.0]
-        self.blocking = threads.inline  # file work at once; a test may set another
 
     def now(self):
         from datetime import UTC, datetime

@@ -213,15 +213,6 @@ class ModseqInvariantTests(MboxTestCase):
     never goes down, and a restart finds the same numbers. (``_refreshed`` once broke the
     first of these.)"""
 
-    def fresh(self, n: int) -> None:
-        root = os.path.join(self.mktemp(), str(n))
-        self.spool = os.path.join(root, "spool")
-        home = os.path.join(root, "home", "boss")
-        os.makedirs(self.spool)
-        os.makedirs(home)
-        self.account = Account("boss", os.getuid(), os.getgid(), home)
-        self.path = os.path.join(self.spool, "boss")
-
     def check(self, box: Any, seen: dict[str, Any]) -> None:
         highest = box.highest_modseq
         numbers = modseqs(box)
@@ -264,7 +255,7 @@ class ModseqInvariantTests(MboxTestCase):
     @given(st.lists(_STEP, min_size=1, max_size=12))
     @settings(max_examples=150, deadline=None)
     def test_invariants(self, steps: list[tuple[Any, ...]]) -> None:
-        self.fresh(len(steps))
+        self.use_root(self.mktemp())  # (each example its own)
         box = self.successResultOf(self.open_with(MSG1, MSG2))
         seen: dict[str, Any] = {"highest": 0, "modseqs": {}}
         self.check(box, seen)
