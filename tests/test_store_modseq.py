@@ -4,6 +4,7 @@ for changes made here, by POP3, and by other programs writing the mbox."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -238,8 +239,7 @@ class ModseqInvariantTests(MboxTestCase):
             self.external_append(MSG2 + b"by postfix %d\n" % n)
         elif kind == "mutt" and uids:
             data = self.read_file()
-            starts = [i for i in range(len(data)) if data.startswith(b"From ", i)
-                      and (i == 0 or data[i - 1 : i] == b"\n")]
+            starts = [m.start() for m in re.finditer(rb"(?m)^From ", data)]
             at = data.index(b"\n", starts[step[1] % len(starts)]) + 1
             os.unlink(self.path)
             self.write(data[:at] + b"Status: RO\n" + data[at:], "wb")  # a new file, as mutt

@@ -263,11 +263,8 @@ class MboxFile(IndexKeeper):
         """``_refresh_locked`` as one complete new state (a copy: for operations that rewrite
         the index anyway)."""
         new, changes, added = self._refresh_locked(state, fd)
-        if added is not None:  # (their mod-sequence is above the highest: the new highest)
-            top = [e.modseq for e in added[-1:]]
-            new = new.copy(uid_next=added[-1].uid + 1 if added else new.uid_next,
-                           highest_modseq=max([new.highest_modseq, *top]))
-            new.entries.extend(added)
+        if added is not None:  # (a copy grown: UIDNEXT and HIGHESTMODSEQ follow ``added``)
+            new = new.copy().grown(added, new.stamp)
         return new, changes
 
     # -- delivery -------------------------------------------------------------------------------
