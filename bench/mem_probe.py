@@ -30,6 +30,7 @@ from twisted.internet import defer, task
 from mailsuite import heap
 from mailsuite.accounts import Account
 from mailsuite.imap import sortkeys, thread
+from mailsuite.imap.mailbox import ImapMailboxView
 from mailsuite.store.mbox import MboxStore
 from mailsuite.threads import InPool
 from store_bench import Config  # bench/ is the script's directory
@@ -60,25 +61,12 @@ def report(step: str, started: float, **extra: object) -> None:
     print(json.dumps(fields), flush=True)
 
 
-class _View:
-    """What ``sortkeys.records`` reads of an IMAP view: every message shown, none expunged."""
-
-    def __init__(self, box) -> None:
-        self.mailbox, self.uid_validity = box, box.uid_validity
-
-    def rows(self):
-        return list(self.mailbox.messages)
-
-    def is_expunged(self, uid: int) -> bool:
-        return False
-
-
 @defer.inlineCallbacks
 def sort_steps(box):
     """The keys ``UID SORT (DATE)``, ``SORT (SUBJECT)`` and ``THREAD REFERENCES`` read and keep
     for the view, and the thread list, as the bench's imap-ext makes them; the view is given
     back, to be held as a selected session holds its own (what is kept for it goes with it)."""
-    view = _View(box)
+    view = ImapMailboxView(box, readonly=True)  # (no account: no \\Recent tracker)
     for label, groups in (("sort keys DATE", sortkeys.DATE),
                           ("sort keys SUBJECT", sortkeys.SUBJECT),
                           ("thread keys", sortkeys.THREAD_KEYS)):

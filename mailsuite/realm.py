@@ -12,7 +12,7 @@ from zope.interface import Interface, implementer
 
 from mailsuite.accounts import AccountLookup
 from mailsuite.imap.interfaces import IImapAccount
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.mta.delivery import LocalDelivery
 from mailsuite.pop3.mailbox import open_pop3_mailbox
 from mailsuite.store.interfaces import IMailStore

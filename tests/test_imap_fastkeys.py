@@ -183,6 +183,12 @@ class _View:
     def rows(self) -> list[Any]:
         return list(self.mailbox.messages)
 
+    def each_row(self) -> Any:
+        return iter(self.mailbox.messages)
+
+    def uids(self) -> list[int]:
+        return [m.uid for m in self.mailbox.messages]
+
     def is_expunged(self, uid: int) -> bool:
         return False
 

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from mailsuite import threads as store_threads
 from mailsuite.accounts import Account
 from mailsuite.imap.interfaces import IImapAccount
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.mbox import MboxStore

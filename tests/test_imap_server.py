@@ -21,7 +21,7 @@ from mailsuite.config import Config
 from mailsuite.imap import server as server_module
 from mailsuite.imap.idle import IDLE_POLL
 from mailsuite.imap.interfaces import IImapAccount
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.interfaces import Changes

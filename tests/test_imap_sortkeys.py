@@ -349,6 +349,12 @@ class _Rows:
     def rows(self) -> list[Any]:
         return self.shown
 
+    def each_row(self) -> Any:
+        return iter(self.shown)
+
+    def uids(self) -> list[int]:
+        return [row.uid for row in self.shown]
+
     def is_expunged(self, uid: int) -> bool:
         return uid in self.gone
 

@@ -23,7 +23,7 @@ from twisted.trial import unittest
 from mailsuite.accounts import Account
 from mailsuite.config import ConfigError, ImapConfig, parse_config
 from mailsuite.imap.interfaces import IImapAccount
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.memory import MemoryStore

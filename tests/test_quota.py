@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from mailsuite.config import ConfigError, parse_config
 from mailsuite.imap.interfaces import IImapAccount
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.mta.quota import check_at_start

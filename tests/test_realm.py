@@ -13,7 +13,7 @@ from zope.interface.verify import verifyObject
 from mailsuite import threads
 from mailsuite.accounts import Account
 from mailsuite.imap.interfaces import IImapAccount
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.realm import MailRealm
 from mailsuite.store.memory import MemoryStore
 

@@ -12,7 +12,7 @@ from twisted.mail import imap4
 
 from mailsuite import threads
 from mailsuite.accounts import Account
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.store import uidvalidity
 from mailsuite.store.mbox import MboxStore

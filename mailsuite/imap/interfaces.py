@@ -5,7 +5,7 @@ Not Twisted's ``imap4.IAccount``: none of Twisted's IMAP command dispatch is use
 ``listMailboxes``...). The command handlers call these instead; names are IMAP names decoded to
 ``str`` ('/' separator, INBOX upper case), errors are ``mailsuite.store.interfaces.StoreError``.
 The login asks the portal for this interface; ``mailsuite.realm.MailRealm`` hands out
-``mailsuite.imap.mailbox.ImapAccount``.
+``mailsuite.imap.account.ImapAccount``.
 """
 
 from __future__ import annotations

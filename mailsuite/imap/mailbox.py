@@ -1,4 +1,4 @@
-"""The IMAP avatar (``ImapAccount``) and one session's view of a selected mailbox.
+"""One session's view of a selected mailbox (the avatar that opens it: ``account.ImapAccount``).
 
 Many sessions may have the same mailbox open: they share the store's ``IMailbox``. Each session
 gets its own ``ImapMailboxView``: its own sequence-number -> UID map, its own idea of the flags
@@ -14,25 +14,23 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from datetime import datetime, UTC
-from collections.abc import Callable, Iterable, Sequence
-from itertools import islice
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain, islice
 from operator import attrgetter
 from typing import Any
 
 from twisted.internet import defer
-from zope.interface import implementer
 
 from mailsuite.accounts import Account
-from mailsuite.imap.interfaces import IImapAccount
 from mailsuite.imap.encode import format_flags, number_set
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.viewmodseq import ModseqView
+from mailsuite.store import entrytable as et
+from mailsuite.store.entrytable import EntryTable
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
     IMailbox,
-    IMailStore,
-    MailboxEntry,
     MessageInfo,
 )
 
@@ -77,8 +75,8 @@ class ImapMailboxView(ModseqView):
         self._recent: set[int] = set()
         if self._tracker is not None and account is not None:
             mark = self._tracker.mark(store, account, mailbox)
-            start = bisect_left(self._base, mark, 0, self._n, key=_UID)
-            new = [m.uid for m in self._base[start : self._n]] if start < self._n else []
+            start = et.position(self._base, mark, 0, self._n)
+            new = et.uids_between(self._base, start, self._n)
             self._recent = self._tracker.claim(store, account, mailbox, new, peek=readonly)
         self._expunged: set[int] = set()  # gone from the store, not yet told to the client
         self._added: list[MessageInfo] = []
@@ -94,14 +92,17 @@ class ImapMailboxView(ModseqView):
     def _at(self, pos: int) -> Any:
         return self._base[pos] if pos < self._n else self._tail[pos - self._n]
 
+    def _uid_at(self, pos: int) -> int:
+        return et.uid_at(self._base, pos) if pos < self._n else int(self._tail[pos - self._n].uid)
+
     def _last_uid(self) -> int:
         if self._tail:
             return int(self._tail[-1].uid)
-        return int(self._base[self._n - 1].uid) if self._n else 0
+        return et.uid_at(self._base, self._n - 1) if self._n else 0
 
     def _lower(self, uid: int) -> int:
         """The position of the first message with a UID >= ``uid``."""
-        i = bisect_left(self._base, uid, 0, self._n, key=_UID)
+        i = et.position(self._base, uid, 0, self._n)
         if i < self._n or not self._tail:
             return i
         return self._n + bisect_left(self._tail, uid, key=_UID)
@@ -112,18 +113,18 @@ class ImapMailboxView(ModseqView):
         if last == uid:
             return i
         i += 1  # FETCH, SEARCH and STORE go through the messages in order: try the next one
-        if 0 < i < self._n and self._base[i].uid == uid:
+        if 0 < i < self._n and et.uid_at(self._base, i) == uid:
             self._hint = (uid, i)
             return i
         i = self._lower(uid)
-        if i >= self.count() or self._at(i).uid != uid:
+        if i >= self.count() or self._uid_at(i) != uid:
             return -1
         self._hint = (uid, i)
         return i
 
     def _uids_between(self, lo: int, hi: int) -> list[int]:
         """UIDs at positions lo..hi-1."""
-        out = [m.uid for m in self._base[lo : min(hi, self._n)]] if lo < self._n else []
+        out = et.uids_between(self._base, lo, min(hi, self._n)) if lo < self._n else []
         if hi > self._n:
             out += [m.uid for m in self._tail[max(lo - self._n, 0) : hi - self._n]]
         return out
@@ -165,15 +166,29 @@ class ImapMailboxView(ModseqView):
         """UIDs in sequence order (index 0 is sequence number 1)."""
         return self._uids_between(0, self.count())
 
+    def each_row(self) -> Iterator[Any]:
+        """``rows`` made one at a time (a store's table of entries is never made whole)."""
+        rows = chain(islice(self._base, self._n), self._tail)
+        if self._over:
+            over = self._over
+            return (over.get(m.uid, m) for m in rows)
+        return rows
+
+    def each_basic(self, when: Callable[[Any], int]) -> Iterator[tuple[int, int, int]]:
+        """(UID, internal date as ``when`` gives it, size) of each row, from the store's
+        columns when it keeps them (these never change for a UID: no flags needed)."""
+        base, n = self._base, self._n
+        if isinstance(base, EntryTable):
+            head: Iterable[tuple[int, int, int]] = zip(base.uid[:n], base.date[:n],
+                                                       base.size[:n], strict=True)
+        else:
+            head = ((m.uid, when(m), m.size) for m in islice(base, n))
+        return chain(head, ((m.uid, when(m), m.size) for m in self._tail))
+
     def rows(self) -> list[Any]:
         """Every message as this session knows it (its flags, ``info``), in sequence order:
         one pass, no look-up per UID (SEARCH over 100,000 messages)."""
-        rows = list(islice(self._base, self._n)) if self._n < len(self._base) else list(self._base)
-        rows += self._tail
-        if self._over:
-            over = self._over
-            rows = [over.get(m.uid, m) for m in rows]
-        return rows
+        return list(self.each_row())
 
     def info(self, uid: int) -> MessageInfo:
         over = self._over.get(uid)
@@ -295,7 +310,7 @@ class ImapMailboxView(ModseqView):
                 a, b = min(a, b), max(a, b)
                 i = self._lower(a)
                 if a == b:  # one UID (a client fetching one message): one bisection
-                    spans.append((i, i + 1 if i < count and self._at(i).uid == a else i))
+                    spans.append((i, i + 1 if i < count and self._uid_at(i) == a else i))
                 else:
                     spans.append((i, self._lower(b + 1)))
         else:
@@ -491,108 +506,3 @@ class ImapMailboxView(ModseqView):
             self._closed = True
             self.mailbox.remove_listener(self._changed)
             self.mailbox.close()
-
-
-def _sizes(messages: list[Any]) -> dict[str, int]:
-    deleted = [m.size for m in messages if "\\Deleted" in m.flags]
-    return {"SIZE": sum(m.size for m in messages), "DELETED": len(deleted),
-            "DELETED-STORAGE": (sum(deleted) + 1023) // 1024}  # in KiB, as STORAGE
-
-
-@implementer(IImapAccount)
-class ImapAccount:
-    """The IMAP avatar of one logged-in account: its store, its open views.
-
-    Names are IMAP names decoded to ``str`` ('/' separator, INBOX upper case)."""
-
-    def __init__(self, store: IMailStore, account: Account) -> None:
-        self.store = store
-        self.account = account
-        self._views: list[ImapMailboxView] = []
-
-    # -- folders -----------------------------------------------------------------------------
-    def list_mailboxes(self) -> defer.Deferred[list[MailboxEntry]]:
-        """Every mailbox (the store creates the special-use folders on first use)."""
-        return self.store.list_mailboxes(self.account)
-
-    def create(self, name: str) -> defer.Deferred[None]:
-        return self.store.create(self.account, name)
-
-    def delete(self, name: str) -> defer.Deferred[None]:
-        return self.store.delete(self.account, name)
-
-    def rename(self, old: str, new: str) -> defer.Deferred[None]:
-        return self.store.rename(self.account, old, new)
-
-    def subscriptions(self) -> defer.Deferred[set[str]]:
-        return self.store.subscriptions(self.account)
-
-    def subscribe(self, name: str) -> defer.Deferred[None]:
-        return self.store.subscribe(self.account, name)
-
-    def unsubscribe(self, name: str) -> defer.Deferred[None]:
-        return self.store.unsubscribe(self.account, name)
-
-    @defer.inlineCallbacks
-    def status(self, name: str, recent: RecentTracker):  # type: ignore[no-untyped-def]
-        """Deferred[dict]: MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN of a mailbox."""
-        mailbox = yield self.store.open(self.account, name)
-        try:
-            yield mailbox.refresh()
-            recent.touch(self.store, self.account, mailbox)
-            messages = mailbox.messages
-            return {
-                "MESSAGES": len(messages),
-                "RECENT": recent.unclaimed(self.store, self.account, mailbox),
-                "UIDNEXT": int(mailbox.uid_next),
-                "UIDVALIDITY": int(mailbox.uid_validity),
-                "UNSEEN": int(mailbox.unseen_count()),
-                "HIGHESTMODSEQ": int(mailbox.highest_modseq),
-                **_sizes(messages),  # SIZE, DELETED, DELETED-STORAGE (imap/quota.py)
-            }
-        finally:
-            mailbox.close()
-
-    @defer.inlineCallbacks
-    def append(  # type: ignore[no-untyped-def]
-        self, name: str, messages: list[tuple[bytes, frozenset[str], Any]], recent: RecentTracker
-    ):
-        """Deferred[(uid_validity, [uids])]: append (data, flags, internal date or None) each;
-        they are recent for the next session to see them."""
-        mailbox = yield self.store.open(self.account, name)
-        try:
-            recent.touch(self.store, self.account, mailbox)
-            uids = yield mailbox.append_messages(messages)  # all or none (MULTIAPPEND)
-            return int(mailbox.uid_validity), uids
-        finally:
-            mailbox.close()
-
-    # -- selecting ---------------------------------------------------------------------------
-    @defer.inlineCallbacks
-    def open_view(  # type: ignore[no-untyped-def]
-        self, name: str, readonly: bool, recent: RecentTracker, recent_from: int = 0
-    ):
-        """Deferred[ImapMailboxView]; MailboxNotFound (or another StoreError) if it cannot.
-        ``recent``: the tracker the server's sessions share (``recent_from``: the UIDNEXT a
-        thawed session knew, RecentTracker.start_at)."""
-        mailbox = yield self.store.open(self.account, name)
-        try:
-            yield mailbox.refresh()
-        except BaseException:
-            mailbox.close()
-            raise
-        if recent_from:
-            recent.start_at(self.store, self.account, mailbox, recent_from)
-        view = ImapMailboxView(mailbox, readonly, self.account, self.store, recent)
-        self._views.append(view)
-        return view
-
-    def close_view(self, view: ImapMailboxView) -> None:
-        view.close()
-        if view in self._views:
-            self._views.remove(view)
-
-    def logout(self) -> None:
-        """Close every mailbox this avatar opened."""
-        for view in list(self._views):
-            self.close_view(view)

@@ -8,15 +8,13 @@ session, whichever port it came in on.
 from __future__ import annotations
 
 import weakref
-from bisect import bisect_left
 from collections.abc import Iterable
-from operator import attrgetter
 from typing import Any
 
 from mailsuite.accounts import Account
+from mailsuite.store import entrytable as et
 from mailsuite.store.interfaces import IMailbox, IMailStore
 
-_UID = attrgetter("uid")
 
 
 class RecentTracker:
@@ -77,4 +75,4 @@ class RecentTracker:
         if mark is None:
             return 0
         messages = mailbox.messages
-        return len(messages) - bisect_left(messages, mark, key=_UID)
+        return len(messages) - et.position(messages, mark)

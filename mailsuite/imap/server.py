@@ -54,7 +54,8 @@ from mailsuite.imap.limits import ImapLimits
 from mailsuite.imap.listext import ListCommands
 from mailsuite.imap.login import ImapLogin
 from mailsuite.imap.notify import NotifyCommands
-from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
+from mailsuite.imap.account import ImapAccount
+from mailsuite.imap.mailbox import ImapMailboxView
 from mailsuite.imap.objectid import ObjectIdCommands
 from mailsuite.imap.metadata import MetadataCommands
 from mailsuite.imap.quota import QuotaCommands

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from mailsuite.config import Config
-from mailsuite.imap.mailbox import ImapAccount, ImapMailboxView
+from mailsuite.imap.account import ImapAccount
+from mailsuite.imap.mailbox import ImapMailboxView
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.maillog import MailLog
 

@@ -19,6 +19,7 @@ from inspect import isawaitable
 from typing import TYPE_CHECKING, Any
 
 from mailsuite.imap.parser import Cursor, ParseError, encode_mailbox
+from mailsuite.store import entrytable as et
 from mailsuite.imap.session import states
 
 if TYPE_CHECKING:  # pragma: no cover - a Protocol is no base class at run time
@@ -45,7 +46,7 @@ class StatusFacts:
 
 
 def _deleted(facts: StatusFacts) -> list[int]:
-    return [m.size for m in facts.messages if "\\Deleted" in m.flags]
+    return et.deleted_sizes(facts.messages)
 
 
 StatusItem = Callable[[StatusFacts], "bytes | Awaitable[bytes]"]
@@ -57,7 +58,7 @@ STATUS_ITEMS: dict[str, StatusItem] = {
     "UIDNEXT": lambda f: b"%d" % int(f.mailbox.uid_next),
     "UIDVALIDITY": lambda f: b"%d" % int(f.mailbox.uid_validity),
     "UNSEEN": lambda f: b"%d" % int(f.mailbox.unseen_count()),
-    "SIZE": lambda f: b"%d" % sum(m.size for m in f.messages),  # RFC 8438
+    "SIZE": lambda f: b"%d" % sum(et.sizes_of(f.messages)),  # RFC 8438
     "DELETED": lambda f: b"%d" % len(_deleted(f)),  # RFC 9208 4.2
     "DELETED-STORAGE": lambda f: b"%d" % ((sum(_deleted(f)) + 1023) // 1024),  # in KiB
 }

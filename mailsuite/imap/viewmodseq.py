@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from operator import attrgetter
 from typing import Any
 
 from mailsuite.imap.parser import ParseError
+from mailsuite.store import entrytable as et
 from mailsuite.store.interfaces import IMailbox, MessageInfo
 
-_UID = attrgetter("uid")
 MAX_MODSEQ = (1 << 63) - 1  # mod-sequence-value: 1*DIGIT, up to 2^63-1 (RFC 7162 7)
 
 
@@ -49,8 +47,8 @@ class ModseqView:
     def store_modseq(self, uid: int, old: Any) -> int:
         """The mod-sequence the store holds now for ``uid`` (``old``'s if it has none)."""
         messages = self.mailbox.messages
-        i = bisect_left(messages, uid, key=_UID)
-        found = messages[i] if i < len(messages) and messages[i].uid == uid else old
+        i = et.position(messages, uid)
+        found = messages[i] if i < len(messages) and et.uid_at(messages, i) == uid else old
         return int(found.modseq)
 
     def _told(self, uid: int, flags: frozenset[str], old: Any) -> MessageInfo:

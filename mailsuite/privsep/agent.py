@@ -26,7 +26,7 @@ from mailsuite.accounts import Account
 from mailsuite.fsutil import pread_all
 from mailsuite.imap import hibernate
 from mailsuite.imap.idle import IdlePoller
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.server import IMAPServer
 from mailsuite.imap.session import states

@@ -42,13 +42,14 @@ import threading
 import zlib
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.logger import Logger
 
 from mailsuite.imap.fastkeys import UNKNOWN_DATE, cache_date, dates_of
 from mailsuite.imap.message import header_fields, split_message
+from mailsuite.store import entrytable as et
 from mailsuite.store.interfaces import StoreError
 from mailsuite.store.safepath import Dir
 from mailsuite.wire import complete
@@ -106,13 +107,13 @@ class HeaderCache:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def lookup(self, validity: int, entries: list[Any], names: frozenset[bytes]
+    def lookup(self, validity: int, entries: Sequence[Any], names: frozenset[bytes]
                ) -> tuple[dict[int, bytes], list[Any]]:
         """({uid: pick of its header for ``names``} of the entries cached, entries not).
         A cache that cannot be read (its directory gone, refused) has nothing."""
         return self._locked(validity, entries, names, None)[1:]
 
-    def lookup_whole(self, validity: int, entries: list[Any], names: frozenset[bytes]
+    def lookup_whole(self, validity: int, entries: Sequence[Any], names: frozenset[bytes]
                      ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any], dict[int, int]]:
         """(the fields the file holds, {uid: its record's data, the pick for all of them},
         entries not cached, {uid: its record's date} of the found ones whose fields hold
@@ -121,29 +122,27 @@ class HeaderCache:
         dates: dict[int, int] = {}
         return (*self._locked(validity, entries, names, dates), dates)
 
-    def _locked(self, validity: int, entries: list[Any], names: frozenset[bytes],
+    def _locked(self, validity: int, entries: Sequence[Any], names: frozenset[bytes],
                 dates: dict[int, int] | None
                 ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any]]:
         """``_lookup``'s answer. ``dates``: None for ``lookup`` (each record's pick for
         ``names``), else ``lookup_whole``'s (each record's whole data), filled with their dates."""
-        none: tuple[frozenset[bytes], dict[int, bytes], list[Any]] = (
-            frozenset(), {}, list(entries))
         try:
             with self._lock:
                 d = self._dir(False)
                 if d is None:
-                    return none
+                    return frozenset(), {}, list(entries)
                 with d:
                     fd = self._open(d, create=False)
                     if fd is None:
-                        return none
+                        return frozenset(), {}, list(entries)
                     try:
                         return self._lookup(fd, validity, entries, names, dates)
                     finally:
                         os.close(fd)
         except (OSError, StoreError) as e:
             self._failed(e)
-            return none
+            return frozenset(), {}, list(entries)
 
     def _failed(self, e: Exception) -> None:
         """Told once per mailbox: FETCH goes on without the cache."""
@@ -151,25 +150,26 @@ class HeaderCache:
             self._told = True
             log.warn("header cache not used: {why}", why=e)
 
-    def _lookup(self, fd: int, validity: int, entries: list[Any], names: frozenset[bytes],
+    def _lookup(self, fd: int, validity: int, entries: Sequence[Any], names: frozenset[bytes],
                 dates: dict[int, int] | None
                 ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any]]:
         self._sync(fd)
         if validity != self.validity or not names <= self.fields:
             return frozenset(), {}, list(entries)
-        where: list[tuple[int, int, Any]] = []
-        missing: list[Any] = []
+        # (by position in ``entries``: a table of them makes no entry but the missing ones)
+        where: list[tuple[int, int, int]] = []
+        missing: list[int] = []
+        asked, fps, width = et.uids_of(entries), et.padded_fingerprints(entries), et.FP_WIDTH
         uids, offs, lens, count = self._uids, self._offs, self._lens, len(self._uids)
         i = 0
-        for e in entries:  # mostly in UID order: the next slot is tried before a search
-            uid = e.uid
+        for k, uid in enumerate(asked):  # mostly in UID order: the next slot is tried first
             if i >= count or uids[i] != uid:
                 i = bisect_left(uids, uid)
             if i < count and uids[i] == uid:
-                where.append((offs[i], lens[i], e))
+                where.append((offs[i], lens[i], k))
                 i += 1
             else:
-                missing.append(e)
+                missing.append(k)
         found: dict[int, bytes] = {}
         where.sort(key=lambda pair: pair[0])
         whole = dates is not None or names == self.fields
@@ -179,22 +179,22 @@ class HeaderCache:
             start = span[0][0]
             buf = os.pread(fd, span[-1][0] + span[-1][1] - start, start)
             end = len(buf)
-            for off, _, e in span:  # _record but for the CRC, written out: 100,000s of calls
+            for off, _, k in span:  # _record but for the CRC, written out: 100,000s of calls
                 at = off - start
                 data = None
                 if at + size <= end:
                     tag, _crc, uid, length, date, fp = unpack(buf, at)
                     begin = at + size
-                    if tag == _TAG and uid == e.uid and begin + length <= end and \
-                            fp == e.fingerprint.encode("ascii", "replace"):
+                    if tag == _TAG and uid == asked[k] and begin + length <= end and \
+                            fp == fps[k * width : (k + 1) * width]:  # (both NUL-padded)
                         data = buf[begin : begin + length]
                 if data is None:
-                    missing.append(e)
+                    missing.append(k)
                 else:
-                    found[e.uid] = data if whole else pick(data, names)
+                    found[uid] = data if whole else pick(data, names)
                     if dates is not None and date != unknown:
-                        dates[e.uid] = date
-        return self.fields, found, missing
+                        dates[uid] = date
+        return self.fields, found, [entries[k] for k in sorted(missing)]
 
     def _sync(self, fd: int) -> None:
         """The map made again if the file is not the one it describes (replaced by another

@@ -36,17 +36,16 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import NamedTuple
 
 from mailsuite.fsutil import atomic_write, fsync_parent, write_all
 from mailsuite.store import modseq as ms
+from mailsuite.store.entrytable import Entry, EntryTable
 from mailsuite.store.matching import Candidates
 from mailsuite.store.interfaces import Changes, StoreError, StoreRefused
 from mailsuite.store.mboxformat import Parsed
-from mailsuite.store.zones import local_offset, zone
+from mailsuite.store.zones import local_offset
 
 MAGIC = b"mailsuite-mbox-index 4"
 #: older versions: 3 has no save dates, 2 and 1 no mod-sequences either
@@ -56,33 +55,6 @@ SYSTEM = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"}
 
 class CorruptIndex(StoreError):
     """The index file cannot be read back: it is rebuilt (with a new UIDVALIDITY)."""
-
-
-class Entry(NamedTuple):
-    """One message of the index. A tuple (cheap to make by the 100,000 when an index is read)
-    that is also the store's ``MessageInfo`` (``uid``, ``flags``, ``size``, ``internal_date``):
-    a mailbox publishes its entries as ``messages`` without building anything per message."""
-
-    uid: int
-    offset: int
-    body_off: int
-    hdr_end: int
-    end: int
-    size: int
-    date: int
-    fingerprint: str
-    header_sig: str
-    flags: frozenset[str]
-    tz: int = 0  # the internal date's zone: seconds east of UTC
-    modseq: int = 0  # of its last change (RFC 7162; ``modseq``)
-    saved: int = 0  # when saved into this mailbox (RFC 8514; epoch seconds), 0: unknown
-
-    @property
-    def internal_date(self) -> datetime:
-        return datetime.fromtimestamp(self.date, zone(self.tz))
-
-    def info(self) -> Entry:
-        return self
 
 
 _new_tuple = tuple.__new__
@@ -104,7 +76,7 @@ class Index:
     uid_validity: int
     uid_next: int = 1
     stamp: Stamp = Stamp(0, 0, 0)
-    entries: list[Entry] = field(default_factory=list)
+    entries: EntryTable = field(default_factory=EntryTable)  # (a list given is made one)
     generation: int = 0  # which journal belongs to this index file (see Journal)
     hidden: frozenset[int] = frozenset()  # expunged, still in the file until its compaction
     #: (inode, UIDs removed) of a compaction cut short after its rename (journal only)
@@ -114,13 +86,16 @@ class Index:
     legacy: bool = False  # read from an older version (``version``): written whole next
     version: int = 4  # of the file it was read from (its journal's records are of it too)
 
+    def __post_init__(self) -> None:
+        self.entries = EntryTable.of(self.entries)
+
     def copy(self, **changes: object) -> Index:
         new = replace(self, **changes)  # type: ignore[arg-type]
         if "entries" not in changes:
-            new.entries = list(self.entries)
+            new.entries = self.entries.copy()
         return new
 
-    def grown(self, added: list[Entry], stamp: Stamp) -> Index:
+    def grown(self, added: Sequence[Entry], stamp: Stamp) -> Index:
         """The index with ``added`` (UIDs from ``uid_next`` on) appended, in O(len(added)).
 
         The list of entries is extended in place and shared with the new index: a published
@@ -189,17 +164,16 @@ def _new_entry(p: Parsed, uid: int, fallback_date: int, modseq: int = 1) -> Entr
 
 def extend(
     old: Index, parsed: list[Parsed], stamp: Stamp, fallback_date: int
-) -> tuple[list[Entry], Changes]:
+) -> tuple[EntryTable, Changes]:
     """The entries of messages appended to the file (old ones untouched), not yet added to
     ``old``: see ``Index.grown``."""
-    changes = Changes()
+    added = EntryTable()  # (100,000 at a first open: no tuple kept for each)
     uid = old.uid_next
     modseq = old.highest_modseq + 1
     for p in parsed:
-        e = _new_entry(p, uid, fallback_date, modseq)
+        added.append(_new_entry(p, uid, fallback_date, modseq))
         uid += 1
-        changes.added.append(e)
-    return list(changes.added), changes
+    return added, Changes(added=added.copy())
 
 
 def reconcile(
@@ -220,7 +194,7 @@ def reconcile(
                        hidden=old.hidden - gone)
     candidates = Candidates(old.entries)
     new = old.copy(stamp=stamp, entries=[])
-    changes = Changes()
+    changes = Changes(added=EntryTable())
     modseq = old.highest_modseq + 1
     last_uid = 0
     kept: set[int] = set()
@@ -272,7 +246,7 @@ def from_dovecot(
     while they ascend and stay within ``last_uid``, as Dovecot reads them; one that has none, or
     one out of order, gets a new UID above every other, and so does each after it. Flags and
     keywords come from the Status / X-Status / X-Keywords headers."""
-    entries: list[Entry] = []
+    entries = EntryTable()
     uid_next, last = last_uid + 1, 0  # (every message at mod-sequence 1)
     for p, given in zip(parsed, x_uids, strict=True):
         if given is not None and last < given <= last_uid:
@@ -410,11 +384,13 @@ def load(data: bytes) -> Index:
             end = data.index(b"\n", pos)
             vanished = ms.Vanished.parse(data[pos:end])
             pos = end + 1
-        entries = [_entry(line.split(b" "), version) for line in _lines(data, pos)]
+        entries = EntryTable()
         last = 0
-        for e in entries:
+        for line in _lines(data, pos):  # into the columns one by one: never 100,000 tuples
+            e = _entry(line.split(b" "), version)
             if e.uid <= last or e.uid >= uid_next:
                 raise ValueError("UIDs out of order")
+            entries.append(e)
             last = e.uid
     except (ValueError, IndexError, UnicodeDecodeError) as e:
         raise CorruptIndex(str(e)) from e
@@ -490,7 +466,10 @@ def apply_log(index: Index, data: bytes) -> Index:
                 compacted = (int(w[1]), frozenset(map(int, w[2:])))
     except (ValueError, IndexError, UnicodeDecodeError) as err:
         raise CorruptIndex(f"journal: {err}") from err
-    entries = index.entries + added
+    try:
+        entries = index.entries + added
+    except ValueError as err:  # (a fingerprint no entry can have)
+        raise CorruptIndex(f"journal: {err}") from err
     if flags or modseqs:
         for i, entry in enumerate(entries):
             f = flags.get(entry.uid, entry.flags)
@@ -504,7 +483,7 @@ def apply_log(index: Index, data: bytes) -> Index:
 
 def log_records(
     flags: dict[int, frozenset[str]] | None = None,
-    added: list[Entry] | None = None,
+    added: Sequence[Entry] | None = None,
     index: Index | None = None,
     hidden: set[int] | None = None,
 ) -> bytes:

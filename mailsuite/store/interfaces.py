@@ -22,7 +22,7 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -81,7 +81,8 @@ class Changes:
     """What a refresh found: given to every listener of the mailbox, in this order of events."""
 
     expunged: list[int] = field(default_factory=list)  # UIDs gone
-    added: list[Any] = field(default_factory=list)  # new messages (MessageInfo-like), ascending UID
+    # new messages (MessageInfo-like), ascending UID (the mbox store's: an index.EntryTable)
+    added: MutableSequence[Any] = field(default_factory=list)
     flags: dict[int, frozenset[str]] = field(default_factory=dict)  # UID -> new flags
 
     def __bool__(self) -> bool:

@@ -17,11 +17,9 @@ import functools
 import os
 import stat
 import threading
-from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
-from operator import attrgetter
 
 from twisted.logger import Logger
 
@@ -46,7 +44,6 @@ log = Logger()
 COPY = 4 << 20  # bytes copied at a time when rewriting
 
 Result = tuple[ix.Index, Changes]
-_UID = attrgetter("uid")
 
 
 DOVECOT_PROBE = 64 * 1024  # read to see whether the first message has Dovecot's X-IMAPbase
@@ -234,7 +231,7 @@ class MboxFile(IndexKeeper):
 
     def _refresh_locked(
         self, state: ix.Index, fd: int | None, st: os.stat_result | None = None
-    ) -> tuple[ix.Index, Changes, list[ix.Entry] | None]:
+    ) -> tuple[ix.Index, Changes, Sequence[ix.Entry] | None]:
         """(new state, changes, appended), nothing saved. When the file only grew, ``appended``
         holds the new entries and ``new`` is ``state`` with only its stamp changed: the caller
         adds them (``_grow``, O(new messages)). Otherwise ``appended`` is None and ``new`` is
@@ -288,7 +285,7 @@ class MboxFile(IndexKeeper):
         self,
         state: ix.Index,
         changes: Changes,
-        found: list[ix.Entry] | None,
+        found: Sequence[ix.Entry] | None,
         mine: list[ix.Entry],
         stamp: ix.Stamp,
         whole: bool,
@@ -302,7 +299,7 @@ class MboxFile(IndexKeeper):
             full.entries.extend(mine)
             self._save(full)
         else:
-            full = self._grow(state, (found or []) + mine, stamp)
+            full = self._grow(state, [*(found or ()), *mine], stamp)
         changes.added.extend(mine)
         return full
 
@@ -431,7 +428,7 @@ class MboxFile(IndexKeeper):
         copied, modseq = False, state.highest_modseq + 1
         i = 0
         for uid in uids:  # ascending: each search starts where the last one ended
-            i = bisect_left(entries, uid, i, key=_UID)
+            i = entries.position(uid, i)
             if i == len(entries):
                 break
             e = entries[i]
@@ -440,7 +437,7 @@ class MboxFile(IndexKeeper):
             flags = ix.clean_flags(wanted(e))
             if flags != e.flags:
                 if not copied:
-                    entries, copied = list(entries), True
+                    entries, copied = entries.copy(), True
                 entries[i] = e._replace(flags=flags, modseq=modseq)
                 changes.flags[uid] = flags
             result[uid] = flags
@@ -530,7 +527,7 @@ class MboxFile(IndexKeeper):
 
     def _copy_kept(
         self, held: HeldLock, state: ix.Index, gone: set[int], out: int
-    ) -> list[ix.Entry]:
+    ) -> ix.EntryTable:
         assert held.fd is not None
         return copy_kept(held.fd, out, state, gone, with_status, held.touch)
 

@@ -255,30 +255,19 @@ class Layout:
     rewritten) if not None. Kept as runs while the plan is weighed: a plan of too many steps
     is dropped without having made 100,000 entries (25 MB) for nothing."""
 
-    def __init__(self, items: list[ix.Entry], first: int) -> None:
+    def __init__(self, items: ix.EntryTable, first: int) -> None:
         self.items, self.first = items, first
         self.runs: list[tuple[int, int, int, ix.Entry | None]] = []
 
-    def entries(self) -> list[ix.Entry]:
+    def entries(self) -> ix.EntryTable:
+        """The runs ``shift`` bytes further (``EntryTable.shifted``: the four offsets change,
+        every other field is carried as it is)."""
         out = self.items[: self.first]
         for start, stop, shift, moved in self.runs:
-            out.extend(_shifted(self.items[start:stop], shift))
+            out.extend(self.items[start:stop].shifted(shift))
             if moved is not None:
                 out.append(moved)
         return out
-
-
-_new_tuple = tuple.__new__
-
-
-def _shifted(run: list[ix.Entry], d: int) -> list[ix.Entry]:
-    """``run``'s entries ``d`` bytes further (down): the offsets, the first five fields of an
-    Entry, change; every field after them is carried as it is."""
-    if not d:
-        return run
-    entry = ix.Entry
-    return [_new_tuple(entry, (e[0], e[1] + d, e[2] + d, e[3] + d, e[4] + d, *e[5:]))
-            for e in run]
 
 
 def steps(p: Plan) -> int:

@@ -11,15 +11,14 @@ read on the reactor thread without blocking (``RWF_NOWAIT``).
 from __future__ import annotations
 
 import gc
+from array import array
 import os
 import stat
 import threading
 import time
-from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from operator import attrgetter
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -27,21 +26,21 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailsuite import heap
+from mailsuite.store import entrytable as et
 from mailsuite.store import index as ix
 from mailsuite.store import events
 from mailsuite.store import modseq as ms
 from mailsuite.store.headercache import HeaderCache
 from mailsuite.store.zones import offset_of
 from mailsuite.store.interfaces import (
-    SYSTEM_FLAGS,
     Changes,
     IMailbox,
     Listener,
-    MessageInfo,
     StoreError,
     UnknownUID,
 )
 from mailsuite.store.mboxfile import FileReplaced, MboxFile, verified
+from mailsuite.store.summary import Summary
 from mailsuite.threads import Blocking
 
 FREEZE_AT = 20_000  # entries in a new state that make it worth gc.freeze()
@@ -89,63 +88,6 @@ class MailboxOwner(Protocol):
     def after_write(self, d: defer.Deferred[Any], account: Any) -> defer.Deferred[Any]: ...
 
 
-_UID = attrgetter("uid")
-
-
-class Summary:
-    """What SELECT shows of a whole mailbox without a pass over its messages each time: the
-    keywords in use and the first unseen message, kept up to date from each Changes."""
-
-    def __init__(self) -> None:
-        self.keywords: set[str] = set()
-        self._seen_below = 0  # every message with a lower UID has \\Seen
-        self.unseen = 0  # messages without \\Seen (STATUS UNSEEN)
-
-    def count(self, old: list[Any], messages: list[Any], changes: Changes) -> None:
-        """Keep ``unseen`` from the entries before (``old``) and the changes, in O(changes),
-        or one pass when the change is about as big as the mailbox (a rebuild)."""
-        if 4 * (len(changes.expunged) + len(changes.flags)) > len(messages) + 16:
-            self.unseen = sum(1 for m in messages if "\\Seen" not in m.flags)
-            return
-        delta = sum(1 for m in changes.added if "\\Seen" not in m.flags)
-        for uid in changes.expunged:
-            i = bisect_left(old, uid, key=_UID)
-            if i < len(old) and old[i].uid == uid and "\\Seen" not in old[i].flags:
-                delta -= 1
-        for uid, flags in changes.flags.items():
-            i = bisect_left(old, uid, key=_UID)
-            was = "\\Seen" not in old[i].flags if i < len(old) and old[i].uid == uid else False
-            delta += ("\\Seen" not in flags) - was
-        self.unseen = max(0, self.unseen + delta)
-
-    def update(self, messages: list[Any], changes: Changes, fresh: bool) -> None:
-        if fresh:  # a new or reloaded state: one pass over the distinct flag sets
-            self.keywords = set()
-            self._seen_below = 0
-            for flags in {id(m.flags): m.flags for m in messages}.values():
-                self.keywords.update(f for f in flags if f not in SYSTEM_FLAGS)
-            self.unseen = sum(1 for m in messages if "\\Seen" not in m.flags)
-            return
-        for m in changes.added:
-            if m.flags:
-                self.keywords.update(f for f in m.flags if f not in SYSTEM_FLAGS)
-        for uid, flags in changes.flags.items():
-            self.keywords.update(f for f in flags if f not in SYSTEM_FLAGS)
-            if "\\Seen" not in flags and uid < self._seen_below:
-                self._seen_below = uid
-
-    def first_unseen(self, messages: list[Any]) -> int | None:
-        """Scans only from the last answer on: messages seen since are passed once."""
-        start = bisect_left(messages, self._seen_below, key=_UID)
-        for i in range(start, len(messages)):
-            m = messages[i]
-            if "\\Seen" not in m.flags:
-                self._seen_below = m.uid
-                return int(m.uid)
-        self._seen_below = messages[-1].uid + 1 if messages else 0
-        return None
-
-
 @implementer(IMailbox)
 class MboxMailbox:
     """One open mbox file (INBOX) with its index."""
@@ -154,7 +96,7 @@ class MboxMailbox:
         self.name = key[1]
         self.uid_validity = 0
         self.uid_next = 1
-        self.messages: list[MessageInfo] = []
+        self.messages: Sequence[Any] = ix.EntryTable()  # (index entries: MessageInfos)
         self.users = 0
         self._store = store
         self._key = key
@@ -216,7 +158,7 @@ class MboxMailbox:
                 self._compact()  # expunged before a crash, never compacted
         return extra[0] if extra else changes
 
-    def _tell(self, old: list[Any] | None, changes: Changes, fresh: bool = False) -> None:
+    def _tell(self, old: Sequence[Any] | None, changes: Changes, fresh: bool = False) -> None:
         """``messages`` is new (``fresh``: a new or reloaded state) or changed from ``old`` by
         ``changes`` (``old`` None: nothing changed here): keep the summary, tell the listeners."""
         if fresh:
@@ -230,11 +172,9 @@ class MboxMailbox:
         if changes:
             events.mailbox_changed(self._store, self._key[0], self.name, changes)  # NOTIFY
 
-    def _visible(self, entries: list[Any]) -> list[Any]:
-        if not self._hidden:
-            return entries
-        hidden = self._hidden
-        return [e for e in entries if e.uid not in hidden]
+    def _visible(self, entries: ix.EntryTable) -> ix.EntryTable:
+        """The entries but those expunged and not yet compacted away (a copy without them)."""
+        return entries.without(self._hidden) if self._hidden else entries
 
     @staticmethod
     def _untold(changes: Changes, told: set[int]) -> Changes:
@@ -246,22 +186,29 @@ class MboxMailbox:
         )
 
     def _entry(self, uid: int) -> ix.Entry | None:
-        entries = self._state.entries if self._state is not None else []
-        i = bisect_left(entries, uid, key=_UID)
-        if i < len(entries) and entries[i].uid == uid and uid not in self._hidden:
+        if self._state is None:
+            return None
+        entries = self._state.entries
+        i = entries.position(uid)
+        if i < len(entries) and entries.uid[i] == uid and uid not in self._hidden:
             return entries[i]
         return None
 
-    def _entries(self, uids: list[int]) -> list[ix.Entry]:
+    def _entries(self, uids: list[int]) -> Sequence[ix.Entry]:
         """The entries of those of ``uids`` still present: for many in a short span, one walk
-        of it (a search per UID is 17 key calls each at 100,000 messages)."""
-        entries = self._state.entries if self._state is not None else []
+        of it (a search per UID is 17 key calls each at 100,000 messages), as a table (no
+        entry made of each)."""
+        entries = self._state.entries if self._state is not None else ix.EntryTable()
         if len(uids) > 64:
-            lo = bisect_left(entries, min(uids), key=_UID)
-            hi = bisect_right(entries, max(uids), key=_UID)
+            lo = entries.position(min(uids))
+            hi = entries.position(max(uids) + 1)
             if hi - lo <= 4 * len(uids):  # the span of the UIDs walked, not the whole index
-                wanted, hidden = set(uids), self._hidden
-                return [e for e in entries[lo:hi] if e.uid in wanted and e.uid not in hidden]
+                wanted, hidden, column = set(uids), self._hidden, entries.uid
+                if hi - lo == len(wanted) and not hidden and column[lo:hi] == array(
+                        "I", sorted(wanted)):
+                    return entries[lo:hi]  # (a listing: every message of a span)
+                return entries.take([k for k in range(lo, hi)
+                                     if column[k] in wanted and column[k] not in hidden])
         return [e for e in map(self._entry, uids) if e is not None]
 
     def email_id(self, uid: int) -> str | None:
@@ -586,9 +533,9 @@ class MboxMailbox:
         if self._state is not None:
             self._state = self._state.copy(stamp=ix.Stamp(0, 0, 0), entries=[],
                                            hidden=frozenset())
-        self.messages = []
+        self.messages = ix.EntryTable()
         self._keep_reader(None)
-        self._tell(old, Changes(expunged=[m.uid for m in old]))
+        self._tell(old, Changes(expunged=list(et.uids_of(old))))
 
     def close(self) -> None:
         self.users -= 1

@@ -119,11 +119,11 @@ def copy_kept(
     gone: set[int],
     new_header: Callable[[bytes, frozenset[str]], bytes],
     touch: Callable[[], None] = lambda: None,
-) -> list[ix.Entry]:
+) -> ix.EntryTable:
     """Write ``state``'s file (open as ``src``) without the ``gone`` UIDs to ``out``, the status
     headers of dirty messages rewritten by ``new_header(header, flags)``; the new entries."""
     c = _Copier(src, out, touch)
-    entries: list[ix.Entry] = []
+    entries = ix.EntryTable()
     run = 0  # src offset where the verbatim run being built starts
     delta = 0  # out offset - src offset inside that run
     items = state.entries

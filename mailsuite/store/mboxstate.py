@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
-from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from operator import attrgetter
 
 from twisted.logger import Logger
 
@@ -25,7 +23,6 @@ from mailsuite.store.interfaces import Changes
 from mailsuite.store.safepath import Anchors, Dir, MissingAnchor, Place, open_dir
 
 log = Logger()
-_UID = attrgetter("uid")
 
 LOG_LIMIT = 1 << 20  # the index journal is folded into the index beyond this (+16 B a message)
 INDEX_NAME = "mailsuite.index"
@@ -37,9 +34,9 @@ _IN_MEMORY: dict[str, ix.Index] = {}
 _IN_MEMORY_LOCK = threading.Lock()
 
 
-def _has(entries: list[ix.Entry], uid: int) -> bool:
-    i = bisect_left(entries, uid, key=_UID)
-    return i < len(entries) and entries[i].uid == uid
+def _has(entries: ix.EntryTable, uid: int) -> bool:
+    i = entries.position(uid)
+    return i < len(entries) and entries.uid[i] == uid
 
 
 class IndexKeeper:
@@ -146,12 +143,12 @@ class IndexKeeper:
         return size is not None and size <= LOG_LIMIT + 16 * count
 
     def _grow(
-        self, state: ix.Index, added: list[ix.Entry], stamp: ix.Stamp, save: bool = False
+        self, state: ix.Index, added: Sequence[ix.Entry], stamp: ix.Stamp, save: bool = False
     ) -> ix.Index:
         """``state`` with ``added`` appended, made durable in O(len(added)) (journal records;
         the whole index when ``save`` or when the journal says so)."""
         uid_next = added[-1].uid + 1 if added else state.uid_next
-        head = ix.Index(state.uid_validity, uid_next, stamp, [], state.generation)
+        head = ix.Index(state.uid_validity, uid_next, stamp, ix.EntryTable(), state.generation)
         count = len(state.entries) + len(added)
         if save or not self._journal(head, ix.log_records(None, added, head), count):
             full = state.copy(uid_next=uid_next, stamp=stamp, entries=state.entries + added,

@@ -13,6 +13,7 @@ without a date and for the messages of an index older than version 4.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -24,9 +25,9 @@ from mailsuite.store.zones import local_offset, zone
 log = Logger()
 
 
-def fresh(entries: list[ix.Entry], now: int) -> list[ix.Entry]:
+def fresh(entries: Iterable[ix.Entry], now: int) -> ix.EntryTable:
     """``entries`` saved at ``now`` (moved into a new mailbox)."""
-    return [e._replace(saved=now) for e in entries]
+    return ix.EntryTable(e._replace(saved=now) for e in entries)
 
 
 def saved_date(info: Any) -> datetime | None:

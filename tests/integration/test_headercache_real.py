@@ -17,7 +17,7 @@ from mailsuite import threads as mthreads
 from mailsuite.accounts import Account
 from mailsuite.imap import fetchfields
 from mailsuite.imap.interfaces import IImapAccount
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.headercache import CACHE_NAME

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from mailsuite.accounts import Account
 from mailsuite.imap.interfaces import IImapAccount
-from mailsuite.imap.mailbox import ImapAccount
+from mailsuite.imap.account import ImapAccount
 from mailsuite.imap.server import IMAPFactory
 from mailsuite.maillog import MailLog
 from mailsuite.store.mbox import MboxStore
