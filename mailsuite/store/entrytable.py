@@ -64,6 +64,8 @@ _NUMERIC = (("uid", "I"), ("offset", "q"), ("body_off", "q"), ("hdr_end", "q"), 
             ("size", "q"), ("date", "q"), ("tz", "i"), ("modseq", "q"), ("saved", "q"))
 #: the columns, in the order ``_columns`` gives them
 _COLUMNS = (*(name for name, _ in _NUMERIC), "fps", "sigs", "flags")
+#: ... and in the order they grow: ``saved`` last (see ``__len__``)
+_GROWN = (*(name for name in _COLUMNS if name != "saved"), "saved")
 
 
 def _fp_bytes(fp: str) -> bytes:
@@ -208,8 +210,8 @@ class EntryTable(MutableSequence[Entry]):
     def extend(self, entries: Iterable[Entry]) -> None:
         if isinstance(entries, EntryTable):
             self._own()
-            for mine, theirs in zip(self._columns(), entries._columns(), strict=True):
-                mine.extend(theirs)
+            for name in _GROWN:
+                getattr(self, name).extend(getattr(entries, name))
             return
         for e in entries:
             self.append(e)
