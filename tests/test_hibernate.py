@@ -17,6 +17,7 @@ from mailsuite.imap import hibernate
 from mailsuite.imap.mailbox import ImapMailboxView
 from mailsuite.imap.recent import RecentTracker
 from tests.store_conformance import MSG1
+from mailsuite.store.entrytable import EntryTable
 from tests.test_store_mbox import MboxTestCase
 
 
@@ -124,6 +125,55 @@ class ResumeTests(MboxTestCase):
         self.assertEqual(b.take_updates(), [])
         a.close()
         b.close()
+
+
+    @defer.inlineCallbacks
+    def test_flags_and_new_mail_only(self):  # type: ignore[no-untyped-def]
+        """Nothing expunged meanwhile: the thawed view keeps the store's table of entries as
+        its rows (no entry made of each) and owes the flag change and the new message."""
+        store = self.make_store()
+        for _ in range(3):
+            yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        a = ImapMailboxView(box, False, self.account, store, RecentTracker())
+        uids = a.uids()
+        snap = hibernate.decode(hibernate.snapshot(
+            SimpleNamespace(_idle_tag=b"x", _bytes_in=0, _bytes_out=0, view=a)))
+        yield a.change_flags([uids[1]], add=frozenset({"\\Answered"}))
+        a.close()
+        yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        yield box.refresh()
+        thawed = ImapMailboxView(box, False, self.account, store, RecentTracker())
+        thawed.resume(snap["told"], snap["recent"], snap["keywords"])
+        self.assertIs(thawed._base, box.messages)
+        self.assertEqual(thawed.count(), 3)
+        self.assertEqual(thawed.info(uids[1]).flags, frozenset())  # as its client knows it
+        lines = thawed.take_updates()
+        self.assertIn(b"2 FETCH (FLAGS (\\Answered))", lines)
+        self.assertIn(b"4 EXISTS", lines)
+        self.assertEqual(thawed.uids(), [*uids, uids[2] + 1])
+        self.assertEqual(thawed.info(uids[1]).flags, frozenset({"\\Answered"}))
+        thawed.close()
+
+
+class DropTests(MboxTestCase):
+    @defer.inlineCallbacks
+    def test_rows_dropped_from_a_table_stay_a_table(self):  # type: ignore[no-untyped-def]
+        """A view that cannot take the store's rows after EXPUNGEs keeps its own: a copy of
+        the store's table without those rows, then its tail."""
+        store = self.make_store()
+        for _ in range(4):
+            yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        view = ImapMailboxView(box, False, self.account, store, RecentTracker())
+        uids = view.uids()
+        view._drop([0, 2])
+        self.assertIsInstance(view._base, EntryTable)
+        self.assertEqual(view.uids(), [uids[1], uids[3]])
+        self.assertEqual([view.info(u).uid for u in view.uids()], [uids[1], uids[3]])
+        self.assertEqual(len(box.messages), 4)  # the store's own as it was
+        view.close()
 
 
 class WatchTests(unittest.TestCase):

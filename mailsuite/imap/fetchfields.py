@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mailsuite.imap.encode import format_flags, internal_date
+from mailsuite.store import entrytable as et
 
 #: off: every header item reads the whole header (tests compare both ways)
 USE_CACHE = True
@@ -92,8 +93,8 @@ class Listing:
         blocks: list[Any] = list(map(headers.get, uids))  # bytes once None is ruled out
         if None in blocks or any(map(view.is_expunged, uids)):
             return False
-        columns: list[list[Any]] = [[seq for seq, _ in chunk]]
-        infos = list(map(view.info, uids)) if self.info else []
+        columns: list[Sequence[Any]] = [[seq for seq, _ in chunk]]
+        infos = _infos(view, uids) if self.info else []
         for kind in self.codes:
             if kind == _UID:
                 columns.append(uids)
@@ -102,9 +103,9 @@ class Listing:
             elif kind == _FLAGS:
                 flags = self.flags
                 columns.append([flags(view, uid, info)
-                                for uid, info in zip(uids, infos, strict=True)])
+                                for uid, info in zip(uids, et.flag_sets(infos), strict=True)])
             elif kind == _SIZE:
-                columns.append([info.size for info in infos])
+                columns.append(et.sizes_of(infos))
             else:
                 columns.append(list(map(date_text, infos)))
         template = self.template
@@ -115,12 +116,18 @@ class Listing:
         self.write(out.replace(b"\n", b"\r\n"))  # wire.crlf of it all at once
         return True
 
-    def flags(self, view: Any, uid: int, info: Any) -> bytes:
-        flags = info.flags | _RECENT if view.is_recent(uid) else info.flags
+    def flags(self, view: Any, uid: int, flags: frozenset[str]) -> bytes:
+        flags = flags | _RECENT if view.is_recent(uid) else flags
         text = self.flag_text.get(flags)
         if text is None:
             text = self.flag_text[flags] = format_flags(flags)
         return text
+
+
+def _infos(view: Any, uids: list[int]) -> Sequence[Any]:
+    """``view.info`` of each UID (a slice of the store's table when the view has one)."""
+    infos = getattr(view, "infos", None)
+    return infos(uids) if infos is not None else list(map(view.info, uids))
 
 
 _UID, _FLAGS, _SIZE, _DATE, _BLOCK = range(5)

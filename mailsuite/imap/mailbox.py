@@ -12,6 +12,7 @@ points RFC 3501 allows (``take_updates``).
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from datetime import datetime, UTC
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,7 +27,7 @@ from mailsuite.imap.encode import format_flags, number_set
 from mailsuite.imap.recent import RecentTracker
 from mailsuite.imap.viewmodseq import ModseqView
 from mailsuite.store import entrytable as et
-from mailsuite.store.entrytable import EntryTable
+from mailsuite.store.entrytable import Entry, EntryTable
 from mailsuite.store.interfaces import (
     SYSTEM_FLAGS,
     Changes,
@@ -113,7 +114,8 @@ class ImapMailboxView(ModseqView):
         if last == uid:
             return i
         i += 1  # FETCH, SEARCH and STORE go through the messages in order: try the next one
-        if 0 < i < self._n and et.uid_at(self._base, i) == uid:
+        base = self._base
+        if 0 < i < self._n and (base.uid[i] if type(base) is EntryTable else base[i].uid) == uid:
             self._hint = (uid, i)
             return i
         i = self._lower(uid)
@@ -199,6 +201,17 @@ class ImapMailboxView(ModseqView):
             raise KeyError(uid)
         return self._at(pos)  # type: ignore[no-any-return]
 
+    def infos(self, uids: list[int]) -> Sequence[Any]:
+        """``info`` of each of ``uids`` (ascending): a slice of the store's table when they
+        are a span of it that this session sees as the store does (no entry made of each)."""
+        base = self._base
+        if uids and type(base) is EntryTable and not self._over:
+            lo = self._find(uids[0])
+            hi = lo + len(uids)
+            if lo >= 0 and hi <= self._n and base.uid[lo:hi] == array("I", uids):
+                return base[lo:hi]
+        return list(map(self.info, uids))
+
     def is_expunged(self, uid: int) -> bool:
         """Gone from the store but still shown to this client (its EXPUNGE is pending)."""
         return uid in self._expunged
@@ -263,6 +276,11 @@ class ImapMailboxView(ModseqView):
                 self._keywords.add(flag)
                 self._keywords_grew = True
 
+    def _told_flags(self, m: Any, flags: frozenset[str]) -> None:
+        """``m`` is shown with the ``flags`` its client was told; its store flags are owed."""
+        self._over[m.uid] = MessageInfo(m.uid, flags, m.internal_date, m.size, m.modseq, m.saved)
+        self._flag_changes[m.uid] = m.flags
+
     def told_keywords(self) -> set[str]:
         """The keywords FLAGS has named to the client."""
         return set(self._keywords)
@@ -272,24 +290,33 @@ class ImapMailboxView(ModseqView):
         """Continue a session whose client was told ``told`` (UIDs in sequence order and
         their flags), ``recent`` and ``keywords`` (a thawed hibernation, imap/hibernate.py):
         right after the view is made, what changed since then becomes the updates owed."""
-        current = {m.uid: m for m in islice(self._base, self._n)}
-        rows: list[Any] = []
-        for uid, flags in told:
-            m = current.get(uid)
-            if m is None:  # expunged meanwhile: shown until its EXPUNGE is sent
-                rows.append(MessageInfo(uid, flags, _EPOCH, 0))
-                self._expunged.add(uid)
-                continue
-            rows.append(m)
-            if m.flags != flags:
-                self._over[uid] = MessageInfo(uid, flags, m.internal_date, m.size, m.modseq,
-                                              m.saved)
-                self._flag_changes[uid] = m.flags
+        base, n = self._base, self._n
+        present = et.uids_between(base, 0, n)
         top = told[-1][0] if told else 0
-        self._added = [m for m in islice(self._base, self._n) if m.uid > top]
-        self._base, self._n, self._tail, self._hint = rows, len(rows), [], (0, -1)
+        self._added = [base[k] for k in range(et.position(base, top + 1, 0, n), n)]
+        if [uid for uid, _ in told] == present[:len(told)]:
+            # nothing expunged meanwhile (the usual case): the store's rows stay this view's,
+            # no entry made but those whose flags changed
+            for k, ((_, flags), now) in enumerate(zip(told, et.flag_sets(base), strict=False)):
+                if now != flags:
+                    self._told_flags(base[k], flags)
+            self._n = len(told)
+        else:
+            current = dict(zip(present, range(n), strict=True))
+            rows: list[Any] = []
+            for uid, flags in told:
+                at = current.get(uid)
+                if at is None:  # expunged meanwhile: shown until its EXPUNGE is sent
+                    rows.append(MessageInfo(uid, flags, _EPOCH, 0))
+                    self._expunged.add(uid)
+                    continue
+                rows.append(base[at])
+                if rows[-1].flags != flags:
+                    self._told_flags(rows[-1], flags)
+            self._base, self._n = rows, len(rows)
+        self._tail, self._hint = [], (0, -1)
         # recent as told, and what this view claimed of the mail since (its EXISTS is owed)
-        self._recent = (recent & set(current)) | {u for u in self._recent if u > top}
+        self._recent = (recent & set(present)) | {u for u in self._recent if u > top}
         self._keywords = set(keywords)
 
     # -- sequence sets -----------------------------------------------------------------------
@@ -475,11 +502,21 @@ class ImapMailboxView(ModseqView):
                 new = [m.uid for m in self._added]
                 self._added = []
             else:
-                doomed = set(gone)
-                rows = [self._at(p) for p in range(self.count()) if p not in doomed]
-                self._base, self._n, self._tail = rows, len(rows), []
+                self._drop(gone)
             self._hint = (0, -1)
         return lines, new, adopted
+
+    def _drop(self, gone: list[int]) -> None:
+        """The rows at positions ``gone`` dropped (their EXPUNGEs told): a copy of the
+        store's table without them when the rows are one (no entry made of each)."""
+        base, n, doomed = self._base, self._n, set(gone)
+        if isinstance(base, EntryTable) and all(type(m) is Entry for m in self._tail):
+            rows = base[:n].without({et.uid_at(base, p) for p in doomed if p < n})
+            rows.extend(m for p, m in enumerate(self._tail, n) if p not in doomed)
+            self._base, self._n, self._tail = rows, len(rows), []
+            return
+        kept = [self._at(p) for p in range(self.count()) if p not in doomed]
+        self._base, self._n, self._tail = kept, len(kept), []
 
     def _adopt(self, gone: list[int]) -> bool:
         """After the EXPUNGEs of positions ``gone``, with every change told: take the store's
