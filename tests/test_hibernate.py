@@ -8,7 +8,7 @@ import json
 import os
 from types import SimpleNamespace
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -22,6 +22,8 @@ from tests.test_store_mbox import MboxTestCase
 
 
 class RangeTests(unittest.TestCase):
+    # (sets of up to 300 numbers: drawing them took over a second on a loaded machine once)
+    @settings(suppress_health_check=[HealthCheck.too_slow])
     @given(st.sets(st.integers(1, 5000), max_size=300))
     def test_round_trip(self, uids: set[int]) -> None:
         ordered = sorted(uids)

@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from mailsuite.imap.mailbox import ImapMailboxView
+from mailsuite.store.entrytable import EntryTable
+
 from mailsuite.accounts import Account
 from mailsuite.imap import fastkeys, fetch, fetchfields
 from mailsuite.imap.fetch import fetch_plan, fetch_responses, render_section
@@ -52,13 +55,14 @@ class View:
 
 
 @defer.inlineCallbacks
-def fetch_all(box: Any, items: bytes, cache: bool) -> Any:
+def fetch_all(box: Any, items: bytes, cache: bool, view: Any = None) -> Any:
     out: list[bytes] = []
     targets = [(n + 1, m.uid) for n, m in enumerate(box.messages)]
     was, fetchfields.USE_CACHE = fetchfields.USE_CACHE, cache
     try:
         yield defer.ensureDeferred(fetch_responses(
-            View(box), targets, fetch_plan(items, True), set(), out.append, lambda: False))
+            view or View(box), targets, fetch_plan(items, True), set(), out.append,
+            lambda: False))
     finally:
         fetchfields.USE_CACHE = was
     return b"".join(out)
@@ -316,6 +320,28 @@ class CacheTests(CacheCase):
         box.close()
 
     @defer.inlineCallbacks
+    def test_listing_from_the_table_identical(self) -> None:
+        """A session's view reads FLAGS, RFC822.SIZE and INTERNALDATE of a listing from a
+        slice of the store's table (``ImapMailboxView.infos``), or message by message once
+        it holds flags of its own: the same lines as the general path's either way."""
+        box = yield self.open_with(MSG1, MSG2, MSG1)
+        view = ImapMailboxView(box, False)
+        uids = view.uids()
+        yield box.change_flags([uids[1]], add=frozenset({"\\Seen", "$x"}))
+        view.take_updates()
+        self.assertIsInstance(view.infos(uids), EntryTable)
+        items = b"(UID FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (Subject)])"
+        for told in (False, True):
+            if told:  # flags of the view's own (not yet the store's): no slice
+                view._over[uids[0]] = view.info(uids[0])._replace(flags=frozenset({"\\Draft"}))
+                self.assertNotIsInstance(view.infos(uids), EntryTable)
+            for what in (items, b"(UID FLAGS RFC822.SIZE INTERNALDATE)", b"FLAGS"):
+                self.assertEqual((yield fetch_all(box, what, True, view)),
+                                 (yield fetch_all(box, what, False, view)))
+        self.assertIn(b"FLAGS (\\Draft)", (yield fetch_all(box, b"FLAGS", True, view)))
+        view.close()
+
+    @defer.inlineCallbacks
     def test_fetch_identical_with_and_without(self) -> None:
         messages = [MSG1, MSG2, b"Subject: a\r\n b\r\nFrom: c\r\n\r\nx\r\n",
                     b"From: only header", b"\nno header\n", b"Subject: lone\rcr\n\nz\n",
@@ -326,7 +352,8 @@ class CacheTests(CacheCase):
                       b"(FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (Subject From)] UID)",
                       b"(BODY[HEADER.FIELDS (From)] BODY.PEEK[HEADER.FIELDS (To Subject)]<0.9>)",
                       b'(UID BODY.PEEK[HEADER.FIELDS ("X%d" Subject)])',
-                      b'(UID BODY.PEEK[HEADER.FIELDS ("X\nY" Subject)])'):  # a bare LF
+                      b'(UID BODY.PEEK[HEADER.FIELDS ("X\nY" Subject)])',  # a bare LF
+                      b"(UID FLAGS RFC822.SIZE INTERNALDATE)", b"FLAGS"):  # (no header)
             without = yield fetch_all(box, items, False)
             self.assertEqual((yield fetch_all(box, items, True)), without)  # fills
             self.assertEqual((yield fetch_all(box, items, True)), without)  # from the cache

@@ -413,7 +413,7 @@ async def fetch_responses(
     items, need_body, need_header = plan.items, plan.need_body, plan.need_header
     with_flags = (*items, FetchItem("FLAGS"))  # for messages this FETCH set \Seen on
     missing = False
-    quick = fetchfields.Listing.of(items, write, lost) if need_header and not need_body else None
+    quick = fetchfields.Listing.of(items, write, lost) if not need_body else None
     step = _LISTING if quick else _CHUNK
     for start in range(0, len(targets), step):
         chunk = targets[start : start + step]
@@ -422,8 +422,8 @@ async def fetch_responses(
             headers = await fetchfields.read_headers(
                 view.mailbox, [u for _, u in chunk if not view.is_expunged(u)], items
             )
-            if quick and not seen_now and quick.chunk(view, chunk, headers):
-                continue
+        if quick and not seen_now and quick.chunk(view, chunk, headers):
+            continue
         for seq, uid in chunk:
             raw = None
             if view.is_expunged(uid) and (need_body or need_header):

@@ -90,8 +90,8 @@ class Listing:
         written, ``fetch`` answers the chunk message by message. The values are made a column
         (an item) at a time and the template filled in by rows: no call per message."""
         uids = [uid for _, uid in chunk]
-        blocks: list[Any] = list(map(headers.get, uids))  # bytes once None is ruled out
-        if None in blocks or any(map(view.is_expunged, uids)):
+        blocks: list[Any] = list(map(headers.get, uids)) if _BLOCK in self.codes else []
+        if None in blocks or any(map(view.is_expunged, uids)):  # (blocks: bytes from here)
             return False
         columns: list[Sequence[Any]] = [[seq for seq, _ in chunk]]
         infos = _infos(view, uids) if self.info else []

@@ -69,6 +69,7 @@ class ImapMailboxView(ModseqView):
         self.name: str = mailbox.name
         self.on_change: Callable[[], None] | None = None
         self._base: Sequence[Any] = mailbox.messages
+        self._last: tuple[int, Any] = (-1, None)  # the row _at read last (of this _base)
         self._n = len(self._base)
         self._tail: list[Any] = []
         self._over: dict[int, MessageInfo] = {}
@@ -91,7 +92,14 @@ class ImapMailboxView(ModseqView):
 
     # -- the rows of this view ---------------------------------------------------------------
     def _at(self, pos: int) -> Any:
-        return self._base[pos] if pos < self._n else self._tail[pos - self._n]
+        if pos >= self._n:
+            return self._tail[pos - self._n]
+        last = self._last
+        if last[0] == pos:  # FETCH's items each ask for the message: one entry made for all
+            return last[1]
+        found = self._base[pos]
+        self._last = (pos, found)
+        return found
 
     def _uid_at(self, pos: int) -> int:
         return et.uid_at(self._base, pos) if pos < self._n else int(self._tail[pos - self._n].uid)
@@ -137,6 +145,7 @@ class ImapMailboxView(ModseqView):
         count = self.count()
         if len(messages) == count and (not count or messages[-1].uid == self._last_uid()):
             self._base, self._n, self._tail, self._over = messages, count, [], {}
+            self._last = (-1, None)
             self._hint = (0, -1)
 
     # -- the store listener ----------------------------------------------------------------
@@ -314,6 +323,7 @@ class ImapMailboxView(ModseqView):
                 if rows[-1].flags != flags:
                     self._told_flags(rows[-1], flags)
             self._base, self._n = rows, len(rows)
+            self._last = (-1, None)
         self._tail, self._hint = [], (0, -1)
         # recent as told, and what this view claimed of the mail since (its EXISTS is owed)
         self._recent = (recent & set(present)) | {u for u in self._recent if u > top}
@@ -410,11 +420,19 @@ class ImapMailboxView(ModseqView):
         """Remove every message marked ``\\Deleted`` (only UIDs ``within``, for UID EXPUNGE);
         the EXPUNGEs come from ``take_updates``."""
         doomed = [
-            u for u in self.uids()
-            if u not in self._expunged and (within is None or u in within)
-            and "\\Deleted" in self.info(u).flags
+            u for u, flags in self._flag_rows()
+            if "\\Deleted" in flags and u not in self._expunged and (within is None or u in within)
         ]
         return self.expunge(doomed)
+
+    def _flag_rows(self) -> Iterator[tuple[int, frozenset[str]]]:
+        """(UID, flags as this session knows them) of each row, from the store's columns."""
+        base, n, over = self._base, self._n, self._over
+        rows = chain(zip(et.uids_between(base, 0, n), et.flag_sets(base)[:n], strict=True),
+                     ((m.uid, m.flags) for m in self._tail))
+        if not over:
+            return rows
+        return ((u, over[u].flags if u in over else flags) for u, flags in rows)
 
     def expunge(self, doomed: list[int]) -> defer.Deferred[list[int]]:
         """Remove these messages (MOVE); the EXPUNGEs come from ``take_updates``."""
@@ -514,9 +532,11 @@ class ImapMailboxView(ModseqView):
             rows = base[:n].without({et.uid_at(base, p) for p in doomed if p < n})
             rows.extend(m for p, m in enumerate(self._tail, n) if p not in doomed)
             self._base, self._n, self._tail = rows, len(rows), []
+            self._last = (-1, None)
             return
         kept = [self._at(p) for p in range(self.count()) if p not in doomed]
         self._base, self._n, self._tail = kept, len(kept), []
+        self._last = (-1, None)
 
     def _adopt(self, gone: list[int]) -> bool:
         """After the EXPUNGEs of positions ``gone``, with every change told: take the store's
@@ -535,6 +555,7 @@ class ImapMailboxView(ModseqView):
         if count and messages[-1].uid != last:
             return False
         self._base, self._n, self._tail, self._over = messages, count, [], {}
+        self._last = (-1, None)
         return True
 
     def close(self) -> None:

@@ -365,6 +365,16 @@ def padded_fingerprints(entries: Sequence[Any]) -> bytes:
                      for e in entries])
 
 
+def subset(entries: Sequence[Any], positions: list[int]) -> Sequence[Any]:
+    """The entries at ``positions`` (ascending): ``entries`` itself when that is all of
+    them, a table of them from a table."""
+    if len(positions) == len(entries):
+        return entries
+    if isinstance(entries, EntryTable):
+        return entries.take(positions)
+    return [entries[k] for k in positions]
+
+
 def uids_between(entries: Sequence[Any], lo: int, hi: int) -> list[int]:
     """The UIDs of ``entries[lo:hi]``, without making an entry of a table."""
     if isinstance(entries, EntryTable):

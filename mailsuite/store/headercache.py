@@ -108,13 +108,13 @@ class HeaderCache:
     # -- reading -------------------------------------------------------------------------------
 
     def lookup(self, validity: int, entries: Sequence[Any], names: frozenset[bytes]
-               ) -> tuple[dict[int, bytes], list[Any]]:
+               ) -> tuple[dict[int, bytes], Sequence[Any]]:
         """({uid: pick of its header for ``names``} of the entries cached, entries not).
         A cache that cannot be read (its directory gone, refused) has nothing."""
         return self._locked(validity, entries, names, None)[1:]
 
     def lookup_whole(self, validity: int, entries: Sequence[Any], names: frozenset[bytes]
-                     ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any], dict[int, int]]:
+                     ) -> tuple[frozenset[bytes], dict[int, bytes], Sequence[Any], dict[int, int]]:
         """(the fields the file holds, {uid: its record's data, the pick for all of them},
         entries not cached, {uid: its record's date} of the found ones whose fields hold
         a Date) when the file holds every field of ``names``; else nothing (and every entry
@@ -124,25 +124,25 @@ class HeaderCache:
 
     def _locked(self, validity: int, entries: Sequence[Any], names: frozenset[bytes],
                 dates: dict[int, int] | None
-                ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any]]:
+                ) -> tuple[frozenset[bytes], dict[int, bytes], Sequence[Any]]:
         """``_lookup``'s answer. ``dates``: None for ``lookup`` (each record's pick for
         ``names``), else ``lookup_whole``'s (each record's whole data), filled with their dates."""
         try:
             with self._lock:
                 d = self._dir(False)
                 if d is None:
-                    return frozenset(), {}, list(entries)
+                    return frozenset(), {}, entries
                 with d:
                     fd = self._open(d, create=False)
                     if fd is None:
-                        return frozenset(), {}, list(entries)
+                        return frozenset(), {}, entries
                     try:
                         return self._lookup(fd, validity, entries, names, dates)
                     finally:
                         os.close(fd)
         except (OSError, StoreError) as e:
             self._failed(e)
-            return frozenset(), {}, list(entries)
+            return frozenset(), {}, entries
 
     def _failed(self, e: Exception) -> None:
         """Told once per mailbox: FETCH goes on without the cache."""
@@ -152,10 +152,10 @@ class HeaderCache:
 
     def _lookup(self, fd: int, validity: int, entries: Sequence[Any], names: frozenset[bytes],
                 dates: dict[int, int] | None
-                ) -> tuple[frozenset[bytes], dict[int, bytes], list[Any]]:
+                ) -> tuple[frozenset[bytes], dict[int, bytes], Sequence[Any]]:
         self._sync(fd)
         if validity != self.validity or not names <= self.fields:
-            return frozenset(), {}, list(entries)
+            return frozenset(), {}, entries
         # (by position in ``entries``: a table of them makes no entry but the missing ones)
         where: list[tuple[int, int, int]] = []
         missing: list[int] = []
@@ -194,7 +194,7 @@ class HeaderCache:
                     found[uid] = data if whole else pick(data, names)
                     if dates is not None and date != unknown:
                         dates[uid] = date
-        return self.fields, found, [entries[k] for k in sorted(missing)]
+        return self.fields, found, et.subset(entries, sorted(missing))
 
     def _sync(self, fd: int) -> None:
         """The map made again if the file is not the one it describes (replaced by another

@@ -453,7 +453,7 @@ class MboxFile(IndexKeeper):
         """Remove these messages by rewriting the file; mail that arrived meanwhile is kept."""
         with self._locked(exclusive=True) as (held, _):
             new, changes = self._refreshed(state, held.fd)
-            gone = sorted(set(uids) & {e.uid for e in new.entries})
+            gone = sorted(set(uids).intersection(new.entries.uid))
             if gone and held.fd is not None:
                 new = self._compact(held, new, set(gone))
                 changes.expunged.extend(gone)

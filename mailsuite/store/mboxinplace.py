@@ -54,7 +54,7 @@ from twisted.logger import Logger
 from mailsuite.store import index as ix
 from mailsuite.store.interfaces import StoreError
 from mailsuite.store.mboxformat import fingerprint, header_flags, served_header
-from mailsuite.store.mboxrewrite import needs_status
+from mailsuite.store.mboxrewrite import status_due
 from mailsuite.wire import wire_size
 
 log = Logger()
@@ -210,7 +210,8 @@ def plan(
     kept messages are once it is written (``Layout.entries``: built only when the plan is
     taken, a new entry for every message after the first removed one)."""
     items = state.entries
-    first = next(i for i, e in enumerate(items) if e.uid in gone)
+    uids, sigs, flag_sets = items.uid, items.sigs, items.flags  # (the columns: no entry made)
+    first = next(i for i, uid in enumerate(uids) if uid in gone)
     layout = Layout(items, first)
     pieces: list[Piece] = []
     r = w = items[first].offset  # the verbatim run being built starts at r, goes to w
@@ -224,7 +225,8 @@ def plan(
 
     n = len(items)
     # the messages touched one by one: removed, or with status headers to write
-    events = [i for i in range(first, n) if items[i].uid in gone or needs_status(items[i])]
+    events = [i for i in range(first, n)
+              if uids[i] in gone or status_due(sigs[i], flag_sets[i])]
     i = first
     for j in [*events, n]:
         layout.runs.append((i, j, w - r, None))  # a run of clean messages, moved as is

@@ -341,8 +341,8 @@ class MboxMailbox:
         out: dict[int, bytes] = {}
         pending = list(uids)
         for attempt in range(2):
-            entries = [e for e in map(self._entry, pending) if e is not None]
-            found = yield self._store.blocking(self._file.read_many, entries, True)
+            found = yield self._store.blocking(self._file.read_many, self._entries(pending),
+                                               True)
             out.update((uid, data) for uid, data in found.items() if data is not None)
             pending = [uid for uid, data in found.items() if data is None]
             if not pending or attempt:

@@ -31,9 +31,14 @@ def _status_sig(flags: frozenset[str]) -> str:
 def needs_status(e: ix.Entry) -> bool:
     """The message's status headers do not say what its flags are (a message without status
     headers and without flags is fine: mutt reads that as new and unread)."""
-    if e.header_sig == NO_STATUS and not e.flags:
+    return status_due(e.header_sig, e.flags)
+
+
+def status_due(header_sig: str, flags: frozenset[str]) -> bool:
+    """``needs_status`` of a message of this header signature and these flags."""
+    if header_sig == NO_STATUS and not flags:
         return False
-    return _status_sig(e.flags) != e.header_sig
+    return _status_sig(flags) != header_sig
 
 
 class _Copier:
