@@ -182,3 +182,46 @@ class ViewRowsTests(MboxTestCase):
         self.assertTrue(mine.is_expunged(uids[2]))
         mine.close()
         other.close()
+
+
+class ColumnReadTests(MboxTestCase):
+    """What a view reads from the store's columns (no entry made of each) is what its rows
+    say: as the store, with flags of its own not yet the store's, after mail came, with an
+    expunge pending."""
+
+    def assert_columns_agree(self, view: ImapMailboxView) -> None:
+        rows = view.rows()
+        self.assertEqual(list(view.plain_rows()), [(m.uid, m.flags, m.size) for m in rows])
+        self.assertEqual(list(view._flag_rows()), [(m.uid, m.flags) for m in rows])
+        def when(m):  # type: ignore[no-untyped-def]
+            return int(m.internal_date.timestamp())
+
+        self.assertEqual(list(view.each_basic(when)), [(m.uid, when(m), m.size) for m in rows])
+        self.assertEqual(list(view.infos(view.uids())), rows)
+
+    @defer.inlineCallbacks
+    def test_every_state(self):  # type: ignore[no-untyped-def]
+        store = self.make_store()
+        for _ in range(4):
+            yield store.deliver(self.account, MSG1, "a@example.test")
+        box = yield store.open(self.account)
+        view = ImapMailboxView(box, False, self.account, store, RecentTracker())
+        self.assertIsInstance(view._base, ix.EntryTable)
+        self.assert_columns_agree(view)
+        uids = view.uids()
+        yield view.set_flags({uids[1]: frozenset({"\\Flagged"})})  # told here: the view's own
+        self.assertTrue(view._over)
+        self.assert_columns_agree(view)
+        yield store.deliver(self.account, MSG2, "a@example.test")
+        yield box.refresh()
+        view.take_updates()
+        self.assertEqual(len(view.uids()), 5)
+        self.assert_columns_agree(view)
+        other = ImapMailboxView(box, False, self.account, store, RecentTracker())
+        yield other.expunge([uids[2]])
+        self.assertTrue(view.is_expunged(uids[2]))  # its EXPUNGE not yet sent here
+        self.assert_columns_agree(view)
+        other.close()
+        view.take_updates()
+        self.assert_columns_agree(view)
+        view.close()

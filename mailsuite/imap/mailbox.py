@@ -425,6 +425,13 @@ class ImapMailboxView(ModseqView):
         ]
         return self.expunge(doomed)
 
+    def plain_rows(self) -> Iterator[tuple[int, frozenset[str], int]]:
+        """(UID, flags as this session knows them, size) of each row (SEARCH by flags)."""
+        base, n = self._base, self._n
+        sizes = chain(et.sizes_of(base)[:n], (m.size for m in self._tail))
+        return ((uid, flags, size) for (uid, flags), size in zip(self._flag_rows(), sizes,
+                                                                 strict=True))
+
     def _flag_rows(self) -> Iterator[tuple[int, frozenset[str]]]:
         """(UID, flags as this session knows them) of each row, from the store's columns."""
         base, n, over = self._base, self._n, self._over

@@ -21,6 +21,8 @@ from datetime import date, datetime
 from email import policy
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
+from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 from mailsuite.imap.addresses import parse_address_list
@@ -424,6 +426,32 @@ _RECENT = frozenset({"\\Recent"})
 _CHUNK = 256  # messages whose headers are read in one store call
 
 
+#: the keys that read no more than a message's UID, number, flags, size, header or body
+_PLAIN = _NO_ARG | _STRING_ARG | {"HEADER", "LARGER", "SMALLER", "UID", "SEQ", "$", "SENTBEFORE",
+                                  "SENTON", "SENTSINCE"}
+
+
+def _plain(key: tuple[Any, ...]) -> bool:
+    """``key`` needs no message info (no date, mod-sequence or save date, no extension)."""
+    name = key[0]
+    if name == "AND":
+        return all(map(_plain, key[1]))
+    if name == "NOT":
+        return _plain(key[1])
+    if name == "OR":
+        return _plain(key[1]) and _plain(key[2])
+    return name in _PLAIN and name not in EXTRA_KEYS
+
+
+def _rows(view: Any, key: tuple[Any, ...]) -> Iterator[tuple[int, frozenset[str], Any, int]]:
+    """(UID, flags, info, size) of each message of the view; the info None for a ``_plain``
+    key when the view reads its rows from the store's columns (no entry made of each)."""
+    plain_rows = getattr(view, "plain_rows", None)
+    if plain_rows is not None and _plain(key):
+        return ((uid, flags, None, size) for uid, flags, size in plain_rows())
+    return ((info.uid, info.flags, info, info.size) for info in view.rows())
+
+
 async def run_search(view: Any, key: tuple[Any, ...], uid: bool) -> list[int]:
     """Sequence numbers (or UIDs when ``uid``) of the view's messages that match ``key``.
 
@@ -432,25 +460,23 @@ async def run_search(view: Any, key: tuple[Any, ...], uid: bool) -> list[int]:
     """
     need = needs(key)
     await prepare_keys(view, key)
-    rows = view.rows()
-    max_uid = rows[-1].uid if rows else 0
-    count = len(rows)
+    rows = _rows(view, key)
+    count, max_uid = view.count(), view._last_uid()
     found: list[int] = []
     for start in range(0, count, _CHUNK):
         chunk = [
-            (seq, info)
-            for seq, info in enumerate(rows[start : start + _CHUNK], start + 1)
-            if not view.is_expunged(info.uid)
+            (seq, row)
+            for seq, row in enumerate(islice(rows, _CHUNK), start + 1)
+            if not view.is_expunged(row[0])
         ]
         headers = (
-            await view.mailbox.read_headers([info.uid for _, info in chunk])
+            await view.mailbox.read_headers([row[0] for _, row in chunk])
             if need == "header"
             else {}
         )
-        for seq, info in chunk:
-            u = info.uid
-            flags = info.flags | _RECENT if view.is_recent(u) else info.flags
-            candidate = Candidate(seq, u, flags, info, info.size, count, max_uid, view=view)
+        for seq, (u, flags, info, size) in chunk:
+            flags = flags | _RECENT if view.is_recent(u) else flags
+            candidate = Candidate(seq, u, flags, info, size, count, max_uid, view=view)
             if need == "body":
                 try:
                     candidate.raw = await view.mailbox.read(u)
