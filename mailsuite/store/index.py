@@ -98,8 +98,8 @@ class Index:
     def grown(self, added: Sequence[Entry], stamp: Stamp) -> Index:
         """The index with ``added`` (UIDs from ``uid_next`` on) appended, in O(len(added)).
 
-        The list of entries is extended in place and shared with the new index: a published
-        list only ever grows at its end (holders of it keep their own length, see
+        The table of entries is extended in place and shared with the new index: a published
+        table only ever grows at its end (holders of it keep their own length, see
         ``MboxMailbox.messages``). Call it last, once nothing can fail any more: ``self`` must
         not be used after it.
         """

@@ -115,7 +115,8 @@ class IMailbox(Interface):
     vanished = Attribute(
         "mailsuite.store.modseq.Vanished: the UIDs expunged with the mod-sequence they went at")
     messages = Attribute(
-        "list of MessageInfo-like objects (uid, flags, internal_date, size), ascending UID: the "
+        "sequence of MessageInfo-like objects (uid, flags, internal_date, size), ascending UID "
+        "(the mbox store's: an ``entrytable.EntryTable``, which makes each when read): the "
         "state after the last refresh. Shared, never copied: treat it as read-only. A change "
         "publishes a new list, except that new messages may be appended to the current one in "
         "place: who keeps a reference as a snapshot keeps its length too (``ImapMailboxView``)."
