@@ -16,12 +16,12 @@ import contextlib
 import email
 import email.errors
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from email import policy
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
-from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 

@@ -23,8 +23,7 @@ from bisect import bisect_left
 from collections.abc import Collection, Iterable, Iterator, MutableSequence, Sequence
 from datetime import datetime
 from itertools import repeat
-import operator
-from operator import attrgetter
+from operator import attrgetter, index
 from typing import Any, NamedTuple, cast, overload
 
 from mailsuite.store.zones import zone
@@ -164,7 +163,7 @@ class EntryTable(MutableSequence[Entry]):
             return self._made((*(c[cut] for c in self._columns()[:10]),
                                self.fps[start * FP_WIDTH : stop * FP_WIDTH],
                                self.sigs[cut], self.flags[cut]))
-        return self[operator.index(i)]
+        return self[index(i)]  # (an int-like: numpy's, a bool)
 
     def __iter__(self) -> Iterator[Entry]:
         """The entries, made as they are read (about 0.35 microseconds each)."""
