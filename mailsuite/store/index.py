@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from mailsuite.fsutil import atomic_write, fsync_parent, write_all
@@ -177,7 +177,7 @@ def extend(
 
 
 def reconcile(
-    old: Index, parsed: list[Parsed], stamp: Stamp, fallback_date: int
+    old: Index, parsed: Iterable[Parsed], stamp: Stamp, fallback_date: int
 ) -> tuple[Index, Changes]:
     """Match a full parse against the old index, in file order, by fingerprint.
 

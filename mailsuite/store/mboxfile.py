@@ -32,8 +32,8 @@ from mailsuite.store import modseq as ms
 from mailsuite.store.interfaces import Changes, StoreError
 from mailsuite.store.locking import DEFAULT_STALE_AFTER, HeldLock, locked_mailbox
 from mailsuite.store.mboxformat import (
-    describe, fingerprint, header_end, imap_base, make_from_line, parse_file, separator_at,
-    to_stored, verified, with_status, x_uid,
+    describe, each_parsed, fingerprint, header_end, imap_base, make_from_line, parse_file,
+    separator_at, to_stored, verified, with_status, x_uid,
 )
 from mailsuite.store.mboxrewrite import copy_kept
 from mailsuite.store.mboxstate import INDEX_NAME, IndexKeeper
@@ -253,7 +253,7 @@ class MboxFile(IndexKeeper):
                 if tail and (tail[0].fingerprint, tail[0].end) == (last.fingerprint, last.end):
                     added, changes = ix.extend(state, tail[1:], stamp, fallback)
                     return replace(state, stamp=stamp), changes, added
-        parsed = parse_file(fd, 0, stamp.size, False)
+        parsed = each_parsed(fd, 0, stamp.size, False)  # (matched as it is parsed)
         return (*ix.reconcile(state, parsed, stamp, fallback), None)
 
     def _refreshed(self, state: ix.Index, fd: int | None) -> Result:

@@ -24,6 +24,7 @@ import hashlib
 import re
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -362,7 +363,12 @@ WINDOW = 8 << 20  # bytes read at a time when parsing (the peak memory of a firs
 
 def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list[Parsed]:
     """Parse [start, stop) of the file a window at a time (memory stays bounded)."""
-    out: list[Parsed] = []
+    return list(each_parsed(fd, start, stop, first_is_separator))
+
+
+def each_parsed(fd: int, start: int, stop: int, first_is_separator: bool) -> Iterator[Parsed]:
+    """``parse_file``'s messages as each window is parsed: a whole parse of 100,000 messages
+    never holds them all (their records, ints and strings were slack the agent kept)."""
     window = WINDOW
     while start < stop:
         length = min(window, stop - start)
@@ -371,10 +377,10 @@ def parse_file(fd: int, start: int, stop: int, first_is_separator: bool) -> list
             raise StoreError("mailbox shrank while it was locked")
         found = parse(buf, 0, len(buf), first_is_separator, base=start)
         if start + length >= stop:
-            return out + found
+            yield from found
+            return
         if len(found) < 2:
             window *= 2  # one message (or the junk before the first) larger than the window
             continue
-        out.extend(found[:-1])  # the last one may be cut off by the window: parse it again
+        yield from found[:-1]  # the last one may be cut off by the window: parse it again
         start, first_is_separator = found[-1].offset, True
-    return out
