@@ -133,10 +133,8 @@ class ResumeTests(MboxTestCase):
     def test_flags_and_new_mail_only(self):  # type: ignore[no-untyped-def]
         """Nothing expunged meanwhile: the thawed view keeps the store's table of entries as
         its rows (no entry made of each) and owes the flag change and the new message."""
-        store = self.make_store()
-        for _ in range(3):
-            yield store.deliver(self.account, MSG1, "a@example.test")
-        box = yield store.open(self.account)
+        box = yield self.open_with(MSG1, MSG1, MSG1)
+        store = self.store
         a = ImapMailboxView(box, False, self.account, store, RecentTracker())
         uids = a.uids()
         snap = hibernate.decode(hibernate.snapshot(
@@ -164,11 +162,8 @@ class DropTests(MboxTestCase):
     def test_rows_dropped_from_a_table_stay_a_table(self):  # type: ignore[no-untyped-def]
         """A view that cannot take the store's rows after EXPUNGEs keeps its own: a copy of
         the store's table without those rows, then its tail."""
-        store = self.make_store()
-        for _ in range(4):
-            yield store.deliver(self.account, MSG1, "a@example.test")
-        box = yield store.open(self.account)
-        view = ImapMailboxView(box, False, self.account, store, RecentTracker())
+        box = yield self.open_with(MSG1, MSG1, MSG1, MSG1)
+        view = ImapMailboxView(box, False, self.account, self.store, RecentTracker())
         uids = view.uids()
         view._drop([0, 2])
         self.assertIsInstance(view._base, EntryTable)

@@ -180,11 +180,8 @@ class _View:
     def __init__(self, box: Any) -> None:
         self.mailbox, self.uid_validity = box, box.uid_validity
 
-    def rows(self) -> list[Any]:
-        return list(self.mailbox.messages)
-
-    def each_row(self) -> Any:
-        return iter(self.mailbox.messages)
+    def each_basic(self, when: Any) -> Any:
+        return ((m.uid, when(m), m.size) for m in self.mailbox.messages)
 
     def uids(self) -> list[int]:
         return [m.uid for m in self.mailbox.messages]

@@ -346,11 +346,8 @@ class _Rows:
         self.shown = [SimpleNamespace(uid=uid, size=10, date=1704103200)
                       for uid in sorted(box.headers)]
 
-    def rows(self) -> list[Any]:
-        return self.shown
-
-    def each_row(self) -> Any:
-        return iter(self.shown)
+    def each_basic(self, when: Any) -> Any:
+        return ((row.uid, when(row), row.size) for row in self.shown)
 
     def uids(self) -> list[int]:
         return [row.uid for row in self.shown]

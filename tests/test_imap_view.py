@@ -201,10 +201,8 @@ class ColumnReadTests(MboxTestCase):
 
     @defer.inlineCallbacks
     def test_every_state(self):  # type: ignore[no-untyped-def]
-        store = self.make_store()
-        for _ in range(4):
-            yield store.deliver(self.account, MSG1, "a@example.test")
-        box = yield store.open(self.account)
+        box = yield self.open_with(MSG1, MSG1, MSG1, MSG1)
+        store = self.store
         view = ImapMailboxView(box, False, self.account, store, RecentTracker())
         self.assertIsInstance(view._base, ix.EntryTable)
         self.assert_columns_agree(view)

@@ -46,6 +46,9 @@ class View:
     def info(self, uid: int) -> Any:
         return next(m for m in self.mailbox.messages if m.uid == uid)
 
+    def infos(self, uids: list[int]) -> Any:
+        return list(map(self.info, uids))
+
     def is_recent(self, uid: int) -> bool:
         return uid == self.mailbox.messages[0].uid  # the first one is \Recent here
 

@@ -94,7 +94,7 @@ class Listing:
         if None in blocks or any(map(view.is_expunged, uids)):  # (blocks: bytes from here)
             return False
         columns: list[Sequence[Any]] = [[seq for seq, _ in chunk]]
-        infos = _infos(view, uids) if self.info else []
+        infos = view.infos(uids) if self.info else []  # (a slice of the store's table)
         for kind in self.codes:
             if kind == _UID:
                 columns.append(uids)
@@ -122,12 +122,6 @@ class Listing:
         if text is None:
             text = self.flag_text[flags] = format_flags(flags)
         return text
-
-
-def _infos(view: Any, uids: list[int]) -> Sequence[Any]:
-    """``view.info`` of each UID (a slice of the store's table when the view has one)."""
-    infos = getattr(view, "infos", None)
-    return infos(uids) if infos is not None else list(map(view.info, uids))
 
 
 _UID, _FLAGS, _SIZE, _DATE, _BLOCK = range(5)

@@ -101,6 +101,10 @@ class ImapMailboxView(ModseqView):
         self._last = (pos, found)
         return found
 
+    def _shows(self, rows: Sequence[Any], n: int) -> None:
+        """The view's rows are the first ``n`` of ``rows`` now (no tail)."""
+        self._base, self._n, self._tail, self._last = rows, n, [], (-1, None)
+
     def _uid_at(self, pos: int) -> int:
         return et.uid_at(self._base, pos) if pos < self._n else int(self._tail[pos - self._n].uid)
 
@@ -122,8 +126,7 @@ class ImapMailboxView(ModseqView):
         if last == uid:
             return i
         i += 1  # FETCH, SEARCH and STORE go through the messages in order: try the next one
-        base = self._base
-        if 0 < i < self._n and (base.uid[i] if type(base) is EntryTable else base[i].uid) == uid:
+        if 0 < i < self._n and et.uid_at(self._base, i) == uid:
             self._hint = (uid, i)
             return i
         i = self._lower(uid)
@@ -144,9 +147,8 @@ class ImapMailboxView(ModseqView):
         messages = self.mailbox.messages
         count = self.count()
         if len(messages) == count and (not count or messages[-1].uid == self._last_uid()):
-            self._base, self._n, self._tail, self._over = messages, count, [], {}
-            self._last = (-1, None)
-            self._hint = (0, -1)
+            self._shows(messages, count)
+            self._over, self._hint = {}, (0, -1)
 
     # -- the store listener ----------------------------------------------------------------
     def _changed(self, changes: Changes) -> None:
@@ -322,8 +324,7 @@ class ImapMailboxView(ModseqView):
                 rows.append(base[at])
                 if rows[-1].flags != flags:
                     self._told_flags(rows[-1], flags)
-            self._base, self._n = rows, len(rows)
-            self._last = (-1, None)
+            self._shows(rows, len(rows))
         self._tail, self._hint = [], (0, -1)
         # recent as told, and what this view claimed of the mail since (its EXISTS is owed)
         self._recent = (recent & set(present)) | {u for u in self._recent if u > top}
@@ -538,12 +539,10 @@ class ImapMailboxView(ModseqView):
         if isinstance(base, EntryTable) and all(type(m) is Entry for m in self._tail):
             rows = base[:n].without({et.uid_at(base, p) for p in doomed if p < n})
             rows.extend(m for p, m in enumerate(self._tail, n) if p not in doomed)
-            self._base, self._n, self._tail = rows, len(rows), []
-            self._last = (-1, None)
-            return
-        kept = [self._at(p) for p in range(self.count()) if p not in doomed]
-        self._base, self._n, self._tail = kept, len(kept), []
-        self._last = (-1, None)
+            self._shows(rows, len(rows))
+        else:
+            kept = [self._at(p) for p in range(self.count()) if p not in doomed]
+            self._shows(kept, len(kept))
 
     def _adopt(self, gone: list[int]) -> bool:
         """After the EXPUNGEs of positions ``gone``, with every change told: take the store's
@@ -561,8 +560,8 @@ class ImapMailboxView(ModseqView):
             last = self._at(pos).uid if pos >= 0 else 0
         if count and messages[-1].uid != last:
             return False
-        self._base, self._n, self._tail, self._over = messages, count, [], {}
-        self._last = (-1, None)
+        self._shows(messages, count)
+        self._over = {}
         return True
 
     def close(self) -> None:

@@ -445,10 +445,9 @@ def _plain(key: tuple[Any, ...]) -> bool:
 
 def _rows(view: Any, key: tuple[Any, ...]) -> Iterator[tuple[int, frozenset[str], Any, int]]:
     """(UID, flags, info, size) of each message of the view; the info None for a ``_plain``
-    key when the view reads its rows from the store's columns (no entry made of each)."""
-    plain_rows = getattr(view, "plain_rows", None)
-    if plain_rows is not None and _plain(key):
-        return ((uid, flags, None, size) for uid, flags, size in plain_rows())
+    key, read from the store's columns (no entry made of each)."""
+    if _plain(key):
+        return ((uid, flags, None, size) for uid, flags, size in view.plain_rows())
     return ((info.uid, info.flags, info, info.size) for info in view.rows())
 
 

@@ -533,17 +533,12 @@ class _Basic(NamedTuple):
 
 
 def _basics(view: Any, uids: list[int]) -> list[_Basic]:
-    """The basics of the view's messages ``uids``, from its rows made one at a time: 100,000
-    index entries made and held at once for this were 37 MB that stayed in the agent's heap
-    (their ints taken by the records, the rest freed in between)."""
+    """The basics of the view's messages ``uids``, from the store's columns (``each_basic``):
+    100,000 index entries made and held at once for this were 37 MB that stayed in the
+    agent's heap (their ints taken by the records, the rest freed in between)."""
     if not uids:
         return []
-    each = getattr(view, "each_basic", None)
-    if each is None:  # (a view of another kind)
-        wanted = set(uids)
-        return [_Basic(info.uid, _when(info), info.size) for info in view.each_row()
-                if info.uid in wanted]
-    basics = list(map(_new_tuple, repeat(_Basic), each(_when)))
+    basics = list(map(_new_tuple, repeat(_Basic), view.each_basic(_when)))
     if len(basics) == len(uids):  # (uids are some of the view's: all of them, then)
         return basics
     wanted = set(uids)

@@ -69,6 +69,14 @@ _NUMERIC = (("uid", "I"), ("offset", "q"), ("body_off", "q"), ("hdr_end", "q"), 
 _COLUMNS = (*(name for name, _ in _NUMERIC), "fps", "sigs", "flags")
 #: ... and in the order they grow: ``saved`` last (see ``__len__``)
 _GROWN = (*(name for name in _COLUMNS if name != "saved"), "saved")
+#: the columns of one item per entry (all but the fingerprints), as ``_values`` gives them
+_ITEMS = (*(name for name, _ in _NUMERIC), "sigs", "flags")
+
+
+def _values(e: Entry) -> tuple[Any, ...]:
+    """What ``e`` puts in each of ``_ITEMS``."""
+    return (e.uid, e.offset, e.body_off, e.hdr_end, e.end, e.size, e.date, e.tz, e.modseq,
+            e.saved, e.header_sig, e.flags)
 
 
 def _fp_bytes(fp: str) -> bytes:
@@ -249,11 +257,9 @@ class EntryTable(MutableSequence[Entry]):
         if self.fps[at] != fp:
             self._own("fps")
             self.fps[at] = fp
-        for name, value in zip(_COLUMNS, (
-                e.uid, e.offset, e.body_off, e.hdr_end, e.end, e.size, e.date, e.tz, e.modseq,
-                e.saved, None, e.header_sig, e.flags), strict=True):
-            if name != "fps" and getattr(self, name)[i] is not value and \
-                    getattr(self, name)[i] != value:
+        for name, value in zip(_ITEMS, _values(e), strict=True):
+            now = getattr(self, name)[i]
+            if now is not value and now != value:
                 self._own(name)
                 getattr(self, name)[i] = value
 
@@ -263,10 +269,8 @@ class EntryTable(MutableSequence[Entry]):
         fp = _fp_bytes(e.fingerprint)
         self._own()
         self.fps[i * FP_WIDTH : i * FP_WIDTH] = fp
-        for column, value in zip((*self._columns()[:10], self.sigs, self.flags), (
-                e.uid, e.offset, e.body_off, e.hdr_end, e.end, e.size, e.date, e.tz, e.modseq,
-                e.saved, e.header_sig, e.flags), strict=True):
-            column.insert(i, value)
+        for name, value in zip(_ITEMS, _values(e), strict=True):
+            getattr(self, name).insert(i, value)
 
     def __delitem__(self, i: int | slice) -> None:
         n = len(self)
@@ -283,8 +287,8 @@ class EntryTable(MutableSequence[Entry]):
             stop = start + 1
         stop = max(start, stop)
         self._own()
-        for column in (*self._columns()[:10], self.sigs, self.flags):
-            del column[start:stop]
+        for name in _ITEMS:
+            del getattr(self, name)[start:stop]
         del self.fps[start * FP_WIDTH : stop * FP_WIDTH]
 
     def copy(self) -> EntryTable:
